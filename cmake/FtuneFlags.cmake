@@ -1,0 +1,11 @@
+# Compile options for ftune's own programs (never imposed on consumers of ftune::ftune).
+#   ftune_program_flags(target): -O3 in Release, -march=native unless FTUNE_NATIVE=OFF, warnings.
+function(ftune_program_flags target)
+  set_target_properties(${target} PROPERTIES CXX_EXTENSIONS OFF)
+  target_compile_options(${target} PRIVATE
+    $<$<CXX_COMPILER_ID:GNU,Clang>:-Wall -Wextra -Wpedantic>
+    $<$<AND:$<CXX_COMPILER_ID:GNU,Clang>,$<CONFIG:Release>>:-O3>)
+  if(FTUNE_NATIVE)
+    target_compile_options(${target} PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang>:-march=native>)
+  endif()
+endfunction()

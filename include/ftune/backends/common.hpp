@@ -1,0 +1,39 @@
+// Types shared by every backend's primitives.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ftune/core/concepts.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+/// Whether a GEMM operand is used as stored or transposed.
+enum class transpose : bool { no = false, yes = true };
+
+/// Token and label ids (as Hugging Face stores input_ids; int32 halves the bandwidth of int64).
+using token_id = std::int32_t;
+
+/// Hyper-parameters of one AdamW update (PyTorch's names and defaults). They are doubles, as
+/// Python floats are in PyTorch, and derived constants (1 − β1, bias corrections) are computed in
+/// double before being rounded to the tensor's type, so float updates match PyTorch bit for bit.
+struct adamw_params {
+    double lr = 1e-3;            ///< learning rate η
+    double beta1 = 0.9;          ///< first-moment decay
+    double beta2 = 0.999;        ///< second-moment decay
+    double eps = 1e-8;           ///< denominator term
+    double weight_decay = 0.01;  ///< decoupled decay λ: θ ← θ − ηλθ before the Adam step
+    std::size_t step = 1;        ///< 1-based step number, for bias correction
+};
+
+/// Hyper-parameters of one SGD update (PyTorch's names and semantics).
+struct sgd_params {
+    double lr = 1e-2;            ///< learning rate
+    double momentum = 0;         ///< momentum factor (0: plain SGD, no buffer used)
+    double dampening = 0;        ///< dampening of the momentum update
+    double weight_decay = 0;     ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
+    bool nesterov = false;       ///< Nesterov momentum
+    bool first_step = false;     ///< true on the first step: the buffer is initialised to the gradient
+};
+
+FTUNE_NAMESPACE_END

@@ -1,0 +1,96 @@
+// Helpers of the CPU backend: SIMD batches with tails, and OpenMP loops over chunks.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "ftune/backends/common.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace backend::cpu::detail {
+
+/// The SIMD batch of T for the architecture this translation unit is compiled for.
+template <class T>
+using batch = xsimd::batch<T, xsimd::default_arch>;
+
+/// Number of T lanes in a batch.
+template <class T>
+inline constexpr std::size_t width = batch<T>::size;
+
+/// Loads `count` (<= width) elements, padding with `fill`: full loads for full batches.
+template <class T>
+inline batch<T> load(const T* p, std::size_t count, T fill = T(0)) noexcept {
+    if (count == width<T>) return batch<T>::load_unaligned(p);
+    alignas(64) T tmp[width<T>];
+    std::fill_n(tmp, width<T>, fill);
+    std::copy_n(p, count, tmp);
+    return batch<T>::load_aligned(tmp);
+}
+
+/// Stores the first `count` (<= width) lanes of b.
+template <class T>
+inline void store(T* p, const batch<T>& b, std::size_t count) noexcept {
+    if (count == width<T>) {
+        b.store_unaligned(p);
+        return;
+    }
+    alignas(64) T tmp[width<T>];
+    b.store_aligned(tmp);
+    std::copy_n(tmp, count, p);
+}
+
+/// Calls f(i, count) for i = 0, W, 2W, ... < n with count = min(W, n - i).
+template <class T, class F>
+inline void for_each_batch(std::size_t n, F&& f) {
+    std::size_t i = 0;
+    for (; i + width<T> <= n; i += width<T>) f(i, width<T>);
+    if (i < n) f(i, n - i);
+}
+
+/// Sum of a batch's lanes (xsimd 8 calls it hadd, later versions reduce_add).
+template <class T>
+inline T reduce_add(const batch<T>& b) noexcept {
+#if XSIMD_VERSION_MAJOR >= 10
+    return xsimd::reduce_add(b);
+#else
+    return xsimd::hadd(b);
+#endif
+}
+
+/// Maximum of a batch's lanes.
+template <class T>
+inline T reduce_max(const batch<T>& b) noexcept {
+    alignas(64) T tmp[width<T>];
+    b.store_aligned(tmp);
+    return *std::max_element(tmp, tmp + width<T>);
+}
+
+/// Calls f(begin, end) over [0, n) cut in chunks of `grain`, in parallel when OpenMP is on and
+/// there is more than one chunk. Chunk boundaries depend only on n and grain, never on the
+/// thread count, so results are the same on any number of threads.
+template <class F>
+inline void parallel_for(std::size_t n, std::size_t grain, F&& f) {
+    grain = std::max<std::size_t>(grain, 1);
+    const std::size_t chunks = (n + grain - 1) / grain;
+#if defined(_OPENMP)
+    if (chunks > 1 && !omp_in_parallel() && omp_get_max_threads() > 1) {
+#pragma omp parallel for schedule(static)
+        for (std::ptrdiff_t c = 0; c < static_cast<std::ptrdiff_t>(chunks); ++c)
+            f(std::size_t(c) * grain, std::min(n, (std::size_t(c) + 1) * grain));
+        return;
+    }
+#endif
+    for (std::size_t c = 0; c < chunks; ++c) f(c * grain, std::min(n, (c + 1) * grain));
+}
+
+/// Elements per parallel chunk for streaming element-wise kernels (64 KiB of floats).
+inline constexpr std::size_t elementwise_grain = 16384;
+
+/// Rows per parallel chunk so a chunk holds about `elementwise_grain` elements.
+inline std::size_t row_grain(std::size_t cols) { return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1)); }
+
+}  // namespace backend::cpu::detail
+FTUNE_NAMESPACE_END

@@ -1,0 +1,528 @@
+// The CPU backend: xsimd kernels written once over batch<T, Arch>, OpenMP across rows or chunks.
+//
+// Same signatures and semantics as backend::reference (see there for the exact formulas); the
+// tests compare the two on random shapes. Reductions over rows that feed a shared gradient (bias,
+// LayerNorm weights, embedding table) are split by columns, not rows, so the result does not
+// depend on the number of threads.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numbers>
+#include <span>
+
+#include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backends/cpu/gemm.hpp"
+#include "ftune/backends/reference/primitives.hpp"
+#include "ftune/core/rng.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace backend::cpu {
+
+using reference::check_ids;
+using reference::check_targets;
+using reference::dropout_threshold;
+
+// ---------------------------------------------------------------------------------------------
+// Bias and residual
+
+/// y(rows, cols) += bias(cols) on every row.
+template <scalar T>
+void bias_add(T* y, const T* bias, std::size_t rows, std::size_t cols) {
+    using namespace detail;
+    parallel_for(rows, row_grain(cols), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+            for_each_batch<T>(cols, [&](std::size_t c, std::size_t n) {
+                store(y + r * cols + c, load(y + r * cols + c, n) + load(bias + c, n), n);
+            });
+    });
+}
+
+/// Column ranges of `cols` for column-parallel reductions (a multiple of the SIMD width).
+inline std::size_t column_grain(std::size_t cols) {
+    const std::size_t w = 64;  // 64 columns = one 256-byte run per row, whole batches
+    return std::max<std::size_t>(w, ((cols / 8) + w - 1) / w * w);
+}
+
+/// dbias(cols) += sum over rows of dy(rows, cols).
+template <scalar T>
+void bias_backward(T* dbias, const T* dy, std::size_t rows, std::size_t cols) {
+    using namespace detail;
+    parallel_for(cols, column_grain(cols), [&](std::size_t c0, std::size_t c1) {
+        for (std::size_t r = 0; r < rows; ++r)
+            for_each_batch<T>(c1 - c0, [&](std::size_t c, std::size_t n) {
+                T* d = dbias + c0 + c;
+                store(d, load(d, n) + load(dy + r * cols + c0 + c, n), n);
+            });
+    });
+}
+
+/// out(n) = a(n) + b(n); out may alias a or b.
+template <scalar T>
+void residual_add(T* out, const T* a, const T* b, std::size_t n) {
+    using namespace detail;
+    parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+            store(out + i0 + i, load(a + i0 + i, k) + load(b + i0 + i, k), k);
+        });
+    });
+}
+
+namespace detail {
+/// Applies y = f(x) batch-wise over n elements, in parallel chunks.
+template <class T, class F>
+inline void map_unary(T* y, const T* x, std::size_t n, F f) {
+    parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+            store(y + i0 + i, f(load(x + i0 + i, k)), k);
+        });
+    });
+}
+/// Applies dx += f(x, dy) batch-wise over n elements, in parallel chunks.
+template <class T, class F>
+inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
+    parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+            const std::size_t j = i0 + i;
+            store(dx + j, load(dx + j, k) + f(load(x + j, k), load(dy + j, k)), k);
+        });
+    });
+}
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+/// y = 0.5 x (1 + erf(x / √2)).
+template <scalar T>
+void gelu_forward(T* y, const T* x, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_unary(y, x, n, [](B v) {
+        return B(T(0.5)) * v * (B(T(1)) + xsimd::erf(v * B(T(1) / std::numbers::sqrt2_v<T>)));
+    });
+}
+
+/// dx += dy * (Φ(x) + x φ(x)).
+template <scalar T>
+void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    const T inv_sqrt_2pi = T(0.5) * std::numbers::inv_sqrtpi_v<T> * std::numbers::sqrt2_v<T>;
+    detail::map_backward(dx, x, dy, n, [=](B v, B g) {
+        const B cdf = B(T(0.5)) * (B(T(1)) + xsimd::erf(v * B(T(1) / std::numbers::sqrt2_v<T>)));
+        const B pdf = B(inv_sqrt_2pi) * xsimd::exp(B(T(-0.5)) * v * v);
+        return g * xsimd::fma(v, pdf, cdf);
+    });
+}
+
+/// y = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
+template <scalar T>
+void gelu_tanh_forward(T* y, const T* x, std::size_t n) {
+    using B = detail::batch<T>;
+    const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
+    detail::map_unary(y, x, n, [=](B v) {
+        const B u = B(k) * xsimd::fma(B(T(0.044715)) * v * v, v, v);
+        return B(T(0.5)) * v * (B(T(1)) + xsimd::tanh(u));
+    });
+}
+
+/// dx += dy * d/dx[gelu_tanh(x)].
+template <scalar T>
+void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
+    detail::map_backward(dx, x, dy, n, [=](B v, B g) {
+        const B v2 = v * v;
+        const B t = xsimd::tanh(B(k) * xsimd::fma(B(T(0.044715)) * v2, v, v));
+        const B du = B(k) * xsimd::fma(B(T(3 * 0.044715)), v2, B(T(1)));
+        const B half = B(T(0.5));
+        return g * (half * (B(T(1)) + t) + half * v * (B(T(1)) - t * t) * du);
+    });
+}
+
+/// y = tanh(x).
+template <scalar T>
+void tanh_forward(T* y, const T* x, std::size_t n) {
+    detail::map_unary(y, x, n, [](detail::batch<T> v) { return xsimd::tanh(v); });
+}
+
+/// dx += dy * (1 - y²), from the forward output y.
+template <scalar T>
+void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// out = (x - mean) * rstd * weight + bias per row of C; saves mean and rstd per row.
+template <scalar T>
+void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias,
+                        std::size_t rows, std::size_t C, T eps) {
+    using namespace detail;
+    using B = batch<T>;
+    parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* xr = x + r * C;
+            B acc(T(0));
+            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) { acc += load(xr + c, n); });
+            const T m = reduce_add(acc) / T(C);
+            B var(T(0));
+            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+                // padded lanes would add m² each: mask them by loading m as the fill value
+                const B d = load(xr + c, n, m) - B(m);
+                var = xsimd::fma(d, d, var);
+            });
+            const T s = T(1) / std::sqrt(reduce_add(var) / T(C) + eps);
+            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+                const B norm = (load(xr + c, n) - B(m)) * B(s);
+                store(out + r * C + c, xsimd::fma(norm, load(weight + c, n), load(bias + c, n)), n);
+            });
+            mean[r] = m;
+            rstd[r] = s;
+        }
+    });
+}
+
+/// dx += ..., dweight += ..., dbias += ... for layer_norm_forward (using its saved mean, rstd).
+/// dx is computed row-parallel, dweight/dbias column-parallel (deterministic on any thread count).
+template <scalar T>
+void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
+                         const T* mean, const T* rstd, std::size_t rows, std::size_t C) {
+    using namespace detail;
+    using B = batch<T>;
+    parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* xr = x + r * C;
+            const T* gr = dout + r * C;
+            const B m(mean[r]), s(rstd[r]);
+            B sg(T(0)), sgn(T(0));
+            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+                const B wg = load(weight + c, n) * load(gr + c, n);
+                sg += wg;
+                sgn = xsimd::fma(wg, (load(xr + c, n) - m) * s, sgn);
+            });
+            const B mean_g(reduce_add(sg) / T(C)), mean_gn(reduce_add(sgn) / T(C));
+            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+                const B norm = (load(xr + c, n) - m) * s;
+                const B wg = load(weight + c, n) * load(gr + c, n);
+                T* d = dx + r * C + c;
+                store(d, xsimd::fma(wg - mean_g - norm * mean_gn, s, load(d, n)), n);
+            });
+        }
+    });
+    parallel_for(C, column_grain(C), [&](std::size_t c0, std::size_t c1) {
+        for (std::size_t r = 0; r < rows; ++r) {
+            const B m(mean[r]), s(rstd[r]);
+            for_each_batch<T>(c1 - c0, [&](std::size_t c, std::size_t n) {
+                const std::size_t j = c0 + c;
+                const B g = load(dout + r * C + j, n);
+                const B norm = (load(x + r * C + j, n) - m) * s;
+                store(dbias + j, load(dbias + j, n) + g, n);
+                store(dweight + j, xsimd::fma(norm, g, load(dweight + j, n)), n);
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention softmax
+
+/// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask may be null.
+/// A row whose keys are all -inf gets zeros.
+template <scalar T>
+void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t Bn,
+                     std::size_t H, std::size_t Tq, std::size_t Tk) {
+    using namespace detail;
+    using B = batch<T>;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    const std::size_t rows = Bn * H * Tq;
+    parallel_for(rows, row_grain(Tk), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* s = scores + r * Tk;
+            const T* mask = key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr;
+            T* p = probs + r * Tk;
+            // pass 1: z = scale * s + mask into p, and the row max
+            B mx(ninf);
+            T tail_max = ninf;
+            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) {
+                B z = B(scale) * load(s + k, n);
+                if (mask) z += load(mask + k, n);
+                store(p + k, z, n);
+                if (n == width<T>)
+                    mx = xsimd::max(mx, z);
+                else
+                    for (std::size_t j = k; j < k + n; ++j) tail_max = std::max(tail_max, p[j]);
+            });
+            const T m = std::max(reduce_max(mx), tail_max);
+            if (m == ninf) {
+                std::fill_n(p, Tk, T(0));
+                continue;
+            }
+            // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
+            B sum(T(0));
+            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) {
+                const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
+                store(p + k, e, n);
+                sum += e;
+            });
+            const B inv(T(1) / reduce_add(sum));
+            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) { store(p + k, load(p + k, n) * inv, n); });
+        }
+    });
+}
+
+/// dscores(rows, Tk) += scale * p * (dp - Σ_k p dp).
+template <scalar T>
+void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
+                      std::size_t Tk) {
+    using namespace detail;
+    using B = batch<T>;
+    parallel_for(rows, row_grain(Tk), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* p = probs + r * Tk;
+            const T* dp = dprobs + r * Tk;
+            B dot(T(0));
+            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) { dot = xsimd::fma(load(p + k, n), load(dp + k, n), dot); });
+            const B d(reduce_add(dot));
+            T* ds = dscores + r * Tk;
+            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) {
+                store(ds + k, xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)), n);
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+/// y = x * keep / (1 - p), keep(i) = [s.bits(i) >= dropout_threshold(p)]; mask gets keep (0/1).
+/// The mask is a function of (stream, i) only: identical to the reference on any thread count.
+template <scalar T>
+void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
+    const std::uint32_t thr = dropout_threshold(double(p));
+    const bool all_drop = !(p < T(1));
+    const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
+    detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        // i0 is a multiple of 4 (the grain is): each Philox block serves 4 consecutive elements
+        for (std::size_t i = i0; i < i1; i += 4) {
+            const auto w = s.block(i >> 2);
+            const std::size_t k = std::min<std::size_t>(4, i1 - i);
+            for (std::size_t j = 0; j < k; ++j) mask[i + j] = !all_drop && w[j] >= thr ? 1 : 0;
+        }
+        for (std::size_t i = i0; i < i1; ++i) y[i] = mask[i] ? x[i] * inv_keep : T(0);
+    });
+}
+
+/// dx += dy * mask / (1 - p).
+template <scalar T>
+void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
+    const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
+    detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        for (std::size_t i = i0; i < i1; ++i) dx[i] += mask[i] ? dy[i] * inv_keep : T(0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+/// out(n, C) = table(ids[i], :); ids outside [0, vocab) throw out_of_range before any write.
+template <scalar T>
+void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t n, std::size_t C,
+                       std::size_t vocab) {
+    check_ids(ids, n, vocab, "embedding_forward");
+    detail::parallel_for(n, detail::row_grain(C), [&](std::size_t i0, std::size_t i1) {
+        for (std::size_t i = i0; i < i1; ++i) std::copy_n(table + std::size_t(ids[i]) * C, C, out + i * C);
+    });
+}
+
+/// dtable(ids[i], :) += dout(i, :); split by columns, so repeated ids never race.
+template <scalar T>
+void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size_t n, std::size_t C,
+                        std::size_t vocab) {
+    using namespace detail;
+    check_ids(ids, n, vocab, "embedding_backward");
+    parallel_for(C, column_grain(C), [&](std::size_t c0, std::size_t c1) {
+        for (std::size_t i = 0; i < n; ++i) {
+            T* d = dtable + std::size_t(ids[i]) * C + c0;
+            const T* g = dout + i * C + c0;
+            for_each_batch<T>(c1 - c0, [&](std::size_t c, std::size_t k) {
+                store(d + c, load(d + c, k) + load(g + c, k), k);
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy with logits
+
+namespace detail {
+/// max and Σ exp(z - max) of one row of V logits.
+template <class T>
+inline std::pair<T, T> row_logsumexp_parts(const T* z, std::size_t V) {
+    using B = batch<T>;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    B mx(ninf);
+    for_each_batch<T>(V, [&](std::size_t v, std::size_t n) { mx = xsimd::max(mx, load(z + v, n, ninf)); });
+    const T m = reduce_max(mx);
+    B sum(T(0));
+    for_each_batch<T>(V, [&](std::size_t v, std::size_t n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
+    return {m, reduce_add(sum)};
+}
+}  // namespace detail
+
+/// losses(rows) = logsumexp(logits(r,:)) - logits(r, target), 0 where ignored; returns the count.
+template <scalar T>
+std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets, std::size_t rows,
+                                  std::size_t V, token_id ignore_index = -100) {
+    check_targets(targets, rows, V, ignore_index);
+    detail::parallel_for(rows, detail::row_grain(V), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            if (targets[r] == ignore_index) {
+                losses[r] = T(0);
+                continue;
+            }
+            const T* z = logits + r * V;
+            const auto [m, s] = detail::row_logsumexp_parts(z, V);
+            losses[r] = std::log(s) + m - z[targets[r]];
+        }
+    });
+    std::size_t count = 0;
+    for (std::size_t r = 0; r < rows; ++r) count += targets[r] != ignore_index;
+    return count;
+}
+
+/// dlogits(r,:) += dlosses[r] * (softmax(logits(r,:)) - onehot(target)); ignored rows untouched.
+template <scalar T>
+void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets, const T* dlosses,
+                            std::size_t rows, std::size_t V, token_id ignore_index = -100) {
+    using namespace detail;
+    using B = batch<T>;
+    check_targets(targets, rows, V, ignore_index);
+    parallel_for(rows, row_grain(V), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            if (targets[r] == ignore_index) continue;
+            const T* z = logits + r * V;
+            const auto [m, s] = row_logsumexp_parts(z, V);
+            const B scale(dlosses[r] / s);
+            T* d = dlogits + r * V;
+            for_each_batch<T>(V, [&](std::size_t v, std::size_t n) {
+                store(d + v, xsimd::fma(xsimd::exp(load(z + v, n) - B(m)), scale, load(d + v, n)), n);
+            });
+            d[targets[r]] -= dlosses[r];
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions
+
+namespace detail {
+/// Σ f(x_i) over [0, n): SIMD partial sums over blocks of 1024 added in double, 64 fixed chunks
+/// in parallel, chunk sums added in order (deterministic on any thread count).
+template <class T, class F>
+inline double reduce_sum(const T* x, std::size_t n, F f) {
+    constexpr std::size_t max_chunks = 64, block = 1024;
+    const std::size_t grain = std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
+    double partial[max_chunks] = {};
+    parallel_for(n, grain, [&](std::size_t i0, std::size_t i1) {
+        double total = 0;
+        for (std::size_t b0 = i0; b0 < i1; b0 += block) {
+            const std::size_t b1 = std::min(i1, b0 + block);
+            batch<T> acc0(T(0)), acc1(T(0));
+            std::size_t i = b0;
+            for (; i + 2 * width<T> <= b1; i += 2 * width<T>) {
+                acc0 += f(batch<T>::load_unaligned(x + i));
+                acc1 += f(batch<T>::load_unaligned(x + i + width<T>));
+            }
+            for_each_batch<T>(b1 - i, [&](std::size_t j, std::size_t k) { acc0 += f(load(x + i + j, k)); });
+            total += double(reduce_add(acc0 + acc1));
+        }
+        partial[i0 / grain] = total;
+    });
+    double s = 0;
+    for (std::size_t c = 0; c < max_chunks; ++c) s += partial[c];
+    return s;
+}
+}  // namespace detail
+
+/// Σ x.
+template <scalar T>
+double sum(const T* x, std::size_t n) {
+    return detail::reduce_sum(x, n, [](detail::batch<T> v) { return v; });
+}
+
+/// Σ x².
+template <scalar T>
+double sum_squares(const T* x, std::size_t n) {
+    return detail::reduce_sum(x, n, [](detail::batch<T> v) { return v * v; });
+}
+
+/// √(Σ over tensors of Σ x²): the global norm of gradient clipping.
+template <scalar T>
+double global_l2_norm(std::span<const std::span<const T>> tensors) {
+    double s = 0;
+    for (auto t : tensors) s += sum_squares(t.data(), t.size());
+    return std::sqrt(s);
+}
+
+/// x *= alpha.
+template <scalar T>
+void scale(T* x, T alpha, std::size_t n) {
+    detail::map_unary(x, x, n, [=](detail::batch<T> v) { return v * detail::batch<T>(alpha); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer updates (same operation order as PyTorch, see backend::reference)
+
+/// One AdamW step (torch.optim.AdamW semantics, decoupled weight decay, bias correction).
+template <scalar T>
+void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adamw_params& h) {
+    using namespace detail;
+    using B = batch<T>;
+    const double t = double(h.step);
+    const B decay(T(1.0 - h.lr * h.weight_decay)), w1(T(1.0 - h.beta1)), b2(T(h.beta2)),
+        w2(T(1.0 - h.beta2)), eps(T(h.eps));
+    const B neg_step(-T(h.lr / (1.0 - std::pow(h.beta1, t))));
+    const B bc2_sqrt(T(std::sqrt(1.0 - std::pow(h.beta2, t))));
+    parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+            const std::size_t j = i0 + i;
+            const B g = load(grad + j, k);
+            B mj = load(m + j, k), vj = load(v + j, k);
+            mj += w1 * (g - mj);
+            vj = vj * b2 + w2 * g * g;
+            const B denom = xsimd::sqrt(vj) / bc2_sqrt + eps;
+            store(param + j, load(param + j, k) * decay + neg_step * (mj / denom), k);
+            store(m + j, mj, k);
+            store(v + j, vj, k);
+        });
+    });
+}
+
+/// One SGD step (torch.optim.SGD semantics: coupled weight decay, momentum, dampening, Nesterov).
+template <scalar T>
+void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params& h) {
+    using namespace detail;
+    using B = batch<T>;
+    const B wd(T(h.weight_decay)), mu(T(h.momentum)), damp(T(1.0 - h.dampening)), neg_lr(-T(h.lr));
+    parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+            const std::size_t j = i0 + i;
+            const B p = load(param + j, k);
+            B g = load(grad + j, k);
+            if (h.weight_decay != 0) g = g + wd * p;
+            if (h.momentum != 0) {
+                const B b = h.first_step ? g : load(buf + j, k) * mu + damp * g;
+                store(buf + j, b, k);
+                g = h.nesterov ? g + mu * b : b;
+            }
+            store(param + j, p + neg_lr * g, k);
+        });
+    });
+}
+
+}  // namespace backend::cpu
+FTUNE_NAMESPACE_END

@@ -1,0 +1,408 @@
+// The reference backend: every primitive as a plain scalar loop, written to be read, never optimized.
+//
+// It is the oracle the CPU and CUDA backends are tested against. All tensors are row-major and
+// contiguous unless a leading dimension (ld*) or a batch stride says otherwise. Backward
+// primitives ACCUMULATE (`+=`) into their gradient outputs, as every layer does.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+
+#include "ftune/backends/common.hpp"
+#include "ftune/core/error.hpp"
+#include "ftune/core/rng.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace backend::reference {
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C; lda/ldb/ldc are row strides. beta == 0
+/// ignores C's previous content (even NaN), as BLAS does.
+template <scalar T>
+void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+          const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    for (std::size_t i = 0; i < M; ++i) {
+        for (std::size_t j = 0; j < N; ++j) {
+            T acc = 0;
+            for (std::size_t k = 0; k < K; ++k) {
+                const T a = ta == transpose::no ? A[i * lda + k] : A[k * lda + i];
+                const T b = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
+                acc += a * b;
+            }
+            T& c = C[i * ldc + j];
+            c = beta == T(0) ? alpha * acc : alpha * acc + beta * c;
+        }
+    }
+}
+
+/// `batch` independent GEMMs whose operands start `stride_*` elements apart.
+template <scalar T>
+void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                          T alpha, const T* A, std::size_t lda, std::size_t stride_a, const T* B,
+                          std::size_t ldb, std::size_t stride_b, T beta, T* C, std::size_t ldc,
+                          std::size_t stride_c, std::size_t batch) {
+    for (std::size_t b = 0; b < batch; ++b)
+        gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+             C + b * stride_c, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias and residual
+
+/// y(rows, cols) += bias(cols) on every row.
+template <scalar T>
+void bias_add(T* y, const T* bias, std::size_t rows, std::size_t cols) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < cols; ++c) y[r * cols + c] += bias[c];
+}
+
+/// dbias(cols) += sum over rows of dy(rows, cols).
+template <scalar T>
+void bias_backward(T* dbias, const T* dy, std::size_t rows, std::size_t cols) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < cols; ++c) dbias[c] += dy[r * cols + c];
+}
+
+/// out(n) = a(n) + b(n); out may alias a or b.
+template <scalar T>
+void residual_add(T* out, const T* a, const T* b, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+/// y = x * Φ(x) = 0.5 x (1 + erf(x / √2)): BERT's "gelu".
+template <scalar T>
+void gelu_forward(T* y, const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] / std::sqrt(T(2))));
+}
+
+/// dx += dy * (Φ(x) + x φ(x)).
+template <scalar T>
+void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    const T inv_sqrt_2pi = T(1) / std::sqrt(T(2) * T(3.14159265358979323846));
+    for (std::size_t i = 0; i < n; ++i) {
+        const T cdf = T(0.5) * (T(1) + std::erf(x[i] / std::sqrt(T(2))));
+        const T pdf = inv_sqrt_2pi * std::exp(T(-0.5) * x[i] * x[i]);
+        dx[i] += dy[i] * (cdf + x[i] * pdf);
+    }
+}
+
+/// y = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))): "gelu_new" / tanh approximation.
+template <scalar T>
+void gelu_tanh_forward(T* y, const T* x, std::size_t n) {
+    const T k = std::sqrt(T(2) / T(3.14159265358979323846));
+    for (std::size_t i = 0; i < n; ++i) {
+        const T u = k * (x[i] + T(0.044715) * x[i] * x[i] * x[i]);
+        y[i] = T(0.5) * x[i] * (T(1) + std::tanh(u));
+    }
+}
+
+/// dx += dy * d/dx[gelu_tanh(x)].
+template <scalar T>
+void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    const T k = std::sqrt(T(2) / T(3.14159265358979323846));
+    for (std::size_t i = 0; i < n; ++i) {
+        const T u = k * (x[i] + T(0.044715) * x[i] * x[i] * x[i]);
+        const T t = std::tanh(u);
+        const T du = k * (T(1) + T(3) * T(0.044715) * x[i] * x[i]);
+        dx[i] += dy[i] * (T(0.5) * (T(1) + t) + T(0.5) * x[i] * (T(1) - t * t) * du);
+    }
+}
+
+/// y = tanh(x).
+template <scalar T>
+void tanh_forward(T* y, const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+}
+
+/// dx += dy * (1 - y²), from the forward OUTPUT y.
+template <scalar T>
+void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) dx[i] += dy[i] * (T(1) - y[i] * y[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the last axis
+
+/// out(rows, C) = (x - mean) * rstd * weight + bias per row; saves mean(rows) and rstd(rows)
+/// (rstd = 1 / sqrt(biased variance + eps), as PyTorch).
+template <scalar T>
+void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias,
+                        std::size_t rows, std::size_t C, T eps) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * C;
+        T m = 0;
+        for (std::size_t c = 0; c < C; ++c) m += xr[c];
+        m /= T(C);
+        T v = 0;
+        for (std::size_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
+        v /= T(C);
+        const T s = T(1) / std::sqrt(v + eps);
+        for (std::size_t c = 0; c < C; ++c) out[r * C + c] = (xr[c] - m) * s * weight[c] + bias[c];
+        mean[r] = m;
+        rstd[r] = s;
+    }
+}
+
+/// dx += ..., dweight += ..., dbias += ... for layer_norm_forward (using its saved mean, rstd).
+template <scalar T>
+void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
+                         const T* mean, const T* rstd, std::size_t rows, std::size_t C) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * C;
+        const T* gr = dout + r * C;
+        T mean_g = 0, mean_gn = 0;  // mean of (w * dout) and of (w * dout * norm)
+        for (std::size_t c = 0; c < C; ++c) {
+            const T norm = (xr[c] - mean[r]) * rstd[r];
+            mean_g += weight[c] * gr[c];
+            mean_gn += weight[c] * gr[c] * norm;
+        }
+        mean_g /= T(C);
+        mean_gn /= T(C);
+        for (std::size_t c = 0; c < C; ++c) {
+            const T norm = (xr[c] - mean[r]) * rstd[r];
+            dbias[c] += gr[c];
+            dweight[c] += norm * gr[c];
+            dx[r * C + c] += (weight[c] * gr[c] - mean_g - norm * mean_gn) * rstd[r];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention softmax
+
+/// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask is additive
+/// (0 keeps a key, -inf or a large negative number drops it) and may be null. A row whose keys
+/// are all -inf gets all-zero probabilities instead of NaN.
+template <scalar T>
+void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t B,
+                     std::size_t H, std::size_t Tq, std::size_t Tk) {
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t row = 0; row < H * Tq; ++row) {
+            const std::size_t off = (b * H * Tq + row) * Tk;
+            T mx = -std::numeric_limits<T>::infinity();
+            for (std::size_t k = 0; k < Tk; ++k) {
+                const T z = scale * scores[off + k] + (key_mask ? key_mask[b * Tk + k] : T(0));
+                if (z > mx) mx = z;
+            }
+            if (mx == -std::numeric_limits<T>::infinity()) {
+                for (std::size_t k = 0; k < Tk; ++k) probs[off + k] = T(0);
+                continue;
+            }
+            T sum = 0;
+            for (std::size_t k = 0; k < Tk; ++k) {
+                const T z = scale * scores[off + k] + (key_mask ? key_mask[b * Tk + k] : T(0));
+                probs[off + k] = std::exp(z - mx);
+                sum += probs[off + k];
+            }
+            for (std::size_t k = 0; k < Tk; ++k) probs[off + k] /= sum;
+        }
+}
+
+/// dscores(rows, Tk) += scale * p * (dp - Σ_k p dp), for rows = B*H*Tq.
+template <scalar T>
+void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
+                      std::size_t Tk) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* p = probs + r * Tk;
+        const T* dp = dprobs + r * Tk;
+        T dot = 0;
+        for (std::size_t k = 0; k < Tk; ++k) dot += p[k] * dp[k];
+        for (std::size_t k = 0; k < Tk; ++k) dscores[r * Tk + k] += scale * p[k] * (dp[k] - dot);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+/// The keep threshold: element i is kept iff stream.bits(i) >= dropout_threshold(p).
+inline std::uint32_t dropout_threshold(double p) {
+    if (!(p >= 0.0 && p <= 1.0))
+        throw error(errc::invalid_argument, "dropout", detail::cat("probability ", p, " is not in [0, 1]"));
+    const double t = std::ceil(p * 4294967296.0);
+    return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
+}
+
+/// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
+/// p == 1 drops everything (y = 0).
+template <scalar T>
+void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
+    const std::uint32_t thr = dropout_threshold(double(p));
+    const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
+    for (std::size_t i = 0; i < n; ++i) {
+        mask[i] = p < T(1) && s.bits(i) >= thr ? 1 : 0;
+        y[i] = mask[i] ? x[i] * inv_keep : T(0);
+    }
+}
+
+/// dx += dy * mask / (1 - p).
+template <scalar T>
+void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
+    const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
+    for (std::size_t i = 0; i < n; ++i) dx[i] += mask[i] ? dy[i] * inv_keep : T(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+/// Throws out_of_range unless every id is in [0, vocab).
+inline void check_ids(const token_id* ids, std::size_t n, std::size_t vocab, const char* what) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (ids[i] < 0 || static_cast<std::size_t>(ids[i]) >= vocab)
+            throw error(errc::out_of_range, what,
+                        detail::cat("id ", ids[i], " at position ", i, " is outside [0, ", vocab,
+                                    "); check that the tokenizer's vocabulary matches the model"));
+}
+
+/// out(n, C) = table(ids[i], :) for each i; ids outside [0, vocab) throw out_of_range.
+template <scalar T>
+void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t n, std::size_t C,
+                       std::size_t vocab) {
+    check_ids(ids, n, vocab, "embedding_forward");
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t c = 0; c < C; ++c) out[i * C + c] = table[std::size_t(ids[i]) * C + c];
+}
+
+/// dtable(ids[i], :) += dout(i, :) for each i (repeated ids add up).
+template <scalar T>
+void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size_t n, std::size_t C,
+                        std::size_t vocab) {
+    check_ids(ids, n, vocab, "embedding_backward");
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t c = 0; c < C; ++c) dtable[std::size_t(ids[i]) * C + c] += dout[i * C + c];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy with logits
+
+/// Throws out_of_range unless every target is in [0, V) or equals ignore_index.
+inline void check_targets(const token_id* targets, std::size_t rows, std::size_t V, token_id ignore_index) {
+    for (std::size_t r = 0; r < rows; ++r)
+        if (targets[r] != ignore_index && (targets[r] < 0 || std::size_t(targets[r]) >= V))
+            throw error(errc::out_of_range, "cross_entropy",
+                        detail::cat("target ", targets[r], " of row ", r, " is outside [0, ", V,
+                                    ") and is not the ignore index ", ignore_index));
+}
+
+/// losses(rows) = logsumexp(logits(r,:)) - logits(r, target) (0 where target == ignore_index);
+/// returns how many rows were counted.
+template <scalar T>
+std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets, std::size_t rows,
+                                  std::size_t V, token_id ignore_index = -100) {
+    check_targets(targets, rows, V, ignore_index);
+    std::size_t count = 0;
+    for (std::size_t r = 0; r < rows; ++r) {
+        if (targets[r] == ignore_index) {
+            losses[r] = T(0);
+            continue;
+        }
+        const T* z = logits + r * V;
+        T mx = z[0];
+        for (std::size_t v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+        T sum = 0;
+        for (std::size_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+        losses[r] = std::log(sum) + mx - z[targets[r]];
+        ++count;
+    }
+    return count;
+}
+
+/// dlogits(r,:) += dlosses[r] * (softmax(logits(r,:)) - onehot(target)); ignored rows get nothing.
+template <scalar T>
+void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets, const T* dlosses,
+                            std::size_t rows, std::size_t V, token_id ignore_index = -100) {
+    check_targets(targets, rows, V, ignore_index);
+    for (std::size_t r = 0; r < rows; ++r) {
+        if (targets[r] == ignore_index) continue;
+        const T* z = logits + r * V;
+        T mx = z[0];
+        for (std::size_t v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+        T sum = 0;
+        for (std::size_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+        for (std::size_t v = 0; v < V; ++v) {
+            const T p = std::exp(z[v] - mx) / sum;
+            dlogits[r * V + v] += dlosses[r] * (p - (v == std::size_t(targets[r]) ? T(1) : T(0)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions
+
+/// Σ x (accumulated in double).
+template <scalar T>
+double sum(const T* x, std::size_t n) {
+    double s = 0;
+    for (std::size_t i = 0; i < n; ++i) s += x[i];
+    return s;
+}
+
+/// Σ x² (accumulated in double).
+template <scalar T>
+double sum_squares(const T* x, std::size_t n) {
+    double s = 0;
+    for (std::size_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+    return s;
+}
+
+/// √(Σ over tensors of Σ x²): the global norm that gradient clipping uses.
+template <scalar T>
+double global_l2_norm(std::span<const std::span<const T>> tensors) {
+    double s = 0;
+    for (auto t : tensors) s += sum_squares(t.data(), t.size());
+    return std::sqrt(s);
+}
+
+/// x *= alpha.
+template <scalar T>
+void scale(T* x, T alpha, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) x[i] *= alpha;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer updates (PyTorch's formulas operation for operation)
+
+/// One AdamW step (torch.optim.AdamW, single-tensor path):
+/// θ ← θ(1 − ηλ); m ← m + (1−β1)(g − m); v ← β2 v + (1−β2) g²;
+/// θ ← θ − (η / (1−β1ᵗ)) m / (√v / √(1−β2ᵗ) + ε).
+template <scalar T>
+void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adamw_params& h) {
+    const double t = double(h.step);
+    const T decay = T(1.0 - h.lr * h.weight_decay);
+    const T w1 = T(1.0 - h.beta1), b2 = T(h.beta2), w2 = T(1.0 - h.beta2), eps = T(h.eps);
+    const T step_size = T(h.lr / (1.0 - std::pow(h.beta1, t)));
+    const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(h.beta2, t)));
+    for (std::size_t i = 0; i < n; ++i) {
+        param[i] *= decay;
+        m[i] += w1 * (grad[i] - m[i]);
+        v[i] = v[i] * b2 + w2 * grad[i] * grad[i];
+        const T denom = std::sqrt(v[i]) / bc2_sqrt + eps;
+        param[i] += -step_size * (m[i] / denom);
+    }
+}
+
+/// One SGD step (torch.optim.SGD): g ← g + λθ; with momentum μ: buf ← g on the first step, else
+/// buf ← μ buf + (1 − dampening) g; g ← g + μ buf (Nesterov) or buf; θ ← θ − η g.
+/// `buf` may be null when momentum is 0.
+template <scalar T>
+void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params& h) {
+    const T wd = T(h.weight_decay), mu = T(h.momentum), damp = T(1.0 - h.dampening), lr = T(h.lr);
+    for (std::size_t i = 0; i < n; ++i) {
+        T g = h.weight_decay != 0 ? grad[i] + wd * param[i] : grad[i];
+        if (h.momentum != 0) {
+            buf[i] = h.first_step ? g : buf[i] * mu + damp * g;
+            g = h.nesterov ? g + mu * buf[i] : buf[i];
+        }
+        param[i] += -lr * g;
+    }
+}
+
+}  // namespace backend::reference
+FTUNE_NAMESPACE_END

@@ -1,0 +1,120 @@
+// The contracts of ftune's composable pieces, written out (as dlib's *_abstract.h files do).
+//
+// Each concept checks the syntax; the comment above it states the semantics every model of the
+// concept must also honour. The gradient checker (ftune::testing::check_gradients) tests them.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+#include "ftune/core/context.hpp"
+#include "ftune/core/parameter.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+/// The scalar types ftune computes in.
+template <class T>
+concept scalar = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+/// A callable that receives every parameter of a module as a parameter_ref<T>.
+template <class F, class T>
+concept parameter_visitor = std::invocable<F&, parameter_ref<T>>;
+
+namespace detail {
+/// A visitor that accepts any parameter (used only to check the concepts below).
+template <class T>
+struct any_parameter_visitor {
+    void operator()(parameter_ref<T>) const noexcept {}
+};
+}  // namespace detail
+
+/// LAYER: a differentiable function with parameters and saved state.
+///
+/// - `forward(ctx, in) -> out` computes the output, and in training mode saves in the layer what
+///   backward needs (LayerNorm mean/rstd, attention probabilities, dropout masks). It may return a
+///   view into the layer's own workspace, valid until the next forward.
+/// - `backward(ctx, d_out) -> d_in` must follow the forward it differentiates. It ACCUMULATES
+///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token ids,
+///   nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
+///   accumulation over micro-batches for free.
+/// - `visit_parameters(prefix, f)` calls `f(parameter_ref<T>)` once per parameter, in a fixed
+///   order, with Hugging Face names prefixed by `prefix` ("encoder.layer.3.attention.self.query.weight").
+/// - In eval mode forward is deterministic; in train mode it is a pure function of (inputs,
+///   parameters, ctx.rng's seed and position), whatever the thread count.
+/// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
+template <class L, class T = typename L::value_type>
+concept layer = scalar<T> && requires(L& l, const L& cl, std::string_view prefix) {
+    typename L::value_type;
+    { l.zero_grad() };
+    { cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{}) };
+};
+
+/// A layer whose forward/backward accept `In` and `DOut` (checked where the types are known).
+template <class L, class In, class DOut>
+concept layer_for = layer<L> && requires(L& l, context& ctx, const In& in, const DOut& d_out) {
+    l.forward(ctx, in);
+    l.backward(ctx, d_out);
+};
+
+/// LOSS: a scalar objective of a model output and targets.
+///
+/// - `forward(logits, targets) -> value` returns the mean loss over the counted examples
+///   (targets equal to an ignore index are not counted) and saves what backward needs.
+/// - `backward(d_logits, scale)` ACCUMULATES `scale * d loss / d logits` into d_logits.
+template <class L, class T = typename L::value_type>
+concept loss = scalar<T> && requires(L& l, matrix_view<const T> logits,
+                                     typename L::target_view targets, matrix_view<T> d_logits,
+                                     T scale) {
+    { l.forward(logits, targets) } -> std::convertible_to<T>;
+    l.backward(d_logits, scale);
+};
+
+/// SCHEDULE: the learning rate as a function of the optimizer step.
+///
+/// - `lr(step)` is pure: the same step gives the same rate, so a resumed run continues exactly.
+/// - step counts from 0 (the first update uses lr(0)).
+template <class S>
+concept schedule = requires(const S& s, std::size_t step) {
+    { s.lr(step) } -> std::convertible_to<double>;
+};
+
+/// OPTIMIZER: updates parameters from their gradients.
+///
+/// - `step(params)` updates every trainable parameter from its gradient, in place; frozen
+///   parameters (trainable == false) are skipped and own no state.
+/// - It applies weight decay only to parameters whose decay flag is set; AdamW's decay is
+///   decoupled (θ ← θ − η∇… − ηλθ).
+/// - It does not clear gradients (zero_grad is the caller's, after clipping and stepping).
+/// - Its state (moments, step count) can be saved and restored for exact resumption.
+template <class O, class T>
+concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>> params) {
+    o.step(params);
+    { o.step_count() } -> std::convertible_to<std::size_t>;
+};
+
+/// HEAD: the task-specific top of a model (classifier, token tagger, span extractor, MLM).
+///
+/// - A head is a layer over the encoder's hidden states (B, T, C).
+/// - `num_labels()` gives the size of its output per example (or per token).
+template <class H>
+concept head = layer<H> && requires(const H& h) {
+    { h.num_labels() } -> std::convertible_to<std::size_t>;
+};
+
+/// CALLBACK: optional hooks a trainer calls; any subset may be defined.
+///
+/// - `on_step(state)` after each optimizer step, `on_evaluate(state)` after each validation;
+///   `should_stop(state)` lets a callback end training early (early stopping).
+/// - Callbacks observe; they never change gradients or parameters, except a callback that
+///   restores the best weights at the end of training.
+template <class C, class State>
+concept callback = requires(C& c, const State& s) { c.on_step(s); } ||
+                   requires(C& c, const State& s) { c.on_evaluate(s); } ||
+                   requires(C& c, const State& s) {
+                       { c.should_stop(s) } -> std::convertible_to<bool>;
+                   };
+
+FTUNE_NAMESPACE_END

@@ -1,0 +1,56 @@
+// Trainable parameters: a value, its gradient, flags for training and weight decay, and a name.
+#pragma once
+
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "ftune/core/tensor.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+/// A model parameter: value and gradient of one shape, plus the flags optimizers read.
+/// Gradients accumulate (`+=`) in backward and are cleared by `zero_grad()`.
+template <class T, class Shape, device_tag Device = device::cpu>
+struct parameter {
+    using value_type = T;      ///< scalar type
+    using shape_type = Shape;  ///< the shape type
+
+    std::string name;               ///< local name ("weight", "bias"); the owner adds its path
+    buffer<T, Shape, Device> value;  ///< the parameter's value
+    buffer<T, Shape, Device> grad;   ///< d loss / d value, accumulated by backward passes
+    bool trainable = true;          ///< false: frozen (no gradient use, no optimizer state)
+    bool decay = true;              ///< false: AdamW/SGD apply no weight decay (biases, LayerNorm)
+
+    /// An empty parameter (for all-static shapes: allocated, zero).
+    parameter() = default;
+    /// A zero-initialized parameter named `n` of shape `s`.
+    parameter(std::string n, const Shape& s, bool decay_ = true)
+        : name(std::move(n)), value(s), grad(s), decay(decay_) {}
+
+    /// Number of scalars.
+    std::size_t size() const noexcept { return value.size(); }
+    /// Sets the gradient to zero.
+    void zero_grad() noexcept { grad.fill(T(0)); }
+};
+
+/// A type-erased reference to one parameter, as optimizers and visitors see it.
+template <class T>
+struct parameter_ref {
+    std::string_view name;   ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
+    std::span<T> value;      ///< the values
+    std::span<T> grad;       ///< the gradients (same size)
+    bool trainable = true;   ///< false when frozen
+    bool decay = true;       ///< false when weight decay does not apply
+};
+
+/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
+inline std::string join_name(std::string_view prefix, std::string_view name) {
+    if (prefix.empty()) return std::string(name);
+    std::string s(prefix);
+    s += '.';
+    s += name;
+    return s;
+}
+
+FTUNE_NAMESPACE_END

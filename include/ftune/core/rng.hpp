@@ -1,0 +1,107 @@
+// Counter-based random numbers (Philox4x32-10, Salmon et al., SC'11).
+//
+// A random value is a pure function of (seed, stream, index): no state is carried from one draw to
+// the next, so dropout masks and shuffles are the same whatever the number of threads and whatever
+// order the elements are visited in. A `generator` hands out fresh streams, one per use.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <numbers>
+#include <span>
+#include <utility>
+
+#include "ftune/config.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+/// Philox4x32 with 10 rounds: maps a 128-bit counter and a 64-bit key to 128 random bits.
+struct philox4x32 {
+    using counter_type = std::array<std::uint32_t, 4>;  ///< the 128-bit counter
+    using key_type = std::array<std::uint32_t, 2>;      ///< the 64-bit key
+    static constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;  ///< round multipliers
+    static constexpr std::uint32_t w0 = 0x9E3779B9u, w1 = 0xBB67AE85u;  ///< Weyl key increments
+
+    /// The 4 random words for counter `c` under key `k`.
+    static constexpr counter_type generate(counter_type c, key_type k) noexcept {
+        for (int r = 0; r < 10; ++r) {
+            const std::uint64_t p0 = std::uint64_t{m0} * c[0];
+            const std::uint64_t p1 = std::uint64_t{m1} * c[2];
+            c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k[0], static_cast<std::uint32_t>(p1),
+                 static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1], static_cast<std::uint32_t>(p0)};
+            k[0] += w0;
+            k[1] += w1;
+        }
+        return c;
+    }
+};
+
+/// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
+class random_stream {
+public:
+    /// The stream `id` of seed `seed`.
+    constexpr random_stream(std::uint64_t seed, std::uint64_t id) noexcept
+        : key_{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)},
+          id_{static_cast<std::uint32_t>(id), static_cast<std::uint32_t>(id >> 32)} {}
+
+    /// The 4 random 32-bit words of block `b` (values 4b .. 4b+3 of the stream).
+    constexpr std::array<std::uint32_t, 4> block(std::uint64_t b) const noexcept {
+        return philox4x32::generate(
+            {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]}, key_);
+    }
+    /// The i-th random 32-bit word.
+    constexpr std::uint32_t bits(std::uint64_t i) const noexcept { return block(i >> 2)[i & 3]; }
+    /// The i-th value, uniform in [0, 1) with 24 random bits (exactly representable in float).
+    constexpr float uniform(std::uint64_t i) const noexcept {
+        return static_cast<float>(bits(i) >> 8) * 0x1p-24f;
+    }
+    /// The i-th value of a standard normal distribution (Box-Muller on words 2i, 2i+1).
+    double normal(std::uint64_t i) const noexcept {
+        const auto w = block(i >> 1);
+        const std::size_t o = (i & 1) * 2;
+        // u1 in (0, 1], u2 in [0, 1), 32 bits each
+        const double u1 = (static_cast<double>(w[o]) + 1.0) * 0x1p-32;
+        const double u2 = static_cast<double>(w[o + 1]) * 0x1p-32;
+        return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+    }
+    /// The i-th value uniform over the integers [0, n), n >= 1 (Lemire's multiply-shift; bias < n/2^32).
+    constexpr std::uint32_t below(std::uint64_t i, std::uint32_t n) const noexcept {
+        return static_cast<std::uint32_t>((std::uint64_t{bits(i)} * n) >> 32);
+    }
+
+private:
+    std::array<std::uint32_t, 2> key_;
+    std::array<std::uint32_t, 2> id_;
+};
+
+/// Hands out fresh random streams from a seed; its whole state is (seed, next stream id).
+class generator {
+public:
+    /// A generator for `seed`.
+    explicit constexpr generator(std::uint64_t seed = 0) noexcept : seed_(seed) {}
+    /// The next unused stream (use one per dropout call, per shuffle...).
+    constexpr random_stream next() noexcept { return {seed_, counter_++}; }
+    /// The seed.
+    constexpr std::uint64_t seed() const noexcept { return seed_; }
+    /// How many streams were handed out (save it with a checkpoint to resume exactly).
+    constexpr std::uint64_t position() const noexcept { return counter_; }
+    /// Restores a position saved by position().
+    constexpr void set_position(std::uint64_t p) noexcept { counter_ = p; }
+
+private:
+    std::uint64_t seed_;
+    std::uint64_t counter_ = 0;
+};
+
+/// Shuffles `items` with the Fisher-Yates algorithm driven by `s` (same result on every thread count).
+template <class T>
+void shuffle(std::span<T> items, const random_stream& s) {
+    for (std::size_t i = items.size(); i > 1; --i) {
+        const std::size_t j = s.below(i, static_cast<std::uint32_t>(i));
+        std::swap(items[i - 1], items[j]);
+    }
+}
+
+FTUNE_NAMESPACE_END

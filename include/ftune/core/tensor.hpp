@@ -1,0 +1,210 @@
+// Non-owning views and owning buffers over row-major memory, with static or dynamic extents.
+//
+//   ftune::buffer<float, ftune::shape<ftune::dynamic, 384>> x(batch * seq, 384);  // owns memory
+//   ftune::view<float, ftune::shape<ftune::dynamic, 384>> v = x.view();           // borrows it
+//   v(3, 7) = 1.0f;
+//
+// Buffers allocate 64-byte aligned, zero-filled memory and never reallocate when resized to a
+// size they already hold (the steady-state training step allocates nothing).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+#include "ftune/core/device.hpp"
+#include "ftune/core/shape.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+/// Alignment in bytes of every buffer ftune allocates (one cache line, one AVX-512 register).
+inline constexpr std::size_t buffer_alignment = 64;
+
+/// A non-owning, row-major view of `Shape::size()` elements of type T on `Device`.
+template <class T, class Shape, device_tag Device = device::cpu>
+class view {
+    static_assert(is_shape_v<Shape>, "ftune: view<T, Shape>: Shape must be an ftune::shape<...>.");
+
+public:
+    using element_type = T;                        ///< element type (may be const)
+    using value_type = std::remove_cv_t<T>;        ///< element type without const
+    using shape_type = Shape;                      ///< the shape type
+    using device_type = Device;                    ///< where the memory lives
+    static constexpr std::size_t rank = Shape::rank;  ///< number of axes
+
+    /// An empty view (null data; dynamic extents 0).
+    constexpr view() noexcept = default;
+    /// A view of `s.size()` elements at `data`.
+    constexpr view(T* data, const Shape& s) noexcept : data_(data), shape_(s) {}
+    /// A view of the elements at `data` with the given extents (checked against static ones).
+    template <class... I>
+        requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...))
+    constexpr view(T* data, I... extents) : data_(data), shape_(extents...) {}
+
+    /// Conversion to a view of const elements and/or less static extents (checked as for shapes).
+    template <class U, class S2>
+        requires(std::is_convertible_v<U (*)[], T (*)[]> && std::is_constructible_v<Shape, const S2&>)
+    constexpr explicit(!std::is_convertible_v<const S2&, Shape>) view(const view<U, S2, Device>& o)
+        : data_(o.data()), shape_(o.shape()) {}
+
+    /// Pointer to the first element.
+    constexpr T* data() const noexcept { return data_; }
+    /// The shape.
+    constexpr const Shape& shape() const noexcept { return shape_; }
+    /// Extent of axis i.
+    constexpr std::size_t extent(std::size_t i) const noexcept { return shape_.extent(i); }
+    /// Number of elements.
+    constexpr std::size_t size() const noexcept { return shape_.size(); }
+    /// True when the view has no element.
+    constexpr bool empty() const noexcept { return size() == 0; }
+    /// The elements as a span.
+    constexpr std::span<T> span() const noexcept { return {data_, size()}; }
+
+    /// Element access by row-major index (one index per axis; unchecked).
+    template <class... I>
+        requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...))
+    constexpr T& operator()(I... idx) const noexcept {
+        const std::size_t ix[] = {static_cast<std::size_t>(idx)...};
+        std::size_t off = 0;
+        for (std::size_t a = 0; a < rank; ++a) off = off * shape_.extent(a) + ix[a];
+        return data_[off];
+    }
+
+    /// The same memory seen with another shape of the same size; throws shape_mismatch otherwise.
+    template <class S2>
+    view<T, S2, Device> reshape(const S2& s) const {
+        if (s.size() != size())
+            throw error(errc::shape_mismatch, "view::reshape",
+                        detail::cat("cannot view ", shape_.to_string(), " (", size(),
+                                    " elements) as ", s.to_string(), " (", s.size(), " elements)"));
+        return {data_, s};
+    }
+
+private:
+    T* data_ = nullptr;
+    Shape shape_{};
+};
+
+/// A view with `Rank` dynamic extents.
+template <class T, std::size_t Rank, device_tag Device = device::cpu>
+using dynamic_view = view<T, dynamic_shape<Rank>, Device>;
+/// A rank-1 view (N may be dynamic).
+template <class T, std::size_t N = dynamic, device_tag Device = device::cpu>
+using vector_view = view<T, shape<N>, Device>;
+/// A rank-2 view (rows, cols), each static or dynamic.
+template <class T, std::size_t R = dynamic, std::size_t C = dynamic, device_tag Device = device::cpu>
+using matrix_view = view<T, shape<R, C>, Device>;
+
+namespace detail {
+/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array.
+struct aligned_delete {
+    void operator()(void* p) const noexcept { ::operator delete[](p, std::align_val_t{buffer_alignment}); }
+};
+/// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
+template <class T>
+std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "ftune buffers hold trivially copyable elements");
+    if (n == 0) return {};
+    void* p = ::operator new[](n * sizeof(T), std::align_val_t{buffer_alignment});
+    std::memset(p, 0, n * sizeof(T));
+    return std::unique_ptr<T[], aligned_delete>(static_cast<T*>(p));
+}
+}  // namespace detail
+
+/// An owning, 64-byte aligned, zero-initialized row-major tensor on the host.
+/// (Device memory for the CUDA backend gets its own buffer type there.)
+template <class T, class Shape, device_tag Device = device::cpu>
+class buffer {
+    static_assert(std::is_same_v<Device, device::cpu>,
+                  "ftune: buffer<..., device::cuda> is reserved for the CUDA backend; build with "
+                  "FTUNE_WITH_CUDA=ON and use ftune/cuda.hpp.");
+    static_assert(!std::is_const_v<T>, "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
+
+public:
+    using value_type = T;      ///< element type
+    using shape_type = Shape;  ///< the shape type
+    using device_type = Device;  ///< where the memory lives
+    static constexpr std::size_t rank = Shape::rank;  ///< number of axes
+
+    /// An empty buffer (all-static shapes are allocated at once).
+    buffer() { resize(Shape{}); }
+    /// A zero-filled buffer of the given shape.
+    explicit buffer(const Shape& s) { resize(s); }
+    /// A zero-filled buffer with the given extents (checked against static ones).
+    template <class... I>
+        requires(sizeof...(I) == rank && rank > 0 && (std::is_integral_v<I> && ...))
+    explicit buffer(I... extents) {
+        resize(Shape(extents...));
+    }
+    /// Deep copy.
+    buffer(const buffer& o) : buffer(o.shape_) { std::copy_n(o.data(), size(), data()); }
+    /// Deep copy assignment.
+    buffer& operator=(const buffer& o) {
+        if (this != &o) {
+            resize(o.shape_);
+            std::copy_n(o.data(), size(), data());
+        }
+        return *this;
+    }
+    buffer(buffer&&) noexcept = default;             ///< move
+    buffer& operator=(buffer&&) noexcept = default;  ///< move assignment
+
+    /// Changes the shape; reallocates only when the new size exceeds the capacity. Contents are
+    /// unspecified after a resize that changes the shape (zero after a reallocation).
+    void resize(const Shape& s) {
+        if (s.size() > capacity_) {
+            data_ = detail::aligned_alloc_array<T>(s.size());
+            capacity_ = s.size();
+        }
+        shape_ = s;
+    }
+    /// Sets every element to v.
+    void fill(T v) noexcept { std::fill_n(data(), size(), v); }
+
+    /// Pointer to the first element.
+    T* data() noexcept { return data_.get(); }
+    /// Pointer to the first element.
+    const T* data() const noexcept { return data_.get(); }
+    /// The shape.
+    const Shape& shape() const noexcept { return shape_; }
+    /// Extent of axis i.
+    std::size_t extent(std::size_t i) const noexcept { return shape_.extent(i); }
+    /// Number of elements.
+    std::size_t size() const noexcept { return shape_.size(); }
+    /// Number of elements the allocation holds.
+    std::size_t capacity() const noexcept { return capacity_; }
+    /// The elements as a span.
+    std::span<T> span() noexcept { return {data(), size()}; }
+    /// The elements as a span.
+    std::span<const T> span() const noexcept { return {data(), size()}; }
+    /// A mutable view of the whole buffer.
+    ftune::view<T, Shape, Device> view() noexcept { return {data(), shape_}; }
+    /// A read-only view of the whole buffer.
+    ftune::view<const T, Shape, Device> view() const noexcept { return {data(), shape_}; }
+    /// Implicit conversion to a mutable view.
+    operator ftune::view<T, Shape, Device>() noexcept { return view(); }
+    /// Implicit conversion to a read-only view.
+    operator ftune::view<const T, Shape, Device>() const noexcept { return view(); }
+    /// Element access by row-major index.
+    template <class... I>
+    T& operator()(I... idx) noexcept {
+        return view()(idx...);
+    }
+    /// Element access by row-major index.
+    template <class... I>
+    const T& operator()(I... idx) const noexcept {
+        return view()(idx...);
+    }
+
+private:
+    std::unique_ptr<T[], detail::aligned_delete> data_;
+    std::size_t capacity_ = 0;
+    Shape shape_{};
+};
+
+FTUNE_NAMESPACE_END

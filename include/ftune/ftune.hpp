@@ -1,0 +1,18 @@
+// ftune: fine-tune and serve BERT-family encoders in C++. Umbrella header of the training path
+// (core types, reference and CPU backends, typed primitives); no JSON, no tokenizer.
+#pragma once
+
+#include "ftune/version.hpp"
+#include "ftune/config.hpp"
+#include "ftune/core/error.hpp"
+#include "ftune/core/shape.hpp"
+#include "ftune/core/device.hpp"
+#include "ftune/core/tensor.hpp"
+#include "ftune/core/parameter.hpp"
+#include "ftune/core/rng.hpp"
+#include "ftune/core/context.hpp"
+#include "ftune/core/concepts.hpp"
+#include "ftune/backends/common.hpp"
+#include "ftune/backends/reference/primitives.hpp"
+#include "ftune/backends/cpu/primitives.hpp"
+#include "ftune/ops.hpp"

@@ -1,0 +1,236 @@
+// Typed primitives: the calls layers make. Each takes views (or buffers) with static or dynamic
+// extents, checks that their shapes fit — at compile time where extents are static, with an
+// ftune::error naming both shapes otherwise — and runs the backend of the tensors' device.
+//
+//   ftune::ops::matmul<ftune::transpose::no, ftune::transpose::yes>(x, w, y);  // y = x wᵀ
+//   ftune::ops::bias_add(y, b);
+//   ftune::ops::gelu(y, y);
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <tuple>
+#include <type_traits>
+
+#include "ftune/backends/cpu/primitives.hpp"
+#include "ftune/core/tensor.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+/// True for ftune::view and ftune::buffer types.
+template <class X>
+concept tensor_like = requires(X& x) {
+    typename std::remove_cvref_t<X>::shape_type;
+    typename std::remove_cvref_t<X>::device_type;
+    x.data();
+    x.shape();
+};
+
+namespace ops {
+
+namespace detail {
+/// The shape type of a view or buffer.
+template <class X>
+using shape_of = typename std::remove_cvref_t<X>::shape_type;
+/// The element type (without const) of a view or buffer.
+template <class X>
+using scalar_of = std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<X&>().data())>>;
+/// The device of a view or buffer.
+template <class X>
+using device_of = typename std::remove_cvref_t<X>::device_type;
+
+/// Fails the build with a message naming the two static extents when they differ.
+template <std::size_t A, std::size_t B>
+constexpr void static_extents_agree() {
+    static_assert(A == dynamic || B == dynamic || A == B,
+                  "ftune: two tensors passed to one primitive have different compile-time extents "
+                  "on an axis they must share (the two numbers are the template arguments of "
+                  "static_extents_agree above). Make the dimensions of the model types agree, or "
+                  "declare the axis ftune::dynamic to check it at run time.");
+}
+
+/// Static extent `I` of shape S.
+template <class S, std::size_t I>
+inline constexpr std::size_t sx = S::static_extents[I];
+
+/// Throws shape_mismatch about `what` naming both shapes unless a.extent(ia) == b.extent(ib).
+template <class X, class Y>
+void check_axis(const char* what, const char* na, const X& a, std::size_t ia, const char* nb,
+                const Y& b, std::size_t ib) {
+    if (a.shape().extent(ia) != b.shape().extent(ib))
+        throw error(errc::shape_mismatch, what,
+                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb, " has shape ",
+                                       b.shape().to_string(), ": axis ", ia, " of ", na, " (",
+                                       a.shape().extent(ia), ") must equal axis ", ib, " of ", nb, " (",
+                                       b.shape().extent(ib), ")"));
+}
+
+/// Throws shape_mismatch unless x has `n` elements.
+template <class X>
+void check_size(const char* what, const char* name, const X& x, std::size_t n, const char* expected) {
+    if (x.shape().size() != n)
+        throw error(errc::shape_mismatch, what,
+                    ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
+                                       " elements) but ", expected, " needs ", n));
+}
+
+/// Requires that all arguments live on the same device, and selects its backend.
+template <class... X>
+constexpr void same_device() {
+    using D = device_of<std::tuple_element_t<0, std::tuple<X...>>>;
+    static_assert((std::is_same_v<D, device_of<X>> && ...),
+                  "ftune: tensors on different devices passed to one primitive; copy them to the "
+                  "same device first.");
+    static_assert(std::is_same_v<D, device::cpu>,
+                  "ftune: primitives on device::cuda need the CUDA backend: configure with "
+                  "-DFTUNE_WITH_CUDA=ON and include <ftune/cuda.hpp>.");
+}
+}  // namespace detail
+
+/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so.
+/// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
+template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
+          tensor_like C>
+void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1, detail::scalar_of<C> beta = 0) {
+    using SA = detail::shape_of<A>;
+    using SB = detail::shape_of<B>;
+    using SC = detail::shape_of<C>;
+    detail::same_device<A, B, C>();
+    static_assert(SA::rank == 2 && SB::rank == 2 && SC::rank == 2,
+                  "ftune::ops::matmul multiplies matrices (rank-2 views); reshape batched tensors "
+                  "to (rows, features) first, or use batched_matmul.");
+    constexpr std::size_t am = TA == transpose::no ? 0 : 1, ak = 1 - am;  // axes of M and K in a
+    constexpr std::size_t bk = TB == transpose::no ? 0 : 1, bn = 1 - bk;  // axes of K and N in b
+    detail::static_extents_agree<detail::sx<SA, ak>, detail::sx<SB, bk>>();  // K
+    detail::static_extents_agree<detail::sx<SA, am>, detail::sx<SC, 0>>();   // M
+    detail::static_extents_agree<detail::sx<SB, bn>, detail::sx<SC, 1>>();   // N
+    detail::check_axis("matmul (inner dimension K)", "A", a, ak, "B", b, bk);
+    detail::check_axis("matmul (rows M)", "A", a, am, "C", c, 0);
+    detail::check_axis("matmul (columns N)", "B", b, bn, "C", c, 1);
+    const std::size_t M = c.shape().extent(0), N = c.shape().extent(1), K = a.shape().extent(ak);
+    backend::cpu::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
+                       b.shape().extent(1), beta, c.data(), N);
+}
+
+/// y(rows, C) += bias(C).
+template <tensor_like Y, tensor_like Bias>
+void bias_add(Y&& y, const Bias& bias) {
+    using SY = detail::shape_of<Y>;
+    detail::same_device<Y, Bias>();
+    static_assert(SY::rank == 2 && detail::shape_of<Bias>::rank == 1, "ftune::ops::bias_add: y is (rows, C) and bias is (C)");
+    detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<Bias>, 0>>();
+    detail::check_axis("bias_add", "y", y, 1, "bias", bias, 0);
+    backend::cpu::bias_add(y.data(), bias.data(), y.shape().extent(0), y.shape().extent(1));
+}
+
+/// dbias(C) += Σ_rows dy(rows, C).
+template <tensor_like DBias, tensor_like DY>
+void bias_backward(DBias&& dbias, const DY& dy) {
+    using SY = detail::shape_of<DY>;
+    detail::same_device<DY, DBias>();
+    static_assert(SY::rank == 2 && detail::shape_of<DBias>::rank == 1, "ftune::ops::bias_backward: dy is (rows, C) and dbias is (C)");
+    detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<DBias>, 0>>();
+    detail::check_axis("bias_backward", "dy", dy, 1, "dbias", dbias, 0);
+    backend::cpu::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0), dy.shape().extent(1));
+}
+
+/// out = a + b (same shapes; out may alias a or b).
+template <tensor_like Out, tensor_like A, tensor_like B>
+void residual_add(Out&& out, const A& a, const B& b) {
+    detail::same_device<Out, A, B>();
+    check_same_shape(a.shape(), b.shape(), "residual_add (a vs b)");
+    check_same_shape(out.shape(), a.shape(), "residual_add (out vs a)");
+    backend::cpu::residual_add(out.data(), a.data(), b.data(), a.shape().size());
+}
+
+/// The activations ops::activation / activation_backward apply.
+enum class activation { gelu, gelu_tanh, tanh };
+
+/// y = f(x) element-wise (same shapes; y may alias x).
+template <tensor_like Y, tensor_like X>
+void activate(activation f, Y&& y, const X& x) {
+    detail::same_device<Y, X>();
+    check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
+    const std::size_t n = x.shape().size();
+    switch (f) {
+        case activation::gelu: backend::cpu::gelu_forward(y.data(), x.data(), n); break;
+        case activation::gelu_tanh: backend::cpu::gelu_tanh_forward(y.data(), x.data(), n); break;
+        case activation::tanh: backend::cpu::tanh_forward(y.data(), x.data(), n); break;
+    }
+}
+
+/// dx += f'(·) * dy, where · is the forward input x for GELUs and the forward output y for tanh.
+template <tensor_like DX, tensor_like S, tensor_like DY>
+void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
+    detail::same_device<DX, S, DY>();
+    check_same_shape(dx.shape(), dy.shape(), "activate_backward (dx vs dy)");
+    check_same_shape(saved.shape(), dy.shape(), "activate_backward (saved vs dy)");
+    const std::size_t n = dy.shape().size();
+    switch (f) {
+        case activation::gelu: backend::cpu::gelu_backward(dx.data(), saved.data(), dy.data(), n); break;
+        case activation::gelu_tanh: backend::cpu::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n); break;
+        case activation::tanh: backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n); break;
+    }
+}
+
+/// out(rows, C) = LayerNorm(x) * weight + bias; saves mean(rows), rstd(rows).
+template <tensor_like Out, tensor_like Mean, tensor_like Rstd, tensor_like X, tensor_like W, tensor_like Bias>
+void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight, const Bias& bias,
+                detail::scalar_of<X> eps) {
+    using SX = detail::shape_of<X>;
+    detail::same_device<Out, Mean, Rstd, X, W, Bias>();
+    static_assert(SX::rank == 2, "ftune::ops::layer_norm normalizes the rows of a (rows, C) view; reshape first");
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
+    check_same_shape(out.shape(), x.shape(), "layer_norm (out vs x)");
+    detail::check_axis("layer_norm", "x", x, 1, "weight", weight, 0);
+    detail::check_axis("layer_norm", "x", x, 1, "bias", bias, 0);
+    const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
+    detail::check_size("layer_norm", "mean", mean, rows, "one per row of x");
+    detail::check_size("layer_norm", "rstd", rstd, rows, "one per row of x");
+    backend::cpu::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(),
+                                     bias.data(), rows, C, eps);
+}
+
+/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk).
+template <tensor_like P, tensor_like S, tensor_like M>
+void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scalar_of<S> scale) {
+    detail::same_device<P, S, M>();
+    static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<M>::rank == 2,
+                  "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk) and key_mask is (B, Tk)");
+    check_same_shape(probs.shape(), scores.shape(), "masked_softmax (probs vs scores)");
+    detail::check_axis("masked_softmax", "scores", scores, 0, "key_mask", key_mask, 0);
+    detail::check_axis("masked_softmax", "scores", scores, 3, "key_mask", key_mask, 1);
+    const auto& s = scores.shape();
+    backend::cpu::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, s.extent(0),
+                                  s.extent(1), s.extent(2), s.extent(3));
+}
+
+/// out(n, C) = table(ids, :); ids outside the table throw out_of_range.
+template <tensor_like Out, tensor_like Ids, tensor_like Table>
+void embedding(Out&& out, const Ids& ids, const Table& table) {
+    using ST = detail::shape_of<Table>;
+    detail::same_device<Out, Ids, Table>();
+    static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>, "ftune::ops::embedding: ids are int32 (ftune::token_id)");
+    static_assert(ST::rank == 2 && detail::shape_of<Out>::rank == 2, "ftune::ops::embedding: table is (vocab, C) and out is (n, C)");
+    detail::static_extents_agree<detail::sx<ST, 1>, detail::sx<detail::shape_of<Out>, 1>>();
+    detail::check_axis("embedding", "out", out, 1, "table", table, 1);
+    detail::check_size("embedding", "ids", ids, out.shape().extent(0), "one per row of out");
+    backend::cpu::embedding_forward(out.data(), ids.data(), table.data(), out.shape().extent(0),
+                                    table.shape().extent(1), table.shape().extent(0));
+}
+
+/// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.
+template <tensor_like L, tensor_like Z, tensor_like Tg>
+std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets, token_id ignore_index = -100) {
+    detail::same_device<L, Z, Tg>();
+    static_assert(detail::shape_of<Z>::rank == 2, "ftune::ops::cross_entropy: logits are (rows, V)");
+    const std::size_t rows = logits.shape().extent(0);
+    detail::check_size("cross_entropy", "targets", targets, rows, "one per row of logits");
+    detail::check_size("cross_entropy", "losses", losses, rows, "one per row of logits");
+    return backend::cpu::cross_entropy_forward(losses.data(), logits.data(), targets.data(), rows,
+                                               logits.shape().extent(1), ignore_index);
+}
+
+}  // namespace ops
+FTUNE_NAMESPACE_END

@@ -1,0 +1,197 @@
+// Core types: shapes with static/dynamic extents, views, buffers, errors, the Philox RNG.
+#include <ftune/ftune.hpp>
+
+#include <numeric>
+#include <set>
+#include <string>
+
+#include "util.hpp"
+
+using ftune::dynamic;
+using ftune::shape;
+
+TEST_CASE("shape: static and dynamic extents", "[core]") {
+    shape<2, dynamic> s(2, 5);
+    CHECK(s.rank == 2);
+    CHECK(s.rank_dynamic == 1);
+    CHECK(s.extent(0) == 2);
+    CHECK(s.extent(1) == 5);
+    CHECK(s.size() == 10);
+    CHECK(s.to_string() == "[2, 5]");
+    shape<3, 4> st;
+    CHECK(st.size() == 12);
+    shape<> scalar;
+    CHECK(scalar.size() == 1);
+    // static -> dynamic is implicit; dynamic -> static is explicit and checked at run time
+    ftune::dynamic_shape<2> d = st;
+    CHECK(d == st);
+    CHECK(shape<3, dynamic>(d).extent(1) == 4);
+    CHECK_THROWS_AS((shape<5, dynamic>(d)), ftune::error);
+}
+
+TEST_CASE("shape: a value contradicting a static extent throws shape_mismatch naming both", "[core]") {
+    try {
+        shape<384, dynamic> s(768, 2);
+        FAIL("no throw");
+    } catch (const ftune::error& e) {
+        CHECK(e.id() == ftune::errc::shape_mismatch);
+        const std::string w = e.what();
+        CHECK(w == "ftune: shape: expected [384, *], got [768, 2] (axis 0 is fixed at compile time to 384)");
+    }
+}
+
+TEST_CASE("check_same_shape names both shapes", "[core]") {
+    ftune::dynamic_shape<2> a(2, 3), b(3, 2);
+    try {
+        ftune::check_same_shape(a, b, "residual");
+        FAIL("no throw");
+    } catch (const ftune::error& e) {
+        CHECK(e.id() == ftune::errc::shape_mismatch);
+        CHECK(e.context() == "residual");
+        CHECK(std::string(e.what()) == "ftune: residual: shapes differ: [2, 3] vs [3, 2]");
+    }
+    CHECK_NOTHROW(ftune::check_same_shape(a, ftune::dynamic_shape<2>(2, 3), "same"));
+}
+
+TEST_CASE("buffer: aligned, zero-filled, row-major, no reallocation when shrinking", "[core]") {
+    ftune::buffer<float, shape<dynamic, 7>> b(3, 7);
+    CHECK(reinterpret_cast<std::uintptr_t>(b.data()) % ftune::buffer_alignment == 0);
+    for (float v : b.span()) CHECK(v == 0.0f);
+    b(1, 2) = 5.0f;
+    CHECK(b.data()[1 * 7 + 2] == 5.0f);
+    auto v = b.view();
+    CHECK(v(1, 2) == 5.0f);
+    ftune::view<const float, ftune::dynamic_shape<2>> cv = v;  // const and less static
+    CHECK(cv(1, 2) == 5.0f);
+    const float* p = b.data();
+    b.resize(shape<dynamic, 7>(2, 7));
+    CHECK(b.data() == p);
+    CHECK(b.capacity() == 21);
+    b.resize(shape<dynamic, 7>(4, 7));
+    CHECK(b.capacity() == 28);
+    ftune::buffer<float, shape<dynamic, 7>> c = b;  // deep copy
+    CHECK(c.data() != b.data());
+    CHECK(c.shape() == b.shape());
+    CHECK_THROWS_AS((ftune::buffer<float, shape<dynamic, 7>>(2, 8)), ftune::error);
+}
+
+TEST_CASE("view: reshape checks the element count", "[core]") {
+    std::vector<double> data(12);
+    std::iota(data.begin(), data.end(), 0.0);
+    ftune::view<double, shape<3, 4>> v(data.data(), 3, 4);
+    auto r = v.reshape(shape<2, 6>{});
+    CHECK(r(1, 0) == 6.0);
+    CHECK_THROWS_AS(v.reshape(ftune::dynamic_shape<2>(5, 2)), ftune::error);
+}
+
+TEST_CASE("error: id, context and message", "[core]") {
+    ftune::error e(ftune::errc::parse, "data/train.tsv:12", "expected 2 columns, got 3");
+    CHECK(std::string(e.what()) == "ftune: data/train.tsv:12: expected 2 columns, got 3");
+    CHECK(ftune::to_string(e.id()) == "parse");
+}
+
+TEST_CASE("philox4x32-10 matches Random123's known-answer vectors", "[core][rng]") {
+    // tests/kat_vectors of the Random123 distribution (D. E. Shaw Research), "philox4x32 10" lines.
+    using P = ftune::philox4x32;
+    CHECK(P::generate({0, 0, 0, 0}, {0, 0}) == P::counter_type{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8});
+    CHECK(P::generate({0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}, {0xffffffff, 0xffffffff}) ==
+          P::counter_type{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd});
+    CHECK(P::generate({0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, {0xa4093822, 0x299f31d0}) ==
+          P::counter_type{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1});
+}
+
+TEST_CASE("random streams: reproducible, independent, well distributed", "[core][rng]") {
+    ftune::generator g(42);
+    auto s0 = g.next(), s1 = g.next();
+    CHECK(g.position() == 2);
+    CHECK(s0.bits(10) == ftune::random_stream(42, 0).bits(10));
+    CHECK(s0.bits(10) != s1.bits(10));
+    // uniform: mean 1/2, variance 1/12 over 100k draws (5 sigma bounds)
+    double sum = 0, sq = 0;
+    const int n = 100000;
+    for (int i = 0; i < n; ++i) {
+        const double u = s0.uniform(std::uint64_t(i));
+        REQUIRE(u >= 0.0);
+        REQUIRE(u < 1.0);
+        sum += u;
+        sq += u * u;
+    }
+    CHECK(std::abs(sum / n - 0.5) < 5 * std::sqrt(1.0 / 12 / n));
+    CHECK(std::abs(sq / n - sum * sum / n / n - 1.0 / 12) < 0.002);
+    // normal: mean 0, variance 1
+    double ns = 0, nq = 0;
+    for (int i = 0; i < n; ++i) {
+        const double z = s1.normal(std::uint64_t(i));
+        ns += z;
+        nq += z * z;
+    }
+    CHECK(std::abs(ns / n) < 5 / std::sqrt(double(n)));
+    CHECK(std::abs(nq / n - 1.0) < 0.02);
+}
+
+TEST_CASE("shuffle is a permutation fixed by the stream", "[core][rng]") {
+    std::vector<int> a(1000), b;
+    std::iota(a.begin(), a.end(), 0);
+    b = a;
+    ftune::shuffle(std::span<int>(a), ftune::random_stream(7, 3));
+    ftune::shuffle(std::span<int>(b), ftune::random_stream(7, 3));
+    CHECK(a == b);
+    CHECK(std::set<int>(a.begin(), a.end()).size() == 1000);
+    int fixed = 0;
+    for (int i = 0; i < 1000; ++i) fixed += a[i] == i;
+    CHECK(fixed < 10);  // a random permutation has ~1 fixed point
+}
+
+TEST_CASE("parameter: value, grad, flags, names", "[core]") {
+    ftune::parameter<float, shape<dynamic, 4>> p("weight", shape<dynamic, 4>(3, 4), true);
+    CHECK(p.size() == 12);
+    p.grad.fill(2.0f);
+    p.zero_grad();
+    for (float g : p.grad.span()) CHECK(g == 0.0f);
+    CHECK(ftune::join_name("encoder.layer.3.attention.self.query", "weight") ==
+          "encoder.layer.3.attention.self.query.weight");
+    CHECK(ftune::join_name("", "bias") == "bias");
+}
+
+TEST_CASE("ops: runtime shape mismatches throw ftune::error naming both shapes", "[core][ops]") {
+    using M = ftune::buffer<float, ftune::dynamic_shape<2>>;
+    M a(4, 3), b(5, 2), c(4, 2);
+    try {
+        ftune::ops::matmul(a, b, c);
+        FAIL("no throw");
+    } catch (const ftune::error& e) {
+        CHECK(e.id() == ftune::errc::shape_mismatch);
+        const std::string w = e.what();
+        INFO(w);
+        CHECK(w.find("[4, 3]") != std::string::npos);
+        CHECK(w.find("[5, 2]") != std::string::npos);
+    }
+    ftune::buffer<float, ftune::dynamic_shape<1>> bias(3);
+    try {
+        ftune::ops::bias_add(c, bias);
+        FAIL("no throw");
+    } catch (const ftune::error& e) {
+        const std::string w = e.what();
+        INFO(w);
+        CHECK(w.find("[4, 2]") != std::string::npos);
+        CHECK(w.find("[3]") != std::string::npos);
+    }
+    CHECK_THROWS_AS(ftune::ops::residual_add(c, c, a), ftune::error);
+    // and the matching call works: (4,3) x (3,2)
+    M b2(3, 2);
+    CHECK_NOTHROW(ftune::ops::matmul(a, b2, c));
+}
+
+TEST_CASE("ops: token ids outside the table throw out_of_range", "[core][ops]") {
+    ftune::buffer<float, ftune::dynamic_shape<2>> table(10, 4), out(2, 4);
+    ftune::buffer<ftune::token_id, ftune::dynamic_shape<1>> ids(2);
+    ids(0) = 3;
+    ids(1) = 10;
+    try {
+        ftune::ops::embedding(out, ids, table);
+        FAIL("no throw");
+    } catch (const ftune::error& e) {
+        CHECK(e.id() == ftune::errc::out_of_range);
+        CHECK(std::string(e.what()).find("id 10 at position 1") != std::string::npos);
+    }
+}

@@ -1,0 +1,81 @@
+// CPU GEMM (Eigen) against the reference: every transpose combination, alpha/beta, leading
+// dimensions wider than the matrix, empty and one-row cases, strided batches; float and double.
+#include <ftune/backends/cpu/gemm.hpp>
+#include <ftune/backends/reference/primitives.hpp>
+
+#include <limits>
+#include <tuple>
+
+#include "util.hpp"
+
+namespace ref = ftune::backend::reference;
+namespace cpu = ftune::backend::cpu;
+using ftune::transpose;
+
+namespace {
+template <class T>
+void check_gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha, T beta,
+                std::size_t pad, std::uint64_t seed) {
+    // stored shapes: A (M,K) or (K,M); B (K,N) or (N,K); row strides are widened by `pad`
+    const std::size_t a_rows = ta == transpose::no ? M : K, a_cols = ta == transpose::no ? K : M;
+    const std::size_t b_rows = tb == transpose::no ? K : N, b_cols = tb == transpose::no ? N : K;
+    const std::size_t lda = a_cols + pad, ldb = b_cols + pad, ldc = N + pad;
+    auto A = test::randn<T>(a_rows * lda, seed);
+    auto B = test::randn<T>(b_rows * ldb, seed + 1);
+    auto C0 = test::randn<T>(M * ldc, seed + 2);
+    if (beta == T(0)) std::fill(C0.begin(), C0.end(), std::numeric_limits<T>::quiet_NaN());
+    auto want = C0, got = C0;
+    ref::gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+    cpu::gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
+    // padding columns of C must be untouched
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = N; j < ldc; ++j) {
+            const T g = got[i * ldc + j], c = C0[i * ldc + j];
+            REQUIRE(((g == c) || (std::isnan(g) && std::isnan(c))));
+        }
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = N; j < ldc; ++j) got[i * ldc + j] = want[i * ldc + j] = 0;
+    INFO("ta=" << int(ta) << " tb=" << int(tb) << " M=" << M << " N=" << N << " K=" << K << " alpha=" << alpha
+               << " beta=" << beta << " pad=" << pad);
+    test::require_close(got, want, test::tol<T>(16.0 * (K + 4)), "gemm");
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("gemm matches the reference on random shapes", "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const transpose ts[] = {transpose::no, transpose::yes};
+    std::uint64_t seed = 1;
+    for (auto ta : ts)
+        for (auto tb : ts) {
+            // edge cases: empty, one row/column, K = 0, sizes off the SIMD width
+            for (auto [M, N, K] : {std::tuple<std::size_t, std::size_t, std::size_t>{0, 5, 3}, {5, 0, 3}, {4, 5, 0},
+                                   {1, 1, 1}, {1, 17, 9}, {17, 1, 9}, {3, 5, 7}, {16, 16, 16}, {33, 65, 31}})
+                check_gemm<T>(ta, tb, M, N, K, T(1), T(0), 0, seed++);
+            // random shapes with alpha, beta and padded leading dimensions
+            for (int r = 0; r < 12; ++r) {
+                const std::size_t M = test::rand_int(seed, 0, 1, 80), N = test::rand_int(seed, 1, 1, 80),
+                                  K = test::rand_int(seed, 2, 1, 130), pad = test::rand_int(seed, 3, 0, 5);
+                const T alpha = r % 3 == 0 ? T(1) : T(-0.75), beta = r % 4 == 0 ? T(0) : T(r % 2 ? 1.0 : 0.5);
+                check_gemm<T>(ta, tb, M, N, K, alpha, beta, pad, seed++);
+            }
+        }
+    // a BERT-like shape: (256, 384) x (384, 1536)^T-stored weights
+    check_gemm<T>(transpose::no, transpose::yes, 256, 1536 / 4, 384, T(1), T(0), 0, 99);
+}
+
+TEMPLATE_TEST_CASE("strided batched gemm matches the reference", "[primitives][gemm]", float, double) {
+    using T = TestType;
+    // attention-like: (B*H) batches of Q (T, d) x K^T (d, T), with interleaved heads
+    for (auto [batch, M, N, K] : {std::tuple<std::size_t, std::size_t, std::size_t, std::size_t>{0, 4, 4, 4},
+                                  {1, 3, 5, 2}, {6, 13, 13, 8}, {24, 7, 9, 16}}) {
+        const std::size_t sa = M * K + 3, sb = N * K + 1, sc = M * N + 2;  // strides leave gaps
+        auto A = test::randn<T>(batch * sa + 1, 5), B = test::randn<T>(batch * sb + 1, 6);
+        auto want = test::randn<T>(batch * sc + 1, 7), got = want;
+        ref::gemm_strided_batched(transpose::no, transpose::yes, M, N, K, T(0.5), A.data(), K, sa, B.data(), K, sb,
+                                  T(1), want.data(), N, sc, batch);
+        cpu::gemm_strided_batched(transpose::no, transpose::yes, M, N, K, T(0.5), A.data(), K, sa, B.data(), K, sb,
+                                  T(1), got.data(), N, sc, batch);
+        INFO("batch=" << batch << " M=" << M << " N=" << N << " K=" << K);
+        test::require_close(got, want, test::tol<T>(16.0 * (K + 4)), "gemm_strided_batched");
+    }
+}

@@ -1,0 +1,301 @@
+// Every CPU primitive against the reference backend, on sizes that are not multiples of the SIMD
+// width, empty and one-row cases, in float and double, with tolerances scaled by the type.
+#include <ftune/backends/cpu/primitives.hpp>
+#include <ftune/backends/reference/primitives.hpp>
+
+#include <limits>
+
+#include "util.hpp"
+
+namespace ref = ftune::backend::reference;
+namespace cpu = ftune::backend::cpu;
+using test::require_close;
+using test::tol;
+
+TEMPLATE_TEST_CASE("bias add, bias backward, residual add", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t cols : test::awkward_sizes())
+        for (std::size_t rows : {0, 1, 3, 70}) {
+            INFO("rows=" << rows << " cols=" << cols);
+            auto y = test::randn<T>(rows * cols, 1), bias = test::randn<T>(cols, 2);
+            auto y2 = y;
+            ref::bias_add(y.data(), bias.data(), rows, cols);
+            cpu::bias_add(y2.data(), bias.data(), rows, cols);
+            require_close(y2, y, tol<T>(4), "bias_add");
+            auto db = test::randn<T>(cols, 3), db2 = db;
+            ref::bias_backward(db.data(), y.data(), rows, cols);
+            cpu::bias_backward(db2.data(), y.data(), rows, cols);
+            require_close(db2, db, tol<T>(8.0 * (rows + 1)), "bias_backward");
+            auto out = test::randn<T>(rows * cols, 4), out2 = out;
+            ref::residual_add(out.data(), y.data(), bias.data(), std::min(rows * cols, cols));
+            cpu::residual_add(out2.data(), y.data(), bias.data(), std::min(rows * cols, cols));
+            require_close(out2, out, tol<T>(2), "residual_add");
+        }
+}
+
+TEMPLATE_TEST_CASE("activations forward and backward (accumulating)", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t n : test::awkward_sizes()) {
+        INFO("n=" << n);
+        auto x = test::randn<T>(n, 10, 3.0), dy = test::randn<T>(n, 11);
+        std::vector<T> y(n), y2(n);
+        auto dx = test::randn<T>(n, 12), dx2 = dx;
+        // GELU (erf)
+        ref::gelu_forward(y.data(), x.data(), n);
+        cpu::gelu_forward(y2.data(), x.data(), n);
+        require_close(y2, y, tol<T>(64), "gelu_forward");
+        ref::gelu_backward(dx.data(), x.data(), dy.data(), n);
+        cpu::gelu_backward(dx2.data(), x.data(), dy.data(), n);
+        require_close(dx2, dx, tol<T>(64), "gelu_backward");
+        // GELU (tanh)
+        ref::gelu_tanh_forward(y.data(), x.data(), n);
+        cpu::gelu_tanh_forward(y2.data(), x.data(), n);
+        require_close(y2, y, tol<T>(64), "gelu_tanh_forward");
+        ref::gelu_tanh_backward(dx.data(), x.data(), dy.data(), n);
+        cpu::gelu_tanh_backward(dx2.data(), x.data(), dy.data(), n);
+        require_close(dx2, dx, tol<T>(64), "gelu_tanh_backward");
+        // tanh (backward from the output)
+        ref::tanh_forward(y.data(), x.data(), n);
+        cpu::tanh_forward(y2.data(), x.data(), n);
+        require_close(y2, y, tol<T>(16), "tanh_forward");
+        ref::tanh_backward(dx.data(), y.data(), dy.data(), n);
+        cpu::tanh_backward(dx2.data(), y.data(), dy.data(), n);
+        require_close(dx2, dx, tol<T>(64), "tanh_backward");
+    }
+}
+
+TEST_CASE("GELU reference agrees with known values", "[primitives]") {
+    // gelu(1) = 0.5 (1 + erf(1/sqrt 2)) = 0.8413447460685429 (Φ(1), standard normal tables)
+    double x[] = {1.0, 0.0, -1.0}, y[3];
+    ref::gelu_forward(y, x, 3);
+    CHECK(std::abs(y[0] - 0.8413447460685429) < 1e-15);
+    CHECK(y[1] == 0.0);
+    CHECK(std::abs(y[2] - (-1.0 + 0.8413447460685429)) < 1e-15);
+}
+
+TEMPLATE_TEST_CASE("layer norm forward and backward", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t C : {1, 2, 3, 7, 8, 9, 17, 64, 100, 384})
+        for (std::size_t rows : {0, 1, 5, 67}) {
+            INFO("rows=" << rows << " C=" << C);
+            auto x = test::randn<T>(rows * C, 20, 2.0);
+            for (std::size_t i = 0; i < x.size(); ++i) x[i] += T(3);  // non-zero mean
+            auto w = test::randn<T>(C, 21), b = test::randn<T>(C, 22);
+            std::vector<T> out(rows * C), out2(rows * C), mean(rows), mean2(rows), rstd(rows), rstd2(rows);
+            ref::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, C, T(1e-5));
+            cpu::layer_norm_forward(out2.data(), mean2.data(), rstd2.data(), x.data(), w.data(), b.data(), rows, C,
+                                    T(1e-5));
+            require_close(mean2, mean, tol<T>(4.0 * C), "layer_norm mean");
+            require_close(rstd2, rstd, tol<T>(8.0 * C), "layer_norm rstd");
+            require_close(out2, out, tol<T>(8.0 * C), "layer_norm out");
+            auto dout = test::randn<T>(rows * C, 23);
+            auto dx = test::randn<T>(rows * C, 24), dx2 = dx;
+            auto dw = test::randn<T>(C, 25), dw2 = dw, db = test::randn<T>(C, 26), db2 = db;
+            ref::layer_norm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
+                                     rstd.data(), rows, C);
+            cpu::layer_norm_backward(dx2.data(), dw2.data(), db2.data(), dout.data(), x.data(), w.data(), mean.data(),
+                                     rstd.data(), rows, C);
+            require_close(dx2, dx, tol<T>(16.0 * C), "layer_norm dx");
+            require_close(dw2, dw, tol<T>(16.0 * (rows + 1)), "layer_norm dweight");
+            require_close(db2, db, tol<T>(8.0 * (rows + 1)), "layer_norm dbias");
+        }
+}
+
+TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]", float, double) {
+    using T = TestType;
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (std::size_t Tk : {1, 2, 5, 8, 9, 16, 33, 128})
+        for (auto [B, H, Tq] : {std::tuple<std::size_t, std::size_t, std::size_t>{0, 2, 3}, {1, 1, 1}, {3, 2, 5}}) {
+            INFO("B=" << B << " H=" << H << " Tq=" << Tq << " Tk=" << Tk);
+            const std::size_t n = B * H * Tq * Tk;
+            auto s = test::randn<T>(n, 30, 4.0);
+            // mask: batch b keeps its first Tk - b keys (b = 2 with Tk <= 2 masks everything)
+            std::vector<T> mask(B * Tk, T(0));
+            for (std::size_t b = 0; b < B; ++b)
+                for (std::size_t k = 0; k < Tk; ++k)
+                    if (k + b >= Tk) mask[b * Tk + k] = b == 1 ? T(-10000) : ninf;
+            std::vector<T> p(n), p2(n);
+            const T scale = T(0.125);
+            ref::softmax_forward(p.data(), s.data(), mask.data(), scale, B, H, Tq, Tk);
+            cpu::softmax_forward(p2.data(), s.data(), mask.data(), scale, B, H, Tq, Tk);
+            require_close(p2, p, tol<T>(16.0 * Tk), "softmax_forward");
+            for (T v : p2) REQUIRE(std::isfinite(v));
+            // rows sum to 1, or to 0 when every key is masked with -inf
+            for (std::size_t r = 0; r < B * H * Tq; ++r) {
+                T sum = 0;
+                for (std::size_t k = 0; k < Tk; ++k) sum += p2[r * Tk + k];
+                const bool all_masked = (r / (H * Tq)) == 2 && Tk <= 2;
+                CHECK(std::abs(sum - (all_masked ? T(0) : T(1))) < tol<T>(16.0 * Tk));
+            }
+            ref::softmax_forward(p.data(), s.data(), static_cast<const T*>(nullptr), scale, B, H, Tq, Tk);
+            cpu::softmax_forward(p2.data(), s.data(), static_cast<const T*>(nullptr), scale, B, H, Tq, Tk);
+            require_close(p2, p, tol<T>(16.0 * Tk), "softmax_forward without mask");
+            auto dp = test::randn<T>(n, 31), ds = test::randn<T>(n, 32), ds2 = ds;
+            ref::softmax_backward(ds.data(), p.data(), dp.data(), scale, B * H * Tq, Tk);
+            cpu::softmax_backward(ds2.data(), p.data(), dp.data(), scale, B * H * Tq, Tk);
+            require_close(ds2, ds, tol<T>(16.0 * Tk), "softmax_backward");
+        }
+}
+
+TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 1", "[primitives]", float, double) {
+    using T = TestType;
+    ftune::random_stream s(1234, 5);
+    for (std::size_t n : {0, 1, 3, 5, 100, 16384 + 7, 70000})
+        for (T p : {T(0), T(0.1), T(0.5), T(1)}) {
+            INFO("n=" << n << " p=" << p);
+            auto x = test::randn<T>(n, 40);
+            std::vector<T> y(n), y2(n);
+            std::vector<std::uint8_t> m(n), m2(n);
+            ref::dropout_forward(y.data(), m.data(), x.data(), p, n, s);
+            cpu::dropout_forward(y2.data(), m2.data(), x.data(), p, n, s);
+            REQUIRE(m == m2);
+            require_close(y2, y, tol<T>(2), "dropout_forward");
+            std::size_t kept = 0;
+            for (auto k : m2) kept += k;
+            if (p == T(0)) CHECK(kept == n);
+            if (p == T(1)) CHECK(kept == 0);
+            if (n >= 10000 && p > T(0) && p < T(1)) {  // 5-sigma binomial bound
+                const double mean = double(n) * (1 - double(p)), sd = std::sqrt(double(n) * double(p) * (1 - double(p)));
+                CHECK(std::abs(double(kept) - mean) < 5 * sd);
+            }
+            auto dy = test::randn<T>(n, 41), dx = test::randn<T>(n, 42), dx2 = dx;
+            ref::dropout_backward(dx.data(), m.data(), dy.data(), p, n);
+            cpu::dropout_backward(dx2.data(), m2.data(), dy.data(), p, n);
+            require_close(dx2, dx, tol<T>(2), "dropout_backward");
+        }
+    CHECK_THROWS_AS(ref::dropout_threshold(1.5), ftune::error);
+}
+
+TEST_CASE("dropout mask does not depend on the thread count", "[primitives]") {
+    const std::size_t n = 200000;
+    auto x = test::randn<float>(n, 43);
+    std::vector<float> y1(n), y2(n);
+    std::vector<std::uint8_t> m1(n), m2(n);
+    ftune::random_stream s(9, 9);
+    const int threads = ftune::num_threads();
+    ftune::set_num_threads(1);
+    cpu::dropout_forward(y1.data(), m1.data(), x.data(), 0.1f, n, s);
+    ftune::set_num_threads(2);
+    cpu::dropout_forward(y2.data(), m2.data(), x.data(), 0.1f, n, s);
+    ftune::set_num_threads(threads);
+    CHECK(m1 == m2);
+    CHECK(y1 == y2);
+}
+
+TEMPLATE_TEST_CASE("embedding gather and scatter-add", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t C : {1, 3, 8, 17, 64, 384})
+        for (std::size_t n : {0, 1, 9, 200}) {
+            INFO("n=" << n << " C=" << C);
+            const std::size_t vocab = 13;  // small vocabulary: many repeated ids
+            std::vector<ftune::token_id> ids(n);
+            for (std::size_t i = 0; i < n; ++i) ids[i] = ftune::token_id(test::rand_int(50, i, 0, vocab - 1));
+            auto table = test::randn<T>(vocab * C, 51);
+            std::vector<T> out(n * C), out2(n * C);
+            ref::embedding_forward(out.data(), ids.data(), table.data(), n, C, vocab);
+            cpu::embedding_forward(out2.data(), ids.data(), table.data(), n, C, vocab);
+            REQUIRE(out == out2);
+            auto dout = test::randn<T>(n * C, 52), dt = test::randn<T>(vocab * C, 53), dt2 = dt;
+            ref::embedding_backward(dt.data(), ids.data(), dout.data(), n, C, vocab);
+            cpu::embedding_backward(dt2.data(), ids.data(), dout.data(), n, C, vocab);
+            require_close(dt2, dt, tol<T>(4.0 * (n + 1)), "embedding_backward");
+        }
+    std::vector<ftune::token_id> bad{0, -1};
+    std::vector<T> table(4), out(4);
+    CHECK_THROWS_AS(cpu::embedding_forward(out.data(), bad.data(), table.data(), 2, 2, 2), ftune::error);
+}
+
+TEMPLATE_TEST_CASE("cross-entropy with logits and an ignore index", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t V : {1, 2, 3, 9, 16, 77, 1000})
+        for (std::size_t rows : {0, 1, 5, 40}) {
+            INFO("rows=" << rows << " V=" << V);
+            auto z = test::randn<T>(rows * V, 60, 5.0);
+            std::vector<ftune::token_id> t(rows);
+            for (std::size_t r = 0; r < rows; ++r)
+                t[r] = r % 4 == 3 ? -100 : ftune::token_id(test::rand_int(61, r, 0, V - 1));
+            std::vector<T> l(rows), l2(rows);
+            const auto c = ref::cross_entropy_forward(l.data(), z.data(), t.data(), rows, V, -100);
+            const auto c2 = cpu::cross_entropy_forward(l2.data(), z.data(), t.data(), rows, V, -100);
+            CHECK(c == c2);
+            CHECK(c == rows - rows / 4);
+            require_close(l2, l, tol<T>(32.0 * V), "cross_entropy_forward");
+            auto dl = test::randn<T>(rows, 62), dz = test::randn<T>(rows * V, 63), dz2 = dz;
+            ref::cross_entropy_backward(dz.data(), z.data(), t.data(), dl.data(), rows, V, -100);
+            cpu::cross_entropy_backward(dz2.data(), z.data(), t.data(), dl.data(), rows, V, -100);
+            require_close(dz2, dz, tol<T>(32.0 * V), "cross_entropy_backward");
+        }
+    std::vector<ftune::token_id> bad{5};
+    std::vector<T> z(3), l(1);
+    CHECK_THROWS_AS(cpu::cross_entropy_forward(l.data(), z.data(), bad.data(), 1, 3), ftune::error);
+}
+
+TEST_CASE("cross-entropy reference agrees with a hand computation", "[primitives]") {
+    // logits (0, ln 2, ln 3), target 2: loss = ln(1 + 2 + 3) - ln 3 = ln 2
+    const double z[] = {0.0, std::log(2.0), std::log(3.0)};
+    const ftune::token_id t[] = {2};
+    double l[1];
+    ref::cross_entropy_forward(l, z, t, 1, 3);
+    CHECK(std::abs(l[0] - std::log(2.0)) < 1e-15);
+}
+
+TEMPLATE_TEST_CASE("sum, sum of squares, global L2 norm, scale", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t n : {0, 1, 7, 33, 1000, 16384 * 3 + 5, 1000003}) {
+        INFO("n=" << n);
+        auto x = test::randn<T>(n, 70);
+        // both sum in a different order: allow √n rounding steps of the magnitude involved
+        const double rn = 1 + std::sqrt(double(n)), sq = ref::sum_squares(x.data(), n);
+        CHECK(std::abs(cpu::sum(x.data(), n) - ref::sum(x.data(), n)) <= tol<T>(64) * rn * rn);
+        CHECK(std::abs(cpu::sum_squares(x.data(), n) - sq) <= tol<T>(64) * rn * (1 + sq));
+        auto x2 = x;
+        ref::scale(x.data(), T(0.3), n);
+        cpu::scale(x2.data(), T(0.3), n);
+        require_close(x2, x, tol<T>(1), "scale");
+    }
+    auto a = test::randn<T>(100, 71), b = test::randn<T>(37, 72);
+    const std::span<const T> parts[] = {a, b};
+    const double want = std::sqrt(ref::sum_squares(a.data(), 100) + ref::sum_squares(b.data(), 37));
+    CHECK(std::abs(cpu::global_l2_norm<T>(parts) - want) <= tol<T>(64) * want);
+    CHECK(std::abs(ref::global_l2_norm<T>(parts) - want) <= 1e-12 * want);
+}
+
+TEMPLATE_TEST_CASE("AdamW and SGD updates", "[primitives][optim]", float, double) {
+    using T = TestType;
+    for (std::size_t n : test::awkward_sizes()) {
+        INFO("n=" << n);
+        auto p = test::randn<T>(n, 80), m = test::randn<T>(n, 81, 0.1), v = test::randu<T>(n, 82, 0.0, 0.01);
+        auto p2 = p, m2 = m, v2 = v;
+        for (std::size_t step = 1; step <= 3; ++step) {
+            auto g = test::randn<T>(n, 83 + step);
+            ftune::adamw_params h{.lr = 1e-3, .weight_decay = 0.01, .step = step};
+            ref::adamw_update(p.data(), g.data(), m.data(), v.data(), n, h);
+            cpu::adamw_update(p2.data(), g.data(), m2.data(), v2.data(), n, h);
+        }
+        require_close(p2, p, tol<T>(8), "adamw param");
+        require_close(m2, m, tol<T>(8), "adamw m");
+        require_close(v2, v, tol<T>(8), "adamw v");
+        for (bool nesterov : {false, true}) {
+            auto q = test::randn<T>(n, 90), q2 = q;
+            std::vector<T> buf(n), buf2(n);
+            for (std::size_t step = 1; step <= 3; ++step) {
+                auto g = test::randn<T>(n, 91 + step);
+                ftune::sgd_params h{.lr = 0.1, .momentum = 0.9, .dampening = nesterov ? 0.0 : 0.1,
+                                    .weight_decay = 1e-4, .nesterov = nesterov, .first_step = step == 1};
+                ref::sgd_update(q.data(), g.data(), buf.data(), n, h);
+                cpu::sgd_update(q2.data(), g.data(), buf2.data(), n, h);
+            }
+            require_close(q2, q, tol<T>(8), "sgd param");
+            require_close(buf2, buf, tol<T>(8), "sgd momentum buffer");
+        }
+    }
+}
+
+TEST_CASE("AdamW reference follows the decoupled-decay formula", "[primitives][optim]") {
+    // one step from m = v = 0: m = (1-b1) g, v = (1-b2) g², mhat = g, vhat = g²
+    // θ' = θ (1 - lr wd) - lr g / (|g| + eps)
+    double p = 2.0, g = 0.5, m = 0, v = 0;
+    ftune::adamw_params h{.lr = 0.1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01, .step = 1};
+    ref::adamw_update(&p, &g, &m, &v, 1, h);
+    CHECK(std::abs(p - (2.0 * (1 - 0.1 * 0.01) - 0.1 * 0.5 / (0.5 + 1e-8))) < 1e-12);
+}
