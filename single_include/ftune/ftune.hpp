@@ -698,6 +698,26 @@ struct philox4x32 {
         }
         return c;
     }
+
+    /// generate() for 8 counters at once, in structure-of-arrays form (c[word][lane]) so the
+    /// compiler can vectorize the 32 x 32 -> 64-bit products; same results as 8 generate() calls.
+    static constexpr void generate8(std::uint32_t (&c)[4][8], key_type k) noexcept {
+#pragma GCC unroll 10
+        for (int r = 0; r < 10; ++r) {
+            for (int i = 0; i < 8; ++i) {
+                const std::uint64_t p0 = std::uint64_t{m0} * c[0][i];
+                const std::uint64_t p1 = std::uint64_t{m1} * c[2][i];
+                const std::uint32_t n0 = static_cast<std::uint32_t>(p1 >> 32) ^ c[1][i] ^ k[0];
+                const std::uint32_t n2 = static_cast<std::uint32_t>(p0 >> 32) ^ c[3][i] ^ k[1];
+                c[0][i] = n0;
+                c[1][i] = static_cast<std::uint32_t>(p1);
+                c[2][i] = n2;
+                c[3][i] = static_cast<std::uint32_t>(p0);
+            }
+            k[0] += w0;
+            k[1] += w1;
+        }
+    }
 };
 
 /// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
@@ -713,8 +733,24 @@ public:
         return philox4x32::generate(
             {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]}, key_);
     }
-    /// The i-th random 32-bit word.
-    constexpr std::uint32_t bits(std::uint64_t i) const noexcept { return block(i >> 2)[i & 3]; }
+    /// Values 32 g .. 32 g + 31 at once, in order when w is read as a flat array: w[j][b] is
+    /// word j of block 8 g + b, which is bits(32 g + 8 j + b).
+    constexpr void values32(std::uint64_t g, std::uint32_t (&w)[4][8]) const noexcept {
+        const std::uint64_t b0 = g << 3;
+        for (int i = 0; i < 8; ++i) {
+            const std::uint64_t b = b0 + std::uint64_t(i);
+            w[0][i] = static_cast<std::uint32_t>(b);
+            w[1][i] = static_cast<std::uint32_t>(b >> 32);
+            w[2][i] = id_[0];
+            w[3][i] = id_[1];
+        }
+        philox4x32::generate8(w, key_);
+    }
+    /// The i-th random 32-bit word. Words are numbered so that 32 consecutive values come from
+    /// one values32() call in its natural order: value 32 g + 8 j + b is word j of block 8 g + b.
+    constexpr std::uint32_t bits(std::uint64_t i) const noexcept {
+        return block(((i >> 5) << 3) | (i & 7))[(i >> 3) & 3];
+    }
     /// The i-th value, uniform in [0, 1) with 24 random bits (exactly representable in float).
     constexpr float uniform(std::uint64_t i) const noexcept {
         return static_cast<float>(bits(i) >> 8) * 0x1p-24f;
@@ -1175,14 +1211,14 @@ inline std::uint32_t dropout_threshold(double p) {
 }
 
 /// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
-/// p == 1 drops everything (y = 0).
+/// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale).
 template <scalar T>
 void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
     const std::uint32_t thr = dropout_threshold(double(p));
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) {
         mask[i] = p < T(1) && s.bits(i) >= thr ? 1 : 0;
-        y[i] = mask[i] ? x[i] * inv_keep : T(0);
+        y[i] = x[i] * (mask[i] ? inv_keep : T(0));
     }
 }
 
@@ -1190,7 +1226,7 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, c
 template <scalar T>
 void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
-    for (std::size_t i = 0; i < n; ++i) dx[i] += mask[i] ? dy[i] * inv_keep : T(0);
+    for (std::size_t i = 0; i < n; ++i) dx[i] += dy[i] * (mask[i] ? inv_keep : T(0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1365,6 +1401,8 @@ FTUNE_NAMESPACE_END
 #include <limits>
 #include <numbers>
 #include <span>
+#include <type_traits>
+#include <utility>
 
 // ---- begin ftune/backends/cpu/detail.hpp ----
 // Helpers of the CPU backend: SIMD batches with tails, and OpenMP loops over chunks.
@@ -1372,6 +1410,7 @@ FTUNE_NAMESPACE_END
 #include <algorithm>
 #include <cstddef>
 #include <type_traits>
+#include <utility>
 
 #include <xsimd/xsimd.hpp>
 
@@ -1387,33 +1426,46 @@ using batch = xsimd::batch<T, xsimd::default_arch>;
 template <class T>
 inline constexpr std::size_t width = batch<T>::size;
 
-/// Loads `count` (<= width) elements, padding with `fill`: full loads for full batches.
+/// A batch count known at compile time: for_each_batch passes full_t<T> for full batches, so
+/// their loads and stores compile to plain vector moves with no tail handling.
+template <class T>
+using full_t = std::integral_constant<std::size_t, width<T>>;
+
+/// Loads a full batch.
+template <class T>
+inline batch<T> load(const T* p, full_t<T>, T = T(0)) noexcept {
+    return batch<T>::load_unaligned(p);
+}
+
+/// Loads `count` (< width) elements, padding with `fill`.
 template <class T>
 inline batch<T> load(const T* p, std::size_t count, T fill = T(0)) noexcept {
-    if (count == width<T>) return batch<T>::load_unaligned(p);
     alignas(64) T tmp[width<T>];
     std::fill_n(tmp, width<T>, fill);
     std::copy_n(p, count, tmp);
     return batch<T>::load_aligned(tmp);
 }
 
-/// Stores the first `count` (<= width) lanes of b.
+/// Stores a full batch.
+template <class T>
+inline void store(T* p, const batch<T>& b, full_t<T>) noexcept {
+    b.store_unaligned(p);
+}
+
+/// Stores the first `count` (< width) lanes of b.
 template <class T>
 inline void store(T* p, const batch<T>& b, std::size_t count) noexcept {
-    if (count == width<T>) {
-        b.store_unaligned(p);
-        return;
-    }
     alignas(64) T tmp[width<T>];
     b.store_aligned(tmp);
     std::copy_n(tmp, count, p);
 }
 
-/// Calls f(i, count) for i = 0, W, 2W, ... < n with count = min(W, n - i).
+/// Calls f(i, count) for i = 0, W, 2W, ... < n: count is full_t<T>{} for full batches and the
+/// remaining element count (a std::size_t below W) for the tail. f takes `auto count`.
 template <class T, class F>
 inline void for_each_batch(std::size_t n, F&& f) {
     std::size_t i = 0;
-    for (; i + width<T> <= n; i += width<T>) f(i, width<T>);
+    for (; i + width<T> <= n; i += width<T>) f(i, full_t<T>{});
     if (i < n) f(i, n - i);
 }
 
@@ -1729,28 +1781,58 @@ void bias_add(T* y, const T* bias, std::size_t rows, std::size_t cols) {
     using namespace detail;
     parallel_for(rows, row_grain(cols), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r)
-            for_each_batch<T>(cols, [&](std::size_t c, std::size_t n) {
+            for_each_batch<T>(cols, [&](std::size_t c, auto n) {
                 store(y + r * cols + c, load(y + r * cols + c, n) + load(bias + c, n), n);
             });
     });
 }
 
-/// Column ranges of `cols` for column-parallel reductions (a multiple of the SIMD width).
-inline std::size_t column_grain(std::size_t cols) {
-    const std::size_t w = 64;  // 64 columns = one 256-byte run per row, whole batches
-    return std::max<std::size_t>(w, ((cols / 8) + w - 1) / w * w);
+namespace detail {
+/// Columns per thread for reductions over rows (whole blocks of 4 batches). Every column is
+/// summed over the rows in ascending order however the columns are split, so the result does
+/// not depend on the thread count.
+template <class T>
+inline std::size_t column_chunk(std::size_t cols) {
+    const std::size_t blk = 4 * width<T>, nt = std::size_t(std::max(1, ftune::num_threads()));
+    return std::max(blk, ((cols + nt - 1) / nt + blk - 1) / blk * blk);
 }
+
+/// dst(c) += Σ_r f(r, c, count) for the columns [c0, c1), where f returns the batch of row r at
+/// columns c .. c+count. The sums run in registers over all rows, 4 batches of columns at a time.
+template <class T, class F>
+inline void accumulate_columns(T* dst, std::size_t c0, std::size_t c1, std::size_t rows, F f) {
+    using B = batch<T>;
+    constexpr std::size_t W = width<T>;
+    const full_t<T> full{};
+    std::size_t c = c0;
+    for (; c + 4 * W <= c1; c += 4 * W) {
+        B a0 = load(dst + c, full), a1 = load(dst + c + W, full), a2 = load(dst + c + 2 * W, full),
+          a3 = load(dst + c + 3 * W, full);
+        for (std::size_t r = 0; r < rows; ++r) {
+            a0 += f(r, c, full);
+            a1 += f(r, c + W, full);
+            a2 += f(r, c + 2 * W, full);
+            a3 += f(r, c + 3 * W, full);
+        }
+        store(dst + c, a0, full);
+        store(dst + c + W, a1, full);
+        store(dst + c + 2 * W, a2, full);
+        store(dst + c + 3 * W, a3, full);
+    }
+    for_each_batch<T>(c1 - c, [&](std::size_t j, auto n) {
+        B a = load(dst + c + j, n);
+        for (std::size_t r = 0; r < rows; ++r) a += f(r, c + j, n);
+        store(dst + c + j, a, n);
+    });
+}
+}  // namespace detail
 
 /// dbias(cols) += sum over rows of dy(rows, cols).
 template <scalar T>
 void bias_backward(T* dbias, const T* dy, std::size_t rows, std::size_t cols) {
     using namespace detail;
-    parallel_for(cols, column_grain(cols), [&](std::size_t c0, std::size_t c1) {
-        for (std::size_t r = 0; r < rows; ++r)
-            for_each_batch<T>(c1 - c0, [&](std::size_t c, std::size_t n) {
-                T* d = dbias + c0 + c;
-                store(d, load(d, n) + load(dy + r * cols + c0 + c, n), n);
-            });
+    parallel_for(cols, column_chunk<T>(cols), [&](std::size_t c0, std::size_t c1) {
+        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) { return load(dy + r * cols + c, n); });
     });
 }
 
@@ -1759,7 +1841,7 @@ template <scalar T>
 void residual_add(T* out, const T* a, const T* b, std::size_t n) {
     using namespace detail;
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             store(out + i0 + i, load(a + i0 + i, k) + load(b + i0 + i, k), k);
         });
     });
@@ -1770,7 +1852,7 @@ namespace detail {
 template <class T, class F>
 inline void map_unary(T* y, const T* x, std::size_t n, F f) {
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             store(y + i0 + i, f(load(x + i0 + i, k)), k);
         });
     });
@@ -1779,7 +1861,7 @@ inline void map_unary(T* y, const T* x, std::size_t n, F f) {
 template <class T, class F>
 inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
             store(dx + j, load(dx + j, k) + f(load(x + j, k), load(dy + j, k)), k);
         });
@@ -1790,13 +1872,34 @@ inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
 // ---------------------------------------------------------------------------------------------
 // Activations
 
-/// y = 0.5 x (1 + erf(x / √2)).
+namespace detail {
+/// Φ(x) = 0.5 (1 + erf(x / √2)) and e = exp(-x² / 2), sharing one exp. For float, erf uses
+/// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, float's resolution near 1; the formula
+/// PyTorch's vectorized CPU erf uses); double keeps xsimd's full-precision erf.
+template <class T>
+inline std::pair<batch<T>, batch<T>> normal_cdf_and_exp(batch<T> x) {
+    using B = batch<T>;
+    const B half(T(0.5)), z = x * B(T(1) / std::numbers::sqrt2_v<T>);
+    if constexpr (std::is_same_v<T, float>) {
+        const B az = xsimd::abs(z), e = xsimd::exp(-(az * az));
+        const B t = B(1.0f) / xsimd::fma(B(0.3275911f), az, B(1.0f));
+        B poly = xsimd::fma(B(1.061405429f), t, B(-1.453152027f));
+        poly = xsimd::fma(poly, t, B(1.421413741f));
+        poly = xsimd::fma(poly, t, B(-0.284496736f));
+        poly = xsimd::fma(poly, t, B(0.254829592f));
+        const B erf_abs = B(1.0f) - poly * t * e;  // erf(|z|)
+        return {xsimd::fma(half, xsimd::copysign(erf_abs, z), half), e};
+    } else {
+        return {xsimd::fma(half, xsimd::erf(z), half), xsimd::exp(-(z * z))};
+    }
+}
+}  // namespace detail
+
+/// y = x Φ(x) = 0.5 x (1 + erf(x / √2)).
 template <scalar T>
 void gelu_forward(T* y, const T* x, std::size_t n) {
     using B = detail::batch<T>;
-    detail::map_unary(y, x, n, [](B v) {
-        return B(T(0.5)) * v * (B(T(1)) + xsimd::erf(v * B(T(1) / std::numbers::sqrt2_v<T>)));
-    });
+    detail::map_unary(y, x, n, [](B v) { return v * detail::normal_cdf_and_exp(v).first; });
 }
 
 /// dx += dy * (Φ(x) + x φ(x)).
@@ -1805,34 +1908,33 @@ void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
     using B = detail::batch<T>;
     const T inv_sqrt_2pi = T(0.5) * std::numbers::inv_sqrtpi_v<T> * std::numbers::sqrt2_v<T>;
     detail::map_backward(dx, x, dy, n, [=](B v, B g) {
-        const B cdf = B(T(0.5)) * (B(T(1)) + xsimd::erf(v * B(T(1) / std::numbers::sqrt2_v<T>)));
-        const B pdf = B(inv_sqrt_2pi) * xsimd::exp(B(T(-0.5)) * v * v);
-        return g * xsimd::fma(v, pdf, cdf);
+        const auto [cdf, e] = detail::normal_cdf_and_exp(v);
+        return g * xsimd::fma(v * B(inv_sqrt_2pi), e, cdf);
     });
 }
 
-/// y = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
+/// y = 0.5 x (1 + tanh(u)), u = √(2/π) (x + 0.044715 x³), computed as x σ(2u) = x / (1 + e^(-2u))
+/// (the same function; one exp, no cancellation).
 template <scalar T>
 void gelu_tanh_forward(T* y, const T* x, std::size_t n) {
     using B = detail::batch<T>;
-    const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
+    const T k2 = -2 * std::sqrt(T(2) / std::numbers::pi_v<T>);
     detail::map_unary(y, x, n, [=](B v) {
-        const B u = B(k) * xsimd::fma(B(T(0.044715)) * v * v, v, v);
-        return B(T(0.5)) * v * (B(T(1)) + xsimd::tanh(u));
+        const B u2 = B(k2) * xsimd::fma(B(T(0.044715)) * v * v, v, v);  // -2u
+        return v / (B(T(1)) + xsimd::exp(u2));
     });
 }
 
-/// dx += dy * d/dx[gelu_tanh(x)].
+/// dx += dy * d/dx[gelu_tanh(x)] = dy * (s + 2 x s (1 - s) u'), s = σ(2u).
 template <scalar T>
 void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
     using B = detail::batch<T>;
     const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
     detail::map_backward(dx, x, dy, n, [=](B v, B g) {
         const B v2 = v * v;
-        const B t = xsimd::tanh(B(k) * xsimd::fma(B(T(0.044715)) * v2, v, v));
+        const B s = B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
         const B du = B(k) * xsimd::fma(B(T(3 * 0.044715)), v2, B(T(1)));
-        const B half = B(T(0.5));
-        return g * (half * (B(T(1)) + t) + half * v * (B(T(1)) - t * t) * du);
+        return g * xsimd::fma(B(T(2)) * v * s * (B(T(1)) - s), du, s);
     });
 }
 
@@ -1862,16 +1964,16 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
         for (std::size_t r = r0; r < r1; ++r) {
             const T* xr = x + r * C;
             B acc(T(0));
-            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) { acc += load(xr + c, n); });
+            for_each_batch<T>(C, [&](std::size_t c, auto n) { acc += load(xr + c, n); });
             const T m = reduce_add(acc) / T(C);
             B var(T(0));
-            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
                 // padded lanes would add m² each: mask them by loading m as the fill value
                 const B d = load(xr + c, n, m) - B(m);
                 var = xsimd::fma(d, d, var);
             });
             const T s = T(1) / std::sqrt(reduce_add(var) / T(C) + eps);
-            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
                 const B norm = (load(xr + c, n) - B(m)) * B(s);
                 store(out + r * C + c, xsimd::fma(norm, load(weight + c, n), load(bias + c, n)), n);
             });
@@ -1894,13 +1996,13 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             const T* gr = dout + r * C;
             const B m(mean[r]), s(rstd[r]);
             B sg(T(0)), sgn(T(0));
-            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
                 const B wg = load(weight + c, n) * load(gr + c, n);
                 sg += wg;
                 sgn = xsimd::fma(wg, (load(xr + c, n) - m) * s, sgn);
             });
             const B mean_g(reduce_add(sg) / T(C)), mean_gn(reduce_add(sgn) / T(C));
-            for_each_batch<T>(C, [&](std::size_t c, std::size_t n) {
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
                 const B norm = (load(xr + c, n) - m) * s;
                 const B wg = load(weight + c, n) * load(gr + c, n);
                 T* d = dx + r * C + c;
@@ -1908,17 +2010,11 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             });
         }
     });
-    parallel_for(C, column_grain(C), [&](std::size_t c0, std::size_t c1) {
-        for (std::size_t r = 0; r < rows; ++r) {
-            const B m(mean[r]), s(rstd[r]);
-            for_each_batch<T>(c1 - c0, [&](std::size_t c, std::size_t n) {
-                const std::size_t j = c0 + c;
-                const B g = load(dout + r * C + j, n);
-                const B norm = (load(x + r * C + j, n) - m) * s;
-                store(dbias + j, load(dbias + j, n) + g, n);
-                store(dweight + j, xsimd::fma(norm, g, load(dweight + j, n)), n);
-            });
-        }
+    parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
+        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) { return load(dout + r * C + c, n); });
+        accumulate_columns(dweight, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
+            return (load(x + r * C + c, n) - B(mean[r])) * B(rstd[r]) * load(dout + r * C + c, n);
+        });
     });
 }
 
@@ -1942,7 +2038,7 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             // pass 1: z = scale * s + mask into p, and the row max
             B mx(ninf);
             T tail_max = ninf;
-            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) {
+            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
                 B z = B(scale) * load(s + k, n);
                 if (mask) z += load(mask + k, n);
                 store(p + k, z, n);
@@ -1958,13 +2054,13 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             }
             // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
             B sum(T(0));
-            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) {
+            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
                 const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
                 store(p + k, e, n);
                 sum += e;
             });
             const B inv(T(1) / reduce_add(sum));
-            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) { store(p + k, load(p + k, n) * inv, n); });
+            for_each_batch<T>(Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
         }
     });
 }
@@ -1980,10 +2076,10 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
             const T* p = probs + r * Tk;
             const T* dp = dprobs + r * Tk;
             B dot(T(0));
-            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) { dot = xsimd::fma(load(p + k, n), load(dp + k, n), dot); });
+            for_each_batch<T>(Tk, [&](std::size_t k, auto n) { dot = xsimd::fma(load(p + k, n), load(dp + k, n), dot); });
             const B d(reduce_add(dot));
             T* ds = dscores + r * Tk;
-            for_each_batch<T>(Tk, [&](std::size_t k, std::size_t n) {
+            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
                 store(ds + k, xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)), n);
             });
         }
@@ -2001,13 +2097,25 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, c
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        // i0 is a multiple of 4 (the grain is): each Philox block serves 4 consecutive elements
-        for (std::size_t i = i0; i < i1; i += 4) {
-            const auto w = s.block(i >> 2);
-            const std::size_t k = std::min<std::size_t>(4, i1 - i);
-            for (std::size_t j = 0; j < k; ++j) mask[i + j] = !all_drop && w[j] >= thr ? 1 : 0;
+        // local copies and restrict pointers: byte stores to the mask could otherwise alias
+        // anything the loops read, which stops vectorization
+        const random_stream st = s;
+        const std::uint32_t threshold = thr;
+        const bool drop_all = all_drop;
+        const T inv = inv_keep;
+        T* __restrict yl = y;
+        std::uint8_t* __restrict ml = mask;
+        const T* __restrict xl = x;
+        // i0 is a multiple of 32 (the grain is): one values32() call serves 32 elements
+        std::size_t i = i0;
+        for (; i + 32 <= i1; i += 32) {
+            std::uint32_t w[4][8];
+            st.values32(i >> 5, w);
+            const std::uint32_t* bits = &w[0][0];
+            for (std::size_t k = 0; k < 32; ++k) ml[i + k] = !drop_all && bits[k] >= threshold;
         }
-        for (std::size_t i = i0; i < i1; ++i) y[i] = mask[i] ? x[i] * inv_keep : T(0);
+        for (; i < i1; ++i) ml[i] = !drop_all && st.bits(i) >= threshold;
+        for (std::size_t k = i0; k < i1; ++k) yl[k] = xl[k] * (ml[k] ? inv : T(0));
     });
 }
 
@@ -2016,7 +2124,11 @@ template <scalar T>
 void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for (std::size_t i = i0; i < i1; ++i) dx[i] += mask[i] ? dy[i] * inv_keep : T(0);
+        T* __restrict dxl = dx;
+        const T* __restrict dyl = dy;
+        const std::uint8_t* __restrict ml = mask;
+        const T inv = inv_keep;  // a local: a float captured by reference could alias dx
+        for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
     });
 }
 
@@ -2039,11 +2151,11 @@ void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size
                         std::size_t vocab) {
     using namespace detail;
     check_ids(ids, n, vocab, "embedding_backward");
-    parallel_for(C, column_grain(C), [&](std::size_t c0, std::size_t c1) {
+    parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
         for (std::size_t i = 0; i < n; ++i) {
             T* d = dtable + std::size_t(ids[i]) * C + c0;
             const T* g = dout + i * C + c0;
-            for_each_batch<T>(c1 - c0, [&](std::size_t c, std::size_t k) {
+            for_each_batch<T>(c1 - c0, [&](std::size_t c, auto k) {
                 store(d + c, load(d + c, k) + load(g + c, k), k);
             });
         }
@@ -2060,10 +2172,10 @@ inline std::pair<T, T> row_logsumexp_parts(const T* z, std::size_t V) {
     using B = batch<T>;
     constexpr T ninf = -std::numeric_limits<T>::infinity();
     B mx(ninf);
-    for_each_batch<T>(V, [&](std::size_t v, std::size_t n) { mx = xsimd::max(mx, load(z + v, n, ninf)); });
+    for_each_batch<T>(V, [&](std::size_t v, auto n) { mx = xsimd::max(mx, load(z + v, n, ninf)); });
     const T m = reduce_max(mx);
     B sum(T(0));
-    for_each_batch<T>(V, [&](std::size_t v, std::size_t n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
+    for_each_batch<T>(V, [&](std::size_t v, auto n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
     return {m, reduce_add(sum)};
 }
 }  // namespace detail
@@ -2103,7 +2215,7 @@ void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets
             const auto [m, s] = row_logsumexp_parts(z, V);
             const B scale(dlosses[r] / s);
             T* d = dlogits + r * V;
-            for_each_batch<T>(V, [&](std::size_t v, std::size_t n) {
+            for_each_batch<T>(V, [&](std::size_t v, auto n) {
                 store(d + v, xsimd::fma(xsimd::exp(load(z + v, n) - B(m)), scale, load(d + v, n)), n);
             });
             d[targets[r]] -= dlosses[r];
@@ -2132,7 +2244,7 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
                 acc0 += f(batch<T>::load_unaligned(x + i));
                 acc1 += f(batch<T>::load_unaligned(x + i + width<T>));
             }
-            for_each_batch<T>(b1 - i, [&](std::size_t j, std::size_t k) { acc0 += f(load(x + i + j, k)); });
+            for_each_batch<T>(b1 - i, [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
             total += double(reduce_add(acc0 + acc1));
         }
         partial[i0 / grain] = total;
@@ -2183,7 +2295,7 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
     const B neg_step(-T(h.lr / (1.0 - std::pow(h.beta1, t))));
     const B bc2_sqrt(T(std::sqrt(1.0 - std::pow(h.beta2, t))));
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
             const B g = load(grad + j, k);
             B mj = load(m + j, k), vj = load(v + j, k);
@@ -2204,7 +2316,7 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
     using B = batch<T>;
     const B wd(T(h.weight_decay)), mu(T(h.momentum)), damp(T(1.0 - h.dampening)), neg_lr(-T(h.lr));
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, std::size_t k) {
+        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
             const B p = load(param + j, k);
             B g = load(grad + j, k);

@@ -36,6 +36,26 @@ struct philox4x32 {
         }
         return c;
     }
+
+    /// generate() for 8 counters at once, in structure-of-arrays form (c[word][lane]) so the
+    /// compiler can vectorize the 32 x 32 -> 64-bit products; same results as 8 generate() calls.
+    static constexpr void generate8(std::uint32_t (&c)[4][8], key_type k) noexcept {
+#pragma GCC unroll 10
+        for (int r = 0; r < 10; ++r) {
+            for (int i = 0; i < 8; ++i) {
+                const std::uint64_t p0 = std::uint64_t{m0} * c[0][i];
+                const std::uint64_t p1 = std::uint64_t{m1} * c[2][i];
+                const std::uint32_t n0 = static_cast<std::uint32_t>(p1 >> 32) ^ c[1][i] ^ k[0];
+                const std::uint32_t n2 = static_cast<std::uint32_t>(p0 >> 32) ^ c[3][i] ^ k[1];
+                c[0][i] = n0;
+                c[1][i] = static_cast<std::uint32_t>(p1);
+                c[2][i] = n2;
+                c[3][i] = static_cast<std::uint32_t>(p0);
+            }
+            k[0] += w0;
+            k[1] += w1;
+        }
+    }
 };
 
 /// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
@@ -51,8 +71,24 @@ public:
         return philox4x32::generate(
             {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]}, key_);
     }
-    /// The i-th random 32-bit word.
-    constexpr std::uint32_t bits(std::uint64_t i) const noexcept { return block(i >> 2)[i & 3]; }
+    /// Values 32 g .. 32 g + 31 at once, in order when w is read as a flat array: w[j][b] is
+    /// word j of block 8 g + b, which is bits(32 g + 8 j + b).
+    constexpr void values32(std::uint64_t g, std::uint32_t (&w)[4][8]) const noexcept {
+        const std::uint64_t b0 = g << 3;
+        for (int i = 0; i < 8; ++i) {
+            const std::uint64_t b = b0 + std::uint64_t(i);
+            w[0][i] = static_cast<std::uint32_t>(b);
+            w[1][i] = static_cast<std::uint32_t>(b >> 32);
+            w[2][i] = id_[0];
+            w[3][i] = id_[1];
+        }
+        philox4x32::generate8(w, key_);
+    }
+    /// The i-th random 32-bit word. Words are numbered so that 32 consecutive values come from
+    /// one values32() call in its natural order: value 32 g + 8 j + b is word j of block 8 g + b.
+    constexpr std::uint32_t bits(std::uint64_t i) const noexcept {
+        return block(((i >> 5) << 3) | (i & 7))[(i >> 3) & 3];
+    }
     /// The i-th value, uniform in [0, 1) with 24 random bits (exactly representable in float).
     constexpr float uniform(std::uint64_t i) const noexcept {
         return static_cast<float>(bits(i) >> 8) * 0x1p-24f;

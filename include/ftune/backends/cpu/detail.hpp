@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <type_traits>
+#include <utility>
 
 #include <xsimd/xsimd.hpp>
 
@@ -20,33 +21,46 @@ using batch = xsimd::batch<T, xsimd::default_arch>;
 template <class T>
 inline constexpr std::size_t width = batch<T>::size;
 
-/// Loads `count` (<= width) elements, padding with `fill`: full loads for full batches.
+/// A batch count known at compile time: for_each_batch passes full_t<T> for full batches, so
+/// their loads and stores compile to plain vector moves with no tail handling.
+template <class T>
+using full_t = std::integral_constant<std::size_t, width<T>>;
+
+/// Loads a full batch.
+template <class T>
+inline batch<T> load(const T* p, full_t<T>, T = T(0)) noexcept {
+    return batch<T>::load_unaligned(p);
+}
+
+/// Loads `count` (< width) elements, padding with `fill`.
 template <class T>
 inline batch<T> load(const T* p, std::size_t count, T fill = T(0)) noexcept {
-    if (count == width<T>) return batch<T>::load_unaligned(p);
     alignas(64) T tmp[width<T>];
     std::fill_n(tmp, width<T>, fill);
     std::copy_n(p, count, tmp);
     return batch<T>::load_aligned(tmp);
 }
 
-/// Stores the first `count` (<= width) lanes of b.
+/// Stores a full batch.
+template <class T>
+inline void store(T* p, const batch<T>& b, full_t<T>) noexcept {
+    b.store_unaligned(p);
+}
+
+/// Stores the first `count` (< width) lanes of b.
 template <class T>
 inline void store(T* p, const batch<T>& b, std::size_t count) noexcept {
-    if (count == width<T>) {
-        b.store_unaligned(p);
-        return;
-    }
     alignas(64) T tmp[width<T>];
     b.store_aligned(tmp);
     std::copy_n(tmp, count, p);
 }
 
-/// Calls f(i, count) for i = 0, W, 2W, ... < n with count = min(W, n - i).
+/// Calls f(i, count) for i = 0, W, 2W, ... < n: count is full_t<T>{} for full batches and the
+/// remaining element count (a std::size_t below W) for the tail. f takes `auto count`.
 template <class T, class F>
 inline void for_each_batch(std::size_t n, F&& f) {
     std::size_t i = 0;
-    for (; i + width<T> <= n; i += width<T>) f(i, width<T>);
+    for (; i + width<T> <= n; i += width<T>) f(i, full_t<T>{});
     if (i < n) f(i, n - i);
 }
 

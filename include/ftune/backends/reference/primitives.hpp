@@ -231,14 +231,14 @@ inline std::uint32_t dropout_threshold(double p) {
 }
 
 /// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
-/// p == 1 drops everything (y = 0).
+/// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale).
 template <scalar T>
 void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
     const std::uint32_t thr = dropout_threshold(double(p));
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) {
         mask[i] = p < T(1) && s.bits(i) >= thr ? 1 : 0;
-        y[i] = mask[i] ? x[i] * inv_keep : T(0);
+        y[i] = x[i] * (mask[i] ? inv_keep : T(0));
     }
 }
 
@@ -246,7 +246,7 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, c
 template <scalar T>
 void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
-    for (std::size_t i = 0; i < n; ++i) dx[i] += mask[i] ? dy[i] * inv_keep : T(0);
+    for (std::size_t i = 0; i < n; ++i) dx[i] += dy[i] * (mask[i] ? inv_keep : T(0));
 }
 
 // ---------------------------------------------------------------------------------------------
