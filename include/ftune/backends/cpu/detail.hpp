@@ -64,6 +64,25 @@ inline void for_each_batch(std::size_t n, F&& f) {
     if (i < n) f(i, n - i);
 }
 
+/// Σ over a row of n elements of f(i, count) (a batch), with 4 independent accumulators so the
+/// additions do not wait on each other; f takes (std::size_t i, auto count) like for_each_batch.
+template <class T, class F>
+inline batch<T> row_sum(std::size_t n, F&& f) {
+    constexpr std::size_t W = width<T>;
+    const full_t<T> full{};
+    batch<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    std::size_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+        a0 += f(i, full);
+        a1 += f(i + W, full);
+        a2 += f(i + 2 * W, full);
+        a3 += f(i + 3 * W, full);
+    }
+    for (; i + W <= n; i += W) a0 += f(i, full);
+    if (i < n) a1 += f(i, n - i);
+    return (a0 + a1) + (a2 + a3);
+}
+
 /// Sum of a batch's lanes (xsimd 8 calls it hadd, later versions reduce_add).
 template <class T>
 inline T reduce_add(const batch<T>& b) noexcept {

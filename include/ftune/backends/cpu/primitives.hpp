@@ -218,14 +218,11 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
     parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
             const T* xr = x + r * C;
-            B acc(T(0));
-            for_each_batch<T>(C, [&](std::size_t c, auto n) { acc += load(xr + c, n); });
-            const T m = reduce_add(acc) / T(C);
-            B var(T(0));
-            for_each_batch<T>(C, [&](std::size_t c, auto n) {
-                // padded lanes would add m² each: mask them by loading m as the fill value
+            const T m = reduce_add(row_sum<T>(C, [&](std::size_t c, auto n) { return load(xr + c, n); })) / T(C);
+            const B var = row_sum<T>(C, [&](std::size_t c, auto n) {
+                // padded lanes would add m² each: load m as their fill value so they add 0
                 const B d = load(xr + c, n, m) - B(m);
-                var = xsimd::fma(d, d, var);
+                return d * d;
             });
             const T s = T(1) / std::sqrt(reduce_add(var) / T(C) + eps);
             for_each_batch<T>(C, [&](std::size_t c, auto n) {
@@ -250,11 +247,9 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             const T* xr = x + r * C;
             const T* gr = dout + r * C;
             const B m(mean[r]), s(rstd[r]);
-            B sg(T(0)), sgn(T(0));
-            for_each_batch<T>(C, [&](std::size_t c, auto n) {
-                const B wg = load(weight + c, n) * load(gr + c, n);
-                sg += wg;
-                sgn = xsimd::fma(wg, (load(xr + c, n) - m) * s, sgn);
+            const B sg = row_sum<T>(C, [&](std::size_t c, auto n) { return load(weight + c, n) * load(gr + c, n); });
+            const B sgn = row_sum<T>(C, [&](std::size_t c, auto n) {
+                return load(weight + c, n) * load(gr + c, n) * ((load(xr + c, n) - m) * s);
             });
             const B mean_g(reduce_add(sg) / T(C)), mean_gn(reduce_add(sgn) / T(C));
             for_each_batch<T>(C, [&](std::size_t c, auto n) {
@@ -330,8 +325,7 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
         for (std::size_t r = r0; r < r1; ++r) {
             const T* p = probs + r * Tk;
             const T* dp = dprobs + r * Tk;
-            B dot(T(0));
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) { dot = xsimd::fma(load(p + k, n), load(dp + k, n), dot); });
+            const B dot = row_sum<T>(Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
             const B d(reduce_add(dot));
             T* ds = dscores + r * Tk;
             for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
