@@ -29,14 +29,15 @@ namespace {
 
 // Model shapes at batch 16 x sequence 128.
 struct model_dims {
-    const char* name;       // short name used in benchmark names
-    std::size_t hidden;     // C
-    std::size_t ffn;        // intermediate size
-    std::size_t heads;      // attention heads
-    std::size_t params;     // parameter count (for optimizer and norm benchmarks)
+    const char* name;    // short name used in benchmark names
+    std::size_t hidden;  // C
+    std::size_t ffn;     // intermediate size
+    std::size_t heads;   // attention heads
+    std::size_t params;  // parameter count (for optimizer and norm benchmarks)
 };
 constexpr std::size_t B = 16, T = 128, rows = B * T, vocab = 30522;
-const model_dims models[] = {{"minilm", 384, 1536, 12, 33'360'000}, {"bertbase", 768, 3072, 12, 109'480'000}};
+const model_dims models[] = {{"minilm", 384, 1536, 12, 33'360'000},
+                             {"bertbase", 768, 3072, 12, 109'480'000}};
 
 // n floats with values in [-2, 2).
 std::vector<float> data(std::size_t n, std::uint64_t seed) {
@@ -47,14 +48,18 @@ std::vector<float> data(std::size_t n, std::uint64_t seed) {
 }
 
 // Sets the thread count for a benchmark and reports it.
-void threads(benchmark::State& st) { ftune::set_num_threads(int(st.range(0))); }
+void threads(benchmark::State& st) {
+    ftune::set_num_threads(int(st.range(0)));
+}
 
 // Reports bytes/s as a GB/s counter and an items/s rate.
 void report_bytes(benchmark::State& st, double bytes_per_iter) {
-    st.counters["GB/s"] = benchmark::Counter(bytes_per_iter * 1e-9 * double(st.iterations()), benchmark::Counter::kIsRate);
+    st.counters["GB/s"] = benchmark::Counter(bytes_per_iter * 1e-9 * double(st.iterations()),
+                                             benchmark::Counter::kIsRate);
 }
 void report_flops(benchmark::State& st, double flops_per_iter) {
-    st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * 1e-9 * double(st.iterations()), benchmark::Counter::kIsRate);
+    st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * 1e-9 * double(st.iterations()),
+                                                benchmark::Counter::kIsRate);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,14 +109,15 @@ void probe_triad(benchmark::State& st) {
 // ---------------------------------------------------------------------------------------------
 // GEMM: the encoder's linear layers, forward (x Wᵀ) and the two backward products.
 
-void bench_gemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K, transpose ta, transpose tb,
-                bool eigen) {
+void bench_gemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K, transpose ta,
+                transpose tb, bool eigen) {
     threads(st);
     auto A = data(M * K, 1), Bm = data(K * N, 2), C = data(M * N, 3);
     const std::size_t lda = ta == transpose::no ? K : M, ldb = tb == transpose::no ? N : K;
     for (auto _ : st) {
         if (eigen)
-            cpu::gemm_eigen(ta, tb, M, N, K, 1.0f, A.data(), lda, Bm.data(), ldb, 0.0f, C.data(), N);
+            cpu::gemm_eigen(ta, tb, M, N, K, 1.0f, A.data(), lda, Bm.data(), ldb, 0.0f, C.data(),
+                            N);
         else
             cpu::gemm(ta, tb, M, N, K, 1.0f, A.data(), lda, Bm.data(), ldb, 0.0f, C.data(), N);
         benchmark::DoNotOptimize(C.data());
@@ -125,8 +131,8 @@ void bench_attention_gemm(benchmark::State& st, const model_dims& m) {
     const std::size_t d = m.hidden / m.heads, batch = B * m.heads;
     auto Q = data(batch * T * d, 1), K = data(batch * T * d, 2), S = data(batch * T * T, 3);
     for (auto _ : st) {
-        cpu::gemm_strided_batched(transpose::no, transpose::yes, T, T, d, 1.0f, Q.data(), d, T * d, K.data(), d, T * d,
-                                  0.0f, S.data(), T, T * T, batch);
+        cpu::gemm_strided_batched(transpose::no, transpose::yes, T, T, d, 1.0f, Q.data(), d, T * d,
+                                  K.data(), d, T * d, 0.0f, S.data(), T, T * T, batch);
         benchmark::DoNotOptimize(S.data());
     }
     report_flops(st, 2.0 * double(batch) * T * T * double(d));
@@ -144,8 +150,10 @@ void bench_gelu_fwd(benchmark::State& st, std::size_t n) {
     auto x = data(n, 1);
     std::vector<float> y(n);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::gelu_forward(y.data(), x.data(), n);
-        else ref::gelu_forward(y.data(), x.data(), n);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::gelu_forward(y.data(), x.data(), n);
+        else
+            ref::gelu_forward(y.data(), x.data(), n);
         benchmark::DoNotOptimize(y.data());
     }
     report_bytes(st, 2.0 * double(n) * 4);
@@ -156,8 +164,10 @@ void bench_gelu_bwd(benchmark::State& st, std::size_t n) {
     threads(st);
     auto x = data(n, 1), dy = data(n, 2), dx = data(n, 3);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::gelu_backward(dx.data(), x.data(), dy.data(), n);
-        else ref::gelu_backward(dx.data(), x.data(), dy.data(), n);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::gelu_backward(dx.data(), x.data(), dy.data(), n);
+        else
+            ref::gelu_backward(dx.data(), x.data(), dy.data(), n);
         benchmark::DoNotOptimize(dx.data());
     }
     report_bytes(st, 4.0 * double(n) * 4);
@@ -169,8 +179,10 @@ void bench_gelu_tanh_fwd(benchmark::State& st, std::size_t n) {
     auto x = data(n, 1);
     std::vector<float> y(n);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::gelu_tanh_forward(y.data(), x.data(), n);
-        else ref::gelu_tanh_forward(y.data(), x.data(), n);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::gelu_tanh_forward(y.data(), x.data(), n);
+        else
+            ref::gelu_tanh_forward(y.data(), x.data(), n);
         benchmark::DoNotOptimize(y.data());
     }
     report_bytes(st, 2.0 * double(n) * 4);
@@ -182,8 +194,10 @@ void bench_tanh_fwd(benchmark::State& st, std::size_t n) {
     auto x = data(n, 1);
     std::vector<float> y(n);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::tanh_forward(y.data(), x.data(), n);
-        else ref::tanh_forward(y.data(), x.data(), n);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::tanh_forward(y.data(), x.data(), n);
+        else
+            ref::tanh_forward(y.data(), x.data(), n);
         benchmark::DoNotOptimize(y.data());
     }
     report_bytes(st, 2.0 * double(n) * 4);
@@ -196,9 +210,11 @@ void bench_layer_norm_fwd(benchmark::State& st, std::size_t C) {
     std::vector<float> y(rows * C), mean(rows), rstd(rows);
     for (auto _ : st) {
         if constexpr (std::is_same_v<Impl, use_cpu>)
-            cpu::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, C, 1e-12f);
+            cpu::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(),
+                                    b.data(), rows, C, 1e-12f);
         else
-            ref::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, C, 1e-12f);
+            ref::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(),
+                                    b.data(), rows, C, 1e-12f);
         benchmark::DoNotOptimize(y.data());
     }
     report_bytes(st, 2.0 * double(rows * C) * 4);
@@ -209,14 +225,15 @@ void bench_layer_norm_bwd(benchmark::State& st, std::size_t C) {
     threads(st);
     auto x = data(rows * C, 1), w = data(C, 2), dy = data(rows * C, 3), dx = data(rows * C, 4);
     std::vector<float> y(rows * C), mean(rows), rstd(rows), dw(C), db(C);
-    ref::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), w.data(), rows, C, 1e-12f);
+    ref::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), w.data(), rows,
+                            C, 1e-12f);
     for (auto _ : st) {
         if constexpr (std::is_same_v<Impl, use_cpu>)
-            cpu::layer_norm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(),
-                                     rstd.data(), rows, C);
+            cpu::layer_norm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                                     mean.data(), rstd.data(), rows, C);
         else
-            ref::layer_norm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(),
-                                     rstd.data(), rows, C);
+            ref::layer_norm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                                     mean.data(), rstd.data(), rows, C);
         benchmark::DoNotOptimize(dx.data());
     }
     report_bytes(st, 4.0 * double(rows * C) * 4);  // read x, dy, dx; write dx
@@ -262,8 +279,10 @@ void bench_adamw(benchmark::State& st, std::size_t n) {
     std::vector<float> v(n, 0.01f);
     ftune::adamw_params h{.lr = 1e-5, .weight_decay = 0.01, .step = 10};
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), n, h);
-        else ref::adamw_update(p.data(), g.data(), m.data(), v.data(), n, h);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), n, h);
+        else
+            ref::adamw_update(p.data(), g.data(), m.data(), v.data(), n, h);
         benchmark::DoNotOptimize(p.data());
     }
     report_bytes(st, 7.0 * double(n) * 4);  // read p, g, m, v; write p, m, v
@@ -277,8 +296,10 @@ void bench_dropout_fwd(benchmark::State& st, std::size_t n) {
     std::vector<std::uint8_t> mask(n);
     ftune::generator gen(1);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::dropout_forward(y.data(), mask.data(), x.data(), 0.1f, n, gen.next());
-        else ref::dropout_forward(y.data(), mask.data(), x.data(), 0.1f, n, gen.next());
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::dropout_forward(y.data(), mask.data(), x.data(), 0.1f, n, gen.next());
+        else
+            ref::dropout_forward(y.data(), mask.data(), x.data(), 0.1f, n, gen.next());
         benchmark::DoNotOptimize(y.data());
     }
     report_bytes(st, 9.0 * double(n));  // read x, write y and the 1-byte mask
@@ -290,8 +311,10 @@ void bench_dropout_bwd(benchmark::State& st, std::size_t n) {
     auto dy = data(n, 1), dx = data(n, 2);
     std::vector<std::uint8_t> mask(n, 1);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::dropout_backward(dx.data(), mask.data(), dy.data(), 0.1f, n);
-        else ref::dropout_backward(dx.data(), mask.data(), dy.data(), 0.1f, n);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::dropout_backward(dx.data(), mask.data(), dy.data(), 0.1f, n);
+        else
+            ref::dropout_backward(dx.data(), mask.data(), dy.data(), 0.1f, n);
         benchmark::DoNotOptimize(dx.data());
     }
     report_bytes(st, 13.0 * double(n));
@@ -302,8 +325,10 @@ void bench_bias_add(benchmark::State& st, std::size_t C) {
     threads(st);
     auto y = data(rows * C, 1), b = data(C, 2);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::bias_add(y.data(), b.data(), rows, C);
-        else ref::bias_add(y.data(), b.data(), rows, C);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::bias_add(y.data(), b.data(), rows, C);
+        else
+            ref::bias_add(y.data(), b.data(), rows, C);
         benchmark::DoNotOptimize(y.data());
     }
     report_bytes(st, 2.0 * double(rows * C) * 4);
@@ -315,8 +340,10 @@ void bench_bias_bwd(benchmark::State& st, std::size_t C) {
     auto dy = data(rows * C, 1);
     std::vector<float> db(C);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::bias_backward(db.data(), dy.data(), rows, C);
-        else ref::bias_backward(db.data(), dy.data(), rows, C);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::bias_backward(db.data(), dy.data(), rows, C);
+        else
+            ref::bias_backward(db.data(), dy.data(), rows, C);
         benchmark::DoNotOptimize(db.data());
     }
     report_bytes(st, double(rows * C) * 4);
@@ -328,8 +355,10 @@ void bench_residual_add(benchmark::State& st, std::size_t n) {
     auto a = data(n, 1), b = data(n, 2);
     std::vector<float> out(n);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::residual_add(out.data(), a.data(), b.data(), n);
-        else ref::residual_add(out.data(), a.data(), b.data(), n);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::residual_add(out.data(), a.data(), b.data(), n);
+        else
+            ref::residual_add(out.data(), a.data(), b.data(), n);
         benchmark::DoNotOptimize(out.data());
     }
     report_bytes(st, 3.0 * double(n) * 4);
@@ -344,8 +373,10 @@ void bench_embedding_fwd(benchmark::State& st, std::size_t C) {
     for (std::size_t i = 0; i < rows; ++i) ids[i] = ftune::token_id(s.below(i, vocab));
     std::vector<float> out(rows * C);
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::embedding_forward(out.data(), ids.data(), table.data(), rows, C, vocab);
-        else ref::embedding_forward(out.data(), ids.data(), table.data(), rows, C, vocab);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::embedding_forward(out.data(), ids.data(), table.data(), rows, C, vocab);
+        else
+            ref::embedding_forward(out.data(), ids.data(), table.data(), rows, C, vocab);
         benchmark::DoNotOptimize(out.data());
     }
     report_bytes(st, 2.0 * double(rows * C) * 4);
@@ -360,8 +391,10 @@ void bench_embedding_bwd(benchmark::State& st, std::size_t C) {
     ftune::random_stream s(3, 3);
     for (std::size_t i = 0; i < rows; ++i) ids[i] = ftune::token_id(s.below(i, vocab));
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Impl, use_cpu>) cpu::embedding_backward(dtable.data(), ids.data(), dout.data(), rows, C, vocab);
-        else ref::embedding_backward(dtable.data(), ids.data(), dout.data(), rows, C, vocab);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            cpu::embedding_backward(dtable.data(), ids.data(), dout.data(), rows, C, vocab);
+        else
+            ref::embedding_backward(dtable.data(), ids.data(), dout.data(), rows, C, vocab);
         benchmark::DoNotOptimize(dtable.data());
     }
     report_bytes(st, 3.0 * double(rows * C) * 4);
@@ -378,11 +411,15 @@ void bench_cross_entropy(benchmark::State& st, bool backward) {
     for (std::size_t i = 0; i < r; ++i) t[i] = ftune::token_id((i * 7919) % vocab);
     for (auto _ : st) {
         if (backward) {
-            if constexpr (std::is_same_v<Impl, use_cpu>) cpu::cross_entropy_backward(dz.data(), z.data(), t.data(), dl.data(), r, vocab);
-            else ref::cross_entropy_backward(dz.data(), z.data(), t.data(), dl.data(), r, vocab);
+            if constexpr (std::is_same_v<Impl, use_cpu>)
+                cpu::cross_entropy_backward(dz.data(), z.data(), t.data(), dl.data(), r, vocab);
+            else
+                ref::cross_entropy_backward(dz.data(), z.data(), t.data(), dl.data(), r, vocab);
         } else {
-            if constexpr (std::is_same_v<Impl, use_cpu>) cpu::cross_entropy_forward(loss.data(), z.data(), t.data(), r, vocab);
-            else ref::cross_entropy_forward(loss.data(), z.data(), t.data(), r, vocab);
+            if constexpr (std::is_same_v<Impl, use_cpu>)
+                cpu::cross_entropy_forward(loss.data(), z.data(), t.data(), r, vocab);
+            else
+                ref::cross_entropy_forward(loss.data(), z.data(), t.data(), r, vocab);
         }
         benchmark::DoNotOptimize(loss.data());
     }
@@ -396,8 +433,10 @@ void bench_global_norm(benchmark::State& st, std::size_t n) {
     const std::span<const float> parts[] = {g};
     for (auto _ : st) {
         double v;
-        if constexpr (std::is_same_v<Impl, use_cpu>) v = cpu::global_l2_norm<float>(parts);
-        else v = ref::global_l2_norm<float>(parts);
+        if constexpr (std::is_same_v<Impl, use_cpu>)
+            v = cpu::global_l2_norm<float>(parts);
+        else
+            v = ref::global_l2_norm<float>(parts);
         benchmark::DoNotOptimize(v);
     }
     report_bytes(st, double(n) * 4);
@@ -406,15 +445,20 @@ void bench_global_norm(benchmark::State& st, std::size_t n) {
 // ---------------------------------------------------------------------------------------------
 // Registration
 
-void apply_threads(benchmark::internal::Benchmark* b) { b->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond); }
+void apply_threads(benchmark::internal::Benchmark* b) {
+    b->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
+}
 
 template <class Impl>
 void register_memory_bound(const model_dims& m, const std::string& impl) {
     const std::string s = "/" + std::string(m.name) + "/" + impl;
-    auto reg = [&](const std::string& name, auto fn) { apply_threads(benchmark::RegisterBenchmark((name + s).c_str(), fn)); };
+    auto reg = [&](const std::string& name, auto fn) {
+        apply_threads(benchmark::RegisterBenchmark((name + s).c_str(), fn));
+    };
     reg("gelu_fwd", [m](benchmark::State& st) { bench_gelu_fwd<Impl>(st, rows * m.ffn); });
     reg("gelu_bwd", [m](benchmark::State& st) { bench_gelu_bwd<Impl>(st, rows * m.ffn); });
-    reg("gelu_tanh_fwd", [m](benchmark::State& st) { bench_gelu_tanh_fwd<Impl>(st, rows * m.ffn); });
+    reg("gelu_tanh_fwd",
+        [m](benchmark::State& st) { bench_gelu_tanh_fwd<Impl>(st, rows * m.ffn); });
     reg("tanh_fwd", [m](benchmark::State& st) { bench_tanh_fwd<Impl>(st, B * m.hidden); });
     reg("layer_norm_fwd", [m](benchmark::State& st) { bench_layer_norm_fwd<Impl>(st, m.hidden); });
     reg("layer_norm_bwd", [m](benchmark::State& st) { bench_layer_norm_bwd<Impl>(st, m.hidden); });
@@ -424,7 +468,8 @@ void register_memory_bound(const model_dims& m, const std::string& impl) {
     reg("dropout_bwd", [m](benchmark::State& st) { bench_dropout_bwd<Impl>(st, rows * m.hidden); });
     reg("bias_add", [m](benchmark::State& st) { bench_bias_add<Impl>(st, m.ffn); });
     reg("bias_bwd", [m](benchmark::State& st) { bench_bias_bwd<Impl>(st, m.ffn); });
-    reg("residual_add", [m](benchmark::State& st) { bench_residual_add<Impl>(st, rows * m.hidden); });
+    reg("residual_add",
+        [m](benchmark::State& st) { bench_residual_add<Impl>(st, rows * m.hidden); });
     reg("embedding_fwd", [m](benchmark::State& st) { bench_embedding_fwd<Impl>(st, m.hidden); });
     reg("embedding_bwd", [m](benchmark::State& st) { bench_embedding_bwd<Impl>(st, m.hidden); });
     reg("global_l2_norm", [m](benchmark::State& st) { bench_global_norm<Impl>(st, m.params); });
@@ -436,43 +481,56 @@ void register_all() {
     apply_threads(benchmark::RegisterBenchmark("peak/triad", probe_triad));
     for (const auto& m : models) {
         const std::size_t H = m.hidden, F = m.ffn;
-        struct g { const char* name; std::size_t M, N, K; transpose ta, tb; };
+        struct g {
+            const char* name;
+            std::size_t M, N, K;
+            transpose ta, tb;
+        };
         const g gemms[] = {
-            {"gemm_qkv_fwd", rows, 3 * H, H, transpose::no, transpose::yes},   // x Wqkvᵀ
-            {"gemm_attn_out_fwd", rows, H, H, transpose::no, transpose::yes},  // ctx Woᵀ
-            {"gemm_ffn_up_fwd", rows, F, H, transpose::no, transpose::yes},    // (2048, F, H)
-            {"gemm_ffn_down_fwd", rows, H, F, transpose::no, transpose::yes},  // (2048, H, F)
-            {"gemm_ffn_up_bwd_dx", rows, H, F, transpose::no, transpose::no},  // dY W
+            {"gemm_qkv_fwd", rows, 3 * H, H, transpose::no, transpose::yes},    // x Wqkvᵀ
+            {"gemm_attn_out_fwd", rows, H, H, transpose::no, transpose::yes},   // ctx Woᵀ
+            {"gemm_ffn_up_fwd", rows, F, H, transpose::no, transpose::yes},     // (2048, F, H)
+            {"gemm_ffn_down_fwd", rows, H, F, transpose::no, transpose::yes},   // (2048, H, F)
+            {"gemm_ffn_up_bwd_dx", rows, H, F, transpose::no, transpose::no},   // dY W
             {"gemm_ffn_up_bwd_dw", F, H, rows, transpose::yes, transpose::no},  // dYᵀ X
         };
         for (const auto& x : gemms)
             for (bool eigen : {false, true}) {
-                const std::string name = std::string(x.name) + "/" + m.name + (eigen ? "/eigen" : "/cpu");
-                apply_threads(benchmark::RegisterBenchmark(name.c_str(), [x, eigen](benchmark::State& st) {
-                    bench_gemm(st, x.M, x.N, x.K, x.ta, x.tb, eigen);
-                }));
+                const std::string name =
+                    std::string(x.name) + "/" + m.name + (eigen ? "/eigen" : "/cpu");
+                apply_threads(
+                    benchmark::RegisterBenchmark(name.c_str(), [x, eigen](benchmark::State& st) {
+                        bench_gemm(st, x.M, x.N, x.K, x.ta, x.tb, eigen);
+                    }));
             }
-        apply_threads(benchmark::RegisterBenchmark((std::string("gemm_attention_qk/") + m.name + "/cpu").c_str(),
-                                                   [m](benchmark::State& st) { bench_attention_gemm(st, m); }));
+        apply_threads(benchmark::RegisterBenchmark(
+            (std::string("gemm_attention_qk/") + m.name + "/cpu").c_str(),
+            [m](benchmark::State& st) { bench_attention_gemm(st, m); }));
         register_memory_bound<use_cpu>(m, "cpu");
         register_memory_bound<use_ref>(m, "ref");
     }
     for (const char* impl : {"cpu", "ref"}) {
         const bool is_cpu = std::string(impl) == "cpu";
         for (bool bwd : {false, true}) {
-            const std::string name = std::string(bwd ? "cross_entropy_bwd" : "cross_entropy_fwd") + "/mlm30522/" + impl;
-            apply_threads(benchmark::RegisterBenchmark(name.c_str(), [is_cpu, bwd](benchmark::State& st) {
-                if (is_cpu) bench_cross_entropy<use_cpu>(st, bwd);
-                else bench_cross_entropy<use_ref>(st, bwd);
-            }));
+            const std::string name =
+                std::string(bwd ? "cross_entropy_bwd" : "cross_entropy_fwd") + "/mlm30522/" + impl;
+            apply_threads(
+                benchmark::RegisterBenchmark(name.c_str(), [is_cpu, bwd](benchmark::State& st) {
+                    if (is_cpu)
+                        bench_cross_entropy<use_cpu>(st, bwd);
+                    else
+                        bench_cross_entropy<use_ref>(st, bwd);
+                }));
         }
     }
 }
 
 // Collects every run to print the summary table at the end.
 class collecting_reporter : public benchmark::ConsoleReporter {
-public:
-    struct row { double gflops = 0, gbs = 0, ms = 0; };
+  public:
+    struct row {
+        double gflops = 0, gbs = 0, ms = 0;
+    };
     std::map<std::string, row> runs;  // "name/threads:N/real_time" -> best repetition
     void ReportRuns(const std::vector<Run>& reports) override {
         ConsoleReporter::ReportRuns(reports);
@@ -504,18 +562,26 @@ void print_summary(const collecting_reporter& rep) {
         if (bw) std::printf(", triad bandwidth %.1f GB/s", bw->gbs);
         std::printf("\n");
     }
-    std::printf("\n| primitive | model | 1 thread | 2 threads | %% of peak (1t / 2t) | speed-up, 1 thread |\n|---|---|---|---|---|---|\n");
+    std::printf(
+        "\n| primitive | model | 1 thread | 2 threads | %% of peak (1t / 2t) | speed-up, 1 thread "
+        "|\n|---|---|---|---|---|---|\n");
     for (const auto& [key, r] : rep.runs) {
         const std::string suffix = "/threads:1/real_time";
-        if (key.size() < suffix.size() || key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+        if (key.size() < suffix.size() ||
+            key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0)
+            continue;
         const std::string base = key.substr(0, key.size() - suffix.size());
-        if (base.size() < 4 || base.compare(base.size() - 4, 4, "/cpu") != 0) continue;  // baselines are columns
+        if (base.size() < 4 || base.compare(base.size() - 4, 4, "/cpu") != 0)
+            continue;  // baselines are columns
         const auto* r2 = get(base + "/threads:2/real_time");
         const bool is_gemm = r.gflops > 0;
         const auto* p1 = get(std::string(is_gemm ? "peak/fma" : "peak/triad") + suffix);
-        const auto* p2 = get(std::string(is_gemm ? "peak/fma" : "peak/triad") + "/threads:2/real_time");
-        const double v1 = is_gemm ? r.gflops : r.gbs, v2 = r2 ? (is_gemm ? r2->gflops : r2->gbs) : 0;
-        const double pk1 = p1 ? (is_gemm ? p1->gflops : p1->gbs) : 0, pk2 = p2 ? (is_gemm ? p2->gflops : p2->gbs) : 0;
+        const auto* p2 =
+            get(std::string(is_gemm ? "peak/fma" : "peak/triad") + "/threads:2/real_time");
+        const double v1 = is_gemm ? r.gflops : r.gbs,
+                     v2 = r2 ? (is_gemm ? r2->gflops : r2->gbs) : 0;
+        const double pk1 = p1 ? (is_gemm ? p1->gflops : p1->gbs) : 0,
+                     pk2 = p2 ? (is_gemm ? p2->gflops : p2->gbs) : 0;
         std::string name = base, model;
         if (auto s = base.find('/'); s != std::string::npos) {
             name = base.substr(0, s);
@@ -527,11 +593,13 @@ void print_summary(const collecting_reporter& rep) {
         std::string basekey = base.substr(0, base.size() - 4) + (is_gemm ? "/eigen" : "/ref");
         if (const auto* rr = get(basekey + suffix); rr && rr->ms > 0) {
             char buf[48];
-            std::snprintf(buf, sizeof buf, "%.2fx %s", rr->ms / r.ms, is_gemm ? "Eigen" : "reference");
+            std::snprintf(buf, sizeof buf, "%.2fx %s", rr->ms / r.ms,
+                          is_gemm ? "Eigen" : "reference");
             speedup = buf;
         }
-        std::printf("| %s | %s | %.1f %s | %.1f %s | %.0f%% / %.0f%% | %s |\n", name.c_str(), model.c_str(), v1,
-                    is_gemm ? "GFLOP/s" : "GB/s", v2, is_gemm ? "GFLOP/s" : "GB/s", pk1 > 0 ? 100 * v1 / pk1 : 0,
+        std::printf("| %s | %s | %.1f %s | %.1f %s | %.0f%% / %.0f%% | %s |\n", name.c_str(),
+                    model.c_str(), v1, is_gemm ? "GFLOP/s" : "GB/s", v2,
+                    is_gemm ? "GFLOP/s" : "GB/s", pk1 > 0 ? 100 * v1 / pk1 : 0,
                     pk2 > 0 ? 100 * v2 / pk2 : 0, speedup.c_str());
     }
 }

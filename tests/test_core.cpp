@@ -29,14 +29,17 @@ TEST_CASE("shape: static and dynamic extents", "[core]") {
     CHECK_THROWS_AS((shape<5, dynamic>(d)), ftune::error);
 }
 
-TEST_CASE("shape: a value contradicting a static extent throws shape_mismatch naming both", "[core]") {
+TEST_CASE("shape: a value contradicting a static extent throws shape_mismatch naming both",
+          "[core]") {
     try {
         shape<384, dynamic> s(768, 2);
         FAIL("no throw");
     } catch (const ftune::error& e) {
         CHECK(e.id() == ftune::errc::shape_mismatch);
         const std::string w = e.what();
-        CHECK(w == "ftune: shape: expected [384, *], got [768, 2] (axis 0 is fixed at compile time to 384)");
+        CHECK(w ==
+              "ftune: shape: expected [384, *], got [768, 2] (axis 0 is fixed at compile time to "
+              "384)");
     }
 }
 
@@ -93,7 +96,8 @@ TEST_CASE("error: id, context and message", "[core]") {
 TEST_CASE("philox4x32-10 matches Random123's known-answer vectors", "[core][rng]") {
     // tests/kat_vectors of the Random123 distribution (D. E. Shaw Research), "philox4x32 10" lines.
     using P = ftune::philox4x32;
-    CHECK(P::generate({0, 0, 0, 0}, {0, 0}) == P::counter_type{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8});
+    CHECK(P::generate({0, 0, 0, 0}, {0, 0}) ==
+          P::counter_type{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8});
     CHECK(P::generate({0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}, {0xffffffff, 0xffffffff}) ==
           P::counter_type{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd});
     CHECK(P::generate({0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, {0xa4093822, 0x299f31d0}) ==

@@ -4,6 +4,7 @@
 #include <ftune/backends/reference/primitives.hpp>
 
 #include <limits>
+#include <tuple>
 
 #include "util.hpp"
 
@@ -33,7 +34,8 @@ TEMPLATE_TEST_CASE("bias add, bias backward, residual add", "[primitives]", floa
         }
 }
 
-TEMPLATE_TEST_CASE("activations forward and backward (accumulating)", "[primitives]", float, double) {
+TEMPLATE_TEST_CASE("activations forward and backward (accumulating)", "[primitives]", float,
+                   double) {
     using T = TestType;
     for (std::size_t n : test::awkward_sizes()) {
         INFO("n=" << n);
@@ -81,20 +83,22 @@ TEMPLATE_TEST_CASE("layer norm forward and backward", "[primitives]", float, dou
             auto x = test::randn<T>(rows * C, 20, 2.0);
             for (std::size_t i = 0; i < x.size(); ++i) x[i] += T(3);  // non-zero mean
             auto w = test::randn<T>(C, 21), b = test::randn<T>(C, 22);
-            std::vector<T> out(rows * C), out2(rows * C), mean(rows), mean2(rows), rstd(rows), rstd2(rows);
-            ref::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, C, T(1e-5));
-            cpu::layer_norm_forward(out2.data(), mean2.data(), rstd2.data(), x.data(), w.data(), b.data(), rows, C,
-                                    T(1e-5));
+            std::vector<T> out(rows * C), out2(rows * C), mean(rows), mean2(rows), rstd(rows),
+                rstd2(rows);
+            ref::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(),
+                                    b.data(), rows, C, T(1e-5));
+            cpu::layer_norm_forward(out2.data(), mean2.data(), rstd2.data(), x.data(), w.data(),
+                                    b.data(), rows, C, T(1e-5));
             require_close(mean2, mean, tol<T>(4.0 * C), "layer_norm mean");
             require_close(rstd2, rstd, tol<T>(8.0 * C), "layer_norm rstd");
             require_close(out2, out, tol<T>(8.0 * C), "layer_norm out");
             auto dout = test::randn<T>(rows * C, 23);
             auto dx = test::randn<T>(rows * C, 24), dx2 = dx;
             auto dw = test::randn<T>(C, 25), dw2 = dw, db = test::randn<T>(C, 26), db2 = db;
-            ref::layer_norm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
-                                     rstd.data(), rows, C);
-            cpu::layer_norm_backward(dx2.data(), dw2.data(), db2.data(), dout.data(), x.data(), w.data(), mean.data(),
-                                     rstd.data(), rows, C);
+            ref::layer_norm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(),
+                                     w.data(), mean.data(), rstd.data(), rows, C);
+            cpu::layer_norm_backward(dx2.data(), dw2.data(), db2.data(), dout.data(), x.data(),
+                                     w.data(), mean.data(), rstd.data(), rows, C);
             require_close(dx2, dx, tol<T>(16.0 * C), "layer_norm dx");
             require_close(dw2, dw, tol<T>(16.0 * (rows + 1)), "layer_norm dweight");
             require_close(db2, db, tol<T>(8.0 * (rows + 1)), "layer_norm dbias");
@@ -105,7 +109,8 @@ TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]",
     using T = TestType;
     const T ninf = -std::numeric_limits<T>::infinity();
     for (std::size_t Tk : {1, 2, 5, 8, 9, 16, 33, 128})
-        for (auto [B, H, Tq] : {std::tuple<std::size_t, std::size_t, std::size_t>{0, 2, 3}, {1, 1, 1}, {3, 2, 5}}) {
+        for (auto [B, H, Tq] :
+             {std::tuple<std::size_t, std::size_t, std::size_t>{0, 2, 3}, {1, 1, 1}, {3, 2, 5}}) {
             INFO("B=" << B << " H=" << H << " Tq=" << Tq << " Tk=" << Tk);
             const std::size_t n = B * H * Tq * Tk;
             auto s = test::randn<T>(n, 30, 4.0);
@@ -127,8 +132,10 @@ TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]",
                 const bool all_masked = (r / (H * Tq)) == 2 && Tk <= 2;
                 CHECK(std::abs(sum - (all_masked ? T(0) : T(1))) < tol<T>(16.0 * Tk));
             }
-            ref::softmax_forward(p.data(), s.data(), static_cast<const T*>(nullptr), scale, B, H, Tq, Tk);
-            cpu::softmax_forward(p2.data(), s.data(), static_cast<const T*>(nullptr), scale, B, H, Tq, Tk);
+            ref::softmax_forward(p.data(), s.data(), static_cast<const T*>(nullptr), scale, B, H,
+                                 Tq, Tk);
+            cpu::softmax_forward(p2.data(), s.data(), static_cast<const T*>(nullptr), scale, B, H,
+                                 Tq, Tk);
             require_close(p2, p, tol<T>(16.0 * Tk), "softmax_forward without mask");
             auto dp = test::randn<T>(n, 31), ds = test::randn<T>(n, 32), ds2 = ds;
             ref::softmax_backward(ds.data(), p.data(), dp.data(), scale, B * H * Tq, Tk);
@@ -137,7 +144,8 @@ TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]",
         }
 }
 
-TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 1", "[primitives]", float, double) {
+TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 1", "[primitives]",
+                   float, double) {
     using T = TestType;
     ftune::random_stream s(1234, 5);
     for (std::size_t n : {0, 1, 3, 5, 100, 16384 + 7, 70000})
@@ -155,7 +163,8 @@ TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 
             if (p == T(0)) CHECK(kept == n);
             if (p == T(1)) CHECK(kept == 0);
             if (n >= 10000 && p > T(0) && p < T(1)) {  // 5-sigma binomial bound
-                const double mean = double(n) * (1 - double(p)), sd = std::sqrt(double(n) * double(p) * (1 - double(p)));
+                const double mean = double(n) * (1 - double(p)),
+                             sd = std::sqrt(double(n) * double(p) * (1 - double(p)));
                 CHECK(std::abs(double(kept) - mean) < 5 * sd);
             }
             auto dy = test::randn<T>(n, 41), dx = test::randn<T>(n, 42), dx2 = dx;
@@ -182,6 +191,42 @@ TEST_CASE("dropout mask does not depend on the thread count", "[primitives]") {
     CHECK(y1 == y2);
 }
 
+TEST_CASE("reductions and GEMM give bitwise the same result on 1 and 2 threads", "[primitives]") {
+    // column-parallel reductions and GEMM's fixed K blocking make the summation order independent
+    // of the thread count, so training is reproducible whatever OMP_NUM_THREADS is
+    const std::size_t rows = 515, C = 389, vocab = 50;
+    auto x = test::randn<float>(rows * C, 100), dy = test::randn<float>(rows * C, 101),
+         w = test::randn<float>(C, 102);
+    std::vector<ftune::token_id> ids(rows);
+    for (std::size_t i = 0; i < rows; ++i)
+        ids[i] = ftune::token_id(test::rand_int(103, i, 0, vocab - 1));
+    auto run = [&](int threads) {
+        ftune::set_num_threads(threads);
+        std::vector<float> out(rows * C), mean(rows), rstd(rows), dx(rows * C), dw(C), db(C),
+            dt(vocab * C), g(rows * rows);
+        cpu::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), w.data(),
+                                rows, C, 1e-5f);
+        cpu::layer_norm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                                 mean.data(), rstd.data(), rows, C);
+        cpu::bias_backward(db.data(), dy.data(), rows, C);
+        cpu::embedding_backward(dt.data(), ids.data(), dy.data(), rows, C, vocab);
+        cpu::gemm(ftune::transpose::no, ftune::transpose::yes, rows, rows, C, 1.0f, x.data(), C,
+                  dy.data(), C, 0.0f, g.data(), rows);
+        const double s = cpu::sum(x.data(), rows * C);
+        return std::tuple{out, dx, dw, db, dt, g, s};
+    };
+    const int threads = ftune::num_threads();
+    const auto one = run(1), two = run(2);
+    ftune::set_num_threads(threads);
+    CHECK(std::get<0>(one) == std::get<0>(two));
+    CHECK(std::get<1>(one) == std::get<1>(two));
+    CHECK(std::get<2>(one) == std::get<2>(two));
+    CHECK(std::get<3>(one) == std::get<3>(two));
+    CHECK(std::get<4>(one) == std::get<4>(two));
+    CHECK(std::get<5>(one) == std::get<5>(two));
+    CHECK(std::get<6>(one) == std::get<6>(two));
+}
+
 TEMPLATE_TEST_CASE("embedding gather and scatter-add", "[primitives]", float, double) {
     using T = TestType;
     for (std::size_t C : {1, 3, 8, 17, 64, 384})
@@ -189,7 +234,8 @@ TEMPLATE_TEST_CASE("embedding gather and scatter-add", "[primitives]", float, do
             INFO("n=" << n << " C=" << C);
             const std::size_t vocab = 13;  // small vocabulary: many repeated ids
             std::vector<ftune::token_id> ids(n);
-            for (std::size_t i = 0; i < n; ++i) ids[i] = ftune::token_id(test::rand_int(50, i, 0, vocab - 1));
+            for (std::size_t i = 0; i < n; ++i)
+                ids[i] = ftune::token_id(test::rand_int(50, i, 0, vocab - 1));
             auto table = test::randn<T>(vocab * C, 51);
             std::vector<T> out(n * C), out2(n * C);
             ref::embedding_forward(out.data(), ids.data(), table.data(), n, C, vocab);
@@ -202,7 +248,8 @@ TEMPLATE_TEST_CASE("embedding gather and scatter-add", "[primitives]", float, do
         }
     std::vector<ftune::token_id> bad{0, -1};
     std::vector<T> table(4), out(4);
-    CHECK_THROWS_AS(cpu::embedding_forward(out.data(), bad.data(), table.data(), 2, 2, 2), ftune::error);
+    CHECK_THROWS_AS(cpu::embedding_forward(out.data(), bad.data(), table.data(), 2, 2, 2),
+                    ftune::error);
 }
 
 TEMPLATE_TEST_CASE("cross-entropy with logits and an ignore index", "[primitives]", float, double) {
@@ -216,7 +263,8 @@ TEMPLATE_TEST_CASE("cross-entropy with logits and an ignore index", "[primitives
                 t[r] = r % 4 == 3 ? -100 : ftune::token_id(test::rand_int(61, r, 0, V - 1));
             std::vector<T> l(rows), l2(rows);
             const auto c = ref::cross_entropy_forward(l.data(), z.data(), t.data(), rows, V, -100);
-            const auto c2 = cpu::cross_entropy_forward(l2.data(), z.data(), t.data(), rows, V, -100);
+            const auto c2 =
+                cpu::cross_entropy_forward(l2.data(), z.data(), t.data(), rows, V, -100);
             CHECK(c == c2);
             CHECK(c == rows - rows / 4);
             require_close(l2, l, tol<T>(32.0 * V), "cross_entropy_forward");
@@ -264,7 +312,8 @@ TEMPLATE_TEST_CASE("AdamW and SGD updates", "[primitives][optim]", float, double
     using T = TestType;
     for (std::size_t n : test::awkward_sizes()) {
         INFO("n=" << n);
-        auto p = test::randn<T>(n, 80), m = test::randn<T>(n, 81, 0.1), v = test::randu<T>(n, 82, 0.0, 0.01);
+        auto p = test::randn<T>(n, 80), m = test::randn<T>(n, 81, 0.1),
+             v = test::randu<T>(n, 82, 0.0, 0.01);
         auto p2 = p, m2 = m, v2 = v;
         for (std::size_t step = 1; step <= 3; ++step) {
             auto g = test::randn<T>(n, 83 + step);
@@ -280,8 +329,12 @@ TEMPLATE_TEST_CASE("AdamW and SGD updates", "[primitives][optim]", float, double
             std::vector<T> buf(n), buf2(n);
             for (std::size_t step = 1; step <= 3; ++step) {
                 auto g = test::randn<T>(n, 91 + step);
-                ftune::sgd_params h{.lr = 0.1, .momentum = 0.9, .dampening = nesterov ? 0.0 : 0.1,
-                                    .weight_decay = 1e-4, .nesterov = nesterov, .first_step = step == 1};
+                ftune::sgd_params h{.lr = 0.1,
+                                    .momentum = 0.9,
+                                    .dampening = nesterov ? 0.0 : 0.1,
+                                    .weight_decay = 1e-4,
+                                    .nesterov = nesterov,
+                                    .first_step = step == 1};
                 ref::sgd_update(q.data(), g.data(), buf.data(), n, h);
                 cpu::sgd_update(q2.data(), g.data(), buf2.data(), n, h);
             }
@@ -295,7 +348,8 @@ TEST_CASE("AdamW reference follows the decoupled-decay formula", "[primitives][o
     // one step from m = v = 0: m = (1-b1) g, v = (1-b2) g², mhat = g, vhat = g²
     // θ' = θ (1 - lr wd) - lr g / (|g| + eps)
     double p = 2.0, g = 0.5, m = 0, v = 0;
-    ftune::adamw_params h{.lr = 0.1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01, .step = 1};
+    ftune::adamw_params h{
+        .lr = 0.1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01, .step = 1};
     ref::adamw_update(&p, &g, &m, &v, 1, h);
     CHECK(std::abs(p - (2.0 * (1 - 0.1 * 0.01) - 0.1 * 0.5 / (0.5 + 1e-8))) < 1e-12);
 }

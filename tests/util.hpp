@@ -45,9 +45,11 @@ double tol(double factor) {
     return factor * double(std::numeric_limits<T>::epsilon());
 }
 
-/// Checks |got - want| <= rtol * max(1, |want|) element-wise; reports the first failure with context.
+/// Checks |got - want| <= rtol * max(1, |want|) element-wise; reports the first failure with
+/// context.
 template <class T>
-void require_close(std::span<const T> got, std::span<const T> want, double rtol, const std::string& what) {
+void require_close(std::span<const T> got, std::span<const T> want, double rtol,
+                   const std::string& what) {
     REQUIRE(got.size() == want.size());
     std::size_t bad = got.size();
     double worst = 0;
@@ -61,8 +63,9 @@ void require_close(std::span<const T> got, std::span<const T> want, double rtol,
     }
     if (bad != got.size()) {
         std::ostringstream os;
-        os << what << ": element " << bad << " got " << double(got[bad]) << " want " << double(want[bad])
-           << " (worst relative error " << worst << ", tolerance " << rtol << ")";
+        os << what << ": element " << bad << " got " << double(got[bad]) << " want "
+           << double(want[bad]) << " (worst relative error " << worst << ", tolerance " << rtol
+           << ")";
         FAIL(os.str());
     }
     SUCCEED();
@@ -70,13 +73,15 @@ void require_close(std::span<const T> got, std::span<const T> want, double rtol,
 
 /// require_close on vectors.
 template <class T>
-void require_close(const std::vector<T>& got, const std::vector<T>& want, double rtol, const std::string& what) {
+void require_close(const std::vector<T>& got, const std::vector<T>& want, double rtol,
+                   const std::string& what) {
     require_close<T>(std::span<const T>(got), std::span<const T>(want), rtol, what);
 }
 
 /// Sizes that exercise SIMD tails: empty, one, below/at/above the batch widths, and odd sizes.
 inline const std::vector<std::size_t>& awkward_sizes() {
-    static const std::vector<std::size_t> s{0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 100, 127, 384, 1000};
+    static const std::vector<std::size_t> s{0,  1,  2,  3,  4,  5,  7,   8,   9,   15,
+                                            16, 17, 31, 33, 63, 65, 100, 127, 384, 1000};
     return s;
 }
 

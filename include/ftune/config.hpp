@@ -41,7 +41,7 @@
 #define FTUNE_ABI_CONCAT_EX(a, b, c, d, e) abi_v##a##_##b##_##c##_##d##_##e
 #define FTUNE_ABI_CONCAT(a, b, c, d, e) FTUNE_ABI_CONCAT_EX(a, b, c, d, e)
 /// The inline namespace that holds every ftune declaration, e.g. abi_v0_1_0_avx2fma_nocuda.
-#define FTUNE_ABI_TAG                                                                \
+#define FTUNE_ABI_TAG                                                               \
     FTUNE_ABI_CONCAT(FTUNE_VERSION_MAJOR, FTUNE_VERSION_MINOR, FTUNE_VERSION_PATCH, \
                      FTUNE_ABI_ARCH, FTUNE_ABI_CUDA)
 

@@ -60,19 +60,21 @@ void check_axis(const char* what, const char* na, const X& a, std::size_t ia, co
                 const Y& b, std::size_t ib) {
     if (a.shape().extent(ia) != b.shape().extent(ib))
         throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb, " has shape ",
-                                       b.shape().to_string(), ": axis ", ia, " of ", na, " (",
-                                       a.shape().extent(ia), ") must equal axis ", ib, " of ", nb, " (",
-                                       b.shape().extent(ib), ")"));
+                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb,
+                                       " has shape ", b.shape().to_string(), ": axis ", ia, " of ",
+                                       na, " (", a.shape().extent(ia), ") must equal axis ", ib,
+                                       " of ", nb, " (", b.shape().extent(ib), ")"));
 }
 
 /// Throws shape_mismatch unless x has `n` elements.
 template <class X>
-void check_size(const char* what, const char* name, const X& x, std::size_t n, const char* expected) {
+void check_size(const char* what, const char* name, const X& x, std::size_t n,
+                const char* expected) {
     if (x.shape().size() != n)
-        throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
-                                       " elements) but ", expected, " needs ", n));
+        throw error(
+            errc::shape_mismatch, what,
+            ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
+                               " elements) but ", expected, " needs ", n));
 }
 
 /// Requires that all arguments live on the same device, and selects its backend.
@@ -92,7 +94,8 @@ constexpr void same_device() {
 /// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
 template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
           tensor_like C>
-void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1, detail::scalar_of<C> beta = 0) {
+void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
+            detail::scalar_of<C> beta = 0) {
     using SA = detail::shape_of<A>;
     using SB = detail::shape_of<B>;
     using SC = detail::shape_of<C>;
@@ -100,8 +103,8 @@ void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1, detai
     static_assert(SA::rank == 2 && SB::rank == 2 && SC::rank == 2,
                   "ftune::ops::matmul multiplies matrices (rank-2 views); reshape batched tensors "
                   "to (rows, features) first, or use batched_matmul.");
-    constexpr std::size_t am = TA == transpose::no ? 0 : 1, ak = 1 - am;  // axes of M and K in a
-    constexpr std::size_t bk = TB == transpose::no ? 0 : 1, bn = 1 - bk;  // axes of K and N in b
+    constexpr std::size_t am = TA == transpose::no ? 0 : 1, ak = 1 - am;     // axes of M and K in a
+    constexpr std::size_t bk = TB == transpose::no ? 0 : 1, bn = 1 - bk;     // axes of K and N in b
     detail::static_extents_agree<detail::sx<SA, ak>, detail::sx<SB, bk>>();  // K
     detail::static_extents_agree<detail::sx<SA, am>, detail::sx<SC, 0>>();   // M
     detail::static_extents_agree<detail::sx<SB, bn>, detail::sx<SC, 1>>();   // N
@@ -118,7 +121,8 @@ template <tensor_like Y, tensor_like Bias>
 void bias_add(Y&& y, const Bias& bias) {
     using SY = detail::shape_of<Y>;
     detail::same_device<Y, Bias>();
-    static_assert(SY::rank == 2 && detail::shape_of<Bias>::rank == 1, "ftune::ops::bias_add: y is (rows, C) and bias is (C)");
+    static_assert(SY::rank == 2 && detail::shape_of<Bias>::rank == 1,
+                  "ftune::ops::bias_add: y is (rows, C) and bias is (C)");
     detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<Bias>, 0>>();
     detail::check_axis("bias_add", "y", y, 1, "bias", bias, 0);
     backend::cpu::bias_add(y.data(), bias.data(), y.shape().extent(0), y.shape().extent(1));
@@ -129,10 +133,12 @@ template <tensor_like DBias, tensor_like DY>
 void bias_backward(DBias&& dbias, const DY& dy) {
     using SY = detail::shape_of<DY>;
     detail::same_device<DY, DBias>();
-    static_assert(SY::rank == 2 && detail::shape_of<DBias>::rank == 1, "ftune::ops::bias_backward: dy is (rows, C) and dbias is (C)");
+    static_assert(SY::rank == 2 && detail::shape_of<DBias>::rank == 1,
+                  "ftune::ops::bias_backward: dy is (rows, C) and dbias is (C)");
     detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<DBias>, 0>>();
     detail::check_axis("bias_backward", "dy", dy, 1, "dbias", dbias, 0);
-    backend::cpu::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0), dy.shape().extent(1));
+    backend::cpu::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0),
+                                dy.shape().extent(1));
 }
 
 /// out = a + b (same shapes; out may alias a or b).
@@ -154,9 +160,15 @@ void activate(activation f, Y&& y, const X& x) {
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
     const std::size_t n = x.shape().size();
     switch (f) {
-        case activation::gelu: backend::cpu::gelu_forward(y.data(), x.data(), n); break;
-        case activation::gelu_tanh: backend::cpu::gelu_tanh_forward(y.data(), x.data(), n); break;
-        case activation::tanh: backend::cpu::tanh_forward(y.data(), x.data(), n); break;
+        case activation::gelu:
+            backend::cpu::gelu_forward(y.data(), x.data(), n);
+            break;
+        case activation::gelu_tanh:
+            backend::cpu::gelu_tanh_forward(y.data(), x.data(), n);
+            break;
+        case activation::tanh:
+            backend::cpu::tanh_forward(y.data(), x.data(), n);
+            break;
     }
 }
 
@@ -168,19 +180,27 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     check_same_shape(saved.shape(), dy.shape(), "activate_backward (saved vs dy)");
     const std::size_t n = dy.shape().size();
     switch (f) {
-        case activation::gelu: backend::cpu::gelu_backward(dx.data(), saved.data(), dy.data(), n); break;
-        case activation::gelu_tanh: backend::cpu::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n); break;
-        case activation::tanh: backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n); break;
+        case activation::gelu:
+            backend::cpu::gelu_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
+        case activation::gelu_tanh:
+            backend::cpu::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
+        case activation::tanh:
+            backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
     }
 }
 
 /// out(rows, C) = LayerNorm(x) * weight + bias; saves mean(rows), rstd(rows).
-template <tensor_like Out, tensor_like Mean, tensor_like Rstd, tensor_like X, tensor_like W, tensor_like Bias>
+template <tensor_like Out, tensor_like Mean, tensor_like Rstd, tensor_like X, tensor_like W,
+          tensor_like Bias>
 void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight, const Bias& bias,
                 detail::scalar_of<X> eps) {
     using SX = detail::shape_of<X>;
     detail::same_device<Out, Mean, Rstd, X, W, Bias>();
-    static_assert(SX::rank == 2, "ftune::ops::layer_norm normalizes the rows of a (rows, C) view; reshape first");
+    static_assert(SX::rank == 2,
+                  "ftune::ops::layer_norm normalizes the rows of a (rows, C) view; reshape first");
     detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
     check_same_shape(out.shape(), x.shape(), "layer_norm (out vs x)");
     detail::check_axis("layer_norm", "x", x, 1, "weight", weight, 0);
@@ -211,8 +231,10 @@ template <tensor_like Out, tensor_like Ids, tensor_like Table>
 void embedding(Out&& out, const Ids& ids, const Table& table) {
     using ST = detail::shape_of<Table>;
     detail::same_device<Out, Ids, Table>();
-    static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>, "ftune::ops::embedding: ids are int32 (ftune::token_id)");
-    static_assert(ST::rank == 2 && detail::shape_of<Out>::rank == 2, "ftune::ops::embedding: table is (vocab, C) and out is (n, C)");
+    static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>,
+                  "ftune::ops::embedding: ids are int32 (ftune::token_id)");
+    static_assert(ST::rank == 2 && detail::shape_of<Out>::rank == 2,
+                  "ftune::ops::embedding: table is (vocab, C) and out is (n, C)");
     detail::static_extents_agree<detail::sx<ST, 1>, detail::sx<detail::shape_of<Out>, 1>>();
     detail::check_axis("embedding", "out", out, 1, "table", table, 1);
     detail::check_size("embedding", "ids", ids, out.shape().extent(0), "one per row of out");
@@ -222,9 +244,11 @@ void embedding(Out&& out, const Ids& ids, const Table& table) {
 
 /// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.
 template <tensor_like L, tensor_like Z, tensor_like Tg>
-std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets, token_id ignore_index = -100) {
+std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets,
+                          token_id ignore_index = -100) {
     detail::same_device<L, Z, Tg>();
-    static_assert(detail::shape_of<Z>::rank == 2, "ftune::ops::cross_entropy: logits are (rows, V)");
+    static_assert(detail::shape_of<Z>::rank == 2,
+                  "ftune::ops::cross_entropy: logits are (rows, V)");
     const std::size_t rows = logits.shape().extent(0);
     detail::check_size("cross_entropy", "targets", targets, rows, "one per row of logits");
     detail::check_size("cross_entropy", "losses", losses, rows, "one per row of logits");

@@ -13,7 +13,8 @@
 #define FTUNE_VERSION_PATCH 0
 
 /// The version as one integer, e.g. 100 for 0.1.0, for `#if FTUNE_VERSION >= ...`.
-#define FTUNE_VERSION (FTUNE_VERSION_MAJOR * 10000 + FTUNE_VERSION_MINOR * 100 + FTUNE_VERSION_PATCH)
+#define FTUNE_VERSION \
+    (FTUNE_VERSION_MAJOR * 10000 + FTUNE_VERSION_MINOR * 100 + FTUNE_VERSION_PATCH)
 
 namespace ftune {
 /// The version as a string, e.g. "0.1.0".
@@ -62,7 +63,7 @@ inline constexpr const char* version_string = "0.1.0";
 #define FTUNE_ABI_CONCAT_EX(a, b, c, d, e) abi_v##a##_##b##_##c##_##d##_##e
 #define FTUNE_ABI_CONCAT(a, b, c, d, e) FTUNE_ABI_CONCAT_EX(a, b, c, d, e)
 /// The inline namespace that holds every ftune declaration, e.g. abi_v0_1_0_avx2fma_nocuda.
-#define FTUNE_ABI_TAG                                                                \
+#define FTUNE_ABI_TAG                                                               \
     FTUNE_ABI_CONCAT(FTUNE_VERSION_MAJOR, FTUNE_VERSION_MINOR, FTUNE_VERSION_PATCH, \
                      FTUNE_ABI_ARCH, FTUNE_ABI_CUDA)
 
@@ -144,20 +145,27 @@ enum class errc {
 /// The name of an error id, e.g. "shape_mismatch".
 constexpr std::string_view to_string(errc id) noexcept {
     switch (id) {
-        case errc::shape_mismatch: return "shape_mismatch";
-        case errc::invalid_argument: return "invalid_argument";
-        case errc::out_of_range: return "out_of_range";
-        case errc::io: return "io";
-        case errc::parse: return "parse";
-        case errc::unsupported: return "unsupported";
-        case errc::internal: return "internal";
+        case errc::shape_mismatch:
+            return "shape_mismatch";
+        case errc::invalid_argument:
+            return "invalid_argument";
+        case errc::out_of_range:
+            return "out_of_range";
+        case errc::io:
+            return "io";
+        case errc::parse:
+            return "parse";
+        case errc::unsupported:
+            return "unsupported";
+        case errc::internal:
+            return "internal";
     }
     return "unknown";
 }
 
 /// The exception ftune throws: `what()` reads "ftune: <context>: <message>" and says how to fix it.
 class error : public std::runtime_error {
-public:
+  public:
     /// An error of kind `id` about `context` (a tensor, file:line, function...) with a message.
     error(errc id, std::string context, std::string message)
         : std::runtime_error(format(context, message)),
@@ -172,7 +180,7 @@ public:
     /// The message without the context.
     const std::string& message() const noexcept { return message_; }
 
-private:
+  private:
     static std::string format(const std::string& context, const std::string& message) {
         std::string s = "ftune: ";
         if (!context.empty()) s += context + ": ";
@@ -196,9 +204,9 @@ std::string cat(const Args&... args) {
 FTUNE_NAMESPACE_END
 
 /// Throws ftune::error(id, context, message...) unless `cond` holds.
-#define FTUNE_CHECK(cond, id, context, ...)                                                 \
-    do {                                                                                    \
-        if (!(cond)) [[unlikely]]                                                           \
+#define FTUNE_CHECK(cond, id, context, ...)                                                      \
+    do {                                                                                         \
+        if (!(cond)) [[unlikely]]                                                                \
             throw ::ftune::error(::ftune::errc::id, context, ::ftune::detail::cat(__VA_ARGS__)); \
     } while (0)
 // ---- end ftune/core/error.hpp ----
@@ -237,7 +245,8 @@ std::string format_extents(const std::array<std::size_t, N>& e) {
 }
 /// True when two static extent lists can describe the same tensor (equal, or one is dynamic).
 template <std::size_t N, std::size_t M>
-constexpr bool static_extents_compatible(std::array<std::size_t, N> a, std::array<std::size_t, M> b) {
+constexpr bool static_extents_compatible(std::array<std::size_t, N> a,
+                                         std::array<std::size_t, M> b) {
     if (N != M) return false;
     for (std::size_t i = 0; i < N; ++i)
         if (a[i] != dynamic && b[i] != dynamic && a[i] != b[i]) return false;
@@ -248,7 +257,7 @@ constexpr bool static_extents_compatible(std::array<std::size_t, N> a, std::arra
 /// The extents of a row-major tensor; each is a compile-time constant or `dynamic`.
 template <std::size_t... Es>
 class shape {
-public:
+  public:
     /// Number of axes.
     static constexpr std::size_t rank = sizeof...(Es);
     /// The compile-time extents (`dynamic` where known only at run time).
@@ -258,13 +267,16 @@ public:
 
     /// All-static shapes are default constructible; dynamic extents default to 0.
     constexpr shape() noexcept {
-        for (std::size_t i = 0; i < rank; ++i) e_[i] = static_extents[i] == dynamic ? 0 : static_extents[i];
+        for (std::size_t i = 0; i < rank; ++i)
+            e_[i] = static_extents[i] == dynamic ? 0 : static_extents[i];
     }
 
-    /// A shape from all its extents; a value that contradicts a static extent throws shape_mismatch.
+    /// A shape from all its extents; a value that contradicts a static extent throws
+    /// shape_mismatch.
     template <class... I>
-        requires(sizeof...(I) == rank && rank > 0 && (std::is_integral_v<I> && ...))
-    constexpr shape(I... extents) : e_{static_cast<std::size_t>(extents)...} {
+    requires(sizeof...(I) == rank && rank > 0 &&
+             (std::is_integral_v<I> && ...)) constexpr shape(I... extents)
+        : e_{static_cast<std::size_t>(extents)...} {
         check_against_static("shape");
     }
 
@@ -276,15 +288,15 @@ public:
     /// Conversion from another shape of the same rank. Static extents must agree at compile time;
     /// a dynamic source extent meeting a static target is checked at run time (hence explicit).
     template <std::size_t... Fs>
-    constexpr explicit(((Es != dynamic && Fs == dynamic) || ...))
-        shape(const shape<Fs...>& other) {
+    constexpr explicit(((Es != dynamic && Fs == dynamic) || ...)) shape(const shape<Fs...>& other) {
         static_assert(sizeof...(Fs) == rank,
                       "ftune: the two shapes have different ranks; reshape the tensor explicitly "
                       "(view::reshape) before passing it.");
-        static_assert(detail::static_extents_compatible(static_extents, shape<Fs...>::static_extents),
-                      "ftune: static extents differ: a tensor whose compile-time shape is "
-                      "shape<Fs...> is used where shape<Es...> is required. Make the dimensions of "
-                      "the two types agree, or declare the axis ftune::dynamic to check it at run time.");
+        static_assert(
+            detail::static_extents_compatible(static_extents, shape<Fs...>::static_extents),
+            "ftune: static extents differ: a tensor whose compile-time shape is "
+            "shape<Fs...> is used where shape<Es...> is required. Make the dimensions of "
+            "the two types agree, or declare the axis ftune::dynamic to check it at run time.");
         for (std::size_t i = 0; i < rank; ++i) e_[i] = other.extent(i);
         check_against_static("shape conversion");
     }
@@ -314,7 +326,7 @@ public:
         }
     }
 
-private:
+  private:
     constexpr void check_against_static(const char* what) const {
         for (std::size_t i = 0; i < rank; ++i) {
             if (static_extents[i] != dynamic && static_extents[i] != e_[i]) {
@@ -426,11 +438,11 @@ template <class T, class Shape, device_tag Device = device::cpu>
 class view {
     static_assert(is_shape_v<Shape>, "ftune: view<T, Shape>: Shape must be an ftune::shape<...>.");
 
-public:
-    using element_type = T;                        ///< element type (may be const)
-    using value_type = std::remove_cv_t<T>;        ///< element type without const
-    using shape_type = Shape;                      ///< the shape type
-    using device_type = Device;                    ///< where the memory lives
+  public:
+    using element_type = T;                           ///< element type (may be const)
+    using value_type = std::remove_cv_t<T>;           ///< element type without const
+    using shape_type = Shape;                         ///< the shape type
+    using device_type = Device;                       ///< where the memory lives
     static constexpr std::size_t rank = Shape::rank;  ///< number of axes
 
     /// An empty view (null data; dynamic extents 0).
@@ -439,13 +451,15 @@ public:
     constexpr view(T* data, const Shape& s) noexcept : data_(data), shape_(s) {}
     /// A view of the elements at `data` with the given extents (checked against static ones).
     template <class... I>
-        requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...))
-    constexpr view(T* data, I... extents) : data_(data), shape_(extents...) {}
+    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...)) constexpr view(T* data,
+                                                                                    I... extents)
+        : data_(data), shape_(extents...) {}
 
     /// Conversion to a view of const elements and/or less static extents (checked as for shapes).
     template <class U, class S2>
-        requires(std::is_convertible_v<U (*)[], T (*)[]> && std::is_constructible_v<Shape, const S2&>)
-    constexpr explicit(!std::is_convertible_v<const S2&, Shape>) view(const view<U, S2, Device>& o)
+    requires(std::is_convertible_v<U (*)[], T (*)[]>&& std::is_constructible_v<
+             Shape, const S2&>) constexpr explicit(!std::is_convertible_v<const S2&, Shape>)
+        view(const view<U, S2, Device>& o)
         : data_(o.data()), shape_(o.shape()) {}
 
     /// Pointer to the first element.
@@ -463,8 +477,8 @@ public:
 
     /// Element access by row-major index (one index per axis; unchecked).
     template <class... I>
-        requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...))
-    constexpr T& operator()(I... idx) const noexcept {
+    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...)) constexpr T& operator()(
+        I... idx) const noexcept {
         const std::size_t ix[] = {static_cast<std::size_t>(idx)...};
         std::size_t off = 0;
         for (std::size_t a = 0; a < rank; ++a) off = off * shape_.extent(a) + ix[a];
@@ -481,7 +495,7 @@ public:
         return {data_, s};
     }
 
-private:
+  private:
     T* data_ = nullptr;
     Shape shape_{};
 };
@@ -493,18 +507,22 @@ using dynamic_view = view<T, dynamic_shape<Rank>, Device>;
 template <class T, std::size_t N = dynamic, device_tag Device = device::cpu>
 using vector_view = view<T, shape<N>, Device>;
 /// A rank-2 view (rows, cols), each static or dynamic.
-template <class T, std::size_t R = dynamic, std::size_t C = dynamic, device_tag Device = device::cpu>
+template <class T, std::size_t R = dynamic, std::size_t C = dynamic,
+          device_tag Device = device::cpu>
 using matrix_view = view<T, shape<R, C>, Device>;
 
 namespace detail {
 /// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array.
 struct aligned_delete {
-    void operator()(void* p) const noexcept { ::operator delete[](p, std::align_val_t{buffer_alignment}); }
+    void operator()(void* p) const noexcept {
+        ::operator delete[](p, std::align_val_t{buffer_alignment});
+    }
 };
 /// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
 template <class T>
 std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
-    static_assert(std::is_trivially_copyable_v<T>, "ftune buffers hold trivially copyable elements");
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "ftune buffers hold trivially copyable elements");
     if (n == 0) return {};
     void* p = ::operator new[](n * sizeof(T), std::align_val_t{buffer_alignment});
     std::memset(p, 0, n * sizeof(T));
@@ -519,12 +537,14 @@ class buffer {
     static_assert(std::is_same_v<Device, device::cpu>,
                   "ftune: buffer<..., device::cuda> is reserved for the CUDA backend; build with "
                   "FTUNE_WITH_CUDA=ON and use ftune/cuda.hpp.");
-    static_assert(!std::is_const_v<T>, "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
+    static_assert(
+        !std::is_const_v<T>,
+        "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
 
-public:
-    using value_type = T;      ///< element type
-    using shape_type = Shape;  ///< the shape type
-    using device_type = Device;  ///< where the memory lives
+  public:
+    using value_type = T;                             ///< element type
+    using shape_type = Shape;                         ///< the shape type
+    using device_type = Device;                       ///< where the memory lives
     static constexpr std::size_t rank = Shape::rank;  ///< number of axes
 
     /// An empty buffer (all-static shapes are allocated at once).
@@ -533,8 +553,8 @@ public:
     explicit buffer(const Shape& s) { resize(s); }
     /// A zero-filled buffer with the given extents (checked against static ones).
     template <class... I>
-        requires(sizeof...(I) == rank && rank > 0 && (std::is_integral_v<I> && ...))
-    explicit buffer(I... extents) {
+    requires(sizeof...(I) == rank && rank > 0 &&
+             (std::is_integral_v<I> && ...)) explicit buffer(I... extents) {
         resize(Shape(extents...));
     }
     /// Deep copy.
@@ -597,7 +617,7 @@ public:
         return view()(idx...);
     }
 
-private:
+  private:
     std::unique_ptr<T[], detail::aligned_delete> data_;
     std::size_t capacity_ = 0;
     Shape shape_{};
@@ -622,11 +642,11 @@ struct parameter {
     using value_type = T;      ///< scalar type
     using shape_type = Shape;  ///< the shape type
 
-    std::string name;               ///< local name ("weight", "bias"); the owner adds its path
+    std::string name;                ///< local name ("weight", "bias"); the owner adds its path
     buffer<T, Shape, Device> value;  ///< the parameter's value
     buffer<T, Shape, Device> grad;   ///< d loss / d value, accumulated by backward passes
-    bool trainable = true;          ///< false: frozen (no gradient use, no optimizer state)
-    bool decay = true;              ///< false: AdamW/SGD apply no weight decay (biases, LayerNorm)
+    bool trainable = true;           ///< false: frozen (no gradient use, no optimizer state)
+    bool decay = true;               ///< false: AdamW/SGD apply no weight decay (biases, LayerNorm)
 
     /// An empty parameter (for all-static shapes: allocated, zero).
     parameter() = default;
@@ -643,11 +663,12 @@ struct parameter {
 /// A type-erased reference to one parameter, as optimizers and visitors see it.
 template <class T>
 struct parameter_ref {
-    std::string_view name;   ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
-    std::span<T> value;      ///< the values
-    std::span<T> grad;       ///< the gradients (same size)
-    bool trainable = true;   ///< false when frozen
-    bool decay = true;       ///< false when weight decay does not apply
+    std::string_view
+        name;            ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
+    std::span<T> value;  ///< the values
+    std::span<T> grad;   ///< the gradients (same size)
+    bool trainable = true;  ///< false when frozen
+    bool decay = true;      ///< false when weight decay does not apply
 };
 
 /// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
@@ -681,8 +702,8 @@ FTUNE_NAMESPACE_BEGIN
 
 /// Philox4x32 with 10 rounds: maps a 128-bit counter and a 64-bit key to 128 random bits.
 struct philox4x32 {
-    using counter_type = std::array<std::uint32_t, 4>;  ///< the 128-bit counter
-    using key_type = std::array<std::uint32_t, 2>;      ///< the 64-bit key
+    using counter_type = std::array<std::uint32_t, 4>;                  ///< the 128-bit counter
+    using key_type = std::array<std::uint32_t, 2>;                      ///< the 64-bit key
     static constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;  ///< round multipliers
     static constexpr std::uint32_t w0 = 0x9E3779B9u, w1 = 0xBB67AE85u;  ///< Weyl key increments
 
@@ -692,7 +713,8 @@ struct philox4x32 {
             const std::uint64_t p0 = std::uint64_t{m0} * c[0];
             const std::uint64_t p1 = std::uint64_t{m1} * c[2];
             c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k[0], static_cast<std::uint32_t>(p1),
-                 static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1], static_cast<std::uint32_t>(p0)};
+                 static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1],
+                 static_cast<std::uint32_t>(p0)};
             k[0] += w0;
             k[1] += w1;
         }
@@ -722,7 +744,7 @@ struct philox4x32 {
 
 /// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
 class random_stream {
-public:
+  public:
     /// The stream `id` of seed `seed`.
     constexpr random_stream(std::uint64_t seed, std::uint64_t id) noexcept
         : key_{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)},
@@ -731,7 +753,8 @@ public:
     /// The 4 random 32-bit words of block `b` (values 4b .. 4b+3 of the stream).
     constexpr std::array<std::uint32_t, 4> block(std::uint64_t b) const noexcept {
         return philox4x32::generate(
-            {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]}, key_);
+            {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]},
+            key_);
     }
     /// Values 32 g .. 32 g + 31 at once, in order when w is read as a flat array: w[j][b] is
     /// word j of block 8 g + b, which is bits(32 g + 8 j + b).
@@ -764,19 +787,20 @@ public:
         const double u2 = static_cast<double>(w[o + 1]) * 0x1p-32;
         return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
     }
-    /// The i-th value uniform over the integers [0, n), n >= 1 (Lemire's multiply-shift; bias < n/2^32).
+    /// The i-th value uniform over the integers [0, n), n >= 1 (Lemire's multiply-shift; bias <
+    /// n/2^32).
     constexpr std::uint32_t below(std::uint64_t i, std::uint32_t n) const noexcept {
         return static_cast<std::uint32_t>((std::uint64_t{bits(i)} * n) >> 32);
     }
 
-private:
+  private:
     std::array<std::uint32_t, 2> key_;
     std::array<std::uint32_t, 2> id_;
 };
 
 /// Hands out fresh random streams from a seed; its whole state is (seed, next stream id).
 class generator {
-public:
+  public:
     /// A generator for `seed`.
     explicit constexpr generator(std::uint64_t seed = 0) noexcept : seed_(seed) {}
     /// The next unused stream (use one per dropout call, per shuffle...).
@@ -788,12 +812,13 @@ public:
     /// Restores a position saved by position().
     constexpr void set_position(std::uint64_t p) noexcept { counter_ = p; }
 
-private:
+  private:
     std::uint64_t seed_;
     std::uint64_t counter_ = 0;
 };
 
-/// Shuffles `items` with the Fisher-Yates algorithm driven by `s` (same result on every thread count).
+/// Shuffles `items` with the Fisher-Yates algorithm driven by `s` (same result on every thread
+/// count).
 template <class T>
 void shuffle(std::span<T> items, const random_stream& s) {
     for (std::size_t i = items.size(); i > 1; --i) {
@@ -860,19 +885,20 @@ struct any_parameter_visitor {
 ///   backward needs (LayerNorm mean/rstd, attention probabilities, dropout masks). It may return a
 ///   view into the layer's own workspace, valid until the next forward.
 /// - `backward(ctx, d_out) -> d_in` must follow the forward it differentiates. It ACCUMULATES
-///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token ids,
-///   nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
+///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token
+///   ids, nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
 ///   accumulation over micro-batches for free.
 /// - `visit_parameters(prefix, f)` calls `f(parameter_ref<T>)` once per parameter, in a fixed
-///   order, with Hugging Face names prefixed by `prefix` ("encoder.layer.3.attention.self.query.weight").
+///   order, with Hugging Face names prefixed by `prefix`
+///   ("encoder.layer.3.attention.self.query.weight").
 /// - In eval mode forward is deterministic; in train mode it is a pure function of (inputs,
 ///   parameters, ctx.rng's seed and position), whatever the thread count.
 /// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
 template <class L, class T = typename L::value_type>
 concept layer = scalar<T> && requires(L& l, const L& cl, std::string_view prefix) {
     typename L::value_type;
-    { l.zero_grad() };
-    { cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{}) };
+    {l.zero_grad()};
+    {cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{})};
 };
 
 /// A layer whose forward/backward accept `In` and `DOut` (checked where the types are known).
@@ -888,9 +914,9 @@ concept layer_for = layer<L> && requires(L& l, context& ctx, const In& in, const
 ///   (targets equal to an ignore index are not counted) and saves what backward needs.
 /// - `backward(d_logits, scale)` ACCUMULATES `scale * d loss / d logits` into d_logits.
 template <class L, class T = typename L::value_type>
-concept loss = scalar<T> && requires(L& l, matrix_view<const T> logits,
-                                     typename L::target_view targets, matrix_view<T> d_logits,
-                                     T scale) {
+concept loss = scalar<T> &&
+    requires(L& l, matrix_view<const T> logits, typename L::target_view targets,
+             matrix_view<T> d_logits, T scale) {
     { l.forward(logits, targets) } -> std::convertible_to<T>;
     l.backward(d_logits, scale);
 };
@@ -934,11 +960,15 @@ concept head = layer<H> && requires(const H& h) {
 /// - Callbacks observe; they never change gradients or parameters, except a callback that
 ///   restores the best weights at the end of training.
 template <class C, class State>
-concept callback = requires(C& c, const State& s) { c.on_step(s); } ||
-                   requires(C& c, const State& s) { c.on_evaluate(s); } ||
-                   requires(C& c, const State& s) {
-                       { c.should_stop(s) } -> std::convertible_to<bool>;
-                   };
+concept callback = requires(C& c, const State& s) {
+    c.on_step(s);
+}
+|| requires(C& c, const State& s) {
+    c.on_evaluate(s);
+}
+|| requires(C& c, const State& s) {
+    { c.should_stop(s) } -> std::convertible_to<bool>;
+};
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/concepts.hpp ----
@@ -971,18 +1001,19 @@ struct adamw_params {
 
 /// Hyper-parameters of one SGD update (PyTorch's names and semantics).
 struct sgd_params {
-    double lr = 1e-2;            ///< learning rate
-    double momentum = 0;         ///< momentum factor (0: plain SGD, no buffer used)
-    double dampening = 0;        ///< dampening of the momentum update
-    double weight_decay = 0;     ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
-    bool nesterov = false;       ///< Nesterov momentum
-    bool first_step = false;     ///< true on the first step: the buffer is initialised to the gradient
+    double lr = 1e-2;         ///< learning rate
+    double momentum = 0;      ///< momentum factor (0: plain SGD, no buffer used)
+    double dampening = 0;     ///< dampening of the momentum update
+    double weight_decay = 0;  ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
+    bool nesterov = false;    ///< Nesterov momentum
+    bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
 };
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/common.hpp ----
 // ---- begin ftune/backends/reference/primitives.hpp ----
-// The reference backend: every primitive as a plain scalar loop, written to be read, never optimized.
+// The reference backend: every primitive as a plain scalar loop, written to be read, never
+// optimized.
 //
 // It is the oracle the CPU and CUDA backends are tested against. All tensors are row-major and
 // contiguous unless a leading dimension (ld*) or a batch stride says otherwise. Backward
@@ -1060,7 +1091,8 @@ void residual_add(T* out, const T* a, const T* b, std::size_t n) {
 /// y = x * Φ(x) = 0.5 x (1 + erf(x / √2)): BERT's "gelu".
 template <scalar T>
 void gelu_forward(T* y, const T* x, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] / std::sqrt(T(2))));
+    for (std::size_t i = 0; i < n; ++i)
+        y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] / std::sqrt(T(2))));
 }
 
 /// dx += dy * (Φ(x) + x φ(x)).
@@ -1205,7 +1237,8 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 /// The keep threshold: element i is kept iff stream.bits(i) >= dropout_threshold(p).
 inline std::uint32_t dropout_threshold(double p) {
     if (!(p >= 0.0 && p <= 1.0))
-        throw error(errc::invalid_argument, "dropout", detail::cat("probability ", p, " is not in [0, 1]"));
+        throw error(errc::invalid_argument, "dropout",
+                    detail::cat("probability ", p, " is not in [0, 1]"));
     const double t = std::ceil(p * 4294967296.0);
     return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
 }
@@ -1213,7 +1246,8 @@ inline std::uint32_t dropout_threshold(double p) {
 /// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
 /// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale).
 template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
+void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+                     const random_stream& s) {
     const std::uint32_t thr = dropout_threshold(double(p));
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) {
@@ -1263,7 +1297,8 @@ void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size
 // Cross-entropy with logits
 
 /// Throws out_of_range unless every target is in [0, V) or equals ignore_index.
-inline void check_targets(const token_id* targets, std::size_t rows, std::size_t V, token_id ignore_index) {
+inline void check_targets(const token_id* targets, std::size_t rows, std::size_t V,
+                          token_id ignore_index) {
     for (std::size_t r = 0; r < rows; ++r)
         if (targets[r] != ignore_index && (targets[r] < 0 || std::size_t(targets[r]) >= V))
             throw error(errc::out_of_range, "cross_entropy",
@@ -1274,8 +1309,8 @@ inline void check_targets(const token_id* targets, std::size_t rows, std::size_t
 /// losses(rows) = logsumexp(logits(r,:)) - logits(r, target) (0 where target == ignore_index);
 /// returns how many rows were counted.
 template <scalar T>
-std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets, std::size_t rows,
-                                  std::size_t V, token_id ignore_index = -100) {
+std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets,
+                                  std::size_t rows, std::size_t V, token_id ignore_index = -100) {
     check_targets(targets, rows, V, ignore_index);
     std::size_t count = 0;
     for (std::size_t r = 0; r < rows; ++r) {
@@ -1528,7 +1563,9 @@ inline void parallel_for(std::size_t n, std::size_t grain, F&& f) {
 inline constexpr std::size_t elementwise_grain = 16384;
 
 /// Rows per parallel chunk so a chunk holds about `elementwise_grain` elements.
-inline std::size_t row_grain(std::size_t cols) { return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1)); }
+inline std::size_t row_grain(std::size_t cols) {
+    return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1));
+}
 
 }  // namespace backend::cpu::detail
 FTUNE_NAMESPACE_END
@@ -1571,9 +1608,10 @@ struct blocking {
     static constexpr std::size_t NR = 2 * W;            ///< columns of the register tile
     // Cache blocking chosen by best-of-25 timings on this project's 2-core Zen 3 machines
     // (32 KiB L1d, 512 KiB L2, 32 MiB L3): KC 384 beat 192/256/320 and MC 144 beat 72/96/288.
-    static constexpr std::size_t KC = 384;              ///< max depth of a block (B panel 24 KiB in L1)
-    static constexpr std::size_t MC = 144;              ///< rows of an A block (MC x KC = 216 KiB in L2)
-    static constexpr std::size_t NC = 4080 / NR * NR;   ///< columns of a B block (KC x NC = 6 MiB in L3)
+    static constexpr std::size_t KC = 384;  ///< max depth of a block (B panel 24 KiB in L1)
+    static constexpr std::size_t MC = 144;  ///< rows of an A block (MC x KC = 216 KiB in L2)
+    static constexpr std::size_t NC =
+        4080 / NR * NR;  ///< columns of a B block (KC x NC = 6 MiB in L3)
 };
 
 /// A growable 64-byte aligned scratch array, one per thread and type (allocates only to grow).
@@ -1591,14 +1629,15 @@ T* scratch(std::size_t n) {
 /// Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each k, MR values
 /// (rows past mc are zero).
 template <class T>
-void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, std::size_t mc, std::size_t k0,
-            std::size_t kc) {
+void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, std::size_t mc,
+            std::size_t k0, std::size_t kc) {
     constexpr std::size_t MR = blocking<T>::MR;
     for (std::size_t ir = 0; ir < mc; ir += MR, dst += kc * MR) {
         const std::size_t mr = std::min(MR, mc - ir);
         if (ta == transpose::no) {  // op(A)(i, k) = A[i * lda + k]
             const T* rows[MR];
-            for (std::size_t i = 0; i < MR; ++i) rows[i] = A + (i0 + ir + std::min(i, mr - 1)) * lda + k0;
+            for (std::size_t i = 0; i < MR; ++i)
+                rows[i] = A + (i0 + ir + std::min(i, mr - 1)) * lda + k0;
             for (std::size_t k = 0; k < kc; ++k)
                 for (std::size_t i = 0; i < MR; ++i) dst[k * MR + i] = i < mr ? rows[i][k] : T(0);
         } else {  // op(A)(i, k) = A[k * lda + i]
@@ -1612,8 +1651,8 @@ void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, s
 
 /// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr]: for each k, NR values (zero padded).
 template <class T>
-void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t k0, std::size_t kc, std::size_t j0,
-                  std::size_t nr) {
+void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t k0, std::size_t kc,
+                  std::size_t j0, std::size_t nr) {
     constexpr std::size_t NR = blocking<T>::NR;
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows are contiguous
         for (std::size_t k = 0; k < kc; ++k) {
@@ -1641,8 +1680,9 @@ void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t
 /// The register-tile kernel: acc = Σ_k a[k] ⊗ b[k] over kc steps, then C[0:m, 0:n] =
 /// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
 template <class T>
-inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restrict b, T* C, std::size_t ldc,
-                         std::size_t m, std::size_t n, T alpha, T beta, bool first) {
+inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restrict b, T* C,
+                         std::size_t ldc, std::size_t m, std::size_t n, T alpha, T beta,
+                         bool first) {
     using B = detail::batch<T>;
     constexpr std::size_t W = blocking<T>::W, MR = blocking<T>::MR, NR = blocking<T>::NR;
     B c0[MR], c1[MR];
@@ -1692,7 +1732,8 @@ inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restr
 template <class T>
 void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
     for (std::size_t i = 0; i < M; ++i)
-        for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+        for (std::size_t j = 0; j < N; ++j)
+            C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
 }
 
 }  // namespace gemm_detail
@@ -1701,8 +1742,8 @@ void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
 /// beta == 0 ignores C's previous content (even NaN), as BLAS does. Runs on ftune::num_threads()
 /// threads for large products (one when called inside a parallel region).
 template <scalar T>
-void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
-          std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+          const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
     using blk = gemm_detail::blocking<T>;
     constexpr std::size_t MR = blk::MR, NR = blk::NR, KC = blk::KC, NC = blk::NC;
     if (M == 0 || N == 0) return;
@@ -1712,10 +1753,12 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
     }
     int nt = 1;
 #if defined(_OPENMP)
-    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6) nt = omp_get_max_threads();
+    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
+        nt = omp_get_max_threads();
 #endif
     // Rows per A block: at most MC, and enough blocks that every thread gets the same number.
-    const std::size_t blocks = (M + blk::MC * std::size_t(nt) - 1) / (blk::MC * std::size_t(nt)) * std::size_t(nt);
+    const std::size_t blocks =
+        (M + blk::MC * std::size_t(nt) - 1) / (blk::MC * std::size_t(nt)) * std::size_t(nt);
     const std::size_t mc = std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
     const std::size_t ic_blocks = (M + mc - 1) / mc;
     // Depth of the K blocks: at most KC, split evenly (K = 400 runs as 2 x 200, not 384 + 16).
@@ -1750,7 +1793,8 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
                     for (std::size_t jr = 0; jr < nc; jr += NR)
                         for (std::size_t ir = 0; ir < mcur; ir += MR)
                             gemm_detail::micro_kernel(kc, apack + ir * kc, bpack + jr * kc,
-                                                      C + (ic + ir) * ldc + jc + jr, ldc, std::min(MR, mcur - ir),
+                                                      C + (ic + ir) * ldc + jc + jr, ldc,
+                                                      std::min(MR, mcur - ir),
                                                       std::min(NR, nc - jr), alpha, beta, first);
                 }
                 barrier();
@@ -1770,13 +1814,14 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head
 /// products). Batches run in parallel, each GEMM on one thread.
 template <scalar T>
-void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
-                          const T* A, std::size_t lda, std::size_t stride_a, const T* B, std::size_t ldb,
-                          std::size_t stride_b, T beta, T* C, std::size_t ldc, std::size_t stride_c,
-                          std::size_t batch) {
+void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                          T alpha, const T* A, std::size_t lda, std::size_t stride_a, const T* B,
+                          std::size_t ldb, std::size_t stride_b, T beta, T* C, std::size_t ldc,
+                          std::size_t stride_c, std::size_t batch) {
     detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
         for (std::size_t b = b0; b < b1; ++b)
-            gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta, C + b * stride_c, ldc);
+            gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                 C + b * stride_c, ldc);
     });
 }
 
@@ -1817,32 +1862,15 @@ inline std::size_t column_chunk(std::size_t cols) {
 }
 
 /// dst(c) += Σ_r f(r, c, count) for the columns [c0, c1), where f returns the batch of row r at
-/// columns c .. c+count. The sums run in registers over all rows, 4 batches of columns at a time.
+/// columns c .. c+count. Rows are streamed in order (dst's slice stays in L1), so each column
+/// is summed over r = 0, 1, ... whatever the column split.
 template <class T, class F>
 inline void accumulate_columns(T* dst, std::size_t c0, std::size_t c1, std::size_t rows, F f) {
-    using B = batch<T>;
-    constexpr std::size_t W = width<T>;
-    const full_t<T> full{};
-    std::size_t c = c0;
-    for (; c + 4 * W <= c1; c += 4 * W) {
-        B a0 = load(dst + c, full), a1 = load(dst + c + W, full), a2 = load(dst + c + 2 * W, full),
-          a3 = load(dst + c + 3 * W, full);
-        for (std::size_t r = 0; r < rows; ++r) {
-            a0 += f(r, c, full);
-            a1 += f(r, c + W, full);
-            a2 += f(r, c + 2 * W, full);
-            a3 += f(r, c + 3 * W, full);
-        }
-        store(dst + c, a0, full);
-        store(dst + c + W, a1, full);
-        store(dst + c + 2 * W, a2, full);
-        store(dst + c + 3 * W, a3, full);
-    }
-    for_each_batch<T>(c1 - c, [&](std::size_t j, auto n) {
-        B a = load(dst + c + j, n);
-        for (std::size_t r = 0; r < rows; ++r) a += f(r, c + j, n);
-        store(dst + c + j, a, n);
-    });
+    for (std::size_t r = 0; r < rows; ++r)
+        for_each_batch<T>(c1 - c0, [&](std::size_t j, auto n) {
+            T* d = dst + c0 + j;
+            store(d, load(d, n) + f(r, c0 + j, n), n);
+        });
 }
 }  // namespace detail
 
@@ -1851,7 +1879,9 @@ template <scalar T>
 void bias_backward(T* dbias, const T* dy, std::size_t rows, std::size_t cols) {
     using namespace detail;
     parallel_for(cols, column_chunk<T>(cols), [&](std::size_t c0, std::size_t c1) {
-        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) { return load(dy + r * cols + c, n); });
+        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
+            return load(dy + r * cols + c, n);
+        });
     });
 }
 
@@ -1871,9 +1901,8 @@ namespace detail {
 template <class T, class F>
 inline void map_unary(T* y, const T* x, std::size_t n, F f) {
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
-            store(y + i0 + i, f(load(x + i0 + i, k)), k);
-        });
+        for_each_batch<T>(
+            i1 - i0, [&](std::size_t i, auto k) { store(y + i0 + i, f(load(x + i0 + i, k)), k); });
     });
 }
 /// Applies dx += f(x, dy) batch-wise over n elements, in parallel chunks.
@@ -1951,7 +1980,8 @@ void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
     const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
     detail::map_backward(dx, x, dy, n, [=](B v, B g) {
         const B v2 = v * v;
-        const B s = B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
+        const B s =
+            B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
         const B du = B(k) * xsimd::fma(B(T(3 * 0.044715)), v2, B(T(1)));
         return g * xsimd::fma(B(T(2)) * v * s * (B(T(1)) - s), du, s);
     });
@@ -1982,7 +2012,9 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
     parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
             const T* xr = x + r * C;
-            const T m = reduce_add(row_sum<T>(C, [&](std::size_t c, auto n) { return load(xr + c, n); })) / T(C);
+            const T m =
+                reduce_add(row_sum<T>(C, [&](std::size_t c, auto n) { return load(xr + c, n); })) /
+                T(C);
             const B var = row_sum<T>(C, [&](std::size_t c, auto n) {
                 // padded lanes would add m² each: load m as their fill value so they add 0
                 const B d = load(xr + c, n, m) - B(m);
@@ -2011,7 +2043,8 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             const T* xr = x + r * C;
             const T* gr = dout + r * C;
             const B m(mean[r]), s(rstd[r]);
-            const B sg = row_sum<T>(C, [&](std::size_t c, auto n) { return load(weight + c, n) * load(gr + c, n); });
+            const B sg = row_sum<T>(
+                C, [&](std::size_t c, auto n) { return load(weight + c, n) * load(gr + c, n); });
             const B sgn = row_sum<T>(C, [&](std::size_t c, auto n) {
                 return load(weight + c, n) * load(gr + c, n) * ((load(xr + c, n) - m) * s);
             });
@@ -2025,7 +2058,9 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
         }
     });
     parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
-        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) { return load(dout + r * C + c, n); });
+        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
+            return load(dout + r * C + c, n);
+        });
         accumulate_columns(dweight, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
             return (load(x + r * C + c, n) - B(mean[r])) * B(rstd[r]) * load(dout + r * C + c, n);
         });
@@ -2074,7 +2109,8 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
                 sum += e;
             });
             const B inv(T(1) / reduce_add(sum));
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+            for_each_batch<T>(
+                Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
         }
     });
 }
@@ -2089,11 +2125,14 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
         for (std::size_t r = r0; r < r1; ++r) {
             const T* p = probs + r * Tk;
             const T* dp = dprobs + r * Tk;
-            const B dot = row_sum<T>(Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
+            const B dot = row_sum<T>(
+                Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
             const B d(reduce_add(dot));
             T* ds = dscores + r * Tk;
             for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
-                store(ds + k, xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)), n);
+                store(ds + k,
+                      xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)),
+                      n);
             });
         }
     });
@@ -2105,7 +2144,8 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 /// y = x * keep / (1 - p), keep(i) = [s.bits(i) >= dropout_threshold(p)]; mask gets keep (0/1).
 /// The mask is a function of (stream, i) only: identical to the reference on any thread count.
 template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
+void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+                     const random_stream& s) {
     const std::uint32_t thr = dropout_threshold(double(p));
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
@@ -2154,7 +2194,8 @@ void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t 
                        std::size_t vocab) {
     check_ids(ids, n, vocab, "embedding_forward");
     detail::parallel_for(n, detail::row_grain(C), [&](std::size_t i0, std::size_t i1) {
-        for (std::size_t i = i0; i < i1; ++i) std::copy_n(table + std::size_t(ids[i]) * C, C, out + i * C);
+        for (std::size_t i = i0; i < i1; ++i)
+            std::copy_n(table + std::size_t(ids[i]) * C, C, out + i * C);
     });
 }
 
@@ -2188,15 +2229,16 @@ inline std::pair<T, T> row_logsumexp_parts(const T* z, std::size_t V) {
     for_each_batch<T>(V, [&](std::size_t v, auto n) { mx = xsimd::max(mx, load(z + v, n, ninf)); });
     const T m = reduce_max(mx);
     B sum(T(0));
-    for_each_batch<T>(V, [&](std::size_t v, auto n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
+    for_each_batch<T>(
+        V, [&](std::size_t v, auto n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
     return {m, reduce_add(sum)};
 }
 }  // namespace detail
 
 /// losses(rows) = logsumexp(logits(r,:)) - logits(r, target), 0 where ignored; returns the count.
 template <scalar T>
-std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets, std::size_t rows,
-                                  std::size_t V, token_id ignore_index = -100) {
+std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets,
+                                  std::size_t rows, std::size_t V, token_id ignore_index = -100) {
     check_targets(targets, rows, V, ignore_index);
     detail::parallel_for(rows, detail::row_grain(V), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
@@ -2229,7 +2271,8 @@ void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets
             const B scale(dlosses[r] / s);
             T* d = dlogits + r * V;
             for_each_batch<T>(V, [&](std::size_t v, auto n) {
-                store(d + v, xsimd::fma(xsimd::exp(load(z + v, n) - B(m)), scale, load(d + v, n)), n);
+                store(d + v, xsimd::fma(xsimd::exp(load(z + v, n) - B(m)), scale, load(d + v, n)),
+                      n);
             });
             d[targets[r]] -= dlosses[r];
         }
@@ -2245,7 +2288,8 @@ namespace detail {
 template <class T, class F>
 inline double reduce_sum(const T* x, std::size_t n, F f) {
     constexpr std::size_t max_chunks = 64, block = 1024;
-    const std::size_t grain = std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
+    const std::size_t grain =
+        std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
     double partial[max_chunks] = {};
     parallel_for(n, grain, [&](std::size_t i0, std::size_t i1) {
         double total = 0;
@@ -2257,7 +2301,8 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
                 acc0 += f(batch<T>::load_unaligned(x + i));
                 acc1 += f(batch<T>::load_unaligned(x + i + width<T>));
             }
-            for_each_batch<T>(b1 - i, [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
+            for_each_batch<T>(b1 - i,
+                              [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
             total += double(reduce_add(acc0 + acc1));
         }
         partial[i0 / grain] = total;
@@ -2407,19 +2452,21 @@ void check_axis(const char* what, const char* na, const X& a, std::size_t ia, co
                 const Y& b, std::size_t ib) {
     if (a.shape().extent(ia) != b.shape().extent(ib))
         throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb, " has shape ",
-                                       b.shape().to_string(), ": axis ", ia, " of ", na, " (",
-                                       a.shape().extent(ia), ") must equal axis ", ib, " of ", nb, " (",
-                                       b.shape().extent(ib), ")"));
+                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb,
+                                       " has shape ", b.shape().to_string(), ": axis ", ia, " of ",
+                                       na, " (", a.shape().extent(ia), ") must equal axis ", ib,
+                                       " of ", nb, " (", b.shape().extent(ib), ")"));
 }
 
 /// Throws shape_mismatch unless x has `n` elements.
 template <class X>
-void check_size(const char* what, const char* name, const X& x, std::size_t n, const char* expected) {
+void check_size(const char* what, const char* name, const X& x, std::size_t n,
+                const char* expected) {
     if (x.shape().size() != n)
-        throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
-                                       " elements) but ", expected, " needs ", n));
+        throw error(
+            errc::shape_mismatch, what,
+            ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
+                               " elements) but ", expected, " needs ", n));
 }
 
 /// Requires that all arguments live on the same device, and selects its backend.
@@ -2439,7 +2486,8 @@ constexpr void same_device() {
 /// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
 template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
           tensor_like C>
-void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1, detail::scalar_of<C> beta = 0) {
+void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
+            detail::scalar_of<C> beta = 0) {
     using SA = detail::shape_of<A>;
     using SB = detail::shape_of<B>;
     using SC = detail::shape_of<C>;
@@ -2447,8 +2495,8 @@ void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1, detai
     static_assert(SA::rank == 2 && SB::rank == 2 && SC::rank == 2,
                   "ftune::ops::matmul multiplies matrices (rank-2 views); reshape batched tensors "
                   "to (rows, features) first, or use batched_matmul.");
-    constexpr std::size_t am = TA == transpose::no ? 0 : 1, ak = 1 - am;  // axes of M and K in a
-    constexpr std::size_t bk = TB == transpose::no ? 0 : 1, bn = 1 - bk;  // axes of K and N in b
+    constexpr std::size_t am = TA == transpose::no ? 0 : 1, ak = 1 - am;     // axes of M and K in a
+    constexpr std::size_t bk = TB == transpose::no ? 0 : 1, bn = 1 - bk;     // axes of K and N in b
     detail::static_extents_agree<detail::sx<SA, ak>, detail::sx<SB, bk>>();  // K
     detail::static_extents_agree<detail::sx<SA, am>, detail::sx<SC, 0>>();   // M
     detail::static_extents_agree<detail::sx<SB, bn>, detail::sx<SC, 1>>();   // N
@@ -2465,7 +2513,8 @@ template <tensor_like Y, tensor_like Bias>
 void bias_add(Y&& y, const Bias& bias) {
     using SY = detail::shape_of<Y>;
     detail::same_device<Y, Bias>();
-    static_assert(SY::rank == 2 && detail::shape_of<Bias>::rank == 1, "ftune::ops::bias_add: y is (rows, C) and bias is (C)");
+    static_assert(SY::rank == 2 && detail::shape_of<Bias>::rank == 1,
+                  "ftune::ops::bias_add: y is (rows, C) and bias is (C)");
     detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<Bias>, 0>>();
     detail::check_axis("bias_add", "y", y, 1, "bias", bias, 0);
     backend::cpu::bias_add(y.data(), bias.data(), y.shape().extent(0), y.shape().extent(1));
@@ -2476,10 +2525,12 @@ template <tensor_like DBias, tensor_like DY>
 void bias_backward(DBias&& dbias, const DY& dy) {
     using SY = detail::shape_of<DY>;
     detail::same_device<DY, DBias>();
-    static_assert(SY::rank == 2 && detail::shape_of<DBias>::rank == 1, "ftune::ops::bias_backward: dy is (rows, C) and dbias is (C)");
+    static_assert(SY::rank == 2 && detail::shape_of<DBias>::rank == 1,
+                  "ftune::ops::bias_backward: dy is (rows, C) and dbias is (C)");
     detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<DBias>, 0>>();
     detail::check_axis("bias_backward", "dy", dy, 1, "dbias", dbias, 0);
-    backend::cpu::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0), dy.shape().extent(1));
+    backend::cpu::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0),
+                                dy.shape().extent(1));
 }
 
 /// out = a + b (same shapes; out may alias a or b).
@@ -2501,9 +2552,15 @@ void activate(activation f, Y&& y, const X& x) {
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
     const std::size_t n = x.shape().size();
     switch (f) {
-        case activation::gelu: backend::cpu::gelu_forward(y.data(), x.data(), n); break;
-        case activation::gelu_tanh: backend::cpu::gelu_tanh_forward(y.data(), x.data(), n); break;
-        case activation::tanh: backend::cpu::tanh_forward(y.data(), x.data(), n); break;
+        case activation::gelu:
+            backend::cpu::gelu_forward(y.data(), x.data(), n);
+            break;
+        case activation::gelu_tanh:
+            backend::cpu::gelu_tanh_forward(y.data(), x.data(), n);
+            break;
+        case activation::tanh:
+            backend::cpu::tanh_forward(y.data(), x.data(), n);
+            break;
     }
 }
 
@@ -2515,19 +2572,27 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     check_same_shape(saved.shape(), dy.shape(), "activate_backward (saved vs dy)");
     const std::size_t n = dy.shape().size();
     switch (f) {
-        case activation::gelu: backend::cpu::gelu_backward(dx.data(), saved.data(), dy.data(), n); break;
-        case activation::gelu_tanh: backend::cpu::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n); break;
-        case activation::tanh: backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n); break;
+        case activation::gelu:
+            backend::cpu::gelu_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
+        case activation::gelu_tanh:
+            backend::cpu::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
+        case activation::tanh:
+            backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
     }
 }
 
 /// out(rows, C) = LayerNorm(x) * weight + bias; saves mean(rows), rstd(rows).
-template <tensor_like Out, tensor_like Mean, tensor_like Rstd, tensor_like X, tensor_like W, tensor_like Bias>
+template <tensor_like Out, tensor_like Mean, tensor_like Rstd, tensor_like X, tensor_like W,
+          tensor_like Bias>
 void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight, const Bias& bias,
                 detail::scalar_of<X> eps) {
     using SX = detail::shape_of<X>;
     detail::same_device<Out, Mean, Rstd, X, W, Bias>();
-    static_assert(SX::rank == 2, "ftune::ops::layer_norm normalizes the rows of a (rows, C) view; reshape first");
+    static_assert(SX::rank == 2,
+                  "ftune::ops::layer_norm normalizes the rows of a (rows, C) view; reshape first");
     detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
     check_same_shape(out.shape(), x.shape(), "layer_norm (out vs x)");
     detail::check_axis("layer_norm", "x", x, 1, "weight", weight, 0);
@@ -2558,8 +2623,10 @@ template <tensor_like Out, tensor_like Ids, tensor_like Table>
 void embedding(Out&& out, const Ids& ids, const Table& table) {
     using ST = detail::shape_of<Table>;
     detail::same_device<Out, Ids, Table>();
-    static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>, "ftune::ops::embedding: ids are int32 (ftune::token_id)");
-    static_assert(ST::rank == 2 && detail::shape_of<Out>::rank == 2, "ftune::ops::embedding: table is (vocab, C) and out is (n, C)");
+    static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>,
+                  "ftune::ops::embedding: ids are int32 (ftune::token_id)");
+    static_assert(ST::rank == 2 && detail::shape_of<Out>::rank == 2,
+                  "ftune::ops::embedding: table is (vocab, C) and out is (n, C)");
     detail::static_extents_agree<detail::sx<ST, 1>, detail::sx<detail::shape_of<Out>, 1>>();
     detail::check_axis("embedding", "out", out, 1, "table", table, 1);
     detail::check_size("embedding", "ids", ids, out.shape().extent(0), "one per row of out");
@@ -2569,9 +2636,11 @@ void embedding(Out&& out, const Ids& ids, const Table& table) {
 
 /// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.
 template <tensor_like L, tensor_like Z, tensor_like Tg>
-std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets, token_id ignore_index = -100) {
+std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets,
+                          token_id ignore_index = -100) {
     detail::same_device<L, Z, Tg>();
-    static_assert(detail::shape_of<Z>::rank == 2, "ftune::ops::cross_entropy: logits are (rows, V)");
+    static_assert(detail::shape_of<Z>::rank == 2,
+                  "ftune::ops::cross_entropy: logits are (rows, V)");
     const std::size_t rows = logits.shape().extent(0);
     detail::check_size("cross_entropy", "targets", targets, rows, "one per row of logits");
     detail::check_size("cross_entropy", "losses", losses, rows, "one per row of logits");

@@ -6,7 +6,9 @@
 using ftune::dynamic;
 
 // A function written for MiniLM-sized hidden states (T, 384).
-float first(ftune::view<const float, ftune::shape<dynamic, 384>> hidden) { return hidden(0, 0); }
+float first(ftune::view<const float, ftune::shape<dynamic, 384>> hidden) {
+    return hidden(0, 0);
+}
 
 int main() {
 #ifdef FTUNE_COMPILE_FAIL

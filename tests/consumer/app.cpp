@@ -18,6 +18,7 @@ int main() {
     ftune::ops::bias_add(y, b);
     // y(1, 1) = (3, 4, 5) . (0.3, 0.4, 0.5) - 1 = 4.0
     const bool ok = std::abs(y(1, 1) - 4.0f) < 1e-5f;
-    std::printf("ftune %s: y(1,1) = %g %s\n", ftune::version_string, double(y(1, 1)), ok ? "ok" : "WRONG");
+    std::printf("ftune %s: y(1,1) = %g %s\n", ftune::version_string, double(y(1, 1)),
+                ok ? "ok" : "WRONG");
     return ok ? 0 : 1;
 }

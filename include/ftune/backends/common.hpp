@@ -28,12 +28,12 @@ struct adamw_params {
 
 /// Hyper-parameters of one SGD update (PyTorch's names and semantics).
 struct sgd_params {
-    double lr = 1e-2;            ///< learning rate
-    double momentum = 0;         ///< momentum factor (0: plain SGD, no buffer used)
-    double dampening = 0;        ///< dampening of the momentum update
-    double weight_decay = 0;     ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
-    bool nesterov = false;       ///< Nesterov momentum
-    bool first_step = false;     ///< true on the first step: the buffer is initialised to the gradient
+    double lr = 1e-2;         ///< learning rate
+    double momentum = 0;      ///< momentum factor (0: plain SGD, no buffer used)
+    double dampening = 0;     ///< dampening of the momentum update
+    double weight_decay = 0;  ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
+    bool nesterov = false;    ///< Nesterov momentum
+    bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
 };
 
 FTUNE_NAMESPACE_END

@@ -37,19 +37,20 @@ struct any_parameter_visitor {
 ///   backward needs (LayerNorm mean/rstd, attention probabilities, dropout masks). It may return a
 ///   view into the layer's own workspace, valid until the next forward.
 /// - `backward(ctx, d_out) -> d_in` must follow the forward it differentiates. It ACCUMULATES
-///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token ids,
-///   nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
+///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token
+///   ids, nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
 ///   accumulation over micro-batches for free.
 /// - `visit_parameters(prefix, f)` calls `f(parameter_ref<T>)` once per parameter, in a fixed
-///   order, with Hugging Face names prefixed by `prefix` ("encoder.layer.3.attention.self.query.weight").
+///   order, with Hugging Face names prefixed by `prefix`
+///   ("encoder.layer.3.attention.self.query.weight").
 /// - In eval mode forward is deterministic; in train mode it is a pure function of (inputs,
 ///   parameters, ctx.rng's seed and position), whatever the thread count.
 /// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
 template <class L, class T = typename L::value_type>
 concept layer = scalar<T> && requires(L& l, const L& cl, std::string_view prefix) {
     typename L::value_type;
-    { l.zero_grad() };
-    { cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{}) };
+    {l.zero_grad()};
+    {cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{})};
 };
 
 /// A layer whose forward/backward accept `In` and `DOut` (checked where the types are known).
@@ -65,9 +66,9 @@ concept layer_for = layer<L> && requires(L& l, context& ctx, const In& in, const
 ///   (targets equal to an ignore index are not counted) and saves what backward needs.
 /// - `backward(d_logits, scale)` ACCUMULATES `scale * d loss / d logits` into d_logits.
 template <class L, class T = typename L::value_type>
-concept loss = scalar<T> && requires(L& l, matrix_view<const T> logits,
-                                     typename L::target_view targets, matrix_view<T> d_logits,
-                                     T scale) {
+concept loss = scalar<T> &&
+    requires(L& l, matrix_view<const T> logits, typename L::target_view targets,
+             matrix_view<T> d_logits, T scale) {
     { l.forward(logits, targets) } -> std::convertible_to<T>;
     l.backward(d_logits, scale);
 };
@@ -111,10 +112,14 @@ concept head = layer<H> && requires(const H& h) {
 /// - Callbacks observe; they never change gradients or parameters, except a callback that
 ///   restores the best weights at the end of training.
 template <class C, class State>
-concept callback = requires(C& c, const State& s) { c.on_step(s); } ||
-                   requires(C& c, const State& s) { c.on_evaluate(s); } ||
-                   requires(C& c, const State& s) {
-                       { c.should_stop(s) } -> std::convertible_to<bool>;
-                   };
+concept callback = requires(C& c, const State& s) {
+    c.on_step(s);
+}
+|| requires(C& c, const State& s) {
+    c.on_evaluate(s);
+}
+|| requires(C& c, const State& s) {
+    { c.should_stop(s) } -> std::convertible_to<bool>;
+};
 
 FTUNE_NAMESPACE_END

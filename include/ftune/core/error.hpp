@@ -25,20 +25,27 @@ enum class errc {
 /// The name of an error id, e.g. "shape_mismatch".
 constexpr std::string_view to_string(errc id) noexcept {
     switch (id) {
-        case errc::shape_mismatch: return "shape_mismatch";
-        case errc::invalid_argument: return "invalid_argument";
-        case errc::out_of_range: return "out_of_range";
-        case errc::io: return "io";
-        case errc::parse: return "parse";
-        case errc::unsupported: return "unsupported";
-        case errc::internal: return "internal";
+        case errc::shape_mismatch:
+            return "shape_mismatch";
+        case errc::invalid_argument:
+            return "invalid_argument";
+        case errc::out_of_range:
+            return "out_of_range";
+        case errc::io:
+            return "io";
+        case errc::parse:
+            return "parse";
+        case errc::unsupported:
+            return "unsupported";
+        case errc::internal:
+            return "internal";
     }
     return "unknown";
 }
 
 /// The exception ftune throws: `what()` reads "ftune: <context>: <message>" and says how to fix it.
 class error : public std::runtime_error {
-public:
+  public:
     /// An error of kind `id` about `context` (a tensor, file:line, function...) with a message.
     error(errc id, std::string context, std::string message)
         : std::runtime_error(format(context, message)),
@@ -53,7 +60,7 @@ public:
     /// The message without the context.
     const std::string& message() const noexcept { return message_; }
 
-private:
+  private:
     static std::string format(const std::string& context, const std::string& message) {
         std::string s = "ftune: ";
         if (!context.empty()) s += context + ": ";
@@ -77,8 +84,8 @@ std::string cat(const Args&... args) {
 FTUNE_NAMESPACE_END
 
 /// Throws ftune::error(id, context, message...) unless `cond` holds.
-#define FTUNE_CHECK(cond, id, context, ...)                                                 \
-    do {                                                                                    \
-        if (!(cond)) [[unlikely]]                                                           \
+#define FTUNE_CHECK(cond, id, context, ...)                                                      \
+    do {                                                                                         \
+        if (!(cond)) [[unlikely]]                                                                \
             throw ::ftune::error(::ftune::errc::id, context, ::ftune::detail::cat(__VA_ARGS__)); \
     } while (0)

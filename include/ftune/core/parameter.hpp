@@ -16,11 +16,11 @@ struct parameter {
     using value_type = T;      ///< scalar type
     using shape_type = Shape;  ///< the shape type
 
-    std::string name;               ///< local name ("weight", "bias"); the owner adds its path
+    std::string name;                ///< local name ("weight", "bias"); the owner adds its path
     buffer<T, Shape, Device> value;  ///< the parameter's value
     buffer<T, Shape, Device> grad;   ///< d loss / d value, accumulated by backward passes
-    bool trainable = true;          ///< false: frozen (no gradient use, no optimizer state)
-    bool decay = true;              ///< false: AdamW/SGD apply no weight decay (biases, LayerNorm)
+    bool trainable = true;           ///< false: frozen (no gradient use, no optimizer state)
+    bool decay = true;               ///< false: AdamW/SGD apply no weight decay (biases, LayerNorm)
 
     /// An empty parameter (for all-static shapes: allocated, zero).
     parameter() = default;
@@ -37,11 +37,12 @@ struct parameter {
 /// A type-erased reference to one parameter, as optimizers and visitors see it.
 template <class T>
 struct parameter_ref {
-    std::string_view name;   ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
-    std::span<T> value;      ///< the values
-    std::span<T> grad;       ///< the gradients (same size)
-    bool trainable = true;   ///< false when frozen
-    bool decay = true;       ///< false when weight decay does not apply
+    std::string_view
+        name;            ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
+    std::span<T> value;  ///< the values
+    std::span<T> grad;   ///< the gradients (same size)
+    bool trainable = true;  ///< false when frozen
+    bool decay = true;      ///< false when weight decay does not apply
 };
 
 /// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").

@@ -19,8 +19,8 @@ FTUNE_NAMESPACE_BEGIN
 
 /// Philox4x32 with 10 rounds: maps a 128-bit counter and a 64-bit key to 128 random bits.
 struct philox4x32 {
-    using counter_type = std::array<std::uint32_t, 4>;  ///< the 128-bit counter
-    using key_type = std::array<std::uint32_t, 2>;      ///< the 64-bit key
+    using counter_type = std::array<std::uint32_t, 4>;                  ///< the 128-bit counter
+    using key_type = std::array<std::uint32_t, 2>;                      ///< the 64-bit key
     static constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;  ///< round multipliers
     static constexpr std::uint32_t w0 = 0x9E3779B9u, w1 = 0xBB67AE85u;  ///< Weyl key increments
 
@@ -30,7 +30,8 @@ struct philox4x32 {
             const std::uint64_t p0 = std::uint64_t{m0} * c[0];
             const std::uint64_t p1 = std::uint64_t{m1} * c[2];
             c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k[0], static_cast<std::uint32_t>(p1),
-                 static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1], static_cast<std::uint32_t>(p0)};
+                 static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1],
+                 static_cast<std::uint32_t>(p0)};
             k[0] += w0;
             k[1] += w1;
         }
@@ -60,7 +61,7 @@ struct philox4x32 {
 
 /// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
 class random_stream {
-public:
+  public:
     /// The stream `id` of seed `seed`.
     constexpr random_stream(std::uint64_t seed, std::uint64_t id) noexcept
         : key_{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)},
@@ -69,7 +70,8 @@ public:
     /// The 4 random 32-bit words of block `b` (values 4b .. 4b+3 of the stream).
     constexpr std::array<std::uint32_t, 4> block(std::uint64_t b) const noexcept {
         return philox4x32::generate(
-            {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]}, key_);
+            {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]},
+            key_);
     }
     /// Values 32 g .. 32 g + 31 at once, in order when w is read as a flat array: w[j][b] is
     /// word j of block 8 g + b, which is bits(32 g + 8 j + b).
@@ -102,19 +104,20 @@ public:
         const double u2 = static_cast<double>(w[o + 1]) * 0x1p-32;
         return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
     }
-    /// The i-th value uniform over the integers [0, n), n >= 1 (Lemire's multiply-shift; bias < n/2^32).
+    /// The i-th value uniform over the integers [0, n), n >= 1 (Lemire's multiply-shift; bias <
+    /// n/2^32).
     constexpr std::uint32_t below(std::uint64_t i, std::uint32_t n) const noexcept {
         return static_cast<std::uint32_t>((std::uint64_t{bits(i)} * n) >> 32);
     }
 
-private:
+  private:
     std::array<std::uint32_t, 2> key_;
     std::array<std::uint32_t, 2> id_;
 };
 
 /// Hands out fresh random streams from a seed; its whole state is (seed, next stream id).
 class generator {
-public:
+  public:
     /// A generator for `seed`.
     explicit constexpr generator(std::uint64_t seed = 0) noexcept : seed_(seed) {}
     /// The next unused stream (use one per dropout call, per shuffle...).
@@ -126,12 +129,13 @@ public:
     /// Restores a position saved by position().
     constexpr void set_position(std::uint64_t p) noexcept { counter_ = p; }
 
-private:
+  private:
     std::uint64_t seed_;
     std::uint64_t counter_ = 0;
 };
 
-/// Shuffles `items` with the Fisher-Yates algorithm driven by `s` (same result on every thread count).
+/// Shuffles `items` with the Fisher-Yates algorithm driven by `s` (same result on every thread
+/// count).
 template <class T>
 void shuffle(std::span<T> items, const random_stream& s) {
     for (std::size_t i = items.size(); i > 1; --i) {

@@ -34,7 +34,8 @@ std::string format_extents(const std::array<std::size_t, N>& e) {
 }
 /// True when two static extent lists can describe the same tensor (equal, or one is dynamic).
 template <std::size_t N, std::size_t M>
-constexpr bool static_extents_compatible(std::array<std::size_t, N> a, std::array<std::size_t, M> b) {
+constexpr bool static_extents_compatible(std::array<std::size_t, N> a,
+                                         std::array<std::size_t, M> b) {
     if (N != M) return false;
     for (std::size_t i = 0; i < N; ++i)
         if (a[i] != dynamic && b[i] != dynamic && a[i] != b[i]) return false;
@@ -45,7 +46,7 @@ constexpr bool static_extents_compatible(std::array<std::size_t, N> a, std::arra
 /// The extents of a row-major tensor; each is a compile-time constant or `dynamic`.
 template <std::size_t... Es>
 class shape {
-public:
+  public:
     /// Number of axes.
     static constexpr std::size_t rank = sizeof...(Es);
     /// The compile-time extents (`dynamic` where known only at run time).
@@ -55,13 +56,16 @@ public:
 
     /// All-static shapes are default constructible; dynamic extents default to 0.
     constexpr shape() noexcept {
-        for (std::size_t i = 0; i < rank; ++i) e_[i] = static_extents[i] == dynamic ? 0 : static_extents[i];
+        for (std::size_t i = 0; i < rank; ++i)
+            e_[i] = static_extents[i] == dynamic ? 0 : static_extents[i];
     }
 
-    /// A shape from all its extents; a value that contradicts a static extent throws shape_mismatch.
+    /// A shape from all its extents; a value that contradicts a static extent throws
+    /// shape_mismatch.
     template <class... I>
-        requires(sizeof...(I) == rank && rank > 0 && (std::is_integral_v<I> && ...))
-    constexpr shape(I... extents) : e_{static_cast<std::size_t>(extents)...} {
+    requires(sizeof...(I) == rank && rank > 0 &&
+             (std::is_integral_v<I> && ...)) constexpr shape(I... extents)
+        : e_{static_cast<std::size_t>(extents)...} {
         check_against_static("shape");
     }
 
@@ -73,15 +77,15 @@ public:
     /// Conversion from another shape of the same rank. Static extents must agree at compile time;
     /// a dynamic source extent meeting a static target is checked at run time (hence explicit).
     template <std::size_t... Fs>
-    constexpr explicit(((Es != dynamic && Fs == dynamic) || ...))
-        shape(const shape<Fs...>& other) {
+    constexpr explicit(((Es != dynamic && Fs == dynamic) || ...)) shape(const shape<Fs...>& other) {
         static_assert(sizeof...(Fs) == rank,
                       "ftune: the two shapes have different ranks; reshape the tensor explicitly "
                       "(view::reshape) before passing it.");
-        static_assert(detail::static_extents_compatible(static_extents, shape<Fs...>::static_extents),
-                      "ftune: static extents differ: a tensor whose compile-time shape is "
-                      "shape<Fs...> is used where shape<Es...> is required. Make the dimensions of "
-                      "the two types agree, or declare the axis ftune::dynamic to check it at run time.");
+        static_assert(
+            detail::static_extents_compatible(static_extents, shape<Fs...>::static_extents),
+            "ftune: static extents differ: a tensor whose compile-time shape is "
+            "shape<Fs...> is used where shape<Es...> is required. Make the dimensions of "
+            "the two types agree, or declare the axis ftune::dynamic to check it at run time.");
         for (std::size_t i = 0; i < rank; ++i) e_[i] = other.extent(i);
         check_against_static("shape conversion");
     }
@@ -111,7 +115,7 @@ public:
         }
     }
 
-private:
+  private:
     constexpr void check_against_static(const char* what) const {
         for (std::size_t i = 0; i < rank; ++i) {
             if (static_extents[i] != dynamic && static_extents[i] != e_[i]) {

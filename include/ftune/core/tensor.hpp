@@ -30,11 +30,11 @@ template <class T, class Shape, device_tag Device = device::cpu>
 class view {
     static_assert(is_shape_v<Shape>, "ftune: view<T, Shape>: Shape must be an ftune::shape<...>.");
 
-public:
-    using element_type = T;                        ///< element type (may be const)
-    using value_type = std::remove_cv_t<T>;        ///< element type without const
-    using shape_type = Shape;                      ///< the shape type
-    using device_type = Device;                    ///< where the memory lives
+  public:
+    using element_type = T;                           ///< element type (may be const)
+    using value_type = std::remove_cv_t<T>;           ///< element type without const
+    using shape_type = Shape;                         ///< the shape type
+    using device_type = Device;                       ///< where the memory lives
     static constexpr std::size_t rank = Shape::rank;  ///< number of axes
 
     /// An empty view (null data; dynamic extents 0).
@@ -43,13 +43,15 @@ public:
     constexpr view(T* data, const Shape& s) noexcept : data_(data), shape_(s) {}
     /// A view of the elements at `data` with the given extents (checked against static ones).
     template <class... I>
-        requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...))
-    constexpr view(T* data, I... extents) : data_(data), shape_(extents...) {}
+    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...)) constexpr view(T* data,
+                                                                                    I... extents)
+        : data_(data), shape_(extents...) {}
 
     /// Conversion to a view of const elements and/or less static extents (checked as for shapes).
     template <class U, class S2>
-        requires(std::is_convertible_v<U (*)[], T (*)[]> && std::is_constructible_v<Shape, const S2&>)
-    constexpr explicit(!std::is_convertible_v<const S2&, Shape>) view(const view<U, S2, Device>& o)
+    requires(std::is_convertible_v<U (*)[], T (*)[]>&& std::is_constructible_v<
+             Shape, const S2&>) constexpr explicit(!std::is_convertible_v<const S2&, Shape>)
+        view(const view<U, S2, Device>& o)
         : data_(o.data()), shape_(o.shape()) {}
 
     /// Pointer to the first element.
@@ -67,8 +69,8 @@ public:
 
     /// Element access by row-major index (one index per axis; unchecked).
     template <class... I>
-        requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...))
-    constexpr T& operator()(I... idx) const noexcept {
+    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...)) constexpr T& operator()(
+        I... idx) const noexcept {
         const std::size_t ix[] = {static_cast<std::size_t>(idx)...};
         std::size_t off = 0;
         for (std::size_t a = 0; a < rank; ++a) off = off * shape_.extent(a) + ix[a];
@@ -85,7 +87,7 @@ public:
         return {data_, s};
     }
 
-private:
+  private:
     T* data_ = nullptr;
     Shape shape_{};
 };
@@ -97,18 +99,22 @@ using dynamic_view = view<T, dynamic_shape<Rank>, Device>;
 template <class T, std::size_t N = dynamic, device_tag Device = device::cpu>
 using vector_view = view<T, shape<N>, Device>;
 /// A rank-2 view (rows, cols), each static or dynamic.
-template <class T, std::size_t R = dynamic, std::size_t C = dynamic, device_tag Device = device::cpu>
+template <class T, std::size_t R = dynamic, std::size_t C = dynamic,
+          device_tag Device = device::cpu>
 using matrix_view = view<T, shape<R, C>, Device>;
 
 namespace detail {
 /// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array.
 struct aligned_delete {
-    void operator()(void* p) const noexcept { ::operator delete[](p, std::align_val_t{buffer_alignment}); }
+    void operator()(void* p) const noexcept {
+        ::operator delete[](p, std::align_val_t{buffer_alignment});
+    }
 };
 /// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
 template <class T>
 std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
-    static_assert(std::is_trivially_copyable_v<T>, "ftune buffers hold trivially copyable elements");
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "ftune buffers hold trivially copyable elements");
     if (n == 0) return {};
     void* p = ::operator new[](n * sizeof(T), std::align_val_t{buffer_alignment});
     std::memset(p, 0, n * sizeof(T));
@@ -123,12 +129,14 @@ class buffer {
     static_assert(std::is_same_v<Device, device::cpu>,
                   "ftune: buffer<..., device::cuda> is reserved for the CUDA backend; build with "
                   "FTUNE_WITH_CUDA=ON and use ftune/cuda.hpp.");
-    static_assert(!std::is_const_v<T>, "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
+    static_assert(
+        !std::is_const_v<T>,
+        "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
 
-public:
-    using value_type = T;      ///< element type
-    using shape_type = Shape;  ///< the shape type
-    using device_type = Device;  ///< where the memory lives
+  public:
+    using value_type = T;                             ///< element type
+    using shape_type = Shape;                         ///< the shape type
+    using device_type = Device;                       ///< where the memory lives
     static constexpr std::size_t rank = Shape::rank;  ///< number of axes
 
     /// An empty buffer (all-static shapes are allocated at once).
@@ -137,8 +145,8 @@ public:
     explicit buffer(const Shape& s) { resize(s); }
     /// A zero-filled buffer with the given extents (checked against static ones).
     template <class... I>
-        requires(sizeof...(I) == rank && rank > 0 && (std::is_integral_v<I> && ...))
-    explicit buffer(I... extents) {
+    requires(sizeof...(I) == rank && rank > 0 &&
+             (std::is_integral_v<I> && ...)) explicit buffer(I... extents) {
         resize(Shape(extents...));
     }
     /// Deep copy.
@@ -201,7 +209,7 @@ public:
         return view()(idx...);
     }
 
-private:
+  private:
     std::unique_ptr<T[], detail::aligned_delete> data_;
     std::size_t capacity_ = 0;
     Shape shape_{};

@@ -123,7 +123,9 @@ inline void parallel_for(std::size_t n, std::size_t grain, F&& f) {
 inline constexpr std::size_t elementwise_grain = 16384;
 
 /// Rows per parallel chunk so a chunk holds about `elementwise_grain` elements.
-inline std::size_t row_grain(std::size_t cols) { return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1)); }
+inline std::size_t row_grain(std::size_t cols) {
+    return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1));
+}
 
 }  // namespace backend::cpu::detail
 FTUNE_NAMESPACE_END

@@ -38,9 +38,10 @@ struct blocking {
     static constexpr std::size_t NR = 2 * W;            ///< columns of the register tile
     // Cache blocking chosen by best-of-25 timings on this project's 2-core Zen 3 machines
     // (32 KiB L1d, 512 KiB L2, 32 MiB L3): KC 384 beat 192/256/320 and MC 144 beat 72/96/288.
-    static constexpr std::size_t KC = 384;              ///< max depth of a block (B panel 24 KiB in L1)
-    static constexpr std::size_t MC = 144;              ///< rows of an A block (MC x KC = 216 KiB in L2)
-    static constexpr std::size_t NC = 4080 / NR * NR;   ///< columns of a B block (KC x NC = 6 MiB in L3)
+    static constexpr std::size_t KC = 384;  ///< max depth of a block (B panel 24 KiB in L1)
+    static constexpr std::size_t MC = 144;  ///< rows of an A block (MC x KC = 216 KiB in L2)
+    static constexpr std::size_t NC =
+        4080 / NR * NR;  ///< columns of a B block (KC x NC = 6 MiB in L3)
 };
 
 /// A growable 64-byte aligned scratch array, one per thread and type (allocates only to grow).
@@ -58,14 +59,15 @@ T* scratch(std::size_t n) {
 /// Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each k, MR values
 /// (rows past mc are zero).
 template <class T>
-void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, std::size_t mc, std::size_t k0,
-            std::size_t kc) {
+void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, std::size_t mc,
+            std::size_t k0, std::size_t kc) {
     constexpr std::size_t MR = blocking<T>::MR;
     for (std::size_t ir = 0; ir < mc; ir += MR, dst += kc * MR) {
         const std::size_t mr = std::min(MR, mc - ir);
         if (ta == transpose::no) {  // op(A)(i, k) = A[i * lda + k]
             const T* rows[MR];
-            for (std::size_t i = 0; i < MR; ++i) rows[i] = A + (i0 + ir + std::min(i, mr - 1)) * lda + k0;
+            for (std::size_t i = 0; i < MR; ++i)
+                rows[i] = A + (i0 + ir + std::min(i, mr - 1)) * lda + k0;
             for (std::size_t k = 0; k < kc; ++k)
                 for (std::size_t i = 0; i < MR; ++i) dst[k * MR + i] = i < mr ? rows[i][k] : T(0);
         } else {  // op(A)(i, k) = A[k * lda + i]
@@ -79,8 +81,8 @@ void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, s
 
 /// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr]: for each k, NR values (zero padded).
 template <class T>
-void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t k0, std::size_t kc, std::size_t j0,
-                  std::size_t nr) {
+void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t k0, std::size_t kc,
+                  std::size_t j0, std::size_t nr) {
     constexpr std::size_t NR = blocking<T>::NR;
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows are contiguous
         for (std::size_t k = 0; k < kc; ++k) {
@@ -108,8 +110,9 @@ void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t
 /// The register-tile kernel: acc = Σ_k a[k] ⊗ b[k] over kc steps, then C[0:m, 0:n] =
 /// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
 template <class T>
-inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restrict b, T* C, std::size_t ldc,
-                         std::size_t m, std::size_t n, T alpha, T beta, bool first) {
+inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restrict b, T* C,
+                         std::size_t ldc, std::size_t m, std::size_t n, T alpha, T beta,
+                         bool first) {
     using B = detail::batch<T>;
     constexpr std::size_t W = blocking<T>::W, MR = blocking<T>::MR, NR = blocking<T>::NR;
     B c0[MR], c1[MR];
@@ -159,7 +162,8 @@ inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restr
 template <class T>
 void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
     for (std::size_t i = 0; i < M; ++i)
-        for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+        for (std::size_t j = 0; j < N; ++j)
+            C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
 }
 
 }  // namespace gemm_detail
@@ -168,8 +172,8 @@ void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
 /// beta == 0 ignores C's previous content (even NaN), as BLAS does. Runs on ftune::num_threads()
 /// threads for large products (one when called inside a parallel region).
 template <scalar T>
-void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
-          std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+          const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
     using blk = gemm_detail::blocking<T>;
     constexpr std::size_t MR = blk::MR, NR = blk::NR, KC = blk::KC, NC = blk::NC;
     if (M == 0 || N == 0) return;
@@ -179,10 +183,12 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
     }
     int nt = 1;
 #if defined(_OPENMP)
-    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6) nt = omp_get_max_threads();
+    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
+        nt = omp_get_max_threads();
 #endif
     // Rows per A block: at most MC, and enough blocks that every thread gets the same number.
-    const std::size_t blocks = (M + blk::MC * std::size_t(nt) - 1) / (blk::MC * std::size_t(nt)) * std::size_t(nt);
+    const std::size_t blocks =
+        (M + blk::MC * std::size_t(nt) - 1) / (blk::MC * std::size_t(nt)) * std::size_t(nt);
     const std::size_t mc = std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
     const std::size_t ic_blocks = (M + mc - 1) / mc;
     // Depth of the K blocks: at most KC, split evenly (K = 400 runs as 2 x 200, not 384 + 16).
@@ -217,7 +223,8 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
                     for (std::size_t jr = 0; jr < nc; jr += NR)
                         for (std::size_t ir = 0; ir < mcur; ir += MR)
                             gemm_detail::micro_kernel(kc, apack + ir * kc, bpack + jr * kc,
-                                                      C + (ic + ir) * ldc + jc + jr, ldc, std::min(MR, mcur - ir),
+                                                      C + (ic + ir) * ldc + jc + jr, ldc,
+                                                      std::min(MR, mcur - ir),
                                                       std::min(NR, nc - jr), alpha, beta, first);
                 }
                 barrier();
@@ -237,13 +244,14 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head
 /// products). Batches run in parallel, each GEMM on one thread.
 template <scalar T>
-void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
-                          const T* A, std::size_t lda, std::size_t stride_a, const T* B, std::size_t ldb,
-                          std::size_t stride_b, T beta, T* C, std::size_t ldc, std::size_t stride_c,
-                          std::size_t batch) {
+void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                          T alpha, const T* A, std::size_t lda, std::size_t stride_a, const T* B,
+                          std::size_t ldb, std::size_t stride_b, T beta, T* C, std::size_t ldc,
+                          std::size_t stride_c, std::size_t batch) {
     detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
         for (std::size_t b = b0; b < b1; ++b)
-            gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta, C + b * stride_c, ldc);
+            gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                 C + b * stride_c, ldc);
     });
 }
 

@@ -23,11 +23,12 @@ template <class T>
 using mut_map = Eigen::Map<row_major<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 }  // namespace eigen_detail
 
-/// Eigen's C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C, row-major with row strides lda/ldb/ldc.
-/// beta == 0 ignores C's previous content (even NaN), as BLAS does.
+/// Eigen's C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C, row-major with row strides
+/// lda/ldb/ldc. beta == 0 ignores C's previous content (even NaN), as BLAS does.
 template <scalar T>
 void gemm_eigen(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
-          const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+                const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C,
+                std::size_t ldc) {
     using Eigen::Index;
     if (M == 0 || N == 0) return;
     eigen_detail::mut_map<T> c(C, Index(M), Index(N), Eigen::OuterStride<>(Index(ldc)));
@@ -40,8 +41,10 @@ void gemm_eigen(transpose ta, transpose tb, std::size_t M, std::size_t N, std::s
     }
     // op(X) is a map of X as stored, transposed when asked: Eigen folds the transpose and alpha
     // into its packing, so no copy is made.
-    const Index ar = ta == transpose::no ? Index(M) : Index(K), ac = ta == transpose::no ? Index(K) : Index(M);
-    const Index br = tb == transpose::no ? Index(K) : Index(N), bc = tb == transpose::no ? Index(N) : Index(K);
+    const Index ar = ta == transpose::no ? Index(M) : Index(K),
+                ac = ta == transpose::no ? Index(K) : Index(M);
+    const Index br = tb == transpose::no ? Index(K) : Index(N),
+                bc = tb == transpose::no ? Index(N) : Index(K);
     eigen_detail::const_map<T> a(A, ar, ac, Eigen::OuterStride<>(Index(lda)));
     eigen_detail::const_map<T> b(B, br, bc, Eigen::OuterStride<>(Index(ldb)));
     auto run = [&](const auto& opa, const auto& opb) {
@@ -52,23 +55,28 @@ void gemm_eigen(transpose ta, transpose tb, std::size_t M, std::size_t N, std::s
             c.noalias() += alpha * opa * opb;
         }
     };
-    if (ta == transpose::no && tb == transpose::no) run(a, b);
-    else if (ta == transpose::no) run(a, b.transpose());
-    else if (tb == transpose::no) run(a.transpose(), b);
-    else run(a.transpose(), b.transpose());
+    if (ta == transpose::no && tb == transpose::no)
+        run(a, b);
+    else if (ta == transpose::no)
+        run(a, b.transpose());
+    else if (tb == transpose::no)
+        run(a.transpose(), b);
+    else
+        run(a.transpose(), b.transpose());
 }
 
 /// Eigen's `batch` independent GEMMs whose operands start stride_* elements apart (attention's
 /// per-head products). Batches run in parallel, each GEMM on one thread.
 template <scalar T>
-void gemm_eigen_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
-                          T alpha, const T* A, std::size_t lda, std::size_t stride_a, const T* B,
-                          std::size_t ldb, std::size_t stride_b, T beta, T* C, std::size_t ldc,
-                          std::size_t stride_c, std::size_t batch) {
+void gemm_eigen_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                                std::size_t K, T alpha, const T* A, std::size_t lda,
+                                std::size_t stride_a, const T* B, std::size_t ldb,
+                                std::size_t stride_b, T beta, T* C, std::size_t ldc,
+                                std::size_t stride_c, std::size_t batch) {
     detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
         for (std::size_t b = b0; b < b1; ++b)
             gemm_eigen(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-                 C + b * stride_c, ldc);
+                       C + b * stride_c, ldc);
     });
 }
 

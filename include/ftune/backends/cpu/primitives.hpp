@@ -53,32 +53,15 @@ inline std::size_t column_chunk(std::size_t cols) {
 }
 
 /// dst(c) += Σ_r f(r, c, count) for the columns [c0, c1), where f returns the batch of row r at
-/// columns c .. c+count. The sums run in registers over all rows, 4 batches of columns at a time.
+/// columns c .. c+count. Rows are streamed in order (dst's slice stays in L1), so each column
+/// is summed over r = 0, 1, ... whatever the column split.
 template <class T, class F>
 inline void accumulate_columns(T* dst, std::size_t c0, std::size_t c1, std::size_t rows, F f) {
-    using B = batch<T>;
-    constexpr std::size_t W = width<T>;
-    const full_t<T> full{};
-    std::size_t c = c0;
-    for (; c + 4 * W <= c1; c += 4 * W) {
-        B a0 = load(dst + c, full), a1 = load(dst + c + W, full), a2 = load(dst + c + 2 * W, full),
-          a3 = load(dst + c + 3 * W, full);
-        for (std::size_t r = 0; r < rows; ++r) {
-            a0 += f(r, c, full);
-            a1 += f(r, c + W, full);
-            a2 += f(r, c + 2 * W, full);
-            a3 += f(r, c + 3 * W, full);
-        }
-        store(dst + c, a0, full);
-        store(dst + c + W, a1, full);
-        store(dst + c + 2 * W, a2, full);
-        store(dst + c + 3 * W, a3, full);
-    }
-    for_each_batch<T>(c1 - c, [&](std::size_t j, auto n) {
-        B a = load(dst + c + j, n);
-        for (std::size_t r = 0; r < rows; ++r) a += f(r, c + j, n);
-        store(dst + c + j, a, n);
-    });
+    for (std::size_t r = 0; r < rows; ++r)
+        for_each_batch<T>(c1 - c0, [&](std::size_t j, auto n) {
+            T* d = dst + c0 + j;
+            store(d, load(d, n) + f(r, c0 + j, n), n);
+        });
 }
 }  // namespace detail
 
@@ -87,7 +70,9 @@ template <scalar T>
 void bias_backward(T* dbias, const T* dy, std::size_t rows, std::size_t cols) {
     using namespace detail;
     parallel_for(cols, column_chunk<T>(cols), [&](std::size_t c0, std::size_t c1) {
-        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) { return load(dy + r * cols + c, n); });
+        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
+            return load(dy + r * cols + c, n);
+        });
     });
 }
 
@@ -107,9 +92,8 @@ namespace detail {
 template <class T, class F>
 inline void map_unary(T* y, const T* x, std::size_t n, F f) {
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
-            store(y + i0 + i, f(load(x + i0 + i, k)), k);
-        });
+        for_each_batch<T>(
+            i1 - i0, [&](std::size_t i, auto k) { store(y + i0 + i, f(load(x + i0 + i, k)), k); });
     });
 }
 /// Applies dx += f(x, dy) batch-wise over n elements, in parallel chunks.
@@ -187,7 +171,8 @@ void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
     const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
     detail::map_backward(dx, x, dy, n, [=](B v, B g) {
         const B v2 = v * v;
-        const B s = B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
+        const B s =
+            B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
         const B du = B(k) * xsimd::fma(B(T(3 * 0.044715)), v2, B(T(1)));
         return g * xsimd::fma(B(T(2)) * v * s * (B(T(1)) - s), du, s);
     });
@@ -218,7 +203,9 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
     parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
             const T* xr = x + r * C;
-            const T m = reduce_add(row_sum<T>(C, [&](std::size_t c, auto n) { return load(xr + c, n); })) / T(C);
+            const T m =
+                reduce_add(row_sum<T>(C, [&](std::size_t c, auto n) { return load(xr + c, n); })) /
+                T(C);
             const B var = row_sum<T>(C, [&](std::size_t c, auto n) {
                 // padded lanes would add m² each: load m as their fill value so they add 0
                 const B d = load(xr + c, n, m) - B(m);
@@ -247,7 +234,8 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             const T* xr = x + r * C;
             const T* gr = dout + r * C;
             const B m(mean[r]), s(rstd[r]);
-            const B sg = row_sum<T>(C, [&](std::size_t c, auto n) { return load(weight + c, n) * load(gr + c, n); });
+            const B sg = row_sum<T>(
+                C, [&](std::size_t c, auto n) { return load(weight + c, n) * load(gr + c, n); });
             const B sgn = row_sum<T>(C, [&](std::size_t c, auto n) {
                 return load(weight + c, n) * load(gr + c, n) * ((load(xr + c, n) - m) * s);
             });
@@ -261,7 +249,9 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
         }
     });
     parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
-        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) { return load(dout + r * C + c, n); });
+        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
+            return load(dout + r * C + c, n);
+        });
         accumulate_columns(dweight, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
             return (load(x + r * C + c, n) - B(mean[r])) * B(rstd[r]) * load(dout + r * C + c, n);
         });
@@ -310,7 +300,8 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
                 sum += e;
             });
             const B inv(T(1) / reduce_add(sum));
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+            for_each_batch<T>(
+                Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
         }
     });
 }
@@ -325,11 +316,14 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
         for (std::size_t r = r0; r < r1; ++r) {
             const T* p = probs + r * Tk;
             const T* dp = dprobs + r * Tk;
-            const B dot = row_sum<T>(Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
+            const B dot = row_sum<T>(
+                Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
             const B d(reduce_add(dot));
             T* ds = dscores + r * Tk;
             for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
-                store(ds + k, xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)), n);
+                store(ds + k,
+                      xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)),
+                      n);
             });
         }
     });
@@ -341,7 +335,8 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 /// y = x * keep / (1 - p), keep(i) = [s.bits(i) >= dropout_threshold(p)]; mask gets keep (0/1).
 /// The mask is a function of (stream, i) only: identical to the reference on any thread count.
 template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
+void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+                     const random_stream& s) {
     const std::uint32_t thr = dropout_threshold(double(p));
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
@@ -390,7 +385,8 @@ void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t 
                        std::size_t vocab) {
     check_ids(ids, n, vocab, "embedding_forward");
     detail::parallel_for(n, detail::row_grain(C), [&](std::size_t i0, std::size_t i1) {
-        for (std::size_t i = i0; i < i1; ++i) std::copy_n(table + std::size_t(ids[i]) * C, C, out + i * C);
+        for (std::size_t i = i0; i < i1; ++i)
+            std::copy_n(table + std::size_t(ids[i]) * C, C, out + i * C);
     });
 }
 
@@ -424,15 +420,16 @@ inline std::pair<T, T> row_logsumexp_parts(const T* z, std::size_t V) {
     for_each_batch<T>(V, [&](std::size_t v, auto n) { mx = xsimd::max(mx, load(z + v, n, ninf)); });
     const T m = reduce_max(mx);
     B sum(T(0));
-    for_each_batch<T>(V, [&](std::size_t v, auto n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
+    for_each_batch<T>(
+        V, [&](std::size_t v, auto n) { sum += xsimd::exp(load(z + v, n, ninf) - B(m)); });
     return {m, reduce_add(sum)};
 }
 }  // namespace detail
 
 /// losses(rows) = logsumexp(logits(r,:)) - logits(r, target), 0 where ignored; returns the count.
 template <scalar T>
-std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets, std::size_t rows,
-                                  std::size_t V, token_id ignore_index = -100) {
+std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets,
+                                  std::size_t rows, std::size_t V, token_id ignore_index = -100) {
     check_targets(targets, rows, V, ignore_index);
     detail::parallel_for(rows, detail::row_grain(V), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
@@ -465,7 +462,8 @@ void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets
             const B scale(dlosses[r] / s);
             T* d = dlogits + r * V;
             for_each_batch<T>(V, [&](std::size_t v, auto n) {
-                store(d + v, xsimd::fma(xsimd::exp(load(z + v, n) - B(m)), scale, load(d + v, n)), n);
+                store(d + v, xsimd::fma(xsimd::exp(load(z + v, n) - B(m)), scale, load(d + v, n)),
+                      n);
             });
             d[targets[r]] -= dlosses[r];
         }
@@ -481,7 +479,8 @@ namespace detail {
 template <class T, class F>
 inline double reduce_sum(const T* x, std::size_t n, F f) {
     constexpr std::size_t max_chunks = 64, block = 1024;
-    const std::size_t grain = std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
+    const std::size_t grain =
+        std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
     double partial[max_chunks] = {};
     parallel_for(n, grain, [&](std::size_t i0, std::size_t i1) {
         double total = 0;
@@ -493,7 +492,8 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
                 acc0 += f(batch<T>::load_unaligned(x + i));
                 acc1 += f(batch<T>::load_unaligned(x + i + width<T>));
             }
-            for_each_batch<T>(b1 - i, [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
+            for_each_batch<T>(b1 - i,
+                              [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
             total += double(reduce_add(acc0 + acc1));
         }
         partial[i0 / grain] = total;

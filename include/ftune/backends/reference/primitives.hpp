@@ -1,4 +1,5 @@
-// The reference backend: every primitive as a plain scalar loop, written to be read, never optimized.
+// The reference backend: every primitive as a plain scalar loop, written to be read, never
+// optimized.
 //
 // It is the oracle the CPU and CUDA backends are tested against. All tensors are row-major and
 // contiguous unless a leading dimension (ld*) or a batch stride says otherwise. Backward
@@ -80,7 +81,8 @@ void residual_add(T* out, const T* a, const T* b, std::size_t n) {
 /// y = x * Φ(x) = 0.5 x (1 + erf(x / √2)): BERT's "gelu".
 template <scalar T>
 void gelu_forward(T* y, const T* x, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] / std::sqrt(T(2))));
+    for (std::size_t i = 0; i < n; ++i)
+        y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] / std::sqrt(T(2))));
 }
 
 /// dx += dy * (Φ(x) + x φ(x)).
@@ -225,7 +227,8 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 /// The keep threshold: element i is kept iff stream.bits(i) >= dropout_threshold(p).
 inline std::uint32_t dropout_threshold(double p) {
     if (!(p >= 0.0 && p <= 1.0))
-        throw error(errc::invalid_argument, "dropout", detail::cat("probability ", p, " is not in [0, 1]"));
+        throw error(errc::invalid_argument, "dropout",
+                    detail::cat("probability ", p, " is not in [0, 1]"));
     const double t = std::ceil(p * 4294967296.0);
     return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
 }
@@ -233,7 +236,8 @@ inline std::uint32_t dropout_threshold(double p) {
 /// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
 /// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale).
 template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n, const random_stream& s) {
+void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+                     const random_stream& s) {
     const std::uint32_t thr = dropout_threshold(double(p));
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) {
@@ -283,7 +287,8 @@ void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size
 // Cross-entropy with logits
 
 /// Throws out_of_range unless every target is in [0, V) or equals ignore_index.
-inline void check_targets(const token_id* targets, std::size_t rows, std::size_t V, token_id ignore_index) {
+inline void check_targets(const token_id* targets, std::size_t rows, std::size_t V,
+                          token_id ignore_index) {
     for (std::size_t r = 0; r < rows; ++r)
         if (targets[r] != ignore_index && (targets[r] < 0 || std::size_t(targets[r]) >= V))
             throw error(errc::out_of_range, "cross_entropy",
@@ -294,8 +299,8 @@ inline void check_targets(const token_id* targets, std::size_t rows, std::size_t
 /// losses(rows) = logsumexp(logits(r,:)) - logits(r, target) (0 where target == ignore_index);
 /// returns how many rows were counted.
 template <scalar T>
-std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets, std::size_t rows,
-                                  std::size_t V, token_id ignore_index = -100) {
+std::size_t cross_entropy_forward(T* losses, const T* logits, const token_id* targets,
+                                  std::size_t rows, std::size_t V, token_id ignore_index = -100) {
     check_targets(targets, rows, V, ignore_index);
     std::size_t count = 0;
     for (std::size_t r = 0; r < rows; ++r) {
