@@ -65,20 +65,5 @@ void gemm_eigen(transpose ta, transpose tb, std::size_t M, std::size_t N, std::s
         run(a.transpose(), b.transpose());
 }
 
-/// Eigen's `batch` independent GEMMs whose operands start stride_* elements apart (attention's
-/// per-head products). Batches run in parallel, each GEMM on one thread.
-template <scalar T>
-void gemm_eigen_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N,
-                                std::size_t K, T alpha, const T* A, std::size_t lda,
-                                std::size_t stride_a, const T* B, std::size_t ldb,
-                                std::size_t stride_b, T beta, T* C, std::size_t ldc,
-                                std::size_t stride_c, std::size_t batch) {
-    detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
-        for (std::size_t b = b0; b < b1; ++b)
-            gemm_eigen(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-                       C + b * stride_c, ldc);
-    });
-}
-
 }  // namespace backend::cpu
 FTUNE_NAMESPACE_END
