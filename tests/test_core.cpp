@@ -104,6 +104,31 @@ TEST_CASE("philox4x32-10 matches Random123's known-answer vectors", "[core][rng]
           P::counter_type{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1});
 }
 
+TEST_CASE("philox generate8 (SIMD) equals eight scalar generate calls", "[core][rng]") {
+    using P = ftune::philox4x32;
+    ftune::random_stream src(77, 1);
+    for (std::uint64_t t = 0; t < 200; ++t) {
+        std::uint32_t c[4][8];
+        P::counter_type want[8];
+        for (int i = 0; i < 8; ++i) {
+            for (int j = 0; j < 4; ++j)
+                c[j][i] = src.bits(t * 64 + std::uint64_t(i) * 4 + std::uint64_t(j));
+            want[i] = {c[0][i], c[1][i], c[2][i], c[3][i]};
+        }
+        const P::key_type key{src.bits(t * 64 + 40), src.bits(t * 64 + 41)};
+        P::generate8(c, key);
+        for (int i = 0; i < 8; ++i) {
+            want[i] = P::generate(want[i], key);
+            for (int j = 0; j < 4; ++j) REQUIRE(c[j][i] == want[i][std::size_t(j)]);
+        }
+    }
+    // values32 serves bits(32 g + k) in order
+    ftune::random_stream s(5, 6);
+    std::uint32_t w[4][8];
+    s.values32(3, w);
+    for (std::uint64_t k = 0; k < 32; ++k) CHECK(w[k / 8][k % 8] == s.bits(96 + k));
+}
+
 TEST_CASE("random streams: reproducible, independent, well distributed", "[core][rng]") {
     ftune::generator g(42);
     auto s0 = g.next(), s1 = g.next();

@@ -356,10 +356,16 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
             std::uint32_t w[4][8];
             st.values32(i >> 5, w);
             const std::uint32_t* bits = &w[0][0];
-            for (std::size_t k = 0; k < 32; ++k) ml[i + k] = !drop_all && bits[k] >= threshold;
+            for (std::size_t k = 0; k < 32; ++k) {
+                const bool keep = !drop_all && bits[k] >= threshold;
+                ml[i + k] = keep;
+                yl[i + k] = xl[i + k] * (keep ? inv : T(0));
+            }
         }
-        for (; i < i1; ++i) ml[i] = !drop_all && st.bits(i) >= threshold;
-        for (std::size_t k = i0; k < i1; ++k) yl[k] = xl[k] * (ml[k] ? inv : T(0));
+        for (; i < i1; ++i) {
+            ml[i] = !drop_all && st.bits(i) >= threshold;
+            yl[i] = xl[i] * (ml[i] ? inv : T(0));
+        }
     });
 }
 
