@@ -4,7 +4,7 @@
 //
 //   ftune::ops::matmul<ftune::transpose::no, ftune::transpose::yes>(x, w, y);  // y = x wᵀ
 //   ftune::ops::bias_add(y, b);
-//   ftune::ops::gelu(y, y);
+//   ftune::ops::activate(ftune::ops::activation::gelu, y, y);
 #pragma once
 
 #include <cstddef>
@@ -212,6 +212,33 @@ void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight
                                      bias.data(), rows, C, eps);
 }
 
+/// dx += ..., dweight += ..., dbias += ... for layer_norm (from its saved mean and rstd).
+template <tensor_like DX, tensor_like DW, tensor_like DBias, tensor_like DOut, tensor_like X,
+          tensor_like W, tensor_like Mean, tensor_like Rstd>
+void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout, const X& x,
+                         const W& weight, const Mean& mean, const Rstd& rstd) {
+    using SX = detail::shape_of<X>;
+    detail::same_device<DX, DW, DBias, DOut, X, W, Mean, Rstd>();
+    static_assert(SX::rank == 2,
+                  "ftune::ops::layer_norm_backward: x, dout and dx are (rows, C); reshape first");
+    static_assert(detail::shape_of<W>::rank == 1 && detail::shape_of<DW>::rank == 1 &&
+                      detail::shape_of<DBias>::rank == 1,
+                  "ftune::ops::layer_norm_backward: weight, dweight and dbias are (C)");
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<DW>, 0>>();
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<DBias>, 0>>();
+    check_same_shape(dout.shape(), x.shape(), "layer_norm_backward (dout vs x)");
+    check_same_shape(dx.shape(), x.shape(), "layer_norm_backward (dx vs x)");
+    detail::check_axis("layer_norm_backward", "x", x, 1, "weight", weight, 0);
+    detail::check_axis("layer_norm_backward", "x", x, 1, "dweight", dweight, 0);
+    detail::check_axis("layer_norm_backward", "x", x, 1, "dbias", dbias, 0);
+    const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
+    detail::check_size("layer_norm_backward", "mean", mean, rows, "one per row of x");
+    detail::check_size("layer_norm_backward", "rstd", rstd, rows, "one per row of x");
+    backend::cpu::layer_norm_backward(dx.data(), dweight.data(), dbias.data(), dout.data(),
+                                      x.data(), weight.data(), mean.data(), rstd.data(), rows, C);
+}
+
 /// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk).
 template <tensor_like P, tensor_like S, tensor_like M>
 void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scalar_of<S> scale) {
@@ -224,6 +251,56 @@ void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scala
     const auto& s = scores.shape();
     backend::cpu::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, s.extent(0),
                                   s.extent(1), s.extent(2), s.extent(3));
+}
+
+/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) without a mask.
+template <tensor_like P, tensor_like S>
+void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale) {
+    detail::same_device<P, S>();
+    static_assert(detail::shape_of<S>::rank == 4,
+                  "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk)");
+    check_same_shape(probs.shape(), scores.shape(), "masked_softmax (probs vs scores)");
+    const auto& s = scores.shape();
+    backend::cpu::softmax_forward(probs.data(), scores.data(),
+                                  static_cast<const detail::scalar_of<S>*>(nullptr), scale,
+                                  s.extent(0), s.extent(1), s.extent(2), s.extent(3));
+}
+
+/// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk).
+template <tensor_like DS, tensor_like P, tensor_like DP>
+void masked_softmax_backward(DS&& dscores, const P& probs, const DP& dprobs,
+                             detail::scalar_of<P> scale) {
+    detail::same_device<DS, P, DP>();
+    static_assert(detail::shape_of<P>::rank == 4,
+                  "ftune::ops::masked_softmax_backward: probs, dprobs and dscores are "
+                  "(B, H, Tq, Tk)");
+    check_same_shape(dprobs.shape(), probs.shape(), "masked_softmax_backward (dprobs vs probs)");
+    check_same_shape(dscores.shape(), probs.shape(), "masked_softmax_backward (dscores vs probs)");
+    const auto& s = probs.shape();
+    backend::cpu::softmax_backward(dscores.data(), probs.data(), dprobs.data(), scale,
+                                   s.extent(0) * s.extent(1) * s.extent(2), s.extent(3));
+}
+
+/// y = x * mask / (1 - p), mask (std::uint8_t, 0/1) drawn from the stream; all the same shape.
+template <tensor_like Y, tensor_like Mask, tensor_like X>
+void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const random_stream& s) {
+    detail::same_device<Y, Mask, X>();
+    static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
+                  "ftune::ops::dropout: the mask holds std::uint8_t (0 dropped, 1 kept)");
+    check_same_shape(y.shape(), x.shape(), "dropout (y vs x)");
+    check_same_shape(mask.shape(), x.shape(), "dropout (mask vs x)");
+    backend::cpu::dropout_forward(y.data(), mask.data(), x.data(), p, x.shape().size(), s);
+}
+
+/// dx += dy * mask / (1 - p), with the mask dropout saved; all the same shape.
+template <tensor_like DX, tensor_like Mask, tensor_like DY>
+void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p) {
+    detail::same_device<DX, Mask, DY>();
+    static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
+                  "ftune::ops::dropout_backward: the mask holds std::uint8_t, as dropout wrote it");
+    check_same_shape(dx.shape(), dy.shape(), "dropout_backward (dx vs dy)");
+    check_same_shape(mask.shape(), dy.shape(), "dropout_backward (mask vs dy)");
+    backend::cpu::dropout_backward(dx.data(), mask.data(), dy.data(), p, dy.shape().size());
 }
 
 /// out(n, C) = table(ids, :); ids outside the table throw out_of_range.
@@ -242,6 +319,23 @@ void embedding(Out&& out, const Ids& ids, const Table& table) {
                                     table.shape().extent(1), table.shape().extent(0));
 }
 
+/// dtable(vocab, C)(ids, :) += dout(n, C) (repeated ids add up); bad ids throw out_of_range.
+template <tensor_like DTable, tensor_like Ids, tensor_like DOut>
+void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout) {
+    using ST = detail::shape_of<DTable>;
+    detail::same_device<DTable, Ids, DOut>();
+    static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>,
+                  "ftune::ops::embedding_backward: ids are int32 (ftune::token_id)");
+    static_assert(ST::rank == 2 && detail::shape_of<DOut>::rank == 2,
+                  "ftune::ops::embedding_backward: dtable is (vocab, C) and dout is (n, C)");
+    detail::static_extents_agree<detail::sx<ST, 1>, detail::sx<detail::shape_of<DOut>, 1>>();
+    detail::check_axis("embedding_backward", "dout", dout, 1, "dtable", dtable, 1);
+    detail::check_size("embedding_backward", "ids", ids, dout.shape().extent(0),
+                       "one per row of dout");
+    backend::cpu::embedding_backward(dtable.data(), ids.data(), dout.data(), dout.shape().extent(0),
+                                     dtable.shape().extent(1), dtable.shape().extent(0));
+}
+
 /// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.
 template <tensor_like L, tensor_like Z, tensor_like Tg>
 std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets,
@@ -254,6 +348,48 @@ std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets,
     detail::check_size("cross_entropy", "losses", losses, rows, "one per row of logits");
     return backend::cpu::cross_entropy_forward(losses.data(), logits.data(), targets.data(), rows,
                                                logits.shape().extent(1), ignore_index);
+}
+
+/// dlogits(rows, V) += dlosses(rows) * (softmax(logits) - onehot(targets)); ignored rows untouched.
+template <tensor_like DZ, tensor_like Z, tensor_like Tg, tensor_like DL>
+void cross_entropy_backward(DZ&& dlogits, const Z& logits, const Tg& targets, const DL& dlosses,
+                            token_id ignore_index = -100) {
+    detail::same_device<DZ, Z, Tg, DL>();
+    static_assert(detail::shape_of<Z>::rank == 2,
+                  "ftune::ops::cross_entropy_backward: logits and dlogits are (rows, V)");
+    static_assert(std::is_same_v<detail::scalar_of<Tg>, token_id>,
+                  "ftune::ops::cross_entropy_backward: targets are int32 (ftune::token_id)");
+    check_same_shape(dlogits.shape(), logits.shape(), "cross_entropy_backward (dlogits vs logits)");
+    const std::size_t rows = logits.shape().extent(0);
+    detail::check_size("cross_entropy_backward", "targets", targets, rows, "one per row of logits");
+    detail::check_size("cross_entropy_backward", "dlosses", dlosses, rows, "one per row of logits");
+    backend::cpu::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(),
+                                         dlosses.data(), rows, logits.shape().extent(1),
+                                         ignore_index);
+}
+
+/// One AdamW step on param with its grad and moments m, v (all the same shape).
+template <tensor_like P, tensor_like G, tensor_like M, tensor_like V>
+void adamw_update(P&& param, const G& grad, M&& m, V&& v, const adamw_params& h) {
+    detail::same_device<P, G, M, V>();
+    check_same_shape(grad.shape(), param.shape(), "adamw_update (grad vs param)");
+    check_same_shape(m.shape(), param.shape(), "adamw_update (m vs param)");
+    check_same_shape(v.shape(), param.shape(), "adamw_update (v vs param)");
+    backend::cpu::adamw_update(param.data(), grad.data(), m.data(), v.data(), param.shape().size(),
+                               h);
+}
+
+/// One SGD step on param with its grad (same shape); momentum_buffer may be empty if momentum is 0.
+template <tensor_like P, tensor_like G, tensor_like Buf>
+void sgd_update(P&& param, const G& grad, Buf&& momentum_buffer, const sgd_params& h) {
+    detail::same_device<P, G, Buf>();
+    check_same_shape(grad.shape(), param.shape(), "sgd_update (grad vs param)");
+    const std::size_t n = param.shape().size();
+    if (h.momentum != 0)
+        detail::check_size("sgd_update", "momentum_buffer", momentum_buffer, n,
+                           "momentum (one per element of param)");
+    backend::cpu::sgd_update(param.data(), grad.data(),
+                             h.momentum != 0 ? momentum_buffer.data() : nullptr, n, h);
 }
 
 }  // namespace ops
