@@ -1,9 +1,24 @@
 # Finds ftune's dependencies. Included by ftune's own build and by the installed ftuneConfig.cmake.
 # Debian: libeigen3-dev libxsimd-dev nlohmann-json3-dev (+ GCC's libgomp or libomp-dev for OpenMP).
+# Inside find_package(ftune) the dependencies are found with find_dependency (which forwards
+# QUIET/REQUIRED and reports ftune as not found when one is missing); in ftune's own build they
+# are REQUIRED, so a missing one stops configuration with its own name.
 include(CMakeFindDependencyMacro)
-find_dependency(Eigen3 3.3 NO_MODULE)
-find_dependency(xsimd 8)
-find_dependency(nlohmann_json 3.9)
+macro(_ftune_find_dependency)
+  if(CMAKE_FIND_PACKAGE_NAME STREQUAL "ftune")
+    find_dependency(${ARGV})
+  else()
+    find_package(${ARGV} REQUIRED)
+  endif()
+endmacro()
+_ftune_find_dependency(Eigen3 3.3 NO_MODULE)
+# xsimd: any version from 8 on (its version file accepts only the same major version, and xsimd
+# 8's is too old for version ranges, so the minimum is checked here)
+_ftune_find_dependency(xsimd)
+if(xsimd_FOUND AND xsimd_VERSION VERSION_LESS 8)
+  message(FATAL_ERROR "ftune needs xsimd 8 or later; found ${xsimd_VERSION} (Debian: libxsimd-dev)")
+endif()
+_ftune_find_dependency(nlohmann_json 3.9)  # for ftune/io.hpp (Hugging Face config.json)
 
 # Debian 12's xsimd 8.1 target names "xtl" as a link library without depending on xtl-dev; the
 # linker then looks for a non-existent libxtl. ftune does not use xtl: use its target when it is

@@ -78,6 +78,29 @@ TEST_CASE("buffer: aligned, zero-filled, row-major, no reallocation when shrinki
     CHECK_THROWS_AS((ftune::buffer<float, shape<dynamic, 7>>(2, 8)), ftune::error);
 }
 
+TEST_CASE("buffer: a moved-from buffer is empty and can be assigned again", "[core]") {
+    using V = ftune::buffer<float, ftune::dynamic_shape<1>>;
+    V a(10), src(4);
+    src.fill(3.0f);
+    V b = std::move(a);
+    CHECK(b.size() == 10);
+    CHECK(a.size() == 0);
+    CHECK(a.capacity() == 0);
+    a = src;
+    CHECK(a.size() == 4);
+    CHECK(a(3) == 3.0f);
+    V c;
+    c = std::move(b);
+    CHECK(c.size() == 10);
+    CHECK(b.size() == 0);
+    ftune::buffer<float, shape<2, 3>> s1, s2;
+    s1.fill(1.0f);
+    s2 = std::move(s1);
+    CHECK(s2(1, 2) == 1.0f);
+    s1 = s2;  // reallocates: the moved-from capacity is 0
+    CHECK(s1(1, 2) == 1.0f);
+}
+
 TEST_CASE("view: reshape checks the element count", "[core]") {
     std::vector<double> data(12);
     std::iota(data.begin(), data.end(), 0.0);

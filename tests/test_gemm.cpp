@@ -86,12 +86,14 @@ TEMPLATE_TEST_CASE("gemm matches the reference on random shapes", "[primitives][
 TEMPLATE_TEST_CASE("gemm over several cache blocks in M, N and K, on 1 and 2 threads",
                    "[primitives][gemm]", float, double) {
     using T = TestType;
-    // M > MC (144), N > NC (4080), K > KC (256), none a multiple of the register tile
+    // M > MC (144), N > NC (4080), K > KC (384, three K blocks with beta != 0), none a multiple of
+    // the register tile
     const int threads = ftune::num_threads();
     for (int t : {1, 2}) {
         ftune::set_num_threads(t);
         check_gemm<T>(transpose::no, transpose::yes, 151, 4099, 301, T(1), T(0.5), 1, 200 + t);
         check_gemm<T>(transpose::yes, transpose::no, 299, 67, 530, T(-1), T(0), 0, 210 + t);
+        check_gemm<T>(transpose::no, transpose::no, 70, 50, 1000, T(0.5), T(-1.5), 2, 220 + t);
     }
     ftune::set_num_threads(threads);
 }
@@ -115,4 +117,15 @@ TEMPLATE_TEST_CASE("strided batched gemm matches the reference", "[primitives][g
         INFO("batch=" << batch << " M=" << M << " N=" << N << " K=" << K);
         test::require_close(got, want, test::tol<T>(16.0 * (K + 4)), "gemm_strided_batched");
     }
+}
+
+TEST_CASE("gemm with alpha = 0 reads neither A nor B (BLAS semantics)", "[primitives][gemm]") {
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> A(6, inf), B(6, inf), want{1, 2, 3, 4}, got = want;
+    ref::gemm(transpose::no, transpose::no, 2, 2, 3, 0.0f, A.data(), 3, B.data(), 2, 2.0f,
+              want.data(), 2);
+    cpu::gemm(transpose::no, transpose::no, 2, 2, 3, 0.0f, A.data(), 3, B.data(), 2, 2.0f,
+              got.data(), 2);
+    CHECK(want == std::vector<float>{2, 4, 6, 8});
+    CHECK(got == want);
 }

@@ -27,10 +27,14 @@ TEMPLATE_TEST_CASE("bias add, bias backward, residual add", "[primitives]", floa
             ref::bias_backward(db.data(), y.data(), rows, cols);
             cpu::bias_backward(db2.data(), y.data(), rows, cols);
             require_close(db2, db, tol<T>(8.0 * (rows + 1)), "bias_backward");
-            auto out = test::randn<T>(rows * cols, 4), out2 = out;
-            ref::residual_add(out.data(), y.data(), bias.data(), std::min(rows * cols, cols));
-            cpu::residual_add(out2.data(), y.data(), bias.data(), std::min(rows * cols, cols));
+            auto other = test::randn<T>(rows * cols, 5);
+            std::vector<T> out(rows * cols, T(0)), out2 = out;
+            ref::residual_add(out.data(), y.data(), other.data(), rows * cols);
+            cpu::residual_add(out2.data(), y.data(), other.data(), rows * cols);
             require_close(out2, out, tol<T>(2), "residual_add");
+            auto inplace = y;  // out aliasing a
+            cpu::residual_add(inplace.data(), inplace.data(), other.data(), rows * cols);
+            require_close(inplace, out, tol<T>(2), "residual_add in place");
         }
 }
 
@@ -144,6 +148,22 @@ TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]",
         }
 }
 
+TEMPLATE_TEST_CASE("softmax: fully masked rows give zeros on the SIMD and parallel paths",
+                   "[primitives]", float, double) {
+    using T = TestType;
+    const T ninf = -std::numeric_limits<T>::infinity();
+    const std::size_t B = 3, H = 4, Tq = 40, Tk = 40, n = B * H * Tq * Tk;  // 480 rows: 2 chunks
+    auto s = test::randn<T>(n, 33);
+    std::vector<T> mask(B * Tk, T(0));
+    for (std::size_t k = 0; k < Tk; ++k) mask[2 * Tk + k] = ninf;  // batch 2: every key masked
+    s[2 * H * Tq * Tk + 5] = std::numeric_limits<T>::quiet_NaN();  // a NaN score in a masked row
+    std::vector<T> p(n), p2(n);
+    ref::softmax_forward(p.data(), s.data(), mask.data(), T(0.5), B, H, Tq, Tk);
+    cpu::softmax_forward(p2.data(), s.data(), mask.data(), T(0.5), B, H, Tq, Tk);
+    for (std::size_t i = 2 * H * Tq * Tk; i < n; ++i) REQUIRE(p2[i] == T(0));
+    require_close(p2, p, tol<T>(16.0 * Tk), "softmax_forward with masked batches");
+}
+
 TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 1", "[primitives]",
                    float, double) {
     using T = TestType;
@@ -173,6 +193,14 @@ TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 
             require_close(dx2, dx, tol<T>(2), "dropout_backward");
         }
     CHECK_THROWS_AS(ref::dropout_threshold(1.5), ftune::error);
+    // in place (y == x) gives the same as out of place
+    const std::size_t n = 70001;
+    auto x = test::randn<T>(n, 44), inplace = x;
+    std::vector<T> y(n, T(0));
+    std::vector<std::uint8_t> m(n), m2(n);
+    cpu::dropout_forward(y.data(), m.data(), x.data(), T(0.25), n, s);
+    cpu::dropout_forward(inplace.data(), m2.data(), inplace.data(), T(0.25), n, s);
+    CHECK(y == inplace);
 }
 
 TEST_CASE("dropout mask does not depend on the thread count", "[primitives]") {
@@ -300,6 +328,11 @@ TEMPLATE_TEST_CASE("sum, sum of squares, global L2 norm, scale", "[primitives]",
         ref::scale(x.data(), T(0.3), n);
         cpu::scale(x2.data(), T(0.3), n);
         require_close(x2, x, tol<T>(1), "scale");
+    }
+    // squares that overflow T still give the right norm (a float square of 2e19 is inf)
+    if constexpr (std::is_same_v<T, float>) {
+        std::vector<float> big(5000, 2e19f);
+        CHECK(std::abs(cpu::sum_squares(big.data(), big.size()) / (5000 * 4e38) - 1) < 1e-6);
     }
     auto a = test::randn<T>(100, 71), b = test::randn<T>(37, 72);
     const std::span<const T> parts[] = {a, b};

@@ -1,9 +1,9 @@
 // Build configuration: the macros that change generated code, and the ABI namespace they select.
 //
 // Every ftune declaration lives in `ftune::FTUNE_ABI_TAG` (an inline namespace), whose name encodes
-// the version, the SIMD architecture and whether CUDA is on. Two translation units built with
-// different settings therefore get different symbols, and linking them together cannot silently
-// break the one-definition rule (the approach of nlohmann_json's ABI namespace).
+// the version, the SIMD architecture, whether OpenMP is on and whether CUDA is on. Two translation
+// units built with different settings therefore get different symbols, and linking them together
+// cannot silently break the one-definition rule (the approach of nlohmann_json's ABI namespace).
 #pragma once
 
 #include "ftune/version.hpp"
@@ -38,12 +38,18 @@
 #define FTUNE_ABI_CUDA nocuda
 #endif
 
-#define FTUNE_ABI_CONCAT_EX(a, b, c, d, e) abi_v##a##_##b##_##c##_##d##_##e
-#define FTUNE_ABI_CONCAT(a, b, c, d, e) FTUNE_ABI_CONCAT_EX(a, b, c, d, e)
-/// The inline namespace that holds every ftune declaration, e.g. abi_v0_1_0_avx2fma_nocuda.
+#if defined(_OPENMP)
+#define FTUNE_ABI_OMP omp
+#else
+#define FTUNE_ABI_OMP noomp
+#endif
+
+#define FTUNE_ABI_CONCAT_EX(a, b, c, d, e, f) abi_v##a##_##b##_##c##_##d##_##e##_##f
+#define FTUNE_ABI_CONCAT(a, b, c, d, e, f) FTUNE_ABI_CONCAT_EX(a, b, c, d, e, f)
+/// The inline namespace that holds every ftune declaration, e.g. abi_v0_1_0_avx2fma_omp_nocuda.
 #define FTUNE_ABI_TAG                                                               \
     FTUNE_ABI_CONCAT(FTUNE_VERSION_MAJOR, FTUNE_VERSION_MINOR, FTUNE_VERSION_PATCH, \
-                     FTUNE_ABI_ARCH, FTUNE_ABI_CUDA)
+                     FTUNE_ABI_ARCH, FTUNE_ABI_OMP, FTUNE_ABI_CUDA)
 
 /// Opens namespace ftune (and its ABI namespace).
 #define FTUNE_NAMESPACE_BEGIN \

@@ -25,9 +25,9 @@ inline constexpr const char* version_string = "0.1.0";
 // Build configuration: the macros that change generated code, and the ABI namespace they select.
 //
 // Every ftune declaration lives in `ftune::FTUNE_ABI_TAG` (an inline namespace), whose name encodes
-// the version, the SIMD architecture and whether CUDA is on. Two translation units built with
-// different settings therefore get different symbols, and linking them together cannot silently
-// break the one-definition rule (the approach of nlohmann_json's ABI namespace).
+// the version, the SIMD architecture, whether OpenMP is on and whether CUDA is on. Two translation
+// units built with different settings therefore get different symbols, and linking them together
+// cannot silently break the one-definition rule (the approach of nlohmann_json's ABI namespace).
 
 
 #if defined(_OPENMP)
@@ -60,12 +60,18 @@ inline constexpr const char* version_string = "0.1.0";
 #define FTUNE_ABI_CUDA nocuda
 #endif
 
-#define FTUNE_ABI_CONCAT_EX(a, b, c, d, e) abi_v##a##_##b##_##c##_##d##_##e
-#define FTUNE_ABI_CONCAT(a, b, c, d, e) FTUNE_ABI_CONCAT_EX(a, b, c, d, e)
-/// The inline namespace that holds every ftune declaration, e.g. abi_v0_1_0_avx2fma_nocuda.
+#if defined(_OPENMP)
+#define FTUNE_ABI_OMP omp
+#else
+#define FTUNE_ABI_OMP noomp
+#endif
+
+#define FTUNE_ABI_CONCAT_EX(a, b, c, d, e, f) abi_v##a##_##b##_##c##_##d##_##e##_##f
+#define FTUNE_ABI_CONCAT(a, b, c, d, e, f) FTUNE_ABI_CONCAT_EX(a, b, c, d, e, f)
+/// The inline namespace that holds every ftune declaration, e.g. abi_v0_1_0_avx2fma_omp_nocuda.
 #define FTUNE_ABI_TAG                                                               \
     FTUNE_ABI_CONCAT(FTUNE_VERSION_MAJOR, FTUNE_VERSION_MINOR, FTUNE_VERSION_PATCH, \
-                     FTUNE_ABI_ARCH, FTUNE_ABI_CUDA)
+                     FTUNE_ABI_ARCH, FTUNE_ABI_OMP, FTUNE_ABI_CUDA)
 
 /// Opens namespace ftune (and its ABI namespace).
 #define FTUNE_NAMESPACE_BEGIN \
@@ -567,8 +573,22 @@ class buffer {
         }
         return *this;
     }
-    buffer(buffer&&) noexcept = default;             ///< move
-    buffer& operator=(buffer&&) noexcept = default;  ///< move assignment
+    /// Move: takes the storage; the source is left empty (capacity 0) and may only be assigned
+    /// to or destroyed (with an all-static shape its data() is null).
+    buffer(buffer&& o) noexcept
+        : data_(std::move(o.data_)), capacity_(std::exchange(o.capacity_, 0)), shape_(o.shape_) {
+        o.shape_ = Shape{};
+    }
+    /// Move assignment (the source is left as after a move construction).
+    buffer& operator=(buffer&& o) noexcept {
+        if (this != &o) {
+            data_ = std::move(o.data_);
+            capacity_ = std::exchange(o.capacity_, 0);
+            shape_ = o.shape_;
+            o.shape_ = Shape{};
+        }
+        return *this;
+    }
 
     /// Changes the shape; reallocates only when the new size exceeds the capacity. Contents are
     /// unspecified after a resize that changes the shape (zero after a reallocation).
@@ -798,7 +818,8 @@ class random_stream {
         : key_{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)},
           id_{static_cast<std::uint32_t>(id), static_cast<std::uint32_t>(id >> 32)} {}
 
-    /// The 4 random 32-bit words of block `b` (values 4b .. 4b+3 of the stream).
+    /// The 4 random 32-bit words of Philox block `b` (which values of the stream they are: see
+    /// bits()).
     constexpr std::array<std::uint32_t, 4> block(std::uint64_t b) const noexcept {
         return philox4x32::generate(
             {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]},
@@ -826,7 +847,8 @@ class random_stream {
     constexpr float uniform(std::uint64_t i) const noexcept {
         return static_cast<float>(bits(i) >> 8) * 0x1p-24f;
     }
-    /// The i-th value of a standard normal distribution (Box-Muller on words 2i, 2i+1).
+    /// The i-th value of a standard normal distribution (Box-Muller on words 2(i % 2), 2(i % 2) + 1
+    /// of block i / 2; a sequence of its own, not derived from bits()).
     double normal(std::uint64_t i) const noexcept {
         const auto w = block(i >> 1);
         const std::size_t o = (i & 1) * 2;
@@ -1080,11 +1102,17 @@ namespace backend::reference {
 // ---------------------------------------------------------------------------------------------
 // GEMM
 
-/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C; lda/ldb/ldc are row strides. beta == 0
-/// ignores C's previous content (even NaN), as BLAS does.
+/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C; lda/ldb/ldc are row strides. As in BLAS,
+/// beta == 0 ignores C's previous content (even NaN) and alpha == 0 does not read A or B.
 template <scalar T>
 void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
           const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    if (alpha == T(0)) {  // BLAS: A and B are not read (an inf in them does not make NaN)
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t j = 0; j < N; ++j)
+                C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+        return;
+    }
     for (std::size_t i = 0; i < M; ++i) {
         for (std::size_t j = 0; j < N; ++j) {
             T acc = 0;
@@ -2139,12 +2167,14 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
                 B z = B(scale) * load(s + k, n);
                 if (mask) z += load(mask + k, n);
                 store(p + k, z, n);
+                // max as the reference takes it (z > mx): a NaN score never becomes the maximum
                 if (n == width<T>)
-                    mx = xsimd::max(mx, z);
+                    mx = xsimd::select(z > mx, z, mx);
                 else
-                    for (std::size_t j = k; j < k + n; ++j) tail_max = std::max(tail_max, p[j]);
+                    for (std::size_t j = k; j < k + n; ++j)
+                        if (p[j] > tail_max) tail_max = p[j];
             });
-            const T m = std::max(reduce_max(mx), tail_max);
+            const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
             if (m == ninf) {
                 std::fill_n(p, Tk, T(0));
                 continue;
@@ -2198,15 +2228,15 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        // local copies and restrict pointers: byte stores to the mask could otherwise alias
+        // local copies and a restrict mask: byte stores to the mask could otherwise alias
         // anything the loops read, which stops vectorization
         const random_stream st = s;
         const std::uint32_t threshold = thr;
         const bool drop_all = all_drop;
         const T inv = inv_keep;
-        T* __restrict yl = y;
+        T* yl = y;  // may be x (in-place dropout)
         std::uint8_t* __restrict ml = mask;
-        const T* __restrict xl = x;
+        const T* xl = x;
         // i0 is a multiple of 32 (the grain is): one values32() call serves 32 elements
         std::size_t i = i0;
         for (; i + 32 <= i1; i += 32) {
@@ -2231,8 +2261,8 @@ template <scalar T>
 void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        T* __restrict dxl = dx;
-        const T* __restrict dyl = dy;
+        T* dxl = dx;
+        const T* dyl = dy;
         const std::uint8_t* __restrict ml = mask;
         const T inv = inv_keep;  // a local: a float captured by reference could alias dx
         for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
@@ -2338,9 +2368,10 @@ void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets
 
 namespace detail {
 /// Σ f(x_i) over [0, n): SIMD partial sums over blocks of 1024 added in double, 64 fixed chunks
-/// in parallel, chunk sums added in order (deterministic on any thread count).
-template <class T, class F>
-inline double reduce_sum(const T* x, std::size_t n, F f) {
+/// in parallel, chunk sums added in order (deterministic on any thread count). A block whose
+/// partial sum overflows T is summed again in double with f_double.
+template <class T, class F, class G>
+inline double reduce_sum(const T* x, std::size_t n, F f, G f_double) {
     constexpr std::size_t max_chunks = 64, block = 1024;
     const std::size_t grain =
         std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
@@ -2357,7 +2388,12 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
             }
             for_each_batch<T>(b1 - i,
                               [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
-            total += double(reduce_add(acc0 + acc1));
+            double t = double(reduce_add(acc0 + acc1));
+            if (!std::isfinite(t)) {  // overflowed T (e.g. float squares > 3e38): redo in double
+                t = 0;
+                for (std::size_t j = b0; j < b1; ++j) t += f_double(double(x[j]));
+            }
+            total += t;
         }
         partial[i0 / grain] = total;
     });
@@ -2370,13 +2406,15 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
 /// Σ x.
 template <scalar T>
 double sum(const T* x, std::size_t n) {
-    return detail::reduce_sum(x, n, [](detail::batch<T> v) { return v; });
+    return detail::reduce_sum(
+        x, n, [](detail::batch<T> v) { return v; }, [](double v) { return v; });
 }
 
 /// Σ x².
 template <scalar T>
 double sum_squares(const T* x, std::size_t n) {
-    return detail::reduce_sum(x, n, [](detail::batch<T> v) { return v * v; });
+    return detail::reduce_sum(
+        x, n, [](detail::batch<T> v) { return v * v; }, [](double v) { return v * v; });
 }
 
 /// √(Σ over tensors of Σ x²): the global norm of gradient clipping.

@@ -115,7 +115,8 @@ class random_stream {
         : key_{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)},
           id_{static_cast<std::uint32_t>(id), static_cast<std::uint32_t>(id >> 32)} {}
 
-    /// The 4 random 32-bit words of block `b` (values 4b .. 4b+3 of the stream).
+    /// The 4 random 32-bit words of Philox block `b` (which values of the stream they are: see
+    /// bits()).
     constexpr std::array<std::uint32_t, 4> block(std::uint64_t b) const noexcept {
         return philox4x32::generate(
             {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), id_[0], id_[1]},
@@ -143,7 +144,8 @@ class random_stream {
     constexpr float uniform(std::uint64_t i) const noexcept {
         return static_cast<float>(bits(i) >> 8) * 0x1p-24f;
     }
-    /// The i-th value of a standard normal distribution (Box-Muller on words 2i, 2i+1).
+    /// The i-th value of a standard normal distribution (Box-Muller on words 2(i % 2), 2(i % 2) + 1
+    /// of block i / 2; a sequence of its own, not derived from bits()).
     double normal(std::uint64_t i) const noexcept {
         const auto w = block(i >> 1);
         const std::size_t o = (i & 1) * 2;

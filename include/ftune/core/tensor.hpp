@@ -159,8 +159,22 @@ class buffer {
         }
         return *this;
     }
-    buffer(buffer&&) noexcept = default;             ///< move
-    buffer& operator=(buffer&&) noexcept = default;  ///< move assignment
+    /// Move: takes the storage; the source is left empty (capacity 0) and may only be assigned
+    /// to or destroyed (with an all-static shape its data() is null).
+    buffer(buffer&& o) noexcept
+        : data_(std::move(o.data_)), capacity_(std::exchange(o.capacity_, 0)), shape_(o.shape_) {
+        o.shape_ = Shape{};
+    }
+    /// Move assignment (the source is left as after a move construction).
+    buffer& operator=(buffer&& o) noexcept {
+        if (this != &o) {
+            data_ = std::move(o.data_);
+            capacity_ = std::exchange(o.capacity_, 0);
+            shape_ = o.shape_;
+            o.shape_ = Shape{};
+        }
+        return *this;
+    }
 
     /// Changes the shape; reallocates only when the new size exceeds the capacity. Contents are
     /// unspecified after a resize that changes the shape (zero after a reallocation).

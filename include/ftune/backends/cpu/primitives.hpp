@@ -282,12 +282,14 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
                 B z = B(scale) * load(s + k, n);
                 if (mask) z += load(mask + k, n);
                 store(p + k, z, n);
+                // max as the reference takes it (z > mx): a NaN score never becomes the maximum
                 if (n == width<T>)
-                    mx = xsimd::max(mx, z);
+                    mx = xsimd::select(z > mx, z, mx);
                 else
-                    for (std::size_t j = k; j < k + n; ++j) tail_max = std::max(tail_max, p[j]);
+                    for (std::size_t j = k; j < k + n; ++j)
+                        if (p[j] > tail_max) tail_max = p[j];
             });
-            const T m = std::max(reduce_max(mx), tail_max);
+            const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
             if (m == ninf) {
                 std::fill_n(p, Tk, T(0));
                 continue;
@@ -341,15 +343,15 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        // local copies and restrict pointers: byte stores to the mask could otherwise alias
+        // local copies and a restrict mask: byte stores to the mask could otherwise alias
         // anything the loops read, which stops vectorization
         const random_stream st = s;
         const std::uint32_t threshold = thr;
         const bool drop_all = all_drop;
         const T inv = inv_keep;
-        T* __restrict yl = y;
+        T* yl = y;  // may be x (in-place dropout)
         std::uint8_t* __restrict ml = mask;
-        const T* __restrict xl = x;
+        const T* xl = x;
         // i0 is a multiple of 32 (the grain is): one values32() call serves 32 elements
         std::size_t i = i0;
         for (; i + 32 <= i1; i += 32) {
@@ -374,8 +376,8 @@ template <scalar T>
 void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
-        T* __restrict dxl = dx;
-        const T* __restrict dyl = dy;
+        T* dxl = dx;
+        const T* dyl = dy;
         const std::uint8_t* __restrict ml = mask;
         const T inv = inv_keep;  // a local: a float captured by reference could alias dx
         for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
@@ -481,9 +483,10 @@ void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets
 
 namespace detail {
 /// Σ f(x_i) over [0, n): SIMD partial sums over blocks of 1024 added in double, 64 fixed chunks
-/// in parallel, chunk sums added in order (deterministic on any thread count).
-template <class T, class F>
-inline double reduce_sum(const T* x, std::size_t n, F f) {
+/// in parallel, chunk sums added in order (deterministic on any thread count). A block whose
+/// partial sum overflows T is summed again in double with f_double.
+template <class T, class F, class G>
+inline double reduce_sum(const T* x, std::size_t n, F f, G f_double) {
     constexpr std::size_t max_chunks = 64, block = 1024;
     const std::size_t grain =
         std::max<std::size_t>(elementwise_grain, (n + max_chunks - 1) / max_chunks);
@@ -500,7 +503,12 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
             }
             for_each_batch<T>(b1 - i,
                               [&](std::size_t j, auto k) { acc0 += f(load(x + i + j, k)); });
-            total += double(reduce_add(acc0 + acc1));
+            double t = double(reduce_add(acc0 + acc1));
+            if (!std::isfinite(t)) {  // overflowed T (e.g. float squares > 3e38): redo in double
+                t = 0;
+                for (std::size_t j = b0; j < b1; ++j) t += f_double(double(x[j]));
+            }
+            total += t;
         }
         partial[i0 / grain] = total;
     });
@@ -513,13 +521,15 @@ inline double reduce_sum(const T* x, std::size_t n, F f) {
 /// Σ x.
 template <scalar T>
 double sum(const T* x, std::size_t n) {
-    return detail::reduce_sum(x, n, [](detail::batch<T> v) { return v; });
+    return detail::reduce_sum(
+        x, n, [](detail::batch<T> v) { return v; }, [](double v) { return v; });
 }
 
 /// Σ x².
 template <scalar T>
 double sum_squares(const T* x, std::size_t n) {
-    return detail::reduce_sum(x, n, [](detail::batch<T> v) { return v * v; });
+    return detail::reduce_sum(
+        x, n, [](detail::batch<T> v) { return v * v; }, [](double v) { return v * v; });
 }
 
 /// √(Σ over tensors of Σ x²): the global norm of gradient clipping.

@@ -22,11 +22,17 @@ namespace backend::reference {
 // ---------------------------------------------------------------------------------------------
 // GEMM
 
-/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C; lda/ldb/ldc are row strides. beta == 0
-/// ignores C's previous content (even NaN), as BLAS does.
+/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C; lda/ldb/ldc are row strides. As in BLAS,
+/// beta == 0 ignores C's previous content (even NaN) and alpha == 0 does not read A or B.
 template <scalar T>
 void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
           const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    if (alpha == T(0)) {  // BLAS: A and B are not read (an inf in them does not make NaN)
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t j = 0; j < N; ++j)
+                C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+        return;
+    }
     for (std::size_t i = 0; i < M; ++i) {
         for (std::size_t j = 0; j < N; ++j) {
             T acc = 0;
