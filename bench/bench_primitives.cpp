@@ -9,7 +9,8 @@
 // Each benchmark runs 3 repetitions; the summary keeps the best (the machines are shared and
 // interference only slows a run down). The summary table gives GEMM as % of the measured FMA
 // peak (also best-of) at the same thread count,
-// memory-bound kernels as % of the measured triad bandwidth, and CPU speed-up over the reference.
+// memory-bound kernels as % of the measured triad bandwidth of the cache level their data fit in
+// (L3 or DRAM), and the CPU speed-up over the reference (over Eigen for GEMM).
 #include <benchmark/benchmark.h>
 
 #include <ftune/backends/cpu/gemm_eigen.hpp>
@@ -56,6 +57,8 @@ void threads(benchmark::State& st) {
 void report_bytes(benchmark::State& st, double bytes_per_iter) {
     st.counters["GB/s"] = benchmark::Counter(bytes_per_iter * 1e-9 * double(st.iterations()),
                                              benchmark::Counter::kIsRate);
+    st.counters["MB"] =
+        bytes_per_iter * 1e-6;  // working set per call: picks the L3 or DRAM roofline
 }
 void report_flops(benchmark::State& st, double flops_per_iter) {
     st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * 1e-9 * double(st.iterations()),
@@ -91,19 +94,28 @@ void probe_fma_peak(benchmark::State& st) {
     report_flops(st, 2.0 * chains * double(Bt::size) * double(iters) * nt);
 }
 
-// Memory bandwidth: STREAM triad a = b + s c over 3 x 256 MiB (bytes counted: 3 arrays).
-void probe_triad(benchmark::State& st) {
+// Memory bandwidth: STREAM triad a = b + s c over 3 arrays of n floats (bytes counted: 3 arrays).
+void triad(benchmark::State& st, std::size_t n) {
     threads(st);
-    const std::size_t n = std::size_t(64) << 20;
-    static std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
+    std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
     for (auto _ : st) {
-        cpu::detail::parallel_for(n, n / 64, [&](std::size_t i0, std::size_t i1) {
-            for (std::size_t i = i0; i < i1; ++i) a[i] = b[i] + 0.5f * c[i];
-        });
+        cpu::detail::parallel_for(n, std::max<std::size_t>(n / 64, 4096),
+                                  [&](std::size_t i0, std::size_t i1) {
+                                      for (std::size_t i = i0; i < i1; ++i)
+                                          a[i] = b[i] + 0.5f * c[i];
+                                  });
         benchmark::DoNotOptimize(a.data());
         benchmark::ClobberMemory();
     }
     report_bytes(st, 3.0 * double(n) * sizeof(float));
+}
+// DRAM: 3 x 256 MiB, far beyond any cache.
+void probe_triad(benchmark::State& st) {
+    triad(st, std::size_t(64) << 20);
+}
+// L3: 3 x 4 MiB = 12 MiB, inside a 32 MiB L3 but not in L2.
+void probe_triad_l3(benchmark::State& st) {
+    triad(st, std::size_t(1) << 20);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -479,6 +491,7 @@ void register_memory_bound(const model_dims& m, const std::string& impl) {
 void register_all() {
     apply_threads(benchmark::RegisterBenchmark("peak/fma", probe_fma_peak));
     apply_threads(benchmark::RegisterBenchmark("peak/triad", probe_triad));
+    apply_threads(benchmark::RegisterBenchmark("peak/triad_l3", probe_triad_l3));
     for (const auto& m : models) {
         const std::size_t H = m.hidden, F = m.ffn;
         struct g {
@@ -529,7 +542,7 @@ void register_all() {
 class collecting_reporter : public benchmark::ConsoleReporter {
   public:
     struct row {
-        double gflops = 0, gbs = 0, ms = 0;
+        double gflops = 0, gbs = 0, ms = 0, mb = 0;  // mb: working set per call
     };
     std::map<std::string, row> runs;  // "name/threads:N/real_time" -> best repetition
     void ReportRuns(const std::vector<Run>& reports) override {
@@ -540,6 +553,7 @@ class collecting_reporter : public benchmark::ConsoleReporter {
             row x;
             if (auto it = r.counters.find("GFLOP/s"); it != r.counters.end()) x.gflops = it->second;
             if (auto it = r.counters.find("GB/s"); it != r.counters.end()) x.gbs = it->second;
+            if (auto it = r.counters.find("MB"); it != r.counters.end()) x.mb = it->second;
             x.ms = r.GetAdjustedRealTime();
             auto [it, fresh] = runs.emplace(r.benchmark_name(), x);
             if (!fresh && x.ms < it->second.ms) it->second = x;
@@ -547,7 +561,8 @@ class collecting_reporter : public benchmark::ConsoleReporter {
     }
 };
 
-// Prints a Markdown table: GEMM as % of FMA peak, others as % of triad bandwidth and x reference.
+// Prints a Markdown table: GEMM as % of the FMA peak; the others as % of the triad bandwidth of
+// the memory level their working set lives in (L3 up to 30 MB, DRAM beyond), and x reference.
 void print_summary(const collecting_reporter& rep) {
     auto get = [&](const std::string& k) -> const collecting_reporter::row* {
         auto it = rep.runs.find(k);
@@ -558,13 +573,16 @@ void print_summary(const collecting_reporter& rep) {
         const std::string ts = "/threads:" + std::to_string(t) + "/real_time";
         const auto* peak = get("peak/fma" + ts);
         const auto* bw = get("peak/triad" + ts);
+        const auto* l3 = get("peak/triad_l3" + ts);
         if (peak) std::printf("threads %d: FMA peak %.1f GFLOP/s", t, peak->gflops);
-        if (bw) std::printf(", triad bandwidth %.1f GB/s", bw->gbs);
+        if (bw) std::printf(", DRAM triad %.1f GB/s", bw->gbs);
+        if (l3) std::printf(", L3 triad %.1f GB/s", l3->gbs);
         std::printf("\n");
     }
     std::printf(
-        "\n| primitive | model | 1 thread | 2 threads | %% of peak (1t / 2t) | speed-up, 1 thread "
-        "|\n|---|---|---|---|---|---|\n");
+        "\n| primitive | model | 1 thread | 2 threads | %% of peak (1t / 2t) | roofline | "
+        "speed-up, 1 "
+        "thread |\n|---|---|---|---|---|---|---|\n");
     for (const auto& [key, r] : rep.runs) {
         const std::string suffix = "/threads:1/real_time";
         if (key.size() < suffix.size() ||
@@ -575,9 +593,9 @@ void print_summary(const collecting_reporter& rep) {
             continue;  // baselines are columns
         const auto* r2 = get(base + "/threads:2/real_time");
         const bool is_gemm = r.gflops > 0;
-        const auto* p1 = get(std::string(is_gemm ? "peak/fma" : "peak/triad") + suffix);
-        const auto* p2 =
-            get(std::string(is_gemm ? "peak/fma" : "peak/triad") + "/threads:2/real_time");
+        const char* roof = is_gemm ? "peak/fma" : (r.mb > 30.0 ? "peak/triad" : "peak/triad_l3");
+        const auto* p1 = get(roof + suffix);
+        const auto* p2 = get(roof + std::string("/threads:2/real_time"));
         const double v1 = is_gemm ? r.gflops : r.gbs,
                      v2 = r2 ? (is_gemm ? r2->gflops : r2->gbs) : 0;
         const double pk1 = p1 ? (is_gemm ? p1->gflops : p1->gbs) : 0,
@@ -597,10 +615,11 @@ void print_summary(const collecting_reporter& rep) {
                           is_gemm ? "Eigen" : "reference");
             speedup = buf;
         }
-        std::printf("| %s | %s | %.1f %s | %.1f %s | %.0f%% / %.0f%% | %s |\n", name.c_str(),
+        std::printf("| %s | %s | %.1f %s | %.1f %s | %.0f%% / %.0f%% | %s | %s |\n", name.c_str(),
                     model.c_str(), v1, is_gemm ? "GFLOP/s" : "GB/s", v2,
                     is_gemm ? "GFLOP/s" : "GB/s", pk1 > 0 ? 100 * v1 / pk1 : 0,
-                    pk2 > 0 ? 100 * v2 / pk2 : 0, speedup.c_str());
+                    pk2 > 0 ? 100 * v2 / pk2 : 0, is_gemm ? "FMA" : (r.mb > 30.0 ? "DRAM" : "L3"),
+                    speedup.c_str());
     }
 }
 
