@@ -2108,13 +2108,21 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
 }
 
 /// dx += ..., dweight += ..., dbias += ... for layer_norm_forward (using its saved mean, rstd).
-/// dx is computed row-parallel, dweight/dbias column-parallel (deterministic on any thread count).
+/// One pass over x and dout: blocks of 32 rows run in parallel, each computing dx and its own
+/// partial sums of dweight and dbias; the partials are then added in block order, so the result
+/// does not depend on the thread count.
 template <scalar T>
 void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
                          const T* mean, const T* rstd, std::size_t rows, std::size_t C) {
     using namespace detail;
     using B = batch<T>;
-    parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
+    constexpr std::size_t block_rows = 32;
+    const std::size_t blocks = (rows + block_rows - 1) / block_rows;
+    T* partial = gemm_detail::scratch<T, 2>(blocks * 2 * C);  // (blocks, 2, C): dbias, dweight
+    parallel_for(rows, block_rows, [&](std::size_t r0, std::size_t r1) {
+        T* pb = partial + (r0 / block_rows) * 2 * C;  // this block's dbias partial
+        T* pw = pb + C;                               // and dweight partial
+        std::fill_n(pb, 2 * C, T(0));
         for (std::size_t r = r0; r < r1; ++r) {
             const T* xr = x + r * C;
             const T* gr = dout + r * C;
@@ -2127,18 +2135,21 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             const B mean_g(reduce_add(sg) / T(C)), mean_gn(reduce_add(sgn) / T(C));
             for_each_batch<T>(C, [&](std::size_t c, auto n) {
                 const B norm = (load(xr + c, n) - m) * s;
-                const B wg = load(weight + c, n) * load(gr + c, n);
+                const B g = load(gr + c, n);
+                const B wg = load(weight + c, n) * g;
                 T* d = dx + r * C + c;
                 store(d, xsimd::fma(wg - mean_g - norm * mean_gn, s, load(d, n)), n);
+                store(pb + c, load(pb + c, n) + g, n);
+                store(pw + c, xsimd::fma(norm, g, load(pw + c, n)), n);
             });
         }
     });
     parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
-        accumulate_columns(dbias, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
-            return load(dout + r * C + c, n);
+        accumulate_columns(dbias, c0, c1, blocks, [&](std::size_t k, std::size_t c, auto n) {
+            return load(partial + k * 2 * C + c, n);
         });
-        accumulate_columns(dweight, c0, c1, rows, [&](std::size_t r, std::size_t c, auto n) {
-            return (load(x + r * C + c, n) - B(mean[r])) * B(rstd[r]) * load(dout + r * C + c, n);
+        accumulate_columns(dweight, c0, c1, blocks, [&](std::size_t k, std::size_t c, auto n) {
+            return load(partial + k * 2 * C + C + c, n);
         });
     });
 }
