@@ -16,3 +16,4 @@
 #include "ftune/backends/reference/primitives.hpp"
 #include "ftune/backends/cpu/primitives.hpp"
 #include "ftune/ops.hpp"
+#include "ftune/testing/check_gradients.hpp"
