@@ -16,4 +16,5 @@
 #include "ftune/backends/reference/primitives.hpp"
 #include "ftune/backends/cpu/primitives.hpp"
 #include "ftune/ops.hpp"
+#include "ftune/layers.hpp"
 #include "ftune/testing/check_gradients.hpp"

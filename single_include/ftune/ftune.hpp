@@ -683,8 +683,7 @@ struct parameter {
 /// A type-erased reference to one parameter, as optimizers and visitors see it.
 template <class T>
 struct parameter_ref {
-    std::string_view
-        name;            ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
+    std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
     std::span<T> value;  ///< the values
     std::span<T> grad;   ///< the gradients (same size)
     bool trainable = true;  ///< false when frozen
@@ -954,10 +953,11 @@ struct any_parameter_visitor {
 /// - `forward(ctx, in) -> out` computes the output, and in training mode saves in the layer what
 ///   backward needs (LayerNorm mean/rstd, attention probabilities, dropout masks). It may return a
 ///   view into the layer's own workspace, valid until the next forward.
-/// - `backward(ctx, d_out) -> d_in` must follow the forward it differentiates. It ACCUMULATES
-///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token
-///   ids, nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
-///   accumulation over micro-batches for free.
+/// - `backward(ctx, d_out, d_in)` must follow the forward it differentiates. It ACCUMULATES
+///   (`+=`) into every trainable parameter's gradient and into d_in (d loss / d in; skipped when
+///   d_in is an empty view; absent for inputs that are token ids). Gradients are cleared only by
+///   `zero_grad()`; accumulating gives gradient accumulation over micro-batches, and residual
+///   branches, for free. Frozen parameters (trainable == false) cost no gradient work.
 /// - `visit_parameters(prefix, f)` calls `f(parameter_ref<T>)` once per parameter, in a fixed
 ///   order, with Hugging Face names prefixed by `prefix`
 ///   ("encoder.layer.3.attention.self.query.weight").
@@ -965,17 +965,19 @@ struct any_parameter_visitor {
 ///   parameters, ctx.rng's seed and position), whatever the thread count.
 /// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
 template <class L, class T = typename L::value_type>
-concept layer = scalar<T> && requires(L& l, const L& cl, std::string_view prefix) {
+concept layer = scalar<T> && requires(L& l, std::string_view prefix) {
     typename L::value_type;
     {l.zero_grad()};
-    {cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{})};
+    {l.visit_parameters(prefix, detail::any_parameter_visitor<T>{})};
 };
 
-/// A layer whose forward/backward accept `In` and `DOut` (checked where the types are known).
-template <class L, class In, class DOut>
-concept layer_for = layer<L> && requires(L& l, context& ctx, const In& in, const DOut& d_out) {
+/// A layer whose forward/backward accept `In`, `DOut` and `DIn` (checked where the types are
+/// known).
+template <class L, class In, class DOut, class DIn>
+concept layer_for = layer<L> &&
+    requires(L& l, context& ctx, const In& in, const DOut& d_out, const DIn& d_in) {
     l.forward(ctx, in);
-    l.backward(ctx, d_out);
+    l.backward(ctx, d_out, d_in);
 };
 
 /// LOSS: a scalar objective of a model output and targets.
@@ -2890,6 +2892,346 @@ void sgd_update(P&& param, const G& grad, Buf&& momentum_buffer, const sgd_param
 }  // namespace ops
 FTUNE_NAMESPACE_END
 // ---- end ftune/ops.hpp ----
+// ---- begin ftune/layers.hpp ----
+// The layers ftune's models are composed of (include one by one or all through this header).
+
+// ---- begin ftune/layers/activation.hpp ----
+// layers::activation: element-wise GELU (erf), GELU (tanh) or tanh, chosen at compile time.
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = f(x) element-wise over (N, C); F is ops::activation::gelu ("gelu"), gelu_tanh
+/// ("gelu_new") or tanh (the pooler's).
+template <scalar T, ops::activation F, std::size_t C = dynamic>
+class activation {
+  public:
+    using value_type = T;                                 ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
+    using output_view = input_view;                       ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+
+    /// y = f(x); saves x (GELUs, a view: keep it alive until backward) or y (tanh).
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(x.shape());
+        ops::activate(F, y_, x);
+        return y_.view();
+    }
+
+    /// dx += f'(x) dy (nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (dx.empty()) return;
+        if constexpr (F == ops::activation::tanh)
+            ops::activate_backward(F, dx, y_, dy);
+        else
+            ops::activate_backward(F, dx, x_, dy);
+    }
+
+    /// No parameters: nothing to clear.
+    void zero_grad() noexcept {}
+    /// No parameters: f is never called.
+    template <class Fn>
+    void visit_parameters(std::string_view, Fn&&) {}
+
+  private:
+    input_view x_;                    // the last forward's input
+    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+};
+
+/// Exact-erf GELU, BERT's "gelu".
+template <scalar T, std::size_t C = dynamic>
+using gelu = activation<T, ops::activation::gelu, C>;
+/// tanh-approximated GELU, Hugging Face's "gelu_new".
+template <scalar T, std::size_t C = dynamic>
+using gelu_tanh = activation<T, ops::activation::gelu_tanh, C>;
+/// tanh (the pooler's activation).
+template <scalar T, std::size_t C = dynamic>
+using tanh = activation<T, ops::activation::tanh, C>;
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/activation.hpp ----
+// ---- begin ftune/layers/dropout.hpp ----
+// layers::dropout: inverted dropout in training mode, identity in evaluation mode.
+
+#include <cstdint>
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = x * keep / (1 - p) in training (keep drawn from ctx.rng's next stream), y = x in eval.
+template <scalar T, std::size_t C = dynamic>
+class dropout {
+  public:
+    using value_type = T;                                 ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
+    using output_view = input_view;                       ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+
+    T p;  ///< probability of dropping an element (BERT: 0.1)
+
+    /// A dropout layer with drop probability p_.
+    explicit dropout(T p_ = T(0.1)) : p(p_) {}
+
+    /// Training: draws a mask from ctx.rng.next() and scales; eval (or p = 0): returns x itself.
+    output_view forward(context& ctx, input_view x) {
+        active_ = ctx.training() && p > T(0);
+        if (!active_) return x;
+        y_.resize(x.shape());
+        mask_.resize(x.shape());
+        ops::dropout(y_, mask_, x, p, ctx.rng.next());
+        return y_.view();
+    }
+
+    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (dx.empty()) return;
+        if (active_)
+            ops::dropout_backward(dx, mask_, dy, p);
+        else
+            ops::residual_add(dx, dx, dy);
+    }
+
+    /// No parameters: nothing to clear.
+    void zero_grad() noexcept {}
+    /// No parameters: f is never called.
+    template <class Fn>
+    void visit_parameters(std::string_view, Fn&&) {}
+
+  private:
+    bool active_ = false;                           // whether the last forward dropped
+    buffer<T, shape<dynamic, C>> y_;                // (N, C) output in training
+    buffer<std::uint8_t, shape<dynamic, C>> mask_;  // (N, C) keep mask
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/dropout.hpp ----
+// ---- begin ftune/layers/embedding.hpp ----
+// layers::embedding: a lookup table from token ids to vectors (nn.Embedding).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// out(i, :) = table(ids[i], :): (N) ids -> (N, C). The vocabulary size is a run-time value.
+template <scalar T, std::size_t C = dynamic>
+class embedding {
+  public:
+    using value_type = T;                                     ///< scalar type
+    using input_view = view<const token_id, shape<dynamic>>;  ///< ids: (N)
+    using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
+
+    parameter<T, shape<dynamic, C>>
+        weight;  ///< the table (vocab, C), Hugging Face "weight"; no decay
+
+    /// A zero table of `vocab` rows of `features` values.
+    explicit embedding(std::size_t vocab = 0, std::size_t features = C)
+        : weight("weight", shape<dynamic, C>(vocab, features), false) {}
+
+    /// Gathers the rows of ids (ids outside the table throw out_of_range). Keeps a view of ids.
+    output_view forward(context&, input_view ids) {
+        ids_ = ids;
+        out_.resize(shape<dynamic, C>(ids.extent(0), weight.value.extent(1)));  // (N, C)
+        ops::embedding(out_, ids, weight.value);
+        return out_.view();
+    }
+
+    /// dtable(ids[i], :) += dout(i, :) when the table is trainable (ids have no gradient).
+    void backward(context&, output_view dout) {
+        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout);
+    }
+
+    /// Sets the table's gradient to zero.
+    void zero_grad() noexcept { weight.zero_grad(); }
+
+    /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
+                           weight.trainable, weight.decay});
+    }
+
+  private:
+    input_view ids_;                    // the last forward's ids
+    buffer<T, shape<dynamic, C>> out_;  // (N, C) output
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/embedding.hpp ----
+// ---- begin ftune/layers/layer_norm.hpp ----
+// layers::layer_norm: LayerNorm over the last axis with a learned scale and shift (nn.LayerNorm).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = (x - mean) / sqrt(var + eps) * weight + bias per row: (N, C) -> (N, C).
+template <scalar T, std::size_t C = dynamic>
+class layer_norm {
+  public:
+    using value_type = T;                                 ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
+    using output_view = input_view;                       ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+
+    parameter<T, shape<C>> weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
+    parameter<T, shape<C>> bias;    ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
+    T eps;                          ///< added to the variance (BERT: 1e-12)
+
+    /// A layer over `features` columns with weight 1 and bias 0.
+    explicit layer_norm(std::size_t features = C, T eps_ = T(1e-12))
+        : weight("weight", shape<C>(features), false),
+          bias("bias", shape<C>(features), false),
+          eps(eps_) {
+        weight.value.fill(T(1));
+    }
+
+    /// y = LayerNorm(x); saves x (a view: keep it alive until backward), mean and rstd.
+    output_view forward(context&, input_view x) {
+        const std::size_t rows = x.extent(0);
+        x_ = x;
+        y_.resize(shape<dynamic, C>(rows, weight.value.extent(0)));  // (N, C)
+        mean_.resize(shape<dynamic>(rows));                          // (N)
+        rstd_.resize(shape<dynamic>(rows));                          // (N)
+        ops::layer_norm(y_, mean_, rstd_, x, weight.value, bias.value, eps);
+        return y_.view();
+    }
+
+    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
+    void backward(context&, output_view dy, d_input_view dx) {
+        // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
+        T* dw = weight.grad.data();
+        T* db = bias.grad.data();
+        const std::size_t rows = dy.extent(0), cols = dy.extent(1);
+        if (!weight.trainable || !bias.trainable) {
+            scratch_.resize(shape<dynamic>(2 * cols));
+            scratch_.fill(T(0));
+            if (!weight.trainable) dw = scratch_.data();
+            if (!bias.trainable) db = scratch_.data() + cols;
+        }
+        T* dxp = dx.data();
+        if (dx.empty()) {
+            dx_scratch_.resize(shape<dynamic, C>(rows, cols));
+            dx_scratch_.fill(T(0));
+            dxp = dx_scratch_.data();
+        } else {
+            check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
+        }
+        check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
+        backend::cpu::layer_norm_backward(dxp, dw, db, dy.data(), x_.data(), weight.value.data(),
+                                          mean_.data(), rstd_.data(), rows, cols);
+    }
+
+    /// Sets the parameter gradients to zero.
+    void zero_grad() noexcept {
+        weight.zero_grad();
+        bias.zero_grad();
+    }
+
+    /// Calls f(parameter_ref<T>) for weight then bias ("<prefix>.weight", "<prefix>.bias").
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
+                           weight.trainable, weight.decay});
+        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
+                           bias.trainable, bias.decay});
+    }
+
+  private:
+    input_view x_;                             // the last forward's input
+    buffer<T, shape<dynamic, C>> y_;           // (N, C) output
+    buffer<T, shape<dynamic>> mean_, rstd_;    // (N) saved statistics
+    buffer<T, shape<dynamic>> scratch_;        // (2C) gradients of frozen parameters
+    buffer<T, shape<dynamic, C>> dx_scratch_;  // (N, C) dx when the caller does not want it
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/layer_norm.hpp ----
+// ---- begin ftune/layers/linear.hpp ----
+// layers::linear: y = x Wᵀ + b over the rows of x, as Hugging Face's nn.Linear (W stored [out,
+// in]).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic>
+class linear {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, In>>;    ///< x: (N, In)
+    using output_view = view<const T, shape<dynamic, Out>>;  ///< y: (N, Out)
+    using d_input_view = view<T, shape<dynamic, In>>;        ///< dx: (N, In), accumulated into
+
+    parameter<T, shape<Out, In>> weight;  ///< W (Out, In), Hugging Face's layout
+    parameter<T, shape<Out>> bias;        ///< b (Out), no weight decay
+
+    /// A zero-initialized layer of the given sizes (the defaults are the static extents).
+    explicit linear(std::size_t in = In, std::size_t out = Out)
+        : weight("weight", shape<Out, In>(out, in)), bias("bias", shape<Out>(out), false) {}
+
+    /// Number of input features.
+    std::size_t in_features() const noexcept { return weight.value.extent(1); }
+    /// Number of output features.
+    std::size_t out_features() const noexcept { return weight.value.extent(0); }
+
+    /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        ops::bias_add(y_, bias.value);
+        return y_.view();
+    }
+
+    /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (weight.trainable)
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
+        if (bias.trainable) ops::bias_backward(bias.grad, dy);
+        if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
+    }
+
+    /// Sets the parameter gradients to zero.
+    void zero_grad() noexcept {
+        weight.zero_grad();
+        bias.zero_grad();
+    }
+
+    /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
+                           weight.trainable, weight.decay});
+        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
+                           bias.trainable, bias.decay});
+    }
+
+  private:
+    input_view x_;                      // the last forward's input
+    buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/linear.hpp ----
+// ---- end ftune/layers.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----
 // ftune::testing::check_gradients: compares the gradients a backward pass computes with central
 // differences, in double, for users' own layers as for ftune's.
@@ -2911,6 +3253,7 @@ FTUNE_NAMESPACE_END
 #include <span>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 
@@ -3026,6 +3369,48 @@ gradient_check_result check_gradients(std::span<gradient_target> targets, Loss&&
     if (failures > 20) report << "(" << failures - 20 << " more failures)\n";
     res.report = report.str();
     return res;
+}
+
+/// Checks a layer instantiated with T = double: every trainable parameter and, for real-valued
+/// inputs, the input x (a mutable view the checker perturbs), with loss = Σ R ⊙ forward(x) for a
+/// fixed random R. ctx.rng is rewound before every forward, so a training-mode layer with
+/// dropout is checked under one fixed mask (the same seed gives the same mask).
+template <class Layer, class X>
+gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
+                                            const gradient_check_options& opt = {}) {
+    using out_view = typename Layer::output_view;
+    using in_elem = std::remove_const_t<typename Layer::input_view::element_type>;
+    constexpr bool real_input = std::is_floating_point_v<in_elem>;
+    std::vector<gradient_target> targets;
+    layer.visit_parameters("", [&](parameter_ref<double> p) {
+        if (p.trainable) targets.push_back({p.name, p.value, p.grad});
+    });
+    std::vector<double> dx(real_input ? x.size() : 0), r;
+    if constexpr (real_input)
+        targets.push_back({"input", std::span<double>(x.data(), x.size()), dx});
+    const std::uint64_t rng_position = ctx.rng.position();
+    typename out_view::shape_type out_shape{};
+    auto loss = [&] {
+        ctx.rng.set_position(rng_position);
+        const out_view y = layer.forward(ctx, x);
+        out_shape = y.shape();
+        if (r.empty()) {  // the fixed projection R, drawn once
+            const random_stream s(opt.seed, 99);
+            r.resize(y.size());
+            for (std::size_t i = 0; i < r.size(); ++i) r[i] = s.normal(i);
+        }
+        double l = 0;
+        for (std::size_t i = 0; i < r.size(); ++i) l += r[i] * y.data()[i];
+        return l;
+    };
+    auto backward = [&] {
+        const out_view dy(r.data(), out_shape);
+        if constexpr (real_input)
+            layer.backward(ctx, dy, typename Layer::d_input_view(dx.data(), x.shape()));
+        else
+            layer.backward(ctx, dy);
+    };
+    return check_gradients(std::span<gradient_target>(targets), loss, backward, opt);
 }
 
 }  // namespace testing

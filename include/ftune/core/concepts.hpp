@@ -36,10 +36,11 @@ struct any_parameter_visitor {
 /// - `forward(ctx, in) -> out` computes the output, and in training mode saves in the layer what
 ///   backward needs (LayerNorm mean/rstd, attention probabilities, dropout masks). It may return a
 ///   view into the layer's own workspace, valid until the next forward.
-/// - `backward(ctx, d_out) -> d_in` must follow the forward it differentiates. It ACCUMULATES
-///   (`+=`) into every parameter gradient, and returns d loss / d in (for inputs that are token
-///   ids, nothing). Gradients are cleared only by `zero_grad()`; accumulating gives gradient
-///   accumulation over micro-batches for free.
+/// - `backward(ctx, d_out, d_in)` must follow the forward it differentiates. It ACCUMULATES
+///   (`+=`) into every trainable parameter's gradient and into d_in (d loss / d in; skipped when
+///   d_in is an empty view; absent for inputs that are token ids). Gradients are cleared only by
+///   `zero_grad()`; accumulating gives gradient accumulation over micro-batches, and residual
+///   branches, for free. Frozen parameters (trainable == false) cost no gradient work.
 /// - `visit_parameters(prefix, f)` calls `f(parameter_ref<T>)` once per parameter, in a fixed
 ///   order, with Hugging Face names prefixed by `prefix`
 ///   ("encoder.layer.3.attention.self.query.weight").
@@ -47,17 +48,19 @@ struct any_parameter_visitor {
 ///   parameters, ctx.rng's seed and position), whatever the thread count.
 /// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
 template <class L, class T = typename L::value_type>
-concept layer = scalar<T> && requires(L& l, const L& cl, std::string_view prefix) {
+concept layer = scalar<T> && requires(L& l, std::string_view prefix) {
     typename L::value_type;
     {l.zero_grad()};
-    {cl.visit_parameters(prefix, detail::any_parameter_visitor<T>{})};
+    {l.visit_parameters(prefix, detail::any_parameter_visitor<T>{})};
 };
 
-/// A layer whose forward/backward accept `In` and `DOut` (checked where the types are known).
-template <class L, class In, class DOut>
-concept layer_for = layer<L> && requires(L& l, context& ctx, const In& in, const DOut& d_out) {
+/// A layer whose forward/backward accept `In`, `DOut` and `DIn` (checked where the types are
+/// known).
+template <class L, class In, class DOut, class DIn>
+concept layer_for = layer<L> &&
+    requires(L& l, context& ctx, const In& in, const DOut& d_out, const DIn& d_in) {
     l.forward(ctx, in);
-    l.backward(ctx, d_out);
+    l.backward(ctx, d_out, d_in);
 };
 
 /// LOSS: a scalar objective of a model output and targets.

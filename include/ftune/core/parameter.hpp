@@ -37,8 +37,7 @@ struct parameter {
 /// A type-erased reference to one parameter, as optimizers and visitors see it.
 template <class T>
 struct parameter_ref {
-    std::string_view
-        name;            ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
+    std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
     std::span<T> value;  ///< the values
     std::span<T> grad;   ///< the gradients (same size)
     bool trainable = true;  ///< false when frozen

@@ -19,9 +19,13 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "ftune/core/context.hpp"
+#include "ftune/core/parameter.hpp"
 #include "ftune/core/rng.hpp"
+#include "ftune/core/tensor.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace testing {
@@ -135,6 +139,48 @@ gradient_check_result check_gradients(std::span<gradient_target> targets, Loss&&
     if (failures > 20) report << "(" << failures - 20 << " more failures)\n";
     res.report = report.str();
     return res;
+}
+
+/// Checks a layer instantiated with T = double: every trainable parameter and, for real-valued
+/// inputs, the input x (a mutable view the checker perturbs), with loss = Σ R ⊙ forward(x) for a
+/// fixed random R. ctx.rng is rewound before every forward, so a training-mode layer with
+/// dropout is checked under one fixed mask (the same seed gives the same mask).
+template <class Layer, class X>
+gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
+                                            const gradient_check_options& opt = {}) {
+    using out_view = typename Layer::output_view;
+    using in_elem = std::remove_const_t<typename Layer::input_view::element_type>;
+    constexpr bool real_input = std::is_floating_point_v<in_elem>;
+    std::vector<gradient_target> targets;
+    layer.visit_parameters("", [&](parameter_ref<double> p) {
+        if (p.trainable) targets.push_back({p.name, p.value, p.grad});
+    });
+    std::vector<double> dx(real_input ? x.size() : 0), r;
+    if constexpr (real_input)
+        targets.push_back({"input", std::span<double>(x.data(), x.size()), dx});
+    const std::uint64_t rng_position = ctx.rng.position();
+    typename out_view::shape_type out_shape{};
+    auto loss = [&] {
+        ctx.rng.set_position(rng_position);
+        const out_view y = layer.forward(ctx, x);
+        out_shape = y.shape();
+        if (r.empty()) {  // the fixed projection R, drawn once
+            const random_stream s(opt.seed, 99);
+            r.resize(y.size());
+            for (std::size_t i = 0; i < r.size(); ++i) r[i] = s.normal(i);
+        }
+        double l = 0;
+        for (std::size_t i = 0; i < r.size(); ++i) l += r[i] * y.data()[i];
+        return l;
+    };
+    auto backward = [&] {
+        const out_view dy(r.data(), out_shape);
+        if constexpr (real_input)
+            layer.backward(ctx, dy, typename Layer::d_input_view(dx.data(), x.shape()));
+        else
+            layer.backward(ctx, dy);
+    };
+    return check_gradients(std::span<gradient_target>(targets), loss, backward, opt);
 }
 
 }  // namespace testing

@@ -1,0 +1,8 @@
+// The layers ftune's models are composed of (include one by one or all through this header).
+#pragma once
+
+#include "ftune/layers/activation.hpp"
+#include "ftune/layers/dropout.hpp"
+#include "ftune/layers/embedding.hpp"
+#include "ftune/layers/layer_norm.hpp"
+#include "ftune/layers/linear.hpp"

@@ -1,0 +1,62 @@
+// layers::activation: element-wise GELU (erf), GELU (tanh) or tanh, chosen at compile time.
+#pragma once
+
+#include <string_view>
+
+#include "ftune/core/context.hpp"
+#include "ftune/core/parameter.hpp"
+#include "ftune/ops.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = f(x) element-wise over (N, C); F is ops::activation::gelu ("gelu"), gelu_tanh
+/// ("gelu_new") or tanh (the pooler's).
+template <scalar T, ops::activation F, std::size_t C = dynamic>
+class activation {
+  public:
+    using value_type = T;                                 ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
+    using output_view = input_view;                       ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+
+    /// y = f(x); saves x (GELUs, a view: keep it alive until backward) or y (tanh).
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(x.shape());
+        ops::activate(F, y_, x);
+        return y_.view();
+    }
+
+    /// dx += f'(x) dy (nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (dx.empty()) return;
+        if constexpr (F == ops::activation::tanh)
+            ops::activate_backward(F, dx, y_, dy);
+        else
+            ops::activate_backward(F, dx, x_, dy);
+    }
+
+    /// No parameters: nothing to clear.
+    void zero_grad() noexcept {}
+    /// No parameters: f is never called.
+    template <class Fn>
+    void visit_parameters(std::string_view, Fn&&) {}
+
+  private:
+    input_view x_;                    // the last forward's input
+    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+};
+
+/// Exact-erf GELU, BERT's "gelu".
+template <scalar T, std::size_t C = dynamic>
+using gelu = activation<T, ops::activation::gelu, C>;
+/// tanh-approximated GELU, Hugging Face's "gelu_new".
+template <scalar T, std::size_t C = dynamic>
+using gelu_tanh = activation<T, ops::activation::gelu_tanh, C>;
+/// tanh (the pooler's activation).
+template <scalar T, std::size_t C = dynamic>
+using tanh = activation<T, ops::activation::tanh, C>;
+
+}  // namespace layers
+FTUNE_NAMESPACE_END

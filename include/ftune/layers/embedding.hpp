@@ -1,0 +1,57 @@
+// layers::embedding: a lookup table from token ids to vectors (nn.Embedding).
+#pragma once
+
+#include <string_view>
+
+#include "ftune/core/context.hpp"
+#include "ftune/core/parameter.hpp"
+#include "ftune/ops.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// out(i, :) = table(ids[i], :): (N) ids -> (N, C). The vocabulary size is a run-time value.
+template <scalar T, std::size_t C = dynamic>
+class embedding {
+  public:
+    using value_type = T;                                     ///< scalar type
+    using input_view = view<const token_id, shape<dynamic>>;  ///< ids: (N)
+    using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
+
+    parameter<T, shape<dynamic, C>>
+        weight;  ///< the table (vocab, C), Hugging Face "weight"; no decay
+
+    /// A zero table of `vocab` rows of `features` values.
+    explicit embedding(std::size_t vocab = 0, std::size_t features = C)
+        : weight("weight", shape<dynamic, C>(vocab, features), false) {}
+
+    /// Gathers the rows of ids (ids outside the table throw out_of_range). Keeps a view of ids.
+    output_view forward(context&, input_view ids) {
+        ids_ = ids;
+        out_.resize(shape<dynamic, C>(ids.extent(0), weight.value.extent(1)));  // (N, C)
+        ops::embedding(out_, ids, weight.value);
+        return out_.view();
+    }
+
+    /// dtable(ids[i], :) += dout(i, :) when the table is trainable (ids have no gradient).
+    void backward(context&, output_view dout) {
+        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout);
+    }
+
+    /// Sets the table's gradient to zero.
+    void zero_grad() noexcept { weight.zero_grad(); }
+
+    /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
+                           weight.trainable, weight.decay});
+    }
+
+  private:
+    input_view ids_;                    // the last forward's ids
+    buffer<T, shape<dynamic, C>> out_;  // (N, C) output
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END

@@ -1,0 +1,73 @@
+// layers::linear: y = x Wᵀ + b over the rows of x, as Hugging Face's nn.Linear (W stored [out,
+// in]).
+#pragma once
+
+#include <string_view>
+
+#include "ftune/core/context.hpp"
+#include "ftune/core/parameter.hpp"
+#include "ftune/ops.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic>
+class linear {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, In>>;    ///< x: (N, In)
+    using output_view = view<const T, shape<dynamic, Out>>;  ///< y: (N, Out)
+    using d_input_view = view<T, shape<dynamic, In>>;        ///< dx: (N, In), accumulated into
+
+    parameter<T, shape<Out, In>> weight;  ///< W (Out, In), Hugging Face's layout
+    parameter<T, shape<Out>> bias;        ///< b (Out), no weight decay
+
+    /// A zero-initialized layer of the given sizes (the defaults are the static extents).
+    explicit linear(std::size_t in = In, std::size_t out = Out)
+        : weight("weight", shape<Out, In>(out, in)), bias("bias", shape<Out>(out), false) {}
+
+    /// Number of input features.
+    std::size_t in_features() const noexcept { return weight.value.extent(1); }
+    /// Number of output features.
+    std::size_t out_features() const noexcept { return weight.value.extent(0); }
+
+    /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        ops::bias_add(y_, bias.value);
+        return y_.view();
+    }
+
+    /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (weight.trainable)
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
+        if (bias.trainable) ops::bias_backward(bias.grad, dy);
+        if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
+    }
+
+    /// Sets the parameter gradients to zero.
+    void zero_grad() noexcept {
+        weight.zero_grad();
+        bias.zero_grad();
+    }
+
+    /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
+                           weight.trainable, weight.decay});
+        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
+                           bias.trainable, bias.decay});
+    }
+
+  private:
+    input_view x_;                      // the last forward's input
+    buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
