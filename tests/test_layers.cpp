@@ -3,7 +3,9 @@
 #include <ftune/layers.hpp>
 #include <ftune/testing/check_gradients.hpp>
 
+#include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "util.hpp"
@@ -36,6 +38,7 @@ static_assert(ftune::layer<layers::layer_norm<float, 384>>);
 static_assert(ftune::layer<layers::gelu<double>>);
 static_assert(ftune::layer<layers::dropout<float>>);
 static_assert(ftune::layer<layers::embedding<double, 8>>);
+static_assert(ftune::layer<layers::self_attention<float, 384>>);
 
 TEST_CASE("linear: gradients of weight, bias and input; static and dynamic sizes",
           "[gradcheck][layers]") {
@@ -122,4 +125,68 @@ TEST_CASE("frozen parameters get no gradient; names follow the prefix", "[layers
     CHECK(names == std::vector<std::string>{"encoder.layer.0.attention.self.query.weight",
                                             "encoder.layer.0.attention.self.query.bias"});
     CHECK(decay == std::vector<bool>{true, false});
+}
+
+namespace {
+// Binds a key mask to a self-attention layer so check_layer_gradients can call forward(ctx, x).
+struct masked_attention {
+    using value_type = double;
+    using A = layers::self_attention<double>;
+    using input_view = A::input_view;
+    using output_view = A::output_view;
+    using d_input_view = A::d_input_view;
+    A& attention;
+    A::mask_view mask;
+    output_view forward(ftune::context& ctx, input_view x) {
+        return attention.forward(ctx, x, mask);
+    }
+    void backward(ftune::context& ctx, output_view dy, d_input_view dx) {
+        attention.backward(ctx, dy, dx);
+    }
+    void zero_grad() { attention.zero_grad(); }
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        attention.visit_parameters(prefix, f);
+    }
+};
+}  // namespace
+
+TEST_CASE("self-attention: gradients with a padding mask, without and with dropout",
+          "[gradcheck][layers]") {
+    const std::size_t B = 3, T = 5, C = 8;
+    layers::self_attention<double> att(C, 2, 0.2);
+    randomize(att, 30);
+    auto xs = test::randn<double>(B * T * C, 31);
+    const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
+    // rows of different lengths: 5, 3 (large negative) and 4 (-inf) keys
+    std::vector<double> mask(B * T, 0.0);
+    mask[1 * T + 3] = mask[1 * T + 4] = -10000.0;
+    mask[2 * T + 4] = -std::numeric_limits<double>::infinity();
+    masked_attention m{att, {mask.data(), B, T}};
+    ftune::context eval;
+    require_layer_gradients(m, eval, x);
+    ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(5)};
+    require_layer_gradients(m, train, x);
+    // names as Hugging Face's
+    std::vector<std::string> names;
+    att.visit_parameters("encoder.layer.0.attention.self",
+                         [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names.front() == "encoder.layer.0.attention.self.query.weight");
+    CHECK(names.back() == "encoder.layer.0.attention.self.value.bias");
+    CHECK_THROWS_AS(layers::self_attention<double>(10, 3), ftune::error);
+}
+
+TEST_CASE("self-attention: a masked key does not change the other positions' output", "[layers]") {
+    // padding invariance: changing the embedding of a masked position leaves the rest unchanged
+    const std::size_t B = 1, T = 4, C = 6;
+    layers::self_attention<double> att(C, 3, 0.0);
+    randomize(att, 40);
+    auto xs = test::randn<double>(B * T * C, 41);
+    std::vector<double> mask{0, 0, 0, -10000.0};
+    ftune::context ctx;
+    const auto y1 = att.forward(ctx, {xs.data(), B, T, C}, {mask.data(), B, T});
+    std::vector<double> first(y1.data(), y1.data() + 3 * C);
+    for (std::size_t c = 0; c < C; ++c) xs[3 * C + c] += 5.0;
+    const auto y2 = att.forward(ctx, {xs.data(), B, T, C}, {mask.data(), B, T});
+    for (std::size_t i = 0; i < 3 * C; ++i) CHECK(std::abs(y2.data()[i] - first[i]) < 1e-12);
 }

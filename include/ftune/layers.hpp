@@ -2,6 +2,7 @@
 #pragma once
 
 #include "ftune/layers/activation.hpp"
+#include "ftune/layers/attention.hpp"
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/embedding.hpp"
 #include "ftune/layers/layer_norm.hpp"

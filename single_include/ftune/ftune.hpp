@@ -2955,6 +2955,240 @@ using tanh = activation<T, ops::activation::tanh, C>;
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/activation.hpp ----
+// ---- begin ftune/layers/attention.hpp ----
+// layers::self_attention: multi-head scaled dot-product self-attention, Hugging Face's
+// BertSelfAttention (query/key/value projections, padding key mask, dropout on the probabilities).
+// The output projection, residual and LayerNorm (BertSelfOutput) belong to the encoder block.
+
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+
+// ---- begin ftune/layers/linear.hpp ----
+// layers::linear: y = x Wᵀ + b over the rows of x, as Hugging Face's nn.Linear (W stored [out,
+// in]).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic>
+class linear {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, In>>;    ///< x: (N, In)
+    using output_view = view<const T, shape<dynamic, Out>>;  ///< y: (N, Out)
+    using d_input_view = view<T, shape<dynamic, In>>;        ///< dx: (N, In), accumulated into
+
+    parameter<T, shape<Out, In>> weight;  ///< W (Out, In), Hugging Face's layout
+    parameter<T, shape<Out>> bias;        ///< b (Out), no weight decay
+
+    /// A zero-initialized layer of the given sizes (the defaults are the static extents).
+    explicit linear(std::size_t in = In, std::size_t out = Out)
+        : weight("weight", shape<Out, In>(out, in)), bias("bias", shape<Out>(out), false) {}
+
+    /// Number of input features.
+    std::size_t in_features() const noexcept { return weight.value.extent(1); }
+    /// Number of output features.
+    std::size_t out_features() const noexcept { return weight.value.extent(0); }
+
+    /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        ops::bias_add(y_, bias.value);
+        return y_.view();
+    }
+
+    /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (weight.trainable)
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
+        if (bias.trainable) ops::bias_backward(bias.grad, dy);
+        if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
+    }
+
+    /// Sets the parameter gradients to zero.
+    void zero_grad() noexcept {
+        weight.zero_grad();
+        bias.zero_grad();
+    }
+
+    /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
+                           weight.trainable, weight.decay});
+        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
+                           bias.trainable, bias.decay});
+    }
+
+  private:
+    input_view x_;                      // the last forward's input
+    buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/linear.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// Self-attention over x (B, T, C) with `heads` heads of size C / heads: (B, T, C) -> (B, T, C).
+template <scalar T, std::size_t C = dynamic>
+class self_attention {
+  public:
+    using value_type = T;                                          ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< x: (B, T, C)
+    using output_view = input_view;                                ///< context: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>>;  ///< dx: (B, T, C), accumulated into
+    using mask_view =
+        view<const T, shape<dynamic, dynamic>>;  ///< additive key mask (B, T), or empty
+
+    linear<T, C, C> query;  ///< "query" projection
+    linear<T, C, C> key;    ///< "key" projection
+    linear<T, C, C> value;  ///< "value" projection
+    T dropout_p;            ///< dropout on the attention probabilities (BERT: 0.1)
+
+    /// A layer of width `features` with `num_heads` heads (features % num_heads == 0).
+    self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1))
+        : query(features, features),
+          key(features, features),
+          value(features, features),
+          dropout_p(attention_dropout),
+          heads_(num_heads) {
+        if (num_heads == 0 || features % num_heads != 0)
+            throw error(
+                errc::invalid_argument, "self_attention",
+                ftune::detail::cat("hidden size ", features, " is not a multiple of the ",
+                                   num_heads, " heads; choose a head count that divides it"));
+    }
+
+    /// Number of heads.
+    std::size_t heads() const noexcept { return heads_; }
+
+    /// Attention of every position to the unmasked keys of its sequence. key_mask (B, T) is
+    /// added to the scaled scores (0 keeps a key, a large negative value or -inf drops it).
+    output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
+                          d = Cn / H;
+        const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
+        B_ = B, T_ = Tn;
+        q_ = query.forward(ctx, x2);  // (B*T, C): head h of row r at columns h*d .. h*d+d
+        k_ = key.forward(ctx, x2);
+        v_ = value.forward(ctx, x2);
+        scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
+        probs_.resize(scores_.shape());
+        for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
+            backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1),
+                                               q_.data() + b * Tn * Cn, Cn, d,
+                                               k_.data() + b * Tn * Cn, Cn, d, T(0),
+                                               scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
+        const T scale = T(1) / std::sqrt(T(d));
+        if (key_mask.empty())
+            ops::masked_softmax(probs_, scores_, scale);
+        else
+            ops::masked_softmax(probs_, scores_, key_mask, scale);
+        const T* p = probs_.data();
+        dropped_ = ctx.training() && dropout_p > T(0);
+        if (dropped_) {
+            probs_dropped_.resize(probs_.shape());
+            mask_.resize(probs_.shape());
+            ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
+            p = probs_dropped_.data();
+        }
+        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
+        for (std::size_t b = 0; b < B; ++b)  // ctx_bh = P_bh V_bh, written into its head's columns
+            backend::cpu::gemm_strided_batched(
+                transpose::no, transpose::no, Tn, d, Tn, T(1), p + b * H * Tn * Tn, Tn, Tn * Tn,
+                v_.data() + b * Tn * Cn, Cn, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
+        return out_.view();
+    }
+
+    /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
+    void backward(context& ctx, output_view dout, d_input_view dx) {
+        const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
+        check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
+        const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
+        dp_.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
+        dq_.resize(shape<dynamic, C>(B * Tn, Cn));
+        dk_.resize(dq_.shape());
+        dv_.resize(dq_.shape());
+        for (std::size_t b = 0; b < B; ++b) {
+            const T* g = dout.data() + b * Tn * Cn;
+            // dP_bh = dctx_bh V_bhᵀ; dV_bh = P_bhᵀ dctx_bh
+            backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1), g,
+                                               Cn, d, v_.data() + b * Tn * Cn, Cn, d, T(0),
+                                               dp_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
+            backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1),
+                                               p + b * H * Tn * Tn, Tn, Tn * Tn, g, Cn, d, T(0),
+                                               dv_.data() + b * Tn * Cn, Cn, d, H);
+        }
+        ds_.resize(probs_.shape());
+        ds_.fill(T(0));
+        if (dropped_) {  // through the dropout, then the softmax
+            dp_pre_.resize(probs_.shape());
+            dp_pre_.fill(T(0));
+            ops::dropout_backward(dp_pre_, mask_, dp_, dropout_p);
+            ops::masked_softmax_backward(ds_, probs_, dp_pre_, T(1) / std::sqrt(T(d)));
+        } else {
+            ops::masked_softmax_backward(ds_, probs_, dp_, T(1) / std::sqrt(T(d)));
+        }
+        for (std::size_t b = 0; b < B; ++b) {
+            const T* s = ds_.data() + b * H * Tn * Tn;
+            // dQ_bh = dS_bh K_bh; dK_bh = dS_bhᵀ Q_bh
+            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1), s, Tn,
+                                               Tn * Tn, k_.data() + b * Tn * Cn, Cn, d, T(0),
+                                               dq_.data() + b * Tn * Cn, Cn, d, H);
+            backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1), s,
+                                               Tn, Tn * Tn, q_.data() + b * Tn * Cn, Cn, d, T(0),
+                                               dk_.data() + b * Tn * Cn, Cn, d, H);
+        }
+        const view<T, shape<dynamic, C>> dx2 =
+            dx.empty() ? view<T, shape<dynamic, C>>()
+                       : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
+        query.backward(ctx, dq_.view(), dx2);
+        key.backward(ctx, dk_.view(), dx2);
+        value.backward(ctx, dv_.view(), dx2);
+    }
+
+    /// Sets the projections' gradients to zero.
+    void zero_grad() noexcept {
+        query.zero_grad();
+        key.zero_grad();
+        value.zero_grad();
+    }
+
+    /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        query.visit_parameters(join_name(prefix, "query"), f);
+        key.visit_parameters(join_name(prefix, "key"), f);
+        value.visit_parameters(join_name(prefix, "value"), f);
+    }
+
+  private:
+    std::size_t heads_;
+    std::size_t B_ = 0, T_ = 0;  // the last forward's batch and sequence
+    typename linear<T, C, C>::output_view q_, k_,
+        v_;                                         // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>> scores_, probs_;    // (B, H, T, T)
+    buffer<T, dynamic_shape<4>> probs_dropped_;     // (B, H, T, T) after dropout
+    buffer<std::uint8_t, dynamic_shape<4>> mask_;   // (B, H, T, T) dropout keep mask
+    bool dropped_ = false;                          // whether the last forward used dropout
+    buffer<T, shape<dynamic, dynamic, C>> out_;     // (B, T, C) context
+    buffer<T, dynamic_shape<4>> dp_, dp_pre_, ds_;  // (B, H, T, T) gradients
+    buffer<T, shape<dynamic, C>> dq_, dk_, dv_;     // (B*T, C) gradients of the projections
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/attention.hpp ----
 // ---- begin ftune/layers/dropout.hpp ----
 // layers::dropout: inverted dropout in training mode, identity in evaluation mode.
 
@@ -3160,77 +3394,6 @@ class layer_norm {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/layer_norm.hpp ----
-// ---- begin ftune/layers/linear.hpp ----
-// layers::linear: y = x Wᵀ + b over the rows of x, as Hugging Face's nn.Linear (W stored [out,
-// in]).
-
-#include <string_view>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace layers {
-
-/// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
-template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic>
-class linear {
-  public:
-    using value_type = T;                                    ///< scalar type
-    using input_view = view<const T, shape<dynamic, In>>;    ///< x: (N, In)
-    using output_view = view<const T, shape<dynamic, Out>>;  ///< y: (N, Out)
-    using d_input_view = view<T, shape<dynamic, In>>;        ///< dx: (N, In), accumulated into
-
-    parameter<T, shape<Out, In>> weight;  ///< W (Out, In), Hugging Face's layout
-    parameter<T, shape<Out>> bias;        ///< b (Out), no weight decay
-
-    /// A zero-initialized layer of the given sizes (the defaults are the static extents).
-    explicit linear(std::size_t in = In, std::size_t out = Out)
-        : weight("weight", shape<Out, In>(out, in)), bias("bias", shape<Out>(out), false) {}
-
-    /// Number of input features.
-    std::size_t in_features() const noexcept { return weight.value.extent(1); }
-    /// Number of output features.
-    std::size_t out_features() const noexcept { return weight.value.extent(0); }
-
-    /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
-    output_view forward(context&, input_view x) {
-        x_ = x;
-        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
-        ops::bias_add(y_, bias.value);
-        return y_.view();
-    }
-
-    /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
-    void backward(context&, output_view dy, d_input_view dx) {
-        if (weight.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
-        if (bias.trainable) ops::bias_backward(bias.grad, dy);
-        if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
-    }
-
-    /// Sets the parameter gradients to zero.
-    void zero_grad() noexcept {
-        weight.zero_grad();
-        bias.zero_grad();
-    }
-
-    /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
-    template <class F>
-    void visit_parameters(std::string_view prefix, F&& f) {
-        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
-                           weight.trainable, weight.decay});
-        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
-                           bias.trainable, bias.decay});
-    }
-
-  private:
-    input_view x_;                      // the last forward's input
-    buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
-};
-
-}  // namespace layers
-FTUNE_NAMESPACE_END
-// ---- end ftune/layers/linear.hpp ----
 // ---- end ftune/layers.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----
 // ftune::testing::check_gradients: compares the gradients a backward pass computes with central
