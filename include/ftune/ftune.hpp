@@ -17,4 +17,5 @@
 #include "ftune/backends/cpu/primitives.hpp"
 #include "ftune/ops.hpp"
 #include "ftune/layers.hpp"
+#include "ftune/blocks.hpp"
 #include "ftune/testing/check_gradients.hpp"

@@ -3395,6 +3395,206 @@ class layer_norm {
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/layer_norm.hpp ----
 // ---- end ftune/layers.hpp ----
+// ---- begin ftune/blocks.hpp ----
+// Blocks composed from layers: the transformer encoder block (norm placement as a policy).
+
+// ---- begin ftune/blocks/encoder_block.hpp ----
+// blocks::encoder_block: one transformer encoder layer composed from ftune's layers, with the
+// norm placement as a policy: post_norm (BERT: LayerNorm after each residual sum) or pre_norm
+// (LayerNorm before each sublayer). Residuals are written out as plain code.
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace blocks {
+
+/// Norm placement of BERT (and most encoders): y = LN(x + sublayer(x)).
+struct post_norm {};
+/// Norm placement of pre-LN transformers: y = x + sublayer(LN(x)).
+struct pre_norm {};
+
+/// Sizes of an encoder block known at run time.
+struct block_sizes {
+    std::size_t hidden;              ///< C
+    std::size_t heads;               ///< attention heads (divide C)
+    std::size_t ffn;                 ///< intermediate size F
+    double hidden_dropout = 0.1;     ///< BERT hidden_dropout_prob
+    double attention_dropout = 0.1;  ///< BERT attention_probs_dropout_prob
+    double layer_norm_eps = 1e-12;   ///< BERT layer_norm_eps
+};
+
+/// Self-attention + feed-forward with residuals: (B, T, C) -> (B, T, C). Hugging Face names:
+/// attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate.dense,
+/// output.{dense,LayerNorm}. Act is the FFN activation layer (GELU for BERT).
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Norm = post_norm,
+          template <class, std::size_t> class Act = layers::gelu>
+class encoder_block {
+    static_assert(std::is_same_v<Norm, post_norm> || std::is_same_v<Norm, pre_norm>,
+                  "ftune: encoder_block's Norm is blocks::post_norm (BERT) or blocks::pre_norm");
+
+  public:
+    using value_type = T;                                          ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< x: (B, T, C)
+    using output_view = input_view;                                ///< y: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>>;      ///< dx, accumulated into
+    using mask_view =
+        typename layers::self_attention<T, C>::mask_view;  ///< additive key mask (B, T)
+
+    layers::self_attention<T, C> attention;   ///< attention.self
+    layers::linear<T, C, C> attention_dense;  ///< attention.output.dense
+    layers::dropout<T, C> attention_dropout;  ///< dropout after attention.output.dense
+    layers::layer_norm<T, C> norm1;           ///< attention.output.LayerNorm
+    layers::linear<T, C, F> intermediate;     ///< intermediate.dense
+    Act<T, F> activation;                     ///< intermediate activation
+    layers::linear<T, F, C> output_dense;     ///< output.dense
+    layers::dropout<T, C> output_dropout;     ///< dropout after output.dense
+    layers::layer_norm<T, C> norm2;           ///< output.LayerNorm
+
+    /// A zero-initialized block of the given sizes (LayerNorm weights 1).
+    explicit encoder_block(const block_sizes& s)
+        : attention(s.hidden, s.heads, T(s.attention_dropout)),
+          attention_dense(s.hidden, s.hidden),
+          attention_dropout(T(s.hidden_dropout)),
+          norm1(s.hidden, T(s.layer_norm_eps)),
+          intermediate(s.hidden, s.ffn),
+          output_dense(s.ffn, s.hidden),
+          output_dropout(T(s.hidden_dropout)),
+          norm2(s.hidden, T(s.layer_norm_eps)) {}
+
+    /// y = block(x) with keys masked by key_mask (B, T) (empty: no mask). Keeps a view of x.
+    output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        x_ = flat(x);
+        h1_.resize(shape<dynamic, C>(N, Cn));  // (N, C) first residual sum
+        h2_.resize(shape<dynamic, C>(N, Cn));  // (N, C) second residual sum
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            // n1 = LN1(x + dropout(dense(attention(x)))); y = LN2(n1 +
+            // dropout(out(act(inter(n1)))))
+            const auto a = attention.forward(ctx, x, key_mask);
+            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, flat(a)));
+            ops::residual_add(h1_, x_, ad);
+            const auto n1 = norm1.forward(ctx, h1_.view());
+            const auto f = output_dropout.forward(
+                ctx,
+                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
+            ops::residual_add(h2_, n1, f);
+            out_ = norm2.forward(ctx, h2_.view());
+        } else {
+            // h1 = x + dropout(dense(attention(LN1(x)))); y = h1 +
+            // dropout(out(act(inter(LN2(h1)))))
+            const auto n1 = norm1.forward(ctx, x_);
+            const auto a = attention.forward(ctx, unflat(n1, B, Tn), key_mask);
+            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, flat(a)));
+            ops::residual_add(h1_, x_, ad);
+            const auto n2 = norm2.forward(ctx, h1_.view());
+            const auto f = output_dropout.forward(
+                ctx,
+                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
+            ops::residual_add(h2_, h1_, f);
+            out_ = h2_.view();
+        }
+        B_ = B, T_ = Tn;
+        return unflat(out_, B, Tn);
+    }
+
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
+    void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+        const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
+        const auto dy = flat(dy_in);
+        zeroed(d_c1_, N, Cn), zeroed(d_c2_, N, Cn), zeroed(d_c3_, N, Cn);
+        zeroed(d_f1_, N, Fn), zeroed(d_f2_, N, Fn);
+        const view<T, shape<dynamic, C>> dx = dx_in.empty()
+                                                  ? view<T, shape<dynamic, C>>()
+                                                  : view<T, shape<dynamic, C>>(dx_in.data(), N, Cn);
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
+            norm2.backward(ctx, dy, d_c1_.view());                     // d_c1 = d s2
+            ffn_backward(ctx, d_c1_.view(), d_c1_.view(), N, Cn, Fn);  // d_c1 += d n1 (through FFN)
+            // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
+            norm1.backward(ctx, d_c1_.view(), d_c2_.view());  // d_c2 = d s1
+            if (!dx.empty()) ops::residual_add(dx, dx, d_c2_);
+            attention_backward(ctx, d_c2_.view(), dx_in, N, Cn);
+        } else {
+            // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
+            ffn_backward(ctx, dy, d_c1_.view(), N, Cn, Fn);   // d_c1 = d n2
+            ops::residual_add(d_c3_, d_c3_, dy);              // d_c3 = d h1 = dy + ...
+            norm2.backward(ctx, d_c1_.view(), d_c3_.view());  //        ... + LN2ᵀ d n2
+            // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
+            if (!dx.empty()) ops::residual_add(dx, dx, d_c3_);
+            attention_backward(ctx, d_c3_.view(), unflat(d_c2_.view(), B_, T_), N,
+                               Cn);                 // d_c2 = d n1
+            norm1.backward(ctx, d_c2_.view(), dx);  // dx += LN1ᵀ d n1
+        }
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();
+        intermediate.zero_grad(), output_dense.zero_grad(), norm2.zero_grad();
+    }
+
+    /// Visits the parameters with Hugging Face's names, in Hugging Face's order.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        const std::string p(prefix);
+        attention.visit_parameters(join_name(p, "attention.self"), f);
+        attention_dense.visit_parameters(join_name(p, "attention.output.dense"), f);
+        norm1.visit_parameters(join_name(p, "attention.output.LayerNorm"), f);
+        intermediate.visit_parameters(join_name(p, "intermediate.dense"), f);
+        output_dense.visit_parameters(join_name(p, "output.dense"), f);
+        norm2.visit_parameters(join_name(p, "output.LayerNorm"), f);
+    }
+
+  private:
+    // (B, T, C) <-> (B*T, C) views of the same memory
+    template <class U>
+    static view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
+        return {v.data(), v.extent(0) * v.extent(1), v.extent(2)};
+    }
+    template <class U>
+    static view<U, shape<dynamic, dynamic, C>> unflat(view<U, shape<dynamic, C>> v, std::size_t B,
+                                                      std::size_t Tn) {
+        return {v.data(), B, Tn, v.extent(1)};
+    }
+    template <std::size_t E>
+    static void zeroed(buffer<T, shape<dynamic, E>>& b, std::size_t rows, std::size_t cols) {
+        b.resize(shape<dynamic, E>(rows, cols));
+        b.fill(T(0));
+    }
+
+    // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
+    void ffn_backward(context& ctx, view<const T, shape<dynamic, C>> d_out,
+                      view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn,
+                      std::size_t Fn) {
+        zeroed(d_c3_scratch_, N, Cn);
+        output_dropout.backward(ctx, d_out, d_c3_scratch_.view());       // d (dense output)
+        output_dense.backward(ctx, d_c3_scratch_.view(), d_f1_.view());  // d (activation output)
+        activation.backward(ctx, d_f1_.view(), d_f2_.view());            // d (intermediate output)
+        intermediate.backward(ctx, d_f2_.view(), d_in);
+    }
+    // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
+    void attention_backward(context& ctx, view<const T, shape<dynamic, C>> d_out, d_input_view dx,
+                            std::size_t N, std::size_t Cn) {
+        zeroed(d_a1_, N, Cn), zeroed(d_a2_, N, Cn);
+        attention_dropout.backward(ctx, d_out, d_a1_.view());
+        attention_dense.backward(ctx, d_a1_.view(), d_a2_.view());
+        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(d_a2_.view()), B_, T_), dx);
+    }
+
+    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
+    view<const T, shape<dynamic, C>> x_;               // (N, C) the last forward's input
+    buffer<T, shape<dynamic, C>> h1_, h2_;             // (N, C) residual sums
+    view<const T, shape<dynamic, C>> out_;             // (N, C) output: norm2's (post) or h2_ (pre)
+    buffer<T, shape<dynamic, C>> d_c1_, d_c2_, d_c3_;  // (N, C) gradients
+    buffer<T, shape<dynamic, C>> d_c3_scratch_, d_a1_, d_a2_;  // (N, C) gradients inside sublayers
+    buffer<T, shape<dynamic, F>> d_f1_, d_f2_;                 // (N, F) gradients inside the FFN
+};
+
+}  // namespace blocks
+FTUNE_NAMESPACE_END
+// ---- end ftune/blocks/encoder_block.hpp ----
+// ---- end ftune/blocks.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----
 // ftune::testing::check_gradients: compares the gradients a backward pass computes with central
 // differences, in double, for users' own layers as for ftune's.

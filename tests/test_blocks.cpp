@@ -1,0 +1,86 @@
+// The encoder block: gradients of every parameter and of the input, for both norm placements,
+// with a padding mask (rows of different lengths), with dropout off and under a fixed seed.
+#include <ftune/blocks.hpp>
+#include <ftune/testing/check_gradients.hpp>
+
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "util.hpp"
+
+using ftune::dynamic;
+using ftune::shape;
+
+namespace {
+// Fills every parameter with normal(0, scale) values (LayerNorm weights around 1).
+template <class L>
+void randomize(L& layer, std::uint64_t seed) {
+    layer.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+        const auto v = test::randn<double>(p.value.size(), seed++, 0.4);
+        const bool ln_weight = p.name.find("LayerNorm.weight") != std::string::npos;
+        for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = (ln_weight ? 1.0 : 0.0) + v[i];
+    });
+}
+// Binds a key mask so check_layer_gradients can call forward(ctx, x).
+template <class Block>
+struct masked {
+    using value_type = double;
+    using input_view = typename Block::input_view;
+    using output_view = typename Block::output_view;
+    using d_input_view = typename Block::d_input_view;
+    Block& block;
+    typename Block::mask_view mask;
+    output_view forward(ftune::context& ctx, input_view x) { return block.forward(ctx, x, mask); }
+    void backward(ftune::context& ctx, output_view dy, d_input_view dx) {
+        block.backward(ctx, dy, dx);
+    }
+    void zero_grad() { block.zero_grad(); }
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        block.visit_parameters(prefix, f);
+    }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("encoder block: gradients, both norm placements, padding mask, dropout",
+                   "[gradcheck][blocks]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
+    using Block = ftune::blocks::encoder_block<double, dynamic, dynamic, TestType>;
+    const std::size_t B = 2, T = 4, C = 8;
+    Block block({.hidden = C,
+                 .heads = 2,
+                 .ffn = 12,
+                 .hidden_dropout = 0.1,
+                 .attention_dropout = 0.1,
+                 .layer_norm_eps = 1e-5});
+    randomize(block, 50);
+    auto xs = test::randn<double>(B * T * C, 51);
+    const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
+    std::vector<double> mask(B * T, 0.0);
+    mask[1 * T + 3] = -10000.0;  // the second sequence has 3 tokens
+    masked<Block> m{block, {mask.data(), B, T}};
+    ftune::context eval;
+    {
+        const auto res = ftune::testing::check_layer_gradients(m, eval, x);
+        INFO(res.report);
+        REQUIRE(res.ok);
+        CHECK(res.checked > 100);
+    }
+    ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(9)};
+    {
+        const auto res = ftune::testing::check_layer_gradients(m, train, x);
+        INFO(res.report);
+        REQUIRE(res.ok);
+    }
+    std::vector<std::string> names;
+    block.visit_parameters("encoder.layer.3",
+                           [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    REQUIRE(names.size() == 16);
+    CHECK(names[0] == "encoder.layer.3.attention.self.query.weight");
+    CHECK(names[6] == "encoder.layer.3.attention.output.dense.weight");
+    CHECK(names[8] == "encoder.layer.3.attention.output.LayerNorm.weight");
+    CHECK(names[10] == "encoder.layer.3.intermediate.dense.weight");
+    CHECK(names[12] == "encoder.layer.3.output.dense.weight");
+    CHECK(names[15] == "encoder.layer.3.output.LayerNorm.bias");
+}
