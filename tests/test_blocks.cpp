@@ -1,6 +1,7 @@
 // The encoder block: gradients of every parameter and of the input, for both norm placements,
 // with a padding mask (rows of different lengths), with dropout off and under a fixed seed.
 #include <ftune/blocks.hpp>
+#include <ftune/models/bert.hpp>
 #include <ftune/testing/check_gradients.hpp>
 
 #include <limits>
@@ -83,4 +84,58 @@ TEMPLATE_TEST_CASE("encoder block: gradients, both norm placements, padding mask
     CHECK(names[10] == "encoder.layer.3.intermediate.dense.weight");
     CHECK(names[12] == "encoder.layer.3.output.dense.weight");
     CHECK(names[15] == "encoder.layer.3.output.LayerNorm.bias");
+}
+
+namespace {
+// Binds the attention mask and token types so check_layer_gradients can call forward(ctx, ids).
+template <class Encoder>
+struct bound_encoder {
+    using value_type = double;
+    using input_view = typename Encoder::ids_view;
+    using output_view = typename Encoder::output_view;
+    Encoder& e;
+    input_view mask, types;
+    output_view forward(ftune::context& ctx, input_view x) {
+        return e.forward(ctx, x, mask, types);
+    }
+    void backward(ftune::context& ctx, output_view dy) { e.backward(ctx, dy); }
+    void zero_grad() { e.zero_grad(); }
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        e.visit_parameters(prefix, f);
+    }
+};
+}  // namespace
+
+TEST_CASE("BERT encoder: gradients of every parameter with a padding mask, eval and dropout",
+          "[gradcheck][blocks]") {
+    using Encoder = ftune::bert::encoder<double>;
+    Encoder enc({.vocab_size = 11,
+                 .hidden_size = 8,
+                 .num_hidden_layers = 2,
+                 .num_attention_heads = 2,
+                 .intermediate_size = 12,
+                 .max_position_embeddings = 6,
+                 .type_vocab_size = 2,
+                 .layer_norm_eps = 1e-5});
+    randomize(enc, 60);
+    const std::size_t B = 2, T = 5;
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        types{0, 0, 0, 1, 1, 0, 0, 1, 0, 0},
+        attention{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};  // the second row has 3 tokens, then padding
+    bound_encoder<Encoder> m{enc, {attention.data(), B, T}, {types.data(), B, T}};
+    const Encoder::ids_view x(ids.data(), B, T);
+    for (auto mode : {ftune::mode::eval, ftune::mode::train}) {
+        ftune::context ctx{.mode = mode, .rng = ftune::generator(3)};
+        const auto res = ftune::testing::check_layer_gradients(m, ctx, x);
+        INFO(res.report);
+        REQUIRE(res.ok);
+        CHECK(res.checked > 500);
+    }
+    std::vector<std::string> names;
+    enc.visit_parameters("bert", [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names.front() == "bert.embeddings.word_embeddings.weight");
+    CHECK(names[4] == "bert.embeddings.LayerNorm.bias");
+    CHECK(names.back() == "bert.encoder.layer.1.output.LayerNorm.bias");
+    CHECK(names.size() == 5 + 2 * 16);
 }

@@ -18,4 +18,5 @@
 #include "ftune/ops.hpp"
 #include "ftune/layers.hpp"
 #include "ftune/blocks.hpp"
+#include "ftune/models/bert.hpp"
 #include "ftune/testing/check_gradients.hpp"

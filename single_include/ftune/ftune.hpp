@@ -3189,6 +3189,11 @@ class self_attention {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/attention.hpp ----
+// ---- begin ftune/layers/bert_embeddings.hpp ----
+// layers::bert_embeddings: word + learned position + token type embeddings -> LayerNorm -> dropout.
+
+#include <string_view>
+
 // ---- begin ftune/layers/dropout.hpp ----
 // layers::dropout: inverted dropout in training mode, identity in evaluation mode.
 
@@ -3394,6 +3399,97 @@ class layer_norm {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/layer_norm.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// BERT's input embeddings: ids (B, T) and token type ids (B, T) -> (B, T, C).
+template <scalar T, std::size_t C = dynamic>
+class bert_embeddings {
+  public:
+    using value_type = T;                                            ///< scalar type
+    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T) token or type ids
+    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+
+    embedding<T, C> word_embeddings;        ///< "word_embeddings" (vocab, C)
+    embedding<T, C> position_embeddings;    ///< "position_embeddings" (max positions, C)
+    embedding<T, C> token_type_embeddings;  ///< "token_type_embeddings" (type vocab, C)
+    layer_norm<T, C> norm;                  ///< "LayerNorm"
+    dropout<T, C> drop;                     ///< hidden dropout
+
+    /// Tables of the given sizes (zero), LayerNorm weight 1.
+    bert_embeddings(std::size_t vocab, std::size_t max_positions, std::size_t type_vocab,
+                    std::size_t features, T layer_norm_eps = T(1e-12), T dropout_p = T(0.1))
+        : word_embeddings(vocab, features),
+          position_embeddings(max_positions, features),
+          token_type_embeddings(type_vocab, features),
+          norm(features, layer_norm_eps),
+          drop(dropout_p) {}
+
+    /// Embeds ids; token_types may be empty (all type 0). Positions are 0 .. T-1 in every row.
+    output_view forward(context& ctx, ids_view ids, ids_view token_types = {}) {
+        const std::size_t B = ids.extent(0), Tn = ids.extent(1), N = B * Tn;
+        if (Tn > position_embeddings.weight.value.extent(0))
+            throw error(errc::invalid_argument, "bert_embeddings",
+                        ftune::detail::cat(
+                            "sequence length ", Tn, " exceeds max_position_embeddings ",
+                            position_embeddings.weight.value.extent(0), "; truncate the input"));
+        positions_.resize(shape<dynamic>(N));  // (N) position of each token
+        types_.resize(shape<dynamic>(N));      // (N) token type of each token
+        for (std::size_t i = 0; i < N; ++i) {
+            positions_.data()[i] = token_id(i % Tn);
+            types_.data()[i] = token_types.empty() ? 0 : token_types.data()[i];
+        }
+        const view<const token_id, shape<dynamic>> flat_ids(ids.data(), N);
+        const auto w = word_embeddings.forward(ctx, flat_ids);
+        const auto p = position_embeddings.forward(ctx, positions_.view());
+        const auto t = token_type_embeddings.forward(ctx, types_.view());
+        sum_.resize(shape<dynamic, C>(N, w.extent(1)));  // (N, C)
+        ops::residual_add(sum_, w, p);
+        ops::residual_add(sum_, sum_, t);
+        const auto y = drop.forward(ctx, norm.forward(ctx, sum_.view()));
+        return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Accumulates the tables' and LayerNorm's gradients (ids have none).
+    void backward(context& ctx, output_view dout) {
+        const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
+        const view<const T, shape<dynamic, C>> dy(dout.data(), N, Cn);
+        d_norm_.resize(shape<dynamic, C>(N, Cn));
+        d_sum_.resize(shape<dynamic, C>(N, Cn));
+        d_norm_.fill(T(0));
+        d_sum_.fill(T(0));
+        drop.backward(ctx, dy, d_norm_.view());
+        norm.backward(ctx, d_norm_.view(), d_sum_.view());
+        word_embeddings.backward(ctx, d_sum_.view());
+        position_embeddings.backward(ctx, d_sum_.view());
+        token_type_embeddings.backward(ctx, d_sum_.view());
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        word_embeddings.zero_grad(), position_embeddings.zero_grad(),
+            token_type_embeddings.zero_grad();
+        norm.zero_grad();
+    }
+
+    /// Visits the tables and the LayerNorm with Hugging Face's names.
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        word_embeddings.visit_parameters(join_name(prefix, "word_embeddings"), f);
+        position_embeddings.visit_parameters(join_name(prefix, "position_embeddings"), f);
+        token_type_embeddings.visit_parameters(join_name(prefix, "token_type_embeddings"), f);
+        norm.visit_parameters(join_name(prefix, "LayerNorm"), f);
+    }
+
+  private:
+    buffer<token_id, shape<dynamic>> positions_, types_;  // (N) ids of the position and type tables
+    buffer<T, shape<dynamic, C>> sum_, d_norm_, d_sum_;   // (N, C)
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/bert_embeddings.hpp ----
 // ---- end ftune/layers.hpp ----
 // ---- begin ftune/blocks.hpp ----
 // Blocks composed from layers: the transformer encoder block (norm placement as a policy).
@@ -3595,6 +3691,110 @@ class encoder_block {
 FTUNE_NAMESPACE_END
 // ---- end ftune/blocks/encoder_block.hpp ----
 // ---- end ftune/blocks.hpp ----
+// ---- begin ftune/models/bert.hpp ----
+// ftune::bert: the BERT encoder, embeddings + a run-time number of encoder blocks (+ pooler).
+
+#include <limits>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace bert {
+
+/// The sizes of a BERT model (Hugging Face config.json names in the comments).
+struct config {
+    std::size_t vocab_size = 30522;             ///< vocab_size
+    std::size_t hidden_size = 768;              ///< hidden_size
+    std::size_t num_hidden_layers = 12;         ///< num_hidden_layers
+    std::size_t num_attention_heads = 12;       ///< num_attention_heads
+    std::size_t intermediate_size = 3072;       ///< intermediate_size
+    std::size_t max_position_embeddings = 512;  ///< max_position_embeddings
+    std::size_t type_vocab_size = 2;            ///< type_vocab_size
+    double hidden_dropout_prob = 0.1;           ///< hidden_dropout_prob
+    double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
+    double layer_norm_eps = 1e-12;              ///< layer_norm_eps
+};
+
+/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static.
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
+          class Norm = blocks::post_norm>
+class encoder {
+  public:
+    using value_type = T;                                            ///< scalar type
+    using block_type = blocks::encoder_block<T, C, F, Norm>;         ///< one layer
+    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T)
+    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+
+    layers::bert_embeddings<T, C> embeddings;  ///< "embeddings"
+    std::vector<block_type> layer;             ///< "encoder.layer.N"
+
+    /// A zero-initialized encoder of the given configuration.
+    explicit encoder(const config& c)
+        : embeddings(c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.hidden_size,
+                     T(c.layer_norm_eps), T(c.hidden_dropout_prob)) {
+        layer.reserve(c.num_hidden_layers);
+        for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
+            layer.emplace_back(blocks::block_sizes{
+                c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_dropout_prob,
+                c.attention_probs_dropout_prob, c.layer_norm_eps});
+    }
+
+    /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
+    /// all tokens), token_types may be empty (all 0).
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const std::size_t B = ids.extent(0), Tn = ids.extent(1);
+        mask_.resize(
+            shape<dynamic, dynamic>(B, Tn));  // (B, T) additive: 0 or the lowest T, as Hugging Face
+        for (std::size_t i = 0; i < B * Tn; ++i)
+            mask_.data()[i] = attention_mask.empty() || attention_mask.data()[i] != 0
+                                  ? T(0)
+                                  : std::numeric_limits<T>::lowest();
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
+        return h;
+    }
+
+    /// Accumulates every parameter's gradient from d loss / d hidden states.
+    void backward(context& ctx, output_view dout) {
+        d_[0].resize(dout.shape());
+        d_[1].resize(dout.shape());
+        output_view d = dout;
+        for (std::size_t i = layer.size(); i-- > 0;) {
+            auto& next = d_[i % 2];
+            next.fill(T(0));
+            layer[i].backward(ctx, d, next.view());
+            d = next.view();
+        }
+        embeddings.backward(ctx, d);
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        embeddings.zero_grad();
+        for (auto& block : layer) block.zero_grad();
+    }
+
+    /// Visits every parameter with Hugging Face's BertModel names
+    /// ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight", ...),
+    /// prefixed by `prefix`.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        embeddings.visit_parameters(join_name(prefix, "embeddings"), f);
+        const std::string enc = join_name(prefix, "encoder.layer");
+        for (std::size_t i = 0; i < layer.size(); ++i)
+            layer[i].visit_parameters(join_name(enc, std::to_string(i)), f);
+    }
+
+  private:
+    buffer<T, shape<dynamic, dynamic>> mask_;     // (B, T) additive key mask
+    buffer<T, shape<dynamic, dynamic, C>> d_[2];  // (B, T, C) gradients between blocks
+};
+
+}  // namespace bert
+FTUNE_NAMESPACE_END
+// ---- end ftune/models/bert.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----
 // ftune::testing::check_gradients: compares the gradients a backward pass computes with central
 // differences, in double, for users' own layers as for ftune's.

@@ -1,0 +1,105 @@
+// ftune::bert: the BERT encoder, embeddings + a run-time number of encoder blocks (+ pooler).
+#pragma once
+
+#include <limits>
+#include <string_view>
+#include <vector>
+
+#include "ftune/blocks.hpp"
+#include "ftune/layers/bert_embeddings.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace bert {
+
+/// The sizes of a BERT model (Hugging Face config.json names in the comments).
+struct config {
+    std::size_t vocab_size = 30522;             ///< vocab_size
+    std::size_t hidden_size = 768;              ///< hidden_size
+    std::size_t num_hidden_layers = 12;         ///< num_hidden_layers
+    std::size_t num_attention_heads = 12;       ///< num_attention_heads
+    std::size_t intermediate_size = 3072;       ///< intermediate_size
+    std::size_t max_position_embeddings = 512;  ///< max_position_embeddings
+    std::size_t type_vocab_size = 2;            ///< type_vocab_size
+    double hidden_dropout_prob = 0.1;           ///< hidden_dropout_prob
+    double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
+    double layer_norm_eps = 1e-12;              ///< layer_norm_eps
+};
+
+/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static.
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
+          class Norm = blocks::post_norm>
+class encoder {
+  public:
+    using value_type = T;                                            ///< scalar type
+    using block_type = blocks::encoder_block<T, C, F, Norm>;         ///< one layer
+    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T)
+    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+
+    layers::bert_embeddings<T, C> embeddings;  ///< "embeddings"
+    std::vector<block_type> layer;             ///< "encoder.layer.N"
+
+    /// A zero-initialized encoder of the given configuration.
+    explicit encoder(const config& c)
+        : embeddings(c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.hidden_size,
+                     T(c.layer_norm_eps), T(c.hidden_dropout_prob)) {
+        layer.reserve(c.num_hidden_layers);
+        for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
+            layer.emplace_back(blocks::block_sizes{
+                c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_dropout_prob,
+                c.attention_probs_dropout_prob, c.layer_norm_eps});
+    }
+
+    /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
+    /// all tokens), token_types may be empty (all 0).
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const std::size_t B = ids.extent(0), Tn = ids.extent(1);
+        mask_.resize(
+            shape<dynamic, dynamic>(B, Tn));  // (B, T) additive: 0 or the lowest T, as Hugging Face
+        for (std::size_t i = 0; i < B * Tn; ++i)
+            mask_.data()[i] = attention_mask.empty() || attention_mask.data()[i] != 0
+                                  ? T(0)
+                                  : std::numeric_limits<T>::lowest();
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
+        return h;
+    }
+
+    /// Accumulates every parameter's gradient from d loss / d hidden states.
+    void backward(context& ctx, output_view dout) {
+        d_[0].resize(dout.shape());
+        d_[1].resize(dout.shape());
+        output_view d = dout;
+        for (std::size_t i = layer.size(); i-- > 0;) {
+            auto& next = d_[i % 2];
+            next.fill(T(0));
+            layer[i].backward(ctx, d, next.view());
+            d = next.view();
+        }
+        embeddings.backward(ctx, d);
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        embeddings.zero_grad();
+        for (auto& block : layer) block.zero_grad();
+    }
+
+    /// Visits every parameter with Hugging Face's BertModel names
+    /// ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight", ...),
+    /// prefixed by `prefix`.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        embeddings.visit_parameters(join_name(prefix, "embeddings"), f);
+        const std::string enc = join_name(prefix, "encoder.layer");
+        for (std::size_t i = 0; i < layer.size(); ++i)
+            layer[i].visit_parameters(join_name(enc, std::to_string(i)), f);
+    }
+
+  private:
+    buffer<T, shape<dynamic, dynamic>> mask_;     // (B, T) additive key mask
+    buffer<T, shape<dynamic, dynamic, C>> d_[2];  // (B, T, C) gradients between blocks
+};
+
+}  // namespace bert
+FTUNE_NAMESPACE_END
