@@ -190,3 +190,13 @@ TEST_CASE("self-attention: a masked key does not change the other positions' out
     const auto y2 = att.forward(ctx, {xs.data(), B, T, C}, {mask.data(), B, T});
     for (std::size_t i = 0; i < 3 * C; ++i) CHECK(std::abs(y2.data()[i] - first[i]) < 1e-12);
 }
+
+TEST_CASE("pooler: gradients of dense and of the first token's hidden state",
+          "[gradcheck][layers]") {
+    ftune::context ctx;
+    layers::pooler<double> pool(6);
+    randomize(pool, 70);
+    auto hs = test::randn<double>(3 * 4 * 6, 71);
+    require_layer_gradients(
+        pool, ctx, ftune::view<double, shape<dynamic, dynamic, dynamic>>(hs.data(), 3, 4, 6));
+}

@@ -8,3 +8,4 @@
 #include "ftune/layers/embedding.hpp"
 #include "ftune/layers/layer_norm.hpp"
 #include "ftune/layers/linear.hpp"
+#include "ftune/layers/pooler.hpp"

@@ -3490,6 +3490,74 @@ class bert_embeddings {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/bert_embeddings.hpp ----
+// ---- begin ftune/layers/pooler.hpp ----
+// layers::pooler: BERT's pooler, tanh(dense(hidden state of the first token)).
+
+#include <algorithm>
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// (B, T, C) hidden states -> (B, C) pooled output of the first token ([CLS]).
+template <scalar T, std::size_t C = dynamic>
+class pooler {
+  public:
+    using value_type = T;                                          ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< hidden: (B, T, C)
+    using output_view = view<const T, shape<dynamic, C>>;          ///< pooled: (B, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>>;      ///< d hidden, accumulated into
+
+    linear<T, C, C> dense;  ///< "dense"
+    tanh<T, C> activation;  ///< tanh
+
+    /// A zero-initialized pooler of width `features`.
+    explicit pooler(std::size_t features = C) : dense(features, features) {}
+
+    /// pooled = tanh(hidden[:, 0] Wᵀ + b).
+    output_view forward(context& ctx, input_view hidden) {
+        const std::size_t B = hidden.extent(0), Tn = hidden.extent(1), Cn = hidden.extent(2);
+        T_ = Tn;
+        first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) the first token of each sequence
+        for (std::size_t b = 0; b < B; ++b)
+            std::copy_n(hidden.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        return activation.forward(ctx, dense.forward(ctx, first_.view()));
+    }
+
+    /// Accumulates dense's gradients and, unless empty, d hidden (first-token rows only).
+    void backward(context& ctx, output_view dout, d_input_view dhidden) {
+        const std::size_t B = dout.extent(0), Cn = dout.extent(1);
+        d_dense_.resize(shape<dynamic, C>(B, Cn));
+        d_first_.resize(shape<dynamic, C>(B, Cn));
+        d_dense_.fill(T(0));
+        d_first_.fill(T(0));
+        activation.backward(ctx, dout, d_dense_.view());
+        dense.backward(ctx, d_dense_.view(), d_first_.view());
+        if (dhidden.empty()) return;
+        for (std::size_t b = 0; b < B; ++b) {
+            T* row = dhidden.data() + b * T_ * Cn;
+            backend::cpu::residual_add(row, row, d_first_.data() + b * Cn, Cn);
+        }
+    }
+
+    /// Sets the gradients to zero.
+    void zero_grad() noexcept { dense.zero_grad(); }
+
+    /// Visits "<prefix>.dense.weight" and "<prefix>.dense.bias".
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        dense.visit_parameters(join_name(prefix, "dense"), f);
+    }
+
+  private:
+    std::size_t T_ = 0;                                       // the last forward's sequence length
+    buffer<T, shape<dynamic, C>> first_, d_dense_, d_first_;  // (B, C)
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/pooler.hpp ----
 // ---- end ftune/layers.hpp ----
 // ---- begin ftune/blocks.hpp ----
 // Blocks composed from layers: the transformer encoder block (norm placement as a policy).
