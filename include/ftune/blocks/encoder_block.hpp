@@ -110,15 +110,15 @@ class encoder_block {
                                                   : view<T, shape<dynamic, C>>(dx_in.data(), N, Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
-            norm2.backward(ctx, dy, d_c1_.view());                     // d_c1 = d s2
-            ffn_backward(ctx, d_c1_.view(), d_c1_.view(), N, Cn, Fn);  // d_c1 += d n1 (through FFN)
+            norm2.backward(ctx, dy, d_c1_.view());                 // d_c1 = d s2
+            ffn_backward(ctx, d_c1_.view(), d_c1_.view(), N, Cn);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
             norm1.backward(ctx, d_c1_.view(), d_c2_.view());  // d_c2 = d s1
             if (!dx.empty()) ops::residual_add(dx, dx, d_c2_);
             attention_backward(ctx, d_c2_.view(), dx_in, N, Cn);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
-            ffn_backward(ctx, dy, d_c1_.view(), N, Cn, Fn);   // d_c1 = d n2
+            ffn_backward(ctx, dy, d_c1_.view(), N, Cn);       // d_c1 = d n2
             ops::residual_add(d_c3_, d_c3_, dy);              // d_c3 = d h1 = dy + ...
             norm2.backward(ctx, d_c1_.view(), d_c3_.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
@@ -166,8 +166,7 @@ class encoder_block {
 
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>> d_out,
-                      view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn,
-                      std::size_t Fn) {
+                      view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn) {
         zeroed(d_c3_scratch_, N, Cn);
         output_dropout.backward(ctx, d_out, d_c3_scratch_.view());       // d (dense output)
         output_dense.backward(ctx, d_c3_scratch_.view(), d_f1_.view());  // d (activation output)
