@@ -1,10 +1,14 @@
 // The ftune command-line tool. Subcommands are added by the issues that define them
 // (bench, tokenize, predict, info, train, eval); this file dispatches.
 #include <cstring>
+#include <sstream>
+#include <string>
 #include <iostream>
 #include <string_view>
 
 #include <ftune/ftune.hpp>
+
+#include "bench_cmd.hpp"
 
 namespace {
 
@@ -15,6 +19,9 @@ void usage(std::ostream& os) {
           "commands:\n"
           "  version     print the version\n"
           "  env         print the build configuration (SIMD level, threads, CUDA)\n"
+          "  bench       time a random BERT encoder with a 2-way classifier:\n"
+          "              --dims H,L,HEADS,FFN [--vocab V] [--batch B] [--seq T]\n"
+          "              [--mode forward|backward] [--steps N] [--threads N]\n"
           "  help        print this text\n";
 }
 
@@ -26,6 +33,52 @@ int cmd_env() {
               << (ftune::has_openmp ? "true" : "false") << ", \"threads\": " << ftune::num_threads()
               << ", \"cuda\": " << (ftune::has_cuda ? "true" : "false") << "}\n";
     return 0;
+}
+
+// Parses `ftune bench` options and runs it.
+int cmd_bench(int argc, char** argv) {
+    std::size_t dims[4] = {0, 0, 0, 0}, vocab = 30522, batch = 16, seq = 128;
+    bool backward = true;
+    int steps = 10, threads = 0;
+    bool have_dims = false;
+    for (int i = 2; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (i + 1 >= argc)
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a), "expects a value");
+        const std::string v = argv[++i];
+        if (a == "--dims") {
+            std::istringstream in(v);
+            char comma;
+            have_dims =
+                bool(in >> dims[0] >> comma >> dims[1] >> comma >> dims[2] >> comma >> dims[3]);
+            if (!have_dims)
+                throw ftune::error(ftune::errc::invalid_argument, "--dims " + v,
+                                   "expected H,L,HEADS,FFN, e.g. --dims 384,12,12,1536");
+        } else if (a == "--vocab")
+            vocab = std::stoul(v);
+        else if (a == "--batch")
+            batch = std::stoul(v);
+        else if (a == "--seq")
+            seq = std::stoul(v);
+        else if (a == "--steps")
+            steps = std::max(1, std::stoi(v));
+        else if (a == "--threads")
+            threads = std::stoi(v);
+        else if (a == "--mode") {
+            if (v != "forward" && v != "backward")
+                throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
+                                   "expected forward or backward");
+            backward = v == "backward";
+        } else {
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a),
+                               "unknown option of ftune bench");
+        }
+    }
+    if (!have_dims)
+        throw ftune::error(ftune::errc::invalid_argument, "ftune bench",
+                           "--dims H,L,HEADS,FFN is required");
+    return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
+                          threads);
 }
 
 }  // namespace
@@ -42,6 +95,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (cmd == "env") return cmd_env();
+        if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);
             return 0;
