@@ -1,0 +1,99 @@
+// A steady-state training step (forward + backward) and an inference call at a (batch, sequence)
+// already seen allocate nothing: this binary replaces the global operator new to count.
+#include <ftune/models/bert.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "catch.hpp"
+
+namespace {
+std::atomic<long> allocations{0};  // calls of any operator new since start
+void* counted(std::size_t n, std::size_t align) {
+    allocations.fetch_add(1, std::memory_order_relaxed);
+    if (n == 0) n = 1;
+    void* p = align > alignof(std::max_align_t)
+                  ? std::aligned_alloc(align, (n + align - 1) / align * align)
+                  : std::malloc(n);
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+}  // namespace
+
+void* operator new(std::size_t n) {
+    return counted(n, 0);
+}
+void* operator new[](std::size_t n) {
+    return counted(n, 0);
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+    return counted(n, std::size_t(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+    return counted(n, std::size_t(a));
+}
+void operator delete(void* p) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p) noexcept {
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+    std::free(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+    std::free(p);
+}
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+    std::free(p);
+}
+
+TEST_CASE("steady-state forward + backward allocates nothing", "[allocations]") {
+    constexpr std::size_t dyn = ftune::dynamic;
+    ftune::bert::encoder<float> enc({.vocab_size = 50,
+                                     .hidden_size = 16,
+                                     .num_hidden_layers = 2,
+                                     .num_attention_heads = 4,
+                                     .intermediate_size = 32,
+                                     .max_position_embeddings = 16});
+    const std::size_t B = 3, T = 7, C = 16;
+    std::vector<ftune::token_id> ids(B * T, 5), mask(B * T, 1);
+    mask[B * T - 1] = 0;
+    std::vector<float> dh(B * T * C, 0.01f);
+    const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>> idv(ids.data(), B, T),
+        mv(mask.data(), B, T);
+    const ftune::view<const float, ftune::shape<dyn, dyn, dyn>> dhv(dh.data(), B, T, C);
+    ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(1)};
+    for (int warm = 0; warm < 2; ++warm) {  // workspaces grow to this (batch, sequence)
+        enc.forward(train, idv, mv);
+        enc.backward(train, dhv);
+    }
+    const long before = allocations.load();
+    REQUIRE(before > 0);  // the counter sees the workspaces being allocated during warm-up
+    for (int step = 0; step < 3; ++step) {
+        enc.zero_grad();
+        enc.forward(train, idv, mv);
+        enc.backward(train, dhv);
+    }
+    ftune::context eval;
+    enc.forward(eval, idv, mv);
+    CHECK(allocations.load() - before == 0);
+    // a smaller batch reuses the workspaces too
+    const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>> small(ids.data(), 1, T),
+        smallm(mask.data(), 1, T);
+    const long before_small = allocations.load();
+    enc.forward(train, small, smallm);
+    enc.backward(train, {dh.data(), 1, T, C});
+    CHECK(allocations.load() - before_small == 0);
+}
