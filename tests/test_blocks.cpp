@@ -139,3 +139,35 @@ TEST_CASE("BERT encoder: gradients of every parameter with a padding mask, eval 
     CHECK(names.back() == "bert.encoder.layer.1.output.LayerNorm.bias");
     CHECK(names.size() == 5 + 2 * 16);
 }
+
+TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration", "[blocks]") {
+    using MiniLM = ftune::bert::Encoder<ftune::bert::dims{.hidden = 16, .heads = 4, .ffn = 32}>;
+    static_assert(
+        ftune::bert::valid_dims<ftune::bert::dims{.hidden = 384, .heads = 12, .ffn = 1536}>);
+    static_assert(
+        !ftune::bert::valid_dims<ftune::bert::dims{.hidden = 384, .heads = 5, .ffn = 1536}>);
+    const ftune::bert::config ok{.vocab_size = 20,
+                                 .hidden_size = 16,
+                                 .num_hidden_layers = 1,
+                                 .num_attention_heads = 4,
+                                 .intermediate_size = 32,
+                                 .max_position_embeddings = 8};
+    MiniLM enc(ok);
+    std::vector<ftune::token_id> ids{1, 2, 3};
+    ftune::context ctx;
+    const auto h = enc.forward(ctx, {ids.data(), 1, 3});
+    CHECK(h.extent(2) == 16);
+    static_assert(decltype(h)::shape_type::static_extents[2] == 16);
+    auto bad = ok;
+    bad.intermediate_size = 64;
+    try {
+        MiniLM wrong(bad);
+        FAIL("no throw");
+    } catch (const ftune::error& e) {
+        CHECK(e.context() == "intermediate_size");
+        CHECK(std::string(e.what()).find("fixes 32 but the configuration says 64") !=
+              std::string::npos);
+    }
+    ftune::bert::Encoder<ftune::bert::dims{}, double> any(bad);  // fully dynamic: any sizes
+    CHECK(any.layer.size() == 1);
+}

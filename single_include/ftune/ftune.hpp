@@ -3859,6 +3859,44 @@ class encoder {
     buffer<T, shape<dynamic, dynamic, C>> d_[2];  // (B, T, C) gradients between blocks
 };
 
+/// Compile-time sizes of a BERT encoder; use ftune::dynamic for sizes known at run time.
+struct dims {
+    std::size_t hidden = dynamic;  ///< hidden_size
+    std::size_t heads = dynamic;   ///< num_attention_heads
+    std::size_t ffn = dynamic;     ///< intermediate_size
+};
+
+/// True when the static sizes fit together (the head count divides the hidden size).
+template <dims D>
+inline constexpr bool valid_dims = D.hidden == dynamic || D.heads == dynamic ||
+                                   (D.heads > 0 && D.hidden % D.heads == 0);
+
+/// The BERT encoder with sizes fixed by D, e.g. Encoder<dims{.hidden = 384, .heads = 12, .ffn =
+/// 1536}> for MiniLM-L12-H384; Encoder<dims{}> is fully dynamic (sizes from the config at run
+/// time).
+template <dims D, scalar T = float, class Norm = blocks::post_norm>
+requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm> {
+  public:
+    /// An encoder whose config must agree with D (throws shape_mismatch naming the field
+    /// otherwise).
+    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm>(checked(c)) {}
+
+  private:
+    static const config& checked(const config& c) {
+        auto check = [](std::size_t want, std::size_t got, const char* field) {
+            if (want != dynamic && want != got)
+                throw error(errc::shape_mismatch, field,
+                            ftune::detail::cat("the model type fixes ", want,
+                                               " but the configuration says ", got,
+                                               "; use the matching bert::dims or ftune::dynamic"));
+        };
+        check(D.hidden, c.hidden_size, "hidden_size");
+        check(D.heads, c.num_attention_heads, "num_attention_heads");
+        check(D.ffn, c.intermediate_size, "intermediate_size");
+        return c;
+    }
+};
+
 }  // namespace bert
 FTUNE_NAMESPACE_END
 // ---- end ftune/models/bert.hpp ----
