@@ -9,41 +9,10 @@
 #include <string_view>
 #include <vector>
 
-#include "util.hpp"
+#include "layer_util.hpp"
 
 using ftune::dynamic;
 using ftune::shape;
-
-namespace {
-// Fills every parameter with normal(0, scale) values (LayerNorm weights around 1).
-template <class L>
-void randomize(L& layer, std::uint64_t seed) {
-    layer.visit_parameters("", [&](ftune::parameter_ref<double> p) {
-        const auto v = test::randn<double>(p.value.size(), seed++, 0.4);
-        const bool ln_weight = p.name.find("LayerNorm.weight") != std::string::npos;
-        for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = (ln_weight ? 1.0 : 0.0) + v[i];
-    });
-}
-// Binds a key mask so check_layer_gradients can call forward(ctx, x).
-template <class Block>
-struct masked {
-    using value_type = double;
-    using input_view = typename Block::input_view;
-    using output_view = typename Block::output_view;
-    using d_input_view = typename Block::d_input_view;
-    Block& block;
-    typename Block::mask_view mask;
-    output_view forward(ftune::context& ctx, input_view x) { return block.forward(ctx, x, mask); }
-    void backward(ftune::context& ctx, output_view dy, d_input_view dx) {
-        block.backward(ctx, dy, dx);
-    }
-    void zero_grad() { block.zero_grad(); }
-    template <class F>
-    void visit_parameters(std::string_view prefix, F&& f) {
-        block.visit_parameters(prefix, f);
-    }
-};
-}  // namespace
 
 TEMPLATE_TEST_CASE("encoder block: gradients, both norm placements, padding mask, dropout",
                    "[gradcheck][blocks]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
@@ -55,12 +24,12 @@ TEMPLATE_TEST_CASE("encoder block: gradients, both norm placements, padding mask
                  .hidden_dropout = 0.1,
                  .attention_dropout = 0.1,
                  .layer_norm_eps = 1e-5});
-    randomize(block, 50);
+    test::randomize(block, 50);
     auto xs = test::randn<double>(B * T * C, 51);
     const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
     std::vector<double> mask(B * T, 0.0);
     mask[1 * T + 3] = -10000.0;  // the second sequence has 3 tokens
-    masked<Block> m{block, {mask.data(), B, T}};
+    test::masked<Block> m{block, {mask.data(), B, T}};
     ftune::context eval;
     {
         const auto res = ftune::testing::check_layer_gradients(m, eval, x);
@@ -118,7 +87,7 @@ TEST_CASE("BERT encoder: gradients of every parameter with a padding mask, eval 
                  .max_position_embeddings = 6,
                  .type_vocab_size = 2,
                  .layer_norm_eps = 1e-5});
-    randomize(enc, 60);
+    test::randomize(enc, 60);
     const std::size_t B = 2, T = 5;
     std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
         types{0, 0, 0, 1, 1, 0, 0, 1, 0, 0},

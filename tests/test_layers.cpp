@@ -8,21 +8,13 @@
 #include <string_view>
 #include <vector>
 
-#include "util.hpp"
+#include "layer_util.hpp"
 
 using ftune::dynamic;
 using ftune::shape;
 namespace layers = ftune::layers;
 
 namespace {
-// Fills every parameter of a layer with normal(0, scale) values (seeded).
-template <class L>
-void randomize(L& layer, std::uint64_t seed, double scale = 0.5) {
-    layer.visit_parameters("", [&](ftune::parameter_ref<double> p) {
-        const auto v = test::randn<double>(p.value.size(), seed++, scale);
-        std::copy(v.begin(), v.end(), p.value.begin());
-    });
-}
 // Checks a layer's gradients at x and reports the checker's findings.
 template <class L, class X>
 void require_layer_gradients(L& layer, ftune::context& ctx, X x) {
@@ -44,19 +36,19 @@ TEST_CASE("linear: gradients of weight, bias and input; static and dynamic sizes
           "[gradcheck][layers]") {
     ftune::context ctx;
     layers::linear<double> dyn(7, 5);
-    randomize(dyn, 1);
+    test::randomize(dyn, 1);
     auto xs = test::randn<double>(4 * 7, 2);
     require_layer_gradients(dyn, ctx,
                             ftune::view<double, shape<dynamic, dynamic>>(xs.data(), 4, 7));
     layers::linear<double, 7, 5> st;
-    randomize(st, 3);
+    test::randomize(st, 3);
     require_layer_gradients(st, ctx, ftune::view<double, shape<dynamic, 7>>(xs.data(), 4, 7));
 }
 
 TEST_CASE("layer norm: gradients of weight, bias and input", "[gradcheck][layers]") {
     ftune::context ctx;
     layers::layer_norm<double> ln(9, 1e-5);
-    randomize(ln, 4);
+    test::randomize(ln, 4);
     auto xs = test::randn<double>(3 * 9, 5, 2.0);
     require_layer_gradients(ln, ctx, ftune::view<double, shape<dynamic, dynamic>>(xs.data(), 3, 9));
 }
@@ -95,7 +87,7 @@ TEST_CASE("dropout: gradients under a fixed seed; eval mode is the identity",
 TEST_CASE("embedding: table gradient with repeated ids; bad ids throw", "[gradcheck][layers]") {
     ftune::context ctx;
     layers::embedding<double, 6> e(10);
-    randomize(e, 8);
+    test::randomize(e, 8);
     std::vector<ftune::token_id> ids{3, 1, 3, 9, 0};
     require_layer_gradients(e, ctx,
                             ftune::view<const ftune::token_id, shape<dynamic>>(ids.data(), 5));
@@ -127,42 +119,18 @@ TEST_CASE("frozen parameters get no gradient; names follow the prefix", "[layers
     CHECK(decay == std::vector<bool>{true, false});
 }
 
-namespace {
-// Binds a key mask to a self-attention layer so check_layer_gradients can call forward(ctx, x).
-struct masked_attention {
-    using value_type = double;
-    using A = layers::self_attention<double>;
-    using input_view = A::input_view;
-    using output_view = A::output_view;
-    using d_input_view = A::d_input_view;
-    A& attention;
-    A::mask_view mask;
-    output_view forward(ftune::context& ctx, input_view x) {
-        return attention.forward(ctx, x, mask);
-    }
-    void backward(ftune::context& ctx, output_view dy, d_input_view dx) {
-        attention.backward(ctx, dy, dx);
-    }
-    void zero_grad() { attention.zero_grad(); }
-    template <class F>
-    void visit_parameters(std::string_view prefix, F&& f) {
-        attention.visit_parameters(prefix, f);
-    }
-};
-}  // namespace
-
 TEST_CASE("self-attention: gradients with a padding mask, without and with dropout",
           "[gradcheck][layers]") {
     const std::size_t B = 3, T = 5, C = 8;
     layers::self_attention<double> att(C, 2, 0.2);
-    randomize(att, 30);
+    test::randomize(att, 30);
     auto xs = test::randn<double>(B * T * C, 31);
     const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
     // rows of different lengths: 5, 3 (large negative) and 4 (-inf) keys
     std::vector<double> mask(B * T, 0.0);
     mask[1 * T + 3] = mask[1 * T + 4] = -10000.0;
     mask[2 * T + 4] = -std::numeric_limits<double>::infinity();
-    masked_attention m{att, {mask.data(), B, T}};
+    test::masked<layers::self_attention<double>> m{att, {mask.data(), B, T}};
     ftune::context eval;
     require_layer_gradients(m, eval, x);
     ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(5)};
@@ -180,7 +148,7 @@ TEST_CASE("self-attention: a masked key does not change the other positions' out
     // padding invariance: changing the embedding of a masked position leaves the rest unchanged
     const std::size_t B = 1, T = 4, C = 6;
     layers::self_attention<double> att(C, 3, 0.0);
-    randomize(att, 40);
+    test::randomize(att, 40);
     auto xs = test::randn<double>(B * T * C, 41);
     std::vector<double> mask{0, 0, 0, -10000.0};
     ftune::context ctx;
@@ -195,7 +163,7 @@ TEST_CASE("pooler: gradients of dense and of the first token's hidden state",
           "[gradcheck][layers]") {
     ftune::context ctx;
     layers::pooler<double> pool(6);
-    randomize(pool, 70);
+    test::randomize(pool, 70);
     auto hs = test::randn<double>(3 * 4 * 6, 71);
     require_layer_gradients(
         pool, ctx, ftune::view<double, shape<dynamic, dynamic, dynamic>>(hs.data(), 3, 4, 6));

@@ -655,6 +655,25 @@ FTUNE_NAMESPACE_END
 
 FTUNE_NAMESPACE_BEGIN
 
+/// A type-erased reference to one parameter, as optimizers and visitors see it.
+template <class T>
+struct parameter_ref {
+    std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
+    std::span<T> value;  ///< the values
+    std::span<T> grad;   ///< the gradients (same size)
+    bool trainable = true;  ///< false when frozen
+    bool decay = true;      ///< false when weight decay does not apply
+};
+
+/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
+inline std::string join_name(std::string_view prefix, std::string_view name) {
+    if (prefix.empty()) return std::string(name);
+    std::string s(prefix);
+    s += '.';
+    s += name;
+    return s;
+}
+
 /// A model parameter: value and gradient of one shape, plus the flags optimizers read.
 /// Gradients accumulate (`+=`) in backward and are cleared by `zero_grad()`.
 template <class T, class Shape, device_tag Device = device::cpu>
@@ -678,26 +697,11 @@ struct parameter {
     std::size_t size() const noexcept { return value.size(); }
     /// Sets the gradient to zero.
     void zero_grad() noexcept { grad.fill(T(0)); }
+    /// This parameter as visitors see it, named "<prefix>.<name>".
+    parameter_ref<T> ref(std::string_view prefix) {
+        return {join_name(prefix, name), value.span(), grad.span(), trainable, decay};
+    }
 };
-
-/// A type-erased reference to one parameter, as optimizers and visitors see it.
-template <class T>
-struct parameter_ref {
-    std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
-    std::span<T> value;  ///< the values
-    std::span<T> grad;   ///< the gradients (same size)
-    bool trainable = true;  ///< false when frozen
-    bool decay = true;      ///< false when weight decay does not apply
-};
-
-/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
-inline std::string join_name(std::string_view prefix, std::string_view name) {
-    if (prefix.empty()) return std::string(name);
-    std::string s(prefix);
-    s += '.';
-    s += name;
-    return s;
-}
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/parameter.hpp ----
@@ -3021,10 +3025,8 @@ class linear {
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
-                           weight.trainable, weight.decay});
-        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
-                           bias.trainable, bias.decay});
+        f(weight.ref(prefix));
+        f(bias.ref(prefix));
     }
 
   private:
@@ -3295,8 +3297,7 @@ class embedding {
     /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
-                           weight.trainable, weight.decay});
+        f(weight.ref(prefix));
     }
 
   private:
@@ -3382,10 +3383,8 @@ class layer_norm {
     /// Calls f(parameter_ref<T>) for weight then bias ("<prefix>.weight", "<prefix>.bias").
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
-                           weight.trainable, weight.decay});
-        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
-                           bias.trainable, bias.decay});
+        f(weight.ref(prefix));
+        f(bias.ref(prefix));
     }
 
   private:

@@ -44,8 +44,7 @@ class embedding {
     /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
-                           weight.trainable, weight.decay});
+        f(weight.ref(prefix));
     }
 
   private:

@@ -76,10 +76,8 @@ class layer_norm {
     /// Calls f(parameter_ref<T>) for weight then bias ("<prefix>.weight", "<prefix>.bias").
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        f(parameter_ref<T>{join_name(prefix, weight.name), weight.value.span(), weight.grad.span(),
-                           weight.trainable, weight.decay});
-        f(parameter_ref<T>{join_name(prefix, bias.name), bias.value.span(), bias.grad.span(),
-                           bias.trainable, bias.decay});
+        f(weight.ref(prefix));
+        f(bias.ref(prefix));
     }
 
   private:

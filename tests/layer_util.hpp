@@ -1,0 +1,45 @@
+// Helpers for the layer and block tests: random parameters and a key-mask binder.
+#pragma once
+
+#include <ftune/core/context.hpp>
+#include <ftune/core/parameter.hpp>
+
+#include <string>
+#include <string_view>
+
+#include "util.hpp"
+
+namespace test {
+
+/// Fills every parameter with normal(0, scale) values, seeded; LayerNorm weights around 1.
+template <class L>
+void randomize(L& layer, std::uint64_t seed, double scale = 0.4) {
+    layer.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+        const auto v = randn<double>(p.value.size(), seed++, scale);
+        const bool ln_weight = p.name.find("LayerNorm.weight") != std::string::npos;
+        for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = (ln_weight ? 1.0 : 0.0) + v[i];
+    });
+}
+
+/// Binds a key mask to a layer whose forward takes one (attention, block), so that
+/// check_layer_gradients can call forward(ctx, x).
+template <class L>
+struct masked {
+    using value_type = double;
+    using input_view = typename L::input_view;
+    using output_view = typename L::output_view;
+    using d_input_view = typename L::d_input_view;
+    L& layer;
+    typename L::mask_view mask;
+    output_view forward(ftune::context& ctx, input_view x) { return layer.forward(ctx, x, mask); }
+    void backward(ftune::context& ctx, output_view dy, d_input_view dx) {
+        layer.backward(ctx, dy, dx);
+    }
+    void zero_grad() { layer.zero_grad(); }
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        layer.visit_parameters(prefix, f);
+    }
+};
+
+}  // namespace test
