@@ -463,7 +463,10 @@ void apply_threads(benchmark::internal::Benchmark* b) {
 
 template <class Impl>
 void register_memory_bound(const model_dims& m, const std::string& impl) {
-    const std::string s = "/" + std::string(m.name) + "/" + impl;
+    std::string s = "/";  // appended step by step: GCC 12 warns falsely on "/" + std::string
+    s += m.name;
+    s += "/";
+    s += impl;
     auto reg = [&](const std::string& name, auto fn) {
         apply_threads(benchmark::RegisterBenchmark((name + s).c_str(), fn));
     };

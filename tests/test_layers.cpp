@@ -53,7 +53,7 @@ TEST_CASE("layer norm: gradients of weight, bias and input", "[gradcheck][layers
     require_layer_gradients(ln, ctx, ftune::view<double, shape<dynamic, dynamic>>(xs.data(), 3, 9));
 }
 
-TEST_CASE("activations: GELU, GELU (tanh), tanh", "[gradcheck][layers]") {
+TEST_CASE("activations: GELU, GELU (tanh), tanh, ReLU", "[gradcheck][layers]") {
     ftune::context ctx;
     auto xs = test::randn<double>(3 * 11, 6, 2.0);
     const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 3, 11);
@@ -63,6 +63,8 @@ TEST_CASE("activations: GELU, GELU (tanh), tanh", "[gradcheck][layers]") {
     require_layer_gradients(gt, ctx, x);
     layers::tanh<double> t;
     require_layer_gradients(t, ctx, x);
+    layers::relu<double> r;  // no input lies within the difference step of the kink at 0
+    require_layer_gradients(r, ctx, x);
 }
 
 TEST_CASE("dropout: gradients under a fixed seed; eval mode is the identity",
@@ -159,6 +161,35 @@ TEST_CASE("self-attention: a masked key does not change the other positions' out
     for (std::size_t i = 0; i < 3 * C; ++i) CHECK(std::abs(y2.data()[i] - first[i]) < 1e-12);
 }
 
+TEST_CASE("self-attention, causal: gradients with padding; later positions never reach earlier",
+          "[gradcheck][layers]") {
+    const std::size_t B = 2, T = 5, C = 6;
+    layers::self_attention<double> att(C, 3, 0.2, true);
+    test::randomize(att, 50);
+    auto xs = test::randn<double>(B * T * C, 51);
+    std::vector<double> mask(B * T, 0.0);
+    mask[1 * T + 4] = -10000.0;  // batch 1 is one shorter
+    test::masked<layers::self_attention<double>> m{att, {mask.data(), B, T}};
+    const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
+    ftune::context eval;
+    require_layer_gradients(m, eval, x);
+    ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(6)};
+    require_layer_gradients(m, train, x);
+    // changing position t changes no output before t; it does change position t's output
+    for (std::size_t t = 1; t < T; ++t) {
+        auto ys = xs;
+        const auto y1 = att.forward(eval, {xs.data(), B, T, C}, {});
+        const std::vector<double> before(y1.data(), y1.data() + y1.size());
+        for (std::size_t c = 0; c < C; ++c) ys[t * C + c] += 1.0;  // batch 0, position t
+        const auto y2 = att.forward(eval, {ys.data(), B, T, C}, {});
+        for (std::size_t i = 0; i < t * C; ++i) CHECK(std::abs(y2.data()[i] - before[i]) < 1e-12);
+        double changed = 0;
+        for (std::size_t c = 0; c < C; ++c)
+            changed += std::abs(y2.data()[t * C + c] - before[t * C + c]);
+        CHECK(changed > 1e-6);
+    }
+}
+
 TEST_CASE("pooler: gradients of dense and of the first token's hidden state",
           "[gradcheck][layers]") {
     ftune::context ctx;
@@ -167,4 +198,83 @@ TEST_CASE("pooler: gradients of dense and of the first token's hidden state",
     auto hs = test::randn<double>(3 * 4 * 6, 71);
     require_layer_gradients(
         pool, ctx, ftune::view<double, shape<dynamic, dynamic, dynamic>>(hs.data(), 3, 4, 6));
+}
+
+// ---------------------------------------------------------------------------------------------
+// chain: composition of layers
+
+static_assert(ftune::layer<layers::chain<layers::linear<float, 384, 256>, layers::gelu<float, 256>,
+                                         layers::linear<float, 256, 2>>>);
+static_assert(ftune::layer<layers::feed_forward<double>>);
+
+TEST_CASE("chain: gradients of an MLP head, without and with dropout", "[gradcheck][layers]") {
+    using mlp = layers::chain<layers::linear<double>, layers::gelu<double>, layers::dropout<double>,
+                              layers::linear<double, dynamic, 3>>;
+    mlp head(layers::linear<double>(7, 5), {}, layers::dropout<double>(0.25),
+             layers::linear<double, dynamic, 3>(5));
+    test::randomize(head, 80);
+    auto xs = test::randn<double>(4 * 7, 81);
+    const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 4, 7);
+    ftune::context eval;
+    require_layer_gradients(head, eval, x);
+    ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(9)};
+    require_layer_gradients(head, train, x);
+    // output shape: (4, 3) with a static last extent
+    const auto y = head.forward(eval, x);
+    static_assert(decltype(y)::shape_type::static_extents[1] == 3);
+    CHECK(y.extent(0) == 4);
+}
+
+TEST_CASE("chain: equals the layers applied by hand; nested chains; names", "[layers]") {
+    auto ffn = layers::make_feed_forward<double>(6, 10);
+    test::randomize(ffn, 90);
+    auto xs = test::randn<double>(3 * 6, 91);
+    const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 3, 6);
+    ftune::context ctx;
+    const auto y = ffn.forward(ctx, x);
+    // by hand, with copies of the same parameters
+    auto l0 = ffn.get<0>();
+    auto l2 = ffn.get<2>();
+    layers::gelu<double> act;
+    const auto h = l2.forward(ctx, act.forward(ctx, l0.forward(ctx, x)));
+    REQUIRE(h.size() == y.size());
+    for (std::size_t i = 0; i < y.size(); ++i) CHECK(h.data()[i] == y.data()[i]);
+    // names: positions as nn.Sequential, or the given name
+    std::vector<std::string> names;
+    ffn.visit_parameters("ffn", [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names ==
+          std::vector<std::string>{"ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias"});
+    using head_t =
+        layers::chain<layers::named<"dense", layers::linear<double>>, layers::tanh<double>,
+                      layers::named<"out_proj", layers::linear<double>>>;
+    layers::chain<layers::feed_forward<double>, head_t> both(
+        layers::make_feed_forward<double>(6, 10),
+        head_t(layers::linear<double>(6, 4), {}, layers::linear<double>(4, 2)));
+    names.clear();
+    both.visit_parameters("classifier",
+                          [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    REQUIRE(names.size() == 8);
+    CHECK(names[4] == "classifier.1.dense.weight");
+    CHECK(names[7] == "classifier.1.out_proj.bias");
+    test::randomize(both, 92);
+    require_layer_gradients(both, ctx, x);
+}
+
+TEST_CASE("chain: a run-time size mismatch names the member; a missing size is an error",
+          "[layers]") {
+    // sizes known only at run time: 6 -> 4, then a layer that takes 5
+    layers::chain<layers::linear<double>, layers::named<"out", layers::linear<double>>> bad(
+        layers::linear<double>(6, 4), layers::linear<double>(5, 2));
+    auto xs = test::randn<double>(2 * 6, 93);
+    ftune::context ctx;
+    try {
+        bad.forward(ctx, {xs.data(), 2, 6});
+        FAIL("a chain whose neighbours disagree ran");
+    } catch (const ftune::error& e) {
+        CHECK(e.id() == ftune::errc::shape_mismatch);
+        CHECK(e.context().find("chain member out") == 0);
+    }
+    // ftune::dynamic is not a size
+    CHECK_THROWS_AS(layers::linear<double>(), ftune::error);
+    CHECK_THROWS_AS(layers::layer_norm<float>(), ftune::error);
 }

@@ -163,7 +163,8 @@ TEST_CASE("ops::activate and ops::activate_backward match the reference", "[ops]
         auto x = randn_buffer<dynamic_shape<2>>(30, 3.0, 3, cols);
         auto dy = randn_buffer<dynamic_shape<2>>(31, 1.0, 3, cols);
         const std::size_t n = x.size();
-        for (auto f : {activation::gelu, activation::gelu_tanh, activation::tanh}) {
+        for (auto f :
+             {activation::gelu, activation::gelu_tanh, activation::tanh, activation::relu}) {
             INFO("activation " << int(f));
             buffer<float, dynamic_shape<2>> y(3, cols);
             std::vector<float> want(n);
@@ -176,6 +177,9 @@ TEST_CASE("ops::activate and ops::activate_backward match the reference", "[ops]
                     break;
                 case activation::tanh:
                     ref::tanh_forward(want.data(), x.data(), n);
+                    break;
+                case activation::relu:
+                    ref::relu_forward(want.data(), x.data(), n);
                     break;
             }
             ops::activate(f, y, std::as_const(x).view());
@@ -194,6 +198,9 @@ TEST_CASE("ops::activate and ops::activate_backward match the reference", "[ops]
                     break;
                 case activation::tanh:
                     ref::tanh_backward(want_dx.data(), saved.data(), dy.data(), n);
+                    break;
+                case activation::relu:
+                    ref::relu_backward(want_dx.data(), saved.data(), dy.data(), n);
                     break;
             }
             ops::activate_backward(f, dx, saved, dy);

@@ -67,7 +67,26 @@ TEMPLATE_TEST_CASE("activations forward and backward (accumulating)", "[primitiv
         ref::tanh_backward(dx.data(), y.data(), dy.data(), n);
         cpu::tanh_backward(dx2.data(), y.data(), dy.data(), n);
         require_close(dx2, dx, tol<T>(64), "tanh_backward");
+        // ReLU (exact)
+        ref::relu_forward(y.data(), x.data(), n);
+        cpu::relu_forward(y2.data(), x.data(), n);
+        require_close(y2, y, T(0), "relu_forward");
+        ref::relu_backward(dx.data(), x.data(), dy.data(), n);
+        cpu::relu_backward(dx2.data(), x.data(), dy.data(), n);
+        require_close(dx2, dx, tol<T>(64), "relu_backward");  // dx carries the error above
     }
+}
+
+TEST_CASE("ReLU: max(x, 0) and a zero derivative at 0", "[primitives]") {
+    double x[] = {-2.0, 0.0, 3.0}, y[3], dx[] = {1.0, 1.0, 1.0}, dy[] = {5.0, 5.0, 5.0};
+    cpu::relu_forward(y, x, 3);
+    CHECK(y[0] == 0.0);
+    CHECK(y[1] == 0.0);
+    CHECK(y[2] == 3.0);
+    cpu::relu_backward(dx, x, dy, 3);
+    CHECK(dx[0] == 1.0);
+    CHECK(dx[1] == 1.0);
+    CHECK(dx[2] == 6.0);
 }
 
 TEST_CASE("GELU reference agrees with known values", "[primitives]") {
@@ -146,6 +165,38 @@ TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]",
             cpu::softmax_backward(ds2.data(), p.data(), dp.data(), scale, B * H * Tq, Tk);
             require_close(ds2, ds, tol<T>(16.0 * Tk), "softmax_backward");
         }
+}
+
+TEMPLATE_TEST_CASE("causal softmax: keys after the query get 0, the rest match a key-masked row",
+                   "[primitives]", float, double) {
+    using T = TestType;
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (auto [Tq, Tk] :
+         {std::pair<std::size_t, std::size_t>{1, 1}, {5, 5}, {17, 17}, {40, 40}, {3, 7}, {7, 3}}) {
+        INFO("Tq=" << Tq << " Tk=" << Tk);
+        const std::size_t B = 2, H = 3, n = B * H * Tq * Tk;
+        auto s = test::randn<T>(n, 40, 3.0);
+        std::vector<T> mask(B * Tk, T(0));
+        mask[Tk - 1] = ninf;  // batch 0 also drops its last key
+        std::vector<T> p(n), p2(n);
+        ref::softmax_forward(p.data(), s.data(), mask.data(), T(0.5), B, H, Tq, Tk, true);
+        cpu::softmax_forward(p2.data(), s.data(), mask.data(), T(0.5), B, H, Tq, Tk, true);
+        require_close(p2, p, tol<T>(16.0 * Tk), "causal softmax_forward");
+        // each row equals a one-query softmax whose key mask also drops k > q + Tk - Tq
+        for (std::size_t b = 0; b < B; ++b)
+            for (std::size_t h = 0; h < H; ++h)
+                for (std::size_t q = 0; q < Tq; ++q) {
+                    std::vector<T> row_mask(mask.begin() + b * Tk, mask.begin() + (b + 1) * Tk);
+                    for (std::size_t k = 0; k < Tk; ++k)
+                        if (k + Tq > q + Tk) row_mask[k] = ninf;
+                    const std::size_t off = ((b * H + h) * Tq + q) * Tk;
+                    std::vector<T> want(Tk);
+                    ref::softmax_forward(want.data(), s.data() + off, row_mask.data(), T(0.5), 1, 1,
+                                         1, Tk);
+                    for (std::size_t k = 0; k < Tk; ++k)
+                        CHECK(std::abs(p2[off + k] - want[k]) <= tol<T>(16.0 * Tk));
+                }
+    }
 }
 
 TEMPLATE_TEST_CASE("softmax: fully masked rows give zeros on the SIMD and parallel paths",

@@ -151,7 +151,7 @@ void residual_add(Out&& out, const A& a, const B& b) {
 }
 
 /// The activations ops::activation / activation_backward apply.
-enum class activation { gelu, gelu_tanh, tanh };
+enum class activation { gelu, gelu_tanh, tanh, relu };
 
 /// y = f(x) element-wise (same shapes; y may alias x).
 template <tensor_like Y, tensor_like X>
@@ -169,10 +169,13 @@ void activate(activation f, Y&& y, const X& x) {
         case activation::tanh:
             backend::cpu::tanh_forward(y.data(), x.data(), n);
             break;
+        case activation::relu:
+            backend::cpu::relu_forward(y.data(), x.data(), n);
+            break;
     }
 }
 
-/// dx += f'(·) * dy, where · is the forward input x for GELUs and the forward output y for tanh.
+/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).
 template <tensor_like DX, tensor_like S, tensor_like DY>
 void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     detail::same_device<DX, S, DY>();
@@ -188,6 +191,9 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
             break;
         case activation::tanh:
             backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
+        case activation::relu:
+            backend::cpu::relu_backward(dx.data(), saved.data(), dy.data(), n);
             break;
     }
 }
@@ -239,9 +245,11 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
                                       x.data(), weight.data(), mean.data(), rstd.data(), rows, C);
 }
 
-/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk).
+/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk);
+/// causal also drops the keys after each query.
 template <tensor_like P, tensor_like S, tensor_like M>
-void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scalar_of<S> scale) {
+void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scalar_of<S> scale,
+                    bool causal = false) {
     detail::same_device<P, S, M>();
     static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<M>::rank == 2,
                   "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk) and key_mask is (B, Tk)");
@@ -250,12 +258,13 @@ void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scala
     detail::check_axis("masked_softmax", "scores", scores, 3, "key_mask", key_mask, 1);
     const auto& s = scores.shape();
     backend::cpu::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, s.extent(0),
-                                  s.extent(1), s.extent(2), s.extent(3));
+                                  s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
-/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) without a mask.
+/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) without a key mask (causal: keys
+/// after each query dropped).
 template <tensor_like P, tensor_like S>
-void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale) {
+void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale, bool causal = false) {
     detail::same_device<P, S>();
     static_assert(detail::shape_of<S>::rank == 4,
                   "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk)");
@@ -263,7 +272,7 @@ void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale) {
     const auto& s = scores.shape();
     backend::cpu::softmax_forward(probs.data(), scores.data(),
                                   static_cast<const detail::scalar_of<S>*>(nullptr), scale,
-                                  s.extent(0), s.extent(1), s.extent(2), s.extent(3));
+                                  s.extent(0), s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
 /// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk).

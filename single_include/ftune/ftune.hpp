@@ -335,6 +335,12 @@ class shape {
   private:
     constexpr void check_against_static(const char* what) const {
         for (std::size_t i = 0; i < rank; ++i) {
+            if (e_[i] == dynamic)
+                throw error(errc::invalid_argument, what,
+                            detail::cat("axis ", i,
+                                        " has no size: ftune::dynamic marks an extent known only "
+                                        "at run time and is not itself a size; pass the size "
+                                        "(e.g. linear<float>(in, out), not linear<float>())"));
             if (static_extents[i] != dynamic && static_extents[i] != e_[i]) {
                 throw error(errc::shape_mismatch, what,
                             detail::cat("expected ", detail::format_extents(static_extents),
@@ -1222,6 +1228,19 @@ void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) dx[i] += dy[i] * (T(1) - y[i] * y[i]);
 }
 
+/// y = max(x, 0).
+template <scalar T>
+void relu_forward(T* y, const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+/// dx += dy where x > 0 (the derivative at 0 is taken as 0, as PyTorch does).
+template <scalar T>
+void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (x[i] > T(0)) dx[i] += dy[i];
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm over the last axis
 
@@ -1273,16 +1292,19 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
 // Attention softmax
 
 /// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask is additive
-/// (0 keeps a key, -inf or a large negative number drops it) and may be null. A row whose keys
-/// are all -inf gets all-zero probabilities instead of NaN.
+/// (0 keeps a key, -inf or a large negative number drops it) and may be null. causal also drops
+/// the keys after the query (k > q + Tk - Tq). A row whose keys are all dropped gets all-zero
+/// probabilities instead of NaN.
 template <scalar T>
 void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t B,
-                     std::size_t H, std::size_t Tq, std::size_t Tk) {
+                     std::size_t H, std::size_t Tq, std::size_t Tk, bool causal = false) {
     for (std::size_t b = 0; b < B; ++b)
         for (std::size_t row = 0; row < H * Tq; ++row) {
             const std::size_t off = (b * H * Tq + row) * Tk;
+            const std::size_t q = row % Tq;
             T mx = -std::numeric_limits<T>::infinity();
             for (std::size_t k = 0; k < Tk; ++k) {
+                if (causal && k + Tq > q + Tk) continue;
                 const T z = scale * scores[off + k] + (key_mask ? key_mask[b * Tk + k] : T(0));
                 if (z > mx) mx = z;
             }
@@ -1293,7 +1315,7 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             T sum = 0;
             for (std::size_t k = 0; k < Tk; ++k) {
                 const T z = scale * scores[off + k] + (key_mask ? key_mask[b * Tk + k] : T(0));
-                probs[off + k] = std::exp(z - mx);
+                probs[off + k] = causal && k + Tq > q + Tk ? T(0) : std::exp(z - mx);
                 sum += probs[off + k];
             }
             for (std::size_t k = 0; k < Tk; ++k) probs[off + k] /= sum;
@@ -2082,6 +2104,21 @@ void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
     detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
 }
 
+/// y = max(x, 0).
+template <scalar T>
+void relu_forward(T* y, const T* x, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_unary(y, x, n, [](B v) { return xsimd::select(v > B(T(0)), v, B(T(0))); });
+}
+
+/// dx += dy where x > 0 (0 at x = 0, as PyTorch).
+template <scalar T>
+void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_backward(dx, x, dy, n,
+                         [](B v, B g) { return xsimd::select(v > B(T(0)), g, B(T(0))); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
@@ -2163,11 +2200,17 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
 // ---------------------------------------------------------------------------------------------
 // Attention softmax
 
+/// The number of keys query q sees under a causal mask: those with k <= q + Tk - Tq.
+inline std::size_t causal_keys(std::size_t q, std::size_t Tq, std::size_t Tk) {
+    return q + Tk + 1 <= Tq ? 0 : std::min(Tk, q + Tk + 1 - Tq);
+}
+
 /// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask may be null.
-/// A row whose keys are all -inf gets zeros.
+/// causal also drops the keys after the query (k > q + Tk - Tq). A row whose keys are all
+/// dropped gets zeros.
 template <scalar T>
 void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t Bn,
-                     std::size_t H, std::size_t Tq, std::size_t Tk) {
+                     std::size_t H, std::size_t Tq, std::size_t Tk, bool causal = false) {
     using namespace detail;
     using B = batch<T>;
     constexpr T ninf = -std::numeric_limits<T>::infinity();
@@ -2177,10 +2220,14 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             const T* s = scores + r * Tk;
             const T* mask = key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr;
             T* p = probs + r * Tk;
+            // causal: only the first L keys are visible; the rest get probability 0
+            const std::size_t L = causal ? causal_keys(r % Tq, Tq, Tk) : Tk;
+            if (L < Tk) std::fill(p + L, p + Tk, T(0));
+            if (L == 0) continue;
             // pass 1: z = scale * s + mask into p, and the row max
             B mx(ninf);
             T tail_max = ninf;
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+            for_each_batch<T>(L, [&](std::size_t k, auto n) {
                 B z = B(scale) * load(s + k, n);
                 if (mask) z += load(mask + k, n);
                 store(p + k, z, n);
@@ -2193,19 +2240,19 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             });
             const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
             if (m == ninf) {
-                std::fill_n(p, Tk, T(0));
+                std::fill_n(p, L, T(0));
                 continue;
             }
             // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
             B sum(T(0));
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+            for_each_batch<T>(L, [&](std::size_t k, auto n) {
                 const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
                 store(p + k, e, n);
                 sum += e;
             });
             const B inv(T(1) / reduce_add(sum));
             for_each_batch<T>(
-                Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+                L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
         }
     });
 }
@@ -2652,7 +2699,7 @@ void residual_add(Out&& out, const A& a, const B& b) {
 }
 
 /// The activations ops::activation / activation_backward apply.
-enum class activation { gelu, gelu_tanh, tanh };
+enum class activation { gelu, gelu_tanh, tanh, relu };
 
 /// y = f(x) element-wise (same shapes; y may alias x).
 template <tensor_like Y, tensor_like X>
@@ -2670,10 +2717,13 @@ void activate(activation f, Y&& y, const X& x) {
         case activation::tanh:
             backend::cpu::tanh_forward(y.data(), x.data(), n);
             break;
+        case activation::relu:
+            backend::cpu::relu_forward(y.data(), x.data(), n);
+            break;
     }
 }
 
-/// dx += f'(·) * dy, where · is the forward input x for GELUs and the forward output y for tanh.
+/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).
 template <tensor_like DX, tensor_like S, tensor_like DY>
 void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     detail::same_device<DX, S, DY>();
@@ -2689,6 +2739,9 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
             break;
         case activation::tanh:
             backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
+        case activation::relu:
+            backend::cpu::relu_backward(dx.data(), saved.data(), dy.data(), n);
             break;
     }
 }
@@ -2740,9 +2793,11 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
                                       x.data(), weight.data(), mean.data(), rstd.data(), rows, C);
 }
 
-/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk).
+/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk);
+/// causal also drops the keys after each query.
 template <tensor_like P, tensor_like S, tensor_like M>
-void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scalar_of<S> scale) {
+void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scalar_of<S> scale,
+                    bool causal = false) {
     detail::same_device<P, S, M>();
     static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<M>::rank == 2,
                   "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk) and key_mask is (B, Tk)");
@@ -2751,12 +2806,13 @@ void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scala
     detail::check_axis("masked_softmax", "scores", scores, 3, "key_mask", key_mask, 1);
     const auto& s = scores.shape();
     backend::cpu::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, s.extent(0),
-                                  s.extent(1), s.extent(2), s.extent(3));
+                                  s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
-/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) without a mask.
+/// Scaled softmax over the last axis of scores (B, H, Tq, Tk) without a key mask (causal: keys
+/// after each query dropped).
 template <tensor_like P, tensor_like S>
-void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale) {
+void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale, bool causal = false) {
     detail::same_device<P, S>();
     static_assert(detail::shape_of<S>::rank == 4,
                   "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk)");
@@ -2764,7 +2820,7 @@ void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale) {
     const auto& s = scores.shape();
     backend::cpu::softmax_forward(probs.data(), scores.data(),
                                   static_cast<const detail::scalar_of<S>*>(nullptr), scale,
-                                  s.extent(0), s.extent(1), s.extent(2), s.extent(3));
+                                  s.extent(0), s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
 /// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk).
@@ -2900,7 +2956,7 @@ FTUNE_NAMESPACE_END
 // The layers ftune's models are composed of (include one by one or all through this header).
 
 // ---- begin ftune/layers/activation.hpp ----
-// layers::activation: element-wise GELU (erf), GELU (tanh) or tanh, chosen at compile time.
+// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time.
 
 #include <string_view>
 
@@ -2909,7 +2965,7 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// y = f(x) element-wise over (N, C); F is ops::activation::gelu ("gelu"), gelu_tanh
-/// ("gelu_new") or tanh (the pooler's).
+/// ("gelu_new"), relu ("relu") or tanh (the pooler's).
 template <scalar T, ops::activation F, std::size_t C = dynamic>
 class activation {
   public:
@@ -2918,7 +2974,7 @@ class activation {
     using output_view = input_view;                       ///< y: (N, C)
     using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
 
-    /// y = f(x); saves x (GELUs, a view: keep it alive until backward) or y (tanh).
+    /// y = f(x); saves x (GELUs, ReLU: a view, keep it alive until backward) or y (tanh).
     output_view forward(context&, input_view x) {
         x_ = x;
         y_.resize(x.shape());
@@ -2955,6 +3011,9 @@ using gelu_tanh = activation<T, ops::activation::gelu_tanh, C>;
 /// tanh (the pooler's activation).
 template <scalar T, std::size_t C = dynamic>
 using tanh = activation<T, ops::activation::tanh, C>;
+/// max(x, 0), Hugging Face's "relu".
+template <scalar T, std::size_t C = dynamic>
+using relu = activation<T, ops::activation::relu, C>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END
@@ -3056,13 +3115,16 @@ class self_attention {
     linear<T, C, C> key;    ///< "key" projection
     linear<T, C, C> value;  ///< "value" projection
     T dropout_p;            ///< dropout on the attention probabilities (BERT: 0.1)
+    bool causal;            ///< also mask the keys after each query (decoder-style); BERT: false
 
     /// A layer of width `features` with `num_heads` heads (features % num_heads == 0).
-    self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1))
+    self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1),
+                   bool causal_mask = false)
         : query(features, features),
           key(features, features),
           value(features, features),
           dropout_p(attention_dropout),
+          causal(causal_mask),
           heads_(num_heads) {
         if (num_heads == 0 || features % num_heads != 0)
             throw error(
@@ -3074,8 +3136,9 @@ class self_attention {
     /// Number of heads.
     std::size_t heads() const noexcept { return heads_; }
 
-    /// Attention of every position to the unmasked keys of its sequence. key_mask (B, T) is
-    /// added to the scaled scores (0 keeps a key, a large negative value or -inf drops it).
+    /// Attention of every position to the unmasked keys of its sequence (and, when causal, only
+    /// to itself and earlier positions). key_mask (B, T) is added to the scaled scores (0 keeps a
+    /// key, a large negative value or -inf drops it).
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
@@ -3093,9 +3156,9 @@ class self_attention {
                                                scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
-            ops::masked_softmax(probs_, scores_, scale);
+            ops::masked_softmax(probs_, scores_, scale, causal);
         else
-            ops::masked_softmax(probs_, scores_, key_mask, scale);
+            ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
         const T* p = probs_.data();
         dropped_ = ctx.training() && dropout_p > T(0);
         if (dropped_) {
@@ -3489,6 +3552,212 @@ class bert_embeddings {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/bert_embeddings.hpp ----
+// ---- begin ftune/layers/chain.hpp ----
+// layers::chain: a layer made of layers applied one after another (PyTorch's nn.Sequential), with
+// the compile-time sizes of every pair of neighbours checked when the chain type is formed.
+//
+//   using mlp = ftune::layers::chain<ftune::layers::linear<float, 384, 256>,
+//                                    ftune::layers::gelu<float, 256>,
+//                                    ftune::layers::linear<float, 256, 2>>;
+//   mlp head(ftune::layers::linear<float, 384, 256>(), {}, ftune::layers::linear<float, 256, 2>());
+//
+// Parameters are named by position ("<prefix>.0.weight", as nn.Sequential) unless a member is
+// wrapped in named<"dense", L> ("<prefix>.dense.weight").
+
+#include <algorithm>
+#include <concepts>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// A string literal usable as a template argument: the name of a chain member.
+template <std::size_t N>
+struct fixed_name {
+    char chars[N]{};  ///< the characters, NUL-terminated
+    /// From a string literal.
+    constexpr fixed_name(const char (&s)[N]) { std::copy_n(s, N, chars); }
+    /// The name without the terminating NUL.
+    constexpr std::string_view view() const { return {chars, N - 1}; }
+};
+
+/// Layer L appearing as "<prefix>.<Name>" in a chain's parameter names instead of its index.
+template <fixed_name Name, class L>
+struct named : L {
+    using L::L;
+    /// Wraps an already built layer.
+    named(L l) : L(std::move(l)) {}
+    /// The name segment.
+    static constexpr std::string_view name() { return Name.view(); }
+};
+
+namespace detail {
+/// The name of member I of a chain: Name for named<Name, L>, otherwise the index.
+template <class L>
+std::string member_name(std::size_t index) {
+    if constexpr (requires { L::name(); })
+        return std::string(L::name());
+    else
+        return std::to_string(index);
+}
+
+/// Fails the build, naming I and both shapes in its template arguments, when layer I's output
+/// cannot be layer I + 1's input.
+template <std::size_t I, class OutShape, class InShape>
+constexpr bool chain_link_fits() {
+    static_assert(OutShape::rank == InShape::rank,
+                  "ftune::layers::chain: layer I + 1 takes a tensor of another rank than layer I "
+                  "returns (I, layer I's output shape and layer I + 1's input shape are the "
+                  "template arguments of chain_link_fits above). Put a layer between them that "
+                  "changes the rank, or compose them by hand.");
+    if constexpr (OutShape::rank == InShape::rank)
+        static_assert(ftune::detail::static_extents_compatible(OutShape::static_extents,
+                                                               InShape::static_extents),
+                      "ftune::layers::chain: layer I returns a tensor whose compile-time sizes "
+                      "differ from what layer I + 1 takes (I, layer I's output shape and layer "
+                      "I + 1's input shape are the template arguments of chain_link_fits above). "
+                      "Make the neighbours agree (linear<T, In, Out> followed by a layer of width "
+                      "Out), or declare the size ftune::dynamic to check it at run time.");
+    return true;
+}
+}  // namespace detail
+
+/// The layers Ls applied in order: (input of the first) -> (output of the last).
+template <class... Ls>
+class chain {
+    static_assert(sizeof...(Ls) > 0, "ftune::layers::chain needs at least one layer");
+    static constexpr std::size_t N = sizeof...(Ls);
+    template <std::size_t I>
+    using layer_t = std::tuple_element_t<I, std::tuple<Ls...>>;
+    template <std::size_t I>
+    using out_shape = typename layer_t<I>::output_view::shape_type;
+    template <std::size_t I>
+    using in_shape = typename layer_t<I>::input_view::shape_type;
+
+    static_assert((std::is_same_v<typename Ls::value_type, typename layer_t<0>::value_type> && ...),
+                  "ftune::layers::chain: every layer of a chain computes in the same scalar type");
+    template <std::size_t... I>
+    static constexpr bool links_fit(std::index_sequence<I...>) {
+        return (detail::chain_link_fits<I, out_shape<I>, in_shape<I + 1>>() && ...);
+    }
+    static_assert(links_fit(std::make_index_sequence<N - 1>{}));
+
+  public:
+    using value_type = typename layer_t<0>::value_type;        ///< scalar type
+    using input_view = typename layer_t<0>::input_view;        ///< the first layer's input
+    using output_view = typename layer_t<N - 1>::output_view;  ///< the last layer's output
+    using d_input_view = typename layer_t<0>::d_input_view;    ///< dx, accumulated into
+
+    std::tuple<Ls...> members;  ///< the layers, in order (also get<I>())
+
+    /// A chain of default-constructed layers (their static sizes).
+    chain() requires(std::default_initializable<Ls>&&...) = default;
+    /// A chain of the given layers, moved in.
+    explicit chain(Ls... ls) : members(std::move(ls)...) {}
+
+    /// Layer I.
+    template <std::size_t I>
+    layer_t<I>& get() noexcept {
+        return std::get<I>(members);
+    }
+    /// Layer I (const).
+    template <std::size_t I>
+    const layer_t<I>& get() const noexcept {
+        return std::get<I>(members);
+    }
+
+    /// Runs every layer's forward on the previous one's output. An ftune::error from a member is
+    /// rethrown with the member's name in its context.
+    output_view forward(context& ctx, input_view x) { return forward_from<0>(ctx, x); }
+
+    /// Runs the layers' backward passes in reverse; accumulates into parameter gradients and,
+    /// unless dx is empty, into dx.
+    void backward(context& ctx, output_view dy, d_input_view dx) {
+        backward_from<N - 1>(ctx, dy, dx);
+    }
+
+    /// Sets every member's gradients to zero.
+    void zero_grad() noexcept {
+        std::apply([](auto&... l) { (l.zero_grad(), ...); }, members);
+    }
+
+    /// Visits the members' parameters in order, as "<prefix>.<index or name>.<parameter>".
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        visit_from<0>(prefix, f);
+    }
+
+  private:
+    // calls fn(); an ftune::error gets "chain member <name>" prepended to its context
+    template <std::size_t I, class Fn>
+    static decltype(auto) guarded(Fn&& fn) {
+        try {
+            return fn();
+        } catch (const error& e) {
+            throw error(e.id(),
+                        ftune::detail::cat("chain member ", detail::member_name<layer_t<I>>(I),
+                                           e.context().empty() ? "" : ": ", e.context()),
+                        e.message());
+        }
+    }
+
+    template <std::size_t I, class In>
+    output_view forward_from(context& ctx, const In& x) {
+        const auto y =
+            guarded<I>([&] { return get<I>().forward(ctx, typename layer_t<I>::input_view(x)); });
+        std::get<I>(outputs_) = y;
+        if constexpr (I + 1 == N)
+            return y;
+        else
+            return forward_from<I + 1>(ctx, y);
+    }
+
+    template <std::size_t I>
+    void backward_from(context& ctx, typename layer_t<I>::output_view dy, d_input_view dx) {
+        if constexpr (I == 0) {
+            guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
+        } else {
+            auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), zeroed
+            g.resize(std::get<I - 1>(outputs_).shape());
+            g.fill(value_type(0));
+            guarded<I>(
+                [&] { get<I>().backward(ctx, dy, typename layer_t<I>::d_input_view(g.view())); });
+            backward_from<I - 1>(ctx, typename layer_t<I - 1>::output_view(g.view()), dx);
+        }
+    }
+
+    template <std::size_t I, class F>
+    void visit_from(std::string_view prefix, F& f) {
+        get<I>().visit_parameters(join_name(prefix, detail::member_name<layer_t<I>>(I)), f);
+        if constexpr (I + 1 < N) visit_from<I + 1>(prefix, f);
+    }
+
+    std::tuple<typename Ls::output_view...> outputs_;  // the last forward's member outputs
+    std::tuple<buffer<value_type, typename Ls::output_view::shape_type>...>
+        grads_;  // d loss / d output of members 0 .. N-2
+};
+
+/// A position-wise feed-forward network (C) -> linear -> Act -> linear -> (C), F hidden units;
+/// parameters "<prefix>.0.*" and "<prefix>.2.*", as nn.Sequential.
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
+          template <class, std::size_t> class Act = gelu>
+using feed_forward = chain<linear<T, C, F>, Act<T, F>, linear<T, F, C>>;
+
+/// A zero-initialized feed_forward of width c with f hidden units (defaults: the static sizes).
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
+          template <class, std::size_t> class Act = gelu>
+feed_forward<T, C, F, Act> make_feed_forward(std::size_t c = C, std::size_t f = F) {
+    return feed_forward<T, C, F, Act>(linear<T, C, F>(c, f), Act<T, F>(), linear<T, F, C>(f, c));
+}
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/chain.hpp ----
 // ---- begin ftune/layers/pooler.hpp ----
 // layers::pooler: BERT's pooler, tanh(dense(hidden state of the first token)).
 

@@ -118,6 +118,12 @@ class shape {
   private:
     constexpr void check_against_static(const char* what) const {
         for (std::size_t i = 0; i < rank; ++i) {
+            if (e_[i] == dynamic)
+                throw error(errc::invalid_argument, what,
+                            detail::cat("axis ", i,
+                                        " has no size: ftune::dynamic marks an extent known only "
+                                        "at run time and is not itself a size; pass the size "
+                                        "(e.g. linear<float>(in, out), not linear<float>())"));
             if (static_extents[i] != dynamic && static_extents[i] != e_[i]) {
                 throw error(errc::shape_mismatch, what,
                             detail::cat("expected ", detail::format_extents(static_extents),

@@ -1,4 +1,4 @@
-// layers::activation: element-wise GELU (erf), GELU (tanh) or tanh, chosen at compile time.
+// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time.
 #pragma once
 
 #include <string_view>
@@ -11,7 +11,7 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// y = f(x) element-wise over (N, C); F is ops::activation::gelu ("gelu"), gelu_tanh
-/// ("gelu_new") or tanh (the pooler's).
+/// ("gelu_new"), relu ("relu") or tanh (the pooler's).
 template <scalar T, ops::activation F, std::size_t C = dynamic>
 class activation {
   public:
@@ -20,7 +20,7 @@ class activation {
     using output_view = input_view;                       ///< y: (N, C)
     using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
 
-    /// y = f(x); saves x (GELUs, a view: keep it alive until backward) or y (tanh).
+    /// y = f(x); saves x (GELUs, ReLU: a view, keep it alive until backward) or y (tanh).
     output_view forward(context&, input_view x) {
         x_ = x;
         y_.resize(x.shape());
@@ -57,6 +57,9 @@ using gelu_tanh = activation<T, ops::activation::gelu_tanh, C>;
 /// tanh (the pooler's activation).
 template <scalar T, std::size_t C = dynamic>
 using tanh = activation<T, ops::activation::tanh, C>;
+/// max(x, 0), Hugging Face's "relu".
+template <scalar T, std::size_t C = dynamic>
+using relu = activation<T, ops::activation::relu, C>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END

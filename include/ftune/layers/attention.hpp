@@ -28,13 +28,16 @@ class self_attention {
     linear<T, C, C> key;    ///< "key" projection
     linear<T, C, C> value;  ///< "value" projection
     T dropout_p;            ///< dropout on the attention probabilities (BERT: 0.1)
+    bool causal;            ///< also mask the keys after each query (decoder-style); BERT: false
 
     /// A layer of width `features` with `num_heads` heads (features % num_heads == 0).
-    self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1))
+    self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1),
+                   bool causal_mask = false)
         : query(features, features),
           key(features, features),
           value(features, features),
           dropout_p(attention_dropout),
+          causal(causal_mask),
           heads_(num_heads) {
         if (num_heads == 0 || features % num_heads != 0)
             throw error(
@@ -46,8 +49,9 @@ class self_attention {
     /// Number of heads.
     std::size_t heads() const noexcept { return heads_; }
 
-    /// Attention of every position to the unmasked keys of its sequence. key_mask (B, T) is
-    /// added to the scaled scores (0 keeps a key, a large negative value or -inf drops it).
+    /// Attention of every position to the unmasked keys of its sequence (and, when causal, only
+    /// to itself and earlier positions). key_mask (B, T) is added to the scaled scores (0 keeps a
+    /// key, a large negative value or -inf drops it).
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
@@ -65,9 +69,9 @@ class self_attention {
                                                scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
-            ops::masked_softmax(probs_, scores_, scale);
+            ops::masked_softmax(probs_, scores_, scale, causal);
         else
-            ops::masked_softmax(probs_, scores_, key_mask, scale);
+            ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
         const T* p = probs_.data();
         dropped_ = ctx.training() && dropout_p > T(0);
         if (dropped_) {

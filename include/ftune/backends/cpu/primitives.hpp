@@ -191,6 +191,21 @@ void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
     detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
 }
 
+/// y = max(x, 0).
+template <scalar T>
+void relu_forward(T* y, const T* x, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_unary(y, x, n, [](B v) { return xsimd::select(v > B(T(0)), v, B(T(0))); });
+}
+
+/// dx += dy where x > 0 (0 at x = 0, as PyTorch).
+template <scalar T>
+void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_backward(dx, x, dy, n,
+                         [](B v, B g) { return xsimd::select(v > B(T(0)), g, B(T(0))); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
@@ -272,11 +287,17 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
 // ---------------------------------------------------------------------------------------------
 // Attention softmax
 
+/// The number of keys query q sees under a causal mask: those with k <= q + Tk - Tq.
+inline std::size_t causal_keys(std::size_t q, std::size_t Tq, std::size_t Tk) {
+    return q + Tk + 1 <= Tq ? 0 : std::min(Tk, q + Tk + 1 - Tq);
+}
+
 /// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask may be null.
-/// A row whose keys are all -inf gets zeros.
+/// causal also drops the keys after the query (k > q + Tk - Tq). A row whose keys are all
+/// dropped gets zeros.
 template <scalar T>
 void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t Bn,
-                     std::size_t H, std::size_t Tq, std::size_t Tk) {
+                     std::size_t H, std::size_t Tq, std::size_t Tk, bool causal = false) {
     using namespace detail;
     using B = batch<T>;
     constexpr T ninf = -std::numeric_limits<T>::infinity();
@@ -286,10 +307,14 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             const T* s = scores + r * Tk;
             const T* mask = key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr;
             T* p = probs + r * Tk;
+            // causal: only the first L keys are visible; the rest get probability 0
+            const std::size_t L = causal ? causal_keys(r % Tq, Tq, Tk) : Tk;
+            if (L < Tk) std::fill(p + L, p + Tk, T(0));
+            if (L == 0) continue;
             // pass 1: z = scale * s + mask into p, and the row max
             B mx(ninf);
             T tail_max = ninf;
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+            for_each_batch<T>(L, [&](std::size_t k, auto n) {
                 B z = B(scale) * load(s + k, n);
                 if (mask) z += load(mask + k, n);
                 store(p + k, z, n);
@@ -302,19 +327,19 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             });
             const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
             if (m == ninf) {
-                std::fill_n(p, Tk, T(0));
+                std::fill_n(p, L, T(0));
                 continue;
             }
             // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
             B sum(T(0));
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+            for_each_batch<T>(L, [&](std::size_t k, auto n) {
                 const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
                 store(p + k, e, n);
                 sum += e;
             });
             const B inv(T(1) / reduce_add(sum));
             for_each_batch<T>(
-                Tk, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+                L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
         }
     });
 }

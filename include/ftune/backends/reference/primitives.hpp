@@ -136,6 +136,19 @@ void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) dx[i] += dy[i] * (T(1) - y[i] * y[i]);
 }
 
+/// y = max(x, 0).
+template <scalar T>
+void relu_forward(T* y, const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+/// dx += dy where x > 0 (the derivative at 0 is taken as 0, as PyTorch does).
+template <scalar T>
+void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (x[i] > T(0)) dx[i] += dy[i];
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm over the last axis
 
@@ -187,16 +200,19 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
 // Attention softmax
 
 /// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask is additive
-/// (0 keeps a key, -inf or a large negative number drops it) and may be null. A row whose keys
-/// are all -inf gets all-zero probabilities instead of NaN.
+/// (0 keeps a key, -inf or a large negative number drops it) and may be null. causal also drops
+/// the keys after the query (k > q + Tk - Tq). A row whose keys are all dropped gets all-zero
+/// probabilities instead of NaN.
 template <scalar T>
 void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t B,
-                     std::size_t H, std::size_t Tq, std::size_t Tk) {
+                     std::size_t H, std::size_t Tq, std::size_t Tk, bool causal = false) {
     for (std::size_t b = 0; b < B; ++b)
         for (std::size_t row = 0; row < H * Tq; ++row) {
             const std::size_t off = (b * H * Tq + row) * Tk;
+            const std::size_t q = row % Tq;
             T mx = -std::numeric_limits<T>::infinity();
             for (std::size_t k = 0; k < Tk; ++k) {
+                if (causal && k + Tq > q + Tk) continue;
                 const T z = scale * scores[off + k] + (key_mask ? key_mask[b * Tk + k] : T(0));
                 if (z > mx) mx = z;
             }
@@ -207,7 +223,7 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
             T sum = 0;
             for (std::size_t k = 0; k < Tk; ++k) {
                 const T z = scale * scores[off + k] + (key_mask ? key_mask[b * Tk + k] : T(0));
-                probs[off + k] = std::exp(z - mx);
+                probs[off + k] = causal && k + Tq > q + Tk ? T(0) : std::exp(z - mx);
                 sum += probs[off + k];
             }
             for (std::size_t k = 0; k < Tk; ++k) probs[off + k] /= sum;
