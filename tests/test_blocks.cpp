@@ -86,7 +86,8 @@ TEST_CASE("BERT encoder: gradients of every parameter with a padding mask, eval 
                  .intermediate_size = 12,
                  .max_position_embeddings = 6,
                  .type_vocab_size = 2,
-                 .layer_norm_eps = 1e-5});
+                 .layer_norm_eps = 1e-5,
+                 .pad_token_id = -1});  // the exact gradient of every row (no padding_idx)
     test::randomize(enc, 60);
     const std::size_t B = 2, T = 5;
     std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
@@ -107,6 +108,29 @@ TEST_CASE("BERT encoder: gradients of every parameter with a padding mask, eval 
     CHECK(names[4] == "bert.embeddings.LayerNorm.bias");
     CHECK(names.back() == "bert.encoder.layer.1.output.LayerNorm.bias");
     CHECK(names.size() == 5 + 2 * 16);
+}
+
+TEST_CASE("BERT encoder: the pad_token_id row learns nothing, as Hugging Face's padding_idx",
+          "[blocks]") {
+    ftune::bert::encoder<double> enc({.vocab_size = 6,
+                                      .hidden_size = 4,
+                                      .num_hidden_layers = 1,
+                                      .num_attention_heads = 1,
+                                      .intermediate_size = 4,
+                                      .max_position_embeddings = 4,
+                                      .pad_token_id = 3});
+    test::randomize(enc, 61);
+    std::vector<ftune::token_id> ids{1, 3, 3, 2}, attention{1, 1, 1, 1};  // pad attended to
+    ftune::context ctx;
+    const auto h = enc.forward(ctx, {ids.data(), 1, 4}, {attention.data(), 1, 4});
+    const std::vector<double> dh(h.size(), 1.0);
+    enc.zero_grad();
+    enc.backward(ctx, {dh.data(), 1, 4, 4});
+    const auto& g = enc.embeddings.word_embeddings.weight.grad;
+    double row1 = 0, row3 = 0;
+    for (std::size_t c = 0; c < 4; ++c) row1 += std::abs(g(1, c)), row3 += std::abs(g(3, c));
+    CHECK(row1 > 0);
+    CHECK(row3 == 0);
 }
 
 TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration", "[blocks]") {

@@ -330,7 +330,8 @@ void embedding(Out&& out, const Ids& ids, const Table& table) {
 
 /// dtable(vocab, C)(ids, :) += dout(n, C) (repeated ids add up); bad ids throw out_of_range.
 template <tensor_like DTable, tensor_like Ids, tensor_like DOut>
-void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout) {
+void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout,
+                        token_id padding_idx = -1) {
     using ST = detail::shape_of<DTable>;
     detail::same_device<DTable, Ids, DOut>();
     static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>,
@@ -342,7 +343,8 @@ void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout) {
     detail::check_size("embedding_backward", "ids", ids, dout.shape().extent(0),
                        "one per row of dout");
     backend::cpu::embedding_backward(dtable.data(), ids.data(), dout.data(), dout.shape().extent(0),
-                                     dtable.shape().extent(1), dtable.shape().extent(0));
+                                     dtable.shape().extent(1), dtable.shape().extent(0),
+                                     padding_idx);
 }
 
 /// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.

@@ -1388,13 +1388,15 @@ void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t 
         for (std::size_t c = 0; c < C; ++c) out[i * C + c] = table[std::size_t(ids[i]) * C + c];
 }
 
-/// dtable(ids[i], :) += dout(i, :) for each i (repeated ids add up).
+/// dtable(ids[i], :) += dout(i, :) for each i (repeated ids add up) whose id is not padding_idx.
 template <scalar T>
 void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size_t n, std::size_t C,
-                        std::size_t vocab) {
+                        std::size_t vocab, token_id padding_idx = -1) {
     check_ids(ids, n, vocab, "embedding_backward");
     for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t c = 0; c < C; ++c) dtable[std::size_t(ids[i]) * C + c] += dout[i * C + c];
+        if (ids[i] != padding_idx)
+            for (std::size_t c = 0; c < C; ++c)
+                dtable[std::size_t(ids[i]) * C + c] += dout[i * C + c];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2347,14 +2349,16 @@ void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t 
     });
 }
 
-/// dtable(ids[i], :) += dout(i, :); split by columns, so repeated ids never race.
+/// dtable(ids[i], :) += dout(i, :) except for ids equal to padding_idx (PyTorch's padding_idx:
+/// that row gets no gradient); split by columns, so repeated ids never race.
 template <scalar T>
 void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size_t n, std::size_t C,
-                        std::size_t vocab) {
+                        std::size_t vocab, token_id padding_idx = -1) {
     using namespace detail;
     check_ids(ids, n, vocab, "embedding_backward");
     parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
         for (std::size_t i = 0; i < n; ++i) {
+            if (ids[i] == padding_idx) continue;
             T* d = dtable + std::size_t(ids[i]) * C + c0;
             const T* g = dout + i * C + c0;
             for_each_batch<T>(c1 - c0, [&](std::size_t c, auto k) {
@@ -2878,7 +2882,8 @@ void embedding(Out&& out, const Ids& ids, const Table& table) {
 
 /// dtable(vocab, C)(ids, :) += dout(n, C) (repeated ids add up); bad ids throw out_of_range.
 template <tensor_like DTable, tensor_like Ids, tensor_like DOut>
-void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout) {
+void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout,
+                        token_id padding_idx = -1) {
     using ST = detail::shape_of<DTable>;
     detail::same_device<DTable, Ids, DOut>();
     static_assert(std::is_same_v<detail::scalar_of<Ids>, token_id>,
@@ -2890,7 +2895,8 @@ void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout) {
     detail::check_size("embedding_backward", "ids", ids, dout.shape().extent(0),
                        "one per row of dout");
     backend::cpu::embedding_backward(dtable.data(), ids.data(), dout.data(), dout.shape().extent(0),
-                                     dtable.shape().extent(1), dtable.shape().extent(0));
+                                     dtable.shape().extent(1), dtable.shape().extent(0),
+                                     padding_idx);
 }
 
 /// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.
@@ -3335,7 +3341,8 @@ class embedding {
     using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
 
     parameter<T, shape<dynamic, C>>
-        weight;  ///< the table (vocab, C), Hugging Face "weight"; no decay
+        weight;                 ///< the table (vocab, C), Hugging Face "weight"; no decay
+    token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
 
     /// A zero table of `vocab` rows of `features` values.
     explicit embedding(std::size_t vocab = 0, std::size_t features = C)
@@ -3349,9 +3356,10 @@ class embedding {
         return out_.view();
     }
 
-    /// dtable(ids[i], :) += dout(i, :) when the table is trainable (ids have no gradient).
+    /// dtable(ids[i], :) += dout(i, :) when the table is trainable, except for padding_idx rows
+    /// (ids have no gradient).
     void backward(context&, output_view dout) {
-        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout);
+        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
     }
 
     /// Sets the table's gradient to zero.
@@ -3479,14 +3487,18 @@ class bert_embeddings {
     layer_norm<T, C> norm;                  ///< "LayerNorm"
     dropout<T, C> drop;                     ///< hidden dropout
 
-    /// Tables of the given sizes (zero), LayerNorm weight 1.
+    /// Tables of the given sizes (zero), LayerNorm weight 1. The word table's pad_id row gets no
+    /// gradient, as Hugging Face's (padding_idx = pad_token_id); -1: every row learns.
     bert_embeddings(std::size_t vocab, std::size_t max_positions, std::size_t type_vocab,
-                    std::size_t features, T layer_norm_eps = T(1e-12), T dropout_p = T(0.1))
+                    std::size_t features, T layer_norm_eps = T(1e-12), T dropout_p = T(0.1),
+                    token_id pad_id = 0)
         : word_embeddings(vocab, features),
           position_embeddings(max_positions, features),
           token_type_embeddings(type_vocab, features),
           norm(features, layer_norm_eps),
-          drop(dropout_p) {}
+          drop(dropout_p) {
+        word_embeddings.padding_idx = pad_id;
+    }
 
     /// Embeds ids; token_types may be empty (all type 0). Positions are 0 .. T-1 in every row.
     output_view forward(context& ctx, ids_view ids, ids_view token_types = {}) {
@@ -4049,6 +4061,7 @@ struct config {
     double hidden_dropout_prob = 0.1;           ///< hidden_dropout_prob
     double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
     double layer_norm_eps = 1e-12;              ///< layer_norm_eps
+    token_id pad_token_id = 0;  ///< pad_token_id: its word embedding gets no gradient
 };
 
 /// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static.
@@ -4067,7 +4080,7 @@ class encoder {
     /// A zero-initialized encoder of the given configuration.
     explicit encoder(const config& c)
         : embeddings(c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.hidden_size,
-                     T(c.layer_norm_eps), T(c.hidden_dropout_prob)) {
+                     T(c.layer_norm_eps), T(c.hidden_dropout_prob), c.pad_token_id) {
         layer.reserve(c.num_hidden_layers);
         for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
             layer.emplace_back(blocks::block_sizes{

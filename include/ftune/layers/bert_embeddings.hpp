@@ -24,14 +24,18 @@ class bert_embeddings {
     layer_norm<T, C> norm;                  ///< "LayerNorm"
     dropout<T, C> drop;                     ///< hidden dropout
 
-    /// Tables of the given sizes (zero), LayerNorm weight 1.
+    /// Tables of the given sizes (zero), LayerNorm weight 1. The word table's pad_id row gets no
+    /// gradient, as Hugging Face's (padding_idx = pad_token_id); -1: every row learns.
     bert_embeddings(std::size_t vocab, std::size_t max_positions, std::size_t type_vocab,
-                    std::size_t features, T layer_norm_eps = T(1e-12), T dropout_p = T(0.1))
+                    std::size_t features, T layer_norm_eps = T(1e-12), T dropout_p = T(0.1),
+                    token_id pad_id = 0)
         : word_embeddings(vocab, features),
           position_embeddings(max_positions, features),
           token_type_embeddings(type_vocab, features),
           norm(features, layer_norm_eps),
-          drop(dropout_p) {}
+          drop(dropout_p) {
+        word_embeddings.padding_idx = pad_id;
+    }
 
     /// Embeds ids; token_types may be empty (all type 0). Positions are 0 .. T-1 in every row.
     output_view forward(context& ctx, ids_view ids, ids_view token_types = {}) {

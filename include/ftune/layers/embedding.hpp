@@ -19,7 +19,8 @@ class embedding {
     using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
 
     parameter<T, shape<dynamic, C>>
-        weight;  ///< the table (vocab, C), Hugging Face "weight"; no decay
+        weight;                 ///< the table (vocab, C), Hugging Face "weight"; no decay
+    token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
 
     /// A zero table of `vocab` rows of `features` values.
     explicit embedding(std::size_t vocab = 0, std::size_t features = C)
@@ -33,9 +34,10 @@ class embedding {
         return out_.view();
     }
 
-    /// dtable(ids[i], :) += dout(i, :) when the table is trainable (ids have no gradient).
+    /// dtable(ids[i], :) += dout(i, :) when the table is trainable, except for padding_idx rows
+    /// (ids have no gradient).
     void backward(context&, output_view dout) {
-        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout);
+        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
     }
 
     /// Sets the table's gradient to zero.

@@ -23,6 +23,7 @@ struct config {
     double hidden_dropout_prob = 0.1;           ///< hidden_dropout_prob
     double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
     double layer_norm_eps = 1e-12;              ///< layer_norm_eps
+    token_id pad_token_id = 0;  ///< pad_token_id: its word embedding gets no gradient
 };
 
 /// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static.
@@ -41,7 +42,7 @@ class encoder {
     /// A zero-initialized encoder of the given configuration.
     explicit encoder(const config& c)
         : embeddings(c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.hidden_size,
-                     T(c.layer_norm_eps), T(c.hidden_dropout_prob)) {
+                     T(c.layer_norm_eps), T(c.hidden_dropout_prob), c.pad_token_id) {
         layer.reserve(c.num_hidden_layers);
         for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
             layer.emplace_back(blocks::block_sizes{

@@ -434,14 +434,16 @@ void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t 
     });
 }
 
-/// dtable(ids[i], :) += dout(i, :); split by columns, so repeated ids never race.
+/// dtable(ids[i], :) += dout(i, :) except for ids equal to padding_idx (PyTorch's padding_idx:
+/// that row gets no gradient); split by columns, so repeated ids never race.
 template <scalar T>
 void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size_t n, std::size_t C,
-                        std::size_t vocab) {
+                        std::size_t vocab, token_id padding_idx = -1) {
     using namespace detail;
     check_ids(ids, n, vocab, "embedding_backward");
     parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
         for (std::size_t i = 0; i < n; ++i) {
+            if (ids[i] == padding_idx) continue;
             T* d = dtable + std::size_t(ids[i]) * C + c0;
             const T* g = dout + i * C + c0;
             for_each_batch<T>(c1 - c0, [&](std::size_t c, auto k) {

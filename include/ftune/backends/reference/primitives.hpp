@@ -296,13 +296,15 @@ void embedding_forward(T* out, const token_id* ids, const T* table, std::size_t 
         for (std::size_t c = 0; c < C; ++c) out[i * C + c] = table[std::size_t(ids[i]) * C + c];
 }
 
-/// dtable(ids[i], :) += dout(i, :) for each i (repeated ids add up).
+/// dtable(ids[i], :) += dout(i, :) for each i (repeated ids add up) whose id is not padding_idx.
 template <scalar T>
 void embedding_backward(T* dtable, const token_id* ids, const T* dout, std::size_t n, std::size_t C,
-                        std::size_t vocab) {
+                        std::size_t vocab, token_id padding_idx = -1) {
     check_ids(ids, n, vocab, "embedding_backward");
     for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t c = 0; c < C; ++c) dtable[std::size_t(ids[i]) * C + c] += dout[i * C + c];
+        if (ids[i] != padding_idx)
+            for (std::size_t c = 0; c < C; ++c)
+                dtable[std::size_t(ids[i]) * C + c] += dout[i * C + c];
 }
 
 // ---------------------------------------------------------------------------------------------
