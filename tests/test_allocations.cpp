@@ -97,3 +97,23 @@ TEST_CASE("steady-state forward + backward allocates nothing", "[allocations]") 
     enc.backward(train, {dh.data(), 1, T, C});
     CHECK(allocations.load() - before_small == 0);
 }
+
+TEST_CASE("inference with prepared (packed) weights allocates nothing after the first call",
+          "[allocations]") {
+    ftune::bert::encoder<float> enc({.vocab_size = 50,
+                                     .hidden_size = 16,
+                                     .num_hidden_layers = 2,
+                                     .num_attention_heads = 4,
+                                     .intermediate_size = 32,
+                                     .max_position_embeddings = 16});
+    std::vector<ftune::token_id> ids(2 * 9, 5);
+    enc.prepare_inference();
+    ftune::context eval;
+    enc.forward(eval, {ids.data(), 2, 9});
+    const long before = allocations.load();
+    for (int i = 0; i < 3; ++i) enc.forward(eval, {ids.data(), 2, 9});
+    enc.forward(eval, {ids.data(), 1, 9});
+    CHECK(allocations.load() - before == 0);
+    enc.prepare_inference();  // packing again into storage of the same size
+    CHECK(allocations.load() - before == 0);
+}

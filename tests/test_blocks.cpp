@@ -164,3 +164,48 @@ TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration",
     ftune::bert::Encoder<ftune::bert::dims{}, double> any(bad);  // fully dynamic: any sizes
     CHECK(any.layer.size() == 1);
 }
+
+TEST_CASE("prepare_inference: the same outputs bit for bit; dropped by visits and training",
+          "[blocks]") {
+    const ftune::bert::config cfg{.vocab_size = 20,
+                                  .hidden_size = 16,
+                                  .num_hidden_layers = 2,
+                                  .num_attention_heads = 4,
+                                  .intermediate_size = 24,
+                                  .max_position_embeddings = 8};
+    ftune::bert::encoder<float> plain(cfg), packed(cfg);
+    auto init = [](auto& enc, float shift) {
+        std::uint64_t seed = 70;
+        enc.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            const auto v = test::randn<float>(p.value.size(), seed++, 0.3);
+            for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = v[i] + shift;
+        });
+    };
+    init(plain, 0.0f);
+    init(packed, 0.0f);
+    packed.prepare_inference();
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        mask{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    const std::size_t B = 2, T = 5;
+    auto run = [&](auto& enc, ftune::mode m) {
+        ftune::context ctx{.mode = m, .rng = ftune::generator(4)};
+        const auto h = enc.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
+        return std::vector<float>(h.data(), h.data() + h.size());
+    };
+    CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
+    // new weights through visit_parameters: the packed copies are dropped, not used stale
+    init(plain, 0.05f);
+    init(packed, 0.05f);
+    CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
+    // a fused forward keeps nothing for backward: a clear error, not wrong gradients
+    packed.prepare_inference();
+    run(packed, ftune::mode::eval);
+    const std::vector<float> dh(B * T * 16, 1.0f);
+    ftune::context eval;
+    CHECK_THROWS_AS(packed.backward(eval, {dh.data(), B, T, 16}), ftune::error);
+    // training drops the packed weights; a later eval forward uses the current ones
+    CHECK(run(packed, ftune::mode::train) == run(plain, ftune::mode::train));
+    packed.layer[0].intermediate.weight.value(0, 0) += 1.0f;  // a direct write after training
+    plain.layer[0].intermediate.weight.value(0, 0) += 1.0f;
+    CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
+}

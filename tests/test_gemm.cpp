@@ -98,6 +98,47 @@ TEMPLATE_TEST_CASE("gemm over several cache blocks in M, N and K, on 1 and 2 thr
     ftune::set_num_threads(threads);
 }
 
+TEMPLATE_TEST_CASE("gemm_packed (B packed once) equals gemm bit for bit, on 1 and 2 threads",
+                   "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const int threads = ftune::num_threads();
+    std::uint64_t seed = 300;
+    cpu::packed_b<T> packed;  // reused: packing again into a larger or smaller B
+    for (auto tb : {transpose::yes, transpose::no})
+        for (auto ta : {transpose::no, transpose::yes})
+            // small M (threads share B's panels), large M (threads share rows), N > NC, K > KC
+            for (auto [M, N, K] : {std::tuple<std::size_t, std::size_t, std::size_t>{1, 5, 3},
+                                   {7, 33, 17},
+                                   {32, 1152, 384},
+                                   {128, 400, 530},
+                                   {151, 4099, 301},
+                                   {300, 67, 1000},
+                                   {0, 9, 4},
+                                   {5, 7, 0}})
+                for (int t : {1, 2}) {
+                    ftune::set_num_threads(t);
+                    const std::size_t pad = seed % 3, lda = (ta == transpose::no ? K : M) + pad,
+                                      ldb = (tb == transpose::no ? N : K) + pad, ldc = N + pad;
+                    const auto A = test::randn<T>((ta == transpose::no ? M : K) * lda, seed);
+                    const auto B = test::randn<T>((tb == transpose::no ? K : N) * ldb, seed + 1);
+                    auto want = test::randn<T>(M * ldc, seed + 2), got = want;
+                    const T alpha = T(0.75), beta = seed % 2 ? T(0) : T(0.5);
+                    seed += 3;
+                    INFO("ta=" << int(ta) << " tb=" << int(tb) << " M=" << M << " N=" << N
+                               << " K=" << K << " threads=" << t);
+                    cpu::gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta,
+                              want.data(), ldc);
+                    packed.pack(B.data(), ldb, tb, K, N);
+                    cpu::gemm_packed(ta, M, N, K, alpha, A.data(), lda, packed, beta, got.data(),
+                                     ldc);
+                    REQUIRE(got == want);
+                }
+    ftune::set_num_threads(threads);
+    CHECK_THROWS_AS(cpu::gemm_packed(transpose::no, 2, 4, 4, T(1), static_cast<const T*>(nullptr),
+                                     4, packed, T(0), static_cast<T*>(nullptr), 4),
+                    ftune::error);
+}
+
 TEMPLATE_TEST_CASE("strided batched gemm matches the reference", "[primitives][gemm]", float,
                    double) {
     using T = TestType;

@@ -239,6 +239,11 @@ TEST_CASE("chain: equals the layers applied by hand; nested chains; names", "[la
     const auto h = l2.forward(ctx, act.forward(ctx, l0.forward(ctx, x)));
     REQUIRE(h.size() == y.size());
     for (std::size_t i = 0; i < y.size(); ++i) CHECK(h.data()[i] == y.data()[i]);
+    // with the linears' weights packed for inference: the same values
+    const std::vector<double> before(y.data(), y.data() + y.size());
+    ffn.prepare_inference();
+    const auto yp = ffn.forward(ctx, x);
+    CHECK(std::vector<double>(yp.data(), yp.data() + yp.size()) == before);
     // names: positions as nn.Sequential, or the given name
     std::vector<std::string> names;
     ffn.visit_parameters("ffn", [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });

@@ -22,6 +22,7 @@ void usage(std::ostream& os) {
           "  bench       time a random BERT encoder with a 2-way classifier:\n"
           "              --dims H,L,HEADS,FFN [--vocab V] [--batch B] [--seq T]\n"
           "              [--mode forward|backward] [--steps N] [--threads N]\n"
+          "              [--prepack on|off]  (forward: weights packed once; default on)\n"
           "  help        print this text\n";
 }
 
@@ -40,7 +41,7 @@ int cmd_bench(int argc, char** argv) {
     std::size_t dims[4] = {0, 0, 0, 0}, vocab = 30522, batch = 16, seq = 128;
     bool backward = true;
     int steps = 10, threads = 0;
-    bool have_dims = false;
+    bool have_dims = false, prepack = true;
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
         if (i + 1 >= argc)
@@ -64,7 +65,12 @@ int cmd_bench(int argc, char** argv) {
             steps = std::max(1, std::stoi(v));
         else if (a == "--threads")
             threads = std::stoi(v);
-        else if (a == "--mode") {
+        else if (a == "--prepack") {
+            if (v != "on" && v != "off")
+                throw ftune::error(ftune::errc::invalid_argument, "--prepack " + v,
+                                   "expected on or off");
+            prepack = v == "on";
+        } else if (a == "--mode") {
             if (v != "forward" && v != "backward")
                 throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
                                    "expected forward or backward");
@@ -78,7 +84,7 @@ int cmd_bench(int argc, char** argv) {
         throw ftune::error(ftune::errc::invalid_argument, "ftune bench",
                            "--dims H,L,HEADS,FFN is required");
     return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
-                          threads);
+                          threads, prepack);
 }
 
 }  // namespace

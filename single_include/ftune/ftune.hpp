@@ -1783,22 +1783,37 @@ void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t
     }
 }
 
-/// The register-tile kernel: acc = Σ_k a[k] ⊗ b[k] over kc steps, then C[0:m, 0:n] =
-/// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
+/// The A operand of the micro-kernel as packed by pack_a: MR values per k step.
 template <class T>
-inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restrict b, T* C,
-                         std::size_t ldc, std::size_t m, std::size_t n, T alpha, T beta,
-                         bool first) {
+struct packed_rows {
+    const T* a;  ///< the MR-row panel
+    /// Value (i, k).
+    T operator()(std::size_t i, std::size_t k) const noexcept { return a[k * blocking<T>::MR + i]; }
+};
+/// The A operand read in place from MR row-major rows (rows past the tile repeat the last one).
+template <class T>
+struct strided_rows {
+    const T* rows[blocking<T>::MR];  ///< the start of each row at the block's first k
+    /// Value (i, k).
+    T operator()(std::size_t i, std::size_t k) const noexcept { return rows[i][k]; }
+};
+
+/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps, then C[0:m, 0:n] =
+/// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read. The
+/// arithmetic does not depend on how A is read.
+template <class T, class A = packed_rows<T>>
+inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
+                         std::size_t m, std::size_t n, T alpha, T beta, bool first) {
     using B = detail::batch<T>;
     constexpr std::size_t W = blocking<T>::W, MR = blocking<T>::MR, NR = blocking<T>::NR;
     B c0[MR], c1[MR];
 #pragma GCC unroll 6
     for (std::size_t i = 0; i < MR; ++i) c0[i] = c1[i] = B(T(0));
-    for (std::size_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    for (std::size_t k = 0; k < kc; ++k, b += NR) {
         const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + W);
 #pragma GCC unroll 6
         for (std::size_t i = 0; i < MR; ++i) {
-            const B ai(a[i]);
+            const B ai(a(i, k));
             c0[i] = xsimd::fma(ai, b0, c0[i]);
             c1[i] = xsimd::fma(ai, b1, c1[i]);
         }
@@ -1898,12 +1913,167 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
                     gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
                     for (std::size_t jr = 0; jr < nc; jr += NR)
                         for (std::size_t ir = 0; ir < mcur; ir += MR)
-                            gemm_detail::micro_kernel(kc, apack + ir * kc, bpack + jr * kc,
-                                                      C + (ic + ir) * ldc + jc + jr, ldc,
-                                                      std::min(MR, mcur - ir),
-                                                      std::min(NR, nc - jr), alpha, beta, first);
+                            gemm_detail::micro_kernel(
+                                kc, gemm_detail::packed_rows<T>{apack + ir * kc}, bpack + jr * kc,
+                                C + (ic + ir) * ldc + jc + jr, ldc, std::min(MR, mcur - ir),
+                                std::min(NR, nc - jr), alpha, beta, first);
                 }
                 barrier();
+            }
+        }
+    };
+#if defined(_OPENMP)
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        body(std::size_t(omp_get_thread_num()), std::size_t(omp_get_num_threads()));
+        return;
+    }
+#endif
+    body(0, 1);
+}
+
+/// op(B) (K, N) packed once, in the panel layout gemm() packs per call, for products that reuse
+/// B many times (the weights of a model at inference): gemm_packed() then skips the packing and
+/// the barriers it needs. Layout: NC-column blocks (offset jc * K), each of K/kc depth blocks
+/// (offset panels * NR * pc), each of NR-wide panels (offset p * kc * NR).
+template <scalar T>
+class packed_b {
+  public:
+    /// Nothing packed.
+    packed_b() = default;
+    /// A deep copy.
+    packed_b(const packed_b& o) { *this = o; }
+    /// Moves the packed data.
+    packed_b(packed_b&&) noexcept = default;
+    /// A deep copy.
+    packed_b& operator=(const packed_b& o) {
+        if (this == &o) return *this;
+        const std::size_t n = o.size();
+        if (n > cap_) data_ = ftune::detail::aligned_alloc_array<T>(cap_ = n);
+        if (n) std::copy_n(o.data_.get(), n, data_.get());
+        K_ = o.K_, N_ = o.N_, kc_ = o.kc_;
+        return *this;
+    }
+    /// Moves the packed data.
+    packed_b& operator=(packed_b&&) noexcept = default;
+
+    /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        using blk = gemm_detail::blocking<T>;
+        constexpr std::size_t NR = blk::NR, NC = blk::NC, KC = blk::KC;
+        K_ = K, N_ = N;
+        kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+        const std::size_t n = (N + NR - 1) / NR * NR * K;
+        if (n > cap_) {
+            data_ = ftune::detail::aligned_alloc_array<T>(n);
+            cap_ = n;
+        }
+        const std::size_t panels_all = (N + NR - 1) / NR;
+        detail::parallel_for(panels_all, 8, [&](std::size_t q0, std::size_t q1) {
+            for (std::size_t q = q0; q < q1; ++q) {
+                const std::size_t j = q * NR, jc = j / NC * NC, nc = std::min(NC, N - jc);
+                const std::size_t panels = (nc + NR - 1) / NR, p = (j - jc) / NR;
+                for (std::size_t pc = 0; pc < K; pc += kc_) {
+                    const std::size_t kc = std::min(kc_, K - pc);
+                    gemm_detail::pack_b_panel(block(jc, pc, panels) + p * kc * NR, B, ldb, tb, pc,
+                                              kc, j, std::min(NR, N - j));
+                }
+            }
+        });
+    }
+    /// Number of packed elements (columns padded to whole panels).
+    std::size_t size() const noexcept {
+        constexpr std::size_t NR = gemm_detail::blocking<T>::NR;
+        return (N_ + NR - 1) / NR * NR * K_;
+    }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// Depth of the K blocks.
+    std::size_t kc() const noexcept { return kc_; }
+    /// The packed (jc, pc) block of a column block with `panels` panels.
+    const T* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
+        return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
+    }
+
+  private:
+    T* block(std::size_t jc, std::size_t pc, std::size_t panels) noexcept {
+        return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
+    }
+    std::unique_ptr<T[], ftune::detail::aligned_delete> data_;
+    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0;
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C with Bp = op(B) packed by packed_b (same result
+/// as gemm()). Small M (one A block) splits B's panels among the threads, so each weight is read
+/// once; larger M splits the rows. No barrier: B is read-only.
+template <scalar T>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
+                 std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc) {
+    using blk = gemm_detail::blocking<T>;
+    constexpr std::size_t MR = blk::MR, NR = blk::NR, NC = blk::NC, MC = blk::MC;
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed",
+                    ftune::detail::cat("B was packed as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N,
+                                       "; pack it again after resizing"));
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == T(0)) {
+        gemm_detail::scale_c(C, ldc, M, N, beta);
+        return;
+    }
+    int nt = 1;
+#if defined(_OPENMP)
+    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
+        nt = omp_get_max_threads();
+#endif
+    const std::size_t kc_max = Bp.kc();
+    const bool split_columns = M <= MC;  // one A block: the threads share B's panels
+    const std::size_t blocks =
+        split_columns ? 1
+                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
+    const std::size_t mc =
+        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
+    const std::size_t ic_blocks = (M + mc - 1) / mc;
+    auto body = [&](std::size_t tid, std::size_t nthr) {
+        auto share = [&](std::size_t n) { return std::pair{tid * n / nthr, (tid + 1) * n / nthr}; };
+        // op(A) = A (row-major) is read in place; a transposed A is packed
+        T* apack = ta == transpose::no
+                       ? nullptr
+                       : gemm_detail::scratch<T, 1>((mc + MR - 1) / MR * MR * kc_max);
+        const auto [b0, b1] =
+            split_columns ? std::pair<std::size_t, std::size_t>{0, 1} : share(ic_blocks);
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            const std::size_t ic = bi * mc, mcur = std::min(mc, M - ic);
+            for (std::size_t jc = 0; jc < N; jc += NC) {
+                const std::size_t nc = std::min(NC, N - jc), panels = (nc + NR - 1) / NR;
+                const auto [p0, p1] =
+                    split_columns ? share(panels) : std::pair<std::size_t, std::size_t>{0, panels};
+                if (p0 == p1) continue;
+                for (std::size_t pc = 0; pc < K; pc += kc_max) {
+                    const std::size_t kc = std::min(kc_max, K - pc);
+                    if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
+                    const T* bblock = Bp.block(jc, pc, panels);
+                    for (std::size_t p = p0; p < p1; ++p)
+                        for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                            const std::size_t mr = std::min(MR, mcur - ir);
+                            T* c = C + (ic + ir) * ldc + jc + p * NR;
+                            const T* b = bblock + p * kc * NR;
+                            const std::size_t nr = std::min(NR, nc - p * NR);
+                            if (apack) {
+                                gemm_detail::micro_kernel(
+                                    kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr,
+                                    nr, alpha, beta, pc == 0);
+                            } else {
+                                gemm_detail::strided_rows<T> a;
+                                for (std::size_t i = 0; i < MR; ++i)
+                                    a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
+                                gemm_detail::micro_kernel(kc, a, b, c, ldc, mr, nr, alpha, beta,
+                                                          pc == 0);
+                            }
+                        }
+                }
             }
         }
     };
@@ -3065,12 +3235,34 @@ class linear {
     std::size_t out_features() const noexcept { return weight.value.extent(0); }
 
     /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
-    output_view forward(context&, input_view x) {
+    output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        if (ctx.training()) packed_valid_ = false;
+        if (packed_valid_) {  // inference with W packed once (prepare_inference)
+            if (x.extent(1) != in_features())
+                throw error(errc::shape_mismatch, "linear",
+                            ftune::detail::cat("input has ", x.extent(1),
+                                               " features but the "
+                                               "layer takes ",
+                                               in_features()));
+            backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(),
+                                      T(1), x.data(), in_features(), packed_, T(0), y_.data(),
+                                      out_features());
+        } else {
+            ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        }
         ops::bias_add(y_, bias.value);
         return y_.view();
+    }
+
+    /// Packs W once for inference: eval-mode forwards then skip the per-call packing of the
+    /// weights (same results, bit for bit). A train-mode forward or visit_parameters() drops the
+    /// packed copy; after writing weight.value directly, call prepare_inference() again.
+    void prepare_inference() {
+        packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
+                     out_features());
+        packed_valid_ = true;
     }
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
@@ -3090,11 +3282,14 @@ class linear {
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
+        packed_valid_ = false;  // f may change the weights
         f(weight.ref(prefix));
         f(bias.ref(prefix));
     }
 
   private:
+    backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
+    bool packed_valid_ = false;         // whether packed_ holds the current W
     input_view x_;                      // the last forward's input
     buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
 };
@@ -3150,15 +3345,34 @@ class self_attention {
                           d = Cn / H;
         const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
-        q_ = query.forward(ctx, x2);  // (B*T, C): head h of row r at columns h*d .. h*d+d
-        k_ = key.forward(ctx, x2);
-        v_ = value.forward(ctx, x2);
+        if (ctx.training()) fused_valid_ = false;
+        // q, k, v: (B*T, C) with row stride ld; head h of row r at columns h*d .. h*d+d
+        const T *q, *k, *v;
+        std::size_t ld = Cn;
+        if (fused_valid_) {  // inference: one product with [Wq; Wk; Wv] packed once
+            if (Cn != query.in_features())
+                throw error(errc::shape_mismatch, "self_attention",
+                            ftune::detail::cat("input has ", Cn, " features but the layer takes ",
+                                               query.in_features()));
+            qkv_.resize(shape<dynamic, dynamic>(B * Tn, 3 * Cn));  // (B*T, 3C)
+            backend::cpu::gemm_packed(transpose::no, B * Tn, 3 * Cn, Cn, T(1), x.data(), Cn,
+                                      packed_qkv_, T(0), qkv_.data(), 3 * Cn);
+            ops::bias_add(qkv_, qkv_bias_);
+            ld = 3 * Cn;
+            q = qkv_.data(), k = q + Cn, v = q + 2 * Cn;
+            last_fused_ = true;
+        } else {
+            last_fused_ = false;
+            q_ = query.forward(ctx, x2);
+            k_ = key.forward(ctx, x2);
+            v_ = value.forward(ctx, x2);
+            q = q_.data(), k = k_.data(), v = v_.data();
+        }
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
         for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
             backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1),
-                                               q_.data() + b * Tn * Cn, Cn, d,
-                                               k_.data() + b * Tn * Cn, Cn, d, T(0),
+                                               q + b * Tn * ld, ld, d, k + b * Tn * ld, ld, d, T(0),
                                                scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
@@ -3175,14 +3389,19 @@ class self_attention {
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
         for (std::size_t b = 0; b < B; ++b)  // ctx_bh = P_bh V_bh, written into its head's columns
-            backend::cpu::gemm_strided_batched(
-                transpose::no, transpose::no, Tn, d, Tn, T(1), p + b * H * Tn * Tn, Tn, Tn * Tn,
-                v_.data() + b * Tn * Cn, Cn, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
+            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1),
+                                               p + b * H * Tn * Tn, Tn, Tn * Tn, v + b * Tn * ld,
+                                               ld, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
         return out_.view();
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
+        if (last_fused_)
+            throw error(errc::invalid_argument, "self_attention backward",
+                        "the forward ran the fused inference projections of prepare_inference(), "
+                        "which keep nothing for backward; run forward in training mode, or call "
+                        "visit_parameters() (which drops the packed weights) before it");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
@@ -3228,6 +3447,22 @@ class self_attention {
         value.backward(ctx, dv_.view(), dx2);
     }
 
+    /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
+    /// one product without per-call packing. A train-mode forward or visit_parameters() drops
+    /// it; after writing the weights directly, call it again.
+    void prepare_inference() {
+        const std::size_t Cn = query.in_features();
+        qkv_weight_.resize(shape<dynamic, dynamic>(3 * Cn, Cn));  // (3C, C)
+        qkv_bias_.resize(shape<dynamic>(3 * Cn));
+        const linear<T, C, C>* parts[] = {&query, &key, &value};
+        for (std::size_t i = 0; i < 3; ++i) {
+            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight_.data() + i * Cn * Cn);
+            std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
+        }
+        packed_qkv_.pack(qkv_weight_.data(), Cn, transpose::yes, Cn, 3 * Cn);
+        fused_valid_ = true;
+    }
+
     /// Sets the projections' gradients to zero.
     void zero_grad() noexcept {
         query.zero_grad();
@@ -3238,6 +3473,7 @@ class self_attention {
     /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
+        fused_valid_ = false;  // f may change the weights
         query.visit_parameters(join_name(prefix, "query"), f);
         key.visit_parameters(join_name(prefix, "key"), f);
         value.visit_parameters(join_name(prefix, "value"), f);
@@ -3245,7 +3481,13 @@ class self_attention {
 
   private:
     std::size_t heads_;
-    std::size_t B_ = 0, T_ = 0;  // the last forward's batch and sequence
+    bool fused_valid_ = false;                       // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                        // the last forward used packed_qkv_
+    backend::cpu::packed_b<T> packed_qkv_;           // [Wq; Wk; Wv] packed (prepare_inference)
+    buffer<T, shape<dynamic, dynamic>> qkv_weight_;  // (3C, C) concatenated weights
+    buffer<T, shape<dynamic>> qkv_bias_;             // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>> qkv_;         // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
     typename linear<T, C, C>::output_view q_, k_,
         v_;                                         // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>> scores_, probs_;    // (B, H, T, T)
@@ -3693,6 +3935,18 @@ class chain {
         backward_from<N - 1>(ctx, dy, dx);
     }
 
+    /// Calls prepare_inference() on the members that have one (linear::prepare_inference).
+    void prepare_inference() {
+        std::apply(
+            [](auto&... l) {
+                auto one = [](auto& m) {
+                    if constexpr (requires { m.prepare_inference(); }) m.prepare_inference();
+                };
+                (one(l), ...);
+            },
+            members);
+    }
+
     /// Sets every member's gradients to zero.
     void zero_grad() noexcept {
         std::apply([](auto&... l) { (l.zero_grad(), ...); }, members);
@@ -3820,6 +4074,9 @@ class pooler {
             backend::cpu::residual_add(row, row, d_first_.data() + b * Cn, Cn);
         }
     }
+
+    /// Packs dense's weight for inference (linear::prepare_inference).
+    void prepare_inference() { dense.prepare_inference(); }
 
     /// Sets the gradients to zero.
     void zero_grad() noexcept { dense.zero_grad(); }
@@ -3972,6 +4229,12 @@ class encoder_block {
         }
     }
 
+    /// Packs every projection's weight for inference (linear::prepare_inference).
+    void prepare_inference() {
+        attention.prepare_inference(), attention_dense.prepare_inference();
+        intermediate.prepare_inference(), output_dense.prepare_inference();
+    }
+
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();
@@ -4116,6 +4379,13 @@ class encoder {
             d = next.view();
         }
         embeddings.backward(ctx, d);
+    }
+
+    /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
+    /// forwards skip the per-call packing. Dropped by a train-mode forward or visit_parameters();
+    /// call it again after writing parameters directly.
+    void prepare_inference() {
+        for (auto& block : layer) block.prepare_inference();
     }
 
     /// Sets every gradient to zero.

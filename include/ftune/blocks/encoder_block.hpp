@@ -129,6 +129,12 @@ class encoder_block {
         }
     }
 
+    /// Packs every projection's weight for inference (linear::prepare_inference).
+    void prepare_inference() {
+        attention.prepare_inference(), attention_dense.prepare_inference();
+        intermediate.prepare_inference(), output_dense.prepare_inference();
+    }
+
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();

@@ -57,15 +57,34 @@ class self_attention {
                           d = Cn / H;
         const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
-        q_ = query.forward(ctx, x2);  // (B*T, C): head h of row r at columns h*d .. h*d+d
-        k_ = key.forward(ctx, x2);
-        v_ = value.forward(ctx, x2);
+        if (ctx.training()) fused_valid_ = false;
+        // q, k, v: (B*T, C) with row stride ld; head h of row r at columns h*d .. h*d+d
+        const T *q, *k, *v;
+        std::size_t ld = Cn;
+        if (fused_valid_) {  // inference: one product with [Wq; Wk; Wv] packed once
+            if (Cn != query.in_features())
+                throw error(errc::shape_mismatch, "self_attention",
+                            ftune::detail::cat("input has ", Cn, " features but the layer takes ",
+                                               query.in_features()));
+            qkv_.resize(shape<dynamic, dynamic>(B * Tn, 3 * Cn));  // (B*T, 3C)
+            backend::cpu::gemm_packed(transpose::no, B * Tn, 3 * Cn, Cn, T(1), x.data(), Cn,
+                                      packed_qkv_, T(0), qkv_.data(), 3 * Cn);
+            ops::bias_add(qkv_, qkv_bias_);
+            ld = 3 * Cn;
+            q = qkv_.data(), k = q + Cn, v = q + 2 * Cn;
+            last_fused_ = true;
+        } else {
+            last_fused_ = false;
+            q_ = query.forward(ctx, x2);
+            k_ = key.forward(ctx, x2);
+            v_ = value.forward(ctx, x2);
+            q = q_.data(), k = k_.data(), v = v_.data();
+        }
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
         for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
             backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1),
-                                               q_.data() + b * Tn * Cn, Cn, d,
-                                               k_.data() + b * Tn * Cn, Cn, d, T(0),
+                                               q + b * Tn * ld, ld, d, k + b * Tn * ld, ld, d, T(0),
                                                scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
@@ -82,14 +101,19 @@ class self_attention {
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
         for (std::size_t b = 0; b < B; ++b)  // ctx_bh = P_bh V_bh, written into its head's columns
-            backend::cpu::gemm_strided_batched(
-                transpose::no, transpose::no, Tn, d, Tn, T(1), p + b * H * Tn * Tn, Tn, Tn * Tn,
-                v_.data() + b * Tn * Cn, Cn, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
+            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1),
+                                               p + b * H * Tn * Tn, Tn, Tn * Tn, v + b * Tn * ld,
+                                               ld, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
         return out_.view();
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
+        if (last_fused_)
+            throw error(errc::invalid_argument, "self_attention backward",
+                        "the forward ran the fused inference projections of prepare_inference(), "
+                        "which keep nothing for backward; run forward in training mode, or call "
+                        "visit_parameters() (which drops the packed weights) before it");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
@@ -135,6 +159,22 @@ class self_attention {
         value.backward(ctx, dv_.view(), dx2);
     }
 
+    /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
+    /// one product without per-call packing. A train-mode forward or visit_parameters() drops
+    /// it; after writing the weights directly, call it again.
+    void prepare_inference() {
+        const std::size_t Cn = query.in_features();
+        qkv_weight_.resize(shape<dynamic, dynamic>(3 * Cn, Cn));  // (3C, C)
+        qkv_bias_.resize(shape<dynamic>(3 * Cn));
+        const linear<T, C, C>* parts[] = {&query, &key, &value};
+        for (std::size_t i = 0; i < 3; ++i) {
+            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight_.data() + i * Cn * Cn);
+            std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
+        }
+        packed_qkv_.pack(qkv_weight_.data(), Cn, transpose::yes, Cn, 3 * Cn);
+        fused_valid_ = true;
+    }
+
     /// Sets the projections' gradients to zero.
     void zero_grad() noexcept {
         query.zero_grad();
@@ -145,6 +185,7 @@ class self_attention {
     /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
+        fused_valid_ = false;  // f may change the weights
         query.visit_parameters(join_name(prefix, "query"), f);
         key.visit_parameters(join_name(prefix, "key"), f);
         value.visit_parameters(join_name(prefix, "value"), f);
@@ -152,7 +193,13 @@ class self_attention {
 
   private:
     std::size_t heads_;
-    std::size_t B_ = 0, T_ = 0;  // the last forward's batch and sequence
+    bool fused_valid_ = false;                       // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                        // the last forward used packed_qkv_
+    backend::cpu::packed_b<T> packed_qkv_;           // [Wq; Wk; Wv] packed (prepare_inference)
+    buffer<T, shape<dynamic, dynamic>> qkv_weight_;  // (3C, C) concatenated weights
+    buffer<T, shape<dynamic>> qkv_bias_;             // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>> qkv_;         // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
     typename linear<T, C, C>::output_view q_, k_,
         v_;                                         // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>> scores_, probs_;    // (B, H, T, T)

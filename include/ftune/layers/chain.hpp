@@ -133,6 +133,18 @@ class chain {
         backward_from<N - 1>(ctx, dy, dx);
     }
 
+    /// Calls prepare_inference() on the members that have one (linear::prepare_inference).
+    void prepare_inference() {
+        std::apply(
+            [](auto&... l) {
+                auto one = [](auto& m) {
+                    if constexpr (requires { m.prepare_inference(); }) m.prepare_inference();
+                };
+                (one(l), ...);
+            },
+            members);
+    }
+
     /// Sets every member's gradients to zero.
     void zero_grad() noexcept {
         std::apply([](auto&... l) { (l.zero_grad(), ...); }, members);

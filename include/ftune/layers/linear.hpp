@@ -33,12 +33,34 @@ class linear {
     std::size_t out_features() const noexcept { return weight.value.extent(0); }
 
     /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
-    output_view forward(context&, input_view x) {
+    output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        if (ctx.training()) packed_valid_ = false;
+        if (packed_valid_) {  // inference with W packed once (prepare_inference)
+            if (x.extent(1) != in_features())
+                throw error(errc::shape_mismatch, "linear",
+                            ftune::detail::cat("input has ", x.extent(1),
+                                               " features but the "
+                                               "layer takes ",
+                                               in_features()));
+            backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(),
+                                      T(1), x.data(), in_features(), packed_, T(0), y_.data(),
+                                      out_features());
+        } else {
+            ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+        }
         ops::bias_add(y_, bias.value);
         return y_.view();
+    }
+
+    /// Packs W once for inference: eval-mode forwards then skip the per-call packing of the
+    /// weights (same results, bit for bit). A train-mode forward or visit_parameters() drops the
+    /// packed copy; after writing weight.value directly, call prepare_inference() again.
+    void prepare_inference() {
+        packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
+                     out_features());
+        packed_valid_ = true;
     }
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
@@ -58,11 +80,14 @@ class linear {
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
+        packed_valid_ = false;  // f may change the weights
         f(weight.ref(prefix));
         f(bias.ref(prefix));
     }
 
   private:
+    backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
+    bool packed_valid_ = false;         // whether packed_ holds the current W
     input_view x_;                      // the last forward's input
     buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
 };

@@ -51,6 +51,9 @@ class pooler {
         }
     }
 
+    /// Packs dense's weight for inference (linear::prepare_inference).
+    void prepare_inference() { dense.prepare_inference(); }
+
     /// Sets the gradients to zero.
     void zero_grad() noexcept { dense.zero_grad(); }
 

@@ -80,6 +80,13 @@ class encoder {
         embeddings.backward(ctx, d);
     }
 
+    /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
+    /// forwards skip the per-call packing. Dropped by a train-mode forward or visit_parameters();
+    /// call it again after writing parameters directly.
+    void prepare_inference() {
+        for (auto& block : layer) block.prepare_inference();
+    }
+
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         embeddings.zero_grad();

@@ -107,22 +107,37 @@ void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t
     }
 }
 
-/// The register-tile kernel: acc = Σ_k a[k] ⊗ b[k] over kc steps, then C[0:m, 0:n] =
-/// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
+/// The A operand of the micro-kernel as packed by pack_a: MR values per k step.
 template <class T>
-inline void micro_kernel(std::size_t kc, const T* __restrict a, const T* __restrict b, T* C,
-                         std::size_t ldc, std::size_t m, std::size_t n, T alpha, T beta,
-                         bool first) {
+struct packed_rows {
+    const T* a;  ///< the MR-row panel
+    /// Value (i, k).
+    T operator()(std::size_t i, std::size_t k) const noexcept { return a[k * blocking<T>::MR + i]; }
+};
+/// The A operand read in place from MR row-major rows (rows past the tile repeat the last one).
+template <class T>
+struct strided_rows {
+    const T* rows[blocking<T>::MR];  ///< the start of each row at the block's first k
+    /// Value (i, k).
+    T operator()(std::size_t i, std::size_t k) const noexcept { return rows[i][k]; }
+};
+
+/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps, then C[0:m, 0:n] =
+/// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read. The
+/// arithmetic does not depend on how A is read.
+template <class T, class A = packed_rows<T>>
+inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
+                         std::size_t m, std::size_t n, T alpha, T beta, bool first) {
     using B = detail::batch<T>;
     constexpr std::size_t W = blocking<T>::W, MR = blocking<T>::MR, NR = blocking<T>::NR;
     B c0[MR], c1[MR];
 #pragma GCC unroll 6
     for (std::size_t i = 0; i < MR; ++i) c0[i] = c1[i] = B(T(0));
-    for (std::size_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    for (std::size_t k = 0; k < kc; ++k, b += NR) {
         const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + W);
 #pragma GCC unroll 6
         for (std::size_t i = 0; i < MR; ++i) {
-            const B ai(a[i]);
+            const B ai(a(i, k));
             c0[i] = xsimd::fma(ai, b0, c0[i]);
             c1[i] = xsimd::fma(ai, b1, c1[i]);
         }
@@ -222,12 +237,167 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
                     gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
                     for (std::size_t jr = 0; jr < nc; jr += NR)
                         for (std::size_t ir = 0; ir < mcur; ir += MR)
-                            gemm_detail::micro_kernel(kc, apack + ir * kc, bpack + jr * kc,
-                                                      C + (ic + ir) * ldc + jc + jr, ldc,
-                                                      std::min(MR, mcur - ir),
-                                                      std::min(NR, nc - jr), alpha, beta, first);
+                            gemm_detail::micro_kernel(
+                                kc, gemm_detail::packed_rows<T>{apack + ir * kc}, bpack + jr * kc,
+                                C + (ic + ir) * ldc + jc + jr, ldc, std::min(MR, mcur - ir),
+                                std::min(NR, nc - jr), alpha, beta, first);
                 }
                 barrier();
+            }
+        }
+    };
+#if defined(_OPENMP)
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        body(std::size_t(omp_get_thread_num()), std::size_t(omp_get_num_threads()));
+        return;
+    }
+#endif
+    body(0, 1);
+}
+
+/// op(B) (K, N) packed once, in the panel layout gemm() packs per call, for products that reuse
+/// B many times (the weights of a model at inference): gemm_packed() then skips the packing and
+/// the barriers it needs. Layout: NC-column blocks (offset jc * K), each of K/kc depth blocks
+/// (offset panels * NR * pc), each of NR-wide panels (offset p * kc * NR).
+template <scalar T>
+class packed_b {
+  public:
+    /// Nothing packed.
+    packed_b() = default;
+    /// A deep copy.
+    packed_b(const packed_b& o) { *this = o; }
+    /// Moves the packed data.
+    packed_b(packed_b&&) noexcept = default;
+    /// A deep copy.
+    packed_b& operator=(const packed_b& o) {
+        if (this == &o) return *this;
+        const std::size_t n = o.size();
+        if (n > cap_) data_ = ftune::detail::aligned_alloc_array<T>(cap_ = n);
+        if (n) std::copy_n(o.data_.get(), n, data_.get());
+        K_ = o.K_, N_ = o.N_, kc_ = o.kc_;
+        return *this;
+    }
+    /// Moves the packed data.
+    packed_b& operator=(packed_b&&) noexcept = default;
+
+    /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        using blk = gemm_detail::blocking<T>;
+        constexpr std::size_t NR = blk::NR, NC = blk::NC, KC = blk::KC;
+        K_ = K, N_ = N;
+        kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+        const std::size_t n = (N + NR - 1) / NR * NR * K;
+        if (n > cap_) {
+            data_ = ftune::detail::aligned_alloc_array<T>(n);
+            cap_ = n;
+        }
+        const std::size_t panels_all = (N + NR - 1) / NR;
+        detail::parallel_for(panels_all, 8, [&](std::size_t q0, std::size_t q1) {
+            for (std::size_t q = q0; q < q1; ++q) {
+                const std::size_t j = q * NR, jc = j / NC * NC, nc = std::min(NC, N - jc);
+                const std::size_t panels = (nc + NR - 1) / NR, p = (j - jc) / NR;
+                for (std::size_t pc = 0; pc < K; pc += kc_) {
+                    const std::size_t kc = std::min(kc_, K - pc);
+                    gemm_detail::pack_b_panel(block(jc, pc, panels) + p * kc * NR, B, ldb, tb, pc,
+                                              kc, j, std::min(NR, N - j));
+                }
+            }
+        });
+    }
+    /// Number of packed elements (columns padded to whole panels).
+    std::size_t size() const noexcept {
+        constexpr std::size_t NR = gemm_detail::blocking<T>::NR;
+        return (N_ + NR - 1) / NR * NR * K_;
+    }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// Depth of the K blocks.
+    std::size_t kc() const noexcept { return kc_; }
+    /// The packed (jc, pc) block of a column block with `panels` panels.
+    const T* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
+        return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
+    }
+
+  private:
+    T* block(std::size_t jc, std::size_t pc, std::size_t panels) noexcept {
+        return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
+    }
+    std::unique_ptr<T[], ftune::detail::aligned_delete> data_;
+    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0;
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C with Bp = op(B) packed by packed_b (same result
+/// as gemm()). Small M (one A block) splits B's panels among the threads, so each weight is read
+/// once; larger M splits the rows. No barrier: B is read-only.
+template <scalar T>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
+                 std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc) {
+    using blk = gemm_detail::blocking<T>;
+    constexpr std::size_t MR = blk::MR, NR = blk::NR, NC = blk::NC, MC = blk::MC;
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed",
+                    ftune::detail::cat("B was packed as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N,
+                                       "; pack it again after resizing"));
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == T(0)) {
+        gemm_detail::scale_c(C, ldc, M, N, beta);
+        return;
+    }
+    int nt = 1;
+#if defined(_OPENMP)
+    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
+        nt = omp_get_max_threads();
+#endif
+    const std::size_t kc_max = Bp.kc();
+    const bool split_columns = M <= MC;  // one A block: the threads share B's panels
+    const std::size_t blocks =
+        split_columns ? 1
+                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
+    const std::size_t mc =
+        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
+    const std::size_t ic_blocks = (M + mc - 1) / mc;
+    auto body = [&](std::size_t tid, std::size_t nthr) {
+        auto share = [&](std::size_t n) { return std::pair{tid * n / nthr, (tid + 1) * n / nthr}; };
+        // op(A) = A (row-major) is read in place; a transposed A is packed
+        T* apack = ta == transpose::no
+                       ? nullptr
+                       : gemm_detail::scratch<T, 1>((mc + MR - 1) / MR * MR * kc_max);
+        const auto [b0, b1] =
+            split_columns ? std::pair<std::size_t, std::size_t>{0, 1} : share(ic_blocks);
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            const std::size_t ic = bi * mc, mcur = std::min(mc, M - ic);
+            for (std::size_t jc = 0; jc < N; jc += NC) {
+                const std::size_t nc = std::min(NC, N - jc), panels = (nc + NR - 1) / NR;
+                const auto [p0, p1] =
+                    split_columns ? share(panels) : std::pair<std::size_t, std::size_t>{0, panels};
+                if (p0 == p1) continue;
+                for (std::size_t pc = 0; pc < K; pc += kc_max) {
+                    const std::size_t kc = std::min(kc_max, K - pc);
+                    if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
+                    const T* bblock = Bp.block(jc, pc, panels);
+                    for (std::size_t p = p0; p < p1; ++p)
+                        for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                            const std::size_t mr = std::min(MR, mcur - ir);
+                            T* c = C + (ic + ir) * ldc + jc + p * NR;
+                            const T* b = bblock + p * kc * NR;
+                            const std::size_t nr = std::min(NR, nc - p * NR);
+                            if (apack) {
+                                gemm_detail::micro_kernel(
+                                    kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr,
+                                    nr, alpha, beta, pc == 0);
+                            } else {
+                                gemm_detail::strided_rows<T> a;
+                                for (std::size_t i = 0; i < MR; ++i)
+                                    a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
+                                gemm_detail::micro_kernel(kc, a, b, c, ldc, mr, nr, alpha, beta,
+                                                          pc == 0);
+                            }
+                        }
+                }
             }
         }
     };
