@@ -18,6 +18,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <utility>
@@ -331,7 +332,8 @@ class packed_b {
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C with Bp = op(B) packed by packed_b (same result
 /// as gemm()). Small M (one A block) splits B's panels among the threads, so each weight is read
-/// once; larger M splits the rows. No barrier: B is read-only.
+/// once; larger M splits the rows. Units of work are taken dynamically; no barrier (B is
+/// read-only). The arithmetic of each element does not depend on the split.
 template <scalar T>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc) {
@@ -360,43 +362,44 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     const std::size_t mc =
         split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
     const std::size_t ic_blocks = (M + mc - 1) / mc;
-    auto body = [&](std::size_t tid, std::size_t nthr) {
-        auto share = [&](std::size_t n) { return std::pair{tid * n / nthr, (tid + 1) * n / nthr}; };
+    // Work units: (row block, run of column panels), handed out dynamically so that a thread
+    // slowed down by the machine's other load does not hold the others at the end.
+    const std::size_t panels_all = (N + NR - 1) / NR;
+    const std::size_t run =
+        split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt))) : panels_all;
+    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
+    std::atomic<std::size_t> next{0};
+    auto body = [&] {
         // op(A) = A (row-major) is read in place; a transposed A is packed
         T* apack = ta == transpose::no
                        ? nullptr
                        : gemm_detail::scratch<T, 1>((mc + MR - 1) / MR * MR * kc_max);
-        const auto [b0, b1] =
-            split_columns ? std::pair<std::size_t, std::size_t>{0, 1} : share(ic_blocks);
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            const std::size_t ic = bi * mc, mcur = std::min(mc, M - ic);
-            for (std::size_t jc = 0; jc < N; jc += NC) {
-                const std::size_t nc = std::min(NC, N - jc), panels = (nc + NR - 1) / NR;
-                const auto [p0, p1] =
-                    split_columns ? share(panels) : std::pair<std::size_t, std::size_t>{0, panels};
-                if (p0 == p1) continue;
-                for (std::size_t pc = 0; pc < K; pc += kc_max) {
-                    const std::size_t kc = std::min(kc_max, K - pc);
-                    if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
-                    const T* bblock = Bp.block(jc, pc, panels);
-                    for (std::size_t p = p0; p < p1; ++p)
-                        for (std::size_t ir = 0; ir < mcur; ir += MR) {
-                            const std::size_t mr = std::min(MR, mcur - ir);
-                            T* c = C + (ic + ir) * ldc + jc + p * NR;
-                            const T* b = bblock + p * kc * NR;
-                            const std::size_t nr = std::min(NR, nc - p * NR);
-                            if (apack) {
-                                gemm_detail::micro_kernel(
-                                    kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr,
-                                    nr, alpha, beta, pc == 0);
-                            } else {
-                                gemm_detail::strided_rows<T> a;
-                                for (std::size_t i = 0; i < MR; ++i)
-                                    a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
-                                gemm_detail::micro_kernel(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                          pc == 0);
-                            }
+        for (std::size_t u = next.fetch_add(1); u < units; u = next.fetch_add(1)) {
+            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
+            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
+            for (std::size_t pc = 0; pc < K; pc += kc_max) {
+                const std::size_t kc = std::min(kc_max, K - pc);
+                if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
+                for (std::size_t q = q0; q < q1; ++q) {
+                    const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
+                    const std::size_t p = (q * NR - jc) / NR;
+                    const T* b = Bp.block(jc, pc, (nc + NR - 1) / NR) + p * kc * NR;
+                    const std::size_t nr = std::min(NR, nc - p * NR);
+                    for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                        const std::size_t mr = std::min(MR, mcur - ir);
+                        T* c = C + (ic + ir) * ldc + q * NR;
+                        if (apack) {
+                            gemm_detail::micro_kernel(kc,
+                                                      gemm_detail::packed_rows<T>{apack + ir * kc},
+                                                      b, c, ldc, mr, nr, alpha, beta, pc == 0);
+                        } else {
+                            gemm_detail::strided_rows<T> a;
+                            for (std::size_t i = 0; i < MR; ++i)
+                                a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
+                            gemm_detail::micro_kernel(kc, a, b, c, ldc, mr, nr, alpha, beta,
+                                                      pc == 0);
                         }
+                    }
                 }
             }
         }
@@ -404,11 +407,11 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
 #if defined(_OPENMP)
     if (nt > 1) {
 #pragma omp parallel num_threads(nt)
-        body(std::size_t(omp_get_thread_num()), std::size_t(omp_get_num_threads()));
+        body();
         return;
     }
 #endif
-    body(0, 1);
+    body();
 }
 
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head
