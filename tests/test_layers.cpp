@@ -265,6 +265,16 @@ TEST_CASE("chain: equals the layers applied by hand; nested chains; names", "[la
     require_layer_gradients(both, ctx, x);
 }
 
+TEST_CASE("chain: a first layer that takes token ids (no input gradient)", "[gradcheck][layers]") {
+    layers::chain<layers::embedding<double>, layers::tanh<double>, layers::linear<double>> bag(
+        layers::embedding<double>(9, 4), {}, layers::linear<double>(4, 3));
+    test::randomize(bag, 95);
+    std::vector<ftune::token_id> ids{3, 1, 8, 3, 0};
+    ftune::context ctx;
+    require_layer_gradients(bag, ctx,
+                            ftune::view<const ftune::token_id, shape<dynamic>>(ids.data(), 5));
+}
+
 TEST_CASE("chain: a run-time size mismatch names the member; a missing size is an error",
           "[layers]") {
     // sizes known only at run time: 6 -> 4, then a layer that takes 5

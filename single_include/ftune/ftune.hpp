@@ -1799,30 +1799,35 @@ struct strided_rows {
     T operator()(std::size_t i, std::size_t k) const noexcept { return rows[i][k]; }
 };
 
-/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps, then C[0:m, 0:n] =
-/// alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read. The
-/// arithmetic does not depend on how A is read.
-template <class T, class A = packed_rows<T>>
+/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps for R <= MR rows, then
+/// C[0:m, 0:n] = alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
+/// The arithmetic of each element depends neither on how A is read nor on R (a short tile at the
+/// bottom of a matrix runs with R = 4 or 2 instead of computing rows it throws away).
+template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
-                         std::size_t m, std::size_t n, T alpha, T beta, bool first) {
+                         std::size_t m, std::size_t n, T alpha, T beta, bool first,
+                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0) {
     using B = detail::batch<T>;
-    constexpr std::size_t W = blocking<T>::W, MR = blocking<T>::MR, NR = blocking<T>::NR;
-    B c0[MR], c1[MR];
+    constexpr std::size_t W = blocking<T>::W, NR = blocking<T>::NR;
+    static_assert(R >= 1 && R <= blocking<T>::MR);
+    B c0[R], c1[R];
 #pragma GCC unroll 6
-    for (std::size_t i = 0; i < MR; ++i) c0[i] = c1[i] = B(T(0));
+    for (std::size_t i = 0; i < R; ++i) c0[i] = c1[i] = B(T(0));
     for (std::size_t k = 0; k < kc; ++k, b += NR) {
+        // software prefetch (gemm_packed): one NR-wide row of the next B panel per step
+        if (k < prefetch_steps) __builtin_prefetch(prefetch + k * NR, 0, 3);
         const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + W);
 #pragma GCC unroll 6
-        for (std::size_t i = 0; i < MR; ++i) {
+        for (std::size_t i = 0; i < R; ++i) {
             const B ai(a(i, k));
             c0[i] = xsimd::fma(ai, b0, c0[i]);
             c1[i] = xsimd::fma(ai, b1, c1[i]);
         }
     }
     const B va(alpha), vb(beta);
-    if (m == MR && n == NR) {
+    if (m == R && n == NR) {
 #pragma GCC unroll 6
-        for (std::size_t i = 0; i < MR; ++i) {
+        for (std::size_t i = 0; i < R; ++i) {
             T* c = C + i * ldc;
             B r0 = c0[i] * va, r1 = c1[i] * va;
             if (!first) {
@@ -1837,8 +1842,8 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         }
         return;
     }
-    alignas(64) T tile[MR * NR];
-    for (std::size_t i = 0; i < MR; ++i) {
+    alignas(64) T tile[R * NR];
+    for (std::size_t i = 0; i < R; ++i) {
         (c0[i] * va).store_aligned(tile + i * NR);
         (c1[i] * va).store_aligned(tile + i * NR + W);
     }
@@ -1848,6 +1853,19 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
             const T v = tile[i * NR + j];
             c = !first ? c + v : (beta != T(0) ? beta * c + v : v);
         }
+}
+
+/// micro_kernel with the fewest rows (6, 4 or 2) that cover m.
+template <class T, class A>
+inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t ldc, std::size_t m,
+                              std::size_t n, T alpha, T beta, bool first, const T* prefetch,
+                              std::size_t prefetch_steps) {
+    if (m > 4)
+        micro_kernel<T, 6>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+    else if (m > 2)
+        micro_kernel<T, 4>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+    else
+        micro_kernel<T, 2>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -2061,19 +2079,27 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                     const std::size_t p = (q * NR - jc) / NR;
                     const T* b = Bp.block(jc, pc, (nc + NR - 1) / NR) + p * kc * NR;
                     const std::size_t nr = std::min(NR, nc - p * NR);
-                    for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                    // the next panel of this block streams in from memory while this one is
+                    // used, spread over this panel's row tiles (B is larger than the caches)
+                    const bool has_next = q + 1 < q1 && p + 1 < (nc + NR - 1) / NR;
+                    const std::size_t tiles = (mcur + MR - 1) / MR;
+                    const std::size_t per_tile = has_next ? (kc + tiles - 1) / tiles : 0;
+                    for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
                         const std::size_t mr = std::min(MR, mcur - ir);
                         T* c = C + (ic + ir) * ldc + q * NR;
+                        const std::size_t first_step = std::min(kc, t * per_tile);
+                        const T* pf = b + kc * NR + first_step * NR;
+                        const std::size_t pf_steps = std::min(per_tile, kc - first_step);
                         if (apack) {
-                            gemm_detail::micro_kernel(kc,
-                                                      gemm_detail::packed_rows<T>{apack + ir * kc},
-                                                      b, c, ldc, mr, nr, alpha, beta, pc == 0);
+                            gemm_detail::micro_kernel_rows(
+                                kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
+                                alpha, beta, pc == 0, pf, pf_steps);
                         } else {
                             gemm_detail::strided_rows<T> a;
                             for (std::size_t i = 0; i < MR; ++i)
                                 a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
-                            gemm_detail::micro_kernel(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                      pc == 0);
+                            gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
+                                                           pc == 0, pf, pf_steps);
                         }
                     }
                 }
@@ -3882,6 +3908,21 @@ constexpr bool chain_link_fits() {
                       "Out), or declare the size ftune::dynamic to check it at run time.");
     return true;
 }
+
+/// Stands for the input gradient of a layer whose input has none (token ids).
+struct no_input_gradient {};
+/// L::d_input_view, or no_input_gradient when L's input is not differentiable.
+template <class L>
+struct d_input_of {
+    using type = no_input_gradient;
+};
+template <class L>
+requires requires {
+    typename L::d_input_view;
+}
+struct d_input_of<L> {
+    using type = typename L::d_input_view;
+};
 }  // namespace detail
 
 /// The layers Ls applied in order: (input of the first) -> (output of the last).
@@ -3908,7 +3949,8 @@ class chain {
     using value_type = typename layer_t<0>::value_type;        ///< scalar type
     using input_view = typename layer_t<0>::input_view;        ///< the first layer's input
     using output_view = typename layer_t<N - 1>::output_view;  ///< the last layer's output
-    using d_input_view = typename layer_t<0>::d_input_view;    ///< dx, accumulated into
+    /// dx, accumulated into (detail::no_input_gradient when the first layer takes token ids)
+    using d_input_view = typename detail::d_input_of<layer_t<0>>::type;
 
     std::tuple<Ls...> members;  ///< the layers, in order (also get<I>())
 
@@ -3934,8 +3976,14 @@ class chain {
 
     /// Runs the layers' backward passes in reverse; accumulates into parameter gradients and,
     /// unless dx is empty, into dx.
-    void backward(context& ctx, output_view dy, d_input_view dx) {
+    void backward(context& ctx, output_view dy, d_input_view dx) requires(
+        !std::is_same_v<d_input_view, detail::no_input_gradient>) {
         backward_from<N - 1>(ctx, dy, dx);
+    }
+    /// The same for a chain whose first layer takes token ids (no input gradient).
+    void backward(context& ctx, output_view dy) requires(
+        std::is_same_v<d_input_view, detail::no_input_gradient>) {
+        backward_from<N - 1>(ctx, dy, {});
     }
 
     /// Calls prepare_inference() on the members that have one (linear::prepare_inference).
@@ -3989,7 +4037,10 @@ class chain {
     template <std::size_t I>
     void backward_from(context& ctx, typename layer_t<I>::output_view dy, d_input_view dx) {
         if constexpr (I == 0) {
-            guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
+            if constexpr (std::is_same_v<d_input_view, detail::no_input_gradient>)
+                guarded<0>([&] { get<0>().backward(ctx, dy); });
+            else
+                guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
         } else {
             auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), zeroed
             g.resize(std::get<I - 1>(outputs_).shape());

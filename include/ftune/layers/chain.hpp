@@ -77,6 +77,21 @@ constexpr bool chain_link_fits() {
                       "Out), or declare the size ftune::dynamic to check it at run time.");
     return true;
 }
+
+/// Stands for the input gradient of a layer whose input has none (token ids).
+struct no_input_gradient {};
+/// L::d_input_view, or no_input_gradient when L's input is not differentiable.
+template <class L>
+struct d_input_of {
+    using type = no_input_gradient;
+};
+template <class L>
+requires requires {
+    typename L::d_input_view;
+}
+struct d_input_of<L> {
+    using type = typename L::d_input_view;
+};
 }  // namespace detail
 
 /// The layers Ls applied in order: (input of the first) -> (output of the last).
@@ -103,7 +118,8 @@ class chain {
     using value_type = typename layer_t<0>::value_type;        ///< scalar type
     using input_view = typename layer_t<0>::input_view;        ///< the first layer's input
     using output_view = typename layer_t<N - 1>::output_view;  ///< the last layer's output
-    using d_input_view = typename layer_t<0>::d_input_view;    ///< dx, accumulated into
+    /// dx, accumulated into (detail::no_input_gradient when the first layer takes token ids)
+    using d_input_view = typename detail::d_input_of<layer_t<0>>::type;
 
     std::tuple<Ls...> members;  ///< the layers, in order (also get<I>())
 
@@ -129,8 +145,14 @@ class chain {
 
     /// Runs the layers' backward passes in reverse; accumulates into parameter gradients and,
     /// unless dx is empty, into dx.
-    void backward(context& ctx, output_view dy, d_input_view dx) {
+    void backward(context& ctx, output_view dy, d_input_view dx) requires(
+        !std::is_same_v<d_input_view, detail::no_input_gradient>) {
         backward_from<N - 1>(ctx, dy, dx);
+    }
+    /// The same for a chain whose first layer takes token ids (no input gradient).
+    void backward(context& ctx, output_view dy) requires(
+        std::is_same_v<d_input_view, detail::no_input_gradient>) {
+        backward_from<N - 1>(ctx, dy, {});
     }
 
     /// Calls prepare_inference() on the members that have one (linear::prepare_inference).
@@ -184,7 +206,10 @@ class chain {
     template <std::size_t I>
     void backward_from(context& ctx, typename layer_t<I>::output_view dy, d_input_view dx) {
         if constexpr (I == 0) {
-            guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
+            if constexpr (std::is_same_v<d_input_view, detail::no_input_gradient>)
+                guarded<0>([&] { get<0>().backward(ctx, dy); });
+            else
+                guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
         } else {
             auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), zeroed
             g.resize(std::get<I - 1>(outputs_).shape());
