@@ -168,7 +168,7 @@ def main():
 
     results = []
     for (name, mode, B, T, steps) in CASES:
-        best = {}
+        best, every = {}, {}
         for r in range(args.rounds):
             engines = {"ftune": lambda: run_ftune(args.ftune, MODELS[name], mode, B, T, steps,
                                                   args.threads),
@@ -179,24 +179,27 @@ def main():
             for k, fn in engines.items():
                 ms = fn()
                 best[k] = min(best.get(k, float("inf")), ms)
+                every.setdefault(k, []).append(round(ms, 2))
                 print(f"round {r} {name} {mode} {B}x{T} {k}: {ms:.2f} ms", file=sys.stderr)
-        results.append({"model": name, "mode": mode, "batch": B, "seq": T, "ms": best})
+        results.append({"model": name, "mode": mode, "batch": B, "seq": T, "ms": best,
+                        "rounds": every})
 
-    print(f"| model | step | batch × seq | ftune ms | " +
-          " | ".join(["PyTorch ms", "ONNX Runtime ms", "ORT + BERT fusion ms"]) +
-          " | ftune speed-up vs fastest other |")
+    print("Best of the rounds' medians in ms; speed-up: ftune against the fastest other engine, "
+          "in the same round (median over rounds, range in brackets):\n")
+    print("| model | step | batch × seq | ftune | PyTorch | ONNX Runtime | ORT + BERT fusion | "
+          "ftune speed-up |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in results:
-        ms = r["ms"]
-        others = {k: v for k, v in ms.items() if k != "ftune"}
-        fastest = min(others.values())
+        ms, every = r["ms"], r["rounds"]
+        ratios = sorted(min(v[i] for k, v in every.items() if k != "ftune") / every["ftune"][i]
+                        for i in range(len(every["ftune"])))
 
         def cell(k):
             return f"{ms[k]:.1f}" if k in ms else "–"
         step = "train (fwd+bwd)" if r["mode"] == "backward" else "inference"
         print(f"| {r['model']} | {step} | {r['batch']} × {r['seq']} | {cell('ftune')} | "
               f"{cell('PyTorch')} | {cell('onnxruntime')} | {cell('onnxruntime (BERT fusion)')} | "
-              f"{fastest / ms['ftune']:.2f}× |")
+              f"{statistics.median(ratios):.2f}× [{ratios[0]:.2f}–{ratios[-1]:.2f}] |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"versions": versions, "threads": args.threads, "results": results}, f,
