@@ -1,5 +1,6 @@
 # Finds ftune's dependencies. Included by ftune's own build and by the installed ftuneConfig.cmake.
-# Debian: libeigen3-dev libxsimd-dev nlohmann-json3-dev (+ GCC's libgomp or libomp-dev for OpenMP).
+# Debian: libeigen3-dev libxsimd-dev nlohmann-json3-dev libutf8proc-dev (+ GCC's libgomp or
+# libomp-dev for OpenMP).
 # Inside find_package(ftune) the dependencies are found with find_dependency (which forwards
 # QUIET/REQUIRED and reports ftune as not found when one is missing); in ftune's own build they
 # are REQUIRED, so a missing one stops configuration with its own name.
@@ -31,5 +32,23 @@ if(TARGET xsimd AND NOT TARGET xtl)
       list(REMOVE_ITEM _ftune_xsimd_libs xtl)
       set_property(TARGET xsimd PROPERTY INTERFACE_LINK_LIBRARIES "${_ftune_xsimd_libs}")
     endif()
+  endif()
+endif()
+
+# utf8proc (the tokenizer's Unicode data): Debian ships no CMake config, so find the header and
+# library and make an imported target.
+if(NOT TARGET ftune_utf8proc)
+  find_path(FTUNE_UTF8PROC_INCLUDE_DIR utf8proc.h)
+  find_library(FTUNE_UTF8PROC_LIBRARY NAMES utf8proc)
+  if(FTUNE_UTF8PROC_INCLUDE_DIR AND FTUNE_UTF8PROC_LIBRARY)
+    add_library(ftune_utf8proc INTERFACE IMPORTED)
+    set_target_properties(ftune_utf8proc PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${FTUNE_UTF8PROC_INCLUDE_DIR}"
+      INTERFACE_LINK_LIBRARIES "${FTUNE_UTF8PROC_LIBRARY}")
+  elseif(CMAKE_FIND_PACKAGE_NAME STREQUAL "ftune")
+    set(ftune_FOUND FALSE)
+    set(ftune_NOT_FOUND_MESSAGE "ftune needs utf8proc (Debian: libutf8proc-dev)")
+  else()
+    message(FATAL_ERROR "ftune needs utf8proc for its tokenizer (Debian: libutf8proc-dev)")
   endif()
 endif()

@@ -1,0 +1,591 @@
+// text::bert_tokenizer: BERT's WordPiece tokenizer with Hugging Face's semantics (the Python
+// BertTokenizer, BertTokenizerLegacy in Transformers 5), with character and byte offsets into the
+// original text and word ids (as the fast tokenizer reports them).
+//
+//   auto tok = ftune::text::bert_tokenizer::from_vocab("vocab.txt", {.lowercase = true});
+//   auto enc = tok.encode("Hello, world!");  // enc.ids = [CLS] hello , world ! [SEP]
+//
+// The pipeline, per text: split out special-token literals ([CLS], [SEP], [PAD], [UNK], [MASK]);
+// clean (drop NUL, U+FFFD and control characters, map whitespace to spaces); surround CJK
+// ideographs with spaces; NFC; split on whitespace; per word lower-case (Python's str.lower,
+// final sigma included) and strip accents (NFD, drop Mn) when lower-casing; split on punctuation
+// (Unicode P* and ASCII non-alphanumerics); WordPiece (greedy longest match, "##" continuations,
+// [UNK] for unmatchable words and words over 100 characters). Unicode properties come from
+// utf8proc. Invalid UTF-8 decodes to U+FFFD, which cleaning drops: never a crash.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <utf8proc.h>
+
+#include "ftune/core/error.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace text {
+
+/// A WordPiece vocabulary: token strings and their ids (the line numbers of vocab.txt).
+class vocabulary {
+  public:
+    /// Reads vocab.txt: one token per line, the 0-based line number is its id (a token listed
+    /// twice keeps its last id, as Hugging Face's load_vocab). Throws ftune::error naming the file.
+    static vocabulary from_file(const std::filesystem::path& path) {
+        std::ifstream in(path, std::ios::binary);
+        if (!in)
+            throw error(errc::io, path.string(),
+                        "cannot open the vocabulary (vocab.txt: one token per line)");
+        vocabulary v;
+        std::string line;
+        while (std::getline(in, line)) {
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            v.add(line);
+        }
+        if (v.tokens_.empty()) throw error(errc::parse, path.string(), "the vocabulary is empty");
+        return v;
+    }
+    /// Appends a token with the next id.
+    void add(std::string token) {
+        ids_[token] = std::int32_t(tokens_.size());
+        tokens_.push_back(std::move(token));
+    }
+    /// The id of token, if present.
+    std::optional<std::int32_t> find(std::string_view token) const {
+        const auto it = ids_.find(token);
+        if (it == ids_.end()) return std::nullopt;
+        return it->second;
+    }
+    /// The token string of id (throws out_of_range).
+    const std::string& token(std::int32_t id) const {
+        if (id < 0 || std::size_t(id) >= tokens_.size())
+            throw error(
+                errc::out_of_range, "vocabulary",
+                ftune::detail::cat("token id ", id, " is outside [0, ", tokens_.size(), ")"));
+        return tokens_[std::size_t(id)];
+    }
+    /// Number of lines (ids).
+    std::size_t size() const noexcept { return tokens_.size(); }
+
+  private:
+    struct hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept {
+            return std::hash<std::string_view>{}(s);
+        }
+    };
+    std::unordered_map<std::string, std::int32_t, hash, std::equal_to<>> ids_;
+    std::vector<std::string> tokens_;
+};
+
+/// Options of the BERT tokenizer (Hugging Face's BertTokenizer arguments).
+struct bert_options {
+    bool lowercase = true;                       ///< do_lower_case
+    std::optional<bool> strip_accents;           ///< strip_accents (default: follows lowercase)
+    bool chinese_chars = true;                   ///< tokenize_chinese_chars
+    std::size_t max_input_chars_per_word = 100;  ///< longer words become [UNK]
+    std::string unk = "[UNK]", cls = "[CLS]", sep = "[SEP]", pad = "[PAD]",
+                mask = "[MASK]";  ///< special tokens
+};
+
+/// One token of an encoding, with where it came from.
+struct token_info {
+    std::int32_t id;           ///< vocabulary id
+    std::uint32_t char_begin;  ///< first code point in the original text
+    std::uint32_t char_end;    ///< one past the last code point (begin == end: special token)
+    std::uint32_t byte_begin;  ///< first byte in the original UTF-8 text
+    std::uint32_t byte_end;    ///< one past the last byte
+    std::int32_t word;         ///< word index in its text (-1: [CLS], [SEP], padding)
+};
+
+/// The result of encoding one text: ids, type ids, attention mask and alignment, all the same
+/// length.
+struct encoding {
+    std::vector<std::int32_t> ids;             ///< token ids, [CLS] first, [SEP] last
+    std::vector<std::int32_t> type_ids;        ///< 0 for the first text, 1 for the second
+    std::vector<std::int32_t> attention_mask;  ///< 1 for tokens, 0 for padding
+    std::vector<token_info> tokens;            ///< offsets and word ids per position
+};
+
+namespace detail {
+
+/// A code point of the text being normalized, with the span of original code points it comes
+/// from.
+struct mapped_char {
+    char32_t cp;          ///< the (normalized) code point
+    std::uint32_t begin;  ///< first original code point
+    std::uint32_t end;    ///< one past the last
+};
+
+inline utf8proc_category_t category(char32_t c) {
+    return utf8proc_category(utf8proc_int32_t(c));
+}
+/// BERT's whitespace: space, \t, \n, \r, or category Zs.
+inline bool is_whitespace(char32_t c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || category(c) == UTF8PROC_CATEGORY_ZS;
+}
+/// BERT's control characters: category C* except \t, \n, \r (unassigned code points included).
+inline bool is_control(char32_t c) {
+    if (c == '\t' || c == '\n' || c == '\r') return false;
+    switch (category(c)) {
+        case UTF8PROC_CATEGORY_CN:
+        case UTF8PROC_CATEGORY_CC:
+        case UTF8PROC_CATEGORY_CF:
+        case UTF8PROC_CATEGORY_CS:
+        case UTF8PROC_CATEGORY_CO:
+            return true;
+        default:
+            return false;
+    }
+}
+/// BERT's punctuation: every ASCII non-alphanumeric printable, or category P*.
+inline bool is_punctuation(char32_t c) {
+    if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
+        (c >= 123 && c <= 126))
+        return true;
+    const auto k = category(c);
+    return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
+}
+/// The CJK ideograph ranges BERT surrounds with spaces.
+inline bool is_chinese(char32_t c) {
+    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
+           (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
+           (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
+           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+/// Cased letters (Lu, Ll, Lt), for the final-sigma rule.
+inline bool is_cased(char32_t c) {
+    const auto k = category(c);
+    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+}
+/// Case-ignorable characters (Mn, Me, Cf, Lm, Sk and the word-internal punctuation), for the
+/// final-sigma rule.
+inline bool is_case_ignorable(char32_t c) {
+    switch (category(c)) {
+        case UTF8PROC_CATEGORY_MN:
+        case UTF8PROC_CATEGORY_ME:
+        case UTF8PROC_CATEGORY_CF:
+        case UTF8PROC_CATEGORY_LM:
+        case UTF8PROC_CATEGORY_SK:
+            return true;
+        default:
+            return c == 0x27 || c == 0x2E || c == 0x3A || c == 0xB7 || c == 0x2018 || c == 0x2019 ||
+                   c == 0x2024 || c == 0xFE52 || c == 0xFF07 || c == 0xFF0E || c == 0x387 ||
+                   c == 0x5F4 || c == 0x2027 || c == 0xFE13 || c == 0xFE55 || c == 0xFF1A;
+    }
+}
+
+/// Appends the UTF-8 encoding of c.
+inline void append_utf8(std::string& s, char32_t c) {
+    utf8proc_uint8_t buf[4];
+    const auto n = utf8proc_encode_char(utf8proc_int32_t(c), buf);
+    s.append(reinterpret_cast<const char*>(buf), std::size_t(n));
+}
+
+/// Canonical decomposition of one code point (NFD of a single character).
+inline std::size_t decompose(char32_t c, utf8proc_int32_t* out, std::size_t cap) {
+    int last = 0;
+    const auto n = utf8proc_decompose_char(utf8proc_int32_t(c), out, utf8proc_ssize_t(cap),
+                                           UTF8PROC_DECOMPOSE, &last);
+    if (n < 0 || std::size_t(n) > cap) {
+        out[0] = utf8proc_int32_t(c);
+        return 1;
+    }
+    return std::size_t(n);
+}
+
+}  // namespace detail
+
+/// BERT's tokenizer (see the file comment). Const member functions are thread-safe.
+class bert_tokenizer {
+  public:
+    /// A tokenizer over a vocabulary; throws when a special token is missing from it.
+    bert_tokenizer(vocabulary vocab, bert_options options)
+        : vocab_(std::move(vocab)), opt_(std::move(options)) {
+        auto need = [&](const std::string& t) {
+            const auto id = vocab_.find(t);
+            if (!id)
+                throw error(errc::invalid_argument, "bert_tokenizer",
+                            ftune::detail::cat("special token ", t,
+                                               " is not in the vocabulary; is this a BERT "
+                                               "vocab.txt?"));
+            return *id;
+        };
+        unk_ = need(opt_.unk), cls_ = need(opt_.cls), sep_ = need(opt_.sep);
+        pad_ = need(opt_.pad), mask_ = need(opt_.mask);
+        strip_accents_ = opt_.strip_accents.value_or(opt_.lowercase);
+    }
+
+    /// A tokenizer reading vocab.txt.
+    static bert_tokenizer from_vocab(const std::filesystem::path& path, bert_options options = {}) {
+        return bert_tokenizer(vocabulary::from_file(path), std::move(options));
+    }
+
+    /// The vocabulary.
+    const vocabulary& vocab() const noexcept { return vocab_; }
+    /// The options.
+    const bert_options& options() const noexcept { return opt_; }
+    /// Id of [CLS].
+    std::int32_t cls_id() const noexcept { return cls_; }
+    /// Id of [SEP].
+    std::int32_t sep_id() const noexcept { return sep_; }
+    /// Id of [PAD].
+    std::int32_t pad_id() const noexcept { return pad_; }
+    /// Id of [UNK].
+    std::int32_t unk_id() const noexcept { return unk_; }
+
+    /// Appends the word pieces of text (no [CLS]/[SEP]) to out, with offsets and word ids
+    /// (numbered from first_word).
+    void tokenize(std::string_view text, std::vector<token_info>& out,
+                  std::int32_t first_word = 0) const {
+        // 1. decode, keeping each code point's byte offset (invalid UTF-8 becomes U+FFFD)
+        std::vector<char32_t> cps;
+        std::vector<std::uint32_t> bytes;  // byte offset of each code point, plus the end
+        cps.reserve(text.size());
+        bytes.reserve(text.size() + 1);
+        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+        for (std::size_t i = 0; i < text.size();) {
+            utf8proc_int32_t c = 0;
+            const auto n = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
+            bytes.push_back(std::uint32_t(i));
+            if (n <= 0) {
+                cps.push_back(0xFFFD);
+                i += 1;
+            } else {
+                cps.push_back(char32_t(c));
+                i += std::size_t(n);
+            }
+        }
+        bytes.push_back(std::uint32_t(text.size()));
+        std::int32_t word = first_word;
+        // 2. special-token literals are whole tokens; the text between them is tokenized
+        std::size_t start = 0;
+        for (std::size_t i = 0; i < cps.size();) {
+            std::int32_t special = -1;
+            const std::size_t len = special_at(cps, i, special);
+            if (len == 0) {
+                ++i;
+                continue;
+            }
+            tokenize_span(cps, bytes, start, i, word, out);
+            out.push_back({special, std::uint32_t(i), std::uint32_t(i + len), bytes[i],
+                           bytes[i + len], word++});
+            i += len;
+            start = i;
+        }
+        tokenize_span(cps, bytes, start, cps.size(), word, out);
+    }
+
+    /// [CLS] text [SEP] (and text_pair [SEP] when given), truncated to max_length tokens when
+    /// max_length > 0 (the longest sequence first), padded to pad_to when larger.
+    encoding encode(std::string_view text, std::optional<std::string_view> text_pair = {},
+                    std::size_t max_length = 0, std::size_t pad_to = 0) const {
+        std::vector<token_info> a, b;
+        tokenize(text, a);
+        if (text_pair) tokenize(*text_pair, b);
+        if (max_length > 0) {
+            const std::size_t specials = text_pair ? 3 : 2;
+            const std::size_t room = max_length > specials ? max_length - specials : 0;
+            while (a.size() + b.size() > room) {
+                if (a.size() >= b.size())
+                    a.pop_back();
+                else
+                    b.pop_back();
+            }
+        }
+        encoding e;
+        auto push = [&](const token_info& t, std::int32_t type) {
+            e.ids.push_back(t.id);
+            e.type_ids.push_back(type);
+            e.attention_mask.push_back(1);
+            e.tokens.push_back(t);
+        };
+        const token_info cls{cls_, 0, 0, 0, 0, -1}, sep{sep_, 0, 0, 0, 0, -1};
+        push(cls, 0);
+        for (const auto& t : a) push(t, 0);
+        push(sep, 0);
+        if (text_pair) {
+            for (const auto& t : b) push(t, 1);
+            push(sep, 1);
+        }
+        while (e.ids.size() < pad_to) {
+            e.ids.push_back(pad_);
+            e.type_ids.push_back(0);
+            e.attention_mask.push_back(0);
+            e.tokens.push_back({pad_, 0, 0, 0, 0, -1});
+        }
+        return e;
+    }
+
+  private:
+    // length of the special-token literal starting at cps[i] (0: none); its id in `id`
+    std::size_t special_at(const std::vector<char32_t>& cps, std::size_t i,
+                           std::int32_t& id) const {
+        if (cps[i] != '[') return 0;
+        const std::pair<const std::string*, std::int32_t> specials[] = {{&opt_.cls, cls_},
+                                                                        {&opt_.sep, sep_},
+                                                                        {&opt_.pad, pad_},
+                                                                        {&opt_.unk, unk_},
+                                                                        {&opt_.mask, mask_}};
+        for (const auto& [s, sid] : specials) {
+            if (s->size() > cps.size() - i) continue;
+            bool match = true;
+            for (std::size_t k = 0; k < s->size() && match; ++k)
+                match = cps[i + k] == char32_t(static_cast<unsigned char>((*s)[k]));
+            if (match) {
+                id = sid;
+                return s->size();
+            }
+        }
+        return 0;
+    }
+
+    // Tokenizes cps[begin, end) (no special literals inside) into out.
+    void tokenize_span(const std::vector<char32_t>& cps, const std::vector<std::uint32_t>& bytes,
+                       std::size_t begin, std::size_t end, std::int32_t& word,
+                       std::vector<token_info>& out) const {
+        // clean and space out CJK ideographs
+        std::vector<detail::mapped_char> chars;
+        chars.reserve(end - begin);
+        for (std::size_t i = begin; i < end; ++i) {
+            const char32_t c = cps[i];
+            const auto at = std::uint32_t(i);
+            if (c == 0 || c == 0xFFFD || detail::is_control(c)) continue;
+            if (detail::is_whitespace(c)) {
+                chars.push_back({' ', at, at + 1});
+            } else if (opt_.chinese_chars && detail::is_chinese(c)) {
+                chars.push_back({' ', at, at});
+                chars.push_back({c, at, at + 1});
+                chars.push_back({' ', at + 1, at + 1});
+            } else {
+                chars.push_back({c, at, at + 1});
+            }
+        }
+        // whitespace-separated words
+        std::vector<detail::mapped_char> w, norm;
+        for (std::size_t i = 0; i < chars.size();) {
+            while (i < chars.size() && chars[i].cp == ' ') ++i;
+            std::size_t j = i;
+            while (j < chars.size() && chars[j].cp != ' ') ++j;
+            if (j > i) {
+                w.assign(chars.begin() + std::ptrdiff_t(i), chars.begin() + std::ptrdiff_t(j));
+                normalize_word(w, norm);
+                split_and_wordpiece(norm, cps, bytes, word, out);
+            }
+            i = j;
+        }
+    }
+
+    // NFC, then (lower-casing) Python's lower() and accent stripping, keeping the alignment.
+    void normalize_word(const std::vector<detail::mapped_char>& w,
+                        std::vector<detail::mapped_char>& out) const {
+        out.clear();
+        if (opt_.lowercase && strip_accents_) {
+            // lower(NFC(x)) then NFD + drop Mn equals doing it on x: NFD(NFC(x)) == NFD(x); the
+            // alignment stays one original character per step
+            for (std::size_t i = 0; i < w.size(); ++i) {
+                utf8proc_int32_t low[3];
+                const std::size_t nl = lower(w, i, low);
+                for (std::size_t k = 0; k < nl; ++k) {
+                    utf8proc_int32_t d[32];
+                    const std::size_t nd = detail::decompose(char32_t(low[k]), d, 32);
+                    for (std::size_t m = 0; m < nd; ++m)
+                        if (detail::category(char32_t(d[m])) != UTF8PROC_CATEGORY_MN)
+                            out.push_back({char32_t(d[m]), w[i].begin, w[i].end});
+                }
+            }
+            return;
+        }
+        std::vector<detail::mapped_char> nfc;
+        compose(w, nfc);
+        for (std::size_t i = 0; i < nfc.size(); ++i) {
+            utf8proc_int32_t low[3];
+            const std::size_t nl =
+                opt_.lowercase ? lower(nfc, i, low) : (low[0] = utf8proc_int32_t(nfc[i].cp), 1);
+            for (std::size_t k = 0; k < nl; ++k) {
+                if (!strip_accents_) {
+                    out.push_back({char32_t(low[k]), nfc[i].begin, nfc[i].end});
+                    continue;
+                }
+                utf8proc_int32_t d[32];
+                const std::size_t nd = detail::decompose(char32_t(low[k]), d, 32);
+                for (std::size_t m = 0; m < nd; ++m)
+                    if (detail::category(char32_t(d[m])) != UTF8PROC_CATEGORY_MN)
+                        out.push_back({char32_t(d[m]), nfc[i].begin, nfc[i].end});
+            }
+        }
+    }
+
+    // Python's str.lower() of w[i] in its word: full mappings (İ -> i̇) and the final sigma.
+    static std::size_t lower(const std::vector<detail::mapped_char>& w, std::size_t i,
+                             utf8proc_int32_t* out) {
+        const char32_t c = w[i].cp;
+        if (c == 0x130) {  // İ -> i + combining dot above
+            out[0] = 0x69, out[1] = 0x307;
+            return 2;
+        }
+        if (c == 0x3A3) {  // Σ: ς at the end of a word, σ elsewhere
+            bool before = false, after = false;
+            for (std::size_t k = i; k-- > 0;) {
+                if (detail::is_case_ignorable(w[k].cp)) continue;
+                before = detail::is_cased(w[k].cp);
+                break;
+            }
+            for (std::size_t k = i + 1; k < w.size(); ++k) {
+                if (detail::is_case_ignorable(w[k].cp)) continue;
+                after = detail::is_cased(w[k].cp);
+                break;
+            }
+            out[0] = before && !after ? 0x3C2 : 0x3C3;
+            return 1;
+        }
+        out[0] = utf8proc_tolower(utf8proc_int32_t(c));
+        return 1;
+    }
+
+    // NFC of a word; each composed character spans the original characters it came from.
+    static void compose(const std::vector<detail::mapped_char>& w,
+                        std::vector<detail::mapped_char>& out) {
+        out.clear();
+        bool ascii = true;
+        for (const auto& c : w) ascii = ascii && c.cp < 0x300;
+        if (ascii) {  // nothing below U+0300 composes or decomposes canonically
+            out = w;
+            return;
+        }
+        // normalize runs that start at a character of combining class 0
+        std::size_t i = 0;
+        std::string run;
+        while (i < w.size()) {
+            std::size_t j = i + 1;
+            while (j < w.size() &&
+                   utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
+                ++j;
+            // Hangul jamo and other starters that compose with the previous one join the run
+            while (j < w.size() && composes_with_previous(w, i, j)) {
+                ++j;
+                while (j < w.size() &&
+                       utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
+                    ++j;
+            }
+            run.clear();
+            for (std::size_t k = i; k < j; ++k) detail::append_utf8(run, w[k].cp);
+            utf8proc_uint8_t* nfc =
+                utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(run.c_str()));
+            if (!nfc) {
+                for (std::size_t k = i; k < j; ++k) out.push_back(w[k]);
+            } else {
+                const auto* q = nfc;
+                std::size_t len =
+                    std::char_traits<char>::length(reinterpret_cast<const char*>(nfc));
+                std::vector<char32_t> got;
+                for (std::size_t k = 0; k < len;) {
+                    utf8proc_int32_t c = 0;
+                    const auto n = utf8proc_iterate(q + k, utf8proc_ssize_t(len - k), &c);
+                    if (n <= 0) break;
+                    got.push_back(char32_t(c));
+                    k += std::size_t(n);
+                }
+                std::free(nfc);
+                if (got.size() == j - i) {  // nothing composed: keep the one-to-one alignment
+                    for (std::size_t k = 0; k < got.size(); ++k)
+                        out.push_back({got[k], w[i + k].begin, w[i + k].end});
+                } else {
+                    for (char32_t c : got) out.push_back({c, w[i].begin, w[j - 1].end});
+                }
+            }
+            i = j;
+        }
+    }
+
+    // whether the starter w[j] composes canonically with the run w[i, j)
+    static bool composes_with_previous(const std::vector<detail::mapped_char>& w, std::size_t i,
+                                       std::size_t j) {
+        std::string two;
+        detail::append_utf8(two, w[j - 1].cp);
+        detail::append_utf8(two, w[j].cp);
+        (void)i;
+        utf8proc_uint8_t* nfc =
+            utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(two.c_str()));
+        if (!nfc) return false;
+        const bool composed =
+            std::char_traits<char>::length(reinterpret_cast<const char*>(nfc)) != two.size() ||
+            two != reinterpret_cast<const char*>(nfc);
+        std::free(nfc);
+        return composed;
+    }
+
+    // Splits a normalized word on punctuation and runs WordPiece on each piece.
+    void split_and_wordpiece(const std::vector<detail::mapped_char>& w,
+                             const std::vector<char32_t>& cps,
+                             const std::vector<std::uint32_t>& bytes, std::int32_t& word,
+                             std::vector<token_info>& out) const {
+        (void)cps;
+        std::size_t i = 0;
+        while (i < w.size()) {
+            std::size_t j = i + 1;
+            if (!detail::is_punctuation(w[i].cp))
+                while (j < w.size() && !detail::is_punctuation(w[j].cp)) ++j;
+            wordpiece(w, i, j, bytes, word++, out);
+            i = j;
+        }
+    }
+
+    // Greedy longest-match-first WordPiece of w[begin, end).
+    void wordpiece(const std::vector<detail::mapped_char>& w, std::size_t begin, std::size_t end,
+                   const std::vector<std::uint32_t>& bytes, std::int32_t word,
+                   std::vector<token_info>& out) const {
+        auto span = [&](std::size_t a, std::size_t b, std::int32_t id) {
+            const std::uint32_t cb = w[a].begin, ce = w[b - 1].end;
+            return token_info{id, cb, ce, bytes[cb], bytes[ce], word};
+        };
+        const std::size_t n = end - begin;
+        if (n > opt_.max_input_chars_per_word) {
+            out.push_back(span(begin, end, unk_));
+            return;
+        }
+        // UTF-8 of the word and the byte offset of each character in it
+        std::string s;
+        std::vector<std::size_t> at(n + 1);
+        for (std::size_t k = 0; k < n; ++k) {
+            at[k] = s.size();
+            detail::append_utf8(s, w[begin + k].cp);
+        }
+        at[n] = s.size();
+        const std::size_t mark = out.size();
+        std::string piece;
+        for (std::size_t start = 0; start < n;) {
+            std::size_t stop = n;
+            std::int32_t found = -1;
+            for (; stop > start; --stop) {
+                piece.assign(start > 0 ? "##" : "");
+                piece.append(s, at[start], at[stop] - at[start]);
+                if (const auto id = vocab_.find(piece)) {
+                    found = *id;
+                    break;
+                }
+            }
+            if (found < 0) {  // unmatchable: the whole word is [UNK]
+                out.resize(mark);
+                out.push_back(span(begin, end, unk_));
+                return;
+            }
+            out.push_back(span(begin + start, begin + stop, found));
+            start = stop;
+        }
+    }
+
+    vocabulary vocab_;
+    bert_options opt_;
+    bool strip_accents_ = true;
+    std::int32_t unk_ = 0, cls_ = 0, sep_ = 0, pad_ = 0, mask_ = 0;
+};
+
+}  // namespace text
+FTUNE_NAMESPACE_END
