@@ -3,17 +3,14 @@
 Hugging Face Transformers' slow BERT tokenizer (BertTokenizerLegacy in Transformers 5, the
 Python BertTokenizer of earlier versions) and the fast one (Rust `tokenizers`).
 
-For every input text it writes one JSON line:
-  {"ids": [...]}                         slow tokenizer ids, [CLS] first and [SEP] last
-  "offsets": [[b, e], ...], "words": [...]   from the fast tokenizer (character offsets into the
-                                         text, word ids; null for special tokens), when both agree
-  "fast": [...]                          the fast tokenizer's ids where they differ from the slow
-The data-set texts are read from FTUNE_DATA_DIR (never copied into the fixtures); the hard cases
-are written out with their expected values.
+Each set becomes fixtures/tokenizer_<set>.txt.gz: a JSON header line, then one line per text
+with the slow tokenizer's ids ([CLS] first, [SEP] last), and the fast tokenizer's character
+offsets and word ids where both agree (its ids otherwise). The data-set texts are read from
+FTUNE_DATA_DIR and never copied into the fixtures; the hard cases are in the header.
 
 Usage: FTUNE_DATA_DIR=../shared/data python3 tests/reference/tokenizer_parity.py
 """
-import csv
+import gzip
 import json
 import os
 import pathlib
@@ -48,18 +45,47 @@ HARD_CASES = [
 ]
 
 SETS = {
-    # name: (vocab directory, lowercase, list of texts)
-    "sst2_dev": ("bert-base-uncased", True, None),
+    # name: (vocab directory, lowercase, texts or a reader of FTUNE_DATA_DIR)
+    "sst2_dev": ("bert-base-uncased", True, "sst2"),
+    "conll2003_test": ("bert-base-cased", False, "conll"),
+    "chnsenticorp_dev": ("bert-base-chinese", False, "chnsenticorp"),  # HF's tokenizer_config
+    "financial_phrasebank": ("bert-base-uncased", True, "fpb"),
     "hard_uncased": ("bert-base-uncased", True, HARD_CASES),
     "hard_cased": ("bert-base-cased", False, HARD_CASES),
     "hard_chinese": ("bert-base-chinese", True, HARD_CASES),
 }
 
 
-def sst2_dev():
-    with open(DATA / "sst2" / "dev.tsv", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r["sentence"] for r in rows]
+def lines(path, encoding="utf-8"):
+    """The file's lines without their LF (and a CR before it); the C++ test reads them alike."""
+    text = (DATA / path).read_bytes().decode(encoding)
+    out = text.split("\n")
+    if out and out[-1] == "":
+        out.pop()
+    return [l[:-1] if l.endswith("\r") else l for l in out]
+
+
+def read_texts(kind):
+    if kind == "sst2":  # sentence<TAB>label, after a header
+        return [l.split("\t", 1)[0] for l in lines("sst2/dev.tsv")[1:]]
+    if kind == "chnsenticorp":  # label<TAB>text_a, after a header
+        return [l.split("\t", 1)[1] for l in lines("chnsenticorp/dev.tsv")[1:]]
+    if kind == "fpb":  # sentence@label, Latin-1
+        return [l.rsplit("@", 1)[0]
+                for l in lines("financial_phrasebank/Sentences_AllAgree.txt", "latin-1")]
+    if kind == "conll":  # the first column of each sentence joined by spaces, no -DOCSTART-
+        out, cur = [], []
+        for l in lines("conll2003/test.txt"):
+            if not l.strip():
+                if cur:
+                    out.append(" ".join(cur))
+                cur = []
+            elif not l.startswith("-DOCSTART-"):
+                cur.append(l.split(" ")[0])
+        if cur:
+            out.append(" ".join(cur))
+        return out
+    raise ValueError(kind)
 
 
 def main():
@@ -68,30 +94,36 @@ def main():
         vocab = str(DATA / vocab_dir / "vocab.txt")
         slow = BertTokenizerLegacy(vocab, do_lower_case=lower)
         fast = BertTokenizer(vocab, do_lower_case=lower)
-        if texts is None:
-            texts = {"sst2_dev": sst2_dev}[name]()
+        hard = not isinstance(texts, str)
+        if not hard:
+            texts = read_texts(texts)
         differ = 0
-        path = OUT / f"tokenizer_{name}.jsonl"
-        with open(path, "w", encoding="utf-8") as out:
-            meta = {"set": name, "vocab": vocab_dir, "lowercase": lower, "count": len(texts),
-                    "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-                    "python_unicode": unicodedata.unidata_version}
-            if texts is HARD_CASES:
-                meta["texts"] = texts
-            out.write(json.dumps(meta, ensure_ascii=False) + "\n")
-            for text in texts:
-                ids = slow(text)["input_ids"]
-                enc = fast(text, return_offsets_mapping=True)
-                rec = {"ids": ids}
-                if enc["input_ids"] == ids:
-                    rec["offsets"] = [list(o) for o in enc["offset_mapping"]]
-                    rec["words"] = enc.word_ids()
-                else:
-                    rec["fast"] = enc["input_ids"]
-                    differ += 1
-                out.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        print(f"{path.name}: {len(texts)} texts, {differ} where slow and fast differ",
-              file=sys.stderr)
+        meta = {"set": name, "vocab": vocab_dir, "lowercase": lower, "count": len(texts),
+                "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+                "python_unicode": unicodedata.unidata_version}
+        if hard:
+            meta["texts"] = texts
+        # one line per text: ids<TAB>offsets (b:e ...)<TAB>word ids<TAB>fast ids; offsets and word
+        # ids come from the fast tokenizer when its ids equal the slow one's, else "-" and the
+        # fast ids follow
+        rows = [json.dumps(meta, ensure_ascii=False)]
+        for text in texts:
+            ids = slow(text)["input_ids"]
+            enc = fast(text, return_offsets_mapping=True)
+            cols = [" ".join(map(str, ids))]
+            if enc["input_ids"] == ids:
+                cols.append(" ".join(f"{b}:{e}" for b, e in enc["offset_mapping"]))
+                cols.append(" ".join("-1" if w is None else str(w) for w in enc.word_ids()))
+                cols.append("")
+            else:
+                cols += ["-", "-", " ".join(map(str, enc["input_ids"]))]
+                differ += 1
+            rows.append("\t".join(cols))
+        path = OUT / f"tokenizer_{name}.txt.gz"
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            gz.write(("\n".join(rows) + "\n").encode("utf-8"))
+        print(f"{path.name}: {len(texts)} texts, {differ} where slow and fast differ, "
+              f"{path.stat().st_size} bytes", file=sys.stderr)
 
 
 if __name__ == "__main__":
