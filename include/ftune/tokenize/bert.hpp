@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -126,13 +127,30 @@ struct mapped_char {
 inline utf8proc_category_t category(char32_t c) {
     return utf8proc_category(utf8proc_int32_t(c));
 }
+/// Classes of the ASCII characters (bit 0 whitespace, 1 control, 2 punctuation), so that English
+/// text never reaches utf8proc's tables.
+struct ascii_classes {
+    unsigned char bits[128] = {};
+    constexpr ascii_classes() {
+        for (int c = 0; c < 128; ++c) {
+            const bool ws = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+            const bool ctrl = (c < 32 || c == 127) && !ws;
+            const bool punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) ||
+                               (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+            bits[c] = (ws ? 1 : 0) | (ctrl ? 2 : 0) | (punct ? 4 : 0);
+        }
+    }
+};
+inline constexpr ascii_classes ascii{};
+
 /// BERT's whitespace: space, \t, \n, \r, or category Zs.
 inline bool is_whitespace(char32_t c) {
+    if (c < 128) return ascii.bits[c] & 1;
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || category(c) == UTF8PROC_CATEGORY_ZS;
 }
 /// BERT's control characters: category C* except \t, \n, \r (unassigned code points included).
 inline bool is_control(char32_t c) {
-    if (c == '\t' || c == '\n' || c == '\r') return false;
+    if (c < 128) return ascii.bits[c] & 2;
     switch (category(c)) {
         case UTF8PROC_CATEGORY_CN:
         case UTF8PROC_CATEGORY_CC:
@@ -146,9 +164,7 @@ inline bool is_control(char32_t c) {
 }
 /// BERT's punctuation: every ASCII non-alphanumeric printable, or category P*.
 inline bool is_punctuation(char32_t c) {
-    if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
-        (c >= 123 && c <= 126))
-        return true;
+    if (c < 128) return ascii.bits[c] & 4;
     const auto k = category(c);
     return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
 }
@@ -180,6 +196,107 @@ inline bool is_case_ignorable(char32_t c) {
                    c == 0x5F4 || c == 0x2027 || c == 0xFE13 || c == 0xFE55 || c == 0xFF1A;
     }
 }
+
+/// A byte trie of word pieces for WordPiece's longest-match-first search: one walk from a start
+/// position finds the longest piece there, reading each byte once (a hash table needs one lookup
+/// per candidate length, each a cache miss). The root's children are a direct table; deeper
+/// nodes keep sorted edge lists.
+class piece_trie {
+  public:
+    /// Adds (or replaces: a later id wins, as Hugging Face's load_vocab) piece -> id.
+    void insert(std::string_view piece, std::int32_t id) {
+        if (build_.empty()) build_.emplace_back();
+        std::size_t node = 0;
+        for (unsigned char c : piece) {
+            auto& kids = build_[node].kids;
+            auto it = std::lower_bound(kids.begin(), kids.end(), c,
+                                       [](const auto& e, unsigned char b) { return e.first < b; });
+            if (it == kids.end() || it->first != c) {
+                it = kids.insert(it, {c, std::int32_t(build_.size())});
+                const std::int32_t child = it->second;
+                build_.emplace_back();
+                node = std::size_t(child);
+            } else {
+                node = std::size_t(it->second);
+            }
+        }
+        build_[node].id = id;
+        frozen_ = false;
+    }
+    /// Flattens the trie for lookups (called by the tokenizer once after the inserts).
+    void freeze() {
+        nodes_.assign(build_.size(), {});
+        edges_.clear();
+        dense_.clear();
+        for (std::size_t n = 0; n < build_.size(); ++n) {
+            nodes_[n].id = build_[n].id;
+            const auto& kids = build_[n].kids;
+            if (kids.size() > dense_threshold) {  // a direct table for wide nodes
+                nodes_[n].first = std::uint32_t(dense_.size());
+                nodes_[n].count = dense_marker;
+                dense_.emplace_back();
+                dense_.back().fill(-1);
+                for (const auto& [c, child] : kids) dense_.back()[c] = child;
+                continue;
+            }
+            nodes_[n].first = std::uint32_t(edges_.size());
+            nodes_[n].count = std::uint32_t(kids.size());
+            for (const auto& [c, child] : kids) edges_.push_back({c, child});
+        }
+        root_.fill(-1);
+        if (!build_.empty())
+            for (const auto& [c, child] : build_[0].kids) root_[c] = child;
+        frozen_ = true;
+    }
+    /// The longest piece that is a prefix of text: (its length in bytes, its id); (0, -1) if
+    /// none.
+    std::pair<std::size_t, std::int32_t> longest_prefix(std::string_view text) const noexcept {
+        std::pair<std::size_t, std::int32_t> best{0, -1};
+        if (!frozen_ || text.empty()) return best;
+        std::int32_t node = root_[static_cast<unsigned char>(text[0])];
+        for (std::size_t i = 1; node >= 0; ++i) {
+            const auto& nd = nodes_[std::size_t(node)];
+            if (nd.id >= 0) best = {i, nd.id};
+            if (i == text.size()) break;
+            const auto c = static_cast<unsigned char>(text[i]);
+            if (nd.count == dense_marker) {
+                node = dense_[nd.first][c];
+                continue;
+            }
+            const edge* e = edges_.data() + nd.first;
+            const edge* e_end = e + nd.count;
+            node = -1;
+            for (; e != e_end; ++e)  // short lists: a linear scan beats a binary search
+                if (e->c == c) {
+                    node = e->child;
+                    break;
+                }
+        }
+        return best;
+    }
+
+  private:
+    struct build_node {
+        std::vector<std::pair<unsigned char, std::int32_t>> kids;
+        std::int32_t id = -1;
+    };
+    struct node {
+        std::uint32_t first = 0, count = 0;
+        std::int32_t id = -1;
+    };
+    struct edge {
+        unsigned char c;
+        std::int32_t child;
+    };
+    static constexpr std::size_t dense_threshold = 8;   // more children: a direct table
+    static constexpr std::uint32_t dense_marker = ~0u;  // node.count of a dense node
+    std::vector<build_node> build_;
+    std::vector<node> nodes_;
+    std::vector<std::array<std::int32_t, 256>> dense_;
+    std::vector<edge> edges_;
+    std::array<std::int32_t, 256> root_{};
+    bool frozen_ = false;
+};
 
 /// Appends the UTF-8 encoding of c.
 inline void append_utf8(std::string& s, char32_t c) {
@@ -217,6 +334,15 @@ class bert_tokenizer {
                                                "vocab.txt?"));
             return *id;
         };
+        for (std::size_t i = 0; i < vocab_.size(); ++i) {  // "##x" is looked up as "x"
+            const std::string& t = vocab_.token(std::int32_t(i));
+            const std::int32_t id = vocab_.find(t).value();  // a repeated token's last id
+            if (t.size() > 2 && t[0] == '#' && t[1] == '#')
+                continuation_.insert(std::string_view(t).substr(2), id);
+            initial_.insert(t, id);
+        }
+        initial_.freeze();
+        continuation_.freeze();
         unk_ = need(opt_.unk), cls_ = need(opt_.cls), sep_ = need(opt_.sep);
         pad_ = need(opt_.pad), mask_ = need(opt_.mask);
         strip_accents_ = opt_.strip_accents.value_or(opt_.lowercase);
@@ -244,13 +370,22 @@ class bert_tokenizer {
     /// (numbered from first_word).
     void tokenize(std::string_view text, std::vector<token_info>& out,
                   std::int32_t first_word = 0) const {
+        if (plain_ascii(text)) {  // most English text: no decoding, no Unicode tables
+            tokenize_ascii(text, first_word, out);
+            return;
+        }
         // 1. decode, keeping each code point's byte offset (invalid UTF-8 becomes U+FFFD)
-        std::vector<char32_t> cps;
-        std::vector<std::uint32_t> bytes;  // byte offset of each code point, plus the end
-        cps.reserve(text.size());
-        bytes.reserve(text.size() + 1);
+        thread_local std::vector<char32_t> cps;
+        thread_local std::vector<std::uint32_t> bytes;  // byte offset of each code point + end
+        cps.clear();
+        bytes.clear();
         const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
         for (std::size_t i = 0; i < text.size();) {
+            if (p[i] < 0x80) {  // ASCII
+                bytes.push_back(std::uint32_t(i));
+                cps.push_back(p[i++]);
+                continue;
+            }
             utf8proc_int32_t c = 0;
             const auto n = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
             bytes.push_back(std::uint32_t(i));
@@ -286,7 +421,9 @@ class bert_tokenizer {
     /// max_length > 0 (the longest sequence first), padded to pad_to when larger.
     encoding encode(std::string_view text, std::optional<std::string_view> text_pair = {},
                     std::size_t max_length = 0, std::size_t pad_to = 0) const {
-        std::vector<token_info> a, b;
+        thread_local std::vector<token_info> a, b;
+        a.clear();
+        b.clear();
         tokenize(text, a);
         if (text_pair) tokenize(*text_pair, b);
         if (max_length > 0) {
@@ -300,6 +437,8 @@ class bert_tokenizer {
             }
         }
         encoding e;
+        const std::size_t n = std::max(pad_to, a.size() + b.size() + (text_pair ? 3 : 2));
+        e.ids.reserve(n), e.type_ids.reserve(n), e.attention_mask.reserve(n), e.tokens.reserve(n);
         auto push = [&](const token_info& t, std::int32_t type) {
             e.ids.push_back(t.id);
             e.type_ids.push_back(type);
@@ -324,6 +463,99 @@ class bert_tokenizer {
     }
 
   private:
+    // ASCII without control characters (which cleaning would remove from inside words)
+    static bool plain_ascii(std::string_view t) noexcept {
+        for (unsigned char c : t)
+            if (c >= 0x80 || (detail::ascii.bits[c] & 2)) return false;
+        return true;
+    }
+
+    // The pipeline on plain ASCII text, where characters are bytes: words are runs between
+    // whitespace and punctuation, lower-casing is A-Z, nothing composes or carries accents.
+    void tokenize_ascii(std::string_view t, std::int32_t word, std::vector<token_info>& out) const {
+        const std::size_t n = t.size();
+        for (std::size_t i = 0; i < n;) {
+            const auto c = static_cast<unsigned char>(t[i]);
+            const unsigned char cls = detail::ascii.bits[c];
+            if (cls & 1) {  // whitespace
+                ++i;
+                continue;
+            }
+            if (cls & 4) {  // punctuation: a word of its own, or a special-token literal
+                if (c == '[') {
+                    std::int32_t id = -1;
+                    if (const std::size_t len = special_at_ascii(t, i, id)) {
+                        const auto b = std::uint32_t(i), e = std::uint32_t(i + len);
+                        out.push_back({id, b, e, b, e, word++});
+                        i += len;
+                        continue;
+                    }
+                }
+                wordpiece_ascii(t, i, i + 1, word++, out);
+                ++i;
+                continue;
+            }
+            std::size_t j = i + 1;
+            while (j < n && !(detail::ascii.bits[static_cast<unsigned char>(t[j])] & 5)) ++j;
+            wordpiece_ascii(t, i, j, word++, out);
+            i = j;
+        }
+    }
+
+    // WordPiece of the ASCII word t[begin, end).
+    void wordpiece_ascii(std::string_view t, std::size_t begin, std::size_t end, std::int32_t word,
+                         std::vector<token_info>& out) const {
+        auto span = [&](std::size_t a, std::size_t b, std::int32_t id) {
+            return token_info{
+                id, std::uint32_t(a), std::uint32_t(b), std::uint32_t(a), std::uint32_t(b), word};
+        };
+        const std::size_t n = end - begin;
+        if (n > opt_.max_input_chars_per_word) {
+            out.push_back(span(begin, end, unk_));
+            return;
+        }
+        char buf[128];  // n <= max_input_chars_per_word, checked above for the default 100
+        std::string heap;
+        char* w = buf;
+        if (n > sizeof buf) {
+            heap.resize(n);
+            w = heap.data();
+        }
+        for (std::size_t k = 0; k < n; ++k) {
+            char c = t[begin + k];
+            if (opt_.lowercase && c >= 'A' && c <= 'Z') c = char(c + ('a' - 'A'));
+            w[k] = c;
+        }
+        const std::string_view sv(w, n);
+        const std::size_t mark = out.size();
+        for (std::size_t start = 0; start < n;) {
+            const auto [len, id] =
+                (start == 0 ? initial_ : continuation_).longest_prefix(sv.substr(start));
+            if (id < 0) {  // unmatchable: the whole word is [UNK]
+                out.resize(mark);
+                out.push_back(span(begin, end, unk_));
+                return;
+            }
+            out.push_back(span(begin + start, begin + start + len, id));
+            start += len;
+        }
+    }
+
+    // length of the special-token literal at t[i] (0: none); its id in `id`
+    std::size_t special_at_ascii(std::string_view t, std::size_t i, std::int32_t& id) const {
+        const std::pair<const std::string*, std::int32_t> specials[] = {{&opt_.cls, cls_},
+                                                                        {&opt_.sep, sep_},
+                                                                        {&opt_.pad, pad_},
+                                                                        {&opt_.unk, unk_},
+                                                                        {&opt_.mask, mask_}};
+        for (const auto& [s, sid] : specials)
+            if (t.substr(i, s->size()) == *s) {
+                id = sid;
+                return s->size();
+            }
+        return 0;
+    }
+
     // length of the special-token literal starting at cps[i] (0: none); its id in `id`
     std::size_t special_at(const std::vector<char32_t>& cps, std::size_t i,
                            std::int32_t& id) const {
@@ -351,8 +583,8 @@ class bert_tokenizer {
                        std::size_t begin, std::size_t end, std::int32_t& word,
                        std::vector<token_info>& out) const {
         // clean and space out CJK ideographs
-        std::vector<detail::mapped_char> chars;
-        chars.reserve(end - begin);
+        thread_local std::vector<detail::mapped_char> chars;
+        chars.clear();
         for (std::size_t i = begin; i < end; ++i) {
             const char32_t c = cps[i];
             const auto at = std::uint32_t(i);
@@ -368,7 +600,7 @@ class bert_tokenizer {
             }
         }
         // whitespace-separated words
-        std::vector<detail::mapped_char> w, norm;
+        thread_local std::vector<detail::mapped_char> w, norm;
         for (std::size_t i = 0; i < chars.size();) {
             while (i < chars.size() && chars[i].cp == ' ') ++i;
             std::size_t j = i;
@@ -386,6 +618,15 @@ class bert_tokenizer {
     void normalize_word(const std::vector<detail::mapped_char>& w,
                         std::vector<detail::mapped_char>& out) const {
         out.clear();
+        bool ascii = true;
+        for (const auto& c : w) ascii = ascii && c.cp < 128;
+        if (ascii) {  // nothing to compose, decompose or strip; lower-casing is A-Z only
+            out = w;
+            if (opt_.lowercase)
+                for (auto& c : out)
+                    if (c.cp >= 'A' && c.cp <= 'Z') c.cp += 'a' - 'A';
+            return;
+        }
         if (opt_.lowercase && strip_accents_) {
             // lower(NFC(x)) then NFD + drop Mn equals doing it on x: NFD(NFC(x)) == NFD(x); the
             // alignment stays one original character per step
@@ -551,25 +792,35 @@ class bert_tokenizer {
             return;
         }
         // UTF-8 of the word and the byte offset of each character in it
-        std::string s;
-        std::vector<std::size_t> at(n + 1);
+        thread_local std::string s;
+        thread_local std::vector<std::size_t> at;
+        s.clear();
+        at.resize(n + 1);
         for (std::size_t k = 0; k < n; ++k) {
             at[k] = s.size();
             detail::append_utf8(s, w[begin + k].cp);
         }
         at[n] = s.size();
         const std::size_t mark = out.size();
-        std::string piece;
+        const std::string_view sv(s);
         for (std::size_t start = 0; start < n;) {
-            std::size_t stop = n;
+            // the longest piece at `start` ("##" pieces live in their own trie, without "##"),
+            // then back to a character boundary (a piece ending inside a character cannot be
+            // a vocabulary token of whole characters, but guard anyway)
+            const auto [len, id] =
+                (start == 0 ? initial_ : continuation_).longest_prefix(sv.substr(at[start]));
+            std::size_t stop = start;
             std::int32_t found = -1;
-            for (; stop > start; --stop) {
-                piece.assign(start > 0 ? "##" : "");
-                piece.append(s, at[start], at[stop] - at[start]);
-                if (const auto id = vocab_.find(piece)) {
-                    found = *id;
-                    break;
-                }
+            if (id >= 0) {
+                stop = std::size_t(std::upper_bound(at.begin() + std::ptrdiff_t(start),
+                                                    at.begin() + std::ptrdiff_t(n + 1),
+                                                    at[start] + len) -
+                                   at.begin()) -
+                       1;
+                if (stop > start && at[stop] == at[start] + len)
+                    found = id;
+                else
+                    stop = start;
             }
             if (found < 0) {  // unmatchable: the whole word is [UNK]
                 out.resize(mark);
@@ -582,6 +833,8 @@ class bert_tokenizer {
     }
 
     vocabulary vocab_;
+    detail::piece_trie initial_;       // every token -> id (word-initial pieces)
+    detail::piece_trie continuation_;  // "##x" pieces keyed by "x"
     bert_options opt_;
     bool strip_accents_ = true;
     std::int32_t unk_ = 0, cls_ = 0, sep_ = 0, pad_ = 0, mask_ = 0;
