@@ -9,6 +9,7 @@
 #include <ftune/ftune.hpp>
 
 #include "bench_cmd.hpp"
+#include "tokenize_cmd.hpp"
 
 namespace {
 
@@ -23,6 +24,9 @@ void usage(std::ostream& os) {
           "              --dims H,L,HEADS,FFN [--vocab V] [--batch B] [--seq T]\n"
           "              [--mode forward|backward] [--steps N] [--threads N]\n"
           "              [--prepack on|off]  (forward: weights packed once; default on)\n"
+          "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
+          "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
+          "              [--max-length N] [--tokens]\n"
           "  help        print this text\n";
 }
 
@@ -102,6 +106,7 @@ int main(int argc, char** argv) {
         }
         if (cmd == "env") return cmd_env();
         if (cmd == "bench") return cmd_bench(argc, argv);
+        if (cmd == "tokenize") return cli::run_tokenize(argc, argv);
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);
             return 0;

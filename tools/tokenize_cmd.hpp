@@ -1,0 +1,106 @@
+// `ftune tokenize`: BERT WordPiece ids (or token strings) for each line of stdin.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include <ftune/tokenize.hpp>
+
+namespace cli {
+
+// Options of a Hugging Face model directory's tokenizer: vocab.txt, and do_lower_case from
+// tokenizer_config.json (Hugging Face's default, true, when absent).
+inline ftune::text::bert_tokenizer tokenizer_from_model(const std::filesystem::path& dir) {
+    ftune::text::bert_options opt;
+    const auto cfg_path = dir / "tokenizer_config.json";
+    if (std::filesystem::exists(cfg_path)) {
+        std::ifstream in(cfg_path);
+        nlohmann::json cfg;
+        try {
+            cfg = nlohmann::json::parse(in);
+        } catch (const nlohmann::json::exception& e) {
+            throw ftune::error(ftune::errc::parse, cfg_path.string(), e.what());
+        }
+        if (cfg.contains("do_lower_case") && cfg["do_lower_case"].is_boolean())
+            opt.lowercase = cfg["do_lower_case"].get<bool>();
+        if (cfg.contains("strip_accents") && cfg["strip_accents"].is_boolean())
+            opt.strip_accents = cfg["strip_accents"].get<bool>();
+        if (cfg.contains("tokenize_chinese_chars") && cfg["tokenize_chinese_chars"].is_boolean())
+            opt.chinese_chars = cfg["tokenize_chinese_chars"].get<bool>();
+    }
+    return ftune::text::bert_tokenizer::from_vocab(dir / "vocab.txt", opt);
+}
+
+// Runs `ftune tokenize` with argv[2..]; returns the exit status.
+inline int run_tokenize(int argc, char** argv) {
+    std::optional<std::string> vocab, model;
+    std::optional<bool> lowercase;
+    std::size_t max_length = 0;
+    bool tokens = false;
+    for (int i = 2; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc)
+                throw ftune::error(ftune::errc::invalid_argument, std::string(a),
+                                   "expects a value");
+            return argv[++i];
+        };
+        if (a == "--vocab")
+            vocab = value();
+        else if (a == "--model")
+            model = value();
+        else if (a == "--lowercase")
+            lowercase = true;
+        else if (a == "--no-lowercase")
+            lowercase = false;
+        else if (a == "--tokens")
+            tokens = true;
+        else if (a == "--max-length") {
+            const std::string v = value();
+            try {
+                max_length = std::stoul(v);
+            } catch (const std::exception&) {
+                throw ftune::error(ftune::errc::invalid_argument, "--max-length " + v,
+                                   "expected a positive number of tokens");
+            }
+            if (max_length < 2)
+                throw ftune::error(ftune::errc::invalid_argument, "--max-length " + v,
+                                   "must leave room for [CLS] and [SEP] (at least 2)");
+        } else
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a),
+                               "unknown option of ftune tokenize");
+    }
+    if (vocab.has_value() == model.has_value())
+        throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize",
+                           "give exactly one of --vocab FILE and --model DIR");
+    if (model && lowercase)
+        throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize",
+                           "--lowercase/--no-lowercase go with --vocab; a --model directory "
+                           "says it in tokenizer_config.json");
+    ftune::text::bert_options opt;
+    opt.lowercase = lowercase.value_or(true);
+    const auto tok = model ? tokenizer_from_model(*model)
+                           : ftune::text::bert_tokenizer::from_vocab(*vocab, opt);
+    std::ios::sync_with_stdio(false);
+    std::string line, out;
+    while (std::getline(std::cin, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        const auto e = tok.encode(line, std::nullopt, max_length);
+        out.clear();
+        for (std::size_t k = 0; k < e.ids.size(); ++k) {
+            if (k) out += ' ';
+            out += tokens ? tok.vocab().token(e.ids[k]) : std::to_string(e.ids[k]);
+        }
+        out += '\n';
+        std::cout << out;
+    }
+    return 0;
+}
+
+}  // namespace cli
