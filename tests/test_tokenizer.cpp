@@ -214,3 +214,55 @@ TEST_CASE("tokenizer: byte offsets, invalid UTF-8, pairs, truncation, padding", 
     CHECK_THROWS_AS(ftune::text::bert_tokenizer::from_vocab("/nonexistent/vocab.txt"),
                     ftune::error);
 }
+
+TEST_CASE("tokenizer: truncation strategies, padding modes and batches as Hugging Face",
+          "[tokenizer]") {
+    using ftune::text::encode_options;
+    using ftune::text::padding;
+    using ftune::text::truncation;
+    const auto tok = ftune::text::bert_tokenizer::from_vocab(std::string(FTUNE_DATA_DIR) +
+                                                             "/bert-base-uncased/vocab.txt");
+    // expected ids from Transformers 5.24 (BertTokenizer, fast; the slow one agrees on ids)
+    const std::vector<std::int32_t> want{101, 2028, 2048, 102, 2698, 2809, 102};
+    for (auto s : {truncation::longest_first, truncation::only_first}) {
+        const auto e = tok.encode("one two three four five six", std::string_view("seven eight"),
+                                  encode_options{.max_length = 7, .strategy = s});
+        CHECK(e.ids == want);
+        CHECK(e.type_ids == std::vector<std::int32_t>{0, 0, 0, 0, 1, 1, 1});
+    }
+    // only_second cannot remove 5 tokens from a 2-token text: an error (the fast tokenizer
+    // raises too), not an over-long encoding
+    CHECK_THROWS_AS(
+        tok.encode("one two three four five six", std::string_view("seven eight"),
+                   encode_options{.max_length = 7, .strategy = truncation::only_second}),
+        ftune::error);
+    // longest_first on a tie takes from the second text: (4, 4) - 3 -> (3, 2), as the slow
+    // tokenizer (Transformers 5.24's BertTokenizerLegacy); the fast one gives (2, 3)
+    const auto tie =
+        tok.encode("a b c d", std::string_view("e f g h"), encode_options{.max_length = 8});
+    CHECK(tie.ids == std::vector<std::int32_t>{101, 1037, 1038, 1039, 102, 1041, 1042, 102});
+    // padding: to max_length, and to the longest of a batch
+    const auto padded = tok.encode("hello", std::nullopt,
+                                   encode_options{.max_length = 6, .pad = padding::max_length});
+    CHECK(padded.ids == std::vector<std::int32_t>{101, 7592, 102, 0, 0, 0});
+    CHECK(padded.attention_mask == std::vector<std::int32_t>{1, 1, 1, 0, 0, 0});
+    const auto batch =
+        tok.encode_batch({"hello", "hello world !"}, {}, encode_options{.pad = padding::longest});
+    REQUIRE(batch.size() == 2);
+    CHECK(batch[0].ids == std::vector<std::int32_t>{101, 7592, 102, 0, 0});
+    CHECK(batch[1].ids == std::vector<std::int32_t>{101, 7592, 2088, 999, 102});
+    CHECK_THROWS_AS(tok.encode_batch({"a", "b"}, {"c"}), ftune::error);
+}
+
+TEST_CASE("tokenizer: the README's calls compile and run", "[tokenizer]") {
+    auto tok = ftune::text::bert_tokenizer::from_vocab(
+        std::string(FTUNE_DATA_DIR) + "/bert-base-uncased/vocab.txt", {.lowercase = true});
+    auto e = tok.encode("Naïve café?", std::string_view("Second text"),
+                        {.max_length = 128,
+                         .strategy = ftune::text::truncation::longest_first,
+                         .pad = ftune::text::padding::max_length});
+    CHECK(e.ids.size() == 128);
+    auto batch = tok.encode_batch({"first", "second text"}, {},
+                                  {.pad = ftune::text::padding::longest});
+    CHECK(batch[0].ids.size() == batch[1].ids.size());
+}

@@ -85,8 +85,8 @@ inline int run_tokenize(int argc, char** argv) {
                            "says it in tokenizer_config.json");
     ftune::text::bert_options opt;
     opt.lowercase = lowercase.value_or(true);
-    const auto tok = model ? tokenizer_from_model(*model)
-                           : ftune::text::bert_tokenizer::from_vocab(*vocab, opt);
+    const auto tok =
+        model ? tokenizer_from_model(*model) : ftune::text::bert_tokenizer::from_vocab(*vocab, opt);
     std::ios::sync_with_stdio(false);
     std::string line, out;
     while (std::getline(std::cin, line)) {

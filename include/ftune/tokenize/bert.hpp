@@ -105,6 +105,27 @@ struct token_info {
     std::int32_t word;         ///< word index in its text (-1: [CLS], [SEP], padding)
 };
 
+/// Which text of a pair gives up tokens when the pair is longer than max_length.
+enum class truncation {
+    longest_first,  ///< one token at a time from the longer (the second on a tie), as Hugging Face
+    only_first,     ///< only from the first text
+    only_second,    ///< only from the second text
+};
+
+/// How encodings are padded.
+enum class padding {
+    none,        ///< no padding
+    longest,     ///< encode_batch: to the longest encoding of the batch
+    max_length,  ///< to max_length
+};
+
+/// Options of encode and encode_batch (Hugging Face's __call__ arguments).
+struct encode_options {
+    std::size_t max_length = 0;                       ///< 0: no truncation
+    truncation strategy = truncation::longest_first;  ///< who gives up tokens
+    padding pad = padding::none;                      ///< padding mode
+};
+
 /// The result of encoding one text: ids, type ids, attention mask and alignment, all the same
 /// length.
 struct encoding {
@@ -421,21 +442,21 @@ class bert_tokenizer {
     /// max_length > 0 (the longest sequence first), padded to pad_to when larger.
     encoding encode(std::string_view text, std::optional<std::string_view> text_pair = {},
                     std::size_t max_length = 0, std::size_t pad_to = 0) const {
+        return encode(text, text_pair, encode_options{.max_length = max_length}, pad_to);
+    }
+
+    /// encode() with a truncation strategy; padding::max_length pads to max_length (pad_to, if
+    /// larger, wins). A strategy that cannot reach max_length (only_first with a first text too
+    /// short) throws ftune::error instead of returning an over-long encoding.
+    encoding encode(std::string_view text, std::optional<std::string_view> text_pair,
+                    const encode_options& o, std::size_t pad_to = 0) const {
         thread_local std::vector<token_info> a, b;
         a.clear();
         b.clear();
         tokenize(text, a);
         if (text_pair) tokenize(*text_pair, b);
-        if (max_length > 0) {
-            const std::size_t specials = text_pair ? 3 : 2;
-            const std::size_t room = max_length > specials ? max_length - specials : 0;
-            while (a.size() + b.size() > room) {
-                if (a.size() >= b.size())
-                    a.pop_back();
-                else
-                    b.pop_back();
-            }
-        }
+        if (o.max_length > 0) truncate(a, b, text_pair.has_value(), o);
+        if (o.pad == padding::max_length) pad_to = std::max(pad_to, o.max_length);
         encoding e;
         const std::size_t n = std::max(pad_to, a.size() + b.size() + (text_pair ? 3 : 2));
         e.ids.reserve(n), e.type_ids.reserve(n), e.attention_mask.reserve(n), e.tokens.reserve(n);
@@ -453,16 +474,84 @@ class bert_tokenizer {
             for (const auto& t : b) push(t, 1);
             push(sep, 1);
         }
-        while (e.ids.size() < pad_to) {
+        pad(e, pad_to);
+        return e;
+    }
+
+    /// Encodes many texts (pairs when `pairs` is not empty: the same length as texts); with
+    /// padding::longest every encoding is padded to the longest one.
+    std::vector<encoding> encode_batch(const std::vector<std::string_view>& texts,
+                                       const std::vector<std::string_view>& pairs = {},
+                                       const encode_options& o = {}) const {
+        if (!pairs.empty() && pairs.size() != texts.size())
+            throw error(errc::invalid_argument, "encode_batch",
+                        ftune::detail::cat(texts.size(), " texts but ", pairs.size(),
+                                           " second texts; give one per text or none"));
+        std::vector<encoding> out;
+        out.reserve(texts.size());
+        std::size_t longest = 0;
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            out.push_back(
+                encode(texts[i], pairs.empty() ? std::nullopt : std::optional(pairs[i]), o));
+            longest = std::max(longest, out.back().ids.size());
+        }
+        if (o.pad == padding::longest)
+            for (auto& e : out) pad(e, longest);
+        return out;
+    }
+
+    /// Pads e with [PAD] (type 0, mask 0, no offsets) to `length` positions.
+    void pad(encoding& e, std::size_t length) const {
+        while (e.ids.size() < length) {
             e.ids.push_back(pad_);
             e.type_ids.push_back(0);
             e.attention_mask.push_back(0);
             e.tokens.push_back({pad_, 0, 0, 0, 0, -1});
         }
-        return e;
     }
 
   private:
+    // Removes tokens from the ends of a and b until they fit o.max_length with the specials.
+    static void truncate(std::vector<token_info>& a, std::vector<token_info>& b, bool pair,
+                         const encode_options& o) {
+        const std::size_t specials = pair ? 3 : 2;
+        if (o.max_length < specials)
+            throw error(errc::invalid_argument, "encode",
+                        ftune::detail::cat("max_length ", o.max_length, " leaves no room for the ",
+                                           specials, " special tokens"));
+        const std::size_t room = o.max_length - specials;
+        if (a.size() + b.size() <= room) return;
+        const std::size_t excess = a.size() + b.size() - room;
+        auto fail = [&](const char* which, std::size_t have) {
+            throw error(
+                errc::invalid_argument, "encode",
+                ftune::detail::cat("truncating only the ", which,
+                                   " text cannot reach "
+                                   "max_length ",
+                                   o.max_length, ": ", excess, " tokens must go and it has ", have,
+                                   "; use truncation::longest_first or a larger "
+                                   "max_length"));
+        };
+        switch (pair ? o.strategy : truncation::only_first) {
+            case truncation::only_first:
+                if (excess > a.size()) fail("first", a.size());
+                a.resize(a.size() - excess);
+                return;
+            case truncation::only_second:
+                if (excess > b.size()) fail("second", b.size());
+                b.resize(b.size() - excess);
+                return;
+            case truncation::longest_first:
+                while (a.size() + b.size() > room) {
+                    if (a.size() > b.size())
+                        a.pop_back();
+                    else
+                        b.pop_back();
+                }
+                return;
+        }
+    }
+
     // ASCII without control characters (which cleaning would remove from inside words)
     static bool plain_ascii(std::string_view t) noexcept {
         for (unsigned char c : t)
