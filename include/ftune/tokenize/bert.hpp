@@ -88,7 +88,7 @@ class vocabulary {
 /// Options of the BERT tokenizer (Hugging Face's BertTokenizer arguments).
 struct bert_options {
     bool lowercase = true;                       ///< do_lower_case
-    std::optional<bool> strip_accents;           ///< strip_accents (default: follows lowercase)
+    std::optional<bool> strip_accents{};         ///< strip_accents (default: follows lowercase)
     bool chinese_chars = true;                   ///< tokenize_chinese_chars
     std::size_t max_input_chars_per_word = 100;  ///< longer words become [UNK]
     std::string unk = "[UNK]", cls = "[CLS]", sep = "[SEP]", pad = "[PAD]",
