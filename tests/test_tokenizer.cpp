@@ -2,6 +2,7 @@
 // fast one where both agree, for the sets written by tests/reference/tokenizer_parity.py. The
 // data-set texts are read from FTUNE_DATA_DIR; the hard cases travel with their fixtures.
 #include <ftune/tokenize.hpp>
+#include <ftune/tokenize/tokenizer_json.hpp>
 
 #include <fstream>
 #include <iterator>
@@ -262,7 +263,29 @@ TEST_CASE("tokenizer: the README's calls compile and run", "[tokenizer]") {
                          .strategy = ftune::text::truncation::longest_first,
                          .pad = ftune::text::padding::max_length});
     CHECK(e.ids.size() == 128);
-    auto batch = tok.encode_batch({"first", "second text"}, {},
-                                  {.pad = ftune::text::padding::longest});
+    auto batch =
+        tok.encode_batch({"first", "second text"}, {}, {.pad = ftune::text::padding::longest});
     CHECK(batch[0].ids.size() == batch[1].ids.size());
+}
+
+TEST_CASE("tokenizer.json: vocabulary and BertNormalizer options, ids as tokenizers gives",
+          "[parity][tokenizer]") {
+    const std::string dir = FTUNE_REFERENCE_DIR;
+    // first 4,000 bert-base-cased tokens, lowercase off, accents stripped (saved by tokenizers)
+    const auto tok = ftune::text::load_tokenizer_json(dir + "/tokenizer_small.json");
+    CHECK_FALSE(tok.options().lowercase);
+    CHECK(tok.options().strip_accents == std::optional<bool>(true));
+    CHECK(tok.vocab().size() == 4000);
+    const auto lines = read_lines(dir + "/tokenizer_json_sst2_dev.txt.gz");
+    const auto texts = data_texts("sst2_dev");
+    REQUIRE(texts.size() == lines.size() - 1);
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i)
+        if (tok.encode(texts[i]).ids != ints(lines[i + 1])) {
+            ++mismatches;
+            UNSCOPED_INFO("text " << i << " [" << texts[i] << "] want " << lines[i + 1]);
+        }
+    CHECK(mismatches == 0);
+    CHECK_THROWS_AS(ftune::text::load_tokenizer_json(dir + "/bert_parity.safetensors"),
+                    ftune::error);
 }

@@ -11,12 +11,17 @@
 #include <nlohmann/json.hpp>
 
 #include <ftune/tokenize.hpp>
+#include <ftune/tokenize/tokenizer_json.hpp>
 
 namespace cli {
 
-// Options of a Hugging Face model directory's tokenizer: vocab.txt, and do_lower_case from
-// tokenizer_config.json (Hugging Face's default, true, when absent).
+// A Hugging Face model directory's tokenizer: vocab.txt with do_lower_case (and strip_accents,
+// tokenize_chinese_chars) from tokenizer_config.json (Hugging Face's default, true, when absent);
+// without vocab.txt, tokenizer.json.
 inline ftune::text::bert_tokenizer tokenizer_from_model(const std::filesystem::path& dir) {
+    if (!std::filesystem::exists(dir / "vocab.txt") &&
+        std::filesystem::exists(dir / "tokenizer.json"))
+        return ftune::text::load_tokenizer_json(dir / "tokenizer.json");
     ftune::text::bert_options opt;
     const auto cfg_path = dir / "tokenizer_config.json";
     if (std::filesystem::exists(cfg_path)) {

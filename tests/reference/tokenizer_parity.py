@@ -126,5 +126,27 @@ def main():
               f"{path.stat().st_size} bytes", file=sys.stderr)
 
 
+def tokenizer_json_fixture():
+    """A small tokenizer.json (the first 4,000 bert-base-cased tokens, lowercase off, accents
+    stripped) saved by `tokenizers`, and its ids for SST-2 dev: tests reading tokenizer.json."""
+    from tokenizers import BertWordPieceTokenizer, Tokenizer
+    vocab = (DATA / "bert-base-cased" / "vocab.txt").read_text(encoding="utf-8").split("\n")[:4000]
+    small = OUT / "tokenizer_json_vocab.tmp"
+    small.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertWordPieceTokenizer(str(small), lowercase=False, strip_accents=True)
+    small.unlink()
+    path = OUT / "tokenizer_small.json"
+    tok.save(str(path))
+    loaded = Tokenizer.from_file(str(path))
+    rows = [json.dumps({"set": "sst2_dev", "tokenizer_json": path.name})]
+    for text in read_texts("sst2"):
+        rows.append(" ".join(map(str, loaded.encode(text).ids)))
+    out = OUT / "tokenizer_json_sst2_dev.txt.gz"
+    with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        gz.write(("\n".join(rows) + "\n").encode("utf-8"))
+    print(f"{path.name} ({path.stat().st_size} bytes), {out.name}", file=sys.stderr)
+
+
 if __name__ == "__main__":
+    tokenizer_json_fixture()
     main()
