@@ -366,6 +366,11 @@ class bert_tokenizer {
         continuation_.freeze();
         unk_ = need(opt_.unk), cls_ = need(opt_.cls), sep_ = need(opt_.sep);
         pad_ = need(opt_.pad), mask_ = need(opt_.mask);
+        specials_ = {{{opt_.cls, cls_},
+                      {opt_.sep, sep_},
+                      {opt_.pad, pad_},
+                      {opt_.unk, unk_},
+                      {opt_.mask, mask_}}};
         strip_accents_ = opt_.strip_accents.value_or(opt_.lowercase);
     }
 
@@ -632,15 +637,10 @@ class bert_tokenizer {
 
     // length of the special-token literal at t[i] (0: none); its id in `id`
     std::size_t special_at_ascii(std::string_view t, std::size_t i, std::int32_t& id) const {
-        const std::pair<const std::string*, std::int32_t> specials[] = {{&opt_.cls, cls_},
-                                                                        {&opt_.sep, sep_},
-                                                                        {&opt_.pad, pad_},
-                                                                        {&opt_.unk, unk_},
-                                                                        {&opt_.mask, mask_}};
-        for (const auto& [s, sid] : specials)
-            if (t.substr(i, s->size()) == *s) {
+        for (const auto& [s, sid] : specials_)
+            if (t.substr(i, s.size()) == s) {
                 id = sid;
-                return s->size();
+                return s.size();
             }
         return 0;
     }
@@ -649,19 +649,14 @@ class bert_tokenizer {
     std::size_t special_at(const std::vector<char32_t>& cps, std::size_t i,
                            std::int32_t& id) const {
         if (cps[i] != '[') return 0;
-        const std::pair<const std::string*, std::int32_t> specials[] = {{&opt_.cls, cls_},
-                                                                        {&opt_.sep, sep_},
-                                                                        {&opt_.pad, pad_},
-                                                                        {&opt_.unk, unk_},
-                                                                        {&opt_.mask, mask_}};
-        for (const auto& [s, sid] : specials) {
-            if (s->size() > cps.size() - i) continue;
+        for (const auto& [s, sid] : specials_) {
+            if (s.size() > cps.size() - i) continue;
             bool match = true;
-            for (std::size_t k = 0; k < s->size() && match; ++k)
-                match = cps[i + k] == char32_t(static_cast<unsigned char>((*s)[k]));
+            for (std::size_t k = 0; k < s.size() && match; ++k)
+                match = cps[i + k] == char32_t(static_cast<unsigned char>(s[k]));
             if (match) {
                 id = sid;
-                return s->size();
+                return s.size();
             }
         }
         return 0;
@@ -716,38 +711,31 @@ class bert_tokenizer {
                     if (c.cp >= 'A' && c.cp <= 'Z') c.cp += 'a' - 'A';
             return;
         }
-        if (opt_.lowercase && strip_accents_) {
-            // lower(NFC(x)) then NFD + drop Mn equals doing it on x: NFD(NFC(x)) == NFD(x); the
-            // alignment stays one original character per step
-            for (std::size_t i = 0; i < w.size(); ++i) {
-                utf8proc_int32_t low[3];
-                const std::size_t nl = lower(w, i, low);
-                for (std::size_t k = 0; k < nl; ++k) {
-                    utf8proc_int32_t d[32];
-                    const std::size_t nd = detail::decompose(char32_t(low[k]), d, 32);
-                    for (std::size_t m = 0; m < nd; ++m)
-                        if (detail::category(char32_t(d[m])) != UTF8PROC_CATEGORY_MN)
-                            out.push_back({char32_t(d[m]), w[i].begin, w[i].end});
-                }
-            }
-            return;
+        // With accent stripping, NFC can be skipped: NFD(NFC(x)) == NFD(x), and lower-casing
+        // commutes with it, so each output character keeps its one original character (the fast
+        // tokenizer's offsets). Without it, NFC changes the result and composed characters span
+        // the characters they came from.
+        thread_local std::vector<detail::mapped_char> nfc;
+        const std::vector<detail::mapped_char>* src = &w;
+        if (!(opt_.lowercase && strip_accents_)) {
+            compose(w, nfc);
+            src = &nfc;
         }
-        std::vector<detail::mapped_char> nfc;
-        compose(w, nfc);
-        for (std::size_t i = 0; i < nfc.size(); ++i) {
+        const auto& in = *src;
+        for (std::size_t i = 0; i < in.size(); ++i) {
             utf8proc_int32_t low[3];
             const std::size_t nl =
-                opt_.lowercase ? lower(nfc, i, low) : (low[0] = utf8proc_int32_t(nfc[i].cp), 1);
+                opt_.lowercase ? lower(in, i, low) : (low[0] = utf8proc_int32_t(in[i].cp), 1);
             for (std::size_t k = 0; k < nl; ++k) {
                 if (!strip_accents_) {
-                    out.push_back({char32_t(low[k]), nfc[i].begin, nfc[i].end});
+                    out.push_back({char32_t(low[k]), in[i].begin, in[i].end});
                     continue;
                 }
-                utf8proc_int32_t d[32];
+                utf8proc_int32_t d[32];  // NFD, without the non-spacing marks
                 const std::size_t nd = detail::decompose(char32_t(low[k]), d, 32);
                 for (std::size_t m = 0; m < nd; ++m)
                     if (detail::category(char32_t(d[m])) != UTF8PROC_CATEGORY_MN)
-                        out.push_back({char32_t(d[m]), nfc[i].begin, nfc[i].end});
+                        out.push_back({char32_t(d[m]), in[i].begin, in[i].end});
             }
         }
     }
@@ -926,6 +914,7 @@ class bert_tokenizer {
     detail::piece_trie continuation_;  // "##x" pieces keyed by "x"
     bert_options opt_;
     bool strip_accents_ = true;
+    std::array<std::pair<std::string, std::int32_t>, 5> specials_;  // literals kept whole
     std::int32_t unk_ = 0, cls_ = 0, sep_ = 0, pad_ = 0, mask_ = 0;
 };
 
