@@ -2,4 +2,5 @@
 // nlohmann_json; kept out of the training-path umbrella ftune/ftune.hpp.
 #pragma once
 
+#include "ftune/io/hf.hpp"
 #include "ftune/io/safetensors.hpp"

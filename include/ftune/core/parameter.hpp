@@ -1,6 +1,7 @@
 // Trainable parameters: a value, its gradient, flags for training and weight decay, and a name.
 #pragma once
 
+#include <array>
 #include <span>
 #include <string>
 #include <string_view>
@@ -15,8 +16,17 @@ struct parameter_ref {
     std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
     std::span<T> value;  ///< the values
     std::span<T> grad;   ///< the gradients (same size)
-    bool trainable = true;  ///< false when frozen
-    bool decay = true;      ///< false when weight decay does not apply
+    bool trainable = true;                 ///< false when frozen
+    bool decay = true;                     ///< false when weight decay does not apply
+    std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
+    std::size_t rank = 0;                  ///< number of axes
+
+    /// The shape as "[768, 3072]".
+    std::string shape_string() const {
+        std::string s = "[";
+        for (std::size_t i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(extents[i]);
+        return s + "]";
+    }
 };
 
 /// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
@@ -53,7 +63,11 @@ struct parameter {
     void zero_grad() noexcept { grad.fill(T(0)); }
     /// This parameter as visitors see it, named "<prefix>.<name>".
     parameter_ref<T> ref(std::string_view prefix) {
-        return {join_name(prefix, name), value.span(), grad.span(), trainable, decay};
+        static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
+        parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
+        r.rank = Shape::rank;
+        for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
+        return r;
     }
 };
 

@@ -1,0 +1,107 @@
+// Hugging Face checkpoints: config.json and model.safetensors written by Transformers'
+// save_pretrained (tests/reference/hf_checkpoint.py) load into ftune's encoder, whose hidden
+// states then match Transformers'; wrong shapes and missing weights are reported all at once.
+#include <ftune/io/hf.hpp>
+#include <ftune/layers/pooler.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+namespace {
+
+const std::string dir = std::string(FTUNE_REFERENCE_DIR) + "/hf_tiny_bert";
+
+std::vector<ftune::token_id> ids_of(const ftune::io::safetensors_file& f, const char* name) {
+    const auto& t = f.at(name);
+    std::vector<ftune::token_id> v(t.numel());
+    std::memcpy(v.data(), f.bytes(t).data(), v.size() * sizeof(ftune::token_id));
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("Hugging Face checkpoint: config.json, weights by name, hidden states as Transformers",
+          "[parity][io]") {
+    const auto cfg = ftune::io::read_hf_config(dir + "/config.json");
+    CHECK(cfg.model.hidden_size == 32);
+    CHECK(cfg.model.num_hidden_layers == 2);
+    CHECK(cfg.hidden_act == "gelu");
+    CHECK(cfg.architectures == std::vector<std::string>{"BertModel"});
+    CHECK(cfg.initializer_range == 0.2);
+
+    const ftune::io::safetensors_file weights(dir + "/model.safetensors");
+    ftune::bert::encoder<float> encoder(cfg.model);
+    ftune::layers::pooler<float> pooler(cfg.model.hidden_size);
+    const auto r1 = ftune::io::load_parameters(encoder, "", weights);
+    const auto r2 = ftune::io::load_parameters(pooler, "pooler", weights, true);
+    CHECK(r1.loaded.size() + r2.loaded.size() == weights.tensors().size());
+    CHECK(r1.missing.empty());
+    CHECK(r2.missing.empty());
+    CHECK(r2.unexpected.size() == r1.loaded.size());  // the encoder's, seen from the pooler
+
+    const ftune::io::safetensors_file want(std::string(FTUNE_REFERENCE_DIR) +
+                                           "/hf_tiny_bert_expected.safetensors");
+    const auto ids = ids_of(want, "input_ids"), mask = ids_of(want, "attention_mask"),
+               types = ids_of(want, "token_type_ids");
+    const std::size_t B = want.at("input_ids").shape[0], T = want.at("input_ids").shape[1];
+    ftune::context eval;
+    const auto h =
+        encoder.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+    const auto pooled = pooler.forward(eval, h);
+    auto max_diff = [](const float* got, const std::vector<float>& ref) {
+        double d = 0;
+        for (std::size_t i = 0; i < ref.size(); ++i)
+            d = std::max(d, double(std::abs(got[i] - ref[i])));
+        return d;
+    };
+    const double dh = max_diff(h.data(), want.read<float>(want.at("last_hidden_state")));
+    const double dp = max_diff(pooled.data(), want.read<float>(want.at("pooler_output")));
+    INFO("last_hidden_state max |diff| " << dh << ", pooler_output " << dp);
+    CHECK(dh <= 1e-5);
+    CHECK(dp <= 1e-5);
+}
+
+TEST_CASE("Hugging Face checkpoint: every wrong shape and missing weight in one error", "[io]") {
+    const auto cfg = ftune::io::read_hf_config(dir + "/config.json");
+    const ftune::io::safetensors_file weights(dir + "/model.safetensors");
+    // an FFN of 40 instead of 48: 3 tensors per layer, 2 layers
+    auto wrong = cfg.model;
+    wrong.intermediate_size = 40;
+    ftune::bert::encoder<float> e1(wrong);
+    try {
+        ftune::io::load_parameters(e1, "", weights);
+        FAIL("shapes that differ were accepted");
+    } catch (const ftune::error& e) {
+        const std::string m = e.message();
+        CHECK(m.find("6 problem(s)") != std::string::npos);
+        CHECK(m.find("encoder.layer.1.output.dense.weight: the file holds [32, 48], the model "
+                     "needs [32, 40]") != std::string::npos);
+        CHECK(e.context().find("model.safetensors") != std::string::npos);
+    }
+    // a third layer the file does not have
+    auto deeper = cfg.model;
+    deeper.num_hidden_layers = 3;
+    ftune::bert::encoder<float> e2(deeper);
+    try {
+        ftune::io::load_parameters(e2, "", weights);
+        FAIL("missing weights were accepted");
+    } catch (const ftune::error& e) {
+        CHECK(e.message().find("16 problem(s)") != std::string::npos);
+        CHECK(e.message().find("encoder.layer.2.attention.self.query.weight: missing") !=
+              std::string::npos);
+    }
+    const auto r = ftune::io::load_parameters(e2, "", weights, /*allow_missing=*/true);
+    CHECK(r.missing.size() == 16);
+    // config.json problems name the file and the field
+    CHECK_THROWS_AS(ftune::io::read_hf_config(dir + "/model.safetensors"), ftune::error);
+    CHECK_THROWS_AS(ftune::io::read_hf_config(dir + "/none.json"), ftune::error);
+}
