@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -104,4 +105,36 @@ TEST_CASE("Hugging Face checkpoint: every wrong shape and missing weight in one 
     // config.json problems name the file and the field
     CHECK_THROWS_AS(ftune::io::read_hf_config(dir + "/model.safetensors"), ftune::error);
     CHECK_THROWS_AS(ftune::io::read_hf_config(dir + "/none.json"), ftune::error);
+}
+
+TEST_CASE(
+    "save_parameters: a Hugging Face checkpoint that loads back bit for bit, written atomically",
+    "[io]") {
+    const auto cfg = ftune::io::read_hf_config(dir + "/config.json");
+    ftune::bert::encoder<float> a(cfg.model), b(cfg.model);
+    ftune::io::load_parameters(a, "", ftune::io::safetensors_file(dir + "/model.safetensors"));
+    const auto out = std::filesystem::temp_directory_path() / "ftune_test_saved.safetensors";
+    ftune::io::save_parameters(a, "", out);
+    const ftune::io::safetensors_file saved(out);
+    CHECK(saved.metadata().at("format") == "pt");
+    CHECK(saved.at("encoder.layer.1.output.dense.weight").shape ==
+          std::vector<std::size_t>{32, 48});
+    const auto r = ftune::io::load_parameters(b, "", saved);
+    CHECK(r.unexpected.empty());
+    std::vector<float> va, vb;
+    a.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        va.insert(va.end(), p.value.begin(), p.value.end());
+    });
+    b.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        vb.insert(vb.end(), p.value.begin(), p.value.end());
+    });
+    CHECK(va == vb);
+    // no temporary file is left beside it; an unwritable place is an error naming it
+    std::size_t others = 0;
+    for (const auto& e : std::filesystem::directory_iterator(out.parent_path()))
+        others += e.path().filename().string().starts_with("ftune_test_saved.safetensors.tmp");
+    CHECK(others == 0);
+    std::filesystem::remove(out);
+    CHECK_THROWS_AS(ftune::io::save_parameters(a, "", "/nonexistent/dir/model.safetensors"),
+                    ftune::error);
 }

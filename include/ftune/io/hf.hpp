@@ -176,5 +176,22 @@ load_report load_parameters(Model& model, std::string_view prefix, const safeten
     return r;
 }
 
+/// Writes every parameter model.visit_parameters(prefix, ...) names to a safetensors file
+/// (float32, Hugging Face's names and shapes), atomically; "format": "pt" metadata as Transformers
+/// writes.
+template <class Model>
+void save_parameters(Model& model, std::string_view prefix, const std::filesystem::path& path) {
+    using T = typename Model::value_type;
+    std::vector<std::vector<float>> copies;  // float32 values (T may be double)
+    std::vector<tensor_to_write> tensors;
+    model.visit_parameters(prefix, [&](parameter_ref<T> p) {
+        copies.emplace_back(p.value.begin(), p.value.end());
+        tensors.push_back(
+            {p.name, std::vector<std::size_t>(p.extents.begin(), p.extents.begin() + p.rank), {}});
+    });
+    for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
+    write_safetensors(path, tensors, {{"format", "pt"}});
+}
+
 }  // namespace io
 FTUNE_NAMESPACE_END

@@ -332,5 +332,74 @@ class safetensors_file {
 #endif
 };
 
+/// One tensor to write: name, shape and float32 values.
+struct tensor_to_write {
+    std::string name;                ///< the tensor's name in the file
+    std::vector<std::size_t> shape;  ///< extents (their product is values.size())
+    std::span<const float> values;   ///< the data, written as F32
+};
+
+/// Writes a safetensors file atomically: to a temporary name in the same directory, flushed,
+/// then renamed over `path`, so a crash leaves the old file or the new one, never half of one.
+/// Throws ftune::error (io) naming the path.
+inline void write_safetensors(const std::filesystem::path& path,
+                              const std::vector<tensor_to_write>& tensors,
+                              const std::map<std::string, std::string>& metadata = {}) {
+    nlohmann::json header = nlohmann::json::object();
+    std::size_t offset = 0;
+    for (const auto& t : tensors) {
+        std::size_t n = 1;
+        for (auto e : t.shape) n *= e;
+        if (n != t.values.size())
+            throw error(errc::shape_mismatch, path.string() + ": tensor " + t.name,
+                        ftune::detail::cat("shape holds ", n, " values but ", t.values.size(),
+                                           " were given"));
+        if (header.contains(t.name))
+            throw error(errc::invalid_argument, path.string() + ": tensor " + t.name,
+                        "the name is given twice");
+        header[t.name] = {
+            {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
+        offset += 4 * n;
+    }
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    std::string h = header.dump();
+    h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned, as Hugging Face's
+    const std::filesystem::path tmp =
+        path.string() + ".tmp-" + std::to_string(std::hash<std::string>{}(path.string() + h));
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out)
+            throw error(errc::io, path.string(),
+                        ftune::detail::cat("cannot create ", tmp.string(),
+                                           " (does the directory exist and is it writable?)"));
+        const std::uint64_t n = h.size();
+        for (int i = 0; i < 8; ++i) out.put(char((n >> (8 * i)) & 0xff));
+        out.write(h.data(), std::streamsize(h.size()));
+        for (const auto& t : tensors) {
+            if constexpr (std::endian::native == std::endian::little) {
+                out.write(reinterpret_cast<const char*>(t.values.data()),
+                          std::streamsize(t.values.size() * sizeof(float)));
+            } else {
+                for (float v : t.values) {
+                    const auto b = std::bit_cast<std::uint32_t>(v);
+                    for (int i = 0; i < 4; ++i) out.put(char((b >> (8 * i)) & 0xff));
+                }
+            }
+        }
+        out.flush();
+        if (!out) {
+            out.close();
+            std::filesystem::remove(tmp);
+            throw error(errc::io, path.string(), "writing failed (disk full?)");
+        }
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) {
+        std::filesystem::remove(tmp);
+        throw error(errc::io, path.string(), "cannot replace the file: " + ec.message());
+    }
+}
+
 }  // namespace io
 FTUNE_NAMESPACE_END
