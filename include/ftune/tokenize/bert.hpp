@@ -692,7 +692,7 @@ class bert_tokenizer {
             if (j > i) {
                 w.assign(chars.begin() + std::ptrdiff_t(i), chars.begin() + std::ptrdiff_t(j));
                 normalize_word(w, norm);
-                split_and_wordpiece(norm, cps, bytes, word, out);
+                split_and_wordpiece(norm, bytes, word, out);
             }
             i = j;
         }
@@ -786,7 +786,7 @@ class bert_tokenizer {
                    utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
                 ++j;
             // Hangul jamo and other starters that compose with the previous one join the run
-            while (j < w.size() && composes_with_previous(w, i, j)) {
+            while (j < w.size() && composes_with_previous(w, j)) {
                 ++j;
                 while (j < w.size() &&
                        utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
@@ -822,13 +822,11 @@ class bert_tokenizer {
         }
     }
 
-    // whether the starter w[j] composes canonically with the run w[i, j)
-    static bool composes_with_previous(const std::vector<detail::mapped_char>& w, std::size_t i,
-                                       std::size_t j) {
+    // whether the starter w[j] composes canonically with the character before it
+    static bool composes_with_previous(const std::vector<detail::mapped_char>& w, std::size_t j) {
         std::string two;
         detail::append_utf8(two, w[j - 1].cp);
         detail::append_utf8(two, w[j].cp);
-        (void)i;
         utf8proc_uint8_t* nfc =
             utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(two.c_str()));
         if (!nfc) return false;
@@ -841,10 +839,8 @@ class bert_tokenizer {
 
     // Splits a normalized word on punctuation and runs WordPiece on each piece.
     void split_and_wordpiece(const std::vector<detail::mapped_char>& w,
-                             const std::vector<char32_t>& cps,
                              const std::vector<std::uint32_t>& bytes, std::int32_t& word,
                              std::vector<token_info>& out) const {
-        (void)cps;
         std::size_t i = 0;
         while (i < w.size()) {
             std::size_t j = i + 1;
