@@ -2,6 +2,7 @@
 // with a padding mask (rows of different lengths), with dropout off and under a fixed seed.
 #include <ftune/blocks.hpp>
 #include <ftune/models/bert.hpp>
+#include <ftune/models/bert_tasks.hpp>
 #include <ftune/testing/check_gradients.hpp>
 
 #include <limits>
@@ -67,7 +68,12 @@ struct bound_encoder {
     output_view forward(ftune::context& ctx, input_view x) {
         return e.forward(ctx, x, mask, types);
     }
-    void backward(ftune::context& ctx, output_view dy) { e.backward(ctx, dy); }
+    void backward(ftune::context& ctx, output_view dy) {
+        if constexpr (requires { e.pooled(); })
+            e.backward(ctx, dy, {});
+        else
+            e.backward(ctx, dy);
+    }
     void zero_grad() { e.zero_grad(); }
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
@@ -208,4 +214,48 @@ TEST_CASE("prepare_inference: the same outputs bit for bit; dropped by visits an
     packed.layer[0].intermediate.weight.value(0, 0) += 1.0f;  // a direct write after training
     plain.layer[0].intermediate.weight.value(0, 0) += 1.0f;
     CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
+}
+
+namespace {
+// A small double-precision task model with random weights, checked in eval and training mode
+// (dropout under a fixed seed) with a padding mask and two segments.
+template <class Model>
+void check_task_model(ftune::ops::activation act, std::size_t min_checked) {
+    ftune::bert::config cfg{.vocab_size = 11,
+                            .hidden_size = 8,
+                            .num_hidden_layers = 1,
+                            .num_attention_heads = 2,
+                            .intermediate_size = 12,
+                            .max_position_embeddings = 6,
+                            .type_vocab_size = 2,
+                            .layer_norm_eps = 1e-5,
+                            .pad_token_id = -1,
+                            .hidden_act = act,
+                            .num_labels = 3};
+    Model model(cfg);
+    test::randomize(model, 80);
+    const std::size_t B = 2, T = 5;
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        types{0, 0, 0, 1, 1, 0, 0, 1, 0, 0}, attention{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    bound_encoder<Model> m{model, {attention.data(), B, T}, {types.data(), B, T}};
+    const typename Model::ids_view x(ids.data(), B, T);
+    for (auto mode : {ftune::mode::eval, ftune::mode::train}) {
+        ftune::context ctx{.mode = mode, .rng = ftune::generator(3)};
+        const auto res = ftune::testing::check_layer_gradients(m, ctx, x);
+        INFO(Model::architecture << " " << res.report);
+        REQUIRE(res.ok);
+        CHECK(res.checked > min_checked);
+    }
+}
+}  // namespace
+
+TEST_CASE("BERT task models: gradients of every parameter through each head", "[gradcheck]") {
+    using E = ftune::bert::encoder<double>;
+    using ftune::ops::activation;
+    check_task_model<ftune::bert::model<E>>(activation::gelu, 400);
+    check_task_model<ftune::bert::sequence_classifier<E>>(activation::gelu_tanh, 400);
+    check_task_model<ftune::bert::token_classifier<E>>(activation::relu, 400);
+    check_task_model<ftune::bert::question_answering<E>>(activation::gelu, 400);
+    // the tied decoder: the word-embedding table gets the decoder's gradient too
+    check_task_model<ftune::bert::masked_lm<E>>(activation::gelu, 400);
 }

@@ -37,7 +37,7 @@ TEST_CASE("Hugging Face checkpoint: config.json, weights by name, hidden states 
     CHECK(cfg.model.num_hidden_layers == 2);
     CHECK(cfg.hidden_act == "gelu");
     CHECK(cfg.architectures == std::vector<std::string>{"BertModel"});
-    CHECK(cfg.initializer_range == 0.2);
+    CHECK(cfg.model.initializer_range == 0.2);
 
     const ftune::io::safetensors_file weights(dir + "/model.safetensors");
     ftune::bert::encoder<float> encoder(cfg.model);

@@ -79,6 +79,7 @@ TEST_CASE("safetensors: malformed files are errors naming the file and the probl
     const std::vector<bad_case> cases = {
         {"empty", "", {}, ~0ull, "malformed"},
         {"length", "{}", four, 1000000, "runs past the end"},
+        {"huge header", std::string(100'000'001, ' '), four, ~0ull, "exceeds the format's limit"},
         {"json", "{\"a\":", four, ~0ull, "malformed"},
         {"dtype", R"({"a":{"dtype":"F8","shape":[1],"data_offsets":[0,4]}})", four, ~0ull,
          "unknown dtype"},

@@ -9,6 +9,7 @@
 #include <ftune/ftune.hpp>
 
 #include "bench_cmd.hpp"
+#include "predict_cmd.hpp"
 #include "tokenize_cmd.hpp"
 
 namespace {
@@ -27,6 +28,10 @@ void usage(std::ostream& os) {
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
           "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
           "              [--max-length N] [--tokens]\n"
+          "  predict     predictions of a fine-tuned model for each line of stdin (a TAB\n"
+          "              separates the texts of a pair): --model DIR\n"
+          "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
+          "  info        what a Hugging Face model directory holds: --model DIR\n"
           "  help        print this text\n";
 }
 
@@ -107,6 +112,8 @@ int main(int argc, char** argv) {
         if (cmd == "env") return cmd_env();
         if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "tokenize") return cli::run_tokenize(argc, argv);
+        if (cmd == "predict") return cli::run_predict(argc, argv);
+        if (cmd == "info") return cli::run_info(argc, argv);
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);
             return 0;

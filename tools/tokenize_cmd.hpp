@@ -8,38 +8,17 @@
 #include <string>
 #include <string_view>
 
-#include <nlohmann/json.hpp>
-
+#include <ftune/io/hf.hpp>
 #include <ftune/tokenize.hpp>
-#include <ftune/tokenize/tokenizer_json.hpp>
 
 namespace cli {
 
-// A Hugging Face model directory's tokenizer: vocab.txt with do_lower_case (and strip_accents,
-// tokenize_chinese_chars) from tokenizer_config.json (Hugging Face's default, true, when absent);
-// without vocab.txt, tokenizer.json.
+// A Hugging Face model directory's tokenizer (io::load_hf_tokenizer); an error naming the
+// directory when it has none.
 inline ftune::text::bert_tokenizer tokenizer_from_model(const std::filesystem::path& dir) {
-    if (!std::filesystem::exists(dir / "vocab.txt") &&
-        std::filesystem::exists(dir / "tokenizer.json"))
-        return ftune::text::load_tokenizer_json(dir / "tokenizer.json");
-    ftune::text::bert_options opt;
-    const auto cfg_path = dir / "tokenizer_config.json";
-    if (std::filesystem::exists(cfg_path)) {
-        std::ifstream in(cfg_path);
-        nlohmann::json cfg;
-        try {
-            cfg = nlohmann::json::parse(in);
-        } catch (const nlohmann::json::exception& e) {
-            throw ftune::error(ftune::errc::parse, cfg_path.string(), e.what());
-        }
-        if (cfg.contains("do_lower_case") && cfg["do_lower_case"].is_boolean())
-            opt.lowercase = cfg["do_lower_case"].get<bool>();
-        if (cfg.contains("strip_accents") && cfg["strip_accents"].is_boolean())
-            opt.strip_accents = cfg["strip_accents"].get<bool>();
-        if (cfg.contains("tokenize_chinese_chars") && cfg["tokenize_chinese_chars"].is_boolean())
-            opt.chinese_chars = cfg["tokenize_chinese_chars"].get<bool>();
-    }
-    return ftune::text::bert_tokenizer::from_vocab(dir / "vocab.txt", opt);
+    if (auto t = ftune::io::load_hf_tokenizer(dir)) return std::move(*t);
+    throw ftune::error(ftune::errc::io, dir.string(),
+                       "no vocab.txt or tokenizer.json in this model directory");
 }
 
 // Runs `ftune tokenize` with argv[2..]; returns the exit status.

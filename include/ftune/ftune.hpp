@@ -19,4 +19,5 @@
 #include "ftune/layers.hpp"
 #include "ftune/blocks.hpp"
 #include "ftune/models/bert.hpp"
+#include "ftune/models/bert_tasks.hpp"
 #include "ftune/testing/check_gradients.hpp"

@@ -3175,7 +3175,8 @@ FTUNE_NAMESPACE_END
 // The layers ftune's models are composed of (include one by one or all through this header).
 
 // ---- begin ftune/layers/activation.hpp ----
-// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time.
+// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time
+// (activation<T, F>) or when the model is built (hidden_activation, read from a config).
 
 #include <string_view>
 
@@ -3192,6 +3193,7 @@ class activation {
     using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
     using output_view = input_view;                       ///< y: (N, C)
     using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    static constexpr ops::activation fixed_kind = F;      ///< the function, fixed by the type
 
     /// y = f(x); saves x (GELUs, ReLU: a view, keep it alive until backward) or y (tanh).
     output_view forward(context&, input_view x) {
@@ -3208,6 +3210,49 @@ class activation {
             ops::activate_backward(F, dx, y_, dy);
         else
             ops::activate_backward(F, dx, x_, dy);
+    }
+
+    /// No parameters: nothing to clear.
+    void zero_grad() noexcept {}
+    /// No parameters: f is never called.
+    template <class Fn>
+    void visit_parameters(std::string_view, Fn&&) {}
+
+  private:
+    input_view x_;                    // the last forward's input
+    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+};
+
+/// y = f(x) element-wise over (N, C) with f chosen when the layer is built (from a config's
+/// hidden_act); one switch per call, so it runs as fast as activation<T, F>.
+template <scalar T, std::size_t C = dynamic>
+class hidden_activation {
+  public:
+    using value_type = T;                                 ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
+    using output_view = input_view;                       ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+
+    ops::activation kind;  ///< the function (BERT: gelu)
+
+    /// A layer applying f.
+    explicit hidden_activation(ops::activation f = ops::activation::gelu) : kind(f) {}
+
+    /// y = f(x); saves x (a view: keep it alive until backward) and y.
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(x.shape());
+        ops::activate(kind, y_, x);
+        return y_.view();
+    }
+
+    /// dx += f'(x) dy (nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (dx.empty()) return;
+        if (kind == ops::activation::tanh)
+            ops::activate_backward(kind, dx, y_, dy);
+        else
+            ops::activate_backward(kind, dx, x_, dy);
     }
 
     /// No parameters: nothing to clear.
@@ -4185,19 +4230,21 @@ struct pre_norm {};
 
 /// Sizes of an encoder block known at run time.
 struct block_sizes {
-    std::size_t hidden;              ///< C
-    std::size_t heads;               ///< attention heads (divide C)
-    std::size_t ffn;                 ///< intermediate size F
-    double hidden_dropout = 0.1;     ///< BERT hidden_dropout_prob
-    double attention_dropout = 0.1;  ///< BERT attention_probs_dropout_prob
-    double layer_norm_eps = 1e-12;   ///< BERT layer_norm_eps
+    std::size_t hidden;                           ///< C
+    std::size_t heads;                            ///< attention heads (divide C)
+    std::size_t ffn;                              ///< intermediate size F
+    double hidden_dropout = 0.1;                  ///< BERT hidden_dropout_prob
+    double attention_dropout = 0.1;               ///< BERT attention_probs_dropout_prob
+    double layer_norm_eps = 1e-12;                ///< BERT layer_norm_eps
+    ops::activation act = ops::activation::gelu;  ///< FFN activation (BERT hidden_act)
 };
 
 /// Self-attention + feed-forward with residuals: (B, T, C) -> (B, T, C). Hugging Face names:
 /// attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate.dense,
-/// output.{dense,LayerNorm}. Act is the FFN activation layer (GELU for BERT).
+/// output.{dense,LayerNorm}. Act is the FFN activation layer: layers::hidden_activation (chosen
+/// by block_sizes::act), or a fixed one such as layers::gelu (block_sizes::act must agree).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Norm = post_norm,
-          template <class, std::size_t> class Act = layers::gelu>
+          template <class, std::size_t> class Act = layers::hidden_activation>
 class encoder_block {
     static_assert(std::is_same_v<Norm, post_norm> || std::is_same_v<Norm, pre_norm>,
                   "ftune: encoder_block's Norm is blocks::post_norm (BERT) or blocks::pre_norm");
@@ -4227,6 +4274,7 @@ class encoder_block {
           attention_dropout(T(s.hidden_dropout)),
           norm1(s.hidden, T(s.layer_norm_eps)),
           intermediate(s.hidden, s.ffn),
+          activation(make_activation(s.act)),
           output_dense(s.ffn, s.hidden),
           output_dropout(T(s.hidden_dropout)),
           norm2(s.hidden, T(s.layer_norm_eps)) {}
@@ -4322,6 +4370,21 @@ class encoder_block {
     }
 
   private:
+    // The FFN activation for act: built from it, or checked against the type's fixed function.
+    static Act<T, F> make_activation(ops::activation act) {
+        if constexpr (std::is_constructible_v<Act<T, F>, ops::activation>) {
+            return Act<T, F>(act);
+        } else {
+            if constexpr (requires { Act<T, F>::fixed_kind; })
+                if (Act<T, F>::fixed_kind != act)
+                    throw error(errc::invalid_argument, "encoder_block activation",
+                                "the configuration's hidden_act differs from the block type's "
+                                "fixed activation; use layers::hidden_activation or the "
+                                "matching layer");
+            return Act<T, F>();
+        }
+    }
+
     // (B, T, C) <-> (B*T, C) views of the same memory
     template <class U>
     static view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
@@ -4393,15 +4456,47 @@ struct config {
     double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
     double layer_norm_eps = 1e-12;              ///< layer_norm_eps
     token_id pad_token_id = 0;  ///< pad_token_id: its word embedding gets no gradient
+    ops::activation hidden_act = ops::activation::gelu;  ///< hidden_act (gelu, gelu_new, relu)
+    std::size_t num_labels = 2;       ///< num_labels: outputs of a classification head
+    double classifier_dropout = -1;   ///< classifier_dropout (< 0: hidden_dropout_prob)
+    double initializer_range = 0.02;  ///< initializer_range: std of newly initialized weights
 };
 
-/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static.
+/// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu"); throws
+/// ftune::error for others.
+inline ops::activation activation_from_hf(std::string_view name) {
+    if (name == "gelu") return ops::activation::gelu;
+    if (name == "gelu_new" || name == "gelu_pytorch_tanh") return ops::activation::gelu_tanh;
+    if (name == "relu") return ops::activation::relu;
+    throw error(errc::unsupported, "hidden_act",
+                "\"" + std::string(name) + "\": ftune runs gelu, gelu_new and relu");
+}
+
+/// Hugging Face's hidden_act name of an FFN activation.
+inline std::string_view activation_to_hf(ops::activation a) {
+    switch (a) {
+        case ops::activation::gelu:
+            return "gelu";
+        case ops::activation::gelu_tanh:
+            return "gelu_new";
+        case ops::activation::relu:
+            return "relu";
+        case ops::activation::tanh:
+            break;
+    }
+    throw error(errc::unsupported, "hidden_act", "tanh is not a BERT FFN activation");
+}
+
+/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static;
+/// Act is the FFN activation layer (default: chosen by config::hidden_act).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
-          class Norm = blocks::post_norm>
+          class Norm = blocks::post_norm,
+          template <class, std::size_t> class Act = layers::hidden_activation>
 class encoder {
   public:
     using value_type = T;                                            ///< scalar type
-    using block_type = blocks::encoder_block<T, C, F, Norm>;         ///< one layer
+    static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
+    using block_type = blocks::encoder_block<T, C, F, Norm, Act>;    ///< one layer
     using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T)
     using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
 
@@ -4416,7 +4511,7 @@ class encoder {
         for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
             layer.emplace_back(blocks::block_sizes{
                 c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_dropout_prob,
-                c.attention_probs_dropout_prob, c.layer_norm_eps});
+                c.attention_probs_dropout_prob, c.layer_norm_eps, c.hidden_act});
     }
 
     /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
@@ -4434,6 +4529,9 @@ class encoder {
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return h;
     }
+
+    /// Hidden size C.
+    std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
 
     /// Accumulates every parameter's gradient from d loss / d hidden states.
     void backward(context& ctx, output_view dout) {
@@ -4493,12 +4591,13 @@ inline constexpr bool valid_dims = D.hidden == dynamic || D.heads == dynamic ||
 /// The BERT encoder with sizes fixed by D, e.g. Encoder<dims{.hidden = 384, .heads = 12, .ffn =
 /// 1536}> for MiniLM-L12-H384; Encoder<dims{}> is fully dynamic (sizes from the config at run
 /// time).
-template <dims D, scalar T = float, class Norm = blocks::post_norm>
-requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm> {
+template <dims D, scalar T = float, class Norm = blocks::post_norm,
+          template <class, std::size_t> class Act = layers::hidden_activation>
+requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm, Act> {
   public:
     /// An encoder whose config must agree with D (throws shape_mismatch naming the field
     /// otherwise).
-    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm>(checked(c)) {}
+    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm, Act>(checked(c)) {}
 
   private:
     static const config& checked(const config& c) {
@@ -4519,6 +4618,393 @@ requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm>
 }  // namespace bert
 FTUNE_NAMESPACE_END
 // ---- end ftune/models/bert.hpp ----
+// ---- begin ftune/models/bert_tasks.hpp ----
+// ftune::bert task models: the encoder with Hugging Face's task heads, under Hugging Face's
+// parameter names, so that their checkpoints load by name and Transformers loads ftune's back.
+//
+//   model                    BertModel                        hidden states + pooled output
+//   sequence_classifier      BertForSequenceClassification    pooler -> dropout -> classifier
+//   token_classifier         BertForTokenClassification       dropout -> classifier per token
+//   question_answering       BertForQuestionAnswering         qa_outputs: start, end per token
+//   masked_lm                BertForMaskedLM                  transform -> tied decoder + bias
+//
+// Each is parameterized by its encoder type (bert::encoder<T> or bert::Encoder<dims>), built from
+// a bert::config, and has forward(ctx, ids, attention_mask, token_types) -> outputs,
+// backward(ctx, d outputs) accumulating every trainable parameter's gradient, prepare_inference,
+// zero_grad and visit_parameters.
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace bert {
+
+/// What a task model computes (for tools that accept any of them).
+enum class task {
+    base,
+    sequence_classification,
+    token_classification,
+    question_answering,
+    masked_lm
+};
+
+namespace detail {
+/// The classifier dropout of a config: classifier_dropout, or hidden_dropout_prob when unset.
+inline double classifier_dropout(const config& c) {
+    return c.classifier_dropout >= 0 ? c.classifier_dropout : c.hidden_dropout_prob;
+}
+/// (B, T, C) <-> (B*T, C) views of the same memory.
+template <class U, std::size_t C>
+view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
+    return {v.data(), v.extent(0) * v.extent(1), v.extent(2)};
+}
+}  // namespace detail
+
+/// BertModel: forward gives the hidden states (B, T, C); pooled() the pooled output (B, C) of the
+/// last forward. Parameter names have no prefix ("embeddings.word_embeddings.weight", ...,
+/// "pooler.dense.weight").
+template <class Encoder = encoder<float>>
+class model {
+  public:
+    using value_type = typename Encoder::value_type;               ///< scalar type
+    static constexpr std::size_t C = Encoder::hidden_extent;       ///< hidden size (or dynamic)
+    static constexpr std::string_view architecture = "BertModel";  ///< config.json architectures
+    static constexpr bert::task task = bert::task::base;           ///< what it computes
+    using ids_view = typename Encoder::ids_view;                   ///< (B, T) token ids
+    using output_view = typename Encoder::output_view;             ///< (B, T, C) hidden states
+
+    Encoder bert;                          ///< embeddings + encoder layers
+    layers::pooler<value_type, C> pooler;  ///< "pooler"
+
+    /// A zero-initialized model of configuration c.
+    explicit model(const config& c) : bert(c), pooler(c.hidden_size) {}
+
+    /// Hidden states (B, T, C); also computes the pooled output.
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const auto h = bert.forward(ctx, ids, attention_mask, token_types);
+        pooled_ = pooler.forward(ctx, h);
+        return h;
+    }
+
+    /// The pooled output (B, C) of the last forward.
+    typename layers::pooler<value_type, C>::output_view pooled() const { return pooled_; }
+
+    /// Accumulates every gradient from d hidden states (B, T, C) and d pooled (B, C) (empty: 0).
+    void backward(context& ctx, output_view d_hidden,
+                  typename layers::pooler<value_type, C>::output_view d_pooled = {}) {
+        d_.resize(d_hidden.shape());
+        std::copy_n(d_hidden.data(), d_hidden.size(), d_.data());
+        if (!d_pooled.empty()) pooler.backward(ctx, d_pooled, d_.view());
+        bert.backward(ctx, d_.view());
+    }
+
+    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
+    void prepare_inference() {
+        bert.prepare_inference();
+        pooler.prepare_inference();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        bert.zero_grad();
+        pooler.zero_grad();
+    }
+    /// Visits every parameter under Hugging Face's BertModel names, prefixed by `prefix`.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        bert.visit_parameters(prefix, f);
+        pooler.visit_parameters(join_name(prefix, "pooler"), f);
+    }
+
+  private:
+    typename layers::pooler<value_type, C>::output_view pooled_;  // (B, C)
+    buffer<value_type, shape<dynamic, dynamic, C>> d_;            // (B, T, C)
+};
+
+/// BertForSequenceClassification: logits (B, num_labels) = classifier(dropout(pooler(h))). With
+/// num_labels = 1 it is a regression head; multi-label problems read the logits through a sigmoid.
+template <class Encoder = encoder<float>>
+class sequence_classifier {
+  public:
+    using value_type = typename Encoder::value_type;          ///< scalar type
+    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
+    static constexpr std::string_view architecture =
+        "BertForSequenceClassification";  ///< config.json architectures
+    static constexpr bert::task task = bert::task::sequence_classification;  ///< what it computes
+    using ids_view = typename Encoder::ids_view;                             ///< (B, T) token ids
+    using output_view = view<const value_type, shape<dynamic, dynamic>>;     ///< logits (B, L)
+
+    Encoder bert;                                       ///< "bert"
+    layers::pooler<value_type, C> pooler;               ///< "bert.pooler"
+    layers::dropout<value_type, C> dropout;             ///< classifier dropout
+    layers::linear<value_type, C, dynamic> classifier;  ///< "classifier" (L, C)
+
+    /// A zero-initialized model of configuration c (c.num_labels outputs).
+    explicit sequence_classifier(const config& c)
+        : bert(c),
+          pooler(c.hidden_size),
+          dropout(value_type(detail::classifier_dropout(c))),
+          classifier(c.hidden_size, c.num_labels) {}
+
+    /// Number of labels L.
+    std::size_t num_labels() const noexcept { return classifier.out_features(); }
+
+    /// Logits (B, L) of each sequence.
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
+        T_ = ids.extent(1);
+        const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
+        return {y.data(), y.extent(0), y.extent(1)};
+    }
+
+    /// Accumulates every trainable parameter's gradient from d logits (B, L).
+    void backward(context& ctx, output_view d_logits) {
+        const std::size_t B = d_logits.extent(0), Cn = bert.hidden_size();
+        d_drop_.resize(shape<dynamic, C>(B, Cn));
+        d_pooled_.resize(shape<dynamic, C>(B, Cn));
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B, T_, Cn));
+        d_drop_.fill(value_type(0)), d_pooled_.fill(value_type(0)), d_hidden_.fill(value_type(0));
+        classifier.backward(ctx, {d_logits.data(), B, d_logits.extent(1)}, d_drop_.view());
+        dropout.backward(ctx, d_drop_.view(), d_pooled_.view());
+        pooler.backward(ctx, d_pooled_.view(), d_hidden_.view());
+        bert.backward(ctx, d_hidden_.view());
+    }
+
+    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
+    void prepare_inference() {
+        bert.prepare_inference(), pooler.prepare_inference(), classifier.prepare_inference();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept { bert.zero_grad(), pooler.zero_grad(), classifier.zero_grad(); }
+    /// Visits "bert.*" (BertModel's names under "bert.") and "classifier.{weight,bias}".
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        const std::string b = join_name(prefix, "bert");
+        bert.visit_parameters(b, f);
+        pooler.visit_parameters(join_name(b, "pooler"), f);
+        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    }
+
+  private:
+    std::size_t T_ = 0;                                        // the last forward's length
+    buffer<value_type, shape<dynamic, C>> d_drop_, d_pooled_;  // (B, C)
+    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+};
+
+/// BertForTokenClassification: logits (B, T, num_labels) = classifier(dropout(h)) per token.
+/// No pooler (a base checkpoint's pooler weights are unexpected, as in Transformers).
+template <class Encoder = encoder<float>>
+class token_classifier {
+  public:
+    using value_type = typename Encoder::value_type;          ///< scalar type
+    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
+    static constexpr std::string_view architecture =
+        "BertForTokenClassification";  ///< config.json architectures
+    static constexpr bert::task task = bert::task::token_classification;  ///< what it computes
+    using ids_view = typename Encoder::ids_view;                          ///< (B, T) token ids
+    using output_view =
+        view<const value_type, shape<dynamic, dynamic, dynamic>>;  ///< logits (B, T, L)
+
+    Encoder bert;                                       ///< "bert"
+    layers::dropout<value_type, C> dropout;             ///< classifier dropout
+    layers::linear<value_type, C, dynamic> classifier;  ///< "classifier" (L, C)
+
+    /// A zero-initialized model of configuration c (c.num_labels outputs per token).
+    explicit token_classifier(const config& c)
+        : bert(c),
+          dropout(value_type(detail::classifier_dropout(c))),
+          classifier(c.hidden_size, c.num_labels) {}
+
+    /// Number of labels L.
+    std::size_t num_labels() const noexcept { return classifier.out_features(); }
+
+    /// Logits (B, T, L) of every token.
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
+        B_ = ids.extent(0), T_ = ids.extent(1);
+        const auto y = classifier.forward(ctx, dropout.forward(ctx, detail::flat(h)));  // (N, L)
+        return {y.data(), B_, T_, y.extent(1)};
+    }
+
+    /// Accumulates every trainable parameter's gradient from d logits (B, T, L).
+    void backward(context& ctx, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = bert.hidden_size();
+        d_drop_.resize(shape<dynamic, C>(N, Cn));
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_drop_.fill(value_type(0)), d_hidden_.fill(value_type(0));
+        classifier.backward(ctx, {d_logits.data(), N, d_logits.extent(2)}, d_drop_.view());
+        dropout.backward(ctx, d_drop_.view(), detail::flat(d_hidden_.view()));
+        bert.backward(ctx, d_hidden_.view());
+    }
+
+    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
+    void prepare_inference() { bert.prepare_inference(), classifier.prepare_inference(); }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept { bert.zero_grad(), classifier.zero_grad(); }
+    /// Visits "bert.*" (no pooler) and "classifier.{weight,bias}".
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        bert.visit_parameters(join_name(prefix, "bert"), f);
+        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    }
+
+  private:
+    std::size_t B_ = 0, T_ = 0;                                // the last forward's batch, length
+    buffer<value_type, shape<dynamic, C>> d_drop_;             // (N, C)
+    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+};
+
+/// BertForQuestionAnswering: logits (B, T, 2) = qa_outputs(h); [..., 0] is the start logit of
+/// each token, [..., 1] the end logit. No pooler.
+template <class Encoder = encoder<float>>
+class question_answering {
+  public:
+    using value_type = typename Encoder::value_type;          ///< scalar type
+    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
+    static constexpr std::string_view architecture =
+        "BertForQuestionAnswering";  ///< config.json architectures
+    static constexpr bert::task task = bert::task::question_answering;       ///< what it computes
+    using ids_view = typename Encoder::ids_view;                             ///< (B, T) token ids
+    using output_view = view<const value_type, shape<dynamic, dynamic, 2>>;  ///< (B, T, 2)
+
+    Encoder bert;                                 ///< "bert"
+    layers::linear<value_type, C, 2> qa_outputs;  ///< "qa_outputs" (2, C)
+
+    /// A zero-initialized model of configuration c (num_labels is ignored: always 2).
+    explicit question_answering(const config& c) : bert(c), qa_outputs(c.hidden_size, 2) {}
+
+    /// Start and end logits (B, T, 2) of every token.
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
+        B_ = ids.extent(0), T_ = ids.extent(1);
+        const auto y = qa_outputs.forward(ctx, detail::flat(h));  // (N, 2)
+        return {y.data(), B_, T_, 2};
+    }
+
+    /// Accumulates every trainable parameter's gradient from d logits (B, T, 2).
+    void backward(context& ctx, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = bert.hidden_size();
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(value_type(0));
+        qa_outputs.backward(ctx, {d_logits.data(), N, 2}, detail::flat(d_hidden_.view()));
+        bert.backward(ctx, d_hidden_.view());
+    }
+
+    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
+    void prepare_inference() { bert.prepare_inference(), qa_outputs.prepare_inference(); }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept { bert.zero_grad(), qa_outputs.zero_grad(); }
+    /// Visits "bert.*" (no pooler) and "qa_outputs.{weight,bias}".
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        bert.visit_parameters(join_name(prefix, "bert"), f);
+        qa_outputs.visit_parameters(join_name(prefix, "qa_outputs"), f);
+    }
+
+  private:
+    std::size_t B_ = 0, T_ = 0;                                // the last forward's batch, length
+    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+};
+
+/// BertForMaskedLM: logits (B, T, V) = LN(act(dense(h))) Eᵀ + bias, where E is the word-embedding
+/// table (the decoder is tied to it, as in Transformers: its gradient adds into E's). No pooler.
+template <class Encoder = encoder<float>>
+class masked_lm {
+  public:
+    using value_type = typename Encoder::value_type;          ///< scalar type
+    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
+    static constexpr std::string_view architecture = "BertForMaskedLM";  ///< architectures
+    static constexpr bert::task task = bert::task::masked_lm;            ///< what it computes
+    using ids_view = typename Encoder::ids_view;                         ///< (B, T) token ids
+    using output_view =
+        view<const value_type, shape<dynamic, dynamic, dynamic>>;  ///< logits (B, T, V)
+
+    Encoder bert;                                            ///< "bert"
+    layers::linear<value_type, C, C> transform_dense;        ///< "cls.predictions.transform.dense"
+    layers::hidden_activation<value_type, C> transform_act;  ///< hidden_act
+    layers::layer_norm<value_type, C> transform_norm;  ///< "cls.predictions.transform.LayerNorm"
+    parameter<value_type, shape<dynamic>> bias;        ///< "cls.predictions.bias" (V), no decay
+
+    /// A zero-initialized model of configuration c.
+    explicit masked_lm(const config& c)
+        : bert(c),
+          transform_dense(c.hidden_size, c.hidden_size),
+          transform_act(c.hidden_act),
+          transform_norm(c.hidden_size, value_type(c.layer_norm_eps)),
+          bias("bias", shape<dynamic>(c.vocab_size), false) {}
+
+    /// Vocabulary logits (B, T, V) of every token.
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
+        B_ = ids.extent(0), T_ = ids.extent(1);
+        t_ = transform_norm.forward(
+            ctx, transform_act.forward(ctx, transform_dense.forward(ctx, detail::flat(h))));
+        const auto& E = bert.embeddings.word_embeddings.weight.value;   // (V, C)
+        logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
+        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_);
+        ops::bias_add(logits_, bias.value);
+        return {logits_.data(), B_, T_, E.extent(0)};
+    }
+
+    /// Accumulates every trainable parameter's gradient from d logits (B, T, V); the decoder's
+    /// gradient goes into the word-embedding table (tied).
+    void backward(context& ctx, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = bert.hidden_size();
+        auto& E = bert.embeddings.word_embeddings.weight;
+        const view<const value_type, shape<dynamic, dynamic>> dl(d_logits.data(), N,
+                                                                 d_logits.extent(2));  // (N, V)
+        if (bias.trainable) ops::bias_backward(bias.grad, dl);
+        if (E.trainable)
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.grad, value_type(1),
+                                                       value_type(1));  // dE += dlᵀ t
+        zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
+        ops::matmul(dl, E.value, d_t_, value_type(1), value_type(1));  // dt = dl E
+        transform_norm.backward(ctx, d_t_.view(), d_a_.view());
+        transform_act.backward(ctx, d_a_.view(), d_d_.view());
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(value_type(0));
+        transform_dense.backward(ctx, d_d_.view(), detail::flat(d_hidden_.view()));
+        bert.backward(ctx, d_hidden_.view());
+    }
+
+    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
+    void prepare_inference() { bert.prepare_inference(), transform_dense.prepare_inference(); }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        bert.zero_grad(), transform_dense.zero_grad(), transform_norm.zero_grad();
+        bias.zero_grad();
+    }
+    /// Visits "bert.*" (no pooler), "cls.predictions.transform.{dense,LayerNorm}.*" and
+    /// "cls.predictions.bias"; the tied decoder is the word-embedding table, visited once.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        bert.visit_parameters(join_name(prefix, "bert"), f);
+        const std::string p = join_name(prefix, "cls.predictions");
+        transform_dense.visit_parameters(join_name(p, "transform.dense"), f);
+        transform_norm.visit_parameters(join_name(p, "transform.LayerNorm"), f);
+        f(bias.ref(p));
+    }
+
+  private:
+    static void zeroed(buffer<value_type, shape<dynamic, C>>& b, std::size_t rows,
+                       std::size_t cols) {
+        b.resize(shape<dynamic, C>(rows, cols));
+        b.fill(value_type(0));
+    }
+    std::size_t B_ = 0, T_ = 0;                                // the last forward's batch, length
+    view<const value_type, shape<dynamic, C>> t_;              // (N, C) transformed states
+    buffer<value_type, shape<dynamic, dynamic>> logits_;       // (N, V)
+    buffer<value_type, shape<dynamic, C>> d_t_, d_a_, d_d_;    // (N, C) gradients in the head
+    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+};
+
+}  // namespace bert
+FTUNE_NAMESPACE_END
+// ---- end ftune/models/bert_tasks.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----
 // ftune::testing::check_gradients: compares the gradients a backward pass computes with central
 // differences, in double, for users' own layers as for ftune's.

@@ -17,19 +17,21 @@ struct pre_norm {};
 
 /// Sizes of an encoder block known at run time.
 struct block_sizes {
-    std::size_t hidden;              ///< C
-    std::size_t heads;               ///< attention heads (divide C)
-    std::size_t ffn;                 ///< intermediate size F
-    double hidden_dropout = 0.1;     ///< BERT hidden_dropout_prob
-    double attention_dropout = 0.1;  ///< BERT attention_probs_dropout_prob
-    double layer_norm_eps = 1e-12;   ///< BERT layer_norm_eps
+    std::size_t hidden;                           ///< C
+    std::size_t heads;                            ///< attention heads (divide C)
+    std::size_t ffn;                              ///< intermediate size F
+    double hidden_dropout = 0.1;                  ///< BERT hidden_dropout_prob
+    double attention_dropout = 0.1;               ///< BERT attention_probs_dropout_prob
+    double layer_norm_eps = 1e-12;                ///< BERT layer_norm_eps
+    ops::activation act = ops::activation::gelu;  ///< FFN activation (BERT hidden_act)
 };
 
 /// Self-attention + feed-forward with residuals: (B, T, C) -> (B, T, C). Hugging Face names:
 /// attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate.dense,
-/// output.{dense,LayerNorm}. Act is the FFN activation layer (GELU for BERT).
+/// output.{dense,LayerNorm}. Act is the FFN activation layer: layers::hidden_activation (chosen
+/// by block_sizes::act), or a fixed one such as layers::gelu (block_sizes::act must agree).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Norm = post_norm,
-          template <class, std::size_t> class Act = layers::gelu>
+          template <class, std::size_t> class Act = layers::hidden_activation>
 class encoder_block {
     static_assert(std::is_same_v<Norm, post_norm> || std::is_same_v<Norm, pre_norm>,
                   "ftune: encoder_block's Norm is blocks::post_norm (BERT) or blocks::pre_norm");
@@ -59,6 +61,7 @@ class encoder_block {
           attention_dropout(T(s.hidden_dropout)),
           norm1(s.hidden, T(s.layer_norm_eps)),
           intermediate(s.hidden, s.ffn),
+          activation(make_activation(s.act)),
           output_dense(s.ffn, s.hidden),
           output_dropout(T(s.hidden_dropout)),
           norm2(s.hidden, T(s.layer_norm_eps)) {}
@@ -154,6 +157,21 @@ class encoder_block {
     }
 
   private:
+    // The FFN activation for act: built from it, or checked against the type's fixed function.
+    static Act<T, F> make_activation(ops::activation act) {
+        if constexpr (std::is_constructible_v<Act<T, F>, ops::activation>) {
+            return Act<T, F>(act);
+        } else {
+            if constexpr (requires { Act<T, F>::fixed_kind; })
+                if (Act<T, F>::fixed_kind != act)
+                    throw error(errc::invalid_argument, "encoder_block activation",
+                                "the configuration's hidden_act differs from the block type's "
+                                "fixed activation; use layers::hidden_activation or the "
+                                "matching layer");
+            return Act<T, F>();
+        }
+    }
+
     // (B, T, C) <-> (B*T, C) views of the same memory
     template <class U>
     static view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {

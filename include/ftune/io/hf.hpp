@@ -1,9 +1,13 @@
-// io: Hugging Face checkpoints — config.json and loading model.safetensors into ftune's models by
-// parameter name, every shape validated and every problem reported at once.
+// io: Hugging Face model directories — config.json, model.safetensors, vocab.txt and
+// tokenizer_config.json. Loading matches parameters by name with every shape validated and every
+// problem reported at once (load_parameters, load_hf); saving writes a directory Transformers'
+// from_pretrained loads, atomically (save_hf).
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -11,26 +15,29 @@
 #include <nlohmann/json.hpp>
 
 #include "ftune/io/safetensors.hpp"
-#include "ftune/models/bert.hpp"
+#include "ftune/models/bert_tasks.hpp"
+#include "ftune/tokenize/bert.hpp"
+#include "ftune/tokenize/tokenizer_json.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace io {
 
 /// A BERT config.json: the sizes ftune builds from and what Hugging Face records beside them.
 struct hf_config {
-    bert::config model;                      ///< sizes, dropout, layer_norm_eps, pad_token_id
-    std::string hidden_act = "gelu";         ///< "gelu", "gelu_new" or "relu"
-    std::vector<std::string> architectures;  ///< e.g. "BertForSequenceClassification"
-    std::vector<std::string> id2label;       ///< label names by id (empty: none recorded)
-    std::string problem_type;                ///< "single_label_classification", ...
-    double initializer_range = 0.02;         ///< std of new weights (heads missing from a file)
+    bert::config model;  ///< sizes, activation, dropout, layer_norm_eps, pad_token_id, num_labels
+    std::string hidden_act = "gelu";                 ///< "gelu", "gelu_new" or "relu", as written
+    std::vector<std::string> architectures;          ///< e.g. "BertForSequenceClassification"
+    std::vector<std::string> id2label;               ///< label names by id (empty: none recorded)
+    std::string problem_type;                        ///< "single_label_classification", ...
+    nlohmann::json json = nlohmann::json::object();  ///< the whole file (save_hf keeps the rest)
 };
 
 /// Reads config.json; a missing or malformed field is an ftune::error naming the file and it.
 inline hf_config read_hf_config(const std::filesystem::path& path) {
     const std::string where = path.string();
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw error(errc::io, where, "cannot open config.json");
+    if (!in || !std::filesystem::is_regular_file(path))
+        throw error(errc::io, where, "cannot open config.json (missing or not a readable file)");
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(in);
@@ -65,7 +72,18 @@ inline hf_config read_hf_config(const std::filesystem::path& path) {
     real("hidden_dropout_prob", c.model.hidden_dropout_prob);
     real("attention_probs_dropout_prob", c.model.attention_probs_dropout_prob);
     real("layer_norm_eps", c.model.layer_norm_eps);
-    real("initializer_range", c.initializer_range);
+    real("initializer_range", c.model.initializer_range);
+    real("classifier_dropout", c.model.classifier_dropout);
+    if (j.contains("model_type") && j["model_type"] != "bert")
+        throw error(errc::unsupported, where + ": model_type",
+                    ftune::detail::cat(j["model_type"].dump(),
+                                       ": ftune loads BERT-family checkpoints (model_type "
+                                       "\"bert\"); other types name and place weights "
+                                       "differently"));
+    if (j.contains("position_embedding_type") && j["position_embedding_type"] != "absolute")
+        throw error(
+            errc::unsupported, where + ": position_embedding_type",
+            j["position_embedding_type"].dump() + ": ftune runs absolute position embeddings only");
     if (j.contains("pad_token_id") && j["pad_token_id"].is_number_integer())
         c.model.pad_token_id = j["pad_token_id"].get<token_id>();
     if (c.model.hidden_size % c.model.num_attention_heads != 0)
@@ -76,9 +94,11 @@ inline hf_config read_hf_config(const std::filesystem::path& path) {
         if (!j["hidden_act"].is_string())
             throw error(errc::parse, where + ": hidden_act", "must be a string");
         c.hidden_act = j["hidden_act"].get<std::string>();
-        if (c.hidden_act != "gelu" && c.hidden_act != "gelu_new" && c.hidden_act != "relu")
-            throw error(errc::unsupported, where + ": hidden_act",
-                        "\"" + c.hidden_act + "\": ftune runs gelu, gelu_new and relu");
+        try {
+            c.model.hidden_act = bert::activation_from_hf(c.hidden_act);
+        } catch (const error& e) {
+            throw error(errc::unsupported, where + ": hidden_act", e.message());
+        }
     }
     if (j.contains("architectures") && j["architectures"].is_array())
         for (const auto& a : j["architectures"])
@@ -103,21 +123,81 @@ inline hf_config read_hf_config(const std::filesystem::path& path) {
             c.id2label[id] = it->get<std::string>();
         }
     }
+    if (!c.id2label.empty()) c.model.num_labels = c.id2label.size();
+    size("num_labels", c.model.num_labels, false);  // an explicit count wins
+    if (!c.id2label.empty() && c.id2label.size() != c.model.num_labels)
+        throw error(errc::parse, where + ": num_labels",
+                    ftune::detail::cat(c.model.num_labels, " labels but id2label names ",
+                                       c.id2label.size()));
+    c.json = std::move(j);
     return c;
+}
+
+/// Settings of a BERT tokenizer read from a model directory.
+struct hf_tokenizer_config {
+    text::bert_options options;        ///< do_lower_case, strip_accents, tokenize_chinese_chars
+    std::size_t model_max_length = 0;  ///< model_max_length (0: not given)
+};
+
+/// Reads tokenizer_config.json (absent: Hugging Face's defaults); malformed JSON is an
+/// ftune::error naming the file.
+inline hf_tokenizer_config read_hf_tokenizer_config(const std::filesystem::path& path) {
+    hf_tokenizer_config c;
+    if (!std::filesystem::exists(path)) return c;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw error(errc::io, path.string(), "cannot open tokenizer_config.json");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw error(errc::parse, path.string(), ftune::detail::cat("malformed JSON: ", e.what()));
+    }
+    if (!j.is_object()) throw error(errc::parse, path.string(), "not a JSON object");
+    auto flag = [&](const char* key) -> std::optional<bool> {
+        if (j.contains(key) && j[key].is_boolean()) return j[key].get<bool>();
+        return std::nullopt;
+    };
+    if (auto v = flag("do_lower_case")) c.options.lowercase = *v;
+    if (auto v = flag("strip_accents")) c.options.strip_accents = *v;
+    if (auto v = flag("tokenize_chinese_chars")) c.options.chinese_chars = *v;
+    for (auto [key, field] :
+         {std::pair{"unk_token", &c.options.unk}, std::pair{"cls_token", &c.options.cls},
+          std::pair{"sep_token", &c.options.sep}, std::pair{"pad_token", &c.options.pad},
+          std::pair{"mask_token", &c.options.mask}})
+        if (j.contains(key) && j[key].is_string()) *field = j[key].get<std::string>();
+    // Hugging Face writes 1e30 for "no limit": keep only real limits
+    if (j.contains("model_max_length") && j["model_max_length"].is_number() &&
+        j["model_max_length"].get<double>() >= 1 && j["model_max_length"].get<double>() < 1e9)
+        c.model_max_length = std::size_t(j["model_max_length"].get<double>());
+    return c;
+}
+
+/// The tokenizer of a model directory: vocab.txt with tokenizer_config.json's settings, or
+/// tokenizer.json when there is no vocab.txt; std::nullopt when there is neither.
+inline std::optional<text::bert_tokenizer> load_hf_tokenizer(const std::filesystem::path& dir) {
+    if (std::filesystem::exists(dir / "vocab.txt"))
+        return text::bert_tokenizer::from_vocab(
+            dir / "vocab.txt", read_hf_tokenizer_config(dir / "tokenizer_config.json").options);
+    if (std::filesystem::exists(dir / "tokenizer.json"))
+        return text::load_tokenizer_json(dir / "tokenizer.json");
+    return std::nullopt;
 }
 
 /// What load_parameters did: file names it read, parameters it did not find, tensors it did not
 /// use.
 struct load_report {
-    std::vector<std::string> loaded;      ///< parameters read (their names in the model)
-    std::vector<std::string> missing;     ///< model parameters absent from the file
-    std::vector<std::string> unexpected;  ///< file tensors no parameter asked for
+    std::vector<std::string> loaded;       ///< parameters read (their names in the model)
+    std::vector<std::string> missing;      ///< model parameters absent from the file
+    std::vector<std::string> unexpected;   ///< file tensors no parameter asked for
+    std::vector<std::string> mismatched;   ///< head parameters of another shape, not read
+    std::vector<std::string> initialized;  ///< parameters load_hf initialized (new head weights)
 };
 
 /// The file's name for model parameter `name`: the name itself, with a "bert." prefix
 /// (Bert*For* checkpoints), and with the legacy LayerNorm names gamma/beta; nullptr if absent.
 inline const tensor_info* find_hf_tensor(const safetensors_file& f, const std::string& name) {
-    std::vector<std::string> candidates{name, "bert." + name};
+    std::vector<std::string> candidates{
+        name, name.starts_with("bert.") ? name.substr(5) : "bert." + name};
     auto legacy = [](std::string n) {
         if (n.ends_with("LayerNorm.weight")) return n.substr(0, n.size() - 6) + "gamma";
         if (n.ends_with("LayerNorm.bias")) return n.substr(0, n.size() - 4) + "beta";
@@ -125,20 +205,29 @@ inline const tensor_info* find_hf_tensor(const safetensors_file& f, const std::s
     };
     if (auto l = legacy(name); !l.empty()) {
         candidates.push_back(l);
-        candidates.push_back("bert." + l);
+        candidates.push_back(l.starts_with("bert.") ? l.substr(5) : "bert." + l);
     }
     for (const auto& c : candidates)
         if (const auto* t = f.find(c)) return t;
     return nullptr;
 }
 
+/// True for the parameters of a task head (not under embeddings, encoder or pooler), which a
+/// checkpoint of another task may lack or hold in another shape.
+inline bool is_head_parameter(std::string_view name) {
+    if (name.starts_with("bert.")) name.remove_prefix(5);
+    return !name.starts_with("embeddings.") && !name.starts_with("encoder.") &&
+           !name.starts_with("pooler.");
+}
+
 /// Reads every parameter model.visit_parameters(prefix, ...) names from f (converting F16/BF16/F64
 /// to T). Every shape is checked; all mismatches, and (unless allow_missing) all missing
-/// parameters, are reported in one ftune::error. Buffers Hugging Face saves that are not
-/// parameters (position_ids) are not "unexpected".
+/// parameters, are reported in one ftune::error. With skip_mismatched_head, head parameters of
+/// another shape (a classifier with other labels) are listed in `mismatched` and left unread.
+/// Buffers Hugging Face saves that are not parameters (position_ids) are not "unexpected".
 template <class Model>
 load_report load_parameters(Model& model, std::string_view prefix, const safetensors_file& f,
-                            bool allow_missing = false) {
+                            bool allow_missing = false, bool skip_mismatched_head = false) {
     using T = typename Model::value_type;
     load_report r;
     std::vector<std::string> problems;
@@ -152,6 +241,10 @@ load_report load_parameters(Model& model, std::string_view prefix, const safeten
         used.push_back(t);
         bool same = t->shape.size() == p.rank;
         for (std::size_t i = 0; same && i < p.rank; ++i) same = t->shape[i] == p.extents[i];
+        if (!same && skip_mismatched_head && is_head_parameter(p.name)) {
+            r.mismatched.push_back(p.name);
+            return;
+        }
         if (!same) {
             problems.push_back(ftune::detail::cat(t->name, ": the file holds ", t->shape_string(),
                                                   ", the model needs ", p.shape_string()));
@@ -191,6 +284,236 @@ void save_parameters(Model& model, std::string_view prefix, const std::filesyste
     });
     for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
     write_safetensors(path, tensors, {{"format", "pt"}});
+}
+
+/// How load_hf builds a model from a checkpoint.
+struct load_options {
+    /// Labels of the task head (sequence or token classification). Empty: the checkpoint's
+    /// (config.json id2label / num_labels). When they differ from the checkpoint's, the head is
+    /// new: its weights are initialized (listed in report.mismatched and report.initialized).
+    std::vector<std::string> labels;
+    /// Whether head weights (and a pooler) absent from the file may be initialized, as
+    /// Transformers does for a task head on a base checkpoint. false: they are an error.
+    bool allow_new_head = true;
+    /// Seed of the initialized weights.
+    std::uint64_t seed = 0;
+};
+
+/// A model loaded from a Hugging Face directory with what came with it.
+template <class Model>
+struct hf_model {
+    hf_config config;  ///< config.json (labels updated by load_options)
+    std::optional<text::bert_tokenizer> tokenizer;  ///< vocab.txt / tokenizer.json, if present
+    std::size_t model_max_length = 0;  ///< the longest input, in tokens (tokenizer and positions)
+    Model model;                       ///< the model, weights loaded
+    load_report report;                ///< what was loaded, initialized, left unused
+};
+
+/// Initializes a parameter the way Transformers' BertPreTrainedModel._init_weights does: LayerNorm
+/// weights 1, biases 0, other weights normal(0, std) drawn from stream `stream` of `seed`.
+template <scalar T>
+void init_hf_parameter(parameter_ref<T>& p, double std, std::uint64_t seed, std::uint64_t stream) {
+    if (p.name.ends_with("LayerNorm.weight") || p.name.ends_with("gamma")) {
+        std::fill(p.value.begin(), p.value.end(), T(1));
+    } else if (p.name.ends_with("bias") || p.name.ends_with("beta")) {
+        std::fill(p.value.begin(), p.value.end(), T(0));
+    } else {
+        const random_stream s(seed, stream);
+        for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = T(std * s.normal(i));
+    }
+}
+
+/// Loads a Hugging Face model directory (config.json, model.safetensors, vocab.txt or
+/// tokenizer.json, tokenizer_config.json) into Model, e.g. bert::sequence_classifier<> or
+/// bert::token_classifier<bert::Encoder<dims{384, 12, 1536}>>. Every weight's shape is checked
+/// against the model and all problems are reported in one ftune::error naming the file; head
+/// weights (and a pooler) missing from a base checkpoint are initialized and listed in
+/// report.initialized, tensors not used in report.unexpected, as Transformers does.
+template <class Model>
+hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& options = {}) {
+    using T = typename Model::value_type;
+    if (!std::filesystem::is_directory(dir))
+        throw error(errc::io, dir.string(),
+                    "not a directory; give a Hugging Face model directory (config.json, "
+                    "model.safetensors, vocab.txt)");
+    const auto weights_path = dir / "model.safetensors";
+    if (!std::filesystem::exists(weights_path)) {
+        const bool torch = std::filesystem::exists(dir / "pytorch_model.bin");
+        throw error(errc::io, weights_path.string(),
+                    torch ? "missing; this directory has only pytorch_model.bin (pickle), which "
+                            "ftune does not read: save it with "
+                            "save_pretrained(dir, safe_serialization=True)"
+                          : "missing; ftune reads weights from model.safetensors");
+    }
+    hf_config cfg = read_hf_config(dir / "config.json");
+    const std::size_t file_labels = cfg.model.num_labels;
+    if (!options.labels.empty()) {
+        cfg.id2label = options.labels;
+        cfg.model.num_labels = options.labels.size();
+    }
+    auto tokenizer = load_hf_tokenizer(dir);
+    if (tokenizer && tokenizer->vocab().size() > cfg.model.vocab_size)
+        throw error(
+            errc::shape_mismatch, (dir / "vocab.txt").string(),
+            ftune::detail::cat("the vocabulary has ", tokenizer->vocab().size(),
+                               " tokens but config.json's vocab_size is ", cfg.model.vocab_size,
+                               "; the tokenizer does not belong to these weights"));
+    const auto tok = read_hf_tokenizer_config(dir / "tokenizer_config.json");
+    std::size_t max_len = cfg.model.max_position_embeddings;
+    if (tok.model_max_length) max_len = std::min(max_len, tok.model_max_length);
+    hf_model<Model> m{cfg, std::move(tokenizer), max_len, Model(cfg.model), {}};
+
+    const safetensors_file f(weights_path);
+    const bool new_labels = cfg.model.num_labels != file_labels;
+    m.report = load_parameters(m.model, "", f, /*allow_missing=*/true, new_labels);
+    if constexpr (Model::task == bert::task::masked_lm)  // the decoder is tied to the embeddings
+        std::erase_if(m.report.unexpected, [](const std::string& n) {
+            return n == "cls.predictions.decoder.weight" || n == "cls.predictions.decoder.bias";
+        });
+    std::vector<std::string> problems;
+    for (const auto& name : m.report.missing)
+        if (!is_head_parameter(name) && !name.starts_with("pooler.") &&
+            !name.starts_with("bert.pooler."))
+            problems.push_back(name + ": missing from the file");
+        else if (!options.allow_new_head)
+            problems.push_back(name + ": missing from the file (allow_new_head is off)");
+    if (!problems.empty()) {
+        std::string msg = ftune::detail::cat(
+            problems.size(), " weight(s) missing; is this checkpoint a BERT model of this size?");
+        for (const auto& p : problems) msg += "\n  " + p;
+        throw error(errc::shape_mismatch, weights_path.string(), msg);
+    }
+    std::vector<std::string> fresh = m.report.missing;
+    fresh.insert(fresh.end(), m.report.mismatched.begin(), m.report.mismatched.end());
+    std::uint64_t stream = 0;
+    m.model.visit_parameters("", [&](parameter_ref<T> p) {
+        ++stream;
+        if (std::find(fresh.begin(), fresh.end(), p.name) == fresh.end()) return;
+        init_hf_parameter(p, cfg.model.initializer_range, options.seed, stream);
+        m.report.initialized.push_back(p.name);
+    });
+    return m;
+}
+
+namespace detail {
+/// Writes text to path and flushes it to the disk; throws ftune::error (io) naming the path.
+inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
+    {
+        std::ofstream out(path, std::ios::binary | std::ios::trunc);
+        out << text;
+        out.flush();
+        if (!out) throw error(errc::io, path.string(), "cannot write (disk full? read-only?)");
+    }
+    sync_file(path);
+}
+}  // namespace detail
+
+/// Writes a Hugging Face model directory that Transformers' from_pretrained (and load_hf) loads:
+/// config.json (config's fields, Model's architecture, the head's id2label / label2id),
+/// model.safetensors (float32), and with a tokenizer vocab.txt and tokenizer_config.json. The
+/// files are written under temporary names and renamed into place only when all are complete,
+/// so a crash never leaves a half-written model: a new directory appears whole; in an existing
+/// one only the renames of finished files remain (a stale tokenizer.json, which Transformers
+/// would prefer to the new vocab.txt, is removed).
+template <class Model>
+void save_hf(Model& model, const hf_config& config, const text::bert_tokenizer* tokenizer,
+             const std::filesystem::path& dir, std::size_t model_max_length = 0) {
+    namespace fs = std::filesystem;
+    const bert::config& c = config.model;
+    nlohmann::json j = config.json.is_object() ? config.json : nlohmann::json::object();
+    j["architectures"] = {std::string(Model::architecture)};
+    j["model_type"] = "bert";
+    j["vocab_size"] = c.vocab_size;
+    j["hidden_size"] = c.hidden_size;
+    j["num_hidden_layers"] = c.num_hidden_layers;
+    j["num_attention_heads"] = c.num_attention_heads;
+    j["intermediate_size"] = c.intermediate_size;
+    j["hidden_act"] = std::string(bert::activation_to_hf(c.hidden_act));
+    j["hidden_dropout_prob"] = c.hidden_dropout_prob;
+    j["attention_probs_dropout_prob"] = c.attention_probs_dropout_prob;
+    j["max_position_embeddings"] = c.max_position_embeddings;
+    j["type_vocab_size"] = c.type_vocab_size;
+    j["layer_norm_eps"] = c.layer_norm_eps;
+    j["initializer_range"] = c.initializer_range;
+    j["pad_token_id"] = c.pad_token_id;
+    j["position_embedding_type"] = "absolute";
+    if (c.classifier_dropout >= 0)
+        j["classifier_dropout"] = c.classifier_dropout;
+    else
+        j["classifier_dropout"] = nullptr;
+    if constexpr (requires { model.num_labels(); }) {  // a classification head's label names
+        nlohmann::json id2label = nlohmann::json::object(), label2id = nlohmann::json::object();
+        for (std::size_t i = 0; i < model.num_labels(); ++i) {
+            const std::string name = i < config.id2label.size() && !config.id2label[i].empty()
+                                         ? config.id2label[i]
+                                         : "LABEL_" + std::to_string(i);
+            id2label[std::to_string(i)] = name;
+            label2id[name] = i;
+        }
+        j["id2label"] = id2label;
+        j["label2id"] = label2id;
+        j.erase("num_labels");  // implied by id2label, as Transformers writes it
+    }
+    if (!config.problem_type.empty()) j["problem_type"] = config.problem_type;
+    if (!j.contains("dtype") && !j.contains("torch_dtype")) j["dtype"] = "float32";
+
+    if (fs::exists(dir) && !fs::is_directory(dir))
+        throw error(errc::io, dir.string(), "exists and is not a directory");
+    const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    const fs::path tmp =
+        parent / ("." + dir.filename().string() + ".tmp-" +
+                  std::to_string(std::hash<std::string>{}(dir.string() + j.dump())));
+    fs::remove_all(tmp, ec);
+    if (!fs::create_directory(tmp, ec))
+        throw error(errc::io, dir.string(),
+                    "cannot create the temporary directory " + tmp.string() + ": " + ec.message());
+    std::vector<std::string> files{"config.json", "model.safetensors"};
+    try {
+        detail::write_text_file(tmp / "config.json", j.dump(2) + "\n");
+        save_parameters(model, "", tmp / "model.safetensors");
+        if (tokenizer) {
+            const auto& o = tokenizer->options();
+            std::string vocab;
+            for (std::size_t i = 0; i < tokenizer->vocab().size(); ++i)
+                vocab += tokenizer->vocab().token(std::int32_t(i)) + "\n";
+            detail::write_text_file(tmp / "vocab.txt", vocab);
+            nlohmann::json t = {{"tokenizer_class", "BertTokenizer"},
+                                {"do_lower_case", o.lowercase},
+                                {"tokenize_chinese_chars", o.chinese_chars},
+                                {"unk_token", o.unk},
+                                {"sep_token", o.sep},
+                                {"pad_token", o.pad},
+                                {"cls_token", o.cls},
+                                {"mask_token", o.mask},
+                                {"clean_up_tokenization_spaces", true}};
+            t["strip_accents"] = o.strip_accents ? nlohmann::json(*o.strip_accents) : nullptr;
+            t["model_max_length"] = model_max_length ? model_max_length : c.max_position_embeddings;
+            detail::write_text_file(tmp / "tokenizer_config.json", t.dump(2) + "\n");
+            files.push_back("vocab.txt");
+            files.push_back("tokenizer_config.json");
+        }
+        if (!fs::exists(dir)) {
+            fs::rename(tmp, dir);  // the whole directory appears at once
+            return;
+        }
+        if (tokenizer) fs::remove(dir / "tokenizer.json");
+        for (const auto& name : files) fs::rename(tmp / name, dir / name);
+        fs::remove_all(tmp);
+    } catch (const fs::filesystem_error& e) {
+        fs::remove_all(tmp, ec);
+        throw error(errc::io, dir.string(), std::string("cannot write the model: ") + e.what());
+    } catch (...) {
+        fs::remove_all(tmp, ec);
+        throw;
+    }
+}
+
+/// save_hf for a model loaded by load_hf (its configuration and tokenizer).
+template <class Model>
+void save_hf(hf_model<Model>& m, const std::filesystem::path& dir) {
+    save_hf(m.model, m.config, m.tokenizer ? &*m.tokenizer : nullptr, dir, m.model_max_length);
 }
 
 }  // namespace io

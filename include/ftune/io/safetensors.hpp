@@ -235,6 +235,7 @@ class safetensors_file {
         base_ = nullptr;
     }
 
+    static constexpr std::uint64_t max_header_bytes = 100'000'000;  // safetensors' limit
     void parse_header() {
         if (size_ < 8)
             bad(ftune::detail::cat("file of ", size_,
@@ -244,6 +245,9 @@ class safetensors_file {
         if (n > size_ - 8)
             bad(ftune::detail::cat("header length ", n, " runs past the end of the ", size_,
                                    "-byte file (truncated download?)"));
+        if (n > max_header_bytes)  // the format's own limit, against a hostile parse
+            bad(ftune::detail::cat("header of ", n, " bytes exceeds the format's limit of ",
+                                   max_header_bytes, " (100 MB)"));
         const auto* h = reinterpret_cast<const char*>(base_ + 8);
         nlohmann::json j;
         try {
@@ -332,6 +336,22 @@ class safetensors_file {
 #endif
 };
 
+namespace detail {
+/// Flushes a written file to the disk (POSIX fsync; a no-op elsewhere), so that a rename after it
+/// publishes complete data even after a power loss.
+inline void sync_file(const std::filesystem::path& path) {
+#if FTUNE_HAVE_MMAP
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+#else
+    (void)path;
+#endif
+}
+}  // namespace detail
+
 /// One tensor to write: name, shape and float32 values.
 struct tensor_to_write {
     std::string name;                ///< the tensor's name in the file
@@ -393,6 +413,7 @@ inline void write_safetensors(const std::filesystem::path& path,
             throw error(errc::io, path.string(), "writing failed (disk full?)");
         }
     }
+    detail::sync_file(tmp);
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
     if (ec) {

@@ -1,4 +1,5 @@
-// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time.
+// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time
+// (activation<T, F>) or when the model is built (hidden_activation, read from a config).
 #pragma once
 
 #include <string_view>
@@ -19,6 +20,7 @@ class activation {
     using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
     using output_view = input_view;                       ///< y: (N, C)
     using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    static constexpr ops::activation fixed_kind = F;      ///< the function, fixed by the type
 
     /// y = f(x); saves x (GELUs, ReLU: a view, keep it alive until backward) or y (tanh).
     output_view forward(context&, input_view x) {
@@ -35,6 +37,49 @@ class activation {
             ops::activate_backward(F, dx, y_, dy);
         else
             ops::activate_backward(F, dx, x_, dy);
+    }
+
+    /// No parameters: nothing to clear.
+    void zero_grad() noexcept {}
+    /// No parameters: f is never called.
+    template <class Fn>
+    void visit_parameters(std::string_view, Fn&&) {}
+
+  private:
+    input_view x_;                    // the last forward's input
+    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+};
+
+/// y = f(x) element-wise over (N, C) with f chosen when the layer is built (from a config's
+/// hidden_act); one switch per call, so it runs as fast as activation<T, F>.
+template <scalar T, std::size_t C = dynamic>
+class hidden_activation {
+  public:
+    using value_type = T;                                 ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
+    using output_view = input_view;                       ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+
+    ops::activation kind;  ///< the function (BERT: gelu)
+
+    /// A layer applying f.
+    explicit hidden_activation(ops::activation f = ops::activation::gelu) : kind(f) {}
+
+    /// y = f(x); saves x (a view: keep it alive until backward) and y.
+    output_view forward(context&, input_view x) {
+        x_ = x;
+        y_.resize(x.shape());
+        ops::activate(kind, y_, x);
+        return y_.view();
+    }
+
+    /// dx += f'(x) dy (nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (dx.empty()) return;
+        if (kind == ops::activation::tanh)
+            ops::activate_backward(kind, dx, y_, dy);
+        else
+            ops::activate_backward(kind, dx, x_, dy);
     }
 
     /// No parameters: nothing to clear.

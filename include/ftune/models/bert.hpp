@@ -24,15 +24,47 @@ struct config {
     double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
     double layer_norm_eps = 1e-12;              ///< layer_norm_eps
     token_id pad_token_id = 0;  ///< pad_token_id: its word embedding gets no gradient
+    ops::activation hidden_act = ops::activation::gelu;  ///< hidden_act (gelu, gelu_new, relu)
+    std::size_t num_labels = 2;       ///< num_labels: outputs of a classification head
+    double classifier_dropout = -1;   ///< classifier_dropout (< 0: hidden_dropout_prob)
+    double initializer_range = 0.02;  ///< initializer_range: std of newly initialized weights
 };
 
-/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static.
+/// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu"); throws
+/// ftune::error for others.
+inline ops::activation activation_from_hf(std::string_view name) {
+    if (name == "gelu") return ops::activation::gelu;
+    if (name == "gelu_new" || name == "gelu_pytorch_tanh") return ops::activation::gelu_tanh;
+    if (name == "relu") return ops::activation::relu;
+    throw error(errc::unsupported, "hidden_act",
+                "\"" + std::string(name) + "\": ftune runs gelu, gelu_new and relu");
+}
+
+/// Hugging Face's hidden_act name of an FFN activation.
+inline std::string_view activation_to_hf(ops::activation a) {
+    switch (a) {
+        case ops::activation::gelu:
+            return "gelu";
+        case ops::activation::gelu_tanh:
+            return "gelu_new";
+        case ops::activation::relu:
+            return "relu";
+        case ops::activation::tanh:
+            break;
+    }
+    throw error(errc::unsupported, "hidden_act", "tanh is not a BERT FFN activation");
+}
+
+/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static;
+/// Act is the FFN activation layer (default: chosen by config::hidden_act).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
-          class Norm = blocks::post_norm>
+          class Norm = blocks::post_norm,
+          template <class, std::size_t> class Act = layers::hidden_activation>
 class encoder {
   public:
     using value_type = T;                                            ///< scalar type
-    using block_type = blocks::encoder_block<T, C, F, Norm>;         ///< one layer
+    static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
+    using block_type = blocks::encoder_block<T, C, F, Norm, Act>;    ///< one layer
     using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T)
     using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
 
@@ -47,7 +79,7 @@ class encoder {
         for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
             layer.emplace_back(blocks::block_sizes{
                 c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_dropout_prob,
-                c.attention_probs_dropout_prob, c.layer_norm_eps});
+                c.attention_probs_dropout_prob, c.layer_norm_eps, c.hidden_act});
     }
 
     /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
@@ -65,6 +97,9 @@ class encoder {
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return h;
     }
+
+    /// Hidden size C.
+    std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
 
     /// Accumulates every parameter's gradient from d loss / d hidden states.
     void backward(context& ctx, output_view dout) {
@@ -124,12 +159,13 @@ inline constexpr bool valid_dims = D.hidden == dynamic || D.heads == dynamic ||
 /// The BERT encoder with sizes fixed by D, e.g. Encoder<dims{.hidden = 384, .heads = 12, .ffn =
 /// 1536}> for MiniLM-L12-H384; Encoder<dims{}> is fully dynamic (sizes from the config at run
 /// time).
-template <dims D, scalar T = float, class Norm = blocks::post_norm>
-requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm> {
+template <dims D, scalar T = float, class Norm = blocks::post_norm,
+          template <class, std::size_t> class Act = layers::hidden_activation>
+requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm, Act> {
   public:
     /// An encoder whose config must agree with D (throws shape_mismatch naming the field
     /// otherwise).
-    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm>(checked(c)) {}
+    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm, Act>(checked(c)) {}
 
   private:
     static const config& checked(const config& c) {

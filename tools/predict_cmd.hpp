@@ -1,0 +1,417 @@
+// `ftune predict` (a fine-tuned Hugging Face model's predictions for each line of stdin) and
+// `ftune info` (what a model directory holds and whether ftune loads it).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <ftune/io/hf.hpp>
+
+namespace cli {
+
+namespace fs = std::filesystem;
+
+// The architecture config.json names first ("" when none).
+inline std::string architecture_of(const fs::path& dir) {
+    const auto cfg = ftune::io::read_hf_config(dir / "config.json");
+    return cfg.architectures.empty() ? "" : cfg.architectures.front();
+}
+
+// Calls f(std::type_identity<Model>{}) with the task model of a Hugging Face architecture name:
+// BertModel and architectures ftune has no head for (BertForPreTraining...) give the base model.
+template <class F>
+decltype(auto) with_task_model(std::string_view arch, F&& f) {
+    using E = ftune::bert::encoder<float>;
+    if (arch == ftune::bert::sequence_classifier<E>::architecture)
+        return f(std::type_identity<ftune::bert::sequence_classifier<E>>{});
+    if (arch == ftune::bert::token_classifier<E>::architecture)
+        return f(std::type_identity<ftune::bert::token_classifier<E>>{});
+    if (arch == ftune::bert::question_answering<E>::architecture)
+        return f(std::type_identity<ftune::bert::question_answering<E>>{});
+    if (arch == ftune::bert::masked_lm<E>::architecture)
+        return f(std::type_identity<ftune::bert::masked_lm<E>>{});
+    return f(std::type_identity<ftune::bert::model<E>>{});
+}
+
+// Shortest decimal form of v rounded to 6 significant digits, for text and JSON output.
+inline double round6(double v) {
+    if (v == 0 || !std::isfinite(v)) return v;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+    return std::strtod(buf, nullptr);
+}
+inline std::string num(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+    return buf;
+}
+
+// Softmax of n logits.
+inline std::vector<double> softmax(const float* x, std::size_t n) {
+    std::vector<double> p(n);
+    const double m = *std::max_element(x, x + n);
+    double s = 0;
+    for (std::size_t i = 0; i < n; ++i) s += p[i] = std::exp(double(x[i]) - m);
+    for (auto& v : p) v /= s;
+    return p;
+}
+
+// What `ftune predict` prints.
+enum class predict_format { logits, labels, json };
+
+// Options of `ftune predict`.
+struct predict_options {
+    fs::path model;                                  // --model
+    predict_format format = predict_format::labels;  // --format
+    std::size_t batch_size = 32;                     // --batch-size
+    std::size_t max_length = 0;                      // --max-length (0: the model's)
+};
+
+// Writes the report's initialized weights to stderr: predictions of such a model mean nothing.
+inline void warn_initialized(const ftune::io::load_report& r, const fs::path& dir) {
+    if (r.initialized.empty()) return;
+    std::cerr << "ftune: warning: " << dir.string() << ": " << r.initialized.size()
+              << " weight(s) are not in the checkpoint and were initialized randomly (";
+    for (std::size_t i = 0; i < r.initialized.size(); ++i)
+        std::cerr << (i ? ", " : "") << r.initialized[i];
+    std::cerr << "); fine-tune the model before trusting its predictions\n";
+}
+
+// Predictions of a loaded model for a batch of lines, appended to out (one line each).
+template <class Model>
+void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>& lines,
+                   std::size_t first_line, const predict_options& opt, std::string& out) {
+    constexpr auto task = Model::task;
+    const auto& tok = *m.tokenizer;
+    const auto& names = m.config.id2label;
+    auto label = [&](std::size_t i) {
+        return i < names.size() && !names[i].empty() ? names[i] : "LABEL_" + std::to_string(i);
+    };
+    // tokenize: TAB separates the two texts of a pair (sequence classification)
+    std::vector<std::string_view> a, b;
+    bool pairs = false;
+    for (const auto& l : lines)
+        pairs |=
+            task == ftune::bert::task::sequence_classification && l.find('\t') != std::string::npos;
+    for (const auto& l : lines) {
+        const std::size_t tab = pairs ? l.find('\t') : std::string::npos;
+        a.push_back(std::string_view(l).substr(0, tab));
+        if (pairs)
+            b.push_back(tab == std::string::npos ? std::string_view()
+                                                 : std::string_view(l).substr(tab + 1));
+    }
+    std::vector<ftune::text::encoding> enc;
+    try {
+        enc = tok.encode_batch(
+            a, b, {.max_length = opt.max_length, .pad = ftune::text::padding::longest});
+    } catch (const ftune::error& e) {
+        throw ftune::error(
+            e.id(),
+            ftune::detail::cat("stdin lines ", first_line, "-", first_line + lines.size() - 1),
+            e.context() + ": " + e.message());
+    }
+    const std::size_t B = enc.size(), T = enc.front().ids.size();
+    std::vector<ftune::token_id> ids, mask, types;
+    for (const auto& e : enc) {
+        ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+        mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
+        types.insert(types.end(), e.type_ids.begin(), e.type_ids.end());
+    }
+    ftune::context eval;
+    const auto logits =
+        m.model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+
+    if constexpr (task == ftune::bert::task::sequence_classification) {
+        const std::size_t L = logits.extent(1);
+        const bool multi = m.config.problem_type == "multi_label_classification";
+        const bool regression = m.config.problem_type == "regression" || L == 1;
+        for (std::size_t i = 0; i < B; ++i) {
+            const float* y = logits.data() + i * L;
+            if (opt.format == predict_format::logits) {
+                for (std::size_t j = 0; j < L; ++j) {
+                    if (j) out += ' ';
+                    out += num(y[j]);
+                }
+            } else if (regression) {
+                out += opt.format == predict_format::json
+                           ? nlohmann::json{{"score", round6(y[0])}}.dump()
+                           : num(y[0]);
+            } else if (multi) {  // independent sigmoids; labels over 0.5
+                nlohmann::json scores = nlohmann::json::object(), chosen = nlohmann::json::array();
+                std::string text;
+                for (std::size_t j = 0; j < L; ++j) {
+                    const double p = 1 / (1 + std::exp(-double(y[j])));
+                    scores[label(j)] = round6(p);
+                    if (p > 0.5) {
+                        chosen.push_back(label(j));
+                        if (!text.empty()) text += ',';
+                        text += label(j);
+                    }
+                }
+                out += opt.format == predict_format::json
+                           ? nlohmann::json{{"labels", chosen}, {"scores", scores}}.dump()
+                           : text;
+            } else {
+                const auto p = softmax(y, L);
+                const std::size_t best =
+                    std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
+                if (opt.format == predict_format::labels) {
+                    out += label(best);
+                } else {
+                    nlohmann::json scores = nlohmann::json::object();
+                    for (std::size_t j = 0; j < L; ++j) scores[label(j)] = round6(p[j]);
+                    out +=
+                        nlohmann::json{
+                            {"label", label(best)}, {"score", round6(p[best])}, {"scores", scores}}
+                            .dump();
+                }
+            }
+            out += '\n';
+        }
+    } else {  // token classification: per wordpiece (logits) or per word (labels, json)
+        const std::size_t L = logits.extent(2);
+        for (std::size_t i = 0; i < B; ++i) {
+            const auto& e = enc[i];
+            const std::size_t n =
+                std::size_t(std::count(e.attention_mask.begin(), e.attention_mask.end(), 1));
+            const float* y = logits.data() + i * T * L;
+            if (opt.format == predict_format::logits) {
+                for (std::size_t t = 0; t < n; ++t) {
+                    if (t) out += " | ";
+                    for (std::size_t j = 0; j < L; ++j) {
+                        if (j) out += ' ';
+                        out += num(y[t * L + j]);
+                    }
+                }
+                out += '\n';
+                continue;
+            }
+            // words of the whole line (truncation may have dropped the last ones)
+            std::vector<ftune::text::token_info> all;
+            tok.tokenize(lines[i], all);
+            const std::size_t words = all.empty() ? 0 : std::size_t(all.back().word) + 1;
+            struct word_pred {
+                std::size_t label = 0;
+                double score = -1;  // < 0: not seen (truncated)
+                std::uint32_t byte_begin = 0, byte_end = 0, char_begin = 0, char_end = 0;
+            };
+            std::vector<word_pred> w(words);
+            for (const auto& t : all) {  // spans from every piece of the word
+                auto& p = w[std::size_t(t.word)];
+                if (p.byte_end == 0) p.byte_begin = t.byte_begin, p.char_begin = t.char_begin;
+                p.byte_end = t.byte_end, p.char_end = t.char_end;
+            }
+            for (std::size_t t = 0; t < n; ++t) {  // the label of each word's first piece
+                const auto& ti = e.tokens[t];
+                if (ti.word < 0 || w[std::size_t(ti.word)].score >= 0) continue;
+                const auto p = softmax(y + t * L, L);
+                const auto best = std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
+                w[std::size_t(ti.word)].label = best;
+                w[std::size_t(ti.word)].score = p[best];
+            }
+            const std::size_t cut = std::size_t(
+                std::count_if(w.begin(), w.end(), [](const word_pred& p) { return p.score < 0; }));
+            if (cut)
+                std::cerr << "ftune: warning: stdin line " << first_line + i << ": " << cut
+                          << " word(s) past --max-length " << opt.max_length
+                          << " were not seen by the model and are tagged O\n";
+            if (opt.format == predict_format::labels) {
+                for (std::size_t k = 0; k < words; ++k) {
+                    if (k) out += ' ';
+                    out += w[k].score < 0 ? std::string("O") : label(w[k].label);
+                }
+            } else {
+                nlohmann::json arr = nlohmann::json::array();
+                for (const auto& p : w)
+                    arr.push_back(
+                        {{"word", lines[i].substr(p.byte_begin, p.byte_end - p.byte_begin)},
+                         {"label", p.score < 0 ? std::string("O") : label(p.label)},
+                         {"score",
+                          p.score < 0 ? nlohmann::json(nullptr) : nlohmann::json(round6(p.score))},
+                         {"start", p.char_begin},
+                         {"end", p.char_end}});
+                out += nlohmann::json{{"words", arr}}.dump();
+            }
+            out += '\n';
+        }
+    }
+}
+
+// Reads stdin in batches and prints the predictions of a model of type Model.
+template <class Model>
+int predict_with(const predict_options& opt) {
+    auto m = ftune::io::load_hf<Model>(opt.model);
+    if (!m.tokenizer)
+        throw ftune::error(ftune::errc::io, opt.model.string(),
+                           "no vocab.txt or tokenizer.json: ftune predict needs the tokenizer");
+    warn_initialized(m.report, opt.model);
+    predict_options o = opt;
+    if (o.max_length == 0) o.max_length = m.model_max_length;
+    if (o.max_length > m.config.model.max_position_embeddings)
+        throw ftune::error(
+            ftune::errc::invalid_argument, "--max-length " + std::to_string(o.max_length),
+            ftune::detail::cat("the model has ", m.config.model.max_position_embeddings,
+                               " positions"));
+    m.model.prepare_inference();
+    std::vector<std::string> lines;
+    std::string line, out;
+    std::size_t first = 1;
+    auto flush = [&] {
+        if (lines.empty()) return;
+        out.clear();
+        predict_batch(m, lines, first, o, out);
+        std::cout << out << std::flush;
+        first += lines.size();
+        lines.clear();
+    };
+    while (std::getline(std::cin, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        lines.push_back(std::move(line));
+        if (lines.size() == o.batch_size) flush();
+    }
+    flush();
+    return 0;
+}
+
+// Runs `ftune predict` with argv[2..]; returns the exit status.
+inline int run_predict(int argc, char** argv) {
+    predict_options opt;
+    bool have_model = false;
+    for (int i = 2; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (i + 1 >= argc)
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a), "expects a value");
+        const std::string v = argv[++i];
+        auto positive = [&] {
+            std::size_t pos = 0;
+            long n = 0;
+            try {
+                n = std::stol(v, &pos);
+            } catch (const std::exception&) {
+            }
+            if (pos != v.size() || n <= 0)
+                throw ftune::error(ftune::errc::invalid_argument, std::string(a) + " " + v,
+                                   "expects a positive integer");
+            return std::size_t(n);
+        };
+        if (a == "--model") {
+            opt.model = v, have_model = true;
+        } else if (a == "--format") {
+            if (v == "logits")
+                opt.format = predict_format::logits;
+            else if (v == "labels")
+                opt.format = predict_format::labels;
+            else if (v == "json")
+                opt.format = predict_format::json;
+            else
+                throw ftune::error(ftune::errc::invalid_argument, "--format " + v,
+                                   "expected logits, labels or json");
+        } else if (a == "--batch-size") {
+            opt.batch_size = positive();
+        } else if (a == "--max-length") {
+            opt.max_length = positive();
+            if (opt.max_length < 3)
+                throw ftune::error(ftune::errc::invalid_argument, "--max-length " + v,
+                                   "needs room for [CLS], a token and [SEP] (at least 3)");
+        } else {
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a),
+                               "unknown option of ftune predict");
+        }
+    }
+    if (!have_model)
+        throw ftune::error(ftune::errc::invalid_argument, "ftune predict",
+                           "--model DIR is required (a Hugging Face model directory)");
+    const std::string arch = architecture_of(opt.model);
+    return with_task_model(arch, [&](auto tag) -> int {
+        using Model = typename decltype(tag)::type;
+        if constexpr (Model::task == ftune::bert::task::sequence_classification ||
+                      Model::task == ftune::bert::task::token_classification) {
+            return predict_with<Model>(opt);
+        } else {
+            throw ftune::error(
+                ftune::errc::unsupported, opt.model.string(),
+                "architecture \"" + (arch.empty() ? std::string("BertModel") : arch) +
+                    "\": ftune predict runs BertForSequenceClassification and "
+                    "BertForTokenClassification models (fine-tune a head with ftune train)");
+        }
+    });
+}
+
+// Runs `ftune info` with argv[2..]: what the model directory holds, after loading it.
+inline int run_info(int argc, char** argv) {
+    std::optional<fs::path> dir;
+    for (int i = 2; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (a == "--model" && i + 1 < argc)
+            dir = argv[++i];
+        else
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a),
+                               "unknown option of ftune info (usage: ftune info --model DIR)");
+    }
+    if (!dir)
+        throw ftune::error(ftune::errc::invalid_argument, "ftune info", "--model DIR is required");
+    const std::string arch = architecture_of(*dir);
+    return with_task_model(arch, [&](auto tag) -> int {
+        using Model = typename decltype(tag)::type;
+        auto m = ftune::io::load_hf<Model>(*dir);
+        const auto& c = m.config.model;
+        std::size_t params = 0;
+        m.model.visit_parameters("",
+                                 [&](ftune::parameter_ref<float> p) { params += p.value.size(); });
+        auto list = [](const std::vector<std::string>& v) {
+            std::string s;
+            for (std::size_t i = 0; i < v.size(); ++i) {
+                if (i) s += ", ";
+                s += v[i];
+            }
+            return s;
+        };
+        std::cout << "model         " << fs::absolute(*dir).string() << "\n"
+                  << "architecture  " << (arch.empty() ? "(none given)" : arch) << ", loaded as "
+                  << Model::architecture << "\n"
+                  << "dims          hidden " << c.hidden_size << ", layers " << c.num_hidden_layers
+                  << ", heads " << c.num_attention_heads << ", ffn " << c.intermediate_size
+                  << ", vocab " << c.vocab_size << ", positions " << c.max_position_embeddings
+                  << ", token types " << c.type_vocab_size << "\n"
+                  << "activation    " << m.config.hidden_act << "\n"
+                  << "parameters    " << params << " (" << num(double(params) * 4 / 1048576.0)
+                  << " MiB as float32)\n";
+        if constexpr (requires { m.model.num_labels(); }) {
+            std::vector<std::string> names;
+            for (std::size_t i = 0; i < m.model.num_labels(); ++i)
+                names.push_back(i < m.config.id2label.size() ? m.config.id2label[i]
+                                                             : "LABEL_" + std::to_string(i));
+            std::cout << "labels        " << names.size() << ": " << list(names) << "\n";
+            if (!m.config.problem_type.empty())
+                std::cout << "problem_type  " << m.config.problem_type << "\n";
+        }
+        if (m.tokenizer) {
+            const auto& o = m.tokenizer->options();
+            std::cout << "tokenizer     " << m.tokenizer->vocab().size() << " tokens, "
+                      << (o.lowercase ? "lowercase" : "cased") << ", accents "
+                      << (o.strip_accents.value_or(o.lowercase) ? "stripped" : "kept")
+                      << ", Chinese characters " << (o.chinese_chars ? "split" : "not split")
+                      << ", max length " << m.model_max_length << "\n";
+        } else {
+            std::cout << "tokenizer     none (no vocab.txt or tokenizer.json)\n";
+        }
+        std::cout << "weights       " << m.report.loaded.size() << " loaded";
+        if (!m.report.initialized.empty())
+            std::cout << "; initialized (not in the file): " << list(m.report.initialized);
+        if (!m.report.unexpected.empty()) std::cout << "; unused: " << list(m.report.unexpected);
+        std::cout << "\n";
+        return 0;
+    });
+}
+
+}  // namespace cli
