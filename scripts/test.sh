@@ -13,3 +13,37 @@ scripts/amalgamate.sh --check
 build=${BUILD_DIR:-build}
 ftune_build "$build" -DFTUNE_BUILD_TESTS=ON
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
+
+# The libFuzzer targets of the file parsers (safetensors, config.json, tokenizer_config.json),
+# when Clang is installed: built with AddressSanitizer and run FTUNE_FUZZ_SECONDS (default 20)
+# each from the committed fixtures. A crash or sanitizer report fails the run. Skipped when ctest
+# arguments select a subset, or with FTUNE_FUZZ_SECONDS=0.
+fuzz_seconds=${FTUNE_FUZZ_SECONDS:-20}
+if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
+    fuzz_build="$build-fuzz"
+    CXX=clang++ cmake -S . -B "$fuzz_build" -DCMAKE_BUILD_TYPE=Release -DFTUNE_BUILD_FUZZERS=ON \
+        -DFTUNE_BUILD_TESTS=OFF -DFTUNE_BUILD_EXAMPLES=OFF -DFTUNE_BUILD_BENCH=OFF \
+        -DFTUNE_BUILD_TOOLS=OFF -DFTUNE_INSTALL=OFF >/dev/null
+    cmake --build "$fuzz_build" -j "$(nproc)"
+    fixtures=tests/reference/fixtures
+    rm -rf "$fuzz_build/corpus"
+    mkdir -p "$fuzz_build/corpus/safetensors" "$fuzz_build/corpus/config"
+    cp "$fixtures"/hf_heads/expected.safetensors "$fixtures"/hf_tiny_bert/model.safetensors \
+        "$fuzz_build/corpus/safetensors/"
+    for d in seq token qa mlm; do
+        cp "$fixtures/hf_heads/$d/config.json" "$fuzz_build/corpus/config/$d.json"
+        cp "$fixtures/hf_heads/$d/tokenizer_config.json" "$fuzz_build/corpus/config/tok_$d.json"
+    done
+    for t in safetensors config; do
+        target=fuzz_$t
+        [[ $t == config ]] && target=fuzz_hf_config
+        echo "fuzzing $target for ${fuzz_seconds} s"
+        if ! "$fuzz_build/bin/$target" -max_total_time="$fuzz_seconds" -max_len=100000 \
+            -artifact_prefix="$fuzz_build/" "$fuzz_build/corpus/$t" >"$fuzz_build/$target.log" 2>&1; then
+            tail -n 40 "$fuzz_build/$target.log" >&2
+            echo "ftune: $target found a crash; the input is in $fuzz_build/" >&2
+            exit 1
+        fi
+        tail -n 1 "$fuzz_build/$target.log"
+    done
+fi

@@ -32,15 +32,12 @@ struct hf_config {
     nlohmann::json json = nlohmann::json::object();  ///< the whole file (save_hf keeps the rest)
 };
 
-/// Reads config.json; a missing or malformed field is an ftune::error naming the file and it.
-inline hf_config read_hf_config(const std::filesystem::path& path) {
-    const std::string where = path.string();
-    std::ifstream in(path, std::ios::binary);
-    if (!in || !std::filesystem::is_regular_file(path))
-        throw error(errc::io, where, "cannot open config.json (missing or not a readable file)");
+/// Parses the text of a config.json; `where` (the file) names it in errors. A missing or
+/// malformed field is an ftune::error naming the file and the field.
+inline hf_config parse_hf_config(std::string_view text, const std::string& where) {
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(in);
+        j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
         throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
     }
@@ -54,12 +51,19 @@ inline hf_config read_hf_config(const std::filesystem::path& path) {
         }
         if (!j[key].is_number_unsigned() || j[key].get<std::uint64_t>() == 0)
             throw error(errc::parse, where + ": " + key, "must be a positive integer");
+        if (j[key].get<std::uint64_t>() > (std::uint64_t(1) << 26))  // no product can overflow
+            throw error(errc::parse, where + ": " + key,
+                        ftune::detail::cat(j[key].get<std::uint64_t>(),
+                                           " is beyond any real model (at most 2^26)"));
         out = j[key].get<std::size_t>();
     };
-    auto real = [&](const char* key, double& out) {
+    auto real = [&](const char* key, double& out, double lo, double hi) {
         if (!j.contains(key) || j[key].is_null()) return;
         if (!j[key].is_number()) throw error(errc::parse, where + ": " + key, "must be a number");
         out = j[key].get<double>();
+        if (!(out >= lo && out < hi))  // NaN fails too
+            throw error(errc::parse, where + ": " + key,
+                        ftune::detail::cat(out, " is outside [", lo, ", ", hi, ")"));
     };
     hf_config c;
     size("vocab_size", c.model.vocab_size, true);
@@ -69,11 +73,11 @@ inline hf_config read_hf_config(const std::filesystem::path& path) {
     size("intermediate_size", c.model.intermediate_size, true);
     size("max_position_embeddings", c.model.max_position_embeddings, false);
     size("type_vocab_size", c.model.type_vocab_size, false);
-    real("hidden_dropout_prob", c.model.hidden_dropout_prob);
-    real("attention_probs_dropout_prob", c.model.attention_probs_dropout_prob);
-    real("layer_norm_eps", c.model.layer_norm_eps);
-    real("initializer_range", c.model.initializer_range);
-    real("classifier_dropout", c.model.classifier_dropout);
+    real("hidden_dropout_prob", c.model.hidden_dropout_prob, 0, 1);
+    real("attention_probs_dropout_prob", c.model.attention_probs_dropout_prob, 0, 1);
+    real("layer_norm_eps", c.model.layer_norm_eps, 0, 1);
+    real("initializer_range", c.model.initializer_range, 0, 1e3);
+    real("classifier_dropout", c.model.classifier_dropout, 0, 1);
     if (j.contains("model_type") && j["model_type"] != "bert")
         throw error(errc::unsupported, where + ": model_type",
                     ftune::detail::cat(j["model_type"].dump(),
@@ -133,26 +137,33 @@ inline hf_config read_hf_config(const std::filesystem::path& path) {
     return c;
 }
 
+/// Reads config.json; a missing or malformed field is an ftune::error naming the file and it.
+inline hf_config read_hf_config(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in || !std::filesystem::is_regular_file(path))
+        throw error(errc::io, path.string(),
+                    "cannot open config.json (missing or not a readable file)");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return parse_hf_config(text, path.string());
+}
+
 /// Settings of a BERT tokenizer read from a model directory.
 struct hf_tokenizer_config {
     text::bert_options options;        ///< do_lower_case, strip_accents, tokenize_chinese_chars
     std::size_t model_max_length = 0;  ///< model_max_length (0: not given)
 };
 
-/// Reads tokenizer_config.json (absent: Hugging Face's defaults); malformed JSON is an
-/// ftune::error naming the file.
-inline hf_tokenizer_config read_hf_tokenizer_config(const std::filesystem::path& path) {
+/// Parses the text of a tokenizer_config.json; `where` names it in errors.
+inline hf_tokenizer_config parse_hf_tokenizer_config(std::string_view text,
+                                                     const std::string& where) {
     hf_tokenizer_config c;
-    if (!std::filesystem::exists(path)) return c;
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw error(errc::io, path.string(), "cannot open tokenizer_config.json");
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(in);
+        j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-        throw error(errc::parse, path.string(), ftune::detail::cat("malformed JSON: ", e.what()));
+        throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
     }
-    if (!j.is_object()) throw error(errc::parse, path.string(), "not a JSON object");
+    if (!j.is_object()) throw error(errc::parse, where, "not a JSON object");
     auto flag = [&](const char* key) -> std::optional<bool> {
         if (j.contains(key) && j[key].is_boolean()) return j[key].get<bool>();
         return std::nullopt;
@@ -170,6 +181,17 @@ inline hf_tokenizer_config read_hf_tokenizer_config(const std::filesystem::path&
         j["model_max_length"].get<double>() >= 1 && j["model_max_length"].get<double>() < 1e9)
         c.model_max_length = std::size_t(j["model_max_length"].get<double>());
     return c;
+}
+
+/// Reads tokenizer_config.json (absent: Hugging Face's defaults); malformed JSON is an
+/// ftune::error naming the file.
+inline hf_tokenizer_config read_hf_tokenizer_config(const std::filesystem::path& path) {
+    if (!std::filesystem::exists(path)) return {};
+    std::ifstream in(path, std::ios::binary);
+    if (!in || !std::filesystem::is_regular_file(path))
+        throw error(errc::io, path.string(), "cannot open tokenizer_config.json");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return parse_hf_tokenizer_config(text, path.string());
 }
 
 /// The tokenizer of a model directory: vocab.txt with tokenizer_config.json's settings, or
@@ -361,9 +383,24 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     const auto tok = read_hf_tokenizer_config(dir / "tokenizer_config.json");
     std::size_t max_len = cfg.model.max_position_embeddings;
     if (tok.model_max_length) max_len = std::min(max_len, tok.model_max_length);
+    const safetensors_file f(weights_path);
+    {  // a config describing a far larger model than the file holds is not allocated
+        const auto& k = cfg.model;
+        const double want = double(k.vocab_size + k.max_position_embeddings + k.type_vocab_size) *
+                                double(k.hidden_size) +
+                            double(k.num_hidden_layers) *
+                                (4.0 * double(k.hidden_size) * double(k.hidden_size) +
+                                 2.0 * double(k.hidden_size) * double(k.intermediate_size));
+        double have = 0;
+        for (const auto& t : f.tensors()) have += double(t.numel());
+        if (want > 2 * have + 1e6)
+            throw error(errc::shape_mismatch, (dir / "config.json").string(),
+                        ftune::detail::cat("describes a model of about ", want,
+                                           " weights but model.safetensors holds ", have,
+                                           "; the config does not belong to these weights"));
+    }
     hf_model<Model> m{cfg, std::move(tokenizer), max_len, Model(cfg.model), {}};
 
-    const safetensors_file f(weights_path);
     const bool new_labels = cfg.model.num_labels != file_labels;
     m.report = load_parameters(m.model, "", f, /*allow_missing=*/true, new_labels);
     if constexpr (Model::task == bert::task::masked_lm)  // the decoder is tied to the embeddings

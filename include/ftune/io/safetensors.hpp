@@ -118,6 +118,12 @@ class safetensors_file {
         map_file();
         parse_header();
     }
+    /// Validates safetensors bytes already in memory (an embedded model, a download buffer),
+    /// read in place: `bytes` must outlive the object. `name` stands for the path in messages.
+    safetensors_file(std::span<const unsigned char> bytes, std::string name)
+        : path_(std::move(name)), base_(bytes.data()), size_(bytes.size()) {
+        parse_header();
+    }
     safetensors_file(const safetensors_file&) = delete;
     safetensors_file& operator=(const safetensors_file&) = delete;
     ~safetensors_file() { unmap(); }
@@ -217,6 +223,7 @@ class safetensors_file {
                             ftune::detail::cat("cannot map: ", std::strerror(errno)));
             }
             base_ = static_cast<const unsigned char*>(p);
+            mapped_ = true;
         }
         ::close(fd);
 #else
@@ -230,7 +237,7 @@ class safetensors_file {
 
     void unmap() noexcept {
 #ifdef FTUNE_HAVE_MMAP
-        if (base_ && size_) ::munmap(const_cast<unsigned char*>(base_), size_);
+        if (mapped_) ::munmap(const_cast<unsigned char*>(base_), size_);
 #endif
         base_ = nullptr;
     }
@@ -327,6 +334,7 @@ class safetensors_file {
     std::string path_;
     const unsigned char* base_ = nullptr;  // the whole file
     std::size_t size_ = 0;
+    bool mapped_ = false;  // whether base_ is this object's mmap (else borrowed or copied)
     const unsigned char* data_ = nullptr;  // the data section
     std::vector<tensor_info> tensors_;
     std::map<std::string, std::size_t> index_;

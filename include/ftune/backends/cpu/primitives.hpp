@@ -504,7 +504,8 @@ void cross_entropy_backward(T* dlogits, const T* logits, const token_id* targets
         for (std::size_t r = r0; r < r1; ++r) {
             if (targets[r] == ignore_index) continue;
             const T* z = logits + r * V;
-            const auto [m, s] = row_logsumexp_parts(z, V);
+            const auto parts = row_logsumexp_parts(z, V);  // (max, sum of exp): no structured
+            const T m = std::get<0>(parts), s = std::get<1>(parts);  // binding, for Clang 14
             const B scale(dlosses[r] / s);
             T* d = dlogits + r * V;
             for_each_batch<T>(V, [&](std::size_t v, auto n) {

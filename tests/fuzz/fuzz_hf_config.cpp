@@ -1,0 +1,23 @@
+// libFuzzer target: any text given to the config.json and tokenizer_config.json parsers gives a
+// configuration or an ftune::error, never a crash (built with AddressSanitizer).
+#include <ftune/io/hf.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    const std::string_view text(reinterpret_cast<const char*>(data), size);
+    try {
+        const auto c = ftune::io::parse_hf_config(text, "fuzz/config.json");
+        // a parsed configuration is consistent
+        if (c.model.hidden_size % c.model.num_attention_heads != 0) __builtin_trap();
+        if (!c.id2label.empty() && c.id2label.size() != c.model.num_labels) __builtin_trap();
+    } catch (const ftune::error&) {
+    }
+    try {
+        (void)ftune::io::parse_hf_tokenizer_config(text, "fuzz/tokenizer_config.json");
+    } catch (const ftune::error&) {
+    }
+    return 0;
+}
