@@ -271,6 +271,14 @@ TEST_CASE("load_hf: a new head on a base checkpoint is initialized and listed, a
           std::vector<std::string>{"bert.pooler.dense.bias", "bert.pooler.dense.weight"});
     CHECK(t.report.mismatched == std::vector<std::string>{"classifier.weight", "classifier.bias"});
     CHECK(t.report.initialized == t.report.mismatched);
+    // the same number of labels under other names: a new head too; the same names: kept
+    auto renamed = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+        heads / "seq", {.labels = {"bad", "so-so", "good"}});
+    CHECK(renamed.report.initialized ==
+          std::vector<std::string>{"classifier.weight", "classifier.bias"});
+    auto same = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+        heads / "seq", {.labels = {"negative", "neutral", "positive"}});
+    CHECK(same.report.initialized.empty());
     // static sizes: the checkpoint must agree with them
     using Static = ftune::bert::Encoder<ftune::bert::dims{.hidden = 32, .heads = 4, .ffn = 37}>;
     auto s = ftune::io::load_hf<ftune::bert::sequence_classifier<Static>>(heads / "seq");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <ftune/ftune.hpp>
+#include <ftune/optim.hpp>
 
 namespace cli {
 
@@ -58,7 +59,8 @@ inline double fma_peak_gflops(int threads) {
 // Runs `ftune bench` with its parsed options; returns the exit status.
 inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_t F, std::size_t V,
                      std::size_t B, std::size_t T, bool backward, int steps, int threads,
-                     bool prepack = true) {
+                     bool prepack = true, bool train = false) {
+    backward = backward || train;
     if (threads > 0) ftune::set_num_threads(threads);
     const int nt = ftune::num_threads();
     ftune::bert::config cfg{.vocab_size = V,
@@ -89,6 +91,13 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     }
     ftune::context ctx{.mode = backward ? ftune::mode::train : ftune::mode::eval,
                        .rng = ftune::generator(1)};
+    // train: every parameter, clipped to norm 1 and updated by AdamW (weight decay 0.01)
+    std::vector<ftune::parameter_ref<float>> params;
+    auto collect = [&](ftune::parameter_ref<float> p) { params.push_back(std::move(p)); };
+    encoder.visit_parameters("bert", collect);
+    pooler.visit_parameters("bert.pooler", collect);
+    classifier.visit_parameters("classifier", collect);
+    ftune::optim::adamw<float> adamw({.lr = 1e-5, .weight_decay = 0.01});
     auto step = [&] {
         const auto hidden = encoder.forward(ctx, idv, maskv);
         const auto logits = classifier.forward(ctx, pooler.forward(ctx, hidden));
@@ -104,6 +113,9 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         std::fill(d_hidden.begin(), d_hidden.end(), 0.0f);
         pooler.backward(ctx, {dpooled.data(), B, H}, {d_hidden.data(), B, T, H});
         encoder.backward(ctx, {d_hidden.data(), B, T, H});
+        if (!train) return;
+        ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
+        adamw.step(std::span<const ftune::parameter_ref<float>>(params));
     };
     for (int i = 0; i < 2; ++i) step();  // warm-up: workspaces reach their size
     std::vector<double> ms;
@@ -131,8 +143,11 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         "\"gflops\": %.1f, "
         "\"peak_gflops\": %.1f, \"percent_of_peak\": %.1f, \"peak_rss_mb\": %.1f, "
         "\"prepacked\": %s}\n",
-        backward ? "backward" : "forward", H, L, heads, F, V, B, T, nt, steps, median,
-        N / (median * 1e-3), gflops, peak, 100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
+        train      ? "train"
+        : backward ? "backward"
+                   : "forward",
+        H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
+        100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
         !backward && prepack ? "true" : "false");
     return 0;
 }

@@ -11,6 +11,7 @@
 #include "bench_cmd.hpp"
 #include "predict_cmd.hpp"
 #include "tokenize_cmd.hpp"
+#include "train_cmd.hpp"
 
 namespace {
 
@@ -23,7 +24,7 @@ void usage(std::ostream& os) {
           "  env         print the build configuration (SIMD level, threads, CUDA)\n"
           "  bench       time a random BERT encoder with a 2-way classifier:\n"
           "              --dims H,L,HEADS,FFN [--vocab V] [--batch B] [--seq T]\n"
-          "              [--mode forward|backward] [--steps N] [--threads N]\n"
+          "              [--mode forward|backward|train] [--steps N] [--threads N]\n"
           "              [--prepack on|off]  (forward: weights packed once; default on)\n"
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
           "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
@@ -32,6 +33,15 @@ void usage(std::ostream& os) {
           "              separates the texts of a pair): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
           "  info        what a Hugging Face model directory holds: --model DIR\n"
+          "  train       fine-tune a Hugging Face model on a TSV/CSV (or CoNLL) file:\n"
+          "              --model DIR --train FILE [--valid FILE] --out DIR\n"
+          "              [--task classify|multilabel|regression|ner] [--epochs N] [--lr F]\n"
+          "              [--batch-size N] [--max-length N] [--seed N] [--warmup-ratio F]\n"
+          "              [--weight-decay F] [--freeze none|embeddings|layers:N|encoder]\n"
+          "              [--early-stopping PATIENCE] [--eval-every STEPS] [--grad-accum N]\n"
+          "              [--schedule linear|cosine|constant|polynomial]\n"
+          "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
+          "              [--task ...] [--batch-size N] [--max-length N]\n"
           "  help        print this text\n";
 }
 
@@ -48,7 +58,7 @@ int cmd_env() {
 // Parses `ftune bench` options and runs it.
 int cmd_bench(int argc, char** argv) {
     std::size_t dims[4] = {0, 0, 0, 0}, vocab = 30522, batch = 16, seq = 128;
-    bool backward = true;
+    bool backward = true, train = false;
     int steps = 10, threads = 0;
     bool have_dims = false, prepack = true;
     for (int i = 2; i < argc; ++i) {
@@ -80,10 +90,11 @@ int cmd_bench(int argc, char** argv) {
                                    "expected on or off");
             prepack = v == "on";
         } else if (a == "--mode") {
-            if (v != "forward" && v != "backward")
+            if (v != "forward" && v != "backward" && v != "train")
                 throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
-                                   "expected forward or backward");
-            backward = v == "backward";
+                                   "expected forward, backward or train");
+            backward = v != "forward";
+            train = v == "train";
         } else {
             throw ftune::error(ftune::errc::invalid_argument, std::string(a),
                                "unknown option of ftune bench");
@@ -93,7 +104,7 @@ int cmd_bench(int argc, char** argv) {
         throw ftune::error(ftune::errc::invalid_argument, "ftune bench",
                            "--dims H,L,HEADS,FFN is required");
     return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
-                          threads, prepack);
+                          threads, prepack, train);
 }
 
 }  // namespace
@@ -114,6 +125,8 @@ int main(int argc, char** argv) {
         if (cmd == "tokenize") return cli::run_tokenize(argc, argv);
         if (cmd == "predict") return cli::run_predict(argc, argv);
         if (cmd == "info") return cli::run_info(argc, argv);
+        if (cmd == "train") return cli::run_train(argc, argv);
+        if (cmd == "eval") return cli::run_eval(argc, argv);
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);
             return 0;

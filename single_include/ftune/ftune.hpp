@@ -672,11 +672,22 @@ struct parameter_ref {
     bool decay = true;                     ///< false when weight decay does not apply
     std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
     std::size_t rank = 0;                  ///< number of axes
+    bool* owner_trainable = nullptr;       ///< the owning parameter's flag (nullptr: none)
+
+    /// Freezes (false) or unfreezes (true) the parameter itself, through a visit; references
+    /// collected before keep the old flag: collect them again.
+    void set_trainable(bool on) noexcept {
+        trainable = on;
+        if (owner_trainable) *owner_trainable = on;
+    }
 
     /// The shape as "[768, 3072]".
     std::string shape_string() const {
         std::string s = "[";
-        for (std::size_t i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(extents[i]);
+        for (std::size_t i = 0; i < rank; ++i) {
+            if (i) s += ", ";
+            s += std::to_string(extents[i]);
+        }
         return s + "]";
     }
 };
@@ -718,6 +729,7 @@ struct parameter {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
         parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
         r.rank = Shape::rank;
+        r.owner_trainable = &trainable;
         for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
         return r;
     }
@@ -1010,7 +1022,7 @@ concept layer_for = layer<L> &&
 ///   (targets equal to an ignore index are not counted) and saves what backward needs.
 /// - `backward(d_logits, scale)` ACCUMULATES `scale * d loss / d logits` into d_logits.
 template <class L, class T = typename L::value_type>
-concept loss = scalar<T> &&
+concept loss_function = scalar<T> &&
     requires(L& l, matrix_view<const T> logits, typename L::target_view targets,
              matrix_view<T> d_logits, T scale) {
     { l.forward(logits, targets) } -> std::convertible_to<T>;
@@ -1019,11 +1031,13 @@ concept loss = scalar<T> &&
 
 /// SCHEDULE: the learning rate as a function of the optimizer step.
 ///
-/// - `lr(step)` is pure: the same step gives the same rate, so a resumed run continues exactly.
-/// - step counts from 0 (the first update uses lr(0)).
+/// - `lr_at(step)` is pure: the same step gives the same rate, so a resumed run continues
+///   exactly.
+/// - step counts from 0 (the first update uses lr_at(0); with a warmup that is 0, as Hugging
+///   Face's schedules).
 template <class S>
-concept schedule = requires(const S& s, std::size_t step) {
-    { s.lr(step) } -> std::convertible_to<double>;
+concept lr_schedule = requires(const S& s, std::size_t step) {
+    { s.lr_at(step) } -> std::convertible_to<double>;
 };
 
 /// OPTIMIZER: updates parameters from their gradients.
@@ -3671,13 +3685,13 @@ class embedding {
     using input_view = view<const token_id, shape<dynamic>>;  ///< ids: (N)
     using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
 
-    parameter<T, shape<dynamic, C>>
-        weight;                 ///< the table (vocab, C), Hugging Face "weight"; no decay
+    parameter<T, shape<dynamic, C>> weight;  ///< the table (vocab, C), Hugging Face "weight";
+                                             ///< decays, as in Hugging Face's Trainer
     token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
 
     /// A zero table of `vocab` rows of `features` values.
     explicit embedding(std::size_t vocab = 0, std::size_t features = C)
-        : weight("weight", shape<dynamic, C>(vocab, features), false) {}
+        : weight("weight", shape<dynamic, C>(vocab, features)) {}
 
     /// Gathers the rows of ids (ids outside the table throw out_of_range). Keeps a view of ids.
     output_view forward(context&, input_view ids) {

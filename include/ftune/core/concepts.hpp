@@ -69,7 +69,7 @@ concept layer_for = layer<L> &&
 ///   (targets equal to an ignore index are not counted) and saves what backward needs.
 /// - `backward(d_logits, scale)` ACCUMULATES `scale * d loss / d logits` into d_logits.
 template <class L, class T = typename L::value_type>
-concept loss = scalar<T> &&
+concept loss_function = scalar<T> &&
     requires(L& l, matrix_view<const T> logits, typename L::target_view targets,
              matrix_view<T> d_logits, T scale) {
     { l.forward(logits, targets) } -> std::convertible_to<T>;
@@ -78,11 +78,13 @@ concept loss = scalar<T> &&
 
 /// SCHEDULE: the learning rate as a function of the optimizer step.
 ///
-/// - `lr(step)` is pure: the same step gives the same rate, so a resumed run continues exactly.
-/// - step counts from 0 (the first update uses lr(0)).
+/// - `lr_at(step)` is pure: the same step gives the same rate, so a resumed run continues
+///   exactly.
+/// - step counts from 0 (the first update uses lr_at(0); with a warmup that is 0, as Hugging
+///   Face's schedules).
 template <class S>
-concept schedule = requires(const S& s, std::size_t step) {
-    { s.lr(step) } -> std::convertible_to<double>;
+concept lr_schedule = requires(const S& s, std::size_t step) {
+    { s.lr_at(step) } -> std::convertible_to<double>;
 };
 
 /// OPTIMIZER: updates parameters from their gradients.

@@ -20,11 +20,22 @@ struct parameter_ref {
     bool decay = true;                     ///< false when weight decay does not apply
     std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
     std::size_t rank = 0;                  ///< number of axes
+    bool* owner_trainable = nullptr;       ///< the owning parameter's flag (nullptr: none)
+
+    /// Freezes (false) or unfreezes (true) the parameter itself, through a visit; references
+    /// collected before keep the old flag: collect them again.
+    void set_trainable(bool on) noexcept {
+        trainable = on;
+        if (owner_trainable) *owner_trainable = on;
+    }
 
     /// The shape as "[768, 3072]".
     std::string shape_string() const {
         std::string s = "[";
-        for (std::size_t i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(extents[i]);
+        for (std::size_t i = 0; i < rank; ++i) {
+            if (i) s += ", ";
+            s += std::to_string(extents[i]);
+        }
         return s + "]";
     }
 };
@@ -66,6 +77,7 @@ struct parameter {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
         parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
         r.rank = Shape::rank;
+        r.owner_trainable = &trainable;
         for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
         return r;
     }

@@ -369,6 +369,7 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     }
     hf_config cfg = read_hf_config(dir / "config.json");
     const std::size_t file_labels = cfg.model.num_labels;
+    const std::vector<std::string> file_names = cfg.id2label;
     if (!options.labels.empty()) {
         cfg.id2label = options.labels;
         cfg.model.num_labels = options.labels.size();
@@ -401,8 +402,21 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     }
     hf_model<Model> m{cfg, std::move(tokenizer), max_len, Model(cfg.model), {}};
 
-    const bool new_labels = cfg.model.num_labels != file_labels;
+    // other labels make a new head: another count, or other names than the checkpoint's
+    // (Transformers' default names LABEL_i say nothing)
+    bool named = false;
+    for (std::size_t i = 0; i < file_names.size(); ++i)
+        named |= file_names[i] != "LABEL_" + std::to_string(i);
+    const bool new_labels = cfg.model.num_labels != file_labels ||
+                            (named && !options.labels.empty() && options.labels != file_names);
     m.report = load_parameters(m.model, "", f, /*allow_missing=*/true, new_labels);
+    if constexpr (requires { m.model.num_labels(); })
+        if (new_labels)  // a head of the same shape for other labels: new too
+            std::erase_if(m.report.loaded, [&](const std::string& n) {
+                if (!is_head_parameter(n)) return false;
+                m.report.mismatched.push_back(n);
+                return true;
+            });
     if constexpr (Model::task == bert::task::masked_lm)  // the decoder is tied to the embeddings
         std::erase_if(m.report.unexpected, [](const std::string& n) {
             return n == "cls.predictions.decoder.weight" || n == "cls.predictions.decoder.bias";

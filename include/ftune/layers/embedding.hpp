@@ -18,13 +18,13 @@ class embedding {
     using input_view = view<const token_id, shape<dynamic>>;  ///< ids: (N)
     using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
 
-    parameter<T, shape<dynamic, C>>
-        weight;                 ///< the table (vocab, C), Hugging Face "weight"; no decay
+    parameter<T, shape<dynamic, C>> weight;  ///< the table (vocab, C), Hugging Face "weight";
+                                             ///< decays, as in Hugging Face's Trainer
     token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
 
     /// A zero table of `vocab` rows of `features` values.
     explicit embedding(std::size_t vocab = 0, std::size_t features = C)
-        : weight("weight", shape<dynamic, C>(vocab, features), false) {}
+        : weight("weight", shape<dynamic, C>(vocab, features)) {}
 
     /// Gathers the rows of ids (ids outside the table throw out_of_range). Keeps a view of ids.
     output_view forward(context&, input_view ids) {

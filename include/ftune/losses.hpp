@@ -1,0 +1,224 @@
+// Losses over a model's output rows, with PyTorch's definitions and mean reductions:
+//   loss::cross_entropy    softmax cross-entropy with logits: ignore index, label smoothing,
+//                          class weights (classification, token classification, masked LM)
+//   loss::bce_with_logits  binary cross-entropy with logits, mean over every element (multi-label)
+//   loss::mse              mean squared error (regression)
+// forward(logits, targets) returns the mean loss and saves what backward needs;
+// backward(d_logits, scale) accumulates scale * d loss / d logits (the `loss` concept).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ftune/core/error.hpp"
+#include "ftune/ops.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace loss {
+
+/// Options of cross_entropy (torch.nn.CrossEntropyLoss's arguments).
+struct cross_entropy_options {
+    token_id ignore_index = -100;       ///< targets equal to it count for nothing
+    double label_smoothing = 0;         ///< ε: the target is (1 − ε) one-hot + ε / V uniform
+    std::vector<double> class_weights;  ///< w_c per class (empty: all 1); the mean is weighted
+};
+
+/// Softmax cross-entropy of logits (N, V) against class ids (N). With weights w and smoothing ε,
+/// as PyTorch: loss_i = w_{y_i} (1 − ε) (−log p_{i,y_i}) + (ε / V) Σ_c w_c (−log p_{i,c}), and
+/// the mean divides by Σ_i w_{y_i} over the rows not ignored (0 when every row is ignored).
+template <scalar T>
+class cross_entropy {
+  public:
+    using value_type = T;                                      ///< scalar type
+    using target_view = view<const token_id, shape<dynamic>>;  ///< class id per row (N)
+
+    cross_entropy_options options;  ///< ignore index, smoothing, weights
+
+    /// A loss with the given options (checked when used).
+    explicit cross_entropy(cross_entropy_options o = {}) : options(std::move(o)) {}
+
+    /// The mean loss of logits (N, V) for targets (N); saves the logits' view for backward.
+    T forward(matrix_view<const T> logits, target_view targets) {
+        const std::size_t N = logits.extent(0), V = logits.extent(1);
+        check(N, V, targets);
+        logits_ = logits, targets_ = targets;
+        const double eps = options.label_smoothing;
+        const auto& w = options.class_weights;
+        if (eps == 0 && w.empty()) {  // the common case: the vectorized primitive
+            losses_.resize(shape<dynamic>(N));
+            const std::size_t n = backend::cpu::cross_entropy_forward(
+                losses_.data(), logits.data(), targets.data(), N, V, options.ignore_index);
+            denom_ = double(n);
+            double s = 0;
+            for (std::size_t i = 0; i < N; ++i) s += double(losses_.data()[i]);
+            return n ? T(s / denom_) : T(0);
+        }
+        double total = 0;
+        denom_ = 0;
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = targets.data()[i];
+            if (y == options.ignore_index) continue;
+            const T* z = logits.data() + i * V;
+            const double lse = log_sum_exp(z, V);
+            const double wy = w.empty() ? 1.0 : w[std::size_t(y)];
+            double smooth = 0;  // Σ_c w_c (−log p_c)
+            if (eps != 0)
+                for (std::size_t c = 0; c < V; ++c)
+                    smooth += (w.empty() ? 1.0 : w[c]) * (lse - double(z[c]));
+            total += wy * (1 - eps) * (lse - double(z[y])) + eps / double(V) * smooth;
+            denom_ += wy;
+        }
+        return denom_ > 0 ? T(total / denom_) : T(0);
+    }
+
+    /// d_logits (N, V) += scale * d loss / d logits of the last forward.
+    void backward(matrix_view<T> d_logits, T scale) {
+        const std::size_t N = logits_.extent(0), V = logits_.extent(1);
+        if (d_logits.extent(0) != N || d_logits.extent(1) != V)
+            throw error(errc::shape_mismatch, "cross_entropy::backward",
+                        "d_logits must have the shape of the last forward's logits");
+        if (denom_ == 0) return;
+        const double eps = options.label_smoothing;
+        const auto& w = options.class_weights;
+        if (eps == 0 && w.empty()) {
+            dl_.resize(shape<dynamic>(N));
+            for (std::size_t i = 0; i < N; ++i) dl_.data()[i] = T(double(scale) / denom_);
+            backend::cpu::cross_entropy_backward(d_logits.data(), logits_.data(), targets_.data(),
+                                                 dl_.data(), N, V, options.ignore_index);
+            return;
+        }
+        double wsum = 0;  // Σ_c w_c
+        for (std::size_t c = 0; c < V; ++c) wsum += w.empty() ? 1.0 : w[c];
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = targets_.data()[i];
+            if (y == options.ignore_index) continue;
+            const T* z = logits_.data() + i * V;
+            T* d = d_logits.data() + i * V;
+            const double lse = log_sum_exp(z, V), k = double(scale) / denom_;
+            const double wy = w.empty() ? 1.0 : w[std::size_t(y)];
+            // d/dz_j: w_y (1 − ε)(p_j − δ_jy) + (ε / V)(p_j Σ_c w_c − w_j)
+            for (std::size_t j = 0; j < V; ++j) {
+                const double p = std::exp(double(z[j]) - lse);
+                const double wj = w.empty() ? 1.0 : w[j];
+                d[j] += T(k * (wy * (1 - eps) * (p - (token_id(j) == y ? 1.0 : 0.0)) +
+                               eps / double(V) * (p * wsum - wj)));
+            }
+        }
+    }
+
+  private:
+    void check(std::size_t N, std::size_t V, target_view targets) const {
+        if (targets.extent(0) != N)
+            throw error(errc::shape_mismatch, "cross_entropy",
+                        ftune::detail::cat(N, " rows of logits but ", targets.extent(0),
+                                           " targets; give one class id per row"));
+        if (!(options.label_smoothing >= 0 && options.label_smoothing <= 1))
+            throw error(errc::invalid_argument, "cross_entropy: label_smoothing",
+                        ftune::detail::cat(options.label_smoothing, " is outside [0, 1]"));
+        if (!options.class_weights.empty() && options.class_weights.size() != V)
+            throw error(errc::shape_mismatch, "cross_entropy: class_weights",
+                        ftune::detail::cat(options.class_weights.size(), " weights for ", V,
+                                           " classes; give one per class"));
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = targets.data()[i];
+            if (y != options.ignore_index && (y < 0 || std::size_t(y) >= V))
+                throw error(
+                    errc::out_of_range, "cross_entropy",
+                    ftune::detail::cat("target ", y, " of row ", i, " is outside [0, ", V,
+                                       ") and is not the ignore index ", options.ignore_index));
+        }
+    }
+    static double log_sum_exp(const T* z, std::size_t V) {
+        double m = double(*std::max_element(z, z + V)), s = 0;
+        for (std::size_t c = 0; c < V; ++c) s += std::exp(double(z[c]) - m);
+        return m + std::log(s);
+    }
+
+    matrix_view<const T> logits_;            // the last forward's logits (N, V)
+    target_view targets_;                    // and targets (N)
+    double denom_ = 0;                       // Σ w_{y_i} over counted rows
+    buffer<T, shape<dynamic>> losses_, dl_;  // (N) per-row losses, d loss / d row loss
+};
+
+/// Binary cross-entropy with logits, mean over every element (torch.nn.BCEWithLogitsLoss):
+/// loss = mean(max(z, 0) − z y + log(1 + exp(−|z|))) for targets y in [0, 1].
+template <scalar T>
+class bce_with_logits {
+  public:
+    using value_type = T;                                        ///< scalar type
+    using target_view = view<const T, shape<dynamic, dynamic>>;  ///< (N, L) targets in [0, 1]
+
+    /// The mean loss of logits (N, L) against targets (N, L).
+    T forward(matrix_view<const T> logits, target_view targets) {
+        if (targets.extent(0) != logits.extent(0) || targets.extent(1) != logits.extent(1))
+            throw error(errc::shape_mismatch, "bce_with_logits",
+                        "targets must have the logits' shape (one 0/1 value per label)");
+        logits_ = logits, targets_ = targets;
+        const std::size_t n = logits.size();
+        double s = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            const double z = logits.data()[i], y = targets.data()[i];
+            s += std::max(z, 0.0) - z * y + std::log1p(std::exp(-std::abs(z)));
+        }
+        return n ? T(s / double(n)) : T(0);
+    }
+
+    /// d_logits += scale * (sigmoid(z) − y) / (N L).
+    void backward(matrix_view<T> d_logits, T scale) {
+        const std::size_t n = logits_.size();
+        if (d_logits.size() != n)
+            throw error(errc::shape_mismatch, "bce_with_logits::backward",
+                        "d_logits must have the shape of the last forward's logits");
+        for (std::size_t i = 0; i < n; ++i) {
+            const double z = logits_.data()[i];
+            d_logits.data()[i] +=
+                T(double(scale) * (1 / (1 + std::exp(-z)) - targets_.data()[i]) / double(n));
+        }
+    }
+
+  private:
+    matrix_view<const T> logits_;  // (N, L)
+    target_view targets_;          // (N, L)
+};
+
+/// Mean squared error (torch.nn.MSELoss): loss = mean((z − y)²) over every element.
+template <scalar T>
+class mse {
+  public:
+    using value_type = T;                                        ///< scalar type
+    using target_view = view<const T, shape<dynamic, dynamic>>;  ///< (N, L) target values
+
+    /// The mean squared difference of predictions (N, L) and targets (N, L).
+    T forward(matrix_view<const T> pred, target_view targets) {
+        if (targets.extent(0) != pred.extent(0) || targets.extent(1) != pred.extent(1))
+            throw error(errc::shape_mismatch, "mse",
+                        "targets must have the predictions' shape (one value per output)");
+        pred_ = pred, targets_ = targets;
+        double s = 0;
+        for (std::size_t i = 0; i < pred.size(); ++i) {
+            const double d = double(pred.data()[i]) - double(targets.data()[i]);
+            s += d * d;
+        }
+        return pred.size() ? T(s / double(pred.size())) : T(0);
+    }
+
+    /// d_pred += scale * 2 (z − y) / (N L).
+    void backward(matrix_view<T> d_pred, T scale) {
+        const std::size_t n = pred_.size();
+        if (d_pred.size() != n)
+            throw error(errc::shape_mismatch, "mse::backward",
+                        "d_pred must have the shape of the last forward's predictions");
+        for (std::size_t i = 0; i < n; ++i)
+            d_pred.data()[i] +=
+                T(double(scale) * 2 * (double(pred_.data()[i]) - double(targets_.data()[i])) /
+                  double(n));
+    }
+
+  private:
+    matrix_view<const T> pred_;  // (N, L)
+    target_view targets_;        // (N, L)
+};
+
+}  // namespace loss
+FTUNE_NAMESPACE_END

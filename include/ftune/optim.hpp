@@ -1,0 +1,315 @@
+// Optimizers (AdamW, SGD), learning-rate schedules and gradient clipping, with PyTorch's and
+// Hugging Face's definitions (step for step equal to torch.optim on tests/reference/optim_parity.py
+// fixtures).
+//
+//   optim::adamw / optim::sgd   step(params) updates every trainable parameter from its gradient;
+//                               frozen parameters are skipped and own no state
+//   optim::param_group          per-name-prefix learning-rate scale and weight decay
+//   schedule::constant / linear / cosine / polynomial    lr(step), warmup in steps
+//   optim::clip_grad_norm       the global L2 norm of the gradients, scaled down to max_norm
+#pragma once
+
+#include <cmath>
+#include <numbers>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ftune/core/error.hpp"
+#include "ftune/core/parameter.hpp"
+#include "ftune/ops.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace optim {
+
+/// Settings for the parameters whose name starts with `prefix` (the first matching group wins):
+/// e.g. {.prefix = "classifier.", .lr_scale = 10} or {.prefix = "bert.embeddings.", .lr_scale =
+/// 0.1}. Parameters whose decay flag is off (biases, LayerNorm weights) never decay.
+struct param_group {
+    std::string prefix;                  ///< name prefix ("" matches every parameter)
+    double lr_scale = 1;                 ///< multiplies the learning rate
+    std::optional<double> weight_decay;  ///< replaces the optimizer's weight decay
+};
+
+/// Every parameter of a model (visit_parameters with prefix ""), frozen ones included.
+template <class Model>
+std::vector<parameter_ref<typename Model::value_type>> parameters_of(Model& model) {
+    std::vector<parameter_ref<typename Model::value_type>> v;
+    model.visit_parameters(
+        "", [&](parameter_ref<typename Model::value_type> p) { v.push_back(std::move(p)); });
+    return v;
+}
+
+namespace detail {
+/// The group of a parameter name (nullptr: none).
+inline const param_group* group_of(const std::vector<param_group>& groups,
+                                   const std::string& name) {
+    for (const auto& g : groups)
+        if (name.starts_with(g.prefix)) return &g;
+    return nullptr;
+}
+/// Checks that step() sees the same parameters in the same order every time.
+template <scalar T>
+void check_same_params(const std::vector<std::string>& names, std::size_t sizes_count,
+                       std::span<const parameter_ref<T>> params, const char* who) {
+    if (names.size() != params.size() || sizes_count != params.size())
+        throw error(
+            errc::invalid_argument, who,
+            ftune::detail::cat("step() was given ", params.size(), " parameters but earlier ",
+                               names.size(), "; pass the same parameters every step"));
+    for (std::size_t i = 0; i < params.size(); ++i)
+        if (names[i] != params[i].name)
+            throw error(errc::invalid_argument, who,
+                        "parameter " + std::to_string(i) + " was \"" + names[i] +
+                            "\" and is now \"" + params[i].name +
+                            "\"; pass the same parameters every step");
+}
+}  // namespace detail
+
+/// Options of adamw (torch.optim.AdamW's, bias correction always on).
+struct adamw_options {
+    double lr = 5e-5;           ///< base learning rate (a schedule sets the current one)
+    double beta1 = 0.9;         ///< first-moment decay
+    double beta2 = 0.999;       ///< second-moment decay
+    double eps = 1e-8;          ///< denominator term
+    double weight_decay = 0.0;  ///< decoupled decay λ: θ ← θ − ηλθ (Hugging Face's default 0)
+    std::vector<param_group> groups;  ///< per-prefix learning-rate scale and decay
+};
+
+/// AdamW with decoupled weight decay, as torch.optim.AdamW: θ ← θ(1 − ηλ), then the Adam step
+/// with bias correction. Moments are allocated at the first step for trainable parameters only.
+template <scalar T>
+class adamw {
+  public:
+    using value_type = T;   ///< scalar type
+    adamw_options options;  ///< hyper-parameters; options.lr is the rate of the next step
+
+    /// An optimizer with the given options.
+    explicit adamw(adamw_options o = {}) : options(std::move(o)) {}
+
+    /// Sets the learning rate of the next steps (called by a schedule each step).
+    void set_lr(double lr) noexcept { options.lr = lr; }
+    /// Number of steps taken.
+    std::size_t step_count() const noexcept { return steps_; }
+
+    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
+    void step(std::span<const parameter_ref<T>> params) {
+        if (names_.empty() && steps_ == 0) {
+            for (const auto& p : params) {
+                names_.push_back(p.name);
+                m_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
+                v_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
+            }
+        }
+        detail::check_same_params(names_, m_.size(), params, "adamw::step");
+        ++steps_;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const auto& p = params[i];
+            if (!p.trainable) continue;
+            if (m_[i].size() != p.value.size())  // unfrozen after the first step
+                m_[i].assign(p.value.size(), T(0)), v_[i].assign(p.value.size(), T(0));
+            const param_group* g = detail::group_of(options.groups, p.name);
+            adamw_params h{.lr = options.lr * (g ? g->lr_scale : 1.0),
+                           .beta1 = options.beta1,
+                           .beta2 = options.beta2,
+                           .eps = options.eps,
+                           .weight_decay = p.decay ? (g && g->weight_decay ? *g->weight_decay
+                                                                           : options.weight_decay)
+                                                   : 0.0,
+                           .step = steps_};
+            backend::cpu::adamw_update(p.value.data(), p.grad.data(), m_[i].data(), v_[i].data(),
+                                       p.value.size(), h);
+        }
+    }
+
+    /// Visits the state for saving or restoring: f(name, span) for every parameter's first and
+    /// second moments ("<param>.exp_avg", "<param>.exp_avg_sq"); the step count is step_count().
+    template <class F>
+    void visit_state(F&& f) {
+        for (std::size_t i = 0; i < names_.size(); ++i) {
+            f(names_[i] + ".exp_avg", std::span<T>(m_[i]));
+            f(names_[i] + ".exp_avg_sq", std::span<T>(v_[i]));
+        }
+    }
+    /// Restores the step count (with visit_state for the moments).
+    void set_step_count(std::size_t n) noexcept { steps_ = n; }
+
+  private:
+    std::size_t steps_ = 0;
+    std::vector<std::string> names_;     // parameter names, in step() order
+    std::vector<std::vector<T>> m_, v_;  // first and second moments (empty: frozen)
+};
+
+/// Options of sgd (torch.optim.SGD's).
+struct sgd_options {
+    double lr = 1e-2;                 ///< base learning rate
+    double momentum = 0;              ///< momentum factor (0: plain SGD)
+    double dampening = 0;             ///< dampening of the momentum
+    double weight_decay = 0;          ///< L2 penalty added to the gradient (coupled, as PyTorch)
+    bool nesterov = false;            ///< Nesterov momentum (needs momentum > 0, dampening 0)
+    std::vector<param_group> groups;  ///< per-prefix learning-rate scale and decay
+};
+
+/// SGD with momentum / Nesterov, as torch.optim.SGD.
+template <scalar T>
+class sgd {
+  public:
+    using value_type = T;  ///< scalar type
+    sgd_options options;   ///< hyper-parameters; options.lr is the rate of the next step
+
+    /// An optimizer with the given options (Nesterov without momentum is an error).
+    explicit sgd(sgd_options o = {}) : options(std::move(o)) {
+        if (options.nesterov && (options.momentum <= 0 || options.dampening != 0))
+            throw error(errc::invalid_argument, "sgd",
+                        "Nesterov momentum needs momentum > 0 and dampening 0 (as PyTorch)");
+    }
+
+    /// Sets the learning rate of the next steps.
+    void set_lr(double lr) noexcept { options.lr = lr; }
+    /// Number of steps taken.
+    std::size_t step_count() const noexcept { return steps_; }
+
+    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
+    void step(std::span<const parameter_ref<T>> params) {
+        if (names_.empty() && steps_ == 0)
+            for (const auto& p : params) {
+                names_.push_back(p.name);
+                buf_.emplace_back();
+            }
+        detail::check_same_params(names_, buf_.size(), params, "sgd::step");
+        ++steps_;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const auto& p = params[i];
+            if (!p.trainable) continue;
+            const bool first = options.momentum != 0 && buf_[i].size() != p.value.size();
+            if (first) buf_[i].assign(p.value.size(), T(0));
+            const param_group* g = detail::group_of(options.groups, p.name);
+            sgd_params h{.lr = options.lr * (g ? g->lr_scale : 1.0),
+                         .momentum = options.momentum,
+                         .dampening = options.dampening,
+                         .weight_decay = p.decay ? (g && g->weight_decay ? *g->weight_decay
+                                                                         : options.weight_decay)
+                                                 : 0.0,
+                         .nesterov = options.nesterov,
+                         .first_step = first};
+            backend::cpu::sgd_update(p.value.data(), p.grad.data(),
+                                     options.momentum != 0 ? buf_[i].data() : nullptr,
+                                     p.value.size(), h);
+        }
+    }
+
+    /// Visits the momentum buffers ("<param>.momentum_buffer"; empty before the first step).
+    template <class F>
+    void visit_state(F&& f) {
+        for (std::size_t i = 0; i < names_.size(); ++i)
+            f(names_[i] + ".momentum_buffer", std::span<T>(buf_[i]));
+    }
+    /// Restores the step count.
+    void set_step_count(std::size_t n) noexcept { steps_ = n; }
+
+  private:
+    std::size_t steps_ = 0;
+    std::vector<std::string> names_;   // parameter names, in step() order
+    std::vector<std::vector<T>> buf_;  // momentum buffers (empty: none yet, or frozen)
+};
+
+/// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
+/// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns
+/// the norm before clipping. A non-finite norm is an error naming it (the step would be garbage).
+template <scalar T>
+double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm) {
+    double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no allocation)
+    for (const auto& p : params)
+        if (p.trainable) sq += backend::cpu::sum_squares(p.grad.data(), p.grad.size());
+    const double norm = std::sqrt(sq);
+    if (!std::isfinite(norm))
+        throw error(errc::invalid_argument, "clip_grad_norm",
+                    "the gradient norm is not finite (NaN or inf: a diverging loss? lower the "
+                    "learning rate)");
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1)
+        for (const auto& p : params)
+            if (p.trainable) backend::cpu::scale(p.grad.data(), T(coef), p.grad.size());
+    return norm;
+}
+
+}  // namespace optim
+
+namespace schedule {
+
+/// The warmup length for a ratio of the total steps, as Hugging Face (ceil(ratio * total)).
+inline std::size_t warmup_steps(double ratio, std::size_t total_steps) {
+    if (!(ratio >= 0 && ratio <= 1))
+        throw error(errc::invalid_argument, "warmup ratio",
+                    ftune::detail::cat(ratio, " is outside [0, 1]"));
+    return std::size_t(std::ceil(ratio * double(total_steps)));
+}
+
+namespace detail {
+/// lr * step / warmup during the warmup (Hugging Face's schedules start at 0).
+inline double warmup_factor(std::size_t step, std::size_t warmup) {
+    return double(step) / double(std::max<std::size_t>(1, warmup));
+}
+}  // namespace detail
+
+/// A constant rate after an optional linear warmup (get_constant_schedule_with_warmup).
+struct constant {
+    double lr;               ///< the rate
+    std::size_t warmup = 0;  ///< warmup steps
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        return step < warmup ? lr * detail::warmup_factor(step, warmup) : lr;
+    }
+};
+
+/// Linear warmup to lr, then linear decay to 0 at total steps (get_linear_schedule_with_warmup,
+/// Hugging Face's default).
+struct linear {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        return lr * std::max(0.0, double(total - std::min(step, total)) /
+                                      double(std::max<std::size_t>(1, total - warmup)));
+    }
+};
+
+/// Linear warmup, then a cosine from lr to 0 over `cycles` half-waves (0.5: one half cosine)
+/// (get_cosine_schedule_with_warmup).
+struct cosine {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    double cycles = 0.5;     ///< number of cosine waves
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        const double progress =
+            double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
+        return lr * std::max(0.0, 0.5 * (1 + std::cos(std::numbers::pi * cycles * 2 * progress)));
+    }
+};
+
+/// Linear warmup, then a polynomial decay from lr to lr_end (get_polynomial_decay_schedule_with
+/// _warmup; power 1 is linear to lr_end).
+struct polynomial {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    double lr_end = 1e-7;    ///< the rate after total steps
+    double power = 1;        ///< exponent of the decay
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        if (step > total) return lr_end;
+        const double left =
+            1 - double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
+        return (lr - lr_end) * std::pow(left, power) + lr_end;
+    }
+};
+
+}  // namespace schedule
+FTUNE_NAMESPACE_END

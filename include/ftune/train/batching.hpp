@@ -1,0 +1,215 @@
+// From read data to padded batches: encoding labelled texts and tagged sentences with a BERT
+// tokenizer, deterministic length-bucketed batch order, and dynamic padding.
+#pragma once
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ftune/core/rng.hpp"
+#include "ftune/data/readers.hpp"
+#include "ftune/tokenize/bert.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace train {
+
+/// What a model learns from the labels.
+enum class task {
+    classify,    ///< one class per text (cross-entropy)
+    multilabel,  ///< any subset of labels per text (binary cross-entropy); labels joined by ','
+    regression,  ///< one real value per text (mean squared error)
+    ner,         ///< one tag per word (cross-entropy on each word's first wordpiece)
+};
+
+/// One encoded example.
+struct example {
+    std::vector<token_id> ids;     ///< [CLS] ... [SEP] (...[SEP])
+    std::vector<token_id> types;   ///< segment ids
+    std::vector<token_id> labels;  ///< classify: {class}; ner: one per position (-100: none)
+    std::vector<float> targets;    ///< multilabel: L values in {0, 1}; regression: {value}
+};
+
+/// A padded batch, (B, T) row-major.
+struct batch {
+    std::size_t B = 0, T = 0;                ///< sizes
+    std::vector<token_id> ids, mask, types;  ///< (B, T)
+    std::vector<token_id> labels;            ///< (B) or (B, T) for ner
+    std::vector<float> targets;              ///< (B, L)
+};
+
+/// The label ids of label names: integers keep their value when every label is an integer
+/// (0..n-1 as written), names are sorted (as Hugging Face datasets' ClassLabel), or follow
+/// `known` (a checkpoint's id2label) when it holds every name.
+inline std::vector<std::string> label_names(const std::vector<std::string>& seen,
+                                            const std::vector<std::string>& known = {}) {
+    std::vector<std::string> names(seen);
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    if (!known.empty() && std::all_of(names.begin(), names.end(), [&](const std::string& n) {
+            return std::find(known.begin(), known.end(), n) != known.end();
+        }))
+        return known;
+    const bool integers = !names.empty() && std::all_of(names.begin(), names.end(), [](auto& n) {
+        return !n.empty() && n.size() < 9 &&
+               std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; });
+    });
+    if (integers) {
+        std::size_t top = 0;
+        for (const auto& n : names) top = std::max<std::size_t>(top, std::stoul(n));
+        std::vector<std::string> by_id(top + 1);
+        for (std::size_t i = 0; i <= top; ++i)
+            by_id[i] = i < known.size() ? known[i] : std::to_string(i);
+        return by_id;
+    }
+    return names;
+}
+
+namespace detail {
+inline token_id label_id(const std::vector<std::string>& names, const std::string& label,
+                         const std::string& where) {
+    const auto it = std::find(names.begin(), names.end(), label);
+    if (it != names.end()) return token_id(it - names.begin());
+    // integer labels may be written as numbers while names come from a checkpoint
+    if (!label.empty() &&
+        std::all_of(label.begin(), label.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+        label.size() < 9 && std::stoul(label) < names.size())
+        return token_id(std::stoul(label));
+    throw error(errc::out_of_range, where,
+                "label \"" + label + "\" is not one of the model's " +
+                    std::to_string(names.size()) + " labels");
+}
+}  // namespace detail
+
+/// Encodes labelled texts for `t` (classify, multilabel, regression) with labels `names`
+/// (ignored for regression), truncated to max_length tokens.
+inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::text_dataset& d,
+                                   task t, const std::vector<std::string>& names,
+                                   std::size_t max_length) {
+    std::vector<example> out;
+    out.reserve(d.rows.size());
+    for (const auto& r : d.rows) {
+        const std::string where = ftune::detail::cat(d.path, ":", r.line);
+        const auto e = tok.encode(
+            r.text, d.pairs ? std::optional<std::string_view>(r.text_pair) : std::nullopt,
+            {.max_length = max_length});
+        example x{e.ids, e.type_ids, {}, {}};
+        if (t == task::classify) {
+            x.labels = {detail::label_id(names, r.label, where)};
+        } else if (t == task::multilabel) {
+            x.targets.assign(names.size(), 0.0f);
+            std::size_t a = 0;
+            while (a <= r.label.size()) {
+                std::size_t b = r.label.find(',', a);
+                if (b == std::string::npos) b = r.label.size();
+                if (b > a)
+                    x.targets[std::size_t(
+                        detail::label_id(names, r.label.substr(a, b - a), where))] = 1;
+                a = b + 1;
+            }
+        } else if (t == task::regression) {
+            try {
+                std::size_t pos = 0;
+                x.targets = {std::stof(r.label, &pos)};
+                if (pos != r.label.size()) throw std::invalid_argument("trailing");
+            } catch (const std::exception&) {
+                throw error(errc::parse, where,
+                            "regression label \"" + r.label + "\" is not a number");
+            }
+        } else {
+            throw error(errc::invalid_argument, where, "ner data come from read_conll");
+        }
+        out.push_back(std::move(x));
+    }
+    return out;
+}
+
+/// Encodes tagged sentences for token classification: each word is tokenized on its own; its
+/// first wordpiece carries the tag, the others and [CLS]/[SEP] carry -100 (ignored), as Hugging
+/// Face's token-classification recipe. Words past max_length are cut.
+inline std::vector<example> encode(const text::bert_tokenizer& tok,
+                                   const std::vector<data::tagged_sentence>& sentences,
+                                   const std::vector<std::string>& names, std::size_t max_length,
+                                   const std::string& path = "") {
+    std::vector<example> out;
+    out.reserve(sentences.size());
+    std::vector<text::token_info> pieces;
+    for (const auto& s : sentences) {
+        example x;
+        x.ids.push_back(tok.cls_id());
+        x.labels.push_back(-100);
+        for (std::size_t w = 0; w < s.tokens.size(); ++w) {
+            pieces.clear();
+            tok.tokenize(s.tokens[w], pieces);
+            const token_id tag =
+                detail::label_id(names, s.tags[w], ftune::detail::cat(path, ":", s.line + w));
+            for (std::size_t k = 0; k < pieces.size(); ++k) {
+                if (max_length && x.ids.size() + 1 >= max_length) break;
+                x.ids.push_back(pieces[k].id);
+                x.labels.push_back(k == 0 ? tag : -100);
+            }
+        }
+        x.ids.push_back(tok.sep_id());
+        x.labels.push_back(-100);
+        x.types.assign(x.ids.size(), 0);
+        out.push_back(std::move(x));
+    }
+    return out;
+}
+
+/// The order of one epoch as batches of example indices. With shuffle, a permutation drawn from
+/// (seed, epoch) — the same on any thread count and after a resume. With bucket, indices are
+/// sorted by length within windows of 50 batches before batching (less padding, as Hugging
+/// Face's group_by_length), and the batches are shuffled again.
+inline std::vector<std::vector<std::size_t>> batch_order(const std::vector<example>& xs,
+                                                         std::size_t batch_size, bool shuffle,
+                                                         bool bucket, std::uint64_t seed,
+                                                         std::uint64_t epoch) {
+    std::vector<std::size_t> idx(xs.size());
+    std::iota(idx.begin(), idx.end(), std::size_t(0));
+    const random_stream s(seed, 1000 + 2 * epoch), s2(seed, 1001 + 2 * epoch);
+    if (shuffle) ftune::shuffle(std::span<std::size_t>(idx), s);
+    if (bucket) {
+        const std::size_t window = 50 * batch_size;
+        for (std::size_t a = 0; a < idx.size(); a += window) {
+            const auto end = idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + window));
+            std::stable_sort(
+                idx.begin() + std::ptrdiff_t(a), end,
+                [&](std::size_t i, std::size_t j) { return xs[i].ids.size() > xs[j].ids.size(); });
+        }
+    }
+    std::vector<std::vector<std::size_t>> batches;
+    for (std::size_t a = 0; a < idx.size(); a += batch_size)
+        batches.emplace_back(idx.begin() + std::ptrdiff_t(a),
+                             idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + batch_size)));
+    if (shuffle && bucket) ftune::shuffle(std::span<std::vector<std::size_t>>(batches), s2);
+    return batches;
+}
+
+/// Pads the examples `which` into one batch (to the longest; [PAD] = pad_id, mask 0, and for
+/// per-token labels -100).
+inline batch collate(const std::vector<example>& xs, std::span<const std::size_t> which,
+                     token_id pad_id, bool per_token) {
+    batch b;
+    b.B = which.size();
+    for (auto i : which) b.T = std::max(b.T, xs[i].ids.size());
+    b.ids.assign(b.B * b.T, pad_id), b.mask.assign(b.B * b.T, 0), b.types.assign(b.B * b.T, 0);
+    if (per_token) b.labels.assign(b.B * b.T, -100);
+    for (std::size_t r = 0; r < b.B; ++r) {
+        const auto& x = xs[which[r]];
+        std::copy(x.ids.begin(), x.ids.end(), b.ids.begin() + std::ptrdiff_t(r * b.T));
+        std::copy(x.types.begin(), x.types.end(), b.types.begin() + std::ptrdiff_t(r * b.T));
+        std::fill_n(b.mask.begin() + std::ptrdiff_t(r * b.T), x.ids.size(), 1);
+        if (per_token)
+            std::copy(x.labels.begin(), x.labels.end(), b.labels.begin() + std::ptrdiff_t(r * b.T));
+        else
+            b.labels.insert(b.labels.end(), x.labels.begin(), x.labels.end());
+        b.targets.insert(b.targets.end(), x.targets.begin(), x.targets.end());
+    }
+    return b;
+}
+
+}  // namespace train
+FTUNE_NAMESPACE_END

@@ -1,0 +1,557 @@
+// The fine-tuning loop: a task model, a loss chosen by the task, AdamW with Hugging Face's
+// parameter groups, a schedule, gradient clipping and accumulation, freezing, periodic
+// evaluation with early stopping that restores the best weights, progress on a terminal or as
+// plain lines, a JSON-lines log and an SVG plot of the curves.
+//
+//   train::trainer<bert::sequence_classifier<>> t(model, {.t = train::task::classify, ...});
+//   auto result = t.fit(train_examples, valid_examples);
+//   auto scores = t.evaluate(test_examples);
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ftune/losses.hpp"
+#include "ftune/models/bert_tasks.hpp"
+#include "ftune/optim.hpp"
+#include "ftune/train/batching.hpp"
+#include "ftune/train/metrics.hpp"
+
+#if __has_include(<unistd.h>)
+#include <unistd.h>
+#define FTUNE_HAVE_ISATTY 1
+#endif
+
+FTUNE_NAMESPACE_BEGIN
+namespace train {
+
+/// Which parameters stay fixed during training.
+struct freeze {
+    enum class kind { none, embeddings, layers, encoder } what = kind::none;  ///< the choice
+    std::size_t layers = 0;  ///< kind::layers: the embeddings and the lowest `layers` layers
+
+    /// "none", "embeddings", "layers:N" or "encoder" (everything but the head).
+    static freeze parse(const std::string& s) {
+        if (s == "none") return {};
+        if (s == "embeddings") return {kind::embeddings, 0};
+        if (s == "encoder") return {kind::encoder, 0};
+        if (s.starts_with("layers:")) {
+            std::size_t n = 0, pos = 0;
+            try {
+                n = std::stoul(s.substr(7), &pos);
+            } catch (const std::exception&) {
+                pos = 0;
+            }
+            if (pos + 7 == s.size() && pos > 0) return {kind::layers, n};
+        }
+        throw error(errc::invalid_argument, "--freeze " + s,
+                    "expected none, embeddings, layers:N or encoder");
+    }
+    /// Whether the parameter called `name` is frozen.
+    bool frozen(const std::string& name) const {
+        std::string_view n(name);
+        if (n.starts_with("bert.")) n.remove_prefix(5);
+        switch (what) {
+            case kind::none:
+                return false;
+            case kind::embeddings:
+                return n.starts_with("embeddings.");
+            case kind::encoder:
+                return n.starts_with("embeddings.") || n.starts_with("encoder.") ||
+                       n.starts_with("pooler.");
+            case kind::layers: {
+                if (n.starts_with("embeddings.")) return true;
+                if (!n.starts_with("encoder.layer.")) return false;
+                n.remove_prefix(14);
+                std::size_t i = 0;
+                while (!n.empty() && n.front() >= '0' && n.front() <= '9')
+                    i = 10 * i + std::size_t(n.front() - '0'), n.remove_prefix(1);
+                return i < layers;
+            }
+        }
+        return false;
+    }
+};
+
+/// Sets trainable = false on the parameters f freezes (true on the others); returns how many
+/// values stay fixed.
+template <class Model>
+std::size_t apply_freeze(Model& model, const freeze& f) {
+    std::size_t n = 0;
+    model.visit_parameters("", [&](parameter_ref<typename Model::value_type> p) {
+        const bool frozen = f.frozen(p.name);
+        p.set_trainable(!frozen);
+        if (frozen) n += p.value.size();
+    });
+    return n;
+}
+
+/// Hyper-parameters of a fine-tuning run (defaults: Hugging Face's Trainer, except where noted).
+struct options {
+    train::task task = train::task::classify;  ///< what the labels are
+    std::size_t epochs = 3;                    ///< passes over the training data
+    std::size_t batch_size = 16;  ///< examples per optimizer step (before accumulation): 16
+                                  ///< rather than Hugging Face's 8, the usual BERT fine-tuning
+                                  ///< setting (Devlin et al.) and twice the GEMM efficiency on CPU
+    double lr = 5e-5;             ///< peak learning rate
+    double weight_decay = 0.0;    ///< AdamW decoupled decay (not biases/LayerNorm)
+    double warmup_ratio = 0.0;    ///< fraction of the steps spent warming up
+    std::string schedule = "linear";      ///< linear, cosine, constant or polynomial
+    double max_grad_norm = 1.0;           ///< global-norm clipping (0: off)
+    std::size_t grad_accum = 1;           ///< batches per optimizer step
+    std::uint64_t seed = 42;              ///< shuffling, dropout, new heads
+    std::size_t eval_every = 0;           ///< evaluate every N optimizer steps (0: each epoch)
+    std::size_t patience = 0;             ///< early stopping: evaluations without improvement
+    double min_delta = 0.0;               ///< early stopping: the smallest improvement
+    bool bucket_by_length = true;         ///< length-bucketed batches (less padding)
+    std::size_t log_every = 50;           ///< plain progress lines every N steps
+    std::ostream* progress = &std::cerr;  ///< where progress goes (nullptr: nowhere)
+    std::filesystem::path log_path;       ///< JSON-lines log ("": none)
+};
+
+/// Scores of an evaluation.
+struct evaluation {
+    double loss = 0;                   ///< mean loss
+    double accuracy = 0;               ///< classify / ner (tokens): accuracy
+    double f1 = 0;                     ///< classify: macro F1; ner: entity micro F1
+    double metric = 0;                 ///< the selection metric (accuracy; ner: entity F1;
+                                       ///< regression: −MSE)
+    std::vector<int> gold, predicted;  ///< classify: per example; ner: per labelled word
+};
+
+/// One point of the training history.
+struct record {
+    std::size_t step = 0;             ///< optimizer step
+    double epoch = 0;                 ///< fractional epoch
+    double loss = 0;                  ///< mean training loss since the previous record
+    double lr = 0;                    ///< learning rate of the step
+    std::optional<double> metric;     ///< validation metric, at evaluation records
+    std::optional<double> eval_loss;  ///< validation loss, at evaluation records
+};
+
+/// Trains Model (bert::sequence_classifier for classify / multilabel / regression,
+/// bert::token_classifier for ner) on encoded examples.
+template <class Model>
+class trainer {
+  public:
+    using T = typename Model::value_type;  ///< scalar type
+    Model& model;                          ///< the model trained in place
+    train::options options;                ///< hyper-parameters
+    std::vector<record> history;           ///< training and evaluation records
+    std::vector<std::string> label_names;  ///< tag names (ner evaluation)
+
+    /// A trainer of `m`.
+    trainer(Model& m, train::options o, std::vector<std::string> labels = {})
+        : model(m), options(std::move(o)), label_names(std::move(labels)) {
+        const bool tokens = Model::task == bert::task::token_classification;
+        if (tokens != (options.task == task::ner))
+            throw error(errc::invalid_argument, "trainer",
+                        "task ner needs a token_classifier; the other tasks a "
+                        "sequence_classifier");
+    }
+
+    /// The result of fit.
+    struct result {
+        double best_metric = std::numeric_limits<double>::quiet_NaN();  ///< best validation metric
+        std::size_t best_step = 0;   ///< the step that reached it
+        std::size_t steps = 0;       ///< optimizer steps taken
+        bool stopped_early = false;  ///< whether early stopping ended the run
+        double seconds = 0;          ///< wall time
+    };
+
+    /// Trains on `train_set`, evaluating on `valid` (may be empty) every options.eval_every steps
+    /// or each epoch; with patience, stops early and restores the best weights.
+    result fit(const std::vector<example>& train_set, const std::vector<example>& valid) {
+        if (train_set.empty()) throw error(errc::invalid_argument, "fit", "no training examples");
+        const auto t0 = std::chrono::steady_clock::now();
+        auto params = optim::parameters_of(model);
+        optim::adamw<T> opt({.lr = options.lr, .weight_decay = options.weight_decay});
+        const std::size_t batches_per_epoch =
+            (train_set.size() + options.batch_size - 1) / options.batch_size;
+        const std::size_t steps_per_epoch =
+            (batches_per_epoch + options.grad_accum - 1) / options.grad_accum;
+        const std::size_t total = steps_per_epoch * options.epochs;
+        const std::size_t warmup = schedule::warmup_steps(options.warmup_ratio, total);
+        auto lr_at = [&](std::size_t s) {
+            if (options.schedule == "linear")
+                return schedule::linear{options.lr, warmup, total}.lr_at(s);
+            if (options.schedule == "cosine")
+                return schedule::cosine{options.lr, warmup, total}.lr_at(s);
+            if (options.schedule == "constant")
+                return schedule::constant{options.lr, warmup}.lr_at(s);
+            if (options.schedule == "polynomial")
+                return schedule::polynomial{options.lr, warmup, total}.lr_at(s);
+            throw error(errc::invalid_argument, "schedule " + options.schedule,
+                        "expected linear, cosine, constant or polynomial");
+        };
+        (void)lr_at(0);  // an unknown schedule fails before training
+        std::ofstream log;
+        if (!options.log_path.empty()) {
+            log.open(options.log_path, std::ios::trunc);
+            if (!log) throw error(errc::io, options.log_path.string(), "cannot write the log");
+        }
+        context ctx{.mode = mode::train, .rng = generator(options.seed)};
+        result res;
+        std::vector<T> best_values;
+        std::size_t bad_evals = 0, step = 0, batch_in_step = 0, since = 0, seen = 0;
+        double loss_sum = 0;
+        const bool tty = is_terminal();
+        model.zero_grad();
+        auto evaluate_now = [&] {
+            if (valid.empty()) return false;
+            const auto e = evaluate(valid);
+            record r{step,     double(step) / double(steps_per_epoch),
+                     0,        lr_at(step ? step - 1 : 0),
+                     e.metric, e.loss};
+            history.push_back(r);
+            if (log)
+                log << nlohmann::json{{"step", step},
+                                      {"epoch", r.epoch},
+                                      {"eval_loss", e.loss},
+                                      {"eval_metric", e.metric},
+                                      {"eval_accuracy", e.accuracy},
+                                      {"eval_f1", e.f1}}
+                           .dump()
+                    << "\n"
+                    << std::flush;
+            if (options.progress)
+                *options.progress << (tty ? "\r\033[K" : "") << "step " << step << ": eval loss "
+                                  << fmt(e.loss) << ", " << metric_name() << " " << fmt(e.metric)
+                                  << "\n";
+            if (std::isnan(res.best_metric) || e.metric > res.best_metric + options.min_delta) {
+                res.best_metric = e.metric, res.best_step = step, bad_evals = 0;
+                if (options.patience) best_values = snapshot();
+            } else {
+                ++bad_evals;
+            }
+            return options.patience && bad_evals >= options.patience;
+        };
+        for (std::size_t epoch = 0; epoch < options.epochs && !res.stopped_early; ++epoch) {
+            const auto order = batch_order(train_set, options.batch_size, true,
+                                           options.bucket_by_length, options.seed, epoch);
+            for (std::size_t bi = 0; bi < order.size(); ++bi) {
+                const batch b = collate(train_set, order[bi], pad_id(), per_token());
+                loss_sum += train_batch(ctx, b);
+                seen += b.B, ++since;
+                if (++batch_in_step < options.grad_accum && bi + 1 < order.size()) continue;
+                batch_in_step = 0;
+                // one optimizer step: clip, rate from the schedule, AdamW, clear
+                if (options.max_grad_norm > 0)
+                    optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
+                                          options.max_grad_norm);
+                opt.set_lr(lr_at(step));
+                opt.step(std::span<const parameter_ref<T>>(params));
+                model.zero_grad();
+                ++step;
+                const double secs = seconds_since(t0);
+                if (step % options.log_every == 0 || step == total) {
+                    record r{step,
+                             double(step) / double(steps_per_epoch),
+                             loss_sum / double(since),
+                             lr_at(step - 1),
+                             std::nullopt,
+                             std::nullopt};
+                    history.push_back(r);
+                    if (log)
+                        log << nlohmann::json{{"step", step},
+                                              {"epoch", r.epoch},
+                                              {"loss", r.loss},
+                                              {"lr", r.lr},
+                                              {"examples_per_s", double(seen) / secs}}
+                                   .dump()
+                            << "\n"
+                            << std::flush;
+                    loss_sum = 0, since = 0;
+                }
+                if (options.progress) report(step, total, epoch, secs, double(seen) / secs, tty);
+                if (options.eval_every && step % options.eval_every == 0 && evaluate_now()) {
+                    res.stopped_early = true;
+                    break;
+                }
+            }
+            if (!options.eval_every && !res.stopped_early && evaluate_now())
+                res.stopped_early = true;
+        }
+        if (options.progress && tty) *options.progress << "\n";
+        if (!best_values.empty()) restore(best_values);
+        res.steps = step;
+        res.seconds = seconds_since(t0);
+        return res;
+    }
+
+    /// Loss and scores on examples (eval mode, batches by length).
+    evaluation evaluate(const std::vector<example>& xs) {
+        evaluation e;
+        context ctx;  // eval mode
+        const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
+        double loss_sum = 0, weight = 0, sq = 0;
+        std::vector<std::vector<std::string>> gold_tags, pred_tags;
+        for (const auto& idx : order) {
+            const batch b = collate(xs, idx, pad_id(), per_token());
+            const auto y = forward(ctx, b);
+            const std::size_t L = model.num_labels();
+            if constexpr (Model::task == bert::task::token_classification) {
+                loss::cross_entropy<T> ce;
+                const std::size_t n = b.B * b.T;
+                const T l = ce.forward({y.data(), n, L}, {b.labels.data(), n});
+                std::size_t counted = 0;
+                for (auto v : b.labels) counted += v != -100;
+                loss_sum += double(l) * double(counted), weight += double(counted);
+                for (std::size_t r = 0; r < b.B; ++r) {
+                    std::vector<std::string> g, p;
+                    for (std::size_t t = 0; t < b.T; ++t) {
+                        const token_id gold = b.labels[r * b.T + t];
+                        if (gold == -100) continue;
+                        const T* z = y.data() + (r * b.T + t) * L;
+                        const int best = int(std::max_element(z, z + L) - z);
+                        e.gold.push_back(gold), e.predicted.push_back(best);
+                        g.push_back(tag(std::size_t(gold))), p.push_back(tag(std::size_t(best)));
+                    }
+                    gold_tags.push_back(std::move(g)), pred_tags.push_back(std::move(p));
+                }
+            } else if (options.task == task::classify) {
+                loss::cross_entropy<T> ce;
+                loss_sum +=
+                    double(ce.forward({y.data(), b.B, L}, {b.labels.data(), b.B})) * double(b.B);
+                weight += double(b.B);
+                for (std::size_t r = 0; r < b.B; ++r) {
+                    const T* z = y.data() + r * L;
+                    e.gold.push_back(b.labels[r]);
+                    e.predicted.push_back(int(std::max_element(z, z + L) - z));
+                }
+            } else if (options.task == task::multilabel) {
+                loss::bce_with_logits<T> bce;
+                std::vector<T> tg(b.targets.begin(), b.targets.end());
+                loss_sum +=
+                    double(bce.forward({y.data(), b.B, L}, {tg.data(), b.B, L})) * double(b.B);
+                weight += double(b.B);
+                std::size_t exact = 0;
+                for (std::size_t r = 0; r < b.B; ++r) {
+                    bool all = true;
+                    for (std::size_t j = 0; j < L; ++j)
+                        all &= (y.data()[r * L + j] > 0) == (b.targets[r * L + j] > 0.5f);
+                    exact += all;
+                }
+                e.accuracy += double(exact);  // subset accuracy, normalized below
+            } else {
+                for (std::size_t r = 0; r < b.B; ++r) {
+                    const double d = double(y.data()[r]) - double(b.targets[r]);
+                    sq += d * d;
+                }
+                weight += double(b.B);
+            }
+        }
+        if constexpr (Model::task == bert::task::token_classification) {
+            e.loss = weight ? loss_sum / weight : 0;
+            e.accuracy = metrics::accuracy(e.gold, e.predicted);
+            e.f1 = metrics::entity_f1(gold_tags, pred_tags).f1;
+            e.metric = e.f1;
+        } else if (options.task == task::classify) {
+            e.loss = loss_sum / weight;
+            e.accuracy = metrics::accuracy(e.gold, e.predicted);
+            e.f1 = metrics::macro_f1(e.gold, e.predicted, model.num_labels());
+            e.metric = e.accuracy;
+        } else if (options.task == task::multilabel) {
+            e.loss = loss_sum / weight;
+            e.accuracy /= weight;
+            e.metric = e.accuracy;
+        } else {
+            e.loss = sq / weight;
+            e.metric = -e.loss;
+        }
+        return e;
+    }
+
+    /// The name of the selection metric.
+    std::string metric_name() const {
+        switch (options.task) {
+            case task::classify:
+                return "accuracy";
+            case task::multilabel:
+                return "subset accuracy";
+            case task::regression:
+                return "-mse";
+            case task::ner:
+                return "entity f1";
+        }
+        return "metric";
+    }
+
+    /// Writes an SVG plot of the training loss (left axis) and the validation metric (right
+    /// axis) against the step.
+    void write_plot(const std::filesystem::path& path) const {
+        std::vector<std::pair<double, double>> loss, metric;
+        for (const auto& r : history) {
+            if (r.metric)
+                metric.emplace_back(double(r.step), *r.metric);
+            else
+                loss.emplace_back(double(r.step), r.loss);
+        }
+        const double W = 640, H = 360, L = 60, R = 60, Tp = 30, Bt = 40;
+        double xmax = 1, lmax = 0, lmin = 0, mmin = 0, mmax = 1;
+        for (auto [x, y] : loss) xmax = std::max(xmax, x), lmax = std::max(lmax, y);
+        if (!metric.empty()) {
+            mmin = mmax = metric[0].second;
+            for (auto [x, y] : metric)
+                xmax = std::max(xmax, x), mmin = std::min(mmin, y), mmax = std::max(mmax, y);
+            if (mmax - mmin < 1e-9) mmin -= 0.5, mmax += 0.5;
+        }
+        if (lmax <= lmin) lmax = lmin + 1;
+        auto px = [&](double x) { return L + (W - L - R) * x / xmax; };
+        auto py = [&](double y, double lo, double hi) {
+            return Tp + (H - Tp - Bt) * (1 - (y - lo) / (hi - lo));
+        };
+        std::string s = ftune::detail::cat(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", W, "\" height=\"", H,
+            "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
+            "fill=\"white\"/>\n",
+            "<line x1=\"", L, "\" y1=\"", H - Bt, "\" x2=\"", W - R, "\" y2=\"", H - Bt,
+            "\" stroke=\"black\"/>\n", "<line x1=\"", L, "\" y1=\"", Tp, "\" x2=\"", L, "\" y2=\"",
+            H - Bt, "\" stroke=\"black\"/>\n", "<text x=\"", W / 2, "\" y=\"", H - 8,
+            "\" text-anchor=\"middle\">step (0 to ", xmax, ")</text>\n", "<text x=\"", L,
+            "\" y=\"18\" fill=\"#1f77b4\">training loss (0 to ", fmt(lmax), ")</text>\n");
+        auto polyline = [&](const std::vector<std::pair<double, double>>& pts, double lo, double hi,
+                            const char* color) {
+            s += "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"";
+            s += color;
+            s += "\" points=\"";
+            for (auto [x, y] : pts) s += ftune::detail::cat(px(x), ",", py(y, lo, hi), " ");
+            s += "\"/>\n";
+        };
+        polyline(loss, lmin, lmax, "#1f77b4");
+        if (!metric.empty()) {
+            polyline(metric, mmin, mmax, "#d62728");
+            for (auto [x, y] : metric)
+                s += ftune::detail::cat("<circle cx=\"", px(x), "\" cy=\"", py(y, mmin, mmax),
+                                        "\" r=\"3\" fill=\"#d62728\"/>\n");
+            s += ftune::detail::cat(
+                "<text x=\"", W - R, "\" y=\"18\" text-anchor=\"end\" fill=\"#d62728\">validation ",
+                metric_name(), " (", fmt(mmin), " to ", fmt(mmax), ")</text>\n");
+        }
+        s += "</svg>\n";
+        std::ofstream out(path, std::ios::trunc);
+        out << s;
+        if (!out) throw error(errc::io, path.string(), "cannot write the plot");
+    }
+
+  private:
+    static std::string fmt(double v) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.4g", v);
+        return buf;
+    }
+    static double seconds_since(std::chrono::steady_clock::time_point t0) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    bool is_terminal() const {
+#ifdef FTUNE_HAVE_ISATTY
+        return options.progress == &std::cerr && ::isatty(2);
+#else
+        return false;
+#endif
+    }
+    static constexpr bool per_token() {
+        return Model::task == bert::task::token_classification;
+    }
+    token_id pad_id() const {
+        return model.bert.embeddings.word_embeddings.padding_idx < 0
+                   ? 0
+                   : model.bert.embeddings.word_embeddings.padding_idx;
+    }
+    std::string tag(std::size_t id) const {
+        return id < label_names.size() ? label_names[id] : "LABEL_" + std::to_string(id);
+    }
+
+    auto forward(context& ctx, const batch& b) {
+        return model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
+                             {b.types.data(), b.B, b.T});
+    }
+
+    // forward, loss and backward of one batch (gradients accumulate); returns the batch loss
+    double train_batch(context& ctx, const batch& b) {
+        const auto y = forward(ctx, b);
+        const std::size_t L = model.num_labels();
+        const T scale = T(1.0 / double(options.grad_accum));
+        d_.assign(y.size(), T(0));
+        double l = 0;
+        if constexpr (Model::task == bert::task::token_classification) {
+            const std::size_t n = b.B * b.T;
+            l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
+            ce_.backward({d_.data(), n, L}, scale);
+            model.backward(ctx, {d_.data(), b.B, b.T, L});
+        } else {
+            if (options.task == task::classify) {
+                l = double(ce_.forward({y.data(), b.B, L}, {b.labels.data(), b.B}));
+                ce_.backward({d_.data(), b.B, L}, scale);
+            } else if (options.task == task::multilabel) {
+                targets_.assign(b.targets.begin(), b.targets.end());
+                l = double(bce_.forward({y.data(), b.B, L}, {targets_.data(), b.B, L}));
+                bce_.backward({d_.data(), b.B, L}, scale);
+            } else {
+                targets_.assign(b.targets.begin(), b.targets.end());
+                l = double(mse_.forward({y.data(), b.B, L}, {targets_.data(), b.B, L}));
+                mse_.backward({d_.data(), b.B, L}, scale);
+            }
+            model.backward(ctx, {d_.data(), b.B, L});
+        }
+        if (!std::isfinite(l))
+            throw error(errc::invalid_argument, "training loss",
+                        "the loss is not finite (diverged: lower the learning rate)");
+        return l;
+    }
+
+    void report(std::size_t step, std::size_t total, std::size_t epoch, double secs, double ex_s,
+                bool tty) {
+        const double loss = history.empty() ? 0 : history.back().loss;
+        const double eta = step ? secs / double(step) * double(total - step) : 0;
+        const std::string line = ftune::detail::cat(
+            "epoch ", epoch + 1, "/", options.epochs, " step ", step, "/", total, " loss ",
+            fmt(loss), " lr ", fmt(lr_now(step)), " ", fmt(ex_s), " ex/s ETA ", int(eta) / 60, ":",
+            (int(eta) % 60 < 10 ? "0" : ""), int(eta) % 60);
+        if (tty) {
+            const std::size_t width = 24, done = total ? width * step / total : width;
+            *options.progress << "\r\033[K[" << std::string(done, '#')
+                              << std::string(width - done, '.') << "] " << line << std::flush;
+        } else if (step % options.log_every == 0 || step == total) {
+            *options.progress << line << "\n";
+        }
+    }
+    double lr_now(std::size_t step) const {
+        for (auto it = history.rbegin(); it != history.rend(); ++it)
+            if (!it->metric) return it->lr;
+        (void)step;
+        return options.lr;
+    }
+
+    std::vector<T> snapshot() {
+        std::vector<T> v;
+        model.visit_parameters(
+            "", [&](parameter_ref<T> p) { v.insert(v.end(), p.value.begin(), p.value.end()); });
+        return v;
+    }
+    void restore(const std::vector<T>& v) {
+        std::size_t at = 0;
+        model.visit_parameters("", [&](parameter_ref<T> p) {
+            std::copy_n(v.begin() + std::ptrdiff_t(at), p.value.size(), p.value.begin());
+            at += p.value.size();
+        });
+    }
+
+    loss::cross_entropy<T> ce_;
+    loss::bce_with_logits<T> bce_;
+    loss::mse<T> mse_;
+    std::vector<T> d_, targets_;  // d logits; float targets as T
+};
+
+}  // namespace train
+FTUNE_NAMESPACE_END

@@ -1,0 +1,101 @@
+// Data readers: TSV / CSV with a header (RFC 4180 quoting, embedded newlines, CRLF), CoNLL column
+// files; malformed input names file:line; the real data sets read with their published sizes.
+#include <ftune/data/readers.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
+#include "catch.hpp"
+
+#ifndef FTUNE_DATA_DIR
+#error "FTUNE_DATA_DIR must name the data directory"
+#endif
+
+namespace {
+std::filesystem::path write(const std::string& name, const std::string& text) {
+    const auto p = std::filesystem::temp_directory_path() / ("ftune_test_data_" + name);
+    std::ofstream(p, std::ios::binary) << text;
+    return p;
+}
+std::string error_of(const std::filesystem::path& p) {
+    try {
+        ftune::data::read_table(p);
+    } catch (const ftune::error& e) {
+        return e.what();
+    }
+    return "";
+}
+}  // namespace
+
+TEST_CASE("read_table: CSV quoting, embedded newlines, CRLF; TSV; pairs", "[unit][data]") {
+    const auto csv = write("a.csv",
+                           "text,category\r\n"
+                           "plain text,card\r\n"
+                           "\"with, comma and \"\"quotes\"\"\",\"top up\"\r\n"
+                           "\"two\r\nlines\",card\r\n"
+                           "last row without newline,other");
+    const auto d = ftune::data::read_table(csv);
+    REQUIRE(d.rows.size() == 4);
+    CHECK_FALSE(d.pairs);
+    CHECK(d.rows[0].text == "plain text");
+    CHECK(d.rows[1].text == "with, comma and \"quotes\"");
+    CHECK(d.rows[1].label == "top up");
+    CHECK(d.rows[2].text == "two\nlines");
+    CHECK(d.rows[2].line == 4);
+    CHECK(d.rows[3].line == 6);  // the quoted newline moved it down one line
+    CHECK(d.rows[3].label == "other");
+
+    const auto tsv = write("b.tsv", "label\ttext_a\ttext_b\n1\tfirst\tsecond\n0\ta \"quote\t\"b\n");
+    const auto p = ftune::data::read_table(tsv);
+    REQUIRE(p.rows.size() == 2);
+    CHECK(p.pairs);
+    CHECK(p.rows[0].text_pair == "second");
+    CHECK(p.rows[1].text == "a \"quote");  // TSV has no quoting
+}
+
+TEST_CASE("read_table and read_conll: malformed input names file:line", "[unit][data]") {
+    CHECK(
+        error_of(write("c.csv", "text,label\nok,1\nnot,ok,1\n")).find("ftune_test_data_c.csv:3") !=
+        std::string::npos);
+    CHECK(error_of(write("d.csv", "text,label\nok,1\n\"open,1\n")).find("never closed") !=
+          std::string::npos);
+    CHECK(error_of(write("e.csv", "words,label\nok,1\n")).find("no text column") !=
+          std::string::npos);
+    CHECK(error_of(write("f.csv", "text,stars\nok,1\n")).find("no label column") !=
+          std::string::npos);
+    CHECK(error_of(write("g.csv", "text,label\nok,\n")).find(":2: the label is empty") !=
+          std::string::npos);
+    CHECK(error_of("/nonexistent.csv").find("cannot open") != std::string::npos);
+    const auto bad = write("h.conll", "-DOCSTART- O\n\nEU B-ORG\nrejects\n");
+    CHECK_THROWS_WITH(ftune::data::read_conll(bad), Catch::Contains("ftune_test_data_h.conll:4"));
+}
+
+TEST_CASE("read_conll: sentences, -DOCSTART-, the last column as the tag", "[unit][data]") {
+    const auto p = write("i.conll",
+                         "-DOCSTART- -X- -X- O\r\n\r\nEU NNP B-NP B-ORG\r\nrejects VBZ B-VP O\r\n"
+                         "\r\n\r\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER");
+    const auto s = ftune::data::read_conll(p);
+    REQUIRE(s.size() == 2);
+    CHECK(s[0].tokens == std::vector<std::string>{"EU", "rejects"});
+    CHECK(s[0].tags == std::vector<std::string>{"B-ORG", "O"});
+    CHECK(s[0].line == 3);
+    CHECK(s[1].tags == std::vector<std::string>{"B-PER", "I-PER"});
+}
+
+TEST_CASE("readers: the real data sets with their published sizes", "[data]") {
+    const std::filesystem::path dir = FTUNE_DATA_DIR;
+    const auto sst = ftune::data::read_table(dir / "sst2" / "dev.tsv");
+    CHECK(sst.rows.size() == 872);
+    const auto bank = ftune::data::read_table(dir / "banking77" / "train.csv");
+    CHECK(bank.rows.size() == 10003);
+    std::set<std::string> intents;
+    for (const auto& r : bank.rows) intents.insert(r.label);
+    CHECK(intents.size() == 77);
+    CHECK(ftune::data::read_table(dir / "banking77" / "test.csv").rows.size() == 3080);
+    CHECK(ftune::data::read_conll(dir / "conll2003" / "train.txt").size() == 14041);
+    CHECK(ftune::data::read_conll(dir / "conll2003" / "valid.txt").size() == 3250);
+    CHECK(ftune::data::read_conll(dir / "conll2003" / "test.txt").size() == 3453);
+    CHECK(ftune::data::read_table(dir / "chnsenticorp" / "test.tsv").rows.size() == 1200);
+}

@@ -1,0 +1,290 @@
+// The training engine: freezing by name, deterministic length-bucketed batches, padding,
+// token-classification labels on first wordpieces, entity chunking, and whole fits of a small
+// Hugging Face model (the loss falls, early stopping restores the best weights, the log and the
+// plot are written, frozen parameters do not move).
+#include <ftune/io/hf.hpp>
+#include <ftune/train/trainer.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+namespace {
+namespace fs = std::filesystem;
+const fs::path heads = fs::path(FTUNE_REFERENCE_DIR) / "hf_heads";
+}  // namespace
+
+TEST_CASE("freeze: embeddings, the lowest N layers, everything but the head", "[unit][train]") {
+    using ftune::train::freeze;
+    const auto e = freeze::parse("embeddings"), l = freeze::parse("layers:1"),
+               enc = freeze::parse("encoder"), none = freeze::parse("none");
+    CHECK(e.frozen("bert.embeddings.word_embeddings.weight"));
+    CHECK_FALSE(e.frozen("bert.encoder.layer.0.output.dense.weight"));
+    CHECK(l.frozen("bert.encoder.layer.0.output.dense.weight"));
+    CHECK_FALSE(l.frozen("bert.encoder.layer.1.output.dense.weight"));
+    CHECK_FALSE(l.frozen("bert.encoder.layer.10.output.dense.weight"));
+    CHECK(enc.frozen("bert.pooler.dense.weight"));
+    CHECK_FALSE(enc.frozen("classifier.weight"));
+    CHECK_FALSE(none.frozen("bert.embeddings.word_embeddings.weight"));
+    CHECK_THROWS_WITH(freeze::parse("layers:x"), Catch::Contains("layers:N"));
+
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
+    const std::size_t n = ftune::train::apply_freeze(m.model, enc);
+    std::size_t trainable = 0, total = 0;
+    m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        total += p.value.size();
+        if (p.trainable) trainable += p.value.size();
+    });
+    CHECK(trainable == 32 * 3 + 3);  // the classifier only
+    CHECK(n == total - trainable);
+}
+
+TEST_CASE("batches: one permutation per (seed, epoch), bucketed by length, padded",
+          "[unit][train]") {
+    std::vector<ftune::train::example> xs;
+    for (int i = 0; i < 37; ++i) {
+        ftune::train::example x;
+        x.ids.assign(2 + std::size_t(i * 7 % 11), 5);
+        x.types.assign(x.ids.size(), 0);
+        x.labels = {i % 3};
+        xs.push_back(x);
+    }
+    const auto a = ftune::train::batch_order(xs, 8, true, true, 1, 0);
+    const auto b = ftune::train::batch_order(xs, 8, true, true, 1, 0);
+    const auto c = ftune::train::batch_order(xs, 8, true, true, 1, 1);
+    CHECK(a == b);
+    CHECK(a != c);
+    std::multiset<std::size_t> all;
+    for (const auto& batch : a) all.insert(batch.begin(), batch.end());
+    CHECK(all.size() == 37);
+    CHECK(std::set<std::size_t>(all.begin(), all.end()).size() == 37);
+    // within a batch, lengths are close (sorted within windows): less padding than random
+    std::size_t padded = 0, plain = 0;
+    for (const auto& batch : a) {
+        const auto bt = ftune::train::collate(xs, batch, 0, false);
+        padded += bt.B * bt.T;
+    }
+    for (const auto& batch : ftune::train::batch_order(xs, 8, true, false, 1, 0)) {
+        const auto bt = ftune::train::collate(xs, batch, 0, false);
+        plain += bt.B * bt.T;
+    }
+    CHECK(padded < plain);
+    const auto bt = ftune::train::collate(xs, a[0], 0, false);
+    CHECK(bt.labels.size() == bt.B);
+    for (std::size_t r = 0; r < bt.B; ++r) {
+        const auto len = xs[a[0][r]].ids.size();
+        CHECK(bt.mask[r * bt.T + len - 1] == 1);
+        if (len < bt.T) CHECK(bt.mask[r * bt.T + len] == 0);
+    }
+}
+
+TEST_CASE("token classification: a word's tag on its first wordpiece, -100 elsewhere",
+          "[unit][train]") {
+    const auto tok = *ftune::io::load_hf_tokenizer(heads / "token");
+    ftune::data::tagged_sentence s{{"Hello", "worlds", "!"}, {"B-LOC", "I-LOC", "O"}, 1};
+    const std::vector<std::string> names{"O", "B-PER", "I-PER", "B-LOC", "I-LOC"};
+    const auto xs = ftune::train::encode(tok, {s}, names, 0);
+    REQUIRE(xs.size() == 1);
+    // [CLS] hello world ##s ! [SEP]
+    CHECK(xs[0].ids.size() == 6);
+    CHECK(xs[0].labels == std::vector<ftune::token_id>{-100, 3, 4, -100, 0, -100});
+    CHECK_THROWS_WITH(ftune::train::encode(tok, {{{"x"}, {"B-ORG"}, 7}}, names, 0, "f.conll"),
+                      Catch::Contains("f.conll:7"));
+}
+
+TEST_CASE("entities: conlleval's chunking", "[unit][train]") {
+    using ftune::metrics::entities;
+    using E = ftune::metrics::entity;
+    CHECK(entities({"B-PER", "I-PER", "O", "B-LOC"}) ==
+          std::vector<E>{{"PER", 0, 2}, {"LOC", 3, 4}});
+    CHECK(entities({"I-PER", "I-PER", "O"}) == std::vector<E>{{"PER", 0, 2}});  // I- starts one
+    CHECK(entities({"B-PER", "I-LOC"}) == std::vector<E>{{"PER", 0, 1}, {"LOC", 1, 2}});
+    CHECK(entities({"B-PER", "B-PER"}) == std::vector<E>{{"PER", 0, 1}, {"PER", 1, 2}});
+    const auto s = ftune::metrics::entity_f1({{"B-PER", "I-PER", "O", "B-LOC"}},
+                                             {{"B-PER", "I-PER", "O", "O"}});
+    CHECK(s.precision == 1.0);
+    CHECK(s.recall == 0.5);
+}
+
+namespace {
+// A toy sentiment set over the fixture's vocabulary: a text is positive when it mentions paris.
+ftune::data::text_dataset toy(std::size_t n, std::uint64_t seed) {
+    const std::vector<std::string> words{"john",  "lives", "in",    "the",    "cafe", "was",
+                                         "great", "hello", "world", "berlin", "near", "river"};
+    ftune::data::text_dataset d;
+    d.path = "toy";
+    const ftune::random_stream s(seed, 0);
+    std::size_t k = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        std::string text;
+        const bool pos = s.below(k++, 2) == 1;
+        const std::size_t len = 3 + s.below(k++, 5), at = s.below(k++, std::uint32_t(len));
+        for (std::size_t w = 0; w < len; ++w) {
+            if (w) text += ' ';
+            text += pos && w == at ? "paris" : words[s.below(k++, std::uint32_t(words.size()))];
+        }
+        d.rows.push_back({text, "", pos ? "positive" : "negative", i + 2});
+    }
+    return d;
+}
+}  // namespace
+
+TEST_CASE("fit: a small model learns a toy task; early stopping keeps the best weights",
+          "[train]") {
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+        heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
+    const auto names = ftune::train::label_names({"negative", "positive"});
+    const auto train =
+        ftune::train::encode(*m.tokenizer, toy(400, 1), ftune::train::task::classify, names, 32);
+    const auto valid =
+        ftune::train::encode(*m.tokenizer, toy(100, 2), ftune::train::task::classify, names, 32);
+    const fs::path log = fs::temp_directory_path() / "ftune_test_train.jsonl";
+    std::ostringstream progress;
+    ftune::train::trainer<ftune::bert::sequence_classifier<>> t(m.model, {.epochs = 6,
+                                                                          .batch_size = 16,
+                                                                          .lr = 1e-3,
+                                                                          .warmup_ratio = 0.1,
+                                                                          .eval_every = 25,
+                                                                          .patience = 3,
+                                                                          .log_every = 5,
+                                                                          .progress = &progress,
+                                                                          .log_path = log});
+    const auto before = t.evaluate(valid);
+    const auto r = t.fit(train, valid);
+    const auto after = t.evaluate(valid);
+    INFO(progress.str());
+    CHECK(before.accuracy < 0.8);
+    CHECK(r.best_metric >= 0.95);
+    CHECK(after.accuracy == r.best_metric);  // the best weights are back
+    CHECK(after.loss < before.loss);
+    CHECK(r.steps > 0);
+    // the log: training lines and evaluation lines, as JSON
+    std::ifstream in(log);
+    std::size_t train_lines = 0, eval_lines = 0;
+    for (std::string l; std::getline(in, l);) {
+        const auto j = nlohmann::json::parse(l);
+        train_lines += j.contains("loss");
+        eval_lines += j.contains("eval_metric");
+    }
+    CHECK(train_lines >= r.steps / 5);
+    CHECK(eval_lines >= 1);
+    const fs::path svg = fs::temp_directory_path() / "ftune_test_train.svg";
+    t.write_plot(svg);
+    std::ifstream sv(svg);
+    const std::string svg_text((std::istreambuf_iterator<char>(sv)), {});
+    CHECK(svg_text.find("<polyline") != std::string::npos);
+    CHECK(progress.str().find("eval loss") != std::string::npos);
+}
+
+TEST_CASE("fit: frozen parameters do not move; the head still learns", "[train]") {
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+        heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
+    ftune::train::apply_freeze(m.model, ftune::train::freeze::parse("layers:1"));
+    std::vector<float> frozen_before, head_before;
+    auto collect = [&](std::vector<float>& frozen, std::vector<float>& head) {
+        frozen.clear(), head.clear();
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            auto& dst = p.trainable ? head : frozen;
+            dst.insert(dst.end(), p.value.begin(), p.value.end());
+        });
+    };
+    collect(frozen_before, head_before);
+    const auto names = ftune::train::label_names({"negative", "positive"});
+    const auto train =
+        ftune::train::encode(*m.tokenizer, toy(64, 4), ftune::train::task::classify, names, 32);
+    ftune::train::trainer<ftune::bert::sequence_classifier<>> t(
+        m.model, {.epochs = 1, .lr = 1e-3, .progress = nullptr});
+    t.fit(train, {});
+    std::vector<float> frozen_after, head_after;
+    collect(frozen_after, head_after);
+    CHECK(frozen_after == frozen_before);
+    CHECK(head_after != head_before);
+}
+
+TEST_CASE("classification_report: scikit-learn's text, digit for digit", "[parity][train]") {
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "classification_reports.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() == 4);
+    for (const auto& c : cases) {
+        const auto gold = c["gold"].get<std::vector<int>>(),
+                   pred = c["pred"].get<std::vector<int>>();
+        const auto names = c["names"].get<std::vector<std::string>>();
+        CHECK(ftune::metrics::classification_report(gold, pred, names) ==
+              c["report"].get<std::string>());
+    }
+}
+
+TEST_CASE("entity_report: seqeval's text, digit for digit", "[parity][train]") {
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "entity_reports.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() == 3);
+    for (const auto& c : cases) {
+        const auto gold = c["gold"].get<std::vector<std::vector<std::string>>>();
+        const auto pred = c["pred"].get<std::vector<std::vector<std::string>>>();
+        CHECK(ftune::metrics::entity_report(gold, pred) == c["report"].get<std::string>());
+    }
+}
+
+TEST_CASE("BANKING77, 10 intents: test accuracy within 3 points of PyTorch on the same recipe",
+          "[train][accuracy]") {
+    // tests/reference/banking_tiny.py: the rows, the recipe, the random model, PyTorch's result
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "banking_tiny_reference.json");
+    const auto ref = nlohmann::json::parse(in);
+    const auto intents = ref["intents"].get<std::vector<std::string>>();
+    const auto& recipe = ref["recipe"];
+    const fs::path data = FTUNE_DATA_DIR;
+    auto select = [&](const char* file, std::size_t per_intent) {
+        auto d = ftune::data::read_table(data / "banking77" / file);
+        std::map<std::string, std::size_t> taken;
+        std::erase_if(d.rows, [&](const ftune::data::text_example& r) {
+            if (std::find(intents.begin(), intents.end(), r.label) == intents.end()) return true;
+            return per_intent && taken[r.label]++ >= per_intent;
+        });
+        return d;
+    };
+    const auto train_rows = select("train.csv", recipe["rows_per_intent"].get<std::size_t>());
+    const auto test_rows = select("test.csv", 0);
+    REQUIRE(train_rows.rows.size() == ref["train_rows"].get<std::size_t>());
+    REQUIRE(test_rows.rows.size() == ref["test_rows"].get<std::size_t>());
+    double sum = 0;
+    const auto seeds = ref["seeds"].get<std::vector<std::uint64_t>>();
+    for (const auto seed : seeds) {
+        auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+            fs::path(FTUNE_REFERENCE_DIR) / "banking_tiny", {.labels = intents});
+        REQUIRE(m.report.initialized.empty());  // PyTorch's initial weights, head included
+        const auto max_len = recipe["max_length"].get<std::size_t>();
+        const auto train = ftune::train::encode(*m.tokenizer, train_rows,
+                                                ftune::train::task::classify, intents, max_len);
+        const auto test = ftune::train::encode(*m.tokenizer, test_rows,
+                                               ftune::train::task::classify, intents, max_len);
+        ftune::train::trainer<ftune::bert::sequence_classifier<>> t(
+            m.model, {.epochs = recipe["epochs"].get<std::size_t>(),
+                      .batch_size = recipe["batch_size"].get<std::size_t>(),
+                      .lr = recipe["lr"].get<double>(),
+                      .weight_decay = recipe["weight_decay"].get<double>(),
+                      .warmup_ratio = recipe["warmup_ratio"].get<double>(),
+                      .max_grad_norm = recipe["max_grad_norm"].get<double>(),
+                      .seed = seed,
+                      .bucket_by_length = false,  // the reference shuffles plainly
+                      .progress = nullptr});
+        t.fit(train, {});
+        const double acc = t.evaluate(test).accuracy;
+        UNSCOPED_INFO("seed " << seed << ": ftune " << acc);
+        sum += acc;
+    }
+    const double mine = sum / double(seeds.size()),
+                 theirs = ref["pytorch_mean_accuracy"].get<double>();
+    INFO("mean test accuracy: ftune " << mine << ", PyTorch " << theirs);
+    CHECK(std::abs(mine - theirs) <= 0.03);
+    CHECK(mine > 0.5);  // far above chance (0.1): the model learned
+}

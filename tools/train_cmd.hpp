@@ -1,0 +1,296 @@
+// `ftune train` (fine-tune a Hugging Face checkpoint on a TSV/CSV or CoNLL file and save a
+// Hugging Face model directory) and `ftune eval` (the evaluation report of a model on a file).
+#pragma once
+
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ftune/data/readers.hpp>
+#include <ftune/io/hf.hpp>
+#include <ftune/train/trainer.hpp>
+
+namespace cli {
+
+// Options of `ftune train` / `ftune eval`.
+struct train_args {
+    std::filesystem::path model, train, valid, out, data;
+    std::optional<ftune::train::task> task;
+    ftune::train::options opt;
+    std::size_t max_length = 128;  // Hugging Face's run_glue / run_ner default
+    std::string freeze = "none";
+};
+
+// The task named on the command line.
+inline ftune::train::task parse_task(const std::string& v) {
+    if (v == "classify") return ftune::train::task::classify;
+    if (v == "multilabel") return ftune::train::task::multilabel;
+    if (v == "regression") return ftune::train::task::regression;
+    if (v == "ner") return ftune::train::task::ner;
+    throw ftune::error(ftune::errc::invalid_argument, "--task " + v,
+                       "expected classify, multilabel, regression or ner");
+}
+
+// Parses the options shared by train and eval from argv[2..].
+inline train_args parse_train_args(int argc, char** argv, bool eval) {
+    train_args a;
+    for (int i = 2; i < argc; ++i) {
+        const std::string k = argv[i];
+        if (i + 1 >= argc) throw ftune::error(ftune::errc::invalid_argument, k, "expects a value");
+        const std::string v = argv[++i];
+        auto number = [&]() -> double {
+            std::size_t pos = 0;
+            double d = 0;
+            try {
+                d = std::stod(v, &pos);
+            } catch (const std::exception&) {
+                pos = 0;
+            }
+            if (pos != v.size() || !(d >= 0))
+                throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
+                                   "expects a non-negative number");
+            return d;
+        };
+        auto count = [&]() -> std::size_t {
+            const double d = number();
+            if (d != std::floor(d) || d < 1)
+                throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
+                                   "expects a positive integer");
+            return std::size_t(d);
+        };
+        if (k == "--model")
+            a.model = v;
+        else if (k == "--task")
+            a.task = parse_task(v);
+        else if (k == "--batch-size")
+            a.opt.batch_size = count();
+        else if (k == "--max-length")
+            a.max_length = count();
+        else if (eval && k == "--data")
+            a.data = v;
+        else if (!eval && k == "--train")
+            a.train = v;
+        else if (!eval && k == "--valid")
+            a.valid = v;
+        else if (!eval && k == "--out")
+            a.out = v;
+        else if (!eval && k == "--epochs")
+            a.opt.epochs = count();
+        else if (!eval && k == "--lr")
+            a.opt.lr = number();
+        else if (!eval && k == "--seed")
+            a.opt.seed = std::uint64_t(number());
+        else if (!eval && k == "--warmup-ratio")
+            a.opt.warmup_ratio = number();
+        else if (!eval && k == "--weight-decay")
+            a.opt.weight_decay = number();
+        else if (!eval && k == "--freeze")
+            a.freeze = v;
+        else if (!eval && k == "--early-stopping")
+            a.opt.patience = count();
+        else if (!eval && k == "--eval-every")
+            a.opt.eval_every = count();
+        else if (!eval && k == "--grad-accum")
+            a.opt.grad_accum = count();
+        else if (!eval && k == "--schedule")
+            a.opt.schedule = v;
+        else
+            throw ftune::error(
+                ftune::errc::invalid_argument, k,
+                eval ? "unknown option of ftune eval" : "unknown option of ftune train");
+    }
+    if (a.model.empty())
+        throw ftune::error(ftune::errc::invalid_argument, eval ? "ftune eval" : "ftune train",
+                           "--model DIR is required (a Hugging Face model directory)");
+    if (eval && a.data.empty())
+        throw ftune::error(ftune::errc::invalid_argument, "ftune eval", "--data FILE is required");
+    if (!eval && (a.train.empty() || a.out.empty()))
+        throw ftune::error(ftune::errc::invalid_argument, "ftune train",
+                           "--train FILE and --out DIR are required");
+    return a;
+}
+
+// The Hugging Face problem_type of a task.
+inline std::string problem_type(ftune::train::task t) {
+    switch (t) {
+        case ftune::train::task::multilabel:
+            return "multi_label_classification";
+        case ftune::train::task::regression:
+            return "regression";
+        default:
+            return "single_label_classification";
+    }
+}
+
+// The evaluation report of a trained or loaded model: scikit-learn's classification_report for
+// classification, entity scores for NER, loss and metric otherwise.
+template <class Model>
+std::string report(ftune::train::trainer<Model>& t, const std::vector<ftune::train::example>& xs,
+                   const std::vector<std::string>& names) {
+    const auto e = t.evaluate(xs);
+    if constexpr (Model::task == ftune::bert::task::token_classification) {
+        // per entity type, then micro and macro averages (seqeval's layout)
+        std::vector<std::vector<std::string>> gold, pred;  // rebuilt per sentence
+        std::size_t at = 0;
+        for (const auto& x : xs) {
+            std::vector<std::string> g, p;
+            for (auto l : x.labels)
+                if (l != -100) {
+                    g.push_back(names[std::size_t(e.gold[at])]);
+                    p.push_back(names[std::size_t(e.predicted[at])]);
+                    ++at;
+                }
+            gold.push_back(std::move(g)), pred.push_back(std::move(p));
+        }
+        return ftune::metrics::entity_report(gold, pred);
+    } else {
+        if (t.options.task == ftune::train::task::classify)
+            return ftune::metrics::classification_report(e.gold, e.predicted, names);
+        return ftune::detail::cat(t.metric_name(), " ", e.metric, ", loss ", e.loss, "\n");
+    }
+}
+
+// Labels seen in a file, for a task (multilabel labels split at commas).
+inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d,
+                                          ftune::train::task t) {
+    std::vector<std::string> seen;
+    for (const auto& r : d.rows) {
+        if (t != ftune::train::task::multilabel) {
+            seen.push_back(r.label);
+            continue;
+        }
+        std::size_t a = 0;
+        while (a <= r.label.size()) {
+            std::size_t b = r.label.find(',', a);
+            if (b == std::string::npos) b = r.label.size();
+            if (b > a) seen.push_back(r.label.substr(a, b - a));
+            a = b + 1;
+        }
+    }
+    return seen;
+}
+
+// Fine-tunes with a model type; returns the exit status.
+template <class Model>
+int train_with(train_args& a, ftune::train::task task) {
+    const auto cfg = ftune::io::read_hf_config(a.model / "config.json");
+    // data and label names (the checkpoint's names when they cover the data)
+    std::optional<ftune::data::text_dataset> tr, va;
+    std::vector<std::vector<ftune::data::tagged_sentence>> conll(2);
+    std::vector<std::string> seen;
+    if (task == ftune::train::task::ner) {
+        conll[0] = ftune::data::read_conll(a.train);
+        if (!a.valid.empty()) conll[1] = ftune::data::read_conll(a.valid);
+        for (const auto& c : conll)
+            for (const auto& s : c) seen.insert(seen.end(), s.tags.begin(), s.tags.end());
+    } else {
+        tr = ftune::data::read_table(a.train);
+        if (!a.valid.empty()) va = ftune::data::read_table(a.valid);
+        seen = labels_in(*tr, task);
+        if (va) {
+            const auto v = labels_in(*va, task);
+            seen.insert(seen.end(), v.begin(), v.end());
+        }
+    }
+    std::vector<std::string> names = task == ftune::train::task::regression
+                                         ? std::vector<std::string>{"score"}
+                                         : ftune::train::label_names(seen, cfg.id2label);
+    auto m = ftune::io::load_hf<Model>(a.model, {.labels = names, .seed = a.opt.seed});
+    if (!m.tokenizer)
+        throw ftune::error(ftune::errc::io, a.model.string(),
+                           "no vocab.txt or tokenizer.json: training needs the tokenizer");
+    if (!m.report.initialized.empty())
+        std::cerr << "ftune: new weights (not in the checkpoint): " << m.report.initialized.size()
+                  << " tensors, e.g. " << m.report.initialized.front() << "\n";
+    m.config.problem_type = task == ftune::train::task::ner ? "" : problem_type(task);
+    const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
+    std::vector<ftune::train::example> train_x, valid_x;
+    if (task == ftune::train::task::ner) {
+        train_x = ftune::train::encode(*m.tokenizer, conll[0], names, max_len, a.train.string());
+        valid_x = ftune::train::encode(*m.tokenizer, conll[1], names, max_len, a.valid.string());
+    } else {
+        train_x = ftune::train::encode(*m.tokenizer, *tr, task, names, max_len);
+        if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, task, names, max_len);
+    }
+    const std::size_t frozen =
+        ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
+    std::filesystem::create_directories(a.out);
+    a.opt.task = task;
+    a.opt.log_path = a.out / "train_log.jsonl";
+    std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
+              << " validation examples, " << names.size() << " labels, " << a.opt.epochs
+              << " epochs of batch " << a.opt.batch_size;
+    if (frozen) std::cerr << ", " << frozen << " weights frozen";
+    std::cerr << "\n";
+    ftune::train::trainer<Model> t(m.model, a.opt, names);
+    const auto r = t.fit(train_x, valid_x);
+    ftune::io::save_hf(m, a.out);
+    t.write_plot(a.out / "training_curve.svg");
+    std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s";
+    if (!std::isnan(r.best_metric))
+        std::cerr << "; best validation " << t.metric_name() << " " << r.best_metric << " at step "
+                  << r.best_step << (r.stopped_early ? " (stopped early)" : "");
+    std::cerr << "; saved " << a.out.string() << "\n";
+    if (!valid_x.empty()) std::cout << report(t, valid_x, names);
+    return 0;
+}
+
+// Evaluates a model type on a file; returns the exit status.
+template <class Model>
+int eval_with(train_args& a, ftune::train::task task) {
+    auto m = ftune::io::load_hf<Model>(a.model);
+    if (!m.tokenizer)
+        throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
+    warn_initialized(m.report, a.model);
+    std::vector<std::string> names = m.config.id2label;
+    if constexpr (requires { m.model.num_labels(); })
+        for (std::size_t i = names.size(); i < m.model.num_labels(); ++i)
+            names.push_back("LABEL_" + std::to_string(i));
+    const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
+    std::vector<ftune::train::example> xs;
+    if (task == ftune::train::task::ner)
+        xs = ftune::train::encode(*m.tokenizer, ftune::data::read_conll(a.data), names, max_len,
+                                  a.data.string());
+    else
+        xs = ftune::train::encode(*m.tokenizer, ftune::data::read_table(a.data), task, names,
+                                  max_len);
+    a.opt.task = task;
+    a.opt.progress = nullptr;
+    m.model.prepare_inference();
+    ftune::train::trainer<Model> t(m.model, a.opt, names);
+    std::cout << report(t, xs, names);
+    return 0;
+}
+
+// The task of a model directory when --task is not given.
+inline ftune::train::task task_of(const ftune::io::hf_config& cfg) {
+    const std::string arch = cfg.architectures.empty() ? "" : cfg.architectures.front();
+    if (arch == "BertForTokenClassification") return ftune::train::task::ner;
+    if (cfg.problem_type == "multi_label_classification") return ftune::train::task::multilabel;
+    if (cfg.problem_type == "regression") return ftune::train::task::regression;
+    return ftune::train::task::classify;
+}
+
+// Runs `ftune train`.
+inline int run_train(int argc, char** argv) {
+    auto a = parse_train_args(argc, argv, false);
+    const auto t = a.task.value_or(ftune::train::task::classify);
+    using E = ftune::bert::encoder<float>;
+    if (t == ftune::train::task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
+    return train_with<ftune::bert::sequence_classifier<E>>(a, t);
+}
+
+// Runs `ftune eval`.
+inline int run_eval(int argc, char** argv) {
+    auto a = parse_train_args(argc, argv, true);
+    const auto t = a.task.value_or(task_of(ftune::io::read_hf_config(a.model / "config.json")));
+    using E = ftune::bert::encoder<float>;
+    if (t == ftune::train::task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
+    return eval_with<ftune::bert::sequence_classifier<E>>(a, t);
+}
+
+}  // namespace cli
