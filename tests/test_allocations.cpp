@@ -1,6 +1,9 @@
 // A steady-state training step (forward + backward) and an inference call at a (batch, sequence)
 // already seen allocate nothing: this binary replaces the global operator new to count.
+#include <ftune/losses.hpp>
 #include <ftune/models/bert.hpp>
+#include <ftune/models/bert_tasks.hpp>
+#include <ftune/optim.hpp>
 
 #include <atomic>
 #include <cstdlib>
@@ -115,5 +118,41 @@ TEST_CASE("inference with prepared (packed) weights allocates nothing after the 
     enc.forward(eval, {ids.data(), 1, 9});
     CHECK(allocations.load() - before == 0);
     enc.prepare_inference();  // packing again into storage of the same size
+    CHECK(allocations.load() - before == 0);
+}
+
+TEST_CASE("a full training step (task model, loss, clipping, AdamW) allocates nothing",
+          "[allocations]") {
+    using Model = ftune::bert::sequence_classifier<ftune::bert::encoder<float>>;
+    Model m({.vocab_size = 50,
+             .hidden_size = 32,
+             .num_hidden_layers = 2,
+             .num_attention_heads = 4,
+             .intermediate_size = 48,
+             .max_position_embeddings = 16,
+             .num_labels = 3});
+    auto params = ftune::optim::parameters_of(m);
+    for (auto& p : params)
+        for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.01f * float(i % 7);
+    ftune::optim::adamw<float> opt({.lr = 1e-3, .weight_decay = 0.01});
+    ftune::loss::cross_entropy<float> ce;
+    const std::size_t B = 4, T = 10;
+    std::vector<ftune::token_id> ids(B * T, 3), mask(B * T, 1), labels{0, 1, 2, 1};
+    std::vector<float> d(B * 3);
+    ftune::context ctx{.mode = ftune::mode::train, .rng = ftune::generator(1)};
+    const std::span<const ftune::parameter_ref<float>> ps(params);
+    auto step = [&] {
+        const auto y = m.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
+        ce.forward({y.data(), B, 3}, {labels.data(), B});
+        std::fill(d.begin(), d.end(), 0.0f);
+        ce.backward({d.data(), B, 3}, 1.0f);
+        m.backward(ctx, {d.data(), B, 3});
+        ftune::optim::clip_grad_norm(ps, 1.0);
+        opt.step(ps);
+        m.zero_grad();
+    };
+    step(), step();  // warm-up: workspaces and optimizer state
+    const long before = allocations.load();
+    for (int i = 0; i < 3; ++i) step();
     CHECK(allocations.load() - before == 0);
 }

@@ -40,6 +40,8 @@ void usage(std::ostream& os) {
           "              [--weight-decay F] [--freeze none|embeddings|layers:N|encoder]\n"
           "              [--early-stopping PATIENCE] [--eval-every STEPS] [--grad-accum N]\n"
           "              [--schedule linear|cosine|constant|polynomial]\n"
+          "              [--checkpoint-every STEPS] [--stop-after STEPS] [--resume "
+          "DIR/checkpoint]\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
           "              [--task ...] [--batch-size N] [--max-length N]\n"
           "  help        print this text\n";

@@ -98,6 +98,12 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.grad_accum = count();
         else if (!eval && k == "--schedule")
             a.opt.schedule = v;
+        else if (!eval && k == "--resume")
+            a.opt.resume_from = v;
+        else if (!eval && k == "--checkpoint-every")
+            a.opt.checkpoint_every = count();
+        else if (!eval && k == "--stop-after")
+            a.opt.stop_after = count();
         else
             throw ftune::error(
                 ftune::errc::invalid_argument, k,
@@ -221,6 +227,7 @@ int train_with(train_args& a, ftune::train::task task) {
     std::filesystem::create_directories(a.out);
     a.opt.task = task;
     a.opt.log_path = a.out / "train_log.jsonl";
+    a.opt.checkpoint_dir = a.out / "checkpoint";
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
               << " validation examples, " << names.size() << " labels, " << a.opt.epochs
               << " epochs of batch " << a.opt.batch_size;
@@ -228,7 +235,14 @@ int train_with(train_args& a, ftune::train::task task) {
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     const auto r = t.fit(train_x, valid_x);
+    if (a.opt.stop_after && r.steps >= a.opt.stop_after &&
+        r.steps < a.opt.epochs * ((train_x.size() + a.opt.batch_size - 1) / a.opt.batch_size)) {
+        std::cerr << "ftune: stopped after " << r.steps << " steps; continue with --resume "
+                  << a.opt.checkpoint_dir.string() << "\n";
+        return 0;
+    }
     ftune::io::save_hf(m, a.out);
+    std::filesystem::remove_all(a.opt.checkpoint_dir);  // finished: the model is saved
     t.write_plot(a.out / "training_curve.svg");
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s";
     if (!std::isnan(r.best_metric))

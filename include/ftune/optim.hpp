@@ -95,13 +95,7 @@ class adamw {
 
     /// Updates every trainable parameter of params from its gradient (gradients unchanged).
     void step(std::span<const parameter_ref<T>> params) {
-        if (names_.empty() && steps_ == 0) {
-            for (const auto& p : params) {
-                names_.push_back(p.name);
-                m_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
-                v_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
-            }
-        }
+        if (names_.empty() && steps_ == 0) init_state(params);
         detail::check_same_params(names_, m_.size(), params, "adamw::step");
         ++steps_;
         for (std::size_t i = 0; i < params.size(); ++i) {
@@ -120,6 +114,17 @@ class adamw {
                            .step = steps_};
             backend::cpu::adamw_update(p.value.data(), p.grad.data(), m_[i].data(), v_[i].data(),
                                        p.value.size(), h);
+        }
+    }
+
+    /// Allocates the (zero) state of params as the first step would, so that visit_state can
+    /// restore saved moments before any step.
+    void init_state(std::span<const parameter_ref<T>> params) {
+        names_.clear(), m_.clear(), v_.clear();
+        for (const auto& p : params) {
+            names_.push_back(p.name);
+            m_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
+            v_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
         }
     }
 

@@ -3381,6 +3381,8 @@ class linear {
         weight.zero_grad();
         bias.zero_grad();
     }
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
 
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
@@ -3506,48 +3508,50 @@ class self_attention {
                         "which keep nothing for backward; run forward in training mode, or call "
                         "visit_parameters() (which drops the packed weights) before it");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
+        auto& w = scratch();  // shared by every attention layer of this type on this thread
+        auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
-        dp_.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
-        dq_.resize(shape<dynamic, C>(B * Tn, Cn));
-        dk_.resize(dq_.shape());
-        dv_.resize(dq_.shape());
+        dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
+        dq.resize(shape<dynamic, C>(B * Tn, Cn));
+        dk.resize(dq.shape());
+        dv.resize(dq.shape());
         for (std::size_t b = 0; b < B; ++b) {
             const T* g = dout.data() + b * Tn * Cn;
             // dP_bh = dctx_bh V_bhᵀ; dV_bh = P_bhᵀ dctx_bh
             backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1), g,
                                                Cn, d, v_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dp_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
+                                               dp.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
             backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1),
                                                p + b * H * Tn * Tn, Tn, Tn * Tn, g, Cn, d, T(0),
-                                               dv_.data() + b * Tn * Cn, Cn, d, H);
+                                               dv.data() + b * Tn * Cn, Cn, d, H);
         }
-        ds_.resize(probs_.shape());
-        ds_.fill(T(0));
+        ds.resize(probs_.shape());
+        ds.fill(T(0));
         if (dropped_) {  // through the dropout, then the softmax
-            dp_pre_.resize(probs_.shape());
-            dp_pre_.fill(T(0));
-            ops::dropout_backward(dp_pre_, mask_, dp_, dropout_p);
-            ops::masked_softmax_backward(ds_, probs_, dp_pre_, T(1) / std::sqrt(T(d)));
+            dp_pre.resize(probs_.shape());
+            dp_pre.fill(T(0));
+            ops::dropout_backward(dp_pre, mask_, dp, dropout_p);
+            ops::masked_softmax_backward(ds, probs_, dp_pre, T(1) / std::sqrt(T(d)));
         } else {
-            ops::masked_softmax_backward(ds_, probs_, dp_, T(1) / std::sqrt(T(d)));
+            ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
         }
         for (std::size_t b = 0; b < B; ++b) {
-            const T* s = ds_.data() + b * H * Tn * Tn;
+            const T* s = ds.data() + b * H * Tn * Tn;
             // dQ_bh = dS_bh K_bh; dK_bh = dS_bhᵀ Q_bh
             backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1), s, Tn,
                                                Tn * Tn, k_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dq_.data() + b * Tn * Cn, Cn, d, H);
+                                               dq.data() + b * Tn * Cn, Cn, d, H);
             backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1), s,
                                                Tn, Tn * Tn, q_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dk_.data() + b * Tn * Cn, Cn, d, H);
+                                               dk.data() + b * Tn * Cn, Cn, d, H);
         }
         const view<T, shape<dynamic, C>> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>>()
                        : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
-        query.backward(ctx, dq_.view(), dx2);
-        key.backward(ctx, dk_.view(), dx2);
-        value.backward(ctx, dv_.view(), dx2);
+        query.backward(ctx, dq.view(), dx2);
+        key.backward(ctx, dk.view(), dx2);
+        value.backward(ctx, dv.view(), dx2);
     }
 
     /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
@@ -3566,6 +3570,10 @@ class self_attention {
         fused_valid_ = true;
     }
 
+    /// Whether any projection trains (false: frozen).
+    bool trainable() const noexcept {
+        return query.trainable() || key.trainable() || value.trainable();
+    }
     /// Sets the projections' gradients to zero.
     void zero_grad() noexcept {
         query.zero_grad();
@@ -3592,14 +3600,22 @@ class self_attention {
     buffer<T, shape<dynamic, dynamic>> qkv_;         // (B*T, 3C) fused projections
     std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
     typename linear<T, C, C>::output_view q_, k_,
-        v_;                                         // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>> scores_, probs_;    // (B, H, T, T)
-    buffer<T, dynamic_shape<4>> probs_dropped_;     // (B, H, T, T) after dropout
-    buffer<std::uint8_t, dynamic_shape<4>> mask_;   // (B, H, T, T) dropout keep mask
-    bool dropped_ = false;                          // whether the last forward used dropout
-    buffer<T, shape<dynamic, dynamic, C>> out_;     // (B, T, C) context
-    buffer<T, dynamic_shape<4>> dp_, dp_pre_, ds_;  // (B, H, T, T) gradients
-    buffer<T, shape<dynamic, C>> dq_, dk_, dv_;     // (B*T, C) gradients of the projections
+        v_;                                        // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>> scores_, probs_;   // (B, H, T, T)
+    buffer<T, dynamic_shape<4>> probs_dropped_;    // (B, H, T, T) after dropout
+    buffer<std::uint8_t, dynamic_shape<4>> mask_;  // (B, H, T, T) dropout keep mask
+    bool dropped_ = false;                         // whether the last forward used dropout
+    buffer<T, shape<dynamic, dynamic, C>> out_;    // (B, T, C) context
+    // Buffers used only inside one backward call: one set per thread for every layer of this
+    // type (an encoder's 12 layers share it), not one per layer.
+    struct backward_scratch {
+        buffer<T, dynamic_shape<4>> dp, dp_pre, ds;  // (B, H, T, T) gradients
+        buffer<T, shape<dynamic, C>> dq, dk, dv;     // (B*T, C) gradients of the projections
+    };
+    static backward_scratch& scratch() {
+        thread_local backward_scratch s;
+        return s;
+    }
 };
 
 }  // namespace layers
@@ -3707,6 +3723,8 @@ class embedding {
         if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
     }
 
+    /// Whether the table trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable; }
     /// Sets the table's gradient to zero.
     void zero_grad() noexcept { weight.zero_grad(); }
 
@@ -3790,6 +3808,8 @@ class layer_norm {
                                           mean_.data(), rstd_.data(), rows, cols);
     }
 
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
     /// Sets the parameter gradients to zero.
     void zero_grad() noexcept {
         weight.zero_grad();
@@ -3885,6 +3905,11 @@ class bert_embeddings {
         token_type_embeddings.backward(ctx, d_sum_.view());
     }
 
+    /// Whether any table or the LayerNorm trains (false: frozen).
+    bool trainable() const noexcept {
+        return word_embeddings.trainable() || position_embeddings.trainable() ||
+               token_type_embeddings.trainable() || norm.trainable();
+    }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         word_embeddings.zero_grad(), position_embeddings.zero_grad(),
@@ -4332,31 +4357,32 @@ class encoder_block {
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+        auto& s = scratch();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
-        zeroed(d_c1_, N, Cn), zeroed(d_c2_, N, Cn), zeroed(d_c3_, N, Cn);
-        zeroed(d_f1_, N, Fn), zeroed(d_f2_, N, Fn);
+        zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
+        zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
         const view<T, shape<dynamic, C>> dx = dx_in.empty()
                                                   ? view<T, shape<dynamic, C>>()
                                                   : view<T, shape<dynamic, C>>(dx_in.data(), N, Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
-            norm2.backward(ctx, dy, d_c1_.view());                 // d_c1 = d s2
-            ffn_backward(ctx, d_c1_.view(), d_c1_.view(), N, Cn);  // d_c1 += d n1 (through FFN)
+            norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
+            ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
-            norm1.backward(ctx, d_c1_.view(), d_c2_.view());  // d_c2 = d s1
-            if (!dx.empty()) ops::residual_add(dx, dx, d_c2_);
-            attention_backward(ctx, d_c2_.view(), dx_in, N, Cn);
+            norm1.backward(ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
+            if (!dx.empty()) ops::residual_add(dx, dx, s.c2);
+            attention_backward(ctx, s.c2.view(), dx_in, N, Cn);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
-            ffn_backward(ctx, dy, d_c1_.view(), N, Cn);       // d_c1 = d n2
-            ops::residual_add(d_c3_, d_c3_, dy);              // d_c3 = d h1 = dy + ...
-            norm2.backward(ctx, d_c1_.view(), d_c3_.view());  //        ... + LN2ᵀ d n2
+            ffn_backward(ctx, dy, s.c1.view(), N, Cn);      // d_c1 = d n2
+            ops::residual_add(s.c3, s.c3, dy);              // d_c3 = d h1 = dy + ...
+            norm2.backward(ctx, s.c1.view(), s.c3.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
-            if (!dx.empty()) ops::residual_add(dx, dx, d_c3_);
-            attention_backward(ctx, d_c3_.view(), unflat(d_c2_.view(), B_, T_), N,
-                               Cn);                 // d_c2 = d n1
-            norm1.backward(ctx, d_c2_.view(), dx);  // dx += LN1ᵀ d n1
+            if (!dx.empty()) ops::residual_add(dx, dx, s.c3);
+            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, T_), N,
+                               Cn);                // d_c2 = d n1
+            norm1.backward(ctx, s.c2.view(), dx);  // dx += LN1ᵀ d n1
         }
     }
 
@@ -4366,6 +4392,11 @@ class encoder_block {
         intermediate.prepare_inference(), output_dense.prepare_inference();
     }
 
+    /// Whether any parameter of the block trains (false: frozen).
+    bool trainable() const noexcept {
+        return attention.trainable() || attention_dense.trainable() || norm1.trainable() ||
+               intermediate.trainable() || output_dense.trainable() || norm2.trainable();
+    }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();
@@ -4419,28 +4450,38 @@ class encoder_block {
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>> d_out,
                       view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn) {
-        zeroed(d_c3_scratch_, N, Cn);
-        output_dropout.backward(ctx, d_out, d_c3_scratch_.view());       // d (dense output)
-        output_dense.backward(ctx, d_c3_scratch_.view(), d_f1_.view());  // d (activation output)
-        activation.backward(ctx, d_f1_.view(), d_f2_.view());            // d (intermediate output)
-        intermediate.backward(ctx, d_f2_.view(), d_in);
+        auto& s = scratch();
+        zeroed(s.c3s, N, Cn);
+        output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
+        output_dense.backward(ctx, s.c3s.view(), s.f1.view());  // d (activation output)
+        activation.backward(ctx, s.f1.view(), s.f2.view());     // d (intermediate output)
+        intermediate.backward(ctx, s.f2.view(), d_in);
     }
     // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
     void attention_backward(context& ctx, view<const T, shape<dynamic, C>> d_out, d_input_view dx,
                             std::size_t N, std::size_t Cn) {
-        zeroed(d_a1_, N, Cn), zeroed(d_a2_, N, Cn);
-        attention_dropout.backward(ctx, d_out, d_a1_.view());
-        attention_dense.backward(ctx, d_a1_.view(), d_a2_.view());
-        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(d_a2_.view()), B_, T_), dx);
+        auto& s = scratch();
+        zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
+        attention_dropout.backward(ctx, d_out, s.a1.view());
+        attention_dense.backward(ctx, s.a1.view(), s.a2.view());
+        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(s.a2.view()), B_, T_), dx);
     }
 
-    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
-    view<const T, shape<dynamic, C>> x_;               // (N, C) the last forward's input
-    buffer<T, shape<dynamic, C>> h1_, h2_;             // (N, C) residual sums
-    view<const T, shape<dynamic, C>> out_;             // (N, C) output: norm2's (post) or h2_ (pre)
-    buffer<T, shape<dynamic, C>> d_c1_, d_c2_, d_c3_;  // (N, C) gradients
-    buffer<T, shape<dynamic, C>> d_c3_scratch_, d_a1_, d_a2_;  // (N, C) gradients inside sublayers
-    buffer<T, shape<dynamic, F>> d_f1_, d_f2_;                 // (N, F) gradients inside the FFN
+    std::size_t B_ = 0, T_ = 0;             // the last forward's batch and sequence
+    view<const T, shape<dynamic, C>> x_;    // (N, C) the last forward's input
+    buffer<T, shape<dynamic, C>> h1_, h2_;  // (N, C) residual sums
+    view<const T, shape<dynamic, C>> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
+    // Gradient buffers used only inside one backward call: one set per thread for every block of
+    // this type (an encoder's layers share it), not one per layer.
+    struct backward_scratch {
+        buffer<T, shape<dynamic, C>> c1, c2, c3;   // (N, C) gradients
+        buffer<T, shape<dynamic, C>> c3s, a1, a2;  // (N, C) gradients inside sublayers
+        buffer<T, shape<dynamic, F>> f1, f2;       // (N, F) gradients inside the FFN
+    };
+    static backward_scratch& scratch() {
+        thread_local backward_scratch s;
+        return s;
+    }
 };
 
 }  // namespace blocks
@@ -4548,18 +4589,33 @@ class encoder {
     /// Hidden size C.
     std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
 
-    /// Accumulates every parameter's gradient from d loss / d hidden states.
+    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
+    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
     void backward(context& ctx, output_view dout) {
         d_[0].resize(dout.shape());
         d_[1].resize(dout.shape());
+        const bool emb = embeddings.trainable();
+        std::size_t lowest = 0;  // the lowest layer whose parameters (or those below) train
+        if (!emb) {
+            lowest = layer.size();
+            for (std::size_t i = 0; i < layer.size(); ++i)
+                if (layer[i].trainable()) {
+                    lowest = i;
+                    break;
+                }
+        }
         output_view d = dout;
-        for (std::size_t i = layer.size(); i-- > 0;) {
+        for (std::size_t i = layer.size(); i-- > lowest;) {
+            if (i == lowest && !emb) {  // no one below needs d input
+                layer[i].backward(ctx, d, {});
+                return;
+            }
             auto& next = d_[i % 2];
             next.fill(T(0));
             layer[i].backward(ctx, d, next.view());
             d = next.view();
         }
-        embeddings.backward(ctx, d);
+        if (emb) embeddings.backward(ctx, d);
     }
 
     /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode

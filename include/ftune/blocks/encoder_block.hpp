@@ -104,31 +104,32 @@ class encoder_block {
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+        auto& s = scratch();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
-        zeroed(d_c1_, N, Cn), zeroed(d_c2_, N, Cn), zeroed(d_c3_, N, Cn);
-        zeroed(d_f1_, N, Fn), zeroed(d_f2_, N, Fn);
+        zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
+        zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
         const view<T, shape<dynamic, C>> dx = dx_in.empty()
                                                   ? view<T, shape<dynamic, C>>()
                                                   : view<T, shape<dynamic, C>>(dx_in.data(), N, Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
-            norm2.backward(ctx, dy, d_c1_.view());                 // d_c1 = d s2
-            ffn_backward(ctx, d_c1_.view(), d_c1_.view(), N, Cn);  // d_c1 += d n1 (through FFN)
+            norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
+            ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
-            norm1.backward(ctx, d_c1_.view(), d_c2_.view());  // d_c2 = d s1
-            if (!dx.empty()) ops::residual_add(dx, dx, d_c2_);
-            attention_backward(ctx, d_c2_.view(), dx_in, N, Cn);
+            norm1.backward(ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
+            if (!dx.empty()) ops::residual_add(dx, dx, s.c2);
+            attention_backward(ctx, s.c2.view(), dx_in, N, Cn);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
-            ffn_backward(ctx, dy, d_c1_.view(), N, Cn);       // d_c1 = d n2
-            ops::residual_add(d_c3_, d_c3_, dy);              // d_c3 = d h1 = dy + ...
-            norm2.backward(ctx, d_c1_.view(), d_c3_.view());  //        ... + LN2ᵀ d n2
+            ffn_backward(ctx, dy, s.c1.view(), N, Cn);      // d_c1 = d n2
+            ops::residual_add(s.c3, s.c3, dy);              // d_c3 = d h1 = dy + ...
+            norm2.backward(ctx, s.c1.view(), s.c3.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
-            if (!dx.empty()) ops::residual_add(dx, dx, d_c3_);
-            attention_backward(ctx, d_c3_.view(), unflat(d_c2_.view(), B_, T_), N,
-                               Cn);                 // d_c2 = d n1
-            norm1.backward(ctx, d_c2_.view(), dx);  // dx += LN1ᵀ d n1
+            if (!dx.empty()) ops::residual_add(dx, dx, s.c3);
+            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, T_), N,
+                               Cn);                // d_c2 = d n1
+            norm1.backward(ctx, s.c2.view(), dx);  // dx += LN1ᵀ d n1
         }
     }
 
@@ -138,6 +139,11 @@ class encoder_block {
         intermediate.prepare_inference(), output_dense.prepare_inference();
     }
 
+    /// Whether any parameter of the block trains (false: frozen).
+    bool trainable() const noexcept {
+        return attention.trainable() || attention_dense.trainable() || norm1.trainable() ||
+               intermediate.trainable() || output_dense.trainable() || norm2.trainable();
+    }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();
@@ -191,28 +197,38 @@ class encoder_block {
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>> d_out,
                       view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn) {
-        zeroed(d_c3_scratch_, N, Cn);
-        output_dropout.backward(ctx, d_out, d_c3_scratch_.view());       // d (dense output)
-        output_dense.backward(ctx, d_c3_scratch_.view(), d_f1_.view());  // d (activation output)
-        activation.backward(ctx, d_f1_.view(), d_f2_.view());            // d (intermediate output)
-        intermediate.backward(ctx, d_f2_.view(), d_in);
+        auto& s = scratch();
+        zeroed(s.c3s, N, Cn);
+        output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
+        output_dense.backward(ctx, s.c3s.view(), s.f1.view());  // d (activation output)
+        activation.backward(ctx, s.f1.view(), s.f2.view());     // d (intermediate output)
+        intermediate.backward(ctx, s.f2.view(), d_in);
     }
     // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
     void attention_backward(context& ctx, view<const T, shape<dynamic, C>> d_out, d_input_view dx,
                             std::size_t N, std::size_t Cn) {
-        zeroed(d_a1_, N, Cn), zeroed(d_a2_, N, Cn);
-        attention_dropout.backward(ctx, d_out, d_a1_.view());
-        attention_dense.backward(ctx, d_a1_.view(), d_a2_.view());
-        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(d_a2_.view()), B_, T_), dx);
+        auto& s = scratch();
+        zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
+        attention_dropout.backward(ctx, d_out, s.a1.view());
+        attention_dense.backward(ctx, s.a1.view(), s.a2.view());
+        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(s.a2.view()), B_, T_), dx);
     }
 
-    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
-    view<const T, shape<dynamic, C>> x_;               // (N, C) the last forward's input
-    buffer<T, shape<dynamic, C>> h1_, h2_;             // (N, C) residual sums
-    view<const T, shape<dynamic, C>> out_;             // (N, C) output: norm2's (post) or h2_ (pre)
-    buffer<T, shape<dynamic, C>> d_c1_, d_c2_, d_c3_;  // (N, C) gradients
-    buffer<T, shape<dynamic, C>> d_c3_scratch_, d_a1_, d_a2_;  // (N, C) gradients inside sublayers
-    buffer<T, shape<dynamic, F>> d_f1_, d_f2_;                 // (N, F) gradients inside the FFN
+    std::size_t B_ = 0, T_ = 0;             // the last forward's batch and sequence
+    view<const T, shape<dynamic, C>> x_;    // (N, C) the last forward's input
+    buffer<T, shape<dynamic, C>> h1_, h2_;  // (N, C) residual sums
+    view<const T, shape<dynamic, C>> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
+    // Gradient buffers used only inside one backward call: one set per thread for every block of
+    // this type (an encoder's layers share it), not one per layer.
+    struct backward_scratch {
+        buffer<T, shape<dynamic, C>> c1, c2, c3;   // (N, C) gradients
+        buffer<T, shape<dynamic, C>> c3s, a1, a2;  // (N, C) gradients inside sublayers
+        buffer<T, shape<dynamic, F>> f1, f2;       // (N, F) gradients inside the FFN
+    };
+    static backward_scratch& scratch() {
+        thread_local backward_scratch s;
+        return s;
+    }
 };
 
 }  // namespace blocks

@@ -115,48 +115,50 @@ class self_attention {
                         "which keep nothing for backward; run forward in training mode, or call "
                         "visit_parameters() (which drops the packed weights) before it");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
+        auto& w = scratch();  // shared by every attention layer of this type on this thread
+        auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
-        dp_.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
-        dq_.resize(shape<dynamic, C>(B * Tn, Cn));
-        dk_.resize(dq_.shape());
-        dv_.resize(dq_.shape());
+        dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
+        dq.resize(shape<dynamic, C>(B * Tn, Cn));
+        dk.resize(dq.shape());
+        dv.resize(dq.shape());
         for (std::size_t b = 0; b < B; ++b) {
             const T* g = dout.data() + b * Tn * Cn;
             // dP_bh = dctx_bh V_bhᵀ; dV_bh = P_bhᵀ dctx_bh
             backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1), g,
                                                Cn, d, v_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dp_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
+                                               dp.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
             backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1),
                                                p + b * H * Tn * Tn, Tn, Tn * Tn, g, Cn, d, T(0),
-                                               dv_.data() + b * Tn * Cn, Cn, d, H);
+                                               dv.data() + b * Tn * Cn, Cn, d, H);
         }
-        ds_.resize(probs_.shape());
-        ds_.fill(T(0));
+        ds.resize(probs_.shape());
+        ds.fill(T(0));
         if (dropped_) {  // through the dropout, then the softmax
-            dp_pre_.resize(probs_.shape());
-            dp_pre_.fill(T(0));
-            ops::dropout_backward(dp_pre_, mask_, dp_, dropout_p);
-            ops::masked_softmax_backward(ds_, probs_, dp_pre_, T(1) / std::sqrt(T(d)));
+            dp_pre.resize(probs_.shape());
+            dp_pre.fill(T(0));
+            ops::dropout_backward(dp_pre, mask_, dp, dropout_p);
+            ops::masked_softmax_backward(ds, probs_, dp_pre, T(1) / std::sqrt(T(d)));
         } else {
-            ops::masked_softmax_backward(ds_, probs_, dp_, T(1) / std::sqrt(T(d)));
+            ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
         }
         for (std::size_t b = 0; b < B; ++b) {
-            const T* s = ds_.data() + b * H * Tn * Tn;
+            const T* s = ds.data() + b * H * Tn * Tn;
             // dQ_bh = dS_bh K_bh; dK_bh = dS_bhᵀ Q_bh
             backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1), s, Tn,
                                                Tn * Tn, k_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dq_.data() + b * Tn * Cn, Cn, d, H);
+                                               dq.data() + b * Tn * Cn, Cn, d, H);
             backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1), s,
                                                Tn, Tn * Tn, q_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dk_.data() + b * Tn * Cn, Cn, d, H);
+                                               dk.data() + b * Tn * Cn, Cn, d, H);
         }
         const view<T, shape<dynamic, C>> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>>()
                        : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
-        query.backward(ctx, dq_.view(), dx2);
-        key.backward(ctx, dk_.view(), dx2);
-        value.backward(ctx, dv_.view(), dx2);
+        query.backward(ctx, dq.view(), dx2);
+        key.backward(ctx, dk.view(), dx2);
+        value.backward(ctx, dv.view(), dx2);
     }
 
     /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
@@ -175,6 +177,10 @@ class self_attention {
         fused_valid_ = true;
     }
 
+    /// Whether any projection trains (false: frozen).
+    bool trainable() const noexcept {
+        return query.trainable() || key.trainable() || value.trainable();
+    }
     /// Sets the projections' gradients to zero.
     void zero_grad() noexcept {
         query.zero_grad();
@@ -201,14 +207,22 @@ class self_attention {
     buffer<T, shape<dynamic, dynamic>> qkv_;         // (B*T, 3C) fused projections
     std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
     typename linear<T, C, C>::output_view q_, k_,
-        v_;                                         // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>> scores_, probs_;    // (B, H, T, T)
-    buffer<T, dynamic_shape<4>> probs_dropped_;     // (B, H, T, T) after dropout
-    buffer<std::uint8_t, dynamic_shape<4>> mask_;   // (B, H, T, T) dropout keep mask
-    bool dropped_ = false;                          // whether the last forward used dropout
-    buffer<T, shape<dynamic, dynamic, C>> out_;     // (B, T, C) context
-    buffer<T, dynamic_shape<4>> dp_, dp_pre_, ds_;  // (B, H, T, T) gradients
-    buffer<T, shape<dynamic, C>> dq_, dk_, dv_;     // (B*T, C) gradients of the projections
+        v_;                                        // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>> scores_, probs_;   // (B, H, T, T)
+    buffer<T, dynamic_shape<4>> probs_dropped_;    // (B, H, T, T) after dropout
+    buffer<std::uint8_t, dynamic_shape<4>> mask_;  // (B, H, T, T) dropout keep mask
+    bool dropped_ = false;                         // whether the last forward used dropout
+    buffer<T, shape<dynamic, dynamic, C>> out_;    // (B, T, C) context
+    // Buffers used only inside one backward call: one set per thread for every layer of this
+    // type (an encoder's 12 layers share it), not one per layer.
+    struct backward_scratch {
+        buffer<T, dynamic_shape<4>> dp, dp_pre, ds;  // (B, H, T, T) gradients
+        buffer<T, shape<dynamic, C>> dq, dk, dv;     // (B*T, C) gradients of the projections
+    };
+    static backward_scratch& scratch() {
+        thread_local backward_scratch s;
+        return s;
+    }
 };
 
 }  // namespace layers

@@ -77,6 +77,11 @@ class bert_embeddings {
         token_type_embeddings.backward(ctx, d_sum_.view());
     }
 
+    /// Whether any table or the LayerNorm trains (false: frozen).
+    bool trainable() const noexcept {
+        return word_embeddings.trainable() || position_embeddings.trainable() ||
+               token_type_embeddings.trainable() || norm.trainable();
+    }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
         word_embeddings.zero_grad(), position_embeddings.zero_grad(),

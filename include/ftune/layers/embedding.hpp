@@ -40,6 +40,8 @@ class embedding {
         if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
     }
 
+    /// Whether the table trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable; }
     /// Sets the table's gradient to zero.
     void zero_grad() noexcept { weight.zero_grad(); }
 

@@ -67,6 +67,8 @@ class layer_norm {
                                           mean_.data(), rstd_.data(), rows, cols);
     }
 
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
     /// Sets the parameter gradients to zero.
     void zero_grad() noexcept {
         weight.zero_grad();

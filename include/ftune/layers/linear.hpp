@@ -76,6 +76,8 @@ class linear {
         weight.zero_grad();
         bias.zero_grad();
     }
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
 
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>

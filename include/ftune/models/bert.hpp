@@ -101,18 +101,33 @@ class encoder {
     /// Hidden size C.
     std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
 
-    /// Accumulates every parameter's gradient from d loss / d hidden states.
+    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
+    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
     void backward(context& ctx, output_view dout) {
         d_[0].resize(dout.shape());
         d_[1].resize(dout.shape());
+        const bool emb = embeddings.trainable();
+        std::size_t lowest = 0;  // the lowest layer whose parameters (or those below) train
+        if (!emb) {
+            lowest = layer.size();
+            for (std::size_t i = 0; i < layer.size(); ++i)
+                if (layer[i].trainable()) {
+                    lowest = i;
+                    break;
+                }
+        }
         output_view d = dout;
-        for (std::size_t i = layer.size(); i-- > 0;) {
+        for (std::size_t i = layer.size(); i-- > lowest;) {
+            if (i == lowest && !emb) {  // no one below needs d input
+                layer[i].backward(ctx, d, {});
+                return;
+            }
             auto& next = d_[i % 2];
             next.fill(T(0));
             layer[i].backward(ctx, d, next.view());
             d = next.view();
         }
-        embeddings.backward(ctx, d);
+        if (emb) embeddings.backward(ctx, d);
     }
 
     /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode

@@ -188,15 +188,18 @@ inline std::vector<std::vector<std::size_t>> batch_order(const std::vector<examp
     return batches;
 }
 
-/// Pads the examples `which` into one batch (to the longest; [PAD] = pad_id, mask 0, and for
-/// per-token labels -100).
-inline batch collate(const std::vector<example>& xs, std::span<const std::size_t> which,
-                     token_id pad_id, bool per_token) {
-    batch b;
-    b.B = which.size();
+/// Pads the examples `which` into b (to the longest; [PAD] = pad_id, mask 0, and for per-token
+/// labels -100), reusing b's storage: no allocation once b has seen a batch as large.
+inline void collate_into(batch& b, const std::vector<example>& xs,
+                         std::span<const std::size_t> which, token_id pad_id, bool per_token) {
+    b.B = which.size(), b.T = 0;
     for (auto i : which) b.T = std::max(b.T, xs[i].ids.size());
     b.ids.assign(b.B * b.T, pad_id), b.mask.assign(b.B * b.T, 0), b.types.assign(b.B * b.T, 0);
-    if (per_token) b.labels.assign(b.B * b.T, -100);
+    if (per_token)
+        b.labels.assign(b.B * b.T, -100);
+    else
+        b.labels.clear();
+    b.targets.clear();
     for (std::size_t r = 0; r < b.B; ++r) {
         const auto& x = xs[which[r]];
         std::copy(x.ids.begin(), x.ids.end(), b.ids.begin() + std::ptrdiff_t(r * b.T));
@@ -208,6 +211,13 @@ inline batch collate(const std::vector<example>& xs, std::span<const std::size_t
             b.labels.insert(b.labels.end(), x.labels.begin(), x.labels.end());
         b.targets.insert(b.targets.end(), x.targets.begin(), x.targets.end());
     }
+}
+
+/// collate_into a new batch.
+inline batch collate(const std::vector<example>& xs, std::span<const std::size_t> which,
+                     token_id pad_id, bool per_token) {
+    batch b;
+    collate_into(b, xs, which, pad_id, per_token);
     return b;
 }
 

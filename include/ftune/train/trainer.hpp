@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ftune/io/safetensors.hpp"
 #include "ftune/losses.hpp"
 #include "ftune/models/bert_tasks.hpp"
 #include "ftune/optim.hpp"
@@ -106,17 +107,21 @@ struct options {
     double lr = 5e-5;             ///< peak learning rate
     double weight_decay = 0.0;    ///< AdamW decoupled decay (not biases/LayerNorm)
     double warmup_ratio = 0.0;    ///< fraction of the steps spent warming up
-    std::string schedule = "linear";      ///< linear, cosine, constant or polynomial
-    double max_grad_norm = 1.0;           ///< global-norm clipping (0: off)
-    std::size_t grad_accum = 1;           ///< batches per optimizer step
-    std::uint64_t seed = 42;              ///< shuffling, dropout, new heads
-    std::size_t eval_every = 0;           ///< evaluate every N optimizer steps (0: each epoch)
-    std::size_t patience = 0;             ///< early stopping: evaluations without improvement
-    double min_delta = 0.0;               ///< early stopping: the smallest improvement
-    bool bucket_by_length = true;         ///< length-bucketed batches (less padding)
-    std::size_t log_every = 50;           ///< plain progress lines every N steps
-    std::ostream* progress = &std::cerr;  ///< where progress goes (nullptr: nowhere)
-    std::filesystem::path log_path;       ///< JSON-lines log ("": none)
+    std::string schedule = "linear";       ///< linear, cosine, constant or polynomial
+    double max_grad_norm = 1.0;            ///< global-norm clipping (0: off)
+    std::size_t grad_accum = 1;            ///< batches per optimizer step
+    std::uint64_t seed = 42;               ///< shuffling, dropout, new heads
+    std::size_t eval_every = 0;            ///< evaluate every N optimizer steps (0: each epoch)
+    std::size_t patience = 0;              ///< early stopping: evaluations without improvement
+    double min_delta = 0.0;                ///< early stopping: the smallest improvement
+    bool bucket_by_length = true;          ///< length-bucketed batches (less padding)
+    std::size_t log_every = 50;            ///< plain progress lines every N steps
+    std::ostream* progress = &std::cerr;   ///< where progress goes (nullptr: nowhere)
+    std::filesystem::path log_path;        ///< JSON-lines log ("": none)
+    std::filesystem::path checkpoint_dir;  ///< where checkpoints go ("": none)
+    std::size_t checkpoint_every = 0;      ///< steps between checkpoints (0: each epoch's end)
+    std::filesystem::path resume_from;     ///< a checkpoint directory to continue from
+    std::size_t stop_after = 0;  ///< end after this many steps, as an interruption would (0: no)
 };
 
 /// Scores of an evaluation.
@@ -197,16 +202,53 @@ class trainer {
         (void)lr_at(0);  // an unknown schedule fails before training
         std::ofstream log;
         if (!options.log_path.empty()) {
-            log.open(options.log_path, std::ios::trunc);
+            log.open(options.log_path,
+                     options.resume_from.empty() ? std::ios::trunc : std::ios::app);
             if (!log) throw error(errc::io, options.log_path.string(), "cannot write the log");
         }
         context ctx{.mode = mode::train, .rng = generator(options.seed)};
         result res;
         std::vector<T> best_values;
         std::size_t bad_evals = 0, step = 0, batch_in_step = 0, since = 0, seen = 0;
+        std::size_t first_epoch = 0, first_batch = 0;
         double loss_sum = 0;
         const bool tty = is_terminal();
         model.zero_grad();
+        const nlohmann::json setup = {{"examples", train_set.size()},
+                                      {"batch_size", options.batch_size},
+                                      {"grad_accum", options.grad_accum},
+                                      {"epochs", options.epochs},
+                                      {"seed", options.seed},
+                                      {"lr", options.lr},
+                                      {"schedule", options.schedule}};
+        if (!options.resume_from.empty()) {  // model, optimizer, schedule, RNG, data position
+            const nlohmann::json st =
+                load_checkpoint(options.resume_from, setup, params, opt, best_values);
+            step = st.at("step").get<std::size_t>();
+            first_epoch = st.at("epoch").get<std::size_t>();
+            first_batch = st.at("next_batch").get<std::size_t>();
+            ctx.rng.set_position(st.at("rng_position").get<std::uint64_t>());
+            bad_evals = st.at("bad_evals").get<std::size_t>();
+            res.best_step = st.at("best_step").get<std::size_t>();
+            if (!st.at("best_metric").is_null())
+                res.best_metric = st.at("best_metric").get<double>();
+            if (options.progress)
+                *options.progress << "resumed from " << options.resume_from.string() << " at step "
+                                  << step << "\n";
+        }
+        auto checkpoint = [&](std::size_t epoch, std::size_t next_batch) {
+            if (options.checkpoint_dir.empty()) return;
+            nlohmann::json st = {{"step", step},
+                                 {"epoch", epoch},
+                                 {"next_batch", next_batch},
+                                 {"rng_position", ctx.rng.position()},
+                                 {"bad_evals", bad_evals},
+                                 {"best_step", res.best_step},
+                                 {"setup", setup}};
+            st["best_metric"] = std::isnan(res.best_metric) ? nlohmann::json(nullptr)
+                                                            : nlohmann::json(res.best_metric);
+            save_checkpoint(options.checkpoint_dir, st, opt, best_values);
+        };
         auto evaluate_now = [&] {
             if (valid.empty()) return false;
             const auto e = evaluate(valid);
@@ -236,11 +278,14 @@ class trainer {
             }
             return options.patience && bad_evals >= options.patience;
         };
-        for (std::size_t epoch = 0; epoch < options.epochs && !res.stopped_early; ++epoch) {
+        bool interrupted = false;
+        for (std::size_t epoch = first_epoch; epoch < options.epochs && !res.stopped_early;
+             ++epoch) {
             const auto order = batch_order(train_set, options.batch_size, true,
                                            options.bucket_by_length, options.seed, epoch);
-            for (std::size_t bi = 0; bi < order.size(); ++bi) {
-                const batch b = collate(train_set, order[bi], pad_id(), per_token());
+            for (std::size_t bi = epoch == first_epoch ? first_batch : 0; bi < order.size(); ++bi) {
+                collate_into(batch_, train_set, order[bi], pad_id(), per_token());
+                const batch& b = batch_;
                 loss_sum += train_batch(ctx, b);
                 seen += b.B, ++since;
                 if (++batch_in_step < options.grad_accum && bi + 1 < order.size()) continue;
@@ -278,9 +323,23 @@ class trainer {
                     res.stopped_early = true;
                     break;
                 }
+                if (options.checkpoint_every && step % options.checkpoint_every == 0 &&
+                    bi + 1 < order.size())
+                    checkpoint(epoch, bi + 1);
+                if (options.stop_after && step >= options.stop_after) {
+                    interrupted = true;
+                    break;
+                }
             }
+            if (interrupted) break;
             if (!options.eval_every && !res.stopped_early && evaluate_now())
                 res.stopped_early = true;
+            if (!res.stopped_early) checkpoint(epoch + 1, 0);
+        }
+        if (interrupted) {  // as if killed: no restoring of the best weights
+            res.steps = step;
+            res.seconds = seconds_since(t0);
+            return res;
         }
         if (options.progress && tty) *options.progress << "\n";
         if (!best_values.empty()) restore(best_values);
@@ -533,6 +592,87 @@ class trainer {
         return options.lr;
     }
 
+    // Writes a checkpoint directory atomically (a temporary directory renamed into place):
+    // model.safetensors (every parameter), optimizer.safetensors (AdamW's moments),
+    // best.safetensors (the best weights, when kept) and trainer_state.json.
+    void save_checkpoint(const std::filesystem::path& dir, const nlohmann::json& state,
+                         optim::adamw<T>& opt, const std::vector<T>& best) {
+        namespace fs = std::filesystem;
+        const fs::path tmp = dir.string() + ".tmp", old = dir.string() + ".old";
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+        fs::create_directories(tmp);
+        std::vector<std::vector<float>> copies;
+        std::vector<io::tensor_to_write> tensors;
+        auto add = [&](const std::string& name, std::span<const T> v) {
+            copies.emplace_back(v.begin(), v.end());
+            tensors.push_back({name, {v.size()}, {}});
+        };
+        model.visit_parameters("", [&](parameter_ref<T> p) { add(p.name, p.value); });
+        for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
+        io::write_safetensors(tmp / "model.safetensors", tensors);
+        copies.clear(), tensors.clear();
+        opt.visit_state([&](const std::string& name, std::span<T> v) { add(name, v); });
+        for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
+        io::write_safetensors(tmp / "optimizer.safetensors", tensors);
+        if (!best.empty()) {
+            copies.clear(), tensors.clear();
+            add("best", best);
+            tensors[0].values = copies[0];
+            io::write_safetensors(tmp / "best.safetensors", tensors);
+        }
+        nlohmann::json st = state;
+        st["optimizer_steps"] = opt.step_count();
+        {
+            std::ofstream out(tmp / "trainer_state.json", std::ios::trunc);
+            out << st.dump(1) << "\n";
+            if (!out) throw error(errc::io, (tmp / "trainer_state.json").string(), "cannot write");
+        }
+        io::detail::sync_file(tmp / "trainer_state.json");
+        fs::remove_all(old, ec);
+        if (fs::exists(dir)) fs::rename(dir, old);
+        fs::rename(tmp, dir);
+        fs::remove_all(old, ec);
+    }
+
+    // Reads a checkpoint written by save_checkpoint into the model, the optimizer and the best
+    // weights; returns trainer_state.json. A checkpoint of another setup is an error naming the
+    // difference.
+    nlohmann::json load_checkpoint(const std::filesystem::path& dir, const nlohmann::json& setup,
+                                   std::vector<parameter_ref<T>>& params, optim::adamw<T>& opt,
+                                   std::vector<T>& best) {
+        const auto state_path = dir / "trainer_state.json";
+        std::ifstream in(state_path);
+        if (!in)
+            throw error(errc::io, state_path.string(),
+                        "cannot open: is this a checkpoint directory written by ftune train?");
+        nlohmann::json st;
+        try {
+            st = nlohmann::json::parse(in);
+        } catch (const nlohmann::json::exception& e) {
+            throw error(errc::parse, state_path.string(), e.what());
+        }
+        for (const auto& [k, v] : setup.items())
+            if (!st.contains("setup") || st["setup"][k] != v)
+                throw error(errc::invalid_argument, state_path.string(),
+                            "the checkpoint was made with " + k + " = " +
+                                (st.contains("setup") ? st["setup"][k].dump() : "?") +
+                                ", this run has " + v.dump() + "; resume with the same settings");
+        const io::safetensors_file m(dir / "model.safetensors");
+        for (auto& p : params) m.read(m.at(p.name), p.value);
+        const io::safetensors_file o(dir / "optimizer.safetensors");
+        opt.init_state(std::span<const parameter_ref<T>>(params));
+        opt.visit_state([&](const std::string& name, std::span<T> v) {
+            if (!v.empty()) o.read(o.at(name), v);
+        });
+        opt.set_step_count(st.at("optimizer_steps").get<std::size_t>());
+        if (std::filesystem::exists(dir / "best.safetensors")) {
+            const io::safetensors_file b(dir / "best.safetensors");
+            best = b.read<T>(b.at("best"));
+        }
+        return st;
+    }
+
     std::vector<T> snapshot() {
         std::vector<T> v;
         model.visit_parameters(
@@ -551,6 +691,7 @@ class trainer {
     loss::bce_with_logits<T> bce_;
     loss::mse<T> mse_;
     std::vector<T> d_, targets_;  // d logits; float targets as T
+    batch batch_;                 // the training batch, its storage reused
 };
 
 }  // namespace train
