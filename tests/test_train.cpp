@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -376,4 +377,48 @@ TEST_CASE("freezing: backward stops below the lowest trainable layer, with the s
         gp.emplace_back();
     });
     CHECK(trained == 16 + 2 + 2);  // layer 1, the pooler, the classifier
+}
+
+TEST_CASE("gradient accumulation: two half batches give one batch's gradient", "[train]") {
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+        heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
+    const auto names = ftune::train::label_names({"negative", "positive"});
+    const auto xs =
+        ftune::train::encode(*m.tokenizer, toy(16, 8), ftune::train::task::classify, names, 32);
+    std::vector<std::size_t> all(16), first(8), second(8);
+    for (std::size_t i = 0; i < 16; ++i) all[i] = i, (i < 8 ? first[i] : second[i - 8]) = i;
+    ftune::context eval;  // no dropout: both ways compute one function
+    ftune::loss::cross_entropy<float> ce;
+    auto grads = [&](const std::vector<std::vector<std::size_t>>& parts) {
+        m.model.zero_grad();
+        for (const auto& part : parts) {  // what the trainer does per batch, scaled 1/parts
+            const auto b = ftune::train::collate(xs, part, 0, false);
+            const auto y =
+                m.model.forward(eval, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T});
+            std::vector<float> d(y.size(), 0.0f);
+            ce.forward({y.data(), b.B, 2}, {b.labels.data(), b.B});
+            ce.backward({d.data(), b.B, 2}, 1.0f / float(parts.size()));
+            m.model.backward(eval, {d.data(), b.B, 2});
+        }
+        std::vector<float> g;
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            g.insert(g.end(), p.grad.begin(), p.grad.end());
+        });
+        return g;
+    };
+    const auto one = grads({all}), two = grads({first, second});
+    double d = 0, scale = 0;
+    for (std::size_t i = 0; i < one.size(); ++i)
+        d = std::max(d, double(std::abs(one[i] - two[i]))),
+        scale = std::max(scale, double(std::abs(one[i])));
+    INFO("max |difference| " << d << " of " << scale);
+    CHECK(d <= 1e-5 * scale);
+    // and the trainer steps once per grad_accum batches (the last, short group too)
+    const auto train =
+        ftune::train::encode(*m.tokenizer, toy(70, 9), ftune::train::task::classify, names, 32);
+    const auto r =
+        ftune::train::trainer<ftune::bert::sequence_classifier<>>(
+            m.model, {.epochs = 1, .batch_size = 8, .grad_accum = 3, .progress = nullptr})
+            .fit(train, {});
+    CHECK(r.steps == 3);  // 9 batches of at most 8 -> 3 steps
 }
