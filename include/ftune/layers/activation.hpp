@@ -11,47 +11,8 @@
 FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
-/// y = f(x) element-wise over (N, C); F is ops::activation::gelu ("gelu"), gelu_tanh
-/// ("gelu_new"), relu ("relu") or tanh (the pooler's).
-template <scalar T, ops::activation F, std::size_t C = dynamic>
-class activation {
-  public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
-    static constexpr ops::activation fixed_kind = F;      ///< the function, fixed by the type
-
-    /// y = f(x); saves x (GELUs, ReLU: a view, keep it alive until backward) or y (tanh).
-    output_view forward(context&, input_view x) {
-        x_ = x;
-        y_.resize(x.shape());
-        ops::activate(F, y_, x);
-        return y_.view();
-    }
-
-    /// dx += f'(x) dy (nothing when dx is empty).
-    void backward(context&, output_view dy, d_input_view dx) {
-        if (dx.empty()) return;
-        if constexpr (F == ops::activation::tanh)
-            ops::activate_backward(F, dx, y_, dy);
-        else
-            ops::activate_backward(F, dx, x_, dy);
-    }
-
-    /// No parameters: nothing to clear.
-    void zero_grad() noexcept {}
-    /// No parameters: f is never called.
-    template <class Fn>
-    void visit_parameters(std::string_view, Fn&&) {}
-
-  private:
-    input_view x_;                    // the last forward's input
-    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
-};
-
 /// y = f(x) element-wise over (N, C) with f chosen when the layer is built (from a config's
-/// hidden_act); one switch per call, so it runs as fast as activation<T, F>.
+/// hidden_act); one switch per call. activation<T, F> is this layer with f fixed by the type.
 template <scalar T, std::size_t C = dynamic>
 class hidden_activation {
   public:
@@ -91,6 +52,17 @@ class hidden_activation {
   private:
     input_view x_;                    // the last forward's input
     buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+};
+
+/// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu
+/// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu") or tanh (the pooler's).
+template <scalar T, ops::activation F, std::size_t C = dynamic>
+class activation : public hidden_activation<T, C> {
+  public:
+    static constexpr ops::activation fixed_kind = F;  ///< the function, fixed by the type
+
+    /// A layer applying F.
+    activation() : hidden_activation<T, C>(F) {}
 };
 
 /// Exact-erf GELU, BERT's "gelu".

@@ -318,7 +318,8 @@ class trainer {
                             << std::flush;
                     loss_sum = 0, since = 0;
                 }
-                if (options.progress) report(step, total, epoch, secs, double(seen) / secs, tty);
+                if (options.progress)
+                    report(step, total, epoch, secs, double(seen) / secs, lr_at(step - 1), tty);
                 if (options.eval_every && step % options.eval_every == 0 && evaluate_now()) {
                     res.stopped_early = true;
                     break;
@@ -570,13 +571,13 @@ class trainer {
     }
 
     void report(std::size_t step, std::size_t total, std::size_t epoch, double secs, double ex_s,
-                bool tty) {
+                double lr, bool tty) {
         const double loss = history.empty() ? 0 : history.back().loss;
         const double eta = step ? secs / double(step) * double(total - step) : 0;
-        const std::string line = ftune::detail::cat(
-            "epoch ", epoch + 1, "/", options.epochs, " step ", step, "/", total, " loss ",
-            fmt(loss), " lr ", fmt(lr_now(step)), " ", fmt(ex_s), " ex/s ETA ", int(eta) / 60, ":",
-            (int(eta) % 60 < 10 ? "0" : ""), int(eta) % 60);
+        const std::string line =
+            ftune::detail::cat("epoch ", epoch + 1, "/", options.epochs, " step ", step, "/", total,
+                               " loss ", fmt(loss), " lr ", fmt(lr), " ", fmt(ex_s), " ex/s ETA ",
+                               int(eta) / 60, ":", (int(eta) % 60 < 10 ? "0" : ""), int(eta) % 60);
         if (tty) {
             const std::size_t width = 24, done = total ? width * step / total : width;
             *options.progress << "\r\033[K[" << std::string(done, '#')
@@ -585,13 +586,6 @@ class trainer {
             *options.progress << line << "\n";
         }
     }
-    double lr_now(std::size_t step) const {
-        for (auto it = history.rbegin(); it != history.rend(); ++it)
-            if (!it->metric) return it->lr;
-        (void)step;
-        return options.lr;
-    }
-
     // Writes a checkpoint directory atomically (a temporary directory renamed into place):
     // model.safetensors (every parameter), optimizer.safetensors (AdamW's moments),
     // best.safetensors (the best weights, when kept) and trainer_state.json.
