@@ -422,3 +422,24 @@ TEST_CASE("gradient accumulation: two half batches give one batch's gradient", "
             .fit(train, {});
     CHECK(r.steps == 3);  // 9 batches of at most 8 -> 3 steps
 }
+
+TEST_CASE("evaluate (ner): entity scores over each sentence's own tags", "[train]") {
+    auto m = ftune::io::load_hf<ftune::bert::token_classifier<>>(heads / "token");
+    const auto names = m.config.id2label;
+    std::vector<ftune::data::tagged_sentence> s{
+        {{"John", "lives", "in", "Paris", "."}, {"B-PER", "O", "O", "B-LOC", "O"}, 1},
+        {{"Hello", "worlds", "!"}, {"O", "B-LOC", "O"}, 7},
+        {{"the", "cafe", "near", "the", "river", "in", "berlin"},
+         {"O", "B-LOC", "O", "O", "O", "O", "B-LOC"},
+         11}};
+    const auto xs = ftune::train::encode(*m.tokenizer, s, names, 32);
+    ftune::train::trainer<ftune::bert::token_classifier<>> t(
+        m.model, {.task = ftune::train::task::ner, .batch_size = 2, .progress = nullptr}, names);
+    const auto e = t.evaluate(xs);
+    REQUIRE(e.gold_tags.size() == 3);
+    std::multiset<std::vector<std::string>> want, got(e.gold_tags.begin(), e.gold_tags.end());
+    for (const auto& x : s) want.insert(x.tags);
+    CHECK(got == want);  // whole sentences, whatever order evaluation visited them in
+    for (std::size_t i = 0; i < 3; ++i) CHECK(e.predicted_tags[i].size() == e.gold_tags[i].size());
+    CHECK(e.f1 == ftune::metrics::entity_f1(e.gold_tags, e.predicted_tags).f1);
+}

@@ -139,20 +139,8 @@ std::string report(ftune::train::trainer<Model>& t, const std::vector<ftune::tra
                    const std::vector<std::string>& names) {
     const auto e = t.evaluate(xs);
     if constexpr (Model::task == ftune::bert::task::token_classification) {
-        // per entity type, then micro and macro averages (seqeval's layout)
-        std::vector<std::vector<std::string>> gold, pred;  // rebuilt per sentence
-        std::size_t at = 0;
-        for (const auto& x : xs) {
-            std::vector<std::string> g, p;
-            for (auto l : x.labels)
-                if (l != -100) {
-                    g.push_back(names[std::size_t(e.gold[at])]);
-                    p.push_back(names[std::size_t(e.predicted[at])]);
-                    ++at;
-                }
-            gold.push_back(std::move(g)), pred.push_back(std::move(p));
-        }
-        return ftune::metrics::entity_report(gold, pred);
+        // per entity type, then micro, macro and weighted averages (seqeval's layout)
+        return ftune::metrics::entity_report(e.gold_tags, e.predicted_tags);
     } else {
         if (t.options.task == ftune::train::task::classify)
             return ftune::metrics::classification_report(e.gold, e.predicted, names);

@@ -132,6 +132,8 @@ struct evaluation {
     double metric = 0;                 ///< the selection metric (accuracy; ner: entity F1;
                                        ///< regression: −MSE)
     std::vector<int> gold, predicted;  ///< classify: per example; ner: per labelled word
+    std::vector<std::vector<std::string>> gold_tags,
+        predicted_tags;  ///< ner: the tags of each sentence (in evaluation order)
 };
 
 /// One point of the training history.
@@ -355,7 +357,8 @@ class trainer {
         context ctx;  // eval mode
         const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
         double loss_sum = 0, weight = 0, sq = 0;
-        std::vector<std::vector<std::string>> gold_tags, pred_tags;
+        auto& gold_tags = e.gold_tags;
+        auto& pred_tags = e.predicted_tags;
         for (const auto& idx : order) {
             const batch b = collate(xs, idx, pad_id(), per_token());
             const auto y = forward(ctx, b);
