@@ -181,6 +181,7 @@ class trainer {
     result fit(const std::vector<example>& train_set, const std::vector<example>& valid) {
         if (train_set.empty()) throw error(errc::invalid_argument, "fit", "no training examples");
         const auto t0 = std::chrono::steady_clock::now();
+        shown_loss_ = 0, last_draw_ = -1, bar_open_ = false;
         auto params = optim::parameters_of(model);
         optim::adamw<T> opt({.lr = options.lr, .weight_decay = options.weight_decay});
         const std::size_t batches_per_epoch =
@@ -268,6 +269,7 @@ class trainer {
                            .dump()
                     << "\n"
                     << std::flush;
+            bar_open_ = false;
             if (options.progress)
                 *options.progress << (tty ? "\r\033[K" : "") << "step " << step << ": eval loss "
                                   << fmt(e.loss) << ", " << metric_name() << " " << fmt(e.metric)
@@ -301,6 +303,7 @@ class trainer {
                 model.zero_grad();
                 ++step;
                 const double secs = seconds_since(t0);
+                shown_loss_ = loss_sum / double(since);  // mean since the last logged step
                 if (step % options.log_every == 0 || step == total) {
                     record r{step,
                              double(step) / double(steps_per_epoch),
@@ -339,12 +342,12 @@ class trainer {
                 res.stopped_early = true;
             if (!res.stopped_early) checkpoint(epoch + 1, 0);
         }
+        if (options.progress && bar_open_) *options.progress << "\n";
         if (interrupted) {  // as if killed: no restoring of the best weights
             res.steps = step;
             res.seconds = seconds_since(t0);
             return res;
         }
-        if (options.progress && tty) *options.progress << "\n";
         if (!best_values.empty()) restore(best_values);
         res.steps = step;
         res.seconds = seconds_since(t0);
@@ -575,7 +578,9 @@ class trainer {
 
     void report(std::size_t step, std::size_t total, std::size_t epoch, double secs, double ex_s,
                 double lr, bool tty) {
-        const double loss = history.empty() ? 0 : history.back().loss;
+        const double loss = shown_loss_;
+        if (tty && step != total && secs - last_draw_ < 0.1) return;  // redraw at most 10 times/s
+        last_draw_ = secs;
         const double eta = step ? secs / double(step) * double(total - step) : 0;
         const std::string line =
             ftune::detail::cat("epoch ", epoch + 1, "/", options.epochs, " step ", step, "/", total,
@@ -585,6 +590,7 @@ class trainer {
             const std::size_t width = 24, done = total ? width * step / total : width;
             *options.progress << "\r\033[K[" << std::string(done, '#')
                               << std::string(width - done, '.') << "] " << line << std::flush;
+            bar_open_ = true;
         } else if (step % options.log_every == 0 || step == total) {
             *options.progress << line << "\n";
         }
@@ -689,6 +695,9 @@ class trainer {
     loss::mse<T> mse_;
     std::vector<T> d_, targets_;  // d logits; float targets as T
     batch batch_;                 // the training batch, its storage reused
+    double shown_loss_ = 0;       // the loss the progress shows: mean since the last log line
+    double last_draw_ = -1;       // when the progress bar was last drawn (seconds into fit)
+    bool bar_open_ = false;       // the progress bar is on the terminal's last line, unended
 };
 
 }  // namespace train
