@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 
@@ -84,6 +85,25 @@ TEST_CASE("read_conll: sentences, -DOCSTART-, the last column as the tag", "[uni
     CHECK(s[1].tags == std::vector<std::string>{"B-PER", "I-PER"});
 }
 
+TEST_CASE("read_phrasebank: sentence@label lines, Latin-1 decoded to UTF-8", "[unit][data]") {
+    const auto p =
+        write("j.txt", "Caf\xe9 sales rose 5 % .@positive\r\n\nemail a@b.c fell .@negative");
+    const auto d = ftune::data::read_phrasebank(p);
+    REQUIRE(d.rows.size() == 2);
+    CHECK(d.rows[0].text == "Caf\xc3\xa9 sales rose 5 % .");
+    CHECK(d.rows[0].label == "positive");
+    CHECK(d.rows[1].text == "email a@b.c fell .");  // the last '@' separates
+    CHECK(d.rows[1].label == "negative");
+    CHECK(d.rows[1].line == 3);
+    CHECK(ftune::data::latin1_to_utf8("\xff\x41") ==
+          "\xc3\xbf"
+          "A");
+    CHECK_THROWS_WITH(ftune::data::read_phrasebank(write("k.txt", "ok .@neutral\nno label\n")),
+                      Catch::Contains("ftune_test_data_k.txt:2: expected `sentence@label`"));
+    CHECK_THROWS_WITH(ftune::data::read_phrasebank(write("l.txt", "empty label .@\n")),
+                      Catch::Contains("ftune_test_data_l.txt:1"));
+}
+
 TEST_CASE("readers: the real data sets with their published sizes", "[data]") {
     const std::filesystem::path dir = FTUNE_DATA_DIR;
     const auto sst = ftune::data::read_table(dir / "sst2" / "dev.tsv");
@@ -98,4 +118,11 @@ TEST_CASE("readers: the real data sets with their published sizes", "[data]") {
     CHECK(ftune::data::read_conll(dir / "conll2003" / "valid.txt").size() == 3250);
     CHECK(ftune::data::read_conll(dir / "conll2003" / "test.txt").size() == 3453);
     CHECK(ftune::data::read_table(dir / "chnsenticorp" / "test.tsv").rows.size() == 1200);
+    const auto fpb =
+        ftune::data::read_phrasebank(dir / "financial_phrasebank" / "Sentences_AllAgree.txt");
+    std::map<std::string, std::size_t> sentiment;
+    for (const auto& r : fpb.rows) ++sentiment[r.label];
+    CHECK(fpb.rows.size() == 2264);
+    CHECK(sentiment == std::map<std::string, std::size_t>{
+                           {"negative", 303}, {"neutral", 1391}, {"positive", 570}});
 }

@@ -4,6 +4,8 @@
 // (the script's --roundtrip loads those into Transformers); base checkpoints get new heads;
 // bad directories are errors naming the file.
 #include <ftune/io/hf.hpp>
+#include <ftune/models/qa_spans.hpp>
+#include <ftune/serve.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -13,6 +15,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "catch.hpp"
@@ -184,6 +187,90 @@ TEST_CASE("load_hf: task models' logits equal Transformers' on a padded batch, e
         const double d = max_diff(logits.data(), ref);
         INFO("max |diff| " << d);
         CHECK(d <= 1e-5);
+    }
+}
+
+TEST_CASE("serve::text_classifier: Transformers' probabilities, the same from many threads",
+          "[io][parity]") {
+    const auto in = read_inputs();
+    const ftune::io::safetensors_file want(heads / "expected.safetensors");
+    const auto ref = want.read<float>(want.at("seq_logits"));  // (texts, 3)
+    const ftune::serve::text_classifier<ftune::bert::sequence_classifier<>> clf(
+        ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq"));
+    CHECK(clf.labels() == std::vector<std::string>{"negative", "neutral", "positive"});
+    std::vector<std::string> single;
+    for (std::size_t i = 0; i < in.texts.size(); ++i) {
+        const auto p = clf.predict(in.texts[i]);
+        const float* y = ref.data() + 3 * i;
+        const double m = std::max({y[0], y[1], y[2]});
+        const double z = std::exp(y[0] - m) + std::exp(y[1] - m) + std::exp(y[2] - m);
+        for (std::size_t c = 0; c < 3; ++c)
+            CHECK(std::abs(p.probabilities[c] - std::exp(y[c] - m) / z) <= 1e-5);
+        CHECK(p.name == clf.labels()[std::size_t(std::max_element(y, y + 3) - y)]);
+        single.push_back(p.name);
+    }
+    // four threads at once: each call gets a replica; every answer equals the single-thread one
+    std::vector<std::thread> pool;
+    std::vector<int> wrong(4);
+    for (int w = 0; w < 4; ++w)
+        pool.emplace_back([&, w] {
+            for (std::size_t k = 0; k < 60; ++k) {
+                const std::size_t i = (k + std::size_t(w)) % in.texts.size();
+                wrong[std::size_t(w)] += clf.predict(in.texts[i]).name != single[i];
+            }
+        });
+    for (auto& t : pool) t.join();
+    CHECK(wrong == std::vector<int>(4, 0));
+    CHECK(clf.replicas() >= 1);
+    CHECK(clf.replicas() <= 4);
+}
+
+TEST_CASE("qa: windows and n-best answers equal Transformers' tokenizer and QA pipeline",
+          "[io][parity]") {
+    // tests/reference/qa_parity.py: the fast tokenizer's overflowing windows and the pipeline's
+    // select_starts_ends on the fixture BertForQuestionAnswering's logits
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "qa_answers.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() == 5);
+    auto m = ftune::io::load_hf<ftune::bert::question_answering<>>(heads / "qa");
+    ftune::context eval;
+    for (const auto& c : cases) {
+        const std::string question = c["question"], context = c["context"];
+        INFO(question << " | max_length " << c["max_length"]);
+        const auto windows = ftune::qa::encode_windows(
+            *m.tokenizer, question, context,
+            {.max_length = c["max_length"], .doc_stride = c["doc_stride"]});
+        REQUIRE(windows.size() == c["windows"].size());
+        for (std::size_t w = 0; w < windows.size(); ++w)
+            CHECK(windows[w].ids == c["windows"][w].get<std::vector<token_id>>());
+        auto padded = windows;
+        std::size_t T = 0;
+        for (const auto& e : padded) T = std::max(T, e.ids.size());
+        for (auto& e : padded) m.tokenizer->pad(e, T);
+        const auto logits = forward(m.model, eval, to_batch(padded));  // (B, T, 2)
+        const auto answers =
+            ftune::qa::best_answers(logits, windows, context,
+                                    {.top_k = c["top_k"],
+                                     .max_answer_length = c["max_answer_length"],
+                                     .handle_impossible_answer = c["handle_impossible_answer"]});
+        REQUIRE(answers.size() == c["answers"].size());
+        for (std::size_t k = 0; k < answers.size(); ++k) {
+            const auto& want = c["answers"][k];
+            INFO("answer " << k << ": " << want.dump());
+            CHECK(answers[k].text == want["answer"].get<std::string>());
+            CHECK(answers[k].char_begin == want["start"].get<std::uint32_t>());
+            CHECK(answers[k].char_end == want["end"].get<std::uint32_t>());
+            CHECK(std::abs(answers[k].score - want["score"].get<double>()) <=
+                  1e-4 * want["score"].get<double>());
+        }
+    }
+    SECTION("bad window options are errors that say what to change") {
+        CHECK_THROWS_WITH(
+            ftune::qa::encode_windows(*m.tokenizer, "Who?", "John.", {.max_length = 5}),
+            Catch::Contains("leaves no room for the context"));
+        CHECK_THROWS_WITH(ftune::qa::encode_windows(*m.tokenizer, "Who?", "John.",
+                                                    {.max_length = 16, .doc_stride = 12}),
+                          Catch::Contains("doc_stride 12 must be below"));
     }
 }
 

@@ -30,8 +30,9 @@ void usage(std::ostream& os) {
           "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
           "              [--max-length N] [--tokens]\n"
           "  predict     predictions of a fine-tuned model for each line of stdin (a TAB\n"
-          "              separates the texts of a pair): --model DIR\n"
+          "              separates the texts of a pair; QA: question TAB context): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
+          "              QA: [--top-k N] [--max-answer-length TOKENS] [--doc-stride TOKENS]\n"
           "  info        what a Hugging Face model directory holds: --model DIR\n"
           "  train       fine-tune a Hugging Face model on a TSV/CSV (or CoNLL) file:\n"
           "              --model DIR --train FILE [--valid FILE] --out DIR\n"
@@ -42,6 +43,7 @@ void usage(std::ostream& os) {
           "              [--schedule linear|cosine|constant|polynomial]\n"
           "              [--checkpoint-every STEPS] [--stop-after STEPS] [--resume "
           "DIR/checkpoint]\n"
+          "              [--max-train-examples N]  (the first N rows or sentences)\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
           "              [--task ...] [--batch-size N] [--max-length N]\n"
           "  help        print this text\n";

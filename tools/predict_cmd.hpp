@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <ftune/io/hf.hpp>
+#include <ftune/models/qa_spans.hpp>
 
 namespace cli {
 
@@ -75,6 +76,9 @@ struct predict_options {
     predict_format format = predict_format::labels;  // --format
     std::size_t batch_size = 32;                     // --batch-size
     std::size_t max_length = 0;                      // --max-length (0: the model's)
+    std::size_t top_k = 1;                           // --top-k: QA answers per question
+    std::size_t max_answer_length = 30;              // --max-answer-length: QA, in tokens
+    std::size_t doc_stride = 128;                    // --doc-stride: QA window overlap
 };
 
 // Writes the report's initialized weights to stderr: predictions of such a model mean nothing.
@@ -247,6 +251,65 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
     }
 }
 
+// Question answering: each stdin line is `question<TAB>context`; the context is cut into
+// overlapping windows and the n best answer spans over all windows are printed (labels: the
+// best answer's text; json: answers with score and character offsets; logits: start and end
+// logits per position, windows separated by " || ").
+template <class Model>
+void predict_qa(ftune::io::hf_model<Model>& m, const std::string& line, std::size_t line_no,
+                const predict_options& opt, std::string& out) {
+    const std::size_t tab = line.find('\t');
+    if (tab == std::string::npos)
+        throw ftune::error(ftune::errc::invalid_argument,
+                           ftune::detail::cat("stdin line ", line_no),
+                           "expected `question<TAB>context` for a question-answering model");
+    const std::string_view question(line.data(), tab),
+        context(line.data() + tab + 1, line.size() - tab - 1);
+    ftune::qa::window_options wo{.max_length = opt.max_length, .doc_stride = opt.doc_stride};
+    wo.max_question = std::min<std::size_t>(64, opt.max_length / 2);
+    // the stride must leave the window room: at most half the context tokens of a window
+    std::vector<ftune::text::token_info> q;
+    m.tokenizer->tokenize(question, q);
+    const std::size_t room = opt.max_length - std::min(q.size(), wo.max_question) - 3;
+    wo.doc_stride = std::min(wo.doc_stride, room / 2);
+    auto windows = ftune::qa::encode_windows(*m.tokenizer, question, context, wo);
+    std::size_t T = 0;
+    for (const auto& e : windows) T = std::max(T, e.ids.size());
+    const std::size_t B = windows.size();
+    std::vector<ftune::token_id> ids, mask, types;
+    for (auto e : windows) {
+        m.tokenizer->pad(e, T);
+        ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+        mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
+        types.insert(types.end(), e.type_ids.begin(), e.type_ids.end());
+    }
+    ftune::context eval;
+    const auto logits =
+        m.model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+    if (opt.format == predict_format::logits) {
+        for (std::size_t w = 0; w < B; ++w) {
+            if (w) out += " || ";
+            for (std::size_t t = 0; t < windows[w].ids.size(); ++t)
+                out += (t ? " | " : "") + num(logits(w, t, 0)) + " " + num(logits(w, t, 1));
+        }
+        out += '\n';
+        return;
+    }
+    const auto answers = ftune::qa::best_answers(
+        logits, windows, context, {.top_k = opt.top_k, .max_answer_length = opt.max_answer_length});
+    if (opt.format == predict_format::labels) {
+        out += (answers.empty() ? std::string() : answers.front().text) + '\n';
+        return;
+    }
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& a : answers)
+        arr.push_back({{"answer", a.text},
+                       {"score", round6(a.score)},
+                       {"start", a.char_begin},
+                       {"end", a.char_end}});
+    out += nlohmann::json{{"answers", arr}}.dump() + '\n';
+}
+
 // Reads stdin in batches and prints the predictions of a model of type Model.
 template <class Model>
 int predict_with(const predict_options& opt) {
@@ -256,7 +319,10 @@ int predict_with(const predict_options& opt) {
                            "no vocab.txt or tokenizer.json: ftune predict needs the tokenizer");
     warn_initialized(m.report, opt.model);
     predict_options o = opt;
-    if (o.max_length == 0) o.max_length = m.model_max_length;
+    if (o.max_length == 0)  // QA: the pipeline's max_seq_len 384 unless the model is shorter
+        o.max_length = Model::task == ftune::bert::task::question_answering
+                           ? std::min<std::size_t>(384, m.model_max_length)
+                           : m.model_max_length;
     if (o.max_length > m.config.model.max_position_embeddings)
         throw ftune::error(
             ftune::errc::invalid_argument, "--max-length " + std::to_string(o.max_length),
@@ -269,7 +335,12 @@ int predict_with(const predict_options& opt) {
     auto flush = [&] {
         if (lines.empty()) return;
         out.clear();
-        predict_batch(m, lines, first, o, out);
+        if constexpr (Model::task == ftune::bert::task::question_answering) {
+            for (std::size_t i = 0; i < lines.size(); ++i)
+                predict_qa(m, lines[i], first + i, o, out);
+        } else {
+            predict_batch(m, lines, first, o, out);
+        }
         std::cout << out << std::flush;
         first += lines.size();
         lines.clear();
@@ -318,6 +389,12 @@ inline int run_predict(int argc, char** argv) {
                                    "expected logits, labels or json");
         } else if (a == "--batch-size") {
             opt.batch_size = positive();
+        } else if (a == "--top-k") {
+            opt.top_k = positive();
+        } else if (a == "--max-answer-length") {
+            opt.max_answer_length = positive();
+        } else if (a == "--doc-stride") {
+            opt.doc_stride = positive();
         } else if (a == "--max-length") {
             opt.max_length = positive();
             if (opt.max_length < 3)
@@ -335,14 +412,16 @@ inline int run_predict(int argc, char** argv) {
     return with_task_model(arch, [&](auto tag) -> int {
         using Model = typename decltype(tag)::type;
         if constexpr (Model::task == ftune::bert::task::sequence_classification ||
-                      Model::task == ftune::bert::task::token_classification) {
+                      Model::task == ftune::bert::task::token_classification ||
+                      Model::task == ftune::bert::task::question_answering) {
             return predict_with<Model>(opt);
         } else {
             throw ftune::error(
                 ftune::errc::unsupported, opt.model.string(),
                 "architecture \"" + (arch.empty() ? std::string("BertModel") : arch) +
-                    "\": ftune predict runs BertForSequenceClassification and "
-                    "BertForTokenClassification models (fine-tune a head with ftune train)");
+                    "\": ftune predict runs BertForSequenceClassification, "
+                    "BertForTokenClassification and BertForQuestionAnswering models (fine-tune a "
+                    "head with ftune train)");
         }
     });
 }

@@ -23,6 +23,8 @@ struct train_args {
     ftune::train::options opt;
     std::size_t max_length = 128;  // Hugging Face's run_glue / run_ner default
     std::string freeze = "none";
+    std::size_t max_train = 0;  // use only the first N training examples (0: all), as
+                                // run_glue's --max_train_samples
 };
 
 // The task named on the command line.
@@ -31,8 +33,9 @@ inline ftune::train::task parse_task(const std::string& v) {
     if (v == "multilabel") return ftune::train::task::multilabel;
     if (v == "regression") return ftune::train::task::regression;
     if (v == "ner") return ftune::train::task::ner;
+    if (v == "mlm") return ftune::train::task::mlm;
     throw ftune::error(ftune::errc::invalid_argument, "--task " + v,
-                       "expected classify, multilabel, regression or ner");
+                       "expected classify, multilabel, regression, ner or mlm");
 }
 
 // Parses the options shared by train and eval from argv[2..].
@@ -104,6 +107,8 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.checkpoint_every = count();
         else if (!eval && k == "--stop-after")
             a.opt.stop_after = count();
+        else if (!eval && k == "--max-train-examples")
+            a.max_train = count();
         else
             throw ftune::error(
                 ftune::errc::invalid_argument, k,
@@ -138,12 +143,29 @@ template <class Model>
 std::string report(ftune::train::trainer<Model>& t, const std::vector<ftune::train::example>& xs,
                    const std::vector<std::string>& names) {
     const auto e = t.evaluate(xs);
-    if constexpr (Model::task == ftune::bert::task::token_classification) {
+    if constexpr (Model::task == ftune::bert::task::masked_lm) {
+        return ftune::detail::cat("perplexity ", std::exp(e.loss), " (loss ", e.loss,
+                                  " per masked token, accuracy ", e.accuracy, ")\n");
+    } else if constexpr (Model::task == ftune::bert::task::token_classification) {
         // per entity type, then micro, macro and weighted averages (seqeval's layout)
         return ftune::metrics::entity_report(e.gold_tags, e.predicted_tags);
     } else {
-        if (t.options.task == ftune::train::task::classify)
-            return ftune::metrics::classification_report(e.gold, e.predicted, names);
+        if (t.options.task == ftune::train::task::classify) {
+            auto text = ftune::metrics::classification_report(e.gold, e.predicted, names);
+            if (names.size() <= 20)  // the confusion matrix while it fits on a screen
+                text +=
+                    "\n" +
+                    ftune::metrics::confusion_matrix_text(
+                        ftune::metrics::confusion_matrix(e.gold, e.predicted, names.size()), names);
+            return text;
+        }
+        if (t.options.task == ftune::train::task::multilabel)
+            return ftune::metrics::multilabel_report(e.gold_sets, e.predicted_sets, names) +
+                   ftune::detail::cat("\nsubset accuracy ", e.accuracy, ", loss ", e.loss, "\n");
+        if (t.options.task == ftune::train::task::regression)
+            return ftune::detail::cat("mse ", e.loss, "\npearson ",
+                                      ftune::metrics::pearson(e.outputs, e.targets), "\nspearman ",
+                                      ftune::metrics::spearman(e.outputs, e.targets), "\n");
         return ftune::detail::cat(t.metric_name(), " ", e.metric, ", loss ", e.loss, "\n");
     }
 }
@@ -176,13 +198,19 @@ int train_with(train_args& a, ftune::train::task task) {
     std::optional<ftune::data::text_dataset> tr, va;
     std::vector<std::vector<ftune::data::tagged_sentence>> conll(2);
     std::vector<std::string> seen;
-    if (task == ftune::train::task::ner) {
+    if (task == ftune::train::task::mlm) {  // plain text, one example per line
+        tr = ftune::data::read_lines(a.train);
+        if (a.max_train && tr->rows.size() > a.max_train) tr->rows.resize(a.max_train);
+        if (!a.valid.empty()) va = ftune::data::read_lines(a.valid);
+    } else if (task == ftune::train::task::ner) {
         conll[0] = ftune::data::read_conll(a.train);
+        if (a.max_train && conll[0].size() > a.max_train) conll[0].resize(a.max_train);
         if (!a.valid.empty()) conll[1] = ftune::data::read_conll(a.valid);
         for (const auto& c : conll)
             for (const auto& s : c) seen.insert(seen.end(), s.tags.begin(), s.tags.end());
     } else {
         tr = ftune::data::read_table(a.train);
+        if (a.max_train && tr->rows.size() > a.max_train) tr->rows.resize(a.max_train);
         if (!a.valid.empty()) va = ftune::data::read_table(a.valid);
         seen = labels_in(*tr, task);
         if (va) {
@@ -190,9 +218,10 @@ int train_with(train_args& a, ftune::train::task task) {
             seen.insert(seen.end(), v.begin(), v.end());
         }
     }
-    std::vector<std::string> names = task == ftune::train::task::regression
-                                         ? std::vector<std::string>{"score"}
-                                         : ftune::train::label_names(seen, cfg.id2label);
+    std::vector<std::string> names =
+        task == ftune::train::task::regression ? std::vector<std::string>{"score"}
+        : task == ftune::train::task::mlm      ? std::vector<std::string>{}
+                                               : ftune::train::label_names(seen, cfg.id2label);
     auto m = ftune::io::load_hf<Model>(a.model, {.labels = names, .seed = a.opt.seed});
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(),
@@ -200,10 +229,15 @@ int train_with(train_args& a, ftune::train::task task) {
     if (!m.report.initialized.empty())
         std::cerr << "ftune: new weights (not in the checkpoint): " << m.report.initialized.size()
                   << " tensors, e.g. " << m.report.initialized.front() << "\n";
-    m.config.problem_type = task == ftune::train::task::ner ? "" : problem_type(task);
+    m.config.problem_type = task == ftune::train::task::ner || task == ftune::train::task::mlm
+                                ? ""
+                                : problem_type(task);
     const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
     std::vector<ftune::train::example> train_x, valid_x;
-    if (task == ftune::train::task::ner) {
+    if (task == ftune::train::task::mlm) {
+        train_x = ftune::train::encode_texts(*m.tokenizer, *tr, max_len);
+        if (va) valid_x = ftune::train::encode_texts(*m.tokenizer, *va, max_len);
+    } else if (task == ftune::train::task::ner) {
         train_x = ftune::train::encode(*m.tokenizer, conll[0], names, max_len, a.train.string());
         valid_x = ftune::train::encode(*m.tokenizer, conll[1], names, max_len, a.valid.string());
     } else {
@@ -217,11 +251,14 @@ int train_with(train_args& a, ftune::train::task task) {
     a.opt.log_path = a.out / "train_log.jsonl";
     a.opt.checkpoint_dir = a.out / "checkpoint";
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
-              << " validation examples, " << names.size() << " labels, " << a.opt.epochs
-              << " epochs of batch " << a.opt.batch_size;
+              << " validation examples, "
+              << (task == ftune::train::task::mlm ? "masked-LM"
+                                                  : std::to_string(names.size()) + " labels")
+              << ", " << a.opt.epochs << " epochs of batch " << a.opt.batch_size;
     if (frozen) std::cerr << ", " << frozen << " weights frozen";
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt, names);
+    t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     const auto r = t.fit(train_x, valid_x);
     if (a.opt.stop_after && r.steps >= a.opt.stop_after &&
         r.steps < a.opt.epochs * ((train_x.size() + a.opt.batch_size - 1) / a.opt.batch_size)) {
@@ -254,7 +291,9 @@ int eval_with(train_args& a, ftune::train::task task) {
             names.push_back("LABEL_" + std::to_string(i));
     const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
     std::vector<ftune::train::example> xs;
-    if (task == ftune::train::task::ner)
+    if (task == ftune::train::task::mlm)
+        xs = ftune::train::encode_texts(*m.tokenizer, ftune::data::read_lines(a.data), max_len);
+    else if (task == ftune::train::task::ner)
         xs = ftune::train::encode(*m.tokenizer, ftune::data::read_conll(a.data), names, max_len,
                                   a.data.string());
     else
@@ -264,6 +303,7 @@ int eval_with(train_args& a, ftune::train::task task) {
     a.opt.progress = nullptr;
     m.model.prepare_inference();
     ftune::train::trainer<Model> t(m.model, a.opt, names);
+    t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     std::cout << report(t, xs, names);
     return 0;
 }
@@ -272,6 +312,7 @@ int eval_with(train_args& a, ftune::train::task task) {
 inline ftune::train::task task_of(const ftune::io::hf_config& cfg) {
     const std::string arch = cfg.architectures.empty() ? "" : cfg.architectures.front();
     if (arch == "BertForTokenClassification") return ftune::train::task::ner;
+    if (arch == "BertForMaskedLM") return ftune::train::task::mlm;
     if (cfg.problem_type == "multi_label_classification") return ftune::train::task::multilabel;
     if (cfg.problem_type == "regression") return ftune::train::task::regression;
     return ftune::train::task::classify;
@@ -283,6 +324,7 @@ inline int run_train(int argc, char** argv) {
     const auto t = a.task.value_or(ftune::train::task::classify);
     using E = ftune::bert::encoder<float>;
     if (t == ftune::train::task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
+    if (t == ftune::train::task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
@@ -292,6 +334,7 @@ inline int run_eval(int argc, char** argv) {
     const auto t = a.task.value_or(task_of(ftune::io::read_hf_config(a.model / "config.json")));
     using E = ftune::bert::encoder<float>;
     if (t == ftune::train::task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
+    if (t == ftune::train::task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
     return eval_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 

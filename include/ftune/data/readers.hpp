@@ -1,5 +1,6 @@
-// Data readers: labelled texts from TSV / CSV files with a header, and tagged sentences from
-// CoNLL column files. Malformed input is an ftune::error naming file:line.
+// Data readers: labelled texts from TSV / CSV files with a header (and from Financial
+// PhraseBank's files), and tagged sentences from CoNLL column files. Malformed input is an
+// ftune::error naming file:line.
 //
 //   TSV / CSV   a header names the columns: the text is `sentence`, `text` or `text_a` (with
 //               `text_b` or `sentence2` for pairs), the label `label`, `labels`, `category` or
@@ -7,6 +8,7 @@
 //               commas, doubled quotes and newlines; CRLF line ends are accepted everywhere.
 //   CoNLL       one token per line, the token in the first column and its tag in the last;
 //               blank lines end sentences; -DOCSTART- lines are skipped.
+//   Financial PhraseBank   `sentence@label` per line, Latin-1 (read_phrasebank).
 #pragma once
 
 #include <algorithm>
@@ -170,6 +172,70 @@ inline text_dataset read_table(const std::filesystem::path& path, const table_op
         if (label && e.label.empty())
             throw error(errc::parse, ftune::detail::cat(where, ":", line), "the label is empty");
         d.rows.push_back(std::move(e));
+    }
+    return d;
+}
+
+/// Reads plain text, one example per non-empty line (domain text for masked-LM training); the
+/// labels are empty.
+inline text_dataset read_lines(const std::filesystem::path& path) {
+    const std::string s = detail::read_all(path);
+    text_dataset d;
+    d.path = path.string();
+    std::size_t line = 0, pos = 0;
+    while (pos < s.size()) {
+        std::size_t end = s.find('\n', pos);
+        if (end == std::string::npos) end = s.size();
+        std::string_view l(s.data() + pos, end - pos);
+        ++line;
+        pos = end + 1;
+        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
+        d.rows.push_back({std::string(l), "", "", line});
+    }
+    return d;
+}
+
+/// Latin-1 (ISO-8859-1) bytes as UTF-8: each byte is the code point of the same value.
+inline std::string latin1_to_utf8(std::string_view s) {
+    std::string out;
+    out.reserve(s.size() + s.size() / 8);
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x80) {
+            out += ch;
+        } else {
+            out += char(0xC0 | (c >> 6));
+            out += char(0x80 | (c & 0x3F));
+        }
+    }
+    return out;
+}
+
+/// Reads a Financial PhraseBank file (Sentences_AllAgree.txt, Sentences_50Agree.txt...): one
+/// `sentence@label` per line (the last '@' separates them), Latin-1 encoded as distributed
+/// (decoded to UTF-8 here). A line without '@' or with an empty part is an error naming
+/// file:line; blank lines are skipped.
+inline text_dataset read_phrasebank(const std::filesystem::path& path) {
+    const std::string s = latin1_to_utf8(detail::read_all(path));
+    text_dataset d;
+    d.path = path.string();
+    std::size_t line = 0, pos = 0;
+    while (pos < s.size()) {
+        std::size_t end = s.find('\n', pos);
+        if (end == std::string::npos) end = s.size();
+        std::string_view l(s.data() + pos, end - pos);
+        ++line;
+        pos = end + 1;
+        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
+        const std::size_t at = l.rfind('@');
+        if (at == std::string_view::npos || at == 0 || at + 1 == l.size())
+            throw error(errc::parse, ftune::detail::cat(d.path, ":", line),
+                        "expected `sentence@label` (Financial PhraseBank's format)");
+        std::string_view text = l.substr(0, at);
+        while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
+        d.rows.push_back({std::string(text), "", std::string(l.substr(at + 1)), line});
     }
     return d;
 }

@@ -389,6 +389,8 @@ class bert_tokenizer {
     std::int32_t sep_id() const noexcept { return sep_; }
     /// Id of [PAD].
     std::int32_t pad_id() const noexcept { return pad_; }
+    /// [MASK]'s id.
+    std::int32_t mask_id() const noexcept { return mask_; }
     /// Id of [UNK].
     std::int32_t unk_id() const noexcept { return unk_; }
 

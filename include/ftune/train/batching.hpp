@@ -22,6 +22,7 @@ enum class task {
     multilabel,  ///< any subset of labels per text (binary cross-entropy); labels joined by ','
     regression,  ///< one real value per text (mean squared error)
     ner,         ///< one tag per word (cross-entropy on each word's first wordpiece)
+    mlm,         ///< masked language modelling on plain text (continued pretraining)
 };
 
 /// One encoded example.
@@ -211,6 +212,60 @@ inline void collate_into(batch& b, const std::vector<example>& xs,
             b.labels.insert(b.labels.end(), x.labels.begin(), x.labels.end());
         b.targets.insert(b.targets.end(), x.targets.begin(), x.targets.end());
     }
+}
+
+/// Masked-LM inputs and labels, as Transformers' DataCollatorForLanguageModeling: each real,
+/// non-special token of the batch is chosen with probability `probability`; a chosen token's
+/// label is its id (the others -100) and its input becomes [MASK] (80%), a random vocabulary
+/// token (10%) or stays (10%). Draws come from `rng` (value 3 i .. 3 i + 2 for position i), so
+/// a batch masks the same way whenever it is seen with the same stream.
+struct mlm_masking {
+    double probability = 0.15;       ///< share of tokens chosen
+    token_id mask_id = 103;          ///< [MASK]
+    std::size_t vocab_size = 30522;  ///< random replacements are drawn from [0, vocab_size)
+    std::vector<token_id> special;   ///< never chosen ([CLS], [SEP], [PAD], ...)
+
+    /// Masks b in place (b.labels becomes (B, T)).
+    void apply(batch& b, const random_stream& rng) const {
+        b.labels.assign(b.B * b.T, -100);
+        for (std::size_t i = 0; i < b.B * b.T; ++i) {
+            if (!b.mask[i] || std::find(special.begin(), special.end(), b.ids[i]) != special.end())
+                continue;
+            if (rng.uniform(3 * i) >= float(probability)) continue;
+            b.labels[i] = b.ids[i];
+            const float u = rng.uniform(3 * i + 1);
+            if (u < 0.8f)
+                b.ids[i] = mask_id;
+            else if (u < 0.9f)
+                b.ids[i] = token_id(rng.below(3 * i + 2, std::uint32_t(vocab_size)));
+        }
+    }
+};
+
+/// mlm_masking with a tokenizer's [MASK] id, its vocabulary size, and [CLS], [SEP], [PAD] as
+/// the tokens never chosen.
+inline mlm_masking mlm_masking_for(const text::bert_tokenizer& tok, double probability = 0.15) {
+    return {.probability = probability,
+            .mask_id = tok.mask_id(),
+            .vocab_size = tok.vocab().size(),
+            .special = {tok.cls_id(), tok.sep_id(), tok.pad_id()}};
+}
+
+/// Plain texts (the `text` column of a table, or lines) as masked-LM examples: [CLS] text [SEP]
+/// cut to max_length; labels are made per batch by mlm_masking.
+inline std::vector<example> encode_texts(const text::bert_tokenizer& tok,
+                                         const data::text_dataset& d, std::size_t max_length) {
+    std::vector<example> out;
+    out.reserve(d.rows.size());
+    for (const auto& r : d.rows) {
+        auto e = tok.encode(r.text, std::nullopt, max_length);
+        example x;
+        x.ids = std::move(e.ids);
+        x.types = std::move(e.type_ids);
+        x.labels.assign(x.ids.size(), -100);
+        out.push_back(std::move(x));
+    }
+    return out;
 }
 
 /// collate_into a new batch.

@@ -1,13 +1,21 @@
-// Evaluation metrics the trainer selects models by: accuracy and macro F1 over classes, and
-// entity-level F1 over BIO / IOB2 tag sequences with conlleval's (seqeval's default) chunking.
+// Evaluation metrics and reports: accuracy, macro F1, confusion matrix and scikit-learn's
+// classification_report (single- and multi-label); entity-level scores over BIO / IOB2 tag
+// sequences with conlleval's (seqeval's default) chunking and seqeval's report; the token-level
+// report; Pearson / Spearman correlation (regression); SQuAD exact match and F1 (QA).
 #pragma once
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <cstdio>
+#include <functional>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <tuple>
 #include <vector>
+
+#include <utf8proc.h>
 
 #include "ftune/config.hpp"
 
@@ -46,53 +54,203 @@ inline double macro_f1(const std::vector<int>& gold, const std::vector<int>& pre
     return n ? sum / double(n) : 0.0;
 }
 
+namespace detail {
+/// Text table of scikit-learn's / seqeval's reports: a right-aligned name column as wide as the
+/// longest name (at least "weighted avg"), then precision, recall, f1-score, support.
+struct report_writer {
+    std::size_t width = 12;  ///< name column width
+    int digits = 4;          ///< decimals of the scores
+    std::string out;         ///< the text so far
+
+    /// A writer for these row names.
+    report_writer(const std::vector<std::string>& names, int d) : digits(d) {
+        for (const auto& n : names) width = std::max(width, n.size());
+        out = name("") + " precision    recall  f1-score   support\n\n";
+    }
+    /// A name, right-aligned in the name column.
+    std::string name(const std::string& s) const {
+        return std::string(width > s.size() ? width - s.size() : 0, ' ') + s + " ";
+    }
+    /// A score cell.
+    std::string cell(double v) const {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " %9.*f", digits, v);
+        return buf;
+    }
+    /// A support cell.
+    static std::string count(double v) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " %9.0f", v);
+        return buf;
+    }
+    /// One row: name, precision, recall, f1-score, support.
+    void row(const std::string& n, double p, double r, double f, double support) {
+        out += name(n) + cell(p) + cell(r) + cell(f) + count(support) + "\n";
+    }
+    /// The accuracy row (only the f1-score column filled).
+    void accuracy(double acc, double support) {
+        out += name("accuracy") + std::string(20, ' ') + cell(acc) + count(support) + "\n";
+    }
+};
+
+/// Precision, recall and F1 from counts (0 where undefined: zero_division=0).
+inline std::tuple<double, double, double> prf(double tp, double predicted, double support) {
+    const double p = predicted > 0 ? tp / predicted : 0.0, r = support > 0 ? tp / support : 0.0;
+    return {p, r, p + r > 0 ? 2 * p * r / (p + r) : 0.0};
+}
+
+/// scikit-learn's precision, recall and F1 from counts: F1 = 2 tp / (support + predicted).
+inline std::tuple<double, double, double> sklearn_prf(double tp, double predicted, double support) {
+    const double p = predicted > 0 ? tp / predicted : 0.0, r = support > 0 ? tp / support : 0.0;
+    return {p, r, support + predicted > 0 ? 2 * tp / (support + predicted) : 0.0};
+}
+
+/// numpy's sum of doubles (pairwise summation, 8 accumulators, blocks of 128), so that means
+/// round as scikit-learn's do.
+inline double numpy_sum(const double* a, std::size_t n) {
+    if (n < 8) {
+        double r = 0.;
+        for (std::size_t i = 0; i < n; ++i) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (std::size_t j = 0; j < 8; ++j) r[j] = a[j];
+        std::size_t i = 8;
+        for (; i < n - n % 8; i += 8)
+            for (std::size_t j = 0; j < 8; ++j) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res += a[i];
+        return res;
+    }
+    std::size_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return numpy_sum(a, n2) + numpy_sum(a + n2, n - n2);
+}
+
+/// numpy's mean of xs (0 for none).
+inline double numpy_mean(const std::vector<double>& xs) {
+    return xs.empty() ? 0.0 : numpy_sum(xs.data(), xs.size()) / double(xs.size());
+}
+
+/// numpy.average(xs, weights=w): sum(xs * w) / sum(w) (0 when the weights sum to 0).
+inline double numpy_average(const std::vector<double>& xs, const std::vector<double>& w) {
+    std::vector<double> xw(xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) xw[i] = xs[i] * w[i];
+    const double W = numpy_sum(w.data(), w.size());
+    return W > 0 ? numpy_sum(xw.data(), xw.size()) / W : 0.0;
+}
+
+/// The per-class scores and the macro and weighted avg rows of scikit-learn's reports.
+inline void sklearn_rows(report_writer& w, const std::vector<std::string>& names,
+                         const std::vector<double>& tp, const std::vector<double>& predicted,
+                         const std::vector<double>& support, const std::function<void()>& between) {
+    const std::size_t n = names.size();
+    std::vector<double> P(n), R(n), F(n);
+    for (std::size_t c = 0; c < n; ++c) {
+        std::tie(P[c], R[c], F[c]) = sklearn_prf(tp[c], predicted[c], support[c]);
+        w.row(names[c], P[c], R[c], F[c], support[c]);
+    }
+    const double total = numpy_sum(support.data(), support.size());
+    w.out += "\n";
+    between();
+    w.row("macro avg", numpy_mean(P), numpy_mean(R), numpy_mean(F), total);
+    w.row("weighted avg", numpy_average(P, support), numpy_average(R, support),
+          numpy_average(F, support), total);
+}
+}  // namespace detail
+
+/// scikit-learn's confusion_matrix(gold, pred, labels=range(n)): row = true class, column =
+/// predicted class.
+inline std::vector<std::vector<std::size_t>> confusion_matrix(const std::vector<int>& gold,
+                                                              const std::vector<int>& pred,
+                                                              std::size_t n) {
+    std::vector<std::vector<std::size_t>> m(n, std::vector<std::size_t>(n));
+    for (std::size_t i = 0; i < gold.size(); ++i) ++m[std::size_t(gold[i])][std::size_t(pred[i])];
+    return m;
+}
+
+/// A confusion matrix as text: a header of predicted class numbers, then one row per true class
+/// (its number and name), counts right-aligned.
+inline std::string confusion_matrix_text(const std::vector<std::vector<std::size_t>>& m,
+                                         const std::vector<std::string>& names) {
+    const std::string corner = "true \\ predicted";
+    std::size_t label = corner.size(), cw = 3;
+    for (const auto& n : names) label = std::max(label, n.size() + 4);
+    for (const auto& r : m)
+        for (auto v : r) cw = std::max(cw, std::to_string(v).size());
+    auto pad = [](std::string& out, std::size_t n) { out.append(n, ' '); };
+    auto right = [&](std::string& out, const std::string& s, std::size_t w) {
+        pad(out, w > s.size() ? w - s.size() : 0);
+        out += s;
+    };
+    std::string out = corner;
+    pad(out, label - corner.size());
+    for (std::size_t j = 0; j < m.size(); ++j) {
+        out += ' ';
+        right(out, std::to_string(j), cw);
+    }
+    out += '\n';
+    for (std::size_t i = 0; i < m.size(); ++i) {
+        const std::size_t start = out.size();
+        right(out, std::to_string(i), 3);
+        out += ' ';
+        if (i < names.size()) out += names[i];
+        pad(out, label > out.size() - start ? label - (out.size() - start) : 0);
+        for (auto v : m[i]) {
+            out += ' ';
+            right(out, std::to_string(v), cw);
+        }
+        out += '\n';
+    }
+    return out;
+}
+
 /// scikit-learn's classification_report(gold, pred, labels=range(n), target_names=names,
 /// digits=digits, zero_division=0) as text: per-class precision, recall, f1-score and support,
 /// then accuracy, macro avg and weighted avg.
 inline std::string classification_report(const std::vector<int>& gold, const std::vector<int>& pred,
                                          const std::vector<std::string>& names, int digits = 4) {
     const std::size_t n = names.size();
-    std::vector<double> tp(n), fp(n), fn(n), support(n);
+    std::vector<double> tp(n), predicted(n), support(n);
     for (std::size_t i = 0; i < gold.size(); ++i) {
         const auto g = std::size_t(gold[i]), p = std::size_t(pred[i]);
-        support[g] += 1;
-        if (g == p)
-            tp[g] += 1;
-        else
-            fp[p] += 1, fn[g] += 1;
+        support[g] += 1, predicted[p] += 1, tp[g] += g == p;
     }
-    std::size_t width = 12;  // "weighted avg"
-    for (const auto& nm : names) width = std::max(width, nm.size());
-    auto num = [&](double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, " %9.*f", digits, v);
-        return std::string(buf);
-    };
-    auto count = [](double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, " %9.0f", v);
-        return std::string(buf);
-    };
-    auto name = [&](const std::string& s) {
-        return std::string(width > s.size() ? width - s.size() : 0, ' ') + s + " ";
-    };
-    std::string out = name("") + " precision    recall  f1-score   support\n\n";
-    double total = 0, correct = 0, mp = 0, mr = 0, mf = 0, wp = 0, wr = 0, wf = 0;
-    for (std::size_t c = 0; c < n; ++c) {
-        const double p = tp[c] + fp[c] > 0 ? tp[c] / (tp[c] + fp[c]) : 0.0;
-        const double r = support[c] > 0 ? tp[c] / support[c] : 0.0;
-        const double f = p + r > 0 ? 2 * p * r / (p + r) : 0.0;
-        out += name(names[c]) + num(p) + num(r) + num(f) + count(support[c]) + "\n";
-        total += support[c], correct += tp[c];
-        mp += p, mr += r, mf += f;
-        wp += p * support[c], wr += r * support[c], wf += f * support[c];
+    detail::report_writer w(names, digits);
+    double total = 0, correct = 0;
+    for (std::size_t c = 0; c < n; ++c) total += support[c], correct += tp[c];
+    detail::sklearn_rows(w, names, tp, predicted, support,
+                         [&] { w.accuracy(total > 0 ? correct / total : 0.0, total); });
+    return w.out;
+}
+
+/// scikit-learn's classification_report for multi-label indicator rows (gold[i][c], pred[i][c]
+/// in {0, 1}; target_names=names, digits, zero_division=0): per label, then micro avg, macro avg,
+/// weighted avg and samples avg.
+inline std::string multilabel_report(const std::vector<std::vector<int>>& gold,
+                                     const std::vector<std::vector<int>>& pred,
+                                     const std::vector<std::string>& names, int digits = 4) {
+    const std::size_t n = names.size();
+    std::vector<double> tp(n), predicted(n), support(n);
+    std::vector<double> sp, sr, sf;  // per-sample precision, recall, F1
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        double both = 0, g = 0, p = 0;
+        for (std::size_t c = 0; c < n; ++c) {
+            const bool gc = gold[i][c] != 0, pc = pred[i][c] != 0;
+            support[c] += gc, predicted[c] += pc, tp[c] += gc && pc;
+            both += gc && pc, g += gc, p += pc;
+        }
+        const auto [pi, ri, fi] = detail::sklearn_prf(both, p, g);
+        sp.push_back(pi), sr.push_back(ri), sf.push_back(fi);
     }
-    const double N = double(n), acc = total > 0 ? correct / total : 0.0;
-    out += "\n" + name("accuracy") + std::string(20, ' ') + num(acc) + count(total) + "\n";
-    out += name("macro avg") + num(mp / N) + num(mr / N) + num(mf / N) + count(total) + "\n";
-    const double W = total > 0 ? total : 1;
-    out += name("weighted avg") + num(wp / W) + num(wr / W) + num(wf / W) + count(total) + "\n";
-    return out;
+    detail::report_writer w(names, digits);
+    double TP = 0, P = 0, S = 0;
+    for (std::size_t c = 0; c < n; ++c) TP += tp[c], P += predicted[c], S += support[c];
+    const auto [p, r, f] = detail::sklearn_prf(TP, P, S);
+    detail::sklearn_rows(w, names, tp, predicted, support, [&] { w.row("micro avg", p, r, f, S); });
+    w.row("samples avg", detail::numpy_mean(sp), detail::numpy_mean(sr), detail::numpy_mean(sf), S);
+    return w.out;
 }
 
 /// An entity: type and [begin, end) token positions.
@@ -178,41 +336,144 @@ inline std::string entity_report(const std::vector<std::vector<std::string>>& go
         std::set_intersection(g.begin(), g.end(), p.begin(), p.end(), std::back_inserter(both));
         for (const auto& e : both) at(std::get<0>(e)).tp += 1;
     }
-    std::size_t width = 12;  // "weighted avg"
-    for (const auto& [t, c] : types) width = std::max(width, t.size());
-    auto cell = [&](double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, " %9.*f", digits, v);
-        return std::string(buf);
-    };
-    auto count = [](double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, " %9.0f", v);
-        return std::string(buf);
-    };
-    auto name = [&](const std::string& n) {
-        return std::string(width > n.size() ? width - n.size() : 0, ' ') + n + " ";
-    };
-    auto prf = [](double tp, double predicted, double support) {
-        const double p = predicted > 0 ? tp / predicted : 0.0, r = support > 0 ? tp / support : 0.0;
-        return std::tuple{p, r, p + r > 0 ? 2 * p * r / (p + r) : 0.0};
-    };
-    std::string out = name("") + " precision    recall  f1-score   support\n\n";
+    std::vector<std::string> names;
+    for (const auto& [t, c] : types) names.push_back(t);
+    detail::report_writer w(names, digits);
     double tp = 0, predicted = 0, support = 0, mp = 0, mr = 0, mf = 0, wp = 0, wr = 0, wf = 0;
     for (const auto& [t, c] : types) {
-        const auto [p, r, f] = prf(c.tp, c.predicted, c.support);
-        out += name(t) + cell(p) + cell(r) + cell(f) + count(c.support) + "\n";
+        const auto [p, r, f] = detail::prf(c.tp, c.predicted, c.support);
+        w.row(t, p, r, f, c.support);
         tp += c.tp, predicted += c.predicted, support += c.support;
         mp += p, mr += r, mf += f;
         wp += p * c.support, wr += r * c.support, wf += f * c.support;
     }
-    const double n = types.empty() ? 1 : double(types.size()), w = support > 0 ? support : 1;
-    const auto [p, r, f] = prf(tp, predicted, support);
-    out += "\n" + name("micro avg") + cell(p) + cell(r) + cell(f) + count(support) + "\n";
-    out += name("macro avg") + cell(mp / n) + cell(mr / n) + cell(mf / n) + count(support) + "\n";
-    out +=
-        name("weighted avg") + cell(wp / w) + cell(wr / w) + cell(wf / w) + count(support) + "\n";
+    const double n = types.empty() ? 1 : double(types.size()), W = support > 0 ? support : 1;
+    const auto [p, r, f] = detail::prf(tp, predicted, support);
+    w.out += "\n";
+    w.row("micro avg", p, r, f, support);
+    w.row("macro avg", mp / n, mr / n, mf / n, support);
+    w.row("weighted avg", wp / W, wr / W, wf / W, support);
+    return w.out;
+}
+
+/// The token-level report of tag sequences: scikit-learn's classification_report(flat gold,
+/// flat pred, digits, zero_division=0) over every word, with the tags (sorted) as classes.
+inline std::string token_report(const std::vector<std::vector<std::string>>& gold,
+                                const std::vector<std::vector<std::string>>& pred, int digits = 4) {
+    std::vector<std::string> names;
+    for (const auto* side : {&gold, &pred})
+        for (const auto& s : *side) names.insert(names.end(), s.begin(), s.end());
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    auto index = [&](const std::string& t) {
+        return int(std::lower_bound(names.begin(), names.end(), t) - names.begin());
+    };
+    std::vector<int> g, p;
+    for (std::size_t i = 0; i < gold.size(); ++i)
+        for (std::size_t j = 0; j < gold[i].size(); ++j)
+            g.push_back(index(gold[i][j])), p.push_back(index(pred[i][j]));
+    return classification_report(g, p, names, digits);
+}
+
+/// Pearson's correlation coefficient of two equally long series (scipy.stats.pearsonr's r;
+/// 0 when either is constant).
+inline double pearson(const std::vector<double>& x, const std::vector<double>& y) {
+    const double n = double(x.size());
+    if (x.size() < 2) return 0.0;
+    double mx = 0, my = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
+    mx /= n, my /= n;
+    double sxy = 0, sxx = 0, syy = 0;
+    for (std::size_t i = 0; i < x.size(); ++i)
+        sxy += (x[i] - mx) * (y[i] - my), sxx += (x[i] - mx) * (x[i] - mx),
+            syy += (y[i] - my) * (y[i] - my);
+    return sxx > 0 && syy > 0 ? sxy / std::sqrt(sxx * syy) : 0.0;
+}
+
+/// Ranks from 1, ties sharing their average rank (scipy.stats.rankdata's "average").
+inline std::vector<double> ranks(const std::vector<double>& x) {
+    std::vector<std::size_t> order(x.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return x[a] < x[b]; });
+    std::vector<double> r(x.size());
+    for (std::size_t i = 0; i < order.size();) {
+        std::size_t j = i;
+        while (j + 1 < order.size() && x[order[j + 1]] == x[order[i]]) ++j;
+        for (std::size_t k = i; k <= j; ++k) r[order[k]] = double(i + j) / 2.0 + 1.0;
+        i = j + 1;
+    }
+    return r;
+}
+
+/// Spearman's rank correlation (scipy.stats.spearmanr's rho: Pearson's r of the average ranks).
+inline double spearman(const std::vector<double>& x, const std::vector<double>& y) {
+    return pearson(ranks(x), ranks(y));
+}
+
+/// SQuAD's answer normalization, returned as its tokens: lower case (Unicode, by utf8proc),
+/// ASCII punctuation removed (string.punctuation), the articles a / an / the dropped, split at
+/// whitespace. Non-ASCII characters count as word characters.
+inline std::vector<std::string> squad_tokens(std::string_view s) {
+    std::vector<std::string> out;
+    std::string cur;
+    auto flush = [&] {
+        if (!cur.empty() && cur != "a" && cur != "an" && cur != "the") out.push_back(cur);
+        cur.clear();
+    };
+    for (std::size_t i = 0; i < s.size();) {
+        utf8proc_int32_t cp = 0;
+        const auto n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                        utf8proc_ssize_t(s.size() - i), &cp);
+        if (n <= 0) {  // invalid UTF-8: the byte as it is
+            cur += s[i++];
+            continue;
+        }
+        i += std::size_t(n);
+        if (cp < 128 && std::ispunct(cp)) continue;  // removed, joining its neighbours
+        if (cp == ' ' || (cp >= '\t' && cp <= '\r')) {
+            flush();
+            continue;
+        }
+        utf8proc_uint8_t buf[4];
+        const auto m = utf8proc_encode_char(utf8proc_tolower(cp), buf);
+        cur.append(reinterpret_cast<const char*>(buf), std::size_t(m));
+    }
+    flush();
     return out;
+}
+
+/// SQuAD exact match of a prediction against its gold answers: 1 when the normalized
+/// prediction equals a normalized gold answer, else 0.
+inline double squad_exact_match(std::string_view prediction,
+                                const std::vector<std::string>& golds) {
+    const auto p = squad_tokens(prediction);
+    for (const auto& g : golds)
+        if (squad_tokens(g) == p) return 1.0;
+    return 0.0;
+}
+
+/// SQuAD F1 of a prediction: the best over gold answers of the F1 of shared normalized tokens
+/// (an empty answer scores 1 against an empty gold answer, else 0, as SQuAD v2).
+inline double squad_f1(std::string_view prediction, const std::vector<std::string>& golds) {
+    const auto p = squad_tokens(prediction);
+    double best = 0;
+    for (const auto& gs : golds) {
+        const auto g = squad_tokens(gs);
+        if (p.empty() || g.empty()) {
+            best = std::max(best, p.empty() && g.empty() ? 1.0 : 0.0);
+            continue;
+        }
+        auto a = p, b = g;
+        std::sort(a.begin(), a.end()), std::sort(b.begin(), b.end());
+        std::vector<std::string> both;
+        std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
+        if (both.empty()) continue;
+        const double pr = double(both.size()) / double(p.size()),
+                     rc = double(both.size()) / double(g.size());
+        best = std::max(best, 2 * pr * rc / (pr + rc));
+    }
+    return best;
 }
 
 }  // namespace metrics

