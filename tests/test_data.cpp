@@ -117,7 +117,11 @@ TEST_CASE("readers: the real data sets with their published sizes", "[data]") {
     CHECK(ftune::data::read_conll(dir / "conll2003" / "train.txt").size() == 14041);
     CHECK(ftune::data::read_conll(dir / "conll2003" / "valid.txt").size() == 3250);
     CHECK(ftune::data::read_conll(dir / "conll2003" / "test.txt").size() == 3453);
-    CHECK(ftune::data::read_table(dir / "chnsenticorp" / "test.tsv").rows.size() == 1200);
+    const auto chn = ftune::data::read_table(dir / "chnsenticorp" / "test.tsv");
+    CHECK(chn.rows.size() == 1200);
+    std::map<std::string, std::size_t> polarity;  // line 419's label is written "    0"
+    for (const auto& r : chn.rows) ++polarity[r.label];
+    CHECK(polarity == std::map<std::string, std::size_t>{{"0", 598}, {"1", 602}});
     const auto fpb =
         ftune::data::read_phrasebank(dir / "financial_phrasebank" / "Sentences_AllAgree.txt");
     std::map<std::string, std::size_t> sentiment;

@@ -3,6 +3,7 @@
 // Hugging Face model (the loss falls, early stopping restores the best weights, the log and the
 // plot are written, frozen parameters do not move).
 #include <ftune/io/hf.hpp>
+#include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
 
 #include <filesystem>
@@ -564,4 +565,66 @@ TEST_CASE("masked-LM continued pretraining: the held-out masked-token loss falls
     CHECK(after.loss < 0.4 * before.loss);  // measured: 4.40 -> 0.91
     CHECK(after.accuracy > before.accuracy + 0.5);
     CHECK(t.metric_name() == "-loss");
+}
+
+TEST_CASE("qa: run_qa's window labels and BertForQuestionAnswering's loss", "[parity][train]") {
+    // tests/reference/qa_parity.py: windows of 24 tokens with stride 6, labels by run_qa's
+    // preprocessing, the loss of Transformers' model on each example's padded windows
+    using Model = ftune::bert::question_answering<>;
+    auto m = ftune::io::load_hf<Model>(heads / "qa");
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "qa_training.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() == 3);
+    ftune::train::trainer<Model> t(m.model, {.task = ftune::train::task::qa, .progress = nullptr});
+    for (const auto& c : cases) {
+        const ftune::data::qa_example x{"q",
+                                        c["question"],
+                                        c["context"],
+                                        {{c["answer"], c["answer_start"].get<std::size_t>()}}};
+        const auto xs =
+            ftune::train::encode_qa(*m.tokenizer, {x}, {.max_length = 24, .doc_stride = 6});
+        REQUIRE(xs.size() == c["labels"].size());
+        for (std::size_t w = 0; w < xs.size(); ++w)
+            CHECK(xs[w].labels == c["labels"][w].get<std::vector<ftune::token_id>>());
+        const auto e = t.evaluate(xs);
+        INFO(x.question << ": loss " << e.loss << " vs " << c["loss"].get<double>());
+        CHECK(std::abs(e.loss - c["loss"].get<double>()) <= 1e-5);
+    }
+}
+
+TEST_CASE("qa: fine-tuning answers questions on a small synthetic SQuAD set", "[unit][train]") {
+    using Model = ftune::bert::question_answering<>;
+    auto m = ftune::io::load_hf<Model>(heads / "qa");
+    // two facts in either order; the questions ask for one of them
+    const std::string a = "john lives in paris .", b = "the cafe is in berlin .";
+    std::vector<ftune::data::qa_example> data;
+    for (int order = 0; order < 2; ++order) {
+        const std::string ctx = order ? b + " " + a : a + " " + b;
+        const std::size_t pa = ctx.find(a), pb = ctx.find(b);
+        data.push_back({"", "who lives in paris ?", ctx, {{"john", pa}}});
+        data.push_back({"", "where is the cafe ?", ctx, {{"berlin", pb + 15}}});
+        data.push_back({"", "where is john ?", ctx, {{"paris", pa + 14}}});
+    }
+    for (const auto& x : data)
+        REQUIRE(x.context.substr(x.answers[0].char_start, x.answers[0].text.size()) ==
+                x.answers[0].text);
+    std::vector<ftune::data::qa_example> train;
+    for (int rep = 0; rep < 16; ++rep) train.insert(train.end(), data.begin(), data.end());
+    const auto xs =
+        ftune::train::encode_qa(*m.tokenizer, train, {.max_length = 32, .doc_stride = 8});
+    const auto before = ftune::train::evaluate_squad(m.model, *m.tokenizer, data,
+                                                     {.max_length = 32, .doc_stride = 8});
+    ftune::train::trainer<Model> t(m.model, {.task = ftune::train::task::qa,
+                                             .epochs = 10,
+                                             .batch_size = 8,
+                                             .lr = 3e-3,
+                                             .progress = nullptr});
+    t.fit(xs, {});
+    const auto after = ftune::train::evaluate_squad(m.model, *m.tokenizer, data,
+                                                    {.max_length = 32, .doc_stride = 8});
+    INFO("exact match " << before.exact_match << " -> " << after.exact_match << ", F1 " << before.f1
+                        << " -> " << after.f1);
+    CHECK(after.count == 6);
+    CHECK(after.exact_match == 1.0);
+    CHECK(before.exact_match < 0.5);
 }

@@ -77,8 +77,9 @@ struct predict_options {
     std::size_t batch_size = 32;                     // --batch-size
     std::size_t max_length = 0;                      // --max-length (0: the model's)
     std::size_t top_k = 1;                           // --top-k: QA answers per question
-    std::size_t max_answer_length = 30;              // --max-answer-length: QA, in tokens
-    std::size_t doc_stride = 128;                    // --doc-stride: QA window overlap
+    std::size_t max_answer_length = 15;              // --max-answer-length: QA, in tokens
+    std::size_t doc_stride = 0;                      // --doc-stride: QA window overlap (0: 128,
+                                                     // or half a window's context if smaller)
 };
 
 // Writes the report's initialized weights to stderr: predictions of such a model mean nothing.
@@ -265,13 +266,17 @@ void predict_qa(ftune::io::hf_model<Model>& m, const std::string& line, std::siz
                            "expected `question<TAB>context` for a question-answering model");
     const std::string_view question(line.data(), tab),
         context(line.data() + tab + 1, line.size() - tab - 1);
+    // a question may take up to half the window (longer ones are cut, with a warning); the
+    // default stride is 128 or half a window's context tokens, whichever is smaller
     ftune::qa::window_options wo{.max_length = opt.max_length, .doc_stride = opt.doc_stride};
-    wo.max_question = std::min<std::size_t>(64, opt.max_length / 2);
-    // the stride must leave the window room: at most half the context tokens of a window
+    wo.max_question = opt.max_length / 2;
     std::vector<ftune::text::token_info> q;
     m.tokenizer->tokenize(question, q);
+    if (q.size() > wo.max_question)
+        std::cerr << "ftune: warning: stdin line " << line_no << ": the question's " << q.size()
+                  << " tokens are cut to " << wo.max_question << " (half of --max-length)\n";
     const std::size_t room = opt.max_length - std::min(q.size(), wo.max_question) - 3;
-    wo.doc_stride = std::min(wo.doc_stride, room / 2);
+    if (opt.doc_stride == 0) wo.doc_stride = std::min<std::size_t>(128, room / 2);
     auto windows = ftune::qa::encode_windows(*m.tokenizer, question, context, wo);
     std::size_t T = 0;
     for (const auto& e : windows) T = std::max(T, e.ids.size());

@@ -11,7 +11,9 @@
 #include <vector>
 
 #include <ftune/data/readers.hpp>
+#include <ftune/data/squad.hpp>
 #include <ftune/io/hf.hpp>
+#include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
 
 namespace cli {
@@ -34,8 +36,9 @@ inline ftune::train::task parse_task(const std::string& v) {
     if (v == "regression") return ftune::train::task::regression;
     if (v == "ner") return ftune::train::task::ner;
     if (v == "mlm") return ftune::train::task::mlm;
+    if (v == "qa") return ftune::train::task::qa;
     throw ftune::error(ftune::errc::invalid_argument, "--task " + v,
-                       "expected classify, multilabel, regression, ner or mlm");
+                       "expected classify, multilabel, regression, ner, mlm or qa");
 }
 
 // Parses the options shared by train and eval from argv[2..].
@@ -278,6 +281,64 @@ int train_with(train_args& a, ftune::train::task task) {
     return 0;
 }
 
+// QA windows for a model: max_length tokens (at most the positions), a question up to half of
+// them, a stride of 128 tokens or a quarter of the window, whichever is smaller.
+inline ftune::qa::window_options qa_windows(std::size_t max_length, std::size_t positions) {
+    const std::size_t n = std::min(max_length, positions);
+    return {
+        .max_length = n, .doc_stride = std::min<std::size_t>(128, n / 4), .max_question = n / 2};
+}
+
+// `ftune train --task qa`: SQuAD-layout JSON files; prints SQuAD exact match and F1 on --valid.
+inline int train_qa(train_args& a) {
+    using Model = ftune::bert::question_answering<ftune::bert::encoder<float>>;
+    auto train = ftune::data::read_squad(a.train);
+    if (a.max_train && train.size() > a.max_train) train.resize(a.max_train);
+    std::vector<ftune::data::qa_example> valid;
+    if (!a.valid.empty()) valid = ftune::data::read_squad(a.valid);
+    auto m = ftune::io::load_hf<Model>(a.model, {.seed = a.opt.seed});
+    if (!m.tokenizer)
+        throw ftune::error(ftune::errc::io, a.model.string(),
+                           "no vocab.txt or tokenizer.json: training needs the tokenizer");
+    if (!m.report.initialized.empty())
+        std::cerr << "ftune: new weights (not in the checkpoint): " << m.report.initialized.size()
+                  << " tensors, e.g. " << m.report.initialized.front() << "\n";
+    const auto wo = qa_windows(a.max_length, m.config.model.max_position_embeddings);
+    const auto train_x = ftune::train::encode_qa(*m.tokenizer, train, wo);
+    const auto valid_x = ftune::train::encode_qa(*m.tokenizer, valid, wo);
+    const std::size_t frozen =
+        ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
+    std::filesystem::create_directories(a.out);
+    a.opt.task = ftune::train::task::qa;
+    a.opt.log_path = a.out / "train_log.jsonl";
+    a.opt.checkpoint_dir = a.out / "checkpoint";
+    std::cerr << "ftune: " << train.size() << " questions (" << train_x.size()
+              << " windows) for training, " << valid.size() << " for validation, " << a.opt.epochs
+              << " epochs of batch " << a.opt.batch_size;
+    if (frozen) std::cerr << ", " << frozen << " weights frozen";
+    std::cerr << "\n";
+    ftune::train::trainer<Model> t(m.model, a.opt);
+    const auto r = t.fit(train_x, valid_x);
+    if (a.opt.stop_after && r.steps >= a.opt.stop_after &&
+        r.steps < a.opt.epochs * ((train_x.size() + a.opt.batch_size - 1) / a.opt.batch_size)) {
+        std::cerr << "ftune: stopped after " << r.steps << " steps; continue with --resume "
+                  << a.opt.checkpoint_dir.string() << "\n";
+        return 0;
+    }
+    ftune::io::save_hf(m, a.out);
+    std::filesystem::remove_all(a.opt.checkpoint_dir);
+    t.write_plot(a.out / "training_curve.svg");
+    std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s; saved " << a.out.string()
+              << "\n";
+    if (!valid.empty()) {
+        m.model.prepare_inference();
+        const auto s = ftune::train::evaluate_squad(m.model, *m.tokenizer, valid, wo);
+        std::cout << "exact_match " << s.exact_match << "\nf1 " << s.f1 << "\nquestions " << s.count
+                  << "\n";
+    }
+    return 0;
+}
+
 // Evaluates a model type on a file; returns the exit status.
 template <class Model>
 int eval_with(train_args& a, ftune::train::task task) {
@@ -313,6 +374,7 @@ inline ftune::train::task task_of(const ftune::io::hf_config& cfg) {
     const std::string arch = cfg.architectures.empty() ? "" : cfg.architectures.front();
     if (arch == "BertForTokenClassification") return ftune::train::task::ner;
     if (arch == "BertForMaskedLM") return ftune::train::task::mlm;
+    if (arch == "BertForQuestionAnswering") return ftune::train::task::qa;
     if (cfg.problem_type == "multi_label_classification") return ftune::train::task::multilabel;
     if (cfg.problem_type == "regression") return ftune::train::task::regression;
     return ftune::train::task::classify;
@@ -325,6 +387,7 @@ inline int run_train(int argc, char** argv) {
     using E = ftune::bert::encoder<float>;
     if (t == ftune::train::task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == ftune::train::task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
+    if (t == ftune::train::task::qa) return train_qa(a);
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
@@ -335,6 +398,19 @@ inline int run_eval(int argc, char** argv) {
     using E = ftune::bert::encoder<float>;
     if (t == ftune::train::task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == ftune::train::task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
+    if (t == ftune::train::task::qa) {  // SQuAD exact match and F1
+        auto m = ftune::io::load_hf<ftune::bert::question_answering<E>>(a.model);
+        if (!m.tokenizer)
+            throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
+        warn_initialized(m.report, a.model);
+        m.model.prepare_inference();
+        const auto s = ftune::train::evaluate_squad(
+            m.model, *m.tokenizer, ftune::data::read_squad(a.data),
+            qa_windows(a.max_length, m.config.model.max_position_embeddings));
+        std::cout << "exact_match " << s.exact_match << "\nf1 " << s.f1 << "\nquestions " << s.count
+                  << "\n";
+        return 0;
+    }
     return eval_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 

@@ -7,7 +7,10 @@ pipelines/document_question_answering.py), run on the logits of the fixture
 BertForQuestionAnswering (tests/reference/fixtures/hf_heads/qa).
 
 Writes tests/reference/fixtures/qa_answers.json: per case the question, context, window options,
-each window's ids, and the top answers (character offsets, text, score) over all windows.
+each window's ids, and the top answers (character offsets, text, score) over all windows; and
+tests/reference/fixtures/qa_training.json: SQuAD-style examples (one answer per question), the
+start/end token labels run_qa's preprocessing gives their windows, and BertForQuestionAnswering's
+loss on them (eval mode, one padded batch) for ftune::train::encode_qa and the trainer's QA loss.
 
 Usage: python3 tests/reference/qa_parity.py   (after hf_heads.py; needs torch, transformers)
 """
@@ -22,6 +25,50 @@ from transformers.pipelines.document_question_answering import select_starts_end
 HERE = pathlib.Path(__file__).resolve().parent
 MODEL = HERE / "fixtures" / "hf_heads" / "qa"
 OUT = HERE / "fixtures" / "qa_answers.json"
+OUT_TRAINING = HERE / "fixtures" / "qa_training.json"
+# question, context, answer text, answer_start (characters); windows of 24 tokens, stride 6
+TRAINING = [
+    ("Who lives in Paris?", "John lives in Paris.", "John", 0),
+    ("Where is the café?", "The café is in Berlin, near the rivers.", "Berlin", 15),
+    ("Where does John live?", "John lives in Paris. The cafe is in Berlin, near the river. "
+     "Hello worlds, the river is great.", "the river", 49),
+]
+
+
+def run_qa_labels(enc, w, start_char, end_char):
+    """Transformers' examples/pytorch/question-answering/run_qa.py prepare_train_features."""
+    offsets = enc["offset_mapping"][w].tolist()
+    seq = enc.sequence_ids(w)
+    ctx_start = seq.index(1)
+    ctx_end = len(seq) - 1 - seq[::-1].index(1)
+    if not (offsets[ctx_start][0] <= start_char and offsets[ctx_end][1] >= end_char):
+        return 0, 0
+    i, j = ctx_start, ctx_end
+    while i <= ctx_end and offsets[i][0] <= start_char:
+        i += 1
+    while offsets[j][1] >= end_char:
+        j -= 1
+    return i - 1, j + 1
+
+
+def training(tok, model):
+    out = []
+    for question, context, text, start in TRAINING:
+        assert context[start:start + len(text)] == text
+        enc = tok(question, context, truncation="only_second", max_length=24, stride=6,
+                  return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
+                  return_tensors="pt")
+        labels = [run_qa_labels(enc, w, start, start + len(text))
+                  for w in range(enc["input_ids"].shape[0])]
+        with torch.no_grad():
+            loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                         token_type_ids=enc["token_type_ids"],
+                         start_positions=torch.tensor([l[0] for l in labels]),
+                         end_positions=torch.tensor([l[1] for l in labels])).loss
+        out.append({"question": question, "context": context, "answer": text,
+                    "answer_start": start, "labels": labels, "loss": float(loss),
+                    "padded_length": int(enc["input_ids"].shape[1])})
+    OUT_TRAINING.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
 
 LONG = ("John lives in Paris near the river. The cafe is in Berlin. Who lives near the cafe? "
         "Hello worlds, the river is great. John is in Berlin, wasn't he? ") * 3
@@ -69,6 +116,7 @@ def main():
                       "handle_impossible_answer": impossible, "windows": windows,
                       "answers": answers})
     OUT.write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n")
+    training(tok, model)
     print(OUT, sum(len(c["windows"]) for c in cases), "windows")
 
 

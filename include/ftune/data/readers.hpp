@@ -116,7 +116,16 @@ inline std::string read_all(const std::filesystem::path& path) {
 }
 }  // namespace detail
 
-/// Reads labelled texts from a TSV or CSV file with a header row (see the file comment).
+/// s without leading and trailing spaces and TABs (labels: ChnSentiCorp's test.tsv has one
+/// written "    0").
+inline std::string trimmed(std::string_view s) {
+    const auto a = s.find_first_not_of(" \t");
+    if (a == std::string_view::npos) return {};
+    return std::string(s.substr(a, s.find_last_not_of(" \t") - a + 1));
+}
+
+/// Reads labelled texts from a TSV or CSV file with a header row (see the file comment; labels
+/// lose surrounding spaces).
 inline text_dataset read_table(const std::filesystem::path& path, const table_options& o = {}) {
     const std::string where = path.string();
     const char delim = o.delimiter ? o.delimiter : (path.extension() == ".tsv" ? '\t' : ',');
@@ -167,8 +176,8 @@ inline text_dataset read_table(const std::filesystem::path& path, const table_op
                 ftune::detail::cat(
                     "the row has ", f.size(), " fields but the header ", header.size(),
                     delim == '\t' ? " (a TAB inside a text?)" : " (an unquoted comma in a text?)"));
-        text_example e{f[*text], pair ? f[*pair] : std::string(), label ? f[*label] : std::string(),
-                       line};
+        text_example e{f[*text], pair ? f[*pair] : std::string(),
+                       label ? trimmed(f[*label]) : std::string(), line};
         if (label && e.label.empty())
             throw error(errc::parse, ftune::detail::cat(where, ":", line), "the label is empty");
         d.rows.push_back(std::move(e));
@@ -235,7 +244,7 @@ inline text_dataset read_phrasebank(const std::filesystem::path& path) {
                         "expected `sentence@label` (Financial PhraseBank's format)");
         std::string_view text = l.substr(0, at);
         while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
-        d.rows.push_back({std::string(text), "", std::string(l.substr(at + 1)), line});
+        d.rows.push_back({std::string(text), "", trimmed(l.substr(at + 1)), line});
     }
     return d;
 }

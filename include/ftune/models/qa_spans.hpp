@@ -31,9 +31,12 @@ namespace qa {
 
 /// How a question and its context become model inputs.
 struct window_options {
-    std::size_t max_length = 384;   ///< tokens per window (the pipeline's max_seq_len)
-    std::size_t doc_stride = 128;   ///< context tokens shared by neighbouring windows
-    std::size_t max_question = 64;  ///< question tokens kept (the pipeline's max_question_len)
+    std::size_t max_length = 384;  ///< tokens per window (the pipeline's max_seq_len)
+    std::size_t doc_stride = 128;  ///< context tokens shared by neighbouring windows
+    std::size_t max_question =
+        std::numeric_limits<std::size_t>::max();  ///< question tokens
+                                                  ///< kept (default all, as the fast tokenizer's
+                                                  ///< only_second)
 };
 
 /// How logits become answers.

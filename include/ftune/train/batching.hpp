@@ -23,13 +23,15 @@ enum class task {
     regression,  ///< one real value per text (mean squared error)
     ner,         ///< one tag per word (cross-entropy on each word's first wordpiece)
     mlm,         ///< masked language modelling on plain text (continued pretraining)
+    qa,          ///< extractive question answering: start and end token per window (train/qa.hpp)
 };
 
 /// One encoded example.
 struct example {
     std::vector<token_id> ids;     ///< [CLS] ... [SEP] (...[SEP])
     std::vector<token_id> types;   ///< segment ids
-    std::vector<token_id> labels;  ///< classify: {class}; ner: one per position (-100: none)
+    std::vector<token_id> labels;  ///< classify: {class}; ner: one per position (-100: none);
+                                   ///< qa: {start, end}
     std::vector<float> targets;    ///< multilabel: L values in {0, 1}; regression: {value}
 };
 
@@ -220,13 +222,17 @@ inline void collate_into(batch& b, const std::vector<example>& xs,
 /// token (10%) or stays (10%). Draws come from `rng` (value 3 i .. 3 i + 2 for position i), so
 /// a batch masks the same way whenever it is seen with the same stream.
 struct mlm_masking {
-    double probability = 0.15;       ///< share of tokens chosen
-    token_id mask_id = 103;          ///< [MASK]
-    std::size_t vocab_size = 30522;  ///< random replacements are drawn from [0, vocab_size)
-    std::vector<token_id> special;   ///< never chosen ([CLS], [SEP], [PAD], ...)
+    double probability = 0.15;      ///< share of tokens chosen
+    token_id mask_id = -1;          ///< [MASK] (set it: mlm_masking_for(tokenizer))
+    std::size_t vocab_size = 0;     ///< random replacements are drawn from [0, vocab_size)
+    std::vector<token_id> special;  ///< never chosen ([CLS], [SEP], [PAD], [UNK], [MASK])
 
     /// Masks b in place (b.labels becomes (B, T)).
     void apply(batch& b, const random_stream& rng) const {
+        if (mask_id < 0 || vocab_size == 0 || special.empty())
+            throw error(errc::invalid_argument, "mlm_masking",
+                        "no [MASK] id, vocabulary size or special tokens: set it from the "
+                        "tokenizer with train::mlm_masking_for(tokenizer)");
         b.labels.assign(b.B * b.T, -100);
         for (std::size_t i = 0; i < b.B * b.T; ++i) {
             if (!b.mask[i] || std::find(special.begin(), special.end(), b.ids[i]) != special.end())
@@ -242,13 +248,13 @@ struct mlm_masking {
     }
 };
 
-/// mlm_masking with a tokenizer's [MASK] id, its vocabulary size, and [CLS], [SEP], [PAD] as
-/// the tokens never chosen.
+/// mlm_masking with a tokenizer's [MASK] id, its vocabulary size, and its special tokens
+/// ([CLS], [SEP], [PAD], [UNK], [MASK]: Transformers' all_special_ids) never chosen.
 inline mlm_masking mlm_masking_for(const text::bert_tokenizer& tok, double probability = 0.15) {
     return {.probability = probability,
             .mask_id = tok.mask_id(),
             .vocab_size = tok.vocab().size(),
-            .special = {tok.cls_id(), tok.sep_id(), tok.pad_id()}};
+            .special = {tok.cls_id(), tok.sep_id(), tok.pad_id(), tok.unk_id(), tok.mask_id()}};
 }
 
 /// Plain texts (the `text` column of a table, or lines) as masked-LM examples: [CLS] text [SEP]

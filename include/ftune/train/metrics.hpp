@@ -18,6 +18,7 @@
 #include <utf8proc.h>
 
 #include "ftune/config.hpp"
+#include "ftune/core/error.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace metrics {
@@ -339,20 +340,21 @@ inline std::string entity_report(const std::vector<std::vector<std::string>>& go
     std::vector<std::string> names;
     for (const auto& [t, c] : types) names.push_back(t);
     detail::report_writer w(names, digits);
-    double tp = 0, predicted = 0, support = 0, mp = 0, mr = 0, mf = 0, wp = 0, wr = 0, wf = 0;
+    double tp = 0, predicted = 0, support = 0;
+    std::vector<double> P, R, F, S;  // per type, averaged as numpy does (seqeval)
     for (const auto& [t, c] : types) {
         const auto [p, r, f] = detail::prf(c.tp, c.predicted, c.support);
         w.row(t, p, r, f, c.support);
         tp += c.tp, predicted += c.predicted, support += c.support;
-        mp += p, mr += r, mf += f;
-        wp += p * c.support, wr += r * c.support, wf += f * c.support;
+        P.push_back(p), R.push_back(r), F.push_back(f), S.push_back(c.support);
     }
-    const double n = types.empty() ? 1 : double(types.size()), W = support > 0 ? support : 1;
     const auto [p, r, f] = detail::prf(tp, predicted, support);
     w.out += "\n";
     w.row("micro avg", p, r, f, support);
-    w.row("macro avg", mp / n, mr / n, mf / n, support);
-    w.row("weighted avg", wp / W, wr / W, wf / W, support);
+    w.row("macro avg", detail::numpy_mean(P), detail::numpy_mean(R), detail::numpy_mean(F),
+          support);
+    w.row("weighted avg", detail::numpy_average(P, S), detail::numpy_average(R, S),
+          detail::numpy_average(F, S), support);
     return w.out;
 }
 
@@ -369,6 +371,16 @@ inline std::string token_report(const std::vector<std::vector<std::string>>& gol
         return int(std::lower_bound(names.begin(), names.end(), t) - names.begin());
     };
     std::vector<int> g, p;
+    if (gold.size() != pred.size())
+        throw error(
+            errc::shape_mismatch, "token_report",
+            ftune::detail::cat(gold.size(), " gold sentences, ", pred.size(), " predicted"));
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        if (gold[i].size() != pred[i].size())
+            throw error(
+                errc::shape_mismatch, ftune::detail::cat("token_report: sentence ", i),
+                ftune::detail::cat(gold[i].size(), " gold tags, ", pred[i].size(), " predicted"));
+    }
     for (std::size_t i = 0; i < gold.size(); ++i)
         for (std::size_t j = 0; j < gold[i].size(); ++j)
             g.push_back(index(gold[i][j])), p.push_back(index(pred[i][j]));
@@ -378,6 +390,9 @@ inline std::string token_report(const std::vector<std::vector<std::string>>& gol
 /// Pearson's correlation coefficient of two equally long series (scipy.stats.pearsonr's r;
 /// 0 when either is constant).
 inline double pearson(const std::vector<double>& x, const std::vector<double>& y) {
+    if (x.size() != y.size())
+        throw error(errc::shape_mismatch, "pearson",
+                    ftune::detail::cat(x.size(), " values against ", y.size()));
     const double n = double(x.size());
     if (x.size() < 2) return 0.0;
     double mx = 0, my = 0;

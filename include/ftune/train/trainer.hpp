@@ -171,13 +171,13 @@ class trainer {
         ce_.options.label_smoothing = options.label_smoothing;  // the training loss only
         ce_.options.class_weights = options.class_weights;
         const bool tokens = Model::task == bert::task::token_classification,
-                   mlm = Model::task == bert::task::masked_lm;
-        if (tokens != (options.task == task::ner) || mlm != (options.task == task::mlm))
+                   mlm = Model::task == bert::task::masked_lm,
+                   qa = Model::task == bert::task::question_answering;
+        if (tokens != (options.task == task::ner) || mlm != (options.task == task::mlm) ||
+            qa != (options.task == task::qa))
             throw error(errc::invalid_argument, "trainer",
-                        "task ner needs a token_classifier, task mlm a masked_lm; the other "
-                        "tasks a sequence_classifier");
-        if constexpr (Model::task == bert::task::masked_lm)
-            masking.vocab_size = model.bias.value.size();
+                        "task ner needs a token_classifier, task mlm a masked_lm, task qa a "
+                        "question_answering model; the other tasks a sequence_classifier");
     }
 
     /// The result of fit.
@@ -229,6 +229,7 @@ class trainer {
         std::size_t first_epoch = 0, first_batch = 0;
         double loss_sum = 0;
         const bool tty = is_terminal();
+        const mlm_masking masks = mlm_masks();
         model.zero_grad();
         const nlohmann::json setup = {{"examples", train_set.size()},
                                       {"batch_size", options.batch_size},
@@ -303,8 +304,8 @@ class trainer {
             for (std::size_t bi = epoch == first_epoch ? first_batch : 0; bi < order.size(); ++bi) {
                 collate_into(batch_, train_set, order[bi], pad_id(), per_token());
                 if constexpr (Model::task == bert::task::masked_lm)  // new masks each epoch
-                    masking.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
-                                                        epoch * batches_per_epoch + bi));
+                    masks.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
+                                                      epoch * batches_per_epoch + bi));
                 const batch& b = batch_;
                 loss_sum += train_batch(ctx, b);
                 seen += b.B, ++since;
@@ -377,15 +378,30 @@ class trainer {
         const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
         double loss_sum = 0, weight = 0, sq = 0;
         std::uint64_t eval_batch = 0;
+        double e_acc = 0;  // qa: windows with both ends right
+        const mlm_masking masks = mlm_masks();
         auto& gold_tags = e.gold_tags;
         auto& pred_tags = e.predicted_tags;
         for (const auto& idx : order) {
             batch b = collate(xs, idx, pad_id(), per_token());
             if constexpr (Model::task == bert::task::masked_lm)  // the same masks every time
-                masking.apply(b, random_stream(0x6576616cULL, ++eval_batch));
+                masks.apply(b, random_stream(0x6576616cULL, ++eval_batch));
             const auto y = forward(ctx, b);
             const std::size_t L = labels_of(y);
-            if constexpr (Model::task == bert::task::masked_lm) {
+            if constexpr (Model::task == bert::task::question_answering) {
+                loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+                const double l = qa_loss(ce, y, b, nullptr, T(0));
+                loss_sum += l * double(b.B), weight += double(b.B);
+                for (std::size_t r = 0; r < b.B; ++r) {  // both ends right
+                    std::size_t s = 0, e = 0;
+                    for (std::size_t t = 1; t < b.T; ++t) {
+                        if (y(r, t, 0) > y(r, s, 0)) s = t;
+                        if (y(r, t, 1) > y(r, e, 1)) e = t;
+                    }
+                    e_acc += double(token_id(s) == b.labels[2 * r] &&
+                                    token_id(e) == b.labels[2 * r + 1]);
+                }
+            } else if constexpr (Model::task == bert::task::masked_lm) {
                 loss::cross_entropy<T> ce;
                 const std::size_t n = b.B * b.T;
                 const T l = ce.forward({y.data(), n, L}, {b.labels.data(), n});
@@ -454,7 +470,11 @@ class trainer {
                 weight += double(b.B);
             }
         }
-        if constexpr (Model::task == bert::task::masked_lm) {
+        if constexpr (Model::task == bert::task::question_answering) {
+            e.loss = weight ? loss_sum / weight : 0;  // per window
+            e.accuracy = weight ? e_acc / weight : 0;
+            e.metric = -e.loss;  // SQuAD EM / F1: evaluate_squad (train/qa.hpp)
+        } else if constexpr (Model::task == bert::task::masked_lm) {
             e.loss = weight ? loss_sum / weight : 0;  // per masked token
             e.accuracy = weight ? e.accuracy / weight : 0;
             e.metric = -e.loss;  // perplexity: exp(loss)
@@ -491,6 +511,7 @@ class trainer {
             case task::ner:
                 return "entity f1";
             case task::mlm:
+            case task::qa:
                 return "-loss";
         }
         return "metric";
@@ -569,6 +590,38 @@ class trainer {
         return false;
 #endif
     }
+    // qa: the mean of the start and end cross-entropies over every position (padding included,
+    // as BertForQuestionAnswering), labels {start, end} per row; with d, d (B, T, 2) +=
+    // scale * its gradient
+    template <class Y>
+    double qa_loss(loss::cross_entropy<T>& ce, const Y& y, const batch& b, T* d, T scale) {
+        const std::size_t B = b.B, L = b.T;
+        qa_z_.resize(2 * B * L), qa_y_.resize(2 * B), qa_d_.assign(2 * B * L, T(0));
+        for (std::size_t r = 0; r < B; ++r) {
+            for (std::size_t t = 0; t < L; ++t)  // (2, B, T): start logits, then end logits
+                qa_z_[r * L + t] = y(r, t, 0), qa_z_[(B + r) * L + t] = y(r, t, 1);
+            qa_y_[r] = b.labels[2 * r], qa_y_[B + r] = b.labels[2 * r + 1];
+        }
+        double total = 0;
+        for (std::size_t k = 0; k < 2; ++k) {
+            total +=
+                double(ce.forward({qa_z_.data() + k * B * L, B, L}, {qa_y_.data() + k * B, B}));
+            if (d) ce.backward({qa_d_.data() + k * B * L, B, L}, T(0.5) * scale);
+        }
+        if (d)
+            for (std::size_t r = 0; r < B; ++r)
+                for (std::size_t t = 0; t < L; ++t)
+                    d[(r * L + t) * 2] += qa_d_[r * L + t],
+                        d[(r * L + t) * 2 + 1] += qa_d_[(B + r) * L + t];
+        return total / 2;
+    }
+    // masking, with random replacements inside both the tokenizer's and the model's vocabulary
+    mlm_masking mlm_masks() const {
+        mlm_masking m = masking;
+        if constexpr (Model::task == bert::task::masked_lm)
+            m.vocab_size = std::min(m.vocab_size, model.bias.value.size());
+        return m;
+    }
     static constexpr bool per_token() {
         return Model::task == bert::task::token_classification ||
                Model::task == bert::task::masked_lm;
@@ -604,8 +657,11 @@ class trainer {
         const T scale = T(1.0 / double(options.grad_accum));
         d_.assign(y.size(), T(0));
         double l = 0;
-        if constexpr (Model::task == bert::task::token_classification ||
-                      Model::task == bert::task::masked_lm) {
+        if constexpr (Model::task == bert::task::question_answering) {
+            l = qa_loss(ce_, y, b, d_.data(), scale);
+            model.backward(ctx, {d_.data(), b.B, b.T, 2});
+        } else if constexpr (Model::task == bert::task::token_classification ||
+                             Model::task == bert::task::masked_lm) {
             const std::size_t n = b.B * b.T;
             l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
             ce_.backward({d_.data(), n, L}, scale);
@@ -746,6 +802,8 @@ class trainer {
     }
 
     loss::cross_entropy<T> ce_;
+    std::vector<T> qa_z_, qa_d_;  // qa: start and end logits (2, B, T) and their gradient
+    std::vector<token_id> qa_y_;  // qa: start and end labels (2, B)
     loss::bce_with_logits<T> bce_;
     loss::mse<T> mse_;
     std::vector<T> d_, targets_;  // d logits; float targets as T
