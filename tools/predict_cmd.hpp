@@ -278,19 +278,8 @@ void predict_qa(ftune::io::hf_model<Model>& m, const std::string& line, std::siz
     const std::size_t room = opt.max_length - std::min(q.size(), wo.max_question) - 3;
     if (opt.doc_stride == 0) wo.doc_stride = std::min<std::size_t>(128, room / 2);
     auto windows = ftune::qa::encode_windows(*m.tokenizer, question, context, wo);
-    std::size_t T = 0;
-    for (const auto& e : windows) T = std::max(T, e.ids.size());
     const std::size_t B = windows.size();
-    std::vector<ftune::token_id> ids, mask, types;
-    for (auto e : windows) {
-        m.tokenizer->pad(e, T);
-        ids.insert(ids.end(), e.ids.begin(), e.ids.end());
-        mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
-        types.insert(types.end(), e.type_ids.begin(), e.type_ids.end());
-    }
-    ftune::context eval;
-    const auto logits =
-        m.model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+    const auto logits = ftune::qa::forward_windows(m.model, *m.tokenizer, windows);  // (B, T, 2)
     if (opt.format == predict_format::logits) {
         for (std::size_t w = 0; w < B; ++w) {
             if (w) out += " || ";

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ftune/config.hpp"
+#include "ftune/core/context.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/tokenize/bert.hpp"
 
@@ -98,6 +99,25 @@ inline std::vector<text::encoding> encode_windows(const text::bert_tokenizer& to
         if (end == c.size()) break;
     }
     return out;
+}
+
+/// The start/end logits (B, T, 2) of a question-answering model on windows, padded to the
+/// longest, in eval mode (the view points into the model: valid until its next forward).
+template <class Model>
+auto forward_windows(Model& model, const text::bert_tokenizer& tok,
+                     const std::vector<text::encoding>& windows) {
+    std::size_t T = 0;
+    for (const auto& w : windows) T = std::max(T, w.ids.size());
+    const std::size_t B = windows.size();
+    std::vector<token_id> ids, mask, types;  // (B, T)
+    for (auto w : windows) {
+        tok.pad(w, T);
+        ids.insert(ids.end(), w.ids.begin(), w.ids.end());
+        mask.insert(mask.end(), w.attention_mask.begin(), w.attention_mask.end());
+        types.insert(types.end(), w.type_ids.begin(), w.type_ids.end());
+    }
+    context eval;  // no dropout
+    return model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
 }
 
 namespace detail {

@@ -76,22 +76,9 @@ squad_scores evaluate_squad(Model& model, const text::bert_tokenizer& tok,
                             const std::vector<data::qa_example>& xs,
                             const qa::window_options& o = {}, const qa::decode_options& d = {}) {
     squad_scores r;
-    context eval;  // no dropout
-    std::vector<token_id> ids, mask, types;
     for (const auto& x : xs) {
-        auto windows = qa::encode_windows(tok, x.question, x.context, o);
-        std::size_t T = 0;
-        for (const auto& w : windows) T = std::max(T, w.ids.size());
-        ids.clear(), mask.clear(), types.clear();
-        for (auto w : windows) {
-            tok.pad(w, T);
-            ids.insert(ids.end(), w.ids.begin(), w.ids.end());
-            mask.insert(mask.end(), w.attention_mask.begin(), w.attention_mask.end());
-            types.insert(types.end(), w.type_ids.begin(), w.type_ids.end());
-        }
-        const std::size_t B = windows.size();
-        const auto logits = model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T},
-                                          {types.data(), B, T});  // (B, T, 2)
+        const auto windows = qa::encode_windows(tok, x.question, x.context, o);
+        const auto logits = qa::forward_windows(model, tok, windows);  // (B, T, 2)
         const auto best = qa::best_answers(logits, windows, x.context, d);
         const std::string answer = best.empty() ? std::string() : best.front().text;
         std::vector<std::string> golds;
