@@ -12,6 +12,12 @@ dynamic padding, dropout on, the first N training rows (as run_glue's --max_trai
 the final weights (no best-model reloading). NER labels go on each word's first wordpiece, the
 other pieces are ignored; words cut off by --max-length are predicted O, as ftune does.
 
+Batch order (--batch-order): "buckets" (default) is ftune's: each epoch a permutation, sorted by
+length within windows of 50 batches, cut into batches, and the batches shuffled. "transformers"
+is Trainer's group_by_length (LengthGroupedSampler), which does not shuffle the batches: each
+window is trained longest to shortest, so consecutive batches have similar lengths and, where
+length goes with the label (ChnSentiCorp), similar labels.
+
   python3 bench/hf_trainer_baseline.py --task sst2 --model DIR --data ../shared/data \
       --epochs 1 --lr 1e-4 --batch-size 32 --max-train-examples 20000
 
@@ -61,6 +67,32 @@ def read_conll(path):
     return sents
 
 
+def shuffled_buckets(lengths, batch_size, seed):
+    """A torch Sampler with ftune's batch order (batching.hpp batch_order); the last, partial
+    batch stays last so that the DataLoader cuts the same batches."""
+    import torch
+
+    class Sampler(torch.utils.data.Sampler):
+        def __init__(self):
+            self.g = torch.Generator().manual_seed(seed)
+
+        def __len__(self):
+            return len(lengths)
+
+        def __iter__(self):  # a new order each epoch
+            n, window = len(lengths), 50 * batch_size
+            idx = torch.randperm(n, generator=self.g).tolist()
+            idx = [i for a in range(0, n, window)
+                   for i in sorted(idx[a:a + window], key=lambda i: -lengths[i])]  # stable
+            batches = [idx[a:a + batch_size] for a in range(0, n, batch_size)]
+            partial = batches.pop() if len(batches[-1]) < batch_size else None
+            order = torch.randperm(len(batches), generator=self.g).tolist()
+            batches = [batches[k] for k in order] + ([partial] if partial else [])
+            return iter([i for b in batches for i in b])
+
+    return Sampler()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -75,6 +107,9 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    ap.add_argument("--batch-order", choices=["buckets", "transformers"], default="buckets",
+                    help="buckets: ftune's (shuffled length buckets); transformers: Trainer's "
+                         "group_by_length")
     ap.add_argument("--out", default="/tmp/ftune_hf_baseline")
     args = ap.parse_args()
 
@@ -140,7 +175,15 @@ def main():
         logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[],
         dataloader_num_workers=0, use_cpu=True, disable_tqdm=True)
     collator = (DataCollatorForTokenClassification(tok) if ner else DataCollatorWithPadding(tok))
-    trainer = Trainer(model=model, args=targs, train_dataset=train_enc, data_collator=collator)
+    class BaselineTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if args.batch_order == "transformers":
+                return super()._get_train_sampler(train_dataset)
+            return shuffled_buckets([len(e["input_ids"]) for e in train_enc], args.batch_size,
+                                    args.seed)
+
+    trainer = BaselineTrainer(model=model, args=targs, train_dataset=train_enc,
+                              data_collator=collator)
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
@@ -163,7 +206,8 @@ def main():
     else:
         value = float((pred.predictions.argmax(-1) == np.array([e["labels"] for e in test_enc]))
                       .mean())
-    print(json.dumps({"task": args.task, "framework": "transformers", "metric": metric,
+    print(json.dumps({"task": args.task, "framework": "transformers", "seed": args.seed,
+                      "batch_order": args.batch_order, "metric": metric,
                       "value": round(float(value), 4), "train_s": round(train_s, 1),
                       "total_s": round(time.perf_counter() - t_start, 1),
                       "train_examples": len(train), "test_examples": len(test),

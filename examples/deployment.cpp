@@ -2,7 +2,8 @@
 // ftune::io::save_hf or Transformers' save_pretrained) into a host program, measure the latency
 // of one sentence at a time, then serve sentences from several threads through one const,
 // thread-safe ftune::serve::text_classifier and check that every thread gets the answers the
-// single-threaded loop got.
+// single-threaded loop got. Resident memory is printed after each stage: the replicas that serve
+// concurrent calls share the model's weights, so more threads add only activations.
 //
 //   deployment --model sst2-model [--threads 2] [--iterations 200] < sentences.txt
 //
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -21,6 +23,14 @@
 
 using Model = ftune::bert::sequence_classifier<>;
 using clock_type = std::chrono::steady_clock;
+
+// The process's resident memory in MB (Linux's /proc/self/status; "?" elsewhere).
+std::string resident_mb() {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("VmRSS:", 0) == 0) return std::to_string(std::stol(line.substr(6)) / 1024);
+    return "?";
+}
 
 int main(int argc, char** argv) try {
     std::filesystem::path model_dir;
@@ -52,7 +62,7 @@ int main(int argc, char** argv) try {
               << std::chrono::duration<double, std::milli>(clock_type::now() - t0).count()
               << " ms; labels:";
     for (const auto& l : clf.labels()) std::cout << " " << l;
-    std::cout << "\n";
+    std::cout << "; resident " << resident_mb() << " MB\n";
 
     // 2. Latency of one sentence at a time (tokenize + forward + softmax), one thread.
     ftune::set_num_threads(1);
@@ -67,7 +77,7 @@ int main(int argc, char** argv) try {
     std::sort(ms.begin(), ms.end());
     auto pct = [&](double q) { return ms[std::min(ms.size() - 1, std::size_t(q * ms.size()))]; };
     std::cout << "latency per sentence (1 thread): p50 " << pct(0.5) << " ms, p90 " << pct(0.9)
-              << " ms, p99 " << pct(0.99) << " ms\n";
+              << " ms, p99 " << pct(0.99) << " ms; resident " << resident_mb() << " MB\n";
 
     // 3. The same classifier from several threads at once (each kernel single-threaded).
     std::atomic<std::size_t> next{0}, wrong{0};
@@ -84,8 +94,8 @@ int main(int argc, char** argv) try {
     for (auto& t : pool) t.join();
     const double secs = std::chrono::duration<double>(clock_type::now() - s0).count();
     std::cout << threads << " threads: " << double(total) / secs << " sentences/s, "
-              << clf.replicas() << " model replicas, " << wrong << " answers differing from "
-              << "the single-threaded ones\n";
+              << clf.replicas() << " model replicas, resident " << resident_mb() << " MB, " << wrong
+              << " answers differing from the single-threaded ones\n";
     for (std::size_t i = 0; i < std::min<std::size_t>(texts.size(), 4); ++i)
         std::cout << expected[i] << "\t" << texts[i] << "\n";
     return wrong == 0 ? 0 : 1;

@@ -101,6 +101,44 @@ TEST_CASE("buffer: a moved-from buffer is empty and can be assigned again", "[co
     CHECK(s1(1, 2) == 1.0f);
 }
 
+TEST_CASE("buffer: borrowed and released storage (inference replicas)", "[core]") {
+    using V = ftune::buffer<float, ftune::dynamic_shape<1>>;
+    V owner(6);
+    owner.fill(2.0f);
+    V alias(6);
+    alias.borrow(owner.data());  // frees its own storage, aliases owner's
+    CHECK(alias.data() == owner.data());
+    CHECK_FALSE(alias.owns_storage());
+    CHECK(owner.owns_storage());
+    V copy = alias;  // a copy of an alias aliases too
+    CHECK(copy.data() == owner.data());
+    CHECK_FALSE(copy.owns_storage());
+    V other(6);
+    other.fill(5.0f);
+    copy = other;  // assigning to an alias never writes the aliased elements
+    CHECK(copy.owns_storage());
+    CHECK(copy.data() != owner.data());
+    CHECK(copy(5) == 5.0f);
+    CHECK(owner(5) == 2.0f);
+    copy = alias;  // an owner assigned an alias becomes one
+    CHECK(copy.data() == owner.data());
+    alias.resize(ftune::dynamic_shape<1>(12));  // growing allocates its own storage
+    CHECK(alias.owns_storage());
+    CHECK(alias.data() != owner.data());
+    CHECK(owner(0) == 2.0f);
+
+    V grad(6);
+    grad.release();
+    CHECK(grad.data() == nullptr);
+    CHECK(grad.size() == 6);  // the shape stays
+    CHECK(grad.capacity() == 0);
+    const V released_copy = grad;  // no storage either
+    CHECK(released_copy.data() == nullptr);
+    grad.resize(ftune::dynamic_shape<1>(6));  // allocates again, zero-filled
+    REQUIRE(grad.data() != nullptr);
+    CHECK(grad(5) == 0.0f);
+}
+
 TEST_CASE("view: reshape checks the element count", "[core]") {
     std::vector<double> data(12);
     std::iota(data.begin(), data.end(), 0.0);
@@ -203,6 +241,24 @@ TEST_CASE("parameter: value, grad, flags, names", "[core]") {
     CHECK(ftune::join_name("encoder.layer.3.attention.self.query", "weight") ==
           "encoder.layer.3.attention.self.query.weight");
     CHECK(ftune::join_name("", "bias") == "bias");
+}
+
+TEST_CASE("parameter: inference_only frees the gradient, freezes, and may alias a value",
+          "[core]") {
+    using P = ftune::parameter<float, shape<dynamic, 4>>;
+    P a("weight", shape<dynamic, 4>(3, 4)), b("weight", shape<dynamic, 4>(3, 4));
+    a.value.fill(1.5f);
+    auto ref = b.ref("layer");  // through the reference, as visitors do
+    ref.inference_only(a.value.data());
+    CHECK(b.value.data() == a.value.data());
+    CHECK(b.value(2, 3) == 1.5f);
+    CHECK(b.grad.data() == nullptr);
+    CHECK_FALSE(b.trainable);
+    a.inference_only();  // no value: only the gradient goes
+    CHECK(a.value.owns_storage());
+    CHECK(a.grad.data() == nullptr);
+    ftune::parameter_ref<float> detached;
+    CHECK_THROWS_AS(detached.inference_only(), ftune::error);
 }
 
 TEST_CASE("ops: runtime shape mismatches throw ftune::error naming both shapes", "[core][ops]") {

@@ -225,6 +225,58 @@ TEST_CASE("serve::text_classifier: Transformers' probabilities, the same from ma
     CHECK(clf.replicas() <= 4);
 }
 
+TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, same logits",
+          "[io]") {
+    const auto in = read_inputs();
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
+    m.model.prepare_inference();
+    const auto values = ftune::serve::parameter_values(m.model);
+    CHECK(m.model.classifier.inference_prepared());  // the collecting visit kept the packing
+    auto replica = m.model;
+    ftune::serve::share_weights(replica, values);
+    auto copy = replica;  // a copy of a replica aliases the same weights
+    auto aliased = [&](auto& model) {
+        const auto shared = ftune::serve::parameter_values(model);
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < std::min(values.size(), shared.size()); ++i)
+            n += shared[i].data() == values[i].data() && shared[i].size() == values[i].size();
+        return n;
+    };
+    CHECK(aliased(replica) == values.size());
+    CHECK(aliased(copy) == values.size());
+    ftune::serve::free_gradients(m.model);  // the prototype's: its weights stay packed
+    CHECK(m.model.classifier.inference_prepared());
+    CHECK(m.model.bert.layer[1].attention.inference_prepared());
+    CHECK(replica.classifier.inference_prepared());
+    CHECK(replica.pooler.dense.inference_prepared());
+    CHECK(replica.bert.layer[0].attention.inference_prepared());
+    CHECK(replica.bert.layer[0].output_dense.inference_prepared());
+
+    ftune::context eval;
+    const auto b = encode(*m.tokenizer, in.texts);
+    const auto l = forward(m.model, eval, b);
+    const std::vector<float> want(l.data(), l.data() + l.size());
+    const auto r = forward(replica, eval, b);
+    CHECK(std::vector<float>(r.data(), r.data() + r.size()) == want);  // bit for bit
+
+    std::size_t freed = 0, frozen = 0;  // this visit (not keeps_values) drops the packing
+    replica.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        freed += p.grad.data() == nullptr;
+        frozen += !p.trainable;
+    });
+    CHECK(freed == values.size());
+    CHECK(frozen == values.size());
+    CHECK_FALSE(replica.classifier.inference_prepared());
+    const auto r2 = forward(replica, eval, b);  // unpacked weights: the same logits
+    for (std::size_t i = 0; i < want.size(); ++i) CHECK(std::abs(r2.data()[i] - want[i]) <= 1e-5f);
+
+    auto other = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
+        heads / "seq", {.labels = {"O", "B-X", "I-X", "B-Y", "I-Y"}});  // a 5-class head
+    CHECK_THROWS_WITH(
+        ftune::serve::share_weights(other.model, values),
+        Catch::Contains("classifier.weight") && Catch::Contains("not a copy of the model"));
+}
+
 TEST_CASE("qa: windows and n-best answers equal Transformers' tokenizer and QA pipeline",
           "[io][parity]") {
     // tests/reference/qa_parity.py: the fast tokenizer's overflowing windows and the pipeline's

@@ -524,10 +524,12 @@ template <class T, std::size_t R = dynamic, std::size_t C = dynamic,
 using matrix_view = view<T, shape<R, C>, Device>;
 
 namespace detail {
-/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array.
+/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array (owns = false: a
+/// borrowed array, left alone).
 struct aligned_delete {
+    bool owns = true;  ///< whether the array is freed
     void operator()(void* p) const noexcept {
-        ::operator delete[](p, std::align_val_t{buffer_alignment});
+        if (owns) ::operator delete[](p, std::align_val_t{buffer_alignment});
     }
 };
 /// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
@@ -569,13 +571,15 @@ class buffer {
              (std::is_integral_v<I> && ...)) explicit buffer(I... extents) {
         resize(Shape(extents...));
     }
-    /// Deep copy.
-    buffer(const buffer& o) : buffer(o.shape_) { std::copy_n(o.data(), size(), data()); }
-    /// Deep copy assignment.
+    /// Deep copy; a copy of a borrowed buffer borrows the same elements, and a copy of a released
+    /// one has no storage either (copying an inference replica copies no weights).
+    buffer(const buffer& o) : shape_(o.shape_) { copy_storage(o); }
+    /// Deep copy assignment (borrowed and released buffers as for the copy constructor).
     buffer& operator=(const buffer& o) {
         if (this != &o) {
-            resize(o.shape_);
-            std::copy_n(o.data(), size(), data());
+            if (!owns_storage() || !o.owns_storage() || !o.data_) drop();  // never write an alias
+            shape_ = o.shape_;
+            copy_storage(o);
         }
         return *this;
     }
@@ -607,6 +611,19 @@ class buffer {
     }
     /// Sets every element to v.
     void fill(T v) noexcept { std::fill_n(data(), size(), v); }
+    /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
+    /// the buffer and its copies, which must then be only read (model replicas sharing one
+    /// model's weights). A later resize() that grows it allocates its own storage again.
+    void borrow(T* elements) noexcept {
+        data_ =
+            std::unique_ptr<T[], detail::aligned_delete>(elements, detail::aligned_delete{false});
+        capacity_ = size();
+    }
+    /// Frees the storage and keeps the shape: data() is null and the elements may not be used
+    /// until a resize() allocates again (gradients of a model that only runs inference).
+    void release() noexcept { drop(); }
+    /// Whether the buffer owns its storage (false after borrow()).
+    bool owns_storage() const noexcept { return data_.get_deleter().owns; }
 
     /// Pointer to the first element.
     T* data() noexcept { return data_.get(); }
@@ -644,6 +661,26 @@ class buffer {
     }
 
   private:
+    // No storage, owned (an alias is let go).
+    void drop() noexcept {
+        data_ = std::unique_ptr<T[], detail::aligned_delete>();
+        capacity_ = 0;
+    }
+    // The copy constructor's and assignment's storage (shape_ already set; data_ empty or owned).
+    void copy_storage(const buffer& o) {
+        if (!o.owns_storage()) {  // an alias: alias the same elements
+            data_ = std::unique_ptr<T[], detail::aligned_delete>(o.data_.get(),
+                                                                 detail::aligned_delete{false});
+            capacity_ = o.capacity_;
+        } else if (o.data_) {
+            if (size() > capacity_) {
+                data_ = detail::aligned_alloc_array<T>(size());
+                capacity_ = size();
+            }
+            std::copy_n(o.data(), size(), data());
+        }
+    }
+
     std::unique_ptr<T[], detail::aligned_delete> data_;
     std::size_t capacity_ = 0;
     Shape shape_{};
@@ -658,6 +695,7 @@ FTUNE_NAMESPACE_END
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -673,6 +711,8 @@ struct parameter_ref {
     std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
     std::size_t rank = 0;                  ///< number of axes
     bool* owner_trainable = nullptr;       ///< the owning parameter's flag (nullptr: none)
+    void* owner = nullptr;                 ///< the owning parameter (inference_only)
+    void (*inference_only_fn)(void*, T*) = nullptr;  ///< the owner's parameter::inference_only
 
     /// Freezes (false) or unfreezes (true) the parameter itself, through a visit; references
     /// collected before keep the old flag: collect them again.
@@ -681,6 +721,12 @@ struct parameter_ref {
         if (owner_trainable) *owner_trainable = on;
     }
 
+    /// Calls the owning parameter's inference_only (see there); throws when there is no owner.
+    void inference_only(T* shared_value = nullptr) const {
+        if (!inference_only_fn)
+            throw error(errc::invalid_argument, name, "this parameter reference has no owner");
+        inference_only_fn(owner, shared_value);
+    }
     /// The shape as "[768, 3072]".
     std::string shape_string() const {
         std::string s = "[";
@@ -691,6 +737,14 @@ struct parameter_ref {
         return s + "]";
     }
 };
+
+/// Base of a parameter visitor that leaves the values unchanged (it reads them, or only moves
+/// where they are stored): visits with it keep the packed weights of prepare_inference(), which
+/// other visits drop.
+struct keeps_values {};
+/// Whether the visitor type F derives from keeps_values.
+template <class F>
+inline constexpr bool keeps_values_v = std::is_base_of_v<keeps_values, std::remove_cvref_t<F>>;
 
 /// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
 inline std::string join_name(std::string_view prefix, std::string_view name) {
@@ -724,12 +778,23 @@ struct parameter {
     std::size_t size() const noexcept { return value.size(); }
     /// Sets the gradient to zero.
     void zero_grad() noexcept { grad.fill(T(0)); }
+    /// For a model that only runs inference: frees the gradient and freezes the parameter;
+    /// with `shared_value`, the value becomes an alias of another model's (size() elements that
+    /// must outlive this parameter and its copies, which then only read it). Nothing may use the
+    /// gradient, or write an aliased value, afterwards (serve::text_classifier's replicas).
+    void inference_only(T* shared_value = nullptr) noexcept {
+        if (shared_value) value.borrow(shared_value);
+        grad.release();
+        trainable = false;
+    }
     /// This parameter as visitors see it, named "<prefix>.<name>".
     parameter_ref<T> ref(std::string_view prefix) {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
         parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
         r.rank = Shape::rank;
         r.owner_trainable = &trainable;
+        r.owner = this;
+        r.inference_only_fn = [](void* p, T* v) { static_cast<parameter*>(p)->inference_only(v); };
         for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
         return r;
     }
@@ -1983,26 +2048,13 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 /// B many times (the weights of a model at inference): gemm_packed() then skips the packing and
 /// the barriers it needs. Layout: NC-column blocks (offset jc * K), each of K/kc depth blocks
 /// (offset panels * NR * pc), each of NR-wide panels (offset p * kc * NR).
+/// Copies share the packed data (it is read-only once packed); pack() on a copy that shares it
+/// packs into new storage, so copying a model for inference does not copy its packed weights.
 template <scalar T>
 class packed_b {
   public:
     /// Nothing packed.
     packed_b() = default;
-    /// A deep copy.
-    packed_b(const packed_b& o) { *this = o; }
-    /// Moves the packed data.
-    packed_b(packed_b&&) noexcept = default;
-    /// A deep copy.
-    packed_b& operator=(const packed_b& o) {
-        if (this == &o) return *this;
-        const std::size_t n = o.size();
-        if (n > cap_) data_ = ftune::detail::aligned_alloc_array<T>(cap_ = n);
-        if (n) std::copy_n(o.data_.get(), n, data_.get());
-        K_ = o.K_, N_ = o.N_, kc_ = o.kc_;
-        return *this;
-    }
-    /// Moves the packed data.
-    packed_b& operator=(packed_b&&) noexcept = default;
 
     /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
     void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
@@ -2011,8 +2063,8 @@ class packed_b {
         K_ = K, N_ = N;
         kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
-        if (n > cap_) {
-            data_ = ftune::detail::aligned_alloc_array<T>(n);
+        if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
+            data_ = std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
             cap_ = n;
         }
         const std::size_t panels_all = (N + NR - 1) / NR;
@@ -2048,7 +2100,7 @@ class packed_b {
     T* block(std::size_t jc, std::size_t pc, std::size_t panels) noexcept {
         return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
     }
-    std::unique_ptr<T[], ftune::detail::aligned_delete> data_;
+    std::shared_ptr<T[]> data_;  // shared by copies; written only by pack() when not shared
     std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0;
 };
 
@@ -3356,10 +3408,13 @@ class linear {
     /// Whether any parameter trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable || bias.trainable; }
 
+    /// Whether eval-mode forwards use the weights packed by prepare_inference().
+    bool inference_prepared() const noexcept { return packed_valid_; }
+
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        packed_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) packed_valid_ = false;  // f may change the weights
         f(weight.ref(prefix));
         f(bias.ref(prefix));
     }
@@ -3531,14 +3586,16 @@ class self_attention {
     /// it; after writing the weights directly, call it again.
     void prepare_inference() {
         const std::size_t Cn = query.in_features();
-        qkv_weight_.resize(shape<dynamic, dynamic>(3 * Cn, Cn));  // (3C, C)
+        // (3C, C) staging for the packing, one per thread (not per layer or model copy)
+        static thread_local buffer<T, shape<dynamic, dynamic>> qkv_weight;
+        qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
         qkv_bias_.resize(shape<dynamic>(3 * Cn));
         const linear<T, C, C>* parts[] = {&query, &key, &value};
         for (std::size_t i = 0; i < 3; ++i) {
-            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight_.data() + i * Cn * Cn);
+            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
         }
-        packed_qkv_.pack(qkv_weight_.data(), Cn, transpose::yes, Cn, 3 * Cn);
+        packed_qkv_.pack(qkv_weight.data(), Cn, transpose::yes, Cn, 3 * Cn);
         fused_valid_ = true;
     }
 
@@ -3553,10 +3610,13 @@ class self_attention {
         value.zero_grad();
     }
 
+    /// Whether eval-mode forwards use the projections packed by prepare_inference().
+    bool inference_prepared() const noexcept { return fused_valid_; }
+
     /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        fused_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) fused_valid_ = false;  // f may change the weights
         query.visit_parameters(join_name(prefix, "query"), f);
         key.visit_parameters(join_name(prefix, "key"), f);
         value.visit_parameters(join_name(prefix, "value"), f);
@@ -3564,13 +3624,12 @@ class self_attention {
 
   private:
     std::size_t heads_;
-    bool fused_valid_ = false;                       // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                        // the last forward used packed_qkv_
-    backend::cpu::packed_b<T> packed_qkv_;           // [Wq; Wk; Wv] packed (prepare_inference)
-    buffer<T, shape<dynamic, dynamic>> qkv_weight_;  // (3C, C) concatenated weights
-    buffer<T, shape<dynamic>> qkv_bias_;             // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>> qkv_;         // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
+    bool fused_valid_ = false;                // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                 // the last forward used packed_qkv_
+    backend::cpu::packed_b<T> packed_qkv_;    // [Wq; Wk; Wv] packed (prepare_inference)
+    buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>> qkv_;  // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;               // the last forward's batch and sequence
     typename linear<T, C, C>::output_view q_, k_,
         v_;                                        // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>> scores_, probs_;   // (B, H, T, T)

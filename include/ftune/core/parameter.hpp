@@ -5,7 +5,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
+#include "ftune/core/error.hpp"
 #include "ftune/core/tensor.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -21,6 +23,8 @@ struct parameter_ref {
     std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
     std::size_t rank = 0;                  ///< number of axes
     bool* owner_trainable = nullptr;       ///< the owning parameter's flag (nullptr: none)
+    void* owner = nullptr;                 ///< the owning parameter (inference_only)
+    void (*inference_only_fn)(void*, T*) = nullptr;  ///< the owner's parameter::inference_only
 
     /// Freezes (false) or unfreezes (true) the parameter itself, through a visit; references
     /// collected before keep the old flag: collect them again.
@@ -29,6 +33,12 @@ struct parameter_ref {
         if (owner_trainable) *owner_trainable = on;
     }
 
+    /// Calls the owning parameter's inference_only (see there); throws when there is no owner.
+    void inference_only(T* shared_value = nullptr) const {
+        if (!inference_only_fn)
+            throw error(errc::invalid_argument, name, "this parameter reference has no owner");
+        inference_only_fn(owner, shared_value);
+    }
     /// The shape as "[768, 3072]".
     std::string shape_string() const {
         std::string s = "[";
@@ -39,6 +49,14 @@ struct parameter_ref {
         return s + "]";
     }
 };
+
+/// Base of a parameter visitor that leaves the values unchanged (it reads them, or only moves
+/// where they are stored): visits with it keep the packed weights of prepare_inference(), which
+/// other visits drop.
+struct keeps_values {};
+/// Whether the visitor type F derives from keeps_values.
+template <class F>
+inline constexpr bool keeps_values_v = std::is_base_of_v<keeps_values, std::remove_cvref_t<F>>;
 
 /// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
 inline std::string join_name(std::string_view prefix, std::string_view name) {
@@ -72,12 +90,23 @@ struct parameter {
     std::size_t size() const noexcept { return value.size(); }
     /// Sets the gradient to zero.
     void zero_grad() noexcept { grad.fill(T(0)); }
+    /// For a model that only runs inference: frees the gradient and freezes the parameter;
+    /// with `shared_value`, the value becomes an alias of another model's (size() elements that
+    /// must outlive this parameter and its copies, which then only read it). Nothing may use the
+    /// gradient, or write an aliased value, afterwards (serve::text_classifier's replicas).
+    void inference_only(T* shared_value = nullptr) noexcept {
+        if (shared_value) value.borrow(shared_value);
+        grad.release();
+        trainable = false;
+    }
     /// This parameter as visitors see it, named "<prefix>.<name>".
     parameter_ref<T> ref(std::string_view prefix) {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
         parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
         r.rank = Shape::rank;
         r.owner_trainable = &trainable;
+        r.owner = this;
+        r.inference_only_fn = [](void* p, T* v) { static_cast<parameter*>(p)->inference_only(v); };
         for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
         return r;
     }

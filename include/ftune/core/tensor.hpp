@@ -104,10 +104,12 @@ template <class T, std::size_t R = dynamic, std::size_t C = dynamic,
 using matrix_view = view<T, shape<R, C>, Device>;
 
 namespace detail {
-/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array.
+/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array (owns = false: a
+/// borrowed array, left alone).
 struct aligned_delete {
+    bool owns = true;  ///< whether the array is freed
     void operator()(void* p) const noexcept {
-        ::operator delete[](p, std::align_val_t{buffer_alignment});
+        if (owns) ::operator delete[](p, std::align_val_t{buffer_alignment});
     }
 };
 /// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
@@ -149,13 +151,15 @@ class buffer {
              (std::is_integral_v<I> && ...)) explicit buffer(I... extents) {
         resize(Shape(extents...));
     }
-    /// Deep copy.
-    buffer(const buffer& o) : buffer(o.shape_) { std::copy_n(o.data(), size(), data()); }
-    /// Deep copy assignment.
+    /// Deep copy; a copy of a borrowed buffer borrows the same elements, and a copy of a released
+    /// one has no storage either (copying an inference replica copies no weights).
+    buffer(const buffer& o) : shape_(o.shape_) { copy_storage(o); }
+    /// Deep copy assignment (borrowed and released buffers as for the copy constructor).
     buffer& operator=(const buffer& o) {
         if (this != &o) {
-            resize(o.shape_);
-            std::copy_n(o.data(), size(), data());
+            if (!owns_storage() || !o.owns_storage() || !o.data_) drop();  // never write an alias
+            shape_ = o.shape_;
+            copy_storage(o);
         }
         return *this;
     }
@@ -187,6 +191,19 @@ class buffer {
     }
     /// Sets every element to v.
     void fill(T v) noexcept { std::fill_n(data(), size(), v); }
+    /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
+    /// the buffer and its copies, which must then be only read (model replicas sharing one
+    /// model's weights). A later resize() that grows it allocates its own storage again.
+    void borrow(T* elements) noexcept {
+        data_ =
+            std::unique_ptr<T[], detail::aligned_delete>(elements, detail::aligned_delete{false});
+        capacity_ = size();
+    }
+    /// Frees the storage and keeps the shape: data() is null and the elements may not be used
+    /// until a resize() allocates again (gradients of a model that only runs inference).
+    void release() noexcept { drop(); }
+    /// Whether the buffer owns its storage (false after borrow()).
+    bool owns_storage() const noexcept { return data_.get_deleter().owns; }
 
     /// Pointer to the first element.
     T* data() noexcept { return data_.get(); }
@@ -224,6 +241,26 @@ class buffer {
     }
 
   private:
+    // No storage, owned (an alias is let go).
+    void drop() noexcept {
+        data_ = std::unique_ptr<T[], detail::aligned_delete>();
+        capacity_ = 0;
+    }
+    // The copy constructor's and assignment's storage (shape_ already set; data_ empty or owned).
+    void copy_storage(const buffer& o) {
+        if (!o.owns_storage()) {  // an alias: alias the same elements
+            data_ = std::unique_ptr<T[], detail::aligned_delete>(o.data_.get(),
+                                                                 detail::aligned_delete{false});
+            capacity_ = o.capacity_;
+        } else if (o.data_) {
+            if (size() > capacity_) {
+                data_ = detail::aligned_alloc_array<T>(size());
+                capacity_ = size();
+            }
+            std::copy_n(o.data(), size(), data());
+        }
+    }
+
     std::unique_ptr<T[], detail::aligned_delete> data_;
     std::size_t capacity_ = 0;
     Shape shape_{};

@@ -166,14 +166,16 @@ class self_attention {
     /// it; after writing the weights directly, call it again.
     void prepare_inference() {
         const std::size_t Cn = query.in_features();
-        qkv_weight_.resize(shape<dynamic, dynamic>(3 * Cn, Cn));  // (3C, C)
+        // (3C, C) staging for the packing, one per thread (not per layer or model copy)
+        static thread_local buffer<T, shape<dynamic, dynamic>> qkv_weight;
+        qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
         qkv_bias_.resize(shape<dynamic>(3 * Cn));
         const linear<T, C, C>* parts[] = {&query, &key, &value};
         for (std::size_t i = 0; i < 3; ++i) {
-            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight_.data() + i * Cn * Cn);
+            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
         }
-        packed_qkv_.pack(qkv_weight_.data(), Cn, transpose::yes, Cn, 3 * Cn);
+        packed_qkv_.pack(qkv_weight.data(), Cn, transpose::yes, Cn, 3 * Cn);
         fused_valid_ = true;
     }
 
@@ -188,10 +190,13 @@ class self_attention {
         value.zero_grad();
     }
 
+    /// Whether eval-mode forwards use the projections packed by prepare_inference().
+    bool inference_prepared() const noexcept { return fused_valid_; }
+
     /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        fused_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) fused_valid_ = false;  // f may change the weights
         query.visit_parameters(join_name(prefix, "query"), f);
         key.visit_parameters(join_name(prefix, "key"), f);
         value.visit_parameters(join_name(prefix, "value"), f);
@@ -199,13 +204,12 @@ class self_attention {
 
   private:
     std::size_t heads_;
-    bool fused_valid_ = false;                       // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                        // the last forward used packed_qkv_
-    backend::cpu::packed_b<T> packed_qkv_;           // [Wq; Wk; Wv] packed (prepare_inference)
-    buffer<T, shape<dynamic, dynamic>> qkv_weight_;  // (3C, C) concatenated weights
-    buffer<T, shape<dynamic>> qkv_bias_;             // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>> qkv_;         // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
+    bool fused_valid_ = false;                // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                 // the last forward used packed_qkv_
+    backend::cpu::packed_b<T> packed_qkv_;    // [Wq; Wk; Wv] packed (prepare_inference)
+    buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>> qkv_;  // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;               // the last forward's batch and sequence
     typename linear<T, C, C>::output_view q_, k_,
         v_;                                        // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>> scores_, probs_;   // (B, H, T, T)

@@ -79,10 +79,13 @@ class linear {
     /// Whether any parameter trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable || bias.trainable; }
 
+    /// Whether eval-mode forwards use the weights packed by prepare_inference().
+    bool inference_prepared() const noexcept { return packed_valid_; }
+
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        packed_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) packed_valid_ = false;  // f may change the weights
         f(weight.ref(prefix));
         f(bias.ref(prefix));
     }

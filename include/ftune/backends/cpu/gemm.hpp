@@ -279,26 +279,13 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 /// B many times (the weights of a model at inference): gemm_packed() then skips the packing and
 /// the barriers it needs. Layout: NC-column blocks (offset jc * K), each of K/kc depth blocks
 /// (offset panels * NR * pc), each of NR-wide panels (offset p * kc * NR).
+/// Copies share the packed data (it is read-only once packed); pack() on a copy that shares it
+/// packs into new storage, so copying a model for inference does not copy its packed weights.
 template <scalar T>
 class packed_b {
   public:
     /// Nothing packed.
     packed_b() = default;
-    /// A deep copy.
-    packed_b(const packed_b& o) { *this = o; }
-    /// Moves the packed data.
-    packed_b(packed_b&&) noexcept = default;
-    /// A deep copy.
-    packed_b& operator=(const packed_b& o) {
-        if (this == &o) return *this;
-        const std::size_t n = o.size();
-        if (n > cap_) data_ = ftune::detail::aligned_alloc_array<T>(cap_ = n);
-        if (n) std::copy_n(o.data_.get(), n, data_.get());
-        K_ = o.K_, N_ = o.N_, kc_ = o.kc_;
-        return *this;
-    }
-    /// Moves the packed data.
-    packed_b& operator=(packed_b&&) noexcept = default;
 
     /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
     void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
@@ -307,8 +294,8 @@ class packed_b {
         K_ = K, N_ = N;
         kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
-        if (n > cap_) {
-            data_ = ftune::detail::aligned_alloc_array<T>(n);
+        if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
+            data_ = std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
             cap_ = n;
         }
         const std::size_t panels_all = (N + NR - 1) / NR;
@@ -344,7 +331,7 @@ class packed_b {
     T* block(std::size_t jc, std::size_t pc, std::size_t panels) noexcept {
         return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
     }
-    std::unique_ptr<T[], ftune::detail::aligned_delete> data_;
+    std::shared_ptr<T[]> data_;  // shared by copies; written only by pack() when not shared
     std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0;
 };
 
