@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
 """Side-by-side timing of `ftune bench` against PyTorch and ONNX Runtime on this machine.
 
-Same model (a randomly initialized BERT encoder + pooler + 2-way classifier, BERT's init), same
-shapes, same thread count, interleaved in one run (these machines are shared and noisy: each
-engine is run `--rounds` times in turn and its best median is kept).
+Same model (a randomly initialized BertForSequenceClassification with 2 labels, BERT's init),
+same shapes, same thread count, interleaved in one run (these machines are shared and noisy:
+each engine is run `--rounds` times in turn; the table keeps each engine's best median and the
+speed-up taken within each round).
 
   training step  (forward + backward of the cross-entropy loss, dropout on):  ftune, PyTorch
-  inference      (eval mode, batch 1):                                        ftune, PyTorch,
+  inference      (eval mode, batch 1, the logits):                            ftune, PyTorch,
                  ONNX Runtime (default graph optimizations, and with its BERT fusion optimizer)
 
+ftune's inference is `ftune bench --mode forward`: the model prepared for inference as `ftune
+predict` and serve::text_classifier run it. Every table names the CPU it ran on.
+
 Usage:
-  python3 bench/compare_pytorch_onnx.py [--ftune build/bin/ftune] [--threads 2] [--rounds 3]
-         [--json out.json]
+  python3 bench/compare_pytorch_onnx.py [--ftune build/bin/ftune] [--threads 1,2] [--rounds 3]
+         [--cases all|inference|train] [--json out.json | --results-dir bench/results]
 Needs: pip install torch transformers onnxruntime onnx onnxscript
 """
 import argparse
 import json
 import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -48,19 +54,41 @@ def median_ms(fn, steps, warmup=3):
     return statistics.median(times)
 
 
+LAST_FTUNE = {}  # the last `ftune bench` JSON line (its CPU description, packing counters)
+
+
 def run_ftune(exe, dims, mode, B, T, steps, threads):
     cmd = [exe, "bench", "--dims", f"{dims['hidden']},{dims['layers']},{dims['heads']},{dims['ffn']}",
            "--vocab", str(VOCAB), "--batch", str(B), "--seq", str(T), "--mode", mode,
            "--steps", str(steps), "--threads", str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["ms_per_step"]
+    LAST_FTUNE.clear()
+    LAST_FTUNE.update(json.loads(out.strip().splitlines()[-1]))
+    if mode == "forward" and LAST_FTUNE.get("gemm_packs_per_step", 0) != 0:
+        sys.exit("ftune bench packed weights during the timed inference steps: "
+                 "the benchmark does not time the served path")
+    return LAST_FTUNE["ms_per_step"]
+
+
+def cpu_model_name():
+    """The CPU as /proc/cpuinfo names it, with its family and model numbers."""
+    name, fam, model = platform.processor() or "unknown CPU", "?", "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        name = re.search(r"^model name\s*:\s*(.+)$", info, re.M).group(1).strip()
+        fam = re.search(r"^cpu family\s*:\s*(\d+)$", info, re.M).group(1)
+        model = re.search(r"^model\s*:\s*(\d+)$", info, re.M).group(1)
+    except (OSError, AttributeError):
+        pass
+    return f"{name} (family {fam}, model {model})", f"{name}-family{fam}-model{model}"
 
 
 class TorchModel:
     def __init__(self, dims, threads):
         import torch
         from transformers import BertConfig, BertForSequenceClassification
-        torch.set_num_threads(threads)
+        self.threads = threads
         torch.manual_seed(0)
         self.torch = torch
         cfg = BertConfig(vocab_size=VOCAB, hidden_size=dims["hidden"],
@@ -75,7 +103,8 @@ class TorchModel:
         labels = self.torch.randint(0, 2, (B,), generator=g)
         return ids, mask, labels
 
-    def time(self, mode, B, T, steps):
+    def time(self, mode, B, T, steps, threads):
+        self.torch.set_num_threads(threads)
         ids, mask, labels = self.inputs(B, T)
         m = self.model
         if mode == "backward":
@@ -140,70 +169,91 @@ def fused_onnx(path, dims, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ftune", default="build/bin/ftune")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json")
+    ap.add_argument("--cases", choices=["all", "inference", "train"], default="all")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--results-dir", help="write <dir>/<cpu>.json (one file per CPU model)")
     args = ap.parse_args()
     import onnxruntime
     import torch
     import transformers
+    threads = [int(t) for t in args.threads.split(",")]
+    cpu, slug = cpu_model_name()
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "onnxruntime": onnxruntime.__version__}
-    print("versions:", versions, file=sys.stderr)
+    print("versions:", versions, "cpu:", cpu, file=sys.stderr)
+    cases = [c for c in CASES if args.cases == "all" or (c[1] == "forward") == (args.cases == "inference")]
+    # the training step at the largest thread count; inference at every thread count
+    runs = [(c, th) for c in cases for th in (threads if c[1] == "forward" else [max(threads)])]
 
     tmp = tempfile.mkdtemp(prefix="ftune_cmp_")
-    torch_models, ort_models = {}, {}
-    for name in sorted({c[0] for c in CASES}):
-        tm = TorchModel(MODELS[name], args.threads)
+    torch_models, ort_paths = {}, {}
+    for name in sorted({c[0] for c in cases}):
+        tm = TorchModel(MODELS[name], max(threads))
         torch_models[name] = tm
-        if any(c[0] == name and c[1] == "forward" for c in CASES):
+        if any(c[0] == name and c[1] == "forward" for c in cases):
             path = os.path.join(tmp, f"{name}.onnx")
             tm.export_onnx(path)
-            ort_models[name] = {"onnxruntime": OrtModel(path, args.threads)}
+            ort_paths[name] = {"onnxruntime": path}
             try:
-                fpath = fused_onnx(path, MODELS[name], os.path.join(tmp, f"{name}.fused.onnx"))
-                ort_models[name]["onnxruntime (BERT fusion)"] = OrtModel(fpath, args.threads)
+                ort_paths[name]["onnxruntime (BERT fusion)"] = fused_onnx(
+                    path, MODELS[name], os.path.join(tmp, f"{name}.fused.onnx"))
             except Exception as e:  # the optimizer is optional; say why it is missing
                 print(f"ONNX Runtime BERT optimizer unavailable: {e}", file=sys.stderr)
 
-    results = []
-    for (name, mode, B, T, steps) in CASES:
+    results, ftune_cpu = [], ""
+    for ((name, mode, B, T, steps), th) in runs:
         best, every = {}, {}
+        sessions = {k: OrtModel(p, th) for k, p in ort_paths.get(name, {}).items()} \
+            if mode == "forward" else {}
         for r in range(args.rounds):
-            engines = {"ftune": lambda: run_ftune(args.ftune, MODELS[name], mode, B, T, steps,
-                                                  args.threads),
-                       "PyTorch": lambda: torch_models[name].time(mode, B, T, steps)}
-            if mode == "forward":
-                for k, om in ort_models[name].items():
-                    engines[k] = (lambda om=om: om.time(B, T, steps))
+            engines = {"ftune": lambda: run_ftune(args.ftune, MODELS[name], mode, B, T, steps, th),
+                       "PyTorch": lambda: torch_models[name].time(mode, B, T, steps, th)}
+            for k, om in sessions.items():
+                engines[k] = (lambda om=om: om.time(B, T, steps))
             for k, fn in engines.items():
                 ms = fn()
+                if k == "ftune":
+                    ftune_cpu = LAST_FTUNE.get("cpu", "")
                 best[k] = min(best.get(k, float("inf")), ms)
                 every.setdefault(k, []).append(round(ms, 2))
-                print(f"round {r} {name} {mode} {B}x{T} {k}: {ms:.2f} ms", file=sys.stderr)
-        results.append({"model": name, "mode": mode, "batch": B, "seq": T, "ms": best,
-                        "rounds": every})
-
-    print("Best of the rounds' medians in ms; speed-up: ftune against the fastest other engine, "
-          "in the same round (median over rounds, range in brackets):\n")
-    print("| model | step | batch × seq | ftune | PyTorch | ONNX Runtime | ORT + BERT fusion | "
-          "ftune speed-up |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        ms, every = r["ms"], r["rounds"]
+                print(f"round {r} {name} {mode} {B}x{T} {th} threads {k}: {ms:.2f} ms",
+                      file=sys.stderr)
         ratios = sorted(min(v[i] for k, v in every.items() if k != "ftune") / every["ftune"][i]
                         for i in range(len(every["ftune"])))
+        results.append({"model": name, "mode": mode, "batch": B, "seq": T, "threads": th,
+                        "ms": best, "rounds": every, "speedup_median": statistics.median(ratios),
+                        "speedup_range": [ratios[0], ratios[-1]]})
+
+    print(f"CPU: {cpu}; ftune sees: {ftune_cpu}")
+    print("Best of the rounds' medians in ms; speed-up: ftune against the fastest other engine, "
+          "in the same round (median over rounds, range in brackets):\n")
+    print("| model | step | batch × seq | threads | ftune | PyTorch | ONNX Runtime | "
+          "ORT + BERT fusion | ftune speed-up |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        ms = r["ms"]
 
         def cell(k):
             return f"{ms[k]:.1f}" if k in ms else "–"
         step = "train (fwd+bwd)" if r["mode"] == "backward" else "inference"
-        print(f"| {r['model']} | {step} | {r['batch']} × {r['seq']} | {cell('ftune')} | "
-              f"{cell('PyTorch')} | {cell('onnxruntime')} | {cell('onnxruntime (BERT fusion)')} | "
-              f"{statistics.median(ratios):.2f}× [{ratios[0]:.2f}–{ratios[-1]:.2f}] |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"versions": versions, "threads": args.threads, "results": results}, f,
-                      indent=1)
+        lo, hi = r["speedup_range"]
+        print(f"| {r['model']} | {step} | {r['batch']} × {r['seq']} | {r['threads']} | "
+              f"{cell('ftune')} | {cell('PyTorch')} | {cell('onnxruntime')} | "
+              f"{cell('onnxruntime (BERT fusion)')} | {r['speedup_median']:.2f}× "
+              f"[{lo:.2f}–{hi:.2f}] |")
+    out = {"cpu": cpu, "ftune_cpu": ftune_cpu, "versions": versions, "rounds": args.rounds,
+           "date": time.strftime("%Y-%m-%d"), "results": results}
+    paths = [args.json] if args.json else []
+    if args.results_dir:
+        os.makedirs(args.results_dir, exist_ok=True)
+        paths.append(os.path.join(args.results_dir,
+                                  re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-") + ".json"))
+    for path in paths:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ namespace test {
 /// Fills every parameter with normal(0, scale) values, seeded; LayerNorm weights around 1.
 template <class L>
 void randomize(L& layer, std::uint64_t seed, double scale = 0.4) {
-    layer.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+    using T = typename L::value_type;
+    layer.visit_parameters("", [&](ftune::parameter_ref<T> p) {
         const auto v = randn<double>(p.value.size(), seed++, scale);
         const bool ln_weight = p.name.find("LayerNorm.weight") != std::string::npos;
-        for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = (ln_weight ? 1.0 : 0.0) + v[i];
+        for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = T((ln_weight ? 1.0 : 0.0) + v[i]);
     });
 }
 

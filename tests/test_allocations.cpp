@@ -121,16 +121,44 @@ TEST_CASE("inference with prepared (packed) weights allocates nothing after the 
     CHECK(allocations.load() - before == 0);
 }
 
+using Model = ftune::bert::sequence_classifier<ftune::bert::encoder<float>>;
+// A small classifier: 2 layers of hidden size 32, 3 labels.
+const ftune::bert::config small_classifier{.vocab_size = 50,
+                                           .hidden_size = 32,
+                                           .num_hidden_layers = 2,
+                                           .num_attention_heads = 4,
+                                           .intermediate_size = 48,
+                                           .max_position_embeddings = 16,
+                                           .num_labels = 3};
+
+TEST_CASE("a prepared classifier packs no weight per call, also after a collecting visit, and "
+          "allocates nothing",
+          "[allocations]") {
+    Model m(small_classifier);
+    m.prepare_inference();
+    // collecting the parameters (a visit that may change the weights) keeps the model
+    // prepared; the next forward packs the weights again, once
+    const auto params = ftune::optim::parameters_of(m);
+    for (auto& p : params)
+        for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.01f * float(i % 5);
+    auto& packs = ftune::backend::cpu::packing_stats();
+    std::vector<ftune::token_id> ids(2 * 9, 5), mask(2 * 9, 1);
+    ftune::context eval;
+    const auto repacks = packs.prepacked.load();
+    m.forward(eval, {ids.data(), 2, 9}, {mask.data(), 2, 9});
+    CHECK(packs.prepacked.load() - repacks == 2 * 4 + 2);  // per block: qkv, 3 linears; pooler, classifier
+    const long before = allocations.load();
+    const auto per_call = packs.per_call.load(), prepacked = packs.prepacked.load();
+    for (int i = 0; i < 3; ++i) m.forward(eval, {ids.data(), 2, 9}, {mask.data(), 2, 9});
+    m.forward(eval, {ids.data(), 1, 9}, {mask.data(), 1, 9});
+    CHECK(packs.per_call.load() - per_call == 0);    // no gemm() that packs per call
+    CHECK(packs.prepacked.load() - prepacked == 0);  // no weight packed again
+    CHECK(allocations.load() - before == 0);
+}
+
 TEST_CASE("a full training step (task model, loss, clipping, AdamW) allocates nothing",
           "[allocations]") {
-    using Model = ftune::bert::sequence_classifier<ftune::bert::encoder<float>>;
-    Model m({.vocab_size = 50,
-             .hidden_size = 32,
-             .num_hidden_layers = 2,
-             .num_attention_heads = 4,
-             .intermediate_size = 48,
-             .max_position_embeddings = 16,
-             .num_labels = 3});
+    Model m(small_classifier);
     auto params = ftune::optim::parameters_of(m);
     for (auto& p : params)
         for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.01f * float(i % 7);

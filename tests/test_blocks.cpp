@@ -171,7 +171,8 @@ TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration",
     CHECK(any.layer.size() == 1);
 }
 
-TEST_CASE("prepare_inference: the same outputs bit for bit; dropped by visits and training",
+TEST_CASE("prepare_inference: the same outputs bit for bit; repacked after visits, ended by "
+          "training",
           "[blocks]") {
     const ftune::bert::config cfg{.vocab_size = 20,
                                   .hidden_size = 16,
@@ -199,21 +200,84 @@ TEST_CASE("prepare_inference: the same outputs bit for bit; dropped by visits an
         return std::vector<float>(h.data(), h.data() + h.size());
     };
     CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
-    // new weights through visit_parameters: the packed copies are dropped, not used stale
+    // new weights through visit_parameters: the model stays prepared, its packed copies are
+    // stale until the next eval-mode forward packs them again (never used stale)
     init(plain, 0.05f);
     init(packed, 0.05f);
+    CHECK(packed.inference_prepared());
+    CHECK_FALSE(packed.layer[0].intermediate.inference_packed());
+    CHECK_FALSE(packed.layer[1].attention.inference_packed());
     CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
+    CHECK(packed.layer[0].intermediate.inference_packed());
+    CHECK(packed.layer[1].attention.inference_packed());
     // a fused forward keeps nothing for backward: a clear error, not wrong gradients
     packed.prepare_inference();
     run(packed, ftune::mode::eval);
     const std::vector<float> dh(B * T * 16, 1.0f);
     ftune::context eval;
     CHECK_THROWS_AS(packed.backward(eval, {dh.data(), B, T, 16}), ftune::error);
-    // training drops the packed weights; a later eval forward uses the current ones
+    // training ends the prepared mode; a later eval forward uses the current weights
     CHECK(run(packed, ftune::mode::train) == run(plain, ftune::mode::train));
+    CHECK_FALSE(packed.inference_prepared());
     packed.layer[0].intermediate.weight.value(0, 0) += 1.0f;  // a direct write after training
     plain.layer[0].intermediate.weight.value(0, 0) += 1.0f;
     CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
+}
+
+TEMPLATE_TEST_CASE("prepared classifier: the last layer for [CLS] only, the same logits bit for bit",
+                   "[blocks]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
+    using E = ftune::bert::encoder<float, dynamic, dynamic, TestType>;
+    const ftune::bert::config cfg{.vocab_size = 30,
+                                  .hidden_size = 24,
+                                  .num_hidden_layers = 3,
+                                  .num_attention_heads = 3,
+                                  .intermediate_size = 40,
+                                  .max_position_embeddings = 16,
+                                  .num_labels = 3};
+    ftune::bert::sequence_classifier<E> plain(cfg), packed(cfg);
+    test::randomize(plain, 90);
+    test::randomize(packed, 90);
+    packed.prepare_inference();
+    const std::size_t B = 3, T = 9;
+    std::vector<ftune::token_id> ids(B * T), mask(B * T, 1);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = ftune::token_id((i * 7 + 3) % 30);
+    for (std::size_t j = 6; j < T; ++j) mask[T + j] = 0;  // the second sequence is padded
+    for (std::size_t j = 2; j < T; ++j) mask[2 * T + j] = 0;
+    ftune::context eval;
+    const auto want = plain.forward(eval, {ids.data(), B, T}, {mask.data(), B, T});
+    const std::vector<float> w(want.data(), want.data() + want.size());
+    const auto got = packed.forward(eval, {ids.data(), B, T}, {mask.data(), B, T});
+    CHECK(std::vector<float>(got.data(), got.data() + got.size()) == w);
+    // the encoder's first-token states are row 0 of its full output
+    const auto full = plain.bert.forward(eval, {ids.data(), B, T}, {mask.data(), B, T});
+    std::vector<float> rows0;
+    for (std::size_t b = 0; b < B; ++b)
+        rows0.insert(rows0.end(), full.data() + b * T * 24, full.data() + b * T * 24 + 24);
+    const auto first = packed.bert.forward_first_tokens(eval, {ids.data(), B, T},
+                                                        {mask.data(), B, T});
+    CHECK(first.extent(1) == 1);
+    CHECK(std::vector<float>(first.data(), first.data() + first.size()) == rows0);
+    // a forward that kept nothing for backward refuses backward; unprepared models and training
+    // forwards are the only way to gradients
+    const std::vector<float> d(B * 3, 1.0f);
+    CHECK_THROWS_AS(packed.backward(eval, {d.data(), B, 3}), ftune::error);
+    CHECK_THROWS_AS(plain.bert.forward_first_tokens(eval, {ids.data(), B, T}), ftune::error);
+}
+
+TEST_CASE("prepared causal self-attention equals the unprepared one bit for bit", "[blocks]") {
+    ftune::layers::self_attention<float> plain(16, 4, 0.1f, true), packed(16, 4, 0.1f, true);
+    test::randomize(plain, 95);
+    test::randomize(packed, 95);
+    packed.prepare_inference();
+    const std::size_t B = 2, T = 11;
+    const auto xs = test::randn<float>(B * T * 16, 96);
+    std::vector<float> mask(B * T, 0.0f);
+    mask[T + 10] = mask[T + 9] = std::numeric_limits<float>::lowest();
+    ftune::context eval;
+    const auto want = plain.forward(eval, {xs.data(), B, T, 16}, {mask.data(), B, T});
+    const std::vector<float> w(want.data(), want.data() + want.size());
+    const auto got = packed.forward(eval, {xs.data(), B, T, 16}, {mask.data(), B, T});
+    CHECK(std::vector<float>(got.data(), got.data() + got.size()) == w);
 }
 
 namespace {

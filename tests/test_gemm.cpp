@@ -3,8 +3,11 @@
 // several cache blocks, strided batches; float and double.
 #include <ftune/backends/cpu/gemm.hpp>
 #include <ftune/backends/cpu/gemm_eigen.hpp>
+#include <ftune/backends/cpu/primitives.hpp>
 #include <ftune/backends/reference/primitives.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <tuple>
 
@@ -169,4 +172,132 @@ TEST_CASE("gemm with alpha = 0 reads neither A nor B (BLAS semantics)", "[primit
               got.data(), 2);
     CHECK(want == std::vector<float>{2, 4, 6, 8});
     CHECK(got == want);
+}
+
+TEMPLATE_TEST_CASE("gemm_packed's bias and epilogue equal gemm, bias_add and the epilogue after",
+                   "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const int threads = ftune::num_threads();
+    std::uint64_t seed = 900;
+    cpu::packed_b<T> packed;
+    for (auto [M, N, K] : {std::tuple<std::size_t, std::size_t, std::size_t>{1, 5, 3},
+                           {32, 100, 384},
+                           {128, 49, 900},
+                           {300, 4099, 70}})
+        for (int t : {1, 2}) {
+            ftune::set_num_threads(t);
+            const auto A = test::randn<T>(M * K, seed), B = test::randn<T>(N * K, seed + 1),
+                       bias = test::randn<T>(N, seed + 2), res = test::randn<T>(M * N, seed + 3);
+            seed += 4;
+            std::vector<T> want(M * N), got(M * N, std::numeric_limits<T>::quiet_NaN());
+            cpu::gemm(transpose::no, transpose::yes, M, N, K, T(1), A.data(), K, B.data(), K, T(0),
+                      want.data(), N);
+            ref::bias_add(want.data(), bias.data(), M, N);
+            for (std::size_t i = 0; i < M * N; ++i) want[i] = std::max(want[i] + res[i], T(0));
+            std::vector<int> seen(M * N, 0);  // each element goes through the epilogue once
+            packed.pack(B.data(), K, transpose::yes, K, N);
+            cpu::gemm_packed(transpose::no, M, N, K, T(1), A.data(), K, packed, T(0), got.data(),
+                             N, bias.data(),
+                             [&](T* c, std::size_t ldc, std::size_t row0, std::size_t rows,
+                                 std::size_t col0, std::size_t cols) {
+                                 REQUIRE(c == got.data() + row0 * N + col0);
+                                 for (std::size_t i = 0; i < rows; ++i)
+                                     for (std::size_t j = 0; j < cols; ++j) {
+                                         const std::size_t e = (row0 + i) * N + col0 + j;
+                                         c[i * ldc + j] = std::max(c[i * ldc + j] + res[e], T(0));
+                                         ++seen[e];
+                                     }
+                             });
+            INFO("M=" << M << " N=" << N << " K=" << K << " threads=" << t);
+            REQUIRE(got == want);  // bit for bit
+            REQUIRE(std::count(seen.begin(), seen.end(), 1) == std::ptrdiff_t(M * N));
+        }
+    ftune::set_num_threads(threads);
+}
+
+TEST_CASE("packing counters: gemm() packs per call, packed_b::pack once", "[primitives][gemm]") {
+    auto& c = cpu::packing_stats();
+    const std::vector<float> A(4 * 6, 1.0f), B(6 * 5, 2.0f);
+    std::vector<float> C(4 * 5);
+    const auto per_call = c.per_call.load(), prepacked = c.prepacked.load();
+    cpu::gemm(transpose::no, transpose::no, 4, 5, 6, 1.0f, A.data(), 6, B.data(), 5, 0.0f,
+              C.data(), 5);
+    CHECK(c.per_call.load() - per_call == 1);
+    cpu::packed_b<float> p;
+    p.pack(B.data(), 5, transpose::no, 6, 5);
+    for (int i = 0; i < 3; ++i)
+        cpu::gemm_packed(transpose::no, 4, 5, 6, 1.0f, A.data(), 6, p, 0.0f, C.data(), 5);
+    CHECK(c.per_call.load() - per_call == 1);
+    CHECK(c.prepacked.load() - prepacked == 1);
+    CHECK(C[0] == 12.0f);
+}
+
+TEST_CASE("cache blocking comes from the CPU found at run time", "[primitives][gemm]") {
+    const auto& cpu_info = cpu::this_cpu();
+    INFO(cpu_info.summary());
+    CHECK(cpu_info.l1d >= 8 * 1024);
+    CHECK(cpu_info.l2 >= cpu_info.l1d);
+    CHECK(cpu_info.summary().find("L2 ") != std::string::npos);
+    using blk = cpu::gemm_detail::blocking<float>;
+    const auto& b = cpu::gemm_detail::runtime_blocking<float>();
+    CHECK(b.kc >= 128);
+    CHECK(b.kc <= 384);
+    CHECK(b.kc * blk::NR * sizeof(float) <= std::max<std::size_t>(cpu_info.l2 / 8, 128 * blk::NR * 4));
+    CHECK(b.mc % blk::MR == 0);
+    CHECK(b.mc >= 4 * blk::MR);
+    CHECK(b.nc % blk::NR == 0);
+    // the same numbers on every call (computed once)
+    CHECK(&cpu::gemm_detail::runtime_blocking<float>() == &b);
+}
+
+TEMPLATE_TEST_CASE("attention_inference matches the reference softmax(Q Kᵀ) V, masks and causal",
+                   "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const int threads = ftune::num_threads();
+    std::uint64_t seed = 1300;
+    // (batch, heads, T, d, first-token only)
+    for (auto [B, H, Tn, d, first] :
+         {std::tuple<std::size_t, std::size_t, std::size_t, std::size_t, bool>{1, 1, 1, 4, false},
+          {2, 3, 37, 24, false},
+          {1, 12, 128, 32, false},
+          {2, 2, 50, 64, true},
+          {1, 2, 450, 16, false}})
+        for (bool causal : {false, true})
+            for (int t : {1, 2}) {
+                ftune::set_num_threads(t);
+                const std::size_t C = H * d, ld = 3 * C + 5;  // q, k, v side by side, padded rows
+                const auto qkv = test::randn<T>(B * Tn * ld, seed++);
+                std::vector<T> mask(B * Tn, T(0));
+                for (std::size_t b = 1; b < B; ++b)  // padding at the end of later sequences
+                    for (std::size_t j = Tn - Tn / 3; j < Tn; ++j)
+                        mask[b * Tn + j] = std::numeric_limits<T>::lowest();
+                const T scale = T(1) / std::sqrt(T(d));
+                const std::size_t Tq = first ? 1 : Tn;
+                // reference: per (b, h) scores, softmax, P V with the reference primitives
+                std::vector<T> want(B * Tq * C), s(Tn * Tn), p(Tn * Tn);
+                for (std::size_t b = 0; b < B; ++b)
+                    for (std::size_t h = 0; h < H; ++h) {
+                        const T* base = qkv.data() + b * Tn * ld + h * d;
+                        ref::gemm(transpose::no, transpose::yes, Tn, Tn, d, T(1), base, ld,
+                                  base + C, ld, T(0), s.data(), Tn);
+                        ref::softmax_forward(p.data(), s.data(), mask.data() + b * Tn, scale,
+                                             std::size_t(1), std::size_t(1), Tn, Tn, causal);
+                        ref::gemm(transpose::no, transpose::no, Tq, d, Tn, T(1), p.data(), Tn,
+                                  base + 2 * C, ld, T(0), want.data() + b * Tq * C + h * d, C);
+                    }
+                std::vector<T> got(B * Tq * C, std::numeric_limits<T>::quiet_NaN());
+                const T* q = qkv.data();
+                cpu::attention_inference(got.data(), C, q, first ? Tn * ld : ld, q + C, q + 2 * C,
+                                         ld, mask.data(), scale, B, H, Tq, Tn, d, causal);
+                INFO("B=" << B << " H=" << H << " T=" << Tn << " d=" << d << " first=" << first
+                          << " causal=" << causal << " threads=" << t);
+                test::require_close(got, want, test::tol<T>(64.0 * (Tn + d)),
+                                    "attention_inference");
+            }
+    ftune::set_num_threads(threads);
+    std::vector<float> out(4);
+    CHECK_THROWS_AS(cpu::attention_inference(out.data(), 2, out.data(), 2, out.data(), out.data(),
+                                             2, static_cast<const float*>(nullptr), 1.0f, 1, 1, 3,
+                                             2, 2),
+                    ftune::error);
 }

@@ -259,16 +259,20 @@ TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, s
     const auto r = forward(replica, eval, b);
     CHECK(std::vector<float>(r.data(), r.data() + r.size()) == want);  // bit for bit
 
-    std::size_t freed = 0, frozen = 0;  // this visit (not keeps_values) drops the packing
+    std::size_t freed = 0, frozen = 0;  // this visit (not keeps_values) marks the packing stale
     replica.visit_parameters("", [&](ftune::parameter_ref<float> p) {
         freed += p.grad.data() == nullptr;
         frozen += !p.trainable;
     });
     CHECK(freed == values.size());
     CHECK(frozen == values.size());
-    CHECK_FALSE(replica.classifier.inference_prepared());
-    const auto r2 = forward(replica, eval, b);  // unpacked weights: the same logits
-    for (std::size_t i = 0; i < want.size(); ++i) CHECK(std::abs(r2.data()[i] - want[i]) <= 1e-5f);
+    CHECK(replica.classifier.inference_prepared());
+    CHECK_FALSE(replica.classifier.inference_packed());
+    const auto r2 = forward(replica, eval, b);  // packed again (into its own storage): same logits
+    CHECK(replica.classifier.inference_packed());
+    CHECK(std::vector<float>(r2.data(), r2.data() + r2.size()) == want);
+    const auto l2 = forward(m.model, eval, b);  // the prototype's packed weights are untouched
+    CHECK(std::vector<float>(l2.data(), l2.data() + l2.size()) == want);
 
     auto other = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
         heads / "seq", {.labels = {"O", "B-X", "I-X", "B-Y", "I-Y"}});  // a 5-class head

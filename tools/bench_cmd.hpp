@@ -1,5 +1,6 @@
-// `ftune bench`: times a randomly initialized BERT encoder with a 2-way sequence-classification
-// head (pooler -> linear -> cross-entropy) and prints one JSON line.
+// `ftune bench`: times a randomly initialized BertForSequenceClassification (encoder, pooler,
+// 2-way classifier; cross-entropy when training) and prints one JSON line. Inference runs the
+// model exactly as `ftune predict` and serve::text_classifier do (prepared, eval mode).
 #pragma once
 
 #include <sys/resource.h>
@@ -69,12 +70,10 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
                             .num_attention_heads = heads,
                             .intermediate_size = F,
                             .max_position_embeddings = std::max<std::size_t>(512, T)};
-    ftune::bert::encoder<float> encoder(cfg);
-    ftune::layers::pooler<float> pooler(H);
-    ftune::layers::linear<float> classifier(H, 2);
-    init_parameters(encoder, "bert", 1);
-    init_parameters(pooler, "bert.pooler", 1000);
-    init_parameters(classifier, "classifier", 2000);
+    cfg.num_labels = 2;
+    // the model `ftune predict` and serve::text_classifier run: BertForSequenceClassification
+    ftune::bert::sequence_classifier<> model(cfg);
+    init_parameters(model, "", 1);
     // inputs: random ids, every token real, random labels
     std::vector<ftune::token_id> ids(B * T), mask(B * T, 1), labels(B);
     const ftune::random_stream s(7, 7);
@@ -82,42 +81,32 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     for (std::size_t b = 0; b < B; ++b) labels[b] = ftune::token_id(s.below(B * T + b, 2));
     const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>> idv(ids.data(), B, T),
         maskv(mask.data(), B, T);
-    std::vector<float> losses(B), dlosses(B, 1.0f / float(B)), dlogits(B * 2), dpooled(B * H),
-        d_hidden(B * T * H);
-    if (!backward && prepack) {  // inference: weights packed once, as a deployed model would be
-        encoder.prepare_inference();
-        pooler.prepare_inference();
-        classifier.prepare_inference();
-    }
+    std::vector<float> losses(B), dlosses(B, 1.0f / float(B)), dlogits(B * 2);
+    if (!backward && prepack) model.prepare_inference();  // packed once, as a deployed model
     ftune::context ctx{.mode = backward ? ftune::mode::train : ftune::mode::eval,
                        .rng = ftune::generator(1)};
-    // train: every parameter, clipped to norm 1 and updated by AdamW (weight decay 0.01)
+    // train: every parameter, clipped to norm 1 and updated by AdamW (weight decay 0.01); only
+    // training collects parameters (inference times exactly the served path)
     std::vector<ftune::parameter_ref<float>> params;
-    auto collect = [&](ftune::parameter_ref<float> p) { params.push_back(std::move(p)); };
-    encoder.visit_parameters("bert", collect);
-    pooler.visit_parameters("bert.pooler", collect);
-    classifier.visit_parameters("classifier", collect);
+    if (train) params = ftune::optim::parameters_of(model);
     ftune::optim::adamw<float> adamw({.lr = 1e-5, .weight_decay = 0.01});
     auto step = [&] {
-        const auto hidden = encoder.forward(ctx, idv, maskv);
-        const auto logits = classifier.forward(ctx, pooler.forward(ctx, hidden));
+        const auto logits = model.forward(ctx, idv, maskv);
         if (!backward) return;
         ftune::backend::cpu::cross_entropy_forward(losses.data(), logits.data(), labels.data(), B,
                                                    2);
-        encoder.zero_grad(), pooler.zero_grad(), classifier.zero_grad();
+        model.zero_grad();
         std::fill(dlogits.begin(), dlogits.end(), 0.0f);
-        std::fill(dpooled.begin(), dpooled.end(), 0.0f);
         ftune::backend::cpu::cross_entropy_backward(dlogits.data(), logits.data(), labels.data(),
                                                     dlosses.data(), B, 2);
-        classifier.backward(ctx, {dlogits.data(), B, 2}, {dpooled.data(), B, H});
-        std::fill(d_hidden.begin(), d_hidden.end(), 0.0f);
-        pooler.backward(ctx, {dpooled.data(), B, H}, {d_hidden.data(), B, T, H});
-        encoder.backward(ctx, {d_hidden.data(), B, T, H});
+        model.backward(ctx, {dlogits.data(), B, 2});
         if (!train) return;
         ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
         adamw.step(std::span<const ftune::parameter_ref<float>>(params));
     };
     for (int i = 0; i < 2; ++i) step();  // warm-up: workspaces reach their size
+    auto& packs = ftune::backend::cpu::packing_stats();
+    const std::uint64_t per_call0 = packs.per_call.load(), prepacked0 = packs.prepacked.load();
     std::vector<double> ms;
     for (int i = 0; i < steps; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
@@ -126,13 +115,24 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                 .count());
     }
+    // weight packing during the timed steps: none on the prepared inference path
+    const std::uint64_t per_call = packs.per_call.load() - per_call0,
+                        prepacked = packs.prepacked.load() - prepacked0;
     std::sort(ms.begin(), ms.end());
     const double median = ms[ms.size() / 2];
-    // matrix-product FLOPs of the forward pass; backward adds twice as many
-    const double N = double(B * T);
+    // matrix-product FLOPs executed by the forward pass (a prepared classifier runs its last
+    // layer for the [CLS] rows only, after the keys and values of every position); backward
+    // adds twice as many
+    const double N = double(B * T), Bd = double(B);
     const double per_layer =
         2 * N * H * (4.0 * H) + 2 * N * H * (2.0 * F) + 4.0 * double(B) * T * T * H;
-    const double flops = (double(L) * per_layer + 2.0 * B * H * (H + 2)) * (backward ? 3 : 1);
+    const double last_first_only =
+        2 * N * H * (3.0 * H) + 4.0 * Bd * T * H + 2 * Bd * H * H + 2 * Bd * H * (2.0 * F);
+    const bool pruned = model.bert.inference_prepared() && !backward && L > 0;
+    const double flops =
+        ((pruned ? double(L - 1) * per_layer + last_first_only : double(L) * per_layer) +
+         2.0 * B * H * (H + 2)) *
+        (backward ? 3 : 1);
     const double gflops = flops / (median * 1e-3) * 1e-9, peak = fma_peak_gflops(nt);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
@@ -142,13 +142,16 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         "\"threads\": %d, \"steps\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, "
         "\"gflops\": %.1f, "
         "\"peak_gflops\": %.1f, \"percent_of_peak\": %.1f, \"peak_rss_mb\": %.1f, "
-        "\"prepacked\": %s}\n",
+        "\"prepacked\": %s, \"gemm_packs_per_step\": %.1f, \"weight_repacks\": %llu, "
+        "\"cpu\": \"%s\"}\n",
         train      ? "train"
         : backward ? "backward"
                    : "forward",
         H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
         100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
-        !backward && prepack ? "true" : "false");
+        !backward && prepack ? "true" : "false", double(per_call) / steps,
+        static_cast<unsigned long long>(prepacked),
+        ftune::backend::cpu::this_cpu().summary().c_str());
     return 0;
 }
 

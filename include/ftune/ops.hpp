@@ -153,26 +153,31 @@ void residual_add(Out&& out, const A& a, const B& b) {
 /// The activations ops::activation / activation_backward apply.
 enum class activation { gelu, gelu_tanh, tanh, relu };
 
+/// y(n) = f(x(n)) on arrays (y may be x): activate()'s switch, also for GEMM epilogues.
+template <scalar T>
+void activate_n(activation f, T* y, const T* x, std::size_t n) {
+    switch (f) {
+        case activation::gelu:
+            backend::cpu::gelu_forward(y, x, n);
+            break;
+        case activation::gelu_tanh:
+            backend::cpu::gelu_tanh_forward(y, x, n);
+            break;
+        case activation::tanh:
+            backend::cpu::tanh_forward(y, x, n);
+            break;
+        case activation::relu:
+            backend::cpu::relu_forward(y, x, n);
+            break;
+    }
+}
+
 /// y = f(x) element-wise (same shapes; y may alias x).
 template <tensor_like Y, tensor_like X>
 void activate(activation f, Y&& y, const X& x) {
     detail::same_device<Y, X>();
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
-    const std::size_t n = x.shape().size();
-    switch (f) {
-        case activation::gelu:
-            backend::cpu::gelu_forward(y.data(), x.data(), n);
-            break;
-        case activation::gelu_tanh:
-            backend::cpu::gelu_tanh_forward(y.data(), x.data(), n);
-            break;
-        case activation::tanh:
-            backend::cpu::tanh_forward(y.data(), x.data(), n);
-            break;
-        case activation::relu:
-            backend::cpu::relu_forward(y.data(), x.data(), n);
-            break;
-    }
+    activate_n(f, y.data(), x.data(), x.shape().size());
 }
 
 /// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).

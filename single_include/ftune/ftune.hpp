@@ -1660,6 +1660,18 @@ using batch = xsimd::batch<T, xsimd::default_arch>;
 template <class T>
 inline constexpr std::size_t width = batch<T>::size;
 
+/// b, rounded: the compiler may not fuse the multiplication that produced b into a later
+/// addition. GCC contracts a * b + c into one FMA by default (-ffp-contract=fast), and may do it
+/// in one inlined copy of a kernel and not in another; results that must be equal bit for bit
+/// (gemm() and gemm_packed()) pass their scaled products through here.
+template <class T>
+inline batch<T> rounded(batch<T> b) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __asm__("" : "+v"(b.data));
+#endif
+    return b;
+}
+
 /// A batch count known at compile time: for_each_batch passes full_t<T> for full batches, so
 /// their loads and stores compile to plain vector moves with no tail handling.
 template <class T>
@@ -1783,36 +1795,274 @@ FTUNE_NAMESPACE_END
 //           micro-kernel: C[ir:ir+MR, jr:jr+NR] (+)= A panel x B panel   (MR x NR in registers)
 //
 // Transposes are absorbed by the packing, so all four op(A)/op(B) combinations run the same
-// kernel. The micro-kernel holds an MR x NR = 6 x (2 SIMD widths) tile of C in 12 registers
-// (6 x 16 floats with AVX2): each k step loads 2 vectors of B, broadcasts 6 values of A and
-// issues 12 FMAs. Eigen 3.4's kernel (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT
+// kernel. The micro-kernel holds an MR x NR tile of C in registers: 6 x (2 SIMD widths) with
+// AVX2 (12 of 16 registers: each k step loads 2 vectors of B, broadcasts 6 values of A, issues 12
+// FMAs), 8 x (3 widths) with AVX-512 (24 of 32 registers, 24 FMAs per 11 loads). KC, MC and NC
+// come from the caches of the CPU found at run time (cpu_info.hpp). Eigen 3.4's kernel (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT
 // shapes on this project's machines; this one is measured beside it in bench/.
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <cstddef>
 #include <memory>
 #include <utility>
+
+// ---- begin ftune/backends/cpu/cpu_info.hpp ----
+// What the CPU this process runs on is, read once at run time: its name (cpuid's brand string),
+// vendor, family and model, the vector extensions the kernels care about, and the sizes of its
+// data caches (Linux's sysfs, else cpuid leaf 4 / 0x8000001D). The GEMM takes its cache
+// blocking from here (backend::cpu::gemm_detail::runtime_blocking), and every benchmark names
+// the CPU it ran on.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {
 
+/// The processor as seen at run time (x86-64 through cpuid; other CPUs get the caches only).
+struct cpu_info {
+    std::string name;         ///< brand string, e.g. "AMD EPYC 9B45" or "Intel(R) Xeon(R) ..."
+    std::string vendor;       ///< "GenuineIntel", "AuthenticAMD", ... (empty when unknown)
+    unsigned family = 0;      ///< display family (base + extended)
+    unsigned model = 0;       ///< display model (with the extended model bits)
+    bool avx2 = false;        ///< AVX2 and FMA
+    bool avx512f = false;     ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
+    bool avx512_bf16 = false; ///< AVX512-BF16 (vdpbf16ps)
+    bool amx_bf16 = false;    ///< AMX-BF16 tiles
+    std::size_t l1d = 32 * 1024;        ///< L1 data cache per core, bytes
+    std::size_t l2 = 512 * 1024;        ///< L2 per core, bytes
+    std::size_t l3 = 8 * 1024 * 1024;   ///< last-level cache, bytes (the whole cache)
+    std::size_t l3_sharing = 1;         ///< logical CPUs that share the last-level cache
+    bool caches_detected = false;       ///< false: the sizes above are defaults
+
+    /// "AMD EPYC 9B45 (family 26 model 2; AVX-512, BF16; L1d 48 KiB, L2 1024 KiB, L3 32 MiB)".
+    std::string summary() const {
+        std::string isa = avx512f ? "AVX-512" : avx2 ? "AVX2" : "SSE";
+        if (avx512_bf16) isa += ", BF16";
+        if (amx_bf16) isa += ", AMX-BF16";
+        return (name.empty() ? std::string("unknown CPU") : name) + " (family " +
+               std::to_string(family) + " model " + std::to_string(model) + "; " + isa +
+               "; L1d " + std::to_string(l1d / 1024) + " KiB, L2 " + std::to_string(l2 / 1024) +
+               " KiB, L3 " + std::to_string(l3 / (1024 * 1024)) + " MiB" +
+               (caches_detected ? "" : " (assumed)") + ")";
+    }
+};
+
+namespace cpu_detail {
+
+/// A sysfs cache size such as "48K" or "32768K" in bytes (0 when unreadable).
+inline std::size_t read_cache_size(const std::string& path) {
+    std::ifstream in(path);
+    std::string s;
+    if (!(in >> s) || s.empty()) return 0;
+    std::size_t mult = 1;
+    if (s.back() == 'K') mult = 1024, s.pop_back();
+    else if (s.back() == 'M') mult = 1024 * 1024, s.pop_back();
+    try {
+        return std::stoul(s) * mult;
+    } catch (...) {
+        return 0;
+    }
+}
+
+/// The number of CPUs in a sysfs shared_cpu_list such as "0-15" or "0,1" (0 when unreadable).
+inline std::size_t count_cpu_list(const std::string& path) {
+    std::ifstream in(path);
+    std::string s;
+    if (!(in >> s)) return 0;
+    std::size_t n = 0, pos = 0;
+    while (pos < s.size()) {
+        const std::size_t comma = s.find(',', pos);
+        const std::string part = s.substr(pos, comma == std::string::npos ? comma : comma - pos);
+        const std::size_t dash = part.find('-');
+        try {
+            n += dash == std::string::npos
+                     ? 1
+                     : std::stoul(part.substr(dash + 1)) - std::stoul(part.substr(0, dash)) + 1;
+        } catch (...) {
+            return 0;
+        }
+        if (comma == std::string::npos) break;
+        pos = comma + 1;
+    }
+    return n;
+}
+
+/// Fills the cache sizes from /sys/devices/system/cpu/cpu0/cache (Linux); false if absent.
+inline bool caches_from_sysfs(cpu_info& c) {
+    bool any = false;
+    for (int i = 0; i < 8; ++i) {
+        const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i);
+        std::ifstream lv(dir + "/level"), ty(dir + "/type");
+        int level = 0;
+        std::string type;
+        if (!(lv >> level) || !(ty >> type) || type == "Instruction") continue;
+        const std::size_t size = read_cache_size(dir + "/size");
+        if (size == 0) continue;
+        any = true;
+        if (level == 1) c.l1d = size;
+        if (level == 2) c.l2 = size;
+        if (level == 3) {
+            c.l3 = size;
+            if (const std::size_t n = count_cpu_list(dir + "/shared_cpu_list")) c.l3_sharing = n;
+        }
+    }
+    return any;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/// cpuid(leaf, subleaf) into r[4] (eax, ebx, ecx, edx).
+inline void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
+    __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+}
+
+/// Fills the cache sizes from the deterministic cache parameters (Intel leaf 4, AMD 0x8000001D).
+inline bool caches_from_cpuid(cpu_info& c, unsigned leaf) {
+    bool any = false;
+    for (unsigned i = 0; i < 8; ++i) {
+        unsigned r[4];
+        cpuid(leaf, i, r);
+        const unsigned type = r[0] & 31u, level = (r[0] >> 5) & 7u;
+        if (type == 0) break;
+        if (type == 2) continue;  // instruction cache
+        const std::size_t ways = ((r[1] >> 22) & 1023u) + 1, parts = ((r[1] >> 12) & 1023u) + 1,
+                          line = (r[1] & 4095u) + 1, sets = std::size_t(r[2]) + 1;
+        const std::size_t size = ways * parts * line * sets;
+        any = true;
+        if (level == 1) c.l1d = size;
+        if (level == 2) c.l2 = size;
+        if (level == 3) c.l3 = size, c.l3_sharing = ((r[0] >> 14) & 4095u) + 1;
+    }
+    return any;
+}
+#endif
+
+/// Reads everything once.
+inline cpu_info detect() {
+    cpu_info c;
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned r[4];
+    cpuid(0, 0, r);
+    const unsigned max_leaf = r[0];
+    char vendor[13] = {};
+    std::memcpy(vendor, &r[1], 4), std::memcpy(vendor + 4, &r[3], 4), std::memcpy(vendor + 8, &r[2], 4);
+    c.vendor = vendor;
+    cpuid(1, 0, r);
+    const unsigned base_family = (r[0] >> 8) & 15u, base_model = (r[0] >> 4) & 15u;
+    c.family = base_family == 15 ? base_family + ((r[0] >> 20) & 255u) : base_family;
+    c.model = base_family == 6 || base_family == 15 ? base_model | (((r[0] >> 16) & 15u) << 4)
+                                                    : base_model;
+    const bool osxsave = (r[2] >> 27) & 1u, fma = (r[2] >> 12) & 1u;
+    unsigned long long xcr0 = 0;
+    if (osxsave) {
+        unsigned lo = 0, hi = 0;
+        __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        xcr0 = (static_cast<unsigned long long>(hi) << 32) | lo;
+    }
+    const bool ymm_state = (xcr0 & 6u) == 6u, zmm_state = (xcr0 & 0xe6u) == 0xe6u,
+               amx_state = (xcr0 & (3ull << 17)) == (3ull << 17);
+    if (max_leaf >= 7) {
+        cpuid(7, 0, r);
+        c.avx2 = ymm_state && fma && ((r[1] >> 5) & 1u);
+        c.avx512f = zmm_state && ((r[1] >> 16) & 1u);
+        c.amx_bf16 = amx_state && ((r[3] >> 22) & 1u);
+        cpuid(7, 1, r);
+        c.avx512_bf16 = c.avx512f && ((r[0] >> 5) & 1u);
+    }
+    cpuid(0x80000000u, 0, r);
+    const unsigned max_ext = r[0];
+    if (max_ext >= 0x80000004u) {
+        char brand[49] = {};
+        for (unsigned i = 0; i < 3; ++i) {
+            cpuid(0x80000002u + i, 0, r);
+            std::memcpy(brand + 16 * i, r, 16);
+        }
+        std::string b(brand);
+        const auto first = b.find_first_not_of(' '), last = b.find_last_not_of(' ');
+        c.name = first == std::string::npos ? "" : b.substr(first, last - first + 1);
+    }
+    c.caches_detected = caches_from_sysfs(c);
+    if (!c.caches_detected) {
+        if (c.vendor == "AuthenticAMD" && max_ext >= 0x8000001Du)
+            c.caches_detected = caches_from_cpuid(c, 0x8000001Du);
+        else if (max_leaf >= 4)
+            c.caches_detected = caches_from_cpuid(c, 4);
+    }
+#else
+    c.caches_detected = caches_from_sysfs(c);
+#endif
+    return c;
+}
+
+}  // namespace cpu_detail
+
+/// The CPU this process runs on, detected on first use (thread-safe).
+inline const cpu_info& this_cpu() {
+    static const cpu_info info = cpu_detail::detect();
+    return info;
+}
+
+}  // namespace backend::cpu
+FTUNE_NAMESPACE_END
+// ---- end ftune/backends/cpu/cpu_info.hpp ----
+FTUNE_NAMESPACE_BEGIN
+namespace backend::cpu {
+
 namespace gemm_detail {
 
-/// Register tile and cache blocking for scalar type T.
+/// The register tile for scalar type T, fixed by the vector width the code is compiled for:
+/// with 512-bit vectors (32 registers) an 8 x 3-vector tile (24 accumulators, 8 x 48 floats),
+/// otherwise 6 x 2 vectors (12 of 16 registers, 6 x 16 floats with AVX2). Measured on a Zen 5
+/// core with the projections of MiniLM-L12 at batch 1 (`docs/design-notes.md`): 8 x 48 ran
+/// M = 32 at 199 GFLOP/s against 168 for 6 x 32 and M = 128 at 240 against 226; 6 x 64 and
+/// 10 x 48 were within the noise of 8 x 48, which divides 32- and 128-token inputs evenly.
 template <class T>
 struct blocking {
-    static constexpr std::size_t W = detail::width<T>;  ///< SIMD lanes
-    static constexpr std::size_t MR = 6;                ///< rows of the register tile
-    static constexpr std::size_t NR = 2 * W;            ///< columns of the register tile
-    // Cache blocking chosen by best-of-25 timings on this project's 2-core Zen 3 machines
-    // (32 KiB L1d, 512 KiB L2, 32 MiB L3): KC 384 beat 192/256/320 and MC 144 beat 72/96/288.
-    static constexpr std::size_t KC = 384;  ///< max depth of a block (B panel 24 KiB in L1)
-    static constexpr std::size_t MC = 144;  ///< rows of an A block (MC x KC = 216 KiB in L2)
-    static constexpr std::size_t NC =
-        4080 / NR * NR;  ///< columns of a B block (KC x NC = 6 MiB in L3)
+    static constexpr std::size_t W = detail::width<T>;        ///< SIMD lanes
+    static constexpr bool wide = W * sizeof(T) >= 64;         ///< 512-bit vectors
+    static constexpr std::size_t MR = wide ? 8 : 6;           ///< rows of the register tile
+    static constexpr std::size_t NV = wide ? 3 : 2;           ///< vectors per row of the tile
+    static constexpr std::size_t NR = NV * W;                 ///< columns of the register tile
 };
+
+/// Cache blocking for scalar type T, taken from the caches of the CPU found at run time.
+struct cache_blocking {
+    std::size_t kc;  ///< max depth of a block: a B panel (kc x NR) is 1/8 of L2 at most
+    std::size_t mc;  ///< rows of an A block: mc x kc is 2/5 of L2
+    std::size_t nc;  ///< columns of a B block: kc x nc is half the L3 share of one core
+};
+
+/// The blocking of T on this CPU, computed once. KC is 384 wherever the L2 holds eight B panels
+/// of that depth (384 beat 128-768 on Zen 3 and Zen 5); MC fills 2/5 of the L2 (Zen 3's 512 KiB
+/// gives 132 rows, measured best near 144); NC half the last-level cache a core can count on.
+template <class T>
+const cache_blocking& runtime_blocking() {
+    static const cache_blocking b = [] {
+        constexpr std::size_t MR = blocking<T>::MR, NR = blocking<T>::NR;
+        const cpu_info& c = this_cpu();
+        auto down = [](std::size_t v, std::size_t m) { return v / m * m; };
+        const std::size_t kc =
+            std::clamp<std::size_t>(down(c.l2 / (8 * NR * sizeof(T)), 32), 128, 384);
+        const std::size_t mc =
+            std::clamp<std::size_t>(down(c.l2 * 2 / 5 / (kc * sizeof(T)), MR), 4 * MR, 1024);
+        const std::size_t l3_core = c.l3 / std::max<std::size_t>(1, c.l3_sharing);
+        const std::size_t nc = std::clamp<std::size_t>(
+            down(l3_core / 2 / (kc * sizeof(T)), NR), 4 * NR, down(4096, NR));
+        return cache_blocking{kc, mc, nc};
+    }();
+    return b;
+}
 
 /// A growable 64-byte aligned scratch array, one per thread and type (allocates only to grow).
 template <class T, int Tag>
@@ -1850,10 +2100,9 @@ void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, s
 }
 
 /// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr]: for each k, NR values (zero padded).
-template <class T>
+template <class T, std::size_t NR = blocking<T>::NR>
 void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t k0, std::size_t kc,
                   std::size_t j0, std::size_t nr) {
-    constexpr std::size_t NR = blocking<T>::NR;
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows are contiguous
         for (std::size_t k = 0; k < kc; ++k) {
             const T* src = B + (k0 + k) * ldb + j0;
@@ -1896,69 +2145,88 @@ struct strided_rows {
 /// C[0:m, 0:n] = alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
 /// The arithmetic of each element depends neither on how A is read nor on R (a short tile at the
 /// bottom of a matrix runs with R = 4 or 2 instead of computing rows it throws away).
-template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>>
+template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
+          std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
                          std::size_t m, std::size_t n, T alpha, T beta, bool first,
-                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0) {
+                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0,
+                         const T* bias = nullptr) {
     using B = detail::batch<T>;
-    constexpr std::size_t W = blocking<T>::W, NR = blocking<T>::NR;
-    static_assert(R >= 1 && R <= blocking<T>::MR);
-    B c0[R], c1[R];
-#pragma GCC unroll 6
-    for (std::size_t i = 0; i < R; ++i) c0[i] = c1[i] = B(T(0));
+    constexpr std::size_t W = blocking<T>::W, NR = NV * W;
+    static_assert(R >= 1 && R <= blocking<T>::MR && NV >= 1);
+    B c[R][NV];
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
     for (std::size_t k = 0; k < kc; ++k, b += NR) {
         // software prefetch (gemm_packed): one NR-wide row of the next B panel per step
         if (k < prefetch_steps) __builtin_prefetch(prefetch + k * NR, 0, 3);
-        const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + W);
-#pragma GCC unroll 6
+        B bv[NV];
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NV; ++v) bv[v] = B::load_aligned(b + v * W);
+#pragma GCC unroll 16
         for (std::size_t i = 0; i < R; ++i) {
             const B ai(a(i, k));
-            c0[i] = xsimd::fma(ai, b0, c0[i]);
-            c1[i] = xsimd::fma(ai, b1, c1[i]);
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < NV; ++v) c[i][v] = xsimd::fma(ai, bv[v], c[i][v]);
         }
     }
     const B va(alpha), vb(beta);
+    // C = alpha * acc (+ C, or + beta * C) for one vector of a row
+    auto combine = [&](const B& acc, const T* cr, std::size_t v) {
+        B r = alpha == T(1) ? acc : detail::rounded<T>(acc * va);
+        if (!first)
+            r += B::load_unaligned(cr);
+        else if (beta != T(0))
+            r = xsimd::fma(vb, B::load_unaligned(cr), r);
+        if (bias) r += B::load_unaligned(bias + v * W);  // after the sum: C + bias, as bias_add
+        return r;
+    };
     if (m == R && n == NR) {
-#pragma GCC unroll 6
-        for (std::size_t i = 0; i < R; ++i) {
-            T* c = C + i * ldc;
-            B r0 = c0[i] * va, r1 = c1[i] * va;
-            if (!first) {
-                r0 += B::load_unaligned(c);
-                r1 += B::load_unaligned(c + W);
-            } else if (beta != T(0)) {
-                r0 = xsimd::fma(vb, B::load_unaligned(c), r0);
-                r1 = xsimd::fma(vb, B::load_unaligned(c + W), r1);
-            }
-            r0.store_unaligned(c);
-            r1.store_unaligned(c + W);
-        }
+#pragma GCC unroll 16
+        for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < NV; ++v)
+                combine(c[i][v], C + i * ldc + v * W, v).store_unaligned(C + i * ldc + v * W);
         return;
     }
-    alignas(64) T tile[R * NR];
-    for (std::size_t i = 0; i < R; ++i) {
-        (c0[i] * va).store_aligned(tile + i * NR);
-        (c1[i] * va).store_aligned(tile + i * NR + W);
-    }
+    // a partial tile: whole vectors where the columns allow, element by element past them
     for (std::size_t i = 0; i < m; ++i)
-        for (std::size_t j = 0; j < n; ++j) {
-            T& c = C[i * ldc + j];
-            const T v = tile[i * NR + j];
-            c = !first ? c + v : (beta != T(0) ? beta * c + v : v);
+        for (std::size_t v = 0; v < NV && v * W < n; ++v) {
+            T* cr = C + i * ldc + v * W;
+            if ((v + 1) * W <= n) {
+                combine(c[i][v], cr, v).store_unaligned(cr);
+                continue;
+            }
+            alignas(64) T tile[W];
+            (alpha == T(1) ? c[i][v] : detail::rounded<T>(c[i][v] * va)).store_aligned(tile);
+            for (std::size_t j = 0; j < n - v * W; ++j) {
+                cr[j] = !first ? cr[j] + tile[j]
+                               : (beta != T(0) ? std::fma(beta, cr[j], tile[j]) : tile[j]);
+                if (bias) cr[j] += bias[v * W + j];
+            }
         }
 }
 
-/// micro_kernel with the fewest rows (6, 4 or 2) that cover m.
-template <class T, class A>
+/// micro_kernel with the fewest rows (MR, or an even count) that cover m.
+template <class T, class A, std::size_t NV = blocking<T>::NV>
 inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t ldc, std::size_t m,
                               std::size_t n, T alpha, T beta, bool first, const T* prefetch,
-                              std::size_t prefetch_steps) {
-    if (m > 4)
-        micro_kernel<T, 6>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+                              std::size_t prefetch_steps, const T* bias = nullptr) {
+    constexpr std::size_t MR = blocking<T>::MR;
+    if (m > MR - 2 || MR <= 4)
+        micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                            bias);
+    else if (m > 4 && MR > 6)
+        micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                           bias);
     else if (m > 2)
-        micro_kernel<T, 4>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+        micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                           bias);
     else
-        micro_kernel<T, 2>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+        micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                           bias);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -1971,6 +2239,18 @@ void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
 
 }  // namespace gemm_detail
 
+/// How often weights were packed: inference with prepared weights must pack nothing per call
+/// (tests/test_allocations.cpp, `ftune bench --mode forward`). Relaxed counters, process-wide.
+struct pack_counters {
+    std::atomic<std::uint64_t> per_call{0};  ///< gemm() calls: each packs op(B) for itself
+    std::atomic<std::uint64_t> prepacked{0}; ///< packed_b::pack() calls (prepare_inference)
+};
+/// The process's pack_counters.
+inline pack_counters& packing_stats() noexcept {
+    static pack_counters c;
+    return c;
+}
+
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C, row-major with row strides lda/ldb/ldc.
 /// beta == 0 ignores C's previous content (even NaN), as BLAS does. Runs on ftune::num_threads()
 /// threads for large products (one when called inside a parallel region).
@@ -1978,12 +2258,15 @@ template <scalar T>
 void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
           const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
     using blk = gemm_detail::blocking<T>;
-    constexpr std::size_t MR = blk::MR, NR = blk::NR, KC = blk::KC, NC = blk::NC;
+    constexpr std::size_t MR = blk::MR, NR = blk::NR;
+    const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
+    const std::size_t KC = cb.kc, NC = cb.nc, MC = cb.mc;
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == T(0)) {
         gemm_detail::scale_c(C, ldc, M, N, beta);
         return;
     }
+    packing_stats().per_call.fetch_add(1, std::memory_order_relaxed);
     int nt = 1;
 #if defined(_OPENMP)
     if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
@@ -1991,7 +2274,7 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 #endif
     // Rows per A block: at most MC, and enough blocks that every thread gets the same number.
     const std::size_t blocks =
-        (M + blk::MC * std::size_t(nt) - 1) / (blk::MC * std::size_t(nt)) * std::size_t(nt);
+        (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
     const std::size_t mc = std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
     const std::size_t ic_blocks = (M + mc - 1) / mc;
     // Depth of the K blocks: at most KC, split evenly (K = 400 runs as 2 x 200, not 384 + 16).
@@ -2059,8 +2342,11 @@ class packed_b {
     /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
     void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
         using blk = gemm_detail::blocking<T>;
-        constexpr std::size_t NR = blk::NR, NC = blk::NC, KC = blk::KC;
-        K_ = K, N_ = N;
+        constexpr std::size_t NR = blk::NR;
+        const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
+        const std::size_t NC = cb.nc, KC = cb.kc;
+        packing_stats().prepacked.fetch_add(1, std::memory_order_relaxed);
+        K_ = K, N_ = N, nc_ = NC;
         kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
         if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
@@ -2091,6 +2377,8 @@ class packed_b {
     std::size_t cols() const noexcept { return N_; }
     /// Depth of the K blocks.
     std::size_t kc() const noexcept { return kc_; }
+    /// Columns of the B blocks.
+    std::size_t nc() const noexcept { return nc_; }
     /// The packed (jc, pc) block of a column block with `panels` panels.
     const T* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
         return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
@@ -2101,18 +2389,32 @@ class packed_b {
         return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
     }
     std::shared_ptr<T[]> data_;  // shared by copies; written only by pack() when not shared
-    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0;
+    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
 };
 
-/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C with Bp = op(B) packed by packed_b (same result
-/// as gemm()). Small M (one A block) splits B's panels among the threads, so each weight is read
+/// No epilogue: gemm_packed leaves C as the product.
+struct no_epilogue {
+    /// Does nothing.
+    template <class T>
+    void operator()(T*, std::size_t, std::size_t, std::size_t, std::size_t,
+                    std::size_t) const noexcept {}
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
+/// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
+/// bias is added to the finished sum as the register tile is stored). Then epilogue(c, ldc, row0,
+/// rows, col0, cols) runs on each finished tile while it is in L1 (c points at C(row0, col0)):
+/// element-wise work such as an activation or a residual, whose result equals running it over C
+/// afterwards. Small M (one A block) splits B's panels among the threads, so each weight is read
 /// once; larger M splits the rows. Units of work are taken dynamically; no barrier (B is
 /// read-only). The arithmetic of each element does not depend on the split.
-template <scalar T>
+template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
-                 std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc) {
+                 std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
+                 const T* bias = nullptr, Epilogue epilogue = {}) {
     using blk = gemm_detail::blocking<T>;
-    constexpr std::size_t MR = blk::MR, NR = blk::NR, NC = blk::NC, MC = blk::MC;
+    constexpr std::size_t MR = blk::MR, NR = blk::NR;
+    const std::size_t NC = Bp.nc(), MC = gemm_detail::runtime_blocking<T>().mc;
     if (Bp.rows() != K || Bp.cols() != N)
         throw error(errc::shape_mismatch, "gemm_packed",
                     ftune::detail::cat("B was packed as ", Bp.rows(), " x ", Bp.cols(),
@@ -2170,17 +2472,19 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                         const std::size_t first_step = std::min(kc, t * per_tile);
                         const T* pf = b + kc * NR + first_step * NR;
                         const std::size_t pf_steps = std::min(per_tile, kc - first_step);
+                        const T* bias_q = bias && pc + kc == K ? bias + q * NR : nullptr;
                         if (apack) {
                             gemm_detail::micro_kernel_rows(
                                 kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_steps);
+                                alpha, beta, pc == 0, pf, pf_steps, bias_q);
                         } else {
                             gemm_detail::strided_rows<T> a;
                             for (std::size_t i = 0; i < MR; ++i)
                                 a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
                             gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_steps);
+                                                           pc == 0, pf, pf_steps, bias_q);
                         }
+                        if (pc + kc == K) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
                     }
                 }
             }
@@ -2486,6 +2790,46 @@ inline std::size_t causal_keys(std::size_t q, std::size_t Tq, std::size_t Tk) {
     return q + Tk + 1 <= Tq ? 0 : std::min(Tk, q + Tk + 1 - Tq);
 }
 
+namespace detail {
+/// One row of softmax_forward: p(Tk) = softmax over the first L keys of scale * s + mask (mask
+/// may be null), zeros past L and for a row with every key dropped. p may be s.
+template <class T>
+inline void softmax_row(T* p, const T* s, const T* mask, T scale, std::size_t L, std::size_t Tk) {
+    using B = batch<T>;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    if (L < Tk) std::fill(p + L, p + Tk, T(0));
+    if (L == 0) return;
+    // pass 1: z = scale * s + mask into p, and the row max
+    B mx(ninf);
+    T tail_max = ninf;
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+        B z = B(scale) * load(s + k, n);
+        if (mask) z += load(mask + k, n);
+        store(p + k, z, n);
+        // max as the reference takes it (z > mx): a NaN score never becomes the maximum
+        if (n == width<T>)
+            mx = xsimd::select(z > mx, z, mx);
+        else
+            for (std::size_t j = k; j < k + n; ++j)
+                if (p[j] > tail_max) tail_max = p[j];
+    });
+    const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
+    if (m == ninf) {
+        std::fill_n(p, L, T(0));
+        return;
+    }
+    // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
+    B sum(T(0));
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+        const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
+        store(p + k, e, n);
+        sum += e;
+    });
+    const B inv(T(1) / reduce_add(sum));
+    for_each_batch<T>(L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+}
+}  // namespace detail
+
 /// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask may be null.
 /// causal also drops the keys after the query (k > q + Tk - Tq). A row whose keys are all
 /// dropped gets zeros.
@@ -2493,47 +2837,13 @@ template <scalar T>
 void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t Bn,
                      std::size_t H, std::size_t Tq, std::size_t Tk, bool causal = false) {
     using namespace detail;
-    using B = batch<T>;
-    constexpr T ninf = -std::numeric_limits<T>::infinity();
     const std::size_t rows = Bn * H * Tq;
     parallel_for(rows, row_grain(Tk), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
-            const T* s = scores + r * Tk;
-            const T* mask = key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr;
-            T* p = probs + r * Tk;
             // causal: only the first L keys are visible; the rest get probability 0
             const std::size_t L = causal ? causal_keys(r % Tq, Tq, Tk) : Tk;
-            if (L < Tk) std::fill(p + L, p + Tk, T(0));
-            if (L == 0) continue;
-            // pass 1: z = scale * s + mask into p, and the row max
-            B mx(ninf);
-            T tail_max = ninf;
-            for_each_batch<T>(L, [&](std::size_t k, auto n) {
-                B z = B(scale) * load(s + k, n);
-                if (mask) z += load(mask + k, n);
-                store(p + k, z, n);
-                // max as the reference takes it (z > mx): a NaN score never becomes the maximum
-                if (n == width<T>)
-                    mx = xsimd::select(z > mx, z, mx);
-                else
-                    for (std::size_t j = k; j < k + n; ++j)
-                        if (p[j] > tail_max) tail_max = p[j];
-            });
-            const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
-            if (m == ninf) {
-                std::fill_n(p, L, T(0));
-                continue;
-            }
-            // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
-            B sum(T(0));
-            for_each_batch<T>(L, [&](std::size_t k, auto n) {
-                const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
-                store(p + k, e, n);
-                sum += e;
-            });
-            const B inv(T(1) / reduce_add(sum));
-            for_each_batch<T>(
-                L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+            detail::softmax_row(probs + r * Tk, scores + r * Tk,
+                                key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr, scale, L, Tk);
         }
     });
 }
@@ -2829,6 +3139,99 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
     });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Attention for inference
+
+/// Multi-head attention for inference, keeping nothing for backward: for every batch b and head
+/// h, P = softmax(scale * Q_h K_hᵀ + key_mask(b) [causal]) and out_h = P V_h, where K_h, V_h are
+/// the (T, d) column blocks h*d .. h*d+d of k, v ((B*T, ld) rows), Q_h the same block of the
+/// first Tq rows of each sequence in q ((B*Tq, ldq) rows: Tq = T for every position, Tq = 1 for
+/// the first token only) and out_h that block of out ((B*Tq, ldo) rows). Causal: query i sees
+/// keys 0 .. i. One (b, h) pair per unit of work: its K_hᵀ and V_h are packed once into
+/// the GEMM's panels (in L1/L2), then MR queries at a time get their scores, softmax and output
+/// while the score rows stay in L1. No (B, H, T, T) buffer, no per-call weight packing, one
+/// parallel region. The arithmetic of every element is that of gemm() + softmax_forward() +
+/// gemm() (same micro-kernel, same K blocks, same row softmax), so the results are equal bit for
+/// bit to the training-mode path.
+template <scalar T>
+void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
+                         const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
+                         std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
+                         bool causal = false) {
+    using blk = gemm_detail::blocking<T>;
+    // scores: the GEMM's panels (NR keys); outputs: panels of two vectors (a head of 32 or 64
+    // columns fills them, where 3-vector panels would compute a third of zeros)
+    constexpr std::size_t MR = blk::MR, NR = blk::NR, NV_O = 2, NR_O = NV_O * blk::W;
+    if (Bn == 0 || H == 0 || Tn == 0 || d == 0 || Tq == 0) return;
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+    const std::size_t KC = gemm_detail::runtime_blocking<T>().kc;
+    auto depth = [KC](std::size_t K) {  // gemm()'s K blocks: at most KC, split evenly
+        const std::size_t n = (K + KC - 1) / KC;
+        return (K + n - 1) / n;
+    };
+    const std::size_t kc_s = depth(d), kc_o = depth(Tn);
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
+    const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
+    detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
+        T* kt = gemm_detail::scratch<T, 3>(panels_t * NR * d);   // K_hᵀ (d, T) in panels
+        T* vp = gemm_detail::scratch<T, 4>(panels_d * NR_O * Tn);  // V_h (T, d) in panels
+        T* st = gemm_detail::scratch<T, 5>(MR * ld_s);           // (MR, T) scores, then probs
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t b = u / H, h = u % H;
+            const T* qh = q + b * Tq * ldq + h * d;
+            const T* kh = k + b * Tn * ld + h * d;
+            const T* vh = v + b * Tn * ld + h * d;
+            const T* mask = key_mask ? key_mask + b * Tn : nullptr;
+            for (std::size_t pc = 0; pc < d; pc += kc_s) {
+                const std::size_t kc = std::min(kc_s, d - pc);
+                for (std::size_t p = 0; p < panels_t; ++p)
+                    gemm_detail::pack_b_panel(kt + pc * ld_s + p * kc * NR, kh, ld, transpose::yes,
+                                              pc, kc, p * NR, std::min(NR, Tn - p * NR));
+            }
+            for (std::size_t pc = 0; pc < Tn; pc += kc_o) {
+                const std::size_t kc = std::min(kc_o, Tn - pc);
+                for (std::size_t p = 0; p < panels_d; ++p)
+                    gemm_detail::pack_b_panel<T, NR_O>(vp + pc * panels_d * NR_O + p * kc * NR_O,
+                                                       vh, ld, transpose::no, pc, kc, p * NR_O,
+                                                       std::min(NR_O, d - p * NR_O));
+            }
+            for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
+                const std::size_t mr = std::min(MR, Tq - i0);
+                // S = Q_h Kᵀ for queries i0 .. i0+mr: (mr, T)
+                for (std::size_t pc = 0; pc < d; pc += kc_s) {
+                    const std::size_t kc = std::min(kc_s, d - pc);
+                    gemm_detail::strided_rows<T> a;
+                    for (std::size_t i = 0; i < MR; ++i)
+                        a.rows[i] = qh + (i0 + std::min(i, mr - 1)) * ldq + pc;
+                    for (std::size_t p = 0; p < panels_t; ++p)
+                        gemm_detail::micro_kernel_rows(kc, a, kt + pc * ld_s + p * kc * NR,
+                                                       st + p * NR, ld_s, mr,
+                                                       std::min(NR, Tn - p * NR), T(1), T(0),
+                                                       pc == 0, static_cast<const T*>(nullptr),
+                                                       std::size_t(0));
+                }
+                for (std::size_t i = 0; i < mr; ++i)
+                    detail::softmax_row(st + i * ld_s, st + i * ld_s, mask, scale,
+                                        causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                // out_h = P V_h for these queries: (mr, d)
+                for (std::size_t pc = 0; pc < Tn; pc += kc_o) {
+                    const std::size_t kc = std::min(kc_o, Tn - pc);
+                    gemm_detail::strided_rows<T> a;
+                    for (std::size_t i = 0; i < MR; ++i)
+                        a.rows[i] = st + std::min(i, mr - 1) * ld_s + pc;
+                    for (std::size_t p = 0; p < panels_d; ++p)
+                        gemm_detail::micro_kernel_rows<T, gemm_detail::strided_rows<T>, NV_O>(
+                            kc, a, vp + pc * panels_d * NR_O + p * kc * NR_O,
+                            out + (b * Tq + i0) * ldo + h * d + p * NR_O, ldo, mr,
+                            std::min(NR_O, d - p * NR_O), T(1), T(0), pc == 0, nullptr, 0);
+                }
+            }
+        }
+    });
+}
+
 }  // namespace backend::cpu
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/cpu/primitives.hpp ----
@@ -2985,26 +3388,31 @@ void residual_add(Out&& out, const A& a, const B& b) {
 /// The activations ops::activation / activation_backward apply.
 enum class activation { gelu, gelu_tanh, tanh, relu };
 
+/// y(n) = f(x(n)) on arrays (y may be x): activate()'s switch, also for GEMM epilogues.
+template <scalar T>
+void activate_n(activation f, T* y, const T* x, std::size_t n) {
+    switch (f) {
+        case activation::gelu:
+            backend::cpu::gelu_forward(y, x, n);
+            break;
+        case activation::gelu_tanh:
+            backend::cpu::gelu_tanh_forward(y, x, n);
+            break;
+        case activation::tanh:
+            backend::cpu::tanh_forward(y, x, n);
+            break;
+        case activation::relu:
+            backend::cpu::relu_forward(y, x, n);
+            break;
+    }
+}
+
 /// y = f(x) element-wise (same shapes; y may alias x).
 template <tensor_like Y, tensor_like X>
 void activate(activation f, Y&& y, const X& x) {
     detail::same_device<Y, X>();
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
-    const std::size_t n = x.shape().size();
-    switch (f) {
-        case activation::gelu:
-            backend::cpu::gelu_forward(y.data(), x.data(), n);
-            break;
-        case activation::gelu_tanh:
-            backend::cpu::gelu_tanh_forward(y.data(), x.data(), n);
-            break;
-        case activation::tanh:
-            backend::cpu::tanh_forward(y.data(), x.data(), n);
-            break;
-        case activation::relu:
-            backend::cpu::relu_forward(y.data(), x.data(), n);
-            break;
-    }
+    activate_n(f, y.data(), x.data(), x.shape().size());
 }
 
 /// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).
@@ -3365,31 +3773,42 @@ class linear {
     output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        if (ctx.training()) packed_valid_ = false;
-        if (packed_valid_) {  // inference with W packed once (prepare_inference)
-            if (x.extent(1) != in_features())
-                throw error(errc::shape_mismatch, "linear",
-                            ftune::detail::cat("input has ", x.extent(1),
-                                               " features but the "
-                                               "layer takes ",
-                                               in_features()));
-            backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(),
-                                      T(1), x.data(), in_features(), packed_, T(0), y_.data(),
-                                      out_features());
+        if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
+        if (prepared_) {  // inference with W packed once (prepare_inference)
+            packed_product(x, backend::cpu::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+            ops::bias_add(y_, bias.value);
         }
-        ops::bias_add(y_, bias.value);
         return y_.view();
     }
 
-    /// Packs W once for inference: eval-mode forwards then skip the per-call packing of the
-    /// weights (same results, bit for bit). A train-mode forward or visit_parameters() drops the
-    /// packed copy; after writing weight.value directly, call prepare_inference() again.
+    /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then
+    /// epilogue(c, ldc, row0, rows, col0, cols) on each tile of y while it is in L1 (an
+    /// activation, a residual add). Needs prepare_inference() and eval mode; keeps nothing
+    /// for backward.
+    template <class Epilogue>
+    output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
+        if (ctx.training() || !prepared_)
+            throw error(errc::invalid_argument, "linear::forward_fused",
+                        "runs on a layer prepared for inference (prepare_inference()), in eval "
+                        "mode");
+        x_ = x;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        packed_product(x, epilogue);
+        return y_.view();
+    }
+
+    /// Packs W once for inference: from now on eval-mode forwards skip the per-call packing of
+    /// the weights (same results, bit for bit) and add the bias in the product's epilogue. A
+    /// visit_parameters() that may change the weights (any visitor not derived from
+    /// keeps_values) marks the packed copy stale and the next eval-mode forward packs W again;
+    /// a train-mode forward ends the prepared mode. After writing weight.value directly (or
+    /// through parameter references collected before this call), call prepare_inference() again.
     void prepare_inference() {
         packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
                      out_features());
-        packed_valid_ = true;
+        prepared_ = packed_current_ = true;
     }
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
@@ -3409,19 +3828,36 @@ class linear {
     bool trainable() const noexcept { return weight.trainable || bias.trainable; }
 
     /// Whether eval-mode forwards use the weights packed by prepare_inference().
-    bool inference_prepared() const noexcept { return packed_valid_; }
+    bool inference_prepared() const noexcept { return prepared_; }
+    /// Whether the packed copy is current (false after a visit that may have changed W: the
+    /// next eval-mode forward packs again).
+    bool inference_packed() const noexcept { return prepared_ && packed_current_; }
 
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        if constexpr (!keeps_values_v<F>) packed_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
         f(weight.ref(prefix));
         f(bias.ref(prefix));
     }
 
   private:
+    // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
+    template <class Epilogue>
+    void packed_product(input_view x, Epilogue epilogue) {
+        if (x.extent(1) != in_features())
+            throw error(errc::shape_mismatch, "linear",
+                        ftune::detail::cat("input has ", x.extent(1),
+                                           " features but the layer takes ", in_features()));
+        if (!packed_current_) prepare_inference();
+        backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(), T(1),
+                                  x.data(), in_features(), packed_, T(0), y_.data(),
+                                  out_features(), bias.value.data(), epilogue);
+    }
+
     backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
-    bool packed_valid_ = false;         // whether packed_ holds the current W
+    bool prepared_ = false;             // eval-mode forwards use packed_ (prepare_inference)
+    bool packed_current_ = false;       // packed_ holds the current W (no visit since)
     input_view x_;                      // the last forward's input
     buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
 };
@@ -3477,29 +3913,24 @@ class self_attention {
                           d = Cn / H;
         const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
-        if (ctx.training()) fused_valid_ = false;
-        // q, k, v: (B*T, C) with row stride ld; head h of row r at columns h*d .. h*d+d
-        const T *q, *k, *v;
-        std::size_t ld = Cn;
-        if (fused_valid_) {  // inference: one product with [Wq; Wk; Wv] packed once
-            if (Cn != query.in_features())
-                throw error(errc::shape_mismatch, "self_attention",
-                            ftune::detail::cat("input has ", Cn, " features but the layer takes ",
-                                               query.in_features()));
-            qkv_.resize(shape<dynamic, dynamic>(B * Tn, 3 * Cn));  // (B*T, 3C)
-            backend::cpu::gemm_packed(transpose::no, B * Tn, 3 * Cn, Cn, T(1), x.data(), Cn,
-                                      packed_qkv_, T(0), qkv_.data(), 3 * Cn);
-            ops::bias_add(qkv_, qkv_bias_);
-            ld = 3 * Cn;
-            q = qkv_.data(), k = q + Cn, v = q + 2 * Cn;
+        if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
+        if (prepared_) {  // inference: [Wq; Wk; Wv] packed once, fused attention, nothing kept
+            packed_qkv(x);
+            out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
+            const T* qp = qkv_.data();  // q, k, v: columns 0, C, 2C of each (3C) row
+            backend::cpu::attention_inference(out_.data(), Cn, qp, 3 * Cn, qp + Cn, qp + 2 * Cn,
+                                              3 * Cn, key_mask.empty() ? nullptr : key_mask.data(),
+                                              T(1) / std::sqrt(T(d)), B, H, Tn, Tn, d, causal);
             last_fused_ = true;
-        } else {
-            last_fused_ = false;
-            q_ = query.forward(ctx, x2);
-            k_ = key.forward(ctx, x2);
-            v_ = value.forward(ctx, x2);
-            q = q_.data(), k = k_.data(), v = v_.data();
+            dropped_ = false;
+            return out_.view();
         }
+        last_fused_ = false;
+        q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
+        k_ = key.forward(ctx, x2);
+        v_ = value.forward(ctx, x2);
+        const T *q = q_.data(), *k = k_.data(), *v = v_.data();
+        const std::size_t ld = Cn;
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
         for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
@@ -3527,13 +3958,33 @@ class self_attention {
         return out_.view();
     }
 
+    /// Inference for the first token of each sequence only (a classifier reading [CLS] needs
+    /// nothing else from the last layer): (B, 1, C) = the rows forward() would give for position
+    /// 0, equal bit for bit, at the cost of the key and value projections of every position.
+    /// Needs prepare_inference(); eval mode; keeps nothing for backward.
+    output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
+        if (ctx.training() || !prepared_)
+            throw error(errc::invalid_argument, "self_attention::forward_first",
+                        "runs on a model prepared for inference, in eval mode");
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
+                          d = Cn / H;
+        B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
+        packed_qkv(x);  // q of position 0 only is used
+        out_.resize(shape<dynamic, dynamic, C>(B, 1, Cn));  // (B, 1, C)
+        const T* qp = qkv_.data();
+        backend::cpu::attention_inference(out_.data(), Cn, qp, Tn * 3 * Cn, qp + Cn, qp + 2 * Cn,
+                                          3 * Cn, key_mask.empty() ? nullptr : key_mask.data(),
+                                          T(1) / std::sqrt(T(d)), B, H, 1, Tn, d, causal);
+        return out_.view();
+    }
+
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
         if (last_fused_)
             throw error(errc::invalid_argument, "self_attention backward",
-                        "the forward ran the fused inference projections of prepare_inference(), "
-                        "which keep nothing for backward; run forward in training mode, or call "
-                        "visit_parameters() (which drops the packed weights) before it");
+                        "the forward ran the fused inference attention of prepare_inference(), "
+                        "which keeps nothing for backward; run the forward in training mode "
+                        "(which ends the prepared mode), or on a model never prepared");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = scratch();  // shared by every attention layer of this type on this thread
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
@@ -3582,8 +4033,11 @@ class self_attention {
     }
 
     /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
-    /// one product without per-call packing. A train-mode forward or visit_parameters() drops
-    /// it; after writing the weights directly, call it again.
+    /// one product without per-call packing, and the attention itself through
+    /// backend::cpu::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
+    /// A visit that may change the weights marks the packing stale (the next eval-mode forward
+    /// packs again); a train-mode forward ends the prepared mode. After writing the weights
+    /// directly, call it again.
     void prepare_inference() {
         const std::size_t Cn = query.in_features();
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
@@ -3596,7 +4050,7 @@ class self_attention {
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
         }
         packed_qkv_.pack(qkv_weight.data(), Cn, transpose::yes, Cn, 3 * Cn);
-        fused_valid_ = true;
+        prepared_ = packed_current_ = true;
     }
 
     /// Whether any projection trains (false: frozen).
@@ -3611,20 +4065,38 @@ class self_attention {
     }
 
     /// Whether eval-mode forwards use the projections packed by prepare_inference().
-    bool inference_prepared() const noexcept { return fused_valid_; }
+    bool inference_prepared() const noexcept { return prepared_; }
+    /// Whether the packed projections are current (false after a visit that may have changed
+    /// the weights: the next eval-mode forward packs again).
+    bool inference_packed() const noexcept { return prepared_ && packed_current_; }
 
     /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        if constexpr (!keeps_values_v<F>) fused_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
         query.visit_parameters(join_name(prefix, "query"), f);
         key.visit_parameters(join_name(prefix, "key"), f);
         value.visit_parameters(join_name(prefix, "value"), f);
     }
 
   private:
+    // qkv_ (B*T, 3C) = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv] with the packed weights (packed again
+    // first when a visit made them stale)
+    void packed_qkv(input_view x) {
+        const std::size_t N = x.extent(0) * x.extent(1), Cn = x.extent(2);
+        if (Cn != query.in_features())
+            throw error(errc::shape_mismatch, "self_attention",
+                        ftune::detail::cat("input has ", Cn, " features but the layer takes ",
+                                           query.in_features()));
+        if (!packed_current_) prepare_inference();
+        qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
+        backend::cpu::gemm_packed(transpose::no, N, 3 * Cn, Cn, T(1), x.data(), Cn, packed_qkv_,
+                                  T(0), qkv_.data(), 3 * Cn, qkv_bias_.data());
+    }
+
     std::size_t heads_;
-    bool fused_valid_ = false;                // packed_qkv_ holds the current weights
+    bool prepared_ = false;                   // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;             // packed_qkv_ holds the current weights
     bool last_fused_ = false;                 // the last forward used packed_qkv_
     backend::cpu::packed_b<T> packed_qkv_;    // [Wq; Wk; Wv] packed (prepare_inference)
     buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
@@ -4354,6 +4826,18 @@ class encoder_block {
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
         x_ = flat(x);
+        B_ = B, T_ = Tn;
+        inference_only_ = !ctx.training() && inference_prepared();
+        if (inference_only_) {  // packed weights, fused epilogues, nothing kept for backward
+            if constexpr (std::is_same_v<Norm, post_norm>) {
+                out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
+            } else {
+                const auto n1 = norm1.forward(ctx, x_);
+                out_ = inference_tail(ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)),
+                                      x_);
+            }
+            return unflat(out_, B, Tn);
+        }
         h1_.resize(shape<dynamic, C>(N, Cn));  // (N, C) first residual sum
         h2_.resize(shape<dynamic, C>(N, Cn));  // (N, C) second residual sum
         if constexpr (std::is_same_v<Norm, post_norm>) {
@@ -4382,12 +4866,39 @@ class encoder_block {
             ops::residual_add(h2_, h1_, f);
             out_ = h2_.view();
         }
-        B_ = B, T_ = Tn;
         return unflat(out_, B, Tn);
+    }
+
+    /// Inference for the first token of each sequence only: (B, 1, C) equal bit for bit to row
+    /// 0 of forward()'s output, computing every position's keys and values but nothing else
+    /// for the other positions (the last layer under a [CLS] classifier). Needs
+    /// prepare_inference(), eval mode; keeps nothing for backward.
+    output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2);
+        inference_only_ = true;
+        first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) x at position 0
+        for (std::size_t b = 0; b < B; ++b)
+            std::copy_n(x.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            out_ = inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)),
+                                  first_.view());
+        } else {
+            const auto n1 = norm1.forward(ctx, flat(x));  // every position: keys and values
+            out_ = inference_tail(
+                ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
+                first_.view());
+        }
+        B_ = B, T_ = 1;
+        return unflat(out_, B, 1);
     }
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+        if (inference_only_)
+            throw error(errc::invalid_argument, "encoder_block backward",
+                        "the forward ran the prepared inference path (prepare_inference()), "
+                        "which keeps nothing for backward; run the forward in training mode "
+                        "(which ends the prepared mode), or on a model never prepared");
         auto& s = scratch();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
@@ -4423,6 +4934,9 @@ class encoder_block {
         intermediate.prepare_inference(), output_dense.prepare_inference();
     }
 
+    /// Whether eval-mode forwards run on the weights packed by prepare_inference().
+    bool inference_prepared() const noexcept { return attention.inference_prepared(); }
+
     /// Whether any parameter of the block trains (false: frozen).
     bool trainable() const noexcept {
         return attention.trainable() || attention_dense.trainable() || norm1.trainable() ||
@@ -4447,6 +4961,34 @@ class encoder_block {
     }
 
   private:
+    // Prepared inference after the attention: a (rows, C) attention output and the residual
+    // x (rows, C) it adds to. The residuals and the FFN activation run in the products'
+    // epilogues (the same values as the separate passes, bit for bit); dropout is the identity.
+    //   post-norm: n1 = LN1(x + dense(a)); y = LN2(n1 + out(act(inter(n1))))
+    //   pre-norm:  h1 = x + dense(a);      y = h1 + out(act(inter(LN2(h1))))
+    view<const T, shape<dynamic, C>> inference_tail(context& ctx, view<const T, shape<dynamic, C>> a,
+                                                    view<const T, shape<dynamic, C>> x) {
+        auto add_rows = [](view<const T, shape<dynamic, C>> r) {  // c += r (same rows, columns)
+            return [r](T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
+                       std::size_t cols) {
+                const std::size_t ldr = r.extent(1);
+                for (std::size_t i = 0; i < rows; ++i)
+                    backend::cpu::residual_add(c + i * ldc, c + i * ldc,
+                                               r.data() + (row0 + i) * ldr + col0, cols);
+            };
+        };
+        const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
+        const auto n = std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1)
+                                                       : norm2.forward(ctx, h1);
+        const auto g = activation.forward(ctx, intermediate.forward(ctx, n));
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            const auto h2 = output_dense.forward_fused(ctx, g, add_rows(n));  // n1 + out(...)
+            return norm2.forward(ctx, h2);
+        } else {
+            return output_dense.forward_fused(ctx, g, add_rows(h1));  // h1 + out(...)
+        }
+    }
+
     // The FFN activation for act: built from it, or checked against the type's fixed function.
     static Act<T, F> make_activation(ops::activation act) {
         if constexpr (std::is_constructible_v<Act<T, F>, ops::activation>) {
@@ -4499,8 +5041,10 @@ class encoder_block {
     }
 
     std::size_t B_ = 0, T_ = 0;             // the last forward's batch and sequence
+    bool inference_only_ = false;           // the last forward kept nothing for backward
     view<const T, shape<dynamic, C>> x_;    // (N, C) the last forward's input
     buffer<T, shape<dynamic, C>> h1_, h2_;  // (N, C) residual sums
+    buffer<T, shape<dynamic, C>> first_;    // (B, C) position 0 of x (forward_first)
     view<const T, shape<dynamic, C>> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
     // Gradient buffers used only inside one backward call: one set per thread for every block of
     // this type (an encoder's layers share it), not one per layer.
@@ -4605,16 +5149,33 @@ class encoder {
     /// all tokens), token_types may be empty (all 0).
     output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
                         ids_view token_types = {}) {
-        const std::size_t B = ids.extent(0), Tn = ids.extent(1);
-        mask_.resize(
-            shape<dynamic, dynamic>(B, Tn));  // (B, T) additive: 0 or the lowest T, as Hugging Face
-        for (std::size_t i = 0; i < B * Tn; ++i)
-            mask_.data()[i] = attention_mask.empty() || attention_mask.data()[i] != 0
-                                  ? T(0)
-                                  : std::numeric_limits<T>::lowest();
+        set_key_mask(ids, attention_mask);
         output_view h = embeddings.forward(ctx, ids, token_types);
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return h;
+    }
+
+    /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
+    /// forward() gives at position 0, bit for bit, with the last layer computed for those rows
+    /// only (its keys and values still cover every position). What a [CLS] classifier reads;
+    /// about 1/L of the work less. Needs prepare_inference(); keeps nothing for backward.
+    output_view forward_first_tokens(context& ctx, ids_view ids, ids_view attention_mask = {},
+                                     ids_view token_types = {}) {
+        if (ctx.training() || !inference_prepared())
+            throw error(errc::invalid_argument, "encoder::forward_first_tokens",
+                        "runs on an encoder prepared for inference (prepare_inference()), in "
+                        "eval mode");
+        set_key_mask(ids, attention_mask);
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (std::size_t i = 0; i + 1 < layer.size(); ++i)
+            h = layer[i].forward(ctx, h, mask_.view());
+        return layer.back().forward_first(ctx, h, mask_.view());
+    }
+
+    /// Whether eval-mode forwards use packed weights (prepare_inference(), not since ended by a
+    /// train-mode forward).
+    bool inference_prepared() const noexcept {
+        return !layer.empty() && layer.back().inference_prepared();
     }
 
     /// Hidden size C.
@@ -4674,6 +5235,16 @@ class encoder {
     }
 
   private:
+    // mask_ (B, T) = 0 for tokens, the lowest T for padding (additive, as Hugging Face)
+    void set_key_mask(ids_view ids, ids_view attention_mask) {
+        const std::size_t B = ids.extent(0), Tn = ids.extent(1);
+        mask_.resize(shape<dynamic, dynamic>(B, Tn));
+        for (std::size_t i = 0; i < B * Tn; ++i)
+            mask_.data()[i] = attention_mask.empty() || attention_mask.data()[i] != 0
+                                  ? T(0)
+                                  : std::numeric_limits<T>::lowest();
+    }
+
     buffer<T, shape<dynamic, dynamic>> mask_;     // (B, T) additive key mask
     buffer<T, shape<dynamic, dynamic, C>> d_[2];  // (B, T, C) gradients between blocks
 };
@@ -4851,10 +5422,13 @@ class sequence_classifier {
     /// Number of labels L.
     std::size_t num_labels() const noexcept { return classifier.out_features(); }
 
-    /// Logits (B, L) of each sequence.
+    /// Logits (B, L) of each sequence. Prepared for inference (prepare_inference()) and in eval
+    /// mode, the last encoder layer runs for the [CLS] rows only (the same logits, bit for bit).
     output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
                         ids_view token_types = {}) {
-        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
+        const auto h = !ctx.training() && bert.inference_prepared()
+                           ? bert.forward_first_tokens(ctx, ids, attention_mask, token_types)
+                           : bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
         T_ = ids.extent(1);
         const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
         return {y.data(), y.extent(0), y.extent(1)};

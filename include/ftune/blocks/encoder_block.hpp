@@ -70,6 +70,18 @@ class encoder_block {
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
         x_ = flat(x);
+        B_ = B, T_ = Tn;
+        inference_only_ = !ctx.training() && inference_prepared();
+        if (inference_only_) {  // packed weights, fused epilogues, nothing kept for backward
+            if constexpr (std::is_same_v<Norm, post_norm>) {
+                out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
+            } else {
+                const auto n1 = norm1.forward(ctx, x_);
+                out_ = inference_tail(ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)),
+                                      x_);
+            }
+            return unflat(out_, B, Tn);
+        }
         h1_.resize(shape<dynamic, C>(N, Cn));  // (N, C) first residual sum
         h2_.resize(shape<dynamic, C>(N, Cn));  // (N, C) second residual sum
         if constexpr (std::is_same_v<Norm, post_norm>) {
@@ -98,12 +110,39 @@ class encoder_block {
             ops::residual_add(h2_, h1_, f);
             out_ = h2_.view();
         }
-        B_ = B, T_ = Tn;
         return unflat(out_, B, Tn);
+    }
+
+    /// Inference for the first token of each sequence only: (B, 1, C) equal bit for bit to row
+    /// 0 of forward()'s output, computing every position's keys and values but nothing else
+    /// for the other positions (the last layer under a [CLS] classifier). Needs
+    /// prepare_inference(), eval mode; keeps nothing for backward.
+    output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2);
+        inference_only_ = true;
+        first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) x at position 0
+        for (std::size_t b = 0; b < B; ++b)
+            std::copy_n(x.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            out_ = inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)),
+                                  first_.view());
+        } else {
+            const auto n1 = norm1.forward(ctx, flat(x));  // every position: keys and values
+            out_ = inference_tail(
+                ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
+                first_.view());
+        }
+        B_ = B, T_ = 1;
+        return unflat(out_, B, 1);
     }
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+        if (inference_only_)
+            throw error(errc::invalid_argument, "encoder_block backward",
+                        "the forward ran the prepared inference path (prepare_inference()), "
+                        "which keeps nothing for backward; run the forward in training mode "
+                        "(which ends the prepared mode), or on a model never prepared");
         auto& s = scratch();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
@@ -139,6 +178,9 @@ class encoder_block {
         intermediate.prepare_inference(), output_dense.prepare_inference();
     }
 
+    /// Whether eval-mode forwards run on the weights packed by prepare_inference().
+    bool inference_prepared() const noexcept { return attention.inference_prepared(); }
+
     /// Whether any parameter of the block trains (false: frozen).
     bool trainable() const noexcept {
         return attention.trainable() || attention_dense.trainable() || norm1.trainable() ||
@@ -163,6 +205,34 @@ class encoder_block {
     }
 
   private:
+    // Prepared inference after the attention: a (rows, C) attention output and the residual
+    // x (rows, C) it adds to. The residuals and the FFN activation run in the products'
+    // epilogues (the same values as the separate passes, bit for bit); dropout is the identity.
+    //   post-norm: n1 = LN1(x + dense(a)); y = LN2(n1 + out(act(inter(n1))))
+    //   pre-norm:  h1 = x + dense(a);      y = h1 + out(act(inter(LN2(h1))))
+    view<const T, shape<dynamic, C>> inference_tail(context& ctx, view<const T, shape<dynamic, C>> a,
+                                                    view<const T, shape<dynamic, C>> x) {
+        auto add_rows = [](view<const T, shape<dynamic, C>> r) {  // c += r (same rows, columns)
+            return [r](T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
+                       std::size_t cols) {
+                const std::size_t ldr = r.extent(1);
+                for (std::size_t i = 0; i < rows; ++i)
+                    backend::cpu::residual_add(c + i * ldc, c + i * ldc,
+                                               r.data() + (row0 + i) * ldr + col0, cols);
+            };
+        };
+        const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
+        const auto n = std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1)
+                                                       : norm2.forward(ctx, h1);
+        const auto g = activation.forward(ctx, intermediate.forward(ctx, n));
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            const auto h2 = output_dense.forward_fused(ctx, g, add_rows(n));  // n1 + out(...)
+            return norm2.forward(ctx, h2);
+        } else {
+            return output_dense.forward_fused(ctx, g, add_rows(h1));  // h1 + out(...)
+        }
+    }
+
     // The FFN activation for act: built from it, or checked against the type's fixed function.
     static Act<T, F> make_activation(ops::activation act) {
         if constexpr (std::is_constructible_v<Act<T, F>, ops::activation>) {
@@ -215,8 +285,10 @@ class encoder_block {
     }
 
     std::size_t B_ = 0, T_ = 0;             // the last forward's batch and sequence
+    bool inference_only_ = false;           // the last forward kept nothing for backward
     view<const T, shape<dynamic, C>> x_;    // (N, C) the last forward's input
     buffer<T, shape<dynamic, C>> h1_, h2_;  // (N, C) residual sums
+    buffer<T, shape<dynamic, C>> first_;    // (B, C) position 0 of x (forward_first)
     view<const T, shape<dynamic, C>> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
     // Gradient buffers used only inside one backward call: one set per thread for every block of
     // this type (an encoder's layers share it), not one per layer.

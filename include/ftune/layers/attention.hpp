@@ -57,29 +57,24 @@ class self_attention {
                           d = Cn / H;
         const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
-        if (ctx.training()) fused_valid_ = false;
-        // q, k, v: (B*T, C) with row stride ld; head h of row r at columns h*d .. h*d+d
-        const T *q, *k, *v;
-        std::size_t ld = Cn;
-        if (fused_valid_) {  // inference: one product with [Wq; Wk; Wv] packed once
-            if (Cn != query.in_features())
-                throw error(errc::shape_mismatch, "self_attention",
-                            ftune::detail::cat("input has ", Cn, " features but the layer takes ",
-                                               query.in_features()));
-            qkv_.resize(shape<dynamic, dynamic>(B * Tn, 3 * Cn));  // (B*T, 3C)
-            backend::cpu::gemm_packed(transpose::no, B * Tn, 3 * Cn, Cn, T(1), x.data(), Cn,
-                                      packed_qkv_, T(0), qkv_.data(), 3 * Cn);
-            ops::bias_add(qkv_, qkv_bias_);
-            ld = 3 * Cn;
-            q = qkv_.data(), k = q + Cn, v = q + 2 * Cn;
+        if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
+        if (prepared_) {  // inference: [Wq; Wk; Wv] packed once, fused attention, nothing kept
+            packed_qkv(x);
+            out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
+            const T* qp = qkv_.data();  // q, k, v: columns 0, C, 2C of each (3C) row
+            backend::cpu::attention_inference(out_.data(), Cn, qp, 3 * Cn, qp + Cn, qp + 2 * Cn,
+                                              3 * Cn, key_mask.empty() ? nullptr : key_mask.data(),
+                                              T(1) / std::sqrt(T(d)), B, H, Tn, Tn, d, causal);
             last_fused_ = true;
-        } else {
-            last_fused_ = false;
-            q_ = query.forward(ctx, x2);
-            k_ = key.forward(ctx, x2);
-            v_ = value.forward(ctx, x2);
-            q = q_.data(), k = k_.data(), v = v_.data();
+            dropped_ = false;
+            return out_.view();
         }
+        last_fused_ = false;
+        q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
+        k_ = key.forward(ctx, x2);
+        v_ = value.forward(ctx, x2);
+        const T *q = q_.data(), *k = k_.data(), *v = v_.data();
+        const std::size_t ld = Cn;
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
         for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
@@ -107,13 +102,33 @@ class self_attention {
         return out_.view();
     }
 
+    /// Inference for the first token of each sequence only (a classifier reading [CLS] needs
+    /// nothing else from the last layer): (B, 1, C) = the rows forward() would give for position
+    /// 0, equal bit for bit, at the cost of the key and value projections of every position.
+    /// Needs prepare_inference(); eval mode; keeps nothing for backward.
+    output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
+        if (ctx.training() || !prepared_)
+            throw error(errc::invalid_argument, "self_attention::forward_first",
+                        "runs on a model prepared for inference, in eval mode");
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
+                          d = Cn / H;
+        B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
+        packed_qkv(x);  // q of position 0 only is used
+        out_.resize(shape<dynamic, dynamic, C>(B, 1, Cn));  // (B, 1, C)
+        const T* qp = qkv_.data();
+        backend::cpu::attention_inference(out_.data(), Cn, qp, Tn * 3 * Cn, qp + Cn, qp + 2 * Cn,
+                                          3 * Cn, key_mask.empty() ? nullptr : key_mask.data(),
+                                          T(1) / std::sqrt(T(d)), B, H, 1, Tn, d, causal);
+        return out_.view();
+    }
+
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
         if (last_fused_)
             throw error(errc::invalid_argument, "self_attention backward",
-                        "the forward ran the fused inference projections of prepare_inference(), "
-                        "which keep nothing for backward; run forward in training mode, or call "
-                        "visit_parameters() (which drops the packed weights) before it");
+                        "the forward ran the fused inference attention of prepare_inference(), "
+                        "which keeps nothing for backward; run the forward in training mode "
+                        "(which ends the prepared mode), or on a model never prepared");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = scratch();  // shared by every attention layer of this type on this thread
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
@@ -162,8 +177,11 @@ class self_attention {
     }
 
     /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
-    /// one product without per-call packing. A train-mode forward or visit_parameters() drops
-    /// it; after writing the weights directly, call it again.
+    /// one product without per-call packing, and the attention itself through
+    /// backend::cpu::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
+    /// A visit that may change the weights marks the packing stale (the next eval-mode forward
+    /// packs again); a train-mode forward ends the prepared mode. After writing the weights
+    /// directly, call it again.
     void prepare_inference() {
         const std::size_t Cn = query.in_features();
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
@@ -176,7 +194,7 @@ class self_attention {
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
         }
         packed_qkv_.pack(qkv_weight.data(), Cn, transpose::yes, Cn, 3 * Cn);
-        fused_valid_ = true;
+        prepared_ = packed_current_ = true;
     }
 
     /// Whether any projection trains (false: frozen).
@@ -191,20 +209,38 @@ class self_attention {
     }
 
     /// Whether eval-mode forwards use the projections packed by prepare_inference().
-    bool inference_prepared() const noexcept { return fused_valid_; }
+    bool inference_prepared() const noexcept { return prepared_; }
+    /// Whether the packed projections are current (false after a visit that may have changed
+    /// the weights: the next eval-mode forward packs again).
+    bool inference_packed() const noexcept { return prepared_ && packed_current_; }
 
     /// Visits query, key, value ("<prefix>.query.weight", ...), Hugging Face's order.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        if constexpr (!keeps_values_v<F>) fused_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
         query.visit_parameters(join_name(prefix, "query"), f);
         key.visit_parameters(join_name(prefix, "key"), f);
         value.visit_parameters(join_name(prefix, "value"), f);
     }
 
   private:
+    // qkv_ (B*T, 3C) = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv] with the packed weights (packed again
+    // first when a visit made them stale)
+    void packed_qkv(input_view x) {
+        const std::size_t N = x.extent(0) * x.extent(1), Cn = x.extent(2);
+        if (Cn != query.in_features())
+            throw error(errc::shape_mismatch, "self_attention",
+                        ftune::detail::cat("input has ", Cn, " features but the layer takes ",
+                                           query.in_features()));
+        if (!packed_current_) prepare_inference();
+        qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
+        backend::cpu::gemm_packed(transpose::no, N, 3 * Cn, Cn, T(1), x.data(), Cn, packed_qkv_,
+                                  T(0), qkv_.data(), 3 * Cn, qkv_bias_.data());
+    }
+
     std::size_t heads_;
-    bool fused_valid_ = false;                // packed_qkv_ holds the current weights
+    bool prepared_ = false;                   // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;             // packed_qkv_ holds the current weights
     bool last_fused_ = false;                 // the last forward used packed_qkv_
     backend::cpu::packed_b<T> packed_qkv_;    // [Wq; Wk; Wv] packed (prepare_inference)
     buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases

@@ -36,31 +36,42 @@ class linear {
     output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        if (ctx.training()) packed_valid_ = false;
-        if (packed_valid_) {  // inference with W packed once (prepare_inference)
-            if (x.extent(1) != in_features())
-                throw error(errc::shape_mismatch, "linear",
-                            ftune::detail::cat("input has ", x.extent(1),
-                                               " features but the "
-                                               "layer takes ",
-                                               in_features()));
-            backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(),
-                                      T(1), x.data(), in_features(), packed_, T(0), y_.data(),
-                                      out_features());
+        if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
+        if (prepared_) {  // inference with W packed once (prepare_inference)
+            packed_product(x, backend::cpu::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
+            ops::bias_add(y_, bias.value);
         }
-        ops::bias_add(y_, bias.value);
         return y_.view();
     }
 
-    /// Packs W once for inference: eval-mode forwards then skip the per-call packing of the
-    /// weights (same results, bit for bit). A train-mode forward or visit_parameters() drops the
-    /// packed copy; after writing weight.value directly, call prepare_inference() again.
+    /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then
+    /// epilogue(c, ldc, row0, rows, col0, cols) on each tile of y while it is in L1 (an
+    /// activation, a residual add). Needs prepare_inference() and eval mode; keeps nothing
+    /// for backward.
+    template <class Epilogue>
+    output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
+        if (ctx.training() || !prepared_)
+            throw error(errc::invalid_argument, "linear::forward_fused",
+                        "runs on a layer prepared for inference (prepare_inference()), in eval "
+                        "mode");
+        x_ = x;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        packed_product(x, epilogue);
+        return y_.view();
+    }
+
+    /// Packs W once for inference: from now on eval-mode forwards skip the per-call packing of
+    /// the weights (same results, bit for bit) and add the bias in the product's epilogue. A
+    /// visit_parameters() that may change the weights (any visitor not derived from
+    /// keeps_values) marks the packed copy stale and the next eval-mode forward packs W again;
+    /// a train-mode forward ends the prepared mode. After writing weight.value directly (or
+    /// through parameter references collected before this call), call prepare_inference() again.
     void prepare_inference() {
         packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
                      out_features());
-        packed_valid_ = true;
+        prepared_ = packed_current_ = true;
     }
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
@@ -80,19 +91,36 @@ class linear {
     bool trainable() const noexcept { return weight.trainable || bias.trainable; }
 
     /// Whether eval-mode forwards use the weights packed by prepare_inference().
-    bool inference_prepared() const noexcept { return packed_valid_; }
+    bool inference_prepared() const noexcept { return prepared_; }
+    /// Whether the packed copy is current (false after a visit that may have changed W: the
+    /// next eval-mode forward packs again).
+    bool inference_packed() const noexcept { return prepared_ && packed_current_; }
 
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        if constexpr (!keeps_values_v<F>) packed_valid_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
         f(weight.ref(prefix));
         f(bias.ref(prefix));
     }
 
   private:
+    // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
+    template <class Epilogue>
+    void packed_product(input_view x, Epilogue epilogue) {
+        if (x.extent(1) != in_features())
+            throw error(errc::shape_mismatch, "linear",
+                        ftune::detail::cat("input has ", x.extent(1),
+                                           " features but the layer takes ", in_features()));
+        if (!packed_current_) prepare_inference();
+        backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(), T(1),
+                                  x.data(), in_features(), packed_, T(0), y_.data(),
+                                  out_features(), bias.value.data(), epilogue);
+    }
+
     backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
-    bool packed_valid_ = false;         // whether packed_ holds the current W
+    bool prepared_ = false;             // eval-mode forwards use packed_ (prepare_inference)
+    bool packed_current_ = false;       // packed_ holds the current W (no visit since)
     input_view x_;                      // the last forward's input
     buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
 };

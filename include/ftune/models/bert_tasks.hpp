@@ -131,10 +131,13 @@ class sequence_classifier {
     /// Number of labels L.
     std::size_t num_labels() const noexcept { return classifier.out_features(); }
 
-    /// Logits (B, L) of each sequence.
+    /// Logits (B, L) of each sequence. Prepared for inference (prepare_inference()) and in eval
+    /// mode, the last encoder layer runs for the [CLS] rows only (the same logits, bit for bit).
     output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
                         ids_view token_types = {}) {
-        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
+        const auto h = !ctx.training() && bert.inference_prepared()
+                           ? bert.forward_first_tokens(ctx, ids, attention_mask, token_types)
+                           : bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
         T_ = ids.extent(1);
         const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
         return {y.data(), y.extent(0), y.extent(1)};

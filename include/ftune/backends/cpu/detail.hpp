@@ -21,6 +21,18 @@ using batch = xsimd::batch<T, xsimd::default_arch>;
 template <class T>
 inline constexpr std::size_t width = batch<T>::size;
 
+/// b, rounded: the compiler may not fuse the multiplication that produced b into a later
+/// addition. GCC contracts a * b + c into one FMA by default (-ffp-contract=fast), and may do it
+/// in one inlined copy of a kernel and not in another; results that must be equal bit for bit
+/// (gemm() and gemm_packed()) pass their scaled products through here.
+template <class T>
+inline batch<T> rounded(batch<T> b) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __asm__("" : "+v"(b.data));
+#endif
+    return b;
+}
+
 /// A batch count known at compile time: for_each_batch passes full_t<T> for full batches, so
 /// their loads and stores compile to plain vector moves with no tail handling.
 template <class T>

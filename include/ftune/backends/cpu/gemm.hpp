@@ -11,39 +11,71 @@
 //           micro-kernel: C[ir:ir+MR, jr:jr+NR] (+)= A panel x B panel   (MR x NR in registers)
 //
 // Transposes are absorbed by the packing, so all four op(A)/op(B) combinations run the same
-// kernel. The micro-kernel holds an MR x NR = 6 x (2 SIMD widths) tile of C in 12 registers
-// (6 x 16 floats with AVX2): each k step loads 2 vectors of B, broadcasts 6 values of A and
-// issues 12 FMAs. Eigen 3.4's kernel (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT
+// kernel. The micro-kernel holds an MR x NR tile of C in registers: 6 x (2 SIMD widths) with
+// AVX2 (12 of 16 registers: each k step loads 2 vectors of B, broadcasts 6 values of A, issues 12
+// FMAs), 8 x (3 widths) with AVX-512 (24 of 32 registers, 24 FMAs per 11 loads). KC, MC and NC
+// come from the caches of the CPU found at run time (cpu_info.hpp). Eigen 3.4's kernel (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT
 // shapes on this project's machines; this one is measured beside it in bench/.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <cstddef>
 #include <memory>
 #include <utility>
 
+#include "ftune/backends/cpu/cpu_info.hpp"
 #include "ftune/backends/cpu/detail.hpp"
 #include "ftune/core/tensor.hpp"
-
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {
 
 namespace gemm_detail {
 
-/// Register tile and cache blocking for scalar type T.
+/// The register tile for scalar type T, fixed by the vector width the code is compiled for:
+/// with 512-bit vectors (32 registers) an 8 x 3-vector tile (24 accumulators, 8 x 48 floats),
+/// otherwise 6 x 2 vectors (12 of 16 registers, 6 x 16 floats with AVX2). Measured on a Zen 5
+/// core with the projections of MiniLM-L12 at batch 1 (`docs/design-notes.md`): 8 x 48 ran
+/// M = 32 at 199 GFLOP/s against 168 for 6 x 32 and M = 128 at 240 against 226; 6 x 64 and
+/// 10 x 48 were within the noise of 8 x 48, which divides 32- and 128-token inputs evenly.
 template <class T>
 struct blocking {
-    static constexpr std::size_t W = detail::width<T>;  ///< SIMD lanes
-    static constexpr std::size_t MR = 6;                ///< rows of the register tile
-    static constexpr std::size_t NR = 2 * W;            ///< columns of the register tile
-    // Cache blocking chosen by best-of-25 timings on this project's 2-core Zen 3 machines
-    // (32 KiB L1d, 512 KiB L2, 32 MiB L3): KC 384 beat 192/256/320 and MC 144 beat 72/96/288.
-    static constexpr std::size_t KC = 384;  ///< max depth of a block (B panel 24 KiB in L1)
-    static constexpr std::size_t MC = 144;  ///< rows of an A block (MC x KC = 216 KiB in L2)
-    static constexpr std::size_t NC =
-        4080 / NR * NR;  ///< columns of a B block (KC x NC = 6 MiB in L3)
+    static constexpr std::size_t W = detail::width<T>;        ///< SIMD lanes
+    static constexpr bool wide = W * sizeof(T) >= 64;         ///< 512-bit vectors
+    static constexpr std::size_t MR = wide ? 8 : 6;           ///< rows of the register tile
+    static constexpr std::size_t NV = wide ? 3 : 2;           ///< vectors per row of the tile
+    static constexpr std::size_t NR = NV * W;                 ///< columns of the register tile
 };
+
+/// Cache blocking for scalar type T, taken from the caches of the CPU found at run time.
+struct cache_blocking {
+    std::size_t kc;  ///< max depth of a block: a B panel (kc x NR) is 1/8 of L2 at most
+    std::size_t mc;  ///< rows of an A block: mc x kc is 2/5 of L2
+    std::size_t nc;  ///< columns of a B block: kc x nc is half the L3 share of one core
+};
+
+/// The blocking of T on this CPU, computed once. KC is 384 wherever the L2 holds eight B panels
+/// of that depth (384 beat 128-768 on Zen 3 and Zen 5); MC fills 2/5 of the L2 (Zen 3's 512 KiB
+/// gives 132 rows, measured best near 144); NC half the last-level cache a core can count on.
+template <class T>
+const cache_blocking& runtime_blocking() {
+    static const cache_blocking b = [] {
+        constexpr std::size_t MR = blocking<T>::MR, NR = blocking<T>::NR;
+        const cpu_info& c = this_cpu();
+        auto down = [](std::size_t v, std::size_t m) { return v / m * m; };
+        const std::size_t kc =
+            std::clamp<std::size_t>(down(c.l2 / (8 * NR * sizeof(T)), 32), 128, 384);
+        const std::size_t mc =
+            std::clamp<std::size_t>(down(c.l2 * 2 / 5 / (kc * sizeof(T)), MR), 4 * MR, 1024);
+        const std::size_t l3_core = c.l3 / std::max<std::size_t>(1, c.l3_sharing);
+        const std::size_t nc = std::clamp<std::size_t>(
+            down(l3_core / 2 / (kc * sizeof(T)), NR), 4 * NR, down(4096, NR));
+        return cache_blocking{kc, mc, nc};
+    }();
+    return b;
+}
 
 /// A growable 64-byte aligned scratch array, one per thread and type (allocates only to grow).
 template <class T, int Tag>
@@ -81,10 +113,9 @@ void pack_a(T* dst, const T* A, std::size_t lda, transpose ta, std::size_t i0, s
 }
 
 /// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr]: for each k, NR values (zero padded).
-template <class T>
+template <class T, std::size_t NR = blocking<T>::NR>
 void pack_b_panel(T* dst, const T* B, std::size_t ldb, transpose tb, std::size_t k0, std::size_t kc,
                   std::size_t j0, std::size_t nr) {
-    constexpr std::size_t NR = blocking<T>::NR;
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows are contiguous
         for (std::size_t k = 0; k < kc; ++k) {
             const T* src = B + (k0 + k) * ldb + j0;
@@ -127,69 +158,88 @@ struct strided_rows {
 /// C[0:m, 0:n] = alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
 /// The arithmetic of each element depends neither on how A is read nor on R (a short tile at the
 /// bottom of a matrix runs with R = 4 or 2 instead of computing rows it throws away).
-template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>>
+template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
+          std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
                          std::size_t m, std::size_t n, T alpha, T beta, bool first,
-                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0) {
+                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0,
+                         const T* bias = nullptr) {
     using B = detail::batch<T>;
-    constexpr std::size_t W = blocking<T>::W, NR = blocking<T>::NR;
-    static_assert(R >= 1 && R <= blocking<T>::MR);
-    B c0[R], c1[R];
-#pragma GCC unroll 6
-    for (std::size_t i = 0; i < R; ++i) c0[i] = c1[i] = B(T(0));
+    constexpr std::size_t W = blocking<T>::W, NR = NV * W;
+    static_assert(R >= 1 && R <= blocking<T>::MR && NV >= 1);
+    B c[R][NV];
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
     for (std::size_t k = 0; k < kc; ++k, b += NR) {
         // software prefetch (gemm_packed): one NR-wide row of the next B panel per step
         if (k < prefetch_steps) __builtin_prefetch(prefetch + k * NR, 0, 3);
-        const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + W);
-#pragma GCC unroll 6
+        B bv[NV];
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NV; ++v) bv[v] = B::load_aligned(b + v * W);
+#pragma GCC unroll 16
         for (std::size_t i = 0; i < R; ++i) {
             const B ai(a(i, k));
-            c0[i] = xsimd::fma(ai, b0, c0[i]);
-            c1[i] = xsimd::fma(ai, b1, c1[i]);
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < NV; ++v) c[i][v] = xsimd::fma(ai, bv[v], c[i][v]);
         }
     }
     const B va(alpha), vb(beta);
+    // C = alpha * acc (+ C, or + beta * C) for one vector of a row
+    auto combine = [&](const B& acc, const T* cr, std::size_t v) {
+        B r = alpha == T(1) ? acc : detail::rounded<T>(acc * va);
+        if (!first)
+            r += B::load_unaligned(cr);
+        else if (beta != T(0))
+            r = xsimd::fma(vb, B::load_unaligned(cr), r);
+        if (bias) r += B::load_unaligned(bias + v * W);  // after the sum: C + bias, as bias_add
+        return r;
+    };
     if (m == R && n == NR) {
-#pragma GCC unroll 6
-        for (std::size_t i = 0; i < R; ++i) {
-            T* c = C + i * ldc;
-            B r0 = c0[i] * va, r1 = c1[i] * va;
-            if (!first) {
-                r0 += B::load_unaligned(c);
-                r1 += B::load_unaligned(c + W);
-            } else if (beta != T(0)) {
-                r0 = xsimd::fma(vb, B::load_unaligned(c), r0);
-                r1 = xsimd::fma(vb, B::load_unaligned(c + W), r1);
-            }
-            r0.store_unaligned(c);
-            r1.store_unaligned(c + W);
-        }
+#pragma GCC unroll 16
+        for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < NV; ++v)
+                combine(c[i][v], C + i * ldc + v * W, v).store_unaligned(C + i * ldc + v * W);
         return;
     }
-    alignas(64) T tile[R * NR];
-    for (std::size_t i = 0; i < R; ++i) {
-        (c0[i] * va).store_aligned(tile + i * NR);
-        (c1[i] * va).store_aligned(tile + i * NR + W);
-    }
+    // a partial tile: whole vectors where the columns allow, element by element past them
     for (std::size_t i = 0; i < m; ++i)
-        for (std::size_t j = 0; j < n; ++j) {
-            T& c = C[i * ldc + j];
-            const T v = tile[i * NR + j];
-            c = !first ? c + v : (beta != T(0) ? beta * c + v : v);
+        for (std::size_t v = 0; v < NV && v * W < n; ++v) {
+            T* cr = C + i * ldc + v * W;
+            if ((v + 1) * W <= n) {
+                combine(c[i][v], cr, v).store_unaligned(cr);
+                continue;
+            }
+            alignas(64) T tile[W];
+            (alpha == T(1) ? c[i][v] : detail::rounded<T>(c[i][v] * va)).store_aligned(tile);
+            for (std::size_t j = 0; j < n - v * W; ++j) {
+                cr[j] = !first ? cr[j] + tile[j]
+                               : (beta != T(0) ? std::fma(beta, cr[j], tile[j]) : tile[j]);
+                if (bias) cr[j] += bias[v * W + j];
+            }
         }
 }
 
-/// micro_kernel with the fewest rows (6, 4 or 2) that cover m.
-template <class T, class A>
+/// micro_kernel with the fewest rows (MR, or an even count) that cover m.
+template <class T, class A, std::size_t NV = blocking<T>::NV>
 inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t ldc, std::size_t m,
                               std::size_t n, T alpha, T beta, bool first, const T* prefetch,
-                              std::size_t prefetch_steps) {
-    if (m > 4)
-        micro_kernel<T, 6>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+                              std::size_t prefetch_steps, const T* bias = nullptr) {
+    constexpr std::size_t MR = blocking<T>::MR;
+    if (m > MR - 2 || MR <= 4)
+        micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                            bias);
+    else if (m > 4 && MR > 6)
+        micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                           bias);
     else if (m > 2)
-        micro_kernel<T, 4>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+        micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                           bias);
     else
-        micro_kernel<T, 2>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps);
+        micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
+                           bias);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -202,6 +252,18 @@ void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
 
 }  // namespace gemm_detail
 
+/// How often weights were packed: inference with prepared weights must pack nothing per call
+/// (tests/test_allocations.cpp, `ftune bench --mode forward`). Relaxed counters, process-wide.
+struct pack_counters {
+    std::atomic<std::uint64_t> per_call{0};  ///< gemm() calls: each packs op(B) for itself
+    std::atomic<std::uint64_t> prepacked{0}; ///< packed_b::pack() calls (prepare_inference)
+};
+/// The process's pack_counters.
+inline pack_counters& packing_stats() noexcept {
+    static pack_counters c;
+    return c;
+}
+
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C, row-major with row strides lda/ldb/ldc.
 /// beta == 0 ignores C's previous content (even NaN), as BLAS does. Runs on ftune::num_threads()
 /// threads for large products (one when called inside a parallel region).
@@ -209,12 +271,15 @@ template <scalar T>
 void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
           const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
     using blk = gemm_detail::blocking<T>;
-    constexpr std::size_t MR = blk::MR, NR = blk::NR, KC = blk::KC, NC = blk::NC;
+    constexpr std::size_t MR = blk::MR, NR = blk::NR;
+    const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
+    const std::size_t KC = cb.kc, NC = cb.nc, MC = cb.mc;
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == T(0)) {
         gemm_detail::scale_c(C, ldc, M, N, beta);
         return;
     }
+    packing_stats().per_call.fetch_add(1, std::memory_order_relaxed);
     int nt = 1;
 #if defined(_OPENMP)
     if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
@@ -222,7 +287,7 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 #endif
     // Rows per A block: at most MC, and enough blocks that every thread gets the same number.
     const std::size_t blocks =
-        (M + blk::MC * std::size_t(nt) - 1) / (blk::MC * std::size_t(nt)) * std::size_t(nt);
+        (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
     const std::size_t mc = std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
     const std::size_t ic_blocks = (M + mc - 1) / mc;
     // Depth of the K blocks: at most KC, split evenly (K = 400 runs as 2 x 200, not 384 + 16).
@@ -290,8 +355,11 @@ class packed_b {
     /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
     void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
         using blk = gemm_detail::blocking<T>;
-        constexpr std::size_t NR = blk::NR, NC = blk::NC, KC = blk::KC;
-        K_ = K, N_ = N;
+        constexpr std::size_t NR = blk::NR;
+        const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
+        const std::size_t NC = cb.nc, KC = cb.kc;
+        packing_stats().prepacked.fetch_add(1, std::memory_order_relaxed);
+        K_ = K, N_ = N, nc_ = NC;
         kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
         if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
@@ -322,6 +390,8 @@ class packed_b {
     std::size_t cols() const noexcept { return N_; }
     /// Depth of the K blocks.
     std::size_t kc() const noexcept { return kc_; }
+    /// Columns of the B blocks.
+    std::size_t nc() const noexcept { return nc_; }
     /// The packed (jc, pc) block of a column block with `panels` panels.
     const T* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
         return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
@@ -332,18 +402,32 @@ class packed_b {
         return data_.get() + jc * K_ + panels * gemm_detail::blocking<T>::NR * pc;
     }
     std::shared_ptr<T[]> data_;  // shared by copies; written only by pack() when not shared
-    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0;
+    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
 };
 
-/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C with Bp = op(B) packed by packed_b (same result
-/// as gemm()). Small M (one A block) splits B's panels among the threads, so each weight is read
+/// No epilogue: gemm_packed leaves C as the product.
+struct no_epilogue {
+    /// Does nothing.
+    template <class T>
+    void operator()(T*, std::size_t, std::size_t, std::size_t, std::size_t,
+                    std::size_t) const noexcept {}
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
+/// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
+/// bias is added to the finished sum as the register tile is stored). Then epilogue(c, ldc, row0,
+/// rows, col0, cols) runs on each finished tile while it is in L1 (c points at C(row0, col0)):
+/// element-wise work such as an activation or a residual, whose result equals running it over C
+/// afterwards. Small M (one A block) splits B's panels among the threads, so each weight is read
 /// once; larger M splits the rows. Units of work are taken dynamically; no barrier (B is
 /// read-only). The arithmetic of each element does not depend on the split.
-template <scalar T>
+template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
-                 std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc) {
+                 std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
+                 const T* bias = nullptr, Epilogue epilogue = {}) {
     using blk = gemm_detail::blocking<T>;
-    constexpr std::size_t MR = blk::MR, NR = blk::NR, NC = blk::NC, MC = blk::MC;
+    constexpr std::size_t MR = blk::MR, NR = blk::NR;
+    const std::size_t NC = Bp.nc(), MC = gemm_detail::runtime_blocking<T>().mc;
     if (Bp.rows() != K || Bp.cols() != N)
         throw error(errc::shape_mismatch, "gemm_packed",
                     ftune::detail::cat("B was packed as ", Bp.rows(), " x ", Bp.cols(),
@@ -401,17 +485,19 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                         const std::size_t first_step = std::min(kc, t * per_tile);
                         const T* pf = b + kc * NR + first_step * NR;
                         const std::size_t pf_steps = std::min(per_tile, kc - first_step);
+                        const T* bias_q = bias && pc + kc == K ? bias + q * NR : nullptr;
                         if (apack) {
                             gemm_detail::micro_kernel_rows(
                                 kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_steps);
+                                alpha, beta, pc == 0, pf, pf_steps, bias_q);
                         } else {
                             gemm_detail::strided_rows<T> a;
                             for (std::size_t i = 0; i < MR; ++i)
                                 a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
                             gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_steps);
+                                                           pc == 0, pf, pf_steps, bias_q);
                         }
+                        if (pc + kc == K) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
                     }
                 }
             }

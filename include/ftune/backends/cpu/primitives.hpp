@@ -292,6 +292,46 @@ inline std::size_t causal_keys(std::size_t q, std::size_t Tq, std::size_t Tk) {
     return q + Tk + 1 <= Tq ? 0 : std::min(Tk, q + Tk + 1 - Tq);
 }
 
+namespace detail {
+/// One row of softmax_forward: p(Tk) = softmax over the first L keys of scale * s + mask (mask
+/// may be null), zeros past L and for a row with every key dropped. p may be s.
+template <class T>
+inline void softmax_row(T* p, const T* s, const T* mask, T scale, std::size_t L, std::size_t Tk) {
+    using B = batch<T>;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    if (L < Tk) std::fill(p + L, p + Tk, T(0));
+    if (L == 0) return;
+    // pass 1: z = scale * s + mask into p, and the row max
+    B mx(ninf);
+    T tail_max = ninf;
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+        B z = B(scale) * load(s + k, n);
+        if (mask) z += load(mask + k, n);
+        store(p + k, z, n);
+        // max as the reference takes it (z > mx): a NaN score never becomes the maximum
+        if (n == width<T>)
+            mx = xsimd::select(z > mx, z, mx);
+        else
+            for (std::size_t j = k; j < k + n; ++j)
+                if (p[j] > tail_max) tail_max = p[j];
+    });
+    const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
+    if (m == ninf) {
+        std::fill_n(p, L, T(0));
+        return;
+    }
+    // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
+    B sum(T(0));
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+        const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
+        store(p + k, e, n);
+        sum += e;
+    });
+    const B inv(T(1) / reduce_add(sum));
+    for_each_batch<T>(L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+}
+}  // namespace detail
+
 /// probs(B,H,Tq,Tk) = softmax over k of (scale * scores + key_mask(B,Tk)); key_mask may be null.
 /// causal also drops the keys after the query (k > q + Tk - Tq). A row whose keys are all
 /// dropped gets zeros.
@@ -299,47 +339,13 @@ template <scalar T>
 void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std::size_t Bn,
                      std::size_t H, std::size_t Tq, std::size_t Tk, bool causal = false) {
     using namespace detail;
-    using B = batch<T>;
-    constexpr T ninf = -std::numeric_limits<T>::infinity();
     const std::size_t rows = Bn * H * Tq;
     parallel_for(rows, row_grain(Tk), [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
-            const T* s = scores + r * Tk;
-            const T* mask = key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr;
-            T* p = probs + r * Tk;
             // causal: only the first L keys are visible; the rest get probability 0
             const std::size_t L = causal ? causal_keys(r % Tq, Tq, Tk) : Tk;
-            if (L < Tk) std::fill(p + L, p + Tk, T(0));
-            if (L == 0) continue;
-            // pass 1: z = scale * s + mask into p, and the row max
-            B mx(ninf);
-            T tail_max = ninf;
-            for_each_batch<T>(L, [&](std::size_t k, auto n) {
-                B z = B(scale) * load(s + k, n);
-                if (mask) z += load(mask + k, n);
-                store(p + k, z, n);
-                // max as the reference takes it (z > mx): a NaN score never becomes the maximum
-                if (n == width<T>)
-                    mx = xsimd::select(z > mx, z, mx);
-                else
-                    for (std::size_t j = k; j < k + n; ++j)
-                        if (p[j] > tail_max) tail_max = p[j];
-            });
-            const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
-            if (m == ninf) {
-                std::fill_n(p, L, T(0));
-                continue;
-            }
-            // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
-            B sum(T(0));
-            for_each_batch<T>(L, [&](std::size_t k, auto n) {
-                const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
-                store(p + k, e, n);
-                sum += e;
-            });
-            const B inv(T(1) / reduce_add(sum));
-            for_each_batch<T>(
-                L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+            detail::softmax_row(probs + r * Tk, scores + r * Tk,
+                                key_mask ? key_mask + (r / (H * Tq)) * Tk : nullptr, scale, L, Tk);
         }
     });
 }
@@ -632,6 +638,99 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
             }
             store(param + j, p + neg_lr * g, k);
         });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention for inference
+
+/// Multi-head attention for inference, keeping nothing for backward: for every batch b and head
+/// h, P = softmax(scale * Q_h K_hᵀ + key_mask(b) [causal]) and out_h = P V_h, where K_h, V_h are
+/// the (T, d) column blocks h*d .. h*d+d of k, v ((B*T, ld) rows), Q_h the same block of the
+/// first Tq rows of each sequence in q ((B*Tq, ldq) rows: Tq = T for every position, Tq = 1 for
+/// the first token only) and out_h that block of out ((B*Tq, ldo) rows). Causal: query i sees
+/// keys 0 .. i. One (b, h) pair per unit of work: its K_hᵀ and V_h are packed once into
+/// the GEMM's panels (in L1/L2), then MR queries at a time get their scores, softmax and output
+/// while the score rows stay in L1. No (B, H, T, T) buffer, no per-call weight packing, one
+/// parallel region. The arithmetic of every element is that of gemm() + softmax_forward() +
+/// gemm() (same micro-kernel, same K blocks, same row softmax), so the results are equal bit for
+/// bit to the training-mode path.
+template <scalar T>
+void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
+                         const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
+                         std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
+                         bool causal = false) {
+    using blk = gemm_detail::blocking<T>;
+    // scores: the GEMM's panels (NR keys); outputs: panels of two vectors (a head of 32 or 64
+    // columns fills them, where 3-vector panels would compute a third of zeros)
+    constexpr std::size_t MR = blk::MR, NR = blk::NR, NV_O = 2, NR_O = NV_O * blk::W;
+    if (Bn == 0 || H == 0 || Tn == 0 || d == 0 || Tq == 0) return;
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+    const std::size_t KC = gemm_detail::runtime_blocking<T>().kc;
+    auto depth = [KC](std::size_t K) {  // gemm()'s K blocks: at most KC, split evenly
+        const std::size_t n = (K + KC - 1) / KC;
+        return (K + n - 1) / n;
+    };
+    const std::size_t kc_s = depth(d), kc_o = depth(Tn);
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
+    const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
+    detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
+        T* kt = gemm_detail::scratch<T, 3>(panels_t * NR * d);   // K_hᵀ (d, T) in panels
+        T* vp = gemm_detail::scratch<T, 4>(panels_d * NR_O * Tn);  // V_h (T, d) in panels
+        T* st = gemm_detail::scratch<T, 5>(MR * ld_s);           // (MR, T) scores, then probs
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t b = u / H, h = u % H;
+            const T* qh = q + b * Tq * ldq + h * d;
+            const T* kh = k + b * Tn * ld + h * d;
+            const T* vh = v + b * Tn * ld + h * d;
+            const T* mask = key_mask ? key_mask + b * Tn : nullptr;
+            for (std::size_t pc = 0; pc < d; pc += kc_s) {
+                const std::size_t kc = std::min(kc_s, d - pc);
+                for (std::size_t p = 0; p < panels_t; ++p)
+                    gemm_detail::pack_b_panel(kt + pc * ld_s + p * kc * NR, kh, ld, transpose::yes,
+                                              pc, kc, p * NR, std::min(NR, Tn - p * NR));
+            }
+            for (std::size_t pc = 0; pc < Tn; pc += kc_o) {
+                const std::size_t kc = std::min(kc_o, Tn - pc);
+                for (std::size_t p = 0; p < panels_d; ++p)
+                    gemm_detail::pack_b_panel<T, NR_O>(vp + pc * panels_d * NR_O + p * kc * NR_O,
+                                                       vh, ld, transpose::no, pc, kc, p * NR_O,
+                                                       std::min(NR_O, d - p * NR_O));
+            }
+            for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
+                const std::size_t mr = std::min(MR, Tq - i0);
+                // S = Q_h Kᵀ for queries i0 .. i0+mr: (mr, T)
+                for (std::size_t pc = 0; pc < d; pc += kc_s) {
+                    const std::size_t kc = std::min(kc_s, d - pc);
+                    gemm_detail::strided_rows<T> a;
+                    for (std::size_t i = 0; i < MR; ++i)
+                        a.rows[i] = qh + (i0 + std::min(i, mr - 1)) * ldq + pc;
+                    for (std::size_t p = 0; p < panels_t; ++p)
+                        gemm_detail::micro_kernel_rows(kc, a, kt + pc * ld_s + p * kc * NR,
+                                                       st + p * NR, ld_s, mr,
+                                                       std::min(NR, Tn - p * NR), T(1), T(0),
+                                                       pc == 0, static_cast<const T*>(nullptr),
+                                                       std::size_t(0));
+                }
+                for (std::size_t i = 0; i < mr; ++i)
+                    detail::softmax_row(st + i * ld_s, st + i * ld_s, mask, scale,
+                                        causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                // out_h = P V_h for these queries: (mr, d)
+                for (std::size_t pc = 0; pc < Tn; pc += kc_o) {
+                    const std::size_t kc = std::min(kc_o, Tn - pc);
+                    gemm_detail::strided_rows<T> a;
+                    for (std::size_t i = 0; i < MR; ++i)
+                        a.rows[i] = st + std::min(i, mr - 1) * ld_s + pc;
+                    for (std::size_t p = 0; p < panels_d; ++p)
+                        gemm_detail::micro_kernel_rows<T, gemm_detail::strided_rows<T>, NV_O>(
+                            kc, a, vp + pc * panels_d * NR_O + p * kc * NR_O,
+                            out + (b * Tq + i0) * ldo + h * d + p * NR_O, ldo, mr,
+                            std::min(NR_O, d - p * NR_O), T(1), T(0), pc == 0, nullptr, 0);
+                }
+            }
+        }
     });
 }
 
