@@ -131,9 +131,10 @@ const ftune::bert::config small_classifier{.vocab_size = 50,
                                            .max_position_embeddings = 16,
                                            .num_labels = 3};
 
-TEST_CASE("a prepared classifier packs no weight per call, also after a collecting visit, and "
-          "allocates nothing",
-          "[allocations]") {
+TEST_CASE(
+    "a prepared classifier packs no weight per call, also after a collecting visit, and "
+    "allocates nothing",
+    "[allocations]") {
     Model m(small_classifier);
     m.prepare_inference();
     // collecting the parameters (a visit that may change the weights) keeps the model
@@ -146,7 +147,8 @@ TEST_CASE("a prepared classifier packs no weight per call, also after a collecti
     ftune::context eval;
     const auto repacks = packs.prepacked.load();
     m.forward(eval, {ids.data(), 2, 9}, {mask.data(), 2, 9});
-    CHECK(packs.prepacked.load() - repacks == 2 * 4 + 2);  // per block: qkv, 3 linears; pooler, classifier
+    CHECK(packs.prepacked.load() - repacks ==
+          2 * 4 + 2);  // per block: qkv, 3 linears; pooler, classifier
     const long before = allocations.load();
     const auto per_call = packs.per_call.load(), prepacked = packs.prepacked.load();
     for (int i = 0; i < 3; ++i) m.forward(eval, {ids.data(), 2, 9}, {mask.data(), 2, 9});

@@ -171,9 +171,10 @@ TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration",
     CHECK(any.layer.size() == 1);
 }
 
-TEST_CASE("prepare_inference: the same outputs bit for bit; repacked after visits, ended by "
-          "training",
-          "[blocks]") {
+TEST_CASE(
+    "prepare_inference: the same outputs bit for bit; repacked after visits, ended by "
+    "training",
+    "[blocks]") {
     const ftune::bert::config cfg{.vocab_size = 20,
                                   .hidden_size = 16,
                                   .num_hidden_layers = 2,
@@ -224,8 +225,9 @@ TEST_CASE("prepare_inference: the same outputs bit for bit; repacked after visit
     CHECK(run(packed, ftune::mode::eval) == run(plain, ftune::mode::eval));
 }
 
-TEMPLATE_TEST_CASE("prepared classifier: the last layer for [CLS] only, the same logits bit for bit",
-                   "[blocks]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
+TEMPLATE_TEST_CASE(
+    "prepared classifier: the last layer for [CLS] only, the same logits bit for bit", "[blocks]",
+    ftune::blocks::post_norm, ftune::blocks::pre_norm) {
     using E = ftune::bert::encoder<float, dynamic, dynamic, TestType>;
     const ftune::bert::config cfg{.vocab_size = 30,
                                   .hidden_size = 24,
@@ -253,8 +255,8 @@ TEMPLATE_TEST_CASE("prepared classifier: the last layer for [CLS] only, the same
     std::vector<float> rows0;
     for (std::size_t b = 0; b < B; ++b)
         rows0.insert(rows0.end(), full.data() + b * T * 24, full.data() + b * T * 24 + 24);
-    const auto first = packed.bert.forward_first_tokens(eval, {ids.data(), B, T},
-                                                        {mask.data(), B, T});
+    const auto first =
+        packed.bert.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T});
     CHECK(first.extent(1) == 1);
     CHECK(std::vector<float>(first.data(), first.data() + first.size()) == rows0);
     // a forward that kept nothing for backward refuses backward; unprepared models and training

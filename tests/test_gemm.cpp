@@ -196,8 +196,8 @@ TEMPLATE_TEST_CASE("gemm_packed's bias and epilogue equal gemm, bias_add and the
             for (std::size_t i = 0; i < M * N; ++i) want[i] = std::max(want[i] + res[i], T(0));
             std::vector<int> seen(M * N, 0);  // each element goes through the epilogue once
             packed.pack(B.data(), K, transpose::yes, K, N);
-            cpu::gemm_packed(transpose::no, M, N, K, T(1), A.data(), K, packed, T(0), got.data(),
-                             N, bias.data(),
+            cpu::gemm_packed(transpose::no, M, N, K, T(1), A.data(), K, packed, T(0), got.data(), N,
+                             bias.data(),
                              [&](T* c, std::size_t ldc, std::size_t row0, std::size_t rows,
                                  std::size_t col0, std::size_t cols) {
                                  REQUIRE(c == got.data() + row0 * N + col0);
@@ -220,8 +220,8 @@ TEST_CASE("packing counters: gemm() packs per call, packed_b::pack once", "[prim
     const std::vector<float> A(4 * 6, 1.0f), B(6 * 5, 2.0f);
     std::vector<float> C(4 * 5);
     const auto per_call = c.per_call.load(), prepacked = c.prepacked.load();
-    cpu::gemm(transpose::no, transpose::no, 4, 5, 6, 1.0f, A.data(), 6, B.data(), 5, 0.0f,
-              C.data(), 5);
+    cpu::gemm(transpose::no, transpose::no, 4, 5, 6, 1.0f, A.data(), 6, B.data(), 5, 0.0f, C.data(),
+              5);
     CHECK(c.per_call.load() - per_call == 1);
     cpu::packed_b<float> p;
     p.pack(B.data(), 5, transpose::no, 6, 5);
@@ -242,7 +242,8 @@ TEST_CASE("cache blocking comes from the CPU found at run time", "[primitives][g
     const auto& b = cpu::gemm_detail::runtime_blocking<float>();
     CHECK(b.kc >= 128);
     CHECK(b.kc <= 384);
-    CHECK(b.kc * blk::NR * sizeof(float) <= std::max<std::size_t>(cpu_info.l2 / 8, 128 * blk::NR * 4));
+    CHECK(b.kc * blk::NR * sizeof(float) <=
+          std::max<std::size_t>(cpu_info.l2 / 8, 128 * blk::NR * 4));
     CHECK(b.mc % blk::MR == 0);
     CHECK(b.mc >= 4 * blk::MR);
     CHECK(b.nc % blk::NR == 0);
@@ -296,8 +297,8 @@ TEMPLATE_TEST_CASE("attention_inference matches the reference softmax(Q Kᵀ) V,
             }
     ftune::set_num_threads(threads);
     std::vector<float> out(4);
-    CHECK_THROWS_AS(cpu::attention_inference(out.data(), 2, out.data(), 2, out.data(), out.data(),
-                                             2, static_cast<const float*>(nullptr), 1.0f, 1, 1, 3,
-                                             2, 2),
-                    ftune::error);
+    CHECK_THROWS_AS(
+        cpu::attention_inference(out.data(), 2, out.data(), 2, out.data(), out.data(), 2,
+                                 static_cast<const float*>(nullptr), 1.0f, 1, 1, 3, 2, 2),
+        ftune::error);
 }

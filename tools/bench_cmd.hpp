@@ -148,9 +148,8 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         : backward ? "backward"
                    : "forward",
         H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
-        100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
-        !backward && prepack ? "true" : "false", double(per_call) / steps,
-        static_cast<unsigned long long>(prepacked),
+        100 * gflops / peak, double(ru.ru_maxrss) / 1024.0, !backward && prepack ? "true" : "false",
+        double(per_call) / steps, static_cast<unsigned long long>(prepacked),
         ftune::backend::cpu::this_cpu().summary().c_str());
     return 0;
 }

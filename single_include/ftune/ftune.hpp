@@ -1798,8 +1798,9 @@ FTUNE_NAMESPACE_END
 // kernel. The micro-kernel holds an MR x NR tile of C in registers: 6 x (2 SIMD widths) with
 // AVX2 (12 of 16 registers: each k step loads 2 vectors of B, broadcasts 6 values of A, issues 12
 // FMAs), 8 x (3 widths) with AVX-512 (24 of 32 registers, 24 FMAs per 11 loads). KC, MC and NC
-// come from the caches of the CPU found at run time (cpu_info.hpp). Eigen 3.4's kernel (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT
-// shapes on this project's machines; this one is measured beside it in bench/.
+// come from the caches of the CPU found at run time (cpu_info.hpp). Eigen 3.4's kernel
+// (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT shapes on this project's machines; this
+// one is measured beside it in bench/.
 
 #include <algorithm>
 #include <atomic>
@@ -1832,19 +1833,19 @@ namespace backend::cpu {
 
 /// The processor as seen at run time (x86-64 through cpuid; other CPUs get the caches only).
 struct cpu_info {
-    std::string name;         ///< brand string, e.g. "AMD EPYC 9B45" or "Intel(R) Xeon(R) ..."
-    std::string vendor;       ///< "GenuineIntel", "AuthenticAMD", ... (empty when unknown)
-    unsigned family = 0;      ///< display family (base + extended)
-    unsigned model = 0;       ///< display model (with the extended model bits)
-    bool avx2 = false;        ///< AVX2 and FMA
-    bool avx512f = false;     ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
-    bool avx512_bf16 = false; ///< AVX512-BF16 (vdpbf16ps)
-    bool amx_bf16 = false;    ///< AMX-BF16 tiles
-    std::size_t l1d = 32 * 1024;        ///< L1 data cache per core, bytes
-    std::size_t l2 = 512 * 1024;        ///< L2 per core, bytes
-    std::size_t l3 = 8 * 1024 * 1024;   ///< last-level cache, bytes (the whole cache)
-    std::size_t l3_sharing = 1;         ///< logical CPUs that share the last-level cache
-    bool caches_detected = false;       ///< false: the sizes above are defaults
+    std::string name;             ///< brand string, e.g. "AMD EPYC 9B45" or "Intel(R) Xeon(R) ..."
+    std::string vendor;           ///< "GenuineIntel", "AuthenticAMD", ... (empty when unknown)
+    unsigned family = 0;          ///< display family (base + extended)
+    unsigned model = 0;           ///< display model (with the extended model bits)
+    bool avx2 = false;            ///< AVX2 and FMA
+    bool avx512f = false;         ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
+    bool avx512_bf16 = false;     ///< AVX512-BF16 (vdpbf16ps)
+    bool amx_bf16 = false;        ///< AMX-BF16 tiles
+    std::size_t l1d = 32 * 1024;  ///< L1 data cache per core, bytes
+    std::size_t l2 = 512 * 1024;  ///< L2 per core, bytes
+    std::size_t l3 = 8 * 1024 * 1024;  ///< last-level cache, bytes (the whole cache)
+    std::size_t l3_sharing = 1;        ///< logical CPUs that share the last-level cache
+    bool caches_detected = false;      ///< false: the sizes above are defaults
 
     /// "AMD EPYC 9B45 (family 26 model 2; AVX-512, BF16; L1d 48 KiB, L2 1024 KiB, L3 32 MiB)".
     std::string summary() const {
@@ -1852,10 +1853,10 @@ struct cpu_info {
         if (avx512_bf16) isa += ", BF16";
         if (amx_bf16) isa += ", AMX-BF16";
         return (name.empty() ? std::string("unknown CPU") : name) + " (family " +
-               std::to_string(family) + " model " + std::to_string(model) + "; " + isa +
-               "; L1d " + std::to_string(l1d / 1024) + " KiB, L2 " + std::to_string(l2 / 1024) +
-               " KiB, L3 " + std::to_string(l3 / (1024 * 1024)) + " MiB" +
-               (caches_detected ? "" : " (assumed)") + ")";
+               std::to_string(family) + " model " + std::to_string(model) + "; " + isa + "; L1d " +
+               std::to_string(l1d / 1024) + " KiB, L2 " + std::to_string(l2 / 1024) + " KiB, L3 " +
+               std::to_string(l3 / (1024 * 1024)) + " MiB" + (caches_detected ? "" : " (assumed)") +
+               ")";
     }
 };
 
@@ -1867,8 +1868,10 @@ inline std::size_t read_cache_size(const std::string& path) {
     std::string s;
     if (!(in >> s) || s.empty()) return 0;
     std::size_t mult = 1;
-    if (s.back() == 'K') mult = 1024, s.pop_back();
-    else if (s.back() == 'M') mult = 1024 * 1024, s.pop_back();
+    if (s.back() == 'K')
+        mult = 1024, s.pop_back();
+    else if (s.back() == 'M')
+        mult = 1024 * 1024, s.pop_back();
     try {
         return std::stoul(s) * mult;
     } catch (...) {
@@ -1956,7 +1959,8 @@ inline cpu_info detect() {
     cpuid(0, 0, r);
     const unsigned max_leaf = r[0];
     char vendor[13] = {};
-    std::memcpy(vendor, &r[1], 4), std::memcpy(vendor + 4, &r[3], 4), std::memcpy(vendor + 8, &r[2], 4);
+    std::memcpy(vendor, &r[1], 4), std::memcpy(vendor + 4, &r[3], 4),
+        std::memcpy(vendor + 8, &r[2], 4);
     c.vendor = vendor;
     cpuid(1, 0, r);
     const unsigned base_family = (r[0] >> 8) & 15u, base_model = (r[0] >> 4) & 15u;
@@ -2029,11 +2033,11 @@ namespace gemm_detail {
 /// 10 x 48 were within the noise of 8 x 48, which divides 32- and 128-token inputs evenly.
 template <class T>
 struct blocking {
-    static constexpr std::size_t W = detail::width<T>;        ///< SIMD lanes
-    static constexpr bool wide = W * sizeof(T) >= 64;         ///< 512-bit vectors
-    static constexpr std::size_t MR = wide ? 8 : 6;           ///< rows of the register tile
-    static constexpr std::size_t NV = wide ? 3 : 2;           ///< vectors per row of the tile
-    static constexpr std::size_t NR = NV * W;                 ///< columns of the register tile
+    static constexpr std::size_t W = detail::width<T>;  ///< SIMD lanes
+    static constexpr bool wide = W * sizeof(T) >= 64;   ///< 512-bit vectors
+    static constexpr std::size_t MR = wide ? 8 : 6;     ///< rows of the register tile
+    static constexpr std::size_t NV = wide ? 3 : 2;     ///< vectors per row of the tile
+    static constexpr std::size_t NR = NV * W;           ///< columns of the register tile
 };
 
 /// Cache blocking for scalar type T, taken from the caches of the CPU found at run time.
@@ -2057,8 +2061,8 @@ const cache_blocking& runtime_blocking() {
         const std::size_t mc =
             std::clamp<std::size_t>(down(c.l2 * 2 / 5 / (kc * sizeof(T)), MR), 4 * MR, 1024);
         const std::size_t l3_core = c.l3 / std::max<std::size_t>(1, c.l3_sharing);
-        const std::size_t nc = std::clamp<std::size_t>(
-            down(l3_core / 2 / (kc * sizeof(T)), NR), 4 * NR, down(4096, NR));
+        const std::size_t nc = std::clamp<std::size_t>(down(l3_core / 2 / (kc * sizeof(T)), NR),
+                                                       4 * NR, down(4096, NR));
         return cache_blocking{kc, mc, nc};
     }();
     return b;
@@ -2216,17 +2220,17 @@ inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t
                               std::size_t prefetch_steps, const T* bias = nullptr) {
     constexpr std::size_t MR = blocking<T>::MR;
     if (m > MR - 2 || MR <= 4)
-        micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                            bias);
+        micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                   prefetch_steps, bias);
     else if (m > 4 && MR > 6)
-        micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                           bias);
+        micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_steps, bias);
     else if (m > 2)
-        micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                           bias);
+        micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_steps, bias);
     else
-        micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                           bias);
+        micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_steps, bias);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -2242,8 +2246,8 @@ void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
 /// How often weights were packed: inference with prepared weights must pack nothing per call
 /// (tests/test_allocations.cpp, `ftune bench --mode forward`). Relaxed counters, process-wide.
 struct pack_counters {
-    std::atomic<std::uint64_t> per_call{0};  ///< gemm() calls: each packs op(B) for itself
-    std::atomic<std::uint64_t> prepacked{0}; ///< packed_b::pack() calls (prepare_inference)
+    std::atomic<std::uint64_t> per_call{0};   ///< gemm() calls: each packs op(B) for itself
+    std::atomic<std::uint64_t> prepacked{0};  ///< packed_b::pack() calls (prepare_inference)
 };
 /// The process's pack_counters.
 inline pack_counters& packing_stats() noexcept {
@@ -3175,9 +3179,9 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        T* kt = gemm_detail::scratch<T, 3>(panels_t * NR * d);   // K_hᵀ (d, T) in panels
+        T* kt = gemm_detail::scratch<T, 3>(panels_t * NR * d);     // K_hᵀ (d, T) in panels
         T* vp = gemm_detail::scratch<T, 4>(panels_d * NR_O * Tn);  // V_h (T, d) in panels
-        T* st = gemm_detail::scratch<T, 5>(MR * ld_s);           // (MR, T) scores, then probs
+        T* st = gemm_detail::scratch<T, 5>(MR * ld_s);             // (MR, T) scores, then probs
         for (std::size_t u = u0; u < u1; ++u) {
             const std::size_t b = u / H, h = u % H;
             const T* qh = q + b * Tq * ldq + h * d;
@@ -3206,11 +3210,10 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
                     for (std::size_t i = 0; i < MR; ++i)
                         a.rows[i] = qh + (i0 + std::min(i, mr - 1)) * ldq + pc;
                     for (std::size_t p = 0; p < panels_t; ++p)
-                        gemm_detail::micro_kernel_rows(kc, a, kt + pc * ld_s + p * kc * NR,
-                                                       st + p * NR, ld_s, mr,
-                                                       std::min(NR, Tn - p * NR), T(1), T(0),
-                                                       pc == 0, static_cast<const T*>(nullptr),
-                                                       std::size_t(0));
+                        gemm_detail::micro_kernel_rows(
+                            kc, a, kt + pc * ld_s + p * kc * NR, st + p * NR, ld_s, mr,
+                            std::min(NR, Tn - p * NR), T(1), T(0), pc == 0,
+                            static_cast<const T*>(nullptr), std::size_t(0));
                 }
                 for (std::size_t i = 0; i < mr; ++i)
                     detail::softmax_row(st + i * ld_s, st + i * ld_s, mask, scale,
@@ -3774,7 +3777,7 @@ class linear {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) {  // inference with W packed once (prepare_inference)
+        if (prepared_) {                        // inference with W packed once (prepare_inference)
             packed_product(x, backend::cpu::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
@@ -3851,8 +3854,8 @@ class linear {
                                            " features but the layer takes ", in_features()));
         if (!packed_current_) prepare_inference();
         backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(), T(1),
-                                  x.data(), in_features(), packed_, T(0), y_.data(),
-                                  out_features(), bias.value.data(), epilogue);
+                                  x.data(), in_features(), packed_, T(0), y_.data(), out_features(),
+                                  bias.value.data(), epilogue);
     }
 
     backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
@@ -3969,7 +3972,7 @@ class self_attention {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
         B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
-        packed_qkv(x);  // q of position 0 only is used
+        packed_qkv(x);                                      // q of position 0 only is used
         out_.resize(shape<dynamic, dynamic, C>(B, 1, Cn));  // (B, 1, C)
         const T* qp = qkv_.data();
         backend::cpu::attention_inference(out_.data(), Cn, qp, Tn * 3 * Cn, qp + Cn, qp + 2 * Cn,
@@ -4833,8 +4836,8 @@ class encoder_block {
                 out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
             } else {
                 const auto n1 = norm1.forward(ctx, x_);
-                out_ = inference_tail(ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)),
-                                      x_);
+                out_ = inference_tail(
+                    ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)), x_);
             }
             return unflat(out_, B, Tn);
         }
@@ -4880,13 +4883,13 @@ class encoder_block {
         for (std::size_t b = 0; b < B; ++b)
             std::copy_n(x.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
-            out_ = inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)),
-                                  first_.view());
+            out_ =
+                inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)), first_.view());
         } else {
             const auto n1 = norm1.forward(ctx, flat(x));  // every position: keys and values
-            out_ = inference_tail(
-                ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
-                first_.view());
+            out_ =
+                inference_tail(ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
+                               first_.view());
         }
         B_ = B, T_ = 1;
         return unflat(out_, B, 1);
@@ -4962,11 +4965,12 @@ class encoder_block {
 
   private:
     // Prepared inference after the attention: a (rows, C) attention output and the residual
-    // x (rows, C) it adds to. The residuals and the FFN activation run in the products'
-    // epilogues (the same values as the separate passes, bit for bit); dropout is the identity.
+    // x (rows, C) it adds to. The residuals run in the output projections' epilogues (the same
+    // values as residual_add after them, bit for bit); dropout is the identity.
     //   post-norm: n1 = LN1(x + dense(a)); y = LN2(n1 + out(act(inter(n1))))
     //   pre-norm:  h1 = x + dense(a);      y = h1 + out(act(inter(LN2(h1))))
-    view<const T, shape<dynamic, C>> inference_tail(context& ctx, view<const T, shape<dynamic, C>> a,
+    view<const T, shape<dynamic, C>> inference_tail(context& ctx,
+                                                    view<const T, shape<dynamic, C>> a,
                                                     view<const T, shape<dynamic, C>> x) {
         auto add_rows = [](view<const T, shape<dynamic, C>> r) {  // c += r (same rows, columns)
             return [r](T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
@@ -4978,8 +4982,8 @@ class encoder_block {
             };
         };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
-        const auto n = std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1)
-                                                       : norm2.forward(ctx, h1);
+        const auto n =
+            std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
         const auto g = activation.forward(ctx, intermediate.forward(ctx, n));
         if constexpr (std::is_same_v<Norm, post_norm>) {
             const auto h2 = output_dense.forward_fused(ctx, g, add_rows(n));  // n1 + out(...)
@@ -5211,8 +5215,9 @@ class encoder {
     }
 
     /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
-    /// forwards skip the per-call packing. Dropped by a train-mode forward or visit_parameters();
-    /// call it again after writing parameters directly.
+    /// forwards then skip the per-call packing and run the fused attention. Visits that may change
+    /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
+    /// prepared mode; call it again after writing parameters directly.
     void prepare_inference() {
         for (auto& block : layer) block.prepare_inference();
     }

@@ -77,8 +77,8 @@ class encoder_block {
                 out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
             } else {
                 const auto n1 = norm1.forward(ctx, x_);
-                out_ = inference_tail(ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)),
-                                      x_);
+                out_ = inference_tail(
+                    ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)), x_);
             }
             return unflat(out_, B, Tn);
         }
@@ -124,13 +124,13 @@ class encoder_block {
         for (std::size_t b = 0; b < B; ++b)
             std::copy_n(x.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
-            out_ = inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)),
-                                  first_.view());
+            out_ =
+                inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)), first_.view());
         } else {
             const auto n1 = norm1.forward(ctx, flat(x));  // every position: keys and values
-            out_ = inference_tail(
-                ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
-                first_.view());
+            out_ =
+                inference_tail(ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
+                               first_.view());
         }
         B_ = B, T_ = 1;
         return unflat(out_, B, 1);
@@ -206,11 +206,12 @@ class encoder_block {
 
   private:
     // Prepared inference after the attention: a (rows, C) attention output and the residual
-    // x (rows, C) it adds to. The residuals and the FFN activation run in the products'
-    // epilogues (the same values as the separate passes, bit for bit); dropout is the identity.
+    // x (rows, C) it adds to. The residuals run in the output projections' epilogues (the same
+    // values as residual_add after them, bit for bit); dropout is the identity.
     //   post-norm: n1 = LN1(x + dense(a)); y = LN2(n1 + out(act(inter(n1))))
     //   pre-norm:  h1 = x + dense(a);      y = h1 + out(act(inter(LN2(h1))))
-    view<const T, shape<dynamic, C>> inference_tail(context& ctx, view<const T, shape<dynamic, C>> a,
+    view<const T, shape<dynamic, C>> inference_tail(context& ctx,
+                                                    view<const T, shape<dynamic, C>> a,
                                                     view<const T, shape<dynamic, C>> x) {
         auto add_rows = [](view<const T, shape<dynamic, C>> r) {  // c += r (same rows, columns)
             return [r](T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
@@ -222,8 +223,8 @@ class encoder_block {
             };
         };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
-        const auto n = std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1)
-                                                       : norm2.forward(ctx, h1);
+        const auto n =
+            std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
         const auto g = activation.forward(ctx, intermediate.forward(ctx, n));
         if constexpr (std::is_same_v<Norm, post_norm>) {
             const auto h2 = output_dense.forward_fused(ctx, g, add_rows(n));  // n1 + out(...)

@@ -113,7 +113,7 @@ class self_attention {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
         B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
-        packed_qkv(x);  // q of position 0 only is used
+        packed_qkv(x);                                      // q of position 0 only is used
         out_.resize(shape<dynamic, dynamic, C>(B, 1, Cn));  // (B, 1, C)
         const T* qp = qkv_.data();
         backend::cpu::attention_inference(out_.data(), Cn, qp, Tn * 3 * Cn, qp + Cn, qp + 2 * Cn,

@@ -37,7 +37,7 @@ class linear {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) {  // inference with W packed once (prepare_inference)
+        if (prepared_) {                        // inference with W packed once (prepare_inference)
             packed_product(x, backend::cpu::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
@@ -114,8 +114,8 @@ class linear {
                                            " features but the layer takes ", in_features()));
         if (!packed_current_) prepare_inference();
         backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(), T(1),
-                                  x.data(), in_features(), packed_, T(0), y_.data(),
-                                  out_features(), bias.value.data(), epilogue);
+                                  x.data(), in_features(), packed_, T(0), y_.data(), out_features(),
+                                  bias.value.data(), epilogue);
     }
 
     backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)

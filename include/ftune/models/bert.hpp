@@ -148,8 +148,9 @@ class encoder {
     }
 
     /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
-    /// forwards skip the per-call packing. Dropped by a train-mode forward or visit_parameters();
-    /// call it again after writing parameters directly.
+    /// forwards then skip the per-call packing and run the fused attention. Visits that may change
+    /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
+    /// prepared mode; call it again after writing parameters directly.
     void prepare_inference() {
         for (auto& block : layer) block.prepare_inference();
     }

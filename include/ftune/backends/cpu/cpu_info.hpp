@@ -22,19 +22,19 @@ namespace backend::cpu {
 
 /// The processor as seen at run time (x86-64 through cpuid; other CPUs get the caches only).
 struct cpu_info {
-    std::string name;         ///< brand string, e.g. "AMD EPYC 9B45" or "Intel(R) Xeon(R) ..."
-    std::string vendor;       ///< "GenuineIntel", "AuthenticAMD", ... (empty when unknown)
-    unsigned family = 0;      ///< display family (base + extended)
-    unsigned model = 0;       ///< display model (with the extended model bits)
-    bool avx2 = false;        ///< AVX2 and FMA
-    bool avx512f = false;     ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
-    bool avx512_bf16 = false; ///< AVX512-BF16 (vdpbf16ps)
-    bool amx_bf16 = false;    ///< AMX-BF16 tiles
-    std::size_t l1d = 32 * 1024;        ///< L1 data cache per core, bytes
-    std::size_t l2 = 512 * 1024;        ///< L2 per core, bytes
-    std::size_t l3 = 8 * 1024 * 1024;   ///< last-level cache, bytes (the whole cache)
-    std::size_t l3_sharing = 1;         ///< logical CPUs that share the last-level cache
-    bool caches_detected = false;       ///< false: the sizes above are defaults
+    std::string name;             ///< brand string, e.g. "AMD EPYC 9B45" or "Intel(R) Xeon(R) ..."
+    std::string vendor;           ///< "GenuineIntel", "AuthenticAMD", ... (empty when unknown)
+    unsigned family = 0;          ///< display family (base + extended)
+    unsigned model = 0;           ///< display model (with the extended model bits)
+    bool avx2 = false;            ///< AVX2 and FMA
+    bool avx512f = false;         ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
+    bool avx512_bf16 = false;     ///< AVX512-BF16 (vdpbf16ps)
+    bool amx_bf16 = false;        ///< AMX-BF16 tiles
+    std::size_t l1d = 32 * 1024;  ///< L1 data cache per core, bytes
+    std::size_t l2 = 512 * 1024;  ///< L2 per core, bytes
+    std::size_t l3 = 8 * 1024 * 1024;  ///< last-level cache, bytes (the whole cache)
+    std::size_t l3_sharing = 1;        ///< logical CPUs that share the last-level cache
+    bool caches_detected = false;      ///< false: the sizes above are defaults
 
     /// "AMD EPYC 9B45 (family 26 model 2; AVX-512, BF16; L1d 48 KiB, L2 1024 KiB, L3 32 MiB)".
     std::string summary() const {
@@ -42,10 +42,10 @@ struct cpu_info {
         if (avx512_bf16) isa += ", BF16";
         if (amx_bf16) isa += ", AMX-BF16";
         return (name.empty() ? std::string("unknown CPU") : name) + " (family " +
-               std::to_string(family) + " model " + std::to_string(model) + "; " + isa +
-               "; L1d " + std::to_string(l1d / 1024) + " KiB, L2 " + std::to_string(l2 / 1024) +
-               " KiB, L3 " + std::to_string(l3 / (1024 * 1024)) + " MiB" +
-               (caches_detected ? "" : " (assumed)") + ")";
+               std::to_string(family) + " model " + std::to_string(model) + "; " + isa + "; L1d " +
+               std::to_string(l1d / 1024) + " KiB, L2 " + std::to_string(l2 / 1024) + " KiB, L3 " +
+               std::to_string(l3 / (1024 * 1024)) + " MiB" + (caches_detected ? "" : " (assumed)") +
+               ")";
     }
 };
 
@@ -57,8 +57,10 @@ inline std::size_t read_cache_size(const std::string& path) {
     std::string s;
     if (!(in >> s) || s.empty()) return 0;
     std::size_t mult = 1;
-    if (s.back() == 'K') mult = 1024, s.pop_back();
-    else if (s.back() == 'M') mult = 1024 * 1024, s.pop_back();
+    if (s.back() == 'K')
+        mult = 1024, s.pop_back();
+    else if (s.back() == 'M')
+        mult = 1024 * 1024, s.pop_back();
     try {
         return std::stoul(s) * mult;
     } catch (...) {
@@ -146,7 +148,8 @@ inline cpu_info detect() {
     cpuid(0, 0, r);
     const unsigned max_leaf = r[0];
     char vendor[13] = {};
-    std::memcpy(vendor, &r[1], 4), std::memcpy(vendor + 4, &r[3], 4), std::memcpy(vendor + 8, &r[2], 4);
+    std::memcpy(vendor, &r[1], 4), std::memcpy(vendor + 4, &r[3], 4),
+        std::memcpy(vendor + 8, &r[2], 4);
     c.vendor = vendor;
     cpuid(1, 0, r);
     const unsigned base_family = (r[0] >> 8) & 15u, base_model = (r[0] >> 4) & 15u;

@@ -14,8 +14,9 @@
 // kernel. The micro-kernel holds an MR x NR tile of C in registers: 6 x (2 SIMD widths) with
 // AVX2 (12 of 16 registers: each k step loads 2 vectors of B, broadcasts 6 values of A, issues 12
 // FMAs), 8 x (3 widths) with AVX-512 (24 of 32 registers, 24 FMAs per 11 loads). KC, MC and NC
-// come from the caches of the CPU found at run time (cpu_info.hpp). Eigen 3.4's kernel (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT
-// shapes on this project's machines; this one is measured beside it in bench/.
+// come from the caches of the CPU found at run time (cpu_info.hpp). Eigen 3.4's kernel
+// (gemm_eigen.hpp) reaches ~55-60% of the FMA peak at BERT shapes on this project's machines; this
+// one is measured beside it in bench/.
 #pragma once
 
 #include <algorithm>
@@ -42,11 +43,11 @@ namespace gemm_detail {
 /// 10 x 48 were within the noise of 8 x 48, which divides 32- and 128-token inputs evenly.
 template <class T>
 struct blocking {
-    static constexpr std::size_t W = detail::width<T>;        ///< SIMD lanes
-    static constexpr bool wide = W * sizeof(T) >= 64;         ///< 512-bit vectors
-    static constexpr std::size_t MR = wide ? 8 : 6;           ///< rows of the register tile
-    static constexpr std::size_t NV = wide ? 3 : 2;           ///< vectors per row of the tile
-    static constexpr std::size_t NR = NV * W;                 ///< columns of the register tile
+    static constexpr std::size_t W = detail::width<T>;  ///< SIMD lanes
+    static constexpr bool wide = W * sizeof(T) >= 64;   ///< 512-bit vectors
+    static constexpr std::size_t MR = wide ? 8 : 6;     ///< rows of the register tile
+    static constexpr std::size_t NV = wide ? 3 : 2;     ///< vectors per row of the tile
+    static constexpr std::size_t NR = NV * W;           ///< columns of the register tile
 };
 
 /// Cache blocking for scalar type T, taken from the caches of the CPU found at run time.
@@ -70,8 +71,8 @@ const cache_blocking& runtime_blocking() {
         const std::size_t mc =
             std::clamp<std::size_t>(down(c.l2 * 2 / 5 / (kc * sizeof(T)), MR), 4 * MR, 1024);
         const std::size_t l3_core = c.l3 / std::max<std::size_t>(1, c.l3_sharing);
-        const std::size_t nc = std::clamp<std::size_t>(
-            down(l3_core / 2 / (kc * sizeof(T)), NR), 4 * NR, down(4096, NR));
+        const std::size_t nc = std::clamp<std::size_t>(down(l3_core / 2 / (kc * sizeof(T)), NR),
+                                                       4 * NR, down(4096, NR));
         return cache_blocking{kc, mc, nc};
     }();
     return b;
@@ -229,17 +230,17 @@ inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t
                               std::size_t prefetch_steps, const T* bias = nullptr) {
     constexpr std::size_t MR = blocking<T>::MR;
     if (m > MR - 2 || MR <= 4)
-        micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                            bias);
+        micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                   prefetch_steps, bias);
     else if (m > 4 && MR > 6)
-        micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                           bias);
+        micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_steps, bias);
     else if (m > 2)
-        micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                           bias);
+        micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_steps, bias);
     else
-        micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch, prefetch_steps,
-                           bias);
+        micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_steps, bias);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -255,8 +256,8 @@ void scale_c(T* C, std::size_t ldc, std::size_t M, std::size_t N, T beta) {
 /// How often weights were packed: inference with prepared weights must pack nothing per call
 /// (tests/test_allocations.cpp, `ftune bench --mode forward`). Relaxed counters, process-wide.
 struct pack_counters {
-    std::atomic<std::uint64_t> per_call{0};  ///< gemm() calls: each packs op(B) for itself
-    std::atomic<std::uint64_t> prepacked{0}; ///< packed_b::pack() calls (prepare_inference)
+    std::atomic<std::uint64_t> per_call{0};   ///< gemm() calls: each packs op(B) for itself
+    std::atomic<std::uint64_t> prepacked{0};  ///< packed_b::pack() calls (prepare_inference)
 };
 /// The process's pack_counters.
 inline pack_counters& packing_stats() noexcept {

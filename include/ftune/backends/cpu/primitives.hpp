@@ -677,9 +677,9 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        T* kt = gemm_detail::scratch<T, 3>(panels_t * NR * d);   // K_hᵀ (d, T) in panels
+        T* kt = gemm_detail::scratch<T, 3>(panels_t * NR * d);     // K_hᵀ (d, T) in panels
         T* vp = gemm_detail::scratch<T, 4>(panels_d * NR_O * Tn);  // V_h (T, d) in panels
-        T* st = gemm_detail::scratch<T, 5>(MR * ld_s);           // (MR, T) scores, then probs
+        T* st = gemm_detail::scratch<T, 5>(MR * ld_s);             // (MR, T) scores, then probs
         for (std::size_t u = u0; u < u1; ++u) {
             const std::size_t b = u / H, h = u % H;
             const T* qh = q + b * Tq * ldq + h * d;
@@ -708,11 +708,10 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
                     for (std::size_t i = 0; i < MR; ++i)
                         a.rows[i] = qh + (i0 + std::min(i, mr - 1)) * ldq + pc;
                     for (std::size_t p = 0; p < panels_t; ++p)
-                        gemm_detail::micro_kernel_rows(kc, a, kt + pc * ld_s + p * kc * NR,
-                                                       st + p * NR, ld_s, mr,
-                                                       std::min(NR, Tn - p * NR), T(1), T(0),
-                                                       pc == 0, static_cast<const T*>(nullptr),
-                                                       std::size_t(0));
+                        gemm_detail::micro_kernel_rows(
+                            kc, a, kt + pc * ld_s + p * kc * NR, st + p * NR, ld_s, mr,
+                            std::min(NR, Tn - p * NR), T(1), T(0), pc == 0,
+                            static_cast<const T*>(nullptr), std::size_t(0));
                 }
                 for (std::size_t i = 0; i < mr; ++i)
                     detail::softmax_row(st + i * ld_s, st + i * ld_s, mask, scale,
