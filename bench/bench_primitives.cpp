@@ -571,7 +571,8 @@ void print_summary(const collecting_reporter& rep) {
         auto it = rep.runs.find(k);
         return it == rep.runs.end() ? nullptr : &it->second;
     };
-    std::printf("\n## Summary (B=16, T=128; best repetition)\n\n");
+    std::printf("\n## Summary (B=16, T=128; best repetition) on %s\n\n",
+                ftune::backend::cpu::this_cpu().summary().c_str());
     for (int t : {1, 2}) {
         const std::string ts = "/threads:" + std::to_string(t) + "/real_time";
         const auto* peak = get("peak/fma" + ts);
@@ -644,6 +645,7 @@ int main(int argc, char** argv) {
     argv = args.data();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::AddCustomContext("cpu", ftune::backend::cpu::this_cpu().summary());
     collecting_reporter rep;
     benchmark::RunSpecifiedBenchmarks(&rep);
     print_summary(rep);

@@ -81,7 +81,8 @@ def main():
         "speedup_max": max(speed),
         "ftune_percent_of_peak": max(f["percent_of_peak"] for f, _ in rows),
         "ftune_peak_rss_mb": max(f["peak_rss_mb"] for f, _ in rows),
-        "pytorch_peak_rss_mb": max(p["peak_rss_mb"] for _, p in rows)}))
+        "pytorch_peak_rss_mb": max(p["peak_rss_mb"] for _, p in rows),
+        "cpu": rows[0][0].get("cpu", "")}))
 
 
 if __name__ == "__main__":
