@@ -262,7 +262,13 @@ TEMPLATE_TEST_CASE(
     // a forward that kept nothing for backward refuses backward; unprepared models and training
     // forwards are the only way to gradients
     const std::vector<float> d(B * 3, 1.0f);
+    packed.zero_grad();
     CHECK_THROWS_AS(packed.backward(eval, {d.data(), B, 3}), ftune::error);
+    std::size_t touched = 0;  // refused before any gradient was accumulated
+    packed.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        for (float g : p.grad) touched += g != 0.0f;
+    });
+    CHECK(touched == 0);
     CHECK_THROWS_AS(plain.bert.forward_first_tokens(eval, {ids.data(), B, T}), ftune::error);
 }
 

@@ -2040,16 +2040,17 @@ struct blocking {
     static constexpr std::size_t NR = NV * W;           ///< columns of the register tile
 };
 
-/// Cache blocking for scalar type T, taken from the caches of the CPU found at run time.
+/// Cache blocking, taken from the caches of the CPU found at run time (runtime_blocking<T>).
 struct cache_blocking {
-    std::size_t kc;  ///< max depth of a block: a B panel (kc x NR) is 1/8 of L2 at most
+    std::size_t kc;  ///< max depth of a block: a B panel (kc x NR) is 1/8 of L2 (kc >= 128)
     std::size_t mc;  ///< rows of an A block: mc x kc is 2/5 of L2
-    std::size_t nc;  ///< columns of a B block: kc x nc is half the L3 share of one core
+    std::size_t nc;  ///< columns of a B block: kc x nc is half the L3 share of a logical CPU
 };
 
 /// The blocking of T on this CPU, computed once. KC is 384 wherever the L2 holds eight B panels
 /// of that depth (384 beat 128-768 on Zen 3 and Zen 5); MC fills 2/5 of the L2 (Zen 3's 512 KiB
-/// gives 132 rows, measured best near 144); NC half the last-level cache a core can count on.
+/// gives 132 rows, measured best near 144); NC half the last-level cache one logical CPU can
+/// count on (the L3 divided by the CPUs sysfs says share it).
 template <class T>
 const cache_blocking& runtime_blocking() {
     static const cache_blocking b = [] {
@@ -2145,10 +2146,11 @@ struct strided_rows {
     T operator()(std::size_t i, std::size_t k) const noexcept { return rows[i][k]; }
 };
 
-/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps for R <= MR rows, then
-/// C[0:m, 0:n] = alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
-/// The arithmetic of each element depends neither on how A is read nor on R (a short tile at the
-/// bottom of a matrix runs with R = 4 or 2 instead of computing rows it throws away).
+/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps for R <= MR rows and NV
+/// vectors of columns, then C[0:m, 0:n] = alpha * acc + (first ? beta * C : C), + bias[0:n] when
+/// bias is given (after the sum). With first && beta == 0, C is not read. The arithmetic of each
+/// element depends neither on how A is read nor on R or NV (a short tile at the bottom of a
+/// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away).
 template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
           std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
@@ -2350,13 +2352,13 @@ class packed_b {
         const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
         const std::size_t NC = cb.nc, KC = cb.kc;
         packing_stats().prepacked.fetch_add(1, std::memory_order_relaxed);
-        K_ = K, N_ = N, nc_ = NC;
-        kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
         if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
             data_ = std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
             cap_ = n;
         }
+        K_ = K, N_ = N, nc_ = NC;  // after the allocation, which may throw
+        kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t panels_all = (N + NR - 1) / NR;
         detail::parallel_for(panels_all, 8, [&](std::size_t q0, std::size_t q1) {
             for (std::size_t q = q0; q < q1; ++q) {
@@ -2425,8 +2427,12 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                                        " but the product needs ", K, " x ", N,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
-    if (K == 0 || alpha == T(0)) {
+    if (K == 0 || alpha == T(0)) {  // no product: beta * C, then the bias and the epilogue
         gemm_detail::scale_c(C, ldc, M, N, beta);
+        if (bias)
+            for (std::size_t i = 0; i < M; ++i)
+                for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+        epilogue(C, ldc, 0, M, 0, N);
         return;
     }
     int nt = 1;
@@ -3154,9 +3160,10 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
 /// keys 0 .. i. One (b, h) pair per unit of work: its K_hᵀ and V_h are packed once into
 /// the GEMM's panels (in L1/L2), then MR queries at a time get their scores, softmax and output
 /// while the score rows stay in L1. No (B, H, T, T) buffer, no per-call weight packing, one
-/// parallel region. The arithmetic of every element is that of gemm() + softmax_forward() +
-/// gemm() (same micro-kernel, same K blocks, same row softmax), so the results are equal bit for
-/// bit to the training-mode path.
+/// parallel region. With Tq = T the arithmetic of every element is that of gemm() +
+/// softmax_forward() + gemm() (same micro-kernel, same K blocks, same row softmax), so the
+/// results equal the training-mode path's bit for bit; with Tq < T the queries are the first
+/// positions (softmax_forward's causal mask would align them to the last ones instead).
 template <scalar T>
 void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
                          const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
@@ -3803,12 +3810,14 @@ class linear {
     }
 
     /// Packs W once for inference: from now on eval-mode forwards skip the per-call packing of
-    /// the weights (same results, bit for bit) and add the bias in the product's epilogue. A
-    /// visit_parameters() that may change the weights (any visitor not derived from
-    /// keeps_values) marks the packed copy stale and the next eval-mode forward packs W again;
-    /// a train-mode forward ends the prepared mode. After writing weight.value directly (or
-    /// through parameter references collected before this call), call prepare_inference() again.
+    /// the weights (same results, bit for bit) and add the bias as the product's tiles are
+    /// stored. A visit_parameters() that may change the weights (any visitor not derived from
+    /// keeps_values) marks the packed copy stale and the next eval-mode forward packs W again; a
+    /// train-mode forward ends the prepared mode. Writes that bypass a visit are not seen: after
+    /// writing weight.value directly, or through parameter references kept from an earlier visit
+    /// once an eval-mode forward has run since, call prepare_inference() again.
     void prepare_inference() {
+        packed_current_ = false;  // until the packing below has succeeded
         packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
                      out_features());
         prepared_ = packed_current_ = true;
@@ -4040,9 +4049,11 @@ class self_attention {
     /// backend::cpu::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
     /// A visit that may change the weights marks the packing stale (the next eval-mode forward
     /// packs again); a train-mode forward ends the prepared mode. After writing the weights
-    /// directly, call it again.
+    /// directly (or through references kept from an earlier visit once an eval-mode forward has
+    /// run since), call it again.
     void prepare_inference() {
         const std::size_t Cn = query.in_features();
+        packed_current_ = false;  // until the packing below has succeeded
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
         static thread_local buffer<T, shape<dynamic, dynamic>> qkv_weight;
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
@@ -4937,6 +4948,9 @@ class encoder_block {
         intermediate.prepare_inference(), output_dense.prepare_inference();
     }
 
+    /// Whether the last forward ran the prepared inference path (backward would throw).
+    bool kept_nothing_for_backward() const noexcept { return inference_only_; }
+
     /// Whether eval-mode forwards run on the weights packed by prepare_inference().
     bool inference_prepared() const noexcept { return attention.inference_prepared(); }
 
@@ -5176,6 +5190,11 @@ class encoder {
         return layer.back().forward_first(ctx, h, mask_.view());
     }
 
+    /// Whether the last forward ran the prepared inference path (backward would throw).
+    bool kept_nothing_for_backward() const noexcept {
+        return !layer.empty() && layer.back().kept_nothing_for_backward();
+    }
+
     /// Whether eval-mode forwards use packed weights (prepare_inference(), not since ended by a
     /// train-mode forward).
     bool inference_prepared() const noexcept {
@@ -5331,6 +5350,16 @@ namespace detail {
 inline double classifier_dropout(const config& c) {
     return c.classifier_dropout >= 0 ? c.classifier_dropout : c.hidden_dropout_prob;
 }
+/// Throws when the encoder's last forward ran the prepared inference path, which keeps nothing
+/// for backward: before any gradient of the head is touched.
+template <class Encoder>
+void require_backward(const Encoder& e, std::string_view model) {
+    if (e.kept_nothing_for_backward())
+        throw error(errc::invalid_argument, std::string(model) + " backward",
+                    "the forward ran the prepared inference path (prepare_inference()), which "
+                    "keeps nothing for backward; run the forward in training mode (which ends "
+                    "the prepared mode), or on a model never prepared");
+}
 /// (B, T, C) <-> (B*T, C) views of the same memory.
 template <class U, std::size_t C>
 view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
@@ -5371,6 +5400,7 @@ class model {
     /// Accumulates every gradient from d hidden states (B, T, C) and d pooled (B, C) (empty: 0).
     void backward(context& ctx, output_view d_hidden,
                   typename layers::pooler<value_type, C>::output_view d_pooled = {}) {
+        detail::require_backward(bert, architecture);
         d_.resize(d_hidden.shape());
         std::copy_n(d_hidden.data(), d_hidden.size(), d_.data());
         if (!d_pooled.empty()) pooler.backward(ctx, d_pooled, d_.view());
@@ -5441,6 +5471,7 @@ class sequence_classifier {
 
     /// Accumulates every trainable parameter's gradient from d logits (B, L).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t B = d_logits.extent(0), Cn = bert.hidden_size();
         d_drop_.resize(shape<dynamic, C>(B, Cn));
         d_pooled_.resize(shape<dynamic, C>(B, Cn));
@@ -5511,6 +5542,7 @@ class token_classifier {
 
     /// Accumulates every trainable parameter's gradient from d logits (B, T, L).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t N = B_ * T_, Cn = bert.hidden_size();
         d_drop_.resize(shape<dynamic, C>(N, Cn));
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
@@ -5567,6 +5599,7 @@ class question_answering {
 
     /// Accumulates every trainable parameter's gradient from d logits (B, T, 2).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t N = B_ * T_, Cn = bert.hidden_size();
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
         d_hidden_.fill(value_type(0));
@@ -5634,6 +5667,7 @@ class masked_lm {
     /// Accumulates every trainable parameter's gradient from d logits (B, T, V); the decoder's
     /// gradient goes into the word-embedding table (tied).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t N = B_ * T_, Cn = bert.hidden_size();
         auto& E = bert.embeddings.word_embeddings.weight;
         const view<const value_type, shape<dynamic, dynamic>> dl(d_logits.data(), N,

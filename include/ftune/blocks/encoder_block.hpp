@@ -178,6 +178,9 @@ class encoder_block {
         intermediate.prepare_inference(), output_dense.prepare_inference();
     }
 
+    /// Whether the last forward ran the prepared inference path (backward would throw).
+    bool kept_nothing_for_backward() const noexcept { return inference_only_; }
+
     /// Whether eval-mode forwards run on the weights packed by prepare_inference().
     bool inference_prepared() const noexcept { return attention.inference_prepared(); }
 

@@ -181,9 +181,11 @@ class self_attention {
     /// backend::cpu::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
     /// A visit that may change the weights marks the packing stale (the next eval-mode forward
     /// packs again); a train-mode forward ends the prepared mode. After writing the weights
-    /// directly, call it again.
+    /// directly (or through references kept from an earlier visit once an eval-mode forward has
+    /// run since), call it again.
     void prepare_inference() {
         const std::size_t Cn = query.in_features();
+        packed_current_ = false;  // until the packing below has succeeded
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
         static thread_local buffer<T, shape<dynamic, dynamic>> qkv_weight;
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));

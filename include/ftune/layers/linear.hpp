@@ -63,12 +63,14 @@ class linear {
     }
 
     /// Packs W once for inference: from now on eval-mode forwards skip the per-call packing of
-    /// the weights (same results, bit for bit) and add the bias in the product's epilogue. A
-    /// visit_parameters() that may change the weights (any visitor not derived from
-    /// keeps_values) marks the packed copy stale and the next eval-mode forward packs W again;
-    /// a train-mode forward ends the prepared mode. After writing weight.value directly (or
-    /// through parameter references collected before this call), call prepare_inference() again.
+    /// the weights (same results, bit for bit) and add the bias as the product's tiles are
+    /// stored. A visit_parameters() that may change the weights (any visitor not derived from
+    /// keeps_values) marks the packed copy stale and the next eval-mode forward packs W again; a
+    /// train-mode forward ends the prepared mode. Writes that bypass a visit are not seen: after
+    /// writing weight.value directly, or through parameter references kept from an earlier visit
+    /// once an eval-mode forward has run since, call prepare_inference() again.
     void prepare_inference() {
+        packed_current_ = false;  // until the packing below has succeeded
         packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
                      out_features());
         prepared_ = packed_current_ = true;

@@ -109,6 +109,11 @@ class encoder {
         return layer.back().forward_first(ctx, h, mask_.view());
     }
 
+    /// Whether the last forward ran the prepared inference path (backward would throw).
+    bool kept_nothing_for_backward() const noexcept {
+        return !layer.empty() && layer.back().kept_nothing_for_backward();
+    }
+
     /// Whether eval-mode forwards use packed weights (prepare_inference(), not since ended by a
     /// train-mode forward).
     bool inference_prepared() const noexcept {

@@ -35,6 +35,16 @@ namespace detail {
 inline double classifier_dropout(const config& c) {
     return c.classifier_dropout >= 0 ? c.classifier_dropout : c.hidden_dropout_prob;
 }
+/// Throws when the encoder's last forward ran the prepared inference path, which keeps nothing
+/// for backward: before any gradient of the head is touched.
+template <class Encoder>
+void require_backward(const Encoder& e, std::string_view model) {
+    if (e.kept_nothing_for_backward())
+        throw error(errc::invalid_argument, std::string(model) + " backward",
+                    "the forward ran the prepared inference path (prepare_inference()), which "
+                    "keeps nothing for backward; run the forward in training mode (which ends "
+                    "the prepared mode), or on a model never prepared");
+}
 /// (B, T, C) <-> (B*T, C) views of the same memory.
 template <class U, std::size_t C>
 view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
@@ -75,6 +85,7 @@ class model {
     /// Accumulates every gradient from d hidden states (B, T, C) and d pooled (B, C) (empty: 0).
     void backward(context& ctx, output_view d_hidden,
                   typename layers::pooler<value_type, C>::output_view d_pooled = {}) {
+        detail::require_backward(bert, architecture);
         d_.resize(d_hidden.shape());
         std::copy_n(d_hidden.data(), d_hidden.size(), d_.data());
         if (!d_pooled.empty()) pooler.backward(ctx, d_pooled, d_.view());
@@ -145,6 +156,7 @@ class sequence_classifier {
 
     /// Accumulates every trainable parameter's gradient from d logits (B, L).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t B = d_logits.extent(0), Cn = bert.hidden_size();
         d_drop_.resize(shape<dynamic, C>(B, Cn));
         d_pooled_.resize(shape<dynamic, C>(B, Cn));
@@ -215,6 +227,7 @@ class token_classifier {
 
     /// Accumulates every trainable parameter's gradient from d logits (B, T, L).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t N = B_ * T_, Cn = bert.hidden_size();
         d_drop_.resize(shape<dynamic, C>(N, Cn));
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
@@ -271,6 +284,7 @@ class question_answering {
 
     /// Accumulates every trainable parameter's gradient from d logits (B, T, 2).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t N = B_ * T_, Cn = bert.hidden_size();
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
         d_hidden_.fill(value_type(0));
@@ -338,6 +352,7 @@ class masked_lm {
     /// Accumulates every trainable parameter's gradient from d logits (B, T, V); the decoder's
     /// gradient goes into the word-embedding table (tied).
     void backward(context& ctx, output_view d_logits) {
+        detail::require_backward(bert, architecture);
         const std::size_t N = B_ * T_, Cn = bert.hidden_size();
         auto& E = bert.embeddings.word_embeddings.weight;
         const view<const value_type, shape<dynamic, dynamic>> dl(d_logits.data(), N,

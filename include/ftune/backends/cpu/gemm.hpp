@@ -50,16 +50,17 @@ struct blocking {
     static constexpr std::size_t NR = NV * W;           ///< columns of the register tile
 };
 
-/// Cache blocking for scalar type T, taken from the caches of the CPU found at run time.
+/// Cache blocking, taken from the caches of the CPU found at run time (runtime_blocking<T>).
 struct cache_blocking {
-    std::size_t kc;  ///< max depth of a block: a B panel (kc x NR) is 1/8 of L2 at most
+    std::size_t kc;  ///< max depth of a block: a B panel (kc x NR) is 1/8 of L2 (kc >= 128)
     std::size_t mc;  ///< rows of an A block: mc x kc is 2/5 of L2
-    std::size_t nc;  ///< columns of a B block: kc x nc is half the L3 share of one core
+    std::size_t nc;  ///< columns of a B block: kc x nc is half the L3 share of a logical CPU
 };
 
 /// The blocking of T on this CPU, computed once. KC is 384 wherever the L2 holds eight B panels
 /// of that depth (384 beat 128-768 on Zen 3 and Zen 5); MC fills 2/5 of the L2 (Zen 3's 512 KiB
-/// gives 132 rows, measured best near 144); NC half the last-level cache a core can count on.
+/// gives 132 rows, measured best near 144); NC half the last-level cache one logical CPU can
+/// count on (the L3 divided by the CPUs sysfs says share it).
 template <class T>
 const cache_blocking& runtime_blocking() {
     static const cache_blocking b = [] {
@@ -155,10 +156,11 @@ struct strided_rows {
     T operator()(std::size_t i, std::size_t k) const noexcept { return rows[i][k]; }
 };
 
-/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps for R <= MR rows, then
-/// C[0:m, 0:n] = alpha * acc + (first ? beta * C : C). With first && beta == 0, C is not read.
-/// The arithmetic of each element depends neither on how A is read nor on R (a short tile at the
-/// bottom of a matrix runs with R = 4 or 2 instead of computing rows it throws away).
+/// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps for R <= MR rows and NV
+/// vectors of columns, then C[0:m, 0:n] = alpha * acc + (first ? beta * C : C), + bias[0:n] when
+/// bias is given (after the sum). With first && beta == 0, C is not read. The arithmetic of each
+/// element depends neither on how A is read nor on R or NV (a short tile at the bottom of a
+/// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away).
 template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
           std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
@@ -360,13 +362,13 @@ class packed_b {
         const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
         const std::size_t NC = cb.nc, KC = cb.kc;
         packing_stats().prepacked.fetch_add(1, std::memory_order_relaxed);
-        K_ = K, N_ = N, nc_ = NC;
-        kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
         if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
             data_ = std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
             cap_ = n;
         }
+        K_ = K, N_ = N, nc_ = NC;  // after the allocation, which may throw
+        kc_ = K == 0 ? 0 : (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
         const std::size_t panels_all = (N + NR - 1) / NR;
         detail::parallel_for(panels_all, 8, [&](std::size_t q0, std::size_t q1) {
             for (std::size_t q = q0; q < q1; ++q) {
@@ -435,8 +437,12 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                                        " but the product needs ", K, " x ", N,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
-    if (K == 0 || alpha == T(0)) {
+    if (K == 0 || alpha == T(0)) {  // no product: beta * C, then the bias and the epilogue
         gemm_detail::scale_c(C, ldc, M, N, beta);
+        if (bias)
+            for (std::size_t i = 0; i < M; ++i)
+                for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+        epilogue(C, ldc, 0, M, 0, N);
         return;
     }
     int nt = 1;

@@ -652,9 +652,10 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
 /// keys 0 .. i. One (b, h) pair per unit of work: its K_hᵀ and V_h are packed once into
 /// the GEMM's panels (in L1/L2), then MR queries at a time get their scores, softmax and output
 /// while the score rows stay in L1. No (B, H, T, T) buffer, no per-call weight packing, one
-/// parallel region. The arithmetic of every element is that of gemm() + softmax_forward() +
-/// gemm() (same micro-kernel, same K blocks, same row softmax), so the results are equal bit for
-/// bit to the training-mode path.
+/// parallel region. With Tq = T the arithmetic of every element is that of gemm() +
+/// softmax_forward() + gemm() (same micro-kernel, same K blocks, same row softmax), so the
+/// results equal the training-mode path's bit for bit; with Tq < T the queries are the first
+/// positions (softmax_forward's causal mask would align them to the last ones instead).
 template <scalar T>
 void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
                          const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
