@@ -1002,6 +1002,8 @@ FTUNE_NAMESPACE_END
 // ---- begin ftune/core/context.hpp ----
 // The run context passed to every forward/backward call: mode, random numbers, threads.
 
+#include <string>
+
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -1015,6 +1017,15 @@ struct context {
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };
+
+/// The error of a backward after a forward on the prepared inference path (prepare_inference()),
+/// which keeps nothing for backward; `where` names the layer or model.
+inline error no_backward_after_inference(const std::string& where) {
+    return error(errc::invalid_argument, where + " backward",
+                 "the forward ran the prepared inference path (prepare_inference()), which keeps "
+                 "nothing for backward; run the forward in training mode (which ends the "
+                 "prepared mode), or on a model never prepared");
+}
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/context.hpp ----
@@ -3926,17 +3937,7 @@ class self_attention {
         const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) {  // inference: [Wq; Wk; Wv] packed once, fused attention, nothing kept
-            packed_qkv(x);
-            out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
-            const T* qp = qkv_.data();  // q, k, v: columns 0, C, 2C of each (3C) row
-            backend::cpu::attention_inference(out_.data(), Cn, qp, 3 * Cn, qp + Cn, qp + 2 * Cn,
-                                              3 * Cn, key_mask.empty() ? nullptr : key_mask.data(),
-                                              T(1) / std::sqrt(T(d)), B, H, Tn, Tn, d, causal);
-            last_fused_ = true;
-            dropped_ = false;
-            return out_.view();
-        }
+        if (prepared_) return fused_attention(x, key_mask, Tn);  // packed, fused, nothing kept
         last_fused_ = false;
         q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
         k_ = key.forward(ctx, x2);
@@ -3978,25 +3979,12 @@ class self_attention {
         if (ctx.training() || !prepared_)
             throw error(errc::invalid_argument, "self_attention::forward_first",
                         "runs on a model prepared for inference, in eval mode");
-        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
-                          d = Cn / H;
-        B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
-        packed_qkv(x);                                      // q of position 0 only is used
-        out_.resize(shape<dynamic, dynamic, C>(B, 1, Cn));  // (B, 1, C)
-        const T* qp = qkv_.data();
-        backend::cpu::attention_inference(out_.data(), Cn, qp, Tn * 3 * Cn, qp + Cn, qp + 2 * Cn,
-                                          3 * Cn, key_mask.empty() ? nullptr : key_mask.data(),
-                                          T(1) / std::sqrt(T(d)), B, H, 1, Tn, d, causal);
-        return out_.view();
+        return fused_attention(x, key_mask, 1);
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
-        if (last_fused_)
-            throw error(errc::invalid_argument, "self_attention backward",
-                        "the forward ran the fused inference attention of prepare_inference(), "
-                        "which keeps nothing for backward; run the forward in training mode "
-                        "(which ends the prepared mode), or on a model never prepared");
+        if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = scratch();  // shared by every attention layer of this type on this thread
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
@@ -4094,6 +4082,23 @@ class self_attention {
     }
 
   private:
+    // Prepared inference: out_ (B, queries, C) for the first `queries` positions of each
+    // sequence (all T, or 1), through the packed [Wq; Wk; Wv] and attention_inference.
+    output_view fused_attention(input_view x, mask_view key_mask, std::size_t queries) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
+                          d = Cn / H;
+        B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
+        packed_qkv(x);
+        out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
+        const T* qp = qkv_.data();  // q, k, v: columns 0, C, 2C of each (3C) row
+        // queries' row stride: a row, or (one query per sequence) a whole sequence
+        const std::size_t ldq = queries == Tn ? 3 * Cn : Tn * 3 * Cn;
+        backend::cpu::attention_inference(out_.data(), Cn, qp, ldq, qp + Cn, qp + 2 * Cn, 3 * Cn,
+                                          key_mask.empty() ? nullptr : key_mask.data(),
+                                          T(1) / std::sqrt(T(d)), B, H, queries, Tn, d, causal);
+        return out_.view();
+    }
+
     // qkv_ (B*T, 3C) = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv] with the packed weights (packed again
     // first when a visit made them stale)
     void packed_qkv(input_view x) {
@@ -4908,11 +4913,7 @@ class encoder_block {
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
-        if (inference_only_)
-            throw error(errc::invalid_argument, "encoder_block backward",
-                        "the forward ran the prepared inference path (prepare_inference()), "
-                        "which keeps nothing for backward; run the forward in training mode "
-                        "(which ends the prepared mode), or on a model never prepared");
+        if (inference_only_) throw no_backward_after_inference("encoder_block");
         auto& s = scratch();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
@@ -5354,11 +5355,7 @@ inline double classifier_dropout(const config& c) {
 /// for backward: before any gradient of the head is touched.
 template <class Encoder>
 void require_backward(const Encoder& e, std::string_view model) {
-    if (e.kept_nothing_for_backward())
-        throw error(errc::invalid_argument, std::string(model) + " backward",
-                    "the forward ran the prepared inference path (prepare_inference()), which "
-                    "keeps nothing for backward; run the forward in training mode (which ends "
-                    "the prepared mode), or on a model never prepared");
+    if (e.kept_nothing_for_backward()) throw no_backward_after_inference(std::string(model));
 }
 /// (B, T, C) <-> (B*T, C) views of the same memory.
 template <class U, std::size_t C>

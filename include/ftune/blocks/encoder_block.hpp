@@ -138,11 +138,7 @@ class encoder_block {
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
-        if (inference_only_)
-            throw error(errc::invalid_argument, "encoder_block backward",
-                        "the forward ran the prepared inference path (prepare_inference()), "
-                        "which keeps nothing for backward; run the forward in training mode "
-                        "(which ends the prepared mode), or on a model never prepared");
+        if (inference_only_) throw no_backward_after_inference("encoder_block");
         auto& s = scratch();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);

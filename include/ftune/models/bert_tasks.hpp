@@ -39,11 +39,7 @@ inline double classifier_dropout(const config& c) {
 /// for backward: before any gradient of the head is touched.
 template <class Encoder>
 void require_backward(const Encoder& e, std::string_view model) {
-    if (e.kept_nothing_for_backward())
-        throw error(errc::invalid_argument, std::string(model) + " backward",
-                    "the forward ran the prepared inference path (prepare_inference()), which "
-                    "keeps nothing for backward; run the forward in training mode (which ends "
-                    "the prepared mode), or on a model never prepared");
+    if (e.kept_nothing_for_backward()) throw no_backward_after_inference(std::string(model));
 }
 /// (B, T, C) <-> (B*T, C) views of the same memory.
 template <class U, std::size_t C>
