@@ -1,6 +1,8 @@
 // Benchmarks of every primitive at the shapes of MiniLM-L12-H384 (hidden 384, FFN 1536, 12 heads)
 // and BERT-base (768, 3072, 12 heads), batch 16 x sequence 128, on 1 and 2 threads, with the
-// reference implementation beside the CPU one and a probe of this machine's peak.
+// reference implementation beside the CPU one and a probe of this machine's peak. The infer_*
+// rows are the served path at batch 1 (1 x 32 and 1 x 128 tokens): the projections on weights
+// packed once (gemm_packed) and the fused attention (attention_inference).
 //
 //   build/bin/ftune_bench_primitives                 all benchmarks, then a summary table
 //   build/bin/ftune_bench_primitives --benchmark_filter=gemm
@@ -17,6 +19,7 @@
 #include <ftune/backends/cpu/primitives.hpp>
 #include <ftune/backends/reference/primitives.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -148,6 +151,34 @@ void bench_attention_gemm(benchmark::State& st, const model_dims& m) {
         benchmark::DoNotOptimize(S.data());
     }
     report_flops(st, 2.0 * double(batch) * T * T * double(d));
+}
+
+// Batch-1 inference (the served path): x Wᵀ on weights packed once, M = one sequence's tokens.
+void bench_gemm_packed(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K) {
+    threads(st);
+    auto A = data(M * K, 1), W = data(N * K, 2), C = data(M * N, 3);
+    cpu::packed_b<float> Wp;
+    Wp.pack(W.data(), K, transpose::yes, K, N);
+    for (auto _ : st) {
+        cpu::gemm_packed(transpose::no, M, N, K, 1.0f, A.data(), K, Wp, 0.0f, C.data(), N);
+        benchmark::DoNotOptimize(C.data());
+    }
+    report_flops(st, 2.0 * double(M) * double(N) * double(K));
+}
+
+// Fused inference attention of one sequence of T tokens (all heads): Q Kᵀ, softmax, P V.
+void bench_attention_inference(benchmark::State& st, const model_dims& m, std::size_t Tn) {
+    threads(st);
+    const std::size_t C = m.hidden, d = C / m.heads;
+    auto qkv = data(Tn * 3 * C, 1), out = data(Tn * C, 2);
+    std::vector<float> mask(Tn, 0.0f);
+    for (auto _ : st) {
+        cpu::attention_inference(out.data(), C, qkv.data(), 3 * C, qkv.data() + C,
+                                 qkv.data() + 2 * C, 3 * C, mask.data(), 1.0f / std::sqrt(float(d)),
+                                 1, m.heads, Tn, Tn, d);
+        benchmark::DoNotOptimize(out.data());
+    }
+    report_flops(st, 4.0 * double(m.heads) * double(Tn) * double(Tn) * double(d));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,6 +553,20 @@ void register_all() {
         apply_threads(benchmark::RegisterBenchmark(
             (std::string("gemm_attention_qk/") + m.name + "/cpu").c_str(),
             [m](benchmark::State& st) { bench_attention_gemm(st, m); }));
+        for (std::size_t t : {32, 128}) {  // batch 1: the served path's products
+            const std::string tok = "/" + std::string(m.name) + "_1x" + std::to_string(t) + "/cpu";
+            const g inf[] = {{"infer_qkv", t, 3 * H, H, transpose::no, transpose::yes},
+                             {"infer_attn_out", t, H, H, transpose::no, transpose::yes},
+                             {"infer_ffn_up", t, F, H, transpose::no, transpose::yes},
+                             {"infer_ffn_down", t, H, F, transpose::no, transpose::yes}};
+            for (const auto& x : inf)
+                apply_threads(benchmark::RegisterBenchmark(
+                    (x.name + tok).c_str(),
+                    [x](benchmark::State& st) { bench_gemm_packed(st, x.M, x.N, x.K); }));
+            apply_threads(benchmark::RegisterBenchmark(
+                ("infer_attention" + tok).c_str(),
+                [m, t](benchmark::State& st) { bench_attention_inference(st, m, t); }));
+        }
         register_memory_bound<use_cpu>(m, "cpu");
         register_memory_bound<use_ref>(m, "ref");
     }

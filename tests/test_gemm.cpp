@@ -233,6 +233,51 @@ TEMPLATE_TEST_CASE("gemm_packed's bias and epilogue equal gemm, bias_add and the
     CHECK(c == std::vector<T>{T(2), T(-4), T(6), T(2), T(-4), T(6)});
 }
 
+TEMPLATE_TEST_CASE("gemm_packed with add_residual equals gemm, bias_add and residual_add after",
+                   "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const int threads = ftune::num_threads();
+    std::uint64_t seed = 1700;
+    cpu::packed_b<T> packed;
+    // full and partial register tiles, K in one and several blocks, a strided residual
+    for (auto [M, N, K] : {std::tuple<std::size_t, std::size_t, std::size_t>{1, 5, 3},
+                           {13, 50, 384},
+                           {128, 384, 1536},
+                           {300, 97, 70}})
+        for (bool with_bias : {true, false})
+            for (int t : {1, 2}) {
+                ftune::set_num_threads(t);
+                const std::size_t ldr = N + 3;
+                const auto A = test::randn<T>(M * K, seed), B = test::randn<T>(N * K, seed + 1),
+                           bias = test::randn<T>(N, seed + 2),
+                           res = test::randn<T>(M * ldr, seed + 3);
+                seed += 4;
+                std::vector<T> want(M * N), got(M * N, std::numeric_limits<T>::quiet_NaN());
+                cpu::gemm(transpose::no, transpose::yes, M, N, K, T(1), A.data(), K, B.data(), K,
+                          T(0), want.data(), N);
+                if (with_bias) cpu::bias_add(want.data(), bias.data(), M, N);
+                for (std::size_t i = 0; i < M; ++i)
+                    cpu::residual_add(want.data() + i * N, want.data() + i * N,
+                                      res.data() + i * ldr, N);
+                packed.pack(B.data(), K, transpose::yes, K, N);
+                cpu::gemm_packed(transpose::no, M, N, K, T(1), A.data(), K, packed, T(0),
+                                 got.data(), N, with_bias ? bias.data() : nullptr,
+                                 cpu::add_residual<T>{res.data(), ldr});
+                INFO("M=" << M << " N=" << N << " K=" << K << " bias=" << with_bias
+                          << " threads=" << t);
+                REQUIRE(got == want);  // bit for bit
+            }
+    ftune::set_num_threads(threads);
+    // K = 0: C = bias + R through the epilogue's own loop
+    const std::vector<T> bias{T(1), T(-2), T(3)},
+        r{T(10), T(20), T(30), T(0), T(40), T(50), T(60), T(0)};
+    std::vector<T> c(2 * 3, std::numeric_limits<T>::quiet_NaN());
+    packed.pack(static_cast<const T*>(nullptr), 3, transpose::yes, 0, 3);
+    cpu::gemm_packed(transpose::no, 2, 3, 0, T(1), static_cast<const T*>(nullptr), 0, packed, T(0),
+                     c.data(), 3, bias.data(), cpu::add_residual<T>{r.data(), 4});
+    CHECK(c == std::vector<T>{T(11), T(18), T(33), T(41), T(48), T(63)});
+}
+
 TEST_CASE("packing counters: gemm() packs per call, packed_b::pack once", "[primitives][gemm]") {
     auto& c = cpu::packing_stats();
     const std::vector<float> A(4 * 6, 1.0f), B(6 * 5, 2.0f);

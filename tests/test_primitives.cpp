@@ -3,6 +3,7 @@
 #include <ftune/backends/cpu/primitives.hpp>
 #include <ftune/backends/reference/primitives.hpp>
 
+#include <cmath>
 #include <limits>
 #include <tuple>
 
@@ -213,6 +214,68 @@ TEMPLATE_TEST_CASE("softmax: fully masked rows give zeros on the SIMD and parall
     cpu::softmax_forward(p2.data(), s.data(), mask.data(), T(0.5), B, H, Tq, Tk);
     for (std::size_t i = 2 * H * Tq * Tk; i < n; ++i) REQUIRE(p2[i] == T(0));
     require_close(p2, p, tol<T>(16.0 * Tk), "softmax_forward with masked batches");
+}
+
+TEMPLATE_TEST_CASE("softmax: a tile of rows at once equals each row alone, bit for bit",
+                   "[primitives]", float, double) {
+    using T = TestType;
+    constexpr std::size_t R = 8;
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (std::size_t Tk : {1, 7, 16, 37, 128}) {
+        const std::size_t ld = Tk + 5;  // rows of a wider score tile
+        auto s = test::randn<T>(R * ld, 40 + Tk);
+        std::vector<T> mask(Tk, T(0));
+        for (std::size_t k = Tk / 2; k < Tk; k += 3) mask[k] = ninf;  // some keys dropped
+        for (std::size_t k = 0; k < Tk; ++k) s[3 * ld + k] = ninf;    // row 3: every key dropped
+        s[5 * ld + Tk / 2] = std::numeric_limits<T>::quiet_NaN();     // a NaN score
+        for (std::size_t L : {Tk, (Tk + 1) / 2})
+            for (const T* m :
+                 {static_cast<const T*>(mask.data()), static_cast<const T*>(nullptr)}) {
+                std::vector<T> tile(R * ld, T(7)), rows(R * ld, T(7));
+                cpu::detail::softmax_rows<R>(tile.data(), ld, s.data(), ld, m, T(0.3), L, Tk);
+                for (std::size_t r = 0; r < R; ++r)
+                    cpu::detail::softmax_rows<1>(rows.data() + r * ld, ld, s.data() + r * ld, ld, m,
+                                                 T(0.3), L, Tk);
+                INFO("Tk=" << Tk << " L=" << L << " mask=" << (m != nullptr));
+                for (std::size_t i = 0; i < R * ld; ++i)  // NaN rows compare as NaN
+                    REQUIRE((tile[i] == rows[i] || (std::isnan(tile[i]) && std::isnan(rows[i]))));
+                for (std::size_t k = 0; k < Tk; ++k) REQUIRE(tile[3 * ld + k] == T(0));
+            }
+    }
+}
+
+TEST_CASE("exp_nonpositive: within 2 ulp of std::exp on [-88, 0]; 0 below, NaN stays NaN",
+          "[primitives]") {
+    using B = cpu::detail::batch<float>;
+    constexpr std::size_t W = cpu::detail::width<float>;
+    std::vector<float> x;
+    for (double v = -88.0; v <= 0.0; v += 0.0013) x.push_back(float(v));
+    for (float v : {0.0f, -0.0f, -1e-30f, -1e-7f, -0.5f, -87.3f, -88.3f}) x.push_back(v);
+    while (x.size() % W) x.push_back(-1.0f);
+    std::vector<float> y(x.size());
+    for (std::size_t i = 0; i < x.size(); i += W)
+        cpu::detail::exp_nonpositive<float>(B::load_unaligned(x.data() + i))
+            .store_unaligned(y.data() + i);
+    double worst = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const double want = std::exp(double(x[i]));
+        if (want < double(std::numeric_limits<float>::min()) * 2) continue;  // near the cutoff
+        const double ulp = double(std::nextafter(float(want), INFINITY)) - double(float(want));
+        worst = std::max(worst, std::abs(double(y[i]) - want) / ulp);
+    }
+    INFO("worst error " << worst << " ulp");
+    CHECK(worst <= 2.0);
+    float special[W];
+    std::fill_n(special, W, -100.0f);
+    special[1] = -std::numeric_limits<float>::infinity();
+    special[2] = std::numeric_limits<float>::quiet_NaN();
+    special[3] = 0.0f;
+    float out[W];
+    cpu::detail::exp_nonpositive<float>(B::load_unaligned(special)).store_unaligned(out);
+    CHECK(out[0] == 0.0f);
+    CHECK(out[1] == 0.0f);
+    CHECK(std::isnan(out[2]));
+    CHECK(out[3] == 1.0f);
 }
 
 TEMPLATE_TEST_CASE("dropout: same mask as the reference, scaling, p = 0 and p = 1", "[primitives]",

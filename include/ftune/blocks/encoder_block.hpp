@@ -212,14 +212,9 @@ class encoder_block {
     view<const T, shape<dynamic, C>> inference_tail(context& ctx,
                                                     view<const T, shape<dynamic, C>> a,
                                                     view<const T, shape<dynamic, C>> x) {
-        auto add_rows = [](view<const T, shape<dynamic, C>> r) {  // c += r (same rows, columns)
-            return [r](T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
-                       std::size_t cols) {
-                const std::size_t ldr = r.extent(1);
-                for (std::size_t i = 0; i < rows; ++i)
-                    backend::cpu::residual_add(c + i * ldc, c + i * ldc,
-                                               r.data() + (row0 + i) * ldr + col0, cols);
-            };
+        // c += r (same rows, columns), added as the product's register tile is stored
+        auto add_rows = [](view<const T, shape<dynamic, C>> r) {
+            return backend::cpu::add_residual<T>{r.data(), r.extent(1)};
         };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =

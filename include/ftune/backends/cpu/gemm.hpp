@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstddef>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "ftune/backends/cpu/cpu_info.hpp"
@@ -160,13 +161,18 @@ struct strided_rows {
 /// vectors of columns, then C[0:m, 0:n] = alpha * acc + (first ? beta * C : C), + bias[0:n] when
 /// bias is given (after the sum). With first && beta == 0, C is not read. The arithmetic of each
 /// element depends neither on how A is read nor on R or NV (a short tile at the bottom of a
-/// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away).
+/// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away). Then, when given,
+/// the residual tile (rows ldr apart) is added: C = (product + bias) + residual, the value
+/// residual_add gives after the product. Meanwhile the
+/// prefetch_lines 64-byte cache lines from `prefetch` on are prefetched, evenly spread over the
+/// kc steps (a burst would fill the core's miss buffers and stall the kernel's own loads).
 template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
           std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
                          std::size_t m, std::size_t n, T alpha, T beta, bool first,
-                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0,
-                         const T* bias = nullptr) {
+                         const T* prefetch = nullptr, std::size_t prefetch_lines = 0,
+                         const T* bias = nullptr, const T* residual = nullptr,
+                         std::size_t ldr = 0) {
     using B = detail::batch<T>;
     constexpr std::size_t W = blocking<T>::W, NR = NV * W;
     static_assert(R >= 1 && R <= blocking<T>::MR && NV >= 1);
@@ -175,9 +181,15 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
+    // software prefetch (gemm_packed): a line every `gap` steps
+    const char* pf = reinterpret_cast<const char*>(prefetch);
+    const std::size_t gap = prefetch_lines ? std::max<std::size_t>(1, kc / prefetch_lines) : 0;
+    std::size_t pf_left = prefetch_lines, pf_wait = gap;
     for (std::size_t k = 0; k < kc; ++k, b += NR) {
-        // software prefetch (gemm_packed): one NR-wide row of the next B panel per step
-        if (k < prefetch_steps) __builtin_prefetch(prefetch + k * NR, 0, 3);
+        if (pf_left && --pf_wait == 0) {
+            __builtin_prefetch(pf, 0, 3);
+            pf += 64, --pf_left, pf_wait = gap;
+        }
         B bv[NV];
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) bv[v] = B::load_aligned(b + v * W);
@@ -189,14 +201,15 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         }
     }
     const B va(alpha), vb(beta);
-    // C = alpha * acc (+ C, or + beta * C) for one vector of a row
-    auto combine = [&](const B& acc, const T* cr, std::size_t v) {
+    // C = alpha * acc (+ C, or + beta * C) (+ bias) (+ residual) for vector v of row i
+    auto combine = [&](const B& acc, const T* cr, std::size_t i, std::size_t v) {
         B r = alpha == T(1) ? acc : detail::rounded<T>(acc * va);
         if (!first)
             r += B::load_unaligned(cr);
         else if (beta != T(0))
             r = xsimd::fma(vb, B::load_unaligned(cr), r);
         if (bias) r += B::load_unaligned(bias + v * W);  // after the sum: C + bias, as bias_add
+        if (residual) r += B::load_unaligned(residual + i * ldr + v * W);
         return r;
     };
     if (m == R && n == NR) {
@@ -204,7 +217,7 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
             for (std::size_t v = 0; v < NV; ++v)
-                combine(c[i][v], C + i * ldc + v * W, v).store_unaligned(C + i * ldc + v * W);
+                combine(c[i][v], C + i * ldc + v * W, i, v).store_unaligned(C + i * ldc + v * W);
         return;
     }
     // a partial tile: whole vectors where the columns allow, element by element past them
@@ -212,7 +225,7 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         for (std::size_t v = 0; v < NV && v * W < n; ++v) {
             T* cr = C + i * ldc + v * W;
             if ((v + 1) * W <= n) {
-                combine(c[i][v], cr, v).store_unaligned(cr);
+                combine(c[i][v], cr, i, v).store_unaligned(cr);
                 continue;
             }
             alignas(64) T tile[W];
@@ -221,6 +234,7 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
                 cr[j] = !first ? cr[j] + tile[j]
                                : (beta != T(0) ? std::fma(beta, cr[j], tile[j]) : tile[j]);
                 if (bias) cr[j] += bias[v * W + j];
+                if (residual) cr[j] += residual[i * ldr + v * W + j];
             }
         }
 }
@@ -229,20 +243,21 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
 template <class T, class A, std::size_t NV = blocking<T>::NV>
 inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t ldc, std::size_t m,
                               std::size_t n, T alpha, T beta, bool first, const T* prefetch,
-                              std::size_t prefetch_steps, const T* bias = nullptr) {
+                              std::size_t prefetch_lines, const T* bias = nullptr,
+                              const T* residual = nullptr, std::size_t ldr = 0) {
     constexpr std::size_t MR = blocking<T>::MR;
     if (m > MR - 2 || MR <= 4)
         micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                   prefetch_steps, bias);
+                                   prefetch_lines, bias, residual, ldr);
     else if (m > 4 && MR > 6)
         micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                  prefetch_steps, bias);
+                                  prefetch_lines, bias, residual, ldr);
     else if (m > 2)
         micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                  prefetch_steps, bias);
+                                  prefetch_lines, bias, residual, ldr);
     else
         micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                  prefetch_steps, bias);
+                                  prefetch_lines, bias, residual, ldr);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -416,12 +431,27 @@ struct no_epilogue {
                     std::size_t) const noexcept {}
 };
 
+/// The epilogue C += R (R (M, N), rows ldr apart: a residual connection). gemm_packed adds it
+/// inside the micro-kernel as the tile is stored, instead of reloading the stored tile.
+template <class T>
+struct add_residual {
+    const T* r;       ///< R(0, 0)
+    std::size_t ldr;  ///< row stride of R
+    /// C(row0 .., col0 ..) += R at the same place (the same value as inside the kernel).
+    void operator()(T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
+                    std::size_t cols) const noexcept {
+        for (std::size_t i = 0; i < rows; ++i)
+            for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
+    }
+};
+
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
 /// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
 /// bias is added to the finished sum as the register tile is stored). Then epilogue(c, ldc, row0,
 /// rows, col0, cols) runs on each finished tile while it is in L1 (c points at C(row0, col0)):
 /// element-wise work such as an activation or a residual, whose result equals running it over C
-/// afterwards. Small M (one A block) splits B's panels among the threads, so each weight is read
+/// afterwards (add_residual runs inside the micro-kernel). Small M (one A block) splits B's
+/// panels among the threads, so each weight is read
 /// once; larger M splits the rows. Units of work are taken dynamically; no barrier (B is
 /// read-only). The arithmetic of each element does not depend on the split.
 template <scalar T, class Epilogue = no_epilogue>
@@ -451,6 +481,7 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         nt = omp_get_max_threads();
 #endif
     const std::size_t kc_max = Bp.kc();
+    constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<T>>;
     const bool split_columns = M <= MC;  // one A block: the threads share B's panels
     const std::size_t blocks =
         split_columns ? 1
@@ -485,26 +516,33 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                     // used, spread over this panel's row tiles (B is larger than the caches)
                     const bool has_next = q + 1 < q1 && p + 1 < (nc + NR - 1) / NR;
                     const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t per_tile = has_next ? (kc + tiles - 1) / tiles : 0;
+                    const std::size_t lines = has_next ? (kc * NR * sizeof(T) + 63) / 64 : 0;
                     for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
                         const std::size_t mr = std::min(MR, mcur - ir);
                         T* c = C + (ic + ir) * ldc + q * NR;
-                        const std::size_t first_step = std::min(kc, t * per_tile);
-                        const T* pf = b + kc * NR + first_step * NR;
-                        const std::size_t pf_steps = std::min(per_tile, kc - first_step);
-                        const T* bias_q = bias && pc + kc == K ? bias + q * NR : nullptr;
+                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
+                        const T* pf = b + kc * NR + l0 * 64 / sizeof(T);
+                        const std::size_t pf_steps = l1 - l0;  // lines
+                        const bool last = pc + kc == K;
+                        const T* bias_q = bias && last ? bias + q * NR : nullptr;
+                        const T* res = nullptr;
+                        std::size_t ldr = 0;
+                        if constexpr (fused_residual)
+                            if (last)
+                                res = epilogue.r + (ic + ir) * epilogue.ldr + q * NR,
+                                ldr = epilogue.ldr;
                         if (apack) {
                             gemm_detail::micro_kernel_rows(
                                 kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_steps, bias_q);
+                                alpha, beta, pc == 0, pf, pf_steps, bias_q, res, ldr);
                         } else {
                             gemm_detail::strided_rows<T> a;
                             for (std::size_t i = 0; i < MR; ++i)
                                 a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
                             gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_steps, bias_q);
+                                                           pc == 0, pf, pf_steps, bias_q, res, ldr);
                         }
-                        if (pc + kc == K) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
+                        if (last && !fused_residual) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
                     }
                 }
             }

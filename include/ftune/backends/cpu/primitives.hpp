@@ -112,6 +112,30 @@ inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
 // Activations
 
 namespace detail {
+/// e^x for x <= 0 (or NaN), inlined: the algorithm of xsimd 8's float exp (x = k ln 2 + r with
+/// ln 2 in two parts, a degree-5 polynomial in r, times 2^k; 0 below the smallest normal
+/// result) without its call and its overflow branch, which softmax's x - max and GELU's -x²
+/// never need. Other types use xsimd::exp.
+template <class T>
+[[gnu::always_inline]] inline batch<T> exp_nonpositive(const batch<T>& x) noexcept {
+    if constexpr (std::is_same_v<T, float>) {
+        using B = batch<float>;
+        using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+        const B k = xsimd::nearbyint(B(1.442695040888963407359924681001892137426645954152986f) * x);
+        B r = xsimd::fnma(k, xsimd::bitwise_cast<B>(I(0x3f318000)), x);  // ln 2, high bits
+        r = xsimd::fnma(k, xsimd::bitwise_cast<B>(I(std::int32_t(0xb95e8083))), r);  // low bits
+        B y = xsimd::fma(r, B(1.3997796e-03f), B(8.3955629e-03f));
+        y = xsimd::fma(y, r, B(4.1665401e-02f));
+        y = xsimd::fma(y, r, B(1.6666277e-01f));
+        y = xsimd::fma(y, r, B(5.0000000e-01f));
+        y = xsimd::fma(y, r * r, r) + B(1.0f);
+        const B two_k = xsimd::bitwise_cast<B>((xsimd::to_int(k) + I(127)) << 23);  // 2^k
+        return xsimd::select(x <= B(-88.3762626647949f), B(0.0f), y * two_k);
+    } else {
+        return xsimd::exp(x);
+    }
+}
+
 /// Φ(x) = 0.5 (1 + erf(x / √2)) and e = exp(-x² / 2), sharing one exp. For float, erf uses
 /// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, float's resolution near 1; the formula
 /// PyTorch's vectorized CPU erf uses); double keeps xsimd's full-precision erf.
@@ -120,7 +144,7 @@ inline std::pair<batch<T>, batch<T>> normal_cdf_and_exp(batch<T> x) {
     using B = batch<T>;
     const B half(T(0.5)), z = x * B(T(1) / std::numbers::sqrt2_v<T>);
     if constexpr (std::is_same_v<T, float>) {
-        const B az = xsimd::abs(z), e = xsimd::exp(-(az * az));
+        const B az = xsimd::abs(z), e = exp_nonpositive<float>(-(az * az));
         const B t = B(1.0f) / xsimd::fma(B(0.3275911f), az, B(1.0f));
         B poly = xsimd::fma(B(1.061405429f), t, B(-1.453152027f));
         poly = xsimd::fma(poly, t, B(1.421413741f));
@@ -293,42 +317,79 @@ inline std::size_t causal_keys(std::size_t q, std::size_t Tq, std::size_t Tk) {
 }
 
 namespace detail {
+/// R rows of softmax_forward at once, all with the same L: row r of p (row stride ldp) =
+/// softmax over the first L keys of scale * s_r + mask (s row stride lds; mask may be null),
+/// zeros past L and for a row with every key dropped. p may be s. The rows are independent
+/// work interleaved key block by key block, so one row's reductions (max, sum) overlap the
+/// others' instead of stalling on their latency; every element's arithmetic is the same for
+/// any R.
+template <std::size_t R, class T>
+inline void softmax_rows(T* p, std::size_t ldp, const T* s, std::size_t lds, const T* mask, T scale,
+                         std::size_t L, std::size_t Tk) {
+    using B = batch<T>;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    if (L < Tk)
+        for (std::size_t r = 0; r < R; ++r) std::fill(p + r * ldp + L, p + r * ldp + Tk, T(0));
+    if (L == 0) return;
+    // pass 1: z = scale * s + mask (one rounding) into p, and each row's max
+    B mx[R];
+    T tail_max[R];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < R; ++r) mx[r] = B(ninf), tail_max[r] = ninf;
+    const B vs(scale);
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+        const B mk = mask ? load(mask + k, n) : B(T(0));
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < R; ++r) {
+            const B sv = load(s + r * lds + k, n);
+            const B z = mask ? xsimd::fma(vs, sv, mk) : vs * sv;
+            store(p + r * ldp + k, z, n);
+            // max as the reference takes it (z > mx): a NaN score never becomes the maximum
+            if (n == width<T>)
+                mx[r] = xsimd::select(z > mx[r], z, mx[r]);
+            else
+                for (std::size_t j = k; j < k + n; ++j)
+                    if (p[r * ldp + j] > tail_max[r]) tail_max[r] = p[r * ldp + j];
+        }
+    });
+    T ms[R];
+    B m[R], sum[R];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < R; ++r) {
+        ms[r] = std::max(reduce_max(mx[r]), tail_max[r]);  // both NaN-free
+        m[r] = B(ms[r]), sum[r] = B(T(0));
+    }
+    // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < R; ++r) {
+            const B e = exp_nonpositive<T>(load(p + r * ldp + k, n, ninf) - m[r]);
+            store(p + r * ldp + k, e, n);
+            sum[r] += e;
+        }
+    });
+    // pass 3: normalize; a row whose keys are all dropped (max -inf) gets zeros
+    B inv[R];
+    for (std::size_t r = 0; r < R; ++r) {
+        if (ms[r] == ninf) {
+            std::fill_n(p + r * ldp, L, T(0));
+            inv[r] = B(T(0));
+        } else {
+            inv[r] = B(T(1) / reduce_add(sum[r]));
+        }
+    }
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < R; ++r)
+            store(p + r * ldp + k, load(p + r * ldp + k, n) * inv[r], n);
+    });
+}
+
 /// One row of softmax_forward: p(Tk) = softmax over the first L keys of scale * s + mask (mask
 /// may be null), zeros past L and for a row with every key dropped. p may be s.
 template <class T>
 inline void softmax_row(T* p, const T* s, const T* mask, T scale, std::size_t L, std::size_t Tk) {
-    using B = batch<T>;
-    constexpr T ninf = -std::numeric_limits<T>::infinity();
-    if (L < Tk) std::fill(p + L, p + Tk, T(0));
-    if (L == 0) return;
-    // pass 1: z = scale * s + mask into p, and the row max
-    B mx(ninf);
-    T tail_max = ninf;
-    for_each_batch<T>(L, [&](std::size_t k, auto n) {
-        B z = B(scale) * load(s + k, n);
-        if (mask) z += load(mask + k, n);
-        store(p + k, z, n);
-        // max as the reference takes it (z > mx): a NaN score never becomes the maximum
-        if (n == width<T>)
-            mx = xsimd::select(z > mx, z, mx);
-        else
-            for (std::size_t j = k; j < k + n; ++j)
-                if (p[j] > tail_max) tail_max = p[j];
-    });
-    const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
-    if (m == ninf) {
-        std::fill_n(p, L, T(0));
-        return;
-    }
-    // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
-    B sum(T(0));
-    for_each_batch<T>(L, [&](std::size_t k, auto n) {
-        const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
-        store(p + k, e, n);
-        sum += e;
-    });
-    const B inv(T(1) / reduce_add(sum));
-    for_each_batch<T>(L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+    softmax_rows<1>(p, Tk, s, Tk, mask, scale, L, Tk);
 }
 }  // namespace detail
 
@@ -714,9 +775,12 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
                             std::min(NR, Tn - p * NR), T(1), T(0), pc == 0,
                             static_cast<const T*>(nullptr), std::size_t(0));
                 }
-                for (std::size_t i = 0; i < mr; ++i)
-                    detail::softmax_row(st + i * ld_s, st + i * ld_s, mask, scale,
-                                        causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                if (!causal && mr == MR)  // MR rows at once, their reductions overlapping
+                    detail::softmax_rows<MR>(st, ld_s, st, ld_s, mask, scale, Tn, Tn);
+                else
+                    for (std::size_t i = 0; i < mr; ++i)
+                        detail::softmax_rows<1>(st + i * ld_s, ld_s, st + i * ld_s, ld_s, mask,
+                                                scale, causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
                 // out_h = P V_h for these queries: (mr, d)
                 for (std::size_t pc = 0; pc < Tn; pc += kc_o) {
                     const std::size_t kc = std::min(kc_o, Tn - pc);
