@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Hugging Face baseline of README's results table: the same fine-tuning recipe as
+"""The Hugging Face baseline of the results table in docs/parity.md: the same fine-tuning recipe as
 `ftune train` run with Transformers' Trainer in PyTorch on this machine.
 
 For one task it fine-tunes a checkpoint (AutoModelFor{Sequence,Token}Classification with a new

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A randomly initialized BERT in Hugging Face layout, for a language with no pretrained
-checkpoint reachable from this machine (ChnSentiCorp in README's results: bert-base-chinese cannot
+checkpoint reachable from this machine (ChnSentiCorp in the results of docs/parity.md: bert-base-chinese cannot
 be downloaded here, and all-MiniLM-L6-v2's English vocabulary maps 63% of Chinese characters to
 [UNK]). ftune and Transformers then fine-tune the same initial weights with the same recipe.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README's results table: each task fine-tuned by `ftune train` and by Transformers' Trainer
+# The results table of docs/parity.md (and the README's summary): each task fine-tuned by `ftune train` and by Transformers' Trainer
 # (bench/hf_trainer_baseline.py) with the same checkpoint, data, recipe and seed, one after the
 # other on this machine. Prints one JSON line per run and writes the markdown table to
 # $OUT/results.md.

@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -184,6 +185,73 @@ TEST_CASE("tokenizer parity with Hugging Face BERT tokenizers", "[parity][tokeni
         CHECK(o.id_mismatch == 0);
         CHECK(o.offset_mismatch == 0);
     }
+}
+
+TEST_CASE("pre-split words: ids and word ids as Transformers' is_split_into_words",
+          "[parity][tokenizer]") {
+    for (const char* set : {"hard_cased", "hard_uncased", "conll2003_test"}) {
+        const auto lines =
+            read_lines(std::string(FTUNE_REFERENCE_DIR) + "/tokenizer_words_" + set + ".txt.gz");
+        REQUIRE(lines.size() > 1);
+        const json meta = json::parse(lines[0]);
+        const std::vector<std::string> texts = meta.contains("texts")
+                                                   ? meta["texts"].get<std::vector<std::string>>()
+                                                   : data_texts(set);
+        REQUIRE(texts.size() == lines.size() - 1);
+        ftune::text::bert_options options;
+        options.lowercase = meta["lowercase"].get<bool>();
+        const auto tok = ftune::text::bert_tokenizer::from_vocab(
+            std::string(FTUNE_DATA_DIR) + "/" + meta["vocab"].get<std::string>() + "/vocab.txt",
+            options);
+        std::size_t id_mismatch = 0, word_mismatch = 0, compared = 0;
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            const auto cols = split(lines[i + 1], '\t');
+            REQUIRE(cols.size() == 2);
+            const auto enc = tok.encode(texts[i], std::nullopt, {.split_into_words = true});
+            if (enc.ids != ints(cols[0])) {
+                ++id_mismatch;
+                UNSCOPED_INFO(set << " text " << i << " [" << texts[i] << "]: ids differ");
+                continue;
+            }
+            if (cols[1] == "-") continue;  // the fast tokenizer disagrees: no word ids
+            ++compared;
+            const auto words = ints(cols[1]);
+            bool same = words.size() == enc.ids.size();
+            for (std::size_t k = 0; same && k < words.size(); ++k)
+                same = words[k] == enc.tokens[k].word;
+            if (!same) {
+                ++word_mismatch;
+                UNSCOPED_INFO(set << " text " << i << " [" << texts[i] << "]: word ids differ");
+            }
+            // offsets point into the text: every piece's bytes are inside its word's span
+            for (const auto& t : enc.tokens)
+                if (t.word >= 0) REQUIRE(t.byte_end <= texts[i].size());
+        }
+        INFO(set << ": " << texts.size() << " texts, " << id_mismatch << " id mismatches, "
+                 << word_mismatch << " of " << compared << " word-id mismatches");
+        CHECK(id_mismatch == 0);
+        CHECK(word_mismatch == 0);
+        CHECK(compared > 0);
+    }
+    // the words of a line, their offsets in it, and a word of control characters only
+    const auto tok = ftune::text::bert_tokenizer::from_vocab(std::string(FTUNE_DATA_DIR) +
+                                                             "/bert-base-cased/vocab.txt");
+    const std::string line = "AL-AIN ,\u00a0United  Arab\tEmirates \x07 1996-12-06";
+    std::vector<ftune::text::token_info> pieces;
+    REQUIRE(tok.tokenize_words(line, pieces) == 7);
+    std::vector<std::pair<std::size_t, std::size_t>> span(7, {line.size(), 0});  // bytes
+    for (const auto& t : pieces) {
+        REQUIRE(t.word >= 0);
+        REQUIRE(t.word < 7);
+        auto& [b, e] = span[std::size_t(t.word)];
+        b = std::min<std::size_t>(b, t.byte_begin), e = std::max<std::size_t>(e, t.byte_end);
+    }
+    std::vector<std::string> got;
+    for (auto [b, e] : span) got.push_back(b < e ? line.substr(b, e - b) : "");
+    CHECK(got ==
+          std::vector<std::string>{"AL-AIN", ",", "United", "Arab", "Emirates", "", "1996-12-06"});
+    CHECK(pieces.front().char_begin == 0);
+    CHECK(pieces.back().char_end == 43);  // code points: the no-break space is one
 }
 
 TEST_CASE("tokenizer: byte offsets, invalid UTF-8, pairs, truncation, padding", "[tokenizer]") {

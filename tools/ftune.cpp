@@ -33,6 +33,8 @@ void usage(std::ostream& os) {
           "              separates the texts of a pair; QA: question TAB context): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
           "              QA: [--top-k N] [--max-answer-length TOKENS] [--doc-stride TOKENS]\n"
+          "              NER: one tag per word, a word being a whitespace-separated part of\n"
+          "              the line (as in the CoNLL files it was trained on)\n"
           "  info        what a Hugging Face model directory holds: --model DIR\n"
           "  train       fine-tune a Hugging Face model on a TSV/CSV file (ner: CoNLL; mlm:\n"
           "              plain text lines; qa: SQuAD JSON):\n"
@@ -71,6 +73,19 @@ int cmd_bench(int argc, char** argv) {
         if (i + 1 >= argc)
             throw ftune::error(ftune::errc::invalid_argument, std::string(a), "expects a value");
         const std::string v = argv[++i];
+        auto number = [&](std::size_t least) {  // a whole number >= least, or a clear error
+            std::size_t pos = 0;
+            unsigned long n = 0;
+            try {
+                n = std::stoul(v, &pos);
+            } catch (const std::exception&) {
+                pos = 0;
+            }
+            if (pos == 0 || pos != v.size() || v[0] == '-' || n < least)
+                throw ftune::error(ftune::errc::invalid_argument, std::string(a) + " " + v,
+                                   ftune::detail::cat("expects a whole number >= ", least));
+            return std::size_t(n);
+        };
         if (a == "--dims") {
             std::istringstream in(v);
             char comma;
@@ -80,15 +95,15 @@ int cmd_bench(int argc, char** argv) {
                 throw ftune::error(ftune::errc::invalid_argument, "--dims " + v,
                                    "expected H,L,HEADS,FFN, e.g. --dims 384,12,12,1536");
         } else if (a == "--vocab")
-            vocab = std::stoul(v);
+            vocab = number(1);
         else if (a == "--batch")
-            batch = std::stoul(v);
+            batch = number(1);
         else if (a == "--seq")
-            seq = std::stoul(v);
+            seq = number(1);
         else if (a == "--steps")
-            steps = std::max(1, std::stoi(v));
+            steps = int(std::min<std::size_t>(number(1), 1u << 30));
         else if (a == "--threads")
-            threads = std::stoi(v);
+            threads = int(std::min<std::size_t>(number(0), 4096));
         else if (a == "--prepack") {
             if (v != "on" && v != "off")
                 throw ftune::error(ftune::errc::invalid_argument, "--prepack " + v,
@@ -141,6 +156,9 @@ int main(int argc, char** argv) {
         return 2;
     } catch (const ftune::error& e) {
         std::cerr << e.what() << "\n";
+        return 1;
+    } catch (const std::exception& e) {  // anything else (out of memory...): a message, status 1
+        std::cerr << "ftune " << cmd << ": " << e.what() << "\n";
         return 1;
     }
 }

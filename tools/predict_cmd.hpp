@@ -117,8 +117,12 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
     }
     std::vector<ftune::text::encoding> enc;
     try {
-        enc = tok.encode_batch(
-            a, b, {.max_length = opt.max_length, .pad = ftune::text::padding::longest});
+        // token classification: one tag per whitespace-separated word, tokenized as in training
+        enc =
+            tok.encode_batch(a, b,
+                             {.max_length = opt.max_length,
+                              .pad = ftune::text::padding::longest,
+                              .split_into_words = task == ftune::bert::task::token_classification});
     } catch (const ftune::error& e) {
         throw ftune::error(
             e.id(),
@@ -201,20 +205,21 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                 out += '\n';
                 continue;
             }
-            // words of the whole line (truncation may have dropped the last ones)
+            // the whitespace-separated words of the whole line (truncation may have dropped the
+            // last ones), tokenized one by one as training does
             std::vector<ftune::text::token_info> all;
-            tok.tokenize(lines[i], all);
-            const std::size_t words = all.empty() ? 0 : std::size_t(all.back().word) + 1;
+            const std::size_t words = tok.tokenize_words(lines[i], all);
             struct word_pred {
                 std::size_t label = 0;
-                double score = -1;  // < 0: not seen (truncated)
+                double score = -1;    // < 0: not seen (truncated, or no pieces)
+                bool pieces = false;  // the word has word pieces (not only control characters)
                 std::uint32_t byte_begin = 0, byte_end = 0, char_begin = 0, char_end = 0;
             };
             std::vector<word_pred> w(words);
             for (const auto& t : all) {  // spans from every piece of the word
                 auto& p = w[std::size_t(t.word)];
-                if (p.byte_end == 0) p.byte_begin = t.byte_begin, p.char_begin = t.char_begin;
-                p.byte_end = t.byte_end, p.char_end = t.char_end;
+                if (!p.pieces) p.byte_begin = t.byte_begin, p.char_begin = t.char_begin;
+                p.byte_end = t.byte_end, p.char_end = t.char_end, p.pieces = true;
             }
             for (std::size_t t = 0; t < n; ++t) {  // the label of each word's first piece
                 const auto& ti = e.tokens[t];
@@ -224,8 +229,8 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                 w[std::size_t(ti.word)].label = best;
                 w[std::size_t(ti.word)].score = p[best];
             }
-            const std::size_t cut = std::size_t(
-                std::count_if(w.begin(), w.end(), [](const word_pred& p) { return p.score < 0; }));
+            const std::size_t cut = std::size_t(std::count_if(
+                w.begin(), w.end(), [](const word_pred& p) { return p.pieces && p.score < 0; }));
             if (cut)
                 std::cerr << "ftune: warning: stdin line " << first_line + i << ": " << cut
                           << " word(s) past --max-length " << opt.max_length

@@ -197,11 +197,8 @@ inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d,
 // returns false (nothing saved); otherwise saves the model and its training curve, removes the
 // checkpoints and returns true.
 template <class Trainer, class Result, class HfModel>
-bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m,
-                  std::size_t train_examples) {
-    const std::size_t steps_per_epoch = (train_examples + a.opt.batch_size - 1) / a.opt.batch_size;
-    if (a.opt.stop_after && r.steps >= a.opt.stop_after &&
-        r.steps < a.opt.epochs * steps_per_epoch) {
+bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m) {
+    if (r.interrupted) {
         std::cerr << "ftune: stopped after " << r.steps << " steps; continue with --resume "
                   << a.opt.checkpoint_dir.string() << "\n";
         return false;
@@ -282,7 +279,7 @@ int train_with(train_args& a, ftune::train::task task) {
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     const auto r = t.fit(train_x, valid_x);
-    if (!save_trained(a, t, r, m, train_x.size())) return 0;  // stopped by --stop-after
+    if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s";
     if (!std::isnan(r.best_metric))
         std::cerr << "; best validation " << t.metric_name() << " " << r.best_metric << " at step "
@@ -330,7 +327,7 @@ inline int train_qa(train_args& a) {
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt);
     const auto r = t.fit(train_x, valid_x);
-    if (!save_trained(a, t, r, m, train_x.size())) return 0;  // stopped by --stop-after
+    if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s; saved " << a.out.string()
               << "\n";
     if (!valid.empty()) {

@@ -85,8 +85,8 @@ constexpr void same_device() {
                   "ftune: tensors on different devices passed to one primitive; copy them to the "
                   "same device first.");
     static_assert(std::is_same_v<D, device::cpu>,
-                  "ftune: primitives on device::cuda need the CUDA backend: configure with "
-                  "-DFTUNE_WITH_CUDA=ON and include <ftune/cuda.hpp>.");
+                  "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
+                  "have yet (planned, optional); keep the tensors on device::cpu.");
 }
 }  // namespace detail
 

@@ -74,7 +74,7 @@ struct adamw_options {
     double beta2 = 0.999;       ///< second-moment decay
     double eps = 1e-8;          ///< denominator term
     double weight_decay = 0.0;  ///< decoupled decay λ: θ ← θ − ηλθ (Hugging Face's default 0)
-    std::vector<param_group> groups;  ///< per-prefix learning-rate scale and decay
+    std::vector<param_group> groups{};  ///< per-prefix learning-rate scale and decay
 };
 
 /// AdamW with decoupled weight decay, as torch.optim.AdamW: θ ← θ(1 − ηλ), then the Adam step
@@ -148,12 +148,12 @@ class adamw {
 
 /// Options of sgd (torch.optim.SGD's).
 struct sgd_options {
-    double lr = 1e-2;                 ///< base learning rate
-    double momentum = 0;              ///< momentum factor (0: plain SGD)
-    double dampening = 0;             ///< dampening of the momentum
-    double weight_decay = 0;          ///< L2 penalty added to the gradient (coupled, as PyTorch)
-    bool nesterov = false;            ///< Nesterov momentum (needs momentum > 0, dampening 0)
-    std::vector<param_group> groups;  ///< per-prefix learning-rate scale and decay
+    double lr = 1e-2;                   ///< base learning rate
+    double momentum = 0;                ///< momentum factor (0: plain SGD)
+    double dampening = 0;               ///< dampening of the momentum
+    double weight_decay = 0;            ///< L2 penalty added to the gradient (coupled, as PyTorch)
+    bool nesterov = false;              ///< Nesterov momentum (needs momentum > 0, dampening 0)
+    std::vector<param_group> groups{};  ///< per-prefix learning-rate scale and decay
 };
 
 /// SGD with momentum / Nesterov, as torch.optim.SGD.

@@ -549,8 +549,8 @@ std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
 template <class T, class Shape, device_tag Device = device::cpu>
 class buffer {
     static_assert(std::is_same_v<Device, device::cpu>,
-                  "ftune: buffer<..., device::cuda> is reserved for the CUDA backend; build with "
-                  "FTUNE_WITH_CUDA=ON and use ftune/cuda.hpp.");
+                  "ftune: buffer<..., device::cuda> is reserved for a CUDA backend, which ftune "
+                  "does not have yet (planned, optional); use device::cpu.");
     static_assert(
         !std::is_const_v<T>,
         "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
@@ -819,7 +819,15 @@ FTUNE_NAMESPACE_END
 #include <utility>
 
 #if defined(__AVX2__)
+#if defined(__GNUC__) && !defined(__clang__)  // see backends/cpu/detail.hpp
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 
@@ -1657,7 +1665,20 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
+// GCC 12's AVX-512 intrinsic headers start some vectors as deliberately undefined values
+// (`__m256d __Y = __Y;`), and -W(maybe-)uninitialized reports each in every program that inlines
+// them (fixed in GCC 13). The warnings are off for those system headers only: GCC decides by the
+// location the warning points at, and these pragmas cover the headers' lines when this is the
+// first place they are included.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -1819,6 +1840,7 @@ FTUNE_NAMESPACE_END
 #include <cstdint>
 #include <cstddef>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 // ---- begin ftune/backends/cpu/cpu_info.hpp ----
@@ -2161,13 +2183,18 @@ struct strided_rows {
 /// vectors of columns, then C[0:m, 0:n] = alpha * acc + (first ? beta * C : C), + bias[0:n] when
 /// bias is given (after the sum). With first && beta == 0, C is not read. The arithmetic of each
 /// element depends neither on how A is read nor on R or NV (a short tile at the bottom of a
-/// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away).
+/// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away). Then, when given,
+/// the residual tile (rows ldr apart) is added: C = (product + bias) + residual, the value
+/// residual_add gives after the product. Meanwhile the
+/// prefetch_lines 64-byte cache lines from `prefetch` on are prefetched, evenly spread over the
+/// kc steps (a burst would fill the core's miss buffers and stall the kernel's own loads).
 template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
           std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
                          std::size_t m, std::size_t n, T alpha, T beta, bool first,
-                         const T* prefetch = nullptr, std::size_t prefetch_steps = 0,
-                         const T* bias = nullptr) {
+                         const T* prefetch = nullptr, std::size_t prefetch_lines = 0,
+                         const T* bias = nullptr, const T* residual = nullptr,
+                         std::size_t ldr = 0) {
     using B = detail::batch<T>;
     constexpr std::size_t W = blocking<T>::W, NR = NV * W;
     static_assert(R >= 1 && R <= blocking<T>::MR && NV >= 1);
@@ -2176,9 +2203,15 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
+    // software prefetch (gemm_packed): a line every `gap` steps
+    const char* pf = reinterpret_cast<const char*>(prefetch);
+    const std::size_t gap = prefetch_lines ? std::max<std::size_t>(1, kc / prefetch_lines) : 0;
+    std::size_t pf_left = prefetch_lines, pf_wait = gap;
     for (std::size_t k = 0; k < kc; ++k, b += NR) {
-        // software prefetch (gemm_packed): one NR-wide row of the next B panel per step
-        if (k < prefetch_steps) __builtin_prefetch(prefetch + k * NR, 0, 3);
+        if (pf_left && --pf_wait == 0) {
+            __builtin_prefetch(pf, 0, 3);
+            pf += 64, --pf_left, pf_wait = gap;
+        }
         B bv[NV];
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) bv[v] = B::load_aligned(b + v * W);
@@ -2190,14 +2223,15 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         }
     }
     const B va(alpha), vb(beta);
-    // C = alpha * acc (+ C, or + beta * C) for one vector of a row
-    auto combine = [&](const B& acc, const T* cr, std::size_t v) {
+    // C = alpha * acc (+ C, or + beta * C) (+ bias) (+ residual) for vector v of row i
+    auto combine = [&](const B& acc, const T* cr, std::size_t i, std::size_t v) {
         B r = alpha == T(1) ? acc : detail::rounded<T>(acc * va);
         if (!first)
             r += B::load_unaligned(cr);
         else if (beta != T(0))
             r = xsimd::fma(vb, B::load_unaligned(cr), r);
         if (bias) r += B::load_unaligned(bias + v * W);  // after the sum: C + bias, as bias_add
+        if (residual) r += B::load_unaligned(residual + i * ldr + v * W);
         return r;
     };
     if (m == R && n == NR) {
@@ -2205,7 +2239,7 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
             for (std::size_t v = 0; v < NV; ++v)
-                combine(c[i][v], C + i * ldc + v * W, v).store_unaligned(C + i * ldc + v * W);
+                combine(c[i][v], C + i * ldc + v * W, i, v).store_unaligned(C + i * ldc + v * W);
         return;
     }
     // a partial tile: whole vectors where the columns allow, element by element past them
@@ -2213,7 +2247,7 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
         for (std::size_t v = 0; v < NV && v * W < n; ++v) {
             T* cr = C + i * ldc + v * W;
             if ((v + 1) * W <= n) {
-                combine(c[i][v], cr, v).store_unaligned(cr);
+                combine(c[i][v], cr, i, v).store_unaligned(cr);
                 continue;
             }
             alignas(64) T tile[W];
@@ -2222,6 +2256,7 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
                 cr[j] = !first ? cr[j] + tile[j]
                                : (beta != T(0) ? std::fma(beta, cr[j], tile[j]) : tile[j]);
                 if (bias) cr[j] += bias[v * W + j];
+                if (residual) cr[j] += residual[i * ldr + v * W + j];
             }
         }
 }
@@ -2230,20 +2265,21 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
 template <class T, class A, std::size_t NV = blocking<T>::NV>
 inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t ldc, std::size_t m,
                               std::size_t n, T alpha, T beta, bool first, const T* prefetch,
-                              std::size_t prefetch_steps, const T* bias = nullptr) {
+                              std::size_t prefetch_lines, const T* bias = nullptr,
+                              const T* residual = nullptr, std::size_t ldr = 0) {
     constexpr std::size_t MR = blocking<T>::MR;
     if (m > MR - 2 || MR <= 4)
         micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                   prefetch_steps, bias);
+                                   prefetch_lines, bias, residual, ldr);
     else if (m > 4 && MR > 6)
         micro_kernel<T, 6, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                  prefetch_steps, bias);
+                                  prefetch_lines, bias, residual, ldr);
     else if (m > 2)
         micro_kernel<T, 4, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                  prefetch_steps, bias);
+                                  prefetch_lines, bias, residual, ldr);
     else
         micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
-                                  prefetch_steps, bias);
+                                  prefetch_lines, bias, residual, ldr);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -2417,12 +2453,27 @@ struct no_epilogue {
                     std::size_t) const noexcept {}
 };
 
+/// The epilogue C += R (R (M, N), rows ldr apart: a residual connection). gemm_packed adds it
+/// inside the micro-kernel as the tile is stored, instead of reloading the stored tile.
+template <class T>
+struct add_residual {
+    const T* r;       ///< R(0, 0)
+    std::size_t ldr;  ///< row stride of R
+    /// C(row0 .., col0 ..) += R at the same place (the same value as inside the kernel).
+    void operator()(T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
+                    std::size_t cols) const noexcept {
+        for (std::size_t i = 0; i < rows; ++i)
+            for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
+    }
+};
+
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
 /// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
 /// bias is added to the finished sum as the register tile is stored). Then epilogue(c, ldc, row0,
 /// rows, col0, cols) runs on each finished tile while it is in L1 (c points at C(row0, col0)):
 /// element-wise work such as an activation or a residual, whose result equals running it over C
-/// afterwards. Small M (one A block) splits B's panels among the threads, so each weight is read
+/// afterwards (add_residual runs inside the micro-kernel). Small M (one A block) splits B's
+/// panels among the threads, so each weight is read
 /// once; larger M splits the rows. Units of work are taken dynamically; no barrier (B is
 /// read-only). The arithmetic of each element does not depend on the split.
 template <scalar T, class Epilogue = no_epilogue>
@@ -2452,6 +2503,7 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         nt = omp_get_max_threads();
 #endif
     const std::size_t kc_max = Bp.kc();
+    constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<T>>;
     const bool split_columns = M <= MC;  // one A block: the threads share B's panels
     const std::size_t blocks =
         split_columns ? 1
@@ -2486,26 +2538,33 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                     // used, spread over this panel's row tiles (B is larger than the caches)
                     const bool has_next = q + 1 < q1 && p + 1 < (nc + NR - 1) / NR;
                     const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t per_tile = has_next ? (kc + tiles - 1) / tiles : 0;
+                    const std::size_t lines = has_next ? (kc * NR * sizeof(T) + 63) / 64 : 0;
                     for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
                         const std::size_t mr = std::min(MR, mcur - ir);
                         T* c = C + (ic + ir) * ldc + q * NR;
-                        const std::size_t first_step = std::min(kc, t * per_tile);
-                        const T* pf = b + kc * NR + first_step * NR;
-                        const std::size_t pf_steps = std::min(per_tile, kc - first_step);
-                        const T* bias_q = bias && pc + kc == K ? bias + q * NR : nullptr;
+                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
+                        const T* pf = b + kc * NR + l0 * 64 / sizeof(T);
+                        const std::size_t pf_steps = l1 - l0;  // lines
+                        const bool last = pc + kc == K;
+                        const T* bias_q = bias && last ? bias + q * NR : nullptr;
+                        const T* res = nullptr;
+                        std::size_t ldr = 0;
+                        if constexpr (fused_residual)
+                            if (last)
+                                res = epilogue.r + (ic + ir) * epilogue.ldr + q * NR,
+                                ldr = epilogue.ldr;
                         if (apack) {
                             gemm_detail::micro_kernel_rows(
                                 kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_steps, bias_q);
+                                alpha, beta, pc == 0, pf, pf_steps, bias_q, res, ldr);
                         } else {
                             gemm_detail::strided_rows<T> a;
                             for (std::size_t i = 0; i < MR; ++i)
                                 a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
                             gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_steps, bias_q);
+                                                           pc == 0, pf, pf_steps, bias_q, res, ldr);
                         }
-                        if (pc + kc == K) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
+                        if (last && !fused_residual) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
                     }
                 }
             }
@@ -2631,6 +2690,30 @@ inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
 // Activations
 
 namespace detail {
+/// e^x for x <= 0 (or NaN), inlined: the algorithm of xsimd 8's float exp (x = k ln 2 + r with
+/// ln 2 in two parts, a degree-5 polynomial in r, times 2^k; 0 below the smallest normal
+/// result) without its call and its overflow branch, which softmax's x - max and GELU's -x²
+/// never need. Other types use xsimd::exp.
+template <class T>
+[[gnu::always_inline]] inline batch<T> exp_nonpositive(const batch<T>& x) noexcept {
+    if constexpr (std::is_same_v<T, float>) {
+        using B = batch<float>;
+        using I = xsimd::batch<std::int32_t, typename B::arch_type>;
+        const B k = xsimd::nearbyint(B(1.442695040888963407359924681001892137426645954152986f) * x);
+        B r = xsimd::fnma(k, xsimd::bitwise_cast<B>(I(0x3f318000)), x);  // ln 2, high bits
+        r = xsimd::fnma(k, xsimd::bitwise_cast<B>(I(std::int32_t(0xb95e8083))), r);  // low bits
+        B y = xsimd::fma(r, B(1.3997796e-03f), B(8.3955629e-03f));
+        y = xsimd::fma(y, r, B(4.1665401e-02f));
+        y = xsimd::fma(y, r, B(1.6666277e-01f));
+        y = xsimd::fma(y, r, B(5.0000000e-01f));
+        y = xsimd::fma(y, r * r, r) + B(1.0f);
+        const B two_k = xsimd::bitwise_cast<B>((xsimd::to_int(k) + I(127)) << 23);  // 2^k
+        return xsimd::select(x <= B(-88.3762626647949f), B(0.0f), y * two_k);
+    } else {
+        return xsimd::exp(x);
+    }
+}
+
 /// Φ(x) = 0.5 (1 + erf(x / √2)) and e = exp(-x² / 2), sharing one exp. For float, erf uses
 /// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, float's resolution near 1; the formula
 /// PyTorch's vectorized CPU erf uses); double keeps xsimd's full-precision erf.
@@ -2639,7 +2722,7 @@ inline std::pair<batch<T>, batch<T>> normal_cdf_and_exp(batch<T> x) {
     using B = batch<T>;
     const B half(T(0.5)), z = x * B(T(1) / std::numbers::sqrt2_v<T>);
     if constexpr (std::is_same_v<T, float>) {
-        const B az = xsimd::abs(z), e = xsimd::exp(-(az * az));
+        const B az = xsimd::abs(z), e = exp_nonpositive<float>(-(az * az));
         const B t = B(1.0f) / xsimd::fma(B(0.3275911f), az, B(1.0f));
         B poly = xsimd::fma(B(1.061405429f), t, B(-1.453152027f));
         poly = xsimd::fma(poly, t, B(1.421413741f));
@@ -2812,42 +2895,79 @@ inline std::size_t causal_keys(std::size_t q, std::size_t Tq, std::size_t Tk) {
 }
 
 namespace detail {
+/// R rows of softmax_forward at once, all with the same L: row r of p (row stride ldp) =
+/// softmax over the first L keys of scale * s_r + mask (s row stride lds; mask may be null),
+/// zeros past L and for a row with every key dropped. p may be s. The rows are independent
+/// work interleaved key block by key block, so one row's reductions (max, sum) overlap the
+/// others' instead of stalling on their latency; every element's arithmetic is the same for
+/// any R.
+template <std::size_t R, class T>
+inline void softmax_rows(T* p, std::size_t ldp, const T* s, std::size_t lds, const T* mask, T scale,
+                         std::size_t L, std::size_t Tk) {
+    using B = batch<T>;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    if (L < Tk)
+        for (std::size_t r = 0; r < R; ++r) std::fill(p + r * ldp + L, p + r * ldp + Tk, T(0));
+    if (L == 0) return;
+    // pass 1: z = scale * s + mask (one rounding) into p, and each row's max
+    B mx[R];
+    T tail_max[R];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < R; ++r) mx[r] = B(ninf), tail_max[r] = ninf;
+    const B vs(scale);
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+        const B mk = mask ? load(mask + k, n) : B(T(0));
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < R; ++r) {
+            const B sv = load(s + r * lds + k, n);
+            const B z = mask ? xsimd::fma(vs, sv, mk) : vs * sv;
+            store(p + r * ldp + k, z, n);
+            // max as the reference takes it (z > mx): a NaN score never becomes the maximum
+            if (n == width<T>)
+                mx[r] = xsimd::select(z > mx[r], z, mx[r]);
+            else
+                for (std::size_t j = k; j < k + n; ++j)
+                    if (p[r * ldp + j] > tail_max[r]) tail_max[r] = p[r * ldp + j];
+        }
+    });
+    T ms[R];
+    B m[R], sum[R];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < R; ++r) {
+        ms[r] = std::max(reduce_max(mx[r]), tail_max[r]);  // both NaN-free
+        m[r] = B(ms[r]), sum[r] = B(T(0));
+    }
+    // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < R; ++r) {
+            const B e = exp_nonpositive<T>(load(p + r * ldp + k, n, ninf) - m[r]);
+            store(p + r * ldp + k, e, n);
+            sum[r] += e;
+        }
+    });
+    // pass 3: normalize; a row whose keys are all dropped (max -inf) gets zeros
+    B inv[R];
+    for (std::size_t r = 0; r < R; ++r) {
+        if (ms[r] == ninf) {
+            std::fill_n(p + r * ldp, L, T(0));
+            inv[r] = B(T(0));
+        } else {
+            inv[r] = B(T(1) / reduce_add(sum[r]));
+        }
+    }
+    for_each_batch<T>(L, [&](std::size_t k, auto n) {
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < R; ++r)
+            store(p + r * ldp + k, load(p + r * ldp + k, n) * inv[r], n);
+    });
+}
+
 /// One row of softmax_forward: p(Tk) = softmax over the first L keys of scale * s + mask (mask
 /// may be null), zeros past L and for a row with every key dropped. p may be s.
 template <class T>
 inline void softmax_row(T* p, const T* s, const T* mask, T scale, std::size_t L, std::size_t Tk) {
-    using B = batch<T>;
-    constexpr T ninf = -std::numeric_limits<T>::infinity();
-    if (L < Tk) std::fill(p + L, p + Tk, T(0));
-    if (L == 0) return;
-    // pass 1: z = scale * s + mask into p, and the row max
-    B mx(ninf);
-    T tail_max = ninf;
-    for_each_batch<T>(L, [&](std::size_t k, auto n) {
-        B z = B(scale) * load(s + k, n);
-        if (mask) z += load(mask + k, n);
-        store(p + k, z, n);
-        // max as the reference takes it (z > mx): a NaN score never becomes the maximum
-        if (n == width<T>)
-            mx = xsimd::select(z > mx, z, mx);
-        else
-            for (std::size_t j = k; j < k + n; ++j)
-                if (p[j] > tail_max) tail_max = p[j];
-    });
-    const T m = std::max(reduce_max(mx), tail_max);  // both NaN-free
-    if (m == ninf) {
-        std::fill_n(p, L, T(0));
-        return;
-    }
-    // pass 2: exp and sum (exp(-inf) = 0 in padding lanes)
-    B sum(T(0));
-    for_each_batch<T>(L, [&](std::size_t k, auto n) {
-        const B e = xsimd::exp(load(p + k, n, ninf) - B(m));
-        store(p + k, e, n);
-        sum += e;
-    });
-    const B inv(T(1) / reduce_add(sum));
-    for_each_batch<T>(L, [&](std::size_t k, auto n) { store(p + k, load(p + k, n) * inv, n); });
+    softmax_rows<1>(p, Tk, s, Tk, mask, scale, L, Tk);
 }
 }  // namespace detail
 
@@ -3233,9 +3353,12 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
                             std::min(NR, Tn - p * NR), T(1), T(0), pc == 0,
                             static_cast<const T*>(nullptr), std::size_t(0));
                 }
-                for (std::size_t i = 0; i < mr; ++i)
-                    detail::softmax_row(st + i * ld_s, st + i * ld_s, mask, scale,
-                                        causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                if (!causal && mr == MR)  // MR rows at once, their reductions overlapping
+                    detail::softmax_rows<MR>(st, ld_s, st, ld_s, mask, scale, Tn, Tn);
+                else
+                    for (std::size_t i = 0; i < mr; ++i)
+                        detail::softmax_rows<1>(st + i * ld_s, ld_s, st + i * ld_s, ld_s, mask,
+                                                scale, causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
                 // out_h = P V_h for these queries: (mr, d)
                 for (std::size_t pc = 0; pc < Tn; pc += kc_o) {
                     const std::size_t kc = std::min(kc_o, Tn - pc);
@@ -3341,8 +3464,8 @@ constexpr void same_device() {
                   "ftune: tensors on different devices passed to one primitive; copy them to the "
                   "same device first.");
     static_assert(std::is_same_v<D, device::cpu>,
-                  "ftune: primitives on device::cuda need the CUDA backend: configure with "
-                  "-DFTUNE_WITH_CUDA=ON and include <ftune/cuda.hpp>.");
+                  "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
+                  "have yet (planned, optional); keep the tensors on device::cpu.");
 }
 }  // namespace detail
 
@@ -4987,14 +5110,9 @@ class encoder_block {
     view<const T, shape<dynamic, C>> inference_tail(context& ctx,
                                                     view<const T, shape<dynamic, C>> a,
                                                     view<const T, shape<dynamic, C>> x) {
-        auto add_rows = [](view<const T, shape<dynamic, C>> r) {  // c += r (same rows, columns)
-            return [r](T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
-                       std::size_t cols) {
-                const std::size_t ldr = r.extent(1);
-                for (std::size_t i = 0; i < rows; ++i)
-                    backend::cpu::residual_add(c + i * ldc, c + i * ldc,
-                                               r.data() + (row0 + i) * ldr + col0, cols);
-            };
+        // c += r (same rows, columns), added as the product's register tile is stored
+        auto add_rows = [](view<const T, shape<dynamic, C>> r) {
+            return backend::cpu::add_residual<T>{r.data(), r.extent(1)};
         };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =

@@ -8,6 +8,9 @@ with the slow tokenizer's ids ([CLS] first, [SEP] last), and the fast tokenizer'
 offsets and word ids where both agree (its ids otherwise). The data-set texts are read from
 FTUNE_DATA_DIR and never copied into the fixtures; the hard cases are in the header.
 
+Pre-split words (is_split_into_words, as token classification encodes) become
+fixtures/tokenizer_words_<set>.txt.gz: ids and word ids per text.
+
 Usage: FTUNE_DATA_DIR=../shared/data python3 tests/reference/tokenizer_parity.py
 """
 import gzip
@@ -147,6 +150,66 @@ def tokenizer_json_fixture():
     print(f"{path.name} ({path.stat().st_size} bytes), {out.name}", file=sys.stderr)
 
 
+def bert_words(text):
+    """The whitespace-separated words of text, whitespace as BERT's basic tokenizer defines it
+    (space, tab, CR, LF, category Zs): what `ftune predict` tags one by one on a NER model."""
+    words, cur = [], ""
+    for c in text:
+        if c in " \t\n\r" or unicodedata.category(c) == "Zs":
+            if cur:
+                words.append(cur)
+            cur = ""
+        else:
+            cur += c
+    if cur:
+        words.append(cur)
+    return words
+
+
+WORD_SETS = {  # name: (vocab directory, lowercase, texts or a reader of FTUNE_DATA_DIR)
+    "conll2003_test": ("bert-base-cased", False, "conll"),
+    "hard_cased": ("bert-base-cased", False, HARD_CASES),
+    "hard_uncased": ("bert-base-uncased", True, HARD_CASES),
+}
+
+
+def words_fixtures():
+    """Pre-split words (Transformers' is_split_into_words=True): fixtures/tokenizer_words_<set>
+    .txt.gz, a JSON header line then one line per text: the slow tokenizer's ids ([CLS] first,
+    [SEP] last) and the fast tokenizer's word id of each position (-1 for the specials), or "-"
+    where the fast tokenizer's ids differ."""
+    for name, (vocab_dir, lower, texts) in WORD_SETS.items():
+        vocab = str(DATA / vocab_dir / "vocab.txt")
+        slow = BertTokenizerLegacy(vocab, do_lower_case=lower)
+        fast = BertTokenizer(vocab, do_lower_case=lower)
+        hard = not isinstance(texts, str)
+        if not hard:
+            texts = read_texts(texts)
+        meta = {"set": name, "vocab": vocab_dir, "lowercase": lower, "count": len(texts),
+                "split": "BERT whitespace", "transformers": transformers.__version__,
+                "tokenizers": tokenizers.__version__}
+        if hard:
+            meta["texts"] = texts
+        rows = [json.dumps(meta, ensure_ascii=False)]
+        differ = 0
+        for text in texts:
+            words = bert_words(text)
+            enc = fast(words, is_split_into_words=True)
+            ids = slow(words, is_split_into_words=True)["input_ids"] if words else slow("")[
+                "input_ids"]
+            if enc["input_ids"] == ids:
+                word_ids = " ".join("-1" if w is None else str(w) for w in enc.word_ids())
+            else:  # as in main(): the slow tokenizer's ids, no word ids to compare
+                word_ids, differ = "-", differ + 1
+            rows.append(" ".join(map(str, ids)) + "\t" + word_ids)
+        path = OUT / f"tokenizer_words_{name}.txt.gz"
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            gz.write(("\n".join(rows) + "\n").encode("utf-8"))
+        print(f"{path.name}: {len(texts)} texts, {differ} where slow and fast differ, "
+              f"{path.stat().st_size} bytes", file=sys.stderr)
+
+
 if __name__ == "__main__":
     tokenizer_json_fixture()
     main()
+    words_fixtures()

@@ -129,8 +129,8 @@ std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
 template <class T, class Shape, device_tag Device = device::cpu>
 class buffer {
     static_assert(std::is_same_v<Device, device::cpu>,
-                  "ftune: buffer<..., device::cuda> is reserved for the CUDA backend; build with "
-                  "FTUNE_WITH_CUDA=ON and use ftune/cuda.hpp.");
+                  "ftune: buffer<..., device::cuda> is reserved for a CUDA backend, which ftune "
+                  "does not have yet (planned, optional); use device::cpu.");
     static_assert(
         !std::is_const_v<T>,
         "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");

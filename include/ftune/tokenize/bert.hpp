@@ -124,6 +124,11 @@ struct encode_options {
     std::size_t max_length = 0;                       ///< 0: no truncation
     truncation strategy = truncation::longest_first;  ///< who gives up tokens
     padding pad = padding::none;                      ///< padding mode
+    /// Words are the whitespace-separated parts of each text (Transformers' is_split_into_words
+    /// on text.split()): each is tokenized on its own and all its pieces carry its index, as
+    /// token classification labels them; otherwise word ids count the pre-tokenizer's words
+    /// (punctuation splits them).
+    bool split_into_words = false;
 };
 
 /// The result of encoding one text: ids, type ids, attention mask and alignment, all the same
@@ -445,6 +450,51 @@ class bert_tokenizer {
         tokenize_span(cps, bytes, start, cps.size(), word, out);
     }
 
+    /// Appends the word pieces of text (no [CLS]/[SEP]) to out, where a word is a
+    /// whitespace-separated part of text (BERT's whitespace), tokenized on its own: every piece
+    /// of word i has word id first_word + i (Transformers' is_split_into_words, the way token
+    /// classification is trained); offsets refer to text. Returns the number of words (a word of
+    /// control characters only has no pieces but still counts).
+    std::size_t tokenize_words(std::string_view text, std::vector<token_info>& out,
+                               std::int32_t first_word = 0) const {
+        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+        std::int32_t word = first_word;
+        std::uint32_t cps = 0, word_byte = 0, word_cp = 0;  // code points so far; word start
+        bool in_word = false;
+        auto finish = [&](std::size_t end) {  // tokenize text[word_byte, end) as word `word`
+            const std::size_t first = out.size();
+            tokenize(text.substr(word_byte, end - word_byte), out);
+            for (std::size_t k = first; k < out.size(); ++k) {
+                auto& t = out[k];
+                t.word = word;
+                t.byte_begin += word_byte, t.byte_end += word_byte;
+                t.char_begin += word_cp, t.char_end += word_cp;
+            }
+            ++word;
+            in_word = false;
+        };
+        for (std::size_t i = 0; i < text.size();) {
+            // decode as tokenize() does (an invalid byte is one code point, U+FFFD)
+            utf8proc_int32_t c = p[i];
+            std::size_t n = 1;
+            if (p[i] >= 0x80) {
+                const auto r = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
+                if (r > 0)
+                    n = std::size_t(r);
+                else
+                    c = 0xFFFD;
+            }
+            if (detail::is_whitespace(char32_t(c))) {
+                if (in_word) finish(i);
+            } else if (!in_word) {
+                in_word = true, word_byte = std::uint32_t(i), word_cp = cps;
+            }
+            i += n, ++cps;
+        }
+        if (in_word) finish(text.size());
+        return std::size_t(word - first_word);
+    }
+
     /// [CLS] text [SEP] (and text_pair [SEP] when given), truncated to max_length tokens when
     /// max_length > 0 (the longest sequence first), padded to pad_to when larger.
     encoding encode(std::string_view text, std::optional<std::string_view> text_pair = {},
@@ -460,8 +510,13 @@ class bert_tokenizer {
         thread_local std::vector<token_info> a, b;
         a.clear();
         b.clear();
-        tokenize(text, a);
-        if (text_pair) tokenize(*text_pair, b);
+        if (o.split_into_words) {
+            tokenize_words(text, a);
+            if (text_pair) tokenize_words(*text_pair, b);
+        } else {
+            tokenize(text, a);
+            if (text_pair) tokenize(*text_pair, b);
+        }
         if (o.max_length > 0) truncate(a, b, text_pair.has_value(), o);
         if (o.pad == padding::max_length) pad_to = std::max(pad_to, o.max_length);
         encoding e;

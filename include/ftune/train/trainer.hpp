@@ -107,23 +107,24 @@ struct options {
     double lr = 5e-5;             ///< peak learning rate
     double weight_decay = 0.0;    ///< AdamW decoupled decay (not biases/LayerNorm)
     double warmup_ratio = 0.0;    ///< fraction of the steps spent warming up
-    std::string schedule = "linear";       ///< linear, cosine, constant or polynomial
-    double max_grad_norm = 1.0;            ///< global-norm clipping (0: off)
-    double label_smoothing = 0.0;          ///< classify / ner: cross-entropy label smoothing
-    std::vector<double> class_weights;     ///< classify / ner: weight per label (empty: all 1)
-    std::size_t grad_accum = 1;            ///< batches per optimizer step
-    std::uint64_t seed = 42;               ///< shuffling, dropout, new heads
-    std::size_t eval_every = 0;            ///< evaluate every N optimizer steps (0: each epoch)
-    std::size_t patience = 0;              ///< early stopping: evaluations without improvement
-    double min_delta = 0.0;                ///< early stopping: the smallest improvement
-    bool bucket_by_length = true;          ///< length-bucketed batches (less padding)
-    std::size_t log_every = 50;            ///< plain progress lines every N steps
-    std::ostream* progress = &std::cerr;   ///< where progress goes (nullptr: nowhere)
-    std::filesystem::path log_path;        ///< JSON-lines log ("": none)
-    std::filesystem::path checkpoint_dir;  ///< where checkpoints go ("": none)
-    std::size_t checkpoint_every = 0;      ///< steps between checkpoints (0: each epoch's end)
-    std::filesystem::path resume_from;     ///< a checkpoint directory to continue from
-    std::size_t stop_after = 0;  ///< end after this many steps, as an interruption would (0: no)
+    std::string schedule = "linear";         ///< linear, cosine, constant or polynomial
+    double max_grad_norm = 1.0;              ///< global-norm clipping (0: off)
+    double label_smoothing = 0.0;            ///< classify / ner: cross-entropy label smoothing
+    std::vector<double> class_weights{};     ///< classify / ner: weight per label (empty: all 1)
+    std::size_t grad_accum = 1;              ///< batches per optimizer step
+    std::uint64_t seed = 42;                 ///< shuffling, dropout, new heads
+    std::size_t eval_every = 0;              ///< evaluate every N optimizer steps (0: each epoch)
+    std::size_t patience = 0;                ///< early stopping: evaluations without improvement
+    double min_delta = 0.0;                  ///< early stopping: the smallest improvement
+    bool bucket_by_length = true;            ///< length-bucketed batches (less padding)
+    std::size_t log_every = 50;              ///< plain progress lines every N steps
+    std::ostream* progress = &std::cerr;     ///< where progress goes (nullptr: nowhere)
+    std::filesystem::path log_path{};        ///< JSON-lines log ("": none)
+    std::filesystem::path checkpoint_dir{};  ///< where checkpoints go ("": none)
+    std::size_t checkpoint_every = 0;        ///< steps between checkpoints (0: each epoch's end)
+    std::filesystem::path resume_from{};     ///< a checkpoint directory to continue from
+    std::size_t stop_after = 0;  ///< end after this many steps, as an interruption would (0: no;
+                                 ///< reaching the run's last step ends it normally)
 };
 
 /// Scores of an evaluation.
@@ -186,6 +187,9 @@ class trainer {
         std::size_t best_step = 0;   ///< the step that reached it
         std::size_t steps = 0;       ///< optimizer steps taken
         bool stopped_early = false;  ///< whether early stopping ended the run
+        bool interrupted = false;    ///< options.stop_after ended it before its last step: as a
+                                     ///< kill would (best weights not restored; resume from the
+                                     ///< last checkpoint)
         double seconds = 0;          ///< wall time
     };
 
@@ -349,7 +353,7 @@ class trainer {
                 if (options.checkpoint_every && step % options.checkpoint_every == 0 &&
                     bi + 1 < order.size())
                     checkpoint(epoch, bi + 1);
-                if (options.stop_after && step >= options.stop_after) {
+                if (options.stop_after && step >= options.stop_after && step < total) {
                     interrupted = true;
                     break;
                 }
@@ -361,6 +365,7 @@ class trainer {
         }
         if (options.progress && bar_open_) *options.progress << "\n";
         if (interrupted) {  // as if killed: no restoring of the best weights
+            res.interrupted = true;
             res.steps = step;
             res.seconds = seconds_since(t0);
             return res;

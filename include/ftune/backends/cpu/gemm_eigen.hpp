@@ -2,7 +2,7 @@
 //
 // Kept beside ftune's own packed GEMM (gemm.hpp) as an alternative and for side-by-side
 // benchmarks: on this project's machines Eigen 3.4 reaches about 55-60% of the FMA peak at BERT
-// shapes, ftune's kernel more (see README, Performance). Not included by ftune.hpp.
+// shapes, ftune's kernel more (see docs/performance.md). Not included by ftune.hpp.
 #pragma once
 
 #include <cstddef>
