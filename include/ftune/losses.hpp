@@ -47,8 +47,8 @@ class cross_entropy {
         const auto& w = options.class_weights;
         if (eps == 0 && w.empty()) {  // the common case: the vectorized primitive
             losses_.resize(shape<dynamic>(N));
-            const std::size_t n = backend::cpu::cross_entropy_forward(
-                losses_.data(), logits.data(), targets.data(), N, V, options.ignore_index);
+            const std::size_t n =
+                ops::cross_entropy(losses_, logits, targets, options.ignore_index);
             denom_ = double(n);
             double s = 0;
             for (std::size_t i = 0; i < N; ++i) s += double(losses_.data()[i]);
@@ -84,8 +84,7 @@ class cross_entropy {
         if (eps == 0 && w.empty()) {
             dl_.resize(shape<dynamic>(N));
             for (std::size_t i = 0; i < N; ++i) dl_.data()[i] = T(double(scale) / denom_);
-            backend::cpu::cross_entropy_backward(d_logits.data(), logits_.data(), targets_.data(),
-                                                 dl_.data(), N, V, options.ignore_index);
+            ops::cross_entropy_backward(d_logits, logits_, targets_, dl_, options.ignore_index);
             return;
         }
         double wsum = 0;  // Σ_c w_c

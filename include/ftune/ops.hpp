@@ -408,5 +408,185 @@ void sgd_update(P&& param, const G& grad, Buf&& momentum_buffer, const sgd_param
                              h.momentum != 0 ? momentum_buffer.data() : nullptr, n, h);
 }
 
+/// Σ x² over every element of x, in double (a reduction order independent of the thread count).
+template <tensor_like X>
+double sum_squares(const X& x) {
+    detail::same_device<X>();
+    return backend::cpu::sum_squares(x.data(), x.shape().size());
+}
+
+/// x *= alpha, element-wise.
+template <tensor_like X>
+void scale(X&& x, detail::scalar_of<X> alpha) {
+    detail::same_device<X>();
+    backend::cpu::scale(x.data(), alpha, x.shape().size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention's per-head products. An (N, C) "head matrix" (queries, keys, values, the context)
+// holds head h of each row in columns h*d .. h*d+d (d = C / H); a (B, H, Tq, Tk) tensor holds
+// one (Tq, Tk) matrix per batch and head (scores, probabilities).
+
+/// scores (B, H, Tq, Tk) = a_bh b_bhᵀ for every batch b and head h, a (B*Tq, C) and b (B*Tk, C)
+/// head matrices: attention's Q Kᵀ, and dP = dctx Vᵀ in its backward.
+template <tensor_like S, tensor_like A, tensor_like Bm>
+void head_scores(S&& scores, const A& a, const Bm& b) {
+    detail::same_device<S, A, Bm>();
+    static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<A>::rank == 2 &&
+                      detail::shape_of<Bm>::rank == 2,
+                  "ftune::ops::head_scores: scores (B, H, Tq, Tk), a (B*Tq, C), b (B*Tk, C)");
+    const auto& ss = scores.shape();
+    const std::size_t B = ss.extent(0), H = ss.extent(1), Tq = ss.extent(2), Tk = ss.extent(3);
+    const std::size_t Cn = a.shape().extent(1);
+    detail::check_size("head_scores", "a", a, B * Tq * Cn, "(B*Tq, C) of the scores' B and Tq");
+    detail::check_size("head_scores", "b", b, B * Tk * Cn, "(B*Tk, C) of the scores' B and Tk");
+    if (H == 0 || Cn % H != 0)
+        throw error(errc::shape_mismatch, "head_scores",
+                    ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
+    const std::size_t d = Cn / H;
+    for (std::size_t i = 0; i < B; ++i)
+        backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tq, Tk, d,
+                                           detail::scalar_of<S>(1), a.data() + i * Tq * Cn, Cn, d,
+                                           b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
+                                           scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
+}
+
+/// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
+/// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
+/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes).
+template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
+void head_context(Out&& out, const P& p, const V& v) {
+    detail::same_device<Out, P, V>();
+    static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<P>::rank == 4 &&
+                      detail::shape_of<V>::rank == 2,
+                  "ftune::ops::head_context: out (B*T, C), p (B, H, T, T), v (B*T, C)");
+    const auto& ps = p.shape();
+    const std::size_t B = ps.extent(0), H = ps.extent(1), Tn = ps.extent(2);
+    const std::size_t Cn = out.shape().extent(1);
+    if (ps.extent(3) != Tn)
+        throw error(errc::shape_mismatch, "head_context",
+                    "p must be (B, H, T, T): square per head, got " + ps.to_string());
+    detail::check_size("head_context", "out", out, B * Tn * Cn, "(B*T, C) of p's B and T");
+    detail::check_axis("head_context", "v", v, 1, "out", out, 1);
+    detail::check_size("head_context", "v", v, B * Tn * Cn, "(B*T, C) of p's B and T");
+    if (H == 0 || Cn % H != 0)
+        throw error(errc::shape_mismatch, "head_context",
+                    ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
+    const std::size_t d = Cn / H;
+    for (std::size_t i = 0; i < B; ++i)
+        backend::cpu::gemm_strided_batched(TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
+                                           p.data() + i * H * Tn * Tn, Tn, Tn * Tn,
+                                           v.data() + i * Tn * Cn, Cn, d, detail::scalar_of<Out>(0),
+                                           out.data() + i * Tn * Cn, Cn, d, H);
+}
+
+/// Multi-head attention for inference, nothing kept for backward: out (B, Tq, C) =
+/// softmax(scale q_bh k_bhᵀ + key_mask_b [causal]) v_bh for each batch b and head h, where qkv
+/// (B*T, 3C) holds each position's query, key and value side by side (the fused projection) and
+/// the queries are the first Tq positions of each sequence (Tq = T, or 1 for [CLS] only).
+/// key_mask (B, T) is additive (empty: none). The backend runs it fused (no (B, H, T, T) buffer).
+template <tensor_like Out, tensor_like QKV, tensor_like M>
+void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size_t heads,
+                         detail::scalar_of<Out> scale, bool causal = false) {
+    detail::same_device<Out, QKV, M>();
+    static_assert(detail::shape_of<Out>::rank == 3 && detail::shape_of<QKV>::rank == 2,
+                  "ftune::ops::attention_inference: out (B, Tq, C), qkv (B*T, 3C)");
+    const std::size_t B = out.shape().extent(0), Tq = out.shape().extent(1),
+                      Cn = out.shape().extent(2);
+    if (qkv.shape().extent(1) != 3 * Cn || B == 0 || qkv.shape().extent(0) % B != 0)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    "qkv has shape " + qkv.shape().to_string() + " but out " +
+                        out.shape().to_string() + " needs (B*T, 3C)");
+    const std::size_t Tn = qkv.shape().extent(0) / B;
+    if (!key_mask.empty())
+        detail::check_size("attention_inference", "key_mask", key_mask, B * Tn, "(B, T)");
+    if (heads == 0 || Cn % heads != 0)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(heads, " heads do not divide ", Cn, " features"));
+    const auto* q = qkv.data();
+    // the queries' row stride: a row, or (one query per sequence) a whole sequence
+    const std::size_t ldq = Tq == Tn ? 3 * Cn : Tn * 3 * Cn;
+    backend::cpu::attention_inference(out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn,
+                                      key_mask.empty() ? nullptr : key_mask.data(), scale, B, heads,
+                                      Tq, Tn, Cn / heads, causal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights prepared once for inference products
+
+namespace detail {
+/// The prepared-weight type of a device (each backend specializes it).
+template <class T, class D>
+struct prepared_weight_of {
+    static_assert(std::is_same_v<D, device::cpu>,
+                  "ftune: prepared weights exist for device::cpu only (no other backend yet)");
+};
+template <class T>
+struct prepared_weight_of<T, device::cpu> {
+    using type = backend::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
+};
+}  // namespace detail
+
+/// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
+/// its GEMM's panel layout. Each backend has its own type.
+template <scalar T, class D = device::cpu>
+using prepared_weight = typename detail::prepared_weight_of<T, D>::type;
+
+/// Prepares w (N, K), stored as a linear layer stores its weight (out, in), for y = x wᵀ
+/// (matmul_prepared); grows the prepared storage only.
+template <tensor_like W>
+void prepare_weight(prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared,
+                    const W& w) {
+    detail::same_device<W>();
+    static_assert(detail::shape_of<W>::rank == 2, "ftune::ops::prepare_weight: w is (N, K)");
+    const std::size_t N = w.shape().extent(0), K = w.shape().extent(1);
+    prepared.pack(w.data(), K, transpose::yes, K, N);
+}
+
+/// Element-wise work fused into matmul_prepared: none.
+struct no_epilogue {};
+
+/// Element-wise work fused into matmul_prepared: y += r (r has y's shape: a residual
+/// connection), added as each tile of the product is stored; the same values as residual_add
+/// after the product, bit for bit.
+template <class R>
+struct add_residual {
+    R r;  ///< a view (rows, N)
+};
+template <class R>
+add_residual(R) -> add_residual<R>;
+
+/// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
+/// prepare_weight: the same values as matmul<no, yes>, bias_add (and residual_add), bit for bit.
+template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
+void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
+    detail::same_device<X, Y, Bias>();
+    static_assert(std::is_same_v<P, prepared_weight<detail::scalar_of<Y>, detail::device_of<Y>>>,
+                  "ftune::ops::matmul_prepared: w is the prepared_weight of y's type and device");
+    static_assert(detail::shape_of<X>::rank == 2 && detail::shape_of<Y>::rank == 2,
+                  "ftune::ops::matmul_prepared: x (M, K), y (M, N)");
+    const std::size_t M = x.shape().extent(0), K = x.shape().extent(1), N = w.cols();
+    if (w.rows() != K)
+        throw error(errc::shape_mismatch, "matmul_prepared",
+                    ftune::detail::cat("x has ", K, " features but the weight was prepared for ",
+                                       w.rows()));
+    detail::check_size("matmul_prepared", "y", y, M * N, "(M, N) of x's rows and w's outputs");
+    detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
+    if constexpr (std::is_same_v<E, no_epilogue>) {
+        backend::cpu::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
+                                  detail::scalar_of<Y>(0), y.data(), N, bias.data());
+    } else {
+        const auto& r = epilogue.r;
+        detail::same_device<Y, decltype(r)>();
+        static_assert(detail::shape_of<decltype(r)>::rank == 2,
+                      "ftune::ops::add_residual: r is (M, N)");
+        detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
+        backend::cpu::gemm_packed(
+            transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
+            detail::scalar_of<Y>(0), y.data(), N, bias.data(),
+            backend::cpu::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+    }
+}
+
 }  // namespace ops
 FTUNE_NAMESPACE_END

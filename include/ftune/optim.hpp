@@ -112,8 +112,10 @@ class adamw {
                                                                            : options.weight_decay)
                                                    : 0.0,
                            .step = steps_};
-            backend::cpu::adamw_update(p.value.data(), p.grad.data(), m_[i].data(), v_[i].data(),
-                                       p.value.size(), h);
+            const std::size_t n = p.value.size();
+            ops::adamw_update(vector_view<T>(p.value.data(), n),
+                              vector_view<const T>(p.grad.data(), n),
+                              vector_view<T>(m_[i].data(), n), vector_view<T>(v_[i].data(), n), h);
         }
     }
 
@@ -198,9 +200,11 @@ class sgd {
                                                  : 0.0,
                          .nesterov = options.nesterov,
                          .first_step = first};
-            backend::cpu::sgd_update(p.value.data(), p.grad.data(),
-                                     options.momentum != 0 ? buf_[i].data() : nullptr,
-                                     p.value.size(), h);
+            const std::size_t n = p.value.size();
+            const bool momentum = options.momentum != 0;
+            ops::sgd_update(
+                vector_view<T>(p.value.data(), n), vector_view<const T>(p.grad.data(), n),
+                vector_view<T>(momentum ? buf_[i].data() : nullptr, momentum ? n : 0), h);
         }
     }
 
@@ -226,7 +230,7 @@ template <scalar T>
 double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm) {
     double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no allocation)
     for (const auto& p : params)
-        if (p.trainable) sq += backend::cpu::sum_squares(p.grad.data(), p.grad.size());
+        if (p.trainable) sq += ops::sum_squares(vector_view<const T>(p.grad.data(), p.grad.size()));
     const double norm = std::sqrt(sq);
     if (!std::isfinite(norm))
         throw error(errc::invalid_argument, "clip_grad_norm",
@@ -235,7 +239,7 @@ double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm)
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1)
         for (const auto& p : params)
-            if (p.trainable) backend::cpu::scale(p.grad.data(), T(coef), p.grad.size());
+            if (p.trainable) ops::scale(vector_view<T>(p.grad.data(), p.grad.size()), T(coef));
     return norm;
 }
 

@@ -3787,6 +3787,186 @@ void sgd_update(P&& param, const G& grad, Buf&& momentum_buffer, const sgd_param
                              h.momentum != 0 ? momentum_buffer.data() : nullptr, n, h);
 }
 
+/// Σ x² over every element of x, in double (a reduction order independent of the thread count).
+template <tensor_like X>
+double sum_squares(const X& x) {
+    detail::same_device<X>();
+    return backend::cpu::sum_squares(x.data(), x.shape().size());
+}
+
+/// x *= alpha, element-wise.
+template <tensor_like X>
+void scale(X&& x, detail::scalar_of<X> alpha) {
+    detail::same_device<X>();
+    backend::cpu::scale(x.data(), alpha, x.shape().size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention's per-head products. An (N, C) "head matrix" (queries, keys, values, the context)
+// holds head h of each row in columns h*d .. h*d+d (d = C / H); a (B, H, Tq, Tk) tensor holds
+// one (Tq, Tk) matrix per batch and head (scores, probabilities).
+
+/// scores (B, H, Tq, Tk) = a_bh b_bhᵀ for every batch b and head h, a (B*Tq, C) and b (B*Tk, C)
+/// head matrices: attention's Q Kᵀ, and dP = dctx Vᵀ in its backward.
+template <tensor_like S, tensor_like A, tensor_like Bm>
+void head_scores(S&& scores, const A& a, const Bm& b) {
+    detail::same_device<S, A, Bm>();
+    static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<A>::rank == 2 &&
+                      detail::shape_of<Bm>::rank == 2,
+                  "ftune::ops::head_scores: scores (B, H, Tq, Tk), a (B*Tq, C), b (B*Tk, C)");
+    const auto& ss = scores.shape();
+    const std::size_t B = ss.extent(0), H = ss.extent(1), Tq = ss.extent(2), Tk = ss.extent(3);
+    const std::size_t Cn = a.shape().extent(1);
+    detail::check_size("head_scores", "a", a, B * Tq * Cn, "(B*Tq, C) of the scores' B and Tq");
+    detail::check_size("head_scores", "b", b, B * Tk * Cn, "(B*Tk, C) of the scores' B and Tk");
+    if (H == 0 || Cn % H != 0)
+        throw error(errc::shape_mismatch, "head_scores",
+                    ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
+    const std::size_t d = Cn / H;
+    for (std::size_t i = 0; i < B; ++i)
+        backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tq, Tk, d,
+                                           detail::scalar_of<S>(1), a.data() + i * Tq * Cn, Cn, d,
+                                           b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
+                                           scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
+}
+
+/// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
+/// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
+/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes).
+template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
+void head_context(Out&& out, const P& p, const V& v) {
+    detail::same_device<Out, P, V>();
+    static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<P>::rank == 4 &&
+                      detail::shape_of<V>::rank == 2,
+                  "ftune::ops::head_context: out (B*T, C), p (B, H, T, T), v (B*T, C)");
+    const auto& ps = p.shape();
+    const std::size_t B = ps.extent(0), H = ps.extent(1), Tn = ps.extent(2);
+    const std::size_t Cn = out.shape().extent(1);
+    if (ps.extent(3) != Tn)
+        throw error(errc::shape_mismatch, "head_context",
+                    "p must be (B, H, T, T): square per head, got " + ps.to_string());
+    detail::check_size("head_context", "out", out, B * Tn * Cn, "(B*T, C) of p's B and T");
+    detail::check_axis("head_context", "v", v, 1, "out", out, 1);
+    detail::check_size("head_context", "v", v, B * Tn * Cn, "(B*T, C) of p's B and T");
+    if (H == 0 || Cn % H != 0)
+        throw error(errc::shape_mismatch, "head_context",
+                    ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
+    const std::size_t d = Cn / H;
+    for (std::size_t i = 0; i < B; ++i)
+        backend::cpu::gemm_strided_batched(TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
+                                           p.data() + i * H * Tn * Tn, Tn, Tn * Tn,
+                                           v.data() + i * Tn * Cn, Cn, d, detail::scalar_of<Out>(0),
+                                           out.data() + i * Tn * Cn, Cn, d, H);
+}
+
+/// Multi-head attention for inference, nothing kept for backward: out (B, Tq, C) =
+/// softmax(scale q_bh k_bhᵀ + key_mask_b [causal]) v_bh for each batch b and head h, where qkv
+/// (B*T, 3C) holds each position's query, key and value side by side (the fused projection) and
+/// the queries are the first Tq positions of each sequence (Tq = T, or 1 for [CLS] only).
+/// key_mask (B, T) is additive (empty: none). The backend runs it fused (no (B, H, T, T) buffer).
+template <tensor_like Out, tensor_like QKV, tensor_like M>
+void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size_t heads,
+                         detail::scalar_of<Out> scale, bool causal = false) {
+    detail::same_device<Out, QKV, M>();
+    static_assert(detail::shape_of<Out>::rank == 3 && detail::shape_of<QKV>::rank == 2,
+                  "ftune::ops::attention_inference: out (B, Tq, C), qkv (B*T, 3C)");
+    const std::size_t B = out.shape().extent(0), Tq = out.shape().extent(1),
+                      Cn = out.shape().extent(2);
+    if (qkv.shape().extent(1) != 3 * Cn || B == 0 || qkv.shape().extent(0) % B != 0)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    "qkv has shape " + qkv.shape().to_string() + " but out " +
+                        out.shape().to_string() + " needs (B*T, 3C)");
+    const std::size_t Tn = qkv.shape().extent(0) / B;
+    if (!key_mask.empty())
+        detail::check_size("attention_inference", "key_mask", key_mask, B * Tn, "(B, T)");
+    if (heads == 0 || Cn % heads != 0)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(heads, " heads do not divide ", Cn, " features"));
+    const auto* q = qkv.data();
+    // the queries' row stride: a row, or (one query per sequence) a whole sequence
+    const std::size_t ldq = Tq == Tn ? 3 * Cn : Tn * 3 * Cn;
+    backend::cpu::attention_inference(out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn,
+                                      key_mask.empty() ? nullptr : key_mask.data(), scale, B, heads,
+                                      Tq, Tn, Cn / heads, causal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights prepared once for inference products
+
+namespace detail {
+/// The prepared-weight type of a device (each backend specializes it).
+template <class T, class D>
+struct prepared_weight_of {
+    static_assert(std::is_same_v<D, device::cpu>,
+                  "ftune: prepared weights exist for device::cpu only (no other backend yet)");
+};
+template <class T>
+struct prepared_weight_of<T, device::cpu> {
+    using type = backend::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
+};
+}  // namespace detail
+
+/// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
+/// its GEMM's panel layout. Each backend has its own type.
+template <scalar T, class D = device::cpu>
+using prepared_weight = typename detail::prepared_weight_of<T, D>::type;
+
+/// Prepares w (N, K), stored as a linear layer stores its weight (out, in), for y = x wᵀ
+/// (matmul_prepared); grows the prepared storage only.
+template <tensor_like W>
+void prepare_weight(prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared,
+                    const W& w) {
+    detail::same_device<W>();
+    static_assert(detail::shape_of<W>::rank == 2, "ftune::ops::prepare_weight: w is (N, K)");
+    const std::size_t N = w.shape().extent(0), K = w.shape().extent(1);
+    prepared.pack(w.data(), K, transpose::yes, K, N);
+}
+
+/// Element-wise work fused into matmul_prepared: none.
+struct no_epilogue {};
+
+/// Element-wise work fused into matmul_prepared: y += r (r has y's shape: a residual
+/// connection), added as each tile of the product is stored; the same values as residual_add
+/// after the product, bit for bit.
+template <class R>
+struct add_residual {
+    R r;  ///< a view (rows, N)
+};
+template <class R>
+add_residual(R) -> add_residual<R>;
+
+/// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
+/// prepare_weight: the same values as matmul<no, yes>, bias_add (and residual_add), bit for bit.
+template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
+void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
+    detail::same_device<X, Y, Bias>();
+    static_assert(std::is_same_v<P, prepared_weight<detail::scalar_of<Y>, detail::device_of<Y>>>,
+                  "ftune::ops::matmul_prepared: w is the prepared_weight of y's type and device");
+    static_assert(detail::shape_of<X>::rank == 2 && detail::shape_of<Y>::rank == 2,
+                  "ftune::ops::matmul_prepared: x (M, K), y (M, N)");
+    const std::size_t M = x.shape().extent(0), K = x.shape().extent(1), N = w.cols();
+    if (w.rows() != K)
+        throw error(errc::shape_mismatch, "matmul_prepared",
+                    ftune::detail::cat("x has ", K, " features but the weight was prepared for ",
+                                       w.rows()));
+    detail::check_size("matmul_prepared", "y", y, M * N, "(M, N) of x's rows and w's outputs");
+    detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
+    if constexpr (std::is_same_v<E, no_epilogue>) {
+        backend::cpu::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
+                                  detail::scalar_of<Y>(0), y.data(), N, bias.data());
+    } else {
+        const auto& r = epilogue.r;
+        detail::same_device<Y, decltype(r)>();
+        static_assert(detail::shape_of<decltype(r)>::rank == 2,
+                      "ftune::ops::add_residual: r is (M, N)");
+        detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
+        backend::cpu::gemm_packed(
+            transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
+            detail::scalar_of<Y>(0), y.data(), N, bias.data(),
+            backend::cpu::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+    }
+}
+
 }  // namespace ops
 FTUNE_NAMESPACE_END
 // ---- end ftune/ops.hpp ----
@@ -3919,7 +4099,7 @@ class linear {
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         if (prepared_) {                        // inference with W packed once (prepare_inference)
-            packed_product(x, backend::cpu::no_epilogue{});
+            packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
             ops::bias_add(y_, bias.value);
@@ -3927,10 +4107,9 @@ class linear {
         return y_.view();
     }
 
-    /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then
-    /// epilogue(c, ldc, row0, rows, col0, cols) on each tile of y while it is in L1 (an
-    /// activation, a residual add). Needs prepare_inference() and eval mode; keeps nothing
-    /// for backward.
+    /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then the
+    /// epilogue (ops::add_residual: + r, a residual connection) as each tile of y is stored.
+    /// Needs prepare_inference() and eval mode; keeps nothing for backward.
     template <class Epilogue>
     output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
         if (ctx.training() || !prepared_)
@@ -3952,8 +4131,7 @@ class linear {
     /// once an eval-mode forward has run since, call prepare_inference() again.
     void prepare_inference() {
         packed_current_ = false;  // until the packing below has succeeded
-        packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
-                     out_features());
+        ops::prepare_weight(packed_, weight.value);
         prepared_ = packed_current_ = true;
     }
 
@@ -3996,12 +4174,10 @@ class linear {
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
         if (!packed_current_) prepare_inference();
-        backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(), T(1),
-                                  x.data(), in_features(), packed_, T(0), y_.data(), out_features(),
-                                  bias.value.data(), epilogue);
+        ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
     }
 
-    backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
+    ops::prepared_weight<T> packed_;    // W prepared for matmul_prepared (prepare_inference)
     bool prepared_ = false;             // eval-mode forwards use packed_ (prepare_inference)
     bool packed_current_ = false;       // packed_ holds the current W (no visit since)
     input_view x_;                      // the last forward's input
@@ -4065,32 +4241,23 @@ class self_attention {
         q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
         k_ = key.forward(ctx, x2);
         v_ = value.forward(ctx, x2);
-        const T *q = q_.data(), *k = k_.data(), *v = v_.data();
-        const std::size_t ld = Cn;
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
-        for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1),
-                                               q + b * Tn * ld, ld, d, k + b * Tn * ld, ld, d, T(0),
-                                               scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
+        ops::head_scores(scores_, q_, k_);  // S_bh = Q_bh K_bhᵀ
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
             ops::masked_softmax(probs_, scores_, scale, causal);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
-        const T* p = probs_.data();
         dropped_ = ctx.training() && dropout_p > T(0);
         if (dropped_) {
             probs_dropped_.resize(probs_.shape());
             mask_.resize(probs_.shape());
             ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
-            p = probs_dropped_.data();
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
-        for (std::size_t b = 0; b < B; ++b)  // ctx_bh = P_bh V_bh, written into its head's columns
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1),
-                                               p + b * H * Tn * Tn, Tn, Tn * Tn, v + b * Tn * ld,
-                                               ld, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
+        const view<T, shape<dynamic, C>> out2(out_.data(), B * Tn, Cn);
+        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_);  // P V
         return out_.view();
     }
 
@@ -4112,21 +4279,14 @@ class self_attention {
         auto& w = scratch();  // shared by every attention layer of this type on this thread
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
-        const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
+        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
         dq.resize(shape<dynamic, C>(B * Tn, Cn));
         dk.resize(dq.shape());
         dv.resize(dq.shape());
-        for (std::size_t b = 0; b < B; ++b) {
-            const T* g = dout.data() + b * Tn * Cn;
-            // dP_bh = dctx_bh V_bhᵀ; dV_bh = P_bhᵀ dctx_bh
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1), g,
-                                               Cn, d, v_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dp.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
-            backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1),
-                                               p + b * H * Tn * Tn, Tn, Tn * Tn, g, Cn, d, T(0),
-                                               dv.data() + b * Tn * Cn, Cn, d, H);
-        }
+        const view<const T, shape<dynamic, C>> g(dout.data(), B * Tn, Cn);  // d context
+        ops::head_scores(dp, g, v_);                  // dP_bh = dctx_bh V_bhᵀ
+        ops::head_context<transpose::yes>(dv, p, g);  // dV_bh = P_bhᵀ dctx_bh
         ds.resize(probs_.shape());
         ds.fill(T(0));
         if (dropped_) {  // through the dropout, then the softmax
@@ -4137,16 +4297,8 @@ class self_attention {
         } else {
             ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
         }
-        for (std::size_t b = 0; b < B; ++b) {
-            const T* s = ds.data() + b * H * Tn * Tn;
-            // dQ_bh = dS_bh K_bh; dK_bh = dS_bhᵀ Q_bh
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1), s, Tn,
-                                               Tn * Tn, k_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dq.data() + b * Tn * Cn, Cn, d, H);
-            backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1), s,
-                                               Tn, Tn * Tn, q_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dk.data() + b * Tn * Cn, Cn, d, H);
-        }
+        ops::head_context(dq, ds, k_);                  // dQ_bh = dS_bh K_bh
+        ops::head_context<transpose::yes>(dk, ds, q_);  // dK_bh = dS_bhᵀ Q_bh
         const view<T, shape<dynamic, C>> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>>()
                        : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
@@ -4157,7 +4309,7 @@ class self_attention {
 
     /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
     /// one product without per-call packing, and the attention itself through
-    /// backend::cpu::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
+    /// ops::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
     /// A visit that may change the weights marks the packing stale (the next eval-mode forward
     /// packs again); a train-mode forward ends the prepared mode. After writing the weights
     /// directly (or through references kept from an earlier visit once an eval-mode forward has
@@ -4174,7 +4326,7 @@ class self_attention {
             std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
         }
-        packed_qkv_.pack(qkv_weight.data(), Cn, transpose::yes, Cn, 3 * Cn);
+        ops::prepare_weight(packed_qkv_, qkv_weight);
         prepared_ = packed_current_ = true;
     }
 
@@ -4213,12 +4365,7 @@ class self_attention {
         B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
         packed_qkv(x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
-        const T* qp = qkv_.data();  // q, k, v: columns 0, C, 2C of each (3C) row
-        // queries' row stride: a row, or (one query per sequence) a whole sequence
-        const std::size_t ldq = queries == Tn ? 3 * Cn : Tn * 3 * Cn;
-        backend::cpu::attention_inference(out_.data(), Cn, qp, ldq, qp + Cn, qp + 2 * Cn, 3 * Cn,
-                                          key_mask.empty() ? nullptr : key_mask.data(),
-                                          T(1) / std::sqrt(T(d)), B, H, queries, Tn, d, causal);
+        ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
         return out_.view();
     }
 
@@ -4232,15 +4379,15 @@ class self_attention {
                                            query.in_features()));
         if (!packed_current_) prepare_inference();
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
-        backend::cpu::gemm_packed(transpose::no, N, 3 * Cn, Cn, T(1), x.data(), Cn, packed_qkv_,
-                                  T(0), qkv_.data(), 3 * Cn, qkv_bias_.data());
+        ops::matmul_prepared(view<const T, shape<dynamic, dynamic>>(x.data(), N, Cn), packed_qkv_,
+                             qkv_, qkv_bias_);
     }
 
     std::size_t heads_;
     bool prepared_ = false;                   // eval-mode forwards use packed_qkv_
     bool packed_current_ = false;             // packed_qkv_ holds the current weights
     bool last_fused_ = false;                 // the last forward used packed_qkv_
-    backend::cpu::packed_b<T> packed_qkv_;    // [Wq; Wk; Wv] packed (prepare_inference)
+    ops::prepared_weight<T> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
     buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
     buffer<T, shape<dynamic, dynamic>> qkv_;  // (B*T, 3C) fused projections
     std::size_t B_ = 0, T_ = 0;               // the last forward's batch and sequence
@@ -4449,8 +4596,9 @@ class layer_norm {
             check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
         }
         check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
-        backend::cpu::layer_norm_backward(dxp, dw, db, dy.data(), x_.data(), weight.value.data(),
-                                          mean_.data(), rstd_.data(), rows, cols);
+        ops::layer_norm_backward(view<T, shape<dynamic, C>>(dxp, rows, cols),
+                                 view<T, shape<C>>(dw, cols), view<T, shape<C>>(db, cols), dy, x_,
+                                 weight.value, mean_, rstd_);
     }
 
     /// Whether any parameter trains (false: frozen).
@@ -4867,9 +5015,9 @@ class pooler {
         activation.backward(ctx, dout, d_dense_.view());
         dense.backward(ctx, d_dense_.view(), d_first_.view());
         if (dhidden.empty()) return;
-        for (std::size_t b = 0; b < B; ++b) {
-            T* row = dhidden.data() + b * T_ * Cn;
-            backend::cpu::residual_add(row, row, d_first_.data() + b * Cn, Cn);
+        for (std::size_t b = 0; b < B; ++b) {  // d hidden[b, 0] += d first[b]
+            const view<T, shape<C>> row(dhidden.data() + b * T_ * Cn, Cn);
+            ops::residual_add(row, row, view<const T, shape<C>>(d_first_.data() + b * Cn, Cn));
         }
     }
 
@@ -5110,10 +5258,8 @@ class encoder_block {
     view<const T, shape<dynamic, C>> inference_tail(context& ctx,
                                                     view<const T, shape<dynamic, C>> a,
                                                     view<const T, shape<dynamic, C>> x) {
-        // c += r (same rows, columns), added as the product's register tile is stored
-        auto add_rows = [](view<const T, shape<dynamic, C>> r) {
-            return backend::cpu::add_residual<T>{r.data(), r.extent(1)};
-        };
+        // c += r (same rows, columns), added as the product's tiles are stored
+        auto add_rows = [](view<const T, shape<dynamic, C>> r) { return ops::add_residual{r}; };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);

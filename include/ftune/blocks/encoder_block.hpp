@@ -212,10 +212,8 @@ class encoder_block {
     view<const T, shape<dynamic, C>> inference_tail(context& ctx,
                                                     view<const T, shape<dynamic, C>> a,
                                                     view<const T, shape<dynamic, C>> x) {
-        // c += r (same rows, columns), added as the product's register tile is stored
-        auto add_rows = [](view<const T, shape<dynamic, C>> r) {
-            return backend::cpu::add_residual<T>{r.data(), r.extent(1)};
-        };
+        // c += r (same rows, columns), added as the product's tiles are stored
+        auto add_rows = [](view<const T, shape<dynamic, C>> r) { return ops::add_residual{r}; };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);

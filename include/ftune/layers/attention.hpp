@@ -63,32 +63,23 @@ class self_attention {
         q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
         k_ = key.forward(ctx, x2);
         v_ = value.forward(ctx, x2);
-        const T *q = q_.data(), *k = k_.data(), *v = v_.data();
-        const std::size_t ld = Cn;
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
-        for (std::size_t b = 0; b < B; ++b)  // S_bh = Q_bh K_bhᵀ over the H heads of batch b
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1),
-                                               q + b * Tn * ld, ld, d, k + b * Tn * ld, ld, d, T(0),
-                                               scores_.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
+        ops::head_scores(scores_, q_, k_);  // S_bh = Q_bh K_bhᵀ
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
             ops::masked_softmax(probs_, scores_, scale, causal);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
-        const T* p = probs_.data();
         dropped_ = ctx.training() && dropout_p > T(0);
         if (dropped_) {
             probs_dropped_.resize(probs_.shape());
             mask_.resize(probs_.shape());
             ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
-            p = probs_dropped_.data();
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
-        for (std::size_t b = 0; b < B; ++b)  // ctx_bh = P_bh V_bh, written into its head's columns
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1),
-                                               p + b * H * Tn * Tn, Tn, Tn * Tn, v + b * Tn * ld,
-                                               ld, d, T(0), out_.data() + b * Tn * Cn, Cn, d, H);
+        const view<T, shape<dynamic, C>> out2(out_.data(), B * Tn, Cn);
+        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_);  // P V
         return out_.view();
     }
 
@@ -110,21 +101,14 @@ class self_attention {
         auto& w = scratch();  // shared by every attention layer of this type on this thread
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
-        const T* p = dropped_ ? probs_dropped_.data() : probs_.data();
+        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
         dq.resize(shape<dynamic, C>(B * Tn, Cn));
         dk.resize(dq.shape());
         dv.resize(dq.shape());
-        for (std::size_t b = 0; b < B; ++b) {
-            const T* g = dout.data() + b * Tn * Cn;
-            // dP_bh = dctx_bh V_bhᵀ; dV_bh = P_bhᵀ dctx_bh
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tn, Tn, d, T(1), g,
-                                               Cn, d, v_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dp.data() + b * H * Tn * Tn, Tn, Tn * Tn, H);
-            backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1),
-                                               p + b * H * Tn * Tn, Tn, Tn * Tn, g, Cn, d, T(0),
-                                               dv.data() + b * Tn * Cn, Cn, d, H);
-        }
+        const view<const T, shape<dynamic, C>> g(dout.data(), B * Tn, Cn);  // d context
+        ops::head_scores(dp, g, v_);                  // dP_bh = dctx_bh V_bhᵀ
+        ops::head_context<transpose::yes>(dv, p, g);  // dV_bh = P_bhᵀ dctx_bh
         ds.resize(probs_.shape());
         ds.fill(T(0));
         if (dropped_) {  // through the dropout, then the softmax
@@ -135,16 +119,8 @@ class self_attention {
         } else {
             ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
         }
-        for (std::size_t b = 0; b < B; ++b) {
-            const T* s = ds.data() + b * H * Tn * Tn;
-            // dQ_bh = dS_bh K_bh; dK_bh = dS_bhᵀ Q_bh
-            backend::cpu::gemm_strided_batched(transpose::no, transpose::no, Tn, d, Tn, T(1), s, Tn,
-                                               Tn * Tn, k_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dq.data() + b * Tn * Cn, Cn, d, H);
-            backend::cpu::gemm_strided_batched(transpose::yes, transpose::no, Tn, d, Tn, T(1), s,
-                                               Tn, Tn * Tn, q_.data() + b * Tn * Cn, Cn, d, T(0),
-                                               dk.data() + b * Tn * Cn, Cn, d, H);
-        }
+        ops::head_context(dq, ds, k_);                  // dQ_bh = dS_bh K_bh
+        ops::head_context<transpose::yes>(dk, ds, q_);  // dK_bh = dS_bhᵀ Q_bh
         const view<T, shape<dynamic, C>> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>>()
                        : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
@@ -155,7 +131,7 @@ class self_attention {
 
     /// Packs [Wq; Wk; Wv] for inference: eval-mode forwards then run the three projections as
     /// one product without per-call packing, and the attention itself through
-    /// backend::cpu::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
+    /// ops::attention_inference (no (B, H, T, T) buffer; nothing kept for backward).
     /// A visit that may change the weights marks the packing stale (the next eval-mode forward
     /// packs again); a train-mode forward ends the prepared mode. After writing the weights
     /// directly (or through references kept from an earlier visit once an eval-mode forward has
@@ -172,7 +148,7 @@ class self_attention {
             std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
         }
-        packed_qkv_.pack(qkv_weight.data(), Cn, transpose::yes, Cn, 3 * Cn);
+        ops::prepare_weight(packed_qkv_, qkv_weight);
         prepared_ = packed_current_ = true;
     }
 
@@ -211,12 +187,7 @@ class self_attention {
         B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
         packed_qkv(x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
-        const T* qp = qkv_.data();  // q, k, v: columns 0, C, 2C of each (3C) row
-        // queries' row stride: a row, or (one query per sequence) a whole sequence
-        const std::size_t ldq = queries == Tn ? 3 * Cn : Tn * 3 * Cn;
-        backend::cpu::attention_inference(out_.data(), Cn, qp, ldq, qp + Cn, qp + 2 * Cn, 3 * Cn,
-                                          key_mask.empty() ? nullptr : key_mask.data(),
-                                          T(1) / std::sqrt(T(d)), B, H, queries, Tn, d, causal);
+        ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
         return out_.view();
     }
 
@@ -230,15 +201,15 @@ class self_attention {
                                            query.in_features()));
         if (!packed_current_) prepare_inference();
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
-        backend::cpu::gemm_packed(transpose::no, N, 3 * Cn, Cn, T(1), x.data(), Cn, packed_qkv_,
-                                  T(0), qkv_.data(), 3 * Cn, qkv_bias_.data());
+        ops::matmul_prepared(view<const T, shape<dynamic, dynamic>>(x.data(), N, Cn), packed_qkv_,
+                             qkv_, qkv_bias_);
     }
 
     std::size_t heads_;
     bool prepared_ = false;                   // eval-mode forwards use packed_qkv_
     bool packed_current_ = false;             // packed_qkv_ holds the current weights
     bool last_fused_ = false;                 // the last forward used packed_qkv_
-    backend::cpu::packed_b<T> packed_qkv_;    // [Wq; Wk; Wv] packed (prepare_inference)
+    ops::prepared_weight<T> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
     buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
     buffer<T, shape<dynamic, dynamic>> qkv_;  // (B*T, 3C) fused projections
     std::size_t B_ = 0, T_ = 0;               // the last forward's batch and sequence

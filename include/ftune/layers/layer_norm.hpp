@@ -63,8 +63,9 @@ class layer_norm {
             check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
         }
         check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
-        backend::cpu::layer_norm_backward(dxp, dw, db, dy.data(), x_.data(), weight.value.data(),
-                                          mean_.data(), rstd_.data(), rows, cols);
+        ops::layer_norm_backward(view<T, shape<dynamic, C>>(dxp, rows, cols),
+                                 view<T, shape<C>>(dw, cols), view<T, shape<C>>(db, cols), dy, x_,
+                                 weight.value, mean_, rstd_);
     }
 
     /// Whether any parameter trains (false: frozen).

@@ -38,7 +38,7 @@ class linear {
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         if (prepared_) {                        // inference with W packed once (prepare_inference)
-            packed_product(x, backend::cpu::no_epilogue{});
+            packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
             ops::bias_add(y_, bias.value);
@@ -46,10 +46,9 @@ class linear {
         return y_.view();
     }
 
-    /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then
-    /// epilogue(c, ldc, row0, rows, col0, cols) on each tile of y while it is in L1 (an
-    /// activation, a residual add). Needs prepare_inference() and eval mode; keeps nothing
-    /// for backward.
+    /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then the
+    /// epilogue (ops::add_residual: + r, a residual connection) as each tile of y is stored.
+    /// Needs prepare_inference() and eval mode; keeps nothing for backward.
     template <class Epilogue>
     output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
         if (ctx.training() || !prepared_)
@@ -71,8 +70,7 @@ class linear {
     /// once an eval-mode forward has run since, call prepare_inference() again.
     void prepare_inference() {
         packed_current_ = false;  // until the packing below has succeeded
-        packed_.pack(weight.value.data(), in_features(), transpose::yes, in_features(),
-                     out_features());
+        ops::prepare_weight(packed_, weight.value);
         prepared_ = packed_current_ = true;
     }
 
@@ -115,12 +113,10 @@ class linear {
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
         if (!packed_current_) prepare_inference();
-        backend::cpu::gemm_packed(transpose::no, x.extent(0), out_features(), in_features(), T(1),
-                                  x.data(), in_features(), packed_, T(0), y_.data(), out_features(),
-                                  bias.value.data(), epilogue);
+        ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
     }
 
-    backend::cpu::packed_b<T> packed_;  // W packed for gemm_packed (prepare_inference)
+    ops::prepared_weight<T> packed_;    // W prepared for matmul_prepared (prepare_inference)
     bool prepared_ = false;             // eval-mode forwards use packed_ (prepare_inference)
     bool packed_current_ = false;       // packed_ holds the current W (no visit since)
     input_view x_;                      // the last forward's input

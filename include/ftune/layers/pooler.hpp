@@ -45,9 +45,9 @@ class pooler {
         activation.backward(ctx, dout, d_dense_.view());
         dense.backward(ctx, d_dense_.view(), d_first_.view());
         if (dhidden.empty()) return;
-        for (std::size_t b = 0; b < B; ++b) {
-            T* row = dhidden.data() + b * T_ * Cn;
-            backend::cpu::residual_add(row, row, d_first_.data() + b * Cn, Cn);
+        for (std::size_t b = 0; b < B; ++b) {  // d hidden[b, 0] += d first[b]
+            const view<T, shape<C>> row(dhidden.data() + b * T_ * Cn, Cn);
+            ops::residual_add(row, row, view<const T, shape<C>>(d_first_.data() + b * Cn, Cn));
         }
     }
 
