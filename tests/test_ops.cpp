@@ -596,3 +596,82 @@ TEST_CASE("ops: the backward and optimizer wrappers throw ftune::error on shape 
         CHECK_NOTHROW(ops::sgd_update(p, g, flat, h));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch on the device tag, and attention's per-head products
+
+TEST_CASE("ops dispatch on the tensors' device: device::reference runs the reference backend",
+          "[ops]") {
+    using R = ftune::device::reference;
+    namespace cpu = ftune::backend::cpu;
+    const std::size_t M = 7, N = 45, K = 300;
+    const auto a = test::randn<float>(M * K, 50), b = test::randn<float>(K * N, 51);
+    buffer<float, dynamic_shape<2>, R> ar(M, K), br(K, N), cr(M, N);
+    set(ar, a), set(br, b);
+    buffer<float, dynamic_shape<2>> ac(M, K), bc(K, N), cc(M, N);
+    set(ac, a), set(bc, b);
+    // the CPU backend counts its GEMM calls (each packs B): the reference device leaves the
+    // count alone, device::cpu adds one
+    auto& calls = cpu::packing_stats().per_call;
+    const auto before = calls.load();
+    ops::matmul(ar, br, cr);
+    CHECK(calls.load() == before);
+    ops::matmul(ac, bc, cc);
+    CHECK(calls.load() == before + 1);
+    std::vector<float> want(M * N);
+    ref::gemm(transpose::no, transpose::no, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f,
+              want.data(), N);
+    require_close(vec(cr), want, tol<float>(16.0 * K), "matmul on device::reference");
+    require_close(vec(cc), want, tol<float>(16.0 * K), "matmul on device::cpu");
+    // an element-wise primitive and a reduction through the same dispatch
+    buffer<float, dynamic_shape<2>, R> g(M, N);
+    set(g, test::randn<float>(M * N, 52));
+    want = vec(g);
+    ref::gelu_forward(want.data(), want.data(), want.size());
+    ops::activate(ops::activation::gelu, g, g);
+    require_close(vec(g), want, tol<float>(16.0), "gelu on device::reference");
+    double sq = 0;
+    for (float v : want) sq += double(v) * v;
+    CHECK(std::abs(ops::sum_squares(g) - sq) <= 1e-9 * sq);
+}
+
+TEST_CASE("ops::head_scores and ops::head_context: per-head products of interleaved heads",
+          "[ops]") {
+    const std::size_t B = 2, H = 3, Tn = 5, d = 4, Cn = H * d;
+    auto q = randn_buffer<dynamic_shape<2>>(60, 1.0, B * Tn, Cn);
+    auto k = randn_buffer<dynamic_shape<2>>(61, 1.0, B * Tn, Cn);
+    auto p = randn_buffer<dynamic_shape<4>>(62, 1.0, B, H, Tn, Tn);
+    buffer<float, dynamic_shape<4>> s(B, H, Tn, Tn);
+    buffer<float, dynamic_shape<2>> out(B * Tn, Cn), out_t(B * Tn, Cn);
+    ops::head_scores(s, q, k);
+    ops::head_context(out, p, k);
+    ops::head_context<transpose::yes>(out_t, p, k);
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t h = 0; h < H; ++h)
+            for (std::size_t i = 0; i < Tn; ++i)
+                for (std::size_t j = 0; j < Tn; ++j) {  // S = Q_bh K_bhᵀ
+                    double want = 0;
+                    for (std::size_t c = 0; c < d; ++c)
+                        want += double(q.data()[(b * Tn + i) * Cn + h * d + c]) *
+                                k.data()[(b * Tn + j) * Cn + h * d + c];
+                    REQUIRE(std::abs(s.data()[((b * H + h) * Tn + i) * Tn + j] - want) < 1e-5);
+                }
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t h = 0; h < H; ++h)
+            for (std::size_t i = 0; i < Tn; ++i)
+                for (std::size_t c = 0; c < d; ++c) {  // P K and Pᵀ K into head h's columns
+                    double want = 0, want_t = 0;
+                    for (std::size_t j = 0; j < Tn; ++j) {
+                        const double kv = k.data()[(b * Tn + j) * Cn + h * d + c];
+                        want += p.data()[((b * H + h) * Tn + i) * Tn + j] * kv;
+                        want_t += p.data()[((b * H + h) * Tn + j) * Tn + i] * kv;
+                    }
+                    REQUIRE(std::abs(out.data()[(b * Tn + i) * Cn + h * d + c] - want) < 1e-5);
+                    REQUIRE(std::abs(out_t.data()[(b * Tn + i) * Cn + h * d + c] - want_t) < 1e-5);
+                }
+    buffer<float, dynamic_shape<4>> wrong(B, H, Tn + 1, Tn);
+    CHECK_THROWS_AS(ops::head_scores(wrong, q, k), ftune::error);
+    buffer<float, dynamic_shape<4>> five_heads(B, 5, Tn, Tn);  // 5 does not divide 12
+    CHECK_THROWS_AS(ops::head_scores(five_heads, q, k), ftune::error);
+    CHECK_THROWS_AS(ops::head_context(out, wrong, k), ftune::error);
+}

@@ -404,19 +404,33 @@ FTUNE_NAMESPACE_END
 FTUNE_NAMESPACE_BEGIN
 
 namespace device {
-/// Host memory; primitives run on the CPU backend (Eigen + xsimd + OpenMP).
+/// Host memory; primitives run on the CPU backend (xsimd + OpenMP, ftune's packed GEMM).
 struct cpu {
-    static constexpr const char* name = "cpu";
+    static constexpr const char* name = "cpu";  ///< the name in messages
+    static constexpr bool host = true;          ///< whether the memory is the host's
 };
-/// NVIDIA GPU memory; reserved for the CUDA backend (FTUNE_WITH_CUDA).
+/// Host memory; primitives run on the reference backend (plain loops in PyTorch's operation
+/// order, the tests' oracle): a model on this device is the slow, obviously right twin of one on
+/// device::cpu.
+struct reference {
+    static constexpr const char* name = "reference";  ///< the name in messages
+    static constexpr bool host = true;                ///< whether the memory is the host's
+};
+/// NVIDIA GPU memory; reserved for a CUDA backend (planned, optional; none yet).
 struct cuda {
-    static constexpr const char* name = "cuda";
+    static constexpr const char* name = "cuda";  ///< the name in messages
+    static constexpr bool host = false;          ///< whether the memory is the host's
 };
 }  // namespace device
 
 /// A type usable as a device tag.
 template <class D>
-concept device_tag = std::is_same_v<D, device::cpu> || std::is_same_v<D, device::cuda>;
+concept device_tag = std::is_same_v<D, device::cpu> || std::is_same_v<D, device::reference> ||
+    std::is_same_v<D, device::cuda>;
+
+/// A device whose memory is the host's (ftune::buffer allocates it).
+template <class D>
+concept host_device = device_tag<D> && D::host;
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/device.hpp ----
@@ -544,11 +558,11 @@ std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
 }
 }  // namespace detail
 
-/// An owning, 64-byte aligned, zero-initialized row-major tensor on the host.
-/// (Device memory for the CUDA backend gets its own buffer type there.)
+/// An owning, 64-byte aligned, zero-initialized row-major tensor in host memory (device::cpu or
+/// device::reference). (Device memory for a CUDA backend would get its own buffer type.)
 template <class T, class Shape, device_tag Device = device::cpu>
 class buffer {
-    static_assert(std::is_same_v<Device, device::cpu>,
+    static_assert(host_device<Device>,
                   "ftune: buffer<..., device::cuda> is reserved for a CUDA backend, which ftune "
                   "does not have yet (planned, optional); use device::cpu.");
     static_assert(
@@ -3393,6 +3407,7 @@ FTUNE_NAMESPACE_END
 #include <span>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -3456,16 +3471,70 @@ void check_size(const char* what, const char* name, const X& x, std::size_t n,
                                " elements) but ", expected, " needs ", n));
 }
 
-/// Requires that all arguments live on the same device, and selects its backend.
+/// The backend that runs the primitives on device D: a struct whose static functions forward
+/// to the backend's own (one specialization per backend, next to it below; as xsimd selects
+/// its kernels by architecture tag). A device without one is a compile-time error.
+template <class D>
+struct backend_of {
+    static_assert(!std::is_same_v<D, device::cuda>,
+                  "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
+                  "have yet (planned, optional); keep the tensors on device::cpu.");
+};
+
+// backend_of's members: one forwarding function per primitive
+#define FTUNE_OPS_FORWARD(NS, F)             \
+    template <class... A>                    \
+    static decltype(auto) F(A&&... a) {      \
+        return NS::F(std::forward<A>(a)...); \
+    }
+#define FTUNE_OPS_TRAINING_PRIMITIVES(NS)                                                      \
+    FTUNE_OPS_FORWARD(NS, gemm)                                                                \
+    FTUNE_OPS_FORWARD(NS, gemm_strided_batched)                                                \
+    FTUNE_OPS_FORWARD(NS, bias_add)                                                            \
+    FTUNE_OPS_FORWARD(NS, bias_backward) FTUNE_OPS_FORWARD(NS, residual_add)                   \
+        FTUNE_OPS_FORWARD(NS, gelu_forward) FTUNE_OPS_FORWARD(NS, gelu_backward)               \
+            FTUNE_OPS_FORWARD(NS, gelu_tanh_forward) FTUNE_OPS_FORWARD(NS, gelu_tanh_backward) \
+                FTUNE_OPS_FORWARD(NS, tanh_forward) FTUNE_OPS_FORWARD(NS, tanh_backward)       \
+                    FTUNE_OPS_FORWARD(NS, relu_forward) FTUNE_OPS_FORWARD(NS, relu_backward)   \
+                        FTUNE_OPS_FORWARD(NS, layer_norm_forward) FTUNE_OPS_FORWARD(           \
+                            NS, layer_norm_backward) FTUNE_OPS_FORWARD(NS, softmax_forward)    \
+                            FTUNE_OPS_FORWARD(NS, softmax_backward) FTUNE_OPS_FORWARD(         \
+                                NS, dropout_forward) FTUNE_OPS_FORWARD(NS, dropout_backward)   \
+                                FTUNE_OPS_FORWARD(NS, embedding_forward)                       \
+                                    FTUNE_OPS_FORWARD(NS, embedding_backward)                  \
+                                        FTUNE_OPS_FORWARD(NS, cross_entropy_forward)           \
+                                            FTUNE_OPS_FORWARD(NS, cross_entropy_backward)      \
+                                                FTUNE_OPS_FORWARD(NS, sum_squares)             \
+                                                    FTUNE_OPS_FORWARD(NS, scale)               \
+                                                        FTUNE_OPS_FORWARD(NS, adamw_update)    \
+                                                            FTUNE_OPS_FORWARD(NS, sgd_update)
+
+/// device::cpu: the SIMD CPU backend, which also runs the fused inference primitives.
+template <>
+struct backend_of<device::cpu> {
+    FTUNE_OPS_TRAINING_PRIMITIVES(backend::cpu)
+    FTUNE_OPS_FORWARD(backend::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backend::cpu, gemm_packed)
+};
+/// device::reference: the scalar reference backend (training primitives).
+template <>
+struct backend_of<device::reference> {
+    FTUNE_OPS_TRAINING_PRIMITIVES(backend::reference)
+};
+#undef FTUNE_OPS_TRAINING_PRIMITIVES
+#undef FTUNE_OPS_FORWARD
+
+/// The backend of tensor type X's device.
+template <class X>
+using backend_for = backend_of<device_of<X>>;
+
+/// Requires that all arguments live on the same device (whose backend then runs the primitive).
 template <class... X>
 constexpr void same_device() {
     using D = device_of<std::tuple_element_t<0, std::tuple<X...>>>;
     static_assert((std::is_same_v<D, device_of<X>> && ...),
                   "ftune: tensors on different devices passed to one primitive; copy them to the "
                   "same device first.");
-    static_assert(std::is_same_v<D, device::cpu>,
-                  "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
-                  "have yet (planned, optional); keep the tensors on device::cpu.");
 }
 }  // namespace detail
 
@@ -3491,8 +3560,8 @@ void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
     detail::check_axis("matmul (rows M)", "A", a, am, "C", c, 0);
     detail::check_axis("matmul (columns N)", "B", b, bn, "C", c, 1);
     const std::size_t M = c.shape().extent(0), N = c.shape().extent(1), K = a.shape().extent(ak);
-    backend::cpu::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
-                       b.shape().extent(1), beta, c.data(), N);
+    detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
+                                 b.shape().extent(1), beta, c.data(), N);
 }
 
 /// y(rows, C) += bias(C).
@@ -3504,7 +3573,8 @@ void bias_add(Y&& y, const Bias& bias) {
                   "ftune::ops::bias_add: y is (rows, C) and bias is (C)");
     detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<Bias>, 0>>();
     detail::check_axis("bias_add", "y", y, 1, "bias", bias, 0);
-    backend::cpu::bias_add(y.data(), bias.data(), y.shape().extent(0), y.shape().extent(1));
+    detail::backend_for<Y>::bias_add(y.data(), bias.data(), y.shape().extent(0),
+                                     y.shape().extent(1));
 }
 
 /// dbias(C) += Σ_rows dy(rows, C).
@@ -3516,8 +3586,8 @@ void bias_backward(DBias&& dbias, const DY& dy) {
                   "ftune::ops::bias_backward: dy is (rows, C) and dbias is (C)");
     detail::static_extents_agree<detail::sx<SY, 1>, detail::sx<detail::shape_of<DBias>, 0>>();
     detail::check_axis("bias_backward", "dy", dy, 1, "dbias", dbias, 0);
-    backend::cpu::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0),
-                                dy.shape().extent(1));
+    detail::backend_for<DY>::bias_backward(dbias.data(), dy.data(), dy.shape().extent(0),
+                                           dy.shape().extent(1));
 }
 
 /// out = a + b (same shapes; out may alias a or b).
@@ -3526,37 +3596,39 @@ void residual_add(Out&& out, const A& a, const B& b) {
     detail::same_device<Out, A, B>();
     check_same_shape(a.shape(), b.shape(), "residual_add (a vs b)");
     check_same_shape(out.shape(), a.shape(), "residual_add (out vs a)");
-    backend::cpu::residual_add(out.data(), a.data(), b.data(), a.shape().size());
+    detail::backend_for<Out>::residual_add(out.data(), a.data(), b.data(), a.shape().size());
 }
 
 /// The activations ops::activation / activation_backward apply.
 enum class activation { gelu, gelu_tanh, tanh, relu };
 
-/// y(n) = f(x(n)) on arrays (y may be x): activate()'s switch, also for GEMM epilogues.
-template <scalar T>
+namespace detail {
+/// y(n) = f(x(n)) on arrays (y may be x) with backend Bk: activate()'s switch.
+template <class Bk, scalar T>
 void activate_n(activation f, T* y, const T* x, std::size_t n) {
     switch (f) {
         case activation::gelu:
-            backend::cpu::gelu_forward(y, x, n);
+            Bk::gelu_forward(y, x, n);
             break;
         case activation::gelu_tanh:
-            backend::cpu::gelu_tanh_forward(y, x, n);
+            Bk::gelu_tanh_forward(y, x, n);
             break;
         case activation::tanh:
-            backend::cpu::tanh_forward(y, x, n);
+            Bk::tanh_forward(y, x, n);
             break;
         case activation::relu:
-            backend::cpu::relu_forward(y, x, n);
+            Bk::relu_forward(y, x, n);
             break;
     }
 }
+}  // namespace detail
 
 /// y = f(x) element-wise (same shapes; y may alias x).
 template <tensor_like Y, tensor_like X>
 void activate(activation f, Y&& y, const X& x) {
     detail::same_device<Y, X>();
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
-    activate_n(f, y.data(), x.data(), x.shape().size());
+    detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
 }
 
 /// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).
@@ -3568,16 +3640,16 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     const std::size_t n = dy.shape().size();
     switch (f) {
         case activation::gelu:
-            backend::cpu::gelu_backward(dx.data(), saved.data(), dy.data(), n);
+            detail::backend_for<DX>::gelu_backward(dx.data(), saved.data(), dy.data(), n);
             break;
         case activation::gelu_tanh:
-            backend::cpu::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            detail::backend_for<DX>::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n);
             break;
         case activation::tanh:
-            backend::cpu::tanh_backward(dx.data(), saved.data(), dy.data(), n);
+            detail::backend_for<DX>::tanh_backward(dx.data(), saved.data(), dy.data(), n);
             break;
         case activation::relu:
-            backend::cpu::relu_backward(dx.data(), saved.data(), dy.data(), n);
+            detail::backend_for<DX>::relu_backward(dx.data(), saved.data(), dy.data(), n);
             break;
     }
 }
@@ -3598,8 +3670,8 @@ void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight
     const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
     detail::check_size("layer_norm", "mean", mean, rows, "one per row of x");
     detail::check_size("layer_norm", "rstd", rstd, rows, "one per row of x");
-    backend::cpu::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(),
-                                     bias.data(), rows, C, eps);
+    detail::backend_for<Out>::layer_norm_forward(out.data(), mean.data(), rstd.data(), x.data(),
+                                                 weight.data(), bias.data(), rows, C, eps);
 }
 
 /// dx += ..., dweight += ..., dbias += ... for layer_norm (from its saved mean and rstd).
@@ -3625,8 +3697,9 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
     const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
     detail::check_size("layer_norm_backward", "mean", mean, rows, "one per row of x");
     detail::check_size("layer_norm_backward", "rstd", rstd, rows, "one per row of x");
-    backend::cpu::layer_norm_backward(dx.data(), dweight.data(), dbias.data(), dout.data(),
-                                      x.data(), weight.data(), mean.data(), rstd.data(), rows, C);
+    detail::backend_for<DX>::layer_norm_backward(dx.data(), dweight.data(), dbias.data(),
+                                                 dout.data(), x.data(), weight.data(), mean.data(),
+                                                 rstd.data(), rows, C);
 }
 
 /// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk);
@@ -3641,8 +3714,9 @@ void masked_softmax(P&& probs, const S& scores, const M& key_mask, detail::scala
     detail::check_axis("masked_softmax", "scores", scores, 0, "key_mask", key_mask, 0);
     detail::check_axis("masked_softmax", "scores", scores, 3, "key_mask", key_mask, 1);
     const auto& s = scores.shape();
-    backend::cpu::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, s.extent(0),
-                                  s.extent(1), s.extent(2), s.extent(3), causal);
+    detail::backend_for<P>::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale,
+                                            s.extent(0), s.extent(1), s.extent(2), s.extent(3),
+                                            causal);
 }
 
 /// Scaled softmax over the last axis of scores (B, H, Tq, Tk) without a key mask (causal: keys
@@ -3654,9 +3728,9 @@ void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale, bool
                   "ftune::ops::masked_softmax: scores are (B, H, Tq, Tk)");
     check_same_shape(probs.shape(), scores.shape(), "masked_softmax (probs vs scores)");
     const auto& s = scores.shape();
-    backend::cpu::softmax_forward(probs.data(), scores.data(),
-                                  static_cast<const detail::scalar_of<S>*>(nullptr), scale,
-                                  s.extent(0), s.extent(1), s.extent(2), s.extent(3), causal);
+    detail::backend_for<P>::softmax_forward(
+        probs.data(), scores.data(), static_cast<const detail::scalar_of<S>*>(nullptr), scale,
+        s.extent(0), s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
 /// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk).
@@ -3670,8 +3744,8 @@ void masked_softmax_backward(DS&& dscores, const P& probs, const DP& dprobs,
     check_same_shape(dprobs.shape(), probs.shape(), "masked_softmax_backward (dprobs vs probs)");
     check_same_shape(dscores.shape(), probs.shape(), "masked_softmax_backward (dscores vs probs)");
     const auto& s = probs.shape();
-    backend::cpu::softmax_backward(dscores.data(), probs.data(), dprobs.data(), scale,
-                                   s.extent(0) * s.extent(1) * s.extent(2), s.extent(3));
+    detail::backend_for<DS>::softmax_backward(dscores.data(), probs.data(), dprobs.data(), scale,
+                                              s.extent(0) * s.extent(1) * s.extent(2), s.extent(3));
 }
 
 /// y = x * mask / (1 - p), mask (std::uint8_t, 0/1) drawn from the stream; all the same shape.
@@ -3682,7 +3756,8 @@ void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const rando
                   "ftune::ops::dropout: the mask holds std::uint8_t (0 dropped, 1 kept)");
     check_same_shape(y.shape(), x.shape(), "dropout (y vs x)");
     check_same_shape(mask.shape(), x.shape(), "dropout (mask vs x)");
-    backend::cpu::dropout_forward(y.data(), mask.data(), x.data(), p, x.shape().size(), s);
+    detail::backend_for<Y>::dropout_forward(y.data(), mask.data(), x.data(), p, x.shape().size(),
+                                            s);
 }
 
 /// dx += dy * mask / (1 - p), with the mask dropout saved; all the same shape.
@@ -3693,7 +3768,8 @@ void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of
                   "ftune::ops::dropout_backward: the mask holds std::uint8_t, as dropout wrote it");
     check_same_shape(dx.shape(), dy.shape(), "dropout_backward (dx vs dy)");
     check_same_shape(mask.shape(), dy.shape(), "dropout_backward (mask vs dy)");
-    backend::cpu::dropout_backward(dx.data(), mask.data(), dy.data(), p, dy.shape().size());
+    detail::backend_for<DX>::dropout_backward(dx.data(), mask.data(), dy.data(), p,
+                                              dy.shape().size());
 }
 
 /// out(n, C) = table(ids, :); ids outside the table throw out_of_range.
@@ -3708,8 +3784,9 @@ void embedding(Out&& out, const Ids& ids, const Table& table) {
     detail::static_extents_agree<detail::sx<ST, 1>, detail::sx<detail::shape_of<Out>, 1>>();
     detail::check_axis("embedding", "out", out, 1, "table", table, 1);
     detail::check_size("embedding", "ids", ids, out.shape().extent(0), "one per row of out");
-    backend::cpu::embedding_forward(out.data(), ids.data(), table.data(), out.shape().extent(0),
-                                    table.shape().extent(1), table.shape().extent(0));
+    detail::backend_for<Out>::embedding_forward(out.data(), ids.data(), table.data(),
+                                                out.shape().extent(0), table.shape().extent(1),
+                                                table.shape().extent(0));
 }
 
 /// dtable(vocab, C)(ids, :) += dout(n, C) (repeated ids add up); bad ids throw out_of_range.
@@ -3726,9 +3803,9 @@ void embedding_backward(DTable&& dtable, const Ids& ids, const DOut& dout,
     detail::check_axis("embedding_backward", "dout", dout, 1, "dtable", dtable, 1);
     detail::check_size("embedding_backward", "ids", ids, dout.shape().extent(0),
                        "one per row of dout");
-    backend::cpu::embedding_backward(dtable.data(), ids.data(), dout.data(), dout.shape().extent(0),
-                                     dtable.shape().extent(1), dtable.shape().extent(0),
-                                     padding_idx);
+    detail::backend_for<DTable>::embedding_backward(
+        dtable.data(), ids.data(), dout.data(), dout.shape().extent(0), dtable.shape().extent(1),
+        dtable.shape().extent(0), padding_idx);
 }
 
 /// Per-row cross-entropy of logits (rows, V) against targets (rows); returns the counted rows.
@@ -3741,8 +3818,8 @@ std::size_t cross_entropy(L&& losses, const Z& logits, const Tg& targets,
     const std::size_t rows = logits.shape().extent(0);
     detail::check_size("cross_entropy", "targets", targets, rows, "one per row of logits");
     detail::check_size("cross_entropy", "losses", losses, rows, "one per row of logits");
-    return backend::cpu::cross_entropy_forward(losses.data(), logits.data(), targets.data(), rows,
-                                               logits.shape().extent(1), ignore_index);
+    return detail::backend_for<L>::cross_entropy_forward(
+        losses.data(), logits.data(), targets.data(), rows, logits.shape().extent(1), ignore_index);
 }
 
 /// dlogits(rows, V) += dlosses(rows) * (softmax(logits) - onehot(targets)); ignored rows untouched.
@@ -3758,9 +3835,9 @@ void cross_entropy_backward(DZ&& dlogits, const Z& logits, const Tg& targets, co
     const std::size_t rows = logits.shape().extent(0);
     detail::check_size("cross_entropy_backward", "targets", targets, rows, "one per row of logits");
     detail::check_size("cross_entropy_backward", "dlosses", dlosses, rows, "one per row of logits");
-    backend::cpu::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(),
-                                         dlosses.data(), rows, logits.shape().extent(1),
-                                         ignore_index);
+    detail::backend_for<DZ>::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(),
+                                                    dlosses.data(), rows, logits.shape().extent(1),
+                                                    ignore_index);
 }
 
 /// One AdamW step on param with its grad and moments m, v (all the same shape).
@@ -3770,8 +3847,8 @@ void adamw_update(P&& param, const G& grad, M&& m, V&& v, const adamw_params& h)
     check_same_shape(grad.shape(), param.shape(), "adamw_update (grad vs param)");
     check_same_shape(m.shape(), param.shape(), "adamw_update (m vs param)");
     check_same_shape(v.shape(), param.shape(), "adamw_update (v vs param)");
-    backend::cpu::adamw_update(param.data(), grad.data(), m.data(), v.data(), param.shape().size(),
-                               h);
+    detail::backend_for<P>::adamw_update(param.data(), grad.data(), m.data(), v.data(),
+                                         param.shape().size(), h);
 }
 
 /// One SGD step on param with its grad (same shape); momentum_buffer may be empty if momentum is 0.
@@ -3783,22 +3860,22 @@ void sgd_update(P&& param, const G& grad, Buf&& momentum_buffer, const sgd_param
     if (h.momentum != 0)
         detail::check_size("sgd_update", "momentum_buffer", momentum_buffer, n,
                            "momentum (one per element of param)");
-    backend::cpu::sgd_update(param.data(), grad.data(),
-                             h.momentum != 0 ? momentum_buffer.data() : nullptr, n, h);
+    detail::backend_for<P>::sgd_update(param.data(), grad.data(),
+                                       h.momentum != 0 ? momentum_buffer.data() : nullptr, n, h);
 }
 
 /// Σ x² over every element of x, in double (a reduction order independent of the thread count).
 template <tensor_like X>
 double sum_squares(const X& x) {
     detail::same_device<X>();
-    return backend::cpu::sum_squares(x.data(), x.shape().size());
+    return detail::backend_for<X>::sum_squares(x.data(), x.shape().size());
 }
 
 /// x *= alpha, element-wise.
 template <tensor_like X>
 void scale(X&& x, detail::scalar_of<X> alpha) {
     detail::same_device<X>();
-    backend::cpu::scale(x.data(), alpha, x.shape().size());
+    detail::backend_for<X>::scale(x.data(), alpha, x.shape().size());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3824,10 +3901,10 @@ void head_scores(S&& scores, const A& a, const Bm& b) {
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     for (std::size_t i = 0; i < B; ++i)
-        backend::cpu::gemm_strided_batched(transpose::no, transpose::yes, Tq, Tk, d,
-                                           detail::scalar_of<S>(1), a.data() + i * Tq * Cn, Cn, d,
-                                           b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
-                                           scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
+        detail::backend_for<S>::gemm_strided_batched(
+            transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
+            a.data() + i * Tq * Cn, Cn, d, b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
+            scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
 }
 
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
@@ -3853,10 +3930,10 @@ void head_context(Out&& out, const P& p, const V& v) {
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     for (std::size_t i = 0; i < B; ++i)
-        backend::cpu::gemm_strided_batched(TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
-                                           p.data() + i * H * Tn * Tn, Tn, Tn * Tn,
-                                           v.data() + i * Tn * Cn, Cn, d, detail::scalar_of<Out>(0),
-                                           out.data() + i * Tn * Cn, Cn, d, H);
+        detail::backend_for<Out>::gemm_strided_batched(
+            TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data() + i * H * Tn * Tn, Tn,
+            Tn * Tn, v.data() + i * Tn * Cn, Cn, d, detail::scalar_of<Out>(0),
+            out.data() + i * Tn * Cn, Cn, d, H);
 }
 
 /// Multi-head attention for inference, nothing kept for backward: out (B, Tq, C) =
@@ -3885,9 +3962,9 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
     const auto* q = qkv.data();
     // the queries' row stride: a row, or (one query per sequence) a whole sequence
     const std::size_t ldq = Tq == Tn ? 3 * Cn : Tn * 3 * Cn;
-    backend::cpu::attention_inference(out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn,
-                                      key_mask.empty() ? nullptr : key_mask.data(), scale, B, heads,
-                                      Tq, Tn, Cn / heads, causal);
+    detail::backend_for<Out>::attention_inference(
+        out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn,
+        key_mask.empty() ? nullptr : key_mask.data(), scale, B, heads, Tq, Tn, Cn / heads, causal);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3952,15 +4029,16 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
     detail::check_size("matmul_prepared", "y", y, M * N, "(M, N) of x's rows and w's outputs");
     detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
     if constexpr (std::is_same_v<E, no_epilogue>) {
-        backend::cpu::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
-                                  detail::scalar_of<Y>(0), y.data(), N, bias.data());
+        detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1),
+                                            x.data(), K, w, detail::scalar_of<Y>(0), y.data(), N,
+                                            bias.data());
     } else {
         const auto& r = epilogue.r;
         detail::same_device<Y, decltype(r)>();
         static_assert(detail::shape_of<decltype(r)>::rank == 2,
                       "ftune::ops::add_residual: r is (M, N)");
         detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
-        backend::cpu::gemm_packed(
+        detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
             detail::scalar_of<Y>(0), y.data(), N, bias.data(),
             backend::cpu::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});

@@ -8,18 +8,32 @@
 FTUNE_NAMESPACE_BEGIN
 
 namespace device {
-/// Host memory; primitives run on the CPU backend (Eigen + xsimd + OpenMP).
+/// Host memory; primitives run on the CPU backend (xsimd + OpenMP, ftune's packed GEMM).
 struct cpu {
-    static constexpr const char* name = "cpu";
+    static constexpr const char* name = "cpu";  ///< the name in messages
+    static constexpr bool host = true;          ///< whether the memory is the host's
 };
-/// NVIDIA GPU memory; reserved for the CUDA backend (FTUNE_WITH_CUDA).
+/// Host memory; primitives run on the reference backend (plain loops in PyTorch's operation
+/// order, the tests' oracle): a model on this device is the slow, obviously right twin of one on
+/// device::cpu.
+struct reference {
+    static constexpr const char* name = "reference";  ///< the name in messages
+    static constexpr bool host = true;                ///< whether the memory is the host's
+};
+/// NVIDIA GPU memory; reserved for a CUDA backend (planned, optional; none yet).
 struct cuda {
-    static constexpr const char* name = "cuda";
+    static constexpr const char* name = "cuda";  ///< the name in messages
+    static constexpr bool host = false;          ///< whether the memory is the host's
 };
 }  // namespace device
 
 /// A type usable as a device tag.
 template <class D>
-concept device_tag = std::is_same_v<D, device::cpu> || std::is_same_v<D, device::cuda>;
+concept device_tag = std::is_same_v<D, device::cpu> || std::is_same_v<D, device::reference> ||
+    std::is_same_v<D, device::cuda>;
+
+/// A device whose memory is the host's (ftune::buffer allocates it).
+template <class D>
+concept host_device = device_tag<D> && D::host;
 
 FTUNE_NAMESPACE_END

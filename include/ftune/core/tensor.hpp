@@ -124,11 +124,11 @@ std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
 }
 }  // namespace detail
 
-/// An owning, 64-byte aligned, zero-initialized row-major tensor on the host.
-/// (Device memory for the CUDA backend gets its own buffer type there.)
+/// An owning, 64-byte aligned, zero-initialized row-major tensor in host memory (device::cpu or
+/// device::reference). (Device memory for a CUDA backend would get its own buffer type.)
 template <class T, class Shape, device_tag Device = device::cpu>
 class buffer {
-    static_assert(std::is_same_v<Device, device::cpu>,
+    static_assert(host_device<Device>,
                   "ftune: buffer<..., device::cuda> is reserved for a CUDA backend, which ftune "
                   "does not have yet (planned, optional); use device::cpu.");
     static_assert(
