@@ -1,11 +1,15 @@
 // io::safetensors_file: values of every float dtype, and malformed files rejected with errors that
 // name the file and the tensor (never an out-of-bounds read).
+#include <ftune/io/atomic.hpp>
 #include <ftune/io/safetensors.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -115,4 +119,67 @@ TEST_CASE("safetensors: malformed files are errors naming the file and the probl
     const ftune::io::safetensors_file f(path);
     CHECK_THROWS_AS(f.read<float>(f.at("i")), ftune::error);
     std::filesystem::remove(path);
+}
+
+TEST_CASE("atomic writes: a file or directory is replaced whole, a failed write leaves the old",
+          "[unit][io]") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / "ftune_test_atomic";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto entries = [&] {  // names in dir, temporaries included
+        std::vector<std::string> v;
+        for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
+        std::sort(v.begin(), v.end());
+        return v;
+    };
+    auto read = [](const fs::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    const fs::path file = dir / "a.txt";
+    ftune::io::write_text_atomic(file, "old");
+    ftune::io::write_text_atomic(file, "new text");
+    CHECK(read(file) == "new text");
+    // a writer that throws: the old content stays, no temporary is left
+    CHECK_THROWS_AS(ftune::io::write_file_atomic(file,
+                                                 [](std::ostream& out) {
+                                                     out << "half";
+                                                     throw std::runtime_error("interrupted");
+                                                 }),
+                    std::runtime_error);
+    CHECK(read(file) == "new text");
+    CHECK(entries() == std::vector<std::string>{"a.txt"});
+    // a directory that cannot exist: an ftune::error naming the file
+    try {
+        ftune::io::write_text_atomic(dir / "missing" / "b.txt", "x");
+        FAIL("no error");
+    } catch (const ftune::error& e) {
+        CHECK(std::string(e.what()).find("missing/b.txt") != std::string::npos);
+    }
+    // directories: created whole, then replaced whole (the old files gone), a failed fill leaves
+    // the previous one
+    const fs::path d = dir / "ckpt";
+    ftune::io::write_directory_atomic(d, [](const fs::path& t) {
+        ftune::io::write_text_atomic(t / "one", "1");
+        ftune::io::write_text_atomic(t / "two", "2");
+    });
+    CHECK(read(d / "one") == "1");
+    ftune::io::write_directory_atomic(
+        d, [](const fs::path& t) { ftune::io::write_text_atomic(t / "three", "3"); });
+    CHECK(read(d / "three") == "3");
+    CHECK_FALSE(fs::exists(d / "one"));
+    CHECK_THROWS_AS(ftune::io::write_directory_atomic(d,
+                                                      [](const fs::path& t) {
+                                                          ftune::io::write_text_atomic(t / "four",
+                                                                                       "4");
+                                                          throw std::runtime_error("crash");
+                                                      }),
+                    std::runtime_error);
+    CHECK(read(d / "three") == "3");
+    CHECK_FALSE(fs::exists(d / "four"));
+    CHECK(entries() == std::vector<std::string>{"a.txt", "ckpt"});
+    // a file where the directory should be
+    CHECK_THROWS_AS(ftune::io::write_directory_atomic(file, [](const fs::path&) {}), ftune::error);
+    fs::remove_all(dir);
 }

@@ -446,19 +446,6 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     return m;
 }
 
-namespace detail {
-/// Writes text to path and flushes it to the disk; throws ftune::error (io) naming the path.
-inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
-    {
-        std::ofstream out(path, std::ios::binary | std::ios::trunc);
-        out << text;
-        out.flush();
-        if (!out) throw error(errc::io, path.string(), "cannot write (disk full? read-only?)");
-    }
-    sync_file(path);
-}
-}  // namespace detail
-
 /// Writes a Hugging Face model directory that Transformers' from_pretrained (and load_hf) loads:
 /// config.json (config's fields, Model's architecture, the head's id2label / label2id),
 /// model.safetensors (float32), and with a tokenizer vocab.txt and tokenizer_config.json. The
@@ -513,23 +500,22 @@ void save_hf(Model& model, const hf_config& config, const text::bert_tokenizer* 
     const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
     std::error_code ec;
     fs::create_directories(parent, ec);
-    const fs::path tmp =
-        parent / ("." + dir.filename().string() + ".tmp-" +
-                  std::to_string(std::hash<std::string>{}(dir.string() + j.dump())));
-    fs::remove_all(tmp, ec);
+    // the files are written into a temporary directory beside dir: a new dir appears whole; an
+    // existing one (which may hold other files of the user's) gets each file renamed in
+    const fs::path tmp = detail::temporary_beside(dir);
     if (!fs::create_directory(tmp, ec))
         throw error(errc::io, dir.string(),
                     "cannot create the temporary directory " + tmp.string() + ": " + ec.message());
     std::vector<std::string> files{"config.json", "model.safetensors"};
     try {
-        detail::write_text_file(tmp / "config.json", j.dump(2) + "\n");
+        write_text_atomic(tmp / "config.json", j.dump(2) + "\n");
         save_parameters(model, "", tmp / "model.safetensors");
         if (tokenizer) {
             const auto& o = tokenizer->options();
             std::string vocab;
             for (std::size_t i = 0; i < tokenizer->vocab().size(); ++i)
                 vocab += tokenizer->vocab().token(std::int32_t(i)) + "\n";
-            detail::write_text_file(tmp / "vocab.txt", vocab);
+            write_text_atomic(tmp / "vocab.txt", vocab);
             nlohmann::json t = {{"tokenizer_class", "BertTokenizer"},
                                 {"do_lower_case", o.lowercase},
                                 {"tokenize_chinese_chars", o.chinese_chars},
@@ -541,7 +527,7 @@ void save_hf(Model& model, const hf_config& config, const text::bert_tokenizer* 
                                 {"clean_up_tokenization_spaces", true}};
             t["strip_accents"] = o.strip_accents ? nlohmann::json(*o.strip_accents) : nullptr;
             t["model_max_length"] = model_max_length ? model_max_length : c.max_position_embeddings;
-            detail::write_text_file(tmp / "tokenizer_config.json", t.dump(2) + "\n");
+            write_text_atomic(tmp / "tokenizer_config.json", t.dump(2) + "\n");
             files.push_back("vocab.txt");
             files.push_back("tokenizer_config.json");
         }

@@ -23,6 +23,7 @@
 
 #include "ftune/core/concepts.hpp"
 #include "ftune/core/error.hpp"
+#include "ftune/io/atomic.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
@@ -344,22 +345,6 @@ class safetensors_file {
 #endif
 };
 
-namespace detail {
-/// Flushes a written file to the disk (POSIX fsync; a no-op elsewhere), so that a rename after it
-/// publishes complete data even after a power loss.
-inline void sync_file(const std::filesystem::path& path) {
-#if FTUNE_HAVE_MMAP
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
-#else
-    (void)path;
-#endif
-}
-}  // namespace detail
-
 /// One tensor to write: name, shape and float32 values.
 struct tensor_to_write {
     std::string name;                ///< the tensor's name in the file
@@ -367,9 +352,8 @@ struct tensor_to_write {
     std::span<const float> values;   ///< the data, written as F32
 };
 
-/// Writes a safetensors file atomically: to a temporary name in the same directory, flushed,
-/// then renamed over `path`, so a crash leaves the old file or the new one, never half of one.
-/// Throws ftune::error (io) naming the path.
+/// Writes a safetensors file atomically (write_file_atomic: a crash leaves the old file or the
+/// new one, never half of one). Throws ftune::error (io) naming the path.
 inline void write_safetensors(const std::filesystem::path& path,
                               const std::vector<tensor_to_write>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
@@ -392,14 +376,7 @@ inline void write_safetensors(const std::filesystem::path& path,
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::string h = header.dump();
     h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned, as Hugging Face's
-    const std::filesystem::path tmp =
-        path.string() + ".tmp-" + std::to_string(std::hash<std::string>{}(path.string() + h));
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out)
-            throw error(errc::io, path.string(),
-                        ftune::detail::cat("cannot create ", tmp.string(),
-                                           " (does the directory exist and is it writable?)"));
+    write_file_atomic(path, [&](std::ostream& out) {
         const std::uint64_t n = h.size();
         for (int i = 0; i < 8; ++i) out.put(char((n >> (8 * i)) & 0xff));
         out.write(h.data(), std::streamsize(h.size()));
@@ -414,20 +391,7 @@ inline void write_safetensors(const std::filesystem::path& path,
                 }
             }
         }
-        out.flush();
-        if (!out) {
-            out.close();
-            std::filesystem::remove(tmp);
-            throw error(errc::io, path.string(), "writing failed (disk full?)");
-        }
-    }
-    detail::sync_file(tmp);
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) {
-        std::filesystem::remove(tmp);
-        throw error(errc::io, path.string(), "cannot replace the file: " + ec.message());
-    }
+    });
 }
 
 }  // namespace io

@@ -574,9 +574,7 @@ class trainer {
                 metric_name(), " (", fmt(mmin), " to ", fmt(mmax), ")</text>\n");
         }
         s += "</svg>\n";
-        std::ofstream out(path, std::ios::trunc);
-        out << s;
-        if (!out) throw error(errc::io, path.string(), "cannot write the plot");
+        io::write_text_atomic(path, s);
     }
 
   private:
@@ -711,47 +709,36 @@ class trainer {
             *options.progress << line << "\n";
         }
     }
-    // Writes a checkpoint directory atomically (a temporary directory renamed into place):
+    // Writes a checkpoint directory atomically (io::write_directory_atomic: a crash leaves the
+    // previous checkpoint or this one, whole):
     // model.safetensors (every parameter), optimizer.safetensors (AdamW's moments),
     // best.safetensors (the best weights, when kept) and trainer_state.json.
     void save_checkpoint(const std::filesystem::path& dir, const nlohmann::json& state,
                          optim::adamw<T>& opt, const std::vector<T>& best) {
-        namespace fs = std::filesystem;
-        const fs::path tmp = dir.string() + ".tmp", old = dir.string() + ".old";
-        std::error_code ec;
-        fs::remove_all(tmp, ec);
-        fs::create_directories(tmp);
-        std::vector<std::vector<float>> copies;
-        std::vector<io::tensor_to_write> tensors;
-        auto add = [&](const std::string& name, std::span<const T> v) {
-            copies.emplace_back(v.begin(), v.end());
-            tensors.push_back({name, {v.size()}, {}});
-        };
-        model.visit_parameters("", [&](parameter_ref<T> p) { add(p.name, p.value); });
-        for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
-        io::write_safetensors(tmp / "model.safetensors", tensors);
-        copies.clear(), tensors.clear();
-        opt.visit_state([&](const std::string& name, std::span<T> v) { add(name, v); });
-        for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
-        io::write_safetensors(tmp / "optimizer.safetensors", tensors);
-        if (!best.empty()) {
+        io::write_directory_atomic(dir, [&](const std::filesystem::path& tmp) {
+            std::vector<std::vector<float>> copies;
+            std::vector<io::tensor_to_write> tensors;
+            auto add = [&](const std::string& name, std::span<const T> v) {
+                copies.emplace_back(v.begin(), v.end());
+                tensors.push_back({name, {v.size()}, {}});
+            };
+            model.visit_parameters("", [&](parameter_ref<T> p) { add(p.name, p.value); });
+            for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
+            io::write_safetensors(tmp / "model.safetensors", tensors);
             copies.clear(), tensors.clear();
-            add("best", best);
-            tensors[0].values = copies[0];
-            io::write_safetensors(tmp / "best.safetensors", tensors);
-        }
-        nlohmann::json st = state;
-        st["optimizer_steps"] = opt.step_count();
-        {
-            std::ofstream out(tmp / "trainer_state.json", std::ios::trunc);
-            out << st.dump(1) << "\n";
-            if (!out) throw error(errc::io, (tmp / "trainer_state.json").string(), "cannot write");
-        }
-        io::detail::sync_file(tmp / "trainer_state.json");
-        fs::remove_all(old, ec);
-        if (fs::exists(dir)) fs::rename(dir, old);
-        fs::rename(tmp, dir);
-        fs::remove_all(old, ec);
+            opt.visit_state([&](const std::string& name, std::span<T> v) { add(name, v); });
+            for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
+            io::write_safetensors(tmp / "optimizer.safetensors", tensors);
+            if (!best.empty()) {
+                copies.clear(), tensors.clear();
+                add("best", best);
+                tensors[0].values = copies[0];
+                io::write_safetensors(tmp / "best.safetensors", tensors);
+            }
+            nlohmann::json st = state;
+            st["optimizer_steps"] = opt.step_count();
+            io::write_text_atomic(tmp / "trainer_state.json", st.dump(1) + "\n");
+        });
     }
 
     // Reads a checkpoint written by save_checkpoint into the model, the optimizer and the best
