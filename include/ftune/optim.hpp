@@ -42,6 +42,13 @@ std::vector<parameter_ref<typename Model::value_type>> parameters_of(Model& mode
 }
 
 namespace detail {
+/// b = n zeros (storage grows only).
+template <class T>
+void zeroed(buffer<T, shape<dynamic>>& b, std::size_t n) {
+    b.resize(shape<dynamic>(n));
+    b.fill(T(0));
+}
+
 /// The group of a parameter name (nullptr: none).
 inline const param_group* group_of(const std::vector<param_group>& groups,
                                    const std::string& name) {
@@ -102,7 +109,7 @@ class adamw {
             const auto& p = params[i];
             if (!p.trainable) continue;
             if (m_[i].size() != p.value.size())  // unfrozen after the first step
-                m_[i].assign(p.value.size(), T(0)), v_[i].assign(p.value.size(), T(0));
+                detail::zeroed(m_[i], p.value.size()), detail::zeroed(v_[i], p.value.size());
             const param_group* g = detail::group_of(options.groups, p.name);
             adamw_params h{.lr = options.lr * (g ? g->lr_scale : 1.0),
                            .beta1 = options.beta1,
@@ -114,8 +121,8 @@ class adamw {
                            .step = steps_};
             const std::size_t n = p.value.size();
             ops::adamw_update(vector_view<T>(p.value.data(), n),
-                              vector_view<const T>(p.grad.data(), n),
-                              vector_view<T>(m_[i].data(), n), vector_view<T>(v_[i].data(), n), h);
+                              vector_view<const T>(p.grad.data(), n), m_[i].view(), v_[i].view(),
+                              h);
         }
     }
 
@@ -125,8 +132,8 @@ class adamw {
         names_.clear(), m_.clear(), v_.clear();
         for (const auto& p : params) {
             names_.push_back(p.name);
-            m_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
-            v_.emplace_back(p.trainable ? p.value.size() : 0, T(0));
+            m_.emplace_back(p.trainable ? p.value.size() : 0);  // zero-filled
+            v_.emplace_back(p.trainable ? p.value.size() : 0);
         }
     }
 
@@ -135,8 +142,8 @@ class adamw {
     template <class F>
     void visit_state(F&& f) {
         for (std::size_t i = 0; i < names_.size(); ++i) {
-            f(names_[i] + ".exp_avg", std::span<T>(m_[i]));
-            f(names_[i] + ".exp_avg_sq", std::span<T>(v_[i]));
+            f(names_[i] + ".exp_avg", m_[i].span());
+            f(names_[i] + ".exp_avg_sq", v_[i].span());
         }
     }
     /// Restores the step count (with visit_state for the moments).
@@ -144,8 +151,8 @@ class adamw {
 
   private:
     std::size_t steps_ = 0;
-    std::vector<std::string> names_;     // parameter names, in step() order
-    std::vector<std::vector<T>> m_, v_;  // first and second moments (empty: frozen)
+    std::vector<std::string> names_;                // parameter names, in step() order
+    std::vector<buffer<T, shape<dynamic>>> m_, v_;  // first and second moments (empty: frozen)
 };
 
 /// Options of sgd (torch.optim.SGD's).
@@ -190,7 +197,7 @@ class sgd {
             const auto& p = params[i];
             if (!p.trainable) continue;
             const bool first = options.momentum != 0 && buf_[i].size() != p.value.size();
-            if (first) buf_[i].assign(p.value.size(), T(0));
+            if (first) detail::zeroed(buf_[i], p.value.size());
             const param_group* g = detail::group_of(options.groups, p.name);
             sgd_params h{.lr = options.lr * (g ? g->lr_scale : 1.0),
                          .momentum = options.momentum,
@@ -202,9 +209,9 @@ class sgd {
                          .first_step = first};
             const std::size_t n = p.value.size();
             const bool momentum = options.momentum != 0;
-            ops::sgd_update(
-                vector_view<T>(p.value.data(), n), vector_view<const T>(p.grad.data(), n),
-                vector_view<T>(momentum ? buf_[i].data() : nullptr, momentum ? n : 0), h);
+            ops::sgd_update(vector_view<T>(p.value.data(), n),
+                            vector_view<const T>(p.grad.data(), n),
+                            momentum ? buf_[i].view() : vector_view<T>(), h);
         }
     }
 
@@ -212,15 +219,15 @@ class sgd {
     template <class F>
     void visit_state(F&& f) {
         for (std::size_t i = 0; i < names_.size(); ++i)
-            f(names_[i] + ".momentum_buffer", std::span<T>(buf_[i]));
+            f(names_[i] + ".momentum_buffer", buf_[i].span());
     }
     /// Restores the step count.
     void set_step_count(std::size_t n) noexcept { steps_ = n; }
 
   private:
     std::size_t steps_ = 0;
-    std::vector<std::string> names_;   // parameter names, in step() order
-    std::vector<std::vector<T>> buf_;  // momentum buffers (empty: none yet, or frozen)
+    std::vector<std::string> names_;              // parameter names, in step() order
+    std::vector<buffer<T, shape<dynamic>>> buf_;  // momentum buffers (empty: none yet, or frozen)
 };
 
 /// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
