@@ -90,32 +90,41 @@ struct backend_of {
 };
 
 // backend_of's members: one forwarding function per primitive
+// clang-format off
 #define FTUNE_OPS_FORWARD(NS, F)             \
     template <class... A>                    \
     static decltype(auto) F(A&&... a) {      \
         return NS::F(std::forward<A>(a)...); \
     }
-#define FTUNE_OPS_TRAINING_PRIMITIVES(NS)                                                      \
-    FTUNE_OPS_FORWARD(NS, gemm)                                                                \
-    FTUNE_OPS_FORWARD(NS, gemm_strided_batched)                                                \
-    FTUNE_OPS_FORWARD(NS, bias_add)                                                            \
-    FTUNE_OPS_FORWARD(NS, bias_backward) FTUNE_OPS_FORWARD(NS, residual_add)                   \
-        FTUNE_OPS_FORWARD(NS, gelu_forward) FTUNE_OPS_FORWARD(NS, gelu_backward)               \
-            FTUNE_OPS_FORWARD(NS, gelu_tanh_forward) FTUNE_OPS_FORWARD(NS, gelu_tanh_backward) \
-                FTUNE_OPS_FORWARD(NS, tanh_forward) FTUNE_OPS_FORWARD(NS, tanh_backward)       \
-                    FTUNE_OPS_FORWARD(NS, relu_forward) FTUNE_OPS_FORWARD(NS, relu_backward)   \
-                        FTUNE_OPS_FORWARD(NS, layer_norm_forward) FTUNE_OPS_FORWARD(           \
-                            NS, layer_norm_backward) FTUNE_OPS_FORWARD(NS, softmax_forward)    \
-                            FTUNE_OPS_FORWARD(NS, softmax_backward) FTUNE_OPS_FORWARD(         \
-                                NS, dropout_forward) FTUNE_OPS_FORWARD(NS, dropout_backward)   \
-                                FTUNE_OPS_FORWARD(NS, embedding_forward)                       \
-                                    FTUNE_OPS_FORWARD(NS, embedding_backward)                  \
-                                        FTUNE_OPS_FORWARD(NS, cross_entropy_forward)           \
-                                            FTUNE_OPS_FORWARD(NS, cross_entropy_backward)      \
-                                                FTUNE_OPS_FORWARD(NS, sum_squares)             \
-                                                    FTUNE_OPS_FORWARD(NS, scale)               \
-                                                        FTUNE_OPS_FORWARD(NS, adamw_update)    \
-                                                            FTUNE_OPS_FORWARD(NS, sgd_update)
+#define FTUNE_OPS_TRAINING_PRIMITIVES(NS) \
+    FTUNE_OPS_FORWARD(NS, gemm) \
+    FTUNE_OPS_FORWARD(NS, gemm_strided_batched) \
+    FTUNE_OPS_FORWARD(NS, bias_add) \
+    FTUNE_OPS_FORWARD(NS, bias_backward) \
+    FTUNE_OPS_FORWARD(NS, residual_add) \
+    FTUNE_OPS_FORWARD(NS, gelu_forward) \
+    FTUNE_OPS_FORWARD(NS, gelu_backward) \
+    FTUNE_OPS_FORWARD(NS, gelu_tanh_forward) \
+    FTUNE_OPS_FORWARD(NS, gelu_tanh_backward) \
+    FTUNE_OPS_FORWARD(NS, tanh_forward) \
+    FTUNE_OPS_FORWARD(NS, tanh_backward) \
+    FTUNE_OPS_FORWARD(NS, relu_forward) \
+    FTUNE_OPS_FORWARD(NS, relu_backward) \
+    FTUNE_OPS_FORWARD(NS, layer_norm_forward) \
+    FTUNE_OPS_FORWARD(NS, layer_norm_backward) \
+    FTUNE_OPS_FORWARD(NS, softmax_forward) \
+    FTUNE_OPS_FORWARD(NS, softmax_backward) \
+    FTUNE_OPS_FORWARD(NS, dropout_forward) \
+    FTUNE_OPS_FORWARD(NS, dropout_backward) \
+    FTUNE_OPS_FORWARD(NS, embedding_forward) \
+    FTUNE_OPS_FORWARD(NS, embedding_backward) \
+    FTUNE_OPS_FORWARD(NS, cross_entropy_forward) \
+    FTUNE_OPS_FORWARD(NS, cross_entropy_backward) \
+    FTUNE_OPS_FORWARD(NS, sum_squares) \
+    FTUNE_OPS_FORWARD(NS, scale) \
+    FTUNE_OPS_FORWARD(NS, adamw_update) \
+    FTUNE_OPS_FORWARD(NS, sgd_update)
+// clang-format on
 
 /// device::cpu: the SIMD CPU backend, which also runs the fused inference primitives.
 template <>

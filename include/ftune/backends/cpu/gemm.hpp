@@ -163,9 +163,9 @@ struct strided_rows {
 /// element depends neither on how A is read nor on R or NV (a short tile at the bottom of a
 /// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away). Then, when given,
 /// the residual tile (rows ldr apart) is added: C = (product + bias) + residual, the value
-/// residual_add gives after the product. Meanwhile the
-/// prefetch_lines 64-byte cache lines from `prefetch` on are prefetched, evenly spread over the
-/// kc steps (a burst would fill the core's miss buffers and stall the kernel's own loads).
+/// residual_add gives after the product. Meanwhile the prefetch_lines 64-byte cache lines from
+/// `prefetch` on are prefetched, evenly spread over the kc steps (a burst would fill the core's
+/// miss buffers and stall the kernel's own loads).
 template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
           std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
@@ -181,14 +181,16 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
-    // software prefetch (gemm_packed): a line every `gap` steps
+    // software prefetch (gemm_packed): `per` lines every `gap` steps
     const char* pf = reinterpret_cast<const char*>(prefetch);
     const std::size_t gap = prefetch_lines ? std::max<std::size_t>(1, kc / prefetch_lines) : 0;
+    const std::size_t per = kc ? (prefetch_lines + kc - 1) / kc : 0;
     std::size_t pf_left = prefetch_lines, pf_wait = gap;
     for (std::size_t k = 0; k < kc; ++k, b += NR) {
         if (pf_left && --pf_wait == 0) {
-            __builtin_prefetch(pf, 0, 3);
-            pf += 64, --pf_left, pf_wait = gap;
+            for (std::size_t l = 0; l < per && pf_left; ++l, --pf_left, pf += 64)
+                __builtin_prefetch(pf, 0, 3);
+            pf_wait = gap;
         }
         B bv[NV];
 #pragma GCC unroll 4
@@ -451,9 +453,9 @@ struct add_residual {
 /// rows, col0, cols) runs on each finished tile while it is in L1 (c points at C(row0, col0)):
 /// element-wise work such as an activation or a residual, whose result equals running it over C
 /// afterwards (add_residual runs inside the micro-kernel). Small M (one A block) splits B's
-/// panels among the threads, so each weight is read
-/// once; larger M splits the rows. Units of work are taken dynamically; no barrier (B is
-/// read-only). The arithmetic of each element does not depend on the split.
+/// panels among the threads, so each weight is read once; larger M splits the rows. Units of
+/// work are taken dynamically; no barrier (B is read-only). The arithmetic of each element does
+/// not depend on the split.
 template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
@@ -522,7 +524,7 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                         T* c = C + (ic + ir) * ldc + q * NR;
                         const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
                         const T* pf = b + kc * NR + l0 * 64 / sizeof(T);
-                        const std::size_t pf_steps = l1 - l0;  // lines
+                        const std::size_t pf_lines = l1 - l0;
                         const bool last = pc + kc == K;
                         const T* bias_q = bias && last ? bias + q * NR : nullptr;
                         const T* res = nullptr;
@@ -534,13 +536,13 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
                         if (apack) {
                             gemm_detail::micro_kernel_rows(
                                 kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_steps, bias_q, res, ldr);
+                                alpha, beta, pc == 0, pf, pf_lines, bias_q, res, ldr);
                         } else {
                             gemm_detail::strided_rows<T> a;
                             for (std::size_t i = 0; i < MR; ++i)
                                 a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
                             gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_steps, bias_q, res, ldr);
+                                                           pc == 0, pf, pf_lines, bias_q, res, ldr);
                         }
                         if (last && !fused_residual) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
                     }
