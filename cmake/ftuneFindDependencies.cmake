@@ -1,6 +1,6 @@
 # Finds ftune's dependencies. Included by ftune's own build and by the installed ftuneConfig.cmake.
-# Debian: libeigen3-dev libxsimd-dev nlohmann-json3-dev libutf8proc-dev (+ GCC's libgomp or
-# libomp-dev for OpenMP).
+# Debian: libxsimd-dev nlohmann-json3-dev libutf8proc-dev (+ GCC's libgomp or libomp-dev for
+# OpenMP). Eigen (libeigen3-dev) only for ftune's own tests and benchmarks (gemm_eigen.hpp).
 # Inside find_package(ftune) the dependencies are found with find_dependency (which forwards
 # QUIET/REQUIRED and reports ftune as not found when one is missing); in ftune's own build they
 # are REQUIRED, so a missing one stops configuration with its own name.
@@ -12,7 +12,6 @@ macro(_ftune_find_dependency)
     find_package(${ARGV} REQUIRED)
   endif()
 endmacro()
-_ftune_find_dependency(Eigen3 3.3 NO_MODULE)
 # xsimd: any version from 8 on (its version file accepts only the same major version, and xsimd
 # 8's is too old for version ranges, so the minimum is checked here)
 _ftune_find_dependency(xsimd)

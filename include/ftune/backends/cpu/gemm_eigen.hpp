@@ -2,7 +2,8 @@
 //
 // Kept beside ftune's own packed GEMM (gemm.hpp) as an alternative and for side-by-side
 // benchmarks: on this project's machines Eigen 3.4 reaches about 55-60% of the FMA peak at BERT
-// shapes, ftune's kernel more (see docs/performance.md). Not included by ftune.hpp.
+// shapes, ftune's kernel more (see docs/performance.md). Not included by ftune.hpp; Eigen is not
+// a dependency of ftune's CMake target, so a program including this header links Eigen3::Eigen.
 #pragma once
 
 #include <cstddef>
