@@ -14,17 +14,7 @@
 #include <type_traits>
 #include <utility>
 
-#if defined(__AVX2__)
-#if defined(__GNUC__) && !defined(__clang__)  // see backends/cpu/detail.hpp
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
+#include "ftune/core/intrinsics.hpp"
 
 #include "ftune/config.hpp"
 
