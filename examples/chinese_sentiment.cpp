@@ -53,7 +53,8 @@ int main(int argc, char** argv) try {
     auto read = [&](const char* file, std::size_t max) {
         auto d = ftune::data::read_table(data / "chnsenticorp" / file);
         if (d.rows.size() > max) d.rows.resize(max);
-        return ftune::train::encode(*m.tokenizer, d, ftune::train::task::classify, names,
+        return ftune::train::encode(*m.tokenizer, d,
+                                    ftune::heads::problem::single_label_classification, names,
                                     std::min(max_length, m.model_max_length));
     };
     const auto train = read("train.tsv", max_train), dev = read("dev.tsv", max_eval),

@@ -53,10 +53,10 @@ int main(int argc, char** argv) try {
 
     // 2. The checkpoint with a 3-way head.
     auto m = ftune::io::load_hf<Model>(model_dir, {.labels = names});
-    const auto task = ftune::train::task::classify;
+    const auto problem = ftune::heads::problem::single_label_classification;
     const std::size_t max_len = std::min<std::size_t>(128, m.model_max_length);
-    const auto train = ftune::train::encode(*m.tokenizer, train_rows, task, names, max_len);
-    const auto test = ftune::train::encode(*m.tokenizer, test_rows, task, names, max_len);
+    const auto train = ftune::train::encode(*m.tokenizer, train_rows, problem, names, max_len);
+    const auto test = ftune::train::encode(*m.tokenizer, test_rows, problem, names, max_len);
 
     // 3. Class weights n / (classes * count) (scikit-learn's "balanced"): neutral is 61% of
     //    AllAgree, negative 13%.

@@ -58,10 +58,10 @@ int main(int argc, char** argv) try {
     const std::size_t frozen =
         ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(freeze));
     std::cout << frozen << " weights frozen\n";
-    const auto task = ftune::train::task::classify;
+    const auto problem = ftune::heads::problem::single_label_classification;
     const std::size_t max_len = std::min<std::size_t>(64, m.model_max_length);
-    const auto train = ftune::train::encode(*m.tokenizer, train_rows, task, names, max_len);
-    const auto test = ftune::train::encode(*m.tokenizer, test_rows, task, names, max_len);
+    const auto train = ftune::train::encode(*m.tokenizer, train_rows, problem, names, max_len);
+    const auto test = ftune::train::encode(*m.tokenizer, test_rows, problem, names, max_len);
 
     // 3. Fine-tune and evaluate on the test rows.
     ftune::train::trainer<Model> t(m.model, {.epochs = epochs,

@@ -58,14 +58,10 @@ int main(int argc, char** argv) try {
     const auto test = ftune::train::encode(*m.tokenizer, test_s, names, max_len);
 
     // 3. Fine-tune (no validation set here: the final weights are kept).
-    ftune::train::trainer<Model> t(m.model,
-                                   {.task = ftune::train::task::ner,
-                                    .epochs = epochs,
-                                    .batch_size = 32,
-                                    .lr = 1e-4,
-                                    .weight_decay = 0.01,
-                                    .warmup_ratio = 0.1},
-                                   names);  // tag names, for the reports
+    ftune::train::trainer<Model> t(
+        m.model,
+        {.epochs = epochs, .batch_size = 32, .lr = 1e-4, .weight_decay = 0.01, .warmup_ratio = 0.1},
+        names);  // tag names, for the reports
     t.fit(train, {});
 
     // 4. Entity-level (seqeval / conlleval) and token-level reports on the test sentences.

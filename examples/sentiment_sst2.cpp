@@ -48,10 +48,10 @@ int main(int argc, char** argv) try {
     auto train_rows = ftune::data::read_table(data / "sst2" / "train.tsv");
     if (train_rows.rows.size() > max_train) train_rows.rows.resize(max_train);
     const auto dev_rows = ftune::data::read_table(data / "sst2" / "dev.tsv");
-    const auto task = ftune::train::task::classify;
+    const auto problem = ftune::heads::problem::single_label_classification;
     const std::size_t max_len = std::min<std::size_t>(128, m.model_max_length);
-    const auto train = ftune::train::encode(*m.tokenizer, train_rows, task, names, max_len);
-    const auto dev = ftune::train::encode(*m.tokenizer, dev_rows, task, names, max_len);
+    const auto train = ftune::train::encode(*m.tokenizer, train_rows, problem, names, max_len);
+    const auto dev = ftune::train::encode(*m.tokenizer, dev_rows, problem, names, max_len);
 
     // 3. Fine-tune: AdamW with decay 0.01 (not biases / LayerNorm), 10% warmup then linear decay,
     //    clipping at 1.0; evaluated on dev after each epoch, the best weights kept.

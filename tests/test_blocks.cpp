@@ -68,12 +68,7 @@ struct bound_encoder {
     output_view forward(ftune::context& ctx, input_view x) {
         return e.forward(ctx, x, mask, types);
     }
-    void backward(ftune::context& ctx, output_view dy) {
-        if constexpr (requires { e.pooled(); })
-            e.backward(ctx, dy, {});
-        else
-            e.backward(ctx, dy);
-    }
+    void backward(ftune::context& ctx, output_view dy) { e.backward(ctx, dy); }
     void zero_grad() { e.zero_grad(); }
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
@@ -251,12 +246,12 @@ TEMPLATE_TEST_CASE(
     const auto got = packed.forward(eval, {ids.data(), B, T}, {mask.data(), B, T});
     CHECK(std::vector<float>(got.data(), got.data() + got.size()) == w);
     // the encoder's first-token states are row 0 of its full output
-    const auto full = plain.bert.forward(eval, {ids.data(), B, T}, {mask.data(), B, T});
+    const auto full = plain.backbone.forward(eval, {ids.data(), B, T}, {mask.data(), B, T});
     std::vector<float> rows0;
     for (std::size_t b = 0; b < B; ++b)
         rows0.insert(rows0.end(), full.data() + b * T * 24, full.data() + b * T * 24 + 24);
     const auto first =
-        packed.bert.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T});
+        packed.backbone.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T});
     CHECK(first.extent(1) == 1);
     CHECK(std::vector<float>(first.data(), first.data() + first.size()) == rows0);
     // a forward that kept nothing for backward refuses backward; unprepared models and training
@@ -269,7 +264,7 @@ TEMPLATE_TEST_CASE(
         for (float g : p.grad) touched += g != 0.0f;
     });
     CHECK(touched == 0);
-    CHECK_THROWS_AS(plain.bert.forward_first_tokens(eval, {ids.data(), B, T}), ftune::error);
+    CHECK_THROWS_AS(plain.backbone.forward_first_tokens(eval, {ids.data(), B, T}), ftune::error);
 }
 
 TEST_CASE("prepared causal self-attention equals the unprepared one bit for bit", "[blocks]") {
@@ -330,4 +325,102 @@ TEST_CASE("BERT task models: gradients of every parameter through each head", "[
     check_task_model<ftune::bert::question_answering<E>>(activation::gelu, 400);
     // the tied decoder: the word-embedding table gets the decoder's gradient too
     check_task_model<ftune::bert::masked_lm<E>>(activation::gelu, 400);
+}
+
+namespace {
+// The values of a view as a vector (host memory on either device).
+template <class V>
+std::vector<double> values_of(const V& v) {
+    return std::vector<double>(v.data(), v.data() + v.size());
+}
+// The largest |a - b| / (1 + |b|) over two equally long vectors.
+double max_relative_gap(const std::vector<double>& a, const std::vector<double>& b) {
+    REQUIRE(a.size() == b.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, std::abs(a[i] - b[i]) / (1.0 + std::abs(b[i])));
+    return worst;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "the whole encoder on the reference backend, selected by type, matches the CPU backend",
+    "[blocks][backends]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
+    using cpu_encoder = ftune::bert::encoder<double, dynamic, dynamic, TestType>;
+    using ref_encoder =
+        ftune::bert::encoder<double, dynamic, dynamic, TestType,
+                             ftune::blocks::bert_parts<double, ftune::device::reference>>;
+    static_assert(std::is_same_v<typename ref_encoder::device_type, ftune::device::reference>);
+    static_assert(
+        std::is_same_v<typename ref_encoder::output_view::device_type, ftune::device::reference>);
+    const ftune::bert::config cfg{.vocab_size = 23,
+                                  .hidden_size = 12,
+                                  .num_hidden_layers = 2,
+                                  .num_attention_heads = 3,
+                                  .intermediate_size = 20,
+                                  .max_position_embeddings = 9,
+                                  .type_vocab_size = 2,
+                                  .layer_norm_eps = 1e-5,
+                                  .pad_token_id = 0,
+                                  .hidden_act = ftune::ops::activation::gelu_tanh};
+    cpu_encoder cpu(cfg);
+    ref_encoder ref(cfg);
+    test::randomize(cpu, 120);
+    test::randomize(ref, 120);
+    const std::size_t B = 2, T = 7, C = 12;
+    std::vector<ftune::token_id> ids{3, 9, 14, 2, 21, 7, 5, 3, 11, 4, 16, 0, 0, 0},
+        types{0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0},
+        mask{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
+    auto& gemm_calls = ftune::backend::cpu::packing_stats().per_call;
+    const double tol = 1e-12;
+
+    // training mode: dropout from the same counter-based streams, so the same masks on both
+    for (const auto m : {ftune::mode::train, ftune::mode::eval}) {
+        ftune::context c1{.mode = m, .rng = ftune::generator(8)};
+        ftune::context c2{.mode = m, .rng = ftune::generator(8)};
+        const auto want = values_of(
+            cpu.forward(c1, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T}));
+        const auto calls_before = gemm_calls.load();
+        const auto got = values_of(
+            ref.forward(c2, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T}));
+        INFO((m == ftune::mode::train ? "train" : "eval"));
+        CHECK(max_relative_gap(got, want) < tol);
+        CHECK(gemm_calls.load() == calls_before);  // the reference model never ran a CPU GEMM
+        // backward: every parameter's gradient
+        const auto dh = test::randn<double>(B * T * C, 121);
+        cpu.zero_grad(), ref.zero_grad();
+        cpu.backward(c1, {dh.data(), B, T, C});
+        const auto calls_cpu = gemm_calls.load();
+        CHECK(calls_cpu > calls_before);  // the counter does count the CPU model's products
+        ref.backward(c2, {dh.data(), B, T, C});
+        CHECK(gemm_calls.load() == calls_cpu);
+        std::vector<std::vector<double>> grads;
+        std::vector<std::string> names;
+        cpu.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+            grads.emplace_back(p.grad.begin(), p.grad.end());
+            names.push_back(p.name);
+        });
+        std::size_t i = 0;
+        ref.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+            INFO(p.name);
+            REQUIRE(p.name == names[i]);
+            CHECK(max_relative_gap({p.grad.begin(), p.grad.end()}, grads[i]) < tol);
+            ++i;
+        });
+        CHECK(i == names.size());
+    }
+
+    // prepared inference: each backend's own prepared weights and fused attention
+    cpu.prepare_inference(), ref.prepare_inference();
+    ftune::context eval;
+    const auto calls_before = gemm_calls.load();
+    const auto want = values_of(cpu.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}));
+    const auto got = values_of(ref.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}));
+    CHECK(max_relative_gap(got, want) < tol);
+    const auto want0 =
+        values_of(cpu.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T}));
+    const auto got0 =
+        values_of(ref.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T}));
+    CHECK(max_relative_gap(got0, want0) < tol);
+    CHECK(gemm_calls.load() == calls_before);  // prepared products: no per-call GEMM anywhere
 }

@@ -231,7 +231,7 @@ TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, s
     auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
     m.model.prepare_inference();
     const auto values = ftune::serve::parameter_values(m.model);
-    CHECK(m.model.classifier.inference_prepared());  // the collecting visit kept the packing
+    CHECK(m.model.head.classifier.inference_prepared());  // the collecting visit kept the packing
     auto replica = m.model;
     ftune::serve::share_weights(replica, values);
     auto copy = replica;  // a copy of a replica aliases the same weights
@@ -245,12 +245,12 @@ TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, s
     CHECK(aliased(replica) == values.size());
     CHECK(aliased(copy) == values.size());
     ftune::serve::free_gradients(m.model);  // the prototype's: its weights stay packed
-    CHECK(m.model.classifier.inference_prepared());
-    CHECK(m.model.bert.layer[1].attention.inference_prepared());
-    CHECK(replica.classifier.inference_prepared());
-    CHECK(replica.pooler.dense.inference_prepared());
-    CHECK(replica.bert.layer[0].attention.inference_prepared());
-    CHECK(replica.bert.layer[0].output_dense.inference_prepared());
+    CHECK(m.model.head.classifier.inference_prepared());
+    CHECK(m.model.backbone.layer[1].attention.inference_prepared());
+    CHECK(replica.head.classifier.inference_prepared());
+    CHECK(replica.head.pooler.dense.inference_prepared());
+    CHECK(replica.backbone.layer[0].attention.inference_prepared());
+    CHECK(replica.backbone.layer[0].output_dense.inference_prepared());
 
     ftune::context eval;
     const auto b = encode(*m.tokenizer, in.texts);
@@ -266,10 +266,10 @@ TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, s
     });
     CHECK(freed == values.size());
     CHECK(frozen == values.size());
-    CHECK(replica.classifier.inference_prepared());
-    CHECK_FALSE(replica.classifier.inference_packed());
+    CHECK(replica.head.classifier.inference_prepared());
+    CHECK_FALSE(replica.head.classifier.inference_packed());
     const auto r2 = forward(replica, eval, b);  // packed again (into its own storage): same logits
-    CHECK(replica.classifier.inference_packed());
+    CHECK(replica.head.classifier.inference_packed());
     CHECK(std::vector<float>(r2.data(), r2.data() + r2.size()) == want);
     const auto l2 = forward(m.model, eval, b);  // the prototype's packed weights are untouched
     CHECK(std::vector<float>(l2.data(), l2.data() + l2.size()) == want);
@@ -386,14 +386,14 @@ TEST_CASE("load_hf: a new head on a base checkpoint is initialized and listed, a
     CHECK(m.model.num_labels() == 2);
     CHECK(!m.tokenizer);  // the fixture has no vocabulary
     // normal(0, initializer_range = 0.2) weights, zero biases
-    const auto& w = m.model.classifier.weight.value;
+    const auto& w = m.model.head.classifier.weight.value;
     double sum = 0, sq = 0;
     for (std::size_t i = 0; i < w.size(); ++i)
         sum += w.data()[i], sq += double(w.data()[i]) * w.data()[i];
     const double n = double(w.size()), sd = std::sqrt(sq / n - (sum / n) * (sum / n));
     CHECK(sd > 0.1);
     CHECK(sd < 0.3);
-    const auto& bias = m.model.classifier.bias.value;
+    const auto& bias = m.model.head.classifier.bias.value;
     CHECK(std::all_of(bias.data(), bias.data() + bias.size(), [](float v) { return v == 0; }));
     // the pooler came from the file: not initialized
     CHECK(m.report.loaded.size() == 5 + 2 * 16 + 2);

@@ -146,10 +146,10 @@ TEST_CASE("fit: a small model learns a toy task; early stopping keeps the best w
     auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
         heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
     const auto names = ftune::train::label_names({"negative", "positive"});
-    const auto train =
-        ftune::train::encode(*m.tokenizer, toy(400, 1), ftune::train::task::classify, names, 32);
-    const auto valid =
-        ftune::train::encode(*m.tokenizer, toy(100, 2), ftune::train::task::classify, names, 32);
+    const auto train = ftune::train::encode(
+        *m.tokenizer, toy(400, 1), ftune::heads::problem::single_label_classification, names, 32);
+    const auto valid = ftune::train::encode(
+        *m.tokenizer, toy(100, 2), ftune::heads::problem::single_label_classification, names, 32);
     const fs::path log = fs::temp_directory_path() / "ftune_test_train.jsonl";
     std::ostringstream progress;
     ftune::train::trainer<ftune::bert::sequence_classifier<>> t(m.model, {.epochs = 6,
@@ -202,8 +202,8 @@ TEST_CASE("fit: frozen parameters do not move; the head still learns", "[train]"
     };
     collect(frozen_before, head_before);
     const auto names = ftune::train::label_names({"negative", "positive"});
-    const auto train =
-        ftune::train::encode(*m.tokenizer, toy(64, 4), ftune::train::task::classify, names, 32);
+    const auto train = ftune::train::encode(
+        *m.tokenizer, toy(64, 4), ftune::heads::problem::single_label_classification, names, 32);
     ftune::train::trainer<ftune::bert::sequence_classifier<>> t(
         m.model, {.epochs = 1, .lr = 1e-3, .progress = nullptr});
     t.fit(train, {});
@@ -313,9 +313,11 @@ TEST_CASE("BANKING77, 10 intents: test accuracy within 3 points of PyTorch on th
         REQUIRE(m.report.initialized.empty());  // PyTorch's initial weights, head included
         const auto max_len = recipe["max_length"].get<std::size_t>();
         const auto train = ftune::train::encode(*m.tokenizer, train_rows,
-                                                ftune::train::task::classify, intents, max_len);
+                                                ftune::heads::problem::single_label_classification,
+                                                intents, max_len);
         const auto test = ftune::train::encode(*m.tokenizer, test_rows,
-                                               ftune::train::task::classify, intents, max_len);
+                                               ftune::heads::problem::single_label_classification,
+                                               intents, max_len);
         ftune::train::trainer<ftune::bert::sequence_classifier<>> t(
             m.model, {.epochs = recipe["epochs"].get<std::size_t>(),
                       .batch_size = recipe["batch_size"].get<std::size_t>(),
@@ -355,10 +357,10 @@ TEST_CASE("checkpoint and resume: the same weights, bit for bit, as an uninterru
         return v;
     };
     auto a = load();
-    const auto train =
-        ftune::train::encode(*a.tokenizer, toy(120, 5), ftune::train::task::classify, names, 32);
-    const auto valid =
-        ftune::train::encode(*a.tokenizer, toy(40, 6), ftune::train::task::classify, names, 32);
+    const auto train = ftune::train::encode(
+        *a.tokenizer, toy(120, 5), ftune::heads::problem::single_label_classification, names, 32);
+    const auto valid = ftune::train::encode(
+        *a.tokenizer, toy(40, 6), ftune::heads::problem::single_label_classification, names, 32);
     const ftune::train::options base{.epochs = 3,
                                      .batch_size = 8,
                                      .lr = 1e-3,
@@ -431,8 +433,8 @@ TEST_CASE("gradient accumulation: two half batches give one batch's gradient", "
     auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
         heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
     const auto names = ftune::train::label_names({"negative", "positive"});
-    const auto xs =
-        ftune::train::encode(*m.tokenizer, toy(16, 8), ftune::train::task::classify, names, 32);
+    const auto xs = ftune::train::encode(
+        *m.tokenizer, toy(16, 8), ftune::heads::problem::single_label_classification, names, 32);
     std::vector<std::size_t> all(16), first(8), second(8);
     for (std::size_t i = 0; i < 16; ++i) all[i] = i, (i < 8 ? first[i] : second[i - 8]) = i;
     ftune::context eval;  // no dropout: both ways compute one function
@@ -462,8 +464,8 @@ TEST_CASE("gradient accumulation: two half batches give one batch's gradient", "
     INFO("max |difference| " << d << " of " << scale);
     CHECK(d <= 1e-5 * scale);
     // and the trainer steps once per grad_accum batches (the last, short group too)
-    const auto train =
-        ftune::train::encode(*m.tokenizer, toy(70, 9), ftune::train::task::classify, names, 32);
+    const auto train = ftune::train::encode(
+        *m.tokenizer, toy(70, 9), ftune::heads::problem::single_label_classification, names, 32);
     const auto r =
         ftune::train::trainer<ftune::bert::sequence_classifier<>>(
             m.model, {.epochs = 1, .batch_size = 8, .grad_accum = 3, .progress = nullptr})
@@ -482,7 +484,7 @@ TEST_CASE("evaluate (ner): entity scores over each sentence's own tags", "[train
          11}};
     const auto xs = ftune::train::encode(*m.tokenizer, s, names, 32);
     ftune::train::trainer<ftune::bert::token_classifier<>> t(
-        m.model, {.task = ftune::train::task::ner, .batch_size = 2, .progress = nullptr}, names);
+        m.model, {.batch_size = 2, .progress = nullptr}, names);
     const auto e = t.evaluate(xs);
     REQUIRE(e.gold_tags.size() == 3);
     std::multiset<std::vector<std::string>> want, got(e.gold_tags.begin(), e.gold_tags.end());
@@ -549,11 +551,8 @@ TEST_CASE("masked-LM continued pretraining: the held-out masked-token loss falls
     for (int rep = 0; rep < 40; ++rep)
         for (const auto& t : j["texts"]) d.rows.push_back({t.get<std::string>(), "", "", 0});
     const auto xs = ftune::train::encode_texts(*m.tokenizer, d, 32);
-    ftune::train::trainer<Model> t(m.model, {.task = ftune::train::task::mlm,
-                                             .epochs = 10,
-                                             .batch_size = 8,
-                                             .lr = 5e-3,
-                                             .progress = nullptr});
+    ftune::train::trainer<Model> t(
+        m.model, {.epochs = 10, .batch_size = 8, .lr = 5e-3, .progress = nullptr});
     t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     CHECK(t.masking.mask_id == *m.tokenizer->vocab().find("[MASK]"));
     const auto before = t.evaluate(xs);
@@ -575,7 +574,7 @@ TEST_CASE("qa: run_qa's window labels and BertForQuestionAnswering's loss", "[pa
     std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "qa_training.json");
     const auto cases = nlohmann::json::parse(in);
     REQUIRE(cases.size() == 3);
-    ftune::train::trainer<Model> t(m.model, {.task = ftune::train::task::qa, .progress = nullptr});
+    ftune::train::trainer<Model> t(m.model, {.progress = nullptr});
     for (const auto& c : cases) {
         const ftune::data::qa_example x{"q",
                                         c["question"],
@@ -614,11 +613,8 @@ TEST_CASE("qa: fine-tuning answers questions on a small synthetic SQuAD set", "[
         ftune::train::encode_qa(*m.tokenizer, train, {.max_length = 32, .doc_stride = 8});
     const auto before = ftune::train::evaluate_squad(m.model, *m.tokenizer, data,
                                                      {.max_length = 32, .doc_stride = 8});
-    ftune::train::trainer<Model> t(m.model, {.task = ftune::train::task::qa,
-                                             .epochs = 10,
-                                             .batch_size = 8,
-                                             .lr = 3e-3,
-                                             .progress = nullptr});
+    ftune::train::trainer<Model> t(
+        m.model, {.epochs = 10, .batch_size = 8, .lr = 3e-3, .progress = nullptr});
     t.fit(xs, {});
     const auto after = ftune::train::evaluate_squad(m.model, *m.tokenizer, data,
                                                     {.max_length = 32, .doc_stride = 8});

@@ -128,7 +128,7 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         2 * N * H * (4.0 * H) + 2 * N * H * (2.0 * F) + 4.0 * double(B) * T * T * H;
     const double last_first_only =
         2 * N * H * (3.0 * H) + 4.0 * Bd * T * H + 2 * Bd * H * H + 2 * Bd * H * (2.0 * F);
-    const bool pruned = model.bert.inference_prepared() && !backward && L > 0;
+    const bool pruned = model.backbone.inference_prepared() && !backward && L > 0;
     const double flops =
         ((pruned ? double(L - 1) * per_layer + last_first_only : double(L) * per_layer) +
          2.0 * B * H * (H + 2)) *

@@ -57,16 +57,6 @@ inline std::string num(double v) {
     return buf;
 }
 
-// Softmax of n logits.
-inline std::vector<double> softmax(const float* x, std::size_t n) {
-    std::vector<double> p(n);
-    const double m = *std::max_element(x, x + n);
-    double s = 0;
-    for (std::size_t i = 0; i < n; ++i) s += p[i] = std::exp(double(x[i]) - m);
-    for (auto& v : p) v /= s;
-    return p;
-}
-
 // What `ftune predict` prints.
 enum class predict_format { logits, labels, json };
 
@@ -96,7 +86,8 @@ inline void warn_initialized(const ftune::io::load_report& r, const fs::path& di
 template <class Model>
 void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>& lines,
                    std::size_t first_line, const predict_options& opt, std::string& out) {
-    constexpr auto task = Model::task;
+    using H = typename Model::head_type;
+    constexpr bool sequences = ftune::heads::is_a<H, ftune::heads::sequence_classification>;
     const auto& tok = *m.tokenizer;
     const auto& names = m.config.id2label;
     auto label = [&](std::size_t i) {
@@ -105,9 +96,7 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
     // tokenize: TAB separates the two texts of a pair (sequence classification)
     std::vector<std::string_view> a, b;
     bool pairs = false;
-    for (const auto& l : lines)
-        pairs |=
-            task == ftune::bert::task::sequence_classification && l.find('\t') != std::string::npos;
+    for (const auto& l : lines) pairs |= sequences && l.find('\t') != std::string::npos;
     for (const auto& l : lines) {
         const std::size_t tab = pairs ? l.find('\t') : std::string::npos;
         a.push_back(std::string_view(l).substr(0, tab));
@@ -118,11 +107,10 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
     std::vector<ftune::text::encoding> enc;
     try {
         // token classification: one tag per whitespace-separated word, tokenized as in training
-        enc =
-            tok.encode_batch(a, b,
-                             {.max_length = opt.max_length,
-                              .pad = ftune::text::padding::longest,
-                              .split_into_words = task == ftune::bert::task::token_classification});
+        enc = tok.encode_batch(a, b,
+                               {.max_length = opt.max_length,
+                                .pad = ftune::text::padding::longest,
+                                .split_into_words = !sequences});
     } catch (const ftune::error& e) {
         throw ftune::error(
             e.id(),
@@ -140,10 +128,9 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
     const auto logits =
         m.model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
 
-    if constexpr (task == ftune::bert::task::sequence_classification) {
+    if constexpr (sequences) {
         const std::size_t L = logits.extent(1);
-        const bool multi = m.config.problem_type == "multi_label_classification";
-        const bool regression = m.config.problem_type == "regression" || L == 1;
+        const auto problem = m.model.head.problem;
         for (std::size_t i = 0; i < B; ++i) {
             const float* y = logits.data() + i * L;
             if (opt.format == predict_format::logits) {
@@ -151,39 +138,35 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                     if (j) out += ' ';
                     out += num(y[j]);
                 }
-            } else if (regression) {
+                out += '\n';
+                continue;
+            }
+            const auto p = m.model.head.decode(y);  // the head's reading of the logits
+            if (problem == ftune::heads::problem::regression) {
                 out += opt.format == predict_format::json
                            ? nlohmann::json{{"score", round6(y[0])}}.dump()
                            : num(y[0]);
-            } else if (multi) {  // independent sigmoids; labels over 0.5
+            } else if (problem == ftune::heads::problem::multi_label_classification) {
                 nlohmann::json scores = nlohmann::json::object(), chosen = nlohmann::json::array();
                 std::string text;
-                for (std::size_t j = 0; j < L; ++j) {
-                    const double p = 1 / (1 + std::exp(-double(y[j])));
-                    scores[label(j)] = round6(p);
-                    if (p > 0.5) {
-                        chosen.push_back(label(j));
-                        if (!text.empty()) text += ',';
-                        text += label(j);
-                    }
+                for (std::size_t j = 0; j < L; ++j) scores[label(j)] = round6(p.scores[j]);
+                for (const std::size_t j : p.chosen) {  // sigmoids over 0.5
+                    chosen.push_back(label(j));
+                    if (!text.empty()) text += ',';
+                    text += label(j);
                 }
                 out += opt.format == predict_format::json
                            ? nlohmann::json{{"labels", chosen}, {"scores", scores}}.dump()
                            : text;
+            } else if (opt.format == predict_format::labels) {
+                out += label(p.label);
             } else {
-                const auto p = softmax(y, L);
-                const std::size_t best =
-                    std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
-                if (opt.format == predict_format::labels) {
-                    out += label(best);
-                } else {
-                    nlohmann::json scores = nlohmann::json::object();
-                    for (std::size_t j = 0; j < L; ++j) scores[label(j)] = round6(p[j]);
-                    out +=
-                        nlohmann::json{
-                            {"label", label(best)}, {"score", round6(p[best])}, {"scores", scores}}
-                            .dump();
-                }
+                nlohmann::json scores = nlohmann::json::object();
+                for (std::size_t j = 0; j < L; ++j) scores[label(j)] = round6(p.scores[j]);
+                out +=
+                    nlohmann::json{
+                        {"label", label(p.label)}, {"score", round6(p.score)}, {"scores", scores}}
+                        .dump();
             }
             out += '\n';
         }
@@ -221,14 +204,9 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                 if (!p.pieces) p.byte_begin = t.byte_begin, p.char_begin = t.char_begin;
                 p.byte_end = t.byte_end, p.char_end = t.char_end, p.pieces = true;
             }
-            for (std::size_t t = 0; t < n; ++t) {  // the label of each word's first piece
-                const auto& ti = e.tokens[t];
-                if (ti.word < 0 || w[std::size_t(ti.word)].score >= 0) continue;
-                const auto p = softmax(y + t * L, L);
-                const auto best = std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
-                w[std::size_t(ti.word)].label = best;
-                w[std::size_t(ti.word)].score = p[best];
-            }
+            const auto tags = m.model.head.decode_words(y, e.tokens, n, words);  // one per word
+            for (std::size_t k = 0; k < words; ++k)
+                w[k].label = tags[k].label, w[k].score = tags[k].score;
             const std::size_t cut = std::size_t(std::count_if(
                 w.begin(), w.end(), [](const word_pred& p) { return p.pieces && p.score < 0; }));
             if (cut)
@@ -319,9 +297,10 @@ int predict_with(const predict_options& opt) {
     warn_initialized(m.report, opt.model);
     predict_options o = opt;
     if (o.max_length == 0)  // QA: the pipeline's max_seq_len 384 unless the model is shorter
-        o.max_length = Model::task == ftune::bert::task::question_answering
-                           ? std::min<std::size_t>(384, m.model_max_length)
-                           : m.model_max_length;
+        o.max_length =
+            ftune::heads::is_a<typename Model::head_type, ftune::heads::question_answering>
+                ? std::min<std::size_t>(384, m.model_max_length)
+                : m.model_max_length;
     if (o.max_length > m.config.model.max_position_embeddings)
         throw ftune::error(
             ftune::errc::invalid_argument, "--max-length " + std::to_string(o.max_length),
@@ -334,7 +313,8 @@ int predict_with(const predict_options& opt) {
     auto flush = [&] {
         if (lines.empty()) return;
         out.clear();
-        if constexpr (Model::task == ftune::bert::task::question_answering) {
+        if constexpr (ftune::heads::is_a<typename Model::head_type,
+                                         ftune::heads::question_answering>) {
             for (std::size_t i = 0; i < lines.size(); ++i)
                 predict_qa(m, lines[i], first + i, o, out);
         } else {
@@ -410,9 +390,10 @@ inline int run_predict(int argc, char** argv) {
     const std::string arch = architecture_of(opt.model);
     return with_task_model(arch, [&](auto tag) -> int {
         using Model = typename decltype(tag)::type;
-        if constexpr (Model::task == ftune::bert::task::sequence_classification ||
-                      Model::task == ftune::bert::task::token_classification ||
-                      Model::task == ftune::bert::task::question_answering) {
+        using H = typename Model::head_type;
+        if constexpr (ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
+                      ftune::heads::is_a<H, ftune::heads::token_classification> ||
+                      ftune::heads::is_a<H, ftune::heads::question_answering>) {
             return predict_with<Model>(opt);
         } else {
             throw ftune::error(
@@ -470,8 +451,8 @@ inline int run_info(int argc, char** argv) {
                 names.push_back(i < m.config.id2label.size() ? m.config.id2label[i]
                                                              : "LABEL_" + std::to_string(i));
             std::cout << "labels        " << names.size() << ": " << list(names) << "\n";
-            if (!m.config.problem_type.empty())
-                std::cout << "problem_type  " << m.config.problem_type << "\n";
+            if constexpr (requires { m.model.head.problem; })
+                std::cout << "problem_type  " << ftune::heads::to_hf(m.model.head.problem) << "\n";
         }
         if (m.tokenizer) {
             const auto& o = m.tokenizer->options();

@@ -18,10 +18,13 @@
 
 namespace cli {
 
+// What `--task` names: a head, and for sequence classifiers the problem type.
+enum class task { classify, multilabel, regression, ner, mlm, qa };
+
 // Options of `ftune train` / `ftune eval`.
 struct train_args {
     std::filesystem::path model, train, valid, out, data;
-    std::optional<ftune::train::task> task;
+    std::optional<cli::task> task;
     ftune::train::options opt;
     std::size_t max_length = 128;  // Hugging Face's run_glue / run_ner default
     std::string freeze = "none";
@@ -30,13 +33,13 @@ struct train_args {
 };
 
 // The task named on the command line.
-inline ftune::train::task parse_task(const std::string& v) {
-    if (v == "classify") return ftune::train::task::classify;
-    if (v == "multilabel") return ftune::train::task::multilabel;
-    if (v == "regression") return ftune::train::task::regression;
-    if (v == "ner") return ftune::train::task::ner;
-    if (v == "mlm") return ftune::train::task::mlm;
-    if (v == "qa") return ftune::train::task::qa;
+inline cli::task parse_task(const std::string& v) {
+    if (v == "classify") return task::classify;
+    if (v == "multilabel") return task::multilabel;
+    if (v == "regression") return task::regression;
+    if (v == "ner") return task::ner;
+    if (v == "mlm") return task::mlm;
+    if (v == "qa") return task::qa;
     throw ftune::error(ftune::errc::invalid_argument, "--task " + v,
                        "expected classify, multilabel, regression, ner, mlm or qa");
 }
@@ -128,57 +131,31 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
     return a;
 }
 
-// The Hugging Face problem_type of a task.
-inline std::string problem_type(ftune::train::task t) {
+// The problem type of a sequence-classification task.
+inline ftune::heads::problem problem_of(cli::task t) {
     switch (t) {
-        case ftune::train::task::multilabel:
-            return "multi_label_classification";
-        case ftune::train::task::regression:
-            return "regression";
+        case task::multilabel:
+            return ftune::heads::problem::multi_label_classification;
+        case task::regression:
+            return ftune::heads::problem::regression;
         default:
-            return "single_label_classification";
+            return ftune::heads::problem::single_label_classification;
     }
 }
 
-// The evaluation report of a trained or loaded model: scikit-learn's classification_report for
-// classification, entity scores for NER, loss and metric otherwise.
+// The evaluation report of a trained or loaded model, as its head writes it (scikit-learn's
+// classification_report, seqeval's entity scores, perplexity...).
 template <class Model>
 std::string report(ftune::train::trainer<Model>& t, const std::vector<ftune::train::example>& xs,
                    const std::vector<std::string>& names) {
-    const auto e = t.evaluate(xs);
-    if constexpr (Model::task == ftune::bert::task::masked_lm) {
-        return ftune::detail::cat("perplexity ", std::exp(e.loss), " (loss ", e.loss,
-                                  " per masked token, accuracy ", e.accuracy, ")\n");
-    } else if constexpr (Model::task == ftune::bert::task::token_classification) {
-        // per entity type, then micro, macro and weighted averages (seqeval's layout)
-        return ftune::metrics::entity_report(e.gold_tags, e.predicted_tags);
-    } else {
-        if (t.options.task == ftune::train::task::classify) {
-            auto text = ftune::metrics::classification_report(e.gold, e.predicted, names);
-            if (names.size() <= 20)  // the confusion matrix while it fits on a screen
-                text +=
-                    "\n" +
-                    ftune::metrics::confusion_matrix_text(
-                        ftune::metrics::confusion_matrix(e.gold, e.predicted, names.size()), names);
-            return text;
-        }
-        if (t.options.task == ftune::train::task::multilabel)
-            return ftune::metrics::multilabel_report(e.gold_sets, e.predicted_sets, names) +
-                   ftune::detail::cat("\nsubset accuracy ", e.accuracy, ", loss ", e.loss, "\n");
-        if (t.options.task == ftune::train::task::regression)
-            return ftune::detail::cat("mse ", e.loss, "\npearson ",
-                                      ftune::metrics::pearson(e.outputs, e.targets), "\nspearman ",
-                                      ftune::metrics::spearman(e.outputs, e.targets), "\n");
-        return ftune::detail::cat(t.metric_name(), " ", e.metric, ", loss ", e.loss, "\n");
-    }
+    return t.model.head.report(t.evaluate(xs), names);
 }
 
 // Labels seen in a file, for a task (multilabel labels split at commas).
-inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d,
-                                          ftune::train::task t) {
+inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d, cli::task t) {
     std::vector<std::string> seen;
     for (const auto& r : d.rows) {
-        if (t != ftune::train::task::multilabel) {
+        if (t != task::multilabel) {
             seen.push_back(r.label);
             continue;
         }
@@ -211,17 +188,17 @@ bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m) 
 
 // Fine-tunes with a model type; returns the exit status.
 template <class Model>
-int train_with(train_args& a, ftune::train::task task) {
+int train_with(train_args& a, cli::task task) {
     const auto cfg = ftune::io::read_hf_config(a.model / "config.json");
     // data and label names (the checkpoint's names when they cover the data)
     std::optional<ftune::data::text_dataset> tr, va;
     std::vector<std::vector<ftune::data::tagged_sentence>> conll(2);
     std::vector<std::string> seen;
-    if (task == ftune::train::task::mlm) {  // plain text, one example per line
+    if (task == task::mlm) {  // plain text, one example per line
         tr = ftune::data::read_lines(a.train);
         if (a.max_train && tr->rows.size() > a.max_train) tr->rows.resize(a.max_train);
         if (!a.valid.empty()) va = ftune::data::read_lines(a.valid);
-    } else if (task == ftune::train::task::ner) {
+    } else if (task == task::ner) {
         conll[0] = ftune::data::read_conll(a.train);
         if (a.max_train && conll[0].size() > a.max_train) conll[0].resize(a.max_train);
         if (!a.valid.empty()) conll[1] = ftune::data::read_conll(a.valid);
@@ -237,10 +214,10 @@ int train_with(train_args& a, ftune::train::task task) {
             seen.insert(seen.end(), v.begin(), v.end());
         }
     }
-    std::vector<std::string> names =
-        task == ftune::train::task::regression ? std::vector<std::string>{"score"}
-        : task == ftune::train::task::mlm      ? std::vector<std::string>{}
-                                               : ftune::train::label_names(seen, cfg.id2label);
+    std::vector<std::string> names = task == task::regression ? std::vector<std::string>{"score"}
+                                     : task == task::mlm
+                                         ? std::vector<std::string>{}
+                                         : ftune::train::label_names(seen, cfg.id2label);
     auto m = ftune::io::load_hf<Model>(a.model, {.labels = names, .seed = a.opt.seed});
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(),
@@ -248,31 +225,28 @@ int train_with(train_args& a, ftune::train::task task) {
     if (!m.report.initialized.empty())
         std::cerr << "ftune: new weights (not in the checkpoint): " << m.report.initialized.size()
                   << " tensors, e.g. " << m.report.initialized.front() << "\n";
-    m.config.problem_type = task == ftune::train::task::ner || task == ftune::train::task::mlm
-                                ? ""
-                                : problem_type(task);
+    if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
     std::vector<ftune::train::example> train_x, valid_x;
-    if (task == ftune::train::task::mlm) {
+    if (task == task::mlm) {
         train_x = ftune::train::encode_texts(*m.tokenizer, *tr, max_len);
         if (va) valid_x = ftune::train::encode_texts(*m.tokenizer, *va, max_len);
-    } else if (task == ftune::train::task::ner) {
+    } else if (task == task::ner) {
         train_x = ftune::train::encode(*m.tokenizer, conll[0], names, max_len, a.train.string());
         valid_x = ftune::train::encode(*m.tokenizer, conll[1], names, max_len, a.valid.string());
     } else {
-        train_x = ftune::train::encode(*m.tokenizer, *tr, task, names, max_len);
-        if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, task, names, max_len);
+        const auto p = problem_of(task);
+        train_x = ftune::train::encode(*m.tokenizer, *tr, p, names, max_len);
+        if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, p, names, max_len);
     }
     const std::size_t frozen =
         ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
     std::filesystem::create_directories(a.out);
-    a.opt.task = task;
     a.opt.log_path = a.out / "train_log.jsonl";
     a.opt.checkpoint_dir = a.out / "checkpoint";
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
               << " validation examples, "
-              << (task == ftune::train::task::mlm ? "masked-LM"
-                                                  : std::to_string(names.size()) + " labels")
+              << (task == task::mlm ? "masked-LM" : std::to_string(names.size()) + " labels")
               << ", " << a.opt.epochs << " epochs of batch " << a.opt.batch_size;
     if (frozen) std::cerr << ", " << frozen << " weights frozen";
     std::cerr << "\n";
@@ -317,7 +291,6 @@ inline int train_qa(train_args& a) {
     const std::size_t frozen =
         ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
     std::filesystem::create_directories(a.out);
-    a.opt.task = ftune::train::task::qa;
     a.opt.log_path = a.out / "train_log.jsonl";
     a.opt.checkpoint_dir = a.out / "checkpoint";
     std::cerr << "ftune: " << train.size() << " questions (" << train_x.size()
@@ -341,7 +314,7 @@ inline int train_qa(train_args& a) {
 
 // Evaluates a model type on a file; returns the exit status.
 template <class Model>
-int eval_with(train_args& a, ftune::train::task task) {
+int eval_with(train_args& a, cli::task task) {
     auto m = ftune::io::load_hf<Model>(a.model);
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
@@ -352,15 +325,15 @@ int eval_with(train_args& a, ftune::train::task task) {
             names.push_back("LABEL_" + std::to_string(i));
     const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
     std::vector<ftune::train::example> xs;
-    if (task == ftune::train::task::mlm)
+    if (task == task::mlm)
         xs = ftune::train::encode_texts(*m.tokenizer, ftune::data::read_lines(a.data), max_len);
-    else if (task == ftune::train::task::ner)
+    else if (task == task::ner)
         xs = ftune::train::encode(*m.tokenizer, ftune::data::read_conll(a.data), names, max_len,
                                   a.data.string());
     else
-        xs = ftune::train::encode(*m.tokenizer, ftune::data::read_table(a.data), task, names,
-                                  max_len);
-    a.opt.task = task;
+        xs = ftune::train::encode(*m.tokenizer, ftune::data::read_table(a.data), problem_of(task),
+                                  names, max_len);
+    if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     a.opt.progress = nullptr;
     m.model.prepare_inference();
     ftune::train::trainer<Model> t(m.model, a.opt, names);
@@ -370,24 +343,30 @@ int eval_with(train_args& a, ftune::train::task task) {
 }
 
 // The task of a model directory when --task is not given.
-inline ftune::train::task task_of(const ftune::io::hf_config& cfg) {
+inline cli::task task_of(const ftune::io::hf_config& cfg) {
     const std::string arch = cfg.architectures.empty() ? "" : cfg.architectures.front();
-    if (arch == "BertForTokenClassification") return ftune::train::task::ner;
-    if (arch == "BertForMaskedLM") return ftune::train::task::mlm;
-    if (arch == "BertForQuestionAnswering") return ftune::train::task::qa;
-    if (cfg.problem_type == "multi_label_classification") return ftune::train::task::multilabel;
-    if (cfg.problem_type == "regression") return ftune::train::task::regression;
-    return ftune::train::task::classify;
+    if (arch == "BertForTokenClassification") return task::ner;
+    if (arch == "BertForMaskedLM") return task::mlm;
+    if (arch == "BertForQuestionAnswering") return task::qa;
+    switch (ftune::heads::problem_from_hf(cfg.model.problem_type, cfg.model.num_labels)) {
+        case ftune::heads::problem::multi_label_classification:
+            return task::multilabel;
+        case ftune::heads::problem::regression:
+            return task::regression;
+        case ftune::heads::problem::single_label_classification:
+            break;
+    }
+    return task::classify;
 }
 
 // Runs `ftune train`.
 inline int run_train(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, false);
-    const auto t = a.task.value_or(ftune::train::task::classify);
+    const auto t = a.task.value_or(task::classify);
     using E = ftune::bert::encoder<float>;
-    if (t == ftune::train::task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
-    if (t == ftune::train::task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
-    if (t == ftune::train::task::qa) return train_qa(a);
+    if (t == task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
+    if (t == task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
+    if (t == task::qa) return train_qa(a);
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
@@ -396,9 +375,9 @@ inline int run_eval(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, true);
     const auto t = a.task.value_or(task_of(ftune::io::read_hf_config(a.model / "config.json")));
     using E = ftune::bert::encoder<float>;
-    if (t == ftune::train::task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
-    if (t == ftune::train::task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
-    if (t == ftune::train::task::qa) {  // SQuAD exact match and F1
+    if (t == task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
+    if (t == task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
+    if (t == task::qa) {  // SQuAD exact match and F1
         auto m = ftune::io::load_hf<ftune::bert::question_answering<E>>(a.model);
         if (!m.tokenizer)
             throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");

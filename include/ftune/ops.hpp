@@ -133,10 +133,12 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backend::cpu, attention_inference)
     FTUNE_OPS_FORWARD(backend::cpu, gemm_packed)
 };
-/// device::reference: the scalar reference backend (training primitives).
+/// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
 struct backend_of<device::reference> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backend::reference)
+    FTUNE_OPS_FORWARD(backend::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backend::reference, gemm_packed)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
@@ -591,12 +593,16 @@ namespace detail {
 /// The prepared-weight type of a device (each backend specializes it).
 template <class T, class D>
 struct prepared_weight_of {
-    static_assert(std::is_same_v<D, device::cpu>,
-                  "ftune: prepared weights exist for device::cpu only (no other backend yet)");
+    static_assert(!std::is_same_v<D, device::cuda>,
+                  "ftune: prepared weights on device::cuda need a CUDA backend (planned)");
 };
 template <class T>
 struct prepared_weight_of<T, device::cpu> {
     using type = backend::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
+};
+template <class T>
+struct prepared_weight_of<T, device::reference> {
+    using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
 }  // namespace detail
 
@@ -658,7 +664,7 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
         detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
             detail::scalar_of<Y>(0), y.data(), N, bias.data(),
-            backend::cpu::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+            backend::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
     }
 }
 

@@ -93,7 +93,8 @@ void share_weights(Model& replica,
 struct prediction {
     std::size_t label = 0;              ///< the most likely class
     std::string name;                   ///< its name (id2label)
-    std::vector<double> probabilities;  ///< softmax of the logits (sigmoid for multi-label)
+    std::vector<double> probabilities;  ///< softmax of the logits (sigmoid for multi-label;
+                                        ///< the values for regression): the head's decode()
 };
 
 /// Thread-safe, const inference of a sequence classifier (see the file comment).
@@ -103,9 +104,7 @@ class text_classifier {
     /// Takes a loaded model (it needs its tokenizer); inputs are cut to max_length tokens
     /// (0: the model's maximum).
     explicit text_classifier(io::hf_model<Model>&& m, std::size_t max_length = 0)
-        : prototype_(std::move(m.model)),
-          labels_(std::move(m.config.id2label)),
-          multi_label_(m.config.problem_type == "multi_label_classification") {
+        : prototype_(std::move(m.model)), labels_(std::move(m.config.id2label)) {
         if (!m.tokenizer)
             throw error(errc::invalid_argument, "serve::text_classifier",
                         "the model directory has no vocab.txt or tokenizer.json");
@@ -128,20 +127,9 @@ class text_classifier {
         const auto logits =
             r->model.forward(r->ctx, {e.ids.data(), 1, T}, {e.attention_mask.data(), 1, T},
                              {e.type_ids.data(), 1, T});  // (1, L)
-        prediction p;
-        const std::size_t L = logits.extent(1);
-        p.probabilities.resize(L);
-        double mx = logits(0, 0), sum = 0;
-        for (std::size_t c = 0; c < L; ++c) mx = std::max(mx, double(logits(0, c)));
-        for (std::size_t c = 0; c < L; ++c) {
-            const double z = logits(0, c);
-            p.probabilities[c] = multi_label_ ? 1 / (1 + std::exp(-z)) : std::exp(z - mx);
-            sum += p.probabilities[c];
-            if (z > logits(0, p.label)) p.label = c;
-        }
+        const auto d = r->model.head.decode(logits.data());
         release(std::move(r));
-        if (!multi_label_)
-            for (auto& v : p.probabilities) v /= sum;
+        prediction p{d.label, {}, d.scores};
         p.name = labels_[p.label];
         return p;
     }
@@ -182,7 +170,6 @@ class text_classifier {
     std::optional<Model> shared_;                         // aliases them; never run, copied
     std::optional<text::bert_tokenizer> tok_;             // shared, const
     std::vector<std::string> labels_;                     // id2label
-    bool multi_label_ = false;                            // sigmoid instead of softmax
     std::size_t max_length_ = 0;                          // tokens per input
     mutable std::mutex mu_;                               // guards free_ and made_
     mutable std::vector<std::unique_ptr<replica>> free_;  // idle replicas

@@ -1226,6 +1226,23 @@ struct sgd_params {
     bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
 };
 
+namespace backend {
+/// The epilogue C += R of an inference product (R (M, N), rows ldr apart: a residual
+/// connection), called on each finished tile of C; the CPU backend adds it inside its
+/// micro-kernel as the tile is stored.
+template <class T>
+struct add_residual {
+    const T* r;       ///< R(0, 0)
+    std::size_t ldr;  ///< row stride of R
+    /// C(row0 .., col0 ..) += R at the same place (c points at C(row0, col0)).
+    void operator()(T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
+                    std::size_t cols) const noexcept {
+        for (std::size_t i = 0; i < rows; ++i)
+            for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
+    }
+};
+}  // namespace backend
+
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/common.hpp ----
 // ---- begin ftune/backends/reference/primitives.hpp ----
@@ -1241,6 +1258,8 @@ FTUNE_NAMESPACE_END
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <type_traits>
+#include <vector>
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -1658,6 +1677,94 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
         }
         param[i] += -lr * g;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inference: prepared weights and fused attention
+
+/// A weight prepared for inference products: op(B) (K rows, N columns) copied row-major. The
+/// reference backend has no panel layout; this is its own prepared-weight type (the CPU's is
+/// backend::cpu::packed_b).
+template <scalar T>
+class prepared_b {
+  public:
+    /// Copies op(B) (K rows, N columns) from B with row stride ldb.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        data_.resize(K * N);
+        for (std::size_t k = 0; k < K; ++k)
+            for (std::size_t j = 0; j < N; ++j)
+                data_[k * N + j] = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
+        K_ = K, N_ = N;
+    }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// op(B), (K, N) row-major.
+    const T* data() const noexcept { return data_.data(); }
+
+  private:
+    std::vector<T> data_;
+    std::size_t K_ = 0, N_ = 0;
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C, then + bias(N) on every row (when given), then
+/// epilogue(C, ldc, 0, M, 0, N) (when given: backend::add_residual adds a residual).
+template <scalar T, class Epilogue = std::nullptr_t>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
+                 std::size_t lda, const prepared_b<T>& Bp, T beta, T* C, std::size_t ldc,
+                 const T* bias = nullptr, Epilogue epilogue = {}) {
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed",
+                    ftune::detail::cat("B was prepared as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N));
+    gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    if (bias)
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+    if constexpr (!std::is_same_v<Epilogue, std::nullptr_t>) epilogue(C, ldc, 0, M, 0, N);
+}
+
+/// Multi-head attention for inference: for every batch b, head h and query i < Tq (the first Tq
+/// positions of the sequence), p = softmax_j(scale * q_i · k_j + key_mask(b, j)) over the keys
+/// j < Tn (causal: j <= i) and out_i = Σ_j p_j v_j, on head h's columns h*d .. h*d+d of q
+/// ((B*Tq, ldq) rows), k and v ((B*T, ld) rows) and out ((B*Tq, ldo) rows). A query whose keys
+/// are all masked gets zeros.
+template <scalar T>
+void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
+                         const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
+                         std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
+                         bool causal = false) {
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+    std::vector<T> p(Tn);
+    for (std::size_t b = 0; b < Bn; ++b)
+        for (std::size_t h = 0; h < H; ++h)
+            for (std::size_t i = 0; i < Tq; ++i) {
+                const T* qi = q + b * Tq * ldq + i * ldq + h * d;
+                const std::size_t keys = causal ? i + 1 : Tn;
+                T mx = -std::numeric_limits<T>::infinity();
+                for (std::size_t j = 0; j < keys; ++j) {
+                    const T* kj = k + (b * Tn + j) * ld + h * d;
+                    T dot = 0;
+                    for (std::size_t c = 0; c < d; ++c) dot += qi[c] * kj[c];
+                    p[j] = scale * dot + (key_mask ? key_mask[b * Tn + j] : T(0));
+                    if (p[j] > mx) mx = p[j];
+                }
+                T sum = 0;
+                for (std::size_t j = 0; j < keys; ++j) {
+                    p[j] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[j] - mx);
+                    sum += p[j];
+                }
+                T* oi = out + (b * Tq + i) * ldo + h * d;
+                for (std::size_t c = 0; c < d; ++c) {
+                    T acc = 0;
+                    for (std::size_t j = 0; j < keys; ++j)
+                        acc += p[j] * v[(b * Tn + j) * ld + h * d + c];
+                    oi[c] = sum > T(0) ? acc / sum : T(0);
+                }
+            }
 }
 
 }  // namespace backend::reference
@@ -2465,19 +2572,9 @@ struct no_epilogue {
                     std::size_t) const noexcept {}
 };
 
-/// The epilogue C += R (R (M, N), rows ldr apart: a residual connection). gemm_packed adds it
-/// inside the micro-kernel as the tile is stored, instead of reloading the stored tile.
-template <class T>
-struct add_residual {
-    const T* r;       ///< R(0, 0)
-    std::size_t ldr;  ///< row stride of R
-    /// C(row0 .., col0 ..) += R at the same place (the same value as inside the kernel).
-    void operator()(T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
-                    std::size_t cols) const noexcept {
-        for (std::size_t i = 0; i < rows; ++i)
-            for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
-    }
-};
+/// The epilogue C += R (a residual connection): gemm_packed adds it inside the micro-kernel as
+/// the tile is stored, instead of reloading the stored tile.
+using backend::add_residual;
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
 /// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
@@ -3523,10 +3620,12 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backend::cpu, attention_inference)
     FTUNE_OPS_FORWARD(backend::cpu, gemm_packed)
 };
-/// device::reference: the scalar reference backend (training primitives).
+/// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
 struct backend_of<device::reference> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backend::reference)
+    FTUNE_OPS_FORWARD(backend::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backend::reference, gemm_packed)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
@@ -3981,12 +4080,16 @@ namespace detail {
 /// The prepared-weight type of a device (each backend specializes it).
 template <class T, class D>
 struct prepared_weight_of {
-    static_assert(std::is_same_v<D, device::cpu>,
-                  "ftune: prepared weights exist for device::cpu only (no other backend yet)");
+    static_assert(!std::is_same_v<D, device::cuda>,
+                  "ftune: prepared weights on device::cuda need a CUDA backend (planned)");
 };
 template <class T>
 struct prepared_weight_of<T, device::cpu> {
     using type = backend::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
+};
+template <class T>
+struct prepared_weight_of<T, device::reference> {
+    using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
 }  // namespace detail
 
@@ -4048,7 +4151,7 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
         detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
             detail::scalar_of<Y>(0), y.data(), N, bias.data(),
-            backend::cpu::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+            backend::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
     }
 }
 
@@ -4070,13 +4173,13 @@ namespace layers {
 
 /// y = f(x) element-wise over (N, C) with f chosen when the layer is built (from a config's
 /// hidden_act); one switch per call. activation<T, F> is this layer with f fixed by the type.
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class hidden_activation {
   public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
 
     ops::activation kind;  ///< the function (BERT: gelu)
 
@@ -4107,33 +4210,33 @@ class hidden_activation {
     void visit_parameters(std::string_view, Fn&&) {}
 
   private:
-    input_view x_;                    // the last forward's input
-    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+    input_view x_;                       // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;  // (N, C) output
 };
 
 /// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu
 /// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu") or tanh (the pooler's).
-template <scalar T, ops::activation F, std::size_t C = dynamic>
-class activation : public hidden_activation<T, C> {
+template <scalar T, ops::activation F, std::size_t C = dynamic, device_tag D = device::cpu>
+class activation : public hidden_activation<T, C, D> {
   public:
     static constexpr ops::activation fixed_kind = F;  ///< the function, fixed by the type
 
     /// A layer applying F.
-    activation() : hidden_activation<T, C>(F) {}
+    activation() : hidden_activation<T, C, D>(F) {}
 };
 
 /// Exact-erf GELU, BERT's "gelu".
-template <scalar T, std::size_t C = dynamic>
-using gelu = activation<T, ops::activation::gelu, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using gelu = activation<T, ops::activation::gelu, C, D>;
 /// tanh-approximated GELU, Hugging Face's "gelu_new".
-template <scalar T, std::size_t C = dynamic>
-using gelu_tanh = activation<T, ops::activation::gelu_tanh, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using gelu_tanh = activation<T, ops::activation::gelu_tanh, C, D>;
 /// tanh (the pooler's activation).
-template <scalar T, std::size_t C = dynamic>
-using tanh = activation<T, ops::activation::tanh, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using tanh = activation<T, ops::activation::tanh, C, D>;
 /// max(x, 0), Hugging Face's "relu".
-template <scalar T, std::size_t C = dynamic>
-using relu = activation<T, ops::activation::relu, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using relu = activation<T, ops::activation::relu, C, D>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END
@@ -4158,16 +4261,16 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
-template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic>
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu>
 class linear {
   public:
-    using value_type = T;                                    ///< scalar type
-    using input_view = view<const T, shape<dynamic, In>>;    ///< x: (N, In)
-    using output_view = view<const T, shape<dynamic, Out>>;  ///< y: (N, Out)
-    using d_input_view = view<T, shape<dynamic, In>>;        ///< dx: (N, In), accumulated into
+    using value_type = T;                                       ///< scalar type
+    using input_view = view<const T, shape<dynamic, In>, D>;    ///< x: (N, In)
+    using output_view = view<const T, shape<dynamic, Out>, D>;  ///< y: (N, Out)
+    using d_input_view = view<T, shape<dynamic, In>, D>;        ///< dx: (N, In), accumulated into
 
-    parameter<T, shape<Out, In>> weight;  ///< W (Out, In), Hugging Face's layout
-    parameter<T, shape<Out>> bias;        ///< b (Out), no weight decay
+    parameter<T, shape<Out, In>, D> weight;  ///< W (Out, In), Hugging Face's layout
+    parameter<T, shape<Out>, D> bias;        ///< b (Out), no weight decay
 
     /// A zero-initialized layer of the given sizes (the defaults are the static extents).
     explicit linear(std::size_t in = In, std::size_t out = Out)
@@ -4262,11 +4365,11 @@ class linear {
         ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
     }
 
-    ops::prepared_weight<T> packed_;    // W prepared for matmul_prepared (prepare_inference)
-    bool prepared_ = false;             // eval-mode forwards use packed_ (prepare_inference)
-    bool packed_current_ = false;       // packed_ holds the current W (no visit since)
-    input_view x_;                      // the last forward's input
-    buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
+    ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
+    bool prepared_ = false;                // eval-mode forwards use packed_ (prepare_inference)
+    bool packed_current_ = false;          // packed_ holds the current W (no visit since)
+    input_view x_;                         // the last forward's input
+    buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
 };
 
 }  // namespace layers
@@ -4277,21 +4380,23 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// Self-attention over x (B, T, C) with `heads` heads of size C / heads: (B, T, C) -> (B, T, C).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu,
+          class Proj = linear<T, C, C, D>>
 class self_attention {
   public:
-    using value_type = T;                                          ///< scalar type
-    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< x: (B, T, C)
-    using output_view = input_view;                                ///< context: (B, T, C)
-    using d_input_view = view<T, shape<dynamic, dynamic, C>>;  ///< dx: (B, T, C), accumulated into
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< context: (B, T, C)
+    using d_input_view =
+        view<T, shape<dynamic, dynamic, C>, D>;  ///< dx: (B, T, C), accumulated into
     using mask_view =
-        view<const T, shape<dynamic, dynamic>>;  ///< additive key mask (B, T), or empty
+        view<const T, shape<dynamic, dynamic>, D>;  ///< additive key mask (B, T), or empty
 
-    linear<T, C, C> query;  ///< "query" projection
-    linear<T, C, C> key;    ///< "key" projection
-    linear<T, C, C> value;  ///< "value" projection
-    T dropout_p;            ///< dropout on the attention probabilities (BERT: 0.1)
-    bool causal;            ///< also mask the keys after each query (decoder-style); BERT: false
+    Proj query;   ///< "query" projection
+    Proj key;     ///< "key" projection
+    Proj value;   ///< "value" projection
+    T dropout_p;  ///< dropout on the attention probabilities (BERT: 0.1)
+    bool causal;  ///< also mask the keys after each query (decoder-style); BERT: false
 
     /// A layer of width `features` with `num_heads` heads (features % num_heads == 0).
     self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1),
@@ -4318,7 +4423,7 @@ class self_attention {
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
-        const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         if (prepared_) return fused_attention(x, key_mask, Tn);  // packed, fused, nothing kept
@@ -4341,7 +4446,7 @@ class self_attention {
             ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
-        const view<T, shape<dynamic, C>> out2(out_.data(), B * Tn, Cn);
+        const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
         ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_);  // P V
         return out_.view();
     }
@@ -4369,7 +4474,7 @@ class self_attention {
         dq.resize(shape<dynamic, C>(B * Tn, Cn));
         dk.resize(dq.shape());
         dv.resize(dq.shape());
-        const view<const T, shape<dynamic, C>> g(dout.data(), B * Tn, Cn);  // d context
+        const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
         ops::head_scores(dp, g, v_);                  // dP_bh = dctx_bh V_bhᵀ
         ops::head_context<transpose::yes>(dv, p, g);  // dV_bh = P_bhᵀ dctx_bh
         ds.resize(probs_.shape());
@@ -4384,9 +4489,9 @@ class self_attention {
         }
         ops::head_context(dq, ds, k_);                  // dQ_bh = dS_bh K_bh
         ops::head_context<transpose::yes>(dk, ds, q_);  // dK_bh = dS_bhᵀ Q_bh
-        const view<T, shape<dynamic, C>> dx2 =
-            dx.empty() ? view<T, shape<dynamic, C>>()
-                       : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
+        const view<T, shape<dynamic, C>, D> dx2 =
+            dx.empty() ? view<T, shape<dynamic, C>, D>()
+                       : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
         query.backward(ctx, dq.view(), dx2);
         key.backward(ctx, dk.view(), dx2);
         value.backward(ctx, dv.view(), dx2);
@@ -4403,10 +4508,10 @@ class self_attention {
         const std::size_t Cn = query.in_features();
         packed_current_ = false;  // until the packing below has succeeded
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
-        static thread_local buffer<T, shape<dynamic, dynamic>> qkv_weight;
+        static thread_local buffer<T, shape<dynamic, dynamic>, D> qkv_weight;
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
         qkv_bias_.resize(shape<dynamic>(3 * Cn));
-        const linear<T, C, C>* parts[] = {&query, &key, &value};
+        const Proj* parts[] = {&query, &key, &value};
         for (std::size_t i = 0; i < 3; ++i) {
             std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
@@ -4464,30 +4569,30 @@ class self_attention {
                                            query.in_features()));
         if (!packed_current_) prepare_inference();
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
-        ops::matmul_prepared(view<const T, shape<dynamic, dynamic>>(x.data(), N, Cn), packed_qkv_,
-                             qkv_, qkv_bias_);
+        ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
+                             packed_qkv_, qkv_, qkv_bias_);
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                   // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;             // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                 // the last forward used packed_qkv_
-    ops::prepared_weight<T> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>> qkv_;  // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;               // the last forward's batch and sequence
-    typename linear<T, C, C>::output_view q_, k_,
-        v_;                                        // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>> scores_, probs_;   // (B, H, T, T)
-    buffer<T, dynamic_shape<4>> probs_dropped_;    // (B, H, T, T) after dropout
-    buffer<std::uint8_t, dynamic_shape<4>> mask_;  // (B, H, T, T) dropout keep mask
-    bool dropped_ = false;                         // whether the last forward used dropout
-    buffer<T, shape<dynamic, dynamic, C>> out_;    // (B, T, C) context
+    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                    // the last forward used packed_qkv_
+    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
+    typename Proj::output_view q_, k_,
+        v_;                                           // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
+    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout
+    buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
+    bool dropped_ = false;                            // whether the last forward used dropout
+    buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
     // Buffers used only inside one backward call: one set per thread for every layer of this
     // type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, dynamic_shape<4>> dp, dp_pre, ds;  // (B, H, T, T) gradients
-        buffer<T, shape<dynamic, C>> dq, dk, dv;     // (B*T, C) gradients of the projections
+        buffer<T, dynamic_shape<4>, D> dp, dp_pre, ds;  // (B, H, T, T) gradients
+        buffer<T, shape<dynamic, C>, D> dq, dk, dv;     // (B*T, C) gradients of the projections
     };
     static backward_scratch& scratch() {
         thread_local backward_scratch s;
@@ -4514,13 +4619,13 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// y = x * keep / (1 - p) in training (keep drawn from ctx.rng's next stream), y = x in eval.
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class dropout {
   public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
 
     T p;  ///< probability of dropping an element (BERT: 0.1)
 
@@ -4553,9 +4658,9 @@ class dropout {
     void visit_parameters(std::string_view, Fn&&) {}
 
   private:
-    bool active_ = false;                           // whether the last forward dropped
-    buffer<T, shape<dynamic, C>> y_;                // (N, C) output in training
-    buffer<std::uint8_t, shape<dynamic, C>> mask_;  // (N, C) keep mask
+    bool active_ = false;                              // whether the last forward dropped
+    buffer<T, shape<dynamic, C>, D> y_;                // (N, C) output in training
+    buffer<std::uint8_t, shape<dynamic, C>, D> mask_;  // (N, C) keep mask
 };
 
 }  // namespace layers
@@ -4571,15 +4676,15 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// out(i, :) = table(ids[i], :): (N) ids -> (N, C). The vocabulary size is a run-time value.
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class embedding {
   public:
-    using value_type = T;                                     ///< scalar type
-    using input_view = view<const token_id, shape<dynamic>>;  ///< ids: (N)
-    using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
+    using value_type = T;                                        ///< scalar type
+    using input_view = view<const token_id, shape<dynamic>, D>;  ///< ids: (N)
+    using output_view = view<const T, shape<dynamic, C>, D>;     ///< out: (N, C)
 
-    parameter<T, shape<dynamic, C>> weight;  ///< the table (vocab, C), Hugging Face "weight";
-                                             ///< decays, as in Hugging Face's Trainer
+    parameter<T, shape<dynamic, C>, D> weight;  ///< the table (vocab, C), Hugging Face "weight";
+                                                ///< decays, as in Hugging Face's Trainer
     token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
 
     /// A zero table of `vocab` rows of `features` values.
@@ -4612,8 +4717,8 @@ class embedding {
     }
 
   private:
-    input_view ids_;                    // the last forward's ids
-    buffer<T, shape<dynamic, C>> out_;  // (N, C) output
+    input_view ids_;                       // the last forward's ids
+    buffer<T, shape<dynamic, C>, D> out_;  // (N, C) output
 };
 
 }  // namespace layers
@@ -4629,17 +4734,18 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// y = (x - mean) / sqrt(var + eps) * weight + bias per row: (N, C) -> (N, C).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class layer_norm {
   public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
 
-    parameter<T, shape<C>> weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
-    parameter<T, shape<C>> bias;    ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
-    T eps;                          ///< added to the variance (BERT: 1e-12)
+    parameter<T, shape<C>, D>
+        weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
+    parameter<T, shape<C>, D> bias;  ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
+    T eps;                           ///< added to the variance (BERT: 1e-12)
 
     /// A layer over `features` columns with weight 1 and bias 0.
     explicit layer_norm(std::size_t features = C, T eps_ = T(1e-12))
@@ -4681,9 +4787,9 @@ class layer_norm {
             check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
         }
         check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
-        ops::layer_norm_backward(view<T, shape<dynamic, C>>(dxp, rows, cols),
-                                 view<T, shape<C>>(dw, cols), view<T, shape<C>>(db, cols), dy, x_,
-                                 weight.value, mean_, rstd_);
+        ops::layer_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
+                                 view<T, shape<C>, D>(dw, cols), view<T, shape<C>, D>(db, cols), dy,
+                                 x_, weight.value, mean_, rstd_);
     }
 
     /// Whether any parameter trains (false: frozen).
@@ -4702,11 +4808,11 @@ class layer_norm {
     }
 
   private:
-    input_view x_;                             // the last forward's input
-    buffer<T, shape<dynamic, C>> y_;           // (N, C) output
-    buffer<T, shape<dynamic>> mean_, rstd_;    // (N) saved statistics
-    buffer<T, shape<dynamic>> scratch_;        // (2C) gradients of frozen parameters
-    buffer<T, shape<dynamic, C>> dx_scratch_;  // (N, C) dx when the caller does not want it
+    input_view x_;                                // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;           // (N, C) output
+    buffer<T, shape<dynamic>, D> mean_, rstd_;    // (N) saved statistics
+    buffer<T, shape<dynamic>, D> scratch_;        // (2C) gradients of frozen parameters
+    buffer<T, shape<dynamic, C>, D> dx_scratch_;  // (N, C) dx when the caller does not want it
 };
 
 }  // namespace layers
@@ -4717,18 +4823,19 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// BERT's input embeddings: ids (B, T) and token type ids (B, T) -> (B, T, C).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class bert_embeddings {
   public:
-    using value_type = T;                                            ///< scalar type
-    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T) token or type ids
-    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+    using value_type = T;  ///< scalar type
+    using ids_view =
+        view<const token_id, shape<dynamic, dynamic>, D>;              ///< (B, T) token or type ids
+    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
 
-    embedding<T, C> word_embeddings;        ///< "word_embeddings" (vocab, C)
-    embedding<T, C> position_embeddings;    ///< "position_embeddings" (max positions, C)
-    embedding<T, C> token_type_embeddings;  ///< "token_type_embeddings" (type vocab, C)
-    layer_norm<T, C> norm;                  ///< "LayerNorm"
-    dropout<T, C> drop;                     ///< hidden dropout
+    embedding<T, C, D> word_embeddings;        ///< "word_embeddings" (vocab, C)
+    embedding<T, C, D> position_embeddings;    ///< "position_embeddings" (max positions, C)
+    embedding<T, C, D> token_type_embeddings;  ///< "token_type_embeddings" (type vocab, C)
+    layer_norm<T, C, D> norm;                  ///< "LayerNorm"
+    dropout<T, C, D> drop;                     ///< hidden dropout
 
     /// Tables of the given sizes (zero), LayerNorm weight 1. The word table's pad_id row gets no
     /// gradient, as Hugging Face's (padding_idx = pad_token_id); -1: every row learns.
@@ -4757,7 +4864,7 @@ class bert_embeddings {
             positions_.data()[i] = token_id(i % Tn);
             types_.data()[i] = token_types.empty() ? 0 : token_types.data()[i];
         }
-        const view<const token_id, shape<dynamic>> flat_ids(ids.data(), N);
+        const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
         const auto w = word_embeddings.forward(ctx, flat_ids);
         const auto p = position_embeddings.forward(ctx, positions_.view());
         const auto t = token_type_embeddings.forward(ctx, types_.view());
@@ -4771,7 +4878,7 @@ class bert_embeddings {
     /// Accumulates the tables' and LayerNorm's gradients (ids have none).
     void backward(context& ctx, output_view dout) {
         const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
-        const view<const T, shape<dynamic, C>> dy(dout.data(), N, Cn);
+        const view<const T, shape<dynamic, C>, D> dy(dout.data(), N, Cn);
         d_norm_.resize(shape<dynamic, C>(N, Cn));
         d_sum_.resize(shape<dynamic, C>(N, Cn));
         d_norm_.fill(T(0));
@@ -4805,8 +4912,9 @@ class bert_embeddings {
     }
 
   private:
-    buffer<token_id, shape<dynamic>> positions_, types_;  // (N) ids of the position and type tables
-    buffer<T, shape<dynamic, C>> sum_, d_norm_, d_sum_;   // (N, C)
+    buffer<token_id, shape<dynamic>, D> positions_,
+        types_;  // (N) ids of the position and type tables
+    buffer<T, shape<dynamic, C>, D> sum_, d_norm_, d_sum_;  // (N, C)
 };
 
 }  // namespace layers
@@ -5066,16 +5174,16 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// (B, T, C) hidden states -> (B, C) pooled output of the first token ([CLS]).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class pooler {
   public:
-    using value_type = T;                                          ///< scalar type
-    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< hidden: (B, T, C)
-    using output_view = view<const T, shape<dynamic, C>>;          ///< pooled: (B, C)
-    using d_input_view = view<T, shape<dynamic, dynamic, C>>;      ///< d hidden, accumulated into
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< hidden: (B, T, C)
+    using output_view = view<const T, shape<dynamic, C>, D>;          ///< pooled: (B, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;  ///< d hidden, accumulated into
 
-    linear<T, C, C> dense;  ///< "dense"
-    tanh<T, C> activation;  ///< tanh
+    linear<T, C, C, D> dense;  ///< "dense"
+    tanh<T, C, D> activation;  ///< tanh
 
     /// A zero-initialized pooler of width `features`.
     explicit pooler(std::size_t features = C) : dense(features, features) {}
@@ -5101,8 +5209,8 @@ class pooler {
         dense.backward(ctx, d_dense_.view(), d_first_.view());
         if (dhidden.empty()) return;
         for (std::size_t b = 0; b < B; ++b) {  // d hidden[b, 0] += d first[b]
-            const view<T, shape<C>> row(dhidden.data() + b * T_ * Cn, Cn);
-            ops::residual_add(row, row, view<const T, shape<C>>(d_first_.data() + b * Cn, Cn));
+            const view<T, shape<C>, D> row(dhidden.data() + b * T_ * Cn, Cn);
+            ops::residual_add(row, row, view<const T, shape<C>, D>(d_first_.data() + b * Cn, Cn));
         }
     }
 
@@ -5119,8 +5227,8 @@ class pooler {
     }
 
   private:
-    std::size_t T_ = 0;                                       // the last forward's sequence length
-    buffer<T, shape<dynamic, C>> first_, d_dense_, d_first_;  // (B, C)
+    std::size_t T_ = 0;  // the last forward's sequence length
+    buffer<T, shape<dynamic, C>, D> first_, d_dense_, d_first_;  // (B, C)
 };
 
 }  // namespace layers
@@ -5157,33 +5265,62 @@ struct block_sizes {
     ops::activation act = ops::activation::gelu;  ///< FFN activation (BERT hidden_act)
 };
 
+/// The layer types an encoder block is built from, BERT's by default, all on device D:
+/// projection<In, Out> for q, k, v, the attention output and the feed-forward (a LoRA linear goes
+/// here), norm<C> for the two norms, activation<F> for the FFN (Act: layers::hidden_activation,
+/// chosen by block_sizes::act, or a fixed one such as layers::gelu), attention<C> the
+/// self-attention over those projections. Another family writes its own parts struct.
+template <scalar T, device_tag D = device::cpu,
+          template <class, std::size_t, class> class Act = layers::hidden_activation>
+struct bert_parts {
+    using value_type = T;   ///< scalar type
+    using device_type = D;  ///< where the block's tensors live and which backend runs it
+    /// q, k, v, attention output and feed-forward projections: (N, In) -> (N, Out)
+    template <std::size_t In, std::size_t Out>
+    using projection = layers::linear<T, In, Out, D>;
+    /// the norm after (post_norm) or before (pre_norm) each sublayer: (N, C) -> (N, C)
+    template <std::size_t C>
+    using norm = layers::layer_norm<T, C, D>;
+    /// the FFN activation: (N, F) -> (N, F)
+    template <std::size_t F>
+    using activation = Act<T, F, D>;
+    /// multi-head self-attention with projection<C, C> for q, k and v: (B, T, C) -> (B, T, C)
+    template <std::size_t C>
+    using attention = layers::self_attention<T, C, D, projection<C, C>>;
+};
+
 /// Self-attention + feed-forward with residuals: (B, T, C) -> (B, T, C). Hugging Face names:
 /// attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate.dense,
-/// output.{dense,LayerNorm}. Act is the FFN activation layer: layers::hidden_activation (chosen
-/// by block_sizes::act), or a fixed one such as layers::gelu (block_sizes::act must agree).
+/// output.{dense,LayerNorm}. Parts gives the layer types and the device (bert_parts<T>: BERT's
+/// linear, LayerNorm and the configured activation on the CPU).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Norm = post_norm,
-          template <class, std::size_t> class Act = layers::hidden_activation>
+          class Parts = bert_parts<T>>
 class encoder_block {
     static_assert(std::is_same_v<Norm, post_norm> || std::is_same_v<Norm, pre_norm>,
                   "ftune: encoder_block's Norm is blocks::post_norm (BERT) or blocks::pre_norm");
+    static_assert(std::is_same_v<typename Parts::value_type, T>,
+                  "ftune: encoder_block's Parts compute in the block's scalar type");
+    using D = typename Parts::device_type;
+    using Act = typename Parts::template activation<F>;
 
   public:
-    using value_type = T;                                          ///< scalar type
-    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< x: (B, T, C)
-    using output_view = input_view;                                ///< y: (B, T, C)
-    using d_input_view = view<T, shape<dynamic, dynamic, C>>;      ///< dx, accumulated into
-    using mask_view =
-        typename layers::self_attention<T, C>::mask_view;  ///< additive key mask (B, T)
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< y: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;      ///< dx, accumulated into
+    using device_type = D;  ///< where the block's tensors live
+    using attention_type = typename Parts::template attention<C>;  ///< attention.self
+    using mask_view = typename attention_type::mask_view;          ///< additive key mask (B, T)
 
-    layers::self_attention<T, C> attention;   ///< attention.self
-    layers::linear<T, C, C> attention_dense;  ///< attention.output.dense
-    layers::dropout<T, C> attention_dropout;  ///< dropout after attention.output.dense
-    layers::layer_norm<T, C> norm1;           ///< attention.output.LayerNorm
-    layers::linear<T, C, F> intermediate;     ///< intermediate.dense
-    Act<T, F> activation;                     ///< intermediate activation
-    layers::linear<T, F, C> output_dense;     ///< output.dense
-    layers::dropout<T, C> output_dropout;     ///< dropout after output.dense
-    layers::layer_norm<T, C> norm2;           ///< output.LayerNorm
+    attention_type attention;                                   ///< attention.self
+    typename Parts::template projection<C, C> attention_dense;  ///< attention.output.dense
+    layers::dropout<T, C, D> attention_dropout;  ///< dropout after attention.output.dense
+    typename Parts::template norm<C> norm1;      ///< attention.output.LayerNorm
+    typename Parts::template projection<C, F> intermediate;  ///< intermediate.dense
+    Act activation;                                          ///< intermediate activation
+    typename Parts::template projection<F, C> output_dense;  ///< output.dense
+    layers::dropout<T, C, D> output_dropout;                 ///< dropout after output.dense
+    typename Parts::template norm<C> norm2;                  ///< output.LayerNorm
 
     /// A zero-initialized block of the given sizes (LayerNorm weights 1).
     explicit encoder_block(const block_sizes& s)
@@ -5275,9 +5412,9 @@ class encoder_block {
         const auto dy = flat(dy_in);
         zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
         zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
-        const view<T, shape<dynamic, C>> dx = dx_in.empty()
-                                                  ? view<T, shape<dynamic, C>>()
-                                                  : view<T, shape<dynamic, C>>(dx_in.data(), N, Cn);
+        const view<T, shape<dynamic, C>, D> dx =
+            dx_in.empty() ? view<T, shape<dynamic, C>, D>()
+                          : view<T, shape<dynamic, C>, D>(dx_in.data(), N, Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
             norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
@@ -5340,11 +5477,11 @@ class encoder_block {
     // values as residual_add after them, bit for bit); dropout is the identity.
     //   post-norm: n1 = LN1(x + dense(a)); y = LN2(n1 + out(act(inter(n1))))
     //   pre-norm:  h1 = x + dense(a);      y = h1 + out(act(inter(LN2(h1))))
-    view<const T, shape<dynamic, C>> inference_tail(context& ctx,
-                                                    view<const T, shape<dynamic, C>> a,
-                                                    view<const T, shape<dynamic, C>> x) {
+    view<const T, shape<dynamic, C>, D> inference_tail(context& ctx,
+                                                       view<const T, shape<dynamic, C>, D> a,
+                                                       view<const T, shape<dynamic, C>, D> x) {
         // c += r (same rows, columns), added as the product's tiles are stored
-        auto add_rows = [](view<const T, shape<dynamic, C>> r) { return ops::add_residual{r}; };
+        auto add_rows = [](view<const T, shape<dynamic, C>, D> r) { return ops::add_residual{r}; };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
@@ -5358,39 +5495,39 @@ class encoder_block {
     }
 
     // The FFN activation for act: built from it, or checked against the type's fixed function.
-    static Act<T, F> make_activation(ops::activation act) {
-        if constexpr (std::is_constructible_v<Act<T, F>, ops::activation>) {
-            return Act<T, F>(act);
+    static Act make_activation(ops::activation act) {
+        if constexpr (std::is_constructible_v<Act, ops::activation>) {
+            return Act(act);
         } else {
-            if constexpr (requires { Act<T, F>::fixed_kind; })
-                if (Act<T, F>::fixed_kind != act)
+            if constexpr (requires { Act::fixed_kind; })
+                if (Act::fixed_kind != act)
                     throw error(errc::invalid_argument, "encoder_block activation",
                                 "the configuration's hidden_act differs from the block type's "
                                 "fixed activation; use layers::hidden_activation or the "
                                 "matching layer");
-            return Act<T, F>();
+            return Act();
         }
     }
 
     // (B, T, C) <-> (B*T, C) views of the same memory
     template <class U>
-    static view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
+    static view<U, shape<dynamic, C>, D> flat(view<U, shape<dynamic, dynamic, C>, D> v) {
         return {v.data(), v.extent(0) * v.extent(1), v.extent(2)};
     }
     template <class U>
-    static view<U, shape<dynamic, dynamic, C>> unflat(view<U, shape<dynamic, C>> v, std::size_t B,
-                                                      std::size_t Tn) {
+    static view<U, shape<dynamic, dynamic, C>, D> unflat(view<U, shape<dynamic, C>, D> v,
+                                                         std::size_t B, std::size_t Tn) {
         return {v.data(), B, Tn, v.extent(1)};
     }
     template <std::size_t E>
-    static void zeroed(buffer<T, shape<dynamic, E>>& b, std::size_t rows, std::size_t cols) {
+    static void zeroed(buffer<T, shape<dynamic, E>, D>& b, std::size_t rows, std::size_t cols) {
         b.resize(shape<dynamic, E>(rows, cols));
         b.fill(T(0));
     }
 
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
-    void ffn_backward(context& ctx, view<const T, shape<dynamic, C>> d_out,
-                      view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn) {
+    void ffn_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
+                      view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn) {
         auto& s = scratch();
         zeroed(s.c3s, N, Cn);
         output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
@@ -5399,27 +5536,28 @@ class encoder_block {
         intermediate.backward(ctx, s.f2.view(), d_in);
     }
     // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
-    void attention_backward(context& ctx, view<const T, shape<dynamic, C>> d_out, d_input_view dx,
-                            std::size_t N, std::size_t Cn) {
+    void attention_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
+                            d_input_view dx, std::size_t N, std::size_t Cn) {
         auto& s = scratch();
         zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
         attention_dropout.backward(ctx, d_out, s.a1.view());
         attention_dense.backward(ctx, s.a1.view(), s.a2.view());
-        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(s.a2.view()), B_, T_), dx);
+        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>, D>(s.a2.view()), B_, T_),
+                           dx);
     }
 
-    std::size_t B_ = 0, T_ = 0;             // the last forward's batch and sequence
-    bool inference_only_ = false;           // the last forward kept nothing for backward
-    view<const T, shape<dynamic, C>> x_;    // (N, C) the last forward's input
-    buffer<T, shape<dynamic, C>> h1_, h2_;  // (N, C) residual sums
-    buffer<T, shape<dynamic, C>> first_;    // (B, C) position 0 of x (forward_first)
-    view<const T, shape<dynamic, C>> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
+    std::size_t B_ = 0, T_ = 0;                // the last forward's batch and sequence
+    bool inference_only_ = false;              // the last forward kept nothing for backward
+    view<const T, shape<dynamic, C>, D> x_;    // (N, C) the last forward's input
+    buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (N, C) residual sums
+    buffer<T, shape<dynamic, C>, D> first_;    // (B, C) position 0 of x (forward_first)
+    view<const T, shape<dynamic, C>, D> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
     // Gradient buffers used only inside one backward call: one set per thread for every block of
     // this type (an encoder's layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, shape<dynamic, C>> c1, c2, c3;   // (N, C) gradients
-        buffer<T, shape<dynamic, C>> c3s, a1, a2;  // (N, C) gradients inside sublayers
-        buffer<T, shape<dynamic, F>> f1, f2;       // (N, F) gradients inside the FFN
+        buffer<T, shape<dynamic, C>, D> c1, c2, c3;   // (N, C) gradients
+        buffer<T, shape<dynamic, C>, D> c3s, a1, a2;  // (N, C) gradients inside sublayers
+        buffer<T, shape<dynamic, F>, D> f1, f2;       // (N, F) gradients inside the FFN
     };
     static backward_scratch& scratch() {
         thread_local backward_scratch s;
@@ -5435,6 +5573,7 @@ FTUNE_NAMESPACE_END
 // ftune::bert: the BERT encoder, embeddings + a run-time number of encoder blocks (+ pooler).
 
 #include <limits>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -5459,6 +5598,9 @@ struct config {
     std::size_t num_labels = 2;       ///< num_labels: outputs of a classification head
     double classifier_dropout = -1;   ///< classifier_dropout (< 0: hidden_dropout_prob)
     double initializer_range = 0.02;  ///< initializer_range: std of newly initialized weights
+    std::string problem_type;  ///< problem_type of a sequence classifier ("": from num_labels;
+                               ///< single_label_classification, multi_label_classification,
+                               ///< regression)
 };
 
 /// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu"); throws
@@ -5487,20 +5629,27 @@ inline std::string_view activation_to_hf(ops::activation a) {
 }
 
 /// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static;
-/// Act is the FFN activation layer (default: chosen by config::hidden_act).
+/// Parts gives the blocks' layer types and the device (blocks::bert_parts<T>: on the CPU, FFN
+/// activation chosen by config::hidden_act; bert_parts<T, device::reference> runs the same model
+/// on the reference backend).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
-          class Norm = blocks::post_norm,
-          template <class, std::size_t> class Act = layers::hidden_activation>
+          class Norm = blocks::post_norm, class Parts = blocks::bert_parts<T>>
 class encoder {
-  public:
-    using value_type = T;                                            ///< scalar type
-    static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
-    using block_type = blocks::encoder_block<T, C, F, Norm, Act>;    ///< one layer
-    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T)
-    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+    using D = typename Parts::device_type;
 
-    layers::bert_embeddings<T, C> embeddings;  ///< "embeddings"
-    std::vector<block_type> layer;             ///< "encoder.layer.N"
+  public:
+    using value_type = T;                                               ///< scalar type
+    using device_type = D;                                              ///< where the tensors live
+    using config_type = bert::config;                                   ///< what it is built from
+    static constexpr std::size_t hidden_extent = C;                     ///< C (or dynamic)
+    static constexpr std::string_view architecture_prefix = "Bert";     ///< "BertFor..."
+    static constexpr std::string_view base_model_prefix = "bert";       ///< "bert.embeddings..."
+    using block_type = blocks::encoder_block<T, C, F, Norm, Parts>;     ///< one layer
+    using ids_view = view<const token_id, shape<dynamic, dynamic>, D>;  ///< (B, T)
+    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;   ///< (B, T, C)
+
+    layers::bert_embeddings<T, C, D> embeddings;  ///< "embeddings"
+    std::vector<block_type> layer;                ///< "encoder.layer.N"
 
     /// A zero-initialized encoder of the given configuration.
     explicit encoder(const config& c)
@@ -5553,6 +5702,14 @@ class encoder {
 
     /// Hidden size C.
     std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
+
+    /// The input embedding table (V, C) (a masked-LM head's decoder is tied to it).
+    auto& input_embeddings() noexcept { return embeddings.word_embeddings.weight; }
+    /// The id that pads sequences: the word table's padding_idx (0 when it has none).
+    token_id pad_token_id() const noexcept {
+        return embeddings.word_embeddings.padding_idx < 0 ? 0
+                                                          : embeddings.word_embeddings.padding_idx;
+    }
 
     /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
     /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
@@ -5619,8 +5776,8 @@ class encoder {
                                   : std::numeric_limits<T>::lowest();
     }
 
-    buffer<T, shape<dynamic, dynamic>> mask_;     // (B, T) additive key mask
-    buffer<T, shape<dynamic, dynamic, C>> d_[2];  // (B, T, C) gradients between blocks
+    buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
+    buffer<T, shape<dynamic, dynamic, C>, D> d_[2];  // (B, T, C) gradients between blocks
 };
 
 /// Compile-time sizes of a BERT encoder; use ftune::dynamic for sizes known at run time.
@@ -5638,13 +5795,14 @@ inline constexpr bool valid_dims = D.hidden == dynamic || D.heads == dynamic ||
 /// The BERT encoder with sizes fixed by D, e.g. Encoder<dims{.hidden = 384, .heads = 12, .ffn =
 /// 1536}> for MiniLM-L12-H384; Encoder<dims{}> is fully dynamic (sizes from the config at run
 /// time).
-template <dims D, scalar T = float, class Norm = blocks::post_norm,
-          template <class, std::size_t> class Act = layers::hidden_activation>
-requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm, Act> {
+template <dims Dims, scalar T = float, class Norm = blocks::post_norm,
+          class Parts = blocks::bert_parts<T>>
+requires(valid_dims<Dims>) class Encoder : public encoder<T, Dims.hidden, Dims.ffn, Norm, Parts> {
   public:
     /// An encoder whose config must agree with D (throws shape_mismatch naming the field
     /// otherwise).
-    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm, Act>(checked(c)) {}
+    explicit Encoder(const config& c)
+        : encoder<T, Dims.hidden, Dims.ffn, Norm, Parts>(checked(c)) {}
 
   private:
     static const config& checked(const config& c) {
@@ -5655,9 +5813,9 @@ requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm,
                                                " but the configuration says ", got,
                                                "; use the matching bert::dims or ftune::dynamic"));
         };
-        check(D.hidden, c.hidden_size, "hidden_size");
-        check(D.heads, c.num_attention_heads, "num_attention_heads");
-        check(D.ffn, c.intermediate_size, "intermediate_size");
+        check(Dims.hidden, c.hidden_size, "hidden_size");
+        check(Dims.heads, c.num_attention_heads, "num_attention_heads");
+        check(Dims.ffn, c.intermediate_size, "intermediate_size");
         return c;
     }
 };
@@ -5666,8 +5824,8 @@ requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm,
 FTUNE_NAMESPACE_END
 // ---- end ftune/models/bert.hpp ----
 // ---- begin ftune/models/bert_tasks.hpp ----
-// ftune::bert task models: the encoder with Hugging Face's task heads, under Hugging Face's
-// parameter names, so that their checkpoints load by name and Transformers loads ftune's back.
+// ftune::bert task models: the BERT encoder with a task head (task_model<encoder, head>), under
+// Transformers' names, so that their checkpoints load by name and Transformers loads ftune's back.
 //
 //   model                    BertModel                        hidden states + pooled output
 //   sequence_classifier      BertForSequenceClassification    pooler -> dropout -> classifier
@@ -5678,390 +5836,3324 @@ FTUNE_NAMESPACE_END
 // Each is parameterized by its encoder type (bert::encoder<T> or bert::Encoder<dims>), built from
 // a bert::config, and has forward(ctx, ids, attention_mask, token_types) -> outputs,
 // backward(ctx, d outputs) accumulating every trainable parameter's gradient, prepare_inference,
-// zero_grad and visit_parameters.
+// zero_grad and visit_parameters. The heads (heads/*.hpp) also carry their task: loss,
+// evaluation report and decoding.
 
+// ---- begin ftune/heads/base_model.hpp ----
+// heads::base_model: no task, the backbone's hidden states plus the pooled first token, as
+// Transformers' BertModel (the architecture a base checkpoint names).
+
+#include <algorithm>
 #include <string_view>
 
 
 FTUNE_NAMESPACE_BEGIN
-namespace bert {
+namespace heads {
 
-/// What a task model computes (for tools that accept any of them).
-enum class task {
-    base,
-    sequence_classification,
-    token_classification,
-    question_answering,
-    masked_lm
-};
-
-namespace detail {
-/// The classifier dropout of a config: classifier_dropout, or hidden_dropout_prob when unset.
-inline double classifier_dropout(const config& c) {
-    return c.classifier_dropout >= 0 ? c.classifier_dropout : c.hidden_dropout_prob;
-}
-/// Throws when the encoder's last forward ran the prepared inference path, which keeps nothing
-/// for backward: before any gradient of the head is touched.
-template <class Encoder>
-void require_backward(const Encoder& e, std::string_view model) {
-    if (e.kept_nothing_for_backward()) throw no_backward_after_inference(std::string(model));
-}
-/// (B, T, C) <-> (B*T, C) views of the same memory.
-template <class U, std::size_t C>
-view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
-    return {v.data(), v.extent(0) * v.extent(1), v.extent(2)};
-}
-}  // namespace detail
-
-/// BertModel: forward gives the hidden states (B, T, C); pooled() the pooled output (B, C) of the
-/// last forward. Parameter names have no prefix ("embeddings.word_embeddings.weight", ...,
-/// "pooler.dense.weight").
-template <class Encoder = encoder<float>>
-class model {
+/// The hidden states (B, T, C) as they are, and the pooled output (B, C) of position 0
+/// ("pooler", unprefixed like every parameter of a base model: "embeddings.*", "encoder.*").
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class base_model {
   public:
-    using value_type = typename Encoder::value_type;               ///< scalar type
-    static constexpr std::size_t C = Encoder::hidden_extent;       ///< hidden size (or dynamic)
-    static constexpr std::string_view architecture = "BertModel";  ///< config.json architectures
-    static constexpr bert::task task = bert::task::base;           ///< what it computes
-    using ids_view = typename Encoder::ids_view;                   ///< (B, T) token ids
-    using output_view = typename Encoder::output_view;             ///< (B, T, C) hidden states
+    using value_type = T;                                              ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using output_view = hidden_view;                                   ///< hidden states
+    using pooled_view = view<const T, shape<dynamic, C>, D>;           ///< (B, C)
+    static constexpr std::string_view architecture_suffix = "Model";   ///< "BertModel"
+    static constexpr bool first_token_only = false;                    ///< returns every position
+    static constexpr bool prefixes_backbone = false;  ///< the backbone's names are unprefixed
 
-    Encoder bert;                          ///< embeddings + encoder layers
-    layers::pooler<value_type, C> pooler;  ///< "pooler"
+    layers::pooler<T, C, D> pooler;  ///< "pooler"
 
-    /// A zero-initialized model of configuration c.
-    explicit model(const config& c) : bert(c), pooler(c.hidden_size) {}
+    /// A zero-initialized pooler for configuration c.
+    template <class Config>
+    explicit base_model(const Config& c) : pooler(c.hidden_size) {}
 
-    /// Hidden states (B, T, C); also computes the pooled output.
-    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
-                        ids_view token_types = {}) {
-        const auto h = bert.forward(ctx, ids, attention_mask, token_types);
+    /// The hidden states h themselves; computes the pooled output.
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h) {
         pooled_ = pooler.forward(ctx, h);
         return h;
     }
 
     /// The pooled output (B, C) of the last forward.
-    typename layers::pooler<value_type, C>::output_view pooled() const { return pooled_; }
+    pooled_view pooled() const { return pooled_; }
 
-    /// Accumulates every gradient from d hidden states (B, T, C) and d pooled (B, C) (empty: 0).
-    void backward(context& ctx, output_view d_hidden,
-                  typename layers::pooler<value_type, C>::output_view d_pooled = {}) {
-        detail::require_backward(bert, architecture);
+    /// Returns d hidden (B, T, C) = d_hidden + the pooler's gradient from d_pooled (B, C)
+    /// (empty: none), accumulating the pooler's gradients.
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone&, output_view d_hidden, pooled_view d_pooled = {}) {
         d_.resize(d_hidden.shape());
         std::copy_n(d_hidden.data(), d_hidden.size(), d_.data());
         if (!d_pooled.empty()) pooler.backward(ctx, d_pooled, d_.view());
-        bert.backward(ctx, d_.view());
+        return d_.view();
     }
 
-    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
-    void prepare_inference() {
-        bert.prepare_inference();
-        pooler.prepare_inference();
-    }
-    /// Sets every gradient to zero.
-    void zero_grad() noexcept {
-        bert.zero_grad();
-        pooler.zero_grad();
-    }
-    /// Visits every parameter under Hugging Face's BertModel names, prefixed by `prefix`.
+    /// Packs the pooler's weight for inference.
+    void prepare_inference() { pooler.prepare_inference(); }
+    /// Sets the pooler's gradients to zero.
+    void zero_grad() noexcept { pooler.zero_grad(); }
+    /// Visits "pooler.dense.*" under prefix.
     template <class Fn>
-    void visit_parameters(std::string_view prefix, Fn&& f) {
-        bert.visit_parameters(prefix, f);
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
         pooler.visit_parameters(join_name(prefix, "pooler"), f);
     }
 
   private:
-    typename layers::pooler<value_type, C>::output_view pooled_;  // (B, C)
-    buffer<value_type, shape<dynamic, dynamic, C>> d_;            // (B, T, C)
+    pooled_view pooled_;                          // (B, C)
+    buffer<T, shape<dynamic, dynamic, C>, D> d_;  // (B, T, C)
 };
 
-/// BertForSequenceClassification: logits (B, num_labels) = classifier(dropout(pooler(h))). With
-/// num_labels = 1 it is a regression head; multi-label problems read the logits through a sigmoid.
-template <class Encoder = encoder<float>>
-class sequence_classifier {
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/base_model.hpp ----
+// ---- begin ftune/heads/masked_lm.hpp ----
+// heads::masked_lm: vocabulary logits per token through a transform and a decoder tied to the
+// backbone's input embeddings, as Transformers' BertForMaskedLM; trained on masked inputs
+// (train::mlm_masking), evaluated by loss and accuracy on the masked tokens.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <string_view>
+#include <vector>
+
+// ---- begin ftune/heads/common.hpp ----
+// What every head shares: the problem types of a sequence classifier (Hugging Face's
+// problem_type) and the classifier dropout of a configuration.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// What a sequence classifier's outputs mean and which loss trains them (Hugging Face's
+/// config.json problem_type).
+enum class problem {
+    single_label_classification,  ///< one class per text: softmax, cross-entropy
+    multi_label_classification,   ///< any subset of labels: sigmoids, binary cross-entropy
+    regression,                   ///< one or more real values: mean squared error
+};
+
+/// The problem of a problem_type string; "" follows Transformers: regression for one label,
+/// single-label classification otherwise. Throws for other names.
+inline problem problem_from_hf(std::string_view name, std::size_t num_labels) {
+    if (name.empty())
+        return num_labels == 1 ? problem::regression : problem::single_label_classification;
+    if (name == "single_label_classification") return problem::single_label_classification;
+    if (name == "multi_label_classification") return problem::multi_label_classification;
+    if (name == "regression") return problem::regression;
+    throw error(errc::unsupported, "problem_type",
+                "\"" + std::string(name) +
+                    "\": expected single_label_classification, multi_label_classification or "
+                    "regression");
+}
+
+/// Hugging Face's problem_type name of a problem.
+inline std::string_view to_hf(problem p) {
+    switch (p) {
+        case problem::single_label_classification:
+            return "single_label_classification";
+        case problem::multi_label_classification:
+            return "multi_label_classification";
+        case problem::regression:
+            break;
+    }
+    return "regression";
+}
+
+/// The dropout before a classifier: config.classifier_dropout, or hidden_dropout_prob when unset
+/// (negative), as Transformers.
+template <class Config>
+double classifier_dropout(const Config& c) {
+    return c.classifier_dropout >= 0 ? c.classifier_dropout : c.hidden_dropout_prob;
+}
+
+/// The name of label i: id2label's, or "LABEL_i" as Transformers names unnamed labels.
+inline std::string label_name(const std::vector<std::string>& names, std::size_t i) {
+    return i < names.size() && !names[i].empty() ? names[i] : "LABEL_" + std::to_string(i);
+}
+
+/// Whether H is an instance of the head template Of (tools that treat heads differently ask it:
+/// is_a<typename Model::head_type, sequence_classification>).
+template <class H, template <class, std::size_t, class> class Of>
+inline constexpr bool is_a = false;
+/// An instance of Of.
+template <template <class, std::size_t, class> class Of, class T, std::size_t C, class D>
+inline constexpr bool is_a<Of<T, C, D>, Of> = true;
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/common.hpp ----
+// ---- begin ftune/losses.hpp ----
+// Losses over a model's output rows, with PyTorch's definitions and mean reductions:
+//   loss::cross_entropy    softmax cross-entropy with logits: ignore index, label smoothing,
+//                          class weights (classification, token classification, masked LM)
+//   loss::bce_with_logits  binary cross-entropy with logits, mean over every element (multi-label)
+//   loss::mse              mean squared error (regression)
+// forward(logits, targets) returns the mean loss and saves what backward needs;
+// backward(d_logits, scale) accumulates scale * d loss / d logits (the `loss` concept).
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace loss {
+
+/// Options of cross_entropy (torch.nn.CrossEntropyLoss's arguments).
+struct cross_entropy_options {
+    token_id ignore_index = -100;       ///< targets equal to it count for nothing
+    double label_smoothing = 0;         ///< ε: the target is (1 − ε) one-hot + ε / V uniform
+    std::vector<double> class_weights;  ///< w_c per class (empty: all 1); the mean is weighted
+};
+
+/// Softmax cross-entropy of logits (N, V) against class ids (N). With weights w and smoothing ε,
+/// as PyTorch: loss_i = w_{y_i} (1 − ε) (−log p_{i,y_i}) + (ε / V) Σ_c w_c (−log p_{i,c}), and
+/// the mean divides by Σ_i w_{y_i} over the rows not ignored (0 when every row is ignored).
+template <scalar T>
+class cross_entropy {
   public:
-    using value_type = typename Encoder::value_type;          ///< scalar type
-    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
-    static constexpr std::string_view architecture =
-        "BertForSequenceClassification";  ///< config.json architectures
-    static constexpr bert::task task = bert::task::sequence_classification;  ///< what it computes
-    using ids_view = typename Encoder::ids_view;                             ///< (B, T) token ids
-    using output_view = view<const value_type, shape<dynamic, dynamic>>;     ///< logits (B, L)
+    using value_type = T;                                      ///< scalar type
+    using target_view = view<const token_id, shape<dynamic>>;  ///< class id per row (N)
 
-    Encoder bert;                                       ///< "bert"
-    layers::pooler<value_type, C> pooler;               ///< "bert.pooler"
-    layers::dropout<value_type, C> dropout;             ///< classifier dropout
-    layers::linear<value_type, C, dynamic> classifier;  ///< "classifier" (L, C)
+    cross_entropy_options options;  ///< ignore index, smoothing, weights
 
-    /// A zero-initialized model of configuration c (c.num_labels outputs).
-    explicit sequence_classifier(const config& c)
-        : bert(c),
-          pooler(c.hidden_size),
-          dropout(value_type(detail::classifier_dropout(c))),
-          classifier(c.hidden_size, c.num_labels) {}
+    /// A loss with the given options (checked when used).
+    explicit cross_entropy(cross_entropy_options o = {}) : options(std::move(o)) {}
 
-    /// Number of labels L.
-    std::size_t num_labels() const noexcept { return classifier.out_features(); }
-
-    /// Logits (B, L) of each sequence. Prepared for inference (prepare_inference()) and in eval
-    /// mode, the last encoder layer runs for the [CLS] rows only (the same logits, bit for bit).
-    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
-                        ids_view token_types = {}) {
-        const auto h = !ctx.training() && bert.inference_prepared()
-                           ? bert.forward_first_tokens(ctx, ids, attention_mask, token_types)
-                           : bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
-        T_ = ids.extent(1);
-        const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
-        return {y.data(), y.extent(0), y.extent(1)};
+    /// The mean loss of logits (N, V) for targets (N); saves the logits' view for backward.
+    T forward(matrix_view<const T> logits, target_view targets) {
+        const std::size_t N = logits.extent(0), V = logits.extent(1);
+        check(N, V, targets);
+        logits_ = logits, targets_ = targets;
+        const double eps = options.label_smoothing;
+        const auto& w = options.class_weights;
+        if (eps == 0 && w.empty()) {  // the common case: the vectorized primitive
+            losses_.resize(shape<dynamic>(N));
+            const std::size_t n =
+                ops::cross_entropy(losses_, logits, targets, options.ignore_index);
+            denom_ = double(n);
+            double s = 0;
+            for (std::size_t i = 0; i < N; ++i) s += double(losses_.data()[i]);
+            return n ? T(s / denom_) : T(0);
+        }
+        double total = 0;
+        denom_ = 0;
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = targets.data()[i];
+            if (y == options.ignore_index) continue;
+            const T* z = logits.data() + i * V;
+            const double lse = log_sum_exp(z, V);
+            const double wy = w.empty() ? 1.0 : w[std::size_t(y)];
+            double smooth = 0;  // Σ_c w_c (−log p_c)
+            if (eps != 0)
+                for (std::size_t c = 0; c < V; ++c)
+                    smooth += (w.empty() ? 1.0 : w[c]) * (lse - double(z[c]));
+            total += wy * (1 - eps) * (lse - double(z[y])) + eps / double(V) * smooth;
+            denom_ += wy;
+        }
+        return denom_ > 0 ? T(total / denom_) : T(0);
     }
 
-    /// Accumulates every trainable parameter's gradient from d logits (B, L).
-    void backward(context& ctx, output_view d_logits) {
-        detail::require_backward(bert, architecture);
-        const std::size_t B = d_logits.extent(0), Cn = bert.hidden_size();
-        d_drop_.resize(shape<dynamic, C>(B, Cn));
-        d_pooled_.resize(shape<dynamic, C>(B, Cn));
-        d_hidden_.resize(shape<dynamic, dynamic, C>(B, T_, Cn));
-        d_drop_.fill(value_type(0)), d_pooled_.fill(value_type(0)), d_hidden_.fill(value_type(0));
-        classifier.backward(ctx, {d_logits.data(), B, d_logits.extent(1)}, d_drop_.view());
-        dropout.backward(ctx, d_drop_.view(), d_pooled_.view());
-        pooler.backward(ctx, d_pooled_.view(), d_hidden_.view());
-        bert.backward(ctx, d_hidden_.view());
-    }
-
-    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
-    void prepare_inference() {
-        bert.prepare_inference(), pooler.prepare_inference(), classifier.prepare_inference();
-    }
-    /// Sets every gradient to zero.
-    void zero_grad() noexcept { bert.zero_grad(), pooler.zero_grad(), classifier.zero_grad(); }
-    /// Visits "bert.*" (BertModel's names under "bert.") and "classifier.{weight,bias}".
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, Fn&& f) {
-        const std::string b = join_name(prefix, "bert");
-        bert.visit_parameters(b, f);
-        pooler.visit_parameters(join_name(b, "pooler"), f);
-        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    /// d_logits (N, V) += scale * d loss / d logits of the last forward.
+    void backward(matrix_view<T> d_logits, T scale) {
+        const std::size_t N = logits_.extent(0), V = logits_.extent(1);
+        if (d_logits.extent(0) != N || d_logits.extent(1) != V)
+            throw error(errc::shape_mismatch, "cross_entropy::backward",
+                        "d_logits must have the shape of the last forward's logits");
+        if (denom_ == 0) return;
+        const double eps = options.label_smoothing;
+        const auto& w = options.class_weights;
+        if (eps == 0 && w.empty()) {
+            dl_.resize(shape<dynamic>(N));
+            for (std::size_t i = 0; i < N; ++i) dl_.data()[i] = T(double(scale) / denom_);
+            ops::cross_entropy_backward(d_logits, logits_, targets_, dl_, options.ignore_index);
+            return;
+        }
+        double wsum = 0;  // Σ_c w_c
+        for (std::size_t c = 0; c < V; ++c) wsum += w.empty() ? 1.0 : w[c];
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = targets_.data()[i];
+            if (y == options.ignore_index) continue;
+            const T* z = logits_.data() + i * V;
+            T* d = d_logits.data() + i * V;
+            const double lse = log_sum_exp(z, V), k = double(scale) / denom_;
+            const double wy = w.empty() ? 1.0 : w[std::size_t(y)];
+            // d/dz_j: w_y (1 − ε)(p_j − δ_jy) + (ε / V)(p_j Σ_c w_c − w_j)
+            for (std::size_t j = 0; j < V; ++j) {
+                const double p = std::exp(double(z[j]) - lse);
+                const double wj = w.empty() ? 1.0 : w[j];
+                d[j] += T(k * (wy * (1 - eps) * (p - (token_id(j) == y ? 1.0 : 0.0)) +
+                               eps / double(V) * (p * wsum - wj)));
+            }
+        }
     }
 
   private:
-    std::size_t T_ = 0;                                        // the last forward's length
-    buffer<value_type, shape<dynamic, C>> d_drop_, d_pooled_;  // (B, C)
-    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+    void check(std::size_t N, std::size_t V, target_view targets) const {
+        if (targets.extent(0) != N)
+            throw error(errc::shape_mismatch, "cross_entropy",
+                        ftune::detail::cat(N, " rows of logits but ", targets.extent(0),
+                                           " targets; give one class id per row"));
+        if (!(options.label_smoothing >= 0 && options.label_smoothing <= 1))
+            throw error(errc::invalid_argument, "cross_entropy: label_smoothing",
+                        ftune::detail::cat(options.label_smoothing, " is outside [0, 1]"));
+        if (!options.class_weights.empty() && options.class_weights.size() != V)
+            throw error(errc::shape_mismatch, "cross_entropy: class_weights",
+                        ftune::detail::cat(options.class_weights.size(), " weights for ", V,
+                                           " classes; give one per class"));
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = targets.data()[i];
+            if (y != options.ignore_index && (y < 0 || std::size_t(y) >= V))
+                throw error(
+                    errc::out_of_range, "cross_entropy",
+                    ftune::detail::cat("target ", y, " of row ", i, " is outside [0, ", V,
+                                       ") and is not the ignore index ", options.ignore_index));
+        }
+    }
+    static double log_sum_exp(const T* z, std::size_t V) {
+        double m = double(*std::max_element(z, z + V)), s = 0;
+        for (std::size_t c = 0; c < V; ++c) s += std::exp(double(z[c]) - m);
+        return m + std::log(s);
+    }
+
+    matrix_view<const T> logits_;            // the last forward's logits (N, V)
+    target_view targets_;                    // and targets (N)
+    double denom_ = 0;                       // Σ w_{y_i} over counted rows
+    buffer<T, shape<dynamic>> losses_, dl_;  // (N) per-row losses, d loss / d row loss
 };
 
-/// BertForTokenClassification: logits (B, T, num_labels) = classifier(dropout(h)) per token.
-/// No pooler (a base checkpoint's pooler weights are unexpected, as in Transformers).
-template <class Encoder = encoder<float>>
-class token_classifier {
+/// Binary cross-entropy with logits, mean over every element (torch.nn.BCEWithLogitsLoss):
+/// loss = mean(max(z, 0) − z y + log(1 + exp(−|z|))) for targets y in [0, 1].
+template <scalar T>
+class bce_with_logits {
   public:
-    using value_type = typename Encoder::value_type;          ///< scalar type
-    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
-    static constexpr std::string_view architecture =
-        "BertForTokenClassification";  ///< config.json architectures
-    static constexpr bert::task task = bert::task::token_classification;  ///< what it computes
-    using ids_view = typename Encoder::ids_view;                          ///< (B, T) token ids
-    using output_view =
-        view<const value_type, shape<dynamic, dynamic, dynamic>>;  ///< logits (B, T, L)
+    using value_type = T;                                        ///< scalar type
+    using target_view = view<const T, shape<dynamic, dynamic>>;  ///< (N, L) targets in [0, 1]
 
-    Encoder bert;                                       ///< "bert"
-    layers::dropout<value_type, C> dropout;             ///< classifier dropout
-    layers::linear<value_type, C, dynamic> classifier;  ///< "classifier" (L, C)
-
-    /// A zero-initialized model of configuration c (c.num_labels outputs per token).
-    explicit token_classifier(const config& c)
-        : bert(c),
-          dropout(value_type(detail::classifier_dropout(c))),
-          classifier(c.hidden_size, c.num_labels) {}
-
-    /// Number of labels L.
-    std::size_t num_labels() const noexcept { return classifier.out_features(); }
-
-    /// Logits (B, T, L) of every token.
-    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
-                        ids_view token_types = {}) {
-        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
-        B_ = ids.extent(0), T_ = ids.extent(1);
-        const auto y = classifier.forward(ctx, dropout.forward(ctx, detail::flat(h)));  // (N, L)
-        return {y.data(), B_, T_, y.extent(1)};
+    /// The mean loss of logits (N, L) against targets (N, L).
+    T forward(matrix_view<const T> logits, target_view targets) {
+        if (targets.extent(0) != logits.extent(0) || targets.extent(1) != logits.extent(1))
+            throw error(errc::shape_mismatch, "bce_with_logits",
+                        "targets must have the logits' shape (one 0/1 value per label)");
+        logits_ = logits, targets_ = targets;
+        const std::size_t n = logits.size();
+        double s = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            const double z = logits.data()[i], y = targets.data()[i];
+            s += std::max(z, 0.0) - z * y + std::log1p(std::exp(-std::abs(z)));
+        }
+        return n ? T(s / double(n)) : T(0);
     }
 
-    /// Accumulates every trainable parameter's gradient from d logits (B, T, L).
-    void backward(context& ctx, output_view d_logits) {
-        detail::require_backward(bert, architecture);
-        const std::size_t N = B_ * T_, Cn = bert.hidden_size();
-        d_drop_.resize(shape<dynamic, C>(N, Cn));
-        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
-        d_drop_.fill(value_type(0)), d_hidden_.fill(value_type(0));
-        classifier.backward(ctx, {d_logits.data(), N, d_logits.extent(2)}, d_drop_.view());
-        dropout.backward(ctx, d_drop_.view(), detail::flat(d_hidden_.view()));
-        bert.backward(ctx, d_hidden_.view());
-    }
-
-    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
-    void prepare_inference() { bert.prepare_inference(), classifier.prepare_inference(); }
-    /// Sets every gradient to zero.
-    void zero_grad() noexcept { bert.zero_grad(), classifier.zero_grad(); }
-    /// Visits "bert.*" (no pooler) and "classifier.{weight,bias}".
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, Fn&& f) {
-        bert.visit_parameters(join_name(prefix, "bert"), f);
-        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    /// d_logits += scale * (sigmoid(z) − y) / (N L).
+    void backward(matrix_view<T> d_logits, T scale) {
+        const std::size_t n = logits_.size();
+        if (d_logits.size() != n)
+            throw error(errc::shape_mismatch, "bce_with_logits::backward",
+                        "d_logits must have the shape of the last forward's logits");
+        for (std::size_t i = 0; i < n; ++i) {
+            const double z = logits_.data()[i];
+            d_logits.data()[i] +=
+                T(double(scale) * (1 / (1 + std::exp(-z)) - targets_.data()[i]) / double(n));
+        }
     }
 
   private:
-    std::size_t B_ = 0, T_ = 0;                                // the last forward's batch, length
-    buffer<value_type, shape<dynamic, C>> d_drop_;             // (N, C)
-    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+    matrix_view<const T> logits_;  // (N, L)
+    target_view targets_;          // (N, L)
 };
 
-/// BertForQuestionAnswering: logits (B, T, 2) = qa_outputs(h); [..., 0] is the start logit of
-/// each token, [..., 1] the end logit. No pooler.
-template <class Encoder = encoder<float>>
-class question_answering {
+/// Mean squared error (torch.nn.MSELoss): loss = mean((z − y)²) over every element.
+template <scalar T>
+class mse {
   public:
-    using value_type = typename Encoder::value_type;          ///< scalar type
-    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
-    static constexpr std::string_view architecture =
-        "BertForQuestionAnswering";  ///< config.json architectures
-    static constexpr bert::task task = bert::task::question_answering;       ///< what it computes
-    using ids_view = typename Encoder::ids_view;                             ///< (B, T) token ids
-    using output_view = view<const value_type, shape<dynamic, dynamic, 2>>;  ///< (B, T, 2)
+    using value_type = T;                                        ///< scalar type
+    using target_view = view<const T, shape<dynamic, dynamic>>;  ///< (N, L) target values
 
-    Encoder bert;                                 ///< "bert"
-    layers::linear<value_type, C, 2> qa_outputs;  ///< "qa_outputs" (2, C)
-
-    /// A zero-initialized model of configuration c (num_labels is ignored: always 2).
-    explicit question_answering(const config& c) : bert(c), qa_outputs(c.hidden_size, 2) {}
-
-    /// Start and end logits (B, T, 2) of every token.
-    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
-                        ids_view token_types = {}) {
-        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
-        B_ = ids.extent(0), T_ = ids.extent(1);
-        const auto y = qa_outputs.forward(ctx, detail::flat(h));  // (N, 2)
-        return {y.data(), B_, T_, 2};
+    /// The mean squared difference of predictions (N, L) and targets (N, L).
+    T forward(matrix_view<const T> pred, target_view targets) {
+        if (targets.extent(0) != pred.extent(0) || targets.extent(1) != pred.extent(1))
+            throw error(errc::shape_mismatch, "mse",
+                        "targets must have the predictions' shape (one value per output)");
+        pred_ = pred, targets_ = targets;
+        double s = 0;
+        for (std::size_t i = 0; i < pred.size(); ++i) {
+            const double d = double(pred.data()[i]) - double(targets.data()[i]);
+            s += d * d;
+        }
+        return pred.size() ? T(s / double(pred.size())) : T(0);
     }
 
-    /// Accumulates every trainable parameter's gradient from d logits (B, T, 2).
-    void backward(context& ctx, output_view d_logits) {
-        detail::require_backward(bert, architecture);
-        const std::size_t N = B_ * T_, Cn = bert.hidden_size();
-        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
-        d_hidden_.fill(value_type(0));
-        qa_outputs.backward(ctx, {d_logits.data(), N, 2}, detail::flat(d_hidden_.view()));
-        bert.backward(ctx, d_hidden_.view());
-    }
-
-    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
-    void prepare_inference() { bert.prepare_inference(), qa_outputs.prepare_inference(); }
-    /// Sets every gradient to zero.
-    void zero_grad() noexcept { bert.zero_grad(), qa_outputs.zero_grad(); }
-    /// Visits "bert.*" (no pooler) and "qa_outputs.{weight,bias}".
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, Fn&& f) {
-        bert.visit_parameters(join_name(prefix, "bert"), f);
-        qa_outputs.visit_parameters(join_name(prefix, "qa_outputs"), f);
+    /// d_pred += scale * 2 (z − y) / (N L).
+    void backward(matrix_view<T> d_pred, T scale) {
+        const std::size_t n = pred_.size();
+        if (d_pred.size() != n)
+            throw error(errc::shape_mismatch, "mse::backward",
+                        "d_pred must have the shape of the last forward's predictions");
+        for (std::size_t i = 0; i < n; ++i)
+            d_pred.data()[i] +=
+                T(double(scale) * 2 * (double(pred_.data()[i]) - double(targets_.data()[i])) /
+                  double(n));
     }
 
   private:
-    std::size_t B_ = 0, T_ = 0;                                // the last forward's batch, length
-    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+    matrix_view<const T> pred_;  // (N, L)
+    target_view targets_;        // (N, L)
 };
 
-/// BertForMaskedLM: logits (B, T, V) = LN(act(dense(h))) Eᵀ + bias, where E is the word-embedding
-/// table (the decoder is tied to it, as in Transformers: its gradient adds into E's). No pooler.
-template <class Encoder = encoder<float>>
+}  // namespace loss
+FTUNE_NAMESPACE_END
+// ---- end ftune/losses.hpp ----
+// ---- begin ftune/train/batching.hpp ----
+// From read data to padded batches: encoding labelled texts and tagged sentences with a BERT
+// tokenizer, deterministic length-bucketed batch order, and dynamic padding.
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <span>
+#include <string>
+#include <vector>
+
+// ---- begin ftune/data/readers.hpp ----
+// Data readers: labelled texts from TSV / CSV files with a header (and from Financial
+// PhraseBank's files), and tagged sentences from CoNLL column files. Malformed input is an
+// ftune::error naming file:line.
+//
+//   TSV / CSV   a header names the columns: the text is `sentence`, `text` or `text_a` (with
+//               `text_b` or `sentence2` for pairs), the label `label`, `labels`, `category` or
+//               `intent` (or a column given by name). CSV follows RFC 4180: quoted fields may hold
+//               commas, doubled quotes and newlines; CRLF line ends are accepted everywhere.
+//   CoNLL       one token per line, the token in the first column and its tag in the last;
+//               blank lines end sentences; -DOCSTART- lines are skipped.
+//   Financial PhraseBank   `sentence@label` per line, Latin-1 (read_phrasebank).
+
+#include <algorithm>
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace data {
+
+/// One labelled text (or pair of texts).
+struct text_example {
+    std::string text;       ///< the text (text_a)
+    std::string text_pair;  ///< the second text of a pair (empty: none)
+    std::string label;      ///< the label as written (a name or an integer)
+    std::size_t line = 0;   ///< 1-based line where the row starts
+};
+
+/// Labelled texts read from a file.
+struct text_dataset {
+    std::vector<text_example> rows;  ///< the examples, in file order
+    bool pairs = false;              ///< whether the file has a second text column
+    std::string path;                ///< where they came from
+};
+
+/// Options of read_table.
+struct table_options {
+    char delimiter = 0;         ///< 0: TAB for .tsv, ',' otherwise
+    std::string text_column;    ///< "" : sentence, text or text_a
+    std::string pair_column;    ///< "" : text_b or sentence2 when present
+    std::string label_column;   ///< "" : label, labels, category or intent
+    bool require_label = true;  ///< false: a file without a label column is accepted
+};
+
+namespace detail {
+/// Splits a whole delimited file into records of fields (RFC 4180 quoting when quote is on),
+/// each with the 1-based line it starts on. Throws naming file:line for an unterminated quote.
+inline std::vector<std::pair<std::size_t, std::vector<std::string>>> split_records(
+    std::string_view s, char delim, const std::string& path) {
+    std::vector<std::pair<std::size_t, std::vector<std::string>>> out;
+    std::vector<std::string> fields;
+    std::string field;
+    std::size_t line = 1, start_line = 1;
+    bool quoted = false, any = false;
+    const bool csv = delim == ',';
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        if (quoted) {
+            if (c == '"') {
+                if (i + 1 < s.size() && s[i + 1] == '"') {
+                    field += '"';
+                    ++i;
+                } else {
+                    quoted = false;
+                }
+            } else {
+                if (c == '\n') ++line;
+                if (!(c == '\r' && i + 1 < s.size() && s[i + 1] == '\n')) field += c;
+            }
+            continue;
+        }
+        if (csv && c == '"' && field.empty()) {
+            quoted = true;
+            any = true;
+        } else if (c == delim) {
+            fields.push_back(std::move(field));
+            field.clear();
+            any = true;
+        } else if (c == '\n' || c == '\r') {
+            if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') ++i;
+            if (any || !field.empty()) {
+                fields.push_back(std::move(field));
+                out.emplace_back(start_line, std::move(fields));
+            }
+            fields.clear(), field.clear(), any = false;
+            start_line = ++line;
+        } else {
+            field += c;
+            any = true;
+        }
+    }
+    if (quoted)
+        throw error(errc::parse, ftune::detail::cat(path, ":", start_line),
+                    "a quoted field is never closed (a missing \")");
+    if (any || !field.empty()) {
+        fields.push_back(std::move(field));
+        out.emplace_back(start_line, std::move(fields));
+    }
+    return out;
+}
+/// Reads a whole file; throws naming it.
+inline std::string read_all(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in || !std::filesystem::is_regular_file(path))
+        throw error(errc::io, path.string(), "cannot open the data file");
+    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (s.starts_with("\xEF\xBB\xBF")) s.erase(0, 3);  // a UTF-8 byte-order mark
+    return s;
+}
+}  // namespace detail
+
+/// s without leading and trailing spaces and TABs (labels: ChnSentiCorp's test.tsv has one
+/// written "    0").
+inline std::string trimmed(std::string_view s) {
+    const auto a = s.find_first_not_of(" \t");
+    if (a == std::string_view::npos) return {};
+    return std::string(s.substr(a, s.find_last_not_of(" \t") - a + 1));
+}
+
+/// Reads labelled texts from a TSV or CSV file with a header row (see the file comment; labels
+/// lose surrounding spaces).
+inline text_dataset read_table(const std::filesystem::path& path, const table_options& o = {}) {
+    const std::string where = path.string();
+    const char delim = o.delimiter ? o.delimiter : (path.extension() == ".tsv" ? '\t' : ',');
+    const auto records = detail::split_records(detail::read_all(path), delim, where);
+    if (records.empty()) throw error(errc::parse, where, "the file is empty (no header row)");
+    const auto& header = records.front().second;
+    auto find = [&](const std::string& given,
+                    std::initializer_list<const char*> defaults) -> std::optional<std::size_t> {
+        auto index = [&](std::string_view name) -> std::optional<std::size_t> {
+            for (std::size_t i = 0; i < header.size(); ++i)
+                if (header[i] == name) return i;
+            return std::nullopt;
+        };
+        if (!given.empty()) {
+            auto i = index(given);
+            if (!i)
+                throw error(errc::parse, where + ":1",
+                            "the header has no column \"" + given + "\"");
+            return i;
+        }
+        for (const char* d : defaults)
+            if (auto i = index(d)) return i;
+        return std::nullopt;
+    };
+    std::string columns;
+    for (const auto& h : header) {
+        if (!columns.empty()) columns += ", ";
+        columns += h;
+    }
+    const auto text = find(o.text_column, {"sentence", "text", "text_a", "sentence1"});
+    if (!text)
+        throw error(errc::parse, where + ":1",
+                    "no text column (sentence, text or text_a) in the header: " + columns);
+    const auto pair = find(o.pair_column, {"text_b", "sentence2"});
+    const auto label = find(o.label_column, {"label", "labels", "category", "intent"});
+    if (!label && o.require_label)
+        throw error(
+            errc::parse, where + ":1",
+            "no label column (label, labels, category or intent) in the header: " + columns);
+    text_dataset d;
+    d.path = where;
+    d.pairs = pair.has_value();
+    for (std::size_t r = 1; r < records.size(); ++r) {
+        const auto& [line, f] = records[r];
+        if (f.size() != header.size())
+            throw error(
+                errc::parse, ftune::detail::cat(where, ":", line),
+                ftune::detail::cat(
+                    "the row has ", f.size(), " fields but the header ", header.size(),
+                    delim == '\t' ? " (a TAB inside a text?)" : " (an unquoted comma in a text?)"));
+        text_example e{f[*text], pair ? f[*pair] : std::string(),
+                       label ? trimmed(f[*label]) : std::string(), line};
+        if (label && e.label.empty())
+            throw error(errc::parse, ftune::detail::cat(where, ":", line), "the label is empty");
+        d.rows.push_back(std::move(e));
+    }
+    return d;
+}
+
+/// Reads plain text, one example per non-empty line (domain text for masked-LM training); the
+/// labels are empty.
+inline text_dataset read_lines(const std::filesystem::path& path) {
+    const std::string s = detail::read_all(path);
+    text_dataset d;
+    d.path = path.string();
+    std::size_t line = 0, pos = 0;
+    while (pos < s.size()) {
+        std::size_t end = s.find('\n', pos);
+        if (end == std::string::npos) end = s.size();
+        std::string_view l(s.data() + pos, end - pos);
+        ++line;
+        pos = end + 1;
+        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
+        d.rows.push_back({std::string(l), "", "", line});
+    }
+    return d;
+}
+
+/// Latin-1 (ISO-8859-1) bytes as UTF-8: each byte is the code point of the same value.
+inline std::string latin1_to_utf8(std::string_view s) {
+    std::string out;
+    out.reserve(s.size() + s.size() / 8);
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x80) {
+            out += ch;
+        } else {
+            out += char(0xC0 | (c >> 6));
+            out += char(0x80 | (c & 0x3F));
+        }
+    }
+    return out;
+}
+
+/// Reads a Financial PhraseBank file (Sentences_AllAgree.txt, Sentences_50Agree.txt...): one
+/// `sentence@label` per line (the last '@' separates them), Latin-1 encoded as distributed
+/// (decoded to UTF-8 here). A line without '@' or with an empty part is an error naming
+/// file:line; blank lines are skipped.
+inline text_dataset read_phrasebank(const std::filesystem::path& path) {
+    const std::string s = latin1_to_utf8(detail::read_all(path));
+    text_dataset d;
+    d.path = path.string();
+    std::size_t line = 0, pos = 0;
+    while (pos < s.size()) {
+        std::size_t end = s.find('\n', pos);
+        if (end == std::string::npos) end = s.size();
+        std::string_view l(s.data() + pos, end - pos);
+        ++line;
+        pos = end + 1;
+        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
+        const std::size_t at = l.rfind('@');
+        if (at == std::string_view::npos || at == 0 || at + 1 == l.size())
+            throw error(errc::parse, ftune::detail::cat(d.path, ":", line),
+                        "expected `sentence@label` (Financial PhraseBank's format)");
+        std::string_view text = l.substr(0, at);
+        while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
+        d.rows.push_back({std::string(text), "", trimmed(l.substr(at + 1)), line});
+    }
+    return d;
+}
+
+/// One sentence of a CoNLL file: its tokens and their tags.
+struct tagged_sentence {
+    std::vector<std::string> tokens;  ///< the first column
+    std::vector<std::string> tags;    ///< the last column (BIO / IOB2 tags)
+    std::size_t line = 0;             ///< 1-based line of the first token
+};
+
+/// Reads a CoNLL column file (CoNLL-2003, Weibo NER...): whitespace-separated columns, token
+/// first, tag last; blank lines end sentences; -DOCSTART- lines are skipped. A line with one
+/// column is an error naming file:line.
+inline std::vector<tagged_sentence> read_conll(const std::filesystem::path& path) {
+    const std::string where = path.string();
+    const std::string s = detail::read_all(path);
+    std::vector<tagged_sentence> out;
+    tagged_sentence cur;
+    std::size_t line = 0, pos = 0;
+    auto flush = [&] {
+        if (!cur.tokens.empty()) out.push_back(std::move(cur));
+        cur = {};
+    };
+    while (pos <= s.size()) {
+        std::size_t end = s.find('\n', pos);
+        if (end == std::string::npos) end = s.size();
+        std::string_view l(s.data() + pos, end - pos);
+        ++line;
+        pos = end + 1;
+        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+        std::vector<std::string_view> cols;
+        for (std::size_t i = 0; i < l.size();) {
+            while (i < l.size() && (l[i] == ' ' || l[i] == '\t')) ++i;
+            std::size_t j = i;
+            while (j < l.size() && l[j] != ' ' && l[j] != '\t') ++j;
+            if (j > i) cols.push_back(l.substr(i, j - i));
+            i = j;
+        }
+        if (cols.empty()) {
+            flush();
+            if (end == s.size()) break;
+            continue;
+        }
+        if (cols.front() == "-DOCSTART-") {
+            flush();
+            continue;
+        }
+        if (cols.size() < 2)
+            throw error(errc::parse, ftune::detail::cat(where, ":", line),
+                        "a token line needs at least two columns (token ... tag)");
+        if (cur.tokens.empty()) cur.line = line;
+        cur.tokens.emplace_back(cols.front());
+        cur.tags.emplace_back(cols.back());
+        if (end == s.size()) break;
+    }
+    flush();
+    return out;
+}
+
+}  // namespace data
+FTUNE_NAMESPACE_END
+// ---- end ftune/data/readers.hpp ----
+// ---- begin ftune/tokenize/bert.hpp ----
+// text::bert_tokenizer: BERT's WordPiece tokenizer with Hugging Face's semantics (the Python
+// BertTokenizer, BertTokenizerLegacy in Transformers 5), with character and byte offsets into the
+// original text and word ids (as the fast tokenizer reports them).
+//
+//   auto tok = ftune::text::bert_tokenizer::from_vocab("vocab.txt", {.lowercase = true});
+//   auto enc = tok.encode("Hello, world!");  // enc.ids = [CLS] hello , world ! [SEP]
+//
+// The pipeline, per text: split out special-token literals ([CLS], [SEP], [PAD], [UNK], [MASK]);
+// clean (drop NUL, U+FFFD and control characters, map whitespace to spaces); surround CJK
+// ideographs with spaces; NFC; split on whitespace; per word lower-case (Python's str.lower,
+// final sigma included) and strip accents (NFD, drop Mn) when lower-casing; split on punctuation
+// (Unicode P* and ASCII non-alphanumerics); WordPiece (greedy longest match, "##" continuations,
+// [UNK] for unmatchable words and words over 100 characters). Unicode properties come from
+// utf8proc. Invalid UTF-8 decodes to U+FFFD, which cleaning drops: never a crash.
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <utf8proc.h>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace text {
+
+/// A WordPiece vocabulary: token strings and their ids (the line numbers of vocab.txt).
+class vocabulary {
+  public:
+    /// Reads vocab.txt: one token per line, the 0-based line number is its id (a token listed
+    /// twice keeps its last id, as Hugging Face's load_vocab). Throws ftune::error naming the file.
+    static vocabulary from_file(const std::filesystem::path& path) {
+        std::ifstream in(path, std::ios::binary);
+        if (!in)
+            throw error(errc::io, path.string(),
+                        "cannot open the vocabulary (vocab.txt: one token per line)");
+        vocabulary v;
+        std::string line;
+        while (std::getline(in, line)) {
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            v.add(line);
+        }
+        if (v.tokens_.empty()) throw error(errc::parse, path.string(), "the vocabulary is empty");
+        return v;
+    }
+    /// Appends a token with the next id.
+    void add(std::string token) {
+        ids_[token] = std::int32_t(tokens_.size());
+        tokens_.push_back(std::move(token));
+    }
+    /// The id of token, if present.
+    std::optional<std::int32_t> find(std::string_view token) const {
+        const auto it = ids_.find(token);
+        if (it == ids_.end()) return std::nullopt;
+        return it->second;
+    }
+    /// The token string of id (throws out_of_range).
+    const std::string& token(std::int32_t id) const {
+        if (id < 0 || std::size_t(id) >= tokens_.size())
+            throw error(
+                errc::out_of_range, "vocabulary",
+                ftune::detail::cat("token id ", id, " is outside [0, ", tokens_.size(), ")"));
+        return tokens_[std::size_t(id)];
+    }
+    /// Number of lines (ids).
+    std::size_t size() const noexcept { return tokens_.size(); }
+
+  private:
+    struct hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept {
+            return std::hash<std::string_view>{}(s);
+        }
+    };
+    std::unordered_map<std::string, std::int32_t, hash, std::equal_to<>> ids_;
+    std::vector<std::string> tokens_;
+};
+
+/// Options of the BERT tokenizer (Hugging Face's BertTokenizer arguments).
+struct bert_options {
+    bool lowercase = true;                       ///< do_lower_case
+    std::optional<bool> strip_accents{};         ///< strip_accents (default: follows lowercase)
+    bool chinese_chars = true;                   ///< tokenize_chinese_chars
+    std::size_t max_input_chars_per_word = 100;  ///< longer words become [UNK]
+    std::string unk = "[UNK]", cls = "[CLS]", sep = "[SEP]", pad = "[PAD]",
+                mask = "[MASK]";  ///< special tokens
+};
+
+/// One token of an encoding, with where it came from.
+struct token_info {
+    std::int32_t id;           ///< vocabulary id
+    std::uint32_t char_begin;  ///< first code point in the original text
+    std::uint32_t char_end;    ///< one past the last code point (begin == end: special token)
+    std::uint32_t byte_begin;  ///< first byte in the original UTF-8 text
+    std::uint32_t byte_end;    ///< one past the last byte
+    std::int32_t word;         ///< word index in its text (-1: [CLS], [SEP], padding)
+};
+
+/// Which text of a pair gives up tokens when the pair is longer than max_length.
+enum class truncation {
+    longest_first,  ///< one token at a time from the longer (the second on a tie), as Hugging Face
+    only_first,     ///< only from the first text
+    only_second,    ///< only from the second text
+};
+
+/// How encodings are padded.
+enum class padding {
+    none,        ///< no padding
+    longest,     ///< encode_batch: to the longest encoding of the batch
+    max_length,  ///< to max_length
+};
+
+/// Options of encode and encode_batch (Hugging Face's __call__ arguments).
+struct encode_options {
+    std::size_t max_length = 0;                       ///< 0: no truncation
+    truncation strategy = truncation::longest_first;  ///< who gives up tokens
+    padding pad = padding::none;                      ///< padding mode
+    /// Words are the whitespace-separated parts of each text (Transformers' is_split_into_words
+    /// on text.split()): each is tokenized on its own and all its pieces carry its index, as
+    /// token classification labels them; otherwise word ids count the pre-tokenizer's words
+    /// (punctuation splits them).
+    bool split_into_words = false;
+};
+
+/// The result of encoding one text: ids, type ids, attention mask and alignment, all the same
+/// length.
+struct encoding {
+    std::vector<std::int32_t> ids;             ///< token ids, [CLS] first, [SEP] last
+    std::vector<std::int32_t> type_ids;        ///< 0 for the first text, 1 for the second
+    std::vector<std::int32_t> attention_mask;  ///< 1 for tokens, 0 for padding
+    std::vector<token_info> tokens;            ///< offsets and word ids per position
+};
+
+namespace detail {
+
+/// A code point of the text being normalized, with the span of original code points it comes
+/// from.
+struct mapped_char {
+    char32_t cp;          ///< the (normalized) code point
+    std::uint32_t begin;  ///< first original code point
+    std::uint32_t end;    ///< one past the last
+};
+
+inline utf8proc_category_t category(char32_t c) {
+    return utf8proc_category(utf8proc_int32_t(c));
+}
+/// Classes of the ASCII characters (bit 0 whitespace, 1 control, 2 punctuation), so that English
+/// text never reaches utf8proc's tables.
+struct ascii_classes {
+    unsigned char bits[128] = {};
+    constexpr ascii_classes() {
+        for (int c = 0; c < 128; ++c) {
+            const bool ws = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+            const bool ctrl = (c < 32 || c == 127) && !ws;
+            const bool punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) ||
+                               (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+            bits[c] = (ws ? 1 : 0) | (ctrl ? 2 : 0) | (punct ? 4 : 0);
+        }
+    }
+};
+inline constexpr ascii_classes ascii{};
+
+/// BERT's whitespace: space, \t, \n, \r, or category Zs.
+inline bool is_whitespace(char32_t c) {
+    if (c < 128) return ascii.bits[c] & 1;
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || category(c) == UTF8PROC_CATEGORY_ZS;
+}
+/// BERT's control characters: category C* except \t, \n, \r (unassigned code points included).
+inline bool is_control(char32_t c) {
+    if (c < 128) return ascii.bits[c] & 2;
+    switch (category(c)) {
+        case UTF8PROC_CATEGORY_CN:
+        case UTF8PROC_CATEGORY_CC:
+        case UTF8PROC_CATEGORY_CF:
+        case UTF8PROC_CATEGORY_CS:
+        case UTF8PROC_CATEGORY_CO:
+            return true;
+        default:
+            return false;
+    }
+}
+/// BERT's punctuation: every ASCII non-alphanumeric printable, or category P*.
+inline bool is_punctuation(char32_t c) {
+    if (c < 128) return ascii.bits[c] & 4;
+    const auto k = category(c);
+    return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
+}
+/// The CJK ideograph ranges BERT surrounds with spaces.
+inline bool is_chinese(char32_t c) {
+    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
+           (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
+           (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
+           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+/// Cased letters (Lu, Ll, Lt), for the final-sigma rule.
+inline bool is_cased(char32_t c) {
+    const auto k = category(c);
+    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+}
+/// Case-ignorable characters (Mn, Me, Cf, Lm, Sk and the word-internal punctuation), for the
+/// final-sigma rule.
+inline bool is_case_ignorable(char32_t c) {
+    switch (category(c)) {
+        case UTF8PROC_CATEGORY_MN:
+        case UTF8PROC_CATEGORY_ME:
+        case UTF8PROC_CATEGORY_CF:
+        case UTF8PROC_CATEGORY_LM:
+        case UTF8PROC_CATEGORY_SK:
+            return true;
+        default:
+            return c == 0x27 || c == 0x2E || c == 0x3A || c == 0xB7 || c == 0x2018 || c == 0x2019 ||
+                   c == 0x2024 || c == 0xFE52 || c == 0xFF07 || c == 0xFF0E || c == 0x387 ||
+                   c == 0x5F4 || c == 0x2027 || c == 0xFE13 || c == 0xFE55 || c == 0xFF1A;
+    }
+}
+
+/// A byte trie of word pieces for WordPiece's longest-match-first search: one walk from a start
+/// position finds the longest piece there, reading each byte once (a hash table needs one lookup
+/// per candidate length, each a cache miss). The root's children are a direct table; deeper
+/// nodes keep sorted edge lists.
+class piece_trie {
+  public:
+    /// Adds (or replaces: a later id wins, as Hugging Face's load_vocab) piece -> id.
+    void insert(std::string_view piece, std::int32_t id) {
+        if (build_.empty()) build_.emplace_back();
+        std::size_t node = 0;
+        for (unsigned char c : piece) {
+            auto& kids = build_[node].kids;
+            auto it = std::lower_bound(kids.begin(), kids.end(), c,
+                                       [](const auto& e, unsigned char b) { return e.first < b; });
+            if (it == kids.end() || it->first != c) {
+                it = kids.insert(it, {c, std::int32_t(build_.size())});
+                const std::int32_t child = it->second;
+                build_.emplace_back();
+                node = std::size_t(child);
+            } else {
+                node = std::size_t(it->second);
+            }
+        }
+        build_[node].id = id;
+        frozen_ = false;
+    }
+    /// Flattens the trie for lookups (called by the tokenizer once after the inserts).
+    void freeze() {
+        nodes_.assign(build_.size(), {});
+        edges_.clear();
+        dense_.clear();
+        for (std::size_t n = 0; n < build_.size(); ++n) {
+            nodes_[n].id = build_[n].id;
+            const auto& kids = build_[n].kids;
+            if (kids.size() > dense_threshold) {  // a direct table for wide nodes
+                nodes_[n].first = std::uint32_t(dense_.size());
+                nodes_[n].count = dense_marker;
+                dense_.emplace_back();
+                dense_.back().fill(-1);
+                for (const auto& [c, child] : kids) dense_.back()[c] = child;
+                continue;
+            }
+            nodes_[n].first = std::uint32_t(edges_.size());
+            nodes_[n].count = std::uint32_t(kids.size());
+            for (const auto& [c, child] : kids) edges_.push_back({c, child});
+        }
+        root_.fill(-1);
+        if (!build_.empty())
+            for (const auto& [c, child] : build_[0].kids) root_[c] = child;
+        frozen_ = true;
+    }
+    /// The longest piece that is a prefix of text: (its length in bytes, its id); (0, -1) if
+    /// none.
+    std::pair<std::size_t, std::int32_t> longest_prefix(std::string_view text) const noexcept {
+        std::pair<std::size_t, std::int32_t> best{0, -1};
+        if (!frozen_ || text.empty()) return best;
+        std::int32_t node = root_[static_cast<unsigned char>(text[0])];
+        for (std::size_t i = 1; node >= 0; ++i) {
+            const auto& nd = nodes_[std::size_t(node)];
+            if (nd.id >= 0) best = {i, nd.id};
+            if (i == text.size()) break;
+            const auto c = static_cast<unsigned char>(text[i]);
+            if (nd.count == dense_marker) {
+                node = dense_[nd.first][c];
+                continue;
+            }
+            const edge* e = edges_.data() + nd.first;
+            const edge* e_end = e + nd.count;
+            node = -1;
+            for (; e != e_end; ++e)  // short lists: a linear scan beats a binary search
+                if (e->c == c) {
+                    node = e->child;
+                    break;
+                }
+        }
+        return best;
+    }
+
+  private:
+    struct build_node {
+        std::vector<std::pair<unsigned char, std::int32_t>> kids;
+        std::int32_t id = -1;
+    };
+    struct node {
+        std::uint32_t first = 0, count = 0;
+        std::int32_t id = -1;
+    };
+    struct edge {
+        unsigned char c;
+        std::int32_t child;
+    };
+    static constexpr std::size_t dense_threshold = 8;   // more children: a direct table
+    static constexpr std::uint32_t dense_marker = ~0u;  // node.count of a dense node
+    std::vector<build_node> build_;
+    std::vector<node> nodes_;
+    std::vector<std::array<std::int32_t, 256>> dense_;
+    std::vector<edge> edges_;
+    std::array<std::int32_t, 256> root_{};
+    bool frozen_ = false;
+};
+
+/// Appends the UTF-8 encoding of c.
+inline void append_utf8(std::string& s, char32_t c) {
+    utf8proc_uint8_t buf[4];
+    const auto n = utf8proc_encode_char(utf8proc_int32_t(c), buf);
+    s.append(reinterpret_cast<const char*>(buf), std::size_t(n));
+}
+
+/// Canonical decomposition of one code point (NFD of a single character).
+inline std::size_t decompose(char32_t c, utf8proc_int32_t* out, std::size_t cap) {
+    int last = 0;
+    const auto n = utf8proc_decompose_char(utf8proc_int32_t(c), out, utf8proc_ssize_t(cap),
+                                           UTF8PROC_DECOMPOSE, &last);
+    if (n < 0 || std::size_t(n) > cap) {
+        out[0] = utf8proc_int32_t(c);
+        return 1;
+    }
+    return std::size_t(n);
+}
+
+}  // namespace detail
+
+/// BERT's tokenizer (see the file comment). Const member functions are thread-safe.
+class bert_tokenizer {
+  public:
+    /// A tokenizer over a vocabulary; throws when a special token is missing from it.
+    bert_tokenizer(vocabulary vocab, bert_options options)
+        : vocab_(std::move(vocab)), opt_(std::move(options)) {
+        auto need = [&](const std::string& t) {
+            const auto id = vocab_.find(t);
+            if (!id)
+                throw error(errc::invalid_argument, "bert_tokenizer",
+                            ftune::detail::cat("special token ", t,
+                                               " is not in the vocabulary; is this a BERT "
+                                               "vocab.txt?"));
+            return *id;
+        };
+        for (std::size_t i = 0; i < vocab_.size(); ++i) {  // "##x" is looked up as "x"
+            const std::string& t = vocab_.token(std::int32_t(i));
+            const std::int32_t id = vocab_.find(t).value();  // a repeated token's last id
+            if (t.size() > 2 && t[0] == '#' && t[1] == '#')
+                continuation_.insert(std::string_view(t).substr(2), id);
+            initial_.insert(t, id);
+        }
+        initial_.freeze();
+        continuation_.freeze();
+        unk_ = need(opt_.unk), cls_ = need(opt_.cls), sep_ = need(opt_.sep);
+        pad_ = need(opt_.pad), mask_ = need(opt_.mask);
+        specials_ = {{{opt_.cls, cls_},
+                      {opt_.sep, sep_},
+                      {opt_.pad, pad_},
+                      {opt_.unk, unk_},
+                      {opt_.mask, mask_}}};
+        strip_accents_ = opt_.strip_accents.value_or(opt_.lowercase);
+    }
+
+    /// A tokenizer reading vocab.txt.
+    static bert_tokenizer from_vocab(const std::filesystem::path& path, bert_options options = {}) {
+        return bert_tokenizer(vocabulary::from_file(path), std::move(options));
+    }
+
+    /// The vocabulary.
+    const vocabulary& vocab() const noexcept { return vocab_; }
+    /// The options.
+    const bert_options& options() const noexcept { return opt_; }
+    /// Id of [CLS].
+    std::int32_t cls_id() const noexcept { return cls_; }
+    /// Id of [SEP].
+    std::int32_t sep_id() const noexcept { return sep_; }
+    /// Id of [PAD].
+    std::int32_t pad_id() const noexcept { return pad_; }
+    /// [MASK]'s id.
+    std::int32_t mask_id() const noexcept { return mask_; }
+    /// Id of [UNK].
+    std::int32_t unk_id() const noexcept { return unk_; }
+
+    /// Appends the word pieces of text (no [CLS]/[SEP]) to out, with offsets and word ids
+    /// (numbered from first_word).
+    void tokenize(std::string_view text, std::vector<token_info>& out,
+                  std::int32_t first_word = 0) const {
+        if (plain_ascii(text)) {  // most English text: no decoding, no Unicode tables
+            tokenize_ascii(text, first_word, out);
+            return;
+        }
+        // 1. decode, keeping each code point's byte offset (invalid UTF-8 becomes U+FFFD)
+        thread_local std::vector<char32_t> cps;
+        thread_local std::vector<std::uint32_t> bytes;  // byte offset of each code point + end
+        cps.clear();
+        bytes.clear();
+        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+        for (std::size_t i = 0; i < text.size();) {
+            if (p[i] < 0x80) {  // ASCII
+                bytes.push_back(std::uint32_t(i));
+                cps.push_back(p[i++]);
+                continue;
+            }
+            utf8proc_int32_t c = 0;
+            const auto n = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
+            bytes.push_back(std::uint32_t(i));
+            if (n <= 0) {
+                cps.push_back(0xFFFD);
+                i += 1;
+            } else {
+                cps.push_back(char32_t(c));
+                i += std::size_t(n);
+            }
+        }
+        bytes.push_back(std::uint32_t(text.size()));
+        std::int32_t word = first_word;
+        // 2. special-token literals are whole tokens; the text between them is tokenized
+        std::size_t start = 0;
+        for (std::size_t i = 0; i < cps.size();) {
+            std::int32_t special = -1;
+            const std::size_t len = special_at(cps, i, special);
+            if (len == 0) {
+                ++i;
+                continue;
+            }
+            tokenize_span(cps, bytes, start, i, word, out);
+            out.push_back({special, std::uint32_t(i), std::uint32_t(i + len), bytes[i],
+                           bytes[i + len], word++});
+            i += len;
+            start = i;
+        }
+        tokenize_span(cps, bytes, start, cps.size(), word, out);
+    }
+
+    /// Appends the word pieces of text (no [CLS]/[SEP]) to out, where a word is a
+    /// whitespace-separated part of text (BERT's whitespace), tokenized on its own: every piece
+    /// of word i has word id first_word + i (Transformers' is_split_into_words, the way token
+    /// classification is trained); offsets refer to text. Returns the number of words (a word of
+    /// control characters only has no pieces but still counts).
+    std::size_t tokenize_words(std::string_view text, std::vector<token_info>& out,
+                               std::int32_t first_word = 0) const {
+        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+        std::int32_t word = first_word;
+        std::uint32_t cps = 0, word_byte = 0, word_cp = 0;  // code points so far; word start
+        bool in_word = false;
+        auto finish = [&](std::size_t end) {  // tokenize text[word_byte, end) as word `word`
+            const std::size_t first = out.size();
+            tokenize(text.substr(word_byte, end - word_byte), out);
+            for (std::size_t k = first; k < out.size(); ++k) {
+                auto& t = out[k];
+                t.word = word;
+                t.byte_begin += word_byte, t.byte_end += word_byte;
+                t.char_begin += word_cp, t.char_end += word_cp;
+            }
+            ++word;
+            in_word = false;
+        };
+        for (std::size_t i = 0; i < text.size();) {
+            // decode as tokenize() does (an invalid byte is one code point, U+FFFD)
+            utf8proc_int32_t c = p[i];
+            std::size_t n = 1;
+            if (p[i] >= 0x80) {
+                const auto r = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
+                if (r > 0)
+                    n = std::size_t(r);
+                else
+                    c = 0xFFFD;
+            }
+            if (detail::is_whitespace(char32_t(c))) {
+                if (in_word) finish(i);
+            } else if (!in_word) {
+                in_word = true, word_byte = std::uint32_t(i), word_cp = cps;
+            }
+            i += n, ++cps;
+        }
+        if (in_word) finish(text.size());
+        return std::size_t(word - first_word);
+    }
+
+    /// [CLS] text [SEP] (and text_pair [SEP] when given), truncated to max_length tokens when
+    /// max_length > 0 (the longest sequence first), padded to pad_to when larger.
+    encoding encode(std::string_view text, std::optional<std::string_view> text_pair = {},
+                    std::size_t max_length = 0, std::size_t pad_to = 0) const {
+        return encode(text, text_pair, encode_options{.max_length = max_length}, pad_to);
+    }
+
+    /// encode() with a truncation strategy; padding::max_length pads to max_length (pad_to, if
+    /// larger, wins). A strategy that cannot reach max_length (only_first with a first text too
+    /// short) throws ftune::error instead of returning an over-long encoding.
+    encoding encode(std::string_view text, std::optional<std::string_view> text_pair,
+                    const encode_options& o, std::size_t pad_to = 0) const {
+        thread_local std::vector<token_info> a, b;
+        a.clear();
+        b.clear();
+        if (o.split_into_words) {
+            tokenize_words(text, a);
+            if (text_pair) tokenize_words(*text_pair, b);
+        } else {
+            tokenize(text, a);
+            if (text_pair) tokenize(*text_pair, b);
+        }
+        if (o.max_length > 0) truncate(a, b, text_pair.has_value(), o);
+        if (o.pad == padding::max_length) pad_to = std::max(pad_to, o.max_length);
+        encoding e;
+        const std::size_t n = std::max(pad_to, a.size() + b.size() + (text_pair ? 3 : 2));
+        e.ids.reserve(n), e.type_ids.reserve(n), e.attention_mask.reserve(n), e.tokens.reserve(n);
+        auto push = [&](const token_info& t, std::int32_t type) {
+            e.ids.push_back(t.id);
+            e.type_ids.push_back(type);
+            e.attention_mask.push_back(1);
+            e.tokens.push_back(t);
+        };
+        const token_info cls{cls_, 0, 0, 0, 0, -1}, sep{sep_, 0, 0, 0, 0, -1};
+        push(cls, 0);
+        for (const auto& t : a) push(t, 0);
+        push(sep, 0);
+        if (text_pair) {
+            for (const auto& t : b) push(t, 1);
+            push(sep, 1);
+        }
+        pad(e, pad_to);
+        return e;
+    }
+
+    /// Encodes many texts (pairs when `pairs` is not empty: the same length as texts); with
+    /// padding::longest every encoding is padded to the longest one.
+    std::vector<encoding> encode_batch(const std::vector<std::string_view>& texts,
+                                       const std::vector<std::string_view>& pairs = {},
+                                       const encode_options& o = {}) const {
+        if (!pairs.empty() && pairs.size() != texts.size())
+            throw error(errc::invalid_argument, "encode_batch",
+                        ftune::detail::cat(texts.size(), " texts but ", pairs.size(),
+                                           " second texts; give one per text or none"));
+        std::vector<encoding> out;
+        out.reserve(texts.size());
+        std::size_t longest = 0;
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            out.push_back(
+                encode(texts[i], pairs.empty() ? std::nullopt : std::optional(pairs[i]), o));
+            longest = std::max(longest, out.back().ids.size());
+        }
+        if (o.pad == padding::longest)
+            for (auto& e : out) pad(e, longest);
+        return out;
+    }
+
+    /// Pads e with [PAD] (type 0, mask 0, no offsets) to `length` positions.
+    void pad(encoding& e, std::size_t length) const {
+        while (e.ids.size() < length) {
+            e.ids.push_back(pad_);
+            e.type_ids.push_back(0);
+            e.attention_mask.push_back(0);
+            e.tokens.push_back({pad_, 0, 0, 0, 0, -1});
+        }
+    }
+
+  private:
+    // Removes tokens from the ends of a and b until they fit o.max_length with the specials.
+    static void truncate(std::vector<token_info>& a, std::vector<token_info>& b, bool pair,
+                         const encode_options& o) {
+        const std::size_t specials = pair ? 3 : 2;
+        if (o.max_length < specials)
+            throw error(errc::invalid_argument, "encode",
+                        ftune::detail::cat("max_length ", o.max_length, " leaves no room for the ",
+                                           specials, " special tokens"));
+        const std::size_t room = o.max_length - specials;
+        if (a.size() + b.size() <= room) return;
+        const std::size_t excess = a.size() + b.size() - room;
+        auto fail = [&](const char* which, std::size_t have) {
+            throw error(
+                errc::invalid_argument, "encode",
+                ftune::detail::cat("truncating only the ", which,
+                                   " text cannot reach "
+                                   "max_length ",
+                                   o.max_length, ": ", excess, " tokens must go and it has ", have,
+                                   "; use truncation::longest_first or a larger "
+                                   "max_length"));
+        };
+        switch (pair ? o.strategy : truncation::only_first) {
+            case truncation::only_first:
+                if (excess > a.size()) fail("first", a.size());
+                a.resize(a.size() - excess);
+                return;
+            case truncation::only_second:
+                if (excess > b.size()) fail("second", b.size());
+                b.resize(b.size() - excess);
+                return;
+            case truncation::longest_first:
+                while (a.size() + b.size() > room) {
+                    if (a.size() > b.size())
+                        a.pop_back();
+                    else
+                        b.pop_back();
+                }
+                return;
+        }
+    }
+
+    // ASCII without control characters (which cleaning would remove from inside words)
+    static bool plain_ascii(std::string_view t) noexcept {
+        for (unsigned char c : t)
+            if (c >= 0x80 || (detail::ascii.bits[c] & 2)) return false;
+        return true;
+    }
+
+    // The pipeline on plain ASCII text, where characters are bytes: words are runs between
+    // whitespace and punctuation, lower-casing is A-Z, nothing composes or carries accents.
+    void tokenize_ascii(std::string_view t, std::int32_t word, std::vector<token_info>& out) const {
+        const std::size_t n = t.size();
+        for (std::size_t i = 0; i < n;) {
+            const auto c = static_cast<unsigned char>(t[i]);
+            const unsigned char cls = detail::ascii.bits[c];
+            if (cls & 1) {  // whitespace
+                ++i;
+                continue;
+            }
+            if (cls & 4) {  // punctuation: a word of its own, or a special-token literal
+                if (c == '[') {
+                    std::int32_t id = -1;
+                    if (const std::size_t len = special_at_ascii(t, i, id)) {
+                        const auto b = std::uint32_t(i), e = std::uint32_t(i + len);
+                        out.push_back({id, b, e, b, e, word++});
+                        i += len;
+                        continue;
+                    }
+                }
+                wordpiece_ascii(t, i, i + 1, word++, out);
+                ++i;
+                continue;
+            }
+            std::size_t j = i + 1;
+            while (j < n && !(detail::ascii.bits[static_cast<unsigned char>(t[j])] & 5)) ++j;
+            wordpiece_ascii(t, i, j, word++, out);
+            i = j;
+        }
+    }
+
+    // WordPiece of the ASCII word t[begin, end).
+    void wordpiece_ascii(std::string_view t, std::size_t begin, std::size_t end, std::int32_t word,
+                         std::vector<token_info>& out) const {
+        auto span = [&](std::size_t a, std::size_t b, std::int32_t id) {
+            return token_info{
+                id, std::uint32_t(a), std::uint32_t(b), std::uint32_t(a), std::uint32_t(b), word};
+        };
+        const std::size_t n = end - begin;
+        if (n > opt_.max_input_chars_per_word) {
+            out.push_back(span(begin, end, unk_));
+            return;
+        }
+        char buf[128];  // n <= max_input_chars_per_word, checked above for the default 100
+        std::string heap;
+        char* w = buf;
+        if (n > sizeof buf) {
+            heap.resize(n);
+            w = heap.data();
+        }
+        for (std::size_t k = 0; k < n; ++k) {
+            char c = t[begin + k];
+            if (opt_.lowercase && c >= 'A' && c <= 'Z') c = char(c + ('a' - 'A'));
+            w[k] = c;
+        }
+        const std::string_view sv(w, n);
+        const std::size_t mark = out.size();
+        for (std::size_t start = 0; start < n;) {
+            const auto [len, id] =
+                (start == 0 ? initial_ : continuation_).longest_prefix(sv.substr(start));
+            if (id < 0) {  // unmatchable: the whole word is [UNK]
+                out.resize(mark);
+                out.push_back(span(begin, end, unk_));
+                return;
+            }
+            out.push_back(span(begin + start, begin + start + len, id));
+            start += len;
+        }
+    }
+
+    // length of the special-token literal at t[i] (0: none); its id in `id`
+    std::size_t special_at_ascii(std::string_view t, std::size_t i, std::int32_t& id) const {
+        for (const auto& [s, sid] : specials_)
+            if (t.substr(i, s.size()) == s) {
+                id = sid;
+                return s.size();
+            }
+        return 0;
+    }
+
+    // length of the special-token literal starting at cps[i] (0: none); its id in `id`
+    std::size_t special_at(const std::vector<char32_t>& cps, std::size_t i,
+                           std::int32_t& id) const {
+        if (cps[i] != '[') return 0;
+        for (const auto& [s, sid] : specials_) {
+            if (s.size() > cps.size() - i) continue;
+            bool match = true;
+            for (std::size_t k = 0; k < s.size() && match; ++k)
+                match = cps[i + k] == char32_t(static_cast<unsigned char>(s[k]));
+            if (match) {
+                id = sid;
+                return s.size();
+            }
+        }
+        return 0;
+    }
+
+    // Tokenizes cps[begin, end) (no special literals inside) into out.
+    void tokenize_span(const std::vector<char32_t>& cps, const std::vector<std::uint32_t>& bytes,
+                       std::size_t begin, std::size_t end, std::int32_t& word,
+                       std::vector<token_info>& out) const {
+        // clean and space out CJK ideographs
+        thread_local std::vector<detail::mapped_char> chars;
+        chars.clear();
+        for (std::size_t i = begin; i < end; ++i) {
+            const char32_t c = cps[i];
+            const auto at = std::uint32_t(i);
+            if (c == 0 || c == 0xFFFD || detail::is_control(c)) continue;
+            if (detail::is_whitespace(c)) {
+                chars.push_back({' ', at, at + 1});
+            } else if (opt_.chinese_chars && detail::is_chinese(c)) {
+                chars.push_back({' ', at, at});
+                chars.push_back({c, at, at + 1});
+                chars.push_back({' ', at + 1, at + 1});
+            } else {
+                chars.push_back({c, at, at + 1});
+            }
+        }
+        // whitespace-separated words
+        thread_local std::vector<detail::mapped_char> w, norm;
+        for (std::size_t i = 0; i < chars.size();) {
+            while (i < chars.size() && chars[i].cp == ' ') ++i;
+            std::size_t j = i;
+            while (j < chars.size() && chars[j].cp != ' ') ++j;
+            if (j > i) {
+                w.assign(chars.begin() + std::ptrdiff_t(i), chars.begin() + std::ptrdiff_t(j));
+                normalize_word(w, norm);
+                split_and_wordpiece(norm, bytes, word, out);
+            }
+            i = j;
+        }
+    }
+
+    // NFC, then (lower-casing) Python's lower() and accent stripping, keeping the alignment.
+    void normalize_word(const std::vector<detail::mapped_char>& w,
+                        std::vector<detail::mapped_char>& out) const {
+        out.clear();
+        bool ascii = true;
+        for (const auto& c : w) ascii = ascii && c.cp < 128;
+        if (ascii) {  // nothing to compose, decompose or strip; lower-casing is A-Z only
+            out = w;
+            if (opt_.lowercase)
+                for (auto& c : out)
+                    if (c.cp >= 'A' && c.cp <= 'Z') c.cp += 'a' - 'A';
+            return;
+        }
+        // With accent stripping, NFC can be skipped: NFD(NFC(x)) == NFD(x), and lower-casing
+        // commutes with it, so each output character keeps its one original character (the fast
+        // tokenizer's offsets). Without it, NFC changes the result and composed characters span
+        // the characters they came from.
+        thread_local std::vector<detail::mapped_char> nfc;
+        const std::vector<detail::mapped_char>* src = &w;
+        if (!(opt_.lowercase && strip_accents_)) {
+            compose(w, nfc);
+            src = &nfc;
+        }
+        const auto& in = *src;
+        for (std::size_t i = 0; i < in.size(); ++i) {
+            utf8proc_int32_t low[3];
+            const std::size_t nl =
+                opt_.lowercase ? lower(in, i, low) : (low[0] = utf8proc_int32_t(in[i].cp), 1);
+            for (std::size_t k = 0; k < nl; ++k) {
+                if (!strip_accents_) {
+                    out.push_back({char32_t(low[k]), in[i].begin, in[i].end});
+                    continue;
+                }
+                utf8proc_int32_t d[32];  // NFD, without the non-spacing marks
+                const std::size_t nd = detail::decompose(char32_t(low[k]), d, 32);
+                for (std::size_t m = 0; m < nd; ++m)
+                    if (detail::category(char32_t(d[m])) != UTF8PROC_CATEGORY_MN)
+                        out.push_back({char32_t(d[m]), in[i].begin, in[i].end});
+            }
+        }
+    }
+
+    // Python's str.lower() of w[i] in its word: full mappings (İ -> i̇) and the final sigma.
+    static std::size_t lower(const std::vector<detail::mapped_char>& w, std::size_t i,
+                             utf8proc_int32_t* out) {
+        const char32_t c = w[i].cp;
+        if (c == 0x130) {  // İ -> i + combining dot above
+            out[0] = 0x69, out[1] = 0x307;
+            return 2;
+        }
+        if (c == 0x3A3) {  // Σ: ς at the end of a word, σ elsewhere
+            bool before = false, after = false;
+            for (std::size_t k = i; k-- > 0;) {
+                if (detail::is_case_ignorable(w[k].cp)) continue;
+                before = detail::is_cased(w[k].cp);
+                break;
+            }
+            for (std::size_t k = i + 1; k < w.size(); ++k) {
+                if (detail::is_case_ignorable(w[k].cp)) continue;
+                after = detail::is_cased(w[k].cp);
+                break;
+            }
+            out[0] = before && !after ? 0x3C2 : 0x3C3;
+            return 1;
+        }
+        out[0] = utf8proc_tolower(utf8proc_int32_t(c));
+        return 1;
+    }
+
+    // NFC of a word; each composed character spans the original characters it came from.
+    static void compose(const std::vector<detail::mapped_char>& w,
+                        std::vector<detail::mapped_char>& out) {
+        out.clear();
+        bool ascii = true;
+        for (const auto& c : w) ascii = ascii && c.cp < 0x300;
+        if (ascii) {  // nothing below U+0300 composes or decomposes canonically
+            out = w;
+            return;
+        }
+        // normalize runs that start at a character of combining class 0
+        std::size_t i = 0;
+        std::string run;
+        while (i < w.size()) {
+            std::size_t j = i + 1;
+            while (j < w.size() &&
+                   utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
+                ++j;
+            // Hangul jamo and other starters that compose with the previous one join the run
+            while (j < w.size() && composes_with_previous(w, j)) {
+                ++j;
+                while (j < w.size() &&
+                       utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
+                    ++j;
+            }
+            run.clear();
+            for (std::size_t k = i; k < j; ++k) detail::append_utf8(run, w[k].cp);
+            utf8proc_uint8_t* nfc =
+                utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(run.c_str()));
+            if (!nfc) {
+                for (std::size_t k = i; k < j; ++k) out.push_back(w[k]);
+            } else {
+                const auto* q = nfc;
+                std::size_t len =
+                    std::char_traits<char>::length(reinterpret_cast<const char*>(nfc));
+                std::vector<char32_t> got;
+                for (std::size_t k = 0; k < len;) {
+                    utf8proc_int32_t c = 0;
+                    const auto n = utf8proc_iterate(q + k, utf8proc_ssize_t(len - k), &c);
+                    if (n <= 0) break;
+                    got.push_back(char32_t(c));
+                    k += std::size_t(n);
+                }
+                std::free(nfc);
+                if (got.size() == j - i) {  // nothing composed: keep the one-to-one alignment
+                    for (std::size_t k = 0; k < got.size(); ++k)
+                        out.push_back({got[k], w[i + k].begin, w[i + k].end});
+                } else {
+                    for (char32_t c : got) out.push_back({c, w[i].begin, w[j - 1].end});
+                }
+            }
+            i = j;
+        }
+    }
+
+    // whether the starter w[j] composes canonically with the character before it
+    static bool composes_with_previous(const std::vector<detail::mapped_char>& w, std::size_t j) {
+        std::string two;
+        detail::append_utf8(two, w[j - 1].cp);
+        detail::append_utf8(two, w[j].cp);
+        utf8proc_uint8_t* nfc =
+            utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(two.c_str()));
+        if (!nfc) return false;
+        const bool composed =
+            std::char_traits<char>::length(reinterpret_cast<const char*>(nfc)) != two.size() ||
+            two != reinterpret_cast<const char*>(nfc);
+        std::free(nfc);
+        return composed;
+    }
+
+    // Splits a normalized word on punctuation and runs WordPiece on each piece.
+    void split_and_wordpiece(const std::vector<detail::mapped_char>& w,
+                             const std::vector<std::uint32_t>& bytes, std::int32_t& word,
+                             std::vector<token_info>& out) const {
+        std::size_t i = 0;
+        while (i < w.size()) {
+            std::size_t j = i + 1;
+            if (!detail::is_punctuation(w[i].cp))
+                while (j < w.size() && !detail::is_punctuation(w[j].cp)) ++j;
+            wordpiece(w, i, j, bytes, word++, out);
+            i = j;
+        }
+    }
+
+    // Greedy longest-match-first WordPiece of w[begin, end).
+    void wordpiece(const std::vector<detail::mapped_char>& w, std::size_t begin, std::size_t end,
+                   const std::vector<std::uint32_t>& bytes, std::int32_t word,
+                   std::vector<token_info>& out) const {
+        auto span = [&](std::size_t a, std::size_t b, std::int32_t id) {
+            const std::uint32_t cb = w[a].begin, ce = w[b - 1].end;
+            return token_info{id, cb, ce, bytes[cb], bytes[ce], word};
+        };
+        const std::size_t n = end - begin;
+        if (n > opt_.max_input_chars_per_word) {
+            out.push_back(span(begin, end, unk_));
+            return;
+        }
+        // UTF-8 of the word and the byte offset of each character in it
+        thread_local std::string s;
+        thread_local std::vector<std::size_t> at;
+        s.clear();
+        at.resize(n + 1);
+        for (std::size_t k = 0; k < n; ++k) {
+            at[k] = s.size();
+            detail::append_utf8(s, w[begin + k].cp);
+        }
+        at[n] = s.size();
+        const std::size_t mark = out.size();
+        const std::string_view sv(s);
+        for (std::size_t start = 0; start < n;) {
+            // the longest piece at `start` ("##" pieces live in their own trie, without "##"),
+            // then back to a character boundary (a piece ending inside a character cannot be
+            // a vocabulary token of whole characters, but guard anyway)
+            const auto [len, id] =
+                (start == 0 ? initial_ : continuation_).longest_prefix(sv.substr(at[start]));
+            std::size_t stop = start;
+            std::int32_t found = -1;
+            if (id >= 0) {
+                stop = std::size_t(std::upper_bound(at.begin() + std::ptrdiff_t(start),
+                                                    at.begin() + std::ptrdiff_t(n + 1),
+                                                    at[start] + len) -
+                                   at.begin()) -
+                       1;
+                if (stop > start && at[stop] == at[start] + len)
+                    found = id;
+                else
+                    stop = start;
+            }
+            if (found < 0) {  // unmatchable: the whole word is [UNK]
+                out.resize(mark);
+                out.push_back(span(begin, end, unk_));
+                return;
+            }
+            out.push_back(span(begin + start, begin + stop, found));
+            start = stop;
+        }
+    }
+
+    vocabulary vocab_;
+    detail::piece_trie initial_;       // every token -> id (word-initial pieces)
+    detail::piece_trie continuation_;  // "##x" pieces keyed by "x"
+    bert_options opt_;
+    bool strip_accents_ = true;
+    std::array<std::pair<std::string, std::int32_t>, 5> specials_;  // literals kept whole
+    std::int32_t unk_ = 0, cls_ = 0, sep_ = 0, pad_ = 0, mask_ = 0;
+};
+
+}  // namespace text
+FTUNE_NAMESPACE_END
+// ---- end ftune/tokenize/bert.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace train {
+
+/// One encoded example.
+struct example {
+    std::vector<token_id> ids;     ///< [CLS] ... [SEP] (...[SEP])
+    std::vector<token_id> types;   ///< segment ids
+    std::vector<token_id> labels;  ///< single-label: {class}; tokens: one per position (-100:
+                                   ///< none); qa: {start, end}
+    std::vector<float> targets;    ///< multi-label: L values in {0, 1}; regression: {value}
+};
+
+/// A padded batch, (B, T) row-major.
+struct batch {
+    std::size_t B = 0, T = 0;                ///< sizes
+    std::vector<token_id> ids, mask, types;  ///< (B, T)
+    std::vector<token_id> labels;            ///< (B) or (B, T) for ner
+    std::vector<float> targets;              ///< (B, L)
+};
+
+/// The label ids of label names: integers keep their value when every label is an integer
+/// (0..n-1 as written), names are sorted (as Hugging Face datasets' ClassLabel), or follow
+/// `known` (a checkpoint's id2label) when it holds every name.
+inline std::vector<std::string> label_names(const std::vector<std::string>& seen,
+                                            const std::vector<std::string>& known = {}) {
+    std::vector<std::string> names(seen);
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    if (!known.empty() && std::all_of(names.begin(), names.end(), [&](const std::string& n) {
+            return std::find(known.begin(), known.end(), n) != known.end();
+        }))
+        return known;
+    const bool integers = !names.empty() && std::all_of(names.begin(), names.end(), [](auto& n) {
+        return !n.empty() && n.size() < 9 &&
+               std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; });
+    });
+    if (integers) {
+        std::size_t top = 0;
+        for (const auto& n : names) top = std::max<std::size_t>(top, std::stoul(n));
+        std::vector<std::string> by_id(top + 1);
+        for (std::size_t i = 0; i <= top; ++i)
+            by_id[i] = i < known.size() ? known[i] : std::to_string(i);
+        return by_id;
+    }
+    return names;
+}
+
+namespace detail {
+inline token_id label_id(const std::vector<std::string>& names, const std::string& label,
+                         const std::string& where) {
+    const auto it = std::find(names.begin(), names.end(), label);
+    if (it != names.end()) return token_id(it - names.begin());
+    // integer labels may be written as numbers while names come from a checkpoint
+    if (!label.empty() &&
+        std::all_of(label.begin(), label.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+        label.size() < 9 && std::stoul(label) < names.size())
+        return token_id(std::stoul(label));
+    throw error(errc::out_of_range, where,
+                "label \"" + label + "\" is not one of the model's " +
+                    std::to_string(names.size()) + " labels");
+}
+}  // namespace detail
+
+/// Encodes labelled texts for a sequence classifier of problem type p with labels `names`
+/// (ignored for regression), truncated to max_length tokens: a class id (single-label), 0/1 per
+/// label from comma-separated names (multi-label), a number (regression).
+inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::text_dataset& d,
+                                   heads::problem p, const std::vector<std::string>& names,
+                                   std::size_t max_length) {
+    std::vector<example> out;
+    out.reserve(d.rows.size());
+    for (const auto& r : d.rows) {
+        const std::string where = ftune::detail::cat(d.path, ":", r.line);
+        const auto e = tok.encode(
+            r.text, d.pairs ? std::optional<std::string_view>(r.text_pair) : std::nullopt,
+            {.max_length = max_length});
+        example x{e.ids, e.type_ids, {}, {}};
+        if (p == heads::problem::single_label_classification) {
+            x.labels = {detail::label_id(names, r.label, where)};
+        } else if (p == heads::problem::multi_label_classification) {
+            x.targets.assign(names.size(), 0.0f);
+            std::size_t a = 0;
+            while (a <= r.label.size()) {
+                std::size_t b = r.label.find(',', a);
+                if (b == std::string::npos) b = r.label.size();
+                if (b > a)
+                    x.targets[std::size_t(
+                        detail::label_id(names, r.label.substr(a, b - a), where))] = 1;
+                a = b + 1;
+            }
+        } else {
+            try {
+                std::size_t pos = 0;
+                x.targets = {std::stof(r.label, &pos)};
+                if (pos != r.label.size()) throw std::invalid_argument("trailing");
+            } catch (const std::exception&) {
+                throw error(errc::parse, where,
+                            "regression label \"" + r.label + "\" is not a number");
+            }
+        }
+        out.push_back(std::move(x));
+    }
+    return out;
+}
+
+/// Encodes tagged sentences for token classification: each word is tokenized on its own; its
+/// first wordpiece carries the tag, the others and [CLS]/[SEP] carry -100 (ignored), as Hugging
+/// Face's token-classification recipe. Words past max_length are cut.
+inline std::vector<example> encode(const text::bert_tokenizer& tok,
+                                   const std::vector<data::tagged_sentence>& sentences,
+                                   const std::vector<std::string>& names, std::size_t max_length,
+                                   const std::string& path = "") {
+    std::vector<example> out;
+    out.reserve(sentences.size());
+    std::vector<text::token_info> pieces;
+    for (const auto& s : sentences) {
+        example x;
+        x.ids.push_back(tok.cls_id());
+        x.labels.push_back(-100);
+        for (std::size_t w = 0; w < s.tokens.size(); ++w) {
+            pieces.clear();
+            tok.tokenize(s.tokens[w], pieces);
+            const token_id tag =
+                detail::label_id(names, s.tags[w], ftune::detail::cat(path, ":", s.line + w));
+            for (std::size_t k = 0; k < pieces.size(); ++k) {
+                if (max_length && x.ids.size() + 1 >= max_length) break;
+                x.ids.push_back(pieces[k].id);
+                x.labels.push_back(k == 0 ? tag : -100);
+            }
+        }
+        x.ids.push_back(tok.sep_id());
+        x.labels.push_back(-100);
+        x.types.assign(x.ids.size(), 0);
+        out.push_back(std::move(x));
+    }
+    return out;
+}
+
+/// The order of one epoch as batches of example indices. With shuffle, a permutation drawn from
+/// (seed, epoch) — the same on any thread count and after a resume. With bucket, indices are
+/// sorted by length within windows of 50 batches before batching (less padding, as Hugging
+/// Face's group_by_length), and the batches are shuffled again.
+inline std::vector<std::vector<std::size_t>> batch_order(const std::vector<example>& xs,
+                                                         std::size_t batch_size, bool shuffle,
+                                                         bool bucket, std::uint64_t seed,
+                                                         std::uint64_t epoch) {
+    std::vector<std::size_t> idx(xs.size());
+    std::iota(idx.begin(), idx.end(), std::size_t(0));
+    const random_stream s(seed, 1000 + 2 * epoch), s2(seed, 1001 + 2 * epoch);
+    if (shuffle) ftune::shuffle(std::span<std::size_t>(idx), s);
+    if (bucket) {
+        const std::size_t window = 50 * batch_size;
+        for (std::size_t a = 0; a < idx.size(); a += window) {
+            const auto end = idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + window));
+            std::stable_sort(
+                idx.begin() + std::ptrdiff_t(a), end,
+                [&](std::size_t i, std::size_t j) { return xs[i].ids.size() > xs[j].ids.size(); });
+        }
+    }
+    std::vector<std::vector<std::size_t>> batches;
+    for (std::size_t a = 0; a < idx.size(); a += batch_size)
+        batches.emplace_back(idx.begin() + std::ptrdiff_t(a),
+                             idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + batch_size)));
+    if (shuffle && bucket) ftune::shuffle(std::span<std::vector<std::size_t>>(batches), s2);
+    return batches;
+}
+
+/// Pads the examples `which` into b (to the longest; [PAD] = pad_id, mask 0, and for per-token
+/// labels -100), reusing b's storage: no allocation once b has seen a batch as large.
+inline void collate_into(batch& b, const std::vector<example>& xs,
+                         std::span<const std::size_t> which, token_id pad_id, bool per_token) {
+    b.B = which.size(), b.T = 0;
+    for (auto i : which) b.T = std::max(b.T, xs[i].ids.size());
+    b.ids.assign(b.B * b.T, pad_id), b.mask.assign(b.B * b.T, 0), b.types.assign(b.B * b.T, 0);
+    if (per_token)
+        b.labels.assign(b.B * b.T, -100);
+    else
+        b.labels.clear();
+    b.targets.clear();
+    for (std::size_t r = 0; r < b.B; ++r) {
+        const auto& x = xs[which[r]];
+        std::copy(x.ids.begin(), x.ids.end(), b.ids.begin() + std::ptrdiff_t(r * b.T));
+        std::copy(x.types.begin(), x.types.end(), b.types.begin() + std::ptrdiff_t(r * b.T));
+        std::fill_n(b.mask.begin() + std::ptrdiff_t(r * b.T), x.ids.size(), 1);
+        if (per_token)
+            std::copy(x.labels.begin(), x.labels.end(), b.labels.begin() + std::ptrdiff_t(r * b.T));
+        else
+            b.labels.insert(b.labels.end(), x.labels.begin(), x.labels.end());
+        b.targets.insert(b.targets.end(), x.targets.begin(), x.targets.end());
+    }
+}
+
+/// Masked-LM inputs and labels, as Transformers' DataCollatorForLanguageModeling: each real,
+/// non-special token of the batch is chosen with probability `probability`; a chosen token's
+/// label is its id (the others -100) and its input becomes [MASK] (80%), a random vocabulary
+/// token (10%) or stays (10%). Draws come from `rng` (value 3 i .. 3 i + 2 for position i), so
+/// a batch masks the same way whenever it is seen with the same stream.
+struct mlm_masking {
+    double probability = 0.15;      ///< share of tokens chosen
+    token_id mask_id = -1;          ///< [MASK] (set it: mlm_masking_for(tokenizer))
+    std::size_t vocab_size = 0;     ///< random replacements are drawn from [0, vocab_size)
+    std::vector<token_id> special;  ///< never chosen ([CLS], [SEP], [PAD], [UNK], [MASK])
+
+    /// Masks b in place (b.labels becomes (B, T)).
+    void apply(batch& b, const random_stream& rng) const {
+        if (mask_id < 0 || vocab_size == 0 || special.empty())
+            throw error(errc::invalid_argument, "mlm_masking",
+                        "no [MASK] id, vocabulary size or special tokens: set it from the "
+                        "tokenizer with train::mlm_masking_for(tokenizer)");
+        b.labels.assign(b.B * b.T, -100);
+        for (std::size_t i = 0; i < b.B * b.T; ++i) {
+            if (!b.mask[i] || std::find(special.begin(), special.end(), b.ids[i]) != special.end())
+                continue;
+            if (rng.uniform(3 * i) >= float(probability)) continue;
+            b.labels[i] = b.ids[i];
+            const float u = rng.uniform(3 * i + 1);
+            if (u < 0.8f)
+                b.ids[i] = mask_id;
+            else if (u < 0.9f)
+                b.ids[i] = token_id(rng.below(3 * i + 2, std::uint32_t(vocab_size)));
+        }
+    }
+};
+
+/// mlm_masking with a tokenizer's [MASK] id, its vocabulary size, and its special tokens
+/// ([CLS], [SEP], [PAD], [UNK], [MASK]: Transformers' all_special_ids) never chosen.
+inline mlm_masking mlm_masking_for(const text::bert_tokenizer& tok, double probability = 0.15) {
+    return {.probability = probability,
+            .mask_id = tok.mask_id(),
+            .vocab_size = tok.vocab().size(),
+            .special = {tok.cls_id(), tok.sep_id(), tok.pad_id(), tok.unk_id(), tok.mask_id()}};
+}
+
+/// Plain texts (the `text` column of a table, or lines) as masked-LM examples: [CLS] text [SEP]
+/// cut to max_length; labels are made per batch by mlm_masking.
+inline std::vector<example> encode_texts(const text::bert_tokenizer& tok,
+                                         const data::text_dataset& d, std::size_t max_length) {
+    std::vector<example> out;
+    out.reserve(d.rows.size());
+    for (const auto& r : d.rows) {
+        auto e = tok.encode(r.text, std::nullopt, max_length);
+        example x;
+        x.ids = std::move(e.ids);
+        x.types = std::move(e.type_ids);
+        x.labels.assign(x.ids.size(), -100);
+        out.push_back(std::move(x));
+    }
+    return out;
+}
+
+/// collate_into a new batch.
+inline batch collate(const std::vector<example>& xs, std::span<const std::size_t> which,
+                     token_id pad_id, bool per_token) {
+    batch b;
+    collate_into(b, xs, which, pad_id, per_token);
+    return b;
+}
+
+}  // namespace train
+FTUNE_NAMESPACE_END
+// ---- end ftune/train/batching.hpp ----
+// ---- begin ftune/train/evaluation.hpp ----
+// train::evaluation: the scores of one evaluation pass, filled batch by batch by the model's head
+// (heads/*.hpp: score() then finish()), whatever the task.
+
+#include <string>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace train {
+
+/// Scores of an evaluation.
+struct evaluation {
+    double loss = 0;                   ///< mean loss
+    double accuracy = 0;               ///< classify / ner (tokens) / mlm (masked tokens): accuracy;
+                                       ///< multilabel: subset accuracy; qa: windows with both
+                                       ///< ends right
+    double f1 = 0;                     ///< classify: macro F1; ner: entity micro F1
+    double metric = 0;                 ///< the selection metric (accuracy; ner: entity F1;
+                                       ///< regression: −MSE; mlm, qa: −loss)
+    std::vector<int> gold, predicted;  ///< classify: per example; ner: per labelled word
+    std::vector<std::vector<std::string>> gold_tags,
+        predicted_tags;  ///< ner: the tags of each sentence (in evaluation order)
+    std::vector<std::vector<int>> gold_sets,
+        predicted_sets;  ///< multilabel: 0/1 per label and example (sigmoid > 0.5)
+    std::vector<double> targets, outputs;  ///< regression: per example
+
+    /// Running sums while batches are scored (a head's score() adds, its finish() divides).
+    struct sums {
+        double loss = 0;     ///< Σ loss × weight
+        double weight = 0;   ///< Σ weight (examples, labelled tokens or masked tokens)
+        double correct = 0;  ///< Σ right predictions (subset, masked-token or span accuracy)
+        double squared = 0;  ///< Σ squared error (regression)
+    } running;               ///< the sums so far
+};
+
+}  // namespace train
+FTUNE_NAMESPACE_END
+// ---- end ftune/train/evaluation.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Logits (B, T, V) = LN(act(dense(h))) Eᵀ + bias, where E (V, C) is the backbone's input
+/// embedding table (backbone.input_embeddings()): the decoder is tied to it, as in Transformers,
+/// and its gradient adds into E's. Parameters "cls.predictions.transform.{dense,LayerNorm}.*" and
+/// "cls.predictions.bias"; a checkpoint's decoder copies are not unexpected.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class masked_lm {
   public:
-    using value_type = typename Encoder::value_type;          ///< scalar type
-    static constexpr std::size_t C = Encoder::hidden_extent;  ///< hidden size (or dynamic)
-    static constexpr std::string_view architecture = "BertForMaskedLM";  ///< architectures
-    static constexpr bert::task task = bert::task::masked_lm;            ///< what it computes
-    using ids_view = typename Encoder::ids_view;                         ///< (B, T) token ids
-    using output_view =
-        view<const value_type, shape<dynamic, dynamic, dynamic>>;  ///< logits (B, T, V)
+    using value_type = T;                                                    ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, V)
+    static constexpr std::string_view architecture_suffix =
+        "ForMaskedLM";                                   ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;      ///< reads every position
+    static constexpr bool labels_per_token = true;       ///< the original id at masked positions
+    static constexpr bool masked_inputs = true;          ///< trains on inputs masked per batch
+    static constexpr bool ties_input_embeddings = true;  ///< its decoder is the input table
 
-    Encoder bert;                                            ///< "bert"
-    layers::linear<value_type, C, C> transform_dense;        ///< "cls.predictions.transform.dense"
-    layers::hidden_activation<value_type, C> transform_act;  ///< hidden_act
-    layers::layer_norm<value_type, C> transform_norm;  ///< "cls.predictions.transform.LayerNorm"
-    parameter<value_type, shape<dynamic>> bias;        ///< "cls.predictions.bias" (V), no decay
+    layers::linear<T, C, C, D> transform_dense;        ///< "cls.predictions.transform.dense"
+    layers::hidden_activation<T, C, D> transform_act;  ///< hidden_act
+    layers::layer_norm<T, C, D> transform_norm;        ///< "cls.predictions.transform.LayerNorm"
+    parameter<T, shape<dynamic>, D> bias;              ///< "cls.predictions.bias" (V), no decay
 
-    /// A zero-initialized model of configuration c.
-    explicit masked_lm(const config& c)
-        : bert(c),
-          transform_dense(c.hidden_size, c.hidden_size),
+    /// A zero-initialized head for configuration c (hidden_size, hidden_act, layer_norm_eps,
+    /// vocab_size).
+    template <class Config>
+    explicit masked_lm(const Config& c)
+        : transform_dense(c.hidden_size, c.hidden_size),
           transform_act(c.hidden_act),
-          transform_norm(c.hidden_size, value_type(c.layer_norm_eps)),
+          transform_norm(c.hidden_size, T(c.layer_norm_eps)),
           bias("bias", shape<dynamic>(c.vocab_size), false) {}
 
-    /// Vocabulary logits (B, T, V) of every token.
-    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
-                        ids_view token_types = {}) {
-        const auto h = bert.forward(ctx, ids, attention_mask, token_types);  // (B, T, C)
-        B_ = ids.extent(0), T_ = ids.extent(1);
-        t_ = transform_norm.forward(
-            ctx, transform_act.forward(ctx, transform_dense.forward(ctx, detail::flat(h))));
-        const auto& E = bert.embeddings.word_embeddings.weight.value;   // (V, C)
+    /// Vocabulary size V (the ids masking may draw as random replacements).
+    std::size_t vocab_size() const noexcept { return bias.value.size(); }
+
+    /// Vocabulary logits (B, T, V) from the hidden states h (B, T, C).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone& backbone, hidden_view h) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const view<const T, shape<dynamic, C>, D> rows(h.data(), B_ * T_, h.extent(2));
+        t_ = transform_norm.forward(ctx,
+                                    transform_act.forward(ctx, transform_dense.forward(ctx, rows)));
+        const auto& E = backbone.input_embeddings().value;              // (V, C)
         logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
         ops::matmul<transpose::no, transpose::yes>(t_, E, logits_);
         ops::bias_add(logits_, bias.value);
         return {logits_.data(), B_, T_, E.extent(0)};
     }
 
-    /// Accumulates every trainable parameter's gradient from d logits (B, T, V); the decoder's
-    /// gradient goes into the word-embedding table (tied).
-    void backward(context& ctx, output_view d_logits) {
-        detail::require_backward(bert, architecture);
-        const std::size_t N = B_ * T_, Cn = bert.hidden_size();
-        auto& E = bert.embeddings.word_embeddings.weight;
-        const view<const value_type, shape<dynamic, dynamic>> dl(d_logits.data(), N,
-                                                                 d_logits.extent(2));  // (N, V)
+    /// Accumulates the head's gradients from d logits (B, T, V) (the decoder's into the tied
+    /// embedding table); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
+        auto& E = backbone.input_embeddings();
+        const view<const T, shape<dynamic, dynamic>, D> dl(d_logits.data(), N,
+                                                           d_logits.extent(2));  // (N, V)
         if (bias.trainable) ops::bias_backward(bias.grad, dl);
         if (E.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.grad, value_type(1),
-                                                       value_type(1));  // dE += dlᵀ t
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.grad, T(1), T(1));  // dE += dlᵀ t
         zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
-        ops::matmul(dl, E.value, d_t_, value_type(1), value_type(1));  // dt = dl E
+        ops::matmul(dl, E.value, d_t_, T(1), T(1));  // dt = dl E
         transform_norm.backward(ctx, d_t_.view(), d_a_.view());
         transform_act.backward(ctx, d_a_.view(), d_d_.view());
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
-        d_hidden_.fill(value_type(0));
-        transform_dense.backward(ctx, d_d_.view(), detail::flat(d_hidden_.view()));
-        bert.backward(ctx, d_hidden_.view());
+        d_hidden_.fill(T(0));
+        transform_dense.backward(ctx, d_d_.view(), {d_hidden_.data(), N, Cn});
+        return d_hidden_.view();
     }
 
-    /// Packs the weights for low-latency inference (see encoder::prepare_inference).
-    void prepare_inference() { bert.prepare_inference(), transform_dense.prepare_inference(); }
-    /// Sets every gradient to zero.
+    /// Packs the transform's weight for inference.
+    void prepare_inference() { transform_dense.prepare_inference(); }
+    /// Sets the head's gradients to zero.
     void zero_grad() noexcept {
-        bert.zero_grad(), transform_dense.zero_grad(), transform_norm.zero_grad();
+        transform_dense.zero_grad(), transform_norm.zero_grad();
         bias.zero_grad();
     }
-    /// Visits "bert.*" (no pooler), "cls.predictions.transform.{dense,LayerNorm}.*" and
-    /// "cls.predictions.bias"; the tied decoder is the word-embedding table, visited once.
+    /// Visits "cls.predictions.transform.{dense,LayerNorm}.*" and "cls.predictions.bias" under
+    /// prefix; the tied decoder is the backbone's table, visited once there.
     template <class Fn>
-    void visit_parameters(std::string_view prefix, Fn&& f) {
-        bert.visit_parameters(join_name(prefix, "bert"), f);
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
         const std::string p = join_name(prefix, "cls.predictions");
         transform_dense.visit_parameters(join_name(p, "transform.dense"), f);
         transform_norm.visit_parameters(join_name(p, "transform.LayerNorm"), f);
         f(bias.ref(p));
     }
 
-  private:
-    static void zeroed(buffer<value_type, shape<dynamic, C>>& b, std::size_t rows,
-                       std::size_t cols) {
-        b.resize(shape<dynamic, C>(rows, cols));
-        b.fill(value_type(0));
+    // --- the task: loss and evaluation --------------------------------------------------------
+
+    /// Options of the training loss (label smoothing, class weights).
+    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
+    /// count for nothing); d (B, T, V) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        const std::size_t n = b.B * b.T, L = y.extent(2);
+        const double l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
+        ce_.backward({d, n, L}, scale);
+        return l;
     }
-    std::size_t B_ = 0, T_ = 0;                                // the last forward's batch, length
-    view<const value_type, shape<dynamic, C>> t_;              // (N, C) transformed states
-    buffer<value_type, shape<dynamic, dynamic>> logits_;       // (N, V)
-    buffer<value_type, shape<dynamic, C>> d_t_, d_a_, d_d_;    // (N, C) gradients in the head
-    buffer<value_type, shape<dynamic, dynamic, C>> d_hidden_;  // (B, T, C)
+
+    /// Adds a batch's loss and right predictions over its masked tokens to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>&) {
+        const std::size_t n = b.B * b.T, L = y.extent(2);
+        loss::cross_entropy<T> ce;
+        const double l = double(ce.forward({y.data(), n, L}, {b.labels.data(), n}));
+        std::size_t counted = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (b.labels[i] == -100) continue;
+            const T* z = y.data() + i * L;
+            ++counted;
+            e.running.correct += double(int(std::max_element(z, z + L) - z) == b.labels[i]);
+        }
+        e.running.loss += l * double(counted), e.running.weight += double(counted);
+    }
+
+    /// Turns the running sums into the report: loss and accuracy per masked token; the metric
+    /// is −loss (perplexity: exp(loss)).
+    void finish(train::evaluation& e) const {
+        const auto& s = e.running;
+        e.loss = s.weight ? s.loss / s.weight : 0;
+        e.accuracy = s.weight ? s.correct / s.weight : 0;
+        e.metric = -e.loss;
+    }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "-loss"; }
+
+    /// The evaluation report: perplexity, loss and accuracy per masked token.
+    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
+        return ftune::detail::cat("perplexity ", std::exp(e.loss), " (loss ", e.loss,
+                                  " per masked token, accuracy ", e.accuracy, ")\n");
+    }
+
+  private:
+    static void zeroed(buffer<T, shape<dynamic, C>, D>& b, std::size_t rows, std::size_t cols) {
+        b.resize(shape<dynamic, C>(rows, cols));
+        b.fill(T(0));
+    }
+    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
+    view<const T, shape<dynamic, C>, D> t_;              // (N, C) transformed states
+    buffer<T, shape<dynamic, dynamic>, D> logits_;       // (N, V)
+    buffer<T, shape<dynamic, C>, D> d_t_, d_a_, d_d_;    // (N, C) gradients in the head
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    loss::cross_entropy<T> ce_;                          // the training loss
 };
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/masked_lm.hpp ----
+// ---- begin ftune/heads/question_answering.hpp ----
+// heads::question_answering: a start and an end logit per token (qa_outputs), as Transformers'
+// BertForQuestionAnswering; trained with the mean of the start and end cross-entropies, decoded
+// to answer spans over overlapping windows (models/qa_spans.hpp: qa::best_answers).
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Start and end logits (B, T, 2) of every token from hidden states (B, T, C): qa_outputs
+/// ("qa_outputs", (2, C)); [..., 0] is the start logit, [..., 1] the end logit. No pooler.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class question_answering {
+  public:
+    using value_type = T;                                              ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic, 2>, D>;  ///< logits (B, T, 2)
+    static constexpr std::string_view architecture_suffix =
+        "ForQuestionAnswering";                      ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;  ///< reads every position
+    static constexpr bool labels_per_token = false;  ///< labels {start, end} per window
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
+
+    layers::linear<T, C, 2, D> qa_outputs;  ///< "qa_outputs" (2, C)
+
+    /// A zero-initialized head for configuration c (num_labels is ignored: always 2).
+    template <class Config>
+    explicit question_answering(const Config& c) : qa_outputs(c.hidden_size, 2) {}
+
+    /// Start and end logits (B, T, 2) from the hidden states h (B, T, C).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const auto y = qa_outputs.forward(ctx, {h.data(), B_ * T_, h.extent(2)});  // (N, 2)
+        return {y.data(), B_, T_, 2};
+    }
+
+    /// Accumulates the head's gradients from d logits (B, T, 2); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(T(0));
+        qa_outputs.backward(ctx, {d_logits.data(), N, 2}, {d_hidden_.data(), N, Cn});
+        return d_hidden_.view();
+    }
+
+    /// Packs qa_outputs' weight for inference.
+    void prepare_inference() { qa_outputs.prepare_inference(); }
+    /// Sets the head's gradients to zero.
+    void zero_grad() noexcept { qa_outputs.zero_grad(); }
+    /// Visits "qa_outputs.*" under prefix.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        qa_outputs.visit_parameters(join_name(prefix, "qa_outputs"), f);
+    }
+
+    // --- the task: loss and evaluation (decoding: qa::best_answers) ---------------------------
+
+    /// Options of the training loss (label smoothing, class weights over positions).
+    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
+    /// 2) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        return span_loss(ce_, y, b, d, scale);
+    }
+
+    /// Adds a batch's loss per window and the windows with both ends right to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>&) {
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l = span_loss(ce, y, b, nullptr, T(0));
+        e.running.loss += l * double(b.B), e.running.weight += double(b.B);
+        for (std::size_t r = 0; r < b.B; ++r) {  // both ends right
+            std::size_t s = 0, en = 0;
+            for (std::size_t t = 1; t < b.T; ++t) {
+                if (y(r, t, 0) > y(r, s, 0)) s = t;
+                if (y(r, t, 1) > y(r, en, 1)) en = t;
+            }
+            e.running.correct +=
+                double(token_id(s) == b.labels[2 * r] && token_id(en) == b.labels[2 * r + 1]);
+        }
+    }
+
+    /// Turns the running sums into the report: loss per window, span accuracy; the metric is
+    /// −loss (SQuAD exact match and F1 come from train::evaluate_squad).
+    void finish(train::evaluation& e) const {
+        const auto& s = e.running;
+        e.loss = s.weight ? s.loss / s.weight : 0;
+        e.accuracy = s.weight ? s.correct / s.weight : 0;
+        e.metric = -e.loss;
+    }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "-loss"; }
+
+    /// The evaluation report of windows: the metric and the loss (SQuAD exact match and F1 over
+    /// questions: train::evaluate_squad).
+    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
+        return ftune::detail::cat(metric_name(), " ", e.metric, ", loss ", e.loss, "\n");
+    }
+
+  private:
+    // The mean of the start and end cross-entropies over every position (padding included, as
+    // BertForQuestionAnswering); with d, d (B, T, 2) += scale * its gradient.
+    double span_loss(loss::cross_entropy<T>& ce, output_view y, const train::batch& b, T* d,
+                     T scale) {
+        const std::size_t B = b.B, L = b.T;
+        z_.resize(2 * B * L), y_.resize(2 * B), dz_.assign(2 * B * L, T(0));
+        for (std::size_t r = 0; r < B; ++r) {
+            for (std::size_t t = 0; t < L; ++t)  // (2, B, T): start logits, then end logits
+                z_[r * L + t] = y(r, t, 0), z_[(B + r) * L + t] = y(r, t, 1);
+            y_[r] = b.labels[2 * r], y_[B + r] = b.labels[2 * r + 1];
+        }
+        double total = 0;
+        for (std::size_t k = 0; k < 2; ++k) {
+            total += double(ce.forward({z_.data() + k * B * L, B, L}, {y_.data() + k * B, B}));
+            if (d) ce.backward({dz_.data() + k * B * L, B, L}, T(0.5) * scale);
+        }
+        if (d)
+            for (std::size_t r = 0; r < B; ++r)
+                for (std::size_t t = 0; t < L; ++t)
+                    d[(r * L + t) * 2] += dz_[r * L + t],
+                        d[(r * L + t) * 2 + 1] += dz_[(B + r) * L + t];
+        return total / 2;
+    }
+
+    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    loss::cross_entropy<T> ce_;                          // the training loss
+    std::vector<T> z_, dz_;    // start and end logits (2, B, T) and their gradient
+    std::vector<token_id> y_;  // start and end labels (2, B)
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/question_answering.hpp ----
+// ---- begin ftune/heads/sequence_classification.hpp ----
+// heads::sequence_classification: one output row per sequence from its first token ([CLS]):
+// pooler -> dropout -> classifier, as Transformers' BertForSequenceClassification. The problem
+// type (single-label, multi-label, regression) picks the loss, the decoding and the report at run
+// time, as Transformers' config.problem_type does.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <string_view>
+#include <vector>
+
+// ---- begin ftune/train/metrics.hpp ----
+// Evaluation metrics and reports: accuracy, macro F1, confusion matrix and scikit-learn's
+// classification_report (single- and multi-label); entity-level scores over BIO / IOB2 tag
+// sequences with conlleval's (seqeval's default) chunking and seqeval's report; the token-level
+// report; Pearson / Spearman correlation (regression); SQuAD exact match and F1 (QA).
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <iterator>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include <utf8proc.h>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace metrics {
+
+/// Fraction of equal entries (0 for none).
+inline double accuracy(const std::vector<int>& gold, const std::vector<int>& pred) {
+    std::size_t ok = 0;
+    for (std::size_t i = 0; i < gold.size(); ++i) ok += gold[i] == pred[i];
+    return gold.empty() ? 0.0 : double(ok) / double(gold.size());
+}
+
+/// Unweighted mean of per-class F1 over the classes present in gold or pred (scikit-learn's
+/// f1_score(average="macro") with zero_division=0).
+inline double macro_f1(const std::vector<int>& gold, const std::vector<int>& pred,
+                       std::size_t num_classes) {
+    std::vector<double> tp(num_classes), fp(num_classes), fn(num_classes);
+    std::vector<bool> seen(num_classes);
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        const auto g = std::size_t(gold[i]), p = std::size_t(pred[i]);
+        seen[g] = seen[p] = true;
+        if (g == p)
+            tp[g] += 1;
+        else
+            fp[p] += 1, fn[g] += 1;
+    }
+    double sum = 0;
+    std::size_t n = 0;
+    for (std::size_t c = 0; c < num_classes; ++c) {
+        if (!seen[c]) continue;
+        const double d = 2 * tp[c] + fp[c] + fn[c];
+        sum += d > 0 ? 2 * tp[c] / d : 0.0;
+        ++n;
+    }
+    return n ? sum / double(n) : 0.0;
+}
+
+namespace detail {
+/// Text table of scikit-learn's / seqeval's reports: a right-aligned name column as wide as the
+/// longest name (at least "weighted avg"), then precision, recall, f1-score, support.
+struct report_writer {
+    std::size_t width = 12;  ///< name column width
+    int digits = 4;          ///< decimals of the scores
+    std::string out;         ///< the text so far
+
+    /// A writer for these row names.
+    report_writer(const std::vector<std::string>& names, int d) : digits(d) {
+        for (const auto& n : names) width = std::max(width, n.size());
+        out = name("") + " precision    recall  f1-score   support\n\n";
+    }
+    /// A name, right-aligned in the name column.
+    std::string name(const std::string& s) const {
+        return std::string(width > s.size() ? width - s.size() : 0, ' ') + s + " ";
+    }
+    /// A score cell.
+    std::string cell(double v) const {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " %9.*f", digits, v);
+        return buf;
+    }
+    /// A support cell.
+    static std::string count(double v) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " %9.0f", v);
+        return buf;
+    }
+    /// One row: name, precision, recall, f1-score, support.
+    void row(const std::string& n, double p, double r, double f, double support) {
+        out += name(n) + cell(p) + cell(r) + cell(f) + count(support) + "\n";
+    }
+    /// The accuracy row (only the f1-score column filled).
+    void accuracy(double acc, double support) {
+        out += name("accuracy") + std::string(20, ' ') + cell(acc) + count(support) + "\n";
+    }
+};
+
+/// Precision, recall and F1 from counts (0 where undefined: zero_division=0).
+inline std::tuple<double, double, double> prf(double tp, double predicted, double support) {
+    const double p = predicted > 0 ? tp / predicted : 0.0, r = support > 0 ? tp / support : 0.0;
+    return {p, r, p + r > 0 ? 2 * p * r / (p + r) : 0.0};
+}
+
+/// scikit-learn's precision, recall and F1 from counts: F1 = 2 tp / (support + predicted).
+inline std::tuple<double, double, double> sklearn_prf(double tp, double predicted, double support) {
+    const double p = predicted > 0 ? tp / predicted : 0.0, r = support > 0 ? tp / support : 0.0;
+    return {p, r, support + predicted > 0 ? 2 * tp / (support + predicted) : 0.0};
+}
+
+/// numpy's sum of doubles (pairwise summation, 8 accumulators, blocks of 128), so that means
+/// round as scikit-learn's do.
+inline double numpy_sum(const double* a, std::size_t n) {
+    if (n < 8) {
+        double r = 0.;
+        for (std::size_t i = 0; i < n; ++i) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (std::size_t j = 0; j < 8; ++j) r[j] = a[j];
+        std::size_t i = 8;
+        for (; i < n - n % 8; i += 8)
+            for (std::size_t j = 0; j < 8; ++j) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res += a[i];
+        return res;
+    }
+    std::size_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return numpy_sum(a, n2) + numpy_sum(a + n2, n - n2);
+}
+
+/// numpy's mean of xs (0 for none).
+inline double numpy_mean(const std::vector<double>& xs) {
+    return xs.empty() ? 0.0 : numpy_sum(xs.data(), xs.size()) / double(xs.size());
+}
+
+/// numpy.average(xs, weights=w): sum(xs * w) / sum(w) (0 when the weights sum to 0).
+inline double numpy_average(const std::vector<double>& xs, const std::vector<double>& w) {
+    std::vector<double> xw(xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) xw[i] = xs[i] * w[i];
+    const double W = numpy_sum(w.data(), w.size());
+    return W > 0 ? numpy_sum(xw.data(), xw.size()) / W : 0.0;
+}
+
+/// The per-class scores and the macro and weighted avg rows of scikit-learn's reports.
+inline void sklearn_rows(report_writer& w, const std::vector<std::string>& names,
+                         const std::vector<double>& tp, const std::vector<double>& predicted,
+                         const std::vector<double>& support, const std::function<void()>& between) {
+    const std::size_t n = names.size();
+    std::vector<double> P(n), R(n), F(n);
+    for (std::size_t c = 0; c < n; ++c) {
+        std::tie(P[c], R[c], F[c]) = sklearn_prf(tp[c], predicted[c], support[c]);
+        w.row(names[c], P[c], R[c], F[c], support[c]);
+    }
+    const double total = numpy_sum(support.data(), support.size());
+    w.out += "\n";
+    between();
+    w.row("macro avg", numpy_mean(P), numpy_mean(R), numpy_mean(F), total);
+    w.row("weighted avg", numpy_average(P, support), numpy_average(R, support),
+          numpy_average(F, support), total);
+}
+}  // namespace detail
+
+/// scikit-learn's confusion_matrix(gold, pred, labels=range(n)): row = true class, column =
+/// predicted class.
+inline std::vector<std::vector<std::size_t>> confusion_matrix(const std::vector<int>& gold,
+                                                              const std::vector<int>& pred,
+                                                              std::size_t n) {
+    std::vector<std::vector<std::size_t>> m(n, std::vector<std::size_t>(n));
+    for (std::size_t i = 0; i < gold.size(); ++i) ++m[std::size_t(gold[i])][std::size_t(pred[i])];
+    return m;
+}
+
+/// A confusion matrix as text: a header of predicted class numbers, then one row per true class
+/// (its number and name), counts right-aligned.
+inline std::string confusion_matrix_text(const std::vector<std::vector<std::size_t>>& m,
+                                         const std::vector<std::string>& names) {
+    const std::string corner = "true \\ predicted";
+    std::size_t label = corner.size(), cw = 3;
+    for (const auto& n : names) label = std::max(label, n.size() + 4);
+    for (const auto& r : m)
+        for (auto v : r) cw = std::max(cw, std::to_string(v).size());
+    auto pad = [](std::string& out, std::size_t n) { out.append(n, ' '); };
+    auto right = [&](std::string& out, const std::string& s, std::size_t w) {
+        pad(out, w > s.size() ? w - s.size() : 0);
+        out += s;
+    };
+    std::string out = corner;
+    pad(out, label - corner.size());
+    for (std::size_t j = 0; j < m.size(); ++j) {
+        out += ' ';
+        right(out, std::to_string(j), cw);
+    }
+    out += '\n';
+    for (std::size_t i = 0; i < m.size(); ++i) {
+        const std::size_t start = out.size();
+        right(out, std::to_string(i), 3);
+        out += ' ';
+        if (i < names.size()) out += names[i];
+        pad(out, label > out.size() - start ? label - (out.size() - start) : 0);
+        for (auto v : m[i]) {
+            out += ' ';
+            right(out, std::to_string(v), cw);
+        }
+        out += '\n';
+    }
+    return out;
+}
+
+/// scikit-learn's classification_report(gold, pred, labels=range(n), target_names=names,
+/// digits=digits, zero_division=0) as text: per-class precision, recall, f1-score and support,
+/// then accuracy, macro avg and weighted avg.
+inline std::string classification_report(const std::vector<int>& gold, const std::vector<int>& pred,
+                                         const std::vector<std::string>& names, int digits = 4) {
+    const std::size_t n = names.size();
+    std::vector<double> tp(n), predicted(n), support(n);
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        const auto g = std::size_t(gold[i]), p = std::size_t(pred[i]);
+        support[g] += 1, predicted[p] += 1, tp[g] += g == p;
+    }
+    detail::report_writer w(names, digits);
+    double total = 0, correct = 0;
+    for (std::size_t c = 0; c < n; ++c) total += support[c], correct += tp[c];
+    detail::sklearn_rows(w, names, tp, predicted, support,
+                         [&] { w.accuracy(total > 0 ? correct / total : 0.0, total); });
+    return w.out;
+}
+
+/// scikit-learn's classification_report for multi-label indicator rows (gold[i][c], pred[i][c]
+/// in {0, 1}; target_names=names, digits, zero_division=0): per label, then micro avg, macro avg,
+/// weighted avg and samples avg.
+inline std::string multilabel_report(const std::vector<std::vector<int>>& gold,
+                                     const std::vector<std::vector<int>>& pred,
+                                     const std::vector<std::string>& names, int digits = 4) {
+    const std::size_t n = names.size();
+    std::vector<double> tp(n), predicted(n), support(n);
+    std::vector<double> sp, sr, sf;  // per-sample precision, recall, F1
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        double both = 0, g = 0, p = 0;
+        for (std::size_t c = 0; c < n; ++c) {
+            const bool gc = gold[i][c] != 0, pc = pred[i][c] != 0;
+            support[c] += gc, predicted[c] += pc, tp[c] += gc && pc;
+            both += gc && pc, g += gc, p += pc;
+        }
+        const auto [pi, ri, fi] = detail::sklearn_prf(both, p, g);
+        sp.push_back(pi), sr.push_back(ri), sf.push_back(fi);
+    }
+    detail::report_writer w(names, digits);
+    double TP = 0, P = 0, S = 0;
+    for (std::size_t c = 0; c < n; ++c) TP += tp[c], P += predicted[c], S += support[c];
+    const auto [p, r, f] = detail::sklearn_prf(TP, P, S);
+    detail::sklearn_rows(w, names, tp, predicted, support, [&] { w.row("micro avg", p, r, f, S); });
+    w.row("samples avg", detail::numpy_mean(sp), detail::numpy_mean(sr), detail::numpy_mean(sf), S);
+    return w.out;
+}
+
+/// An entity: type and [begin, end) token positions.
+using entity = std::tuple<std::string, std::size_t, std::size_t>;
+
+/// The entities of one tag sequence (BIO / IOB2 / IOBES prefixes), chunked as conlleval and
+/// seqeval's default mode: an I- after O or after another type starts an entity.
+inline std::vector<entity> entities(const std::vector<std::string>& tags) {
+    std::vector<entity> out;
+    auto split = [](std::string_view t) -> std::pair<char, std::string> {
+        if (t == "O" || t.size() < 2) return {'O', ""};
+        if (t[1] == '-') return {t[0], std::string(t.substr(2))};
+        return {'I', std::string(t)};  // a bare type reads as I-type
+    };
+    char prev = 'O';
+    std::string prev_type;
+    std::size_t begin = 0;
+    for (std::size_t i = 0; i <= tags.size(); ++i) {
+        const auto [tag, type] =
+            i < tags.size() ? split(tags[i]) : std::pair<char, std::string>{'O', ""};
+        const bool end =
+            prev == 'E' || prev == 'S' ||
+            ((prev == 'B' || prev == 'I') && (tag == 'B' || tag == 'S' || tag == 'O')) ||
+            (prev != 'O' && prev_type != type);
+        if (end && prev != 'O') out.emplace_back(prev_type, begin, i);
+        const bool start =
+            tag == 'B' || tag == 'S' ||
+            ((prev == 'E' || prev == 'S' || prev == 'O') && (tag == 'E' || tag == 'I')) ||
+            (tag != 'O' && prev_type != type);
+        if (start) begin = i;
+        prev = tag, prev_type = type;
+    }
+    return out;
+}
+
+/// Entity-level precision, recall and F1 over many sentences (micro average: exact type and
+/// span matches), as seqeval's / conlleval's overall score.
+struct entity_scores {
+    double precision = 0, recall = 0, f1 = 0;          ///< micro averages
+    std::size_t gold = 0, predicted = 0, correct = 0;  ///< counts
+};
+
+/// entity_scores of predicted tag sequences against gold ones (the same lengths).
+inline entity_scores entity_f1(const std::vector<std::vector<std::string>>& gold,
+                               const std::vector<std::vector<std::string>>& pred) {
+    entity_scores s;
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        auto g = entities(gold[i]), p = entities(pred[i]);
+        std::sort(g.begin(), g.end()), std::sort(p.begin(), p.end());
+        s.gold += g.size(), s.predicted += p.size();
+        std::vector<entity> both;
+        std::set_intersection(g.begin(), g.end(), p.begin(), p.end(), std::back_inserter(both));
+        s.correct += both.size();
+    }
+    s.precision = s.predicted ? double(s.correct) / double(s.predicted) : 0.0;
+    s.recall = s.gold ? double(s.correct) / double(s.gold) : 0.0;
+    s.f1 = s.precision + s.recall > 0 ? 2 * s.precision * s.recall / (s.precision + s.recall) : 0.0;
+    return s;
+}
+
+/// seqeval's classification_report(gold, pred, digits=digits) as text: per entity type
+/// (sorted) precision, recall, f1-score and support (gold entities), then micro avg, macro avg
+/// and weighted avg.
+inline std::string entity_report(const std::vector<std::vector<std::string>>& gold,
+                                 const std::vector<std::vector<std::string>>& pred,
+                                 int digits = 4) {
+    struct counts {
+        double tp = 0, predicted = 0, support = 0;
+    };
+    std::vector<std::pair<std::string, counts>> types;  // sorted by name
+    auto at = [&](const std::string& t) -> counts& {
+        auto it = std::lower_bound(types.begin(), types.end(), t,
+                                   [](const auto& a, const std::string& b) { return a.first < b; });
+        if (it == types.end() || it->first != t) it = types.insert(it, {t, counts{}});
+        return it->second;
+    };
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        auto g = entities(gold[i]), p = entities(pred[i]);
+        std::sort(g.begin(), g.end()), std::sort(p.begin(), p.end());
+        for (const auto& e : g) at(std::get<0>(e)).support += 1;
+        for (const auto& e : p) at(std::get<0>(e)).predicted += 1;
+        std::vector<entity> both;
+        std::set_intersection(g.begin(), g.end(), p.begin(), p.end(), std::back_inserter(both));
+        for (const auto& e : both) at(std::get<0>(e)).tp += 1;
+    }
+    std::vector<std::string> names;
+    for (const auto& [t, c] : types) names.push_back(t);
+    detail::report_writer w(names, digits);
+    double tp = 0, predicted = 0, support = 0;
+    std::vector<double> P, R, F, S;  // per type, averaged as numpy does (seqeval)
+    for (const auto& [t, c] : types) {
+        const auto [p, r, f] = detail::prf(c.tp, c.predicted, c.support);
+        w.row(t, p, r, f, c.support);
+        tp += c.tp, predicted += c.predicted, support += c.support;
+        P.push_back(p), R.push_back(r), F.push_back(f), S.push_back(c.support);
+    }
+    const auto [p, r, f] = detail::prf(tp, predicted, support);
+    w.out += "\n";
+    w.row("micro avg", p, r, f, support);
+    w.row("macro avg", detail::numpy_mean(P), detail::numpy_mean(R), detail::numpy_mean(F),
+          support);
+    w.row("weighted avg", detail::numpy_average(P, S), detail::numpy_average(R, S),
+          detail::numpy_average(F, S), support);
+    return w.out;
+}
+
+/// The token-level report of tag sequences: scikit-learn's classification_report(flat gold,
+/// flat pred, digits, zero_division=0) over every word, with the tags (sorted) as classes.
+inline std::string token_report(const std::vector<std::vector<std::string>>& gold,
+                                const std::vector<std::vector<std::string>>& pred, int digits = 4) {
+    std::vector<std::string> names;
+    for (const auto* side : {&gold, &pred})
+        for (const auto& s : *side) names.insert(names.end(), s.begin(), s.end());
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    auto index = [&](const std::string& t) {
+        return int(std::lower_bound(names.begin(), names.end(), t) - names.begin());
+    };
+    std::vector<int> g, p;
+    if (gold.size() != pred.size())
+        throw error(
+            errc::shape_mismatch, "token_report",
+            ftune::detail::cat(gold.size(), " gold sentences, ", pred.size(), " predicted"));
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        if (gold[i].size() != pred[i].size())
+            throw error(
+                errc::shape_mismatch, ftune::detail::cat("token_report: sentence ", i),
+                ftune::detail::cat(gold[i].size(), " gold tags, ", pred[i].size(), " predicted"));
+    }
+    for (std::size_t i = 0; i < gold.size(); ++i)
+        for (std::size_t j = 0; j < gold[i].size(); ++j)
+            g.push_back(index(gold[i][j])), p.push_back(index(pred[i][j]));
+    return classification_report(g, p, names, digits);
+}
+
+/// Pearson's correlation coefficient of two equally long series (scipy.stats.pearsonr's r;
+/// 0 when either is constant).
+inline double pearson(const std::vector<double>& x, const std::vector<double>& y) {
+    if (x.size() != y.size())
+        throw error(errc::shape_mismatch, "pearson",
+                    ftune::detail::cat(x.size(), " values against ", y.size()));
+    const double n = double(x.size());
+    if (x.size() < 2) return 0.0;
+    double mx = 0, my = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
+    mx /= n, my /= n;
+    double sxy = 0, sxx = 0, syy = 0;
+    for (std::size_t i = 0; i < x.size(); ++i)
+        sxy += (x[i] - mx) * (y[i] - my), sxx += (x[i] - mx) * (x[i] - mx),
+            syy += (y[i] - my) * (y[i] - my);
+    return sxx > 0 && syy > 0 ? sxy / std::sqrt(sxx * syy) : 0.0;
+}
+
+/// Ranks from 1, ties sharing their average rank (scipy.stats.rankdata's "average").
+inline std::vector<double> ranks(const std::vector<double>& x) {
+    std::vector<std::size_t> order(x.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return x[a] < x[b]; });
+    std::vector<double> r(x.size());
+    for (std::size_t i = 0; i < order.size();) {
+        std::size_t j = i;
+        while (j + 1 < order.size() && x[order[j + 1]] == x[order[i]]) ++j;
+        for (std::size_t k = i; k <= j; ++k) r[order[k]] = double(i + j) / 2.0 + 1.0;
+        i = j + 1;
+    }
+    return r;
+}
+
+/// Spearman's rank correlation (scipy.stats.spearmanr's rho: Pearson's r of the average ranks).
+inline double spearman(const std::vector<double>& x, const std::vector<double>& y) {
+    return pearson(ranks(x), ranks(y));
+}
+
+/// SQuAD's answer normalization, returned as its tokens: lower case (Unicode, by utf8proc),
+/// ASCII punctuation removed (string.punctuation), the articles a / an / the dropped, split at
+/// whitespace. Non-ASCII characters count as word characters.
+inline std::vector<std::string> squad_tokens(std::string_view s) {
+    std::vector<std::string> out;
+    std::string cur;
+    auto flush = [&] {
+        if (!cur.empty() && cur != "a" && cur != "an" && cur != "the") out.push_back(cur);
+        cur.clear();
+    };
+    for (std::size_t i = 0; i < s.size();) {
+        utf8proc_int32_t cp = 0;
+        const auto n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                        utf8proc_ssize_t(s.size() - i), &cp);
+        if (n <= 0) {  // invalid UTF-8: the byte as it is
+            cur += s[i++];
+            continue;
+        }
+        i += std::size_t(n);
+        if (cp < 128 && std::ispunct(cp)) continue;  // removed, joining its neighbours
+        if (cp == ' ' || (cp >= '\t' && cp <= '\r')) {
+            flush();
+            continue;
+        }
+        utf8proc_uint8_t buf[4];
+        const auto m = utf8proc_encode_char(utf8proc_tolower(cp), buf);
+        cur.append(reinterpret_cast<const char*>(buf), std::size_t(m));
+    }
+    flush();
+    return out;
+}
+
+/// SQuAD exact match of a prediction against its gold answers: 1 when the normalized
+/// prediction equals a normalized gold answer, else 0.
+inline double squad_exact_match(std::string_view prediction,
+                                const std::vector<std::string>& golds) {
+    const auto p = squad_tokens(prediction);
+    for (const auto& g : golds)
+        if (squad_tokens(g) == p) return 1.0;
+    return 0.0;
+}
+
+/// SQuAD F1 of a prediction: the best over gold answers of the F1 of shared normalized tokens
+/// (an empty answer scores 1 against an empty gold answer, else 0, as SQuAD v2).
+inline double squad_f1(std::string_view prediction, const std::vector<std::string>& golds) {
+    const auto p = squad_tokens(prediction);
+    double best = 0;
+    for (const auto& gs : golds) {
+        const auto g = squad_tokens(gs);
+        if (p.empty() || g.empty()) {
+            best = std::max(best, p.empty() && g.empty() ? 1.0 : 0.0);
+            continue;
+        }
+        auto a = p, b = g;
+        std::sort(a.begin(), a.end()), std::sort(b.begin(), b.end());
+        std::vector<std::string> both;
+        std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
+        if (both.empty()) continue;
+        const double pr = double(both.size()) / double(p.size()),
+                     rc = double(both.size()) / double(g.size());
+        best = std::max(best, 2 * pr * rc / (pr + rc));
+    }
+    return best;
+}
+
+}  // namespace metrics
+FTUNE_NAMESPACE_END
+// ---- end ftune/train/metrics.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// What a sequence classifier predicts for one sequence.
+struct class_prediction {
+    std::size_t label = 0;       ///< the most likely class (the largest logit; regression: 0)
+    double score = 0;            ///< its probability (or sigmoid); regression: the first value
+    std::vector<double> scores;  ///< per label: softmax (single-label), sigmoid (multi-label) or
+                                 ///< the value (regression)
+    std::vector<std::size_t> chosen;  ///< multi-label: the labels whose sigmoid is over 0.5
+};
+
+/// Logits (B, L) of each sequence from hidden states (B, T, C): pooler (tanh dense over
+/// position 0, "<backbone>.pooler"), dropout, classifier ("classifier", (L, C)). With L = 1 and no
+/// problem type it is a regression head.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class sequence_classification {
+  public:
+    using value_type = T;                                              ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic>, D>;     ///< logits (B, L)
+    using prediction_type = class_prediction;  ///< what decode() gives for one sequence
+    static constexpr std::string_view architecture_suffix =
+        "ForSequenceClassification";                 ///< after the family's name in config.json
+    static constexpr bool first_token_only = true;   ///< reads position 0 of the last layer only
+    static constexpr bool labels_per_token = false;  ///< one label (or target row) per sequence
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
+
+    layers::pooler<T, C, D> pooler;               ///< "<backbone>.pooler"
+    layers::dropout<T, C, D> dropout;             ///< classifier dropout
+    layers::linear<T, C, dynamic, D> classifier;  ///< "classifier" (L, C)
+    heads::problem problem;  ///< the outputs' meaning and loss (config.json problem_type)
+
+    /// A zero-initialized head for configuration c (hidden_size, num_labels, problem_type, the
+    /// classifier dropout).
+    template <class Config>
+    explicit sequence_classification(const Config& c)
+        : pooler(c.hidden_size),
+          dropout(T(classifier_dropout(c))),
+          classifier(c.hidden_size, c.num_labels),
+          problem(problem_from_hf(c.problem_type, c.num_labels)) {}
+
+    /// Number of labels L.
+    std::size_t num_labels() const noexcept { return classifier.out_features(); }
+
+    /// Logits (B, L) from the hidden states h (B, T, C); only position 0 is read.
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h) {
+        T_ = h.extent(1);
+        const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
+        return {y.data(), y.extent(0), y.extent(1)};
+    }
+
+    /// Accumulates the head's gradients from d logits (B, L); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t B = d_logits.extent(0), Cn = backbone.hidden_size();
+        d_drop_.resize(shape<dynamic, C>(B, Cn));
+        d_pooled_.resize(shape<dynamic, C>(B, Cn));
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B, T_, Cn));
+        d_drop_.fill(T(0)), d_pooled_.fill(T(0)), d_hidden_.fill(T(0));
+        classifier.backward(ctx, {d_logits.data(), B, d_logits.extent(1)}, d_drop_.view());
+        dropout.backward(ctx, d_drop_.view(), d_pooled_.view());
+        pooler.backward(ctx, d_pooled_.view(), d_hidden_.view());
+        return d_hidden_.view();
+    }
+
+    /// Packs the dense weights for inference.
+    void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
+    /// Sets the head's gradients to zero.
+    void zero_grad() noexcept { pooler.zero_grad(), classifier.zero_grad(); }
+    /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view backbone, Fn&& f) {
+        pooler.visit_parameters(join_name(join_name(prefix, backbone), "pooler"), f);
+        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    }
+
+    // --- the task: loss, evaluation, decoding -------------------------------------------------
+
+    /// Options of the single-label training loss (label smoothing, class weights).
+    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The training loss of a batch's logits y (B, L); d (B, L) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        const std::size_t B = b.B, L = y.extent(1);
+        if (problem == problem::single_label_classification) {
+            const double l = double(ce_.forward({y.data(), B, L}, {b.labels.data(), B}));
+            ce_.backward({d, B, L}, scale);
+            return l;
+        }
+        targets_.assign(b.targets.begin(), b.targets.end());
+        if (problem == problem::multi_label_classification) {
+            const double l = double(bce_.forward({y.data(), B, L}, {targets_.data(), B, L}));
+            bce_.backward({d, B, L}, scale);
+            return l;
+        }
+        const double l = double(mse_.forward({y.data(), B, L}, {targets_.data(), B, L}));
+        mse_.backward({d, B, L}, scale);
+        return l;
+    }
+
+    /// Adds a batch's evaluation loss (no smoothing or weights) and predictions to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>&) {
+        const std::size_t B = b.B, L = y.extent(1);
+        auto& s = e.running;
+        if (problem == problem::single_label_classification) {
+            loss::cross_entropy<T> ce;
+            s.loss += double(ce.forward({y.data(), B, L}, {b.labels.data(), B})) * double(B);
+            s.weight += double(B);
+            for (std::size_t r = 0; r < B; ++r) {
+                const T* z = y.data() + r * L;
+                e.gold.push_back(b.labels[r]);
+                e.predicted.push_back(int(std::max_element(z, z + L) - z));
+            }
+        } else if (problem == problem::multi_label_classification) {
+            loss::bce_with_logits<T> bce;
+            std::vector<T> tg(b.targets.begin(), b.targets.end());
+            s.loss += double(bce.forward({y.data(), B, L}, {tg.data(), B, L})) * double(B);
+            s.weight += double(B);
+            for (std::size_t r = 0; r < B; ++r) {
+                bool all = true;
+                auto& g = e.gold_sets.emplace_back(L);
+                auto& p = e.predicted_sets.emplace_back(L);
+                for (std::size_t j = 0; j < L; ++j) {
+                    g[j] = b.targets[r * L + j] > 0.5f, p[j] = y.data()[r * L + j] > 0;
+                    all &= g[j] == p[j];
+                }
+                s.correct += all;
+            }
+        } else {
+            for (std::size_t r = 0; r < B; ++r) {
+                const double dv = double(y.data()[r]) - double(b.targets[r]);
+                s.squared += dv * dv;
+                e.outputs.push_back(double(y.data()[r]));
+                e.targets.push_back(double(b.targets[r]));
+            }
+            s.weight += double(B);
+        }
+    }
+
+    /// Turns the running sums into the report: accuracy and macro F1 (single-label), subset
+    /// accuracy (multi-label), MSE as the loss (regression).
+    void finish(train::evaluation& e) const {
+        const auto& s = e.running;
+        if (problem == problem::single_label_classification) {
+            e.loss = s.loss / s.weight;
+            e.accuracy = metrics::accuracy(e.gold, e.predicted);
+            e.f1 = metrics::macro_f1(e.gold, e.predicted, num_labels());
+            e.metric = e.accuracy;
+        } else if (problem == problem::multi_label_classification) {
+            e.loss = s.loss / s.weight;
+            e.accuracy = s.correct / s.weight;
+            e.metric = e.accuracy;
+        } else {
+            e.loss = s.squared / s.weight;
+            e.metric = -e.loss;
+        }
+    }
+
+    /// The name of the selection metric.
+    std::string metric_name() const {
+        return problem == problem::single_label_classification  ? "accuracy"
+               : problem == problem::multi_label_classification ? "subset accuracy"
+                                                                : "-mse";
+    }
+
+    /// The evaluation report: scikit-learn's classification_report and the confusion matrix
+    /// (single-label; the matrix while it fits a screen, 20 labels), per-label scores and subset
+    /// accuracy (multi-label), MSE with Pearson and Spearman correlations (regression).
+    std::string report(const train::evaluation& e, const std::vector<std::string>& names) const {
+        if (problem == problem::single_label_classification) {
+            auto text = metrics::classification_report(e.gold, e.predicted, names);
+            if (names.size() <= 20)
+                text +=
+                    "\n" + metrics::confusion_matrix_text(
+                               metrics::confusion_matrix(e.gold, e.predicted, names.size()), names);
+            return text;
+        }
+        if (problem == problem::multi_label_classification)
+            return metrics::multilabel_report(e.gold_sets, e.predicted_sets, names) +
+                   ftune::detail::cat("\nsubset accuracy ", e.accuracy, ", loss ", e.loss, "\n");
+        return ftune::detail::cat("mse ", e.loss, "\npearson ",
+                                  metrics::pearson(e.outputs, e.targets), "\nspearman ",
+                                  metrics::spearman(e.outputs, e.targets), "\n");
+    }
+
+    /// The prediction for one row of L logits: softmax and argmax (single-label), sigmoids and
+    /// the labels over 0.5 (multi-label), the values (regression). Computed in double.
+    prediction_type decode(const T* logits) const {
+        const std::size_t L = num_labels();
+        class_prediction p;
+        p.scores.resize(L);
+        if (problem == problem::regression) {
+            for (std::size_t j = 0; j < L; ++j) p.scores[j] = double(logits[j]);
+            p.score = L ? p.scores[0] : 0;
+            return p;
+        }
+        if (problem == problem::multi_label_classification) {
+            for (std::size_t j = 0; j < L; ++j) {
+                p.scores[j] = 1 / (1 + std::exp(-double(logits[j])));
+                if (p.scores[j] > 0.5) p.chosen.push_back(j);
+                if (p.scores[j] > p.scores[p.label]) p.label = j;
+            }
+            p.score = L ? p.scores[p.label] : 0;
+            return p;
+        }
+        const double m = double(*std::max_element(logits, logits + L));
+        double sum = 0;
+        for (std::size_t j = 0; j < L; ++j) sum += p.scores[j] = std::exp(double(logits[j]) - m);
+        for (auto& v : p.scores) v /= sum;
+        p.label =
+            std::size_t(std::max_element(p.scores.begin(), p.scores.end()) - p.scores.begin());
+        p.score = p.scores[p.label];
+        return p;
+    }
+
+  private:
+    std::size_t T_ = 0;                                  // the last forward's length
+    buffer<T, shape<dynamic, C>, D> d_drop_, d_pooled_;  // (B, C)
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    loss::cross_entropy<T> ce_;                          // single-label training loss
+    loss::bce_with_logits<T> bce_;                       // multi-label training loss
+    loss::mse<T> mse_;                                   // regression training loss
+    std::vector<T> targets_;                             // float targets as T
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/sequence_classification.hpp ----
+// ---- begin ftune/heads/token_classification.hpp ----
+// heads::token_classification: one row of label logits per token (dropout -> classifier), as
+// Transformers' BertForTokenClassification; trained on the first piece of each word, evaluated
+// with seqeval's entity F1, decoded to one tag per input word.
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// The tag predicted for one word.
+struct word_prediction {
+    std::size_t label = 0;  ///< the tag of the word's first piece (softmax argmax)
+    double score = -1;      ///< its probability; < 0: no piece of the word was seen (truncated)
+};
+
+/// Logits (B, T, L) of every token from hidden states (B, T, C): dropout, classifier
+/// ("classifier", (L, C)). No pooler (a base checkpoint's pooler weights are unexpected, as in
+/// Transformers).
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class token_classification {
+  public:
+    using value_type = T;                                                    ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, L)
+    static constexpr std::string_view architecture_suffix =
+        "ForTokenClassification";                    ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;  ///< reads every position
+    static constexpr bool labels_per_token = true;   ///< a label (or -100) per position
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
+
+    layers::dropout<T, C, D> dropout;             ///< classifier dropout
+    layers::linear<T, C, dynamic, D> classifier;  ///< "classifier" (L, C)
+
+    /// A zero-initialized head for configuration c (hidden_size, num_labels, the classifier
+    /// dropout).
+    template <class Config>
+    explicit token_classification(const Config& c)
+        : dropout(T(classifier_dropout(c))), classifier(c.hidden_size, c.num_labels) {}
+
+    /// Number of labels L.
+    std::size_t num_labels() const noexcept { return classifier.out_features(); }
+
+    /// Logits (B, T, L) from the hidden states h (B, T, C).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const view<const T, shape<dynamic, C>, D> rows(h.data(), B_ * T_, h.extent(2));
+        const auto y = classifier.forward(ctx, dropout.forward(ctx, rows));  // (N, L)
+        return {y.data(), B_, T_, y.extent(1)};
+    }
+
+    /// Accumulates the head's gradients from d logits (B, T, L); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
+        d_drop_.resize(shape<dynamic, C>(N, Cn));
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_drop_.fill(T(0)), d_hidden_.fill(T(0));
+        classifier.backward(ctx, {d_logits.data(), N, d_logits.extent(2)}, d_drop_.view());
+        dropout.backward(ctx, d_drop_.view(), {d_hidden_.data(), N, Cn});
+        return d_hidden_.view();
+    }
+
+    /// Packs the classifier's weight for inference.
+    void prepare_inference() { classifier.prepare_inference(); }
+    /// Sets the head's gradients to zero.
+    void zero_grad() noexcept { classifier.zero_grad(); }
+    /// Visits "classifier.*" under prefix.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    }
+
+    // --- the task: loss, evaluation, decoding -------------------------------------------------
+
+    /// Options of the training loss (label smoothing, class weights).
+    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The training loss of a batch's logits y (B, T, L) over the labelled positions (labels
+    /// -100 count for nothing); d (B, T, L) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        const std::size_t n = b.B * b.T, L = y.extent(2);
+        const double l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
+        ce_.backward({d, n, L}, scale);
+        return l;
+    }
+
+    /// Adds a batch's loss per labelled token and its tags (names: the label names) to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>& names) {
+        const std::size_t n = b.B * b.T, L = y.extent(2);
+        loss::cross_entropy<T> ce;
+        const double l = double(ce.forward({y.data(), n, L}, {b.labels.data(), n}));
+        std::size_t counted = 0;
+        for (auto v : b.labels) counted += v != -100;
+        e.running.loss += l * double(counted), e.running.weight += double(counted);
+        for (std::size_t r = 0; r < b.B; ++r) {
+            std::vector<std::string> g, p;
+            for (std::size_t t = 0; t < b.T; ++t) {
+                const token_id gold = b.labels[r * b.T + t];
+                if (gold == -100) continue;
+                const T* z = y.data() + (r * b.T + t) * L;
+                const int best = int(std::max_element(z, z + L) - z);
+                e.gold.push_back(gold), e.predicted.push_back(best);
+                g.push_back(label_name(names, std::size_t(gold)));
+                p.push_back(label_name(names, std::size_t(best)));
+            }
+            e.gold_tags.push_back(std::move(g)), e.predicted_tags.push_back(std::move(p));
+        }
+    }
+
+    /// Turns the running sums into the report: token accuracy and entity F1 (the metric).
+    void finish(train::evaluation& e) const {
+        e.loss = e.running.weight ? e.running.loss / e.running.weight : 0;
+        e.accuracy = metrics::accuracy(e.gold, e.predicted);
+        e.f1 = metrics::entity_f1(e.gold_tags, e.predicted_tags).f1;
+        e.metric = e.f1;
+    }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "entity f1"; }
+
+    /// The evaluation report: seqeval's, per entity type then micro, macro and weighted averages.
+    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
+        return metrics::entity_report(e.gold_tags, e.predicted_tags);
+    }
+
+    /// One tag per word (as training labels them): the softmax argmax of each word's first
+    /// piece, from the logits (T, L) of one sequence whose first n positions are tokens (tokens:
+    /// their word indices, -1 for [CLS], [SEP] and padding). Words none of whose pieces were
+    /// seen keep score < 0.
+    std::vector<word_prediction> decode_words(const T* logits,
+                                              std::span<const text::token_info> tokens,
+                                              std::size_t n, std::size_t words) const {
+        const std::size_t L = num_labels();
+        std::vector<word_prediction> w(words);
+        std::vector<double> p(L);
+        for (std::size_t t = 0; t < n && t < tokens.size(); ++t) {
+            const auto& ti = tokens[t];
+            if (ti.word < 0 || std::size_t(ti.word) >= words || w[std::size_t(ti.word)].score >= 0)
+                continue;
+            const T* z = logits + t * L;
+            const double m = double(*std::max_element(z, z + L));
+            double sum = 0;
+            for (std::size_t j = 0; j < L; ++j) sum += p[j] = std::exp(double(z[j]) - m);
+            for (auto& v : p) v /= sum;
+            const auto best = std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
+            w[std::size_t(ti.word)] = {best, p[best]};
+        }
+        return w;
+    }
+
+  private:
+    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
+    buffer<T, shape<dynamic, C>, D> d_drop_;             // (N, C)
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    loss::cross_entropy<T> ce_;                          // the training loss
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/token_classification.hpp ----
+// ---- begin ftune/models/task_model.hpp ----
+// task_model<Backbone, Head>: a backbone (a model family's encoder or decoder) with a task head
+// on top, as Transformers' <Family>For<Task> classes: the architecture name, the parameter names
+// and the forward/backward come from the two parts. The head also owns its task: the loss, the
+// evaluation report, the decoding of predictions (heads/*.hpp).
+
+#include <array>
+#include <string>
+#include <string_view>
+#include <utility>
+
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace detail {
+/// A + B as one constexpr string (architecture names: "Bert" + "ForSequenceClassification").
+template <const std::string_view& A, const std::string_view& B>
+struct joined_name {
+    static constexpr auto chars = [] {
+        std::array<char, A.size() + B.size()> s{};
+        for (std::size_t i = 0; i < A.size(); ++i) s[i] = A[i];
+        for (std::size_t i = 0; i < B.size(); ++i) s[A.size() + i] = B[i];
+        return s;
+    }();
+    static constexpr std::string_view value{chars.data(), chars.size()};  ///< A + B
+};
+}  // namespace detail
+
+/// A backbone with a head. The backbone supplies ids -> hidden states (B, T, C), its family's
+/// names (architecture_prefix "Bert", base_model_prefix "bert") and config type; the head
+/// supplies the outputs, its parameters' names and its task (heads::sequence_classification,
+/// token_classification, question_answering, masked_lm, base_model).
+template <class Backbone, class Head>
+class task_model {
+  public:
+    using value_type = typename Backbone::value_type;    ///< scalar type
+    using backbone_type = Backbone;                      ///< the family's encoder
+    using head_type = Head;                              ///< the task head
+    using config_type = typename Backbone::config_type;  ///< what both are built from
+    using ids_view = typename Backbone::ids_view;        ///< (B, T) token ids
+    using output_view = typename Head::output_view;      ///< the head's outputs
+    /// The architecture name in config.json ("BertForSequenceClassification").
+    static constexpr std::string_view architecture =
+        detail::joined_name<Backbone::architecture_prefix, Head::architecture_suffix>::value;
+
+    Backbone backbone;  ///< under "<base_model_prefix>." (unprefixed for a base model)
+    Head head;          ///< the task's layers and semantics
+
+    /// A zero-initialized model of configuration c.
+    explicit task_model(const config_type& c) : backbone(c), head(c) {}
+
+    /// The head's outputs for ids; attention_mask (B, T) holds 1 for tokens and 0 for padding
+    /// (empty: all tokens), token_types may be empty. A head that reads position 0 only, on a
+    /// model prepared for inference in eval mode, gets the last layer computed for that
+    /// position alone (the same outputs, bit for bit).
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        if constexpr (Head::first_token_only)
+            if (!ctx.training() && backbone.inference_prepared())
+                return head.forward(
+                    ctx, backbone,
+                    backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));
+        return head.forward(ctx, backbone, backbone.forward(ctx, ids, attention_mask, token_types));
+    }
+
+    /// Accumulates every trainable parameter's gradient from d outputs (and whatever else the
+    /// head's backward takes: the base model's d pooled). Throws, before touching a gradient,
+    /// after a prepared forward (which keeps nothing for backward).
+    template <class... Extra>
+    void backward(context& ctx, output_view d_out, Extra&&... extra) {
+        if (backbone.kept_nothing_for_backward())
+            throw no_backward_after_inference(std::string(architecture));
+        backbone.backward(ctx, head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...));
+    }
+
+    /// Number of labels of the head.
+    std::size_t num_labels() const requires(requires(const Head& h) { h.num_labels(); }) {
+        return head.num_labels();
+    }
+
+    /// Packs the weights for low-latency inference (see the backbone's prepare_inference).
+    void prepare_inference() {
+        backbone.prepare_inference();
+        head.prepare_inference();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        backbone.zero_grad();
+        head.zero_grad();
+    }
+    /// Visits every parameter under Transformers' names, prefixed by `prefix`: the backbone's
+    /// under base_model_prefix ("bert.embeddings...") unless the head is the base model, then
+    /// the head's ("classifier.weight", "bert.pooler.dense.weight").
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        const std::string_view base = prefixed() ? Backbone::base_model_prefix : "";
+        backbone.visit_parameters(base.empty() ? std::string(prefix) : join_name(prefix, base), f);
+        head.visit_parameters(prefix, base, f);
+    }
+
+  private:
+    // whether the backbone's parameters are named under base_model_prefix (not for a base model)
+    static constexpr bool prefixed() {
+        if constexpr (requires { Head::prefixes_backbone; })
+            return Head::prefixes_backbone;
+        else
+            return true;
+    }
+};
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/models/task_model.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace bert {
+
+/// Encoder with the head template H instantiated for its scalar type, width and device.
+template <template <class, std::size_t, class> class H, class Encoder>
+using with_head = task_model<Encoder, H<typename Encoder::value_type, Encoder::hidden_extent,
+                                        typename Encoder::device_type>>;
+
+/// BertModel: forward gives the hidden states (B, T, C); head.pooled() the pooled output (B, C)
+/// of the last forward. Parameter names have no prefix ("embeddings.word_embeddings.weight", ...,
+/// "pooler.dense.weight").
+template <class Encoder = encoder<float>>
+using model = with_head<heads::base_model, Encoder>;
+
+/// BertForSequenceClassification: logits (B, num_labels) = classifier(dropout(pooler(h))). The
+/// config's problem_type (head.problem) says whether they are classes, independent labels or
+/// regression values.
+template <class Encoder = encoder<float>>
+using sequence_classifier = with_head<heads::sequence_classification, Encoder>;
+
+/// BertForTokenClassification: logits (B, T, num_labels) = classifier(dropout(h)) per token.
+template <class Encoder = encoder<float>>
+using token_classifier = with_head<heads::token_classification, Encoder>;
+
+/// BertForQuestionAnswering: logits (B, T, 2), the start and end logit of every token.
+template <class Encoder = encoder<float>>
+using question_answering = with_head<heads::question_answering, Encoder>;
+
+/// BertForMaskedLM: logits (B, T, V) through a transform and the decoder tied to the word
+/// embeddings.
+template <class Encoder = encoder<float>>
+using masked_lm = with_head<heads::masked_lm, Encoder>;
 
 }  // namespace bert
 FTUNE_NAMESPACE_END

@@ -15,10 +15,10 @@ namespace {
 
 // load_hf -> fit -> evaluate -> save_hf -> prepare_inference -> an eval-mode forward.
 template <class Model>
-void headline_path(const std::filesystem::path& dir, ftune::train::task task,
+void headline_path(const std::filesystem::path& dir,
                    const std::vector<ftune::train::example>& data) {
     auto m = ftune::io::load_hf<Model>(dir, {.labels = {"a", "b"}});
-    ftune::train::trainer<Model> t(m.model, {.task = task, .epochs = 1});
+    ftune::train::trainer<Model> t(m.model, {.epochs = 1});
     t.fit(data, data);
     t.evaluate(data);
     ftune::io::save_hf(m, dir / "out");
@@ -34,11 +34,10 @@ void headline_path(const std::filesystem::path& dir, ftune::train::task task,
 void ftune_consumer_warnings(const std::filesystem::path& dir) {
     using encoder = ftune::bert::encoder<float>;
     const std::vector<ftune::train::example> data;
-    headline_path<ftune::bert::sequence_classifier<encoder>>(dir, ftune::train::task::classify,
-                                                             data);
-    headline_path<ftune::bert::token_classifier<encoder>>(dir, ftune::train::task::ner, data);
-    headline_path<ftune::bert::question_answering<encoder>>(dir, ftune::train::task::qa, data);
-    headline_path<ftune::bert::masked_lm<encoder>>(dir, ftune::train::task::mlm, data);
+    headline_path<ftune::bert::sequence_classifier<encoder>>(dir, data);
+    headline_path<ftune::bert::token_classifier<encoder>>(dir, data);
+    headline_path<ftune::bert::question_answering<encoder>>(dir, data);
+    headline_path<ftune::bert::masked_lm<encoder>>(dir, data);
     ftune::serve::text_classifier<> served(
         ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir));
     served.predict("text");

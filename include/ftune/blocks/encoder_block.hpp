@@ -26,33 +26,62 @@ struct block_sizes {
     ops::activation act = ops::activation::gelu;  ///< FFN activation (BERT hidden_act)
 };
 
+/// The layer types an encoder block is built from, BERT's by default, all on device D:
+/// projection<In, Out> for q, k, v, the attention output and the feed-forward (a LoRA linear goes
+/// here), norm<C> for the two norms, activation<F> for the FFN (Act: layers::hidden_activation,
+/// chosen by block_sizes::act, or a fixed one such as layers::gelu), attention<C> the
+/// self-attention over those projections. Another family writes its own parts struct.
+template <scalar T, device_tag D = device::cpu,
+          template <class, std::size_t, class> class Act = layers::hidden_activation>
+struct bert_parts {
+    using value_type = T;   ///< scalar type
+    using device_type = D;  ///< where the block's tensors live and which backend runs it
+    /// q, k, v, attention output and feed-forward projections: (N, In) -> (N, Out)
+    template <std::size_t In, std::size_t Out>
+    using projection = layers::linear<T, In, Out, D>;
+    /// the norm after (post_norm) or before (pre_norm) each sublayer: (N, C) -> (N, C)
+    template <std::size_t C>
+    using norm = layers::layer_norm<T, C, D>;
+    /// the FFN activation: (N, F) -> (N, F)
+    template <std::size_t F>
+    using activation = Act<T, F, D>;
+    /// multi-head self-attention with projection<C, C> for q, k and v: (B, T, C) -> (B, T, C)
+    template <std::size_t C>
+    using attention = layers::self_attention<T, C, D, projection<C, C>>;
+};
+
 /// Self-attention + feed-forward with residuals: (B, T, C) -> (B, T, C). Hugging Face names:
 /// attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate.dense,
-/// output.{dense,LayerNorm}. Act is the FFN activation layer: layers::hidden_activation (chosen
-/// by block_sizes::act), or a fixed one such as layers::gelu (block_sizes::act must agree).
+/// output.{dense,LayerNorm}. Parts gives the layer types and the device (bert_parts<T>: BERT's
+/// linear, LayerNorm and the configured activation on the CPU).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Norm = post_norm,
-          template <class, std::size_t> class Act = layers::hidden_activation>
+          class Parts = bert_parts<T>>
 class encoder_block {
     static_assert(std::is_same_v<Norm, post_norm> || std::is_same_v<Norm, pre_norm>,
                   "ftune: encoder_block's Norm is blocks::post_norm (BERT) or blocks::pre_norm");
+    static_assert(std::is_same_v<typename Parts::value_type, T>,
+                  "ftune: encoder_block's Parts compute in the block's scalar type");
+    using D = typename Parts::device_type;
+    using Act = typename Parts::template activation<F>;
 
   public:
-    using value_type = T;                                          ///< scalar type
-    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< x: (B, T, C)
-    using output_view = input_view;                                ///< y: (B, T, C)
-    using d_input_view = view<T, shape<dynamic, dynamic, C>>;      ///< dx, accumulated into
-    using mask_view =
-        typename layers::self_attention<T, C>::mask_view;  ///< additive key mask (B, T)
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< y: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;      ///< dx, accumulated into
+    using device_type = D;  ///< where the block's tensors live
+    using attention_type = typename Parts::template attention<C>;  ///< attention.self
+    using mask_view = typename attention_type::mask_view;          ///< additive key mask (B, T)
 
-    layers::self_attention<T, C> attention;   ///< attention.self
-    layers::linear<T, C, C> attention_dense;  ///< attention.output.dense
-    layers::dropout<T, C> attention_dropout;  ///< dropout after attention.output.dense
-    layers::layer_norm<T, C> norm1;           ///< attention.output.LayerNorm
-    layers::linear<T, C, F> intermediate;     ///< intermediate.dense
-    Act<T, F> activation;                     ///< intermediate activation
-    layers::linear<T, F, C> output_dense;     ///< output.dense
-    layers::dropout<T, C> output_dropout;     ///< dropout after output.dense
-    layers::layer_norm<T, C> norm2;           ///< output.LayerNorm
+    attention_type attention;                                   ///< attention.self
+    typename Parts::template projection<C, C> attention_dense;  ///< attention.output.dense
+    layers::dropout<T, C, D> attention_dropout;  ///< dropout after attention.output.dense
+    typename Parts::template norm<C> norm1;      ///< attention.output.LayerNorm
+    typename Parts::template projection<C, F> intermediate;  ///< intermediate.dense
+    Act activation;                                          ///< intermediate activation
+    typename Parts::template projection<F, C> output_dense;  ///< output.dense
+    layers::dropout<T, C, D> output_dropout;                 ///< dropout after output.dense
+    typename Parts::template norm<C> norm2;                  ///< output.LayerNorm
 
     /// A zero-initialized block of the given sizes (LayerNorm weights 1).
     explicit encoder_block(const block_sizes& s)
@@ -144,9 +173,9 @@ class encoder_block {
         const auto dy = flat(dy_in);
         zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
         zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
-        const view<T, shape<dynamic, C>> dx = dx_in.empty()
-                                                  ? view<T, shape<dynamic, C>>()
-                                                  : view<T, shape<dynamic, C>>(dx_in.data(), N, Cn);
+        const view<T, shape<dynamic, C>, D> dx =
+            dx_in.empty() ? view<T, shape<dynamic, C>, D>()
+                          : view<T, shape<dynamic, C>, D>(dx_in.data(), N, Cn);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
             norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
@@ -209,11 +238,11 @@ class encoder_block {
     // values as residual_add after them, bit for bit); dropout is the identity.
     //   post-norm: n1 = LN1(x + dense(a)); y = LN2(n1 + out(act(inter(n1))))
     //   pre-norm:  h1 = x + dense(a);      y = h1 + out(act(inter(LN2(h1))))
-    view<const T, shape<dynamic, C>> inference_tail(context& ctx,
-                                                    view<const T, shape<dynamic, C>> a,
-                                                    view<const T, shape<dynamic, C>> x) {
+    view<const T, shape<dynamic, C>, D> inference_tail(context& ctx,
+                                                       view<const T, shape<dynamic, C>, D> a,
+                                                       view<const T, shape<dynamic, C>, D> x) {
         // c += r (same rows, columns), added as the product's tiles are stored
-        auto add_rows = [](view<const T, shape<dynamic, C>> r) { return ops::add_residual{r}; };
+        auto add_rows = [](view<const T, shape<dynamic, C>, D> r) { return ops::add_residual{r}; };
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
@@ -227,39 +256,39 @@ class encoder_block {
     }
 
     // The FFN activation for act: built from it, or checked against the type's fixed function.
-    static Act<T, F> make_activation(ops::activation act) {
-        if constexpr (std::is_constructible_v<Act<T, F>, ops::activation>) {
-            return Act<T, F>(act);
+    static Act make_activation(ops::activation act) {
+        if constexpr (std::is_constructible_v<Act, ops::activation>) {
+            return Act(act);
         } else {
-            if constexpr (requires { Act<T, F>::fixed_kind; })
-                if (Act<T, F>::fixed_kind != act)
+            if constexpr (requires { Act::fixed_kind; })
+                if (Act::fixed_kind != act)
                     throw error(errc::invalid_argument, "encoder_block activation",
                                 "the configuration's hidden_act differs from the block type's "
                                 "fixed activation; use layers::hidden_activation or the "
                                 "matching layer");
-            return Act<T, F>();
+            return Act();
         }
     }
 
     // (B, T, C) <-> (B*T, C) views of the same memory
     template <class U>
-    static view<U, shape<dynamic, C>> flat(view<U, shape<dynamic, dynamic, C>> v) {
+    static view<U, shape<dynamic, C>, D> flat(view<U, shape<dynamic, dynamic, C>, D> v) {
         return {v.data(), v.extent(0) * v.extent(1), v.extent(2)};
     }
     template <class U>
-    static view<U, shape<dynamic, dynamic, C>> unflat(view<U, shape<dynamic, C>> v, std::size_t B,
-                                                      std::size_t Tn) {
+    static view<U, shape<dynamic, dynamic, C>, D> unflat(view<U, shape<dynamic, C>, D> v,
+                                                         std::size_t B, std::size_t Tn) {
         return {v.data(), B, Tn, v.extent(1)};
     }
     template <std::size_t E>
-    static void zeroed(buffer<T, shape<dynamic, E>>& b, std::size_t rows, std::size_t cols) {
+    static void zeroed(buffer<T, shape<dynamic, E>, D>& b, std::size_t rows, std::size_t cols) {
         b.resize(shape<dynamic, E>(rows, cols));
         b.fill(T(0));
     }
 
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
-    void ffn_backward(context& ctx, view<const T, shape<dynamic, C>> d_out,
-                      view<T, shape<dynamic, C>> d_in, std::size_t N, std::size_t Cn) {
+    void ffn_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
+                      view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn) {
         auto& s = scratch();
         zeroed(s.c3s, N, Cn);
         output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
@@ -268,27 +297,28 @@ class encoder_block {
         intermediate.backward(ctx, s.f2.view(), d_in);
     }
     // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
-    void attention_backward(context& ctx, view<const T, shape<dynamic, C>> d_out, d_input_view dx,
-                            std::size_t N, std::size_t Cn) {
+    void attention_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
+                            d_input_view dx, std::size_t N, std::size_t Cn) {
         auto& s = scratch();
         zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
         attention_dropout.backward(ctx, d_out, s.a1.view());
         attention_dense.backward(ctx, s.a1.view(), s.a2.view());
-        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>>(s.a2.view()), B_, T_), dx);
+        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>, D>(s.a2.view()), B_, T_),
+                           dx);
     }
 
-    std::size_t B_ = 0, T_ = 0;             // the last forward's batch and sequence
-    bool inference_only_ = false;           // the last forward kept nothing for backward
-    view<const T, shape<dynamic, C>> x_;    // (N, C) the last forward's input
-    buffer<T, shape<dynamic, C>> h1_, h2_;  // (N, C) residual sums
-    buffer<T, shape<dynamic, C>> first_;    // (B, C) position 0 of x (forward_first)
-    view<const T, shape<dynamic, C>> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
+    std::size_t B_ = 0, T_ = 0;                // the last forward's batch and sequence
+    bool inference_only_ = false;              // the last forward kept nothing for backward
+    view<const T, shape<dynamic, C>, D> x_;    // (N, C) the last forward's input
+    buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (N, C) residual sums
+    buffer<T, shape<dynamic, C>, D> first_;    // (B, C) position 0 of x (forward_first)
+    view<const T, shape<dynamic, C>, D> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
     // Gradient buffers used only inside one backward call: one set per thread for every block of
     // this type (an encoder's layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, shape<dynamic, C>> c1, c2, c3;   // (N, C) gradients
-        buffer<T, shape<dynamic, C>> c3s, a1, a2;  // (N, C) gradients inside sublayers
-        buffer<T, shape<dynamic, F>> f1, f2;       // (N, F) gradients inside the FFN
+        buffer<T, shape<dynamic, C>, D> c1, c2, c3;   // (N, C) gradients
+        buffer<T, shape<dynamic, C>, D> c3s, a1, a2;  // (N, C) gradients inside sublayers
+        buffer<T, shape<dynamic, F>, D> f1, f2;       // (N, F) gradients inside the FFN
     };
     static backward_scratch& scratch() {
         thread_local backward_scratch s;

@@ -28,7 +28,6 @@ struct hf_config {
     std::string hidden_act = "gelu";                 ///< "gelu", "gelu_new" or "relu", as written
     std::vector<std::string> architectures;          ///< e.g. "BertForSequenceClassification"
     std::vector<std::string> id2label;               ///< label names by id (empty: none recorded)
-    std::string problem_type;                        ///< "single_label_classification", ...
     nlohmann::json json = nlohmann::json::object();  ///< the whole file (save_hf keeps the rest)
 };
 
@@ -107,8 +106,14 @@ inline hf_config parse_hf_config(std::string_view text, const std::string& where
     if (j.contains("architectures") && j["architectures"].is_array())
         for (const auto& a : j["architectures"])
             if (a.is_string()) c.architectures.push_back(a.get<std::string>());
-    if (j.contains("problem_type") && j["problem_type"].is_string())
-        c.problem_type = j["problem_type"].get<std::string>();
+    if (j.contains("problem_type") && j["problem_type"].is_string()) {
+        c.model.problem_type = j["problem_type"].get<std::string>();
+        try {
+            heads::problem_from_hf(c.model.problem_type, c.model.num_labels);
+        } catch (const error& e) {
+            throw error(errc::unsupported, where + ": problem_type", e.message());
+        }
+    }
     if (j.contains("id2label") && j["id2label"].is_object()) {
         const auto& m = j["id2label"];
         c.id2label.assign(m.size(), "");
@@ -417,7 +422,7 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
                 m.report.mismatched.push_back(n);
                 return true;
             });
-    if constexpr (Model::task == bert::task::masked_lm)  // the decoder is tied to the embeddings
+    if constexpr (requires { Model::head_type::ties_input_embeddings; })  // decoder = embeddings
         std::erase_if(m.report.unexpected, [](const std::string& n) {
             return n == "cls.predictions.decoder.weight" || n == "cls.predictions.decoder.bias";
         });
@@ -492,7 +497,8 @@ void save_hf(Model& model, const hf_config& config, const text::bert_tokenizer* 
         j["label2id"] = label2id;
         j.erase("num_labels");  // implied by id2label, as Transformers writes it
     }
-    if (!config.problem_type.empty()) j["problem_type"] = config.problem_type;
+    if constexpr (requires { model.head.problem; })  // what the outputs mean, as the head has it
+        j["problem_type"] = std::string(heads::to_hf(model.head.problem));
     if (!j.contains("dtype") && !j.contains("torch_dtype")) j["dtype"] = "float32";
 
     if (fs::exists(dir) && !fs::is_directory(dir))

@@ -13,13 +13,13 @@ namespace layers {
 
 /// y = f(x) element-wise over (N, C) with f chosen when the layer is built (from a config's
 /// hidden_act); one switch per call. activation<T, F> is this layer with f fixed by the type.
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class hidden_activation {
   public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
 
     ops::activation kind;  ///< the function (BERT: gelu)
 
@@ -50,33 +50,33 @@ class hidden_activation {
     void visit_parameters(std::string_view, Fn&&) {}
 
   private:
-    input_view x_;                    // the last forward's input
-    buffer<T, shape<dynamic, C>> y_;  // (N, C) output
+    input_view x_;                       // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;  // (N, C) output
 };
 
 /// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu
 /// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu") or tanh (the pooler's).
-template <scalar T, ops::activation F, std::size_t C = dynamic>
-class activation : public hidden_activation<T, C> {
+template <scalar T, ops::activation F, std::size_t C = dynamic, device_tag D = device::cpu>
+class activation : public hidden_activation<T, C, D> {
   public:
     static constexpr ops::activation fixed_kind = F;  ///< the function, fixed by the type
 
     /// A layer applying F.
-    activation() : hidden_activation<T, C>(F) {}
+    activation() : hidden_activation<T, C, D>(F) {}
 };
 
 /// Exact-erf GELU, BERT's "gelu".
-template <scalar T, std::size_t C = dynamic>
-using gelu = activation<T, ops::activation::gelu, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using gelu = activation<T, ops::activation::gelu, C, D>;
 /// tanh-approximated GELU, Hugging Face's "gelu_new".
-template <scalar T, std::size_t C = dynamic>
-using gelu_tanh = activation<T, ops::activation::gelu_tanh, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using gelu_tanh = activation<T, ops::activation::gelu_tanh, C, D>;
 /// tanh (the pooler's activation).
-template <scalar T, std::size_t C = dynamic>
-using tanh = activation<T, ops::activation::tanh, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using tanh = activation<T, ops::activation::tanh, C, D>;
 /// max(x, 0), Hugging Face's "relu".
-template <scalar T, std::size_t C = dynamic>
-using relu = activation<T, ops::activation::relu, C>;
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using relu = activation<T, ops::activation::relu, C, D>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END

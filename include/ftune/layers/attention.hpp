@@ -14,21 +14,23 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// Self-attention over x (B, T, C) with `heads` heads of size C / heads: (B, T, C) -> (B, T, C).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu,
+          class Proj = linear<T, C, C, D>>
 class self_attention {
   public:
-    using value_type = T;                                          ///< scalar type
-    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< x: (B, T, C)
-    using output_view = input_view;                                ///< context: (B, T, C)
-    using d_input_view = view<T, shape<dynamic, dynamic, C>>;  ///< dx: (B, T, C), accumulated into
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< context: (B, T, C)
+    using d_input_view =
+        view<T, shape<dynamic, dynamic, C>, D>;  ///< dx: (B, T, C), accumulated into
     using mask_view =
-        view<const T, shape<dynamic, dynamic>>;  ///< additive key mask (B, T), or empty
+        view<const T, shape<dynamic, dynamic>, D>;  ///< additive key mask (B, T), or empty
 
-    linear<T, C, C> query;  ///< "query" projection
-    linear<T, C, C> key;    ///< "key" projection
-    linear<T, C, C> value;  ///< "value" projection
-    T dropout_p;            ///< dropout on the attention probabilities (BERT: 0.1)
-    bool causal;            ///< also mask the keys after each query (decoder-style); BERT: false
+    Proj query;   ///< "query" projection
+    Proj key;     ///< "key" projection
+    Proj value;   ///< "value" projection
+    T dropout_p;  ///< dropout on the attention probabilities (BERT: 0.1)
+    bool causal;  ///< also mask the keys after each query (decoder-style); BERT: false
 
     /// A layer of width `features` with `num_heads` heads (features % num_heads == 0).
     self_attention(std::size_t features, std::size_t num_heads, T attention_dropout = T(0.1),
@@ -55,7 +57,7 @@ class self_attention {
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
-        const view<const T, shape<dynamic, C>> x2(x.data(), B * Tn, Cn);  // (B*T, C)
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         if (prepared_) return fused_attention(x, key_mask, Tn);  // packed, fused, nothing kept
@@ -78,7 +80,7 @@ class self_attention {
             ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
-        const view<T, shape<dynamic, C>> out2(out_.data(), B * Tn, Cn);
+        const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
         ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_);  // P V
         return out_.view();
     }
@@ -106,7 +108,7 @@ class self_attention {
         dq.resize(shape<dynamic, C>(B * Tn, Cn));
         dk.resize(dq.shape());
         dv.resize(dq.shape());
-        const view<const T, shape<dynamic, C>> g(dout.data(), B * Tn, Cn);  // d context
+        const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
         ops::head_scores(dp, g, v_);                  // dP_bh = dctx_bh V_bhᵀ
         ops::head_context<transpose::yes>(dv, p, g);  // dV_bh = P_bhᵀ dctx_bh
         ds.resize(probs_.shape());
@@ -121,9 +123,9 @@ class self_attention {
         }
         ops::head_context(dq, ds, k_);                  // dQ_bh = dS_bh K_bh
         ops::head_context<transpose::yes>(dk, ds, q_);  // dK_bh = dS_bhᵀ Q_bh
-        const view<T, shape<dynamic, C>> dx2 =
-            dx.empty() ? view<T, shape<dynamic, C>>()
-                       : view<T, shape<dynamic, C>>(dx.data(), B * Tn, Cn);
+        const view<T, shape<dynamic, C>, D> dx2 =
+            dx.empty() ? view<T, shape<dynamic, C>, D>()
+                       : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
         query.backward(ctx, dq.view(), dx2);
         key.backward(ctx, dk.view(), dx2);
         value.backward(ctx, dv.view(), dx2);
@@ -140,10 +142,10 @@ class self_attention {
         const std::size_t Cn = query.in_features();
         packed_current_ = false;  // until the packing below has succeeded
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
-        static thread_local buffer<T, shape<dynamic, dynamic>> qkv_weight;
+        static thread_local buffer<T, shape<dynamic, dynamic>, D> qkv_weight;
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
         qkv_bias_.resize(shape<dynamic>(3 * Cn));
-        const linear<T, C, C>* parts[] = {&query, &key, &value};
+        const Proj* parts[] = {&query, &key, &value};
         for (std::size_t i = 0; i < 3; ++i) {
             std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
             std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
@@ -201,30 +203,30 @@ class self_attention {
                                            query.in_features()));
         if (!packed_current_) prepare_inference();
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
-        ops::matmul_prepared(view<const T, shape<dynamic, dynamic>>(x.data(), N, Cn), packed_qkv_,
-                             qkv_, qkv_bias_);
+        ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
+                             packed_qkv_, qkv_, qkv_bias_);
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                   // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;             // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                 // the last forward used packed_qkv_
-    ops::prepared_weight<T> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>> qkv_bias_;      // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>> qkv_;  // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;               // the last forward's batch and sequence
-    typename linear<T, C, C>::output_view q_, k_,
-        v_;                                        // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>> scores_, probs_;   // (B, H, T, T)
-    buffer<T, dynamic_shape<4>> probs_dropped_;    // (B, H, T, T) after dropout
-    buffer<std::uint8_t, dynamic_shape<4>> mask_;  // (B, H, T, T) dropout keep mask
-    bool dropped_ = false;                         // whether the last forward used dropout
-    buffer<T, shape<dynamic, dynamic, C>> out_;    // (B, T, C) context
+    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                    // the last forward used packed_qkv_
+    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
+    typename Proj::output_view q_, k_,
+        v_;                                           // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
+    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout
+    buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
+    bool dropped_ = false;                            // whether the last forward used dropout
+    buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
     // Buffers used only inside one backward call: one set per thread for every layer of this
     // type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, dynamic_shape<4>> dp, dp_pre, ds;  // (B, H, T, T) gradients
-        buffer<T, shape<dynamic, C>> dq, dk, dv;     // (B*T, C) gradients of the projections
+        buffer<T, dynamic_shape<4>, D> dp, dp_pre, ds;  // (B, H, T, T) gradients
+        buffer<T, shape<dynamic, C>, D> dq, dk, dv;     // (B*T, C) gradients of the projections
     };
     static backward_scratch& scratch() {
         thread_local backward_scratch s;

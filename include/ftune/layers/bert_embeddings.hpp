@@ -11,18 +11,19 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// BERT's input embeddings: ids (B, T) and token type ids (B, T) -> (B, T, C).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class bert_embeddings {
   public:
-    using value_type = T;                                            ///< scalar type
-    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T) token or type ids
-    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+    using value_type = T;  ///< scalar type
+    using ids_view =
+        view<const token_id, shape<dynamic, dynamic>, D>;              ///< (B, T) token or type ids
+    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
 
-    embedding<T, C> word_embeddings;        ///< "word_embeddings" (vocab, C)
-    embedding<T, C> position_embeddings;    ///< "position_embeddings" (max positions, C)
-    embedding<T, C> token_type_embeddings;  ///< "token_type_embeddings" (type vocab, C)
-    layer_norm<T, C> norm;                  ///< "LayerNorm"
-    dropout<T, C> drop;                     ///< hidden dropout
+    embedding<T, C, D> word_embeddings;        ///< "word_embeddings" (vocab, C)
+    embedding<T, C, D> position_embeddings;    ///< "position_embeddings" (max positions, C)
+    embedding<T, C, D> token_type_embeddings;  ///< "token_type_embeddings" (type vocab, C)
+    layer_norm<T, C, D> norm;                  ///< "LayerNorm"
+    dropout<T, C, D> drop;                     ///< hidden dropout
 
     /// Tables of the given sizes (zero), LayerNorm weight 1. The word table's pad_id row gets no
     /// gradient, as Hugging Face's (padding_idx = pad_token_id); -1: every row learns.
@@ -51,7 +52,7 @@ class bert_embeddings {
             positions_.data()[i] = token_id(i % Tn);
             types_.data()[i] = token_types.empty() ? 0 : token_types.data()[i];
         }
-        const view<const token_id, shape<dynamic>> flat_ids(ids.data(), N);
+        const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
         const auto w = word_embeddings.forward(ctx, flat_ids);
         const auto p = position_embeddings.forward(ctx, positions_.view());
         const auto t = token_type_embeddings.forward(ctx, types_.view());
@@ -65,7 +66,7 @@ class bert_embeddings {
     /// Accumulates the tables' and LayerNorm's gradients (ids have none).
     void backward(context& ctx, output_view dout) {
         const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
-        const view<const T, shape<dynamic, C>> dy(dout.data(), N, Cn);
+        const view<const T, shape<dynamic, C>, D> dy(dout.data(), N, Cn);
         d_norm_.resize(shape<dynamic, C>(N, Cn));
         d_sum_.resize(shape<dynamic, C>(N, Cn));
         d_norm_.fill(T(0));
@@ -99,8 +100,9 @@ class bert_embeddings {
     }
 
   private:
-    buffer<token_id, shape<dynamic>> positions_, types_;  // (N) ids of the position and type tables
-    buffer<T, shape<dynamic, C>> sum_, d_norm_, d_sum_;   // (N, C)
+    buffer<token_id, shape<dynamic>, D> positions_,
+        types_;  // (N) ids of the position and type tables
+    buffer<T, shape<dynamic, C>, D> sum_, d_norm_, d_sum_;  // (N, C)
 };
 
 }  // namespace layers

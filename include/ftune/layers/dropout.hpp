@@ -12,13 +12,13 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// y = x * keep / (1 - p) in training (keep drawn from ctx.rng's next stream), y = x in eval.
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class dropout {
   public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
 
     T p;  ///< probability of dropping an element (BERT: 0.1)
 
@@ -51,9 +51,9 @@ class dropout {
     void visit_parameters(std::string_view, Fn&&) {}
 
   private:
-    bool active_ = false;                           // whether the last forward dropped
-    buffer<T, shape<dynamic, C>> y_;                // (N, C) output in training
-    buffer<std::uint8_t, shape<dynamic, C>> mask_;  // (N, C) keep mask
+    bool active_ = false;                              // whether the last forward dropped
+    buffer<T, shape<dynamic, C>, D> y_;                // (N, C) output in training
+    buffer<std::uint8_t, shape<dynamic, C>, D> mask_;  // (N, C) keep mask
 };
 
 }  // namespace layers

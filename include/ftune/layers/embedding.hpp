@@ -11,15 +11,15 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// out(i, :) = table(ids[i], :): (N) ids -> (N, C). The vocabulary size is a run-time value.
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class embedding {
   public:
-    using value_type = T;                                     ///< scalar type
-    using input_view = view<const token_id, shape<dynamic>>;  ///< ids: (N)
-    using output_view = view<const T, shape<dynamic, C>>;     ///< out: (N, C)
+    using value_type = T;                                        ///< scalar type
+    using input_view = view<const token_id, shape<dynamic>, D>;  ///< ids: (N)
+    using output_view = view<const T, shape<dynamic, C>, D>;     ///< out: (N, C)
 
-    parameter<T, shape<dynamic, C>> weight;  ///< the table (vocab, C), Hugging Face "weight";
-                                             ///< decays, as in Hugging Face's Trainer
+    parameter<T, shape<dynamic, C>, D> weight;  ///< the table (vocab, C), Hugging Face "weight";
+                                                ///< decays, as in Hugging Face's Trainer
     token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
 
     /// A zero table of `vocab` rows of `features` values.
@@ -52,8 +52,8 @@ class embedding {
     }
 
   private:
-    input_view ids_;                    // the last forward's ids
-    buffer<T, shape<dynamic, C>> out_;  // (N, C) output
+    input_view ids_;                       // the last forward's ids
+    buffer<T, shape<dynamic, C>, D> out_;  // (N, C) output
 };
 
 }  // namespace layers

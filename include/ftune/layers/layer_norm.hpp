@@ -11,17 +11,18 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// y = (x - mean) / sqrt(var + eps) * weight + bias per row: (N, C) -> (N, C).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class layer_norm {
   public:
-    using value_type = T;                                 ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>>;  ///< x: (N, C)
-    using output_view = input_view;                       ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>>;      ///< dx: (N, C), accumulated into
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
 
-    parameter<T, shape<C>> weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
-    parameter<T, shape<C>> bias;    ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
-    T eps;                          ///< added to the variance (BERT: 1e-12)
+    parameter<T, shape<C>, D>
+        weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
+    parameter<T, shape<C>, D> bias;  ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
+    T eps;                           ///< added to the variance (BERT: 1e-12)
 
     /// A layer over `features` columns with weight 1 and bias 0.
     explicit layer_norm(std::size_t features = C, T eps_ = T(1e-12))
@@ -63,9 +64,9 @@ class layer_norm {
             check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
         }
         check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
-        ops::layer_norm_backward(view<T, shape<dynamic, C>>(dxp, rows, cols),
-                                 view<T, shape<C>>(dw, cols), view<T, shape<C>>(db, cols), dy, x_,
-                                 weight.value, mean_, rstd_);
+        ops::layer_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
+                                 view<T, shape<C>, D>(dw, cols), view<T, shape<C>, D>(db, cols), dy,
+                                 x_, weight.value, mean_, rstd_);
     }
 
     /// Whether any parameter trains (false: frozen).
@@ -84,11 +85,11 @@ class layer_norm {
     }
 
   private:
-    input_view x_;                             // the last forward's input
-    buffer<T, shape<dynamic, C>> y_;           // (N, C) output
-    buffer<T, shape<dynamic>> mean_, rstd_;    // (N) saved statistics
-    buffer<T, shape<dynamic>> scratch_;        // (2C) gradients of frozen parameters
-    buffer<T, shape<dynamic, C>> dx_scratch_;  // (N, C) dx when the caller does not want it
+    input_view x_;                                // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;           // (N, C) output
+    buffer<T, shape<dynamic>, D> mean_, rstd_;    // (N) saved statistics
+    buffer<T, shape<dynamic>, D> scratch_;        // (2C) gradients of frozen parameters
+    buffer<T, shape<dynamic, C>, D> dx_scratch_;  // (N, C) dx when the caller does not want it
 };
 
 }  // namespace layers

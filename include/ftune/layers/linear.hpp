@@ -12,16 +12,16 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
-template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic>
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu>
 class linear {
   public:
-    using value_type = T;                                    ///< scalar type
-    using input_view = view<const T, shape<dynamic, In>>;    ///< x: (N, In)
-    using output_view = view<const T, shape<dynamic, Out>>;  ///< y: (N, Out)
-    using d_input_view = view<T, shape<dynamic, In>>;        ///< dx: (N, In), accumulated into
+    using value_type = T;                                       ///< scalar type
+    using input_view = view<const T, shape<dynamic, In>, D>;    ///< x: (N, In)
+    using output_view = view<const T, shape<dynamic, Out>, D>;  ///< y: (N, Out)
+    using d_input_view = view<T, shape<dynamic, In>, D>;        ///< dx: (N, In), accumulated into
 
-    parameter<T, shape<Out, In>> weight;  ///< W (Out, In), Hugging Face's layout
-    parameter<T, shape<Out>> bias;        ///< b (Out), no weight decay
+    parameter<T, shape<Out, In>, D> weight;  ///< W (Out, In), Hugging Face's layout
+    parameter<T, shape<Out>, D> bias;        ///< b (Out), no weight decay
 
     /// A zero-initialized layer of the given sizes (the defaults are the static extents).
     explicit linear(std::size_t in = In, std::size_t out = Out)
@@ -116,11 +116,11 @@ class linear {
         ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
     }
 
-    ops::prepared_weight<T> packed_;    // W prepared for matmul_prepared (prepare_inference)
-    bool prepared_ = false;             // eval-mode forwards use packed_ (prepare_inference)
-    bool packed_current_ = false;       // packed_ holds the current W (no visit since)
-    input_view x_;                      // the last forward's input
-    buffer<T, shape<dynamic, Out>> y_;  // (N, Out) output workspace
+    ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
+    bool prepared_ = false;                // eval-mode forwards use packed_ (prepare_inference)
+    bool packed_current_ = false;          // packed_ holds the current W (no visit since)
+    input_view x_;                         // the last forward's input
+    buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
 };
 
 }  // namespace layers

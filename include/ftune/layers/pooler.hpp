@@ -11,16 +11,16 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// (B, T, C) hidden states -> (B, C) pooled output of the first token ([CLS]).
-template <scalar T, std::size_t C = dynamic>
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class pooler {
   public:
-    using value_type = T;                                          ///< scalar type
-    using input_view = view<const T, shape<dynamic, dynamic, C>>;  ///< hidden: (B, T, C)
-    using output_view = view<const T, shape<dynamic, C>>;          ///< pooled: (B, C)
-    using d_input_view = view<T, shape<dynamic, dynamic, C>>;      ///< d hidden, accumulated into
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< hidden: (B, T, C)
+    using output_view = view<const T, shape<dynamic, C>, D>;          ///< pooled: (B, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;  ///< d hidden, accumulated into
 
-    linear<T, C, C> dense;  ///< "dense"
-    tanh<T, C> activation;  ///< tanh
+    linear<T, C, C, D> dense;  ///< "dense"
+    tanh<T, C, D> activation;  ///< tanh
 
     /// A zero-initialized pooler of width `features`.
     explicit pooler(std::size_t features = C) : dense(features, features) {}
@@ -46,8 +46,8 @@ class pooler {
         dense.backward(ctx, d_dense_.view(), d_first_.view());
         if (dhidden.empty()) return;
         for (std::size_t b = 0; b < B; ++b) {  // d hidden[b, 0] += d first[b]
-            const view<T, shape<C>> row(dhidden.data() + b * T_ * Cn, Cn);
-            ops::residual_add(row, row, view<const T, shape<C>>(d_first_.data() + b * Cn, Cn));
+            const view<T, shape<C>, D> row(dhidden.data() + b * T_ * Cn, Cn);
+            ops::residual_add(row, row, view<const T, shape<C>, D>(d_first_.data() + b * Cn, Cn));
         }
     }
 
@@ -64,8 +64,8 @@ class pooler {
     }
 
   private:
-    std::size_t T_ = 0;                                       // the last forward's sequence length
-    buffer<T, shape<dynamic, C>> first_, d_dense_, d_first_;  // (B, C)
+    std::size_t T_ = 0;  // the last forward's sequence length
+    buffer<T, shape<dynamic, C>, D> first_, d_dense_, d_first_;  // (B, C)
 };
 
 }  // namespace layers

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <limits>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct config {
     std::size_t num_labels = 2;       ///< num_labels: outputs of a classification head
     double classifier_dropout = -1;   ///< classifier_dropout (< 0: hidden_dropout_prob)
     double initializer_range = 0.02;  ///< initializer_range: std of newly initialized weights
+    std::string problem_type;  ///< problem_type of a sequence classifier ("": from num_labels;
+                               ///< single_label_classification, multi_label_classification,
+                               ///< regression)
 };
 
 /// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu"); throws
@@ -56,20 +60,27 @@ inline std::string_view activation_to_hf(ops::activation a) {
 }
 
 /// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static;
-/// Act is the FFN activation layer (default: chosen by config::hidden_act).
+/// Parts gives the blocks' layer types and the device (blocks::bert_parts<T>: on the CPU, FFN
+/// activation chosen by config::hidden_act; bert_parts<T, device::reference> runs the same model
+/// on the reference backend).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
-          class Norm = blocks::post_norm,
-          template <class, std::size_t> class Act = layers::hidden_activation>
+          class Norm = blocks::post_norm, class Parts = blocks::bert_parts<T>>
 class encoder {
-  public:
-    using value_type = T;                                            ///< scalar type
-    static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
-    using block_type = blocks::encoder_block<T, C, F, Norm, Act>;    ///< one layer
-    using ids_view = view<const token_id, shape<dynamic, dynamic>>;  ///< (B, T)
-    using output_view = view<const T, shape<dynamic, dynamic, C>>;   ///< (B, T, C)
+    using D = typename Parts::device_type;
 
-    layers::bert_embeddings<T, C> embeddings;  ///< "embeddings"
-    std::vector<block_type> layer;             ///< "encoder.layer.N"
+  public:
+    using value_type = T;                                               ///< scalar type
+    using device_type = D;                                              ///< where the tensors live
+    using config_type = bert::config;                                   ///< what it is built from
+    static constexpr std::size_t hidden_extent = C;                     ///< C (or dynamic)
+    static constexpr std::string_view architecture_prefix = "Bert";     ///< "BertFor..."
+    static constexpr std::string_view base_model_prefix = "bert";       ///< "bert.embeddings..."
+    using block_type = blocks::encoder_block<T, C, F, Norm, Parts>;     ///< one layer
+    using ids_view = view<const token_id, shape<dynamic, dynamic>, D>;  ///< (B, T)
+    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;   ///< (B, T, C)
+
+    layers::bert_embeddings<T, C, D> embeddings;  ///< "embeddings"
+    std::vector<block_type> layer;                ///< "encoder.layer.N"
 
     /// A zero-initialized encoder of the given configuration.
     explicit encoder(const config& c)
@@ -122,6 +133,14 @@ class encoder {
 
     /// Hidden size C.
     std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
+
+    /// The input embedding table (V, C) (a masked-LM head's decoder is tied to it).
+    auto& input_embeddings() noexcept { return embeddings.word_embeddings.weight; }
+    /// The id that pads sequences: the word table's padding_idx (0 when it has none).
+    token_id pad_token_id() const noexcept {
+        return embeddings.word_embeddings.padding_idx < 0 ? 0
+                                                          : embeddings.word_embeddings.padding_idx;
+    }
 
     /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
     /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
@@ -188,8 +207,8 @@ class encoder {
                                   : std::numeric_limits<T>::lowest();
     }
 
-    buffer<T, shape<dynamic, dynamic>> mask_;     // (B, T) additive key mask
-    buffer<T, shape<dynamic, dynamic, C>> d_[2];  // (B, T, C) gradients between blocks
+    buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
+    buffer<T, shape<dynamic, dynamic, C>, D> d_[2];  // (B, T, C) gradients between blocks
 };
 
 /// Compile-time sizes of a BERT encoder; use ftune::dynamic for sizes known at run time.
@@ -207,13 +226,14 @@ inline constexpr bool valid_dims = D.hidden == dynamic || D.heads == dynamic ||
 /// The BERT encoder with sizes fixed by D, e.g. Encoder<dims{.hidden = 384, .heads = 12, .ffn =
 /// 1536}> for MiniLM-L12-H384; Encoder<dims{}> is fully dynamic (sizes from the config at run
 /// time).
-template <dims D, scalar T = float, class Norm = blocks::post_norm,
-          template <class, std::size_t> class Act = layers::hidden_activation>
-requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm, Act> {
+template <dims Dims, scalar T = float, class Norm = blocks::post_norm,
+          class Parts = blocks::bert_parts<T>>
+requires(valid_dims<Dims>) class Encoder : public encoder<T, Dims.hidden, Dims.ffn, Norm, Parts> {
   public:
     /// An encoder whose config must agree with D (throws shape_mismatch naming the field
     /// otherwise).
-    explicit Encoder(const config& c) : encoder<T, D.hidden, D.ffn, Norm, Act>(checked(c)) {}
+    explicit Encoder(const config& c)
+        : encoder<T, Dims.hidden, Dims.ffn, Norm, Parts>(checked(c)) {}
 
   private:
     static const config& checked(const config& c) {
@@ -224,9 +244,9 @@ requires(valid_dims<D>) class Encoder : public encoder<T, D.hidden, D.ffn, Norm,
                                                " but the configuration says ", got,
                                                "; use the matching bert::dims or ftune::dynamic"));
         };
-        check(D.hidden, c.hidden_size, "hidden_size");
-        check(D.heads, c.num_attention_heads, "num_attention_heads");
-        check(D.ffn, c.intermediate_size, "intermediate_size");
+        check(Dims.hidden, c.hidden_size, "hidden_size");
+        check(Dims.heads, c.num_attention_heads, "num_attention_heads");
+        check(Dims.ffn, c.intermediate_size, "intermediate_size");
         return c;
     }
 };

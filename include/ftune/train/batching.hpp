@@ -11,28 +11,19 @@
 
 #include "ftune/core/rng.hpp"
 #include "ftune/data/readers.hpp"
+#include "ftune/heads/common.hpp"
 #include "ftune/tokenize/bert.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {
 
-/// What a model learns from the labels.
-enum class task {
-    classify,    ///< one class per text (cross-entropy)
-    multilabel,  ///< any subset of labels per text (binary cross-entropy); labels joined by ','
-    regression,  ///< one real value per text (mean squared error)
-    ner,         ///< one tag per word (cross-entropy on each word's first wordpiece)
-    mlm,         ///< masked language modelling on plain text (continued pretraining)
-    qa,          ///< extractive question answering: start and end token per window (train/qa.hpp)
-};
-
 /// One encoded example.
 struct example {
     std::vector<token_id> ids;     ///< [CLS] ... [SEP] (...[SEP])
     std::vector<token_id> types;   ///< segment ids
-    std::vector<token_id> labels;  ///< classify: {class}; ner: one per position (-100: none);
-                                   ///< qa: {start, end}
-    std::vector<float> targets;    ///< multilabel: L values in {0, 1}; regression: {value}
+    std::vector<token_id> labels;  ///< single-label: {class}; tokens: one per position (-100:
+                                   ///< none); qa: {start, end}
+    std::vector<float> targets;    ///< multi-label: L values in {0, 1}; regression: {value}
 };
 
 /// A padded batch, (B, T) row-major.
@@ -86,10 +77,11 @@ inline token_id label_id(const std::vector<std::string>& names, const std::strin
 }
 }  // namespace detail
 
-/// Encodes labelled texts for `t` (classify, multilabel, regression) with labels `names`
-/// (ignored for regression), truncated to max_length tokens.
+/// Encodes labelled texts for a sequence classifier of problem type p with labels `names`
+/// (ignored for regression), truncated to max_length tokens: a class id (single-label), 0/1 per
+/// label from comma-separated names (multi-label), a number (regression).
 inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::text_dataset& d,
-                                   task t, const std::vector<std::string>& names,
+                                   heads::problem p, const std::vector<std::string>& names,
                                    std::size_t max_length) {
     std::vector<example> out;
     out.reserve(d.rows.size());
@@ -99,9 +91,9 @@ inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::
             r.text, d.pairs ? std::optional<std::string_view>(r.text_pair) : std::nullopt,
             {.max_length = max_length});
         example x{e.ids, e.type_ids, {}, {}};
-        if (t == task::classify) {
+        if (p == heads::problem::single_label_classification) {
             x.labels = {detail::label_id(names, r.label, where)};
-        } else if (t == task::multilabel) {
+        } else if (p == heads::problem::multi_label_classification) {
             x.targets.assign(names.size(), 0.0f);
             std::size_t a = 0;
             while (a <= r.label.size()) {
@@ -112,7 +104,7 @@ inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::
                         detail::label_id(names, r.label.substr(a, b - a), where))] = 1;
                 a = b + 1;
             }
-        } else if (t == task::regression) {
+        } else {
             try {
                 std::size_t pos = 0;
                 x.targets = {std::stof(r.label, &pos)};
@@ -121,8 +113,6 @@ inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::
                 throw error(errc::parse, where,
                             "regression label \"" + r.label + "\" is not a number");
             }
-        } else {
-            throw error(errc::invalid_argument, where, "ner data come from read_conll");
         }
         out.push_back(std::move(x));
     }

@@ -8,7 +8,7 @@
 //
 //   auto squad = ftune::data::read_squad("train.json");
 //   auto xs = ftune::train::encode_qa(*m.tokenizer, squad, {.max_length = 384});
-//   trainer<bert::question_answering<>> t(m.model, {.task = train::task::qa});
+//   trainer<bert::question_answering<>> t(m.model, {.epochs = 2});
 //   t.fit(xs, {});
 //   auto s = ftune::train::evaluate_squad(m.model, *m.tokenizer, dev, {.max_length = 384});
 #pragma once

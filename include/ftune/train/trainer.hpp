@@ -3,7 +3,7 @@
 // evaluation with early stopping that restores the best weights, progress on a terminal or as
 // plain lines, a JSON-lines log and an SVG plot of the curves.
 //
-//   train::trainer<bert::sequence_classifier<>> t(model, {.t = train::task::classify, ...});
+//   train::trainer<bert::sequence_classifier<>> t(model, {.epochs = 3, .lr = 2e-5});
 //   auto result = t.fit(train_examples, valid_examples);
 //   auto scores = t.evaluate(test_examples);
 #pragma once
@@ -26,6 +26,7 @@
 #include "ftune/models/bert_tasks.hpp"
 #include "ftune/optim.hpp"
 #include "ftune/train/batching.hpp"
+#include "ftune/train/evaluation.hpp"
 #include "ftune/train/metrics.hpp"
 
 #if __has_include(<unistd.h>)
@@ -99,8 +100,7 @@ std::size_t apply_freeze(Model& model, const freeze& f) {
 
 /// Hyper-parameters of a fine-tuning run (defaults: Hugging Face's Trainer, except where noted).
 struct options {
-    train::task task = train::task::classify;  ///< what the labels are
-    std::size_t epochs = 3;                    ///< passes over the training data
+    std::size_t epochs = 3;       ///< passes over the training data
     std::size_t batch_size = 16;  ///< examples per optimizer step (before accumulation): 16
                                   ///< rather than Hugging Face's 8, the usual BERT fine-tuning
                                   ///< setting (Devlin et al.) and twice the GEMM efficiency on CPU
@@ -127,22 +127,6 @@ struct options {
                                  ///< reaching the run's last step ends it normally)
 };
 
-/// Scores of an evaluation.
-struct evaluation {
-    double loss = 0;                   ///< mean loss
-    double accuracy = 0;               ///< classify / ner (tokens) / mlm (masked tokens): accuracy;
-                                       ///< multilabel: subset accuracy
-    double f1 = 0;                     ///< classify: macro F1; ner: entity micro F1
-    double metric = 0;                 ///< the selection metric (accuracy; ner: entity F1;
-                                       ///< regression: −MSE; mlm: −loss)
-    std::vector<int> gold, predicted;  ///< classify: per example; ner: per labelled word
-    std::vector<std::vector<std::string>> gold_tags,
-        predicted_tags;  ///< ner: the tags of each sentence (in evaluation order)
-    std::vector<std::vector<int>> gold_sets,
-        predicted_sets;  ///< multilabel: 0/1 per label and example (sigmoid > 0.5)
-    std::vector<double> targets, outputs;  ///< regression: per example
-};
-
 /// One point of the training history.
 struct record {
     std::size_t step = 0;             ///< optimizer step
@@ -153,32 +137,32 @@ struct record {
     std::optional<double> eval_loss;  ///< validation loss, at evaluation records
 };
 
-/// Trains Model (bert::sequence_classifier for classify / multilabel / regression,
-/// bert::token_classifier for ner) on encoded examples.
+/// Trains a task model (task_model<Backbone, Head>) on encoded examples. The head decides the
+/// loss, the evaluation report and the selection metric (a sequence classifier by its problem
+/// type: single-label, multi-label or regression).
 template <class Model>
 class trainer {
   public:
-    using T = typename Model::value_type;  ///< scalar type
-    Model& model;                          ///< the model trained in place
-    train::options options;                ///< hyper-parameters
-    std::vector<record> history;           ///< training and evaluation records
-    std::vector<std::string> label_names;  ///< tag names (ner evaluation)
+    using T = typename Model::value_type;    ///< scalar type
+    using Head = typename Model::head_type;  ///< the task head (loss, report)
+    Model& model;                            ///< the model trained in place
+    train::options options;                  ///< hyper-parameters
+    std::vector<record> history;             ///< training and evaluation records
+    std::vector<std::string> label_names;    ///< tag names (ner evaluation)
     mlm_masking masking;  ///< mlm: how batches are masked (set mask_id and special from the
                           ///< tokenizer: mlm_masking_for)
 
     /// A trainer of `m`.
     trainer(Model& m, train::options o, std::vector<std::string> labels = {})
         : model(m), options(std::move(o)), label_names(std::move(labels)) {
-        ce_.options.label_smoothing = options.label_smoothing;  // the training loss only
-        ce_.options.class_weights = options.class_weights;
-        const bool tokens = Model::task == bert::task::token_classification,
-                   mlm = Model::task == bert::task::masked_lm,
-                   qa = Model::task == bert::task::question_answering;
-        if (tokens != (options.task == task::ner) || mlm != (options.task == task::mlm) ||
-            qa != (options.task == task::qa))
-            throw error(errc::invalid_argument, "trainer",
-                        "task ner needs a token_classifier, task mlm a masked_lm, task qa a "
-                        "question_answering model; the other tasks a sequence_classifier");
+        static_assert(
+            requires(Head & h, typename Model::output_view y, const batch& b) {
+                h.loss(y, b, static_cast<T*>(nullptr), T(1));
+            },
+            "ftune: train::trainer needs a head with a task (a loss): not the base model");
+        // the training loss only (evaluation reports the plain loss)
+        model.head.set_loss_options(
+            {.label_smoothing = options.label_smoothing, .class_weights = options.class_weights});
     }
 
     /// The result of fit.
@@ -306,8 +290,8 @@ class trainer {
             const auto order = batch_order(train_set, options.batch_size, true,
                                            options.bucket_by_length, options.seed, epoch);
             for (std::size_t bi = epoch == first_epoch ? first_batch : 0; bi < order.size(); ++bi) {
-                collate_into(batch_, train_set, order[bi], pad_id(), per_token());
-                if constexpr (Model::task == bert::task::masked_lm)  // new masks each epoch
+                collate_into(batch_, train_set, order[bi], pad_id(), Head::labels_per_token);
+                if constexpr (Head::masked_inputs)  // new masks each epoch
                     masks.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
                                                       epoch * batches_per_epoch + bi));
                 const batch& b = batch_;
@@ -376,151 +360,25 @@ class trainer {
         return res;
     }
 
-    /// Loss and scores on examples (eval mode, batches by length).
+    /// Loss and scores on examples (eval mode, batches by length), as the head reports them.
     evaluation evaluate(const std::vector<example>& xs) {
         evaluation e;
         context ctx;  // eval mode
         const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
-        double loss_sum = 0, weight = 0, sq = 0;
         std::uint64_t eval_batch = 0;
-        double e_acc = 0;  // qa: windows with both ends right
         const mlm_masking masks = mlm_masks();
-        auto& gold_tags = e.gold_tags;
-        auto& pred_tags = e.predicted_tags;
         for (const auto& idx : order) {
-            batch b = collate(xs, idx, pad_id(), per_token());
-            if constexpr (Model::task == bert::task::masked_lm)  // the same masks every time
+            batch b = collate(xs, idx, pad_id(), Head::labels_per_token);
+            if constexpr (Head::masked_inputs)  // the same masks every time
                 masks.apply(b, random_stream(0x6576616cULL, ++eval_batch));
-            const auto y = forward(ctx, b);
-            const std::size_t L = labels_of(y);
-            if constexpr (Model::task == bert::task::question_answering) {
-                loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
-                const double l = qa_loss(ce, y, b, nullptr, T(0));
-                loss_sum += l * double(b.B), weight += double(b.B);
-                for (std::size_t r = 0; r < b.B; ++r) {  // both ends right
-                    std::size_t s = 0, e = 0;
-                    for (std::size_t t = 1; t < b.T; ++t) {
-                        if (y(r, t, 0) > y(r, s, 0)) s = t;
-                        if (y(r, t, 1) > y(r, e, 1)) e = t;
-                    }
-                    e_acc += double(token_id(s) == b.labels[2 * r] &&
-                                    token_id(e) == b.labels[2 * r + 1]);
-                }
-            } else if constexpr (Model::task == bert::task::masked_lm) {
-                loss::cross_entropy<T> ce;
-                const std::size_t n = b.B * b.T;
-                const T l = ce.forward({y.data(), n, L}, {b.labels.data(), n});
-                std::size_t counted = 0;
-                for (std::size_t i = 0; i < n; ++i) {
-                    if (b.labels[i] == -100) continue;
-                    const T* z = y.data() + i * L;
-                    ++counted;
-                    e.accuracy += double(int(std::max_element(z, z + L) - z) == b.labels[i]);
-                }
-                loss_sum += double(l) * double(counted), weight += double(counted);
-            } else if constexpr (Model::task == bert::task::token_classification) {
-                loss::cross_entropy<T> ce;
-                const std::size_t n = b.B * b.T;
-                const T l = ce.forward({y.data(), n, L}, {b.labels.data(), n});
-                std::size_t counted = 0;
-                for (auto v : b.labels) counted += v != -100;
-                loss_sum += double(l) * double(counted), weight += double(counted);
-                for (std::size_t r = 0; r < b.B; ++r) {
-                    std::vector<std::string> g, p;
-                    for (std::size_t t = 0; t < b.T; ++t) {
-                        const token_id gold = b.labels[r * b.T + t];
-                        if (gold == -100) continue;
-                        const T* z = y.data() + (r * b.T + t) * L;
-                        const int best = int(std::max_element(z, z + L) - z);
-                        e.gold.push_back(gold), e.predicted.push_back(best);
-                        g.push_back(tag(std::size_t(gold))), p.push_back(tag(std::size_t(best)));
-                    }
-                    gold_tags.push_back(std::move(g)), pred_tags.push_back(std::move(p));
-                }
-            } else if (options.task == task::classify) {
-                loss::cross_entropy<T> ce;
-                loss_sum +=
-                    double(ce.forward({y.data(), b.B, L}, {b.labels.data(), b.B})) * double(b.B);
-                weight += double(b.B);
-                for (std::size_t r = 0; r < b.B; ++r) {
-                    const T* z = y.data() + r * L;
-                    e.gold.push_back(b.labels[r]);
-                    e.predicted.push_back(int(std::max_element(z, z + L) - z));
-                }
-            } else if (options.task == task::multilabel) {
-                loss::bce_with_logits<T> bce;
-                std::vector<T> tg(b.targets.begin(), b.targets.end());
-                loss_sum +=
-                    double(bce.forward({y.data(), b.B, L}, {tg.data(), b.B, L})) * double(b.B);
-                weight += double(b.B);
-                std::size_t exact = 0;
-                for (std::size_t r = 0; r < b.B; ++r) {
-                    bool all = true;
-                    auto& g = e.gold_sets.emplace_back(L);
-                    auto& p = e.predicted_sets.emplace_back(L);
-                    for (std::size_t j = 0; j < L; ++j) {
-                        g[j] = b.targets[r * L + j] > 0.5f, p[j] = y.data()[r * L + j] > 0;
-                        all &= g[j] == p[j];
-                    }
-                    exact += all;
-                }
-                e.accuracy += double(exact);  // subset accuracy, normalized below
-            } else {
-                for (std::size_t r = 0; r < b.B; ++r) {
-                    const double d = double(y.data()[r]) - double(b.targets[r]);
-                    sq += d * d;
-                    e.outputs.push_back(double(y.data()[r]));
-                    e.targets.push_back(double(b.targets[r]));
-                }
-                weight += double(b.B);
-            }
+            model.head.score(forward(ctx, b), b, e, label_names);
         }
-        if constexpr (Model::task == bert::task::question_answering) {
-            e.loss = weight ? loss_sum / weight : 0;  // per window
-            e.accuracy = weight ? e_acc / weight : 0;
-            e.metric = -e.loss;  // SQuAD EM / F1: evaluate_squad (train/qa.hpp)
-        } else if constexpr (Model::task == bert::task::masked_lm) {
-            e.loss = weight ? loss_sum / weight : 0;  // per masked token
-            e.accuracy = weight ? e.accuracy / weight : 0;
-            e.metric = -e.loss;  // perplexity: exp(loss)
-        } else if constexpr (Model::task == bert::task::token_classification) {
-            e.loss = weight ? loss_sum / weight : 0;
-            e.accuracy = metrics::accuracy(e.gold, e.predicted);
-            e.f1 = metrics::entity_f1(gold_tags, pred_tags).f1;
-            e.metric = e.f1;
-        } else if (options.task == task::classify) {
-            e.loss = loss_sum / weight;
-            e.accuracy = metrics::accuracy(e.gold, e.predicted);
-            e.f1 = metrics::macro_f1(e.gold, e.predicted, labels_count());
-            e.metric = e.accuracy;
-        } else if (options.task == task::multilabel) {
-            e.loss = loss_sum / weight;
-            e.accuracy /= weight;
-            e.metric = e.accuracy;
-        } else {
-            e.loss = sq / weight;
-            e.metric = -e.loss;
-        }
+        model.head.finish(e);
         return e;
     }
 
-    /// The name of the selection metric.
-    std::string metric_name() const {
-        switch (options.task) {
-            case task::classify:
-                return "accuracy";
-            case task::multilabel:
-                return "subset accuracy";
-            case task::regression:
-                return "-mse";
-            case task::ner:
-                return "entity f1";
-            case task::mlm:
-            case task::qa:
-                return "-loss";
-        }
-        return "metric";
-    }
+    /// The name of the selection metric (the head's).
+    std::string metric_name() const { return model.head.metric_name(); }
 
     /// Writes an SVG plot of the training loss (left axis) and the validation metric (right
     /// axis) against the step.
@@ -593,59 +451,15 @@ class trainer {
         return false;
 #endif
     }
-    // qa: the mean of the start and end cross-entropies over every position (padding included,
-    // as BertForQuestionAnswering), labels {start, end} per row; with d, d (B, T, 2) +=
-    // scale * its gradient
-    template <class Y>
-    double qa_loss(loss::cross_entropy<T>& ce, const Y& y, const batch& b, T* d, T scale) {
-        const std::size_t B = b.B, L = b.T;
-        qa_z_.resize(2 * B * L), qa_y_.resize(2 * B), qa_d_.assign(2 * B * L, T(0));
-        for (std::size_t r = 0; r < B; ++r) {
-            for (std::size_t t = 0; t < L; ++t)  // (2, B, T): start logits, then end logits
-                qa_z_[r * L + t] = y(r, t, 0), qa_z_[(B + r) * L + t] = y(r, t, 1);
-            qa_y_[r] = b.labels[2 * r], qa_y_[B + r] = b.labels[2 * r + 1];
-        }
-        double total = 0;
-        for (std::size_t k = 0; k < 2; ++k) {
-            total +=
-                double(ce.forward({qa_z_.data() + k * B * L, B, L}, {qa_y_.data() + k * B, B}));
-            if (d) ce.backward({qa_d_.data() + k * B * L, B, L}, T(0.5) * scale);
-        }
-        if (d)
-            for (std::size_t r = 0; r < B; ++r)
-                for (std::size_t t = 0; t < L; ++t)
-                    d[(r * L + t) * 2] += qa_d_[r * L + t],
-                        d[(r * L + t) * 2 + 1] += qa_d_[(B + r) * L + t];
-        return total / 2;
-    }
     // masking, with random replacements inside both the tokenizer's and the model's vocabulary
     mlm_masking mlm_masks() const {
         mlm_masking m = masking;
-        if constexpr (Model::task == bert::task::masked_lm)
-            m.vocab_size = std::min(m.vocab_size, model.bias.value.size());
+        if constexpr (requires { model.head.vocab_size(); })
+            m.vocab_size = std::min(m.vocab_size, model.head.vocab_size());
         return m;
     }
-    static constexpr bool per_token() {
-        return Model::task == bert::task::token_classification ||
-               Model::task == bert::task::masked_lm;
-    }
-    template <class Y>
-    static std::size_t labels_of(const Y& y) {  // classes per row: the logits' last extent
-        return y.extent(Y::rank - 1);
-    }
-    std::size_t labels_count() const {
-        if constexpr (requires { model.num_labels(); })
-            return model.num_labels();
-        else
-            return 0;
-    }
     token_id pad_id() const {
-        return model.bert.embeddings.word_embeddings.padding_idx < 0
-                   ? 0
-                   : model.bert.embeddings.word_embeddings.padding_idx;
-    }
-    std::string tag(std::size_t id) const {
-        return id < label_names.size() ? label_names[id] : "LABEL_" + std::to_string(id);
+        return model.backbone.pad_token_id();
     }
 
     auto forward(context& ctx, const batch& b) {
@@ -656,34 +470,9 @@ class trainer {
     // forward, loss and backward of one batch (gradients accumulate); returns the batch loss
     double train_batch(context& ctx, const batch& b) {
         const auto y = forward(ctx, b);
-        const std::size_t L = labels_of(y);
-        const T scale = T(1.0 / double(options.grad_accum));
         d_.assign(y.size(), T(0));
-        double l = 0;
-        if constexpr (Model::task == bert::task::question_answering) {
-            l = qa_loss(ce_, y, b, d_.data(), scale);
-            model.backward(ctx, {d_.data(), b.B, b.T, 2});
-        } else if constexpr (Model::task == bert::task::token_classification ||
-                             Model::task == bert::task::masked_lm) {
-            const std::size_t n = b.B * b.T;
-            l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
-            ce_.backward({d_.data(), n, L}, scale);
-            model.backward(ctx, {d_.data(), b.B, b.T, L});
-        } else {
-            if (options.task == task::classify) {
-                l = double(ce_.forward({y.data(), b.B, L}, {b.labels.data(), b.B}));
-                ce_.backward({d_.data(), b.B, L}, scale);
-            } else if (options.task == task::multilabel) {
-                targets_.assign(b.targets.begin(), b.targets.end());
-                l = double(bce_.forward({y.data(), b.B, L}, {targets_.data(), b.B, L}));
-                bce_.backward({d_.data(), b.B, L}, scale);
-            } else {
-                targets_.assign(b.targets.begin(), b.targets.end());
-                l = double(mse_.forward({y.data(), b.B, L}, {targets_.data(), b.B, L}));
-                mse_.backward({d_.data(), b.B, L}, scale);
-            }
-            model.backward(ctx, {d_.data(), b.B, L});
-        }
+        const double l = model.head.loss(y, b, d_.data(), T(1.0 / double(options.grad_accum)));
+        model.backward(ctx, typename Model::output_view(d_.data(), y.shape()));
         if (!std::isfinite(l))
             throw error(errc::invalid_argument, "training loss",
                         "the loss is not finite (diverged: lower the learning rate)");
@@ -793,16 +582,11 @@ class trainer {
         });
     }
 
-    loss::cross_entropy<T> ce_;
-    std::vector<T> qa_z_, qa_d_;  // qa: start and end logits (2, B, T) and their gradient
-    std::vector<token_id> qa_y_;  // qa: start and end labels (2, B)
-    loss::bce_with_logits<T> bce_;
-    loss::mse<T> mse_;
-    std::vector<T> d_, targets_;  // d logits; float targets as T
-    batch batch_;                 // the training batch, its storage reused
-    double shown_loss_ = 0;       // the loss the progress shows: mean since the last log line
-    double last_draw_ = -1;       // when the progress bar was last drawn (seconds into fit)
-    bool bar_open_ = false;       // the progress bar is on the terminal's last line, unended
+    std::vector<T> d_;       // d outputs
+    batch batch_;            // the training batch, its storage reused
+    double shown_loss_ = 0;  // the loss the progress shows: mean since the last log line
+    double last_draw_ = -1;  // when the progress bar was last drawn (seconds into fit)
+    bool bar_open_ = false;  // the progress bar is on the terminal's last line, unended
 };
 
 }  // namespace train

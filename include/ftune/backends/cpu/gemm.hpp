@@ -433,19 +433,9 @@ struct no_epilogue {
                     std::size_t) const noexcept {}
 };
 
-/// The epilogue C += R (R (M, N), rows ldr apart: a residual connection). gemm_packed adds it
-/// inside the micro-kernel as the tile is stored, instead of reloading the stored tile.
-template <class T>
-struct add_residual {
-    const T* r;       ///< R(0, 0)
-    std::size_t ldr;  ///< row stride of R
-    /// C(row0 .., col0 ..) += R at the same place (the same value as inside the kernel).
-    void operator()(T* c, std::size_t ldc, std::size_t row0, std::size_t rows, std::size_t col0,
-                    std::size_t cols) const noexcept {
-        for (std::size_t i = 0; i < rows; ++i)
-            for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
-    }
-};
+/// The epilogue C += R (a residual connection): gemm_packed adds it inside the micro-kernel as
+/// the tile is stored, instead of reloading the stored tile.
+using backend::add_residual;
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
 /// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the

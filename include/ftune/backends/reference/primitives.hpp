@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <type_traits>
+#include <vector>
 
 #include "ftune/backends/common.hpp"
 #include "ftune/core/error.hpp"
@@ -431,6 +433,94 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
         }
         param[i] += -lr * g;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inference: prepared weights and fused attention
+
+/// A weight prepared for inference products: op(B) (K rows, N columns) copied row-major. The
+/// reference backend has no panel layout; this is its own prepared-weight type (the CPU's is
+/// backend::cpu::packed_b).
+template <scalar T>
+class prepared_b {
+  public:
+    /// Copies op(B) (K rows, N columns) from B with row stride ldb.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        data_.resize(K * N);
+        for (std::size_t k = 0; k < K; ++k)
+            for (std::size_t j = 0; j < N; ++j)
+                data_[k * N + j] = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
+        K_ = K, N_ = N;
+    }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// op(B), (K, N) row-major.
+    const T* data() const noexcept { return data_.data(); }
+
+  private:
+    std::vector<T> data_;
+    std::size_t K_ = 0, N_ = 0;
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C, then + bias(N) on every row (when given), then
+/// epilogue(C, ldc, 0, M, 0, N) (when given: backend::add_residual adds a residual).
+template <scalar T, class Epilogue = std::nullptr_t>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
+                 std::size_t lda, const prepared_b<T>& Bp, T beta, T* C, std::size_t ldc,
+                 const T* bias = nullptr, Epilogue epilogue = {}) {
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed",
+                    ftune::detail::cat("B was prepared as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N));
+    gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    if (bias)
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+    if constexpr (!std::is_same_v<Epilogue, std::nullptr_t>) epilogue(C, ldc, 0, M, 0, N);
+}
+
+/// Multi-head attention for inference: for every batch b, head h and query i < Tq (the first Tq
+/// positions of the sequence), p = softmax_j(scale * q_i · k_j + key_mask(b, j)) over the keys
+/// j < Tn (causal: j <= i) and out_i = Σ_j p_j v_j, on head h's columns h*d .. h*d+d of q
+/// ((B*Tq, ldq) rows), k and v ((B*T, ld) rows) and out ((B*Tq, ldo) rows). A query whose keys
+/// are all masked gets zeros.
+template <scalar T>
+void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
+                         const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
+                         std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
+                         bool causal = false) {
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+    std::vector<T> p(Tn);
+    for (std::size_t b = 0; b < Bn; ++b)
+        for (std::size_t h = 0; h < H; ++h)
+            for (std::size_t i = 0; i < Tq; ++i) {
+                const T* qi = q + b * Tq * ldq + i * ldq + h * d;
+                const std::size_t keys = causal ? i + 1 : Tn;
+                T mx = -std::numeric_limits<T>::infinity();
+                for (std::size_t j = 0; j < keys; ++j) {
+                    const T* kj = k + (b * Tn + j) * ld + h * d;
+                    T dot = 0;
+                    for (std::size_t c = 0; c < d; ++c) dot += qi[c] * kj[c];
+                    p[j] = scale * dot + (key_mask ? key_mask[b * Tn + j] : T(0));
+                    if (p[j] > mx) mx = p[j];
+                }
+                T sum = 0;
+                for (std::size_t j = 0; j < keys; ++j) {
+                    p[j] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[j] - mx);
+                    sum += p[j];
+                }
+                T* oi = out + (b * Tq + i) * ldo + h * d;
+                for (std::size_t c = 0; c < d; ++c) {
+                    T acc = 0;
+                    for (std::size_t j = 0; j < keys; ++j)
+                        acc += p[j] * v[(b * Tn + j) * ld + h * d + c];
+                    oi[c] = sum > T(0) ? acc / sum : T(0);
+                }
+            }
 }
 
 }  // namespace backend::reference

@@ -1,0 +1,114 @@
+// task_model<Backbone, Head>: a backbone (a model family's encoder or decoder) with a task head
+// on top, as Transformers' <Family>For<Task> classes: the architecture name, the parameter names
+// and the forward/backward come from the two parts. The head also owns its task: the loss, the
+// evaluation report, the decoding of predictions (heads/*.hpp).
+#pragma once
+
+#include <array>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "ftune/core/context.hpp"
+#include "ftune/core/error.hpp"
+#include "ftune/core/parameter.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace detail {
+/// A + B as one constexpr string (architecture names: "Bert" + "ForSequenceClassification").
+template <const std::string_view& A, const std::string_view& B>
+struct joined_name {
+    static constexpr auto chars = [] {
+        std::array<char, A.size() + B.size()> s{};
+        for (std::size_t i = 0; i < A.size(); ++i) s[i] = A[i];
+        for (std::size_t i = 0; i < B.size(); ++i) s[A.size() + i] = B[i];
+        return s;
+    }();
+    static constexpr std::string_view value{chars.data(), chars.size()};  ///< A + B
+};
+}  // namespace detail
+
+/// A backbone with a head. The backbone supplies ids -> hidden states (B, T, C), its family's
+/// names (architecture_prefix "Bert", base_model_prefix "bert") and config type; the head
+/// supplies the outputs, its parameters' names and its task (heads::sequence_classification,
+/// token_classification, question_answering, masked_lm, base_model).
+template <class Backbone, class Head>
+class task_model {
+  public:
+    using value_type = typename Backbone::value_type;    ///< scalar type
+    using backbone_type = Backbone;                      ///< the family's encoder
+    using head_type = Head;                              ///< the task head
+    using config_type = typename Backbone::config_type;  ///< what both are built from
+    using ids_view = typename Backbone::ids_view;        ///< (B, T) token ids
+    using output_view = typename Head::output_view;      ///< the head's outputs
+    /// The architecture name in config.json ("BertForSequenceClassification").
+    static constexpr std::string_view architecture =
+        detail::joined_name<Backbone::architecture_prefix, Head::architecture_suffix>::value;
+
+    Backbone backbone;  ///< under "<base_model_prefix>." (unprefixed for a base model)
+    Head head;          ///< the task's layers and semantics
+
+    /// A zero-initialized model of configuration c.
+    explicit task_model(const config_type& c) : backbone(c), head(c) {}
+
+    /// The head's outputs for ids; attention_mask (B, T) holds 1 for tokens and 0 for padding
+    /// (empty: all tokens), token_types may be empty. A head that reads position 0 only, on a
+    /// model prepared for inference in eval mode, gets the last layer computed for that
+    /// position alone (the same outputs, bit for bit).
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        if constexpr (Head::first_token_only)
+            if (!ctx.training() && backbone.inference_prepared())
+                return head.forward(
+                    ctx, backbone,
+                    backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));
+        return head.forward(ctx, backbone, backbone.forward(ctx, ids, attention_mask, token_types));
+    }
+
+    /// Accumulates every trainable parameter's gradient from d outputs (and whatever else the
+    /// head's backward takes: the base model's d pooled). Throws, before touching a gradient,
+    /// after a prepared forward (which keeps nothing for backward).
+    template <class... Extra>
+    void backward(context& ctx, output_view d_out, Extra&&... extra) {
+        if (backbone.kept_nothing_for_backward())
+            throw no_backward_after_inference(std::string(architecture));
+        backbone.backward(ctx, head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...));
+    }
+
+    /// Number of labels of the head.
+    std::size_t num_labels() const requires(requires(const Head& h) { h.num_labels(); }) {
+        return head.num_labels();
+    }
+
+    /// Packs the weights for low-latency inference (see the backbone's prepare_inference).
+    void prepare_inference() {
+        backbone.prepare_inference();
+        head.prepare_inference();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        backbone.zero_grad();
+        head.zero_grad();
+    }
+    /// Visits every parameter under Transformers' names, prefixed by `prefix`: the backbone's
+    /// under base_model_prefix ("bert.embeddings...") unless the head is the base model, then
+    /// the head's ("classifier.weight", "bert.pooler.dense.weight").
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        const std::string_view base = prefixed() ? Backbone::base_model_prefix : "";
+        backbone.visit_parameters(base.empty() ? std::string(prefix) : join_name(prefix, base), f);
+        head.visit_parameters(prefix, base, f);
+    }
+
+  private:
+    // whether the backbone's parameters are named under base_model_prefix (not for a base model)
+    static constexpr bool prefixed() {
+        if constexpr (requires { Head::prefixes_backbone; })
+            return Head::prefixes_backbone;
+        else
+            return true;
+    }
+};
+
+FTUNE_NAMESPACE_END
