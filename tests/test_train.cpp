@@ -188,6 +188,73 @@ TEST_CASE("fit: a small model learns a toy task; early stopping keeps the best w
     CHECK(progress.str().find("eval loss") != std::string::npos);
 }
 
+TEST_CASE("fit: optimizer and schedule objects, callbacks that observe and steer", "[train]") {
+    using Model = ftune::bert::sequence_classifier<>;
+    const auto names = ftune::train::label_names({"negative", "positive"});
+    auto weights = [](Model& model) {
+        std::vector<float> v;
+        model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            v.insert(v.end(), p.value.begin(), p.value.end());
+        });
+        return v;
+    };
+    const ftune::train::options o{
+        .epochs = 2, .batch_size = 8, .lr = 1e-3, .warmup_ratio = 0.2, .progress = nullptr};
+    auto a =
+        ftune::io::load_hf<Model>(heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
+    auto b =
+        ftune::io::load_hf<Model>(heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
+    const auto train = ftune::train::encode(
+        *a.tokenizer, toy(40, 11), ftune::heads::problem::single_label_classification, names, 32);
+    // the default (AdamW, options.schedule) and the same objects passed in: the same weights
+    ftune::train::trainer<Model> ta(a.model, o), tb(b.model, o);
+    const std::size_t total = tb.total_steps(train.size());
+    CHECK(total == 2 * 5);
+    tb.optimizer = ftune::optim::make_optimizer<float>("adamw", o.lr, o.weight_decay);
+    tb.lr_schedule = ftune::schedule::make("linear", o.lr, 2, total);
+    ta.fit(train, {});
+    tb.fit(train, {});
+    CHECK(weights(a.model) == weights(b.model));
+    // SGD with a constant rate: other weights; every record has that rate
+    auto c =
+        ftune::io::load_hf<Model>(heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});
+    ftune::train::trainer<Model> tc(
+        c.model, {.epochs = 2, .batch_size = 8, .log_every = 1, .progress = nullptr});
+    tc.optimizer = ftune::optim::make_optimizer<float>("sgd", 0.05, 0.0, 0.9);
+    tc.lr_schedule = ftune::schedule::any_schedule(ftune::schedule::constant{0.05}, "constant");
+    // a callback that counts what it sees and stops the run after 7 steps
+    struct counting : ftune::train::callback {
+        std::size_t steps = 0, logs = 0, begins = 0, ends = 0;
+        bool interrupted = false;
+        void on_train_begin(const ftune::train::state&) override { ++begins; }
+        void on_step_end(const ftune::train::state& s, ftune::train::control& c) override {
+            ++steps;
+            c.should_stop |= s.step == 7;
+        }
+        void on_log(const ftune::train::state&, const ftune::train::record& r) override {
+            ++logs;
+            CHECK(r.lr == 0.05);
+        }
+        void on_train_end(const ftune::train::state& s) override {
+            ++ends;
+            interrupted = s.interrupted;
+        }
+    };
+    auto* seen = new counting;
+    tc.callbacks.emplace_back(seen);
+    const auto r = tc.fit(train, {});
+    CHECK(r.steps == 7);
+    CHECK(r.interrupted);
+    CHECK(seen->steps == 7);
+    CHECK(seen->logs == 7);  // log_every 1
+    CHECK(seen->begins == 1);
+    CHECK(seen->ends == 1);
+    CHECK(seen->interrupted);
+    CHECK(weights(c.model) != weights(a.model));
+    CHECK_THROWS_AS(ftune::optim::make_optimizer<float>("adam", 1e-3, 0), ftune::error);
+    CHECK_THROWS_AS(ftune::schedule::make("step", 1e-3, 0, 10), ftune::error);
+}
+
 TEST_CASE("fit: frozen parameters do not move; the head still learns", "[train]") {
     auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(
         heads / "seq", {.labels = {"negative", "positive"}, .seed = 3});

@@ -44,6 +44,7 @@ void usage(std::ostream& os) {
           "              [--weight-decay F] [--freeze none|embeddings|layers:N|encoder]\n"
           "              [--early-stopping PATIENCE] [--eval-every STEPS] [--grad-accum N]\n"
           "              [--schedule linear|cosine|constant|polynomial]\n"
+          "              [--optimizer adamw|sgd] [--momentum F]\n"
           "              [--checkpoint-every STEPS] [--stop-after STEPS] [--resume "
           "DIR/checkpoint]\n"
           "              [--max-train-examples N]  (the first N rows or sentences)\n"

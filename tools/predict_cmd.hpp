@@ -204,7 +204,8 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                 if (!p.pieces) p.byte_begin = t.byte_begin, p.char_begin = t.char_begin;
                 p.byte_end = t.byte_end, p.char_end = t.char_end, p.pieces = true;
             }
-            const auto tags = m.model.head.decode_words(y, e.tokens, n, words);  // one per word
+            const auto tags =
+                m.model.head.decode_words(y, std::span(e.tokens), n, words);  // one per word
             for (std::size_t k = 0; k < words; ++k)
                 w[k].label = tags[k].label, w[k].score = tags[k].score;
             const std::size_t cut = std::size_t(std::count_if(

@@ -28,9 +28,23 @@ struct train_args {
     ftune::train::options opt;
     std::size_t max_length = 128;  // Hugging Face's run_glue / run_ner default
     std::string freeze = "none";
-    std::size_t max_train = 0;  // use only the first N training examples (0: all), as
-                                // run_glue's --max_train_samples
+    std::size_t max_train = 0;        // use only the first N training examples (0: all), as
+                                      // run_glue's --max_train_samples
+    std::string optimizer = "adamw";  // --optimizer adamw|sgd
+    double momentum = 0;              // --momentum (sgd)
 };
+
+// The optimizer and the learning-rate schedule objects the options name, for a run over
+// `examples` training examples (the trainer runs what it is given).
+template <class Trainer>
+void choose_optimization(Trainer& t, const train_args& a, std::size_t examples) {
+    using T = typename Trainer::T;
+    const std::size_t total = t.total_steps(examples);
+    t.optimizer =
+        ftune::optim::make_optimizer<T>(a.optimizer, a.opt.lr, a.opt.weight_decay, a.momentum);
+    t.lr_schedule = ftune::schedule::make(
+        a.opt.schedule, a.opt.lr, ftune::schedule::warmup_steps(a.opt.warmup_ratio, total), total);
+}
 
 // The task named on the command line.
 inline cli::task parse_task(const std::string& v) {
@@ -107,6 +121,10 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.grad_accum = count();
         else if (!eval && k == "--schedule")
             a.opt.schedule = v;
+        else if (!eval && k == "--optimizer")
+            a.optimizer = v;
+        else if (!eval && k == "--momentum")
+            a.momentum = number();
         else if (!eval && k == "--resume")
             a.opt.resume_from = v;
         else if (!eval && k == "--checkpoint-every")
@@ -252,6 +270,7 @@ int train_with(train_args& a, cli::task task) {
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
+    choose_optimization(t, a, train_x.size());
     const auto r = t.fit(train_x, valid_x);
     if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s";
@@ -299,6 +318,7 @@ inline int train_qa(train_args& a) {
     if (frozen) std::cerr << ", " << frozen << " weights frozen";
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt);
+    choose_optimization(t, a, train_x.size());
     const auto r = t.fit(train_x, valid_x);
     if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s; saved " << a.out.string()

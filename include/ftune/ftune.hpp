@@ -20,4 +20,6 @@
 #include "ftune/blocks.hpp"
 #include "ftune/models/bert.hpp"
 #include "ftune/models/bert_tasks.hpp"
+#include "ftune/losses.hpp"
+#include "ftune/optim.hpp"
 #include "ftune/testing/check_gradients.hpp"

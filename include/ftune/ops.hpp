@@ -79,14 +79,20 @@ void check_size(const char* what, const char* name, const X& x, std::size_t n,
                                " elements) but ", expected, " needs ", n));
 }
 
+}  // namespace detail
+
 /// The backend that runs the primitives on device D: a struct whose static functions forward
 /// to the backend's own (one specialization per backend, next to it below; as xsimd selects
-/// its kernels by architecture tag). A device without one is a compile-time error.
+/// its kernels by architecture tag). A new device specializes it (docs/extending.md, "Add a
+/// backend"); a device without one is a compile-time error.
 template <class D>
 struct backend_of {
     static_assert(!std::is_same_v<D, device::cuda>,
                   "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
                   "have yet (planned, optional); keep the tensors on device::cpu.");
+    static_assert(std::is_same_v<D, device::cuda>,
+                  "ftune: no backend for this device: specialize ftune::ops::backend_of<D> "
+                  "(docs/extending.md, \"Add a backend\")");
 };
 
 // backend_of's members: one forwarding function per primitive
@@ -143,6 +149,7 @@ struct backend_of<device::reference> {
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
 
+namespace detail {
 /// The backend of tensor type X's device.
 template <class X>
 using backend_for = backend_of<device_of<X>>;
@@ -589,8 +596,8 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
 // ---------------------------------------------------------------------------------------------
 // Weights prepared once for inference products
 
-namespace detail {
-/// The prepared-weight type of a device (each backend specializes it).
+/// The prepared-weight type of a device (each backend specializes it; a new device too, with
+/// `type` holding pack(B, ldb, transpose, K, N), rows() and cols()).
 template <class T, class D>
 struct prepared_weight_of {
     static_assert(!std::is_same_v<D, device::cuda>,
@@ -604,12 +611,11 @@ template <class T>
 struct prepared_weight_of<T, device::reference> {
     using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
-}  // namespace detail
 
 /// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
 /// its GEMM's panel layout. Each backend has its own type.
 template <scalar T, class D = device::cpu>
-using prepared_weight = typename detail::prepared_weight_of<T, D>::type;
+using prepared_weight = typename prepared_weight_of<T, D>::type;
 
 /// Prepares w (N, K), stored as a linear layer stores its weight (out, in), for y = x wᵀ
 /// (matmul_prepared); grows the prepared storage only.

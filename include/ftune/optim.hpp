@@ -10,12 +10,15 @@
 #pragma once
 
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <numbers>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "ftune/core/concepts.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/core/parameter.hpp"
 #include "ftune/ops.hpp"
@@ -215,6 +218,16 @@ class sgd {
         }
     }
 
+    /// Allocates the state of params as the first step would (zero momentum buffers when
+    /// momentum is on), so that visit_state can restore saved buffers before any step.
+    void init_state(std::span<const parameter_ref<T>> params) {
+        names_.clear(), buf_.clear();
+        for (const auto& p : params) {
+            names_.push_back(p.name);
+            buf_.emplace_back(p.trainable && options.momentum != 0 ? p.value.size() : 0);
+        }
+    }
+
     /// Visits the momentum buffers ("<param>.momentum_buffer"; empty before the first step).
     template <class F>
     void visit_state(F&& f) {
@@ -229,6 +242,72 @@ class sgd {
     std::vector<std::string> names_;              // parameter names, in step() order
     std::vector<buffer<T, shape<dynamic>>> buf_;  // momentum buffers (empty: none yet, or frozen)
 };
+
+/// Any optimizer (adamw, sgd, or a type of one's own with the same members: step, set_lr,
+/// step_count, set_step_count, init_state, visit_state), held by value behind one interface: what
+/// the trainer runs, chosen at run time (the CLI's --optimizer).
+template <scalar T>
+class any_optimizer {
+  public:
+    /// Holds o (satisfying the optimizer concept), called `name` in checkpoints and messages.
+    template <class O>
+    requires optimizer<O, T> any_optimizer(O o, std::string name)
+        : p_(std::make_unique<impl<O>>(std::move(o))), name_(std::move(name)) {}
+
+    /// Updates every trainable parameter from its gradient.
+    void step(std::span<const parameter_ref<T>> params) { p_->step(params); }
+    /// Sets the learning rate of the next steps.
+    void set_lr(double lr) { p_->set_lr(lr); }
+    /// Number of steps taken.
+    std::size_t step_count() const { return p_->step_count(); }
+    /// Restores the step count.
+    void set_step_count(std::size_t n) { p_->set_step_count(n); }
+    /// Allocates the state of params as the first step would.
+    void init_state(std::span<const parameter_ref<T>> params) { p_->init_state(params); }
+    /// Visits the state: f(name, span) per tensor.
+    void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) {
+        p_->visit_state(f);
+    }
+    /// Its name ("adamw", "sgd").
+    const std::string& name() const noexcept { return name_; }
+
+  private:
+    struct base {
+        virtual ~base() = default;
+        virtual void step(std::span<const parameter_ref<T>>) = 0;
+        virtual void set_lr(double) = 0;
+        virtual std::size_t step_count() const = 0;
+        virtual void set_step_count(std::size_t) = 0;
+        virtual void init_state(std::span<const parameter_ref<T>>) = 0;
+        virtual void visit_state(const std::function<void(const std::string&, std::span<T>)>&) = 0;
+    };
+    template <class O>
+    struct impl final : base {
+        O o;
+        explicit impl(O x) : o(std::move(x)) {}
+        void step(std::span<const parameter_ref<T>> p) override { o.step(p); }
+        void set_lr(double lr) override { o.set_lr(lr); }
+        std::size_t step_count() const override { return o.step_count(); }
+        void set_step_count(std::size_t n) override { o.set_step_count(n); }
+        void init_state(std::span<const parameter_ref<T>> p) override { o.init_state(p); }
+        void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) override {
+            o.visit_state(f);
+        }
+    };
+    std::unique_ptr<base> p_;
+    std::string name_;
+};
+
+/// The optimizer called `name` ("adamw": decoupled weight decay; "sgd": with momentum, weight
+/// decay as an L2 penalty, as torch.optim.SGD), for a base rate lr; throws for other names.
+template <scalar T>
+any_optimizer<T> make_optimizer(const std::string& name, double lr, double weight_decay,
+                                double momentum = 0) {
+    if (name == "adamw") return {adamw<T>({.lr = lr, .weight_decay = weight_decay}), name};
+    if (name == "sgd")
+        return {sgd<T>({.lr = lr, .momentum = momentum, .weight_decay = weight_decay}), name};
+    throw error(errc::invalid_argument, "optimizer " + name, "expected adamw or sgd");
+}
 
 /// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
 /// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns
@@ -326,6 +405,37 @@ struct polynomial {
         return (lr - lr_end) * std::pow(left, power) + lr_end;
     }
 };
+
+/// Any schedule (constant, linear, cosine, polynomial, or a type of one's own with lr_at), held
+/// by value: what the trainer runs, chosen at run time (the CLI's --schedule).
+class any_schedule {
+  public:
+    /// Holds s (satisfying the lr_schedule concept), called `name` in checkpoints.
+    template <class S>
+    requires lr_schedule<S> any_schedule(S s, std::string name)
+        : f_([s = std::move(s)](std::size_t step) { return double(s.lr_at(step)); }),
+          name_(std::move(name)) {}
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const { return f_(step); }
+    /// Its name ("linear", ...).
+    const std::string& name() const noexcept { return name_; }
+
+  private:
+    std::function<double(std::size_t)> f_;
+    std::string name_;
+};
+
+/// The schedule called `name` (linear, cosine, constant, polynomial: Transformers' defaults) of
+/// a run of `total` steps with `warmup` warmup steps to the peak rate lr; throws for others.
+inline any_schedule make(const std::string& name, double lr, std::size_t warmup,
+                         std::size_t total) {
+    if (name == "linear") return {linear{lr, warmup, total}, name};
+    if (name == "cosine") return {cosine{lr, warmup, total}, name};
+    if (name == "constant") return {constant{lr, warmup}, name};
+    if (name == "polynomial") return {polynomial{lr, warmup, total}, name};
+    throw error(errc::invalid_argument, "schedule " + name,
+                "expected linear, cosine, constant or polynomial");
+}
 
 }  // namespace schedule
 FTUNE_NAMESPACE_END

@@ -398,6 +398,7 @@ FTUNE_NAMESPACE_END
 // ---- begin ftune/core/device.hpp ----
 // Device tags: where a tensor's memory lives and which backend runs the primitives on it.
 
+#include <concepts>
 #include <type_traits>
 
 
@@ -423,10 +424,13 @@ struct cuda {
 };
 }  // namespace device
 
-/// A type usable as a device tag.
+/// A type usable as a device tag: a name for messages and whether its memory is the host's.
+/// ftune's are above; a new one needs a backend (ops::backend_of, docs/extending.md).
 template <class D>
-concept device_tag = std::is_same_v<D, device::cpu> || std::is_same_v<D, device::reference> ||
-    std::is_same_v<D, device::cuda>;
+concept device_tag = requires {
+    { D::name } -> std::convertible_to<const char*>;
+    { D::host } -> std::convertible_to<bool>;
+};
 
 /// A device whose memory is the host's (ftune::buffer allocates it).
 template <class D>
@@ -1161,30 +1165,31 @@ concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>
     { o.step_count() } -> std::convertible_to<std::size_t>;
 };
 
-/// HEAD: the task-specific top of a model (classifier, token tagger, span extractor, MLM).
+/// HEAD: the task-specific top of a task_model<Backbone, Head> (heads/*.hpp).
 ///
-/// - A head is a layer over the encoder's hidden states (B, T, C).
-/// - `num_labels()` gives the size of its output per example (or per token).
+/// - `forward(ctx, backbone, hidden)` maps the backbone's hidden states (B, T, C) to the task's
+///   outputs; `backward(ctx, backbone, d_outputs)` accumulates the head's gradients and returns
+///   d hidden (B, T, C), a view into the head valid until its next backward.
+/// - `visit_parameters(prefix, backbone_prefix, f)` names its parameters as Transformers does
+///   ("classifier.weight"; "bert.pooler.dense.weight" under the backbone's prefix).
+/// - `architecture_suffix` completes the family's architecture name ("ForTokenClassification");
+///   `first_token_only` says it reads position 0 only (the backbone may then compute the last
+///   layer for that position alone).
+/// - A head with a task (what train::trainer needs) also has its loss (`loss(y, batch, d,
+///   scale)`, `set_loss_options`), its evaluation (`score`, `finish`, `metric_name`, `report`)
+///   and the decoding its tools use.
+///
+/// CALLBACK: training callbacks derive from train::callback (train/callbacks.hpp): a base class
+/// with no-op hooks, since the trainer holds a run-time list of them.
 template <class H>
-concept head = layer<H> && requires(const H& h) {
-    { h.num_labels() } -> std::convertible_to<std::size_t>;
-};
-
-/// CALLBACK: optional hooks a trainer calls; any subset may be defined.
-///
-/// - `on_step(state)` after each optimizer step, `on_evaluate(state)` after each validation;
-///   `should_stop(state)` lets a callback end training early (early stopping).
-/// - Callbacks observe; they never change gradients or parameters, except a callback that
-///   restores the best weights at the end of training.
-template <class C, class State>
-concept callback = requires(C& c, const State& s) {
-    c.on_step(s);
-}
-|| requires(C& c, const State& s) {
-    c.on_evaluate(s);
-}
-|| requires(C& c, const State& s) {
-    { c.should_stop(s) } -> std::convertible_to<bool>;
+concept head = requires(H& h) {
+    typename H::value_type;
+    typename H::output_view;
+    typename H::hidden_view;
+    { H::architecture_suffix } -> std::convertible_to<std::string_view>;
+    { H::first_token_only } -> std::convertible_to<bool>;
+    h.zero_grad();
+    h.prepare_inference();
 };
 
 FTUNE_NAMESPACE_END
@@ -3566,14 +3571,20 @@ void check_size(const char* what, const char* name, const X& x, std::size_t n,
                                " elements) but ", expected, " needs ", n));
 }
 
+}  // namespace detail
+
 /// The backend that runs the primitives on device D: a struct whose static functions forward
 /// to the backend's own (one specialization per backend, next to it below; as xsimd selects
-/// its kernels by architecture tag). A device without one is a compile-time error.
+/// its kernels by architecture tag). A new device specializes it (docs/extending.md, "Add a
+/// backend"); a device without one is a compile-time error.
 template <class D>
 struct backend_of {
     static_assert(!std::is_same_v<D, device::cuda>,
                   "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
                   "have yet (planned, optional); keep the tensors on device::cpu.");
+    static_assert(std::is_same_v<D, device::cuda>,
+                  "ftune: no backend for this device: specialize ftune::ops::backend_of<D> "
+                  "(docs/extending.md, \"Add a backend\")");
 };
 
 // backend_of's members: one forwarding function per primitive
@@ -3630,6 +3641,7 @@ struct backend_of<device::reference> {
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
 
+namespace detail {
 /// The backend of tensor type X's device.
 template <class X>
 using backend_for = backend_of<device_of<X>>;
@@ -4076,8 +4088,8 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
 // ---------------------------------------------------------------------------------------------
 // Weights prepared once for inference products
 
-namespace detail {
-/// The prepared-weight type of a device (each backend specializes it).
+/// The prepared-weight type of a device (each backend specializes it; a new device too, with
+/// `type` holding pack(B, ldb, transpose, K, N), rows() and cols()).
 template <class T, class D>
 struct prepared_weight_of {
     static_assert(!std::is_same_v<D, device::cuda>,
@@ -4091,12 +4103,11 @@ template <class T>
 struct prepared_weight_of<T, device::reference> {
     using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
-}  // namespace detail
 
 /// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
 /// its GEMM's panel layout. Each backend has its own type.
 template <scalar T, class D = device::cpu>
-using prepared_weight = typename detail::prepared_weight_of<T, D>::type;
+using prepared_weight = typename prepared_weight_of<T, D>::type;
 
 /// Prepares w (N, K), stored as a linear layer stores its weight (out, in), for y = x wᵀ
 /// (matmul_prepared); grows the prepared storage only.
@@ -6210,1301 +6221,14 @@ class mse {
 }  // namespace loss
 FTUNE_NAMESPACE_END
 // ---- end ftune/losses.hpp ----
-// ---- begin ftune/train/batching.hpp ----
-// From read data to padded batches: encoding labelled texts and tagged sentences with a BERT
-// tokenizer, deterministic length-bucketed batch order, and dynamic padding.
+// ---- begin ftune/train/batch.hpp ----
+// train::example and train::batch: encoded examples and the padded batches the trainer feeds a
+// model and its head (what a head's loss and evaluation read). Encoding and batching:
+// train/batching.hpp.
 
-#include <algorithm>
-#include <map>
-#include <numeric>
-#include <span>
-#include <string>
+#include <cstddef>
 #include <vector>
 
-// ---- begin ftune/data/readers.hpp ----
-// Data readers: labelled texts from TSV / CSV files with a header (and from Financial
-// PhraseBank's files), and tagged sentences from CoNLL column files. Malformed input is an
-// ftune::error naming file:line.
-//
-//   TSV / CSV   a header names the columns: the text is `sentence`, `text` or `text_a` (with
-//               `text_b` or `sentence2` for pairs), the label `label`, `labels`, `category` or
-//               `intent` (or a column given by name). CSV follows RFC 4180: quoted fields may hold
-//               commas, doubled quotes and newlines; CRLF line ends are accepted everywhere.
-//   CoNLL       one token per line, the token in the first column and its tag in the last;
-//               blank lines end sentences; -DOCSTART- lines are skipped.
-//   Financial PhraseBank   `sentence@label` per line, Latin-1 (read_phrasebank).
-
-#include <algorithm>
-#include <charconv>
-#include <filesystem>
-#include <fstream>
-#include <optional>
-#include <string>
-#include <string_view>
-#include <vector>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace data {
-
-/// One labelled text (or pair of texts).
-struct text_example {
-    std::string text;       ///< the text (text_a)
-    std::string text_pair;  ///< the second text of a pair (empty: none)
-    std::string label;      ///< the label as written (a name or an integer)
-    std::size_t line = 0;   ///< 1-based line where the row starts
-};
-
-/// Labelled texts read from a file.
-struct text_dataset {
-    std::vector<text_example> rows;  ///< the examples, in file order
-    bool pairs = false;              ///< whether the file has a second text column
-    std::string path;                ///< where they came from
-};
-
-/// Options of read_table.
-struct table_options {
-    char delimiter = 0;         ///< 0: TAB for .tsv, ',' otherwise
-    std::string text_column;    ///< "" : sentence, text or text_a
-    std::string pair_column;    ///< "" : text_b or sentence2 when present
-    std::string label_column;   ///< "" : label, labels, category or intent
-    bool require_label = true;  ///< false: a file without a label column is accepted
-};
-
-namespace detail {
-/// Splits a whole delimited file into records of fields (RFC 4180 quoting when quote is on),
-/// each with the 1-based line it starts on. Throws naming file:line for an unterminated quote.
-inline std::vector<std::pair<std::size_t, std::vector<std::string>>> split_records(
-    std::string_view s, char delim, const std::string& path) {
-    std::vector<std::pair<std::size_t, std::vector<std::string>>> out;
-    std::vector<std::string> fields;
-    std::string field;
-    std::size_t line = 1, start_line = 1;
-    bool quoted = false, any = false;
-    const bool csv = delim == ',';
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        const char c = s[i];
-        if (quoted) {
-            if (c == '"') {
-                if (i + 1 < s.size() && s[i + 1] == '"') {
-                    field += '"';
-                    ++i;
-                } else {
-                    quoted = false;
-                }
-            } else {
-                if (c == '\n') ++line;
-                if (!(c == '\r' && i + 1 < s.size() && s[i + 1] == '\n')) field += c;
-            }
-            continue;
-        }
-        if (csv && c == '"' && field.empty()) {
-            quoted = true;
-            any = true;
-        } else if (c == delim) {
-            fields.push_back(std::move(field));
-            field.clear();
-            any = true;
-        } else if (c == '\n' || c == '\r') {
-            if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') ++i;
-            if (any || !field.empty()) {
-                fields.push_back(std::move(field));
-                out.emplace_back(start_line, std::move(fields));
-            }
-            fields.clear(), field.clear(), any = false;
-            start_line = ++line;
-        } else {
-            field += c;
-            any = true;
-        }
-    }
-    if (quoted)
-        throw error(errc::parse, ftune::detail::cat(path, ":", start_line),
-                    "a quoted field is never closed (a missing \")");
-    if (any || !field.empty()) {
-        fields.push_back(std::move(field));
-        out.emplace_back(start_line, std::move(fields));
-    }
-    return out;
-}
-/// Reads a whole file; throws naming it.
-inline std::string read_all(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in || !std::filesystem::is_regular_file(path))
-        throw error(errc::io, path.string(), "cannot open the data file");
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (s.starts_with("\xEF\xBB\xBF")) s.erase(0, 3);  // a UTF-8 byte-order mark
-    return s;
-}
-}  // namespace detail
-
-/// s without leading and trailing spaces and TABs (labels: ChnSentiCorp's test.tsv has one
-/// written "    0").
-inline std::string trimmed(std::string_view s) {
-    const auto a = s.find_first_not_of(" \t");
-    if (a == std::string_view::npos) return {};
-    return std::string(s.substr(a, s.find_last_not_of(" \t") - a + 1));
-}
-
-/// Reads labelled texts from a TSV or CSV file with a header row (see the file comment; labels
-/// lose surrounding spaces).
-inline text_dataset read_table(const std::filesystem::path& path, const table_options& o = {}) {
-    const std::string where = path.string();
-    const char delim = o.delimiter ? o.delimiter : (path.extension() == ".tsv" ? '\t' : ',');
-    const auto records = detail::split_records(detail::read_all(path), delim, where);
-    if (records.empty()) throw error(errc::parse, where, "the file is empty (no header row)");
-    const auto& header = records.front().second;
-    auto find = [&](const std::string& given,
-                    std::initializer_list<const char*> defaults) -> std::optional<std::size_t> {
-        auto index = [&](std::string_view name) -> std::optional<std::size_t> {
-            for (std::size_t i = 0; i < header.size(); ++i)
-                if (header[i] == name) return i;
-            return std::nullopt;
-        };
-        if (!given.empty()) {
-            auto i = index(given);
-            if (!i)
-                throw error(errc::parse, where + ":1",
-                            "the header has no column \"" + given + "\"");
-            return i;
-        }
-        for (const char* d : defaults)
-            if (auto i = index(d)) return i;
-        return std::nullopt;
-    };
-    std::string columns;
-    for (const auto& h : header) {
-        if (!columns.empty()) columns += ", ";
-        columns += h;
-    }
-    const auto text = find(o.text_column, {"sentence", "text", "text_a", "sentence1"});
-    if (!text)
-        throw error(errc::parse, where + ":1",
-                    "no text column (sentence, text or text_a) in the header: " + columns);
-    const auto pair = find(o.pair_column, {"text_b", "sentence2"});
-    const auto label = find(o.label_column, {"label", "labels", "category", "intent"});
-    if (!label && o.require_label)
-        throw error(
-            errc::parse, where + ":1",
-            "no label column (label, labels, category or intent) in the header: " + columns);
-    text_dataset d;
-    d.path = where;
-    d.pairs = pair.has_value();
-    for (std::size_t r = 1; r < records.size(); ++r) {
-        const auto& [line, f] = records[r];
-        if (f.size() != header.size())
-            throw error(
-                errc::parse, ftune::detail::cat(where, ":", line),
-                ftune::detail::cat(
-                    "the row has ", f.size(), " fields but the header ", header.size(),
-                    delim == '\t' ? " (a TAB inside a text?)" : " (an unquoted comma in a text?)"));
-        text_example e{f[*text], pair ? f[*pair] : std::string(),
-                       label ? trimmed(f[*label]) : std::string(), line};
-        if (label && e.label.empty())
-            throw error(errc::parse, ftune::detail::cat(where, ":", line), "the label is empty");
-        d.rows.push_back(std::move(e));
-    }
-    return d;
-}
-
-/// Reads plain text, one example per non-empty line (domain text for masked-LM training); the
-/// labels are empty.
-inline text_dataset read_lines(const std::filesystem::path& path) {
-    const std::string s = detail::read_all(path);
-    text_dataset d;
-    d.path = path.string();
-    std::size_t line = 0, pos = 0;
-    while (pos < s.size()) {
-        std::size_t end = s.find('\n', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string_view l(s.data() + pos, end - pos);
-        ++line;
-        pos = end + 1;
-        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
-        d.rows.push_back({std::string(l), "", "", line});
-    }
-    return d;
-}
-
-/// Latin-1 (ISO-8859-1) bytes as UTF-8: each byte is the code point of the same value.
-inline std::string latin1_to_utf8(std::string_view s) {
-    std::string out;
-    out.reserve(s.size() + s.size() / 8);
-    for (const char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        if (c < 0x80) {
-            out += ch;
-        } else {
-            out += char(0xC0 | (c >> 6));
-            out += char(0x80 | (c & 0x3F));
-        }
-    }
-    return out;
-}
-
-/// Reads a Financial PhraseBank file (Sentences_AllAgree.txt, Sentences_50Agree.txt...): one
-/// `sentence@label` per line (the last '@' separates them), Latin-1 encoded as distributed
-/// (decoded to UTF-8 here). A line without '@' or with an empty part is an error naming
-/// file:line; blank lines are skipped.
-inline text_dataset read_phrasebank(const std::filesystem::path& path) {
-    const std::string s = latin1_to_utf8(detail::read_all(path));
-    text_dataset d;
-    d.path = path.string();
-    std::size_t line = 0, pos = 0;
-    while (pos < s.size()) {
-        std::size_t end = s.find('\n', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string_view l(s.data() + pos, end - pos);
-        ++line;
-        pos = end + 1;
-        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
-        const std::size_t at = l.rfind('@');
-        if (at == std::string_view::npos || at == 0 || at + 1 == l.size())
-            throw error(errc::parse, ftune::detail::cat(d.path, ":", line),
-                        "expected `sentence@label` (Financial PhraseBank's format)");
-        std::string_view text = l.substr(0, at);
-        while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
-        d.rows.push_back({std::string(text), "", trimmed(l.substr(at + 1)), line});
-    }
-    return d;
-}
-
-/// One sentence of a CoNLL file: its tokens and their tags.
-struct tagged_sentence {
-    std::vector<std::string> tokens;  ///< the first column
-    std::vector<std::string> tags;    ///< the last column (BIO / IOB2 tags)
-    std::size_t line = 0;             ///< 1-based line of the first token
-};
-
-/// Reads a CoNLL column file (CoNLL-2003, Weibo NER...): whitespace-separated columns, token
-/// first, tag last; blank lines end sentences; -DOCSTART- lines are skipped. A line with one
-/// column is an error naming file:line.
-inline std::vector<tagged_sentence> read_conll(const std::filesystem::path& path) {
-    const std::string where = path.string();
-    const std::string s = detail::read_all(path);
-    std::vector<tagged_sentence> out;
-    tagged_sentence cur;
-    std::size_t line = 0, pos = 0;
-    auto flush = [&] {
-        if (!cur.tokens.empty()) out.push_back(std::move(cur));
-        cur = {};
-    };
-    while (pos <= s.size()) {
-        std::size_t end = s.find('\n', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string_view l(s.data() + pos, end - pos);
-        ++line;
-        pos = end + 1;
-        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-        std::vector<std::string_view> cols;
-        for (std::size_t i = 0; i < l.size();) {
-            while (i < l.size() && (l[i] == ' ' || l[i] == '\t')) ++i;
-            std::size_t j = i;
-            while (j < l.size() && l[j] != ' ' && l[j] != '\t') ++j;
-            if (j > i) cols.push_back(l.substr(i, j - i));
-            i = j;
-        }
-        if (cols.empty()) {
-            flush();
-            if (end == s.size()) break;
-            continue;
-        }
-        if (cols.front() == "-DOCSTART-") {
-            flush();
-            continue;
-        }
-        if (cols.size() < 2)
-            throw error(errc::parse, ftune::detail::cat(where, ":", line),
-                        "a token line needs at least two columns (token ... tag)");
-        if (cur.tokens.empty()) cur.line = line;
-        cur.tokens.emplace_back(cols.front());
-        cur.tags.emplace_back(cols.back());
-        if (end == s.size()) break;
-    }
-    flush();
-    return out;
-}
-
-}  // namespace data
-FTUNE_NAMESPACE_END
-// ---- end ftune/data/readers.hpp ----
-// ---- begin ftune/tokenize/bert.hpp ----
-// text::bert_tokenizer: BERT's WordPiece tokenizer with Hugging Face's semantics (the Python
-// BertTokenizer, BertTokenizerLegacy in Transformers 5), with character and byte offsets into the
-// original text and word ids (as the fast tokenizer reports them).
-//
-//   auto tok = ftune::text::bert_tokenizer::from_vocab("vocab.txt", {.lowercase = true});
-//   auto enc = tok.encode("Hello, world!");  // enc.ids = [CLS] hello , world ! [SEP]
-//
-// The pipeline, per text: split out special-token literals ([CLS], [SEP], [PAD], [UNK], [MASK]);
-// clean (drop NUL, U+FFFD and control characters, map whitespace to spaces); surround CJK
-// ideographs with spaces; NFC; split on whitespace; per word lower-case (Python's str.lower,
-// final sigma included) and strip accents (NFD, drop Mn) when lower-casing; split on punctuation
-// (Unicode P* and ASCII non-alphanumerics); WordPiece (greedy longest match, "##" continuations,
-// [UNK] for unmatchable words and words over 100 characters). Unicode properties come from
-// utf8proc. Invalid UTF-8 decodes to U+FFFD, which cleaning drops: never a crash.
-
-#include <algorithm>
-#include <array>
-#include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <optional>
-#include <string>
-#include <string_view>
-#include <unordered_map>
-#include <utility>
-#include <vector>
-
-#include <utf8proc.h>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace text {
-
-/// A WordPiece vocabulary: token strings and their ids (the line numbers of vocab.txt).
-class vocabulary {
-  public:
-    /// Reads vocab.txt: one token per line, the 0-based line number is its id (a token listed
-    /// twice keeps its last id, as Hugging Face's load_vocab). Throws ftune::error naming the file.
-    static vocabulary from_file(const std::filesystem::path& path) {
-        std::ifstream in(path, std::ios::binary);
-        if (!in)
-            throw error(errc::io, path.string(),
-                        "cannot open the vocabulary (vocab.txt: one token per line)");
-        vocabulary v;
-        std::string line;
-        while (std::getline(in, line)) {
-            if (!line.empty() && line.back() == '\r') line.pop_back();
-            v.add(line);
-        }
-        if (v.tokens_.empty()) throw error(errc::parse, path.string(), "the vocabulary is empty");
-        return v;
-    }
-    /// Appends a token with the next id.
-    void add(std::string token) {
-        ids_[token] = std::int32_t(tokens_.size());
-        tokens_.push_back(std::move(token));
-    }
-    /// The id of token, if present.
-    std::optional<std::int32_t> find(std::string_view token) const {
-        const auto it = ids_.find(token);
-        if (it == ids_.end()) return std::nullopt;
-        return it->second;
-    }
-    /// The token string of id (throws out_of_range).
-    const std::string& token(std::int32_t id) const {
-        if (id < 0 || std::size_t(id) >= tokens_.size())
-            throw error(
-                errc::out_of_range, "vocabulary",
-                ftune::detail::cat("token id ", id, " is outside [0, ", tokens_.size(), ")"));
-        return tokens_[std::size_t(id)];
-    }
-    /// Number of lines (ids).
-    std::size_t size() const noexcept { return tokens_.size(); }
-
-  private:
-    struct hash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view s) const noexcept {
-            return std::hash<std::string_view>{}(s);
-        }
-    };
-    std::unordered_map<std::string, std::int32_t, hash, std::equal_to<>> ids_;
-    std::vector<std::string> tokens_;
-};
-
-/// Options of the BERT tokenizer (Hugging Face's BertTokenizer arguments).
-struct bert_options {
-    bool lowercase = true;                       ///< do_lower_case
-    std::optional<bool> strip_accents{};         ///< strip_accents (default: follows lowercase)
-    bool chinese_chars = true;                   ///< tokenize_chinese_chars
-    std::size_t max_input_chars_per_word = 100;  ///< longer words become [UNK]
-    std::string unk = "[UNK]", cls = "[CLS]", sep = "[SEP]", pad = "[PAD]",
-                mask = "[MASK]";  ///< special tokens
-};
-
-/// One token of an encoding, with where it came from.
-struct token_info {
-    std::int32_t id;           ///< vocabulary id
-    std::uint32_t char_begin;  ///< first code point in the original text
-    std::uint32_t char_end;    ///< one past the last code point (begin == end: special token)
-    std::uint32_t byte_begin;  ///< first byte in the original UTF-8 text
-    std::uint32_t byte_end;    ///< one past the last byte
-    std::int32_t word;         ///< word index in its text (-1: [CLS], [SEP], padding)
-};
-
-/// Which text of a pair gives up tokens when the pair is longer than max_length.
-enum class truncation {
-    longest_first,  ///< one token at a time from the longer (the second on a tie), as Hugging Face
-    only_first,     ///< only from the first text
-    only_second,    ///< only from the second text
-};
-
-/// How encodings are padded.
-enum class padding {
-    none,        ///< no padding
-    longest,     ///< encode_batch: to the longest encoding of the batch
-    max_length,  ///< to max_length
-};
-
-/// Options of encode and encode_batch (Hugging Face's __call__ arguments).
-struct encode_options {
-    std::size_t max_length = 0;                       ///< 0: no truncation
-    truncation strategy = truncation::longest_first;  ///< who gives up tokens
-    padding pad = padding::none;                      ///< padding mode
-    /// Words are the whitespace-separated parts of each text (Transformers' is_split_into_words
-    /// on text.split()): each is tokenized on its own and all its pieces carry its index, as
-    /// token classification labels them; otherwise word ids count the pre-tokenizer's words
-    /// (punctuation splits them).
-    bool split_into_words = false;
-};
-
-/// The result of encoding one text: ids, type ids, attention mask and alignment, all the same
-/// length.
-struct encoding {
-    std::vector<std::int32_t> ids;             ///< token ids, [CLS] first, [SEP] last
-    std::vector<std::int32_t> type_ids;        ///< 0 for the first text, 1 for the second
-    std::vector<std::int32_t> attention_mask;  ///< 1 for tokens, 0 for padding
-    std::vector<token_info> tokens;            ///< offsets and word ids per position
-};
-
-namespace detail {
-
-/// A code point of the text being normalized, with the span of original code points it comes
-/// from.
-struct mapped_char {
-    char32_t cp;          ///< the (normalized) code point
-    std::uint32_t begin;  ///< first original code point
-    std::uint32_t end;    ///< one past the last
-};
-
-inline utf8proc_category_t category(char32_t c) {
-    return utf8proc_category(utf8proc_int32_t(c));
-}
-/// Classes of the ASCII characters (bit 0 whitespace, 1 control, 2 punctuation), so that English
-/// text never reaches utf8proc's tables.
-struct ascii_classes {
-    unsigned char bits[128] = {};
-    constexpr ascii_classes() {
-        for (int c = 0; c < 128; ++c) {
-            const bool ws = c == ' ' || c == '\t' || c == '\n' || c == '\r';
-            const bool ctrl = (c < 32 || c == 127) && !ws;
-            const bool punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) ||
-                               (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
-            bits[c] = (ws ? 1 : 0) | (ctrl ? 2 : 0) | (punct ? 4 : 0);
-        }
-    }
-};
-inline constexpr ascii_classes ascii{};
-
-/// BERT's whitespace: space, \t, \n, \r, or category Zs.
-inline bool is_whitespace(char32_t c) {
-    if (c < 128) return ascii.bits[c] & 1;
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || category(c) == UTF8PROC_CATEGORY_ZS;
-}
-/// BERT's control characters: category C* except \t, \n, \r (unassigned code points included).
-inline bool is_control(char32_t c) {
-    if (c < 128) return ascii.bits[c] & 2;
-    switch (category(c)) {
-        case UTF8PROC_CATEGORY_CN:
-        case UTF8PROC_CATEGORY_CC:
-        case UTF8PROC_CATEGORY_CF:
-        case UTF8PROC_CATEGORY_CS:
-        case UTF8PROC_CATEGORY_CO:
-            return true;
-        default:
-            return false;
-    }
-}
-/// BERT's punctuation: every ASCII non-alphanumeric printable, or category P*.
-inline bool is_punctuation(char32_t c) {
-    if (c < 128) return ascii.bits[c] & 4;
-    const auto k = category(c);
-    return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
-}
-/// The CJK ideograph ranges BERT surrounds with spaces.
-inline bool is_chinese(char32_t c) {
-    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
-           (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
-           (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
-           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
-}
-/// Cased letters (Lu, Ll, Lt), for the final-sigma rule.
-inline bool is_cased(char32_t c) {
-    const auto k = category(c);
-    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
-}
-/// Case-ignorable characters (Mn, Me, Cf, Lm, Sk and the word-internal punctuation), for the
-/// final-sigma rule.
-inline bool is_case_ignorable(char32_t c) {
-    switch (category(c)) {
-        case UTF8PROC_CATEGORY_MN:
-        case UTF8PROC_CATEGORY_ME:
-        case UTF8PROC_CATEGORY_CF:
-        case UTF8PROC_CATEGORY_LM:
-        case UTF8PROC_CATEGORY_SK:
-            return true;
-        default:
-            return c == 0x27 || c == 0x2E || c == 0x3A || c == 0xB7 || c == 0x2018 || c == 0x2019 ||
-                   c == 0x2024 || c == 0xFE52 || c == 0xFF07 || c == 0xFF0E || c == 0x387 ||
-                   c == 0x5F4 || c == 0x2027 || c == 0xFE13 || c == 0xFE55 || c == 0xFF1A;
-    }
-}
-
-/// A byte trie of word pieces for WordPiece's longest-match-first search: one walk from a start
-/// position finds the longest piece there, reading each byte once (a hash table needs one lookup
-/// per candidate length, each a cache miss). The root's children are a direct table; deeper
-/// nodes keep sorted edge lists.
-class piece_trie {
-  public:
-    /// Adds (or replaces: a later id wins, as Hugging Face's load_vocab) piece -> id.
-    void insert(std::string_view piece, std::int32_t id) {
-        if (build_.empty()) build_.emplace_back();
-        std::size_t node = 0;
-        for (unsigned char c : piece) {
-            auto& kids = build_[node].kids;
-            auto it = std::lower_bound(kids.begin(), kids.end(), c,
-                                       [](const auto& e, unsigned char b) { return e.first < b; });
-            if (it == kids.end() || it->first != c) {
-                it = kids.insert(it, {c, std::int32_t(build_.size())});
-                const std::int32_t child = it->second;
-                build_.emplace_back();
-                node = std::size_t(child);
-            } else {
-                node = std::size_t(it->second);
-            }
-        }
-        build_[node].id = id;
-        frozen_ = false;
-    }
-    /// Flattens the trie for lookups (called by the tokenizer once after the inserts).
-    void freeze() {
-        nodes_.assign(build_.size(), {});
-        edges_.clear();
-        dense_.clear();
-        for (std::size_t n = 0; n < build_.size(); ++n) {
-            nodes_[n].id = build_[n].id;
-            const auto& kids = build_[n].kids;
-            if (kids.size() > dense_threshold) {  // a direct table for wide nodes
-                nodes_[n].first = std::uint32_t(dense_.size());
-                nodes_[n].count = dense_marker;
-                dense_.emplace_back();
-                dense_.back().fill(-1);
-                for (const auto& [c, child] : kids) dense_.back()[c] = child;
-                continue;
-            }
-            nodes_[n].first = std::uint32_t(edges_.size());
-            nodes_[n].count = std::uint32_t(kids.size());
-            for (const auto& [c, child] : kids) edges_.push_back({c, child});
-        }
-        root_.fill(-1);
-        if (!build_.empty())
-            for (const auto& [c, child] : build_[0].kids) root_[c] = child;
-        frozen_ = true;
-    }
-    /// The longest piece that is a prefix of text: (its length in bytes, its id); (0, -1) if
-    /// none.
-    std::pair<std::size_t, std::int32_t> longest_prefix(std::string_view text) const noexcept {
-        std::pair<std::size_t, std::int32_t> best{0, -1};
-        if (!frozen_ || text.empty()) return best;
-        std::int32_t node = root_[static_cast<unsigned char>(text[0])];
-        for (std::size_t i = 1; node >= 0; ++i) {
-            const auto& nd = nodes_[std::size_t(node)];
-            if (nd.id >= 0) best = {i, nd.id};
-            if (i == text.size()) break;
-            const auto c = static_cast<unsigned char>(text[i]);
-            if (nd.count == dense_marker) {
-                node = dense_[nd.first][c];
-                continue;
-            }
-            const edge* e = edges_.data() + nd.first;
-            const edge* e_end = e + nd.count;
-            node = -1;
-            for (; e != e_end; ++e)  // short lists: a linear scan beats a binary search
-                if (e->c == c) {
-                    node = e->child;
-                    break;
-                }
-        }
-        return best;
-    }
-
-  private:
-    struct build_node {
-        std::vector<std::pair<unsigned char, std::int32_t>> kids;
-        std::int32_t id = -1;
-    };
-    struct node {
-        std::uint32_t first = 0, count = 0;
-        std::int32_t id = -1;
-    };
-    struct edge {
-        unsigned char c;
-        std::int32_t child;
-    };
-    static constexpr std::size_t dense_threshold = 8;   // more children: a direct table
-    static constexpr std::uint32_t dense_marker = ~0u;  // node.count of a dense node
-    std::vector<build_node> build_;
-    std::vector<node> nodes_;
-    std::vector<std::array<std::int32_t, 256>> dense_;
-    std::vector<edge> edges_;
-    std::array<std::int32_t, 256> root_{};
-    bool frozen_ = false;
-};
-
-/// Appends the UTF-8 encoding of c.
-inline void append_utf8(std::string& s, char32_t c) {
-    utf8proc_uint8_t buf[4];
-    const auto n = utf8proc_encode_char(utf8proc_int32_t(c), buf);
-    s.append(reinterpret_cast<const char*>(buf), std::size_t(n));
-}
-
-/// Canonical decomposition of one code point (NFD of a single character).
-inline std::size_t decompose(char32_t c, utf8proc_int32_t* out, std::size_t cap) {
-    int last = 0;
-    const auto n = utf8proc_decompose_char(utf8proc_int32_t(c), out, utf8proc_ssize_t(cap),
-                                           UTF8PROC_DECOMPOSE, &last);
-    if (n < 0 || std::size_t(n) > cap) {
-        out[0] = utf8proc_int32_t(c);
-        return 1;
-    }
-    return std::size_t(n);
-}
-
-}  // namespace detail
-
-/// BERT's tokenizer (see the file comment). Const member functions are thread-safe.
-class bert_tokenizer {
-  public:
-    /// A tokenizer over a vocabulary; throws when a special token is missing from it.
-    bert_tokenizer(vocabulary vocab, bert_options options)
-        : vocab_(std::move(vocab)), opt_(std::move(options)) {
-        auto need = [&](const std::string& t) {
-            const auto id = vocab_.find(t);
-            if (!id)
-                throw error(errc::invalid_argument, "bert_tokenizer",
-                            ftune::detail::cat("special token ", t,
-                                               " is not in the vocabulary; is this a BERT "
-                                               "vocab.txt?"));
-            return *id;
-        };
-        for (std::size_t i = 0; i < vocab_.size(); ++i) {  // "##x" is looked up as "x"
-            const std::string& t = vocab_.token(std::int32_t(i));
-            const std::int32_t id = vocab_.find(t).value();  // a repeated token's last id
-            if (t.size() > 2 && t[0] == '#' && t[1] == '#')
-                continuation_.insert(std::string_view(t).substr(2), id);
-            initial_.insert(t, id);
-        }
-        initial_.freeze();
-        continuation_.freeze();
-        unk_ = need(opt_.unk), cls_ = need(opt_.cls), sep_ = need(opt_.sep);
-        pad_ = need(opt_.pad), mask_ = need(opt_.mask);
-        specials_ = {{{opt_.cls, cls_},
-                      {opt_.sep, sep_},
-                      {opt_.pad, pad_},
-                      {opt_.unk, unk_},
-                      {opt_.mask, mask_}}};
-        strip_accents_ = opt_.strip_accents.value_or(opt_.lowercase);
-    }
-
-    /// A tokenizer reading vocab.txt.
-    static bert_tokenizer from_vocab(const std::filesystem::path& path, bert_options options = {}) {
-        return bert_tokenizer(vocabulary::from_file(path), std::move(options));
-    }
-
-    /// The vocabulary.
-    const vocabulary& vocab() const noexcept { return vocab_; }
-    /// The options.
-    const bert_options& options() const noexcept { return opt_; }
-    /// Id of [CLS].
-    std::int32_t cls_id() const noexcept { return cls_; }
-    /// Id of [SEP].
-    std::int32_t sep_id() const noexcept { return sep_; }
-    /// Id of [PAD].
-    std::int32_t pad_id() const noexcept { return pad_; }
-    /// [MASK]'s id.
-    std::int32_t mask_id() const noexcept { return mask_; }
-    /// Id of [UNK].
-    std::int32_t unk_id() const noexcept { return unk_; }
-
-    /// Appends the word pieces of text (no [CLS]/[SEP]) to out, with offsets and word ids
-    /// (numbered from first_word).
-    void tokenize(std::string_view text, std::vector<token_info>& out,
-                  std::int32_t first_word = 0) const {
-        if (plain_ascii(text)) {  // most English text: no decoding, no Unicode tables
-            tokenize_ascii(text, first_word, out);
-            return;
-        }
-        // 1. decode, keeping each code point's byte offset (invalid UTF-8 becomes U+FFFD)
-        thread_local std::vector<char32_t> cps;
-        thread_local std::vector<std::uint32_t> bytes;  // byte offset of each code point + end
-        cps.clear();
-        bytes.clear();
-        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
-        for (std::size_t i = 0; i < text.size();) {
-            if (p[i] < 0x80) {  // ASCII
-                bytes.push_back(std::uint32_t(i));
-                cps.push_back(p[i++]);
-                continue;
-            }
-            utf8proc_int32_t c = 0;
-            const auto n = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
-            bytes.push_back(std::uint32_t(i));
-            if (n <= 0) {
-                cps.push_back(0xFFFD);
-                i += 1;
-            } else {
-                cps.push_back(char32_t(c));
-                i += std::size_t(n);
-            }
-        }
-        bytes.push_back(std::uint32_t(text.size()));
-        std::int32_t word = first_word;
-        // 2. special-token literals are whole tokens; the text between them is tokenized
-        std::size_t start = 0;
-        for (std::size_t i = 0; i < cps.size();) {
-            std::int32_t special = -1;
-            const std::size_t len = special_at(cps, i, special);
-            if (len == 0) {
-                ++i;
-                continue;
-            }
-            tokenize_span(cps, bytes, start, i, word, out);
-            out.push_back({special, std::uint32_t(i), std::uint32_t(i + len), bytes[i],
-                           bytes[i + len], word++});
-            i += len;
-            start = i;
-        }
-        tokenize_span(cps, bytes, start, cps.size(), word, out);
-    }
-
-    /// Appends the word pieces of text (no [CLS]/[SEP]) to out, where a word is a
-    /// whitespace-separated part of text (BERT's whitespace), tokenized on its own: every piece
-    /// of word i has word id first_word + i (Transformers' is_split_into_words, the way token
-    /// classification is trained); offsets refer to text. Returns the number of words (a word of
-    /// control characters only has no pieces but still counts).
-    std::size_t tokenize_words(std::string_view text, std::vector<token_info>& out,
-                               std::int32_t first_word = 0) const {
-        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
-        std::int32_t word = first_word;
-        std::uint32_t cps = 0, word_byte = 0, word_cp = 0;  // code points so far; word start
-        bool in_word = false;
-        auto finish = [&](std::size_t end) {  // tokenize text[word_byte, end) as word `word`
-            const std::size_t first = out.size();
-            tokenize(text.substr(word_byte, end - word_byte), out);
-            for (std::size_t k = first; k < out.size(); ++k) {
-                auto& t = out[k];
-                t.word = word;
-                t.byte_begin += word_byte, t.byte_end += word_byte;
-                t.char_begin += word_cp, t.char_end += word_cp;
-            }
-            ++word;
-            in_word = false;
-        };
-        for (std::size_t i = 0; i < text.size();) {
-            // decode as tokenize() does (an invalid byte is one code point, U+FFFD)
-            utf8proc_int32_t c = p[i];
-            std::size_t n = 1;
-            if (p[i] >= 0x80) {
-                const auto r = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
-                if (r > 0)
-                    n = std::size_t(r);
-                else
-                    c = 0xFFFD;
-            }
-            if (detail::is_whitespace(char32_t(c))) {
-                if (in_word) finish(i);
-            } else if (!in_word) {
-                in_word = true, word_byte = std::uint32_t(i), word_cp = cps;
-            }
-            i += n, ++cps;
-        }
-        if (in_word) finish(text.size());
-        return std::size_t(word - first_word);
-    }
-
-    /// [CLS] text [SEP] (and text_pair [SEP] when given), truncated to max_length tokens when
-    /// max_length > 0 (the longest sequence first), padded to pad_to when larger.
-    encoding encode(std::string_view text, std::optional<std::string_view> text_pair = {},
-                    std::size_t max_length = 0, std::size_t pad_to = 0) const {
-        return encode(text, text_pair, encode_options{.max_length = max_length}, pad_to);
-    }
-
-    /// encode() with a truncation strategy; padding::max_length pads to max_length (pad_to, if
-    /// larger, wins). A strategy that cannot reach max_length (only_first with a first text too
-    /// short) throws ftune::error instead of returning an over-long encoding.
-    encoding encode(std::string_view text, std::optional<std::string_view> text_pair,
-                    const encode_options& o, std::size_t pad_to = 0) const {
-        thread_local std::vector<token_info> a, b;
-        a.clear();
-        b.clear();
-        if (o.split_into_words) {
-            tokenize_words(text, a);
-            if (text_pair) tokenize_words(*text_pair, b);
-        } else {
-            tokenize(text, a);
-            if (text_pair) tokenize(*text_pair, b);
-        }
-        if (o.max_length > 0) truncate(a, b, text_pair.has_value(), o);
-        if (o.pad == padding::max_length) pad_to = std::max(pad_to, o.max_length);
-        encoding e;
-        const std::size_t n = std::max(pad_to, a.size() + b.size() + (text_pair ? 3 : 2));
-        e.ids.reserve(n), e.type_ids.reserve(n), e.attention_mask.reserve(n), e.tokens.reserve(n);
-        auto push = [&](const token_info& t, std::int32_t type) {
-            e.ids.push_back(t.id);
-            e.type_ids.push_back(type);
-            e.attention_mask.push_back(1);
-            e.tokens.push_back(t);
-        };
-        const token_info cls{cls_, 0, 0, 0, 0, -1}, sep{sep_, 0, 0, 0, 0, -1};
-        push(cls, 0);
-        for (const auto& t : a) push(t, 0);
-        push(sep, 0);
-        if (text_pair) {
-            for (const auto& t : b) push(t, 1);
-            push(sep, 1);
-        }
-        pad(e, pad_to);
-        return e;
-    }
-
-    /// Encodes many texts (pairs when `pairs` is not empty: the same length as texts); with
-    /// padding::longest every encoding is padded to the longest one.
-    std::vector<encoding> encode_batch(const std::vector<std::string_view>& texts,
-                                       const std::vector<std::string_view>& pairs = {},
-                                       const encode_options& o = {}) const {
-        if (!pairs.empty() && pairs.size() != texts.size())
-            throw error(errc::invalid_argument, "encode_batch",
-                        ftune::detail::cat(texts.size(), " texts but ", pairs.size(),
-                                           " second texts; give one per text or none"));
-        std::vector<encoding> out;
-        out.reserve(texts.size());
-        std::size_t longest = 0;
-        for (std::size_t i = 0; i < texts.size(); ++i) {
-            out.push_back(
-                encode(texts[i], pairs.empty() ? std::nullopt : std::optional(pairs[i]), o));
-            longest = std::max(longest, out.back().ids.size());
-        }
-        if (o.pad == padding::longest)
-            for (auto& e : out) pad(e, longest);
-        return out;
-    }
-
-    /// Pads e with [PAD] (type 0, mask 0, no offsets) to `length` positions.
-    void pad(encoding& e, std::size_t length) const {
-        while (e.ids.size() < length) {
-            e.ids.push_back(pad_);
-            e.type_ids.push_back(0);
-            e.attention_mask.push_back(0);
-            e.tokens.push_back({pad_, 0, 0, 0, 0, -1});
-        }
-    }
-
-  private:
-    // Removes tokens from the ends of a and b until they fit o.max_length with the specials.
-    static void truncate(std::vector<token_info>& a, std::vector<token_info>& b, bool pair,
-                         const encode_options& o) {
-        const std::size_t specials = pair ? 3 : 2;
-        if (o.max_length < specials)
-            throw error(errc::invalid_argument, "encode",
-                        ftune::detail::cat("max_length ", o.max_length, " leaves no room for the ",
-                                           specials, " special tokens"));
-        const std::size_t room = o.max_length - specials;
-        if (a.size() + b.size() <= room) return;
-        const std::size_t excess = a.size() + b.size() - room;
-        auto fail = [&](const char* which, std::size_t have) {
-            throw error(
-                errc::invalid_argument, "encode",
-                ftune::detail::cat("truncating only the ", which,
-                                   " text cannot reach "
-                                   "max_length ",
-                                   o.max_length, ": ", excess, " tokens must go and it has ", have,
-                                   "; use truncation::longest_first or a larger "
-                                   "max_length"));
-        };
-        switch (pair ? o.strategy : truncation::only_first) {
-            case truncation::only_first:
-                if (excess > a.size()) fail("first", a.size());
-                a.resize(a.size() - excess);
-                return;
-            case truncation::only_second:
-                if (excess > b.size()) fail("second", b.size());
-                b.resize(b.size() - excess);
-                return;
-            case truncation::longest_first:
-                while (a.size() + b.size() > room) {
-                    if (a.size() > b.size())
-                        a.pop_back();
-                    else
-                        b.pop_back();
-                }
-                return;
-        }
-    }
-
-    // ASCII without control characters (which cleaning would remove from inside words)
-    static bool plain_ascii(std::string_view t) noexcept {
-        for (unsigned char c : t)
-            if (c >= 0x80 || (detail::ascii.bits[c] & 2)) return false;
-        return true;
-    }
-
-    // The pipeline on plain ASCII text, where characters are bytes: words are runs between
-    // whitespace and punctuation, lower-casing is A-Z, nothing composes or carries accents.
-    void tokenize_ascii(std::string_view t, std::int32_t word, std::vector<token_info>& out) const {
-        const std::size_t n = t.size();
-        for (std::size_t i = 0; i < n;) {
-            const auto c = static_cast<unsigned char>(t[i]);
-            const unsigned char cls = detail::ascii.bits[c];
-            if (cls & 1) {  // whitespace
-                ++i;
-                continue;
-            }
-            if (cls & 4) {  // punctuation: a word of its own, or a special-token literal
-                if (c == '[') {
-                    std::int32_t id = -1;
-                    if (const std::size_t len = special_at_ascii(t, i, id)) {
-                        const auto b = std::uint32_t(i), e = std::uint32_t(i + len);
-                        out.push_back({id, b, e, b, e, word++});
-                        i += len;
-                        continue;
-                    }
-                }
-                wordpiece_ascii(t, i, i + 1, word++, out);
-                ++i;
-                continue;
-            }
-            std::size_t j = i + 1;
-            while (j < n && !(detail::ascii.bits[static_cast<unsigned char>(t[j])] & 5)) ++j;
-            wordpiece_ascii(t, i, j, word++, out);
-            i = j;
-        }
-    }
-
-    // WordPiece of the ASCII word t[begin, end).
-    void wordpiece_ascii(std::string_view t, std::size_t begin, std::size_t end, std::int32_t word,
-                         std::vector<token_info>& out) const {
-        auto span = [&](std::size_t a, std::size_t b, std::int32_t id) {
-            return token_info{
-                id, std::uint32_t(a), std::uint32_t(b), std::uint32_t(a), std::uint32_t(b), word};
-        };
-        const std::size_t n = end - begin;
-        if (n > opt_.max_input_chars_per_word) {
-            out.push_back(span(begin, end, unk_));
-            return;
-        }
-        char buf[128];  // n <= max_input_chars_per_word, checked above for the default 100
-        std::string heap;
-        char* w = buf;
-        if (n > sizeof buf) {
-            heap.resize(n);
-            w = heap.data();
-        }
-        for (std::size_t k = 0; k < n; ++k) {
-            char c = t[begin + k];
-            if (opt_.lowercase && c >= 'A' && c <= 'Z') c = char(c + ('a' - 'A'));
-            w[k] = c;
-        }
-        const std::string_view sv(w, n);
-        const std::size_t mark = out.size();
-        for (std::size_t start = 0; start < n;) {
-            const auto [len, id] =
-                (start == 0 ? initial_ : continuation_).longest_prefix(sv.substr(start));
-            if (id < 0) {  // unmatchable: the whole word is [UNK]
-                out.resize(mark);
-                out.push_back(span(begin, end, unk_));
-                return;
-            }
-            out.push_back(span(begin + start, begin + start + len, id));
-            start += len;
-        }
-    }
-
-    // length of the special-token literal at t[i] (0: none); its id in `id`
-    std::size_t special_at_ascii(std::string_view t, std::size_t i, std::int32_t& id) const {
-        for (const auto& [s, sid] : specials_)
-            if (t.substr(i, s.size()) == s) {
-                id = sid;
-                return s.size();
-            }
-        return 0;
-    }
-
-    // length of the special-token literal starting at cps[i] (0: none); its id in `id`
-    std::size_t special_at(const std::vector<char32_t>& cps, std::size_t i,
-                           std::int32_t& id) const {
-        if (cps[i] != '[') return 0;
-        for (const auto& [s, sid] : specials_) {
-            if (s.size() > cps.size() - i) continue;
-            bool match = true;
-            for (std::size_t k = 0; k < s.size() && match; ++k)
-                match = cps[i + k] == char32_t(static_cast<unsigned char>(s[k]));
-            if (match) {
-                id = sid;
-                return s.size();
-            }
-        }
-        return 0;
-    }
-
-    // Tokenizes cps[begin, end) (no special literals inside) into out.
-    void tokenize_span(const std::vector<char32_t>& cps, const std::vector<std::uint32_t>& bytes,
-                       std::size_t begin, std::size_t end, std::int32_t& word,
-                       std::vector<token_info>& out) const {
-        // clean and space out CJK ideographs
-        thread_local std::vector<detail::mapped_char> chars;
-        chars.clear();
-        for (std::size_t i = begin; i < end; ++i) {
-            const char32_t c = cps[i];
-            const auto at = std::uint32_t(i);
-            if (c == 0 || c == 0xFFFD || detail::is_control(c)) continue;
-            if (detail::is_whitespace(c)) {
-                chars.push_back({' ', at, at + 1});
-            } else if (opt_.chinese_chars && detail::is_chinese(c)) {
-                chars.push_back({' ', at, at});
-                chars.push_back({c, at, at + 1});
-                chars.push_back({' ', at + 1, at + 1});
-            } else {
-                chars.push_back({c, at, at + 1});
-            }
-        }
-        // whitespace-separated words
-        thread_local std::vector<detail::mapped_char> w, norm;
-        for (std::size_t i = 0; i < chars.size();) {
-            while (i < chars.size() && chars[i].cp == ' ') ++i;
-            std::size_t j = i;
-            while (j < chars.size() && chars[j].cp != ' ') ++j;
-            if (j > i) {
-                w.assign(chars.begin() + std::ptrdiff_t(i), chars.begin() + std::ptrdiff_t(j));
-                normalize_word(w, norm);
-                split_and_wordpiece(norm, bytes, word, out);
-            }
-            i = j;
-        }
-    }
-
-    // NFC, then (lower-casing) Python's lower() and accent stripping, keeping the alignment.
-    void normalize_word(const std::vector<detail::mapped_char>& w,
-                        std::vector<detail::mapped_char>& out) const {
-        out.clear();
-        bool ascii = true;
-        for (const auto& c : w) ascii = ascii && c.cp < 128;
-        if (ascii) {  // nothing to compose, decompose or strip; lower-casing is A-Z only
-            out = w;
-            if (opt_.lowercase)
-                for (auto& c : out)
-                    if (c.cp >= 'A' && c.cp <= 'Z') c.cp += 'a' - 'A';
-            return;
-        }
-        // With accent stripping, NFC can be skipped: NFD(NFC(x)) == NFD(x), and lower-casing
-        // commutes with it, so each output character keeps its one original character (the fast
-        // tokenizer's offsets). Without it, NFC changes the result and composed characters span
-        // the characters they came from.
-        thread_local std::vector<detail::mapped_char> nfc;
-        const std::vector<detail::mapped_char>* src = &w;
-        if (!(opt_.lowercase && strip_accents_)) {
-            compose(w, nfc);
-            src = &nfc;
-        }
-        const auto& in = *src;
-        for (std::size_t i = 0; i < in.size(); ++i) {
-            utf8proc_int32_t low[3];
-            const std::size_t nl =
-                opt_.lowercase ? lower(in, i, low) : (low[0] = utf8proc_int32_t(in[i].cp), 1);
-            for (std::size_t k = 0; k < nl; ++k) {
-                if (!strip_accents_) {
-                    out.push_back({char32_t(low[k]), in[i].begin, in[i].end});
-                    continue;
-                }
-                utf8proc_int32_t d[32];  // NFD, without the non-spacing marks
-                const std::size_t nd = detail::decompose(char32_t(low[k]), d, 32);
-                for (std::size_t m = 0; m < nd; ++m)
-                    if (detail::category(char32_t(d[m])) != UTF8PROC_CATEGORY_MN)
-                        out.push_back({char32_t(d[m]), in[i].begin, in[i].end});
-            }
-        }
-    }
-
-    // Python's str.lower() of w[i] in its word: full mappings (İ -> i̇) and the final sigma.
-    static std::size_t lower(const std::vector<detail::mapped_char>& w, std::size_t i,
-                             utf8proc_int32_t* out) {
-        const char32_t c = w[i].cp;
-        if (c == 0x130) {  // İ -> i + combining dot above
-            out[0] = 0x69, out[1] = 0x307;
-            return 2;
-        }
-        if (c == 0x3A3) {  // Σ: ς at the end of a word, σ elsewhere
-            bool before = false, after = false;
-            for (std::size_t k = i; k-- > 0;) {
-                if (detail::is_case_ignorable(w[k].cp)) continue;
-                before = detail::is_cased(w[k].cp);
-                break;
-            }
-            for (std::size_t k = i + 1; k < w.size(); ++k) {
-                if (detail::is_case_ignorable(w[k].cp)) continue;
-                after = detail::is_cased(w[k].cp);
-                break;
-            }
-            out[0] = before && !after ? 0x3C2 : 0x3C3;
-            return 1;
-        }
-        out[0] = utf8proc_tolower(utf8proc_int32_t(c));
-        return 1;
-    }
-
-    // NFC of a word; each composed character spans the original characters it came from.
-    static void compose(const std::vector<detail::mapped_char>& w,
-                        std::vector<detail::mapped_char>& out) {
-        out.clear();
-        bool ascii = true;
-        for (const auto& c : w) ascii = ascii && c.cp < 0x300;
-        if (ascii) {  // nothing below U+0300 composes or decomposes canonically
-            out = w;
-            return;
-        }
-        // normalize runs that start at a character of combining class 0
-        std::size_t i = 0;
-        std::string run;
-        while (i < w.size()) {
-            std::size_t j = i + 1;
-            while (j < w.size() &&
-                   utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
-                ++j;
-            // Hangul jamo and other starters that compose with the previous one join the run
-            while (j < w.size() && composes_with_previous(w, j)) {
-                ++j;
-                while (j < w.size() &&
-                       utf8proc_get_property(utf8proc_int32_t(w[j].cp))->combining_class != 0)
-                    ++j;
-            }
-            run.clear();
-            for (std::size_t k = i; k < j; ++k) detail::append_utf8(run, w[k].cp);
-            utf8proc_uint8_t* nfc =
-                utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(run.c_str()));
-            if (!nfc) {
-                for (std::size_t k = i; k < j; ++k) out.push_back(w[k]);
-            } else {
-                const auto* q = nfc;
-                std::size_t len =
-                    std::char_traits<char>::length(reinterpret_cast<const char*>(nfc));
-                std::vector<char32_t> got;
-                for (std::size_t k = 0; k < len;) {
-                    utf8proc_int32_t c = 0;
-                    const auto n = utf8proc_iterate(q + k, utf8proc_ssize_t(len - k), &c);
-                    if (n <= 0) break;
-                    got.push_back(char32_t(c));
-                    k += std::size_t(n);
-                }
-                std::free(nfc);
-                if (got.size() == j - i) {  // nothing composed: keep the one-to-one alignment
-                    for (std::size_t k = 0; k < got.size(); ++k)
-                        out.push_back({got[k], w[i + k].begin, w[i + k].end});
-                } else {
-                    for (char32_t c : got) out.push_back({c, w[i].begin, w[j - 1].end});
-                }
-            }
-            i = j;
-        }
-    }
-
-    // whether the starter w[j] composes canonically with the character before it
-    static bool composes_with_previous(const std::vector<detail::mapped_char>& w, std::size_t j) {
-        std::string two;
-        detail::append_utf8(two, w[j - 1].cp);
-        detail::append_utf8(two, w[j].cp);
-        utf8proc_uint8_t* nfc =
-            utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(two.c_str()));
-        if (!nfc) return false;
-        const bool composed =
-            std::char_traits<char>::length(reinterpret_cast<const char*>(nfc)) != two.size() ||
-            two != reinterpret_cast<const char*>(nfc);
-        std::free(nfc);
-        return composed;
-    }
-
-    // Splits a normalized word on punctuation and runs WordPiece on each piece.
-    void split_and_wordpiece(const std::vector<detail::mapped_char>& w,
-                             const std::vector<std::uint32_t>& bytes, std::int32_t& word,
-                             std::vector<token_info>& out) const {
-        std::size_t i = 0;
-        while (i < w.size()) {
-            std::size_t j = i + 1;
-            if (!detail::is_punctuation(w[i].cp))
-                while (j < w.size() && !detail::is_punctuation(w[j].cp)) ++j;
-            wordpiece(w, i, j, bytes, word++, out);
-            i = j;
-        }
-    }
-
-    // Greedy longest-match-first WordPiece of w[begin, end).
-    void wordpiece(const std::vector<detail::mapped_char>& w, std::size_t begin, std::size_t end,
-                   const std::vector<std::uint32_t>& bytes, std::int32_t word,
-                   std::vector<token_info>& out) const {
-        auto span = [&](std::size_t a, std::size_t b, std::int32_t id) {
-            const std::uint32_t cb = w[a].begin, ce = w[b - 1].end;
-            return token_info{id, cb, ce, bytes[cb], bytes[ce], word};
-        };
-        const std::size_t n = end - begin;
-        if (n > opt_.max_input_chars_per_word) {
-            out.push_back(span(begin, end, unk_));
-            return;
-        }
-        // UTF-8 of the word and the byte offset of each character in it
-        thread_local std::string s;
-        thread_local std::vector<std::size_t> at;
-        s.clear();
-        at.resize(n + 1);
-        for (std::size_t k = 0; k < n; ++k) {
-            at[k] = s.size();
-            detail::append_utf8(s, w[begin + k].cp);
-        }
-        at[n] = s.size();
-        const std::size_t mark = out.size();
-        const std::string_view sv(s);
-        for (std::size_t start = 0; start < n;) {
-            // the longest piece at `start` ("##" pieces live in their own trie, without "##"),
-            // then back to a character boundary (a piece ending inside a character cannot be
-            // a vocabulary token of whole characters, but guard anyway)
-            const auto [len, id] =
-                (start == 0 ? initial_ : continuation_).longest_prefix(sv.substr(at[start]));
-            std::size_t stop = start;
-            std::int32_t found = -1;
-            if (id >= 0) {
-                stop = std::size_t(std::upper_bound(at.begin() + std::ptrdiff_t(start),
-                                                    at.begin() + std::ptrdiff_t(n + 1),
-                                                    at[start] + len) -
-                                   at.begin()) -
-                       1;
-                if (stop > start && at[stop] == at[start] + len)
-                    found = id;
-                else
-                    stop = start;
-            }
-            if (found < 0) {  // unmatchable: the whole word is [UNK]
-                out.resize(mark);
-                out.push_back(span(begin, end, unk_));
-                return;
-            }
-            out.push_back(span(begin + start, begin + stop, found));
-            start = stop;
-        }
-    }
-
-    vocabulary vocab_;
-    detail::piece_trie initial_;       // every token -> id (word-initial pieces)
-    detail::piece_trie continuation_;  // "##x" pieces keyed by "x"
-    bert_options opt_;
-    bool strip_accents_ = true;
-    std::array<std::pair<std::string, std::int32_t>, 5> specials_;  // literals kept whole
-    std::int32_t unk_ = 0, cls_ = 0, sep_ = 0, pad_ = 0, mask_ = 0;
-};
-
-}  // namespace text
-FTUNE_NAMESPACE_END
-// ---- end ftune/tokenize/bert.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {
@@ -7526,247 +6250,9 @@ struct batch {
     std::vector<float> targets;              ///< (B, L)
 };
 
-/// The label ids of label names: integers keep their value when every label is an integer
-/// (0..n-1 as written), names are sorted (as Hugging Face datasets' ClassLabel), or follow
-/// `known` (a checkpoint's id2label) when it holds every name.
-inline std::vector<std::string> label_names(const std::vector<std::string>& seen,
-                                            const std::vector<std::string>& known = {}) {
-    std::vector<std::string> names(seen);
-    std::sort(names.begin(), names.end());
-    names.erase(std::unique(names.begin(), names.end()), names.end());
-    if (!known.empty() && std::all_of(names.begin(), names.end(), [&](const std::string& n) {
-            return std::find(known.begin(), known.end(), n) != known.end();
-        }))
-        return known;
-    const bool integers = !names.empty() && std::all_of(names.begin(), names.end(), [](auto& n) {
-        return !n.empty() && n.size() < 9 &&
-               std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; });
-    });
-    if (integers) {
-        std::size_t top = 0;
-        for (const auto& n : names) top = std::max<std::size_t>(top, std::stoul(n));
-        std::vector<std::string> by_id(top + 1);
-        for (std::size_t i = 0; i <= top; ++i)
-            by_id[i] = i < known.size() ? known[i] : std::to_string(i);
-        return by_id;
-    }
-    return names;
-}
-
-namespace detail {
-inline token_id label_id(const std::vector<std::string>& names, const std::string& label,
-                         const std::string& where) {
-    const auto it = std::find(names.begin(), names.end(), label);
-    if (it != names.end()) return token_id(it - names.begin());
-    // integer labels may be written as numbers while names come from a checkpoint
-    if (!label.empty() &&
-        std::all_of(label.begin(), label.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
-        label.size() < 9 && std::stoul(label) < names.size())
-        return token_id(std::stoul(label));
-    throw error(errc::out_of_range, where,
-                "label \"" + label + "\" is not one of the model's " +
-                    std::to_string(names.size()) + " labels");
-}
-}  // namespace detail
-
-/// Encodes labelled texts for a sequence classifier of problem type p with labels `names`
-/// (ignored for regression), truncated to max_length tokens: a class id (single-label), 0/1 per
-/// label from comma-separated names (multi-label), a number (regression).
-inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::text_dataset& d,
-                                   heads::problem p, const std::vector<std::string>& names,
-                                   std::size_t max_length) {
-    std::vector<example> out;
-    out.reserve(d.rows.size());
-    for (const auto& r : d.rows) {
-        const std::string where = ftune::detail::cat(d.path, ":", r.line);
-        const auto e = tok.encode(
-            r.text, d.pairs ? std::optional<std::string_view>(r.text_pair) : std::nullopt,
-            {.max_length = max_length});
-        example x{e.ids, e.type_ids, {}, {}};
-        if (p == heads::problem::single_label_classification) {
-            x.labels = {detail::label_id(names, r.label, where)};
-        } else if (p == heads::problem::multi_label_classification) {
-            x.targets.assign(names.size(), 0.0f);
-            std::size_t a = 0;
-            while (a <= r.label.size()) {
-                std::size_t b = r.label.find(',', a);
-                if (b == std::string::npos) b = r.label.size();
-                if (b > a)
-                    x.targets[std::size_t(
-                        detail::label_id(names, r.label.substr(a, b - a), where))] = 1;
-                a = b + 1;
-            }
-        } else {
-            try {
-                std::size_t pos = 0;
-                x.targets = {std::stof(r.label, &pos)};
-                if (pos != r.label.size()) throw std::invalid_argument("trailing");
-            } catch (const std::exception&) {
-                throw error(errc::parse, where,
-                            "regression label \"" + r.label + "\" is not a number");
-            }
-        }
-        out.push_back(std::move(x));
-    }
-    return out;
-}
-
-/// Encodes tagged sentences for token classification: each word is tokenized on its own; its
-/// first wordpiece carries the tag, the others and [CLS]/[SEP] carry -100 (ignored), as Hugging
-/// Face's token-classification recipe. Words past max_length are cut.
-inline std::vector<example> encode(const text::bert_tokenizer& tok,
-                                   const std::vector<data::tagged_sentence>& sentences,
-                                   const std::vector<std::string>& names, std::size_t max_length,
-                                   const std::string& path = "") {
-    std::vector<example> out;
-    out.reserve(sentences.size());
-    std::vector<text::token_info> pieces;
-    for (const auto& s : sentences) {
-        example x;
-        x.ids.push_back(tok.cls_id());
-        x.labels.push_back(-100);
-        for (std::size_t w = 0; w < s.tokens.size(); ++w) {
-            pieces.clear();
-            tok.tokenize(s.tokens[w], pieces);
-            const token_id tag =
-                detail::label_id(names, s.tags[w], ftune::detail::cat(path, ":", s.line + w));
-            for (std::size_t k = 0; k < pieces.size(); ++k) {
-                if (max_length && x.ids.size() + 1 >= max_length) break;
-                x.ids.push_back(pieces[k].id);
-                x.labels.push_back(k == 0 ? tag : -100);
-            }
-        }
-        x.ids.push_back(tok.sep_id());
-        x.labels.push_back(-100);
-        x.types.assign(x.ids.size(), 0);
-        out.push_back(std::move(x));
-    }
-    return out;
-}
-
-/// The order of one epoch as batches of example indices. With shuffle, a permutation drawn from
-/// (seed, epoch) — the same on any thread count and after a resume. With bucket, indices are
-/// sorted by length within windows of 50 batches before batching (less padding, as Hugging
-/// Face's group_by_length), and the batches are shuffled again.
-inline std::vector<std::vector<std::size_t>> batch_order(const std::vector<example>& xs,
-                                                         std::size_t batch_size, bool shuffle,
-                                                         bool bucket, std::uint64_t seed,
-                                                         std::uint64_t epoch) {
-    std::vector<std::size_t> idx(xs.size());
-    std::iota(idx.begin(), idx.end(), std::size_t(0));
-    const random_stream s(seed, 1000 + 2 * epoch), s2(seed, 1001 + 2 * epoch);
-    if (shuffle) ftune::shuffle(std::span<std::size_t>(idx), s);
-    if (bucket) {
-        const std::size_t window = 50 * batch_size;
-        for (std::size_t a = 0; a < idx.size(); a += window) {
-            const auto end = idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + window));
-            std::stable_sort(
-                idx.begin() + std::ptrdiff_t(a), end,
-                [&](std::size_t i, std::size_t j) { return xs[i].ids.size() > xs[j].ids.size(); });
-        }
-    }
-    std::vector<std::vector<std::size_t>> batches;
-    for (std::size_t a = 0; a < idx.size(); a += batch_size)
-        batches.emplace_back(idx.begin() + std::ptrdiff_t(a),
-                             idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + batch_size)));
-    if (shuffle && bucket) ftune::shuffle(std::span<std::vector<std::size_t>>(batches), s2);
-    return batches;
-}
-
-/// Pads the examples `which` into b (to the longest; [PAD] = pad_id, mask 0, and for per-token
-/// labels -100), reusing b's storage: no allocation once b has seen a batch as large.
-inline void collate_into(batch& b, const std::vector<example>& xs,
-                         std::span<const std::size_t> which, token_id pad_id, bool per_token) {
-    b.B = which.size(), b.T = 0;
-    for (auto i : which) b.T = std::max(b.T, xs[i].ids.size());
-    b.ids.assign(b.B * b.T, pad_id), b.mask.assign(b.B * b.T, 0), b.types.assign(b.B * b.T, 0);
-    if (per_token)
-        b.labels.assign(b.B * b.T, -100);
-    else
-        b.labels.clear();
-    b.targets.clear();
-    for (std::size_t r = 0; r < b.B; ++r) {
-        const auto& x = xs[which[r]];
-        std::copy(x.ids.begin(), x.ids.end(), b.ids.begin() + std::ptrdiff_t(r * b.T));
-        std::copy(x.types.begin(), x.types.end(), b.types.begin() + std::ptrdiff_t(r * b.T));
-        std::fill_n(b.mask.begin() + std::ptrdiff_t(r * b.T), x.ids.size(), 1);
-        if (per_token)
-            std::copy(x.labels.begin(), x.labels.end(), b.labels.begin() + std::ptrdiff_t(r * b.T));
-        else
-            b.labels.insert(b.labels.end(), x.labels.begin(), x.labels.end());
-        b.targets.insert(b.targets.end(), x.targets.begin(), x.targets.end());
-    }
-}
-
-/// Masked-LM inputs and labels, as Transformers' DataCollatorForLanguageModeling: each real,
-/// non-special token of the batch is chosen with probability `probability`; a chosen token's
-/// label is its id (the others -100) and its input becomes [MASK] (80%), a random vocabulary
-/// token (10%) or stays (10%). Draws come from `rng` (value 3 i .. 3 i + 2 for position i), so
-/// a batch masks the same way whenever it is seen with the same stream.
-struct mlm_masking {
-    double probability = 0.15;      ///< share of tokens chosen
-    token_id mask_id = -1;          ///< [MASK] (set it: mlm_masking_for(tokenizer))
-    std::size_t vocab_size = 0;     ///< random replacements are drawn from [0, vocab_size)
-    std::vector<token_id> special;  ///< never chosen ([CLS], [SEP], [PAD], [UNK], [MASK])
-
-    /// Masks b in place (b.labels becomes (B, T)).
-    void apply(batch& b, const random_stream& rng) const {
-        if (mask_id < 0 || vocab_size == 0 || special.empty())
-            throw error(errc::invalid_argument, "mlm_masking",
-                        "no [MASK] id, vocabulary size or special tokens: set it from the "
-                        "tokenizer with train::mlm_masking_for(tokenizer)");
-        b.labels.assign(b.B * b.T, -100);
-        for (std::size_t i = 0; i < b.B * b.T; ++i) {
-            if (!b.mask[i] || std::find(special.begin(), special.end(), b.ids[i]) != special.end())
-                continue;
-            if (rng.uniform(3 * i) >= float(probability)) continue;
-            b.labels[i] = b.ids[i];
-            const float u = rng.uniform(3 * i + 1);
-            if (u < 0.8f)
-                b.ids[i] = mask_id;
-            else if (u < 0.9f)
-                b.ids[i] = token_id(rng.below(3 * i + 2, std::uint32_t(vocab_size)));
-        }
-    }
-};
-
-/// mlm_masking with a tokenizer's [MASK] id, its vocabulary size, and its special tokens
-/// ([CLS], [SEP], [PAD], [UNK], [MASK]: Transformers' all_special_ids) never chosen.
-inline mlm_masking mlm_masking_for(const text::bert_tokenizer& tok, double probability = 0.15) {
-    return {.probability = probability,
-            .mask_id = tok.mask_id(),
-            .vocab_size = tok.vocab().size(),
-            .special = {tok.cls_id(), tok.sep_id(), tok.pad_id(), tok.unk_id(), tok.mask_id()}};
-}
-
-/// Plain texts (the `text` column of a table, or lines) as masked-LM examples: [CLS] text [SEP]
-/// cut to max_length; labels are made per batch by mlm_masking.
-inline std::vector<example> encode_texts(const text::bert_tokenizer& tok,
-                                         const data::text_dataset& d, std::size_t max_length) {
-    std::vector<example> out;
-    out.reserve(d.rows.size());
-    for (const auto& r : d.rows) {
-        auto e = tok.encode(r.text, std::nullopt, max_length);
-        example x;
-        x.ids = std::move(e.ids);
-        x.types = std::move(e.type_ids);
-        x.labels.assign(x.ids.size(), -100);
-        out.push_back(std::move(x));
-    }
-    return out;
-}
-
-/// collate_into a new batch.
-inline batch collate(const std::vector<example>& xs, std::span<const std::size_t> which,
-                     token_id pad_id, bool per_token) {
-    batch b;
-    collate_into(b, xs, which, pad_id, per_token);
-    return b;
-}
-
 }  // namespace train
 FTUNE_NAMESPACE_END
-// ---- end ftune/train/batching.hpp ----
+// ---- end ftune/train/batch.hpp ----
 // ---- begin ftune/train/evaluation.hpp ----
 // train::evaluation: the scores of one evaluation pass, filled batch by batch by the model's head
 // (heads/*.hpp: score() then finish()), whatever the task.
@@ -8130,8 +6616,6 @@ FTUNE_NAMESPACE_END
 #include <string_view>
 #include <tuple>
 #include <vector>
-
-#include <utf8proc.h>
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -8540,71 +7024,6 @@ inline double spearman(const std::vector<double>& x, const std::vector<double>& 
     return pearson(ranks(x), ranks(y));
 }
 
-/// SQuAD's answer normalization, returned as its tokens: lower case (Unicode, by utf8proc),
-/// ASCII punctuation removed (string.punctuation), the articles a / an / the dropped, split at
-/// whitespace. Non-ASCII characters count as word characters.
-inline std::vector<std::string> squad_tokens(std::string_view s) {
-    std::vector<std::string> out;
-    std::string cur;
-    auto flush = [&] {
-        if (!cur.empty() && cur != "a" && cur != "an" && cur != "the") out.push_back(cur);
-        cur.clear();
-    };
-    for (std::size_t i = 0; i < s.size();) {
-        utf8proc_int32_t cp = 0;
-        const auto n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
-                                        utf8proc_ssize_t(s.size() - i), &cp);
-        if (n <= 0) {  // invalid UTF-8: the byte as it is
-            cur += s[i++];
-            continue;
-        }
-        i += std::size_t(n);
-        if (cp < 128 && std::ispunct(cp)) continue;  // removed, joining its neighbours
-        if (cp == ' ' || (cp >= '\t' && cp <= '\r')) {
-            flush();
-            continue;
-        }
-        utf8proc_uint8_t buf[4];
-        const auto m = utf8proc_encode_char(utf8proc_tolower(cp), buf);
-        cur.append(reinterpret_cast<const char*>(buf), std::size_t(m));
-    }
-    flush();
-    return out;
-}
-
-/// SQuAD exact match of a prediction against its gold answers: 1 when the normalized
-/// prediction equals a normalized gold answer, else 0.
-inline double squad_exact_match(std::string_view prediction,
-                                const std::vector<std::string>& golds) {
-    const auto p = squad_tokens(prediction);
-    for (const auto& g : golds)
-        if (squad_tokens(g) == p) return 1.0;
-    return 0.0;
-}
-
-/// SQuAD F1 of a prediction: the best over gold answers of the F1 of shared normalized tokens
-/// (an empty answer scores 1 against an empty gold answer, else 0, as SQuAD v2).
-inline double squad_f1(std::string_view prediction, const std::vector<std::string>& golds) {
-    const auto p = squad_tokens(prediction);
-    double best = 0;
-    for (const auto& gs : golds) {
-        const auto g = squad_tokens(gs);
-        if (p.empty() || g.empty()) {
-            best = std::max(best, p.empty() && g.empty() ? 1.0 : 0.0);
-            continue;
-        }
-        auto a = p, b = g;
-        std::sort(a.begin(), a.end()), std::sort(b.begin(), b.end());
-        std::vector<std::string> both;
-        std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
-        if (both.empty()) continue;
-        const double pr = double(both.size()) / double(p.size()),
-                     rc = double(both.size()) / double(g.size());
-        best = std::max(best, 2 * pr * rc / (pr + rc));
-    }
-    return best;
-}
-
 }  // namespace metrics
 FTUNE_NAMESPACE_END
 // ---- end ftune/train/metrics.hpp ----
@@ -8976,10 +7395,10 @@ class token_classification {
 
     /// One tag per word (as training labels them): the softmax argmax of each word's first
     /// piece, from the logits (T, L) of one sequence whose first n positions are tokens (tokens:
-    /// their word indices, -1 for [CLS], [SEP] and padding). Words none of whose pieces were
-    /// seen keep score < 0.
-    std::vector<word_prediction> decode_words(const T* logits,
-                                              std::span<const text::token_info> tokens,
+    /// the tokenizer's token_info, whose `word` is the word index, -1 for [CLS], [SEP] and
+    /// padding). Words none of whose pieces were seen keep score < 0.
+    template <class Token>
+    std::vector<word_prediction> decode_words(const T* logits, std::span<const Token> tokens,
                                               std::size_t n, std::size_t words) const {
         const std::size_t L = num_labels();
         std::vector<word_prediction> w(words);
@@ -9043,13 +7462,16 @@ struct joined_name {
 /// token_classification, question_answering, masked_lm, base_model).
 template <class Backbone, class Head>
 class task_model {
+    static_assert(head<Head>, "ftune: task_model's Head is a head (core/concepts.hpp)");
+
   public:
     using value_type = typename Backbone::value_type;    ///< scalar type
     using backbone_type = Backbone;                      ///< the family's encoder
     using head_type = Head;                              ///< the task head
     using config_type = typename Backbone::config_type;  ///< what both are built from
     using ids_view = typename Backbone::ids_view;        ///< (B, T) token ids
-    using output_view = typename Head::output_view;      ///< the head's outputs
+    using input_view = ids_view;  ///< what forward takes first (as a layer's input)
+    using output_view = typename Head::output_view;  ///< the head's outputs
     /// The architecture name in config.json ("BertForSequenceClassification").
     static constexpr std::string_view architecture =
         detail::joined_name<Backbone::architecture_prefix, Head::architecture_suffix>::value;
@@ -9158,6 +7580,444 @@ using masked_lm = with_head<heads::masked_lm, Encoder>;
 }  // namespace bert
 FTUNE_NAMESPACE_END
 // ---- end ftune/models/bert_tasks.hpp ----
+// ---- begin ftune/optim.hpp ----
+// Optimizers (AdamW, SGD), learning-rate schedules and gradient clipping, with PyTorch's and
+// Hugging Face's definitions (step for step equal to torch.optim on tests/reference/optim_parity.py
+// fixtures).
+//
+//   optim::adamw / optim::sgd   step(params) updates every trainable parameter from its gradient;
+//                               frozen parameters are skipped and own no state
+//   optim::param_group          per-name-prefix learning-rate scale and weight decay
+//   schedule::constant / linear / cosine / polynomial    lr(step), warmup in steps
+//   optim::clip_grad_norm       the global L2 norm of the gradients, scaled down to max_norm
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <numbers>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace optim {
+
+/// Settings for the parameters whose name starts with `prefix` (the first matching group wins):
+/// e.g. {.prefix = "classifier.", .lr_scale = 10} or {.prefix = "bert.embeddings.", .lr_scale =
+/// 0.1}. Parameters whose decay flag is off (biases, LayerNorm weights) never decay.
+struct param_group {
+    std::string prefix;                  ///< name prefix ("" matches every parameter)
+    double lr_scale = 1;                 ///< multiplies the learning rate
+    std::optional<double> weight_decay;  ///< replaces the optimizer's weight decay
+};
+
+/// Every parameter of a model (visit_parameters with prefix ""), frozen ones included.
+template <class Model>
+std::vector<parameter_ref<typename Model::value_type>> parameters_of(Model& model) {
+    std::vector<parameter_ref<typename Model::value_type>> v;
+    model.visit_parameters(
+        "", [&](parameter_ref<typename Model::value_type> p) { v.push_back(std::move(p)); });
+    return v;
+}
+
+namespace detail {
+/// b = n zeros (storage grows only).
+template <class T>
+void zeroed(buffer<T, shape<dynamic>>& b, std::size_t n) {
+    b.resize(shape<dynamic>(n));
+    b.fill(T(0));
+}
+
+/// The group of a parameter name (nullptr: none).
+inline const param_group* group_of(const std::vector<param_group>& groups,
+                                   const std::string& name) {
+    for (const auto& g : groups)
+        if (name.starts_with(g.prefix)) return &g;
+    return nullptr;
+}
+/// Checks that step() sees the same parameters in the same order every time.
+template <scalar T>
+void check_same_params(const std::vector<std::string>& names, std::size_t sizes_count,
+                       std::span<const parameter_ref<T>> params, const char* who) {
+    if (names.size() != params.size() || sizes_count != params.size())
+        throw error(
+            errc::invalid_argument, who,
+            ftune::detail::cat("step() was given ", params.size(), " parameters but earlier ",
+                               names.size(), "; pass the same parameters every step"));
+    for (std::size_t i = 0; i < params.size(); ++i)
+        if (names[i] != params[i].name)
+            throw error(errc::invalid_argument, who,
+                        "parameter " + std::to_string(i) + " was \"" + names[i] +
+                            "\" and is now \"" + params[i].name +
+                            "\"; pass the same parameters every step");
+}
+}  // namespace detail
+
+/// Options of adamw (torch.optim.AdamW's, bias correction always on).
+struct adamw_options {
+    double lr = 5e-5;           ///< base learning rate (a schedule sets the current one)
+    double beta1 = 0.9;         ///< first-moment decay
+    double beta2 = 0.999;       ///< second-moment decay
+    double eps = 1e-8;          ///< denominator term
+    double weight_decay = 0.0;  ///< decoupled decay λ: θ ← θ − ηλθ (Hugging Face's default 0)
+    std::vector<param_group> groups{};  ///< per-prefix learning-rate scale and decay
+};
+
+/// AdamW with decoupled weight decay, as torch.optim.AdamW: θ ← θ(1 − ηλ), then the Adam step
+/// with bias correction. Moments are allocated at the first step for trainable parameters only.
+template <scalar T>
+class adamw {
+  public:
+    using value_type = T;   ///< scalar type
+    adamw_options options;  ///< hyper-parameters; options.lr is the rate of the next step
+
+    /// An optimizer with the given options.
+    explicit adamw(adamw_options o = {}) : options(std::move(o)) {}
+
+    /// Sets the learning rate of the next steps (called by a schedule each step).
+    void set_lr(double lr) noexcept { options.lr = lr; }
+    /// Number of steps taken.
+    std::size_t step_count() const noexcept { return steps_; }
+
+    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
+    void step(std::span<const parameter_ref<T>> params) {
+        if (names_.empty() && steps_ == 0) init_state(params);
+        detail::check_same_params(names_, m_.size(), params, "adamw::step");
+        ++steps_;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const auto& p = params[i];
+            if (!p.trainable) continue;
+            if (m_[i].size() != p.value.size())  // unfrozen after the first step
+                detail::zeroed(m_[i], p.value.size()), detail::zeroed(v_[i], p.value.size());
+            const param_group* g = detail::group_of(options.groups, p.name);
+            adamw_params h{.lr = options.lr * (g ? g->lr_scale : 1.0),
+                           .beta1 = options.beta1,
+                           .beta2 = options.beta2,
+                           .eps = options.eps,
+                           .weight_decay = p.decay ? (g && g->weight_decay ? *g->weight_decay
+                                                                           : options.weight_decay)
+                                                   : 0.0,
+                           .step = steps_};
+            const std::size_t n = p.value.size();
+            ops::adamw_update(vector_view<T>(p.value.data(), n),
+                              vector_view<const T>(p.grad.data(), n), m_[i].view(), v_[i].view(),
+                              h);
+        }
+    }
+
+    /// Allocates the (zero) state of params as the first step would, so that visit_state can
+    /// restore saved moments before any step.
+    void init_state(std::span<const parameter_ref<T>> params) {
+        names_.clear(), m_.clear(), v_.clear();
+        for (const auto& p : params) {
+            names_.push_back(p.name);
+            m_.emplace_back(p.trainable ? p.value.size() : 0);  // zero-filled
+            v_.emplace_back(p.trainable ? p.value.size() : 0);
+        }
+    }
+
+    /// Visits the state for saving or restoring: f(name, span) for every parameter's first and
+    /// second moments ("<param>.exp_avg", "<param>.exp_avg_sq"); the step count is step_count().
+    template <class F>
+    void visit_state(F&& f) {
+        for (std::size_t i = 0; i < names_.size(); ++i) {
+            f(names_[i] + ".exp_avg", m_[i].span());
+            f(names_[i] + ".exp_avg_sq", v_[i].span());
+        }
+    }
+    /// Restores the step count (with visit_state for the moments).
+    void set_step_count(std::size_t n) noexcept { steps_ = n; }
+
+  private:
+    std::size_t steps_ = 0;
+    std::vector<std::string> names_;                // parameter names, in step() order
+    std::vector<buffer<T, shape<dynamic>>> m_, v_;  // first and second moments (empty: frozen)
+};
+
+/// Options of sgd (torch.optim.SGD's).
+struct sgd_options {
+    double lr = 1e-2;                   ///< base learning rate
+    double momentum = 0;                ///< momentum factor (0: plain SGD)
+    double dampening = 0;               ///< dampening of the momentum
+    double weight_decay = 0;            ///< L2 penalty added to the gradient (coupled, as PyTorch)
+    bool nesterov = false;              ///< Nesterov momentum (needs momentum > 0, dampening 0)
+    std::vector<param_group> groups{};  ///< per-prefix learning-rate scale and decay
+};
+
+/// SGD with momentum / Nesterov, as torch.optim.SGD.
+template <scalar T>
+class sgd {
+  public:
+    using value_type = T;  ///< scalar type
+    sgd_options options;   ///< hyper-parameters; options.lr is the rate of the next step
+
+    /// An optimizer with the given options (Nesterov without momentum is an error).
+    explicit sgd(sgd_options o = {}) : options(std::move(o)) {
+        if (options.nesterov && (options.momentum <= 0 || options.dampening != 0))
+            throw error(errc::invalid_argument, "sgd",
+                        "Nesterov momentum needs momentum > 0 and dampening 0 (as PyTorch)");
+    }
+
+    /// Sets the learning rate of the next steps.
+    void set_lr(double lr) noexcept { options.lr = lr; }
+    /// Number of steps taken.
+    std::size_t step_count() const noexcept { return steps_; }
+
+    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
+    void step(std::span<const parameter_ref<T>> params) {
+        if (names_.empty() && steps_ == 0)
+            for (const auto& p : params) {
+                names_.push_back(p.name);
+                buf_.emplace_back();
+            }
+        detail::check_same_params(names_, buf_.size(), params, "sgd::step");
+        ++steps_;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const auto& p = params[i];
+            if (!p.trainable) continue;
+            const bool first = options.momentum != 0 && buf_[i].size() != p.value.size();
+            if (first) detail::zeroed(buf_[i], p.value.size());
+            const param_group* g = detail::group_of(options.groups, p.name);
+            sgd_params h{.lr = options.lr * (g ? g->lr_scale : 1.0),
+                         .momentum = options.momentum,
+                         .dampening = options.dampening,
+                         .weight_decay = p.decay ? (g && g->weight_decay ? *g->weight_decay
+                                                                         : options.weight_decay)
+                                                 : 0.0,
+                         .nesterov = options.nesterov,
+                         .first_step = first};
+            const std::size_t n = p.value.size();
+            const bool momentum = options.momentum != 0;
+            ops::sgd_update(vector_view<T>(p.value.data(), n),
+                            vector_view<const T>(p.grad.data(), n),
+                            momentum ? buf_[i].view() : vector_view<T>(), h);
+        }
+    }
+
+    /// Allocates the state of params as the first step would (zero momentum buffers when
+    /// momentum is on), so that visit_state can restore saved buffers before any step.
+    void init_state(std::span<const parameter_ref<T>> params) {
+        names_.clear(), buf_.clear();
+        for (const auto& p : params) {
+            names_.push_back(p.name);
+            buf_.emplace_back(p.trainable && options.momentum != 0 ? p.value.size() : 0);
+        }
+    }
+
+    /// Visits the momentum buffers ("<param>.momentum_buffer"; empty before the first step).
+    template <class F>
+    void visit_state(F&& f) {
+        for (std::size_t i = 0; i < names_.size(); ++i)
+            f(names_[i] + ".momentum_buffer", buf_[i].span());
+    }
+    /// Restores the step count.
+    void set_step_count(std::size_t n) noexcept { steps_ = n; }
+
+  private:
+    std::size_t steps_ = 0;
+    std::vector<std::string> names_;              // parameter names, in step() order
+    std::vector<buffer<T, shape<dynamic>>> buf_;  // momentum buffers (empty: none yet, or frozen)
+};
+
+/// Any optimizer (adamw, sgd, or a type of one's own with the same members: step, set_lr,
+/// step_count, set_step_count, init_state, visit_state), held by value behind one interface: what
+/// the trainer runs, chosen at run time (the CLI's --optimizer).
+template <scalar T>
+class any_optimizer {
+  public:
+    /// Holds o (satisfying the optimizer concept), called `name` in checkpoints and messages.
+    template <class O>
+    requires optimizer<O, T> any_optimizer(O o, std::string name)
+        : p_(std::make_unique<impl<O>>(std::move(o))), name_(std::move(name)) {}
+
+    /// Updates every trainable parameter from its gradient.
+    void step(std::span<const parameter_ref<T>> params) { p_->step(params); }
+    /// Sets the learning rate of the next steps.
+    void set_lr(double lr) { p_->set_lr(lr); }
+    /// Number of steps taken.
+    std::size_t step_count() const { return p_->step_count(); }
+    /// Restores the step count.
+    void set_step_count(std::size_t n) { p_->set_step_count(n); }
+    /// Allocates the state of params as the first step would.
+    void init_state(std::span<const parameter_ref<T>> params) { p_->init_state(params); }
+    /// Visits the state: f(name, span) per tensor.
+    void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) {
+        p_->visit_state(f);
+    }
+    /// Its name ("adamw", "sgd").
+    const std::string& name() const noexcept { return name_; }
+
+  private:
+    struct base {
+        virtual ~base() = default;
+        virtual void step(std::span<const parameter_ref<T>>) = 0;
+        virtual void set_lr(double) = 0;
+        virtual std::size_t step_count() const = 0;
+        virtual void set_step_count(std::size_t) = 0;
+        virtual void init_state(std::span<const parameter_ref<T>>) = 0;
+        virtual void visit_state(const std::function<void(const std::string&, std::span<T>)>&) = 0;
+    };
+    template <class O>
+    struct impl final : base {
+        O o;
+        explicit impl(O x) : o(std::move(x)) {}
+        void step(std::span<const parameter_ref<T>> p) override { o.step(p); }
+        void set_lr(double lr) override { o.set_lr(lr); }
+        std::size_t step_count() const override { return o.step_count(); }
+        void set_step_count(std::size_t n) override { o.set_step_count(n); }
+        void init_state(std::span<const parameter_ref<T>> p) override { o.init_state(p); }
+        void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) override {
+            o.visit_state(f);
+        }
+    };
+    std::unique_ptr<base> p_;
+    std::string name_;
+};
+
+/// The optimizer called `name` ("adamw": decoupled weight decay; "sgd": with momentum, weight
+/// decay as an L2 penalty, as torch.optim.SGD), for a base rate lr; throws for other names.
+template <scalar T>
+any_optimizer<T> make_optimizer(const std::string& name, double lr, double weight_decay,
+                                double momentum = 0) {
+    if (name == "adamw") return {adamw<T>({.lr = lr, .weight_decay = weight_decay}), name};
+    if (name == "sgd")
+        return {sgd<T>({.lr = lr, .momentum = momentum, .weight_decay = weight_decay}), name};
+    throw error(errc::invalid_argument, "optimizer " + name, "expected adamw or sgd");
+}
+
+/// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
+/// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns
+/// the norm before clipping. A non-finite norm is an error naming it (the step would be garbage).
+template <scalar T>
+double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm) {
+    double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no allocation)
+    for (const auto& p : params)
+        if (p.trainable) sq += ops::sum_squares(vector_view<const T>(p.grad.data(), p.grad.size()));
+    const double norm = std::sqrt(sq);
+    if (!std::isfinite(norm))
+        throw error(errc::invalid_argument, "clip_grad_norm",
+                    "the gradient norm is not finite (NaN or inf: a diverging loss? lower the "
+                    "learning rate)");
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1)
+        for (const auto& p : params)
+            if (p.trainable) ops::scale(vector_view<T>(p.grad.data(), p.grad.size()), T(coef));
+    return norm;
+}
+
+}  // namespace optim
+
+namespace schedule {
+
+/// The warmup length for a ratio of the total steps, as Hugging Face (ceil(ratio * total)).
+inline std::size_t warmup_steps(double ratio, std::size_t total_steps) {
+    if (!(ratio >= 0 && ratio <= 1))
+        throw error(errc::invalid_argument, "warmup ratio",
+                    ftune::detail::cat(ratio, " is outside [0, 1]"));
+    return std::size_t(std::ceil(ratio * double(total_steps)));
+}
+
+namespace detail {
+/// lr * step / warmup during the warmup (Hugging Face's schedules start at 0).
+inline double warmup_factor(std::size_t step, std::size_t warmup) {
+    return double(step) / double(std::max<std::size_t>(1, warmup));
+}
+}  // namespace detail
+
+/// A constant rate after an optional linear warmup (get_constant_schedule_with_warmup).
+struct constant {
+    double lr;               ///< the rate
+    std::size_t warmup = 0;  ///< warmup steps
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        return step < warmup ? lr * detail::warmup_factor(step, warmup) : lr;
+    }
+};
+
+/// Linear warmup to lr, then linear decay to 0 at total steps (get_linear_schedule_with_warmup,
+/// Hugging Face's default).
+struct linear {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        return lr * std::max(0.0, double(total - std::min(step, total)) /
+                                      double(std::max<std::size_t>(1, total - warmup)));
+    }
+};
+
+/// Linear warmup, then a cosine from lr to 0 over `cycles` half-waves (0.5: one half cosine)
+/// (get_cosine_schedule_with_warmup).
+struct cosine {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    double cycles = 0.5;     ///< number of cosine waves
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        const double progress =
+            double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
+        return lr * std::max(0.0, 0.5 * (1 + std::cos(std::numbers::pi * cycles * 2 * progress)));
+    }
+};
+
+/// Linear warmup, then a polynomial decay from lr to lr_end (get_polynomial_decay_schedule_with
+/// _warmup; power 1 is linear to lr_end).
+struct polynomial {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    double lr_end = 1e-7;    ///< the rate after total steps
+    double power = 1;        ///< exponent of the decay
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        if (step > total) return lr_end;
+        const double left =
+            1 - double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
+        return (lr - lr_end) * std::pow(left, power) + lr_end;
+    }
+};
+
+/// Any schedule (constant, linear, cosine, polynomial, or a type of one's own with lr_at), held
+/// by value: what the trainer runs, chosen at run time (the CLI's --schedule).
+class any_schedule {
+  public:
+    /// Holds s (satisfying the lr_schedule concept), called `name` in checkpoints.
+    template <class S>
+    requires lr_schedule<S> any_schedule(S s, std::string name)
+        : f_([s = std::move(s)](std::size_t step) { return double(s.lr_at(step)); }),
+          name_(std::move(name)) {}
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const { return f_(step); }
+    /// Its name ("linear", ...).
+    const std::string& name() const noexcept { return name_; }
+
+  private:
+    std::function<double(std::size_t)> f_;
+    std::string name_;
+};
+
+/// The schedule called `name` (linear, cosine, constant, polynomial: Transformers' defaults) of
+/// a run of `total` steps with `warmup` warmup steps to the peak rate lr; throws for others.
+inline any_schedule make(const std::string& name, double lr, std::size_t warmup,
+                         std::size_t total) {
+    if (name == "linear") return {linear{lr, warmup, total}, name};
+    if (name == "cosine") return {cosine{lr, warmup, total}, name};
+    if (name == "constant") return {constant{lr, warmup}, name};
+    if (name == "polynomial") return {polynomial{lr, warmup, total}, name};
+    throw error(errc::invalid_argument, "schedule " + name,
+                "expected linear, cosine, constant or polynomial");
+}
+
+}  // namespace schedule
+FTUNE_NAMESPACE_END
+// ---- end ftune/optim.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----
 // ftune::testing::check_gradients: compares the gradients a backward pass computes with central
 // differences, in double, for users' own layers as for ftune's.

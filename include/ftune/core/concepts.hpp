@@ -101,30 +101,31 @@ concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>
     { o.step_count() } -> std::convertible_to<std::size_t>;
 };
 
-/// HEAD: the task-specific top of a model (classifier, token tagger, span extractor, MLM).
+/// HEAD: the task-specific top of a task_model<Backbone, Head> (heads/*.hpp).
 ///
-/// - A head is a layer over the encoder's hidden states (B, T, C).
-/// - `num_labels()` gives the size of its output per example (or per token).
+/// - `forward(ctx, backbone, hidden)` maps the backbone's hidden states (B, T, C) to the task's
+///   outputs; `backward(ctx, backbone, d_outputs)` accumulates the head's gradients and returns
+///   d hidden (B, T, C), a view into the head valid until its next backward.
+/// - `visit_parameters(prefix, backbone_prefix, f)` names its parameters as Transformers does
+///   ("classifier.weight"; "bert.pooler.dense.weight" under the backbone's prefix).
+/// - `architecture_suffix` completes the family's architecture name ("ForTokenClassification");
+///   `first_token_only` says it reads position 0 only (the backbone may then compute the last
+///   layer for that position alone).
+/// - A head with a task (what train::trainer needs) also has its loss (`loss(y, batch, d,
+///   scale)`, `set_loss_options`), its evaluation (`score`, `finish`, `metric_name`, `report`)
+///   and the decoding its tools use.
+///
+/// CALLBACK: training callbacks derive from train::callback (train/callbacks.hpp): a base class
+/// with no-op hooks, since the trainer holds a run-time list of them.
 template <class H>
-concept head = layer<H> && requires(const H& h) {
-    { h.num_labels() } -> std::convertible_to<std::size_t>;
-};
-
-/// CALLBACK: optional hooks a trainer calls; any subset may be defined.
-///
-/// - `on_step(state)` after each optimizer step, `on_evaluate(state)` after each validation;
-///   `should_stop(state)` lets a callback end training early (early stopping).
-/// - Callbacks observe; they never change gradients or parameters, except a callback that
-///   restores the best weights at the end of training.
-template <class C, class State>
-concept callback = requires(C& c, const State& s) {
-    c.on_step(s);
-}
-|| requires(C& c, const State& s) {
-    c.on_evaluate(s);
-}
-|| requires(C& c, const State& s) {
-    { c.should_stop(s) } -> std::convertible_to<bool>;
+concept head = requires(H& h) {
+    typename H::value_type;
+    typename H::output_view;
+    typename H::hidden_view;
+    { H::architecture_suffix } -> std::convertible_to<std::string_view>;
+    { H::first_token_only } -> std::convertible_to<bool>;
+    h.zero_grad();
+    h.prepare_inference();
 };
 
 FTUNE_NAMESPACE_END

@@ -1,6 +1,7 @@
 // Device tags: where a tensor's memory lives and which backend runs the primitives on it.
 #pragma once
 
+#include <concepts>
 #include <type_traits>
 
 #include "ftune/config.hpp"
@@ -27,10 +28,13 @@ struct cuda {
 };
 }  // namespace device
 
-/// A type usable as a device tag.
+/// A type usable as a device tag: a name for messages and whether its memory is the host's.
+/// ftune's are above; a new one needs a backend (ops::backend_of, docs/extending.md).
 template <class D>
-concept device_tag = std::is_same_v<D, device::cpu> || std::is_same_v<D, device::reference> ||
-    std::is_same_v<D, device::cuda>;
+concept device_tag = requires {
+    { D::name } -> std::convertible_to<const char*>;
+    { D::host } -> std::convertible_to<bool>;
+};
 
 /// A device whose memory is the host's (ftune::buffer allocates it).
 template <class D>

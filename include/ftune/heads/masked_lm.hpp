@@ -14,7 +14,7 @@
 #include "ftune/layers/layer_norm.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/losses.hpp"
-#include "ftune/train/batching.hpp"
+#include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
 
 FTUNE_NAMESPACE_BEGIN

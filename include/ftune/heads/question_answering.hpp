@@ -10,7 +10,7 @@
 #include "ftune/heads/common.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/losses.hpp"
-#include "ftune/train/batching.hpp"
+#include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
 
 FTUNE_NAMESPACE_BEGIN

@@ -15,7 +15,7 @@
 #include "ftune/layers/linear.hpp"
 #include "ftune/layers/pooler.hpp"
 #include "ftune/losses.hpp"
-#include "ftune/train/batching.hpp"
+#include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
 #include "ftune/train/metrics.hpp"
 

@@ -14,8 +14,7 @@
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/losses.hpp"
-#include "ftune/tokenize/bert.hpp"
-#include "ftune/train/batching.hpp"
+#include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
 #include "ftune/train/metrics.hpp"
 
@@ -142,10 +141,10 @@ class token_classification {
 
     /// One tag per word (as training labels them): the softmax argmax of each word's first
     /// piece, from the logits (T, L) of one sequence whose first n positions are tokens (tokens:
-    /// their word indices, -1 for [CLS], [SEP] and padding). Words none of whose pieces were
-    /// seen keep score < 0.
-    std::vector<word_prediction> decode_words(const T* logits,
-                                              std::span<const text::token_info> tokens,
+    /// the tokenizer's token_info, whose `word` is the word index, -1 for [CLS], [SEP] and
+    /// padding). Words none of whose pieces were seen keep score < 0.
+    template <class Token>
+    std::vector<word_prediction> decode_words(const T* logits, std::span<const Token> tokens,
                                               std::size_t n, std::size_t words) const {
         const std::size_t L = num_labels();
         std::vector<word_prediction> w(words);

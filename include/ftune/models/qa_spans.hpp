@@ -22,7 +22,10 @@
 #include <string_view>
 #include <vector>
 
+#include "ftune/backends/common.hpp"
 #include "ftune/config.hpp"
+#include "ftune/core/context.hpp"
+#include "ftune/tokenize/bert.hpp"
 #include "ftune/core/context.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/tokenize/bert.hpp"

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <utility>
 
+#include "ftune/core/concepts.hpp"
 #include "ftune/core/context.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/core/parameter.hpp"
@@ -35,13 +36,16 @@ struct joined_name {
 /// token_classification, question_answering, masked_lm, base_model).
 template <class Backbone, class Head>
 class task_model {
+    static_assert(head<Head>, "ftune: task_model's Head is a head (core/concepts.hpp)");
+
   public:
     using value_type = typename Backbone::value_type;    ///< scalar type
     using backbone_type = Backbone;                      ///< the family's encoder
     using head_type = Head;                              ///< the task head
     using config_type = typename Backbone::config_type;  ///< what both are built from
     using ids_view = typename Backbone::ids_view;        ///< (B, T) token ids
-    using output_view = typename Head::output_view;      ///< the head's outputs
+    using input_view = ids_view;  ///< what forward takes first (as a layer's input)
+    using output_view = typename Head::output_view;  ///< the head's outputs
     /// The architecture name in config.json ("BertForSequenceClassification").
     static constexpr std::string_view architecture =
         detail::joined_name<Backbone::architecture_prefix, Head::architecture_suffix>::value;

@@ -12,27 +12,11 @@
 #include "ftune/core/rng.hpp"
 #include "ftune/data/readers.hpp"
 #include "ftune/heads/common.hpp"
+#include "ftune/train/batch.hpp"
 #include "ftune/tokenize/bert.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {
-
-/// One encoded example.
-struct example {
-    std::vector<token_id> ids;     ///< [CLS] ... [SEP] (...[SEP])
-    std::vector<token_id> types;   ///< segment ids
-    std::vector<token_id> labels;  ///< single-label: {class}; tokens: one per position (-100:
-                                   ///< none); qa: {start, end}
-    std::vector<float> targets;    ///< multi-label: L values in {0, 1}; regression: {value}
-};
-
-/// A padded batch, (B, T) row-major.
-struct batch {
-    std::size_t B = 0, T = 0;                ///< sizes
-    std::vector<token_id> ids, mask, types;  ///< (B, T)
-    std::vector<token_id> labels;            ///< (B) or (B, T) for ner
-    std::vector<float> targets;              ///< (B, L)
-};
 
 /// The label ids of label names: integers keep their value when every label is an integer
 /// (0..n-1 as written), names are sorted (as Hugging Face datasets' ClassLabel), or follow

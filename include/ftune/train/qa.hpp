@@ -22,6 +22,7 @@
 #include "ftune/models/qa_spans.hpp"
 #include "ftune/train/batching.hpp"
 #include "ftune/train/metrics.hpp"
+#include "ftune/train/squad_metrics.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {

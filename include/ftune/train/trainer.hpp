@@ -26,13 +26,9 @@
 #include "ftune/models/bert_tasks.hpp"
 #include "ftune/optim.hpp"
 #include "ftune/train/batching.hpp"
+#include "ftune/train/callbacks.hpp"
 #include "ftune/train/evaluation.hpp"
 #include "ftune/train/metrics.hpp"
-
-#if __has_include(<unistd.h>)
-#include <unistd.h>
-#define FTUNE_HAVE_ISATTY 1
-#endif
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {
@@ -127,19 +123,12 @@ struct options {
                                  ///< reaching the run's last step ends it normally)
 };
 
-/// One point of the training history.
-struct record {
-    std::size_t step = 0;             ///< optimizer step
-    double epoch = 0;                 ///< fractional epoch
-    double loss = 0;                  ///< mean training loss since the previous record
-    double lr = 0;                    ///< learning rate of the step
-    std::optional<double> metric;     ///< validation metric, at evaluation records
-    std::optional<double> eval_loss;  ///< validation loss, at evaluation records
-};
-
 /// Trains a task model (task_model<Backbone, Head>) on encoded examples. The head decides the
 /// loss, the evaluation report and the selection metric (a sequence classifier by its problem
-/// type: single-label, multi-label or regression).
+/// type: single-label, multi-label or regression). fit() is the core loop: batches, gradient
+/// accumulation, clipping, the optimizer and schedule objects, evaluations, the best weights and
+/// checkpoints; when to log, evaluate, save and stop, and what is shown or written, are
+/// callbacks (train/callbacks.hpp): those options asks for, then `callbacks`.
 template <class Model>
 class trainer {
   public:
@@ -148,9 +137,17 @@ class trainer {
     Model& model;                            ///< the model trained in place
     train::options options;                  ///< hyper-parameters
     std::vector<record> history;             ///< training and evaluation records
-    std::vector<std::string> label_names;    ///< tag names (ner evaluation)
+    std::vector<std::string> label_names;    ///< label names (the NER report's tags)
     mlm_masking masking;  ///< mlm: how batches are masked (set mask_id and special from the
                           ///< tokenizer: mlm_masking_for)
+    /// The optimizer fit() runs (unset: AdamW with options.lr and options.weight_decay).
+    std::optional<optim::any_optimizer<T>> optimizer;
+    /// The learning-rate schedule fit() runs (unset: options.schedule with options.lr and
+    /// options.warmup_ratio over the run's steps, total_steps()).
+    std::optional<schedule::any_schedule> lr_schedule;
+    /// Callbacks run after the built-in ones options asks for (flow, early stopping, progress,
+    /// JSON-lines log).
+    std::vector<std::unique_ptr<callback>> callbacks;
 
     /// A trainer of `m`.
     trainer(Model& m, train::options o, std::vector<std::string> labels = {})
@@ -177,46 +174,45 @@ class trainer {
         double seconds = 0;          ///< wall time
     };
 
+    /// Optimizer steps per epoch for `examples` training examples (batches, then accumulation).
+    std::size_t steps_per_epoch(std::size_t examples) const {
+        const std::size_t batches = (examples + options.batch_size - 1) / options.batch_size;
+        return (batches + options.grad_accum - 1) / options.grad_accum;
+    }
+    /// Optimizer steps of a run over `examples` training examples.
+    std::size_t total_steps(std::size_t examples) const {
+        return steps_per_epoch(examples) * options.epochs;
+    }
+
     /// Trains on `train_set`, evaluating on `valid` (may be empty) every options.eval_every steps
     /// or each epoch; with patience, stops early and restores the best weights.
     result fit(const std::vector<example>& train_set, const std::vector<example>& valid) {
         if (train_set.empty()) throw error(errc::invalid_argument, "fit", "no training examples");
         const auto t0 = std::chrono::steady_clock::now();
-        shown_loss_ = 0, last_draw_ = -1, bar_open_ = false;
         auto params = optim::parameters_of(model);
-        optim::adamw<T> opt({.lr = options.lr, .weight_decay = options.weight_decay});
+        optim::any_optimizer<T> opt =
+            optimizer ? std::move(*optimizer)
+                      : optim::make_optimizer<T>("adamw", options.lr, options.weight_decay);
+        optimizer.reset();  // moved into the run (set it again for another fit)
         const std::size_t batches_per_epoch =
             (train_set.size() + options.batch_size - 1) / options.batch_size;
-        const std::size_t steps_per_epoch =
-            (batches_per_epoch + options.grad_accum - 1) / options.grad_accum;
-        const std::size_t total = steps_per_epoch * options.epochs;
-        const std::size_t warmup = schedule::warmup_steps(options.warmup_ratio, total);
-        auto lr_at = [&](std::size_t s) {
-            if (options.schedule == "linear")
-                return schedule::linear{options.lr, warmup, total}.lr_at(s);
-            if (options.schedule == "cosine")
-                return schedule::cosine{options.lr, warmup, total}.lr_at(s);
-            if (options.schedule == "constant")
-                return schedule::constant{options.lr, warmup}.lr_at(s);
-            if (options.schedule == "polynomial")
-                return schedule::polynomial{options.lr, warmup, total}.lr_at(s);
-            throw error(errc::invalid_argument, "schedule " + options.schedule,
-                        "expected linear, cosine, constant or polynomial");
-        };
-        (void)lr_at(0);  // an unknown schedule fails before training
-        std::ofstream log;
-        if (!options.log_path.empty()) {
-            log.open(options.log_path,
-                     options.resume_from.empty() ? std::ios::trunc : std::ios::app);
-            if (!log) throw error(errc::io, options.log_path.string(), "cannot write the log");
-        }
+        state s;
+        s.steps_per_epoch = steps_per_epoch(train_set.size());
+        s.total_steps = total_steps(train_set.size());
+        s.epochs = options.epochs;
+        s.metric_name = metric_name();
+        const schedule::any_schedule sched =
+            lr_schedule
+                ? *lr_schedule
+                : schedule::make(options.schedule, options.lr,
+                                 schedule::warmup_steps(options.warmup_ratio, s.total_steps),
+                                 s.total_steps);
+        auto cbs = built_in_callbacks();
+        for (auto& c : callbacks) cbs.push_back(c.get());
         context ctx{.mode = mode::train, .rng = generator(options.seed)};
-        result res;
         std::vector<T> best_values;
-        std::size_t bad_evals = 0, step = 0, batch_in_step = 0, since = 0, seen = 0;
-        std::size_t first_epoch = 0, first_batch = 0;
+        std::size_t batch_in_step = 0, since = 0, first_epoch = 0, first_batch = 0;
         double loss_sum = 0;
-        const bool tty = is_terminal();
         const mlm_masking masks = mlm_masks();
         model.zero_grad();
         const nlohmann::json setup = {{"examples", train_set.size()},
@@ -225,68 +221,54 @@ class trainer {
                                       {"epochs", options.epochs},
                                       {"seed", options.seed},
                                       {"lr", options.lr},
-                                      {"schedule", options.schedule}};
+                                      {"optimizer", opt.name()},
+                                      {"schedule", sched.name()}};
         if (!options.resume_from.empty()) {  // model, optimizer, schedule, RNG, data position
             const nlohmann::json st =
                 load_checkpoint(options.resume_from, setup, params, opt, best_values);
-            step = st.at("step").get<std::size_t>();
+            s.step = st.at("step").get<std::size_t>();
             first_epoch = st.at("epoch").get<std::size_t>();
             first_batch = st.at("next_batch").get<std::size_t>();
             ctx.rng.set_position(st.at("rng_position").get<std::uint64_t>());
-            bad_evals = st.at("bad_evals").get<std::size_t>();
-            res.best_step = st.at("best_step").get<std::size_t>();
-            if (!st.at("best_metric").is_null())
-                res.best_metric = st.at("best_metric").get<double>();
-            if (options.progress)
-                *options.progress << "resumed from " << options.resume_from.string() << " at step "
-                                  << step << "\n";
+            s.best_step = st.at("best_step").get<std::size_t>();
+            if (!st.at("best_metric").is_null()) s.best_metric = st.at("best_metric").get<double>();
+            for (auto* c : cbs)
+                if (const auto n = c->name(); !n.empty() && st.at("callbacks").contains(n))
+                    c->load_state(st["callbacks"][n]);
+            s.resumed = s.step, s.resumed_from = options.resume_from;
         }
         auto checkpoint = [&](std::size_t epoch, std::size_t next_batch) {
             if (options.checkpoint_dir.empty()) return;
-            nlohmann::json st = {{"step", step},
+            nlohmann::json st = {{"step", s.step},
                                  {"epoch", epoch},
                                  {"next_batch", next_batch},
                                  {"rng_position", ctx.rng.position()},
-                                 {"bad_evals", bad_evals},
-                                 {"best_step", res.best_step},
-                                 {"setup", setup}};
-            st["best_metric"] = std::isnan(res.best_metric) ? nlohmann::json(nullptr)
-                                                            : nlohmann::json(res.best_metric);
+                                 {"best_step", s.best_step},
+                                 {"setup", setup},
+                                 {"callbacks", nlohmann::json::object()}};
+            st["best_metric"] =
+                std::isnan(s.best_metric) ? nlohmann::json(nullptr) : nlohmann::json(s.best_metric);
+            for (const auto* c : cbs)
+                if (const auto n = c->name(); !n.empty()) st["callbacks"][n] = c->save_state();
             save_checkpoint(options.checkpoint_dir, st, opt, best_values);
         };
-        auto evaluate_now = [&] {
-            if (valid.empty()) return false;
+        // an evaluation on valid: the best metric and weights, a record, the callbacks (which
+        // may stop the run)
+        auto evaluate_now = [&](control& c) {
+            if (valid.empty()) return;
             const auto e = evaluate(valid);
-            record r{step,     double(step) / double(steps_per_epoch),
-                     0,        lr_at(step ? step - 1 : 0),
-                     e.metric, e.loss};
-            history.push_back(r);
-            if (log)
-                log << nlohmann::json{{"step", step},
-                                      {"epoch", r.epoch},
-                                      {"eval_loss", e.loss},
-                                      {"eval_metric", e.metric},
-                                      {"eval_accuracy", e.accuracy},
-                                      {"eval_f1", e.f1}}
-                           .dump()
-                    << "\n"
-                    << std::flush;
-            bar_open_ = false;
-            if (options.progress)
-                *options.progress << (tty ? "\r\033[K" : "") << "step " << step << ": eval loss "
-                                  << fmt(e.loss) << ", " << metric_name() << " " << fmt(e.metric)
-                                  << "\n";
-            if (std::isnan(res.best_metric) || e.metric > res.best_metric + options.min_delta) {
-                res.best_metric = e.metric, res.best_step = step, bad_evals = 0;
+            if (std::isnan(s.best_metric) || e.metric > s.best_metric + options.min_delta) {
+                s.best_metric = e.metric, s.best_step = s.step;
                 if (options.patience) best_values = snapshot();
-            } else {
-                ++bad_evals;
             }
-            return options.patience && bad_evals >= options.patience;
+            history.push_back({s.step, double(s.step) / double(s.steps_per_epoch), 0,
+                               sched.lr_at(s.step ? s.step - 1 : 0), e.metric, e.loss});
+            for (auto* cb : cbs) cb->on_evaluate(s, e, c);
+            s.stopped_early |= c.should_stop;
         };
-        bool interrupted = false;
-        for (std::size_t epoch = first_epoch; epoch < options.epochs && !res.stopped_early;
-             ++epoch) {
+        for (auto* c : cbs) c->on_train_begin(s);
+        for (std::size_t epoch = first_epoch; epoch < options.epochs && !s.stopped_early; ++epoch) {
+            s.epoch = epoch;
             const auto order = batch_order(train_set, options.batch_size, true,
                                            options.bucket_by_length, options.seed, epoch);
             for (std::size_t bi = epoch == first_epoch ? first_batch : 0; bi < order.size(); ++bi) {
@@ -294,70 +276,49 @@ class trainer {
                 if constexpr (Head::masked_inputs)  // new masks each epoch
                     masks.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
                                                       epoch * batches_per_epoch + bi));
-                const batch& b = batch_;
-                loss_sum += train_batch(ctx, b);
-                seen += b.B, ++since;
+                loss_sum += train_batch(ctx, batch_);
+                s.examples_seen += batch_.B, ++since;
                 if (++batch_in_step < options.grad_accum && bi + 1 < order.size()) continue;
                 batch_in_step = 0;
-                // one optimizer step: clip, rate from the schedule, AdamW, clear
+                // one optimizer step: clip, rate from the schedule, optimizer, clear
                 if (options.max_grad_norm > 0)
                     optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
                                           options.max_grad_norm);
-                opt.set_lr(lr_at(step));
+                s.lr = sched.lr_at(s.step);
+                opt.set_lr(s.lr);
                 opt.step(std::span<const parameter_ref<T>>(params));
                 model.zero_grad();
-                ++step;
-                const double secs = seconds_since(t0);
-                shown_loss_ = loss_sum / double(since);  // mean since the last logged step
-                if (step % options.log_every == 0 || step == total) {
-                    record r{step,
-                             double(step) / double(steps_per_epoch),
-                             loss_sum / double(since),
-                             lr_at(step - 1),
-                             std::nullopt,
-                             std::nullopt};
-                    history.push_back(r);
-                    if (log)
-                        log << nlohmann::json{{"step", step},
-                                              {"epoch", r.epoch},
-                                              {"loss", r.loss},
-                                              {"lr", r.lr},
-                                              {"examples_per_s", double(seen) / secs}}
-                                   .dump()
-                            << "\n"
-                            << std::flush;
+                ++s.step;
+                s.seconds = seconds_since(t0);
+                s.loss = loss_sum / double(since);  // mean since the last record
+                control c;
+                for (auto* cb : cbs) cb->on_step_end(s, c);
+                if (c.should_log) {
+                    history.push_back(
+                        {s.step, double(s.step) / double(s.steps_per_epoch), s.loss, s.lr, {}, {}});
+                    for (auto* cb : cbs) cb->on_log(s, history.back());
                     loss_sum = 0, since = 0;
                 }
-                if (options.progress)
-                    report(step, total, epoch, secs, double(seen) / secs, lr_at(step - 1), tty);
-                if (options.eval_every && step % options.eval_every == 0 && evaluate_now()) {
-                    res.stopped_early = true;
-                    break;
-                }
-                if (options.checkpoint_every && step % options.checkpoint_every == 0 &&
-                    bi + 1 < order.size())
-                    checkpoint(epoch, bi + 1);
-                if (options.stop_after && step >= options.stop_after && step < total) {
-                    interrupted = true;
+                if (c.should_evaluate) evaluate_now(c);
+                if (s.stopped_early) break;
+                if (c.should_save && bi + 1 < order.size()) checkpoint(epoch, bi + 1);
+                if (c.should_stop) {
+                    s.interrupted = true;
                     break;
                 }
             }
-            if (interrupted) break;
-            if (!options.eval_every && !res.stopped_early && evaluate_now())
-                res.stopped_early = true;
-            if (!res.stopped_early) checkpoint(epoch + 1, 0);
+            if (s.interrupted) break;
+            control c;
+            if (!s.stopped_early) {
+                for (auto* cb : cbs) cb->on_epoch_end(s, c);
+                if (c.should_evaluate) evaluate_now(c);
+            }
+            if (!s.stopped_early && c.should_save) checkpoint(epoch + 1, 0);
         }
-        if (options.progress && bar_open_) *options.progress << "\n";
-        if (interrupted) {  // as if killed: no restoring of the best weights
-            res.interrupted = true;
-            res.steps = step;
-            res.seconds = seconds_since(t0);
-            return res;
-        }
-        if (!best_values.empty()) restore(best_values);
-        res.steps = step;
-        res.seconds = seconds_since(t0);
-        return res;
+        if (!s.interrupted && !best_values.empty()) restore(best_values);
+        s.seconds = seconds_since(t0);
+        for (auto* c : cbs) c->on_train_end(s);
+        return {s.best_metric, s.best_step, s.step, s.stopped_early, s.interrupted, s.seconds};
     }
 
     /// Loss and scores on examples (eval mode, batches by length), as the head reports them.
@@ -380,76 +341,30 @@ class trainer {
     /// The name of the selection metric (the head's).
     std::string metric_name() const { return model.head.metric_name(); }
 
-    /// Writes an SVG plot of the training loss (left axis) and the validation metric (right
-    /// axis) against the step.
+    /// Writes an SVG plot of the training loss and the validation metric against the step
+    /// (write_curve_svg of the history).
     void write_plot(const std::filesystem::path& path) const {
-        std::vector<std::pair<double, double>> loss, metric;
-        for (const auto& r : history) {
-            if (r.metric)
-                metric.emplace_back(double(r.step), *r.metric);
-            else
-                loss.emplace_back(double(r.step), r.loss);
-        }
-        const double W = 640, H = 360, L = 60, R = 60, Tp = 30, Bt = 40;
-        double xmax = 1, lmax = 0, lmin = 0, mmin = 0, mmax = 1;
-        for (auto [x, y] : loss) xmax = std::max(xmax, x), lmax = std::max(lmax, y);
-        if (!metric.empty()) {
-            mmin = mmax = metric[0].second;
-            for (auto [x, y] : metric)
-                xmax = std::max(xmax, x), mmin = std::min(mmin, y), mmax = std::max(mmax, y);
-            if (mmax - mmin < 1e-9) mmin -= 0.5, mmax += 0.5;
-        }
-        if (lmax <= lmin) lmax = lmin + 1;
-        auto px = [&](double x) { return L + (W - L - R) * x / xmax; };
-        auto py = [&](double y, double lo, double hi) {
-            return Tp + (H - Tp - Bt) * (1 - (y - lo) / (hi - lo));
-        };
-        std::string s = ftune::detail::cat(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", W, "\" height=\"", H,
-            "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
-            "fill=\"white\"/>\n",
-            "<line x1=\"", L, "\" y1=\"", H - Bt, "\" x2=\"", W - R, "\" y2=\"", H - Bt,
-            "\" stroke=\"black\"/>\n", "<line x1=\"", L, "\" y1=\"", Tp, "\" x2=\"", L, "\" y2=\"",
-            H - Bt, "\" stroke=\"black\"/>\n", "<text x=\"", W / 2, "\" y=\"", H - 8,
-            "\" text-anchor=\"middle\">step (0 to ", xmax, ")</text>\n", "<text x=\"", L,
-            "\" y=\"18\" fill=\"#1f77b4\">training loss (0 to ", fmt(lmax), ")</text>\n");
-        auto polyline = [&](const std::vector<std::pair<double, double>>& pts, double lo, double hi,
-                            const char* color) {
-            s += "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"";
-            s += color;
-            s += "\" points=\"";
-            for (auto [x, y] : pts) s += ftune::detail::cat(px(x), ",", py(y, lo, hi), " ");
-            s += "\"/>\n";
-        };
-        polyline(loss, lmin, lmax, "#1f77b4");
-        if (!metric.empty()) {
-            polyline(metric, mmin, mmax, "#d62728");
-            for (auto [x, y] : metric)
-                s += ftune::detail::cat("<circle cx=\"", px(x), "\" cy=\"", py(y, mmin, mmax),
-                                        "\" r=\"3\" fill=\"#d62728\"/>\n");
-            s += ftune::detail::cat(
-                "<text x=\"", W - R, "\" y=\"18\" text-anchor=\"end\" fill=\"#d62728\">validation ",
-                metric_name(), " (", fmt(mmin), " to ", fmt(mmax), ")</text>\n");
-        }
-        s += "</svg>\n";
-        io::write_text_atomic(path, s);
+        write_curve_svg(history, metric_name(), path);
     }
 
   private:
-    static std::string fmt(double v) {
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%.4g", v);
-        return buf;
-    }
     static double seconds_since(std::chrono::steady_clock::time_point t0) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    bool is_terminal() const {
-#ifdef FTUNE_HAVE_ISATTY
-        return options.progress == &std::cerr && ::isatty(2);
-#else
-        return false;
-#endif
+    // the callbacks options asks for, owned by this run: flow, early stopping, progress, log
+    std::vector<callback*> built_in_callbacks() {
+        own_.clear();
+        own_.push_back(std::make_unique<flow>(options.log_every, options.eval_every,
+                                              options.checkpoint_every, options.stop_after));
+        if (options.patience)
+            own_.push_back(std::make_unique<early_stopping>(options.patience, options.min_delta));
+        if (options.progress)
+            own_.push_back(std::make_unique<progress>(*options.progress, options.log_every));
+        if (!options.log_path.empty())
+            own_.push_back(std::make_unique<jsonl_log>(options.log_path));
+        std::vector<callback*> v;
+        for (auto& c : own_) v.push_back(c.get());
+        return v;
     }
     // masking, with random replacements inside both the tokenizer's and the model's vocabulary
     mlm_masking mlm_masks() const {
@@ -458,9 +373,7 @@ class trainer {
             m.vocab_size = std::min(m.vocab_size, model.head.vocab_size());
         return m;
     }
-    token_id pad_id() const {
-        return model.backbone.pad_token_id();
-    }
+    token_id pad_id() const { return model.backbone.pad_token_id(); }
 
     auto forward(context& ctx, const batch& b) {
         return model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
@@ -479,31 +392,12 @@ class trainer {
         return l;
     }
 
-    void report(std::size_t step, std::size_t total, std::size_t epoch, double secs, double ex_s,
-                double lr, bool tty) {
-        const double loss = shown_loss_;
-        if (tty && step != total && secs - last_draw_ < 0.1) return;  // redraw at most 10 times/s
-        last_draw_ = secs;
-        const double eta = step ? secs / double(step) * double(total - step) : 0;
-        const std::string line =
-            ftune::detail::cat("epoch ", epoch + 1, "/", options.epochs, " step ", step, "/", total,
-                               " loss ", fmt(loss), " lr ", fmt(lr), " ", fmt(ex_s), " ex/s ETA ",
-                               int(eta) / 60, ":", (int(eta) % 60 < 10 ? "0" : ""), int(eta) % 60);
-        if (tty) {
-            const std::size_t width = 24, done = total ? width * step / total : width;
-            *options.progress << "\r\033[K[" << std::string(done, '#')
-                              << std::string(width - done, '.') << "] " << line << std::flush;
-            bar_open_ = true;
-        } else if (step % options.log_every == 0 || step == total) {
-            *options.progress << line << "\n";
-        }
-    }
     // Writes a checkpoint directory atomically (io::write_directory_atomic: a crash leaves the
     // previous checkpoint or this one, whole):
     // model.safetensors (every parameter), optimizer.safetensors (AdamW's moments),
     // best.safetensors (the best weights, when kept) and trainer_state.json.
     void save_checkpoint(const std::filesystem::path& dir, const nlohmann::json& state,
-                         optim::adamw<T>& opt, const std::vector<T>& best) {
+                         optim::any_optimizer<T>& opt, const std::vector<T>& best) {
         io::write_directory_atomic(dir, [&](const std::filesystem::path& tmp) {
             std::vector<std::vector<float>> copies;
             std::vector<io::tensor_to_write> tensors;
@@ -534,8 +428,8 @@ class trainer {
     // weights; returns trainer_state.json. A checkpoint of another setup is an error naming the
     // difference.
     nlohmann::json load_checkpoint(const std::filesystem::path& dir, const nlohmann::json& setup,
-                                   std::vector<parameter_ref<T>>& params, optim::adamw<T>& opt,
-                                   std::vector<T>& best) {
+                                   std::vector<parameter_ref<T>>& params,
+                                   optim::any_optimizer<T>& opt, std::vector<T>& best) {
         const auto state_path = dir / "trainer_state.json";
         std::ifstream in(state_path);
         if (!in)
@@ -582,11 +476,9 @@ class trainer {
         });
     }
 
-    std::vector<T> d_;       // d outputs
-    batch batch_;            // the training batch, its storage reused
-    double shown_loss_ = 0;  // the loss the progress shows: mean since the last log line
-    double last_draw_ = -1;  // when the progress bar was last drawn (seconds into fit)
-    bool bar_open_ = false;  // the progress bar is on the terminal's last line, unended
+    std::vector<T> d_;                            // d outputs
+    batch batch_;                                 // the training batch, its storage reused
+    std::vector<std::unique_ptr<callback>> own_;  // the built-in callbacks of the run
 };
 
 }  // namespace train
