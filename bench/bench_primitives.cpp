@@ -15,9 +15,9 @@
 // (L3 or DRAM), and the CPU speed-up over the reference (over Eigen for GEMM).
 #include <benchmark/benchmark.h>
 
-#include <ftune/backends/cpu/gemm_eigen.hpp>
-#include <ftune/backends/cpu/primitives.hpp>
-#include <ftune/backends/reference/primitives.hpp>
+#include <ftune/backend/cpu/gemm_eigen.hpp>
+#include <ftune/backend/cpu/primitives.hpp>
+#include <ftune/backend/reference/primitives.hpp>
 
 #include <cmath>
 #include <cstdio>

@@ -3,8 +3,8 @@
 // bench/compare_tokenizers.py runs Hugging Face's fast tokenizer on the same sentences.
 //
 //   build/bin/ftune_bench_tokenizer [--data DIR]   (default: $FTUNE_DATA_DIR or ../shared/data)
-#include <ftune/backends/cpu/cpu_info.hpp>
-#include <ftune/tokenize.hpp>
+#include <ftune/backend/cpu/cpu_info.hpp>
+#include <ftune/text.hpp>
 
 #include <benchmark/benchmark.h>
 

@@ -1,8 +1,8 @@
 // A steady-state training step (forward + backward) and an inference call at a (batch, sequence)
 // already seen allocate nothing: this binary replaces the global operator new to count.
-#include <ftune/losses.hpp>
-#include <ftune/models/bert.hpp>
-#include <ftune/models/bert_tasks.hpp>
+#include <ftune/loss.hpp>
+#include <ftune/bert/encoder.hpp>
+#include <ftune/bert/tasks.hpp>
 #include <ftune/optim.hpp>
 
 #include <atomic>

@@ -1,8 +1,8 @@
 // The encoder block: gradients of every parameter and of the input, for both norm placements,
 // with a padding mask (rows of different lengths), with dropout off and under a fixed seed.
 #include <ftune/blocks.hpp>
-#include <ftune/models/bert.hpp>
-#include <ftune/models/bert_tasks.hpp>
+#include <ftune/bert/encoder.hpp>
+#include <ftune/bert/tasks.hpp>
 #include <ftune/testing/check_gradients.hpp>
 
 #include <limits>

@@ -138,3 +138,54 @@ TEST_CASE(
     CHECK_THROWS_AS(ftune::io::save_parameters(a, "", "/nonexistent/dir/model.safetensors"),
                     ftune::error);
 }
+
+TEST_CASE("model families: chosen by config.json's model_type, names mapped by the family",
+          "[io]") {
+    using family = ftune::io::hf_family<ftune::bert::config>;
+    // the family of a model type; none for another type, with the known ones named
+    bool bert = false;
+    ftune::io::with_family("bert", [&](auto f) {
+        bert = std::is_same_v<typename decltype(f)::type, ftune::bert::config>;
+    });
+    CHECK(bert);
+    bert = false;
+    ftune::io::with_family("", [&](auto f) {  // old BERT checkpoints name no model_type
+        bert = std::is_same_v<typename decltype(f)::type, ftune::bert::config>;
+    });
+    CHECK(bert);
+    CHECK_THROWS_WITH(ftune::io::with_family("roberta", [](auto) {}),
+                      Catch::Contains("roberta") && Catch::Contains("\"bert\""));
+    static_assert(std::is_same_v<ftune::io::family_config_t<ftune::bert::sequence_classifier<>>,
+                                 ftune::bert::config>);
+    static_assert(std::is_same_v<family::backbone<float>, ftune::bert::encoder<float>>);
+    // a parameter's names in a checkpoint: as is, the other prefix, the legacy LayerNorm names
+    CHECK(family::checkpoint_names("bert.encoder.layer.0.output.LayerNorm.weight") ==
+          std::vector<std::string>{"bert.encoder.layer.0.output.LayerNorm.weight",
+                                   "encoder.layer.0.output.LayerNorm.weight",
+                                   "bert.encoder.layer.0.output.LayerNorm.gamma",
+                                   "encoder.layer.0.output.LayerNorm.gamma"});
+    CHECK(family::checkpoint_names("classifier.bias") ==
+          std::vector<std::string>{"classifier.bias", "bert.classifier.bias"});
+    CHECK(family::is_backbone_parameter("bert.pooler.dense.weight"));
+    CHECK(family::is_backbone_parameter("embeddings.word_embeddings.weight"));
+    CHECK_FALSE(family::is_backbone_parameter("classifier.weight"));
+    CHECK_FALSE(family::is_backbone_parameter("cls.predictions.bias"));
+    // the family's config fields, written and read back through config.json
+    ftune::bert::config c{.vocab_size = 99,
+                          .hidden_size = 24,
+                          .num_hidden_layers = 3,
+                          .num_attention_heads = 4,
+                          .intermediate_size = 40,
+                          .hidden_act = ftune::ops::activation::relu};
+    nlohmann::json j;
+    family::write_config(c, j);
+    j["model_type"] = family::model_type;
+    const auto back = ftune::io::parse_hf_config(j.dump(), "config.json");
+    CHECK(back.model.vocab_size == 99);
+    CHECK(back.model.intermediate_size == 40);
+    CHECK(back.model.hidden_act == ftune::ops::activation::relu);
+    CHECK(back.hidden_act == "relu");
+    j["model_type"] = "llama";
+    CHECK_THROWS_WITH(ftune::io::parse_hf_config(j.dump(), "config.json"),
+                      Catch::Contains("config.json: model_type") && Catch::Contains("llama"));
+}

@@ -4,7 +4,7 @@
 // (the script's --roundtrip loads those into Transformers); base checkpoints get new heads;
 // bad directories are errors naming the file.
 #include <ftune/io/hf.hpp>
-#include <ftune/models/qa_spans.hpp>
+#include <ftune/qa/spans.hpp>
 #include <ftune/serve.hpp>
 
 #include <algorithm>

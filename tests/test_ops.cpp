@@ -2,7 +2,7 @@
 // every wrapper, on awkward sizes (3 rows of 5 or 17 columns, ...), with static, dynamic and mixed
 // extents, plus one runtime shape mismatch per wrapper that must throw ftune::error.
 #include <ftune/ftune.hpp>
-#include <ftune/backends/reference/primitives.hpp>
+#include <ftune/backend/reference/primitives.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -2,7 +2,7 @@
 // (tests/reference/optim_parity.py): loss values and gradients, AdamW and SGD step for step with
 // parameter groups, frozen parameters, clipping and schedules; and the losses' gradients against
 // central differences.
-#include <ftune/losses.hpp>
+#include <ftune/loss.hpp>
 #include <ftune/optim.hpp>
 #include <ftune/io/safetensors.hpp>
 #include <ftune/testing/check_gradients.hpp>

@@ -3,7 +3,7 @@
 // fixture written by tests/reference/bert_parity.py (PyTorch, float64, stored float32).
 #include <ftune/io/safetensors.hpp>
 #include <ftune/layers/pooler.hpp>
-#include <ftune/models/bert.hpp>
+#include <ftune/bert/encoder.hpp>
 
 #include <algorithm>
 #include <cmath>

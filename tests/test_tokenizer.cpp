@@ -1,8 +1,8 @@
 // Tokenizer parity with Hugging Face: ids of the slow BertTokenizer, offsets and word ids of the
 // fast one where both agree, for the sets written by tests/reference/tokenizer_parity.py. The
 // data-set texts are read from FTUNE_DATA_DIR; the hard cases travel with their fixtures.
-#include <ftune/tokenize.hpp>
-#include <ftune/tokenize/tokenizer_json.hpp>
+#include <ftune/text.hpp>
+#include <ftune/text/tokenizer_json.hpp>
 
 #include <fstream>
 #include <iterator>

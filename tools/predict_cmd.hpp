@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -16,32 +17,58 @@
 #include <nlohmann/json.hpp>
 
 #include <ftune/io/hf.hpp>
-#include <ftune/models/qa_spans.hpp>
+#include <ftune/qa/spans.hpp>
 
 namespace cli {
 
 namespace fs = std::filesystem;
 
-// The architecture config.json names first ("" when none).
+// The architecture config.json names first ("" when none), whatever the family.
 inline std::string architecture_of(const fs::path& dir) {
-    const auto cfg = ftune::io::read_hf_config(dir / "config.json");
-    return cfg.architectures.empty() ? "" : cfg.architectures.front();
+    std::ifstream in(dir / "config.json", std::ios::binary);
+    if (!in)
+        throw ftune::error(ftune::errc::io, (dir / "config.json").string(),
+                           "cannot open config.json (missing or not a readable file)");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw ftune::error(ftune::errc::parse, (dir / "config.json").string(),
+                           std::string("malformed JSON: ") + e.what());
+    }
+    if (j.is_object() && j.contains("architectures") && j["architectures"].is_array() &&
+        !j["architectures"].empty() && j["architectures"][0].is_string())
+        return j["architectures"][0].get<std::string>();
+    return "";
 }
 
-// Calls f(std::type_identity<Model>{}) with the task model of a Hugging Face architecture name:
-// BertModel and architectures ftune has no head for (BertForPreTraining...) give the base model.
+// Calls f(std::type_identity<Model>{}) with the task model of a model directory: the family its
+// config.json's model_type names, with the head its architecture names after the family's
+// prefix ("Bert" + "ForTokenClassification"); the family's base model for an architecture
+// without a head ftune has (BertForPreTraining...).
 template <class F>
-decltype(auto) with_task_model(std::string_view arch, F&& f) {
-    using E = ftune::bert::encoder<float>;
-    if (arch == ftune::bert::sequence_classifier<E>::architecture)
-        return f(std::type_identity<ftune::bert::sequence_classifier<E>>{});
-    if (arch == ftune::bert::token_classifier<E>::architecture)
-        return f(std::type_identity<ftune::bert::token_classifier<E>>{});
-    if (arch == ftune::bert::question_answering<E>::architecture)
-        return f(std::type_identity<ftune::bert::question_answering<E>>{});
-    if (arch == ftune::bert::masked_lm<E>::architecture)
-        return f(std::type_identity<ftune::bert::masked_lm<E>>{});
-    return f(std::type_identity<ftune::bert::model<E>>{});
+decltype(auto) with_task_model(const fs::path& dir, F&& f) {
+    const std::string arch = architecture_of(dir);
+    return ftune::io::with_family(
+        ftune::io::read_model_type(dir / "config.json"), [&](auto family) -> decltype(auto) {
+            using Config = typename decltype(family)::type;
+            using E = typename ftune::io::hf_family<Config>::template backbone<float>;
+            namespace h = ftune::heads;
+            const std::string_view head =
+                std::string_view(arch).starts_with(E::architecture_prefix)
+                    ? std::string_view(arch).substr(E::architecture_prefix.size())
+                    : std::string_view();
+            auto is = [&](std::string_view suffix) { return head == suffix; };
+            using seq = ftune::bert::with_head<h::sequence_classification, E>;
+            using tok = ftune::bert::with_head<h::token_classification, E>;
+            using qa = ftune::bert::with_head<h::question_answering, E>;
+            using mlm = ftune::bert::with_head<h::masked_lm, E>;
+            if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
+            if (is(tok::head_type::architecture_suffix)) return f(std::type_identity<tok>{});
+            if (is(qa::head_type::architecture_suffix)) return f(std::type_identity<qa>{});
+            if (is(mlm::head_type::architecture_suffix)) return f(std::type_identity<mlm>{});
+            return f(std::type_identity<ftune::bert::with_head<h::base_model, E>>{});
+        });
 }
 
 // Shortest decimal form of v rounded to 6 significant digits, for text and JSON output.
@@ -389,7 +416,7 @@ inline int run_predict(int argc, char** argv) {
         throw ftune::error(ftune::errc::invalid_argument, "ftune predict",
                            "--model DIR is required (a Hugging Face model directory)");
     const std::string arch = architecture_of(opt.model);
-    return with_task_model(arch, [&](auto tag) -> int {
+    return with_task_model(opt.model, [&](auto tag) -> int {
         using Model = typename decltype(tag)::type;
         using H = typename Model::head_type;
         if constexpr (ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
@@ -421,7 +448,7 @@ inline int run_info(int argc, char** argv) {
     if (!dir)
         throw ftune::error(ftune::errc::invalid_argument, "ftune info", "--model DIR is required");
     const std::string arch = architecture_of(*dir);
-    return with_task_model(arch, [&](auto tag) -> int {
+    return with_task_model(*dir, [&](auto tag) -> int {
         using Model = typename decltype(tag)::type;
         auto m = ftune::io::load_hf<Model>(*dir);
         const auto& c = m.config.model;

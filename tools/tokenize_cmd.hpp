@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include <ftune/io/hf.hpp>
-#include <ftune/tokenize.hpp>
+#include <ftune/text.hpp>
 
 namespace cli {
 

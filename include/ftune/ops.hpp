@@ -14,8 +14,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "ftune/backends/cpu/primitives.hpp"
-#include "ftune/backends/reference/primitives.hpp"
+#include "ftune/backend/cpu/primitives.hpp"
+#include "ftune/backend/reference/primitives.hpp"
 #include "ftune/core/tensor.hpp"
 
 FTUNE_NAMESPACE_BEGIN

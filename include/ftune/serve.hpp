@@ -31,7 +31,7 @@
 #include "ftune/core/error.hpp"
 #include "ftune/core/parameter.hpp"
 #include "ftune/io/hf.hpp"
-#include "ftune/models/bert_tasks.hpp"
+#include "ftune/bert/tasks.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace serve {

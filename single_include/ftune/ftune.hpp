@@ -1194,8 +1194,9 @@ concept head = requires(H& h) {
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/concepts.hpp ----
-// ---- begin ftune/backends/common.hpp ----
-// Types shared by every backend's primitives.
+// ---- begin ftune/core/types.hpp ----
+// The small value types the primitives and the layers above them share: transpose flags, token
+// ids, and the hyper-parameters of one optimizer update.
 
 #include <cstddef>
 #include <cstdint>
@@ -1231,6 +1232,33 @@ struct sgd_params {
     bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
 };
 
+FTUNE_NAMESPACE_END
+// ---- end ftune/core/types.hpp ----
+// ---- begin ftune/backend/reference/primitives.hpp ----
+// The reference backend: every primitive as a plain scalar loop, written to be read, never
+// optimized.
+//
+// It is the oracle the CPU and CUDA backends are tested against. All tensors are row-major and
+// contiguous unless a leading dimension (ld*) or a batch stride says otherwise. Backward
+// primitives ACCUMULATE (`+=`) into their gradient outputs, as every layer does.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+// ---- begin ftune/backend/common.hpp ----
+// What every backend shares beyond the core types: the residual epilogue of inference products.
+
+#include <cstddef>
+#include <cstdint>
+
+
+FTUNE_NAMESPACE_BEGIN
+
 namespace backend {
 /// The epilogue C += R of an inference product (R (M, N), rows ldr apart: a residual
 /// connection), called on each finished tile of C; the CPU backend adds it inside its
@@ -1249,23 +1277,7 @@ struct add_residual {
 }  // namespace backend
 
 FTUNE_NAMESPACE_END
-// ---- end ftune/backends/common.hpp ----
-// ---- begin ftune/backends/reference/primitives.hpp ----
-// The reference backend: every primitive as a plain scalar loop, written to be read, never
-// optimized.
-//
-// It is the oracle the CPU and CUDA backends are tested against. All tensors are row-major and
-// contiguous unless a leading dimension (ld*) or a batch stride says otherwise. Backward
-// primitives ACCUMULATE (`+=`) into their gradient outputs, as every layer does.
-
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <limits>
-#include <span>
-#include <type_traits>
-#include <vector>
-
+// ---- end ftune/backend/common.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace backend::reference {
@@ -1774,8 +1786,8 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
 
 }  // namespace backend::reference
 FTUNE_NAMESPACE_END
-// ---- end ftune/backends/reference/primitives.hpp ----
-// ---- begin ftune/backends/cpu/primitives.hpp ----
+// ---- end ftune/backend/reference/primitives.hpp ----
+// ---- begin ftune/backend/cpu/primitives.hpp ----
 // The CPU backend: xsimd kernels written once over batch<T, Arch>, OpenMP across rows or chunks.
 //
 // Same signatures and semantics as backend::reference (see there for the exact formulas); the
@@ -1792,7 +1804,7 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
-// ---- begin ftune/backends/cpu/detail.hpp ----
+// ---- begin ftune/backend/cpu/detail.hpp ----
 // Helpers of the CPU backend: SIMD batches with tails, and OpenMP loops over chunks.
 
 #include <algorithm>
@@ -1934,8 +1946,8 @@ inline std::size_t row_grain(std::size_t cols) {
 
 }  // namespace backend::cpu::detail
 FTUNE_NAMESPACE_END
-// ---- end ftune/backends/cpu/detail.hpp ----
-// ---- begin ftune/backends/cpu/gemm.hpp ----
+// ---- end ftune/backend/cpu/detail.hpp ----
+// ---- begin ftune/backend/cpu/gemm.hpp ----
 // CPU GEMM: a packed, cache-blocked matrix product with an xsimd register-tile micro-kernel, in
 // the structure of BLIS/GotoBLAS (van Zee & van de Geijn, "BLIS: a framework for rapidly
 // instantiating BLAS functionality", 2015):
@@ -1965,7 +1977,7 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
-// ---- begin ftune/backends/cpu/cpu_info.hpp ----
+// ---- begin ftune/backend/cpu/cpu_info.hpp ----
 // What the CPU this process runs on is, read once at run time: its name (cpuid's brand string),
 // vendor, family and model, the vector extensions the kernels care about, and the sizes of its
 // data caches (Linux's sysfs, else cpuid leaf 4 / 0x8000001D). The GEMM takes its cache
@@ -2174,7 +2186,7 @@ inline const cpu_info& this_cpu() {
 
 }  // namespace backend::cpu
 FTUNE_NAMESPACE_END
-// ---- end ftune/backends/cpu/cpu_info.hpp ----
+// ---- end ftune/backend/cpu/cpu_info.hpp ----
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {
 
@@ -2710,7 +2722,7 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
 
 }  // namespace backend::cpu
 FTUNE_NAMESPACE_END
-// ---- end ftune/backends/cpu/gemm.hpp ----
+// ---- end ftune/backend/cpu/gemm.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {
@@ -3492,7 +3504,7 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
 
 }  // namespace backend::cpu
 FTUNE_NAMESPACE_END
-// ---- end ftune/backends/cpu/primitives.hpp ----
+// ---- end ftune/backend/cpu/primitives.hpp ----
 // ---- begin ftune/ops.hpp ----
 // Typed primitives: the calls layers make. Each takes views (or buffers) with static or dynamic
 // extents, checks that their shapes fit — at compile time where extents are static, with an
@@ -5580,7 +5592,7 @@ class encoder_block {
 FTUNE_NAMESPACE_END
 // ---- end ftune/blocks/encoder_block.hpp ----
 // ---- end ftune/blocks.hpp ----
-// ---- begin ftune/models/bert.hpp ----
+// ---- begin ftune/bert/encoder.hpp ----
 // ftune::bert: the BERT encoder, embeddings + a run-time number of encoder blocks (+ pooler).
 
 #include <limits>
@@ -5833,8 +5845,8 @@ requires(valid_dims<Dims>) class Encoder : public encoder<T, Dims.hidden, Dims.f
 
 }  // namespace bert
 FTUNE_NAMESPACE_END
-// ---- end ftune/models/bert.hpp ----
-// ---- begin ftune/models/bert_tasks.hpp ----
+// ---- end ftune/bert/encoder.hpp ----
+// ---- begin ftune/bert/tasks.hpp ----
 // ftune::bert task models: the BERT encoder with a task head (task_model<encoder, head>), under
 // Transformers' names, so that their checkpoints load by name and Transformers loads ftune's back.
 //
@@ -5999,7 +6011,7 @@ inline constexpr bool is_a<Of<T, C, D>, Of> = true;
 }  // namespace heads
 FTUNE_NAMESPACE_END
 // ---- end ftune/heads/common.hpp ----
-// ---- begin ftune/losses.hpp ----
+// ---- begin ftune/loss.hpp ----
 // Losses over a model's output rows, with PyTorch's definitions and mean reductions:
 //   loss::cross_entropy    softmax cross-entropy with logits: ignore index, label smoothing,
 //                          class weights (classification, token classification, masked LM)
@@ -6220,7 +6232,7 @@ class mse {
 
 }  // namespace loss
 FTUNE_NAMESPACE_END
-// ---- end ftune/losses.hpp ----
+// ---- end ftune/loss.hpp ----
 // ---- begin ftune/train/batch.hpp ----
 // train::example and train::batch: encoded examples and the padded batches the trainer feeds a
 // model and its head (what a head's loss and evaluation read). Encoding and batching:
@@ -6449,7 +6461,7 @@ FTUNE_NAMESPACE_END
 // ---- begin ftune/heads/question_answering.hpp ----
 // heads::question_answering: a start and an end logit per token (qa_outputs), as Transformers'
 // BertForQuestionAnswering; trained with the mean of the start and end cross-entropies, decoded
-// to answer spans over overlapping windows (models/qa_spans.hpp: qa::best_answers).
+// to answer spans over overlapping windows (qa/spans.hpp: qa::best_answers).
 
 #include <string>
 #include <string_view>
@@ -6600,7 +6612,7 @@ FTUNE_NAMESPACE_END
 #include <string_view>
 #include <vector>
 
-// ---- begin ftune/train/metrics.hpp ----
+// ---- begin ftune/metrics/scores.hpp ----
 // Evaluation metrics and reports: accuracy, macro F1, confusion matrix and scikit-learn's
 // classification_report (single- and multi-label); entity-level scores over BIO / IOB2 tag
 // sequences with conlleval's (seqeval's default) chunking and seqeval's report; the token-level
@@ -7026,7 +7038,7 @@ inline double spearman(const std::vector<double>& x, const std::vector<double>& 
 
 }  // namespace metrics
 FTUNE_NAMESPACE_END
-// ---- end ftune/train/metrics.hpp ----
+// ---- end ftune/metrics/scores.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace heads {
@@ -7428,7 +7440,7 @@ class token_classification {
 }  // namespace heads
 FTUNE_NAMESPACE_END
 // ---- end ftune/heads/token_classification.hpp ----
-// ---- begin ftune/models/task_model.hpp ----
+// ---- begin ftune/core/task_model.hpp ----
 // task_model<Backbone, Head>: a backbone (a model family's encoder or decoder) with a task head
 // on top, as Transformers' <Family>For<Task> classes: the architecture name, the parameter names
 // and the forward/backward come from the two parts. The head also owns its task: the loss, the
@@ -7542,7 +7554,7 @@ class task_model {
 };
 
 FTUNE_NAMESPACE_END
-// ---- end ftune/models/task_model.hpp ----
+// ---- end ftune/core/task_model.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace bert {
@@ -7579,16 +7591,16 @@ using masked_lm = with_head<heads::masked_lm, Encoder>;
 
 }  // namespace bert
 FTUNE_NAMESPACE_END
-// ---- end ftune/models/bert_tasks.hpp ----
+// ---- end ftune/bert/tasks.hpp ----
 // ---- begin ftune/optim.hpp ----
-// Optimizers (AdamW, SGD), learning-rate schedules and gradient clipping, with PyTorch's and
+// Optimizers (AdamW, SGD) and gradient clipping, with PyTorch's and
 // Hugging Face's definitions (step for step equal to torch.optim on tests/reference/optim_parity.py
 // fixtures).
 //
 //   optim::adamw / optim::sgd   step(params) updates every trainable parameter from its gradient;
 //                               frozen parameters are skipped and own no state
 //   optim::param_group          per-name-prefix learning-rate scale and weight decay
-//   schedule::constant / linear / cosine / polynomial    lr(step), warmup in steps
+//   (schedule.hpp, included: schedule::constant / linear / cosine / polynomial, warmup in steps)
 //   optim::clip_grad_norm       the global L2 norm of the gradients, scaled down to max_norm
 
 #include <cmath>
@@ -7600,6 +7612,130 @@ FTUNE_NAMESPACE_END
 #include <string>
 #include <vector>
 
+// ---- begin ftune/schedule.hpp ----
+// schedule: the learning rate as a function of the optimizer step, as Transformers' schedules
+// (constant, linear, cosine, polynomial; linear warmup), and any_schedule, which holds the one a
+// trainer runs.
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numbers>
+#include <string>
+
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace schedule {
+
+/// The warmup length for a ratio of the total steps, as Hugging Face (ceil(ratio * total)).
+inline std::size_t warmup_steps(double ratio, std::size_t total_steps) {
+    if (!(ratio >= 0 && ratio <= 1))
+        throw error(errc::invalid_argument, "warmup ratio",
+                    ftune::detail::cat(ratio, " is outside [0, 1]"));
+    return std::size_t(std::ceil(ratio * double(total_steps)));
+}
+
+namespace detail {
+/// lr * step / warmup during the warmup (Hugging Face's schedules start at 0).
+inline double warmup_factor(std::size_t step, std::size_t warmup) {
+    return double(step) / double(std::max<std::size_t>(1, warmup));
+}
+}  // namespace detail
+
+/// A constant rate after an optional linear warmup (get_constant_schedule_with_warmup).
+struct constant {
+    double lr;               ///< the rate
+    std::size_t warmup = 0;  ///< warmup steps
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        return step < warmup ? lr * detail::warmup_factor(step, warmup) : lr;
+    }
+};
+
+/// Linear warmup to lr, then linear decay to 0 at total steps (get_linear_schedule_with_warmup,
+/// Hugging Face's default).
+struct linear {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        return lr * std::max(0.0, double(total - std::min(step, total)) /
+                                      double(std::max<std::size_t>(1, total - warmup)));
+    }
+};
+
+/// Linear warmup, then a cosine from lr to 0 over `cycles` half-waves (0.5: one half cosine)
+/// (get_cosine_schedule_with_warmup).
+struct cosine {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    double cycles = 0.5;     ///< number of cosine waves
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        const double progress =
+            double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
+        return lr * std::max(0.0, 0.5 * (1 + std::cos(std::numbers::pi * cycles * 2 * progress)));
+    }
+};
+
+/// Linear warmup, then a polynomial decay from lr to lr_end (get_polynomial_decay_schedule_with
+/// _warmup; power 1 is linear to lr_end).
+struct polynomial {
+    double lr;               ///< peak rate
+    std::size_t warmup = 0;  ///< warmup steps
+    std::size_t total = 1;   ///< total optimizer steps
+    double lr_end = 1e-7;    ///< the rate after total steps
+    double power = 1;        ///< exponent of the decay
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const {
+        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
+        if (step > total) return lr_end;
+        const double left =
+            1 - double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
+        return (lr - lr_end) * std::pow(left, power) + lr_end;
+    }
+};
+
+/// Any schedule (constant, linear, cosine, polynomial, or a type of one's own with lr_at), held
+/// by value: what the trainer runs, chosen at run time (the CLI's --schedule).
+class any_schedule {
+  public:
+    /// Holds s (satisfying the lr_schedule concept), called `name` in checkpoints.
+    template <class S>
+    requires lr_schedule<S> any_schedule(S s, std::string name)
+        : f_([s = std::move(s)](std::size_t step) { return double(s.lr_at(step)); }),
+          name_(std::move(name)) {}
+    /// The rate of optimizer step `step` (0-based).
+    double lr_at(std::size_t step) const { return f_(step); }
+    /// Its name ("linear", ...).
+    const std::string& name() const noexcept { return name_; }
+
+  private:
+    std::function<double(std::size_t)> f_;
+    std::string name_;
+};
+
+/// The schedule called `name` (linear, cosine, constant, polynomial: Transformers' defaults) of
+/// a run of `total` steps with `warmup` warmup steps to the peak rate lr; throws for others.
+inline any_schedule make(const std::string& name, double lr, std::size_t warmup,
+                         std::size_t total) {
+    if (name == "linear") return {linear{lr, warmup, total}, name};
+    if (name == "cosine") return {cosine{lr, warmup, total}, name};
+    if (name == "constant") return {constant{lr, warmup}, name};
+    if (name == "polynomial") return {polynomial{lr, warmup, total}, name};
+    throw error(errc::invalid_argument, "schedule " + name,
+                "expected linear, cosine, constant or polynomial");
+}
+
+}  // namespace schedule
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/schedule.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace optim {
@@ -7909,113 +8045,6 @@ double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm)
 
 }  // namespace optim
 
-namespace schedule {
-
-/// The warmup length for a ratio of the total steps, as Hugging Face (ceil(ratio * total)).
-inline std::size_t warmup_steps(double ratio, std::size_t total_steps) {
-    if (!(ratio >= 0 && ratio <= 1))
-        throw error(errc::invalid_argument, "warmup ratio",
-                    ftune::detail::cat(ratio, " is outside [0, 1]"));
-    return std::size_t(std::ceil(ratio * double(total_steps)));
-}
-
-namespace detail {
-/// lr * step / warmup during the warmup (Hugging Face's schedules start at 0).
-inline double warmup_factor(std::size_t step, std::size_t warmup) {
-    return double(step) / double(std::max<std::size_t>(1, warmup));
-}
-}  // namespace detail
-
-/// A constant rate after an optional linear warmup (get_constant_schedule_with_warmup).
-struct constant {
-    double lr;               ///< the rate
-    std::size_t warmup = 0;  ///< warmup steps
-    /// The rate of optimizer step `step` (0-based).
-    double lr_at(std::size_t step) const {
-        return step < warmup ? lr * detail::warmup_factor(step, warmup) : lr;
-    }
-};
-
-/// Linear warmup to lr, then linear decay to 0 at total steps (get_linear_schedule_with_warmup,
-/// Hugging Face's default).
-struct linear {
-    double lr;               ///< peak rate
-    std::size_t warmup = 0;  ///< warmup steps
-    std::size_t total = 1;   ///< total optimizer steps
-    /// The rate of optimizer step `step` (0-based).
-    double lr_at(std::size_t step) const {
-        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
-        return lr * std::max(0.0, double(total - std::min(step, total)) /
-                                      double(std::max<std::size_t>(1, total - warmup)));
-    }
-};
-
-/// Linear warmup, then a cosine from lr to 0 over `cycles` half-waves (0.5: one half cosine)
-/// (get_cosine_schedule_with_warmup).
-struct cosine {
-    double lr;               ///< peak rate
-    std::size_t warmup = 0;  ///< warmup steps
-    std::size_t total = 1;   ///< total optimizer steps
-    double cycles = 0.5;     ///< number of cosine waves
-    /// The rate of optimizer step `step` (0-based).
-    double lr_at(std::size_t step) const {
-        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
-        const double progress =
-            double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
-        return lr * std::max(0.0, 0.5 * (1 + std::cos(std::numbers::pi * cycles * 2 * progress)));
-    }
-};
-
-/// Linear warmup, then a polynomial decay from lr to lr_end (get_polynomial_decay_schedule_with
-/// _warmup; power 1 is linear to lr_end).
-struct polynomial {
-    double lr;               ///< peak rate
-    std::size_t warmup = 0;  ///< warmup steps
-    std::size_t total = 1;   ///< total optimizer steps
-    double lr_end = 1e-7;    ///< the rate after total steps
-    double power = 1;        ///< exponent of the decay
-    /// The rate of optimizer step `step` (0-based).
-    double lr_at(std::size_t step) const {
-        if (step < warmup) return lr * detail::warmup_factor(step, warmup);
-        if (step > total) return lr_end;
-        const double left =
-            1 - double(step - warmup) / double(std::max<std::size_t>(1, total - warmup));
-        return (lr - lr_end) * std::pow(left, power) + lr_end;
-    }
-};
-
-/// Any schedule (constant, linear, cosine, polynomial, or a type of one's own with lr_at), held
-/// by value: what the trainer runs, chosen at run time (the CLI's --schedule).
-class any_schedule {
-  public:
-    /// Holds s (satisfying the lr_schedule concept), called `name` in checkpoints.
-    template <class S>
-    requires lr_schedule<S> any_schedule(S s, std::string name)
-        : f_([s = std::move(s)](std::size_t step) { return double(s.lr_at(step)); }),
-          name_(std::move(name)) {}
-    /// The rate of optimizer step `step` (0-based).
-    double lr_at(std::size_t step) const { return f_(step); }
-    /// Its name ("linear", ...).
-    const std::string& name() const noexcept { return name_; }
-
-  private:
-    std::function<double(std::size_t)> f_;
-    std::string name_;
-};
-
-/// The schedule called `name` (linear, cosine, constant, polynomial: Transformers' defaults) of
-/// a run of `total` steps with `warmup` warmup steps to the peak rate lr; throws for others.
-inline any_schedule make(const std::string& name, double lr, std::size_t warmup,
-                         std::size_t total) {
-    if (name == "linear") return {linear{lr, warmup, total}, name};
-    if (name == "cosine") return {cosine{lr, warmup, total}, name};
-    if (name == "constant") return {constant{lr, warmup}, name};
-    if (name == "polynomial") return {polynomial{lr, warmup, total}, name};
-    throw error(errc::invalid_argument, "schedule " + name,
-                "expected linear, cosine, constant or polynomial");
-}
-
-}  // namespace schedule
 FTUNE_NAMESPACE_END
 // ---- end ftune/optim.hpp ----
 // ---- begin ftune/testing/check_gradients.hpp ----

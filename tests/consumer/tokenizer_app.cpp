@@ -1,5 +1,5 @@
 // The tokenizer alone: built with include/ and utf8proc only (no Eigen, xsimd or JSON paths).
-#include <ftune/tokenize.hpp>
+#include <ftune/text.hpp>
 
 #include <cstdio>
 

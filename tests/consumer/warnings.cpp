@@ -41,6 +41,7 @@ void ftune_consumer_warnings(const std::filesystem::path& dir) {
     ftune::serve::text_classifier<> served(
         ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir));
     served.predict("text");
+    ftune::io::with_family("bert", [](auto) {});  // the family registry's error path too
     // the double-precision primitives too (reductions, softmax)
     ftune::bert::sequence_classifier<ftune::bert::encoder<double>> d(ftune::bert::config{});
     ftune::context ctx;

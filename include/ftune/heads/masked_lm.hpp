@@ -13,7 +13,7 @@
 #include "ftune/layers/activation.hpp"
 #include "ftune/layers/layer_norm.hpp"
 #include "ftune/layers/linear.hpp"
-#include "ftune/losses.hpp"
+#include "ftune/loss.hpp"
 #include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
 

@@ -1,6 +1,6 @@
 // heads::question_answering: a start and an end logit per token (qa_outputs), as Transformers'
 // BertForQuestionAnswering; trained with the mean of the start and end cross-entropies, decoded
-// to answer spans over overlapping windows (models/qa_spans.hpp: qa::best_answers).
+// to answer spans over overlapping windows (qa/spans.hpp: qa::best_answers).
 #pragma once
 
 #include <string>
@@ -9,7 +9,7 @@
 
 #include "ftune/heads/common.hpp"
 #include "ftune/layers/linear.hpp"
-#include "ftune/losses.hpp"
+#include "ftune/loss.hpp"
 #include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
 

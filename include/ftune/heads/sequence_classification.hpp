@@ -14,10 +14,10 @@
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/layers/pooler.hpp"
-#include "ftune/losses.hpp"
+#include "ftune/loss.hpp"
 #include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
-#include "ftune/train/metrics.hpp"
+#include "ftune/metrics/scores.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace heads {

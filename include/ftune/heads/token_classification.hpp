@@ -13,10 +13,10 @@
 #include "ftune/heads/common.hpp"
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/linear.hpp"
-#include "ftune/losses.hpp"
+#include "ftune/loss.hpp"
 #include "ftune/train/batch.hpp"
 #include "ftune/train/evaluation.hpp"
-#include "ftune/train/metrics.hpp"
+#include "ftune/metrics/scores.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace heads {

@@ -5,35 +5,218 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "ftune/io/safetensors.hpp"
-#include "ftune/models/bert_tasks.hpp"
-#include "ftune/tokenize/bert.hpp"
-#include "ftune/tokenize/tokenizer_json.hpp"
+#include "ftune/bert/tasks.hpp"
+#include "ftune/text/bert.hpp"
+#include "ftune/text/tokenizer_json.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace io {
 
-/// A BERT config.json: the sizes ftune builds from and what Hugging Face records beside them.
-struct hf_config {
-    bert::config model;  ///< sizes, activation, dropout, layer_norm_eps, pad_token_id, num_labels
-    std::string hidden_act = "gelu";                 ///< "gelu", "gelu_new" or "relu", as written
+/// How a model family's config.json and checkpoints read into ftune and back: one
+/// specialization per family, keyed by the family's config type (BERT's below). load_hf and
+/// save_hf use the model's (Model::config_type); a directory's family is the one its config.json's
+/// model_type names (with_family).
+template <class Config>
+struct hf_family;
+
+/// BERT (model_type "bert"): config.json's fields as Transformers' BertConfig; parameter names as
+/// BertModel's, with or without the task models' "bert." prefix, and the legacy LayerNorm names
+/// gamma/beta of old checkpoints. Weights are stored as ftune keeps them (no transpose, split or
+/// fused tensor: those mappings come with the families that need them).
+template <>
+struct hf_family<bert::config> {
+    static constexpr std::string_view model_type = "bert";  ///< config.json's model_type
+    /// The family's backbone computing in T (the task models put a head on it).
+    template <scalar T>
+    using backbone = bert::encoder<T>;
+
+    /// Reads BertConfig's fields of j into c (hidden_act also as written); `where` names the file
+    /// in errors. Every size is a positive integer below 2^26; rates are in [0, 1).
+    static void read_config(const nlohmann::json& j, const std::string& where, bert::config& c,
+                            std::string& hidden_act) {
+        auto size = [&](const char* key, std::size_t& out, bool required) {
+            if (!j.contains(key)) {
+                if (required)
+                    throw error(errc::parse, where + ": " + key,
+                                "missing; a BERT config.json gives it");
+                return;
+            }
+            if (!j[key].is_number_unsigned() || j[key].get<std::uint64_t>() == 0)
+                throw error(errc::parse, where + ": " + key, "must be a positive integer");
+            if (j[key].get<std::uint64_t>() > (std::uint64_t(1) << 26))  // no product overflows
+                throw error(errc::parse, where + ": " + key,
+                            ftune::detail::cat(j[key].get<std::uint64_t>(),
+                                               " is beyond any real model (at most 2^26)"));
+            out = j[key].get<std::size_t>();
+        };
+        auto real = [&](const char* key, double& out, double lo, double hi) {
+            if (!j.contains(key) || j[key].is_null()) return;
+            if (!j[key].is_number())
+                throw error(errc::parse, where + ": " + key, "must be a number");
+            out = j[key].get<double>();
+            if (!(out >= lo && out < hi))  // NaN fails too
+                throw error(errc::parse, where + ": " + key,
+                            ftune::detail::cat(out, " is outside [", lo, ", ", hi, ")"));
+        };
+        size("vocab_size", c.vocab_size, true);
+        size("hidden_size", c.hidden_size, true);
+        size("num_hidden_layers", c.num_hidden_layers, true);
+        size("num_attention_heads", c.num_attention_heads, true);
+        size("intermediate_size", c.intermediate_size, true);
+        size("max_position_embeddings", c.max_position_embeddings, false);
+        size("type_vocab_size", c.type_vocab_size, false);
+        real("hidden_dropout_prob", c.hidden_dropout_prob, 0, 1);
+        real("attention_probs_dropout_prob", c.attention_probs_dropout_prob, 0, 1);
+        real("layer_norm_eps", c.layer_norm_eps, 0, 1);
+        real("initializer_range", c.initializer_range, 0, 1e3);
+        real("classifier_dropout", c.classifier_dropout, 0, 1);
+        if (j.contains("position_embedding_type") && j["position_embedding_type"] != "absolute")
+            throw error(errc::unsupported, where + ": position_embedding_type",
+                        j["position_embedding_type"].dump() +
+                            ": ftune runs absolute position embeddings only");
+        if (j.contains("pad_token_id") && j["pad_token_id"].is_number_integer())
+            c.pad_token_id = j["pad_token_id"].get<token_id>();
+        if (c.hidden_size % c.num_attention_heads != 0)
+            throw error(errc::parse, where + ": num_attention_heads",
+                        ftune::detail::cat(c.num_attention_heads, " heads do not divide ",
+                                           "hidden_size ", c.hidden_size));
+        if (j.contains("hidden_act")) {
+            if (!j["hidden_act"].is_string())
+                throw error(errc::parse, where + ": hidden_act", "must be a string");
+            hidden_act = j["hidden_act"].get<std::string>();
+            try {
+                c.hidden_act = bert::activation_from_hf(hidden_act);
+            } catch (const error& e) {
+                throw error(errc::unsupported, where + ": hidden_act", e.message());
+            }
+        }
+    }
+
+    /// Writes c into j as BertConfig's fields.
+    static void write_config(const bert::config& c, nlohmann::json& j) {
+        j["vocab_size"] = c.vocab_size;
+        j["hidden_size"] = c.hidden_size;
+        j["num_hidden_layers"] = c.num_hidden_layers;
+        j["num_attention_heads"] = c.num_attention_heads;
+        j["intermediate_size"] = c.intermediate_size;
+        j["hidden_act"] = std::string(bert::activation_to_hf(c.hidden_act));
+        j["hidden_dropout_prob"] = c.hidden_dropout_prob;
+        j["attention_probs_dropout_prob"] = c.attention_probs_dropout_prob;
+        j["max_position_embeddings"] = c.max_position_embeddings;
+        j["type_vocab_size"] = c.type_vocab_size;
+        j["layer_norm_eps"] = c.layer_norm_eps;
+        j["initializer_range"] = c.initializer_range;
+        j["pad_token_id"] = c.pad_token_id;
+        j["position_embedding_type"] = "absolute";
+        if (c.classifier_dropout >= 0)
+            j["classifier_dropout"] = c.classifier_dropout;
+        else
+            j["classifier_dropout"] = nullptr;
+    }
+
+    /// The names a checkpoint may store parameter `name` under, tried in order: the name, with
+    /// or without "bert.", and the legacy gamma/beta of a LayerNorm.
+    static std::vector<std::string> checkpoint_names(const std::string& name) {
+        std::vector<std::string> candidates{
+            name, name.starts_with("bert.") ? name.substr(5) : "bert." + name};
+        std::string legacy;
+        if (name.ends_with("LayerNorm.weight")) legacy = name.substr(0, name.size() - 6) + "gamma";
+        if (name.ends_with("LayerNorm.bias")) legacy = name.substr(0, name.size() - 4) + "beta";
+        if (!legacy.empty()) {
+            candidates.push_back(legacy);
+            candidates.push_back(legacy.starts_with("bert.") ? legacy.substr(5) : "bert." + legacy);
+        }
+        return candidates;
+    }
+
+    /// Whether `name` is the backbone's (embeddings, encoder layers, pooler), not a task head's.
+    static bool is_backbone_parameter(std::string_view name) {
+        if (name.starts_with("bert.")) name.remove_prefix(5);
+        return name.starts_with("embeddings.") || name.starts_with("encoder.") ||
+               name.starts_with("pooler.");
+    }
+    /// Backbone parameters a checkpoint may lack, made new as Transformers does: the pooler.
+    static bool may_be_missing(std::string_view name) {
+        return name.starts_with("pooler.") || name.starts_with("bert.pooler.");
+    }
+
+    /// About how many weights c describes (a config far larger than its weights file is refused
+    /// before anything is allocated).
+    static double approximate_size(const bert::config& k) {
+        return double(k.vocab_size + k.max_position_embeddings + k.type_vocab_size) *
+                   double(k.hidden_size) +
+               double(k.num_hidden_layers) *
+                   (4.0 * double(k.hidden_size) * double(k.hidden_size) +
+                    2.0 * double(k.hidden_size) * double(k.intermediate_size));
+    }
+};
+
+/// The model_type values ftune reads, one per family.
+inline constexpr std::array<std::string_view, 1> known_model_types{"bert"};
+
+/// Calls f(std::type_identity<Config>{}) with the config type of the family that a config.json's
+/// model_type names ("" when absent: BERT, as old BERT checkpoints omit it); throws naming the
+/// known families otherwise.
+template <class F>
+decltype(auto) with_family(std::string_view model_type, F&& f) {
+    if (model_type.empty() || model_type == hf_family<bert::config>::model_type)
+        return f(std::type_identity<bert::config>{});
+    std::string msg = "\"";
+    msg.append(model_type).append("\": ftune reads the families");
+    for (std::size_t i = 0; i < known_model_types.size(); ++i)
+        msg.append(i ? ", \"" : " \"").append(known_model_types[i]).append("\"");
+    msg.append("; other types name and place weights differently");
+    throw error(errc::unsupported, "model_type", msg);
+}
+
+/// A config.json of family Config: the family's sizes and settings ftune builds from, and what
+/// Hugging Face records beside them.
+template <class Config = bert::config>
+struct basic_hf_config {
+    Config model;  ///< the family's config: sizes, activation, dropout, num_labels, problem_type
+    std::string hidden_act = "gelu";                 ///< the activation's name, as written
     std::vector<std::string> architectures;          ///< e.g. "BertForSequenceClassification"
     std::vector<std::string> id2label;               ///< label names by id (empty: none recorded)
     nlohmann::json json = nlohmann::json::object();  ///< the whole file (save_hf keeps the rest)
 };
+/// A BERT config.json.
+using hf_config = basic_hf_config<bert::config>;
 
-/// Parses the text of a config.json; `where` (the file) names it in errors. A missing or
-/// malformed field is an ftune::error naming the file and the field.
-inline hf_config parse_hf_config(std::string_view text, const std::string& where) {
+/// The family config type of a model: Model::config_type (BERT's for a bare layer or encoder
+/// part without one).
+template <class Model>
+struct family_config {
+    using type = bert::config;  ///< the default family
+};
+/// A model that names its config type.
+template <class Model>
+requires requires {
+    typename Model::config_type;
+}
+struct family_config<Model> {
+    using type = typename Model::config_type;  ///< its family's config
+};
+/// family_config's type.
+template <class Model>
+using family_config_t = typename family_config<Model>::type;
+
+/// Parses the text of a config.json of family Config; `where` (the file) names it in errors. A
+/// missing or malformed field, or another family's model_type, is an ftune::error naming the file
+/// and the field.
+template <class Config = bert::config>
+basic_hf_config<Config> parse_hf_config(std::string_view text, const std::string& where) {
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(text);
@@ -41,68 +224,15 @@ inline hf_config parse_hf_config(std::string_view text, const std::string& where
         throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
     }
     if (!j.is_object()) throw error(errc::parse, where, "config.json is not a JSON object");
-    auto size = [&](const char* key, std::size_t& out, bool required) {
-        if (!j.contains(key)) {
-            if (required)
-                throw error(errc::parse, where + ": " + key,
-                            "missing; a BERT config.json gives it");
-            return;
-        }
-        if (!j[key].is_number_unsigned() || j[key].get<std::uint64_t>() == 0)
-            throw error(errc::parse, where + ": " + key, "must be a positive integer");
-        if (j[key].get<std::uint64_t>() > (std::uint64_t(1) << 26))  // no product can overflow
-            throw error(errc::parse, where + ": " + key,
-                        ftune::detail::cat(j[key].get<std::uint64_t>(),
-                                           " is beyond any real model (at most 2^26)"));
-        out = j[key].get<std::size_t>();
-    };
-    auto real = [&](const char* key, double& out, double lo, double hi) {
-        if (!j.contains(key) || j[key].is_null()) return;
-        if (!j[key].is_number()) throw error(errc::parse, where + ": " + key, "must be a number");
-        out = j[key].get<double>();
-        if (!(out >= lo && out < hi))  // NaN fails too
-            throw error(errc::parse, where + ": " + key,
-                        ftune::detail::cat(out, " is outside [", lo, ", ", hi, ")"));
-    };
-    hf_config c;
-    size("vocab_size", c.model.vocab_size, true);
-    size("hidden_size", c.model.hidden_size, true);
-    size("num_hidden_layers", c.model.num_hidden_layers, true);
-    size("num_attention_heads", c.model.num_attention_heads, true);
-    size("intermediate_size", c.model.intermediate_size, true);
-    size("max_position_embeddings", c.model.max_position_embeddings, false);
-    size("type_vocab_size", c.model.type_vocab_size, false);
-    real("hidden_dropout_prob", c.model.hidden_dropout_prob, 0, 1);
-    real("attention_probs_dropout_prob", c.model.attention_probs_dropout_prob, 0, 1);
-    real("layer_norm_eps", c.model.layer_norm_eps, 0, 1);
-    real("initializer_range", c.model.initializer_range, 0, 1e3);
-    real("classifier_dropout", c.model.classifier_dropout, 0, 1);
-    if (j.contains("model_type") && j["model_type"] != "bert")
+    using family = hf_family<Config>;
+    if (j.contains("model_type") && j["model_type"] != family::model_type)
         throw error(errc::unsupported, where + ": model_type",
-                    ftune::detail::cat(j["model_type"].dump(),
-                                       ": ftune loads BERT-family checkpoints (model_type "
-                                       "\"bert\"); other types name and place weights "
+                    ftune::detail::cat(j["model_type"].dump(), ": this model type reads \"",
+                                       family::model_type,
+                                       "\" checkpoints; other types name and place weights "
                                        "differently"));
-    if (j.contains("position_embedding_type") && j["position_embedding_type"] != "absolute")
-        throw error(
-            errc::unsupported, where + ": position_embedding_type",
-            j["position_embedding_type"].dump() + ": ftune runs absolute position embeddings only");
-    if (j.contains("pad_token_id") && j["pad_token_id"].is_number_integer())
-        c.model.pad_token_id = j["pad_token_id"].get<token_id>();
-    if (c.model.hidden_size % c.model.num_attention_heads != 0)
-        throw error(errc::parse, where + ": num_attention_heads",
-                    ftune::detail::cat(c.model.num_attention_heads, " heads do not divide ",
-                                       "hidden_size ", c.model.hidden_size));
-    if (j.contains("hidden_act")) {
-        if (!j["hidden_act"].is_string())
-            throw error(errc::parse, where + ": hidden_act", "must be a string");
-        c.hidden_act = j["hidden_act"].get<std::string>();
-        try {
-            c.model.hidden_act = bert::activation_from_hf(c.hidden_act);
-        } catch (const error& e) {
-            throw error(errc::unsupported, where + ": hidden_act", e.message());
-        }
-    }
+    basic_hf_config<Config> c;
+    family::read_config(j, where, c.model, c.hidden_act);
     if (j.contains("architectures") && j["architectures"].is_array())
         for (const auto& a : j["architectures"])
             if (a.is_string()) c.architectures.push_back(a.get<std::string>());
@@ -133,7 +263,12 @@ inline hf_config parse_hf_config(std::string_view text, const std::string& where
         }
     }
     if (!c.id2label.empty()) c.model.num_labels = c.id2label.size();
-    size("num_labels", c.model.num_labels, false);  // an explicit count wins
+    if (j.contains("num_labels")) {  // an explicit count wins
+        if (!j["num_labels"].is_number_unsigned() || j["num_labels"].get<std::uint64_t>() == 0 ||
+            j["num_labels"].get<std::uint64_t>() > (std::uint64_t(1) << 26))
+            throw error(errc::parse, where + ": num_labels", "must be a positive integer");
+        c.model.num_labels = j["num_labels"].get<std::size_t>();
+    }
     if (!c.id2label.empty() && c.id2label.size() != c.model.num_labels)
         throw error(errc::parse, where + ": num_labels",
                     ftune::detail::cat(c.model.num_labels, " labels but id2label names ",
@@ -142,14 +277,33 @@ inline hf_config parse_hf_config(std::string_view text, const std::string& where
     return c;
 }
 
-/// Reads config.json; a missing or malformed field is an ftune::error naming the file and it.
-inline hf_config read_hf_config(const std::filesystem::path& path) {
+/// The model_type a config.json names ("" when it names none); malformed JSON is an ftune::error.
+inline std::string read_model_type(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in || !std::filesystem::is_regular_file(path))
+        throw error(errc::io, path.string(),
+                    "cannot open config.json (missing or not a readable file)");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw error(errc::parse, path.string(), ftune::detail::cat("malformed JSON: ", e.what()));
+    }
+    return j.is_object() && j.contains("model_type") && j["model_type"].is_string()
+               ? j["model_type"].get<std::string>()
+               : std::string();
+}
+
+/// Reads config.json of family Config; a missing or malformed field is an ftune::error naming
+/// the file and it.
+template <class Config = bert::config>
+basic_hf_config<Config> read_hf_config(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in || !std::filesystem::is_regular_file(path))
         throw error(errc::io, path.string(),
                     "cannot open config.json (missing or not a readable file)");
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return parse_hf_config(text, path.string());
+    return parse_hf_config<Config>(text, path.string());
 }
 
 /// Settings of a BERT tokenizer read from a model directory.
@@ -220,31 +374,20 @@ struct load_report {
     std::vector<std::string> initialized;  ///< parameters load_hf initialized (new head weights)
 };
 
-/// The file's name for model parameter `name`: the name itself, with a "bert." prefix
-/// (Bert*For* checkpoints), and with the legacy LayerNorm names gamma/beta; nullptr if absent.
-inline const tensor_info* find_hf_tensor(const safetensors_file& f, const std::string& name) {
-    std::vector<std::string> candidates{
-        name, name.starts_with("bert.") ? name.substr(5) : "bert." + name};
-    auto legacy = [](std::string n) {
-        if (n.ends_with("LayerNorm.weight")) return n.substr(0, n.size() - 6) + "gamma";
-        if (n.ends_with("LayerNorm.bias")) return n.substr(0, n.size() - 4) + "beta";
-        return std::string();
-    };
-    if (auto l = legacy(name); !l.empty()) {
-        candidates.push_back(l);
-        candidates.push_back(l.starts_with("bert.") ? l.substr(5) : "bert." + l);
-    }
-    for (const auto& c : candidates)
+/// The file's tensor for model parameter `name` under family Config's names
+/// (hf_family::checkpoint_names); nullptr if absent.
+template <class Config = bert::config>
+const tensor_info* find_hf_tensor(const safetensors_file& f, const std::string& name) {
+    for (const auto& c : hf_family<Config>::checkpoint_names(name))
         if (const auto* t = f.find(c)) return t;
     return nullptr;
 }
 
-/// True for the parameters of a task head (not under embeddings, encoder or pooler), which a
-/// checkpoint of another task may lack or hold in another shape.
-inline bool is_head_parameter(std::string_view name) {
-    if (name.starts_with("bert.")) name.remove_prefix(5);
-    return !name.starts_with("embeddings.") && !name.starts_with("encoder.") &&
-           !name.starts_with("pooler.");
+/// True for the parameters of a task head (not the backbone's), which a checkpoint of another
+/// task may lack or hold in another shape.
+template <class Config = bert::config>
+bool is_head_parameter(std::string_view name) {
+    return !hf_family<Config>::is_backbone_parameter(name);
 }
 
 /// Reads every parameter model.visit_parameters(prefix, ...) names from f (converting F16/BF16/F64
@@ -259,8 +402,9 @@ load_report load_parameters(Model& model, std::string_view prefix, const safeten
     load_report r;
     std::vector<std::string> problems;
     std::vector<const tensor_info*> used;
+    using Config = family_config_t<Model>;
     model.visit_parameters(prefix, [&](parameter_ref<T> p) {
-        const tensor_info* t = find_hf_tensor(f, p.name);
+        const tensor_info* t = find_hf_tensor<Config>(f, p.name);
         if (!t) {
             r.missing.push_back(p.name);
             return;
@@ -268,7 +412,7 @@ load_report load_parameters(Model& model, std::string_view prefix, const safeten
         used.push_back(t);
         bool same = t->shape.size() == p.rank;
         for (std::size_t i = 0; same && i < p.rank; ++i) same = t->shape[i] == p.extents[i];
-        if (!same && skip_mismatched_head && is_head_parameter(p.name)) {
+        if (!same && skip_mismatched_head && is_head_parameter<Config>(p.name)) {
             r.mismatched.push_back(p.name);
             return;
         }
@@ -329,7 +473,8 @@ struct load_options {
 /// A model loaded from a Hugging Face directory with what came with it.
 template <class Model>
 struct hf_model {
-    hf_config config;  ///< config.json (labels updated by load_options)
+    basic_hf_config<family_config_t<Model>>
+        config;  ///< config.json (labels updated by load_options)
     std::optional<text::bert_tokenizer> tokenizer;  ///< vocab.txt / tokenizer.json, if present
     std::size_t model_max_length = 0;  ///< the longest input, in tokens (tokenizer and positions)
     Model model;                       ///< the model, weights loaded
@@ -372,7 +517,9 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
                             "save_pretrained(dir, safe_serialization=True)"
                           : "missing; ftune reads weights from model.safetensors");
     }
-    hf_config cfg = read_hf_config(dir / "config.json");
+    using Config = family_config_t<Model>;
+    using family = hf_family<Config>;
+    auto cfg = read_hf_config<Config>(dir / "config.json");
     const std::size_t file_labels = cfg.model.num_labels;
     const std::vector<std::string> file_names = cfg.id2label;
     if (!options.labels.empty()) {
@@ -391,12 +538,7 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     if (tok.model_max_length) max_len = std::min(max_len, tok.model_max_length);
     const safetensors_file f(weights_path);
     {  // a config describing a far larger model than the file holds is not allocated
-        const auto& k = cfg.model;
-        const double want = double(k.vocab_size + k.max_position_embeddings + k.type_vocab_size) *
-                                double(k.hidden_size) +
-                            double(k.num_hidden_layers) *
-                                (4.0 * double(k.hidden_size) * double(k.hidden_size) +
-                                 2.0 * double(k.hidden_size) * double(k.intermediate_size));
+        const double want = family::approximate_size(cfg.model);
         double have = 0;
         for (const auto& t : f.tensors()) have += double(t.numel());
         if (want > 2 * have + 1e6)
@@ -418,7 +560,7 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     if constexpr (requires { m.model.num_labels(); })
         if (new_labels)  // a head of the same shape for other labels: new too
             std::erase_if(m.report.loaded, [&](const std::string& n) {
-                if (!is_head_parameter(n)) return false;
+                if (!is_head_parameter<Config>(n)) return false;
                 m.report.mismatched.push_back(n);
                 return true;
             });
@@ -428,8 +570,7 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
         });
     std::vector<std::string> problems;
     for (const auto& name : m.report.missing)
-        if (!is_head_parameter(name) && !name.starts_with("pooler.") &&
-            !name.starts_with("bert.pooler."))
+        if (!is_head_parameter<Config>(name) && !family::may_be_missing(name))
             problems.push_back(name + ": missing from the file");
         else if (!options.allow_new_head)
             problems.push_back(name + ": missing from the file (allow_new_head is off)");
@@ -459,31 +600,15 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
 /// one only the renames of finished files remain (a stale tokenizer.json, which Transformers
 /// would prefer to the new vocab.txt, is removed).
 template <class Model>
-void save_hf(Model& model, const hf_config& config, const text::bert_tokenizer* tokenizer,
-             const std::filesystem::path& dir, std::size_t model_max_length = 0) {
+void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config,
+             const text::bert_tokenizer* tokenizer, const std::filesystem::path& dir,
+             std::size_t model_max_length = 0) {
     namespace fs = std::filesystem;
-    const bert::config& c = config.model;
+    using family = hf_family<family_config_t<Model>>;
     nlohmann::json j = config.json.is_object() ? config.json : nlohmann::json::object();
     j["architectures"] = {std::string(Model::architecture)};
-    j["model_type"] = "bert";
-    j["vocab_size"] = c.vocab_size;
-    j["hidden_size"] = c.hidden_size;
-    j["num_hidden_layers"] = c.num_hidden_layers;
-    j["num_attention_heads"] = c.num_attention_heads;
-    j["intermediate_size"] = c.intermediate_size;
-    j["hidden_act"] = std::string(bert::activation_to_hf(c.hidden_act));
-    j["hidden_dropout_prob"] = c.hidden_dropout_prob;
-    j["attention_probs_dropout_prob"] = c.attention_probs_dropout_prob;
-    j["max_position_embeddings"] = c.max_position_embeddings;
-    j["type_vocab_size"] = c.type_vocab_size;
-    j["layer_norm_eps"] = c.layer_norm_eps;
-    j["initializer_range"] = c.initializer_range;
-    j["pad_token_id"] = c.pad_token_id;
-    j["position_embedding_type"] = "absolute";
-    if (c.classifier_dropout >= 0)
-        j["classifier_dropout"] = c.classifier_dropout;
-    else
-        j["classifier_dropout"] = nullptr;
+    j["model_type"] = std::string(family::model_type);
+    family::write_config(config.model, j);
     if constexpr (requires { model.num_labels(); }) {  // a classification head's label names
         nlohmann::json id2label = nlohmann::json::object(), label2id = nlohmann::json::object();
         for (std::size_t i = 0; i < model.num_labels(); ++i) {
@@ -532,7 +657,8 @@ void save_hf(Model& model, const hf_config& config, const text::bert_tokenizer* 
                                 {"mask_token", o.mask},
                                 {"clean_up_tokenization_spaces", true}};
             t["strip_accents"] = o.strip_accents ? nlohmann::json(*o.strip_accents) : nullptr;
-            t["model_max_length"] = model_max_length ? model_max_length : c.max_position_embeddings;
+            t["model_max_length"] =
+                model_max_length ? model_max_length : config.model.max_position_embeddings;
             write_text_atomic(tmp / "tokenizer_config.json", t.dump(2) + "\n");
             files.push_back("vocab.txt");
             files.push_back("tokenizer_config.json");

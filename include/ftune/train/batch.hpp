@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <vector>
 
-#include "ftune/backends/common.hpp"
+#include "ftune/core/types.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {

@@ -13,7 +13,7 @@
 #include "ftune/data/readers.hpp"
 #include "ftune/heads/common.hpp"
 #include "ftune/train/batch.hpp"
-#include "ftune/tokenize/bert.hpp"
+#include "ftune/text/bert.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {

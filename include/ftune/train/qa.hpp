@@ -19,10 +19,10 @@
 
 #include "ftune/core/context.hpp"
 #include "ftune/data/squad.hpp"
-#include "ftune/models/qa_spans.hpp"
+#include "ftune/qa/spans.hpp"
 #include "ftune/train/batching.hpp"
-#include "ftune/train/metrics.hpp"
-#include "ftune/train/squad_metrics.hpp"
+#include "ftune/metrics/scores.hpp"
+#include "ftune/metrics/squad.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {

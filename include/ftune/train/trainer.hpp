@@ -22,13 +22,13 @@
 #include <nlohmann/json.hpp>
 
 #include "ftune/io/safetensors.hpp"
-#include "ftune/losses.hpp"
-#include "ftune/models/bert_tasks.hpp"
+#include "ftune/loss.hpp"
+#include "ftune/bert/tasks.hpp"
 #include "ftune/optim.hpp"
 #include "ftune/train/batching.hpp"
 #include "ftune/train/callbacks.hpp"
 #include "ftune/train/evaluation.hpp"
-#include "ftune/train/metrics.hpp"
+#include "ftune/metrics/scores.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {

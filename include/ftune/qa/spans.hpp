@@ -22,13 +22,13 @@
 #include <string_view>
 #include <vector>
 
-#include "ftune/backends/common.hpp"
+#include "ftune/core/types.hpp"
 #include "ftune/config.hpp"
 #include "ftune/core/context.hpp"
-#include "ftune/tokenize/bert.hpp"
+#include "ftune/text/bert.hpp"
 #include "ftune/core/context.hpp"
 #include "ftune/core/error.hpp"
-#include "ftune/tokenize/bert.hpp"
+#include "ftune/text/bert.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace qa {

@@ -15,7 +15,7 @@
 #include <cpuid.h>
 #endif
 
-#include "ftune/backends/common.hpp"
+#include "ftune/backend/common.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {

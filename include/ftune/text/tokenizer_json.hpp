@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "ftune/tokenize/bert.hpp"
+#include "ftune/text/bert.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace text {

@@ -19,8 +19,8 @@
 #include "ftune/heads/question_answering.hpp"
 #include "ftune/heads/sequence_classification.hpp"
 #include "ftune/heads/token_classification.hpp"
-#include "ftune/models/bert.hpp"
-#include "ftune/models/task_model.hpp"
+#include "ftune/bert/encoder.hpp"
+#include "ftune/core/task_model.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace bert {

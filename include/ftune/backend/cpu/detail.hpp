@@ -9,7 +9,7 @@
 #include "ftune/core/intrinsics.hpp"  // first: silences GCC 12's intrinsic headers
 #include <xsimd/xsimd.hpp>
 
-#include "ftune/backends/common.hpp"
+#include "ftune/backend/common.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu::detail {

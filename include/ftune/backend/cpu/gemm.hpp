@@ -28,8 +28,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "ftune/backends/cpu/cpu_info.hpp"
-#include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backend/cpu/cpu_info.hpp"
+#include "ftune/backend/cpu/detail.hpp"
 #include "ftune/core/tensor.hpp"
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {

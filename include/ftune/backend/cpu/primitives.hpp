@@ -15,9 +15,9 @@
 #include <type_traits>
 #include <utility>
 
-#include "ftune/backends/cpu/detail.hpp"
-#include "ftune/backends/cpu/gemm.hpp"
-#include "ftune/backends/reference/primitives.hpp"
+#include "ftune/backend/cpu/detail.hpp"
+#include "ftune/backend/cpu/gemm.hpp"
+#include "ftune/backend/reference/primitives.hpp"
 #include "ftune/core/rng.hpp"
 
 FTUNE_NAMESPACE_BEGIN

@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "ftune/backends/common.hpp"
+#include "ftune/backend/common.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/core/rng.hpp"
 

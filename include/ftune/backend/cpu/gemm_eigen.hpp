@@ -10,7 +10,7 @@
 
 #include <Eigen/Core>
 
-#include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backend/cpu/detail.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace backend::cpu {
