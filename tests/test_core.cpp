@@ -303,3 +303,26 @@ TEST_CASE("ops: token ids outside the table throw out_of_range", "[core][ops]") 
         CHECK(std::string(e.what()).find("id 10 at position 1") != std::string::npos);
     }
 }
+
+TEST_CASE("context workspace: one object of each type per run, kept; copies start empty",
+          "[unit]") {
+    struct scratch_a {
+        std::vector<int> v;
+    };
+    struct scratch_b {
+        int n = 7;
+    };
+    ftune::context ctx;
+    auto& a = ctx.workspace.get<scratch_a>();
+    a.v.assign(100, 1);
+    CHECK(&ctx.workspace.get<scratch_a>() == &a);  // the same object on every call
+    CHECK(ctx.workspace.get<scratch_a>().v.size() == 100);
+    CHECK(ctx.workspace.get<scratch_b>().n == 7);  // another type: another object
+    CHECK(ctx.workspace.size() == 2);
+    ftune::context copy = ctx;  // a copy never shares scratch with the original
+    CHECK(copy.workspace.size() == 0);
+    CHECK(&copy.workspace.get<scratch_a>() != &a);
+    CHECK(copy.workspace.get<scratch_a>().v.empty());
+    ftune::context moved = std::move(ctx);  // a move takes it along
+    CHECK(&moved.workspace.get<scratch_a>() == &a);
+}

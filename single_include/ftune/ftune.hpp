@@ -1035,9 +1035,12 @@ void shuffle(std::span<T> items, const random_stream& s) {
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/rng.hpp ----
 // ---- begin ftune/core/context.hpp ----
-// The run context passed to every forward/backward call: mode, random numbers, threads.
+// The run context passed to every forward/backward call: mode, random numbers, and the scratch
+// memory of backward passes.
 
+#include <memory>
 #include <string>
+#include <vector>
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -1045,10 +1048,50 @@ FTUNE_NAMESPACE_BEGIN
 /// Training (dropout active) or evaluation (dropout off, deterministic).
 enum class mode { train, eval };
 
+/// Scratch memory owned by a run: one object of each type a layer asks for (get<S>()), shared by
+/// every layer that asks for that type in the run (an encoder's 12 blocks use one set of backward
+/// gradients, not 12) and kept between calls, so the steady state allocates nothing. Only one
+/// call uses it at a time (a run's backward calls follow each other). A copy starts empty: two
+/// contexts never share scratch, so runs on different threads each have their own.
+class workspace {
+  public:
+    /// An empty workspace.
+    workspace() = default;
+    /// An empty workspace (scratch is never shared between contexts).
+    workspace(const workspace&) {}
+    /// Keeps this workspace's own scratch.
+    workspace& operator=(const workspace&) { return *this; }
+    /// Moves the scratch.
+    workspace(workspace&&) noexcept = default;
+    /// Moves the scratch.
+    workspace& operator=(workspace&&) noexcept = default;
+
+    /// The run's object of type S (value-initialized at the first call).
+    template <class S>
+    S& get() {
+        for (auto& e : items_)
+            if (e.type == &tag<S>) return *static_cast<S*>(e.object.get());
+        items_.push_back({&tag<S>, {new S(), [](void* p) { delete static_cast<S*>(p); }}});
+        return *static_cast<S*>(items_.back().object.get());
+    }
+    /// Number of scratch objects held.
+    std::size_t size() const noexcept { return items_.size(); }
+
+  private:
+    template <class S>
+    static constexpr char tag = 0;  // one address per type
+    struct item {
+        const char* type;                               // &tag<S>
+        std::unique_ptr<void, void (*)(void*)> object;  // the S
+    };
+    std::vector<item> items_;
+};
+
 /// What a layer needs to know about the current run besides its inputs.
 struct context {
     ftune::mode mode = ftune::mode::eval;  ///< train or eval
     generator rng{0};                      ///< source of dropout streams, seeded by the user
+    ftune::workspace workspace{};          ///< scratch of backward passes (layers' get<S>())
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };
@@ -4489,7 +4532,7 @@ class self_attention {
     void backward(context& ctx, output_view dout, d_input_view dx) {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
-        auto& w = scratch();  // shared by every attention layer of this type on this thread
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
@@ -4611,16 +4654,12 @@ class self_attention {
     buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
     bool dropped_ = false;                            // whether the last forward used dropout
     buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
-    // Buffers used only inside one backward call: one set per thread for every layer of this
-    // type (an encoder's 12 layers share it), not one per layer.
+    // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
+    // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
         buffer<T, dynamic_shape<4>, D> dp, dp_pre, ds;  // (B, H, T, T) gradients
         buffer<T, shape<dynamic, C>, D> dq, dk, dv;     // (B*T, C) gradients of the projections
     };
-    static backward_scratch& scratch() {
-        thread_local backward_scratch s;
-        return s;
-    }
 };
 
 }  // namespace layers
@@ -5430,7 +5469,7 @@ class encoder_block {
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
         if (inference_only_) throw no_backward_after_inference("encoder_block");
-        auto& s = scratch();
+        auto& s = ctx.workspace.get<backward_scratch>();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
         zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
@@ -5551,7 +5590,7 @@ class encoder_block {
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
                       view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn) {
-        auto& s = scratch();
+        auto& s = ctx.workspace.get<backward_scratch>();
         zeroed(s.c3s, N, Cn);
         output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
         output_dense.backward(ctx, s.c3s.view(), s.f1.view());  // d (activation output)
@@ -5561,7 +5600,7 @@ class encoder_block {
     // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
     void attention_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
                             d_input_view dx, std::size_t N, std::size_t Cn) {
-        auto& s = scratch();
+        auto& s = ctx.workspace.get<backward_scratch>();
         zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
         attention_dropout.backward(ctx, d_out, s.a1.view());
         attention_dense.backward(ctx, s.a1.view(), s.a2.view());
@@ -5575,17 +5614,13 @@ class encoder_block {
     buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (N, C) residual sums
     buffer<T, shape<dynamic, C>, D> first_;    // (B, C) position 0 of x (forward_first)
     view<const T, shape<dynamic, C>, D> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
-    // Gradient buffers used only inside one backward call: one set per thread for every block of
-    // this type (an encoder's layers share it), not one per layer.
+    // Gradient buffers used only inside one backward call: one set per run (ctx.workspace) for
+    // every block of this type (an encoder's layers share it), not one per layer.
     struct backward_scratch {
         buffer<T, shape<dynamic, C>, D> c1, c2, c3;   // (N, C) gradients
         buffer<T, shape<dynamic, C>, D> c3s, a1, a2;  // (N, C) gradients inside sublayers
         buffer<T, shape<dynamic, F>, D> f1, f2;       // (N, F) gradients inside the FFN
     };
-    static backward_scratch& scratch() {
-        thread_local backward_scratch s;
-        return s;
-    }
 };
 
 }  // namespace blocks

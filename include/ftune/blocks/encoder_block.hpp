@@ -168,7 +168,7 @@ class encoder_block {
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
         if (inference_only_) throw no_backward_after_inference("encoder_block");
-        auto& s = scratch();
+        auto& s = ctx.workspace.get<backward_scratch>();
         const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
         const auto dy = flat(dy_in);
         zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
@@ -289,7 +289,7 @@ class encoder_block {
     // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
                       view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn) {
-        auto& s = scratch();
+        auto& s = ctx.workspace.get<backward_scratch>();
         zeroed(s.c3s, N, Cn);
         output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
         output_dense.backward(ctx, s.c3s.view(), s.f1.view());  // d (activation output)
@@ -299,7 +299,7 @@ class encoder_block {
     // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
     void attention_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
                             d_input_view dx, std::size_t N, std::size_t Cn) {
-        auto& s = scratch();
+        auto& s = ctx.workspace.get<backward_scratch>();
         zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
         attention_dropout.backward(ctx, d_out, s.a1.view());
         attention_dense.backward(ctx, s.a1.view(), s.a2.view());
@@ -313,17 +313,13 @@ class encoder_block {
     buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (N, C) residual sums
     buffer<T, shape<dynamic, C>, D> first_;    // (B, C) position 0 of x (forward_first)
     view<const T, shape<dynamic, C>, D> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
-    // Gradient buffers used only inside one backward call: one set per thread for every block of
-    // this type (an encoder's layers share it), not one per layer.
+    // Gradient buffers used only inside one backward call: one set per run (ctx.workspace) for
+    // every block of this type (an encoder's layers share it), not one per layer.
     struct backward_scratch {
         buffer<T, shape<dynamic, C>, D> c1, c2, c3;   // (N, C) gradients
         buffer<T, shape<dynamic, C>, D> c3s, a1, a2;  // (N, C) gradients inside sublayers
         buffer<T, shape<dynamic, F>, D> f1, f2;       // (N, F) gradients inside the FFN
     };
-    static backward_scratch& scratch() {
-        thread_local backward_scratch s;
-        return s;
-    }
 };
 
 }  // namespace blocks

@@ -1,7 +1,10 @@
-// The run context passed to every forward/backward call: mode, random numbers, threads.
+// The run context passed to every forward/backward call: mode, random numbers, and the scratch
+// memory of backward passes.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "ftune/core/error.hpp"
 #include "ftune/core/rng.hpp"
@@ -11,10 +14,50 @@ FTUNE_NAMESPACE_BEGIN
 /// Training (dropout active) or evaluation (dropout off, deterministic).
 enum class mode { train, eval };
 
+/// Scratch memory owned by a run: one object of each type a layer asks for (get<S>()), shared by
+/// every layer that asks for that type in the run (an encoder's 12 blocks use one set of backward
+/// gradients, not 12) and kept between calls, so the steady state allocates nothing. Only one
+/// call uses it at a time (a run's backward calls follow each other). A copy starts empty: two
+/// contexts never share scratch, so runs on different threads each have their own.
+class workspace {
+  public:
+    /// An empty workspace.
+    workspace() = default;
+    /// An empty workspace (scratch is never shared between contexts).
+    workspace(const workspace&) {}
+    /// Keeps this workspace's own scratch.
+    workspace& operator=(const workspace&) { return *this; }
+    /// Moves the scratch.
+    workspace(workspace&&) noexcept = default;
+    /// Moves the scratch.
+    workspace& operator=(workspace&&) noexcept = default;
+
+    /// The run's object of type S (value-initialized at the first call).
+    template <class S>
+    S& get() {
+        for (auto& e : items_)
+            if (e.type == &tag<S>) return *static_cast<S*>(e.object.get());
+        items_.push_back({&tag<S>, {new S(), [](void* p) { delete static_cast<S*>(p); }}});
+        return *static_cast<S*>(items_.back().object.get());
+    }
+    /// Number of scratch objects held.
+    std::size_t size() const noexcept { return items_.size(); }
+
+  private:
+    template <class S>
+    static constexpr char tag = 0;  // one address per type
+    struct item {
+        const char* type;                               // &tag<S>
+        std::unique_ptr<void, void (*)(void*)> object;  // the S
+    };
+    std::vector<item> items_;
+};
+
 /// What a layer needs to know about the current run besides its inputs.
 struct context {
     ftune::mode mode = ftune::mode::eval;  ///< train or eval
     generator rng{0};                      ///< source of dropout streams, seeded by the user
+    ftune::workspace workspace{};          ///< scratch of backward passes (layers' get<S>())
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };

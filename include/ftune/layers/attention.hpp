@@ -100,7 +100,7 @@ class self_attention {
     void backward(context& ctx, output_view dout, d_input_view dx) {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
-        auto& w = scratch();  // shared by every attention layer of this type on this thread
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
         auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
@@ -222,16 +222,12 @@ class self_attention {
     buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
     bool dropped_ = false;                            // whether the last forward used dropout
     buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
-    // Buffers used only inside one backward call: one set per thread for every layer of this
-    // type (an encoder's 12 layers share it), not one per layer.
+    // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
+    // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
         buffer<T, dynamic_shape<4>, D> dp, dp_pre, ds;  // (B, H, T, T) gradients
         buffer<T, shape<dynamic, C>, D> dq, dk, dv;     // (B*T, C) gradients of the projections
     };
-    static backward_scratch& scratch() {
-        thread_local backward_scratch s;
-        return s;
-    }
 };
 
 }  // namespace layers
