@@ -246,7 +246,8 @@ inline std::string multilabel_report(const std::vector<std::vector<int>>& gold,
     detail::report_writer w(names, digits);
     double TP = 0, P = 0, S = 0;
     for (std::size_t c = 0; c < n; ++c) TP += tp[c], P += predicted[c], S += support[c];
-    const auto [p, r, f] = detail::sklearn_prf(TP, P, S);
+    double p = 0, r = 0, f = 0;  // (not a structured binding: Clang 14 cannot capture one)
+    std::tie(p, r, f) = detail::sklearn_prf(TP, P, S);
     detail::sklearn_rows(w, names, tp, predicted, support, [&] { w.row("micro avg", p, r, f, S); });
     w.row("samples avg", detail::numpy_mean(sp), detail::numpy_mean(sr), detail::numpy_mean(sf), S);
     return w.out;

@@ -191,8 +191,11 @@ class trainer {
         const auto t0 = std::chrono::steady_clock::now();
         auto params = optim::parameters_of(model);
         optim::any_optimizer<T> opt =
-            optimizer ? std::move(*optimizer)
-                      : optim::make_optimizer<T>("adamw", options.lr, options.weight_decay);
+            optimizer
+                ? std::move(*optimizer)
+                : optim::any_optimizer<T>(  // AdamW alone: make_optimizer would compile SGD too
+                      optim::adamw<T>({.lr = options.lr, .weight_decay = options.weight_decay}),
+                      "adamw");
         optimizer.reset();  // moved into the run (set it again for another fit)
         const std::size_t batches_per_epoch =
             (train_set.size() + options.batch_size - 1) / options.batch_size;
