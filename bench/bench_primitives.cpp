@@ -15,9 +15,9 @@
 // (L3 or DRAM), and the CPU speed-up over the reference (over Eigen for GEMM).
 #include <benchmark/benchmark.h>
 
-#include <ftune/backend/cpu/gemm_eigen.hpp>
-#include <ftune/backend/cpu/primitives.hpp>
-#include <ftune/backend/reference/primitives.hpp>
+#include <ftune/backends/cpu/gemm_eigen.hpp>
+#include <ftune/backends/cpu/primitives.hpp>
+#include <ftune/backends/reference/primitives.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-namespace cpu = ftune::backend::cpu;
-namespace ref = ftune::backend::reference;
+namespace cpu = ftune::backends::cpu;
+namespace ref = ftune::backends::reference;
 using ftune::transpose;
 
 namespace {
@@ -617,7 +617,7 @@ void print_summary(const collecting_reporter& rep) {
         return it == rep.runs.end() ? nullptr : &it->second;
     };
     std::printf("\n## Summary (B=16, T=128; best repetition) on %s\n\n",
-                ftune::backend::cpu::this_cpu().summary().c_str());
+                ftune::backends::cpu::this_cpu().summary().c_str());
     for (int t : {1, 2}) {
         const std::string ts = "/threads:" + std::to_string(t) + "/real_time";
         const auto* peak = get("peak/fma" + ts);
@@ -690,7 +690,7 @@ int main(int argc, char** argv) {
     argv = args.data();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::AddCustomContext("cpu", ftune::backend::cpu::this_cpu().summary());
+    benchmark::AddCustomContext("cpu", ftune::backends::cpu::this_cpu().summary());
     collecting_reporter rep;
     benchmark::RunSpecifiedBenchmarks(&rep);
     print_summary(rep);

@@ -3,7 +3,7 @@
 // bench/compare_tokenizers.py runs Hugging Face's fast tokenizer on the same sentences.
 //
 //   build/bin/ftune_bench_tokenizer [--data DIR]   (default: $FTUNE_DATA_DIR or ../shared/data)
-#include <ftune/backend/cpu/cpu_info.hpp>
+#include <ftune/backends/cpu/cpu_info.hpp>
 #include <ftune/text.hpp>
 
 #include <benchmark/benchmark.h>
@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
     for (int i = 1; i + 1 < argc; ++i)
         if (std::string(argv[i]) == "--data") data_dir = argv[i + 1];
     benchmark::Initialize(&argc, argv);
-    benchmark::AddCustomContext("cpu", ftune::backend::cpu::this_cpu().summary());
+    benchmark::AddCustomContext("cpu", ftune::backends::cpu::this_cpu().summary());
     benchmark::RunSpecifiedBenchmarks();
     return 0;
 }

@@ -27,7 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace cpu = ftune::backend::cpu;
+namespace cpu = ftune::backends::cpu;
 using ftune::transpose;
 
 namespace {

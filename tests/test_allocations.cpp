@@ -142,7 +142,7 @@ TEST_CASE(
     const auto params = ftune::optim::parameters_of(m);
     for (auto& p : params)
         for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.01f * float(i % 5);
-    auto& packs = ftune::backend::cpu::packing_stats();
+    auto& packs = ftune::backends::cpu::packing_stats();
     std::vector<ftune::token_id> ids(2 * 9, 5), mask(2 * 9, 1);
     ftune::context eval;
     const auto repacks = packs.prepacked.load();

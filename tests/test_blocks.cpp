@@ -371,7 +371,7 @@ TEMPLATE_TEST_CASE(
     std::vector<ftune::token_id> ids{3, 9, 14, 2, 21, 7, 5, 3, 11, 4, 16, 0, 0, 0},
         types{0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0},
         mask{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
-    auto& gemm_calls = ftune::backend::cpu::packing_stats().per_call;
+    auto& gemm_calls = ftune::backends::cpu::packing_stats().per_call;
     const double tol = 1e-12;
 
     // training mode: dropout from the same counter-based streams, so the same masks on both

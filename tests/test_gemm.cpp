@@ -1,10 +1,10 @@
 // CPU GEMMs (ftune's packed kernel and Eigen's) against the reference: every transpose
 // combination, alpha/beta, leading dimensions wider than the matrix, empty and one-row cases,
 // several cache blocks, strided batches; float and double.
-#include <ftune/backend/cpu/gemm.hpp>
-#include <ftune/backend/cpu/gemm_eigen.hpp>
-#include <ftune/backend/cpu/primitives.hpp>
-#include <ftune/backend/reference/primitives.hpp>
+#include <ftune/backends/cpu/gemm.hpp>
+#include <ftune/backends/cpu/gemm_eigen.hpp>
+#include <ftune/backends/cpu/primitives.hpp>
+#include <ftune/backends/reference/primitives.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -14,8 +14,8 @@
 
 #include "util.hpp"
 
-namespace ref = ftune::backend::reference;
-namespace cpu = ftune::backend::cpu;
+namespace ref = ftune::backends::reference;
+namespace cpu = ftune::backends::cpu;
 using ftune::transpose;
 
 namespace {

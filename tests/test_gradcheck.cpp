@@ -1,14 +1,14 @@
 // Every backward primitive of the CPU backend checked against central differences in double with
 // ftune::testing::check_gradients (loss = Σ R ⊙ output for a fixed random R, so d output = R),
 // and the checker itself shown to catch wrong and overwriting backward passes.
-#include <ftune/backend/cpu/primitives.hpp>
+#include <ftune/backends/cpu/primitives.hpp>
 #include <ftune/testing/check_gradients.hpp>
 
 #include <numeric>
 
 #include "util.hpp"
 
-namespace cpu = ftune::backend::cpu;
+namespace cpu = ftune::backends::cpu;
 using ftune::testing::check_gradients;
 using ftune::testing::gradient_target;
 

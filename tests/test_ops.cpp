@@ -2,7 +2,7 @@
 // every wrapper, on awkward sizes (3 rows of 5 or 17 columns, ...), with static, dynamic and mixed
 // extents, plus one runtime shape mismatch per wrapper that must throw ftune::error.
 #include <ftune/ftune.hpp>
-#include <ftune/backend/reference/primitives.hpp>
+#include <ftune/backends/reference/primitives.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -16,7 +16,7 @@
 
 #include "util.hpp"
 
-namespace ref = ftune::backend::reference;
+namespace ref = ftune::backends::reference;
 namespace ops = ftune::ops;
 using ftune::buffer;
 using ftune::dynamic;
@@ -603,7 +603,7 @@ TEST_CASE("ops: the backward and optimizer wrappers throw ftune::error on shape 
 TEST_CASE("ops dispatch on the tensors' device: device::reference runs the reference backend",
           "[ops]") {
     using R = ftune::device::reference;
-    namespace cpu = ftune::backend::cpu;
+    namespace cpu = ftune::backends::cpu;
     const std::size_t M = 7, N = 45, K = 300;
     const auto a = test::randn<float>(M * K, 50), b = test::randn<float>(K * N, 51);
     buffer<float, dynamic_shape<2>, R> ar(M, K), br(K, N), cr(M, N);

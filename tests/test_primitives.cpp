@@ -1,7 +1,7 @@
 // Every CPU primitive against the reference backend, on sizes that are not multiples of the SIMD
 // width, empty and one-row cases, in float and double, with tolerances scaled by the type.
-#include <ftune/backend/cpu/primitives.hpp>
-#include <ftune/backend/reference/primitives.hpp>
+#include <ftune/backends/cpu/primitives.hpp>
+#include <ftune/backends/reference/primitives.hpp>
 
 #include <cmath>
 #include <limits>
@@ -9,8 +9,8 @@
 
 #include "util.hpp"
 
-namespace ref = ftune::backend::reference;
-namespace cpu = ftune::backend::cpu;
+namespace ref = ftune::backends::reference;
+namespace cpu = ftune::backends::cpu;
 using test::require_close;
 using test::tol;
 

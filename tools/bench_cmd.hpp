@@ -31,7 +31,7 @@ void init_parameters(M& model, const std::string& prefix, std::uint64_t seed) {
 
 // The FMA peak of `threads` threads in GFLOP/s (12 independent chains of batch FMAs, best of 5).
 inline double fma_peak_gflops(int threads) {
-    using B = ftune::backend::cpu::detail::batch<float>;
+    using B = ftune::backends::cpu::detail::batch<float>;
     constexpr int chains = 12;
     const long iters = 1 << 21;
     double best = 0;
@@ -47,7 +47,7 @@ inline double fma_peak_gflops(int threads) {
                     acc[k] = xsimd::fma(acc[k], B(0.999999f), B(1e-7f));
             B s = acc[0];
             for (int k = 1; k < chains; ++k) s += acc[k];
-            sink += ftune::backend::cpu::detail::reduce_add(s);
+            sink += ftune::backends::cpu::detail::reduce_add(s);
         }
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -93,19 +93,19 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     auto step = [&] {
         const auto logits = model.forward(ctx, idv, maskv);
         if (!backward) return;
-        ftune::backend::cpu::cross_entropy_forward(losses.data(), logits.data(), labels.data(), B,
-                                                   2);
+        ftune::backends::cpu::cross_entropy_forward(losses.data(), logits.data(), labels.data(), B,
+                                                    2);
         model.zero_grad();
         std::fill(dlogits.begin(), dlogits.end(), 0.0f);
-        ftune::backend::cpu::cross_entropy_backward(dlogits.data(), logits.data(), labels.data(),
-                                                    dlosses.data(), B, 2);
+        ftune::backends::cpu::cross_entropy_backward(dlogits.data(), logits.data(), labels.data(),
+                                                     dlosses.data(), B, 2);
         model.backward(ctx, {dlogits.data(), B, 2});
         if (!train) return;
         ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
         adamw.step(std::span<const ftune::parameter_ref<float>>(params));
     };
     for (int i = 0; i < 2; ++i) step();  // warm-up: workspaces reach their size
-    auto& packs = ftune::backend::cpu::packing_stats();
+    auto& packs = ftune::backends::cpu::packing_stats();
     const std::uint64_t per_call0 = packs.per_call.load(), prepacked0 = packs.prepacked.load();
     std::vector<double> ms;
     for (int i = 0; i < steps; ++i) {
@@ -150,7 +150,7 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
         100 * gflops / peak, double(ru.ru_maxrss) / 1024.0, !backward && prepack ? "true" : "false",
         double(per_call) / steps, static_cast<unsigned long long>(prepacked),
-        ftune::backend::cpu::this_cpu().summary().c_str());
+        ftune::backends::cpu::this_cpu().summary().c_str());
     return 0;
 }
 

@@ -57,7 +57,7 @@ void usage(std::ostream& os) {
 int cmd_env() {
     std::cout << "{\"version\": \"" << ftune::version_string << "\", \"simd\": \""
               << FTUNE_STRINGIFY_VALUE(FTUNE_ABI_ARCH) << "\", \"simd_float_lanes\": "
-              << ftune::backend::cpu::detail::width<float> << ", \"openmp\": "
+              << ftune::backends::cpu::detail::width<float> << ", \"openmp\": "
               << (ftune::has_openmp ? "true" : "false") << ", \"threads\": " << ftune::num_threads()
               << ", \"cuda\": " << (ftune::has_cuda ? "true" : "false") << "}\n";
     return 0;

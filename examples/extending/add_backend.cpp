@@ -33,13 +33,13 @@ struct backend_of<my::counting_device> : backend_of<device::reference> {
     template <class... A>
     static void gemm(A&&... a) {
         ++my::gemm_calls;
-        backend::reference::gemm(std::forward<A>(a)...);
+        backends::reference::gemm(std::forward<A>(a)...);
     }
 };
 /// Its prepared weights for inference products: the reference backend's row-major copy.
 template <class T>
 struct prepared_weight_of<T, my::counting_device> {
-    using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
+    using type = backends::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
 }  // namespace ops
 FTUNE_NAMESPACE_END

@@ -14,8 +14,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "ftune/backend/cpu/primitives.hpp"
-#include "ftune/backend/reference/primitives.hpp"
+#include "ftune/backends/cpu/primitives.hpp"
+#include "ftune/backends/reference/primitives.hpp"
 #include "ftune/core/tensor.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -135,16 +135,16 @@ struct backend_of {
 /// device::cpu: the SIMD CPU backend, which also runs the fused inference primitives.
 template <>
 struct backend_of<device::cpu> {
-    FTUNE_OPS_TRAINING_PRIMITIVES(backend::cpu)
-    FTUNE_OPS_FORWARD(backend::cpu, attention_inference)
-    FTUNE_OPS_FORWARD(backend::cpu, gemm_packed)
+    FTUNE_OPS_TRAINING_PRIMITIVES(backends::cpu)
+    FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
 struct backend_of<device::reference> {
-    FTUNE_OPS_TRAINING_PRIMITIVES(backend::reference)
-    FTUNE_OPS_FORWARD(backend::reference, attention_inference)
-    FTUNE_OPS_FORWARD(backend::reference, gemm_packed)
+    FTUNE_OPS_TRAINING_PRIMITIVES(backends::reference)
+    FTUNE_OPS_FORWARD(backends::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
@@ -605,11 +605,11 @@ struct prepared_weight_of {
 };
 template <class T>
 struct prepared_weight_of<T, device::cpu> {
-    using type = backend::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
+    using type = backends::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
 };
 template <class T>
 struct prepared_weight_of<T, device::reference> {
-    using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
+    using type = backends::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
 
 /// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
@@ -670,7 +670,7 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
         detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
             detail::scalar_of<Y>(0), y.data(), N, bias.data(),
-            backend::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+            backends::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
     }
 }
 

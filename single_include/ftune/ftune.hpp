@@ -1277,7 +1277,7 @@ struct sgd_params {
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/types.hpp ----
-// ---- begin ftune/backend/reference/primitives.hpp ----
+// ---- begin ftune/backends/reference/primitives.hpp ----
 // The reference backend: every primitive as a plain scalar loop, written to be read, never
 // optimized.
 //
@@ -1293,7 +1293,7 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <vector>
 
-// ---- begin ftune/backend/common.hpp ----
+// ---- begin ftune/backends/common.hpp ----
 // What every backend shares beyond the core types: the residual epilogue of inference products.
 
 #include <cstddef>
@@ -1302,7 +1302,7 @@ FTUNE_NAMESPACE_END
 
 FTUNE_NAMESPACE_BEGIN
 
-namespace backend {
+namespace backends {
 /// The epilogue C += R of an inference product (R (M, N), rows ldr apart: a residual
 /// connection), called on each finished tile of C; the CPU backend adds it inside its
 /// micro-kernel as the tile is stored.
@@ -1317,13 +1317,13 @@ struct add_residual {
             for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
     }
 };
-}  // namespace backend
+}  // namespace backends
 
 FTUNE_NAMESPACE_END
-// ---- end ftune/backend/common.hpp ----
+// ---- end ftune/backends/common.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::reference {
+namespace backends::reference {
 
 // ---------------------------------------------------------------------------------------------
 // GEMM
@@ -1744,7 +1744,7 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
 
 /// A weight prepared for inference products: op(B) (K rows, N columns) copied row-major. The
 /// reference backend has no panel layout; this is its own prepared-weight type (the CPU's is
-/// backend::cpu::packed_b).
+/// backends::cpu::packed_b).
 template <scalar T>
 class prepared_b {
   public:
@@ -1769,7 +1769,7 @@ class prepared_b {
 };
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C, then + bias(N) on every row (when given), then
-/// epilogue(C, ldc, 0, M, 0, N) (when given: backend::add_residual adds a residual).
+/// epilogue(C, ldc, 0, M, 0, N) (when given: backends::add_residual adds a residual).
 template <scalar T, class Epilogue = std::nullptr_t>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const prepared_b<T>& Bp, T beta, T* C, std::size_t ldc,
@@ -1827,13 +1827,13 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
             }
 }
 
-}  // namespace backend::reference
+}  // namespace backends::reference
 FTUNE_NAMESPACE_END
-// ---- end ftune/backend/reference/primitives.hpp ----
-// ---- begin ftune/backend/cpu/primitives.hpp ----
+// ---- end ftune/backends/reference/primitives.hpp ----
+// ---- begin ftune/backends/cpu/primitives.hpp ----
 // The CPU backend: xsimd kernels written once over batch<T, Arch>, OpenMP across rows or chunks.
 //
-// Same signatures and semantics as backend::reference (see there for the exact formulas); the
+// Same signatures and semantics as backends::reference (see there for the exact formulas); the
 // tests compare the two on random shapes. Reductions over rows that feed a shared gradient (bias,
 // LayerNorm weights, embedding table) are split by columns, not rows, so the result does not
 // depend on the number of threads.
@@ -1847,7 +1847,7 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
-// ---- begin ftune/backend/cpu/detail.hpp ----
+// ---- begin ftune/backends/cpu/detail.hpp ----
 // Helpers of the CPU backend: SIMD batches with tails, and OpenMP loops over chunks.
 
 #include <algorithm>
@@ -1859,7 +1859,7 @@ FTUNE_NAMESPACE_END
 
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu::detail {
+namespace backends::cpu::detail {
 
 /// The SIMD batch of T for the architecture this translation unit is compiled for.
 template <class T>
@@ -1987,10 +1987,10 @@ inline std::size_t row_grain(std::size_t cols) {
     return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1));
 }
 
-}  // namespace backend::cpu::detail
+}  // namespace backends::cpu::detail
 FTUNE_NAMESPACE_END
-// ---- end ftune/backend/cpu/detail.hpp ----
-// ---- begin ftune/backend/cpu/gemm.hpp ----
+// ---- end ftune/backends/cpu/detail.hpp ----
+// ---- begin ftune/backends/cpu/gemm.hpp ----
 // CPU GEMM: a packed, cache-blocked matrix product with an xsimd register-tile micro-kernel, in
 // the structure of BLIS/GotoBLAS (van Zee & van de Geijn, "BLIS: a framework for rapidly
 // instantiating BLAS functionality", 2015):
@@ -2020,11 +2020,11 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
-// ---- begin ftune/backend/cpu/cpu_info.hpp ----
+// ---- begin ftune/backends/cpu/cpu_info.hpp ----
 // What the CPU this process runs on is, read once at run time: its name (cpuid's brand string),
 // vendor, family and model, the vector extensions the kernels care about, and the sizes of its
 // data caches (Linux's sysfs, else cpuid leaf 4 / 0x8000001D). The GEMM takes its cache
-// blocking from here (backend::cpu::gemm_detail::runtime_blocking), and every benchmark names
+// blocking from here (backends::cpu::gemm_detail::runtime_blocking), and every benchmark names
 // the CPU it ran on.
 
 #include <cstddef>
@@ -2039,7 +2039,7 @@ FTUNE_NAMESPACE_END
 
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 /// The processor as seen at run time (x86-64 through cpuid; other CPUs get the caches only).
 struct cpu_info {
@@ -2227,11 +2227,11 @@ inline const cpu_info& this_cpu() {
     return info;
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END
-// ---- end ftune/backend/cpu/cpu_info.hpp ----
+// ---- end ftune/backends/cpu/cpu_info.hpp ----
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 namespace gemm_detail {
 
@@ -2634,7 +2634,7 @@ struct no_epilogue {
 
 /// The epilogue C += R (a residual connection): gemm_packed adds it inside the micro-kernel as
 /// the tile is stored, instead of reloading the stored tile.
-using backend::add_residual;
+using backends::add_residual;
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
 /// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
@@ -2763,12 +2763,12 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
     });
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END
-// ---- end ftune/backend/cpu/gemm.hpp ----
+// ---- end ftune/backends/cpu/gemm.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 using reference::check_ids;
 using reference::check_targets;
@@ -3400,7 +3400,7 @@ void scale(T* x, T alpha, std::size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Optimizer updates (same operation order as PyTorch, see backend::reference)
+// Optimizer updates (same operation order as PyTorch, see backends::reference)
 
 /// One AdamW step (torch.optim.AdamW semantics, decoupled weight decay, bias correction).
 template <scalar T>
@@ -3545,9 +3545,9 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     });
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END
-// ---- end ftune/backend/cpu/primitives.hpp ----
+// ---- end ftune/backends/cpu/primitives.hpp ----
 // ---- begin ftune/ops.hpp ----
 // Typed primitives: the calls layers make. Each takes views (or buffers) with static or dynamic
 // extents, checks that their shapes fit — at compile time where extents are static, with an
@@ -3682,16 +3682,16 @@ struct backend_of {
 /// device::cpu: the SIMD CPU backend, which also runs the fused inference primitives.
 template <>
 struct backend_of<device::cpu> {
-    FTUNE_OPS_TRAINING_PRIMITIVES(backend::cpu)
-    FTUNE_OPS_FORWARD(backend::cpu, attention_inference)
-    FTUNE_OPS_FORWARD(backend::cpu, gemm_packed)
+    FTUNE_OPS_TRAINING_PRIMITIVES(backends::cpu)
+    FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
 struct backend_of<device::reference> {
-    FTUNE_OPS_TRAINING_PRIMITIVES(backend::reference)
-    FTUNE_OPS_FORWARD(backend::reference, attention_inference)
-    FTUNE_OPS_FORWARD(backend::reference, gemm_packed)
+    FTUNE_OPS_TRAINING_PRIMITIVES(backends::reference)
+    FTUNE_OPS_FORWARD(backends::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
@@ -4152,11 +4152,11 @@ struct prepared_weight_of {
 };
 template <class T>
 struct prepared_weight_of<T, device::cpu> {
-    using type = backend::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
+    using type = backends::cpu::packed_b<T>;  ///< packed in the GEMM's panel layout
 };
 template <class T>
 struct prepared_weight_of<T, device::reference> {
-    using type = backend::reference::prepared_b<T>;  ///< op(W) copied row-major
+    using type = backends::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
 
 /// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
@@ -4217,7 +4217,7 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
         detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
             detail::scalar_of<Y>(0), y.data(), N, bias.data(),
-            backend::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+            backends::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
     }
 }
 

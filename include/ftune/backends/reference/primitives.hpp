@@ -14,12 +14,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "ftune/backend/common.hpp"
+#include "ftune/backends/common.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/core/rng.hpp"
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::reference {
+namespace backends::reference {
 
 // ---------------------------------------------------------------------------------------------
 // GEMM
@@ -440,7 +440,7 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
 
 /// A weight prepared for inference products: op(B) (K rows, N columns) copied row-major. The
 /// reference backend has no panel layout; this is its own prepared-weight type (the CPU's is
-/// backend::cpu::packed_b).
+/// backends::cpu::packed_b).
 template <scalar T>
 class prepared_b {
   public:
@@ -465,7 +465,7 @@ class prepared_b {
 };
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C, then + bias(N) on every row (when given), then
-/// epilogue(C, ldc, 0, M, 0, N) (when given: backend::add_residual adds a residual).
+/// epilogue(C, ldc, 0, M, 0, N) (when given: backends::add_residual adds a residual).
 template <scalar T, class Epilogue = std::nullptr_t>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const prepared_b<T>& Bp, T beta, T* C, std::size_t ldc,
@@ -523,5 +523,5 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
             }
 }
 
-}  // namespace backend::reference
+}  // namespace backends::reference
 FTUNE_NAMESPACE_END

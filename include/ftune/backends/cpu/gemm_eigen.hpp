@@ -10,10 +10,10 @@
 
 #include <Eigen/Core>
 
-#include "ftune/backend/cpu/detail.hpp"
+#include "ftune/backends/cpu/detail.hpp"
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 namespace eigen_detail {
 template <class T>
@@ -66,5 +66,5 @@ void gemm_eigen(transpose ta, transpose tb, std::size_t M, std::size_t N, std::s
         run(a.transpose(), b.transpose());
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END

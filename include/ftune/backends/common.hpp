@@ -9,7 +9,7 @@
 
 FTUNE_NAMESPACE_BEGIN
 
-namespace backend {
+namespace backends {
 /// The epilogue C += R of an inference product (R (M, N), rows ldr apart: a residual
 /// connection), called on each finished tile of C; the CPU backend adds it inside its
 /// micro-kernel as the tile is stored.
@@ -24,6 +24,6 @@ struct add_residual {
             for (std::size_t j = 0; j < cols; ++j) c[i * ldc + j] += r[(row0 + i) * ldr + col0 + j];
     }
 };
-}  // namespace backend
+}  // namespace backends
 
 FTUNE_NAMESPACE_END

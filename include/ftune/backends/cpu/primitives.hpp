@@ -1,6 +1,6 @@
 // The CPU backend: xsimd kernels written once over batch<T, Arch>, OpenMP across rows or chunks.
 //
-// Same signatures and semantics as backend::reference (see there for the exact formulas); the
+// Same signatures and semantics as backends::reference (see there for the exact formulas); the
 // tests compare the two on random shapes. Reductions over rows that feed a shared gradient (bias,
 // LayerNorm weights, embedding table) are split by columns, not rows, so the result does not
 // depend on the number of threads.
@@ -15,13 +15,13 @@
 #include <type_traits>
 #include <utility>
 
-#include "ftune/backend/cpu/detail.hpp"
-#include "ftune/backend/cpu/gemm.hpp"
-#include "ftune/backend/reference/primitives.hpp"
+#include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backends/cpu/gemm.hpp"
+#include "ftune/backends/reference/primitives.hpp"
 #include "ftune/core/rng.hpp"
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 using reference::check_ids;
 using reference::check_targets;
@@ -653,7 +653,7 @@ void scale(T* x, T alpha, std::size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Optimizer updates (same operation order as PyTorch, see backend::reference)
+// Optimizer updates (same operation order as PyTorch, see backends::reference)
 
 /// One AdamW step (torch.optim.AdamW semantics, decoupled weight decay, bias correction).
 template <scalar T>
@@ -798,5 +798,5 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     });
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END

@@ -1,7 +1,7 @@
 // What the CPU this process runs on is, read once at run time: its name (cpuid's brand string),
 // vendor, family and model, the vector extensions the kernels care about, and the sizes of its
 // data caches (Linux's sysfs, else cpuid leaf 4 / 0x8000001D). The GEMM takes its cache
-// blocking from here (backend::cpu::gemm_detail::runtime_blocking), and every benchmark names
+// blocking from here (backends::cpu::gemm_detail::runtime_blocking), and every benchmark names
 // the CPU it ran on.
 #pragma once
 
@@ -15,10 +15,10 @@
 #include <cpuid.h>
 #endif
 
-#include "ftune/backend/common.hpp"
+#include "ftune/backends/common.hpp"
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 /// The processor as seen at run time (x86-64 through cpuid; other CPUs get the caches only).
 struct cpu_info {
@@ -206,5 +206,5 @@ inline const cpu_info& this_cpu() {
     return info;
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END

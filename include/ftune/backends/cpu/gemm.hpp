@@ -28,11 +28,11 @@
 #include <type_traits>
 #include <utility>
 
-#include "ftune/backend/cpu/cpu_info.hpp"
-#include "ftune/backend/cpu/detail.hpp"
+#include "ftune/backends/cpu/cpu_info.hpp"
+#include "ftune/backends/cpu/detail.hpp"
 #include "ftune/core/tensor.hpp"
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu {
+namespace backends::cpu {
 
 namespace gemm_detail {
 
@@ -435,7 +435,7 @@ struct no_epilogue {
 
 /// The epilogue C += R (a residual connection): gemm_packed adds it inside the micro-kernel as
 /// the tile is stored, instead of reloading the stored tile.
-using backend::add_residual;
+using backends::add_residual;
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row, when given) with Bp =
 /// op(B) packed by packed_b: the same result as gemm() followed by bias_add, bit for bit (the
@@ -564,5 +564,5 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
     });
 }
 
-}  // namespace backend::cpu
+}  // namespace backends::cpu
 FTUNE_NAMESPACE_END

@@ -9,10 +9,10 @@
 #include "ftune/core/intrinsics.hpp"  // first: silences GCC 12's intrinsic headers
 #include <xsimd/xsimd.hpp>
 
-#include "ftune/backend/common.hpp"
+#include "ftune/backends/common.hpp"
 
 FTUNE_NAMESPACE_BEGIN
-namespace backend::cpu::detail {
+namespace backends::cpu::detail {
 
 /// The SIMD batch of T for the architecture this translation unit is compiled for.
 template <class T>
@@ -140,5 +140,5 @@ inline std::size_t row_grain(std::size_t cols) {
     return std::max<std::size_t>(1, elementwise_grain / std::max<std::size_t>(cols, 1));
 }
 
-}  // namespace backend::cpu::detail
+}  // namespace backends::cpu::detail
 FTUNE_NAMESPACE_END
