@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -25,21 +24,7 @@ namespace fs = std::filesystem;
 
 // The architecture config.json names first ("" when none), whatever the family.
 inline std::string architecture_of(const fs::path& dir) {
-    std::ifstream in(dir / "config.json", std::ios::binary);
-    if (!in)
-        throw ftune::error(ftune::errc::io, (dir / "config.json").string(),
-                           "cannot open config.json (missing or not a readable file)");
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-        throw ftune::error(ftune::errc::parse, (dir / "config.json").string(),
-                           std::string("malformed JSON: ") + e.what());
-    }
-    if (j.is_object() && j.contains("architectures") && j["architectures"].is_array() &&
-        !j["architectures"].empty() && j["architectures"][0].is_string())
-        return j["architectures"][0].get<std::string>();
-    return "";
+    return ftune::io::read_config_string(dir / "config.json", "architectures");
 }
 
 // Calls f(std::type_identity<Model>{}) with the task model of a model directory: the family its
@@ -50,7 +35,8 @@ template <class F>
 decltype(auto) with_task_model(const fs::path& dir, F&& f) {
     const std::string arch = architecture_of(dir);
     return ftune::io::with_family(
-        ftune::io::read_model_type(dir / "config.json"), [&](auto family) -> decltype(auto) {
+        ftune::io::read_config_string(dir / "config.json", "model_type"),
+        [&](auto family) -> decltype(auto) {
             using Config = typename decltype(family)::type;
             using E = typename ftune::io::hf_family<Config>::template backbone<float>;
             namespace h = ftune::heads;

@@ -277,8 +277,10 @@ basic_hf_config<Config> parse_hf_config(std::string_view text, const std::string
     return c;
 }
 
-/// The model_type a config.json names ("" when it names none); malformed JSON is an ftune::error.
-inline std::string read_model_type(const std::filesystem::path& path) {
+/// A string field of a config.json ("" when absent or not a string; for an array, its first
+/// element: architectures), whatever the family: what picks the family and the head before the
+/// whole file is read. A missing file or malformed JSON is an ftune::error naming the file.
+inline std::string read_config_string(const std::filesystem::path& path, const char* key) {
     std::ifstream in(path, std::ios::binary);
     if (!in || !std::filesystem::is_regular_file(path))
         throw error(errc::io, path.string(),
@@ -289,9 +291,9 @@ inline std::string read_model_type(const std::filesystem::path& path) {
     } catch (const nlohmann::json::exception& e) {
         throw error(errc::parse, path.string(), ftune::detail::cat("malformed JSON: ", e.what()));
     }
-    return j.is_object() && j.contains("model_type") && j["model_type"].is_string()
-               ? j["model_type"].get<std::string>()
-               : std::string();
+    if (!j.is_object() || !j.contains(key)) return {};
+    const auto& v = j[key].is_array() && !j[key].empty() ? j[key][0] : j[key];
+    return v.is_string() ? v.get<std::string>() : std::string();
 }
 
 /// Reads config.json of family Config; a missing or malformed field is an ftune::error naming
