@@ -103,9 +103,7 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
     constexpr bool sequences = ftune::heads::is_a<H, ftune::heads::sequence_classification>;
     const auto& tok = *m.tokenizer;
     const auto& names = m.config.id2label;
-    auto label = [&](std::size_t i) {
-        return i < names.size() && !names[i].empty() ? names[i] : "LABEL_" + std::to_string(i);
-    };
+    auto label = [&](std::size_t i) { return ftune::heads::label_name(names, i); };
     // tokenize: TAB separates the two texts of a pair (sequence classification)
     std::vector<std::string_view> a, b;
     bool pairs = false;

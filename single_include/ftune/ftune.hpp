@@ -6046,6 +6046,15 @@ inline constexpr bool is_a<Of<T, C, D>, Of> = true;
 }  // namespace heads
 FTUNE_NAMESPACE_END
 // ---- end ftune/heads/common.hpp ----
+// ---- begin ftune/heads/detail.hpp ----
+// What several heads compute the same way: cross-entropy over every position's logits, the
+// loss-and-accuracy evaluation finish, and the softmax (in double) their decoders read.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
 // ---- begin ftune/loss.hpp ----
 // Losses over a model's output rows, with PyTorch's definitions and mean reductions:
 //   loss::cross_entropy    softmax cross-entropy with logits: ignore index, label smoothing,
@@ -6341,6 +6350,43 @@ FTUNE_NAMESPACE_END
 // ---- end ftune/train/evaluation.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
+namespace heads::detail {
+
+/// The mean cross-entropy of logits (B*T, L) at y against b's per-position labels (-100: not
+/// counted); with d, d (B*T, L) += scale * its gradient.
+template <class T>
+double per_position_loss(loss::cross_entropy<T>& ce, const T* y, std::size_t L,
+                         const train::batch& b, T* d, T scale) {
+    const std::size_t n = b.B * b.T;
+    const double l = double(ce.forward({y, n, L}, {b.labels.data(), n}));
+    if (d) ce.backward({d, n, L}, scale);
+    return l;
+}
+
+/// The report of a head whose metric is the loss: loss and accuracy per counted item from the
+/// running sums, metric −loss.
+inline void finish_by_loss(train::evaluation& e) {
+    const auto& s = e.running;
+    e.loss = s.weight ? s.loss / s.weight : 0;
+    e.accuracy = s.weight ? s.correct / s.weight : 0;
+    e.metric = -e.loss;
+}
+
+/// softmax of the n values at z, in double (max subtracted first), into p.
+template <class T>
+void softmax(const T* z, std::size_t n, std::vector<double>& p) {
+    p.resize(n);
+    const double m = double(*std::max_element(z, z + n));
+    double sum = 0;
+    for (std::size_t j = 0; j < n; ++j) sum += p[j] = std::exp(double(z[j]) - m);
+    for (auto& v : p) v /= sum;
+}
+
+}  // namespace heads::detail
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/detail.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
 namespace heads {
 
 /// Logits (B, T, V) = LN(act(dense(h))) Eᵀ + bias, where E (V, C) is the backbone's input
@@ -6437,18 +6483,16 @@ class masked_lm {
     /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
     /// count for nothing); d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        const double l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
-        ce_.backward({d, n, L}, scale);
-        return l;
+        return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 
     /// Adds a batch's loss and right predictions over its masked tokens to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
         const std::size_t n = b.B * b.T, L = y.extent(2);
-        loss::cross_entropy<T> ce;
-        const double l = double(ce.forward({y.data(), n, L}, {b.labels.data(), n}));
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l =
+            detail::per_position_loss(ce, y.data(), L, b, static_cast<T*>(nullptr), T(0));
         std::size_t counted = 0;
         for (std::size_t i = 0; i < n; ++i) {
             if (b.labels[i] == -100) continue;
@@ -6461,12 +6505,7 @@ class masked_lm {
 
     /// Turns the running sums into the report: loss and accuracy per masked token; the metric
     /// is −loss (perplexity: exp(loss)).
-    void finish(train::evaluation& e) const {
-        const auto& s = e.running;
-        e.loss = s.weight ? s.loss / s.weight : 0;
-        e.accuracy = s.weight ? s.correct / s.weight : 0;
-        e.metric = -e.loss;
-    }
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
 
     /// The name of the selection metric.
     std::string metric_name() const { return "-loss"; }
@@ -6584,12 +6623,7 @@ class question_answering {
 
     /// Turns the running sums into the report: loss per window, span accuracy; the metric is
     /// −loss (SQuAD exact match and F1 come from train::evaluate_squad).
-    void finish(train::evaluation& e) const {
-        const auto& s = e.running;
-        e.loss = s.weight ? s.loss / s.weight : 0;
-        e.accuracy = s.weight ? s.correct / s.weight : 0;
-        e.metric = -e.loss;
-    }
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
 
     /// The name of the selection metric.
     std::string metric_name() const { return "-loss"; }
@@ -7284,10 +7318,7 @@ class sequence_classification {
             p.score = L ? p.scores[p.label] : 0;
             return p;
         }
-        const double m = double(*std::max_element(logits, logits + L));
-        double sum = 0;
-        for (std::size_t j = 0; j < L; ++j) sum += p.scores[j] = std::exp(double(logits[j]) - m);
-        for (auto& v : p.scores) v /= sum;
+        detail::softmax(logits, L, p.scores);
         p.label =
             std::size_t(std::max_element(p.scores.begin(), p.scores.end()) - p.scores.begin());
         p.score = p.scores[p.label];
@@ -7395,18 +7426,16 @@ class token_classification {
     /// The training loss of a batch's logits y (B, T, L) over the labelled positions (labels
     /// -100 count for nothing); d (B, T, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        const double l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
-        ce_.backward({d, n, L}, scale);
-        return l;
+        return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 
     /// Adds a batch's loss per labelled token and its tags (names: the label names) to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>& names) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        loss::cross_entropy<T> ce;
-        const double l = double(ce.forward({y.data(), n, L}, {b.labels.data(), n}));
+        const std::size_t L = y.extent(2);
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l =
+            detail::per_position_loss(ce, y.data(), L, b, static_cast<T*>(nullptr), T(0));
         std::size_t counted = 0;
         for (auto v : b.labels) counted += v != -100;
         e.running.loss += l * double(counted), e.running.weight += double(counted);
@@ -7450,16 +7479,12 @@ class token_classification {
                                               std::size_t n, std::size_t words) const {
         const std::size_t L = num_labels();
         std::vector<word_prediction> w(words);
-        std::vector<double> p(L);
+        std::vector<double> p;
         for (std::size_t t = 0; t < n && t < tokens.size(); ++t) {
             const auto& ti = tokens[t];
             if (ti.word < 0 || std::size_t(ti.word) >= words || w[std::size_t(ti.word)].score >= 0)
                 continue;
-            const T* z = logits + t * L;
-            const double m = double(*std::max_element(z, z + L));
-            double sum = 0;
-            for (std::size_t j = 0; j < L; ++j) sum += p[j] = std::exp(double(z[j]) - m);
-            for (auto& v : p) v /= sum;
+            detail::softmax(logits + t * L, L, p);
             const auto best = std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
             w[std::size_t(ti.word)] = {best, p[best]};
         }

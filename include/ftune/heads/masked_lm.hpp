@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ftune/heads/common.hpp"
+#include "ftune/heads/detail.hpp"
 #include "ftune/layers/activation.hpp"
 #include "ftune/layers/layer_norm.hpp"
 #include "ftune/layers/linear.hpp"
@@ -114,18 +115,16 @@ class masked_lm {
     /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
     /// count for nothing); d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        const double l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
-        ce_.backward({d, n, L}, scale);
-        return l;
+        return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 
     /// Adds a batch's loss and right predictions over its masked tokens to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
         const std::size_t n = b.B * b.T, L = y.extent(2);
-        loss::cross_entropy<T> ce;
-        const double l = double(ce.forward({y.data(), n, L}, {b.labels.data(), n}));
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l =
+            detail::per_position_loss(ce, y.data(), L, b, static_cast<T*>(nullptr), T(0));
         std::size_t counted = 0;
         for (std::size_t i = 0; i < n; ++i) {
             if (b.labels[i] == -100) continue;
@@ -138,12 +137,7 @@ class masked_lm {
 
     /// Turns the running sums into the report: loss and accuracy per masked token; the metric
     /// is −loss (perplexity: exp(loss)).
-    void finish(train::evaluation& e) const {
-        const auto& s = e.running;
-        e.loss = s.weight ? s.loss / s.weight : 0;
-        e.accuracy = s.weight ? s.correct / s.weight : 0;
-        e.metric = -e.loss;
-    }
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
 
     /// The name of the selection metric.
     std::string metric_name() const { return "-loss"; }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ftune/heads/common.hpp"
+#include "ftune/heads/detail.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/loss.hpp"
 #include "ftune/train/batch.hpp"
@@ -94,12 +95,7 @@ class question_answering {
 
     /// Turns the running sums into the report: loss per window, span accuracy; the metric is
     /// −loss (SQuAD exact match and F1 come from train::evaluate_squad).
-    void finish(train::evaluation& e) const {
-        const auto& s = e.running;
-        e.loss = s.weight ? s.loss / s.weight : 0;
-        e.accuracy = s.weight ? s.correct / s.weight : 0;
-        e.metric = -e.loss;
-    }
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
 
     /// The name of the selection metric.
     std::string metric_name() const { return "-loss"; }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ftune/heads/common.hpp"
+#include "ftune/heads/detail.hpp"
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/layers/pooler.hpp"
@@ -227,10 +228,7 @@ class sequence_classification {
             p.score = L ? p.scores[p.label] : 0;
             return p;
         }
-        const double m = double(*std::max_element(logits, logits + L));
-        double sum = 0;
-        for (std::size_t j = 0; j < L; ++j) sum += p.scores[j] = std::exp(double(logits[j]) - m);
-        for (auto& v : p.scores) v /= sum;
+        detail::softmax(logits, L, p.scores);
         p.label =
             std::size_t(std::max_element(p.scores.begin(), p.scores.end()) - p.scores.begin());
         p.score = p.scores[p.label];

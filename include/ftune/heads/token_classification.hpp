@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ftune/heads/common.hpp"
+#include "ftune/heads/detail.hpp"
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/linear.hpp"
 #include "ftune/loss.hpp"
@@ -93,18 +94,16 @@ class token_classification {
     /// The training loss of a batch's logits y (B, T, L) over the labelled positions (labels
     /// -100 count for nothing); d (B, T, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        const double l = double(ce_.forward({y.data(), n, L}, {b.labels.data(), n}));
-        ce_.backward({d, n, L}, scale);
-        return l;
+        return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 
     /// Adds a batch's loss per labelled token and its tags (names: the label names) to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>& names) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        loss::cross_entropy<T> ce;
-        const double l = double(ce.forward({y.data(), n, L}, {b.labels.data(), n}));
+        const std::size_t L = y.extent(2);
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l =
+            detail::per_position_loss(ce, y.data(), L, b, static_cast<T*>(nullptr), T(0));
         std::size_t counted = 0;
         for (auto v : b.labels) counted += v != -100;
         e.running.loss += l * double(counted), e.running.weight += double(counted);
@@ -148,16 +147,12 @@ class token_classification {
                                               std::size_t n, std::size_t words) const {
         const std::size_t L = num_labels();
         std::vector<word_prediction> w(words);
-        std::vector<double> p(L);
+        std::vector<double> p;
         for (std::size_t t = 0; t < n && t < tokens.size(); ++t) {
             const auto& ti = tokens[t];
             if (ti.word < 0 || std::size_t(ti.word) >= words || w[std::size_t(ti.word)].score >= 0)
                 continue;
-            const T* z = logits + t * L;
-            const double m = double(*std::max_element(z, z + L));
-            double sum = 0;
-            for (std::size_t j = 0; j < L; ++j) sum += p[j] = std::exp(double(z[j]) - m);
-            for (auto& v : p) v /= sum;
+            detail::softmax(logits + t * L, L, p);
             const auto best = std::size_t(std::max_element(p.begin(), p.end()) - p.begin());
             w[std::size_t(ti.word)] = {best, p[best]};
         }
