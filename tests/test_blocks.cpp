@@ -127,11 +127,116 @@ TEST_CASE("BERT encoder: the pad_token_id row learns nothing, as Hugging Face's 
     const std::vector<double> dh(h.size(), 1.0);
     enc.zero_grad();
     enc.backward(ctx, {dh.data(), 1, 4, 4});
-    const auto& g = enc.embeddings.word_embeddings.weight.grad;
+    const auto& g = enc.embeddings.token.weight.grad;
     double row1 = 0, row3 = 0;
     for (std::size_t c = 0; c < 4; ++c) row1 += std::abs(g(1, c)), row3 += std::abs(g(3, c));
     CHECK(row1 > 0);
     CHECK(row3 == 0);
+}
+
+namespace {
+// GPT-2's input layer: token and learned position tables only ("wte", "wpe").
+struct positions_only_pieces {
+    template <ftune::scalar T, std::size_t C, class D>
+    using positions = ftune::layers::embedding<T, C, D>;
+    template <ftune::scalar T, std::size_t C, class D>
+    using token_types = ftune::layers::absent;
+    template <ftune::scalar T, std::size_t C, class D>
+    using norm = ftune::layers::absent;
+    static constexpr std::string_view token_name = "wte", position_name = "wpe", type_name = "",
+                                      norm_name = "";
+};
+// Llama's: the token table alone ("embed_tokens"); positions are rotary, in attention.
+struct tokens_only_pieces : positions_only_pieces {
+    template <ftune::scalar T, std::size_t C, class D>
+    using positions = ftune::layers::absent;
+    static constexpr std::string_view token_name = "embed_tokens";
+};
+// A pre-norm stack's names: tables under the prefix, blocks "h.N", final norm "ln_f".
+struct final_norm_names {
+    static constexpr std::string_view embeddings = "", layers = "h", final_norm = "ln_f";
+};
+}  // namespace
+
+TEST_CASE("input_embeddings: pieces left out, positions continued from a start", "[blocks]") {
+    using ftune::layers::embedding_sizes;
+    using Gpt2 =
+        ftune::layers::input_embeddings<double, dynamic, ftune::device::cpu, positions_only_pieces>;
+    using Llama =
+        ftune::layers::input_embeddings<double, dynamic, ftune::device::cpu, tokens_only_pieces>;
+    static_assert(sizeof(Llama) < sizeof(Gpt2) &&
+                  sizeof(Gpt2) < sizeof(ftune::layers::bert_embeddings<double>));
+    Gpt2 g({.vocab = 9, .features = 4, .max_positions = 6});
+    test::randomize(g, 70);
+    const std::vector<ftune::token_id> ids{3, 8, 1, 0, 5};
+    ftune::context ctx;
+    const auto full = g.forward(ctx, {ids.data(), 1, 5});  // (1, 5, 4)
+    for (std::size_t t = 0; t < 5; ++t)
+        for (std::size_t c = 0; c < 4; ++c)
+            CHECK(full(0, t, c) == g.token.weight.value(ids[t], c) + g.position.weight.value(t, c));
+    const std::vector<double> expected(full.data() + 3 * 4, full.data() + 5 * 4);
+    const auto tail = g.forward(ctx, {ids.data() + 3, 1, 2}, {}, /*start=*/3);  // positions 3, 4
+    CHECK(std::vector<double>(tail.data(), tail.data() + 8) == expected);
+    CHECK_THROWS_AS(g.forward(ctx, {ids.data(), 1, 5}, {}, /*start=*/2), ftune::error);
+    std::vector<std::string> names;
+    g.visit_parameters("transformer",
+                       [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names == std::vector<std::string>{"transformer.wte.weight", "transformer.wpe.weight"});
+
+    Llama l({.vocab = 9, .features = 4});
+    test::randomize(l, 71);
+    const auto y = l.forward(ctx, {ids.data(), 1, 5});
+    for (std::size_t t = 0; t < 5; ++t)
+        for (std::size_t c = 0; c < 4; ++c) CHECK(y(0, t, c) == l.token.weight.value(ids[t], c));
+}
+
+TEST_CASE("blocks::stack with a final norm: gradients of every parameter, names",
+          "[gradcheck][blocks]") {
+    using Block = ftune::blocks::encoder_block<double, dynamic, dynamic, ftune::blocks::pre_norm>;
+    using Stack = ftune::blocks::stack<
+        ftune::layers::input_embeddings<double, dynamic, ftune::device::cpu, positions_only_pieces>,
+        Block, ftune::layers::layer_norm<double>, final_norm_names>;
+    static_assert(Stack::has_final_norm);
+    Stack s(Stack::embeddings_type({.vocab = 11, .features = 8, .max_positions = 6}),
+            ftune::layers::layer_norm<double>(8, 1e-5));
+    for (int i = 0; i < 2; ++i)
+        s.layer.emplace_back(ftune::blocks::block_sizes{.hidden = 8,
+                                                        .heads = 2,
+                                                        .ffn = 12,
+                                                        .hidden_dropout = 0,
+                                                        .attention_dropout = 0,
+                                                        .layer_norm_eps = 1e-5});
+    test::randomize(s, 72);
+    const std::size_t B = 2, T = 5;
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        attention{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    bound_encoder<Stack> m{s, {attention.data(), B, T}, {}};
+    ftune::context ctx;
+    const auto res =
+        ftune::testing::check_layer_gradients(m, ctx, Stack::ids_view(ids.data(), B, T));
+    INFO(res.report);
+    REQUIRE(res.ok);
+    CHECK(res.checked > 500);
+    // the output is the final norm's: with weight 1 and bias 0 every row has mean 0, variance 1
+    s.final_norm.weight.value.fill(1.0);
+    s.final_norm.bias.value.fill(0.0);
+    const auto h = s.forward(ctx, {ids.data(), B, T});
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t t = 0; t < T; ++t) {
+            double mean = 0, var = 0;
+            for (std::size_t c = 0; c < 8; ++c) mean += h(b, t, c) / 8;
+            for (std::size_t c = 0; c < 8; ++c)
+                var += (h(b, t, c) - mean) * (h(b, t, c) - mean) / 8;
+            CHECK(std::abs(mean) < 1e-12);
+            CHECK(std::abs(var - 1.0) < 1e-3);
+        }
+    std::vector<std::string> names;
+    s.visit_parameters("transformer",
+                       [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names.front() == "transformer.wte.weight");
+    CHECK(names[2] == "transformer.h.0.attention.self.query.weight");
+    CHECK(names[names.size() - 2] == "transformer.ln_f.weight");
+    CHECK(names.size() == 2 + 2 * 16 + 2);
 }
 
 TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration", "[blocks]") {

@@ -5,6 +5,7 @@
 #include <ftune/layers/pooler.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -137,6 +138,85 @@ TEST_CASE(
     std::filesystem::remove(out);
     CHECK_THROWS_AS(ftune::io::save_parameters(a, "", "/nonexistent/dir/model.safetensors"),
                     ftune::error);
+}
+
+namespace {
+// A family whose checkpoints store q, k and v as GPT-2 does: one fused Conv1D tensor
+// "attn.c_attn.weight" of shape (in, 3 out), i.e. transposed, q then k then v along the output
+// axis, and "attn.c_attn.bias" (3 out).
+struct fused_config {};
+struct fused_model {
+    using value_type = float;
+    using config_type = fused_config;
+    ftune::layers::linear<float> q{3, 3}, k{3, 3}, v{3, 3};
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        q.visit_parameters(ftune::join_name(prefix, "attn.q"), f);
+        k.visit_parameters(ftune::join_name(prefix, "attn.k"), f);
+        v.visit_parameters(ftune::join_name(prefix, "attn.v"), f);
+    }
+};
+}  // namespace
+
+template <>
+struct ftune::io::hf_family<fused_config> {
+    static std::vector<checkpoint_slot> checkpoint_slots(const std::string& name) {
+        const std::size_t part = name.starts_with("attn.q")   ? 0
+                                 : name.starts_with("attn.k") ? 1
+                                                              : 2;
+        if (name.ends_with(".weight"))
+            return {{.name = "attn.c_attn.weight",
+                     .transposed = true,
+                     .part = part,
+                     .parts = 3,
+                     .axis = 1}};
+        return {{.name = "attn.c_attn.bias", .part = part, .parts = 3}};
+    }
+    static bool is_backbone_parameter(std::string_view) { return true; }
+};
+
+TEST_CASE(
+    "family mapping: a transposed, fused checkpoint tensor loads into three parameters and "
+    "saves back the same",
+    "[io]") {
+    namespace fs = std::filesystem;
+    const fs::path tmp = fs::temp_directory_path() / "ftune_test_fused.safetensors";
+    std::vector<float> w(3 * 9), b(9);  // Conv1D: W (in 3, out 9), y = x W + b
+    for (std::size_t i = 0; i < 3; ++i)
+        for (std::size_t n = 0; n < 9; ++n) w[i * 9 + n] = float(10 * i + n);
+    for (std::size_t n = 0; n < 9; ++n) b[n] = float(100 + n);
+    ftune::io::write_safetensors(tmp,
+                                 {{"attn.c_attn.weight", {3, 9}, w}, {"attn.c_attn.bias", {9}, b}});
+    fused_model m;
+    const auto report = ftune::io::load_parameters(m, "", ftune::io::safetensors_file(tmp));
+    CHECK(report.loaded.size() == 6);
+    CHECK(report.unexpected.empty());
+    // the projections equal GPT-2's: q(x) = x W[:, 0:3] + b[0:3], k from columns 3..5, v 6..8
+    const std::vector<float> x{0.5f, -1.0f, 2.0f};
+    ftune::context ctx;
+    const std::array<ftune::layers::linear<float>*, 3> proj{&m.q, &m.k, &m.v};
+    for (std::size_t p = 0; p < 3; ++p) {
+        const auto y = proj[p]->forward(ctx, {x.data(), 1, 3});
+        for (std::size_t o = 0; o < 3; ++o) {
+            float want = b[3 * p + o];
+            for (std::size_t i = 0; i < 3; ++i) want += x[i] * w[i * 9 + 3 * p + o];
+            CHECK(y(0, o) == want);
+        }
+    }
+    // saved back: the same two tensors, the same values
+    ftune::io::save_parameters(m, "", tmp);
+    const ftune::io::safetensors_file back(tmp);
+    REQUIRE(back.tensors().size() == 2);
+    CHECK(back.at("attn.c_attn.weight").shape == std::vector<std::size_t>{3, 9});
+    CHECK(back.read<float>(back.at("attn.c_attn.weight")) == w);
+    CHECK(back.read<float>(back.at("attn.c_attn.bias")) == b);
+    // a fused tensor of the wrong size names the tensor and the shape the mapping needs
+    ftune::io::write_safetensors(tmp, {{"attn.c_attn.weight", {3, 6}, std::span(w).first(18)},
+                                       {"attn.c_attn.bias", {9}, b}});
+    CHECK_THROWS_WITH(ftune::io::load_parameters(m, "", ftune::io::safetensors_file(tmp)),
+                      Catch::Contains("attn.c_attn.weight: the file holds [3, 6], the model needs "
+                                      "[3, 9]"));
+    fs::remove(tmp);
 }
 
 TEST_CASE("model families: chosen by config.json's model_type, names mapped by the family",

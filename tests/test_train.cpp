@@ -30,17 +30,31 @@ TEST_CASE("freeze: embeddings, the lowest N layers, everything but the head", "[
     using ftune::train::freeze;
     const auto e = freeze::parse("embeddings"), l = freeze::parse("layers:1"),
                enc = freeze::parse("encoder"), none = freeze::parse("none");
-    CHECK(e.frozen("bert.embeddings.word_embeddings.weight"));
-    CHECK_FALSE(e.frozen("bert.encoder.layer.0.output.dense.weight"));
-    CHECK(l.frozen("bert.encoder.layer.0.output.dense.weight"));
-    CHECK_FALSE(l.frozen("bert.encoder.layer.1.output.dense.weight"));
-    CHECK_FALSE(l.frozen("bert.encoder.layer.10.output.dense.weight"));
-    CHECK(enc.frozen("bert.pooler.dense.weight"));
-    CHECK_FALSE(enc.frozen("classifier.weight"));
-    CHECK_FALSE(none.frozen("bert.embeddings.word_embeddings.weight"));
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
+    REQUIRE(m.model.backbone.layer.size() == 2);
+    // whether each named parameter trains after apply_freeze(f)
+    auto trains = [&](const freeze& f, const std::string& name) {
+        ftune::train::apply_freeze(m.model, f);
+        bool found = false, t = false;
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            if (p.name == name) found = true, t = p.trainable;
+        });
+        REQUIRE(found);
+        return t;
+    };
+    CHECK_FALSE(trains(e, "bert.embeddings.word_embeddings.weight"));
+    CHECK_FALSE(trains(e, "bert.embeddings.LayerNorm.bias"));
+    CHECK(trains(e, "bert.encoder.layer.0.output.dense.weight"));
+    CHECK_FALSE(trains(l, "bert.embeddings.position_embeddings.weight"));
+    CHECK_FALSE(trains(l, "bert.encoder.layer.0.output.dense.weight"));
+    CHECK(trains(l, "bert.encoder.layer.1.output.dense.weight"));
+    CHECK_FALSE(trains(enc, "bert.encoder.layer.1.output.dense.weight"));
+    CHECK_FALSE(trains(enc, "bert.pooler.dense.weight"));
+    CHECK(trains(enc, "classifier.weight"));
+    CHECK(trains(none, "bert.embeddings.word_embeddings.weight"));
+    CHECK(trains(freeze::parse("layers:5"), "classifier.weight"));  // more layers than the model
     CHECK_THROWS_WITH(freeze::parse("layers:x"), Catch::Contains("layers:N"));
 
-    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
     const std::size_t n = ftune::train::apply_freeze(m.model, enc);
     std::size_t trainable = 0, total = 0;
     m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {

@@ -1,14 +1,21 @@
-// docs/extending.md, "Add a model family": a new encoder as a composition of ftune's pieces and
+// docs/extending.md, "Add a model family": a new backbone as a composition of ftune's pieces and
 // one new layer, not a copy. The family here is a pre-norm encoder with RMSNorm (as Llama-family
-// blocks normalize): blocks::encoder_block takes the norm placement (pre_norm) and a parts struct
-// naming the layer types, so the new family is one layer (rms_norm) and a parts struct of
-// twelve lines. The whole encoder, with a classification head on top, is gradient-checked.
+// blocks normalize) and GPT-2's input layer (token + learned position tables, no token types, no
+// norm) and a final norm after the last block, as pre-norm models end:
+//   - blocks::encoder_block takes the norm placement (pre_norm) and a parts struct naming the
+//     layer types;
+//   - layers::input_embeddings takes a pieces struct (which tables, which norm, their names);
+//   - blocks::stack puts input layer, blocks and final norm together under a names struct.
+// So the new family is one layer (rms_norm), three small structs and a constructor from the
+// config. The whole backbone, with a classification head on top, is gradient-checked.
 //
 //   build/bin/extending_add_family    prints the check; exit 1 on failure
 #include <ftune/ftune.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -96,13 +103,63 @@ struct rms_parts {
     using attention = ftune::layers::self_attention<T, C, D, projection<C, C>>;  ///< self-attention
 };
 
+/// The input layer's pieces: GPT-2's token ("wte") and learned position ("wpe") tables only.
+struct gpt2_like_pieces {
+    template <ftune::scalar T, std::size_t C, class D>
+    using positions = ftune::layers::embedding<T, C, D>;  ///< learned positions
+    template <ftune::scalar T, std::size_t C, class D>
+    using token_types = ftune::layers::absent;  ///< no token types
+    template <ftune::scalar T, std::size_t C, class D>
+    using norm = ftune::layers::absent;                       ///< no norm over the sum
+    static constexpr std::string_view token_name = "wte";     ///< token table
+    static constexpr std::string_view position_name = "wpe";  ///< position table
+    static constexpr std::string_view type_name = "";         ///< unused
+    static constexpr std::string_view norm_name = "";         ///< unused
+};
+
+/// The stack's names: the tables directly under the prefix, blocks "h.N", final norm "ln_f".
+struct gpt2_like_names {
+    static constexpr std::string_view embeddings = "";      ///< tables under the prefix itself
+    static constexpr std::string_view layers = "h";         ///< block i is "h.i"
+    static constexpr std::string_view final_norm = "ln_f";  ///< after the last block
+};
+
+/// The backbone: input layer -> pre-norm RMSNorm blocks -> final RMSNorm, built from BERT's config
+/// type (a real family would bring its own config and io::hf_family).
+template <ftune::scalar T>
+class encoder
+    : public ftune::blocks::stack<
+          ftune::layers::input_embeddings<T, dynamic, ftune::device::cpu, gpt2_like_pieces>,
+          ftune::blocks::encoder_block<T, dynamic, dynamic, ftune::blocks::pre_norm, rms_parts<T>>,
+          rms_norm<T>, gpt2_like_names> {
+  public:
+    using config_type = ftune::bert::config;                              ///< what it is built from
+    static constexpr std::size_t hidden_extent = dynamic;                 ///< C at run time
+    static constexpr std::string_view architecture_prefix = "MyRms";      ///< "MyRmsFor..."
+    static constexpr std::string_view base_model_prefix = "transformer";  ///< parameters' prefix
+
+    /// A zero-initialized backbone of configuration c.
+    explicit encoder(const config_type& c)
+        : encoder::stack(
+              typename encoder::embeddings_type({.vocab = c.vocab_size,
+                                                 .features = c.hidden_size,
+                                                 .max_positions = c.max_position_embeddings,
+                                                 .dropout = c.hidden_dropout_prob}),
+              rms_norm<T>(c.hidden_size, T(c.layer_norm_eps))) {
+        for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
+            this->layer.emplace_back(ftune::blocks::block_sizes{
+                c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_dropout_prob,
+                c.attention_probs_dropout_prob, c.layer_norm_eps, c.hidden_act});
+    }
+};
+
 }  // namespace my
 
 int main() {
-    using Encoder = ftune::bert::encoder<double, dynamic, dynamic, ftune::blocks::pre_norm,
-                                         my::rms_parts<double>>;
+    using Encoder = my::encoder<double>;
     using Model = ftune::bert::sequence_classifier<Encoder>;
     static_assert(std::is_same_v<decltype(Encoder::block_type::norm1), my::rms_norm<double>>);
+    static_assert(Model::architecture == "MyRmsForSequenceClassification");
     const ftune::bert::config cfg{.vocab_size = 13,
                                   .hidden_size = 8,
                                   .num_hidden_layers = 2,
@@ -117,23 +174,30 @@ int main() {
     std::uint64_t seed = 5;
     model.visit_parameters("", [&](ftune::parameter_ref<double> p) {
         const ftune::random_stream s(seed++, 0);
-        const bool norm = p.name.find("LayerNorm.weight") != std::string::npos;
+        const bool norm =
+            p.name.ends_with("LayerNorm.weight") || p.name == "transformer.ln_f.weight";
         for (std::size_t i = 0; i < p.value.size(); ++i)
             p.value[i] = (norm ? 1.0 : 0.0) + 0.4 * (s.uniform(i) - 0.5);
     });
-    std::size_t norms = 0;
+    std::size_t norms = 0;  // the blocks' two each and the final one
+    std::vector<std::string> names;
     model.visit_parameters("", [&](ftune::parameter_ref<double> p) {
-        norms += p.name.ends_with("LayerNorm.weight") &&
-                 p.name.find("encoder.layer") != std::string::npos;
+        norms += p.name.ends_with("LayerNorm.weight") || p.name.ends_with("ln_f.weight");
+        names.push_back(p.name);
     });
+    const bool named =
+        names.front() == "transformer.wte.weight" && names[1] == "transformer.wpe.weight" &&
+        names[2] == "transformer.h.0.attention.self.query.weight" &&
+        std::find(names.begin(), names.end(), "transformer.ln_f.weight") != names.end();
     const std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 3, 4, 11, 6, 2};
     ftune::context eval;
     const auto res =
         ftune::testing::check_layer_gradients(model, eval, Model::ids_view(ids.data(), 2, 5));
     std::printf(
-        "pre-norm RMSNorm encoder (%zu norms in its blocks, Transformers' names kept): "
+        "pre-norm RMSNorm backbone (%zu norms with the final one, %zu parameters, names %s): "
         "gradient check of %zu values %s\n",
-        norms, res.checked, res.ok ? "ok" : "FAILED");
+        norms, names.size(), named ? "as composed" : "WRONG", res.checked,
+        res.ok ? "ok" : "FAILED");
     if (!res.ok) std::printf("%s\n", res.report.c_str());
-    return res.ok && norms == 4 ? 0 : 1;
+    return res.ok && norms == 5 && named ? 0 : 1;
 }

@@ -3,7 +3,7 @@
 
 #include "ftune/layers/activation.hpp"
 #include "ftune/layers/attention.hpp"
-#include "ftune/layers/bert_embeddings.hpp"
+#include "ftune/layers/input_embeddings.hpp"
 #include "ftune/layers/chain.hpp"
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/embedding.hpp"

@@ -56,27 +56,41 @@ constexpr void static_extents_agree() {
 template <class S, std::size_t I>
 inline constexpr std::size_t sx = S::static_extents[I];
 
+/// Throws shape_mismatch about `what`: axis ia of a (named na) differs from axis ib of b. Out of
+/// line and cold, so that the checks inline only their comparison.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_axis_mismatch(
+    const char* what, const char* na, std::span<const std::size_t> a, std::size_t ia,
+    const char* nb, std::span<const std::size_t> b, std::size_t ib) {
+    throw error(errc::shape_mismatch, what,
+                ftune::detail::cat(na, " has shape ", ftune::detail::format_extents(a), " and ", nb,
+                                   " has shape ", ftune::detail::format_extents(b), ": axis ", ia,
+                                   " of ", na, " (", a[ia], ") must equal axis ", ib, " of ", nb,
+                                   " (", b[ib], ")"));
+}
+/// Throws shape_mismatch about `what`: x (named name) has extents e, not n elements. Cold.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_size_mismatch(
+    const char* what, const char* name, std::span<const std::size_t> e, std::size_t n,
+    const char* expected) {
+    std::size_t size = 1;
+    for (auto x : e) size *= x;
+    throw error(errc::shape_mismatch, what,
+                ftune::detail::cat(name, " has shape ", ftune::detail::format_extents(e), " (",
+                                   size, " elements) but ", expected, " needs ", n));
+}
+
 /// Throws shape_mismatch about `what` naming both shapes unless a.extent(ia) == b.extent(ib).
 template <class X, class Y>
 void check_axis(const char* what, const char* na, const X& a, std::size_t ia, const char* nb,
                 const Y& b, std::size_t ib) {
     if (a.shape().extent(ia) != b.shape().extent(ib))
-        throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb,
-                                       " has shape ", b.shape().to_string(), ": axis ", ia, " of ",
-                                       na, " (", a.shape().extent(ia), ") must equal axis ", ib,
-                                       " of ", nb, " (", b.shape().extent(ib), ")"));
+        throw_axis_mismatch(what, na, a.shape().extents(), ia, nb, b.shape().extents(), ib);
 }
 
 /// Throws shape_mismatch unless x has `n` elements.
 template <class X>
 void check_size(const char* what, const char* name, const X& x, std::size_t n,
                 const char* expected) {
-    if (x.shape().size() != n)
-        throw error(
-            errc::shape_mismatch, what,
-            ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
-                               " elements) but ", expected, " needs ", n));
+    if (x.shape().size() != n) throw_size_mismatch(what, name, x.shape().extents(), n, expected);
 }
 
 }  // namespace detail
@@ -129,7 +143,12 @@ struct backend_of {
     FTUNE_OPS_FORWARD(NS, sum_squares) \
     FTUNE_OPS_FORWARD(NS, scale) \
     FTUNE_OPS_FORWARD(NS, adamw_update) \
-    FTUNE_OPS_FORWARD(NS, sgd_update)
+    FTUNE_OPS_FORWARD(NS, sgd_update) \
+    FTUNE_OPS_FORWARD(NS, key_mask) \
+    FTUNE_OPS_FORWARD(NS, position_ids) \
+    FTUNE_OPS_FORWARD(NS, copy) \
+    FTUNE_OPS_FORWARD(NS, copy_ids) \
+    FTUNE_OPS_FORWARD(NS, gather_rows)
 // clang-format on
 
 /// device::cpu: the SIMD CPU backend, which also runs the fused inference primitives.
@@ -223,6 +242,54 @@ void residual_add(Out&& out, const A& a, const B& b) {
     check_same_shape(a.shape(), b.shape(), "residual_add (a vs b)");
     check_same_shape(out.shape(), a.shape(), "residual_add (out vs a)");
     detail::backend_for<Out>::residual_add(out.data(), a.data(), b.data(), a.shape().size());
+}
+
+/// mask (B, T) = 0 where attention (B, T) is nonzero, the lowest value where it is 0 (padding);
+/// an empty attention: every position is a token. The additive key mask attention adds.
+template <tensor_like M, tensor_like A>
+void key_mask(M&& mask, const A& attention) {
+    detail::same_device<M, A>();
+    if (!attention.empty()) check_same_shape(mask.shape(), attention.shape(), "key_mask");
+    detail::backend_for<M>::key_mask(mask.data(), attention.empty() ? nullptr : attention.data(),
+                                     mask.shape().size());
+}
+
+/// ids (N) = start, start + 1, .., start + t - 1, repeated for each of the N / t rows.
+template <tensor_like I>
+void position_ids(I&& ids, std::size_t t, std::size_t start) {
+    if (t == 0 || ids.shape().size() % t != 0)
+        throw error(errc::shape_mismatch, "position_ids",
+                    ftune::detail::cat(ids.shape().size(), " ids are not rows of ", t));
+    detail::backend_for<I>::position_ids(ids.data(), ids.shape().size(), t, start);
+}
+
+/// out = in (same shapes).
+template <tensor_like O, tensor_like I>
+void copy(O&& out, const I& in) {
+    detail::same_device<O, I>();
+    check_same_shape(out.shape(), in.shape(), "copy");
+    detail::backend_for<O>::copy(out.data(), in.data(), in.shape().size());
+}
+
+/// out (N) = in (N), or zeros when in is empty.
+template <tensor_like O, tensor_like I>
+void copy_ids(O&& out, const I& in) {
+    detail::same_device<O, I>();
+    if (!in.empty()) detail::check_size("copy_ids", "in", in, out.shape().size(), "out");
+    detail::backend_for<O>::copy_ids(out.data(), in.empty() ? nullptr : in.data(),
+                                     out.shape().size());
+}
+
+/// out (B, C) = x (B, T, C) at position 0 of each sequence.
+template <tensor_like O, tensor_like X>
+void first_tokens(O&& out, const X& x) {
+    detail::same_device<O, X>();
+    static_assert(detail::shape_of<O>::rank == 2 && detail::shape_of<X>::rank == 3,
+                  "ftune::ops::first_tokens: out is (B, C) and x is (B, T, C)");
+    detail::check_axis("first_tokens (B)", "out", out, 0, "x", x, 0);
+    detail::check_axis("first_tokens (C)", "out", out, 1, "x", x, 2);
+    detail::backend_for<O>::gather_rows(out.data(), x.data(), x.shape().extent(0),
+                                        x.shape().extent(2), x.shape().extent(1));
 }
 
 /// The activations ops::activation / activation_backward apply.

@@ -240,14 +240,40 @@ inline constexpr std::size_t dynamic = std::dynamic_extent;
 
 namespace detail {
 /// Formats an extent list as "[2, 384]" (a dynamic extent prints as "*").
-template <std::size_t N>
-std::string format_extents(const std::array<std::size_t, N>& e) {
+inline std::string format_extents(std::span<const std::size_t> e) {
     std::string s = "[";
-    for (std::size_t i = 0; i < N; ++i) {
+    for (std::size_t i = 0; i < e.size(); ++i) {
         if (i) s += ", ";
         s += e[i] == dynamic ? std::string("*") : std::to_string(e[i]);
     }
     return s + "]";
+}
+
+// The throws of the shape checks, out of line and cold: every check in every template keeps
+// only its comparison inline, not the building of the message (less code, faster builds).
+
+/// Throws about axis i of a shape given ftune::dynamic as its size.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_dynamic_extent(const char* what,
+                                                                        std::size_t i) {
+    throw error(errc::invalid_argument, what,
+                cat("axis ", i,
+                    " has no size: ftune::dynamic marks an extent known only at run time and is "
+                    "not itself a size; pass the size (e.g. linear<float>(in, out), not "
+                    "linear<float>())"));
+}
+/// Throws about extents `got` contradicting the static ones at axis i.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_static_extent(
+    const char* what, std::span<const std::size_t> expected, std::span<const std::size_t> got,
+    std::size_t i) {
+    throw error(errc::shape_mismatch, what,
+                cat("expected ", format_extents(expected), ", got ", format_extents(got), " (axis ",
+                    i, " is fixed at compile time to ", expected[i], ")"));
+}
+/// Throws about two shapes that must be equal and are not.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_shapes_differ(
+    const char* context, std::span<const std::size_t> a, std::span<const std::size_t> b) {
+    throw error(errc::shape_mismatch, context,
+                cat("shapes differ: ", format_extents(a), " vs ", format_extents(b)));
 }
 /// True when two static extent lists can describe the same tensor (equal, or one is dynamic).
 template <std::size_t N, std::size_t M>
@@ -335,18 +361,9 @@ class shape {
   private:
     constexpr void check_against_static(const char* what) const {
         for (std::size_t i = 0; i < rank; ++i) {
-            if (e_[i] == dynamic)
-                throw error(errc::invalid_argument, what,
-                            detail::cat("axis ", i,
-                                        " has no size: ftune::dynamic marks an extent known only "
-                                        "at run time and is not itself a size; pass the size "
-                                        "(e.g. linear<float>(in, out), not linear<float>())"));
-            if (static_extents[i] != dynamic && static_extents[i] != e_[i]) {
-                throw error(errc::shape_mismatch, what,
-                            detail::cat("expected ", detail::format_extents(static_extents),
-                                        ", got ", detail::format_extents(e_), " (axis ", i,
-                                        " is fixed at compile time to ", static_extents[i], ")"));
-            }
+            if (e_[i] == dynamic) detail::throw_dynamic_extent(what, i);
+            if (static_extents[i] != dynamic && static_extents[i] != e_[i])
+                detail::throw_static_extent(what, static_extents, e_, i);
         }
     }
     std::array<std::size_t, rank> e_{};
@@ -388,9 +405,7 @@ constexpr void check_same_shape(const shape<As...>& a, const shape<Bs...>& b, co
                   "ftune: static extents differ between two tensors that must have the same "
                   "shape. Make the dimensions of the two types agree, or declare the axis "
                   "ftune::dynamic to check it at run time.");
-    if (!(a == b))
-        throw error(errc::shape_mismatch, context,
-                    detail::cat("shapes differ: ", a.to_string(), " vs ", b.to_string()));
+    if (!(a == b)) detail::throw_shapes_differ(context, a.extents(), b.extents());
 }
 
 FTUNE_NAMESPACE_END
@@ -764,9 +779,11 @@ struct keeps_values {};
 template <class F>
 inline constexpr bool keeps_values_v = std::is_base_of_v<keeps_values, std::remove_cvref_t<F>>;
 
-/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
+/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight"); an empty name
+/// is the path itself.
 inline std::string join_name(std::string_view prefix, std::string_view name) {
     if (prefix.empty()) return std::string(name);
+    if (name.empty()) return std::string(prefix);
     std::string s(prefix);
     s += '.';
     s += name;
@@ -1579,6 +1596,41 @@ template <scalar T>
 void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) dx[i] += dy[i] * (mask[i] ? inv_keep : T(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index and mask preparation (what the layers once did in host loops)
+
+/// mask(i) = 0 where attention(i) != 0, the lowest T where it is 0 (padding), for n entries;
+/// attention == nullptr: every entry is a token. The additive key mask of attention.
+template <scalar T>
+void key_mask(T* mask, const token_id* attention, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        mask[i] = !attention || attention[i] != 0 ? T(0) : std::numeric_limits<T>::lowest();
+}
+
+/// ids(i) = start + i % t for n = rows * t ids: the positions of each row of t tokens.
+inline void position_ids(token_id* ids, std::size_t n, std::size_t t, std::size_t start) {
+    for (std::size_t i = 0; i < n; ++i) ids[i] = token_id(start + i % t);
+}
+
+/// out(i) = in(i), or 0 when in == nullptr (no token types given: all type 0), for n ids.
+inline void copy_ids(token_id* out, const token_id* in, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = in ? in[i] : 0;
+}
+
+/// out(i) = in(i) for n values.
+template <scalar T>
+void copy(T* out, const T* in, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = in[i];
+}
+
+/// out(r, :) = x(r * stride, :) for `rows` rows of C values: the first token's row of each
+/// sequence when x is (B, T, C) and stride = T.
+template <scalar T>
+void gather_rows(T* out, const T* x, std::size_t rows, std::size_t C, std::size_t stride) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < C; ++c) out[r * C + c] = x[r * stride * C + c];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2772,7 +2824,12 @@ namespace backends::cpu {
 
 using reference::check_ids;
 using reference::check_targets;
+using reference::copy;
+using reference::copy_ids;
 using reference::dropout_threshold;
+using reference::gather_rows;
+using reference::key_mask;
+using reference::position_ids;
 
 // ---------------------------------------------------------------------------------------------
 // Bias and residual
@@ -3603,27 +3660,41 @@ constexpr void static_extents_agree() {
 template <class S, std::size_t I>
 inline constexpr std::size_t sx = S::static_extents[I];
 
+/// Throws shape_mismatch about `what`: axis ia of a (named na) differs from axis ib of b. Out of
+/// line and cold, so that the checks inline only their comparison.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_axis_mismatch(
+    const char* what, const char* na, std::span<const std::size_t> a, std::size_t ia,
+    const char* nb, std::span<const std::size_t> b, std::size_t ib) {
+    throw error(errc::shape_mismatch, what,
+                ftune::detail::cat(na, " has shape ", ftune::detail::format_extents(a), " and ", nb,
+                                   " has shape ", ftune::detail::format_extents(b), ": axis ", ia,
+                                   " of ", na, " (", a[ia], ") must equal axis ", ib, " of ", nb,
+                                   " (", b[ib], ")"));
+}
+/// Throws shape_mismatch about `what`: x (named name) has extents e, not n elements. Cold.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_size_mismatch(
+    const char* what, const char* name, std::span<const std::size_t> e, std::size_t n,
+    const char* expected) {
+    std::size_t size = 1;
+    for (auto x : e) size *= x;
+    throw error(errc::shape_mismatch, what,
+                ftune::detail::cat(name, " has shape ", ftune::detail::format_extents(e), " (",
+                                   size, " elements) but ", expected, " needs ", n));
+}
+
 /// Throws shape_mismatch about `what` naming both shapes unless a.extent(ia) == b.extent(ib).
 template <class X, class Y>
 void check_axis(const char* what, const char* na, const X& a, std::size_t ia, const char* nb,
                 const Y& b, std::size_t ib) {
     if (a.shape().extent(ia) != b.shape().extent(ib))
-        throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat(na, " has shape ", a.shape().to_string(), " and ", nb,
-                                       " has shape ", b.shape().to_string(), ": axis ", ia, " of ",
-                                       na, " (", a.shape().extent(ia), ") must equal axis ", ib,
-                                       " of ", nb, " (", b.shape().extent(ib), ")"));
+        throw_axis_mismatch(what, na, a.shape().extents(), ia, nb, b.shape().extents(), ib);
 }
 
 /// Throws shape_mismatch unless x has `n` elements.
 template <class X>
 void check_size(const char* what, const char* name, const X& x, std::size_t n,
                 const char* expected) {
-    if (x.shape().size() != n)
-        throw error(
-            errc::shape_mismatch, what,
-            ftune::detail::cat(name, " has shape ", x.shape().to_string(), " (", x.shape().size(),
-                               " elements) but ", expected, " needs ", n));
+    if (x.shape().size() != n) throw_size_mismatch(what, name, x.shape().extents(), n, expected);
 }
 
 }  // namespace detail
@@ -3676,7 +3747,12 @@ struct backend_of {
     FTUNE_OPS_FORWARD(NS, sum_squares) \
     FTUNE_OPS_FORWARD(NS, scale) \
     FTUNE_OPS_FORWARD(NS, adamw_update) \
-    FTUNE_OPS_FORWARD(NS, sgd_update)
+    FTUNE_OPS_FORWARD(NS, sgd_update) \
+    FTUNE_OPS_FORWARD(NS, key_mask) \
+    FTUNE_OPS_FORWARD(NS, position_ids) \
+    FTUNE_OPS_FORWARD(NS, copy) \
+    FTUNE_OPS_FORWARD(NS, copy_ids) \
+    FTUNE_OPS_FORWARD(NS, gather_rows)
 // clang-format on
 
 /// device::cpu: the SIMD CPU backend, which also runs the fused inference primitives.
@@ -3770,6 +3846,54 @@ void residual_add(Out&& out, const A& a, const B& b) {
     check_same_shape(a.shape(), b.shape(), "residual_add (a vs b)");
     check_same_shape(out.shape(), a.shape(), "residual_add (out vs a)");
     detail::backend_for<Out>::residual_add(out.data(), a.data(), b.data(), a.shape().size());
+}
+
+/// mask (B, T) = 0 where attention (B, T) is nonzero, the lowest value where it is 0 (padding);
+/// an empty attention: every position is a token. The additive key mask attention adds.
+template <tensor_like M, tensor_like A>
+void key_mask(M&& mask, const A& attention) {
+    detail::same_device<M, A>();
+    if (!attention.empty()) check_same_shape(mask.shape(), attention.shape(), "key_mask");
+    detail::backend_for<M>::key_mask(mask.data(), attention.empty() ? nullptr : attention.data(),
+                                     mask.shape().size());
+}
+
+/// ids (N) = start, start + 1, .., start + t - 1, repeated for each of the N / t rows.
+template <tensor_like I>
+void position_ids(I&& ids, std::size_t t, std::size_t start) {
+    if (t == 0 || ids.shape().size() % t != 0)
+        throw error(errc::shape_mismatch, "position_ids",
+                    ftune::detail::cat(ids.shape().size(), " ids are not rows of ", t));
+    detail::backend_for<I>::position_ids(ids.data(), ids.shape().size(), t, start);
+}
+
+/// out = in (same shapes).
+template <tensor_like O, tensor_like I>
+void copy(O&& out, const I& in) {
+    detail::same_device<O, I>();
+    check_same_shape(out.shape(), in.shape(), "copy");
+    detail::backend_for<O>::copy(out.data(), in.data(), in.shape().size());
+}
+
+/// out (N) = in (N), or zeros when in is empty.
+template <tensor_like O, tensor_like I>
+void copy_ids(O&& out, const I& in) {
+    detail::same_device<O, I>();
+    if (!in.empty()) detail::check_size("copy_ids", "in", in, out.shape().size(), "out");
+    detail::backend_for<O>::copy_ids(out.data(), in.empty() ? nullptr : in.data(),
+                                     out.shape().size());
+}
+
+/// out (B, C) = x (B, T, C) at position 0 of each sequence.
+template <tensor_like O, tensor_like X>
+void first_tokens(O&& out, const X& x) {
+    detail::same_device<O, X>();
+    static_assert(detail::shape_of<O>::rank == 2 && detail::shape_of<X>::rank == 3,
+                  "ftune::ops::first_tokens: out is (B, C) and x is (B, T, C)");
+    detail::check_axis("first_tokens (B)", "out", out, 0, "x", x, 0);
+    detail::check_axis("first_tokens (C)", "out", out, 1, "x", x, 2);
+    detail::backend_for<O>::gather_rows(out.data(), x.data(), x.shape().extent(0),
+                                        x.shape().extent(2), x.shape().extent(1));
 }
 
 /// The activations ops::activation / activation_backward apply.
@@ -4578,9 +4702,13 @@ class self_attention {
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
         qkv_bias_.resize(shape<dynamic>(3 * Cn));
         const Proj* parts[] = {&query, &key, &value};
-        for (std::size_t i = 0; i < 3; ++i) {
-            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
-            std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
+        using flat = view<T, shape<dynamic>, D>;
+        using const_flat = view<const T, shape<dynamic>, D>;
+        for (std::size_t i = 0; i < 3; ++i) {  // rows i C .. (i + 1) C: q, k, v
+            ops::copy(flat(qkv_weight.data() + i * Cn * Cn, Cn * Cn),
+                      const_flat(parts[i]->weight.value.data(), Cn * Cn));
+            ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
+                      const_flat(parts[i]->bias.value.data(), Cn));
         }
         ops::prepare_weight(packed_qkv_, qkv_weight);
         prepared_ = packed_current_ = true;
@@ -4665,10 +4793,15 @@ class self_attention {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/attention.hpp ----
-// ---- begin ftune/layers/bert_embeddings.hpp ----
-// layers::bert_embeddings: word + learned position + token type embeddings -> LayerNorm -> dropout.
+// ---- begin ftune/layers/input_embeddings.hpp ----
+// layers::input_embeddings: a model's input layer composed of separate pieces: the token table,
+// an optional learned position table, an optional token-type table, an optional norm, dropout.
+// BERT uses all of them; GPT-2 tokens + positions (its final norm is the stack's); Llama tokens
+// only (positions are rotary, applied in attention). A family picks the pieces and their
+// checkpoint names with a small struct (bert_embedding_pieces below).
 
 #include <string_view>
+#include <type_traits>
 
 // ---- begin ftune/layers/dropout.hpp ----
 // layers::dropout: inverted dropout in training mode, identity in evaluation mode.
@@ -4884,104 +5017,176 @@ FTUNE_NAMESPACE_END
 FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
-/// BERT's input embeddings: ids (B, T) and token type ids (B, T) -> (B, T, C).
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class bert_embeddings {
+/// A piece a composition leaves out (no position table, no type table, no norm): it takes no
+/// space ([[no_unique_address]]) and the code that would use it is not compiled.
+struct absent {
+    /// Accepts any constructor arguments.
+    template <class... A>
+    constexpr explicit absent(A&&...) noexcept {}
+};
+
+/// True when piece P is left out.
+template <class P>
+inline constexpr bool is_absent = std::is_same_v<P, absent>;
+
+/// Sizes of an input layer known at run time (the pieces a composition leaves out ignore theirs).
+struct embedding_sizes {
+    std::size_t vocab;              ///< rows of the token table
+    std::size_t features;           ///< C
+    std::size_t max_positions = 0;  ///< rows of the learned position table
+    std::size_t type_vocab = 0;     ///< rows of the token-type table
+    double norm_eps = 1e-12;        ///< the norm's eps
+    double dropout = 0;             ///< dropout after the sum (and norm)
+    token_id pad_id = -1;  ///< the token row that gets no gradient (Hugging Face's padding_idx);
+                           ///< -1: every row learns
+};
+
+/// BERT's pieces and names: word + position + token type tables, then LayerNorm, then dropout.
+/// Another family writes the same struct with its own types and names ("wte" and "wpe" for
+/// GPT-2, "embed_tokens" alone for Llama); a piece is left out with layers::absent.
+struct bert_embedding_pieces {
+    /// the learned position table (or absent)
+    template <scalar T, std::size_t C, device_tag D>
+    using positions = embedding<T, C, D>;
+    /// the token-type table (or absent)
+    template <scalar T, std::size_t C, device_tag D>
+    using token_types = embedding<T, C, D>;
+    /// the norm over the sum (or absent)
+    template <scalar T, std::size_t C, device_tag D>
+    using norm = layer_norm<T, C, D>;
+    static constexpr std::string_view token_name = "word_embeddings";         ///< token table
+    static constexpr std::string_view position_name = "position_embeddings";  ///< position table
+    static constexpr std::string_view type_name = "token_type_embeddings";    ///< type table
+    static constexpr std::string_view norm_name = "LayerNorm";                ///< the norm
+};
+
+/// ids (B, T) [+ token types (B, T)] -> (B, T, C): token rows + position rows (start .. start+T-1)
+/// + type rows, normalized, dropped out, with the pieces and names Pieces gives.
+template <scalar T, std::size_t C, device_tag D, class Pieces>
+class input_embeddings {
   public:
     using value_type = T;  ///< scalar type
     using ids_view =
         view<const token_id, shape<dynamic, dynamic>, D>;              ///< (B, T) token or type ids
     using output_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using positions_type = typename Pieces::template positions<T, C, D>;  ///< or absent
+    using types_type = typename Pieces::template token_types<T, C, D>;    ///< or absent
+    using norm_type = typename Pieces::template norm<T, C, D>;            ///< or absent
 
-    embedding<T, C, D> word_embeddings;        ///< "word_embeddings" (vocab, C)
-    embedding<T, C, D> position_embeddings;    ///< "position_embeddings" (max positions, C)
-    embedding<T, C, D> token_type_embeddings;  ///< "token_type_embeddings" (type vocab, C)
-    layer_norm<T, C, D> norm;                  ///< "LayerNorm"
-    dropout<T, C, D> drop;                     ///< hidden dropout
+    embedding<T, C, D> token;                       ///< the token table (vocab, C)
+    [[no_unique_address]] positions_type position;  ///< (max positions, C) or absent
+    [[no_unique_address]] types_type token_type;    ///< (type vocab, C) or absent
+    [[no_unique_address]] norm_type norm;           ///< over C, or absent
+    dropout<T, C, D> drop;                          ///< after the sum and the norm
 
-    /// Tables of the given sizes (zero), LayerNorm weight 1. The word table's pad_id row gets no
-    /// gradient, as Hugging Face's (padding_idx = pad_token_id); -1: every row learns.
-    bert_embeddings(std::size_t vocab, std::size_t max_positions, std::size_t type_vocab,
-                    std::size_t features, T layer_norm_eps = T(1e-12), T dropout_p = T(0.1),
-                    token_id pad_id = 0)
-        : word_embeddings(vocab, features),
-          position_embeddings(max_positions, features),
-          token_type_embeddings(type_vocab, features),
-          norm(features, layer_norm_eps),
-          drop(dropout_p) {
-        word_embeddings.padding_idx = pad_id;
+    /// Zero tables of the given sizes, the norm's weight 1.
+    explicit input_embeddings(const embedding_sizes& s)
+        : token(s.vocab, s.features),
+          position(s.max_positions, s.features),
+          token_type(s.type_vocab, s.features),
+          norm(s.features, T(s.norm_eps)),
+          drop(T(s.dropout)) {
+        token.padding_idx = s.pad_id;
     }
 
-    /// Embeds ids; token_types may be empty (all type 0). Positions are 0 .. T-1 in every row.
-    output_view forward(context& ctx, ids_view ids, ids_view token_types = {}) {
+    /// Embeds ids; token_types may be empty (all type 0); the positions of row b are
+    /// start .. start + T - 1 (start > 0: continuing a sequence, as generation with a cache does).
+    output_view forward(context& ctx, ids_view ids, ids_view token_types = {},
+                        std::size_t start = 0) {
         const std::size_t B = ids.extent(0), Tn = ids.extent(1), N = B * Tn;
-        if (Tn > position_embeddings.weight.value.extent(0))
-            throw error(errc::invalid_argument, "bert_embeddings",
-                        ftune::detail::cat(
-                            "sequence length ", Tn, " exceeds max_position_embeddings ",
-                            position_embeddings.weight.value.extent(0), "; truncate the input"));
-        positions_.resize(shape<dynamic>(N));  // (N) position of each token
-        types_.resize(shape<dynamic>(N));      // (N) token type of each token
-        for (std::size_t i = 0; i < N; ++i) {
-            positions_.data()[i] = token_id(i % Tn);
-            types_.data()[i] = token_types.empty() ? 0 : token_types.data()[i];
-        }
         const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
-        const auto w = word_embeddings.forward(ctx, flat_ids);
-        const auto p = position_embeddings.forward(ctx, positions_.view());
-        const auto t = token_type_embeddings.forward(ctx, types_.view());
-        sum_.resize(shape<dynamic, C>(N, w.extent(1)));  // (N, C)
-        ops::residual_add(sum_, w, p);
-        ops::residual_add(sum_, sum_, t);
-        const auto y = drop.forward(ctx, norm.forward(ctx, sum_.view()));
+        const auto w = token.forward(ctx, flat_ids);  // (N, C)
+        view<const T, shape<dynamic, C>, D> sum = w;
+        if constexpr (!is_absent<positions_type> || !is_absent<types_type>) {
+            sum_.resize(shape<dynamic, C>(N, w.extent(1)));  // (N, C)
+            sum = sum_.view();
+        }
+        if constexpr (!is_absent<positions_type>) {
+            const std::size_t rows = position.weight.value.extent(0);
+            if (start + Tn > rows)
+                throw error(errc::invalid_argument, "input_embeddings",
+                            ftune::detail::cat("positions up to ", start + Tn,
+                                               " exceed the position table's ", rows,
+                                               " (max_position_embeddings); truncate the input"));
+            positions_.resize(shape<dynamic>(N));  // (N) position of each token
+            ops::position_ids(positions_, Tn, start);
+            ops::residual_add(sum_, w, position.forward(ctx, positions_.view()));
+        }
+        if constexpr (!is_absent<types_type>) {
+            types_.resize(shape<dynamic>(N));  // (N) token type of each token (0: none given)
+            ops::copy_ids(types_, view<const token_id, shape<dynamic>, D>(
+                                      token_types.data(), token_types.empty() ? 0 : N));
+            const auto t = token_type.forward(ctx, types_.view());
+            if constexpr (is_absent<positions_type>)
+                ops::residual_add(sum_, w, t);
+            else
+                ops::residual_add(sum_, sum_, t);
+        }
+        auto normed = sum;
+        if constexpr (!is_absent<norm_type>) normed = norm.forward(ctx, sum);
+        const auto y = drop.forward(ctx, normed);
         return {y.data(), B, Tn, y.extent(1)};
     }
 
-    /// Accumulates the tables' and LayerNorm's gradients (ids have none).
+    /// Accumulates the tables' and the norm's gradients (ids have none).
     void backward(context& ctx, output_view dout) {
         const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
         const view<const T, shape<dynamic, C>, D> dy(dout.data(), N, Cn);
-        d_norm_.resize(shape<dynamic, C>(N, Cn));
         d_sum_.resize(shape<dynamic, C>(N, Cn));
-        d_norm_.fill(T(0));
         d_sum_.fill(T(0));
-        drop.backward(ctx, dy, d_norm_.view());
-        norm.backward(ctx, d_norm_.view(), d_sum_.view());
-        word_embeddings.backward(ctx, d_sum_.view());
-        position_embeddings.backward(ctx, d_sum_.view());
-        token_type_embeddings.backward(ctx, d_sum_.view());
+        if constexpr (!is_absent<norm_type>) {
+            d_norm_.resize(shape<dynamic, C>(N, Cn));
+            d_norm_.fill(T(0));
+            drop.backward(ctx, dy, d_norm_.view());
+            norm.backward(ctx, d_norm_.view(), d_sum_.view());
+        } else {
+            drop.backward(ctx, dy, d_sum_.view());
+        }
+        token.backward(ctx, d_sum_.view());
+        if constexpr (!is_absent<positions_type>) position.backward(ctx, d_sum_.view());
+        if constexpr (!is_absent<types_type>) token_type.backward(ctx, d_sum_.view());
     }
 
-    /// Whether any table or the LayerNorm trains (false: frozen).
+    /// Whether any table or the norm trains (false: frozen).
     bool trainable() const noexcept {
-        return word_embeddings.trainable() || position_embeddings.trainable() ||
-               token_type_embeddings.trainable() || norm.trainable();
+        bool t = token.trainable();
+        if constexpr (!is_absent<positions_type>) t = t || position.trainable();
+        if constexpr (!is_absent<types_type>) t = t || token_type.trainable();
+        if constexpr (!is_absent<norm_type>) t = t || norm.trainable();
+        return t;
     }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {
-        word_embeddings.zero_grad(), position_embeddings.zero_grad(),
-            token_type_embeddings.zero_grad();
-        norm.zero_grad();
+        token.zero_grad();
+        if constexpr (!is_absent<positions_type>) position.zero_grad();
+        if constexpr (!is_absent<types_type>) token_type.zero_grad();
+        if constexpr (!is_absent<norm_type>) norm.zero_grad();
     }
 
-    /// Visits the tables and the LayerNorm with Hugging Face's names.
+    /// Visits the pieces under Pieces' names.
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        word_embeddings.visit_parameters(join_name(prefix, "word_embeddings"), f);
-        position_embeddings.visit_parameters(join_name(prefix, "position_embeddings"), f);
-        token_type_embeddings.visit_parameters(join_name(prefix, "token_type_embeddings"), f);
-        norm.visit_parameters(join_name(prefix, "LayerNorm"), f);
+        token.visit_parameters(join_name(prefix, Pieces::token_name), f);
+        if constexpr (!is_absent<positions_type>)
+            position.visit_parameters(join_name(prefix, Pieces::position_name), f);
+        if constexpr (!is_absent<types_type>)
+            token_type.visit_parameters(join_name(prefix, Pieces::type_name), f);
+        if constexpr (!is_absent<norm_type>)
+            norm.visit_parameters(join_name(prefix, Pieces::norm_name), f);
     }
 
   private:
-    buffer<token_id, shape<dynamic>, D> positions_,
-        types_;  // (N) ids of the position and type tables
-    buffer<T, shape<dynamic, C>, D> sum_, d_norm_, d_sum_;  // (N, C)
+    buffer<token_id, shape<dynamic>, D> positions_, types_;  // (N) ids of the position/type tables
+    buffer<T, shape<dynamic, C>, D> sum_, d_norm_, d_sum_;   // (N, C)
 };
+
+/// BERT's input layer: word + learned position + token type embeddings -> LayerNorm -> dropout.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using bert_embeddings = input_embeddings<T, C, D, bert_embedding_pieces>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END
-// ---- end ftune/layers/bert_embeddings.hpp ----
+// ---- end ftune/layers/input_embeddings.hpp ----
 // ---- begin ftune/layers/chain.hpp ----
 // layers::chain: a layer made of layers applied one after another (PyTorch's nn.Sequential), with
 // the compile-time sizes of every pair of neighbours checked when the chain type is formed.
@@ -5255,8 +5460,7 @@ class pooler {
         const std::size_t B = hidden.extent(0), Tn = hidden.extent(1), Cn = hidden.extent(2);
         T_ = Tn;
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) the first token of each sequence
-        for (std::size_t b = 0; b < B; ++b)
-            std::copy_n(hidden.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        ops::first_tokens(first_, hidden);
         return activation.forward(ctx, dense.forward(ctx, first_.view()));
     }
 
@@ -5298,7 +5502,8 @@ FTUNE_NAMESPACE_END
 // ---- end ftune/layers/pooler.hpp ----
 // ---- end ftune/layers.hpp ----
 // ---- begin ftune/blocks.hpp ----
-// Blocks composed from layers: the transformer encoder block (norm placement as a policy).
+// Blocks composed from layers: the transformer block (norm placement as a policy) and the stack
+// of blocks between an input layer and an optional final norm.
 
 // ---- begin ftune/blocks/encoder_block.hpp ----
 // blocks::encoder_block: one transformer encoder layer composed from ftune's layers, with the
@@ -5451,8 +5656,7 @@ class encoder_block {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2);
         inference_only_ = true;
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) x at position 0
-        for (std::size_t b = 0; b < B; ++b)
-            std::copy_n(x.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        ops::first_tokens(first_, x);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             out_ =
                 inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)), first_.view());
@@ -5626,11 +5830,198 @@ class encoder_block {
 }  // namespace blocks
 FTUNE_NAMESPACE_END
 // ---- end ftune/blocks/encoder_block.hpp ----
+// ---- begin ftune/blocks/stack.hpp ----
+// blocks::stack: a transformer backbone as a composition: an input layer, a run-time number of
+// blocks, and an optional final norm (pre-norm models end with one: GPT-2's ln_f, Llama's norm;
+// BERT has none). A family's backbone is a stack of its pieces plus a constructor from its
+// config (bert::encoder); the forward, the freezing-aware backward, the [CLS]-only inference
+// path and the parameter names are written once, here.
+
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace blocks {
+
+/// BERT's names in a stack: "embeddings.*", "encoder.layer.N.*", no final norm. Another family
+/// writes its own (GPT-2: "", "h", "ln_f"; Llama: "", "layers", "norm"); an empty embeddings
+/// name puts the input layer's pieces directly under the stack's prefix.
+struct bert_stack_names {
+    static constexpr std::string_view embeddings = "embeddings";  ///< the input layer
+    static constexpr std::string_view layers = "encoder.layer";   ///< block i is "<layers>.i"
+    static constexpr std::string_view final_norm = "";            ///< the final norm, if any
+};
+
+/// Embeddings -> Block x L -> FinalNorm (layers::absent: none): ids (B, T) -> hidden states
+/// (B, T, C), Names giving the checkpoint names. The blocks are added by the family's
+/// constructor (layer.emplace_back).
+template <class Embeddings, class Block, class FinalNorm, class Names>
+class stack {
+    using T = typename Block::value_type;
+    using D = typename Block::device_type;
+
+  public:
+    using value_type = T;                             ///< scalar type
+    using device_type = D;                            ///< where the tensors live
+    using embeddings_type = Embeddings;               ///< the input layer
+    using block_type = Block;                         ///< one layer
+    using final_norm_type = FinalNorm;                ///< the final norm (or absent)
+    using ids_view = typename Embeddings::ids_view;   ///< (B, T)
+    using output_view = typename Block::output_view;  ///< (B, T, C)
+    static constexpr bool has_final_norm = !layers::is_absent<FinalNorm>;  ///< pre-norm models
+
+    Embeddings embeddings;                       ///< "<Names::embeddings>"
+    std::vector<Block> layer;                    ///< "<Names::layers>.N"
+    [[no_unique_address]] FinalNorm final_norm;  ///< "<Names::final_norm>" (or absent)
+
+    /// An input layer and a final norm; no blocks yet.
+    stack(Embeddings e, FinalNorm n) : embeddings(std::move(e)), final_norm(std::move(n)) {}
+
+    /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
+    /// all tokens), token_types may be empty (all 0).
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        set_key_mask(ids, attention_mask);
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
+        return normed(ctx, h);
+    }
+
+    /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
+    /// forward() gives at position 0, bit for bit, with the last layer computed for those rows
+    /// only (its keys and values still cover every position). What a [CLS] classifier reads;
+    /// about 1/L of the work less. Needs prepare_inference(); keeps nothing for backward.
+    output_view forward_first_tokens(context& ctx, ids_view ids, ids_view attention_mask = {},
+                                     ids_view token_types = {}) {
+        if (ctx.training() || !inference_prepared())
+            throw error(errc::invalid_argument, "forward_first_tokens",
+                        "runs on a backbone prepared for inference (prepare_inference()), in "
+                        "eval mode");
+        set_key_mask(ids, attention_mask);
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (std::size_t i = 0; i + 1 < layer.size(); ++i)
+            h = layer[i].forward(ctx, h, mask_.view());
+        return normed(ctx, layer.back().forward_first(ctx, h, mask_.view()));
+    }
+
+    /// Whether the last forward ran the prepared inference path (backward would throw).
+    bool kept_nothing_for_backward() const noexcept {
+        return !layer.empty() && layer.back().kept_nothing_for_backward();
+    }
+
+    /// Whether eval-mode forwards use packed weights (prepare_inference(), not since ended by a
+    /// train-mode forward).
+    bool inference_prepared() const noexcept {
+        return !layer.empty() && layer.back().inference_prepared();
+    }
+
+    /// Hidden size C.
+    std::size_t hidden_size() const noexcept { return embeddings.token.weight.value.extent(1); }
+
+    /// The input embedding table (V, C) (a tied LM head's decoder is this table).
+    auto& input_embeddings() noexcept { return embeddings.token.weight; }
+    /// The id that pads sequences: the token table's padding_idx (0 when it has none).
+    token_id pad_token_id() const noexcept {
+        return embeddings.token.padding_idx < 0 ? 0 : embeddings.token.padding_idx;
+    }
+
+    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
+    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
+    void backward(context& ctx, output_view dout) {
+        d_[0].resize(dout.shape());
+        d_[1].resize(dout.shape());
+        output_view d = dout;
+        if constexpr (has_final_norm) {  // d h = norm backward (dout)
+            const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
+            d_final_.resize(dout.shape());
+            d_final_.fill(T(0));
+            final_norm.backward(ctx, {dout.data(), N, Cn}, {d_final_.data(), N, Cn});
+            d = d_final_.view();
+        }
+        const bool emb = embeddings.trainable();
+        std::size_t lowest = 0;  // the lowest layer whose parameters (or those below) train
+        if (!emb) {
+            lowest = layer.size();
+            for (std::size_t i = 0; i < layer.size(); ++i)
+                if (layer[i].trainable()) {
+                    lowest = i;
+                    break;
+                }
+        }
+        for (std::size_t i = layer.size(); i-- > lowest;) {
+            if (i == lowest && !emb) {  // no one below needs d input
+                layer[i].backward(ctx, d, {});
+                return;
+            }
+            auto& next = d_[i % 2];
+            next.fill(T(0));
+            layer[i].backward(ctx, d, next.view());
+            d = next.view();
+        }
+        if (emb) embeddings.backward(ctx, d);
+    }
+
+    /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
+    /// forwards then skip the per-call packing and run the fused attention. Visits that may change
+    /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
+    /// prepared mode; call it again after writing parameters directly.
+    void prepare_inference() {
+        for (auto& block : layer) block.prepare_inference();
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        embeddings.zero_grad();
+        for (auto& block : layer) block.zero_grad();
+        if constexpr (has_final_norm) final_norm.zero_grad();
+    }
+
+    /// Visits every parameter with the family's names (BERT: "embeddings.word_embeddings.weight",
+    /// "encoder.layer.0.attention.self.query.weight", ...), prefixed by `prefix`.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        embeddings.visit_parameters(join_name(prefix, Names::embeddings), f);
+        const std::string blocks = join_name(prefix, Names::layers);
+        for (std::size_t i = 0; i < layer.size(); ++i)
+            layer[i].visit_parameters(join_name(blocks, std::to_string(i)), f);
+        if constexpr (has_final_norm)
+            final_norm.visit_parameters(join_name(prefix, Names::final_norm), f);
+    }
+
+  private:
+    // h itself without a final norm; the final norm of h's rows otherwise
+    output_view normed(context& ctx, output_view h) {
+        if constexpr (!has_final_norm) {
+            return h;
+        } else {
+            const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
+            const auto y = final_norm.forward(ctx, {h.data(), B * Tn, Cn});  // (B*T, C)
+            return {y.data(), B, Tn, Cn};
+        }
+    }
+
+    // mask_ (B, T) = 0 for tokens, the lowest T for padding (additive, as Hugging Face)
+    void set_key_mask(ids_view ids, ids_view attention_mask) {
+        mask_.resize(shape<dynamic, dynamic>(ids.extent(0), ids.extent(1)));
+        ops::key_mask(mask_, attention_mask);
+    }
+
+    buffer<T, shape<dynamic, dynamic>, D> mask_;  // (B, T) additive key mask
+    buffer<T, typename output_view::shape_type, D> d_[2],
+        d_final_;  // (B, T, C) gradients between blocks; before the final norm
+};
+
+}  // namespace blocks
+FTUNE_NAMESPACE_END
+// ---- end ftune/blocks/stack.hpp ----
 // ---- end ftune/blocks.hpp ----
 // ---- begin ftune/bert/encoder.hpp ----
-// ftune::bert: the BERT encoder, embeddings + a run-time number of encoder blocks (+ pooler).
+// ftune::bert: the BERT encoder, a stack of BERT embeddings and a run-time number of encoder
+// blocks, and its configuration.
 
-#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -5686,156 +6077,43 @@ inline std::string_view activation_to_hf(ops::activation a) {
     throw error(errc::unsupported, "hidden_act", "tanh is not a BERT FFN activation");
 }
 
-/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C). C and F may be static;
-/// Parts gives the blocks' layer types and the device (blocks::bert_parts<T>: on the CPU, FFN
-/// activation chosen by config::hidden_act; bert_parts<T, device::reference> runs the same model
-/// on the reference backend).
+/// BertModel without the pooler: ids (B, T) -> hidden states (B, T, C), as a blocks::stack of
+/// BERT's input layer (word + position + type embeddings, LayerNorm) and post-norm encoder blocks,
+/// without a final norm. C and F may be static; Parts gives the blocks' layer types and the device
+/// (blocks::bert_parts<T>: on the CPU, FFN activation chosen by config::hidden_act;
+/// bert_parts<T, device::reference> runs the same model on the reference backend).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
           class Norm = blocks::post_norm, class Parts = blocks::bert_parts<T>>
-class encoder {
-    using D = typename Parts::device_type;
+class encoder : public blocks::stack<layers::bert_embeddings<T, C, typename Parts::device_type>,
+                                     blocks::encoder_block<T, C, F, Norm, Parts>, layers::absent,
+                                     blocks::bert_stack_names> {
+    using base = blocks::stack<layers::bert_embeddings<T, C, typename Parts::device_type>,
+                               blocks::encoder_block<T, C, F, Norm, Parts>, layers::absent,
+                               blocks::bert_stack_names>;
 
   public:
-    using value_type = T;                                               ///< scalar type
-    using device_type = D;                                              ///< where the tensors live
-    using config_type = bert::config;                                   ///< what it is built from
-    static constexpr std::size_t hidden_extent = C;                     ///< C (or dynamic)
-    static constexpr std::string_view architecture_prefix = "Bert";     ///< "BertFor..."
-    static constexpr std::string_view base_model_prefix = "bert";       ///< "bert.embeddings..."
-    using block_type = blocks::encoder_block<T, C, F, Norm, Parts>;     ///< one layer
-    using ids_view = view<const token_id, shape<dynamic, dynamic>, D>;  ///< (B, T)
-    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;   ///< (B, T, C)
-
-    layers::bert_embeddings<T, C, D> embeddings;  ///< "embeddings"
-    std::vector<block_type> layer;                ///< "encoder.layer.N"
+    using config_type = bert::config;                                ///< what it is built from
+    static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
+    static constexpr std::string_view architecture_prefix = "Bert";  ///< "BertFor..."
+    static constexpr std::string_view base_model_prefix = "bert";    ///< "bert.embeddings..."
 
     /// A zero-initialized encoder of the given configuration.
     explicit encoder(const config& c)
-        : embeddings(c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.hidden_size,
-                     T(c.layer_norm_eps), T(c.hidden_dropout_prob), c.pad_token_id) {
-        layer.reserve(c.num_hidden_layers);
+        : base(typename base::embeddings_type(
+                   layers::embedding_sizes{.vocab = c.vocab_size,
+                                           .features = c.hidden_size,
+                                           .max_positions = c.max_position_embeddings,
+                                           .type_vocab = c.type_vocab_size,
+                                           .norm_eps = c.layer_norm_eps,
+                                           .dropout = c.hidden_dropout_prob,
+                                           .pad_id = c.pad_token_id}),
+               layers::absent{}) {
+        this->layer.reserve(c.num_hidden_layers);
         for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
-            layer.emplace_back(blocks::block_sizes{
+            this->layer.emplace_back(blocks::block_sizes{
                 c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_dropout_prob,
                 c.attention_probs_dropout_prob, c.layer_norm_eps, c.hidden_act});
     }
-
-    /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
-    /// all tokens), token_types may be empty (all 0).
-    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
-                        ids_view token_types = {}) {
-        set_key_mask(ids, attention_mask);
-        output_view h = embeddings.forward(ctx, ids, token_types);
-        for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
-        return h;
-    }
-
-    /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
-    /// forward() gives at position 0, bit for bit, with the last layer computed for those rows
-    /// only (its keys and values still cover every position). What a [CLS] classifier reads;
-    /// about 1/L of the work less. Needs prepare_inference(); keeps nothing for backward.
-    output_view forward_first_tokens(context& ctx, ids_view ids, ids_view attention_mask = {},
-                                     ids_view token_types = {}) {
-        if (ctx.training() || !inference_prepared())
-            throw error(errc::invalid_argument, "encoder::forward_first_tokens",
-                        "runs on an encoder prepared for inference (prepare_inference()), in "
-                        "eval mode");
-        set_key_mask(ids, attention_mask);
-        output_view h = embeddings.forward(ctx, ids, token_types);
-        for (std::size_t i = 0; i + 1 < layer.size(); ++i)
-            h = layer[i].forward(ctx, h, mask_.view());
-        return layer.back().forward_first(ctx, h, mask_.view());
-    }
-
-    /// Whether the last forward ran the prepared inference path (backward would throw).
-    bool kept_nothing_for_backward() const noexcept {
-        return !layer.empty() && layer.back().kept_nothing_for_backward();
-    }
-
-    /// Whether eval-mode forwards use packed weights (prepare_inference(), not since ended by a
-    /// train-mode forward).
-    bool inference_prepared() const noexcept {
-        return !layer.empty() && layer.back().inference_prepared();
-    }
-
-    /// Hidden size C.
-    std::size_t hidden_size() const noexcept { return embeddings.norm.weight.value.extent(0); }
-
-    /// The input embedding table (V, C) (a masked-LM head's decoder is tied to it).
-    auto& input_embeddings() noexcept { return embeddings.word_embeddings.weight; }
-    /// The id that pads sequences: the word table's padding_idx (0 when it has none).
-    token_id pad_token_id() const noexcept {
-        return embeddings.word_embeddings.padding_idx < 0 ? 0
-                                                          : embeddings.word_embeddings.padding_idx;
-    }
-
-    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
-    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
-    void backward(context& ctx, output_view dout) {
-        d_[0].resize(dout.shape());
-        d_[1].resize(dout.shape());
-        const bool emb = embeddings.trainable();
-        std::size_t lowest = 0;  // the lowest layer whose parameters (or those below) train
-        if (!emb) {
-            lowest = layer.size();
-            for (std::size_t i = 0; i < layer.size(); ++i)
-                if (layer[i].trainable()) {
-                    lowest = i;
-                    break;
-                }
-        }
-        output_view d = dout;
-        for (std::size_t i = layer.size(); i-- > lowest;) {
-            if (i == lowest && !emb) {  // no one below needs d input
-                layer[i].backward(ctx, d, {});
-                return;
-            }
-            auto& next = d_[i % 2];
-            next.fill(T(0));
-            layer[i].backward(ctx, d, next.view());
-            d = next.view();
-        }
-        if (emb) embeddings.backward(ctx, d);
-    }
-
-    /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
-    /// forwards then skip the per-call packing and run the fused attention. Visits that may change
-    /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
-    /// prepared mode; call it again after writing parameters directly.
-    void prepare_inference() {
-        for (auto& block : layer) block.prepare_inference();
-    }
-
-    /// Sets every gradient to zero.
-    void zero_grad() noexcept {
-        embeddings.zero_grad();
-        for (auto& block : layer) block.zero_grad();
-    }
-
-    /// Visits every parameter with Hugging Face's BertModel names
-    /// ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight", ...),
-    /// prefixed by `prefix`.
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, Fn&& f) {
-        embeddings.visit_parameters(join_name(prefix, "embeddings"), f);
-        const std::string enc = join_name(prefix, "encoder.layer");
-        for (std::size_t i = 0; i < layer.size(); ++i)
-            layer[i].visit_parameters(join_name(enc, std::to_string(i)), f);
-    }
-
-  private:
-    // mask_ (B, T) = 0 for tokens, the lowest T for padding (additive, as Hugging Face)
-    void set_key_mask(ids_view ids, ids_view attention_mask) {
-        const std::size_t B = ids.extent(0), Tn = ids.extent(1);
-        mask_.resize(shape<dynamic, dynamic>(B, Tn));
-        for (std::size_t i = 0; i < B * Tn; ++i)
-            mask_.data()[i] = attention_mask.empty() || attention_mask.data()[i] != 0
-                                  ? T(0)
-                                  : std::numeric_limits<T>::lowest();
-    }
-
-    buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
-    buffer<T, shape<dynamic, dynamic, C>, D> d_[2];  // (B, T, C) gradients between blocks
 };
 
 /// Compile-time sizes of a BERT encoder; use ftune::dynamic for sizes known at run time.
@@ -5942,7 +6220,7 @@ class base_model {
     template <class Backbone>
     hidden_view backward(context& ctx, Backbone&, output_view d_hidden, pooled_view d_pooled = {}) {
         d_.resize(d_hidden.shape());
-        std::copy_n(d_hidden.data(), d_hidden.size(), d_.data());
+        ops::copy(d_, d_hidden);
         if (!d_pooled.empty()) pooler.backward(ctx, d_pooled, d_.view());
         return d_.view();
     }

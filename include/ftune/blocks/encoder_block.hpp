@@ -150,8 +150,7 @@ class encoder_block {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2);
         inference_only_ = true;
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) x at position 0
-        for (std::size_t b = 0; b < B; ++b)
-            std::copy_n(x.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        ops::first_tokens(first_, x);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             out_ =
                 inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)), first_.view());

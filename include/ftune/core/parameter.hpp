@@ -58,9 +58,11 @@ struct keeps_values {};
 template <class F>
 inline constexpr bool keeps_values_v = std::is_base_of_v<keeps_values, std::remove_cvref_t<F>>;
 
-/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight").
+/// Joins a module path and a local name with a dot ("encoder.layer.3" + "weight"); an empty name
+/// is the path itself.
 inline std::string join_name(std::string_view prefix, std::string_view name) {
     if (prefix.empty()) return std::string(name);
+    if (name.empty()) return std::string(prefix);
     std::string s(prefix);
     s += '.';
     s += name;

@@ -23,14 +23,40 @@ inline constexpr std::size_t dynamic = std::dynamic_extent;
 
 namespace detail {
 /// Formats an extent list as "[2, 384]" (a dynamic extent prints as "*").
-template <std::size_t N>
-std::string format_extents(const std::array<std::size_t, N>& e) {
+inline std::string format_extents(std::span<const std::size_t> e) {
     std::string s = "[";
-    for (std::size_t i = 0; i < N; ++i) {
+    for (std::size_t i = 0; i < e.size(); ++i) {
         if (i) s += ", ";
         s += e[i] == dynamic ? std::string("*") : std::to_string(e[i]);
     }
     return s + "]";
+}
+
+// The throws of the shape checks, out of line and cold: every check in every template keeps
+// only its comparison inline, not the building of the message (less code, faster builds).
+
+/// Throws about axis i of a shape given ftune::dynamic as its size.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_dynamic_extent(const char* what,
+                                                                        std::size_t i) {
+    throw error(errc::invalid_argument, what,
+                cat("axis ", i,
+                    " has no size: ftune::dynamic marks an extent known only at run time and is "
+                    "not itself a size; pass the size (e.g. linear<float>(in, out), not "
+                    "linear<float>())"));
+}
+/// Throws about extents `got` contradicting the static ones at axis i.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_static_extent(
+    const char* what, std::span<const std::size_t> expected, std::span<const std::size_t> got,
+    std::size_t i) {
+    throw error(errc::shape_mismatch, what,
+                cat("expected ", format_extents(expected), ", got ", format_extents(got), " (axis ",
+                    i, " is fixed at compile time to ", expected[i], ")"));
+}
+/// Throws about two shapes that must be equal and are not.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_shapes_differ(
+    const char* context, std::span<const std::size_t> a, std::span<const std::size_t> b) {
+    throw error(errc::shape_mismatch, context,
+                cat("shapes differ: ", format_extents(a), " vs ", format_extents(b)));
 }
 /// True when two static extent lists can describe the same tensor (equal, or one is dynamic).
 template <std::size_t N, std::size_t M>
@@ -118,18 +144,9 @@ class shape {
   private:
     constexpr void check_against_static(const char* what) const {
         for (std::size_t i = 0; i < rank; ++i) {
-            if (e_[i] == dynamic)
-                throw error(errc::invalid_argument, what,
-                            detail::cat("axis ", i,
-                                        " has no size: ftune::dynamic marks an extent known only "
-                                        "at run time and is not itself a size; pass the size "
-                                        "(e.g. linear<float>(in, out), not linear<float>())"));
-            if (static_extents[i] != dynamic && static_extents[i] != e_[i]) {
-                throw error(errc::shape_mismatch, what,
-                            detail::cat("expected ", detail::format_extents(static_extents),
-                                        ", got ", detail::format_extents(e_), " (axis ", i,
-                                        " is fixed at compile time to ", static_extents[i], ")"));
-            }
+            if (e_[i] == dynamic) detail::throw_dynamic_extent(what, i);
+            if (static_extents[i] != dynamic && static_extents[i] != e_[i])
+                detail::throw_static_extent(what, static_extents, e_, i);
         }
     }
     std::array<std::size_t, rank> e_{};
@@ -171,9 +188,7 @@ constexpr void check_same_shape(const shape<As...>& a, const shape<Bs...>& b, co
                   "ftune: static extents differ between two tensors that must have the same "
                   "shape. Make the dimensions of the two types agree, or declare the axis "
                   "ftune::dynamic to check it at run time.");
-    if (!(a == b))
-        throw error(errc::shape_mismatch, context,
-                    detail::cat("shapes differ: ", a.to_string(), " vs ", b.to_string()));
+    if (!(a == b)) detail::throw_shapes_differ(context, a.extents(), b.extents());
 }
 
 FTUNE_NAMESPACE_END

@@ -44,7 +44,7 @@ class base_model {
     template <class Backbone>
     hidden_view backward(context& ctx, Backbone&, output_view d_hidden, pooled_view d_pooled = {}) {
         d_.resize(d_hidden.shape());
-        std::copy_n(d_hidden.data(), d_hidden.size(), d_.data());
+        ops::copy(d_, d_hidden);
         if (!d_pooled.empty()) pooler.backward(ctx, d_pooled, d_.view());
         return d_.view();
     }

@@ -24,6 +24,18 @@
 FTUNE_NAMESPACE_BEGIN
 namespace io {
 
+/// Where a parameter lives in a checkpoint and how the file's layout differs from ftune's: the
+/// tensor's name, a transpose (GPT-2's Conv1D stores (in, out); ftune's linear keeps (out, in)),
+/// and a slice (GPT-2's c_attn fuses q, k and v: each is part i of 3 along the output axis).
+/// Loading cuts a parameter out of the file's tensor; saving fuses the parts back.
+struct checkpoint_slot {
+    std::string name;         ///< the tensor's name in the file
+    bool transposed = false;  ///< the file holds the (2-D) parameter transposed
+    std::size_t part = 0;     ///< which of `parts` equal slices of the file's tensor it is
+    std::size_t parts = 1;    ///< how many parameters share the tensor (1: it is the whole tensor)
+    std::size_t axis = 0;     ///< the file tensor's axis the slices follow one another along
+};
+
 /// How a model family's config.json and checkpoints read into ftune and back: one
 /// specialization per family, keyed by the family's config type (BERT's below). load_hf and
 /// save_hf use the model's (Model::config_type); a directory's family is the one its config.json's
@@ -34,7 +46,8 @@ struct hf_family;
 /// BERT (model_type "bert"): config.json's fields as Transformers' BertConfig; parameter names as
 /// BertModel's, with or without the task models' "bert." prefix, and the legacy LayerNorm names
 /// gamma/beta of old checkpoints. Weights are stored as ftune keeps them (no transpose, split or
-/// fused tensor: those mappings come with the families that need them).
+/// fused tensor: checkpoint_names gives plain names; a family whose files differ in layout gives
+/// checkpoint_slots instead, see io::checkpoint_slot).
 template <>
 struct hf_family<bert::config> {
     static constexpr std::string_view model_type = "bert";  ///< config.json's model_type
@@ -376,14 +389,74 @@ struct load_report {
     std::vector<std::string> initialized;  ///< parameters load_hf initialized (new head weights)
 };
 
-/// The file's tensor for model parameter `name` under family Config's names
-/// (hf_family::checkpoint_names); nullptr if absent.
+/// The places parameter `name` may be stored at under family Config's mapping, tried in order:
+/// hf_family::checkpoint_slots when the family has one, else its checkpoint_names as whole
+/// tensors in ftune's layout. The first is where save_hf writes it.
 template <class Config = bert::config>
-const tensor_info* find_hf_tensor(const safetensors_file& f, const std::string& name) {
-    for (const auto& c : hf_family<Config>::checkpoint_names(name))
-        if (const auto* t = f.find(c)) return t;
-    return nullptr;
+std::vector<checkpoint_slot> checkpoint_slots(const std::string& name) {
+    if constexpr (requires { hf_family<Config>::checkpoint_slots(name); }) {
+        return hf_family<Config>::checkpoint_slots(name);
+    } else {
+        std::vector<checkpoint_slot> slots;
+        for (auto& n : hf_family<Config>::checkpoint_names(name)) slots.push_back({std::move(n)});
+        return slots;
+    }
 }
+
+/// A file tensor found for a parameter, and how the parameter sits in it.
+struct found_slot {
+    const tensor_info* tensor = nullptr;  ///< the file's tensor (nullptr: none of the slots)
+    checkpoint_slot slot;                 ///< where in that tensor
+};
+
+/// The file's tensor for model parameter `name` under family Config's mapping
+/// (checkpoint_slots); tensor == nullptr if absent.
+template <class Config = bert::config>
+found_slot find_hf_slot(const safetensors_file& f, const std::string& name) {
+    for (auto& s : checkpoint_slots<Config>(name))
+        if (const auto* t = f.find(s.name)) return {t, std::move(s)};
+    return {};
+}
+
+namespace detail {
+/// The shape the whole file tensor has when a parameter of `extents` (rank `rank`) sits in slot s;
+/// throws for a slot that cannot hold it (a family mapping's bug).
+inline std::vector<std::size_t> slot_tensor_shape(const std::size_t* extents, std::size_t rank,
+                                                  const checkpoint_slot& s,
+                                                  std::string_view parameter) {
+    std::vector<std::size_t> e(extents, extents + rank);
+    if ((s.transposed && rank != 2) || s.parts == 0 || s.part >= s.parts ||
+        (s.parts > 1 && (s.axis >= rank || rank > 2)))
+        throw error(errc::invalid_argument, std::string(parameter),
+                    "the family's checkpoint slot " + s.name +
+                        " does not fit the parameter (a transpose needs 2 axes, a slice 1 or 2, "
+                        "part < parts, axis < rank)");
+    if (s.transposed) std::swap(e[0], e[1]);
+    e[s.axis] *= s.parts;
+    return e;
+}
+
+/// Calls f(parameter element index, file element index) for every element of a parameter of
+/// `extents` (rank 1 or 2) placed in slot s of the file tensor.
+template <class F>
+void for_each_slot_element(const std::size_t* extents, std::size_t rank, const checkpoint_slot& s,
+                           F&& f) {
+    const std::size_t rows = rank == 2 ? extents[0] : 1, cols = rank == 2 ? extents[1] : extents[0];
+    // the file's view of the parameter before the split: (fr, fc)
+    const std::size_t fr = s.transposed ? cols : rows, fc = s.transposed ? rows : cols;
+    for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t j = 0; j < cols; ++j) {
+            std::size_t a = s.transposed ? j : i, b = s.transposed ? i : j;
+            if (rank == 1) a = 0, b = j;
+            std::size_t at;
+            if (rank == 1 || s.axis == 0)  // parts stacked along rows (or the one axis)
+                at = (s.part * fr + a) * fc + b;
+            else  // along columns
+                at = a * (s.parts * fc) + s.part * fc + b;
+            f(i * cols + j, at);
+        }
+}
+}  // namespace detail
 
 /// True for the parameters of a task head (not the backbone's), which a checkpoint of another
 /// task may lack or hold in another shape.
@@ -406,24 +479,32 @@ load_report load_parameters(Model& model, std::string_view prefix, const safeten
     std::vector<const tensor_info*> used;
     using Config = family_config_t<Model>;
     model.visit_parameters(prefix, [&](parameter_ref<T> p) {
-        const tensor_info* t = find_hf_tensor<Config>(f, p.name);
+        const auto [t, slot] = find_hf_slot<Config>(f, p.name);
         if (!t) {
             r.missing.push_back(p.name);
             return;
         }
         used.push_back(t);
-        bool same = t->shape.size() == p.rank;
-        for (std::size_t i = 0; same && i < p.rank; ++i) same = t->shape[i] == p.extents[i];
-        if (!same && skip_mismatched_head && is_head_parameter<Config>(p.name)) {
+        const auto want = detail::slot_tensor_shape(p.extents.data(), p.rank, slot, p.name);
+        if (t->shape != want && skip_mismatched_head && is_head_parameter<Config>(p.name)) {
             r.mismatched.push_back(p.name);
             return;
         }
-        if (!same) {
+        if (t->shape != want) {
+            tensor_info w;
+            w.shape = want;
             problems.push_back(ftune::detail::cat(t->name, ": the file holds ", t->shape_string(),
-                                                  ", the model needs ", p.shape_string()));
+                                                  ", the model needs ", w.shape_string()));
             return;
         }
-        f.read(*t, p.value);
+        if (!slot.transposed && slot.parts == 1) {  // ftune's layout: read in place
+            f.read(*t, p.value);
+        } else {  // cut the parameter out of the file's tensor
+            const auto whole = f.template read<T>(*t);
+            detail::for_each_slot_element(
+                p.extents.data(), p.rank, slot,
+                [&](std::size_t to, std::size_t from) { p.value[to] = whole[from]; });
+        }
         r.loaded.push_back(p.name);
     });
     for (const auto& t : f.tensors())
@@ -443,19 +524,47 @@ load_report load_parameters(Model& model, std::string_view prefix, const safeten
 }
 
 /// Writes every parameter model.visit_parameters(prefix, ...) names to a safetensors file
-/// (float32, Hugging Face's names and shapes), atomically; "format": "pt" metadata as Transformers
-/// writes.
+/// (float32), atomically, at its family's first checkpoint slot: Hugging Face's names, shapes and
+/// layouts (transposed, fused tensors assembled from their parts); "format": "pt" metadata as
+/// Transformers writes.
 template <class Model>
 void save_parameters(Model& model, std::string_view prefix, const std::filesystem::path& path) {
     using T = typename Model::value_type;
-    std::vector<std::vector<float>> copies;  // float32 values (T may be double)
+    using Config = family_config_t<Model>;
     std::vector<tensor_to_write> tensors;
+    std::vector<std::vector<float>> values;  // float32 values (T may be double), by tensor
+    std::vector<std::size_t> filled, parts;  // parts written and expected, by tensor
     model.visit_parameters(prefix, [&](parameter_ref<T> p) {
-        copies.emplace_back(p.value.begin(), p.value.end());
-        tensors.push_back(
-            {p.name, std::vector<std::size_t>(p.extents.begin(), p.extents.begin() + p.rank), {}});
+        const auto slots = checkpoint_slots<Config>(p.name);
+        const checkpoint_slot& s = slots.front();
+        const auto shape = detail::slot_tensor_shape(p.extents.data(), p.rank, s, p.name);
+        std::size_t k = 0;
+        while (k < tensors.size() && tensors[k].name != s.name) ++k;
+        if (k == tensors.size()) {
+            tensors.push_back({s.name, shape, {}});
+            values.emplace_back(p.value.size() * s.parts);
+            filled.push_back(0);
+            parts.push_back(s.parts);
+        } else if (tensors[k].shape != shape) {
+            throw error(errc::shape_mismatch, p.name,
+                        "shares tensor " + s.name + " with parameters of another shape");
+        }
+        ++filled[k];
+        if (!s.transposed && s.parts == 1)  // ftune's layout
+            std::copy(p.value.begin(), p.value.end(), values[k].begin());
+        else
+            detail::for_each_slot_element(
+                p.extents.data(), p.rank, s,
+                [&](std::size_t from, std::size_t to) { values[k][to] = float(p.value[from]); });
     });
-    for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].values = copies[i];
+    for (std::size_t k = 0; k < tensors.size(); ++k) {
+        if (filled[k] != parts[k])  // a fused tensor with a part no parameter wrote
+            throw error(
+                errc::invalid_argument, tensors[k].name,
+                ftune::detail::cat("the family maps ", filled[k], " parameters into it but ",
+                                   "says it has ", parts[k], " parts"));
+        tensors[k].values = values[k];
+    }
     write_safetensors(path, tensors, {{"format", "pt"}});
 }
 

@@ -146,9 +146,13 @@ class self_attention {
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
         qkv_bias_.resize(shape<dynamic>(3 * Cn));
         const Proj* parts[] = {&query, &key, &value};
-        for (std::size_t i = 0; i < 3; ++i) {
-            std::copy_n(parts[i]->weight.value.data(), Cn * Cn, qkv_weight.data() + i * Cn * Cn);
-            std::copy_n(parts[i]->bias.value.data(), Cn, qkv_bias_.data() + i * Cn);
+        using flat = view<T, shape<dynamic>, D>;
+        using const_flat = view<const T, shape<dynamic>, D>;
+        for (std::size_t i = 0; i < 3; ++i) {  // rows i C .. (i + 1) C: q, k, v
+            ops::copy(flat(qkv_weight.data() + i * Cn * Cn, Cn * Cn),
+                      const_flat(parts[i]->weight.value.data(), Cn * Cn));
+            ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
+                      const_flat(parts[i]->bias.value.data(), Cn));
         }
         ops::prepare_weight(packed_qkv_, qkv_weight);
         prepared_ = packed_current_ = true;

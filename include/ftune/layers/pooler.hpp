@@ -30,8 +30,7 @@ class pooler {
         const std::size_t B = hidden.extent(0), Tn = hidden.extent(1), Cn = hidden.extent(2);
         T_ = Tn;
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) the first token of each sequence
-        for (std::size_t b = 0; b < B; ++b)
-            std::copy_n(hidden.data() + b * Tn * Cn, Cn, first_.data() + b * Cn);
+        ops::first_tokens(first_, hidden);
         return activation.forward(ctx, dense.forward(ctx, first_.view()));
     }
 

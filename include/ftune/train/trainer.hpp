@@ -54,39 +54,31 @@ struct freeze {
         throw error(errc::invalid_argument, "--freeze " + s,
                     "expected none, embeddings, layers:N or encoder");
     }
-    /// Whether the parameter called `name` is frozen.
-    bool frozen(const std::string& name) const {
-        std::string_view n(name);
-        if (n.starts_with("bert.")) n.remove_prefix(5);
-        switch (what) {
-            case kind::none:
-                return false;
-            case kind::embeddings:
-                return n.starts_with("embeddings.");
-            case kind::encoder:
-                return n.starts_with("embeddings.") || n.starts_with("encoder.") ||
-                       n.starts_with("pooler.");
-            case kind::layers: {
-                if (n.starts_with("embeddings.")) return true;
-                if (!n.starts_with("encoder.layer.")) return false;
-                n.remove_prefix(14);
-                std::size_t i = 0;
-                while (!n.empty() && n.front() >= '0' && n.front() <= '9')
-                    i = 10 * i + std::size_t(n.front() - '0'), n.remove_prefix(1);
-                return i < layers;
-            }
-        }
-        return false;
-    }
 };
 
 /// Sets trainable = false on the parameters f freezes (true on the others); returns how many
-/// values stay fixed.
+/// values stay fixed. They are found by the model's structure, so this holds for every family:
+/// the backbone's input layer (embeddings), its lowest `layers` blocks (layers:N, with the input
+/// layer), or the whole backbone with everything named under its base_model_prefix, such as
+/// BERT's pooler (encoder: all but the head).
 template <class Model>
 std::size_t apply_freeze(Model& model, const freeze& f) {
+    using T = typename Model::value_type;
+    using kind = freeze::kind;
+    std::vector<const T*> fixed;  // the values of the parameters to freeze
+    const auto collect = [&](parameter_ref<T> p) { fixed.push_back(p.value.data()); };
+    auto& b = model.backbone;
+    if (f.what == kind::embeddings || f.what == kind::layers)
+        b.embeddings.visit_parameters("", collect);
+    if (f.what == kind::layers)
+        for (std::size_t i = 0; i < std::min(f.layers, b.layer.size()); ++i)
+            b.layer[i].visit_parameters("", collect);
+    if (f.what == kind::encoder) b.visit_parameters("", collect);
+    const std::string base = std::string(Model::backbone_type::base_model_prefix) + ".";
     std::size_t n = 0;
-    model.visit_parameters("", [&](parameter_ref<typename Model::value_type> p) {
-        const bool frozen = f.frozen(p.name);
+    model.visit_parameters("", [&](parameter_ref<T> p) {
+        const bool frozen = std::find(fixed.begin(), fixed.end(), p.value.data()) != fixed.end() ||
+                            (f.what == kind::encoder && p.name.starts_with(base));
         p.set_trainable(!frozen);
         if (frozen) n += p.value.size();
     });

@@ -25,7 +25,12 @@ namespace backends::cpu {
 
 using reference::check_ids;
 using reference::check_targets;
+using reference::copy;
+using reference::copy_ids;
 using reference::dropout_threshold;
+using reference::gather_rows;
+using reference::key_mask;
+using reference::position_ids;
 
 // ---------------------------------------------------------------------------------------------
 // Bias and residual

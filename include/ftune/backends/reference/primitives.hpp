@@ -278,6 +278,41 @@ void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::si
 }
 
 // ---------------------------------------------------------------------------------------------
+// Index and mask preparation (what the layers once did in host loops)
+
+/// mask(i) = 0 where attention(i) != 0, the lowest T where it is 0 (padding), for n entries;
+/// attention == nullptr: every entry is a token. The additive key mask of attention.
+template <scalar T>
+void key_mask(T* mask, const token_id* attention, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        mask[i] = !attention || attention[i] != 0 ? T(0) : std::numeric_limits<T>::lowest();
+}
+
+/// ids(i) = start + i % t for n = rows * t ids: the positions of each row of t tokens.
+inline void position_ids(token_id* ids, std::size_t n, std::size_t t, std::size_t start) {
+    for (std::size_t i = 0; i < n; ++i) ids[i] = token_id(start + i % t);
+}
+
+/// out(i) = in(i), or 0 when in == nullptr (no token types given: all type 0), for n ids.
+inline void copy_ids(token_id* out, const token_id* in, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = in ? in[i] : 0;
+}
+
+/// out(i) = in(i) for n values.
+template <scalar T>
+void copy(T* out, const T* in, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = in[i];
+}
+
+/// out(r, :) = x(r * stride, :) for `rows` rows of C values: the first token's row of each
+/// sequence when x is (B, T, C) and stride = T.
+template <scalar T>
+void gather_rows(T* out, const T* x, std::size_t rows, std::size_t C, std::size_t stride) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < C; ++c) out[r * C + c] = x[r * stride * C + c];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Embedding
 
 /// Throws out_of_range unless every id is in [0, vocab).

@@ -1,0 +1,188 @@
+// blocks::stack: a transformer backbone as a composition: an input layer, a run-time number of
+// blocks, and an optional final norm (pre-norm models end with one: GPT-2's ln_f, Llama's norm;
+// BERT has none). A family's backbone is a stack of its pieces plus a constructor from its
+// config (bert::encoder); the forward, the freezing-aware backward, the [CLS]-only inference
+// path and the parameter names are written once, here.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "ftune/blocks/encoder_block.hpp"
+#include "ftune/layers/input_embeddings.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace blocks {
+
+/// BERT's names in a stack: "embeddings.*", "encoder.layer.N.*", no final norm. Another family
+/// writes its own (GPT-2: "", "h", "ln_f"; Llama: "", "layers", "norm"); an empty embeddings
+/// name puts the input layer's pieces directly under the stack's prefix.
+struct bert_stack_names {
+    static constexpr std::string_view embeddings = "embeddings";  ///< the input layer
+    static constexpr std::string_view layers = "encoder.layer";   ///< block i is "<layers>.i"
+    static constexpr std::string_view final_norm = "";            ///< the final norm, if any
+};
+
+/// Embeddings -> Block x L -> FinalNorm (layers::absent: none): ids (B, T) -> hidden states
+/// (B, T, C), Names giving the checkpoint names. The blocks are added by the family's
+/// constructor (layer.emplace_back).
+template <class Embeddings, class Block, class FinalNorm, class Names>
+class stack {
+    using T = typename Block::value_type;
+    using D = typename Block::device_type;
+
+  public:
+    using value_type = T;                             ///< scalar type
+    using device_type = D;                            ///< where the tensors live
+    using embeddings_type = Embeddings;               ///< the input layer
+    using block_type = Block;                         ///< one layer
+    using final_norm_type = FinalNorm;                ///< the final norm (or absent)
+    using ids_view = typename Embeddings::ids_view;   ///< (B, T)
+    using output_view = typename Block::output_view;  ///< (B, T, C)
+    static constexpr bool has_final_norm = !layers::is_absent<FinalNorm>;  ///< pre-norm models
+
+    Embeddings embeddings;                       ///< "<Names::embeddings>"
+    std::vector<Block> layer;                    ///< "<Names::layers>.N"
+    [[no_unique_address]] FinalNorm final_norm;  ///< "<Names::final_norm>" (or absent)
+
+    /// An input layer and a final norm; no blocks yet.
+    stack(Embeddings e, FinalNorm n) : embeddings(std::move(e)), final_norm(std::move(n)) {}
+
+    /// Hidden states of ids; attention_mask (B, T) holds 1 for tokens and 0 for padding (empty:
+    /// all tokens), token_types may be empty (all 0).
+    output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
+                        ids_view token_types = {}) {
+        set_key_mask(ids, attention_mask);
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
+        return normed(ctx, h);
+    }
+
+    /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
+    /// forward() gives at position 0, bit for bit, with the last layer computed for those rows
+    /// only (its keys and values still cover every position). What a [CLS] classifier reads;
+    /// about 1/L of the work less. Needs prepare_inference(); keeps nothing for backward.
+    output_view forward_first_tokens(context& ctx, ids_view ids, ids_view attention_mask = {},
+                                     ids_view token_types = {}) {
+        if (ctx.training() || !inference_prepared())
+            throw error(errc::invalid_argument, "forward_first_tokens",
+                        "runs on a backbone prepared for inference (prepare_inference()), in "
+                        "eval mode");
+        set_key_mask(ids, attention_mask);
+        output_view h = embeddings.forward(ctx, ids, token_types);
+        for (std::size_t i = 0; i + 1 < layer.size(); ++i)
+            h = layer[i].forward(ctx, h, mask_.view());
+        return normed(ctx, layer.back().forward_first(ctx, h, mask_.view()));
+    }
+
+    /// Whether the last forward ran the prepared inference path (backward would throw).
+    bool kept_nothing_for_backward() const noexcept {
+        return !layer.empty() && layer.back().kept_nothing_for_backward();
+    }
+
+    /// Whether eval-mode forwards use packed weights (prepare_inference(), not since ended by a
+    /// train-mode forward).
+    bool inference_prepared() const noexcept {
+        return !layer.empty() && layer.back().inference_prepared();
+    }
+
+    /// Hidden size C.
+    std::size_t hidden_size() const noexcept { return embeddings.token.weight.value.extent(1); }
+
+    /// The input embedding table (V, C) (a tied LM head's decoder is this table).
+    auto& input_embeddings() noexcept { return embeddings.token.weight; }
+    /// The id that pads sequences: the token table's padding_idx (0 when it has none).
+    token_id pad_token_id() const noexcept {
+        return embeddings.token.padding_idx < 0 ? 0 : embeddings.token.padding_idx;
+    }
+
+    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
+    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
+    void backward(context& ctx, output_view dout) {
+        d_[0].resize(dout.shape());
+        d_[1].resize(dout.shape());
+        output_view d = dout;
+        if constexpr (has_final_norm) {  // d h = norm backward (dout)
+            const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
+            d_final_.resize(dout.shape());
+            d_final_.fill(T(0));
+            final_norm.backward(ctx, {dout.data(), N, Cn}, {d_final_.data(), N, Cn});
+            d = d_final_.view();
+        }
+        const bool emb = embeddings.trainable();
+        std::size_t lowest = 0;  // the lowest layer whose parameters (or those below) train
+        if (!emb) {
+            lowest = layer.size();
+            for (std::size_t i = 0; i < layer.size(); ++i)
+                if (layer[i].trainable()) {
+                    lowest = i;
+                    break;
+                }
+        }
+        for (std::size_t i = layer.size(); i-- > lowest;) {
+            if (i == lowest && !emb) {  // no one below needs d input
+                layer[i].backward(ctx, d, {});
+                return;
+            }
+            auto& next = d_[i % 2];
+            next.fill(T(0));
+            layer[i].backward(ctx, d, next.view());
+            d = next.view();
+        }
+        if (emb) embeddings.backward(ctx, d);
+    }
+
+    /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
+    /// forwards then skip the per-call packing and run the fused attention. Visits that may change
+    /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
+    /// prepared mode; call it again after writing parameters directly.
+    void prepare_inference() {
+        for (auto& block : layer) block.prepare_inference();
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        embeddings.zero_grad();
+        for (auto& block : layer) block.zero_grad();
+        if constexpr (has_final_norm) final_norm.zero_grad();
+    }
+
+    /// Visits every parameter with the family's names (BERT: "embeddings.word_embeddings.weight",
+    /// "encoder.layer.0.attention.self.query.weight", ...), prefixed by `prefix`.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        embeddings.visit_parameters(join_name(prefix, Names::embeddings), f);
+        const std::string blocks = join_name(prefix, Names::layers);
+        for (std::size_t i = 0; i < layer.size(); ++i)
+            layer[i].visit_parameters(join_name(blocks, std::to_string(i)), f);
+        if constexpr (has_final_norm)
+            final_norm.visit_parameters(join_name(prefix, Names::final_norm), f);
+    }
+
+  private:
+    // h itself without a final norm; the final norm of h's rows otherwise
+    output_view normed(context& ctx, output_view h) {
+        if constexpr (!has_final_norm) {
+            return h;
+        } else {
+            const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
+            const auto y = final_norm.forward(ctx, {h.data(), B * Tn, Cn});  // (B*T, C)
+            return {y.data(), B, Tn, Cn};
+        }
+    }
+
+    // mask_ (B, T) = 0 for tokens, the lowest T for padding (additive, as Hugging Face)
+    void set_key_mask(ids_view ids, ids_view attention_mask) {
+        mask_.resize(shape<dynamic, dynamic>(ids.extent(0), ids.extent(1)));
+        ops::key_mask(mask_, attention_mask);
+    }
+
+    buffer<T, shape<dynamic, dynamic>, D> mask_;  // (B, T) additive key mask
+    buffer<T, typename output_view::shape_type, D> d_[2],
+        d_final_;  // (B, T, C) gradients between blocks; before the final norm
+};
+
+}  // namespace blocks
+FTUNE_NAMESPACE_END
