@@ -4657,7 +4657,8 @@ class self_attention {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
-        auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds, &dq = w.dq, &dk = w.dk, &dv = w.dv;
+        auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds;  // (B, H, T, T); one declaration per
+        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // type (Clang 14 rejects mixed ones)
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
         const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
