@@ -27,14 +27,15 @@ if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
     cmake --build "$fuzz_build" -j "$(nproc)"
     fixtures=tests/reference/fixtures
     rm -rf "$fuzz_build/corpus"
-    mkdir -p "$fuzz_build/corpus/safetensors" "$fuzz_build/corpus/config"
+    mkdir -p "$fuzz_build/corpus/safetensors" "$fuzz_build/corpus/config" "$fuzz_build/corpus/gguf"
+    cp "$fixtures"/gguf/types.gguf "$fuzz_build/corpus/gguf/"
     cp "$fixtures"/hf_heads/expected.safetensors "$fixtures"/hf_tiny_bert/model.safetensors \
         "$fuzz_build/corpus/safetensors/"
     for d in seq token qa mlm; do
         cp "$fixtures/hf_heads/$d/config.json" "$fuzz_build/corpus/config/$d.json"
         cp "$fixtures/hf_heads/$d/tokenizer_config.json" "$fuzz_build/corpus/config/tok_$d.json"
     done
-    for t in safetensors config; do
+    for t in safetensors config gguf; do
         target=fuzz_$t
         [[ $t == config ]] && target=fuzz_hf_config
         echo "fuzzing $target for ${fuzz_seconds} s"

@@ -1,6 +1,7 @@
-// ftune/io.hpp: reading (and, with the Hugging Face issue, writing) model files. Needs
-// nlohmann_json; kept out of the training-path umbrella ftune/ftune.hpp.
+// ftune/io.hpp: reading and writing model files (Hugging Face directories, safetensors, GGUF).
+// Needs nlohmann_json; kept out of the training-path umbrella ftune/ftune.hpp.
 #pragma once
 
+#include "ftune/io/gguf.hpp"
 #include "ftune/io/hf.hpp"
 #include "ftune/io/safetensors.hpp"

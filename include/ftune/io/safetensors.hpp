@@ -24,14 +24,7 @@
 #include "ftune/core/concepts.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/io/atomic.hpp"
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#define FTUNE_HAVE_MMAP 1
-#endif
+#include "ftune/io/mapped_file.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace io {
@@ -115,22 +108,16 @@ class safetensors_file {
   public:
     /// Opens and validates `path`; throws ftune::error (io or parse) naming the file and the
     /// problem.
-    explicit safetensors_file(const std::filesystem::path& path) : path_(path.string()) {
-        map_file();
-        parse_header();
-    }
+    explicit safetensors_file(const std::filesystem::path& path) : file_(path) { parse_header(); }
     /// Validates safetensors bytes already in memory (an embedded model, a download buffer),
     /// read in place: `bytes` must outlive the object. `name` stands for the path in messages.
     safetensors_file(std::span<const unsigned char> bytes, std::string name)
-        : path_(std::move(name)), base_(bytes.data()), size_(bytes.size()) {
+        : file_(bytes, std::move(name)) {
         parse_header();
     }
-    safetensors_file(const safetensors_file&) = delete;
-    safetensors_file& operator=(const safetensors_file&) = delete;
-    ~safetensors_file() { unmap(); }
 
     /// The file's path.
-    const std::string& path() const noexcept { return path_; }
+    const std::string& path() const noexcept { return file_.path(); }
     /// Every tensor, in the order of their data offsets.
     const std::vector<tensor_info>& tensors() const noexcept { return tensors_; }
     /// The "__metadata__" string map (empty when absent).
@@ -196,67 +183,31 @@ class safetensors_file {
     /// The tensor called `name` (throws naming it when absent).
     const tensor_info& at(std::string_view name) const {
         if (const auto* t = find(name)) return *t;
-        throw error(errc::out_of_range, path_,
+        throw error(errc::out_of_range, path(),
                     ftune::detail::cat("no tensor named \"", name, "\" in the file"));
     }
 
   private:
-    std::string context(const tensor_info& t) const { return path_ + ": tensor " + t.name; }
+    std::string context(const tensor_info& t) const { return path() + ": tensor " + t.name; }
 
-    [[noreturn]] void bad(const std::string& what) const { throw error(errc::parse, path_, what); }
-
-    void map_file() {
-#ifdef FTUNE_HAVE_MMAP
-        const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            throw error(errc::io, path_, ftune::detail::cat("cannot open: ", std::strerror(errno)));
-        struct stat st {};
-        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-            ::close(fd);
-            throw error(errc::io, path_, "not a regular file");
-        }
-        size_ = static_cast<std::size_t>(st.st_size);
-        if (size_ > 0) {
-            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-            if (p == MAP_FAILED) {
-                ::close(fd);
-                throw error(errc::io, path_,
-                            ftune::detail::cat("cannot map: ", std::strerror(errno)));
-            }
-            base_ = static_cast<const unsigned char*>(p);
-            mapped_ = true;
-        }
-        ::close(fd);
-#else
-        std::ifstream in(path_, std::ios::binary);
-        if (!in) throw error(errc::io, path_, "cannot open");
-        copy_.assign(std::istreambuf_iterator<char>(in), {});
-        base_ = reinterpret_cast<const unsigned char*>(copy_.data());
-        size_ = copy_.size();
-#endif
-    }
-
-    void unmap() noexcept {
-#ifdef FTUNE_HAVE_MMAP
-        if (mapped_) ::munmap(const_cast<unsigned char*>(base_), size_);
-#endif
-        base_ = nullptr;
-    }
+    [[noreturn]] void bad(const std::string& what) const { throw error(errc::parse, path(), what); }
 
     static constexpr std::uint64_t max_header_bytes = 100'000'000;  // safetensors' limit
     void parse_header() {
-        if (size_ < 8)
-            bad(ftune::detail::cat("file of ", size_,
+        const unsigned char* base = file_.data();
+        const std::size_t size = file_.size();
+        if (size < 8)
+            bad(ftune::detail::cat("file of ", size,
                                    " bytes is too short for a safetensors header (8-byte length "
                                    "+ JSON); is it a safetensors file?"));
-        const std::uint64_t n = detail::load_le<std::uint64_t>(base_);
-        if (n > size_ - 8)
-            bad(ftune::detail::cat("header length ", n, " runs past the end of the ", size_,
+        const std::uint64_t n = detail::load_le<std::uint64_t>(base);
+        if (n > size - 8)
+            bad(ftune::detail::cat("header length ", n, " runs past the end of the ", size,
                                    "-byte file (truncated download?)"));
         if (n > max_header_bytes)  // the format's own limit, against a hostile parse
             bad(ftune::detail::cat("header of ", n, " bytes exceeds the format's limit of ",
                                    max_header_bytes, " (100 MB)"));
-        const auto* h = reinterpret_cast<const char*>(base_ + 8);
+        const auto* h = reinterpret_cast<const char*>(base + 8);
         nlohmann::json j;
         try {
             j = nlohmann::json::parse(h, h + n);
@@ -264,8 +215,8 @@ class safetensors_file {
             bad(ftune::detail::cat("the JSON header is malformed: ", e.what()));
         }
         if (!j.is_object()) bad("the JSON header is not an object");
-        data_ = base_ + 8 + n;
-        const std::size_t data_size = size_ - 8 - n;
+        data_ = base + 8 + n;
+        const std::size_t data_size = size - 8 - n;
         for (auto it = j.begin(); it != j.end(); ++it) {
             if (it.key() == "__metadata__") {
                 if (!it->is_object()) bad("__metadata__ is not an object");
@@ -288,7 +239,7 @@ class safetensors_file {
     tensor_info parse_entry(const std::string& name, const nlohmann::json& e,
                             std::size_t data_size) const {
         auto fail = [&](const std::string& what) -> tensor_info {
-            throw error(errc::parse, path_ + ": tensor " + name, what);
+            throw error(errc::parse, path() + ": tensor " + name, what);
         };
         tensor_info t;
         t.name = name;
@@ -332,17 +283,11 @@ class safetensors_file {
         return t;
     }
 
-    std::string path_;
-    const unsigned char* base_ = nullptr;  // the whole file
-    std::size_t size_ = 0;
-    bool mapped_ = false;  // whether base_ is this object's mmap (else borrowed or copied)
+    mapped_file file_;                     // the whole file
     const unsigned char* data_ = nullptr;  // the data section
     std::vector<tensor_info> tensors_;
     std::map<std::string, std::size_t> index_;
     std::map<std::string, std::string> metadata_;
-#ifndef FTUNE_HAVE_MMAP
-    std::vector<char> copy_;
-#endif
 };
 
 /// One tensor to write: name, shape and float32 values.

@@ -1,0 +1,120 @@
+// GGUF: a file written by llama.cpp's gguf-py with one tensor of every type ftune reads
+// (tests/reference/gguf_fixture.py) parses, its metadata of every value type reads back, and
+// every tensor dequantizes to exactly the values gguf-py's dequantize gives; malformed files
+// (truncated, bad offsets, unknown types, absurd counts) are errors naming the problem.
+#include <ftune/io/gguf.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+namespace {
+const std::filesystem::path fixtures = std::filesystem::path(FTUNE_REFERENCE_DIR) / "gguf";
+
+std::vector<unsigned char> file_bytes(const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+}  // namespace
+
+TEST_CASE("GGUF: metadata of every value type, tensors of every type equal to gguf-py's",
+          "[io][parity]") {
+    const ftune::io::gguf_file f(fixtures / "types.gguf");
+    const ftune::io::safetensors_file want(fixtures / "types_expected.safetensors");
+    CHECK(f.version() == 3);
+    const auto& m = f.metadata();
+    CHECK(m.at("general.architecture") == "llama");
+    CHECK(m.at("test.u8") == 200);
+    CHECK(m.at("test.i8") == -5);
+    CHECK(m.at("test.u16") == 60000);
+    CHECK(m.at("test.i16") == -30000);
+    CHECK(m.at("test.u32") == 4000000000u);
+    CHECK(m.at("test.i32") == -2000000000);
+    CHECK(m.at("test.u64") == (std::uint64_t(1) << 40) + 3);
+    CHECK(m.at("test.i64") == -(std::int64_t(1) << 40) - 3);
+    CHECK(m.at("test.f32") == 0.25);
+    CHECK(m.at("test.f64") == -1.5);
+    CHECK(m.at("test.bool") == true);
+    CHECK(m.at("test.string") == "h\xc3\xa9llo \xe2\x9c\x93");
+    CHECK(m.at("test.strings") == nlohmann::json::array({"a", "", "\xc4\xa0The"}));
+    CHECK(m.at("test.ints") == nlohmann::json::array({1, -2, 3}));
+
+    REQUIRE(f.tensors().size() == want.tensors().size());
+    for (const auto& e : want.tensors()) {
+        INFO(e.name);
+        const auto& t = f.at(e.name);
+        CHECK(t.shape == e.shape);  // PyTorch's order: outermost first
+        const auto got = f.read<float>(t);
+        const auto expected = want.read<float>(e);
+        REQUIRE(got.size() == expected.size());
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) differ += got[i] != expected[i];
+        CHECK(differ == 0);  // bit for bit: the same float operations as ggml's
+        const auto as_double = f.read<double>(t);
+        CHECK(std::equal(as_double.begin(), as_double.end(), expected.begin()));
+    }
+    CHECK(f.at("t.q4_k").type == ftune::io::ggml_type::q4_k);
+    CHECK(f.at("t.q6_k").bytes == 2 * 2 * 210);  // 2 rows of 2 super-blocks
+    CHECK_THROWS_WITH(f.at("nope"), Catch::Contains("no tensor named \"nope\""));
+}
+
+TEST_CASE("GGUF: malformed files are errors naming the problem, never a crash", "[io]") {
+    const auto good = file_bytes(fixtures / "types.gguf");
+    REQUIRE(good.size() > 1000);
+    auto parse = [](std::vector<unsigned char> b) {
+        const ftune::io::gguf_file f(std::span<const unsigned char>(b), "bad.gguf");
+        return f.tensors().size();
+    };
+    CHECK(parse(good) == 12);
+    // every truncation
+    for (std::size_t n : {std::size_t(0), std::size_t(3), std::size_t(10), std::size_t(30),
+                          good.size() / 2, good.size() - 1}) {
+        INFO(n);
+        CHECK_THROWS_AS(parse(std::vector<unsigned char>(good.begin(), good.begin() + n)),
+                        ftune::error);
+    }
+    CHECK_THROWS_WITH(parse({'G', 'G', 'U', 'X', 3, 0, 0, 0}), Catch::Contains("not a GGUF file"));
+    auto with = [&](std::size_t at, std::vector<unsigned char> bytes) {
+        auto b = good;
+        std::copy(bytes.begin(), bytes.end(), b.begin() + at);
+        return b;
+    };
+    CHECK_THROWS_WITH(parse(with(4, {1, 0, 0, 0})), Catch::Contains("version 1"));
+    // absurd counts: 2^40 tensors, 2^40 metadata entries
+    CHECK_THROWS_WITH(parse(with(8, {0, 0, 0, 0, 0, 1, 0, 0})), Catch::Contains("cannot fit"));
+    CHECK_THROWS_WITH(parse(with(16, {0, 0, 0, 0, 0, 1, 0, 0})), Catch::Contains("cannot fit"));
+    // the first tensor info: find its name and damage its type and offset
+    // the first tensor info (its name with its u64 length before it): damage its fields
+    auto info_of = [&](const std::string& name) {
+        std::vector<unsigned char> key{
+            static_cast<unsigned char>(name.size()), 0, 0, 0, 0, 0, 0, 0};
+        key.insert(key.end(), name.begin(), name.end());
+        const auto it = std::search(good.begin(), good.end(), key.begin(), key.end());
+        REQUIRE(it != good.end());
+        return std::size_t(it - good.begin()) + key.size();  // at n_dims
+    };
+    const std::size_t info = info_of("t.f32");
+    // n_dims (u32) = 2, dims 512 and 2 (u64), type (u32), offset (u64)
+    CHECK_THROWS_WITH(parse(with(info, {9, 0, 0, 0})), Catch::Contains("9 dimensions"));
+    CHECK_THROWS_WITH(parse(with(info + 4 + 16, {10, 0, 0, 0})),
+                      Catch::Contains("Q2_K") && Catch::Contains("re-quantize"));
+    CHECK_THROWS_WITH(parse(with(info + 4 + 16, {77, 0, 0, 0})), Catch::Contains("type 77"));
+    CHECK_THROWS_WITH(parse(with(info + 4 + 16 + 4, {1, 0, 0, 0, 0, 0, 0, 0})),
+                      Catch::Contains("not a multiple of the alignment"));
+    CHECK_THROWS_WITH(parse(with(info + 4 + 16 + 4, {0, 0, 0, 0, 0, 1, 0, 0})),
+                      Catch::Contains("run past the end"));
+    CHECK_THROWS_WITH(parse(with(info + 4, {0, 0, 0, 0, 0, 0, 0, 0})), Catch::Contains("is zero"));
+    // a row that is not whole blocks: the q4_0 tensor's rows (512) changed to 500
+    CHECK_THROWS_WITH(parse(with(info_of("t.q4_0") + 4, {244, 1})),
+                      Catch::Contains("not whole Q4_0 blocks"));
+}
