@@ -1,37 +1,73 @@
 // ftune_hidden_states: the last hidden states of a Hugging Face BERT model for each line of
-// stdin, written to a safetensors file, so that a script can compare them with Transformers'
-// (tests/reference/real_checkpoint.py).
+// stdin, or of a Llama-family GGUF for each line of token ids, written to a safetensors file, so
+// that a script can compare them with Transformers' (tests/reference/real_checkpoint.py,
+// tests/reference/smollm2_gguf_check.py).
 //
 //   ftune_hidden_states --model DIR --out FILE.safetensors [--batch-size N] < sentences.txt
+//   ftune_hidden_states --gguf FILE.gguf --out FILE.safetensors < ids.txt   (one sequence of
+//                       space-separated token ids per line, each run alone: no padding)
 //
 // FILE holds "hidden" (total tokens, C): the states of every real token ([CLS] ... [SEP], no
 // padding) of line 0, then line 1, ...; and "lengths" (lines), token counts as float32. Lines are
 // processed in padded batches, as an application would.
 #include <cstring>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include <ftune/io/gguf_llama.hpp>
 #include <ftune/io/hf.hpp>
 
+namespace {
+// the GGUF mode: every line of ids through a Llama-family decoder, one sequence at a time
+int gguf_hidden_states(const std::string& path, const std::string& out) {
+    const ftune::io::gguf_file f(path);
+    const auto cfg = ftune::io::llama_config_from_gguf(f);
+    ftune::llama::decoder<float> model(cfg);
+    ftune::io::load_llama_gguf(model, f, cfg);
+    std::vector<float> hidden, lengths;
+    ftune::context eval;
+    for (std::string line; std::getline(std::cin, line);) {
+        std::vector<ftune::token_id> ids;
+        std::istringstream in(line);
+        for (ftune::token_id id; in >> id;) ids.push_back(id);
+        if (ids.empty()) continue;
+        const auto h = model.forward(eval, {ids.data(), 1, ids.size()});
+        hidden.insert(hidden.end(), h.data(), h.data() + h.size());
+        lengths.push_back(float(ids.size()));
+    }
+    const std::size_t C = cfg.hidden_size;
+    ftune::io::write_safetensors(
+        out, {{"hidden", {hidden.size() / C, C}, hidden}, {"lengths", {lengths.size()}, lengths}});
+    std::cerr << lengths.size() << " sequences, " << hidden.size() / C << " tokens -> " << out
+              << "\n";
+    return 0;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
-    std::string model, out;
+    std::string model, out, gguf;
     std::size_t batch = 32;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
         if (a == "--model")
             model = argv[i + 1];
+        else if (a == "--gguf")
+            gguf = argv[i + 1];
         else if (a == "--out")
             out = argv[i + 1];
         else if (a == "--batch-size")
             batch = std::stoul(argv[i + 1]);
     }
-    if (model.empty() || out.empty()) {
+    if ((model.empty() && gguf.empty()) || out.empty()) {
         std::cerr << "usage: ftune_hidden_states --model DIR --out FILE.safetensors "
-                     "[--batch-size N] < lines\n";
+                     "[--batch-size N] < lines\n"
+                     "       ftune_hidden_states --gguf FILE.gguf --out FILE.safetensors < ids\n";
         return 2;
     }
     try {
+        if (!gguf.empty()) return gguf_hidden_states(gguf, out);
         auto m = ftune::io::load_hf<ftune::bert::model<>>(model);
         if (!m.tokenizer) throw ftune::error(ftune::errc::io, model, "no tokenizer");
         m.model.prepare_inference();

@@ -152,6 +152,10 @@ struct tokens_only_pieces : positions_only_pieces {
     using positions = ftune::layers::absent;
     static constexpr std::string_view token_name = "embed_tokens";
 };
+// Llama's stack names: the table under the prefix, blocks "layers.N", final norm "norm".
+struct llama_names {
+    static constexpr std::string_view embeddings = "", layers = "layers", final_norm = "norm";
+};
 // A pre-norm stack's names: tables under the prefix, blocks "h.N", final norm "ln_f".
 struct final_norm_names {
     static constexpr std::string_view embeddings = "", layers = "h", final_norm = "ln_f";
@@ -237,6 +241,51 @@ TEST_CASE("blocks::stack with a final norm: gradients of every parameter, names"
     CHECK(names[2] == "transformer.h.0.attention.self.query.weight");
     CHECK(names[names.size() - 2] == "transformer.ln_f.weight");
     CHECK(names.size() == 2 + 2 * 16 + 2);
+}
+
+TEST_CASE("decoder stack (Llama's composition): gradients of every parameter, causal, names",
+          "[gradcheck][blocks]") {
+    using Block = ftune::blocks::decoder_block<double>;
+    using Stack = ftune::blocks::stack<
+        ftune::layers::input_embeddings<double, dynamic, ftune::device::cpu, tokens_only_pieces>,
+        Block, ftune::layers::rms_norm<double>, llama_names>;
+    Stack s(Stack::embeddings_type({.vocab = 11, .features = 8}),
+            ftune::layers::rms_norm<double>(8, 1e-5));
+    for (int i = 0; i < 2; ++i)
+        s.layer.emplace_back(ftune::blocks::decoder_sizes{.hidden = 8,
+                                                          .heads = 4,
+                                                          .kv_heads = 2,
+                                                          .head_dim = 2,
+                                                          .ffn = 12,
+                                                          .rope_theta = 100.0,
+                                                          .norm_eps = 1e-5});
+    test::randomize(s, 73);
+    const std::size_t B = 2, T = 5;
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        attention{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    bound_encoder<Stack> m{s, {attention.data(), B, T}, {}};
+    ftune::context ctx;
+    const auto res =
+        ftune::testing::check_layer_gradients(m, ctx, Stack::ids_view(ids.data(), B, T));
+    INFO(res.report);
+    REQUIRE(res.ok);
+    CHECK(res.checked > 500);
+    // causal: a later token changes no earlier hidden state
+    const auto h = s.forward(ctx, {ids.data(), B, T});
+    const std::vector<double> before(h.data(), h.data() + h.size());
+    ids[4] = 10;
+    const auto h2 = s.forward(ctx, {ids.data(), B, T});
+    for (std::size_t i = 0; i < 4 * 8; ++i) CHECK(h2.data()[i] == before[i]);
+    CHECK(h2.data()[4 * 8] != before[4 * 8]);
+    std::vector<std::string> names;
+    s.visit_parameters("model", [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names.front() == "model.embed_tokens.weight");
+    CHECK(names[1] == "model.layers.0.input_layernorm.weight");
+    CHECK(names[2] == "model.layers.0.self_attn.q_proj.weight");
+    CHECK(names[6] == "model.layers.0.post_attention_layernorm.weight");
+    CHECK(names[7] == "model.layers.0.mlp.gate_proj.weight");
+    CHECK(names.back() == "model.norm.weight");
+    CHECK(names.size() == 1 + 2 * 9 + 1);
 }
 
 TEST_CASE("bert::Encoder<dims>: static sizes checked against the configuration", "[blocks]") {

@@ -3,6 +3,7 @@
 // every tensor dequantizes to exactly the values gguf-py's dequantize gives; malformed files
 // (truncated, bad offsets, unknown types, absurd counts) are errors naming the problem.
 #include <ftune/io/gguf.hpp>
+#include <ftune/io/gguf_llama.hpp>
 
 #include <algorithm>
 #include <cstring>
@@ -117,4 +118,53 @@ TEST_CASE("GGUF: malformed files are errors naming the problem, never a crash", 
     // a row that is not whole blocks: the q4_0 tensor's rows (512) changed to 500
     CHECK_THROWS_WITH(parse(with(info_of("t.q4_0") + 4, {244, 1})),
                       Catch::Contains("not whole Q4_0 blocks"));
+}
+
+TEST_CASE(
+    "GGUF Llama: a Q8_0 file in llama.cpp's layout gives Transformers' hidden states and "
+    "logits",
+    "[io][parity]") {
+    // fixture: tests/reference/llama_gguf.py (Transformers read the same file back)
+    const ftune::io::gguf_file f(fixtures / "tiny_llama.gguf");
+    const auto cfg = ftune::io::llama_config_from_gguf(f);
+    CHECK(cfg.hidden_size == 64);
+    CHECK(cfg.num_hidden_layers == 2);
+    CHECK(cfg.num_attention_heads == 4);
+    CHECK(cfg.num_key_value_heads == 2);
+    CHECK(cfg.head_size() == 16);
+    CHECK(cfg.vocab_size == 64);
+    CHECK(cfg.tie_word_embeddings);
+    CHECK(cfg.rms_norm_eps == Approx(1e-5));
+    ftune::llama::decoder<float> model(cfg);
+    ftune::io::load_llama_gguf(model, f, cfg);
+    const ftune::io::safetensors_file want(fixtures / "tiny_llama_expected.safetensors");
+    auto ints = [&](const char* name) {
+        const auto& t = want.at(name);
+        std::vector<ftune::token_id> v(t.numel());
+        std::memcpy(v.data(), want.bytes(t).data(), v.size() * sizeof(ftune::token_id));
+        return v;
+    };
+    const auto ids = ints("input_ids"), mask = ints("attention_mask");
+    const std::size_t B = 2, T = 8, C = 64, V = 64;
+    ftune::context ctx;
+    const auto h = model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
+    const auto hidden = want.read<float>(want.at("hidden"));
+    const auto logits = want.read<float>(want.at("logits"));
+    double worst_h = 0, worst_l = 0;
+    const auto& E = model.input_embeddings().value;  // tied LM head
+    for (std::size_t r = 0; r < B * T; ++r) {
+        for (std::size_t c = 0; c < C; ++c)
+            worst_h = std::max(worst_h, double(std::abs(h.data()[r * C + c] - hidden[r * C + c])));
+        for (std::size_t v = 0; v < V; ++v) {
+            double z = 0;
+            for (std::size_t c = 0; c < C; ++c) z += double(h.data()[r * C + c]) * E(v, c);
+            worst_l = std::max(worst_l, std::abs(z - double(logits[r * V + v])));
+        }
+    }
+    CHECK(worst_h < 1e-5);
+    CHECK(worst_l < 1e-4);
+    // a file of another family is refused with its name
+    CHECK_THROWS_WITH(
+        ftune::io::llama_config_from_gguf(ftune::io::gguf_file(fixtures / "types.gguf")),
+        Catch::Contains("llama.embedding_length") && Catch::Contains("missing"));
 }

@@ -491,7 +491,7 @@ TEST_CASE("load_hf: bad model directories are errors naming the file and the pro
     }
     {
         const auto dir = scratch_copy("act");
-        edit_config(dir, [](nlohmann::json& j) { j["hidden_act"] = "swish"; });
+        edit_config(dir, [](nlohmann::json& j) { j["hidden_act"] = "quick_gelu"; });
         CHECK(load_error(dir).find("config.json: hidden_act") != std::string::npos);
     }
     {

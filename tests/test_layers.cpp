@@ -27,6 +27,7 @@ void require_layer_gradients(L& layer, ftune::context& ctx, X x) {
 
 static_assert(ftune::layer<layers::linear<double>>);
 static_assert(ftune::layer<layers::layer_norm<float, 384>>);
+static_assert(ftune::layer<layers::rms_norm<float, 576>>);
 static_assert(ftune::layer<layers::gelu<double>>);
 static_assert(ftune::layer<layers::dropout<float>>);
 static_assert(ftune::layer<layers::embedding<double, 8>>);
@@ -53,7 +54,133 @@ TEST_CASE("layer norm: gradients of weight, bias and input", "[gradcheck][layers
     require_layer_gradients(ln, ctx, ftune::view<double, shape<dynamic, dynamic>>(xs.data(), 3, 9));
 }
 
-TEST_CASE("activations: GELU, GELU (tanh), tanh, ReLU", "[gradcheck][layers]") {
+TEST_CASE("RMSNorm: gradients of weight and input; a frozen weight gets none",
+          "[gradcheck][layers]") {
+    ftune::context ctx;
+    layers::rms_norm<double> n(9, 1e-5);
+    test::randomize(n, 8);
+    auto xs = test::randn<double>(3 * 9, 9, 2.0);
+    const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 3, 9);
+    require_layer_gradients(n, ctx, x);
+    n.weight.trainable = false;
+    n.zero_grad();
+    const auto y = n.forward(ctx, x);
+    const std::vector<double> dy(y.size(), 1.0);
+    std::vector<double> dx(y.size(), 0.0);
+    n.backward(ctx, {dy.data(), 3, 9}, {dx.data(), 3, 9});
+    for (std::size_t c = 0; c < 9; ++c) CHECK(n.weight.grad(c) == 0.0);
+}
+
+TEST_CASE("linear without a bias (Llama's projections): y = x Wᵀ, gradients, prepared inference",
+          "[gradcheck][layers]") {
+    ftune::context ctx;
+    layers::linear<double, dynamic, dynamic, ftune::device::cpu, false> l(7, 5);
+    static_assert(!decltype(l)::has_bias);
+    test::randomize(l, 12);
+    std::vector<std::string> names;
+    l.visit_parameters("q_proj", [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names == std::vector<std::string>{"q_proj.weight"});
+    auto xs = test::randn<double>(4 * 7, 13);
+    const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 4, 7);
+    require_layer_gradients(l, ctx, x);
+    const auto y = l.forward(ctx, x);
+    const std::vector<double> plain(y.data(), y.data() + y.size());
+    for (std::size_t i = 0; i < 4; ++i)
+        for (std::size_t o = 0; o < 5; ++o) {
+            double want = 0;
+            for (std::size_t k = 0; k < 7; ++k) want += xs[i * 7 + k] * l.weight.value(o, k);
+            CHECK(std::abs(plain[i * 5 + o] - want) < 1e-12);
+        }
+    l.prepare_inference();
+    const auto yp = l.forward(ctx, x);
+    CHECK(std::vector<double>(yp.data(), yp.data() + yp.size()) == plain);
+}
+
+TEST_CASE("gated MLP (Llama's SwiGLU): gradients of every projection and the input, names",
+          "[gradcheck][layers]") {
+    ftune::context ctx;
+    layers::gated_mlp<double> mlp(6, 10);
+    test::randomize(mlp, 14);
+    std::vector<std::string> names;
+    mlp.visit_parameters("mlp", [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names == std::vector<std::string>{"mlp.gate_proj.weight", "mlp.up_proj.weight",
+                                            "mlp.down_proj.weight"});
+    auto xs = test::randn<double>(3 * 6, 15, 2.0);
+    const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 3, 6);
+    require_layer_gradients(mlp, ctx, x);
+    // y = down(silu(gate x) ⊙ up x), from the definition
+    const auto y = mlp.forward(ctx, x);
+    for (std::size_t i = 0; i < 3; ++i)
+        for (std::size_t o = 0; o < 6; ++o) {
+            double want = 0;
+            for (std::size_t f = 0; f < 10; ++f) {
+                double g = 0, u = 0;
+                for (std::size_t k = 0; k < 6; ++k) {
+                    g += xs[i * 6 + k] * mlp.gate_proj.weight.value(f, k);
+                    u += xs[i * 6 + k] * mlp.up_proj.weight.value(f, k);
+                }
+                want += mlp.down_proj.weight.value(o, f) * (g / (1 + std::exp(-g))) * u;
+            }
+            CHECK(std::abs(y(i, o) - want) < 1e-12);
+        }
+}
+
+namespace {
+// rotary_attention with a fixed key mask, as check_layer_gradients calls a layer
+struct masked_attention {
+    using attention = layers::rotary_attention<double>;
+    using value_type = double;
+    using input_view = ftune::view<double, shape<dynamic, dynamic, dynamic>>;
+    using d_input_view = attention::d_input_view;
+    using output_view = attention::output_view;
+    attention& a;
+    attention::mask_view m;
+    output_view forward(ftune::context& ctx, input_view x) { return a.forward(ctx, x, m); }
+    void backward(ftune::context& ctx, output_view dy, d_input_view dx) { a.backward(ctx, dy, dx); }
+    void zero_grad() { a.zero_grad(); }
+    template <class F>
+    void visit_parameters(std::string_view p, F&& f) {
+        a.visit_parameters(p, f);
+    }
+};
+}  // namespace
+
+TEST_CASE("rotary attention (Llama's, grouped-query): gradients with a padding mask; causal",
+          "[gradcheck][layers]") {
+    using attention = layers::rotary_attention<double>;
+    for (std::size_t kv : {4, 2, 1}) {  // multi-head, groups of 2, one key/value head
+        INFO("kv heads " << kv);
+        attention a({.hidden = 8, .heads = 4, .kv_heads = kv, .head_dim = 4, .rope_theta = 100.0});
+        test::randomize(a, 20 + int(kv));
+        const std::size_t B = 2, T = 5, C = 8;
+        auto xs = test::randn<double>(B * T * C, 30);
+        // the second row's last two positions are padding
+        std::vector<double> mask(B * T, 0.0);
+        mask[8] = mask[9] = std::numeric_limits<double>::lowest();
+        masked_attention b{a, {mask.data(), B, T}};
+        ftune::context ctx;
+        require_layer_gradients(b, ctx, masked_attention::input_view(xs.data(), B, T, C));
+        // causal: changing the last position changes no earlier output
+        const auto y = a.forward(ctx, {xs.data(), B, T, C});
+        const std::vector<double> before(y.data(), y.data() + y.size());
+        for (std::size_t c = 0; c < C; ++c) xs[(T - 1) * C + c] += 1.0;  // row 0, position 4
+        const auto y2 = a.forward(ctx, {xs.data(), B, T, C});
+        for (std::size_t i = 0; i < (T - 1) * C; ++i) CHECK(y2.data()[i] == before[i]);
+        CHECK(y2.data()[(T - 1) * C] != before[(T - 1) * C]);
+    }
+    layers::rotary_attention<double> a({.hidden = 8, .heads = 4, .kv_heads = 2, .head_dim = 4});
+    std::vector<std::string> names;
+    a.visit_parameters("self_attn", [&](ftune::parameter_ref<double> p) {
+        names.push_back(p.name + " " + p.shape_string());
+    });
+    CHECK(names == std::vector<std::string>{
+                       "self_attn.q_proj.weight [16, 8]", "self_attn.k_proj.weight [8, 8]",
+                       "self_attn.v_proj.weight [8, 8]", "self_attn.o_proj.weight [8, 16]"});
+    CHECK_THROWS_AS(attention({.hidden = 8, .heads = 4, .kv_heads = 3, .head_dim = 2}),
+                    ftune::error);
+}
+
+TEST_CASE("activations: GELU, GELU (tanh), tanh, ReLU, SiLU", "[gradcheck][layers]") {
     ftune::context ctx;
     auto xs = test::randn<double>(3 * 11, 6, 2.0);
     const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 3, 11);
@@ -65,6 +192,8 @@ TEST_CASE("activations: GELU, GELU (tanh), tanh, ReLU", "[gradcheck][layers]") {
     require_layer_gradients(t, ctx, x);
     layers::relu<double> r;  // no input lies within the difference step of the kink at 0
     require_layer_gradients(r, ctx, x);
+    layers::silu<double> si;
+    require_layer_gradients(si, ctx, x);
 }
 
 TEST_CASE("dropout: gradients under a fixed seed; eval mode is the identity",

@@ -75,6 +75,14 @@ TEMPLATE_TEST_CASE("activations forward and backward (accumulating)", "[primitiv
         ref::relu_backward(dx.data(), x.data(), dy.data(), n);
         cpu::relu_backward(dx2.data(), x.data(), dy.data(), n);
         require_close(dx2, dx, tol<T>(64), "relu_backward");  // dx carries the error above
+        // SiLU (the SIMD exp against std::exp)
+        ref::silu_forward(y.data(), x.data(), n);
+        cpu::silu_forward(y2.data(), x.data(), n);
+        require_close(y2, y, tol<T>(64), "silu_forward");
+        dx2 = dx;
+        ref::silu_backward(dx.data(), x.data(), dy.data(), n);
+        cpu::silu_backward(dx2.data(), x.data(), dy.data(), n);
+        require_close(dx2, dx, tol<T>(64), "silu_backward");
     }
 }
 
@@ -126,6 +134,38 @@ TEMPLATE_TEST_CASE("layer norm forward and backward", "[primitives]", float, dou
             require_close(dx2, dx, tol<T>(16.0 * C), "layer_norm dx");
             require_close(dw2, dw, tol<T>(16.0 * (rows + 1)), "layer_norm dweight");
             require_close(db2, db, tol<T>(8.0 * (rows + 1)), "layer_norm dbias");
+        }
+}
+
+TEMPLATE_TEST_CASE("RMSNorm forward and backward", "[primitives]", float, double) {
+    using T = TestType;
+    for (std::size_t C : {1, 2, 3, 7, 8, 9, 17, 64, 100, 576})
+        for (std::size_t rows : {0, 1, 5, 67}) {
+            INFO("rows=" << rows << " C=" << C);
+            auto x = test::randn<T>(rows * C, 30, 2.0);
+            for (std::size_t i = 0; i < x.size(); ++i) x[i] += T(1);  // non-zero mean
+            auto w = test::randn<T>(C, 31);
+            std::vector<T> out(rows * C), out2(rows * C), rstd(rows), rstd2(rows);
+            ref::rms_norm_forward(out.data(), rstd.data(), x.data(), w.data(), rows, C, T(1e-5));
+            cpu::rms_norm_forward(out2.data(), rstd2.data(), x.data(), w.data(), rows, C, T(1e-5));
+            require_close(rstd2, rstd, tol<T>(8.0 * C), "rms_norm rstd");
+            require_close(out2, out, tol<T>(8.0 * C), "rms_norm out");
+            for (std::size_t r = 0; r < rows; ++r) {  // the definition, in double
+                double ms = 0;
+                for (std::size_t c = 0; c < C; ++c)
+                    ms += double(x[r * C + c]) * double(x[r * C + c]);
+                CHECK(std::abs(double(rstd[r]) * std::sqrt(ms / double(C) + 1e-5) - 1) <
+                      16 * double(std::numeric_limits<T>::epsilon()) * double(C));
+            }
+            auto dout = test::randn<T>(rows * C, 33);
+            auto dx = test::randn<T>(rows * C, 34), dx2 = dx;
+            auto dw = test::randn<T>(C, 35), dw2 = dw;
+            ref::rms_norm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(),
+                                   rstd.data(), rows, C);
+            cpu::rms_norm_backward(dx2.data(), dw2.data(), dout.data(), x.data(), w.data(),
+                                   rstd.data(), rows, C);
+            require_close(dx2, dx, tol<T>(16.0 * C), "rms_norm dx");
+            require_close(dw2, dw, tol<T>(16.0 * (rows + 1)), "rms_norm dweight");
         }
 }
 

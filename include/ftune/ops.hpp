@@ -130,8 +130,18 @@ struct backend_of {
     FTUNE_OPS_FORWARD(NS, tanh_backward) \
     FTUNE_OPS_FORWARD(NS, relu_forward) \
     FTUNE_OPS_FORWARD(NS, relu_backward) \
+    FTUNE_OPS_FORWARD(NS, silu_forward) \
+    FTUNE_OPS_FORWARD(NS, silu_backward) \
+    FTUNE_OPS_FORWARD(NS, multiply) \
+    FTUNE_OPS_FORWARD(NS, multiply_backward) \
     FTUNE_OPS_FORWARD(NS, layer_norm_forward) \
     FTUNE_OPS_FORWARD(NS, layer_norm_backward) \
+    FTUNE_OPS_FORWARD(NS, rms_norm_forward) \
+    FTUNE_OPS_FORWARD(NS, rms_norm_backward) \
+    FTUNE_OPS_FORWARD(NS, rope_table) \
+    FTUNE_OPS_FORWARD(NS, rope_apply) \
+    FTUNE_OPS_FORWARD(NS, repeat_heads) \
+    FTUNE_OPS_FORWARD(NS, repeat_heads_backward) \
     FTUNE_OPS_FORWARD(NS, softmax_forward) \
     FTUNE_OPS_FORWARD(NS, softmax_backward) \
     FTUNE_OPS_FORWARD(NS, dropout_forward) \
@@ -293,7 +303,7 @@ void first_tokens(O&& out, const X& x) {
 }
 
 /// The activations ops::activation / activation_backward apply.
-enum class activation { gelu, gelu_tanh, tanh, relu };
+enum class activation { gelu, gelu_tanh, tanh, relu, silu };
 
 namespace detail {
 /// y(n) = f(x(n)) on arrays (y may be x) with backend Bk: activate()'s switch.
@@ -312,6 +322,9 @@ void activate_n(activation f, T* y, const T* x, std::size_t n) {
         case activation::relu:
             Bk::relu_forward(y, x, n);
             break;
+        case activation::silu:
+            Bk::silu_forward(y, x, n);
+            break;
     }
 }
 }  // namespace detail
@@ -324,7 +337,8 @@ void activate(activation f, Y&& y, const X& x) {
     detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
 }
 
-/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).
+/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU, SiLU) or the forward output y
+/// (tanh).
 template <tensor_like DX, tensor_like S, tensor_like DY>
 void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     detail::same_device<DX, S, DY>();
@@ -344,7 +358,33 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
         case activation::relu:
             detail::backend_for<DX>::relu_backward(dx.data(), saved.data(), dy.data(), n);
             break;
+        case activation::silu:
+            detail::backend_for<DX>::silu_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
     }
+}
+
+/// out = a ⊙ b element-wise (same shapes; out may alias a or b).
+template <tensor_like Out, tensor_like A, tensor_like B>
+void multiply(Out&& out, const A& a, const B& b) {
+    detail::same_device<Out, A, B>();
+    check_same_shape(a.shape(), b.shape(), "multiply (a vs b)");
+    check_same_shape(out.shape(), a.shape(), "multiply (out vs a)");
+    detail::backend_for<Out>::multiply(out.data(), a.data(), b.data(), a.shape().size());
+}
+
+/// da += dout ⊙ b and db += dout ⊙ a, for multiply (an empty da or db is not computed).
+template <tensor_like DA, tensor_like DB, tensor_like A, tensor_like B, tensor_like DOut>
+void multiply_backward(DA&& da, DB&& db, const A& a, const B& b, const DOut& dout) {
+    detail::same_device<DA, DB, A, B, DOut>();
+    check_same_shape(a.shape(), b.shape(), "multiply_backward (a vs b)");
+    check_same_shape(dout.shape(), a.shape(), "multiply_backward (dout vs a)");
+    const bool with_da = da.shape().size() != 0, with_db = db.shape().size() != 0;
+    if (with_da) check_same_shape(da.shape(), a.shape(), "multiply_backward (da vs a)");
+    if (with_db) check_same_shape(db.shape(), b.shape(), "multiply_backward (db vs b)");
+    detail::backend_for<DA>::multiply_backward(with_da ? da.data() : nullptr,
+                                               with_db ? db.data() : nullptr, a.data(), b.data(),
+                                               dout.data(), a.shape().size());
 }
 
 /// out(rows, C) = LayerNorm(x) * weight + bias; saves mean(rows), rstd(rows).
@@ -393,6 +433,103 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
     detail::backend_for<DX>::layer_norm_backward(dx.data(), dweight.data(), dbias.data(),
                                                  dout.data(), x.data(), weight.data(), mean.data(),
                                                  rstd.data(), rows, C);
+}
+
+/// out (rows, C) = x / sqrt(mean(x²) + eps) ⊙ weight (C) per row (RMSNorm), rstd (rows) saved.
+template <tensor_like Out, tensor_like Rstd, tensor_like X, tensor_like W>
+void rms_norm(Out&& out, Rstd&& rstd, const X& x, const W& weight, detail::scalar_of<X> eps) {
+    using SX = detail::shape_of<X>;
+    detail::same_device<Out, Rstd, X, W>();
+    static_assert(SX::rank == 2,
+                  "ftune::ops::rms_norm normalizes the rows of a (rows, C) view; reshape first");
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
+    check_same_shape(out.shape(), x.shape(), "rms_norm (out vs x)");
+    detail::check_axis("rms_norm", "x", x, 1, "weight", weight, 0);
+    const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
+    detail::check_size("rms_norm", "rstd", rstd, rows, "one per row of x");
+    detail::backend_for<Out>::rms_norm_forward(out.data(), rstd.data(), x.data(), weight.data(),
+                                               rows, C, eps);
+}
+
+/// dx += ..., dweight += ... for rms_norm (from its saved rstd).
+template <tensor_like DX, tensor_like DW, tensor_like DOut, tensor_like X, tensor_like W,
+          tensor_like Rstd>
+void rms_norm_backward(DX&& dx, DW&& dweight, const DOut& dout, const X& x, const W& weight,
+                       const Rstd& rstd) {
+    using SX = detail::shape_of<X>;
+    detail::same_device<DX, DW, DOut, X, W, Rstd>();
+    static_assert(SX::rank == 2,
+                  "ftune::ops::rms_norm_backward: x, dout and dx are (rows, C); reshape first");
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<DW>, 0>>();
+    check_same_shape(dout.shape(), x.shape(), "rms_norm_backward (dout vs x)");
+    check_same_shape(dx.shape(), x.shape(), "rms_norm_backward (dx vs x)");
+    detail::check_axis("rms_norm_backward", "x", x, 1, "weight", weight, 0);
+    detail::check_axis("rms_norm_backward", "x", x, 1, "dweight", dweight, 0);
+    const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
+    detail::check_size("rms_norm_backward", "rstd", rstd, rows, "one per row of x");
+    detail::backend_for<DX>::rms_norm_backward(dx.data(), dweight.data(), dout.data(), x.data(),
+                                               weight.data(), rstd.data(), rows, C);
+}
+
+/// cos, sin (rows, half) = the rotary angles positions (rows) · theta^(-2i / (2 half)).
+template <tensor_like Cos, tensor_like Sin, tensor_like P>
+void rope_table(Cos&& cos, Sin&& sin, const P& positions, double theta) {
+    detail::same_device<Cos, Sin, P>();
+    static_assert(detail::shape_of<Cos>::rank == 2, "ftune::ops::rope_table: cos is (rows, half)");
+    check_same_shape(cos.shape(), sin.shape(), "rope_table (cos vs sin)");
+    detail::check_axis("rope_table", "cos", cos, 0, "positions", positions, 0);
+    detail::backend_for<Cos>::rope_table(cos.data(), sin.data(), positions.data(),
+                                         cos.shape().extent(0), cos.shape().extent(1), theta);
+}
+
+/// Rotates x (rows, heads · 2 half) in place by the angles of cos, sin (rows, half) (RoPE with
+/// Transformers' rotate_half pairing: i with i + half in each head); inverse rotates back (the
+/// backward).
+template <tensor_like X, tensor_like Cos, tensor_like Sin>
+void rope(X&& x, const Cos& cos, const Sin& sin, bool inverse = false) {
+    detail::same_device<X, Cos, Sin>();
+    static_assert(detail::shape_of<X>::rank == 2, "ftune::ops::rope: x is (rows, heads * d)");
+    check_same_shape(cos.shape(), sin.shape(), "rope (cos vs sin)");
+    detail::check_axis("rope", "x", x, 0, "cos", cos, 0);
+    const std::size_t rows = x.shape().extent(0), cols = x.shape().extent(1),
+                      half = cos.shape().extent(1);
+    if (half == 0 || cols % (2 * half) != 0)
+        throw error(errc::shape_mismatch, "rope",
+                    ftune::detail::cat(cols, " columns are not heads of ", 2 * half));
+    detail::backend_for<X>::rope_apply(x.data(), cols, cos.data(), sin.data(), rows,
+                                       cols / (2 * half), half, inverse);
+}
+
+/// out (rows, kv_heads · group · d) = each head of in (rows, kv_heads · d) repeated group times
+/// (grouped-query attention's keys and values for every query head, as Transformers' repeat_kv).
+template <tensor_like Out, tensor_like In>
+void repeat_heads(Out&& out, const In& in, std::size_t kv_heads, std::size_t group) {
+    detail::same_device<Out, In>();
+    static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<In>::rank == 2,
+                  "ftune::ops::repeat_heads: out (rows, H d), in (rows, Hkv d)");
+    const std::size_t rows = in.shape().extent(0), cols = in.shape().extent(1);
+    if (kv_heads == 0 || cols % kv_heads != 0)
+        throw error(errc::shape_mismatch, "repeat_heads",
+                    ftune::detail::cat(kv_heads, " heads do not divide ", cols, " features"));
+    detail::check_axis("repeat_heads", "out", out, 0, "in", in, 0);
+    detail::check_size("repeat_heads", "out", out, rows * cols * group, "in's size times group");
+    detail::backend_for<Out>::repeat_heads(out.data(), in.data(), rows, kv_heads, group,
+                                           cols / kv_heads);
+}
+
+/// din (rows, kv_heads · d) += the sum over each group of dout's heads (repeat_heads' backward).
+template <tensor_like DIn, tensor_like DOut>
+void repeat_heads_backward(DIn&& din, const DOut& dout, std::size_t kv_heads, std::size_t group) {
+    detail::same_device<DIn, DOut>();
+    const std::size_t rows = din.shape().extent(0), cols = din.shape().extent(1);
+    if (kv_heads == 0 || cols % kv_heads != 0)
+        throw error(errc::shape_mismatch, "repeat_heads_backward",
+                    ftune::detail::cat(kv_heads, " heads do not divide ", cols, " features"));
+    detail::check_size("repeat_heads_backward", "dout", dout, rows * cols * group,
+                       "din's size times group");
+    detail::backend_for<DIn>::repeat_heads_backward(din.data(), dout.data(), rows, kv_heads, group,
+                                                    cols / kv_heads);
 }
 
 /// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk);
@@ -723,11 +860,13 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
                     ftune::detail::cat("x has ", K, " features but the weight was prepared for ",
                                        w.rows()));
     detail::check_size("matmul_prepared", "y", y, M * N, "(M, N) of x's rows and w's outputs");
-    detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
+    const bool biased = bias.shape().size() != 0;  // empty: a projection without a bias
+    if (biased) detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
+    const auto* b = biased ? bias.data() : nullptr;
     if constexpr (std::is_same_v<E, no_epilogue>) {
         detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1),
                                             x.data(), K, w, detail::scalar_of<Y>(0), y.data(), N,
-                                            bias.data());
+                                            b);
     } else {
         const auto& r = epilogue.r;
         detail::same_device<Y, decltype(r)>();
@@ -736,7 +875,7 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
         detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
         detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
-            detail::scalar_of<Y>(0), y.data(), N, bias.data(),
+            detail::scalar_of<Y>(0), y.data(), N, b,
             backends::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
     }
 }

@@ -1472,6 +1472,36 @@ void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
         if (x[i] > T(0)) dx[i] += dy[i];
 }
 
+/// y = x sigmoid(x) (SiLU, "swish"; Llama's hidden_act "silu").
+template <scalar T>
+void silu_forward(T* y, const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = x[i] / (T(1) + std::exp(-x[i]));
+}
+
+/// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <scalar T>
+void silu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const T s = T(1) / (T(1) + std::exp(-x[i]));
+        dx[i] += dy[i] * s * (T(1) + x[i] * (T(1) - s));
+    }
+}
+
+/// out = a b element-wise (out may alias a or b): the gate of a gated MLP.
+template <scalar T>
+void multiply(T* out, const T* a, const T* b, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+/// da += dout b and db += dout a (either may be null: not needed), for multiply.
+template <scalar T>
+void multiply_backward(T* da, T* db, const T* a, const T* b, const T* dout, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        if (da) da[i] += dout[i] * b[i];
+        if (db) db[i] += dout[i] * a[i];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm over the last axis
 
@@ -1517,6 +1547,108 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             dx[r * C + c] += (weight[c] * gr[c] - mean_g - norm * mean_gn) * rstd[r];
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm (Llama): y = x / sqrt(mean(x²) + eps) ⊙ weight, no centering, no bias
+
+/// out(r, :) = x(r, :) * rstd(r) * weight with rstd(r) = 1 / sqrt(mean(x(r, :)²) + eps), saved.
+template <scalar T>
+void rms_norm_forward(T* out, T* rstd, const T* x, const T* weight, std::size_t rows, std::size_t C,
+                      T eps) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * C;
+        T ms = 0;
+        for (std::size_t c = 0; c < C; ++c) ms += xr[c] * xr[c];
+        const T s = T(1) / std::sqrt(ms / T(C) + eps);
+        for (std::size_t c = 0; c < C; ++c) out[r * C + c] = xr[c] * s * weight[c];
+        rstd[r] = s;
+    }
+}
+
+/// dx += rstd (w dout - x̂ mean(w dout x̂)) and dweight += dout x̂, with x̂ = x rstd, for
+/// rms_norm_forward (using its saved rstd).
+template <scalar T>
+void rms_norm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd,
+                       std::size_t rows, std::size_t C) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * C;
+        const T* gr = dout + r * C;
+        T mean_gn = 0;  // mean of w * dout * x̂
+        for (std::size_t c = 0; c < C; ++c) mean_gn += weight[c] * gr[c] * xr[c] * rstd[r];
+        mean_gn /= T(C);
+        for (std::size_t c = 0; c < C; ++c) {
+            const T norm = xr[c] * rstd[r];
+            dweight[c] += norm * gr[c];
+            dx[r * C + c] += (weight[c] * gr[c] - norm * mean_gn) * rstd[r];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embeddings (RoPE, as Transformers' Llama applies them: rotate_half)
+
+/// cos(r, i), sin(r, i) (rows, half) of the angles positions[r] * inv_freq(i), with
+/// inv_freq(i) = 1 / theta^(2i / (2 half)), computed in T: for float, the same float32 operations
+/// as Transformers (which also computes them in float32 for a float64 model; ftune's float64
+/// models get float64 angles).
+template <scalar T>
+void rope_table(T* cos, T* sin, const token_id* positions, std::size_t rows, std::size_t half,
+                double theta) {
+    for (std::size_t i = 0; i < half; ++i) {
+        const T inv = T(1) / std::pow(T(theta), T(T(2 * i) / T(2 * half)));
+        for (std::size_t r = 0; r < rows; ++r) {
+            const T a = T(positions[r]) * inv;
+            cos[r * half + i] = std::cos(a);
+            sin[r * half + i] = std::sin(a);
+        }
+    }
+}
+
+/// Rotates x (rows, heads, 2 half), rows ld apart, in place by the angles of cos/sin (rows, half):
+/// (x_i, x_{i+half}) <- (x_i c - x_{i+half} s, x_{i+half} c + x_i s) in every head; inverse
+/// rotates by the opposite angles (the backward: the transpose of a rotation).
+template <scalar T>
+void rope_apply(T* x, std::size_t ld, const T* cos, const T* sin, std::size_t rows,
+                std::size_t heads, std::size_t half, bool inverse) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t h = 0; h < heads; ++h) {
+            T* v = x + r * ld + h * 2 * half;
+            for (std::size_t i = 0; i < half; ++i) {
+                const T c = cos[r * half + i], s = inverse ? -sin[r * half + i] : sin[r * half + i];
+                const T a = v[i], b = v[i + half];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grouped-query attention: key/value heads shared by groups of query heads
+
+/// out(r, (j group + g) d + i) = in(r, j d + i): each of the kv_heads heads of d values repeated
+/// `group` times (Transformers' repeat_kv), for `rows` rows.
+template <scalar T>
+void repeat_heads(T* out, const T* in, std::size_t rows, std::size_t kv_heads, std::size_t group,
+                  std::size_t d) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < kv_heads; ++j)
+            for (std::size_t g = 0; g < group; ++g)
+                for (std::size_t i = 0; i < d; ++i)
+                    out[(r * kv_heads * group + j * group + g) * d + i] =
+                        in[(r * kv_heads + j) * d + i];
+}
+
+/// din(r, j d + i) += Σ_g dout(r, (j group + g) d + i): the backward of repeat_heads.
+template <scalar T>
+void repeat_heads_backward(T* din, const T* dout, std::size_t rows, std::size_t kv_heads,
+                           std::size_t group, std::size_t d) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < kv_heads; ++j)
+            for (std::size_t g = 0; g < group; ++g)
+                for (std::size_t i = 0; i < d; ++i)
+                    din[(r * kv_heads + j) * d + i] +=
+                        dout[(r * kv_heads * group + j * group + g) * d + i];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2829,7 +2961,13 @@ using reference::copy_ids;
 using reference::dropout_threshold;
 using reference::gather_rows;
 using reference::key_mask;
+using reference::multiply;
+using reference::multiply_backward;
 using reference::position_ids;
+using reference::repeat_heads;
+using reference::repeat_heads_backward;
+using reference::rope_apply;
+using reference::rope_table;
 
 // ---------------------------------------------------------------------------------------------
 // Bias and residual
@@ -3019,6 +3157,23 @@ void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
     detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
 }
 
+/// y = x sigmoid(x) (SiLU).
+template <scalar T>
+void silu_forward(T* y, const T* x, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_unary(y, x, n, [](B v) { return v / (B(T(1)) + xsimd::exp(-v)); });
+}
+
+/// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <scalar T>
+void silu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_backward(dx, x, dy, n, [](B v, B g) {
+        const B s = B(T(1)) / (B(T(1)) + xsimd::exp(-v));
+        return g * s * (B(T(1)) + v * (B(T(1)) - s));
+    });
+}
+
 /// y = max(x, 0).
 template <scalar T>
 void relu_forward(T* y, const T* x, std::size_t n) {
@@ -3108,6 +3263,69 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
         });
         accumulate_columns(dweight, c0, c1, blocks, [&](std::size_t k, std::size_t c, auto n) {
             return load(partial + k * 2 * C + C + c, n);
+        });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// out(r, :) = x(r, :) * rstd(r) * weight, rstd(r) = 1 / sqrt(mean(x(r, :)²) + eps) (saved).
+template <scalar T>
+void rms_norm_forward(T* out, T* rstd, const T* x, const T* weight, std::size_t rows, std::size_t C,
+                      T eps) {
+    using namespace detail;
+    using B = batch<T>;
+    parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* xr = x + r * C;
+            const B ms = row_sum<T>(C, [&](std::size_t c, auto n) {
+                const B v = load(xr + c, n);
+                return v * v;
+            });
+            const T s = T(1) / std::sqrt(reduce_add(ms) / T(C) + eps);
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
+                store(out + r * C + c, load(xr + c, n) * B(s) * load(weight + c, n), n);
+            });
+            rstd[r] = s;
+        }
+    });
+}
+
+/// dx += rstd (w dout - x̂ mean(w dout x̂)), dweight += dout x̂ (x̂ = x rstd) for rms_norm_forward.
+/// Blocks of 32 rows in parallel with their own dweight partials, added in block order (the
+/// result does not depend on the thread count), as layer_norm_backward.
+template <scalar T>
+void rms_norm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd,
+                       std::size_t rows, std::size_t C) {
+    using namespace detail;
+    using B = batch<T>;
+    constexpr std::size_t block_rows = 32;
+    const std::size_t blocks = (rows + block_rows - 1) / block_rows;
+    T* partial = gemm_detail::scratch<T, 2>(blocks * C);  // (blocks, C): dweight
+    parallel_for(rows, block_rows, [&](std::size_t r0, std::size_t r1) {
+        T* pw = partial + (r0 / block_rows) * C;
+        std::fill_n(pw, C, T(0));
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* xr = x + r * C;
+            const T* gr = dout + r * C;
+            const B s(rstd[r]);
+            const B sgn = row_sum<T>(C, [&](std::size_t c, auto n) {
+                return load(weight + c, n) * load(gr + c, n) * (load(xr + c, n) * s);
+            });
+            const B mean_gn(reduce_add(sgn) / T(C));
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
+                const B norm = load(xr + c, n) * s;
+                const B g = load(gr + c, n);
+                T* d = dx + r * C + c;
+                store(d, xsimd::fma(load(weight + c, n) * g - norm * mean_gn, s, load(d, n)), n);
+                store(pw + c, xsimd::fma(norm, g, load(pw + c, n)), n);
+            });
+        }
+    });
+    parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
+        accumulate_columns(dweight, c0, c1, blocks, [&](std::size_t k, std::size_t c, auto n) {
+            return load(partial + k * C + c, n);
         });
     });
 }
@@ -3734,8 +3952,18 @@ struct backend_of {
     FTUNE_OPS_FORWARD(NS, tanh_backward) \
     FTUNE_OPS_FORWARD(NS, relu_forward) \
     FTUNE_OPS_FORWARD(NS, relu_backward) \
+    FTUNE_OPS_FORWARD(NS, silu_forward) \
+    FTUNE_OPS_FORWARD(NS, silu_backward) \
+    FTUNE_OPS_FORWARD(NS, multiply) \
+    FTUNE_OPS_FORWARD(NS, multiply_backward) \
     FTUNE_OPS_FORWARD(NS, layer_norm_forward) \
     FTUNE_OPS_FORWARD(NS, layer_norm_backward) \
+    FTUNE_OPS_FORWARD(NS, rms_norm_forward) \
+    FTUNE_OPS_FORWARD(NS, rms_norm_backward) \
+    FTUNE_OPS_FORWARD(NS, rope_table) \
+    FTUNE_OPS_FORWARD(NS, rope_apply) \
+    FTUNE_OPS_FORWARD(NS, repeat_heads) \
+    FTUNE_OPS_FORWARD(NS, repeat_heads_backward) \
     FTUNE_OPS_FORWARD(NS, softmax_forward) \
     FTUNE_OPS_FORWARD(NS, softmax_backward) \
     FTUNE_OPS_FORWARD(NS, dropout_forward) \
@@ -3897,7 +4125,7 @@ void first_tokens(O&& out, const X& x) {
 }
 
 /// The activations ops::activation / activation_backward apply.
-enum class activation { gelu, gelu_tanh, tanh, relu };
+enum class activation { gelu, gelu_tanh, tanh, relu, silu };
 
 namespace detail {
 /// y(n) = f(x(n)) on arrays (y may be x) with backend Bk: activate()'s switch.
@@ -3916,6 +4144,9 @@ void activate_n(activation f, T* y, const T* x, std::size_t n) {
         case activation::relu:
             Bk::relu_forward(y, x, n);
             break;
+        case activation::silu:
+            Bk::silu_forward(y, x, n);
+            break;
     }
 }
 }  // namespace detail
@@ -3928,7 +4159,8 @@ void activate(activation f, Y&& y, const X& x) {
     detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
 }
 
-/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU) or the forward output y (tanh).
+/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU, SiLU) or the forward output y
+/// (tanh).
 template <tensor_like DX, tensor_like S, tensor_like DY>
 void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
     detail::same_device<DX, S, DY>();
@@ -3948,7 +4180,33 @@ void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
         case activation::relu:
             detail::backend_for<DX>::relu_backward(dx.data(), saved.data(), dy.data(), n);
             break;
+        case activation::silu:
+            detail::backend_for<DX>::silu_backward(dx.data(), saved.data(), dy.data(), n);
+            break;
     }
+}
+
+/// out = a ⊙ b element-wise (same shapes; out may alias a or b).
+template <tensor_like Out, tensor_like A, tensor_like B>
+void multiply(Out&& out, const A& a, const B& b) {
+    detail::same_device<Out, A, B>();
+    check_same_shape(a.shape(), b.shape(), "multiply (a vs b)");
+    check_same_shape(out.shape(), a.shape(), "multiply (out vs a)");
+    detail::backend_for<Out>::multiply(out.data(), a.data(), b.data(), a.shape().size());
+}
+
+/// da += dout ⊙ b and db += dout ⊙ a, for multiply (an empty da or db is not computed).
+template <tensor_like DA, tensor_like DB, tensor_like A, tensor_like B, tensor_like DOut>
+void multiply_backward(DA&& da, DB&& db, const A& a, const B& b, const DOut& dout) {
+    detail::same_device<DA, DB, A, B, DOut>();
+    check_same_shape(a.shape(), b.shape(), "multiply_backward (a vs b)");
+    check_same_shape(dout.shape(), a.shape(), "multiply_backward (dout vs a)");
+    const bool with_da = da.shape().size() != 0, with_db = db.shape().size() != 0;
+    if (with_da) check_same_shape(da.shape(), a.shape(), "multiply_backward (da vs a)");
+    if (with_db) check_same_shape(db.shape(), b.shape(), "multiply_backward (db vs b)");
+    detail::backend_for<DA>::multiply_backward(with_da ? da.data() : nullptr,
+                                               with_db ? db.data() : nullptr, a.data(), b.data(),
+                                               dout.data(), a.shape().size());
 }
 
 /// out(rows, C) = LayerNorm(x) * weight + bias; saves mean(rows), rstd(rows).
@@ -3997,6 +4255,103 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
     detail::backend_for<DX>::layer_norm_backward(dx.data(), dweight.data(), dbias.data(),
                                                  dout.data(), x.data(), weight.data(), mean.data(),
                                                  rstd.data(), rows, C);
+}
+
+/// out (rows, C) = x / sqrt(mean(x²) + eps) ⊙ weight (C) per row (RMSNorm), rstd (rows) saved.
+template <tensor_like Out, tensor_like Rstd, tensor_like X, tensor_like W>
+void rms_norm(Out&& out, Rstd&& rstd, const X& x, const W& weight, detail::scalar_of<X> eps) {
+    using SX = detail::shape_of<X>;
+    detail::same_device<Out, Rstd, X, W>();
+    static_assert(SX::rank == 2,
+                  "ftune::ops::rms_norm normalizes the rows of a (rows, C) view; reshape first");
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
+    check_same_shape(out.shape(), x.shape(), "rms_norm (out vs x)");
+    detail::check_axis("rms_norm", "x", x, 1, "weight", weight, 0);
+    const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
+    detail::check_size("rms_norm", "rstd", rstd, rows, "one per row of x");
+    detail::backend_for<Out>::rms_norm_forward(out.data(), rstd.data(), x.data(), weight.data(),
+                                               rows, C, eps);
+}
+
+/// dx += ..., dweight += ... for rms_norm (from its saved rstd).
+template <tensor_like DX, tensor_like DW, tensor_like DOut, tensor_like X, tensor_like W,
+          tensor_like Rstd>
+void rms_norm_backward(DX&& dx, DW&& dweight, const DOut& dout, const X& x, const W& weight,
+                       const Rstd& rstd) {
+    using SX = detail::shape_of<X>;
+    detail::same_device<DX, DW, DOut, X, W, Rstd>();
+    static_assert(SX::rank == 2,
+                  "ftune::ops::rms_norm_backward: x, dout and dx are (rows, C); reshape first");
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<W>, 0>>();
+    detail::static_extents_agree<detail::sx<SX, 1>, detail::sx<detail::shape_of<DW>, 0>>();
+    check_same_shape(dout.shape(), x.shape(), "rms_norm_backward (dout vs x)");
+    check_same_shape(dx.shape(), x.shape(), "rms_norm_backward (dx vs x)");
+    detail::check_axis("rms_norm_backward", "x", x, 1, "weight", weight, 0);
+    detail::check_axis("rms_norm_backward", "x", x, 1, "dweight", dweight, 0);
+    const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
+    detail::check_size("rms_norm_backward", "rstd", rstd, rows, "one per row of x");
+    detail::backend_for<DX>::rms_norm_backward(dx.data(), dweight.data(), dout.data(), x.data(),
+                                               weight.data(), rstd.data(), rows, C);
+}
+
+/// cos, sin (rows, half) = the rotary angles positions (rows) · theta^(-2i / (2 half)).
+template <tensor_like Cos, tensor_like Sin, tensor_like P>
+void rope_table(Cos&& cos, Sin&& sin, const P& positions, double theta) {
+    detail::same_device<Cos, Sin, P>();
+    static_assert(detail::shape_of<Cos>::rank == 2, "ftune::ops::rope_table: cos is (rows, half)");
+    check_same_shape(cos.shape(), sin.shape(), "rope_table (cos vs sin)");
+    detail::check_axis("rope_table", "cos", cos, 0, "positions", positions, 0);
+    detail::backend_for<Cos>::rope_table(cos.data(), sin.data(), positions.data(),
+                                         cos.shape().extent(0), cos.shape().extent(1), theta);
+}
+
+/// Rotates x (rows, heads · 2 half) in place by the angles of cos, sin (rows, half) (RoPE with
+/// Transformers' rotate_half pairing: i with i + half in each head); inverse rotates back (the
+/// backward).
+template <tensor_like X, tensor_like Cos, tensor_like Sin>
+void rope(X&& x, const Cos& cos, const Sin& sin, bool inverse = false) {
+    detail::same_device<X, Cos, Sin>();
+    static_assert(detail::shape_of<X>::rank == 2, "ftune::ops::rope: x is (rows, heads * d)");
+    check_same_shape(cos.shape(), sin.shape(), "rope (cos vs sin)");
+    detail::check_axis("rope", "x", x, 0, "cos", cos, 0);
+    const std::size_t rows = x.shape().extent(0), cols = x.shape().extent(1),
+                      half = cos.shape().extent(1);
+    if (half == 0 || cols % (2 * half) != 0)
+        throw error(errc::shape_mismatch, "rope",
+                    ftune::detail::cat(cols, " columns are not heads of ", 2 * half));
+    detail::backend_for<X>::rope_apply(x.data(), cols, cos.data(), sin.data(), rows,
+                                       cols / (2 * half), half, inverse);
+}
+
+/// out (rows, kv_heads · group · d) = each head of in (rows, kv_heads · d) repeated group times
+/// (grouped-query attention's keys and values for every query head, as Transformers' repeat_kv).
+template <tensor_like Out, tensor_like In>
+void repeat_heads(Out&& out, const In& in, std::size_t kv_heads, std::size_t group) {
+    detail::same_device<Out, In>();
+    static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<In>::rank == 2,
+                  "ftune::ops::repeat_heads: out (rows, H d), in (rows, Hkv d)");
+    const std::size_t rows = in.shape().extent(0), cols = in.shape().extent(1);
+    if (kv_heads == 0 || cols % kv_heads != 0)
+        throw error(errc::shape_mismatch, "repeat_heads",
+                    ftune::detail::cat(kv_heads, " heads do not divide ", cols, " features"));
+    detail::check_axis("repeat_heads", "out", out, 0, "in", in, 0);
+    detail::check_size("repeat_heads", "out", out, rows * cols * group, "in's size times group");
+    detail::backend_for<Out>::repeat_heads(out.data(), in.data(), rows, kv_heads, group,
+                                           cols / kv_heads);
+}
+
+/// din (rows, kv_heads · d) += the sum over each group of dout's heads (repeat_heads' backward).
+template <tensor_like DIn, tensor_like DOut>
+void repeat_heads_backward(DIn&& din, const DOut& dout, std::size_t kv_heads, std::size_t group) {
+    detail::same_device<DIn, DOut>();
+    const std::size_t rows = din.shape().extent(0), cols = din.shape().extent(1);
+    if (kv_heads == 0 || cols % kv_heads != 0)
+        throw error(errc::shape_mismatch, "repeat_heads_backward",
+                    ftune::detail::cat(kv_heads, " heads do not divide ", cols, " features"));
+    detail::check_size("repeat_heads_backward", "dout", dout, rows * cols * group,
+                       "din's size times group");
+    detail::backend_for<DIn>::repeat_heads_backward(din.data(), dout.data(), rows, kv_heads, group,
+                                                    cols / kv_heads);
 }
 
 /// Scaled softmax over the last axis of scores (B, H, Tq, Tk) with an additive key mask (B, Tk);
@@ -4327,11 +4682,13 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
                     ftune::detail::cat("x has ", K, " features but the weight was prepared for ",
                                        w.rows()));
     detail::check_size("matmul_prepared", "y", y, M * N, "(M, N) of x's rows and w's outputs");
-    detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
+    const bool biased = bias.shape().size() != 0;  // empty: a projection without a bias
+    if (biased) detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
+    const auto* b = biased ? bias.data() : nullptr;
     if constexpr (std::is_same_v<E, no_epilogue>) {
         detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1),
                                             x.data(), K, w, detail::scalar_of<Y>(0), y.data(), N,
-                                            bias.data());
+                                            b);
     } else {
         const auto& r = epilogue.r;
         detail::same_device<Y, decltype(r)>();
@@ -4340,7 +4697,7 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
         detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
         detail::backend_for<Y>::gemm_packed(
             transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
-            detail::scalar_of<Y>(0), y.data(), N, bias.data(),
+            detail::scalar_of<Y>(0), y.data(), N, b,
             backends::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
     }
 }
@@ -4351,9 +4708,34 @@ FTUNE_NAMESPACE_END
 // ---- begin ftune/layers.hpp ----
 // The layers ftune's models are composed of (include one by one or all through this header).
 
+// ---- begin ftune/layers/absent.hpp ----
+// layers::absent: the type of a piece a composition leaves out (a position table, a norm, a
+// bias), so that one template serves the models with and without it.
+
+#include <type_traits>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// A piece a composition leaves out (no position table, no type table, no norm, no bias): it
+/// takes no space ([[no_unique_address]]) and the code that would use it is not compiled.
+struct absent {
+    /// Accepts any constructor arguments.
+    template <class... A>
+    constexpr explicit absent(A&&...) noexcept {}
+};
+
+/// True when piece P is left out.
+template <class P>
+inline constexpr bool is_absent = std::is_same_v<P, absent>;
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/absent.hpp ----
 // ---- begin ftune/layers/activation.hpp ----
-// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time
-// (activation<T, F>) or when the model is built (hidden_activation, read from a config).
+// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU, tanh or SiLU, chosen at compile
+// time (activation<T, F>) or when the model is built (hidden_activation, read from a config).
 
 #include <string_view>
 
@@ -4405,7 +4787,7 @@ class hidden_activation {
 };
 
 /// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu
-/// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu") or tanh (the pooler's).
+/// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu"), silu ("silu") or tanh (the pooler's).
 template <scalar T, ops::activation F, std::size_t C = dynamic, device_tag D = device::cpu>
 class activation : public hidden_activation<T, C, D> {
   public:
@@ -4427,6 +4809,9 @@ using tanh = activation<T, ops::activation::tanh, C, D>;
 /// max(x, 0), Hugging Face's "relu".
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 using relu = activation<T, ops::activation::relu, C, D>;
+/// x sigmoid(x), Hugging Face's "silu" (Llama's MLP gate).
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using silu = activation<T, ops::activation::silu, C, D>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END
@@ -4451,16 +4836,20 @@ FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
-template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu>
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu,
+          bool Bias = true>
 class linear {
+    using bias_type = std::conditional_t<Bias, parameter<T, shape<Out>, D>, absent>;
+
   public:
     using value_type = T;                                       ///< scalar type
     using input_view = view<const T, shape<dynamic, In>, D>;    ///< x: (N, In)
     using output_view = view<const T, shape<dynamic, Out>, D>;  ///< y: (N, Out)
     using d_input_view = view<T, shape<dynamic, In>, D>;        ///< dx: (N, In), accumulated into
 
+    static constexpr bool has_bias = Bias;   ///< false: y = x Wᵀ (Llama's projections)
     parameter<T, shape<Out, In>, D> weight;  ///< W (Out, In), Hugging Face's layout
-    parameter<T, shape<Out>, D> bias;        ///< b (Out), no weight decay
+    [[no_unique_address]] bias_type bias;    ///< b (Out), no weight decay (or absent)
 
     /// A zero-initialized layer of the given sizes (the defaults are the static extents).
     explicit linear(std::size_t in = In, std::size_t out = Out)
@@ -4480,7 +4869,7 @@ class linear {
             packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
-            ops::bias_add(y_, bias.value);
+            if constexpr (Bias) ops::bias_add(y_, bias.value);
         }
         return y_.view();
     }
@@ -4517,17 +4906,23 @@ class linear {
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
             ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
-        if (bias.trainable) ops::bias_backward(bias.grad, dy);
+        if constexpr (Bias)
+            if (bias.trainable) ops::bias_backward(bias.grad, dy);
         if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
     }
 
     /// Sets the parameter gradients to zero.
     void zero_grad() noexcept {
         weight.zero_grad();
-        bias.zero_grad();
+        if constexpr (Bias) bias.zero_grad();
     }
     /// Whether any parameter trains (false: frozen).
-    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
+    bool trainable() const noexcept {
+        if constexpr (Bias)
+            return weight.trainable || bias.trainable;
+        else
+            return weight.trainable;
+    }
 
     /// Whether eval-mode forwards use the weights packed by prepare_inference().
     bool inference_prepared() const noexcept { return prepared_; }
@@ -4540,7 +4935,7 @@ class linear {
     void visit_parameters(std::string_view prefix, F&& f) {
         if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
         f(weight.ref(prefix));
-        f(bias.ref(prefix));
+        if constexpr (Bias) f(bias.ref(prefix));
     }
 
   private:
@@ -4552,7 +4947,10 @@ class linear {
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
         if (!packed_current_) prepare_inference();
-        ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
+        if constexpr (Bias)
+            ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
+        else
+            ops::matmul_prepared(x, packed_, y_, view<const T, shape<dynamic>, D>(), epilogue);
     }
 
     ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
@@ -4560,6 +4958,15 @@ class linear {
     bool packed_current_ = false;          // packed_ holds the current W (no visit since)
     input_view x_;                         // the last forward's input
     buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
+};
+
+/// linear without a bias as a template of the two sizes, for layers that take their projection
+/// type as a template: linear_no_bias<T, D>::type<In, Out> (Llama's projections).
+template <scalar T, device_tag D = device::cpu>
+struct linear_no_bias {
+    /// (N, In) -> (N, Out), y = x Wᵀ
+    template <std::size_t In, std::size_t Out>
+    using type = linear<T, In, Out, D, false>;
 };
 
 }  // namespace layers
@@ -4701,15 +5108,19 @@ class self_attention {
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
         static thread_local buffer<T, shape<dynamic, dynamic>, D> qkv_weight;
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
-        qkv_bias_.resize(shape<dynamic>(3 * Cn));
+        constexpr bool with_bias = requires(Proj & p) {
+            p.bias.value;
+        };  // (no bias: left empty)
+        qkv_bias_.resize(shape<dynamic>(with_bias ? 3 * Cn : 0));
         const Proj* parts[] = {&query, &key, &value};
         using flat = view<T, shape<dynamic>, D>;
         using const_flat = view<const T, shape<dynamic>, D>;
         for (std::size_t i = 0; i < 3; ++i) {  // rows i C .. (i + 1) C: q, k, v
             ops::copy(flat(qkv_weight.data() + i * Cn * Cn, Cn * Cn),
                       const_flat(parts[i]->weight.value.data(), Cn * Cn));
-            ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
-                      const_flat(parts[i]->bias.value.data(), Cn));
+            if constexpr (with_bias)
+                ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
+                          const_flat(parts[i]->bias.value.data(), Cn));
         }
         ops::prepare_weight(packed_qkv_, qkv_weight);
         prepared_ = packed_current_ = true;
@@ -4794,400 +5205,6 @@ class self_attention {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/attention.hpp ----
-// ---- begin ftune/layers/input_embeddings.hpp ----
-// layers::input_embeddings: a model's input layer composed of separate pieces: the token table,
-// an optional learned position table, an optional token-type table, an optional norm, dropout.
-// BERT uses all of them; GPT-2 tokens + positions (its final norm is the stack's); Llama tokens
-// only (positions are rotary, applied in attention). A family picks the pieces and their
-// checkpoint names with a small struct (bert_embedding_pieces below).
-
-#include <string_view>
-#include <type_traits>
-
-// ---- begin ftune/layers/dropout.hpp ----
-// layers::dropout: inverted dropout in training mode, identity in evaluation mode.
-
-#include <cstdint>
-#include <string_view>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace layers {
-
-/// y = x * keep / (1 - p) in training (keep drawn from ctx.rng's next stream), y = x in eval.
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class dropout {
-  public:
-    using value_type = T;                                    ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
-    using output_view = input_view;                          ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
-
-    T p;  ///< probability of dropping an element (BERT: 0.1)
-
-    /// A dropout layer with drop probability p_.
-    explicit dropout(T p_ = T(0.1)) : p(p_) {}
-
-    /// Training: draws a mask from ctx.rng.next() and scales; eval (or p = 0): returns x itself.
-    output_view forward(context& ctx, input_view x) {
-        active_ = ctx.training() && p > T(0);
-        if (!active_) return x;
-        y_.resize(x.shape());
-        mask_.resize(x.shape());
-        ops::dropout(y_, mask_, x, p, ctx.rng.next());
-        return y_.view();
-    }
-
-    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (nothing when dx is empty).
-    void backward(context&, output_view dy, d_input_view dx) {
-        if (dx.empty()) return;
-        if (active_)
-            ops::dropout_backward(dx, mask_, dy, p);
-        else
-            ops::residual_add(dx, dx, dy);
-    }
-
-    /// No parameters: nothing to clear.
-    void zero_grad() noexcept {}
-    /// No parameters: f is never called.
-    template <class Fn>
-    void visit_parameters(std::string_view, Fn&&) {}
-
-  private:
-    bool active_ = false;                              // whether the last forward dropped
-    buffer<T, shape<dynamic, C>, D> y_;                // (N, C) output in training
-    buffer<std::uint8_t, shape<dynamic, C>, D> mask_;  // (N, C) keep mask
-};
-
-}  // namespace layers
-FTUNE_NAMESPACE_END
-// ---- end ftune/layers/dropout.hpp ----
-// ---- begin ftune/layers/embedding.hpp ----
-// layers::embedding: a lookup table from token ids to vectors (nn.Embedding).
-
-#include <string_view>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace layers {
-
-/// out(i, :) = table(ids[i], :): (N) ids -> (N, C). The vocabulary size is a run-time value.
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class embedding {
-  public:
-    using value_type = T;                                        ///< scalar type
-    using input_view = view<const token_id, shape<dynamic>, D>;  ///< ids: (N)
-    using output_view = view<const T, shape<dynamic, C>, D>;     ///< out: (N, C)
-
-    parameter<T, shape<dynamic, C>, D> weight;  ///< the table (vocab, C), Hugging Face "weight";
-                                                ///< decays, as in Hugging Face's Trainer
-    token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
-
-    /// A zero table of `vocab` rows of `features` values.
-    explicit embedding(std::size_t vocab = 0, std::size_t features = C)
-        : weight("weight", shape<dynamic, C>(vocab, features)) {}
-
-    /// Gathers the rows of ids (ids outside the table throw out_of_range). Keeps a view of ids.
-    output_view forward(context&, input_view ids) {
-        ids_ = ids;
-        out_.resize(shape<dynamic, C>(ids.extent(0), weight.value.extent(1)));  // (N, C)
-        ops::embedding(out_, ids, weight.value);
-        return out_.view();
-    }
-
-    /// dtable(ids[i], :) += dout(i, :) when the table is trainable, except for padding_idx rows
-    /// (ids have no gradient).
-    void backward(context&, output_view dout) {
-        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
-    }
-
-    /// Whether the table trains (false: frozen).
-    bool trainable() const noexcept { return weight.trainable; }
-    /// Sets the table's gradient to zero.
-    void zero_grad() noexcept { weight.zero_grad(); }
-
-    /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
-    template <class F>
-    void visit_parameters(std::string_view prefix, F&& f) {
-        f(weight.ref(prefix));
-    }
-
-  private:
-    input_view ids_;                       // the last forward's ids
-    buffer<T, shape<dynamic, C>, D> out_;  // (N, C) output
-};
-
-}  // namespace layers
-FTUNE_NAMESPACE_END
-// ---- end ftune/layers/embedding.hpp ----
-// ---- begin ftune/layers/layer_norm.hpp ----
-// layers::layer_norm: LayerNorm over the last axis with a learned scale and shift (nn.LayerNorm).
-
-#include <string_view>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace layers {
-
-/// y = (x - mean) / sqrt(var + eps) * weight + bias per row: (N, C) -> (N, C).
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class layer_norm {
-  public:
-    using value_type = T;                                    ///< scalar type
-    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
-    using output_view = input_view;                          ///< y: (N, C)
-    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
-
-    parameter<T, shape<C>, D>
-        weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
-    parameter<T, shape<C>, D> bias;  ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
-    T eps;                           ///< added to the variance (BERT: 1e-12)
-
-    /// A layer over `features` columns with weight 1 and bias 0.
-    explicit layer_norm(std::size_t features = C, T eps_ = T(1e-12))
-        : weight("weight", shape<C>(features), false),
-          bias("bias", shape<C>(features), false),
-          eps(eps_) {
-        weight.value.fill(T(1));
-    }
-
-    /// y = LayerNorm(x); saves x (a view: keep it alive until backward), mean and rstd.
-    output_view forward(context&, input_view x) {
-        const std::size_t rows = x.extent(0);
-        x_ = x;
-        y_.resize(shape<dynamic, C>(rows, weight.value.extent(0)));  // (N, C)
-        mean_.resize(shape<dynamic>(rows));                          // (N)
-        rstd_.resize(shape<dynamic>(rows));                          // (N)
-        ops::layer_norm(y_, mean_, rstd_, x, weight.value, bias.value, eps);
-        return y_.view();
-    }
-
-    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
-    void backward(context&, output_view dy, d_input_view dx) {
-        // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
-        T* dw = weight.grad.data();
-        T* db = bias.grad.data();
-        const std::size_t rows = dy.extent(0), cols = dy.extent(1);
-        if (!weight.trainable || !bias.trainable) {
-            scratch_.resize(shape<dynamic>(2 * cols));
-            scratch_.fill(T(0));
-            if (!weight.trainable) dw = scratch_.data();
-            if (!bias.trainable) db = scratch_.data() + cols;
-        }
-        T* dxp = dx.data();
-        if (dx.empty()) {
-            dx_scratch_.resize(shape<dynamic, C>(rows, cols));
-            dx_scratch_.fill(T(0));
-            dxp = dx_scratch_.data();
-        } else {
-            check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
-        }
-        check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
-        ops::layer_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
-                                 view<T, shape<C>, D>(dw, cols), view<T, shape<C>, D>(db, cols), dy,
-                                 x_, weight.value, mean_, rstd_);
-    }
-
-    /// Whether any parameter trains (false: frozen).
-    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
-    /// Sets the parameter gradients to zero.
-    void zero_grad() noexcept {
-        weight.zero_grad();
-        bias.zero_grad();
-    }
-
-    /// Calls f(parameter_ref<T>) for weight then bias ("<prefix>.weight", "<prefix>.bias").
-    template <class F>
-    void visit_parameters(std::string_view prefix, F&& f) {
-        f(weight.ref(prefix));
-        f(bias.ref(prefix));
-    }
-
-  private:
-    input_view x_;                                // the last forward's input
-    buffer<T, shape<dynamic, C>, D> y_;           // (N, C) output
-    buffer<T, shape<dynamic>, D> mean_, rstd_;    // (N) saved statistics
-    buffer<T, shape<dynamic>, D> scratch_;        // (2C) gradients of frozen parameters
-    buffer<T, shape<dynamic, C>, D> dx_scratch_;  // (N, C) dx when the caller does not want it
-};
-
-}  // namespace layers
-FTUNE_NAMESPACE_END
-// ---- end ftune/layers/layer_norm.hpp ----
-
-FTUNE_NAMESPACE_BEGIN
-namespace layers {
-
-/// A piece a composition leaves out (no position table, no type table, no norm): it takes no
-/// space ([[no_unique_address]]) and the code that would use it is not compiled.
-struct absent {
-    /// Accepts any constructor arguments.
-    template <class... A>
-    constexpr explicit absent(A&&...) noexcept {}
-};
-
-/// True when piece P is left out.
-template <class P>
-inline constexpr bool is_absent = std::is_same_v<P, absent>;
-
-/// Sizes of an input layer known at run time (the pieces a composition leaves out ignore theirs).
-struct embedding_sizes {
-    std::size_t vocab;              ///< rows of the token table
-    std::size_t features;           ///< C
-    std::size_t max_positions = 0;  ///< rows of the learned position table
-    std::size_t type_vocab = 0;     ///< rows of the token-type table
-    double norm_eps = 1e-12;        ///< the norm's eps
-    double dropout = 0;             ///< dropout after the sum (and norm)
-    token_id pad_id = -1;  ///< the token row that gets no gradient (Hugging Face's padding_idx);
-                           ///< -1: every row learns
-};
-
-/// BERT's pieces and names: word + position + token type tables, then LayerNorm, then dropout.
-/// Another family writes the same struct with its own types and names ("wte" and "wpe" for
-/// GPT-2, "embed_tokens" alone for Llama); a piece is left out with layers::absent.
-struct bert_embedding_pieces {
-    /// the learned position table (or absent)
-    template <scalar T, std::size_t C, device_tag D>
-    using positions = embedding<T, C, D>;
-    /// the token-type table (or absent)
-    template <scalar T, std::size_t C, device_tag D>
-    using token_types = embedding<T, C, D>;
-    /// the norm over the sum (or absent)
-    template <scalar T, std::size_t C, device_tag D>
-    using norm = layer_norm<T, C, D>;
-    static constexpr std::string_view token_name = "word_embeddings";         ///< token table
-    static constexpr std::string_view position_name = "position_embeddings";  ///< position table
-    static constexpr std::string_view type_name = "token_type_embeddings";    ///< type table
-    static constexpr std::string_view norm_name = "LayerNorm";                ///< the norm
-};
-
-/// ids (B, T) [+ token types (B, T)] -> (B, T, C): token rows + position rows (start .. start+T-1)
-/// + type rows, normalized, dropped out, with the pieces and names Pieces gives.
-template <scalar T, std::size_t C, device_tag D, class Pieces>
-class input_embeddings {
-  public:
-    using value_type = T;  ///< scalar type
-    using ids_view =
-        view<const token_id, shape<dynamic, dynamic>, D>;              ///< (B, T) token or type ids
-    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
-    using positions_type = typename Pieces::template positions<T, C, D>;  ///< or absent
-    using types_type = typename Pieces::template token_types<T, C, D>;    ///< or absent
-    using norm_type = typename Pieces::template norm<T, C, D>;            ///< or absent
-
-    embedding<T, C, D> token;                       ///< the token table (vocab, C)
-    [[no_unique_address]] positions_type position;  ///< (max positions, C) or absent
-    [[no_unique_address]] types_type token_type;    ///< (type vocab, C) or absent
-    [[no_unique_address]] norm_type norm;           ///< over C, or absent
-    dropout<T, C, D> drop;                          ///< after the sum and the norm
-
-    /// Zero tables of the given sizes, the norm's weight 1.
-    explicit input_embeddings(const embedding_sizes& s)
-        : token(s.vocab, s.features),
-          position(s.max_positions, s.features),
-          token_type(s.type_vocab, s.features),
-          norm(s.features, T(s.norm_eps)),
-          drop(T(s.dropout)) {
-        token.padding_idx = s.pad_id;
-    }
-
-    /// Embeds ids; token_types may be empty (all type 0); the positions of row b are
-    /// start .. start + T - 1 (start > 0: continuing a sequence, as generation with a cache does).
-    output_view forward(context& ctx, ids_view ids, ids_view token_types = {},
-                        std::size_t start = 0) {
-        const std::size_t B = ids.extent(0), Tn = ids.extent(1), N = B * Tn;
-        const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
-        const auto w = token.forward(ctx, flat_ids);  // (N, C)
-        view<const T, shape<dynamic, C>, D> sum = w;
-        if constexpr (!is_absent<positions_type> || !is_absent<types_type>) {
-            sum_.resize(shape<dynamic, C>(N, w.extent(1)));  // (N, C)
-            sum = sum_.view();
-        }
-        if constexpr (!is_absent<positions_type>) {
-            const std::size_t rows = position.weight.value.extent(0);
-            if (start + Tn > rows)
-                throw error(errc::invalid_argument, "input_embeddings",
-                            ftune::detail::cat("positions up to ", start + Tn,
-                                               " exceed the position table's ", rows,
-                                               " (max_position_embeddings); truncate the input"));
-            positions_.resize(shape<dynamic>(N));  // (N) position of each token
-            ops::position_ids(positions_, Tn, start);
-            ops::residual_add(sum_, w, position.forward(ctx, positions_.view()));
-        }
-        if constexpr (!is_absent<types_type>) {
-            types_.resize(shape<dynamic>(N));  // (N) token type of each token (0: none given)
-            ops::copy_ids(types_, view<const token_id, shape<dynamic>, D>(
-                                      token_types.data(), token_types.empty() ? 0 : N));
-            const auto t = token_type.forward(ctx, types_.view());
-            if constexpr (is_absent<positions_type>)
-                ops::residual_add(sum_, w, t);
-            else
-                ops::residual_add(sum_, sum_, t);
-        }
-        auto normed = sum;
-        if constexpr (!is_absent<norm_type>) normed = norm.forward(ctx, sum);
-        const auto y = drop.forward(ctx, normed);
-        return {y.data(), B, Tn, y.extent(1)};
-    }
-
-    /// Accumulates the tables' and the norm's gradients (ids have none).
-    void backward(context& ctx, output_view dout) {
-        const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
-        const view<const T, shape<dynamic, C>, D> dy(dout.data(), N, Cn);
-        d_sum_.resize(shape<dynamic, C>(N, Cn));
-        d_sum_.fill(T(0));
-        if constexpr (!is_absent<norm_type>) {
-            d_norm_.resize(shape<dynamic, C>(N, Cn));
-            d_norm_.fill(T(0));
-            drop.backward(ctx, dy, d_norm_.view());
-            norm.backward(ctx, d_norm_.view(), d_sum_.view());
-        } else {
-            drop.backward(ctx, dy, d_sum_.view());
-        }
-        token.backward(ctx, d_sum_.view());
-        if constexpr (!is_absent<positions_type>) position.backward(ctx, d_sum_.view());
-        if constexpr (!is_absent<types_type>) token_type.backward(ctx, d_sum_.view());
-    }
-
-    /// Whether any table or the norm trains (false: frozen).
-    bool trainable() const noexcept {
-        bool t = token.trainable();
-        if constexpr (!is_absent<positions_type>) t = t || position.trainable();
-        if constexpr (!is_absent<types_type>) t = t || token_type.trainable();
-        if constexpr (!is_absent<norm_type>) t = t || norm.trainable();
-        return t;
-    }
-    /// Sets every gradient to zero.
-    void zero_grad() noexcept {
-        token.zero_grad();
-        if constexpr (!is_absent<positions_type>) position.zero_grad();
-        if constexpr (!is_absent<types_type>) token_type.zero_grad();
-        if constexpr (!is_absent<norm_type>) norm.zero_grad();
-    }
-
-    /// Visits the pieces under Pieces' names.
-    template <class F>
-    void visit_parameters(std::string_view prefix, F&& f) {
-        token.visit_parameters(join_name(prefix, Pieces::token_name), f);
-        if constexpr (!is_absent<positions_type>)
-            position.visit_parameters(join_name(prefix, Pieces::position_name), f);
-        if constexpr (!is_absent<types_type>)
-            token_type.visit_parameters(join_name(prefix, Pieces::type_name), f);
-        if constexpr (!is_absent<norm_type>)
-            norm.visit_parameters(join_name(prefix, Pieces::norm_name), f);
-    }
-
-  private:
-    buffer<token_id, shape<dynamic>, D> positions_, types_;  // (N) ids of the position/type tables
-    buffer<T, shape<dynamic, C>, D> sum_, d_norm_, d_sum_;   // (N, C)
-};
-
-/// BERT's input layer: word + learned position + token type embeddings -> LayerNorm -> dropout.
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-using bert_embeddings = input_embeddings<T, C, D, bert_embedding_pieces>;
-
-}  // namespace layers
-FTUNE_NAMESPACE_END
-// ---- end ftune/layers/input_embeddings.hpp ----
 // ---- begin ftune/layers/chain.hpp ----
 // layers::chain: a layer made of layers applied one after another (PyTorch's nn.Sequential), with
 // the compile-time sizes of every pair of neighbours checked when the chain type is formed.
@@ -5431,6 +5448,489 @@ feed_forward<T, C, F, Act> make_feed_forward(std::size_t c = C, std::size_t f = 
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/chain.hpp ----
+// ---- begin ftune/layers/dropout.hpp ----
+// layers::dropout: inverted dropout in training mode, identity in evaluation mode.
+
+#include <cstdint>
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = x * keep / (1 - p) in training (keep drawn from ctx.rng's next stream), y = x in eval.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class dropout {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
+
+    T p;  ///< probability of dropping an element (BERT: 0.1)
+
+    /// A dropout layer with drop probability p_.
+    explicit dropout(T p_ = T(0.1)) : p(p_) {}
+
+    /// Training: draws a mask from ctx.rng.next() and scales; eval (or p = 0): returns x itself.
+    output_view forward(context& ctx, input_view x) {
+        active_ = ctx.training() && p > T(0);
+        if (!active_) return x;
+        y_.resize(x.shape());
+        mask_.resize(x.shape());
+        ops::dropout(y_, mask_, x, p, ctx.rng.next());
+        return y_.view();
+    }
+
+    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx) {
+        if (dx.empty()) return;
+        if (active_)
+            ops::dropout_backward(dx, mask_, dy, p);
+        else
+            ops::residual_add(dx, dx, dy);
+    }
+
+    /// No parameters: nothing to clear.
+    void zero_grad() noexcept {}
+    /// No parameters: f is never called.
+    template <class Fn>
+    void visit_parameters(std::string_view, Fn&&) {}
+
+  private:
+    bool active_ = false;                              // whether the last forward dropped
+    buffer<T, shape<dynamic, C>, D> y_;                // (N, C) output in training
+    buffer<std::uint8_t, shape<dynamic, C>, D> mask_;  // (N, C) keep mask
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/dropout.hpp ----
+// ---- begin ftune/layers/embedding.hpp ----
+// layers::embedding: a lookup table from token ids to vectors (nn.Embedding).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// out(i, :) = table(ids[i], :): (N) ids -> (N, C). The vocabulary size is a run-time value.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class embedding {
+  public:
+    using value_type = T;                                        ///< scalar type
+    using input_view = view<const token_id, shape<dynamic>, D>;  ///< ids: (N)
+    using output_view = view<const T, shape<dynamic, C>, D>;     ///< out: (N, C)
+
+    parameter<T, shape<dynamic, C>, D> weight;  ///< the table (vocab, C), Hugging Face "weight";
+                                                ///< decays, as in Hugging Face's Trainer
+    token_id padding_idx = -1;  ///< a row that gets no gradient (PyTorch's padding_idx); -1: none
+
+    /// A zero table of `vocab` rows of `features` values.
+    explicit embedding(std::size_t vocab = 0, std::size_t features = C)
+        : weight("weight", shape<dynamic, C>(vocab, features)) {}
+
+    /// Gathers the rows of ids (ids outside the table throw out_of_range). Keeps a view of ids.
+    output_view forward(context&, input_view ids) {
+        ids_ = ids;
+        out_.resize(shape<dynamic, C>(ids.extent(0), weight.value.extent(1)));  // (N, C)
+        ops::embedding(out_, ids, weight.value);
+        return out_.view();
+    }
+
+    /// dtable(ids[i], :) += dout(i, :) when the table is trainable, except for padding_idx rows
+    /// (ids have no gradient).
+    void backward(context&, output_view dout) {
+        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
+    }
+
+    /// Whether the table trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable; }
+    /// Sets the table's gradient to zero.
+    void zero_grad() noexcept { weight.zero_grad(); }
+
+    /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(weight.ref(prefix));
+    }
+
+  private:
+    input_view ids_;                       // the last forward's ids
+    buffer<T, shape<dynamic, C>, D> out_;  // (N, C) output
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/embedding.hpp ----
+// ---- begin ftune/layers/gated_mlp.hpp ----
+// layers::gated_mlp: the gated feed-forward of Llama-family blocks (LlamaMLP):
+// down(act(gate(x)) ⊙ up(x)), with SiLU as the gate's activation ("SwiGLU").
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// (N, C) -> (N, F) twice -> (N, C): y = down(act(gate(x)) ⊙ up(x)). Hugging Face's names
+/// gate_proj, up_proj, down_proj; Proj<In, Out> is the projection type (Llama's have no bias;
+/// a LoRA linear goes here), Act the gate's activation (Llama: hidden_act "silu").
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, device_tag D = device::cpu,
+          class GateUp = linear<T, C, F, D, false>, class Down = linear<T, F, C, D, false>,
+          class Act = hidden_activation<T, F, D>>
+class gated_mlp {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
+
+    GateUp gate_proj;  ///< "gate_proj" (C -> F)
+    GateUp up_proj;    ///< "up_proj" (C -> F)
+    Down down_proj;    ///< "down_proj" (F -> C)
+    Act act;           ///< the gate's activation
+
+    /// A zero-initialized MLP C -> F -> C with the gate activated by f.
+    gated_mlp(std::size_t features, std::size_t hidden, ops::activation f = ops::activation::silu)
+        : gate_proj(features, hidden),
+          up_proj(features, hidden),
+          down_proj(hidden, features),
+          act(f) {}
+
+    /// y = down(act(gate(x)) ⊙ up(x)); keeps views for backward.
+    output_view forward(context& ctx, input_view x) {
+        const auto g = gate_proj.forward(ctx, x);  // (N, F)
+        const auto u = up_proj.forward(ctx, x);    // (N, F)
+        a_ = act.forward(ctx, g);                  // (N, F)
+        u_ = u;
+        h_.resize(u.shape());  // (N, F) act(gate) ⊙ up
+        ops::multiply(h_, a_, u_);
+        return down_proj.forward(ctx, h_.view());
+    }
+
+    /// Accumulates the projections' gradients and, unless empty, dx.
+    void backward(context& ctx, output_view dy, d_input_view dx) {
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's MLPs
+        w.dh.resize(h_.shape());
+        w.da.resize(h_.shape());
+        w.du.resize(h_.shape());
+        w.dg.resize(h_.shape());
+        w.dh.fill(T(0));
+        w.da.fill(T(0));
+        w.du.fill(T(0));
+        w.dg.fill(T(0));
+        down_proj.backward(ctx, dy, w.dh.view());                 // d (act ⊙ up)
+        ops::multiply_backward(w.da, w.du, a_, u_, w.dh.view());  // d act, d up
+        act.backward(ctx, w.da.view(), w.dg.view());              // d gate
+        gate_proj.backward(ctx, w.dg.view(), dx);
+        up_proj.backward(ctx, w.du.view(), dx);
+    }
+
+    /// Whether any projection trains (false: frozen).
+    bool trainable() const noexcept {
+        return gate_proj.trainable() || up_proj.trainable() || down_proj.trainable();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        gate_proj.zero_grad();
+        up_proj.zero_grad();
+        down_proj.zero_grad();
+    }
+    /// Packs the projections for inference.
+    void prepare_inference() {
+        gate_proj.prepare_inference();
+        up_proj.prepare_inference();
+        down_proj.prepare_inference();
+    }
+
+    /// Visits gate_proj, up_proj, down_proj (Transformers' order).
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        gate_proj.visit_parameters(join_name(prefix, "gate_proj"), f);
+        up_proj.visit_parameters(join_name(prefix, "up_proj"), f);
+        down_proj.visit_parameters(join_name(prefix, "down_proj"), f);
+    }
+
+  private:
+    typename Act::output_view a_;                        // (N, F) act(gate(x)) (the layer's buffer)
+    typename GateUp::output_view u_;                     // (N, F) up(x) (the projection's buffer)
+    buffer<T, shape<dynamic, F>, D> h_;                  // (N, F) act ⊙ up
+    struct backward_scratch {                            // one set per run (ctx.workspace)
+        buffer<T, shape<dynamic, F>, D> dh, da, du, dg;  // (N, F) gradients
+    };
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/gated_mlp.hpp ----
+// ---- begin ftune/layers/input_embeddings.hpp ----
+// layers::input_embeddings: a model's input layer composed of separate pieces: the token table,
+// an optional learned position table, an optional token-type table, an optional norm, dropout.
+// BERT uses all of them; GPT-2 tokens + positions (its final norm is the stack's); Llama tokens
+// only (positions are rotary, applied in attention). A family picks the pieces and their
+// checkpoint names with a small struct (bert_embedding_pieces below).
+
+#include <string_view>
+#include <type_traits>
+
+// ---- begin ftune/layers/layer_norm.hpp ----
+// layers::layer_norm: LayerNorm over the last axis with a learned scale and shift (nn.LayerNorm).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = (x - mean) / sqrt(var + eps) * weight + bias per row: (N, C) -> (N, C).
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class layer_norm {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
+
+    parameter<T, shape<C>, D>
+        weight;  ///< scale (C), Hugging Face "weight" (legacy "gamma"); no decay
+    parameter<T, shape<C>, D> bias;  ///< shift (C), Hugging Face "bias" (legacy "beta"); no decay
+    T eps;                           ///< added to the variance (BERT: 1e-12)
+
+    /// A layer over `features` columns with weight 1 and bias 0.
+    explicit layer_norm(std::size_t features = C, T eps_ = T(1e-12))
+        : weight("weight", shape<C>(features), false),
+          bias("bias", shape<C>(features), false),
+          eps(eps_) {
+        weight.value.fill(T(1));
+    }
+
+    /// y = LayerNorm(x); saves x (a view: keep it alive until backward), mean and rstd.
+    output_view forward(context&, input_view x) {
+        const std::size_t rows = x.extent(0);
+        x_ = x;
+        y_.resize(shape<dynamic, C>(rows, weight.value.extent(0)));  // (N, C)
+        mean_.resize(shape<dynamic>(rows));                          // (N)
+        rstd_.resize(shape<dynamic>(rows));                          // (N)
+        ops::layer_norm(y_, mean_, rstd_, x, weight.value, bias.value, eps);
+        return y_.view();
+    }
+
+    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
+    void backward(context&, output_view dy, d_input_view dx) {
+        // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
+        T* dw = weight.grad.data();
+        T* db = bias.grad.data();
+        const std::size_t rows = dy.extent(0), cols = dy.extent(1);
+        if (!weight.trainable || !bias.trainable) {
+            scratch_.resize(shape<dynamic>(2 * cols));
+            scratch_.fill(T(0));
+            if (!weight.trainable) dw = scratch_.data();
+            if (!bias.trainable) db = scratch_.data() + cols;
+        }
+        T* dxp = dx.data();
+        if (dx.empty()) {
+            dx_scratch_.resize(shape<dynamic, C>(rows, cols));
+            dx_scratch_.fill(T(0));
+            dxp = dx_scratch_.data();
+        } else {
+            check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
+        }
+        check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
+        ops::layer_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
+                                 view<T, shape<C>, D>(dw, cols), view<T, shape<C>, D>(db, cols), dy,
+                                 x_, weight.value, mean_, rstd_);
+    }
+
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
+    /// Sets the parameter gradients to zero.
+    void zero_grad() noexcept {
+        weight.zero_grad();
+        bias.zero_grad();
+    }
+
+    /// Calls f(parameter_ref<T>) for weight then bias ("<prefix>.weight", "<prefix>.bias").
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(weight.ref(prefix));
+        f(bias.ref(prefix));
+    }
+
+  private:
+    input_view x_;                                // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;           // (N, C) output
+    buffer<T, shape<dynamic>, D> mean_, rstd_;    // (N) saved statistics
+    buffer<T, shape<dynamic>, D> scratch_;        // (2C) gradients of frozen parameters
+    buffer<T, shape<dynamic, C>, D> dx_scratch_;  // (N, C) dx when the caller does not want it
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/layer_norm.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// Sizes of an input layer known at run time (the pieces a composition leaves out ignore theirs).
+struct embedding_sizes {
+    std::size_t vocab;              ///< rows of the token table
+    std::size_t features;           ///< C
+    std::size_t max_positions = 0;  ///< rows of the learned position table
+    std::size_t type_vocab = 0;     ///< rows of the token-type table
+    double norm_eps = 1e-12;        ///< the norm's eps
+    double dropout = 0;             ///< dropout after the sum (and norm)
+    token_id pad_id = -1;  ///< the token row that gets no gradient (Hugging Face's padding_idx);
+                           ///< -1: every row learns
+};
+
+/// BERT's pieces and names: word + position + token type tables, then LayerNorm, then dropout.
+/// Another family writes the same struct with its own types and names ("wte" and "wpe" for
+/// GPT-2, "embed_tokens" alone for Llama); a piece is left out with layers::absent.
+struct bert_embedding_pieces {
+    /// the learned position table (or absent)
+    template <scalar T, std::size_t C, device_tag D>
+    using positions = embedding<T, C, D>;
+    /// the token-type table (or absent)
+    template <scalar T, std::size_t C, device_tag D>
+    using token_types = embedding<T, C, D>;
+    /// the norm over the sum (or absent)
+    template <scalar T, std::size_t C, device_tag D>
+    using norm = layer_norm<T, C, D>;
+    static constexpr std::string_view token_name = "word_embeddings";         ///< token table
+    static constexpr std::string_view position_name = "position_embeddings";  ///< position table
+    static constexpr std::string_view type_name = "token_type_embeddings";    ///< type table
+    static constexpr std::string_view norm_name = "LayerNorm";                ///< the norm
+};
+
+/// ids (B, T) [+ token types (B, T)] -> (B, T, C): token rows + position rows (start .. start+T-1)
+/// + type rows, normalized, dropped out, with the pieces and names Pieces gives.
+template <scalar T, std::size_t C, device_tag D, class Pieces>
+class input_embeddings {
+  public:
+    using value_type = T;  ///< scalar type
+    using ids_view =
+        view<const token_id, shape<dynamic, dynamic>, D>;              ///< (B, T) token or type ids
+    using output_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using positions_type = typename Pieces::template positions<T, C, D>;  ///< or absent
+    using types_type = typename Pieces::template token_types<T, C, D>;    ///< or absent
+    using norm_type = typename Pieces::template norm<T, C, D>;            ///< or absent
+
+    embedding<T, C, D> token;                       ///< the token table (vocab, C)
+    [[no_unique_address]] positions_type position;  ///< (max positions, C) or absent
+    [[no_unique_address]] types_type token_type;    ///< (type vocab, C) or absent
+    [[no_unique_address]] norm_type norm;           ///< over C, or absent
+    dropout<T, C, D> drop;                          ///< after the sum and the norm
+
+    /// Zero tables of the given sizes, the norm's weight 1.
+    explicit input_embeddings(const embedding_sizes& s)
+        : token(s.vocab, s.features),
+          position(s.max_positions, s.features),
+          token_type(s.type_vocab, s.features),
+          norm(s.features, T(s.norm_eps)),
+          drop(T(s.dropout)) {
+        token.padding_idx = s.pad_id;
+    }
+
+    /// Embeds ids; token_types may be empty (all type 0); the positions of row b are
+    /// start .. start + T - 1 (start > 0: continuing a sequence, as generation with a cache does).
+    output_view forward(context& ctx, ids_view ids, ids_view token_types = {},
+                        std::size_t start = 0) {
+        const std::size_t B = ids.extent(0), Tn = ids.extent(1), N = B * Tn;
+        const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
+        const auto w = token.forward(ctx, flat_ids);  // (N, C)
+        view<const T, shape<dynamic, C>, D> sum = w;
+        if constexpr (!is_absent<positions_type> || !is_absent<types_type>) {
+            sum_.resize(shape<dynamic, C>(N, w.extent(1)));  // (N, C)
+            sum = sum_.view();
+        }
+        if constexpr (!is_absent<positions_type>) {
+            const std::size_t rows = position.weight.value.extent(0);
+            if (start + Tn > rows)
+                throw error(errc::invalid_argument, "input_embeddings",
+                            ftune::detail::cat("positions up to ", start + Tn,
+                                               " exceed the position table's ", rows,
+                                               " (max_position_embeddings); truncate the input"));
+            positions_.resize(shape<dynamic>(N));  // (N) position of each token
+            ops::position_ids(positions_, Tn, start);
+            ops::residual_add(sum_, w, position.forward(ctx, positions_.view()));
+        }
+        if constexpr (!is_absent<types_type>) {
+            types_.resize(shape<dynamic>(N));  // (N) token type of each token (0: none given)
+            ops::copy_ids(types_, view<const token_id, shape<dynamic>, D>(
+                                      token_types.data(), token_types.empty() ? 0 : N));
+            const auto t = token_type.forward(ctx, types_.view());
+            if constexpr (is_absent<positions_type>)
+                ops::residual_add(sum_, w, t);
+            else
+                ops::residual_add(sum_, sum_, t);
+        }
+        auto normed = sum;
+        if constexpr (!is_absent<norm_type>) normed = norm.forward(ctx, sum);
+        const auto y = drop.forward(ctx, normed);
+        return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Accumulates the tables' and the norm's gradients (ids have none).
+    void backward(context& ctx, output_view dout) {
+        const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
+        const view<const T, shape<dynamic, C>, D> dy(dout.data(), N, Cn);
+        d_sum_.resize(shape<dynamic, C>(N, Cn));
+        d_sum_.fill(T(0));
+        if constexpr (!is_absent<norm_type>) {
+            d_norm_.resize(shape<dynamic, C>(N, Cn));
+            d_norm_.fill(T(0));
+            drop.backward(ctx, dy, d_norm_.view());
+            norm.backward(ctx, d_norm_.view(), d_sum_.view());
+        } else {
+            drop.backward(ctx, dy, d_sum_.view());
+        }
+        token.backward(ctx, d_sum_.view());
+        if constexpr (!is_absent<positions_type>) position.backward(ctx, d_sum_.view());
+        if constexpr (!is_absent<types_type>) token_type.backward(ctx, d_sum_.view());
+    }
+
+    /// Whether any table or the norm trains (false: frozen).
+    bool trainable() const noexcept {
+        bool t = token.trainable();
+        if constexpr (!is_absent<positions_type>) t = t || position.trainable();
+        if constexpr (!is_absent<types_type>) t = t || token_type.trainable();
+        if constexpr (!is_absent<norm_type>) t = t || norm.trainable();
+        return t;
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        token.zero_grad();
+        if constexpr (!is_absent<positions_type>) position.zero_grad();
+        if constexpr (!is_absent<types_type>) token_type.zero_grad();
+        if constexpr (!is_absent<norm_type>) norm.zero_grad();
+    }
+
+    /// Visits the pieces under Pieces' names.
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        token.visit_parameters(join_name(prefix, Pieces::token_name), f);
+        if constexpr (!is_absent<positions_type>)
+            position.visit_parameters(join_name(prefix, Pieces::position_name), f);
+        if constexpr (!is_absent<types_type>)
+            token_type.visit_parameters(join_name(prefix, Pieces::type_name), f);
+        if constexpr (!is_absent<norm_type>)
+            norm.visit_parameters(join_name(prefix, Pieces::norm_name), f);
+    }
+
+  private:
+    buffer<token_id, shape<dynamic>, D> positions_, types_;  // (N) ids of the position/type tables
+    buffer<T, shape<dynamic, C>, D> sum_, d_norm_, d_sum_;   // (N, C)
+};
+
+/// BERT's input layer: word + learned position + token type embeddings -> LayerNorm -> dropout.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using bert_embeddings = input_embeddings<T, C, D, bert_embedding_pieces>;
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/input_embeddings.hpp ----
 // ---- begin ftune/layers/pooler.hpp ----
 // layers::pooler: BERT's pooler, tanh(dense(hidden state of the first token)).
 
@@ -5501,11 +6001,430 @@ class pooler {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/pooler.hpp ----
+// ---- begin ftune/layers/rms_norm.hpp ----
+// layers::rms_norm: RMSNorm over the last axis with a learned scale (Llama's LlamaRMSNorm).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// y = x / sqrt(mean(x²) + eps) * weight per row (Zhang & Sennrich 2019): (N, C) -> (N, C). No
+/// centering and no bias, as Llama-family models normalize.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class rms_norm {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
+
+    parameter<T, shape<C>, D> weight;  ///< scale (C), Hugging Face "weight"; no decay
+    T eps;                             ///< added to the mean square (Llama: rms_norm_eps)
+
+    /// A layer over `features` columns with weight 1.
+    explicit rms_norm(std::size_t features = C, T eps_ = T(1e-6))
+        : weight("weight", shape<C>(features), false), eps(eps_) {
+        weight.value.fill(T(1));
+    }
+
+    /// y = RMSNorm(x); saves x (a view: keep it alive until backward) and 1 / rms per row.
+    output_view forward(context&, input_view x) {
+        const std::size_t rows = x.extent(0);
+        x_ = x;
+        y_.resize(shape<dynamic, C>(rows, weight.value.extent(0)));  // (N, C)
+        rstd_.resize(shape<dynamic>(rows));                          // (N)
+        ops::rms_norm(y_, rstd_, x, weight.value, eps);
+        return y_.view();
+    }
+
+    /// dweight (when trainable) and dx (unless empty) accumulate their gradients.
+    void backward(context&, output_view dy, d_input_view dx) {
+        const std::size_t rows = dy.extent(0), cols = dy.extent(1);
+        T* dw = weight.grad.data();
+        if (!weight.trainable) {  // the primitive computes both; a frozen weight's goes to scratch
+            scratch_.resize(shape<dynamic>(cols));
+            scratch_.fill(T(0));
+            dw = scratch_.data();
+        }
+        T* dxp = dx.data();
+        if (dx.empty()) {
+            dx_scratch_.resize(shape<dynamic, C>(rows, cols));
+            dx_scratch_.fill(T(0));
+            dxp = dx_scratch_.data();
+        }
+        check_same_shape(dy.shape(), x_.shape(), "rms_norm backward (dy vs x)");
+        ops::rms_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
+                               view<T, shape<C>, D>(dw, cols), dy, x_, weight.value, rstd_);
+    }
+
+    /// Whether the weight trains (false: frozen).
+    bool trainable() const noexcept { return weight.trainable; }
+    /// Sets the weight's gradient to zero.
+    void zero_grad() noexcept { weight.zero_grad(); }
+
+    /// Calls f(parameter_ref<T>) for the weight ("<prefix>.weight").
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        f(weight.ref(prefix));
+    }
+
+  private:
+    input_view x_;                                    // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_, dx_scratch_;  // (N, C)
+    buffer<T, shape<dynamic>, D> rstd_, scratch_;     // (N) 1 / rms per row; (C) frozen dw
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/rms_norm.hpp ----
+// ---- begin ftune/layers/rotary_attention.hpp ----
+// layers::rotary_attention: causal multi-head attention with rotary position embeddings and
+// grouped-query key/value heads, with its output projection: Hugging Face's LlamaAttention
+// (q_proj, k_proj, v_proj, o_proj; RoPE with rotate_half; repeat_kv; causal and padding masks).
+
+#include <cmath>
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// Sizes of a rotary attention layer.
+struct rotary_sizes {
+    std::size_t hidden;       ///< C, the model width
+    std::size_t heads;        ///< H, query heads
+    std::size_t kv_heads;     ///< Hkv, key/value heads (divides H; = H: plain multi-head)
+    std::size_t head_dim;     ///< d (Llama: C / H unless config.head_dim says otherwise)
+    double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta)
+};
+
+/// x (B, T, C) -> (B, T, C): o_proj(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask) v), with
+/// q = q_proj(x) (H heads of d), k and v (Hkv heads, each shared by H / Hkv query heads).
+/// Positions are start .. start + T - 1 in every row (forward's `start`). Proj<In, Out> is the
+/// projection type (Llama's: linear without bias; a LoRA linear goes here).
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu,
+          template <std::size_t, std::size_t> class Proj = linear_no_bias<T, D>::template type>
+class rotary_attention {
+  public:
+    using value_type = T;                                             ///< scalar type
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< y: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;      ///< dx, accumulated into
+    using mask_view = view<const T, shape<dynamic, dynamic>, D>;      ///< additive key mask (B, T)
+
+    Proj<C, dynamic> q_proj;  ///< "q_proj" (C -> H d)
+    Proj<C, dynamic> k_proj;  ///< "k_proj" (C -> Hkv d)
+    Proj<C, dynamic> v_proj;  ///< "v_proj" (C -> Hkv d)
+    Proj<dynamic, C> o_proj;  ///< "o_proj" (H d -> C)
+
+    /// A zero-initialized layer of the given sizes.
+    explicit rotary_attention(const rotary_sizes& s)
+        : q_proj(s.hidden, s.heads * s.head_dim),
+          k_proj(s.hidden, s.kv_heads * s.head_dim),
+          v_proj(s.hidden, s.kv_heads * s.head_dim),
+          o_proj(s.heads * s.head_dim, s.hidden),
+          sizes_(s) {
+        if (s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 || s.head_dim % 2 != 0)
+            throw error(errc::invalid_argument, "rotary_attention",
+                        ftune::detail::cat(s.kv_heads, " key/value heads must divide the ", s.heads,
+                                           " query heads, and the head size ", s.head_dim,
+                                           " must be even"));
+    }
+
+    /// The sizes it was built with.
+    const rotary_sizes& sizes() const noexcept { return sizes_; }
+
+    /// Attention of every position to itself and the earlier unmasked positions of its row.
+    /// key_mask (B, T) is added to the scaled scores (0 keeps a key, the lowest value drops it).
+    output_view forward(context& ctx, input_view x, mask_view key_mask = {},
+                        std::size_t start = 0) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const std::size_t H = sizes_.heads, Hkv = sizes_.kv_heads, d = sizes_.head_dim,
+                          group = H / Hkv;
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), N, Cn);  // (B*T, C)
+        B_ = B, T_ = Tn;
+        // positions and their rotary angles: (N) and (N, d/2)
+        positions_.resize(shape<dynamic>(N));
+        ops::position_ids(positions_, Tn, start);
+        cos_.resize(shape<dynamic, dynamic>(N, d / 2));
+        sin_.resize(cos_.shape());
+        ops::rope_table(cos_, sin_, positions_, sizes_.rope_theta);
+        // q (N, H d) and k (N, Hkv d), rotated; v (N, Hkv d)
+        q_.resize(shape<dynamic, dynamic>(N, H * d));
+        ops::copy(q_, q_proj.forward(ctx, x2));
+        ops::rope(q_, cos_, sin_);
+        k_.resize(shape<dynamic, dynamic>(N, Hkv * d));
+        ops::copy(k_, k_proj.forward(ctx, x2));
+        ops::rope(k_, cos_, sin_);
+        v_ = v_proj.forward(ctx, x2);
+        // every query head's keys and values: (N, H d)
+        const auto ke = expanded(k_.view(), k_full_, group);
+        const auto ve = expanded(v_, v_full_, group);
+        scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
+        probs_.resize(scores_.shape());
+        ops::head_scores(scores_, q_.view(), ke);
+        const T scale = T(1) / std::sqrt(T(d));
+        if (key_mask.empty())
+            ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
+        else
+            ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
+        ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
+        ops::head_context(ctx_, probs_.view(), ve);
+        const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
+        return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Accumulates the projections' gradients and, unless dx is empty, dx.
+    void backward(context& ctx, output_view dout, d_input_view dx) {
+        const std::size_t B = B_, Tn = T_, N = B * Tn, Cn = dout.extent(2);
+        const std::size_t H = sizes_.heads, Hkv = sizes_.kv_heads, d = sizes_.head_dim,
+                          group = H / Hkv;
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
+        const view<const T, shape<dynamic, C>, D> g(dout.data(), N, Cn);
+        w.dctx.resize(shape<dynamic, dynamic>(N, H * d));
+        w.dctx.fill(T(0));
+        o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
+        const auto ke = group == 1 ? k_.view() : k_full_.view();
+        const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
+        w.dp.resize(probs_.shape());
+        w.ds.resize(probs_.shape());
+        w.ds.fill(T(0));
+        ops::head_scores(w.dp, w.dctx.view(), ve);  // dP = dctx Vᵀ
+        w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
+        ops::head_context<transpose::yes>(w.dv_full, probs_.view(), w.dctx.view());  // dV = Pᵀ dctx
+        ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
+        w.dq.resize(shape<dynamic, dynamic>(N, H * d));
+        ops::head_context(w.dq, w.ds.view(), ke);  // dQ (rotated) = dS K
+        w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
+        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view());  // dK = dSᵀ Q
+        // back through the repeat (sum over each group) and the rotation (its transpose)
+        w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
+        w.dv.resize(w.dk.shape());
+        w.dk.fill(T(0));
+        w.dv.fill(T(0));
+        ops::repeat_heads_backward(w.dk, w.dk_full, Hkv, group);
+        ops::repeat_heads_backward(w.dv, w.dv_full, Hkv, group);
+        ops::rope(w.dq, cos_, sin_, /*inverse=*/true);
+        ops::rope(w.dk, cos_, sin_, /*inverse=*/true);
+        const view<T, shape<dynamic, C>, D> dx2 =
+            dx.empty() ? view<T, shape<dynamic, C>, D>()
+                       : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
+        q_proj.backward(ctx, w.dq.view(), dx2);
+        k_proj.backward(ctx, w.dk.view(), dx2);
+        v_proj.backward(ctx, w.dv.view(), dx2);
+    }
+
+    /// Whether any projection trains (false: frozen).
+    bool trainable() const noexcept {
+        return q_proj.trainable() || k_proj.trainable() || v_proj.trainable() || o_proj.trainable();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        q_proj.zero_grad();
+        k_proj.zero_grad();
+        v_proj.zero_grad();
+        o_proj.zero_grad();
+    }
+
+    /// Visits q_proj, k_proj, v_proj, o_proj (Transformers' order).
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        q_proj.visit_parameters(join_name(prefix, "q_proj"), f);
+        k_proj.visit_parameters(join_name(prefix, "k_proj"), f);
+        v_proj.visit_parameters(join_name(prefix, "v_proj"), f);
+        o_proj.visit_parameters(join_name(prefix, "o_proj"), f);
+    }
+
+  private:
+    using matrix = buffer<T, shape<dynamic, dynamic>, D>;
+    // x itself when every query head has its own key/value head; else x's heads repeated into
+    // full (N, H d)
+    template <class X>
+    view<const T, shape<dynamic, dynamic>, D> expanded(X x, matrix& full, std::size_t group) {
+        const view<const T, shape<dynamic, dynamic>, D> v(x.data(), x.extent(0), x.extent(1));
+        if (group == 1) return v;
+        full.resize(shape<dynamic, dynamic>(v.extent(0), v.extent(1) * group));
+        ops::repeat_heads(full, v, sizes_.kv_heads, group);
+        return full.view();
+    }
+
+    rotary_sizes sizes_;
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;  // (N) position of each row
+    matrix cos_, sin_;                               // (N, d/2) rotary angles
+    matrix q_, k_;                                   // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;       // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                         // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    matrix ctx_;                                     // (N, H d) context
+    struct backward_scratch {                        // one set per run (ctx.workspace)
+        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T)
+        matrix dctx, dq, dk_full, dv_full, dk, dv;   // (N, H d) and (N, Hkv d)
+    };
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/rotary_attention.hpp ----
 // ---- end ftune/layers.hpp ----
 // ---- begin ftune/blocks.hpp ----
-// Blocks composed from layers: the transformer block (norm placement as a policy) and the stack
-// of blocks between an input layer and an optional final norm.
+// Blocks composed from layers: the encoder block (norm placement as a policy), the pre-norm
+// causal decoder block, and the stack of blocks between an input layer and an optional final
+// norm.
 
+// ---- begin ftune/blocks/decoder_block.hpp ----
+// blocks::decoder_block: one pre-norm causal decoder layer composed from ftune's layers, as
+// Llama-family models stack them (LlamaDecoderLayer):
+//   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h)).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace blocks {
+
+/// Sizes of a decoder block known at run time.
+struct decoder_sizes {
+    std::size_t hidden;                           ///< C
+    std::size_t heads;                            ///< query heads
+    std::size_t kv_heads;                         ///< key/value heads (divide heads)
+    std::size_t head_dim;                         ///< d
+    std::size_t ffn;                              ///< intermediate size F
+    double rope_theta = 1e4;                      ///< rotary base
+    double norm_eps = 1e-6;                       ///< the norms' eps (Llama: rms_norm_eps)
+    ops::activation act = ops::activation::silu;  ///< the MLP gate's activation (hidden_act)
+};
+
+/// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
+/// all projections without a bias. Another family writes its own parts struct.
+template <scalar T, device_tag D = device::cpu>
+struct llama_parts {
+    using value_type = T;   ///< scalar type
+    using device_type = D;  ///< where the block's tensors live
+    /// the two norms: (N, C) -> (N, C)
+    template <std::size_t C>
+    using norm = layers::rms_norm<T, C, D>;
+    /// the attention with its output projection: (B, T, C) -> (B, T, C)
+    template <std::size_t C>
+    using attention = layers::rotary_attention<T, C, D>;
+    /// the feed-forward: (N, C) -> (N, C)
+    template <std::size_t C, std::size_t F>
+    using mlp = layers::gated_mlp<T, C, F, D>;
+};
+
+/// (B, T, C) -> (B, T, C), pre-norm with residuals written out; Hugging Face's names
+/// input_layernorm, self_attn, post_attention_layernorm, mlp. Parts gives the layer types
+/// (llama_parts<T>).
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Parts = llama_parts<T>>
+class decoder_block {
+    using D = typename Parts::device_type;
+
+  public:
+    using value_type = T;                                             ///< scalar type
+    using device_type = D;                                            ///< where tensors live
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< y: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;      ///< dx, accumulated into
+    using attention_type = typename Parts::template attention<C>;     ///< self_attn
+    using mask_view = typename attention_type::mask_view;             ///< additive key mask (B, T)
+
+    typename Parts::template norm<C> input_layernorm;           ///< "input_layernorm"
+    attention_type self_attn;                                   ///< "self_attn"
+    typename Parts::template norm<C> post_attention_layernorm;  ///< "post_attention_layernorm"
+    typename Parts::template mlp<C, F> mlp;                     ///< "mlp"
+
+    /// A zero-initialized block of the given sizes (norm weights 1).
+    explicit decoder_block(const decoder_sizes& s)
+        : input_layernorm(s.hidden, T(s.norm_eps)),
+          self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta}),
+          post_attention_layernorm(s.hidden, T(s.norm_eps)),
+          mlp(s.hidden, s.ffn, s.act) {}
+
+    /// y = block(x), each position attending to itself and earlier unmasked positions.
+    output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const auto n1 = input_layernorm.forward(ctx, flat(x));                    // (N, C)
+        const auto a = self_attn.forward(ctx, {n1.data(), B, Tn, Cn}, key_mask);  // (B, T, C)
+        h_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(h_, flat(x), flat(a));  // h = x + attention
+        const auto n2 = post_attention_layernorm.forward(ctx, h_.view());
+        const auto m = mlp.forward(ctx, n2);
+        y_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(y_, h_.view(), m);  // y = h + mlp
+        return {y_.data(), B, Tn, Cn};
+    }
+
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
+    void backward(context& ctx, output_view dout, d_input_view dx) {
+        const std::size_t B = dout.extent(0), Tn = dout.extent(1), Cn = dout.extent(2), N = B * Tn;
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's blocks
+        const auto dy = flat(dout);
+        // d h = d y + d (mlp(norm2(h)))
+        w.dh.resize(shape<dynamic, C>(N, Cn));
+        ops::copy(w.dh, dy);
+        w.dn.resize(w.dh.shape());
+        w.dn.fill(T(0));
+        mlp.backward(ctx, dy, w.dn.view());
+        post_attention_layernorm.backward(ctx, w.dn.view(), w.dh.view());
+        // d x = d h + d (attention(norm1(x)))
+        w.da.resize(w.dh.shape());
+        w.da.fill(T(0));
+        self_attn.backward(ctx, {w.dh.data(), B, Tn, Cn}, {w.da.data(), B, Tn, Cn});
+        const view<T, shape<dynamic, C>, D> dx2 =
+            dx.empty() ? view<T, shape<dynamic, C>, D>()
+                       : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
+        input_layernorm.backward(ctx, w.da.view(), dx2);
+        if (!dx.empty()) ops::residual_add(dx2, dx2, w.dh.view());
+    }
+
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept {
+        return input_layernorm.trainable() || self_attn.trainable() ||
+               post_attention_layernorm.trainable() || mlp.trainable();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        input_layernorm.zero_grad();
+        self_attn.zero_grad();
+        post_attention_layernorm.zero_grad();
+        mlp.zero_grad();
+    }
+
+    /// The prepared inference path (packed weights, a key/value cache) comes with generation;
+    /// until then forwards keep what backward needs.
+    bool inference_prepared() const noexcept { return false; }
+    /// Whether the last forward kept nothing for backward (never, see inference_prepared).
+    bool kept_nothing_for_backward() const noexcept { return false; }
+    /// Nothing to prepare yet (see inference_prepared).
+    void prepare_inference() {}
+
+    /// Visits input_layernorm, self_attn, post_attention_layernorm, mlp (Transformers' order).
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        input_layernorm.visit_parameters(join_name(prefix, "input_layernorm"), f);
+        self_attn.visit_parameters(join_name(prefix, "self_attn"), f);
+        post_attention_layernorm.visit_parameters(join_name(prefix, "post_attention_layernorm"), f);
+        mlp.visit_parameters(join_name(prefix, "mlp"), f);
+    }
+
+  private:
+    template <class X>
+    static auto flat(X x) {  // (B, T, C) -> (B*T, C)
+        return view<std::remove_pointer_t<decltype(x.data())>, shape<dynamic, C>, D>(
+            x.data(), x.extent(0) * x.extent(1), x.extent(2));
+    }
+
+    buffer<T, shape<dynamic, C>, D> h_, y_;          // (N, C) after the attention; the output
+    struct backward_scratch {                        // one set per run (ctx.workspace)
+        buffer<T, shape<dynamic, C>, D> dh, dn, da;  // (N, C)
+    };
+};
+
+}  // namespace blocks
+FTUNE_NAMESPACE_END
+// ---- end ftune/blocks/decoder_block.hpp ----
 // ---- begin ftune/blocks/encoder_block.hpp ----
 // blocks::encoder_block: one transformer encoder layer composed from ftune's layers, with the
 // norm placement as a policy: post_norm (BERT: LayerNorm after each residual sum) or pre_norm
@@ -6044,7 +6963,8 @@ struct config {
     double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
     double layer_norm_eps = 1e-12;              ///< layer_norm_eps
     token_id pad_token_id = 0;  ///< pad_token_id: its word embedding gets no gradient
-    ops::activation hidden_act = ops::activation::gelu;  ///< hidden_act (gelu, gelu_new, relu)
+    ops::activation hidden_act =
+        ops::activation::gelu;        ///< hidden_act (gelu, gelu_new, relu, silu)
     std::size_t num_labels = 2;       ///< num_labels: outputs of a classification head
     double classifier_dropout = -1;   ///< classifier_dropout (< 0: hidden_dropout_prob)
     double initializer_range = 0.02;  ///< initializer_range: std of newly initialized weights
@@ -6053,14 +6973,15 @@ struct config {
                                ///< regression)
 };
 
-/// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu"); throws
+/// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu", "silu"); throws
 /// ftune::error for others.
 inline ops::activation activation_from_hf(std::string_view name) {
     if (name == "gelu") return ops::activation::gelu;
     if (name == "gelu_new" || name == "gelu_pytorch_tanh") return ops::activation::gelu_tanh;
     if (name == "relu") return ops::activation::relu;
+    if (name == "silu" || name == "swish") return ops::activation::silu;
     throw error(errc::unsupported, "hidden_act",
-                "\"" + std::string(name) + "\": ftune runs gelu, gelu_new and relu");
+                "\"" + std::string(name) + "\": ftune runs gelu, gelu_new, relu and silu");
 }
 
 /// Hugging Face's hidden_act name of an FFN activation.
@@ -6072,6 +6993,8 @@ inline std::string_view activation_to_hf(ops::activation a) {
             return "gelu_new";
         case ops::activation::relu:
             return "relu";
+        case ops::activation::silu:
+            return "silu";
         case ops::activation::tanh:
             break;
     }
@@ -7932,6 +8855,99 @@ using masked_lm = with_head<heads::masked_lm, Encoder>;
 }  // namespace bert
 FTUNE_NAMESPACE_END
 // ---- end ftune/bert/tasks.hpp ----
+// ---- begin ftune/llama/decoder.hpp ----
+// ftune::llama: the Llama family's backbone (LlamaModel: SmolLM2, Llama 2/3, TinyLlama, ...) as a
+// composition: a token table, pre-norm decoder blocks (RMSNorm, rotary grouped-query attention,
+// gated SiLU MLP), a final RMSNorm. Its configuration carries config.json's names.
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace llama {
+
+/// The sizes of a Llama model (Hugging Face config.json names in the comments).
+struct config {
+    std::size_t vocab_size = 32000;              ///< vocab_size
+    std::size_t hidden_size = 4096;              ///< hidden_size
+    std::size_t intermediate_size = 11008;       ///< intermediate_size
+    std::size_t num_hidden_layers = 32;          ///< num_hidden_layers
+    std::size_t num_attention_heads = 32;        ///< num_attention_heads
+    std::size_t num_key_value_heads = 32;        ///< num_key_value_heads (grouped-query attention)
+    std::size_t head_dim = 0;                    ///< head_dim (0: hidden_size / heads)
+    std::size_t max_position_embeddings = 2048;  ///< max_position_embeddings
+    double rms_norm_eps = 1e-6;                  ///< rms_norm_eps
+    double rope_theta = 10000.0;                 ///< rope_theta
+    bool tie_word_embeddings = false;            ///< tie_word_embeddings (LM head = token table)
+    ops::activation hidden_act = ops::activation::silu;  ///< hidden_act
+    token_id pad_token_id = -1;                          ///< pad_token_id (-1: none)
+    token_id bos_token_id = 1;                           ///< bos_token_id
+    token_id eos_token_id = 2;                           ///< eos_token_id
+    std::size_t num_labels = 2;       ///< num_labels (a classification head's outputs)
+    double initializer_range = 0.02;  ///< initializer_range
+
+    /// The size of one attention head.
+    std::size_t head_size() const noexcept {
+        return head_dim != 0 ? head_dim : hidden_size / num_attention_heads;
+    }
+};
+
+/// The input layer's pieces: the token table alone ("embed_tokens"); positions are rotary.
+struct embedding_pieces {
+    template <scalar T, std::size_t C, device_tag D>
+    using positions = layers::absent;  ///< none: rotary, inside attention
+    template <scalar T, std::size_t C, device_tag D>
+    using token_types = layers::absent;  ///< none
+    template <scalar T, std::size_t C, device_tag D>
+    using norm = layers::absent;                                    ///< none
+    static constexpr std::string_view token_name = "embed_tokens";  ///< token table
+    static constexpr std::string_view position_name = "";           ///< unused
+    static constexpr std::string_view type_name = "";               ///< unused
+    static constexpr std::string_view norm_name = "";               ///< unused
+};
+
+/// LlamaModel's names: "embed_tokens", "layers.N", "norm".
+struct stack_names {
+    static constexpr std::string_view embeddings = "";      ///< the table under the prefix
+    static constexpr std::string_view layers = "layers";    ///< block i is "layers.i"
+    static constexpr std::string_view final_norm = "norm";  ///< the final RMSNorm
+};
+
+/// LlamaModel: ids (B, T) -> hidden states (B, T, C) after the final norm. C and F may be
+/// static; Parts gives the blocks' layer types and the device (blocks::llama_parts<T>).
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic,
+          class Parts = blocks::llama_parts<T>>
+class decoder
+    : public blocks::stack<
+          layers::input_embeddings<T, C, typename Parts::device_type, embedding_pieces>,
+          blocks::decoder_block<T, C, F, Parts>, typename Parts::template norm<C>, stack_names> {
+    using base =
+        blocks::stack<layers::input_embeddings<T, C, typename Parts::device_type, embedding_pieces>,
+                      blocks::decoder_block<T, C, F, Parts>, typename Parts::template norm<C>,
+                      stack_names>;
+
+  public:
+    using config_type = llama::config;                                ///< what it is built from
+    static constexpr std::size_t hidden_extent = C;                   ///< C (or dynamic)
+    static constexpr std::string_view architecture_prefix = "Llama";  ///< "LlamaFor..."
+    static constexpr std::string_view base_model_prefix = "model";    ///< "model.layers..."
+
+    /// A zero-initialized decoder of the given configuration (norm weights 1).
+    explicit decoder(const config& c)
+        : base(typename base::embeddings_type(layers::embedding_sizes{
+                   .vocab = c.vocab_size, .features = c.hidden_size, .pad_id = c.pad_token_id}),
+               typename Parts::template norm<C>(c.hidden_size, T(c.rms_norm_eps))) {
+        this->layer.reserve(c.num_hidden_layers);
+        for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
+            this->layer.emplace_back(blocks::decoder_sizes{
+                c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_size(),
+                c.intermediate_size, c.rope_theta, c.rms_norm_eps, c.hidden_act});
+    }
+};
+
+}  // namespace llama
+FTUNE_NAMESPACE_END
+// ---- end ftune/llama/decoder.hpp ----
 // ---- begin ftune/optim.hpp ----
 // Optimizers (AdamW, SGD) and gradient clipping, with PyTorch's and
 // Hugging Face's definitions (step for step equal to torch.optim on tests/reference/optim_parity.py

@@ -24,7 +24,8 @@ struct config {
     double attention_probs_dropout_prob = 0.1;  ///< attention_probs_dropout_prob
     double layer_norm_eps = 1e-12;              ///< layer_norm_eps
     token_id pad_token_id = 0;  ///< pad_token_id: its word embedding gets no gradient
-    ops::activation hidden_act = ops::activation::gelu;  ///< hidden_act (gelu, gelu_new, relu)
+    ops::activation hidden_act =
+        ops::activation::gelu;        ///< hidden_act (gelu, gelu_new, relu, silu)
     std::size_t num_labels = 2;       ///< num_labels: outputs of a classification head
     double classifier_dropout = -1;   ///< classifier_dropout (< 0: hidden_dropout_prob)
     double initializer_range = 0.02;  ///< initializer_range: std of newly initialized weights
@@ -33,14 +34,15 @@ struct config {
                                ///< regression)
 };
 
-/// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu"); throws
+/// The FFN activation Hugging Face names hidden_act ("gelu", "gelu_new", "relu", "silu"); throws
 /// ftune::error for others.
 inline ops::activation activation_from_hf(std::string_view name) {
     if (name == "gelu") return ops::activation::gelu;
     if (name == "gelu_new" || name == "gelu_pytorch_tanh") return ops::activation::gelu_tanh;
     if (name == "relu") return ops::activation::relu;
+    if (name == "silu" || name == "swish") return ops::activation::silu;
     throw error(errc::unsupported, "hidden_act",
-                "\"" + std::string(name) + "\": ftune runs gelu, gelu_new and relu");
+                "\"" + std::string(name) + "\": ftune runs gelu, gelu_new, relu and silu");
 }
 
 /// Hugging Face's hidden_act name of an FFN activation.
@@ -52,6 +54,8 @@ inline std::string_view activation_to_hf(ops::activation a) {
             return "gelu_new";
         case ops::activation::relu:
             return "relu";
+        case ops::activation::silu:
+            return "silu";
         case ops::activation::tanh:
             break;
     }

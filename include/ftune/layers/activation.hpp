@@ -1,5 +1,5 @@
-// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU or tanh, chosen at compile time
-// (activation<T, F>) or when the model is built (hidden_activation, read from a config).
+// layers::activation: element-wise GELU (erf), GELU (tanh), ReLU, tanh or SiLU, chosen at compile
+// time (activation<T, F>) or when the model is built (hidden_activation, read from a config).
 #pragma once
 
 #include <string_view>
@@ -55,7 +55,7 @@ class hidden_activation {
 };
 
 /// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu
-/// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu") or tanh (the pooler's).
+/// ("gelu"), gelu_tanh ("gelu_new"), relu ("relu"), silu ("silu") or tanh (the pooler's).
 template <scalar T, ops::activation F, std::size_t C = dynamic, device_tag D = device::cpu>
 class activation : public hidden_activation<T, C, D> {
   public:
@@ -77,6 +77,9 @@ using tanh = activation<T, ops::activation::tanh, C, D>;
 /// max(x, 0), Hugging Face's "relu".
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 using relu = activation<T, ops::activation::relu, C, D>;
+/// x sigmoid(x), Hugging Face's "silu" (Llama's MLP gate).
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+using silu = activation<T, ops::activation::silu, C, D>;
 
 }  // namespace layers
 FTUNE_NAMESPACE_END

@@ -145,15 +145,19 @@ class self_attention {
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
         static thread_local buffer<T, shape<dynamic, dynamic>, D> qkv_weight;
         qkv_weight.resize(shape<dynamic, dynamic>(3 * Cn, Cn));
-        qkv_bias_.resize(shape<dynamic>(3 * Cn));
+        constexpr bool with_bias = requires(Proj & p) {
+            p.bias.value;
+        };  // (no bias: left empty)
+        qkv_bias_.resize(shape<dynamic>(with_bias ? 3 * Cn : 0));
         const Proj* parts[] = {&query, &key, &value};
         using flat = view<T, shape<dynamic>, D>;
         using const_flat = view<const T, shape<dynamic>, D>;
         for (std::size_t i = 0; i < 3; ++i) {  // rows i C .. (i + 1) C: q, k, v
             ops::copy(flat(qkv_weight.data() + i * Cn * Cn, Cn * Cn),
                       const_flat(parts[i]->weight.value.data(), Cn * Cn));
-            ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
-                      const_flat(parts[i]->bias.value.data(), Cn));
+            if constexpr (with_bias)
+                ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
+                          const_flat(parts[i]->bias.value.data(), Cn));
         }
         ops::prepare_weight(packed_qkv_, qkv_weight);
         prepared_ = packed_current_ = true;

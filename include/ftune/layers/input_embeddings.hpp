@@ -8,24 +8,13 @@
 #include <string_view>
 #include <type_traits>
 
+#include "ftune/layers/absent.hpp"
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/embedding.hpp"
 #include "ftune/layers/layer_norm.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace layers {
-
-/// A piece a composition leaves out (no position table, no type table, no norm): it takes no
-/// space ([[no_unique_address]]) and the code that would use it is not compiled.
-struct absent {
-    /// Accepts any constructor arguments.
-    template <class... A>
-    constexpr explicit absent(A&&...) noexcept {}
-};
-
-/// True when piece P is left out.
-template <class P>
-inline constexpr bool is_absent = std::is_same_v<P, absent>;
 
 /// Sizes of an input layer known at run time (the pieces a composition leaves out ignore theirs).
 struct embedding_sizes {

@@ -6,22 +6,27 @@
 
 #include "ftune/core/context.hpp"
 #include "ftune/core/parameter.hpp"
+#include "ftune/layers/absent.hpp"
 #include "ftune/ops.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace layers {
 
 /// A fully connected layer over the last axis: (N, In) -> (N, Out). In and Out may be dynamic.
-template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu>
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu,
+          bool Bias = true>
 class linear {
+    using bias_type = std::conditional_t<Bias, parameter<T, shape<Out>, D>, absent>;
+
   public:
     using value_type = T;                                       ///< scalar type
     using input_view = view<const T, shape<dynamic, In>, D>;    ///< x: (N, In)
     using output_view = view<const T, shape<dynamic, Out>, D>;  ///< y: (N, Out)
     using d_input_view = view<T, shape<dynamic, In>, D>;        ///< dx: (N, In), accumulated into
 
+    static constexpr bool has_bias = Bias;   ///< false: y = x Wᵀ (Llama's projections)
     parameter<T, shape<Out, In>, D> weight;  ///< W (Out, In), Hugging Face's layout
-    parameter<T, shape<Out>, D> bias;        ///< b (Out), no weight decay
+    [[no_unique_address]] bias_type bias;    ///< b (Out), no weight decay (or absent)
 
     /// A zero-initialized layer of the given sizes (the defaults are the static extents).
     explicit linear(std::size_t in = In, std::size_t out = Out)
@@ -41,7 +46,7 @@ class linear {
             packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
-            ops::bias_add(y_, bias.value);
+            if constexpr (Bias) ops::bias_add(y_, bias.value);
         }
         return y_.view();
     }
@@ -78,17 +83,23 @@ class linear {
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
             ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
-        if (bias.trainable) ops::bias_backward(bias.grad, dy);
+        if constexpr (Bias)
+            if (bias.trainable) ops::bias_backward(bias.grad, dy);
         if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
     }
 
     /// Sets the parameter gradients to zero.
     void zero_grad() noexcept {
         weight.zero_grad();
-        bias.zero_grad();
+        if constexpr (Bias) bias.zero_grad();
     }
     /// Whether any parameter trains (false: frozen).
-    bool trainable() const noexcept { return weight.trainable || bias.trainable; }
+    bool trainable() const noexcept {
+        if constexpr (Bias)
+            return weight.trainable || bias.trainable;
+        else
+            return weight.trainable;
+    }
 
     /// Whether eval-mode forwards use the weights packed by prepare_inference().
     bool inference_prepared() const noexcept { return prepared_; }
@@ -101,7 +112,7 @@ class linear {
     void visit_parameters(std::string_view prefix, F&& f) {
         if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
         f(weight.ref(prefix));
-        f(bias.ref(prefix));
+        if constexpr (Bias) f(bias.ref(prefix));
     }
 
   private:
@@ -113,7 +124,10 @@ class linear {
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
         if (!packed_current_) prepare_inference();
-        ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
+        if constexpr (Bias)
+            ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
+        else
+            ops::matmul_prepared(x, packed_, y_, view<const T, shape<dynamic>, D>(), epilogue);
     }
 
     ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
@@ -121,6 +135,15 @@ class linear {
     bool packed_current_ = false;          // packed_ holds the current W (no visit since)
     input_view x_;                         // the last forward's input
     buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
+};
+
+/// linear without a bias as a template of the two sizes, for layers that take their projection
+/// type as a template: linear_no_bias<T, D>::type<In, Out> (Llama's projections).
+template <scalar T, device_tag D = device::cpu>
+struct linear_no_bias {
+    /// (N, In) -> (N, Out), y = x Wᵀ
+    template <std::size_t In, std::size_t Out>
+    using type = linear<T, In, Out, D, false>;
 };
 
 }  // namespace layers

@@ -30,7 +30,13 @@ using reference::copy_ids;
 using reference::dropout_threshold;
 using reference::gather_rows;
 using reference::key_mask;
+using reference::multiply;
+using reference::multiply_backward;
 using reference::position_ids;
+using reference::repeat_heads;
+using reference::repeat_heads_backward;
+using reference::rope_apply;
+using reference::rope_table;
 
 // ---------------------------------------------------------------------------------------------
 // Bias and residual
@@ -220,6 +226,23 @@ void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
     detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
 }
 
+/// y = x sigmoid(x) (SiLU).
+template <scalar T>
+void silu_forward(T* y, const T* x, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_unary(y, x, n, [](B v) { return v / (B(T(1)) + xsimd::exp(-v)); });
+}
+
+/// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <scalar T>
+void silu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    using B = detail::batch<T>;
+    detail::map_backward(dx, x, dy, n, [](B v, B g) {
+        const B s = B(T(1)) / (B(T(1)) + xsimd::exp(-v));
+        return g * s * (B(T(1)) + v * (B(T(1)) - s));
+    });
+}
+
 /// y = max(x, 0).
 template <scalar T>
 void relu_forward(T* y, const T* x, std::size_t n) {
@@ -309,6 +332,69 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
         });
         accumulate_columns(dweight, c0, c1, blocks, [&](std::size_t k, std::size_t c, auto n) {
             return load(partial + k * 2 * C + C + c, n);
+        });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// out(r, :) = x(r, :) * rstd(r) * weight, rstd(r) = 1 / sqrt(mean(x(r, :)²) + eps) (saved).
+template <scalar T>
+void rms_norm_forward(T* out, T* rstd, const T* x, const T* weight, std::size_t rows, std::size_t C,
+                      T eps) {
+    using namespace detail;
+    using B = batch<T>;
+    parallel_for(rows, row_grain(C), [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* xr = x + r * C;
+            const B ms = row_sum<T>(C, [&](std::size_t c, auto n) {
+                const B v = load(xr + c, n);
+                return v * v;
+            });
+            const T s = T(1) / std::sqrt(reduce_add(ms) / T(C) + eps);
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
+                store(out + r * C + c, load(xr + c, n) * B(s) * load(weight + c, n), n);
+            });
+            rstd[r] = s;
+        }
+    });
+}
+
+/// dx += rstd (w dout - x̂ mean(w dout x̂)), dweight += dout x̂ (x̂ = x rstd) for rms_norm_forward.
+/// Blocks of 32 rows in parallel with their own dweight partials, added in block order (the
+/// result does not depend on the thread count), as layer_norm_backward.
+template <scalar T>
+void rms_norm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd,
+                       std::size_t rows, std::size_t C) {
+    using namespace detail;
+    using B = batch<T>;
+    constexpr std::size_t block_rows = 32;
+    const std::size_t blocks = (rows + block_rows - 1) / block_rows;
+    T* partial = gemm_detail::scratch<T, 2>(blocks * C);  // (blocks, C): dweight
+    parallel_for(rows, block_rows, [&](std::size_t r0, std::size_t r1) {
+        T* pw = partial + (r0 / block_rows) * C;
+        std::fill_n(pw, C, T(0));
+        for (std::size_t r = r0; r < r1; ++r) {
+            const T* xr = x + r * C;
+            const T* gr = dout + r * C;
+            const B s(rstd[r]);
+            const B sgn = row_sum<T>(C, [&](std::size_t c, auto n) {
+                return load(weight + c, n) * load(gr + c, n) * (load(xr + c, n) * s);
+            });
+            const B mean_gn(reduce_add(sgn) / T(C));
+            for_each_batch<T>(C, [&](std::size_t c, auto n) {
+                const B norm = load(xr + c, n) * s;
+                const B g = load(gr + c, n);
+                T* d = dx + r * C + c;
+                store(d, xsimd::fma(load(weight + c, n) * g - norm * mean_gn, s, load(d, n)), n);
+                store(pw + c, xsimd::fma(norm, g, load(pw + c, n)), n);
+            });
+        }
+    });
+    parallel_for(C, column_chunk<T>(C), [&](std::size_t c0, std::size_t c1) {
+        accumulate_columns(dweight, c0, c1, blocks, [&](std::size_t k, std::size_t c, auto n) {
+            return load(partial + k * C + c, n);
         });
     });
 }

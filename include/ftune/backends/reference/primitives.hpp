@@ -151,6 +151,36 @@ void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
         if (x[i] > T(0)) dx[i] += dy[i];
 }
 
+/// y = x sigmoid(x) (SiLU, "swish"; Llama's hidden_act "silu").
+template <scalar T>
+void silu_forward(T* y, const T* x, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = x[i] / (T(1) + std::exp(-x[i]));
+}
+
+/// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <scalar T>
+void silu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const T s = T(1) / (T(1) + std::exp(-x[i]));
+        dx[i] += dy[i] * s * (T(1) + x[i] * (T(1) - s));
+    }
+}
+
+/// out = a b element-wise (out may alias a or b): the gate of a gated MLP.
+template <scalar T>
+void multiply(T* out, const T* a, const T* b, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+/// da += dout b and db += dout a (either may be null: not needed), for multiply.
+template <scalar T>
+void multiply_backward(T* da, T* db, const T* a, const T* b, const T* dout, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        if (da) da[i] += dout[i] * b[i];
+        if (db) db[i] += dout[i] * a[i];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm over the last axis
 
@@ -196,6 +226,108 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
             dx[r * C + c] += (weight[c] * gr[c] - mean_g - norm * mean_gn) * rstd[r];
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm (Llama): y = x / sqrt(mean(x²) + eps) ⊙ weight, no centering, no bias
+
+/// out(r, :) = x(r, :) * rstd(r) * weight with rstd(r) = 1 / sqrt(mean(x(r, :)²) + eps), saved.
+template <scalar T>
+void rms_norm_forward(T* out, T* rstd, const T* x, const T* weight, std::size_t rows, std::size_t C,
+                      T eps) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * C;
+        T ms = 0;
+        for (std::size_t c = 0; c < C; ++c) ms += xr[c] * xr[c];
+        const T s = T(1) / std::sqrt(ms / T(C) + eps);
+        for (std::size_t c = 0; c < C; ++c) out[r * C + c] = xr[c] * s * weight[c];
+        rstd[r] = s;
+    }
+}
+
+/// dx += rstd (w dout - x̂ mean(w dout x̂)) and dweight += dout x̂, with x̂ = x rstd, for
+/// rms_norm_forward (using its saved rstd).
+template <scalar T>
+void rms_norm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd,
+                       std::size_t rows, std::size_t C) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * C;
+        const T* gr = dout + r * C;
+        T mean_gn = 0;  // mean of w * dout * x̂
+        for (std::size_t c = 0; c < C; ++c) mean_gn += weight[c] * gr[c] * xr[c] * rstd[r];
+        mean_gn /= T(C);
+        for (std::size_t c = 0; c < C; ++c) {
+            const T norm = xr[c] * rstd[r];
+            dweight[c] += norm * gr[c];
+            dx[r * C + c] += (weight[c] * gr[c] - norm * mean_gn) * rstd[r];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embeddings (RoPE, as Transformers' Llama applies them: rotate_half)
+
+/// cos(r, i), sin(r, i) (rows, half) of the angles positions[r] * inv_freq(i), with
+/// inv_freq(i) = 1 / theta^(2i / (2 half)), computed in T: for float, the same float32 operations
+/// as Transformers (which also computes them in float32 for a float64 model; ftune's float64
+/// models get float64 angles).
+template <scalar T>
+void rope_table(T* cos, T* sin, const token_id* positions, std::size_t rows, std::size_t half,
+                double theta) {
+    for (std::size_t i = 0; i < half; ++i) {
+        const T inv = T(1) / std::pow(T(theta), T(T(2 * i) / T(2 * half)));
+        for (std::size_t r = 0; r < rows; ++r) {
+            const T a = T(positions[r]) * inv;
+            cos[r * half + i] = std::cos(a);
+            sin[r * half + i] = std::sin(a);
+        }
+    }
+}
+
+/// Rotates x (rows, heads, 2 half), rows ld apart, in place by the angles of cos/sin (rows, half):
+/// (x_i, x_{i+half}) <- (x_i c - x_{i+half} s, x_{i+half} c + x_i s) in every head; inverse
+/// rotates by the opposite angles (the backward: the transpose of a rotation).
+template <scalar T>
+void rope_apply(T* x, std::size_t ld, const T* cos, const T* sin, std::size_t rows,
+                std::size_t heads, std::size_t half, bool inverse) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t h = 0; h < heads; ++h) {
+            T* v = x + r * ld + h * 2 * half;
+            for (std::size_t i = 0; i < half; ++i) {
+                const T c = cos[r * half + i], s = inverse ? -sin[r * half + i] : sin[r * half + i];
+                const T a = v[i], b = v[i + half];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grouped-query attention: key/value heads shared by groups of query heads
+
+/// out(r, (j group + g) d + i) = in(r, j d + i): each of the kv_heads heads of d values repeated
+/// `group` times (Transformers' repeat_kv), for `rows` rows.
+template <scalar T>
+void repeat_heads(T* out, const T* in, std::size_t rows, std::size_t kv_heads, std::size_t group,
+                  std::size_t d) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < kv_heads; ++j)
+            for (std::size_t g = 0; g < group; ++g)
+                for (std::size_t i = 0; i < d; ++i)
+                    out[(r * kv_heads * group + j * group + g) * d + i] =
+                        in[(r * kv_heads + j) * d + i];
+}
+
+/// din(r, j d + i) += Σ_g dout(r, (j group + g) d + i): the backward of repeat_heads.
+template <scalar T>
+void repeat_heads_backward(T* din, const T* dout, std::size_t rows, std::size_t kv_heads,
+                           std::size_t group, std::size_t d) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < kv_heads; ++j)
+            for (std::size_t g = 0; g < group; ++g)
+                for (std::size_t i = 0; i < d; ++i)
+                    din[(r * kv_heads + j) * d + i] +=
+                        dout[(r * kv_heads * group + j * group + g) * d + i];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,153 @@
+// blocks::decoder_block: one pre-norm causal decoder layer composed from ftune's layers, as
+// Llama-family models stack them (LlamaDecoderLayer):
+//   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h)).
+#pragma once
+
+#include <string_view>
+
+#include "ftune/layers/gated_mlp.hpp"
+#include "ftune/layers/rms_norm.hpp"
+#include "ftune/layers/rotary_attention.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace blocks {
+
+/// Sizes of a decoder block known at run time.
+struct decoder_sizes {
+    std::size_t hidden;                           ///< C
+    std::size_t heads;                            ///< query heads
+    std::size_t kv_heads;                         ///< key/value heads (divide heads)
+    std::size_t head_dim;                         ///< d
+    std::size_t ffn;                              ///< intermediate size F
+    double rope_theta = 1e4;                      ///< rotary base
+    double norm_eps = 1e-6;                       ///< the norms' eps (Llama: rms_norm_eps)
+    ops::activation act = ops::activation::silu;  ///< the MLP gate's activation (hidden_act)
+};
+
+/// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
+/// all projections without a bias. Another family writes its own parts struct.
+template <scalar T, device_tag D = device::cpu>
+struct llama_parts {
+    using value_type = T;   ///< scalar type
+    using device_type = D;  ///< where the block's tensors live
+    /// the two norms: (N, C) -> (N, C)
+    template <std::size_t C>
+    using norm = layers::rms_norm<T, C, D>;
+    /// the attention with its output projection: (B, T, C) -> (B, T, C)
+    template <std::size_t C>
+    using attention = layers::rotary_attention<T, C, D>;
+    /// the feed-forward: (N, C) -> (N, C)
+    template <std::size_t C, std::size_t F>
+    using mlp = layers::gated_mlp<T, C, F, D>;
+};
+
+/// (B, T, C) -> (B, T, C), pre-norm with residuals written out; Hugging Face's names
+/// input_layernorm, self_attn, post_attention_layernorm, mlp. Parts gives the layer types
+/// (llama_parts<T>).
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Parts = llama_parts<T>>
+class decoder_block {
+    using D = typename Parts::device_type;
+
+  public:
+    using value_type = T;                                             ///< scalar type
+    using device_type = D;                                            ///< where tensors live
+    using input_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< x: (B, T, C)
+    using output_view = input_view;                                   ///< y: (B, T, C)
+    using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;      ///< dx, accumulated into
+    using attention_type = typename Parts::template attention<C>;     ///< self_attn
+    using mask_view = typename attention_type::mask_view;             ///< additive key mask (B, T)
+
+    typename Parts::template norm<C> input_layernorm;           ///< "input_layernorm"
+    attention_type self_attn;                                   ///< "self_attn"
+    typename Parts::template norm<C> post_attention_layernorm;  ///< "post_attention_layernorm"
+    typename Parts::template mlp<C, F> mlp;                     ///< "mlp"
+
+    /// A zero-initialized block of the given sizes (norm weights 1).
+    explicit decoder_block(const decoder_sizes& s)
+        : input_layernorm(s.hidden, T(s.norm_eps)),
+          self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta}),
+          post_attention_layernorm(s.hidden, T(s.norm_eps)),
+          mlp(s.hidden, s.ffn, s.act) {}
+
+    /// y = block(x), each position attending to itself and earlier unmasked positions.
+    output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const auto n1 = input_layernorm.forward(ctx, flat(x));                    // (N, C)
+        const auto a = self_attn.forward(ctx, {n1.data(), B, Tn, Cn}, key_mask);  // (B, T, C)
+        h_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(h_, flat(x), flat(a));  // h = x + attention
+        const auto n2 = post_attention_layernorm.forward(ctx, h_.view());
+        const auto m = mlp.forward(ctx, n2);
+        y_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(y_, h_.view(), m);  // y = h + mlp
+        return {y_.data(), B, Tn, Cn};
+    }
+
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
+    void backward(context& ctx, output_view dout, d_input_view dx) {
+        const std::size_t B = dout.extent(0), Tn = dout.extent(1), Cn = dout.extent(2), N = B * Tn;
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's blocks
+        const auto dy = flat(dout);
+        // d h = d y + d (mlp(norm2(h)))
+        w.dh.resize(shape<dynamic, C>(N, Cn));
+        ops::copy(w.dh, dy);
+        w.dn.resize(w.dh.shape());
+        w.dn.fill(T(0));
+        mlp.backward(ctx, dy, w.dn.view());
+        post_attention_layernorm.backward(ctx, w.dn.view(), w.dh.view());
+        // d x = d h + d (attention(norm1(x)))
+        w.da.resize(w.dh.shape());
+        w.da.fill(T(0));
+        self_attn.backward(ctx, {w.dh.data(), B, Tn, Cn}, {w.da.data(), B, Tn, Cn});
+        const view<T, shape<dynamic, C>, D> dx2 =
+            dx.empty() ? view<T, shape<dynamic, C>, D>()
+                       : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
+        input_layernorm.backward(ctx, w.da.view(), dx2);
+        if (!dx.empty()) ops::residual_add(dx2, dx2, w.dh.view());
+    }
+
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept {
+        return input_layernorm.trainable() || self_attn.trainable() ||
+               post_attention_layernorm.trainable() || mlp.trainable();
+    }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        input_layernorm.zero_grad();
+        self_attn.zero_grad();
+        post_attention_layernorm.zero_grad();
+        mlp.zero_grad();
+    }
+
+    /// The prepared inference path (packed weights, a key/value cache) comes with generation;
+    /// until then forwards keep what backward needs.
+    bool inference_prepared() const noexcept { return false; }
+    /// Whether the last forward kept nothing for backward (never, see inference_prepared).
+    bool kept_nothing_for_backward() const noexcept { return false; }
+    /// Nothing to prepare yet (see inference_prepared).
+    void prepare_inference() {}
+
+    /// Visits input_layernorm, self_attn, post_attention_layernorm, mlp (Transformers' order).
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        input_layernorm.visit_parameters(join_name(prefix, "input_layernorm"), f);
+        self_attn.visit_parameters(join_name(prefix, "self_attn"), f);
+        post_attention_layernorm.visit_parameters(join_name(prefix, "post_attention_layernorm"), f);
+        mlp.visit_parameters(join_name(prefix, "mlp"), f);
+    }
+
+  private:
+    template <class X>
+    static auto flat(X x) {  // (B, T, C) -> (B*T, C)
+        return view<std::remove_pointer_t<decltype(x.data())>, shape<dynamic, C>, D>(
+            x.data(), x.extent(0) * x.extent(1), x.extent(2));
+    }
+
+    buffer<T, shape<dynamic, C>, D> h_, y_;          // (N, C) after the attention; the output
+    struct backward_scratch {                        // one set per run (ctx.workspace)
+        buffer<T, shape<dynamic, C>, D> dh, dn, da;  // (N, C)
+    };
+};
+
+}  // namespace blocks
+FTUNE_NAMESPACE_END

