@@ -27,9 +27,7 @@ TEMPLATE_TEST_CASE("rotary embeddings equal Transformers' Llama; the inverse und
     const std::string suffix = std::is_same_v<T, float> ? "f32" : "f64";
     const auto q = f.read<T>(f.at("q_" + suffix));
     const auto want = f.read<T>(f.at("rotated_" + suffix));
-    const auto& pt = f.at("positions");
-    std::vector<ftune::token_id> pos(pt.numel());
-    std::memcpy(pos.data(), f.bytes(pt).data(), pos.size() * sizeof(ftune::token_id));
+    const auto pos = test::read_ids(f, "positions");
     const std::size_t rows = pos.size(), heads = 3, half = 8;
     REQUIRE(q.size() == rows * heads * 2 * half);
     std::vector<T> c(rows * half), s(rows * half);
@@ -71,13 +69,7 @@ TEST_CASE("Llama decoder equals Transformers' LlamaModel: hidden states and ever
         ++loaded;
     });
     CHECK(loaded == 1 + 2 * 9 + 1);
-    auto ints = [&](const char* name) {
-        const auto& t = f.at(name);
-        std::vector<ftune::token_id> v(t.numel());
-        std::memcpy(v.data(), f.bytes(t).data(), v.size() * sizeof(ftune::token_id));
-        return v;
-    };
-    const auto ids = ints("input_ids"), mask = ints("attention_mask");
+    const auto ids = test::read_ids(f, "input_ids"), mask = test::read_ids(f, "attention_mask");
     const std::size_t B = 2, T = 7;
     ftune::context ctx;
     const auto h = model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});

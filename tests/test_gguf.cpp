@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "util.hpp"
 
 #ifndef FTUNE_REFERENCE_DIR
 #error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
@@ -138,13 +139,8 @@ TEST_CASE(
     ftune::llama::decoder<float> model(cfg);
     ftune::io::load_llama_gguf(model, f, cfg);
     const ftune::io::safetensors_file want(fixtures / "tiny_llama_expected.safetensors");
-    auto ints = [&](const char* name) {
-        const auto& t = want.at(name);
-        std::vector<ftune::token_id> v(t.numel());
-        std::memcpy(v.data(), want.bytes(t).data(), v.size() * sizeof(ftune::token_id));
-        return v;
-    };
-    const auto ids = ints("input_ids"), mask = ints("attention_mask");
+    const auto ids = test::read_ids(want, "input_ids"),
+               mask = test::read_ids(want, "attention_mask");
     const std::size_t B = 2, T = 8, C = 64, V = 64;
     ftune::context ctx;
     const auto h = model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <sstream>
@@ -11,10 +12,21 @@
 #include <vector>
 
 #include <ftune/core/rng.hpp>
+#include <ftune/core/types.hpp>
 
 #include "catch.hpp"
 
 namespace test {
+
+/// The int32 tensor `name` of a safetensors file (token ids, an attention mask) as token ids.
+template <class File>
+std::vector<ftune::token_id> read_ids(const File& f, const std::string& name) {
+    const auto& t = f.at(name);
+    std::vector<ftune::token_id> v(t.numel());
+    REQUIRE(f.bytes(t).size() == v.size() * sizeof(ftune::token_id));
+    std::memcpy(v.data(), f.bytes(t).data(), v.size() * sizeof(ftune::token_id));
+    return v;
+}
 
 /// n values from a normal distribution times `scale`, reproducible from `seed`.
 template <class T>
