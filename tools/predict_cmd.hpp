@@ -45,14 +45,19 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f) {
                     ? std::string_view(arch).substr(E::architecture_prefix.size())
                     : std::string_view();
             auto is = [&](std::string_view suffix) { return head == suffix; };
-            using seq = ftune::bert::with_head<h::sequence_classification, E>;
-            using tok = ftune::bert::with_head<h::token_classification, E>;
-            using qa = ftune::bert::with_head<h::question_answering, E>;
-            using mlm = ftune::bert::with_head<h::masked_lm, E>;
-            if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
-            if (is(tok::head_type::architecture_suffix)) return f(std::type_identity<tok>{});
-            if (is(qa::head_type::architecture_suffix)) return f(std::type_identity<qa>{});
-            if (is(mlm::head_type::architecture_suffix)) return f(std::type_identity<mlm>{});
+            if constexpr (std::is_same_v<Config, ftune::llama::config>) {  // decoders
+                using lm = ftune::llama::causal_lm<E>;
+                if (is(lm::head_type::architecture_suffix)) return f(std::type_identity<lm>{});
+            } else {  // encoders
+                using seq = ftune::bert::with_head<h::sequence_classification, E>;
+                using tok = ftune::bert::with_head<h::token_classification, E>;
+                using qa = ftune::bert::with_head<h::question_answering, E>;
+                using mlm = ftune::bert::with_head<h::masked_lm, E>;
+                if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
+                if (is(tok::head_type::architecture_suffix)) return f(std::type_identity<tok>{});
+                if (is(qa::head_type::architecture_suffix)) return f(std::type_identity<qa>{});
+                if (is(mlm::head_type::architecture_suffix)) return f(std::type_identity<mlm>{});
+            }
             return f(std::type_identity<ftune::bert::with_head<h::base_model, E>>{});
         });
 }
@@ -452,8 +457,13 @@ inline int run_info(int argc, char** argv) {
                   << Model::architecture << "\n"
                   << "dims          hidden " << c.hidden_size << ", layers " << c.num_hidden_layers
                   << ", heads " << c.num_attention_heads << ", ffn " << c.intermediate_size
-                  << ", vocab " << c.vocab_size << ", positions " << c.max_position_embeddings
-                  << ", token types " << c.type_vocab_size << "\n"
+                  << ", vocab " << c.vocab_size << ", positions " << c.max_position_embeddings;
+        if constexpr (requires { c.type_vocab_size; })  // encoders
+            std::cout << ", token types " << c.type_vocab_size;
+        if constexpr (requires { c.num_key_value_heads; })  // decoders
+            std::cout << ", key/value heads " << c.num_key_value_heads << ", rope_theta "
+                      << c.rope_theta << (c.tie_word_embeddings ? ", tied LM head" : "");
+        std::cout << "\n"
                   << "activation    " << m.config.hidden_act << "\n"
                   << "parameters    " << params << " (" << num(double(params) * 4 / 1048576.0)
                   << " MiB as float32)\n";

@@ -3,5 +3,6 @@
 #pragma once
 
 #include "ftune/io/gguf.hpp"
+#include "ftune/io/gguf_llama.hpp"
 #include "ftune/io/hf.hpp"
 #include "ftune/io/safetensors.hpp"

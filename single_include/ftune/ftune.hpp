@@ -8860,6 +8860,7 @@ FTUNE_NAMESPACE_END
 // composition: a token table, pre-norm decoder blocks (RMSNorm, rotary grouped-query attention,
 // gated SiLU MLP), a final RMSNorm. Its configuration carries config.json's names.
 
+#include <string>
 #include <string_view>
 
 
@@ -8883,7 +8884,8 @@ struct config {
     token_id pad_token_id = -1;                          ///< pad_token_id (-1: none)
     token_id bos_token_id = 1;                           ///< bos_token_id
     token_id eos_token_id = 2;                           ///< eos_token_id
-    std::size_t num_labels = 2;       ///< num_labels (a classification head's outputs)
+    std::size_t num_labels = 2;  ///< num_labels (a classification head's outputs)
+    std::string problem_type;    ///< problem_type of a sequence classifier ("": from num_labels)
     double initializer_range = 0.02;  ///< initializer_range
 
     /// The size of one attention head.

@@ -18,6 +18,7 @@
 
 #include "ftune/io/safetensors.hpp"
 #include "ftune/bert/tasks.hpp"
+#include "ftune/llama/tasks.hpp"
 #include "ftune/text/bert.hpp"
 #include "ftune/text/tokenizer_json.hpp"
 
@@ -35,6 +36,38 @@ struct checkpoint_slot {
     std::size_t parts = 1;    ///< how many parameters share the tensor (1: it is the whole tensor)
     std::size_t axis = 0;     ///< the file tensor's axis the slices follow one another along
 };
+
+namespace detail {
+/// Reads config.json field `key` of j into out: a positive integer below 2^26 (no product of
+/// sizes overflows); `where` names the file in errors. A missing field throws when required and
+/// leaves out unchanged otherwise.
+inline void config_size(const nlohmann::json& j, const std::string& where, const char* key,
+                        std::size_t& out, bool required) {
+    if (!j.contains(key) || j[key].is_null()) {
+        if (required)
+            throw error(errc::parse, where + ": " + key,
+                        "missing; the model's config.json gives it");
+        return;
+    }
+    if (!j[key].is_number_unsigned() || j[key].get<std::uint64_t>() == 0)
+        throw error(errc::parse, where + ": " + key, "must be a positive integer");
+    if (j[key].get<std::uint64_t>() > (std::uint64_t(1) << 26))
+        throw error(errc::parse, where + ": " + key,
+                    ftune::detail::cat(j[key].get<std::uint64_t>(),
+                                       " is beyond any real model (at most 2^26)"));
+    out = j[key].get<std::size_t>();
+}
+/// Reads config.json field `key` of j into out when present: a number in [lo, hi).
+inline void config_real(const nlohmann::json& j, const std::string& where, const char* key,
+                        double& out, double lo, double hi) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    if (!j[key].is_number()) throw error(errc::parse, where + ": " + key, "must be a number");
+    out = j[key].get<double>();
+    if (!(out >= lo && out < hi))  // NaN fails too
+        throw error(errc::parse, where + ": " + key,
+                    ftune::detail::cat(out, " is outside [", lo, ", ", hi, ")"));
+}
+}  // namespace detail
 
 /// How a model family's config.json and checkpoints read into ftune and back: one
 /// specialization per family, keyed by the family's config type (BERT's below). load_hf and
@@ -60,28 +93,10 @@ struct hf_family<bert::config> {
     static void read_config(const nlohmann::json& j, const std::string& where, bert::config& c,
                             std::string& hidden_act) {
         auto size = [&](const char* key, std::size_t& out, bool required) {
-            if (!j.contains(key)) {
-                if (required)
-                    throw error(errc::parse, where + ": " + key,
-                                "missing; a BERT config.json gives it");
-                return;
-            }
-            if (!j[key].is_number_unsigned() || j[key].get<std::uint64_t>() == 0)
-                throw error(errc::parse, where + ": " + key, "must be a positive integer");
-            if (j[key].get<std::uint64_t>() > (std::uint64_t(1) << 26))  // no product overflows
-                throw error(errc::parse, where + ": " + key,
-                            ftune::detail::cat(j[key].get<std::uint64_t>(),
-                                               " is beyond any real model (at most 2^26)"));
-            out = j[key].get<std::size_t>();
+            detail::config_size(j, where, key, out, required);
         };
         auto real = [&](const char* key, double& out, double lo, double hi) {
-            if (!j.contains(key) || j[key].is_null()) return;
-            if (!j[key].is_number())
-                throw error(errc::parse, where + ": " + key, "must be a number");
-            out = j[key].get<double>();
-            if (!(out >= lo && out < hi))  // NaN fails too
-                throw error(errc::parse, where + ": " + key,
-                            ftune::detail::cat(out, " is outside [", lo, ", ", hi, ")"));
+            detail::config_real(j, where, key, out, lo, hi);
         };
         size("vocab_size", c.vocab_size, true);
         size("hidden_size", c.hidden_size, true);
@@ -176,8 +191,129 @@ struct hf_family<bert::config> {
     }
 };
 
+/// Llama (model_type "llama": SmolLM2, Llama 2/3, TinyLlama): config.json's fields as
+/// Transformers' LlamaConfig; parameter names as LlamaModel's, with or without the task models'
+/// "model." prefix; the checkpoint stores ftune's layout. Options ftune does not run
+/// (rope_scaling, attention or MLP biases, another activation than SiLU) are refused by name.
+template <>
+struct hf_family<llama::config> {
+    static constexpr std::string_view model_type = "llama";  ///< config.json's model_type
+    /// The family's backbone computing in T.
+    template <scalar T>
+    using backbone = llama::decoder<T>;
+
+    /// Reads LlamaConfig's fields of j into c (hidden_act also as written); `where` names the
+    /// file in errors.
+    static void read_config(const nlohmann::json& j, const std::string& where, llama::config& c,
+                            std::string& hidden_act) {
+        detail::config_size(j, where, "vocab_size", c.vocab_size, true);
+        detail::config_size(j, where, "hidden_size", c.hidden_size, true);
+        detail::config_size(j, where, "intermediate_size", c.intermediate_size, true);
+        detail::config_size(j, where, "num_hidden_layers", c.num_hidden_layers, true);
+        detail::config_size(j, where, "num_attention_heads", c.num_attention_heads, true);
+        c.num_key_value_heads = c.num_attention_heads;
+        detail::config_size(j, where, "num_key_value_heads", c.num_key_value_heads, false);
+        detail::config_size(j, where, "head_dim", c.head_dim, false);
+        detail::config_size(j, where, "max_position_embeddings", c.max_position_embeddings, false);
+        detail::config_real(j, where, "rms_norm_eps", c.rms_norm_eps, 0, 1);
+        detail::config_real(j, where, "initializer_range", c.initializer_range, 0, 1e3);
+        // rope_theta: top level (Transformers 4) or in rope_parameters (Transformers 5)
+        detail::config_real(j, where, "rope_theta", c.rope_theta, 1, 1e12);
+        if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+            const auto& r = j["rope_parameters"];
+            detail::config_real(r, where + ": rope_parameters", "rope_theta", c.rope_theta, 1,
+                                1e12);
+            if (r.contains("rope_type") && r["rope_type"] != "default")
+                throw error(errc::unsupported, where + ": rope_parameters.rope_type",
+                            r["rope_type"].dump() + ": ftune runs the default rotary embedding");
+        }
+        if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+            throw error(errc::unsupported, where + ": rope_scaling",
+                        j["rope_scaling"].dump() + ": ftune runs unscaled rotary embeddings");
+        for (const char* key : {"attention_bias", "mlp_bias"})
+            if (j.contains(key) && j[key] == true)
+                throw error(errc::unsupported, where + ": " + key,
+                            "true: ftune's Llama projections have no bias");
+        if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean())
+            c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
+        auto id = [&](const char* key, token_id& out) {
+            if (j.contains(key) && j[key].is_number_integer()) out = j[key].get<token_id>();
+        };
+        id("pad_token_id", c.pad_token_id);
+        id("bos_token_id", c.bos_token_id);
+        id("eos_token_id", c.eos_token_id);
+        if (c.num_attention_heads % c.num_key_value_heads != 0 ||
+            (c.head_dim == 0 && c.hidden_size % c.num_attention_heads != 0) ||
+            c.head_size() % 2 != 0)
+            throw error(errc::parse, where + ": num_key_value_heads",
+                        ftune::detail::cat(c.num_key_value_heads, " key/value heads, ",
+                                           c.num_attention_heads, " heads and hidden_size ",
+                                           c.hidden_size, " do not make whole even-sized heads"));
+        if (j.contains("hidden_act")) {
+            if (!j["hidden_act"].is_string())
+                throw error(errc::parse, where + ": hidden_act", "must be a string");
+            hidden_act = j["hidden_act"].get<std::string>();
+            if (hidden_act != "silu")
+                throw error(errc::unsupported, where + ": hidden_act",
+                            "\"" + hidden_act + "\": ftune's Llama runs silu");
+        } else {
+            hidden_act = "silu";
+        }
+    }
+
+    /// Writes c into j as LlamaConfig's fields (rope_theta both at the top level and in
+    /// rope_parameters, as Transformers 4 and 5 read it).
+    static void write_config(const llama::config& c, nlohmann::json& j) {
+        j["vocab_size"] = c.vocab_size;
+        j["hidden_size"] = c.hidden_size;
+        j["intermediate_size"] = c.intermediate_size;
+        j["num_hidden_layers"] = c.num_hidden_layers;
+        j["num_attention_heads"] = c.num_attention_heads;
+        j["num_key_value_heads"] = c.num_key_value_heads;
+        j["head_dim"] = c.head_size();
+        j["max_position_embeddings"] = c.max_position_embeddings;
+        j["rms_norm_eps"] = c.rms_norm_eps;
+        j["rope_theta"] = c.rope_theta;
+        j["rope_parameters"] = {{"rope_theta", c.rope_theta}, {"rope_type", "default"}};
+        j["tie_word_embeddings"] = c.tie_word_embeddings;
+        j["hidden_act"] = "silu";
+        j["attention_bias"] = false;
+        j["mlp_bias"] = false;
+        j["initializer_range"] = c.initializer_range;
+        if (c.pad_token_id >= 0)
+            j["pad_token_id"] = c.pad_token_id;
+        else
+            j["pad_token_id"] = nullptr;
+        j["bos_token_id"] = c.bos_token_id;
+        j["eos_token_id"] = c.eos_token_id;
+    }
+
+    /// The names a checkpoint may store parameter `name` under: the name, with or without
+    /// "model.".
+    static std::vector<std::string> checkpoint_names(const std::string& name) {
+        return {name, name.starts_with("model.") ? name.substr(6) : "model." + name};
+    }
+    /// Whether `name` is the backbone's (embed_tokens, layers, norm), not a head's (lm_head).
+    static bool is_backbone_parameter(std::string_view name) {
+        if (name.starts_with("model.")) name.remove_prefix(6);
+        return name.starts_with("embed_tokens.") || name.starts_with("layers.") ||
+               name.starts_with("norm.");
+    }
+    /// Backbone parameters a checkpoint may lack: none.
+    static bool may_be_missing(std::string_view) { return false; }
+
+    /// About how many weights c describes.
+    static double approximate_size(const llama::config& k) {
+        const double C = double(k.hidden_size), d = double(k.head_size());
+        return double(k.vocab_size) * C * (k.tie_word_embeddings ? 1 : 2) +
+               double(k.num_hidden_layers) *
+                   (C * d * double(2 * k.num_attention_heads + 2 * k.num_key_value_heads) +
+                    3.0 * C * double(k.intermediate_size));
+    }
+};
+
 /// The model_type values ftune reads, one per family.
-inline constexpr std::array<std::string_view, 1> known_model_types{"bert"};
+inline constexpr std::array<std::string_view, 2> known_model_types{"bert", "llama"};
 
 /// Calls f(std::type_identity<Config>{}) with the config type of the family that a config.json's
 /// model_type names ("" when absent: BERT, as old BERT checkpoints omit it); throws naming the
@@ -186,6 +322,8 @@ template <class F>
 decltype(auto) with_family(std::string_view model_type, F&& f) {
     if (model_type.empty() || model_type == hf_family<bert::config>::model_type)
         return f(std::type_identity<bert::config>{});
+    if (model_type == hf_family<llama::config>::model_type)
+        return f(std::type_identity<llama::config>{});
     std::string msg = "\"";
     msg.append(model_type).append("\": ftune reads the families");
     for (std::size_t i = 0; i < known_model_types.size(); ++i)

@@ -3,6 +3,7 @@
 // gated SiLU MLP), a final RMSNorm. Its configuration carries config.json's names.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "ftune/blocks.hpp"
@@ -27,7 +28,8 @@ struct config {
     token_id pad_token_id = -1;                          ///< pad_token_id (-1: none)
     token_id bos_token_id = 1;                           ///< bos_token_id
     token_id eos_token_id = 2;                           ///< eos_token_id
-    std::size_t num_labels = 2;       ///< num_labels (a classification head's outputs)
+    std::size_t num_labels = 2;  ///< num_labels (a classification head's outputs)
+    std::string problem_type;    ///< problem_type of a sequence classifier ("": from num_labels)
     double initializer_range = 0.02;  ///< initializer_range
 
     /// The size of one attention head.

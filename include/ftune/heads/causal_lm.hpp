@@ -1,0 +1,96 @@
+// heads::causal_lm: vocabulary logits for every position of a decoder, as Transformers'
+// LlamaForCausalLM / GPT2LMHeadModel: an LM head without a bias, or the input embedding table
+// itself when the model ties them (tie_word_embeddings).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "ftune/heads/common.hpp"
+#include "ftune/layers/linear.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Logits (B, T, V) = h Wᵀ with W (V, C) the head's own "lm_head.weight" or, when tied, the
+/// backbone's input embedding table (backbone.input_embeddings()), whose gradient then takes
+/// the head's. Position t's logits predict token t + 1.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class causal_lm {
+  public:
+    using value_type = T;                                                    ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, V)
+    static constexpr std::string_view architecture_suffix =
+        "ForCausalLM";                               ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;  ///< reads every position
+
+    bool tied;                                        ///< W is the input embedding table
+    layers::linear<T, C, dynamic, D, false> lm_head;  ///< "lm_head" (V, C) when not tied
+
+    /// A zero-initialized head for configuration c (hidden_size, vocab_size,
+    /// tie_word_embeddings); a tied head has no weight of its own.
+    template <class Config>
+    explicit causal_lm(const Config& c)
+        : tied(c.tie_word_embeddings),
+          lm_head(c.hidden_size, c.tie_word_embeddings ? 0 : c.vocab_size) {}
+
+    /// Vocabulary logits (B, T, V) from the hidden states h (B, T, C).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone& backbone, hidden_view h) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const view<const T, shape<dynamic, C>, D> rows(h.data(), B_ * T_, h.extent(2));  // (N, C)
+        if (!tied) {
+            const auto y = lm_head.forward(ctx, rows);
+            return {y.data(), B_, T_, y.extent(1)};
+        }
+        h_ = rows;
+        const auto& E = backbone.input_embeddings().value;              // (V, C)
+        logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
+        ops::matmul<transpose::no, transpose::yes>(rows, E, logits_);
+        return {logits_.data(), B_, T_, E.extent(0)};
+    }
+
+    /// Accumulates the head's gradient (a tied head's into the embedding table) from d logits
+    /// (B, T, V); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
+        const view<const T, shape<dynamic, dynamic>, D> dl(d_logits.data(), N,
+                                                           d_logits.extent(2));  // (N, V)
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(T(0));
+        const view<T, shape<dynamic, C>, D> dh(d_hidden_.data(), N, Cn);
+        if (!tied) {
+            lm_head.backward(ctx, dl, dh);
+        } else {
+            auto& E = backbone.input_embeddings();
+            if (E.trainable)
+                ops::matmul<transpose::yes, transpose::no>(dl, h_, E.grad, T(1), T(1));  // dE
+            ops::matmul(dl, E.value, dh, T(1), T(1));  // dh = dl E
+        }
+        return d_hidden_.view();
+    }
+
+    /// Packs the LM head's weight for inference (nothing when tied).
+    void prepare_inference() {
+        if (!tied) lm_head.prepare_inference();
+    }
+    /// Sets the head's gradient to zero.
+    void zero_grad() noexcept { lm_head.zero_grad(); }
+
+    /// Visits "lm_head.weight" unless tied (the tied table is the backbone's, visited there).
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        if (!tied) lm_head.visit_parameters(join_name(prefix, "lm_head"), f);
+    }
+
+  private:
+    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch and length
+    view<const T, shape<dynamic, C>, D> h_;              // (N, C) the last hidden states (tied)
+    buffer<T, shape<dynamic, dynamic>, D> logits_;       // (N, V) tied logits
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END

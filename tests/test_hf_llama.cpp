@@ -1,0 +1,99 @@
+// Llama checkpoints in Hugging Face layout: random tiny LlamaForCausalLM models saved by
+// Transformers (tests/reference/llama_heads.py; grouped-query attention, LM head tied and
+// untied) load into llama::causal_lm, whose logits and every gradient then match Transformers'
+// float32 ones; save_hf writes a directory that loads back to the same logits (and that
+// Transformers loads: llama_heads.py --roundtrip build/tests/hf_llama_roundtrip).
+#include <ftune/io/hf.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "util.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+namespace {
+namespace fs = std::filesystem;
+const fs::path fixtures = fs::path(FTUNE_REFERENCE_DIR) / "hf_llama";
+
+// max |got - want| / max |want|: the error relative to the tensor's scale
+double relative_error(std::span<const float> got, const std::vector<float>& want) {
+    double err = 0, scale = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        err = std::max(err, double(std::abs(got[i] - want[i])));
+        scale = std::max(scale, double(std::abs(want[i])));
+    }
+    return err / std::max(scale, 1e-30);
+}
+}  // namespace
+
+TEST_CASE(
+    "Llama checkpoints: logits and every gradient as Transformers', tied and untied head; "
+    "save_hf round trip",
+    "[parity][io]") {
+    const ftune::io::safetensors_file want(fixtures / "expected.safetensors");
+    const auto ids = test::read_ids(want, "input_ids"),
+               mask = test::read_ids(want, "attention_mask");
+    const std::size_t B = 2, T = 8;
+    using Model = ftune::llama::causal_lm<>;
+    for (const std::string name : {"tied", "untied"}) {
+        INFO(name);
+        auto m = ftune::io::load_hf<Model>(fixtures / name);
+        CHECK(m.report.missing.empty());
+        CHECK(m.report.unexpected.empty());
+        CHECK(m.model.head.tied == (name == "tied"));
+        CHECK(m.config.model.num_key_value_heads == 2);
+        ftune::context ctx;
+        const auto y = m.model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
+        const auto logits = want.read<float>(want.at(name + ".logits"));
+        REQUIRE(y.size() == logits.size());
+        const std::vector<float> got(y.data(), y.data() + y.size());
+        CHECK(relative_error(got, logits) < 1e-5);
+        const auto r = want.read<float>(want.at(name + ".r"));
+        m.model.zero_grad();
+        m.model.backward(ctx, Model::output_view(r.data(), y.shape()));
+        std::size_t compared = 0;
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            INFO(p.name);
+            const auto g = want.read<float>(want.at(name + ".grad." + p.name));
+            CHECK(relative_error(p.grad, g) < 1e-4);
+            ++compared;
+        });
+        CHECK(compared == (name == "tied" ? 20u : 21u));
+
+        // save_hf, load again: the same logits; Transformers loads the directory too (by hand:
+        // llama_heads.py --roundtrip build/tests/hf_llama_roundtrip)
+        const fs::path dir = fs::path("hf_llama_roundtrip") / name;
+        ftune::io::save_hf(m, dir);
+        auto back = ftune::io::load_hf<Model>(dir);
+        CHECK(back.config.model.tie_word_embeddings == (name == "tied"));
+        const auto y2 = back.model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
+        CHECK(std::equal(y2.data(), y2.data() + y2.size(), got.begin()));
+    }
+}
+
+TEST_CASE("Llama checkpoints: options ftune does not run are refused by name", "[io]") {
+    const std::string base = R"({"model_type": "llama", "vocab_size": 48, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4)";
+    auto parse = [&](const std::string& extra) {
+        return ftune::io::parse_hf_config<ftune::llama::config>(base + extra + "}", "c.json");
+    };
+    CHECK(parse("").model.num_key_value_heads == 4);
+    CHECK(parse(R"(, "rope_theta": 500000.0)").model.rope_theta == 500000.0);
+    CHECK(parse(R"(, "rope_parameters": {"rope_theta": 7.0, "rope_type": "default"})")
+              .model.rope_theta == 7.0);
+    CHECK_THROWS_WITH(parse(R"(, "rope_scaling": {"type": "linear", "factor": 2.0})"),
+                      Catch::Contains("rope_scaling"));
+    CHECK_THROWS_WITH(parse(R"(, "attention_bias": true)"), Catch::Contains("attention_bias"));
+    CHECK_THROWS_WITH(parse(R"(, "hidden_act": "gelu")"), Catch::Contains("silu"));
+    CHECK_THROWS_WITH(parse(R"(, "num_key_value_heads": 3)"), Catch::Contains("key/value heads"));
+    CHECK_THROWS_WITH(ftune::io::parse_hf_config<ftune::llama::config>(
+                          R"({"model_type": "bert", "vocab_size": 4})", "c.json"),
+                      Catch::Contains("\"llama\""));
+}
