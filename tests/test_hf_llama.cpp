@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,24 @@ TEST_CASE(
         const auto y2 = back.model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
         CHECK(std::equal(y2.data(), y2.data() + y2.size(), got.begin()));
     }
+}
+
+TEST_CASE(
+    "Llama checkpoints: a directory with a byte-level BPE tokenizer.json loads (the "
+    "tokenizer is not read yet)",
+    "[io]") {
+    const fs::path dir = "hf_llama_with_tokenizer";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const char* f : {"config.json", "model.safetensors"})
+        fs::copy_file(fixtures / "tied" / f, dir / f);
+    std::ofstream(dir / "tokenizer.json")
+        << R"({"model": {"type": "BPE", "vocab": {}, "merges": []}})";
+    std::ofstream(dir / "tokenizer_config.json") << R"({"model_max_length": 8192})";
+    const auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(dir);
+    CHECK_FALSE(m.tokenizer.has_value());
+    CHECK(m.model_max_length == 64);  // max_position_embeddings bounds it
+    CHECK(m.report.loaded.size() == 20);
 }
 
 TEST_CASE("Llama checkpoints: options ftune does not run are refused by name", "[io]") {

@@ -1,5 +1,6 @@
-// libFuzzer target: any text given to the config.json and tokenizer_config.json parsers gives a
-// configuration or an ftune::error, never a crash (built with AddressSanitizer).
+// libFuzzer target: any text given to the config.json (BERT and Llama families) and
+// tokenizer_config.json parsers gives a consistent configuration or an ftune::error, never a
+// crash (built with AddressSanitizer).
 #include <ftune/io/hf.hpp>
 
 #include <cstddef>
@@ -13,6 +14,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         // a parsed configuration is consistent
         if (c.model.hidden_size % c.model.num_attention_heads != 0) __builtin_trap();
         if (!c.id2label.empty() && c.id2label.size() != c.model.num_labels) __builtin_trap();
+    } catch (const ftune::error&) {
+    }
+    try {  // the Llama family's reader
+        const auto c = ftune::io::parse_hf_config<ftune::llama::config>(text, "fuzz/config.json");
+        const auto& m = c.model;
+        if (m.num_attention_heads % m.num_key_value_heads != 0 || m.head_size() % 2 != 0)
+            __builtin_trap();
     } catch (const ftune::error&) {
     }
     try {

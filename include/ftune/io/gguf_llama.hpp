@@ -32,6 +32,18 @@ inline std::size_t gguf_size(const gguf_file& f, const std::string& key, bool re
                     "must be a positive integer below 2^26, not " + v.dump());
     return v.get<std::size_t>();
 }
+/// The metadata number `key` of f (otherwise when absent); throws naming the file and key when
+/// it is not a finite number in (0, hi).
+inline double gguf_real(const gguf_file& f, const std::string& key, double otherwise, double hi) {
+    const auto& m = f.metadata();
+    if (!m.contains(key)) return otherwise;
+    const auto& v = m[key];
+    const double x = v.is_number() ? v.get<double>() : -1.0;
+    if (!(x > 0 && x < hi))  // NaN and non-numbers fail too
+        throw error(errc::parse, f.path() + ": " + key,
+                    ftune::detail::cat("must be a number in (0, ", hi, "), not ", v.dump()));
+    return x;
+}
 }  // namespace detail
 
 /// The llama::config of a GGUF whose general.architecture is "llama" (SmolLM2, Llama 2/3,
@@ -60,11 +72,14 @@ inline llama::config llama_config_from_gguf(const gguf_file& f) {
         throw error(errc::parse, f.path() + ": llama.attention.head_count_kv",
                     ftune::detail::cat(c.num_key_value_heads, " key/value heads must divide the ",
                                        c.num_attention_heads, " query heads"));
-    if (m.contains("llama.attention.layer_norm_rms_epsilon"))
-        c.rms_norm_eps = m["llama.attention.layer_norm_rms_epsilon"].get<double>();
-    if (m.contains("llama.rope.freq_base")) c.rope_theta = m["llama.rope.freq_base"].get<double>();
+    c.rms_norm_eps =
+        detail::gguf_real(f, "llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps, 1);
+    c.rope_theta = detail::gguf_real(f, "llama.rope.freq_base", c.rope_theta, 1e12);
     const auto& tokens = f.at("token_embd.weight");
-    c.vocab_size = tokens.shape.at(0);
+    if (tokens.shape.size() != 2 || tokens.shape[1] != c.hidden_size)
+        throw error(errc::shape_mismatch, f.path() + ": token_embd.weight",
+                    ftune::detail::cat("must be (vocabulary, ", c.hidden_size, ")"));
+    c.vocab_size = tokens.shape[0];
     c.tie_word_embeddings = f.find("output.weight") == nullptr;
     auto id = [&](const char* key, token_id otherwise) {
         return m.contains(key) && m[key].is_number_integer() ? m[key].get<token_id>() : otherwise;

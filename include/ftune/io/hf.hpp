@@ -775,7 +775,9 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
         cfg.id2label = options.labels;
         cfg.model.num_labels = options.labels.size();
     }
-    auto tokenizer = load_hf_tokenizer(dir);
+    // BERT's WordPiece tokenizer; the byte-level BPE of decoders is not read yet (issue 16)
+    std::optional<text::bert_tokenizer> tokenizer;
+    if constexpr (std::is_same_v<Config, bert::config>) tokenizer = load_hf_tokenizer(dir);
     if (tokenizer && tokenizer->vocab().size() > cfg.model.vocab_size)
         throw error(
             errc::shape_mismatch, (dir / "vocab.txt").string(),
