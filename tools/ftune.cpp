@@ -29,6 +29,8 @@ void usage(std::ostream& os) {
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
           "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
           "              [--max-length N] [--tokens]\n"
+          "              or byte-level BPE ids (decoders), nothing added: --bpe TOKENIZER.json\n"
+          "              [--tokens]\n"
           "  predict     predictions of a fine-tuned model for each line of stdin (a TAB\n"
           "              separates the texts of a pair; QA: question TAB context): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"

@@ -1,4 +1,5 @@
-// `ftune tokenize`: BERT WordPiece ids (or token strings) for each line of stdin.
+// `ftune tokenize`: BERT WordPiece ids, or byte-level BPE ids (a decoder's tokenizer.json), or
+// their token strings, for each line of stdin.
 #pragma once
 
 #include <filesystem>
@@ -23,7 +24,7 @@ inline ftune::text::bert_tokenizer tokenizer_from_model(const std::filesystem::p
 
 // Runs `ftune tokenize` with argv[2..]; returns the exit status.
 inline int run_tokenize(int argc, char** argv) {
-    std::optional<std::string> vocab, model;
+    std::optional<std::string> vocab, model, bpe;
     std::optional<bool> lowercase;
     std::size_t max_length = 0;
     bool tokens = false;
@@ -37,6 +38,8 @@ inline int run_tokenize(int argc, char** argv) {
         };
         if (a == "--vocab")
             vocab = value();
+        else if (a == "--bpe")
+            bpe = value();
         else if (a == "--model")
             model = value();
         else if (a == "--lowercase")
@@ -60,9 +63,29 @@ inline int run_tokenize(int argc, char** argv) {
             throw ftune::error(ftune::errc::invalid_argument, std::string(a),
                                "unknown option of ftune tokenize");
     }
-    if (vocab.has_value() == model.has_value())
+    if (int(vocab.has_value()) + int(model.has_value()) + int(bpe.has_value()) != 1)
         throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize",
-                           "give exactly one of --vocab FILE and --model DIR");
+                           "give exactly one of --vocab FILE, --model DIR and --bpe FILE");
+    std::ios::sync_with_stdio(false);
+    std::string line, out;
+    if (bpe) {  // a byte-level BPE tokenizer.json: the ids of each line, nothing added
+        if (lowercase || max_length)
+            throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize --bpe",
+                               "--lowercase and --max-length go with BERT's tokenizer");
+        const auto tok = ftune::text::load_bpe_tokenizer_json(*bpe);
+        while (std::getline(std::cin, line)) {
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            const auto ids = tok.encode(line);
+            out.clear();
+            for (std::size_t k = 0; k < ids.size(); ++k) {
+                if (k) out += ' ';
+                out += tokens ? tok.token(ids[k]) : std::to_string(ids[k]);
+            }
+            out += '\n';
+            std::cout << out;
+        }
+        return 0;
+    }
     if (model && lowercase)
         throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize",
                            "--lowercase/--no-lowercase go with --vocab; a --model directory "
@@ -71,8 +94,6 @@ inline int run_tokenize(int argc, char** argv) {
     opt.lowercase = lowercase.value_or(true);
     const auto tok =
         model ? tokenizer_from_model(*model) : ftune::text::bert_tokenizer::from_vocab(*vocab, opt);
-    std::ios::sync_with_stdio(false);
-    std::string line, out;
     while (std::getline(std::cin, line)) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         const auto e = tok.encode(line, std::nullopt, max_length);

@@ -1,16 +1,20 @@
-// text::load_tokenizer_json: a BERT tokenizer from a Hugging Face tokenizer.json (the fast
-// tokenizer's file): the WordPiece vocabulary and the BertNormalizer options. Needs nlohmann_json
-// besides utf8proc.
+// text::load_tokenizer_json / load_bpe_tokenizer_json: tokenizers from a Hugging Face
+// tokenizer.json (the fast tokenizer's file): BERT's WordPiece vocabulary and BertNormalizer
+// options, or a byte-level BPE's vocabulary, merges, added tokens and pre-tokenizer. Needs
+// nlohmann_json besides utf8proc.
 #pragma once
 
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "ftune/text/bert.hpp"
+#include "ftune/text/bpe.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace text {
@@ -69,6 +73,93 @@ inline bert_tokenizer load_tokenizer_json(const std::filesystem::path& path) {
             opt.strip_accents = n["strip_accents"].get<bool>();
     }
     return bert_tokenizer(std::move(v), std::move(opt));
+}
+
+/// A byte-level BPE tokenizer from a Hugging Face tokenizer.json: model.type "BPE" (vocab,
+/// merges as "a b" strings or [a, b] pairs), added tokens, and a pre_tokenizer that is ByteLevel
+/// or a Sequence of Digits(individual_digits) and ByteLevel (add_prefix_space false). Anything
+/// else throws ftune::error naming the file and the field.
+inline bpe_tokenizer load_bpe_tokenizer_json(const std::filesystem::path& path) {
+    const std::string where = path.string();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw error(errc::io, where, "cannot open tokenizer.json");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
+    }
+    auto bad = [&](const std::string& field, const std::string& what) {
+        return error(errc::unsupported, where + ": " + field, what);
+    };
+    if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+        throw bad("model", "missing");
+    const auto& m = j["model"];
+    if (m.value("type", "") != "BPE")
+        throw bad("model.type", "\"" + m.value("type", "") + "\": this reader takes BPE");
+    if (!m.contains("vocab") || !m["vocab"].is_object()) throw bad("model.vocab", "missing");
+    std::unordered_map<std::string, std::int32_t> vocab;
+    for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
+        if (!it->is_number_integer() || it->get<std::int64_t>() < 0 ||
+            it->get<std::int64_t>() > (std::int64_t(1) << 26))
+            throw bad("model.vocab", "\"" + it.key() + "\" has no valid id");
+        vocab.emplace(it.key(), it->get<std::int32_t>());
+    }
+    std::vector<std::pair<std::string, std::string>> merges;
+    if (m.contains("merges") && m["merges"].is_array())
+        for (const auto& e : m["merges"]) {
+            if (e.is_string()) {
+                const std::string s = e.get<std::string>();
+                const std::size_t sp = s.find(' ');
+                if (sp == std::string::npos)
+                    throw bad("model.merges", "\"" + s + "\" is not a pair");
+                merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+            } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
+                merges.emplace_back(e[0].get<std::string>(), e[1].get<std::string>());
+            } else {
+                throw bad("model.merges", "an entry is neither \"a b\" nor [a, b]");
+            }
+        }
+    std::vector<std::pair<std::string, std::int32_t>> specials;
+    if (j.contains("added_tokens") && j["added_tokens"].is_array())
+        for (const auto& t : j["added_tokens"])
+            if (t.is_object() && t.contains("content") && t["content"].is_string() &&
+                t.contains("id") && t["id"].is_number_integer())
+                specials.emplace_back(t["content"].get<std::string>(), t["id"].get<std::int32_t>());
+    bpe_options o;
+    const auto check_byte_level = [&](const nlohmann::json& p) {
+        if (p.value("add_prefix_space", false))
+            throw bad("pre_tokenizer.add_prefix_space", "true: ftune reads false");
+        if (!p.value("use_regex", true))
+            throw bad("pre_tokenizer.use_regex", "false: ftune runs GPT-2's pattern");
+    };
+    if (j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object()) {
+        const auto& p = j["pre_tokenizer"];
+        const std::string type = p.value("type", "");
+        if (type == "ByteLevel") {
+            check_byte_level(p);
+        } else if (type == "Sequence" && p.contains("pretokenizers") &&
+                   p["pretokenizers"].is_array()) {
+            bool byte_level = false;
+            for (const auto& q : p["pretokenizers"]) {
+                const std::string t = q.value("type", "");
+                if (t == "Digits" && !byte_level)
+                    o.individual_digits = q.value("individual_digits", false);
+                else if (t == "ByteLevel")
+                    check_byte_level(q), byte_level = true;
+                else
+                    throw bad("pre_tokenizer", "\"" + t +
+                                                   "\" in a Sequence: ftune runs Digits "
+                                                   "then ByteLevel");
+            }
+            if (!byte_level) throw bad("pre_tokenizer", "a Sequence without ByteLevel");
+            if (!o.individual_digits)
+                throw bad("pre_tokenizer", "Digits without individual_digits is not supported");
+        } else {
+            throw bad("pre_tokenizer.type", "\"" + type + "\": ftune runs ByteLevel (GPT-2's)");
+        }
+    }
+    return bpe_tokenizer(std::move(vocab), merges, std::move(specials), o);
 }
 
 }  // namespace text

@@ -1,0 +1,77 @@
+"""Byte-level BPE tokenizers trained by Hugging Face `tokenizers` on SST-2's training sentences,
+and the ids `tokenizers` gives, for tests/test_bpe.cpp:
+
+- `gpt2`: GPT-2's configuration (ByteLevel pre-tokenizer, add_prefix_space false);
+- `smollm`: SmolLM2's (a Sequence of Digits(individual_digits) and ByteLevel), with ChatML's
+  special tokens.
+
+Writes tests/reference/fixtures/bpe/{gpt2,smollm}.json (tokenizer.json files) and
+expected.json.gz: for each tokenizer, the ids of the hard cases below and of SST-2 dev's
+sentences (read from FTUNE_DATA_DIR at test time, never stored), and the decoded text of each
+hard case.
+
+    FTUNE_DATA_DIR=../shared/data /tmp/ref/bin/python tests/reference/bpe_parity.py
+"""
+import csv
+import gzip
+import json
+import os
+
+import tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+HERE = os.path.dirname(__file__)
+OUT = os.path.join(HERE, "fixtures", "bpe")
+DATA = os.environ.get("FTUNE_DATA_DIR", os.path.join(HERE, "..", "..", "..", "shared", "data"))
+
+HARD = [
+    "", " ", "  ", "a", "Hello world", "Hello  world", "Hello   world  ", "\n", "a\n\nb",
+    "tab\there", "line\r\nbreak", "don't won't I'll we've they're she'd I'm", "DON'T 'S 'll",
+    "1234567890", "3.14159 and 2,000,000", "x1y22z333", "½ ² ٣ 三", "emoji 😀🎉👍🏽 and 👨‍👩‍👧",
+    "naïve café résumé", "Ελληνικά кириллица עברית العربية", "中文字符 日本語 한국어",
+    "mixed漢字and latin", "   leading spaces", "trailing spaces   ", "\u00a0nbsp\u3000ideo",
+    "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n", "a<|endoftext|>b",
+    "punct!!! ??? ... ---", "$100 €200 £300", "e-mail: a.b@c.de, http://x.org/?q=1",
+    "ZWJ\u200dand\u200bzero width", "combining e\u0301 vs \u00e9",
+]
+
+
+def sst2(split):
+    with open(os.path.join(DATA, "sst2", f"{split}.tsv"), newline="", encoding="utf-8") as f:
+        return [r["sentence"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+
+
+def train(digits, specials):
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  byte_level]) if digits else byte_level)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sst2("train")[:20000], trainer)
+    return tok
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    dev = sst2("dev")
+    expected = {"tokenizers": tokenizers.__version__, "hard": HARD}
+    for name, digits, specials in [("gpt2", False, ["<|endoftext|>"]),
+                                   ("smollm", True, ["<|endoftext|>", "<|im_start|>",
+                                                     "<|im_end|>"])]:
+        tok = train(digits, specials)
+        tok.save(os.path.join(OUT, f"{name}.json"))
+        texts = HARD + dev
+        enc = tok.encode_batch(texts, add_special_tokens=False)
+        # decoded text of the hard cases only (the data sets' text is never stored)
+        expected[name] = {"ids": [e.ids for e in enc],
+                          "decoded": [tok.decode(e.ids, skip_special_tokens=False)
+                                      for e in enc[:len(HARD)]]}
+    with gzip.open(os.path.join(OUT, "expected.json.gz"), "wt", encoding="utf-8") as f:
+        json.dump(expected, f, ensure_ascii=False)
+    print(OUT, len(dev), "dev sentences")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+// Byte-level BPE against Hugging Face `tokenizers`: two tokenizers trained by it on SST-2
+// (tests/reference/bpe_parity.py: GPT-2's pre-tokenizer, and SmolLM2's Digits + ByteLevel with
+// ChatML's special tokens) give the same ids as `tokenizers` on hard cases and on every SST-2 dev
+// sentence, and decode back to the same text.
+#include <ftune/text/tokenizer_json.hpp>
+
+#include <zlib.h>
+
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+#ifndef FTUNE_DATA_DIR
+#error "FTUNE_DATA_DIR must name the data sets"
+#endif
+
+namespace {
+const std::string dir = std::string(FTUNE_REFERENCE_DIR) + "/bpe";
+
+nlohmann::json read_gz_json(const std::string& path) {
+    gzFile f = gzopen(path.c_str(), "rb");
+    REQUIRE(f != nullptr);
+    std::string text;
+    char buf[1 << 16];
+    for (int n; (n = gzread(f, buf, sizeof buf)) > 0;) text.append(buf, std::size_t(n));
+    gzclose(f);
+    return nlohmann::json::parse(text);
+}
+
+// SST-2 dev's sentences as the reference script reads them (csv, tab, no quoting, a header)
+std::vector<std::string> sst2_dev() {
+    std::ifstream in(std::string(FTUNE_DATA_DIR) + "/sst2/dev.tsv", std::ios::binary);
+    REQUIRE(in);
+    std::vector<std::string> out;
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        out.push_back(line.substr(0, line.find('\t')));
+    }
+    return out;
+}
+}  // namespace
+
+TEST_CASE(
+    "byte-level BPE: ids and decoded text equal to tokenizers' (GPT-2's and SmolLM2's "
+    "pre-tokenizers, special tokens), hard cases and SST-2 dev",
+    "[parity][text]") {
+    const auto want = read_gz_json(dir + "/expected.json.gz");
+    std::vector<std::string> texts = want["hard"].get<std::vector<std::string>>();
+    const std::size_t hard = texts.size();
+    const auto dev = sst2_dev();
+    REQUIRE(dev.size() == 872);
+    texts.insert(texts.end(), dev.begin(), dev.end());
+    for (const char* name : {"gpt2", "smollm"}) {
+        INFO(name);
+        const auto tok = ftune::text::load_bpe_tokenizer_json(dir + "/" + name + ".json");
+        const auto& ids = want[name]["ids"];
+        REQUIRE(ids.size() == texts.size());
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            const auto got = tok.encode(texts[i]);
+            const auto expected = ids[i].get<std::vector<std::int32_t>>();
+            if (got != expected) {
+                if (differ < 5) UNSCOPED_INFO("text " << i << ": \"" << texts[i] << "\"");
+                ++differ;
+            }
+            if (i < hard) CHECK(tok.decode(got) == want[name]["decoded"][i].get<std::string>());
+        }
+        CHECK(differ == 0);
+    }
+}
+
+TEST_CASE("byte-level BPE: what tokenizer.json ftune does not read is an error naming it",
+          "[text]") {
+    const std::string path = "bpe_bad_tokenizer.json";
+    auto with = [&](const std::string& text) {
+        std::ofstream(path) << text;
+        return path;
+    };
+    CHECK_THROWS_WITH(ftune::text::load_bpe_tokenizer_json(
+                          with(R"({"model": {"type": "WordPiece", "vocab": {}}})")),
+                      Catch::Contains("model.type"));
+    CHECK_THROWS_WITH(
+        ftune::text::load_bpe_tokenizer_json(with(
+            R"({"model": {"type": "BPE", "vocab": {}}, "pre_tokenizer": {"type": "Metaspace"}})")),
+        Catch::Contains("Metaspace"));
+    CHECK_THROWS_WITH(ftune::text::load_bpe_tokenizer_json(
+                          with(R"({"model": {"type": "BPE", "vocab": {}, "merges": ["ab"]}})")),
+                      Catch::Contains("not a pair"));
+    CHECK_THROWS_AS(ftune::text::load_bpe_tokenizer_json(with("{")), ftune::error);
+    CHECK_THROWS_AS(ftune::text::load_bpe_tokenizer_json("/nonexistent/tokenizer.json"),
+                    ftune::error);
+}
+
+#ifdef FTUNE_CLI  // built with the tool (FTUNE_BUILD_TOOLS)
+TEST_CASE("ftune tokenize --bpe: the ids of each line, as tokenizers gives them", "[text][cli]") {
+    const auto want = read_gz_json(dir + "/expected.json.gz");
+    const auto hard = want["hard"].get<std::vector<std::string>>();
+    const std::string input = "bpe_cli_input.txt";
+    std::vector<std::size_t> used;  // the single-line hard cases
+    {
+        std::ofstream out(input, std::ios::binary);
+        for (std::size_t i = 0; i < hard.size(); ++i)
+            if (hard[i].find_first_of("\r\n") == std::string::npos) {
+                out << hard[i] << "\n";
+                used.push_back(i);
+            }
+    }
+    const std::string cmd =
+        std::string(FTUNE_CLI) + " tokenize --bpe " + dir + "/smollm.json < " + input;
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[4096];
+    while (std::size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    REQUIRE(pclose(p) == 0);
+    std::vector<std::string> lines;
+    for (std::size_t s = 0, e; s < out.size(); s = e + 1) {
+        e = out.find('\n', s);
+        lines.push_back(out.substr(s, e - s));
+    }
+    REQUIRE(lines.size() == used.size());
+    for (std::size_t k = 0; k < used.size(); ++k) {
+        std::string expected;
+        for (const auto& id : want["smollm"]["ids"][used[k]])
+            expected += (expected.empty() ? "" : " ") + std::to_string(id.get<int>());
+        CHECK(lines[k] == expected);
+    }
+}
+#endif  // FTUNE_CLI
