@@ -1,7 +1,9 @@
 // Byte-level BPE against Hugging Face `tokenizers`: two tokenizers trained by it on SST-2
 // (tests/reference/bpe_parity.py: GPT-2's pre-tokenizer, and SmolLM2's Digits + ByteLevel with
 // ChatML's special tokens) give the same ids as `tokenizers` on hard cases and on every SST-2 dev
-// sentence, and decode back to the same text.
+// sentence, and decode back to the same text; the same tokenizer read from GGUF metadata
+// (tests/reference/bpe_gguf.py) does too.
+#include <ftune/io/gguf_llama.hpp>
 #include <ftune/text/tokenizer_json.hpp>
 
 #include <zlib.h>
@@ -75,6 +77,27 @@ TEST_CASE(
         }
         CHECK(differ == 0);
     }
+}
+
+TEST_CASE(
+    "byte-level BPE from GGUF metadata (llama.cpp's smollm pre-tokenizer) tokenizes as "
+    "tokenizers does",
+    "[parity][text][io]") {
+    // the smollm tokenizer above, written as llama.cpp writes SmolLM2's (bpe_gguf.py)
+    const auto want = read_gz_json(dir + "/expected.json.gz");
+    std::vector<std::string> texts = want["hard"].get<std::vector<std::string>>();
+    const auto dev = sst2_dev();
+    texts.insert(texts.end(), dev.begin(), dev.end());
+    const ftune::io::gguf_file f(dir + "/smollm.gguf");
+    const auto tok = ftune::io::bpe_tokenizer_from_gguf(f);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i)
+        differ += tok.encode(texts[i]) != want["smollm"]["ids"][i].get<std::vector<std::int32_t>>();
+    CHECK(differ == 0);
+    // a tokenizer of another kind is refused by name
+    CHECK_THROWS_WITH(ftune::io::bpe_tokenizer_from_gguf(ftune::io::gguf_file(
+                          std::string(FTUNE_REFERENCE_DIR) + "/gguf/types.gguf")),
+                      Catch::Contains("tokenizer.ggml.model"));
 }
 
 TEST_CASE("byte-level BPE: what tokenizer.json ftune does not read is an error naming it",

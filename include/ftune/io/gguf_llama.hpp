@@ -1,13 +1,17 @@
 // io: Llama-family models from GGUF files (llama.cpp's names and layouts): the configuration from
-// the "llama.*" metadata, the weights by llama.cpp's tensor names, dequantized, with the query and
-// key rows put back from llama.cpp's rotary layout into Transformers' (the inverse of the
-// permutation convert_hf_to_gguf.py applies).
+// the "llama.*" metadata, the byte-level BPE tokenizer from the "tokenizer.ggml.*" metadata, the
+// weights by llama.cpp's tensor names, dequantized, with the query and key rows put back from
+// llama.cpp's rotary layout into Transformers' (the inverse of the permutation
+// convert_hf_to_gguf.py applies).
 #pragma once
 
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "ftune/io/gguf.hpp"
+#include "ftune/text/bpe.hpp"
 #include "ftune/llama/decoder.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -88,6 +92,59 @@ inline llama::config llama_config_from_gguf(const gguf_file& f) {
     c.eos_token_id = id("tokenizer.ggml.eos_token_id", 2);
     c.pad_token_id = id("tokenizer.ggml.padding_token_id", -1);
     return c;
+}
+
+/// The byte-level BPE tokenizer a GGUF carries (tokenizer.ggml.model "gpt2": GPT-2, Llama 3,
+/// SmolLM2): tokenizer.ggml.tokens (id = position), .merges ("a b"), .token_type (3 control
+/// and 4 user-defined tokens are matched whole in the text, as added tokens), and .pre, the
+/// pre-tokenizer: "gpt2" / "default" (GPT-2's pattern) or "smollm" (each digit alone first, as
+/// SmolLM2's tokenizer.json). Other models and pre-tokenizers throw naming the field.
+inline text::bpe_tokenizer bpe_tokenizer_from_gguf(const gguf_file& f) {
+    const auto& m = f.metadata();
+    auto bad = [&](const std::string& key, const std::string& what) {
+        return error(errc::unsupported, f.path() + ": " + key, what);
+    };
+    auto string_of = [&](const char* key) {
+        return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string();
+    };
+    const std::string model = string_of("tokenizer.ggml.model");
+    if (model != "gpt2")
+        throw bad("tokenizer.ggml.model",
+                  "\"" + model + "\": ftune reads byte-level BPE (\"gpt2\") tokenizers");
+    const std::string pre = string_of("tokenizer.ggml.pre");
+    text::bpe_options o;
+    if (pre == "smollm")
+        o.individual_digits = true;
+    else if (!pre.empty() && pre != "gpt2" && pre != "default")
+        throw bad("tokenizer.ggml.pre",
+                  "\"" + pre + "\": ftune runs the gpt2 and smollm pre-tokenizers");
+    const auto& tokens =
+        m.contains("tokenizer.ggml.tokens") ? m["tokenizer.ggml.tokens"] : nlohmann::json();
+    if (!tokens.is_array() || tokens.empty())
+        throw bad("tokenizer.ggml.tokens", "missing or not an array of strings");
+    const auto& types = m.contains("tokenizer.ggml.token_type") ? m["tokenizer.ggml.token_type"]
+                                                                : nlohmann::json::array();
+    std::unordered_map<std::string, std::int32_t> vocab;
+    std::vector<std::pair<std::string, std::int32_t>> specials;
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+        if (!tokens[i].is_string()) throw bad("tokenizer.ggml.tokens", "an entry is not a string");
+        const std::string t = tokens[i].get<std::string>();
+        const int type = i < types.size() && types[i].is_number_integer() ? types[i].get<int>() : 1;
+        if (type == 3 || type == 4)  // control, user-defined: matched whole
+            specials.emplace_back(t, std::int32_t(i));
+        else
+            vocab.emplace(t, std::int32_t(i));
+    }
+    std::vector<std::pair<std::string, std::string>> merges;
+    if (m.contains("tokenizer.ggml.merges") && m["tokenizer.ggml.merges"].is_array())
+        for (const auto& e : m["tokenizer.ggml.merges"]) {
+            const std::string s = e.is_string() ? e.get<std::string>() : std::string();
+            const std::size_t sp = s.find(' ');
+            if (sp == std::string::npos)
+                throw bad("tokenizer.ggml.merges", "\"" + s + "\" is not a pair \"a b\"");
+            merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+        }
+    return text::bpe_tokenizer(std::move(vocab), merges, std::move(specials), o);
 }
 
 /// llama.cpp's tensor name of a LlamaModel parameter ("layers.3.self_attn.q_proj.weight" ->
