@@ -28,7 +28,8 @@ if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
     fixtures=tests/reference/fixtures
     rm -rf "$fuzz_build/corpus"
     mkdir -p "$fuzz_build/corpus/safetensors" "$fuzz_build/corpus/config" "$fuzz_build/corpus/gguf"
-    cp "$fixtures"/gguf/types.gguf "$fixtures"/gguf/tiny_llama.gguf "$fuzz_build/corpus/gguf/"
+    cp "$fixtures"/gguf/types.gguf "$fixtures"/gguf/tiny_llama.gguf "$fixtures"/bpe/smollm.gguf \
+        "$fuzz_build/corpus/gguf/"
     cp "$fixtures"/hf_llama/tied/config.json "$fuzz_build/corpus/config/llama.json"
     cp "$fixtures"/hf_heads/expected.safetensors "$fixtures"/hf_tiny_bert/model.safetensors \
         "$fuzz_build/corpus/safetensors/"

@@ -158,3 +158,9 @@ TEST_CASE("ftune tokenize --bpe: the ids of each line, as tokenizers gives them"
     }
 }
 #endif  // FTUNE_CLI
+
+TEST_CASE("byte-level BPE: an empty special token is ignored, not matched forever", "[text]") {
+    const ftune::text::bpe_tokenizer tok({{"a", 0}, {"b", 1}}, {}, {{"", 2}, {"<s>", 3}});
+    CHECK(tok.encode("a<s>b") == std::vector<std::int32_t>{0, 3, 1});
+    CHECK(tok.decode({0, 3, 1}) == "a<s>b");
+}

@@ -133,13 +133,17 @@ struct bpe_options {
 class bpe_tokenizer {
   public:
     /// A tokenizer of the given vocabulary (token -> id), merges in rank order ("a", "b"), and
-    /// special tokens (matched in the text before anything else).
+    /// special tokens (matched in the text before anything else; empty ones are ignored).
     bpe_tokenizer(std::unordered_map<std::string, std::int32_t> vocab,
                   const std::vector<std::pair<std::string, std::string>>& merges,
                   std::vector<std::pair<std::string, std::int32_t>> specials, bpe_options o = {})
         : vocab_(std::move(vocab)), specials_(std::move(specials)), opt_(o) {
         for (std::size_t r = 0; r < merges.size(); ++r)
             ranks_.emplace(merges[r].first + ' ' + merges[r].second, r);
+        std::erase_if(specials_, [](const std::pair<std::string, std::int32_t>& s) {  // empty, or
+            // an id no vocabulary has
+            return s.first.empty() || s.second < 0 || s.second > (std::int32_t(1) << 26);
+        });
         std::sort(specials_.begin(), specials_.end(), [](const auto& a, const auto& b) {
             return a.first.size() > b.first.size();  // longest first
         });
