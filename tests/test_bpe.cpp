@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "catch.hpp"
@@ -163,4 +164,23 @@ TEST_CASE("byte-level BPE: an empty special token is ignored, not matched foreve
     const ftune::text::bpe_tokenizer tok({{"a", 0}, {"b", 1}}, {}, {{"", 2}, {"<s>", 3}});
     CHECK(tok.encode("a<s>b") == std::vector<std::int32_t>{0, 3, 1});
     CHECK(tok.decode({0, 3, 1}) == "a<s>b");
+}
+
+TEST_CASE("byte-level BPE: one tokenizer encodes on several threads at once as on one", "[text]") {
+    const auto tok = ftune::text::load_bpe_tokenizer_json(dir + "/smollm.json");
+    const auto dev = sst2_dev();
+    std::vector<std::vector<std::int32_t>> alone;
+    for (const auto& t : dev) alone.push_back(tok.encode(t));
+    const auto fresh = ftune::text::load_bpe_tokenizer_json(dir + "/smollm.json");  // cold cache
+    std::vector<std::vector<std::int32_t>> a(dev.size()), b(dev.size());
+    std::thread t1([&] {
+        for (std::size_t i = 0; i < dev.size(); ++i) a[i] = fresh.encode(dev[i]);
+    });
+    std::thread t2([&] {
+        for (std::size_t i = dev.size(); i-- > 0;) b[i] = fresh.encode(dev[i]);
+    });
+    t1.join();
+    t2.join();
+    CHECK(a == alone);
+    CHECK(b == alone);
 }

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -140,10 +142,12 @@ class bpe_tokenizer {
         : vocab_(std::move(vocab)), specials_(std::move(specials)), opt_(o) {
         for (std::size_t r = 0; r < merges.size(); ++r)
             ranks_.emplace(merges[r].first + ' ' + merges[r].second, r);
-        std::erase_if(specials_, [](const std::pair<std::string, std::int32_t>& s) {  // empty, or
-            // an id no vocabulary has
+        // an empty special token, or one with an id no vocabulary has, is ignored
+        std::erase_if(specials_, [](const std::pair<std::string, std::int32_t>& s) {
             return s.first.empty() || s.second < 0 || s.second > (std::int32_t(1) << 26);
         });
+        const auto& table = detail::byte_to_char();
+        for (int b = 0; b < 256; ++b) inverse_[table[std::size_t(b)]] = (unsigned char)b;
         std::sort(specials_.begin(), specials_.end(), [](const auto& a, const auto& b) {
             return a.first.size() > b.first.size();  // longest first
         });
@@ -210,10 +214,6 @@ class bpe_tokenizer {
     }
     // the byte a byte-alphabet character stands for
     unsigned char byte_of(char32_t c) const {
-        if (inverse_.empty()) {
-            const auto& t = detail::byte_to_char();
-            for (int b = 0; b < 256; ++b) inverse_[t[std::size_t(b)]] = (unsigned char)b;
-        }
         const auto it = inverse_.find(c);
         return it == inverse_.end() ? (unsigned char)'?' : it->second;
     }
@@ -247,13 +247,17 @@ class bpe_tokenizer {
     // tokenizers' Digits splits on char::is_numeric: the Unicode numbers
     static bool is_digit_char(char32_t c) { return detail::bpe_number(c); }
 
-    // one pre-token's bytes -> ids (BPE over the byte alphabet, cached)
+    // one pre-token's bytes -> ids (BPE over the byte alphabet), through the shared cache
     void piece(std::string_view bytes, std::vector<std::int32_t>& ids) const {
         const std::string key(bytes);
-        if (const auto it = cache_.find(key); it != cache_.end()) {
-            ids.insert(ids.end(), it->second.begin(), it->second.end());
-            return;
+        {
+            const std::lock_guard<std::mutex> lock(cache_->mutex);
+            if (const auto it = cache_->ids.find(key); it != cache_->ids.end()) {
+                ids.insert(ids.end(), it->second.begin(), it->second.end());
+                return;
+            }
         }
+        const std::size_t first = ids.size();
         const auto& table = detail::byte_to_char();
         std::vector<std::string> sym;  // the symbols, each a byte-alphabet string
         for (const unsigned char b : bytes) {
@@ -271,26 +275,35 @@ class bpe_tokenizer {
             sym[at] += sym[at + 1];
             sym.erase(sym.begin() + std::ptrdiff_t(at) + 1);
         }
-        std::vector<std::int32_t> out;
         for (const auto& s : sym) {
             const auto it = vocab_.find(s);
             if (it == vocab_.end())
                 throw error(
                     errc::out_of_range, "bpe_tokenizer",
                     "the symbol \"" + s + "\" is not in the vocabulary (incomplete merges?)");
-            out.push_back(it->second);
+            ids.push_back(it->second);
         }
-        ids.insert(ids.end(), out.begin(), out.end());
-        cache_.emplace(key, std::move(out));
+        const std::lock_guard<std::mutex> lock(cache_->mutex);
+        if (cache_->ids.size() < piece_cache::max_entries)
+            cache_->ids.emplace(
+                key, std::vector<std::int32_t>(ids.begin() + std::ptrdiff_t(first), ids.end()));
     }
+
+    // the ids of pieces already encoded: encode is const and may run on several threads at
+    // once (a served model shares its tokenizer), hence the lock; copies share it
+    struct piece_cache {
+        static constexpr std::size_t max_entries = 1 << 18;  // then it stops growing
+        std::mutex mutex;
+        std::unordered_map<std::string, std::vector<std::int32_t>> ids;
+    };
 
     std::unordered_map<std::string, std::int32_t> vocab_;         // byte-alphabet token -> id
     std::unordered_map<std::string, std::size_t> ranks_;          // "a b" -> merge rank
     std::vector<std::pair<std::string, std::int32_t>> specials_;  // longest first
     std::vector<std::string> tokens_;                             // id -> token
     bpe_options opt_;
-    mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;  // piece -> ids
-    mutable std::unordered_map<char32_t, unsigned char> inverse_;               // alphabet -> byte
+    std::unordered_map<char32_t, unsigned char> inverse_;                   // alphabet -> byte
+    std::shared_ptr<piece_cache> cache_ = std::make_shared<piece_cache>();  // piece -> ids
 };
 
 }  // namespace text

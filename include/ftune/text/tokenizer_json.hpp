@@ -19,18 +19,25 @@
 FTUNE_NAMESPACE_BEGIN
 namespace text {
 
+namespace detail {
+/// The parsed tokenizer.json at path; an unreadable file or malformed JSON is an ftune::error
+/// naming it.
+inline nlohmann::json read_tokenizer_json(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw error(errc::io, path.string(), "cannot open tokenizer.json");
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw error(errc::parse, path.string(), ftune::detail::cat("malformed JSON: ", e.what()));
+    }
+}
+}  // namespace detail
+
 /// Reads tokenizer.json (model.type "WordPiece", normalizer "BertNormalizer"); throws
 /// ftune::error naming the file and the field for anything else.
 inline bert_tokenizer load_tokenizer_json(const std::filesystem::path& path) {
     const std::string where = path.string();
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw error(errc::io, where, "cannot open tokenizer.json");
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-        throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
-    }
+    const nlohmann::json j = detail::read_tokenizer_json(path);
     auto bad = [&](const std::string& field, const std::string& what) {
         return error(errc::unsupported, where + ": " + field, what);
     };
@@ -81,14 +88,7 @@ inline bert_tokenizer load_tokenizer_json(const std::filesystem::path& path) {
 /// else throws ftune::error naming the file and the field.
 inline bpe_tokenizer load_bpe_tokenizer_json(const std::filesystem::path& path) {
     const std::string where = path.string();
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw error(errc::io, where, "cannot open tokenizer.json");
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-        throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
-    }
+    const nlohmann::json j = detail::read_tokenizer_json(path);
     auto bad = [&](const std::string& field, const std::string& what) {
         return error(errc::unsupported, where + ": " + field, what);
     };
