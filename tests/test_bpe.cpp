@@ -66,7 +66,7 @@ TEST_CASE(
         const auto tok = ftune::text::load_bpe_tokenizer_json(dir + "/" + name + ".json");
         const auto& ids = want[name]["ids"];
         REQUIRE(ids.size() == texts.size());
-        std::size_t differ = 0;
+        std::size_t differ = 0, offsets_differ = 0;
         for (std::size_t i = 0; i < texts.size(); ++i) {
             const auto got = tok.encode(texts[i]);
             const auto expected = ids[i].get<std::vector<std::int32_t>>();
@@ -75,8 +75,87 @@ TEST_CASE(
                 ++differ;
             }
             if (i < hard) CHECK(tok.decode(got) == want[name]["decoded"][i].get<std::string>());
+            // offsets in code points, as offset_mapping; the byte offsets cover the same
+            // characters
+            const auto info = tok.encode_with_offsets(texts[i]);
+            const auto& offsets = want[name]["offsets"][i];
+            bool same = info.size() == offsets.size();
+            const auto chars = ftune::text::detail::decode(texts[i]);
+            for (std::size_t k = 0; same && k < info.size(); ++k) {
+                const auto& t = info[k];
+                same = t.id == expected[k] && t.char_begin == offsets[k][0].get<std::uint32_t>() &&
+                       t.char_end == offsets[k][1].get<std::uint32_t>() &&
+                       t.char_end > t.char_begin && t.byte_begin == chars[t.char_begin].begin &&
+                       t.byte_end == chars[t.char_end - 1].end;
+            }
+            if (!same) {
+                if (offsets_differ < 5)
+                    UNSCOPED_INFO("offsets of text " << i << ": \"" << texts[i] << "\"");
+                ++offsets_differ;
+            }
         }
         CHECK(differ == 0);
+        CHECK(offsets_differ == 0);
+    }
+}
+
+TEST_CASE(
+    "byte-level BPE: a ByteLevel post-processor with trim_offsets trims the offsets as "
+    "tokenizers does",
+    "[parity][text]") {
+    const auto want = read_gz_json(dir + "/expected.json.gz");
+    std::vector<std::string> texts = want["hard"].get<std::vector<std::string>>();
+    const auto dev = sst2_dev();
+    texts.insert(texts.end(), dev.begin(), dev.end());
+    // gpt2.json with GPT-2's own post-processor, trim_offsets on
+    auto j = nlohmann::json::parse(std::ifstream(dir + "/gpt2.json"));
+    j["post_processor"] = {{"type", "ByteLevel"},
+                           {"add_prefix_space", true},
+                           {"trim_offsets", true},
+                           {"use_regex", true}};
+    const std::string path = "bpe_trim_offsets.json";
+    std::ofstream(path) << j.dump();
+    const auto tok = ftune::text::load_bpe_tokenizer_json(path);
+    const auto& offsets = want["gpt2_trim_offsets"];
+    REQUIRE(offsets.size() == texts.size());
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+        const auto info = tok.encode_with_offsets(texts[i]);
+        bool same = info.size() == offsets[i].size();
+        for (std::size_t k = 0; same && k < info.size(); ++k)
+            same = info[k].char_begin == offsets[i][k][0].get<std::uint32_t>() &&
+                   info[k].char_end == offsets[i][k][1].get<std::uint32_t>() &&
+                   info[k].byte_end - info[k].byte_begin >= info[k].char_end - info[k].char_begin;
+        if (!same && differ++ < 5) UNSCOPED_INFO("text " << i << ": \"" << texts[i] << "\"");
+    }
+    CHECK(differ == 0);
+    // a post-processor ftune does not run is refused by name
+    j["post_processor"] = {{"type", "RobertaProcessing"}};
+    std::ofstream(path) << j.dump();
+    CHECK_THROWS_WITH(
+        ftune::text::load_bpe_tokenizer_json(path),
+        Catch::Contains("post_processor.type") && Catch::Contains("RobertaProcessing"));
+    std::remove(path.c_str());
+}
+
+TEST_CASE(
+    "byte-level BPE: invalid UTF-8 keeps its bytes (each a token of its byte) and decodes back "
+    "to the same bytes",
+    "[text]") {
+    const auto tok = ftune::text::load_bpe_tokenizer_json(dir + "/gpt2.json");
+    for (const std::string& text : {std::string("ab\xff\xfe cd"), std::string("\xe2\x82 x"),
+                                    std::string("\xc3"), std::string("ok \xf0\x9f\x98")}) {
+        const auto ids = tok.encode(text);
+        CHECK(tok.decode(ids) == text);
+        // the offsets cover every byte once, in order, one code point per invalid byte
+        const auto info = tok.encode_with_offsets(text);
+        REQUIRE(info.size() == ids.size());
+        std::uint32_t end = 0;
+        for (const auto& t : info) {
+            CHECK(t.byte_begin == end);
+            end = t.byte_end;
+        }
+        CHECK(end == text.size());
     }
 }
 
@@ -121,6 +200,7 @@ TEST_CASE("byte-level BPE: what tokenizer.json ftune does not read is an error n
     CHECK_THROWS_AS(ftune::text::load_bpe_tokenizer_json(with("{")), ftune::error);
     CHECK_THROWS_AS(ftune::text::load_bpe_tokenizer_json("/nonexistent/tokenizer.json"),
                     ftune::error);
+    std::remove(path.c_str());
 }
 
 #ifdef FTUNE_CLI  // built with the tool (FTUNE_BUILD_TOOLS)
@@ -153,8 +233,10 @@ TEST_CASE("ftune tokenize --bpe: the ids of each line, as tokenizers gives them"
     REQUIRE(lines.size() == used.size());
     for (std::size_t k = 0; k < used.size(); ++k) {
         std::string expected;
-        for (const auto& id : want["smollm"]["ids"][used[k]])
-            expected += (expected.empty() ? "" : " ") + std::to_string(id.get<int>());
+        for (const auto& id : want["smollm"]["ids"][used[k]]) {
+            if (!expected.empty()) expected += ' ';
+            expected += std::to_string(id.get<int>());
+        }
         CHECK(lines[k] == expected);
     }
 }

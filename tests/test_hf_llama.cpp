@@ -80,21 +80,42 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "Llama checkpoints: a directory with a byte-level BPE tokenizer.json loads (the "
-    "tokenizer is not read yet)",
+    "Llama checkpoints: the byte-level BPE tokenizer.json loads with tokenizer_config.json's "
+    "special tokens and chat template (chat_template.jinja first)",
     "[io]") {
     const fs::path dir = "hf_llama_with_tokenizer";
     fs::remove_all(dir);
     fs::create_directories(dir);
     for (const char* f : {"config.json", "model.safetensors"})
         fs::copy_file(fixtures / "tied" / f, dir / f);
+    std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE",
+        "vocab": {"a": 3, "b": 4, "ab": 5}, "merges": ["a b"]},
+        "added_tokens": [{"id": 0, "content": "<pad>"}, {"id": 1, "content": "<s>"},
+                         {"id": 2, "content": "</s>"}]})";
+    std::ofstream(dir / "tokenizer_config.json") << R"({"model_max_length": 8192,
+        "bos_token": "<s>", "eos_token": {"content": "</s>", "lstrip": false},
+        "pad_token": "<pad>", "add_bos_token": true, "chat_template": "{{ old }}"})";
+    {
+        const auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(dir);
+        REQUIRE(m.tokenizer.has_value());
+        CHECK(m.tokenizer->encode("<s>abba</s>") == std::vector<ftune::token_id>{1, 5, 4, 3, 2});
+        const auto& s = m.tokenizer->settings();
+        CHECK(s.bos_token == "<s>");
+        CHECK(s.eos_token == "</s>");
+        CHECK(s.pad_token == "<pad>");
+        CHECK(s.add_bos_token);
+        CHECK(s.chat_template == "{{ old }}");
+        CHECK(m.model_max_length == 64);  // max_position_embeddings bounds it
+        CHECK(m.report.loaded.size() == 20);
+    }
+    std::ofstream(dir / "chat_template.jinja") << "{{ new }}";
+    CHECK(ftune::io::load_hf<ftune::llama::causal_lm<>>(dir).tokenizer->settings().chat_template ==
+          "{{ new }}");
+    // a vocabulary larger than the model's is another model's tokenizer
     std::ofstream(dir / "tokenizer.json")
-        << R"({"model": {"type": "BPE", "vocab": {}, "merges": []}})";
-    std::ofstream(dir / "tokenizer_config.json") << R"({"model_max_length": 8192})";
-    const auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(dir);
-    CHECK_FALSE(m.tokenizer.has_value());
-    CHECK(m.model_max_length == 64);  // max_position_embeddings bounds it
-    CHECK(m.report.loaded.size() == 20);
+        << R"({"model": {"type": "BPE", "vocab": {"a": 3, "b": 99}, "merges": []}})";
+    CHECK_THROWS_WITH(ftune::io::load_hf<ftune::llama::causal_lm<>>(dir),
+                      Catch::Contains("tokenizer.json") && Catch::Contains("does not belong"));
 }
 
 TEST_CASE("Llama checkpoints: options ftune does not run are refused by name", "[io]") {

@@ -423,6 +423,16 @@ inline int run_predict(int argc, char** argv) {
     });
 }
 
+// The tokenizer line of `ftune info` for a decoder's byte-level BPE tokenizer.
+inline void print_bpe_tokenizer(const ftune::text::bpe_tokenizer& t) {
+    const auto& s = t.settings();
+    std::cout << "tokenizer     byte-level BPE, " << t.size() << " tokens"
+              << (s.bos_token.empty() ? "" : ", bos " + s.bos_token)
+              << (s.eos_token.empty() ? "" : ", eos " + s.eos_token)
+              << (s.add_bos_token ? " (bos added to prompts)" : "") << "\n"
+              << "chat template " << (s.chat_template.empty() ? "none" : "yes") << "\n";
+}
+
 // Runs `ftune info` with argv[2..]: what the model directory holds, after loading it.
 inline int run_info(int argc, char** argv) {
     std::optional<fs::path> dir;
@@ -476,15 +486,17 @@ inline int run_info(int argc, char** argv) {
             if constexpr (requires { m.model.head.problem; })
                 std::cout << "problem_type  " << ftune::heads::to_hf(m.model.head.problem) << "\n";
         }
-        if (m.tokenizer) {
+        if (!m.tokenizer) {
+            std::cout << "tokenizer     none (no vocab.txt or tokenizer.json)\n";
+        } else if constexpr (requires { m.tokenizer->options(); }) {  // BERT's WordPiece
             const auto& o = m.tokenizer->options();
             std::cout << "tokenizer     " << m.tokenizer->vocab().size() << " tokens, "
                       << (o.lowercase ? "lowercase" : "cased") << ", accents "
                       << (o.strip_accents.value_or(o.lowercase) ? "stripped" : "kept")
                       << ", Chinese characters " << (o.chinese_chars ? "split" : "not split")
                       << ", max length " << m.model_max_length << "\n";
-        } else {
-            std::cout << "tokenizer     none (no vocab.txt or tokenizer.json)\n";
+        } else {  // a decoder's byte-level BPE
+            print_bpe_tokenizer(*m.tokenizer);
         }
         std::cout << "weights       " << m.report.loaded.size() << " loaded";
         if (!m.report.initialized.empty())

@@ -766,6 +766,58 @@ void head_context(Out&& out, const P& p, const V& v) {
             out.data() + i * Tn * Cn, Cn, d, H);
 }
 
+/// Grouped-query attention of Tq new positions per sequence to the S positions of a key/value
+/// cache, for generation: out (B*Tq, H d) holds, for each sequence b and query head h,
+/// softmax(scale q_bh k_bjᵀ + key_mask_b, causal) v_bj, with j = h / (H / Hkv) the key/value head
+/// h shares. q (B*Tq, H d); the caches k, v (B, capacity, Hkv d) hold each sequence's rotated
+/// keys and values, of which the first S positions count; the queries are positions S - Tq ..
+/// S - 1; key_mask (B, S) is additive. scores and probs (B, H, Tq, S) are scratch.
+template <tensor_like Out, tensor_like Q, tensor_like K, tensor_like V, tensor_like M,
+          tensor_like S1, tensor_like S2>
+void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t S,
+                      const M& key_mask, S1&& scores, S2&& probs, detail::scalar_of<Out> scale) {
+    detail::same_device<Out, Q, K, V, M, S1, S2>();
+    static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<Q>::rank == 2 &&
+                      detail::shape_of<K>::rank == 3 && detail::shape_of<V>::rank == 3 &&
+                      detail::shape_of<M>::rank == 2 && detail::shape_of<S1>::rank == 4,
+                  "ftune::ops::cached_attention: out and q (B*Tq, H d), k and v (B, capacity, "
+                  "Hkv d), key_mask (B, S), scores and probs (B, H, Tq, S)");
+    using T = detail::scalar_of<Out>;
+    const auto& ss = scores.shape();
+    const std::size_t B = ss.extent(0), H = ss.extent(1), Tq = ss.extent(2);
+    const std::size_t cap = k.shape().extent(1), Ckv = k.shape().extent(2),
+                      HD = q.shape().extent(1);
+    check_same_shape(k.shape(), v.shape(), "cached_attention (k vs v)");
+    check_same_shape(probs.shape(), ss, "cached_attention (probs vs scores)");
+    if (ss.extent(3) != S || S > cap || Tq > S || k.shape().extent(0) != B || H == 0 ||
+        HD % H != 0 || Ckv % (HD / H) != 0 || H % (Ckv / (HD / H)) != 0)
+        throw error(errc::shape_mismatch, "cached_attention",
+                    ftune::detail::cat("scores ", ss.to_string(), ", q ", q.shape().to_string(),
+                                       ", cache ", k.shape().to_string(), " and ", S,
+                                       " cached positions do not fit together"));
+    detail::check_size("cached_attention", "q", q, B * Tq * HD, "(B*Tq, H d)");
+    detail::check_size("cached_attention", "out", out, B * Tq * HD, "(B*Tq, H d)");
+    detail::check_size("cached_attention", "key_mask", key_mask, B * S, "(B, S)");
+    const std::size_t d = HD / H, Hkv = Ckv / d, group = H / Hkv;
+    using backend = detail::backend_for<Out>;
+    // scores: head h = j group + g of sequence b is Q_bh (Tq, d) K_bjᵀ, batched over j
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t g = 0; g < group; ++g)
+            backend::gemm_strided_batched(
+                transpose::no, transpose::yes, Tq, S, d, T(1), q.data() + b * Tq * HD + g * d, HD,
+                group * d, k.data() + b * cap * Ckv, Ckv, d, T(0),
+                scores.data() + (b * H + g) * Tq * S, S, group * Tq * S, Hkv);
+    backend::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, B, H, Tq, S,
+                             /*causal=*/true);
+    // context: P_bh (Tq, S) V_bj (S, d) into head h's columns
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t g = 0; g < group; ++g)
+            backend::gemm_strided_batched(transpose::no, transpose::no, Tq, d, S, T(1),
+                                          probs.data() + (b * H + g) * Tq * S, S, group * Tq * S,
+                                          v.data() + b * cap * Ckv, Ckv, d, T(0),
+                                          out.data() + b * Tq * HD + g * d, HD, group * d, Hkv);
+}
+
 /// Multi-head attention for inference, nothing kept for backward: out (B, Tq, C) =
 /// softmax(scale q_bh k_bhᵀ + key_mask_b [causal]) v_bh for each batch b and head h, where qkv
 /// (B*T, 3C) holds each position's query, key and value side by side (the fused projection) and

@@ -1235,6 +1235,8 @@ concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>
 /// - `architecture_suffix` completes the family's architecture name ("ForTokenClassification");
 ///   `first_token_only` says it reads position 0 only (the backbone may then compute the last
 ///   layer for that position alone).
+/// - `prepare_inference()` packs its weights for inference; a head that packs the backbone's
+///   (a tied LM head) has `prepare_inference(backbone)` instead.
 /// - A head with a task (what train::trainer needs) also has its loss (`loss(y, batch, d,
 ///   scale)`, `set_loss_options`), its evaluation (`score`, `finish`, `metric_name`, `report`)
 ///   and the decoding its tools use.
@@ -1249,7 +1251,6 @@ concept head = requires(H& h) {
     { H::architecture_suffix } -> std::convertible_to<std::string_view>;
     { H::first_token_only } -> std::convertible_to<bool>;
     h.zero_grad();
-    h.prepare_inference();
 };
 
 FTUNE_NAMESPACE_END
@@ -4588,6 +4589,58 @@ void head_context(Out&& out, const P& p, const V& v) {
             out.data() + i * Tn * Cn, Cn, d, H);
 }
 
+/// Grouped-query attention of Tq new positions per sequence to the S positions of a key/value
+/// cache, for generation: out (B*Tq, H d) holds, for each sequence b and query head h,
+/// softmax(scale q_bh k_bjᵀ + key_mask_b, causal) v_bj, with j = h / (H / Hkv) the key/value head
+/// h shares. q (B*Tq, H d); the caches k, v (B, capacity, Hkv d) hold each sequence's rotated
+/// keys and values, of which the first S positions count; the queries are positions S - Tq ..
+/// S - 1; key_mask (B, S) is additive. scores and probs (B, H, Tq, S) are scratch.
+template <tensor_like Out, tensor_like Q, tensor_like K, tensor_like V, tensor_like M,
+          tensor_like S1, tensor_like S2>
+void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t S,
+                      const M& key_mask, S1&& scores, S2&& probs, detail::scalar_of<Out> scale) {
+    detail::same_device<Out, Q, K, V, M, S1, S2>();
+    static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<Q>::rank == 2 &&
+                      detail::shape_of<K>::rank == 3 && detail::shape_of<V>::rank == 3 &&
+                      detail::shape_of<M>::rank == 2 && detail::shape_of<S1>::rank == 4,
+                  "ftune::ops::cached_attention: out and q (B*Tq, H d), k and v (B, capacity, "
+                  "Hkv d), key_mask (B, S), scores and probs (B, H, Tq, S)");
+    using T = detail::scalar_of<Out>;
+    const auto& ss = scores.shape();
+    const std::size_t B = ss.extent(0), H = ss.extent(1), Tq = ss.extent(2);
+    const std::size_t cap = k.shape().extent(1), Ckv = k.shape().extent(2),
+                      HD = q.shape().extent(1);
+    check_same_shape(k.shape(), v.shape(), "cached_attention (k vs v)");
+    check_same_shape(probs.shape(), ss, "cached_attention (probs vs scores)");
+    if (ss.extent(3) != S || S > cap || Tq > S || k.shape().extent(0) != B || H == 0 ||
+        HD % H != 0 || Ckv % (HD / H) != 0 || H % (Ckv / (HD / H)) != 0)
+        throw error(errc::shape_mismatch, "cached_attention",
+                    ftune::detail::cat("scores ", ss.to_string(), ", q ", q.shape().to_string(),
+                                       ", cache ", k.shape().to_string(), " and ", S,
+                                       " cached positions do not fit together"));
+    detail::check_size("cached_attention", "q", q, B * Tq * HD, "(B*Tq, H d)");
+    detail::check_size("cached_attention", "out", out, B * Tq * HD, "(B*Tq, H d)");
+    detail::check_size("cached_attention", "key_mask", key_mask, B * S, "(B, S)");
+    const std::size_t d = HD / H, Hkv = Ckv / d, group = H / Hkv;
+    using backend = detail::backend_for<Out>;
+    // scores: head h = j group + g of sequence b is Q_bh (Tq, d) K_bjᵀ, batched over j
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t g = 0; g < group; ++g)
+            backend::gemm_strided_batched(
+                transpose::no, transpose::yes, Tq, S, d, T(1), q.data() + b * Tq * HD + g * d, HD,
+                group * d, k.data() + b * cap * Ckv, Ckv, d, T(0),
+                scores.data() + (b * H + g) * Tq * S, S, group * Tq * S, Hkv);
+    backend::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, B, H, Tq, S,
+                             /*causal=*/true);
+    // context: P_bh (Tq, S) V_bj (S, d) into head h's columns
+    for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t g = 0; g < group; ++g)
+            backend::gemm_strided_batched(transpose::no, transpose::no, Tq, d, S, T(1),
+                                          probs.data() + (b * H + g) * Tq * S, S, group * Tq * S,
+                                          v.data() + b * cap * Ckv, Ckv, d, T(0),
+                                          out.data() + b * Tq * HD + g * d, HD, group * d, Hkv);
+}
+
 /// Multi-head attention for inference, nothing kept for backward: out (B, Tq, C) =
 /// softmax(scale q_bh k_bhᵀ + key_mask_b [causal]) v_bh for each batch b and head h, where qkv
 /// (B*T, 3C) holds each position's query, key and value side by side (the fused projection) and
@@ -6087,6 +6140,122 @@ FTUNE_NAMESPACE_END
 #include <cmath>
 #include <string_view>
 
+// ---- begin ftune/layers/kv_cache.hpp ----
+// layers::kv_cache: what a decoder keeps between generation steps: every layer's rotated keys
+// and values of the positions seen so far, and the state one step's layers share (which
+// positions are tokens and which padding, each new token's position, the attention scratch).
+// Sized once for B sequences of up to `capacity` positions: a step then allocates nothing.
+
+#include <algorithm>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// Keys and values of B sequences for a decoder's layers, filled step by step (a prefill of the
+/// prompts, then one token per step). Rows may start with padding (left padding: every
+/// sequence's last token is at the same place); a row's positions count its tokens only, as
+/// Transformers' generate derives position_ids from the attention mask.
+template <scalar T, device_tag D = device::cpu>
+class kv_cache {
+  public:
+    /// One layer's keys and values.
+    struct entry {
+        buffer<T, dynamic_shape<3>, D> k;  ///< (B, capacity, Hkv d) keys, rotated
+        buffer<T, dynamic_shape<3>, D> v;  ///< (B, capacity, Hkv d) values
+    };
+
+    /// An empty cache; reset() sizes it.
+    kv_cache() = default;
+
+    /// Empties the cache and sizes it for `batch` sequences of up to `capacity` positions of a
+    /// decoder with `layers` layers, `heads` query heads and `kv_features` = Hkv d key/value
+    /// features (storage grows only).
+    void reset(std::size_t layers, std::size_t batch, std::size_t capacity, std::size_t heads,
+               std::size_t kv_features) {
+        entries_.resize(layers);
+        for (auto& e : entries_) {
+            e.k.resize(dynamic_shape<3>(batch, capacity, kv_features));
+            e.v.resize(e.k.shape());
+        }
+        batch_ = batch, capacity_ = capacity, length_ = 0, heads_ = heads;
+        valid_.assign(batch * capacity, 0);
+        seen_.assign(batch, 0);
+        // the step buffers at their largest decode sizes (a prefill may grow them once)
+        attention_.resize(shape<dynamic, dynamic>(batch, capacity));
+        mask_.resize(attention_.shape());
+        positions_.resize(shape<dynamic>(batch));
+        scores_.resize(dynamic_shape<4>(batch, heads, 1, capacity));
+        probs_.resize(scores_.shape());
+    }
+
+    /// Starts a step of `steps` new positions per sequence: attention (B, steps), 1 for a token
+    /// and 0 for padding (null: all tokens), sets their positions and the key mask over the
+    /// S = length() + steps positions. Throws when they do not fit in the capacity.
+    void begin_step(const token_id* attention, std::size_t steps) {
+        if (length_ + steps > capacity_)
+            throw error(errc::out_of_range, "kv_cache",
+                        ftune::detail::cat(length_, " cached and ", steps,
+                                           " new positions exceed the capacity of ", capacity_,
+                                           " (reset() it larger)"));
+        steps_ = steps;
+        const std::size_t S = length_ + steps;
+        positions_.resize(shape<dynamic>(batch_ * steps));
+        token_id* pos = positions_.data();
+        for (std::size_t b = 0; b < batch_; ++b)
+            for (std::size_t i = 0; i < steps; ++i) {
+                const bool token = !attention || attention[b * steps + i] != 0;
+                valid_[b * capacity_ + length_ + i] = token ? 1 : 0;
+                // padding gets position 1, as Transformers' masked_fill (it is never attended)
+                pos[b * steps + i] = token ? token_id(seen_[b]++) : 1;
+            }
+        attention_.resize(shape<dynamic, dynamic>(batch_, S));
+        for (std::size_t b = 0; b < batch_; ++b)
+            std::copy_n(valid_.data() + b * capacity_, S, attention_.data() + b * S);
+        mask_.resize(attention_.shape());
+        ops::key_mask(mask_, attention_.view());
+        scores_.resize(dynamic_shape<4>(batch_, heads_, steps, S));
+        probs_.resize(scores_.shape());
+    }
+    /// Ends the step: its positions count as cached.
+    void end_step() noexcept { length_ += steps_; }
+
+    /// Layer i's keys and values.
+    entry& layer(std::size_t i) { return entries_.at(i); }
+    /// Number of layers.
+    std::size_t layers() const noexcept { return entries_.size(); }
+    /// B, the sequences.
+    std::size_t batch() const noexcept { return batch_; }
+    /// The most positions a sequence may hold.
+    std::size_t capacity() const noexcept { return capacity_; }
+    /// Positions cached so far (before the current step's).
+    std::size_t length() const noexcept { return length_; }
+    /// New positions per sequence in the current step.
+    std::size_t steps() const noexcept { return steps_; }
+    /// The current step's positions (B * steps), in rotary angle order.
+    view<const token_id, shape<dynamic>, D> positions() const { return positions_.view(); }
+    /// The current step's additive key mask (B, S).
+    view<const T, shape<dynamic, dynamic>, D> key_mask() const { return mask_.view(); }
+    /// The attention scores' scratch (B, H, steps, S).
+    buffer<T, dynamic_shape<4>, D>& scores() noexcept { return scores_; }
+    /// The attention probabilities' scratch (B, H, steps, S).
+    buffer<T, dynamic_shape<4>, D>& probs() noexcept { return probs_; }
+
+  private:
+    std::vector<entry> entries_;  // one per layer
+    std::size_t batch_ = 0, capacity_ = 0, length_ = 0, steps_ = 0, heads_ = 0;
+    std::vector<unsigned char> valid_;                        // (B, capacity) 1: token, 0: padding
+    std::vector<std::size_t> seen_;                           // tokens of each sequence so far
+    buffer<token_id, shape<dynamic, dynamic>, D> attention_;  // (B, S) 1 token, 0 padding
+    buffer<T, shape<dynamic, dynamic>, D> mask_;              // (B, S) additive
+    buffer<token_id, shape<dynamic>, D> positions_;           // (B * steps)
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;           // (B, H, steps, S)
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/kv_cache.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 namespace layers {
@@ -6174,6 +6343,54 @@ class rotary_attention {
         ops::head_context(ctx_, probs_.view(), ve);
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Generation: the step's new positions x (B, steps, C) attend to themselves and to the
+    /// cached positions; their rotated keys and values are appended to this layer's entry
+    /// (`layer`) of the cache, whose begin_step() set the positions and key mask. Eval mode;
+    /// keeps nothing for backward.
+    output_view forward_cached(context& ctx, input_view x, kv_cache<T, D>& cache,
+                               std::size_t layer) {
+        auto& kv = cache.layer(layer);
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const std::size_t H = sizes_.heads, Hkv = sizes_.kv_heads, d = sizes_.head_dim;
+        const std::size_t past = cache.length(), S = past + Tn, cap = cache.capacity();
+        if (B != cache.batch() || Tn != cache.steps() || kv.k.shape().extent(2) != Hkv * d)
+            throw error(errc::shape_mismatch, "rotary_attention::forward_cached",
+                        ftune::detail::cat("input ", x.shape().to_string(), " and cache ",
+                                           kv.k.shape().to_string(), " do not fit this step of ",
+                                           cache.steps(), " positions"));
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), N, Cn);  // (B*T, C)
+        cos_.resize(shape<dynamic, dynamic>(N, d / 2));                 // (N, d/2) rotary angles
+        sin_.resize(cos_.shape());
+        ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
+        q_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) rotated
+        ops::copy(q_, q_proj.forward(ctx, x2));
+        ops::rope(q_, cos_, sin_);
+        k_.resize(shape<dynamic, dynamic>(N, Hkv * d));  // (N, Hkv d) rotated
+        ops::copy(k_, k_proj.forward(ctx, x2));
+        ops::rope(k_, cos_, sin_);
+        const auto v = v_proj.forward(ctx, x2);  // (N, Hkv d)
+        for (std::size_t b = 0; b < B; ++b) {    // append to each sequence's cache rows
+            const std::size_t rows = Tn * Hkv * d, at = (b * cap + past) * Hkv * d;
+            ops::copy(view<T, shape<dynamic>, D>(kv.k.data() + at, rows),
+                      view<const T, shape<dynamic>, D>(k_.data() + b * rows, rows));
+            ops::copy(view<T, shape<dynamic>, D>(kv.v.data() + at, rows),
+                      view<const T, shape<dynamic>, D>(v.data() + b * rows, rows));
+        }
+        ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
+        ops::cached_attention(ctx_, q_.view(), kv.k.view(), kv.v.view(), S, cache.key_mask(),
+                              cache.scores(), cache.probs(), T(1) / std::sqrt(T(d)));
+        const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
+        return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Packs the projections' weights for inference (linear::prepare_inference).
+    void prepare_inference() {
+        q_proj.prepare_inference();
+        k_proj.prepare_inference();
+        v_proj.prepare_inference();
+        o_proj.prepare_inference();
     }
 
     /// Accumulates the projections' gradients and, unless dx is empty, dx.
@@ -6356,6 +6573,21 @@ class decoder_block {
         return {y_.data(), B, Tn, Cn};
     }
 
+    /// Generation: the step's new positions x (B, steps, C) through the block, attending to the
+    /// positions cached in layer `layer` of cache (and appending theirs). Eval mode.
+    template <class Cache>
+    output_view forward_cached(context& ctx, input_view x, Cache& cache, std::size_t layer) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const auto n1 = input_layernorm.forward(ctx, flat(x));  // (N, C)
+        const auto a = self_attn.forward_cached(ctx, {n1.data(), B, Tn, Cn}, cache, layer);
+        h_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(h_, flat(x), flat(a));  // h = x + attention
+        const auto m = mlp.forward(ctx, post_attention_layernorm.forward(ctx, h_.view()));
+        y_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(y_, h_.view(), m);  // y = h + mlp
+        return {y_.data(), B, Tn, Cn};
+    }
+
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
         const std::size_t B = dout.extent(0), Tn = dout.extent(1), Cn = dout.extent(2), N = B * Tn;
@@ -6392,13 +6624,16 @@ class decoder_block {
         mlp.zero_grad();
     }
 
-    /// The prepared inference path (packed weights, a key/value cache) comes with generation;
-    /// until then forwards keep what backward needs.
-    bool inference_prepared() const noexcept { return false; }
-    /// Whether the last forward kept nothing for backward (never, see inference_prepared).
+    /// Whether eval-mode forwards use packed weights (prepare_inference()). The full forward
+    /// still keeps what backward needs; generation (forward_cached) keeps nothing.
+    bool inference_prepared() const noexcept { return self_attn.q_proj.inference_prepared(); }
+    /// Whether the last forward kept nothing for backward (never: see inference_prepared).
     bool kept_nothing_for_backward() const noexcept { return false; }
-    /// Nothing to prepare yet (see inference_prepared).
-    void prepare_inference() {}
+    /// Packs every projection's weight for inference (linear::prepare_inference).
+    void prepare_inference() {
+        self_attn.prepare_inference();
+        mlp.prepare_inference();
+    }
 
     /// Visits input_layernorm, self_attn, post_attention_layernorm, mlp (Transformers' order).
     template <class Fn>
@@ -6825,6 +7060,33 @@ class stack {
         for (std::size_t i = 0; i + 1 < layer.size(); ++i)
             h = layer[i].forward(ctx, h, mask_.view());
         return normed(ctx, layer.back().forward_first(ctx, h, mask_.view()));
+    }
+
+    /// Generation (decoders): hidden states (B, steps, C) of the step's new tokens ids (B,
+    /// steps), each attending to itself, the earlier new tokens and the positions in cache;
+    /// attention_mask (B, steps) marks padding (0; empty: all tokens). Appends the step to the
+    /// cache (reset() for this model and batch first). Eval mode; keeps nothing for backward.
+    template <class Cache>
+    requires requires(Block& b, context& c, output_view x, Cache& k) {
+        b.forward_cached(c, x, k, std::size_t(0));
+    }
+    output_view forward_cached(context& ctx, ids_view ids, Cache& cache,
+                               ids_view attention_mask = {}) {
+        if (ctx.training())
+            throw error(errc::invalid_argument, "forward_cached",
+                        "generation runs in eval mode (context's mode is train)");
+        if (cache.layers() != layer.size() || cache.batch() != ids.extent(0))
+            throw error(
+                errc::shape_mismatch, "forward_cached",
+                ftune::detail::cat("the cache holds ", cache.layers(), " layers of ", cache.batch(),
+                                   " sequences; the model has ", layer.size(), " layers and ids ",
+                                   ids.shape().to_string()));
+        cache.begin_step(attention_mask.empty() ? nullptr : attention_mask.data(), ids.extent(1));
+        output_view h = embeddings.forward(ctx, ids, {});
+        for (std::size_t i = 0; i < layer.size(); ++i)
+            h = layer[i].forward_cached(ctx, h, cache, i);
+        cache.end_step();
+        return normed(ctx, h);
     }
 
     /// Whether the last forward ran the prepared inference path (backward would throw).
@@ -8771,6 +9033,18 @@ class task_model {
         return head.forward(ctx, backbone, backbone.forward(ctx, ids, attention_mask, token_types));
     }
 
+    /// Generation (causal LM heads): the logits (B, V) after the last new token of each
+    /// sequence, for the step's new tokens ids (B, steps) attending to the cached positions
+    /// (backbone's forward_cached; attention_mask marks padding, empty: all tokens).
+    template <class Cache>
+    requires requires(Head& h, context& c, Backbone& b, typename Backbone::output_view x) {
+        h.forward_last(c, b, x);
+    }
+    auto forward_cached(context& ctx, ids_view ids, Cache& cache, ids_view attention_mask = {}) {
+        return head.forward_last(ctx, backbone,
+                                 backbone.forward_cached(ctx, ids, cache, attention_mask));
+    }
+
     /// Accumulates every trainable parameter's gradient from d outputs (and whatever else the
     /// head's backward takes: the base model's d pooled). Throws, before touching a gradient,
     /// after a prepared forward (which keeps nothing for backward).
@@ -8789,7 +9063,10 @@ class task_model {
     /// Packs the weights for low-latency inference (see the backbone's prepare_inference).
     void prepare_inference() {
         backbone.prepare_inference();
-        head.prepare_inference();
+        if constexpr (requires { head.prepare_inference(backbone); })
+            head.prepare_inference(backbone);  // a head that reads the backbone's weights
+        else
+            head.prepare_inference();
     }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {

@@ -8,7 +8,9 @@ and the ids `tokenizers` gives, for tests/test_bpe.cpp:
 Writes tests/reference/fixtures/bpe/{gpt2,smollm}.json (tokenizer.json files) and
 expected.json.gz: for each tokenizer, the ids of the hard cases below and of SST-2 dev's
 sentences (read from FTUNE_DATA_DIR at test time, never stored), and the decoded text of each
-hard case.
+hard case, and the offsets (code points, as Python's offset_mapping) of every text; for `gpt2`
+also the offsets under a ByteLevel post-processor with trim_offsets (add_prefix_space true, as
+GPT-2's own tokenizer.json has it).
 
     FTUNE_DATA_DIR=../shared/data /tmp/ref/bin/python tests/reference/bpe_parity.py
 """
@@ -18,7 +20,7 @@ import json
 import os
 
 import tokenizers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 HERE = os.path.dirname(__file__)
 OUT = os.path.join(HERE, "fixtures", "bpe")
@@ -66,8 +68,13 @@ def main():
         enc = tok.encode_batch(texts, add_special_tokens=False)
         # decoded text of the hard cases only (the data sets' text is never stored)
         expected[name] = {"ids": [e.ids for e in enc],
+                          "offsets": [[list(o) for o in e.offsets] for e in enc],
                           "decoded": [tok.decode(e.ids, skip_special_tokens=False)
                                       for e in enc[:len(HARD)]]}
+        if name == "gpt2":  # with a ByteLevel post-processor that trims the offsets' spaces
+            tok.post_processor = processors.ByteLevel(trim_offsets=True)
+            expected["gpt2_trim_offsets"] = [[list(o) for o in e.offsets] for e in
+                                             tok.encode_batch(texts, add_special_tokens=False)]
     with gzip.open(os.path.join(OUT, "expected.json.gz"), "wt", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False)
     print(OUT, len(dev), "dev sentences")

@@ -83,6 +83,21 @@ class decoder_block {
         return {y_.data(), B, Tn, Cn};
     }
 
+    /// Generation: the step's new positions x (B, steps, C) through the block, attending to the
+    /// positions cached in layer `layer` of cache (and appending theirs). Eval mode.
+    template <class Cache>
+    output_view forward_cached(context& ctx, input_view x, Cache& cache, std::size_t layer) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const auto n1 = input_layernorm.forward(ctx, flat(x));  // (N, C)
+        const auto a = self_attn.forward_cached(ctx, {n1.data(), B, Tn, Cn}, cache, layer);
+        h_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(h_, flat(x), flat(a));  // h = x + attention
+        const auto m = mlp.forward(ctx, post_attention_layernorm.forward(ctx, h_.view()));
+        y_.resize(shape<dynamic, C>(N, Cn));
+        ops::residual_add(y_, h_.view(), m);  // y = h + mlp
+        return {y_.data(), B, Tn, Cn};
+    }
+
     /// Accumulates every parameter's gradient and, unless dx is empty, dx.
     void backward(context& ctx, output_view dout, d_input_view dx) {
         const std::size_t B = dout.extent(0), Tn = dout.extent(1), Cn = dout.extent(2), N = B * Tn;
@@ -119,13 +134,16 @@ class decoder_block {
         mlp.zero_grad();
     }
 
-    /// The prepared inference path (packed weights, a key/value cache) comes with generation;
-    /// until then forwards keep what backward needs.
-    bool inference_prepared() const noexcept { return false; }
-    /// Whether the last forward kept nothing for backward (never, see inference_prepared).
+    /// Whether eval-mode forwards use packed weights (prepare_inference()). The full forward
+    /// still keeps what backward needs; generation (forward_cached) keeps nothing.
+    bool inference_prepared() const noexcept { return self_attn.q_proj.inference_prepared(); }
+    /// Whether the last forward kept nothing for backward (never: see inference_prepared).
     bool kept_nothing_for_backward() const noexcept { return false; }
-    /// Nothing to prepare yet (see inference_prepared).
-    void prepare_inference() {}
+    /// Packs every projection's weight for inference (linear::prepare_inference).
+    void prepare_inference() {
+        self_attn.prepare_inference();
+        mlp.prepare_inference();
+    }
 
     /// Visits input_layernorm, self_attn, post_attention_layernorm, mlp (Transformers' order).
     template <class Fn>

@@ -77,6 +77,33 @@ class stack {
         return normed(ctx, layer.back().forward_first(ctx, h, mask_.view()));
     }
 
+    /// Generation (decoders): hidden states (B, steps, C) of the step's new tokens ids (B,
+    /// steps), each attending to itself, the earlier new tokens and the positions in cache;
+    /// attention_mask (B, steps) marks padding (0; empty: all tokens). Appends the step to the
+    /// cache (reset() for this model and batch first). Eval mode; keeps nothing for backward.
+    template <class Cache>
+    requires requires(Block& b, context& c, output_view x, Cache& k) {
+        b.forward_cached(c, x, k, std::size_t(0));
+    }
+    output_view forward_cached(context& ctx, ids_view ids, Cache& cache,
+                               ids_view attention_mask = {}) {
+        if (ctx.training())
+            throw error(errc::invalid_argument, "forward_cached",
+                        "generation runs in eval mode (context's mode is train)");
+        if (cache.layers() != layer.size() || cache.batch() != ids.extent(0))
+            throw error(
+                errc::shape_mismatch, "forward_cached",
+                ftune::detail::cat("the cache holds ", cache.layers(), " layers of ", cache.batch(),
+                                   " sequences; the model has ", layer.size(), " layers and ids ",
+                                   ids.shape().to_string()));
+        cache.begin_step(attention_mask.empty() ? nullptr : attention_mask.data(), ids.extent(1));
+        output_view h = embeddings.forward(ctx, ids, {});
+        for (std::size_t i = 0; i < layer.size(); ++i)
+            h = layer[i].forward_cached(ctx, h, cache, i);
+        cache.end_step();
+        return normed(ctx, h);
+    }
+
     /// Whether the last forward ran the prepared inference path (backward would throw).
     bool kept_nothing_for_backward() const noexcept {
         return !layer.empty() && layer.back().kept_nothing_for_backward();

@@ -111,6 +111,8 @@ concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>
 /// - `architecture_suffix` completes the family's architecture name ("ForTokenClassification");
 ///   `first_token_only` says it reads position 0 only (the backbone may then compute the last
 ///   layer for that position alone).
+/// - `prepare_inference()` packs its weights for inference; a head that packs the backbone's
+///   (a tied LM head) has `prepare_inference(backbone)` instead.
 /// - A head with a task (what train::trainer needs) also has its loss (`loss(y, batch, d,
 ///   scale)`, `set_loss_options`), its evaluation (`score`, `finish`, `metric_name`, `report`)
 ///   and the decoding its tools use.
@@ -125,7 +127,6 @@ concept head = requires(H& h) {
     { H::architecture_suffix } -> std::convertible_to<std::string_view>;
     { H::first_token_only } -> std::convertible_to<bool>;
     h.zero_grad();
-    h.prepare_inference();
 };
 
 FTUNE_NAMESPACE_END

@@ -70,6 +70,18 @@ class task_model {
         return head.forward(ctx, backbone, backbone.forward(ctx, ids, attention_mask, token_types));
     }
 
+    /// Generation (causal LM heads): the logits (B, V) after the last new token of each
+    /// sequence, for the step's new tokens ids (B, steps) attending to the cached positions
+    /// (backbone's forward_cached; attention_mask marks padding, empty: all tokens).
+    template <class Cache>
+    requires requires(Head& h, context& c, Backbone& b, typename Backbone::output_view x) {
+        h.forward_last(c, b, x);
+    }
+    auto forward_cached(context& ctx, ids_view ids, Cache& cache, ids_view attention_mask = {}) {
+        return head.forward_last(ctx, backbone,
+                                 backbone.forward_cached(ctx, ids, cache, attention_mask));
+    }
+
     /// Accumulates every trainable parameter's gradient from d outputs (and whatever else the
     /// head's backward takes: the base model's d pooled). Throws, before touching a gradient,
     /// after a prepared forward (which keeps nothing for backward).
@@ -88,7 +100,10 @@ class task_model {
     /// Packs the weights for low-latency inference (see the backbone's prepare_inference).
     void prepare_inference() {
         backbone.prepare_inference();
-        head.prepare_inference();
+        if constexpr (requires { head.prepare_inference(backbone); })
+            head.prepare_inference(backbone);  // a head that reads the backbone's weights
+        else
+            head.prepare_inference();
     }
     /// Sets every gradient to zero.
     void zero_grad() noexcept {

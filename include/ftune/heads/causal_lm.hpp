@@ -51,6 +51,25 @@ class causal_lm {
         return {logits_.data(), B_, T_, E.extent(0)};
     }
 
+    /// Generation: the logits (B, V) of the last position of each sequence of h (B, T, C), with
+    /// the weights packed by prepare_inference (packed again first when a visit of the model
+    /// may have changed them).
+    template <class Backbone>
+    view<const T, shape<dynamic, dynamic>, D> forward_last(context& ctx, Backbone& backbone,
+                                                           hidden_view h) {
+        const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
+        last_.resize(shape<dynamic, C>(B, Cn));  // (B, C)
+        for (std::size_t b = 0; b < B; ++b)
+            ops::copy(view<T, shape<dynamic>, D>(last_.data() + b * Cn, Cn),
+                      view<const T, shape<dynamic>, D>(h.data() + (b * Tn + Tn - 1) * Cn, Cn));
+        if (!tied) return lm_head.forward(ctx, last_.view());
+        if (!packed_current_) prepare_inference(backbone);
+        const auto& E = backbone.input_embeddings().value;  // (V, C)
+        logits_.resize(shape<dynamic, dynamic>(B, E.extent(0)));
+        ops::matmul_prepared(last_.view(), packed_, logits_, view<const T, shape<dynamic>, D>());
+        return logits_.view();
+    }
+
     /// Accumulates the head's gradient (a tied head's into the embedding table) from d logits
     /// (B, T, V); returns d hidden (B, T, C).
     template <class Backbone>
@@ -72,16 +91,23 @@ class causal_lm {
         return d_hidden_.view();
     }
 
-    /// Packs the LM head's weight for inference (nothing when tied).
-    void prepare_inference() {
-        if (!tied) lm_head.prepare_inference();
+    /// Packs the LM head's weight for inference: its own, or (tied) the backbone's table.
+    template <class Backbone>
+    void prepare_inference(Backbone& backbone) {
+        if (!tied) return lm_head.prepare_inference();
+        packed_current_ = false;  // until the packing below has succeeded
+        ops::prepare_weight(packed_, backbone.input_embeddings().value);
+        packed_current_ = true;
     }
     /// Sets the head's gradient to zero.
     void zero_grad() noexcept { lm_head.zero_grad(); }
 
     /// Visits "lm_head.weight" unless tied (the tied table is the backbone's, visited there).
+    /// A visit that may change weights (any visitor not derived from keeps_values; the model
+    /// visits the tied table with the same visitor) makes the packed table stale.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        if constexpr (!keeps_values_v<std::remove_cvref_t<Fn>>) packed_current_ = false;
         if (!tied) lm_head.visit_parameters(join_name(prefix, "lm_head"), f);
     }
 
@@ -90,6 +116,9 @@ class causal_lm {
     view<const T, shape<dynamic, C>, D> h_;              // (N, C) the last hidden states (tied)
     buffer<T, shape<dynamic, dynamic>, D> logits_;       // (N, V) tied logits
     buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    buffer<T, shape<dynamic, C>, D> last_;               // (B, C) last positions (generation)
+    ops::prepared_weight<T, D> packed_;                  // the tied table, packed
+    bool packed_current_ = false;                        // packed_ holds the current table
 };
 
 }  // namespace heads

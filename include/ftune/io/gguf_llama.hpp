@@ -144,7 +144,25 @@ inline text::bpe_tokenizer bpe_tokenizer_from_gguf(const gguf_file& f) {
                 throw bad("tokenizer.ggml.merges", "\"" + s + "\" is not a pair \"a b\"");
             merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
         }
-    return text::bpe_tokenizer(std::move(vocab), merges, std::move(specials), o);
+    text::bpe_tokenizer tok(std::move(vocab), merges, std::move(specials), o);
+    // the special tokens' roles (ids) and the chat template
+    text::lm_tokenizer_settings s;
+    auto token_of = [&](const char* key) -> std::string {
+        if (!m.contains(key)) return {};
+        const auto& v = m[key];
+        if (!v.is_number_unsigned() || v.get<std::uint64_t>() >= tokens.size())
+            throw bad(key, "is not the id of a token of tokenizer.ggml.tokens: " + v.dump());
+        return tokens[v.get<std::size_t>()].get<std::string>();
+    };
+    s.bos_token = token_of("tokenizer.ggml.bos_token_id");
+    s.eos_token = token_of("tokenizer.ggml.eos_token_id");
+    s.pad_token = token_of("tokenizer.ggml.padding_token_id");
+    s.add_bos_token = m.contains("tokenizer.ggml.add_bos_token") &&
+                      m["tokenizer.ggml.add_bos_token"].is_boolean() &&
+                      m["tokenizer.ggml.add_bos_token"].get<bool>();
+    s.chat_template = string_of("tokenizer.chat_template");
+    tok.set_settings(std::move(s));
+    return tok;
 }
 
 /// llama.cpp's tensor name of a LlamaModel parameter ("layers.3.self_attn.q_proj.weight" ->

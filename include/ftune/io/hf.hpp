@@ -84,6 +84,7 @@ struct hf_family;
 template <>
 struct hf_family<bert::config> {
     static constexpr std::string_view model_type = "bert";  ///< config.json's model_type
+    using tokenizer_type = text::bert_tokenizer;            ///< WordPiece (vocab.txt)
     /// The family's backbone computing in T (the task models put a head on it).
     template <scalar T>
     using backbone = bert::encoder<T>;
@@ -198,6 +199,7 @@ struct hf_family<bert::config> {
 template <>
 struct hf_family<llama::config> {
     static constexpr std::string_view model_type = "llama";  ///< config.json's model_type
+    using tokenizer_type = text::bpe_tokenizer;              ///< byte-level BPE
     /// The family's backbone computing in T.
     template <scalar T>
     using backbone = llama::decoder<T>;
@@ -459,10 +461,11 @@ basic_hf_config<Config> read_hf_config(const std::filesystem::path& path) {
     return parse_hf_config<Config>(text, path.string());
 }
 
-/// Settings of a BERT tokenizer read from a model directory.
+/// Settings of a tokenizer read from a model directory's tokenizer_config.json.
 struct hf_tokenizer_config {
     text::bert_options options;        ///< do_lower_case, strip_accents, tokenize_chinese_chars
     std::size_t model_max_length = 0;  ///< model_max_length (0: not given)
+    text::lm_tokenizer_settings lm;    ///< a decoder's: bos/eos/pad, add_bos_token, chat_template
 };
 
 /// Parses the text of a tokenizer_config.json; `where` names it in errors.
@@ -488,6 +491,29 @@ inline hf_tokenizer_config parse_hf_tokenizer_config(std::string_view text,
           std::pair{"sep_token", &c.options.sep}, std::pair{"pad_token", &c.options.pad},
           std::pair{"mask_token", &c.options.mask}})
         if (j.contains(key) && j[key].is_string()) *field = j[key].get<std::string>();
+    // a decoder's special tokens (strings or {"content": ...}) and chat template (a string, or
+    // named templates of which "default" is used)
+    auto token = [&](const char* key) -> std::string {
+        if (!j.contains(key)) return {};
+        const auto& v = j[key];
+        if (v.is_string()) return v.get<std::string>();
+        if (v.is_object() && v.contains("content") && v["content"].is_string())
+            return v["content"].get<std::string>();
+        return {};
+    };
+    c.lm.bos_token = token("bos_token");
+    c.lm.eos_token = token("eos_token");
+    c.lm.pad_token = token("pad_token");
+    c.lm.add_bos_token = flag("add_bos_token").value_or(false);
+    if (j.contains("chat_template")) {
+        const auto& t = j["chat_template"];
+        if (t.is_string()) c.lm.chat_template = t.get<std::string>();
+        if (t.is_array())
+            for (const auto& e : t)
+                if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+                    e["template"].is_string())
+                    c.lm.chat_template = e["template"].get<std::string>();
+    }
     // Hugging Face writes 1e30 for "no limit": keep only real limits
     if (j.contains("model_max_length") && j["model_max_length"].is_number() &&
         j["model_max_length"].get<double>() >= 1 && j["model_max_length"].get<double>() < 1e9)
@@ -515,6 +541,23 @@ inline std::optional<text::bert_tokenizer> load_hf_tokenizer(const std::filesyst
     if (std::filesystem::exists(dir / "tokenizer.json"))
         return text::load_tokenizer_json(dir / "tokenizer.json");
     return std::nullopt;
+}
+
+/// A decoder's tokenizer from a model directory: tokenizer.json (byte-level BPE) with
+/// tokenizer_config.json's special tokens and chat template (chat_template.jinja, where
+/// Transformers 5 writes it, comes first); std::nullopt when there is no tokenizer.json.
+inline std::optional<text::bpe_tokenizer> load_hf_bpe_tokenizer(const std::filesystem::path& dir) {
+    if (!std::filesystem::exists(dir / "tokenizer.json")) return std::nullopt;
+    auto tok = text::load_bpe_tokenizer_json(dir / "tokenizer.json");
+    auto lm = read_hf_tokenizer_config(dir / "tokenizer_config.json").lm;
+    if (std::filesystem::exists(dir / "chat_template.jinja")) {
+        std::ifstream in(dir / "chat_template.jinja", std::ios::binary);
+        if (!in) throw error(errc::io, (dir / "chat_template.jinja").string(), "cannot open it");
+        lm.chat_template.assign(std::istreambuf_iterator<char>(in),
+                                std::istreambuf_iterator<char>());
+    }
+    tok.set_settings(std::move(lm));
+    return tok;
 }
 
 /// What load_parameters did: file names it read, parameters it did not find, tensors it did not
@@ -724,7 +767,8 @@ template <class Model>
 struct hf_model {
     basic_hf_config<family_config_t<Model>>
         config;  ///< config.json (labels updated by load_options)
-    std::optional<text::bert_tokenizer> tokenizer;  ///< vocab.txt / tokenizer.json, if present
+    /// The family's tokenizer (vocab.txt / tokenizer.json), if the directory has one.
+    std::optional<typename hf_family<family_config_t<Model>>::tokenizer_type> tokenizer;
     std::size_t model_max_length = 0;  ///< the longest input, in tokens (tokenizer and positions)
     Model model;                       ///< the model, weights loaded
     load_report report;                ///< what was loaded, initialized, left unused
@@ -775,13 +819,22 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
         cfg.id2label = options.labels;
         cfg.model.num_labels = options.labels.size();
     }
-    // BERT's WordPiece tokenizer; the byte-level BPE of decoders is not read yet (issue 16)
-    std::optional<text::bert_tokenizer> tokenizer;
-    if constexpr (std::is_same_v<Config, bert::config>) tokenizer = load_hf_tokenizer(dir);
-    if (tokenizer && tokenizer->vocab().size() > cfg.model.vocab_size)
+    // the family's tokenizer: BERT's WordPiece, a decoder's byte-level BPE
+    std::optional<typename family::tokenizer_type> tokenizer;
+    std::size_t tokens = 0;
+    if constexpr (std::is_same_v<typename family::tokenizer_type, text::bert_tokenizer>) {
+        tokenizer = load_hf_tokenizer(dir);
+        if (tokenizer) tokens = tokenizer->vocab().size();
+    } else {
+        tokenizer = load_hf_bpe_tokenizer(dir);
+        if (tokenizer) tokens = tokenizer->size();
+    }
+    if (tokens > cfg.model.vocab_size)
         throw error(
-            errc::shape_mismatch, (dir / "vocab.txt").string(),
-            ftune::detail::cat("the vocabulary has ", tokenizer->vocab().size(),
+            errc::shape_mismatch,
+            (dir / (std::filesystem::exists(dir / "vocab.txt") ? "vocab.txt" : "tokenizer.json"))
+                .string(),
+            ftune::detail::cat("the vocabulary has ", tokens,
                                " tokens but config.json's vocab_size is ", cfg.model.vocab_size,
                                "; the tokenizer does not belong to these weights"));
     const auto tok = read_hf_tokenizer_config(dir / "tokenizer_config.json");
@@ -930,10 +983,14 @@ void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config
     }
 }
 
-/// save_hf for a model loaded by load_hf (its configuration and tokenizer).
+/// save_hf for a model loaded by load_hf (its configuration and tokenizer; a decoder's
+/// tokenizer files are not written yet).
 template <class Model>
 void save_hf(hf_model<Model>& m, const std::filesystem::path& dir) {
-    save_hf(m.model, m.config, m.tokenizer ? &*m.tokenizer : nullptr, dir, m.model_max_length);
+    if constexpr (std::is_same_v<decltype(m.tokenizer), std::optional<text::bert_tokenizer>>)
+        save_hf(m.model, m.config, m.tokenizer ? &*m.tokenizer : nullptr, dir, m.model_max_length);
+    else
+        save_hf(m.model, m.config, nullptr, dir, m.model_max_length);
 }
 
 }  // namespace io

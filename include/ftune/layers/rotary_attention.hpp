@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "ftune/core/context.hpp"
+#include "ftune/layers/kv_cache.hpp"
 #include "ftune/layers/linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -95,6 +96,54 @@ class rotary_attention {
         ops::head_context(ctx_, probs_.view(), ve);
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Generation: the step's new positions x (B, steps, C) attend to themselves and to the
+    /// cached positions; their rotated keys and values are appended to this layer's entry
+    /// (`layer`) of the cache, whose begin_step() set the positions and key mask. Eval mode;
+    /// keeps nothing for backward.
+    output_view forward_cached(context& ctx, input_view x, kv_cache<T, D>& cache,
+                               std::size_t layer) {
+        auto& kv = cache.layer(layer);
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
+        const std::size_t H = sizes_.heads, Hkv = sizes_.kv_heads, d = sizes_.head_dim;
+        const std::size_t past = cache.length(), S = past + Tn, cap = cache.capacity();
+        if (B != cache.batch() || Tn != cache.steps() || kv.k.shape().extent(2) != Hkv * d)
+            throw error(errc::shape_mismatch, "rotary_attention::forward_cached",
+                        ftune::detail::cat("input ", x.shape().to_string(), " and cache ",
+                                           kv.k.shape().to_string(), " do not fit this step of ",
+                                           cache.steps(), " positions"));
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), N, Cn);  // (B*T, C)
+        cos_.resize(shape<dynamic, dynamic>(N, d / 2));                 // (N, d/2) rotary angles
+        sin_.resize(cos_.shape());
+        ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
+        q_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) rotated
+        ops::copy(q_, q_proj.forward(ctx, x2));
+        ops::rope(q_, cos_, sin_);
+        k_.resize(shape<dynamic, dynamic>(N, Hkv * d));  // (N, Hkv d) rotated
+        ops::copy(k_, k_proj.forward(ctx, x2));
+        ops::rope(k_, cos_, sin_);
+        const auto v = v_proj.forward(ctx, x2);  // (N, Hkv d)
+        for (std::size_t b = 0; b < B; ++b) {    // append to each sequence's cache rows
+            const std::size_t rows = Tn * Hkv * d, at = (b * cap + past) * Hkv * d;
+            ops::copy(view<T, shape<dynamic>, D>(kv.k.data() + at, rows),
+                      view<const T, shape<dynamic>, D>(k_.data() + b * rows, rows));
+            ops::copy(view<T, shape<dynamic>, D>(kv.v.data() + at, rows),
+                      view<const T, shape<dynamic>, D>(v.data() + b * rows, rows));
+        }
+        ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
+        ops::cached_attention(ctx_, q_.view(), kv.k.view(), kv.v.view(), S, cache.key_mask(),
+                              cache.scores(), cache.probs(), T(1) / std::sqrt(T(d)));
+        const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
+        return {y.data(), B, Tn, y.extent(1)};
+    }
+
+    /// Packs the projections' weights for inference (linear::prepare_inference).
+    void prepare_inference() {
+        q_proj.prepare_inference();
+        k_proj.prepare_inference();
+        v_proj.prepare_inference();
+        o_proj.prepare_inference();
     }
 
     /// Accumulates the projections' gradients and, unless dx is empty, dx.

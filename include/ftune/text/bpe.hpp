@@ -128,6 +128,22 @@ inline std::size_t gpt2_piece_end(const std::vector<code_point>& cp, std::size_t
 /// What the BPE pre-tokenizer does before GPT-2's pattern.
 struct bpe_options {
     bool individual_digits = false;  ///< tokenizers' Digits(individual_digits=true) first
+    /// A ByteLevel post-processor's trim_offsets: offsets leave out a token's leading and
+    /// trailing spaces.
+    bool trim_offsets = false;
+    /// That post-processor's add_prefix_space: the first token's single leading space is kept.
+    bool trim_keeps_first_space = false;
+};
+
+/// What comes with a decoder's tokenizer besides its vocabulary (Transformers'
+/// tokenizer_config.json, or GGUF's tokenizer.* metadata): the special tokens' roles and the chat
+/// template.
+struct lm_tokenizer_settings {
+    std::string bos_token;       ///< beginning of sequence ("" when none)
+    std::string eos_token;       ///< end of sequence: generation stops at it ("" when none)
+    std::string pad_token;       ///< padding ("" when none)
+    bool add_bos_token = false;  ///< whether a prompt starts with bos_token (Llama 2/3 do)
+    std::string chat_template;   ///< the Jinja chat template ("" when none)
 };
 
 /// Byte-level BPE tokenizer: a vocabulary of byte-alphabet strings, merges by rank, special
@@ -159,6 +175,14 @@ class bpe_tokenizer {
             if (std::size_t(id) >= tokens_.size()) tokens_.resize(std::size_t(id) + 1);
             tokens_[std::size_t(id)] = t;
         }
+        raw_.resize(tokens_.size());  // the bytes of each token (a special token: its text)
+        for (std::size_t id = 0; id < tokens_.size(); ++id) {
+            if (is_special(std::int32_t(id))) {
+                raw_[id] = tokens_[id];
+                continue;
+            }
+            for (const auto& cp : detail::decode(tokens_[id])) raw_[id] += char(byte_of(cp.c));
+        }
     }
 
     /// Number of token ids (the largest id + 1).
@@ -167,50 +191,83 @@ class bpe_tokenizer {
     /// The ids of text (no special tokens added).
     std::vector<std::int32_t> encode(std::string_view text) const {
         std::vector<std::int32_t> ids;
-        std::size_t start = 0;
-        while (start <= text.size()) {  // split out special tokens, encode what lies between
-            std::size_t at = text.size(), len = 0;
-            std::int32_t sid = -1;
-            for (const auto& [s, id] : specials_) {
-                const std::size_t k = text.find(s, start);
-                if (k != std::string_view::npos && (k < at || (k == at && s.size() > len)))
-                    at = k, len = s.size(), sid = id;
-            }
-            encode_ordinary(text.substr(start, at - start), ids);
-            if (sid < 0) break;
-            ids.push_back(sid);
-            start = at + len;
-        }
+        run(text, ids, nullptr);
         return ids;
+    }
+
+    /// The tokens of text with their offsets, as Hugging Face's offset_mapping gives them: a
+    /// token holding some of a character's bytes covers the whole character (an emoji split in
+    /// two tokens: both cover it); a special token covers its text. No word alignment (word -1).
+    std::vector<token_info> encode_with_offsets(std::string_view text) const {
+        std::vector<std::int32_t> ids;
+        std::vector<token_info> out;
+        run(text, ids, &out);
+        if (opt_.trim_offsets) trim(out);
+        return out;
     }
 
     /// The text of ids: the tokens' byte-alphabet characters mapped back to bytes (special
     /// tokens as written). Bytes of a character split across tokens join again.
     std::string decode(const std::vector<std::int32_t>& ids) const {
         std::string out;
-        for (const std::int32_t id : ids) {
-            if (id < 0 || std::size_t(id) >= tokens_.size())
-                throw error(errc::out_of_range, "bpe_tokenizer::decode",
-                            ftune::detail::cat("id ", id, " is outside the vocabulary of ",
-                                               tokens_.size()));
-            const std::string& t = tokens_[std::size_t(id)];
-            if (is_special(id)) {
-                out += t;
-                continue;
-            }
-            for (const auto& cp : detail::decode(t)) out += char(byte_of(cp.c));
-        }
+        for (const std::int32_t id : ids) append_bytes(id, out);
         return out;
+    }
+
+    /// Appends the bytes id stands for (a special token: its text) to out; allocates only when
+    /// out must grow.
+    void append_bytes(std::int32_t id, std::string& out) const {
+        if (id < 0 || std::size_t(id) >= raw_.size())
+            throw error(
+                errc::out_of_range, "bpe_tokenizer::decode",
+                ftune::detail::cat("id ", id, " is outside the vocabulary of ", raw_.size()));
+        out += raw_[std::size_t(id)];
     }
 
     /// The token string of id (in the byte alphabet: "Ġthe" for " the").
     const std::string& token(std::int32_t id) const { return tokens_.at(std::size_t(id)); }
 
-  private:
+    /// The id of a token string (a special token's text or a byte-alphabet token); -1 when the
+    /// vocabulary has no such token.
+    std::int32_t id_of(std::string_view token) const {
+        for (const auto& [s, id] : specials_)
+            if (s == token) return id;
+        const auto it = vocab_.find(std::string(token));
+        return it == vocab_.end() ? -1 : it->second;
+    }
+
+    /// Whether id is a special (added, control) token.
     bool is_special(std::int32_t id) const {
         for (const auto& s : specials_)
             if (s.second == id) return true;
         return false;
+    }
+
+    /// The special tokens' roles and the chat template.
+    const lm_tokenizer_settings& settings() const noexcept { return settings_; }
+    /// Sets them (the loaders do).
+    void set_settings(lm_tokenizer_settings s) { settings_ = std::move(s); }
+
+  private:
+    // tokenizers' ByteLevel post-processor with trim_offsets: the offsets of a token starting
+    // (ending) with spaces ('Ġ') start later (end earlier), never past the other end
+    void trim(std::vector<token_info>& out) const {
+        for (std::size_t i = 0; i < out.size(); ++i) {
+            auto& t = out[i];
+            const auto cp = detail::decode(tokens_[std::size_t(t.id)]);
+            const auto space = [](char32_t c) { return c == U'\u0120' || detail::bpe_space(c); };
+            std::uint32_t lead = 0, trail = 0;
+            while (lead < cp.size() && space(cp[lead].c)) ++lead;
+            while (trail < cp.size() && space(cp[cp.size() - 1 - trail].c)) ++trail;
+            if (lead == 1 && opt_.trim_keeps_first_space && (i == 0 || t.char_begin == 0)) lead = 0;
+            // spaces are one byte and one code point: both offsets move alike
+            t.char_begin = std::min(t.char_begin + lead, t.char_end);
+            t.byte_begin = std::min(t.byte_begin + lead, t.byte_end);
+            if (trail && t.char_end >= trail) {
+                t.char_end = std::max(t.char_end - trail, t.char_begin);
+                t.byte_end = std::max(t.byte_end - trail, t.byte_begin);
+            }
+        }
     }
     // the byte a byte-alphabet character stands for
     unsigned char byte_of(char32_t c) const {
@@ -218,16 +275,63 @@ class bpe_tokenizer {
         return it == inverse_.end() ? (unsigned char)'?' : it->second;
     }
 
-    // text without special tokens -> ids
-    void encode_ordinary(std::string_view text, std::vector<std::int32_t>& ids) const {
+    // text -> ids (and offsets when info is given): special tokens split out first, the text
+    // between them encoded by encode_ordinary
+    void run(std::string_view text, std::vector<std::int32_t>& ids,
+             std::vector<token_info>* info) const {
+        std::size_t start = 0;
+        std::uint32_t chars = 0;  // code points before start
+        while (start <= text.size()) {
+            std::size_t at = text.size(), len = 0;
+            std::int32_t sid = -1;
+            for (const auto& [s, id] : specials_) {
+                const std::size_t k = text.find(s, start);
+                if (k != std::string_view::npos && (k < at || (k == at && s.size() > len)))
+                    at = k, len = s.size(), sid = id;
+            }
+            chars += encode_ordinary(text.substr(start, at - start), ids, info,
+                                     std::uint32_t(start), chars);
+            if (sid < 0) break;
+            ids.push_back(sid);
+            const auto n = std::uint32_t(detail::decode(text.substr(at, len)).size());
+            if (info)
+                info->push_back(
+                    {sid, chars, chars + n, std::uint32_t(at), std::uint32_t(at + len), -1});
+            chars += n;
+            start = at + len;
+        }
+    }
+
+    // text without special tokens -> ids; with info, also the offsets of each token (the text
+    // starts at byte `byte0` and code point `char0` of the whole). Returns the code points.
+    std::uint32_t encode_ordinary(std::string_view text, std::vector<std::int32_t>& ids,
+                                  std::vector<token_info>* info, std::uint32_t byte0,
+                                  std::uint32_t char0) const {
         const auto cp = detail::decode(text);
+        // the offsets of the tokens ids[first..] of the piece made of code points [b, e)
+        auto offsets = [&](std::size_t first, std::size_t b, std::size_t e) {
+            std::size_t c = b;              // the code point holding byte `pos`
+            std::size_t pos = cp[b].begin;  // the token's first byte
+            for (std::size_t k = first; k < ids.size(); ++k) {
+                const std::size_t last = pos + raw_[std::size_t(ids[k])].size() - 1;
+                while (c + 1 < e && cp[c].end <= pos) ++c;
+                std::size_t d = c;  // the code point holding the token's last byte
+                while (d + 1 < e && cp[d].end <= last) ++d;
+                info->push_back({ids[k], char0 + std::uint32_t(c), char0 + std::uint32_t(d + 1),
+                                 byte0 + std::uint32_t(cp[c].begin),
+                                 byte0 + std::uint32_t(cp[d].end), -1});
+                pos = last + 1;
+            }
+        };
         std::size_t i = 0;
         while (i < cp.size()) {
             // the Digits pre-tokenizer first: a digit alone, or the run up to the next digit
             std::size_t limit = cp.size();
             if (opt_.individual_digits) {
                 if (detail::bpe_number(cp[i].c) && is_digit_char(cp[i].c)) {
+                    const std::size_t first = ids.size();
                     piece(text.substr(cp[i].begin, cp[i].end - cp[i].begin), ids);
+                    if (info) offsets(first, i, i + 1);
                     ++i;
                     continue;
                 }
@@ -238,11 +342,14 @@ class bpe_tokenizer {
                                                        cp.begin() + std::ptrdiff_t(limit));
             for (std::size_t k = 0; k < part.size();) {
                 const std::size_t e = detail::gpt2_piece_end(part, k);
+                const std::size_t first = ids.size();
                 piece(text.substr(part[k].begin, part[e - 1].end - part[k].begin), ids);
+                if (info) offsets(first, i + k, i + e);
                 k = e;
             }
             i = limit;
         }
+        return std::uint32_t(cp.size());
     }
     // tokenizers' Digits splits on char::is_numeric: the Unicode numbers
     static bool is_digit_char(char32_t c) { return detail::bpe_number(c); }
@@ -301,7 +408,9 @@ class bpe_tokenizer {
     std::unordered_map<std::string, std::size_t> ranks_;          // "a b" -> merge rank
     std::vector<std::pair<std::string, std::int32_t>> specials_;  // longest first
     std::vector<std::string> tokens_;                             // id -> token
+    std::vector<std::string> raw_;                                // id -> the bytes it stands for
     bpe_options opt_;
+    lm_tokenizer_settings settings_;
     std::unordered_map<char32_t, unsigned char> inverse_;                   // alphabet -> byte
     std::shared_ptr<piece_cache> cache_ = std::make_shared<piece_cache>();  // piece -> ids
 };

@@ -159,6 +159,19 @@ inline bpe_tokenizer load_bpe_tokenizer_json(const std::filesystem::path& path) 
             throw bad("pre_tokenizer.type", "\"" + type + "\": ftune runs ByteLevel (GPT-2's)");
         }
     }
+    // the post-processor: TemplateProcessing (what it adds, ftune's callers add themselves) or
+    // ByteLevel, whose trim_offsets changes the offsets
+    if (j.contains("post_processor") && j["post_processor"].is_object()) {
+        const auto& p = j["post_processor"];
+        const std::string type = p.value("type", "");
+        if (type == "ByteLevel") {
+            o.trim_offsets = p.value("trim_offsets", false);
+            o.trim_keeps_first_space = p.value("add_prefix_space", false);
+        } else if (type != "TemplateProcessing") {
+            throw bad("post_processor.type",
+                      "\"" + type + "\": ftune reads ByteLevel and TemplateProcessing");
+        }
+    }
     return bpe_tokenizer(std::move(vocab), merges, std::move(specials), o);
 }
 
