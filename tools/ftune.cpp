@@ -1,5 +1,5 @@
 // The ftune command-line tool. Subcommands are added by the issues that define them
-// (bench, tokenize, predict, info, train, eval); this file dispatches.
+// (bench, tokenize, predict, info, train, eval, generate); this file dispatches.
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -9,6 +9,7 @@
 #include <ftune/ftune.hpp>
 
 #include "bench_cmd.hpp"
+#include "generate_cmd.hpp"
 #include "predict_cmd.hpp"
 #include "tokenize_cmd.hpp"
 #include "train_cmd.hpp"
@@ -28,16 +29,18 @@ void usage(std::ostream& os) {
           "              [--prepack on|off]  (forward: weights packed once; default on)\n"
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
           "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
-          "              [--max-length N] [--tokens]\n"
-          "              or byte-level BPE ids (decoders), nothing added: --bpe TOKENIZER.json\n"
-          "              [--tokens]\n"
+          "              [--max-length N] [--tokens] [--offsets]\n"
+          "              or byte-level BPE ids (decoders), nothing added:\n"
+          "              (--bpe TOKENIZER.json | --model DIR|FILE.gguf) [--tokens] [--offsets]\n"
+          "              (--offsets: each token as ID@BEGIN:END, in characters of the line)\n"
           "  predict     predictions of a fine-tuned model for each line of stdin (a TAB\n"
           "              separates the texts of a pair; QA: question TAB context): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
           "              QA: [--top-k N] [--max-answer-length TOKENS] [--doc-stride TOKENS]\n"
           "              NER: one tag per word, a word being a whitespace-separated part of\n"
           "              the line (as in the CoNLL files it was trained on)\n"
-          "  info        what a Hugging Face model directory holds: --model DIR\n"
+          "  info        what a Hugging Face model directory or a GGUF file holds:\n"
+          "              --model DIR|FILE.gguf\n"
           "  train       fine-tune a Hugging Face model on a TSV/CSV file (ner: CoNLL; mlm:\n"
           "              plain text lines; qa: SQuAD JSON):\n"
           "              --model DIR --train FILE [--valid FILE] --out DIR\n"
@@ -52,6 +55,12 @@ void usage(std::ostream& os) {
           "              [--max-train-examples N]  (the first N rows or sentences)\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
           "              [--task ...] [--batch-size N] [--max-length N]\n"
+          "  generate    text from a decoder language model, streamed to stdout:\n"
+          "              --model DIR|FILE.gguf (--prompt TEXT | --chat [--system TEXT])\n"
+          "              [--max-new-tokens N] [--temperature F (0: greedy)] [--top-k N]\n"
+          "              [--top-p F] [--repetition-penalty F] [--seed N] [--stop TEXT]...\n"
+          "              [--threads N] [--stats]  (--chat: one user message per line of stdin,\n"
+          "              in the model's chat template; --prompt: the text as it is)\n"
           "  help        print this text\n";
 }
 
@@ -150,6 +159,7 @@ int main(int argc, char** argv) {
         if (cmd == "info") return cli::run_info(argc, argv);
         if (cmd == "train") return cli::run_train(argc, argv);
         if (cmd == "eval") return cli::run_eval(argc, argv);
+        if (cmd == "generate") return cli::run_generate(argc, argv);
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);
             return 0;

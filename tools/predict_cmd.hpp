@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ftune/io/gguf_llama.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/qa/spans.hpp>
 
@@ -433,6 +435,42 @@ inline void print_bpe_tokenizer(const ftune::text::bpe_tokenizer& t) {
               << "chat template " << (s.chat_template.empty() ? "none" : "yes") << "\n";
 }
 
+// `ftune info` on a GGUF file: the model it holds (read as ftune loads it), the tensor types,
+// the tokenizer.
+inline int gguf_info(const fs::path& path) {
+    const ftune::io::gguf_file f(path);
+    const auto& m = f.metadata();
+    auto text = [&](const char* key) {
+        return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string();
+    };
+    const auto c = ftune::io::llama_config_from_gguf(f);
+    std::map<std::string, std::size_t> types;
+    std::size_t values = 0;
+    for (const auto& t : f.tensors()) {
+        ++types[ftune::io::ggml_type_name(t.type)];
+        values += t.numel();
+    }
+    std::string type_list;
+    for (const auto& [name, n] : types)
+        type_list += (type_list.empty() ? "" : ", ") + std::to_string(n) + " " + name;
+    std::cout << "model         " << fs::absolute(path).string() << " (GGUF version " << f.version()
+              << ")\n"
+              << "name          "
+              << (text("general.name").empty() ? "(none given)" : text("general.name")) << "\n"
+              << "architecture  " << text("general.architecture") << ", loaded as "
+              << ftune::llama::causal_lm<>::architecture << "\n"
+              << "dims          hidden " << c.hidden_size << ", layers " << c.num_hidden_layers
+              << ", heads " << c.num_attention_heads << ", key/value heads "
+              << c.num_key_value_heads << ", ffn " << c.intermediate_size << ", vocab "
+              << c.vocab_size << ", context " << c.max_position_embeddings << ", rope_theta "
+              << c.rope_theta << (c.tie_word_embeddings ? ", tied LM head" : "") << "\n"
+              << "tensors       " << f.tensors().size() << " (" << type_list << "), " << values
+              << " values, dequantized to float32 on load (" << num(double(values) * 4 / 1048576.0)
+              << " MiB)\n";
+    print_bpe_tokenizer(ftune::io::bpe_tokenizer_from_gguf(f));
+    return 0;
+}
+
 // Runs `ftune info` with argv[2..]: what the model directory holds, after loading it.
 inline int run_info(int argc, char** argv) {
     std::optional<fs::path> dir;
@@ -446,6 +484,7 @@ inline int run_info(int argc, char** argv) {
     }
     if (!dir)
         throw ftune::error(ftune::errc::invalid_argument, "ftune info", "--model DIR is required");
+    if (fs::is_regular_file(*dir)) return gguf_info(*dir);
     const std::string arch = architecture_of(*dir);
     return with_task_model(*dir, [&](auto tag) -> int {
         using Model = typename decltype(tag)::type;

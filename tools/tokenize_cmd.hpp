@@ -1,5 +1,6 @@
-// `ftune tokenize`: BERT WordPiece ids, or byte-level BPE ids (a decoder's tokenizer.json), or
-// their token strings, for each line of stdin.
+// `ftune tokenize`: BERT WordPiece ids, or byte-level BPE ids (a decoder's tokenizer.json, model
+// directory or GGUF file), or their token strings, or ids with their offsets, for each line of
+// stdin.
 #pragma once
 
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include <ftune/io/gguf_llama.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/text.hpp>
 
@@ -22,12 +24,41 @@ inline ftune::text::bert_tokenizer tokenizer_from_model(const std::filesystem::p
                        "no vocab.txt or tokenizer.json in this model directory");
 }
 
+// Whether --model names a decoder's byte-level BPE tokenizer: a GGUF file, or a directory whose
+// config.json names a decoder family, or (no config.json) whose tokenizer.json is BPE.
+inline bool is_bpe_model(const std::filesystem::path& p) {
+    if (std::filesystem::is_regular_file(p)) return true;
+    if (std::filesystem::exists(p / "config.json")) {
+        const auto type = ftune::io::read_config_string(p / "config.json", "model_type");
+        return type == "llama";
+    }
+    if (std::filesystem::exists(p / "vocab.txt") || !std::filesystem::exists(p / "tokenizer.json"))
+        return false;
+    const auto j = ftune::text::detail::read_tokenizer_json(p / "tokenizer.json");
+    return j.is_object() && j.contains("model") && j["model"].is_object() &&
+           j["model"].value("type", "") == "BPE";
+}
+
+// One token as `ftune tokenize` prints it: the id, its token string (--tokens), and with
+// --offsets "@begin:end" (code points of the line, as Hugging Face's offset_mapping).
+inline void append_token(std::string& out, const std::string& shown,
+                         const ftune::text::token_info* offsets) {
+    if (!out.empty()) out += ' ';
+    out += shown;
+    if (offsets) {
+        out += '@';
+        out += std::to_string(offsets->char_begin);
+        out += ':';
+        out += std::to_string(offsets->char_end);
+    }
+}
+
 // Runs `ftune tokenize` with argv[2..]; returns the exit status.
 inline int run_tokenize(int argc, char** argv) {
     std::optional<std::string> vocab, model, bpe;
     std::optional<bool> lowercase;
     std::size_t max_length = 0;
-    bool tokens = false;
+    bool tokens = false, offsets = false;
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
         auto value = [&]() -> std::string {
@@ -48,6 +79,8 @@ inline int run_tokenize(int argc, char** argv) {
             lowercase = false;
         else if (a == "--tokens")
             tokens = true;
+        else if (a == "--offsets")
+            offsets = true;
         else if (a == "--max-length") {
             const std::string v = value();
             try {
@@ -68,18 +101,30 @@ inline int run_tokenize(int argc, char** argv) {
                            "give exactly one of --vocab FILE, --model DIR and --bpe FILE");
     std::ios::sync_with_stdio(false);
     std::string line, out;
-    if (bpe) {  // a byte-level BPE tokenizer.json: the ids of each line, nothing added
+    std::optional<ftune::text::bpe_tokenizer> bpe_tok;
+    if (model && is_bpe_model(*model)) {  // a decoder's directory or GGUF file
+        if (std::filesystem::is_regular_file(*model)) {
+            bpe_tok = ftune::io::bpe_tokenizer_from_gguf(ftune::io::gguf_file(*model));
+        } else {
+            bpe_tok = ftune::io::load_hf_bpe_tokenizer(*model);
+        }
+    } else if (bpe) {
+        bpe_tok = ftune::text::load_bpe_tokenizer_json(*bpe);
+    }
+    if (bpe_tok) {  // byte-level BPE: the ids of each line, nothing added
         if (lowercase || max_length)
-            throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize --bpe",
+            throw ftune::error(ftune::errc::invalid_argument, "ftune tokenize",
                                "--lowercase and --max-length go with BERT's tokenizer");
-        const auto tok = ftune::text::load_bpe_tokenizer_json(*bpe);
+        const auto& tok = *bpe_tok;
         while (std::getline(std::cin, line)) {
             if (!line.empty() && line.back() == '\r') line.pop_back();
-            const auto ids = tok.encode(line);
             out.clear();
-            for (std::size_t k = 0; k < ids.size(); ++k) {
-                if (k) out += ' ';
-                out += tokens ? tok.token(ids[k]) : std::to_string(ids[k]);
+            if (offsets) {
+                for (const auto& t : tok.encode_with_offsets(line))
+                    append_token(out, tokens ? tok.token(t.id) : std::to_string(t.id), &t);
+            } else {
+                for (const auto id : tok.encode(line))
+                    append_token(out, tokens ? tok.token(id) : std::to_string(id), nullptr);
             }
             out += '\n';
             std::cout << out;
@@ -98,10 +143,9 @@ inline int run_tokenize(int argc, char** argv) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         const auto e = tok.encode(line, std::nullopt, max_length);
         out.clear();
-        for (std::size_t k = 0; k < e.ids.size(); ++k) {
-            if (k) out += ' ';
-            out += tokens ? tok.vocab().token(e.ids[k]) : std::to_string(e.ids[k]);
-        }
+        for (std::size_t k = 0; k < e.ids.size(); ++k)
+            append_token(out, tokens ? tok.vocab().token(e.ids[k]) : std::to_string(e.ids[k]),
+                         offsets ? &e.tokens[k] : nullptr);
         out += '\n';
         std::cout << out;
     }
