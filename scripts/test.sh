@@ -27,7 +27,8 @@ if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
     cmake --build "$fuzz_build" -j "$(nproc)"
     fixtures=tests/reference/fixtures
     rm -rf "$fuzz_build/corpus"
-    mkdir -p "$fuzz_build/corpus/safetensors" "$fuzz_build/corpus/config" "$fuzz_build/corpus/gguf"
+    mkdir -p "$fuzz_build/corpus/safetensors" "$fuzz_build/corpus/config" "$fuzz_build/corpus/gguf" \
+        "$fuzz_build/corpus/chat"
     cp "$fixtures"/gguf/types.gguf "$fixtures"/gguf/tiny_llama.gguf "$fixtures"/bpe/smollm.gguf \
         "$fuzz_build/corpus/gguf/"
     cp "$fixtures"/hf_llama/tied/config.json "$fuzz_build/corpus/config/llama.json"
@@ -37,9 +38,11 @@ if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
         cp "$fixtures/hf_heads/$d/config.json" "$fuzz_build/corpus/config/$d.json"
         cp "$fixtures/hf_heads/$d/tokenizer_config.json" "$fuzz_build/corpus/config/tok_$d.json"
     done
-    for t in safetensors config gguf; do
+    cp tests/fuzz/corpus/chat/*.jinja "$fuzz_build/corpus/chat/"  # the parity fixture's templates
+    for t in safetensors config gguf chat; do
         target=fuzz_$t
         [[ $t == config ]] && target=fuzz_hf_config
+        [[ $t == chat ]] && target=fuzz_chat_template
         echo "fuzzing $target for ${fuzz_seconds} s"
         if ! "$fuzz_build/bin/$target" -max_total_time="$fuzz_seconds" -max_len=100000 \
             -artifact_prefix="$fuzz_build/" "$fuzz_build/corpus/$t" >"$fuzz_build/$target.log" 2>&1; then

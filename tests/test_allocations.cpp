@@ -4,6 +4,8 @@
 #include <ftune/bert/encoder.hpp>
 #include <ftune/bert/tasks.hpp>
 #include <ftune/optim.hpp>
+#include <ftune/generation.hpp>
+#include <ftune/io/hf.hpp>
 
 #include <atomic>
 #include <cstdlib>
@@ -185,4 +187,35 @@ TEST_CASE("a full training step (task model, loss, clipping, AdamW) allocates no
     const long before = allocations.load();
     for (int i = 0; i < 3; ++i) step();
     CHECK(allocations.load() - before == 0);
+}
+
+TEST_CASE("generation allocates nothing per new token (greedy and sampled, batch of two)",
+          "[allocations][generation]") {
+    // the random tiny LlamaForCausalLM of tests/reference/llama_heads.py (no eos in 20 tokens)
+    auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(std::string(FTUNE_REFERENCE_DIR) +
+                                                           "/hf_llama/tied");
+    ftune::generation::generator gen(m.model);
+    const std::vector<std::vector<ftune::token_id>> prompts{{1, 17, 8, 25, 3, 39, 12, 40},
+                                                            {1, 9, 30}};
+    for (const double temperature : {0.0, 0.8}) {
+        INFO("temperature " << temperature);
+        ftune::generation::options o;
+        o.temperature = temperature;
+        o.top_k = 20;
+        o.top_p = 0.9;
+        o.repetition_penalty = 1.1;
+        std::size_t streamed = 0;
+        const auto stream = [&](std::size_t, std::string_view) { ++streamed; };
+        auto run = [&](std::size_t n) {
+            o.max_new_tokens = n;
+            const long before = allocations.load();
+            const auto r = gen.generate(prompts, o, stream);
+            REQUIRE(r[0].tokens.size() == n);
+            REQUIRE(r[1].tokens.size() == n);
+            return allocations.load() - before;
+        };
+        run(24);  // the first run sizes what later runs reuse
+        const long few = run(4), many = run(24);
+        CHECK(many == few);  // 20 more tokens, not one more allocation
+    }
 }

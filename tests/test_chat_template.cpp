@@ -76,6 +76,22 @@ TEST_CASE("chat templates: Jinja ftune does not run is an error naming the line 
     CHECK_THROWS_WITH(chat_template("{{ 'never closed }}", "t"), Catch::Contains("closed"));
     CHECK_THROWS_WITH(chat_template("{% endfor %}", "t"), Catch::Contains("endfor"));
     CHECK_THROWS_WITH(chat_template("{{ a b }}", "t"), Catch::Contains("'b'"));
+    CHECK_THROWS_WITH(chat_template("{{ e[] }}", "t"), Catch::Contains("empty subscript"));
+    // nesting deep enough to exhaust the stack is refused
+    CHECK_THROWS_WITH(
+        chat_template("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}", "t"),
+        Catch::Contains("nested"));
+    std::string ifs;
+    for (int i = 0; i < 5000; ++i) ifs += "{% if x %}";
+    CHECK_THROWS_WITH(chat_template(ifs, "t"), Catch::Contains("nested"));
+    CHECK_THROWS_WITH(chat_template("{{ " + std::string(5000, '-') + "1 }}", "t"),
+                      Catch::Contains("nested"));
+    std::string chain = "{{ 1";
+    for (int i = 0; i < 20000; ++i) chain += "+1";
+    CHECK_THROWS_WITH(chat_template(chain + " }}", "t"), Catch::Contains("nested"));
+    std::string attrs = "{{ x";
+    for (int i = 0; i < 20000; ++i) attrs += ".a";
+    CHECK_THROWS_WITH(chat_template(attrs + " }}", "t"), Catch::Contains("nested"));
     // errors at render time name the template too
     const chat_template t("{{ x.y.z }}", "t");
     CHECK_THROWS_WITH(t.render({}, false), Catch::Contains("undefined"));

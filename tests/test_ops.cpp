@@ -163,8 +163,8 @@ TEST_CASE("ops::activate and ops::activate_backward match the reference", "[ops]
         auto x = randn_buffer<dynamic_shape<2>>(30, 3.0, 3, cols);
         auto dy = randn_buffer<dynamic_shape<2>>(31, 1.0, 3, cols);
         const std::size_t n = x.size();
-        for (auto f :
-             {activation::gelu, activation::gelu_tanh, activation::tanh, activation::relu}) {
+        for (auto f : {activation::gelu, activation::gelu_tanh, activation::tanh, activation::relu,
+                       activation::silu}) {
             INFO("activation " << int(f));
             buffer<float, dynamic_shape<2>> y(3, cols);
             std::vector<float> want(n);
@@ -181,11 +181,14 @@ TEST_CASE("ops::activate and ops::activate_backward match the reference", "[ops]
                 case activation::relu:
                     ref::relu_forward(want.data(), x.data(), n);
                     break;
+                case activation::silu:
+                    ref::silu_forward(want.data(), x.data(), n);
+                    break;
             }
             ops::activate(f, y, std::as_const(x).view());
             require_close(vec(y), want, tol<float>(64), "activate");
 
-            // the saved tensor: the input for the GELUs, the output for tanh
+            // the saved tensor: the input for the GELUs and SiLU, the output for tanh
             const auto& saved = f == activation::tanh ? y : x;
             auto dx = randn_buffer<dynamic_shape<2>>(32, 1.0, 3, cols);  // accumulates
             auto want_dx = vec(dx);
@@ -201,6 +204,9 @@ TEST_CASE("ops::activate and ops::activate_backward match the reference", "[ops]
                     break;
                 case activation::relu:
                     ref::relu_backward(want_dx.data(), saved.data(), dy.data(), n);
+                    break;
+                case activation::silu:
+                    ref::silu_backward(want_dx.data(), saved.data(), dy.data(), n);
                     break;
             }
             ops::activate_backward(f, dx, saved, dy);

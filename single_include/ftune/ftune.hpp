@@ -2853,7 +2853,10 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     }
     int nt = 1;
 #if defined(_OPENMP)
-    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
+    // threads pay off above 4 MFLOP, or (a product of few rows: generation's) when B is large
+    // enough that streaming it from memory is the cost: 256 KiB and more
+    if (!omp_in_parallel() && (2.0 * double(M) * double(N) * double(K) >= 4e6 ||
+                               double(N) * double(K) * sizeof(T) >= 262144.0))
         nt = omp_get_max_threads();
 #endif
     const std::size_t kc_max = Bp.kc();

@@ -79,6 +79,7 @@ struct expr {
     std::vector<std::unique_ptr<expr>> args;  // operands, arguments, elements
     std::vector<std::string> keywords;        // a call's keyword names ("" for positionals)
     bool negate = false;                      // `is not`
+    int height = 1;                           // the longest path to a leaf (bounded)
 };
 using expr_ptr = std::unique_ptr<expr>;
 
@@ -236,6 +237,36 @@ class engine {
   public:
     /// Parses source; `where` names the template in errors.
     engine(std::string_view source, std::string where) : where_(std::move(where)) {
+        guarded([&] { parse(source); });
+    }
+
+    /// Renders with the given variables.
+    chat_rendering render(const value& vars) const {
+        chat_rendering out;
+        guarded([&] {
+            scope s{vars, nullptr};
+            flow f = flow::normal;
+            run(body_, s, out, f);
+        });
+        return out;
+    }
+
+  private:
+    // runs f; what the JSON library or a number conversion throws becomes an ftune::error
+    // naming the template
+    template <class F>
+    void guarded(F&& f) const {
+        try {
+            f();
+        } catch (const error&) {
+            throw;
+        } catch (const std::exception& e) {
+            throw error(errc::invalid_argument, where_,
+                        std::string("cannot evaluate: ") + e.what());
+        }
+    }
+
+    void parse(std::string_view source) {
         lex(source);
         std::size_t at = 0;
         body_ = parse_block(at, {});
@@ -243,16 +274,6 @@ class engine {
             fail(pieces_[at].line, std::string("unexpected {% ") + pieces_[at].text + " %}");
     }
 
-    /// Renders with the given variables.
-    chat_rendering render(const value& vars) const {
-        chat_rendering out;
-        scope s{vars, nullptr};
-        flow f = flow::normal;
-        run(body_, s, out, f);
-        return out;
-    }
-
-  private:
     // ---- lexing: text, {{ expression }}, {% statement %} with Jinja's whitespace control ----
     struct piece {
         enum kind { raw, output, statement } k;  // text, {{ ... }}, {% ... %}
@@ -358,6 +379,7 @@ class engine {
         std::vector<tok> toks;
         std::size_t at = 0;
         int line = 0;
+        int depth = 0;  // nesting of the expression being parsed
         const tok& peek(std::size_t ahead = 0) const {
             return toks[std::min(at + ahead, toks.size() - 1)];
         }
@@ -435,6 +457,15 @@ class engine {
             fail(c.line, std::string("expected '") + o + "' before '" + c.peek().s + "'");
         ++c.at;
     }
+    // gives e its next operand, keeping the tree's height bounded (a chain such as 1+1+...+1
+    // is as deep as it is long, and evaluation recurses through it)
+    void adopt(expr& e, expr_ptr child) const {
+        if (child) e.height = std::max(e.height, child->height + 1);
+        if (e.height > 4 * max_depth)
+            fail(parse_line_,
+                 ftune::detail::cat("an expression nested more than ", 4 * max_depth, " deep"));
+        e.args.push_back(std::move(child));
+    }
     static expr_ptr make(expr::kind k, std::string op = {}) {
         auto e = std::make_unique<expr>();
         e->k = k;
@@ -442,17 +473,30 @@ class engine {
         return e;
     }
 
+    // the parser recurses with the nesting: bounded, so that a hostile template cannot
+    // exhaust the stack
+    static constexpr int max_depth = 64;
+    struct nested {
+        int& depth;
+        nested(int& d, int line, const engine& e) : depth(d) {
+            if (++depth > max_depth)
+                e.fail(line, ftune::detail::cat("nested more than ", max_depth, " deep"));
+        }
+        ~nested() { --depth; }
+    };
+
     expr_ptr parse_expr(cursor& c) const {  // a if b else c
+        const nested guard(c.depth, c.line, *this);
         auto e = parse_or(c);
         if (c.is_name("if")) {
             ++c.at;
             auto t = make(expr::ternary);
             auto cond = parse_or(c);
-            t->args.push_back(std::move(e));
-            t->args.push_back(std::move(cond));
+            adopt(*t, std::move(e));
+            adopt(*t, std::move(cond));
             if (c.is_name("else")) {
                 ++c.at;
-                t->args.push_back(parse_expr(c));
+                adopt(*t, parse_expr(c));
             }
             return t;
         }
@@ -460,8 +504,8 @@ class engine {
     }
     expr_ptr binary(std::string op, expr_ptr a, expr_ptr b) const {
         auto e = make(expr::binary, std::move(op));
-        e->args.push_back(std::move(a));
-        e->args.push_back(std::move(b));
+        adopt(*e, std::move(a));
+        adopt(*e, std::move(b));
         return e;
     }
     expr_ptr parse_or(cursor& c) const {
@@ -475,10 +519,11 @@ class engine {
         return e;
     }
     expr_ptr parse_not(cursor& c) const {
+        const nested guard(c.depth, c.line, *this);
         if (c.is_name("not")) {
             ++c.at;
             auto e = make(expr::unary, "not");
-            e->args.push_back(parse_not(c));
+            adopt(*e, parse_not(c));
             return e;
         }
         return parse_compare(c);
@@ -527,11 +572,12 @@ class engine {
         return e;
     }
     expr_ptr parse_unary(cursor& c) const {
+        const nested guard(c.depth, c.line, *this);
         if (c.is_op("-") || c.is_op("+")) {
             const std::string op = c.peek().s;
             ++c.at;
             auto e = make(expr::unary, op);
-            e->args.push_back(parse_unary(c));
+            adopt(*e, parse_unary(c));
             return e;
         }
         return parse_filtered(c);
@@ -562,7 +608,7 @@ class engine {
                 if (!known("filter", f->op))
                     fail(c.line, "the filter '" + f->op + "' is not supported");
                 ++c.at;
-                f->args.push_back(std::move(e));
+                adopt(*f, std::move(e));
                 f->keywords.push_back("");
                 if (c.is_op("(")) parse_args(c, *f);
                 e = std::move(f);
@@ -575,7 +621,7 @@ class engine {
                 if (!known("test", t->op))
                     fail(c.line, "the test 'is " + t->op + "' is not supported");
                 ++c.at;
-                t->args.push_back(std::move(e));
+                adopt(*t, std::move(e));
                 t->keywords.push_back("");
                 if (c.is_op("(")) parse_args(c, *t);
                 e = std::move(t);
@@ -592,7 +638,7 @@ class engine {
                 if (c.peek().k != tok::name) fail(c.line, "expected an attribute name after .");
                 auto a = make(expr::attr, c.peek().s);
                 ++c.at;
-                a->args.push_back(std::move(e));
+                adopt(*a, std::move(e));
                 e = std::move(a);
             } else if (c.is_op("[")) {
                 ++c.at;
@@ -605,12 +651,13 @@ class engine {
                     ++c.at;
                 }
                 expect(c, "]");
+                if (!sliced && !parts[0]) fail(c.line, "an empty subscript []");
                 auto s = make(sliced ? expr::slice : expr::item);
-                s->args.push_back(std::move(e));
+                adopt(*s, std::move(e));
                 if (sliced)
-                    for (auto& p : parts) s->args.push_back(std::move(p));
+                    for (auto& p : parts) adopt(*s, std::move(p));
                 else
-                    s->args.push_back(std::move(parts[0]));
+                    adopt(*s, std::move(parts[0]));
                 e = std::move(s);
             } else if (c.is_op("(")) {
                 if (e->k == expr::name && !known("function", e->op))
@@ -620,7 +667,7 @@ class engine {
                 if (e->k != expr::name && e->k != expr::attr)
                     fail(c.line, "only functions and methods can be called");
                 auto call = make(expr::call);
-                call->args.push_back(std::move(e));
+                adopt(*call, std::move(e));
                 call->keywords.push_back("");
                 parse_args(c, *call);
                 e = std::move(call);
@@ -658,11 +705,11 @@ class engine {
             auto e = parse_expr(c);
             if (c.is_op(",")) {  // a tuple: a list here
                 auto l = make(expr::list);
-                l->args.push_back(std::move(e));
+                adopt(*l, std::move(e));
                 while (c.is_op(",")) {
                     ++c.at;
                     if (c.is_op(")")) break;
-                    l->args.push_back(parse_expr(c));
+                    adopt(*l, parse_expr(c));
                 }
                 e = std::move(l);
             }
@@ -672,7 +719,7 @@ class engine {
         if (t.k == tok::op && t.s == "[") {
             auto l = make(expr::list);
             while (!c.is_op("]")) {
-                l->args.push_back(parse_expr(c));
+                adopt(*l, parse_expr(c));
                 if (!c.is_op(",")) break;
                 ++c.at;
             }
@@ -682,9 +729,9 @@ class engine {
         if (t.k == tok::op && t.s == "{") {
             auto d = make(expr::dict);
             while (!c.is_op("}")) {
-                d->args.push_back(parse_expr(c));
+                adopt(*d, parse_expr(c));
                 expect(c, ":");
-                d->args.push_back(parse_expr(c));
+                adopt(*d, parse_expr(c));
                 if (!c.is_op(",")) break;
                 ++c.at;
             }
@@ -694,6 +741,7 @@ class engine {
         fail(c.line, "unexpected '" + t.s + "' in an expression");
     }
     expr_ptr parse_whole(const std::string& src, int line) const {
+        parse_line_ = line;
         auto c = tokenize(src, line);
         auto e = parse_expr(c);
         if (c.peek().k != tok::end) fail(line, "unexpected '" + c.peek().s + "' in " + src);
@@ -745,6 +793,7 @@ class engine {
 
     // statements until one whose keyword is in `ends` (left at `at`) or the end
     std::vector<node> parse_block(std::size_t& at, const std::vector<std::string>& ends) const {
+        const nested guard(block_depth_, at < pieces_.size() ? pieces_[at].line : 0, *this);
         std::vector<node> out;
         while (at < pieces_.size()) {
             const piece& p = pieces_[at];
@@ -789,6 +838,7 @@ class engine {
                 }
             } else if (kw == "for") {
                 n.k = node::for_;
+                parse_line_ = p.line;
                 auto c = tokenize(rest(p.text), p.line);
                 while (c.peek().k == tok::name && c.peek().s != "in") {
                     n.targets.push_back(c.peek().s);
@@ -924,6 +974,8 @@ class engine {
                     f = flow::continue_;
                     return;
             }
+            if (double(out.text.size()) > max_text)
+                fail(n.line, "the output is longer than the limit of 64 MiB");
             if (f != flow::normal) return;
         }
     }
@@ -1135,7 +1187,7 @@ class engine {
                 fail(line, "'in' of an undefined value");
             return op == "in" ? found : !found;
         }
-        if (op == "~") return py_str(a) + py_str(b);
+        if (op == "~") return sized(py_str(a) + py_str(b), line);
         if (op == "<" || op == ">" || op == "<=" || op == ">=") {
             int c = 0;
             if (a.is_string() && b.is_string())
@@ -1147,7 +1199,8 @@ class engine {
             return op == "<" ? c < 0 : op == ">" ? c > 0 : op == "<=" ? c <= 0 : c >= 0;
         }
         if (op == "+") {
-            if (a.is_string() && b.is_string()) return a.get<std::string>() + b.get<std::string>();
+            if (a.is_string() && b.is_string())
+                return sized(a.get<std::string>() + b.get<std::string>(), line);
             if (a.is_array() && b.is_array()) {
                 value r = a;
                 for (const auto& x : b) r.push_back(x);
@@ -1155,6 +1208,8 @@ class engine {
             }
         }
         if (op == "*" && a.is_string() && b.is_number_integer()) {
+            if (double(a.get<std::string>().size()) * double(b.get<std::int64_t>()) > max_text)
+                fail(line, "a string longer than the limit of 64 MiB");
             std::string r;
             for (std::int64_t i = 0; i < b.get<std::int64_t>(); ++i) r += a.get<std::string>();
             return r;
@@ -1413,6 +1468,8 @@ class engine {
                 const std::int64_t from = p.size() > 1 ? p[0] : 0, to = p.size() > 1 ? p[1] : p[0],
                                    step = p.size() > 2 ? p[2] : 1;
                 if (step == 0) fail(line, "range step cannot be zero");
+                if (std::abs(double(to) - double(from)) / double(std::abs(step)) > 1e6)
+                    fail(line, "a range of more than a million numbers");
                 value l = value::array();
                 for (std::int64_t i = from; step > 0 ? i < to : i > to; i += step) l.push_back(i);
                 return l;
@@ -1562,6 +1619,13 @@ class engine {
         return v.get<std::string>();
     }
     // strips chars of `set` from the start (bit 1) and the end (bit 2) of s
+    // strings and the output stay below 64 MiB (a template doubling a string in a loop would
+    // otherwise exhaust the memory)
+    static constexpr double max_text = 64.0 * 1024 * 1024;
+    std::string sized(std::string s, int line) const {
+        if (double(s.size()) > max_text) fail(line, "a string longer than the limit of 64 MiB");
+        return s;
+    }
     static std::string strip(const std::string& s, const std::string& set, int sides) {
         std::size_t b = 0, e = s.size();
         if (sides & 1)
@@ -1585,6 +1649,8 @@ class engine {
     std::string where_;
     std::vector<piece> pieces_;
     std::vector<node> body_;
+    mutable int block_depth_ = 0;  // nesting of the statement blocks being parsed
+    mutable int parse_line_ = 0;   // the line of the expression being parsed
 };
 
 }  // namespace jinja_detail
