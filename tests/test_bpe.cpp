@@ -180,6 +180,47 @@ TEST_CASE(
                       Catch::Contains("tokenizer.ggml.model"));
 }
 
+TEST_CASE(
+    "byte-level BPE: bpe_tokenizer_json writes a tokenizer.json that reads back to the same ids "
+    "(the GGUF's tokenizer and a trimming post-processor)",
+    "[text][io]") {
+    const auto want = read_gz_json(dir + "/expected.json.gz");
+    std::vector<std::string> texts = want["hard"].get<std::vector<std::string>>();
+    const auto dev = sst2_dev();
+    texts.insert(texts.end(), dev.begin(), dev.end());
+    // SmolLM2's configuration from GGUF metadata (written as Transformers' tokenizers would
+    // read it: tests/reference/bpe_parity.py --roundtrip build/tests/bpe_roundtrip.json)
+    const auto from_gguf =
+        ftune::io::bpe_tokenizer_from_gguf(ftune::io::gguf_file(dir + "/smollm.gguf"));
+    const std::string path = "bpe_roundtrip.json";
+    std::ofstream(path) << ftune::text::bpe_tokenizer_json(from_gguf).dump(2);
+    const auto back = ftune::text::load_bpe_tokenizer_json(path);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i)
+        differ +=
+            back.encode(texts[i]) != want["smollm"]["ids"][i].get<std::vector<std::int32_t>>();
+    CHECK(differ == 0);
+    CHECK(back.merges() == from_gguf.merges());
+    CHECK(back.size() == from_gguf.size());
+    // GPT-2's, with a ByteLevel post-processor that trims offsets
+    auto j = nlohmann::json::parse(std::ifstream(dir + "/gpt2.json"));
+    j["post_processor"] = {
+        {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}};
+    std::ofstream("bpe_trim.json") << j.dump();
+    const auto trim = ftune::text::load_bpe_tokenizer_json("bpe_trim.json");
+    std::ofstream("bpe_trim2.json") << ftune::text::bpe_tokenizer_json(trim).dump();
+    const auto trim2 = ftune::text::load_bpe_tokenizer_json("bpe_trim2.json");
+    for (std::size_t i = 0; i < 40; ++i) {
+        const auto a = trim.encode_with_offsets(texts[i]), b = trim2.encode_with_offsets(texts[i]);
+        REQUIRE(a.size() == b.size());
+        for (std::size_t k = 0; k < a.size(); ++k)
+            CHECK((a[k].id == b[k].id && a[k].char_begin == b[k].char_begin &&
+                   a[k].char_end == b[k].char_end));
+    }
+    std::remove("bpe_trim.json");
+    std::remove("bpe_trim2.json");
+}
+
 TEST_CASE("byte-level BPE: what tokenizer.json ftune does not read is an error naming it",
           "[text]") {
     const std::string path = "bpe_bad_tokenizer.json";
@@ -197,6 +238,10 @@ TEST_CASE("byte-level BPE: what tokenizer.json ftune does not read is an error n
     CHECK_THROWS_WITH(ftune::text::load_bpe_tokenizer_json(
                           with(R"({"model": {"type": "BPE", "vocab": {}, "merges": ["ab"]}})")),
                       Catch::Contains("not a pair"));
+    CHECK_THROWS_WITH(
+        ftune::text::load_bpe_tokenizer_json(with(
+            R"({"model": {"type": "BPE", "vocab": {}, "merges": [], "ignore_merges": true}})")),
+        Catch::Contains("ignore_merges"));
     CHECK_THROWS_AS(ftune::text::load_bpe_tokenizer_json(with("{")), ftune::error);
     CHECK_THROWS_AS(ftune::text::load_bpe_tokenizer_json("/nonexistent/tokenizer.json"),
                     ftune::error);

@@ -108,6 +108,20 @@ TEST_CASE(
         CHECK(m.model_max_length == 64);  // max_position_embeddings bounds it
         CHECK(m.report.loaded.size() == 20);
     }
+    {  // save_hf writes tokenizer.json and tokenizer_config.json that load back the same
+        auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(dir);
+        const fs::path saved = "hf_llama_tokenizer_saved";  // llama_heads.py --tokenizer reads it
+        fs::remove_all(saved);
+        ftune::io::save_hf(m, saved);
+        const auto back = ftune::io::load_hf<ftune::llama::causal_lm<>>(saved);
+        REQUIRE(back.tokenizer.has_value());
+        CHECK(back.tokenizer->encode("<s>abba</s>ab") ==
+              std::vector<ftune::token_id>{1, 5, 4, 3, 2, 5});
+        const auto& s = back.tokenizer->settings();
+        CHECK((s.bos_token == "<s>" && s.eos_token == "</s>" && s.pad_token == "<pad>"));
+        CHECK(s.add_bos_token);
+        CHECK(s.chat_template == "{{ old }}");
+    }
     std::ofstream(dir / "chat_template.jinja") << "{{ new }}";
     CHECK(ftune::io::load_hf<ftune::llama::causal_lm<>>(dir).tokenizer->settings().chat_template ==
           "{{ new }}");

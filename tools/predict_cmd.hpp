@@ -527,7 +527,8 @@ inline int run_info(int argc, char** argv) {
         }
         if (!m.tokenizer) {
             std::cout << "tokenizer     none (no vocab.txt or tokenizer.json)\n";
-        } else if constexpr (requires { m.tokenizer->options(); }) {  // BERT's WordPiece
+        } else if constexpr (std::is_same_v<std::remove_cvref_t<decltype(*m.tokenizer)>,
+                                            ftune::text::bert_tokenizer>) {  // BERT's WordPiece
             const auto& o = m.tokenizer->options();
             std::cout << "tokenizer     " << m.tokenizer->vocab().size() << " tokens, "
                       << (o.lowercase ? "lowercase" : "cased") << ", accents "

@@ -13,6 +13,9 @@ also the offsets under a ByteLevel post-processor with trim_offsets (add_prefix_
 GPT-2's own tokenizer.json has it).
 
     FTUNE_DATA_DIR=../shared/data /tmp/ref/bin/python tests/reference/bpe_parity.py
+    FTUNE_DATA_DIR=../shared/data /tmp/ref/bin/python tests/reference/bpe_parity.py \
+        --roundtrip build/tests/bpe_roundtrip.json   # the tokenizer.json test_bpe wrote:
+        # tokenizers reads it and gives the smollm ids of expected.json.gz
 """
 import csv
 import gzip
@@ -55,7 +58,22 @@ def train(digits, specials):
     return tok
 
 
+def roundtrip(path):
+    """tokenizers reads the tokenizer.json ftune wrote and gives the expected smollm ids."""
+    with gzip.open(os.path.join(OUT, "expected.json.gz"), "rt", encoding="utf-8") as f:
+        want = json.load(f)
+    tok = Tokenizer.from_file(path)
+    texts = HARD + sst2("dev")
+    got = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    same = sum(g == w for g, w in zip(got, want["smollm"]["ids"]))
+    print(f"tokenizers reads {path}: {same} of {len(texts)} texts give the expected ids")
+    assert same == len(texts)
+
+
 def main():
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--roundtrip":
+        return roundtrip(sys.argv[2])
     os.makedirs(OUT, exist_ok=True)
     dev = sst2("dev")
     expected = {"tokenizers": tokenizers.__version__, "hard": HARD}

@@ -9,6 +9,9 @@ tests/reference/fixtures/hf_llama/expected.safetensors.
     /tmp/ref/bin/python tests/reference/llama_heads.py
     /tmp/ref/bin/python tests/reference/llama_heads.py --roundtrip DIR   # DIR/{tied,untied} as
         ftune saved them: Transformers loads them and must give the same logits
+    /tmp/ref/bin/python tests/reference/llama_heads.py --tokenizer DIR   # a directory whose
+        tokenizer ftune saved (build/tests/hf_llama_tokenizer_saved, by test_hf_llama): Transformers'
+        AutoTokenizer loads it with its special tokens and chat template
 """
 import argparse
 import os
@@ -39,7 +42,18 @@ def make(tied, seed):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--roundtrip")
+    ap.add_argument("--tokenizer")
     a = ap.parse_args()
+    if a.tokenizer:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(a.tokenizer)
+        ids = tok("<s>abba</s>ab", add_special_tokens=False)["input_ids"]
+        print(f"Transformers loads ftune's tokenizer: ids {ids}, bos {tok.bos_token}, "
+              f"eos {tok.eos_token}, pad {tok.pad_token}, chat template {tok.chat_template!r}")
+        assert ids == [1, 5, 4, 3, 2, 5]
+        assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
+        assert tok.chat_template == "{{ old }}"
+        return
     if a.roundtrip:
         want = load_file(os.path.join(OUT, "expected.safetensors"))
         for name in ["tied", "untied"]:

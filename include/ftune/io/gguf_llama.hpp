@@ -13,6 +13,7 @@
 #include "ftune/io/gguf.hpp"
 #include "ftune/text/bpe.hpp"
 #include "ftune/llama/decoder.hpp"
+#include "ftune/llama/tasks.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace io {

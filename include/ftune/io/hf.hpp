@@ -896,16 +896,58 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     return m;
 }
 
+namespace detail {
+/// The tokenizer files of a BERT model directory: vocab.txt and tokenizer_config.json.
+inline std::vector<std::pair<std::string, std::string>> tokenizer_files(
+    const text::bert_tokenizer& tokenizer, std::size_t model_max_length) {
+    const auto& o = tokenizer.options();
+    std::string vocab;
+    for (std::size_t i = 0; i < tokenizer.vocab().size(); ++i)
+        vocab += tokenizer.vocab().token(std::int32_t(i)) + "\n";
+    nlohmann::json t = {{"tokenizer_class", "BertTokenizer"},
+                        {"do_lower_case", o.lowercase},
+                        {"tokenize_chinese_chars", o.chinese_chars},
+                        {"unk_token", o.unk},
+                        {"sep_token", o.sep},
+                        {"pad_token", o.pad},
+                        {"cls_token", o.cls},
+                        {"mask_token", o.mask},
+                        {"clean_up_tokenization_spaces", true}};
+    t["strip_accents"] = o.strip_accents ? nlohmann::json(*o.strip_accents) : nullptr;
+    t["model_max_length"] = model_max_length;
+    return {{"vocab.txt", vocab}, {"tokenizer_config.json", t.dump(2) + "\n"}};
+}
+/// The tokenizer files of a decoder's directory: tokenizer.json (text::bpe_tokenizer_json) and
+/// tokenizer_config.json with the special tokens and the chat template.
+inline std::vector<std::pair<std::string, std::string>> tokenizer_files(
+    const text::bpe_tokenizer& tokenizer, std::size_t model_max_length) {
+    const auto& s = tokenizer.settings();
+    nlohmann::ordered_json t = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                                {"add_bos_token", s.add_bos_token},
+                                {"clean_up_tokenization_spaces", false},
+                                {"model_max_length", model_max_length}};
+    for (const auto& [key, token] :
+         {std::pair{"bos_token", &s.bos_token}, std::pair{"eos_token", &s.eos_token},
+          std::pair{"pad_token", &s.pad_token}})
+        t[key] = token->empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(*token);
+    if (!s.chat_template.empty()) t["chat_template"] = s.chat_template;
+    return {{"tokenizer.json", text::bpe_tokenizer_json(tokenizer).dump(2) + "\n"},
+            {"tokenizer_config.json", t.dump(2) + "\n"}};
+}
+}  // namespace detail
+
 /// Writes a Hugging Face model directory that Transformers' from_pretrained (and load_hf) loads:
 /// config.json (config's fields, Model's architecture, the head's id2label / label2id),
-/// model.safetensors (float32), and with a tokenizer vocab.txt and tokenizer_config.json. The
-/// files are written under temporary names and renamed into place only when all are complete,
-/// so a crash never leaves a half-written model: a new directory appears whole; in an existing
-/// one only the renames of finished files remain (a stale tokenizer.json, which Transformers
-/// would prefer to the new vocab.txt, is removed).
-template <class Model>
+/// model.safetensors (float32), and with a tokenizer its files (BERT: vocab.txt and
+/// tokenizer_config.json; a decoder's byte-level BPE: tokenizer.json and tokenizer_config.json
+/// with the chat template). The files are written under temporary names and renamed into place
+/// only when all are complete, so a crash never leaves a half-written model: a new directory
+/// appears whole; in an existing one only the renames of finished files remain (a stale
+/// tokenizer.json, which Transformers would prefer to a new vocab.txt, and a stale
+/// chat_template.jinja, which it would prefer to the new template, are removed).
+template <class Model, class Tokenizer = text::bert_tokenizer>
 void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config,
-             const text::bert_tokenizer* tokenizer, const std::filesystem::path& dir,
+             const Tokenizer* tokenizer, const std::filesystem::path& dir,
              std::size_t model_max_length = 0) {
     namespace fs = std::filesystem;
     using family = hf_family<family_config_t<Model>>;
@@ -945,33 +987,22 @@ void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config
     try {
         write_text_atomic(tmp / "config.json", j.dump(2) + "\n");
         save_parameters(model, "", tmp / "model.safetensors");
-        if (tokenizer) {
-            const auto& o = tokenizer->options();
-            std::string vocab;
-            for (std::size_t i = 0; i < tokenizer->vocab().size(); ++i)
-                vocab += tokenizer->vocab().token(std::int32_t(i)) + "\n";
-            write_text_atomic(tmp / "vocab.txt", vocab);
-            nlohmann::json t = {{"tokenizer_class", "BertTokenizer"},
-                                {"do_lower_case", o.lowercase},
-                                {"tokenize_chinese_chars", o.chinese_chars},
-                                {"unk_token", o.unk},
-                                {"sep_token", o.sep},
-                                {"pad_token", o.pad},
-                                {"cls_token", o.cls},
-                                {"mask_token", o.mask},
-                                {"clean_up_tokenization_spaces", true}};
-            t["strip_accents"] = o.strip_accents ? nlohmann::json(*o.strip_accents) : nullptr;
-            t["model_max_length"] =
-                model_max_length ? model_max_length : config.model.max_position_embeddings;
-            write_text_atomic(tmp / "tokenizer_config.json", t.dump(2) + "\n");
-            files.push_back("vocab.txt");
-            files.push_back("tokenizer_config.json");
-        }
+        if (tokenizer)
+            for (const auto& [name, text] : detail::tokenizer_files(
+                     *tokenizer,
+                     model_max_length ? model_max_length : config.model.max_position_embeddings)) {
+                write_text_atomic(tmp / name, text);
+                files.push_back(name);
+            }
         if (!fs::exists(dir)) {
             fs::rename(tmp, dir);  // the whole directory appears at once
             return;
         }
-        if (tokenizer) fs::remove(dir / "tokenizer.json");
+        if (tokenizer) {  // files Transformers would read in place of the new ones
+            if constexpr (std::is_same_v<Tokenizer, text::bert_tokenizer>)
+                fs::remove(dir / "tokenizer.json");
+            fs::remove(dir / "chat_template.jinja");
+        }
         for (const auto& name : files) fs::rename(tmp / name, dir / name);
         fs::remove_all(tmp);
     } catch (const fs::filesystem_error& e) {
@@ -983,14 +1014,10 @@ void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config
     }
 }
 
-/// save_hf for a model loaded by load_hf (its configuration and tokenizer; a decoder's
-/// tokenizer files are not written yet).
+/// save_hf for a model loaded by load_hf (its configuration and tokenizer).
 template <class Model>
 void save_hf(hf_model<Model>& m, const std::filesystem::path& dir) {
-    if constexpr (std::is_same_v<decltype(m.tokenizer), std::optional<text::bert_tokenizer>>)
-        save_hf(m.model, m.config, m.tokenizer ? &*m.tokenizer : nullptr, dir, m.model_max_length);
-    else
-        save_hf(m.model, m.config, nullptr, dir, m.model_max_length);
+    save_hf(m.model, m.config, m.tokenizer ? &*m.tokenizer : nullptr, dir, m.model_max_length);
 }
 
 }  // namespace io

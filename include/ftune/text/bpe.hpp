@@ -243,6 +243,24 @@ class bpe_tokenizer {
         return false;
     }
 
+    /// The vocabulary (byte-alphabet token -> id), special tokens not included.
+    const std::unordered_map<std::string, std::int32_t>& vocab() const noexcept { return vocab_; }
+    /// The merges in rank order.
+    std::vector<std::pair<std::string, std::string>> merges() const {
+        std::vector<std::pair<std::string, std::string>> out(ranks_.size());
+        for (const auto& [pair, rank] : ranks_) {
+            const std::size_t sp = pair.find(' ');  // byte-alphabet tokens hold no space
+            out[rank] = {pair.substr(0, sp), pair.substr(sp + 1)};
+        }
+        return out;
+    }
+    /// The special tokens (text, id), longest first.
+    const std::vector<std::pair<std::string, std::int32_t>>& specials() const noexcept {
+        return specials_;
+    }
+    /// What the pre-tokenizer and post-processor do.
+    const bpe_options& options() const noexcept { return opt_; }
+
     /// The special tokens' roles and the chat template.
     const lm_tokenizer_settings& settings() const noexcept { return settings_; }
     /// Sets them (the loaders do).

@@ -49,6 +49,13 @@ inline bert_tokenizer load_tokenizer_json(const std::filesystem::path& path) {
     if (m.value("continuing_subword_prefix", "##") != "##")
         throw bad("model.continuing_subword_prefix", "only \"##\" is supported");
     if (!m.contains("vocab") || !m["vocab"].is_object()) throw bad("model.vocab", "missing");
+    if (m.value("ignore_merges", false))
+        throw bad("model.ignore_merges",
+                  "true (Llama 3's): ftune applies the merges to every word");
+    if (m.contains("byte_fallback") && m["byte_fallback"].is_boolean() &&
+        m["byte_fallback"].get<bool>())
+        throw bad("model.byte_fallback",
+                  "true (a SentencePiece-style BPE): ftune reads byte-level BPE");
     // tokens ordered by id; ids must be 0 .. n-1
     std::vector<std::string> tokens(m["vocab"].size());
     std::vector<bool> seen(tokens.size(), false);
@@ -98,6 +105,13 @@ inline bpe_tokenizer load_bpe_tokenizer_json(const std::filesystem::path& path) 
     if (m.value("type", "") != "BPE")
         throw bad("model.type", "\"" + m.value("type", "") + "\": this reader takes BPE");
     if (!m.contains("vocab") || !m["vocab"].is_object()) throw bad("model.vocab", "missing");
+    if (m.value("ignore_merges", false))
+        throw bad("model.ignore_merges",
+                  "true (Llama 3's): ftune applies the merges to every word");
+    if (m.contains("byte_fallback") && m["byte_fallback"].is_boolean() &&
+        m["byte_fallback"].get<bool>())
+        throw bad("model.byte_fallback",
+                  "true (a SentencePiece-style BPE): ftune reads byte-level BPE");
     std::unordered_map<std::string, std::int32_t> vocab;
     for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
         if (!it->is_number_integer() || it->get<std::int64_t>() < 0 ||
@@ -173,6 +187,71 @@ inline bpe_tokenizer load_bpe_tokenizer_json(const std::filesystem::path& path) 
         }
     }
     return bpe_tokenizer(std::move(vocab), merges, std::move(specials), o);
+}
+
+/// The tokenizer.json of a byte-level BPE tokenizer, as Hugging Face `tokenizers` writes it:
+/// load_bpe_tokenizer_json and `tokenizers` read it back to the same tokenizer (the vocabulary
+/// and merges, the special tokens as added tokens, the pre-tokenizer, the ByteLevel decoder and
+/// a trimming post-processor where there was one).
+inline nlohmann::ordered_json bpe_tokenizer_json(const bpe_tokenizer& t) {
+    using json = nlohmann::ordered_json;
+    const auto byte_level = [](bool prefix) {
+        return json{{"type", "ByteLevel"},
+                    {"add_prefix_space", prefix},
+                    {"trim_offsets", true},
+                    {"use_regex", true}};
+    };
+    json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}};
+    auto specials = t.specials();
+    std::sort(specials.begin(), specials.end(),
+              [](const auto& a, const auto& b) { return a.second < b.second; });
+    json added = json::array();
+    for (const auto& [content, id] : specials)
+        added.push_back({{"id", id},
+                         {"content", content},
+                         {"single_word", false},
+                         {"lstrip", false},
+                         {"rstrip", false},
+                         {"normalized", false},
+                         {"special", true}});
+    j["added_tokens"] = added;
+    j["normalizer"] = nullptr;
+    j["pre_tokenizer"] =
+        t.options().individual_digits
+            ? json{{"type", "Sequence"},
+                   {"pretokenizers",
+                    json::array({json{{"type", "Digits"}, {"individual_digits", true}},
+                                 byte_level(false)})}}
+            : byte_level(false);
+    j["post_processor"] = t.options().trim_offsets
+                              ? json{{"type", "ByteLevel"},
+                                     {"add_prefix_space", t.options().trim_keeps_first_space},
+                                     {"trim_offsets", true},
+                                     {"use_regex", true}}
+                              : json(nullptr);
+    j["decoder"] = byte_level(true);
+    // the model's vocabulary holds the special tokens too (tokenizers gives an added token that
+    // is not in it a new id after the vocabulary)
+    std::vector<std::pair<std::int32_t, std::string>> by_id;
+    for (const auto& [token, id] : t.vocab()) by_id.emplace_back(id, token);
+    for (const auto& [content, id] : specials)
+        if (!t.vocab().contains(content)) by_id.emplace_back(id, content);
+    std::sort(by_id.begin(), by_id.end());
+    json vocab = json::object();
+    for (const auto& [id, token] : by_id) vocab[token] = id;
+    json merges = json::array();
+    for (const auto& [a, b] : t.merges()) merges.push_back(json::array({a, b}));
+    j["model"] = {{"type", "BPE"},
+                  {"dropout", nullptr},
+                  {"unk_token", nullptr},
+                  {"continuing_subword_prefix", nullptr},
+                  {"end_of_word_suffix", nullptr},
+                  {"fuse_unk", false},
+                  {"byte_fallback", false},
+                  {"ignore_merges", false},
+                  {"vocab", vocab},
+                  {"merges", merges}};
+    return j;
 }
 
 }  // namespace text
