@@ -32,6 +32,7 @@ if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
     cp "$fixtures"/gguf/types.gguf "$fixtures"/gguf/tiny_llama.gguf "$fixtures"/bpe/smollm.gguf \
         "$fuzz_build/corpus/gguf/"
     cp "$fixtures"/hf_llama/tied/config.json "$fuzz_build/corpus/config/llama.json"
+    cp "$fixtures"/hf_gpt2/tied/config.json "$fuzz_build/corpus/config/gpt2.json"
     cp "$fixtures"/hf_heads/expected.safetensors "$fixtures"/hf_tiny_bert/model.safetensors \
         "$fuzz_build/corpus/safetensors/"
     for d in seq token qa mlm; do

@@ -1,6 +1,7 @@
 // The encoder block: gradients of every parameter and of the input, for both norm placements,
 // with a padding mask (rows of different lengths), with dropout off and under a fixed seed.
 #include <ftune/blocks.hpp>
+#include <ftune/gpt2/decoder.hpp>
 #include <ftune/bert/encoder.hpp>
 #include <ftune/bert/tasks.hpp>
 #include <ftune/testing/check_gradients.hpp>
@@ -577,4 +578,47 @@ TEMPLATE_TEST_CASE(
         values_of(ref.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T}));
     CHECK(max_relative_gap(got0, want0) < tol);
     CHECK(gemm_calls.load() == calls_before);  // prepared products: no per-call GEMM anywhere
+}
+
+TEST_CASE(
+    "GPT-2's decoder (learned positions, LayerNorm, biased attention, gelu_new MLP): "
+    "gradients of every parameter, causal, names",
+    "[gradcheck][blocks]") {
+    ftune::gpt2::config c;
+    c.vocab_size = 11;
+    c.hidden_size = 8;
+    c.intermediate_size = 12;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.max_position_embeddings = 9;
+    ftune::gpt2::decoder<double> s(c);
+    test::randomize(s, 91);
+    const std::size_t B = 2, T = 5;
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        attention{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    bound_encoder<ftune::gpt2::decoder<double>> m{s, {attention.data(), B, T}, {}};
+    ftune::context ctx;
+    const auto res = ftune::testing::check_layer_gradients(
+        m, ctx, ftune::gpt2::decoder<double>::ids_view(ids.data(), B, T));
+    INFO(res.report);
+    REQUIRE(res.ok);
+    CHECK(res.checked > 500);
+    // causal: a later token changes no earlier hidden state
+    const auto h = s.forward(ctx, {ids.data(), B, T});
+    const std::vector<double> before(h.data(), h.data() + h.size());
+    ids[4] = 10;
+    const auto h2 = s.forward(ctx, {ids.data(), B, T});
+    for (std::size_t i = 0; i < 4 * 8; ++i) CHECK(h2.data()[i] == before[i]);
+    CHECK(h2.data()[4 * 8] != before[4 * 8]);
+    std::vector<std::string> names;
+    s.visit_parameters("transformer",
+                       [&](ftune::parameter_ref<double> p) { names.push_back(p.name); });
+    CHECK(names[0] == "transformer.wte.weight");
+    CHECK(names[1] == "transformer.wpe.weight");
+    CHECK(names[2] == "transformer.h.0.ln_1.weight");
+    CHECK(names[4] == "transformer.h.0.attn.q_proj.weight");
+    CHECK(names[12] == "transformer.h.0.ln_2.weight");
+    CHECK(names[14] == "transformer.h.0.mlp.c_fc.weight");
+    CHECK(names.back() == "transformer.ln_f.bias");
+    CHECK(names.size() == 2 + 2 * 16 + 2);
 }

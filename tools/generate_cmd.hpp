@@ -21,40 +21,99 @@
 
 namespace cli {
 
-// A causal language model with its tokenizer, from a directory or a GGUF file.
-struct language_model {
-    ftune::llama::config config;                     // the model's sizes
-    std::optional<ftune::llama::causal_lm<>> model;  // weights loaded
-    std::optional<ftune::text::bpe_tokenizer> tokenizer;
-    std::string source;  // the directory or file, for messages
-};
-
-// Loads --model: a .gguf file (llama.cpp's format) or a Hugging Face directory whose config.json
-// names a Llama model; the tokenizer is required.
-inline language_model load_language_model(const std::filesystem::path& path) {
-    language_model lm;
-    lm.source = path.string();
+// Calls f(model, tokenizer, max positions) with the causal language model --model names: a .gguf
+// file (llama.cpp's format, Llama family) or a Hugging Face directory whose config.json names a
+// Llama or GPT-2 model; the tokenizer is required.
+template <class F>
+int with_language_model(const std::filesystem::path& path, F&& f) {
     if (std::filesystem::is_regular_file(path)) {
-        const ftune::io::gguf_file f(path);
-        lm.config = ftune::io::llama_config_from_gguf(f);
-        lm.model.emplace(lm.config);
-        ftune::io::load_llama_gguf(*lm.model, f, lm.config);
-        lm.tokenizer.emplace(ftune::io::bpe_tokenizer_from_gguf(f));
-        return lm;
+        const ftune::io::gguf_file file(path);
+        const auto config = ftune::io::llama_config_from_gguf(file);
+        ftune::llama::causal_lm<> model(config);
+        ftune::io::load_llama_gguf(model, file, config);
+        const auto tok = ftune::io::bpe_tokenizer_from_gguf(file);
+        return f(model, tok, config.max_position_embeddings);
     }
+    auto from_directory = [&](auto tag) {
+        using Model = typename decltype(tag)::type;
+        auto m = ftune::io::load_hf<Model>(path);
+        if (!m.tokenizer)
+            throw ftune::error(ftune::errc::io, path.string(),
+                               "no tokenizer.json: ftune generate needs the model's tokenizer");
+        return f(m.model, *m.tokenizer, m.config.model.max_position_embeddings);
+    };
     const std::string type = ftune::io::read_config_string(path / "config.json", "model_type");
-    if (type != "llama")
-        throw ftune::error(
-            ftune::errc::unsupported, (path / "config.json").string(),
-            "model_type \"" + type + "\": ftune generate runs decoder language models (llama)");
-    auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(path);
-    if (!m.tokenizer)
-        throw ftune::error(ftune::errc::io, path.string(),
-                           "no tokenizer.json: ftune generate needs the model's tokenizer");
-    lm.config = m.config.model;
-    lm.model.emplace(std::move(m.model));
-    lm.tokenizer.emplace(std::move(*m.tokenizer));
-    return lm;
+    if (type == "llama") return from_directory(std::type_identity<ftune::llama::causal_lm<>>{});
+    if (type == "gpt2") return from_directory(std::type_identity<ftune::gpt2::lm_head_model<>>{});
+    throw ftune::error(
+        ftune::errc::unsupported, (path / "config.json").string(),
+        "model_type \"" + type + "\": ftune generate runs decoder language models (llama, gpt2)");
+}
+
+// `ftune generate` on a loaded model: --prompt, or the --chat loop.
+template <class Model>
+int generate_with(Model& lm, const ftune::text::bpe_tokenizer& tok, std::size_t max_positions,
+                  const std::string& source, const std::optional<std::string>& prompt,
+                  const std::optional<std::string>& system, bool chat, bool stats,
+                  const ftune::generation::options& o) {
+    std::optional<ftune::text::chat_template> tmpl;
+    if (chat) {
+        if (tok.settings().chat_template.empty())
+            throw ftune::error(ftune::errc::unsupported, source,
+                               "the model has no chat template; use --prompt");
+        tmpl.emplace(tok.settings().chat_template, source + " (chat template)");
+    }
+    ftune::generation::generator gen(lm, tok, max_positions);
+    const auto stream = [](std::size_t, std::string_view piece) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+    };
+    // a prompt's ids: the bos token first when the tokenizer adds it
+    auto ids_of = [&](const std::string& text, bool add_bos) {
+        std::vector<ftune::token_id> ids;
+        if (add_bos && tok.settings().add_bos_token)
+            if (const auto bos = tok.id_of(tok.settings().bos_token); bos >= 0) ids.push_back(bos);
+        const auto rest = tok.encode(text);
+        ids.insert(ids.end(), rest.begin(), rest.end());
+        return ids;
+    };
+    auto run = [&](const std::vector<ftune::token_id>& ids) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto r = gen.generate(ids, o, stream);
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (stats)
+            std::fprintf(stderr, "\n[%zu prompt tokens, %zu new tokens in %.2f s: %.1f tokens/s]\n",
+                         ids.size(), r.tokens.size(), s, double(r.tokens.size()) / s);
+        return r;
+    };
+    if (prompt) {
+        run(ids_of(*prompt, true));
+        std::cout << "\n";
+        return 0;
+    }
+    // --chat: each line of stdin is a user message; the reply is streamed, then kept in the
+    // conversation
+    std::vector<ftune::text::chat_message> messages;
+    if (system) messages.push_back({"system", *system});
+    const nlohmann::ordered_json vars = {{"bos_token", tok.settings().bos_token},
+                                         {"eos_token", tok.settings().eos_token},
+                                         {"pad_token", tok.settings().pad_token}};
+    std::string line;
+    const bool prompt_user = isatty(0);
+    for (;;) {
+        if (prompt_user) std::cerr << "> " << std::flush;
+        if (!std::getline(std::cin, line)) break;
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.empty()) continue;
+        messages.push_back({"user", line});
+        // Transformers' apply_chat_template tokenizes the text without adding special tokens
+        const auto text = tmpl->render(messages, /*add_generation_prompt=*/true, vars).text;
+        const auto r = run(ids_of(text, false));
+        std::cout << "\n" << std::flush;
+        messages.push_back({"assistant", r.text});
+    }
+    return 0;
 }
 
 // Runs `ftune generate` with argv[2..]; returns the exit status.
@@ -126,66 +185,10 @@ inline int run_generate(int argc, char** argv) {
     if (system && !chat)
         throw ftune::error(ftune::errc::invalid_argument, "--system", "goes with --chat");
     if (threads > 0) ftune::set_num_threads(threads);
-    auto lm = load_language_model(*model);
-    const auto& tok = *lm.tokenizer;
-    std::optional<ftune::text::chat_template> tmpl;
-    if (chat) {
-        if (tok.settings().chat_template.empty())
-            throw ftune::error(ftune::errc::unsupported, lm.source,
-                               "the model has no chat template; use --prompt");
-        tmpl.emplace(tok.settings().chat_template, lm.source + " (chat template)");
-    }
-    ftune::generation::generator gen(*lm.model, tok, lm.config.max_position_embeddings);
-    const auto stream = [](std::size_t, std::string_view piece) {
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-    };
-    // a prompt's ids: the bos token first when the tokenizer adds it
-    auto ids_of = [&](const std::string& text, bool add_bos) {
-        std::vector<ftune::token_id> ids;
-        if (add_bos && tok.settings().add_bos_token)
-            if (const auto bos = tok.id_of(tok.settings().bos_token); bos >= 0) ids.push_back(bos);
-        const auto rest = tok.encode(text);
-        ids.insert(ids.end(), rest.begin(), rest.end());
-        return ids;
-    };
-    auto run = [&](const std::vector<ftune::token_id>& ids) {
-        const auto t0 = std::chrono::steady_clock::now();
-        const auto r = gen.generate(ids, o, stream);
-        const double s =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (stats)
-            std::fprintf(stderr, "\n[%zu prompt tokens, %zu new tokens in %.2f s: %.1f tokens/s]\n",
-                         ids.size(), r.tokens.size(), s, double(r.tokens.size()) / s);
-        return r;
-    };
-    if (prompt) {
-        run(ids_of(*prompt, true));
-        std::cout << "\n";
-        return 0;
-    }
-    // --chat: each line of stdin is a user message; the reply is streamed, then kept in the
-    // conversation
-    std::vector<ftune::text::chat_message> messages;
-    if (system) messages.push_back({"system", *system});
-    const nlohmann::ordered_json vars = {{"bos_token", tok.settings().bos_token},
-                                         {"eos_token", tok.settings().eos_token},
-                                         {"pad_token", tok.settings().pad_token}};
-    std::string line;
-    const bool prompt_user = isatty(0);
-    for (;;) {
-        if (prompt_user) std::cerr << "> " << std::flush;
-        if (!std::getline(std::cin, line)) break;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.empty()) continue;
-        messages.push_back({"user", line});
-        // Transformers' apply_chat_template tokenizes the text without adding special tokens
-        const auto text = tmpl->render(messages, /*add_generation_prompt=*/true, vars).text;
-        const auto r = run(ids_of(text, false));
-        std::cout << "\n" << std::flush;
-        messages.push_back({"assistant", r.text});
-    }
-    return 0;
+    return with_language_model(
+        *model, [&](auto& lm, const ftune::text::bpe_tokenizer& tok, std::size_t max_positions) {
+            return generate_with(lm, tok, max_positions, *model, prompt, system, chat, stats, o);
+        });
 }
 
 }  // namespace cli

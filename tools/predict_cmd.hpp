@@ -50,6 +50,9 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f) {
             if constexpr (std::is_same_v<Config, ftune::llama::config>) {  // decoders
                 using lm = ftune::llama::causal_lm<E>;
                 if (is(lm::head_type::architecture_suffix)) return f(std::type_identity<lm>{});
+            } else if constexpr (std::is_same_v<Config, ftune::gpt2::config>) {
+                using lm = ftune::gpt2::lm_head_model<E>;
+                if (arch == lm::architecture) return f(std::type_identity<lm>{});
             } else {  // encoders
                 using seq = ftune::bert::with_head<h::sequence_classification, E>;
                 using tok = ftune::bert::with_head<h::token_classification, E>;

@@ -21,6 +21,7 @@
 #include "ftune/bert/encoder.hpp"
 #include "ftune/bert/tasks.hpp"
 #include "ftune/llama/decoder.hpp"
+#include "ftune/gpt2/decoder.hpp"
 #include "ftune/loss.hpp"
 #include "ftune/optim.hpp"
 #include "ftune/testing/check_gradients.hpp"

@@ -270,7 +270,8 @@ class generator {
                      std::size_t longest_stop, const stream_fn& stream) {
         auto& w = rows_[b];
         if (!tok_) return false;
-        tok_->append_bytes(id, w.pending);
+        // ids past the tokenizer's (a table padded beyond the vocabulary) have no text
+        if (std::size_t(id) < tok_->size()) tok_->append_bytes(id, w.pending);
         // whole characters move to the text; an unfinished one at the end waits
         const std::size_t whole = complete_utf8(w.pending);
         r.text.append(w.pending, 0, whole);

@@ -5893,6 +5893,21 @@ class input_embeddings {
     /// start .. start + T - 1 (start > 0: continuing a sequence, as generation with a cache does).
     output_view forward(context& ctx, ids_view ids, ids_view token_types = {},
                         std::size_t start = 0) {
+        return embed(ctx, ids, token_types, start, {});
+    }
+
+    /// Embeds ids at the given positions (B * T; below `end`, which must not exceed the
+    /// position table): generation's, where each row of a left-padded batch counts its own
+    /// tokens (layers::kv_cache::positions).
+    output_view forward_at(context& ctx, ids_view ids,
+                           view<const token_id, shape<dynamic>, D> positions, std::size_t end) {
+        return embed(ctx, ids, {}, end - ids.extent(1), positions);
+    }
+
+  private:
+    // the sum of the pieces; positions start .. start + T - 1 in every row, or `given`
+    output_view embed(context& ctx, ids_view ids, ids_view token_types, std::size_t start,
+                      view<const token_id, shape<dynamic>, D> given) {
         const std::size_t B = ids.extent(0), Tn = ids.extent(1), N = B * Tn;
         const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
         const auto w = token.forward(ctx, flat_ids);  // (N, C)
@@ -5909,7 +5924,10 @@ class input_embeddings {
                                                " exceed the position table's ", rows,
                                                " (max_position_embeddings); truncate the input"));
             positions_.resize(shape<dynamic>(N));  // (N) position of each token
-            ops::position_ids(positions_, Tn, start);
+            if (given.empty())
+                ops::position_ids(positions_, Tn, start);
+            else
+                ops::copy_ids(positions_, given);
             ops::residual_add(sum_, w, position.forward(ctx, positions_.view()));
         }
         if constexpr (!is_absent<types_type>) {
@@ -5928,6 +5946,7 @@ class input_embeddings {
         return {y.data(), B, Tn, y.extent(1)};
     }
 
+  public:
     /// Accumulates the tables' and the norm's gradients (ids have none).
     void backward(context& ctx, output_view dout) {
         const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
@@ -6269,7 +6288,8 @@ struct rotary_sizes {
     std::size_t heads;        ///< H, query heads
     std::size_t kv_heads;     ///< Hkv, key/value heads (divides H; = H: plain multi-head)
     std::size_t head_dim;     ///< d (Llama: C / H unless config.head_dim says otherwise)
-    double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta)
+    double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta); 0: no rotation (GPT-2,
+                              ///< whose learned positions are added at the input)
 };
 
 /// x (B, T, C) -> (B, T, C): o_proj(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask) v), with
@@ -6298,7 +6318,8 @@ class rotary_attention {
           v_proj(s.hidden, s.kv_heads * s.head_dim),
           o_proj(s.heads * s.head_dim, s.hidden),
           sizes_(s) {
-        if (s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 || s.head_dim % 2 != 0)
+        if (s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 ||
+            (s.rope_theta > 0 && s.head_dim % 2 != 0))
             throw error(errc::invalid_argument, "rotary_attention",
                         ftune::detail::cat(s.kv_heads, " key/value heads must divide the ", s.heads,
                                            " query heads, and the head size ", s.head_dim,
@@ -6307,6 +6328,8 @@ class rotary_attention {
 
     /// The sizes it was built with.
     const rotary_sizes& sizes() const noexcept { return sizes_; }
+    /// Whether queries and keys are rotated (rope_theta > 0).
+    bool rotary() const noexcept { return sizes_.rope_theta > 0; }
 
     /// Attention of every position to itself and the earlier unmasked positions of its row.
     /// key_mask (B, T) is added to the scaled scores (0 keeps a key, the lowest value drops it).
@@ -6320,16 +6343,18 @@ class rotary_attention {
         // positions and their rotary angles: (N) and (N, d/2)
         positions_.resize(shape<dynamic>(N));
         ops::position_ids(positions_, Tn, start);
-        cos_.resize(shape<dynamic, dynamic>(N, d / 2));
-        sin_.resize(cos_.shape());
-        ops::rope_table(cos_, sin_, positions_, sizes_.rope_theta);
+        if (rotary()) {
+            cos_.resize(shape<dynamic, dynamic>(N, d / 2));
+            sin_.resize(cos_.shape());
+            ops::rope_table(cos_, sin_, positions_, sizes_.rope_theta);
+        }
         // q (N, H d) and k (N, Hkv d), rotated; v (N, Hkv d)
         q_.resize(shape<dynamic, dynamic>(N, H * d));
         ops::copy(q_, q_proj.forward(ctx, x2));
-        ops::rope(q_, cos_, sin_);
+        if (rotary()) ops::rope(q_, cos_, sin_);
         k_.resize(shape<dynamic, dynamic>(N, Hkv * d));
         ops::copy(k_, k_proj.forward(ctx, x2));
-        ops::rope(k_, cos_, sin_);
+        if (rotary()) ops::rope(k_, cos_, sin_);
         v_ = v_proj.forward(ctx, x2);
         // every query head's keys and values: (N, H d)
         const auto ke = expanded(k_.view(), k_full_, group);
@@ -6364,15 +6389,17 @@ class rotary_attention {
                                            kv.k.shape().to_string(), " do not fit this step of ",
                                            cache.steps(), " positions"));
         const view<const T, shape<dynamic, C>, D> x2(x.data(), N, Cn);  // (B*T, C)
-        cos_.resize(shape<dynamic, dynamic>(N, d / 2));                 // (N, d/2) rotary angles
-        sin_.resize(cos_.shape());
-        ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
+        if (rotary()) {
+            cos_.resize(shape<dynamic, dynamic>(N, d / 2));  // (N, d/2) rotary angles
+            sin_.resize(cos_.shape());
+            ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
+        }
         q_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) rotated
         ops::copy(q_, q_proj.forward(ctx, x2));
-        ops::rope(q_, cos_, sin_);
+        if (rotary()) ops::rope(q_, cos_, sin_);
         k_.resize(shape<dynamic, dynamic>(N, Hkv * d));  // (N, Hkv d) rotated
         ops::copy(k_, k_proj.forward(ctx, x2));
-        ops::rope(k_, cos_, sin_);
+        if (rotary()) ops::rope(k_, cos_, sin_);
         const auto v = v_proj.forward(ctx, x2);  // (N, Hkv d)
         for (std::size_t b = 0; b < B; ++b) {    // append to each sequence's cache rows
             const std::size_t rows = Tn * Hkv * d, at = (b * cap + past) * Hkv * d;
@@ -6426,8 +6453,10 @@ class rotary_attention {
         w.dv.fill(T(0));
         ops::repeat_heads_backward(w.dk, w.dk_full, Hkv, group);
         ops::repeat_heads_backward(w.dv, w.dv_full, Hkv, group);
-        ops::rope(w.dq, cos_, sin_, /*inverse=*/true);
-        ops::rope(w.dk, cos_, sin_, /*inverse=*/true);
+        if (rotary()) {
+            ops::rope(w.dq, cos_, sin_, /*inverse=*/true);
+            ops::rope(w.dk, cos_, sin_, /*inverse=*/true);
+        }
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
@@ -6518,11 +6547,16 @@ struct decoder_sizes {
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
-/// all projections without a bias. Another family writes its own parts struct.
+/// all projections without a bias; Hugging Face's names. Another family writes its own parts
+/// struct (gpt2::parts).
 template <scalar T, device_tag D = device::cpu>
 struct llama_parts {
     using value_type = T;   ///< scalar type
     using device_type = D;  ///< where the block's tensors live
+    static constexpr std::string_view norm1_name = "input_layernorm";           ///< first norm
+    static constexpr std::string_view attention_name = "self_attn";             ///< attention
+    static constexpr std::string_view norm2_name = "post_attention_layernorm";  ///< second norm
+    static constexpr std::string_view mlp_name = "mlp";                         ///< feed-forward
     /// the two norms: (N, C) -> (N, C)
     template <std::size_t C>
     using norm = layers::rms_norm<T, C, D>;
@@ -6534,9 +6568,8 @@ struct llama_parts {
     using mlp = layers::gated_mlp<T, C, F, D>;
 };
 
-/// (B, T, C) -> (B, T, C), pre-norm with residuals written out; Hugging Face's names
-/// input_layernorm, self_attn, post_attention_layernorm, mlp. Parts gives the layer types
-/// (llama_parts<T>).
+/// (B, T, C) -> (B, T, C), pre-norm with residuals written out. Parts gives the layer types and
+/// their names (llama_parts<T>: input_layernorm, self_attn, post_attention_layernorm, mlp).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Parts = llama_parts<T>>
 class decoder_block {
     using D = typename Parts::device_type;
@@ -6550,10 +6583,10 @@ class decoder_block {
     using attention_type = typename Parts::template attention<C>;     ///< self_attn
     using mask_view = typename attention_type::mask_view;             ///< additive key mask (B, T)
 
-    typename Parts::template norm<C> input_layernorm;           ///< "input_layernorm"
-    attention_type self_attn;                                   ///< "self_attn"
-    typename Parts::template norm<C> post_attention_layernorm;  ///< "post_attention_layernorm"
-    typename Parts::template mlp<C, F> mlp;                     ///< "mlp"
+    typename Parts::template norm<C> input_layernorm;           ///< Parts::norm1_name
+    attention_type self_attn;                                   ///< Parts::attention_name
+    typename Parts::template norm<C> post_attention_layernorm;  ///< Parts::norm2_name
+    typename Parts::template mlp<C, F> mlp;                     ///< Parts::mlp_name
 
     /// A zero-initialized block of the given sizes (norm weights 1).
     explicit decoder_block(const decoder_sizes& s)
@@ -6638,13 +6671,14 @@ class decoder_block {
         mlp.prepare_inference();
     }
 
-    /// Visits input_layernorm, self_attn, post_attention_layernorm, mlp (Transformers' order).
+    /// Visits the first norm, the attention, the second norm, the MLP (Transformers' order),
+    /// under Parts' names.
     template <class Fn>
     void visit_parameters(std::string_view prefix, Fn&& f) {
-        input_layernorm.visit_parameters(join_name(prefix, "input_layernorm"), f);
-        self_attn.visit_parameters(join_name(prefix, "self_attn"), f);
-        post_attention_layernorm.visit_parameters(join_name(prefix, "post_attention_layernorm"), f);
-        mlp.visit_parameters(join_name(prefix, "mlp"), f);
+        input_layernorm.visit_parameters(join_name(prefix, Parts::norm1_name), f);
+        self_attn.visit_parameters(join_name(prefix, Parts::attention_name), f);
+        post_attention_layernorm.visit_parameters(join_name(prefix, Parts::norm2_name), f);
+        mlp.visit_parameters(join_name(prefix, Parts::mlp_name), f);
     }
 
   private:
@@ -7085,7 +7119,14 @@ class stack {
                                    " sequences; the model has ", layer.size(), " layers and ids ",
                                    ids.shape().to_string()));
         cache.begin_step(attention_mask.empty() ? nullptr : attention_mask.data(), ids.extent(1));
-        output_view h = embeddings.forward(ctx, ids, {});
+        // learned positions: each row's own (left padding), as the cache counts them
+        output_view h = [&] {
+            if constexpr (!layers::is_absent<typename Embeddings::positions_type>)
+                return embeddings.forward_at(ctx, ids, cache.positions(),
+                                             cache.length() + ids.extent(1));
+            else
+                return embeddings.forward(ctx, ids, {});
+        }();
         for (std::size_t i = 0; i < layer.size(); ++i)
             h = layer[i].forward_cached(ctx, h, cache, i);
         cache.end_step();
@@ -9013,8 +9054,15 @@ class task_model {
     using input_view = ids_view;  ///< what forward takes first (as a layer's input)
     using output_view = typename Head::output_view;  ///< the head's outputs
     /// The architecture name in config.json ("BertForSequenceClassification").
-    static constexpr std::string_view architecture =
-        detail::joined_name<Backbone::architecture_prefix, Head::architecture_suffix>::value;
+    /// The family may name a head's class otherwise (Backbone::head_architecture<Head>: GPT-2's
+    /// LM head is GPT2LMHeadModel).
+    static constexpr std::string_view architecture = [] {
+        if constexpr (requires { Backbone::template head_architecture<Head>::value; })
+            return Backbone::template head_architecture<Head>::value;
+        else
+            return detail::joined_name<Backbone::architecture_prefix,
+                                       Head::architecture_suffix>::value;
+    }();
 
     Backbone backbone;  ///< under "<base_model_prefix>." (unprefixed for a base model)
     Head head;          ///< the task's layers and semantics
@@ -9230,6 +9278,215 @@ class decoder
 }  // namespace llama
 FTUNE_NAMESPACE_END
 // ---- end ftune/llama/decoder.hpp ----
+// ---- begin ftune/gpt2/decoder.hpp ----
+// ftune::gpt2: the GPT-2 family's backbone (GPT2Model) as a composition: token and learned
+// position tables ("wte", "wpe"), pre-norm decoder blocks (LayerNorm, causal multi-head attention
+// with biased projections, the gelu_new MLP), a final LayerNorm ("ln_f"). Its configuration
+// carries ftune's field names; config.json's (n_embd, n_layer, ...) are read by io::hf_family.
+// Checkpoints store the attention's q, k and v fused in one Conv1D ("c_attn", (in, out)): the
+// family's checkpoint slots cut them apart and transpose them on load, and fuse them back on save.
+
+#include <string>
+#include <string_view>
+
+// ---- begin ftune/layers/mlp.hpp ----
+// layers::mlp: the feed-forward of GPT-2's blocks (GPT2MLP): c_proj(act(c_fc(x))), both
+// projections with a bias, the activation "gelu_new" (GELU's tanh approximation).
+
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// (N, C) -> (N, F) -> (N, C): y = c_proj(act(c_fc(x))), Hugging Face GPT-2's names. In and Out
+/// are the projection types (a LoRA linear goes here), Act the activation.
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, device_tag D = device::cpu,
+          class In = linear<T, C, F, D>, class Out = linear<T, F, C, D>,
+          class Act = hidden_activation<T, F, D>>
+class mlp {
+  public:
+    using value_type = T;                                    ///< scalar type
+    using input_view = view<const T, shape<dynamic, C>, D>;  ///< x: (N, C)
+    using output_view = input_view;                          ///< y: (N, C)
+    using d_input_view = view<T, shape<dynamic, C>, D>;      ///< dx: (N, C), accumulated into
+
+    In c_fc;     ///< "c_fc" (C -> F)
+    Act act;     ///< the activation
+    Out c_proj;  ///< "c_proj" (F -> C)
+
+    /// A zero-initialized MLP C -> F -> C activated by f.
+    mlp(std::size_t features, std::size_t hidden, ops::activation f = ops::activation::gelu_tanh)
+        : c_fc(features, hidden), act(f), c_proj(hidden, features) {}
+
+    /// y = c_proj(act(c_fc(x))); keeps views for backward.
+    output_view forward(context& ctx, input_view x) {
+        return c_proj.forward(ctx, act.forward(ctx, c_fc.forward(ctx, x)));  // (N, C)
+    }
+
+    /// Accumulates the projections' gradients and, unless empty, dx.
+    void backward(context& ctx, output_view dy, d_input_view dx) {
+        auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's MLPs
+        const std::size_t N = dy.extent(0), Fn = c_fc.out_features();
+        w.dh.resize(shape<dynamic, F>(N, Fn));
+        w.dg.resize(w.dh.shape());
+        w.dh.fill(T(0));
+        w.dg.fill(T(0));
+        c_proj.backward(ctx, dy, w.dh.view());        // d act
+        act.backward(ctx, w.dh.view(), w.dg.view());  // d c_fc's output
+        c_fc.backward(ctx, w.dg.view(), dx);
+    }
+
+    /// Whether any projection trains (false: frozen).
+    bool trainable() const noexcept { return c_fc.trainable() || c_proj.trainable(); }
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        c_fc.zero_grad();
+        c_proj.zero_grad();
+    }
+    /// Packs the projections for inference.
+    void prepare_inference() {
+        c_fc.prepare_inference();
+        c_proj.prepare_inference();
+    }
+
+    /// Visits c_fc, c_proj (Transformers' order).
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, Fn&& f) {
+        c_fc.visit_parameters(join_name(prefix, "c_fc"), f);
+        c_proj.visit_parameters(join_name(prefix, "c_proj"), f);
+    }
+
+  private:
+    struct backward_scratch {                    // one set per run (ctx.workspace)
+        buffer<T, shape<dynamic, F>, D> dh, dg;  // (N, F) gradients
+    };
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/mlp.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace gpt2 {
+
+/// The sizes of a GPT-2 model (Hugging Face GPT2Config names in the comments).
+struct config {
+    std::size_t vocab_size = 50257;              ///< vocab_size
+    std::size_t hidden_size = 768;               ///< n_embd
+    std::size_t intermediate_size = 3072;        ///< n_inner (null: 4 n_embd)
+    std::size_t num_hidden_layers = 12;          ///< n_layer
+    std::size_t num_attention_heads = 12;        ///< n_head
+    std::size_t max_position_embeddings = 1024;  ///< n_positions
+    double layer_norm_eps = 1e-5;                ///< layer_norm_epsilon
+    bool tie_word_embeddings = true;             ///< tie_word_embeddings (LM head = wte)
+    ops::activation hidden_act = ops::activation::gelu_tanh;  ///< activation_function (gelu_new)
+    token_id pad_token_id = -1;                               ///< pad_token_id (-1: none)
+    token_id bos_token_id = 50256;                            ///< bos_token_id
+    token_id eos_token_id = 50256;                            ///< eos_token_id
+    std::size_t num_labels = 2;  ///< num_labels (a classification head's outputs)
+    std::string problem_type;    ///< problem_type of a sequence classifier ("": from num_labels)
+    double initializer_range = 0.02;  ///< initializer_range
+
+    /// The size of one attention head.
+    std::size_t head_size() const noexcept { return hidden_size / num_attention_heads; }
+};
+
+/// The input layer's pieces: the token table "wte" and the learned position table "wpe".
+struct embedding_pieces {
+    template <scalar T, std::size_t C, device_tag D>
+    using positions = layers::embedding<T, C, D>;  ///< learned positions
+    template <scalar T, std::size_t C, device_tag D>
+    using token_types = layers::absent;  ///< none
+    template <scalar T, std::size_t C, device_tag D>
+    using norm = layers::absent;                              ///< none (the blocks' norms)
+    static constexpr std::string_view token_name = "wte";     ///< token table
+    static constexpr std::string_view position_name = "wpe";  ///< position table
+    static constexpr std::string_view type_name = "";         ///< unused
+    static constexpr std::string_view norm_name = "";         ///< unused
+};
+
+/// A linear layer with a bias as a projection type Proj<In, Out>.
+template <scalar T, device_tag D>
+struct biased {
+    template <std::size_t In, std::size_t Out>
+    using type = layers::linear<T, In, Out, D>;  ///< (Out, In) weight, (Out) bias
+};
+
+/// GPT-2's layer types on device D and their names: LayerNorm ("ln_1", "ln_2"), causal
+/// multi-head attention ("attn": q, k, v and the output projection with biases, no rotation),
+/// the MLP ("mlp": c_fc, gelu_new, c_proj).
+template <scalar T, device_tag D = device::cpu>
+struct parts {
+    using value_type = T;                                       ///< scalar type
+    using device_type = D;                                      ///< where the block's tensors live
+    static constexpr std::string_view norm1_name = "ln_1";      ///< first norm
+    static constexpr std::string_view attention_name = "attn";  ///< attention
+    static constexpr std::string_view norm2_name = "ln_2";      ///< second norm
+    static constexpr std::string_view mlp_name = "mlp";         ///< feed-forward
+    /// the two norms: (N, C) -> (N, C)
+    template <std::size_t C>
+    using norm = layers::layer_norm<T, C, D>;
+    /// the attention with its output projection: (B, T, C) -> (B, T, C)
+    template <std::size_t C>
+    using attention = layers::rotary_attention<T, C, D, biased<T, D>::template type>;
+    /// the feed-forward: (N, C) -> (N, C)
+    template <std::size_t C, std::size_t F>
+    using mlp = layers::mlp<T, C, F, D>;
+};
+
+/// GPT2Model's names: "wte", "wpe", "h.N", "ln_f".
+struct stack_names {
+    static constexpr std::string_view embeddings = "";      ///< the tables under the prefix
+    static constexpr std::string_view layers = "h";         ///< block i is "h.i"
+    static constexpr std::string_view final_norm = "ln_f";  ///< the final LayerNorm
+};
+
+/// GPT2Model: ids (B, T) -> hidden states (B, T, C) after the final norm. C and F may be static.
+template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Parts = gpt2::parts<T>>
+class decoder
+    : public blocks::stack<
+          layers::input_embeddings<T, C, typename Parts::device_type, embedding_pieces>,
+          blocks::decoder_block<T, C, F, Parts>, typename Parts::template norm<C>, stack_names> {
+    using base =
+        blocks::stack<layers::input_embeddings<T, C, typename Parts::device_type, embedding_pieces>,
+                      blocks::decoder_block<T, C, F, Parts>, typename Parts::template norm<C>,
+                      stack_names>;
+
+  public:
+    using config_type = gpt2::config;                                     ///< what it is built from
+    static constexpr std::size_t hidden_extent = C;                       ///< C (or dynamic)
+    static constexpr std::string_view architecture_prefix = "GPT2";       ///< "GPT2For..."
+    static constexpr std::string_view base_model_prefix = "transformer";  ///< "transformer.h..."
+    /// Heads whose Transformers class is not prefix + suffix (no `value`: prefix + suffix).
+    template <class Head>
+    struct head_architecture {};
+    /// The causal LM head's: GPT2LMHeadModel.
+    template <class Head>
+    requires(Head::architecture_suffix ==
+             std::string_view("ForCausalLM")) struct head_architecture<Head> {
+        static constexpr std::string_view value = "GPT2LMHeadModel";  ///< Transformers' class
+    };
+
+    /// A zero-initialized decoder of the given configuration (norm weights 1). Every token row
+    /// learns (GPT2Model's wte has no padding_idx, whatever pad_token_id says).
+    explicit decoder(const config& c)
+        : base(typename base::embeddings_type(
+                   layers::embedding_sizes{.vocab = c.vocab_size,
+                                           .features = c.hidden_size,
+                                           .max_positions = c.max_position_embeddings}),
+               typename Parts::template norm<C>(c.hidden_size, T(c.layer_norm_eps))) {
+        this->layer.reserve(c.num_hidden_layers);
+        for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
+            this->layer.emplace_back(blocks::decoder_sizes{
+                c.hidden_size, c.num_attention_heads, c.num_attention_heads, c.head_size(),
+                c.intermediate_size, /*rope_theta=*/0, c.layer_norm_eps, c.hidden_act});
+    }
+};
+
+}  // namespace gpt2
+FTUNE_NAMESPACE_END
+// ---- end ftune/gpt2/decoder.hpp ----
 // ---- begin ftune/optim.hpp ----
 // Optimizers (AdamW, SGD) and gradient clipping, with PyTorch's and
 // Hugging Face's definitions (step for step equal to torch.optim on tests/reference/optim_parity.py

@@ -1,4 +1,4 @@
-// libFuzzer target: any text given to the config.json (BERT and Llama families) and
+// libFuzzer target: any text given to the config.json (BERT, Llama and GPT-2 families) and
 // tokenizer_config.json parsers gives a consistent configuration or an ftune::error, never a
 // crash (built with AddressSanitizer).
 #include <ftune/io/hf.hpp>
@@ -21,6 +21,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const auto& m = c.model;
         if (m.num_attention_heads % m.num_key_value_heads != 0 || m.head_size() % 2 != 0)
             __builtin_trap();
+    } catch (const ftune::error&) {
+    }
+    try {  // the GPT-2 family's reader
+        const auto c = ftune::io::parse_hf_config<ftune::gpt2::config>(text, "fuzz/config.json");
+        if (c.model.hidden_size % c.model.num_attention_heads != 0) __builtin_trap();
     } catch (const ftune::error&) {
     }
     try {

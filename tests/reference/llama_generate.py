@@ -1,7 +1,10 @@
 """Greedy generation by Transformers' generate on the random tiny LlamaForCausalLM models of
 llama_heads.py (tests/reference/fixtures/hf_llama/{tied,untied}), for tests/test_generation.cpp:
 one prompt alone, two prompts of different lengths in one left-padded batch, and one with a
-repetition penalty. Writes tests/reference/fixtures/hf_llama/generate.json.
+repetition penalty. Writes tests/reference/fixtures/hf_llama/generate.json, and for the
+command-line test (tools/CMakeLists.txt: `ftune generate` on the untied model) a tokenizer of
+the model's 48 ids, one letter each and "</s>" (id 2) as eos, the first prompt as text and
+Transformers' greedy continuation of it as text: fixtures/hf_llama/cli/.
 
     /tmp/ref/bin/python tests/reference/llama_generate.py
 """
@@ -41,6 +44,27 @@ def main():
         }
     with open(os.path.join(HERE, "generate.json"), "w") as f:
         json.dump(out, f, indent=1)
+    # the command-line test's tokenizer: id i is letter i, except 2, the eos token "</s>"
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv"
+    text = lambda ids: "".join(letters[i] for i in ids)
+    vocab = {letters[i]: i for i in range(48) if i != 2}
+    vocab["</s>"] = 2
+    cli = os.path.join(HERE, "cli")
+    os.makedirs(cli, exist_ok=True)
+    with open(os.path.join(cli, "tokenizer.json"), "w") as f:
+        json.dump({"version": "1.0", "added_tokens": [
+            {"id": 2, "content": "</s>", "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}],
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                              "trim_offsets": True, "use_regex": True},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": vocab, "merges": []}}, f)
+    with open(os.path.join(cli, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "</s>", "pad_token": "</s>"}, f)
+    with open(os.path.join(cli, "prompt.txt"), "w") as f:
+        f.write(text(PROMPTS[0]))
+    with open(os.path.join(cli, "expected.txt"), "w") as f:
+        f.write(text(out["untied"]["alone"][0]) + "\n")
     print(json.dumps(out))
 
 

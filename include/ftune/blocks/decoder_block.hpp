@@ -25,11 +25,16 @@ struct decoder_sizes {
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
-/// all projections without a bias. Another family writes its own parts struct.
+/// all projections without a bias; Hugging Face's names. Another family writes its own parts
+/// struct (gpt2::parts).
 template <scalar T, device_tag D = device::cpu>
 struct llama_parts {
     using value_type = T;   ///< scalar type
     using device_type = D;  ///< where the block's tensors live
+    static constexpr std::string_view norm1_name = "input_layernorm";           ///< first norm
+    static constexpr std::string_view attention_name = "self_attn";             ///< attention
+    static constexpr std::string_view norm2_name = "post_attention_layernorm";  ///< second norm
+    static constexpr std::string_view mlp_name = "mlp";                         ///< feed-forward
     /// the two norms: (N, C) -> (N, C)
     template <std::size_t C>
     using norm = layers::rms_norm<T, C, D>;
@@ -41,9 +46,8 @@ struct llama_parts {
     using mlp = layers::gated_mlp<T, C, F, D>;
 };
 
-/// (B, T, C) -> (B, T, C), pre-norm with residuals written out; Hugging Face's names
-/// input_layernorm, self_attn, post_attention_layernorm, mlp. Parts gives the layer types
-/// (llama_parts<T>).
+/// (B, T, C) -> (B, T, C), pre-norm with residuals written out. Parts gives the layer types and
+/// their names (llama_parts<T>: input_layernorm, self_attn, post_attention_layernorm, mlp).
 template <scalar T, std::size_t C = dynamic, std::size_t F = dynamic, class Parts = llama_parts<T>>
 class decoder_block {
     using D = typename Parts::device_type;
@@ -57,10 +61,10 @@ class decoder_block {
     using attention_type = typename Parts::template attention<C>;     ///< self_attn
     using mask_view = typename attention_type::mask_view;             ///< additive key mask (B, T)
 
-    typename Parts::template norm<C> input_layernorm;           ///< "input_layernorm"
-    attention_type self_attn;                                   ///< "self_attn"
-    typename Parts::template norm<C> post_attention_layernorm;  ///< "post_attention_layernorm"
-    typename Parts::template mlp<C, F> mlp;                     ///< "mlp"
+    typename Parts::template norm<C> input_layernorm;           ///< Parts::norm1_name
+    attention_type self_attn;                                   ///< Parts::attention_name
+    typename Parts::template norm<C> post_attention_layernorm;  ///< Parts::norm2_name
+    typename Parts::template mlp<C, F> mlp;                     ///< Parts::mlp_name
 
     /// A zero-initialized block of the given sizes (norm weights 1).
     explicit decoder_block(const decoder_sizes& s)
@@ -145,13 +149,14 @@ class decoder_block {
         mlp.prepare_inference();
     }
 
-    /// Visits input_layernorm, self_attn, post_attention_layernorm, mlp (Transformers' order).
+    /// Visits the first norm, the attention, the second norm, the MLP (Transformers' order),
+    /// under Parts' names.
     template <class Fn>
     void visit_parameters(std::string_view prefix, Fn&& f) {
-        input_layernorm.visit_parameters(join_name(prefix, "input_layernorm"), f);
-        self_attn.visit_parameters(join_name(prefix, "self_attn"), f);
-        post_attention_layernorm.visit_parameters(join_name(prefix, "post_attention_layernorm"), f);
-        mlp.visit_parameters(join_name(prefix, "mlp"), f);
+        input_layernorm.visit_parameters(join_name(prefix, Parts::norm1_name), f);
+        self_attn.visit_parameters(join_name(prefix, Parts::attention_name), f);
+        post_attention_layernorm.visit_parameters(join_name(prefix, Parts::norm2_name), f);
+        mlp.visit_parameters(join_name(prefix, Parts::mlp_name), f);
     }
 
   private:

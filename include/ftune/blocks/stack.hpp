@@ -97,7 +97,14 @@ class stack {
                                    " sequences; the model has ", layer.size(), " layers and ids ",
                                    ids.shape().to_string()));
         cache.begin_step(attention_mask.empty() ? nullptr : attention_mask.data(), ids.extent(1));
-        output_view h = embeddings.forward(ctx, ids, {});
+        // learned positions: each row's own (left padding), as the cache counts them
+        output_view h = [&] {
+            if constexpr (!layers::is_absent<typename Embeddings::positions_type>)
+                return embeddings.forward_at(ctx, ids, cache.positions(),
+                                             cache.length() + ids.extent(1));
+            else
+                return embeddings.forward(ctx, ids, {});
+        }();
         for (std::size_t i = 0; i < layer.size(); ++i)
             h = layer[i].forward_cached(ctx, h, cache, i);
         cache.end_step();

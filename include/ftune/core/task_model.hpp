@@ -47,8 +47,15 @@ class task_model {
     using input_view = ids_view;  ///< what forward takes first (as a layer's input)
     using output_view = typename Head::output_view;  ///< the head's outputs
     /// The architecture name in config.json ("BertForSequenceClassification").
-    static constexpr std::string_view architecture =
-        detail::joined_name<Backbone::architecture_prefix, Head::architecture_suffix>::value;
+    /// The family may name a head's class otherwise (Backbone::head_architecture<Head>: GPT-2's
+    /// LM head is GPT2LMHeadModel).
+    static constexpr std::string_view architecture = [] {
+        if constexpr (requires { Backbone::template head_architecture<Head>::value; })
+            return Backbone::template head_architecture<Head>::value;
+        else
+            return detail::joined_name<Backbone::architecture_prefix,
+                                       Head::architecture_suffix>::value;
+    }();
 
     Backbone backbone;  ///< under "<base_model_prefix>." (unprefixed for a base model)
     Head head;          ///< the task's layers and semantics

@@ -18,6 +18,7 @@
 
 #include "ftune/io/safetensors.hpp"
 #include "ftune/bert/tasks.hpp"
+#include "ftune/gpt2/tasks.hpp"
 #include "ftune/llama/tasks.hpp"
 #include "ftune/text/bert.hpp"
 #include "ftune/text/tokenizer_json.hpp"
@@ -314,8 +315,139 @@ struct hf_family<llama::config> {
     }
 };
 
+/// GPT-2 (model_type "gpt2"): config.json's fields as Transformers' GPT2Config (n_embd, n_layer,
+/// n_head, n_inner, n_positions, layer_norm_epsilon, activation_function); parameter names as
+/// GPT2Model's, with or without GPT2LMHeadModel's "transformer." prefix. The file's Conv1D
+/// weights are (in, out) and c_attn holds q, k and v side by side: checkpoint_slots transposes
+/// and cuts them (ftune's attention keeps q_proj, k_proj, v_proj and o_proj, linear (out, in)).
+/// Options ftune does not run (cross-attention, attention scaled by the layer index or not at
+/// all) are refused by name.
+template <>
+struct hf_family<gpt2::config> {
+    static constexpr std::string_view model_type = "gpt2";  ///< config.json's model_type
+    using tokenizer_type = text::bpe_tokenizer;             ///< byte-level BPE
+    /// The family's backbone computing in T.
+    template <scalar T>
+    using backbone = gpt2::decoder<T>;
+
+    /// Reads GPT2Config's fields of j into c (activation_function also as written); `where`
+    /// names the file in errors.
+    static void read_config(const nlohmann::json& j, const std::string& where, gpt2::config& c,
+                            std::string& hidden_act) {
+        detail::config_size(j, where, "vocab_size", c.vocab_size, true);
+        detail::config_size(j, where, "n_embd", c.hidden_size, true);
+        detail::config_size(j, where, "n_layer", c.num_hidden_layers, true);
+        detail::config_size(j, where, "n_head", c.num_attention_heads, true);
+        detail::config_size(j, where, "n_positions", c.max_position_embeddings, false);
+        c.intermediate_size = 4 * c.hidden_size;  // n_inner null: 4 n_embd
+        detail::config_size(j, where, "n_inner", c.intermediate_size, false);
+        detail::config_real(j, where, "layer_norm_epsilon", c.layer_norm_eps, 0, 1);
+        detail::config_real(j, where, "initializer_range", c.initializer_range, 0, 1e3);
+        if (c.hidden_size % c.num_attention_heads != 0)
+            throw error(errc::parse, where + ": n_head",
+                        ftune::detail::cat(c.num_attention_heads, " heads do not divide n_embd ",
+                                           c.hidden_size));
+        for (const char* key : {"add_cross_attention", "scale_attn_by_inverse_layer_idx"})
+            if (j.contains(key) && j[key] == true)
+                throw error(errc::unsupported, where + ": " + key,
+                            "true: ftune runs GPT2LMHeadModel's self-attention scaled by "
+                            "1/sqrt(head size)");
+        if (j.contains("scale_attn_weights") && j["scale_attn_weights"] == false)
+            throw error(errc::unsupported, where + ": scale_attn_weights",
+                        "false: ftune scales the attention scores by 1/sqrt(head size)");
+        if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean())
+            c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
+        auto id = [&](const char* key, token_id& out) {
+            if (j.contains(key) && j[key].is_number_integer()) out = j[key].get<token_id>();
+        };
+        id("pad_token_id", c.pad_token_id);
+        id("bos_token_id", c.bos_token_id);
+        id("eos_token_id", c.eos_token_id);
+        hidden_act = "gelu_new";
+        if (j.contains("activation_function")) {
+            if (!j["activation_function"].is_string())
+                throw error(errc::parse, where + ": activation_function", "must be a string");
+            hidden_act = j["activation_function"].get<std::string>();
+        }
+        try {
+            c.hidden_act = bert::activation_from_hf(hidden_act);
+        } catch (const error& e) {
+            throw error(errc::unsupported, where + ": activation_function", e.message());
+        }
+    }
+
+    /// Writes c into j as GPT2Config's fields.
+    static void write_config(const gpt2::config& c, nlohmann::json& j) {
+        j["vocab_size"] = c.vocab_size;
+        j["n_embd"] = c.hidden_size;
+        j["n_layer"] = c.num_hidden_layers;
+        j["n_head"] = c.num_attention_heads;
+        j["n_inner"] = c.intermediate_size;
+        j["n_positions"] = c.max_position_embeddings;
+        j["layer_norm_epsilon"] = c.layer_norm_eps;
+        j["activation_function"] = std::string(bert::activation_to_hf(c.hidden_act));
+        j["tie_word_embeddings"] = c.tie_word_embeddings;
+        j["initializer_range"] = c.initializer_range;
+        j["scale_attn_weights"] = true;
+        if (c.pad_token_id >= 0)
+            j["pad_token_id"] = c.pad_token_id;
+        else
+            j["pad_token_id"] = nullptr;
+        j["bos_token_id"] = c.bos_token_id;
+        j["eos_token_id"] = c.eos_token_id;
+    }
+
+    /// Where parameter `name` is stored: "h.N.attn.q_proj.weight" is part 0 of 3 of the
+    /// transposed "h.N.attn.c_attn.weight" (k 1, v 2; the biases likewise, untransposed),
+    /// "attn.o_proj" is "attn.c_proj", the MLP's weights are transposed; each with and without
+    /// "transformer.".
+    static std::vector<checkpoint_slot> checkpoint_slots(const std::string& name) {
+        const bool prefixed = name.starts_with("transformer.");
+        const std::string bare = prefixed ? name.substr(12) : name;
+        checkpoint_slot s{bare};
+        static constexpr std::string_view qkv[] = {".attn.q_proj.", ".attn.k_proj.",
+                                                   ".attn.v_proj."};
+        for (std::size_t i = 0; i < 3; ++i)
+            if (const std::size_t at = bare.find(qkv[i]); at != std::string::npos) {
+                const bool weight = bare.ends_with(".weight");
+                s = {bare.substr(0, at) + ".attn.c_attn" + (weight ? ".weight" : ".bias"), weight,
+                     i, 3, std::size_t(weight ? 1 : 0)};
+            }
+        if (const std::size_t at = bare.find(".attn.o_proj."); at != std::string::npos)
+            s = {bare.substr(0, at) + ".attn.c_proj" + bare.substr(at + 12),
+                 bare.ends_with(".weight")};
+        if ((bare.find(".mlp.c_fc.") != std::string::npos ||
+             bare.find(".mlp.c_proj.") != std::string::npos) &&
+            bare.ends_with(".weight"))
+            s.transposed = true;
+        checkpoint_slot other = s;  // the same place with (or without) the prefix
+        const bool backbone = is_backbone_parameter(bare);
+        if (backbone) other.name = "transformer." + s.name;
+        if (prefixed && backbone) std::swap(s, other);
+        if (!backbone) return {s};
+        return {s, other};
+    }
+    /// Whether `name` is the backbone's (wte, wpe, h, ln_f), not a head's (lm_head).
+    static bool is_backbone_parameter(std::string_view name) {
+        if (name.starts_with("transformer.")) name.remove_prefix(12);
+        return name.starts_with("wte.") || name.starts_with("wpe.") || name.starts_with("h.") ||
+               name.starts_with("ln_f.");
+    }
+    /// Backbone parameters a checkpoint may lack: none.
+    static bool may_be_missing(std::string_view) { return false; }
+
+    /// About how many weights c describes.
+    static double approximate_size(const gpt2::config& k) {
+        const double C = double(k.hidden_size);
+        return (double(k.vocab_size) * (k.tie_word_embeddings ? 1 : 2) +
+                double(k.max_position_embeddings)) *
+                   C +
+               double(k.num_hidden_layers) * (4.0 * C * C + 2.0 * C * double(k.intermediate_size));
+    }
+};
+
 /// The model_type values ftune reads, one per family.
-inline constexpr std::array<std::string_view, 2> known_model_types{"bert", "llama"};
+inline constexpr std::array<std::string_view, 3> known_model_types{"bert", "llama", "gpt2"};
 
 /// Calls f(std::type_identity<Config>{}) with the config type of the family that a config.json's
 /// model_type names ("" when absent: BERT, as old BERT checkpoints omit it); throws naming the
@@ -326,6 +458,8 @@ decltype(auto) with_family(std::string_view model_type, F&& f) {
         return f(std::type_identity<bert::config>{});
     if (model_type == hf_family<llama::config>::model_type)
         return f(std::type_identity<llama::config>{});
+    if (model_type == hf_family<gpt2::config>::model_type)
+        return f(std::type_identity<gpt2::config>{});
     std::string msg = "\"";
     msg.append(model_type).append("\": ftune reads the families");
     for (std::size_t i = 0; i < known_model_types.size(); ++i)

@@ -80,6 +80,21 @@ class input_embeddings {
     /// start .. start + T - 1 (start > 0: continuing a sequence, as generation with a cache does).
     output_view forward(context& ctx, ids_view ids, ids_view token_types = {},
                         std::size_t start = 0) {
+        return embed(ctx, ids, token_types, start, {});
+    }
+
+    /// Embeds ids at the given positions (B * T; below `end`, which must not exceed the
+    /// position table): generation's, where each row of a left-padded batch counts its own
+    /// tokens (layers::kv_cache::positions).
+    output_view forward_at(context& ctx, ids_view ids,
+                           view<const token_id, shape<dynamic>, D> positions, std::size_t end) {
+        return embed(ctx, ids, {}, end - ids.extent(1), positions);
+    }
+
+  private:
+    // the sum of the pieces; positions start .. start + T - 1 in every row, or `given`
+    output_view embed(context& ctx, ids_view ids, ids_view token_types, std::size_t start,
+                      view<const token_id, shape<dynamic>, D> given) {
         const std::size_t B = ids.extent(0), Tn = ids.extent(1), N = B * Tn;
         const view<const token_id, shape<dynamic>, D> flat_ids(ids.data(), N);
         const auto w = token.forward(ctx, flat_ids);  // (N, C)
@@ -96,7 +111,10 @@ class input_embeddings {
                                                " exceed the position table's ", rows,
                                                " (max_position_embeddings); truncate the input"));
             positions_.resize(shape<dynamic>(N));  // (N) position of each token
-            ops::position_ids(positions_, Tn, start);
+            if (given.empty())
+                ops::position_ids(positions_, Tn, start);
+            else
+                ops::copy_ids(positions_, given);
             ops::residual_add(sum_, w, position.forward(ctx, positions_.view()));
         }
         if constexpr (!is_absent<types_type>) {
@@ -115,6 +133,7 @@ class input_embeddings {
         return {y.data(), B, Tn, y.extent(1)};
     }
 
+  public:
     /// Accumulates the tables' and the norm's gradients (ids have none).
     void backward(context& ctx, output_view dout) {
         const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);

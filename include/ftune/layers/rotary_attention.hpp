@@ -19,7 +19,8 @@ struct rotary_sizes {
     std::size_t heads;        ///< H, query heads
     std::size_t kv_heads;     ///< Hkv, key/value heads (divides H; = H: plain multi-head)
     std::size_t head_dim;     ///< d (Llama: C / H unless config.head_dim says otherwise)
-    double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta)
+    double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta); 0: no rotation (GPT-2,
+                              ///< whose learned positions are added at the input)
 };
 
 /// x (B, T, C) -> (B, T, C): o_proj(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask) v), with
@@ -48,7 +49,8 @@ class rotary_attention {
           v_proj(s.hidden, s.kv_heads * s.head_dim),
           o_proj(s.heads * s.head_dim, s.hidden),
           sizes_(s) {
-        if (s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 || s.head_dim % 2 != 0)
+        if (s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 ||
+            (s.rope_theta > 0 && s.head_dim % 2 != 0))
             throw error(errc::invalid_argument, "rotary_attention",
                         ftune::detail::cat(s.kv_heads, " key/value heads must divide the ", s.heads,
                                            " query heads, and the head size ", s.head_dim,
@@ -57,6 +59,8 @@ class rotary_attention {
 
     /// The sizes it was built with.
     const rotary_sizes& sizes() const noexcept { return sizes_; }
+    /// Whether queries and keys are rotated (rope_theta > 0).
+    bool rotary() const noexcept { return sizes_.rope_theta > 0; }
 
     /// Attention of every position to itself and the earlier unmasked positions of its row.
     /// key_mask (B, T) is added to the scaled scores (0 keeps a key, the lowest value drops it).
@@ -70,16 +74,18 @@ class rotary_attention {
         // positions and their rotary angles: (N) and (N, d/2)
         positions_.resize(shape<dynamic>(N));
         ops::position_ids(positions_, Tn, start);
-        cos_.resize(shape<dynamic, dynamic>(N, d / 2));
-        sin_.resize(cos_.shape());
-        ops::rope_table(cos_, sin_, positions_, sizes_.rope_theta);
+        if (rotary()) {
+            cos_.resize(shape<dynamic, dynamic>(N, d / 2));
+            sin_.resize(cos_.shape());
+            ops::rope_table(cos_, sin_, positions_, sizes_.rope_theta);
+        }
         // q (N, H d) and k (N, Hkv d), rotated; v (N, Hkv d)
         q_.resize(shape<dynamic, dynamic>(N, H * d));
         ops::copy(q_, q_proj.forward(ctx, x2));
-        ops::rope(q_, cos_, sin_);
+        if (rotary()) ops::rope(q_, cos_, sin_);
         k_.resize(shape<dynamic, dynamic>(N, Hkv * d));
         ops::copy(k_, k_proj.forward(ctx, x2));
-        ops::rope(k_, cos_, sin_);
+        if (rotary()) ops::rope(k_, cos_, sin_);
         v_ = v_proj.forward(ctx, x2);
         // every query head's keys and values: (N, H d)
         const auto ke = expanded(k_.view(), k_full_, group);
@@ -114,15 +120,17 @@ class rotary_attention {
                                            kv.k.shape().to_string(), " do not fit this step of ",
                                            cache.steps(), " positions"));
         const view<const T, shape<dynamic, C>, D> x2(x.data(), N, Cn);  // (B*T, C)
-        cos_.resize(shape<dynamic, dynamic>(N, d / 2));                 // (N, d/2) rotary angles
-        sin_.resize(cos_.shape());
-        ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
+        if (rotary()) {
+            cos_.resize(shape<dynamic, dynamic>(N, d / 2));  // (N, d/2) rotary angles
+            sin_.resize(cos_.shape());
+            ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
+        }
         q_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) rotated
         ops::copy(q_, q_proj.forward(ctx, x2));
-        ops::rope(q_, cos_, sin_);
+        if (rotary()) ops::rope(q_, cos_, sin_);
         k_.resize(shape<dynamic, dynamic>(N, Hkv * d));  // (N, Hkv d) rotated
         ops::copy(k_, k_proj.forward(ctx, x2));
-        ops::rope(k_, cos_, sin_);
+        if (rotary()) ops::rope(k_, cos_, sin_);
         const auto v = v_proj.forward(ctx, x2);  // (N, Hkv d)
         for (std::size_t b = 0; b < B; ++b) {    // append to each sequence's cache rows
             const std::size_t rows = Tn * Hkv * d, at = (b * cap + past) * Hkv * d;
@@ -176,8 +184,10 @@ class rotary_attention {
         w.dv.fill(T(0));
         ops::repeat_heads_backward(w.dk, w.dk_full, Hkv, group);
         ops::repeat_heads_backward(w.dv, w.dv_full, Hkv, group);
-        ops::rope(w.dq, cos_, sin_, /*inverse=*/true);
-        ops::rope(w.dk, cos_, sin_, /*inverse=*/true);
+        if (rotary()) {
+            ops::rope(w.dq, cos_, sin_, /*inverse=*/true);
+            ops::rope(w.dk, cos_, sin_, /*inverse=*/true);
+        }
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
