@@ -4626,6 +4626,21 @@ void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t
     detail::check_size("cached_attention", "key_mask", key_mask, B * S, "(B, S)");
     const std::size_t d = HD / H, Hkv = Ckv / d, group = H / Hkv;
     using backend = detail::backend_for<Out>;
+    if (Tq == 1) {  // a decode step: the group's queries are the rows of one (group, d) matrix
+        for (std::size_t b = 0; b < B; ++b)
+            backend::gemm_strided_batched(transpose::no, transpose::yes, group, S, d, T(1),
+                                          q.data() + b * HD, d, group * d, k.data() + b * cap * Ckv,
+                                          Ckv, d, T(0), scores.data() + b * H * S, S, group * S,
+                                          Hkv);
+        backend::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, B, H, Tq, S,
+                                 /*causal=*/true);
+        for (std::size_t b = 0; b < B; ++b)
+            backend::gemm_strided_batched(transpose::no, transpose::no, group, d, S, T(1),
+                                          probs.data() + b * H * S, S, group * S,
+                                          v.data() + b * cap * Ckv, Ckv, d, T(0),
+                                          out.data() + b * HD, d, group * d, Hkv);
+        return;
+    }
     // scores: head h = j group + g of sequence b is Q_bh (Tq, d) K_bjᵀ, batched over j
     for (std::size_t b = 0; b < B; ++b)
         for (std::size_t g = 0; g < group; ++g)
