@@ -68,6 +68,23 @@ inline void config_real(const nlohmann::json& j, const std::string& where, const
         throw error(errc::parse, where + ": " + key,
                     ftune::detail::cat(out, " is outside [", lo, ", ", hi, ")"));
 }
+/// Reads config.json field `key` of j (when present) as an activation's name into `name` and
+/// the activation into `out`; `where` names the file in errors (not a string, or an activation
+/// ftune does not run).
+inline void config_activation(const nlohmann::json& j, const std::string& where, const char* key,
+                              std::string& name, ops::activation& out) {
+    if (j.contains(key)) {
+        if (!j[key].is_string()) throw error(errc::parse, where + ": " + key, "must be a string");
+        name = j[key].get<std::string>();
+    } else if (name.empty()) {
+        return;
+    }
+    try {
+        out = bert::activation_from_hf(name);
+    } catch (const error& e) {
+        throw error(errc::unsupported, where + ": " + key, e.message());
+    }
+}
 }  // namespace detail
 
 /// How a model family's config.json and checkpoints read into ftune and back: one
@@ -122,16 +139,8 @@ struct hf_family<bert::config> {
             throw error(errc::parse, where + ": num_attention_heads",
                         ftune::detail::cat(c.num_attention_heads, " heads do not divide ",
                                            "hidden_size ", c.hidden_size));
-        if (j.contains("hidden_act")) {
-            if (!j["hidden_act"].is_string())
-                throw error(errc::parse, where + ": hidden_act", "must be a string");
-            hidden_act = j["hidden_act"].get<std::string>();
-            try {
-                c.hidden_act = bert::activation_from_hf(hidden_act);
-            } catch (const error& e) {
-                throw error(errc::unsupported, where + ": hidden_act", e.message());
-            }
-        }
+        if (j.contains("hidden_act"))
+            detail::config_activation(j, where, "hidden_act", hidden_act, c.hidden_act);
     }
 
     /// Writes c into j as BertConfig's fields.
@@ -363,17 +372,8 @@ struct hf_family<gpt2::config> {
         id("pad_token_id", c.pad_token_id);
         id("bos_token_id", c.bos_token_id);
         id("eos_token_id", c.eos_token_id);
-        hidden_act = "gelu_new";
-        if (j.contains("activation_function")) {
-            if (!j["activation_function"].is_string())
-                throw error(errc::parse, where + ": activation_function", "must be a string");
-            hidden_act = j["activation_function"].get<std::string>();
-        }
-        try {
-            c.hidden_act = bert::activation_from_hf(hidden_act);
-        } catch (const error& e) {
-            throw error(errc::unsupported, where + ": activation_function", e.message());
-        }
+        hidden_act = "gelu_new";  // GPT2Config's default
+        detail::config_activation(j, where, "activation_function", hidden_act, c.hidden_act);
     }
 
     /// Writes c into j as GPT2Config's fields.
