@@ -6358,19 +6358,8 @@ class rotary_attention {
         // positions and their rotary angles: (N) and (N, d/2)
         positions_.resize(shape<dynamic>(N));
         ops::position_ids(positions_, Tn, start);
-        if (rotary()) {
-            cos_.resize(shape<dynamic, dynamic>(N, d / 2));
-            sin_.resize(cos_.shape());
-            ops::rope_table(cos_, sin_, positions_, sizes_.rope_theta);
-        }
-        // q (N, H d) and k (N, Hkv d), rotated; v (N, Hkv d)
-        q_.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::copy(q_, q_proj.forward(ctx, x2));
-        if (rotary()) ops::rope(q_, cos_, sin_);
-        k_.resize(shape<dynamic, dynamic>(N, Hkv * d));
-        ops::copy(k_, k_proj.forward(ctx, x2));
-        if (rotary()) ops::rope(k_, cos_, sin_);
-        v_ = v_proj.forward(ctx, x2);
+        rotated_qk(ctx, x2, positions_.view());  // q (N, H d), k (N, Hkv d)
+        v_ = v_proj.forward(ctx, x2);            // (N, Hkv d)
         // every query head's keys and values: (N, H d)
         const auto ke = expanded(k_.view(), k_full_, group);
         const auto ve = expanded(v_, v_full_, group);
@@ -6404,19 +6393,9 @@ class rotary_attention {
                                            kv.k.shape().to_string(), " do not fit this step of ",
                                            cache.steps(), " positions"));
         const view<const T, shape<dynamic, C>, D> x2(x.data(), N, Cn);  // (B*T, C)
-        if (rotary()) {
-            cos_.resize(shape<dynamic, dynamic>(N, d / 2));  // (N, d/2) rotary angles
-            sin_.resize(cos_.shape());
-            ops::rope_table(cos_, sin_, cache.positions(), sizes_.rope_theta);
-        }
-        q_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) rotated
-        ops::copy(q_, q_proj.forward(ctx, x2));
-        if (rotary()) ops::rope(q_, cos_, sin_);
-        k_.resize(shape<dynamic, dynamic>(N, Hkv * d));  // (N, Hkv d) rotated
-        ops::copy(k_, k_proj.forward(ctx, x2));
-        if (rotary()) ops::rope(k_, cos_, sin_);
-        const auto v = v_proj.forward(ctx, x2);  // (N, Hkv d)
-        for (std::size_t b = 0; b < B; ++b) {    // append to each sequence's cache rows
+        rotated_qk(ctx, x2, cache.positions());                         // q (N, H d), k (N, Hkv d)
+        const auto v = v_proj.forward(ctx, x2);                         // (N, Hkv d)
+        for (std::size_t b = 0; b < B; ++b) {  // append to each sequence's cache rows
             const std::size_t rows = Tn * Hkv * d, at = (b * cap + past) * Hkv * d;
             ops::copy(view<T, shape<dynamic>, D>(kv.k.data() + at, rows),
                       view<const T, shape<dynamic>, D>(k_.data() + b * rows, rows));
@@ -6503,6 +6482,25 @@ class rotary_attention {
 
   private:
     using matrix = buffer<T, shape<dynamic, dynamic>, D>;
+    // q_ (N, H d) and k_ (N, Hkv d) of x (N, C), rotated at positions (N) unless not rotary
+    // (the angles kept in cos_, sin_ for backward)
+    void rotated_qk(context& ctx, view<const T, shape<dynamic, C>, D> x,
+                    view<const token_id, shape<dynamic>, D> positions) {
+        const std::size_t N = x.extent(0), d = sizes_.head_dim;
+        if (rotary()) {
+            cos_.resize(shape<dynamic, dynamic>(N, d / 2));  // (N, d/2) rotary angles
+            sin_.resize(cos_.shape());
+            ops::rope_table(cos_, sin_, positions, sizes_.rope_theta);
+        }
+        q_.resize(shape<dynamic, dynamic>(N, sizes_.heads * d));
+        ops::copy(q_, q_proj.forward(ctx, x));
+        k_.resize(shape<dynamic, dynamic>(N, sizes_.kv_heads * d));
+        ops::copy(k_, k_proj.forward(ctx, x));
+        if (rotary()) {
+            ops::rope(q_, cos_, sin_);
+            ops::rope(k_, cos_, sin_);
+        }
+    }
     // x itself when every query head has its own key/value head; else x's heads repeated into
     // full (N, H d)
     template <class X>

@@ -85,6 +85,29 @@ inline void config_activation(const nlohmann::json& j, const std::string& where,
         throw error(errc::unsupported, where + ": " + key, e.message());
     }
 }
+/// Reads a decoder's tie_word_embeddings and pad/bos/eos token ids of j into c (those present).
+template <class Config>
+void config_decoder_tokens(const nlohmann::json& j, Config& c) {
+    if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean())
+        c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
+    auto id = [&](const char* key, token_id& out) {
+        if (j.contains(key) && j[key].is_number_integer()) out = j[key].get<token_id>();
+    };
+    id("pad_token_id", c.pad_token_id);
+    id("bos_token_id", c.bos_token_id);
+    id("eos_token_id", c.eos_token_id);
+}
+/// Writes a decoder's tie_word_embeddings and token ids into j (no padding token: null).
+template <class Config>
+void write_decoder_tokens(const Config& c, nlohmann::json& j) {
+    j["tie_word_embeddings"] = c.tie_word_embeddings;
+    if (c.pad_token_id >= 0)
+        j["pad_token_id"] = c.pad_token_id;
+    else
+        j["pad_token_id"] = nullptr;
+    j["bos_token_id"] = c.bos_token_id;
+    j["eos_token_id"] = c.eos_token_id;
+}
 }  // namespace detail
 
 /// How a model family's config.json and checkpoints read into ftune and back: one
@@ -246,14 +269,7 @@ struct hf_family<llama::config> {
             if (j.contains(key) && j[key] == true)
                 throw error(errc::unsupported, where + ": " + key,
                             "true: ftune's Llama projections have no bias");
-        if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean())
-            c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
-        auto id = [&](const char* key, token_id& out) {
-            if (j.contains(key) && j[key].is_number_integer()) out = j[key].get<token_id>();
-        };
-        id("pad_token_id", c.pad_token_id);
-        id("bos_token_id", c.bos_token_id);
-        id("eos_token_id", c.eos_token_id);
+        detail::config_decoder_tokens(j, c);
         if (c.num_attention_heads % c.num_key_value_heads != 0 ||
             (c.head_dim == 0 && c.hidden_size % c.num_attention_heads != 0) ||
             c.head_size() % 2 != 0)
@@ -287,17 +303,11 @@ struct hf_family<llama::config> {
         j["rms_norm_eps"] = c.rms_norm_eps;
         j["rope_theta"] = c.rope_theta;
         j["rope_parameters"] = {{"rope_theta", c.rope_theta}, {"rope_type", "default"}};
-        j["tie_word_embeddings"] = c.tie_word_embeddings;
         j["hidden_act"] = "silu";
         j["attention_bias"] = false;
         j["mlp_bias"] = false;
         j["initializer_range"] = c.initializer_range;
-        if (c.pad_token_id >= 0)
-            j["pad_token_id"] = c.pad_token_id;
-        else
-            j["pad_token_id"] = nullptr;
-        j["bos_token_id"] = c.bos_token_id;
-        j["eos_token_id"] = c.eos_token_id;
+        detail::write_decoder_tokens(c, j);
     }
 
     /// The names a checkpoint may store parameter `name` under: the name, with or without
@@ -364,14 +374,7 @@ struct hf_family<gpt2::config> {
         if (j.contains("scale_attn_weights") && j["scale_attn_weights"] == false)
             throw error(errc::unsupported, where + ": scale_attn_weights",
                         "false: ftune scales the attention scores by 1/sqrt(head size)");
-        if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean())
-            c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
-        auto id = [&](const char* key, token_id& out) {
-            if (j.contains(key) && j[key].is_number_integer()) out = j[key].get<token_id>();
-        };
-        id("pad_token_id", c.pad_token_id);
-        id("bos_token_id", c.bos_token_id);
-        id("eos_token_id", c.eos_token_id);
+        detail::config_decoder_tokens(j, c);
         hidden_act = "gelu_new";  // GPT2Config's default
         detail::config_activation(j, where, "activation_function", hidden_act, c.hidden_act);
     }
@@ -386,15 +389,9 @@ struct hf_family<gpt2::config> {
         j["n_positions"] = c.max_position_embeddings;
         j["layer_norm_epsilon"] = c.layer_norm_eps;
         j["activation_function"] = std::string(bert::activation_to_hf(c.hidden_act));
-        j["tie_word_embeddings"] = c.tie_word_embeddings;
         j["initializer_range"] = c.initializer_range;
         j["scale_attn_weights"] = true;
-        if (c.pad_token_id >= 0)
-            j["pad_token_id"] = c.pad_token_id;
-        else
-            j["pad_token_id"] = nullptr;
-        j["bos_token_id"] = c.bos_token_id;
-        j["eos_token_id"] = c.eos_token_id;
+        detail::write_decoder_tokens(c, j);
     }
 
     /// Where parameter `name` is stored: "h.N.attn.q_proj.weight" is part 0 of 3 of the
