@@ -146,22 +146,36 @@ TEMPLATE_TEST_CASE("gemm_packed (B packed once) equals gemm bit for bit, on 1 an
 TEMPLATE_TEST_CASE("strided batched gemm matches the reference", "[primitives][gemm]", float,
                    double) {
     using T = TestType;
-    // attention-like: (B*H) batches of Q (T, d) x K^T (d, T), with interleaved heads
+    // attention-like: (B*H) batches of Q (T, d) x K^T (d, T) or P (T, S) x V (S, d), with
+    // interleaved heads; up to 8 rows (a decode step's) take the unpacked path, on one thread
+    // under 1 MFLOP and on several above; K and N not multiples of the vector width
     for (auto [batch, M, N, K] :
          {std::tuple<std::size_t, std::size_t, std::size_t, std::size_t>{0, 4, 4, 4},
           {1, 3, 5, 2},
           {6, 13, 13, 8},
-          {24, 7, 9, 16}}) {
-        const std::size_t sa = M * K + 3, sb = N * K + 1, sc = M * N + 2;  // strides leave gaps
-        auto A = test::randn<T>(batch * sa + 1, 5), B = test::randn<T>(batch * sb + 1, 6);
-        auto want = test::randn<T>(batch * sc + 1, 7), got = want;
-        ref::gemm_strided_batched(transpose::no, transpose::yes, M, N, K, T(0.5), A.data(), K, sa,
-                                  B.data(), K, sb, T(1), want.data(), N, sc, batch);
-        cpu::gemm_strided_batched(transpose::no, transpose::yes, M, N, K, T(0.5), A.data(), K, sa,
-                                  B.data(), K, sb, T(1), got.data(), N, sc, batch);
-        INFO("batch=" << batch << " M=" << M << " N=" << N << " K=" << K);
-        test::require_close(got, want, test::tol<T>(16.0 * (K + 4)), "gemm_strided_batched");
-    }
+          {24, 7, 9, 16},
+          {3, 1, 37, 70},
+          {2, 8, 64, 33},
+          {16, 3, 200, 64}})
+        for (transpose tb : {transpose::yes, transpose::no})
+            for (T beta : {T(1), T(0)}) {
+                const std::size_t sa = M * K + 3, sb = N * K + 1, sc = M * N + 2;  // gaps
+                const std::size_t ldb = tb == transpose::yes ? K : N;
+                auto A = test::randn<T>(batch * sa + 1, 5), B = test::randn<T>(batch * sb + 1, 6);
+                auto want = test::randn<T>(batch * sc + 1, 7);
+                if (beta == T(0))  // beta = 0 ignores C, even NaN
+                    for (std::size_t b = 0; b < batch; ++b)
+                        want[b * sc] = std::numeric_limits<T>::quiet_NaN();
+                auto got = want;
+                ref::gemm_strided_batched(transpose::no, tb, M, N, K, T(0.5), A.data(), K, sa,
+                                          B.data(), ldb, sb, beta, want.data(), N, sc, batch);
+                cpu::gemm_strided_batched(transpose::no, tb, M, N, K, T(0.5), A.data(), K, sa,
+                                          B.data(), ldb, sb, beta, got.data(), N, sc, batch);
+                INFO("batch=" << batch << " M=" << M << " N=" << N << " K=" << K
+                              << " tb=" << (tb == transpose::yes) << " beta=" << beta);
+                test::require_close(got, want, test::tol<T>(16.0 * (K + 4)),
+                                    "gemm_strided_batched");
+            }
 }
 
 TEST_CASE("gemm with alpha = 0 reads neither A nor B (BLAS semantics)", "[primitives][gemm]") {
@@ -312,6 +326,60 @@ TEST_CASE("cache blocking comes from the CPU found at run time", "[primitives][g
     CHECK(b.nc % blk::NR == 0);
     // the same numbers on every call (computed once)
     CHECK(&cpu::gemm_detail::runtime_blocking<float>() == &b);
+}
+
+TEMPLATE_TEST_CASE("attention_decode (a generated token against its cache) matches the reference",
+                   "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const int threads = ftune::num_threads();
+    std::uint64_t seed = 1400;
+    // (batch, query heads, key/value heads, cached positions, head size): groups of 1, 3 and 12
+    // (more than a register tile's rows), head sizes off the vector width, and a step large
+    // enough to run on several threads
+    for (auto [B, H, Hkv, S, d] :
+         {std::tuple<std::size_t, std::size_t, std::size_t, std::size_t, std::size_t>{1, 1, 1, 1,
+                                                                                      4},
+          {2, 9, 3, 37, 64},
+          {3, 12, 1, 20, 24},
+          {2, 4, 4, 70, 33},
+          {4, 16, 2, 300, 64}})
+        for (int t : {1, 2}) {
+            ftune::set_num_threads(t);
+            const std::size_t cap = S + 3, Ckv = Hkv * d;  // cache rows past S are never read
+            const auto q = test::randn<T>(B * H * d, seed++);
+            auto k = test::randn<T>(B * cap * Ckv, seed++),
+                 v = test::randn<T>(B * cap * Ckv, seed++);
+            for (std::size_t b = 0; b < B; ++b)
+                for (std::size_t i = S * Ckv; i < cap * Ckv; ++i)
+                    k[b * cap * Ckv + i] = v[b * cap * Ckv + i] =
+                        std::numeric_limits<T>::quiet_NaN();
+            std::vector<T> mask(B * S, T(0));
+            for (std::size_t b = 1; b < B; ++b)  // left padding of later sequences
+                for (std::size_t j = 0; j < std::min(S - 1, b * 3); ++j)
+                    mask[b * S + j] = std::numeric_limits<T>::lowest();
+            if (B > 2)  // a sequence whose keys are all dropped (-inf): zeros
+                for (std::size_t j = 0; j < S; ++j)
+                    mask[2 * S + j] = -std::numeric_limits<T>::infinity();
+            const T scale = T(1) / std::sqrt(T(d));
+            std::vector<T> want(B * H * d), got(B * H * d, std::numeric_limits<T>::quiet_NaN());
+            ref::attention_decode(want.data(), q.data(), k.data(), v.data(), cap, mask.data(),
+                                  scale, B, H, Hkv, S, d);
+            cpu::attention_decode(got.data(), q.data(), k.data(), v.data(), cap, mask.data(), scale,
+                                  B, H, Hkv, S, d);
+            INFO("B=" << B << " H=" << H << " Hkv=" << Hkv << " S=" << S << " d=" << d
+                      << " threads=" << t);
+            test::require_close(got, want, test::tol<T>(64.0 * (S + d)), "attention_decode");
+            if (B > 2)
+                for (std::size_t i = 2 * H * d; i < 3 * H * d; ++i) REQUIRE(got[i] == T(0));
+        }
+    ftune::set_num_threads(threads);
+    std::vector<float> buf(64);
+    CHECK_THROWS_AS(cpu::attention_decode(buf.data(), buf.data(), buf.data(), buf.data(), 4,
+                                          static_cast<const float*>(nullptr), 1.0f, 1, 3, 2, 2, 2),
+                    ftune::error);  // 2 key/value heads do not divide 3 query heads
+    CHECK_THROWS_AS(cpu::attention_decode(buf.data(), buf.data(), buf.data(), buf.data(), 4,
+                                          static_cast<const float*>(nullptr), 1.0f, 1, 2, 2, 5, 2),
+                    ftune::error);  // 5 positions in a cache of 4
 }
 
 TEMPLATE_TEST_CASE("attention_inference matches the reference softmax(Q Kᵀ) V, masks and causal",

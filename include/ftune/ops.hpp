@@ -166,6 +166,7 @@ template <>
 struct backend_of<device::cpu> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::cpu)
     FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
@@ -173,6 +174,7 @@ template <>
 struct backend_of<device::reference> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::reference)
     FTUNE_OPS_FORWARD(backends::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backends::reference, attention_decode)
     FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
@@ -800,19 +802,9 @@ void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t
     detail::check_size("cached_attention", "key_mask", key_mask, B * S, "(B, S)");
     const std::size_t d = HD / H, Hkv = Ckv / d, group = H / Hkv;
     using backend = detail::backend_for<Out>;
-    if (Tq == 1) {  // a decode step: the group's queries are the rows of one (group, d) matrix
-        for (std::size_t b = 0; b < B; ++b)
-            backend::gemm_strided_batched(transpose::no, transpose::yes, group, S, d, T(1),
-                                          q.data() + b * HD, d, group * d, k.data() + b * cap * Ckv,
-                                          Ckv, d, T(0), scores.data() + b * H * S, S, group * S,
-                                          Hkv);
-        backend::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, B, H, Tq, S,
-                                 /*causal=*/true);
-        for (std::size_t b = 0; b < B; ++b)
-            backend::gemm_strided_batched(transpose::no, transpose::no, group, d, S, T(1),
-                                          probs.data() + b * H * S, S, group * S,
-                                          v.data() + b * cap * Ckv, Ckv, d, T(0),
-                                          out.data() + b * HD, d, group * d, Hkv);
+    if (Tq == 1) {  // a decode step: one fused primitive (no (B, H, 1, S) buffers)
+        backend::attention_decode(out.data(), q.data(), k.data(), v.data(), cap, key_mask.data(),
+                                  scale, B, H, Hkv, S, d);
         return;
     }
     // scores: head h = j group + g of sequence b is Q_bh (Tq, d) K_bjᵀ, batched over j

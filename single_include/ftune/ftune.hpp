@@ -2012,6 +2012,47 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
             }
 }
 
+/// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
+/// and query head h, p = softmax_j(scale q_bh · k_bj + key_mask(b, j)) over the S cached
+/// positions and out_bh = Σ_j p_j v_bj, with key/value head h / (H / Hkv). q, out (B, H d);
+/// k, v (B, cap, Hkv d); key_mask (B, S) additive or null. All keys masked: zeros.
+template <scalar T>
+void attention_decode(T* out, const T* q, const T* k, const T* v, std::size_t cap,
+                      const T* key_mask, T scale, std::size_t Bn, std::size_t H, std::size_t Hkv,
+                      std::size_t S, std::size_t d) {
+    if (Hkv == 0 || H % Hkv != 0 || S > cap)
+        throw error(errc::shape_mismatch, "attention_decode",
+                    ftune::detail::cat(Hkv, " key/value heads must divide ", H, " query heads; ", S,
+                                       " positions of a cache of ", cap));
+    const std::size_t group = H == 0 ? 1 : H / Hkv, Ckv = Hkv * d;
+    std::vector<T> p(S);
+    for (std::size_t b = 0; b < Bn; ++b)
+        for (std::size_t h = 0; h < H; ++h) {
+            const T* qh = q + (b * H + h) * d;
+            const std::size_t j = h / group;
+            T mx = -std::numeric_limits<T>::infinity();
+            for (std::size_t s = 0; s < S; ++s) {
+                const T* ks = k + (b * cap + s) * Ckv + j * d;
+                T dot = 0;
+                for (std::size_t c = 0; c < d; ++c) dot += qh[c] * ks[c];
+                p[s] = scale * dot + (key_mask ? key_mask[b * S + s] : T(0));
+                if (p[s] > mx) mx = p[s];
+            }
+            T sum = 0;
+            for (std::size_t s = 0; s < S; ++s) {
+                p[s] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[s] - mx);
+                sum += p[s];
+            }
+            T* oh = out + (b * H + h) * d;
+            for (std::size_t c = 0; c < d; ++c) {
+                T acc = 0;
+                for (std::size_t s = 0; s < S; ++s)
+                    acc += p[s] * v[(b * cap + s) * Ckv + j * d + c];
+                oh[c] = sum > T(0) ? acc / sum : T(0);
+            }
+        }
+}
+
 }  // namespace backends::reference
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/reference/primitives.hpp ----
@@ -2632,7 +2673,10 @@ inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t
                               std::size_t prefetch_lines, const T* bias = nullptr,
                               const T* residual = nullptr, std::size_t ldr = 0) {
     constexpr std::size_t MR = blocking<T>::MR;
-    if (m > MR - 2 || MR <= 4)
+    if (m == 1)  // one row (a generated token): no duplicated row's FMAs
+        micro_kernel<T, 1, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_lines, bias, residual, ldr);
+    else if (m > MR - 2 || MR <= 4)
         micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
                                    prefetch_lines, bias, residual, ldr);
     else if (m > 4 && MR > 6)
@@ -2644,6 +2688,82 @@ inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t
     else
         micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
                                   prefetch_lines, bias, residual, ldr);
+}
+
+/// C(R, N) = alpha * A(R, K) * op(B)(K, N) + beta * C for a row-major A of R <= MR rows, B read
+/// in place (no packing, one thread): the products of attention for one new token (a decode
+/// step's query heads that share a key/value head) are too small to repay packing the cache.
+/// op(B) = Bᵀ takes dot products along K; op(B) = B accumulates rows of B along N. (Its sums are
+/// not in gemm()'s order: attention_decode's, not gemm()'s.)
+template <std::size_t R, class T>
+void few_rows(transpose tb, std::size_t N, std::size_t K, T alpha, const T* A, std::size_t lda,
+              const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    using V = detail::batch<T>;
+    constexpr std::size_t W = blocking<T>::W;
+    auto store = [&](std::size_t i, std::size_t j, T sum) {
+        T& c = C[i * ldc + j];
+        c = beta == T(0) ? alpha * sum : alpha * sum + beta * c;
+    };
+    if (tb == transpose::yes) {  // C(i, j) = A_i . B_j
+        const std::size_t kv = K / W * W;
+        for (std::size_t j = 0; j < N; ++j) {
+            const T* bj = B + j * ldb;
+            V acc[R];
+#pragma GCC unroll 8
+            for (std::size_t i = 0; i < R; ++i) acc[i] = V(T(0));
+            for (std::size_t k = 0; k < kv; k += W) {
+                const V bv = V::load_unaligned(bj + k);
+#pragma GCC unroll 8
+                for (std::size_t i = 0; i < R; ++i)
+                    acc[i] = xsimd::fma(V::load_unaligned(A + i * lda + k), bv, acc[i]);
+            }
+            for (std::size_t i = 0; i < R; ++i) {
+                T sum = detail::reduce_add(acc[i]);
+                for (std::size_t k = kv; k < K; ++k) sum += A[i * lda + k] * bj[k];
+                store(i, j, sum);
+            }
+        }
+        return;
+    }
+    constexpr std::size_t NV = 2;  // C(i, j0 : j0 + NV W) = Σ_k A(i, k) B_k
+    std::size_t j0 = 0;
+    for (; j0 + NV * W <= N; j0 += NV * W) {
+        V acc[R][NV];
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < R; ++i)
+            for (std::size_t v = 0; v < NV; ++v) acc[i][v] = V(T(0));
+        for (std::size_t k = 0; k < K; ++k) {
+            const T* bk = B + k * ldb + j0;
+            V bv[NV];
+            for (std::size_t v = 0; v < NV; ++v) bv[v] = V::load_unaligned(bk + v * W);
+#pragma GCC unroll 8
+            for (std::size_t i = 0; i < R; ++i) {
+                const V a(A[i * lda + k]);
+                for (std::size_t v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(a, bv[v], acc[i][v]);
+            }
+        }
+        for (std::size_t i = 0; i < R; ++i)
+            for (std::size_t v = 0; v < NV; ++v) {
+                alignas(64) T tile[W];
+                acc[i][v].store_aligned(tile);
+                for (std::size_t j = 0; j < W; ++j) store(i, j0 + v * W + j, tile[j]);
+            }
+    }
+    for (std::size_t i = 0; i < R; ++i)  // the columns past the last whole tile
+        for (std::size_t j = j0; j < N; ++j) {
+            T sum = T(0);
+            for (std::size_t k = 0; k < K; ++k) sum += A[i * lda + k] * B[k * ldb + j];
+            store(i, j, sum);
+        }
+}
+
+/// few_rows for m <= MR rows, the row count made a template argument.
+template <class T, std::size_t R = blocking<T>::MR>
+void few_rows_n(std::size_t m, transpose tb, std::size_t N, std::size_t K, T alpha, const T* A,
+                std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    if constexpr (R > 1)
+        if (m < R) return few_rows_n<T, R - 1>(m, tb, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    few_rows<R>(tb, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).
@@ -3824,6 +3944,49 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     });
 }
 
+/// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
+/// and query head h, p = softmax_j(scale q_bh · k_bj + key_mask(b, j)) over the S cached
+/// positions j (the query is the last of them: causality holds) and out_bh = Σ_j p_j v_bj, where
+/// k and v are key/value head h / (H / Hkv), the one h shares. q and out (B, H d); the caches k
+/// and v (B, cap, Hkv d); key_mask (B, S) additive (may be null). The H / Hkv query heads of a
+/// key/value head are the rows of one product each way, B read in place; one thread unless the
+/// step is large (a batch of long sequences). A query whose keys are all masked gets zeros.
+template <scalar T>
+void attention_decode(T* out, const T* q, const T* k, const T* v, std::size_t cap,
+                      const T* key_mask, T scale, std::size_t Bn, std::size_t H, std::size_t Hkv,
+                      std::size_t S, std::size_t d) {
+    if (Bn == 0 || H == 0 || S == 0 || d == 0) return;
+    if (Hkv == 0 || H % Hkv != 0 || S > cap)
+        throw error(errc::shape_mismatch, "attention_decode",
+                    ftune::detail::cat(Hkv, " key/value heads must divide ", H, " query heads; ", S,
+                                       " positions of a cache of ", cap));
+    constexpr std::size_t MR = gemm_detail::blocking<T>::MR;
+    const std::size_t group = H / Hkv, HD = H * d, Ckv = Hkv * d;
+    auto units = [&](std::size_t u0, std::size_t u1) {
+        T* sc = gemm_detail::scratch<T, 5>(MR * S);  // (rows, S) scores, then probs
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t b = u / Hkv, j = u % Hkv;
+            const T* kb = k + b * cap * Ckv + j * d;
+            const T* vb = v + b * cap * Ckv + j * d;
+            for (std::size_t g0 = 0; g0 < group; g0 += MR) {  // the group's query rows, d apart
+                const std::size_t rows = std::min(MR, group - g0), h0 = j * group + g0;
+                gemm_detail::few_rows_n<T>(rows, transpose::yes, S, d, T(1), q + b * HD + h0 * d, d,
+                                           kb, Ckv, T(0), sc, S);
+                for (std::size_t g = 0; g < rows; ++g)
+                    detail::softmax_row(sc + g * S, sc + g * S,
+                                        key_mask ? key_mask + b * S : nullptr, scale, S, S);
+                gemm_detail::few_rows_n<T>(rows, transpose::no, d, S, T(1), sc, S, vb, Ckv, T(0),
+                                           out + b * HD + h0 * d, d);
+            }
+        }
+    };
+    // a fork and join costs more than a step of one short sequence (SmolLM2: 9 heads, S < 1000)
+    if (4.0 * double(Bn * H) * double(S) * double(d) < 2e6)
+        units(0, Bn * Hkv);
+    else
+        detail::parallel_for(Bn * Hkv, 1, units);
+}
+
 }  // namespace backends::cpu
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/cpu/primitives.hpp ----
@@ -3992,6 +4155,7 @@ template <>
 struct backend_of<device::cpu> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::cpu)
     FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
@@ -3999,6 +4163,7 @@ template <>
 struct backend_of<device::reference> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::reference)
     FTUNE_OPS_FORWARD(backends::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backends::reference, attention_decode)
     FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
@@ -4626,19 +4791,9 @@ void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t
     detail::check_size("cached_attention", "key_mask", key_mask, B * S, "(B, S)");
     const std::size_t d = HD / H, Hkv = Ckv / d, group = H / Hkv;
     using backend = detail::backend_for<Out>;
-    if (Tq == 1) {  // a decode step: the group's queries are the rows of one (group, d) matrix
-        for (std::size_t b = 0; b < B; ++b)
-            backend::gemm_strided_batched(transpose::no, transpose::yes, group, S, d, T(1),
-                                          q.data() + b * HD, d, group * d, k.data() + b * cap * Ckv,
-                                          Ckv, d, T(0), scores.data() + b * H * S, S, group * S,
-                                          Hkv);
-        backend::softmax_forward(probs.data(), scores.data(), key_mask.data(), scale, B, H, Tq, S,
-                                 /*causal=*/true);
-        for (std::size_t b = 0; b < B; ++b)
-            backend::gemm_strided_batched(transpose::no, transpose::no, group, d, S, T(1),
-                                          probs.data() + b * H * S, S, group * S,
-                                          v.data() + b * cap * Ckv, Ckv, d, T(0),
-                                          out.data() + b * HD, d, group * d, Hkv);
+    if (Tq == 1) {  // a decode step: one fused primitive (no (B, H, 1, S) buffers)
+        backend::attention_decode(out.data(), q.data(), k.data(), v.data(), cap, key_mask.data(),
+                                  scale, B, H, Hkv, S, d);
         return;
     }
     // scores: head h = j group + g of sequence b is Q_bh (Tq, d) K_bjᵀ, batched over j

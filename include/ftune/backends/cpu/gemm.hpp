@@ -248,7 +248,10 @@ inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t
                               std::size_t prefetch_lines, const T* bias = nullptr,
                               const T* residual = nullptr, std::size_t ldr = 0) {
     constexpr std::size_t MR = blocking<T>::MR;
-    if (m > MR - 2 || MR <= 4)
+    if (m == 1)  // one row (a generated token): no duplicated row's FMAs
+        micro_kernel<T, 1, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
+                                  prefetch_lines, bias, residual, ldr);
+    else if (m > MR - 2 || MR <= 4)
         micro_kernel<T, MR, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
                                    prefetch_lines, bias, residual, ldr);
     else if (m > 4 && MR > 6)
@@ -260,6 +263,82 @@ inline void micro_kernel_rows(std::size_t kc, A a, const T* b, T* C, std::size_t
     else
         micro_kernel<T, 2, A, NV>(kc, a, b, C, ldc, m, n, alpha, beta, first, prefetch,
                                   prefetch_lines, bias, residual, ldr);
+}
+
+/// C(R, N) = alpha * A(R, K) * op(B)(K, N) + beta * C for a row-major A of R <= MR rows, B read
+/// in place (no packing, one thread): the products of attention for one new token (a decode
+/// step's query heads that share a key/value head) are too small to repay packing the cache.
+/// op(B) = Bᵀ takes dot products along K; op(B) = B accumulates rows of B along N. (Its sums are
+/// not in gemm()'s order: attention_decode's, not gemm()'s.)
+template <std::size_t R, class T>
+void few_rows(transpose tb, std::size_t N, std::size_t K, T alpha, const T* A, std::size_t lda,
+              const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    using V = detail::batch<T>;
+    constexpr std::size_t W = blocking<T>::W;
+    auto store = [&](std::size_t i, std::size_t j, T sum) {
+        T& c = C[i * ldc + j];
+        c = beta == T(0) ? alpha * sum : alpha * sum + beta * c;
+    };
+    if (tb == transpose::yes) {  // C(i, j) = A_i . B_j
+        const std::size_t kv = K / W * W;
+        for (std::size_t j = 0; j < N; ++j) {
+            const T* bj = B + j * ldb;
+            V acc[R];
+#pragma GCC unroll 8
+            for (std::size_t i = 0; i < R; ++i) acc[i] = V(T(0));
+            for (std::size_t k = 0; k < kv; k += W) {
+                const V bv = V::load_unaligned(bj + k);
+#pragma GCC unroll 8
+                for (std::size_t i = 0; i < R; ++i)
+                    acc[i] = xsimd::fma(V::load_unaligned(A + i * lda + k), bv, acc[i]);
+            }
+            for (std::size_t i = 0; i < R; ++i) {
+                T sum = detail::reduce_add(acc[i]);
+                for (std::size_t k = kv; k < K; ++k) sum += A[i * lda + k] * bj[k];
+                store(i, j, sum);
+            }
+        }
+        return;
+    }
+    constexpr std::size_t NV = 2;  // C(i, j0 : j0 + NV W) = Σ_k A(i, k) B_k
+    std::size_t j0 = 0;
+    for (; j0 + NV * W <= N; j0 += NV * W) {
+        V acc[R][NV];
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < R; ++i)
+            for (std::size_t v = 0; v < NV; ++v) acc[i][v] = V(T(0));
+        for (std::size_t k = 0; k < K; ++k) {
+            const T* bk = B + k * ldb + j0;
+            V bv[NV];
+            for (std::size_t v = 0; v < NV; ++v) bv[v] = V::load_unaligned(bk + v * W);
+#pragma GCC unroll 8
+            for (std::size_t i = 0; i < R; ++i) {
+                const V a(A[i * lda + k]);
+                for (std::size_t v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(a, bv[v], acc[i][v]);
+            }
+        }
+        for (std::size_t i = 0; i < R; ++i)
+            for (std::size_t v = 0; v < NV; ++v) {
+                alignas(64) T tile[W];
+                acc[i][v].store_aligned(tile);
+                for (std::size_t j = 0; j < W; ++j) store(i, j0 + v * W + j, tile[j]);
+            }
+    }
+    for (std::size_t i = 0; i < R; ++i)  // the columns past the last whole tile
+        for (std::size_t j = j0; j < N; ++j) {
+            T sum = T(0);
+            for (std::size_t k = 0; k < K; ++k) sum += A[i * lda + k] * B[k * ldb + j];
+            store(i, j, sum);
+        }
+}
+
+/// few_rows for m <= MR rows, the row count made a template argument.
+template <class T, std::size_t R = blocking<T>::MR>
+void few_rows_n(std::size_t m, transpose tb, std::size_t N, std::size_t K, T alpha, const T* A,
+                std::size_t lda, const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc) {
+    if constexpr (R > 1)
+        if (m < R) return few_rows_n<T, R - 1>(m, tb, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    few_rows<R>(tb, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /// C *= beta (beta == 0 sets C to zero without reading it).

@@ -889,5 +889,48 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     });
 }
 
+/// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
+/// and query head h, p = softmax_j(scale q_bh · k_bj + key_mask(b, j)) over the S cached
+/// positions j (the query is the last of them: causality holds) and out_bh = Σ_j p_j v_bj, where
+/// k and v are key/value head h / (H / Hkv), the one h shares. q and out (B, H d); the caches k
+/// and v (B, cap, Hkv d); key_mask (B, S) additive (may be null). The H / Hkv query heads of a
+/// key/value head are the rows of one product each way, B read in place; one thread unless the
+/// step is large (a batch of long sequences). A query whose keys are all masked gets zeros.
+template <scalar T>
+void attention_decode(T* out, const T* q, const T* k, const T* v, std::size_t cap,
+                      const T* key_mask, T scale, std::size_t Bn, std::size_t H, std::size_t Hkv,
+                      std::size_t S, std::size_t d) {
+    if (Bn == 0 || H == 0 || S == 0 || d == 0) return;
+    if (Hkv == 0 || H % Hkv != 0 || S > cap)
+        throw error(errc::shape_mismatch, "attention_decode",
+                    ftune::detail::cat(Hkv, " key/value heads must divide ", H, " query heads; ", S,
+                                       " positions of a cache of ", cap));
+    constexpr std::size_t MR = gemm_detail::blocking<T>::MR;
+    const std::size_t group = H / Hkv, HD = H * d, Ckv = Hkv * d;
+    auto units = [&](std::size_t u0, std::size_t u1) {
+        T* sc = gemm_detail::scratch<T, 5>(MR * S);  // (rows, S) scores, then probs
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t b = u / Hkv, j = u % Hkv;
+            const T* kb = k + b * cap * Ckv + j * d;
+            const T* vb = v + b * cap * Ckv + j * d;
+            for (std::size_t g0 = 0; g0 < group; g0 += MR) {  // the group's query rows, d apart
+                const std::size_t rows = std::min(MR, group - g0), h0 = j * group + g0;
+                gemm_detail::few_rows_n<T>(rows, transpose::yes, S, d, T(1), q + b * HD + h0 * d, d,
+                                           kb, Ckv, T(0), sc, S);
+                for (std::size_t g = 0; g < rows; ++g)
+                    detail::softmax_row(sc + g * S, sc + g * S,
+                                        key_mask ? key_mask + b * S : nullptr, scale, S, S);
+                gemm_detail::few_rows_n<T>(rows, transpose::no, d, S, T(1), sc, S, vb, Ckv, T(0),
+                                           out + b * HD + h0 * d, d);
+            }
+        }
+    };
+    // a fork and join costs more than a step of one short sequence (SmolLM2: 9 heads, S < 1000)
+    if (4.0 * double(Bn * H) * double(S) * double(d) < 2e6)
+        units(0, Bn * Hkv);
+    else
+        detail::parallel_for(Bn * Hkv, 1, units);
+}
+
 }  // namespace backends::cpu
 FTUNE_NAMESPACE_END

@@ -690,5 +690,46 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
             }
 }
 
+/// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
+/// and query head h, p = softmax_j(scale q_bh · k_bj + key_mask(b, j)) over the S cached
+/// positions and out_bh = Σ_j p_j v_bj, with key/value head h / (H / Hkv). q, out (B, H d);
+/// k, v (B, cap, Hkv d); key_mask (B, S) additive or null. All keys masked: zeros.
+template <scalar T>
+void attention_decode(T* out, const T* q, const T* k, const T* v, std::size_t cap,
+                      const T* key_mask, T scale, std::size_t Bn, std::size_t H, std::size_t Hkv,
+                      std::size_t S, std::size_t d) {
+    if (Hkv == 0 || H % Hkv != 0 || S > cap)
+        throw error(errc::shape_mismatch, "attention_decode",
+                    ftune::detail::cat(Hkv, " key/value heads must divide ", H, " query heads; ", S,
+                                       " positions of a cache of ", cap));
+    const std::size_t group = H == 0 ? 1 : H / Hkv, Ckv = Hkv * d;
+    std::vector<T> p(S);
+    for (std::size_t b = 0; b < Bn; ++b)
+        for (std::size_t h = 0; h < H; ++h) {
+            const T* qh = q + (b * H + h) * d;
+            const std::size_t j = h / group;
+            T mx = -std::numeric_limits<T>::infinity();
+            for (std::size_t s = 0; s < S; ++s) {
+                const T* ks = k + (b * cap + s) * Ckv + j * d;
+                T dot = 0;
+                for (std::size_t c = 0; c < d; ++c) dot += qh[c] * ks[c];
+                p[s] = scale * dot + (key_mask ? key_mask[b * S + s] : T(0));
+                if (p[s] > mx) mx = p[s];
+            }
+            T sum = 0;
+            for (std::size_t s = 0; s < S; ++s) {
+                p[s] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[s] - mx);
+                sum += p[s];
+            }
+            T* oh = out + (b * H + h) * d;
+            for (std::size_t c = 0; c < d; ++c) {
+                T acc = 0;
+                for (std::size_t s = 0; s < S; ++s)
+                    acc += p[s] * v[(b * cap + s) * Ckv + j * d + c];
+                oh[c] = sum > T(0) ? acc / sum : T(0);
+            }
+        }
+}
+
 }  // namespace backends::reference
 FTUNE_NAMESPACE_END
