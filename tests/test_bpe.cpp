@@ -139,14 +139,25 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "byte-level BPE: invalid UTF-8 keeps its bytes (each a token of its byte) and decodes back "
-    "to the same bytes",
+    "byte-level BPE: invalid UTF-8 keeps its bytes (each a token of its byte); decode_bytes "
+    "gives them back, decode replaces them with U+FFFD as tokenizers' decode",
     "[text]") {
     const auto tok = ftune::text::load_bpe_tokenizer_json(dir + "/gpt2.json");
-    for (const std::string& text : {std::string("ab\xff\xfe cd"), std::string("\xe2\x82 x"),
-                                    std::string("\xc3"), std::string("ok \xf0\x9f\x98")}) {
+    // the bytes, and the text tokenizers' decode (= Python's bytes.decode("utf-8", "replace"))
+    // gives for their ids: one U+FFFD per maximal invalid subsequence
+    const std::pair<std::string, std::string> cases[] = {
+        {"ab\xff\xfe cd", "ab\uFFFD\uFFFD cd"},
+        {"\xe2\x82 x", "\uFFFD x"},
+        {"\xc3", "\uFFFD"},
+        {"ok \xf0\x9f\x98", "ok \uFFFD"},
+        {"\xef\xef\xefis", "\uFFFD\uFFFD\uFFFDis"},
+        {"\xf4\x90\x80\x80!", "\uFFFD\uFFFD\uFFFD\uFFFD!"},
+        {"\xed\xa0\x80", "\uFFFD\uFFFD\uFFFD"},
+        {"\xe0\x80\xaf", "\uFFFD\uFFFD\uFFFD"}};
+    for (const auto& [text, replaced] : cases) {
         const auto ids = tok.encode(text);
-        CHECK(tok.decode(ids) == text);
+        CHECK(tok.decode_bytes(ids) == text);
+        CHECK(tok.decode(ids) == replaced);
         // the offsets cover every byte once, in order, one code point per invalid byte
         const auto info = tok.encode_with_offsets(text);
         REQUIRE(info.size() == ids.size());

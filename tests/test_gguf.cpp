@@ -1,9 +1,12 @@
 // GGUF: a file written by llama.cpp's gguf-py with one tensor of every type ftune reads
 // (tests/reference/gguf_fixture.py) parses, its metadata of every value type reads back, and
 // every tensor dequantizes to exactly the values gguf-py's dequantize gives; malformed files
-// (truncated, bad offsets, unknown types, absurd counts) are errors naming the problem.
+// (truncated, bad offsets, unknown types, absurd counts) are errors naming the problem. Tiny
+// Llama and GPT-2 files in llama.cpp's layouts give Transformers' outputs.
 #include <ftune/io/gguf.hpp>
+#include <ftune/io/gguf_gpt2.hpp>
 #include <ftune/io/gguf_llama.hpp>
+#include <ftune/text/tokenizer_json.hpp>
 
 #include <algorithm>
 #include <cstring>
@@ -163,4 +166,54 @@ TEST_CASE(
     CHECK_THROWS_WITH(
         ftune::io::llama_config_from_gguf(ftune::io::gguf_file(fixtures / "types.gguf")),
         Catch::Contains("llama.embedding_length") && Catch::Contains("missing"));
+}
+
+TEST_CASE(
+    "GGUF GPT-2: a Q8_0 file in llama.cpp's layout (fused attn_qkv, copied output.weight) gives "
+    "Transformers' logits; its tokenizer is the one it was written from",
+    "[io][parity]") {
+    // fixture: tests/reference/gpt2_gguf.py (Transformers read the same file back)
+    const ftune::io::gguf_file f(fixtures / "tiny_gpt2.gguf");
+    CHECK(ftune::io::gguf_architecture(f) == "gpt2");
+    const auto cfg = ftune::io::gpt2_config_from_gguf(f);
+    CHECK(cfg.hidden_size == 32);
+    CHECK(cfg.num_hidden_layers == 2);
+    CHECK(cfg.num_attention_heads == 4);
+    CHECK(cfg.intermediate_size == 128);
+    CHECK(cfg.vocab_size == 1200);
+    CHECK(cfg.max_position_embeddings == 1024);
+    CHECK(cfg.tie_word_embeddings);  // output.weight is token_embd's copy
+    CHECK(cfg.eos_token_id == 0);
+    ftune::gpt2::lm_head_model<> model(cfg);
+    ftune::io::load_gpt2_gguf(model, f, cfg);
+    const ftune::io::safetensors_file want(fixtures / "tiny_gpt2_expected.safetensors");
+    const auto ids = test::read_ids(want, "input_ids"),
+               mask = test::read_ids(want, "attention_mask");
+    const std::size_t B = 2, T = 8, V = 1200;
+    ftune::context ctx;
+    const auto logits = model.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T});
+    const auto expected = want.read<float>(want.at("logits"));
+    REQUIRE(logits.size() == B * T * V);
+    double worst = 0;
+    for (std::size_t i = 0; i < expected.size(); ++i)
+        worst = std::max(worst, double(std::abs(logits.data()[i] - expected[i])));
+    CHECK(worst < 1e-5);
+    // the tokenizer in the metadata: the BPE fixture's vocabulary and merges
+    const auto tok = ftune::io::bpe_tokenizer_from_gguf(f);
+    const auto json = ftune::text::load_bpe_tokenizer_json(
+        std::filesystem::path(FTUNE_REFERENCE_DIR) / "bpe" / "gpt2.json");
+    for (const char* text : {"a gripping , funny movie", "<|endoftext|>it 's 1999 !"})
+        CHECK(tok.encode(text) == json.encode(text));
+    // a file of the other family is refused with both names
+    CHECK_THROWS_WITH(
+        ftune::io::gpt2_config_from_gguf(ftune::io::gguf_file(fixtures / "tiny_llama.gguf")),
+        Catch::Contains("\"llama\"") && Catch::Contains("\"gpt2\""));
+    CHECK_THROWS_WITH(ftune::io::llama_config_from_gguf(f),
+                      Catch::Contains("\"gpt2\"") && Catch::Contains("\"llama\""));
+    // a tensor of the wrong shape: every problem named
+    ftune::gpt2::config wide = cfg;
+    wide.hidden_size = 64;
+    ftune::gpt2::lm_head_model<> big(wide);
+    CHECK_THROWS_WITH(ftune::io::load_gpt2_gguf(big, f, wide),
+                      Catch::Contains("blk.0.attn_qkv.weight") && Catch::Contains("problem"));
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <ftune/generation.hpp>
+#include <ftune/io/gguf_gpt2.hpp>
 #include <ftune/io/gguf_llama.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/text/chat_template.hpp>
@@ -22,16 +23,22 @@
 namespace cli {
 
 // Calls f(model, tokenizer, max positions) with the causal language model --model names: a .gguf
-// file (llama.cpp's format, Llama family) or a Hugging Face directory whose config.json names a
-// Llama or GPT-2 model; the tokenizer is required.
+// file (llama.cpp's format: Llama family or GPT-2) or a Hugging Face directory whose config.json
+// names a Llama or GPT-2 model; the tokenizer is required.
 template <class F>
 int with_language_model(const std::filesystem::path& path, F&& f) {
     if (std::filesystem::is_regular_file(path)) {
         const ftune::io::gguf_file file(path);
+        const auto tok = ftune::io::bpe_tokenizer_from_gguf(file);
+        if (ftune::io::gguf_architecture(file) == "gpt2") {
+            const auto config = ftune::io::gpt2_config_from_gguf(file);
+            ftune::gpt2::lm_head_model<> model(config);
+            ftune::io::load_gpt2_gguf(model, file, config);
+            return f(model, tok, config.max_position_embeddings);
+        }
         const auto config = ftune::io::llama_config_from_gguf(file);
         ftune::llama::causal_lm<> model(config);
         ftune::io::load_llama_gguf(model, file, config);
-        const auto tok = ftune::io::bpe_tokenizer_from_gguf(file);
         return f(model, tok, config.max_position_embeddings);
     }
     auto from_directory = [&](auto tag) {

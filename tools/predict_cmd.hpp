@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ftune/io/gguf_gpt2.hpp>
 #include <ftune/io/gguf_llama.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/qa/spans.hpp>
@@ -446,7 +447,6 @@ inline int gguf_info(const fs::path& path) {
     auto text = [&](const char* key) {
         return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string();
     };
-    const auto c = ftune::io::llama_config_from_gguf(f);
     std::map<std::string, std::size_t> types;
     std::size_t values = 0;
     for (const auto& t : f.tensors()) {
@@ -460,14 +460,24 @@ inline int gguf_info(const fs::path& path) {
               << ")\n"
               << "name          "
               << (text("general.name").empty() ? "(none given)" : text("general.name")) << "\n"
-              << "architecture  " << text("general.architecture") << ", loaded as "
-              << ftune::llama::causal_lm<>::architecture << "\n"
-              << "dims          hidden " << c.hidden_size << ", layers " << c.num_hidden_layers
-              << ", heads " << c.num_attention_heads << ", key/value heads "
-              << c.num_key_value_heads << ", ffn " << c.intermediate_size << ", vocab "
-              << c.vocab_size << ", context " << c.max_position_embeddings << ", rope_theta "
-              << c.rope_theta << (c.tie_word_embeddings ? ", tied LM head" : "") << "\n"
-              << "tensors       " << f.tensors().size() << " (" << type_list << "), " << values
+              << "architecture  " << text("general.architecture") << ", loaded as ";
+    if (ftune::io::gguf_architecture(f) == "gpt2") {
+        const auto c = ftune::io::gpt2_config_from_gguf(f);
+        std::cout << ftune::gpt2::lm_head_model<>::architecture << "\n"
+                  << "dims          hidden " << c.hidden_size << ", layers " << c.num_hidden_layers
+                  << ", heads " << c.num_attention_heads << ", ffn " << c.intermediate_size
+                  << ", vocab " << c.vocab_size << ", positions " << c.max_position_embeddings
+                  << (c.tie_word_embeddings ? ", tied LM head" : "") << "\n";
+    } else {
+        const auto c = ftune::io::llama_config_from_gguf(f);
+        std::cout << ftune::llama::causal_lm<>::architecture << "\n"
+                  << "dims          hidden " << c.hidden_size << ", layers " << c.num_hidden_layers
+                  << ", heads " << c.num_attention_heads << ", key/value heads "
+                  << c.num_key_value_heads << ", ffn " << c.intermediate_size << ", vocab "
+                  << c.vocab_size << ", context " << c.max_position_embeddings << ", rope_theta "
+                  << c.rope_theta << (c.tie_word_embeddings ? ", tied LM head" : "") << "\n";
+    }
+    std::cout << "tensors       " << f.tensors().size() << " (" << type_list << "), " << values
               << " values, dequantized to float32 on load (" << num(double(values) * 4 / 1048576.0)
               << " MiB)\n";
     print_bpe_tokenizer(ftune::io::bpe_tokenizer_from_gguf(f));

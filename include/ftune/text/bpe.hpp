@@ -88,6 +88,45 @@ inline std::vector<code_point> decode(std::string_view text) {
     return out;
 }
 
+/// Appends bytes to out as valid UTF-8: each maximal invalid subsequence (a byte that cannot
+/// start a character, or a character's valid beginning cut short) becomes one U+FFFD, as
+/// `tokenizers`' decode (Rust's from_utf8_lossy) and Python's errors="replace" do.
+inline void append_utf8_lossy(std::string& out, std::string_view s) {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const std::size_t n = s.size();
+    for (std::size_t i = 0; i < n;) {
+        const unsigned char c = p[i];
+        if (c < 0x80) {
+            out += char(c);
+            ++i;
+            continue;
+        }
+        // the character's length and the range of its second byte (Unicode's table 3-7)
+        std::size_t len = 0;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            lo = c == 0xE0 ? 0xA0 : 0x80;
+            hi = c == 0xED ? 0x9F : 0xBF;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            lo = c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xF4 ? 0x8F : 0xBF;
+        }
+        std::size_t k = 1;  // bytes of a valid beginning
+        while (k < len && i + k < n && p[i + k] >= (k == 1 ? lo : 0x80) &&
+               p[i + k] <= (k == 1 ? hi : 0xBF))
+            ++k;
+        if (len != 0 && k == len)
+            out.append(s.substr(i, len));
+        else
+            out += "\xEF\xBF\xBD";  // U+FFFD
+        i += k;
+    }
+}
+
 /// The end of the pre-token starting at cp[i] under GPT-2's pattern (an index into cp).
 inline std::size_t gpt2_piece_end(const std::vector<code_point>& cp, std::size_t i) {
     const std::size_t n = cp.size();
@@ -206,9 +245,17 @@ class bpe_tokenizer {
         return out;
     }
 
-    /// The text of ids: the tokens' byte-alphabet characters mapped back to bytes (special
-    /// tokens as written). Bytes of a character split across tokens join again.
+    /// The text of ids, as `tokenizers` decodes it: the tokens' byte-alphabet characters mapped
+    /// back to bytes (special tokens as written), bytes of a character split across tokens
+    /// joined again, and bytes that form no character replaced by U+FFFD (valid UTF-8).
     std::string decode(const std::vector<std::int32_t>& ids) const {
+        std::string out;
+        detail::append_utf8_lossy(out, decode_bytes(ids));
+        return out;
+    }
+
+    /// The bytes of ids as they are, invalid UTF-8 included (decode() replaces it).
+    std::string decode_bytes(const std::vector<std::int32_t>& ids) const {
         std::string out;
         for (const std::int32_t id : ids) append_bytes(id, out);
         return out;
