@@ -1706,7 +1706,7 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 inline std::uint32_t dropout_threshold(double p) {
     if (!(p >= 0.0 && p <= 1.0))
         throw error(errc::invalid_argument, "dropout",
-                    detail::cat("probability ", p, " is not in [0, 1]"));
+                    ftune::detail::cat("probability ", p, " is not in [0, 1]"));
     const double t = std::ceil(p * 4294967296.0);
     return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
 }
@@ -1773,9 +1773,10 @@ void gather_rows(T* out, const T* x, std::size_t rows, std::size_t C, std::size_
 inline void check_ids(const token_id* ids, std::size_t n, std::size_t vocab, const char* what) {
     for (std::size_t i = 0; i < n; ++i)
         if (ids[i] < 0 || static_cast<std::size_t>(ids[i]) >= vocab)
-            throw error(errc::out_of_range, what,
-                        detail::cat("id ", ids[i], " at position ", i, " is outside [0, ", vocab,
-                                    "); check that the tokenizer's vocabulary matches the model"));
+            throw error(
+                errc::out_of_range, what,
+                ftune::detail::cat("id ", ids[i], " at position ", i, " is outside [0, ", vocab,
+                                   "); check that the tokenizer's vocabulary matches the model"));
 }
 
 /// out(n, C) = table(ids[i], :) for each i; ids outside [0, vocab) throw out_of_range.
@@ -1807,8 +1808,8 @@ inline void check_targets(const token_id* targets, std::size_t rows, std::size_t
     for (std::size_t r = 0; r < rows; ++r)
         if (targets[r] != ignore_index && (targets[r] < 0 || std::size_t(targets[r]) >= V))
             throw error(errc::out_of_range, "cross_entropy",
-                        detail::cat("target ", targets[r], " of row ", r, " is outside [0, ", V,
-                                    ") and is not the ignore index ", ignore_index));
+                        ftune::detail::cat("target ", targets[r], " of row ", r, " is outside [0, ",
+                                           V, ") and is not the ignore index ", ignore_index));
 }
 
 /// losses(rows) = logsumexp(logits(r,:)) - logits(r, target) (0 where target == ignore_index);
@@ -1970,6 +1971,33 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     if constexpr (!std::is_same_v<Epilogue, std::nullptr_t>) epilogue(C, ldc, 0, M, 0, N);
 }
 
+namespace detail {
+/// One query's attention: out(d) = Σ_j p_j v_j with p = softmax_j(scale q · k_j + mask_j) over
+/// `keys` keys, key j's rows at k + j ld and v + j ld (mask may be null); zeros when every key
+/// is dropped (-inf). p is scratch of `keys` values.
+template <class T>
+void attend(T* out, const T* q, const T* k, const T* v, std::size_t ld, const T* mask, T scale,
+            std::size_t keys, std::size_t d, std::vector<T>& p) {
+    T mx = -std::numeric_limits<T>::infinity();
+    for (std::size_t j = 0; j < keys; ++j) {
+        T dot = 0;
+        for (std::size_t c = 0; c < d; ++c) dot += q[c] * k[j * ld + c];
+        p[j] = scale * dot + (mask ? mask[j] : T(0));
+        if (p[j] > mx) mx = p[j];
+    }
+    T sum = 0;
+    for (std::size_t j = 0; j < keys; ++j) {
+        p[j] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[j] - mx);
+        sum += p[j];
+    }
+    for (std::size_t c = 0; c < d; ++c) {
+        T acc = 0;
+        for (std::size_t j = 0; j < keys; ++j) acc += p[j] * v[j * ld + c];
+        out[c] = sum > T(0) ? acc / sum : T(0);
+    }
+}
+}  // namespace detail
+
 /// Multi-head attention for inference: for every batch b, head h and query i < Tq (the first Tq
 /// positions of the sequence), p = softmax_j(scale * q_i · k_j + key_mask(b, j)) over the keys
 /// j < Tn (causal: j <= i) and out_i = Σ_j p_j v_j, on head h's columns h*d .. h*d+d of q
@@ -1987,28 +2015,10 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     for (std::size_t b = 0; b < Bn; ++b)
         for (std::size_t h = 0; h < H; ++h)
             for (std::size_t i = 0; i < Tq; ++i) {
-                const T* qi = q + b * Tq * ldq + i * ldq + h * d;
-                const std::size_t keys = causal ? i + 1 : Tn;
-                T mx = -std::numeric_limits<T>::infinity();
-                for (std::size_t j = 0; j < keys; ++j) {
-                    const T* kj = k + (b * Tn + j) * ld + h * d;
-                    T dot = 0;
-                    for (std::size_t c = 0; c < d; ++c) dot += qi[c] * kj[c];
-                    p[j] = scale * dot + (key_mask ? key_mask[b * Tn + j] : T(0));
-                    if (p[j] > mx) mx = p[j];
-                }
-                T sum = 0;
-                for (std::size_t j = 0; j < keys; ++j) {
-                    p[j] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[j] - mx);
-                    sum += p[j];
-                }
-                T* oi = out + (b * Tq + i) * ldo + h * d;
-                for (std::size_t c = 0; c < d; ++c) {
-                    T acc = 0;
-                    for (std::size_t j = 0; j < keys; ++j)
-                        acc += p[j] * v[(b * Tn + j) * ld + h * d + c];
-                    oi[c] = sum > T(0) ? acc / sum : T(0);
-                }
+                const std::size_t at = b * Tn * ld + h * d;  // the sequence's first key of head h
+                detail::attend(out + (b * Tq + i) * ldo + h * d, q + (b * Tq + i) * ldq + h * d,
+                               k + at, v + at, ld, key_mask ? key_mask + b * Tn : nullptr, scale,
+                               causal ? i + 1 : Tn, d, p);
             }
 }
 
@@ -2028,28 +2038,9 @@ void attention_decode(T* out, const T* q, const T* k, const T* v, std::size_t ca
     std::vector<T> p(S);
     for (std::size_t b = 0; b < Bn; ++b)
         for (std::size_t h = 0; h < H; ++h) {
-            const T* qh = q + (b * H + h) * d;
-            const std::size_t j = h / group;
-            T mx = -std::numeric_limits<T>::infinity();
-            for (std::size_t s = 0; s < S; ++s) {
-                const T* ks = k + (b * cap + s) * Ckv + j * d;
-                T dot = 0;
-                for (std::size_t c = 0; c < d; ++c) dot += qh[c] * ks[c];
-                p[s] = scale * dot + (key_mask ? key_mask[b * S + s] : T(0));
-                if (p[s] > mx) mx = p[s];
-            }
-            T sum = 0;
-            for (std::size_t s = 0; s < S; ++s) {
-                p[s] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[s] - mx);
-                sum += p[s];
-            }
-            T* oh = out + (b * H + h) * d;
-            for (std::size_t c = 0; c < d; ++c) {
-                T acc = 0;
-                for (std::size_t s = 0; s < S; ++s)
-                    acc += p[s] * v[(b * cap + s) * Ckv + j * d + c];
-                oh[c] = sum > T(0) ? acc / sum : T(0);
-            }
+            const std::size_t at = b * cap * Ckv + h / group * d;  // key/value head h / group
+            detail::attend(out + (b * H + h) * d, q + (b * H + h) * d, k + at, v + at, Ckv,
+                           key_mask ? key_mask + b * S : nullptr, scale, S, d, p);
         }
 }
 
