@@ -28,15 +28,6 @@ namespace fs = std::filesystem;
 using Model = ftune::gpt2::lm_head_model<>;
 const fs::path fixtures = fs::path(FTUNE_REFERENCE_DIR) / "hf_gpt2";
 
-// max |got - want| / max |want|
-double relative_error(std::span<const float> got, const std::vector<float>& want) {
-    double err = 0, scale = 0;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        err = std::max(err, double(std::abs(got[i] - want[i])));
-        scale = std::max(scale, double(std::abs(want[i])));
-    }
-    return err / std::max(scale, 1e-30);
-}
 }  // namespace
 
 TEST_CASE(
@@ -60,7 +51,7 @@ TEST_CASE(
         const auto logits = want.read<float>(want.at(name + ".logits"));
         REQUIRE(y.size() == logits.size());
         const std::vector<float> got(y.data(), y.data() + y.size());
-        CHECK(relative_error(got, logits) < 1e-5);
+        CHECK(test::relative_error(got, logits) < 1e-5);
         const auto r = want.read<float>(want.at(name + ".r"));
         m.model.zero_grad();
         m.model.backward(ctx, Model::output_view(r.data(), y.shape()));
@@ -80,7 +71,7 @@ TEST_CASE(
                 for (std::size_t i = 0; i < mine.size(); ++i)
                     CHECK((std::abs(p.grad[i]) < 1e-6 && std::abs(mine[i]) < 1e-6));
             } else {
-                CHECK(relative_error(p.grad, mine) < 1e-4);
+                CHECK(test::relative_error(p.grad, mine) < 1e-4);
             }
             ++compared;
         });

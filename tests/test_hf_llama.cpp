@@ -23,15 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path fixtures = fs::path(FTUNE_REFERENCE_DIR) / "hf_llama";
 
-// max |got - want| / max |want|: the error relative to the tensor's scale
-double relative_error(std::span<const float> got, const std::vector<float>& want) {
-    double err = 0, scale = 0;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        err = std::max(err, double(std::abs(got[i] - want[i])));
-        scale = std::max(scale, double(std::abs(want[i])));
-    }
-    return err / std::max(scale, 1e-30);
-}
 }  // namespace
 
 TEST_CASE(
@@ -55,7 +46,7 @@ TEST_CASE(
         const auto logits = want.read<float>(want.at(name + ".logits"));
         REQUIRE(y.size() == logits.size());
         const std::vector<float> got(y.data(), y.data() + y.size());
-        CHECK(relative_error(got, logits) < 1e-5);
+        CHECK(test::relative_error(got, logits) < 1e-5);
         const auto r = want.read<float>(want.at(name + ".r"));
         m.model.zero_grad();
         m.model.backward(ctx, Model::output_view(r.data(), y.shape()));
@@ -63,7 +54,7 @@ TEST_CASE(
         m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
             INFO(p.name);
             const auto g = want.read<float>(want.at(name + ".grad." + p.name));
-            CHECK(relative_error(p.grad, g) < 1e-4);
+            CHECK(test::relative_error(p.grad, g) < 1e-4);
             ++compared;
         });
         CHECK(compared == (name == "tied" ? 20u : 21u));

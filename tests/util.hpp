@@ -28,6 +28,16 @@ std::vector<ftune::token_id> read_ids(const File& f, const std::string& name) {
     return v;
 }
 
+/// max |got - want| / max |want|: the error relative to the tensor's scale.
+inline double relative_error(std::span<const float> got, const std::vector<float>& want) {
+    double err = 0, scale = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        err = std::max(err, double(std::abs(got[i] - want[i])));
+        scale = std::max(scale, double(std::abs(want[i])));
+    }
+    return err / std::max(scale, 1e-30);
+}
+
 /// n values from a normal distribution times `scale`, reproducible from `seed`.
 template <class T>
 std::vector<T> randn(std::size_t n, std::uint64_t seed, double scale = 1.0) {

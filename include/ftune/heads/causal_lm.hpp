@@ -3,11 +3,18 @@
 // itself when the model ties them (tie_word_embeddings).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ftune/heads/common.hpp"
+#include "ftune/heads/detail.hpp"
 #include "ftune/layers/linear.hpp"
+#include "ftune/loss.hpp"
+#include "ftune/train/batch.hpp"
+#include "ftune/train/evaluation.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace heads {
@@ -24,6 +31,8 @@ class causal_lm {
     static constexpr std::string_view architecture_suffix =
         "ForCausalLM";                               ///< after the family's name in config.json
     static constexpr bool first_token_only = false;  ///< reads every position
+    static constexpr bool labels_per_token = true;   ///< a label (or -100) per position
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
 
     bool tied;                                        ///< W is the input embedding table
     layers::linear<T, C, dynamic, D, false> lm_head;  ///< "lm_head" (V, C) when not tied
@@ -111,13 +120,77 @@ class causal_lm {
         if (!tied) lm_head.visit_parameters(join_name(prefix, "lm_head"), f);
     }
 
+    // --- the task: loss, evaluation --------------------------------------------------------
+    /// Options of the training loss (label smoothing; the ignore index stays -100).
+    void set_loss_options(const loss::cross_entropy_options& o) {
+        ce_.options = o;
+        ce_.options.ignore_index = -100;  // the shift marks each row's last position with it
+    }
+
+    /// The causal-LM loss of a batch's logits y (B, T, V), as Transformers' ForCausalLMLoss:
+    /// position t predicts label t + 1 of its row (the labels are the input ids, -100 where no
+    /// loss is taken: the prompt, the padding), the cross-entropy averaged over the counted
+    /// tokens; d (B, T, V) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        return next_token_loss(ce_, y, b, d, scale);
+    }
+
+    /// Adds a batch's loss and right next-token predictions over its counted tokens to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>&) {
+        loss::cross_entropy<T> ce;  // plain: no smoothing in evaluation
+        const double l = next_token_loss(ce, y, b, static_cast<T*>(nullptr), T(0));
+        const std::size_t V = y.extent(2);
+        std::size_t counted = 0;
+        for (std::size_t i = 0; i < shifted_.size(); ++i) {
+            if (shifted_[i] == -100) continue;
+            const T* z = y.data() + i * V;
+            ++counted;
+            e.running.correct += double(int(std::max_element(z, z + V) - z) == shifted_[i]);
+        }
+        e.running.loss += l * double(counted), e.running.weight += double(counted);
+    }
+
+    /// Turns the running sums into the report: loss and accuracy per token, metric -loss.
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "-loss"; }
+
+    /// The evaluation report: perplexity, loss and next-token accuracy per counted token.
+    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
+        return ftune::detail::cat("perplexity ", std::exp(e.loss), " (loss ", e.loss,
+                                  " per token, next-token accuracy ", e.accuracy, ")\n");
+    }
+
   private:
+    // the loss of ce over the labels shifted one position left (the last of each row: -100)
+    double next_token_loss(loss::cross_entropy<T>& ce, output_view y, const train::batch& b, T* d,
+                           T scale) {
+        const std::size_t n = b.B * b.T, V = y.extent(2);
+        if (b.labels.size() != n || y.extent(0) * y.extent(1) != n)
+            throw error(errc::shape_mismatch, "causal_lm::loss",
+                        ftune::detail::cat("labels for ", b.labels.size(), " positions, logits ",
+                                           y.shape().to_string(),
+                                           ": give one label per input "
+                                           "position (-100: no loss)"));
+        shifted_.resize(n);
+        for (std::size_t r = 0; r < b.B; ++r)
+            for (std::size_t t = 0; t < b.T; ++t)
+                shifted_[r * b.T + t] = t + 1 < b.T ? b.labels[r * b.T + t + 1] : token_id(-100);
+        const double l = double(ce.forward({y.data(), n, V}, {shifted_.data(), n}));
+        if (d) ce.backward({d, n, V}, scale);
+        return l;
+    }
+
     std::size_t B_ = 0, T_ = 0;                          // the last forward's batch and length
     view<const T, shape<dynamic, C>, D> h_;              // (N, C) the last hidden states (tied)
     buffer<T, shape<dynamic, dynamic>, D> logits_;       // (N, V) tied logits
     buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
     buffer<T, shape<dynamic, C>, D> last_;               // (B, C) last positions (generation)
     ops::prepared_weight<T, D> packed_;                  // the tied table, packed
+    std::vector<token_id> shifted_;                      // (B T) the next token's label
+    loss::cross_entropy<T> ce_;                          // the training loss
     bool packed_current_ = false;                        // packed_ holds the current table
 };
 

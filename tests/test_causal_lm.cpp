@@ -1,0 +1,116 @@
+// Causal-LM fine-tuning's loss: the next-token cross-entropy with the prompt and the padding
+// masked (-100), as Transformers' ForCausalLMLoss (tests/reference/causal_lm_loss.py), for the
+// tiny random Llama (tied and untied head) and GPT-2 checkpoints: the loss and every gradient
+// equal Transformers' float32 ones.
+#include <ftune/io/hf.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "catch.hpp"
+#include "util.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+namespace {
+namespace fs = std::filesystem;
+const fs::path fixtures(FTUNE_REFERENCE_DIR);
+
+// Loads the checkpoint in `folder`, runs the masked causal-LM loss and its backward on the
+// fixture's batch, and compares the loss and every gradient with Transformers' (`name`);
+// returns how many parameters were compared.
+template <class Model>
+std::size_t check_against_transformers(const std::string& name, const fs::path& folder) {
+    INFO(name);
+    const ftune::io::safetensors_file want(fixtures / "causal_lm_loss.safetensors");
+    ftune::train::batch b;
+    b.B = 2, b.T = 8;
+    b.ids = test::read_ids(want, "input_ids");
+    b.mask = test::read_ids(want, "attention_mask");
+    b.labels = test::read_ids(want, "labels");
+    auto m = ftune::io::load_hf<Model>(folder);
+    using Config = std::remove_cvref_t<decltype(m.config.model)>;
+    ftune::context ctx;  // training mode: the checkpoints have no dropout
+    const auto y = m.model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T});
+    std::vector<float> d(y.size(), 0.0f);
+    const double loss = m.model.head.loss(y, b, d.data(), 1.0f);
+    CHECK(std::abs(loss - double(want.read<float>(want.at(name + ".loss"))[0])) < 1e-6);
+    m.model.zero_grad();
+    m.model.backward(ctx, typename Model::output_view(d.data(), y.shape()));
+    std::size_t compared = 0;
+    m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        INFO(p.name);
+        // Transformers' gradient of the tensor holding p, cut and transposed as p sits in it
+        const auto slot = ftune::io::checkpoint_slots<Config>(p.name).at(0);
+        const auto g = want.read<float>(want.at(name + ".grad." + slot.name));
+        std::vector<float> mine(p.value.size());
+        ftune::io::detail::for_each_slot_element(
+            p.extents.data(), p.rank, slot,
+            [&](std::size_t i, std::size_t j) { mine[i] = g.at(j); });
+        if (p.name.ends_with("k_proj.bias")) {  // softmax ignores it: zero up to rounding
+            for (std::size_t i = 0; i < mine.size(); ++i)
+                CHECK((std::abs(p.grad[i]) < 1e-6 && std::abs(mine[i]) < 1e-6));
+        } else {
+            CHECK(test::relative_error(p.grad, mine) < 1e-4);
+        }
+        ++compared;
+    });
+    return compared;
+}
+}  // namespace
+
+TEST_CASE(
+    "causal-LM loss with the prompt and padding masked: loss and every gradient as "
+    "Transformers', Llama (tied, untied) and GPT-2",
+    "[parity][train]") {
+    using Llama = ftune::llama::causal_lm<>;
+    using GPT2 = ftune::gpt2::lm_head_model<>;
+    CHECK(check_against_transformers<Llama>("llama_tied", fixtures / "hf_llama" / "tied") == 20);
+    CHECK(check_against_transformers<Llama>("llama_untied", fixtures / "hf_llama" / "untied") ==
+          21);
+    CHECK(check_against_transformers<GPT2>("gpt2_tied", fixtures / "hf_gpt2" / "tied") == 36);
+}
+
+TEST_CASE("causal-LM loss: labels that do not fit the logits are an error; evaluation scores",
+          "[train]") {
+    ftune::llama::config c;
+    c.vocab_size = 16, c.hidden_size = 8, c.intermediate_size = 16, c.num_hidden_layers = 1;
+    c.num_attention_heads = 2, c.num_key_value_heads = 1, c.max_position_embeddings = 16;
+    ftune::llama::causal_lm<> model(c);
+    model.visit_parameters("", [seed = std::uint64_t(3)](ftune::parameter_ref<float> p) mutable {
+        const auto v = test::randn<float>(p.value.size(), seed++, 0.5);
+        std::copy(v.begin(), v.end(), p.value.begin());
+    });
+    ftune::train::batch b;
+    b.B = 1, b.T = 4;
+    b.ids = {1, 5, 7, 3};
+    b.mask = {1, 1, 1, 1};
+    b.labels = {-100, 5, 7, 3};  // the first token is the prompt
+    ftune::context ctx{.mode = ftune::mode::eval};
+    const auto y = model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T});
+    // by hand: positions 0, 1, 2 predict 5, 7, 3 (the prompt's label is never a target)
+    double want = 0;
+    for (std::size_t t = 0; t < 3; ++t) {
+        const float* z = y.data() + t * 16;
+        double m = z[0], s = 0;
+        for (int v = 0; v < 16; ++v) m = std::max(m, double(z[v]));
+        for (int v = 0; v < 16; ++v) s += std::exp(double(z[v]) - m);
+        want += m + std::log(s) - double(z[b.labels[t + 1]]);
+    }
+    want /= 3;
+    CHECK(model.head.loss(y, b, static_cast<float*>(nullptr), 0.0f) == Approx(want).epsilon(1e-6));
+    ftune::train::evaluation e;
+    model.head.score(y, b, e, {});
+    model.head.finish(e);
+    CHECK(e.loss == Approx(want).epsilon(1e-6));
+    CHECK(e.metric == Approx(-want).epsilon(1e-6));
+    CHECK_THAT(model.head.report(e, {}), Catch::Contains("perplexity"));
+    b.labels = {5, 7, 3};  // one short
+    CHECK_THROWS_WITH(model.head.loss(y, b, static_cast<float*>(nullptr), 0.0f),
+                      Catch::Contains("one label per input position"));
+}
