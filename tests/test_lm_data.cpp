@@ -1,0 +1,113 @@
+// Decoder fine-tuning data: JSON-lines conversations and prompt-completion pairs read with
+// file:line errors, and encoded as ids and labels equal to Hugging Face's
+// (tests/reference/lm_data.py): the assistant's turns located by prefix rendering in SmolLM2's
+// template and by {% generation %} blocks (Transformers' assistant mask), prompt-completion as TRL
+// tokenizes it.
+#include <ftune/text/tokenizer_json.hpp>
+#include <ftune/train/lm_batching.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+namespace {
+namespace fs = std::filesystem;
+const fs::path fixtures(FTUNE_REFERENCE_DIR);
+
+ftune::text::bpe_tokenizer smollm_tokenizer() {
+    auto tok = ftune::text::load_bpe_tokenizer_json(fixtures / "bpe" / "smollm.json");
+    ftune::text::lm_tokenizer_settings s;
+    s.bos_token = "<|im_start|>", s.eos_token = "<|im_end|>", s.pad_token = "<|im_end|>";
+    tok.set_settings(s);
+    return tok;
+}
+
+nlohmann::json expected() {
+    std::ifstream in(fixtures / "lm" / "expected.json");
+    return nlohmann::json::parse(in);
+}
+
+// xs equal the ids and labels of want[key]
+void check_encoded(const std::vector<ftune::train::example>& xs, const nlohmann::json& want) {
+    REQUIRE(xs.size() == want.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+        INFO("example " << i);
+        CHECK(xs[i].ids == want[i]["ids"].get<std::vector<ftune::token_id>>());
+        CHECK(xs[i].labels == want[i]["labels"].get<std::vector<ftune::token_id>>());
+    }
+}
+
+// A file holding `text`, in the test's working directory.
+fs::path file_with(const std::string& name, const std::string& text) {
+    const fs::path p = fs::path("lm_data_cases") / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << text;
+    return p;
+}
+}  // namespace
+
+TEST_CASE("decoder data: conversations and prompt-completion pairs as Hugging Face encodes them",
+          "[data][parity]") {
+    const auto tok = smollm_tokenizer();
+    const auto want = expected();
+    const auto chats = ftune::data::read_jsonl(fixtures / "lm" / "chat.jsonl");
+    REQUIRE(chats.rows.size() == 3);  // the blank line skipped
+    CHECK(chats.format == ftune::data::lm_format::messages);
+    CHECK(chats.rows[1].line == 3);
+    CHECK(chats.rows[2].first_trained == 1);  // TRL's conversational prompt-completion
+    {
+        INFO("SmolLM2's template: the assistant's turns found by prefix rendering");
+        const ftune::text::chat_template tmpl(want["smollm2_template"].get<std::string>());
+        check_encoded(ftune::train::encode(tok, chats, &tmpl), want["prefix"]);
+    }
+    {
+        INFO("{% generation %} blocks: Transformers' return_assistant_tokens_mask");
+        const ftune::text::chat_template tmpl(want["generation_template"].get<std::string>());
+        check_encoded(ftune::train::encode(tok, chats, &tmpl), want["generation"]);
+    }
+    const auto pc = ftune::data::read_jsonl(fixtures / "lm" / "prompt_completion.jsonl");
+    CHECK(pc.format == ftune::data::lm_format::prompt_completion);
+    check_encoded(ftune::train::encode(tok, pc, nullptr), want["prompt_completion"]);
+    // cut to max_length: the end goes, labels with it
+    const auto cut = ftune::train::encode(tok, pc, nullptr, {.max_length = 5});
+    CHECK(cut[0].ids.size() == 5);
+    CHECK(cut[0].labels.size() == 5);
+    // a conversation without a template is an error naming file:line
+    CHECK_THROWS_WITH(ftune::train::encode(tok, chats, nullptr),
+                      Catch::Contains("chat.jsonl:1") && Catch::Contains("chat template"));
+    // a template whose renderings are not prefixes of one another: the turns cannot be found
+    const ftune::text::chat_template counted(
+        "{{ messages|length }}{% for m in messages %}{{ m.content }}{% endfor %}");
+    CHECK_THROWS_WITH(ftune::train::encode(tok, chats, &counted),
+                      Catch::Contains("chat.jsonl:1") && Catch::Contains("generation"));
+}
+
+TEST_CASE("decoder data: malformed JSON lines are errors naming file:line", "[data]") {
+    const std::string chat =
+        R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})";
+    const std::pair<std::string, std::string> cases[] = {
+        {chat + "\n{not json\n", "bad.jsonl:2"},
+        {"[1, 2]\n", "not a JSON object"},
+        {R"({"text": "x"})", "needs \"messages\""},
+        {R"({"messages": []})", "non-empty list of messages"},
+        {R"({"messages": [{"role": "user"}]})", "message 0 of \"messages\""},
+        {R"({"messages": [{"role": "user", "content": "only a question"}]})",
+         "no assistant message"},
+        {R"({"prompt": "a", "completion": ["b"]})", "both be strings or both lists"},
+        {chat + "\n" + R"({"prompt": "a", "completion": "b"})", "mixes formats"},
+        {"\n  \n", "no examples"}};
+    for (const auto& [text, message] : cases) {
+        INFO(text);
+        const auto p = file_with("bad.jsonl", text);
+        CHECK_THROWS_WITH(ftune::data::read_jsonl(p), Catch::Contains(message));
+    }
+    CHECK_THROWS_WITH(ftune::data::read_jsonl("lm_data_cases/missing.jsonl"),
+                      Catch::Contains("cannot open"));
+}
