@@ -1,8 +1,13 @@
 // Causal-LM fine-tuning's loss: the next-token cross-entropy with the prompt and the padding
 // masked (-100), as Transformers' ForCausalLMLoss (tests/reference/causal_lm_loss.py), for the
 // tiny random Llama (tied and untied head) and GPT-2 checkpoints: the loss and every gradient
-// equal Transformers' float32 ones.
+// equal Transformers' float32 ones. Chat fine-tuning end to end: the trainer teaches a tiny Llama
+// conversations, and greedy generation then gives the trained replies.
+#include <ftune/generation.hpp>
 #include <ftune/io/hf.hpp>
+#include <ftune/text/tokenizer_json.hpp>
+#include <ftune/train/lm_batching.hpp>
+#include <ftune/train/trainer.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -113,4 +118,51 @@ TEST_CASE("causal-LM loss: labels that do not fit the logits are an error; evalu
     b.labels = {5, 7, 3};  // one short
     CHECK_THROWS_WITH(model.head.loss(y, b, static_cast<float*>(nullptr), 0.0f),
                       Catch::Contains("one label per input position"));
+}
+
+TEST_CASE(
+    "chat fine-tuning end to end: the trainer teaches a tiny Llama its replies, learned on the "
+    "assistant's turns only",
+    "[train]") {
+    // the random tiny Llama and its one-letter-per-id tokenizer (eos "</s>")
+    auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(fixtures / "hf_llama" / "untied");
+    auto tok =
+        ftune::text::load_bpe_tokenizer_json(fixtures / "hf_llama" / "cli" / "tokenizer.json");
+    ftune::text::lm_tokenizer_settings s;
+    s.eos_token = "</s>";
+    tok.set_settings(s);
+    const ftune::text::chat_template tmpl(
+        "{% for m in messages %}{% if m.role == 'user' %}Q{{ m.content }}{% else %}A{{ m.content "
+        "}}</s>{% endif %}{% endfor %}{% if add_generation_prompt %}A{% endif %}");
+    ftune::data::lm_dataset d;
+    d.path = "in-memory";
+    const std::pair<const char*, const char*> pairs[] = {
+        {"DEF", "uvt"}, {"GHI", "srq"}, {"JKL", "pon"}, {"MNO", "mlk"}};
+    for (const auto& [q, a] : pairs)
+        d.rows.push_back({{{"user", q}, {"assistant", a}}, 0, "", "", 1});
+    const auto xs = ftune::train::encode(tok, d, &tmpl);
+    // the loss is on the reply and its end of turn only: "uvt</s>" of "QDEFAuvt</s>"
+    CHECK(xs[0].ids.size() == 9);
+    CHECK(std::count_if(xs[0].labels.begin(), xs[0].labels.end(),
+                        [](auto l) { return l != -100; }) == 4);
+    ftune::train::trainer tr(m.model, {.epochs = 60,
+                                       .batch_size = 4,
+                                       .lr = 1e-2,
+                                       .warmup_ratio = 0.1,
+                                       .log_every = 0,
+                                       .progress = nullptr});
+    const auto before = tr.evaluate(xs);
+    tr.fit(xs, xs);
+    const auto after = tr.evaluate(xs);
+    INFO("loss per trained token " << before.loss << " -> " << after.loss);
+    CHECK(after.loss < 0.05 * before.loss);
+    CHECK(after.accuracy == 1.0);
+    // greedy generation after each question: the trained reply, then eos
+    ftune::generation::generator gen(m.model, tok, 64);
+    for (const auto& [q, a] : pairs) {
+        const auto prompt = tmpl.render({{"user", q}}, true).text;
+        const auto r = gen.generate(tok.encode(prompt), {.max_new_tokens = 8, .temperature = 0});
+        CHECK(r.text == a);
+        CHECK(r.reason == ftune::generation::finish::stop_token);
+    }
 }

@@ -107,7 +107,7 @@ class callback {
 /// each epoch's end; an interruption after stop_after steps, before the run's last step.
 class flow : public callback {
   public:
-    std::size_t log_every = 50;        ///< steps between records
+    std::size_t log_every = 50;        ///< steps between records (0: the last step only)
     std::size_t eval_every = 0;        ///< steps between evaluations (0: each epoch)
     std::size_t checkpoint_every = 0;  ///< steps between checkpoints (0: each epoch)
     std::size_t stop_after = 0;        ///< end after this many steps (0: never)
@@ -117,7 +117,7 @@ class flow : public callback {
         : log_every(log), eval_every(eval), checkpoint_every(checkpoint), stop_after(stop) {}
 
     void on_step_end(const state& s, control& c) override {
-        c.should_log |= s.step % log_every == 0 || s.step == s.total_steps;
+        c.should_log |= (log_every && s.step % log_every == 0) || s.step == s.total_steps;
         c.should_evaluate |= eval_every && s.step % eval_every == 0;
         c.should_save |= checkpoint_every && s.step % checkpoint_every == 0;
         c.should_stop |= stop_after && s.step >= stop_after && s.step < s.total_steps;
@@ -194,7 +194,7 @@ class progress : public callback {
             *out << "\r\033[K[" << std::string(done, '#') << std::string(width - done, '.') << "] "
                  << line << std::flush;
             bar_open_ = true;
-        } else if (s.step % log_every == 0 || s.step == s.total_steps) {
+        } else if ((log_every && s.step % log_every == 0) || s.step == s.total_steps) {
             *out << line << "\n";
         }
     }

@@ -104,7 +104,7 @@ struct options {
     std::size_t patience = 0;                ///< early stopping: evaluations without improvement
     double min_delta = 0.0;                  ///< early stopping: the smallest improvement
     bool bucket_by_length = true;            ///< length-bucketed batches (less padding)
-    std::size_t log_every = 50;              ///< plain progress lines every N steps
+    std::size_t log_every = 50;              ///< progress records every N steps (0: last only)
     std::ostream* progress = &std::cerr;     ///< where progress goes (nullptr: nowhere)
     std::filesystem::path log_path{};        ///< JSON-lines log ("": none)
     std::filesystem::path checkpoint_dir{};  ///< where checkpoints go ("": none)
