@@ -11,22 +11,25 @@
 #include <vector>
 
 #include <ftune/data/readers.hpp>
+#include <ftune/data/conversations.hpp>
 #include <ftune/data/squad.hpp>
 #include <ftune/io/hf.hpp>
+#include <ftune/train/lm_batching.hpp>
 #include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
 
 namespace cli {
 
 // What `--task` names: a head, and for sequence classifiers the problem type.
-enum class task { classify, multilabel, regression, ner, mlm, qa };
+enum class task { classify, multilabel, regression, ner, mlm, qa, causal_lm, chat };
 
 // Options of `ftune train` / `ftune eval`.
 struct train_args {
     std::filesystem::path model, train, valid, out, data;
     std::optional<cli::task> task;
     ftune::train::options opt;
-    std::size_t max_length = 128;  // Hugging Face's run_glue / run_ner default
+    std::size_t max_length = 128;   // Hugging Face's run_glue / run_ner default
+    bool max_length_given = false;  // --max-length given (decoders default to TRL's 1024)
     std::string freeze = "none";
     std::size_t max_train = 0;        // use only the first N training examples (0: all), as
                                       // run_glue's --max_train_samples
@@ -54,8 +57,11 @@ inline cli::task parse_task(const std::string& v) {
     if (v == "ner") return task::ner;
     if (v == "mlm") return task::mlm;
     if (v == "qa") return task::qa;
+    if (v == "causal-lm") return task::causal_lm;
+    if (v == "chat") return task::chat;
     throw ftune::error(ftune::errc::invalid_argument, "--task " + v,
-                       "expected classify, multilabel, regression, ner, mlm or qa");
+                       "expected classify, multilabel, regression, ner, mlm, qa, causal-lm or "
+                       "chat");
 }
 
 // Parses the options shared by train and eval from argv[2..].
@@ -92,7 +98,7 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
         else if (k == "--batch-size")
             a.opt.batch_size = count();
         else if (k == "--max-length")
-            a.max_length = count();
+            a.max_length = count(), a.max_length_given = true;
         else if (eval && k == "--data")
             a.data = v;
         else if (!eval && k == "--train")
@@ -379,6 +385,89 @@ inline cli::task task_of(const ftune::io::hf_config& cfg) {
     return task::classify;
 }
 
+// A decoder's example length: --max-length, or TRL's 1024, at most the model's positions.
+inline std::size_t lm_max_length(const train_args& a, std::size_t positions) {
+    return std::min(a.max_length_given ? a.max_length : std::size_t(1024), positions);
+}
+
+// The examples of a decoder's data file: JSON lines (chat: conversations, or prompts with
+// completions) or plain text, one example per line (causal-lm: every token learned).
+template <class Loaded>
+std::vector<ftune::train::example> lm_examples(const Loaded& m, const std::filesystem::path& path,
+                                               cli::task task, std::size_t max_length,
+                                               const std::filesystem::path& model) {
+    const ftune::train::lm_encoding_options o{.max_length = max_length};
+    std::vector<ftune::train::example> xs;
+    if (task == task::causal_lm) {
+        for (const auto& r : ftune::data::read_lines(path).rows)
+            xs.push_back(ftune::train::encode_text(*m.tokenizer, r.text, o));
+        return xs;
+    }
+    std::optional<ftune::text::chat_template> tmpl;
+    if (!m.tokenizer->settings().chat_template.empty())
+        tmpl.emplace(m.tokenizer->settings().chat_template, model.string() + " (chat template)");
+    return ftune::train::encode(*m.tokenizer, ftune::data::read_jsonl(path),
+                                tmpl ? &*tmpl : nullptr, o);
+}
+
+// `ftune train --task causal-lm|chat`: a decoder fine-tuned on its data's learned tokens; the
+// report (perplexity and next-token accuracy per learned token) on --valid before and after.
+template <class Model>
+int train_lm_with(train_args& a, cli::task task) {
+    auto m = ftune::io::load_hf<Model>(a.model, {.seed = a.opt.seed});
+    if (!m.tokenizer)
+        throw ftune::error(ftune::errc::io, a.model.string(),
+                           "no tokenizer.json: training a decoder needs its tokenizer");
+    const std::size_t max_len = lm_max_length(a, m.config.model.max_position_embeddings);
+    auto train_x = lm_examples(m, a.train, task, max_len, a.model);
+    if (a.max_train && train_x.size() > a.max_train) train_x.resize(a.max_train);
+    std::vector<ftune::train::example> valid_x;
+    if (!a.valid.empty()) valid_x = lm_examples(m, a.valid, task, max_len, a.model);
+    const std::size_t frozen =
+        ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
+    std::filesystem::create_directories(a.out);
+    a.opt.log_path = a.out / "train_log.jsonl";
+    a.opt.checkpoint_dir = a.out / "checkpoint";
+    std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
+              << " validation examples (" << (task == task::chat ? "chat" : "causal-lm") << "), "
+              << a.opt.epochs << " epochs of batch " << a.opt.batch_size;
+    if (frozen) std::cerr << ", " << frozen << " weights frozen";
+    std::cerr << "\n";
+    ftune::train::trainer<Model> t(m.model, a.opt);
+    choose_optimization(t, a, train_x.size());
+    if (!valid_x.empty()) std::cout << "before: " << report(t, valid_x, {});
+    const auto r = t.fit(train_x, valid_x);
+    if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
+    std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s; saved " << a.out.string()
+              << "\n";
+    if (!valid_x.empty()) std::cout << "after:  " << report(t, valid_x, {});
+    return 0;
+}
+
+// `ftune eval --task causal-lm|chat`: the report on --data's learned tokens.
+template <class Model>
+int eval_lm_with(train_args& a, cli::task task) {
+    auto m = ftune::io::load_hf<Model>(a.model);
+    if (!m.tokenizer) throw ftune::error(ftune::errc::io, a.model.string(), "no tokenizer.json");
+    const auto xs = lm_examples(m, a.data, task,
+                                lm_max_length(a, m.config.model.max_position_embeddings), a.model);
+    ftune::train::trainer<Model> t(m.model, a.opt);
+    std::cout << report(t, xs, {});
+    return 0;
+}
+
+// Calls f(type tag) with the causal language model type of the decoder family config.json names.
+template <class F>
+int with_decoder_type(const train_args& a, cli::task task, F&& f) {
+    const std::string type = ftune::io::read_config_string(a.model / "config.json", "model_type");
+    if (type == "llama") return f(std::type_identity<ftune::llama::causal_lm<>>{});
+    if (type == "gpt2") return f(std::type_identity<ftune::gpt2::lm_head_model<>>{});
+    throw ftune::error(ftune::errc::unsupported, (a.model / "config.json").string(),
+                       "model_type \"" + type + "\": --task " +
+                           (task == task::chat ? "chat" : "causal-lm") +
+                           " runs decoder language models (llama, gpt2)");
+}
+
 // Runs `ftune train`.
 inline int run_train(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, false);
@@ -387,16 +476,22 @@ inline int run_train(int argc, char** argv) {
     if (t == task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
     if (t == task::qa) return train_qa(a);
+    if (t == task::causal_lm || t == task::chat)
+        return with_decoder_type(
+            a, t, [&](auto tag) { return train_lm_with<typename decltype(tag)::type>(a, t); });
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
 // Runs `ftune eval`.
 inline int run_eval(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, true);
-    const auto t = a.task.value_or(task_of(ftune::io::read_hf_config(a.model / "config.json")));
+    const auto t = a.task ? *a.task : task_of(ftune::io::read_hf_config(a.model / "config.json"));
     using E = ftune::bert::encoder<float>;
     if (t == task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
+    if (t == task::causal_lm || t == task::chat)
+        return with_decoder_type(
+            a, t, [&](auto tag) { return eval_lm_with<typename decltype(tag)::type>(a, t); });
     if (t == task::qa) {  // SQuAD exact match and F1
         auto m = ftune::io::load_hf<ftune::bert::question_answering<E>>(a.model);
         if (!m.tokenizer)
