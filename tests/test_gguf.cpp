@@ -6,6 +6,7 @@
 #include <ftune/io/gguf.hpp>
 #include <ftune/io/gguf_gpt2.hpp>
 #include <ftune/io/gguf_llama.hpp>
+#include <ftune/io/gguf_model.hpp>
 #include <ftune/text/tokenizer_json.hpp>
 
 #include <algorithm>
@@ -216,4 +217,30 @@ TEST_CASE(
     ftune::gpt2::lm_head_model<> big(wide);
     CHECK_THROWS_WITH(ftune::io::load_gpt2_gguf(big, f, wide),
                       Catch::Contains("blk.0.attn_qkv.weight") && Catch::Contains("problem"));
+}
+
+TEST_CASE(
+    "GGUF as a Hugging Face model: load_gguf gives load_hf's result (config, tokenizer, weights); "
+    "save_hf writes a directory that loads back to the same logits",
+    "[io]") {
+    using Model = ftune::gpt2::lm_head_model<>;
+    auto m = ftune::io::load_gguf<Model>(fixtures / "tiny_gpt2.gguf");
+    REQUIRE(m.tokenizer);
+    CHECK(m.tokenizer->settings().eos_token == "<|endoftext|>");
+    CHECK(m.config.architectures == std::vector<std::string>{"GPT2LMHeadModel"});
+    const std::vector<ftune::token_id> ids{0, 5, 9, 33, 60, 200};
+    ftune::context ctx{.mode = ftune::mode::eval};
+    const auto y = m.model.forward(ctx, {ids.data(), 1, ids.size()});
+    const std::vector<float> want(y.data(), y.data() + y.size());
+    const std::filesystem::path dir = "gguf_saved_gpt2";
+    ftune::io::save_hf(m, dir);
+    auto back = ftune::io::load_hf<Model>(dir);
+    CHECK(back.report.missing.empty());
+    REQUIRE(back.tokenizer);
+    CHECK(back.tokenizer->encode("a gripping movie") == m.tokenizer->encode("a gripping movie"));
+    const auto y2 = back.model.forward(ctx, {ids.data(), 1, ids.size()});
+    CHECK(std::equal(y2.data(), y2.data() + y2.size(), want.begin()));
+    // a file of the other family is refused by name
+    CHECK_THROWS_WITH(ftune::io::load_gguf<ftune::llama::causal_lm<>>(fixtures / "tiny_gpt2.gguf"),
+                      Catch::Contains("\"gpt2\""));
 }

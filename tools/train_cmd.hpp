@@ -13,6 +13,7 @@
 #include <ftune/data/readers.hpp>
 #include <ftune/data/conversations.hpp>
 #include <ftune/data/squad.hpp>
+#include <ftune/io/gguf_model.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/train/lm_batching.hpp>
 #include <ftune/train/qa.hpp>
@@ -414,7 +415,9 @@ std::vector<ftune::train::example> lm_examples(const Loaded& m, const std::files
 // report (perplexity and next-token accuracy per learned token) on --valid before and after.
 template <class Model>
 int train_lm_with(train_args& a, cli::task task) {
-    auto m = ftune::io::load_hf<Model>(a.model, {.seed = a.opt.seed});
+    auto m = std::filesystem::is_regular_file(a.model)
+                 ? ftune::io::load_gguf<Model>(a.model)
+                 : ftune::io::load_hf<Model>(a.model, {.seed = a.opt.seed});
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(),
                            "no tokenizer.json: training a decoder needs its tokenizer");
@@ -447,7 +450,8 @@ int train_lm_with(train_args& a, cli::task task) {
 // `ftune eval --task causal-lm|chat`: the report on --data's learned tokens.
 template <class Model>
 int eval_lm_with(train_args& a, cli::task task) {
-    auto m = ftune::io::load_hf<Model>(a.model);
+    auto m = std::filesystem::is_regular_file(a.model) ? ftune::io::load_gguf<Model>(a.model)
+                                                       : ftune::io::load_hf<Model>(a.model);
     if (!m.tokenizer) throw ftune::error(ftune::errc::io, a.model.string(), "no tokenizer.json");
     const auto xs = lm_examples(m, a.data, task,
                                 lm_max_length(a, m.config.model.max_position_embeddings), a.model);
@@ -456,16 +460,20 @@ int eval_lm_with(train_args& a, cli::task task) {
     return 0;
 }
 
-// Calls f(type tag) with the causal language model type of the decoder family config.json names.
+// Calls f(type tag) with the causal language model type of the decoder family --model holds: a
+// GGUF file's general.architecture, or a directory's config.json model_type.
 template <class F>
 int with_decoder_type(const train_args& a, cli::task task, F&& f) {
-    const std::string type = ftune::io::read_config_string(a.model / "config.json", "model_type");
+    const bool file = std::filesystem::is_regular_file(a.model);
+    const std::string type =
+        file ? ftune::io::gguf_architecture(ftune::io::gguf_file(a.model))
+             : ftune::io::read_config_string(a.model / "config.json", "model_type");
     if (type == "llama") return f(std::type_identity<ftune::llama::causal_lm<>>{});
     if (type == "gpt2") return f(std::type_identity<ftune::gpt2::lm_head_model<>>{});
-    throw ftune::error(ftune::errc::unsupported, (a.model / "config.json").string(),
-                       "model_type \"" + type + "\": --task " +
-                           (task == task::chat ? "chat" : "causal-lm") +
-                           " runs decoder language models (llama, gpt2)");
+    throw ftune::error(
+        ftune::errc::unsupported, file ? a.model.string() : (a.model / "config.json").string(),
+        "model type \"" + type + "\": --task " + (task == task::chat ? "chat" : "causal-lm") +
+            " runs decoder language models (llama, gpt2)");
 }
 
 // Runs `ftune train`.
