@@ -105,8 +105,9 @@ inline llama::config llama_config_from_gguf(const gguf_file& f) {
 /// The byte-level BPE tokenizer a GGUF carries (tokenizer.ggml.model "gpt2": GPT-2, Llama 3,
 /// SmolLM2): tokenizer.ggml.tokens (id = position), .merges ("a b"), .token_type (3 control
 /// and 4 user-defined tokens are matched whole in the text, as added tokens), and .pre, the
-/// pre-tokenizer: "gpt-2" (llama.cpp's name), "gpt2" or "default" (GPT-2's pattern) or "smollm" (each digit alone first, as
-/// SmolLM2's tokenizer.json). Other models and pre-tokenizers throw naming the field.
+/// pre-tokenizer: "gpt-2" (llama.cpp's name), "gpt2" or "default" (GPT-2's pattern) or "smollm"
+/// (each digit alone first, as SmolLM2's tokenizer.json). Other models and pre-tokenizers throw
+/// naming the field.
 inline text::bpe_tokenizer bpe_tokenizer_from_gguf(const gguf_file& f) {
     const auto& m = f.metadata();
     auto bad = [&](const std::string& key, const std::string& what) {
