@@ -80,14 +80,7 @@ inline lm_dataset read_jsonl(const std::filesystem::path& path) {
     lm_dataset d;
     d.path = path.string();
     bool format_known = false;
-    std::size_t line = 0, pos = 0;
-    while (pos < s.size()) {
-        std::size_t end = s.find('\n', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string_view l(s.data() + pos, end - pos);
-        ++line;
-        pos = end + 1;
-        if (l.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    detail::for_each_nonblank_line(s, [&](std::string_view l, std::size_t line) {
         const std::string where = ftune::detail::cat(path.string(), ":", line);
         const auto j = nlohmann::json::parse(l, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded() || !j.is_object())
@@ -135,7 +128,7 @@ inline lm_dataset read_jsonl(const std::filesystem::path& path) {
                             "assistant's messages)");
         }
         d.rows.push_back(std::move(e));
-    }
+    });
     if (d.rows.empty()) throw error(errc::parse, d.path, "no examples (an empty file?)");
     return d;
 }

@@ -105,6 +105,22 @@ inline std::vector<std::pair<std::size_t, std::vector<std::string>>> split_recor
     }
     return out;
 }
+/// Calls f(line, number) for each line of s that is not blank (spaces and TABs only), without
+/// its line end (LF or CRLF); number is 1-based.
+template <class F>
+void for_each_nonblank_line(std::string_view s, F&& f) {
+    std::size_t line = 0, pos = 0;
+    while (pos < s.size()) {
+        std::size_t end = s.find('\n', pos);
+        if (end == std::string::npos) end = s.size();
+        std::string_view l = s.substr(pos, end - pos);
+        ++line;
+        pos = end + 1;
+        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+        if (l.find_first_not_of(" \t") != std::string_view::npos) f(l, line);
+    }
+}
+
 /// Reads a whole file; throws naming it.
 inline std::string read_all(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -191,17 +207,9 @@ inline text_dataset read_lines(const std::filesystem::path& path) {
     const std::string s = detail::read_all(path);
     text_dataset d;
     d.path = path.string();
-    std::size_t line = 0, pos = 0;
-    while (pos < s.size()) {
-        std::size_t end = s.find('\n', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string_view l(s.data() + pos, end - pos);
-        ++line;
-        pos = end + 1;
-        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
+    detail::for_each_nonblank_line(s, [&](std::string_view l, std::size_t line) {
         d.rows.push_back({std::string(l), "", "", line});
-    }
+    });
     return d;
 }
 
@@ -229,15 +237,7 @@ inline text_dataset read_phrasebank(const std::filesystem::path& path) {
     const std::string s = latin1_to_utf8(detail::read_all(path));
     text_dataset d;
     d.path = path.string();
-    std::size_t line = 0, pos = 0;
-    while (pos < s.size()) {
-        std::size_t end = s.find('\n', pos);
-        if (end == std::string::npos) end = s.size();
-        std::string_view l(s.data() + pos, end - pos);
-        ++line;
-        pos = end + 1;
-        if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-        if (l.find_first_not_of(" \t") == std::string_view::npos) continue;
+    detail::for_each_nonblank_line(s, [&](std::string_view l, std::size_t line) {
         const std::size_t at = l.rfind('@');
         if (at == std::string_view::npos || at == 0 || at + 1 == l.size())
             throw error(errc::parse, ftune::detail::cat(d.path, ":", line),
@@ -245,7 +245,7 @@ inline text_dataset read_phrasebank(const std::filesystem::path& path) {
         std::string_view text = l.substr(0, at);
         while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
         d.rows.push_back({std::string(text), "", trimmed(l.substr(at + 1)), line});
-    }
+    });
     return d;
 }
 
