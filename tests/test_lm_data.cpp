@@ -72,6 +72,25 @@ TEST_CASE("decoder data: conversations and prompt-completion pairs as Hugging Fa
         const ftune::text::chat_template tmpl(want["generation_template"].get<std::string>());
         check_encoded(ftune::train::encode(tok, chats, &tmpl), want["generation"]);
     }
+    {
+        INFO("conversational prompt-completion: an assistant turn in the prompt is not learned");
+        const ftune::text::chat_template tmpl(want["generation_template"].get<std::string>());
+        ftune::data::lm_example e;
+        e.messages = {
+            {"user", "hi"}, {"assistant", "hello"}, {"user", "card?"}, {"assistant", "ok"}};
+        e.first_trained = 3;
+        const auto x = ftune::train::encode_conversation(tok, tmpl, e);
+        std::vector<ftune::token_id> learned;
+        for (const auto l : x.labels)
+            if (l != -100) learned.push_back(l);
+        CHECK(tok.decode(learned) == "ok<|im_end|>");
+        e.first_trained = 0;  // both replies
+        const auto both = ftune::train::encode_conversation(tok, tmpl, e);
+        learned.clear();
+        for (const auto l : both.labels)
+            if (l != -100) learned.push_back(l);
+        CHECK(tok.decode(learned) == "hello<|im_end|>ok<|im_end|>");
+    }
     const auto pc = ftune::data::read_jsonl(fixtures / "lm" / "prompt_completion.jsonl");
     CHECK(pc.format == ftune::data::lm_format::prompt_completion);
     check_encoded(ftune::train::encode(tok, pc, nullptr), want["prompt_completion"]);

@@ -31,15 +31,27 @@ inline nlohmann::ordered_json template_variables(const text::bpe_tokenizer& tok)
 }
 
 /// The byte spans of a rendered conversation that carry the loss: the template's {% generation
-/// %} blocks when it has them (Transformers' assistant mask), otherwise, for each trained
+/// %} blocks when it has them (Transformers' assistant mask; those of the messages before
+/// first_trained left out), otherwise, for each trained
 /// assistant message i, the text the conversation up to i adds to the conversation before it
 /// with the generation prompt (the reply and its end-of-turn marker, trailing whitespace left
 /// out). Throws naming the template when its renderings are not prefixes of one another.
 inline std::vector<std::pair<std::size_t, std::size_t>> trained_spans(
     const text::chat_template& tmpl, const data::lm_example& e, const text::chat_rendering& full,
     const nlohmann::ordered_json& vars, const std::string& where) {
-    if (!full.generation.empty()) return full.generation;
     std::vector<std::pair<std::size_t, std::size_t>> spans;
+    if (!full.generation.empty()) {  // those after the prompt's messages (TRL's completion)
+        const std::size_t from =
+            e.first_trained == 0
+                ? 0
+                : tmpl.render({e.messages.begin(),
+                               e.messages.begin() + std::ptrdiff_t(e.first_trained)},
+                              false, vars)
+                      .text.size();
+        for (const auto& g : full.generation)
+            if (g.first >= from) spans.push_back(g);
+        return spans;
+    }
     std::vector<text::chat_message> upto;
     for (std::size_t i = 0; i < e.messages.size(); ++i) {
         if (i < e.first_trained || e.messages[i].role != "assistant") {
