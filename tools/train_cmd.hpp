@@ -195,6 +195,18 @@ inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d, cl
     return seen;
 }
 
+// Before fit: freezes what --freeze names (returns how many weights), creates --out and points
+// the training log and checkpoints into it.
+template <class Model>
+std::size_t prepare_run(train_args& a, Model& model) {
+    const std::size_t frozen =
+        ftune::train::apply_freeze(model, ftune::train::freeze::parse(a.freeze));
+    std::filesystem::create_directories(a.out);
+    a.opt.log_path = a.out / "train_log.jsonl";
+    a.opt.checkpoint_dir = a.out / "checkpoint";
+    return frozen;
+}
+
 // After fit: when --stop-after ended the run before its last step, says how to resume and
 // returns false (nothing saved); otherwise saves the model and its training curve, removes the
 // checkpoints and returns true.
@@ -264,11 +276,7 @@ int train_with(train_args& a, cli::task task) {
         train_x = ftune::train::encode(*m.tokenizer, *tr, p, names, max_len);
         if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, p, names, max_len);
     }
-    const std::size_t frozen =
-        ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
-    std::filesystem::create_directories(a.out);
-    a.opt.log_path = a.out / "train_log.jsonl";
-    a.opt.checkpoint_dir = a.out / "checkpoint";
+    const std::size_t frozen = prepare_run(a, m.model);
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
               << " validation examples, "
               << (task == task::mlm ? "masked-LM" : std::to_string(names.size()) + " labels")
@@ -314,11 +322,7 @@ inline int train_qa(train_args& a) {
     const auto wo = qa_windows(a.max_length, m.config.model.max_position_embeddings);
     const auto train_x = ftune::train::encode_qa(*m.tokenizer, train, wo);
     const auto valid_x = ftune::train::encode_qa(*m.tokenizer, valid, wo);
-    const std::size_t frozen =
-        ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
-    std::filesystem::create_directories(a.out);
-    a.opt.log_path = a.out / "train_log.jsonl";
-    a.opt.checkpoint_dir = a.out / "checkpoint";
+    const std::size_t frozen = prepare_run(a, m.model);
     std::cerr << "ftune: " << train.size() << " questions (" << train_x.size()
               << " windows) for training, " << valid.size() << " for validation, " << a.opt.epochs
               << " epochs of batch " << a.opt.batch_size;
@@ -426,11 +430,7 @@ int train_lm_with(train_args& a, cli::task task) {
     if (a.max_train && train_x.size() > a.max_train) train_x.resize(a.max_train);
     std::vector<ftune::train::example> valid_x;
     if (!a.valid.empty()) valid_x = lm_examples(m, a.valid, task, max_len, a.model);
-    const std::size_t frozen =
-        ftune::train::apply_freeze(m.model, ftune::train::freeze::parse(a.freeze));
-    std::filesystem::create_directories(a.out);
-    a.opt.log_path = a.out / "train_log.jsonl";
-    a.opt.checkpoint_dir = a.out / "checkpoint";
+    const std::size_t frozen = prepare_run(a, m.model);
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
               << " validation examples (" << (task == task::chat ? "chat" : "causal-lm") << "), "
               << a.opt.epochs << " epochs of batch " << a.opt.batch_size;
