@@ -1,8 +1,9 @@
 // Causal-LM fine-tuning's loss: the next-token cross-entropy with the prompt and the padding
 // masked (-100), as Transformers' ForCausalLMLoss (tests/reference/causal_lm_loss.py), for the
 // tiny random Llama (tied and untied head) and GPT-2 checkpoints: the loss and every gradient
-// equal Transformers' float32 ones. Chat fine-tuning end to end: the trainer teaches a tiny Llama
-// conversations, and greedy generation then gives the trained replies.
+// equal Transformers' float32 ones. The decoders' sequence classifiers (the last token's
+// "score", tests/reference/decoder_classification.py) likewise. Chat fine-tuning end to end: the
+// trainer teaches a tiny Llama conversations, and greedy generation then gives the trained replies.
 #include <ftune/generation.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/text/tokenizer_json.hpp>
@@ -26,6 +27,31 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path fixtures(FTUNE_REFERENCE_DIR);
 
+// Compares every gradient of model with Transformers' in `want` ("<name>.grad.<tensor>", cut
+// and transposed as each parameter sits in its tensor); returns how many parameters it compared.
+template <class Config, class Model>
+std::size_t compare_gradients(Model& model, const ftune::io::safetensors_file& want,
+                              const std::string& name) {
+    std::size_t compared = 0;
+    model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        INFO(p.name);
+        const auto slot = ftune::io::checkpoint_slots<Config>(p.name).at(0);
+        const auto g = want.read<float>(want.at(name + ".grad." + slot.name));
+        std::vector<float> mine(p.value.size());
+        ftune::io::detail::for_each_slot_element(
+            p.extents.data(), p.rank, slot,
+            [&](std::size_t i, std::size_t j) { mine[i] = g.at(j); });
+        if (p.name.ends_with("k_proj.bias")) {  // softmax ignores it: zero up to rounding
+            for (std::size_t i = 0; i < mine.size(); ++i)
+                CHECK((std::abs(p.grad[i]) < 1e-6 && std::abs(mine[i]) < 1e-6));
+        } else {
+            CHECK(test::relative_error(p.grad, mine) < 1e-4);
+        }
+        ++compared;
+    });
+    return compared;
+}
+
 // Loads the checkpoint in `folder`, runs the masked causal-LM loss and its backward on the
 // fixture's batch, and compares the loss and every gradient with Transformers' (`name`);
 // returns how many parameters were compared.
@@ -47,25 +73,45 @@ std::size_t check_against_transformers(const std::string& name, const fs::path& 
     CHECK(std::abs(loss - double(want.read<float>(want.at(name + ".loss"))[0])) < 1e-6);
     m.model.zero_grad();
     m.model.backward(ctx, typename Model::output_view(d.data(), y.shape()));
-    std::size_t compared = 0;
-    m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
-        INFO(p.name);
-        // Transformers' gradient of the tensor holding p, cut and transposed as p sits in it
-        const auto slot = ftune::io::checkpoint_slots<Config>(p.name).at(0);
-        const auto g = want.read<float>(want.at(name + ".grad." + slot.name));
-        std::vector<float> mine(p.value.size());
-        ftune::io::detail::for_each_slot_element(
-            p.extents.data(), p.rank, slot,
-            [&](std::size_t i, std::size_t j) { mine[i] = g.at(j); });
-        if (p.name.ends_with("k_proj.bias")) {  // softmax ignores it: zero up to rounding
-            for (std::size_t i = 0; i < mine.size(); ++i)
-                CHECK((std::abs(p.grad[i]) < 1e-6 && std::abs(mine[i]) < 1e-6));
-        } else {
-            CHECK(test::relative_error(p.grad, mine) < 1e-4);
-        }
-        ++compared;
-    });
-    return compared;
+    return compare_gradients<Config>(m.model, want, name);
+}
+
+// The same for a decoder's sequence classifier (tests/reference/decoder_classification.py): the
+// checkpoint with Transformers' new score weight and problem type p, the logits at each row's
+// last token (right and left padding), the loss and every gradient.
+template <class Model>
+std::size_t check_classifier(const std::string& name, const fs::path& folder,
+                             ftune::heads::problem p) {
+    INFO(name);
+    const ftune::io::safetensors_file want(fixtures / "decoder_classification.safetensors");
+    const auto score = want.read<float>(want.at(name + ".score"));
+    const auto labels = want.read<float>(want.at(name + ".labels"));
+    const std::size_t L = want.at(name + ".score").shape[0];
+    ftune::train::batch b;
+    b.B = 3, b.T = 8;
+    b.ids = test::read_ids(want, "input_ids");
+    b.mask = test::read_ids(want, "attention_mask");
+    if (p == ftune::heads::problem::single_label_classification)
+        for (const float l : labels) b.labels.push_back(ftune::token_id(l));
+    else
+        b.targets = labels;
+    std::vector<std::string> names;
+    for (std::size_t i = 0; i < L; ++i) names.push_back("L" + std::to_string(i));
+    auto m = ftune::io::load_hf<Model>(folder, {.labels = names});
+    using Config = std::remove_cvref_t<decltype(m.config.model)>;
+    CHECK(m.report.initialized == std::vector<std::string>{"score.weight"});
+    m.model.head.problem = p;
+    std::copy(score.begin(), score.end(), m.model.head.classifier.weight.value.data());
+    ftune::context ctx;  // training mode: the checkpoints have no dropout
+    const auto y = m.model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T});
+    CHECK(test::relative_error(std::vector<float>(y.data(), y.data() + y.size()),
+                               want.read<float>(want.at(name + ".logits"))) < 1e-5);
+    std::vector<float> d(y.size(), 0.0f);
+    const double loss = m.model.head.loss(y, b, d.data(), 1.0f);
+    CHECK(std::abs(loss - double(want.read<float>(want.at(name + ".loss"))[0])) < 1e-6);
+    m.model.zero_grad();
+    m.model.backward(ctx, typename Model::output_view(d.data(), y.shape()));
+    return compare_gradients<Config>(m.model, want, name);
 }
 }  // namespace
 
@@ -79,6 +125,21 @@ TEST_CASE(
     CHECK(check_against_transformers<Llama>("llama_untied", fixtures / "hf_llama" / "untied") ==
           21);
     CHECK(check_against_transformers<GPT2>("gpt2_tied", fixtures / "hf_gpt2" / "tied") == 36);
+}
+
+TEST_CASE(
+    "decoder sequence classification from the last token (right and left padding): logits, "
+    "loss and every gradient as Transformers', Llama and GPT-2, every problem type",
+    "[parity][train]") {
+    using P = ftune::heads::problem;
+    using Llama = ftune::llama::sequence_classifier<>;
+    using GPT2 = ftune::gpt2::sequence_classifier<>;
+    CHECK(check_classifier<Llama>("llama_single", fixtures / "hf_llama" / "tied",
+                                  P::single_label_classification) == 21);
+    CHECK(check_classifier<Llama>("llama_regression", fixtures / "hf_llama" / "untied",
+                                  P::regression) == 21);
+    CHECK(check_classifier<GPT2>("gpt2_multi", fixtures / "hf_gpt2" / "tied",
+                                 P::multi_label_classification) == 37);
 }
 
 TEST_CASE("causal-LM loss: labels that do not fit the logits are an error; evaluation scores",

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +21,7 @@
 #include <ftune/io/gguf_llama.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/qa/spans.hpp>
+#include <ftune/train/batching.hpp>
 
 namespace cli {
 
@@ -50,10 +52,14 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f) {
             auto is = [&](std::string_view suffix) { return head == suffix; };
             if constexpr (std::is_same_v<Config, ftune::llama::config>) {  // decoders
                 using lm = ftune::llama::causal_lm<E>;
+                using seq = ftune::llama::sequence_classifier<E>;
                 if (is(lm::head_type::architecture_suffix)) return f(std::type_identity<lm>{});
+                if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
             } else if constexpr (std::is_same_v<Config, ftune::gpt2::config>) {
                 using lm = ftune::gpt2::lm_head_model<E>;
+                using seq = ftune::gpt2::sequence_classifier<E>;
                 if (arch == lm::architecture) return f(std::type_identity<lm>{});
+                if (arch == seq::architecture) return f(std::type_identity<seq>{});
             } else {  // encoders
                 using seq = ftune::bert::with_head<h::sequence_classification, E>;
                 using tok = ftune::bert::with_head<h::token_classification, E>;
@@ -111,7 +117,8 @@ template <class Model>
 void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>& lines,
                    std::size_t first_line, const predict_options& opt, std::string& out) {
     using H = typename Model::head_type;
-    constexpr bool sequences = ftune::heads::is_a<H, ftune::heads::sequence_classification>;
+    constexpr bool sequences = ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
+                               ftune::heads::is_a<H, ftune::heads::last_token_classification>;
     const auto& tok = *m.tokenizer;
     const auto& names = m.config.id2label;
     auto label = [&](std::size_t i) { return ftune::heads::label_name(names, i); };
@@ -127,24 +134,41 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                                                  : std::string_view(l).substr(tab + 1));
     }
     std::vector<ftune::text::encoding> enc;
-    try {
-        // token classification: one tag per whitespace-separated word, tokenized as in training
-        enc = tok.encode_batch(a, b,
-                               {.max_length = opt.max_length,
-                                .pad = ftune::text::padding::longest,
-                                .split_into_words = !sequences});
-    } catch (const ftune::error& e) {
-        throw ftune::error(
-            e.id(),
-            ftune::detail::cat("stdin lines ", first_line, "-", first_line + lines.size() - 1),
-            e.context() + ": " + e.message());
-    }
-    const std::size_t B = enc.size(), T = enc.front().ids.size();
     std::vector<ftune::token_id> ids, mask, types;
-    for (const auto& e : enc) {
-        ids.insert(ids.end(), e.ids.begin(), e.ids.end());
-        mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
-        types.insert(types.end(), e.type_ids.begin(), e.type_ids.end());
+    std::size_t B = lines.size(), T = 0;
+    if constexpr (std::is_same_v<std::remove_cvref_t<decltype(tok)>, ftune::text::bert_tokenizer>) {
+        try {
+            // token classification: one tag per whitespace-separated word, tokenized as in
+            // training
+            enc = tok.encode_batch(a, b,
+                                   {.max_length = opt.max_length,
+                                    .pad = ftune::text::padding::longest,
+                                    .split_into_words = !sequences});
+        } catch (const ftune::error& e) {
+            throw ftune::error(
+                e.id(),
+                ftune::detail::cat("stdin lines ", first_line, "-", first_line + lines.size() - 1),
+                e.context() + ": " + e.message());
+        }
+        B = enc.size(), T = enc.front().ids.size();
+        for (const auto& e : enc) {
+            ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+            mask.insert(mask.end(), e.attention_mask.begin(), e.attention_mask.end());
+            types.insert(types.end(), e.type_ids.begin(), e.type_ids.end());
+        }
+    } else {  // a decoder's classifier: encoded as in training, padded on the right
+        std::vector<ftune::train::example> xs;
+        for (std::size_t i = 0; i < B; ++i)
+            xs.push_back(ftune::train::detail::classifier_input(
+                tok, a[i], pairs ? std::optional(b[i]) : std::nullopt, opt.max_length));
+        for (const auto& x : xs) T = std::max(T, x.ids.size());
+        const std::vector<std::size_t> all = [&] {
+            std::vector<std::size_t> v(B);
+            std::iota(v.begin(), v.end(), std::size_t(0));
+            return v;
+        }();
+        auto batch = ftune::train::collate(xs, all, m.model.backbone.pad_token_id(), false);
+        ids = std::move(batch.ids), mask = std::move(batch.mask), types = std::move(batch.types);
     }
     ftune::context eval;
     const auto logits =
@@ -415,6 +439,7 @@ inline int run_predict(int argc, char** argv) {
         using Model = typename decltype(tag)::type;
         using H = typename Model::head_type;
         if constexpr (ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
+                      ftune::heads::is_a<H, ftune::heads::last_token_classification> ||
                       ftune::heads::is_a<H, ftune::heads::token_classification> ||
                       ftune::heads::is_a<H, ftune::heads::question_answering>) {
             return predict_with<Model>(opt);
@@ -423,8 +448,9 @@ inline int run_predict(int argc, char** argv) {
                 ftune::errc::unsupported, opt.model.string(),
                 "architecture \"" + (arch.empty() ? std::string("BertModel") : arch) +
                     "\": ftune predict runs BertForSequenceClassification, "
-                    "BertForTokenClassification and BertForQuestionAnswering models (fine-tune a "
-                    "head with ftune train)");
+                    "BertForTokenClassification, BertForQuestionAnswering and the decoders' "
+                    "LlamaForSequenceClassification and GPT2ForSequenceClassification models "
+                    "(fine-tune a head with ftune train; ftune generate runs language models)");
         }
     });
 }

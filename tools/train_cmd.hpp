@@ -223,10 +223,37 @@ bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m) 
     return true;
 }
 
+// Whether Model is a decoder (byte-level BPE tokenizer, GGUF files) rather than an encoder.
+template <class Model>
+inline constexpr bool is_decoder = !std::is_same_v<
+    typename ftune::io::hf_family<ftune::io::family_config_t<Model>>::tokenizer_type,
+    ftune::text::bert_tokenizer>;
+
+// A model from --model: a Hugging Face directory, or (decoders) a GGUF file.
+template <class Model>
+ftune::io::hf_model<Model> load_model(const std::filesystem::path& path,
+                                      const ftune::io::load_options& o = {}) {
+    if constexpr (is_decoder<Model>)
+        if (std::filesystem::is_regular_file(path)) return ftune::io::load_gguf<Model>(path, o);
+    return ftune::io::load_hf<Model>(path, o);
+}
+
+// The label names a checkpoint records (config.json id2label; none in a GGUF file).
+template <class Model>
+std::vector<std::string> recorded_labels(const std::filesystem::path& path) {
+    if (std::filesystem::is_regular_file(path)) return {};
+    return ftune::io::read_hf_config<ftune::io::family_config_t<Model>>(path / "config.json")
+        .id2label;
+}
+
 // Fine-tunes with a model type; returns the exit status.
 template <class Model>
 int train_with(train_args& a, cli::task task) {
-    const auto cfg = ftune::io::read_hf_config(a.model / "config.json");
+    if constexpr (is_decoder<Model>)
+        if (task == task::mlm || task == task::ner)
+            throw ftune::error(ftune::errc::unsupported, a.model.string(),
+                               "--task mlm and ner run encoders (BERT); a decoder takes classify, "
+                               "multilabel, regression, causal-lm or chat");
     // data and label names (the checkpoint's names when they cover the data)
     std::optional<ftune::data::text_dataset> tr, va;
     std::vector<std::vector<ftune::data::tagged_sentence>> conll(2);
@@ -251,11 +278,11 @@ int train_with(train_args& a, cli::task task) {
             seen.insert(seen.end(), v.begin(), v.end());
         }
     }
-    std::vector<std::string> names = task == task::regression ? std::vector<std::string>{"score"}
-                                     : task == task::mlm
-                                         ? std::vector<std::string>{}
-                                         : ftune::train::label_names(seen, cfg.id2label);
-    auto m = ftune::io::load_hf<Model>(a.model, {.labels = names, .seed = a.opt.seed});
+    std::vector<std::string> names =
+        task == task::regression ? std::vector<std::string>{"score"}
+        : task == task::mlm      ? std::vector<std::string>{}
+                                 : ftune::train::label_names(seen, recorded_labels<Model>(a.model));
+    auto m = load_model<Model>(a.model, {.labels = names, .seed = a.opt.seed});
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(),
                            "no vocab.txt or tokenizer.json: training needs the tokenizer");
@@ -265,13 +292,18 @@ int train_with(train_args& a, cli::task task) {
     if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
     std::vector<ftune::train::example> train_x, valid_x;
-    if (task == task::mlm) {
-        train_x = ftune::train::encode_texts(*m.tokenizer, *tr, max_len);
-        if (va) valid_x = ftune::train::encode_texts(*m.tokenizer, *va, max_len);
-    } else if (task == task::ner) {
-        train_x = ftune::train::encode(*m.tokenizer, conll[0], names, max_len, a.train.string());
-        valid_x = ftune::train::encode(*m.tokenizer, conll[1], names, max_len, a.valid.string());
-    } else {
+    if constexpr (!is_decoder<Model>) {
+        if (task == task::mlm) {
+            train_x = ftune::train::encode_texts(*m.tokenizer, *tr, max_len);
+            if (va) valid_x = ftune::train::encode_texts(*m.tokenizer, *va, max_len);
+        } else if (task == task::ner) {
+            train_x =
+                ftune::train::encode(*m.tokenizer, conll[0], names, max_len, a.train.string());
+            valid_x =
+                ftune::train::encode(*m.tokenizer, conll[1], names, max_len, a.valid.string());
+        }
+    }
+    if (train_x.empty()) {
         const auto p = problem_of(task);
         train_x = ftune::train::encode(*m.tokenizer, *tr, p, names, max_len);
         if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, p, names, max_len);
@@ -284,8 +316,10 @@ int train_with(train_args& a, cli::task task) {
     if (frozen) std::cerr << ", " << frozen << " weights frozen";
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt, names);
-    t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
+    if constexpr (!is_decoder<Model>) t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     choose_optimization(t, a, train_x.size());
+    if constexpr (is_decoder<Model>)  // a new head: the report before says what training added
+        if (!valid_x.empty()) std::cout << "before:\n" << report(t, valid_x, names);
     const auto r = t.fit(train_x, valid_x);
     if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s";
@@ -293,7 +327,8 @@ int train_with(train_args& a, cli::task task) {
         std::cerr << "; best validation " << t.metric_name() << " " << r.best_metric << " at step "
                   << r.best_step << (r.stopped_early ? " (stopped early)" : "");
     std::cerr << "; saved " << a.out.string() << "\n";
-    if (!valid_x.empty()) std::cout << report(t, valid_x, names);
+    if (!valid_x.empty())
+        std::cout << (is_decoder<Model> ? "after:\n" : "") << report(t, valid_x, names);
     return 0;
 }
 
@@ -346,7 +381,7 @@ inline int train_qa(train_args& a) {
 // Evaluates a model type on a file; returns the exit status.
 template <class Model>
 int eval_with(train_args& a, cli::task task) {
-    auto m = ftune::io::load_hf<Model>(a.model);
+    auto m = load_model<Model>(a.model);
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
     warn_initialized(m.report, a.model);
@@ -356,30 +391,44 @@ int eval_with(train_args& a, cli::task task) {
             names.push_back("LABEL_" + std::to_string(i));
     const std::size_t max_len = std::min(a.max_length, m.config.model.max_position_embeddings);
     std::vector<ftune::train::example> xs;
-    if (task == task::mlm)
-        xs = ftune::train::encode_texts(*m.tokenizer, ftune::data::read_lines(a.data), max_len);
-    else if (task == task::ner)
-        xs = ftune::train::encode(*m.tokenizer, ftune::data::read_conll(a.data), names, max_len,
-                                  a.data.string());
-    else
+    if constexpr (!is_decoder<Model>) {
+        if (task == task::mlm)
+            xs = ftune::train::encode_texts(*m.tokenizer, ftune::data::read_lines(a.data), max_len);
+        else if (task == task::ner)
+            xs = ftune::train::encode(*m.tokenizer, ftune::data::read_conll(a.data), names, max_len,
+                                      a.data.string());
+    }
+    if (task != task::mlm && task != task::ner)
         xs = ftune::train::encode(*m.tokenizer, ftune::data::read_table(a.data), problem_of(task),
                                   names, max_len);
     if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     a.opt.progress = nullptr;
     m.model.prepare_inference();
     ftune::train::trainer<Model> t(m.model, a.opt, names);
-    t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
+    if constexpr (!is_decoder<Model>) t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     std::cout << report(t, xs, names);
     return 0;
 }
 
-// The task of a model directory when --task is not given.
-inline cli::task task_of(const ftune::io::hf_config& cfg) {
-    const std::string arch = cfg.architectures.empty() ? "" : cfg.architectures.front();
+// The task of a model when --task is not given: a GGUF file's is causal-lm; a directory's
+// follows config.json's architecture (and a sequence classifier's problem_type).
+inline cli::task task_of(const std::filesystem::path& model) {
+    if (std::filesystem::is_regular_file(model)) return task::causal_lm;
+    const auto config = model / "config.json";
+    const std::string arch = ftune::io::read_config_string(config, "architectures");
     if (arch == "BertForTokenClassification") return task::ner;
     if (arch == "BertForMaskedLM") return task::mlm;
     if (arch == "BertForQuestionAnswering") return task::qa;
-    switch (ftune::heads::problem_from_hf(cfg.model.problem_type, cfg.model.num_labels)) {
+    if (arch.ends_with("ForCausalLM") || arch.ends_with("LMHeadModel")) return task::causal_lm;
+    const std::string type = ftune::io::read_config_string(config, "model_type");
+    const auto problem = [&](const auto& c) {
+        return ftune::heads::problem_from_hf(c.model.problem_type, c.model.num_labels);
+    };
+    const auto p =
+        type == "llama"  ? problem(ftune::io::read_hf_config<ftune::llama::config>(config))
+        : type == "gpt2" ? problem(ftune::io::read_hf_config<ftune::gpt2::config>(config))
+                         : problem(ftune::io::read_hf_config(config));
+    switch (p) {
         case ftune::heads::problem::multi_label_classification:
             return task::multilabel;
         case ftune::heads::problem::regression:
@@ -419,9 +468,7 @@ std::vector<ftune::train::example> lm_examples(const Loaded& m, const std::files
 // report (perplexity and next-token accuracy per learned token) on --valid before and after.
 template <class Model>
 int train_lm_with(train_args& a, cli::task task) {
-    auto m = std::filesystem::is_regular_file(a.model)
-                 ? ftune::io::load_gguf<Model>(a.model)
-                 : ftune::io::load_hf<Model>(a.model, {.seed = a.opt.seed});
+    auto m = load_model<Model>(a.model, {.seed = a.opt.seed});
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(),
                            "no tokenizer.json: training a decoder needs its tokenizer");
@@ -450,8 +497,7 @@ int train_lm_with(train_args& a, cli::task task) {
 // `ftune eval --task causal-lm|chat`: the report on --data's learned tokens.
 template <class Model>
 int eval_lm_with(train_args& a, cli::task task) {
-    auto m = std::filesystem::is_regular_file(a.model) ? ftune::io::load_gguf<Model>(a.model)
-                                                       : ftune::io::load_hf<Model>(a.model);
+    auto m = load_model<Model>(a.model);
     if (!m.tokenizer) throw ftune::error(ftune::errc::io, a.model.string(), "no tokenizer.json");
     const auto xs = lm_examples(m, a.data, task,
                                 lm_max_length(a, m.config.model.max_position_embeddings), a.model);
@@ -460,20 +506,38 @@ int eval_lm_with(train_args& a, cli::task task) {
     return 0;
 }
 
-// Calls f(type tag) with the causal language model type of the decoder family --model holds: a
-// GGUF file's general.architecture, or a directory's config.json model_type.
+// Task model H on decoder D (llama::decoder<float>, gpt2::decoder<float>).
+template <template <class, std::size_t, class> class H, class D>
+using on_decoder =
+    ftune::task_model<D, H<typename D::value_type, D::hidden_extent, typename D::device_type>>;
+
+// The model type --model holds: a GGUF file's general.architecture, or a directory's
+// config.json model_type ("bert", "llama", "gpt2").
+inline std::string model_type_of(const train_args& a) {
+    return std::filesystem::is_regular_file(a.model)
+               ? ftune::io::gguf_architecture(ftune::io::gguf_file(a.model))
+               : ftune::io::read_config_string(a.model / "config.json", "model_type");
+}
+
+// Calls f(type tag) with the decoder (llama::decoder<float>, gpt2::decoder<float>) of the
+// family --model holds; other families are an error for the decoder-only tasks.
 template <class F>
-int with_decoder_type(const train_args& a, cli::task task, F&& f) {
-    const bool file = std::filesystem::is_regular_file(a.model);
-    const std::string type =
-        file ? ftune::io::gguf_architecture(ftune::io::gguf_file(a.model))
-             : ftune::io::read_config_string(a.model / "config.json", "model_type");
-    if (type == "llama") return f(std::type_identity<ftune::llama::causal_lm<>>{});
-    if (type == "gpt2") return f(std::type_identity<ftune::gpt2::lm_head_model<>>{});
+int with_decoder(const train_args& a, cli::task task, F&& f) {
+    const std::string type = model_type_of(a);
+    if (type == "llama") return f(std::type_identity<ftune::llama::decoder<float>>{});
+    if (type == "gpt2") return f(std::type_identity<ftune::gpt2::decoder<float>>{});
     throw ftune::error(
-        ftune::errc::unsupported, file ? a.model.string() : (a.model / "config.json").string(),
+        ftune::errc::unsupported,
+        std::filesystem::is_regular_file(a.model) ? a.model.string()
+                                                  : (a.model / "config.json").string(),
         "model type \"" + type + "\": --task " + (task == task::chat ? "chat" : "causal-lm") +
             " runs decoder language models (llama, gpt2)");
+}
+
+// Whether --model holds a decoder (a GGUF file, or a llama or gpt2 directory).
+inline bool holds_decoder(const train_args& a) {
+    const std::string type = model_type_of(a);
+    return type == "llama" || type == "gpt2";
 }
 
 // Runs `ftune train`.
@@ -485,21 +549,35 @@ inline int run_train(int argc, char** argv) {
     if (t == task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
     if (t == task::qa) return train_qa(a);
     if (t == task::causal_lm || t == task::chat)
-        return with_decoder_type(
-            a, t, [&](auto tag) { return train_lm_with<typename decltype(tag)::type>(a, t); });
+        return with_decoder(a, t, [&](auto d) {
+            return train_lm_with<on_decoder<ftune::heads::causal_lm, typename decltype(d)::type>>(
+                a, t);
+        });
+    if (holds_decoder(a))  // classify, multilabel, regression from the last token
+        return with_decoder(a, t, [&](auto d) {
+            using D = typename decltype(d)::type;
+            return train_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t);
+        });
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
 // Runs `ftune eval`.
 inline int run_eval(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, true);
-    const auto t = a.task ? *a.task : task_of(ftune::io::read_hf_config(a.model / "config.json"));
+    const auto t = a.task ? *a.task : task_of(a.model);
     using E = ftune::bert::encoder<float>;
     if (t == task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
     if (t == task::causal_lm || t == task::chat)
-        return with_decoder_type(
-            a, t, [&](auto tag) { return eval_lm_with<typename decltype(tag)::type>(a, t); });
+        return with_decoder(a, t, [&](auto d) {
+            return eval_lm_with<on_decoder<ftune::heads::causal_lm, typename decltype(d)::type>>(a,
+                                                                                                 t);
+        });
+    if (holds_decoder(a) && t != task::ner && t != task::mlm && t != task::qa)
+        return with_decoder(a, t, [&](auto d) {
+            using D = typename decltype(d)::type;
+            return eval_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t);
+        });
     if (t == task::qa) {  // SQuAD exact match and F1
         auto m = ftune::io::load_hf<ftune::bert::question_answering<E>>(a.model);
         if (!m.tokenizer)

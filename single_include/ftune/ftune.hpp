@@ -8348,6 +8348,17 @@ FTUNE_NAMESPACE_END
 #include <string_view>
 #include <vector>
 
+// ---- begin ftune/heads/sequence_task.hpp ----
+// heads::sequence_task: what a sequence classifier does with its logits (B, L), whatever computed
+// them: the loss, the evaluation report and the decoding of its problem type (single-label,
+// multi-label, regression), chosen at run time as Transformers' config.problem_type. The
+// encoder's [CLS] head and the decoders' last-token head derive from it.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
 // ---- begin ftune/metrics/scores.hpp ----
 // Evaluation metrics and reports: accuracy, macro F1, confusion matrix and scikit-learn's
 // classification_report (single- and multi-label); entity-level scores over BIO / IOB2 tag
@@ -8789,73 +8800,19 @@ struct class_prediction {
     std::vector<std::size_t> chosen;  ///< multi-label: the labels whose sigmoid is over 0.5
 };
 
-/// Logits (B, L) of each sequence from hidden states (B, T, C): pooler (tanh dense over
-/// position 0, "<backbone>.pooler"), dropout, classifier ("classifier", (L, C)). With L = 1 and no
-/// problem type it is a regression head.
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class sequence_classification {
+/// The task of L logits per sequence: loss, evaluation and decoding by problem type.
+template <scalar T, device_tag D = device::cpu>
+class sequence_task {
   public:
-    using value_type = T;                                              ///< scalar type
-    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
-    using output_view = view<const T, shape<dynamic, dynamic>, D>;     ///< logits (B, L)
+    using output_view = view<const T, shape<dynamic, dynamic>, D>;  ///< logits (B, L)
     using prediction_type = class_prediction;  ///< what decode() gives for one sequence
-    static constexpr std::string_view architecture_suffix =
-        "ForSequenceClassification";                 ///< after the family's name in config.json
-    static constexpr bool first_token_only = true;   ///< reads position 0 of the last layer only
-    static constexpr bool labels_per_token = false;  ///< one label (or target row) per sequence
-    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
-
-    layers::pooler<T, C, D> pooler;               ///< "<backbone>.pooler"
-    layers::dropout<T, C, D> dropout;             ///< classifier dropout
-    layers::linear<T, C, dynamic, D> classifier;  ///< "classifier" (L, C)
     heads::problem problem;  ///< the outputs' meaning and loss (config.json problem_type)
 
-    /// A zero-initialized head for configuration c (hidden_size, num_labels, problem_type, the
-    /// classifier dropout).
-    template <class Config>
-    explicit sequence_classification(const Config& c)
-        : pooler(c.hidden_size),
-          dropout(T(classifier_dropout(c))),
-          classifier(c.hidden_size, c.num_labels),
-          problem(problem_from_hf(c.problem_type, c.num_labels)) {}
+    /// The task of L outputs for problem p.
+    sequence_task(heads::problem p, std::size_t L) : problem(p), labels_(L) {}
 
     /// Number of labels L.
-    std::size_t num_labels() const noexcept { return classifier.out_features(); }
-
-    /// Logits (B, L) from the hidden states h (B, T, C); only position 0 is read.
-    template <class Backbone>
-    output_view forward(context& ctx, Backbone&, hidden_view h) {
-        T_ = h.extent(1);
-        const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
-        return {y.data(), y.extent(0), y.extent(1)};
-    }
-
-    /// Accumulates the head's gradients from d logits (B, L); returns d hidden (B, T, C).
-    template <class Backbone>
-    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
-        const std::size_t B = d_logits.extent(0), Cn = backbone.hidden_size();
-        d_drop_.resize(shape<dynamic, C>(B, Cn));
-        d_pooled_.resize(shape<dynamic, C>(B, Cn));
-        d_hidden_.resize(shape<dynamic, dynamic, C>(B, T_, Cn));
-        d_drop_.fill(T(0)), d_pooled_.fill(T(0)), d_hidden_.fill(T(0));
-        classifier.backward(ctx, {d_logits.data(), B, d_logits.extent(1)}, d_drop_.view());
-        dropout.backward(ctx, d_drop_.view(), d_pooled_.view());
-        pooler.backward(ctx, d_pooled_.view(), d_hidden_.view());
-        return d_hidden_.view();
-    }
-
-    /// Packs the dense weights for inference.
-    void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
-    /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { pooler.zero_grad(), classifier.zero_grad(); }
-    /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, std::string_view backbone, Fn&& f) {
-        pooler.visit_parameters(join_name(join_name(prefix, backbone), "pooler"), f);
-        classifier.visit_parameters(join_name(prefix, "classifier"), f);
-    }
-
-    // --- the task: loss, evaluation, decoding -------------------------------------------------
+    std::size_t num_labels() const noexcept { return labels_; }
 
     /// Options of the single-label training loss (label smoothing, class weights).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
@@ -8993,13 +8950,85 @@ class sequence_classification {
     }
 
   private:
+    std::size_t labels_;            // L
+    loss::cross_entropy<T> ce_;     // single-label training loss
+    loss::bce_with_logits<T> bce_;  // multi-label training loss
+    loss::mse<T> mse_;              // regression training loss
+    std::vector<T> targets_;        // float targets as T
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/sequence_task.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Logits (B, L) of each sequence from hidden states (B, T, C): pooler (tanh dense over
+/// position 0, "<backbone>.pooler"), dropout, classifier ("classifier", (L, C)). With L = 1 and no
+/// problem type it is a regression head.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class sequence_classification : public sequence_task<T, D> {
+  public:
+    using value_type = T;                                              ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic>, D>;     ///< logits (B, L)
+    static constexpr std::string_view architecture_suffix =
+        "ForSequenceClassification";                 ///< after the family's name in config.json
+    static constexpr bool first_token_only = true;   ///< reads position 0 of the last layer only
+    static constexpr bool labels_per_token = false;  ///< one label (or target row) per sequence
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
+
+    layers::pooler<T, C, D> pooler;               ///< "<backbone>.pooler"
+    layers::dropout<T, C, D> dropout;             ///< classifier dropout
+    layers::linear<T, C, dynamic, D> classifier;  ///< "classifier" (L, C)
+
+    /// A zero-initialized head for configuration c (hidden_size, num_labels, problem_type, the
+    /// classifier dropout).
+    template <class Config>
+    explicit sequence_classification(const Config& c)
+        : sequence_task<T, D>(problem_from_hf(c.problem_type, c.num_labels), c.num_labels),
+          pooler(c.hidden_size),
+          dropout(T(classifier_dropout(c))),
+          classifier(c.hidden_size, c.num_labels) {}
+
+    /// Logits (B, L) from the hidden states h (B, T, C); only position 0 is read.
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h) {
+        T_ = h.extent(1);
+        const auto y = classifier.forward(ctx, dropout.forward(ctx, pooler.forward(ctx, h)));
+        return {y.data(), y.extent(0), y.extent(1)};
+    }
+
+    /// Accumulates the head's gradients from d logits (B, L); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t B = d_logits.extent(0), Cn = backbone.hidden_size();
+        d_drop_.resize(shape<dynamic, C>(B, Cn));
+        d_pooled_.resize(shape<dynamic, C>(B, Cn));
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B, T_, Cn));
+        d_drop_.fill(T(0)), d_pooled_.fill(T(0)), d_hidden_.fill(T(0));
+        classifier.backward(ctx, {d_logits.data(), B, d_logits.extent(1)}, d_drop_.view());
+        dropout.backward(ctx, d_drop_.view(), d_pooled_.view());
+        pooler.backward(ctx, d_pooled_.view(), d_hidden_.view());
+        return d_hidden_.view();
+    }
+
+    /// Packs the dense weights for inference.
+    void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
+    /// Sets the head's gradients to zero.
+    void zero_grad() noexcept { pooler.zero_grad(), classifier.zero_grad(); }
+    /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view backbone, Fn&& f) {
+        pooler.visit_parameters(join_name(join_name(prefix, backbone), "pooler"), f);
+        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    }
+
+  private:
     std::size_t T_ = 0;                                  // the last forward's length
     buffer<T, shape<dynamic, C>, D> d_drop_, d_pooled_;  // (B, C)
     buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
-    loss::cross_entropy<T> ce_;                          // single-label training loss
-    loss::bce_with_logits<T> bce_;                       // multi-label training loss
-    loss::mse<T> mse_;                                   // regression training loss
-    std::vector<T> targets_;                             // float targets as T
 };
 
 }  // namespace heads
@@ -9240,7 +9269,11 @@ class task_model {
                 return head.forward(
                     ctx, backbone,
                     backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));
-        return head.forward(ctx, backbone, backbone.forward(ctx, ids, attention_mask, token_types));
+        const auto h = backbone.forward(ctx, ids, attention_mask, token_types);
+        if constexpr (requires { head.forward(ctx, backbone, h, attention_mask); })
+            return head.forward(ctx, backbone, h, attention_mask);  // reads the last tokens
+        else
+            return head.forward(ctx, backbone, h);
     }
 
     /// Generation (causal LM heads): the logits (B, V) after the last new token of each

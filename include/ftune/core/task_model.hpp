@@ -74,7 +74,11 @@ class task_model {
                 return head.forward(
                     ctx, backbone,
                     backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));
-        return head.forward(ctx, backbone, backbone.forward(ctx, ids, attention_mask, token_types));
+        const auto h = backbone.forward(ctx, ids, attention_mask, token_types);
+        if constexpr (requires { head.forward(ctx, backbone, h, attention_mask); })
+            return head.forward(ctx, backbone, h, attention_mask);  // reads the last tokens
+        else
+            return head.forward(ctx, backbone, h);
     }
 
     /// Generation (causal LM heads): the logits (B, V) after the last new token of each

@@ -11,6 +11,7 @@
 
 #include "ftune/gpt2/tasks.hpp"
 #include "ftune/io/gguf_llama.hpp"
+#include "ftune/io/hf.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace io {
@@ -102,15 +103,18 @@ inline gguf_slot gpt2_gguf_slot(std::string_view name) {
 
 /// Reads every parameter of a GPT-2 model (gpt2::decoder, or a task model on it) from a GGUF
 /// file: dequantized, shapes checked, q, k and v cut from attn_qkv (rows q, then k, then v, as
-/// ftune's projections). Every missing tensor and wrong shape is reported in one error.
+/// ftune's projections). Every missing tensor and wrong shape is reported in one error. Returns
+/// the task head's parameters GGUF has no name for (a classifier's "score.weight"), left unread.
 template <class Model>
-void load_gpt2_gguf(Model& model, const gguf_file& f, const gpt2::config&) {
+std::vector<std::string> load_gpt2_gguf(Model& model, const gguf_file& f, const gpt2::config&) {
     using T = typename Model::value_type;
-    std::vector<std::string> problems;
+    std::vector<std::string> problems, unnamed;
     std::string fused_name;  // the fused tensor read last (q, k and v come one after another)
     std::vector<T> fused;
     model.visit_parameters("", [&](parameter_ref<T> p) {
         const gguf_slot s = gpt2_gguf_slot(p.name);
+        if (s.name.empty() && !hf_family<gpt2::config>::is_backbone_parameter(p.name))
+            return unnamed.push_back(p.name);
         const gguf_tensor* t = s.name.empty() ? nullptr : f.find(s.name);
         if (!t) {
             problems.push_back(p.name + ": no tensor " + (s.name.empty() ? "for it" : s.name));
@@ -137,6 +141,7 @@ void load_gpt2_gguf(Model& model, const gguf_file& f, const gpt2::config&) {
         for (const auto& p : problems) msg += "\n  " + p;
         throw error(errc::shape_mismatch, f.path(), msg);
     }
+    return unnamed;
 }
 
 }  // namespace io

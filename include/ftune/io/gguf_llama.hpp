@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ftune/io/gguf.hpp"
+#include "ftune/io/hf.hpp"
 #include "ftune/text/bpe.hpp"
 #include "ftune/llama/decoder.hpp"
 #include "ftune/llama/tasks.hpp"
@@ -207,14 +208,17 @@ inline std::string llama_gguf_name(std::string_view name) {
 /// Reads every parameter of a Llama model (llama::decoder, or a task model on it) from a GGUF
 /// file: dequantized, shapes checked, q_proj and k_proj rows put back into Transformers' rotary
 /// layout (heads of d rows: llama.cpp stores row 2i + j of a head where Transformers has row
-/// j d/2 + i). Every missing tensor and wrong shape is reported in one error.
+/// j d/2 + i). Every missing tensor and wrong shape is reported in one error. Returns the task
+/// head's parameters GGUF has no name for (a classifier's "score.weight"), left unread.
 template <class Model>
-void load_llama_gguf(Model& model, const gguf_file& f, const llama::config& c) {
+std::vector<std::string> load_llama_gguf(Model& model, const gguf_file& f, const llama::config& c) {
     using T = typename Model::value_type;
-    std::vector<std::string> problems;
+    std::vector<std::string> problems, unnamed;
     const std::size_t d = c.head_size();
     model.visit_parameters("", [&](parameter_ref<T> p) {
         const std::string name = llama_gguf_name(p.name);
+        if (name.empty() && !hf_family<llama::config>::is_backbone_parameter(p.name))
+            return unnamed.push_back(p.name);
         const gguf_tensor* t = name.empty() ? nullptr : f.find(name);
         if (!t) {
             problems.push_back(p.name + ": no tensor " + (name.empty() ? "for it" : name));
@@ -251,6 +255,7 @@ void load_llama_gguf(Model& model, const gguf_file& f, const llama::config& c) {
         for (const auto& p : problems) msg += "\n  " + p;
         throw error(errc::shape_mismatch, f.path(), msg);
     }
+    return unnamed;
 }
 
 }  // namespace io

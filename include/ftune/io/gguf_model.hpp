@@ -3,6 +3,7 @@
 // load_hf's result (training, save_hf, generation) takes a GGUF file too.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <type_traits>
@@ -18,9 +19,11 @@ namespace io {
 /// from the GGUF file at path: the configuration as config.json would hold it (save_hf then
 /// writes a directory Transformers loads), the byte-level BPE tokenizer and chat template from
 /// the metadata, the weights dequantized to float32. Throws naming the file when its
-/// general.architecture is not Model's family.
+/// general.architecture is not Model's family. A task head GGUF does not store (a sequence
+/// classifier's score) is made new for options.labels as load_hf does for a base checkpoint:
+/// initialized normal(0, initializer_range) from options.seed and listed in report.initialized.
 template <class Model>
-hf_model<Model> load_gguf(const std::filesystem::path& path) {
+hf_model<Model> load_gguf(const std::filesystem::path& path, const load_options& options = {}) {
     using Config = family_config_t<Model>;
     const gguf_file f(path);
     basic_hf_config<Config> config;
@@ -34,15 +37,32 @@ hf_model<Model> load_gguf(const std::filesystem::path& path) {
         config.hidden_act = "gelu_new";
     }
     config.architectures = {std::string(Model::architecture)};
+    if (!options.labels.empty()) {
+        config.id2label = options.labels;
+        config.model.num_labels = options.labels.size();
+    }
     hf_model<Model> m{config,
                       bpe_tokenizer_from_gguf(f),
                       config.model.max_position_embeddings,
                       Model(config.model),
                       {}};
+    std::vector<std::string> fresh;
     if constexpr (std::is_same_v<Config, llama::config>)
-        load_llama_gguf(m.model, f, config.model);
+        fresh = load_llama_gguf(m.model, f, config.model);
     else
-        load_gpt2_gguf(m.model, f, config.model);
+        fresh = load_gpt2_gguf(m.model, f, config.model);
+    if (!fresh.empty() && !options.allow_new_head)
+        throw error(errc::shape_mismatch, path.string(),
+                    "GGUF holds no " + fresh.front() +
+                        " (a task head): allow_new_head initializes it, or load a Hugging Face "
+                        "directory that has it");
+    std::uint64_t stream = 0;
+    m.model.visit_parameters("", [&](parameter_ref<typename Model::value_type> p) {
+        ++stream;
+        if (std::find(fresh.begin(), fresh.end(), p.name) == fresh.end()) return;
+        init_hf_parameter(p, config.model.initializer_range, options.seed, stream);
+        m.report.initialized.push_back(p.name);
+    });
     return m;
 }
 

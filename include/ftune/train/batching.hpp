@@ -1,12 +1,15 @@
-// From read data to padded batches: encoding labelled texts and tagged sentences with a BERT
-// tokenizer, deterministic length-bucketed batch order, and dynamic padding.
+// From read data to padded batches: encoding labelled texts (for an encoder's WordPiece or a
+// decoder's byte-level BPE tokenizer) and tagged sentences (BERT), deterministic length-bucketed
+// batch order, and dynamic padding.
 #pragma once
 
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ftune/core/rng.hpp"
@@ -14,6 +17,7 @@
 #include "ftune/heads/common.hpp"
 #include "ftune/train/batch.hpp"
 #include "ftune/text/bert.hpp"
+#include "ftune/text/bpe.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {
@@ -61,20 +65,52 @@ inline token_id label_id(const std::vector<std::string>& names, const std::strin
 }
 }  // namespace detail
 
+namespace detail {
+/// ids and token types of a text (and its pair) for an encoder: [CLS] a [SEP] (b [SEP]), the
+/// longer text cut first to max_length, as BertTokenizer.
+inline example classifier_input(const text::bert_tokenizer& tok, std::string_view a,
+                                std::optional<std::string_view> b, std::size_t max_length) {
+    const auto e = tok.encode(a, b, {.max_length = max_length});
+    return {e.ids, e.type_ids, {}, {}};
+}
+/// ids of a text (and its pair) for a decoder's classifier: bos (when the tokenizer adds one)
+/// and a, then bos and b, as LlamaTokenizer builds pairs; the longer text cut first to
+/// max_length (Transformers' longest_first); token types all 0.
+inline example classifier_input(const text::bpe_tokenizer& tok, std::string_view a,
+                                std::optional<std::string_view> b, std::size_t max_length) {
+    const auto& s = tok.settings();
+    const token_id bos = s.add_bos_token ? tok.id_of(s.bos_token) : -1;
+    auto first = tok.encode(a);
+    std::vector<std::int32_t> second;
+    if (b) second = tok.encode(*b);
+    const std::size_t specials = (bos >= 0) * (b ? 2 : 1);
+    while (max_length && first.size() + second.size() + specials > max_length &&
+           !(first.empty() && second.empty()))
+        (first.size() >= second.size() ? first : second).pop_back();
+    example x;
+    if (bos >= 0) x.ids.push_back(bos);
+    x.ids.insert(x.ids.end(), first.begin(), first.end());
+    if (b && bos >= 0) x.ids.push_back(bos);
+    x.ids.insert(x.ids.end(), second.begin(), second.end());
+    x.types.assign(x.ids.size(), 0);
+    return x;
+}
+}  // namespace detail
+
 /// Encodes labelled texts for a sequence classifier of problem type p with labels `names`
 /// (ignored for regression), truncated to max_length tokens: a class id (single-label), 0/1 per
-/// label from comma-separated names (multi-label), a number (regression).
-inline std::vector<example> encode(const text::bert_tokenizer& tok, const data::text_dataset& d,
-                                   heads::problem p, const std::vector<std::string>& names,
-                                   std::size_t max_length) {
+/// label from comma-separated names (multi-label), a number (regression). Tokenizer is an
+/// encoder's WordPiece or a decoder's byte-level BPE (detail::classifier_input).
+template <class Tokenizer>
+std::vector<example> encode(const Tokenizer& tok, const data::text_dataset& d, heads::problem p,
+                            const std::vector<std::string>& names, std::size_t max_length) {
     std::vector<example> out;
     out.reserve(d.rows.size());
     for (const auto& r : d.rows) {
         const std::string where = ftune::detail::cat(d.path, ":", r.line);
-        const auto e = tok.encode(
-            r.text, d.pairs ? std::optional<std::string_view>(r.text_pair) : std::nullopt,
-            {.max_length = max_length});
-        example x{e.ids, e.type_ids, {}, {}};
+        example x = detail::classifier_input(
+            tok, r.text, d.pairs ? std::optional<std::string_view>(r.text_pair) : std::nullopt,
+            max_length);
         if (p == heads::problem::single_label_classification) {
             x.labels = {detail::label_id(names, r.label, where)};
         } else if (p == heads::problem::multi_label_classification) {
