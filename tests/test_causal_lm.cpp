@@ -7,6 +7,7 @@
 #include <ftune/generation.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/text/tokenizer_json.hpp>
+#include <ftune/train/generation_eval.hpp>
 #include <ftune/train/lm_batching.hpp>
 #include <ftune/train/trainer.hpp>
 
@@ -226,4 +227,40 @@ TEST_CASE(
         CHECK(r.text == a);
         CHECK(r.reason == ftune::generation::finish::stop_token);
     }
+    // the same replies scored as an evaluation: every case exact, ROUGE-L 1; a prompt and
+    // completion as strings and a conversation with nothing to answer
+    d.rows.push_back({{}, 0, "QJKLA", "pon", 5});
+    d.rows.push_back({{{"user", "DEF"}}, 0, "", "", 6});
+    const auto cases = ftune::train::generation_cases(tok, d, &tmpl, {.max_length = 3});
+    REQUIRE(cases.size() == 5);
+    CHECK(cases[0].prompt == tok.encode("EFA"));  // "QDEFA" cut to its last 3 tokens
+    CHECK(cases[4].prompt == tok.encode("KLA"));
+    CHECK(cases[4].reference == "pon");
+    CHECK(cases[4].line == 5);
+    const auto full = ftune::train::generation_cases(tok, d, &tmpl);
+    CHECK(full[1].prompt == tok.encode("QGHIA"));
+    const auto r = ftune::train::evaluate_generation(m.model, tok, full, {.batch_size = 2});
+    CHECK(r.predictions == std::vector<std::string>{"uvt", "srq", "pon", "mlk", "pon"});
+    CHECK(r.references == r.predictions);
+    CHECK(r.exact_match == 1.0);
+    CHECK(r.rouge_l == 1.0);
+    CHECK(r.max_new_tokens == 3 + 8);  // the longest reference's tokens + 8
+    CHECK(r.labels.empty());           // 4 distinct replies of 5: free text
+}
+
+TEST_CASE("generated replies that are labels: scikit-learn's report, other replies as (other)",
+          "[train]") {
+    ftune::train::generation_report r;
+    r.references = {"card_arrival", "card_arrival", "top_up", "top_up"};
+    r.predictions = {"card_arrival", "top_up", "top_up", "I cannot help"};
+    r.labels = {"card_arrival", "top_up"};
+    r.exact_match = 0.5;
+    const auto text = r.text();
+    // sklearn classification_report([0, 0, 1, 1], [0, 1, 1, 2], labels=[0, 1, 2], digits=4,
+    // target_names=["card_arrival", "top_up", "(other)"], zero_division=0)
+    CHECK_THAT(text, Catch::Contains("exact match 0.5"));
+    CHECK_THAT(text, Catch::Contains("card_arrival     1.0000    0.5000    0.6667         2"));
+    CHECK_THAT(text, Catch::Contains("      top_up     0.5000    0.5000    0.5000         2"));
+    CHECK_THAT(text, Catch::Contains("     (other)     0.0000    0.0000    0.0000         0"));
+    CHECK_THAT(text, Catch::Contains("    accuracy                         0.5000         4"));
 }

@@ -3,6 +3,7 @@
 // Hugging Face model (the loss falls, early stopping restores the best weights, the log and the
 // plot are written, frozen parameters do not move).
 #include <ftune/io/hf.hpp>
+#include <ftune/metrics/rouge.hpp>
 #include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
 
@@ -363,6 +364,29 @@ TEST_CASE(
               "  0 neg            5   1\n"
               "  1 pos            0  12\n");
     }
+}
+
+TEST_CASE("metrics: ROUGE-1, ROUGE-2 and ROUGE-L equal the rouge-score package's", "[parity]") {
+    // tests/reference/rouge_parity.py: edge cases (punctuation, numbers, Unicode, empty texts)
+    // and SST-2 sentences against shuffled, cut versions of themselves
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "rouge.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() >= 12);
+    for (const auto& c : cases) {
+        const std::string ref = c["reference"], pred = c["prediction"];
+        INFO(ref << " | " << pred);
+        const ftune::metrics::rouge_score got[] = {ftune::metrics::rouge_n(ref, pred, 1),
+                                                   ftune::metrics::rouge_n(ref, pred, 2),
+                                                   ftune::metrics::rouge_l(ref, pred)};
+        const char* names[] = {"rouge1", "rouge2", "rougeL"};
+        for (int k = 0; k < 3; ++k) {
+            INFO(names[k]);
+            CHECK(got[k].precision == Approx(double(c[names[k]][0])).margin(1e-12));
+            CHECK(got[k].recall == Approx(double(c[names[k]][1])).margin(1e-12));
+            CHECK(got[k].fmeasure == Approx(double(c[names[k]][2])).margin(1e-12));
+        }
+    }
+    CHECK_THROWS_WITH(ftune::metrics::rouge_n("a", "a", 0), Catch::Contains("at least 1"));
 }
 
 TEST_CASE("BANKING77, 10 intents: test accuracy within 3 points of PyTorch on the same recipe",

@@ -15,6 +15,7 @@
 #include <ftune/data/squad.hpp>
 #include <ftune/io/gguf_model.hpp>
 #include <ftune/io/hf.hpp>
+#include <ftune/train/generation_eval.hpp>
 #include <ftune/train/lm_batching.hpp>
 #include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
@@ -36,6 +37,9 @@ struct train_args {
                                       // run_glue's --max_train_samples
     std::string optimizer = "adamw";  // --optimizer adamw|sgd
     double momentum = 0;              // --momentum (sgd)
+    std::size_t eval_generate = 100;  // --eval-generate N: chat replies generated and scored
+                                      // (N validation cases spread over the file; 0: none)
+    std::size_t max_new_tokens = 0;   // --max-new-tokens (0: longest reference + 8)
 };
 
 // The optimizer and the learning-rate schedule objects the options name, for a run over
@@ -100,6 +104,10 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.batch_size = count();
         else if (k == "--max-length")
             a.max_length = count(), a.max_length_given = true;
+        else if (k == "--eval-generate")
+            a.eval_generate = number() == 0 ? 0 : count();
+        else if (k == "--max-new-tokens")
+            a.max_new_tokens = count();
         else if (eval && k == "--data")
             a.data = v;
         else if (!eval && k == "--train")
@@ -464,8 +472,40 @@ std::vector<ftune::train::example> lm_examples(const Loaded& m, const std::files
                                 tmpl ? &*tmpl : nullptr, o);
 }
 
+// The chat replies of --eval-generate cases of a decoder's data file, spread over it (none for
+// causal-lm's plain text or with --eval-generate 0).
+template <class Loaded>
+std::vector<ftune::train::generation_case> reply_cases(const Loaded& m, const train_args& a,
+                                                       const std::filesystem::path& path,
+                                                       cli::task task, std::size_t max_length) {
+    if (task != task::chat || a.eval_generate == 0 || path.empty()) return {};
+    std::optional<ftune::text::chat_template> tmpl;
+    if (!m.tokenizer->settings().chat_template.empty())
+        tmpl.emplace(m.tokenizer->settings().chat_template, a.model.string() + " (chat template)");
+    return ftune::train::spread_sample(
+        ftune::train::generation_cases(*m.tokenizer, ftune::data::read_jsonl(path),
+                                       tmpl ? &*tmpl : nullptr, {.max_length = max_length}),
+        a.eval_generate);
+}
+
+// The report on a decoder's evaluation data: perplexity and next-token accuracy per learned
+// token, then the greedy replies to `cases` scored (exact match, ROUGE, labels' report).
+template <class Trainer, class Loaded>
+std::string lm_report(Trainer& t, Loaded& m, const std::vector<ftune::train::example>& xs,
+                      const std::vector<ftune::train::generation_case>& cases,
+                      const train_args& a) {
+    std::string text = report(t, xs, {});
+    if (!cases.empty())
+        text += ftune::train::evaluate_generation(
+                    m.model, *m.tokenizer, cases,
+                    {.max_new_tokens = a.max_new_tokens, .batch_size = a.opt.batch_size})
+                    .text();
+    return text;
+}
+
 // `ftune train --task causal-lm|chat`: a decoder fine-tuned on its data's learned tokens; the
-// report (perplexity and next-token accuracy per learned token) on --valid before and after.
+// report (perplexity and next-token accuracy per learned token; for chat, the replies to
+// --eval-generate validation prompts scored) on --valid before and after.
 template <class Model>
 int train_lm_with(train_args& a, cli::task task) {
     auto m = load_model<Model>(a.model, {.seed = a.opt.seed});
@@ -477,6 +517,7 @@ int train_lm_with(train_args& a, cli::task task) {
     if (a.max_train && train_x.size() > a.max_train) train_x.resize(a.max_train);
     std::vector<ftune::train::example> valid_x;
     if (!a.valid.empty()) valid_x = lm_examples(m, a.valid, task, max_len, a.model);
+    const auto cases = reply_cases(m, a, a.valid, task, max_len);
     const std::size_t frozen = prepare_run(a, m.model);
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
               << " validation examples (" << (task == task::chat ? "chat" : "causal-lm") << "), "
@@ -485,12 +526,12 @@ int train_lm_with(train_args& a, cli::task task) {
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt);
     choose_optimization(t, a, train_x.size());
-    if (!valid_x.empty()) std::cout << "before: " << report(t, valid_x, {});
+    if (!valid_x.empty()) std::cout << "before: " << lm_report(t, m, valid_x, cases, a);
     const auto r = t.fit(train_x, valid_x);
     if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s; saved " << a.out.string()
               << "\n";
-    if (!valid_x.empty()) std::cout << "after:  " << report(t, valid_x, {});
+    if (!valid_x.empty()) std::cout << "after:  " << lm_report(t, m, valid_x, cases, a);
     return 0;
 }
 
@@ -499,10 +540,10 @@ template <class Model>
 int eval_lm_with(train_args& a, cli::task task) {
     auto m = load_model<Model>(a.model);
     if (!m.tokenizer) throw ftune::error(ftune::errc::io, a.model.string(), "no tokenizer.json");
-    const auto xs = lm_examples(m, a.data, task,
-                                lm_max_length(a, m.config.model.max_position_embeddings), a.model);
+    const std::size_t max_len = lm_max_length(a, m.config.model.max_position_embeddings);
+    const auto xs = lm_examples(m, a.data, task, max_len, a.model);
     ftune::train::trainer<Model> t(m.model, a.opt);
-    std::cout << report(t, xs, {});
+    std::cout << lm_report(t, m, xs, reply_cases(m, a, a.data, task, max_len), a);
     return 0;
 }
 
