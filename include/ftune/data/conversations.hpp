@@ -36,7 +36,7 @@ enum class lm_format {
 /// One example for a decoder: a conversation whose messages from `first_trained` on that are the
 /// assistant's carry the loss, or a prompt and its completion.
 struct lm_example {
-    std::vector<text::chat_message> messages;  ///< the conversation (lm_format::messages)
+    std::vector<text::chat_message> messages;  ///< the conversation (empty: prompt, completion)
     std::size_t first_trained = 0;             ///< the assistant's messages from here on train
     std::string prompt;                        ///< the prompt (prompt_completion)
     std::string completion;                    ///< what the model learns to write after it

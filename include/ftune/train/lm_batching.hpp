@@ -138,17 +138,24 @@ inline std::vector<example> encode(const text::bpe_tokenizer& tok, const data::l
                                    const lm_encoding_options& o = {}) {
     std::vector<example> xs;
     xs.reserve(d.rows.size());
+    bool learns = false;
     for (const auto& e : d.rows) {
         const std::string where = ftune::detail::cat(d.path, ":", e.line);
-        if (d.format == data::lm_format::prompt_completion) {
+        if (e.messages.empty()) {  // a prompt and its completion as strings
             xs.push_back(encode_prompt_completion(tok, e, o));
-            continue;
+        } else {
+            if (!tmpl)
+                throw error(errc::unsupported, where,
+                            "a conversation needs the model's chat template, and it has none");
+            xs.push_back(encode_conversation(tok, *tmpl, e, o, where));
         }
-        if (!tmpl)
-            throw error(errc::unsupported, where,
-                        "a conversation needs the model's chat template, and it has none");
-        xs.push_back(encode_conversation(tok, *tmpl, e, o, where));
+        learns |= std::any_of(xs.back().labels.begin(), xs.back().labels.end(),
+                              [](token_id l) { return l != -100; });
     }
+    if (!d.rows.empty() && !learns)
+        throw error(errc::invalid_argument, d.path,
+                    "no example has a token to learn (no assistant reply after the prompt, or "
+                    "every one cut by max_length)");
     return xs;
 }
 

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The support assistant (examples/support_assistant.cpp) against Transformers' Trainer on the same
+recipe, side by side in one run: SmolLM2-135M-Instruct from the same GGUF file (dequantized to
+float32 on both sides), the same BANKING77 rows (row i * rows / n of train.csv and test.csv), each
+a chat {user: message, assistant: intent} in the model's chat template with the loss on the reply
+and its end-of-turn token only (the template's text after the generation prompt, trailing newline
+left out, as ftune's train::encode learns it), AdamW (lr, no weight decay, eps 1e-8), linear decay
+after 10% warmup, gradient clipping at 1.0, batches of --batch-size grouped by length, float32,
+--threads threads. Then greedy replies to the test messages (at most the longest reference's
+tokens + 8 new ones), scored by exact match of the trimmed text.
+
+Prints one line per run and a summary: exact-match accuracy before and after, training wall time,
+and the ratio of the wall times, for each seed.
+
+Usage: python3 bench/compare_support_assistant.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf
+           [--data ../shared/data] [--ftune build/bin/support_assistant] [--seeds 0 1 2]
+           [--train 1000] [--test 300] [--epochs 1] [--lr 1e-4] [--batch-size 8] [--threads 2]
+Needs: pip install torch transformers gguf accelerate
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import time
+
+
+def spread(path, n):
+    """n rows of a BANKING77 CSV spread evenly over it (row i * rows / n), as (text, intent)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    n = len(rows) if n == 0 or n > len(rows) else n
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
+def run_ftune(a, seed):
+    cmd = [a.ftune, "--gguf", a.gguf, "--data", a.data, "--train", str(a.train), "--test",
+           str(a.test), "--epochs", str(a.epochs), "--lr", str(a.lr), "--batch-size",
+           str(a.batch_size), "--seed", str(seed)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    m = re.search(r"RESULT exact_match_before (\S+) exact_match_after (\S+) train_seconds (\S+)",
+                  out)
+    return {"before": float(m.group(1)), "after": float(m.group(2)), "seconds": float(m.group(3))}
+
+
+def run_transformers(a, seed):
+    import torch
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments,
+                              set_seed)
+    torch.set_num_threads(a.threads)
+    # the GGUF dequantized to float32, saved as a plain checkpoint (Trainer refuses to train a
+    # model it still marks as quantized)
+    plain = "/tmp/compare_support_assistant_model"
+    if not os.path.exists(os.path.join(plain, "model.safetensors")):
+        folder, name = os.path.split(os.path.abspath(a.gguf))
+        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(plain)
+        m = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        m.hf_quantizer = None  # dequantized on load: float32 tensors
+        m.save_pretrained(plain)
+        del m
+        with open(os.path.join(plain, "config.json")) as f:
+            config = json.load(f)
+        config.pop("quantization_config", None)  # the weights saved are plain float32
+        with open(os.path.join(plain, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    tok = AutoTokenizer.from_pretrained(plain)
+    model = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.float32)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(text, intent):
+        prompt = tok.apply_chat_template([{"role": "user", "content": text}],
+                                         add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template([{"role": "user", "content": text},
+                                        {"role": "assistant", "content": intent}], tokenize=False)
+        end = len(full.rstrip("\n "))
+        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+        labels = [i if len(prompt) <= s < end else -100
+                  for i, (s, _) in zip(enc["input_ids"], enc["offset_mapping"])]
+        return {"input_ids": enc["input_ids"], "labels": labels}
+
+    train = [encode(t, c) for t, c in spread(os.path.join(a.data, "banking77", "train.csv"),
+                                             a.train)]
+    test = spread(os.path.join(a.data, "banking77", "test.csv"), a.test)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}],
+                                       add_generation_prompt=True, tokenize=True) for t, _ in test]
+    prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p
+               for p in prompts]
+    max_new = max(len(tok(c, add_special_tokens=False)["input_ids"]) for _, c in test) + 8
+
+    def exact_match():
+        model.eval()
+        tok.padding_side = "left"
+        hits = 0
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        with torch.no_grad():
+            for k in range(0, len(order), 8):
+                idx = order[k:k + 8]
+                batch = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
+                out = model.generate(**batch, max_new_tokens=max_new, do_sample=False,
+                                     pad_token_id=pad)
+                for j, i in enumerate(idx):
+                    reply = tok.decode(out[j, batch["input_ids"].shape[1]:],
+                                       skip_special_tokens=True)
+                    hits += reply.strip() == test[i][1].strip()
+        return hits / len(test)
+
+    def collate(rows):
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = [r["input_ids"] + [pad] * (n - len(r["input_ids"])) for r in rows]
+        labels = [r["labels"] + [-100] * (n - len(r["labels"])) for r in rows]
+        mask = [[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in rows]
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                "attention_mask": torch.tensor(mask)}
+
+    before = exact_match()
+    set_seed(seed)
+    args = TrainingArguments(
+        output_dir=f"/tmp/compare_support_assistant_{seed}", per_device_train_batch_size=a.batch_size,
+        learning_rate=a.lr, num_train_epochs=a.epochs, lr_scheduler_type="linear",
+        warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0, adam_epsilon=1e-8, seed=seed,
+        train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no", report_to=[],
+        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    return {"before": before, "after": exact_match(), "seconds": seconds}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--gguf", required=True)
+    p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                                  "data"))
+    p.add_argument("--ftune", default="build/bin/support_assistant")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train", type=int, default=1000)
+    p.add_argument("--test", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    runs = []
+    for seed in a.seeds:
+        f = run_ftune(a, seed)
+        print(json.dumps({"seed": seed, "ftune": f}), flush=True)
+        t = run_transformers(a, seed)
+        print(json.dumps({"seed": seed, "transformers": t}), flush=True)
+        runs.append((seed, f, t))
+    print(f"\n{'seed':>4} {'ftune before':>13} {'after':>7} {'train s':>8} | "
+          f"{'Transformers before':>19} {'after':>7} {'train s':>8} | speed-up")
+    for seed, f, t in runs:
+        print(f"{seed:>4} {f['before']:>13.4f} {f['after']:>7.4f} {f['seconds']:>8.1f} | "
+              f"{t['before']:>19.4f} {t['after']:>7.4f} {t['seconds']:>8.1f} | "
+              f"{t['seconds'] / f['seconds']:.2f}x")
+    mean = lambda xs: sum(xs) / len(xs)
+    print(f"mean after: ftune {mean([f['after'] for _, f, _ in runs]):.4f}, Transformers "
+          f"{mean([t['after'] for _, _, t in runs]):.4f}")
+
+
+if __name__ == "__main__":
+    main()
