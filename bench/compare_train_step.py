@@ -4,9 +4,14 @@ size, batch, sequence and threads, alternating in rounds on this machine; time p
 memory (each in its own process). The step: forward in training mode (dropout on), cross-entropy,
 backward, global-norm clipping to 1.0, AdamW update, gradients cleared.
 
+With --gguf FILE the model is instead a LlamaForCausalLM of the shapes that Llama-family GGUF file
+describes (SmolLM2-135M-Instruct: 30 layers of 576, 9 heads, 3 key/value heads, vocabulary
+49,152), random weights on both sides, every token carrying the next-token loss (`ftune bench
+--gguf`); default batch 8 x 256.
+
 Usage: python3 bench/compare_train_step.py [--ftune build/bin/ftune] [--rounds 3]
-       [--dims 384,12,12,1536] [--batch 16] [--seq 128] [--threads 2]
-(needs torch and transformers)
+       [--dims 384,12,12,1536 | --gguf FILE] [--batch 16] [--seq 128] [--threads 2]
+(needs torch and transformers; gguf for --gguf)
 """
 import argparse
 import json
@@ -46,28 +51,88 @@ print(json.dumps({"ms_per_step": ms[len(ms) // 2],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
+PYTORCH_LM_STEP = r"""
+import json, resource, sys, time
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+cfg = LlamaConfig(**json.loads(sys.argv[1]))
+B, T, steps, threads = map(int, sys.argv[2:6])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+m = LlamaForCausalLM(cfg).train()
+opt = torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.01)
+ids = torch.randint(0, cfg.vocab_size, (B, T))
+mask = torch.ones(B, T, dtype=torch.long)
+def step():
+    loss = m(input_ids=ids, attention_mask=mask, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+for _ in range(2):
+    step()
+ms = []
+for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    ms.append((time.perf_counter() - t0) * 1e3)
+ms.sort()
+print(json.dumps({"ms_per_step": ms[len(ms) // 2],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def llama_config(path):
+    """Transformers' LlamaConfig fields of a Llama-family GGUF file (as ftune reads it)."""
+    from gguf import GGUFReader
+    r = GGUFReader(path)
+
+    def field(key, default=None):
+        f = r.fields.get(key)
+        return default if f is None else f.parts[f.data[0]].tolist()[0]
+    vocab = next(t.shape for t in r.tensors if t.name == "token_embd.weight")[-1]
+    heads = int(field("llama.attention.head_count"))
+    return {"vocab_size": int(vocab), "hidden_size": int(field("llama.embedding_length")),
+            "intermediate_size": int(field("llama.feed_forward_length")),
+            "num_hidden_layers": int(field("llama.block_count")),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(field("llama.attention.head_count_kv", heads)),
+            "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon", 1e-6)),
+            "rope_theta": float(field("llama.rope.freq_base", 10000.0)),
+            "max_position_embeddings": int(field("llama.context_length", 2048)),
+            "tie_word_embeddings": not any(t.name == "output.weight" for t in r.tensors),
+            "attn_implementation": "sdpa"}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ftune", default="build/bin/ftune")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dims", default="384,12,12,1536")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--gguf", default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
+    if args.batch is None:
+        args.batch = 8 if args.gguf else 16
+    if args.seq is None:
+        args.seq = 256 if args.gguf else 128
     H, L, heads, F = map(int, args.dims.split(","))
+    model = ["--gguf", args.gguf] if args.gguf else ["--dims", args.dims]
+    pytorch = ([PYTORCH_LM_STEP, json.dumps(llama_config(args.gguf))] if args.gguf else
+               [PYTORCH_STEP, str(H), str(L), str(heads), str(F)])
     rows = []
     for r in range(args.rounds):
-        out = subprocess.run([args.ftune, "bench", "--dims", args.dims, "--batch", str(args.batch),
+        out = subprocess.run([args.ftune, "bench", *model, "--batch", str(args.batch),
                               "--seq", str(args.seq), "--mode", "train", "--steps",
                               str(args.steps), "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True).stdout
         f = json.loads(out.strip().splitlines()[-1])
-        out = subprocess.run([sys.executable, "-c", PYTORCH_STEP, str(H), str(L), str(heads),
-                              str(F), str(args.batch), str(args.seq), str(args.steps),
-                              str(args.threads)], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", *pytorch, str(args.batch), str(args.seq),
+                              str(args.steps), str(args.threads)],
+                             capture_output=True, text=True, check=True).stdout
         p = json.loads(out.strip().splitlines()[-1])
         rows.append((f, p))
         print(f"round {r + 1}: ftune {f['ms_per_step']:.0f} ms ({f['percent_of_peak']:.0f}% of "

@@ -6,6 +6,7 @@
 #include <ftune/optim.hpp>
 #include <ftune/generation.hpp>
 #include <ftune/io/hf.hpp>
+#include <ftune/train/batch.hpp>
 
 #include <atomic>
 #include <cstdlib>
@@ -187,6 +188,52 @@ TEST_CASE("a full training step (task model, loss, clipping, AdamW) allocates no
     const long before = allocations.load();
     for (int i = 0; i < 3; ++i) step();
     CHECK(allocations.load() - before == 0);
+}
+
+TEST_CASE(
+    "a decoder's training steps (causal-LM loss and the last-token classifier, tied head, "
+    "clipping, AdamW) allocate nothing",
+    "[allocations]") {
+    ftune::llama::config c;
+    c.vocab_size = 40, c.hidden_size = 16, c.intermediate_size = 24, c.num_hidden_layers = 2;
+    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.max_position_embeddings = 32;
+    c.tie_word_embeddings = true, c.num_labels = 3;
+    ftune::llama::causal_lm<> lm(c);
+    ftune::llama::sequence_classifier<> cls(c);
+    const std::size_t B = 3, T = 9;
+    ftune::train::batch b, bc;
+    b.B = bc.B = B, b.T = bc.T = T;
+    b.ids.assign(B * T, 7), b.mask.assign(B * T, 1);
+    b.mask.back() = 0;  // padding at the end of the last row
+    b.labels = b.ids;
+    b.labels.back() = -100;
+    bc.ids = b.ids, bc.mask = b.mask, bc.labels = {0, 2, 1};
+    ftune::context ctx{.mode = ftune::mode::train, .rng = ftune::generator(1)};
+    auto steps = [&](auto& m, const ftune::train::batch& batch) {
+        auto params = ftune::optim::parameters_of(m);
+        for (auto& p : params)
+            for (std::size_t i = 0; i < p.value.size(); ++i)
+                p.value[i] = p.name.ends_with("norm.weight") ? 1.0f : 0.02f * float(i % 5);
+        ftune::optim::adamw<float> opt({.lr = 1e-3, .weight_decay = 0.01});
+        const std::span<const ftune::parameter_ref<float>> ps(params);
+        std::vector<float> d;
+        auto step = [&] {
+            const auto y = m.forward(ctx, {batch.ids.data(), B, T}, {batch.mask.data(), B, T});
+            d.resize(y.size());
+            std::fill(d.begin(), d.end(), 0.0f);
+            m.head.loss(y, batch, d.data(), 1.0f);
+            m.backward(ctx, {d.data(), y.shape()});
+            ftune::optim::clip_grad_norm(ps, 1.0);
+            opt.step(ps);
+            m.zero_grad();
+        };
+        step(), step();  // warm-up: workspaces and optimizer state
+        const long before = allocations.load();
+        for (int i = 0; i < 3; ++i) step();
+        return allocations.load() - before;
+    };
+    CHECK(steps(lm, b) == 0);
+    CHECK(steps(cls, bc) == 0);
 }
 
 TEST_CASE("generation allocates nothing per new token (greedy and sampled, batch of two)",

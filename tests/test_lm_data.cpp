@@ -94,10 +94,14 @@ TEST_CASE("decoder data: conversations and prompt-completion pairs as Hugging Fa
     const auto pc = ftune::data::read_jsonl(fixtures / "lm" / "prompt_completion.jsonl");
     CHECK(pc.format == ftune::data::lm_format::prompt_completion);
     check_encoded(ftune::train::encode(tok, pc, nullptr), want["prompt_completion"]);
-    // cut to max_length: the end goes, labels with it
-    const auto cut = ftune::train::encode(tok, pc, nullptr, {.max_length = 5});
-    CHECK(cut[0].ids.size() == 5);
-    CHECK(cut[0].labels.size() == 5);
+    // cut to max_length: the end goes, labels with it; a data set left with nothing to learn
+    // is an error
+    const auto cut = ftune::train::encode_prompt_completion(tok, pc.rows[0], {.max_length = 5});
+    CHECK(cut.ids.size() == 5);
+    CHECK(cut.labels.size() == 5);
+    CHECK_THROWS_WITH(ftune::train::encode(tok, pc, nullptr, {.max_length = 5}),
+                      Catch::Contains("prompt_completion.jsonl") &&
+                          Catch::Contains("no example has a token to learn"));
     // a conversation without a template is an error naming file:line
     CHECK_THROWS_WITH(ftune::train::encode(tok, chats, nullptr),
                       Catch::Contains("chat.jsonl:1") && Catch::Contains("chat template"));

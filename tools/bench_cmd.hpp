@@ -1,5 +1,6 @@
 // `ftune bench`: times a randomly initialized BertForSequenceClassification (encoder, pooler,
-// 2-way classifier; cross-entropy when training) and prints one JSON line. Inference runs the
+// 2-way classifier; cross-entropy when training), or with --gguf a Llama-family causal LM of the
+// file's shapes, and prints one JSON line. Inference runs the
 // model exactly as `ftune predict` and serve::text_classifier do (prepared, eval mode).
 #pragma once
 
@@ -13,7 +14,9 @@
 #include <vector>
 
 #include <ftune/ftune.hpp>
+#include <ftune/io/gguf_llama.hpp>
 #include <ftune/optim.hpp>
+#include <ftune/train/batch.hpp>
 
 namespace cli {
 
@@ -150,6 +153,80 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
         100 * gflops / peak, double(ru.ru_maxrss) / 1024.0, !backward && prepack ? "true" : "false",
         double(per_call) / steps, static_cast<unsigned long long>(prepacked),
+        ftune::backends::cpu::this_cpu().summary().c_str());
+    return 0;
+}
+
+// Runs `ftune bench --gguf FILE`: a causal-LM training step (forward, the next-token loss of
+// the trainer, backward, clipping to norm 1, AdamW) or a forward of the Llama-family model the
+// GGUF file describes, its weights random (normal(0, 0.02), norms 1: the file gives the shapes
+// only), on B random sequences of T tokens that all carry the loss. Prints one JSON line.
+inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, bool train,
+                        int steps, int threads) {
+    if (threads > 0) ftune::set_num_threads(threads);
+    const int nt = ftune::num_threads();
+    const auto cfg = ftune::io::llama_config_from_gguf(ftune::io::gguf_file(gguf));
+    ftune::llama::causal_lm<> model(cfg);
+    model.visit_parameters("", [seed = std::uint64_t(1)](ftune::parameter_ref<float> p) mutable {
+        const bool norm = p.name.ends_with("norm.weight");
+        const ftune::random_stream s(seed++, 0);
+        for (std::size_t i = 0; i < p.value.size(); ++i)
+            p.value[i] = norm ? 1.0f : float(0.02 * s.normal(i));
+    });
+    const std::size_t V = cfg.vocab_size, C = cfg.hidden_size, F = cfg.intermediate_size,
+                      L = cfg.num_hidden_layers, d = cfg.head_size();
+    ftune::train::batch b;
+    b.B = B, b.T = T;
+    b.ids.resize(B * T), b.mask.assign(B * T, 1);
+    const ftune::random_stream s(7, 7);
+    for (std::size_t i = 0; i < B * T; ++i)
+        b.ids[i] = ftune::token_id(s.below(i, std::uint32_t(V)));
+    b.labels = b.ids;  // every position predicts the next token
+    ftune::context ctx{.mode = train ? ftune::mode::train : ftune::mode::eval,
+                       .rng = ftune::generator(1)};
+    std::vector<ftune::parameter_ref<float>> params;
+    if (train) params = ftune::optim::parameters_of(model);
+    ftune::optim::adamw<float> adamw({.lr = 1e-5, .weight_decay = 0.01});
+    std::vector<float> d_logits;
+    auto step = [&] {
+        const auto y = model.forward(ctx, {b.ids.data(), B, T}, {b.mask.data(), B, T});
+        if (!train) return;
+        d_logits.resize(y.size());
+        std::fill(d_logits.begin(), d_logits.end(), 0.0f);
+        model.head.loss(y, b, d_logits.data(), 1.0f);
+        model.zero_grad();
+        model.backward(ctx, {d_logits.data(), y.shape()});
+        ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
+        adamw.step(std::span<const ftune::parameter_ref<float>>(params));
+    };
+    for (int i = 0; i < 2; ++i) step();  // warm-up: workspaces reach their size
+    std::vector<double> ms;
+    for (int i = 0; i < steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        step();
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
+    }
+    std::sort(ms.begin(), ms.end());
+    const double median = ms[ms.size() / 2];
+    // matrix-product FLOPs of the forward pass: the projections, the attention's two products
+    // over every key position (as computed), the LM head; backward adds twice as many
+    const double N = double(B * T);
+    const double per_layer =
+        2 * N * C * (2.0 * cfg.num_attention_heads * d + 2.0 * cfg.num_key_value_heads * d) +
+        2 * N * C * (3.0 * F) + 4.0 * N * double(T) * cfg.num_attention_heads * d;
+    const double flops = (double(L) * per_layer + 2 * N * C * double(V)) * (train ? 3 : 1);
+    const double gflops = flops / (median * 1e-3) * 1e-9, peak = fma_peak_gflops(nt);
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    std::printf(
+        "{\"mode\": \"%s\", \"model\": \"llama %zu x %zu, ffn %zu, vocab %zu\", \"batch\": %zu, "
+        "\"seq\": %zu, \"threads\": %d, \"steps\": %d, \"ms_per_step\": %.3f, "
+        "\"tokens_per_s\": %.1f, \"gflops\": %.1f, \"peak_gflops\": %.1f, "
+        "\"percent_of_peak\": %.1f, \"peak_rss_mb\": %.1f, \"cpu\": \"%s\"}\n",
+        train ? "train" : "forward", L, C, F, V, B, T, nt, steps, median, N / (median * 1e-3),
+        gflops, peak, 100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
         ftune::backends::cpu::this_cpu().summary().c_str());
     return 0;
 }

@@ -27,6 +27,8 @@ void usage(std::ostream& os) {
           "              --dims H,L,HEADS,FFN [--vocab V] [--batch B] [--seq T]\n"
           "              [--mode forward|backward|train] [--steps N] [--threads N]\n"
           "              [--prepack on|off]  (forward: weights packed once; default on)\n"
+          "              or a causal LM of a Llama GGUF file's shapes (random weights):\n"
+          "              --gguf FILE [--batch B] [--seq T] [--mode train|forward]\n"
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
           "              (--vocab FILE [--lowercase | --no-lowercase] | --model DIR)\n"
           "              [--max-length N] [--tokens] [--offsets]\n"
@@ -83,6 +85,8 @@ int cmd_bench(int argc, char** argv) {
     bool backward = true, train = false;
     int steps = 10, threads = 0;
     bool have_dims = false, prepack = true;
+    std::string gguf;       // --gguf: a decoder's shapes instead of --dims
+    bool mode_set = false;  // --mode given (a decoder's default is train)
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
         if (i + 1 >= argc)
@@ -124,20 +128,30 @@ int cmd_bench(int argc, char** argv) {
                 throw ftune::error(ftune::errc::invalid_argument, "--prepack " + v,
                                    "expected on or off");
             prepack = v == "on";
+        } else if (a == "--gguf") {
+            gguf = v;
         } else if (a == "--mode") {
             if (v != "forward" && v != "backward" && v != "train")
                 throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
                                    "expected forward, backward or train");
             backward = v != "forward";
             train = v == "train";
+            mode_set = true;
         } else {
             throw ftune::error(ftune::errc::invalid_argument, std::string(a),
                                "unknown option of ftune bench");
         }
     }
+    if (!gguf.empty()) {
+        if (!mode_set) train = true;
+        if (mode_set && backward && !train)
+            throw ftune::error(ftune::errc::invalid_argument, "--gguf",
+                               "a decoder is timed with --mode train or forward");
+        return cli::run_bench_lm(gguf, batch, seq, train, steps, threads);
+    }
     if (!have_dims)
         throw ftune::error(ftune::errc::invalid_argument, "ftune bench",
-                           "--dims H,L,HEADS,FFN is required");
+                           "--dims H,L,HEADS,FFN (or --gguf FILE) is required");
     return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
                           threads, prepack, train);
 }
