@@ -39,16 +39,6 @@ def step():
     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=False)
-for _ in range(2):
-    step()
-ms = []
-for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    ms.append((time.perf_counter() - t0) * 1e3)
-ms.sort()
-print(json.dumps({"ms_per_step": ms[len(ms) // 2],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 PYTORCH_LM_STEP = r"""
@@ -69,6 +59,10 @@ def step():
     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=False)
+"""
+
+# the timing both steps share: 2 warm-up steps, then the median of `steps`, and the peak RSS
+TIMING = r"""
 for _ in range(2):
     step()
 ms = []
@@ -80,6 +74,8 @@ ms.sort()
 print(json.dumps({"ms_per_step": ms[len(ms) // 2],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+PYTORCH_STEP += TIMING
+PYTORCH_LM_STEP += TIMING
 
 
 def llama_config(path):

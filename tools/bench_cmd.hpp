@@ -60,6 +60,23 @@ inline double fma_peak_gflops(int threads) {
     return best;
 }
 
+// The median time of `steps` calls of step in ms, after `warmup` calls that let workspaces reach
+// their size.
+template <class Step>
+double median_ms(Step&& step, int steps, int warmup = 2) {
+    for (int i = 0; i < warmup; ++i) step();
+    std::vector<double> ms;
+    for (int i = 0; i < steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        step();
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+}
+
 // Runs `ftune bench` with its parsed options; returns the exit status.
 inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_t F, std::size_t V,
                      std::size_t B, std::size_t T, bool backward, int steps, int threads,
@@ -107,22 +124,13 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
         adamw.step(std::span<const ftune::parameter_ref<float>>(params));
     };
-    for (int i = 0; i < 2; ++i) step();  // warm-up: workspaces reach their size
+    step(), step();  // warm-up: workspaces reach their size before packing is counted
     auto& packs = ftune::backends::cpu::packing_stats();
     const std::uint64_t per_call0 = packs.per_call.load(), prepacked0 = packs.prepacked.load();
-    std::vector<double> ms;
-    for (int i = 0; i < steps; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        step();
-        ms.push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                .count());
-    }
+    const double median = median_ms(step, steps, 0);
     // weight packing during the timed steps: none on the prepared inference path
     const std::uint64_t per_call = packs.per_call.load() - per_call0,
                         prepacked = packs.prepacked.load() - prepacked0;
-    std::sort(ms.begin(), ms.end());
-    const double median = ms[ms.size() / 2];
     // matrix-product FLOPs executed by the forward pass (a prepared classifier runs its last
     // layer for the [CLS] rows only, after the keys and values of every position); backward
     // adds twice as many
@@ -199,17 +207,7 @@ inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, b
         ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
         adamw.step(std::span<const ftune::parameter_ref<float>>(params));
     };
-    for (int i = 0; i < 2; ++i) step();  // warm-up: workspaces reach their size
-    std::vector<double> ms;
-    for (int i = 0; i < steps; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        step();
-        ms.push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                .count());
-    }
-    std::sort(ms.begin(), ms.end());
-    const double median = ms[ms.size() / 2];
+    const double median = median_ms(step, steps);
     // matrix-product FLOPs of the forward pass: the projections, the attention's two products
     // over every key position (as computed), the LM head; backward adds twice as many
     const double N = double(B * T);
