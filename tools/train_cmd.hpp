@@ -311,7 +311,7 @@ int train_with(train_args& a, cli::task task) {
                 ftune::train::encode(*m.tokenizer, conll[1], names, max_len, a.valid.string());
         }
     }
-    if (train_x.empty()) {
+    if (task != task::mlm && task != task::ner) {
         const auto p = problem_of(task);
         train_x = ftune::train::encode(*m.tokenizer, *tr, p, names, max_len);
         if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, p, names, max_len);
@@ -452,40 +452,35 @@ inline std::size_t lm_max_length(const train_args& a, std::size_t positions) {
     return std::min(a.max_length_given ? a.max_length : std::size_t(1024), positions);
 }
 
-// The examples of a decoder's data file: JSON lines (chat: conversations, or prompts with
-// completions) or plain text, one example per line (causal-lm: every token learned).
+// A decoder's data file read once: its examples (JSON lines for chat: conversations, or prompts
+// with completions; plain text lines for causal-lm, every token learned) and, for chat, reply
+// cases spread over it.
+struct lm_file {
+    std::vector<ftune::train::example> examples;       // ids and labels
+    std::vector<ftune::train::generation_case> cases;  // prompts to answer, with references
+};
+
+// Reads a decoder's data file at path for the model m (its tokenizer and chat template), with
+// up to `cases` reply cases (chat only).
 template <class Loaded>
-std::vector<ftune::train::example> lm_examples(const Loaded& m, const std::filesystem::path& path,
-                                               cli::task task, std::size_t max_length,
-                                               const std::filesystem::path& model) {
+lm_file read_lm_file(const Loaded& m, const train_args& a, const std::filesystem::path& path,
+                     cli::task task, std::size_t max_length, std::size_t cases = 0) {
     const ftune::train::lm_encoding_options o{.max_length = max_length};
-    std::vector<ftune::train::example> xs;
+    lm_file f;
     if (task == task::causal_lm) {
         for (const auto& r : ftune::data::read_lines(path).rows)
-            xs.push_back(ftune::train::encode_text(*m.tokenizer, r.text, o));
-        return xs;
+            f.examples.push_back(ftune::train::encode_text(*m.tokenizer, r.text, o));
+        return f;
     }
     std::optional<ftune::text::chat_template> tmpl;
     if (!m.tokenizer->settings().chat_template.empty())
-        tmpl.emplace(m.tokenizer->settings().chat_template, model.string() + " (chat template)");
-    return ftune::train::encode(*m.tokenizer, ftune::data::read_jsonl(path),
-                                tmpl ? &*tmpl : nullptr, o);
-}
-
-// The chat replies of --eval-generate cases of a decoder's data file, spread over it (none for
-// causal-lm's plain text or with --eval-generate 0).
-template <class Loaded>
-std::vector<ftune::train::generation_case> reply_cases(const Loaded& m, const train_args& a,
-                                                       const std::filesystem::path& path,
-                                                       cli::task task, std::size_t max_length) {
-    if (task != task::chat || a.eval_generate == 0 || path.empty()) return {};
-    std::optional<ftune::text::chat_template> tmpl;
-    if (!m.tokenizer->settings().chat_template.empty())
         tmpl.emplace(m.tokenizer->settings().chat_template, a.model.string() + " (chat template)");
-    return ftune::train::spread_sample(
-        ftune::train::generation_cases(*m.tokenizer, ftune::data::read_jsonl(path),
-                                       tmpl ? &*tmpl : nullptr, {.max_length = max_length}),
-        a.eval_generate);
+    const auto data = ftune::data::read_jsonl(path);
+    f.examples = ftune::train::encode(*m.tokenizer, data, tmpl ? &*tmpl : nullptr, o);
+    if (cases)
+        f.cases = ftune::train::spread_sample(
+            ftune::train::generation_cases(*m.tokenizer, data, tmpl ? &*tmpl : nullptr, o), cases);
+    return f;
 }
 
 // The report on a decoder's evaluation data: perplexity and next-token accuracy per learned
@@ -513,11 +508,12 @@ int train_lm_with(train_args& a, cli::task task) {
         throw ftune::error(ftune::errc::io, a.model.string(),
                            "no tokenizer.json: training a decoder needs its tokenizer");
     const std::size_t max_len = lm_max_length(a, m.config.model.max_position_embeddings);
-    auto train_x = lm_examples(m, a.train, task, max_len, a.model);
+    auto train_x = read_lm_file(m, a, a.train, task, max_len).examples;
     if (a.max_train && train_x.size() > a.max_train) train_x.resize(a.max_train);
-    std::vector<ftune::train::example> valid_x;
-    if (!a.valid.empty()) valid_x = lm_examples(m, a.valid, task, max_len, a.model);
-    const auto cases = reply_cases(m, a, a.valid, task, max_len);
+    lm_file valid;
+    if (!a.valid.empty()) valid = read_lm_file(m, a, a.valid, task, max_len, a.eval_generate);
+    const auto& valid_x = valid.examples;
+    const auto& cases = valid.cases;
     const std::size_t frozen = prepare_run(a, m.model);
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
               << " validation examples (" << (task == task::chat ? "chat" : "causal-lm") << "), "
@@ -541,9 +537,9 @@ int eval_lm_with(train_args& a, cli::task task) {
     auto m = load_model<Model>(a.model);
     if (!m.tokenizer) throw ftune::error(ftune::errc::io, a.model.string(), "no tokenizer.json");
     const std::size_t max_len = lm_max_length(a, m.config.model.max_position_embeddings);
-    const auto xs = lm_examples(m, a.data, task, max_len, a.model);
+    const auto data = read_lm_file(m, a, a.data, task, max_len, a.eval_generate);
     ftune::train::trainer<Model> t(m.model, a.opt);
-    std::cout << lm_report(t, m, xs, reply_cases(m, a, a.data, task, max_len), a);
+    std::cout << lm_report(t, m, data.examples, data.cases, a);
     return 0;
 }
 
