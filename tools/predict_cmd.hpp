@@ -550,7 +550,9 @@ inline int run_info(int argc, char** argv) {
             std::cout << ", token types " << c.type_vocab_size;
         if constexpr (requires { c.num_key_value_heads; })  // decoders
             std::cout << ", key/value heads " << c.num_key_value_heads << ", rope_theta "
-                      << c.rope_theta << (c.tie_word_embeddings ? ", tied LM head" : "");
+                      << c.rope_theta;
+        if constexpr (ftune::heads::is_a<typename Model::head_type, ftune::heads::causal_lm>)
+            if (c.tie_word_embeddings) std::cout << ", tied LM head";
         std::cout << "\n"
                   << "activation    " << m.config.hidden_act << "\n"
                   << "parameters    " << params << " (" << num(double(params) * 4 / 1048576.0)
