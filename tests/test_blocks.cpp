@@ -581,6 +581,41 @@ TEMPLATE_TEST_CASE(
 }
 
 TEST_CASE(
+    "GPT-2's decoder in training with resid_pdrop and embd_pdrop: gradients under fixed masks, "
+    "eval mode as without dropout",
+    "[gradcheck][blocks]") {
+    ftune::gpt2::config c;
+    c.vocab_size = 11, c.hidden_size = 8, c.intermediate_size = 12, c.num_hidden_layers = 2;
+    c.num_attention_heads = 4, c.max_position_embeddings = 9;
+    c.resid_pdrop = 0.25, c.embd_pdrop = 0.25;
+    ftune::gpt2::decoder<double> s(c);
+    test::randomize(s, 92);
+    auto plain_config = c;
+    plain_config.resid_pdrop = plain_config.embd_pdrop = 0;
+    ftune::gpt2::decoder<double> plain(plain_config);
+    test::randomize(plain, 92);
+    const std::size_t B = 2, T = 5;
+    std::vector<ftune::token_id> ids{1, 5, 7, 2, 9, 1, 4, 3, 0, 0},
+        attention{1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    const ftune::gpt2::decoder<double>::ids_view idv(ids.data(), B, T), mv(attention.data(), B, T);
+    ftune::context eval;
+    const auto e = s.forward(eval, idv, mv);
+    const std::vector<double> with(e.data(), e.data() + e.size());
+    const auto p = plain.forward(eval, idv, mv);
+    CHECK(with == std::vector<double>(p.data(), p.data() + p.size()));
+    ftune::context train{.mode = ftune::mode::train, .rng = ftune::generator(5)};
+    const auto t = s.forward(train, idv, mv);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < t.size(); ++i) differ += t.data()[i] != with[i];
+    CHECK(differ > t.size() / 2);  // every position sees dropped inputs
+    bound_encoder<ftune::gpt2::decoder<double>> m{s, mv, {}};
+    const auto res = ftune::testing::check_layer_gradients(m, train, idv);
+    INFO(res.report);
+    REQUIRE(res.ok);
+    CHECK(res.checked > 500);
+}
+
+TEST_CASE(
     "GPT-2's decoder (learned positions, LayerNorm, biased attention, gelu_new MLP): "
     "gradients of every parameter, causal, names",
     "[gradcheck][blocks]") {

@@ -1,10 +1,12 @@
 // blocks::decoder_block: one pre-norm causal decoder layer composed from ftune's layers, as
 // Llama-family models stack them (LlamaDecoderLayer):
-//   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h)).
+//   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h)),
+// with GPT-2's dropout of both branches' outputs in training when decoder_sizes::dropout > 0.
 #pragma once
 
 #include <string_view>
 
+#include "ftune/layers/dropout.hpp"
 #include "ftune/layers/gated_mlp.hpp"
 #include "ftune/layers/rms_norm.hpp"
 #include "ftune/layers/rotary_attention.hpp"
@@ -22,6 +24,8 @@ struct decoder_sizes {
     double rope_theta = 1e4;                      ///< rotary base
     double norm_eps = 1e-6;                       ///< the norms' eps (Llama: rms_norm_eps)
     ops::activation act = ops::activation::silu;  ///< the MLP gate's activation (hidden_act)
+    double dropout = 0;  ///< on the attention's and the MLP's outputs in training (GPT-2's
+                         ///< resid_pdrop; Llama: none)
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
@@ -65,13 +69,17 @@ class decoder_block {
     attention_type self_attn;                                   ///< Parts::attention_name
     typename Parts::template norm<C> post_attention_layernorm;  ///< Parts::norm2_name
     typename Parts::template mlp<C, F> mlp;                     ///< Parts::mlp_name
+    layers::dropout<T, C, D> attn_dropout;  ///< on self_attn's output (GPT-2's resid_dropout)
+    layers::dropout<T, C, D> mlp_dropout;   ///< on mlp's output (GPT-2's mlp.dropout)
 
     /// A zero-initialized block of the given sizes (norm weights 1).
     explicit decoder_block(const decoder_sizes& s)
         : input_layernorm(s.hidden, T(s.norm_eps)),
           self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta}),
           post_attention_layernorm(s.hidden, T(s.norm_eps)),
-          mlp(s.hidden, s.ffn, s.act) {}
+          mlp(s.hidden, s.ffn, s.act),
+          attn_dropout(T(s.dropout)),
+          mlp_dropout(T(s.dropout)) {}
 
     /// y = block(x), each position attending to itself and earlier unmasked positions.
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
@@ -79,9 +87,9 @@ class decoder_block {
         const auto n1 = input_layernorm.forward(ctx, flat(x));                    // (N, C)
         const auto a = self_attn.forward(ctx, {n1.data(), B, Tn, Cn}, key_mask);  // (B, T, C)
         h_.resize(shape<dynamic, C>(N, Cn));
-        ops::residual_add(h_, flat(x), flat(a));  // h = x + attention
+        ops::residual_add(h_, flat(x), attn_dropout.forward(ctx, flat(a)));  // h = x + attention
         const auto n2 = post_attention_layernorm.forward(ctx, h_.view());
-        const auto m = mlp.forward(ctx, n2);
+        const auto m = mlp_dropout.forward(ctx, mlp.forward(ctx, n2));
         y_.resize(shape<dynamic, C>(N, Cn));
         ops::residual_add(y_, h_.view(), m);  // y = h + mlp
         return {y_.data(), B, Tn, Cn};
@@ -112,12 +120,13 @@ class decoder_block {
         ops::copy(w.dh, dy);
         w.dn.resize(w.dh.shape());
         w.dn.fill(T(0));
-        mlp.backward(ctx, dy, w.dn.view());
+        mlp.backward(ctx, dropped(ctx, mlp_dropout, dy, w.dd), w.dn.view());
         post_attention_layernorm.backward(ctx, w.dn.view(), w.dh.view());
         // d x = d h + d (attention(norm1(x)))
         w.da.resize(w.dh.shape());
         w.da.fill(T(0));
-        self_attn.backward(ctx, {w.dh.data(), B, Tn, Cn}, {w.da.data(), B, Tn, Cn});
+        const auto dha = dropped(ctx, attn_dropout, w.dh.view(), w.dd);  // (N, C)
+        self_attn.backward(ctx, {dha.data(), B, Tn, Cn}, {w.da.data(), B, Tn, Cn});
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
@@ -166,10 +175,21 @@ class decoder_block {
             x.data(), x.extent(0) * x.extent(1), x.extent(2));
     }
 
-    buffer<T, shape<dynamic, C>, D> h_, y_;          // (N, C) after the attention; the output
-    struct backward_scratch {                        // one set per run (ctx.workspace)
-        buffer<T, shape<dynamic, C>, D> dh, dn, da;  // (N, C)
+    buffer<T, shape<dynamic, C>, D> h_, y_;              // (N, C) after the attention; the output
+    struct backward_scratch {                            // one set per run (ctx.workspace)
+        buffer<T, shape<dynamic, C>, D> dh, dn, da, dd;  // (N, C)
     };
+    // d of a dropout's input from d of its output dy: dy itself when its last forward passed x
+    // through, otherwise dy * mask / (1 - p) written into buf
+    static view<const T, shape<dynamic, C>, D> dropped(context& ctx, layers::dropout<T, C, D>& drop,
+                                                       view<const T, shape<dynamic, C>, D> dy,
+                                                       buffer<T, shape<dynamic, C>, D>& buf) {
+        if (!drop.active()) return dy;
+        buf.resize(dy.shape());
+        buf.fill(T(0));
+        drop.backward(ctx, dy, buf.view());
+        return buf.view();
+    }
 };
 
 }  // namespace blocks

@@ -32,6 +32,10 @@ struct config {
     std::size_t num_labels = 2;  ///< num_labels (a classification head's outputs)
     std::string problem_type;    ///< problem_type of a sequence classifier ("": from num_labels)
     double initializer_range = 0.02;  ///< initializer_range
+    double resid_pdrop = 0.1;         ///< resid_pdrop: dropout of attention and MLP outputs
+    double embd_pdrop = 0.1;          ///< embd_pdrop: dropout of the summed embeddings
+    double attn_pdrop = 0.1;          ///< attn_pdrop: read and saved back, not applied (the fused
+                                      ///< attention has no dropout of its probabilities)
 
     /// The size of one attention head.
     std::size_t head_size() const noexcept { return hidden_size / num_attention_heads; }
@@ -119,13 +123,15 @@ class decoder
         : base(typename base::embeddings_type(
                    layers::embedding_sizes{.vocab = c.vocab_size,
                                            .features = c.hidden_size,
-                                           .max_positions = c.max_position_embeddings}),
+                                           .max_positions = c.max_position_embeddings,
+                                           .dropout = c.embd_pdrop}),
                typename Parts::template norm<C>(c.hidden_size, T(c.layer_norm_eps))) {
         this->layer.reserve(c.num_hidden_layers);
         for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
-            this->layer.emplace_back(blocks::decoder_sizes{
-                c.hidden_size, c.num_attention_heads, c.num_attention_heads, c.head_size(),
-                c.intermediate_size, /*rope_theta=*/0, c.layer_norm_eps, c.hidden_act});
+            this->layer.emplace_back(
+                blocks::decoder_sizes{c.hidden_size, c.num_attention_heads, c.num_attention_heads,
+                                      c.head_size(), c.intermediate_size, /*rope_theta=*/0,
+                                      c.layer_norm_eps, c.hidden_act, c.resid_pdrop});
     }
 };
 

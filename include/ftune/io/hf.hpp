@@ -362,6 +362,9 @@ struct hf_family<gpt2::config> {
         detail::config_size(j, where, "n_inner", c.intermediate_size, false);
         detail::config_real(j, where, "layer_norm_epsilon", c.layer_norm_eps, 0, 1);
         detail::config_real(j, where, "initializer_range", c.initializer_range, 0, 1e3);
+        detail::config_real(j, where, "resid_pdrop", c.resid_pdrop, 0, 1);
+        detail::config_real(j, where, "embd_pdrop", c.embd_pdrop, 0, 1);
+        detail::config_real(j, where, "attn_pdrop", c.attn_pdrop, 0, 1);
         if (c.hidden_size % c.num_attention_heads != 0)
             throw error(errc::parse, where + ": n_head",
                         ftune::detail::cat(c.num_attention_heads, " heads do not divide n_embd ",
@@ -390,6 +393,9 @@ struct hf_family<gpt2::config> {
         j["layer_norm_epsilon"] = c.layer_norm_eps;
         j["activation_function"] = std::string(bert::activation_to_hf(c.hidden_act));
         j["initializer_range"] = c.initializer_range;
+        j["resid_pdrop"] = c.resid_pdrop;
+        j["embd_pdrop"] = c.embd_pdrop;
+        j["attn_pdrop"] = c.attn_pdrop;
         j["scale_attn_weights"] = true;
         detail::write_decoder_tokens(c, j);
     }

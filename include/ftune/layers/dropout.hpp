@@ -44,6 +44,8 @@ class dropout {
             ops::residual_add(dx, dx, dy);
     }
 
+    /// Whether the last forward dropped (training with p > 0); otherwise it passed x through.
+    bool active() const noexcept { return active_; }
     /// No parameters: nothing to clear.
     void zero_grad() noexcept {}
     /// No parameters: f is never called.
