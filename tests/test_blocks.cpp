@@ -581,17 +581,18 @@ TEMPLATE_TEST_CASE(
 }
 
 TEST_CASE(
-    "GPT-2's decoder in training with resid_pdrop and embd_pdrop: gradients under fixed masks, "
+    "GPT-2's decoder in training with resid_pdrop, embd_pdrop and attn_pdrop: gradients under "
+    "fixed masks, "
     "eval mode as without dropout",
     "[gradcheck][blocks]") {
     ftune::gpt2::config c;
     c.vocab_size = 11, c.hidden_size = 8, c.intermediate_size = 12, c.num_hidden_layers = 2;
     c.num_attention_heads = 4, c.max_position_embeddings = 9;
-    c.resid_pdrop = 0.25, c.embd_pdrop = 0.25;
+    c.resid_pdrop = 0.25, c.embd_pdrop = 0.25, c.attn_pdrop = 0.25;
     ftune::gpt2::decoder<double> s(c);
     test::randomize(s, 92);
     auto plain_config = c;
-    plain_config.resid_pdrop = plain_config.embd_pdrop = 0;
+    plain_config.resid_pdrop = plain_config.embd_pdrop = plain_config.attn_pdrop = 0;
     ftune::gpt2::decoder<double> plain(plain_config);
     test::randomize(plain, 92);
     const std::size_t B = 2, T = 5;

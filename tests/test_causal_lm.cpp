@@ -88,7 +88,16 @@ std::size_t check_against_transformers(const std::string& name, const fs::path& 
     b.mask = test::read_ids(want, "attention_mask");
     b.labels = test::read_ids(want, "labels");
     auto m = ftune::io::load_hf<Model>(folder);
-    return check_loss_and_gradients(m, b, want, name);
+    const std::size_t compared = check_loss_and_gradients(m, b, want, name);
+    // the trainer's path, without the full logits: 3 counted positions at a time
+    using Config = std::remove_cvref_t<decltype(m.config.model)>;
+    ftune::context ctx;
+    m.model.head.loss_chunk_rows = 3;
+    m.model.zero_grad();
+    const double loss = m.model.loss_backward(ctx, b, 1.0f);
+    CHECK(std::abs(loss - double(want.read<float>(want.at(name + ".loss"))[0])) < 1e-6);
+    CHECK(compare_gradients<Config>(m.model, want, name) == compared);
+    return compared;
 }
 
 // The same for a decoder's sequence classifier (tests/reference/decoder_classification.py): the
@@ -183,6 +192,75 @@ TEST_CASE("causal-LM loss: labels that do not fit the logits are an error; evalu
     CHECK_THAT(model.head.report(e, {}), Catch::Contains("perplexity"));
     b.labels = {5, 7, 3};  // one short
     CHECK_THROWS_WITH(model.head.loss(y, b, static_cast<float*>(nullptr), 0.0f),
+                      Catch::Contains("one label per input position"));
+}
+
+TEST_CASE(
+    "the training loss without the full logits (loss_backward) equals forward, loss and "
+    "backward: any chunk size, label smoothing, class weights, a frozen head, no labels",
+    "[train]") {
+    ftune::llama::config c;
+    c.vocab_size = 16, c.hidden_size = 8, c.intermediate_size = 16, c.num_hidden_layers = 1;
+    c.num_attention_heads = 2, c.num_key_value_heads = 1, c.max_position_embeddings = 16;
+    ftune::train::batch b;
+    b.B = 2, b.T = 5;
+    b.ids = {1, 5, 7, 3, 9, 2, 4, 6, 0, 0};
+    b.mask = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    b.labels = {-100, -100, 7, 3, 9, -100, 4, 6, -100, -100};  // 4 counted positions
+    std::vector<double> weights(16);
+    for (std::size_t v = 0; v < 16; ++v) weights[v] = 0.5 + 0.1 * double(v);
+    // gradients of every parameter after the full-logits path and after loss_backward
+    auto run = [&](bool tied, const ftune::loss::cross_entropy_options& o, bool freeze_head,
+                   std::size_t chunk) {
+        c.tie_word_embeddings = tied;
+        ftune::llama::causal_lm<> model(c);
+        model.visit_parameters("",
+                               [seed = std::uint64_t(5)](ftune::parameter_ref<float> p) mutable {
+                                   const auto v = test::randn<float>(p.value.size(), seed++, 0.5);
+                                   std::copy(v.begin(), v.end(), p.value.begin());
+                               });
+        model.head.set_loss_options(o);
+        if (freeze_head)
+            (tied ? model.backbone.input_embeddings() : model.head.lm_head.weight).trainable =
+                false;
+        ftune::context ctx;
+        const auto y = model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T});
+        std::vector<float> d(y.size(), 0.0f);
+        const double full = model.head.loss(y, b, d.data(), 0.5f);
+        model.backward(ctx, {d.data(), y.shape()});
+        std::vector<std::vector<float>> want;
+        model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            want.emplace_back(p.grad.begin(), p.grad.end());
+        });
+        model.zero_grad();
+        model.head.loss_chunk_rows = chunk;
+        const double fused = model.loss_backward(ctx, b, 0.5f);
+        CHECK(fused == Approx(full).epsilon(1e-6));
+        std::size_t i = 0;
+        model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            INFO(p.name);
+            CHECK(test::relative_error(p.grad, want[i++]) < 1e-5);
+        });
+    };
+    for (const bool tied : {true, false})
+        for (const std::size_t chunk : {0, 1, 3, 4, 9}) {
+            INFO("tied " << tied << ", chunk " << chunk);
+            run(tied, {}, false, chunk);
+            run(tied, {.label_smoothing = 0.1, .class_weights = weights}, false, chunk);
+            run(tied, {.class_weights = weights}, true, chunk);
+        }
+    // no counted position: loss 0, no gradient; a label outside the vocabulary is an error
+    ftune::llama::causal_lm<> model(c);
+    ftune::context ctx;
+    auto none = b;
+    none.labels.assign(10, -100);
+    CHECK(model.loss_backward(ctx, none, 1.0f) == 0.0);
+    auto bad = b;
+    bad.labels[3] = 16;
+    CHECK_THROWS_WITH(model.loss_backward(ctx, bad, 1.0f),
+                      Catch::Contains("label 16 of row 0 position 3 is outside the vocabulary"));
+    bad.labels.pop_back();
+    CHECK_THROWS_WITH(model.loss_backward(ctx, bad, 1.0f),
                       Catch::Contains("one label per input position"));
 }
 

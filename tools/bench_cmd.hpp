@@ -195,26 +195,25 @@ inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, b
     std::vector<ftune::parameter_ref<float>> params;
     if (train) params = ftune::optim::parameters_of(model);
     ftune::optim::adamw<float> adamw({.lr = 1e-5, .weight_decay = 0.01});
-    std::vector<float> d_logits;
     auto step = [&] {
-        const auto y = model.forward(ctx, {b.ids.data(), B, T}, {b.mask.data(), B, T});
-        if (!train) return;
-        d_logits.resize(y.size());
-        std::fill(d_logits.begin(), d_logits.end(), 0.0f);
-        model.head.loss(y, b, d_logits.data(), 1.0f);
+        if (!train) {
+            model.forward(ctx, {b.ids.data(), B, T}, {b.mask.data(), B, T});
+            return;
+        }
         model.zero_grad();
-        model.backward(ctx, {d_logits.data(), y.shape()});
+        model.loss_backward(ctx, b, 1.0f);  // as the trainer: the logits a chunk at a time
         ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
         adamw.step(std::span<const ftune::parameter_ref<float>>(params));
     };
     const double median = median_ms(step, steps);
     // matrix-product FLOPs of the forward pass: the projections, the attention's two products
-    // over every key position (as computed), the LM head; backward adds twice as many
-    const double N = double(B * T);
+    // over every key position (as computed), the LM head (training: over the B (T - 1)
+    // positions with a next token); backward adds twice as many
+    const double N = double(B * T), counted = train ? double(B * (T - 1)) : N;
     const double per_layer =
         2 * N * C * (2.0 * cfg.num_attention_heads * d + 2.0 * cfg.num_key_value_heads * d) +
         2 * N * C * (3.0 * F) + 4.0 * N * double(T) * cfg.num_attention_heads * d;
-    const double flops = (double(L) * per_layer + 2 * N * C * double(V)) * (train ? 3 : 1);
+    const double flops = (double(L) * per_layer + 2 * counted * C * double(V)) * (train ? 3 : 1);
     const double gflops = flops / (median * 1e-3) * 1e-9, peak = fma_peak_gflops(nt);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);

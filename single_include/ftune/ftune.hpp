@@ -6320,7 +6320,8 @@ FTUNE_NAMESPACE_END
 // ---- begin ftune/layers/rotary_attention.hpp ----
 // layers::rotary_attention: causal multi-head attention with rotary position embeddings and
 // grouped-query key/value heads, with its output projection: Hugging Face's LlamaAttention
-// (q_proj, k_proj, v_proj, o_proj; RoPE with rotate_half; repeat_kv; causal and padding masks).
+// (q_proj, k_proj, v_proj, o_proj; RoPE with rotate_half; repeat_kv; causal and padding masks)
+// and, without the rotation and with biases, GPT2Attention (dropout of the probabilities).
 
 #include <cmath>
 #include <string_view>
@@ -6453,10 +6454,12 @@ struct rotary_sizes {
     std::size_t head_dim;     ///< d (Llama: C / H unless config.head_dim says otherwise)
     double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta); 0: no rotation (GPT-2,
                               ///< whose learned positions are added at the input)
+    double dropout = 0;       ///< on the attention probabilities in training (GPT-2's
+                              ///< attn_pdrop; Llama: none)
 };
 
-/// x (B, T, C) -> (B, T, C): o_proj(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask) v), with
-/// q = q_proj(x) (H heads of d), k and v (Hkv heads, each shared by H / Hkv query heads).
+/// x (B, T, C) -> (B, T, C): o_proj(drop(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask)) v),
+/// with q = q_proj(x) (H heads of d), k and v (Hkv heads, each shared by H / Hkv query heads).
 /// Positions are start .. start + T - 1 in every row (forward's `start`). Proj<In, Out> is the
 /// projection type (Llama's: linear without bias; a LoRA linear goes here).
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu,
@@ -6519,8 +6522,14 @@ class rotary_attention {
             ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
+        dropped_ = ctx.training() && sizes_.dropout > 0;
+        if (dropped_) {  // (B, H, T, T) the probabilities with dropout, and its keep mask
+            probs_dropped_.resize(probs_.shape());
+            keep_.resize(probs_.shape());
+            ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+        }
         ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        ops::head_context(ctx_, probs_.view(), ve);
+        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve);
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -6577,13 +6586,21 @@ class rotary_attention {
         o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
         const auto ke = group == 1 ? k_.view() : k_full_.view();
         const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
+        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         w.dp.resize(probs_.shape());
         w.ds.resize(probs_.shape());
         w.ds.fill(T(0));
         ops::head_scores(w.dp, w.dctx.view(), ve);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dv_full, probs_.view(), w.dctx.view());  // dV = Pᵀ dctx
-        ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
+        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view());  // dV = Pᵀ dctx
+        if (dropped_) {  // through the dropout (dP before it, in w.dp_pre), then the softmax
+            w.dp_pre.resize(probs_.shape());
+            w.dp_pre.fill(T(0));
+            ops::dropout_backward(w.dp_pre, keep_, w.dp, T(sizes_.dropout));
+            ops::masked_softmax_backward(w.ds, probs_, w.dp_pre, T(1) / std::sqrt(T(d)));
+        } else {
+            ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
+        }
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
         ops::head_context(w.dq, w.ds.view(), ke);  // dQ (rotated) = dS K
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
@@ -6661,17 +6678,20 @@ class rotary_attention {
     }
 
     rotary_sizes sizes_;
-    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and length
-    buffer<token_id, shape<dynamic>, D> positions_;  // (N) position of each row
-    matrix cos_, sin_;                               // (N, d/2) rotary angles
-    matrix q_, k_;                                   // (N, H d), (N, Hkv d) rotated
-    typename Proj<C, dynamic>::output_view v_;       // (N, Hkv d) the value projection's
-    matrix k_full_, v_full_;                         // (N, H d) repeated for every query head
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
-    matrix ctx_;                                     // (N, H d) context
-    struct backward_scratch {                        // one set per run (ctx.workspace)
-        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T)
-        matrix dctx, dq, dk_full, dv_full, dk, dv;   // (N, H d) and (N, Hkv d)
+    std::size_t B_ = 0, T_ = 0;                         // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;     // (N) position of each row
+    matrix cos_, sin_;                                  // (N, d/2) rotary angles
+    matrix q_, k_;                                      // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;          // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                            // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;     // (B, H, T, T)
+    buffer<T, dynamic_shape<4>, D> probs_dropped_;      // (B, H, T, T) after dropout (training)
+    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;    // (B, H, T, T) its keep mask
+    bool dropped_ = false;                              // whether the last forward dropped
+    matrix ctx_;                                        // (N, H d) context
+    struct backward_scratch {                           // one set per run (ctx.workspace)
+        buffer<T, dynamic_shape<4>, D> dp, ds, dp_pre;  // (B, H, T, T)
+        matrix dctx, dq, dk_full, dv_full, dk, dv;      // (N, H d) and (N, Hkv d)
     };
 };
 
@@ -6688,7 +6708,8 @@ FTUNE_NAMESPACE_END
 // blocks::decoder_block: one pre-norm causal decoder layer composed from ftune's layers, as
 // Llama-family models stack them (LlamaDecoderLayer):
 //   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h)),
-// with GPT-2's dropout of both branches' outputs in training when decoder_sizes::dropout > 0.
+// with GPT-2's dropout of both branches' outputs in training when decoder_sizes::dropout > 0
+// (and of the attention probabilities when attention_dropout > 0).
 
 #include <string_view>
 
@@ -6708,6 +6729,8 @@ struct decoder_sizes {
     ops::activation act = ops::activation::silu;  ///< the MLP gate's activation (hidden_act)
     double dropout = 0;  ///< on the attention's and the MLP's outputs in training (GPT-2's
                          ///< resid_pdrop; Llama: none)
+    double attention_dropout = 0;  ///< on the attention probabilities in training (GPT-2's
+                                   ///< attn_pdrop; Llama: none)
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
@@ -6757,7 +6780,8 @@ class decoder_block {
     /// A zero-initialized block of the given sizes (norm weights 1).
     explicit decoder_block(const decoder_sizes& s)
         : input_layernorm(s.hidden, T(s.norm_eps)),
-          self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta}),
+          self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta,
+                                         s.attention_dropout}),
           post_attention_layernorm(s.hidden, T(s.norm_eps)),
           mlp(s.hidden, s.ffn, s.act),
           attn_dropout(T(s.dropout)),
@@ -9319,6 +9343,25 @@ class task_model {
         backbone.backward(ctx, head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...));
     }
 
+    /// Training step of a head that takes its loss from the hidden states without computing
+    /// all its outputs (heads::causal_lm: the vocabulary logits a chunk of counted positions at
+    /// a time): the forward of batch b (ids, mask, types as for forward), the head's loss, and
+    /// every trainable parameter's gradient += scale * the loss's. Returns the loss.
+    template <class Batch>
+    requires requires(Head& h, context& c, Backbone& bb, typename Backbone::output_view x,
+                      const Batch& b) {
+        h.loss_backward(c, bb, x, b, value_type(1));
+    }
+    double loss_backward(context& ctx, const Batch& b, value_type scale) {
+        const auto h = backbone.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
+                                        {b.types.data(), b.B, b.T});
+        if (backbone.kept_nothing_for_backward())
+            throw no_backward_after_inference(std::string(architecture));
+        const auto [loss, d_hidden] = head.loss_backward(ctx, backbone, h, b, scale);
+        backbone.backward(ctx, d_hidden);
+        return loss;
+    }
+
     /// Number of labels of the head.
     std::size_t num_labels() const requires(requires(const Head& h) { h.num_labels(); }) {
         return head.num_labels();
@@ -9602,8 +9645,7 @@ struct config {
     double initializer_range = 0.02;  ///< initializer_range
     double resid_pdrop = 0.1;         ///< resid_pdrop: dropout of attention and MLP outputs
     double embd_pdrop = 0.1;          ///< embd_pdrop: dropout of the summed embeddings
-    double attn_pdrop = 0.1;          ///< attn_pdrop: read and saved back, not applied (the fused
-                                      ///< attention has no dropout of its probabilities)
+    double attn_pdrop = 0.1;          ///< attn_pdrop: dropout of the attention probabilities
 
     /// The size of one attention head.
     std::size_t head_size() const noexcept { return hidden_size / num_attention_heads; }
@@ -9699,7 +9741,7 @@ class decoder
             this->layer.emplace_back(
                 blocks::decoder_sizes{c.hidden_size, c.num_attention_heads, c.num_attention_heads,
                                       c.head_size(), c.intermediate_size, /*rope_theta=*/0,
-                                      c.layer_norm_eps, c.hidden_act, c.resid_pdrop});
+                                      c.layer_norm_eps, c.hidden_act, c.resid_pdrop, c.attn_pdrop});
     }
 };
 

@@ -1,7 +1,8 @@
 // blocks::decoder_block: one pre-norm causal decoder layer composed from ftune's layers, as
 // Llama-family models stack them (LlamaDecoderLayer):
 //   h = x + self_attn(input_layernorm(x));  y = h + mlp(post_attention_layernorm(h)),
-// with GPT-2's dropout of both branches' outputs in training when decoder_sizes::dropout > 0.
+// with GPT-2's dropout of both branches' outputs in training when decoder_sizes::dropout > 0
+// (and of the attention probabilities when attention_dropout > 0).
 #pragma once
 
 #include <string_view>
@@ -26,6 +27,8 @@ struct decoder_sizes {
     ops::activation act = ops::activation::silu;  ///< the MLP gate's activation (hidden_act)
     double dropout = 0;  ///< on the attention's and the MLP's outputs in training (GPT-2's
                          ///< resid_pdrop; Llama: none)
+    double attention_dropout = 0;  ///< on the attention probabilities in training (GPT-2's
+                                   ///< attn_pdrop; Llama: none)
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
@@ -75,7 +78,8 @@ class decoder_block {
     /// A zero-initialized block of the given sizes (norm weights 1).
     explicit decoder_block(const decoder_sizes& s)
         : input_layernorm(s.hidden, T(s.norm_eps)),
-          self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta}),
+          self_attn(layers::rotary_sizes{s.hidden, s.heads, s.kv_heads, s.head_dim, s.rope_theta,
+                                         s.attention_dropout}),
           post_attention_layernorm(s.hidden, T(s.norm_eps)),
           mlp(s.hidden, s.ffn, s.act),
           attn_dropout(T(s.dropout)),

@@ -103,6 +103,25 @@ class task_model {
         backbone.backward(ctx, head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...));
     }
 
+    /// Training step of a head that takes its loss from the hidden states without computing
+    /// all its outputs (heads::causal_lm: the vocabulary logits a chunk of counted positions at
+    /// a time): the forward of batch b (ids, mask, types as for forward), the head's loss, and
+    /// every trainable parameter's gradient += scale * the loss's. Returns the loss.
+    template <class Batch>
+    requires requires(Head& h, context& c, Backbone& bb, typename Backbone::output_view x,
+                      const Batch& b) {
+        h.loss_backward(c, bb, x, b, value_type(1));
+    }
+    double loss_backward(context& ctx, const Batch& b, value_type scale) {
+        const auto h = backbone.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
+                                        {b.types.data(), b.B, b.T});
+        if (backbone.kept_nothing_for_backward())
+            throw no_backward_after_inference(std::string(architecture));
+        const auto [loss, d_hidden] = head.loss_backward(ctx, backbone, h, b, scale);
+        backbone.backward(ctx, d_hidden);
+        return loss;
+    }
+
     /// Number of labels of the head.
     std::size_t num_labels() const requires(requires(const Head& h) { h.num_labels(); }) {
         return head.num_labels();

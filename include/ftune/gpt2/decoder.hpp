@@ -34,8 +34,7 @@ struct config {
     double initializer_range = 0.02;  ///< initializer_range
     double resid_pdrop = 0.1;         ///< resid_pdrop: dropout of attention and MLP outputs
     double embd_pdrop = 0.1;          ///< embd_pdrop: dropout of the summed embeddings
-    double attn_pdrop = 0.1;          ///< attn_pdrop: read and saved back, not applied (the fused
-                                      ///< attention has no dropout of its probabilities)
+    double attn_pdrop = 0.1;          ///< attn_pdrop: dropout of the attention probabilities
 
     /// The size of one attention head.
     std::size_t head_size() const noexcept { return hidden_size / num_attention_heads; }
@@ -131,7 +130,7 @@ class decoder
             this->layer.emplace_back(
                 blocks::decoder_sizes{c.hidden_size, c.num_attention_heads, c.num_attention_heads,
                                       c.head_size(), c.intermediate_size, /*rope_theta=*/0,
-                                      c.layer_norm_eps, c.hidden_act, c.resid_pdrop});
+                                      c.layer_norm_eps, c.hidden_act, c.resid_pdrop, c.attn_pdrop});
     }
 };
 

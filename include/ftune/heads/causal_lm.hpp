@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ftune/heads/common.hpp"
@@ -36,6 +37,9 @@ class causal_lm {
 
     bool tied;                                        ///< W is the input embedding table
     layers::linear<T, C, dynamic, D, false> lm_head;  ///< "lm_head" (V, C) when not tied
+    /// Rows of vocabulary logits the training loss (loss_backward) computes at a time; 0: as
+    /// many as fill 2^24 elements (341 rows of SmolLM2's 49,152-token vocabulary, 64 MB).
+    std::size_t loss_chunk_rows = 0;
 
     /// A zero-initialized head for configuration c (hidden_size, vocab_size,
     /// tie_word_embeddings); a tied head has no weight of its own.
@@ -98,6 +102,80 @@ class causal_lm {
             ops::matmul(dl, E.value, dh, T(1), T(1));  // dh = dl E
         }
         return d_hidden_.view();
+    }
+
+    /// Training without the (B, T, V) logits (what Transformers computes, and most of a
+    /// step's memory beyond the activations): the causal-LM loss of batch b from the hidden
+    /// states h (B, T, C), loss_chunk_rows counted positions at a time. Only the positions whose
+    /// next token carries a label get logits at all (chat fine-tuning skips every prompt
+    /// token); each chunk's logits (rows, V) turn into their loss and d logits, which add
+    /// scale * the head's gradient (a tied head's into the embedding table) and give the
+    /// chunk's d hidden. Equal to forward, loss and backward up to the order of sums. Returns
+    /// the loss and d hidden (B, T, C).
+    template <class Backbone>
+    std::pair<double, hidden_view> loss_backward(context&, Backbone& backbone, hidden_view h,
+                                                 const train::batch& b, T scale) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const std::size_t N = B_ * T_, Cn = h.extent(2);
+        auto& W = tied ? backbone.input_embeddings() : lm_head.weight;  // (V, C)
+        const std::size_t V = W.value.extent(0);
+        shift_labels(b, N, V);
+        // the counted positions, their targets and the mean's denominator Σ w_y (the count)
+        const auto& w = ce_.options.class_weights;
+        if (!w.empty() && w.size() != V)
+            throw error(errc::shape_mismatch, "causal_lm::loss_backward: class_weights",
+                        ftune::detail::cat(w.size(), " weights for a vocabulary of ", V,
+                                           ": give one per token or none"));
+        rows_.clear(), targets_.clear();
+        double denom = 0;
+        for (std::size_t i = 0; i < N; ++i) {
+            const token_id y = shifted_[i];
+            if (y == -100) continue;
+            if (y < 0 || std::size_t(y) >= V)
+                throw error(errc::out_of_range, "causal_lm::loss_backward",
+                            ftune::detail::cat("label ", y, " of row ", i / T_, " position ",
+                                               i % T_ + 1, " is outside the vocabulary [0, ", V,
+                                               ") and is not -100 (no loss)"));
+            rows_.push_back(i), targets_.push_back(y);
+            denom += w.empty() ? 1.0 : w[std::size_t(y)];
+        }
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(T(0));
+        const std::size_t M = rows_.size();
+        if (M == 0 || denom == 0) return {0.0, d_hidden_.view()};
+        // the counted rows of h, gathered: (M, C)
+        hc_.resize(shape<dynamic, C>(M, Cn));
+        dhc_.resize(shape<dynamic, C>(M, Cn));
+        for (std::size_t k = 0; k < M; ++k)
+            ops::copy(view<T, shape<dynamic>, D>(hc_.data() + k * Cn, Cn),
+                      view<const T, shape<dynamic>, D>(h.data() + rows_[k] * Cn, Cn));
+        const std::size_t R = std::min(
+            M, loss_chunk_rows ? loss_chunk_rows : std::max<std::size_t>(1, (1u << 24) / V));
+        z_.resize(shape<dynamic, dynamic>(R, V));   // (R, V) a chunk's logits
+        dz_.resize(shape<dynamic, dynamic>(R, V));  // (R, V) and their gradient
+        double total = 0;
+        for (std::size_t k0 = 0; k0 < M; k0 += R) {
+            const std::size_t r = std::min(R, M - k0);
+            const view<const T, shape<dynamic, C>, D> hk(hc_.data() + k0 * Cn, r, Cn);  // (r, C)
+            const view<T, shape<dynamic, C>, D> dhk(dhc_.data() + k0 * Cn, r, Cn);      // (r, C)
+            const view<T, shape<dynamic, dynamic>, D> z(z_.data(), r, V), dz(dz_.data(), r, V);
+            ops::matmul<transpose::no, transpose::yes>(hk, W.value, z);  // logits = h Wᵀ
+            double part = double(r);  // the chunk's share of the denominator
+            if (!w.empty()) {
+                part = 0;
+                for (std::size_t k = k0; k < k0 + r; ++k) part += w[std::size_t(targets_[k])];
+            }
+            total += double(ce_.forward(z, {targets_.data() + k0, r})) * part;
+            std::fill_n(dz.data(), r * V, T(0));
+            ce_.backward(dz, T(double(scale) * part / denom));
+            if (W.trainable)
+                ops::matmul<transpose::yes, transpose::no>(dz, hk, W.grad, T(1), T(1));  // dW
+            ops::matmul(dz, W.value, dhk);  // d h = d logits W
+        }
+        for (std::size_t k = 0; k < M; ++k)  // scattered back to their positions
+            ops::copy(view<T, shape<dynamic>, D>(d_hidden_.data() + rows_[k] * Cn, Cn),
+                      view<const T, shape<dynamic>, D>(dhc_.data() + k * Cn, Cn));
+        return {total / denom, d_hidden_.view()};
     }
 
     /// Packs the LM head's weight for inference: its own, or (tied) the backbone's table.
@@ -168,19 +246,29 @@ class causal_lm {
     double next_token_loss(loss::cross_entropy<T>& ce, output_view y, const train::batch& b, T* d,
                            T scale) {
         const std::size_t n = b.B * b.T, V = y.extent(2);
-        if (b.labels.size() != n || y.extent(0) * y.extent(1) != n)
+        if (y.extent(0) * y.extent(1) != n)
             throw error(errc::shape_mismatch, "causal_lm::loss",
-                        ftune::detail::cat("labels for ", b.labels.size(), " positions, logits ",
-                                           y.shape().to_string(),
-                                           ": give one label per input "
+                        ftune::detail::cat("a batch of ", b.B, " x ", b.T, " positions, logits ",
+                                           y.shape().to_string()));
+        shift_labels(b, n, V);
+        const double l = double(ce.forward({y.data(), n, V}, {shifted_.data(), n}));
+        if (d) ce.backward({d, n, V}, scale);
+        return l;
+    }
+
+    // shifted_ (n) = the labels shifted one position left, the last of each row -100; checks
+    // that b has one label per position of the n computed
+    void shift_labels(const train::batch& b, std::size_t n, std::size_t V) {
+        if (b.labels.size() != n || b.B * b.T != n)
+            throw error(errc::shape_mismatch, "causal_lm::loss",
+                        ftune::detail::cat("labels for ", b.labels.size(), " positions of a ", b.B,
+                                           " x ", b.T, " batch, ", n, " positions of ", V,
+                                           " logits computed: give one label per input "
                                            "position (-100: no loss)"));
         shifted_.resize(n);
         for (std::size_t r = 0; r < b.B; ++r)
             for (std::size_t t = 0; t < b.T; ++t)
                 shifted_[r * b.T + t] = t + 1 < b.T ? b.labels[r * b.T + t + 1] : token_id(-100);
-        const double l = double(ce.forward({y.data(), n, V}, {shifted_.data(), n}));
-        if (d) ce.backward({d, n, V}, scale);
-        return l;
     }
 
     std::size_t B_ = 0, T_ = 0;                          // the last forward's batch and length
@@ -190,6 +278,10 @@ class causal_lm {
     buffer<T, shape<dynamic, C>, D> last_;               // (B, C) last positions (generation)
     ops::prepared_weight<T, D> packed_;                  // the tied table, packed
     std::vector<token_id> shifted_;                      // (B T) the next token's label
+    std::vector<std::size_t> rows_;                      // (M) positions with a label (fused)
+    std::vector<token_id> targets_;                      // (M) their labels
+    buffer<T, shape<dynamic, C>, D> hc_, dhc_;           // (M, C) their hidden states, d
+    buffer<T, shape<dynamic, dynamic>, D> z_, dz_;       // (R, V) a chunk's logits, d logits
     loss::cross_entropy<T> ce_;                          // the training loss
     bool packed_current_ = false;                        // packed_ holds the current table
 };

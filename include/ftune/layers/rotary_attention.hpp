@@ -1,12 +1,14 @@
 // layers::rotary_attention: causal multi-head attention with rotary position embeddings and
 // grouped-query key/value heads, with its output projection: Hugging Face's LlamaAttention
-// (q_proj, k_proj, v_proj, o_proj; RoPE with rotate_half; repeat_kv; causal and padding masks).
+// (q_proj, k_proj, v_proj, o_proj; RoPE with rotate_half; repeat_kv; causal and padding masks)
+// and, without the rotation and with biases, GPT2Attention (dropout of the probabilities).
 #pragma once
 
 #include <cmath>
 #include <string_view>
 
 #include "ftune/core/context.hpp"
+#include "ftune/core/rng.hpp"
 #include "ftune/layers/kv_cache.hpp"
 #include "ftune/layers/linear.hpp"
 
@@ -21,10 +23,12 @@ struct rotary_sizes {
     std::size_t head_dim;     ///< d (Llama: C / H unless config.head_dim says otherwise)
     double rope_theta = 1e4;  ///< the rotary base (Llama's rope_theta); 0: no rotation (GPT-2,
                               ///< whose learned positions are added at the input)
+    double dropout = 0;       ///< on the attention probabilities in training (GPT-2's
+                              ///< attn_pdrop; Llama: none)
 };
 
-/// x (B, T, C) -> (B, T, C): o_proj(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask) v), with
-/// q = q_proj(x) (H heads of d), k and v (Hkv heads, each shared by H / Hkv query heads).
+/// x (B, T, C) -> (B, T, C): o_proj(drop(softmax(rope(q) rope(k)ᵀ / √d + causal + key mask)) v),
+/// with q = q_proj(x) (H heads of d), k and v (Hkv heads, each shared by H / Hkv query heads).
 /// Positions are start .. start + T - 1 in every row (forward's `start`). Proj<In, Out> is the
 /// projection type (Llama's: linear without bias; a LoRA linear goes here).
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu,
@@ -87,8 +91,14 @@ class rotary_attention {
             ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
+        dropped_ = ctx.training() && sizes_.dropout > 0;
+        if (dropped_) {  // (B, H, T, T) the probabilities with dropout, and its keep mask
+            probs_dropped_.resize(probs_.shape());
+            keep_.resize(probs_.shape());
+            ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+        }
         ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        ops::head_context(ctx_, probs_.view(), ve);
+        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve);
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -145,13 +155,21 @@ class rotary_attention {
         o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
         const auto ke = group == 1 ? k_.view() : k_full_.view();
         const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
+        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         w.dp.resize(probs_.shape());
         w.ds.resize(probs_.shape());
         w.ds.fill(T(0));
         ops::head_scores(w.dp, w.dctx.view(), ve);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dv_full, probs_.view(), w.dctx.view());  // dV = Pᵀ dctx
-        ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
+        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view());  // dV = Pᵀ dctx
+        if (dropped_) {  // through the dropout (dP before it, in w.dp_pre), then the softmax
+            w.dp_pre.resize(probs_.shape());
+            w.dp_pre.fill(T(0));
+            ops::dropout_backward(w.dp_pre, keep_, w.dp, T(sizes_.dropout));
+            ops::masked_softmax_backward(w.ds, probs_, w.dp_pre, T(1) / std::sqrt(T(d)));
+        } else {
+            ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
+        }
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
         ops::head_context(w.dq, w.ds.view(), ke);  // dQ (rotated) = dS K
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
@@ -229,17 +247,20 @@ class rotary_attention {
     }
 
     rotary_sizes sizes_;
-    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and length
-    buffer<token_id, shape<dynamic>, D> positions_;  // (N) position of each row
-    matrix cos_, sin_;                               // (N, d/2) rotary angles
-    matrix q_, k_;                                   // (N, H d), (N, Hkv d) rotated
-    typename Proj<C, dynamic>::output_view v_;       // (N, Hkv d) the value projection's
-    matrix k_full_, v_full_;                         // (N, H d) repeated for every query head
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
-    matrix ctx_;                                     // (N, H d) context
-    struct backward_scratch {                        // one set per run (ctx.workspace)
-        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T)
-        matrix dctx, dq, dk_full, dv_full, dk, dv;   // (N, H d) and (N, Hkv d)
+    std::size_t B_ = 0, T_ = 0;                         // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;     // (N) position of each row
+    matrix cos_, sin_;                                  // (N, d/2) rotary angles
+    matrix q_, k_;                                      // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;          // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                            // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;     // (B, H, T, T)
+    buffer<T, dynamic_shape<4>, D> probs_dropped_;      // (B, H, T, T) after dropout (training)
+    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;    // (B, H, T, T) its keep mask
+    bool dropped_ = false;                              // whether the last forward dropped
+    matrix ctx_;                                        // (N, H d) context
+    struct backward_scratch {                           // one set per run (ctx.workspace)
+        buffer<T, dynamic_shape<4>, D> dp, ds, dp_pre;  // (B, H, T, T)
+        matrix dctx, dq, dk_full, dv_full, dk, dv;      // (N, H d) and (N, Hkv d)
     };
 };
 

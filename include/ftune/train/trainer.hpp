@@ -375,11 +375,19 @@ class trainer {
     }
 
     // forward, loss and backward of one batch (gradients accumulate); returns the batch loss
+    // (a head that takes its loss from the hidden states: without its outputs, Model's
+    // loss_backward)
     double train_batch(context& ctx, const batch& b) {
-        const auto y = forward(ctx, b);
-        d_.assign(y.size(), T(0));
-        const double l = model.head.loss(y, b, d_.data(), T(1.0 / double(options.grad_accum)));
-        model.backward(ctx, typename Model::output_view(d_.data(), y.shape()));
+        const T scale = T(1.0 / double(options.grad_accum));
+        double l = 0;
+        if constexpr (requires { model.loss_backward(ctx, b, scale); }) {
+            l = model.loss_backward(ctx, b, scale);
+        } else {
+            const auto y = forward(ctx, b);
+            d_.assign(y.size(), T(0));
+            l = model.head.loss(y, b, d_.data(), scale);
+            model.backward(ctx, typename Model::output_view(d_.data(), y.shape()));
+        }
         if (!std::isfinite(l))
             throw error(errc::invalid_argument, "training loss",
                         "the loss is not finite (diverged: lower the learning rate)");
