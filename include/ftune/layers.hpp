@@ -11,6 +11,7 @@
 #include "ftune/layers/input_embeddings.hpp"
 #include "ftune/layers/layer_norm.hpp"
 #include "ftune/layers/linear.hpp"
+#include "ftune/layers/lora_linear.hpp"
 #include "ftune/layers/pooler.hpp"
 #include "ftune/layers/rms_norm.hpp"
 #include "ftune/layers/rotary_attention.hpp"

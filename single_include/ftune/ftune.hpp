@@ -5155,7 +5155,7 @@ class linear {
         if constexpr (Bias) f(bias.ref(prefix));
     }
 
-  private:
+  protected:
     // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
     template <class Epilogue>
     void packed_product(input_view x, Epilogue epilogue) {
@@ -5240,7 +5240,7 @@ class self_attention {
         const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) return fused_attention(x, key_mask, Tn);  // packed, fused, nothing kept
+        if (prepared_) return fused_attention(ctx, x, key_mask, Tn);  // packed, fused, none kept
         last_fused_ = false;
         q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
         k_ = key.forward(ctx, x2);
@@ -5273,7 +5273,7 @@ class self_attention {
         if (ctx.training() || !prepared_)
             throw error(errc::invalid_argument, "self_attention::forward_first",
                         "runs on a model prepared for inference, in eval mode");
-        return fused_attention(x, key_mask, 1);
+        return fused_attention(ctx, x, key_mask, 1);
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
@@ -5372,19 +5372,20 @@ class self_attention {
   private:
     // Prepared inference: out_ (B, queries, C) for the first `queries` positions of each
     // sequence (all T, or 1), through the packed [Wq; Wk; Wv] and attention_inference.
-    output_view fused_attention(input_view x, mask_view key_mask, std::size_t queries) {
+    output_view fused_attention(context& ctx, input_view x, mask_view key_mask,
+                                std::size_t queries) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
         B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
-        packed_qkv(x);
+        packed_qkv(ctx, x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
         ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
         return out_.view();
     }
 
     // qkv_ (B*T, 3C) = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv] with the packed weights (packed again
-    // first when a visit made them stale)
-    void packed_qkv(input_view x) {
+    // first when a visit made them stale), plus the projections' unmerged LoRA adapters' terms
+    void packed_qkv(context& ctx, input_view x) {
         const std::size_t N = x.extent(0) * x.extent(1), Cn = x.extent(2);
         if (Cn != query.in_features())
             throw error(errc::shape_mismatch, "self_attention",
@@ -5394,6 +5395,14 @@ class self_attention {
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
         ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
                              packed_qkv_, qkv_, qkv_bias_);
+        if constexpr (requires(Proj & p, typename Proj::input_view v) {
+                          p.add_adapter_term_to(ctx, v, qkv_.data(), N);
+                      }) {
+            const typename Proj::input_view x2(x.data(), N, Cn);
+            Proj* parts[] = {&query, &key, &value};
+            for (std::size_t i = 0; i < 3; ++i)
+                parts[i]->add_adapter_term_to(ctx, x2, qkv_.data() + i * Cn, 3 * Cn);
+        }
     }
 
     std::size_t heads_;
@@ -6169,6 +6178,237 @@ using bert_embeddings = input_embeddings<T, C, D, bert_embedding_pieces>;
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/input_embeddings.hpp ----
+// ---- begin ftune/layers/lora_linear.hpp ----
+// layers::lora_linear: a linear layer that can carry a low-rank adapter (LoRA, Hu et al. 2021)
+// as Hugging Face PEFT's lora.Linear: y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ with A (r, In),
+// B (Out, r) and s = α / r (rsLoRA: α / √r), W and b frozen. Built without an adapter, it is
+// layers::linear; the model families use it as their blocks' projection type, so any model can
+// take adapters at run time (peft::apply_lora).
+
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// An adapter's hyper-parameters (PEFT's LoraConfig: r, lora_alpha, lora_dropout, use_rslora).
+struct lora_options {
+    std::size_t r = 8;    ///< rank
+    double alpha = 8;     ///< lora_alpha
+    double dropout = 0;   ///< lora_dropout: on the adapter's input, in training
+    bool rslora = false;  ///< use_rslora: scaling α / √r instead of α / r
+
+    /// The scaling s of the adapter's product.
+    double scaling() const noexcept {
+        return rslora ? alpha / std::sqrt(double(r)) : alpha / double(r);
+    }
+};
+
+/// linear (N, In) -> (N, Out) with an optional adapter: lora_A (r, In), lora_B (Out, r), named
+/// "<prefix>.lora_A.weight" and "<prefix>.lora_B.weight" as PEFT saves them.
+template <scalar T, std::size_t In = dynamic, std::size_t Out = dynamic, device_tag D = device::cpu,
+          bool Bias = true>
+class lora_linear : public linear<T, In, Out, D, Bias> {
+    using base = linear<T, In, Out, D, Bias>;
+
+  public:
+    using input_view = typename base::input_view;      ///< x: (N, In)
+    using output_view = typename base::output_view;    ///< y: (N, Out)
+    using d_input_view = typename base::d_input_view;  ///< dx: (N, In), accumulated into
+
+    parameter<T, shape<dynamic, In>, D> lora_A;   ///< A (r, In); empty without an adapter
+    parameter<T, shape<Out, dynamic>, D> lora_B;  ///< B (Out, r); empty without an adapter
+
+    /// A zero-initialized layer of the given sizes, without an adapter.
+    explicit lora_linear(std::size_t in = In, std::size_t out = Out)
+        : base(in, out),
+          lora_A("lora_A.weight", shape<dynamic, In>(0, in)),
+          lora_B("lora_B.weight", shape<Out, dynamic>(out, 0)),
+          drop_(T(0)) {}
+
+    /// Adds an adapter of rank o.r, replacing any: A Kaiming-uniform as PEFT initializes it
+    /// (U(−1/√In, 1/√In), drawn from s), B zero, so the output is unchanged until B trains.
+    /// Freezes W and b (PEFT's bias "none"; unfreeze b for "all").
+    void add_adapter(const lora_options& o, const random_stream& s) {
+        if (o.r == 0 || !(o.alpha > 0) || !(o.dropout >= 0 && o.dropout < 1))
+            throw error(
+                errc::invalid_argument, "lora_linear::add_adapter",
+                ftune::detail::cat("r = ", o.r, ", alpha = ", o.alpha, ", dropout = ", o.dropout,
+                                   ": give r > 0, alpha > 0, dropout in [0, 1)"));
+        if (merged_) unmerge();
+        options_ = o;
+        const std::size_t in = this->in_features(), out = this->out_features();
+        lora_A = parameter<T, shape<dynamic, In>, D>("lora_A.weight", shape<dynamic, In>(o.r, in));
+        lora_B =
+            parameter<T, shape<Out, dynamic>, D>("lora_B.weight", shape<Out, dynamic>(out, o.r));
+        const double bound = 1.0 / std::sqrt(double(in));
+        T* a = lora_A.value.data();
+        for (std::size_t i = 0; i < lora_A.size(); ++i)
+            a[i] = T(bound * (2.0 * double(s.uniform(i)) - 1.0));
+        drop_.p = T(o.dropout);
+        this->weight.trainable = false;
+        if constexpr (Bias) this->bias.trainable = false;
+    }
+    /// Removes the adapter (unmerging it first when merged); W and b stay frozen.
+    void remove_adapter() {
+        unmerge();
+        unload_adapter();
+    }
+    /// Drops the adapter and leaves W as it is: with the adapter's product in it when merged
+    /// (PEFT's merge_and_unload), without it otherwise. W and b stay frozen.
+    void unload_adapter() {
+        merged_ = false;
+        lora_A = parameter<T, shape<dynamic, In>, D>("lora_A.weight",
+                                                     shape<dynamic, In>(0, this->in_features()));
+        lora_B = parameter<T, shape<Out, dynamic>, D>("lora_B.weight",
+                                                      shape<Out, dynamic>(this->out_features(), 0));
+    }
+
+    /// Whether an adapter is attached.
+    bool has_adapter() const noexcept { return lora_A.value.extent(0) > 0; }
+    /// The adapter's rank (0: none).
+    std::size_t rank() const noexcept { return lora_A.value.extent(0); }
+    /// The adapter's hyper-parameters (meaningful when has_adapter()).
+    const lora_options& adapter_options() const noexcept { return options_; }
+    /// Whether the adapter is merged into W (merge()).
+    bool merged() const noexcept { return merged_; }
+
+    /// W += s B A: the adapter costs nothing at inference. Until unmerge(), forwards use W alone
+    /// and the adapter gets no gradient.
+    void merge() {
+        if (!has_adapter() || merged_) return;
+        ops::matmul(lora_B.value, lora_A.value, this->weight.value, T(options_.scaling()), T(1));
+        merged_ = true;
+        this->packed_current_ = false;  // W changed: pack it again before a prepared forward
+    }
+    /// W −= s B A: back to the frozen base weight (up to rounding) and the separate adapter.
+    void unmerge() {
+        if (!merged_) return;
+        ops::matmul(lora_B.value, lora_A.value, this->weight.value, T(-options_.scaling()), T(1));
+        merged_ = false;
+        this->packed_current_ = false;
+    }
+
+    /// y = x Wᵀ + b + s dropout(x) Aᵀ Bᵀ (the adapter's term unless none or merged). Keeps views
+    /// for backward, as linear.
+    output_view forward(context& ctx, input_view x) {
+        const auto y = base::forward(ctx, x);
+        if (active()) add_adapter_term(ctx, x);
+        return y;
+    }
+
+    /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term. The
+    /// epilogues that the blocks use add (a residual), so the order of the sum does not matter.
+    template <class Epilogue>
+    output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
+        const auto y = base::forward_fused(ctx, x, epilogue);
+        if (active()) add_adapter_term(ctx, x);
+        return y;
+    }
+
+    /// Adds the adapter's term s x Aᵀ Bᵀ to y (N, Out), whose rows are ld elements apart (a
+    /// block of columns of a wider product: self_attention's packed q, k and v), in eval mode;
+    /// nothing when no adapter is active (none, or merged).
+    void add_adapter_term_to(context& ctx, input_view x, T* y, std::size_t ld) {
+        if (!active()) return;
+        const std::size_t N = x.extent(0), Out_n = this->out_features();
+        adapter_product(ctx, x);
+        delta_.resize(shape<dynamic, Out>(N, Out_n));
+        ops::matmul<transpose::no, transpose::yes>(u_.view(), lora_B.value, delta_,
+                                                   T(options_.scaling()));  // s u Bᵀ (N, Out)
+        using row = view<T, shape<dynamic>, D>;
+        using const_row = view<const T, shape<dynamic>, D>;
+        for (std::size_t n = 0; n < N; ++n)
+            ops::residual_add(row(y + n * ld, Out_n), const_row(y + n * ld, Out_n),
+                              const_row(delta_.data() + n * Out_n, Out_n));
+    }
+
+    /// linear's backward (dW only when W trains), then dB += s dyᵀ u, dA += (s dy B)ᵀ x', and
+    /// dx += (s dy B) A through the adapter's dropout.
+    void backward(context& ctx, output_view dy, d_input_view dx) {
+        base::backward(ctx, dy, dx);
+        if (!active()) return;
+        const std::size_t N = dy.extent(0), r = rank();
+        const T s = T(options_.scaling());
+        if (lora_B.trainable)  // (Out, r) += s dyᵀ u
+            ops::matmul<transpose::yes, transpose::no>(dy, u_.view(), lora_B.grad, s, T(1));
+        du_.resize(shape<dynamic, dynamic>(N, r));
+        ops::matmul(dy, lora_B.value, du_, s);  // du = s dy B (N, r)
+        if (lora_A.trainable)                   // (r, In) += duᵀ x'
+            ops::matmul<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.grad, T(1), T(1));
+        if (dx.empty()) return;
+        if (!drop_.active()) {
+            ops::matmul(du_.view(), lora_A.value, dx, T(1), T(1));  // dx += du A
+            return;
+        }
+        dxa_.resize(shape<dynamic, In>(N, this->in_features()));  // d x' = du A, then the mask
+        ops::matmul(du_.view(), lora_A.value, dxa_);
+        drop_.backward(ctx, dxa_.view(), dx);
+    }
+
+    /// Sets every gradient to zero.
+    void zero_grad() noexcept {
+        base::zero_grad();
+        lora_A.zero_grad();
+        lora_B.zero_grad();
+    }
+    /// Whether any parameter trains (false: frozen).
+    bool trainable() const noexcept {
+        return base::trainable() || (has_adapter() && (lora_A.trainable || lora_B.trainable));
+    }
+
+    /// Visits weight and bias as linear ("<prefix>.weight"), then the adapter's A and B when
+    /// attached ("<prefix>.lora_A.weight", "<prefix>.lora_B.weight"). A visitor with a member
+    /// visit_lora(name, layer) is first shown the layer itself (peft::apply_lora finds its
+    /// targets so).
+    template <class F>
+    void visit_parameters(std::string_view prefix, F&& f) {
+        if constexpr (requires { f.visit_lora(prefix, *this); }) f.visit_lora(prefix, *this);
+        base::visit_parameters(prefix, f);
+        if (!has_adapter()) return;
+        f(lora_A.ref(prefix));
+        f(lora_B.ref(prefix));
+    }
+
+  private:
+    // whether forwards add the adapter's term (attached, not merged)
+    bool active() const noexcept { return has_adapter() && !merged_; }
+    // u_ = x' Aᵀ (N, r) with x' = dropout(x), both kept for backward
+    void adapter_product(context& ctx, input_view x) {
+        xa_ = drop_.forward(ctx, x);  // (N, In): x itself unless dropping
+        u_.resize(shape<dynamic, dynamic>(x.extent(0), rank()));
+        ops::matmul<transpose::no, transpose::yes>(xa_, lora_A.value, u_);
+    }
+    // y_ += s (x' Aᵀ) Bᵀ
+    void add_adapter_term(context& ctx, input_view x) {
+        adapter_product(ctx, x);
+        ops::matmul<transpose::no, transpose::yes>(u_.view(), lora_B.value, this->y_,
+                                                   T(options_.scaling()), T(1));  // y += s u Bᵀ
+    }
+
+    lora_options options_;                          // the adapter's hyper-parameters
+    bool merged_ = false;                           // W holds W + s B A
+    dropout<T, In, D> drop_;                        // on the adapter's input (lora_dropout)
+    input_view xa_;                                 // (N, In) the adapter's input after dropout
+    buffer<T, shape<dynamic, dynamic>, D> u_, du_;  // (N, r) x' Aᵀ and its gradient
+    buffer<T, shape<dynamic, In>, D> dxa_;          // (N, In) d x' before the dropout
+    buffer<T, shape<dynamic, Out>, D> delta_;       // (N, Out) the term (add_adapter_term_to)
+};
+
+/// lora_linear as a template of the two sizes, for layers that take their projection type as a
+/// template: lora_projection<T, D, Bias>::type<In, Out>.
+template <scalar T, device_tag D = device::cpu, bool Bias = true>
+struct lora_projection {
+    /// (N, In) -> (N, Out) that can carry an adapter
+    template <std::size_t In, std::size_t Out>
+    using type = lora_linear<T, In, Out, D, Bias>;
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/lora_linear.hpp ----
 // ---- begin ftune/layers/pooler.hpp ----
 // layers::pooler: BERT's pooler, tanh(dense(hidden state of the first token)).
 
@@ -6734,7 +6974,8 @@ struct decoder_sizes {
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
-/// all projections without a bias; Hugging Face's names. Another family writes its own parts
+/// all projections without a bias (layers::lora_linear: they can take LoRA adapters at run
+/// time); Hugging Face's names. Another family writes its own parts
 /// struct (gpt2::parts).
 template <scalar T, device_tag D = device::cpu>
 struct llama_parts {
@@ -6749,10 +6990,12 @@ struct llama_parts {
     using norm = layers::rms_norm<T, C, D>;
     /// the attention with its output projection: (B, T, C) -> (B, T, C)
     template <std::size_t C>
-    using attention = layers::rotary_attention<T, C, D>;
+    using attention =
+        layers::rotary_attention<T, C, D, layers::lora_projection<T, D, false>::template type>;
     /// the feed-forward: (N, C) -> (N, C)
     template <std::size_t C, std::size_t F>
-    using mlp = layers::gated_mlp<T, C, F, D>;
+    using mlp = layers::gated_mlp<T, C, F, D, layers::lora_linear<T, C, F, D, false>,
+                                  layers::lora_linear<T, F, C, D, false>>;
 };
 
 /// (B, T, C) -> (B, T, C), pre-norm with residuals written out. Parts gives the layer types and
@@ -6929,10 +7172,11 @@ struct block_sizes {
 };
 
 /// The layer types an encoder block is built from, BERT's by default, all on device D:
-/// projection<In, Out> for q, k, v, the attention output and the feed-forward (a LoRA linear goes
-/// here), norm<C> for the two norms, activation<F> for the FFN (Act: layers::hidden_activation,
-/// chosen by block_sizes::act, or a fixed one such as layers::gelu), attention<C> the
-/// self-attention over those projections. Another family writes its own parts struct.
+/// projection<In, Out> for q, k, v, the attention output and the feed-forward (layers::lora_linear:
+/// a linear that can take a LoRA adapter at run time), norm<C> for the two norms, activation<F> for
+/// the FFN (Act: layers::hidden_activation, chosen by block_sizes::act, or a fixed one such as
+/// layers::gelu), attention<C> the self-attention over those projections. Another family writes its
+/// own parts struct.
 template <scalar T, device_tag D = device::cpu,
           template <class, std::size_t, class> class Act = layers::hidden_activation>
 struct bert_parts {
@@ -6940,7 +7184,7 @@ struct bert_parts {
     using device_type = D;  ///< where the block's tensors live and which backend runs it
     /// q, k, v, attention output and feed-forward projections: (N, In) -> (N, Out)
     template <std::size_t In, std::size_t Out>
-    using projection = layers::linear<T, In, Out, D>;
+    using projection = layers::lora_linear<T, In, Out, D>;
     /// the norm after (post_norm) or before (pre_norm) each sublayer: (N, C) -> (N, C)
     template <std::size_t C>
     using norm = layers::layer_norm<T, C, D>;
@@ -9665,13 +9909,6 @@ struct embedding_pieces {
     static constexpr std::string_view norm_name = "";         ///< unused
 };
 
-/// A linear layer with a bias as a projection type Proj<In, Out>.
-template <scalar T, device_tag D>
-struct biased {
-    template <std::size_t In, std::size_t Out>
-    using type = layers::linear<T, In, Out, D>;  ///< (Out, In) weight, (Out) bias
-};
-
 /// GPT-2's layer types on device D and their names: LayerNorm ("ln_1", "ln_2"), causal
 /// multi-head attention ("attn": q, k, v and the output projection with biases, no rotation),
 /// the MLP ("mlp": c_fc, gelu_new, c_proj).
@@ -9688,10 +9925,12 @@ struct parts {
     using norm = layers::layer_norm<T, C, D>;
     /// the attention with its output projection: (B, T, C) -> (B, T, C)
     template <std::size_t C>
-    using attention = layers::rotary_attention<T, C, D, biased<T, D>::template type>;
+    using attention =
+        layers::rotary_attention<T, C, D, layers::lora_projection<T, D, true>::template type>;
     /// the feed-forward: (N, C) -> (N, C)
     template <std::size_t C, std::size_t F>
-    using mlp = layers::mlp<T, C, F, D>;
+    using mlp =
+        layers::mlp<T, C, F, D, layers::lora_linear<T, C, F, D>, layers::lora_linear<T, F, C, D>>;
 };
 
 /// GPT2Model's names: "wte", "wpe", "h.N", "ln_f".

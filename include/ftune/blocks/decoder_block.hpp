@@ -9,6 +9,7 @@
 
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/gated_mlp.hpp"
+#include "ftune/layers/lora_linear.hpp"
 #include "ftune/layers/rms_norm.hpp"
 #include "ftune/layers/rotary_attention.hpp"
 
@@ -32,7 +33,8 @@ struct decoder_sizes {
 };
 
 /// Llama's layer types on device D: RMSNorm, rotary grouped-query attention and the gated MLP,
-/// all projections without a bias; Hugging Face's names. Another family writes its own parts
+/// all projections without a bias (layers::lora_linear: they can take LoRA adapters at run
+/// time); Hugging Face's names. Another family writes its own parts
 /// struct (gpt2::parts).
 template <scalar T, device_tag D = device::cpu>
 struct llama_parts {
@@ -47,10 +49,12 @@ struct llama_parts {
     using norm = layers::rms_norm<T, C, D>;
     /// the attention with its output projection: (B, T, C) -> (B, T, C)
     template <std::size_t C>
-    using attention = layers::rotary_attention<T, C, D>;
+    using attention =
+        layers::rotary_attention<T, C, D, layers::lora_projection<T, D, false>::template type>;
     /// the feed-forward: (N, C) -> (N, C)
     template <std::size_t C, std::size_t F>
-    using mlp = layers::gated_mlp<T, C, F, D>;
+    using mlp = layers::gated_mlp<T, C, F, D, layers::lora_linear<T, C, F, D, false>,
+                                  layers::lora_linear<T, F, C, D, false>>;
 };
 
 /// (B, T, C) -> (B, T, C), pre-norm with residuals written out. Parts gives the layer types and

@@ -27,10 +27,11 @@ struct block_sizes {
 };
 
 /// The layer types an encoder block is built from, BERT's by default, all on device D:
-/// projection<In, Out> for q, k, v, the attention output and the feed-forward (a LoRA linear goes
-/// here), norm<C> for the two norms, activation<F> for the FFN (Act: layers::hidden_activation,
-/// chosen by block_sizes::act, or a fixed one such as layers::gelu), attention<C> the
-/// self-attention over those projections. Another family writes its own parts struct.
+/// projection<In, Out> for q, k, v, the attention output and the feed-forward (layers::lora_linear:
+/// a linear that can take a LoRA adapter at run time), norm<C> for the two norms, activation<F> for
+/// the FFN (Act: layers::hidden_activation, chosen by block_sizes::act, or a fixed one such as
+/// layers::gelu), attention<C> the self-attention over those projections. Another family writes its
+/// own parts struct.
 template <scalar T, device_tag D = device::cpu,
           template <class, std::size_t, class> class Act = layers::hidden_activation>
 struct bert_parts {
@@ -38,7 +39,7 @@ struct bert_parts {
     using device_type = D;  ///< where the block's tensors live and which backend runs it
     /// q, k, v, attention output and feed-forward projections: (N, In) -> (N, Out)
     template <std::size_t In, std::size_t Out>
-    using projection = layers::linear<T, In, Out, D>;
+    using projection = layers::lora_linear<T, In, Out, D>;
     /// the norm after (post_norm) or before (pre_norm) each sublayer: (N, C) -> (N, C)
     template <std::size_t C>
     using norm = layers::layer_norm<T, C, D>;

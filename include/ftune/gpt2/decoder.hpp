@@ -54,13 +54,6 @@ struct embedding_pieces {
     static constexpr std::string_view norm_name = "";         ///< unused
 };
 
-/// A linear layer with a bias as a projection type Proj<In, Out>.
-template <scalar T, device_tag D>
-struct biased {
-    template <std::size_t In, std::size_t Out>
-    using type = layers::linear<T, In, Out, D>;  ///< (Out, In) weight, (Out) bias
-};
-
 /// GPT-2's layer types on device D and their names: LayerNorm ("ln_1", "ln_2"), causal
 /// multi-head attention ("attn": q, k, v and the output projection with biases, no rotation),
 /// the MLP ("mlp": c_fc, gelu_new, c_proj).
@@ -77,10 +70,12 @@ struct parts {
     using norm = layers::layer_norm<T, C, D>;
     /// the attention with its output projection: (B, T, C) -> (B, T, C)
     template <std::size_t C>
-    using attention = layers::rotary_attention<T, C, D, biased<T, D>::template type>;
+    using attention =
+        layers::rotary_attention<T, C, D, layers::lora_projection<T, D, true>::template type>;
     /// the feed-forward: (N, C) -> (N, C)
     template <std::size_t C, std::size_t F>
-    using mlp = layers::mlp<T, C, F, D>;
+    using mlp =
+        layers::mlp<T, C, F, D, layers::lora_linear<T, C, F, D>, layers::lora_linear<T, F, C, D>>;
 };
 
 /// GPT2Model's names: "wte", "wpe", "h.N", "ln_f".

@@ -60,7 +60,7 @@ class self_attention {
         const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
         B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) return fused_attention(x, key_mask, Tn);  // packed, fused, nothing kept
+        if (prepared_) return fused_attention(ctx, x, key_mask, Tn);  // packed, fused, none kept
         last_fused_ = false;
         q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
         k_ = key.forward(ctx, x2);
@@ -93,7 +93,7 @@ class self_attention {
         if (ctx.training() || !prepared_)
             throw error(errc::invalid_argument, "self_attention::forward_first",
                         "runs on a model prepared for inference, in eval mode");
-        return fused_attention(x, key_mask, 1);
+        return fused_attention(ctx, x, key_mask, 1);
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
@@ -192,19 +192,20 @@ class self_attention {
   private:
     // Prepared inference: out_ (B, queries, C) for the first `queries` positions of each
     // sequence (all T, or 1), through the packed [Wq; Wk; Wv] and attention_inference.
-    output_view fused_attention(input_view x, mask_view key_mask, std::size_t queries) {
+    output_view fused_attention(context& ctx, input_view x, mask_view key_mask,
+                                std::size_t queries) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
         B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
-        packed_qkv(x);
+        packed_qkv(ctx, x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
         ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
         return out_.view();
     }
 
     // qkv_ (B*T, 3C) = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv] with the packed weights (packed again
-    // first when a visit made them stale)
-    void packed_qkv(input_view x) {
+    // first when a visit made them stale), plus the projections' unmerged LoRA adapters' terms
+    void packed_qkv(context& ctx, input_view x) {
         const std::size_t N = x.extent(0) * x.extent(1), Cn = x.extent(2);
         if (Cn != query.in_features())
             throw error(errc::shape_mismatch, "self_attention",
@@ -214,6 +215,14 @@ class self_attention {
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
         ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
                              packed_qkv_, qkv_, qkv_bias_);
+        if constexpr (requires(Proj & p, typename Proj::input_view v) {
+                          p.add_adapter_term_to(ctx, v, qkv_.data(), N);
+                      }) {
+            const typename Proj::input_view x2(x.data(), N, Cn);
+            Proj* parts[] = {&query, &key, &value};
+            for (std::size_t i = 0; i < 3; ++i)
+                parts[i]->add_adapter_term_to(ctx, x2, qkv_.data() + i * Cn, 3 * Cn);
+        }
     }
 
     std::size_t heads_;

@@ -115,7 +115,7 @@ class linear {
         if constexpr (Bias) f(bias.ref(prefix));
     }
 
-  private:
+  protected:
     // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
     template <class Epilogue>
     void packed_product(input_view x, Epilogue epilogue) {

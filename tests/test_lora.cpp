@@ -1,0 +1,227 @@
+// LoRA: layers::lora_linear's gradients (A, B and the input; the frozen W and b get none) with
+// and without its dropout, its output against the formula computed by hand, merge and unmerge
+// (plain and prepared forwards), an adapter-free lora_linear equal to linear; adapters made by
+// Hugging Face PEFT (tests/reference/peft_lora.py) giving PEFT's logits, saved back and loaded
+// again; apply_lora's targets, freezing and summary.
+#include <ftune/io/hf.hpp>
+#include <ftune/layers/lora_linear.hpp>
+#include <ftune/peft/adapter_io.hpp>
+#include <ftune/testing/check_gradients.hpp>
+
+#include <filesystem>
+
+#include <cmath>
+#include <vector>
+
+#include "layer_util.hpp"
+
+using ftune::dynamic;
+using ftune::shape;
+namespace layers = ftune::layers;
+
+static_assert(ftune::layer<layers::lora_linear<double>>);
+static_assert(ftune::layer<layers::lora_linear<float, 8, 4, ftune::device::cpu, false>>);
+
+namespace {
+// Gives lora_B (zero after add_adapter, as PEFT) random values, so that A gets a gradient.
+template <class L>
+void randomize_b(L& l, std::uint64_t seed) {
+    const auto v = test::randn<double>(l.lora_B.size(), seed, 0.4);
+    for (std::size_t i = 0; i < v.size(); ++i)
+        l.lora_B.value.data()[i] = typename L::value_type(v[i]);
+}
+template <class V>
+std::vector<float> copy_of(const V& y) {
+    return std::vector<float>(y.data(), y.data() + y.size());
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE_SIG(
+    "lora_linear: gradients of A, B and the input, none for the frozen W and b; with and "
+    "without the adapter's dropout",
+    "[gradcheck][lora]", ((bool Bias), Bias), true, false) {
+    for (const double p : {0.0, 0.3}) {
+        INFO("dropout " << p);
+        layers::lora_linear<double, dynamic, dynamic, ftune::device::cpu, Bias> l(7, 5);
+        test::randomize(l, 1);
+        l.add_adapter({.r = 3, .alpha = 6, .dropout = p}, ftune::random_stream(4, 0));
+        CHECK(!l.weight.trainable);
+        randomize_b(l, 9);
+        ftune::context ctx{.mode = ftune::mode::train, .rng = ftune::generator(3)};
+        auto xs = test::randn<double>(4 * 7, 2);
+        const ftune::view<double, shape<dynamic, dynamic>> x(xs.data(), 4, 7);
+        const auto res = ftune::testing::check_layer_gradients(l, ctx, x);
+        INFO(res.report);
+        REQUIRE(res.ok);
+        CHECK(res.checked == 3 * 7 + 5 * 3 + 4 * 7);  // A, B and the input
+        for (const double g : l.weight.grad.span()) CHECK(g == 0.0);
+        if constexpr (Bias)
+            for (const double g : l.bias.grad.span()) CHECK(g == 0.0);
+    }
+}
+
+TEST_CASE(
+    "lora_linear: y = x Wᵀ + b + (α / r) x Aᵀ Bᵀ (rsLoRA: α / √r), A as PEFT initializes it, "
+    "unchanged output until B trains, no adapter = linear",
+    "[lora]") {
+    const std::size_t N = 3, In = 6, Out = 4;
+    layers::linear<float> plain(In, Out);
+    layers::lora_linear<float> l(In, Out);
+    test::randomize(plain, 5);
+    test::randomize(l, 5);
+    auto xs = test::randn<float>(N * In, 6);
+    const ftune::view<const float, shape<dynamic, dynamic>> x(xs.data(), N, In);
+    ftune::context ctx;
+    const auto y0 = copy_of(plain.forward(ctx, x));
+    CHECK(copy_of(l.forward(ctx, x)) == y0);  // no adapter: linear, bit for bit
+    l.add_adapter({.r = 2, .alpha = 8}, ftune::random_stream(1, 2));
+    for (const float a : l.lora_A.value.span()) CHECK(std::abs(a) <= 1 / std::sqrt(float(In)));
+    CHECK(copy_of(l.forward(ctx, x)) == y0);  // B = 0
+    for (const bool rs : {false, true}) {
+        l.add_adapter({.r = 2, .alpha = 8, .rslora = rs}, ftune::random_stream(1, 2));
+        randomize_b(l, 7);
+        const double s = rs ? 8 / std::sqrt(2.0) : 8 / 2.0;
+        const auto y = copy_of(l.forward(ctx, x));
+        for (std::size_t n = 0; n < N; ++n)
+            for (std::size_t o = 0; o < Out; ++o) {
+                double delta = 0;  // s Σ_k B(o, k) Σ_i A(k, i) x(n, i)
+                for (std::size_t k = 0; k < 2; ++k) {
+                    double u = 0;
+                    for (std::size_t i = 0; i < In; ++i)
+                        u += double(l.lora_A.value.data()[k * In + i]) * double(xs[n * In + i]);
+                    delta += double(l.lora_B.value.data()[o * 2 + k]) * u;
+                }
+                CHECK(y[n * Out + o] == Approx(y0[n * Out + o] + s * delta).epsilon(1e-5));
+            }
+    }
+}
+
+TEST_CASE("lora_linear: merged and unmerged forwards agree, plain and prepared; unmerge restores W",
+          "[lora]") {
+    const std::size_t N = 5, In = 16, Out = 12;
+    layers::lora_linear<float> l(In, Out);
+    test::randomize(l, 11);
+    l.add_adapter({.r = 4, .alpha = 8}, ftune::random_stream(2, 0));
+    randomize_b(l, 12);
+    const std::vector<float> w(l.weight.value.span().begin(), l.weight.value.span().end());
+    auto xs = test::randn<float>(N * In, 13);
+    const ftune::view<const float, shape<dynamic, dynamic>> x(xs.data(), N, In);
+    ftune::context ctx;
+    const auto unmerged = copy_of(l.forward(ctx, x));
+    l.merge();
+    CHECK(l.merged());
+    CHECK(test::relative_error(copy_of(l.forward(ctx, x)), unmerged) < 1e-5);
+    l.prepare_inference();  // packs the merged W
+    CHECK(test::relative_error(copy_of(l.forward(ctx, x)), unmerged) < 1e-5);
+    l.unmerge();  // the packed copy is stale: packed again, without the adapter
+    CHECK(test::relative_error(copy_of(l.forward(ctx, x)), unmerged) < 1e-6);
+    CHECK(test::relative_error(
+              std::vector<float>(l.weight.value.span().begin(), l.weight.value.span().end()), w) <
+          1e-6);
+    l.remove_adapter();
+    CHECK(l.rank() == 0);
+    std::size_t visited = 0;
+    l.visit_parameters("q", [&](ftune::parameter_ref<float>) { ++visited; });
+    CHECK(visited == 2);  // weight and bias only
+    CHECK_THROWS_WITH(l.add_adapter({.r = 0}, ftune::random_stream(1, 1)),
+                      Catch::Contains("give r > 0"));
+}
+
+namespace {
+namespace fs = std::filesystem;
+const fs::path fixtures(FTUNE_REFERENCE_DIR);
+
+// The logits of m on the batch (ids, mask, types may be empty), copied.
+template <class M>
+std::vector<float> logits_of(M& m, const std::vector<ftune::token_id>& ids,
+                             const std::vector<ftune::token_id>& mask,
+                             const std::vector<ftune::token_id>& types, std::size_t B) {
+    ftune::context ctx;
+    const std::size_t T = ids.size() / B;
+    return copy_of(m.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T},
+                             {types.empty() ? nullptr : types.data(), B, T}));
+}
+
+// Loads PEFT's adapter `name` on the base in `base`, compares the logits with PEFT's (plain,
+// prepared, merged), saves the adapter to FTUNE_ROUNDTRIP_DIR/name (for peft_lora.py
+// --roundtrip) and loads that on a fresh base; returns the number of adapted modules.
+template <class Model>
+std::size_t check_peft_adapter(const std::string& name, const fs::path& base,
+                               const std::string& key, const std::string& task,
+                               const std::vector<ftune::token_id>& ids,
+                               const std::vector<ftune::token_id>& mask,
+                               const std::vector<ftune::token_id>& types, std::size_t B) {
+    INFO(name);
+    const ftune::io::safetensors_file want(fixtures / "peft" / "expected.safetensors");
+    const auto expected = want.read<float>(want.at(key));
+    auto m = ftune::io::load_hf<Model>(base);
+    const auto base_logits = logits_of(m.model, ids, mask, types, B);
+    const auto s = ftune::peft::load_adapter(m.model, fixtures / "peft" / name);
+    const auto got = logits_of(m.model, ids, mask, types, B);
+    CHECK(test::relative_error(got, expected) < 1e-5);
+    CHECK(test::relative_error(base_logits, expected) > 1e-2);  // the adapter changes them
+    m.model.prepare_inference();  // packed weights, the adapters' terms added
+    CHECK(test::relative_error(logits_of(m.model, ids, mask, types, B), expected) < 1e-5);
+    ftune::peft::merge_adapters(m.model);
+    CHECK(test::relative_error(logits_of(m.model, ids, mask, types, B), expected) < 1e-5);
+    ftune::peft::unmerge_adapters(m.model);
+    const fs::path out = fs::path(FTUNE_ROUNDTRIP_DIR) / name;
+    ftune::peft::save_adapter(m.model, ftune::peft::read_adapter_config(fixtures / "peft" / name),
+                              out, {.task_type = task});
+    auto again = ftune::io::load_hf<Model>(base);
+    CHECK(ftune::peft::load_adapter(again.model, out).targets == s.targets);
+    CHECK(test::relative_error(logits_of(again.model, ids, mask, types, B), expected) < 1e-5);
+    return s.targets.size();
+}
+}  // namespace
+
+TEST_CASE(
+    "LoRA adapters made by PEFT give PEFT's logits in ftune (BERT classifier: lora_only biases, "
+    "the classifier saved; Llama LM: rsLoRA, regex targets), prepared and merged too; saved "
+    "back by ftune, they load again",
+    "[parity][lora]") {
+    const ftune::io::safetensors_file heads(fixtures / "hf_heads" / "expected.safetensors");
+    CHECK(check_peft_adapter<ftune::bert::sequence_classifier<>>(
+              "bert_seq", fixtures / "hf_heads" / "seq", "bert_logits", "SEQ_CLS",
+              test::read_ids(heads, "single_input_ids"),
+              test::read_ids(heads, "single_attention_mask"),
+              test::read_ids(heads, "single_token_type_ids"), 3) == 2 * 3);
+    const ftune::io::safetensors_file lm(fixtures / "causal_lm_loss.safetensors");
+    CHECK(check_peft_adapter<ftune::llama::causal_lm<>>(
+              "llama_lm", fixtures / "hf_llama" / "untied", "llama_logits", "CAUSAL_LM",
+              test::read_ids(lm, "input_ids"), test::read_ids(lm, "attention_mask"), {},
+              2) == 2 * 4);
+}
+
+TEST_CASE(
+    "apply_lora: targets by name suffix or regex, everything else frozen but modules_to_save "
+    "and the biases `bias` names; PEFT's summary line; no match is an error",
+    "[lora]") {
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(fixtures / "hf_heads" / "seq");
+    const auto s = ftune::peft::apply_lora(m.model, {.r = 2,
+                                                     .alpha = 4,
+                                                     .target_modules = {"query", "value"},
+                                                     .modules_to_save = {"classifier"},
+                                                     .bias = ftune::peft::lora_bias::lora_only});
+    std::size_t total = 0, trainable = 0;
+    m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        INFO(p.name);
+        const bool want = ftune::peft::is_adapter_parameter(p.name) ||
+                          p.name.starts_with("classifier.") || p.name.ends_with("query.bias") ||
+                          p.name.ends_with("value.bias");
+        CHECK(p.trainable == want);
+        total += p.value.size();
+        trainable += want ? p.value.size() : 0;
+    });
+    CHECK(s.total == total);
+    CHECK(s.trainable == trainable);
+    CHECK(s.targets.size() == 2 * 2);  // 2 layers
+    CHECK_THAT(s.text(), Catch::Matches("trainable params: [0-9,]+ \\|\\| all params: [0-9,]+ "
+                                        "\\|\\| trainable%: [0-9]+\\.[0-9]{4}\n"));
+    CHECK(ftune::peft::lora_summary{{}, 98, 5140}.text() ==
+          "trainable params: 98 || all params: 5,140 || trainable%: 1.9066\n");
+    CHECK_THROWS_WITH(ftune::peft::apply_lora(m.model, {.target_modules = {"q_proj"}}),
+                      Catch::Contains("no module of the model matches"));
+    CHECK_THROWS_WITH(ftune::peft::apply_lora(m.model, {.target_regex = "("}),
+                      Catch::Contains("is not a regex"));
+}
