@@ -16,6 +16,7 @@
 #include <ftune/ftune.hpp>
 #include <ftune/io/gguf_llama.hpp>
 #include <ftune/optim.hpp>
+#include <ftune/peft/lora.hpp>
 #include <ftune/train/batch.hpp>
 
 namespace cli {
@@ -80,7 +81,7 @@ double median_ms(Step&& step, int steps, int warmup = 2) {
 // Runs `ftune bench` with its parsed options; returns the exit status.
 inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_t F, std::size_t V,
                      std::size_t B, std::size_t T, bool backward, int steps, int threads,
-                     bool prepack = true, bool train = false) {
+                     bool prepack = true, bool train = false, std::size_t lora_r = 0) {
     backward = backward || train;
     if (threads > 0) ftune::set_num_threads(threads);
     const int nt = ftune::num_threads();
@@ -94,6 +95,17 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     // the model `ftune predict` and serve::text_classifier run: BertForSequenceClassification
     ftune::bert::sequence_classifier<> model(cfg);
     init_parameters(model, "", 1);
+    // --lora-r: PEFT's SST-2 recipe, adapters on query and value, the classifier in full, the
+    // rest frozen (no weight gradients, no optimizer state)
+    std::size_t trainable = 0, total = 0;
+    if (lora_r) {
+        const auto s = ftune::peft::apply_lora(model, {.r = lora_r,
+                                                       .alpha = 2.0 * double(lora_r),
+                                                       .target_modules = {"query", "value"},
+                                                       .modules_to_save = {"classifier"},
+                                                       .seed = 1});
+        trainable = s.trainable, total = s.total;
+    }
     // inputs: random ids, every token real, random labels
     std::vector<ftune::token_id> ids(B * T), mask(B * T, 1), labels(B);
     const ftune::random_stream s(7, 7);
@@ -140,10 +152,15 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     const double last_first_only =
         2 * N * H * (3.0 * H) + 4.0 * Bd * T * H + 2 * Bd * H * H + 2 * Bd * H * (2.0 * F);
     const bool pruned = model.backbone.inference_prepared() && !backward && L > 0;
+    // (LoRA: frozen projections' products twice, forward and d input; the adapters' products
+    // are not counted)
+    const double projections = 2 * N * H * (4.0 * H) + 2 * N * H * (2.0 * F);
     const double flops =
-        ((pruned ? double(L - 1) * per_layer + last_first_only : double(L) * per_layer) +
-         2.0 * B * H * (H + 2)) *
-        (backward ? 3 : 1);
+        lora_r ? double(L) * (2 * projections + 3 * (per_layer - projections)) +
+                     3 * 2.0 * B * H * (H + 2)
+               : ((pruned ? double(L - 1) * per_layer + last_first_only : double(L) * per_layer) +
+                  2.0 * B * H * (H + 2)) *
+                     (backward ? 3 : 1);
     const double gflops = flops / (median * 1e-3) * 1e-9, peak = fma_peak_gflops(nt);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
@@ -154,14 +171,14 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         "\"gflops\": %.1f, "
         "\"peak_gflops\": %.1f, \"percent_of_peak\": %.1f, \"peak_rss_mb\": %.1f, "
         "\"prepacked\": %s, \"gemm_packs_per_step\": %.1f, \"weight_repacks\": %llu, "
-        "\"cpu\": \"%s\"}\n",
+        "\"lora_r\": %zu, \"trainable_params\": %zu, \"all_params\": %zu, \"cpu\": \"%s\"}\n",
         train      ? "train"
         : backward ? "backward"
                    : "forward",
         H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
         100 * gflops / peak, double(ru.ru_maxrss) / 1024.0, !backward && prepack ? "true" : "false",
-        double(per_call) / steps, static_cast<unsigned long long>(prepacked),
-        ftune::backends::cpu::this_cpu().summary().c_str());
+        double(per_call) / steps, static_cast<unsigned long long>(prepacked), lora_r, trainable,
+        total, ftune::backends::cpu::this_cpu().summary().c_str());
     return 0;
 }
 

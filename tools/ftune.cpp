@@ -85,8 +85,9 @@ int cmd_bench(int argc, char** argv) {
     bool backward = true, train = false;
     int steps = 10, threads = 0;
     bool have_dims = false, prepack = true;
-    std::string gguf;       // --gguf: a decoder's shapes instead of --dims
-    bool mode_set = false;  // --mode given (a decoder's default is train)
+    std::string gguf;        // --gguf: a decoder's shapes instead of --dims
+    bool mode_set = false;   // --mode given (a decoder's default is train)
+    std::size_t lora_r = 0;  // --lora-r: a LoRA training step (adapters on query and value)
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
         if (i + 1 >= argc)
@@ -130,6 +131,8 @@ int cmd_bench(int argc, char** argv) {
             prepack = v == "on";
         } else if (a == "--gguf") {
             gguf = v;
+        } else if (a == "--lora-r") {
+            lora_r = number(1);
         } else if (a == "--mode") {
             if (v != "forward" && v != "backward" && v != "train")
                 throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
@@ -152,8 +155,11 @@ int cmd_bench(int argc, char** argv) {
     if (!have_dims)
         throw ftune::error(ftune::errc::invalid_argument, "ftune bench",
                            "--dims H,L,HEADS,FFN (or --gguf FILE) is required");
+    if (lora_r && !train)
+        throw ftune::error(ftune::errc::invalid_argument, "--lora-r",
+                           "times a LoRA training step: give --mode train");
     return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
-                          threads, prepack, train);
+                          threads, prepack, train, lora_r);
 }
 
 }  // namespace
