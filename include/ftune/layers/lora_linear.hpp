@@ -100,7 +100,9 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     bool merged() const noexcept { return merged_; }
 
     /// W += s B A: the adapter costs nothing at inference. Until unmerge(), forwards use W alone
-    /// and the adapter gets no gradient.
+    /// and the adapter gets no gradient. Inside a model, merge through peft::merge_adapters: its
+    /// visit also marks packed copies that other layers made of W stale (self_attention's q, k,
+    /// v), which a direct call cannot.
     void merge() {
         if (!has_adapter() || merged_) return;
         ops::matmul(lora_B.value, lora_A.value, this->weight.value, T(options_.scaling()), T(1));
