@@ -12,6 +12,12 @@ dynamic padding, dropout on, the first N training rows (as run_glue's --max_trai
 the final weights (no best-model reloading). NER labels go on each word's first wordpiece, the
 other pieces are ignored; words cut off by --max-length are predicted O, as ftune does.
 
+Parameter-efficient methods (--peft), as `ftune train --peft`: "lora" wraps the model with
+Hugging Face PEFT's get_peft_model(LoraConfig(task_type=SEQ_CLS or TOKEN_CLS, r, lora_alpha,
+lora_dropout, target_modules)), which trains the adapters and the classifier; "bitfit" trains
+the biases and the classifier; "head" the classifier alone. The JSON line adds the trainable and
+all parameter counts and the process's peak resident memory.
+
 Batch order (--batch-order): "buckets" (default) is ftune's: each epoch a permutation, sorted by
 length within windows of 50 batches, cut into batches, and the batches shuffled. "transformers"
 is Trainer's group_by_length (LengthGroupedSampler), which does not shuffle the batches: each
@@ -110,6 +116,12 @@ def main():
     ap.add_argument("--batch-order", choices=["buckets", "transformers"], default="buckets",
                     help="buckets: ftune's (shuffled length buckets); transformers: Trainer's "
                          "group_by_length")
+    ap.add_argument("--peft", choices=["none", "lora", "bitfit", "head"], default="none")
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--lora-alpha", type=float, default=8)
+    ap.add_argument("--lora-dropout", type=float, default=0.0)
+    ap.add_argument("--lora-targets", default="query,value")
+    ap.add_argument("--save-adapter", default="", help="lora: save the trained adapter here")
     ap.add_argument("--out", default="/tmp/ftune_hf_baseline")
     args = ap.parse_args()
 
@@ -167,6 +179,18 @@ def main():
     cls = AutoModelForTokenClassification if ner else AutoModelForSequenceClassification
     model = cls.from_pretrained(args.model, num_labels=len(names),
                                 id2label=dict(enumerate(names)), label2id=index)
+    if args.peft == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            task_type=TaskType.TOKEN_CLS if ner else TaskType.SEQ_CLS, r=args.lora_r,
+            lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=args.lora_targets.split(",")))
+    elif args.peft in ("bitfit", "head"):
+        for n, p in model.named_parameters():
+            p.requires_grad = n.startswith("classifier.") or (
+                args.peft == "bitfit" and n.endswith(".bias"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     targs = TrainingArguments(
         output_dir=args.out, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64, learning_rate=args.lr, num_train_epochs=args.epochs,
@@ -187,6 +211,8 @@ def main():
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
+    if args.save_adapter:
+        model.save_pretrained(args.save_adapter)
 
     # Transformers 5 groups evaluation batches by length too (a shuffled order): predict in order
     trainer.args.train_sampling_strategy = "sequential"
@@ -212,6 +238,9 @@ def main():
                       "total_s": round(time.perf_counter() - t_start, 1),
                       "train_examples": len(train), "test_examples": len(test),
                       "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                      "peft": args.peft, "trainable_params": trainable, "all_params": total,
+                      "peak_rss_mb": round(__import__("resource").getrusage(
+                          __import__("resource").RUSAGE_SELF).ru_maxrss / 1024),
                       "torch": torch.__version__,
                       "transformers": __import__("transformers").__version__}))
 

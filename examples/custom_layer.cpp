@@ -48,13 +48,13 @@ class layer_scale {
     /// dγ += Σ_rows dy ⊙ x; dx += dy ⊙ γ (skipped when dx is empty).
     void backward(ftune::context&, output_view dy, d_input_view dx) {
         const std::size_t N = dy.extent(0), Cn = dy.extent(1);
-        for (std::size_t c = 0; c < Cn; ++c) {
+        for (std::size_t c = 0; gamma.trainable && c < Cn; ++c) {  // frozen: no gradient kept
             T g = 0;
             for (std::size_t i = 0; i < N; ++i) g += dy(i, c) * x_(i, c);
             if constexpr (Bug)
-                gamma.grad(c) = g;  // overwrites what earlier backward passes accumulated
+                gamma.gradient()(c) = g;  // overwrites what earlier backward passes accumulated
             else
-                gamma.grad(c) += g;
+                gamma.gradient()(c) += g;
         }
         if (dx.empty()) return;
         for (std::size_t i = 0; i < N; ++i)
@@ -62,7 +62,7 @@ class layer_scale {
     }
 
     /// Sets dγ to zero.
-    void zero_grad() noexcept { gamma.zero_grad(); }
+    void zero_grad() { gamma.zero_grad(); }
     /// Visits "<prefix>.gamma".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {

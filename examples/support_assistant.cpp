@@ -6,6 +6,7 @@
 //   support_assistant --gguf SmolLM2-135M-Instruct.Q4_1.gguf --data ../shared/data
 //                     [--train 1000] [--test 300] [--epochs 1] [--lr 1e-4] [--batch-size 8]
 //                     [--seed 0] [--out DIR] [--interactive] [--skip-before]
+//                     [--lora-r R [--lora-alpha A]]
 //
 // Each conversation is {user: the message, assistant: the intent}, rendered with the model's
 // chat template; the loss is on the assistant's reply only (TRL's prompt-completion recipe:
@@ -13,7 +14,10 @@
 // spread evenly over the files (row i * rows / n), the same rows bench/compare_support_assistant.py
 // gives Transformers. --interactive answers each line of stdin after training. --skip-before
 // leaves out the score before fine-tuning (0 on BANKING77; the untrained model writes up to
-// the token limit, the slowest part of a run on the whole test set).
+// the token limit, the slowest part of a run on the whole test set). --lora-r trains LoRA
+// adapters of rank R (alpha A, default 2R) on every projection of every block (q, k, v, o,
+// gate, up, down: the "all-linear" recipe of QLoRA and TRL) instead of every weight, and --out
+// then saves the adapter as PEFT does. The RESULT line ends with the process's peak memory.
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -21,8 +25,11 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include <ftune/data/readers.hpp>
 #include <ftune/io/gguf_model.hpp>
+#include <ftune/peft/adapter_io.hpp>
 #include <ftune/train/generation_eval.hpp>
 #include <ftune/train/lm_batching.hpp>
 #include <ftune/train/trainer.hpp>
@@ -52,6 +59,8 @@ int main(int argc, char** argv) try {
     ftune::train::options o{
         .epochs = 1, .batch_size = 8, .lr = 1e-4, .warmup_ratio = 0.1, .log_every = 10};
     bool interactive = false, skip_before = false;
+    std::size_t lora_r = 0;  // --lora-r: LoRA adapters of this rank instead of full fine-tuning
+    double lora_alpha = 0;   // --lora-alpha (0: 2 r)
     for (int i = 1; i < argc; ++i) {
         const std::string k = argv[i];
         if (k == "--interactive" || k == "--skip-before") {
@@ -78,6 +87,10 @@ int main(int argc, char** argv) try {
             o.seed = std::stoull(v);
         else if (k == "--out")
             out = v;
+        else if (k == "--lora-r")
+            lora_r = std::stoul(v);
+        else if (k == "--lora-alpha")
+            lora_alpha = std::stod(v);
         else
             throw ftune::error(ftune::errc::invalid_argument, k, "unknown option");
     }
@@ -108,7 +121,13 @@ int main(int argc, char** argv) try {
                   << before.references.front() << "\"\n";
     }
 
-    // 4. Fine-tune every weight with AdamW, linear decay after warmup.
+    // 4. Fine-tune every weight (or LoRA adapters) with AdamW, linear decay after warmup.
+    const ftune::peft::lora_config lora{.r = lora_r,
+                                        .alpha = lora_alpha > 0 ? lora_alpha : 2.0 * double(lora_r),
+                                        .target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                           "gate_proj", "up_proj", "down_proj"},
+                                        .seed = o.seed};
+    if (lora_r) std::cout << ftune::peft::apply_lora(m.model, lora).text();
     ftune::train::trainer t(m.model, o);
     const auto start = std::chrono::steady_clock::now();
     const auto r = t.fit(train_x, {});
@@ -119,8 +138,11 @@ int main(int argc, char** argv) try {
     // 5. After: the intents it now names, scored as scikit-learn's classification report.
     const auto after = ftune::train::evaluate_generation(m.model, *m.tokenizer, cases);
     std::cout << "after: " << after.text();
+    rusage use{};
+    getrusage(RUSAGE_SELF, &use);
     std::cout << "RESULT exact_match_before " << before.exact_match << " exact_match_after "
-              << after.exact_match << " train_seconds " << seconds << "\n";
+              << after.exact_match << " train_seconds " << seconds << " peak_rss_mb "
+              << use.ru_maxrss / 1024 << "\n";
 
     // 6. Replies to new messages, as a chat would get them.
     ftune::generation::generator gen(m.model, *m.tokenizer);
@@ -138,7 +160,11 @@ int main(int argc, char** argv) try {
     if (interactive)
         for (std::string line; std::getline(std::cin, line);)
             if (!line.empty()) std::cout << reply(line) << "\n" << std::flush;
-    if (!out.empty()) {
+    if (!out.empty() && lora_r) {
+        ftune::peft::save_adapter(m.model, lora, out, {.task_type = "CAUSAL_LM"});
+        std::cout << "saved the adapter in " << out.string() << " (ftune merge --model "
+                  << gguf.string() << " --adapter " << out.string() << " --out DIR)\n";
+    } else if (!out.empty()) {
         ftune::io::save_hf(m, out);
         std::cout << "saved " << out.string() << " (ftune generate --model " << out.string()
                   << " --chat)\n";

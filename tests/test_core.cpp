@@ -238,6 +238,19 @@ TEST_CASE("parameter: value, grad, flags, names", "[core]") {
     p.grad.fill(2.0f);
     p.zero_grad();
     for (float g : p.grad.span()) CHECK(g == 0.0f);
+    p.trainable = false;  // frozen: zero_grad frees the gradient's storage
+    p.zero_grad();
+    CHECK(p.grad.data() == nullptr);
+    CHECK(p.grad.size() == 12);  // the shape stays
+    p.trainable = true;          // training again: the storage comes back, zero
+    p.gradient()(2, 3) += 1.0f;
+    CHECK(p.grad.data() != nullptr);
+    CHECK(p.grad(2, 3) == 1.0f);
+    CHECK(p.grad(0, 0) == 0.0f);
+    p.trainable = false;
+    p.zero_grad();
+    p.trainable = true;
+    CHECK(p.ref("layer").grad.data() != nullptr);  // a visit gives it back too
     CHECK(ftune::join_name("encoder.layer.3.attention.self.query", "weight") ==
           "encoder.layer.3.attention.self.query.weight");
     CHECK(ftune::join_name("", "bias") == "bias");

@@ -5,10 +5,16 @@
 // again; apply_lora's targets, freezing and summary.
 #include <ftune/io/hf.hpp>
 #include <ftune/layers/lora_linear.hpp>
+#include <ftune/optim.hpp>
 #include <ftune/peft/adapter_io.hpp>
+#include <ftune/peft/bitfit.hpp>
+#include <ftune/serve/adapters.hpp>
 #include <ftune/testing/check_gradients.hpp>
 
 #include <filesystem>
+#include <atomic>
+#include <map>
+#include <thread>
 
 #include <cmath>
 #include <vector>
@@ -53,10 +59,13 @@ TEMPLATE_TEST_CASE_SIG(
         const auto res = ftune::testing::check_layer_gradients(l, ctx, x);
         INFO(res.report);
         REQUIRE(res.ok);
-        CHECK(res.checked == 3 * 7 + 5 * 3 + 4 * 7);  // A, B and the input
-        for (const double g : l.weight.grad.span()) CHECK(g == 0.0);
+        CHECK(res.checked == 3 * 7 + 5 * 3 + 4 * 7);                  // A, B and the input
+        for (const double g : l.weight.grad.span()) CHECK(g == 0.0);  // backward left W's
         if constexpr (Bias)
             for (const double g : l.bias.grad.span()) CHECK(g == 0.0);
+        l.zero_grad();  // frees the frozen W's and b's gradient storage
+        CHECK(l.weight.grad.data() == nullptr);
+        if constexpr (Bias) CHECK(l.bias.grad.data() == nullptr);
     }
 }
 
@@ -218,10 +227,163 @@ TEST_CASE(
     CHECK(s.targets.size() == 2 * 2);  // 2 layers
     CHECK_THAT(s.text(), Catch::Matches("trainable params: [0-9,]+ \\|\\| all params: [0-9,]+ "
                                         "\\|\\| trainable%: [0-9]+\\.[0-9]{4}\n"));
-    CHECK(ftune::peft::lora_summary{{}, 98, 5140}.text() ==
+    CHECK(ftune::peft::trainable_summary{{}, 98, 5140}.text() ==
           "trainable params: 98 || all params: 5,140 || trainable%: 1.9066\n");
     CHECK_THROWS_WITH(ftune::peft::apply_lora(m.model, {.target_modules = {"q_proj"}}),
                       Catch::Contains("no module of the model matches"));
     CHECK_THROWS_WITH(ftune::peft::apply_lora(m.model, {.target_regex = "("}),
                       Catch::Contains("is not a regex"));
+}
+
+TEST_CASE(
+    "BitFit trains the biases and the head, head-only the head; the frozen rest keeps no "
+    "gradient after zero_grad and no optimizer state; nothing to train is an error",
+    "[lora]") {
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(fixtures / "hf_heads" / "seq");
+    const auto head = ftune::peft::head_modules(m.model);
+    REQUIRE(head == std::vector<std::string>{"classifier"});
+    auto counts = [&](auto want) {  // (total, trainable) by the rule want(name)
+        std::size_t total = 0, trainable = 0;
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            INFO(p.name);
+            CHECK(p.trainable == want(p.name));
+            total += p.value.size();
+            trainable += want(p.name) ? p.value.size() : 0;
+        });
+        return std::pair{total, trainable};
+    };
+    const auto b = ftune::peft::apply_bitfit(m.model, head);
+    const auto [total, biases] = counts(
+        [](const std::string& n) { return n.ends_with(".bias") || n.starts_with("classifier."); });
+    CHECK(b.total == total);
+    CHECK(b.trainable == biases);
+    CHECK(ftune::peft::summarize(m.model).trainable == biases);
+    // a training step: only what trains has a gradient and optimizer state
+    m.model.zero_grad();
+    std::size_t kept = 0, freed = 0;
+    m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+        (p.trainable ? kept : freed) += p.grad.data() != nullptr;
+        if (!p.trainable) CHECK(p.grad.data() == nullptr);
+    });
+    CHECK(kept > 0);
+    ftune::optim::adamw<float> opt({.lr = 1e-3});
+    auto params = ftune::optim::parameters_of(m.model);
+    opt.init_state(std::span<const ftune::parameter_ref<float>>(params));
+    std::size_t state = 0;
+    opt.visit_state([&](const std::string&, std::span<float> v) { state += v.size(); });
+    CHECK(state == 2 * biases);  // AdamW's two moments of the trainable values only
+    const auto h = ftune::peft::apply_head_only(m.model, head);
+    CHECK(h.trainable ==
+          counts([](const std::string& n) { return n.starts_with("classifier."); }).second);
+    // unfrozen again, every parameter gets its gradient storage back (zero)
+    m.model.visit_parameters("", [](ftune::parameter_ref<float> p) { p.set_trainable(true); });
+    m.model.zero_grad();
+    m.model.visit_parameters("", [](ftune::parameter_ref<float> p) {
+        INFO(p.name);
+        REQUIRE(p.grad.data() != nullptr);
+        CHECK(std::all_of(p.grad.begin(), p.grad.end(), [](float g) { return g == 0; }));
+    });
+    CHECK_THROWS_WITH(ftune::peft::apply_head_only(m.model, {"no_such_module"}),
+                      Catch::Contains("no parameter of the model would train"));
+}
+
+TEST_CASE(
+    "serve::adapter_classifier: tasks on one base answer as the base with each adapter loaded "
+    "would; a task holds only its A, B and head; concurrent calls on two tasks agree; an "
+    "adapter with trained base biases is refused",
+    "[lora][serve]") {
+    using Model = ftune::bert::sequence_classifier<>;
+    const fs::path base = fixtures / "hf_heads" / "seq";
+    const fs::path root = fs::path(FTUNE_ROUNDTRIP_DIR).parent_path() / "serve_adapters";
+    // two tasks: 3 labels with adapters on query and value, 2 labels on every projection; B and
+    // the head random so that each task's answers differ from the base's and each other's
+    struct spec {
+        std::string name;
+        std::vector<std::string> labels, targets;
+    };
+    const std::vector<spec> specs{{"three", {"a", "b", "c"}, {"query", "value"}},
+                                  {"two", {"no", "yes"}, {"query", "key", "value", "dense"}}};
+    std::uint64_t seed = 1;
+    for (const auto& sp : specs) {
+        auto m = ftune::io::load_hf<Model>(base, {.labels = sp.labels, .seed = seed});
+        const ftune::peft::lora_config c{.r = 2,
+                                         .alpha = 4,
+                                         .target_modules = sp.targets,
+                                         .modules_to_save = {"classifier"},
+                                         .seed = seed};
+        ftune::peft::apply_lora(m.model, c);
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            if (!p.name.ends_with("lora_B.weight") && !p.name.starts_with("classifier.")) return;
+            const auto v = test::randn<double>(p.value.size(), ++seed, 0.5);
+            for (std::size_t i = 0; i < v.size(); ++i) p.value[i] = float(v[i]);
+        });
+        ftune::peft::save_adapter(m.model, c, root / sp.name);
+    }
+    const std::vector<std::string> texts{"John lives in Paris.", "Hello worlds!", "a b c d e f"};
+    // expected: the base loaded with each adapter, prepared, one text at a time
+    std::map<std::string, std::vector<std::vector<double>>> want;
+    for (const auto& sp : specs) {
+        auto m = ftune::io::load_hf<Model>(base, {.labels = sp.labels});
+        ftune::peft::load_adapter(m.model, root / sp.name);
+        m.model.prepare_inference();
+        for (const auto& text : texts) {
+            const auto e = m.tokenizer->encode(text, std::nullopt, 64);
+            const std::size_t T = e.ids.size();
+            ftune::context ctx;
+            const auto y =
+                m.model.forward(ctx, {e.ids.data(), 1, T}, {e.attention_mask.data(), 1, T},
+                                {e.type_ids.data(), 1, T});
+            want[sp.name].push_back(m.model.head.decode(y.data()).scores);
+        }
+    }
+    CHECK(want["three"][0].size() == 3);
+    CHECK(want["two"][0].size() == 2);
+
+    ftune::serve::adapter_classifier<Model> srv(ftune::io::load_hf<Model>(base), 64);
+    for (const auto& sp : specs) srv.add_adapter(sp.name, root / sp.name, sp.labels);
+    CHECK(srv.tasks() == std::vector<std::string>{"three", "two"});
+    for (const auto& sp : specs)
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            INFO(sp.name << ": " << texts[i]);
+            const auto p = srv.predict(sp.name, texts[i]);
+            REQUIRE(p.probabilities.size() == want[sp.name][i].size());
+            for (std::size_t j = 0; j < p.probabilities.size(); ++j)
+                CHECK(std::abs(p.probabilities[j] - want[sp.name][i][j]) < 1e-6);
+            CHECK(p.name == sp.labels[p.label]);
+        }
+    // each task holds exactly the values its file holds (A, B, the classifier); the rest,
+    // BERT's pooler included, is the base's
+    const auto mem = srv.memory();
+    REQUIRE(mem.tasks.size() == 2);
+    std::size_t base_values = 0;
+    auto m = ftune::io::load_hf<Model>(base);
+    m.model.visit_parameters("",
+                             [&](ftune::parameter_ref<float> p) { base_values += p.value.size(); });
+    CHECK(mem.base_bytes == 4 * base_values);
+    for (std::size_t k = 0; k < specs.size(); ++k) {
+        const ftune::io::safetensors_file f(root / specs[k].name / "adapter_model.safetensors");
+        std::size_t n = 0;
+        for (const auto& t : f.tensors()) n += t.numel();
+        CHECK(mem.tasks[k].second == 4 * n);
+    }
+    CHECK_THAT(mem.text(),
+               Catch::Matches("base [0-9.]+ MB; three \\+[0-9.]+ MB; two \\+[0-9.]+ MB"));
+    // 4 threads, both tasks interleaved: the same answers
+    std::vector<std::thread> threads;
+    std::atomic<int> wrong{0};
+    for (int w = 0; w < 4; ++w)
+        threads.emplace_back([&, w] {
+            for (int i = 0; i < 30; ++i) {
+                const auto& sp = specs[std::size_t(i + w) % 2];
+                const std::size_t k = std::size_t(i) % texts.size();
+                const auto p = srv.predict(sp.name, texts[k]);
+                for (std::size_t j = 0; j < p.probabilities.size(); ++j)
+                    if (std::abs(p.probabilities[j] - want[sp.name][k][j]) >= 1e-6) ++wrong;
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(wrong == 0);
+    CHECK_THROWS_WITH(srv.predict("nope", "x"), Catch::Contains("no such task"));
+    CHECK_THROWS_WITH(srv.add_adapter("biased", fixtures / "peft" / "bert_seq"),
+                      Catch::Contains("cannot be shared"));
 }

@@ -38,15 +38,16 @@ void usage(std::ostream& os) {
           "  predict     predictions of a fine-tuned model for each line of stdin (a TAB\n"
           "              separates the texts of a pair; QA: question TAB context): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
+          "              [--adapter DIR]  (a LoRA adapter on --model, merged once)\n"
           "              QA: [--top-k N] [--max-answer-length TOKENS] [--doc-stride TOKENS]\n"
           "              NER: one tag per word, a word being a whitespace-separated part of\n"
           "              the line (as in the CoNLL files it was trained on)\n"
           "  info        what a Hugging Face model directory or a GGUF file holds:\n"
           "              --model DIR|FILE.gguf\n"
-          "  train       fine-tune a Hugging Face model on a TSV/CSV file (ner: CoNLL; mlm:\n"
-          "              plain text lines; qa: SQuAD JSON):\n"
+          "  train       fine-tune a Hugging Face model on a TSV/CSV file (ner: CoNLL; mlm and\n"
+          "              causal-lm: plain text lines; qa: SQuAD JSON; chat: JSON lines):\n"
           "              --model DIR --train FILE [--valid FILE] --out DIR\n"
-          "              [--task classify|multilabel|regression|ner|mlm|qa] [--epochs N]\n"
+          "              [--task classify|multilabel|regression|ner|mlm|qa|causal-lm|chat] [--epochs N]\n"
           "              [--lr F] [--batch-size N] [--max-length N] [--seed N] [--warmup-ratio F]\n"
           "              [--weight-decay F] [--freeze none|embeddings|layers:N|encoder]\n"
           "              [--early-stopping PATIENCE] [--eval-every STEPS] [--grad-accum N]\n"
@@ -55,11 +56,17 @@ void usage(std::ostream& os) {
           "              [--checkpoint-every STEPS] [--stop-after STEPS] [--resume "
           "DIR/checkpoint]\n"
           "              [--max-train-examples N]  (the first N rows or sentences)\n"
+          "              [--peft none|lora|bitfit|head]  (lora: saves a PEFT adapter in --out)\n"
+          "              lora: [--lora-r N] [--lora-alpha F] [--lora-dropout F]\n"
+          "              [--lora-targets query,value] [--lora-modules-to-save M,..|none]\n"
+          "              [--lora-bias none|all|lora_only]\n"
           "              chat: [--eval-generate N (replies scored, default 100)]\n"
           "              [--max-new-tokens N]\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
-          "              [--task ...] [--batch-size N] [--max-length N]\n"
+          "              [--task ...] [--batch-size N] [--max-length N] [--adapter DIR]\n"
           "              [--eval-generate N] [--max-new-tokens N]\n"
+          "  merge       a LoRA adapter merged into its base model, saved as a Hugging Face\n"
+          "              model: --model DIR|FILE.gguf --adapter DIR --out DIR [--task ...]\n"
           "  generate    text from a decoder language model, streamed to stdout:\n"
           "              --model DIR|FILE.gguf (--prompt TEXT | --chat [--system TEXT])\n"
           "              [--max-new-tokens N] [--temperature F (0: greedy)] [--top-k N]\n"
@@ -182,6 +189,7 @@ int main(int argc, char** argv) {
         if (cmd == "info") return cli::run_info(argc, argv);
         if (cmd == "train") return cli::run_train(argc, argv);
         if (cmd == "eval") return cli::run_eval(argc, argv);
+        if (cmd == "merge") return cli::run_merge(argc, argv);
         if (cmd == "generate") return cli::run_generate(argc, argv);
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);

@@ -23,6 +23,8 @@
 #include <ftune/qa/spans.hpp>
 #include <ftune/train/batching.hpp>
 
+#include "peft_cmd.hpp"
+
 namespace cli {
 
 namespace fs = std::filesystem;
@@ -34,10 +36,11 @@ inline std::string architecture_of(const fs::path& dir) {
 
 // Calls f(std::type_identity<Model>{}) with the task model of a model directory: the family its
 // config.json's model_type names, with the head its architecture names after the family's
-// prefix ("Bert" + "ForTokenClassification"); the family's base model for an architecture
-// without a head ftune has (BertForPreTraining...).
+// prefix ("Bert" + "ForTokenClassification"), or the head `suffix` names when given (an
+// adapter's task on a base model); the family's base model for an architecture without a head
+// ftune has (BertForPreTraining...).
 template <class F>
-decltype(auto) with_task_model(const fs::path& dir, F&& f) {
+decltype(auto) with_task_model(const fs::path& dir, F&& f, std::string_view suffix = {}) {
     const std::string arch = architecture_of(dir);
     return ftune::io::with_family(
         ftune::io::read_config_string(dir / "config.json", "model_type"),
@@ -46,7 +49,8 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f) {
             using E = typename ftune::io::hf_family<Config>::template backbone<float>;
             namespace h = ftune::heads;
             const std::string_view head =
-                std::string_view(arch).starts_with(E::architecture_prefix)
+                !suffix.empty() ? suffix
+                : std::string_view(arch).starts_with(E::architecture_prefix)
                     ? std::string_view(arch).substr(E::architecture_prefix.size())
                     : std::string_view();
             auto is = [&](std::string_view suffix) { return head == suffix; };
@@ -58,8 +62,8 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f) {
             } else if constexpr (std::is_same_v<Config, ftune::gpt2::config>) {
                 using lm = ftune::gpt2::lm_head_model<E>;
                 using seq = ftune::gpt2::sequence_classifier<E>;
-                if (arch == lm::architecture) return f(std::type_identity<lm>{});
-                if (arch == seq::architecture) return f(std::type_identity<seq>{});
+                if (suffix.empty() && arch == lm::architecture) return f(std::type_identity<lm>{});
+                if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
             } else {  // encoders
                 using seq = ftune::bert::with_head<h::sequence_classification, E>;
                 using tok = ftune::bert::with_head<h::token_classification, E>;
@@ -93,6 +97,7 @@ enum class predict_format { logits, labels, json };
 // Options of `ftune predict`.
 struct predict_options {
     fs::path model;                                  // --model
+    fs::path adapter;                                // --adapter: a LoRA adapter on --model
     predict_format format = predict_format::labels;  // --format
     std::size_t batch_size = 32;                     // --batch-size
     std::size_t max_length = 0;                      // --max-length (0: the model's)
@@ -337,10 +342,22 @@ void predict_qa(ftune::io::hf_model<Model>& m, const std::string& line, std::siz
 // Reads stdin in batches and prints the predictions of a model of type Model.
 template <class Model>
 int predict_with(const predict_options& opt) {
-    auto m = ftune::io::load_hf<Model>(opt.model);
+    auto m = ftune::io::load_hf<Model>(
+        opt.model,
+        {.labels = opt.adapter.empty() ? std::vector<std::string>{} : adapter_labels(opt.adapter)});
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, opt.model.string(),
                            "no vocab.txt or tokenizer.json: ftune predict needs the tokenizer");
+    if (!opt.adapter.empty()) {
+        attach_adapter(m, opt.adapter);
+        ftune::peft::merge_adapters(m.model);                // served at the base model's cost
+        if constexpr (requires { m.model.head.problem; }) {  // the base config has no problem
+            const std::string t = adapter_task(opt.adapter);
+            if (t == "multilabel")
+                m.model.head.problem = ftune::heads::problem::multi_label_classification;
+            if (t == "regression") m.model.head.problem = ftune::heads::problem::regression;
+        }
+    }
     warn_initialized(m.report, opt.model);
     predict_options o = opt;
     if (o.max_length == 0)  // QA: the pipeline's max_seq_len 384 unless the model is shorter
@@ -403,6 +420,8 @@ inline int run_predict(int argc, char** argv) {
         };
         if (a == "--model") {
             opt.model = v, have_model = true;
+        } else if (a == "--adapter") {
+            opt.adapter = v;
         } else if (a == "--format") {
             if (v == "logits")
                 opt.format = predict_format::logits;
@@ -431,28 +450,41 @@ inline int run_predict(int argc, char** argv) {
                                "unknown option of ftune predict");
         }
     }
+    if (!have_model && !opt.adapter.empty())
+        opt.model = adapter_base(opt.adapter), have_model = true;
     if (!have_model)
         throw ftune::error(ftune::errc::invalid_argument, "ftune predict",
                            "--model DIR is required (a Hugging Face model directory)");
     const std::string arch = architecture_of(opt.model);
-    return with_task_model(opt.model, [&](auto tag) -> int {
-        using Model = typename decltype(tag)::type;
-        using H = typename Model::head_type;
-        if constexpr (ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
-                      ftune::heads::is_a<H, ftune::heads::last_token_classification> ||
-                      ftune::heads::is_a<H, ftune::heads::token_classification> ||
-                      ftune::heads::is_a<H, ftune::heads::question_answering>) {
-            return predict_with<Model>(opt);
-        } else {
-            throw ftune::error(
-                ftune::errc::unsupported, opt.model.string(),
-                "architecture \"" + (arch.empty() ? std::string("BertModel") : arch) +
-                    "\": ftune predict runs BertForSequenceClassification, "
-                    "BertForTokenClassification, BertForQuestionAnswering and the decoders' "
-                    "LlamaForSequenceClassification and GPT2ForSequenceClassification models "
-                    "(fine-tune a head with ftune train; ftune generate runs language models)");
-        }
-    });
+    // an adapter's task names the head on a base model without one
+    const std::string task = opt.adapter.empty() ? "" : adapter_task(opt.adapter);
+    const std::string_view suffix =
+        task == "classify" || task == "multilabel" || task == "regression"
+            ? "ForSequenceClassification"
+        : task == "ner" ? "ForTokenClassification"
+        : task == "qa"  ? "ForQuestionAnswering"
+                        : "";
+    return with_task_model(
+        opt.model,
+        [&](auto tag) -> int {
+            using Model = typename decltype(tag)::type;
+            using H = typename Model::head_type;
+            if constexpr (ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
+                          ftune::heads::is_a<H, ftune::heads::last_token_classification> ||
+                          ftune::heads::is_a<H, ftune::heads::token_classification> ||
+                          ftune::heads::is_a<H, ftune::heads::question_answering>) {
+                return predict_with<Model>(opt);
+            } else {
+                throw ftune::error(
+                    ftune::errc::unsupported, opt.model.string(),
+                    "architecture \"" + (arch.empty() ? std::string("BertModel") : arch) +
+                        "\": ftune predict runs BertForSequenceClassification, "
+                        "BertForTokenClassification, BertForQuestionAnswering and the decoders' "
+                        "LlamaForSequenceClassification and GPT2ForSequenceClassification models "
+                        "(fine-tune a head with ftune train; ftune generate runs language models)");
+            }
+        },
+        suffix);
 }
 
 // The tokenizer line of `ftune info` for a decoder's byte-level BPE tokenizer.

@@ -20,6 +20,8 @@
 #include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
 
+#include "peft_cmd.hpp"
+
 namespace cli {
 
 // What `--task` names: a head, and for sequence classifiers the problem type.
@@ -40,6 +42,8 @@ struct train_args {
     std::size_t eval_generate = 100;  // --eval-generate N: chat replies generated and scored
                                       // (N validation cases spread over the file; 0: none)
     std::size_t max_new_tokens = 0;   // --max-new-tokens (0: longest reference + 8)
+    cli::peft_args peft;              // --peft and the --lora-* options (train)
+    std::filesystem::path adapter;    // --adapter DIR: a LoRA adapter on --model (eval)
 };
 
 // The optimizer and the learning-rate schedule objects the options name, for a run over
@@ -69,9 +73,17 @@ inline cli::task parse_task(const std::string& v) {
                        "chat");
 }
 
+// The name of a task on the command line (parse_task's inverse).
+inline std::string task_name(cli::task t) {
+    static const char* names[] = {"classify", "multilabel", "regression", "ner",
+                                  "mlm",      "qa",         "causal-lm",  "chat"};
+    return names[static_cast<int>(t)];
+}
+
 // Parses the options shared by train and eval from argv[2..].
 inline train_args parse_train_args(int argc, char** argv, bool eval) {
     train_args a;
+    std::string lora_given;  // a --lora-* option seen (it needs --peft lora)
     for (int i = 2; i < argc; ++i) {
         const std::string k = argv[i];
         if (i + 1 >= argc) throw ftune::error(ftune::errc::invalid_argument, k, "expects a value");
@@ -110,7 +122,39 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.max_new_tokens = count();
         else if (eval && k == "--data")
             a.data = v;
-        else if (!eval && k == "--train")
+        else if (eval && k == "--adapter")
+            a.adapter = v;
+        else if (!eval && k == "--peft") {
+            if (v != "none" && v != "lora" && v != "bitfit" && v != "head")
+                throw ftune::error(ftune::errc::invalid_argument, "--peft " + v,
+                                   "expected none, lora, bitfit or head");
+            a.peft.method = v;
+        } else if (!eval && k == "--lora-r")
+            a.peft.lora.r = count(), lora_given = k;
+        else if (!eval && k == "--lora-alpha")
+            a.peft.lora.alpha = number(), lora_given = k;
+        else if (!eval && k == "--lora-dropout") {
+            a.peft.lora.dropout = number(), lora_given = k;
+            if (a.peft.lora.dropout >= 1)
+                throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
+                                   "expects a probability below 1");
+        } else if (!eval && k == "--lora-targets")
+            a.peft.lora.target_modules = split_list(v), a.peft.targets_given = true, lora_given = k;
+        else if (!eval && k == "--lora-modules-to-save")
+            a.peft.lora.modules_to_save = v == "none" ? std::vector<std::string>{} : split_list(v),
+            a.peft.modules_given = true;
+        else if (!eval && k == "--lora-bias") {
+            if (v == "none")
+                a.peft.lora.bias = ftune::peft::lora_bias::none;
+            else if (v == "all")
+                a.peft.lora.bias = ftune::peft::lora_bias::all;
+            else if (v == "lora_only")
+                a.peft.lora.bias = ftune::peft::lora_bias::lora_only;
+            else
+                throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
+                                   "expected none, all or lora_only (PEFT's bias)");
+            lora_given = k;
+        } else if (!eval && k == "--train")
             a.train = v;
         else if (!eval && k == "--valid")
             a.valid = v;
@@ -153,6 +197,13 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
                 ftune::errc::invalid_argument, k,
                 eval ? "unknown option of ftune eval" : "unknown option of ftune train");
     }
+    if (!lora_given.empty() && a.peft.method != "lora")
+        throw ftune::error(ftune::errc::invalid_argument, lora_given,
+                           "is an option of LoRA: give --peft lora");
+    if (a.peft.method != "none" && a.freeze != "none")
+        throw ftune::error(ftune::errc::invalid_argument, "--freeze " + a.freeze,
+                           "--peft " + a.peft.method + " chooses what trains: drop --freeze");
+    if (a.model.empty() && !a.adapter.empty()) a.model = adapter_base(a.adapter);
     if (a.model.empty())
         throw ftune::error(ftune::errc::invalid_argument, eval ? "ftune eval" : "ftune train",
                            "--model DIR is required (a Hugging Face model directory)");
@@ -203,12 +254,13 @@ inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d, cl
     return seen;
 }
 
-// Before fit: freezes what --freeze names (returns how many weights), creates --out and points
-// the training log and checkpoints into it.
+// Before fit: freezes what --freeze names (returns how many weights), applies --peft and prints
+// the trainable parameters, creates --out and points the training log and checkpoints into it.
 template <class Model>
 std::size_t prepare_run(train_args& a, Model& model) {
     const std::size_t frozen =
         ftune::train::apply_freeze(model, ftune::train::freeze::parse(a.freeze));
+    apply_peft(a.peft, model, a.opt.seed);
     std::filesystem::create_directories(a.out);
     a.opt.log_path = a.out / "train_log.jsonl";
     a.opt.checkpoint_dir = a.out / "checkpoint";
@@ -216,8 +268,9 @@ std::size_t prepare_run(train_args& a, Model& model) {
 }
 
 // After fit: when --stop-after ended the run before its last step, says how to resume and
-// returns false (nothing saved); otherwise saves the model and its training curve, removes the
-// checkpoints and returns true.
+// returns false (nothing saved); otherwise saves the model (a LoRA run: its adapter as PEFT
+// saves it, with ftune_task.json) and its training curve, removes the checkpoints and returns
+// true.
 template <class Trainer, class Result, class HfModel>
 bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m) {
     if (r.interrupted) {
@@ -225,7 +278,16 @@ bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m) 
                   << a.opt.checkpoint_dir.string() << "\n";
         return false;
     }
-    ftune::io::save_hf(m, a.out);
+    if (a.peft.method == "lora") {
+        const std::string task = task_name(a.task.value_or(task::classify));
+        ftune::peft::save_adapter(
+            m.model, a.peft.lora, a.out,
+            {.task_type = peft_task_type(task),
+             .base_model_name_or_path = std::filesystem::absolute(a.model).string()});
+        write_task_file(a.out, task, m.config.id2label);
+    } else {
+        ftune::io::save_hf(m, a.out);
+    }
     std::filesystem::remove_all(a.opt.checkpoint_dir);  // finished: the model is saved
     t.write_plot(a.out / "training_curve.svg");
     return true;
@@ -237,13 +299,20 @@ inline constexpr bool is_decoder = !std::is_same_v<
     typename ftune::io::hf_family<ftune::io::family_config_t<Model>>::tokenizer_type,
     ftune::text::bert_tokenizer>;
 
-// A model from --model: a Hugging Face directory, or (decoders) a GGUF file.
+// A model from --model: a Hugging Face directory, or (decoders) a GGUF file; with an adapter
+// directory, its LoRA adapter loaded on top (the head's labels from the adapter).
 template <class Model>
 ftune::io::hf_model<Model> load_model(const std::filesystem::path& path,
-                                      const ftune::io::load_options& o = {}) {
-    if constexpr (is_decoder<Model>)
-        if (std::filesystem::is_regular_file(path)) return ftune::io::load_gguf<Model>(path, o);
-    return ftune::io::load_hf<Model>(path, o);
+                                      ftune::io::load_options o = {},
+                                      const std::filesystem::path& adapter = {}) {
+    if (!adapter.empty() && o.labels.empty()) o.labels = adapter_labels(adapter);
+    auto m = [&] {
+        if constexpr (is_decoder<Model>)
+            if (std::filesystem::is_regular_file(path)) return ftune::io::load_gguf<Model>(path, o);
+        return ftune::io::load_hf<Model>(path, o);
+    }();
+    if (!adapter.empty()) attach_adapter(m, adapter);
+    return m;
 }
 
 // The label names a checkpoint records (config.json id2label; none in a GGUF file).
@@ -389,7 +458,7 @@ inline int train_qa(train_args& a) {
 // Evaluates a model type on a file; returns the exit status.
 template <class Model>
 int eval_with(train_args& a, cli::task task) {
-    auto m = load_model<Model>(a.model);
+    auto m = load_model<Model>(a.model, {}, a.adapter);
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
     warn_initialized(m.report, a.model);
@@ -411,6 +480,7 @@ int eval_with(train_args& a, cli::task task) {
                                   names, max_len);
     if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     a.opt.progress = nullptr;
+    if (!a.adapter.empty()) ftune::peft::merge_adapters(m.model);  // inference at W's cost
     m.model.prepare_inference();
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     if constexpr (!is_decoder<Model>) t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
@@ -534,7 +604,7 @@ int train_lm_with(train_args& a, cli::task task) {
 // `ftune eval --task causal-lm|chat`: the report on --data's learned tokens.
 template <class Model>
 int eval_lm_with(train_args& a, cli::task task) {
-    auto m = load_model<Model>(a.model);
+    auto m = load_model<Model>(a.model, {}, a.adapter);
     if (!m.tokenizer) throw ftune::error(ftune::errc::io, a.model.string(), "no tokenizer.json");
     const std::size_t max_len = lm_max_length(a, m.config.model.max_position_embeddings);
     const auto data = read_lm_file(m, a, a.data, task, max_len, a.eval_generate);
@@ -581,6 +651,7 @@ inline bool holds_decoder(const train_args& a) {
 inline int run_train(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, false);
     const auto t = a.task.value_or(task::classify);
+    a.task = t;
     using E = ftune::bert::encoder<float>;
     if (t == task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
@@ -598,10 +669,18 @@ inline int run_train(int argc, char** argv) {
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
+// The task of --adapter (ftune_task.json, or PEFT's task_type) when it says one, else
+// task_of(--model).
+inline cli::task task_of_adapter_or_model(const train_args& a) {
+    if (!a.adapter.empty())
+        if (const std::string t = adapter_task(a.adapter); !t.empty()) return parse_task(t);
+    return task_of(a.model);
+}
+
 // Runs `ftune eval`.
 inline int run_eval(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, true);
-    const auto t = a.task ? *a.task : task_of(a.model);
+    const auto t = a.task ? *a.task : task_of_adapter_or_model(a);
     using E = ftune::bert::encoder<float>;
     if (t == task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
@@ -616,10 +695,11 @@ inline int run_eval(int argc, char** argv) {
             return eval_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t);
         });
     if (t == task::qa) {  // SQuAD exact match and F1
-        auto m = ftune::io::load_hf<ftune::bert::question_answering<E>>(a.model);
+        auto m = load_model<ftune::bert::question_answering<E>>(a.model, {}, a.adapter);
         if (!m.tokenizer)
             throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
         warn_initialized(m.report, a.model);
+        if (!a.adapter.empty()) ftune::peft::merge_adapters(m.model);  // inference at W's cost
         m.model.prepare_inference();
         const auto s = ftune::train::evaluate_squad(
             m.model, *m.tokenizer, ftune::data::read_squad(a.data),
@@ -629,6 +709,72 @@ inline int run_eval(int argc, char** argv) {
         return 0;
     }
     return eval_with<ftune::bert::sequence_classifier<E>>(a, t);
+}
+
+}  // namespace cli
+
+namespace cli {
+
+// Merges a model of type Model with the adapter (W += s B A, adapters dropped) and saves the
+// plain Hugging Face model; returns the exit status.
+template <class Model>
+int merge_with(const train_args& a, cli::task task, const std::filesystem::path& out) {
+    auto m = load_model<Model>(a.model, {}, a.adapter);
+    warn_initialized(m.report, a.model);
+    if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
+    const std::size_t n = ftune::peft::adapter_count(m.model);
+    ftune::peft::merge_and_unload(m.model);
+    ftune::io::save_hf(m, out);
+    std::cerr << "ftune: merged " << n << " adapters into " << a.model.string() << "; saved "
+              << out.string() << "\n";
+    return 0;
+}
+
+// Runs `ftune merge --model BASE --adapter DIR --out DIR` (PEFT's merge_and_unload, then
+// save_pretrained): the model type from the adapter's task, else from the base's config.
+inline int run_merge(int argc, char** argv) {
+    train_args a;
+    std::filesystem::path out;
+    for (int i = 2; i < argc; i += 2) {
+        const std::string k = argv[i];
+        if (i + 1 >= argc) throw ftune::error(ftune::errc::invalid_argument, k, "expects a value");
+        const std::string v = argv[i + 1];
+        if (k == "--model")
+            a.model = v;
+        else if (k == "--adapter")
+            a.adapter = v;
+        else if (k == "--out")
+            out = v;
+        else if (k == "--task")
+            a.task = parse_task(v);
+        else
+            throw ftune::error(ftune::errc::invalid_argument, k, "unknown option of ftune merge");
+    }
+    if (a.adapter.empty() || out.empty())
+        throw ftune::error(ftune::errc::invalid_argument, "ftune merge",
+                           "--adapter DIR and --out DIR are required (--model BASE unless the "
+                           "adapter's base_model_name_or_path is here)");
+    if (a.model.empty()) a.model = adapter_base(a.adapter);
+    const auto t = a.task ? *a.task : task_of_adapter_or_model(a);
+    using E = ftune::bert::encoder<float>;
+    if (t == task::causal_lm || t == task::chat)
+        return with_decoder(a, t, [&](auto d) {
+            return merge_with<on_decoder<ftune::heads::causal_lm, typename decltype(d)::type>>(a, t,
+                                                                                               out);
+        });
+    if (holds_decoder(a)) {
+        if (t == task::ner || t == task::mlm || t == task::qa)
+            throw ftune::error(ftune::errc::unsupported, a.adapter.string(),
+                               "a decoder's adapter is for causal-lm or sequence classification");
+        return with_decoder(a, t, [&](auto d) {
+            using D = typename decltype(d)::type;
+            return merge_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t, out);
+        });
+    }
+    if (t == task::ner) return merge_with<ftune::bert::token_classifier<E>>(a, t, out);
+    if (t == task::mlm) return merge_with<ftune::bert::masked_lm<E>>(a, t, out);
+    if (t == task::qa) return merge_with<ftune::bert::question_answering<E>>(a, t, out);
+    return merge_with<ftune::bert::sequence_classifier<E>>(a, t, out);
 }
 
 }  // namespace cli

@@ -65,7 +65,7 @@ class rms_norm {
             T dot = 0;  // Σ w dy x
             for (std::size_t c = 0; c < Cn; ++c) {
                 dot += weight.value(c) * dy(i, c) * x_(i, c);
-                if (weight.trainable) weight.grad(c) += dy(i, c) * x_(i, c) * inv_(i);
+                if (weight.trainable) weight.gradient()(c) += dy(i, c) * x_(i, c) * inv_(i);
             }
             if (dx.empty()) continue;
             const T r = inv_(i), k = dot * r * r * r / T(Cn);
@@ -75,7 +75,7 @@ class rms_norm {
     }
 
     bool trainable() const noexcept { return weight.trainable; }  ///< false: frozen
-    void zero_grad() noexcept { weight.zero_grad(); }             ///< clears dw
+    void zero_grad() { weight.zero_grad(); }                      ///< clears dw
     /// Visits "<prefix>.weight".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {

@@ -738,7 +738,7 @@ template <class T>
 struct parameter_ref {
     std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
     std::span<T> value;  ///< the values
-    std::span<T> grad;   ///< the gradients (same size)
+    std::span<T> grad;   ///< the gradients (same size; empty when frozen and freed)
     bool trainable = true;                 ///< false when frozen
     bool decay = true;                     ///< false when weight decay does not apply
     std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
@@ -811,8 +811,21 @@ struct parameter {
 
     /// Number of scalars.
     std::size_t size() const noexcept { return value.size(); }
-    /// Sets the gradient to zero.
-    void zero_grad() noexcept { grad.fill(T(0)); }
+    /// Sets the gradient to zero. A frozen parameter's gradient storage is freed instead (a
+    /// frozen base, LoRA's, costs no gradient memory); it comes back, zero, once it trains again.
+    void zero_grad() {
+        if (!trainable) {
+            grad.release();
+            return;
+        }
+        gradient().fill(T(0));
+    }
+    /// The gradient, its storage allocated (zero) when zero_grad() had freed it: what a
+    /// backward pass accumulates into.
+    buffer<T, Shape, Device>& gradient() {
+        if (!grad.data() && value.size()) grad.resize(value.shape());
+        return grad;
+    }
     /// For a model that only runs inference: frees the gradient and freezes the parameter;
     /// with `shared_value`, the value becomes an alias of another model's (size() elements that
     /// must outlive this parameter and its copies, which then only read it). Nothing may use the
@@ -825,7 +838,10 @@ struct parameter {
     /// This parameter as visitors see it, named "<prefix>.<name>".
     parameter_ref<T> ref(std::string_view prefix) {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
-        parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
+        if (trainable) gradient();  // a parameter that trains again gets its storage back
+        // a frozen parameter whose gradient storage zero_grad() freed shows an empty gradient
+        parameter_ref<T> r{join_name(prefix, name), value.span(),
+                           grad.data() ? grad.span() : std::span<T>(), trainable, decay};
         r.rank = Shape::rank;
         r.owner_trainable = &trainable;
         r.owner = this;
@@ -4993,7 +5009,7 @@ class hidden_activation {
     }
 
     /// No parameters: nothing to clear.
-    void zero_grad() noexcept {}
+    void zero_grad() {}
     /// No parameters: f is never called.
     template <class Fn>
     void visit_parameters(std::string_view, Fn&&) {}
@@ -5122,14 +5138,14 @@ class linear {
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1));
         if constexpr (Bias)
-            if (bias.trainable) ops::bias_backward(bias.grad, dy);
+            if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
         if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
     }
 
     /// Sets the parameter gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         weight.zero_grad();
         if constexpr (Bias) bias.zero_grad();
     }
@@ -5348,7 +5364,7 @@ class self_attention {
         return query.trainable() || key.trainable() || value.trainable();
     }
     /// Sets the projections' gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         query.zero_grad();
         key.zero_grad();
         value.zero_grad();
@@ -5595,7 +5611,7 @@ class chain {
     }
 
     /// Sets every member's gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         std::apply([](auto&... l) { (l.zero_grad(), ...); }, members);
     }
 
@@ -5720,7 +5736,7 @@ class dropout {
     /// Whether the last forward dropped (training with p > 0); otherwise it passed x through.
     bool active() const noexcept { return active_; }
     /// No parameters: nothing to clear.
-    void zero_grad() noexcept {}
+    void zero_grad() {}
     /// No parameters: f is never called.
     template <class Fn>
     void visit_parameters(std::string_view, Fn&&) {}
@@ -5770,13 +5786,13 @@ class embedding {
     /// dtable(ids[i], :) += dout(i, :) when the table is trainable, except for padding_idx rows
     /// (ids have no gradient).
     void backward(context&, output_view dout) {
-        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
+        if (weight.trainable) ops::embedding_backward(weight.gradient(), ids_, dout, padding_idx);
     }
 
     /// Whether the table trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable; }
     /// Sets the table's gradient to zero.
-    void zero_grad() noexcept { weight.zero_grad(); }
+    void zero_grad() { weight.zero_grad(); }
 
     /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
     template <class F>
@@ -5861,7 +5877,7 @@ class gated_mlp {
         return gate_proj.trainable() || up_proj.trainable() || down_proj.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         gate_proj.zero_grad();
         up_proj.zero_grad();
         down_proj.zero_grad();
@@ -5948,8 +5964,8 @@ class layer_norm {
     /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
     void backward(context&, output_view dy, d_input_view dx) {
         // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
-        T* dw = weight.grad.data();
-        T* db = bias.grad.data();
+        T* dw = weight.trainable ? weight.gradient().data() : nullptr;
+        T* db = bias.trainable ? bias.gradient().data() : nullptr;
         const std::size_t rows = dy.extent(0), cols = dy.extent(1);
         if (!weight.trainable || !bias.trainable) {
             scratch_.resize(shape<dynamic>(2 * cols));
@@ -5974,7 +5990,7 @@ class layer_norm {
     /// Whether any parameter trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable || bias.trainable; }
     /// Sets the parameter gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         weight.zero_grad();
         bias.zero_grad();
     }
@@ -6147,7 +6163,7 @@ class input_embeddings {
         return t;
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         token.zero_grad();
         if constexpr (!is_absent<positions_type>) position.zero_grad();
         if constexpr (!is_absent<types_type>) token_type.zero_grad();
@@ -6335,11 +6351,12 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         const std::size_t N = dy.extent(0), r = rank();
         const T s = T(options_.scaling());
         if (lora_B.trainable)  // (Out, r) += s dyᵀ u
-            ops::matmul<transpose::yes, transpose::no>(dy, u_.view(), lora_B.grad, s, T(1));
+            ops::matmul<transpose::yes, transpose::no>(dy, u_.view(), lora_B.gradient(), s, T(1));
         du_.resize(shape<dynamic, dynamic>(N, r));
         ops::matmul(dy, lora_B.value, du_, s);  // du = s dy B (N, r)
         if (lora_A.trainable)                   // (r, In) += duᵀ x'
-            ops::matmul<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.grad, T(1), T(1));
+            ops::matmul<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.gradient(), T(1),
+                                                       T(1));
         if (dx.empty()) return;
         if (!drop_.active()) {
             ops::matmul(du_.view(), lora_A.value, dx, T(1), T(1));  // dx += du A
@@ -6351,7 +6368,7 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     }
 
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         base::zero_grad();
         lora_A.zero_grad();
         lora_B.zero_grad();
@@ -6430,8 +6447,8 @@ class pooler {
     using output_view = view<const T, shape<dynamic, C>, D>;          ///< pooled: (B, C)
     using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;  ///< d hidden, accumulated into
 
-    linear<T, C, C, D> dense;  ///< "dense"
-    tanh<T, C, D> activation;  ///< tanh
+    lora_linear<T, C, C, D> dense;  ///< "dense" (a LoRA target, as in PEFT)
+    tanh<T, C, D> activation;       ///< tanh
 
     /// A zero-initialized pooler of width `features`.
     explicit pooler(std::size_t features = C) : dense(features, features) {}
@@ -6461,11 +6478,11 @@ class pooler {
         }
     }
 
-    /// Packs dense's weight for inference (linear::prepare_inference).
+    /// Packs dense's weight for inference (lora_linear::prepare_inference).
     void prepare_inference() { dense.prepare_inference(); }
 
     /// Sets the gradients to zero.
-    void zero_grad() noexcept { dense.zero_grad(); }
+    void zero_grad() { dense.zero_grad(); }
 
     /// Visits "<prefix>.dense.weight" and "<prefix>.dense.bias".
     template <class F>
@@ -6522,7 +6539,7 @@ class rms_norm {
     /// dweight (when trainable) and dx (unless empty) accumulate their gradients.
     void backward(context&, output_view dy, d_input_view dx) {
         const std::size_t rows = dy.extent(0), cols = dy.extent(1);
-        T* dw = weight.grad.data();
+        T* dw = weight.trainable ? weight.gradient().data() : nullptr;
         if (!weight.trainable) {  // the primitive computes both; a frozen weight's goes to scratch
             scratch_.resize(shape<dynamic>(cols));
             scratch_.fill(T(0));
@@ -6542,7 +6559,7 @@ class rms_norm {
     /// Whether the weight trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable; }
     /// Sets the weight's gradient to zero.
-    void zero_grad() noexcept { weight.zero_grad(); }
+    void zero_grad() { weight.zero_grad(); }
 
     /// Calls f(parameter_ref<T>) for the weight ("<prefix>.weight").
     template <class F>
@@ -6871,7 +6888,7 @@ class rotary_attention {
         return q_proj.trainable() || k_proj.trainable() || v_proj.trainable() || o_proj.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         q_proj.zero_grad();
         k_proj.zero_grad();
         v_proj.zero_grad();
@@ -7091,7 +7108,7 @@ class decoder_block {
                post_attention_layernorm.trainable() || mlp.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         input_layernorm.zero_grad();
         self_attn.zero_grad();
         post_attention_layernorm.zero_grad();
@@ -7362,7 +7379,7 @@ class encoder_block {
                intermediate.trainable() || output_dense.trainable() || norm2.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();
         intermediate.zero_grad(), output_dense.zero_grad(), norm2.zero_grad();
     }
@@ -7649,7 +7666,7 @@ class stack {
     }
 
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         embeddings.zero_grad();
         for (auto& block : layer) block.zero_grad();
         if constexpr (has_final_norm) final_norm.zero_grad();
@@ -7908,7 +7925,7 @@ class base_model {
     /// Packs the pooler's weight for inference.
     void prepare_inference() { pooler.prepare_inference(); }
     /// Sets the pooler's gradients to zero.
-    void zero_grad() noexcept { pooler.zero_grad(); }
+    void zero_grad() { pooler.zero_grad(); }
     /// Visits "pooler.dense.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
@@ -8403,9 +8420,10 @@ class masked_lm {
         auto& E = backbone.input_embeddings();
         const view<const T, shape<dynamic, dynamic>, D> dl(d_logits.data(), N,
                                                            d_logits.extent(2));  // (N, V)
-        if (bias.trainable) ops::bias_backward(bias.grad, dl);
+        if (bias.trainable) ops::bias_backward(bias.gradient(), dl);
         if (E.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.grad, T(1), T(1));  // dE += dlᵀ t
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1),
+                                                       T(1));  // dE += dlᵀ t
         zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
         ops::matmul(dl, E.value, d_t_, T(1), T(1));  // dt = dl E
         transform_norm.backward(ctx, d_t_.view(), d_a_.view());
@@ -8419,7 +8437,7 @@ class masked_lm {
     /// Packs the transform's weight for inference.
     void prepare_inference() { transform_dense.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         transform_dense.zero_grad(), transform_norm.zero_grad();
         bias.zero_grad();
     }
@@ -8544,7 +8562,7 @@ class question_answering {
     /// Packs qa_outputs' weight for inference.
     void prepare_inference() { qa_outputs.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { qa_outputs.zero_grad(); }
+    void zero_grad() { qa_outputs.zero_grad(); }
     /// Visits "qa_outputs.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
@@ -9308,7 +9326,7 @@ class sequence_classification : public sequence_task<T, D> {
     /// Packs the dense weights for inference.
     void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { pooler.zero_grad(), classifier.zero_grad(); }
+    void zero_grad() { pooler.zero_grad(), classifier.zero_grad(); }
     /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view backbone, Fn&& f) {
@@ -9398,7 +9416,7 @@ class token_classification {
     /// Packs the classifier's weight for inference.
     void prepare_inference() { classifier.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { classifier.zero_grad(); }
+    void zero_grad() { classifier.zero_grad(); }
     /// Visits "classifier.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
@@ -9622,7 +9640,7 @@ class task_model {
             head.prepare_inference();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         backbone.zero_grad();
         head.zero_grad();
     }
@@ -9842,7 +9860,7 @@ class mlp {
     /// Whether any projection trains (false: frozen).
     bool trainable() const noexcept { return c_fc.trainable() || c_proj.trainable(); }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         c_fc.zero_grad();
         c_proj.zero_grad();
     }

@@ -148,7 +148,7 @@ class decoder_block {
                post_attention_layernorm.trainable() || mlp.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         input_layernorm.zero_grad();
         self_attn.zero_grad();
         post_attention_layernorm.zero_grad();

@@ -215,7 +215,7 @@ class encoder_block {
                intermediate.trainable() || output_dense.trainable() || norm2.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         attention.zero_grad(), attention_dense.zero_grad(), norm1.zero_grad();
         intermediate.zero_grad(), output_dense.zero_grad(), norm2.zero_grad();
     }

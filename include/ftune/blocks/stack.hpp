@@ -177,7 +177,7 @@ class stack {
     }
 
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         embeddings.zero_grad();
         for (auto& block : layer) block.zero_grad();
         if constexpr (has_final_norm) final_norm.zero_grad();

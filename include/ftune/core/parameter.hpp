@@ -17,7 +17,7 @@ template <class T>
 struct parameter_ref {
     std::string name;    ///< full hierarchical name ("encoder.layer.3.attention.self.query.weight")
     std::span<T> value;  ///< the values
-    std::span<T> grad;   ///< the gradients (same size)
+    std::span<T> grad;   ///< the gradients (same size; empty when frozen and freed)
     bool trainable = true;                 ///< false when frozen
     bool decay = true;                     ///< false when weight decay does not apply
     std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries), for loaders
@@ -90,8 +90,21 @@ struct parameter {
 
     /// Number of scalars.
     std::size_t size() const noexcept { return value.size(); }
-    /// Sets the gradient to zero.
-    void zero_grad() noexcept { grad.fill(T(0)); }
+    /// Sets the gradient to zero. A frozen parameter's gradient storage is freed instead (a
+    /// frozen base, LoRA's, costs no gradient memory); it comes back, zero, once it trains again.
+    void zero_grad() {
+        if (!trainable) {
+            grad.release();
+            return;
+        }
+        gradient().fill(T(0));
+    }
+    /// The gradient, its storage allocated (zero) when zero_grad() had freed it: what a
+    /// backward pass accumulates into.
+    buffer<T, Shape, Device>& gradient() {
+        if (!grad.data() && value.size()) grad.resize(value.shape());
+        return grad;
+    }
     /// For a model that only runs inference: frees the gradient and freezes the parameter;
     /// with `shared_value`, the value becomes an alias of another model's (size() elements that
     /// must outlive this parameter and its copies, which then only read it). Nothing may use the
@@ -104,7 +117,10 @@ struct parameter {
     /// This parameter as visitors see it, named "<prefix>.<name>".
     parameter_ref<T> ref(std::string_view prefix) {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
-        parameter_ref<T> r{join_name(prefix, name), value.span(), grad.span(), trainable, decay};
+        if (trainable) gradient();  // a parameter that trains again gets its storage back
+        // a frozen parameter whose gradient storage zero_grad() freed shows an empty gradient
+        parameter_ref<T> r{join_name(prefix, name), value.span(),
+                           grad.data() ? grad.span() : std::span<T>(), trainable, decay};
         r.rank = Shape::rank;
         r.owner_trainable = &trainable;
         r.owner = this;

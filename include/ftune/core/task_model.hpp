@@ -136,7 +136,7 @@ class task_model {
             head.prepare_inference();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         backbone.zero_grad();
         head.zero_grad();
     }

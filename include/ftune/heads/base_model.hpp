@@ -52,7 +52,7 @@ class base_model {
     /// Packs the pooler's weight for inference.
     void prepare_inference() { pooler.prepare_inference(); }
     /// Sets the pooler's gradients to zero.
-    void zero_grad() noexcept { pooler.zero_grad(); }
+    void zero_grad() { pooler.zero_grad(); }
     /// Visits "pooler.dense.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {

@@ -98,7 +98,7 @@ class causal_lm {
         } else {
             auto& E = backbone.input_embeddings();
             if (E.trainable)
-                ops::matmul<transpose::yes, transpose::no>(dl, h_, E.grad, T(1), T(1));  // dE
+                ops::matmul<transpose::yes, transpose::no>(dl, h_, E.gradient(), T(1), T(1));  // dE
             ops::matmul(dl, E.value, dh, T(1), T(1));  // dh = dl E
         }
         return d_hidden_.view();
@@ -169,7 +169,7 @@ class causal_lm {
             std::fill_n(dz.data(), r * V, T(0));
             ce_.backward(dz, T(double(scale) * part / denom));
             if (W.trainable)
-                ops::matmul<transpose::yes, transpose::no>(dz, hk, W.grad, T(1), T(1));  // dW
+                ops::matmul<transpose::yes, transpose::no>(dz, hk, W.gradient(), T(1), T(1));  // dW
             ops::matmul(dz, W.value, dhk);  // d h = d logits W
         }
         for (std::size_t k = 0; k < M; ++k)  // scattered back to their positions
@@ -187,7 +187,7 @@ class causal_lm {
         packed_current_ = true;
     }
     /// Sets the head's gradient to zero.
-    void zero_grad() noexcept { lm_head.zero_grad(); }
+    void zero_grad() { lm_head.zero_grad(); }
 
     /// Visits "lm_head.weight" unless tied (the tied table is the backbone's, visited there).
     /// A visit that may change weights (any visitor not derived from keeps_values; the model

@@ -91,7 +91,7 @@ class last_token_classification : public sequence_task<T, D> {
     /// Packs the classifier's weight for inference.
     void prepare_inference() { classifier.prepare_inference(); }
     /// Sets the classifier's gradient to zero.
-    void zero_grad() noexcept { classifier.zero_grad(); }
+    void zero_grad() { classifier.zero_grad(); }
     /// Visits "score.weight" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {

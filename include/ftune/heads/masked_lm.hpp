@@ -77,9 +77,10 @@ class masked_lm {
         auto& E = backbone.input_embeddings();
         const view<const T, shape<dynamic, dynamic>, D> dl(d_logits.data(), N,
                                                            d_logits.extent(2));  // (N, V)
-        if (bias.trainable) ops::bias_backward(bias.grad, dl);
+        if (bias.trainable) ops::bias_backward(bias.gradient(), dl);
         if (E.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.grad, T(1), T(1));  // dE += dlᵀ t
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1),
+                                                       T(1));  // dE += dlᵀ t
         zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
         ops::matmul(dl, E.value, d_t_, T(1), T(1));  // dt = dl E
         transform_norm.backward(ctx, d_t_.view(), d_a_.view());
@@ -93,7 +94,7 @@ class masked_lm {
     /// Packs the transform's weight for inference.
     void prepare_inference() { transform_dense.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         transform_dense.zero_grad(), transform_norm.zero_grad();
         bias.zero_grad();
     }

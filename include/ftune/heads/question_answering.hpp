@@ -58,7 +58,7 @@ class question_answering {
     /// Packs qa_outputs' weight for inference.
     void prepare_inference() { qa_outputs.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { qa_outputs.zero_grad(); }
+    void zero_grad() { qa_outputs.zero_grad(); }
     /// Visits "qa_outputs.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {

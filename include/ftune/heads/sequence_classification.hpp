@@ -71,7 +71,7 @@ class sequence_classification : public sequence_task<T, D> {
     /// Packs the dense weights for inference.
     void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { pooler.zero_grad(), classifier.zero_grad(); }
+    void zero_grad() { pooler.zero_grad(), classifier.zero_grad(); }
     /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view backbone, Fn&& f) {

@@ -79,7 +79,7 @@ class token_classification {
     /// Packs the classifier's weight for inference.
     void prepare_inference() { classifier.prepare_inference(); }
     /// Sets the head's gradients to zero.
-    void zero_grad() noexcept { classifier.zero_grad(); }
+    void zero_grad() { classifier.zero_grad(); }
     /// Visits "classifier.*" under prefix.
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {

@@ -44,7 +44,7 @@ class hidden_activation {
     }
 
     /// No parameters: nothing to clear.
-    void zero_grad() noexcept {}
+    void zero_grad() {}
     /// No parameters: f is never called.
     template <class Fn>
     void visit_parameters(std::string_view, Fn&&) {}

@@ -168,7 +168,7 @@ class self_attention {
         return query.trainable() || key.trainable() || value.trainable();
     }
     /// Sets the projections' gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         query.zero_grad();
         key.zero_grad();
         value.zero_grad();

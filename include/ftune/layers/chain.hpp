@@ -168,7 +168,7 @@ class chain {
     }
 
     /// Sets every member's gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         std::apply([](auto&... l) { (l.zero_grad(), ...); }, members);
     }
 

@@ -47,7 +47,7 @@ class dropout {
     /// Whether the last forward dropped (training with p > 0); otherwise it passed x through.
     bool active() const noexcept { return active_; }
     /// No parameters: nothing to clear.
-    void zero_grad() noexcept {}
+    void zero_grad() {}
     /// No parameters: f is never called.
     template <class Fn>
     void visit_parameters(std::string_view, Fn&&) {}

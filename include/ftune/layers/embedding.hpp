@@ -37,13 +37,13 @@ class embedding {
     /// dtable(ids[i], :) += dout(i, :) when the table is trainable, except for padding_idx rows
     /// (ids have no gradient).
     void backward(context&, output_view dout) {
-        if (weight.trainable) ops::embedding_backward(weight.grad, ids_, dout, padding_idx);
+        if (weight.trainable) ops::embedding_backward(weight.gradient(), ids_, dout, padding_idx);
     }
 
     /// Whether the table trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable; }
     /// Sets the table's gradient to zero.
-    void zero_grad() noexcept { weight.zero_grad(); }
+    void zero_grad() { weight.zero_grad(); }
 
     /// Calls f(parameter_ref<T>) for the table ("<prefix>.weight").
     template <class F>

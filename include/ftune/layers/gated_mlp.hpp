@@ -69,7 +69,7 @@ class gated_mlp {
         return gate_proj.trainable() || up_proj.trainable() || down_proj.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         gate_proj.zero_grad();
         up_proj.zero_grad();
         down_proj.zero_grad();

@@ -162,7 +162,7 @@ class input_embeddings {
         return t;
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         token.zero_grad();
         if constexpr (!is_absent<positions_type>) position.zero_grad();
         if constexpr (!is_absent<types_type>) token_type.zero_grad();

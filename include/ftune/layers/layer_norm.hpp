@@ -46,8 +46,8 @@ class layer_norm {
     /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
     void backward(context&, output_view dy, d_input_view dx) {
         // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
-        T* dw = weight.grad.data();
-        T* db = bias.grad.data();
+        T* dw = weight.trainable ? weight.gradient().data() : nullptr;
+        T* db = bias.trainable ? bias.gradient().data() : nullptr;
         const std::size_t rows = dy.extent(0), cols = dy.extent(1);
         if (!weight.trainable || !bias.trainable) {
             scratch_.resize(shape<dynamic>(2 * cols));
@@ -72,7 +72,7 @@ class layer_norm {
     /// Whether any parameter trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable || bias.trainable; }
     /// Sets the parameter gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         weight.zero_grad();
         bias.zero_grad();
     }

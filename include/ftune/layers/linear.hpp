@@ -82,14 +82,14 @@ class linear {
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.grad, T(1), T(1));
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1));
         if constexpr (Bias)
-            if (bias.trainable) ops::bias_backward(bias.grad, dy);
+            if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
         if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
     }
 
     /// Sets the parameter gradients to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         weight.zero_grad();
         if constexpr (Bias) bias.zero_grad();
     }

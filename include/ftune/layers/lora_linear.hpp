@@ -159,11 +159,12 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         const std::size_t N = dy.extent(0), r = rank();
         const T s = T(options_.scaling());
         if (lora_B.trainable)  // (Out, r) += s dyᵀ u
-            ops::matmul<transpose::yes, transpose::no>(dy, u_.view(), lora_B.grad, s, T(1));
+            ops::matmul<transpose::yes, transpose::no>(dy, u_.view(), lora_B.gradient(), s, T(1));
         du_.resize(shape<dynamic, dynamic>(N, r));
         ops::matmul(dy, lora_B.value, du_, s);  // du = s dy B (N, r)
         if (lora_A.trainable)                   // (r, In) += duᵀ x'
-            ops::matmul<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.grad, T(1), T(1));
+            ops::matmul<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.gradient(), T(1),
+                                                       T(1));
         if (dx.empty()) return;
         if (!drop_.active()) {
             ops::matmul(du_.view(), lora_A.value, dx, T(1), T(1));  // dx += du A
@@ -175,7 +176,7 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     }
 
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         base::zero_grad();
         lora_A.zero_grad();
         lora_B.zero_grad();

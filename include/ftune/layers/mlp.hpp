@@ -51,7 +51,7 @@ class mlp {
     /// Whether any projection trains (false: frozen).
     bool trainable() const noexcept { return c_fc.trainable() || c_proj.trainable(); }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         c_fc.zero_grad();
         c_proj.zero_grad();
     }

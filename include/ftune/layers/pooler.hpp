@@ -5,7 +5,7 @@
 #include <string_view>
 
 #include "ftune/layers/activation.hpp"
-#include "ftune/layers/linear.hpp"
+#include "ftune/layers/lora_linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace layers {
@@ -19,8 +19,8 @@ class pooler {
     using output_view = view<const T, shape<dynamic, C>, D>;          ///< pooled: (B, C)
     using d_input_view = view<T, shape<dynamic, dynamic, C>, D>;  ///< d hidden, accumulated into
 
-    linear<T, C, C, D> dense;  ///< "dense"
-    tanh<T, C, D> activation;  ///< tanh
+    lora_linear<T, C, C, D> dense;  ///< "dense" (a LoRA target, as in PEFT)
+    tanh<T, C, D> activation;       ///< tanh
 
     /// A zero-initialized pooler of width `features`.
     explicit pooler(std::size_t features = C) : dense(features, features) {}
@@ -50,11 +50,11 @@ class pooler {
         }
     }
 
-    /// Packs dense's weight for inference (linear::prepare_inference).
+    /// Packs dense's weight for inference (lora_linear::prepare_inference).
     void prepare_inference() { dense.prepare_inference(); }
 
     /// Sets the gradients to zero.
-    void zero_grad() noexcept { dense.zero_grad(); }
+    void zero_grad() { dense.zero_grad(); }
 
     /// Visits "<prefix>.dense.weight" and "<prefix>.dense.bias".
     template <class F>

@@ -42,7 +42,7 @@ class rms_norm {
     /// dweight (when trainable) and dx (unless empty) accumulate their gradients.
     void backward(context&, output_view dy, d_input_view dx) {
         const std::size_t rows = dy.extent(0), cols = dy.extent(1);
-        T* dw = weight.grad.data();
+        T* dw = weight.trainable ? weight.gradient().data() : nullptr;
         if (!weight.trainable) {  // the primitive computes both; a frozen weight's goes to scratch
             scratch_.resize(shape<dynamic>(cols));
             scratch_.fill(T(0));
@@ -62,7 +62,7 @@ class rms_norm {
     /// Whether the weight trains (false: frozen).
     bool trainable() const noexcept { return weight.trainable; }
     /// Sets the weight's gradient to zero.
-    void zero_grad() noexcept { weight.zero_grad(); }
+    void zero_grad() { weight.zero_grad(); }
 
     /// Calls f(parameter_ref<T>) for the weight ("<prefix>.weight").
     template <class F>

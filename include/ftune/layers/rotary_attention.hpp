@@ -198,7 +198,7 @@ class rotary_attention {
         return q_proj.trainable() || k_proj.trainable() || v_proj.trainable() || o_proj.trainable();
     }
     /// Sets every gradient to zero.
-    void zero_grad() noexcept {
+    void zero_grad() {
         q_proj.zero_grad();
         k_proj.zero_grad();
         v_proj.zero_grad();

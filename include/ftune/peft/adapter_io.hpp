@@ -115,10 +115,10 @@ inline lora_config read_adapter_config(const std::filesystem::path& dir) {
 /// tensor, when a tensor has no parameter or another shape, or an adapter of the model is not
 /// in the file. Returns apply_lora's summary.
 template <class Model>
-lora_summary load_adapter(Model& model, const std::filesystem::path& dir) {
+trainable_summary load_adapter(Model& model, const std::filesystem::path& dir) {
     using T = typename Model::value_type;
     const lora_config c = read_adapter_config(dir);
-    const lora_summary s = apply_lora(model, c);
+    const trainable_summary s = apply_lora(model, c);
     const io::safetensors_file file(dir / "adapter_model.safetensors");
     std::vector<parameter_ref<T>> params;
     model.visit_parameters("", [&](parameter_ref<T> p) { params.push_back(std::move(p)); });
@@ -148,10 +148,12 @@ lora_summary load_adapter(Model& model, const std::filesystem::path& dir) {
     return s;
 }
 
-/// Writes model's adapters to dir as PEFT does, atomically (io::write_directory_atomic):
-/// adapter_config.json from c and o, and adapter_model.safetensors with the tensors PEFT saves
-/// (trains_with: adapters, saved modules, trained biases). PeftModel.from_pretrained(base, dir)
-/// loads it. Throws when the model has no adapter, or an adapter is merged (its B A is in W).
+/// Writes model's adapters to dir as PEFT does: adapter_config.json from c and o, and
+/// adapter_model.safetensors with the tensors PEFT saves (trains_with: adapters, saved modules,
+/// trained biases). PeftModel.from_pretrained(base, dir) loads it. A new dir appears whole
+/// (io::write_directory_atomic); in an existing one (a training run's output, with its log),
+/// each file is replaced atomically and the other files stay. Throws when the model has no
+/// adapter, or an adapter is merged (its B A is in W).
 template <class Model>
 void save_adapter(Model& model, const lora_config& c, const std::filesystem::path& dir,
                   const adapter_file_options& o = {}) {
@@ -204,13 +206,14 @@ void save_adapter(Model& model, const lora_config& c, const std::filesystem::pat
     j["layers_pattern"] = nullptr;
     j["rank_pattern"] = nlohmann::json::object();
     j["alpha_pattern"] = nlohmann::json::object();
-    io::write_directory_atomic(dir, [&](const std::filesystem::path& tmp) {
-        std::ofstream config(tmp / "adapter_config.json");
-        config << j.dump(2) << "\n";
-        if (!config.flush())
-            throw error(errc::io, (tmp / "adapter_config.json").string(), "cannot write");
-        io::write_safetensors(tmp / "adapter_model.safetensors", tensors);
-    });
+    auto write = [&](const std::filesystem::path& to) {
+        io::write_safetensors(to / "adapter_model.safetensors", tensors);
+        io::write_text_atomic(to / "adapter_config.json", j.dump(2) + "\n");
+    };
+    if (std::filesystem::is_directory(dir))
+        write(dir);
+    else
+        io::write_directory_atomic(dir, write);
 }
 
 }  // namespace peft

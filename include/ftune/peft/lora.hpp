@@ -47,8 +47,9 @@ struct lora_config {
     layers::lora_options options() const { return {r, alpha, dropout, rslora}; }
 };
 
-/// What apply_lora did: the adapted modules and the parameter counts.
-struct lora_summary {
+/// What a parameter-efficient method left trainable: the adapted modules (LoRA) and the
+/// parameter counts.
+struct trainable_summary {
     std::vector<std::string> targets;  ///< full names of the modules that got an adapter
     std::size_t trainable = 0;         ///< parameters that train
     std::size_t total = 0;             ///< all parameters, the adapters' included
@@ -57,9 +58,12 @@ struct lora_summary {
     /// trainable%: 1.9066").
     std::string text() const {
         auto grouped = [](std::size_t n) {  // 5140 -> "5,140"
-            std::string s = std::to_string(n);
-            for (std::ptrdiff_t i = std::ptrdiff_t(s.size()) - 3; i > 0; i -= 3)
-                s.insert(std::size_t(i), ",");
+            const std::string digits = std::to_string(n);
+            std::string s;
+            for (std::size_t i = 0; i < digits.size(); ++i) {
+                if (i && (digits.size() - i) % 3 == 0) s += ',';
+                s += digits[i];
+            }
             return s;
         };
         char pct[32];
@@ -69,6 +73,18 @@ struct lora_summary {
                " || trainable%: " + pct + "\n";
     }
 };
+
+/// The parameter counts of model as its trainable flags stand (no targets).
+template <class Model>
+trainable_summary summarize(Model& model) {
+    using T = typename Model::value_type;
+    trainable_summary s;
+    model.visit_parameters("", [&](parameter_ref<T> p) {
+        s.total += p.value.size();
+        if (p.trainable) s.trainable += p.value.size();
+    });
+    return s;
+}
 
 /// Whether module `name` is `key` or ends with "." + key (PEFT's rule for target_modules and
 /// modules_to_save given as names).
@@ -134,7 +150,7 @@ lora_visitor(Fn) -> lora_visitor<Fn>;
 /// every other parameter is frozen (no weight gradient, no optimizer state). Throws, naming the
 /// model's candidate modules, when nothing matches.
 template <class Model>
-lora_summary apply_lora(Model& model, const lora_config& c) {
+trainable_summary apply_lora(Model& model, const lora_config& c) {
     using T = typename Model::value_type;
     if (c.target_modules.empty() == c.target_regex.empty())
         throw error(errc::invalid_argument, "lora_config",
@@ -154,7 +170,7 @@ lora_summary apply_lora(Model& model, const lora_config& c) {
             if (module_matches(name, k)) return true;
         return false;
     };
-    lora_summary s;
+    trainable_summary s;
     std::vector<std::string> candidates;
     model.visit_parameters("", detail::lora_visitor{[&](std::string_view name, auto& layer) {
                                candidates.emplace_back(name);

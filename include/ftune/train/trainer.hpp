@@ -397,7 +397,8 @@ class trainer {
     // Writes a checkpoint directory atomically (io::write_directory_atomic: a crash leaves the
     // previous checkpoint or this one, whole):
     // model.safetensors (every parameter), optimizer.safetensors (AdamW's moments),
-    // best.safetensors (the best weights, when kept) and trainer_state.json.
+    // best.safetensors (the best values of the parameters that train, when kept) and
+    // trainer_state.json.
     void save_checkpoint(const std::filesystem::path& dir, const nlohmann::json& state,
                          optim::any_optimizer<T>& opt, const std::vector<T>& best) {
         io::write_directory_atomic(dir, [&](const std::filesystem::path& tmp) {
@@ -460,19 +461,37 @@ class trainer {
         if (std::filesystem::exists(dir / "best.safetensors")) {
             const io::safetensors_file b(dir / "best.safetensors");
             best = b.read<T>(b.at("best"));
+            check_snapshot(best, b.path());
         }
         return st;
     }
 
+    // The values of the parameters that train, one after another (the best weights of early
+    // stopping: frozen ones cannot change, so a LoRA run keeps a copy of its adapters only).
     std::vector<T> snapshot() {
         std::vector<T> v;
-        model.visit_parameters(
-            "", [&](parameter_ref<T> p) { v.insert(v.end(), p.value.begin(), p.value.end()); });
+        model.visit_parameters("", [&](parameter_ref<T> p) {
+            if (p.trainable) v.insert(v.end(), p.value.begin(), p.value.end());
+        });
         return v;
     }
+    // Throws, naming where, unless v holds a value for each trainable one (a snapshot()).
+    void check_snapshot(const std::vector<T>& v, const std::string& where) {
+        std::size_t n = 0;
+        model.visit_parameters("",
+                               [&](parameter_ref<T> p) { n += p.trainable ? p.value.size() : 0; });
+        if (n != v.size())
+            throw error(errc::shape_mismatch, where,
+                        ftune::detail::cat(v.size(), " best values for ", n,
+                                           " trainable ones: the checkpoint was made with other "
+                                           "parameters training (freezing, LoRA)"));
+    }
+    // Puts a snapshot() back.
     void restore(const std::vector<T>& v) {
+        check_snapshot(v, "best weights");
         std::size_t at = 0;
         model.visit_parameters("", [&](parameter_ref<T> p) {
+            if (!p.trainable) return;
             std::copy_n(v.begin() + std::ptrdiff_t(at), p.value.size(), p.value.begin());
             at += p.value.size();
         });
