@@ -72,7 +72,7 @@ class mean_pooled_classification {
     }
 
     void prepare_inference() { classifier.prepare_inference(); }  ///< packs W
-    void zero_grad() { classifier.zero_grad(); }         ///< clears the gradients
+    void zero_grad() { classifier.zero_grad(); }                  ///< clears the gradients
     /// Visits "classifier.*" under prefix (nothing under the backbone's prefix).
     template <class Fn>
     void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
