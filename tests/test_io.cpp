@@ -71,6 +71,26 @@ TEST_CASE("safetensors: F32, F16, BF16 and F64 values, shapes, metadata", "[unit
     std::filesystem::remove(path);
 }
 
+TEST_CASE(
+    "safetensors: an empty tensor at a full tensor's offset is no overlap (a frozen parameter's "
+    "empty optimizer moments in a checkpoint); two full ones there are",
+    "[unit][io]") {
+    const std::vector<unsigned char> data(8, 0);
+    const auto ok = write_file("empty_at_offset.safetensors",
+                               R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                               R"("b":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})",
+                               data);
+    CHECK(open_error(ok).empty());
+    const ftune::io::safetensors_file f(ok);
+    CHECK(f.at("b").numel() == 0);
+    CHECK(f.at("a").numel() == 2);
+    const auto bad = write_file("full_at_offset.safetensors",
+                                R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                R"("b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                data);
+    CHECK_THAT(open_error(bad), Catch::Contains("overlap"));
+}
+
 TEST_CASE("safetensors: malformed files are errors naming the file and the problem", "[unit][io]") {
     const std::vector<unsigned char> four(4, 0);
     struct bad_case {

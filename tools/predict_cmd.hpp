@@ -36,11 +36,11 @@ inline std::string architecture_of(const fs::path& dir) {
 
 // Calls f(std::type_identity<Model>{}) with the task model of a model directory: the family its
 // config.json's model_type names, with the head its architecture names after the family's
-// prefix ("Bert" + "ForTokenClassification"), or the head `suffix` names when given (an
+// prefix ("Bert" + "ForTokenClassification"), or the head `head_suffix` names when given (an
 // adapter's task on a base model); the family's base model for an architecture without a head
 // ftune has (BertForPreTraining...).
 template <class F>
-decltype(auto) with_task_model(const fs::path& dir, F&& f, std::string_view suffix = {}) {
+decltype(auto) with_task_model(const fs::path& dir, F&& f, std::string_view head_suffix = {}) {
     const std::string arch = architecture_of(dir);
     return ftune::io::with_family(
         ftune::io::read_config_string(dir / "config.json", "model_type"),
@@ -49,7 +49,7 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f, std::string_view suff
             using E = typename ftune::io::hf_family<Config>::template backbone<float>;
             namespace h = ftune::heads;
             const std::string_view head =
-                !suffix.empty() ? suffix
+                !head_suffix.empty() ? head_suffix
                 : std::string_view(arch).starts_with(E::architecture_prefix)
                     ? std::string_view(arch).substr(E::architecture_prefix.size())
                     : std::string_view();
@@ -62,7 +62,8 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f, std::string_view suff
             } else if constexpr (std::is_same_v<Config, ftune::gpt2::config>) {
                 using lm = ftune::gpt2::lm_head_model<E>;
                 using seq = ftune::gpt2::sequence_classifier<E>;
-                if (suffix.empty() && arch == lm::architecture) return f(std::type_identity<lm>{});
+                if (head_suffix.empty() && arch == lm::architecture)
+                    return f(std::type_identity<lm>{});
                 if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
             } else {  // encoders
                 using seq = ftune::bert::with_head<h::sequence_classification, E>;

@@ -711,10 +711,6 @@ inline int run_eval(int argc, char** argv) {
     return eval_with<ftune::bert::sequence_classifier<E>>(a, t);
 }
 
-}  // namespace cli
-
-namespace cli {
-
 // Merges a model of type Model with the adapter (W += s B A, adapters dropped) and saves the
 // plain Hugging Face model; returns the exit status.
 template <class Model>

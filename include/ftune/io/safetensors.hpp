@@ -226,8 +226,11 @@ class safetensors_file {
             }
             tensors_.push_back(parse_entry(it.key(), *it, data_size));
         }
-        std::sort(tensors_.begin(), tensors_.end(),
-                  [](const tensor_info& a, const tensor_info& b) { return a.begin < b.begin; });
+        // by offset, an empty tensor before a tensor that starts where it lies (frozen
+        // parameters' empty optimizer moments sit between full ones)
+        std::sort(tensors_.begin(), tensors_.end(), [](const tensor_info& a, const tensor_info& b) {
+            return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+        });
         for (std::size_t i = 0; i < tensors_.size(); ++i) {
             if (i > 0 && tensors_[i].begin < tensors_[i - 1].end)
                 bad(ftune::detail::cat("tensors ", tensors_[i - 1].name, " and ", tensors_[i].name,
