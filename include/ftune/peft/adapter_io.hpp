@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -123,10 +124,12 @@ trainable_summary load_adapter(Model& model, const std::filesystem::path& dir) {
     std::vector<parameter_ref<T>> params;
     model.visit_parameters("", [&](parameter_ref<T> p) { params.push_back(std::move(p)); });
     std::vector<bool> loaded(params.size(), false);
+    std::map<std::string_view, std::size_t> index;  // parameter name -> its place in params
+    for (std::size_t i = 0; i < params.size(); ++i) index.emplace(params[i].name, i);
     for (const auto& t : file.tensors()) {
         const std::string name = parameter_name(t.name);
-        std::size_t i = 0;
-        while (i < params.size() && params[i].name != name) ++i;
+        const auto at = index.find(name);
+        const std::size_t i = at == index.end() ? params.size() : at->second;
         if (name.empty() || i == params.size())
             throw error(errc::shape_mismatch, file.path() + ": " + t.name,
                         "no parameter of the model has this name: the adapter was made for "
