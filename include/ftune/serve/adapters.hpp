@@ -6,11 +6,9 @@
 // as serve::text_classifier, each task keeps a pool of replicas that share its weights, so
 // calls run at once, on one task or on several.
 //
-//   ftune::serve::adapter_classifier<>
-//   srv(ftune::io::load_hf<ftune::bert::sequence_classifier<>>(base)); srv.add_adapter("sentiment",
-//   "sst2-lora", {"negative", "positive"}); srv.add_adapter("intent", "banking-lora");  // labels:
-//   LABEL_0... from the saved head auto p = srv.predict("sentiment", "a gripping film");  //
-//   p.name, p.probabilities srv.memory().text();  // the base once, then what each task adds
+// A base model, then one adapter per task (srv.add_adapter(name, dir, labels)), then calls
+// that name their task (srv.predict("sentiment", text)); srv.memory().text() gives the base's
+// bytes once and what each task adds. docs/usage.md shows it whole.
 #pragma once
 
 #include <algorithm>
@@ -43,7 +41,7 @@ struct adapter_memory {
         for (const auto& t : tasks) n += t.second;
         return n;
     }
-    /// "base 90.9 MB; sentiment +0.6 MB; intent +0.7 MB".
+    /// "base <MB> MB; <task> +<MB> MB; ..." (1 MB = 10^6 bytes).
     std::string text() const {
         auto mb = [](std::size_t b) {
             char s[32];
