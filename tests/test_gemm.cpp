@@ -11,6 +11,8 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "util.hpp"
 
@@ -19,9 +21,13 @@ namespace cpu = ftune::backends::cpu;
 using ftune::transpose;
 
 namespace {
+enum class kernel { ftune, eigen, thin };  // cpu::gemm, cpu::gemm_eigen, cpu::gemm_thin
+
 template <class T>
 void check_gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
-                T beta, std::size_t pad, std::uint64_t seed, bool use_eigen = false) {
+                T beta, std::size_t pad, std::uint64_t seed, bool use_eigen = false,
+                kernel which = kernel::ftune) {
+    if (use_eigen) which = kernel::eigen;
     // stored shapes: A (M,K) or (K,M); B (K,N) or (N,K); row strides are widened by `pad`
     const std::size_t a_rows = ta == transpose::no ? M : K, a_cols = ta == transpose::no ? K : M;
     const std::size_t b_rows = tb == transpose::no ? K : N, b_cols = tb == transpose::no ? N : K;
@@ -32,9 +38,11 @@ void check_gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::s
     if (beta == T(0)) std::fill(C0.begin(), C0.end(), std::numeric_limits<T>::quiet_NaN());
     auto want = C0, got = C0;
     ref::gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
-    if (use_eigen)
+    if (which == kernel::eigen)
         cpu::gemm_eigen(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(),
                         ldc);
+    else if (which == kernel::thin)
+        cpu::gemm_thin(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
     else
         cpu::gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
     // padding columns of C must be untouched
@@ -45,7 +53,9 @@ void check_gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::s
         }
     for (std::size_t i = 0; i < M; ++i)
         for (std::size_t j = N; j < ldc; ++j) got[i * ldc + j] = want[i * ldc + j] = 0;
-    INFO((use_eigen ? "eigen " : "ftune ")
+    INFO((which == kernel::eigen  ? "eigen "
+          : which == kernel::thin ? "thin "
+                                  : "ftune ")
          << "ta=" << int(ta) << " tb=" << int(tb) << " M=" << M << " N=" << N << " K=" << K
          << " alpha=" << alpha << " beta=" << beta << " pad=" << pad);
     test::require_close(got, want, test::tol<T>(16.0 * (K + 4)), "gemm");
@@ -99,6 +109,57 @@ TEMPLATE_TEST_CASE("gemm over several cache blocks in M, N and K, on 1 and 2 thr
         check_gemm<T>(transpose::yes, transpose::no, 299, 67, 530, T(-1), T(0), 0, 210 + t);
         check_gemm<T>(transpose::no, transpose::no, 70, 50, 1000, T(0.5), T(-1.5), 2, 220 + t);
     }
+    ftune::set_num_threads(threads);
+}
+
+TEMPLATE_TEST_CASE(
+    "gemm_thin (a LoRA adapter's products) matches the reference, on 1 and 2 threads",
+    "[primitives][gemm]", float, double) {
+    using T = TestType;
+    const transpose ts[] = {transpose::no, transpose::yes};
+    const int threads = ftune::num_threads();
+    std::uint64_t seed = 300;
+    for (int t : {1, 2}) {
+        ftune::set_num_threads(t);
+        for (auto ta : ts)
+            for (auto tb : ts)
+                // the small side 1..17 (one past thin_max runs as gemm) against a large side cut
+                // off the vector width, K below, at and off it
+                for (std::size_t small : {1, 2, 7, 8, 9, 16, 17})
+                    for (std::size_t large : {small, std::size_t(40), std::size_t(301)})
+                        for (std::size_t K : {3, 16, 37, 530}) {
+                            const T alpha = K % 2 ? T(-0.75) : T(1);
+                            const T beta = small % 2 ? T(0) : T(0.5);
+                            const std::size_t pad = seed % 3;
+                            check_gemm<T>(ta, tb, large, small, K, alpha, beta, pad, seed++, false,
+                                          kernel::thin);
+                            check_gemm<T>(ta, tb, small, large, K, alpha, beta, pad, seed++, false,
+                                          kernel::thin);
+                        }
+    }
+    ftune::set_num_threads(threads);
+}
+
+TEMPLATE_TEST_CASE("gemm_thin's result does not depend on the number of threads",
+                   "[primitives][gemm]", float) {
+    using T = TestType;
+    const int threads = ftune::num_threads();
+    const transpose ts[] = {transpose::no, transpose::yes};
+    std::uint64_t seed = 900;
+    for (auto ta : ts)
+        for (auto tb : ts)
+            for (auto [M, N] : {std::pair<std::size_t, std::size_t>{2053, 8}, {8, 2053}}) {
+                const std::size_t K = 389;  // 2 M N K over gemm's threshold for threads
+                const auto A = test::randn<T>(M * K, seed++), B = test::randn<T>(K * N, seed++);
+                std::vector<T> C[2];
+                for (int t : {1, 2}) {
+                    ftune::set_num_threads(t);
+                    C[t - 1].assign(M * N, T(0));
+                    cpu::gemm_thin(ta, tb, M, N, K, T(1), A.data(), ta == transpose::no ? K : M,
+                                   B.data(), tb == transpose::no ? N : K, T(0), C[t - 1].data(), N);
+                }
+                REQUIRE(C[0] == C[1]);
+            }
     ftune::set_num_threads(threads);
 }
 

@@ -136,6 +136,48 @@ TEST_CASE("lora_linear: merged and unmerged forwards agree, plain and prepared; 
                       Catch::Contains("give r > 0"));
 }
 
+TEST_CASE(
+    "a frozen weight packed once in training gives per-call packing's values, and sees W "
+    "change through a visit, a merge and a spell of training",
+    "[lora]") {
+    const std::size_t N = 37, In = 40, Out = 56;  // off the register tile in every direction
+    layers::lora_linear<float> l(In, Out);
+    test::randomize(l, 21);
+    l.add_adapter({.r = 4, .alpha = 8}, ftune::random_stream(3, 0));
+    randomize_b(l, 22);
+    auto xs = test::randn<float>(N * In, 23), dys = test::randn<float>(N * Out, 24);
+    const ftune::view<const float, shape<dynamic, dynamic>> x(xs.data(), N, In),
+        dy(dys.data(), N, Out);
+    // y, dx, dA and dB of one training step on ctx
+    auto step = [&](bool packed) {
+        ftune::context ctx{.mode = ftune::mode::train, .pack_frozen_weights = packed};
+        l.zero_grad();
+        auto out = copy_of(l.forward(ctx, x));
+        std::vector<float> dx(N * In, 0.0f);
+        l.backward(ctx, dy, {dx.data(), N, In});
+        out.insert(out.end(), dx.begin(), dx.end());
+        for (const auto* p : {&l.lora_A, &l.lora_B})
+            out.insert(out.end(), p->grad.data(), p->grad.data() + p->grad.size());
+        return out;
+    };
+    CHECK(step(true) == step(false));  // bit for bit
+    // a visit that may change W: the packed copies follow
+    l.visit_parameters("q", [](ftune::parameter_ref<float> p) {
+        if (p.name == "q.weight") p.value[3] += 0.5f;
+    });
+    CHECK(step(true) == step(false));
+    l.merge();  // W += s B A
+    CHECK(step(true) == step(false));
+    l.unmerge();
+    l.weight.trainable = true;  // trains a while: each forward marks the packed copies stale
+    const auto trained = step(true);
+    l.weight.value.data()[5] -= 0.25f;  // an optimizer's write, no visit
+    l.weight.trainable = false;
+    const auto refrozen = step(true);
+    CHECK(refrozen == step(false));
+    CHECK(refrozen != trained);
+}
+
 namespace {
 namespace fs = std::filesystem;
 const fs::path fixtures(FTUNE_REFERENCE_DIR);

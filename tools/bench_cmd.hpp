@@ -78,52 +78,50 @@ double median_ms(Step&& step, int steps, int warmup = 2) {
     return ms[ms.size() / 2];
 }
 
-// Runs `ftune bench` with its parsed options; returns the exit status.
-inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_t F, std::size_t V,
-                     std::size_t B, std::size_t T, bool backward, int steps, int threads,
-                     bool prepack = true, bool train = false, std::size_t lora_r = 0) {
-    backward = backward || train;
-    if (threads > 0) ftune::set_num_threads(threads);
-    const int nt = ftune::num_threads();
-    ftune::bert::config cfg{.vocab_size = V,
-                            .hidden_size = H,
-                            .num_hidden_layers = L,
-                            .num_attention_heads = heads,
-                            .intermediate_size = F,
-                            .max_position_embeddings = std::max<std::size_t>(512, T)};
-    cfg.num_labels = 2;
-    // the model `ftune predict` and serve::text_classifier run: BertForSequenceClassification
-    ftune::bert::sequence_classifier<> model(cfg);
-    init_parameters(model, "", 1);
-    // --lora-r: PEFT's SST-2 recipe, adapters on query and value, the classifier in full, the
-    // rest frozen (no weight gradients, no optimizer state)
-    std::size_t trainable = 0, total = 0;
-    if (lora_r) {
-        const auto s = ftune::peft::apply_lora(model, {.r = lora_r,
-                                                       .alpha = 2.0 * double(lora_r),
-                                                       .target_modules = {"query", "value"},
-                                                       .modules_to_save = {"classifier"},
-                                                       .seed = 1});
-        trainable = s.trainable, total = s.total;
+// One BertForSequenceClassification of `ftune bench` (random weights, LoRA adapters when r > 0)
+// with its context, optimizer and buffers; step() runs the timed step of the mode.
+struct bench_model {
+    ftune::bert::sequence_classifier<> model;         // encoder, pooler, 2 labels
+    ftune::context ctx;                               // train or eval mode
+    std::vector<ftune::parameter_ref<float>> params;  // trained (train mode only)
+    ftune::optim::adamw<float> adamw{{.lr = 1e-5, .weight_decay = 0.01}};  // the update
+    std::vector<float> losses, dlosses, dlogits;                           // (B), (B), (B, 2)
+    std::size_t trainable = 0, total = 0;  // parameter counts (LoRA)
+
+    // Builds the model of cfg with seed 1's weights; rank r > 0 adds PEFT's SST-2 recipe.
+    bench_model(const ftune::bert::config& cfg, std::size_t B, bool backward, bool train,
+                bool prepack, std::size_t r, bool pack_frozen = true)
+        : model(cfg),
+          ctx{.mode = backward ? ftune::mode::train : ftune::mode::eval,
+              .rng = ftune::generator(1),
+              .pack_frozen_weights = pack_frozen},
+          losses(B),
+          dlosses(B, 1.0f / float(B)),
+          dlogits(B * 2) {
+        init_parameters(model, "", 1);
+        // LoRA: adapters on query and value, the classifier in full, the rest frozen (no weight
+        // gradients, no optimizer state)
+        if (r) {
+            const auto s = ftune::peft::apply_lora(model, {.r = r,
+                                                           .alpha = 2.0 * double(r),
+                                                           .target_modules = {"query", "value"},
+                                                           .modules_to_save = {"classifier"},
+                                                           .seed = 1});
+            trainable = s.trainable, total = s.total;
+        }
+        if (!backward && prepack) model.prepare_inference();  // packed once, as a deployed model
+        // train: every parameter, clipped to norm 1 and updated by AdamW (weight decay 0.01);
+        // only training collects parameters (inference times exactly the served path)
+        if (train) params = ftune::optim::parameters_of(model);
     }
-    // inputs: random ids, every token real, random labels
-    std::vector<ftune::token_id> ids(B * T), mask(B * T, 1), labels(B);
-    const ftune::random_stream s(7, 7);
-    for (std::size_t i = 0; i < B * T; ++i) ids[i] = ftune::token_id(s.below(i, std::uint32_t(V)));
-    for (std::size_t b = 0; b < B; ++b) labels[b] = ftune::token_id(s.below(B * T + b, 2));
-    const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>> idv(ids.data(), B, T),
-        maskv(mask.data(), B, T);
-    std::vector<float> losses(B), dlosses(B, 1.0f / float(B)), dlogits(B * 2);
-    if (!backward && prepack) model.prepare_inference();  // packed once, as a deployed model
-    ftune::context ctx{.mode = backward ? ftune::mode::train : ftune::mode::eval,
-                       .rng = ftune::generator(1)};
-    // train: every parameter, clipped to norm 1 and updated by AdamW (weight decay 0.01); only
-    // training collects parameters (inference times exactly the served path)
-    std::vector<ftune::parameter_ref<float>> params;
-    if (train) params = ftune::optim::parameters_of(model);
-    ftune::optim::adamw<float> adamw({.lr = 1e-5, .weight_decay = 0.01});
-    auto step = [&] {
-        const auto logits = model.forward(ctx, idv, maskv);
+
+    // Forward; with backward the cross-entropy's gradient through the model; with train the
+    // clipping and the AdamW update too.
+    void step(const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>>& ids,
+              const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>>& mask,
+              const std::vector<ftune::token_id>& labels, bool backward, bool train) {
+        const std::size_t B = labels.size();
+        const auto logits = model.forward(ctx, ids, mask);
         if (!backward) return;
         ftune::backends::cpu::cross_entropy_forward(losses.data(), logits.data(), labels.data(), B,
                                                     2);
@@ -135,7 +133,72 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         if (!train) return;
         ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
         adamw.step(std::span<const ftune::parameter_ref<float>>(params));
-    };
+    }
+};
+
+// Runs `ftune bench` with its parsed options; returns the exit status. versus_full (with
+// lora_r): the full step and the LoRA step alternate in this one process, and the JSON adds the
+// full step's median and the median of the paired ratios.
+inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_t F, std::size_t V,
+                     std::size_t B, std::size_t T, bool backward, int steps, int threads,
+                     bool prepack = true, bool train = false, std::size_t lora_r = 0,
+                     bool versus_full = false, bool pack_frozen = true) {
+    backward = backward || train;
+    if (threads > 0) ftune::set_num_threads(threads);
+    const int nt = ftune::num_threads();
+    ftune::bert::config cfg{.vocab_size = V,
+                            .hidden_size = H,
+                            .num_hidden_layers = L,
+                            .num_attention_heads = heads,
+                            .intermediate_size = F,
+                            .max_position_embeddings = std::max<std::size_t>(512, T)};
+    cfg.num_labels = 2;
+    // the model `ftune predict` and serve::text_classifier run: BertForSequenceClassification
+    bench_model bm(cfg, B, backward, train, prepack, lora_r, pack_frozen);
+    auto& model = bm.model;
+    const std::size_t trainable = bm.trainable, total = bm.total;
+    // inputs: random ids, every token real, random labels
+    std::vector<ftune::token_id> ids(B * T), mask(B * T, 1), labels(B);
+    const ftune::random_stream s(7, 7);
+    for (std::size_t i = 0; i < B * T; ++i) ids[i] = ftune::token_id(s.below(i, std::uint32_t(V)));
+    for (std::size_t b = 0; b < B; ++b) labels[b] = ftune::token_id(s.below(B * T + b, 2));
+    const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>> idv(ids.data(), B, T),
+        maskv(mask.data(), B, T);
+    auto step = [&] { bm.step(idv, maskv, labels, backward, train); };
+    if (versus_full) {  // the full model's step, then the LoRA model's, `steps` times
+        bench_model full(cfg, B, backward, train, prepack, 0);
+        auto full_step = [&] { full.step(idv, maskv, labels, backward, train); };
+        for (int i = 0; i < 2; ++i) full_step(), step();  // warm-up
+        std::vector<double> f, l, ratio;
+        auto ms = [](auto&& run) {
+            const auto t0 = std::chrono::steady_clock::now();
+            run();
+            return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count();
+        };
+        for (int i = 0; i < steps; ++i) {
+            f.push_back(ms(full_step)), l.push_back(ms(step));
+            ratio.push_back(l.back() / f.back());
+        }
+        auto median = [](std::vector<double> v) {
+            std::sort(v.begin(), v.end());
+            return v[v.size() / 2];
+        };
+        rusage ru{};
+        getrusage(RUSAGE_SELF, &ru);
+        std::printf(
+            "{\"mode\": \"train\", \"dims\": [%zu, %zu, %zu, %zu], \"vocab\": %zu, "
+            "\"batch\": %zu, \"seq\": %zu, \"threads\": %d, \"steps\": %d, "
+            "\"full_ms_per_step\": %.3f, \"lora_ms_per_step\": %.3f, \"lora_r\": %zu, "
+            "\"ratio\": %.3f, \"ratio_min\": %.3f, \"ratio_max\": %.3f, "
+            "\"trainable_params\": %zu, \"all_params\": %zu, \"peak_rss_mb_both\": %.1f, "
+            "\"cpu\": \"%s\"}\n",
+            H, L, heads, F, V, B, T, nt, steps, median(f), median(l), lora_r, median(ratio),
+            *std::min_element(ratio.begin(), ratio.end()),
+            *std::max_element(ratio.begin(), ratio.end()), trainable, total,
+            double(ru.ru_maxrss) / 1024.0, ftune::backends::cpu::this_cpu().summary().c_str());
+        return 0;
+    }
     step(), step();  // warm-up: workspaces reach their size before packing is counted
     auto& packs = ftune::backends::cpu::packing_stats();
     const std::uint64_t per_call0 = packs.per_call.load(), prepacked0 = packs.prepacked.load();
@@ -171,14 +234,15 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         "\"gflops\": %.1f, "
         "\"peak_gflops\": %.1f, \"percent_of_peak\": %.1f, \"peak_rss_mb\": %.1f, "
         "\"prepacked\": %s, \"gemm_packs_per_step\": %.1f, \"weight_repacks\": %llu, "
-        "\"lora_r\": %zu, \"trainable_params\": %zu, \"all_params\": %zu, \"cpu\": \"%s\"}\n",
+        "\"lora_r\": %zu, \"trainable_params\": %zu, \"all_params\": %zu, \"pack_frozen\": %s, "
+        "\"cpu\": \"%s\"}\n",
         train      ? "train"
         : backward ? "backward"
                    : "forward",
         H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
         100 * gflops / peak, double(ru.ru_maxrss) / 1024.0, !backward && prepack ? "true" : "false",
         double(per_call) / steps, static_cast<unsigned long long>(prepacked), lora_r, trainable,
-        total, ftune::backends::cpu::this_cpu().summary().c_str());
+        total, pack_frozen ? "true" : "false", ftune::backends::cpu::this_cpu().summary().c_str());
     return 0;
 }
 

@@ -27,6 +27,8 @@ void usage(std::ostream& os) {
           "              --dims H,L,HEADS,FFN [--vocab V] [--batch B] [--seq T]\n"
           "              [--mode forward|backward|train] [--steps N] [--threads N]\n"
           "              [--prepack on|off]  (forward: weights packed once; default on)\n"
+          "              [--lora-r R [--versus full] [--pack-frozen on|off]]  (train: a LoRA\n"
+          "              step; beside the full step; frozen weights packed once, default on)\n"
           "              or a causal LM of a Llama GGUF file's shapes (random weights):\n"
           "              --gguf FILE [--batch B] [--seq T] [--mode train|forward]\n"
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
@@ -61,6 +63,7 @@ void usage(std::ostream& os) {
           "              lora: [--lora-r N] [--lora-alpha F] [--lora-dropout F]\n"
           "              [--lora-targets query,value] [--lora-modules-to-save M,..|none]\n"
           "              [--lora-bias none|all|lora_only]\n"
+          "              [--pack-frozen on|off]  (frozen weights packed once; default on)\n"
           "              chat: [--eval-generate N (replies scored, default 100)]\n"
           "              [--max-new-tokens N]\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
@@ -93,9 +96,11 @@ int cmd_bench(int argc, char** argv) {
     bool backward = true, train = false;
     int steps = 10, threads = 0;
     bool have_dims = false, prepack = true;
-    std::string gguf;        // --gguf: a decoder's shapes instead of --dims
-    bool mode_set = false;   // --mode given (a decoder's default is train)
-    std::size_t lora_r = 0;  // --lora-r: a LoRA training step (adapters on query and value)
+    std::string gguf;          // --gguf: a decoder's shapes instead of --dims
+    bool mode_set = false;     // --mode given (a decoder's default is train)
+    std::size_t lora_r = 0;    // --lora-r: a LoRA training step (adapters on query and value)
+    bool versus_full = false;  // --versus full: the full step and the LoRA step alternately
+    bool pack_frozen = true;   // --pack-frozen off: frozen weights packed per call
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
         if (i + 1 >= argc)
@@ -141,6 +146,16 @@ int cmd_bench(int argc, char** argv) {
             gguf = v;
         } else if (a == "--lora-r") {
             lora_r = number(1);
+        } else if (a == "--pack-frozen") {
+            if (v != "on" && v != "off")
+                throw ftune::error(ftune::errc::invalid_argument, "--pack-frozen " + v,
+                                   "expected on or off");
+            pack_frozen = v == "on";
+        } else if (a == "--versus") {
+            if (v != "full")
+                throw ftune::error(ftune::errc::invalid_argument, "--versus " + v,
+                                   "expected full (the full step beside the LoRA step)");
+            versus_full = true;
         } else if (a == "--mode") {
             if (v != "forward" && v != "backward" && v != "train")
                 throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
@@ -166,8 +181,11 @@ int cmd_bench(int argc, char** argv) {
     if (lora_r && !train)
         throw ftune::error(ftune::errc::invalid_argument, "--lora-r",
                            "times a LoRA training step: give --mode train");
+    if (versus_full && !lora_r)
+        throw ftune::error(ftune::errc::invalid_argument, "--versus full",
+                           "compares the LoRA step with the full one: give --lora-r R");
     return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
-                          threads, prepack, train, lora_r);
+                          threads, prepack, train, lora_r, versus_full, pack_frozen);
 }
 
 }  // namespace

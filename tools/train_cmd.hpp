@@ -166,7 +166,12 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.lr = number();
         else if (!eval && k == "--seed")
             a.opt.seed = std::uint64_t(number());
-        else if (!eval && k == "--warmup-ratio")
+        else if (!eval && k == "--pack-frozen") {
+            if (v != "on" && v != "off")
+                throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
+                                   "expected on or off");
+            a.opt.pack_frozen_weights = v == "on";
+        } else if (!eval && k == "--warmup-ratio")
             a.opt.warmup_ratio = number();
         else if (!eval && k == "--weight-decay")
             a.opt.weight_decay = number();

@@ -7,6 +7,7 @@
 //   ftune::ops::activate(ftune::ops::activation::gelu, y, y);
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -168,6 +169,7 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
     FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
@@ -193,14 +195,10 @@ constexpr void same_device() {
                   "ftune: tensors on different devices passed to one primitive; copy them to the "
                   "same device first.");
 }
-}  // namespace detail
 
-/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so.
-/// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
-template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
-          tensor_like C>
-void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
-            detail::scalar_of<C> beta = 0) {
+/// matmul's checks of devices, ranks and extents; returns {M, N, K}.
+template <transpose TA, transpose TB, class A, class B, class C>
+std::array<std::size_t, 3> matmul_extents(const A& a, const B& b, const C& c) {
     using SA = detail::shape_of<A>;
     using SB = detail::shape_of<B>;
     using SC = detail::shape_of<C>;
@@ -216,9 +214,38 @@ void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
     detail::check_axis("matmul (inner dimension K)", "A", a, ak, "B", b, bk);
     detail::check_axis("matmul (rows M)", "A", a, am, "C", c, 0);
     detail::check_axis("matmul (columns N)", "B", b, bn, "C", c, 1);
-    const std::size_t M = c.shape().extent(0), N = c.shape().extent(1), K = a.shape().extent(ak);
+    return {c.shape().extent(0), c.shape().extent(1), a.shape().extent(ak)};
+}
+}  // namespace detail
+
+/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so.
+/// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
+template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
+          tensor_like C>
+void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
+            detail::scalar_of<C> beta = 0) {
+    const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
     detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
                                  b.shape().extent(1), beta, c.data(), N);
+}
+
+/// matmul for a thin product, where M or N is small (a low-rank adapter's rank): backends with a
+/// kernel for such shapes run it (the CPU's gemm_thin reads the large operand once, in place);
+/// the others run gemm. Sums may be in another order than matmul's.
+template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
+          tensor_like C>
+void matmul_thin(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
+                 detail::scalar_of<C> beta = 0) {
+    const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
+    using backend = detail::backend_for<A>;
+    const std::size_t lda = a.shape().extent(1), ldb = b.shape().extent(1);
+    if constexpr (requires {
+                      backend::gemm_thin(TA, TB, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta,
+                                         c.data(), N);
+                  })
+        backend::gemm_thin(TA, TB, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), N);
+    else
+        backend::gemm(TA, TB, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), N);
 }
 
 /// y(rows, C) += bias(C).
@@ -889,6 +916,38 @@ void prepare_weight(prepared_weight<detail::scalar_of<W>, detail::device_of<W>>&
     static_assert(detail::shape_of<W>::rank == 2, "ftune::ops::prepare_weight: w is (N, K)");
     const std::size_t N = w.shape().extent(0), K = w.shape().extent(1);
     prepared.pack(w.data(), K, transpose::yes, K, N);
+}
+
+/// Prepares w (K, N), stored as a linear layer stores its weight (out, in), for y += x w (the
+/// layer's d input: matmul_prepared_add); grows the prepared storage only.
+template <tensor_like W>
+void prepare_weight_for_input_gradient(
+    prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared, const W& w) {
+    detail::same_device<W>();
+    static_assert(detail::shape_of<W>::rank == 2,
+                  "ftune::ops::prepare_weight_for_input_gradient: w is (K, N)");
+    const std::size_t K = w.shape().extent(0), N = w.shape().extent(1);
+    prepared.pack(w.data(), N, transpose::no, K, N);
+}
+
+/// y (M, N) += x (M, K) w with w (K, N) prepared by prepare_weight_for_input_gradient: the same
+/// values as matmul(x, w, y, 1, 1), bit for bit.
+template <tensor_like X, class P, tensor_like Y>
+void matmul_prepared_add(const X& x, const P& w, Y&& y) {
+    detail::same_device<X, Y>();
+    static_assert(std::is_same_v<P, prepared_weight<detail::scalar_of<Y>, detail::device_of<Y>>>,
+                  "ftune::ops::matmul_prepared_add: w is the prepared_weight of y's type and "
+                  "device");
+    static_assert(detail::shape_of<X>::rank == 2 && detail::shape_of<Y>::rank == 2,
+                  "ftune::ops::matmul_prepared_add: x (M, K), y (M, N)");
+    const std::size_t M = x.shape().extent(0), K = x.shape().extent(1), N = w.cols();
+    if (w.rows() != K)
+        throw error(
+            errc::shape_mismatch, "matmul_prepared_add",
+            ftune::detail::cat("x has ", K, " columns but the weight was prepared for ", w.rows()));
+    detail::check_size("matmul_prepared_add", "y", y, M * N, "(M, N) of x's rows and w's columns");
+    detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(),
+                                        K, w, detail::scalar_of<Y>(1), y.data(), N);
 }
 
 /// Element-wise work fused into matmul_prepared: none.

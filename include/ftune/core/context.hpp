@@ -58,6 +58,10 @@ struct context {
     ftune::mode mode = ftune::mode::eval;  ///< train or eval
     generator rng{0};                      ///< source of dropout streams, seeded by the user
     ftune::workspace workspace{};          ///< scratch of backward passes (layers' get<S>())
+    /// Training packs each frozen projection weight once, in the two layouts its products read
+    /// (forward and d input), instead of at every call: a LoRA step about 8% faster, for twice
+    /// the frozen weights' bytes. False: per-call packing, no extra memory (the same values).
+    bool pack_frozen_weights = true;
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };

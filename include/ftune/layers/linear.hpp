@@ -38,11 +38,16 @@ class linear {
     std::size_t out_features() const noexcept { return weight.value.extent(0); }
 
     /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
+    /// In training, a frozen W (weight.trainable false) is packed once and its packed copies
+    /// serve every step's forward and d input (context::pack_frozen_weights; same values, bit
+    /// for bit).
     output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) {                        // inference with W packed once (prepare_inference)
+        frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
+        if (ctx.training() && weight.trainable) weight_changed();  // the optimizer will change W
+        if (prepared_ || frozen_packed_) {  // W packed once (prepare_inference, or frozen)
             packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
@@ -74,18 +79,26 @@ class linear {
     /// writing weight.value directly, or through parameter references kept from an earlier visit
     /// once an eval-mode forward has run since, call prepare_inference() again.
     void prepare_inference() {
-        packed_current_ = false;  // until the packing below has succeeded
+        weight_changed();  // W may have been written directly: pack again (the d input copy too)
         ops::prepare_weight(packed_, weight.value);
         prepared_ = packed_current_ = true;
     }
 
-    /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty.
+    /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
+    /// (with W's packed copy when the forward found it frozen).
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
             ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1));
         if constexpr (Bias)
             if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
-        if (!dx.empty()) ops::matmul(dy, weight.value, dx, T(1), T(1));
+        if (dx.empty()) return;
+        if (!frozen_packed_ || weight.trainable)
+            return ops::matmul(dy, weight.value, dx, T(1), T(1));
+        if (!packed_d_current_) {  // W (Out, In) as the B of dx = dy W, packed once
+            ops::prepare_weight_for_input_gradient(packed_d_, weight.value);
+            packed_d_current_ = true;
+        }
+        ops::matmul_prepared_add(dy, packed_d_, dx);
     }
 
     /// Sets the parameter gradients to zero.
@@ -110,12 +123,15 @@ class linear {
     /// Calls f(parameter_ref<T>) for weight then bias, named "<prefix>.weight", "<prefix>.bias".
     template <class F>
     void visit_parameters(std::string_view prefix, F&& f) {
-        if constexpr (!keeps_values_v<F>) packed_current_ = false;  // f may change the weights
+        if constexpr (!keeps_values_v<F>) weight_changed();  // f may change the weights
         f(weight.ref(prefix));
         if constexpr (Bias) f(bias.ref(prefix));
     }
 
   protected:
+    // Marks the packed copies of W stale: the next use packs W again.
+    void weight_changed() noexcept { packed_current_ = packed_d_current_ = false; }
+
     // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
     template <class Epilogue>
     void packed_product(input_view x, Epilogue epilogue) {
@@ -123,7 +139,11 @@ class linear {
             throw error(errc::shape_mismatch, "linear",
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
-        if (!packed_current_) prepare_inference();
+        if (!packed_current_) {
+            packed_current_ = false;  // until the packing below has succeeded
+            ops::prepare_weight(packed_, weight.value);
+            packed_current_ = true;
+        }
         if constexpr (Bias)
             ops::matmul_prepared(x, packed_, y_, bias.value, epilogue);
         else
@@ -131,8 +151,11 @@ class linear {
     }
 
     ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
+    ops::prepared_weight<T, D> packed_d_;  // W prepared for dx += dy W (frozen, in training)
     bool prepared_ = false;                // eval-mode forwards use packed_ (prepare_inference)
     bool packed_current_ = false;          // packed_ holds the current W (no visit since)
+    bool packed_d_current_ = false;        // packed_d_ holds the current W
+    bool frozen_packed_ = false;           // the last forward: training with W frozen and packed
     input_view x_;                         // the last forward's input
     buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
 };

@@ -107,14 +107,14 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         if (!has_adapter() || merged_) return;
         ops::matmul(lora_B.value, lora_A.value, this->weight.value, T(options_.scaling()), T(1));
         merged_ = true;
-        this->packed_current_ = false;  // W changed: pack it again before a prepared forward
+        this->weight_changed();  // W changed: pack it again before its next packed use
     }
     /// W −= s B A: back to the frozen base weight (up to rounding) and the separate adapter.
     void unmerge() {
         if (!merged_) return;
         ops::matmul(lora_B.value, lora_A.value, this->weight.value, T(-options_.scaling()), T(1));
         merged_ = false;
-        this->packed_current_ = false;
+        this->weight_changed();
     }
 
     /// y = x Wᵀ + b + s dropout(x) Aᵀ Bᵀ (the adapter's term unless none or merged). Keeps views
@@ -159,12 +159,13 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         const std::size_t N = dy.extent(0), r = rank();
         const T s = T(options_.scaling());
         if (lora_B.trainable)  // (Out, r) += s dyᵀ u
-            ops::matmul<transpose::yes, transpose::no>(dy, u_.view(), lora_B.gradient(), s, T(1));
+            ops::matmul_thin<transpose::yes, transpose::no>(dy, u_.view(), lora_B.gradient(), s,
+                                                            T(1));
         du_.resize(shape<dynamic, dynamic>(N, r));
-        ops::matmul(dy, lora_B.value, du_, s);  // du = s dy B (N, r)
-        if (lora_A.trainable)                   // (r, In) += duᵀ x'
-            ops::matmul<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.gradient(), T(1),
-                                                       T(1));
+        ops::matmul_thin(dy, lora_B.value, du_, s);  // du = s dy B (N, r)
+        if (lora_A.trainable)                        // (r, In) += duᵀ x'
+            ops::matmul_thin<transpose::yes, transpose::no>(du_.view(), xa_, lora_A.gradient(),
+                                                            T(1), T(1));
         if (dx.empty()) return;
         if (!drop_.active()) {
             ops::matmul(du_.view(), lora_A.value, dx, T(1), T(1));  // dx += du A
@@ -206,7 +207,7 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     void adapter_product(context& ctx, input_view x) {
         xa_ = drop_.forward(ctx, x);  // (N, In): x itself unless dropping
         u_.resize(shape<dynamic, dynamic>(x.extent(0), rank()));
-        ops::matmul<transpose::no, transpose::yes>(xa_, lora_A.value, u_);
+        ops::matmul_thin<transpose::no, transpose::yes>(xa_, lora_A.value, u_);
     }
     // y_ += s (x' Aᵀ) Bᵀ
     void add_adapter_term(context& ctx, input_view x) {

@@ -94,17 +94,18 @@ struct options {
     double lr = 5e-5;             ///< peak learning rate
     double weight_decay = 0.0;    ///< AdamW decoupled decay (not biases/LayerNorm)
     double warmup_ratio = 0.0;    ///< fraction of the steps spent warming up
-    std::string schedule = "linear";         ///< linear, cosine, constant or polynomial
-    double max_grad_norm = 1.0;              ///< global-norm clipping (0: off)
-    double label_smoothing = 0.0;            ///< classify / ner: cross-entropy label smoothing
-    std::vector<double> class_weights{};     ///< classify / ner: weight per label (empty: all 1)
-    std::size_t grad_accum = 1;              ///< batches per optimizer step
-    std::uint64_t seed = 42;                 ///< shuffling, dropout, new heads
-    std::size_t eval_every = 0;              ///< evaluate every N optimizer steps (0: each epoch)
-    std::size_t patience = 0;                ///< early stopping: evaluations without improvement
-    double min_delta = 0.0;                  ///< early stopping: the smallest improvement
-    bool bucket_by_length = true;            ///< length-bucketed batches (less padding)
-    std::size_t log_every = 50;              ///< progress records every N steps (0: last only)
+    std::string schedule = "linear";      ///< linear, cosine, constant or polynomial
+    double max_grad_norm = 1.0;           ///< global-norm clipping (0: off)
+    double label_smoothing = 0.0;         ///< classify / ner: cross-entropy label smoothing
+    std::vector<double> class_weights{};  ///< classify / ner: weight per label (empty: all 1)
+    std::size_t grad_accum = 1;           ///< batches per optimizer step
+    std::uint64_t seed = 42;              ///< shuffling, dropout, new heads
+    std::size_t eval_every = 0;           ///< evaluate every N optimizer steps (0: each epoch)
+    std::size_t patience = 0;             ///< early stopping: evaluations without improvement
+    double min_delta = 0.0;               ///< early stopping: the smallest improvement
+    bool bucket_by_length = true;         ///< length-bucketed batches (less padding)
+    bool pack_frozen_weights = true;  ///< frozen weights packed once (faster, more memory; context)
+    std::size_t log_every = 50;       ///< progress records every N steps (0: last only)
     std::ostream* progress = &std::cerr;     ///< where progress goes (nullptr: nowhere)
     std::filesystem::path log_path{};        ///< JSON-lines log ("": none)
     std::filesystem::path checkpoint_dir{};  ///< where checkpoints go ("": none)
@@ -203,7 +204,9 @@ class trainer {
                                  s.total_steps);
         auto cbs = built_in_callbacks();
         for (auto& c : callbacks) cbs.push_back(c.get());
-        context ctx{.mode = mode::train, .rng = generator(options.seed)};
+        context ctx{.mode = mode::train,
+                    .rng = generator(options.seed),
+                    .pack_frozen_weights = options.pack_frozen_weights};
         std::vector<T> best_values;
         std::size_t batch_in_step = 0, since = 0, first_epoch = 0, first_batch = 0;
         double loss_sum = 0;

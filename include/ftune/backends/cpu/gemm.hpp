@@ -416,7 +416,21 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
                 const auto [b0, b1] = share(ic_blocks);
                 for (std::size_t bi = b0; bi < b1; ++bi) {
                     const std::size_t ic = bi * mc, mcur = std::min(mc, M - ic);
-                    T* apack = gemm_detail::scratch<T, 1>(mc * kc_max);
+                    if (ta == transpose::no) {  // rows of A read in place, as gemm_packed does
+                        for (std::size_t jr = 0; jr < nc; jr += NR)
+                            for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                                const std::size_t mr = std::min(MR, mcur - ir);
+                                gemm_detail::strided_rows<T> a;
+                                for (std::size_t i = 0; i < MR; ++i)
+                                    a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
+                                gemm_detail::micro_kernel_rows(
+                                    kc, a, bpack + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr,
+                                    std::min(NR, nc - jr), alpha, beta, first,
+                                    static_cast<const T*>(nullptr), 0);
+                            }
+                        continue;
+                    }
+                    T* apack = gemm_detail::scratch<T, 1>(mc * kc_max);  // Aᵀ packed in MR rows
                     gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
                     for (std::size_t jr = 0; jr < nc; jr += NR)
                         for (std::size_t ir = 0; ir < mcur; ir += MR)
@@ -644,6 +658,189 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
             gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
                  C + b * stride_c, ldc);
     });
+}
+
+namespace gemm_detail {
+
+/// The widest small dimension gemm_thin handles itself (wider products go to gemm).
+inline constexpr std::size_t thin_max = 16;
+
+/// Rows I (large dimension) and columns J (small dimension, J <= 8) of a thin product in dot
+/// form: C(i, j) = alpha Σ_k P(i, k) Q(j, k) + beta C(i, j) for i in [i, i + I), with P and Q
+/// contiguous along k (row strides ldp, ldq) and C(i, j) at C[i * sci + j * scj]. Each element is
+/// one vector sum along k, reduced, plus the scalar tail: the same arithmetic whatever I is.
+template <std::size_t I, std::size_t J, class T>
+void thin_dot_tile(std::size_t i, std::size_t K, T alpha, const T* P, std::size_t ldp, const T* Q,
+                   std::size_t ldq, T beta, T* C, std::size_t sci, std::size_t scj) {
+    using V = detail::batch<T>;
+    constexpr std::size_t W = blocking<T>::W;
+    const std::size_t kv = K / W * W;
+    V acc[I][J];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < I; ++r)
+        for (std::size_t j = 0; j < J; ++j) acc[r][j] = V(T(0));
+    for (std::size_t k = 0; k < kv; k += W) {
+        V p[I];
+#pragma GCC unroll 4
+        for (std::size_t r = 0; r < I; ++r) p[r] = V::load_unaligned(P + (i + r) * ldp + k);
+#pragma GCC unroll 8
+        for (std::size_t j = 0; j < J; ++j) {
+            const V q = V::load_unaligned(Q + j * ldq + k);
+#pragma GCC unroll 4
+            for (std::size_t r = 0; r < I; ++r) acc[r][j] = xsimd::fma(p[r], q, acc[r][j]);
+        }
+    }
+    for (std::size_t r = 0; r < I; ++r)
+        for (std::size_t j = 0; j < J; ++j) {
+            T sum = detail::reduce_add(acc[r][j]);
+            for (std::size_t k = kv; k < K; ++k) sum += P[(i + r) * ldp + k] * Q[j * ldq + k];
+            T& c = C[(i + r) * sci + j * scj];
+            c = beta == T(0) ? alpha * sum : alpha * sum + beta * c;
+        }
+}
+
+/// thin_dot_tile over the rows [i0, i1), two at a time, for the n <= J columns (J a template
+/// argument only up to 8: counts below run as their own instantiation).
+template <class T, std::size_t J = 8>
+void thin_dot(std::size_t n, std::size_t i0, std::size_t i1, std::size_t K, T alpha, const T* P,
+              std::size_t ldp, const T* Q, std::size_t ldq, T beta, T* C, std::size_t sci,
+              std::size_t scj) {
+    if constexpr (J > 1)
+        if (n < J)
+            return thin_dot<T, J - 1>(n, i0, i1, K, alpha, P, ldp, Q, ldq, beta, C, sci, scj);
+    std::size_t i = i0;
+    for (; i + 2 <= i1; i += 2) thin_dot_tile<2, J>(i, K, alpha, P, ldp, Q, ldq, beta, C, sci, scj);
+    if (i < i1) thin_dot_tile<1, J>(i, K, alpha, P, ldp, Q, ldq, beta, C, sci, scj);
+}
+
+/// NV vectors of columns from j of a thin product in axpy form, for its I small rows (I <= 8):
+/// C(i, j) = alpha Σ_k P(i, k) Q(k, j) + beta C(i, j), with Q contiguous along j (row stride
+/// ldq), P(i, k) at P[i * spi + k * spk] and C(i, j) at C[i * sci + j * scj].
+template <std::size_t I, std::size_t NV, class T>
+void thin_axpy_tile(std::size_t j, std::size_t K, T alpha, const T* P, std::size_t spi,
+                    std::size_t spk, const T* Q, std::size_t ldq, T beta, T* C, std::size_t sci,
+                    std::size_t scj) {
+    using V = detail::batch<T>;
+    constexpr std::size_t W = blocking<T>::W;
+    V acc[I][NV];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < I; ++r)
+        for (std::size_t v = 0; v < NV; ++v) acc[r][v] = V(T(0));
+    for (std::size_t k = 0; k < K; ++k) {
+        V q[NV];
+        for (std::size_t v = 0; v < NV; ++v) q[v] = V::load_unaligned(Q + k * ldq + j + v * W);
+#pragma GCC unroll 8
+        for (std::size_t r = 0; r < I; ++r) {
+            const V a(P[r * spi + k * spk]);
+            for (std::size_t v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, q[v], acc[r][v]);
+        }
+    }
+    for (std::size_t r = 0; r < I; ++r)
+        for (std::size_t v = 0; v < NV; ++v) {
+            alignas(64) T tile[W];
+            acc[r][v].store_aligned(tile);
+            for (std::size_t w = 0; w < W; ++w) {
+                T& c = C[r * sci + (j + v * W + w) * scj];
+                c = beta == T(0) ? alpha * tile[w] : alpha * tile[w] + beta * c;
+            }
+        }
+}
+
+/// thin_axpy_tile over the columns [j0, j1) for the m <= I small rows: two vectors at a time,
+/// then one, then single columns (only past the last whole vector of the product, when j0 and
+/// j1 split it at multiples of two vectors: then no element's arithmetic depends on the split).
+template <class T, std::size_t I = 8>
+void thin_axpy(std::size_t m, std::size_t j0, std::size_t j1, std::size_t K, T alpha, const T* P,
+               std::size_t spi, std::size_t spk, const T* Q, std::size_t ldq, T beta, T* C,
+               std::size_t sci, std::size_t scj) {
+    if constexpr (I > 1)
+        if (m < I)
+            return thin_axpy<T, I - 1>(m, j0, j1, K, alpha, P, spi, spk, Q, ldq, beta, C, sci, scj);
+    constexpr std::size_t W = blocking<T>::W;
+    std::size_t j = j0;
+    for (; j + 2 * W <= j1; j += 2 * W)
+        thin_axpy_tile<I, 2>(j, K, alpha, P, spi, spk, Q, ldq, beta, C, sci, scj);
+    if (j + W <= j1)
+        thin_axpy_tile<I, 1>(j, K, alpha, P, spi, spk, Q, ldq, beta, C, sci, scj), j += W;
+    for (; j < j1; ++j)
+        for (std::size_t r = 0; r < I; ++r) {
+            T sum = T(0);
+            for (std::size_t k = 0; k < K; ++k) sum += P[r * spi + k * spk] * Q[k * ldq + j];
+            T& c = C[r * sci + j * scj];
+            c = beta == T(0) ? alpha * sum : alpha * sum + beta * c;
+        }
+}
+
+/// Threads for a product of 2 M N K flops: all of them from 4 MFLOP on (as gemm), else one.
+inline std::size_t thin_threads(std::size_t M, std::size_t N, std::size_t K) {
+#if defined(_OPENMP)
+    if (!omp_in_parallel() && 2.0 * double(M) * double(N) * double(K) >= 4e6)
+        return std::size_t(omp_get_max_threads());
+#endif
+    (void)M, (void)N, (void)K;
+    return 1;
+}
+
+}  // namespace gemm_detail
+
+/// gemm() for thin products, where M or N is at most gemm_detail::thin_max (the products of a
+/// low-rank adapter: x Aᵀ, dyᵀ u, dy B and duᵀ x at rank r): the large operand is read in place
+/// once, without packing and without padding the small dimension to a register tile, and only
+/// the large dimension is split among the threads (the result does not depend on their number).
+/// Other shapes run as gemm(). Sums are in this kernel's order, not gemm()'s.
+template <scalar T>
+void gemm_thin(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+               const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C,
+               std::size_t ldc) {
+    using gemm_detail::thin_max;
+    constexpr std::size_t W = gemm_detail::blocking<T>::W;
+    const bool thin_n = N <= thin_max && M >= N, thin_m = M <= thin_max && N > M;
+    if (M == 0 || N == 0 || K == 0 || alpha == T(0) || K < W || (!thin_n && !thin_m))
+        return gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const std::size_t nt = gemm_detail::thin_threads(M, N, K);
+    const std::size_t big = thin_n ? M : N, small = thin_n ? N : M;
+    // The small operand with k contiguous, copied when it is not (dot form), or the strides of
+    // its elements (axpy form).
+    auto transposed = [&](const T* X, std::size_t ldx,
+                          std::size_t rows) {  // X (K, rows) -> (rows, K)
+        T* t = gemm_detail::scratch<T, 6>(rows * K);
+        for (std::size_t k = 0; k < K; ++k)
+            for (std::size_t r = 0; r < rows; ++r) t[r * K + k] = X[k * ldx + r];
+        return t;
+    };
+    // Dot form: C(i, j) = Σ_k P(i, k) Q(j, k), i over the large dimension, both contiguous in k.
+    auto dot = [&](const T* P, std::size_t ldp, const T* Q, std::size_t ldq, std::size_t sci,
+                   std::size_t scj) {
+        const std::size_t grain = (big + nt - 1) / nt;
+        detail::parallel_for(big, grain, [&](std::size_t i0, std::size_t i1) {
+            for (std::size_t j = 0; j < small; j += 8)
+                gemm_detail::thin_dot(std::min<std::size_t>(8, small - j), i0, i1, K, alpha, P, ldp,
+                                      Q + j * ldq, ldq, beta, C + j * scj, sci, scj);
+        });
+    };
+    // Axpy form: C(i, j) = Σ_k P(i, k) Q(k, j), j over the large dimension, Q contiguous in j.
+    auto axpy = [&](const T* P, std::size_t spi, std::size_t spk, const T* Q, std::size_t ldq,
+                    std::size_t sci, std::size_t scj) {
+        const std::size_t blocks = (big + 2 * W - 1) / (2 * W);
+        detail::parallel_for(blocks, (blocks + nt - 1) / nt, [&](std::size_t b0, std::size_t b1) {
+            for (std::size_t i = 0; i < small; i += 8)
+                gemm_detail::thin_axpy(std::min<std::size_t>(8, small - i), b0 * 2 * W,
+                                       std::min(big, b1 * 2 * W), K, alpha, P + i * spi, spi, spk,
+                                       Q, ldq, beta, C + i * sci, sci, scj);
+        });
+    };
+    const bool an = ta == transpose::no, bn = tb == transpose::no;
+    if (thin_n) {  // C (M large, N small)
+        if (an)    // rows of A are contiguous in k: dot form with Q = op(B)ᵀ (N, K)
+            return bn ? dot(A, lda, transposed(B, ldb, N), K, ldc, 1) : dot(A, lda, B, ldb, ldc, 1);
+        // op(A) = Aᵀ, A (K, M): Cᵀ (N, M) = op(B)ᵀ A in axpy form, the small rows from op(B)
+        return bn ? axpy(B, 1, ldb, A, lda, 1, ldc) : axpy(B, ldb, 1, A, lda, 1, ldc);
+    }
+    // C (M small, N large)
+    if (bn)  // B (K, N) contiguous in n: axpy form with P = op(A)
+        return an ? axpy(A, lda, 1, B, ldb, ldc, 1) : axpy(A, 1, lda, B, ldb, ldc, 1);
+    // op(B) = Bᵀ, B (N, K) contiguous in k: Cᵀ (N, M) = B op(A)ᵀ in dot form
+    return an ? dot(B, ldb, A, lda, 1, ldc) : dot(B, ldb, transposed(A, lda, M), K, 1, ldc);
 }
 
 }  // namespace backends::cpu
