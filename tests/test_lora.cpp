@@ -220,7 +220,9 @@ std::size_t check_peft_adapter(const std::string& name, const fs::path& base,
     ftune::peft::save_adapter(m.model, ftune::peft::read_adapter_config(fixtures / "peft" / name),
                               out, {.task_type = task});
     auto again = ftune::io::load_hf<Model>(base);
-    CHECK(ftune::peft::load_adapter(again.model, out).targets == s.targets);
+    const auto reloaded = ftune::peft::load_adapter(again.model, out);
+    CHECK(reloaded.targets == s.targets);
+    CHECK(reloaded.trainable == s.trainable);  // GPT-2's block-diagonal c_attn: rank r again
     CHECK(test::relative_error(logits_of(again.model, ids, mask, types, B), expected) < 1e-5);
     return s.targets.size();
 }
@@ -228,8 +230,8 @@ std::size_t check_peft_adapter(const std::string& name, const fs::path& base,
 
 TEST_CASE(
     "LoRA adapters made by PEFT give PEFT's logits in ftune (BERT classifier: lora_only biases, "
-    "the classifier saved; Llama LM: rsLoRA, regex targets), prepared and merged too; saved "
-    "back by ftune, they load again",
+    "the classifier saved; Llama LM: rsLoRA, regex targets; GPT-2 LM: Conv1D, fused c_attn), "
+    "prepared and merged too; saved back by ftune, they load again",
     "[parity][lora]") {
     const ftune::io::safetensors_file heads(fixtures / "hf_heads" / "expected.safetensors");
     CHECK(check_peft_adapter<ftune::bert::sequence_classifier<>>(
@@ -242,6 +244,47 @@ TEST_CASE(
               "llama_lm", fixtures / "hf_llama" / "untied", "llama_logits", "CAUSAL_LM",
               test::read_ids(lm, "input_ids"), test::read_ids(lm, "attention_mask"), {},
               2) == 2 * 4);
+    // GPT-2: Conv1D layers (fan_in_fan_out), q, k and v fused in c_attn (one A, one B of 3
+    // slices) with its fused bias: ftune's q_proj, k_proj and v_proj each get A and their rows
+    const ftune::io::safetensors_file g(fixtures / "hf_gpt2" / "expected.safetensors");
+    CHECK(check_peft_adapter<ftune::gpt2::lm_head_model<>>(
+              "gpt2_lm", fixtures / "hf_gpt2" / "tied", "gpt2_logits", "CAUSAL_LM",
+              test::read_ids(g, "input_ids"), test::read_ids(g, "attention_mask"), {}, 2) == 2 * 6);
+}
+
+TEST_CASE(
+    "GPT-2 with adapters on q and v only: saved as one c_attn adapter (k's block zero), loaded "
+    "back with the same logits, k given an adapter of the same rank, ranks stable over saves",
+    "[lora]") {
+    const ftune::io::safetensors_file g(fixtures / "hf_gpt2" / "expected.safetensors");
+    const auto ids = test::read_ids(g, "input_ids"), mask = test::read_ids(g, "attention_mask");
+    using Model = ftune::gpt2::lm_head_model<>;
+    auto m = ftune::io::load_hf<Model>(fixtures / "hf_gpt2" / "tied");
+    const ftune::peft::lora_config c{.r = 2, .alpha = 4, .target_modules = {"q_proj", "v_proj"}};
+    const auto s = ftune::peft::apply_lora(m.model, c);
+    CHECK(s.targets.size() == 4);
+    std::uint64_t seed = 40;
+    m.model.visit_parameters("", ftune::peft::detail::lora_visitor{[&](std::string_view, auto& l) {
+                                 if (l.has_adapter()) randomize_b(l, seed++);
+                             }});
+    const auto want = logits_of(m.model, ids, mask, {}, 2);
+    const fs::path dir = fs::path(FTUNE_ROUNDTRIP_DIR) / "gpt2_qv";
+    ftune::peft::save_adapter(m.model, c, dir);
+    std::size_t trainable = 0;
+    for (int round = 0; round < 2; ++round) {  // load, save again, load again
+        auto again = ftune::io::load_hf<Model>(fixtures / "hf_gpt2" / "tied");
+        const auto r = ftune::peft::load_adapter(again.model, dir);
+        CHECK(r.targets.size() == 6);  // k_proj too: PEFT adapts c_attn whole
+        CHECK(test::relative_error(logits_of(again.model, ids, mask, {}, 2), want) < 1e-6);
+        again.model.visit_parameters(
+            "", ftune::peft::detail::lora_visitor{[&](std::string_view, auto& l) {
+                if (l.has_adapter()) CHECK(l.rank() == 2);
+            }});
+        if (round == 0) trainable = r.trainable;
+        CHECK(r.trainable == trainable);
+        CHECK(trainable == s.trainable + 2 * (2 * 32 + 32 * 2));  // k's adapter in 2 layers
+        ftune::peft::save_adapter(again.model, ftune::peft::read_adapter_config(dir), dir);
+    }
 }
 
 TEST_CASE(

@@ -48,17 +48,14 @@ inline constexpr const char* task_file = "ftune_task.json";
 
 // The modules PEFT's LoRA adapts in Model's family when target_modules is not given (its
 // TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING): BERT's query and value, Llama's q_proj
-// and v_proj. GPT-2's is the fused Conv1D c_attn, which ftune's split projections do not hold.
+// and v_proj, GPT-2's fused Conv1D c_attn (ftune's q_proj, k_proj and v_proj).
 template <class Model>
 std::vector<std::string> default_lora_targets() {
     using Config = ftune::io::family_config_t<Model>;
     if constexpr (std::is_same_v<Config, ftune::llama::config>)
         return {"q_proj", "v_proj"};
     else if constexpr (std::is_same_v<Config, ftune::gpt2::config>)
-        throw ftune::error(ftune::errc::unsupported, "--peft lora",
-                           "GPT-2's LoRA target is its fused c_attn (a Conv1D, PEFT's "
-                           "fan_in_fan_out), which ftune does not adapt yet: use --peft bitfit, "
-                           "or a Llama-family model");
+        return {"c_attn"};
     else
         return {"query", "value"};
 }

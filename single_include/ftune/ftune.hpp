@@ -790,6 +790,15 @@ inline std::string join_name(std::string_view prefix, std::string_view name) {
     return s;
 }
 
+/// Where one of ftune's modules sits among a checkpoint's modules, when a family names or fuses
+/// them otherwise (GPT-2's q_proj is part 0 of the 3 that "c_attn" stacks along its outputs): the
+/// checkpoint's module name and which of `parts` equal slices of its outputs the module is.
+struct module_slot {
+    std::string name;       ///< the checkpoint's module ("transformer.h.0.attn.c_attn")
+    std::size_t part = 0;   ///< which slice of the outputs
+    std::size_t parts = 1;  ///< how many modules share it (1: the module is all of it)
+};
+
 /// A model parameter: value and gradient of one shape, plus the flags optimizers read.
 /// Gradients accumulate (`+=`) in backward and are cleared by `zero_grad()`.
 template <class T, class Shape, device_tag Device = device::cpu>
@@ -10090,6 +10099,7 @@ FTUNE_NAMESPACE_END
 // Checkpoints store the attention's q, k and v fused in one Conv1D ("c_attn", (in, out)): the
 // family's checkpoint slots cut them apart and transpose them on load, and fuse them back on save.
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 
@@ -10237,6 +10247,23 @@ struct parts {
         layers::mlp<T, C, F, D, layers::lora_linear<T, C, F, D>, layers::lora_linear<T, F, C, D>>;
 };
 
+/// Where ftune's GPT-2 module `name` sits among Hugging Face's (the names its checkpoints, PEFT's
+/// target_modules and adapter files use): "….attn.q_proj" is part 0 of the 3 of "….attn.c_attn"
+/// (k_proj 1, v_proj 2), "….attn.o_proj" is "….attn.c_proj"; the MLP's c_fc and c_proj, and
+/// every other module, keep their names.
+inline module_slot hf_module(std::string_view name) {
+    static constexpr std::string_view qkv[] = {"attn.q_proj", "attn.k_proj", "attn.v_proj"};
+    auto ends = [&](std::string_view leaf) {
+        return name == leaf || (name.size() > leaf.size() && name.ends_with(leaf) &&
+                                name[name.size() - leaf.size() - 1] == '.');
+    };
+    const std::string stem(name.substr(0, name.size() - std::min<std::size_t>(name.size(), 6)));
+    for (std::size_t i = 0; i < 3; ++i)
+        if (ends(qkv[i])) return {stem + "c_attn", i, 3};
+    if (ends("attn.o_proj")) return {stem + "c_proj", 0, 1};
+    return {std::string(name), 0, 1};
+}
+
 /// GPT2Model's names: "wte", "wpe", "h.N", "ln_f".
 struct stack_names {
     static constexpr std::string_view embeddings = "";      ///< the tables under the prefix
@@ -10269,6 +10296,9 @@ class decoder
              std::string_view("ForCausalLM")) struct head_architecture<Head> {
         static constexpr std::string_view value = "GPT2LMHeadModel";  ///< Transformers' class
     };
+
+    /// Where module `name` sits among Hugging Face's modules (gpt2::hf_module).
+    static module_slot hf_module_of(std::string_view name) { return gpt2::hf_module(name); }
 
     /// A zero-initialized decoder of the given configuration (norm weights 1). Every token row
     /// learns (GPT2Model's wte has no padding_idx, whatever pad_token_id says).

@@ -10,16 +10,20 @@ Writes tests/reference/fixtures/peft/:
                (PEFT's SEQ_CLS default)
   llama_lm/    the same for hf_llama/untied (LlamaForCausalLM): r 4, alpha 16, rsLoRA, on q_proj,
                v_proj, gate_proj and down_proj given as a regex, bias "none"
+  gpt2_lm/     the same for hf_gpt2/tied (GPT2LMHeadModel, Conv1D layers: fan_in_fan_out): r 4,
+               alpha 8 on c_attn (q, k and v fused: one A, one B of 3 x 32 rows), c_proj (the
+               attention's and the MLP's) and c_fc, bias "lora_only" (c_attn's fused bias)
   expected.safetensors
       bert_logits (3, 3)     the adapted classifier on hf_heads' single_* inputs
       llama_logits (2, 8, V) the adapted causal LM on causal_lm_loss's inputs
+      gpt2_logits (2, 8, V)  the adapted GPT-2 on hf_gpt2's inputs
 PEFT initializes B at zero (the adapted model equals the base); here every lora_B and the
 classifier get random values first, so that the logits depend on every saved tensor.
 
 Usage:
   python3 tests/reference/peft_lora.py                  regenerate the fixtures
   python3 tests/reference/peft_lora.py --roundtrip DIR  load the adapters ftune saved in
-      DIR/{bert_seq,llama_lm} (ctest writes them to build/tests/peft_roundtrip) with
+      DIR/{bert_seq,llama_lm,gpt2_lm} (ctest writes them to build/tests/peft_roundtrip) with
       PeftModel.from_pretrained on the same bases and compare the logits with expected
 (needs torch, transformers, peft, safetensors)
 """
@@ -39,15 +43,18 @@ OUT = FIXTURES / "peft"
 def inputs():
     heads = load_file(FIXTURES / "hf_heads" / "expected.safetensors")
     lm = load_file(FIXTURES / "causal_lm_loss.safetensors")
+    g = load_file(FIXTURES / "hf_gpt2" / "expected.safetensors")
     bert = {k: heads[f"single_{k}"] for k in ("input_ids", "attention_mask", "token_type_ids")}
     llama = {"input_ids": lm["input_ids"].long(), "attention_mask": lm["attention_mask"].long()}
-    return bert, llama
+    gpt2 = {"input_ids": g["input_ids"].long(), "attention_mask": g["attention_mask"].long()}
+    return bert, llama, gpt2
 
 
 def bases():
     bert = AutoModelForSequenceClassification.from_pretrained(FIXTURES / "hf_heads" / "seq")
     llama = AutoModelForCausalLM.from_pretrained(FIXTURES / "hf_llama" / "untied")
-    return bert.eval(), llama.eval()
+    gpt2 = AutoModelForCausalLM.from_pretrained(FIXTURES / "hf_gpt2" / "tied")
+    return bert.eval(), llama.eval(), gpt2.eval()
 
 
 def logits(model, x):
@@ -57,8 +64,8 @@ def logits(model, x):
 
 def generate():
     torch.manual_seed(0)
-    bert_in, llama_in = inputs()
-    bert, llama = bases()
+    bert_in, llama_in, gpt2_in = inputs()
+    bert, llama, gpt2 = bases()
     configs = {
         "bert_seq": (bert, bert_in, LoraConfig(
             task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.1,
@@ -66,6 +73,9 @@ def generate():
         "llama_lm": (llama, llama_in, LoraConfig(
             task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=16, use_rslora=True,
             target_modules=r".*\.(q_proj|v_proj|gate_proj|down_proj)", bias="none")),
+        "gpt2_lm": (gpt2, gpt2_in, LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8, fan_in_fan_out=True,
+            target_modules=["c_attn", "c_proj", "c_fc"], bias="lora_only")),
     }
     expected = {}
     for name, (base, x, config) in configs.items():
@@ -86,12 +96,13 @@ def generate():
 
 
 def roundtrip(folder):
-    bert_in, llama_in = inputs()
+    bert_in, llama_in, gpt2_in = inputs()
     expected = load_file(OUT / "expected.safetensors")
     worst = 0.0
-    for name, key, x in (("bert_seq", "bert_logits", bert_in), ("llama_lm", "llama_logits",
-                                                                llama_in)):
-        base = bases()[0 if name == "bert_seq" else 1]
+    for i, (name, key, x) in enumerate((("bert_seq", "bert_logits", bert_in),
+                                        ("llama_lm", "llama_logits", llama_in),
+                                        ("gpt2_lm", "gpt2_logits", gpt2_in))):
+        base = bases()[i]
         model = PeftModel.from_pretrained(base, pathlib.Path(folder) / name).eval()
         gap = (logits(model, x) - expected[key]).abs().max().item()
         print(f"{name}: max |logit difference| {gap:.2e}")

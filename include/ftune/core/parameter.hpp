@@ -69,6 +69,15 @@ inline std::string join_name(std::string_view prefix, std::string_view name) {
     return s;
 }
 
+/// Where one of ftune's modules sits among a checkpoint's modules, when a family names or fuses
+/// them otherwise (GPT-2's q_proj is part 0 of the 3 that "c_attn" stacks along its outputs): the
+/// checkpoint's module name and which of `parts` equal slices of its outputs the module is.
+struct module_slot {
+    std::string name;       ///< the checkpoint's module ("transformer.h.0.attn.c_attn")
+    std::size_t part = 0;   ///< which slice of the outputs
+    std::size_t parts = 1;  ///< how many modules share it (1: the module is all of it)
+};
+
 /// A model parameter: value and gradient of one shape, plus the flags optimizers read.
 /// Gradients accumulate (`+=`) in backward and are cleared by `zero_grad()`.
 template <class T, class Shape, device_tag Device = device::cpu>

@@ -6,6 +6,7 @@
 // family's checkpoint slots cut them apart and transpose them on load, and fuse them back on save.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 
@@ -78,6 +79,23 @@ struct parts {
         layers::mlp<T, C, F, D, layers::lora_linear<T, C, F, D>, layers::lora_linear<T, F, C, D>>;
 };
 
+/// Where ftune's GPT-2 module `name` sits among Hugging Face's (the names its checkpoints, PEFT's
+/// target_modules and adapter files use): "….attn.q_proj" is part 0 of the 3 of "….attn.c_attn"
+/// (k_proj 1, v_proj 2), "….attn.o_proj" is "….attn.c_proj"; the MLP's c_fc and c_proj, and
+/// every other module, keep their names.
+inline module_slot hf_module(std::string_view name) {
+    static constexpr std::string_view qkv[] = {"attn.q_proj", "attn.k_proj", "attn.v_proj"};
+    auto ends = [&](std::string_view leaf) {
+        return name == leaf || (name.size() > leaf.size() && name.ends_with(leaf) &&
+                                name[name.size() - leaf.size() - 1] == '.');
+    };
+    const std::string stem(name.substr(0, name.size() - std::min<std::size_t>(name.size(), 6)));
+    for (std::size_t i = 0; i < 3; ++i)
+        if (ends(qkv[i])) return {stem + "c_attn", i, 3};
+    if (ends("attn.o_proj")) return {stem + "c_proj", 0, 1};
+    return {std::string(name), 0, 1};
+}
+
 /// GPT2Model's names: "wte", "wpe", "h.N", "ln_f".
 struct stack_names {
     static constexpr std::string_view embeddings = "";      ///< the tables under the prefix
@@ -110,6 +128,9 @@ class decoder
              std::string_view("ForCausalLM")) struct head_architecture<Head> {
         static constexpr std::string_view value = "GPT2LMHeadModel";  ///< Transformers' class
     };
+
+    /// Where module `name` sits among Hugging Face's modules (gpt2::hf_module).
+    static module_slot hf_module_of(std::string_view name) { return gpt2::hf_module(name); }
 
     /// A zero-initialized decoder of the given configuration (norm weights 1). Every token row
     /// learns (GPT2Model's wte has no padding_idx, whatever pad_token_id says).

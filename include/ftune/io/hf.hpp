@@ -408,21 +408,21 @@ struct hf_family<gpt2::config> {
         const bool prefixed = name.starts_with("transformer.");
         const std::string bare = prefixed ? name.substr(12) : name;
         checkpoint_slot s{bare};
-        static constexpr std::string_view qkv[] = {".attn.q_proj.", ".attn.k_proj.",
-                                                   ".attn.v_proj."};
-        for (std::size_t i = 0; i < 3; ++i)
-            if (const std::size_t at = bare.find(qkv[i]); at != std::string::npos) {
-                const bool weight = bare.ends_with(".weight");
-                s = {bare.substr(0, at) + ".attn.c_attn" + (weight ? ".weight" : ".bias"), weight,
-                     i, 3, std::size_t(weight ? 1 : 0)};
-            }
-        if (const std::size_t at = bare.find(".attn.o_proj."); at != std::string::npos)
-            s = {bare.substr(0, at) + ".attn.c_proj" + bare.substr(at + 12),
-                 bare.ends_with(".weight")};
-        if ((bare.find(".mlp.c_fc.") != std::string::npos ||
-             bare.find(".mlp.c_proj.") != std::string::npos) &&
-            bare.ends_with(".weight"))
-            s.transposed = true;
+        const bool weight = bare.ends_with(".weight");
+        if (const std::size_t dot = bare.rfind('.'); dot != std::string::npos) {
+            // the module's place among GPT-2's (q, k, v fused in c_attn along the outputs: the
+            // Conv1D weight's columns, the bias's entries), then the parameter's own name
+            const module_slot m = gpt2::hf_module(std::string_view(bare).substr(0, dot));
+            s = {m.name + bare.substr(dot), false, m.part, m.parts,
+                 std::size_t(weight && m.parts > 1 ? 1 : 0)};
+            // Conv1D weights are (in, out): the attention's and the MLP's
+            auto is = [&](std::string_view leaf) {  // m is `leaf` or ends with "." + leaf
+                return m.name == leaf || (m.name.size() > leaf.size() && m.name.ends_with(leaf) &&
+                                          m.name[m.name.size() - leaf.size() - 1] == '.');
+            };
+            s.transposed = weight && (is("attn.c_attn") || is("attn.c_proj") || is("mlp.c_fc") ||
+                                      is("mlp.c_proj"));
+        }
         checkpoint_slot other = s;  // the same place with (or without) the prefix
         const bool backbone = is_backbone_parameter(bare);
         if (backbone) other.name = "transformer." + s.name;

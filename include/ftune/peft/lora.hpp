@@ -9,9 +9,11 @@
 //   std::cout << s.text();  // all-MiniLM-L6-v2, 2 labels: trainable params: 74,498 || ...
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <regex>
+#include <utility>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -41,10 +43,42 @@ struct lora_config {
     std::string target_regex;                  ///< or: a regex a module's full name must match
     std::vector<std::string> modules_to_save;  ///< modules trained in full ("classifier")
     lora_bias bias = lora_bias::none;          ///< which biases train
+    /// rank_pattern: (module regex, rank) in the file's order
+    std::vector<std::pair<std::string, std::size_t>> rank_pattern;
+    /// alpha_pattern: (module regex, alpha) in the file's order
+    std::vector<std::pair<std::string, double>> alpha_pattern;
     std::uint64_t seed = 0;  ///< seeds the A matrices (the i-th target draws stream i)
 
     /// One adapter's hyper-parameters.
     layers::lora_options options() const { return {r, alpha, dropout, rslora}; }
+    /// The hyper-parameters of the adapter on the module Hugging Face calls `hf_module`: r and
+    /// alpha, or the rank_pattern and alpha_pattern entries whose key matches it as PEFT's
+    /// get_pattern_key does (the regex "(.*\.)?(key)$" over the whole name; the first key in
+    /// order).
+    layers::lora_options options_for(std::string_view hf_module) const {
+        layers::lora_options o = options();
+        auto find = [&](const auto& pattern, auto& out) {
+            for (const auto& [key, value] : pattern) {
+                bool hit = false;
+                try {
+                    const std::regex re("(.*\\.)?(" + key + ")$");
+                    hit = std::regex_match(hf_module.begin(), hf_module.end(), re);
+                } catch (const std::regex_error&) {
+                    throw error(errc::invalid_argument, "lora_config pattern",
+                                "\"" + key +
+                                    "\" is not a regex (PEFT's rank_pattern and "
+                                    "alpha_pattern keys are)");
+                }
+                if (hit) {
+                    out = value;
+                    return;
+                }
+            }
+        };
+        find(rank_pattern, o.r);
+        find(alpha_pattern, o.alpha);
+        return o;
+    }
 };
 
 /// What a parameter-efficient method left trainable: the adapted modules (LoRA) and the
@@ -128,6 +162,19 @@ inline bool trains_with(std::string_view name, const lora_config& c,
     return false;
 }
 
+/// Where Model's module `name` sits among Hugging Face's modules, which PEFT's target_modules,
+/// rank_pattern and adapter files name: the family's own map when its backbone has one
+/// (GPT-2's q, k and v are parts of "c_attn"), else the name itself, whole.
+template <class Model>
+module_slot hf_module(std::string_view name) {
+    if constexpr (requires { Model::backbone_type::hf_module_of(name); })
+        return Model::backbone_type::hf_module_of(name);
+    else if constexpr (requires { Model::hf_module_of(name); })
+        return Model::hf_module_of(name);
+    else
+        return {std::string(name), 0, 1};
+}
+
 namespace detail {
 // the visitor that shows apply/merge/unmerge every lora_linear with its name
 template <class Fn>
@@ -145,7 +192,9 @@ lora_visitor(Fn) -> lora_visitor<Fn>;
 }  // namespace detail
 
 /// Attaches an adapter of c's rank to every lora_linear of model whose name matches c (the
-/// target_modules rule or the regex; an adapter already there is replaced), then sets which
+/// target_modules rule or the regex, on ftune's name or Hugging Face's, hf_module: GPT-2's
+/// "c_attn" adapts q_proj, k_proj and v_proj, each with its own A and B; an adapter already
+/// there is replaced; rank_pattern and alpha_pattern apply by Hugging Face's name), then sets which
 /// parameters train: the adapters, the modules in modules_to_save, the biases c.bias names;
 /// every other parameter is frozen (no weight gradient, no optimizer state). Throws, naming the
 /// model's candidate modules, when nothing matches.
@@ -173,9 +222,11 @@ trainable_summary apply_lora(Model& model, const lora_config& c) {
     trainable_summary s;
     std::vector<std::string> candidates;
     model.visit_parameters("", detail::lora_visitor{[&](std::string_view name, auto& layer) {
-                               candidates.emplace_back(name);
-                               if (!targeted(name)) return;
-                               layer.add_adapter(c.options(),
+                               const module_slot hf = hf_module<Model>(name);
+                               if (candidates.empty() || candidates.back() != hf.name)
+                                   candidates.push_back(hf.name);
+                               if (!targeted(name) && !targeted(hf.name)) return;
+                               layer.add_adapter(c.options_for(hf.name),
                                                  random_stream(c.seed, s.targets.size()));
                                s.targets.emplace_back(name);
                            }});
