@@ -790,6 +790,13 @@ inline std::string join_name(std::string_view prefix, std::string_view name) {
     return s;
 }
 
+/// Whether module `name` is `leaf` or ends with "." + leaf ("encoder.layer.0.attention.self.query"
+/// ends with "self.query" and "query", not "uery"): PEFT's rule for module names.
+inline bool module_ends_with(std::string_view name, std::string_view leaf) noexcept {
+    return name == leaf || (name.size() > leaf.size() && name.ends_with(leaf) &&
+                            name[name.size() - leaf.size() - 1] == '.');
+}
+
 /// Where one of ftune's modules sits among a checkpoint's modules, when a family names or fuses
 /// them otherwise (GPT-2's q_proj is part 0 of the 3 that "c_attn" stacks along its outputs): the
 /// checkpoint's module name and which of `parts` equal slices of its outputs the module is.
@@ -6530,11 +6537,9 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     parameter<T, shape<Out, dynamic>, D> lora_B;  ///< B (Out, r); empty without an adapter
 
     /// A zero-initialized layer of the given sizes, without an adapter.
-    explicit lora_linear(std::size_t in = In, std::size_t out = Out)
-        : base(in, out),
-          lora_A("lora_A.weight", shape<dynamic, In>(0, in)),
-          lora_B("lora_B.weight", shape<Out, dynamic>(out, 0)),
-          drop_(T(0)) {}
+    explicit lora_linear(std::size_t in = In, std::size_t out = Out) : base(in, out), drop_(T(0)) {
+        unload_adapter();
+    }
 
     /// Adds an adapter of rank o.r, replacing any: A Kaiming-uniform as PEFT initializes it
     /// (U(−1/√In, 1/√In), drawn from s), B zero, so the output is unchanged until B trains.
@@ -10253,14 +10258,10 @@ struct parts {
 /// every other module, keep their names.
 inline module_slot hf_module(std::string_view name) {
     static constexpr std::string_view qkv[] = {"attn.q_proj", "attn.k_proj", "attn.v_proj"};
-    auto ends = [&](std::string_view leaf) {
-        return name == leaf || (name.size() > leaf.size() && name.ends_with(leaf) &&
-                                name[name.size() - leaf.size() - 1] == '.');
-    };
     const std::string stem(name.substr(0, name.size() - std::min<std::size_t>(name.size(), 6)));
     for (std::size_t i = 0; i < 3; ++i)
-        if (ends(qkv[i])) return {stem + "c_attn", i, 3};
-    if (ends("attn.o_proj")) return {stem + "c_proj", 0, 1};
+        if (module_ends_with(name, qkv[i])) return {stem + "c_attn", i, 3};
+    if (module_ends_with(name, "attn.o_proj")) return {stem + "c_proj", 0, 1};
     return {std::string(name), 0, 1};
 }
 

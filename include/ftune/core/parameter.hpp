@@ -69,6 +69,13 @@ inline std::string join_name(std::string_view prefix, std::string_view name) {
     return s;
 }
 
+/// Whether module `name` is `leaf` or ends with "." + leaf ("encoder.layer.0.attention.self.query"
+/// ends with "self.query" and "query", not "uery"): PEFT's rule for module names.
+inline bool module_ends_with(std::string_view name, std::string_view leaf) noexcept {
+    return name == leaf || (name.size() > leaf.size() && name.ends_with(leaf) &&
+                            name[name.size() - leaf.size() - 1] == '.');
+}
+
 /// Where one of ftune's modules sits among a checkpoint's modules, when a family names or fuses
 /// them otherwise (GPT-2's q_proj is part 0 of the 3 that "c_attn" stacks along its outputs): the
 /// checkpoint's module name and which of `parts` equal slices of its outputs the module is.

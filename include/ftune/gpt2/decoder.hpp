@@ -85,14 +85,10 @@ struct parts {
 /// every other module, keep their names.
 inline module_slot hf_module(std::string_view name) {
     static constexpr std::string_view qkv[] = {"attn.q_proj", "attn.k_proj", "attn.v_proj"};
-    auto ends = [&](std::string_view leaf) {
-        return name == leaf || (name.size() > leaf.size() && name.ends_with(leaf) &&
-                                name[name.size() - leaf.size() - 1] == '.');
-    };
     const std::string stem(name.substr(0, name.size() - std::min<std::size_t>(name.size(), 6)));
     for (std::size_t i = 0; i < 3; ++i)
-        if (ends(qkv[i])) return {stem + "c_attn", i, 3};
-    if (ends("attn.o_proj")) return {stem + "c_proj", 0, 1};
+        if (module_ends_with(name, qkv[i])) return {stem + "c_attn", i, 3};
+    if (module_ends_with(name, "attn.o_proj")) return {stem + "c_proj", 0, 1};
     return {std::string(name), 0, 1};
 }
 

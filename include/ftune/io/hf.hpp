@@ -416,12 +416,10 @@ struct hf_family<gpt2::config> {
             s = {m.name + bare.substr(dot), false, m.part, m.parts,
                  std::size_t(weight && m.parts > 1 ? 1 : 0)};
             // Conv1D weights are (in, out): the attention's and the MLP's
-            auto is = [&](std::string_view leaf) {  // m is `leaf` or ends with "." + leaf
-                return m.name == leaf || (m.name.size() > leaf.size() && m.name.ends_with(leaf) &&
-                                          m.name[m.name.size() - leaf.size() - 1] == '.');
-            };
-            s.transposed = weight && (is("attn.c_attn") || is("attn.c_proj") || is("mlp.c_fc") ||
-                                      is("mlp.c_proj"));
+            s.transposed = weight && (module_ends_with(m.name, "attn.c_attn") ||
+                                      module_ends_with(m.name, "attn.c_proj") ||
+                                      module_ends_with(m.name, "mlp.c_fc") ||
+                                      module_ends_with(m.name, "mlp.c_proj"));
         }
         checkpoint_slot other = s;  // the same place with (or without) the prefix
         const bool backbone = is_backbone_parameter(bare);

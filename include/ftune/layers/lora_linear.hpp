@@ -46,11 +46,9 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     parameter<T, shape<Out, dynamic>, D> lora_B;  ///< B (Out, r); empty without an adapter
 
     /// A zero-initialized layer of the given sizes, without an adapter.
-    explicit lora_linear(std::size_t in = In, std::size_t out = Out)
-        : base(in, out),
-          lora_A("lora_A.weight", shape<dynamic, In>(0, in)),
-          lora_B("lora_B.weight", shape<Out, dynamic>(out, 0)),
-          drop_(T(0)) {}
+    explicit lora_linear(std::size_t in = In, std::size_t out = Out) : base(in, out), drop_(T(0)) {
+        unload_adapter();
+    }
 
     /// Adds an adapter of rank o.r, replacing any: A Kaiming-uniform as PEFT initializes it
     /// (U(−1/√In, 1/√In), drawn from s), B zero, so the output is unchanged until B trains.

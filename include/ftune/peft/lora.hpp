@@ -123,8 +123,7 @@ trainable_summary summarize(Model& model) {
 /// Whether module `name` is `key` or ends with "." + key (PEFT's rule for target_modules and
 /// modules_to_save given as names).
 inline bool module_matches(std::string_view name, std::string_view key) {
-    return name == key || (name.size() > key.size() && name.ends_with(key) &&
-                           name[name.size() - key.size() - 1] == '.');
+    return module_ends_with(name, key);
 }
 /// Whether a parameter's full name is an adapter's ("….lora_A.weight", "….lora_B.weight").
 inline bool is_adapter_parameter(std::string_view name) {
