@@ -11,6 +11,7 @@
 #include "bench_cmd.hpp"
 #include "generate_cmd.hpp"
 #include "predict_cmd.hpp"
+#include "system_cmd.hpp"
 #include "tokenize_cmd.hpp"
 #include "train_cmd.hpp"
 
@@ -45,7 +46,7 @@ void usage(std::ostream& os) {
           "              NER: one tag per word, a word being a whitespace-separated part of\n"
           "              the line (as in the CoNLL files it was trained on)\n"
           "  info        what a Hugging Face model directory or a GGUF file holds:\n"
-          "              --model DIR|FILE.gguf\n"
+          "              --model DIR|FILE.gguf; or --system: the CPU, its caches, peaks\n"
           "  train       fine-tune a Hugging Face model on a TSV/CSV file (ner: CoNLL; mlm and\n"
           "              causal-lm: plain text lines; qa: SQuAD JSON; chat: JSON lines):\n"
           "              --model DIR --train FILE [--valid FILE] --out DIR\n"
@@ -205,6 +206,8 @@ int main(int argc, char** argv) {
         if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "tokenize") return cli::run_tokenize(argc, argv);
         if (cmd == "predict") return cli::run_predict(argc, argv);
+        if (cmd == "info" && argc == 3 && std::string_view(argv[2]) == "--system")
+            return cli::run_system_info();
         if (cmd == "info") return cli::run_info(argc, argv);
         if (cmd == "train") return cli::run_train(argc, argv);
         if (cmd == "eval") return cli::run_eval(argc, argv);

@@ -1,0 +1,93 @@
+// `ftune info --system`: the CPU as ftune sees it at run time (name, vector extensions, logical
+// CPUs, caches, the GEMM's cache blocking) and its measured peaks: fp32 FMA and, where the CPU
+// has AVX512-BF16, bf16 dot products (vdpbf16ps), on one thread and on all of them.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#include "bench_cmd.hpp"
+
+namespace cli {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// `iters` rounds of 12 independent vdpbf16ps chains on one thread (64 flops each: 32 bf16
+// products summed into 16 floats); returns their sum so the work stays alive.
+__attribute__((target("avx512f,avx512bf16"))) inline float bf16_chains(long iters) {
+    constexpr int chains = 12;
+    __m512 acc[chains];
+    for (int k = 0; k < chains; ++k) acc[k] = _mm512_set1_ps(1e-3f * float(k));
+    const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0 in bf16
+    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24 in bf16
+    for (long i = 0; i < iters; ++i)
+        for (int k = 0; k < chains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
+    __m512 s = acc[0];
+    for (int k = 1; k < chains; ++k) s = _mm512_add_ps(s, acc[k]);
+    return _mm512_reduce_add_ps(s);
+}
+#endif
+
+// The bf16 dot-product peak of `threads` threads in GFLOP/s (best of 5), or 0 without
+// AVX512-BF16.
+inline double bf16_peak_gflops(int threads) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!ftune::backends::cpu::this_cpu().avx512_bf16) return 0;
+    const long iters = 1 << 21;
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+        float sink = 0;
+        const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+        sink += bf16_chains(iters);
+        const double dt =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (sink == 12345.f) std::printf(" ");  // keep the result alive
+        best = std::max(best, double(threads) * double(iters) * 12 * 64 / dt * 1e-9);
+    }
+    return best;
+#else
+    (void)threads;
+    return 0;
+#endif
+}
+
+// Runs `ftune info --system`; returns the exit status.
+inline int run_system_info() {
+    namespace cpu = ftune::backends::cpu;
+    const cpu::cpu_info& c = cpu::this_cpu();
+    const auto& b = cpu::gemm_detail::runtime_blocking<float>();
+    const int nt = ftune::num_threads();
+    auto yes = [](bool v) { return v ? "yes" : "no"; };
+    std::printf("cpu           %s (%s, family %u model %u)\n",
+                c.name.empty() ? "unknown" : c.name.c_str(),
+                c.vendor.empty() ? "unknown vendor" : c.vendor.c_str(), c.family, c.model);
+    std::printf(
+        "isa           AVX2+FMA %s, AVX-512 %s, AVX512-BF16 %s, AMX-BF16 %s; ftune built "
+        "for %s (%zu float lanes)\n",
+        yes(c.avx2), yes(c.avx512f), yes(c.avx512_bf16), yes(c.amx_bf16),
+        FTUNE_STRINGIFY_VALUE(FTUNE_ABI_ARCH), cpu::detail::width<float>);
+    std::printf("cores         %u logical CPUs, %d OpenMP threads\n",
+                std::thread::hardware_concurrency(), nt);
+    std::printf(
+        "caches        L1d %zu KiB, L2 %zu KiB per core, L3 %zu MiB shared by %zu logical "
+        "CPUs (%s)\n",
+        c.l1d / 1024, c.l2 / 1024, c.l3 / (1024 * 1024), c.l3_sharing,
+        c.caches_detected ? "detected" : "assumed: none found");
+    std::printf("gemm blocks   kc %zu, mc %zu, nc %zu (from the caches)\n", b.kc, b.mc, b.nc);
+    std::printf("fp32 peak     %.1f GFLOP/s on 1 thread, %.1f on %d (FMA, measured)\n",
+                fma_peak_gflops(1), fma_peak_gflops(nt), nt);
+    if (c.avx512_bf16)
+        std::printf("bf16 peak     %.1f GFLOP/s on 1 thread, %.1f on %d (vdpbf16ps, measured)\n",
+                    bf16_peak_gflops(1), bf16_peak_gflops(nt), nt);
+    else
+        std::printf("bf16 peak     none: the CPU has no AVX512-BF16\n");
+    return 0;
+}
+
+}  // namespace cli
