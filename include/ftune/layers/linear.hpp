@@ -139,8 +139,7 @@ class linear {
             throw error(errc::shape_mismatch, "linear",
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
-        if (!packed_current_) {
-            packed_current_ = false;  // until the packing below has succeeded
+        if (!packed_current_) {  // (stays false if the packing throws)
             ops::prepare_weight(packed_, weight.value);
             packed_current_ = true;
         }
