@@ -33,32 +33,38 @@ void init_parameters(M& model, const std::string& prefix, std::uint64_t seed) {
     });
 }
 
-// The FMA peak of `threads` threads in GFLOP/s (12 independent chains of batch FMAs, best of 5).
-inline double fma_peak_gflops(int threads) {
-    using B = ftune::backends::cpu::detail::batch<float>;
-    constexpr int chains = 12;
-    const long iters = 1 << 21;
+// The rate of `threads` threads each running chains() (which does `flops` floating-point
+// operations and returns a sum that keeps them alive), in GFLOP/s, best of 5.
+template <class Chains>
+double peak_gflops(int threads, double flops, Chains&& chains) {
     double best = 0;
     for (int rep = 0; rep < 5; ++rep) {
         float sink = 0;
         const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-        {
-            B acc[chains];
-            for (int k = 0; k < chains; ++k) acc[k] = B(1.0f + 1e-3f * float(k));
-            for (long i = 0; i < iters; ++i)
-                for (int k = 0; k < chains; ++k)
-                    acc[k] = xsimd::fma(acc[k], B(0.999999f), B(1e-7f));
-            B s = acc[0];
-            for (int k = 1; k < chains; ++k) s += acc[k];
-            sink += ftune::backends::cpu::detail::reduce_add(s);
-        }
+        sink += chains();
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (sink == 12345.f) std::printf(" ");  // keep the result alive
-        best = std::max(best, 2.0 * chains * double(B::size) * double(iters) * threads / dt * 1e-9);
+        best = std::max(best, flops * threads / dt * 1e-9);
     }
     return best;
+}
+
+// The FMA peak of `threads` threads in GFLOP/s (12 independent chains of batch FMAs, best of 5).
+inline double fma_peak_gflops(int threads) {
+    using B = ftune::backends::cpu::detail::batch<float>;
+    constexpr int chains = 12;
+    const long iters = 1 << 21;
+    return peak_gflops(threads, 2.0 * chains * double(B::size) * double(iters), [&] {
+        B acc[chains];
+        for (int k = 0; k < chains; ++k) acc[k] = B(1.0f + 1e-3f * float(k));
+        for (long i = 0; i < iters; ++i)
+            for (int k = 0; k < chains; ++k) acc[k] = xsimd::fma(acc[k], B(0.999999f), B(1e-7f));
+        B s = acc[0];
+        for (int k = 1; k < chains; ++k) s += acc[k];
+        return ftune::backends::cpu::detail::reduce_add(s);
+    });
 }
 
 // The median time of `steps` calls of step in ms, after `warmup` calls that let workspaces reach

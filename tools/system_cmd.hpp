@@ -39,18 +39,7 @@ inline double bf16_peak_gflops(int threads) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (!ftune::backends::cpu::this_cpu().avx512_bf16) return 0;
     const long iters = 1 << 21;
-    double best = 0;
-    for (int rep = 0; rep < 5; ++rep) {
-        float sink = 0;
-        const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-        sink += bf16_chains(iters);
-        const double dt =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (sink == 12345.f) std::printf(" ");  // keep the result alive
-        best = std::max(best, double(threads) * double(iters) * 12 * 64 / dt * 1e-9);
-    }
-    return best;
+    return peak_gflops(threads, double(iters) * 12 * 64, [&] { return bf16_chains(iters); });
 #else
     (void)threads;
     return 0;
