@@ -4449,7 +4449,9 @@ template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_lik
           tensor_like C>
 void matmul_thin(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
                  detail::scalar_of<C> beta = 0) {
-    const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
+    const auto extents = detail::matmul_extents<TA, TB>(a, b, c);
+    // Plain names, not a structured binding: clang 14 rejects bindings inside a requires-expression.
+    const std::size_t M = extents[0], N = extents[1], K = extents[2];
     using backend = detail::backend_for<A>;
     const std::size_t lda = a.shape().extent(1), ldb = b.shape().extent(1);
     if constexpr (requires {
