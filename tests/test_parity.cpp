@@ -51,7 +51,8 @@ diff compare(const T* got, const std::vector<float>& want) {
 }
 
 template <class T>
-void run_parity(double forward_tol, double grad_rtol) {
+void run_parity(double forward_tol, double grad_rtol,
+                ftune::precision precision = ftune::precision::fp32) {
     const ftune::io::safetensors_file f(fixture);
     const auto cfg_json = nlohmann::json::parse(f.metadata().at("config"));
     ftune::bert::config cfg;
@@ -90,6 +91,7 @@ void run_parity(double forward_tol, double grad_rtol) {
 
     // training mode (the dropout probabilities are 0, as in the reference)
     ftune::context ctx{.mode = ftune::mode::train, .rng = ftune::generator(1)};
+    ctx.precision = precision;
     const auto hidden = encoder.forward(ctx, {ids.data(), B, Tn}, {mask.data(), B, Tn},
                                         {types.data(), B, Tn});  // (B, T, C)
     const auto pooled = pooler.forward(ctx, hidden);             // (B, C)
@@ -124,6 +126,9 @@ void run_parity(double forward_tol, double grad_rtol) {
     double worst = 0;
     std::string worst_name;
     for (const auto& [name, d] : diffs) {
+        // in bf16 the key projections' bias (an exact gradient of 0: softmax ignores a shift
+        // shared by all scores) holds bf16 rounding noise, which the floor does not cover
+        if (precision == ftune::precision::bf16 && name.ends_with("key.bias")) continue;
         const double rel = d.max_abs / std::max(d.ref_max, 1e-3 * global);
         if (rel > worst) worst = rel, worst_name = name;
         INFO(name << ": max |diff| " << d.max_abs << ", max |grad| " << d.ref_max
@@ -144,4 +149,18 @@ TEST_CASE("parity with Hugging Face BertModel: float (1e-5 forward, 1e-4 relativ
 TEST_CASE("parity with Hugging Face BertModel: double (limited by the float32 fixture)",
           "[parity]") {
     run_parity<double>(5e-7, 5e-7);
+}
+
+TEST_CASE("parity with Hugging Face BertModel: bf16 products (AVX512-BF16), fp32 everything else",
+          "[parity][bf16]") {
+    if (!ftune::backends::cpu::bf16_supported()) {
+        WARN("not checked: this CPU has no AVX512-BF16 ("
+             << ftune::backends::cpu::this_cpu().summary() << ")");
+        return;
+    }
+    // bf16 keeps 8 significant bits: each product's operands move by up to 2^-8 relatively.
+    // Over two layers the hidden states (LayerNorm outputs, order 1) moved by 0.030 at most
+    // (2026-12-02; fp32: 2e-6) and the gradients by a few percent of their tensor's largest
+    // value; the tolerances leave twice that.
+    run_parity<float>(6e-2, 5e-2, ftune::precision::bf16);
 }

@@ -461,47 +461,66 @@ TEST_CASE("checkpoint and resume: the same weights, bit for bit, as an uninterru
         });
         return v;
     };
-    auto a = load();
+    auto a0 = load();
     const auto train = ftune::train::encode(
-        *a.tokenizer, toy(120, 5), ftune::heads::problem::single_label_classification, names, 32);
+        *a0.tokenizer, toy(120, 5), ftune::heads::problem::single_label_classification, names, 32);
     const auto valid = ftune::train::encode(
-        *a.tokenizer, toy(40, 6), ftune::heads::problem::single_label_classification, names, 32);
-    const ftune::train::options base{.epochs = 3,
-                                     .batch_size = 8,
-                                     .lr = 1e-3,
-                                     .warmup_ratio = 0.2,
-                                     .grad_accum = 2,
-                                     .eval_every = 5,
-                                     .patience = 10,
-                                     .progress = nullptr};
-    ftune::train::trainer<ftune::bert::sequence_classifier<>> ta(a.model, base);
-    const auto ra = ta.fit(train, valid);
+        *a0.tokenizer, toy(40, 6), ftune::heads::problem::single_label_classification, names, 32);
+    std::vector<std::vector<float>> finals;  // fp32's, then bf16's
+    for (const auto precision : {ftune::precision::fp32, ftune::precision::bf16}) {
+        if (precision == ftune::precision::bf16 && !ftune::backends::cpu::bf16_supported()) {
+            WARN("bf16 resume not checked: this CPU has no AVX512-BF16");
+            break;
+        }
+        INFO("precision " << ftune::to_string(precision));
+        const ftune::train::options base{.epochs = 3,
+                                         .batch_size = 8,
+                                         .lr = 1e-3,
+                                         .warmup_ratio = 0.2,
+                                         .grad_accum = 2,
+                                         .eval_every = 5,
+                                         .patience = 10,
+                                         .precision = precision,
+                                         .progress = nullptr};
+        auto a = load();
+        ftune::train::trainer<ftune::bert::sequence_classifier<>> ta(a.model, base);
+        const auto ra = ta.fit(train, valid);
+        finals.push_back(values(a.model));
 
-    // the same run, killed after 7 steps (mid-epoch; a checkpoint every 3 steps: at step 6)...
-    const fs::path ck = fs::temp_directory_path() / "ftune_test_checkpoint";
-    fs::remove_all(ck);
-    auto b = load();
-    auto ob = base;
-    ob.checkpoint_dir = ck, ob.checkpoint_every = 3, ob.stop_after = 7;
-    ftune::train::trainer<ftune::bert::sequence_classifier<>> tb(b.model, ob);
-    tb.fit(train, valid);
-    REQUIRE(fs::exists(ck / "trainer_state.json"));
-    CHECK(nlohmann::json::parse(std::ifstream(ck / "trainer_state.json"))["step"] == 6);
-    // ... and resumed in a fresh process-like state: a newly loaded model
-    auto c = load();
-    auto oc = base;
-    oc.resume_from = ck;
-    ftune::train::trainer<ftune::bert::sequence_classifier<>> tc(c.model, oc);
-    const auto rc = tc.fit(train, valid);
-    CHECK(rc.steps == ra.steps);
-    CHECK(rc.best_step == ra.best_step);
-    CHECK(values(c.model) == values(a.model));  // bitwise
-    // another setup cannot resume from it
-    auto d = load();
-    auto od = base;
-    od.resume_from = ck, od.batch_size = 4;
-    ftune::train::trainer<ftune::bert::sequence_classifier<>> td(d.model, od);
-    CHECK_THROWS_WITH(td.fit(train, valid), Catch::Contains("batch_size"));
+        // the same run, killed after 7 steps (mid-epoch; a checkpoint every 3 steps: at 6)...
+        const fs::path ck = fs::temp_directory_path() / "ftune_test_checkpoint";
+        fs::remove_all(ck);
+        auto b = load();
+        auto ob = base;
+        ob.checkpoint_dir = ck, ob.checkpoint_every = 3, ob.stop_after = 7;
+        ftune::train::trainer<ftune::bert::sequence_classifier<>> tb(b.model, ob);
+        tb.fit(train, valid);
+        REQUIRE(fs::exists(ck / "trainer_state.json"));
+        CHECK(nlohmann::json::parse(std::ifstream(ck / "trainer_state.json"))["step"] == 6);
+        // ... and resumed in a fresh process-like state: a newly loaded model
+        auto c = load();
+        auto oc = base;
+        oc.resume_from = ck;
+        ftune::train::trainer<ftune::bert::sequence_classifier<>> tc(c.model, oc);
+        const auto rc = tc.fit(train, valid);
+        CHECK(rc.steps == ra.steps);
+        CHECK(rc.best_step == ra.best_step);
+        CHECK(values(c.model) == values(a.model));  // bitwise
+        // another setup cannot resume from it: another batch size, or the other precision
+        auto d = load();
+        auto od = base;
+        od.resume_from = ck, od.batch_size = 4;
+        ftune::train::trainer<ftune::bert::sequence_classifier<>> td(d.model, od);
+        CHECK_THROWS_WITH(td.fit(train, valid), Catch::Contains("batch_size"));
+        od.batch_size = base.batch_size;
+        od.precision =
+            precision == ftune::precision::fp32 ? ftune::precision::bf16 : ftune::precision::fp32;
+        if (ftune::backends::cpu::bf16_supported()) {
+            ftune::train::trainer<ftune::bert::sequence_classifier<>> te(d.model, od);
+            CHECK_THROWS_WITH(te.fit(train, valid), Catch::Contains("precision"));
+        }
+    }
+    if (finals.size() == 2) CHECK(finals[0] != finals[1]);  // bf16 products did change the run
     ftune::set_num_threads(threads);
 }
 

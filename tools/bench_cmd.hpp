@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <ftune/ftune.hpp>
 #include <ftune/io/gguf_llama.hpp>
 #include <ftune/optim.hpp>
@@ -60,11 +64,43 @@ inline double fma_peak_gflops(int threads) {
         B acc[chains];
         for (int k = 0; k < chains; ++k) acc[k] = B(1.0f + 1e-3f * float(k));
         for (long i = 0; i < iters; ++i)
+#pragma GCC unroll 16  // (a loop over k in memory would time store-to-load latency, not the peak)
             for (int k = 0; k < chains; ++k) acc[k] = xsimd::fma(acc[k], B(0.999999f), B(1e-7f));
         B s = acc[0];
         for (int k = 1; k < chains; ++k) s += acc[k];
         return ftune::backends::cpu::detail::reduce_add(s);
     });
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// `iters` rounds of 12 independent vdpbf16ps chains on one thread (64 flops each: 32 bf16
+// products summed into 16 floats); returns their sum so the work stays alive.
+__attribute__((target("avx512f,avx512bf16"))) inline float bf16_chains(long iters) {
+    constexpr int chains = 12;
+    __m512 acc[chains];
+    for (int k = 0; k < chains; ++k) acc[k] = _mm512_set1_ps(1e-3f * float(k));
+    const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0 in bf16
+    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24 in bf16
+    for (long i = 0; i < iters; ++i)
+#pragma GCC unroll 16  // (a loop over k in memory would time store-to-load latency, not the peak)
+        for (int k = 0; k < chains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
+    __m512 s = acc[0];
+    for (int k = 1; k < chains; ++k) s = _mm512_add_ps(s, acc[k]);
+    return _mm512_reduce_add_ps(s);
+}
+#endif
+
+// The bf16 dot-product peak of `threads` threads in GFLOP/s (best of 5), or 0 without
+// AVX512-BF16.
+inline double bf16_peak_gflops(int threads) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!ftune::backends::cpu::this_cpu().avx512_bf16) return 0;
+    const long iters = 1 << 21;
+    return peak_gflops(threads, double(iters) * 12 * 64, [&] { return bf16_chains(iters); });
+#else
+    (void)threads;
+    return 0;
+#endif
 }
 
 // The median time of `steps` calls of step in ms, after `warmup` calls that let workspaces reach
@@ -96,11 +132,13 @@ struct bench_model {
 
     // Builds the model of cfg with seed 1's weights; rank r > 0 adds PEFT's SST-2 recipe.
     bench_model(const ftune::bert::config& cfg, std::size_t B, bool backward, bool train,
-                bool prepack, std::size_t r, bool pack_frozen = true)
+                bool prepack, std::size_t r, bool pack_frozen = true,
+                ftune::precision precision = ftune::precision::fp32)
         : model(cfg),
           ctx{.mode = backward ? ftune::mode::train : ftune::mode::eval,
               .rng = ftune::generator(1),
-              .pack_frozen_weights = pack_frozen},
+              .pack_frozen_weights = pack_frozen,
+              .precision = precision},
           losses(B),
           dlosses(B, 1.0f / float(B)),
           dlogits(B * 2) {
@@ -115,7 +153,7 @@ struct bench_model {
                                                            .seed = 1});
             trainable = s.trainable, total = s.total;
         }
-        if (!backward && prepack) model.prepare_inference();  // packed once, as a deployed model
+        if (!backward && prepack) model.prepare_inference(precision);  // as a deployed model
         // train: every parameter, clipped to norm 1 and updated by AdamW (weight decay 0.01);
         // only training collects parameters (inference times exactly the served path)
         if (train) params = ftune::optim::parameters_of(model);
@@ -142,13 +180,22 @@ struct bench_model {
     }
 };
 
+// The measured peak of `threads` threads for products in precision p.
+inline double peak_for(ftune::precision p, int threads) {
+    return p == ftune::precision::bf16 ? bf16_peak_gflops(threads) : fma_peak_gflops(threads);
+}
+
 // Runs `ftune bench` with its parsed options; returns the exit status. versus_full (with
 // lora_r): the full step and the LoRA step alternate in this one process, and the JSON adds the
-// full step's median and the median of the paired ratios.
+// full step's median and the median of the paired ratios. versus_fp32 (with precision bf16):
+// the same model's fp32 step and bf16 step alternate, and the JSON gives both medians and the
+// median of the paired speed-ups (fp32 time / bf16 time).
 inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_t F, std::size_t V,
                      std::size_t B, std::size_t T, bool backward, int steps, int threads,
                      bool prepack = true, bool train = false, std::size_t lora_r = 0,
-                     bool versus_full = false, bool pack_frozen = true) {
+                     bool versus_full = false, bool pack_frozen = true,
+                     ftune::precision precision = ftune::precision::fp32,
+                     bool versus_fp32 = false) {
     backward = backward || train;
     if (threads > 0) ftune::set_num_threads(threads);
     const int nt = ftune::num_threads();
@@ -160,7 +207,7 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
                             .max_position_embeddings = std::max<std::size_t>(512, T)};
     cfg.num_labels = 2;
     // the model `ftune predict` and serve::text_classifier run: BertForSequenceClassification
-    bench_model bm(cfg, B, backward, train, prepack, lora_r, pack_frozen);
+    bench_model bm(cfg, B, backward, train, prepack, lora_r, pack_frozen, precision);
     auto& model = bm.model;
     const std::size_t trainable = bm.trainable, total = bm.total;
     // inputs: random ids, every token real, random labels
@@ -171,25 +218,54 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     const ftune::view<const ftune::token_id, ftune::dynamic_shape<2>> idv(ids.data(), B, T),
         maskv(mask.data(), B, T);
     auto step = [&] { bm.step(idv, maskv, labels, backward, train); };
+    auto ms = [](auto&& run) {
+        const auto t0 = std::chrono::steady_clock::now();
+        run();
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+            .count();
+    };
+    auto median_of = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    if (versus_fp32) {  // the fp32 model's step, then the bf16 one's, `steps` times
+        bench_model fp32(cfg, B, backward, train, prepack, lora_r, pack_frozen);
+        auto fp32_step = [&] { fp32.step(idv, maskv, labels, backward, train); };
+        for (int i = 0; i < 2; ++i) fp32_step(), step();  // warm-up
+        std::vector<double> f, h, speedup;
+        for (int i = 0; i < steps; ++i) {
+            f.push_back(ms(fp32_step)), h.push_back(ms(step));
+            speedup.push_back(f.back() / h.back());
+        }
+        rusage ru{};
+        getrusage(RUSAGE_SELF, &ru);
+        std::printf(
+            "{\"mode\": \"%s\", \"dims\": [%zu, %zu, %zu, %zu], \"vocab\": %zu, "
+            "\"batch\": %zu, \"seq\": %zu, \"threads\": %d, \"steps\": %d, "
+            "\"fp32_ms_per_step\": %.3f, \"bf16_ms_per_step\": %.3f, \"speedup\": %.3f, "
+            "\"speedup_min\": %.3f, \"speedup_max\": %.3f, \"lora_r\": %zu, "
+            "\"fp32_peak_gflops\": %.1f, \"bf16_peak_gflops\": %.1f, "
+            "\"peak_rss_mb_both\": %.1f, \"cpu\": \"%s\"}\n",
+            train      ? "train"
+            : backward ? "backward"
+                       : "forward",
+            H, L, heads, F, V, B, T, nt, steps, median_of(f), median_of(h), median_of(speedup),
+            *std::min_element(speedup.begin(), speedup.end()),
+            *std::max_element(speedup.begin(), speedup.end()), lora_r, fma_peak_gflops(nt),
+            bf16_peak_gflops(nt), double(ru.ru_maxrss) / 1024.0,
+            ftune::backends::cpu::this_cpu().summary().c_str());
+        return 0;
+    }
     if (versus_full) {  // the full model's step, then the LoRA model's, `steps` times
-        bench_model full(cfg, B, backward, train, prepack, 0);
+        bench_model full(cfg, B, backward, train, prepack, 0, true, precision);
         auto full_step = [&] { full.step(idv, maskv, labels, backward, train); };
         for (int i = 0; i < 2; ++i) full_step(), step();  // warm-up
         std::vector<double> f, l, ratio;
-        auto ms = [](auto&& run) {
-            const auto t0 = std::chrono::steady_clock::now();
-            run();
-            return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                .count();
-        };
         for (int i = 0; i < steps; ++i) {
             f.push_back(ms(full_step)), l.push_back(ms(step));
             ratio.push_back(l.back() / f.back());
         }
-        auto median = [](std::vector<double> v) {
-            std::sort(v.begin(), v.end());
-            return v[v.size() / 2];
-        };
+        const auto median = median_of;
         rusage ru{};
         getrusage(RUSAGE_SELF, &ru);
         std::printf(
@@ -230,11 +306,12 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
                : ((pruned ? double(L - 1) * per_layer + last_first_only : double(L) * per_layer) +
                   2.0 * B * H * (H + 2)) *
                      (backward ? 3 : 1);
-    const double gflops = flops / (median * 1e-3) * 1e-9, peak = fma_peak_gflops(nt);
+    const double gflops = flops / (median * 1e-3) * 1e-9, peak = peak_for(precision, nt);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     std::printf(
-        "{\"mode\": \"%s\", \"dims\": [%zu, %zu, %zu, %zu], \"vocab\": %zu, \"batch\": %zu, "
+        "{\"mode\": \"%s\", \"precision\": \"%s\", \"dims\": [%zu, %zu, %zu, %zu], "
+        "\"vocab\": %zu, \"batch\": %zu, "
         "\"seq\": %zu, "
         "\"threads\": %d, \"steps\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, "
         "\"gflops\": %.1f, "
@@ -245,10 +322,11 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
         train      ? "train"
         : backward ? "backward"
                    : "forward",
-        H, L, heads, F, V, B, T, nt, steps, median, N / (median * 1e-3), gflops, peak,
-        100 * gflops / peak, double(ru.ru_maxrss) / 1024.0, !backward && prepack ? "true" : "false",
-        double(per_call) / steps, static_cast<unsigned long long>(prepacked), lora_r, trainable,
-        total, pack_frozen ? "true" : "false", ftune::backends::cpu::this_cpu().summary().c_str());
+        ftune::to_string(precision), H, L, heads, F, V, B, T, nt, steps, median,
+        N / (median * 1e-3), gflops, peak, 100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
+        !backward && prepack ? "true" : "false", double(per_call) / steps,
+        static_cast<unsigned long long>(prepacked), lora_r, trainable, total,
+        pack_frozen ? "true" : "false", ftune::backends::cpu::this_cpu().summary().c_str());
     return 0;
 }
 
@@ -257,7 +335,8 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
 // GGUF file describes, its weights random (normal(0, 0.02), norms 1: the file gives the shapes
 // only), on B random sequences of T tokens that all carry the loss. Prints one JSON line.
 inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, bool train,
-                        int steps, int threads) {
+                        int steps, int threads,
+                        ftune::precision precision = ftune::precision::fp32) {
     if (threads > 0) ftune::set_num_threads(threads);
     const int nt = ftune::num_threads();
     const auto cfg = ftune::io::llama_config_from_gguf(ftune::io::gguf_file(gguf));
@@ -278,7 +357,8 @@ inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, b
         b.ids[i] = ftune::token_id(s.below(i, std::uint32_t(V)));
     b.labels = b.ids;  // every position predicts the next token
     ftune::context ctx{.mode = train ? ftune::mode::train : ftune::mode::eval,
-                       .rng = ftune::generator(1)};
+                       .rng = ftune::generator(1),
+                       .precision = precision};
     std::vector<ftune::parameter_ref<float>> params;
     if (train) params = ftune::optim::parameters_of(model);
     ftune::optim::adamw<float> adamw({.lr = 1e-5, .weight_decay = 0.01});
@@ -301,17 +381,18 @@ inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, b
         2 * N * C * (2.0 * cfg.num_attention_heads * d + 2.0 * cfg.num_key_value_heads * d) +
         2 * N * C * (3.0 * F) + 4.0 * N * double(T) * cfg.num_attention_heads * d;
     const double flops = (double(L) * per_layer + 2 * counted * C * double(V)) * (train ? 3 : 1);
-    const double gflops = flops / (median * 1e-3) * 1e-9, peak = fma_peak_gflops(nt);
+    const double gflops = flops / (median * 1e-3) * 1e-9, peak = peak_for(precision, nt);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     std::printf(
-        "{\"mode\": \"%s\", \"model\": \"llama %zu x %zu, ffn %zu, vocab %zu\", \"batch\": %zu, "
+        "{\"mode\": \"%s\", \"precision\": \"%s\", \"model\": \"llama %zu x %zu, ffn %zu, vocab "
+        "%zu\", \"batch\": %zu, "
         "\"seq\": %zu, \"threads\": %d, \"steps\": %d, \"ms_per_step\": %.3f, "
         "\"tokens_per_s\": %.1f, \"gflops\": %.1f, \"peak_gflops\": %.1f, "
         "\"percent_of_peak\": %.1f, \"peak_rss_mb\": %.1f, \"cpu\": \"%s\"}\n",
-        train ? "train" : "forward", L, C, F, V, B, T, nt, steps, median, N / (median * 1e-3),
-        gflops, peak, 100 * gflops / peak, double(ru.ru_maxrss) / 1024.0,
-        ftune::backends::cpu::this_cpu().summary().c_str());
+        train ? "train" : "forward", ftune::to_string(precision), L, C, F, V, B, T, nt, steps,
+        median, N / (median * 1e-3), gflops, peak, 100 * gflops / peak,
+        double(ru.ru_maxrss) / 1024.0, ftune::backends::cpu::this_cpu().summary().c_str());
     return 0;
 }
 

@@ -30,6 +30,8 @@ void usage(std::ostream& os) {
           "              [--prepack on|off]  (forward: weights packed once; default on)\n"
           "              [--lora-r R [--versus full] [--pack-frozen on|off]]  (train: a LoRA\n"
           "              step; beside the full step; frozen weights packed once, default on)\n"
+          "              [--precision fp32|bf16 [--versus fp32]]  (bf16 products, fp32 sums;\n"
+          "              beside the fp32 step)\n"
           "              or a causal LM of a Llama GGUF file's shapes (random weights):\n"
           "              --gguf FILE [--batch B] [--seq T] [--mode train|forward]\n"
           "  tokenize    BERT WordPiece ids of each line of stdin, [CLS] first and [SEP] last:\n"
@@ -42,6 +44,7 @@ void usage(std::ostream& os) {
           "              separates the texts of a pair; QA: question TAB context): --model DIR\n"
           "              [--format logits|labels|json] [--batch-size N] [--max-length N]\n"
           "              [--adapter DIR]  (a LoRA adapter on --model, merged once)\n"
+          "              [--precision fp32|bf16]  (bf16: weights rounded once, fp32 sums)\n"
           "              QA: [--top-k N] [--max-answer-length TOKENS] [--doc-stride TOKENS]\n"
           "              NER: one tag per word, a word being a whitespace-separated part of\n"
           "              the line (as in the CoNLL files it was trained on)\n"
@@ -65,10 +68,13 @@ void usage(std::ostream& os) {
           "              [--lora-targets query,value] [--lora-modules-to-save M,..|none]\n"
           "              [--lora-bias none|all|lora_only]\n"
           "              [--pack-frozen on|off]  (frozen weights packed once; default on)\n"
+          "              [--precision fp32|bf16]  (bf16: mixed precision, fp32 master weights;\n"
+          "              needs AVX512-BF16)\n"
           "              chat: [--eval-generate N (replies scored, default 100)]\n"
           "              [--max-new-tokens N]\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
           "              [--task ...] [--batch-size N] [--max-length N] [--adapter DIR]\n"
+          "              [--precision fp32|bf16]\n"
           "              [--eval-generate N] [--max-new-tokens N]\n"
           "  merge       a LoRA adapter merged into its base model, saved as a Hugging Face\n"
           "              model: --model DIR|FILE.gguf --adapter DIR --out DIR [--task ...]\n"
@@ -76,8 +82,9 @@ void usage(std::ostream& os) {
           "              --model DIR|FILE.gguf (--prompt TEXT | --chat [--system TEXT])\n"
           "              [--max-new-tokens N] [--temperature F (0: greedy)] [--top-k N]\n"
           "              [--top-p F] [--repetition-penalty F] [--seed N] [--stop TEXT]...\n"
-          "              [--threads N] [--stats]  (--chat: one user message per line of stdin,\n"
-          "              in the model's chat template; --prompt: the text as it is)\n"
+          "              [--threads N] [--stats] [--precision fp32|bf16]  (--chat: one user\n"
+          "              message per line of stdin, in the model's chat template; --prompt:\n"
+          "              the text as it is)\n"
           "  help        print this text\n";
 }
 
@@ -102,6 +109,8 @@ int cmd_bench(int argc, char** argv) {
     std::size_t lora_r = 0;    // --lora-r: a LoRA training step (adapters on query and value)
     bool versus_full = false;  // --versus full: the full step and the LoRA step alternately
     bool pack_frozen = true;   // --pack-frozen off: frozen weights packed per call
+    ftune::precision precision = ftune::precision::fp32;  // --precision bf16: bf16 products
+    bool versus_fp32 = false;  // --versus fp32: the fp32 step and the bf16 step alternately
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
         if (i + 1 >= argc)
@@ -152,11 +161,14 @@ int cmd_bench(int argc, char** argv) {
                 throw ftune::error(ftune::errc::invalid_argument, "--pack-frozen " + v,
                                    "expected on or off");
             pack_frozen = v == "on";
+        } else if (a == "--precision") {
+            precision = cli::parse_precision("--precision", v);
         } else if (a == "--versus") {
-            if (v != "full")
+            if (v != "full" && v != "fp32")
                 throw ftune::error(ftune::errc::invalid_argument, "--versus " + v,
-                                   "expected full (the full step beside the LoRA step)");
-            versus_full = true;
+                                   "expected full (the full step beside the LoRA step) or fp32 "
+                                   "(the fp32 step beside the bf16 step)");
+            (v == "full" ? versus_full : versus_fp32) = true;
         } else if (a == "--mode") {
             if (v != "forward" && v != "backward" && v != "train")
                 throw ftune::error(ftune::errc::invalid_argument, "--mode " + v,
@@ -174,7 +186,7 @@ int cmd_bench(int argc, char** argv) {
         if (mode_set && backward && !train)
             throw ftune::error(ftune::errc::invalid_argument, "--gguf",
                                "a decoder is timed with --mode train or forward");
-        return cli::run_bench_lm(gguf, batch, seq, train, steps, threads);
+        return cli::run_bench_lm(gguf, batch, seq, train, steps, threads, precision);
     }
     if (!have_dims)
         throw ftune::error(ftune::errc::invalid_argument, "ftune bench",
@@ -185,8 +197,14 @@ int cmd_bench(int argc, char** argv) {
     if (versus_full && !lora_r)
         throw ftune::error(ftune::errc::invalid_argument, "--versus full",
                            "compares the LoRA step with the full one: give --lora-r R");
+    if (versus_fp32 && precision != ftune::precision::bf16)
+        throw ftune::error(ftune::errc::invalid_argument, "--versus fp32",
+                           "compares the bf16 step with the fp32 one: give --precision bf16");
+    if (versus_fp32 && versus_full)
+        throw ftune::error(ftune::errc::invalid_argument, "--versus", "give one of full and fp32");
     return cli::run_bench(dims[0], dims[1], dims[2], dims[3], vocab, batch, seq, backward, steps,
-                          threads, prepack, train, lora_r, versus_full, pack_frozen);
+                          threads, prepack, train, lora_r, versus_full, pack_frozen, precision,
+                          versus_fp32);
 }
 
 }  // namespace

@@ -20,6 +20,8 @@
 
 #include <unistd.h>
 
+#include "peft_cmd.hpp"
+
 namespace cli {
 
 // Calls f(model, tokenizer, max positions) with the causal language model --model names: a .gguf
@@ -62,7 +64,8 @@ template <class Model>
 int generate_with(Model& lm, const ftune::text::bpe_tokenizer& tok, std::size_t max_positions,
                   const std::string& source, const std::optional<std::string>& prompt,
                   const std::optional<std::string>& system, bool chat, bool stats,
-                  const ftune::generation::options& o) {
+                  const ftune::generation::options& o,
+                  ftune::precision precision = ftune::precision::fp32) {
     std::optional<ftune::text::chat_template> tmpl;
     if (chat) {
         if (tok.settings().chat_template.empty())
@@ -70,7 +73,7 @@ int generate_with(Model& lm, const ftune::text::bpe_tokenizer& tok, std::size_t 
                                "the model has no chat template; use --prompt");
         tmpl.emplace(tok.settings().chat_template, source + " (chat template)");
     }
-    ftune::generation::generator gen(lm, tok, max_positions);
+    ftune::generation::generator gen(lm, tok, max_positions, precision);
     const auto stream = [](std::size_t, std::string_view piece) {
         std::fwrite(piece.data(), 1, piece.size(), stdout);
         std::fflush(stdout);
@@ -128,6 +131,7 @@ inline int run_generate(int argc, char** argv) {
     std::optional<std::string> model, prompt, system;
     bool chat = false, stats = false;
     int threads = 0;
+    ftune::precision precision = ftune::precision::fp32;  // --precision
     ftune::generation::options o;
     for (int i = 2; i < argc; ++i) {
         const std::string_view a = argv[i];
@@ -179,6 +183,8 @@ inline int run_generate(int argc, char** argv) {
             threads = int(number(1, 4096));
         else if (a == "--stats")
             stats = true;
+        else if (a == "--precision")
+            precision = parse_precision(std::string(a), value());
         else
             throw ftune::error(ftune::errc::invalid_argument, std::string(a),
                                "unknown option of ftune generate");
@@ -194,7 +200,8 @@ inline int run_generate(int argc, char** argv) {
     if (threads > 0) ftune::set_num_threads(threads);
     return with_language_model(
         *model, [&](auto& lm, const ftune::text::bpe_tokenizer& tok, std::size_t max_positions) {
-            return generate_with(lm, tok, max_positions, *model, prompt, system, chat, stats, o);
+            return generate_with(lm, tok, max_positions, *model, prompt, system, chat, stats, o,
+                                 precision);
         });
 }
 

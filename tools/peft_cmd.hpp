@@ -29,6 +29,17 @@ struct peft_args {
     bool modules_given = false;       // --lora-modules-to-save given (else the head's modules)
 };
 
+// The precision an option names (--precision fp32|bf16); bf16 needs AVX512-BF16 (checked
+// here, so the error comes before any loading).
+inline ftune::precision parse_precision(const std::string& option, const std::string& v) {
+    if (v != "fp32" && v != "bf16")
+        throw ftune::error(ftune::errc::invalid_argument, option + " " + v,
+                           "expected fp32 or bf16");
+    if (v == "bf16" && !ftune::backends::cpu::bf16_supported())
+        throw ftune::backends::cpu::bf16_detail::unsupported((option + " bf16").c_str());
+    return v == "bf16" ? ftune::precision::bf16 : ftune::precision::fp32;
+}
+
 // The parts of a comma-separated list ("query,value"), empty parts dropped.
 inline std::vector<std::string> split_list(const std::string& v) {
     std::vector<std::string> out;

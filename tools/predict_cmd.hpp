@@ -106,6 +106,7 @@ struct predict_options {
     std::size_t max_answer_length = 15;              // --max-answer-length: QA, in tokens
     std::size_t doc_stride = 0;                      // --doc-stride: QA window overlap (0: 128,
                                                      // or half a window's context if smaller)
+    ftune::precision precision = ftune::precision::fp32;  // --precision: products in bf16
 };
 
 // Writes the report's initialized weights to stderr: predictions of such a model mean nothing.
@@ -371,7 +372,7 @@ int predict_with(const predict_options& opt) {
             ftune::errc::invalid_argument, "--max-length " + std::to_string(o.max_length),
             ftune::detail::cat("the model has ", m.config.model.max_position_embeddings,
                                " positions"));
-    m.model.prepare_inference();
+    m.model.prepare_inference(o.precision);
     std::vector<std::string> lines;
     std::string line, out;
     std::size_t first = 1;
@@ -433,6 +434,8 @@ inline int run_predict(int argc, char** argv) {
             else
                 throw ftune::error(ftune::errc::invalid_argument, "--format " + v,
                                    "expected logits, labels or json");
+        } else if (a == "--precision") {
+            opt.precision = parse_precision(std::string(a), v);
         } else if (a == "--batch-size") {
             opt.batch_size = positive();
         } else if (a == "--top-k") {

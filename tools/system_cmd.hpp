@@ -8,43 +8,9 @@
 #include <string>
 #include <thread>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "bench_cmd.hpp"
 
 namespace cli {
-
-#if defined(__x86_64__) && defined(__GNUC__)
-// `iters` rounds of 12 independent vdpbf16ps chains on one thread (64 flops each: 32 bf16
-// products summed into 16 floats); returns their sum so the work stays alive.
-__attribute__((target("avx512f,avx512bf16"))) inline float bf16_chains(long iters) {
-    constexpr int chains = 12;
-    __m512 acc[chains];
-    for (int k = 0; k < chains; ++k) acc[k] = _mm512_set1_ps(1e-3f * float(k));
-    const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0 in bf16
-    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24 in bf16
-    for (long i = 0; i < iters; ++i)
-        for (int k = 0; k < chains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
-    __m512 s = acc[0];
-    for (int k = 1; k < chains; ++k) s = _mm512_add_ps(s, acc[k]);
-    return _mm512_reduce_add_ps(s);
-}
-#endif
-
-// The bf16 dot-product peak of `threads` threads in GFLOP/s (best of 5), or 0 without
-// AVX512-BF16.
-inline double bf16_peak_gflops(int threads) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (!ftune::backends::cpu::this_cpu().avx512_bf16) return 0;
-    const long iters = 1 << 21;
-    return peak_gflops(threads, double(iters) * 12 * 64, [&] { return bf16_chains(iters); });
-#else
-    (void)threads;
-    return 0;
-#endif
-}
 
 // Runs `ftune info --system`; returns the exit status.
 inline int run_system_info() {

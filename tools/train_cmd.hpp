@@ -166,6 +166,8 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.lr = number();
         else if (!eval && k == "--seed")
             a.opt.seed = std::uint64_t(number());
+        else if (k == "--precision")
+            a.opt.precision = parse_precision(k, v);
         else if (!eval && k == "--pack-frozen") {
             if (v != "on" && v != "off")
                 throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
@@ -452,7 +454,7 @@ inline int train_qa(train_args& a) {
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s; saved " << a.out.string()
               << "\n";
     if (!valid.empty()) {
-        m.model.prepare_inference();
+        m.model.prepare_inference(a.opt.precision);
         const auto s = ftune::train::evaluate_squad(m.model, *m.tokenizer, valid, wo);
         std::cout << "exact_match " << s.exact_match << "\nf1 " << s.f1 << "\nquestions " << s.count
                   << "\n";
@@ -486,7 +488,7 @@ int eval_with(train_args& a, cli::task task) {
     if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     a.opt.progress = nullptr;
     if (!a.adapter.empty()) ftune::peft::merge_adapters(m.model);  // inference at W's cost
-    m.model.prepare_inference();
+    m.model.prepare_inference(a.opt.precision);
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     if constexpr (!is_decoder<Model>) t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
     std::cout << report(t, xs, names);
@@ -705,7 +707,7 @@ inline int run_eval(int argc, char** argv) {
             throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
         warn_initialized(m.report, a.model);
         if (!a.adapter.empty()) ftune::peft::merge_adapters(m.model);  // inference at W's cost
-        m.model.prepare_inference();
+        m.model.prepare_inference(a.opt.precision);
         const auto s = ftune::train::evaluate_squad(
             m.model, *m.tokenizer, ftune::data::read_squad(a.data),
             qa_windows(a.max_length, m.config.model.max_position_embeddings));

@@ -68,16 +68,18 @@ class generator {
     using D = typename Model::backbone_type::device_type;
 
   public:
-    /// A generator for model (packed for inference here) and its tokenizer; contexts are limited
-    /// to max_positions (0: no limit; Transformers' max_position_embeddings is the model's).
-    generator(Model& model, const text::bpe_tokenizer& tokenizer, std::size_t max_positions = 0)
+    /// A generator for model (packed for inference here, its products in precision p) and its
+    /// tokenizer; contexts are limited to max_positions (0: no limit; Transformers'
+    /// max_position_embeddings is the model's).
+    generator(Model& model, const text::bpe_tokenizer& tokenizer, std::size_t max_positions = 0,
+              precision p = precision::fp32)
         : model_(model), tok_(&tokenizer), max_positions_(max_positions) {
-        model_.prepare_inference();
+        model_.prepare_inference(p);
     }
     /// A generator of token ids only (no text, no stop strings; stop tokens from the options).
-    explicit generator(Model& model, std::size_t max_positions = 0)
+    explicit generator(Model& model, std::size_t max_positions = 0, precision p = precision::fp32)
         : model_(model), tok_(nullptr), max_positions_(max_positions) {
-        model_.prepare_inference();
+        model_.prepare_inference(p);
     }
 
     /// The continuation of one prompt (token ids, e.g. tokenizer.encode(text)).

@@ -170,6 +170,8 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_bf16)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_strided_batched_bf16)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
@@ -178,6 +180,8 @@ struct backend_of<device::reference> {
     FTUNE_OPS_FORWARD(backends::reference, attention_inference)
     FTUNE_OPS_FORWARD(backends::reference, attention_decode)
     FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
+    FTUNE_OPS_FORWARD(backends::reference, gemm_bf16)
+    FTUNE_OPS_FORWARD(backends::reference, gemm_strided_batched_bf16)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
@@ -218,13 +222,60 @@ std::array<std::size_t, 3> matmul_extents(const A& a, const B& b, const C& c) {
 }
 }  // namespace detail
 
-/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so.
+namespace detail {
+/// The error of a bf16 product on a scalar type other than float.
+inline error bf16_needs_float(const char* where) {
+    return error(errc::unsupported, where,
+                 "bf16 products take float operands; use precision::fp32 with this scalar type");
+}
+
+/// The batched product of backend Bk in precision p (gemm_strided_batched, or its bf16 form).
+template <class Bk, class T>
+void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                     std::size_t K, T alpha, const T* A, std::size_t lda, std::size_t sa,
+                     const T* B, std::size_t ldb, std::size_t sb, T beta, T* C, std::size_t ldc,
+                     std::size_t sc, std::size_t batch) {
+    if (p == precision::fp32)
+        return Bk::gemm_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
+                                        ldc, sc, batch);
+    if constexpr (std::is_same_v<T, float>)
+        Bk::gemm_strided_batched_bf16(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
+                                      sc, batch);
+    else
+        throw bf16_needs_float("head products");
+}
+}  // namespace detail
+
+/// Whether device D's backend runs products in precision p (bf16 on the CPU: AVX512-BF16; the
+/// reference backend emulates it everywhere).
+template <class D = device::cpu>
+bool supports(precision p) {
+    if (p == precision::fp32 || !std::is_same_v<D, device::cpu>) return true;
+    return backends::cpu::bf16_supported();
+}
+
+/// Throws errc::unsupported, naming `where`, the CPU and the fix, unless device D runs p.
+template <class D = device::cpu>
+void require(precision p, const char* where) {
+    if (!supports<D>(p)) throw backends::cpu::bf16_detail::unsupported(where);
+}
+
+/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so, in precision p
+/// (bf16: both operands rounded to bf16, fp32 sums; float only).
 /// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
 template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
           tensor_like C>
 void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
-            detail::scalar_of<C> beta = 0) {
+            detail::scalar_of<C> beta = 0, precision p = precision::fp32) {
     const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
+    if (p == precision::bf16) {
+        if constexpr (std::is_same_v<detail::scalar_of<C>, float>)
+            return detail::backend_for<A>::gemm_bf16(TA, TB, M, N, K, alpha, a.data(),
+                                                     a.shape().extent(1), b.data(),
+                                                     b.shape().extent(1), beta, c.data(), N);
+        else
+            throw detail::bf16_needs_float("matmul");
+    }
     detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
                                  b.shape().extent(1), beta, c.data(), N);
 }
@@ -237,7 +288,8 @@ template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_lik
 void matmul_thin(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
                  detail::scalar_of<C> beta = 0) {
     const auto extents = detail::matmul_extents<TA, TB>(a, b, c);
-    // Plain names, not a structured binding: clang 14 rejects bindings inside a requires-expression.
+    // Plain names, not a structured binding: clang 14 rejects bindings inside a
+    // requires-expression.
     const std::size_t M = extents[0], N = extents[1], K = extents[2];
     using backend = detail::backend_for<A>;
     const std::size_t lda = a.shape().extent(1), ldb = b.shape().extent(1);
@@ -745,9 +797,10 @@ void scale(X&& x, detail::scalar_of<X> alpha) {
 // one (Tq, Tk) matrix per batch and head (scores, probabilities).
 
 /// scores (B, H, Tq, Tk) = a_bh b_bhᵀ for every batch b and head h, a (B*Tq, C) and b (B*Tk, C)
-/// head matrices: attention's Q Kᵀ, and dP = dctx Vᵀ in its backward.
+/// head matrices: attention's Q Kᵀ, and dP = dctx Vᵀ in its backward. In precision p (bf16:
+/// operands rounded to bf16, fp32 sums).
 template <tensor_like S, tensor_like A, tensor_like Bm>
-void head_scores(S&& scores, const A& a, const Bm& b) {
+void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::fp32) {
     detail::same_device<S, A, Bm>();
     static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<A>::rank == 2 &&
                       detail::shape_of<Bm>::rank == 2,
@@ -762,17 +815,18 @@ void head_scores(S&& scores, const A& a, const Bm& b) {
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     for (std::size_t i = 0; i < B; ++i)
-        detail::backend_for<S>::gemm_strided_batched(
-            transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
+        detail::strided_batched<detail::backend_for<S>>(
+            p, transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
             a.data() + i * Tq * Cn, Cn, d, b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
             scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
 }
 
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
 /// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
-/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes).
+/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes). In precision
+/// prec (bf16: operands rounded to bf16, fp32 sums).
 template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
-void head_context(Out&& out, const P& p, const V& v) {
+void head_context(Out&& out, const P& p, const V& v, precision prec = precision::fp32) {
     detail::same_device<Out, P, V>();
     static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<P>::rank == 4 &&
                       detail::shape_of<V>::rank == 2,
@@ -791,10 +845,10 @@ void head_context(Out&& out, const P& p, const V& v) {
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     for (std::size_t i = 0; i < B; ++i)
-        detail::backend_for<Out>::gemm_strided_batched(
-            TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data() + i * H * Tn * Tn, Tn,
-            Tn * Tn, v.data() + i * Tn * Cn, Cn, d, detail::scalar_of<Out>(0),
-            out.data() + i * Tn * Cn, Cn, d, H);
+        detail::strided_batched<detail::backend_for<Out>>(
+            prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
+            p.data() + i * H * Tn * Tn, Tn, Tn * Tn, v.data() + i * Tn * Cn, Cn, d,
+            detail::scalar_of<Out>(0), out.data() + i * Tn * Cn, Cn, d, H);
 }
 
 /// Grouped-query attention of Tq new positions per sequence to the S positions of a key/value
@@ -910,30 +964,32 @@ template <scalar T, class D = device::cpu>
 using prepared_weight = typename prepared_weight_of<T, D>::type;
 
 /// Prepares w (N, K), stored as a linear layer stores its weight (out, in), for y = x wᵀ
-/// (matmul_prepared); grows the prepared storage only.
+/// (matmul_prepared) in precision p (bf16: w rounded to bf16 now, x at each product, fp32
+/// sums); grows the prepared storage only.
 template <tensor_like W>
 void prepare_weight(prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared,
-                    const W& w) {
+                    const W& w, precision p = precision::fp32) {
     detail::same_device<W>();
     static_assert(detail::shape_of<W>::rank == 2, "ftune::ops::prepare_weight: w is (N, K)");
     const std::size_t N = w.shape().extent(0), K = w.shape().extent(1);
-    prepared.pack(w.data(), K, transpose::yes, K, N);
+    prepared.pack(w.data(), K, transpose::yes, K, N, p);
 }
 
 /// Prepares w (K, N), stored as a linear layer stores its weight (out, in), for y += x w (the
-/// layer's d input: matmul_prepared_add); grows the prepared storage only.
+/// layer's d input: matmul_prepared_add) in precision p; grows the prepared storage only.
 template <tensor_like W>
 void prepare_weight_for_input_gradient(
-    prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared, const W& w) {
+    prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared, const W& w,
+    precision p = precision::fp32) {
     detail::same_device<W>();
     static_assert(detail::shape_of<W>::rank == 2,
                   "ftune::ops::prepare_weight_for_input_gradient: w is (K, N)");
     const std::size_t K = w.shape().extent(0), N = w.shape().extent(1);
-    prepared.pack(w.data(), N, transpose::no, K, N);
+    prepared.pack(w.data(), N, transpose::no, K, N, p);
 }
 
 /// y (M, N) += x (M, K) w with w (K, N) prepared by prepare_weight_for_input_gradient: the same
-/// values as matmul(x, w, y, 1, 1), bit for bit.
+/// values as matmul(x, w, y, 1, 1) in w's precision, bit for bit.
 template <tensor_like X, class P, tensor_like Y>
 void matmul_prepared_add(const X& x, const P& w, Y&& y) {
     detail::same_device<X, Y>();
@@ -966,7 +1022,8 @@ template <class R>
 add_residual(R) -> add_residual<R>;
 
 /// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
-/// prepare_weight: the same values as matmul<no, yes>, bias_add (and residual_add), bit for bit.
+/// prepare_weight: the same values as matmul<no, yes> in w's precision, bias_add (and
+/// residual_add), bit for bit.
 template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
 void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
     detail::same_device<X, Y, Bias>();

@@ -102,8 +102,9 @@ template <class Model = bert::sequence_classifier<>>
 class text_classifier {
   public:
     /// Takes a loaded model (it needs its tokenizer); inputs are cut to max_length tokens
-    /// (0: the model's maximum).
-    explicit text_classifier(io::hf_model<Model>&& m, std::size_t max_length = 0)
+    /// (0: the model's maximum); its products run in precision p (bf16: weights rounded once).
+    explicit text_classifier(io::hf_model<Model>&& m, std::size_t max_length = 0,
+                             precision p = precision::fp32)
         : prototype_(std::move(m.model)), labels_(std::move(m.config.id2label)) {
         if (!m.tokenizer)
             throw error(errc::invalid_argument, "serve::text_classifier",
@@ -112,7 +113,7 @@ class text_classifier {
         max_length_ = max_length ? std::min(max_length, m.model_max_length) : m.model_max_length;
         for (std::size_t i = labels_.size(); i < prototype_.num_labels(); ++i)
             labels_.push_back("LABEL_" + std::to_string(i));
-        prototype_.prepare_inference();  // copies share the packed weights
+        prototype_.prepare_inference(p);  // copies share the packed weights
         free_gradients(prototype_);
         shared_.emplace(prototype_);  // copies the weights once; replicas are copies of shared_
         share_weights(*shared_, parameter_values(prototype_));

@@ -1091,6 +1091,56 @@ FTUNE_NAMESPACE_END
 #include <string>
 #include <vector>
 
+// ---- begin ftune/core/types.hpp ----
+// The small value types the primitives and the layers above them share: transpose flags, token
+// ids, and the hyper-parameters of one optimizer update.
+
+#include <cstddef>
+#include <cstdint>
+
+
+FTUNE_NAMESPACE_BEGIN
+
+/// Whether a GEMM operand is used as stored or transposed.
+enum class transpose : bool { no = false, yes = true };
+
+/// The number format of matrix products: fp32, or bf16 operands with fp32 sums (AVX512-BF16's
+/// vdpbf16ps; see docs/precision.md). Master weights, optimizer state, normalizations, softmax
+/// and losses stay fp32 in either.
+enum class precision { fp32, bf16 };
+
+/// "fp32" or "bf16".
+constexpr const char* to_string(precision p) noexcept {
+    return p == precision::bf16 ? "bf16" : "fp32";
+}
+
+/// Token and label ids (as Hugging Face stores input_ids; int32 halves the bandwidth of int64).
+using token_id = std::int32_t;
+
+/// Hyper-parameters of one AdamW update (PyTorch's names and defaults). They are doubles, as
+/// Python floats are in PyTorch, and derived constants (1 − β1, bias corrections) are computed in
+/// double before being rounded to the tensor's type, so float updates match PyTorch bit for bit.
+struct adamw_params {
+    double lr = 1e-3;            ///< learning rate η
+    double beta1 = 0.9;          ///< first-moment decay
+    double beta2 = 0.999;        ///< second-moment decay
+    double eps = 1e-8;           ///< denominator term
+    double weight_decay = 0.01;  ///< decoupled decay λ: θ ← θ − ηλθ before the Adam step
+    std::size_t step = 1;        ///< 1-based step number, for bias correction
+};
+
+/// Hyper-parameters of one SGD update (PyTorch's names and semantics).
+struct sgd_params {
+    double lr = 1e-2;         ///< learning rate
+    double momentum = 0;      ///< momentum factor (0: plain SGD, no buffer used)
+    double dampening = 0;     ///< dampening of the momentum update
+    double weight_decay = 0;  ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
+    bool nesterov = false;    ///< Nesterov momentum
+    bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
+};
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/core/types.hpp ----
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -1145,6 +1195,11 @@ struct context {
     /// (forward and d input), instead of at every call: a LoRA step about 8% faster, for twice
     /// the frozen weights' bytes. False: per-call packing, no extra memory (the same values).
     bool pack_frozen_weights = true;
+    /// The number format of the matrix products of forwards and backwards that are not prepared
+    /// for inference (prepare_inference() fixes its own): fp32, or bf16 operands with fp32 sums
+    /// (mixed-precision training: weights, gradients and optimizer state stay fp32; each weight
+    /// is rounded to bf16 once per forward, packed for both of its products).
+    ftune::precision precision = ftune::precision::fp32;
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };
@@ -1291,46 +1346,6 @@ concept head = requires(H& h) {
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/concepts.hpp ----
-// ---- begin ftune/core/types.hpp ----
-// The small value types the primitives and the layers above them share: transpose flags, token
-// ids, and the hyper-parameters of one optimizer update.
-
-#include <cstddef>
-#include <cstdint>
-
-
-FTUNE_NAMESPACE_BEGIN
-
-/// Whether a GEMM operand is used as stored or transposed.
-enum class transpose : bool { no = false, yes = true };
-
-/// Token and label ids (as Hugging Face stores input_ids; int32 halves the bandwidth of int64).
-using token_id = std::int32_t;
-
-/// Hyper-parameters of one AdamW update (PyTorch's names and defaults). They are doubles, as
-/// Python floats are in PyTorch, and derived constants (1 − β1, bias corrections) are computed in
-/// double before being rounded to the tensor's type, so float updates match PyTorch bit for bit.
-struct adamw_params {
-    double lr = 1e-3;            ///< learning rate η
-    double beta1 = 0.9;          ///< first-moment decay
-    double beta2 = 0.999;        ///< second-moment decay
-    double eps = 1e-8;           ///< denominator term
-    double weight_decay = 0.01;  ///< decoupled decay λ: θ ← θ − ηλθ before the Adam step
-    std::size_t step = 1;        ///< 1-based step number, for bias correction
-};
-
-/// Hyper-parameters of one SGD update (PyTorch's names and semantics).
-struct sgd_params {
-    double lr = 1e-2;         ///< learning rate
-    double momentum = 0;      ///< momentum factor (0: plain SGD, no buffer used)
-    double dampening = 0;     ///< dampening of the momentum update
-    double weight_decay = 0;  ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
-    bool nesterov = false;    ///< Nesterov momentum
-    bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
-};
-
-FTUNE_NAMESPACE_END
-// ---- end ftune/core/types.hpp ----
 // ---- begin ftune/backends/reference/primitives.hpp ----
 // The reference backend: every primitive as a plain scalar loop, written to be read, never
 // optimized.
@@ -1416,6 +1431,49 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
     for (std::size_t b = 0; b < batch; ++b)
         gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
              C + b * stride_c, ldc);
+}
+
+/// x rounded to bfloat16 (8 significant bits, to nearest, ties to even; bf16 keeps fp32's
+/// exponent range, subnormals included), computed with frexp/nearbyint: independent of the CPU
+/// backend's bit manipulation, which the tests check against it.
+inline float bf16_round(float x) {
+    if (!std::isfinite(x) || x == 0.0f) return x;
+    const double v = x;
+    if (std::fabs(v) < 0x1p-126)  // subnormal: a fixed spacing of 2^-133
+        return float(std::nearbyint(std::ldexp(v, 133)) * 0x1p-133);
+    int e = 0;
+    const double m = std::frexp(v, &e);  // v = m 2^e, |m| in [0.5, 1)
+    return float(std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8));  // (inf past the range)
+}
+
+/// gemm with both operands rounded to bf16 first and the sums in T: the mixed-precision product
+/// (backends::cpu::gemm_bf16) emulated.
+template <scalar T>
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+               const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C,
+               std::size_t ldc) {
+    std::vector<T> a(M * K), b(K * N);  // op(A), op(B) rounded, row-major
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t k = 0; k < K; ++k)
+            a[i * K + k] =
+                T(bf16_round(float(ta == transpose::no ? A[i * lda + k] : A[k * lda + i])));
+    for (std::size_t k = 0; k < K; ++k)
+        for (std::size_t j = 0; j < N; ++j)
+            b[k * N + j] =
+                T(bf16_round(float(tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k])));
+    gemm(transpose::no, transpose::no, M, N, K, alpha, a.data(), K, b.data(), N, beta, C, ldc);
+}
+
+/// `batch` independent gemm_bf16 products whose operands start `stride_*` elements apart.
+template <scalar T>
+void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                               std::size_t K, T alpha, const T* A, std::size_t lda,
+                               std::size_t stride_a, const T* B, std::size_t ldb,
+                               std::size_t stride_b, T beta, T* C, std::size_t ldc,
+                               std::size_t stride_c, std::size_t batch) {
+    for (std::size_t b = 0; b < batch; ++b)
+        gemm_bf16(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                  C + b * stride_c, ldc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1970,14 +2028,20 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
 template <scalar T>
 class prepared_b {
   public:
-    /// Copies op(B) (K rows, N columns) from B with row stride ldb.
-    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+    /// Copies op(B) (K rows, N columns) from B with row stride ldb (rounded to bf16 in
+    /// precision::bf16: gemm_packed then rounds A too).
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N,
+              ftune::precision p = ftune::precision::fp32) {
         data_.resize(K * N);
         for (std::size_t k = 0; k < K; ++k)
-            for (std::size_t j = 0; j < N; ++j)
-                data_[k * N + j] = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
-        K_ = K, N_ = N;
+            for (std::size_t j = 0; j < N; ++j) {
+                const T b = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
+                data_[k * N + j] = p == ftune::precision::bf16 ? T(bf16_round(float(b))) : b;
+            }
+        K_ = K, N_ = N, precision_ = p;
     }
+    /// The precision it was prepared in.
+    ftune::precision precision() const noexcept { return precision_; }
     /// Rows of op(B).
     std::size_t rows() const noexcept { return K_; }
     /// Columns of op(B).
@@ -1988,6 +2052,7 @@ class prepared_b {
   private:
     std::vector<T> data_;
     std::size_t K_ = 0, N_ = 0;
+    ftune::precision precision_ = ftune::precision::fp32;
 };
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C, then + bias(N) on every row (when given), then
@@ -2000,7 +2065,16 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         throw error(errc::shape_mismatch, "gemm_packed",
                     ftune::detail::cat("B was prepared as ", Bp.rows(), " x ", Bp.cols(),
                                        " but the product needs ", K, " x ", N));
-    gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    if (Bp.precision() == ftune::precision::bf16) {  // A rounded too
+        std::vector<T> a(M * K);
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t k = 0; k < K; ++k)
+                a[i * K + k] =
+                    T(bf16_round(float(ta == transpose::no ? A[i * lda + k] : A[k * lda + i])));
+        gemm(transpose::no, transpose::no, M, N, K, alpha, a.data(), K, Bp.data(), N, beta, C, ldc);
+    } else {
+        gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    }
     if (bias)
         for (std::size_t i = 0; i < M; ++i)
             for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
@@ -2483,6 +2557,620 @@ inline const cpu_info& this_cpu() {
 }  // namespace backends::cpu
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/cpu/cpu_info.hpp ----
+// ---- begin ftune/backends/cpu/gemm_bf16.hpp ----
+// CPU GEMM in bfloat16 with fp32 accumulation (AVX512-BF16's vdpbf16ps), for mixed-precision
+// training and bf16 inference: fp32 operands in, fp32 C out, the operands rounded to bf16 (to
+// nearest, ties to even) as they are packed. The structure is gemm.hpp's (packed B panels, MR-row
+// tiles of A, an MR x NR register tile), with one change that the instruction dictates:
+// vdpbf16ps multiplies *pairs* of bf16 values along K and adds both products to one fp32 lane,
+// so both operands are packed as 32-bit words that hold the values of k = 2p (bits 0-15) and
+// k = 2p + 1 (bits 16-31):
+//
+//   A tile t, pair p, row i:      apack[t][p * MR + i]  = (op(A)(i, 2p), op(A)(i, 2p+1))
+//   (a row-major A: row i's pairs in a row, apack[i][p], read in place by the kernel)
+//   B panel, pair p, column j:    bpanel[p * NR + j]    = (op(B)(2p, j), op(B)(2p+1, j))
+//   per pair: 3 loads of B (48 columns), 8 broadcasts of A, 24 vdpbf16ps (64 flops each)
+//
+// A product of two bf16 values is exact in fp32 (8-bit significands), so each element's error is
+// that of rounding the operands to bf16 plus the fp32 rounding of the sums (the pair sum, then
+// the accumulation along K). The whole op(A) is converted once per call (in inference most of
+// the work splits B's columns among the threads, which would otherwise each convert A again);
+// a weight is converted once and packed (packed_b_bf16), so a training step converts each weight
+// once per layout it is read in. The kernels are compiled for avx512f + avx512bf16 through a
+// function attribute and chosen at run time: bf16_supported() says whether this CPU runs them;
+// on other CPUs the entry points throw errc::unsupported (AVX-512 without BF16 is also refused:
+// the fp32 kernels are faster there than an emulation would be).
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <type_traits>
+
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+/// 1 when this compiler builds the AVX512-BF16 kernels (GCC or Clang on x86-64).
+#define FTUNE_HAS_BF16_KERNELS 1
+/// The function attribute that compiles one kernel for AVX512-BF16 whatever -march says.
+#define FTUNE_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#else
+#define FTUNE_HAS_BF16_KERNELS 0
+#define FTUNE_BF16_TARGET
+#endif
+
+FTUNE_NAMESPACE_BEGIN
+namespace backends::cpu {
+
+/// Whether this build and this CPU run the bf16 kernels (avx512_bf16 in `ftune info --system`).
+inline bool bf16_supported() noexcept {
+    return FTUNE_HAS_BF16_KERNELS && this_cpu().avx512f && this_cpu().avx512_bf16;
+}
+
+namespace bf16_detail {
+
+/// The bits of f rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN), in the
+/// upper half of a float's bits (the lower half zero): the value vcvtneps2bf16 gives, except
+/// that fp32 subnormals are kept (they round to bf16 subnormals instead of to zero).
+inline std::uint32_t round_bits(float f) noexcept {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u;  // NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
+/// f rounded to bfloat16, as a float.
+inline float round(float f) noexcept {
+    return std::bit_cast<float>(round_bits(f));
+}
+
+/// The 32-bit word vdpbf16ps reads as one pair: lo (k even) in bits 0-15, hi in bits 16-31.
+inline std::uint32_t pair(float lo, float hi) noexcept {
+    return (round_bits(lo) >> 16) | round_bits(hi);
+}
+
+inline constexpr std::size_t MR = 8;       ///< rows of the register tile
+inline constexpr std::size_t W = 16;       ///< fp32 lanes of a 512-bit vector
+inline constexpr std::size_t NV = 3;       ///< vectors per row of the tile
+inline constexpr std::size_t NR = NV * W;  ///< columns of the register tile (48)
+
+/// Pairs of K rounded up: ⌈K / 2⌉.
+inline constexpr std::size_t pairs(std::size_t k) noexcept {
+    return (k + 1) / 2;
+}
+
+/// Cache blocking in values of K (even, so that no pair straddles two blocks) and columns: a B
+/// panel (kc x NR bf16) is 1/8 of L2, as gemm.hpp's fp32 panels, which makes kc twice theirs.
+struct blocking {
+    std::size_t kc;  ///< max depth of a block (even)
+    std::size_t mc;  ///< rows of an A block
+    std::size_t nc;  ///< columns of a B block (whole panels)
+};
+
+/// The blocking on this CPU, computed once.
+inline const blocking& runtime_blocking() {
+    static const blocking b = [] {
+        const cpu_info& c = this_cpu();
+        auto down = [](std::size_t v, std::size_t m) { return v / m * m; };
+        const std::size_t kc = std::clamp<std::size_t>(down(c.l2 / (8 * NR * 2), 32), 256, 768);
+        const std::size_t mc =
+            std::clamp<std::size_t>(down(c.l2 * 2 / 5 / (kc * 2), MR), 4 * MR, 1024);
+        const std::size_t l3_core = c.l3 / std::max<std::size_t>(1, c.l3_sharing);
+        const std::size_t nc =
+            std::clamp<std::size_t>(down(l3_core / 2 / (kc * 2), NR), 4 * NR, down(4096, NR));
+        return blocking{kc, mc, nc};
+    }();
+    return b;
+}
+
+/// A growable 64-byte aligned scratch array of 32-bit words, one per thread and tag.
+template <int Tag>
+std::uint32_t* scratch(std::size_t n) {
+    thread_local std::unique_ptr<std::uint32_t[], ftune::detail::aligned_delete> buf;
+    thread_local std::size_t cap = 0;
+    if (n > cap) {
+        buf = ftune::detail::aligned_alloc_array<std::uint32_t>(n);
+        cap = n;
+    }
+    return buf.get();
+}
+
+#if FTUNE_HAS_BF16_KERNELS
+/// round_bits on 16 lanes.
+FTUNE_BF16_TARGET inline __m512i round16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v), upper = _mm512_set1_epi32(int(0xffff0000u));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), upper);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_and_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)), upper);
+}
+
+/// pair(lo[i], hi[i]) on 16 lanes.
+FTUNE_BF16_TARGET inline __m512i pairs16(__m512 lo, __m512 hi) {
+    return _mm512_or_si512(_mm512_srli_epi32(round16(lo), 16), round16(hi));
+}
+
+/// dst[i] = pair(r0[i], r1[i]) for i < n (r1 null: pair(r0[i], 0)): two rows of op(B), or of
+/// a transposed A, interleaved.
+FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1,
+                                        std::size_t n) {
+    std::size_t i = 0;
+    for (; i + W <= n; i += W)
+        _mm512_storeu_si512(dst + i, pairs16(_mm512_loadu_ps(r0 + i),
+                                             r1 ? _mm512_loadu_ps(r1 + i) : _mm512_setzero_ps()));
+    if (i < n) {
+        const __mmask16 k = __mmask16((1u << (n - i)) - 1);
+        const __m512 hi = r1 ? _mm512_maskz_loadu_ps(k, r1 + i) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(dst + i, k, pairs16(_mm512_maskz_loadu_ps(k, r0 + i), hi));
+    }
+}
+
+/// dst[p] = pair(r[2p], r[2p + 1]) for the ⌈K/2⌉ pairs of a row (the odd K's last high half 0):
+/// 32 values to 16 words per step, the upper halves picked by one vpermt2w.
+FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
+    alignas(64) static constexpr std::uint16_t odd[32] = {
+        1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+        33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+    const __m512i idx = _mm512_load_si512(odd);
+    std::size_t k = 0;
+    for (; k + 2 * W <= K; k += 2 * W)
+        _mm512_storeu_si512(dst + k / 2,
+                            _mm512_permutex2var_epi16(round16(_mm512_loadu_ps(r + k)), idx,
+                                                      round16(_mm512_loadu_ps(r + k + W))));
+    for (; k + 1 < K; k += 2) dst[k / 2] = pair(r[k], r[k + 1]);
+    if (k < K) dst[k / 2] = pair(r[k], 0.0f);
+}
+
+/// The whole tiles [t0, t1) of a transposed A (op(A)(i, k) = A[k * lda + i]) in pack_a's
+/// layout: for each pair, 16 rows (two tiles) at a time.
+FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda,
+                                                std::size_t K, std::size_t t0, std::size_t t1) {
+    const std::size_t KP = pairs(K);
+    for (std::size_t p = 0; p < KP; ++p) {
+        const float* r0 = A + 2 * p * lda;
+        const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+        std::size_t t = t0;
+        for (; t + 2 <= t1; t += 2) {
+            const __m512i w = pairs16(_mm512_loadu_ps(r0 + t * MR),
+                                      r1 ? _mm512_loadu_ps(r1 + t * MR) : _mm512_setzero_ps());
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
+                                _mm512_castsi512_si256(w));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (t + 1) * KP * MR + p * MR),
+                                _mm512_extracti64x4_epi64(w, 1));
+        }
+        if (t < t1) {
+            const __mmask16 k = 0xff;
+            const __m512 hi = r1 ? _mm512_maskz_loadu_ps(k, r1 + t * MR) : _mm512_setzero_ps();
+            const __m512i w = pairs16(_mm512_maskz_loadu_ps(k, r0 + t * MR), hi);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
+                                _mm512_castsi512_si256(w));
+        }
+    }
+}
+#endif
+
+/// Converts op(A) (M x K, row stride lda) into pairs. A transposed A (op(A)(i, k) = A[k * lda +
+/// i], the weight gradient's dyᵀ) goes into MR-row tiles: tile t holds, for each of the ⌈K/2⌉
+/// pairs p, MR words (rows past M and the odd K's last high half are zero) and starts at dst +
+/// t * ⌈K/2⌉ * MR. A row-major A goes into rows of ⌈K/2⌉ words (row i at dst + i * ⌈K/2⌉),
+/// which the kernel reads in place, as gemm.hpp reads a row-major A. Runs on the team when
+/// called outside a parallel region.
+inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpose ta, std::size_t M,
+                   std::size_t K) {
+    const std::size_t KP = pairs(K), tiles = (M + MR - 1) / MR, even = K / 2;
+    if (ta == transpose::no) {
+        detail::parallel_for(M, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(K, 1)),
+                             [&](std::size_t i0, std::size_t i1) {
+                                 for (std::size_t i = i0; i < i1; ++i) {
+#if FTUNE_HAS_BF16_KERNELS
+                                     pair_adjacent(dst + i * KP, A + i * lda, K);
+#else
+                for (std::size_t p = 0; p < KP; ++p)
+                    dst[i * KP + p] = pair(A[i * lda + 2 * p], 2 * p + 1 < K ? A[i * lda + 2 * p + 1] : 0.0f);
+#endif
+                                 }
+                             });
+        return;
+    }
+    detail::parallel_for(
+        tiles, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
+        [&](std::size_t t0, std::size_t t1) {
+#if FTUNE_HAS_BF16_KERNELS
+            if (ta == transpose::yes) {  // the whole tiles 16 rows at a time; a short one below
+                const std::size_t whole = std::min(t1, M / MR);
+                if (t0 < whole) pack_a_transposed(dst, A, lda, K, t0, whole);
+                t0 = std::max(t0, whole);
+            }
+#endif
+            for (std::size_t t = t0; t < t1; ++t) {
+                std::uint32_t* d = dst + t * KP * MR;
+                const std::size_t i0 = t * MR, mr = std::min(MR, M - i0);
+                if (mr == MR) {  // op(A)(i, k) = A[k * lda + i]: rows k, k + 1 give pairs
+                    for (std::size_t p = 0; p < even; ++p) {
+                        const float* r0 = A + 2 * p * lda + i0;
+                        const float* r1 = r0 + lda;
+                        for (std::size_t i = 0; i < MR; ++i) d[p * MR + i] = pair(r0[i], r1[i]);
+                    }
+                    if (K % 2)
+                        for (std::size_t i = 0; i < MR; ++i)
+                            d[even * MR + i] = pair(A[(K - 1) * lda + i0 + i], 0.0f);
+                } else {  // the last, short tile
+                    for (std::size_t p = 0; p < KP; ++p) {
+                        const float* r0 = A + 2 * p * lda + i0;
+                        const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+                        for (std::size_t i = 0; i < MR; ++i)
+                            d[p * MR + i] = i < mr ? pair(r0[i], r1 ? r1[i] : 0.0f) : 0u;
+                    }
+                }
+            }
+        });
+}
+
+/// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of NR
+/// words (columns past nr and the odd kc's last high half are zero).
+inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
+                         std::size_t k0, std::size_t kc, std::size_t j0, std::size_t nr) {
+    const std::size_t kp = pairs(kc);
+    if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows contiguous along j
+        for (std::size_t p = 0; p < kp; ++p) {
+            const float* r0 = B + (k0 + 2 * p) * ldb + j0;
+            std::uint32_t* d = dst + p * NR;
+#if FTUNE_HAS_BF16_KERNELS
+            pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
+            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
+            continue;
+#endif
+            if (2 * p + 1 < kc) {
+                const float* r1 = r0 + ldb;
+                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], r1[j]);
+            } else {
+                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], 0.0f);
+            }
+            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
+        }
+    } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
+        const std::size_t even = kc / 2;
+        for (std::size_t j = 0; j < NR; ++j) {
+            if (j >= nr) {
+                for (std::size_t p = 0; p < kp; ++p) dst[p * NR + j] = 0;
+                continue;
+            }
+            const float* r = B + (j0 + j) * ldb + k0;
+            for (std::size_t p = 0; p < even; ++p) dst[p * NR + j] = pair(r[2 * p], r[2 * p + 1]);
+            if (kc % 2) dst[even * NR + j] = pair(r[kc - 1], 0.0f);
+        }
+    }
+}
+
+/// Where the packed B of a product lives and how it is blocked (packed_b_bf16's layout).
+struct b_layout {
+    const std::uint32_t* data;  ///< the packed words
+    std::size_t K, N, kc, nc;   ///< depth, columns, depth of the K blocks, columns of a block
+    /// The packed (jc, pc) block of a column block with `panels` panels.
+    const std::uint32_t* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
+        return data + jc * pairs(K) + panels * NR * (pc / 2);
+    }
+};
+
+/// Number of words of op(B) (K x N) packed: whole panels of ⌈K/2⌉ pairs.
+inline std::size_t b_words(std::size_t K, std::size_t N) noexcept {
+    return (N + NR - 1) / NR * NR * pairs(K);
+}
+
+/// Packs op(B) (K x N) into dst in the b_layout of depth blocks kc (even) and column blocks nc.
+inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t K,
+                   std::size_t N, std::size_t kc, std::size_t nc) {
+    const std::size_t panels_all = (N + NR - 1) / NR;
+    detail::parallel_for(panels_all, 4, [&](std::size_t q0, std::size_t q1) {
+        for (std::size_t q = q0; q < q1; ++q) {
+            const std::size_t j = q * NR, jc = j / nc * nc, ncur = std::min(nc, N - jc);
+            const std::size_t panels = (ncur + NR - 1) / NR, p = (j - jc) / NR;
+            for (std::size_t pc = 0; pc < K; pc += kc) {
+                const std::size_t kcur = std::min(kc, K - pc);
+                std::uint32_t* blk = dst + jc * pairs(K) + panels * NR * (pc / 2);
+                pack_b_panel(blk + p * pairs(kcur) * NR, B, ldb, tb, pc, kcur, j,
+                             std::min(NR, N - j));
+            }
+        }
+    });
+}
+
+#if FTUNE_HAS_BF16_KERNELS
+/// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows, then C[0:m, 0:n]
+/// = alpha * acc + (first ? beta * C : C), + bias[0:n] when given, + the residual (rows ldr
+/// apart) when given: gemm.hpp's micro_kernel contract. With first && beta == 0, C is not read.
+/// A is a tile of pack_a's layout (ld 0: word (i, p) at a[p * MR + i]) or, ld > 0, rows ld
+/// words apart read in place (word (i, p) at a[i * ld + p]; rows past m repeat row m - 1).
+template <std::size_t R>
+FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_t ld,
+                              const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
+                              std::size_t n, float alpha, float beta, bool first, const float* bias,
+                              const float* residual, std::size_t ldr) {
+    __m512 c[R][NV];
+#pragma GCC unroll 8
+    for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 3
+        for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
+    // the address of word (i, p) is rows[i] + p * step
+    const std::uint32_t* rows[R];
+    for (std::size_t i = 0; i < R; ++i) rows[i] = ld ? a + std::min(i, m - 1) * ld : a + i;
+    const std::size_t step = ld ? 1 : MR;
+    for (std::size_t p = 0; p < kp; ++p, b += NR) {
+        __m512bh bv[NV];
+#pragma GCC unroll 3
+        for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < R; ++i) {
+            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(rows[i][p * step]));
+#pragma GCC unroll 3
+            for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, bv[v]);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (std::size_t i = 0; i < std::min(m, R); ++i) {
+        float* ci = C + i * ldc;
+#pragma GCC unroll 3
+        for (std::size_t v = 0; v < NV; ++v) {
+            const std::size_t j = v * W;
+            if (j >= n) break;
+            const __mmask16 k = n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+            __m512 r = _mm512_mul_ps(c[i][v], va);
+            if (!first)
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, ci + j));
+            else if (beta != 0.0f)
+                r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, ci + j)));
+            if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, bias + j));
+            if (residual) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, residual + i * ldr + j));
+            _mm512_mask_storeu_ps(ci + j, k, r);
+        }
+    }
+}
+
+/// kernel with the fewest rows (a multiple of two, or MR) that cover m.
+inline void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld,
+                        const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
+                        std::size_t n, float alpha, float beta, bool first, const float* bias,
+                        const float* residual, std::size_t ldr) {
+    switch (m) {
+        case 1:
+        case 2:
+            return kernel<2>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+        case 3:
+        case 4:
+            return kernel<4>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+        case 5:
+        case 6:
+            return kernel<6>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+        default:
+            return kernel<8>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+    }
+}
+#endif
+
+/// The error of a bf16 product on a CPU (or compiler) without AVX512-BF16.
+inline error unsupported(const char* where) {
+    return error(errc::unsupported, where,
+                 ftune::detail::cat("bf16 products need a CPU with AVX512-BF16 (Intel Cooper Lake "
+                                    "or Sapphire Rapids and later, AMD Zen 4 and later); this one "
+                                    "reports ",
+                                    this_cpu().summary(),
+                                    " (ftune info --system). Use fp32 "
+                                    "(--precision fp32)"));
+}
+
+/// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A converted by pack_a
+/// and B packed in layout Bl, on nt threads (1: the calling thread). The gemm_packed scheme:
+/// small M splits B's panels among the threads, larger M splits the rows; units of work are
+/// taken dynamically. The arithmetic of each element does not depend on the split.
+template <class Epilogue>
+void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
+         bool a_rows, const b_layout& Bl, float beta, float* C, std::size_t ldc, const float* bias,
+         const Epilogue& epilogue, int nt) {
+#if FTUNE_HAS_BF16_KERNELS
+    constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
+    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc, KP = pairs(K);
+    const bool split_columns = M <= MC;
+    const std::size_t blocks =
+        split_columns ? 1
+                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
+    const std::size_t mc =
+        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
+    const std::size_t ic_blocks = (M + mc - 1) / mc;
+    const std::size_t panels_all = (N + NR - 1) / NR;
+    // units of work: about 8 per thread with one A block (columns split), and with several,
+    // column runs short enough for 4 units per thread (a thread slowed down by the machine's
+    // other load then holds the others up for a short unit only)
+    const std::size_t run =
+        split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
+                      : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
+                                                panels_all);
+    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
+    std::atomic<std::size_t> next{0};
+    auto body = [&] {
+        for (std::size_t u = next.fetch_add(1); u < units; u = next.fetch_add(1)) {
+            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
+            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
+            for (std::size_t pc = 0; pc < K; pc += kc_max) {
+                const std::size_t kc = std::min(kc_max, K - pc), kp = pairs(kc);
+                const bool first = pc == 0, last = pc + kc == K;
+                for (std::size_t q = q0; q < q1; ++q) {
+                    const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
+                    const std::size_t p = (q * NR - jc) / NR;
+                    const std::uint32_t* b = Bl.block(jc, pc, (nc + NR - 1) / NR) + p * kp * NR;
+                    const std::size_t nr = std::min(NR, nc - p * NR);
+                    for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                        const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
+                        float* c = C + row * ldc + q * NR;
+                        const std::uint32_t* a = a_rows ? apack + row * KP + pc / 2
+                                                        : apack + row / MR * KP * MR + pc / 2 * MR;
+                        const float* res = nullptr;
+                        std::size_t ldr = 0;
+                        if constexpr (fused_residual)
+                            if (last)
+                                res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
+                        kernel_rows(kp, a, a_rows ? KP : 0, b, c, ldc, mr, nr, alpha, beta, first,
+                                    bias && last ? bias + q * NR : nullptr, res, ldr);
+                        if constexpr (!fused_residual)
+                            if (last) epilogue(c, ldc, row, mr, q * NR, nr);
+                    }
+                }
+            }
+        }
+    };
+#if defined(_OPENMP)
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        body();
+        return;
+    }
+#endif
+    body();
+#else
+    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_rows, (void)Bl, (void)beta,
+        (void)C, (void)ldc, (void)bias, (void)epilogue, (void)nt;
+    throw unsupported("gemm_bf16");
+#endif
+}
+
+/// Threads for a product of 2 M N K flops whose B has N x K values: gemm_packed's rule.
+inline int threads_for(std::size_t M, std::size_t N, std::size_t K) {
+#if defined(_OPENMP)
+    if (!omp_in_parallel() &&
+        (2.0 * double(M) * double(N) * double(K) >= 4e6 || double(N) * double(K) * 2 >= 262144.0))
+        return omp_get_max_threads();
+#endif
+    (void)M, (void)N, (void)K;
+    return 1;
+}
+
+/// No element-wise work after a product (the default epilogue).
+struct none {
+    /// Does nothing.
+    void operator()(float*, std::size_t, std::size_t, std::size_t, std::size_t,
+                    std::size_t) const noexcept {}
+};
+
+/// C = beta * C (+ bias) and the epilogue, for products with nothing to sum (K == 0).
+template <class Epilogue>
+void no_product(std::size_t M, std::size_t N, float beta, float* C, std::size_t ldc,
+                const float* bias, const Epilogue& epilogue) {
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = 0; j < N; ++j) {
+            float& c = C[i * ldc + j];
+            c = (beta == 0.0f ? 0.0f : beta * c) + (bias ? bias[j] : 0.0f);
+        }
+    epilogue(C, ldc, 0, M, 0, N);
+}
+
+}  // namespace bf16_detail
+
+/// op(B) (K, N) rounded to bf16 and packed once in pairs (bf16_detail::b_layout), for products
+/// that reuse it: the weights of a model in bf16 inference, or in a bf16 training step (packed
+/// once per optimizer step). Copies share the packed words (read-only once packed); pack() on a
+/// copy that shares them packs into new storage.
+class packed_b_bf16 {
+  public:
+    /// Nothing packed.
+    packed_b_bf16() = default;
+
+    /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
+    void pack(const float* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+        const std::size_t n = bf16_detail::b_words(K, N);
+        if (n > cap_ || data_.use_count() > 1) {
+            data_ = std::shared_ptr<std::uint32_t[]>(
+                ftune::detail::aligned_alloc_array<std::uint32_t>(n));
+            cap_ = n;
+        }
+        K_ = K, N_ = N, nc_ = bl.nc;
+        const std::size_t blocks = (K + bl.kc - 1) / std::max<std::size_t>(bl.kc, 1);
+        kc_ = K == 0 ? 0 : ((K + blocks - 1) / blocks + 1) / 2 * 2;  // even, split evenly
+        bf16_detail::pack_b(data_.get(), B, ldb, tb, K, N, std::max<std::size_t>(kc_, 2), nc_);
+    }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// Bytes of packed storage in use.
+    std::size_t bytes() const noexcept { return bf16_detail::b_words(K_, N_) * 4; }
+    /// The layout gemm_packed_bf16 reads.
+    bf16_detail::b_layout layout() const noexcept {
+        return {data_.get(), K_, N_, std::max<std::size_t>(kc_, 2), nc_};
+    }
+
+  private:
+    std::shared_ptr<std::uint32_t[]> data_;  // shared by copies; written only when not shared
+    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row), then epilogue(c, ldc,
+/// row0, rows, col0, cols) on each finished tile (gemm_packed's contract), with op(A) rounded to
+/// bf16 and Bp packed by packed_b_bf16; fp32 sums. Throws errc::unsupported where
+/// bf16_supported() is false.
+template <class Epilogue = bf16_detail::none>
+void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                      const float* A, std::size_t lda, const packed_b_bf16& Bp, float beta,
+                      float* C, std::size_t ldc, const float* bias = nullptr,
+                      Epilogue epilogue = {}) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_packed_bf16");
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed_bf16",
+                    ftune::detail::cat("B was packed as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N,
+                                       "; pack it again after resizing"));
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
+    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
+                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    bf16_detail::pack_a(apack, A, lda, ta, M, K);
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no, Bp.layout(), beta, C, ldc, bias,
+                     epilogue, bf16_detail::threads_for(M, N, K));
+}
+
+/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
+/// fp32 sums (BLAS's contract otherwise: beta == 0 ignores C's previous content). Both operands
+/// are converted per call (the products of activations: a weight's gradient, attention).
+inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                      float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
+                      float beta, float* C, std::size_t ldc) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.0f)
+        return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
+    const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+    const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
+    const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
+    std::uint32_t* bpack = bf16_detail::scratch<1>(bf16_detail::b_words(K, N));
+    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
+                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    bf16_detail::pack_a(apack, A, lda, ta, M, K);
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no,
+                     bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
+                     bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
+}
+
+/// `batch` independent gemm_bf16 products whose operands start stride_* elements apart
+/// (attention's per-head products). Batches run in parallel, each product on one thread.
+inline void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                                      std::size_t K, float alpha, const float* A, std::size_t lda,
+                                      std::size_t stride_a, const float* B, std::size_t ldb,
+                                      std::size_t stride_b, float beta, float* C, std::size_t ldc,
+                                      std::size_t stride_c, std::size_t batch) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_strided_batched_bf16");
+    detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
+        for (std::size_t b = b0; b < b1; ++b)
+            gemm_bf16(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                      C + b * stride_c, ldc);
+    });
+}
+
+}  // namespace backends::cpu
+FTUNE_NAMESPACE_END
+// ---- end ftune/backends/cpu/gemm_bf16.hpp ----
 FTUNE_NAMESPACE_BEGIN
 namespace backends::cpu {
 
@@ -2911,14 +3599,31 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 /// (offset panels * NR * pc), each of NR-wide panels (offset p * kc * NR).
 /// Copies share the packed data (it is read-only once packed); pack() on a copy that shares it
 /// packs into new storage, so copying a model for inference does not copy its packed weights.
+/// Packed in precision::bf16 (float only), it holds packed_b_bf16's words instead, and
+/// gemm_packed runs gemm_packed_bf16.
 template <scalar T>
 class packed_b {
   public:
     /// Nothing packed.
     packed_b() = default;
 
-    /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
-    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+    /// Packs op(B) (K rows, N columns) from B with row stride ldb, in precision p; grows the
+    /// storage only.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N,
+              ftune::precision p = ftune::precision::fp32) {
+        if (p == ftune::precision::bf16) {
+            if constexpr (std::is_same_v<T, float>) {
+                bf16_.pack(B, ldb, tb, K, N);
+                precision_ = p;
+                return;
+            } else {
+                throw error(errc::unsupported, "packed_b",
+                            "bf16 products take float operands; this model's scalar type is not "
+                            "float");
+            }
+        }
+        precision_ = ftune::precision::fp32;
+        bf16_ = {};
         using blk = gemm_detail::blocking<T>;
         constexpr std::size_t NR = blk::NR;
         const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
@@ -2947,12 +3652,24 @@ class packed_b {
     /// Number of packed elements (columns padded to whole panels).
     std::size_t size() const noexcept {
         constexpr std::size_t NR = gemm_detail::blocking<T>::NR;
-        return (N_ + NR - 1) / NR * NR * K_;
+        return precision_ == ftune::precision::bf16 ? 0 : (N_ + NR - 1) / NR * NR * K_;
+    }
+    /// Bytes of packed storage in use.
+    std::size_t bytes() const noexcept {
+        return precision_ == ftune::precision::bf16 ? bf16_.bytes() : size() * sizeof(T);
     }
     /// Rows of op(B).
-    std::size_t rows() const noexcept { return K_; }
+    std::size_t rows() const noexcept {
+        return precision_ == ftune::precision::bf16 ? bf16_.rows() : K_;
+    }
     /// Columns of op(B).
-    std::size_t cols() const noexcept { return N_; }
+    std::size_t cols() const noexcept {
+        return precision_ == ftune::precision::bf16 ? bf16_.cols() : N_;
+    }
+    /// The precision it was packed in.
+    ftune::precision precision() const noexcept { return precision_; }
+    /// The bf16 packing (when precision() is bf16).
+    const packed_b_bf16& bf16() const noexcept { return bf16_; }
     /// Depth of the K blocks.
     std::size_t kc() const noexcept { return kc_; }
     /// Columns of the B blocks.
@@ -2968,6 +3685,8 @@ class packed_b {
     }
     std::shared_ptr<T[]> data_;  // shared by copies; written only by pack() when not shared
     std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
+    ftune::precision precision_ = ftune::precision::fp32;  // of the last pack()
+    packed_b_bf16 bf16_;                                   // the bf16 packing (precision bf16)
 };
 
 /// No epilogue: gemm_packed leaves C as the product.
@@ -2995,6 +3714,10 @@ template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
                  const T* bias = nullptr, Epilogue epilogue = {}) {
+    if constexpr (std::is_same_v<T, float>)
+        if (Bp.precision() == ftune::precision::bf16)
+            return gemm_packed_bf16(ta, M, N, K, alpha, A, lda, Bp.bf16(), beta, C, ldc, bias,
+                                    epilogue);
     using blk = gemm_detail::blocking<T>;
     constexpr std::size_t MR = blk::MR, NR = blk::NR;
     const std::size_t NC = Bp.nc(), MC = gemm_detail::runtime_blocking<T>().mc;
@@ -4383,6 +5106,8 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_bf16)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_strided_batched_bf16)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
@@ -4391,6 +5116,8 @@ struct backend_of<device::reference> {
     FTUNE_OPS_FORWARD(backends::reference, attention_inference)
     FTUNE_OPS_FORWARD(backends::reference, attention_decode)
     FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
+    FTUNE_OPS_FORWARD(backends::reference, gemm_bf16)
+    FTUNE_OPS_FORWARD(backends::reference, gemm_strided_batched_bf16)
 };
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
@@ -4431,13 +5158,60 @@ std::array<std::size_t, 3> matmul_extents(const A& a, const B& b, const C& c) {
 }
 }  // namespace detail
 
-/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so.
+namespace detail {
+/// The error of a bf16 product on a scalar type other than float.
+inline error bf16_needs_float(const char* where) {
+    return error(errc::unsupported, where,
+                 "bf16 products take float operands; use precision::fp32 with this scalar type");
+}
+
+/// The batched product of backend Bk in precision p (gemm_strided_batched, or its bf16 form).
+template <class Bk, class T>
+void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                     std::size_t K, T alpha, const T* A, std::size_t lda, std::size_t sa,
+                     const T* B, std::size_t ldb, std::size_t sb, T beta, T* C, std::size_t ldc,
+                     std::size_t sc, std::size_t batch) {
+    if (p == precision::fp32)
+        return Bk::gemm_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
+                                        ldc, sc, batch);
+    if constexpr (std::is_same_v<T, float>)
+        Bk::gemm_strided_batched_bf16(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
+                                      sc, batch);
+    else
+        throw bf16_needs_float("head products");
+}
+}  // namespace detail
+
+/// Whether device D's backend runs products in precision p (bf16 on the CPU: AVX512-BF16; the
+/// reference backend emulates it everywhere).
+template <class D = device::cpu>
+bool supports(precision p) {
+    if (p == precision::fp32 || !std::is_same_v<D, device::cpu>) return true;
+    return backends::cpu::bf16_supported();
+}
+
+/// Throws errc::unsupported, naming `where`, the CPU and the fix, unless device D runs p.
+template <class D = device::cpu>
+void require(precision p, const char* where) {
+    if (!supports<D>(p)) throw backends::cpu::bf16_detail::unsupported(where);
+}
+
+/// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so, in precision p
+/// (bf16: both operands rounded to bf16, fp32 sums; float only).
 /// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
 template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
           tensor_like C>
 void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
-            detail::scalar_of<C> beta = 0) {
+            detail::scalar_of<C> beta = 0, precision p = precision::fp32) {
     const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
+    if (p == precision::bf16) {
+        if constexpr (std::is_same_v<detail::scalar_of<C>, float>)
+            return detail::backend_for<A>::gemm_bf16(TA, TB, M, N, K, alpha, a.data(),
+                                                     a.shape().extent(1), b.data(),
+                                                     b.shape().extent(1), beta, c.data(), N);
+        else
+            throw detail::bf16_needs_float("matmul");
+    }
     detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
                                  b.shape().extent(1), beta, c.data(), N);
 }
@@ -4450,7 +5224,8 @@ template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_lik
 void matmul_thin(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
                  detail::scalar_of<C> beta = 0) {
     const auto extents = detail::matmul_extents<TA, TB>(a, b, c);
-    // Plain names, not a structured binding: clang 14 rejects bindings inside a requires-expression.
+    // Plain names, not a structured binding: clang 14 rejects bindings inside a
+    // requires-expression.
     const std::size_t M = extents[0], N = extents[1], K = extents[2];
     using backend = detail::backend_for<A>;
     const std::size_t lda = a.shape().extent(1), ldb = b.shape().extent(1);
@@ -4958,9 +5733,10 @@ void scale(X&& x, detail::scalar_of<X> alpha) {
 // one (Tq, Tk) matrix per batch and head (scores, probabilities).
 
 /// scores (B, H, Tq, Tk) = a_bh b_bhᵀ for every batch b and head h, a (B*Tq, C) and b (B*Tk, C)
-/// head matrices: attention's Q Kᵀ, and dP = dctx Vᵀ in its backward.
+/// head matrices: attention's Q Kᵀ, and dP = dctx Vᵀ in its backward. In precision p (bf16:
+/// operands rounded to bf16, fp32 sums).
 template <tensor_like S, tensor_like A, tensor_like Bm>
-void head_scores(S&& scores, const A& a, const Bm& b) {
+void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::fp32) {
     detail::same_device<S, A, Bm>();
     static_assert(detail::shape_of<S>::rank == 4 && detail::shape_of<A>::rank == 2 &&
                       detail::shape_of<Bm>::rank == 2,
@@ -4975,17 +5751,18 @@ void head_scores(S&& scores, const A& a, const Bm& b) {
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     for (std::size_t i = 0; i < B; ++i)
-        detail::backend_for<S>::gemm_strided_batched(
-            transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
+        detail::strided_batched<detail::backend_for<S>>(
+            p, transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
             a.data() + i * Tq * Cn, Cn, d, b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
             scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
 }
 
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
 /// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
-/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes).
+/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes). In precision
+/// prec (bf16: operands rounded to bf16, fp32 sums).
 template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
-void head_context(Out&& out, const P& p, const V& v) {
+void head_context(Out&& out, const P& p, const V& v, precision prec = precision::fp32) {
     detail::same_device<Out, P, V>();
     static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<P>::rank == 4 &&
                       detail::shape_of<V>::rank == 2,
@@ -5004,10 +5781,10 @@ void head_context(Out&& out, const P& p, const V& v) {
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     for (std::size_t i = 0; i < B; ++i)
-        detail::backend_for<Out>::gemm_strided_batched(
-            TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data() + i * H * Tn * Tn, Tn,
-            Tn * Tn, v.data() + i * Tn * Cn, Cn, d, detail::scalar_of<Out>(0),
-            out.data() + i * Tn * Cn, Cn, d, H);
+        detail::strided_batched<detail::backend_for<Out>>(
+            prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
+            p.data() + i * H * Tn * Tn, Tn, Tn * Tn, v.data() + i * Tn * Cn, Cn, d,
+            detail::scalar_of<Out>(0), out.data() + i * Tn * Cn, Cn, d, H);
 }
 
 /// Grouped-query attention of Tq new positions per sequence to the S positions of a key/value
@@ -5123,30 +5900,32 @@ template <scalar T, class D = device::cpu>
 using prepared_weight = typename prepared_weight_of<T, D>::type;
 
 /// Prepares w (N, K), stored as a linear layer stores its weight (out, in), for y = x wᵀ
-/// (matmul_prepared); grows the prepared storage only.
+/// (matmul_prepared) in precision p (bf16: w rounded to bf16 now, x at each product, fp32
+/// sums); grows the prepared storage only.
 template <tensor_like W>
 void prepare_weight(prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared,
-                    const W& w) {
+                    const W& w, precision p = precision::fp32) {
     detail::same_device<W>();
     static_assert(detail::shape_of<W>::rank == 2, "ftune::ops::prepare_weight: w is (N, K)");
     const std::size_t N = w.shape().extent(0), K = w.shape().extent(1);
-    prepared.pack(w.data(), K, transpose::yes, K, N);
+    prepared.pack(w.data(), K, transpose::yes, K, N, p);
 }
 
 /// Prepares w (K, N), stored as a linear layer stores its weight (out, in), for y += x w (the
-/// layer's d input: matmul_prepared_add); grows the prepared storage only.
+/// layer's d input: matmul_prepared_add) in precision p; grows the prepared storage only.
 template <tensor_like W>
 void prepare_weight_for_input_gradient(
-    prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared, const W& w) {
+    prepared_weight<detail::scalar_of<W>, detail::device_of<W>>& prepared, const W& w,
+    precision p = precision::fp32) {
     detail::same_device<W>();
     static_assert(detail::shape_of<W>::rank == 2,
                   "ftune::ops::prepare_weight_for_input_gradient: w is (K, N)");
     const std::size_t K = w.shape().extent(0), N = w.shape().extent(1);
-    prepared.pack(w.data(), N, transpose::no, K, N);
+    prepared.pack(w.data(), N, transpose::no, K, N, p);
 }
 
 /// y (M, N) += x (M, K) w with w (K, N) prepared by prepare_weight_for_input_gradient: the same
-/// values as matmul(x, w, y, 1, 1), bit for bit.
+/// values as matmul(x, w, y, 1, 1) in w's precision, bit for bit.
 template <tensor_like X, class P, tensor_like Y>
 void matmul_prepared_add(const X& x, const P& w, Y&& y) {
     detail::same_device<X, Y>();
@@ -5179,7 +5958,8 @@ template <class R>
 add_residual(R) -> add_residual<R>;
 
 /// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
-/// prepare_weight: the same values as matmul<no, yes>, bias_add (and residual_add), bit for bit.
+/// prepare_weight: the same values as matmul<no, yes> in w's precision, bias_add (and
+/// residual_add), bit for bit.
 template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
 void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
     detail::same_device<X, Y, Bias>();
@@ -5374,14 +6154,19 @@ class linear {
     /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
     /// In training, a frozen W (weight.trainable false) is packed once and its packed copies
     /// serve every step's forward and d input (context::pack_frozen_weights; same values, bit
-    /// for bit).
+    /// for bit). In ctx.precision bf16 (not prepared for inference), W is rounded to bf16 and
+    /// packed at each forward (so once per optimizer step), and backward's products run in
+    /// bf16 too (dx with W packed once more, dW from dy and x rounded); the sums stay fp32.
     output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
+        precision_ = prepared_ ? inference_precision_ : ctx.precision;
         frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
-        if (ctx.training() && weight.trainable) weight_changed();  // the optimizer will change W
-        if (prepared_ || frozen_packed_) {  // W packed once (prepare_inference, or frozen)
+        // W packed at each forward unless packed once (prepare_inference, or frozen): the
+        // optimizer, or a direct write, may have changed it
+        if (!prepared_ && !frozen_packed_) weight_changed();
+        if (prepared_ || frozen_packed_ || precision_ == precision::bf16) {
             packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
@@ -5401,6 +6186,7 @@ class linear {
                         "mode");
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = inference_precision_;
         packed_product(x, epilogue);
         return y_.view();
     }
@@ -5412,24 +6198,29 @@ class linear {
     /// train-mode forward ends the prepared mode. Writes that bypass a visit are not seen: after
     /// writing weight.value directly, or through parameter references kept from an earlier visit
     /// once an eval-mode forward has run since, call prepare_inference() again.
-    void prepare_inference() {
+    /// In precision p, W is rounded to bf16 once here: eval-mode products then round x and sum
+    /// in fp32.
+    void prepare_inference(precision p = precision::fp32) {
         weight_changed();  // W may have been written directly: pack again (the d input copy too)
-        ops::prepare_weight(packed_, weight.value);
+        inference_precision_ = p;
+        ops::prepare_weight(packed_, weight.value, p);
         prepared_ = packed_current_ = true;
     }
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
-    /// (with W's packed copy when the forward found it frozen).
+    /// (with W's packed copy when the forward found it frozen, or ran in bf16), in the
+    /// forward's precision.
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1));
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1),
+                                                       precision_);
         if constexpr (Bias)
             if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
         if (dx.empty()) return;
-        if (!frozen_packed_ || weight.trainable)
+        if (!frozen_packed_ && precision_ == precision::fp32)
             return ops::matmul(dy, weight.value, dx, T(1), T(1));
-        if (!packed_d_current_) {  // W (Out, In) as the B of dx = dy W, packed once
-            ops::prepare_weight_for_input_gradient(packed_d_, weight.value);
+        if (!packed_d_current_ || packed_d_.precision() != precision_) {  // W as dx = dy W's B
+            ops::prepare_weight_for_input_gradient(packed_d_, weight.value, precision_);
             packed_d_current_ = true;
         }
         ops::matmul_prepared_add(dy, packed_d_, dx);
@@ -5473,8 +6264,8 @@ class linear {
             throw error(errc::shape_mismatch, "linear",
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
-        if (!packed_current_) {  // (stays false if the packing throws)
-            ops::prepare_weight(packed_, weight.value);
+        if (!packed_current_ || packed_.precision() != precision_) {  // (false if it throws)
+            ops::prepare_weight(packed_, weight.value, precision_);
             packed_current_ = true;
         }
         if constexpr (Bias)
@@ -5483,14 +6274,16 @@ class linear {
             ops::matmul_prepared(x, packed_, y_, view<const T, shape<dynamic>, D>(), epilogue);
     }
 
-    ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
-    ops::prepared_weight<T, D> packed_d_;  // W prepared for dx += dy W (frozen, in training)
-    bool prepared_ = false;                // eval-mode forwards use packed_ (prepare_inference)
-    bool packed_current_ = false;          // packed_ holds the current W (no visit since)
-    bool packed_d_current_ = false;        // packed_d_ holds the current W
-    bool frozen_packed_ = false;           // the last forward: training with W frozen and packed
-    input_view x_;                         // the last forward's input
-    buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
+    ops::prepared_weight<T, D> packed_;      // W prepared for matmul_prepared (prepare_inference)
+    ops::prepared_weight<T, D> packed_d_;    // W prepared for dx += dy W (frozen, in training)
+    bool prepared_ = false;                  // eval-mode forwards use packed_ (prepare_inference)
+    bool packed_current_ = false;            // packed_ holds the current W (no visit since)
+    bool packed_d_current_ = false;          // packed_d_ holds the current W
+    bool frozen_packed_ = false;             // the last forward: training with W frozen and packed
+    precision precision_ = precision::fp32;  // the last forward's (and backward's)
+    precision inference_precision_ = precision::fp32;  // prepare_inference's
+    input_view x_;                                     // the last forward's input
+    buffer<T, shape<dynamic, Out>, D> y_;              // (N, Out) output workspace
 };
 
 /// linear without a bias as a template of the two sizes, for layers that take their projection
@@ -5563,7 +6356,8 @@ class self_attention {
         v_ = value.forward(ctx, x2);
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
-        ops::head_scores(scores_, q_, k_);  // S_bh = Q_bh K_bhᵀ
+        precision_ = ctx.precision;
+        ops::head_scores(scores_, q_, k_, precision_);  // S_bh = Q_bh K_bhᵀ
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
             ops::masked_softmax(probs_, scores_, scale, causal);
@@ -5577,7 +6371,8 @@ class self_attention {
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
         const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_);  // P V
+        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_,
+                          precision_);  // P V
         return out_.view();
     }
 
@@ -5606,8 +6401,8 @@ class self_attention {
         dk.resize(dq.shape());
         dv.resize(dq.shape());
         const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
-        ops::head_scores(dp, g, v_);                  // dP_bh = dctx_bh V_bhᵀ
-        ops::head_context<transpose::yes>(dv, p, g);  // dV_bh = P_bhᵀ dctx_bh
+        ops::head_scores(dp, g, v_, precision_);                  // dP_bh = dctx_bh V_bhᵀ
+        ops::head_context<transpose::yes>(dv, p, g, precision_);  // dV_bh = P_bhᵀ dctx_bh
         ds.resize(probs_.shape());
         ds.fill(T(0));
         if (dropped_) {  // through the dropout, then the softmax
@@ -5618,8 +6413,8 @@ class self_attention {
         } else {
             ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
         }
-        ops::head_context(dq, ds, k_);                  // dQ_bh = dS_bh K_bh
-        ops::head_context<transpose::yes>(dk, ds, q_);  // dK_bh = dS_bhᵀ Q_bh
+        ops::head_context(dq, ds, k_, precision_);                  // dQ_bh = dS_bh K_bh
+        ops::head_context<transpose::yes>(dk, ds, q_, precision_);  // dK_bh = dS_bhᵀ Q_bh
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
@@ -5635,7 +6430,7 @@ class self_attention {
     /// packs again); a train-mode forward ends the prepared mode. After writing the weights
     /// directly (or through references kept from an earlier visit once an eval-mode forward has
     /// run since), call it again.
-    void prepare_inference() {
+    void prepare_inference(precision p = precision::fp32) {
         const std::size_t Cn = query.in_features();
         packed_current_ = false;  // until the packing below has succeeded
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
@@ -5655,7 +6450,8 @@ class self_attention {
                 ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
                           const_flat(parts[i]->bias.value.data(), Cn));
         }
-        ops::prepare_weight(packed_qkv_, qkv_weight);
+        ops::prepare_weight(packed_qkv_, qkv_weight, p);
+        inference_precision_ = p;
         prepared_ = packed_current_ = true;
     }
 
@@ -5707,7 +6503,7 @@ class self_attention {
             throw error(errc::shape_mismatch, "self_attention",
                         ftune::detail::cat("input has ", Cn, " features but the layer takes ",
                                            query.in_features()));
-        if (!packed_current_) prepare_inference();
+        if (!packed_current_) prepare_inference(inference_precision_);
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
         ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
                              packed_qkv_, qkv_, qkv_bias_);
@@ -5722,13 +6518,15 @@ class self_attention {
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;                // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                    // the last forward used packed_qkv_
-    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
+    bool prepared_ = false;                            // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                      // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                          // the last forward used packed_qkv_
+    precision precision_ = precision::fp32;            // the last forward's head products
+    precision inference_precision_ = precision::fp32;  // prepare_inference's
+    ops::prepared_weight<T, D> packed_qkv_;            // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;            // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;        // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
     typename Proj::output_view q_, k_,
         v_;                                           // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
@@ -5899,11 +6697,11 @@ class chain {
     }
 
     /// Calls prepare_inference() on the members that have one (linear::prepare_inference).
-    void prepare_inference() {
+    void prepare_inference(precision p = precision::fp32) {
         std::apply(
-            [](auto&... l) {
-                auto one = [](auto& m) {
-                    if constexpr (requires { m.prepare_inference(); }) m.prepare_inference();
+            [p](auto&... l) {
+                auto one = [p](auto& m) {
+                    if constexpr (requires { m.prepare_inference(p); }) m.prepare_inference(p);
                 };
                 (one(l), ...);
             },
@@ -6183,10 +6981,10 @@ class gated_mlp {
         down_proj.zero_grad();
     }
     /// Packs the projections for inference.
-    void prepare_inference() {
-        gate_proj.prepare_inference();
-        up_proj.prepare_inference();
-        down_proj.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        gate_proj.prepare_inference(p);
+        up_proj.prepare_inference(p);
+        down_proj.prepare_inference(p);
     }
 
     /// Visits gate_proj, up_proj, down_proj (Transformers' order).
@@ -6778,7 +7576,7 @@ class pooler {
     }
 
     /// Packs dense's weight for inference (lora_linear::prepare_inference).
-    void prepare_inference() { dense.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { dense.prepare_inference(p); }
 
     /// Sets the gradients to zero.
     void zero_grad() { dense.zero_grad(); }
@@ -7074,7 +7872,8 @@ class rotary_attention {
         const auto ve = expanded(v_, v_full_, group);
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
-        ops::head_scores(scores_, q_.view(), ke);
+        precision_ = ctx.precision;
+        ops::head_scores(scores_, q_.view(), ke, precision_);
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
             ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
@@ -7087,7 +7886,7 @@ class rotary_attention {
             ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
         }
         ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve);
+        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve, precision_);
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -7125,11 +7924,11 @@ class rotary_attention {
     }
 
     /// Packs the projections' weights for inference (linear::prepare_inference).
-    void prepare_inference() {
-        q_proj.prepare_inference();
-        k_proj.prepare_inference();
-        v_proj.prepare_inference();
-        o_proj.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        q_proj.prepare_inference(p);
+        k_proj.prepare_inference(p);
+        v_proj.prepare_inference(p);
+        o_proj.prepare_inference(p);
     }
 
     /// Accumulates the projections' gradients and, unless dx is empty, dx.
@@ -7148,9 +7947,9 @@ class rotary_attention {
         w.dp.resize(probs_.shape());
         w.ds.resize(probs_.shape());
         w.ds.fill(T(0));
-        ops::head_scores(w.dp, w.dctx.view(), ve);  // dP = dctx Vᵀ
+        ops::head_scores(w.dp, w.dctx.view(), ve, precision_);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view());  // dV = Pᵀ dctx
+        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);  // dV = Pᵀ dctx
         if (dropped_) {  // through the dropout (dP before it, in w.dp_pre), then the softmax
             w.dp_pre.resize(probs_.shape());
             w.dp_pre.fill(T(0));
@@ -7160,9 +7959,10 @@ class rotary_attention {
             ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
         }
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context(w.dq, w.ds.view(), ke);  // dQ (rotated) = dS K
+        ops::head_context(w.dq, w.ds.view(), ke, precision_);  // dQ (rotated) = dS K
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view());  // dK = dSᵀ Q
+        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view(),
+                                          precision_);  // dK = dSᵀ Q
         // back through the repeat (sum over each group) and the rotation (its transpose)
         w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
         w.dv.resize(w.dk.shape());
@@ -7204,6 +8004,7 @@ class rotary_attention {
     }
 
   private:
+    precision precision_ = precision::fp32;  // the last forward's head products
     using matrix = buffer<T, shape<dynamic, dynamic>, D>;
     // q_ (N, H d) and k_ (N, Hkv d) of x (N, C), rotated at positions (N) unless not rotary
     // (the angles kept in cos_, sin_ for backward)
@@ -7420,9 +8221,9 @@ class decoder_block {
     /// Whether the last forward kept nothing for backward (never: see inference_prepared).
     bool kept_nothing_for_backward() const noexcept { return false; }
     /// Packs every projection's weight for inference (linear::prepare_inference).
-    void prepare_inference() {
-        self_attn.prepare_inference();
-        mlp.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        self_attn.prepare_inference(p);
+        mlp.prepare_inference(p);
     }
 
     /// Visits the first norm, the attention, the second norm, the MLP (Transformers' order),
@@ -7661,9 +8462,9 @@ class encoder_block {
     }
 
     /// Packs every projection's weight for inference (linear::prepare_inference).
-    void prepare_inference() {
-        attention.prepare_inference(), attention_dense.prepare_inference();
-        intermediate.prepare_inference(), output_dense.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        attention.prepare_inference(p), attention_dense.prepare_inference(p);
+        intermediate.prepare_inference(p), output_dense.prepare_inference(p);
     }
 
     /// Whether the last forward ran the prepared inference path (backward would throw).
@@ -7960,8 +8761,8 @@ class stack {
     /// forwards then skip the per-call packing and run the fused attention. Visits that may change
     /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
     /// prepared mode; call it again after writing parameters directly.
-    void prepare_inference() {
-        for (auto& block : layer) block.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        for (auto& block : layer) block.prepare_inference(p);
     }
 
     /// Sets every gradient to zero.
@@ -8222,7 +9023,7 @@ class base_model {
     }
 
     /// Packs the pooler's weight for inference.
-    void prepare_inference() { pooler.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { pooler.prepare_inference(p); }
     /// Sets the pooler's gradients to zero.
     void zero_grad() { pooler.zero_grad(); }
     /// Visits "pooler.dense.*" under prefix.
@@ -8706,7 +9507,8 @@ class masked_lm {
                                     transform_act.forward(ctx, transform_dense.forward(ctx, rows)));
         const auto& E = backbone.input_embeddings().value;              // (V, C)
         logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
-        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_);
+        precision_ = ctx.precision;
+        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_, T(1), T(0), precision_);
         ops::bias_add(logits_, bias.value);
         return {logits_.data(), B_, T_, E.extent(0)};
     }
@@ -8721,10 +9523,10 @@ class masked_lm {
                                                            d_logits.extent(2));  // (N, V)
         if (bias.trainable) ops::bias_backward(bias.gradient(), dl);
         if (E.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1),
-                                                       T(1));  // dE += dlᵀ t
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1), T(1),
+                                                       precision_);  // dE += dlᵀ t
         zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
-        ops::matmul(dl, E.value, d_t_, T(1), T(1));  // dt = dl E
+        ops::matmul(dl, E.value, d_t_, T(1), T(1), precision_);  // dt = dl E
         transform_norm.backward(ctx, d_t_.view(), d_a_.view());
         transform_act.backward(ctx, d_a_.view(), d_d_.view());
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
@@ -8734,7 +9536,7 @@ class masked_lm {
     }
 
     /// Packs the transform's weight for inference.
-    void prepare_inference() { transform_dense.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { transform_dense.prepare_inference(p); }
     /// Sets the head's gradients to zero.
     void zero_grad() {
         transform_dense.zero_grad(), transform_norm.zero_grad();
@@ -8792,6 +9594,7 @@ class masked_lm {
     }
 
   private:
+    precision precision_ = precision::fp32;  // the last forward's products
     static void zeroed(buffer<T, shape<dynamic, C>, D>& b, std::size_t rows, std::size_t cols) {
         b.resize(shape<dynamic, C>(rows, cols));
         b.fill(T(0));
@@ -8859,7 +9662,7 @@ class question_answering {
     }
 
     /// Packs qa_outputs' weight for inference.
-    void prepare_inference() { qa_outputs.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { qa_outputs.prepare_inference(p); }
     /// Sets the head's gradients to zero.
     void zero_grad() { qa_outputs.zero_grad(); }
     /// Visits "qa_outputs.*" under prefix.
@@ -9623,7 +10426,9 @@ class sequence_classification : public sequence_task<T, D> {
     }
 
     /// Packs the dense weights for inference.
-    void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) {
+        pooler.prepare_inference(p), classifier.prepare_inference(p);
+    }
     /// Sets the head's gradients to zero.
     void zero_grad() { pooler.zero_grad(), classifier.zero_grad(); }
     /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.
@@ -9713,7 +10518,7 @@ class token_classification {
     }
 
     /// Packs the classifier's weight for inference.
-    void prepare_inference() { classifier.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { classifier.prepare_inference(p); }
     /// Sets the head's gradients to zero.
     void zero_grad() { classifier.zero_grad(); }
     /// Visits "classifier.*" under prefix.
@@ -9931,12 +10736,12 @@ class task_model {
     }
 
     /// Packs the weights for low-latency inference (see the backbone's prepare_inference).
-    void prepare_inference() {
-        backbone.prepare_inference();
-        if constexpr (requires { head.prepare_inference(backbone); })
-            head.prepare_inference(backbone);  // a head that reads the backbone's weights
+    void prepare_inference(precision p = precision::fp32) {
+        backbone.prepare_inference(p);
+        if constexpr (requires { head.prepare_inference(backbone, p); })
+            head.prepare_inference(backbone, p);  // a head that reads the backbone's weights
         else
-            head.prepare_inference();
+            head.prepare_inference(p);
     }
     /// Sets every gradient to zero.
     void zero_grad() {
@@ -10165,9 +10970,9 @@ class mlp {
         c_proj.zero_grad();
     }
     /// Packs the projections for inference.
-    void prepare_inference() {
-        c_fc.prepare_inference();
-        c_proj.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        c_fc.prepare_inference(p);
+        c_proj.prepare_inference(p);
     }
 
     /// Visits c_fc, c_proj (Transformers' order).

@@ -161,9 +161,9 @@ class decoder_block {
     /// Whether the last forward kept nothing for backward (never: see inference_prepared).
     bool kept_nothing_for_backward() const noexcept { return false; }
     /// Packs every projection's weight for inference (linear::prepare_inference).
-    void prepare_inference() {
-        self_attn.prepare_inference();
-        mlp.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        self_attn.prepare_inference(p);
+        mlp.prepare_inference(p);
     }
 
     /// Visits the first norm, the attention, the second norm, the MLP (Transformers' order),

@@ -198,9 +198,9 @@ class encoder_block {
     }
 
     /// Packs every projection's weight for inference (linear::prepare_inference).
-    void prepare_inference() {
-        attention.prepare_inference(), attention_dense.prepare_inference();
-        intermediate.prepare_inference(), output_dense.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        attention.prepare_inference(p), attention_dense.prepare_inference(p);
+        intermediate.prepare_inference(p), output_dense.prepare_inference(p);
     }
 
     /// Whether the last forward ran the prepared inference path (backward would throw).

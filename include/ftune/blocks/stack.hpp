@@ -172,8 +172,8 @@ class stack {
     /// forwards then skip the per-call packing and run the fused attention. Visits that may change
     /// the weights make the next eval-mode forward pack again; a train-mode forward ends the
     /// prepared mode; call it again after writing parameters directly.
-    void prepare_inference() {
-        for (auto& block : layer) block.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        for (auto& block : layer) block.prepare_inference(p);
     }
 
     /// Sets every gradient to zero.

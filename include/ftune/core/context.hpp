@@ -8,6 +8,7 @@
 
 #include "ftune/core/error.hpp"
 #include "ftune/core/rng.hpp"
+#include "ftune/core/types.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -62,6 +63,11 @@ struct context {
     /// (forward and d input), instead of at every call: a LoRA step about 8% faster, for twice
     /// the frozen weights' bytes. False: per-call packing, no extra memory (the same values).
     bool pack_frozen_weights = true;
+    /// The number format of the matrix products of forwards and backwards that are not prepared
+    /// for inference (prepare_inference() fixes its own): fp32, or bf16 operands with fp32 sums
+    /// (mixed-precision training: weights, gradients and optimizer state stay fp32; each weight
+    /// is rounded to bf16 once per forward, packed for both of its products).
+    ftune::precision precision = ftune::precision::fp32;
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };

@@ -128,12 +128,12 @@ class task_model {
     }
 
     /// Packs the weights for low-latency inference (see the backbone's prepare_inference).
-    void prepare_inference() {
-        backbone.prepare_inference();
-        if constexpr (requires { head.prepare_inference(backbone); })
-            head.prepare_inference(backbone);  // a head that reads the backbone's weights
+    void prepare_inference(precision p = precision::fp32) {
+        backbone.prepare_inference(p);
+        if constexpr (requires { head.prepare_inference(backbone, p); })
+            head.prepare_inference(backbone, p);  // a head that reads the backbone's weights
         else
-            head.prepare_inference();
+            head.prepare_inference(p);
     }
     /// Sets every gradient to zero.
     void zero_grad() {

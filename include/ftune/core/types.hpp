@@ -12,6 +12,16 @@ FTUNE_NAMESPACE_BEGIN
 /// Whether a GEMM operand is used as stored or transposed.
 enum class transpose : bool { no = false, yes = true };
 
+/// The number format of matrix products: fp32, or bf16 operands with fp32 sums (AVX512-BF16's
+/// vdpbf16ps; see docs/precision.md). Master weights, optimizer state, normalizations, softmax
+/// and losses stay fp32 in either.
+enum class precision { fp32, bf16 };
+
+/// "fp32" or "bf16".
+constexpr const char* to_string(precision p) noexcept {
+    return p == precision::bf16 ? "bf16" : "fp32";
+}
+
 /// Token and label ids (as Hugging Face stores input_ids; int32 halves the bandwidth of int64).
 using token_id = std::int32_t;
 

@@ -50,7 +50,7 @@ class base_model {
     }
 
     /// Packs the pooler's weight for inference.
-    void prepare_inference() { pooler.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { pooler.prepare_inference(p); }
     /// Sets the pooler's gradients to zero.
     void zero_grad() { pooler.zero_grad(); }
     /// Visits "pooler.dense.*" under prefix.

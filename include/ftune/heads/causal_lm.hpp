@@ -58,9 +58,10 @@ class causal_lm {
             return {y.data(), B_, T_, y.extent(1)};
         }
         h_ = rows;
+        precision_ = ctx.precision;
         const auto& E = backbone.input_embeddings().value;              // (V, C)
         logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
-        ops::matmul<transpose::no, transpose::yes>(rows, E, logits_);
+        ops::matmul<transpose::no, transpose::yes>(rows, E, logits_, T(1), T(0), precision_);
         return {logits_.data(), B_, T_, E.extent(0)};
     }
 
@@ -76,7 +77,7 @@ class causal_lm {
             ops::copy(view<T, shape<dynamic>, D>(last_.data() + b * Cn, Cn),
                       view<const T, shape<dynamic>, D>(h.data() + (b * Tn + Tn - 1) * Cn, Cn));
         if (!tied) return lm_head.forward(ctx, last_.view());
-        if (!packed_current_) prepare_inference(backbone);
+        if (!packed_current_) prepare_inference(backbone, inference_precision_);
         const auto& E = backbone.input_embeddings().value;  // (V, C)
         logits_.resize(shape<dynamic, dynamic>(B, E.extent(0)));
         ops::matmul_prepared(last_.view(), packed_, logits_, view<const T, shape<dynamic>, D>());
@@ -98,8 +99,9 @@ class causal_lm {
         } else {
             auto& E = backbone.input_embeddings();
             if (E.trainable)
-                ops::matmul<transpose::yes, transpose::no>(dl, h_, E.gradient(), T(1), T(1));  // dE
-            ops::matmul(dl, E.value, dh, T(1), T(1));  // dh = dl E
+                ops::matmul<transpose::yes, transpose::no>(dl, h_, E.gradient(), T(1), T(1),
+                                                           precision_);  // dE
+            ops::matmul(dl, E.value, dh, T(1), T(1), precision_);        // dh = dl E
         }
         return d_hidden_.view();
     }
@@ -113,7 +115,7 @@ class causal_lm {
     /// chunk's d hidden. Equal to forward, loss and backward up to the order of sums. Returns
     /// the loss and d hidden (B, T, C).
     template <class Backbone>
-    std::pair<double, hidden_view> loss_backward(context&, Backbone& backbone, hidden_view h,
+    std::pair<double, hidden_view> loss_backward(context& ctx, Backbone& backbone, hidden_view h,
                                                  const train::batch& b, T scale) {
         B_ = h.extent(0), T_ = h.extent(1);
         const std::size_t N = B_ * T_, Cn = h.extent(2);
@@ -151,6 +153,12 @@ class causal_lm {
                       view<const T, shape<dynamic>, D>(h.data() + rows_[k] * Cn, Cn));
         const std::size_t R = std::min(
             M, loss_chunk_rows ? loss_chunk_rows : std::max<std::size_t>(1, (1u << 24) / V));
+        // in bf16, W rounded and packed once for all chunks, in both products' layouts
+        const precision prec = ctx.precision;
+        if (prec == precision::bf16) {
+            ops::prepare_weight(w_logits_, W.value, prec);
+            ops::prepare_weight_for_input_gradient(w_dh_, W.value, prec);
+        }
         z_.resize(shape<dynamic, dynamic>(R, V));   // (R, V) a chunk's logits
         dz_.resize(shape<dynamic, dynamic>(R, V));  // (R, V) and their gradient
         double total = 0;
@@ -159,7 +167,10 @@ class causal_lm {
             const view<const T, shape<dynamic, C>, D> hk(hc_.data() + k0 * Cn, r, Cn);  // (r, C)
             const view<T, shape<dynamic, C>, D> dhk(dhc_.data() + k0 * Cn, r, Cn);      // (r, C)
             const view<T, shape<dynamic, dynamic>, D> z(z_.data(), r, V), dz(dz_.data(), r, V);
-            ops::matmul<transpose::no, transpose::yes>(hk, W.value, z);  // logits = h Wᵀ
+            if (prec == precision::bf16)  // logits = h Wᵀ
+                ops::matmul_prepared(hk, w_logits_, z, view<const T, shape<dynamic>, D>());
+            else
+                ops::matmul<transpose::no, transpose::yes>(hk, W.value, z);
             double part = double(r);  // the chunk's share of the denominator
             if (!w.empty()) {
                 part = 0;
@@ -169,8 +180,14 @@ class causal_lm {
             std::fill_n(dz.data(), r * V, T(0));
             ce_.backward(dz, T(double(scale) * part / denom));
             if (W.trainable)
-                ops::matmul<transpose::yes, transpose::no>(dz, hk, W.gradient(), T(1), T(1));  // dW
-            ops::matmul(dz, W.value, dhk);  // d h = d logits W
+                ops::matmul<transpose::yes, transpose::no>(dz, hk, W.gradient(), T(1), T(1),
+                                                           prec);  // dW
+            if (prec == precision::bf16) {                         // d h = d logits W
+                std::fill_n(dhk.data(), r * Cn, T(0));
+                ops::matmul_prepared_add(dz, w_dh_, dhk);
+            } else {
+                ops::matmul(dz, W.value, dhk);
+            }
         }
         for (std::size_t k = 0; k < M; ++k)  // scattered back to their positions
             ops::copy(view<T, shape<dynamic>, D>(d_hidden_.data() + rows_[k] * Cn, Cn),
@@ -180,10 +197,11 @@ class causal_lm {
 
     /// Packs the LM head's weight for inference: its own, or (tied) the backbone's table.
     template <class Backbone>
-    void prepare_inference(Backbone& backbone) {
-        if (!tied) return lm_head.prepare_inference();
+    void prepare_inference(Backbone& backbone, precision p = precision::fp32) {
+        if (!tied) return lm_head.prepare_inference(p);
         packed_current_ = false;  // until the packing below has succeeded
-        ops::prepare_weight(packed_, backbone.input_embeddings().value);
+        inference_precision_ = p;
+        ops::prepare_weight(packed_, backbone.input_embeddings().value, p);
         packed_current_ = true;
     }
     /// Sets the head's gradient to zero.
@@ -277,6 +295,9 @@ class causal_lm {
     buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
     buffer<T, shape<dynamic, C>, D> last_;               // (B, C) last positions (generation)
     ops::prepared_weight<T, D> packed_;                  // the tied table, packed
+    ops::prepared_weight<T, D> w_logits_, w_dh_;         // W in bf16 for loss_backward's chunks
+    precision precision_ = precision::fp32;              // the last forward's
+    precision inference_precision_ = precision::fp32;    // prepare_inference's
     std::vector<token_id> shifted_;                      // (B T) the next token's label
     std::vector<std::size_t> rows_;                      // (M) positions with a label (fused)
     std::vector<token_id> targets_;                      // (M) their labels

@@ -89,7 +89,7 @@ class last_token_classification : public sequence_task<T, D> {
     }
 
     /// Packs the classifier's weight for inference.
-    void prepare_inference() { classifier.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { classifier.prepare_inference(p); }
     /// Sets the classifier's gradient to zero.
     void zero_grad() { classifier.zero_grad(); }
     /// Visits "score.weight" under prefix.

@@ -64,7 +64,8 @@ class masked_lm {
                                     transform_act.forward(ctx, transform_dense.forward(ctx, rows)));
         const auto& E = backbone.input_embeddings().value;              // (V, C)
         logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
-        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_);
+        precision_ = ctx.precision;
+        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_, T(1), T(0), precision_);
         ops::bias_add(logits_, bias.value);
         return {logits_.data(), B_, T_, E.extent(0)};
     }
@@ -79,10 +80,10 @@ class masked_lm {
                                                            d_logits.extent(2));  // (N, V)
         if (bias.trainable) ops::bias_backward(bias.gradient(), dl);
         if (E.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1),
-                                                       T(1));  // dE += dlᵀ t
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1), T(1),
+                                                       precision_);  // dE += dlᵀ t
         zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
-        ops::matmul(dl, E.value, d_t_, T(1), T(1));  // dt = dl E
+        ops::matmul(dl, E.value, d_t_, T(1), T(1), precision_);  // dt = dl E
         transform_norm.backward(ctx, d_t_.view(), d_a_.view());
         transform_act.backward(ctx, d_a_.view(), d_d_.view());
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
@@ -92,7 +93,7 @@ class masked_lm {
     }
 
     /// Packs the transform's weight for inference.
-    void prepare_inference() { transform_dense.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { transform_dense.prepare_inference(p); }
     /// Sets the head's gradients to zero.
     void zero_grad() {
         transform_dense.zero_grad(), transform_norm.zero_grad();
@@ -150,6 +151,7 @@ class masked_lm {
     }
 
   private:
+    precision precision_ = precision::fp32;  // the last forward's products
     static void zeroed(buffer<T, shape<dynamic, C>, D>& b, std::size_t rows, std::size_t cols) {
         b.resize(shape<dynamic, C>(rows, cols));
         b.fill(T(0));

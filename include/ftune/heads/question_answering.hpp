@@ -56,7 +56,7 @@ class question_answering {
     }
 
     /// Packs qa_outputs' weight for inference.
-    void prepare_inference() { qa_outputs.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { qa_outputs.prepare_inference(p); }
     /// Sets the head's gradients to zero.
     void zero_grad() { qa_outputs.zero_grad(); }
     /// Visits "qa_outputs.*" under prefix.

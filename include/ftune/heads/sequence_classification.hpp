@@ -69,7 +69,9 @@ class sequence_classification : public sequence_task<T, D> {
     }
 
     /// Packs the dense weights for inference.
-    void prepare_inference() { pooler.prepare_inference(), classifier.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) {
+        pooler.prepare_inference(p), classifier.prepare_inference(p);
+    }
     /// Sets the head's gradients to zero.
     void zero_grad() { pooler.zero_grad(), classifier.zero_grad(); }
     /// Visits "<backbone>.pooler.dense.*" and "classifier.*" under prefix.

@@ -77,7 +77,7 @@ class token_classification {
     }
 
     /// Packs the classifier's weight for inference.
-    void prepare_inference() { classifier.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { classifier.prepare_inference(p); }
     /// Sets the head's gradients to zero.
     void zero_grad() { classifier.zero_grad(); }
     /// Visits "classifier.*" under prefix.

@@ -67,7 +67,8 @@ class self_attention {
         v_ = value.forward(ctx, x2);
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
-        ops::head_scores(scores_, q_, k_);  // S_bh = Q_bh K_bhᵀ
+        precision_ = ctx.precision;
+        ops::head_scores(scores_, q_, k_, precision_);  // S_bh = Q_bh K_bhᵀ
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
             ops::masked_softmax(probs_, scores_, scale, causal);
@@ -81,7 +82,8 @@ class self_attention {
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
         const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_);  // P V
+        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_,
+                          precision_);  // P V
         return out_.view();
     }
 
@@ -110,8 +112,8 @@ class self_attention {
         dk.resize(dq.shape());
         dv.resize(dq.shape());
         const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
-        ops::head_scores(dp, g, v_);                  // dP_bh = dctx_bh V_bhᵀ
-        ops::head_context<transpose::yes>(dv, p, g);  // dV_bh = P_bhᵀ dctx_bh
+        ops::head_scores(dp, g, v_, precision_);                  // dP_bh = dctx_bh V_bhᵀ
+        ops::head_context<transpose::yes>(dv, p, g, precision_);  // dV_bh = P_bhᵀ dctx_bh
         ds.resize(probs_.shape());
         ds.fill(T(0));
         if (dropped_) {  // through the dropout, then the softmax
@@ -122,8 +124,8 @@ class self_attention {
         } else {
             ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
         }
-        ops::head_context(dq, ds, k_);                  // dQ_bh = dS_bh K_bh
-        ops::head_context<transpose::yes>(dk, ds, q_);  // dK_bh = dS_bhᵀ Q_bh
+        ops::head_context(dq, ds, k_, precision_);                  // dQ_bh = dS_bh K_bh
+        ops::head_context<transpose::yes>(dk, ds, q_, precision_);  // dK_bh = dS_bhᵀ Q_bh
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
@@ -139,7 +141,7 @@ class self_attention {
     /// packs again); a train-mode forward ends the prepared mode. After writing the weights
     /// directly (or through references kept from an earlier visit once an eval-mode forward has
     /// run since), call it again.
-    void prepare_inference() {
+    void prepare_inference(precision p = precision::fp32) {
         const std::size_t Cn = query.in_features();
         packed_current_ = false;  // until the packing below has succeeded
         // (3C, C) staging for the packing, one per thread (not per layer or model copy)
@@ -159,7 +161,8 @@ class self_attention {
                 ops::copy(flat(qkv_bias_.data() + i * Cn, Cn),
                           const_flat(parts[i]->bias.value.data(), Cn));
         }
-        ops::prepare_weight(packed_qkv_, qkv_weight);
+        ops::prepare_weight(packed_qkv_, qkv_weight, p);
+        inference_precision_ = p;
         prepared_ = packed_current_ = true;
     }
 
@@ -211,7 +214,7 @@ class self_attention {
             throw error(errc::shape_mismatch, "self_attention",
                         ftune::detail::cat("input has ", Cn, " features but the layer takes ",
                                            query.in_features()));
-        if (!packed_current_) prepare_inference();
+        if (!packed_current_) prepare_inference(inference_precision_);
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
         ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
                              packed_qkv_, qkv_, qkv_bias_);
@@ -226,13 +229,15 @@ class self_attention {
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;                // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                    // the last forward used packed_qkv_
-    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
+    bool prepared_ = false;                            // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                      // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                          // the last forward used packed_qkv_
+    precision precision_ = precision::fp32;            // the last forward's head products
+    precision inference_precision_ = precision::fp32;  // prepare_inference's
+    ops::prepared_weight<T, D> packed_qkv_;            // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;            // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;        // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
     typename Proj::output_view q_, k_,
         v_;                                           // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)

@@ -156,11 +156,11 @@ class chain {
     }
 
     /// Calls prepare_inference() on the members that have one (linear::prepare_inference).
-    void prepare_inference() {
+    void prepare_inference(precision p = precision::fp32) {
         std::apply(
-            [](auto&... l) {
-                auto one = [](auto& m) {
-                    if constexpr (requires { m.prepare_inference(); }) m.prepare_inference();
+            [p](auto&... l) {
+                auto one = [p](auto& m) {
+                    if constexpr (requires { m.prepare_inference(p); }) m.prepare_inference(p);
                 };
                 (one(l), ...);
             },

@@ -75,10 +75,10 @@ class gated_mlp {
         down_proj.zero_grad();
     }
     /// Packs the projections for inference.
-    void prepare_inference() {
-        gate_proj.prepare_inference();
-        up_proj.prepare_inference();
-        down_proj.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        gate_proj.prepare_inference(p);
+        up_proj.prepare_inference(p);
+        down_proj.prepare_inference(p);
     }
 
     /// Visits gate_proj, up_proj, down_proj (Transformers' order).

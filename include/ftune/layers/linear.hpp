@@ -40,14 +40,19 @@ class linear {
     /// y = x Wᵀ + b. Keeps a view of x for backward: x must stay alive and unchanged until then.
     /// In training, a frozen W (weight.trainable false) is packed once and its packed copies
     /// serve every step's forward and d input (context::pack_frozen_weights; same values, bit
-    /// for bit).
+    /// for bit). In ctx.precision bf16 (not prepared for inference), W is rounded to bf16 and
+    /// packed at each forward (so once per optimizer step), and backward's products run in
+    /// bf16 too (dx with W packed once more, dW from dy and x rounded); the sums stay fp32.
     output_view forward(context& ctx, input_view x) {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
+        precision_ = prepared_ ? inference_precision_ : ctx.precision;
         frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
-        if (ctx.training() && weight.trainable) weight_changed();  // the optimizer will change W
-        if (prepared_ || frozen_packed_) {  // W packed once (prepare_inference, or frozen)
+        // W packed at each forward unless packed once (prepare_inference, or frozen): the
+        // optimizer, or a direct write, may have changed it
+        if (!prepared_ && !frozen_packed_) weight_changed();
+        if (prepared_ || frozen_packed_ || precision_ == precision::bf16) {
             packed_product(x, ops::no_epilogue{});
         } else {
             ops::matmul<transpose::no, transpose::yes>(x, weight.value, y_);
@@ -67,6 +72,7 @@ class linear {
                         "mode");
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = inference_precision_;
         packed_product(x, epilogue);
         return y_.view();
     }
@@ -78,24 +84,29 @@ class linear {
     /// train-mode forward ends the prepared mode. Writes that bypass a visit are not seen: after
     /// writing weight.value directly, or through parameter references kept from an earlier visit
     /// once an eval-mode forward has run since, call prepare_inference() again.
-    void prepare_inference() {
+    /// In precision p, W is rounded to bf16 once here: eval-mode products then round x and sum
+    /// in fp32.
+    void prepare_inference(precision p = precision::fp32) {
         weight_changed();  // W may have been written directly: pack again (the d input copy too)
-        ops::prepare_weight(packed_, weight.value);
+        inference_precision_ = p;
+        ops::prepare_weight(packed_, weight.value, p);
         prepared_ = packed_current_ = true;
     }
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
-    /// (with W's packed copy when the forward found it frozen).
+    /// (with W's packed copy when the forward found it frozen, or ran in bf16), in the
+    /// forward's precision.
     void backward(context&, output_view dy, d_input_view dx) {
         if (weight.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1));
+            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1),
+                                                       precision_);
         if constexpr (Bias)
             if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
         if (dx.empty()) return;
-        if (!frozen_packed_ || weight.trainable)
+        if (!frozen_packed_ && precision_ == precision::fp32)
             return ops::matmul(dy, weight.value, dx, T(1), T(1));
-        if (!packed_d_current_) {  // W (Out, In) as the B of dx = dy W, packed once
-            ops::prepare_weight_for_input_gradient(packed_d_, weight.value);
+        if (!packed_d_current_ || packed_d_.precision() != precision_) {  // W as dx = dy W's B
+            ops::prepare_weight_for_input_gradient(packed_d_, weight.value, precision_);
             packed_d_current_ = true;
         }
         ops::matmul_prepared_add(dy, packed_d_, dx);
@@ -139,8 +150,8 @@ class linear {
             throw error(errc::shape_mismatch, "linear",
                         ftune::detail::cat("input has ", x.extent(1),
                                            " features but the layer takes ", in_features()));
-        if (!packed_current_) {  // (stays false if the packing throws)
-            ops::prepare_weight(packed_, weight.value);
+        if (!packed_current_ || packed_.precision() != precision_) {  // (false if it throws)
+            ops::prepare_weight(packed_, weight.value, precision_);
             packed_current_ = true;
         }
         if constexpr (Bias)
@@ -149,14 +160,16 @@ class linear {
             ops::matmul_prepared(x, packed_, y_, view<const T, shape<dynamic>, D>(), epilogue);
     }
 
-    ops::prepared_weight<T, D> packed_;    // W prepared for matmul_prepared (prepare_inference)
-    ops::prepared_weight<T, D> packed_d_;  // W prepared for dx += dy W (frozen, in training)
-    bool prepared_ = false;                // eval-mode forwards use packed_ (prepare_inference)
-    bool packed_current_ = false;          // packed_ holds the current W (no visit since)
-    bool packed_d_current_ = false;        // packed_d_ holds the current W
-    bool frozen_packed_ = false;           // the last forward: training with W frozen and packed
-    input_view x_;                         // the last forward's input
-    buffer<T, shape<dynamic, Out>, D> y_;  // (N, Out) output workspace
+    ops::prepared_weight<T, D> packed_;      // W prepared for matmul_prepared (prepare_inference)
+    ops::prepared_weight<T, D> packed_d_;    // W prepared for dx += dy W (frozen, in training)
+    bool prepared_ = false;                  // eval-mode forwards use packed_ (prepare_inference)
+    bool packed_current_ = false;            // packed_ holds the current W (no visit since)
+    bool packed_d_current_ = false;          // packed_d_ holds the current W
+    bool frozen_packed_ = false;             // the last forward: training with W frozen and packed
+    precision precision_ = precision::fp32;  // the last forward's (and backward's)
+    precision inference_precision_ = precision::fp32;  // prepare_inference's
+    input_view x_;                                     // the last forward's input
+    buffer<T, shape<dynamic, Out>, D> y_;              // (N, Out) output workspace
 };
 
 /// linear without a bias as a template of the two sizes, for layers that take their projection

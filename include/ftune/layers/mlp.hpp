@@ -56,9 +56,9 @@ class mlp {
         c_proj.zero_grad();
     }
     /// Packs the projections for inference.
-    void prepare_inference() {
-        c_fc.prepare_inference();
-        c_proj.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        c_fc.prepare_inference(p);
+        c_proj.prepare_inference(p);
     }
 
     /// Visits c_fc, c_proj (Transformers' order).

@@ -51,7 +51,7 @@ class pooler {
     }
 
     /// Packs dense's weight for inference (lora_linear::prepare_inference).
-    void prepare_inference() { dense.prepare_inference(); }
+    void prepare_inference(precision p = precision::fp32) { dense.prepare_inference(p); }
 
     /// Sets the gradients to zero.
     void zero_grad() { dense.zero_grad(); }

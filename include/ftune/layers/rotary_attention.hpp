@@ -85,7 +85,8 @@ class rotary_attention {
         const auto ve = expanded(v_, v_full_, group);
         scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
         probs_.resize(scores_.shape());
-        ops::head_scores(scores_, q_.view(), ke);
+        precision_ = ctx.precision;
+        ops::head_scores(scores_, q_.view(), ke, precision_);
         const T scale = T(1) / std::sqrt(T(d));
         if (key_mask.empty())
             ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
@@ -98,7 +99,7 @@ class rotary_attention {
             ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
         }
         ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve);
+        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve, precision_);
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -136,11 +137,11 @@ class rotary_attention {
     }
 
     /// Packs the projections' weights for inference (linear::prepare_inference).
-    void prepare_inference() {
-        q_proj.prepare_inference();
-        k_proj.prepare_inference();
-        v_proj.prepare_inference();
-        o_proj.prepare_inference();
+    void prepare_inference(precision p = precision::fp32) {
+        q_proj.prepare_inference(p);
+        k_proj.prepare_inference(p);
+        v_proj.prepare_inference(p);
+        o_proj.prepare_inference(p);
     }
 
     /// Accumulates the projections' gradients and, unless dx is empty, dx.
@@ -159,9 +160,9 @@ class rotary_attention {
         w.dp.resize(probs_.shape());
         w.ds.resize(probs_.shape());
         w.ds.fill(T(0));
-        ops::head_scores(w.dp, w.dctx.view(), ve);  // dP = dctx Vᵀ
+        ops::head_scores(w.dp, w.dctx.view(), ve, precision_);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view());  // dV = Pᵀ dctx
+        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);  // dV = Pᵀ dctx
         if (dropped_) {  // through the dropout (dP before it, in w.dp_pre), then the softmax
             w.dp_pre.resize(probs_.shape());
             w.dp_pre.fill(T(0));
@@ -171,9 +172,10 @@ class rotary_attention {
             ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
         }
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context(w.dq, w.ds.view(), ke);  // dQ (rotated) = dS K
+        ops::head_context(w.dq, w.ds.view(), ke, precision_);  // dQ (rotated) = dS K
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view());  // dK = dSᵀ Q
+        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view(),
+                                          precision_);  // dK = dSᵀ Q
         // back through the repeat (sum over each group) and the rotation (its transpose)
         w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
         w.dv.resize(w.dk.shape());
@@ -215,6 +217,7 @@ class rotary_attention {
     }
 
   private:
+    precision precision_ = precision::fp32;  // the last forward's head products
     using matrix = buffer<T, shape<dynamic, dynamic>, D>;
     // q_ (N, H d) and k_ (N, Hkv d) of x (N, C), rotated at positions (N) unless not rotary
     // (the angles kept in cos_, sin_ for backward)

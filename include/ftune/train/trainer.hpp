@@ -105,7 +105,11 @@ struct options {
     double min_delta = 0.0;               ///< early stopping: the smallest improvement
     bool bucket_by_length = true;         ///< length-bucketed batches (less padding)
     bool pack_frozen_weights = true;  ///< frozen weights packed once (faster, more memory; context)
-    std::size_t log_every = 50;       ///< progress records every N steps (0: last only)
+    /// Matrix products in fp32, or in bf16 with fp32 sums (mixed precision: weights, gradients
+    /// and optimizer state stay fp32; needs AVX512-BF16, checked at the start). Evaluation runs
+    /// in it too.
+    ftune::precision precision = ftune::precision::fp32;
+    std::size_t log_every = 50;              ///< progress records every N steps (0: last only)
     std::ostream* progress = &std::cerr;     ///< where progress goes (nullptr: nowhere)
     std::filesystem::path log_path{};        ///< JSON-lines log ("": none)
     std::filesystem::path checkpoint_dir{};  ///< where checkpoints go ("": none)
@@ -206,7 +210,9 @@ class trainer {
         for (auto& c : callbacks) cbs.push_back(c.get());
         context ctx{.mode = mode::train,
                     .rng = generator(options.seed),
-                    .pack_frozen_weights = options.pack_frozen_weights};
+                    .pack_frozen_weights = options.pack_frozen_weights,
+                    .precision = options.precision};
+        ops::require(options.precision, "trainer (precision bf16)");
         std::vector<T> best_values;
         std::size_t batch_in_step = 0, since = 0, first_epoch = 0, first_batch = 0;
         double loss_sum = 0;
@@ -219,7 +225,8 @@ class trainer {
                                       {"seed", options.seed},
                                       {"lr", options.lr},
                                       {"optimizer", opt.name()},
-                                      {"schedule", sched.name()}};
+                                      {"schedule", sched.name()},
+                                      {"precision", to_string(options.precision)}};
         if (!options.resume_from.empty()) {  // model, optimizer, schedule, RNG, data position
             const nlohmann::json st =
                 load_checkpoint(options.resume_from, setup, params, opt, best_values);
@@ -322,6 +329,7 @@ class trainer {
     evaluation evaluate(const std::vector<example>& xs) {
         evaluation e;
         context ctx;  // eval mode
+        ctx.precision = options.precision;
         const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
         std::uint64_t eval_batch = 0;
         const mlm_masking masks = mlm_masks();
@@ -447,12 +455,17 @@ class trainer {
         } catch (const nlohmann::json::exception& e) {
             throw error(errc::parse, state_path.string(), e.what());
         }
-        for (const auto& [k, v] : setup.items())
-            if (!st.contains("setup") || st["setup"][k] != v)
+        for (const auto& [k, v] : setup.items()) {
+            // (checkpoints from before mixed precision are fp32 ones)
+            const nlohmann::json had = !st.contains("setup")     ? nlohmann::json("?")
+                                       : st["setup"].contains(k) ? st["setup"][k]
+                                       : k == "precision"        ? nlohmann::json("fp32")
+                                                                 : nlohmann::json();
+            if (had != v)
                 throw error(errc::invalid_argument, state_path.string(),
-                            "the checkpoint was made with " + k + " = " +
-                                (st.contains("setup") ? st["setup"][k].dump() : "?") +
+                            "the checkpoint was made with " + k + " = " + had.dump() +
                                 ", this run has " + v.dump() + "; resume with the same settings");
+        }
         const io::safetensors_file m(dir / "model.safetensors");
         for (auto& p : params) m.read(m.at(p.name), p.value);
         const io::safetensors_file o(dir / "optimizer.safetensors");

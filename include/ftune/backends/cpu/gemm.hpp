@@ -30,6 +30,7 @@
 
 #include "ftune/backends/cpu/cpu_info.hpp"
 #include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backends/cpu/gemm_bf16.hpp"
 #include "ftune/core/tensor.hpp"
 FTUNE_NAMESPACE_BEGIN
 namespace backends::cpu {
@@ -459,14 +460,31 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
 /// (offset panels * NR * pc), each of NR-wide panels (offset p * kc * NR).
 /// Copies share the packed data (it is read-only once packed); pack() on a copy that shares it
 /// packs into new storage, so copying a model for inference does not copy its packed weights.
+/// Packed in precision::bf16 (float only), it holds packed_b_bf16's words instead, and
+/// gemm_packed runs gemm_packed_bf16.
 template <scalar T>
 class packed_b {
   public:
     /// Nothing packed.
     packed_b() = default;
 
-    /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
-    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+    /// Packs op(B) (K rows, N columns) from B with row stride ldb, in precision p; grows the
+    /// storage only.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N,
+              ftune::precision p = ftune::precision::fp32) {
+        if (p == ftune::precision::bf16) {
+            if constexpr (std::is_same_v<T, float>) {
+                bf16_.pack(B, ldb, tb, K, N);
+                precision_ = p;
+                return;
+            } else {
+                throw error(errc::unsupported, "packed_b",
+                            "bf16 products take float operands; this model's scalar type is not "
+                            "float");
+            }
+        }
+        precision_ = ftune::precision::fp32;
+        bf16_ = {};
         using blk = gemm_detail::blocking<T>;
         constexpr std::size_t NR = blk::NR;
         const gemm_detail::cache_blocking& cb = gemm_detail::runtime_blocking<T>();
@@ -495,12 +513,24 @@ class packed_b {
     /// Number of packed elements (columns padded to whole panels).
     std::size_t size() const noexcept {
         constexpr std::size_t NR = gemm_detail::blocking<T>::NR;
-        return (N_ + NR - 1) / NR * NR * K_;
+        return precision_ == ftune::precision::bf16 ? 0 : (N_ + NR - 1) / NR * NR * K_;
+    }
+    /// Bytes of packed storage in use.
+    std::size_t bytes() const noexcept {
+        return precision_ == ftune::precision::bf16 ? bf16_.bytes() : size() * sizeof(T);
     }
     /// Rows of op(B).
-    std::size_t rows() const noexcept { return K_; }
+    std::size_t rows() const noexcept {
+        return precision_ == ftune::precision::bf16 ? bf16_.rows() : K_;
+    }
     /// Columns of op(B).
-    std::size_t cols() const noexcept { return N_; }
+    std::size_t cols() const noexcept {
+        return precision_ == ftune::precision::bf16 ? bf16_.cols() : N_;
+    }
+    /// The precision it was packed in.
+    ftune::precision precision() const noexcept { return precision_; }
+    /// The bf16 packing (when precision() is bf16).
+    const packed_b_bf16& bf16() const noexcept { return bf16_; }
     /// Depth of the K blocks.
     std::size_t kc() const noexcept { return kc_; }
     /// Columns of the B blocks.
@@ -516,6 +546,8 @@ class packed_b {
     }
     std::shared_ptr<T[]> data_;  // shared by copies; written only by pack() when not shared
     std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
+    ftune::precision precision_ = ftune::precision::fp32;  // of the last pack()
+    packed_b_bf16 bf16_;                                   // the bf16 packing (precision bf16)
 };
 
 /// No epilogue: gemm_packed leaves C as the product.
@@ -543,6 +575,10 @@ template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
                  const T* bias = nullptr, Epilogue epilogue = {}) {
+    if constexpr (std::is_same_v<T, float>)
+        if (Bp.precision() == ftune::precision::bf16)
+            return gemm_packed_bf16(ta, M, N, K, alpha, A, lda, Bp.bf16(), beta, C, ldc, bias,
+                                    epilogue);
     using blk = gemm_detail::blocking<T>;
     constexpr std::size_t MR = blk::MR, NR = blk::NR;
     const std::size_t NC = Bp.nc(), MC = gemm_detail::runtime_blocking<T>().mc;

@@ -60,6 +60,49 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
              C + b * stride_c, ldc);
 }
 
+/// x rounded to bfloat16 (8 significant bits, to nearest, ties to even; bf16 keeps fp32's
+/// exponent range, subnormals included), computed with frexp/nearbyint: independent of the CPU
+/// backend's bit manipulation, which the tests check against it.
+inline float bf16_round(float x) {
+    if (!std::isfinite(x) || x == 0.0f) return x;
+    const double v = x;
+    if (std::fabs(v) < 0x1p-126)  // subnormal: a fixed spacing of 2^-133
+        return float(std::nearbyint(std::ldexp(v, 133)) * 0x1p-133);
+    int e = 0;
+    const double m = std::frexp(v, &e);  // v = m 2^e, |m| in [0.5, 1)
+    return float(std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8));  // (inf past the range)
+}
+
+/// gemm with both operands rounded to bf16 first and the sums in T: the mixed-precision product
+/// (backends::cpu::gemm_bf16) emulated.
+template <scalar T>
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+               const T* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C,
+               std::size_t ldc) {
+    std::vector<T> a(M * K), b(K * N);  // op(A), op(B) rounded, row-major
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t k = 0; k < K; ++k)
+            a[i * K + k] =
+                T(bf16_round(float(ta == transpose::no ? A[i * lda + k] : A[k * lda + i])));
+    for (std::size_t k = 0; k < K; ++k)
+        for (std::size_t j = 0; j < N; ++j)
+            b[k * N + j] =
+                T(bf16_round(float(tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k])));
+    gemm(transpose::no, transpose::no, M, N, K, alpha, a.data(), K, b.data(), N, beta, C, ldc);
+}
+
+/// `batch` independent gemm_bf16 products whose operands start `stride_*` elements apart.
+template <scalar T>
+void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                               std::size_t K, T alpha, const T* A, std::size_t lda,
+                               std::size_t stride_a, const T* B, std::size_t ldb,
+                               std::size_t stride_b, T beta, T* C, std::size_t ldc,
+                               std::size_t stride_c, std::size_t batch) {
+    for (std::size_t b = 0; b < batch; ++b)
+        gemm_bf16(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                  C + b * stride_c, ldc);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bias and residual
 
@@ -612,14 +655,20 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
 template <scalar T>
 class prepared_b {
   public:
-    /// Copies op(B) (K rows, N columns) from B with row stride ldb.
-    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+    /// Copies op(B) (K rows, N columns) from B with row stride ldb (rounded to bf16 in
+    /// precision::bf16: gemm_packed then rounds A too).
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N,
+              ftune::precision p = ftune::precision::fp32) {
         data_.resize(K * N);
         for (std::size_t k = 0; k < K; ++k)
-            for (std::size_t j = 0; j < N; ++j)
-                data_[k * N + j] = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
-        K_ = K, N_ = N;
+            for (std::size_t j = 0; j < N; ++j) {
+                const T b = tb == transpose::no ? B[k * ldb + j] : B[j * ldb + k];
+                data_[k * N + j] = p == ftune::precision::bf16 ? T(bf16_round(float(b))) : b;
+            }
+        K_ = K, N_ = N, precision_ = p;
     }
+    /// The precision it was prepared in.
+    ftune::precision precision() const noexcept { return precision_; }
     /// Rows of op(B).
     std::size_t rows() const noexcept { return K_; }
     /// Columns of op(B).
@@ -630,6 +679,7 @@ class prepared_b {
   private:
     std::vector<T> data_;
     std::size_t K_ = 0, N_ = 0;
+    ftune::precision precision_ = ftune::precision::fp32;
 };
 
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C, then + bias(N) on every row (when given), then
@@ -642,7 +692,16 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         throw error(errc::shape_mismatch, "gemm_packed",
                     ftune::detail::cat("B was prepared as ", Bp.rows(), " x ", Bp.cols(),
                                        " but the product needs ", K, " x ", N));
-    gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    if (Bp.precision() == ftune::precision::bf16) {  // A rounded too
+        std::vector<T> a(M * K);
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t k = 0; k < K; ++k)
+                a[i * K + k] =
+                    T(bf16_round(float(ta == transpose::no ? A[i * lda + k] : A[k * lda + i])));
+        gemm(transpose::no, transpose::no, M, N, K, alpha, a.data(), K, Bp.data(), N, beta, C, ldc);
+    } else {
+        gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    }
     if (bias)
         for (std::size_t i = 0; i < M; ++i)
             for (std::size_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];

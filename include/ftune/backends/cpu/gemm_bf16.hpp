@@ -1,0 +1,617 @@
+// CPU GEMM in bfloat16 with fp32 accumulation (AVX512-BF16's vdpbf16ps), for mixed-precision
+// training and bf16 inference: fp32 operands in, fp32 C out, the operands rounded to bf16 (to
+// nearest, ties to even) as they are packed. The structure is gemm.hpp's (packed B panels, MR-row
+// tiles of A, an MR x NR register tile), with one change that the instruction dictates:
+// vdpbf16ps multiplies *pairs* of bf16 values along K and adds both products to one fp32 lane,
+// so both operands are packed as 32-bit words that hold the values of k = 2p (bits 0-15) and
+// k = 2p + 1 (bits 16-31):
+//
+//   A tile t, pair p, row i:      apack[t][p * MR + i]  = (op(A)(i, 2p), op(A)(i, 2p+1))
+//   (a row-major A: row i's pairs in a row, apack[i][p], read in place by the kernel)
+//   B panel, pair p, column j:    bpanel[p * NR + j]    = (op(B)(2p, j), op(B)(2p+1, j))
+//   per pair: 3 loads of B (48 columns), 8 broadcasts of A, 24 vdpbf16ps (64 flops each)
+//
+// A product of two bf16 values is exact in fp32 (8-bit significands), so each element's error is
+// that of rounding the operands to bf16 plus the fp32 rounding of the sums (the pair sum, then
+// the accumulation along K). The whole op(A) is converted once per call (in inference most of
+// the work splits B's columns among the threads, which would otherwise each convert A again);
+// a weight is converted once and packed (packed_b_bf16), so a training step converts each weight
+// once per layout it is read in. The kernels are compiled for avx512f + avx512bf16 through a
+// function attribute and chosen at run time: bf16_supported() says whether this CPU runs them;
+// on other CPUs the entry points throw errc::unsupported (AVX-512 without BF16 is also refused:
+// the fp32 kernels are faster there than an emulation would be).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <type_traits>
+
+#include "ftune/backends/common.hpp"
+#include "ftune/backends/cpu/cpu_info.hpp"
+#include "ftune/backends/cpu/detail.hpp"
+#include "ftune/core/error.hpp"
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+/// 1 when this compiler builds the AVX512-BF16 kernels (GCC or Clang on x86-64).
+#define FTUNE_HAS_BF16_KERNELS 1
+/// The function attribute that compiles one kernel for AVX512-BF16 whatever -march says.
+#define FTUNE_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#else
+#define FTUNE_HAS_BF16_KERNELS 0
+#define FTUNE_BF16_TARGET
+#endif
+
+FTUNE_NAMESPACE_BEGIN
+namespace backends::cpu {
+
+/// Whether this build and this CPU run the bf16 kernels (avx512_bf16 in `ftune info --system`).
+inline bool bf16_supported() noexcept {
+    return FTUNE_HAS_BF16_KERNELS && this_cpu().avx512f && this_cpu().avx512_bf16;
+}
+
+namespace bf16_detail {
+
+/// The bits of f rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN), in the
+/// upper half of a float's bits (the lower half zero): the value vcvtneps2bf16 gives, except
+/// that fp32 subnormals are kept (they round to bf16 subnormals instead of to zero).
+inline std::uint32_t round_bits(float f) noexcept {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u;  // NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
+/// f rounded to bfloat16, as a float.
+inline float round(float f) noexcept {
+    return std::bit_cast<float>(round_bits(f));
+}
+
+/// The 32-bit word vdpbf16ps reads as one pair: lo (k even) in bits 0-15, hi in bits 16-31.
+inline std::uint32_t pair(float lo, float hi) noexcept {
+    return (round_bits(lo) >> 16) | round_bits(hi);
+}
+
+inline constexpr std::size_t MR = 8;       ///< rows of the register tile
+inline constexpr std::size_t W = 16;       ///< fp32 lanes of a 512-bit vector
+inline constexpr std::size_t NV = 3;       ///< vectors per row of the tile
+inline constexpr std::size_t NR = NV * W;  ///< columns of the register tile (48)
+
+/// Pairs of K rounded up: ⌈K / 2⌉.
+inline constexpr std::size_t pairs(std::size_t k) noexcept {
+    return (k + 1) / 2;
+}
+
+/// Cache blocking in values of K (even, so that no pair straddles two blocks) and columns: a B
+/// panel (kc x NR bf16) is 1/8 of L2, as gemm.hpp's fp32 panels, which makes kc twice theirs.
+struct blocking {
+    std::size_t kc;  ///< max depth of a block (even)
+    std::size_t mc;  ///< rows of an A block
+    std::size_t nc;  ///< columns of a B block (whole panels)
+};
+
+/// The blocking on this CPU, computed once.
+inline const blocking& runtime_blocking() {
+    static const blocking b = [] {
+        const cpu_info& c = this_cpu();
+        auto down = [](std::size_t v, std::size_t m) { return v / m * m; };
+        const std::size_t kc = std::clamp<std::size_t>(down(c.l2 / (8 * NR * 2), 32), 256, 768);
+        const std::size_t mc =
+            std::clamp<std::size_t>(down(c.l2 * 2 / 5 / (kc * 2), MR), 4 * MR, 1024);
+        const std::size_t l3_core = c.l3 / std::max<std::size_t>(1, c.l3_sharing);
+        const std::size_t nc =
+            std::clamp<std::size_t>(down(l3_core / 2 / (kc * 2), NR), 4 * NR, down(4096, NR));
+        return blocking{kc, mc, nc};
+    }();
+    return b;
+}
+
+/// A growable 64-byte aligned scratch array of 32-bit words, one per thread and tag.
+template <int Tag>
+std::uint32_t* scratch(std::size_t n) {
+    thread_local std::unique_ptr<std::uint32_t[], ftune::detail::aligned_delete> buf;
+    thread_local std::size_t cap = 0;
+    if (n > cap) {
+        buf = ftune::detail::aligned_alloc_array<std::uint32_t>(n);
+        cap = n;
+    }
+    return buf.get();
+}
+
+#if FTUNE_HAS_BF16_KERNELS
+/// round_bits on 16 lanes.
+FTUNE_BF16_TARGET inline __m512i round16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v), upper = _mm512_set1_epi32(int(0xffff0000u));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), upper);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_and_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)), upper);
+}
+
+/// pair(lo[i], hi[i]) on 16 lanes.
+FTUNE_BF16_TARGET inline __m512i pairs16(__m512 lo, __m512 hi) {
+    return _mm512_or_si512(_mm512_srli_epi32(round16(lo), 16), round16(hi));
+}
+
+/// dst[i] = pair(r0[i], r1[i]) for i < n (r1 null: pair(r0[i], 0)): two rows of op(B), or of
+/// a transposed A, interleaved.
+FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1,
+                                        std::size_t n) {
+    std::size_t i = 0;
+    for (; i + W <= n; i += W)
+        _mm512_storeu_si512(dst + i, pairs16(_mm512_loadu_ps(r0 + i),
+                                             r1 ? _mm512_loadu_ps(r1 + i) : _mm512_setzero_ps()));
+    if (i < n) {
+        const __mmask16 k = __mmask16((1u << (n - i)) - 1);
+        const __m512 hi = r1 ? _mm512_maskz_loadu_ps(k, r1 + i) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(dst + i, k, pairs16(_mm512_maskz_loadu_ps(k, r0 + i), hi));
+    }
+}
+
+/// dst[p] = pair(r[2p], r[2p + 1]) for the ⌈K/2⌉ pairs of a row (the odd K's last high half 0):
+/// 32 values to 16 words per step, the upper halves picked by one vpermt2w.
+FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
+    alignas(64) static constexpr std::uint16_t odd[32] = {
+        1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+        33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+    const __m512i idx = _mm512_load_si512(odd);
+    std::size_t k = 0;
+    for (; k + 2 * W <= K; k += 2 * W)
+        _mm512_storeu_si512(dst + k / 2,
+                            _mm512_permutex2var_epi16(round16(_mm512_loadu_ps(r + k)), idx,
+                                                      round16(_mm512_loadu_ps(r + k + W))));
+    for (; k + 1 < K; k += 2) dst[k / 2] = pair(r[k], r[k + 1]);
+    if (k < K) dst[k / 2] = pair(r[k], 0.0f);
+}
+
+/// The whole tiles [t0, t1) of a transposed A (op(A)(i, k) = A[k * lda + i]) in pack_a's
+/// layout: for each pair, 16 rows (two tiles) at a time.
+FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda,
+                                                std::size_t K, std::size_t t0, std::size_t t1) {
+    const std::size_t KP = pairs(K);
+    for (std::size_t p = 0; p < KP; ++p) {
+        const float* r0 = A + 2 * p * lda;
+        const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+        std::size_t t = t0;
+        for (; t + 2 <= t1; t += 2) {
+            const __m512i w = pairs16(_mm512_loadu_ps(r0 + t * MR),
+                                      r1 ? _mm512_loadu_ps(r1 + t * MR) : _mm512_setzero_ps());
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
+                                _mm512_castsi512_si256(w));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (t + 1) * KP * MR + p * MR),
+                                _mm512_extracti64x4_epi64(w, 1));
+        }
+        if (t < t1) {
+            const __mmask16 k = 0xff;
+            const __m512 hi = r1 ? _mm512_maskz_loadu_ps(k, r1 + t * MR) : _mm512_setzero_ps();
+            const __m512i w = pairs16(_mm512_maskz_loadu_ps(k, r0 + t * MR), hi);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
+                                _mm512_castsi512_si256(w));
+        }
+    }
+}
+#endif
+
+/// Converts op(A) (M x K, row stride lda) into pairs. A transposed A (op(A)(i, k) = A[k * lda +
+/// i], the weight gradient's dyᵀ) goes into MR-row tiles: tile t holds, for each of the ⌈K/2⌉
+/// pairs p, MR words (rows past M and the odd K's last high half are zero) and starts at dst +
+/// t * ⌈K/2⌉ * MR. A row-major A goes into rows of ⌈K/2⌉ words (row i at dst + i * ⌈K/2⌉),
+/// which the kernel reads in place, as gemm.hpp reads a row-major A. Runs on the team when
+/// called outside a parallel region.
+inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpose ta, std::size_t M,
+                   std::size_t K) {
+    const std::size_t KP = pairs(K), tiles = (M + MR - 1) / MR, even = K / 2;
+    if (ta == transpose::no) {
+        detail::parallel_for(M, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(K, 1)),
+                             [&](std::size_t i0, std::size_t i1) {
+                                 for (std::size_t i = i0; i < i1; ++i) {
+#if FTUNE_HAS_BF16_KERNELS
+                                     pair_adjacent(dst + i * KP, A + i * lda, K);
+#else
+                for (std::size_t p = 0; p < KP; ++p)
+                    dst[i * KP + p] = pair(A[i * lda + 2 * p], 2 * p + 1 < K ? A[i * lda + 2 * p + 1] : 0.0f);
+#endif
+                                 }
+                             });
+        return;
+    }
+    detail::parallel_for(
+        tiles, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
+        [&](std::size_t t0, std::size_t t1) {
+#if FTUNE_HAS_BF16_KERNELS
+            if (ta == transpose::yes) {  // the whole tiles 16 rows at a time; a short one below
+                const std::size_t whole = std::min(t1, M / MR);
+                if (t0 < whole) pack_a_transposed(dst, A, lda, K, t0, whole);
+                t0 = std::max(t0, whole);
+            }
+#endif
+            for (std::size_t t = t0; t < t1; ++t) {
+                std::uint32_t* d = dst + t * KP * MR;
+                const std::size_t i0 = t * MR, mr = std::min(MR, M - i0);
+                if (mr == MR) {  // op(A)(i, k) = A[k * lda + i]: rows k, k + 1 give pairs
+                    for (std::size_t p = 0; p < even; ++p) {
+                        const float* r0 = A + 2 * p * lda + i0;
+                        const float* r1 = r0 + lda;
+                        for (std::size_t i = 0; i < MR; ++i) d[p * MR + i] = pair(r0[i], r1[i]);
+                    }
+                    if (K % 2)
+                        for (std::size_t i = 0; i < MR; ++i)
+                            d[even * MR + i] = pair(A[(K - 1) * lda + i0 + i], 0.0f);
+                } else {  // the last, short tile
+                    for (std::size_t p = 0; p < KP; ++p) {
+                        const float* r0 = A + 2 * p * lda + i0;
+                        const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+                        for (std::size_t i = 0; i < MR; ++i)
+                            d[p * MR + i] = i < mr ? pair(r0[i], r1 ? r1[i] : 0.0f) : 0u;
+                    }
+                }
+            }
+        });
+}
+
+/// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of NR
+/// words (columns past nr and the odd kc's last high half are zero).
+inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
+                         std::size_t k0, std::size_t kc, std::size_t j0, std::size_t nr) {
+    const std::size_t kp = pairs(kc);
+    if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows contiguous along j
+        for (std::size_t p = 0; p < kp; ++p) {
+            const float* r0 = B + (k0 + 2 * p) * ldb + j0;
+            std::uint32_t* d = dst + p * NR;
+#if FTUNE_HAS_BF16_KERNELS
+            pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
+            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
+            continue;
+#endif
+            if (2 * p + 1 < kc) {
+                const float* r1 = r0 + ldb;
+                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], r1[j]);
+            } else {
+                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], 0.0f);
+            }
+            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
+        }
+    } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
+        const std::size_t even = kc / 2;
+        for (std::size_t j = 0; j < NR; ++j) {
+            if (j >= nr) {
+                for (std::size_t p = 0; p < kp; ++p) dst[p * NR + j] = 0;
+                continue;
+            }
+            const float* r = B + (j0 + j) * ldb + k0;
+            for (std::size_t p = 0; p < even; ++p) dst[p * NR + j] = pair(r[2 * p], r[2 * p + 1]);
+            if (kc % 2) dst[even * NR + j] = pair(r[kc - 1], 0.0f);
+        }
+    }
+}
+
+/// Where the packed B of a product lives and how it is blocked (packed_b_bf16's layout).
+struct b_layout {
+    const std::uint32_t* data;  ///< the packed words
+    std::size_t K, N, kc, nc;   ///< depth, columns, depth of the K blocks, columns of a block
+    /// The packed (jc, pc) block of a column block with `panels` panels.
+    const std::uint32_t* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
+        return data + jc * pairs(K) + panels * NR * (pc / 2);
+    }
+};
+
+/// Number of words of op(B) (K x N) packed: whole panels of ⌈K/2⌉ pairs.
+inline std::size_t b_words(std::size_t K, std::size_t N) noexcept {
+    return (N + NR - 1) / NR * NR * pairs(K);
+}
+
+/// Packs op(B) (K x N) into dst in the b_layout of depth blocks kc (even) and column blocks nc.
+inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t K,
+                   std::size_t N, std::size_t kc, std::size_t nc) {
+    const std::size_t panels_all = (N + NR - 1) / NR;
+    detail::parallel_for(panels_all, 4, [&](std::size_t q0, std::size_t q1) {
+        for (std::size_t q = q0; q < q1; ++q) {
+            const std::size_t j = q * NR, jc = j / nc * nc, ncur = std::min(nc, N - jc);
+            const std::size_t panels = (ncur + NR - 1) / NR, p = (j - jc) / NR;
+            for (std::size_t pc = 0; pc < K; pc += kc) {
+                const std::size_t kcur = std::min(kc, K - pc);
+                std::uint32_t* blk = dst + jc * pairs(K) + panels * NR * (pc / 2);
+                pack_b_panel(blk + p * pairs(kcur) * NR, B, ldb, tb, pc, kcur, j,
+                             std::min(NR, N - j));
+            }
+        }
+    });
+}
+
+#if FTUNE_HAS_BF16_KERNELS
+/// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows, then C[0:m, 0:n]
+/// = alpha * acc + (first ? beta * C : C), + bias[0:n] when given, + the residual (rows ldr
+/// apart) when given: gemm.hpp's micro_kernel contract. With first && beta == 0, C is not read.
+/// A is a tile of pack_a's layout (ld 0: word (i, p) at a[p * MR + i]) or, ld > 0, rows ld
+/// words apart read in place (word (i, p) at a[i * ld + p]; rows past m repeat row m - 1).
+template <std::size_t R>
+FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_t ld,
+                              const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
+                              std::size_t n, float alpha, float beta, bool first, const float* bias,
+                              const float* residual, std::size_t ldr) {
+    __m512 c[R][NV];
+#pragma GCC unroll 8
+    for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 3
+        for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
+    // the address of word (i, p) is rows[i] + p * step
+    const std::uint32_t* rows[R];
+    for (std::size_t i = 0; i < R; ++i) rows[i] = ld ? a + std::min(i, m - 1) * ld : a + i;
+    const std::size_t step = ld ? 1 : MR;
+    for (std::size_t p = 0; p < kp; ++p, b += NR) {
+        __m512bh bv[NV];
+#pragma GCC unroll 3
+        for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < R; ++i) {
+            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(rows[i][p * step]));
+#pragma GCC unroll 3
+            for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, bv[v]);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (std::size_t i = 0; i < std::min(m, R); ++i) {
+        float* ci = C + i * ldc;
+#pragma GCC unroll 3
+        for (std::size_t v = 0; v < NV; ++v) {
+            const std::size_t j = v * W;
+            if (j >= n) break;
+            const __mmask16 k = n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+            __m512 r = _mm512_mul_ps(c[i][v], va);
+            if (!first)
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, ci + j));
+            else if (beta != 0.0f)
+                r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, ci + j)));
+            if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, bias + j));
+            if (residual) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, residual + i * ldr + j));
+            _mm512_mask_storeu_ps(ci + j, k, r);
+        }
+    }
+}
+
+/// kernel with the fewest rows (a multiple of two, or MR) that cover m.
+inline void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld,
+                        const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
+                        std::size_t n, float alpha, float beta, bool first, const float* bias,
+                        const float* residual, std::size_t ldr) {
+    switch (m) {
+        case 1:
+        case 2:
+            return kernel<2>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+        case 3:
+        case 4:
+            return kernel<4>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+        case 5:
+        case 6:
+            return kernel<6>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+        default:
+            return kernel<8>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
+    }
+}
+#endif
+
+/// The error of a bf16 product on a CPU (or compiler) without AVX512-BF16.
+inline error unsupported(const char* where) {
+    return error(errc::unsupported, where,
+                 ftune::detail::cat("bf16 products need a CPU with AVX512-BF16 (Intel Cooper Lake "
+                                    "or Sapphire Rapids and later, AMD Zen 4 and later); this one "
+                                    "reports ",
+                                    this_cpu().summary(),
+                                    " (ftune info --system). Use fp32 "
+                                    "(--precision fp32)"));
+}
+
+/// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A converted by pack_a
+/// and B packed in layout Bl, on nt threads (1: the calling thread). The gemm_packed scheme:
+/// small M splits B's panels among the threads, larger M splits the rows; units of work are
+/// taken dynamically. The arithmetic of each element does not depend on the split.
+template <class Epilogue>
+void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
+         bool a_rows, const b_layout& Bl, float beta, float* C, std::size_t ldc, const float* bias,
+         const Epilogue& epilogue, int nt) {
+#if FTUNE_HAS_BF16_KERNELS
+    constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
+    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc, KP = pairs(K);
+    const bool split_columns = M <= MC;
+    const std::size_t blocks =
+        split_columns ? 1
+                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
+    const std::size_t mc =
+        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
+    const std::size_t ic_blocks = (M + mc - 1) / mc;
+    const std::size_t panels_all = (N + NR - 1) / NR;
+    // units of work: about 8 per thread with one A block (columns split), and with several,
+    // column runs short enough for 4 units per thread (a thread slowed down by the machine's
+    // other load then holds the others up for a short unit only)
+    const std::size_t run =
+        split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
+                      : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
+                                                panels_all);
+    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
+    std::atomic<std::size_t> next{0};
+    auto body = [&] {
+        for (std::size_t u = next.fetch_add(1); u < units; u = next.fetch_add(1)) {
+            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
+            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
+            for (std::size_t pc = 0; pc < K; pc += kc_max) {
+                const std::size_t kc = std::min(kc_max, K - pc), kp = pairs(kc);
+                const bool first = pc == 0, last = pc + kc == K;
+                for (std::size_t q = q0; q < q1; ++q) {
+                    const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
+                    const std::size_t p = (q * NR - jc) / NR;
+                    const std::uint32_t* b = Bl.block(jc, pc, (nc + NR - 1) / NR) + p * kp * NR;
+                    const std::size_t nr = std::min(NR, nc - p * NR);
+                    for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                        const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
+                        float* c = C + row * ldc + q * NR;
+                        const std::uint32_t* a = a_rows ? apack + row * KP + pc / 2
+                                                        : apack + row / MR * KP * MR + pc / 2 * MR;
+                        const float* res = nullptr;
+                        std::size_t ldr = 0;
+                        if constexpr (fused_residual)
+                            if (last)
+                                res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
+                        kernel_rows(kp, a, a_rows ? KP : 0, b, c, ldc, mr, nr, alpha, beta, first,
+                                    bias && last ? bias + q * NR : nullptr, res, ldr);
+                        if constexpr (!fused_residual)
+                            if (last) epilogue(c, ldc, row, mr, q * NR, nr);
+                    }
+                }
+            }
+        }
+    };
+#if defined(_OPENMP)
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        body();
+        return;
+    }
+#endif
+    body();
+#else
+    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_rows, (void)Bl, (void)beta,
+        (void)C, (void)ldc, (void)bias, (void)epilogue, (void)nt;
+    throw unsupported("gemm_bf16");
+#endif
+}
+
+/// Threads for a product of 2 M N K flops whose B has N x K values: gemm_packed's rule.
+inline int threads_for(std::size_t M, std::size_t N, std::size_t K) {
+#if defined(_OPENMP)
+    if (!omp_in_parallel() &&
+        (2.0 * double(M) * double(N) * double(K) >= 4e6 || double(N) * double(K) * 2 >= 262144.0))
+        return omp_get_max_threads();
+#endif
+    (void)M, (void)N, (void)K;
+    return 1;
+}
+
+/// No element-wise work after a product (the default epilogue).
+struct none {
+    /// Does nothing.
+    void operator()(float*, std::size_t, std::size_t, std::size_t, std::size_t,
+                    std::size_t) const noexcept {}
+};
+
+/// C = beta * C (+ bias) and the epilogue, for products with nothing to sum (K == 0).
+template <class Epilogue>
+void no_product(std::size_t M, std::size_t N, float beta, float* C, std::size_t ldc,
+                const float* bias, const Epilogue& epilogue) {
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = 0; j < N; ++j) {
+            float& c = C[i * ldc + j];
+            c = (beta == 0.0f ? 0.0f : beta * c) + (bias ? bias[j] : 0.0f);
+        }
+    epilogue(C, ldc, 0, M, 0, N);
+}
+
+}  // namespace bf16_detail
+
+/// op(B) (K, N) rounded to bf16 and packed once in pairs (bf16_detail::b_layout), for products
+/// that reuse it: the weights of a model in bf16 inference, or in a bf16 training step (packed
+/// once per optimizer step). Copies share the packed words (read-only once packed); pack() on a
+/// copy that shares them packs into new storage.
+class packed_b_bf16 {
+  public:
+    /// Nothing packed.
+    packed_b_bf16() = default;
+
+    /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
+    void pack(const float* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+        const std::size_t n = bf16_detail::b_words(K, N);
+        if (n > cap_ || data_.use_count() > 1) {
+            data_ = std::shared_ptr<std::uint32_t[]>(
+                ftune::detail::aligned_alloc_array<std::uint32_t>(n));
+            cap_ = n;
+        }
+        K_ = K, N_ = N, nc_ = bl.nc;
+        const std::size_t blocks = (K + bl.kc - 1) / std::max<std::size_t>(bl.kc, 1);
+        kc_ = K == 0 ? 0 : ((K + blocks - 1) / blocks + 1) / 2 * 2;  // even, split evenly
+        bf16_detail::pack_b(data_.get(), B, ldb, tb, K, N, std::max<std::size_t>(kc_, 2), nc_);
+    }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// Bytes of packed storage in use.
+    std::size_t bytes() const noexcept { return bf16_detail::b_words(K_, N_) * 4; }
+    /// The layout gemm_packed_bf16 reads.
+    bf16_detail::b_layout layout() const noexcept {
+        return {data_.get(), K_, N_, std::max<std::size_t>(kc_, 2), nc_};
+    }
+
+  private:
+    std::shared_ptr<std::uint32_t[]> data_;  // shared by copies; written only when not shared
+    std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
+};
+
+/// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row), then epilogue(c, ldc,
+/// row0, rows, col0, cols) on each finished tile (gemm_packed's contract), with op(A) rounded to
+/// bf16 and Bp packed by packed_b_bf16; fp32 sums. Throws errc::unsupported where
+/// bf16_supported() is false.
+template <class Epilogue = bf16_detail::none>
+void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                      const float* A, std::size_t lda, const packed_b_bf16& Bp, float beta,
+                      float* C, std::size_t ldc, const float* bias = nullptr,
+                      Epilogue epilogue = {}) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_packed_bf16");
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed_bf16",
+                    ftune::detail::cat("B was packed as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N,
+                                       "; pack it again after resizing"));
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
+    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
+                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    bf16_detail::pack_a(apack, A, lda, ta, M, K);
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no, Bp.layout(), beta, C, ldc, bias,
+                     epilogue, bf16_detail::threads_for(M, N, K));
+}
+
+/// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
+/// fp32 sums (BLAS's contract otherwise: beta == 0 ignores C's previous content). Both operands
+/// are converted per call (the products of activations: a weight's gradient, attention).
+inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                      float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
+                      float beta, float* C, std::size_t ldc) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.0f)
+        return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
+    const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+    const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
+    const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
+    std::uint32_t* bpack = bf16_detail::scratch<1>(bf16_detail::b_words(K, N));
+    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
+                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    bf16_detail::pack_a(apack, A, lda, ta, M, K);
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no,
+                     bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
+                     bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
+}
+
+/// `batch` independent gemm_bf16 products whose operands start stride_* elements apart
+/// (attention's per-head products). Batches run in parallel, each product on one thread.
+inline void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                                      std::size_t K, float alpha, const float* A, std::size_t lda,
+                                      std::size_t stride_a, const float* B, std::size_t ldb,
+                                      std::size_t stride_b, float beta, float* C, std::size_t ldc,
+                                      std::size_t stride_c, std::size_t batch) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_strided_batched_bf16");
+    detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
+        for (std::size_t b = b0; b < b1; ++b)
+            gemm_bf16(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                      C + b * stride_c, ldc);
+    });
+}
+
+}  // namespace backends::cpu
+FTUNE_NAMESPACE_END

@@ -1,0 +1,324 @@
+// bf16 mixed precision: the rounding against PyTorch's, the AVX512-BF16 GEMMs against the
+// reference backend's emulation (operands rounded to bf16, sums in double) and against fp32,
+// and a whole encoder in bf16 on the CPU against the same encoder on the reference backend.
+// The CPU kernels' tests say so and pass without checking where the CPU lacks AVX512-BF16 (the
+// reference emulation's are checked everywhere).
+#include <ftune/backends/cpu/gemm.hpp>
+#include <ftune/backends/reference/primitives.hpp>
+#include <ftune/bert/encoder.hpp>
+#include <ftune/io/safetensors.hpp>
+#include <ftune/ops.hpp>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "layer_util.hpp"
+
+#ifndef FTUNE_REFERENCE_DIR
+#error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
+#endif
+
+using ftune::transpose;
+namespace cpu = ftune::backends::cpu;
+namespace ref = ftune::backends::reference;
+
+namespace {
+
+// Whether the CPU kernels can run here; says why not when they cannot.
+bool kernels_here() {
+    if (cpu::bf16_supported()) return true;
+    WARN("not checked: this CPU has no AVX512-BF16 (" << cpu::this_cpu().summary() << ")");
+    return false;
+}
+
+std::vector<float> randn(std::size_t n, std::uint32_t seed) {
+    std::mt19937 g(seed);
+    std::normal_distribution<float> d;
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(g);
+    return v;
+}
+
+// One product's operands: op(A) (M, K), op(B) (K, N), C (M, N), stored with the transposes.
+struct product {
+    std::size_t M, N, K;
+    transpose ta, tb;
+    std::vector<float> A, B, C;
+    std::size_t lda() const { return ta == transpose::no ? K : M; }
+    std::size_t ldb() const { return tb == transpose::no ? N : K; }
+    float a(std::size_t i, std::size_t k) const {
+        return ta == transpose::no ? A[i * lda() + k] : A[k * lda() + i];
+    }
+    float b(std::size_t k, std::size_t j) const {
+        return tb == transpose::no ? B[k * ldb() + j] : B[j * ldb() + k];
+    }
+    // Σ_k |a(i,k) b(k,j)| in double: the scale of an element's rounding error
+    double magnitude(std::size_t i, std::size_t j) const {
+        double s = 0;
+        for (std::size_t k = 0; k < K; ++k) s += std::abs(double(a(i, k)) * double(b(k, j)));
+        return s;
+    }
+};
+
+product make(std::size_t M, std::size_t N, std::size_t K, transpose ta, transpose tb,
+             std::uint32_t seed) {
+    return {M, N, K, ta, tb, randn(M * K, seed), randn(K * N, seed + 1), randn(M * N, seed + 2)};
+}
+
+// The root mean square of a - b.
+double rms_gap(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    double s = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) s += double(a[i] - b[i]) * double(a[i] - b[i]);
+    return std::sqrt(s / double(std::max<std::size_t>(a.size(), 1)));
+}
+
+// Shapes with every kind of edge: odd K (a half pair), tiles and panels cut short, K longer than
+// one depth block, and the shapes of a BERT training step's products.
+const std::size_t shapes[][3] = {{1, 1, 1},     {3, 5, 7},      {8, 48, 2},    {9, 49, 3},
+                                 {17, 100, 33}, {130, 97, 385}, {33, 7, 1537}, {64, 384, 128},
+                                 {128, 64, 32}, {2, 300, 64}};
+
+}  // namespace
+
+TEST_CASE("bf16 rounding equals PyTorch's (to nearest, ties to even, subnormals kept)", "[bf16]") {
+    const ftune::io::safetensors_file f(std::string(FTUNE_REFERENCE_DIR) +
+                                        "/bf16/rounding.safetensors");
+    const auto& in = f.at("input");
+    const auto& out = f.at("rounded");
+    REQUIRE(in.type == ftune::io::dtype::i32);
+    REQUIRE(out.type == ftune::io::dtype::i16);
+    REQUIRE(in.numel() == out.numel());
+    REQUIRE(in.numel() > 4000);
+    std::vector<std::uint32_t> x(in.numel());
+    std::vector<std::uint16_t> want(out.numel());
+    std::memcpy(x.data(), f.bytes(in).data(), x.size() * 4);
+    std::memcpy(want.data(), f.bytes(out).data(), want.size() * 2);
+    std::size_t nans = 0, subnormals = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const float v = std::bit_cast<float>(x[i]);
+        INFO("input bits 0x" << std::hex << x[i]);
+        const std::uint32_t got = cpu::bf16_detail::round_bits(v);
+        const float got_ref = ref::bf16_round(v);
+        const float expect = std::bit_cast<float>(std::uint32_t(want[i]) << 16);
+        if (std::isnan(expect)) {  // PyTorch gives its canonical NaN; any NaN will do
+            ++nans;
+            CHECK(std::isnan(std::bit_cast<float>(got)));
+            CHECK(std::isnan(got_ref));
+            continue;
+        }
+        subnormals += std::fpclassify(v) == FP_SUBNORMAL;
+        CHECK((got & 0xffffu) == 0);
+        CHECK((got >> 16) == want[i]);
+        CHECK(std::bit_cast<std::uint32_t>(got_ref) == std::uint32_t(want[i]) << 16);
+    }
+    CHECK(nans >= 4);
+    CHECK(subnormals >= 5);
+}
+
+TEST_CASE("gemm_bf16 equals the reference emulation up to fp32 sums, for every transpose",
+          "[bf16]") {
+    if (!kernels_here()) return;
+    std::uint32_t seed = 1;
+    for (const auto& s : shapes)
+        for (const auto ta : {transpose::no, transpose::yes})
+            for (const auto tb : {transpose::no, transpose::yes})
+                for (const float beta : {0.0f, 0.75f}) {
+                    auto p = make(s[0], s[1], s[2], ta, tb, seed += 3);
+                    std::vector<double> A(p.A.begin(), p.A.end()), B(p.B.begin(), p.B.end()),
+                        want(p.C.begin(), p.C.end());
+                    ref::gemm_bf16<double>(ta, tb, p.M, p.N, p.K, 0.5, A.data(), p.lda(), B.data(),
+                                           p.ldb(), beta, want.data(), p.N);
+                    auto got = p.C;
+                    cpu::gemm_bf16(ta, tb, p.M, p.N, p.K, 0.5f, p.A.data(), p.lda(), p.B.data(),
+                                   p.ldb(), beta, got.data(), p.N);
+                    double worst = 0;
+                    for (std::size_t i = 0; i < p.M; ++i)
+                        for (std::size_t j = 0; j < p.N; ++j) {
+                            const double scale =
+                                0.5 * p.magnitude(i, j) + beta * std::abs(p.C[i * p.N + j]);
+                            worst = std::max(worst, std::abs(got[i * p.N + j] - want[i * p.N + j]) /
+                                                        (scale + 1e-30));
+                        }
+                    INFO("M " << p.M << " N " << p.N << " K " << p.K << " ta " << int(ta) << " tb "
+                              << int(tb) << " beta " << beta);
+                    // fp32 sums of exact products: a few float epsilons of Σ|a b|
+                    CHECK(worst < 1e-6);
+                }
+}
+
+TEST_CASE("bf16 products are within bf16 rounding of the fp32 product", "[bf16]") {
+    if (!kernels_here()) return;
+    // Rounding to 8 significant bits moves each operand by at most u = 2^-8 relatively, so each
+    // product term by 2u + u^2: |bf16 - fp32| <= (2^-7 + 2^-16) Σ|a b| (plus fp32 sums).
+    std::uint32_t seed = 100;
+    for (const auto& s : shapes) {
+        auto p = make(s[0], s[1], s[2], transpose::no, transpose::yes, seed += 3);
+        std::vector<float> c16(p.M * p.N), c32(p.M * p.N);
+        cpu::gemm_bf16(p.ta, p.tb, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), p.B.data(), p.ldb(),
+                       0.0f, c16.data(), p.N);
+        cpu::gemm(p.ta, p.tb, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), p.B.data(), p.ldb(), 0.0f,
+                  c32.data(), p.N);
+        double worst = 0;
+        for (std::size_t i = 0; i < p.M; ++i)
+            for (std::size_t j = 0; j < p.N; ++j)
+                worst = std::max(worst, std::abs(double(c16[i * p.N + j]) - c32[i * p.N + j]) /
+                                            p.magnitude(i, j));
+        INFO("M " << p.M << " N " << p.N << " K " << p.K);
+        CHECK(worst <= std::ldexp(1.0, -7) * 1.01);
+        CHECK(worst > 0);  // the operands were rounded: not an fp32 product
+    }
+}
+
+TEST_CASE("a bf16-packed weight gives gemm_bf16's values, bias and residual, bit for bit",
+          "[bf16]") {
+    if (!kernels_here()) return;
+    std::uint32_t seed = 200;
+    for (const auto& s : shapes)
+        for (const auto ta : {transpose::no, transpose::yes}) {
+            auto p = make(s[0], s[1], s[2], ta, transpose::yes, seed += 4);
+            const auto bias = randn(p.N, seed + 3), res = randn(p.M * p.N, seed + 5);
+            cpu::packed_b<float> packed;
+            packed.pack(p.B.data(), p.ldb(), p.tb, p.K, p.N, ftune::precision::bf16);
+            REQUIRE(packed.precision() == ftune::precision::bf16);
+            REQUIRE(packed.rows() == p.K);
+            REQUIRE(packed.cols() == p.N);
+            std::vector<float> got(p.M * p.N, std::nanf("")), want(p.M * p.N);
+            cpu::gemm_packed(ta, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), packed, 0.0f, got.data(),
+                             p.N, bias.data(),
+                             ftune::backends::add_residual<float>{res.data(), p.N});
+            cpu::gemm_bf16(ta, p.tb, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), p.B.data(), p.ldb(),
+                           0.0f, want.data(), p.N);
+            for (std::size_t i = 0; i < p.M; ++i)
+                for (std::size_t j = 0; j < p.N; ++j)
+                    want[i * p.N + j] = (want[i * p.N + j] + bias[j]) + res[i * p.N + j];
+            INFO("M " << p.M << " N " << p.N << " K " << p.K << " ta " << int(ta));
+            CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+        }
+}
+
+TEST_CASE("strided batched bf16 products (attention's) equal the reference emulation", "[bf16]") {
+    if (!kernels_here()) return;
+    const std::size_t batch = 5, M = 19, N = 23, K = 9;
+    for (const auto tb : {transpose::no, transpose::yes}) {
+        const auto A = randn(batch * M * K, 7), B = randn(batch * K * N, 8);
+        std::vector<float> got(batch * M * N);
+        std::vector<double> want(batch * M * N), Ad(A.begin(), A.end()), Bd(B.begin(), B.end());
+        const std::size_t ldb = tb == transpose::no ? N : K;
+        cpu::gemm_strided_batched_bf16(transpose::no, tb, M, N, K, 1.0f, A.data(), K, M * K,
+                                       B.data(), ldb, K * N, 0.0f, got.data(), N, M * N, batch);
+        ref::gemm_strided_batched_bf16<double>(transpose::no, tb, M, N, K, 1.0, Ad.data(), K, M * K,
+                                               Bd.data(), ldb, K * N, 0.0, want.data(), N, M * N,
+                                               batch);
+        for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-5));
+    }
+}
+
+TEST_CASE("ops in bf16 on a double model, or a packed double weight, say that bf16 needs float",
+          "[bf16]") {
+    using matrix = ftune::buffer<double, ftune::shape<ftune::dynamic, ftune::dynamic>>;
+    using dims = ftune::shape<ftune::dynamic, ftune::dynamic>;
+    matrix a(dims(2, 3)), b(dims(3, 4)), c(dims(2, 4));
+    CHECK_THROWS_WITH(ftune::ops::matmul(a.view(), b.view(), c, 1.0, 0.0, ftune::precision::bf16),
+                      Catch::Contains("float"));
+    cpu::packed_b<double> packed;
+    CHECK_THROWS_WITH(packed.pack(b.data(), 4, transpose::no, 3, 4, ftune::precision::bf16),
+                      Catch::Contains("float"));
+}
+
+TEST_CASE("a whole encoder in bf16: the CPU backend's kernels against the reference emulation",
+          "[bf16]") {
+    if (!kernels_here()) return;
+    using cpu_encoder = ftune::bert::encoder<float>;
+    using ref_encoder =
+        ftune::bert::encoder<float, ftune::dynamic, ftune::dynamic, ftune::blocks::post_norm,
+                             ftune::blocks::bert_parts<float, ftune::device::reference>>;
+    const ftune::bert::config cfg{.vocab_size = 23,
+                                  .hidden_size = 48,
+                                  .num_hidden_layers = 2,
+                                  .num_attention_heads = 4,
+                                  .intermediate_size = 96,
+                                  .max_position_embeddings = 16,
+                                  .type_vocab_size = 2,
+                                  .hidden_dropout_prob = 0.1,
+                                  .attention_probs_dropout_prob = 0.1,
+                                  .layer_norm_eps = 1e-5,
+                                  .pad_token_id = 0,
+                                  .hidden_act = ftune::ops::activation::gelu};
+    cpu_encoder c(cfg);
+    ref_encoder r(cfg);
+    test::randomize(c, 300);
+    test::randomize(r, 300);
+    const std::size_t B = 2, T = 11, C = 48;
+    std::vector<ftune::token_id> ids(B * T), types(B * T, 0), mask(B * T, 1);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = ftune::token_id(1 + (i * 7) % 22);
+    for (std::size_t t = 8; t < T; ++t) mask[T + t] = 0, ids[T + t] = 0;  // padding
+    for (const auto m : {ftune::mode::train, ftune::mode::eval}) {
+        ftune::context c1{.mode = m, .rng = ftune::generator(4)};
+        ftune::context c2{.mode = m, .rng = ftune::generator(4)};
+        ftune::context c3{.mode = m, .rng = ftune::generator(4)};
+        c1.precision = c2.precision = ftune::precision::bf16;
+        const auto h1 =
+            c.forward(c1, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+        const std::vector<float> got(h1.data(), h1.data() + h1.size());
+        const auto h2 =
+            r.forward(c2, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+        const std::vector<float> want(h2.data(), h2.data() + h2.size());
+        std::vector<float> fp32;
+        {
+            ref_encoder r32(cfg);  // the same weights in fp32: the size of bf16's own effect
+            test::randomize(r32, 300);
+            const auto h3 =
+                r32.forward(c3, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+            fp32.assign(h3.data(), h3.data() + h3.size());
+        }
+        // Not element by element: the two bf16 runs round the same operands, but their fp32
+        // sums differ in order, so now and then an operand lands on the other side of a bf16
+        // rounding boundary (a 2^-8 change), and attention spreads such a flip over the whole
+        // sequence in the next layer. So the root-mean-square gap between the backends must be
+        // a small fraction of the gap bf16 itself makes (fp32 backends agree to 1e-5).
+        const double gap = rms_gap(got, want), gap32 = rms_gap(want, fp32);
+        INFO((m == ftune::mode::train ? "train" : "eval")
+             << ": rms |CPU bf16 - reference bf16| " << gap << ", rms |bf16 - fp32| " << gap32);
+        CHECK(gap < 0.15 * gap32);
+        CHECK(gap32 > 1e-3);  // bf16 did act
+        CHECK(gap32 < 0.05);  // and stays within bf16's tolerance of fp32
+        // backward: every gradient tensor's rms gap against its rms value (floored at 1e-3 of the
+        // largest: the key projections' bias has an exact gradient of 0, rounding noise here)
+        const auto dh = randn(B * T * C, 9);
+        c.zero_grad(), r.zero_grad();
+        c.backward(c1, {dh.data(), B, T, C});
+        r.backward(c2, {dh.data(), B, T, C});
+        std::vector<std::vector<float>> grads;
+        double global = 0;
+        c.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            grads.emplace_back(p.grad.begin(), p.grad.end());
+            global = std::max(global, rms_gap(grads.back(), std::vector<float>(p.grad.size())));
+        });
+        std::size_t k = 0;
+        double worst = 0;
+        r.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            REQUIRE(k < grads.size());
+            const std::vector<float> want_g(p.grad.begin(), p.grad.end());
+            const double scale =
+                std::max(rms_gap(want_g, std::vector<float>(want_g.size())), 1e-3 * global);
+            const double rel = rms_gap(grads[k++], want_g) / scale;
+            INFO(p.name << ": rms gap " << rel << " of the gradient's rms");
+            // the key projections' bias has an exact gradient of 0 (softmax ignores a shift
+            // shared by all scores): both backends hold rounding noise there, not comparable
+            if (p.name.ends_with("key.bias")) return;
+            worst = std::max(worst, rel);
+            CHECK(rel < 0.05);
+        });
+        CHECK(k == grads.size());
+        WARN((m == ftune::mode::train ? "train" : "eval")
+             << ": hidden states rms gap " << gap << " (bf16's own effect " << gap32
+             << "); worst gradient rms gap " << worst);
+    }
+}
