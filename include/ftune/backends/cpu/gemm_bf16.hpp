@@ -35,7 +35,10 @@
 #include "ftune/backends/cpu/detail.hpp"
 #include "ftune/core/error.hpp"
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+// FTUNE_NO_BF16_KERNELS leaves the kernels out (a compiler without AVX512-BF16 intrinsics:
+// GCC before 10, Clang before 9); bf16 requests then fail with errc::unsupported.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && \
+    !defined(FTUNE_NO_BF16_KERNELS)
 #include <immintrin.h>
 /// 1 when this compiler builds the AVX512-BF16 kernels (GCC or Clang on x86-64).
 #define FTUNE_HAS_BF16_KERNELS 1
@@ -395,15 +398,19 @@ inline void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld,
 }
 #endif
 
-/// The error of a bf16 product on a CPU (or compiler) without AVX512-BF16.
+/// The error of a bf16 product on a CPU without AVX512-BF16, or in a build without the kernels.
 inline error unsupported(const char* where) {
+    if (!FTUNE_HAS_BF16_KERNELS && this_cpu().avx512_bf16)
+        return error(errc::unsupported, where,
+                     "this build has no bf16 kernels (FTUNE_NO_BF16_KERNELS, or a compiler "
+                     "without AVX512-BF16 intrinsics: GCC 10 or Clang 9 and later have them); "
+                     "use fp32 (--precision fp32) or rebuild");
     return error(errc::unsupported, where,
                  ftune::detail::cat("bf16 products need a CPU with AVX512-BF16 (Intel Cooper Lake "
                                     "or Sapphire Rapids and later, AMD Zen 4 and later); this one "
                                     "reports ",
                                     this_cpu().summary(),
-                                    " (ftune info --system). Use fp32 "
-                                    "(--precision fp32)"));
+                                    " (ftune info --system). Use fp32 (--precision fp32)"));
 }
 
 /// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A converted by pack_a
