@@ -49,9 +49,11 @@ class linear {
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         precision_ = prepared_ ? inference_precision_ : ctx.precision;
         frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
-        // W packed at each forward unless packed once (prepare_inference, or frozen): the
-        // optimizer, or a direct write, may have changed it
-        if (!prepared_ && !frozen_packed_) weight_changed();
+        // W packed at each forward that packs it, unless packed once (prepare_inference, or
+        // frozen in training): the optimizer, or a direct write, may have changed it (an fp32
+        // eval-mode forward packs nothing: a frozen W's copies stay for the next training step)
+        if (!prepared_ && !frozen_packed_ && (ctx.training() || precision_ == precision::bf16))
+            weight_changed();
         if (prepared_ || frozen_packed_ || precision_ == precision::bf16) {
             packed_product(x, ops::no_epilogue{});
         } else {
