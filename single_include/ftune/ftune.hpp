@@ -2179,6 +2179,7 @@ FTUNE_NAMESPACE_END
 
 #include <algorithm>
 #include <cstddef>
+#include <memory>
 #include <type_traits>
 #include <utility>
 
@@ -2304,6 +2305,19 @@ inline void parallel_for(std::size_t n, std::size_t grain, F&& f) {
     }
 #endif
     for (std::size_t c = 0; c < chunks; ++c) f(c * grain, std::min(n, (c + 1) * grain));
+}
+
+/// A growable 64-byte aligned scratch array, one per thread, type and tag (allocates only to
+/// grow): the packed operands of the GEMMs and the partial sums of reductions.
+template <class T, int Tag>
+T* scratch(std::size_t n) {
+    thread_local std::unique_ptr<T[], ftune::detail::aligned_delete> buf;
+    thread_local std::size_t cap = 0;
+    if (n > cap) {
+        buf = ftune::detail::aligned_alloc_array<T>(n);
+        cap = n;
+    }
+    return buf.get();
 }
 
 /// Elements per parallel chunk for streaming element-wise kernels (64 KiB of floats).
@@ -2667,18 +2681,6 @@ inline const blocking& runtime_blocking() {
     return b;
 }
 
-/// A growable 64-byte aligned scratch array of 32-bit words, one per thread and tag.
-template <int Tag>
-std::uint32_t* scratch(std::size_t n) {
-    thread_local std::unique_ptr<std::uint32_t[], ftune::detail::aligned_delete> buf;
-    thread_local std::size_t cap = 0;
-    if (n > cap) {
-        buf = ftune::detail::aligned_alloc_array<std::uint32_t>(n);
-        cap = n;
-    }
-    return buf.get();
-}
-
 #if FTUNE_HAS_BF16_KERNELS
 /// round_bits on 16 lanes.
 FTUNE_BF16_TARGET inline __m512i round16(__m512 v) {
@@ -2753,6 +2755,23 @@ FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float*
         }
     }
 }
+#else
+// The same conversions in scalar code, for builds without the kernels (nothing multiplies the
+// packed words there, but packing a weight in bf16 still works).
+inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) dst[i] = pair(r0[i], r1 ? r1[i] : 0.0f);
+}
+inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
+    for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
+}
+inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
+                              std::size_t t0, std::size_t t1) {
+    const std::size_t KP = pairs(K);
+    for (std::size_t t = t0; t < t1; ++t)
+        for (std::size_t p = 0; p < KP; ++p)
+            pair_rows(dst + t * KP * MR + p * MR, A + 2 * p * lda + t * MR,
+                      2 * p + 1 < K ? A + (2 * p + 1) * lda + t * MR : nullptr, MR);
+}
 #endif
 
 /// Converts op(A) (M x K, row stride lda) into pairs. A transposed A (op(A)(i, k) = A[k * lda +
@@ -2763,53 +2782,27 @@ FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float*
 /// called outside a parallel region.
 inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpose ta, std::size_t M,
                    std::size_t K) {
-    const std::size_t KP = pairs(K), tiles = (M + MR - 1) / MR, even = K / 2;
+    const std::size_t KP = pairs(K), whole = M / MR;
     if (ta == transpose::no) {
         detail::parallel_for(M, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(K, 1)),
                              [&](std::size_t i0, std::size_t i1) {
-                                 for (std::size_t i = i0; i < i1; ++i) {
-#if FTUNE_HAS_BF16_KERNELS
+                                 for (std::size_t i = i0; i < i1; ++i)
                                      pair_adjacent(dst + i * KP, A + i * lda, K);
-#else
-                for (std::size_t p = 0; p < KP; ++p)
-                    dst[i * KP + p] = pair(A[i * lda + 2 * p], 2 * p + 1 < K ? A[i * lda + 2 * p + 1] : 0.0f);
-#endif
-                                 }
                              });
         return;
     }
+    // op(A)(i, k) = A[k * lda + i]: rows k and k + 1 give each tile's pairs
     detail::parallel_for(
-        tiles, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
-        [&](std::size_t t0, std::size_t t1) {
-#if FTUNE_HAS_BF16_KERNELS
-            if (ta == transpose::yes) {  // the whole tiles 16 rows at a time; a short one below
-                const std::size_t whole = std::min(t1, M / MR);
-                if (t0 < whole) pack_a_transposed(dst, A, lda, K, t0, whole);
-                t0 = std::max(t0, whole);
-            }
-#endif
-            for (std::size_t t = t0; t < t1; ++t) {
-                std::uint32_t* d = dst + t * KP * MR;
-                const std::size_t i0 = t * MR, mr = std::min(MR, M - i0);
-                if (mr == MR) {  // op(A)(i, k) = A[k * lda + i]: rows k, k + 1 give pairs
-                    for (std::size_t p = 0; p < even; ++p) {
-                        const float* r0 = A + 2 * p * lda + i0;
-                        const float* r1 = r0 + lda;
-                        for (std::size_t i = 0; i < MR; ++i) d[p * MR + i] = pair(r0[i], r1[i]);
-                    }
-                    if (K % 2)
-                        for (std::size_t i = 0; i < MR; ++i)
-                            d[even * MR + i] = pair(A[(K - 1) * lda + i0 + i], 0.0f);
-                } else {  // the last, short tile
-                    for (std::size_t p = 0; p < KP; ++p) {
-                        const float* r0 = A + 2 * p * lda + i0;
-                        const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
-                        for (std::size_t i = 0; i < MR; ++i)
-                            d[p * MR + i] = i < mr ? pair(r0[i], r1 ? r1[i] : 0.0f) : 0u;
-                    }
-                }
-            }
-        });
+        whole, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
+        [&](std::size_t t0, std::size_t t1) { pack_a_transposed(dst, A, lda, K, t0, t1); });
+    if (const std::size_t mr = M - whole * MR; mr > 0) {  // the last, short tile: zero rows
+        std::uint32_t* d = dst + whole * KP * MR;
+        for (std::size_t p = 0; p < KP; ++p) {
+            const float* r0 = A + 2 * p * lda + whole * MR;
+            pair_rows(d + p * MR, r0, 2 * p + 1 < K ? r0 + lda : nullptr, mr);
+            std::fill(d + p * MR + mr, d + (p + 1) * MR, 0u);
+        }
+    }
 }
 
 /// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of NR
@@ -2821,18 +2814,8 @@ inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, tr
         for (std::size_t p = 0; p < kp; ++p) {
             const float* r0 = B + (k0 + 2 * p) * ldb + j0;
             std::uint32_t* d = dst + p * NR;
-#if FTUNE_HAS_BF16_KERNELS
             pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
-            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
-            continue;
-#endif
-            if (2 * p + 1 < kc) {
-                const float* r1 = r0 + ldb;
-                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], r1[j]);
-            } else {
-                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], 0.0f);
-            }
-            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
+            std::fill(d + nr, d + NR, 0u);
         }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
         const std::size_t even = kc / 2;
@@ -3130,8 +3113,8 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
-    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
-                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
+        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
     bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no, Bp.layout(), beta, C, ldc, bias,
                      epilogue, bf16_detail::threads_for(M, N, K));
@@ -3150,10 +3133,10 @@ inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, 
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
-    std::uint32_t* bpack = bf16_detail::scratch<1>(bf16_detail::b_words(K, N));
+    std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
     bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
-                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
+        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
     bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no,
                      bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
@@ -3227,17 +3210,7 @@ const cache_blocking& runtime_blocking() {
     return b;
 }
 
-/// A growable 64-byte aligned scratch array, one per thread and type (allocates only to grow).
-template <class T, int Tag>
-T* scratch(std::size_t n) {
-    thread_local std::unique_ptr<T[], ftune::detail::aligned_delete> buf;
-    thread_local std::size_t cap = 0;
-    if (n > cap) {
-        buf = ftune::detail::aligned_alloc_array<T>(n);
-        cap = n;
-    }
-    return buf.get();
-}
+using detail::scratch;  // (the GEMMs' and the primitives' scratch arrays)
 
 /// Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each k, MR values
 /// (rows past mc are zero).
@@ -6168,7 +6141,7 @@ class linear {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        precision_ = prepared_ ? inference_precision_ : ctx.precision;
+        precision_ = prepared_ ? packed_.precision() : ctx.precision;
         frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
         // W packed at each forward that packs it, unless packed once (prepare_inference, or
         // frozen in training): the optimizer, or a direct write, may have changed it (an fp32
@@ -6195,7 +6168,7 @@ class linear {
                         "mode");
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        precision_ = inference_precision_;
+        precision_ = packed_.precision();
         packed_product(x, epilogue);
         return y_.view();
     }
@@ -6211,7 +6184,6 @@ class linear {
     /// in fp32.
     void prepare_inference(precision p = precision::fp32) {
         weight_changed();  // W may have been written directly: pack again (the d input copy too)
-        inference_precision_ = p;
         ops::prepare_weight(packed_, weight.value, p);
         prepared_ = packed_current_ = true;
     }
@@ -6290,9 +6262,8 @@ class linear {
     bool packed_d_current_ = false;          // packed_d_ holds the current W
     bool frozen_packed_ = false;             // the last forward: training with W frozen and packed
     precision precision_ = precision::fp32;  // the last forward's (and backward's)
-    precision inference_precision_ = precision::fp32;  // prepare_inference's
-    input_view x_;                                     // the last forward's input
-    buffer<T, shape<dynamic, Out>, D> y_;              // (N, Out) output workspace
+    input_view x_;                           // the last forward's input
+    buffer<T, shape<dynamic, Out>, D> y_;    // (N, Out) output workspace
 };
 
 /// linear without a bias as a template of the two sizes, for layers that take their projection
@@ -6460,7 +6431,6 @@ class self_attention {
                           const_flat(parts[i]->bias.value.data(), Cn));
         }
         ops::prepare_weight(packed_qkv_, qkv_weight, p);
-        inference_precision_ = p;
         prepared_ = packed_current_ = true;
     }
 
@@ -6512,7 +6482,7 @@ class self_attention {
             throw error(errc::shape_mismatch, "self_attention",
                         ftune::detail::cat("input has ", Cn, " features but the layer takes ",
                                            query.in_features()));
-        if (!packed_current_) prepare_inference(inference_precision_);
+        if (!packed_current_) prepare_inference(packed_qkv_.precision());
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
         ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
                              packed_qkv_, qkv_, qkv_bias_);
@@ -6527,15 +6497,14 @@ class self_attention {
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                            // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;                      // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                          // the last forward used packed_qkv_
-    precision precision_ = precision::fp32;            // the last forward's head products
-    precision inference_precision_ = precision::fp32;  // prepare_inference's
-    ops::prepared_weight<T, D> packed_qkv_;            // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>, D> qkv_bias_;            // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>, D> qkv_;        // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
+    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                    // the last forward used packed_qkv_
+    precision precision_ = precision::fp32;      // the last forward's head products
+    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
     typename Proj::output_view q_, k_,
         v_;                                           // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)

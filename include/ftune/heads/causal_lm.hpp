@@ -77,7 +77,7 @@ class causal_lm {
             ops::copy(view<T, shape<dynamic>, D>(last_.data() + b * Cn, Cn),
                       view<const T, shape<dynamic>, D>(h.data() + (b * Tn + Tn - 1) * Cn, Cn));
         if (!tied) return lm_head.forward(ctx, last_.view());
-        if (!packed_current_) prepare_inference(backbone, inference_precision_);
+        if (!packed_current_) prepare_inference(backbone, packed_.precision());
         const auto& E = backbone.input_embeddings().value;  // (V, C)
         logits_.resize(shape<dynamic, dynamic>(B, E.extent(0)));
         ops::matmul_prepared(last_.view(), packed_, logits_, view<const T, shape<dynamic>, D>());
@@ -200,7 +200,6 @@ class causal_lm {
     void prepare_inference(Backbone& backbone, precision p = precision::fp32) {
         if (!tied) return lm_head.prepare_inference(p);
         packed_current_ = false;  // until the packing below has succeeded
-        inference_precision_ = p;
         ops::prepare_weight(packed_, backbone.input_embeddings().value, p);
         packed_current_ = true;
     }
@@ -297,7 +296,6 @@ class causal_lm {
     ops::prepared_weight<T, D> packed_;                  // the tied table, packed
     ops::prepared_weight<T, D> w_logits_, w_dh_;         // W in bf16 for loss_backward's chunks
     precision precision_ = precision::fp32;              // the last forward's
-    precision inference_precision_ = precision::fp32;    // prepare_inference's
     std::vector<token_id> shifted_;                      // (B T) the next token's label
     std::vector<std::size_t> rows_;                      // (M) positions with a label (fused)
     std::vector<token_id> targets_;                      // (M) their labels

@@ -162,7 +162,6 @@ class self_attention {
                           const_flat(parts[i]->bias.value.data(), Cn));
         }
         ops::prepare_weight(packed_qkv_, qkv_weight, p);
-        inference_precision_ = p;
         prepared_ = packed_current_ = true;
     }
 
@@ -214,7 +213,7 @@ class self_attention {
             throw error(errc::shape_mismatch, "self_attention",
                         ftune::detail::cat("input has ", Cn, " features but the layer takes ",
                                            query.in_features()));
-        if (!packed_current_) prepare_inference(inference_precision_);
+        if (!packed_current_) prepare_inference(packed_qkv_.precision());
         qkv_.resize(shape<dynamic, dynamic>(N, 3 * Cn));
         ops::matmul_prepared(view<const T, shape<dynamic, dynamic>, D>(x.data(), N, Cn),
                              packed_qkv_, qkv_, qkv_bias_);
@@ -229,15 +228,14 @@ class self_attention {
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                            // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;                      // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                          // the last forward used packed_qkv_
-    precision precision_ = precision::fp32;            // the last forward's head products
-    precision inference_precision_ = precision::fp32;  // prepare_inference's
-    ops::prepared_weight<T, D> packed_qkv_;            // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>, D> qkv_bias_;            // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>, D> qkv_;        // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                        // the last forward's batch and sequence
+    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                    // the last forward used packed_qkv_
+    precision precision_ = precision::fp32;      // the last forward's head products
+    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
     typename Proj::output_view q_, k_,
         v_;                                           // (B*T, C) projections (the linears' buffers)
     buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)

@@ -47,7 +47,7 @@ class linear {
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        precision_ = prepared_ ? inference_precision_ : ctx.precision;
+        precision_ = prepared_ ? packed_.precision() : ctx.precision;
         frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
         // W packed at each forward that packs it, unless packed once (prepare_inference, or
         // frozen in training): the optimizer, or a direct write, may have changed it (an fp32
@@ -74,7 +74,7 @@ class linear {
                         "mode");
         x_ = x;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
-        precision_ = inference_precision_;
+        precision_ = packed_.precision();
         packed_product(x, epilogue);
         return y_.view();
     }
@@ -90,7 +90,6 @@ class linear {
     /// in fp32.
     void prepare_inference(precision p = precision::fp32) {
         weight_changed();  // W may have been written directly: pack again (the d input copy too)
-        inference_precision_ = p;
         ops::prepare_weight(packed_, weight.value, p);
         prepared_ = packed_current_ = true;
     }
@@ -169,9 +168,8 @@ class linear {
     bool packed_d_current_ = false;          // packed_d_ holds the current W
     bool frozen_packed_ = false;             // the last forward: training with W frozen and packed
     precision precision_ = precision::fp32;  // the last forward's (and backward's)
-    precision inference_precision_ = precision::fp32;  // prepare_inference's
-    input_view x_;                                     // the last forward's input
-    buffer<T, shape<dynamic, Out>, D> y_;              // (N, Out) output workspace
+    input_view x_;                           // the last forward's input
+    buffer<T, shape<dynamic, Out>, D> y_;    // (N, Out) output workspace
 };
 
 /// linear without a bias as a template of the two sizes, for layers that take their projection

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <memory>
 #include <type_traits>
 #include <utility>
 
@@ -10,6 +11,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "ftune/backends/common.hpp"
+#include "ftune/core/tensor.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace backends::cpu::detail {
@@ -130,6 +132,19 @@ inline void parallel_for(std::size_t n, std::size_t grain, F&& f) {
     }
 #endif
     for (std::size_t c = 0; c < chunks; ++c) f(c * grain, std::min(n, (c + 1) * grain));
+}
+
+/// A growable 64-byte aligned scratch array, one per thread, type and tag (allocates only to
+/// grow): the packed operands of the GEMMs and the partial sums of reductions.
+template <class T, int Tag>
+T* scratch(std::size_t n) {
+    thread_local std::unique_ptr<T[], ftune::detail::aligned_delete> buf;
+    thread_local std::size_t cap = 0;
+    if (n > cap) {
+        buf = ftune::detail::aligned_alloc_array<T>(n);
+        cap = n;
+    }
+    return buf.get();
 }
 
 /// Elements per parallel chunk for streaming element-wise kernels (64 KiB of floats).

@@ -81,17 +81,7 @@ const cache_blocking& runtime_blocking() {
     return b;
 }
 
-/// A growable 64-byte aligned scratch array, one per thread and type (allocates only to grow).
-template <class T, int Tag>
-T* scratch(std::size_t n) {
-    thread_local std::unique_ptr<T[], ftune::detail::aligned_delete> buf;
-    thread_local std::size_t cap = 0;
-    if (n > cap) {
-        buf = ftune::detail::aligned_alloc_array<T>(n);
-        cap = n;
-    }
-    return buf.get();
-}
+using detail::scratch;  // (the GEMMs' and the primitives' scratch arrays)
 
 /// Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p holds, for each k, MR values
 /// (rows past mc are zero).

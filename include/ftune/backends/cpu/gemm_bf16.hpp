@@ -112,18 +112,6 @@ inline const blocking& runtime_blocking() {
     return b;
 }
 
-/// A growable 64-byte aligned scratch array of 32-bit words, one per thread and tag.
-template <int Tag>
-std::uint32_t* scratch(std::size_t n) {
-    thread_local std::unique_ptr<std::uint32_t[], ftune::detail::aligned_delete> buf;
-    thread_local std::size_t cap = 0;
-    if (n > cap) {
-        buf = ftune::detail::aligned_alloc_array<std::uint32_t>(n);
-        cap = n;
-    }
-    return buf.get();
-}
-
 #if FTUNE_HAS_BF16_KERNELS
 /// round_bits on 16 lanes.
 FTUNE_BF16_TARGET inline __m512i round16(__m512 v) {
@@ -198,6 +186,23 @@ FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float*
         }
     }
 }
+#else
+// The same conversions in scalar code, for builds without the kernels (nothing multiplies the
+// packed words there, but packing a weight in bf16 still works).
+inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) dst[i] = pair(r0[i], r1 ? r1[i] : 0.0f);
+}
+inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
+    for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
+}
+inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
+                              std::size_t t0, std::size_t t1) {
+    const std::size_t KP = pairs(K);
+    for (std::size_t t = t0; t < t1; ++t)
+        for (std::size_t p = 0; p < KP; ++p)
+            pair_rows(dst + t * KP * MR + p * MR, A + 2 * p * lda + t * MR,
+                      2 * p + 1 < K ? A + (2 * p + 1) * lda + t * MR : nullptr, MR);
+}
 #endif
 
 /// Converts op(A) (M x K, row stride lda) into pairs. A transposed A (op(A)(i, k) = A[k * lda +
@@ -208,53 +213,27 @@ FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float*
 /// called outside a parallel region.
 inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpose ta, std::size_t M,
                    std::size_t K) {
-    const std::size_t KP = pairs(K), tiles = (M + MR - 1) / MR, even = K / 2;
+    const std::size_t KP = pairs(K), whole = M / MR;
     if (ta == transpose::no) {
         detail::parallel_for(M, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(K, 1)),
                              [&](std::size_t i0, std::size_t i1) {
-                                 for (std::size_t i = i0; i < i1; ++i) {
-#if FTUNE_HAS_BF16_KERNELS
+                                 for (std::size_t i = i0; i < i1; ++i)
                                      pair_adjacent(dst + i * KP, A + i * lda, K);
-#else
-                for (std::size_t p = 0; p < KP; ++p)
-                    dst[i * KP + p] = pair(A[i * lda + 2 * p], 2 * p + 1 < K ? A[i * lda + 2 * p + 1] : 0.0f);
-#endif
-                                 }
                              });
         return;
     }
+    // op(A)(i, k) = A[k * lda + i]: rows k and k + 1 give each tile's pairs
     detail::parallel_for(
-        tiles, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
-        [&](std::size_t t0, std::size_t t1) {
-#if FTUNE_HAS_BF16_KERNELS
-            if (ta == transpose::yes) {  // the whole tiles 16 rows at a time; a short one below
-                const std::size_t whole = std::min(t1, M / MR);
-                if (t0 < whole) pack_a_transposed(dst, A, lda, K, t0, whole);
-                t0 = std::max(t0, whole);
-            }
-#endif
-            for (std::size_t t = t0; t < t1; ++t) {
-                std::uint32_t* d = dst + t * KP * MR;
-                const std::size_t i0 = t * MR, mr = std::min(MR, M - i0);
-                if (mr == MR) {  // op(A)(i, k) = A[k * lda + i]: rows k, k + 1 give pairs
-                    for (std::size_t p = 0; p < even; ++p) {
-                        const float* r0 = A + 2 * p * lda + i0;
-                        const float* r1 = r0 + lda;
-                        for (std::size_t i = 0; i < MR; ++i) d[p * MR + i] = pair(r0[i], r1[i]);
-                    }
-                    if (K % 2)
-                        for (std::size_t i = 0; i < MR; ++i)
-                            d[even * MR + i] = pair(A[(K - 1) * lda + i0 + i], 0.0f);
-                } else {  // the last, short tile
-                    for (std::size_t p = 0; p < KP; ++p) {
-                        const float* r0 = A + 2 * p * lda + i0;
-                        const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
-                        for (std::size_t i = 0; i < MR; ++i)
-                            d[p * MR + i] = i < mr ? pair(r0[i], r1 ? r1[i] : 0.0f) : 0u;
-                    }
-                }
-            }
-        });
+        whole, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
+        [&](std::size_t t0, std::size_t t1) { pack_a_transposed(dst, A, lda, K, t0, t1); });
+    if (const std::size_t mr = M - whole * MR; mr > 0) {  // the last, short tile: zero rows
+        std::uint32_t* d = dst + whole * KP * MR;
+        for (std::size_t p = 0; p < KP; ++p) {
+            const float* r0 = A + 2 * p * lda + whole * MR;
+            pair_rows(d + p * MR, r0, 2 * p + 1 < K ? r0 + lda : nullptr, mr);
+            std::fill(d + p * MR + mr, d + (p + 1) * MR, 0u);
+        }
+    }
 }
 
 /// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of NR
@@ -266,18 +245,8 @@ inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, tr
         for (std::size_t p = 0; p < kp; ++p) {
             const float* r0 = B + (k0 + 2 * p) * ldb + j0;
             std::uint32_t* d = dst + p * NR;
-#if FTUNE_HAS_BF16_KERNELS
             pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
-            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
-            continue;
-#endif
-            if (2 * p + 1 < kc) {
-                const float* r1 = r0 + ldb;
-                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], r1[j]);
-            } else {
-                for (std::size_t j = 0; j < nr; ++j) d[j] = pair(r0[j], 0.0f);
-            }
-            for (std::size_t j = nr; j < NR; ++j) d[j] = 0;
+            std::fill(d + nr, d + NR, 0u);
         }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
         const std::size_t even = kc / 2;
@@ -575,8 +544,8 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
-    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
-                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
+        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
     bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no, Bp.layout(), beta, C, ldc, bias,
                      epilogue, bf16_detail::threads_for(M, N, K));
@@ -595,10 +564,10 @@ inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, 
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
-    std::uint32_t* bpack = bf16_detail::scratch<1>(bf16_detail::b_words(K, N));
+    std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
     bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    std::uint32_t* apack = bf16_detail::scratch<0>((M + bf16_detail::MR - 1) / bf16_detail::MR *
-                                                   bf16_detail::MR * bf16_detail::pairs(K));
+    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
+        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
     bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no,
                      bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
