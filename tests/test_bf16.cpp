@@ -322,3 +322,97 @@ TEST_CASE("a whole encoder in bf16: the CPU backend's kernels against the refere
              << "); worst gradient rms gap " << worst);
     }
 }
+
+TEST_CASE(
+    "attention activations kept in bf16: dropout and the softmax backward store what the "
+    "products would round them to, and the products read them as they are",
+    "[bf16]") {
+    using ftune::bf16;
+    const auto bits_of = [](float v) {  // v rounded to bf16, by the CPU backend's rounding
+        return std::uint16_t(cpu::bf16_detail::round_bits(v) >> 16);
+    };
+    // dropout: y kept in bf16 is y in fp32 rounded, bit for bit, on both backends; the same mask
+    for (const std::size_t n :
+         {std::size_t{1}, std::size_t{63}, std::size_t{1000}, std::size_t{70000}}) {
+        INFO("n " << n);
+        const auto x = randn(n, 40);
+        const ftune::random_stream s(3, 4);
+        std::vector<float> y32(n);
+        std::vector<bf16> y16(n), r16(n);
+        std::vector<std::uint8_t> m32(n), m16(n), mr(n);
+        cpu::dropout_forward(y32.data(), m32.data(), x.data(), 0.3f, n, s);
+        cpu::dropout_forward(y16.data(), m16.data(), x.data(), 0.3f, n, s);
+        ref::dropout_forward(r16.data(), mr.data(), x.data(), 0.3f, n, s);
+        CHECK(m16 == m32);
+        CHECK(mr == m32);
+        for (std::size_t i = 0; i < n; ++i) {
+            REQUIRE(y16[i].bits == bits_of(y32[i]));
+            REQUIRE(r16[i].bits == y16[i].bits);  // the reference's own rounding agrees
+        }
+    }
+    // softmax backward through a dropout mask, written: the same, bit for bit
+    {
+        const std::size_t rows = 37, Tk = 45, n = rows * Tk;
+        auto p = randn(n, 41), dp = randn(n, 42);
+        for (auto& v : p) v = std::abs(v) / 8;
+        std::vector<std::uint8_t> keep(n);
+        for (std::size_t i = 0; i < n; ++i) keep[i] = i % 5 != 2;
+        std::vector<float> ds32(n);
+        std::vector<bf16> ds16(n), r16(n);
+        cpu::softmax_backward(ds32.data(), p.data(), dp.data(), 0.125f, rows, Tk, keep.data(),
+                              1.25f, false);
+        cpu::softmax_backward(ds16.data(), p.data(), dp.data(), 0.125f, rows, Tk, keep.data(),
+                              1.25f, false);
+        ref::softmax_backward(r16.data(), p.data(), dp.data(), 0.125f, rows, Tk, keep.data(), 1.25f,
+                              false);
+        for (std::size_t i = 0; i < n; ++i) {
+            REQUIRE(ds16[i].bits == bits_of(ds32[i]));
+            // the reference sums in another order: one bf16 step apart at most
+            REQUIRE(std::abs(int(r16[i].bits) - int(ds16[i].bits)) <= 1);
+        }
+        CHECK_THROWS_AS(cpu::softmax_backward(ds16.data(), p.data(), dp.data(), 0.125f, rows, Tk),
+                        ftune::error);  // a bf16 dscores cannot be accumulated into
+        CHECK_THROWS_AS(ref::softmax_backward(r16.data(), p.data(), dp.data(), 0.125f, rows, Tk),
+                        ftune::error);
+    }
+    // a product whose A is kept in bf16 equals the product of the same values as floats, bit for
+    // bit: in place (row-major, K and lda even), copied (odd K or lda), and transposed
+    if (!kernels_here()) return;
+    for (const auto& sh : shapes)
+        for (const auto ta : {transpose::no, transpose::yes})
+            for (const auto tb : {transpose::no, transpose::yes})
+                for (const std::size_t pad : {std::size_t{0}, std::size_t{1}, std::size_t{2}}) {
+                    const std::size_t M = sh[0], N = sh[1], K = sh[2];
+                    const std::size_t lda = (ta == transpose::no ? K : M) + pad;
+                    const std::size_t rows = ta == transpose::no ? M : K;
+                    auto A = randn(rows * lda, 43);
+                    std::vector<bf16> A16(A.size());
+                    for (std::size_t i = 0; i < A.size(); ++i) {
+                        A16[i].bits = bits_of(A[i]);
+                        A[i] = A16[i].to_float();
+                    }
+                    const auto B = randn(K * N, 44);
+                    const std::size_t ldb = tb == transpose::no ? N : K;
+                    std::vector<float> got = randn(M * N, 45), want = got;
+                    cpu::gemm_bf16(ta, tb, M, N, K, 0.5f, A16.data(), lda, B.data(), ldb, 0.25f,
+                                   got.data(), N);
+                    cpu::gemm_bf16(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 0.25f,
+                                   want.data(), N);
+                    INFO("M " << M << " N " << N << " K " << K << " ta " << int(ta) << " tb "
+                              << int(tb) << " lda " << lda);
+                    REQUIRE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+                    std::vector<float> rgot = randn(M * N, 45), rwant = rgot;
+                    ref::gemm_bf16(ta, tb, M, N, K, 0.5f, A16.data(), lda, B.data(), ldb, 0.25f,
+                                   rgot.data(), N);
+                    ref::gemm_bf16(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 0.25f,
+                                   rwant.data(), N);
+                    REQUIRE(rgot == rwant);
+                }
+    // through ops: a bf16 operand in an fp32 product is refused
+    using ftune::dynamic;
+    ftune::buffer<bf16, ftune::dynamic_shape<4>> p16(ftune::dynamic_shape<4>(1, 2, 3, 3));
+    ftune::buffer<float, ftune::shape<dynamic, dynamic>> v(ftune::shape<dynamic, dynamic>(3, 4)),
+        out(ftune::shape<dynamic, dynamic>(3, 4));
+    CHECK_THROWS_WITH(ftune::ops::head_context(out, p16.view(), v.view(), ftune::precision::fp32),
+                      Catch::Contains("bf16"));
+}

@@ -85,6 +85,28 @@ TEST_CASE("gradcheck: masked scaled softmax", "[gradcheck]") {
         [&] { cpu::softmax_backward(ds.data(), p.data(), r.data(), 0.3, B * H * Tq, Tk); });
 }
 
+TEST_CASE("gradcheck: masked scaled softmax followed by dropout (the fused backward)",
+          "[gradcheck]") {
+    const std::size_t B = 2, H = 2, Tq = 3, Tk = 11, n = B * H * Tq * Tk;
+    auto s = test::randn<double>(n, 17), r = test::randn<double>(n, 18);
+    std::vector<double> mask(B * Tk, 0.0), p(n), y(n), ds(n);
+    for (std::size_t k = 7; k < Tk; ++k) mask[Tk + k] = -10000.0;  // batch 1 has 7 keys
+    std::vector<std::uint8_t> keep(n);
+    for (std::size_t i = 0; i < n; ++i) keep[i] = i % 4 != 1;  // a fixed dropout mask
+    const double p_drop = 0.25, keep_scale = 1.0 / (1.0 - p_drop);
+    require_gradients(
+        {{"scores", s, ds}},
+        [&] {
+            cpu::softmax_forward(p.data(), s.data(), mask.data(), 0.3, B, H, Tq, Tk);
+            for (std::size_t i = 0; i < n; ++i) y[i] = keep[i] ? p[i] * keep_scale : 0.0;
+            return dot(r, y);
+        },
+        [&] {
+            cpu::softmax_backward(ds.data(), p.data(), r.data(), 0.3, B * H * Tq, Tk, keep.data(),
+                                  keep_scale);  // accumulating (the checker requires it)
+        });
+}
+
 TEST_CASE("gradcheck: cross-entropy with an ignored row", "[gradcheck]") {
     const std::size_t rows = 4, V = 9;
     auto z = test::randn<double>(rows * V, 9, 3.0), w = test::randn<double>(rows, 10);

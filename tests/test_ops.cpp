@@ -313,6 +313,29 @@ TEST_CASE("ops::masked_softmax (with and without a mask) and its backward match 
                               Tk);
         ops::masked_softmax_backward(dscores, std::as_const(probs_nomask).view(), dprobs, scale);
         require_close(vec(dscores), want_ds, tol<float>(16.0 * Tk), "masked_softmax_backward");
+
+        // through the dropout of the probabilities, in one pass (dscores written): against the
+        // reference's dropout_backward then softmax_backward, each onto zeros
+        buffer<std::uint8_t, S4> keep(B, H, Tq, Tk);
+        for (std::size_t i = 0; i < n; ++i) keep.data()[i] = i % 3 != 0;
+        std::vector<float> g(n, 0.0f), want_fused(n, 0.0f);
+        ref::dropout_backward(g.data(), keep.data(), dprobs.data(), 0.1f, n);
+        ref::softmax_backward(want_fused.data(), probs_nomask.data(), g.data(), scale, B * H * Tq,
+                              Tk);
+        auto fused = randn_buffer<S4>(64, 1.0, B, H, Tq, Tk);  // overwritten
+        ops::masked_softmax_dropout_backward(fused, std::as_const(probs_nomask).view(), dprobs,
+                                             std::as_const(keep).view(), 0.1f, scale);
+        require_close(vec(fused), want_fused, tol<float>(16.0 * Tk),
+                      "masked_softmax_dropout_backward");
+        // accumulate = false: what accumulating onto zeros gives
+        std::vector<float> onto_zeros(n, 0.0f);
+        ref::softmax_backward(onto_zeros.data(), probs_nomask.data(), dprobs.data(), scale,
+                              B * H * Tq, Tk);
+        auto written = randn_buffer<S4>(65, 1.0, B, H, Tq, Tk);
+        ops::masked_softmax_backward(written, std::as_const(probs_nomask).view(), dprobs, scale,
+                                     false);
+        require_close(vec(written), onto_zeros, tol<float>(16.0 * Tk),
+                      "masked_softmax_backward written");
     }
     // static head and key extents
     using S = shape<dynamic, 2, dynamic, 17>;
@@ -564,6 +587,15 @@ TEST_CASE("ops: the backward and optimizer wrappers throw ftune::error on shape 
         CHECK_THROWS_AS(ops::masked_softmax(probs, scores, 1.0f), ftune::error);
         CHECK_THROWS_AS(ops::masked_softmax_backward(probs, probs, dprobs, 1.0f), ftune::error);
         CHECK_THROWS_AS(ops::masked_softmax_backward(dprobs, probs, probs, 1.0f), ftune::error);
+        buffer<std::uint8_t, D4> keep(2, 2, 3, 5), keep17(2, 2, 3, 17);
+        buffer<float, D4> ds(2, 2, 3, 17), dp17(2, 2, 3, 17);
+        CHECK_THROWS_AS(ops::masked_softmax_dropout_backward(ds, probs, dp17, keep, 0.1f, 1.0f),
+                        ftune::error);  // keep's shape
+        CHECK_THROWS_AS(ops::masked_softmax_dropout_backward(ds, probs, dprobs, keep17, 0.1f, 1.0f),
+                        ftune::error);  // dprobs' shape
+        CHECK_THROWS_AS(
+            ops::masked_softmax_dropout_backward(dprobs, probs, dp17, keep17, 0.1f, 1.0f),
+            ftune::error);  // dscores' shape
     }
     SECTION("dropout and dropout_backward") {
         buffer<float, D2> x(3, 17), y(3, 17);

@@ -205,6 +205,34 @@ TEMPLATE_TEST_CASE("masked scaled softmax forward and backward", "[primitives]",
             ref::softmax_backward(ds.data(), p.data(), dp.data(), scale, B * H * Tq, Tk);
             cpu::softmax_backward(ds2.data(), p.data(), dp.data(), scale, B * H * Tq, Tk);
             require_close(ds2, ds, tol<T>(16.0 * Tk), "softmax_backward");
+            // through a dropout on the probabilities (mask `keep`), written instead of added:
+            // against the two steps done separately by the reference (dropout_backward into
+            // zeros, then softmax_backward onto zeros)
+            std::vector<std::uint8_t> keep(n);
+            for (std::size_t i = 0; i < n; ++i) keep[i] = (i * 7 + i / 3) % 5 != 0;
+            const T p_drop = T(0.2), keep_scale = T(1) / (T(1) - p_drop);
+            std::vector<T> g(n, T(0)), want(n, T(0));
+            ref::dropout_backward(g.data(), keep.data(), dp.data(), p_drop, n);
+            ref::softmax_backward(want.data(), p.data(), g.data(), scale, B * H * Tq, Tk);
+            for (const bool on_ref : {true, false}) {
+                std::vector<T> got = test::randn<T>(n, 33);  // overwritten, whatever it held
+                if (on_ref)
+                    ref::softmax_backward(got.data(), p.data(), dp.data(), scale, B * H * Tq, Tk,
+                                          keep.data(), keep_scale, false);
+                else
+                    cpu::softmax_backward(got.data(), p.data(), dp.data(), scale, B * H * Tq, Tk,
+                                          keep.data(), keep_scale, false);
+                require_close(got, want, tol<T>(16.0 * Tk),
+                              on_ref ? "reference softmax_backward through dropout"
+                                     : "cpu softmax_backward through dropout");
+            }
+            // without a mask, accumulate = false gives what accumulating onto zeros gives
+            std::vector<T> zeros_then_add(n, T(0)), written = test::randn<T>(n, 34);
+            cpu::softmax_backward(zeros_then_add.data(), p.data(), dp.data(), scale, B * H * Tq,
+                                  Tk);
+            cpu::softmax_backward(written.data(), p.data(), dp.data(), scale, B * H * Tq, Tk,
+                                  nullptr, T(1), false);
+            require_close(written, zeros_then_add, T(0), "softmax_backward written");
         }
 }
 

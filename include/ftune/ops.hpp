@@ -230,14 +230,20 @@ inline error bf16_needs_float(const char* where) {
 }
 
 /// The batched product of backend Bk in precision p (gemm_strided_batched, or its bf16 form).
-template <class Bk, class T>
+/// A may be kept in bf16 (TA = bf16), which only a bf16 product reads.
+template <class Bk, class T, class TA>
 void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
-                     std::size_t K, T alpha, const T* A, std::size_t lda, std::size_t sa,
+                     std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t sa,
                      const T* B, std::size_t ldb, std::size_t sb, T beta, T* C, std::size_t ldc,
                      std::size_t sc, std::size_t batch) {
-    if (p == precision::fp32)
+    if constexpr (std::is_same_v<TA, bf16>) {
+        if (p != precision::bf16)
+            throw error(errc::invalid_argument, "head products",
+                        "an operand kept in bf16 is multiplied in precision::bf16 only");
+    } else if (p == precision::fp32) {
         return Bk::gemm_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
                                         ldc, sc, batch);
+    }
     if constexpr (std::is_same_v<T, float>)
         Bk::gemm_strided_batched_bf16(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
                                       sc, batch);
@@ -646,10 +652,11 @@ void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale, bool
         s.extent(0), s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
-/// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk).
+/// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk); accumulate =
+/// false writes dscores instead of adding to it (no zeroing pass needed).
 template <tensor_like DS, tensor_like P, tensor_like DP>
 void masked_softmax_backward(DS&& dscores, const P& probs, const DP& dprobs,
-                             detail::scalar_of<P> scale) {
+                             detail::scalar_of<P> scale, bool accumulate = true) {
     detail::same_device<DS, P, DP>();
     static_assert(detail::shape_of<P>::rank == 4,
                   "ftune::ops::masked_softmax_backward: probs, dprobs and dscores are "
@@ -657,8 +664,39 @@ void masked_softmax_backward(DS&& dscores, const P& probs, const DP& dprobs,
     check_same_shape(dprobs.shape(), probs.shape(), "masked_softmax_backward (dprobs vs probs)");
     check_same_shape(dscores.shape(), probs.shape(), "masked_softmax_backward (dscores vs probs)");
     const auto& s = probs.shape();
+    using T = detail::scalar_of<P>;
+    detail::backend_for<DS>::softmax_backward(
+        dscores.data(), probs.data(), dprobs.data(), scale, s.extent(0) * s.extent(1) * s.extent(2),
+        s.extent(3), static_cast<const std::uint8_t*>(nullptr), T(1), accumulate);
+}
+
+/// dscores = scale * probs * (g - Σ_k probs g), g = dprobs * keep / (1 - p): the backward of the
+/// attention's dropout (probability p, mask `keep` as ops::dropout wrote it; dprobs is the
+/// gradient of the dropped probabilities) and of its softmax in one pass, all (B, H, Tq, Tk).
+/// dscores is written, not accumulated.
+template <tensor_like DS, tensor_like P, tensor_like DP, tensor_like Mask>
+void masked_softmax_dropout_backward(DS&& dscores, const P& probs, const DP& dprobs,
+                                     const Mask& keep, detail::scalar_of<P> p,
+                                     detail::scalar_of<P> scale) {
+    detail::same_device<DS, P, DP, Mask>();
+    static_assert(detail::shape_of<P>::rank == 4,
+                  "ftune::ops::masked_softmax_dropout_backward: probs, dprobs, keep and dscores "
+                  "are (B, H, Tq, Tk)");
+    static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
+                  "ftune::ops::masked_softmax_dropout_backward: the mask holds std::uint8_t, as "
+                  "dropout wrote it");
+    using T = detail::scalar_of<P>;
+    check_same_shape(dprobs.shape(), probs.shape(),
+                     "masked_softmax_dropout_backward (dprobs vs probs)");
+    check_same_shape(dscores.shape(), probs.shape(),
+                     "masked_softmax_dropout_backward (dscores vs probs)");
+    check_same_shape(keep.shape(), probs.shape(),
+                     "masked_softmax_dropout_backward (keep vs probs)");
+    const T keep_scale = p < T(1) ? T(1) / (T(1) - p) : T(0);  // as dropout_backward
+    const auto& s = probs.shape();
     detail::backend_for<DS>::softmax_backward(dscores.data(), probs.data(), dprobs.data(), scale,
-                                              s.extent(0) * s.extent(1) * s.extent(2), s.extent(3));
+                                              s.extent(0) * s.extent(1) * s.extent(2), s.extent(3),
+                                              keep.data(), keep_scale, false);
 }
 
 /// y = x * mask / (1 - p), mask (std::uint8_t, 0/1) drawn from the stream; all the same shape.
@@ -824,7 +862,8 @@ void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::f
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
 /// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
 /// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes). In precision
-/// prec (bf16: operands rounded to bf16, fp32 sums).
+/// prec (bf16: operands rounded to bf16, fp32 sums); p may be kept in bf16 (ftune::bf16), read
+/// as it is, with prec bf16.
 template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
 void head_context(Out&& out, const P& p, const V& v, precision prec = precision::fp32) {
     detail::same_device<Out, P, V>();

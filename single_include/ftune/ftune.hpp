@@ -472,6 +472,10 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -642,8 +646,25 @@ class buffer {
         }
         shape_ = s;
     }
-    /// Sets every element to v.
-    void fill(T v) noexcept { std::fill_n(data(), size(), v); }
+    /// Sets every element to v (large buffers, such as the gradients zeroed at every step, by
+    /// the OpenMP threads in 64 KiB chunks).
+    void fill(T v) noexcept {
+        T* p = data();
+        const std::size_t n = size();
+#if defined(_OPENMP)
+        constexpr std::size_t chunk = 65536 / sizeof(T);
+        if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
+            const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+            for (std::ptrdiff_t c = 0; c < chunks; ++c) {
+                const std::size_t i = std::size_t(c) * chunk;
+                std::fill_n(p + i, std::min(chunk, n - i), v);
+            }
+            return;
+        }
+#endif
+        std::fill_n(p, n, v);
+    }
     /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
     /// the buffer and its copies, which must then be only read (model replicas sharing one
     /// model's weights). A later resize() that grows it allocates its own storage again.
@@ -654,34 +675,62 @@ class buffer {
     }
     /// Frees the storage and keeps the shape: data() is null and the elements may not be used
     /// until a resize() allocates again (gradients of a model that only runs inference).
-    void release() noexcept { drop(); }
+    void release() noexcept {
+        drop();
+    }
     /// Whether the buffer owns its storage (false after borrow()).
-    bool owns_storage() const noexcept { return data_.get_deleter().owns; }
+    bool owns_storage() const noexcept {
+        return data_.get_deleter().owns;
+    }
 
     /// Pointer to the first element.
-    T* data() noexcept { return data_.get(); }
+    T* data() noexcept {
+        return data_.get();
+    }
     /// Pointer to the first element.
-    const T* data() const noexcept { return data_.get(); }
+    const T* data() const noexcept {
+        return data_.get();
+    }
     /// The shape.
-    const Shape& shape() const noexcept { return shape_; }
+    const Shape& shape() const noexcept {
+        return shape_;
+    }
     /// Extent of axis i.
-    std::size_t extent(std::size_t i) const noexcept { return shape_.extent(i); }
+    std::size_t extent(std::size_t i) const noexcept {
+        return shape_.extent(i);
+    }
     /// Number of elements.
-    std::size_t size() const noexcept { return shape_.size(); }
+    std::size_t size() const noexcept {
+        return shape_.size();
+    }
     /// Number of elements the allocation holds.
-    std::size_t capacity() const noexcept { return capacity_; }
+    std::size_t capacity() const noexcept {
+        return capacity_;
+    }
     /// The elements as a span.
-    std::span<T> span() noexcept { return {data(), size()}; }
+    std::span<T> span() noexcept {
+        return {data(), size()};
+    }
     /// The elements as a span.
-    std::span<const T> span() const noexcept { return {data(), size()}; }
+    std::span<const T> span() const noexcept {
+        return {data(), size()};
+    }
     /// A mutable view of the whole buffer.
-    ftune::view<T, Shape, Device> view() noexcept { return {data(), shape_}; }
+    ftune::view<T, Shape, Device> view() noexcept {
+        return {data(), shape_};
+    }
     /// A read-only view of the whole buffer.
-    ftune::view<const T, Shape, Device> view() const noexcept { return {data(), shape_}; }
+    ftune::view<const T, Shape, Device> view() const noexcept {
+        return {data(), shape_};
+    }
     /// Implicit conversion to a mutable view.
-    operator ftune::view<T, Shape, Device>() noexcept { return view(); }
+    operator ftune::view<T, Shape, Device>() noexcept {
+        return view();
+    }
     /// Implicit conversion to a read-only view.
-    operator ftune::view<const T, Shape, Device>() const noexcept { return view(); }
+    operator ftune::view<const T, Shape, Device>() const noexcept {
+        return view();
+    }
     /// Element access by row-major index.
     template <class... I>
     T& operator()(I... idx) noexcept {
@@ -992,6 +1041,46 @@ struct philox4x32 {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[3]), x3);
     }
 #endif
+
+#if defined(__AVX512F__)
+    /// generate8 for two sets of 8 counters at once on 512-bit registers: c[s] is set s, in
+    /// generate8's layout; same results as two generate8 calls.
+    static void generate16_avx512(std::uint32_t (&c)[2][4][8], key_type k) noexcept {
+        __m512i x[4];
+        for (int j = 0; j < 4; ++j)  // lanes 0-7: set 0, lanes 8-15: set 1
+            x[j] = _mm512_inserti64x4(
+                _mm512_castsi256_si512(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[0][j]))),
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[1][j])), 1);
+        const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(m0)),
+                      mul1 = _mm512_set1_epi32(static_cast<int>(m1));
+        // (hi, lo) 32-bit halves of x * m per lane: _mm512_mul_epu32 multiplies even lanes
+        auto mulhilo = [](__m512i v, __m512i m, __m512i& hi, __m512i& lo) {
+            const __m512i even = _mm512_mul_epu32(v, m);
+            const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), m);
+            lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+            hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+        };
+        for (int r = 0; r < 10; ++r) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo(x[0], mul0, hi0, lo0);
+            mulhilo(x[2], mul1, hi1, lo1);
+            const __m512i k0 = _mm512_set1_epi32(static_cast<int>(k[0])),
+                          k1 = _mm512_set1_epi32(static_cast<int>(k[1]));
+            x[0] = _mm512_xor_si512(_mm512_xor_si512(hi1, x[1]), k0);
+            x[1] = lo1;
+            x[2] = _mm512_xor_si512(_mm512_xor_si512(hi0, x[3]), k1);
+            x[3] = lo0;
+            k[0] += w0;
+            k[1] += w1;
+        }
+        for (int j = 0; j < 4; ++j) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[0][j]), _mm512_castsi512_si256(x[j]));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[1][j]),
+                                _mm512_extracti64x4_epi64(x[j], 1));
+        }
+    }
+#endif
 };
 
 /// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
@@ -1021,6 +1110,26 @@ class random_stream {
             w[3][i] = id_[1];
         }
         philox4x32::generate8(w, key_);
+    }
+    /// Values 64 h .. 64 h + 63 at once, in order when w is read as a flat array: w[s] holds
+    /// what values32(2 h + s) gives. One pass on 512-bit registers where the CPU has AVX-512.
+    void values64(std::uint64_t h, std::uint32_t (&w)[2][4][8]) const noexcept {
+#if defined(__AVX512F__)
+        for (std::uint64_t s = 0; s < 2; ++s) {
+            const std::uint64_t b0 = (2 * h + s) << 3;
+            for (int i = 0; i < 8; ++i) {
+                const std::uint64_t b = b0 + std::uint64_t(i);
+                w[s][0][i] = static_cast<std::uint32_t>(b);
+                w[s][1][i] = static_cast<std::uint32_t>(b >> 32);
+                w[s][2][i] = id_[0];
+                w[s][3][i] = id_[1];
+            }
+        }
+        philox4x32::generate16_avx512(w, key_);
+#else
+        values32(2 * h, w[0]);
+        values32(2 * h + 1, w[1]);
+#endif
     }
     /// The i-th random 32-bit word. Words are numbered so that 32 consecutive values come from
     /// one values32() call in its natural order: value 32 g + 8 j + b is word j of block 8 g + b.
@@ -1095,6 +1204,7 @@ FTUNE_NAMESPACE_END
 // The small value types the primitives and the layers above them share: transpose flags, token
 // ids, and the hyper-parameters of one optimizer update.
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
@@ -1113,6 +1223,17 @@ enum class precision { fp32, bf16 };
 constexpr const char* to_string(precision p) noexcept {
     return p == precision::bf16 ? "bf16" : "fp32";
 }
+
+/// A bfloat16 number kept as its 16 bits (the upper half of a float's; rounding to it is the
+/// backends' job): the storage of the attention activations a bf16 training step keeps in bf16
+/// (docs/precision.md). Exactly representable as a float.
+struct bf16 {
+    std::uint16_t bits;  ///< sign, 8 exponent bits, 7 mantissa bits
+    /// The value as a float (exact).
+    constexpr float to_float() const noexcept {
+        return std::bit_cast<float>(std::uint32_t{bits} << 16);
+    }
+};
 
 /// Token and label ids (as Hugging Face stores input_ids; int32 halves the bandwidth of int64).
 using token_id = std::int32_t;
@@ -1356,6 +1477,7 @@ FTUNE_NAMESPACE_END
 
 #include <cmath>
 #include <cstddef>
+#include <bit>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -1446,6 +1568,14 @@ inline float bf16_round(float x) {
     return float(std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8));  // (inf past the range)
 }
 
+/// x rounded to bf16 (bf16_round), as its bits.
+inline bf16 to_bf16(float x) {
+    const float r = bf16_round(x);
+    if (std::isnan(r))
+        return bf16{std::uint16_t((std::bit_cast<std::uint32_t>(r) | 0x00400000u) >> 16)};
+    return bf16{std::uint16_t(std::bit_cast<std::uint32_t>(r) >> 16)};
+}
+
 /// gemm with both operands rounded to bf16 first and the sums in T: the mixed-precision product
 /// (backends::cpu::gemm_bf16) emulated.
 template <scalar T>
@@ -1464,10 +1594,22 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
     gemm(transpose::no, transpose::no, M, N, K, alpha, a.data(), K, b.data(), N, beta, C, ldc);
 }
 
-/// `batch` independent gemm_bf16 products whose operands start `stride_*` elements apart.
+/// gemm_bf16 with A already in bf16: A's values as floats (exact), B rounded.
 template <scalar T>
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+               const bf16* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C,
+               std::size_t ldc) {
+    const std::size_t rows = ta == transpose::no ? M : K, cols = ta == transpose::no ? K : M;
+    std::vector<T> a(rows * cols);  // A as stored, compact (ld cols)
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < cols; ++c) a[r * cols + c] = T(A[r * lda + c].to_float());
+    gemm_bf16(ta, tb, M, N, K, alpha, a.data(), cols, B, ldb, beta, C, ldc);
+}
+
+/// `batch` independent gemm_bf16 products whose operands start `stride_*` elements apart.
+template <scalar T, class TA>  // TA: T, or bf16
 void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
-                               std::size_t K, T alpha, const T* A, std::size_t lda,
+                               std::size_t K, T alpha, const TA* A, std::size_t lda,
                                std::size_t stride_a, const T* B, std::size_t ldb,
                                std::size_t stride_b, T beta, T* C, std::size_t ldc,
                                std::size_t stride_c, std::size_t batch) {
@@ -1780,16 +1922,35 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
         }
 }
 
-/// dscores(rows, Tk) += scale * p * (dp - Σ_k p dp), for rows = B*H*Tq.
-template <scalar T>
-void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
-                      std::size_t Tk) {
+/// dscores(rows, Tk) (+)= scale * p * (g - Σ_k p g), rows = B*H*Tq, with g = dp, or g = dp *
+/// keep * keep_scale when a dropout mask `keep` is given (the dropout's backward first);
+/// accumulate = false overwrites dscores; Out = bf16 (from float, not accumulated) stores the
+/// values rounded to bf16.
+template <scalar T, class Out = T>
+void softmax_backward(Out* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
+                      std::size_t Tk, const std::uint8_t* keep = nullptr, T keep_scale = T(1),
+                      bool accumulate = true) {
+    static_assert(std::is_same_v<Out, T> || (std::is_same_v<Out, bf16> && std::is_same_v<T, float>),
+                  "softmax_backward writes T, or bf16 from float");
+    if (std::is_same_v<Out, bf16> && accumulate)
+        throw error(errc::invalid_argument, "softmax_backward",
+                    "a bf16 dscores is written, not accumulated (accumulate = false)");
+    std::vector<T> g(Tk);
     for (std::size_t r = 0; r < rows; ++r) {
         const T* p = probs + r * Tk;
-        const T* dp = dprobs + r * Tk;
+        for (std::size_t k = 0; k < Tk; ++k) {
+            const std::size_t i = r * Tk + k;
+            g[k] = keep ? dprobs[i] * (keep[i] ? keep_scale : T(0)) : dprobs[i];
+        }
         T dot = 0;
-        for (std::size_t k = 0; k < Tk; ++k) dot += p[k] * dp[k];
-        for (std::size_t k = 0; k < Tk; ++k) dscores[r * Tk + k] += scale * p[k] * (dp[k] - dot);
+        for (std::size_t k = 0; k < Tk; ++k) dot += p[k] * g[k];
+        for (std::size_t k = 0; k < Tk; ++k) {
+            const T v = scale * p[k] * (g[k] - dot);
+            if constexpr (std::is_same_v<Out, bf16>)
+                dscores[r * Tk + k] = to_bf16(v);
+            else
+                dscores[r * Tk + k] = accumulate ? dscores[r * Tk + k] + v : v;
+        }
     }
 }
 
@@ -1806,15 +1967,22 @@ inline std::uint32_t dropout_threshold(double p) {
 }
 
 /// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
-/// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale).
-template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+/// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale). Out = bf16 (from float)
+/// stores y rounded to bf16.
+template <scalar T, class Out = T>
+void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
                      const random_stream& s) {
+    static_assert(std::is_same_v<Out, T> || (std::is_same_v<Out, bf16> && std::is_same_v<T, float>),
+                  "dropout_forward writes T, or bf16 from float");
     const std::uint32_t thr = dropout_threshold(double(p));
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) {
         mask[i] = p < T(1) && s.bits(i) >= thr ? 1 : 0;
-        y[i] = x[i] * (mask[i] ? inv_keep : T(0));
+        const T v = x[i] * (mask[i] ? inv_keep : T(0));
+        if constexpr (std::is_same_v<Out, bf16>)
+            y[i] = to_bf16(v);
+        else
+            y[i] = v;
     }
 }
 
@@ -2600,6 +2768,7 @@ FTUNE_NAMESPACE_END
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 
@@ -2864,6 +3033,43 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
     });
 }
 
+/// pack_a for an A already in bf16 (the attention activations a bf16 training step keeps): the
+/// same words, copied instead of rounded. Row-major with K and lda even needs no copy at all
+/// (gemm_bf16 reads it in place); this covers the other cases.
+inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose ta, std::size_t M,
+                   std::size_t K) {
+    const std::size_t KP = pairs(K);
+    auto word = [&](std::size_t i, std::size_t k) -> std::uint32_t {  // op(A)(i, k), k < K
+        return ta == transpose::no ? A[i * lda + k].bits : A[k * lda + i].bits;
+    };
+    if (ta == transpose::no) {
+        detail::parallel_for(M, std::max<std::size_t>(1, 16384 / std::max<std::size_t>(K, 1)),
+                             [&](std::size_t i0, std::size_t i1) {
+                                 for (std::size_t i = i0; i < i1; ++i)
+                                     for (std::size_t p = 0; p < KP; ++p)
+                                         dst[i * KP + p] =
+                                             word(i, 2 * p) |
+                                             (2 * p + 1 < K ? word(i, 2 * p + 1) << 16 : 0u);
+                             });
+        return;
+    }
+    const std::size_t tiles = (M + MR - 1) / MR;  // rows k and k + 1 interleaved into tiles
+    detail::parallel_for(tiles, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(KP, 1)),
+                         [&](std::size_t t0, std::size_t t1) {
+                             for (std::size_t t = t0; t < t1; ++t)
+                                 for (std::size_t p = 0; p < KP; ++p) {
+                                     std::uint32_t* d = dst + t * KP * MR + p * MR;
+                                     const bf16* r0 = A + 2 * p * lda + t * MR;
+                                     const bf16* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+                                     const std::size_t n = std::min(MR, M - t * MR);
+                                     for (std::size_t i = 0; i < n; ++i)
+                                         d[i] = std::uint32_t{r0[i].bits} |
+                                                (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
+                                     for (std::size_t i = n; i < MR; ++i) d[i] = 0;
+                                 }
+                         });
+}
+
 #if FTUNE_HAS_BF16_KERNELS
 /// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows, then C[0:m, 0:n]
 /// = alpha * acc + (first ? beta * C : C), + bias[0:n] when given, + the residual (rows ldr
@@ -2890,7 +3096,9 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
         for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < R; ++i) {
-            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(rows[i][p * step]));
+            std::uint32_t word;  // memcpy: the words may be bf16 values stored in place
+            std::memcpy(&word, rows[i] + p * step, sizeof word);
+            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(word));
 #pragma GCC unroll 3
             for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, bv[v]);
         }
@@ -2951,17 +3159,18 @@ inline error unsupported(const char* where) {
                                     " (ftune info --system). Use fp32 (--precision fp32)"));
 }
 
-/// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A converted by pack_a
-/// and B packed in layout Bl, on nt threads (1: the calling thread). The gemm_packed scheme:
-/// small M splits B's panels among the threads, larger M splits the rows; units of work are
-/// taken dynamically. The arithmetic of each element does not depend on the split.
+/// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A in pack_a's
+/// layout (a_ld > 0: rows a_ld words apart; 0: MR-row tiles) and B packed in layout Bl, on nt
+/// threads (1: the calling thread). The gemm_packed scheme: small M splits B's panels among the
+/// threads, larger M splits the rows; units of work are taken dynamically. The arithmetic of each
+/// element does not depend on the split.
 template <class Epilogue>
 void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
-         bool a_rows, const b_layout& Bl, float beta, float* C, std::size_t ldc, const float* bias,
-         const Epilogue& epilogue, int nt) {
+         std::size_t a_ld, const b_layout& Bl, float beta, float* C, std::size_t ldc,
+         const float* bias, const Epilogue& epilogue, int nt) {
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
-    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc, KP = pairs(K);
+    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc;
     const bool split_columns = M <= MC;
     const std::size_t blocks =
         split_columns ? 1
@@ -2994,14 +3203,15 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                     for (std::size_t ir = 0; ir < mcur; ir += MR) {
                         const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
                         float* c = C + row * ldc + q * NR;
-                        const std::uint32_t* a = a_rows ? apack + row * KP + pc / 2
-                                                        : apack + row / MR * KP * MR + pc / 2 * MR;
+                        const std::uint32_t* a =
+                            a_ld ? apack + row * a_ld + pc / 2
+                                 : apack + row / MR * pairs(K) * MR + pc / 2 * MR;
                         const float* res = nullptr;
                         std::size_t ldr = 0;
                         if constexpr (fused_residual)
                             if (last)
                                 res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
-                        kernel_rows(kp, a, a_rows ? KP : 0, b, c, ldc, mr, nr, alpha, beta, first,
+                        kernel_rows(kp, a, a_ld, b, c, ldc, mr, nr, alpha, beta, first,
                                     bias && last ? bias + q * NR : nullptr, res, ldr);
                         if constexpr (!fused_residual)
                             if (last) epilogue(c, ldc, row, mr, q * NR, nr);
@@ -3019,8 +3229,8 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
 #endif
     body();
 #else
-    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_rows, (void)Bl, (void)beta,
-        (void)C, (void)ldc, (void)bias, (void)epilogue, (void)nt;
+    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)Bl, (void)beta, (void)C,
+        (void)ldc, (void)bias, (void)epilogue, (void)nt;
     throw unsupported("gemm_bf16");
 #endif
 }
@@ -3116,8 +3326,8 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
     std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
         (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no, Bp.layout(), beta, C, ldc, bias,
-                     epilogue, bf16_detail::threads_for(M, N, K));
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
+                     Bp.layout(), beta, C, ldc, bias, epilogue, bf16_detail::threads_for(M, N, K));
 }
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
@@ -3138,18 +3348,48 @@ inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, 
     std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
         (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no,
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
                      bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
                      bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
 }
 
+/// gemm_bf16 with A already in bf16 (no rounding of A; the same result as gemm_bf16 on A's
+/// values as floats): the products of the attention activations a bf16 training step keeps in
+/// bf16. A row-major A with K and lda even is read in place.
+inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                      float alpha, const bf16* A, std::size_t lda, const float* B, std::size_t ldb,
+                      float beta, float* C, std::size_t ldc) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.0f)
+        return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
+    const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+    const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
+    const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
+    std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
+    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    const std::uint32_t* apack = nullptr;
+    std::size_t a_ld = 0;
+    if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0) {  // pairs already adjacent
+        apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
+    } else {
+        std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
+            (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
+        bf16_detail::pack_a(dst, A, lda, ta, M, K);
+        apack = dst, a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
+    }
+    bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
+                     beta, C, ldc, nullptr, bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
+}
+
 /// `batch` independent gemm_bf16 products whose operands start stride_* elements apart
 /// (attention's per-head products). Batches run in parallel, each product on one thread.
-inline void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
-                                      std::size_t K, float alpha, const float* A, std::size_t lda,
-                                      std::size_t stride_a, const float* B, std::size_t ldb,
-                                      std::size_t stride_b, float beta, float* C, std::size_t ldc,
-                                      std::size_t stride_c, std::size_t batch) {
+template <class TA>  // float, or bf16 (A kept in bf16)
+void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                               std::size_t K, float alpha, const TA* A, std::size_t lda,
+                               std::size_t stride_a, const float* B, std::size_t ldb,
+                               std::size_t stride_b, float beta, float* C, std::size_t ldc,
+                               std::size_t stride_c, std::size_t batch) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_strided_batched_bf16");
     detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
         for (std::size_t b = b0; b < b1; ++b)
@@ -4484,25 +4724,60 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
     });
 }
 
-/// dscores(rows, Tk) += scale * p * (dp - Σ_k p dp).
-template <scalar T>
-void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
-                      std::size_t Tk) {
+/// dscores(rows, Tk) (+)= scale * p * (g - Σ_k p g) with g = dp, or, when `keep` is given (the
+/// mask of a dropout applied to the probabilities), g = dp * keep * keep_scale: the backward of
+/// the softmax and of that dropout in one pass over the rows. accumulate = false overwrites
+/// dscores (no zeroing pass before it). Out = bf16 (T = float, accumulate false) keeps dscores in
+/// bf16, rounded to nearest even: the bf16 products that read it round it so anyway.
+template <scalar T, class Out = T>
+void softmax_backward(Out* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
+                      std::size_t Tk, const std::uint8_t* keep = nullptr, T keep_scale = T(1),
+                      bool accumulate = true) {
     using namespace detail;
     using B = batch<T>;
+    constexpr bool to_bf16 = std::is_same_v<Out, bf16>;
+    static_assert(std::is_same_v<Out, T> || (to_bf16 && std::is_same_v<T, float>),
+                  "softmax_backward writes T, or bf16 from float");
+    if (to_bf16 && accumulate)
+        throw error(errc::invalid_argument, "softmax_backward",
+                    "a bf16 dscores is written, not accumulated (accumulate = false)");
     parallel_for(rows, row_grain(Tk), [&](std::size_t r0, std::size_t r1) {
+        // g of one row, through the dropout mask, in a per-thread scratch row (stays in L1)
+        T* __restrict g_row = keep ? scratch<T, 7>(Tk) : nullptr;
+        const T ks = keep_scale;  // a local: a captured reference could alias dscores
         for (std::size_t r = r0; r < r1; ++r) {
             const T* p = probs + r * Tk;
             const T* dp = dprobs + r * Tk;
+            if (keep) {
+                const std::uint8_t* __restrict m = keep + r * Tk;
+                for (std::size_t k = 0; k < Tk; ++k) g_row[k] = dp[k] * (m[k] ? ks : T(0));
+                dp = g_row;
+            }
             const B dot = row_sum<T>(
                 Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
             const B d(reduce_add(dot));
-            T* ds = dscores + r * Tk;
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
-                store(ds + k,
-                      xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)),
-                      n);
-            });
+            if constexpr (to_bf16) {  // the row in fp32 (scratch), then rounded
+                T* __restrict f = scratch<T, 8>(Tk);
+                for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+                    store(f + k, B(scale) * load(p + k, n) * (load(dp + k, n) - d), n);
+                });
+                bf16* __restrict ds = dscores + r * Tk;
+                for (std::size_t k = 0; k < Tk; ++k)
+                    ds[k].bits = std::uint16_t(bf16_detail::round_bits(f[k]) >> 16);
+            } else {
+                T* ds = dscores + r * Tk;
+                if (accumulate)
+                    for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+                        store(ds + k,
+                              xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d,
+                                         load(ds + k, n)),
+                              n);
+                    });
+                else
+                    for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+                        store(ds + k, B(scale) * load(p + k, n) * (load(dp + k, n) - d), n);
+                    });
+            }
         }
     });
 }
@@ -4512,9 +4787,13 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 
 /// y = x * keep / (1 - p), keep(i) = [s.bits(i) >= dropout_threshold(p)]; mask gets keep (0/1).
 /// The mask is a function of (stream, i) only: identical to the reference on any thread count.
-template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+/// Out = bf16 (T = float) keeps y in bf16, rounded to nearest even (the attention probabilities
+/// of a bf16 training step, which only bf16 products read).
+template <scalar T, class Out = T>
+void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
                      const random_stream& s) {
+    static_assert(std::is_same_v<Out, T> || (std::is_same_v<Out, bf16> && std::is_same_v<T, float>),
+                  "dropout_forward writes T, or bf16 from float");
     const std::uint32_t thr = dropout_threshold(double(p));
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
@@ -4525,24 +4804,30 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
         const std::uint32_t threshold = thr;
         const bool drop_all = all_drop;
         const T inv = inv_keep;
-        T* yl = y;  // may be x (in-place dropout)
+        Out* yl = y;  // may be x (in-place dropout)
+        auto put = [](Out& o, T v) {
+            if constexpr (std::is_same_v<Out, T>)
+                o = v;
+            else
+                o.bits = std::uint16_t(bf16_detail::round_bits(v) >> 16);
+        };
         std::uint8_t* __restrict ml = mask;
         const T* xl = x;
-        // i0 is a multiple of 32 (the grain is): one values32() call serves 32 elements
+        // i0 is a multiple of 64 (the grain is): one values64() call serves 64 elements
         std::size_t i = i0;
-        for (; i + 32 <= i1; i += 32) {
-            std::uint32_t w[4][8];
-            st.values32(i >> 5, w);
-            const std::uint32_t* bits = &w[0][0];
-            for (std::size_t k = 0; k < 32; ++k) {
+        for (; i + 64 <= i1; i += 64) {
+            std::uint32_t w[2][4][8];
+            st.values64(i >> 6, w);
+            const std::uint32_t* bits = &w[0][0][0];
+            for (std::size_t k = 0; k < 64; ++k) {
                 const bool keep = !drop_all && bits[k] >= threshold;
                 ml[i + k] = keep;
-                yl[i + k] = xl[i + k] * (keep ? inv : T(0));
+                put(yl[i + k], xl[i + k] * (keep ? inv : T(0)));
             }
         }
         for (; i < i1; ++i) {
             ml[i] = !drop_all && st.bits(i) >= threshold;
-            yl[i] = xl[i] * (ml[i] ? inv : T(0));
+            put(yl[i], xl[i] * (ml[i] ? inv : T(0)));
         }
     });
 }
@@ -5146,14 +5431,20 @@ inline error bf16_needs_float(const char* where) {
 }
 
 /// The batched product of backend Bk in precision p (gemm_strided_batched, or its bf16 form).
-template <class Bk, class T>
+/// A may be kept in bf16 (TA = bf16), which only a bf16 product reads.
+template <class Bk, class T, class TA>
 void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
-                     std::size_t K, T alpha, const T* A, std::size_t lda, std::size_t sa,
+                     std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t sa,
                      const T* B, std::size_t ldb, std::size_t sb, T beta, T* C, std::size_t ldc,
                      std::size_t sc, std::size_t batch) {
-    if (p == precision::fp32)
+    if constexpr (std::is_same_v<TA, bf16>) {
+        if (p != precision::bf16)
+            throw error(errc::invalid_argument, "head products",
+                        "an operand kept in bf16 is multiplied in precision::bf16 only");
+    } else if (p == precision::fp32) {
         return Bk::gemm_strided_batched(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
                                         ldc, sc, batch);
+    }
     if constexpr (std::is_same_v<T, float>)
         Bk::gemm_strided_batched_bf16(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
                                       sc, batch);
@@ -5562,10 +5853,11 @@ void masked_softmax(P&& probs, const S& scores, detail::scalar_of<S> scale, bool
         s.extent(0), s.extent(1), s.extent(2), s.extent(3), causal);
 }
 
-/// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk).
+/// dscores += scale * probs * (dprobs - Σ_k probs dprobs), all (B, H, Tq, Tk); accumulate =
+/// false writes dscores instead of adding to it (no zeroing pass needed).
 template <tensor_like DS, tensor_like P, tensor_like DP>
 void masked_softmax_backward(DS&& dscores, const P& probs, const DP& dprobs,
-                             detail::scalar_of<P> scale) {
+                             detail::scalar_of<P> scale, bool accumulate = true) {
     detail::same_device<DS, P, DP>();
     static_assert(detail::shape_of<P>::rank == 4,
                   "ftune::ops::masked_softmax_backward: probs, dprobs and dscores are "
@@ -5573,8 +5865,39 @@ void masked_softmax_backward(DS&& dscores, const P& probs, const DP& dprobs,
     check_same_shape(dprobs.shape(), probs.shape(), "masked_softmax_backward (dprobs vs probs)");
     check_same_shape(dscores.shape(), probs.shape(), "masked_softmax_backward (dscores vs probs)");
     const auto& s = probs.shape();
+    using T = detail::scalar_of<P>;
+    detail::backend_for<DS>::softmax_backward(
+        dscores.data(), probs.data(), dprobs.data(), scale, s.extent(0) * s.extent(1) * s.extent(2),
+        s.extent(3), static_cast<const std::uint8_t*>(nullptr), T(1), accumulate);
+}
+
+/// dscores = scale * probs * (g - Σ_k probs g), g = dprobs * keep / (1 - p): the backward of the
+/// attention's dropout (probability p, mask `keep` as ops::dropout wrote it; dprobs is the
+/// gradient of the dropped probabilities) and of its softmax in one pass, all (B, H, Tq, Tk).
+/// dscores is written, not accumulated.
+template <tensor_like DS, tensor_like P, tensor_like DP, tensor_like Mask>
+void masked_softmax_dropout_backward(DS&& dscores, const P& probs, const DP& dprobs,
+                                     const Mask& keep, detail::scalar_of<P> p,
+                                     detail::scalar_of<P> scale) {
+    detail::same_device<DS, P, DP, Mask>();
+    static_assert(detail::shape_of<P>::rank == 4,
+                  "ftune::ops::masked_softmax_dropout_backward: probs, dprobs, keep and dscores "
+                  "are (B, H, Tq, Tk)");
+    static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
+                  "ftune::ops::masked_softmax_dropout_backward: the mask holds std::uint8_t, as "
+                  "dropout wrote it");
+    using T = detail::scalar_of<P>;
+    check_same_shape(dprobs.shape(), probs.shape(),
+                     "masked_softmax_dropout_backward (dprobs vs probs)");
+    check_same_shape(dscores.shape(), probs.shape(),
+                     "masked_softmax_dropout_backward (dscores vs probs)");
+    check_same_shape(keep.shape(), probs.shape(),
+                     "masked_softmax_dropout_backward (keep vs probs)");
+    const T keep_scale = p < T(1) ? T(1) / (T(1) - p) : T(0);  // as dropout_backward
+    const auto& s = probs.shape();
     detail::backend_for<DS>::softmax_backward(dscores.data(), probs.data(), dprobs.data(), scale,
-                                              s.extent(0) * s.extent(1) * s.extent(2), s.extent(3));
+                                              s.extent(0) * s.extent(1) * s.extent(2), s.extent(3),
+                                              keep.data(), keep_scale, false);
 }
 
 /// y = x * mask / (1 - p), mask (std::uint8_t, 0/1) drawn from the stream; all the same shape.
@@ -5740,7 +6063,8 @@ void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::f
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
 /// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
 /// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes). In precision
-/// prec (bf16: operands rounded to bf16, fp32 sums).
+/// prec (bf16: operands rounded to bf16, fp32 sums); p may be kept in bf16 (ftune::bf16), read
+/// as it is, with prec bf16.
 template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
 void head_context(Out&& out, const P& p, const V& v, precision prec = precision::fp32) {
     detail::same_device<Out, P, V>();
@@ -6344,15 +6668,21 @@ class self_attention {
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
         dropped_ = ctx.training() && dropout_p > T(0);
-        if (dropped_) {
-            probs_dropped_.resize(probs_.shape());
+        if (dropped_) {  // the probabilities with dropout (kept in bf16 for bf16 products)
             mask_.resize(probs_.shape());
-            ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
+            if constexpr (std::is_same_v<T, float>)
+                if (precision_ == precision::bf16) {
+                    probs_bf16_.resize(probs_.shape());
+                    ops::dropout(probs_bf16_, mask_, probs_, dropout_p, ctx.rng.next());
+                }
+            if (precision_ == precision::fp32) {
+                probs_dropped_.resize(probs_.shape());
+                ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
+            }
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
         const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_,
-                          precision_);  // P V
+        with_dropped_probs([&](const auto& p) { ops::head_context(out2, p, v_, precision_); });
         return out_.view();
     }
 
@@ -6372,29 +6702,33 @@ class self_attention {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
-        auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds;  // (B, H, T, T); one declaration per
-        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // type (Clang 14 rejects mixed ones)
+        auto& dp = w.dp;                                  // (B, H, T, T)
+        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // (B*T, C)
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
-        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
         dq.resize(shape<dynamic, C>(B * Tn, Cn));
         dk.resize(dq.shape());
         dv.resize(dq.shape());
         const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
-        ops::head_scores(dp, g, v_, precision_);                  // dP_bh = dctx_bh V_bhᵀ
-        ops::head_context<transpose::yes>(dv, p, g, precision_);  // dV_bh = P_bhᵀ dctx_bh
-        ds.resize(probs_.shape());
-        ds.fill(T(0));
-        if (dropped_) {  // through the dropout, then the softmax
-            dp_pre.resize(probs_.shape());
-            dp_pre.fill(T(0));
-            ops::dropout_backward(dp_pre, mask_, dp, dropout_p);
-            ops::masked_softmax_backward(ds, probs_, dp_pre, T(1) / std::sqrt(T(d)));
-        } else {
-            ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
-        }
-        ops::head_context(dq, ds, k_, precision_);                  // dQ_bh = dS_bh K_bh
-        ops::head_context<transpose::yes>(dk, ds, q_, precision_);  // dK_bh = dS_bhᵀ Q_bh
+        ops::head_scores(dp, g, v_, precision_);  // dP_bh = dctx_bh V_bhᵀ
+        with_dropped_probs([&](const auto& p) {   // dV_bh = P_bhᵀ dctx_bh
+            ops::head_context<transpose::yes>(dv, p, g, precision_);
+        });
+        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
+        // for bf16 products), then dQ_bh = dS_bh K_bh and dK_bh = dS_bhᵀ Q_bh
+        auto through_scores = [&](auto& dscores) {
+            dscores.resize(probs_.shape());
+            if (dropped_)
+                ops::masked_softmax_dropout_backward(dscores, probs_, dp, mask_, dropout_p,
+                                                     T(1) / std::sqrt(T(d)));
+            else
+                ops::masked_softmax_backward(dscores, probs_, dp, T(1) / std::sqrt(T(d)), false);
+            ops::head_context(dq, dscores.view(), k_, precision_);
+            ops::head_context<transpose::yes>(dk, dscores.view(), q_, precision_);
+        };
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
+        if (precision_ == precision::fp32) through_scores(w.ds);
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
@@ -6510,13 +6844,25 @@ class self_attention {
     buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
     buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout
     buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
+    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
     bool dropped_ = false;                            // whether the last forward used dropout
     buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
+
+    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
+    // products), or as the softmax gave them
+    template <class F>
+    void with_dropped_probs(F&& f) const {
+        if (!dropped_) return f(probs_.view());
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) return f(probs_bf16_.view());
+        f(probs_dropped_.view());
+    }
     // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
     // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, dynamic_shape<4>, D> dp, dp_pre, ds;  // (B, H, T, T) gradients
-        buffer<T, shape<dynamic, C>, D> dq, dk, dv;     // (B*T, C) gradients of the projections
+        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T) gradients
+        buffer<bf16, dynamic_shape<4>, D> ds_bf16;   // (B, H, T, T) dS for bf16 products
+        buffer<T, shape<dynamic, C>, D> dq, dk, dv;  // (B*T, C) gradients of the projections
     };
 };
 
@@ -7858,13 +8204,21 @@ class rotary_attention {
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
         dropped_ = ctx.training() && sizes_.dropout > 0;
-        if (dropped_) {  // (B, H, T, T) the probabilities with dropout, and its keep mask
-            probs_dropped_.resize(probs_.shape());
+        if (dropped_) {  // (B, H, T, T) the probabilities with dropout (kept in bf16 for bf16
+                         // products), and its keep mask
             keep_.resize(probs_.shape());
-            ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+            if constexpr (std::is_same_v<T, float>)
+                if (precision_ == precision::bf16) {
+                    probs_bf16_.resize(probs_.shape());
+                    ops::dropout(probs_bf16_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+                }
+            if (precision_ == precision::fp32) {
+                probs_dropped_.resize(probs_.shape());
+                ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+            }
         }
         ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve, precision_);
+        with_dropped_probs([&](const auto& p) { ops::head_context(ctx_, p, ve, precision_); });
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -7921,26 +8275,29 @@ class rotary_attention {
         o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
         const auto ke = group == 1 ? k_.view() : k_full_.view();
         const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
-        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         w.dp.resize(probs_.shape());
-        w.ds.resize(probs_.shape());
-        w.ds.fill(T(0));
         ops::head_scores(w.dp, w.dctx.view(), ve, precision_);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);  // dV = Pᵀ dctx
-        if (dropped_) {  // through the dropout (dP before it, in w.dp_pre), then the softmax
-            w.dp_pre.resize(probs_.shape());
-            w.dp_pre.fill(T(0));
-            ops::dropout_backward(w.dp_pre, keep_, w.dp, T(sizes_.dropout));
-            ops::masked_softmax_backward(w.ds, probs_, w.dp_pre, T(1) / std::sqrt(T(d)));
-        } else {
-            ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
-        }
+        with_dropped_probs([&](const auto& p) {  // dV = Pᵀ dctx
+            ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);
+        });
+        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
+        // for bf16 products), then dQ (rotated) = dS K and dK = dSᵀ Q
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context(w.dq, w.ds.view(), ke, precision_);  // dQ (rotated) = dS K
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view(),
-                                          precision_);  // dK = dSᵀ Q
+        auto through_scores = [&](auto& dscores) {
+            dscores.resize(probs_.shape());
+            if (dropped_)
+                ops::masked_softmax_dropout_backward(dscores, probs_, w.dp, keep_,
+                                                     T(sizes_.dropout), T(1) / std::sqrt(T(d)));
+            else
+                ops::masked_softmax_backward(dscores, probs_, w.dp, T(1) / std::sqrt(T(d)), false);
+            ops::head_context(w.dq, dscores.view(), ke, precision_);
+            ops::head_context<transpose::yes>(w.dk_full, dscores.view(), q_.view(), precision_);
+        };
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
+        if (precision_ == precision::fp32) through_scores(w.ds);
         // back through the repeat (sum over each group) and the rotation (its transpose)
         w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
         w.dv.resize(w.dk.shape());
@@ -8015,20 +8372,33 @@ class rotary_attention {
     }
 
     rotary_sizes sizes_;
-    std::size_t B_ = 0, T_ = 0;                         // the last forward's batch and length
-    buffer<token_id, shape<dynamic>, D> positions_;     // (N) position of each row
-    matrix cos_, sin_;                                  // (N, d/2) rotary angles
-    matrix q_, k_;                                      // (N, H d), (N, Hkv d) rotated
-    typename Proj<C, dynamic>::output_view v_;          // (N, Hkv d) the value projection's
-    matrix k_full_, v_full_;                            // (N, H d) repeated for every query head
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;     // (B, H, T, T)
-    buffer<T, dynamic_shape<4>, D> probs_dropped_;      // (B, H, T, T) after dropout (training)
-    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;    // (B, H, T, T) its keep mask
-    bool dropped_ = false;                              // whether the last forward dropped
-    matrix ctx_;                                        // (N, H d) context
-    struct backward_scratch {                           // one set per run (ctx.workspace)
-        buffer<T, dynamic_shape<4>, D> dp, ds, dp_pre;  // (B, H, T, T)
-        matrix dctx, dq, dk_full, dv_full, dk, dv;      // (N, H d) and (N, Hkv d)
+    std::size_t B_ = 0, T_ = 0;                       // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;   // (N) position of each row
+    matrix cos_, sin_;                                // (N, d/2) rotary angles
+    matrix q_, k_;                                    // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;        // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                          // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
+    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout (training)
+    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;  // (B, H, T, T) its keep mask
+    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
+    bool dropped_ = false;                            // whether the last forward dropped
+    matrix ctx_;                                      // (N, H d) context
+
+    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
+    // products), or as the softmax gave them
+    template <class F>
+    void with_dropped_probs(F&& f) const {
+        if (!dropped_) return f(probs_.view());
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) return f(probs_bf16_.view());
+        f(probs_dropped_.view());
+    }
+
+    struct backward_scratch {                       // one set per run (ctx.workspace)
+        buffer<T, dynamic_shape<4>, D> dp, ds;      // (B, H, T, T)
+        buffer<bf16, dynamic_shape<4>, D> ds_bf16;  // (B, H, T, T) dS for bf16 products
+        matrix dctx, dq, dk_full, dv_full, dk, dv;  // (N, H d) and (N, Hkv d)
     };
 };
 

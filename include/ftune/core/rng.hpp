@@ -103,6 +103,46 @@ struct philox4x32 {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[3]), x3);
     }
 #endif
+
+#if defined(__AVX512F__)
+    /// generate8 for two sets of 8 counters at once on 512-bit registers: c[s] is set s, in
+    /// generate8's layout; same results as two generate8 calls.
+    static void generate16_avx512(std::uint32_t (&c)[2][4][8], key_type k) noexcept {
+        __m512i x[4];
+        for (int j = 0; j < 4; ++j)  // lanes 0-7: set 0, lanes 8-15: set 1
+            x[j] = _mm512_inserti64x4(
+                _mm512_castsi256_si512(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[0][j]))),
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[1][j])), 1);
+        const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(m0)),
+                      mul1 = _mm512_set1_epi32(static_cast<int>(m1));
+        // (hi, lo) 32-bit halves of x * m per lane: _mm512_mul_epu32 multiplies even lanes
+        auto mulhilo = [](__m512i v, __m512i m, __m512i& hi, __m512i& lo) {
+            const __m512i even = _mm512_mul_epu32(v, m);
+            const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), m);
+            lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+            hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+        };
+        for (int r = 0; r < 10; ++r) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo(x[0], mul0, hi0, lo0);
+            mulhilo(x[2], mul1, hi1, lo1);
+            const __m512i k0 = _mm512_set1_epi32(static_cast<int>(k[0])),
+                          k1 = _mm512_set1_epi32(static_cast<int>(k[1]));
+            x[0] = _mm512_xor_si512(_mm512_xor_si512(hi1, x[1]), k0);
+            x[1] = lo1;
+            x[2] = _mm512_xor_si512(_mm512_xor_si512(hi0, x[3]), k1);
+            x[3] = lo0;
+            k[0] += w0;
+            k[1] += w1;
+        }
+        for (int j = 0; j < 4; ++j) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[0][j]), _mm512_castsi512_si256(x[j]));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[1][j]),
+                                _mm512_extracti64x4_epi64(x[j], 1));
+        }
+    }
+#endif
 };
 
 /// One reproducible stream of random numbers: value i depends only on (seed, stream id, i).
@@ -132,6 +172,26 @@ class random_stream {
             w[3][i] = id_[1];
         }
         philox4x32::generate8(w, key_);
+    }
+    /// Values 64 h .. 64 h + 63 at once, in order when w is read as a flat array: w[s] holds
+    /// what values32(2 h + s) gives. One pass on 512-bit registers where the CPU has AVX-512.
+    void values64(std::uint64_t h, std::uint32_t (&w)[2][4][8]) const noexcept {
+#if defined(__AVX512F__)
+        for (std::uint64_t s = 0; s < 2; ++s) {
+            const std::uint64_t b0 = (2 * h + s) << 3;
+            for (int i = 0; i < 8; ++i) {
+                const std::uint64_t b = b0 + std::uint64_t(i);
+                w[s][0][i] = static_cast<std::uint32_t>(b);
+                w[s][1][i] = static_cast<std::uint32_t>(b >> 32);
+                w[s][2][i] = id_[0];
+                w[s][3][i] = id_[1];
+            }
+        }
+        philox4x32::generate16_avx512(w, key_);
+#else
+        values32(2 * h, w[0]);
+        values32(2 * h + 1, w[1]);
+#endif
     }
     /// The i-th random 32-bit word. Words are numbered so that 32 consecutive values come from
     /// one values32() call in its natural order: value 32 g + 8 j + b is word j of block 8 g + b.

@@ -17,6 +17,10 @@
 #include <type_traits>
 #include <utility>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "ftune/core/device.hpp"
 #include "ftune/core/shape.hpp"
 
@@ -189,8 +193,25 @@ class buffer {
         }
         shape_ = s;
     }
-    /// Sets every element to v.
-    void fill(T v) noexcept { std::fill_n(data(), size(), v); }
+    /// Sets every element to v (large buffers, such as the gradients zeroed at every step, by
+    /// the OpenMP threads in 64 KiB chunks).
+    void fill(T v) noexcept {
+        T* p = data();
+        const std::size_t n = size();
+#if defined(_OPENMP)
+        constexpr std::size_t chunk = 65536 / sizeof(T);
+        if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
+            const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+            for (std::ptrdiff_t c = 0; c < chunks; ++c) {
+                const std::size_t i = std::size_t(c) * chunk;
+                std::fill_n(p + i, std::min(chunk, n - i), v);
+            }
+            return;
+        }
+#endif
+        std::fill_n(p, n, v);
+    }
     /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
     /// the buffer and its copies, which must then be only read (model replicas sharing one
     /// model's weights). A later resize() that grows it allocates its own storage again.
@@ -201,34 +222,62 @@ class buffer {
     }
     /// Frees the storage and keeps the shape: data() is null and the elements may not be used
     /// until a resize() allocates again (gradients of a model that only runs inference).
-    void release() noexcept { drop(); }
+    void release() noexcept {
+        drop();
+    }
     /// Whether the buffer owns its storage (false after borrow()).
-    bool owns_storage() const noexcept { return data_.get_deleter().owns; }
+    bool owns_storage() const noexcept {
+        return data_.get_deleter().owns;
+    }
 
     /// Pointer to the first element.
-    T* data() noexcept { return data_.get(); }
+    T* data() noexcept {
+        return data_.get();
+    }
     /// Pointer to the first element.
-    const T* data() const noexcept { return data_.get(); }
+    const T* data() const noexcept {
+        return data_.get();
+    }
     /// The shape.
-    const Shape& shape() const noexcept { return shape_; }
+    const Shape& shape() const noexcept {
+        return shape_;
+    }
     /// Extent of axis i.
-    std::size_t extent(std::size_t i) const noexcept { return shape_.extent(i); }
+    std::size_t extent(std::size_t i) const noexcept {
+        return shape_.extent(i);
+    }
     /// Number of elements.
-    std::size_t size() const noexcept { return shape_.size(); }
+    std::size_t size() const noexcept {
+        return shape_.size();
+    }
     /// Number of elements the allocation holds.
-    std::size_t capacity() const noexcept { return capacity_; }
+    std::size_t capacity() const noexcept {
+        return capacity_;
+    }
     /// The elements as a span.
-    std::span<T> span() noexcept { return {data(), size()}; }
+    std::span<T> span() noexcept {
+        return {data(), size()};
+    }
     /// The elements as a span.
-    std::span<const T> span() const noexcept { return {data(), size()}; }
+    std::span<const T> span() const noexcept {
+        return {data(), size()};
+    }
     /// A mutable view of the whole buffer.
-    ftune::view<T, Shape, Device> view() noexcept { return {data(), shape_}; }
+    ftune::view<T, Shape, Device> view() noexcept {
+        return {data(), shape_};
+    }
     /// A read-only view of the whole buffer.
-    ftune::view<const T, Shape, Device> view() const noexcept { return {data(), shape_}; }
+    ftune::view<const T, Shape, Device> view() const noexcept {
+        return {data(), shape_};
+    }
     /// Implicit conversion to a mutable view.
-    operator ftune::view<T, Shape, Device>() noexcept { return view(); }
+    operator ftune::view<T, Shape, Device>() noexcept {
+        return view();
+    }
     /// Implicit conversion to a read-only view.
-    operator ftune::view<const T, Shape, Device>() const noexcept { return view(); }
+    operator ftune::view<const T, Shape, Device>() const noexcept {
+        return view();
+    }
     /// Element access by row-major index.
     template <class... I>
     T& operator()(I... idx) noexcept {

@@ -2,6 +2,7 @@
 // ids, and the hyper-parameters of one optimizer update.
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
@@ -21,6 +22,17 @@ enum class precision { fp32, bf16 };
 constexpr const char* to_string(precision p) noexcept {
     return p == precision::bf16 ? "bf16" : "fp32";
 }
+
+/// A bfloat16 number kept as its 16 bits (the upper half of a float's; rounding to it is the
+/// backends' job): the storage of the attention activations a bf16 training step keeps in bf16
+/// (docs/precision.md). Exactly representable as a float.
+struct bf16 {
+    std::uint16_t bits;  ///< sign, 8 exponent bits, 7 mantissa bits
+    /// The value as a float (exact).
+    constexpr float to_float() const noexcept {
+        return std::bit_cast<float>(std::uint32_t{bits} << 16);
+    }
+};
 
 /// Token and label ids (as Hugging Face stores input_ids; int32 halves the bandwidth of int64).
 using token_id = std::int32_t;

@@ -75,15 +75,21 @@ class self_attention {
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
         dropped_ = ctx.training() && dropout_p > T(0);
-        if (dropped_) {
-            probs_dropped_.resize(probs_.shape());
+        if (dropped_) {  // the probabilities with dropout (kept in bf16 for bf16 products)
             mask_.resize(probs_.shape());
-            ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
+            if constexpr (std::is_same_v<T, float>)
+                if (precision_ == precision::bf16) {
+                    probs_bf16_.resize(probs_.shape());
+                    ops::dropout(probs_bf16_, mask_, probs_, dropout_p, ctx.rng.next());
+                }
+            if (precision_ == precision::fp32) {
+                probs_dropped_.resize(probs_.shape());
+                ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
+            }
         }
         out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
         const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        ops::head_context(out2, dropped_ ? probs_dropped_.view() : probs_.view(), v_,
-                          precision_);  // P V
+        with_dropped_probs([&](const auto& p) { ops::head_context(out2, p, v_, precision_); });
         return out_.view();
     }
 
@@ -103,29 +109,33 @@ class self_attention {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
-        auto &dp = w.dp, &dp_pre = w.dp_pre, &ds = w.ds;  // (B, H, T, T); one declaration per
-        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // type (Clang 14 rejects mixed ones)
+        auto& dp = w.dp;                                  // (B, H, T, T)
+        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // (B*T, C)
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
-        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
         dq.resize(shape<dynamic, C>(B * Tn, Cn));
         dk.resize(dq.shape());
         dv.resize(dq.shape());
         const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
-        ops::head_scores(dp, g, v_, precision_);                  // dP_bh = dctx_bh V_bhᵀ
-        ops::head_context<transpose::yes>(dv, p, g, precision_);  // dV_bh = P_bhᵀ dctx_bh
-        ds.resize(probs_.shape());
-        ds.fill(T(0));
-        if (dropped_) {  // through the dropout, then the softmax
-            dp_pre.resize(probs_.shape());
-            dp_pre.fill(T(0));
-            ops::dropout_backward(dp_pre, mask_, dp, dropout_p);
-            ops::masked_softmax_backward(ds, probs_, dp_pre, T(1) / std::sqrt(T(d)));
-        } else {
-            ops::masked_softmax_backward(ds, probs_, dp, T(1) / std::sqrt(T(d)));
-        }
-        ops::head_context(dq, ds, k_, precision_);                  // dQ_bh = dS_bh K_bh
-        ops::head_context<transpose::yes>(dk, ds, q_, precision_);  // dK_bh = dS_bhᵀ Q_bh
+        ops::head_scores(dp, g, v_, precision_);  // dP_bh = dctx_bh V_bhᵀ
+        with_dropped_probs([&](const auto& p) {   // dV_bh = P_bhᵀ dctx_bh
+            ops::head_context<transpose::yes>(dv, p, g, precision_);
+        });
+        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
+        // for bf16 products), then dQ_bh = dS_bh K_bh and dK_bh = dS_bhᵀ Q_bh
+        auto through_scores = [&](auto& dscores) {
+            dscores.resize(probs_.shape());
+            if (dropped_)
+                ops::masked_softmax_dropout_backward(dscores, probs_, dp, mask_, dropout_p,
+                                                     T(1) / std::sqrt(T(d)));
+            else
+                ops::masked_softmax_backward(dscores, probs_, dp, T(1) / std::sqrt(T(d)), false);
+            ops::head_context(dq, dscores.view(), k_, precision_);
+            ops::head_context<transpose::yes>(dk, dscores.view(), q_, precision_);
+        };
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
+        if (precision_ == precision::fp32) through_scores(w.ds);
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
@@ -241,13 +251,25 @@ class self_attention {
     buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
     buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout
     buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
+    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
     bool dropped_ = false;                            // whether the last forward used dropout
     buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
+
+    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
+    // products), or as the softmax gave them
+    template <class F>
+    void with_dropped_probs(F&& f) const {
+        if (!dropped_) return f(probs_.view());
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) return f(probs_bf16_.view());
+        f(probs_dropped_.view());
+    }
     // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
     // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, dynamic_shape<4>, D> dp, dp_pre, ds;  // (B, H, T, T) gradients
-        buffer<T, shape<dynamic, C>, D> dq, dk, dv;     // (B*T, C) gradients of the projections
+        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T) gradients
+        buffer<bf16, dynamic_shape<4>, D> ds_bf16;   // (B, H, T, T) dS for bf16 products
+        buffer<T, shape<dynamic, C>, D> dq, dk, dv;  // (B*T, C) gradients of the projections
     };
 };
 

@@ -93,13 +93,21 @@ class rotary_attention {
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
         dropped_ = ctx.training() && sizes_.dropout > 0;
-        if (dropped_) {  // (B, H, T, T) the probabilities with dropout, and its keep mask
-            probs_dropped_.resize(probs_.shape());
+        if (dropped_) {  // (B, H, T, T) the probabilities with dropout (kept in bf16 for bf16
+                         // products), and its keep mask
             keep_.resize(probs_.shape());
-            ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+            if constexpr (std::is_same_v<T, float>)
+                if (precision_ == precision::bf16) {
+                    probs_bf16_.resize(probs_.shape());
+                    ops::dropout(probs_bf16_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+                }
+            if (precision_ == precision::fp32) {
+                probs_dropped_.resize(probs_.shape());
+                ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
+            }
         }
         ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        ops::head_context(ctx_, dropped_ ? probs_dropped_.view() : probs_.view(), ve, precision_);
+        with_dropped_probs([&](const auto& p) { ops::head_context(ctx_, p, ve, precision_); });
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -156,26 +164,29 @@ class rotary_attention {
         o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
         const auto ke = group == 1 ? k_.view() : k_full_.view();
         const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
-        const auto p = dropped_ ? probs_dropped_.view() : probs_.view();  // (B, H, T, T)
         w.dp.resize(probs_.shape());
-        w.ds.resize(probs_.shape());
-        w.ds.fill(T(0));
         ops::head_scores(w.dp, w.dctx.view(), ve, precision_);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);  // dV = Pᵀ dctx
-        if (dropped_) {  // through the dropout (dP before it, in w.dp_pre), then the softmax
-            w.dp_pre.resize(probs_.shape());
-            w.dp_pre.fill(T(0));
-            ops::dropout_backward(w.dp_pre, keep_, w.dp, T(sizes_.dropout));
-            ops::masked_softmax_backward(w.ds, probs_, w.dp_pre, T(1) / std::sqrt(T(d)));
-        } else {
-            ops::masked_softmax_backward(w.ds, probs_, w.dp, T(1) / std::sqrt(T(d)));
-        }
+        with_dropped_probs([&](const auto& p) {  // dV = Pᵀ dctx
+            ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);
+        });
+        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
+        // for bf16 products), then dQ (rotated) = dS K and dK = dSᵀ Q
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context(w.dq, w.ds.view(), ke, precision_);  // dQ (rotated) = dS K
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
-        ops::head_context<transpose::yes>(w.dk_full, w.ds.view(), q_.view(),
-                                          precision_);  // dK = dSᵀ Q
+        auto through_scores = [&](auto& dscores) {
+            dscores.resize(probs_.shape());
+            if (dropped_)
+                ops::masked_softmax_dropout_backward(dscores, probs_, w.dp, keep_,
+                                                     T(sizes_.dropout), T(1) / std::sqrt(T(d)));
+            else
+                ops::masked_softmax_backward(dscores, probs_, w.dp, T(1) / std::sqrt(T(d)), false);
+            ops::head_context(w.dq, dscores.view(), ke, precision_);
+            ops::head_context<transpose::yes>(w.dk_full, dscores.view(), q_.view(), precision_);
+        };
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
+        if (precision_ == precision::fp32) through_scores(w.ds);
         // back through the repeat (sum over each group) and the rotation (its transpose)
         w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
         w.dv.resize(w.dk.shape());
@@ -250,20 +261,33 @@ class rotary_attention {
     }
 
     rotary_sizes sizes_;
-    std::size_t B_ = 0, T_ = 0;                         // the last forward's batch and length
-    buffer<token_id, shape<dynamic>, D> positions_;     // (N) position of each row
-    matrix cos_, sin_;                                  // (N, d/2) rotary angles
-    matrix q_, k_;                                      // (N, H d), (N, Hkv d) rotated
-    typename Proj<C, dynamic>::output_view v_;          // (N, Hkv d) the value projection's
-    matrix k_full_, v_full_;                            // (N, H d) repeated for every query head
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;     // (B, H, T, T)
-    buffer<T, dynamic_shape<4>, D> probs_dropped_;      // (B, H, T, T) after dropout (training)
-    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;    // (B, H, T, T) its keep mask
-    bool dropped_ = false;                              // whether the last forward dropped
-    matrix ctx_;                                        // (N, H d) context
-    struct backward_scratch {                           // one set per run (ctx.workspace)
-        buffer<T, dynamic_shape<4>, D> dp, ds, dp_pre;  // (B, H, T, T)
-        matrix dctx, dq, dk_full, dv_full, dk, dv;      // (N, H d) and (N, Hkv d)
+    std::size_t B_ = 0, T_ = 0;                       // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;   // (N) position of each row
+    matrix cos_, sin_;                                // (N, d/2) rotary angles
+    matrix q_, k_;                                    // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;        // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                          // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
+    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout (training)
+    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;  // (B, H, T, T) its keep mask
+    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
+    bool dropped_ = false;                            // whether the last forward dropped
+    matrix ctx_;                                      // (N, H d) context
+
+    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
+    // products), or as the softmax gave them
+    template <class F>
+    void with_dropped_probs(F&& f) const {
+        if (!dropped_) return f(probs_.view());
+        if constexpr (std::is_same_v<T, float>)
+            if (precision_ == precision::bf16) return f(probs_bf16_.view());
+        f(probs_dropped_.view());
+    }
+
+    struct backward_scratch {                       // one set per run (ctx.workspace)
+        buffer<T, dynamic_shape<4>, D> dp, ds;      // (B, H, T, T)
+        buffer<bf16, dynamic_shape<4>, D> ds_bf16;  // (B, H, T, T) dS for bf16 products
+        matrix dctx, dq, dk_full, dv_full, dk, dv;  // (N, H d) and (N, Hkv d)
     };
 };
 

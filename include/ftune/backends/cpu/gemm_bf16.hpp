@@ -27,6 +27,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 
@@ -295,6 +296,43 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
     });
 }
 
+/// pack_a for an A already in bf16 (the attention activations a bf16 training step keeps): the
+/// same words, copied instead of rounded. Row-major with K and lda even needs no copy at all
+/// (gemm_bf16 reads it in place); this covers the other cases.
+inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose ta, std::size_t M,
+                   std::size_t K) {
+    const std::size_t KP = pairs(K);
+    auto word = [&](std::size_t i, std::size_t k) -> std::uint32_t {  // op(A)(i, k), k < K
+        return ta == transpose::no ? A[i * lda + k].bits : A[k * lda + i].bits;
+    };
+    if (ta == transpose::no) {
+        detail::parallel_for(M, std::max<std::size_t>(1, 16384 / std::max<std::size_t>(K, 1)),
+                             [&](std::size_t i0, std::size_t i1) {
+                                 for (std::size_t i = i0; i < i1; ++i)
+                                     for (std::size_t p = 0; p < KP; ++p)
+                                         dst[i * KP + p] =
+                                             word(i, 2 * p) |
+                                             (2 * p + 1 < K ? word(i, 2 * p + 1) << 16 : 0u);
+                             });
+        return;
+    }
+    const std::size_t tiles = (M + MR - 1) / MR;  // rows k and k + 1 interleaved into tiles
+    detail::parallel_for(tiles, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(KP, 1)),
+                         [&](std::size_t t0, std::size_t t1) {
+                             for (std::size_t t = t0; t < t1; ++t)
+                                 for (std::size_t p = 0; p < KP; ++p) {
+                                     std::uint32_t* d = dst + t * KP * MR + p * MR;
+                                     const bf16* r0 = A + 2 * p * lda + t * MR;
+                                     const bf16* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+                                     const std::size_t n = std::min(MR, M - t * MR);
+                                     for (std::size_t i = 0; i < n; ++i)
+                                         d[i] = std::uint32_t{r0[i].bits} |
+                                                (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
+                                     for (std::size_t i = n; i < MR; ++i) d[i] = 0;
+                                 }
+                         });
+}
+
 #if FTUNE_HAS_BF16_KERNELS
 /// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows, then C[0:m, 0:n]
 /// = alpha * acc + (first ? beta * C : C), + bias[0:n] when given, + the residual (rows ldr
@@ -321,7 +359,9 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
         for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < R; ++i) {
-            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(rows[i][p * step]));
+            std::uint32_t word;  // memcpy: the words may be bf16 values stored in place
+            std::memcpy(&word, rows[i] + p * step, sizeof word);
+            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(word));
 #pragma GCC unroll 3
             for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, bv[v]);
         }
@@ -382,17 +422,18 @@ inline error unsupported(const char* where) {
                                     " (ftune info --system). Use fp32 (--precision fp32)"));
 }
 
-/// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A converted by pack_a
-/// and B packed in layout Bl, on nt threads (1: the calling thread). The gemm_packed scheme:
-/// small M splits B's panels among the threads, larger M splits the rows; units of work are
-/// taken dynamically. The arithmetic of each element does not depend on the split.
+/// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A in pack_a's
+/// layout (a_ld > 0: rows a_ld words apart; 0: MR-row tiles) and B packed in layout Bl, on nt
+/// threads (1: the calling thread). The gemm_packed scheme: small M splits B's panels among the
+/// threads, larger M splits the rows; units of work are taken dynamically. The arithmetic of each
+/// element does not depend on the split.
 template <class Epilogue>
 void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
-         bool a_rows, const b_layout& Bl, float beta, float* C, std::size_t ldc, const float* bias,
-         const Epilogue& epilogue, int nt) {
+         std::size_t a_ld, const b_layout& Bl, float beta, float* C, std::size_t ldc,
+         const float* bias, const Epilogue& epilogue, int nt) {
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
-    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc, KP = pairs(K);
+    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc;
     const bool split_columns = M <= MC;
     const std::size_t blocks =
         split_columns ? 1
@@ -425,14 +466,15 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                     for (std::size_t ir = 0; ir < mcur; ir += MR) {
                         const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
                         float* c = C + row * ldc + q * NR;
-                        const std::uint32_t* a = a_rows ? apack + row * KP + pc / 2
-                                                        : apack + row / MR * KP * MR + pc / 2 * MR;
+                        const std::uint32_t* a =
+                            a_ld ? apack + row * a_ld + pc / 2
+                                 : apack + row / MR * pairs(K) * MR + pc / 2 * MR;
                         const float* res = nullptr;
                         std::size_t ldr = 0;
                         if constexpr (fused_residual)
                             if (last)
                                 res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
-                        kernel_rows(kp, a, a_rows ? KP : 0, b, c, ldc, mr, nr, alpha, beta, first,
+                        kernel_rows(kp, a, a_ld, b, c, ldc, mr, nr, alpha, beta, first,
                                     bias && last ? bias + q * NR : nullptr, res, ldr);
                         if constexpr (!fused_residual)
                             if (last) epilogue(c, ldc, row, mr, q * NR, nr);
@@ -450,8 +492,8 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
 #endif
     body();
 #else
-    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_rows, (void)Bl, (void)beta,
-        (void)C, (void)ldc, (void)bias, (void)epilogue, (void)nt;
+    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)Bl, (void)beta, (void)C,
+        (void)ldc, (void)bias, (void)epilogue, (void)nt;
     throw unsupported("gemm_bf16");
 #endif
 }
@@ -547,8 +589,8 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
     std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
         (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no, Bp.layout(), beta, C, ldc, bias,
-                     epilogue, bf16_detail::threads_for(M, N, K));
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
+                     Bp.layout(), beta, C, ldc, bias, epilogue, bf16_detail::threads_for(M, N, K));
 }
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
@@ -569,18 +611,48 @@ inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, 
     std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
         (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
     bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no,
+    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
                      bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
                      bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
 }
 
+/// gemm_bf16 with A already in bf16 (no rounding of A; the same result as gemm_bf16 on A's
+/// values as floats): the products of the attention activations a bf16 training step keeps in
+/// bf16. A row-major A with K and lda even is read in place.
+inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                      float alpha, const bf16* A, std::size_t lda, const float* B, std::size_t ldb,
+                      float beta, float* C, std::size_t ldc) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.0f)
+        return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
+    const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+    const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
+    const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
+    std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
+    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    const std::uint32_t* apack = nullptr;
+    std::size_t a_ld = 0;
+    if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0) {  // pairs already adjacent
+        apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
+    } else {
+        std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
+            (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
+        bf16_detail::pack_a(dst, A, lda, ta, M, K);
+        apack = dst, a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
+    }
+    bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
+                     beta, C, ldc, nullptr, bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
+}
+
 /// `batch` independent gemm_bf16 products whose operands start stride_* elements apart
 /// (attention's per-head products). Batches run in parallel, each product on one thread.
-inline void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
-                                      std::size_t K, float alpha, const float* A, std::size_t lda,
-                                      std::size_t stride_a, const float* B, std::size_t ldb,
-                                      std::size_t stride_b, float beta, float* C, std::size_t ldc,
-                                      std::size_t stride_c, std::size_t batch) {
+template <class TA>  // float, or bf16 (A kept in bf16)
+void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                               std::size_t K, float alpha, const TA* A, std::size_t lda,
+                               std::size_t stride_a, const float* B, std::size_t ldb,
+                               std::size_t stride_b, float beta, float* C, std::size_t ldc,
+                               std::size_t stride_c, std::size_t batch) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_strided_batched_bf16");
     detail::parallel_for(batch, 1, [&](std::size_t b0, std::size_t b1) {
         for (std::size_t b = b0; b < b1; ++b)

@@ -17,6 +17,7 @@
 
 #include "ftune/backends/cpu/detail.hpp"
 #include "ftune/backends/cpu/gemm.hpp"
+#include "ftune/backends/cpu/gemm_bf16.hpp"
 #include "ftune/backends/reference/primitives.hpp"
 #include "ftune/core/rng.hpp"
 
@@ -502,25 +503,60 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
     });
 }
 
-/// dscores(rows, Tk) += scale * p * (dp - Σ_k p dp).
-template <scalar T>
-void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
-                      std::size_t Tk) {
+/// dscores(rows, Tk) (+)= scale * p * (g - Σ_k p g) with g = dp, or, when `keep` is given (the
+/// mask of a dropout applied to the probabilities), g = dp * keep * keep_scale: the backward of
+/// the softmax and of that dropout in one pass over the rows. accumulate = false overwrites
+/// dscores (no zeroing pass before it). Out = bf16 (T = float, accumulate false) keeps dscores in
+/// bf16, rounded to nearest even: the bf16 products that read it round it so anyway.
+template <scalar T, class Out = T>
+void softmax_backward(Out* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
+                      std::size_t Tk, const std::uint8_t* keep = nullptr, T keep_scale = T(1),
+                      bool accumulate = true) {
     using namespace detail;
     using B = batch<T>;
+    constexpr bool to_bf16 = std::is_same_v<Out, bf16>;
+    static_assert(std::is_same_v<Out, T> || (to_bf16 && std::is_same_v<T, float>),
+                  "softmax_backward writes T, or bf16 from float");
+    if (to_bf16 && accumulate)
+        throw error(errc::invalid_argument, "softmax_backward",
+                    "a bf16 dscores is written, not accumulated (accumulate = false)");
     parallel_for(rows, row_grain(Tk), [&](std::size_t r0, std::size_t r1) {
+        // g of one row, through the dropout mask, in a per-thread scratch row (stays in L1)
+        T* __restrict g_row = keep ? scratch<T, 7>(Tk) : nullptr;
+        const T ks = keep_scale;  // a local: a captured reference could alias dscores
         for (std::size_t r = r0; r < r1; ++r) {
             const T* p = probs + r * Tk;
             const T* dp = dprobs + r * Tk;
+            if (keep) {
+                const std::uint8_t* __restrict m = keep + r * Tk;
+                for (std::size_t k = 0; k < Tk; ++k) g_row[k] = dp[k] * (m[k] ? ks : T(0));
+                dp = g_row;
+            }
             const B dot = row_sum<T>(
                 Tk, [&](std::size_t k, auto n) { return load(p + k, n) * load(dp + k, n); });
             const B d(reduce_add(dot));
-            T* ds = dscores + r * Tk;
-            for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
-                store(ds + k,
-                      xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d, load(ds + k, n)),
-                      n);
-            });
+            if constexpr (to_bf16) {  // the row in fp32 (scratch), then rounded
+                T* __restrict f = scratch<T, 8>(Tk);
+                for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+                    store(f + k, B(scale) * load(p + k, n) * (load(dp + k, n) - d), n);
+                });
+                bf16* __restrict ds = dscores + r * Tk;
+                for (std::size_t k = 0; k < Tk; ++k)
+                    ds[k].bits = std::uint16_t(bf16_detail::round_bits(f[k]) >> 16);
+            } else {
+                T* ds = dscores + r * Tk;
+                if (accumulate)
+                    for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+                        store(ds + k,
+                              xsimd::fma(B(scale) * load(p + k, n), load(dp + k, n) - d,
+                                         load(ds + k, n)),
+                              n);
+                    });
+                else
+                    for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
+                        store(ds + k, B(scale) * load(p + k, n) * (load(dp + k, n) - d), n);
+                    });
+            }
         }
     });
 }
@@ -530,9 +566,13 @@ void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std:
 
 /// y = x * keep / (1 - p), keep(i) = [s.bits(i) >= dropout_threshold(p)]; mask gets keep (0/1).
 /// The mask is a function of (stream, i) only: identical to the reference on any thread count.
-template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+/// Out = bf16 (T = float) keeps y in bf16, rounded to nearest even (the attention probabilities
+/// of a bf16 training step, which only bf16 products read).
+template <scalar T, class Out = T>
+void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
                      const random_stream& s) {
+    static_assert(std::is_same_v<Out, T> || (std::is_same_v<Out, bf16> && std::is_same_v<T, float>),
+                  "dropout_forward writes T, or bf16 from float");
     const std::uint32_t thr = dropout_threshold(double(p));
     const bool all_drop = !(p < T(1));
     const T inv_keep = all_drop ? T(0) : T(1) / (T(1) - p);
@@ -543,24 +583,30 @@ void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
         const std::uint32_t threshold = thr;
         const bool drop_all = all_drop;
         const T inv = inv_keep;
-        T* yl = y;  // may be x (in-place dropout)
+        Out* yl = y;  // may be x (in-place dropout)
+        auto put = [](Out& o, T v) {
+            if constexpr (std::is_same_v<Out, T>)
+                o = v;
+            else
+                o.bits = std::uint16_t(bf16_detail::round_bits(v) >> 16);
+        };
         std::uint8_t* __restrict ml = mask;
         const T* xl = x;
-        // i0 is a multiple of 32 (the grain is): one values32() call serves 32 elements
+        // i0 is a multiple of 64 (the grain is): one values64() call serves 64 elements
         std::size_t i = i0;
-        for (; i + 32 <= i1; i += 32) {
-            std::uint32_t w[4][8];
-            st.values32(i >> 5, w);
-            const std::uint32_t* bits = &w[0][0];
-            for (std::size_t k = 0; k < 32; ++k) {
+        for (; i + 64 <= i1; i += 64) {
+            std::uint32_t w[2][4][8];
+            st.values64(i >> 6, w);
+            const std::uint32_t* bits = &w[0][0][0];
+            for (std::size_t k = 0; k < 64; ++k) {
                 const bool keep = !drop_all && bits[k] >= threshold;
                 ml[i + k] = keep;
-                yl[i + k] = xl[i + k] * (keep ? inv : T(0));
+                put(yl[i + k], xl[i + k] * (keep ? inv : T(0)));
             }
         }
         for (; i < i1; ++i) {
             ml[i] = !drop_all && st.bits(i) >= threshold;
-            yl[i] = xl[i] * (ml[i] ? inv : T(0));
+            put(yl[i], xl[i] * (ml[i] ? inv : T(0)));
         }
     });
 }

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <bit>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -73,6 +74,14 @@ inline float bf16_round(float x) {
     return float(std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8));  // (inf past the range)
 }
 
+/// x rounded to bf16 (bf16_round), as its bits.
+inline bf16 to_bf16(float x) {
+    const float r = bf16_round(x);
+    if (std::isnan(r))
+        return bf16{std::uint16_t((std::bit_cast<std::uint32_t>(r) | 0x00400000u) >> 16)};
+    return bf16{std::uint16_t(std::bit_cast<std::uint32_t>(r) >> 16)};
+}
+
 /// gemm with both operands rounded to bf16 first and the sums in T: the mixed-precision product
 /// (backends::cpu::gemm_bf16) emulated.
 template <scalar T>
@@ -91,10 +100,22 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
     gemm(transpose::no, transpose::no, M, N, K, alpha, a.data(), K, b.data(), N, beta, C, ldc);
 }
 
-/// `batch` independent gemm_bf16 products whose operands start `stride_*` elements apart.
+/// gemm_bf16 with A already in bf16: A's values as floats (exact), B rounded.
 template <scalar T>
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, T alpha,
+               const bf16* A, std::size_t lda, const T* B, std::size_t ldb, T beta, T* C,
+               std::size_t ldc) {
+    const std::size_t rows = ta == transpose::no ? M : K, cols = ta == transpose::no ? K : M;
+    std::vector<T> a(rows * cols);  // A as stored, compact (ld cols)
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t c = 0; c < cols; ++c) a[r * cols + c] = T(A[r * lda + c].to_float());
+    gemm_bf16(ta, tb, M, N, K, alpha, a.data(), cols, B, ldb, beta, C, ldc);
+}
+
+/// `batch` independent gemm_bf16 products whose operands start `stride_*` elements apart.
+template <scalar T, class TA>  // TA: T, or bf16
 void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
-                               std::size_t K, T alpha, const T* A, std::size_t lda,
+                               std::size_t K, T alpha, const TA* A, std::size_t lda,
                                std::size_t stride_a, const T* B, std::size_t ldb,
                                std::size_t stride_b, T beta, T* C, std::size_t ldc,
                                std::size_t stride_c, std::size_t batch) {
@@ -407,16 +428,35 @@ void softmax_forward(T* probs, const T* scores, const T* key_mask, T scale, std:
         }
 }
 
-/// dscores(rows, Tk) += scale * p * (dp - Σ_k p dp), for rows = B*H*Tq.
-template <scalar T>
-void softmax_backward(T* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
-                      std::size_t Tk) {
+/// dscores(rows, Tk) (+)= scale * p * (g - Σ_k p g), rows = B*H*Tq, with g = dp, or g = dp *
+/// keep * keep_scale when a dropout mask `keep` is given (the dropout's backward first);
+/// accumulate = false overwrites dscores; Out = bf16 (from float, not accumulated) stores the
+/// values rounded to bf16.
+template <scalar T, class Out = T>
+void softmax_backward(Out* dscores, const T* probs, const T* dprobs, T scale, std::size_t rows,
+                      std::size_t Tk, const std::uint8_t* keep = nullptr, T keep_scale = T(1),
+                      bool accumulate = true) {
+    static_assert(std::is_same_v<Out, T> || (std::is_same_v<Out, bf16> && std::is_same_v<T, float>),
+                  "softmax_backward writes T, or bf16 from float");
+    if (std::is_same_v<Out, bf16> && accumulate)
+        throw error(errc::invalid_argument, "softmax_backward",
+                    "a bf16 dscores is written, not accumulated (accumulate = false)");
+    std::vector<T> g(Tk);
     for (std::size_t r = 0; r < rows; ++r) {
         const T* p = probs + r * Tk;
-        const T* dp = dprobs + r * Tk;
+        for (std::size_t k = 0; k < Tk; ++k) {
+            const std::size_t i = r * Tk + k;
+            g[k] = keep ? dprobs[i] * (keep[i] ? keep_scale : T(0)) : dprobs[i];
+        }
         T dot = 0;
-        for (std::size_t k = 0; k < Tk; ++k) dot += p[k] * dp[k];
-        for (std::size_t k = 0; k < Tk; ++k) dscores[r * Tk + k] += scale * p[k] * (dp[k] - dot);
+        for (std::size_t k = 0; k < Tk; ++k) dot += p[k] * g[k];
+        for (std::size_t k = 0; k < Tk; ++k) {
+            const T v = scale * p[k] * (g[k] - dot);
+            if constexpr (std::is_same_v<Out, bf16>)
+                dscores[r * Tk + k] = to_bf16(v);
+            else
+                dscores[r * Tk + k] = accumulate ? dscores[r * Tk + k] + v : v;
+        }
     }
 }
 
@@ -433,15 +473,22 @@ inline std::uint32_t dropout_threshold(double p) {
 }
 
 /// y = x * keep / (1 - p) with keep(i) = [s.bits(i) >= threshold]; writes keep into mask (0/1).
-/// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale).
-template <scalar T>
-void dropout_forward(T* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
+/// p == 1 drops everything (y = 0 * x, as PyTorch's x * mask * scale). Out = bf16 (from float)
+/// stores y rounded to bf16.
+template <scalar T, class Out = T>
+void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
                      const random_stream& s) {
+    static_assert(std::is_same_v<Out, T> || (std::is_same_v<Out, bf16> && std::is_same_v<T, float>),
+                  "dropout_forward writes T, or bf16 from float");
     const std::uint32_t thr = dropout_threshold(double(p));
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     for (std::size_t i = 0; i < n; ++i) {
         mask[i] = p < T(1) && s.bits(i) >= thr ? 1 : 0;
-        y[i] = x[i] * (mask[i] ? inv_keep : T(0));
+        const T v = x[i] * (mask[i] ? inv_keep : T(0));
+        if constexpr (std::is_same_v<Out, bf16>)
+            y[i] = to_bf16(v);
+        else
+            y[i] = v;
     }
 }
 
