@@ -3332,10 +3332,15 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
 /// fp32 sums (BLAS's contract otherwise: beta == 0 ignores C's previous content). Both operands
-/// are converted per call (the products of activations: a weight's gradient, attention).
-inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
-                      float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
-                      float beta, float* C, std::size_t ldc) {
+/// are converted per call (the products of activations: a weight's gradient, attention). A may
+/// be kept in bf16 already (TA = bf16: the attention activations of a bf16 training step), which
+/// gives the same result as its values as floats; a row-major one with K and lda even is read in
+/// place.
+template <class TA>
+requires std::is_same_v<TA, float> || std::is_same_v<TA, bf16>
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
+               const TA* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
+               std::size_t ldc) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f)
@@ -3345,38 +3350,17 @@ inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, 
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
     std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
     bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
-        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-    bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
-                     bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
-                     bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
-}
-
-/// gemm_bf16 with A already in bf16 (no rounding of A; the same result as gemm_bf16 on A's
-/// values as floats): the products of the attention activations a bf16 training step keeps in
-/// bf16. A row-major A with K and lda even is read in place.
-inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
-                      float alpha, const bf16* A, std::size_t lda, const float* B, std::size_t ldb,
-                      float beta, float* C, std::size_t ldc) {
-    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
-    if (M == 0 || N == 0) return;
-    if (K == 0 || alpha == 0.0f)
-        return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
-    const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
-    const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
-    const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
-    std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
-    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    // A's words: in place when A is bf16 with its pairs already adjacent, else packed (rounded)
     const std::uint32_t* apack = nullptr;
-    std::size_t a_ld = 0;
-    if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0) {  // pairs already adjacent
-        apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
-    } else {
+    std::size_t a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
+    if constexpr (std::is_same_v<TA, bf16>)
+        if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
+            apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
+    if (!apack) {
         std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
             (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
         bf16_detail::pack_a(dst, A, lda, ta, M, K);
-        apack = dst, a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
+        apack = dst;
     }
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
                      beta, C, ldc, nullptr, bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
@@ -6420,6 +6404,93 @@ FTUNE_NAMESPACE_END
 #include <cstdint>
 #include <string_view>
 
+// ---- begin ftune/layers/attention_dropout.hpp ----
+// layers::attention_dropout: the dropout on attention probabilities that both attention layers
+// (self_attention, rotary_attention) apply in training, and the way back through it and the
+// softmax. In bf16 training the dropped probabilities and the scores' gradient are kept in bf16,
+// rounded as the products that alone read them would round them (docs/precision.md).
+
+#include <cstdint>
+#include <type_traits>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// Dropout on (B, H, Tq, Tk) attention probabilities in training, kept for backward.
+template <scalar T, device_tag D = device::cpu>
+class attention_dropout {
+  public:
+    using probs_buffer = buffer<T, dynamic_shape<4>, D>;    ///< (B, H, Tq, Tk), fp32
+    using probs_bf16 = buffer<bf16, dynamic_shape<4>, D>;   ///< (B, H, Tq, Tk), bf16
+    using probs_view = view<const T, dynamic_shape<4>, D>;  ///< the probabilities read
+
+    /// In training with p > 0, drops probs with probability p (a fresh stream of ctx.rng) for
+    /// products in precision prec; otherwise the products read probs as they are.
+    void forward(context& ctx, probs_view probs, T p, precision prec) {
+        on_ = ctx.training() && p > T(0);
+        p_ = p, precision_ = prec;
+        if (!on_) return;
+        keep_.resize(probs.shape());
+        if (in_bf16()) {
+            if constexpr (std::is_same_v<T, float>) {
+                dropped_bf16_.resize(probs.shape());
+                ops::dropout(dropped_bf16_, keep_, probs, p, ctx.rng.next());
+            }
+        } else {
+            dropped_.resize(probs.shape());
+            ops::dropout(dropped_, keep_, probs, p, ctx.rng.next());
+        }
+    }
+
+    /// Forgets the last forward's dropout (an inference forward ran since).
+    void clear() noexcept { on_ = false; }
+
+    /// Calls f(the probabilities the context product reads): after dropout (in bf16 for bf16
+    /// products), or probs as the softmax gave them.
+    template <class F>
+    void read(probs_view probs, F&& f) const {
+        if (!on_) return f(probs);
+        if constexpr (std::is_same_v<T, float>)
+            if (in_bf16()) return f(dropped_bf16_.view());
+        f(dropped_.view());
+    }
+
+    /// dS = the gradient of the (unscaled) scores from dp, the gradient of the probabilities
+    /// read(): back through the dropout and the softmax (probs: its output, scale: its factor) in
+    /// one pass, written into ds, or into ds_bf16 for bf16 products; then f(dS).
+    template <class F>
+    void scores_backward(probs_buffer& ds, probs_bf16& ds_bf16, probs_view probs, probs_view dp,
+                         T scale, F&& f) const {
+        auto through = [&](auto& dscores) {
+            dscores.resize(probs.shape());
+            if (on_)
+                ops::masked_softmax_dropout_backward(dscores, probs, dp, keep_.view(), p_, scale);
+            else
+                ops::masked_softmax_backward(dscores, probs, dp, scale, false);
+            f(dscores.view());
+        };
+        if constexpr (std::is_same_v<T, float>)
+            if (in_bf16()) return through(ds_bf16);
+        through(ds);
+    }
+
+  private:
+    bool in_bf16() const noexcept {
+        return std::is_same_v<T, float> && precision_ == precision::bf16;
+    }
+
+    bool on_ = false;                                 // the last forward dropped
+    T p_ = T(0);                                      // its probability
+    precision precision_ = precision::fp32;           // its products' precision
+    probs_buffer dropped_;                            // after dropout, for fp32 products
+    probs_bf16 dropped_bf16_;                         // after dropout, for bf16 products
+    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;  // the keep mask (0/1)
+};
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/attention_dropout.hpp ----
 // ---- begin ftune/layers/linear.hpp ----
 // layers::linear: y = x Wᵀ + b over the rows of x, as Hugging Face's nn.Linear (W stored [out,
 // in]).
@@ -6667,22 +6738,12 @@ class self_attention {
             ops::masked_softmax(probs_, scores_, scale, causal);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
-        dropped_ = ctx.training() && dropout_p > T(0);
-        if (dropped_) {  // the probabilities with dropout (kept in bf16 for bf16 products)
-            mask_.resize(probs_.shape());
-            if constexpr (std::is_same_v<T, float>)
-                if (precision_ == precision::bf16) {
-                    probs_bf16_.resize(probs_.shape());
-                    ops::dropout(probs_bf16_, mask_, probs_, dropout_p, ctx.rng.next());
-                }
-            if (precision_ == precision::fp32) {
-                probs_dropped_.resize(probs_.shape());
-                ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
-            }
-        }
-        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
+        dropout_.forward(ctx, probs_.view(), dropout_p, precision_);  // in training
+        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));           // (B, T, C)
         const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        with_dropped_probs([&](const auto& p) { ops::head_context(out2, p, v_, precision_); });
+        dropout_.read(probs_.view(), [&](const auto& p) {  // P V
+            ops::head_context(out2, p, v_, precision_);
+        });
         return out_.view();
     }
 
@@ -6710,25 +6771,17 @@ class self_attention {
         dk.resize(dq.shape());
         dv.resize(dq.shape());
         const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
-        ops::head_scores(dp, g, v_, precision_);  // dP_bh = dctx_bh V_bhᵀ
-        with_dropped_probs([&](const auto& p) {   // dV_bh = P_bhᵀ dctx_bh
+        ops::head_scores(dp, g, v_, precision_);           // dP_bh = dctx_bh V_bhᵀ
+        dropout_.read(probs_.view(), [&](const auto& p) {  // dV_bh = P_bhᵀ dctx_bh
             ops::head_context<transpose::yes>(dv, p, g, precision_);
         });
-        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
-        // for bf16 products), then dQ_bh = dS_bh K_bh and dK_bh = dS_bhᵀ Q_bh
-        auto through_scores = [&](auto& dscores) {
-            dscores.resize(probs_.shape());
-            if (dropped_)
-                ops::masked_softmax_dropout_backward(dscores, probs_, dp, mask_, dropout_p,
-                                                     T(1) / std::sqrt(T(d)));
-            else
-                ops::masked_softmax_backward(dscores, probs_, dp, T(1) / std::sqrt(T(d)), false);
-            ops::head_context(dq, dscores.view(), k_, precision_);
-            ops::head_context<transpose::yes>(dk, dscores.view(), q_, precision_);
-        };
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
-        if (precision_ == precision::fp32) through_scores(w.ds);
+        // dS (B, H, T, T) through the dropout and the softmax, then dQ_bh = dS_bh K_bh and
+        // dK_bh = dS_bhᵀ Q_bh
+        dropout_.scores_backward(w.ds, w.ds_bf16, probs_.view(), dp.view(), T(1) / std::sqrt(T(d)),
+                                 [&](const auto& ds) {
+                                     ops::head_context(dq, ds, k_, precision_);
+                                     ops::head_context<transpose::yes>(dk, ds, q_, precision_);
+                                 });
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
@@ -6801,7 +6854,8 @@ class self_attention {
                                 std::size_t queries) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
-        B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
+        B_ = B, T_ = Tn, last_fused_ = true;
+        dropout_.clear();
         packed_qkv(ctx, x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
         ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
@@ -6840,23 +6894,10 @@ class self_attention {
     buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
     std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
     typename Proj::output_view q_, k_,
-        v_;                                           // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
-    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout
-    buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
-    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
-    bool dropped_ = false;                            // whether the last forward used dropout
-    buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
-
-    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
-    // products), or as the softmax gave them
-    template <class F>
-    void with_dropped_probs(F&& f) const {
-        if (!dropped_) return f(probs_.view());
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) return f(probs_bf16_.view());
-        f(probs_dropped_.view());
-    }
+        v_;                                          // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    attention_dropout<T, D> dropout_;                // on the probabilities, in training
+    buffer<T, shape<dynamic, dynamic, C>, D> out_;   // (B, T, C) context
     // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
     // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
@@ -8203,22 +8244,10 @@ class rotary_attention {
             ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
-        dropped_ = ctx.training() && sizes_.dropout > 0;
-        if (dropped_) {  // (B, H, T, T) the probabilities with dropout (kept in bf16 for bf16
-                         // products), and its keep mask
-            keep_.resize(probs_.shape());
-            if constexpr (std::is_same_v<T, float>)
-                if (precision_ == precision::bf16) {
-                    probs_bf16_.resize(probs_.shape());
-                    ops::dropout(probs_bf16_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
-                }
-            if (precision_ == precision::fp32) {
-                probs_dropped_.resize(probs_.shape());
-                ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
-            }
-        }
-        ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        with_dropped_probs([&](const auto& p) { ops::head_context(ctx_, p, ve, precision_); });
+        dropout_.forward(ctx, probs_.view(), T(sizes_.dropout), precision_);  // in training
+        ctx_.resize(shape<dynamic, dynamic>(N, H * d));                       // (N, H d) context
+        dropout_.read(probs_.view(),
+                      [&](const auto& p) { ops::head_context(ctx_, p, ve, precision_); });
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -8278,26 +8307,19 @@ class rotary_attention {
         w.dp.resize(probs_.shape());
         ops::head_scores(w.dp, w.dctx.view(), ve, precision_);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        with_dropped_probs([&](const auto& p) {  // dV = Pᵀ dctx
+        dropout_.read(probs_.view(), [&](const auto& p) {  // dV = Pᵀ dctx
             ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);
         });
-        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
-        // for bf16 products), then dQ (rotated) = dS K and dK = dSᵀ Q
+        // dS (B, H, T, T) through the dropout and the softmax, then dQ (rotated) = dS K and
+        // dK = dSᵀ Q
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
-        auto through_scores = [&](auto& dscores) {
-            dscores.resize(probs_.shape());
-            if (dropped_)
-                ops::masked_softmax_dropout_backward(dscores, probs_, w.dp, keep_,
-                                                     T(sizes_.dropout), T(1) / std::sqrt(T(d)));
-            else
-                ops::masked_softmax_backward(dscores, probs_, w.dp, T(1) / std::sqrt(T(d)), false);
-            ops::head_context(w.dq, dscores.view(), ke, precision_);
-            ops::head_context<transpose::yes>(w.dk_full, dscores.view(), q_.view(), precision_);
-        };
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
-        if (precision_ == precision::fp32) through_scores(w.ds);
+        dropout_.scores_backward(w.ds, w.ds_bf16, probs_.view(), w.dp.view(),
+                                 T(1) / std::sqrt(T(d)), [&](const auto& ds) {
+                                     ops::head_context(w.dq, ds, ke, precision_);
+                                     ops::head_context<transpose::yes>(w.dk_full, ds, q_.view(),
+                                                                       precision_);
+                                 });
         // back through the repeat (sum over each group) and the rotation (its transpose)
         w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
         w.dv.resize(w.dk.shape());
@@ -8372,28 +8394,15 @@ class rotary_attention {
     }
 
     rotary_sizes sizes_;
-    std::size_t B_ = 0, T_ = 0;                       // the last forward's batch and length
-    buffer<token_id, shape<dynamic>, D> positions_;   // (N) position of each row
-    matrix cos_, sin_;                                // (N, d/2) rotary angles
-    matrix q_, k_;                                    // (N, H d), (N, Hkv d) rotated
-    typename Proj<C, dynamic>::output_view v_;        // (N, Hkv d) the value projection's
-    matrix k_full_, v_full_;                          // (N, H d) repeated for every query head
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
-    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout (training)
-    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;  // (B, H, T, T) its keep mask
-    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
-    bool dropped_ = false;                            // whether the last forward dropped
-    matrix ctx_;                                      // (N, H d) context
-
-    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
-    // products), or as the softmax gave them
-    template <class F>
-    void with_dropped_probs(F&& f) const {
-        if (!dropped_) return f(probs_.view());
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) return f(probs_bf16_.view());
-        f(probs_dropped_.view());
-    }
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;  // (N) position of each row
+    matrix cos_, sin_;                               // (N, d/2) rotary angles
+    matrix q_, k_;                                   // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;       // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                         // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    attention_dropout<T, D> dropout_;                // on the probabilities, in training
+    matrix ctx_;                                     // (N, H d) context
 
     struct backward_scratch {                       // one set per run (ctx.workspace)
         buffer<T, dynamic_shape<4>, D> dp, ds;      // (B, H, T, T)

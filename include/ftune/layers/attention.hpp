@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "ftune/core/context.hpp"
+#include "ftune/layers/attention_dropout.hpp"
 #include "ftune/layers/linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -74,22 +75,12 @@ class self_attention {
             ops::masked_softmax(probs_, scores_, scale, causal);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
-        dropped_ = ctx.training() && dropout_p > T(0);
-        if (dropped_) {  // the probabilities with dropout (kept in bf16 for bf16 products)
-            mask_.resize(probs_.shape());
-            if constexpr (std::is_same_v<T, float>)
-                if (precision_ == precision::bf16) {
-                    probs_bf16_.resize(probs_.shape());
-                    ops::dropout(probs_bf16_, mask_, probs_, dropout_p, ctx.rng.next());
-                }
-            if (precision_ == precision::fp32) {
-                probs_dropped_.resize(probs_.shape());
-                ops::dropout(probs_dropped_, mask_, probs_, dropout_p, ctx.rng.next());
-            }
-        }
-        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));  // (B, T, C)
+        dropout_.forward(ctx, probs_.view(), dropout_p, precision_);  // in training
+        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));           // (B, T, C)
         const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        with_dropped_probs([&](const auto& p) { ops::head_context(out2, p, v_, precision_); });
+        dropout_.read(probs_.view(), [&](const auto& p) {  // P V
+            ops::head_context(out2, p, v_, precision_);
+        });
         return out_.view();
     }
 
@@ -117,25 +108,17 @@ class self_attention {
         dk.resize(dq.shape());
         dv.resize(dq.shape());
         const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
-        ops::head_scores(dp, g, v_, precision_);  // dP_bh = dctx_bh V_bhᵀ
-        with_dropped_probs([&](const auto& p) {   // dV_bh = P_bhᵀ dctx_bh
+        ops::head_scores(dp, g, v_, precision_);           // dP_bh = dctx_bh V_bhᵀ
+        dropout_.read(probs_.view(), [&](const auto& p) {  // dV_bh = P_bhᵀ dctx_bh
             ops::head_context<transpose::yes>(dv, p, g, precision_);
         });
-        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
-        // for bf16 products), then dQ_bh = dS_bh K_bh and dK_bh = dS_bhᵀ Q_bh
-        auto through_scores = [&](auto& dscores) {
-            dscores.resize(probs_.shape());
-            if (dropped_)
-                ops::masked_softmax_dropout_backward(dscores, probs_, dp, mask_, dropout_p,
-                                                     T(1) / std::sqrt(T(d)));
-            else
-                ops::masked_softmax_backward(dscores, probs_, dp, T(1) / std::sqrt(T(d)), false);
-            ops::head_context(dq, dscores.view(), k_, precision_);
-            ops::head_context<transpose::yes>(dk, dscores.view(), q_, precision_);
-        };
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
-        if (precision_ == precision::fp32) through_scores(w.ds);
+        // dS (B, H, T, T) through the dropout and the softmax, then dQ_bh = dS_bh K_bh and
+        // dK_bh = dS_bhᵀ Q_bh
+        dropout_.scores_backward(w.ds, w.ds_bf16, probs_.view(), dp.view(), T(1) / std::sqrt(T(d)),
+                                 [&](const auto& ds) {
+                                     ops::head_context(dq, ds, k_, precision_);
+                                     ops::head_context<transpose::yes>(dk, ds, q_, precision_);
+                                 });
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
@@ -208,7 +191,8 @@ class self_attention {
                                 std::size_t queries) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
                           d = Cn / H;
-        B_ = B, T_ = Tn, last_fused_ = true, dropped_ = false;
+        B_ = B, T_ = Tn, last_fused_ = true;
+        dropout_.clear();
         packed_qkv(ctx, x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
         ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
@@ -247,23 +231,10 @@ class self_attention {
     buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
     std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
     typename Proj::output_view q_, k_,
-        v_;                                           // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
-    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout
-    buffer<std::uint8_t, dynamic_shape<4>, D> mask_;  // (B, H, T, T) dropout keep mask
-    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
-    bool dropped_ = false;                            // whether the last forward used dropout
-    buffer<T, shape<dynamic, dynamic, C>, D> out_;    // (B, T, C) context
-
-    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
-    // products), or as the softmax gave them
-    template <class F>
-    void with_dropped_probs(F&& f) const {
-        if (!dropped_) return f(probs_.view());
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) return f(probs_bf16_.view());
-        f(probs_dropped_.view());
-    }
+        v_;                                          // (B*T, C) projections (the linears' buffers)
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    attention_dropout<T, D> dropout_;                // on the probabilities, in training
+    buffer<T, shape<dynamic, dynamic, C>, D> out_;   // (B, T, C) context
     // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
     // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {

@@ -9,6 +9,7 @@
 
 #include "ftune/core/context.hpp"
 #include "ftune/core/rng.hpp"
+#include "ftune/layers/attention_dropout.hpp"
 #include "ftune/layers/kv_cache.hpp"
 #include "ftune/layers/linear.hpp"
 
@@ -92,22 +93,10 @@ class rotary_attention {
             ops::masked_softmax(probs_, scores_, scale, /*causal=*/true);
         else
             ops::masked_softmax(probs_, scores_, key_mask, scale, /*causal=*/true);
-        dropped_ = ctx.training() && sizes_.dropout > 0;
-        if (dropped_) {  // (B, H, T, T) the probabilities with dropout (kept in bf16 for bf16
-                         // products), and its keep mask
-            keep_.resize(probs_.shape());
-            if constexpr (std::is_same_v<T, float>)
-                if (precision_ == precision::bf16) {
-                    probs_bf16_.resize(probs_.shape());
-                    ops::dropout(probs_bf16_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
-                }
-            if (precision_ == precision::fp32) {
-                probs_dropped_.resize(probs_.shape());
-                ops::dropout(probs_dropped_, keep_, probs_, T(sizes_.dropout), ctx.rng.next());
-            }
-        }
-        ctx_.resize(shape<dynamic, dynamic>(N, H * d));  // (N, H d) context
-        with_dropped_probs([&](const auto& p) { ops::head_context(ctx_, p, ve, precision_); });
+        dropout_.forward(ctx, probs_.view(), T(sizes_.dropout), precision_);  // in training
+        ctx_.resize(shape<dynamic, dynamic>(N, H * d));                       // (N, H d) context
+        dropout_.read(probs_.view(),
+                      [&](const auto& p) { ops::head_context(ctx_, p, ve, precision_); });
         const auto y = o_proj.forward(ctx, ctx_.view());  // (N, C)
         return {y.data(), B, Tn, y.extent(1)};
     }
@@ -167,26 +156,19 @@ class rotary_attention {
         w.dp.resize(probs_.shape());
         ops::head_scores(w.dp, w.dctx.view(), ve, precision_);  // dP = dctx Vᵀ
         w.dv_full.resize(shape<dynamic, dynamic>(N, H * d));
-        with_dropped_probs([&](const auto& p) {  // dV = Pᵀ dctx
+        dropout_.read(probs_.view(), [&](const auto& p) {  // dV = Pᵀ dctx
             ops::head_context<transpose::yes>(w.dv_full, p, w.dctx.view(), precision_);
         });
-        // dS (B, H, T, T) through the dropout and the softmax in one pass, written (kept in bf16
-        // for bf16 products), then dQ (rotated) = dS K and dK = dSᵀ Q
+        // dS (B, H, T, T) through the dropout and the softmax, then dQ (rotated) = dS K and
+        // dK = dSᵀ Q
         w.dq.resize(shape<dynamic, dynamic>(N, H * d));
         w.dk_full.resize(shape<dynamic, dynamic>(N, H * d));
-        auto through_scores = [&](auto& dscores) {
-            dscores.resize(probs_.shape());
-            if (dropped_)
-                ops::masked_softmax_dropout_backward(dscores, probs_, w.dp, keep_,
-                                                     T(sizes_.dropout), T(1) / std::sqrt(T(d)));
-            else
-                ops::masked_softmax_backward(dscores, probs_, w.dp, T(1) / std::sqrt(T(d)), false);
-            ops::head_context(w.dq, dscores.view(), ke, precision_);
-            ops::head_context<transpose::yes>(w.dk_full, dscores.view(), q_.view(), precision_);
-        };
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) through_scores(w.ds_bf16);
-        if (precision_ == precision::fp32) through_scores(w.ds);
+        dropout_.scores_backward(w.ds, w.ds_bf16, probs_.view(), w.dp.view(),
+                                 T(1) / std::sqrt(T(d)), [&](const auto& ds) {
+                                     ops::head_context(w.dq, ds, ke, precision_);
+                                     ops::head_context<transpose::yes>(w.dk_full, ds, q_.view(),
+                                                                       precision_);
+                                 });
         // back through the repeat (sum over each group) and the rotation (its transpose)
         w.dk.resize(shape<dynamic, dynamic>(N, Hkv * d));
         w.dv.resize(w.dk.shape());
@@ -261,28 +243,15 @@ class rotary_attention {
     }
 
     rotary_sizes sizes_;
-    std::size_t B_ = 0, T_ = 0;                       // the last forward's batch and length
-    buffer<token_id, shape<dynamic>, D> positions_;   // (N) position of each row
-    matrix cos_, sin_;                                // (N, d/2) rotary angles
-    matrix q_, k_;                                    // (N, H d), (N, Hkv d) rotated
-    typename Proj<C, dynamic>::output_view v_;        // (N, Hkv d) the value projection's
-    matrix k_full_, v_full_;                          // (N, H d) repeated for every query head
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;   // (B, H, T, T)
-    buffer<T, dynamic_shape<4>, D> probs_dropped_;    // (B, H, T, T) after dropout (training)
-    buffer<std::uint8_t, dynamic_shape<4>, D> keep_;  // (B, H, T, T) its keep mask
-    buffer<bf16, dynamic_shape<4>, D> probs_bf16_;    // (B, H, T, T) after dropout, bf16 products
-    bool dropped_ = false;                            // whether the last forward dropped
-    matrix ctx_;                                      // (N, H d) context
-
-    // f(the probabilities the context product reads): after dropout (in bf16 for bf16
-    // products), or as the softmax gave them
-    template <class F>
-    void with_dropped_probs(F&& f) const {
-        if (!dropped_) return f(probs_.view());
-        if constexpr (std::is_same_v<T, float>)
-            if (precision_ == precision::bf16) return f(probs_bf16_.view());
-        f(probs_dropped_.view());
-    }
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and length
+    buffer<token_id, shape<dynamic>, D> positions_;  // (N) position of each row
+    matrix cos_, sin_;                               // (N, d/2) rotary angles
+    matrix q_, k_;                                   // (N, H d), (N, Hkv d) rotated
+    typename Proj<C, dynamic>::output_view v_;       // (N, Hkv d) the value projection's
+    matrix k_full_, v_full_;                         // (N, H d) repeated for every query head
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    attention_dropout<T, D> dropout_;                // on the probabilities, in training
+    matrix ctx_;                                     // (N, H d) context
 
     struct backward_scratch {                       // one set per run (ctx.workspace)
         buffer<T, dynamic_shape<4>, D> dp, ds;      // (B, H, T, T)

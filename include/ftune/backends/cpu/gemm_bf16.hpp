@@ -595,10 +595,15 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
 /// fp32 sums (BLAS's contract otherwise: beta == 0 ignores C's previous content). Both operands
-/// are converted per call (the products of activations: a weight's gradient, attention).
-inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
-                      float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
-                      float beta, float* C, std::size_t ldc) {
+/// are converted per call (the products of activations: a weight's gradient, attention). A may
+/// be kept in bf16 already (TA = bf16: the attention activations of a bf16 training step), which
+/// gives the same result as its values as floats; a row-major one with K and lda even is read in
+/// place.
+template <class TA>
+requires std::is_same_v<TA, float> || std::is_same_v<TA, bf16>
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
+               const TA* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
+               std::size_t ldc) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f)
@@ -608,38 +613,17 @@ inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, 
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
     std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
     bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
-        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-    bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
-                     bf16_detail::b_layout{bpack, K, N, kc, bl.nc}, beta, C, ldc, nullptr,
-                     bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
-}
-
-/// gemm_bf16 with A already in bf16 (no rounding of A; the same result as gemm_bf16 on A's
-/// values as floats): the products of the attention activations a bf16 training step keeps in
-/// bf16. A row-major A with K and lda even is read in place.
-inline void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
-                      float alpha, const bf16* A, std::size_t lda, const float* B, std::size_t ldb,
-                      float beta, float* C, std::size_t ldc) {
-    if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
-    if (M == 0 || N == 0) return;
-    if (K == 0 || alpha == 0.0f)
-        return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
-    const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
-    const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
-    const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
-    std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
-    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    // A's words: in place when A is bf16 with its pairs already adjacent, else packed (rounded)
     const std::uint32_t* apack = nullptr;
-    std::size_t a_ld = 0;
-    if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0) {  // pairs already adjacent
-        apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
-    } else {
+    std::size_t a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
+    if constexpr (std::is_same_v<TA, bf16>)
+        if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
+            apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
+    if (!apack) {
         std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
             (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
         bf16_detail::pack_a(dst, A, lda, ta, M, K);
-        apack = dst, a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
+        apack = dst;
     }
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
                      beta, C, ldc, nullptr, bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
