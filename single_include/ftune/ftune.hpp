@@ -2980,8 +2980,16 @@ inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, tr
                          std::size_t k0, std::size_t kc, std::size_t j0, std::size_t nr) {
     const std::size_t kp = pairs(kc);
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows contiguous along j
+        // rows ldb apart, which the hardware prefetchers follow late: the rows of the pair
+        // `ahead` pairs on are asked for while this one is packed
+        constexpr std::size_t ahead = 8;
         for (std::size_t p = 0; p < kp; ++p) {
             const float* r0 = B + (k0 + 2 * p) * ldb + j0;
+            if (2 * (p + ahead) + 1 < kc)
+                for (std::size_t l = 0; l < nr; l += 16) {
+                    __builtin_prefetch(r0 + 2 * ahead * ldb + l, 0, 3);
+                    __builtin_prefetch(r0 + (2 * ahead + 1) * ldb + l, 0, 3);
+                }
             std::uint32_t* d = dst + p * NR;
             pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
             std::fill(d + nr, d + NR, 0u);
@@ -3076,31 +3084,55 @@ inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose
 /// apart) when given: gemm.hpp's micro_kernel contract. With first && beta == 0, C is not read.
 /// A is a tile of pack_a's layout (ld 0: word (i, p) at a[p * MR + i]) or, ld > 0, rows ld
 /// words apart read in place (word (i, p) at a[i * ld + p]; rows past m repeat row m - 1).
-template <std::size_t R>
+/// Meanwhile the pf_lines 64-byte cache lines from pf on are prefetched, spread evenly over the
+/// kp steps (gemm.hpp's micro_kernel does the same for the fp32 products).
+/// InPlace is ld > 0 (a packed tile is read through one pointer, which leaves the registers
+/// that eight row pointers would take to the loop).
+template <std::size_t R, bool InPlace>
 FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_t ld,
                               const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
                               std::size_t n, float alpha, float beta, bool first, const float* bias,
-                              const float* residual, std::size_t ldr) {
+                              const float* residual, std::size_t ldr, const char* pf,
+                              std::size_t pf_lines) {
     __m512 c[R][NV];
 #pragma GCC unroll 8
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 3
         for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
-    // the address of word (i, p) is rows[i] + p * step
+    // the address of word (i, p) is rows[i] + p in place, a + p * MR + i packed
     const std::uint32_t* rows[R];
-    for (std::size_t i = 0; i < R; ++i) rows[i] = ld ? a + std::min(i, m - 1) * ld : a + i;
-    const std::size_t step = ld ? 1 : MR;
-    for (std::size_t p = 0; p < kp; ++p, b += NR) {
-        __m512bh bv[NV];
+    if constexpr (InPlace)
+        for (std::size_t i = 0; i < R; ++i) rows[i] = a + std::min(i, m - 1) * ld;
+    // the C tile read after the sums (a gradient accumulated into, a later block of K) comes
+    // into the cache while they run: its rows are ldc apart, which no hardware prefetcher follows
+    if (!first || beta != 0.0f)
+        for (std::size_t i = 0; i < std::min(m, R); ++i)
+            for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
+    if (residual)
+        for (std::size_t i = 0; i < std::min(m, R); ++i)
+            for (std::size_t j = 0; j < n; j += W)
+                _mm_prefetch(residual + i * ldr + j, _MM_HINT_T0);
+    // `per` lines before each run of `gap` steps (the prefetch's counters stay out of the inner
+    // loop, whose registers the row pointers need)
+    const std::size_t gap = pf_lines ? std::max<std::size_t>(1, kp / pf_lines) : kp;
+    const std::size_t per = pf_lines && kp ? (pf_lines + kp - 1) / kp : 0;
+    std::size_t pf_left = pf_lines;
+    for (std::size_t p0 = 0; p0 < kp; p0 += gap) {
+        for (std::size_t l = 0; l < per && pf_left; ++l, --pf_left, pf += 64)
+            _mm_prefetch(pf, _MM_HINT_T0);
+        const std::size_t p1 = std::min(kp, p0 + gap);
+        for (std::size_t p = p0; p < p1; ++p, b += NR) {
+            __m512bh bv[NV];
 #pragma GCC unroll 3
-        for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
+            for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
 #pragma GCC unroll 8
-        for (std::size_t i = 0; i < R; ++i) {
-            std::uint32_t word;  // memcpy: the words may be bf16 values stored in place
-            std::memcpy(&word, rows[i] + p * step, sizeof word);
-            const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(word));
+            for (std::size_t i = 0; i < R; ++i) {
+                std::uint32_t word;  // memcpy: the words may be bf16 values stored in place
+                std::memcpy(&word, InPlace ? rows[i] + p : a + p * MR + i, sizeof word);
+                const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(word));
 #pragma GCC unroll 3
-            for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, bv[v]);
+                for (std::size_t v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, bv[v]);
+            }
         }
     }
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -3127,20 +3159,24 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
 inline void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld,
                         const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
                         std::size_t n, float alpha, float beta, bool first, const float* bias,
-                        const float* residual, std::size_t ldr) {
-    switch (m) {
-        case 1:
-        case 2:
-            return kernel<2>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
-        case 3:
-        case 4:
-            return kernel<4>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
-        case 5:
-        case 6:
-            return kernel<6>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
-        default:
-            return kernel<8>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr);
-    }
+                        const float* residual, std::size_t ldr, const char* pf,
+                        std::size_t pf_lines) {
+    auto call = [&]<std::size_t R>() {
+        if (ld)
+            kernel<R, true>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr, pf,
+                            pf_lines);
+        else
+            kernel<R, false>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr,
+                             pf, pf_lines);
+    };
+    if (m <= 2)
+        call.template operator()<2>();
+    else if (m <= 4)
+        call.template operator()<4>();
+    else if (m <= 6)
+        call.template operator()<6>();
+    else
+        call.template operator()<8>();
 }
 #endif
 
@@ -3200,8 +3236,15 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                     const std::size_t p = (q * NR - jc) / NR;
                     const std::uint32_t* b = Bl.block(jc, pc, (nc + NR - 1) / NR) + p * kp * NR;
                     const std::size_t nr = std::min(NR, nc - p * NR);
-                    for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                    // the next panel of this block streams in from memory while this one is
+                    // used, spread over this panel's row tiles (gemm_packed's scheme)
+                    const bool has_next = q + 1 < q1 && p + 1 < (nc + NR - 1) / NR;
+                    const std::size_t tiles = (mcur + MR - 1) / MR;
+                    const std::size_t lines = has_next ? (kp * NR * 4 + 63) / 64 : 0;
+                    for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
                         const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
+                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
+                        const char* pf = reinterpret_cast<const char*>(b + kp * NR) + l0 * 64;
                         float* c = C + row * ldc + q * NR;
                         const std::uint32_t* a =
                             a_ld ? apack + row * a_ld + pc / 2
@@ -3212,7 +3255,7 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                             if (last)
                                 res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
                         kernel_rows(kp, a, a_ld, b, c, ldc, mr, nr, alpha, beta, first,
-                                    bias && last ? bias + q * NR : nullptr, res, ldr);
+                                    bias && last ? bias + q * NR : nullptr, res, ldr, pf, l1 - l0);
                         if constexpr (!fused_residual)
                             if (last) epilogue(c, ldc, row, mr, q * NR, nr);
                     }
