@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cpu = ftune::backends::cpu;
@@ -124,15 +125,26 @@ void probe_triad_l3(benchmark::State& st) {
 // ---------------------------------------------------------------------------------------------
 // GEMM: the encoder's linear layers, forward (x Wᵀ) and the two backward products.
 
+/// Which implementation a GEMM benchmark times.
+enum class gemm_impl { cpu, eigen, bf16 };
+
+// bf16: cpu::gemm_bf16 per call, rounding and packing both operands as a bf16 training step's
+// products do (compare its GFLOP/s with the bf16 peak of `ftune info --system`).
 void bench_gemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K, transpose ta,
-                transpose tb, bool eigen) {
+                transpose tb, gemm_impl impl) {
     threads(st);
+    if (impl == gemm_impl::bf16 && !cpu::bf16_supported()) {
+        st.SkipWithError("this CPU has no AVX512-BF16");
+        return;
+    }
     auto A = data(M * K, 1), Bm = data(K * N, 2), C = data(M * N, 3);
     const std::size_t lda = ta == transpose::no ? K : M, ldb = tb == transpose::no ? N : K;
     for (auto _ : st) {
-        if (eigen)
+        if (impl == gemm_impl::eigen)
             cpu::gemm_eigen(ta, tb, M, N, K, 1.0f, A.data(), lda, Bm.data(), ldb, 0.0f, C.data(),
                             N);
+        else if (impl == gemm_impl::bf16)
+            cpu::gemm_bf16(ta, tb, M, N, K, 1.0f, A.data(), lda, Bm.data(), ldb, 0.0f, C.data(), N);
         else
             cpu::gemm(ta, tb, M, N, K, 1.0f, A.data(), lda, Bm.data(), ldb, 0.0f, C.data(), N);
         benchmark::DoNotOptimize(C.data());
@@ -542,12 +554,13 @@ void register_all() {
             {"gemm_ffn_up_bwd_dw", F, H, rows, transpose::yes, transpose::no},  // dYᵀ X
         };
         for (const auto& x : gemms)
-            for (bool eigen : {false, true}) {
-                const std::string name =
-                    std::string(x.name) + "/" + m.name + (eigen ? "/eigen" : "/cpu");
+            for (auto [impl, tag] :
+                 {std::pair{gemm_impl::cpu, "/cpu"}, std::pair{gemm_impl::eigen, "/eigen"},
+                  std::pair{gemm_impl::bf16, "/bf16"}}) {
+                const std::string name = std::string(x.name) + "/" + m.name + tag;
                 apply_threads(
-                    benchmark::RegisterBenchmark(name.c_str(), [x, eigen](benchmark::State& st) {
-                        bench_gemm(st, x.M, x.N, x.K, x.ta, x.tb, eigen);
+                    benchmark::RegisterBenchmark(name.c_str(), [x, impl](benchmark::State& st) {
+                        bench_gemm(st, x.M, x.N, x.K, x.ta, x.tb, impl);
                     }));
             }
         apply_threads(benchmark::RegisterBenchmark(
@@ -630,8 +643,7 @@ void print_summary(const collecting_reporter& rep) {
     }
     std::printf(
         "\n| primitive | model | 1 thread | 2 threads | %% of peak (1t / 2t) | roofline | "
-        "speed-up, 1 "
-        "thread |\n|---|---|---|---|---|---|---|\n");
+        "speed-up, 1 thread | bf16, 1 thread |\n|---|---|---|---|---|---|---|---|\n");
     for (const auto& [key, r] : rep.runs) {
         const std::string suffix = "/threads:1/real_time";
         if (key.size() < suffix.size() ||
@@ -664,11 +676,19 @@ void print_summary(const collecting_reporter& rep) {
                           is_gemm ? "Eigen" : "reference");
             speedup = buf;
         }
-        std::printf("| %s | %s | %.1f %s | %.1f %s | %.0f%% / %.0f%% | %s | %s |\n", name.c_str(),
-                    model.c_str(), v1, is_gemm ? "GFLOP/s" : "GB/s", v2,
+        // the same product in bf16 (gemm_bf16, operands rounded and packed per call)
+        std::string bf16 = "";
+        if (const auto* rb = get(base.substr(0, base.size() - 4) + "/bf16" + suffix);
+            rb && rb->gflops > 0) {
+            char buf[48];
+            std::snprintf(buf, sizeof buf, "%.1f GFLOP/s", rb->gflops);
+            bf16 = buf;
+        }
+        std::printf("| %s | %s | %.1f %s | %.1f %s | %.0f%% / %.0f%% | %s | %s | %s |\n",
+                    name.c_str(), model.c_str(), v1, is_gemm ? "GFLOP/s" : "GB/s", v2,
                     is_gemm ? "GFLOP/s" : "GB/s", pk1 > 0 ? 100 * v1 / pk1 : 0,
                     pk2 > 0 ? 100 * v2 / pk2 : 0, is_gemm ? "FMA" : (r.mb > 30.0 ? "DRAM" : "L3"),
-                    speedup.c_str());
+                    speedup.c_str(), bf16.c_str());
     }
 }
 
