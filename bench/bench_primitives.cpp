@@ -179,15 +179,23 @@ void bench_gemm_packed(benchmark::State& st, std::size_t M, std::size_t N, std::
 }
 
 // Fused inference attention of one sequence of T tokens (all heads): Q Kᵀ, softmax, P V.
-void bench_attention_inference(benchmark::State& st, const model_dims& m, std::size_t Tn) {
+// bf16: attention_inference_bf16 (prepared bf16 inference).
+void bench_attention_inference(benchmark::State& st, const model_dims& m, std::size_t Tn,
+                               bool bf16 = false) {
     threads(st);
+    if (bf16 && !cpu::bf16_supported()) {
+        st.SkipWithError("this CPU has no AVX512-BF16");
+        return;
+    }
     const std::size_t C = m.hidden, d = C / m.heads;
     auto qkv = data(Tn * 3 * C, 1), out = data(Tn * C, 2);
     std::vector<float> mask(Tn, 0.0f);
     for (auto _ : st) {
-        cpu::attention_inference(out.data(), C, qkv.data(), 3 * C, qkv.data() + C,
-                                 qkv.data() + 2 * C, 3 * C, mask.data(), 1.0f / std::sqrt(float(d)),
-                                 1, m.heads, Tn, Tn, d);
+        (bf16 ? cpu::attention_inference_bf16
+              : cpu::attention_inference<float>)(out.data(), C, qkv.data(), 3 * C, qkv.data() + C,
+                                                 qkv.data() + 2 * C, 3 * C, mask.data(),
+                                                 1.0f / std::sqrt(float(d)), 1, m.heads, Tn, Tn, d,
+                                                 false);
         benchmark::DoNotOptimize(out.data());
     }
     report_flops(st, 4.0 * double(m.heads) * double(Tn) * double(Tn) * double(d));
@@ -579,6 +587,10 @@ void register_all() {
             apply_threads(benchmark::RegisterBenchmark(
                 ("infer_attention" + tok).c_str(),
                 [m, t](benchmark::State& st) { bench_attention_inference(st, m, t); }));
+            apply_threads(benchmark::RegisterBenchmark(
+                ("infer_attention/" + std::string(m.name) + "_1x" + std::to_string(t) + "/bf16")
+                    .c_str(),
+                [m, t](benchmark::State& st) { bench_attention_inference(st, m, t, true); }));
         }
         register_memory_bound<use_cpu>(m, "cpu");
         register_memory_bound<use_ref>(m, "ref");

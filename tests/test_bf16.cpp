@@ -416,3 +416,70 @@ TEST_CASE(
     CHECK_THROWS_WITH(ftune::ops::head_context(out, p16.view(), v.view(), ftune::precision::fp32),
                       Catch::Contains("bf16"));
 }
+
+TEST_CASE(
+    "bf16 inference attention: the unprepared bf16 path's values bit for bit, and the "
+    "reference emulation's within bf16 rounding",
+    "[bf16]") {
+    if (!kernels_here()) return;
+    using ftune::dynamic;
+    using mat = ftune::buffer<float, ftune::shape<dynamic, dynamic>>;
+    for (const std::size_t d : {std::size_t{32}, std::size_t{20}, std::size_t{9}})
+        for (const bool causal : {false, true})
+            for (const std::size_t Tn : {std::size_t{37}, std::size_t{8}}) {
+                const std::size_t Bn = 2, H = 3, C = H * d;
+                INFO("d " << d << " causal " << causal << " T " << Tn);
+                const auto qkv = randn(Bn * Tn * 3 * C, 50);
+                std::vector<float> mask(Bn * Tn, 0.0f);
+                mask[Tn + 2] = -1e9f, mask[Tn - 1] = -INFINITY;  // dropped keys in both sequences
+                const float scale = 1.0f / std::sqrt(float(d));
+                std::vector<float> got(Bn * Tn * C);
+                cpu::attention_inference_bf16(got.data(), C, qkv.data(), 3 * C, qkv.data() + C,
+                                              qkv.data() + 2 * C, 3 * C, mask.data(), scale, Bn, H,
+                                              Tn, Tn, d, causal);
+                // the unprepared path: head_scores, masked_softmax, head_context in bf16
+                mat q(ftune::shape<dynamic, dynamic>(Bn * Tn, C)), k(q.shape()), v(q.shape()),
+                    out(q.shape());
+                for (std::size_t r = 0; r < Bn * Tn; ++r)
+                    for (std::size_t c = 0; c < C; ++c) {
+                        q.data()[r * C + c] = qkv[r * 3 * C + c];
+                        k.data()[r * C + c] = qkv[r * 3 * C + C + c];
+                        v.data()[r * C + c] = qkv[r * 3 * C + 2 * C + c];
+                    }
+                ftune::buffer<float, ftune::dynamic_shape<4>> s(
+                    ftune::dynamic_shape<4>(Bn, H, Tn, Tn)),
+                    p(s.shape());
+                const ftune::view<const float, ftune::shape<dynamic, dynamic>> m(mask.data(), Bn,
+                                                                                 Tn);
+                ftune::ops::head_scores(s, q.view(), k.view(), ftune::precision::bf16);
+                ftune::ops::masked_softmax(p, s, m, scale, causal);
+                ftune::ops::head_context(out, p.view(), v.view(), ftune::precision::bf16);
+                REQUIRE(std::memcmp(got.data(), out.data(), got.size() * sizeof(float)) == 0);
+                // the reference emulation (probabilities in double, then rounded): a probability
+                // may round to the neighbouring bf16 value, 2^-8 of it, times |v| <= 5
+                std::vector<double> want(got.size()), qd(qkv.begin(), qkv.end()),
+                    md(mask.begin(), mask.end());
+                ref::attention_inference_bf16<double>(
+                    want.data(), C, qd.data(), 3 * C, qd.data() + C, qd.data() + 2 * C, 3 * C,
+                    md.data(), double(scale), Bn, H, Tn, Tn, d, causal);
+                for (std::size_t i = 0; i < got.size(); ++i)
+                    REQUIRE(got[i] == Approx(want[i]).margin(2e-2));
+                // and within bf16 rounding of fp32 attention
+                std::vector<float> f32(got.size());
+                cpu::attention_inference(f32.data(), C, qkv.data(), 3 * C, qkv.data() + C,
+                                         qkv.data() + 2 * C, 3 * C, mask.data(), scale, Bn, H, Tn,
+                                         Tn, d, causal);
+                for (std::size_t i = 0; i < got.size(); ++i)
+                    REQUIRE(got[i] == Approx(f32[i]).margin(5e-2));
+                // the first query only (a classifier's [CLS]): the same rows
+                if (!causal) {
+                    std::vector<float> first(Bn * C);
+                    cpu::attention_inference_bf16(first.data(), C, qkv.data(), Tn * 3 * C,
+                                                  qkv.data() + C, qkv.data() + 2 * C, 3 * C,
+                                                  mask.data(), scale, Bn, H, 1, Tn, d, false);
+                    for (std::size_t b = 0; b < Bn; ++b)
+                        REQUIRE(std::memcmp(first.data() + b * C, got.data() + b * Tn * C,
+                                            C * sizeof(float)) == 0);
+                }
+            }
+}

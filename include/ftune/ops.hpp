@@ -167,6 +167,7 @@ template <>
 struct backend_of<device::cpu> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::cpu)
     FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cpu, attention_inference_bf16)
     FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
@@ -178,6 +179,7 @@ template <>
 struct backend_of<device::reference> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::reference)
     FTUNE_OPS_FORWARD(backends::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backends::reference, attention_inference_bf16)
     FTUNE_OPS_FORWARD(backends::reference, attention_decode)
     FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
     FTUNE_OPS_FORWARD(backends::reference, gemm_bf16)
@@ -952,9 +954,12 @@ void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t
 /// (B*T, 3C) holds each position's query, key and value side by side (the fused projection) and
 /// the queries are the first Tq positions of each sequence (Tq = T, or 1 for [CLS] only).
 /// key_mask (B, T) is additive (empty: none). The backend runs it fused (no (B, H, T, T) buffer).
+/// precision::bf16 (float only): the two products in bf16 with fp32 sums, as head_scores and
+/// head_context take them in bf16.
 template <tensor_like Out, tensor_like QKV, tensor_like M>
 void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size_t heads,
-                         detail::scalar_of<Out> scale, bool causal = false) {
+                         detail::scalar_of<Out> scale, bool causal = false,
+                         precision p = precision::fp32) {
     detail::same_device<Out, QKV, M>();
     static_assert(detail::shape_of<Out>::rank == 3 && detail::shape_of<QKV>::rank == 2,
                   "ftune::ops::attention_inference: out (B, Tq, C), qkv (B*T, 3C)");
@@ -973,9 +978,19 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
     const auto* q = qkv.data();
     // the queries' row stride: a row, or (one query per sequence) a whole sequence
     const std::size_t ldq = Tq == Tn ? 3 * Cn : Tn * 3 * Cn;
-    detail::backend_for<Out>::attention_inference(
-        out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn,
-        key_mask.empty() ? nullptr : key_mask.data(), scale, B, heads, Tq, Tn, Cn / heads, causal);
+    const auto* mask = key_mask.empty() ? nullptr : key_mask.data();
+    if (p == precision::bf16) {
+        if constexpr (std::is_same_v<detail::scalar_of<Out>, float>)
+            return detail::backend_for<Out>::attention_inference_bf16(
+                out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn, mask, scale, B, heads, Tq, Tn,
+                Cn / heads, causal);
+        else
+            throw error(errc::unsupported, "attention_inference",
+                        "bf16 products take float tensors; use precision::fp32");
+    }
+    detail::backend_for<Out>::attention_inference(out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn,
+                                                  3 * Cn, mask, scale, B, heads, Tq, Tn, Cn / heads,
+                                                  causal);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2252,14 +2252,16 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
 namespace detail {
 /// One query's attention: out(d) = Σ_j p_j v_j with p = softmax_j(scale q · k_j + mask_j) over
 /// `keys` keys, key j's rows at k + j ld and v + j ld (mask may be null); zeros when every key
-/// is dropped (-inf). p is scratch of `keys` values.
+/// is dropped (-inf). p is scratch of `keys` values. With bf16, q, k, v and the normalized
+/// probabilities are rounded to bf16 before they multiply (the mixed-precision products).
 template <class T>
 void attend(T* out, const T* q, const T* k, const T* v, std::size_t ld, const T* mask, T scale,
-            std::size_t keys, std::size_t d, std::vector<T>& p) {
+            std::size_t keys, std::size_t d, std::vector<T>& p, bool bf16 = false) {
+    auto r = [bf16](T x) { return bf16 ? T(bf16_round(float(x))) : x; };
     T mx = -std::numeric_limits<T>::infinity();
     for (std::size_t j = 0; j < keys; ++j) {
         T dot = 0;
-        for (std::size_t c = 0; c < d; ++c) dot += q[c] * k[j * ld + c];
+        for (std::size_t c = 0; c < d; ++c) dot += r(q[c]) * r(k[j * ld + c]);
         p[j] = scale * dot + (mask ? mask[j] : T(0));
         if (p[j] > mx) mx = p[j];
     }
@@ -2267,6 +2269,15 @@ void attend(T* out, const T* q, const T* k, const T* v, std::size_t ld, const T*
     for (std::size_t j = 0; j < keys; ++j) {
         p[j] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[j] - mx);
         sum += p[j];
+    }
+    if (bf16) {  // P rounded after the softmax, then P V
+        for (std::size_t j = 0; j < keys; ++j) p[j] = sum > T(0) ? r(p[j] / sum) : T(0);
+        for (std::size_t c = 0; c < d; ++c) {
+            T acc = 0;
+            for (std::size_t j = 0; j < keys; ++j) acc += p[j] * r(v[j * ld + c]);
+            out[c] = acc;
+        }
+        return;
     }
     for (std::size_t c = 0; c < d; ++c) {
         T acc = 0;
@@ -2285,7 +2296,7 @@ template <scalar T>
 void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
                          const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
                          std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
-                         bool causal = false) {
+                         bool causal = false, bool bf16 = false) {
     if (Tq > Tn)
         throw error(errc::shape_mismatch, "attention_inference",
                     ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
@@ -2296,8 +2307,19 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
                 const std::size_t at = b * Tn * ld + h * d;  // the sequence's first key of head h
                 detail::attend(out + (b * Tq + i) * ldo + h * d, q + (b * Tq + i) * ldq + h * d,
                                k + at, v + at, ld, key_mask ? key_mask + b * Tn : nullptr, scale,
-                               causal ? i + 1 : Tn, d, p);
+                               causal ? i + 1 : Tn, d, p, bf16);
             }
+}
+
+/// attention_inference with bf16 products (backends::cpu::attention_inference_bf16) emulated:
+/// q, k, v and the probabilities rounded to bf16, the sums in T.
+template <scalar T>
+void attention_inference_bf16(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
+                              const T* v, std::size_t ld, const T* key_mask, T scale,
+                              std::size_t Bn, std::size_t H, std::size_t Tq, std::size_t Tn,
+                              std::size_t d, bool causal = false) {
+    attention_inference(out, ldo, q, ldq, k, v, ld, key_mask, scale, Bn, H, Tq, Tn, d, causal,
+                        true);
 }
 
 /// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
@@ -5183,6 +5205,79 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     });
 }
 
+/// attention_inference with bf16 products (prepared bf16 inference): Q_h, K_h, the
+/// probabilities and V_h rounded to bf16, the sums in fp32 by gemm_bf16's kernel, the softmax in
+/// fp32. Per (b, h) unit, K_hᵀ and V_h packed once; MR queries at a time: their rounded rows,
+/// scores, softmax, rounded probabilities and output, as in the fp32 version. Each product is
+/// one block of K (the kernel's sums over all of d, then all of T), which is what gemm_bf16 does
+/// for K up to its depth block (256 to 768 by the L2's size): the results then equal the unprepared
+/// bf16 path's (head_scores, masked_softmax, head_context) bit for bit. errc::unsupported without
+/// AVX512-BF16.
+inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q, std::size_t ldq,
+                                     const float* k, const float* v, std::size_t ld,
+                                     const float* key_mask, float scale, std::size_t Bn,
+                                     std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
+                                     bool causal = false) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("attention_inference (bf16)");
+    if (Bn == 0 || H == 0 || Tn == 0 || d == 0 || Tq == 0) return;
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+#if FTUNE_HAS_BF16_KERNELS
+    using namespace bf16_detail;
+    const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR - 1) / NR;
+    const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
+    detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);  // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR * kp_o);  // V_h
+        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);             // MR queries
+        std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
+        float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t b = u / H, h = u % H;
+            const float* qh = q + b * Tq * ldq + h * d;
+            const float* kh = k + b * Tn * ld + h * d;
+            const float* vh = v + b * Tn * ld + h * d;
+            const float* mask = key_mask ? key_mask + b * Tn : nullptr;
+            for (std::size_t p = 0; p < panels_t; ++p)  // op(B)(c, j) = K_h[j][c]
+                pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
+                             std::min(NR, Tn - p * NR));
+            for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
+                pack_b_panel(vp + p * kp_o * NR, vh, ld, transpose::no, 0, Tn, p * NR,
+                             std::min(NR, d - p * NR));
+            for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
+                const std::size_t mr = std::min(MR, Tq - i0);
+                for (std::size_t i = 0; i < mr; ++i)
+                    pair_adjacent(aq + i * kp_s, qh + (i0 + i) * ldq, d);
+                // S = Q_h Kᵀ for queries i0 .. i0+mr: (mr, T)
+                for (std::size_t p = 0; p < panels_t; ++p)
+                    kernel_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr,
+                                std::min(NR, Tn - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
+                                nullptr, 0);
+                if (!causal && mr == MR)
+                    detail::softmax_rows<MR>(st, ld_s, st, ld_s, mask, scale, Tn, Tn);
+                else
+                    for (std::size_t i = 0; i < mr; ++i)
+                        detail::softmax_rows<1>(st + i * ld_s, ld_s, st + i * ld_s, ld_s, mask,
+                                                scale, causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                for (std::size_t i = 0; i < mr; ++i)
+                    pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
+                // out_h = P V_h for these queries: (mr, d)
+                for (std::size_t p = 0; p < panels_d; ++p)
+                    kernel_rows(kp_o, ap, kp_o, vp + p * kp_o * NR,
+                                out + (b * Tq + i0) * ldo + h * d + p * NR, ldo, mr,
+                                std::min(NR, d - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
+                                nullptr, 0);
+            }
+        }
+    });
+#else
+    (void)out, (void)ldo, (void)q, (void)ldq, (void)k, (void)v, (void)ld, (void)key_mask,
+        (void)scale, (void)causal;
+#endif
+}
+
 /// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
 /// and query head h, p = softmax_j(scale q_bh · k_bj + key_mask(b, j)) over the S cached
 /// positions j (the query is the last of them: causality holds) and out_bh = Σ_j p_j v_bj, where
@@ -5395,6 +5490,7 @@ template <>
 struct backend_of<device::cpu> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::cpu)
     FTUNE_OPS_FORWARD(backends::cpu, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cpu, attention_inference_bf16)
     FTUNE_OPS_FORWARD(backends::cpu, attention_decode)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_packed)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
@@ -5406,6 +5502,7 @@ template <>
 struct backend_of<device::reference> {
     FTUNE_OPS_TRAINING_PRIMITIVES(backends::reference)
     FTUNE_OPS_FORWARD(backends::reference, attention_inference)
+    FTUNE_OPS_FORWARD(backends::reference, attention_inference_bf16)
     FTUNE_OPS_FORWARD(backends::reference, attention_decode)
     FTUNE_OPS_FORWARD(backends::reference, gemm_packed)
     FTUNE_OPS_FORWARD(backends::reference, gemm_bf16)
@@ -6180,9 +6277,12 @@ void cached_attention(Out&& out, const Q& q, const K& k, const V& v, std::size_t
 /// (B*T, 3C) holds each position's query, key and value side by side (the fused projection) and
 /// the queries are the first Tq positions of each sequence (Tq = T, or 1 for [CLS] only).
 /// key_mask (B, T) is additive (empty: none). The backend runs it fused (no (B, H, T, T) buffer).
+/// precision::bf16 (float only): the two products in bf16 with fp32 sums, as head_scores and
+/// head_context take them in bf16.
 template <tensor_like Out, tensor_like QKV, tensor_like M>
 void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size_t heads,
-                         detail::scalar_of<Out> scale, bool causal = false) {
+                         detail::scalar_of<Out> scale, bool causal = false,
+                         precision p = precision::fp32) {
     detail::same_device<Out, QKV, M>();
     static_assert(detail::shape_of<Out>::rank == 3 && detail::shape_of<QKV>::rank == 2,
                   "ftune::ops::attention_inference: out (B, Tq, C), qkv (B*T, 3C)");
@@ -6201,9 +6301,19 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
     const auto* q = qkv.data();
     // the queries' row stride: a row, or (one query per sequence) a whole sequence
     const std::size_t ldq = Tq == Tn ? 3 * Cn : Tn * 3 * Cn;
-    detail::backend_for<Out>::attention_inference(
-        out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn,
-        key_mask.empty() ? nullptr : key_mask.data(), scale, B, heads, Tq, Tn, Cn / heads, causal);
+    const auto* mask = key_mask.empty() ? nullptr : key_mask.data();
+    if (p == precision::bf16) {
+        if constexpr (std::is_same_v<detail::scalar_of<Out>, float>)
+            return detail::backend_for<Out>::attention_inference_bf16(
+                out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn, 3 * Cn, mask, scale, B, heads, Tq, Tn,
+                Cn / heads, causal);
+        else
+            throw error(errc::unsupported, "attention_inference",
+                        "bf16 products take float tensors; use precision::fp32");
+    }
+    detail::backend_for<Out>::attention_inference(out.data(), Cn, q, ldq, q + Cn, q + 2 * Cn,
+                                                  3 * Cn, mask, scale, B, heads, Tq, Tn, Cn / heads,
+                                                  causal);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -6901,7 +7011,8 @@ class self_attention {
         dropout_.clear();
         packed_qkv(ctx, x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
-        ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
+        ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal,
+                                 packed_qkv_.precision());  // bf16 weights: bf16 head products
         return out_.view();
     }
 

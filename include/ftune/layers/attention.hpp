@@ -195,7 +195,8 @@ class self_attention {
         dropout_.clear();
         packed_qkv(ctx, x);
         out_.resize(shape<dynamic, dynamic, C>(B, queries, Cn));
-        ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal);
+        ops::attention_inference(out_, qkv_, key_mask, H, T(1) / std::sqrt(T(d)), causal,
+                                 packed_qkv_.precision());  // bf16 weights: bf16 head products
         return out_.view();
     }
 

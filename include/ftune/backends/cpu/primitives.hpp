@@ -935,6 +935,79 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
     });
 }
 
+/// attention_inference with bf16 products (prepared bf16 inference): Q_h, K_h, the
+/// probabilities and V_h rounded to bf16, the sums in fp32 by gemm_bf16's kernel, the softmax in
+/// fp32. Per (b, h) unit, K_hᵀ and V_h packed once; MR queries at a time: their rounded rows,
+/// scores, softmax, rounded probabilities and output, as in the fp32 version. Each product is
+/// one block of K (the kernel's sums over all of d, then all of T), which is what gemm_bf16 does
+/// for K up to its depth block (256 to 768 by the L2's size): the results then equal the unprepared
+/// bf16 path's (head_scores, masked_softmax, head_context) bit for bit. errc::unsupported without
+/// AVX512-BF16.
+inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q, std::size_t ldq,
+                                     const float* k, const float* v, std::size_t ld,
+                                     const float* key_mask, float scale, std::size_t Bn,
+                                     std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
+                                     bool causal = false) {
+    if (!bf16_supported()) throw bf16_detail::unsupported("attention_inference (bf16)");
+    if (Bn == 0 || H == 0 || Tn == 0 || d == 0 || Tq == 0) return;
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+#if FTUNE_HAS_BF16_KERNELS
+    using namespace bf16_detail;
+    const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR - 1) / NR;
+    const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
+    detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);  // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR * kp_o);  // V_h
+        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);             // MR queries
+        std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
+        float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t b = u / H, h = u % H;
+            const float* qh = q + b * Tq * ldq + h * d;
+            const float* kh = k + b * Tn * ld + h * d;
+            const float* vh = v + b * Tn * ld + h * d;
+            const float* mask = key_mask ? key_mask + b * Tn : nullptr;
+            for (std::size_t p = 0; p < panels_t; ++p)  // op(B)(c, j) = K_h[j][c]
+                pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
+                             std::min(NR, Tn - p * NR));
+            for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
+                pack_b_panel(vp + p * kp_o * NR, vh, ld, transpose::no, 0, Tn, p * NR,
+                             std::min(NR, d - p * NR));
+            for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
+                const std::size_t mr = std::min(MR, Tq - i0);
+                for (std::size_t i = 0; i < mr; ++i)
+                    pair_adjacent(aq + i * kp_s, qh + (i0 + i) * ldq, d);
+                // S = Q_h Kᵀ for queries i0 .. i0+mr: (mr, T)
+                for (std::size_t p = 0; p < panels_t; ++p)
+                    kernel_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr,
+                                std::min(NR, Tn - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
+                                nullptr, 0);
+                if (!causal && mr == MR)
+                    detail::softmax_rows<MR>(st, ld_s, st, ld_s, mask, scale, Tn, Tn);
+                else
+                    for (std::size_t i = 0; i < mr; ++i)
+                        detail::softmax_rows<1>(st + i * ld_s, ld_s, st + i * ld_s, ld_s, mask,
+                                                scale, causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                for (std::size_t i = 0; i < mr; ++i)
+                    pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
+                // out_h = P V_h for these queries: (mr, d)
+                for (std::size_t p = 0; p < panels_d; ++p)
+                    kernel_rows(kp_o, ap, kp_o, vp + p * kp_o * NR,
+                                out + (b * Tq + i0) * ldo + h * d + p * NR, ldo, mr,
+                                std::min(NR, d - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
+                                nullptr, 0);
+            }
+        }
+    });
+#else
+    (void)out, (void)ldo, (void)q, (void)ldq, (void)k, (void)v, (void)ld, (void)key_mask,
+        (void)scale, (void)causal;
+#endif
+}
+
 /// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
 /// and query head h, p = softmax_j(scale q_bh · k_bj + key_mask(b, j)) over the S cached
 /// positions j (the query is the last of them: causality holds) and out_bh = Σ_j p_j v_bj, where

@@ -758,14 +758,16 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
 namespace detail {
 /// One query's attention: out(d) = Σ_j p_j v_j with p = softmax_j(scale q · k_j + mask_j) over
 /// `keys` keys, key j's rows at k + j ld and v + j ld (mask may be null); zeros when every key
-/// is dropped (-inf). p is scratch of `keys` values.
+/// is dropped (-inf). p is scratch of `keys` values. With bf16, q, k, v and the normalized
+/// probabilities are rounded to bf16 before they multiply (the mixed-precision products).
 template <class T>
 void attend(T* out, const T* q, const T* k, const T* v, std::size_t ld, const T* mask, T scale,
-            std::size_t keys, std::size_t d, std::vector<T>& p) {
+            std::size_t keys, std::size_t d, std::vector<T>& p, bool bf16 = false) {
+    auto r = [bf16](T x) { return bf16 ? T(bf16_round(float(x))) : x; };
     T mx = -std::numeric_limits<T>::infinity();
     for (std::size_t j = 0; j < keys; ++j) {
         T dot = 0;
-        for (std::size_t c = 0; c < d; ++c) dot += q[c] * k[j * ld + c];
+        for (std::size_t c = 0; c < d; ++c) dot += r(q[c]) * r(k[j * ld + c]);
         p[j] = scale * dot + (mask ? mask[j] : T(0));
         if (p[j] > mx) mx = p[j];
     }
@@ -773,6 +775,15 @@ void attend(T* out, const T* q, const T* k, const T* v, std::size_t ld, const T*
     for (std::size_t j = 0; j < keys; ++j) {
         p[j] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[j] - mx);
         sum += p[j];
+    }
+    if (bf16) {  // P rounded after the softmax, then P V
+        for (std::size_t j = 0; j < keys; ++j) p[j] = sum > T(0) ? r(p[j] / sum) : T(0);
+        for (std::size_t c = 0; c < d; ++c) {
+            T acc = 0;
+            for (std::size_t j = 0; j < keys; ++j) acc += p[j] * r(v[j * ld + c]);
+            out[c] = acc;
+        }
+        return;
     }
     for (std::size_t c = 0; c < d; ++c) {
         T acc = 0;
@@ -791,7 +802,7 @@ template <scalar T>
 void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
                          const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
                          std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
-                         bool causal = false) {
+                         bool causal = false, bool bf16 = false) {
     if (Tq > Tn)
         throw error(errc::shape_mismatch, "attention_inference",
                     ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
@@ -802,8 +813,19 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
                 const std::size_t at = b * Tn * ld + h * d;  // the sequence's first key of head h
                 detail::attend(out + (b * Tq + i) * ldo + h * d, q + (b * Tq + i) * ldq + h * d,
                                k + at, v + at, ld, key_mask ? key_mask + b * Tn : nullptr, scale,
-                               causal ? i + 1 : Tn, d, p);
+                               causal ? i + 1 : Tn, d, p, bf16);
             }
+}
+
+/// attention_inference with bf16 products (backends::cpu::attention_inference_bf16) emulated:
+/// q, k, v and the probabilities rounded to bf16, the sums in T.
+template <scalar T>
+void attention_inference_bf16(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
+                              const T* v, std::size_t ld, const T* key_mask, T scale,
+                              std::size_t Bn, std::size_t H, std::size_t Tq, std::size_t Tn,
+                              std::size_t d, bool causal = false) {
+    attention_inference(out, ldo, q, ldq, k, v, ld, key_mask, scale, Bn, H, Tq, Tn, d, causal,
+                        true);
 }
 
 /// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
