@@ -793,6 +793,27 @@ void attend(T* out, const T* q, const T* k, const T* v, std::size_t ld, const T*
 }
 }  // namespace detail
 
+namespace detail {
+/// attention_inference's loops, the products rounded to bf16 when bf16 is set.
+template <scalar T>
+void attention_heads(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k, const T* v,
+                     std::size_t ld, const T* key_mask, T scale, std::size_t Bn, std::size_t H,
+                     std::size_t Tq, std::size_t Tn, std::size_t d, bool causal, bool bf16) {
+    if (Tq > Tn)
+        throw error(errc::shape_mismatch, "attention_inference",
+                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
+    std::vector<T> p(Tn);
+    for (std::size_t b = 0; b < Bn; ++b)
+        for (std::size_t h = 0; h < H; ++h)
+            for (std::size_t i = 0; i < Tq; ++i) {
+                const std::size_t at = b * Tn * ld + h * d;  // the sequence's first key of head h
+                attend(out + (b * Tq + i) * ldo + h * d, q + (b * Tq + i) * ldq + h * d, k + at,
+                       v + at, ld, key_mask ? key_mask + b * Tn : nullptr, scale,
+                       causal ? i + 1 : Tn, d, p, bf16);
+            }
+}
+}  // namespace detail
+
 /// Multi-head attention for inference: for every batch b, head h and query i < Tq (the first Tq
 /// positions of the sequence), p = softmax_j(scale * q_i · k_j + key_mask(b, j)) over the keys
 /// j < Tn (causal: j <= i) and out_i = Σ_j p_j v_j, on head h's columns h*d .. h*d+d of q
@@ -802,19 +823,9 @@ template <scalar T>
 void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, const T* k,
                          const T* v, std::size_t ld, const T* key_mask, T scale, std::size_t Bn,
                          std::size_t H, std::size_t Tq, std::size_t Tn, std::size_t d,
-                         bool causal = false, bool bf16 = false) {
-    if (Tq > Tn)
-        throw error(errc::shape_mismatch, "attention_inference",
-                    ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
-    std::vector<T> p(Tn);
-    for (std::size_t b = 0; b < Bn; ++b)
-        for (std::size_t h = 0; h < H; ++h)
-            for (std::size_t i = 0; i < Tq; ++i) {
-                const std::size_t at = b * Tn * ld + h * d;  // the sequence's first key of head h
-                detail::attend(out + (b * Tq + i) * ldo + h * d, q + (b * Tq + i) * ldq + h * d,
-                               k + at, v + at, ld, key_mask ? key_mask + b * Tn : nullptr, scale,
-                               causal ? i + 1 : Tn, d, p, bf16);
-            }
+                         bool causal = false) {
+    detail::attention_heads(out, ldo, q, ldq, k, v, ld, key_mask, scale, Bn, H, Tq, Tn, d, causal,
+                            false);
 }
 
 /// attention_inference with bf16 products (backends::cpu::attention_inference_bf16) emulated:
@@ -824,8 +835,8 @@ void attention_inference_bf16(T* out, std::size_t ldo, const T* q, std::size_t l
                               const T* v, std::size_t ld, const T* key_mask, T scale,
                               std::size_t Bn, std::size_t H, std::size_t Tq, std::size_t Tn,
                               std::size_t d, bool causal = false) {
-    attention_inference(out, ldo, q, ldq, k, v, ld, key_mask, scale, Bn, H, Tq, Tn, d, causal,
-                        true);
+    detail::attention_heads(out, ldo, q, ldq, k, v, ld, key_mask, scale, Bn, H, Tq, Tn, d, causal,
+                            true);
 }
 
 /// Attention of one new query per sequence to its key/value cache (a decode step): for batch b
