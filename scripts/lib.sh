@@ -2,7 +2,7 @@
 
 # The Debian packages a build of ftune needs (compiler, CMake, header-only dependencies, test and
 # benchmark frameworks).
-FTUNE_DEBIAN_PACKAGES=(g++ make cmake libeigen3-dev libxsimd-dev nlohmann-json3-dev libutf8proc-dev zlib1g-dev catch2 libbenchmark-dev)
+FTUNE_DEBIAN_PACKAGES=(g++ make cmake pkg-config libeigen3-dev libxsimd-dev nlohmann-json3-dev libutf8proc-dev zlib1g-dev catch2 libbenchmark-dev libcpp-httplib-dev)
 
 # ftune_require_packages PKG...: installs the missing packages with apt-get when run as root;
 # otherwise prints the exact command to run and exits.

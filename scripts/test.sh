@@ -14,7 +14,8 @@ build=${BUILD_DIR:-build}
 ftune_build "$build" -DFTUNE_BUILD_TESTS=ON
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
 
-# The libFuzzer targets of the file parsers (safetensors, config.json, tokenizer_config.json),
+# The libFuzzer targets of the parsers (safetensors, config.json, tokenizer_config.json, GGUF, chat
+# templates, `ftune serve`'s /predict body),
 # when Clang is installed: built with AddressSanitizer and run FTUNE_FUZZ_SECONDS (default 20)
 # each from the committed fixtures. A crash or sanitizer report fails the run. Skipped when ctest
 # arguments select a subset, or with FTUNE_FUZZ_SECONDS=0.
@@ -40,10 +41,13 @@ if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
         cp "$fixtures/hf_heads/$d/tokenizer_config.json" "$fuzz_build/corpus/config/tok_$d.json"
     done
     cp tests/fuzz/corpus/chat/*.jinja "$fuzz_build/corpus/chat/"  # the parity fixture's templates
-    for t in safetensors config gguf chat; do
+    mkdir -p "$fuzz_build/corpus/predict"
+    cp tests/fuzz/corpus/predict/*.json "$fuzz_build/corpus/predict/"  # TEI's /predict forms
+    for t in safetensors config gguf chat predict; do
         target=fuzz_$t
         [[ $t == config ]] && target=fuzz_hf_config
         [[ $t == chat ]] && target=fuzz_chat_template
+        [[ $t == predict ]] && target=fuzz_predict_request
         echo "fuzzing $target for ${fuzz_seconds} s"
         if ! "$fuzz_build/bin/$target" -max_total_time="$fuzz_seconds" -max_len=100000 \
             -artifact_prefix="$fuzz_build/" "$fuzz_build/corpus/$t" >"$fuzz_build/$target.log" 2>&1; then

@@ -225,6 +225,38 @@ TEST_CASE("serve::text_classifier: Transformers' probabilities, the same from ma
     CHECK(clf.replicas() <= 4);
 }
 
+TEST_CASE("serve::text_classifier::predict_batch: one padded forward, Transformers' probabilities",
+          "[io][parity]") {
+    const auto in = read_inputs();
+    const ftune::io::safetensors_file want(heads / "expected.safetensors");
+    const auto ref = want.read<float>(want.at("seq_logits"));  // (texts, 3)
+    const ftune::serve::text_classifier<ftune::bert::sequence_classifier<>> clf(
+        ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq"));
+    // the texts in reverse and twice over: padded to the longest, each row its own answer
+    std::vector<ftune::serve::text_input> batch;
+    std::vector<std::size_t> which;
+    for (int round = 0; round < 2; ++round)
+        for (std::size_t i = in.texts.size(); i-- > 0;)
+            batch.push_back({in.texts[i], std::nullopt}), which.push_back(i);
+    const auto got = clf.predict_batch(batch);
+    REQUIRE(got.size() == batch.size());
+    std::size_t lengths_differ = 0;
+    for (std::size_t k = 0; k < got.size(); ++k) {
+        const std::size_t i = which[k];
+        const float* y = ref.data() + 3 * i;
+        const double m = std::max({y[0], y[1], y[2]});
+        const double z = std::exp(y[0] - m) + std::exp(y[1] - m) + std::exp(y[2] - m);
+        INFO("text " << i << ": " << in.texts[i]);
+        for (std::size_t c = 0; c < 3; ++c)
+            CHECK(std::abs(got[k].probabilities[c] - std::exp(y[c] - m) / z) <= 1e-5);
+        CHECK(got[k].name == clf.labels()[std::size_t(std::max_element(y, y + 3) - y)]);
+        lengths_differ += clf.tokenizer().encode(in.texts[i]).ids.size() !=
+                          clf.tokenizer().encode(in.texts[0]).ids.size();
+    }
+    CHECK(lengths_differ > 0);  // some rows were padded
+    CHECK(clf.predict_batch({}).empty());
+}
+
 TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, same logits",
           "[io]") {
     const auto in = read_inputs();

@@ -11,6 +11,11 @@
 #include "bench_cmd.hpp"
 #include "generate_cmd.hpp"
 #include "predict_cmd.hpp"
+#include "repository_cmd.hpp"
+#include "retrain_cmd.hpp"
+#if FTUNE_WITH_HTTPLIB
+#include "serve_cmd.hpp"
+#endif
 #include "system_cmd.hpp"
 #include "tokenize_cmd.hpp"
 #include "train_cmd.hpp"
@@ -85,6 +90,23 @@ void usage(std::ostream& os) {
           "              [--threads N] [--stats] [--precision fp32|bf16]  (--chat: one user\n"
           "              message per line of stdin, in the model's chat template; --prompt:\n"
           "              the text as it is)\n"
+          "  serve       a sequence classifier over HTTP/JSON, Text Embeddings Inference's\n"
+          "              endpoints (POST /predict, GET /info /health /metrics), batched\n"
+          "              dynamically; a repository's promoted version reloaded when it changes:\n"
+          "              --model DIR [--host H] [--port N (0: any)] [--max-batch N]\n"
+          "              [--max-wait-us N] [--max-queue N] [--workers N] [--threads N]\n"
+          "              [--http-threads N] [--max-client-batch N] [--max-bytes N]\n"
+          "              [--max-length N] [--timeout-ms N] [--reload-ms N]\n"
+          "              [--precision fp32|bf16]\n"
+          "  promote     put a version of a model repository (DIR/versions/NAME) in service,\n"
+          "              atomically: --model DIR --version NAME; without --version, list them\n"
+          "  retrain     fine-tune the version in service again on new data plus replayed old\n"
+          "              data; promote the result only if it beats it on held-out data:\n"
+          "              --model DIR --new FILE --holdout FILE [--replay FILE]\n"
+          "              [--replay-ratio F] [--metric accuracy|f1] [--margin F]\n"
+          "              [--version NAME] [options of train: --epochs N --lr F ...]\n"
+          "  rollback    the version in service before the current one back in service:\n"
+          "              --model DIR [--to NAME]\n"
           "  help        print this text\n";
 }
 
@@ -231,6 +253,18 @@ int main(int argc, char** argv) {
         if (cmd == "eval") return cli::run_eval(argc, argv);
         if (cmd == "merge") return cli::run_merge(argc, argv);
         if (cmd == "generate") return cli::run_generate(argc, argv);
+        if (cmd == "promote") return cli::run_promote(argc, argv);
+        if (cmd == "retrain") return cli::run_retrain(argc, argv);
+        if (cmd == "rollback") return cli::run_rollback(argc, argv);
+        if (cmd == "serve") {
+#if FTUNE_WITH_HTTPLIB
+            return cli::run_serve(argc, argv);
+#else
+            throw ftune::error(ftune::errc::unsupported, "ftune serve",
+                               "this ftune was built without cpp-httplib: install "
+                               "libcpp-httplib-dev and pkg-config, then rebuild");
+#endif
+        }
         if (cmd == "help" || cmd == "--help" || cmd == "-h") {
             usage(std::cout);
             return 0;

@@ -462,9 +462,9 @@ inline int train_qa(train_args& a) {
     return 0;
 }
 
-// Evaluates a model type on a file; returns the exit status.
+// The evaluation of a model type on --data and its report (what `ftune eval` prints).
 template <class Model>
-int eval_with(train_args& a, cli::task task) {
+std::pair<ftune::train::evaluation, std::string> evaluate_with(train_args& a, cli::task task) {
     auto m = load_model<Model>(a.model, {}, a.adapter);
     if (!m.tokenizer)
         throw ftune::error(ftune::errc::io, a.model.string(), "no vocab.txt or tokenizer.json");
@@ -491,7 +491,14 @@ int eval_with(train_args& a, cli::task task) {
     m.model.prepare_inference(a.opt.precision);
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     if constexpr (!is_decoder<Model>) t.masking = ftune::train::mlm_masking_for(*m.tokenizer);
-    std::cout << report(t, xs, names);
+    const auto e = t.evaluate(xs);
+    return {e, t.model.head.report(e, names)};
+}
+
+// Runs `ftune eval` for a model of type Model: prints evaluate_with's report.
+template <class Model>
+int eval_with(train_args& a, cli::task task) {
+    std::cout << evaluate_with<Model>(a, task).second;
     return 0;
 }
 

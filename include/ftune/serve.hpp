@@ -32,6 +32,9 @@
 #include "ftune/core/parameter.hpp"
 #include "ftune/io/hf.hpp"
 #include "ftune/bert/tasks.hpp"
+#include "ftune/serve/batcher.hpp"
+#include "ftune/serve/repository.hpp"
+#include "ftune/serve/tei.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace serve {
@@ -135,8 +138,52 @@ class text_classifier {
         return p;
     }
 
+    /// The classes of many inputs in one padded forward (B, T), T the longest input's tokens,
+    /// on one replica: what a dynamic batcher runs. Padded keys are masked, so each prediction
+    /// is predict()'s for that input (up to the order of float sums).
+    std::vector<prediction> predict_batch(std::span<const text_input> inputs) const {
+        const std::size_t B = inputs.size();
+        if (B == 0) return {};
+        std::vector<text::encoding> enc;
+        enc.reserve(B);
+        std::size_t T = 0;
+        for (const auto& in : inputs) {
+            enc.push_back(tok_->encode(
+                in.text, in.pair ? std::optional<std::string_view>(*in.pair) : std::nullopt,
+                max_length_));
+            T = std::max(T, enc.back().ids.size());
+        }
+        std::vector<std::int32_t> ids(B * T), mask(B * T), types(B * T);  // (B, T) each
+        for (std::size_t b = 0; b < B; ++b) {
+            tok_->pad(enc[b], T);
+            std::copy(enc[b].ids.begin(), enc[b].ids.end(), ids.begin() + b * T);
+            std::copy(enc[b].attention_mask.begin(), enc[b].attention_mask.end(),
+                      mask.begin() + b * T);
+            std::copy(enc[b].type_ids.begin(), enc[b].type_ids.end(), types.begin() + b * T);
+        }
+        auto r = acquire();
+        std::vector<prediction> out;
+        try {
+            const auto logits = r->model.forward(r->ctx, {ids.data(), B, T}, {mask.data(), B, T},
+                                                 {types.data(), B, T});  // (B, L)
+            const std::size_t L = logits.extent(1);
+            out.reserve(B);
+            for (std::size_t b = 0; b < B; ++b) {
+                const auto d = r->model.head.decode(logits.data() + b * L);
+                out.push_back({d.label, labels_[d.label], d.scores});
+            }
+        } catch (...) {
+            release(std::move(r));
+            throw;
+        }
+        release(std::move(r));
+        return out;
+    }
+
     /// Class names, by id.
     const std::vector<std::string>& labels() const noexcept { return labels_; }
+    /// Most tokens of an input (longer ones are cut).
+    std::size_t max_length() const noexcept { return max_length_; }
     /// The tokenizer.
     const text::bert_tokenizer& tokenizer() const noexcept { return *tok_; }
     /// Replicas made so far (the most calls that ran at once).

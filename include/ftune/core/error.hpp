@@ -20,6 +20,8 @@ enum class errc {
     parse,             ///< a file whose content is malformed
     unsupported,       ///< a valid request this build cannot do (e.g. CUDA without CUDA)
     internal,          ///< a broken invariant inside ftune: please report it
+    overloaded,        ///< a bounded queue is full: try again later (a server's 503)
+    timeout,           ///< a wait ran past its deadline (a request queued too long)
 };
 
 /// The name of an error id, e.g. "shape_mismatch".
@@ -39,6 +41,10 @@ constexpr std::string_view to_string(errc id) noexcept {
             return "unsupported";
         case errc::internal:
             return "internal";
+        case errc::overloaded:
+            return "overloaded";
+        case errc::timeout:
+            return "timeout";
     }
     return "unknown";
 }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `ftune retrain`, `ftune promote` and `ftune rollback` on a model repository made from the
+# fixture BertForSequenceClassification: a challenger promoted (margin -1), one kept out
+# (margin 1), the report's challenger section equal to `ftune eval` of the same version on the
+# same held-out file, history.tsv, rollbacks two promotions back, and the errors.
+#   tests/cli/retrain.sh FTUNE_BINARY FIXTURE_DIR SCRATCH_DIR
+set -euo pipefail
+ftune=$1 fixture=$2 work=$3
+rm -rf "$work"
+mkdir -p "$work/repo/versions"
+cp -r "$fixture" "$work/repo/versions/v1"
+fail() { echo "FAILED: $*" >&2; exit 1; }
+
+# labelled sentences in the fixture's tiny vocabulary
+make_rows() {  # make_rows N OFFSET: N rows cycling through three labelled patterns
+    local i
+    echo -e "sentence\tlabel"
+    for ((i = 0; i < $1; i++)); do
+        case $(( (i + $2) % 3 )) in
+            0) echo -e "the cafe was great\tpositive" ;;
+            1) echo -e "john lives in berlin\tneutral" ;;
+            2) echo -e "where is the river ?\tnegative" ;;
+        esac
+    done
+}
+make_rows 12 0 >"$work/new.tsv"
+make_rows 30 1 >"$work/old.tsv"
+make_rows 9 2 >"$work/holdout.tsv"
+
+"$ftune" promote --model "$work/repo" --version v1 | grep -qx "promoted v1" || fail "promote v1"
+common=(--new "$work/new.tsv" --replay "$work/old.tsv" --replay-ratio 0.5 --holdout "$work/holdout.tsv"
+        --epochs 1 --batch-size 4 --lr 1e-3)
+
+# a challenger that any result promotes
+"$ftune" retrain --model "$work/repo" "${common[@]}" --version v2 --margin -1 >"$work/out2.txt" 2>"$work/err2.txt" \
+    || { cat "$work/err2.txt"; fail "retrain v2"; }
+grep -q "decision: promoted" "$work/out2.txt" || fail "v2 not promoted"
+grep -q "trained on .*new.tsv + 6 replayed rows" "$work/err2.txt" || fail "replay count (12 x 0.5 = 6)"
+[[ $(readlink "$work/repo/current") == versions/v2 ]] || fail "current is not v2"
+[[ -f $work/repo/reports/v2.md ]] || fail "no report"
+[[ ! -e $work/repo/.retrain/v2 ]] || fail "training data left behind"
+# the report's challenger section is `ftune eval`'s report of v2 on the held-out file
+"$ftune" eval --model "$work/repo/versions/v2" --data "$work/holdout.tsv" >"$work/eval_v2.txt"
+sed -n '/^## challenger/,$p' "$work/repo/reports/v2.md" | sed '1,3d;$d' >"$work/report_v2.txt"
+diff "$work/eval_v2.txt" "$work/report_v2.txt" || fail "the report's challenger section differs from ftune eval"
+"$ftune" eval --model "$work/repo/versions/v1" --data "$work/holdout.tsv" >"$work/eval_v1.txt"
+sed -n '/^## champion/,/^## challenger/p' "$work/repo/reports/v2.md" | sed '1,3d' | head -n -3 >"$work/report_v1.txt"
+diff "$work/eval_v1.txt" "$work/report_v1.txt" || fail "the report's champion section differs from ftune eval"
+
+# a challenger that no result promotes: kept, saved, not in service
+"$ftune" retrain --model "$work/repo" "${common[@]}" --version v3 --margin 1 >"$work/out3.txt" 2>/dev/null
+grep -q "decision: kept out of service" "$work/out3.txt" || fail "v3 not kept out"
+[[ $(readlink "$work/repo/current") == versions/v2 ]] || fail "current moved for v3"
+[[ -f $work/repo/versions/v3/config.json ]] || fail "v3 not saved"
+cut -f2,3,4 "$work/repo/history.tsv" | tail -n 3 | tr '\t' ' ' >"$work/history.txt"
+printf 'promote v1 \nretrain-promoted v2 v1\nretrain-kept v3 v2\n' | diff - "$work/history.txt" || fail "history"
+"$ftune" promote --model "$work/repo" | tr -d ' ' | tr '\n' ' ' | grep -qx "v1 \*v2 v3 " || fail "listing"
+
+# rollbacks: two promotions back, then nothing before v1
+"$ftune" rollback --model "$work/repo" | grep -qx "rolled back from v2 to v1" || fail "rollback to v1"
+[[ $(readlink "$work/repo/current") == versions/v1 ]] || fail "current is not v1"
+if "$ftune" rollback --model "$work/repo" 2>"$work/err.txt"; then fail "a rollback past v1"; fi
+grep -q "names no version in service before v1" "$work/err.txt" || fail "rollback error"
+"$ftune" rollback --model "$work/repo" --to v3 | grep -qx "rolled back from v1 to v3" || fail "--to v3"
+
+# errors: an existing version, an option retrain chooses, a plain model directory
+if "$ftune" retrain --model "$work/repo" "${common[@]}" --version v2 2>"$work/err.txt"; then fail "v2 again"; fi
+grep -q "exists already" "$work/err.txt" || fail "existing version error"
+if "$ftune" retrain --model "$work/repo" "${common[@]}" --out x 2>"$work/err.txt"; then fail "--out"; fi
+grep -q "ftune retrain chooses it" "$work/err.txt" || fail "--out error"
+if "$ftune" retrain --model "$fixture" "${common[@]}" 2>"$work/err.txt"; then fail "plain dir"; fi
+grep -q "is not a model repository" "$work/err.txt" || fail "plain directory error"
+echo "retrain, promote and rollback: all checks passed"

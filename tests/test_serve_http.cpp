@@ -1,0 +1,282 @@
+// `ftune serve` end to end over loopback HTTP: Text Embeddings Inference's /predict forms and
+// errors, answers equal to the library's (serve::text_classifier, itself checked against
+// Transformers in test_hf_heads), /info, /health, /metrics, 503 on a full queue and on a queue
+// timeout, a promotion under load (no request fails, answers switch to the new version's), and a
+// clean stop on SIGTERM. The server is the built `ftune` binary; the client is cpp-httplib's.
+#include <ftune/bert/tasks.hpp>
+#include <ftune/io/hf.hpp>
+#include <ftune/serve.hpp>
+
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+
+#if !defined(FTUNE_CLI) || !defined(FTUNE_REFERENCE_DIR) || !defined(FTUNE_TEST_TMP)
+#error "FTUNE_CLI, FTUNE_REFERENCE_DIR and FTUNE_TEST_TMP must be defined"
+#endif
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using classifier = ftune::serve::text_classifier<ftune::bert::sequence_classifier<>>;
+
+namespace {
+
+const fs::path fixture = fs::path(FTUNE_REFERENCE_DIR) / "hf_heads" / "seq";
+
+// `ftune serve ARGS --port 0` as a child process; the port read from its first line.
+class server {
+  public:
+    explicit server(const std::vector<std::string>& args) {
+        int out[2];
+        REQUIRE(pipe(out) == 0);
+        pid_ = fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            dup2(out[1], 1);
+            close(out[0]);
+            std::vector<std::string> all{FTUNE_CLI, "serve", "--port", "0"};
+            all.insert(all.end(), args.begin(), args.end());
+            std::vector<char*> argv;
+            for (auto& a : all) argv.push_back(a.data());
+            argv.push_back(nullptr);
+            execv(FTUNE_CLI, argv.data());
+            _exit(127);
+        }
+        close(out[1]);
+        FILE* f = fdopen(out[0], "r");
+        char line[512] = {};
+        REQUIRE(std::fgets(line, sizeof line, f) != nullptr);  // "... http://host:PORT ..."
+        const std::string s(line);
+        INFO(s);
+        const auto colon = s.rfind(':', s.find(" (version"));
+        REQUIRE(colon != std::string::npos);
+        port_ = std::stoi(s.substr(colon + 1));
+        out_ = f;
+    }
+    ~server() {
+        if (pid_ > 0) stop();
+        if (out_) std::fclose(out_);
+    }
+    int port() const { return port_; }
+    // SIGTERM; the exit status (0: a clean stop)
+    int stop() {
+        kill(pid_, SIGTERM);
+        int status = 0;
+        waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+
+  private:
+    pid_t pid_ = -1;
+    int port_ = 0;
+    FILE* out_ = nullptr;
+};
+
+// The probabilities of an answer [{"label", "score"}...] by label.
+std::map<std::string, double> scores(const json& answer) {
+    std::map<std::string, double> m;
+    for (const auto& e : answer) m[e.at("label").get<std::string>()] = e.at("score").get<double>();
+    return m;
+}
+
+// Whether an answer holds the prediction's probabilities (to 1e-12), sorted by score.
+bool same(const json& answer, const ftune::serve::prediction& p, const classifier& clf) {
+    if (!answer.is_array() || answer.size() != p.probabilities.size()) return false;
+    for (std::size_t i = 1; i < answer.size(); ++i)
+        if (answer[i - 1]["score"].get<double>() < answer[i]["score"].get<double>()) return false;
+    const auto m = scores(answer);
+    for (std::size_t c = 0; c < p.probabilities.size(); ++c)
+        if (std::abs(m.at(clf.labels()[c]) - p.probabilities[c]) > 1e-12) return false;
+    return true;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "ftune serve: TEI's /predict, /info, /health, /metrics, /openapi.json; errors with their codes",
+    "[serve]") {
+    const classifier clf(ftune::io::load_hf<ftune::bert::sequence_classifier<>>(fixture));
+    server srv({"--model", fixture.string(), "--max-client-batch", "4", "--max-bytes", "4096"});
+    httplib::Client c("127.0.0.1", srv.port());
+    auto post = [&](const std::string& body) {
+        auto r = c.Post("/predict", body, "application/json");
+        REQUIRE(r);
+        return r;
+    };
+    // one text; a pair; a batch of singles, pairs and [text]
+    auto r = post(R"({"inputs": "the plot is thin"})");
+    CHECK(r->status == 200);
+    CHECK(same(json::parse(r->body), clf.predict("the plot is thin"), clf));
+    r = post(R"({"inputs": ["is it good?", "it is fine"]})");
+    CHECK(r->status == 200);
+    CHECK(same(json::parse(r->body), clf.predict("is it good?", "it is fine"), clf));
+    r = post(R"({"inputs": ["a fine film", ["is it good?", "it is fine"], ["dull"]]})");
+    REQUIRE(r->status == 200);
+    const auto batch = json::parse(r->body);
+    REQUIRE(batch.size() == 3);
+    CHECK(same(batch[0], clf.predict("a fine film"), clf));
+    CHECK(same(batch[1], clf.predict("is it good?", "it is fine"), clf));
+    CHECK(same(batch[2], clf.predict("dull"), clf));
+    // errors: TEI's codes and JSON
+    r = post(R"({"inputs": []})");
+    CHECK(r->status == 422);
+    CHECK(json::parse(r->body)["error_type"] == "Empty");
+    r = post("not json");
+    CHECK(r->status == 422);
+    CHECK(json::parse(r->body)["error_type"] == "Validation");
+    r = post(R"({"text": "x"})");
+    CHECK(r->status == 422);
+    r = post(R"({"inputs": [["a", "b", "c"]]})");
+    CHECK(r->status == 422);
+    r = post(R"({"inputs": ["a", "b", "c", "d", "e"]})");
+    CHECK(r->status == 413);
+    CHECK(json::parse(r->body)["error"].get<std::string>().find("> maximum allowed 4") !=
+          std::string::npos);
+    r = post(R"({"inputs": ")" + std::string(5000, 'x') + R"("})");
+    CHECK(r->status == 413);  // over --max-bytes
+    // /info, /health, /metrics
+    auto g = c.Get("/info");
+    REQUIRE(g);
+    CHECK(g->status == 200);
+    const auto info = json::parse(g->body);
+    CHECK(info["model_type"]["classifier"]["id2label"]["2"] == "positive");
+    CHECK(info["max_client_batch_size"] == 4);
+    CHECK(info["max_input_length"] == 32);
+    g = c.Get("/openapi.json");  // the description names every endpoint
+    REQUIRE(g);
+    CHECK(g->status == 200);
+    const auto api = json::parse(g->body);
+    for (const char* path : {"/predict", "/info", "/health", "/metrics", "/openapi.json"})
+        CHECK(api["paths"].contains(path));
+    g = c.Get("/health");
+    REQUIRE(g);
+    CHECK(g->status == 200);
+    g = c.Get("/metrics");
+    REQUIRE(g);
+    CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"200\"} 3") !=
+          std::string::npos);
+    CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"413\"} 2") !=
+          std::string::npos);
+    // /predict's handler ran 8 times (the body over --max-bytes never reached it)
+    CHECK(g->body.find("ftune_request_duration_seconds_count 8") != std::string::npos);
+    CHECK(g->body.find("ftune_batch_size_sum 5") != std::string::npos);  // 1 + 1 + 3 inputs
+    CHECK(srv.stop() == 0);
+}
+
+TEST_CASE("ftune serve: 503 when the queue is full, and when an input waited past its timeout",
+          "[serve]") {
+    {  // batches wait 300 ms to fill; one waiting input fills the queue of 1
+        server srv({"--model", fixture.string(), "--max-queue", "1", "--max-wait-us", "300000",
+                    "--max-batch", "8"});
+        httplib::Client c1("127.0.0.1", srv.port()), c2("127.0.0.1", srv.port());
+        std::thread first([&] {
+            auto r = c1.Post("/predict", R"({"inputs": "one"})", "application/json");
+            CHECK((r && r->status == 200));
+        });
+        std::this_thread::sleep_for(100ms);
+        auto r = c2.Post("/predict", R"({"inputs": "two"})", "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 503);
+        CHECK(r->get_header_value("Retry-After") == "1");
+        CHECK(json::parse(r->body)["error_type"] == "Overloaded");
+        first.join();
+    }
+    {  // inputs may wait 1 ms, batches wait 100 ms to fill: the input expires in the queue
+        server srv({"--model", fixture.string(), "--timeout-ms", "1", "--max-wait-us", "100000"});
+        httplib::Client c("127.0.0.1", srv.port());
+        auto r = c.Post("/predict", R"({"inputs": "late"})", "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 503);
+        CHECK(json::parse(r->body)["error"].get<std::string>().find("past its timeout") !=
+              std::string::npos);
+    }
+}
+
+TEST_CASE("ftune serve: a promotion under load fails no request and switches versions", "[serve]") {
+    // a repository of two versions that answer differently: v2's classifier favours "positive"
+    const fs::path repo = fs::path(FTUNE_TEST_TMP) / "serve_repo";
+    fs::remove_all(repo);
+    fs::create_directories(repo / "versions");
+    fs::copy(fixture, repo / "versions" / "v1");
+    {
+        auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(fixture);
+        m.model.head.classifier.bias.value.data()[2] += 5.0f;
+        ftune::io::save_hf(m, repo / "versions" / "v2");
+    }
+    const ftune::serve::repository r(repo);
+    r.promote("v1");
+    const classifier v1(
+        ftune::io::load_hf<ftune::bert::sequence_classifier<>>(repo / "versions" / "v1"));
+    const classifier v2(
+        ftune::io::load_hf<ftune::bert::sequence_classifier<>>(repo / "versions" / "v2"));
+    const std::string text = "the plot is thin";
+    REQUIRE(v1.predict(text).name != v2.predict(text).name);
+
+    server srv({"--model", repo.string(), "--reload-ms", "50"});
+    std::atomic<bool> stop{false};
+    std::atomic<int> failed{0}, wrong{0}, answered_v1{0}, answered_v2{0};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < 4; ++t)
+        clients.emplace_back([&] {
+            httplib::Client c("127.0.0.1", srv.port());
+            while (!stop) {
+                auto res =
+                    c.Post("/predict", R"({"inputs": "the plot is thin"})", "application/json");
+                if (!res || res->status != 200) {
+                    ++failed;
+                    continue;
+                }
+                const std::string v = res->get_header_value("X-Model-Version");
+                const auto& want = v == "v1" ? v1 : v2;
+                wrong += (v != "v1" && v != "v2") ||
+                         !same(json::parse(res->body), want.predict(text), want);
+                ++(v == "v1" ? answered_v1 : answered_v2);
+            }
+        });
+    while (answered_v1 < 20) std::this_thread::sleep_for(5ms);
+    r.promote("v2");
+    const auto t0 = std::chrono::steady_clock::now();
+    while (answered_v2 < 20 && std::chrono::steady_clock::now() - t0 < 60s)
+        std::this_thread::sleep_for(5ms);
+    stop = true;
+    for (auto& t : clients) t.join();
+    CHECK(failed == 0);
+    CHECK(wrong == 0);
+    CHECK(answered_v1 >= 20);
+    CHECK(answered_v2 >= 20);
+    httplib::Client c("127.0.0.1", srv.port());
+    auto m = c.Get("/metrics");
+    REQUIRE(m);
+    CHECK(m->body.find("ftune_model_info{version=\"v2\"} 1") != std::string::npos);
+    CHECK(m->body.find("ftune_reloads_total{result=\"ok\"} 1") != std::string::npos);
+    // a version that does not load is not served: v1 of a broken repository stays
+    fs::create_directories(repo / "versions" / "broken");
+    { std::ofstream(repo / "versions" / "broken" / "config.json") << "{not json"; }
+    r.promote("broken");
+    std::this_thread::sleep_for(300ms);
+    auto p = c.Post("/predict", R"({"inputs": "the plot is thin"})", "application/json");
+    REQUIRE(p);
+    CHECK(p->status == 200);
+    CHECK(p->get_header_value("X-Model-Version") == "v2");
+    m = c.Get("/metrics");
+    REQUIRE(m);
+    CHECK(m->body.find("ftune_reloads_total{result=\"failed\"} 1") != std::string::npos);
+    CHECK(srv.stop() == 0);
+}

@@ -1,0 +1,458 @@
+// `ftune serve`: a fine-tuned sequence classifier over HTTP/JSON, with the endpoints and JSON of
+// Hugging Face's Text Embeddings Inference (POST /predict, GET /info, /health, /metrics), so
+// TEI's clients work unchanged. Concurrent requests are batched dynamically
+// (serve::batcher: up to --max-batch inputs, waiting at most --max-wait-us for a batch to
+// fill), the queue is bounded (503 when full), and a model repository's promoted version
+// (serve::repository) is reloaded when it changes: new requests go to the new version, requests
+// in flight finish on the old one, none fails. cpp-httplib (Debian's libcpp-httplib-dev) parses
+// HTTP; nlohmann/json the bodies.
+#pragma once
+
+#include <httplib.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <future>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ftune/serve.hpp>
+#include <ftune/serve/batcher.hpp>
+#include <ftune/serve/repository.hpp>
+
+#include "predict_cmd.hpp"
+#include "serve_openapi.hpp"
+
+namespace cli {
+
+// Options of `ftune serve`.
+struct serve_options {
+    fs::path model;                     // a model directory or a model repository
+    std::string host = "127.0.0.1";     // address to listen on
+    int port = 8080;                    // 0: any free port (printed)
+    std::size_t max_batch = 32;         // most inputs per forward
+    std::size_t max_wait_us = 2000;     // longest wait for a batch to fill
+    std::size_t max_queue = 512;        // most inputs waiting (then 503)
+    std::size_t workers = 1;            // batches running at once
+    std::size_t threads = 0;            // threads per batch's forward (0: all)
+    std::size_t http_threads = 8;       // connections served at once
+    std::size_t max_client_batch = 32;  // most inputs in one request (then 413)
+    std::size_t max_bytes = 1 << 20;    // largest request body (then 413)
+    std::size_t max_length = 0;         // tokens per input (0: the model's)
+    std::size_t timeout_ms = 30000;     // longest wait in the queue (then 503)
+    std::size_t reload_ms = 1000;       // how often the promoted version is checked
+    ftune::precision precision = ftune::precision::fp32;  // of the products
+};
+
+// A Prometheus histogram of values in seconds (or counts), thread-safe.
+class histogram {
+  public:
+    explicit histogram(std::vector<double> bounds)
+        : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+    void observe(double v) {
+        std::lock_guard lock(mu_);
+        std::size_t i = 0;
+        while (i < bounds_.size() && v > bounds_[i]) ++i;
+        ++counts_[i];
+        sum_ += v;
+        ++n_;
+    }
+    // The histogram in Prometheus' text format (cumulative buckets, sum, count).
+    std::string text(const std::string& name, const std::string& help) const {
+        std::lock_guard lock(mu_);
+        std::string s = "# HELP " + name + " " + help + "\n# TYPE " + name + " histogram\n";
+        std::uint64_t cum = 0;
+        for (std::size_t i = 0; i < bounds_.size(); ++i) {
+            cum += counts_[i];
+            s += name + "_bucket{le=\"" + num(bounds_[i]) + "\"} " + std::to_string(cum) + "\n";
+        }
+        s += name + "_bucket{le=\"+Inf\"} " + std::to_string(n_) + "\n";
+        s += name + "_sum " + num(sum_) + "\n" + name + "_count " + std::to_string(n_) + "\n";
+        return s;
+    }
+
+  private:
+    std::vector<double> bounds_;
+    std::vector<std::uint64_t> counts_;
+    double sum_ = 0;
+    std::uint64_t n_ = 0;
+    mutable std::mutex mu_;
+};
+
+// One loaded version of the model, with its batcher. Requests hold it through a shared_ptr, so
+// a version replaced by a reload lives until its last request has its answer.
+struct served_version {
+    std::string version;  // the repository's version name ("" for a plain directory)
+    fs::path dir;         // its model directory
+    std::unique_ptr<ftune::serve::text_classifier<>> model;
+    std::unique_ptr<ftune::serve::batcher<ftune::serve::text_input, ftune::serve::prediction>>
+        batch;
+    nlohmann::json id2label, label2id;  // for /info
+};
+
+// Loads the model directory `dir` as version `version`.
+inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::string version,
+                                                    const serve_options& opt) {
+    const std::string arch = architecture_of(dir);
+    if (arch.size() < 25 || arch.compare(arch.size() - 25, 25, "ForSequenceClassification") != 0)
+        throw ftune::error(ftune::errc::unsupported, (dir / "config.json").string(),
+                           "architecture " + (arch.empty() ? std::string("(none)") : arch) +
+                               ": ftune serve runs sequence classifiers (BERT family) so far");
+    auto v = std::make_shared<served_version>();
+    v->version = std::move(version);
+    v->dir = dir;
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir);
+    warn_initialized(m.report, dir);
+    v->model = std::make_unique<ftune::serve::text_classifier<>>(std::move(m), opt.max_length,
+                                                                 opt.precision);
+    const auto& labels = v->model->labels();
+    v->id2label = nlohmann::json::object();
+    v->label2id = nlohmann::json::object();
+    for (std::size_t i = 0; i < labels.size(); ++i) {
+        v->id2label[std::to_string(i)] = labels[i];
+        v->label2id[labels[i]] = i;
+    }
+    const auto* model = v->model.get();
+    const int threads = int(opt.threads);
+    v->batch =
+        std::make_unique<ftune::serve::batcher<ftune::serve::text_input, ftune::serve::prediction>>(
+            [model, threads](std::span<const ftune::serve::text_input> in) {
+                if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
+                return model->predict_batch(in);
+            },
+            ftune::serve::batch_options{
+                .max_batch = opt.max_batch,
+                .max_wait = std::chrono::microseconds(opt.max_wait_us),
+                .max_queue = opt.max_queue,
+                .workers = opt.workers,
+                .timeout = std::chrono::milliseconds(opt.timeout_ms),
+            });
+    return v;
+}
+
+// The server's state: the version in service and the counters of /metrics.
+class serve_state {
+  public:
+    std::shared_ptr<served_version> current() const {
+        std::lock_guard lock(mu_);
+        return cur_;
+    }
+    void set(std::shared_ptr<served_version> v) {
+        std::shared_ptr<served_version> old;  // released outside the lock
+        std::lock_guard lock(mu_);
+        old = std::move(cur_);
+        cur_ = std::move(v);
+    }
+    void count(const std::string& path, int status) {
+        std::lock_guard lock(mu_);
+        ++requests_[{path, status}];
+    }
+    std::atomic<std::uint64_t> reloads{0}, reload_failures{0};
+    histogram latency{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
+    histogram batch_sizes{{1, 2, 4, 8, 16, 32, 64, 128}};
+    std::string requests_text() const {
+        std::lock_guard lock(mu_);
+        std::string s =
+            "# HELP ftune_requests_total HTTP requests answered, by path and status\n"
+            "# TYPE ftune_requests_total counter\n";
+        for (const auto& [k, n] : requests_)
+            s += "ftune_requests_total{path=\"" + k.first + "\",status=\"" +
+                 std::to_string(k.second) + "\"} " + std::to_string(n) + "\n";
+        return s;
+    }
+
+  private:
+    mutable std::mutex mu_;
+    std::shared_ptr<served_version> cur_;
+    std::map<std::pair<std::string, int>, std::uint64_t> requests_;
+};
+
+// A TEI-style error body: {"error": message, "error_type": type}.
+inline void json_error(httplib::Response& res, int status, const std::string& type,
+                       const std::string& message) {
+    res.status = status;
+    res.set_content(nlohmann::json{{"error", message}, {"error_type", type}}.dump(),
+                    "application/json");
+}
+
+// What `ftune serve` answers to POST /predict.
+inline void handle_predict(serve_state& state, const serve_options& opt,
+                           const httplib::Request& req, httplib::Response& res) {
+    const auto v = state.current();  // this version answers the whole request
+    ftune::serve::predict_request request;
+    try {
+        request = ftune::serve::parse_predict_request(req.body);
+        if (request.raw_scores)
+            throw ftune::error(ftune::errc::unsupported, "raw_scores",
+                               "ftune serve answers probabilities only (raw_scores: false)");
+    } catch (const ftune::error& e) {
+        return json_error(res, 422, "Validation", e.what());
+    }
+    auto& inputs = request.inputs;
+    const bool batched = request.batched;
+    if (inputs.empty()) return json_error(res, 422, "Empty", "inputs is an empty list");
+    if (inputs.size() > opt.max_client_batch)
+        return json_error(res, 413, "Validation",
+                          ftune::detail::cat("batch size ", inputs.size(), " > maximum allowed ",
+                                             opt.max_client_batch, " (--max-client-batch)"));
+    std::vector<std::future<ftune::serve::prediction>> futures;
+    try {
+        for (auto& in : inputs) futures.push_back(v->batch->submit(std::move(in)));
+    } catch (const ftune::error& e) {  // the queue is full: the submitted ones still finish
+        for (auto& f : futures) f.wait();
+        res.set_header("Retry-After", "1");
+        return json_error(res, 503, "Overloaded", e.what());
+    }
+    nlohmann::json out = nlohmann::json::array();
+    for (auto& f : futures) {
+        ftune::serve::prediction p;
+        try {
+            p = f.get();
+        } catch (const ftune::error& e) {
+            for (auto& g : futures)
+                if (g.valid()) g.wait();
+            if (e.id() == ftune::errc::timeout) {
+                res.set_header("Retry-After", "1");
+                return json_error(res, 503, "Overloaded", e.what());
+            }
+            return json_error(res, 424, "Backend", e.what());
+        }
+        std::vector<std::size_t> order(p.probabilities.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            return p.probabilities[a] > p.probabilities[b];
+        });
+        nlohmann::json scores = nlohmann::json::array();
+        for (const std::size_t i : order)
+            scores.push_back({{"score", p.probabilities[i]}, {"label", v->model->labels()[i]}});
+        out.push_back(std::move(scores));
+    }
+    res.set_header("X-Model-Version", v->version);
+    res.set_content((batched ? out : out[0]).dump(), "application/json");
+}
+
+// Runs `ftune serve` with argv[2..]; returns the exit status.
+inline int run_serve(int argc, char** argv) {
+    serve_options opt;
+    bool have_model = false;
+    for (int i = 2; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (i + 1 >= argc)
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a), "expects a value");
+        const std::string v = argv[++i];
+        auto count = [&](bool zero_ok) {
+            std::size_t pos = 0;
+            long n = -1;
+            try {
+                n = std::stol(v, &pos);
+            } catch (const std::exception&) {
+            }
+            if (pos != v.size() || n < (zero_ok ? 0 : 1))
+                throw ftune::error(
+                    ftune::errc::invalid_argument, std::string(a) + " " + v,
+                    zero_ok ? "expects a whole number" : "expects a positive integer");
+            return std::size_t(n);
+        };
+        if (a == "--model")
+            opt.model = v, have_model = true;
+        else if (a == "--host")
+            opt.host = v;
+        else if (a == "--port") {
+            opt.port = int(count(true));
+            if (opt.port > 65535)
+                throw ftune::error(ftune::errc::invalid_argument, "--port " + v,
+                                   "a port is 0 (any free one) to 65535");
+        } else if (a == "--max-batch")
+            opt.max_batch = count(false);
+        else if (a == "--max-wait-us")
+            opt.max_wait_us = count(true);
+        else if (a == "--max-queue")
+            opt.max_queue = count(false);
+        else if (a == "--workers")
+            opt.workers = count(false);
+        else if (a == "--threads")
+            opt.threads = count(false);
+        else if (a == "--http-threads")
+            opt.http_threads = count(false);
+        else if (a == "--max-client-batch")
+            opt.max_client_batch = count(false);
+        else if (a == "--max-bytes")
+            opt.max_bytes = count(false);
+        else if (a == "--max-length")
+            opt.max_length = count(false);
+        else if (a == "--timeout-ms")
+            opt.timeout_ms = count(false);
+        else if (a == "--reload-ms")
+            opt.reload_ms = count(false);
+        else if (a == "--precision")
+            opt.precision = parse_precision(std::string(a), v);
+        else
+            throw ftune::error(ftune::errc::invalid_argument, std::string(a),
+                               "unknown option of ftune serve");
+    }
+    if (!have_model)
+        throw ftune::error(ftune::errc::invalid_argument, "ftune serve",
+                           "--model DIR is required (a model directory, or a model repository "
+                           "with versions/ and a `current` link)");
+    // SIGINT and SIGTERM stop the server from a thread of their own (the others block them)
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+    const ftune::serve::repository repo(opt.model);
+    serve_state state;
+    state.set(load_version(repo.promoted_path(), repo.promoted(), opt));
+
+    httplib::Server svr;
+    svr.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(n); };
+    svr.set_payload_max_length(opt.max_bytes);
+    svr.set_read_timeout(std::chrono::seconds(30));
+    svr.set_write_timeout(std::chrono::seconds(30));
+    using clock = std::chrono::steady_clock;
+    // every answer is counted by path and status; /predict's latency goes to the histogram
+    svr.set_logger([&](const httplib::Request& req, const httplib::Response& res) {
+        state.count(req.path, res.status);
+    });
+    svr.Post("/predict", [&](const httplib::Request& req, httplib::Response& res) {
+        const auto t0 = clock::now();
+        try {
+            handle_predict(state, opt, req, res);
+        } catch (const std::exception& e) {
+            json_error(res, 500, "Backend", e.what());
+        }
+        state.latency.observe(std::chrono::duration<double>(clock::now() - t0).count());
+    });
+    svr.Get("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(serve_openapi, "application/json");
+    });
+    svr.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+        res.status = state.current() ? 200 : 503;
+    });
+    svr.Get("/info", [&](const httplib::Request&, httplib::Response& res) {
+        const auto v = state.current();
+        const nlohmann::json info{
+            {"model_id", v->dir.string()},
+            {"model_sha", nullptr},
+            {"model_version", v->version},
+            {"model_dtype", opt.precision == ftune::precision::bf16 ? "bfloat16" : "float32"},
+            {"model_type",
+             {{"classifier", {{"id2label", v->id2label}, {"label2id", v->label2id}}}}},
+            {"max_concurrent_requests", opt.max_queue},
+            {"max_input_length", v->model->max_length()},
+            {"max_batch_tokens", opt.max_batch * v->model->max_length()},
+            {"max_batch_requests", opt.max_batch},
+            {"max_client_batch_size", opt.max_client_batch},
+            {"tokenization_workers", opt.http_threads},
+            {"version", ftune::version_string},
+        };
+        res.set_content(info.dump(), "application/json");
+    });
+    svr.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+        const auto v = state.current();
+        const auto st = v->batch->stats();
+        std::string s = state.requests_text();
+        s += state.latency.text("ftune_request_duration_seconds",
+                                "time to answer POST /predict, in seconds");
+        s += "# HELP ftune_batch_size inputs per forward of the version in service\n"
+             "# TYPE ftune_batch_size histogram\n";
+        std::size_t cum = 0;
+        for (const std::size_t le : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
+            for (std::size_t k = (le == 1 ? 0 : le / 2); k < std::min(le, st.sizes.size()); ++k)
+                cum += st.sizes[k];
+            s += "ftune_batch_size_bucket{le=\"" + std::to_string(le) + "\"} " +
+                 std::to_string(cum) + "\n";
+        }
+        s += "ftune_batch_size_bucket{le=\"+Inf\"} " + std::to_string(st.batches) + "\n";
+        s += "ftune_batch_size_sum " + std::to_string(st.items) + "\n";
+        s += "ftune_batch_size_count " + std::to_string(st.batches) + "\n";
+        s += "# HELP ftune_queue_size inputs waiting for a batch\n# TYPE ftune_queue_size gauge\n";
+        s += "ftune_queue_size " + std::to_string(v->batch->queued()) + "\n";
+        s += "# HELP ftune_rejected_total inputs refused with 503: the queue was full, or they "
+             "waited past --timeout-ms\n# TYPE ftune_rejected_total counter\n";
+        s += "ftune_rejected_total{reason=\"queue_full\"} " + std::to_string(st.rejected) + "\n";
+        s += "ftune_rejected_total{reason=\"timeout\"} " + std::to_string(st.timed_out) + "\n";
+        s += "# HELP ftune_model_info the version in service\n# TYPE ftune_model_info gauge\n";
+        s += "ftune_model_info{version=\"" + v->version + "\"} 1\n";
+        s += "# HELP ftune_reloads_total versions loaded after the first (failed: kept the "
+             "old)\n# TYPE ftune_reloads_total counter\n";
+        s += "ftune_reloads_total{result=\"ok\"} " + std::to_string(state.reloads.load()) + "\n";
+        s += "ftune_reloads_total{result=\"failed\"} " +
+             std::to_string(state.reload_failures.load()) + "\n";
+        res.set_content(s, "text/plain; version=0.0.4");
+    });
+
+    const int port = opt.port == 0 ? svr.bind_to_any_port(opt.host) : opt.port;
+    if (opt.port != 0 && !svr.bind_to_port(opt.host, opt.port))
+        throw ftune::error(ftune::errc::io, opt.host + ":" + std::to_string(opt.port),
+                           "cannot listen there (in use, or not an address of this machine); "
+                           "choose another --port, or --port 0 for any free one");
+    if (port < 0) throw ftune::error(ftune::errc::io, opt.host, "cannot listen on any port there");
+    std::cout << "ftune serve: listening on http://" << opt.host << ":" << port << " (version "
+              << (state.current()->version.empty() ? "-" : state.current()->version) << ")"
+              << std::endl;
+
+    // the promoted version, checked every --reload-ms while the server runs
+    std::mutex stop_mu;
+    std::condition_variable stop_cv;
+    bool stopping = false;
+    std::thread reloader([&] {
+        std::string failed;  // a version that did not load: not tried again until it changes
+        std::unique_lock lock(stop_mu);
+        while (!stop_cv.wait_for(lock, std::chrono::milliseconds(opt.reload_ms),
+                                 [&] { return stopping; })) {
+            lock.unlock();
+            try {
+                const std::string now = repo.promoted();
+                if (now != state.current()->version && now != failed) {
+                    try {
+                        state.set(load_version(repo.promoted_path(), now, opt));
+                        ++state.reloads;
+                        std::cerr << "ftune serve: now serving version " << now << std::endl;
+                        failed.clear();
+                    } catch (const std::exception& e) {
+                        ++state.reload_failures;
+                        failed = now;
+                        std::cerr << "ftune serve: version " << now
+                                  << " did not load; still serving " << state.current()->version
+                                  << ": " << e.what() << std::endl;
+                    }
+                }
+            } catch (const std::exception& e) {
+                std::cerr << "ftune serve: " << e.what() << std::endl;
+            }
+            lock.lock();
+        }
+    });
+    std::thread signals([&] {
+        int sig = 0;
+        sigwait(&stop_signals, &sig);
+        svr.stop();
+    });
+    svr.listen_after_bind();
+    {
+        std::lock_guard lock(stop_mu);
+        stopping = true;
+    }
+    stop_cv.notify_all();
+    reloader.join();
+    if (signals.joinable()) {  // stopped by a signal: that thread has returned
+        pthread_kill(signals.native_handle(), SIGTERM);
+        signals.join();
+    }
+    std::cerr << "ftune serve: stopped" << std::endl;
+    return 0;
+}
+
+}  // namespace cli

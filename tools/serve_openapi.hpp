@@ -1,0 +1,130 @@
+// The OpenAPI 3.0 description of `ftune serve`'s endpoints, answered at GET /openapi.json
+// (as Text Embeddings Inference answers its own there). Kept beside serve_cmd.hpp, which
+// implements what it describes; test_serve_http checks that it parses and names every path.
+#pragma once
+
+namespace cli {
+
+// The OpenAPI document, JSON.
+inline constexpr const char* serve_openapi = R"json({
+  "openapi": "3.0.3",
+  "info": {
+    "title": "ftune serve",
+    "description": "A fine-tuned sequence classifier over HTTP, with Text Embeddings Inference's endpoints and JSON. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
+    "license": {"name": "see the ftune repository"},
+    "version": "0.1.0"
+  },
+  "paths": {
+    "/predict": {
+      "post": {
+        "summary": "Class probabilities of one input, a pair, or a batch",
+        "requestBody": {
+          "required": true,
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}
+        },
+        "responses": {
+          "200": {
+            "description": "Every class with its probability, highest first; a list of those for a batch",
+            "headers": {"X-Model-Version": {"schema": {"type": "string"}, "description": "the repository version that answered"}},
+            "content": {"application/json": {"schema": {"oneOf": [
+              {"$ref": "#/components/schemas/Scores"},
+              {"type": "array", "items": {"$ref": "#/components/schemas/Scores"}}
+            ]}}}
+          },
+          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "503": {"description": "overloaded: the queue is full or the input waited past --timeout-ms (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+      }
+    },
+    "/info": {
+      "get": {
+        "summary": "The model in service and the server's limits",
+        "responses": {"200": {"description": "Text Embeddings Inference's info fields, and model_version", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Info"}}}}}
+      }
+    },
+    "/health": {
+      "get": {
+        "summary": "Whether a model is in service",
+        "responses": {"200": {"description": "serving"}, "503": {"description": "no model in service"}}
+      }
+    },
+    "/metrics": {
+      "get": {
+        "summary": "Prometheus metrics: requests, latency, batch sizes, queue, rejections, model version, reloads",
+        "responses": {"200": {"description": "Prometheus text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+      }
+    },
+    "/openapi.json": {
+      "get": {
+        "summary": "This description",
+        "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}}
+      }
+    }
+  },
+  "components": {
+    "schemas": {
+      "Input": {
+        "description": "a text, [text], or a pair [text, text]",
+        "oneOf": [
+          {"type": "string"},
+          {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}
+        ]
+      },
+      "PredictRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+          "inputs": {
+            "description": "a text; two strings: one pair; a list of inputs: a batch",
+            "oneOf": [
+              {"type": "string"},
+              {"type": "array", "items": {"$ref": "#/components/schemas/Input"}}
+            ]
+          },
+          "raw_scores": {"type": "boolean", "default": false, "description": "true is refused: probabilities only"},
+          "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
+        }
+      },
+      "Scores": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "required": ["label", "score"],
+          "properties": {"label": {"type": "string"}, "score": {"type": "number"}}
+        }
+      },
+      "Error": {
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {
+          "error": {"type": "string"},
+          "error_type": {"type": "string", "enum": ["Validation", "Empty", "Overloaded", "Backend"]}
+        }
+      },
+      "Info": {
+        "type": "object",
+        "properties": {
+          "model_id": {"type": "string"},
+          "model_sha": {"type": "string", "nullable": true},
+          "model_version": {"type": "string"},
+          "model_dtype": {"type": "string", "enum": ["float32", "bfloat16"]},
+          "model_type": {"type": "object", "properties": {"classifier": {"type": "object", "properties": {
+            "id2label": {"type": "object", "additionalProperties": {"type": "string"}},
+            "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
+          }}}},
+          "max_concurrent_requests": {"type": "integer"},
+          "max_input_length": {"type": "integer"},
+          "max_batch_tokens": {"type": "integer"},
+          "max_batch_requests": {"type": "integer"},
+          "max_client_batch_size": {"type": "integer"},
+          "tokenization_workers": {"type": "integer"},
+          "version": {"type": "string"}
+        }
+      }
+    }
+  }
+})json";
+
+}  // namespace cli
