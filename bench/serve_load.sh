@@ -6,7 +6,7 @@
 # --soak SECONDS, the server's resident memory at the start and the end of a long run.
 #
 #   bench/serve_load.sh --model DIR [--seconds 10] [--connections "1 8 64"] [--soak 600]
-#                       [--out bench/results/serve-load.json]
+#                       [--server "MORE SERVE OPTIONS"] [--out bench/results/serve-load.json]
 # DIR: a fine-tuned sequence classifier (scripts/demo.sh writes build/demo-sst2).
 # Environment: BUILD_DIR (default build), FTUNE_DATA_DIR (default ../shared/data).
 set -euo pipefail
@@ -16,7 +16,7 @@ cd "$FTUNE_ROOT"
 
 build=${BUILD_DIR:-build}
 data=${FTUNE_DATA_DIR:-$FTUNE_ROOT/../shared/data}
-model=$build/demo-sst2 seconds=10 connections="1 8 64" soak=0 out=""
+model=$build/demo-sst2 seconds=10 connections="1 8 64" soak=0 out="" extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --model) model=${2:?}; shift 2 ;;
@@ -24,6 +24,7 @@ while [[ $# -gt 0 ]]; do
         --connections) connections=${2:?}; shift 2 ;;
         --soak) soak=${2:?}; shift 2 ;;
         --out) out=${2:?}; shift 2 ;;
+        --server) read -r -a extra <<<"${2:?}"; shift 2 ;;  # more `ftune serve` options
         *) echo "serve_load.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -62,7 +63,7 @@ results="["
 sep=""
 for mode in batched single; do
     if [[ $mode == batched ]]; then max_batch=32; else max_batch=1; fi
-    start_server --model "$model" --max-batch "$max_batch" --max-wait-us 2000 --max-queue 4096
+    start_server --model "$model" --max-batch "$max_batch" --max-queue 4096 "${extra[@]}"
     run_wrk 8 2 >/dev/null  # warm up: replicas made, pages touched
     for c in $connections; do
         line=$(run_wrk "$c" "$seconds")
@@ -80,8 +81,9 @@ cp -r "$model" "$work/repo/versions/b"
 "$ftune" promote --model "$work/repo" --version a >/dev/null
 start_server --model "$work/repo" --max-batch 32 --reload-ms 200
 ( sleep "$(( seconds / 2 ))"; "$ftune" promote --model "$work/repo" --version b >/dev/null ) &
+promoter=$!
 promotion=$(run_wrk 8 "$seconds")
-wait
+wait "$promoter"
 echo "promotion under load, 8 connections: $promotion"
 results+="$sep{\"mode\": \"promotion\", \"max_batch\": 32, \"connections\": 8, \"result\": $promotion}"
 stop_server

@@ -225,14 +225,14 @@ TEST_CASE("serve::text_classifier: Transformers' probabilities, the same from ma
     CHECK(clf.replicas() <= 4);
 }
 
-TEST_CASE("serve::text_classifier::predict_batch: one padded forward, Transformers' probabilities",
+TEST_CASE("serve::text_classifier::predict_batch: one ragged forward, Transformers' probabilities",
           "[io][parity]") {
     const auto in = read_inputs();
     const ftune::io::safetensors_file want(heads / "expected.safetensors");
     const auto ref = want.read<float>(want.at("seq_logits"));  // (texts, 3)
     const ftune::serve::text_classifier<ftune::bert::sequence_classifier<>> clf(
         ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq"));
-    // the texts in reverse and twice over: padded to the longest, each row its own answer
+    // the texts in reverse and twice over, of different lengths: each its own answer
     std::vector<ftune::serve::text_input> batch;
     std::vector<std::size_t> which;
     for (int round = 0; round < 2; ++round)
@@ -255,6 +255,50 @@ TEST_CASE("serve::text_classifier::predict_batch: one padded forward, Transforme
     }
     CHECK(lengths_differ > 0);  // some rows were padded
     CHECK(clf.predict_batch({}).empty());
+}
+
+TEST_CASE("forward_packed: a ragged batch gives each sequence's forward alone, no padding",
+          "[io]") {
+    const auto in = read_inputs();
+    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
+    m.model.prepare_inference();
+    ftune::context eval;
+    std::vector<ftune::text::encoding> es;  // single texts and pairs, all lengths different
+    for (const auto& t : in.texts) es.push_back(m.tokenizer->encode(t));
+    for (std::size_t i = 0; i < in.questions.size(); ++i)
+        es.push_back(m.tokenizer->encode(in.questions[i], in.contexts[i]));
+    std::vector<token_id> ids, types;
+    std::vector<std::size_t> offsets{0};
+    std::vector<std::vector<float>> alone;  // each sequence's logits by itself
+    for (const auto& e : es) {
+        ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+        types.insert(types.end(), e.type_ids.begin(), e.type_ids.end());
+        offsets.push_back(ids.size());
+        const std::size_t T = e.ids.size();
+        const auto y = m.model.forward(eval, {e.ids.data(), 1, T}, {e.attention_mask.data(), 1, T},
+                                       {e.type_ids.data(), 1, T});
+        alone.emplace_back(y.data(), y.data() + y.extent(1));
+    }
+    const std::size_t N = ids.size();
+    const auto packed = m.model.forward_packed(eval, {ids.data(), 1, N}, {types.data(), 1, N},
+                                               offsets);  // (S, 3)
+    REQUIRE(packed.extent(0) == es.size());
+    for (std::size_t s = 0; s < es.size(); ++s)
+        for (std::size_t c = 0; c < 3; ++c)
+            CHECK(packed.data()[s * 3 + c] == Approx(alone[s][c]).margin(1e-5));
+    // offsets that do not cut the N rows into sequences are refused
+    const std::vector<std::size_t> bad{0, 5, 5, N};
+    CHECK_THROWS_WITH(m.model.forward_packed(eval, {ids.data(), 1, N}, {types.data(), 1, N}, bad),
+                      Catch::Contains("rising starts from 0"));
+    const std::vector<std::size_t> short_of_n{0, N - 1};
+    CHECK_THROWS_WITH(
+        m.model.forward_packed(eval, {ids.data(), 1, N}, {types.data(), 1, N}, short_of_n),
+        Catch::Contains("rising starts from 0"));
+    // a model not prepared for inference says so
+    auto raw = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(heads / "seq");
+    CHECK_THROWS_WITH(
+        raw.model.forward_packed(eval, {ids.data(), 1, N}, {types.data(), 1, N}, offsets),
+        Catch::Contains("prepared for inference"));
 }
 
 TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, same logits",

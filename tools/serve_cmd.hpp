@@ -41,11 +41,11 @@ struct serve_options {
     std::string host = "127.0.0.1";     // address to listen on
     int port = 8080;                    // 0: any free port (printed)
     std::size_t max_batch = 32;         // most inputs per forward
-    std::size_t max_wait_us = 2000;     // longest wait for a batch to fill
+    std::size_t max_wait_us = 0;        // longest wait for a batch to fill (0: none)
     std::size_t max_queue = 512;        // most inputs waiting (then 503)
     std::size_t workers = 1;            // batches running at once
     std::size_t threads = 0;            // threads per batch's forward (0: all)
-    std::size_t http_threads = 8;       // connections served at once
+    std::size_t http_threads = 64;      // connections served at once
     std::size_t max_client_batch = 32;  // most inputs in one request (then 413)
     std::size_t max_bytes = 1 << 20;    // largest request body (then 413)
     std::size_t max_length = 0;         // tokens per input (0: the model's)
@@ -318,6 +318,7 @@ inline int run_serve(int argc, char** argv) {
     httplib::Server svr;
     svr.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(n); };
     svr.set_payload_max_length(opt.max_bytes);
+    svr.set_tcp_nodelay(true);  // answers leave at once (Nagle's wait would add ~40 ms each)
     svr.set_read_timeout(std::chrono::seconds(30));
     svr.set_write_timeout(std::chrono::seconds(30));
     using clock = std::chrono::steady_clock;

@@ -138,34 +138,49 @@ class text_classifier {
         return p;
     }
 
-    /// The classes of many inputs in one padded forward (B, T), T the longest input's tokens,
-    /// on one replica: what a dynamic batcher runs. Padded keys are masked, so each prediction
-    /// is predict()'s for that input (up to the order of float sums).
+    /// The classes of many inputs in one forward, on one replica: what a dynamic batcher runs.
+    /// The inputs go in as a ragged batch, one after another without padding
+    /// (forward_packed: no padded position is computed, attention stays within each input);
+    /// a model without that path runs them padded to the longest, padded keys masked. Either
+    /// way each prediction is predict()'s for that input, up to the order of float sums.
     std::vector<prediction> predict_batch(std::span<const text_input> inputs) const {
         const std::size_t B = inputs.size();
         if (B == 0) return {};
         std::vector<text::encoding> enc;
         enc.reserve(B);
-        std::size_t T = 0;
+        std::size_t T = 0, N = 0;
+        std::vector<std::size_t> offsets{0};  // ragged: input b at offsets[b] .. offsets[b + 1]
         for (const auto& in : inputs) {
             enc.push_back(tok_->encode(
                 in.text, in.pair ? std::optional<std::string_view>(*in.pair) : std::nullopt,
                 max_length_));
             T = std::max(T, enc.back().ids.size());
+            offsets.push_back(N += enc.back().ids.size());
         }
-        std::vector<std::int32_t> ids(B * T), mask(B * T), types(B * T);  // (B, T) each
+        constexpr bool ragged = requires(Model & m, context & c, std::span<const std::size_t> o) {
+            m.forward_packed(c, {}, {}, o);
+        };
+        const std::size_t rows = ragged ? 1 : B, cols = ragged ? N : T;
+        std::vector<std::int32_t> ids(rows * cols), mask(rows * cols), types(rows * cols);
         for (std::size_t b = 0; b < B; ++b) {
-            tok_->pad(enc[b], T);
-            std::copy(enc[b].ids.begin(), enc[b].ids.end(), ids.begin() + b * T);
+            if (!ragged) tok_->pad(enc[b], T);
+            const std::size_t at = ragged ? offsets[b] : b * T;  // (1, N) or (B, T)
+            std::copy(enc[b].ids.begin(), enc[b].ids.end(), ids.begin() + at);
             std::copy(enc[b].attention_mask.begin(), enc[b].attention_mask.end(),
-                      mask.begin() + b * T);
-            std::copy(enc[b].type_ids.begin(), enc[b].type_ids.end(), types.begin() + b * T);
+                      mask.begin() + at);
+            std::copy(enc[b].type_ids.begin(), enc[b].type_ids.end(), types.begin() + at);
         }
         auto r = acquire();
         std::vector<prediction> out;
         try {
-            const auto logits = r->model.forward(r->ctx, {ids.data(), B, T}, {mask.data(), B, T},
-                                                 {types.data(), B, T});  // (B, L)
+            const auto logits = [&] {  // (B, L)
+                if constexpr (ragged)
+                    return r->model.forward_packed(r->ctx, {ids.data(), 1, N}, {types.data(), 1, N},
+                                                   offsets);
+                else
+                    return r->model.forward(r->ctx, {ids.data(), B, T}, {mask.data(), B, T},
+                                            {types.data(), B, T});
+            }();
             const std::size_t L = logits.extent(1);
             out.reserve(B);
             for (std::size_t b = 0; b < B; ++b) {

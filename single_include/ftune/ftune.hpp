@@ -6572,6 +6572,7 @@ FTUNE_NAMESPACE_END
 
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 // ---- begin ftune/layers/attention_dropout.hpp ----
@@ -6926,6 +6927,46 @@ class self_attention {
             throw error(errc::invalid_argument, "self_attention::forward_first",
                         "runs on a model prepared for inference, in eval mode");
         return fused_attention(ctx, x, key_mask, 1);
+    }
+
+    /// Inference over a ragged batch: x (1, N, C) holds S sequences one after another without
+    /// padding, sequence s at rows offsets[s] .. offsets[s + 1] (offsets: S + 1 values, from 0
+    /// to N); each position attends to its own sequence only. Returns (1, N, C), or with
+    /// first_only (1, S, C): each sequence's position 0 alone (as forward_first). The
+    /// projections run as one product over all N rows, with no padded rows to compute. Needs
+    /// prepare_inference(); eval mode; keeps nothing for backward.
+    output_view forward_packed(context& ctx, input_view x, std::span<const std::size_t> offsets,
+                               bool first_only = false) {
+        const std::size_t N = x.extent(1), Cn = x.extent(2), H = heads_, d = Cn / H;
+        if (ctx.training() || !prepared_ || x.extent(0) != 1)
+            throw error(errc::invalid_argument, "self_attention::forward_packed",
+                        "runs on a model prepared for inference, in eval mode, on x (1, N, C)");
+        check_offsets(offsets, N);
+        const std::size_t S = offsets.size() - 1;
+        B_ = 1, T_ = N, last_fused_ = true;
+        dropout_.clear();
+        packed_qkv(ctx, x);  // (N, 3C) for every row at once
+        out_.resize(shape<dynamic, dynamic, C>(1, first_only ? S : N, Cn));
+        for (std::size_t s = 0; s < S; ++s) {  // attention within each sequence
+            const std::size_t o = offsets[s], len = offsets[s + 1] - o;
+            const std::size_t row = first_only ? s : o, queries = first_only ? 1 : len;
+            ops::attention_inference(
+                view<T, shape<dynamic, dynamic, C>, D>(out_.data() + row * Cn, 1, queries, Cn),
+                view<const T, shape<dynamic, dynamic>, D>(qkv_.data() + o * 3 * Cn, len, 3 * Cn),
+                mask_view(), H, T(1) / std::sqrt(T(d)), causal, packed_qkv_.precision());
+        }
+        return out_.view();
+    }
+
+    /// Checks a ragged batch's offsets: S + 1 >= 2 values rising from 0 to n, no sequence
+    /// empty.
+    static void check_offsets(std::span<const std::size_t> offsets, std::size_t n) {
+        bool ok = offsets.size() >= 2 && offsets.front() == 0 && offsets.back() == n;
+        for (std::size_t i = 1; ok && i < offsets.size(); ++i) ok = offsets[i] > offsets[i - 1];
+        if (!ok)
+            throw error(errc::invalid_argument, "forward_packed offsets",
+                        ftune::detail::cat("need rising starts from 0 to the ", n,
+                                           " packed rows, one more than the sequences"));
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
@@ -7724,6 +7765,15 @@ class input_embeddings {
     output_view forward_at(context& ctx, ids_view ids,
                            view<const token_id, shape<dynamic>, D> positions, std::size_t end) {
         return embed(ctx, ids, {}, end - ids.extent(1), positions);
+    }
+
+    /// Embeds a ragged batch: ids (1, N) and token_types (1, N, or empty) hold several
+    /// sequences one after another without padding, each token at its own position (N; the
+    /// largest below `end`, which must not exceed the position table).
+    output_view forward_packed(context& ctx, ids_view ids, ids_view token_types,
+                               view<const token_id, shape<dynamic>, D> positions, std::size_t end) {
+        // (start is not used with given positions; embed checks start + N, which is `end`)
+        return embed(ctx, ids, token_types, end - ids.extent(1), positions);
     }
 
   private:
@@ -8796,6 +8846,7 @@ FTUNE_NAMESPACE_END
 // norm placement as a policy: post_norm (BERT: LayerNorm after each residual sum) or pre_norm
 // (LayerNorm before each sublayer). Residuals are written out as plain code.
 
+#include <span>
 #include <string_view>
 
 
@@ -8933,6 +8984,37 @@ class encoder_block {
             out_ = h2_.view();
         }
         return unflat(out_, B, Tn);
+    }
+
+    /// Prepared inference over a ragged batch (self_attention::forward_packed): x (1, N, C)
+    /// holds S sequences one after another, sequence s at rows offsets[s] .. offsets[s + 1];
+    /// returns (1, N, C), or with first_only (1, S, C), each sequence's position 0 (as
+    /// forward_first). No padded row is computed. Needs prepare_inference(); eval mode.
+    output_view forward_packed(context& ctx, input_view x, std::span<const std::size_t> offsets,
+                               bool first_only = false) {
+        const std::size_t N = x.extent(1), Cn = x.extent(2);
+        inference_only_ = true;
+        attention_type::check_offsets(offsets, N);
+        const std::size_t S = offsets.size() - 1, rows = first_only ? S : N;
+        view<const T, shape<dynamic, C>, D> residual = flat(x);  // the rows that continue
+        if (first_only) {                                        // position 0 of each sequence
+            first_.resize(shape<dynamic, C>(S, Cn));
+            for (std::size_t s = 0; s < S; ++s)
+                ops::copy(view<T, shape<dynamic>, D>(first_.data() + s * Cn, Cn),
+                          view<const T, shape<dynamic>, D>(x.data() + offsets[s] * Cn, Cn));
+            residual = first_.view();
+        }
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            out_ = inference_tail(ctx, flat(attention.forward_packed(ctx, x, offsets, first_only)),
+                                  residual);
+        } else {
+            const auto n1 = norm1.forward(ctx, flat(x));  // every position: keys and values
+            out_ = inference_tail(
+                ctx, flat(attention.forward_packed(ctx, unflat(n1, 1, N), offsets, first_only)),
+                residual);
+        }
+        B_ = 1, T_ = rows;
+        return unflat(out_, 1, rows);
     }
 
     /// Inference for the first token of each sequence only: (B, 1, C) equal bit for bit to row
@@ -9124,6 +9206,8 @@ FTUNE_NAMESPACE_END
 // config (bert::encoder); the forward, the freezing-aware backward, the [CLS]-only inference
 // path and the parameter names are written once, here.
 
+#include <algorithm>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -9175,6 +9259,36 @@ class stack {
         output_view h = embeddings.forward(ctx, ids, token_types);
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return normed(ctx, h);
+    }
+
+    /// forward_first_tokens over a ragged batch: ids (1, N) and token_types (1, N, or empty)
+    /// hold S sequences one after another without padding, sequence s at offsets[s] ..
+    /// offsets[s + 1] (S + 1 values from 0 to N), each with positions from 0. Returns (S, 1, C):
+    /// each sequence's position 0 after the last layer, as forward_first_tokens gives it for
+    /// that sequence alone (up to the order of float sums), with no padded position computed.
+    /// Needs prepare_inference(); eval mode.
+    output_view forward_first_tokens_packed(context& ctx, ids_view ids, ids_view token_types,
+                                            std::span<const std::size_t> offsets) {
+        if (ctx.training() || !inference_prepared() || ids.extent(0) != 1)
+            throw error(errc::invalid_argument, "forward_first_tokens_packed",
+                        "runs on a backbone prepared for inference (prepare_inference()), in "
+                        "eval mode, on ids (1, N)");
+        const std::size_t N = ids.extent(1);
+        Block::attention_type::check_offsets(offsets, N);
+        positions_.resize(shape<dynamic>(N));  // each sequence's own positions, from 0
+        std::size_t longest = 0;
+        for (std::size_t s = 0; s + 1 < offsets.size(); ++s) {
+            longest = std::max(longest, offsets[s + 1] - offsets[s]);
+            for (std::size_t i = offsets[s]; i < offsets[s + 1]; ++i)
+                positions_.data()[i] = token_id(i - offsets[s]);
+        }
+        output_view h =
+            embeddings.forward_packed(ctx, ids, token_types, positions_.view(), longest);
+        for (std::size_t i = 0; i + 1 < layer.size(); ++i)
+            h = layer[i].forward_packed(ctx, h, offsets);
+        h = layer.back().forward_packed(ctx, h, offsets, true);          // (1, S, C)
+        const output_view first(h.data(), h.extent(1), 1, h.extent(2));  // (S, 1, C)
+        return normed(ctx, first);
     }
 
     /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
@@ -9330,7 +9444,8 @@ class stack {
         ops::key_mask(mask_, attention_mask);
     }
 
-    buffer<T, shape<dynamic, dynamic>, D> mask_;  // (B, T) additive key mask
+    buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
+    buffer<token_id, shape<dynamic>, D> positions_;  // (N) positions of a ragged batch
     buffer<T, typename output_view::shape_type, D> d_[2],
         d_final_;  // (B, T, C) gradients between blocks; before the final norm
 };
@@ -11146,6 +11261,7 @@ FTUNE_NAMESPACE_END
 
 #include <array>
 #include <string>
+#include <span>
 #include <string_view>
 #include <utility>
 
@@ -11215,6 +11331,19 @@ class task_model {
             return head.forward(ctx, backbone, h, attention_mask);  // reads the last tokens
         else
             return head.forward(ctx, backbone, h);
+    }
+
+    /// The head's outputs (S, ...) for a ragged batch (a head that reads position 0 only, on a
+    /// model prepared for inference, in eval mode): ids (1, N) and token_types (1, N, or empty)
+    /// hold S sequences one after another without padding, sequence s at offsets[s] ..
+    /// offsets[s + 1]. Each row is what forward() gives that sequence alone (up to the order of
+    /// float sums); no padded position is computed (the backbone's
+    /// forward_first_tokens_packed).
+    output_view forward_packed(
+        context& ctx, ids_view ids, ids_view token_types,
+        std::span<const std::size_t> offsets) requires Head::first_token_only {
+        return head.forward(ctx, backbone,
+                            backbone.forward_first_tokens_packed(ctx, ids, token_types, offsets));
     }
 
     /// Generation (causal LM heads): the logits (B, V) after the last new token of each

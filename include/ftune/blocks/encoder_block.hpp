@@ -3,6 +3,7 @@
 // (LayerNorm before each sublayer). Residuals are written out as plain code.
 #pragma once
 
+#include <span>
 #include <string_view>
 
 #include "ftune/layers.hpp"
@@ -141,6 +142,37 @@ class encoder_block {
             out_ = h2_.view();
         }
         return unflat(out_, B, Tn);
+    }
+
+    /// Prepared inference over a ragged batch (self_attention::forward_packed): x (1, N, C)
+    /// holds S sequences one after another, sequence s at rows offsets[s] .. offsets[s + 1];
+    /// returns (1, N, C), or with first_only (1, S, C), each sequence's position 0 (as
+    /// forward_first). No padded row is computed. Needs prepare_inference(); eval mode.
+    output_view forward_packed(context& ctx, input_view x, std::span<const std::size_t> offsets,
+                               bool first_only = false) {
+        const std::size_t N = x.extent(1), Cn = x.extent(2);
+        inference_only_ = true;
+        attention_type::check_offsets(offsets, N);
+        const std::size_t S = offsets.size() - 1, rows = first_only ? S : N;
+        view<const T, shape<dynamic, C>, D> residual = flat(x);  // the rows that continue
+        if (first_only) {                                        // position 0 of each sequence
+            first_.resize(shape<dynamic, C>(S, Cn));
+            for (std::size_t s = 0; s < S; ++s)
+                ops::copy(view<T, shape<dynamic>, D>(first_.data() + s * Cn, Cn),
+                          view<const T, shape<dynamic>, D>(x.data() + offsets[s] * Cn, Cn));
+            residual = first_.view();
+        }
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            out_ = inference_tail(ctx, flat(attention.forward_packed(ctx, x, offsets, first_only)),
+                                  residual);
+        } else {
+            const auto n1 = norm1.forward(ctx, flat(x));  // every position: keys and values
+            out_ = inference_tail(
+                ctx, flat(attention.forward_packed(ctx, unflat(n1, 1, N), offsets, first_only)),
+                residual);
+        }
+        B_ = 1, T_ = rows;
+        return unflat(out_, 1, rows);
     }
 
     /// Inference for the first token of each sequence only: (B, 1, C) equal bit for bit to row

@@ -5,6 +5,8 @@
 // path and the parameter names are written once, here.
 #pragma once
 
+#include <algorithm>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -58,6 +60,36 @@ class stack {
         output_view h = embeddings.forward(ctx, ids, token_types);
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return normed(ctx, h);
+    }
+
+    /// forward_first_tokens over a ragged batch: ids (1, N) and token_types (1, N, or empty)
+    /// hold S sequences one after another without padding, sequence s at offsets[s] ..
+    /// offsets[s + 1] (S + 1 values from 0 to N), each with positions from 0. Returns (S, 1, C):
+    /// each sequence's position 0 after the last layer, as forward_first_tokens gives it for
+    /// that sequence alone (up to the order of float sums), with no padded position computed.
+    /// Needs prepare_inference(); eval mode.
+    output_view forward_first_tokens_packed(context& ctx, ids_view ids, ids_view token_types,
+                                            std::span<const std::size_t> offsets) {
+        if (ctx.training() || !inference_prepared() || ids.extent(0) != 1)
+            throw error(errc::invalid_argument, "forward_first_tokens_packed",
+                        "runs on a backbone prepared for inference (prepare_inference()), in "
+                        "eval mode, on ids (1, N)");
+        const std::size_t N = ids.extent(1);
+        Block::attention_type::check_offsets(offsets, N);
+        positions_.resize(shape<dynamic>(N));  // each sequence's own positions, from 0
+        std::size_t longest = 0;
+        for (std::size_t s = 0; s + 1 < offsets.size(); ++s) {
+            longest = std::max(longest, offsets[s + 1] - offsets[s]);
+            for (std::size_t i = offsets[s]; i < offsets[s + 1]; ++i)
+                positions_.data()[i] = token_id(i - offsets[s]);
+        }
+        output_view h =
+            embeddings.forward_packed(ctx, ids, token_types, positions_.view(), longest);
+        for (std::size_t i = 0; i + 1 < layer.size(); ++i)
+            h = layer[i].forward_packed(ctx, h, offsets);
+        h = layer.back().forward_packed(ctx, h, offsets, true);          // (1, S, C)
+        const output_view first(h.data(), h.extent(1), 1, h.extent(2));  // (S, 1, C)
+        return normed(ctx, first);
     }
 
     /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
@@ -213,7 +245,8 @@ class stack {
         ops::key_mask(mask_, attention_mask);
     }
 
-    buffer<T, shape<dynamic, dynamic>, D> mask_;  // (B, T) additive key mask
+    buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
+    buffer<token_id, shape<dynamic>, D> positions_;  // (N) positions of a ragged batch
     buffer<T, typename output_view::shape_type, D> d_[2],
         d_final_;  // (B, T, C) gradients between blocks; before the final norm
 };

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <string>
+#include <span>
 #include <string_view>
 #include <utility>
 
@@ -79,6 +80,19 @@ class task_model {
             return head.forward(ctx, backbone, h, attention_mask);  // reads the last tokens
         else
             return head.forward(ctx, backbone, h);
+    }
+
+    /// The head's outputs (S, ...) for a ragged batch (a head that reads position 0 only, on a
+    /// model prepared for inference, in eval mode): ids (1, N) and token_types (1, N, or empty)
+    /// hold S sequences one after another without padding, sequence s at offsets[s] ..
+    /// offsets[s + 1]. Each row is what forward() gives that sequence alone (up to the order of
+    /// float sums); no padded position is computed (the backbone's
+    /// forward_first_tokens_packed).
+    output_view forward_packed(
+        context& ctx, ids_view ids, ids_view token_types,
+        std::span<const std::size_t> offsets) requires Head::first_token_only {
+        return head.forward(ctx, backbone,
+                            backbone.forward_first_tokens_packed(ctx, ids, token_types, offsets));
     }
 
     /// Generation (causal LM heads): the logits (B, V) after the last new token of each

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "ftune/core/context.hpp"
@@ -93,6 +94,46 @@ class self_attention {
             throw error(errc::invalid_argument, "self_attention::forward_first",
                         "runs on a model prepared for inference, in eval mode");
         return fused_attention(ctx, x, key_mask, 1);
+    }
+
+    /// Inference over a ragged batch: x (1, N, C) holds S sequences one after another without
+    /// padding, sequence s at rows offsets[s] .. offsets[s + 1] (offsets: S + 1 values, from 0
+    /// to N); each position attends to its own sequence only. Returns (1, N, C), or with
+    /// first_only (1, S, C): each sequence's position 0 alone (as forward_first). The
+    /// projections run as one product over all N rows, with no padded rows to compute. Needs
+    /// prepare_inference(); eval mode; keeps nothing for backward.
+    output_view forward_packed(context& ctx, input_view x, std::span<const std::size_t> offsets,
+                               bool first_only = false) {
+        const std::size_t N = x.extent(1), Cn = x.extent(2), H = heads_, d = Cn / H;
+        if (ctx.training() || !prepared_ || x.extent(0) != 1)
+            throw error(errc::invalid_argument, "self_attention::forward_packed",
+                        "runs on a model prepared for inference, in eval mode, on x (1, N, C)");
+        check_offsets(offsets, N);
+        const std::size_t S = offsets.size() - 1;
+        B_ = 1, T_ = N, last_fused_ = true;
+        dropout_.clear();
+        packed_qkv(ctx, x);  // (N, 3C) for every row at once
+        out_.resize(shape<dynamic, dynamic, C>(1, first_only ? S : N, Cn));
+        for (std::size_t s = 0; s < S; ++s) {  // attention within each sequence
+            const std::size_t o = offsets[s], len = offsets[s + 1] - o;
+            const std::size_t row = first_only ? s : o, queries = first_only ? 1 : len;
+            ops::attention_inference(
+                view<T, shape<dynamic, dynamic, C>, D>(out_.data() + row * Cn, 1, queries, Cn),
+                view<const T, shape<dynamic, dynamic>, D>(qkv_.data() + o * 3 * Cn, len, 3 * Cn),
+                mask_view(), H, T(1) / std::sqrt(T(d)), causal, packed_qkv_.precision());
+        }
+        return out_.view();
+    }
+
+    /// Checks a ragged batch's offsets: S + 1 >= 2 values rising from 0 to n, no sequence
+    /// empty.
+    static void check_offsets(std::span<const std::size_t> offsets, std::size_t n) {
+        bool ok = offsets.size() >= 2 && offsets.front() == 0 && offsets.back() == n;
+        for (std::size_t i = 1; ok && i < offsets.size(); ++i) ok = offsets[i] > offsets[i - 1];
+        if (!ok)
+            throw error(errc::invalid_argument, "forward_packed offsets",
+                        ftune::detail::cat("need rising starts from 0 to the ", n,
+                                           " packed rows, one more than the sequences"));
     }
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.

@@ -91,6 +91,15 @@ class input_embeddings {
         return embed(ctx, ids, {}, end - ids.extent(1), positions);
     }
 
+    /// Embeds a ragged batch: ids (1, N) and token_types (1, N, or empty) hold several
+    /// sequences one after another without padding, each token at its own position (N; the
+    /// largest below `end`, which must not exceed the position table).
+    output_view forward_packed(context& ctx, ids_view ids, ids_view token_types,
+                               view<const token_id, shape<dynamic>, D> positions, std::size_t end) {
+        // (start is not used with given positions; embed checks start + N, which is `end`)
+        return embed(ctx, ids, token_types, end - ids.extent(1), positions);
+    }
+
   private:
     // the sum of the pieces; positions start .. start + T - 1 in every row, or `given`
     output_view embed(context& ctx, ids_view ids, ids_view token_types, std::size_t start,
