@@ -6,7 +6,8 @@
 # --soak SECONDS, the server's resident memory at the start and the end of a long run.
 #
 #   bench/serve_load.sh --model DIR [--seconds 10] [--connections "1 8 64"] [--soak 600]
-#                       [--server "MORE SERVE OPTIONS"] [--out bench/results/serve-load.json]
+#                       [--server "MORE SERVE OPTIONS"] [--runs on|off]
+#                       [--out bench/results/serve-load.json]
 # DIR: a fine-tuned sequence classifier (scripts/demo.sh writes build/demo-sst2).
 # Environment: BUILD_DIR (default build), FTUNE_DATA_DIR (default ../shared/data).
 set -euo pipefail
@@ -16,13 +17,14 @@ cd "$FTUNE_ROOT"
 
 build=${BUILD_DIR:-build}
 data=${FTUNE_DATA_DIR:-$FTUNE_ROOT/../shared/data}
-model=$build/demo-sst2 seconds=10 connections="1 8 64" soak=0 out="" extra=()
+model=$build/demo-sst2 seconds=10 connections="1 8 64" soak=0 out="" extra=() runs=on
 while [[ $# -gt 0 ]]; do
     case $1 in
         --model) model=${2:?}; shift 2 ;;
         --seconds) seconds=${2:?}; shift 2 ;;
         --connections) connections=${2:?}; shift 2 ;;
         --soak) soak=${2:?}; shift 2 ;;
+        --runs) runs=${2:?}; shift 2 ;;  # off: the soak alone
         --out) out=${2:?}; shift 2 ;;
         --server) read -r -a extra <<<"${2:?}"; shift 2 ;;  # more `ftune serve` options
         *) echo "serve_load.sh: unknown option $1" >&2; exit 2 ;;
@@ -61,7 +63,9 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$server_pid/status"; 
 
 results="["
 sep=""
-for mode in batched single; do
+modes="batched single"
+[[ $runs == off ]] && modes=""
+for mode in $modes; do
     if [[ $mode == batched ]]; then max_batch=32; else max_batch=1; fi
     start_server --model "$model" --max-batch "$max_batch" --max-queue 4096 "${extra[@]}"
     run_wrk 8 2 >/dev/null  # warm up: replicas made, pages touched
@@ -75,6 +79,7 @@ for mode in batched single; do
 done
 
 # promotion under load: versions a and b of the same model, b promoted halfway through
+if [[ $runs != off ]]; then
 mkdir -p "$work/repo/versions"
 cp -r "$model" "$work/repo/versions/a"
 cp -r "$model" "$work/repo/versions/b"
@@ -87,16 +92,23 @@ wait "$promoter"
 echo "promotion under load, 8 connections: $promotion"
 results+="$sep{\"mode\": \"promotion\", \"max_batch\": 32, \"connections\": 8, \"result\": $promotion}"
 stop_server
+fi
 
 soak_json="null"
 if [[ $soak -gt 0 ]]; then
     start_server --model "$model" --max-batch 32
     run_wrk 8 5 >/dev/null
     rss_start=$(rss_mb)
+    # the resident memory every 60 s while wrk runs (a leak climbs; buffers that grow to the
+    # largest batch seen level off)
+    ( while sleep 60; do rss_mb; echo; done ) >"$work/rss.txt" &
+    sampler=$!
     line=$(run_wrk 8 "$soak")
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     rss_end=$(rss_mb)
-    echo "soak, 8 connections, $soak s: RSS $rss_start MB at the start, $rss_end MB at the end: $line"
-    soak_json="{\"seconds\": $soak, \"rss_start_mb\": $rss_start, \"rss_end_mb\": $rss_end, \"result\": $line}"
+    samples=$(paste -sd, "$work/rss.txt")
+    echo "soak, 8 connections, $soak s: RSS $rss_start MB at the start, $rss_end MB at the end (each minute: $samples): $line"
+    soak_json="{\"seconds\": $soak, \"rss_start_mb\": $rss_start, \"rss_end_mb\": $rss_end, \"rss_each_minute_mb\": [$samples], \"result\": $line}"
     stop_server
 fi
 results+="]"
