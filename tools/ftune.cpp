@@ -1,5 +1,6 @@
 // The ftune command-line tool. Subcommands are added by the issues that define them
 // (bench, tokenize, predict, info, train, eval, generate); this file dispatches.
+#include <csignal>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -232,6 +233,11 @@ int cmd_bench(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // a file-size limit (RLIMIT_FSIZE) or a full disk makes a write fail, reported as an error
+    // naming the file, instead of SIGXFSZ killing the process mid-save
+#ifdef SIGXFSZ
+    std::signal(SIGXFSZ, SIG_IGN);
+#endif
     if (argc < 2) {
         usage(std::cerr);
         return 2;

@@ -6,8 +6,9 @@
 // same held-out file; the challenger is promoted only when it beats the champion by the margin
 // on the chosen metric. The report (both evaluations side by side) goes to
 // reports/<version>.md and stdout, the decision to history.tsv. A crash at any point leaves a
-// servable model: the challenger is saved atomically before anything switches, and the switch
-// is promote()'s atomic rename.
+// servable model: the challenger is trained in .retrain/<version>/ and moved into versions/ by
+// one rename once complete, before anything switches, and the switch is promote()'s atomic
+// rename (tests/cli/faults.sh kills retrain at many moments).
 #pragma once
 
 #include <cmath>
@@ -168,13 +169,18 @@ inline int run_retrain(int argc, char** argv) {
     std::cerr << "ftune retrain: champion " << champion << "; challenger " << r.version
               << " trained on " << r.fresh.string() << " + " << replayed << " replayed rows\n";
     // the challenger: ftune train from the champion
+    // trained in the work directory (its log and checkpoints beside the model), then moved to
+    // versions/ in one rename: a version directory is always a complete model
+    const auto trained = work / "model";
     std::vector<std::string> args{
         "ftune",   "train",       "--model", repo.promoted_path().string(),
-        "--train", data.string(), "--out",   challenger_dir.string()};
+        "--train", data.string(), "--out",   trained.string()};
     args.insert(args.end(), r.train.begin(), r.train.end());
     std::vector<char*> argv2;
     for (auto& s : args) argv2.push_back(s.data());
     if (const int status = run_train(int(argv2.size()), argv2.data()); status != 0) return status;
+    std::filesystem::rename(trained, challenger_dir);
+    ftune::io::detail::sync_file(challenger_dir.parent_path());
     std::filesystem::remove_all(work);
     // the gate: both on the same held-out file
     const auto [champ, champ_report] = evaluate_version(repo.promoted_path(), r.holdout);

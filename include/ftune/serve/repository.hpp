@@ -68,7 +68,8 @@ class repository {
         std::vector<std::string> names;
         std::error_code ec;
         for (const auto& e : std::filesystem::directory_iterator(dir_ / "versions", ec))
-            if (e.is_directory()) names.push_back(e.path().filename().string());
+            if (e.is_directory() && !e.path().filename().string().starts_with("."))
+                names.push_back(e.path().filename().string());  // (not a save's temporary)
         std::sort(names.begin(), names.end());
         return names;
     }
