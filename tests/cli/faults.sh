@@ -3,7 +3,8 @@
 # SIGKILL at many moments (while it trains, saves the challenger, evaluates, writes the report,
 # promotes), and run under a file-size limit (RLIMIT_FSIZE: writes fail as on a full disk).
 # After each, the version in service loads and predicts, every version listed loads, and a
-# failed save names what it could not write.
+# failed save names what it could not write. Then a diverging `ftune train` (NaN loss) stops
+# naming the step, its last checkpoint whole.
 #   tests/cli/faults.sh FTUNE_BINARY FIXTURE_DIR SCRATCH_DIR
 set -euo pipefail
 ftune=$1 fixture=$2 work=$3
@@ -73,4 +74,13 @@ grep -q "\.retrain/full/.*: writing failed (disk full?)" "$work/full.txt" \
 [[ ! -e $work/repo/versions/full ]] || fail "a partial versions/full was left"
 [[ $(readlink "$work/repo/current") == "$current" ]] || fail "current changed"
 check_servable "under a file-size limit"
+# a diverging run (learning rate 1e30) stops naming the step; the checkpoint before it stays whole
+if "$ftune" train --model "$fixture" --train "$work/new.tsv" --out "$work/nan" --lr 1e30 --epochs 5 \
+    --batch-size 2 --checkpoint-every 1 2>"$work/nan.txt" >/dev/null; then
+    fail "a diverging run succeeded"
+fi
+grep -q "training step 2 (epoch 1, batch 2): the loss is not finite" "$work/nan.txt" \
+    || { cat "$work/nan.txt"; fail "the divergence error does not name the step"; }
+grep -q '"step": 1$' "$work/nan/checkpoint/trainer_state.json" || fail "no checkpoint of step 1"
+[[ ! -e $work/nan/model.safetensors ]] || fail "a diverged model was saved"
 echo "faults: all checks passed"

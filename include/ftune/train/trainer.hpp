@@ -280,14 +280,27 @@ class trainer {
                 if constexpr (Head::masked_inputs)  // new masks each epoch
                     masks.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
                                                       epoch * batches_per_epoch + bi));
-                loss_sum += train_batch(ctx, batch_);
+                // where a divergence stops the run (checkpoints written before it are kept)
+                auto at = [&] {
+                    return ftune::detail::cat("training step ", s.step + 1, " (epoch ", epoch + 1,
+                                              ", batch ", bi + 1, ")");
+                };
+                const double l = train_batch(ctx, batch_);
+                if (!std::isfinite(l))
+                    throw error(errc::invalid_argument, at(),
+                                "the loss is not finite (diverged: lower the learning rate; "
+                                "checkpoints written before this step are kept)");
+                loss_sum += l;
                 s.examples_seen += batch_.B, ++since;
                 if (++batch_in_step < options.grad_accum && bi + 1 < order.size()) continue;
                 batch_in_step = 0;
                 // one optimizer step: clip, rate from the schedule, optimizer, clear
-                if (options.max_grad_norm > 0)
-                    optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
-                                          options.max_grad_norm);
+                if (options.max_grad_norm > 0) try {
+                        optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
+                                              options.max_grad_norm);
+                    } catch (const error& e) {  // a non-finite gradient: say which step
+                        throw error(e.id(), at() + " " + e.context(), e.message());
+                    }
                 s.lr = sched.lr_at(s.step);
                 opt.set_lr(s.lr);
                 opt.step(std::span<const parameter_ref<T>>(params));
@@ -399,10 +412,7 @@ class trainer {
             l = model.head.loss(y, b, d_.data(), scale);
             model.backward(ctx, typename Model::output_view(d_.data(), y.shape()));
         }
-        if (!std::isfinite(l))
-            throw error(errc::invalid_argument, "training loss",
-                        "the loss is not finite (diverged: lower the learning rate)");
-        return l;
+        return l;  // (the caller stops on a non-finite loss, naming the step)
     }
 
     // Writes a checkpoint directory atomically (io::write_directory_atomic: a crash leaves the
