@@ -399,6 +399,22 @@ int predict_with(const predict_options& opt) {
     return 0;
 }
 
+// The whole number `v` given to option `option`: at least 1 (or 0 when zero_ok), else an
+// error naming the option.
+inline std::size_t parse_count(std::string_view option, const std::string& v,
+                               bool zero_ok = false) {
+    std::size_t pos = 0;
+    long n = -1;
+    try {
+        n = std::stol(v, &pos);
+    } catch (const std::exception&) {
+    }
+    if (pos != v.size() || n < (zero_ok ? 0 : 1))
+        throw ftune::error(ftune::errc::invalid_argument, std::string(option) + " " + v,
+                           zero_ok ? "expects a whole number" : "expects a positive integer");
+    return std::size_t(n);
+}
+
 // Runs `ftune predict` with argv[2..]; returns the exit status.
 inline int run_predict(int argc, char** argv) {
     predict_options opt;
@@ -408,18 +424,7 @@ inline int run_predict(int argc, char** argv) {
         if (i + 1 >= argc)
             throw ftune::error(ftune::errc::invalid_argument, std::string(a), "expects a value");
         const std::string v = argv[++i];
-        auto positive = [&] {
-            std::size_t pos = 0;
-            long n = 0;
-            try {
-                n = std::stol(v, &pos);
-            } catch (const std::exception&) {
-            }
-            if (pos != v.size() || n <= 0)
-                throw ftune::error(ftune::errc::invalid_argument, std::string(a) + " " + v,
-                                   "expects a positive integer");
-            return std::size_t(n);
-        };
+        auto positive = [&] { return parse_count(a, v); };
         if (a == "--model") {
             opt.model = v, have_model = true;
         } else if (a == "--adapter") {

@@ -250,19 +250,7 @@ inline int run_serve(int argc, char** argv) {
         if (i + 1 >= argc)
             throw ftune::error(ftune::errc::invalid_argument, std::string(a), "expects a value");
         const std::string v = argv[++i];
-        auto count = [&](bool zero_ok) {
-            std::size_t pos = 0;
-            long n = -1;
-            try {
-                n = std::stol(v, &pos);
-            } catch (const std::exception&) {
-            }
-            if (pos != v.size() || n < (zero_ok ? 0 : 1))
-                throw ftune::error(
-                    ftune::errc::invalid_argument, std::string(a) + " " + v,
-                    zero_ok ? "expects a whole number" : "expects a positive integer");
-            return std::size_t(n);
-        };
+        auto count = [&](bool zero_ok) { return parse_count(a, v, zero_ok); };
         if (a == "--model")
             opt.model = v, have_model = true;
         else if (a == "--host")
