@@ -159,7 +159,6 @@ class serve_state {
     }
     std::atomic<std::uint64_t> reloads{0}, reload_failures{0};
     histogram latency{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
-    histogram batch_sizes{{1, 2, 4, 8, 16, 32, 64, 128}};
     std::string requests_text() const {
         std::lock_guard lock(mu_);
         std::string s =
