@@ -2,11 +2,14 @@
 # Load test of `ftune serve` on loopback with wrk (Debian's): POST /predict with SST-2 dev
 # sentences at 1, 8 and 64 connections, with dynamic batching (--max-batch 32) and without it
 # (--max-batch 1); then a promotion under load (a model repository of two versions, `ftune
-# promote` halfway through an 8-connection run: errors and answers per version); then, with
-# --soak SECONDS, the server's resident memory at the start and the end of a long run.
+# promote` halfway through an 8-connection run: errors and answers per version); then a
+# retrain under load (`ftune retrain` on 256 SST-2 training sentences against 200 held-out dev
+# sentences while 8 connections send requests; --margin -1, so the challenger is promoted and
+# the server switches to it mid-run); then, with --soak SECONDS, the server's resident memory at
+# the start and the end of a long run.
 #
 #   bench/serve_load.sh --model DIR [--seconds 10] [--connections "1 8 64"] [--soak 600]
-#                       [--server "MORE SERVE OPTIONS"] [--runs on|off]
+#                       [--server "MORE SERVE OPTIONS"] [--runs on|off|retrain]
 #                       [--out bench/results/serve-load.json]
 # DIR: a fine-tuned sequence classifier (scripts/demo.sh writes build/demo-sst2).
 # Environment: BUILD_DIR (default build), FTUNE_DATA_DIR (default ../shared/data).
@@ -24,7 +27,7 @@ while [[ $# -gt 0 ]]; do
         --seconds) seconds=${2:?}; shift 2 ;;
         --connections) connections=${2:?}; shift 2 ;;
         --soak) soak=${2:?}; shift 2 ;;
-        --runs) runs=${2:?}; shift 2 ;;  # off: the soak alone
+        --runs) runs=${2:?}; shift 2 ;;  # off: the soak alone; retrain: that run alone
         --out) out=${2:?}; shift 2 ;;
         --server) read -r -a extra <<<"${2:?}"; shift 2 ;;  # more `ftune serve` options
         *) echo "serve_load.sh: unknown option $1" >&2; exit 2 ;;
@@ -64,7 +67,7 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$server_pid/status"; 
 results="["
 sep=""
 modes="batched single"
-[[ $runs == off ]] && modes=""
+[[ $runs == on ]] || modes=""
 for mode in $modes; do
     if [[ $mode == batched ]]; then max_batch=32; else max_batch=1; fi
     start_server --model "$model" --max-batch "$max_batch" --max-queue 4096 "${extra[@]}"
@@ -79,7 +82,7 @@ for mode in $modes; do
 done
 
 # promotion under load: versions a and b of the same model, b promoted halfway through
-if [[ $runs != off ]]; then
+if [[ $runs == on ]]; then
 mkdir -p "$work/repo/versions"
 cp -r "$model" "$work/repo/versions/a"
 cp -r "$model" "$work/repo/versions/b"
@@ -91,6 +94,30 @@ promotion=$(run_wrk 8 "$seconds")
 wait "$promoter"
 echo "promotion under load, 8 connections: $promotion"
 results+="$sep{\"mode\": \"promotion\", \"max_batch\": 32, \"connections\": 8, \"result\": $promotion}"
+stop_server
+fi
+
+# retrain under load: the challenger trained, gated and promoted while the server answers
+if [[ $runs != off ]]; then
+rm -rf "$work/repo"
+mkdir -p "$work/repo/versions"
+cp -r "$model" "$work/repo/versions/a"
+"$ftune" promote --model "$work/repo" --version a >/dev/null
+head -n 257 "$data/sst2/train.tsv" >"$work/new.tsv"
+head -n 201 "$sentences" >"$work/holdout.tsv"
+start_server --model "$work/repo" --max-batch 32 --reload-ms 200
+t0=$(date +%s)
+( sleep 2
+  "$ftune" retrain --model "$work/repo" --new "$work/new.tsv" --holdout "$work/holdout.tsv" \
+      --version retrained --margin -1 --epochs 1 --batch-size 16 >"$work/retrain.out" 2>&1
+  echo $(( $(date +%s) - t0 )) >"$work/retrain.seconds" ) &
+retrainer=$!
+retraining=$(run_wrk 8 "$(( seconds * 6 ))")
+wait "$retrainer"
+[[ $(readlink "$work/repo/current") == versions/retrained ]] \
+    || { cat "$work/retrain.out" >&2; echo "serve_load.sh: the retrain did not promote" >&2; exit 1; }
+echo "retrain under load (promoted after $(cat "$work/retrain.seconds") s), 8 connections: $retraining"
+results+="$sep{\"mode\": \"retrain\", \"max_batch\": 32, \"connections\": 8, \"retrain_promoted_after_s\": $(cat "$work/retrain.seconds"), \"result\": $retraining}"
 stop_server
 fi
 

@@ -102,6 +102,11 @@ TEST_CASE("read_phrasebank: sentence@label lines, Latin-1 decoded to UTF-8", "[u
                       Catch::Contains("ftune_test_data_k.txt:2: expected `sentence@label`"));
     CHECK_THROWS_WITH(ftune::data::read_phrasebank(write("l.txt", "empty label .@\n")),
                       Catch::Contains("ftune_test_data_l.txt:1"));
+    // a label of spaces, or no sentence before the '@' (found by fuzz_table)
+    CHECK_THROWS_WITH(ftune::data::parse_phrasebank("ok .@neutral\nblank label .@ \t\n", "p.txt"),
+                      Catch::Contains("p.txt:2: expected `sentence@label`"));
+    CHECK_THROWS_WITH(ftune::data::parse_phrasebank("  @neutral\n", "p.txt"),
+                      Catch::Contains("p.txt:1"));
 }
 
 TEST_CASE("readers: the real data sets with their published sizes", "[data]") {

@@ -440,10 +440,20 @@ TEST_CASE("save_hf: a directory load_hf (and Transformers) loads back with the s
         const std::vector<float> va(la.data(), la.data() + la.size());
         const auto lb = forward(b.model, eval, y);
         CHECK(std::vector<float>(lb.data(), lb.data() + lb.size()) == va);
-        // saving over an existing model replaces it
+        // saving over an existing model replaces it, keeping the user's other files and
+        // folders (a checkpoint) and leaving out a stale tokenizer.json
+        std::ofstream(dir / "notes.txt") << "mine";
+        fs::create_directories(dir / "checkpoint");
+        std::ofstream(dir / "checkpoint" / "trainer_state.json") << "{}";
+        std::ofstream(dir / "tokenizer.json") << "{}";
         ftune::io::save_hf(b, dir);
         auto c = ftune::io::load_hf<Model>(dir);
         CHECK(values(c.model) == values(a.model));
+        CHECK(fs::exists(dir / "notes.txt"));
+        CHECK(fs::exists(dir / "checkpoint" / "trainer_state.json"));
+        CHECK(!fs::exists(dir / "tokenizer.json"));
+        for (const auto& e : fs::directory_iterator(out_root))  // no temporary left
+            CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
     };
     roundtrip(std::type_identity<ftune::bert::sequence_classifier<>>{}, "seq", false);
     roundtrip(std::type_identity<ftune::bert::token_classifier<>>{}, "token", false);

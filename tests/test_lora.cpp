@@ -320,6 +320,31 @@ TEST_CASE(
                       Catch::Contains("is not a regex"));
 }
 
+TEST_CASE("parse_adapter_config: a bad adapter_config.json names the file and the field",
+          "[unit][peft]") {
+    using ftune::peft::parse_adapter_config;
+    const std::string ok =
+        R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["query"]})";
+    CHECK(parse_adapter_config(ok, "a.json").r == 4);
+    auto with = [&](const std::string& field) {  // ok with one more field
+        return ok.substr(0, ok.size() - 1) + ", " + field + "}";
+    };
+    CHECK_THROWS_WITH(parse_adapter_config("{", "a.json"),
+                      Catch::Contains("a.json: malformed JSON"));
+    CHECK_THROWS_WITH(parse_adapter_config(R"({"peft_type": 3})", "a.json"),
+                      Catch::Contains("a.json: peft_type"));
+    CHECK_THROWS_WITH(parse_adapter_config(R"({"peft_type": "LORA", "r": 0, "lora_alpha": 8,
+                                               "target_modules": "q"})",
+                                           "a.json"),
+                      Catch::Contains("a.json: r: 0: the rank must be at least 1"));
+    CHECK_THROWS_WITH(parse_adapter_config(with(R"("lora_dropout": 1.5)"), "a.json"),
+                      Catch::Contains("a.json: lora_dropout"));
+    CHECK_THROWS_WITH(parse_adapter_config(with(R"("use_dora": true)"), "a.json"),
+                      Catch::Contains("a.json: use_dora"));
+    CHECK_THROWS_WITH(parse_adapter_config(with(R"("rank_pattern": {"q": "x"})"), "a.json"),
+                      Catch::Contains("a.json: a LoRA field is missing or has the wrong type"));
+}
+
 TEST_CASE(
     "BitFit trains the biases and the head, head-only the head; the frozen rest keeps no "
     "gradient after zero_grad and no optimizer state; nothing to train is an error",

@@ -1,5 +1,5 @@
-// `ftune serve` end to end over loopback HTTP: Text Embeddings Inference's /predict forms and
-// errors, answers equal to the library's (serve::text_classifier, itself checked against
+// `ftune serve` end to end over loopback HTTP: Text Embeddings Inference's /predict and /embed
+// forms and errors, answers equal to the library's (serve::text_classifier, itself checked against
 // Transformers in test_hf_heads), /info, /health, /metrics, 503 on a full queue and on a queue
 // timeout, a promotion under load (no request fails, answers switch to the new version's), and a
 // clean stop on SIGTERM. The server is the built `ftune` binary; the client is cpp-httplib's.
@@ -163,8 +163,13 @@ TEST_CASE(
     REQUIRE(g);
     CHECK(g->status == 200);
     const auto api = json::parse(g->body);
-    for (const char* path : {"/predict", "/info", "/health", "/metrics", "/openapi.json"})
+    for (const char* path : {"/predict", "/embed", "/info", "/health", "/metrics", "/openapi.json"})
         CHECK(api["paths"].contains(path));
+    auto e = c.Post("/embed", R"({"inputs": "a text"})", "application/json");  // not this model's
+    REQUIRE(e);
+    CHECK(e->status == 400);
+    CHECK(json::parse(e->body)["error"].get<std::string>().find("POST /predict") !=
+          std::string::npos);
     g = c.Get("/health");
     REQUIRE(g);
     CHECK(g->status == 200);
@@ -174,8 +179,10 @@ TEST_CASE(
           std::string::npos);
     CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"413\"} 2") !=
           std::string::npos);
-    // /predict's handler ran 8 times (the body over --max-bytes never reached it)
-    CHECK(g->body.find("ftune_request_duration_seconds_count 8") != std::string::npos);
+    // /predict's handler ran 8 times (the body over --max-bytes never reached it), /embed's once
+    CHECK(g->body.find("ftune_requests_total{path=\"/embed\",status=\"400\"} 1") !=
+          std::string::npos);
+    CHECK(g->body.find("ftune_request_duration_seconds_count 9") != std::string::npos);
     CHECK(g->body.find("ftune_batch_size_sum 5") != std::string::npos);  // 1 + 1 + 3 inputs
     CHECK(srv.stop() == 0);
 }
@@ -279,4 +286,65 @@ TEST_CASE("ftune serve: a promotion under load fails no request and switches ver
     REQUIRE(m);
     CHECK(m->body.find("ftune_reloads_total{result=\"failed\"} 1") != std::string::npos);
     CHECK(srv.stop() == 0);
+}
+
+TEST_CASE("ftune serve: TEI's /embed on a sentence-transformers model equals text_embedder",
+          "[serve]") {
+    const fs::path model = fs::path(FTUNE_REFERENCE_DIR) / "sentence" / "model";
+    const ftune::serve::text_embedder<> lib(ftune::io::load_hf<ftune::bert::model<>>(model),
+                                            ftune::io::read_sentence_config(model));
+    server s({"--model", model.string()});
+    httplib::Client c("127.0.0.1", s.port());
+    const std::vector<std::string> texts{"John lives in Paris.", "Hello worlds!", "is"};
+    auto close = [](const json& got, const std::vector<float>& want) {
+        if (!got.is_array() || got.size() != want.size()) return false;
+        for (std::size_t i = 0; i < want.size(); ++i)  // the text reads back as the same float
+            if (got[i].get<float>() != want[i]) return false;
+        return true;
+    };
+    // one text: a list of one vector, normalized by default (TEI's normalize: true)
+    auto r = c.Post("/embed", json{{"inputs", texts[0]}}.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    auto body = json::parse(r->body);
+    REQUIRE(body.size() == 1);
+    CHECK(close(body[0], lib.embed(texts[0], true)));
+    // a batch, not normalized: the pooled vectors as they are
+    r = c.Post("/embed", json{{"inputs", texts}, {"normalize", false}}.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    body = json::parse(r->body);
+    REQUIRE(body.size() == texts.size());
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+        INFO(texts[i]);
+        // batched with other inputs the sums may differ in the last bits: compare to 1e-6
+        const auto want = lib.embed(texts[i], false);
+        REQUIRE(body[i].size() == want.size());
+        for (std::size_t j = 0; j < want.size(); ++j)
+            CHECK(std::abs(body[i][j].get<double>() - want[j]) < 1e-6);
+    }
+    // /info says what the model is; /predict is not for it; bad bodies are 422
+    auto g = c.Get("/info");
+    REQUIRE(g);
+    const auto info = json::parse(g->body);
+    CHECK(info["model_type"]["embedding"]["pooling"] == "mean");
+    CHECK(info["model_type"]["embedding"]["dimension"] == 32);
+    CHECK(info["max_input_length"] == 12);
+    r = c.Post("/predict", json{{"inputs", "x"}}.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 400);
+    CHECK(json::parse(r->body)["error"].get<std::string>().find("POST /embed") !=
+          std::string::npos);
+    for (const char* bad : {R"({"inputs": 3})", R"({"inputs": ["a", 1]})", R"({"inputs": "a",
+        "normalize": "yes"})",
+                            "[not json"}) {
+        r = c.Post("/embed", bad, "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 422);
+    }
+    r = c.Post("/embed", R"({"inputs": []})", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 422);
+    CHECK(json::parse(r->body)["error_type"] == "Empty");
+    CHECK(s.stop() == 0);
 }

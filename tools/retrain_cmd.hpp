@@ -179,8 +179,10 @@ inline int run_retrain(int argc, char** argv) {
     std::vector<char*> argv2;
     for (auto& s : args) argv2.push_back(s.data());
     if (const int status = run_train(int(argv2.size()), argv2.data()); status != 0) return status;
+    ftune::io::detail::crash_point("retrain-trained");
     std::filesystem::rename(trained, challenger_dir);
     ftune::io::detail::sync_file(challenger_dir.parent_path());
+    ftune::io::detail::crash_point("retrain-saved");
     std::filesystem::remove_all(work);
     // the gate: both on the same held-out file
     const auto [champ, champ_report] = evaluate_version(repo.promoted_path(), r.holdout);
@@ -208,7 +210,9 @@ inline int run_retrain(int argc, char** argv) {
         << chall_report << "```\n";
     std::filesystem::create_directories(r.repo / "reports");
     ftune::io::write_text_atomic(r.repo / "reports" / (r.version + ".md"), rep.str());
+    ftune::io::detail::crash_point("retrain-reported");
     if (promote) repo.promote(r.version);
+    ftune::io::detail::crash_point("retrain-promoted");
     repo.record(promote ? "retrain-promoted" : "retrain-kept", r.version, champion,
                 r.metric + " " + num(before) + " -> " + num(after));
     std::cout << rep.str();

@@ -1,17 +1,18 @@
-// `ftune serve`: a fine-tuned sequence classifier over HTTP/JSON, with the endpoints and JSON of
-// Hugging Face's Text Embeddings Inference (POST /predict, GET /info, /health, /metrics), so
-// TEI's clients work unchanged. Concurrent requests are batched dynamically
-// (serve::batcher: up to --max-batch inputs, waiting at most --max-wait-us for a batch to
-// fill), the queue is bounded (503 when full), and a model repository's promoted version
-// (serve::repository) is reloaded when it changes: new requests go to the new version, requests
-// in flight finish on the old one, none fails. cpp-httplib (Debian's libcpp-httplib-dev) parses
-// HTTP; nlohmann/json the bodies.
+// `ftune serve`: a fine-tuned sequence classifier, or a sentence-embedding encoder, over
+// HTTP/JSON, with the endpoints and JSON of Hugging Face's Text Embeddings Inference (POST
+// /predict, POST /embed, GET /info, /health, /metrics), so TEI's clients work unchanged. Concurrent
+// requests are batched dynamically (serve::batcher: up to --max-batch inputs, waiting at most
+// --max-wait-us for a batch to fill), the queue is bounded (503 when full), and a model
+// repository's promoted version (serve::repository) is reloaded when it changes: new requests go to
+// the new version, requests in flight finish on the old one, none fails. cpp-httplib (Debian's
+// libcpp-httplib-dev) parses HTTP; nlohmann/json the bodies.
 #pragma once
 
 #include <httplib.h>
 #include <signal.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -89,28 +90,67 @@ class histogram {
     mutable std::mutex mu_;
 };
 
-// One loaded version of the model, with its batcher. Requests hold it through a shared_ptr, so
-// a version replaced by a reload lives until its last request has its answer.
+// One loaded version of the model, with its batcher: a sequence classifier (POST /predict) or
+// a sentence-embedding encoder (POST /embed). Requests hold it through a shared_ptr, so a version
+// replaced by a reload lives until its last request has its answer.
 struct served_version {
+    using classifier_batcher =
+        ftune::serve::batcher<ftune::serve::text_input, ftune::serve::prediction>;
+    using embedder_batcher = ftune::serve::batcher<std::string, std::vector<float>>;
     std::string version;  // the repository's version name ("" for a plain directory)
     fs::path dir;         // its model directory
-    std::unique_ptr<ftune::serve::text_classifier<>> model;
-    std::unique_ptr<ftune::serve::batcher<ftune::serve::text_input, ftune::serve::prediction>>
-        batch;
+    std::unique_ptr<ftune::serve::text_classifier<>> model;  // a classifier, or
+    std::unique_ptr<classifier_batcher> batch;
+    std::unique_ptr<ftune::serve::text_embedder<>> embedder;  // an encoder for embeddings
+    std::unique_ptr<embedder_batcher> embeds;
     nlohmann::json id2label, label2id;  // for /info
+
+    ftune::serve::batch_stats stats() const { return batch ? batch->stats() : embeds->stats(); }
+    std::size_t queued() const { return batch ? batch->queued() : embeds->queued(); }
+    std::size_t max_length() const { return model ? model->max_length() : embedder->max_length(); }
 };
 
-// Loads the model directory `dir` as version `version`.
+// The batching options of `ftune serve`'s options.
+inline ftune::serve::batch_options batching(const serve_options& opt) {
+    return {
+        .max_batch = opt.max_batch,
+        .max_wait = std::chrono::microseconds(opt.max_wait_us),
+        .max_queue = opt.max_queue,
+        .workers = opt.workers,
+        .timeout = std::chrono::milliseconds(opt.timeout_ms),
+    };
+}
+
+// Loads the model directory `dir` as version `version`: a *ForSequenceClassification directory
+// as a classifier, a BertModel one (a sentence-transformers model) as an embedder.
 inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::string version,
                                                     const serve_options& opt) {
     const std::string arch = architecture_of(dir);
-    if (arch.size() < 25 || arch.compare(arch.size() - 25, 25, "ForSequenceClassification") != 0)
+    const bool classifier = arch.ends_with("ForSequenceClassification");
+    if (!classifier && arch != "BertModel")
         throw ftune::error(ftune::errc::unsupported, (dir / "config.json").string(),
                            "architecture " + (arch.empty() ? std::string("(none)") : arch) +
-                               ": ftune serve runs sequence classifiers (BERT family) so far");
+                               ": ftune serve runs sequence classifiers (POST /predict) and "
+                               "BertModel encoders for embeddings (POST /embed) so far");
     auto v = std::make_shared<served_version>();
     v->version = std::move(version);
     v->dir = dir;
+    const int threads = int(opt.threads);
+    if (!classifier) {
+        auto m = ftune::io::load_hf<ftune::bert::model<>>(dir);
+        warn_initialized(m.report, dir);
+        v->embedder = std::make_unique<ftune::serve::text_embedder<>>(
+            std::move(m), ftune::io::read_sentence_config(dir), opt.max_length, opt.precision);
+        const auto* model = v->embedder.get();
+        v->embeds = std::make_unique<served_version::embedder_batcher>(
+            [model, threads](std::span<const std::string> in) {
+                if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
+                const std::vector<std::string_view> texts(in.begin(), in.end());
+                return model->embed_batch(texts, false);  // normalized per request
+            },
+            batching(opt));
+        return v;
+    }
     auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir);
     warn_initialized(m.report, dir);
     v->model = std::make_unique<ftune::serve::text_classifier<>>(std::move(m), opt.max_length,
@@ -123,20 +163,12 @@ inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::st
         v->label2id[labels[i]] = i;
     }
     const auto* model = v->model.get();
-    const int threads = int(opt.threads);
-    v->batch =
-        std::make_unique<ftune::serve::batcher<ftune::serve::text_input, ftune::serve::prediction>>(
-            [model, threads](std::span<const ftune::serve::text_input> in) {
-                if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
-                return model->predict_batch(in);
-            },
-            ftune::serve::batch_options{
-                .max_batch = opt.max_batch,
-                .max_wait = std::chrono::microseconds(opt.max_wait_us),
-                .max_queue = opt.max_queue,
-                .workers = opt.workers,
-                .timeout = std::chrono::milliseconds(opt.timeout_ms),
-            });
+    v->batch = std::make_unique<served_version::classifier_batcher>(
+        [model, threads](std::span<const ftune::serve::text_input> in) {
+            if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
+            return model->predict_batch(in);
+        },
+        batching(opt));
     return v;
 }
 
@@ -188,6 +220,9 @@ inline void json_error(httplib::Response& res, int status, const std::string& ty
 inline void handle_predict(serve_state& state, const serve_options& opt,
                            const httplib::Request& req, httplib::Response& res) {
     const auto v = state.current();  // this version answers the whole request
+    if (!v->model)
+        return json_error(res, 400, "Validation",
+                          "the model in service is an embedding model: POST /embed");
     ftune::serve::predict_request request;
     try {
         request = ftune::serve::parse_predict_request(req.body);
@@ -238,6 +273,69 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
     }
     res.set_header("X-Model-Version", v->version);
     res.set_content((batched ? out : out[0]).dump(), "application/json");
+}
+
+// Waits for every future of `futures` that is still valid (the answers of a request that failed
+// part-way: the batcher finishes them anyway).
+template <class F>
+void settle(std::vector<F>& futures) {
+    for (auto& f : futures)
+        if (f.valid()) f.wait();
+}
+
+// What `ftune serve` answers to POST /embed: TEI's list of vectors, one per input (normalized
+// unless "normalize": false).
+inline void handle_embed(serve_state& state, const serve_options& opt, const httplib::Request& req,
+                         httplib::Response& res) {
+    const auto v = state.current();  // this version answers the whole request
+    if (!v->embedder)
+        return json_error(res, 400, "Validation",
+                          "the model in service is a classifier: POST /predict");
+    ftune::serve::embed_request request;
+    try {
+        request = ftune::serve::parse_embed_request(req.body);
+    } catch (const ftune::error& e) {
+        return json_error(res, 422, "Validation", e.what());
+    }
+    if (request.inputs.empty()) return json_error(res, 422, "Empty", "inputs is an empty list");
+    if (request.inputs.size() > opt.max_client_batch)
+        return json_error(
+            res, 413, "Validation",
+            ftune::detail::cat("batch size ", request.inputs.size(), " > maximum allowed ",
+                               opt.max_client_batch, " (--max-client-batch)"));
+    std::vector<std::future<std::vector<float>>> futures;
+    try {
+        for (auto& in : request.inputs) futures.push_back(v->embeds->submit(std::move(in)));
+    } catch (const ftune::error& e) {  // the queue is full: the submitted ones still finish
+        settle(futures);
+        res.set_header("Retry-After", "1");
+        return json_error(res, 503, "Overloaded", e.what());
+    }
+    std::string body = "[";  // written directly: a JSON array of float arrays
+    for (std::size_t i = 0; i < futures.size(); ++i) {
+        std::vector<float> e;
+        try {
+            e = futures[i].get();
+        } catch (const ftune::error& err) {
+            settle(futures);
+            if (err.id() == ftune::errc::timeout) {
+                res.set_header("Retry-After", "1");
+                return json_error(res, 503, "Overloaded", err.what());
+            }
+            return json_error(res, 424, "Backend", err.what());
+        }
+        if (request.normalize) ftune::heads::l2_normalize(e, e.size());
+        body += i ? ",[" : "[";
+        for (std::size_t j = 0; j < e.size(); ++j) {
+            if (j) body += ',';
+            char text[32];  // the shortest text that reads back as the same float
+            body.append(text, std::to_chars(text, text + sizeof text, e[j]).ptr);
+        }
+        body += ']';
+    }
+    body += ']';
+    res.set_header("X-Model-Version", v->version);
+    res.set_content(body, "application/json");
 }
 
 // Runs `ftune serve` with argv[2..]; returns the exit status.
@@ -309,7 +407,8 @@ inline int run_serve(int argc, char** argv) {
     svr.set_read_timeout(std::chrono::seconds(30));
     svr.set_write_timeout(std::chrono::seconds(30));
     using clock = std::chrono::steady_clock;
-    // every answer is counted by path and status; /predict's latency goes to the histogram
+    // every answer is counted by path and status; /predict's and /embed's latency goes to the
+    // histogram
     svr.set_logger([&](const httplib::Request& req, const httplib::Response& res) {
         state.count(req.path, res.status);
     });
@@ -317,6 +416,15 @@ inline int run_serve(int argc, char** argv) {
         const auto t0 = clock::now();
         try {
             handle_predict(state, opt, req, res);
+        } catch (const std::exception& e) {
+            json_error(res, 500, "Backend", e.what());
+        }
+        state.latency.observe(std::chrono::duration<double>(clock::now() - t0).count());
+    });
+    svr.Post("/embed", [&](const httplib::Request& req, httplib::Response& res) {
+        const auto t0 = clock::now();
+        try {
+            handle_embed(state, opt, req, res);
         } catch (const std::exception& e) {
             json_error(res, 500, "Backend", e.what());
         }
@@ -330,16 +438,27 @@ inline int run_serve(int argc, char** argv) {
     });
     svr.Get("/info", [&](const httplib::Request&, httplib::Response& res) {
         const auto v = state.current();
+        nlohmann::json model_type;  // TEI's: {"classifier": {...}} or {"embedding": {...}}
+        if (v->model) {
+            model_type["classifier"] = {{"id2label", v->id2label}, {"label2id", v->label2id}};
+        } else {
+            std::string pooling;
+            for (const auto p : v->embedder->config().pooling)
+                pooling +=
+                    (pooling.empty() ? "" : "+") + std::string(ftune::heads::pooling_name(p));
+            model_type["embedding"] = {{"pooling", pooling},
+                                       {"dimension", v->embedder->dimension()},
+                                       {"normalize_by_default", true}};
+        }
         const nlohmann::json info{
             {"model_id", v->dir.string()},
             {"model_sha", nullptr},
             {"model_version", v->version},
             {"model_dtype", opt.precision == ftune::precision::bf16 ? "bfloat16" : "float32"},
-            {"model_type",
-             {{"classifier", {{"id2label", v->id2label}, {"label2id", v->label2id}}}}},
+            {"model_type", model_type},
             {"max_concurrent_requests", opt.max_queue},
-            {"max_input_length", v->model->max_length()},
-            {"max_batch_tokens", opt.max_batch * v->model->max_length()},
+            {"max_input_length", v->max_length()},
+            {"max_batch_tokens", opt.max_batch * v->max_length()},
             {"max_batch_requests", opt.max_batch},
             {"max_client_batch_size", opt.max_client_batch},
             {"tokenization_workers", opt.http_threads},
@@ -349,10 +468,10 @@ inline int run_serve(int argc, char** argv) {
     });
     svr.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
         const auto v = state.current();
-        const auto st = v->batch->stats();
+        const auto st = v->stats();
         std::string s = state.requests_text();
         s += state.latency.text("ftune_request_duration_seconds",
-                                "time to answer POST /predict, in seconds");
+                                "time to answer POST /predict and /embed, in seconds");
         s += "# HELP ftune_batch_size inputs per forward of the version in service\n"
              "# TYPE ftune_batch_size histogram\n";
         std::size_t cum = 0;
@@ -366,7 +485,7 @@ inline int run_serve(int argc, char** argv) {
         s += "ftune_batch_size_sum " + std::to_string(st.items) + "\n";
         s += "ftune_batch_size_count " + std::to_string(st.batches) + "\n";
         s += "# HELP ftune_queue_size inputs waiting for a batch\n# TYPE ftune_queue_size gauge\n";
-        s += "ftune_queue_size " + std::to_string(v->batch->queued()) + "\n";
+        s += "ftune_queue_size " + std::to_string(v->queued()) + "\n";
         s += "# HELP ftune_rejected_total inputs refused with 503: the queue was full, or they "
              "waited past --timeout-ms\n# TYPE ftune_rejected_total counter\n";
         s += "ftune_rejected_total{reason=\"queue_full\"} " + std::to_string(st.rejected) + "\n";

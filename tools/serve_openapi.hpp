@@ -10,7 +10,7 @@ inline constexpr const char* serve_openapi = R"json({
   "openapi": "3.0.3",
   "info": {
     "title": "ftune serve",
-    "description": "A fine-tuned sequence classifier over HTTP, with Text Embeddings Inference's endpoints and JSON. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
+    "description": "A fine-tuned sequence classifier (POST /predict) or a sentence-embedding encoder (POST /embed) over HTTP, with Text Embeddings Inference's endpoints and JSON. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
     "license": {"name": "see the ftune repository"},
     "version": "0.1.0"
   },
@@ -31,6 +31,28 @@ inline constexpr const char* serve_openapi = R"json({
               {"type": "array", "items": {"$ref": "#/components/schemas/Scores"}}
             ]}}}
           },
+          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "400": {"description": "the model in service is an embedding model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "503": {"description": "overloaded: the queue is full or the input waited past --timeout-ms (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+      }
+    },
+    "/embed": {
+      "post": {
+        "summary": "Sentence embeddings of one text or a batch (an embedding model: a BertModel directory, pooled as its sentence-transformers modules say)",
+        "requestBody": {
+          "required": true,
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbedRequest"}}}
+        },
+        "responses": {
+          "200": {
+            "description": "One vector per input, in order (a list of one for a single text)",
+            "headers": {"X-Model-Version": {"schema": {"type": "string"}, "description": "the repository version that answered"}},
+            "content": {"application/json": {"schema": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}
+          },
+          "400": {"description": "the model in service is a classifier", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -87,6 +109,15 @@ inline constexpr const char* serve_openapi = R"json({
           "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
         }
       },
+      "EmbedRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+          "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+          "normalize": {"type": "boolean", "default": true, "description": "unit vectors (L2); false: the pooled hidden states as they are"},
+          "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
+        }
+      },
       "Scores": {
         "type": "array",
         "items": {
@@ -110,10 +141,17 @@ inline constexpr const char* serve_openapi = R"json({
           "model_sha": {"type": "string", "nullable": true},
           "model_version": {"type": "string"},
           "model_dtype": {"type": "string", "enum": ["float32", "bfloat16"]},
-          "model_type": {"type": "object", "properties": {"classifier": {"type": "object", "properties": {
-            "id2label": {"type": "object", "additionalProperties": {"type": "string"}},
-            "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
-          }}}},
+          "model_type": {"type": "object", "properties": {
+            "classifier": {"type": "object", "properties": {
+              "id2label": {"type": "object", "additionalProperties": {"type": "string"}},
+              "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
+            }},
+            "embedding": {"type": "object", "properties": {
+              "pooling": {"type": "string", "description": "sentence-transformers' mode names, joined by + when concatenated"},
+              "dimension": {"type": "integer"},
+              "normalize_by_default": {"type": "boolean"}
+            }}
+          }},
           "max_concurrent_requests": {"type": "integer"},
           "max_input_length": {"type": "integer"},
           "max_batch_tokens": {"type": "integer"},

@@ -6,3 +6,4 @@
 #include "ftune/io/gguf_llama.hpp"
 #include "ftune/io/hf.hpp"
 #include "ftune/io/safetensors.hpp"
+#include "ftune/io/sentence_transformers.hpp"

@@ -1,7 +1,9 @@
-// libFuzzer target: any text given to the config.json (BERT, Llama and GPT-2 families) and
-// tokenizer_config.json parsers gives a consistent configuration or an ftune::error, never a
-// crash (built with AddressSanitizer).
+// libFuzzer target: any text given to the config.json (BERT, Llama and GPT-2 families),
+// tokenizer_config.json and sentence-transformers Pooling config.json parsers gives a consistent
+// configuration or an ftune::error, never a crash (built with AddressSanitizer and
+// UndefinedBehaviorSanitizer).
 #include <ftune/io/hf.hpp>
+#include <ftune/io/sentence_transformers.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +32,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     try {
         (void)ftune::io::parse_hf_tokenizer_config(text, "fuzz/tokenizer_config.json");
+    } catch (const ftune::error&) {
+    }
+    try {
+        ftune::io::sentence_config c;
+        ftune::io::parse_pooling_config(text, "fuzz/1_Pooling/config.json", c);
+        if (c.pooling.empty()) __builtin_trap();
     } catch (const ftune::error&) {
     }
     return 0;

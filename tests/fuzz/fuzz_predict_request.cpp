@@ -1,6 +1,7 @@
-// libFuzzer target: any bytes given to `ftune serve`'s POST /predict parser
-// (serve::parse_predict_request) give a request or an ftune::error, never a crash (built with
-// AddressSanitizer); a parsed request is consistent.
+// libFuzzer target: any bytes given to `ftune serve`'s POST /predict and POST /embed parsers
+// (serve::parse_predict_request, serve::parse_embed_request) give a request or an ftune::error,
+// never a crash (built with AddressSanitizer and UndefinedBehaviorSanitizer); a parsed request is
+// consistent.
 #include <ftune/serve/tei.hpp>
 
 #include <cstddef>
@@ -12,6 +13,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try {
         const auto r = ftune::serve::parse_predict_request(body);
         if (!r.batched && r.inputs.size() != 1) __builtin_trap();  // one text or one pair
+    } catch (const ftune::error&) {
+    }
+    try {
+        (void)ftune::serve::parse_embed_request(body);
     } catch (const ftune::error&) {
     }
     return 0;

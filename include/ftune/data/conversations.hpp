@@ -73,15 +73,14 @@ inline std::vector<text::chat_message> messages_of(const nlohmann::json& a,
 }
 }  // namespace detail
 
-/// Reads a JSON-lines file of conversations or of prompts with completions (see the file
-/// comment); throws naming file:line.
-inline lm_dataset read_jsonl(const std::filesystem::path& path) {
-    const std::string s = detail::read_all(path);
+/// Parses the contents of a JSON-lines file of conversations or of prompts with completions (see
+/// the file comment); throws naming file:line (`file` names it).
+inline lm_dataset parse_jsonl(std::string_view contents, const std::string& file) {
     lm_dataset d;
-    d.path = path.string();
+    d.path = file;
     bool format_known = false;
-    detail::for_each_nonblank_line(s, [&](std::string_view l, std::size_t line) {
-        const std::string where = ftune::detail::cat(path.string(), ":", line);
+    detail::for_each_nonblank_line(contents, [&](std::string_view l, std::size_t line) {
+        const std::string where = ftune::detail::cat(file, ":", line);
         const auto j = nlohmann::json::parse(l, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded() || !j.is_object())
             throw error(errc::parse, where, "not a JSON object (one example per line)");
@@ -131,6 +130,12 @@ inline lm_dataset read_jsonl(const std::filesystem::path& path) {
     });
     if (d.rows.empty()) throw error(errc::parse, d.path, "no examples (an empty file?)");
     return d;
+}
+
+/// Reads a JSON-lines file of conversations or of prompts with completions (parse_jsonl on its
+/// contents).
+inline lm_dataset read_jsonl(const std::filesystem::path& path) {
+    return parse_jsonl(detail::read_all(path), path.string());
 }
 
 }  // namespace data

@@ -140,12 +140,15 @@ inline std::string trimmed(std::string_view s) {
     return std::string(s.substr(a, s.find_last_not_of(" \t") - a + 1));
 }
 
-/// Reads labelled texts from a TSV or CSV file with a header row (see the file comment; labels
-/// lose surrounding spaces).
-inline text_dataset read_table(const std::filesystem::path& path, const table_options& o = {}) {
-    const std::string where = path.string();
-    const char delim = o.delimiter ? o.delimiter : (path.extension() == ".tsv" ? '\t' : ',');
-    const auto records = detail::split_records(detail::read_all(path), delim, where);
+/// Parses labelled texts from the contents of a TSV or CSV file with a header row (see the file
+/// comment; labels lose surrounding spaces); `where` names the file in errors and its extension
+/// picks the delimiter when the options give none.
+inline text_dataset parse_table(std::string_view contents, const std::string& where,
+                                const table_options& o = {}) {
+    const char delim = o.delimiter
+                           ? o.delimiter
+                           : (std::filesystem::path(where).extension() == ".tsv" ? '\t' : ',');
+    const auto records = detail::split_records(contents, delim, where);
     if (records.empty()) throw error(errc::parse, where, "the file is empty (no header row)");
     const auto& header = records.front().second;
     auto find = [&](const std::string& given,
@@ -201,16 +204,25 @@ inline text_dataset read_table(const std::filesystem::path& path, const table_op
     return d;
 }
 
-/// Reads plain text, one example per non-empty line (domain text for masked-LM training); the
+/// Reads labelled texts from a TSV or CSV file with a header row (parse_table on its contents).
+inline text_dataset read_table(const std::filesystem::path& path, const table_options& o = {}) {
+    return parse_table(detail::read_all(path), path.string(), o);
+}
+
+/// Parses plain text, one example per non-empty line (domain text for masked-LM training); the
 /// labels are empty.
-inline text_dataset read_lines(const std::filesystem::path& path) {
-    const std::string s = detail::read_all(path);
+inline text_dataset parse_lines(std::string_view contents, const std::string& where) {
     text_dataset d;
-    d.path = path.string();
-    detail::for_each_nonblank_line(s, [&](std::string_view l, std::size_t line) {
+    d.path = where;
+    detail::for_each_nonblank_line(contents, [&](std::string_view l, std::size_t line) {
         d.rows.push_back({std::string(l), "", "", line});
     });
     return d;
+}
+
+/// Reads plain text, one example per non-empty line (parse_lines on the file's contents).
+inline text_dataset read_lines(const std::filesystem::path& path) {
+    return parse_lines(detail::read_all(path), path.string());
 }
 
 /// Latin-1 (ISO-8859-1) bytes as UTF-8: each byte is the code point of the same value.
@@ -229,24 +241,31 @@ inline std::string latin1_to_utf8(std::string_view s) {
     return out;
 }
 
-/// Reads a Financial PhraseBank file (Sentences_AllAgree.txt, Sentences_50Agree.txt...): one
+/// Parses a Financial PhraseBank file's contents (Sentences_AllAgree.txt...): one
 /// `sentence@label` per line (the last '@' separates them), Latin-1 encoded as distributed
 /// (decoded to UTF-8 here). A line without '@' or with an empty part is an error naming
-/// file:line; blank lines are skipped.
-inline text_dataset read_phrasebank(const std::filesystem::path& path) {
-    const std::string s = latin1_to_utf8(detail::read_all(path));
+/// where:line; blank lines are skipped.
+inline text_dataset parse_phrasebank(std::string_view contents, const std::string& where) {
+    const std::string s = latin1_to_utf8(contents);
     text_dataset d;
-    d.path = path.string();
+    d.path = where;
     detail::for_each_nonblank_line(s, [&](std::string_view l, std::size_t line) {
         const std::size_t at = l.rfind('@');
-        if (at == std::string_view::npos || at == 0 || at + 1 == l.size())
-            throw error(errc::parse, ftune::detail::cat(d.path, ":", line),
-                        "expected `sentence@label` (Financial PhraseBank's format)");
-        std::string_view text = l.substr(0, at);
+        std::string label = at == std::string_view::npos ? "" : trimmed(l.substr(at + 1));
+        std::string_view text = l.substr(0, at == std::string_view::npos ? 0 : at);
         while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
-        d.rows.push_back({std::string(text), "", trimmed(l.substr(at + 1)), line});
+        if (label.empty() || text.empty())
+            throw error(errc::parse, ftune::detail::cat(d.path, ":", line),
+                        "expected `sentence@label` (Financial PhraseBank's format), both parts "
+                        "non-empty");
+        d.rows.push_back({std::string(text), "", std::move(label), line});
     });
     return d;
+}
+
+/// Reads a Financial PhraseBank file (parse_phrasebank on its contents).
+inline text_dataset read_phrasebank(const std::filesystem::path& path) {
+    return parse_phrasebank(detail::read_all(path), path.string());
 }
 
 /// One sentence of a CoNLL file: its tokens and their tags.
@@ -256,12 +275,10 @@ struct tagged_sentence {
     std::size_t line = 0;             ///< 1-based line of the first token
 };
 
-/// Reads a CoNLL column file (CoNLL-2003, Weibo NER...): whitespace-separated columns, token
-/// first, tag last; blank lines end sentences; -DOCSTART- lines are skipped. A line with one
-/// column is an error naming file:line.
-inline std::vector<tagged_sentence> read_conll(const std::filesystem::path& path) {
-    const std::string where = path.string();
-    const std::string s = detail::read_all(path);
+/// Parses a CoNLL column file's contents (CoNLL-2003, Weibo NER...): whitespace-separated
+/// columns, token first, tag last; blank lines end sentences; -DOCSTART- lines are skipped. A
+/// line with one column is an error naming where:line.
+inline std::vector<tagged_sentence> parse_conll(std::string_view s, const std::string& where) {
     std::vector<tagged_sentence> out;
     tagged_sentence cur;
     std::size_t line = 0, pos = 0;
@@ -303,6 +320,11 @@ inline std::vector<tagged_sentence> read_conll(const std::filesystem::path& path
     }
     flush();
     return out;
+}
+
+/// Reads a CoNLL column file (parse_conll on its contents).
+inline std::vector<tagged_sentence> read_conll(const std::filesystem::path& path) {
+    return parse_conll(detail::read_all(path), path.string());
 }
 
 }  // namespace data

@@ -41,12 +41,12 @@ inline std::size_t code_points(std::string_view s) {
     return n;
 }
 
-/// Reads a SQuAD-layout JSON file (see the file comment).
-inline std::vector<qa_example> read_squad(const std::filesystem::path& path) {
-    const std::string where = path.string();
+/// Parses the contents of a SQuAD-layout JSON file (see the file comment); `where` names it in
+/// errors.
+inline std::vector<qa_example> parse_squad(std::string_view contents, const std::string& where) {
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(detail::read_all(path));
+        j = nlohmann::json::parse(contents);
     } catch (const nlohmann::json::exception& e) {
         throw error(errc::parse, where, std::string("not valid JSON: ") + e.what());
     }
@@ -109,6 +109,11 @@ inline std::vector<qa_example> read_squad(const std::filesystem::path& path) {
         }
     }
     return out;
+}
+
+/// Reads a SQuAD-layout JSON file (parse_squad on its contents).
+inline std::vector<qa_example> read_squad(const std::filesystem::path& path) {
+    return parse_squad(detail::read_all(path), path.string());
 }
 
 }  // namespace data

@@ -7,18 +7,22 @@
 #pragma once
 
 #include <atomic>
+#include <charconv>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <ostream>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 
 #include "ftune/core/error.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 #define FTUNE_HAVE_FSYNC 1
 #endif
@@ -27,6 +31,31 @@ FTUNE_NAMESPACE_BEGIN
 namespace io {
 
 namespace detail {
+/// A crash test's hook: when the environment variable FTUNE_CRASH_AT is `point` (or `point#N`:
+/// the Nth time the point is reached), the process kills itself here with SIGKILL, as `kill -9`
+/// at this moment would; otherwise nothing. The points sit between the steps of every atomic
+/// write, promotion and retraining (tests/cli/faults.sh names them all).
+inline void crash_point(std::string_view point) {
+#if FTUNE_HAVE_FSYNC
+    static const std::pair<std::string, long> target = [] {
+        std::pair<std::string, long> t{"", 1};
+        const char* e = std::getenv("FTUNE_CRASH_AT");
+        if (!e) return t;
+        const std::string_view s(e);
+        const auto hash = s.find('#');
+        t.first = std::string(s.substr(0, hash));
+        if (hash != std::string_view::npos)
+            std::from_chars(s.data() + hash + 1, s.data() + s.size(), t.second);
+        return t;
+    }();
+    static std::atomic<long> seen{0};
+    if (!target.first.empty() && point == target.first && ++seen == target.second)
+        ::kill(::getpid(), SIGKILL);
+#else
+    (void)point;
+#endif
+}
+
 /// Flushes a written file (or a directory's entries) to the disk (POSIX fsync; a no-op
 /// elsewhere), so that a rename after it publishes complete data even after a power loss.
 inline void sync_file(const std::filesystem::path& path) {
@@ -93,6 +122,7 @@ void write_file_atomic(const std::filesystem::path& path, Write&& write) {
             if (!out) throw error(errc::io, path.string(), "writing failed (disk full?)");
         }
         detail::sync_file(tmp);
+        detail::crash_point("file-written");
         std::filesystem::rename(tmp, path, ec);
         if (ec) throw error(errc::io, path.string(), "cannot replace the file: " + ec.message());
     } catch (...) {
@@ -127,9 +157,11 @@ void write_directory_atomic(const std::filesystem::path& dir, Fill&& fill) {
     try {
         fill(static_cast<const fs::path&>(tmp));
         detail::sync_file(tmp);
+        detail::crash_point("directory-filled");
         if (!fs::exists(dir)) {
             fs::rename(tmp, dir);  // appears whole
         } else if (detail::exchange(tmp, dir)) {
+            detail::crash_point("directory-swapped");
             fs::remove_all(tmp);  // tmp now holds the old directory
         } else {
             const fs::path old = detail::temporary_beside(dir);

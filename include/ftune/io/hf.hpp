@@ -1075,11 +1075,13 @@ inline std::vector<std::pair<std::string, std::string>> tokenizer_files(
 /// config.json (config's fields, Model's architecture, the head's id2label / label2id),
 /// model.safetensors (float32), and with a tokenizer its files (BERT: vocab.txt and
 /// tokenizer_config.json; a decoder's byte-level BPE: tokenizer.json and tokenizer_config.json
-/// with the chat template). The files are written under temporary names and renamed into place
-/// only when all are complete, so a crash never leaves a half-written model: a new directory
-/// appears whole; in an existing one only the renames of finished files remain (a stale
+/// with the chat template). The files are written into a temporary directory beside `dir`,
+/// so a crash never leaves a half-written model: a new directory appears whole; an existing one
+/// is swapped for the new one in one step (Linux renameat2) after its other files were linked
+/// into it, its subdirectories (a training checkpoint) moved across right after the swap;
+/// without that call the finished files are renamed into place one by one. A stale
 /// tokenizer.json, which Transformers would prefer to a new vocab.txt, and a stale
-/// chat_template.jinja, which it would prefer to the new template, are removed).
+/// chat_template.jinja, which it would prefer to the new template, are left out.
 template <class Model, class Tokenizer = text::bert_tokenizer>
 void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config,
              const Tokenizer* tokenizer, const std::filesystem::path& dir,
@@ -1129,15 +1131,45 @@ void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config
                 write_text_atomic(tmp / name, text);
                 files.push_back(name);
             }
+        detail::crash_point("save_hf-written");
         if (!fs::exists(dir)) {
             fs::rename(tmp, dir);  // the whole directory appears at once
             return;
         }
-        if (tokenizer) {  // files Transformers would read in place of the new ones
+        std::vector<std::string> stale;  // files Transformers would read in place of the new ones
+        if (tokenizer) {
             if constexpr (std::is_same_v<Tokenizer, text::bert_tokenizer>)
-                fs::remove(dir / "tokenizer.json");
-            fs::remove(dir / "chat_template.jinja");
+                stale.push_back("tokenizer.json");
+            stale.push_back("chat_template.jinja");
         }
+        auto listed = [](const std::vector<std::string>& v, const std::string& name) {
+            return std::find(v.begin(), v.end(), name) != v.end();
+        };
+        // the user's other files come along (hard links, or copies where the file system has
+        // none), then the new directory takes the old one's place in one step: a crash leaves
+        // the previous model or the new one, whole
+        std::vector<std::string> subdirectories;
+        for (const auto& e : fs::directory_iterator(dir)) {
+            const std::string name = e.path().filename().string();
+            if (listed(files, name) || listed(stale, name)) continue;
+            if (e.is_directory() && !e.is_symlink()) {
+                subdirectories.push_back(name);  // moved after the swap (checkpoint/...)
+            } else if (e.is_symlink()) {
+                fs::copy_symlink(e.path(), tmp / name);
+            } else {
+                fs::create_hard_link(e.path(), tmp / name, ec);
+                if (ec) fs::copy_file(e.path(), tmp / name);
+            }
+        }
+        detail::sync_file(tmp);
+        if (detail::exchange(tmp, dir)) {  // tmp now holds the previous model
+            detail::crash_point("save_hf-swapped");
+            for (const auto& name : subdirectories) fs::rename(tmp / name, dir / name);
+            fs::remove_all(tmp);
+            return;
+        }
+        // no one-step swap on this system: each finished file is renamed into place
+        for (const auto& name : stale) fs::remove(dir / name);
         for (const auto& name : files) fs::rename(tmp / name, dir / name);
         fs::remove_all(tmp);
     } catch (const fs::filesystem_error& e) {

@@ -14,9 +14,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -48,22 +50,19 @@ inline std::string parameter_name(std::string_view tensor) {
     return n;
 }
 
-/// Reads dir/adapter_config.json (PEFT's LoraConfig), rank_pattern and alpha_pattern in the
-/// file's order (PEFT takes the first key that matches). Fields that would change the adapted
-/// model in ways ftune does not implement (DoRA, layers_to_transform, exclude_modules...) must be
-/// at their defaults: otherwise an error names the field.
-inline lora_config read_adapter_config(const std::filesystem::path& dir) {
-    const auto path = dir / "adapter_config.json";
-    std::ifstream in(path);
-    if (!in) throw error(errc::io, path.string(), "cannot open the adapter's configuration");
+/// Parses the contents of an adapter_config.json (PEFT's LoraConfig), rank_pattern and
+/// alpha_pattern in the file's order (PEFT takes the first key that matches); `where` names the
+/// file in errors. Fields that would change the adapted model in ways ftune does not implement
+/// (DoRA, layers_to_transform, exclude_modules...) must be at their defaults: otherwise an error
+/// names the field.
+inline lora_config parse_adapter_config(std::string_view contents, const std::string& where) {
     nlohmann::ordered_json j;  // the patterns' keys in the file's order
     try {
-        j = nlohmann::ordered_json::parse(in);
+        j = nlohmann::ordered_json::parse(contents);
     } catch (const nlohmann::json::exception& e) {
-        throw error(errc::parse, path.string(), ftune::detail::cat("malformed JSON: ", e.what()));
+        throw error(errc::parse, where, ftune::detail::cat("malformed JSON: ", e.what()));
     }
-    const std::string where = path.string();
-    if (!j.is_object() || j.value("peft_type", "") != "LORA")
+    if (!j.is_object() || !j.contains("peft_type") || j["peft_type"] != "LORA")
         throw error(errc::unsupported, where + ": peft_type",
                     "not a LoRA adapter (peft_type \"LORA\"); ftune reads LoRA adapters only");
     auto unsupported = [&](const char* field, const std::string& why) {
@@ -89,6 +88,9 @@ inline lora_config read_adapter_config(const std::filesystem::path& dir) {
         c.r = j.at("r").get<std::size_t>();
         c.alpha = j.at("lora_alpha").get<double>();
         c.dropout = j.value("lora_dropout", 0.0);
+        if (c.r == 0) unsupported("r", "0: the rank must be at least 1");
+        if (!std::isfinite(c.alpha)) unsupported("lora_alpha", "not a finite number");
+        if (!(c.dropout >= 0 && c.dropout < 1)) unsupported("lora_dropout", "not in [0, 1)");
         c.rslora = j.value("use_rslora", false);
         const auto& t = j.at("target_modules");
         if (t.is_string())
@@ -118,6 +120,16 @@ inline lora_config read_adapter_config(const std::filesystem::path& dir) {
             ftune::detail::cat("a LoRA field is missing or has the wrong type: ", e.what()));
     }
     return c;
+}
+
+/// Reads dir/adapter_config.json (parse_adapter_config on its contents).
+inline lora_config read_adapter_config(const std::filesystem::path& dir) {
+    const auto path = dir / "adapter_config.json";
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw error(errc::io, path.string(), "cannot open the adapter's configuration");
+    const std::string contents((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
+    return parse_adapter_config(contents, path.string());
 }
 
 namespace detail {

@@ -91,6 +91,7 @@ class repository {
         std::string line;
         while (std::getline(in, line)) {
             if (line.empty() || line.starts_with("time\t")) continue;
+            if (std::count(line.begin(), line.end(), '\t') < 4) continue;  // cut short by a crash
             std::vector<std::string> f;
             std::size_t a = 0;
             for (std::size_t b; (b = line.find('\t', a)) != std::string::npos; a = b + 1)
@@ -108,8 +109,17 @@ class repository {
                 const std::string& note = "") const {
         const auto path = dir_ / "history.tsv";
         const bool fresh = !std::filesystem::exists(path);
+        bool torn = false;  // a line cut short by a crash: the new one starts on a line of its own
+        if (!fresh) {
+            std::ifstream last(path, std::ios::binary | std::ios::ate);
+            if (last && last.tellg() > 0) {
+                last.seekg(-1, std::ios::end);
+                torn = last.get() != '\n';
+            }
+        }
         std::ofstream out(path, std::ios::app);
         if (fresh) out << "time\tevent\tversion\tprevious\tnote\n";
+        if (torn) out << '\n';
         auto clean = [](std::string s) {
             for (char& c : s)
                 if (c == '\t' || c == '\n' || c == '\r') c = ' ';
@@ -118,8 +128,9 @@ class repository {
         const std::time_t now = std::time(nullptr);
         char stamp[32];
         std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-        out << stamp << '\t' << clean(kind) << '\t' << clean(version) << '\t' << clean(previous)
-            << '\t' << clean(note) << '\n';
+        out << stamp << '\t' << clean(kind) << '\t' << std::flush;
+        io::detail::crash_point("history-torn");
+        out << clean(version) << '\t' << clean(previous) << '\t' << clean(note) << '\n';
         out.close();
         if (!out) throw error(errc::io, path.string(), "cannot append to the history (disk full?)");
         io::detail::sync_file(path);
@@ -152,6 +163,7 @@ class repository {
         const auto tmp = io::detail::temporary_beside(current);
         std::error_code ec;
         std::filesystem::create_directory_symlink(std::filesystem::path("versions") / name, tmp);
+        io::detail::crash_point("promote-linked");
         if (std::rename(tmp.c_str(), current.c_str()) != 0) {
             const int e = errno;
             std::filesystem::remove(tmp, ec);

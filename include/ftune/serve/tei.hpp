@@ -1,7 +1,9 @@
 // serve::parse_predict_request: the body of Text Embeddings Inference's POST /predict, as
 // `ftune serve` reads it. TEI's forms: {"inputs": "text"}; {"inputs": ["text", "pair"]} (two
 // strings: one pair); {"inputs": [input, ...]} (a batch), each input a text, [text] or
-// [text, pair]. Anything else is an ftune::error saying which form is expected.
+// [text, pair]. serve::parse_embed_request: the body of POST /embed, {"inputs": "text"} or
+// {"inputs": ["text", ...]} with "normalize" (default true). Anything else is an ftune::error
+// saying which form is expected.
 #pragma once
 
 #include <optional>
@@ -69,6 +71,46 @@ inline predict_request parse_predict_request(std::string_view body) {
                     "expected a text, a pair [text, text], or a list of them");
     r.batched = true;
     for (const auto& v : in) r.inputs.push_back(one(v));
+    return r;
+}
+
+/// A parsed POST /embed body.
+struct embed_request {
+    std::vector<std::string> inputs;  ///< the texts, in order
+    bool normalize = true;            ///< TEI's normalize: unit vectors (L2)
+};
+
+/// Parses a POST /embed body (see the file comment): a text or a list of texts (the answer is
+/// always a list of vectors, as TEI's). Throws errc::parse for a body that is not JSON and
+/// errc::invalid_argument for JSON of another shape.
+inline embed_request parse_embed_request(std::string_view body) {
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(body);
+    } catch (const nlohmann::json::exception& e) {
+        throw error(errc::parse, "request body", std::string("not JSON: ") + e.what());
+    }
+    if (!j.is_object() || !j.contains("inputs"))
+        throw error(errc::invalid_argument, "inputs",
+                    "the body is a JSON object with \"inputs\": a text or a list of texts");
+    embed_request r;
+    if (const auto it = j.find("normalize"); it != j.end()) {
+        if (!it->is_boolean()) throw error(errc::invalid_argument, "normalize", "is true or false");
+        r.normalize = it->get<bool>();
+    }
+    const auto& in = j["inputs"];
+    if (in.is_string()) {
+        r.inputs.push_back(in.get<std::string>());
+        return r;
+    }
+    if (!in.is_array())
+        throw error(errc::invalid_argument, "inputs", "expected a text or a list of texts");
+    for (const auto& v : in) {
+        if (!v.is_string())
+            throw error(errc::invalid_argument, "inputs",
+                        "each input of /embed is a text (token ids are not taken)");
+        r.inputs.push_back(v.get<std::string>());
+    }
     return r;
 }
 

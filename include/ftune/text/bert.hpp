@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -43,13 +44,23 @@ class vocabulary {
         if (!in)
             throw error(errc::io, path.string(),
                         "cannot open the vocabulary (vocab.txt: one token per line)");
+        const std::string text((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
+        return from_text(text, path.string());
+    }
+    /// The vocabulary of vocab.txt's contents (as from_file; the last line needs no line end);
+    /// `where` names the file in errors.
+    static vocabulary from_text(std::string_view text, const std::string& where) {
         vocabulary v;
-        std::string line;
-        while (std::getline(in, line)) {
-            if (!line.empty() && line.back() == '\r') line.pop_back();
-            v.add(line);
+        for (std::size_t pos = 0; pos < text.size();) {
+            std::size_t end = text.find('\n', pos);
+            if (end == std::string_view::npos) end = text.size();
+            std::string_view line = text.substr(pos, end - pos);
+            if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+            v.add(std::string(line));
+            pos = end + 1;
         }
-        if (v.tokens_.empty()) throw error(errc::parse, path.string(), "the vocabulary is empty");
+        if (v.tokens_.empty()) throw error(errc::parse, where, "the vocabulary is empty");
         return v;
     }
     /// Appends a token with the next id.
