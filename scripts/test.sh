@@ -18,10 +18,10 @@ ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
 # chat templates, TSV/CSV and plain text, CoNLL, SQuAD JSON, JSON-lines chat data, vocab.txt,
 # tokenizer.json, PEFT adapter_config.json, `ftune serve`'s /predict body), when Clang is
 # installed: built with AddressSanitizer + UndefinedBehaviorSanitizer and run FTUNE_FUZZ_SECONDS
-# (default 10) each from seeds (committed fixtures). A crash or sanitizer report fails the run.
+# (default 5) each from seeds (committed fixtures). A crash or sanitizer report fails the run.
 # Skipped when ctest arguments select a subset, or with FTUNE_FUZZ_SECONDS=0. Longer runs:
 # docs/fuzzing.md.
-fuzz_seconds=${FTUNE_FUZZ_SECONDS:-10}
+fuzz_seconds=${FTUNE_FUZZ_SECONDS:-5}
 if [[ $# -eq 0 && $fuzz_seconds -gt 0 ]] && command -v clang++ >/dev/null; then
     fuzz_build="$build-fuzz"
     CXX=clang++ cmake -S . -B "$fuzz_build" -DCMAKE_BUILD_TYPE=Release -DFTUNE_BUILD_FUZZERS=ON \
