@@ -47,7 +47,7 @@ for target in "${targets[@]}"; do
     for s in ${seeds[$target]}; do
         if [[ -d $s ]]; then cp "$s"/* "$corpus/"; else cp "$s" "$corpus/$(echo "$s" | tr / _)"; fi
     done
-    echo "fuzzing $target (${runs:+$runs runs}${runs:-$seconds s})"
+    if [[ -n $runs ]]; then echo "fuzzing $target ($runs runs)"; else echo "fuzzing $target ($seconds s)"; fi
     if ! "$build/bin/$target" "${limit[@]}" -max_len=100000 -artifact_prefix="$build/$target-" \
         "$corpus" >"$build/$target.log" 2>&1; then
         tail -n 40 "$build/$target.log" >&2

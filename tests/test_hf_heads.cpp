@@ -357,6 +357,77 @@ TEST_CASE("serve::share_weights: replicas alias the weights, keep them packed, s
         Catch::Contains("classifier.weight") && Catch::Contains("not a copy of the model"));
 }
 
+TEST_CASE("serve::token_tagger: the entities of Transformers' token-classification pipeline",
+          "[serve][parity]") {
+    // tests/reference/ner_pipeline.py: aggregation_strategy "first" on the fixture model
+    std::ifstream in(heads / "token_entities.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() == 6);
+    const ftune::serve::token_tagger<> tagger(
+        ftune::io::load_hf<ftune::bert::token_classifier<>>(heads / "token"));
+    std::vector<std::string> texts;
+    for (const auto& c : cases) texts.push_back(c["text"]);
+    const std::vector<std::string_view> views(texts.begin(), texts.end());
+    const auto tagged = tagger.tag_batch(views);  // one padded batch of all texts
+    std::size_t entities = 0;
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        INFO(texts[i]);
+        const auto got = ftune::serve::group_entities(tagged[i], texts[i]);
+        const auto& want = cases[i]["entities"];
+        REQUIRE(got.size() == want.size());
+        for (std::size_t k = 0; k < got.size(); ++k) {
+            INFO("entity " << k << ": " << want[k].dump());
+            CHECK(got[k].entity_group == want[k]["entity_group"].get<std::string>());
+            CHECK(got[k].start == want[k]["start"].get<std::size_t>());
+            CHECK(got[k].end == want[k]["end"].get<std::size_t>());
+            CHECK(std::abs(got[k].score - want[k]["score"].get<double>()) < 1e-5);
+            // the text's own span, code points [start, end) (the pipeline decodes the pieces
+            // instead: lowercase, "' t")
+            std::size_t cp = 0, b = 0, e = texts[i].size();
+            for (std::size_t at = 0; at < texts[i].size(); ++at)
+                if ((static_cast<unsigned char>(texts[i][at]) & 0xC0) != 0x80) {
+                    if (cp == got[k].start) b = at;
+                    if (cp == got[k].end) e = at;
+                    ++cp;
+                }
+            CHECK(got[k].word == texts[i].substr(b, e - b));
+        }
+        entities += got.size();
+        // one text alone gives what the batch gave
+        const auto alone = tagger.entities(texts[i]);
+        REQUIRE(alone.size() == got.size());
+        for (std::size_t k = 0; k < got.size(); ++k)
+            CHECK(std::abs(alone[k].score - got[k].score) < 1e-6);
+    }
+    CHECK(entities == 15);
+}
+
+TEST_CASE("serve::question_answerer: the answers of Transformers' QA pipeline", "[serve][parity]") {
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "qa_answers.json");
+    const auto cases = nlohmann::json::parse(in);
+    std::size_t checked = 0;
+    for (const auto& c : cases) {
+        if (c["handle_impossible_answer"].get<bool>()) continue;  // not the server's mode
+        const ftune::serve::question_answerer<> qa(
+            ftune::io::load_hf<ftune::bert::question_answering<>>(heads / "qa"), c["max_length"],
+            c["doc_stride"]);
+        const std::string question = c["question"], context = c["context"];
+        INFO(question);
+        const auto answers = qa.answer(question, context, c["top_k"], c["max_answer_length"]);
+        REQUIRE(answers.size() == c["answers"].size());
+        for (std::size_t k = 0; k < answers.size(); ++k) {
+            const auto& want = c["answers"][k];
+            CHECK(answers[k].text == want["answer"].get<std::string>());
+            CHECK(answers[k].char_begin == want["start"].get<std::uint32_t>());
+            CHECK(answers[k].char_end == want["end"].get<std::uint32_t>());
+            CHECK(std::abs(answers[k].score - want["score"].get<double>()) <=
+                  1e-4 * want["score"].get<double>());
+        }
+        ++checked;
+    }
+    CHECK(checked >= 3);
+}
+
 TEST_CASE("qa: windows and n-best answers equal Transformers' tokenizer and QA pipeline",
           "[io][parity]") {
     // tests/reference/qa_parity.py: the fast tokenizer's overflowing windows and the pipeline's

@@ -163,7 +163,8 @@ TEST_CASE(
     REQUIRE(g);
     CHECK(g->status == 200);
     const auto api = json::parse(g->body);
-    for (const char* path : {"/predict", "/embed", "/info", "/health", "/metrics", "/openapi.json"})
+    for (const char* path : {"/predict", "/embed", "/token-classification", "/question-answering",
+                             "/info", "/health", "/metrics", "/openapi.json"})
         CHECK(api["paths"].contains(path));
     auto e = c.Post("/embed", R"({"inputs": "a text"})", "application/json");  // not this model's
     REQUIRE(e);
@@ -347,4 +348,96 @@ TEST_CASE("ftune serve: TEI's /embed on a sentence-transformers model equals tex
     CHECK(r->status == 422);
     CHECK(json::parse(r->body)["error_type"] == "Empty");
     CHECK(s.stop() == 0);
+}
+
+TEST_CASE("ftune serve: /token-classification and /question-answering equal the library's",
+          "[serve]") {
+    const fs::path heads = fs::path(FTUNE_REFERENCE_DIR) / "hf_heads";
+    {  // a token classifier: entities as Transformers' pipeline (aggregation "first")
+        const ftune::serve::token_tagger<> lib(
+            ftune::io::load_hf<ftune::bert::token_classifier<>>(heads / "token"));
+        server s({"--model", (heads / "token").string()});
+        httplib::Client c("127.0.0.1", s.port());
+        const std::vector<std::string> texts{"John lives in Paris.",
+                                             "where is berlin near the river ? john lives"};
+        auto r =
+            c.Post("/token-classification", json{{"inputs", texts}}.dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        auto body = json::parse(r->body);
+        REQUIRE(body.size() == 2);
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            const auto want = lib.entities(texts[i]);
+            REQUIRE(body[i].size() == want.size());
+            for (std::size_t k = 0; k < want.size(); ++k) {
+                CHECK(body[i][k]["entity_group"] == want[k].entity_group);
+                CHECK(body[i][k]["word"] == want[k].word);
+                CHECK(body[i][k]["start"] == want[k].start);
+                CHECK(body[i][k]["end"] == want[k].end);
+                CHECK(std::abs(body[i][k]["score"].get<double>() - want[k].score) < 1e-6);
+            }
+        }
+        // one text, every word not tagged O
+        r = c.Post("/token-classification",
+                   json{{"inputs", texts[0]}, {"aggregation_strategy", "none"}}.dump(),
+                   "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        body = json::parse(r->body);
+        REQUIRE(body.is_array());
+        CHECK(!body.empty());
+        for (const auto& w : body) CHECK(w["entity"].get<std::string>() != "O");
+        const auto info = json::parse(c.Get("/info")->body);
+        CHECK(info["model_type"]["token_classifier"]["id2label"]["1"] == "B-PER");
+        r = c.Post("/token-classification", R"({"inputs": "x", "aggregation_strategy": "max"})",
+                   "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 422);
+        r = c.Post("/predict", R"({"inputs": "x"})", "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 400);
+        CHECK(json::parse(r->body)["error"].get<std::string>().find("POST /token-classification") !=
+              std::string::npos);
+        CHECK(s.stop() == 0);
+    }
+    {  // a question-answering model: the pipeline's answers
+        const ftune::serve::question_answerer<> lib(
+            ftune::io::load_hf<ftune::bert::question_answering<>>(heads / "qa"));
+        server s({"--model", (heads / "qa").string()});
+        httplib::Client c("127.0.0.1", s.port());
+        const std::string q = "Where is the café?", ctx = "The café is in Berlin, near the rivers.";
+        auto r = c.Post("/question-answering",
+                        json{{"inputs", {{"question", q}, {"context", ctx}}}}.dump(),
+                        "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        auto body = json::parse(r->body);  // one question, top_k 1: one answer object
+        const auto want = lib.answer(q, ctx, 1);
+        REQUIRE(want.size() == 1);
+        CHECK(body["answer"] == want[0].text);
+        CHECK(body["start"] == want[0].char_begin);
+        CHECK(body["end"] == want[0].char_end);
+        CHECK(std::abs(body["score"].get<double>() - want[0].score) < 1e-9);
+        // a batch with top_k 3: a list of three answers per question
+        r = c.Post("/question-answering",
+                   json{{"inputs", json::array({{{"question", q}, {"context", ctx}},
+                                                {{"question", "Who?"}, {"context", ctx}}})},
+                        {"top_k", 3}}
+                       .dump(),
+                   "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        body = json::parse(r->body);
+        REQUIRE(body.size() == 2);
+        const auto three = lib.answer("Who?", ctx, 3);
+        REQUIRE(body[1].size() == three.size());
+        for (std::size_t k = 0; k < three.size(); ++k) CHECK(body[1][k]["answer"] == three[k].text);
+        for (const char* bad : {R"({"inputs": {"question": "q"}})", R"({"inputs": "text"})",
+                                R"({"inputs": {"question": "q", "context": "c"}, "top_k": 0})"}) {
+            r = c.Post("/question-answering", bad, "application/json");
+            REQUIRE(r);
+            CHECK(r->status == 422);
+        }
+        CHECK(s.stop() == 0);
+    }
 }

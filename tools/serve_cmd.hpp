@@ -1,6 +1,8 @@
-// `ftune serve`: a fine-tuned sequence classifier, or a sentence-embedding encoder, over
-// HTTP/JSON, with the endpoints and JSON of Hugging Face's Text Embeddings Inference (POST
-// /predict, POST /embed, GET /info, /health, /metrics), so TEI's clients work unchanged. Concurrent
+// `ftune serve`: a fine-tuned sequence classifier, a sentence-embedding encoder, a token
+// classifier or a question-answering model over HTTP/JSON, with the endpoints and JSON of
+// Hugging Face's Text Embeddings Inference (POST /predict, POST /embed, GET /info, /health,
+// /metrics), so TEI's clients work unchanged, and in its style POST /token-classification and
+// POST /question-answering (the JSON of Transformers' pipelines). Concurrent
 // requests are batched dynamically (serve::batcher: up to --max-batch inputs, waiting at most
 // --max-wait-us for a batch to fill), the queue is bounded (503 when full), and a model
 // repository's promoted version (serve::repository) is reloaded when it changes: new requests go to
@@ -23,8 +25,10 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <ftune/serve.hpp>
@@ -90,24 +94,54 @@ class histogram {
     mutable std::mutex mu_;
 };
 
-// One loaded version of the model, with its batcher: a sequence classifier (POST /predict) or
-// a sentence-embedding encoder (POST /embed). Requests hold it through a shared_ptr, so a version
-// replaced by a reload lives until its last request has its answer.
+// One loaded version of the model, with its batcher: a sequence classifier (POST /predict), a
+// sentence-embedding encoder (POST /embed), a token classifier (POST /token-classification) or
+// a question-answering model (POST /question-answering). Requests hold it through a shared_ptr,
+// so a version replaced by a reload lives until its last request has its answer.
 struct served_version {
     using classifier_batcher =
         ftune::serve::batcher<ftune::serve::text_input, ftune::serve::prediction>;
     using embedder_batcher = ftune::serve::batcher<std::string, std::vector<float>>;
+    using tagger_batcher = ftune::serve::batcher<std::string, std::vector<ftune::serve::word_tag>>;
+    using answerer_batcher =
+        ftune::serve::batcher<ftune::serve::qa_input, std::vector<ftune::qa::answer>>;
     std::string version;  // the repository's version name ("" for a plain directory)
     fs::path dir;         // its model directory
-    std::unique_ptr<ftune::serve::text_classifier<>> model;  // a classifier, or
+    std::unique_ptr<ftune::serve::text_classifier<>> model;  // one of these four
     std::unique_ptr<classifier_batcher> batch;
-    std::unique_ptr<ftune::serve::text_embedder<>> embedder;  // an encoder for embeddings
+    std::unique_ptr<ftune::serve::text_embedder<>> embedder;
     std::unique_ptr<embedder_batcher> embeds;
+    std::unique_ptr<ftune::serve::token_tagger<>> tagger;
+    std::unique_ptr<tagger_batcher> tags;
+    std::unique_ptr<ftune::serve::question_answerer<>> answerer;
+    std::unique_ptr<answerer_batcher> answers;
     nlohmann::json id2label, label2id;  // for /info
 
-    ftune::serve::batch_stats stats() const { return batch ? batch->stats() : embeds->stats(); }
-    std::size_t queued() const { return batch ? batch->queued() : embeds->queued(); }
-    std::size_t max_length() const { return model ? model->max_length() : embedder->max_length(); }
+    // The endpoint this model answers.
+    std::string endpoint() const {
+        return model      ? "POST /predict"
+               : embedder ? "POST /embed"
+               : tagger   ? "POST /token-classification"
+                          : "POST /question-answering";
+    }
+    ftune::serve::batch_stats stats() const {
+        return batch    ? batch->stats()
+               : embeds ? embeds->stats()
+               : tags   ? tags->stats()
+                        : answers->stats();
+    }
+    std::size_t queued() const {
+        return batch    ? batch->queued()
+               : embeds ? embeds->queued()
+               : tags   ? tags->queued()
+                        : answers->queued();
+    }
+    std::size_t max_length() const {
+        return model      ? model->max_length()
+               : embedder ? embedder->max_length()
+               : tagger   ? tagger->max_length()
+                          : answerer->max_length();
+    }
 };
 
 // The batching options of `ftune serve`'s options.
@@ -121,54 +155,90 @@ inline ftune::serve::batch_options batching(const serve_options& opt) {
     };
 }
 
-// Loads the model directory `dir` as version `version`: a *ForSequenceClassification directory
-// as a classifier, a BertModel one (a sentence-transformers model) as an embedder.
+// id2label and label2id of /info from label names.
+inline void set_labels(served_version& v, const std::vector<std::string>& labels) {
+    v.id2label = nlohmann::json::object();
+    v.label2id = nlohmann::json::object();
+    for (std::size_t i = 0; i < labels.size(); ++i) {
+        v.id2label[std::to_string(i)] = labels[i];
+        v.label2id[labels[i]] = i;
+    }
+}
+
+// Loads the model directory `dir` as version `version`, by its architecture: a
+// *ForSequenceClassification, *ForTokenClassification or *ForQuestionAnswering model, or a
+// BertModel (a sentence-transformers model) for embeddings.
 inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::string version,
                                                     const serve_options& opt) {
     const std::string arch = architecture_of(dir);
-    const bool classifier = arch.ends_with("ForSequenceClassification");
-    if (!classifier && arch != "BertModel")
-        throw ftune::error(ftune::errc::unsupported, (dir / "config.json").string(),
-                           "architecture " + (arch.empty() ? std::string("(none)") : arch) +
-                               ": ftune serve runs sequence classifiers (POST /predict) and "
-                               "BertModel encoders for embeddings (POST /embed) so far");
     auto v = std::make_shared<served_version>();
     v->version = std::move(version);
     v->dir = dir;
     const int threads = int(opt.threads);
-    if (!classifier) {
-        auto m = ftune::io::load_hf<ftune::bert::model<>>(dir);
+    // the batch function of a model: its call on this worker thread's thread count
+    auto on_worker = [threads](auto f) {
+        return [threads, f](auto in) {
+            if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
+            return f(in);
+        };
+    };
+    auto load = [&]<class Model>(std::type_identity<Model>) {
+        auto m = ftune::io::load_hf<Model>(dir);
         warn_initialized(m.report, dir);
+        return m;
+    };
+    if (arch == "BertModel") {
         v->embedder = std::make_unique<ftune::serve::text_embedder<>>(
-            std::move(m), ftune::io::read_sentence_config(dir), opt.max_length, opt.precision);
-        const auto* model = v->embedder.get();
+            load(std::type_identity<ftune::bert::model<>>{}), ftune::io::read_sentence_config(dir),
+            opt.max_length, opt.precision);
         v->embeds = std::make_unique<served_version::embedder_batcher>(
-            [model, threads](std::span<const std::string> in) {
-                if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
+            on_worker([model = v->embedder.get()](std::span<const std::string> in) {
                 const std::vector<std::string_view> texts(in.begin(), in.end());
                 return model->embed_batch(texts, false);  // normalized per request
-            },
+            }),
             batching(opt));
-        return v;
+    } else if (arch.ends_with("ForSequenceClassification")) {
+        v->model = std::make_unique<ftune::serve::text_classifier<>>(
+            load(std::type_identity<ftune::bert::sequence_classifier<>>{}), opt.max_length,
+            opt.precision);
+        set_labels(*v, v->model->labels());
+        v->batch = std::make_unique<served_version::classifier_batcher>(
+            on_worker([model = v->model.get()](std::span<const ftune::serve::text_input> in) {
+                return model->predict_batch(in);
+            }),
+            batching(opt));
+    } else if (arch.ends_with("ForTokenClassification")) {
+        v->tagger = std::make_unique<ftune::serve::token_tagger<>>(
+            load(std::type_identity<ftune::bert::token_classifier<>>{}), opt.max_length,
+            opt.precision);
+        set_labels(*v, v->tagger->labels());
+        v->tags = std::make_unique<served_version::tagger_batcher>(
+            on_worker([model = v->tagger.get()](std::span<const std::string> in) {
+                const std::vector<std::string_view> texts(in.begin(), in.end());
+                return model->tag_batch(texts);
+            }),
+            batching(opt));
+    } else if (arch.ends_with("ForQuestionAnswering")) {
+        v->answerer = std::make_unique<ftune::serve::question_answerer<>>(
+            load(std::type_identity<ftune::bert::question_answering<>>{}), opt.max_length, 0,
+            opt.precision);
+        // each question's windows make one forward of their own (a batch answers them in turn)
+        v->answers = std::make_unique<served_version::answerer_batcher>(
+            on_worker([model = v->answerer.get()](std::span<const ftune::serve::qa_input> in) {
+                std::vector<std::vector<ftune::qa::answer>> out;
+                for (const auto& q : in)
+                    out.push_back(
+                        model->answer(q.question, q.context, q.top_k, q.max_answer_length));
+                return out;
+            }),
+            batching(opt));
+    } else {
+        throw ftune::error(
+            ftune::errc::unsupported, (dir / "config.json").string(),
+            "architecture " + (arch.empty() ? std::string("(none)") : arch) +
+                ": ftune serve runs BERT-family sequence classifiers, token classifiers, "
+                "question-answering models and BertModel encoders (embeddings) so far");
     }
-    auto m = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir);
-    warn_initialized(m.report, dir);
-    v->model = std::make_unique<ftune::serve::text_classifier<>>(std::move(m), opt.max_length,
-                                                                 opt.precision);
-    const auto& labels = v->model->labels();
-    v->id2label = nlohmann::json::object();
-    v->label2id = nlohmann::json::object();
-    for (std::size_t i = 0; i < labels.size(); ++i) {
-        v->id2label[std::to_string(i)] = labels[i];
-        v->label2id[labels[i]] = i;
-    }
-    const auto* model = v->model.get();
-    v->batch = std::make_unique<served_version::classifier_batcher>(
-        [model, threads](std::span<const ftune::serve::text_input> in) {
-            if (threads > 0) ftune::set_num_threads(threads);  // (this worker thread's)
-            return model->predict_batch(in);
-        },
-        batching(opt));
     return v;
 }
 
@@ -216,51 +286,91 @@ inline void json_error(httplib::Response& res, int status, const std::string& ty
                     "application/json");
 }
 
+// Waits for every future of `futures` that is still valid (the answers of a request that failed
+// part-way: the batcher finishes them anyway).
+template <class F>
+void settle(std::vector<F>& futures) {
+    for (auto& f : futures)
+        if (f.valid()) f.wait();
+}
+
+// Submits every input to batcher b and collects the answers in order. On a full queue, an input
+// that waited past --timeout-ms (503, Retry-After) or a failed forward (424) the error is the
+// response, and nothing is returned.
+template <class In, class Out>
+std::optional<std::vector<Out>> answers_of(ftune::serve::batcher<In, Out>& b,
+                                           std::vector<In>& inputs, httplib::Response& res) {
+    std::vector<std::future<Out>> futures;
+    try {
+        for (auto& in : inputs) futures.push_back(b.submit(std::move(in)));
+    } catch (const ftune::error& e) {  // the queue is full: the submitted ones still finish
+        settle(futures);
+        res.set_header("Retry-After", "1");
+        json_error(res, 503, "Overloaded", e.what());
+        return std::nullopt;
+    }
+    std::vector<Out> out;
+    out.reserve(futures.size());
+    for (auto& f : futures) {
+        try {
+            out.push_back(f.get());
+        } catch (const ftune::error& e) {
+            settle(futures);
+            if (e.id() == ftune::errc::timeout) {
+                res.set_header("Retry-After", "1");
+                json_error(res, 503, "Overloaded", e.what());
+            } else {
+                json_error(res, 424, "Backend", e.what());
+            }
+            return std::nullopt;
+        }
+    }
+    return out;
+}
+
+// Parses a request body with parse(body) and checks its number of inputs against
+// --max-client-batch; otherwise answers the error (422, 413) and returns nothing.
+template <class Parse>
+auto parsed(Parse parse, const serve_options& opt, const httplib::Request& req,
+            httplib::Response& res) -> std::optional<decltype(parse(req.body))> {
+    try {
+        auto r = parse(req.body);
+        if (r.inputs.empty()) {
+            json_error(res, 422, "Empty", "inputs is an empty list");
+            return std::nullopt;
+        }
+        if (r.inputs.size() > opt.max_client_batch) {
+            json_error(res, 413, "Validation",
+                       ftune::detail::cat("batch size ", r.inputs.size(), " > maximum allowed ",
+                                          opt.max_client_batch, " (--max-client-batch)"));
+            return std::nullopt;
+        }
+        return r;
+    } catch (const ftune::error& e) {
+        json_error(res, 422, "Validation", e.what());
+        return std::nullopt;
+    }
+}
+
+// Answers 400 naming the endpoint of the model in service.
+inline void wrong_endpoint(httplib::Response& res, const served_version& v) {
+    json_error(res, 400, "Validation", "the model in service answers " + v.endpoint());
+}
+
 // What `ftune serve` answers to POST /predict.
 inline void handle_predict(serve_state& state, const serve_options& opt,
                            const httplib::Request& req, httplib::Response& res) {
     const auto v = state.current();  // this version answers the whole request
-    if (!v->model)
-        return json_error(res, 400, "Validation",
-                          "the model in service is an embedding model: POST /embed");
-    ftune::serve::predict_request request;
-    try {
-        request = ftune::serve::parse_predict_request(req.body);
-        if (request.raw_scores)
-            throw ftune::error(ftune::errc::unsupported, "raw_scores",
-                               "ftune serve answers probabilities only (raw_scores: false)");
-    } catch (const ftune::error& e) {
-        return json_error(res, 422, "Validation", e.what());
-    }
-    auto& inputs = request.inputs;
-    const bool batched = request.batched;
-    if (inputs.empty()) return json_error(res, 422, "Empty", "inputs is an empty list");
-    if (inputs.size() > opt.max_client_batch)
-        return json_error(res, 413, "Validation",
-                          ftune::detail::cat("batch size ", inputs.size(), " > maximum allowed ",
-                                             opt.max_client_batch, " (--max-client-batch)"));
-    std::vector<std::future<ftune::serve::prediction>> futures;
-    try {
-        for (auto& in : inputs) futures.push_back(v->batch->submit(std::move(in)));
-    } catch (const ftune::error& e) {  // the queue is full: the submitted ones still finish
-        for (auto& f : futures) f.wait();
-        res.set_header("Retry-After", "1");
-        return json_error(res, 503, "Overloaded", e.what());
-    }
+    if (!v->model) return wrong_endpoint(res, *v);
+    auto request = parsed(ftune::serve::parse_predict_request, opt, req, res);
+    if (!request) return;
+    if (request->raw_scores)
+        return json_error(res, 422, "Validation",
+                          "raw_scores: ftune serve answers probabilities only (raw_scores: false)");
+    const auto predictions = answers_of(*v->batch, request->inputs, res);
+    if (!predictions) return;
     nlohmann::json out = nlohmann::json::array();
-    for (auto& f : futures) {
-        ftune::serve::prediction p;
-        try {
-            p = f.get();
-        } catch (const ftune::error& e) {
-            for (auto& g : futures)
-                if (g.valid()) g.wait();
-            if (e.id() == ftune::errc::timeout) {
-                res.set_header("Retry-After", "1");
-                return json_error(res, 503, "Overloaded", e.what());
-            }
-            return json_error(res, 424, "Backend", e.what());
-        }
+    for (const auto& p : *predictions) {
         std::vector<std::size_t> order(p.probabilities.size());
         for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
         std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
@@ -272,15 +382,7 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
         out.push_back(std::move(scores));
     }
     res.set_header("X-Model-Version", v->version);
-    res.set_content((batched ? out : out[0]).dump(), "application/json");
-}
-
-// Waits for every future of `futures` that is still valid (the answers of a request that failed
-// part-way: the batcher finishes them anyway).
-template <class F>
-void settle(std::vector<F>& futures) {
-    for (auto& f : futures)
-        if (f.valid()) f.wait();
+    res.set_content((request->batched ? out : out[0]).dump(), "application/json");
 }
 
 // What `ftune serve` answers to POST /embed: TEI's list of vectors, one per input (normalized
@@ -288,43 +390,15 @@ void settle(std::vector<F>& futures) {
 inline void handle_embed(serve_state& state, const serve_options& opt, const httplib::Request& req,
                          httplib::Response& res) {
     const auto v = state.current();  // this version answers the whole request
-    if (!v->embedder)
-        return json_error(res, 400, "Validation",
-                          "the model in service is a classifier: POST /predict");
-    ftune::serve::embed_request request;
-    try {
-        request = ftune::serve::parse_embed_request(req.body);
-    } catch (const ftune::error& e) {
-        return json_error(res, 422, "Validation", e.what());
-    }
-    if (request.inputs.empty()) return json_error(res, 422, "Empty", "inputs is an empty list");
-    if (request.inputs.size() > opt.max_client_batch)
-        return json_error(
-            res, 413, "Validation",
-            ftune::detail::cat("batch size ", request.inputs.size(), " > maximum allowed ",
-                               opt.max_client_batch, " (--max-client-batch)"));
-    std::vector<std::future<std::vector<float>>> futures;
-    try {
-        for (auto& in : request.inputs) futures.push_back(v->embeds->submit(std::move(in)));
-    } catch (const ftune::error& e) {  // the queue is full: the submitted ones still finish
-        settle(futures);
-        res.set_header("Retry-After", "1");
-        return json_error(res, 503, "Overloaded", e.what());
-    }
+    if (!v->embedder) return wrong_endpoint(res, *v);
+    auto request = parsed(ftune::serve::parse_embed_request, opt, req, res);
+    if (!request) return;
+    auto vectors = answers_of(*v->embeds, request->inputs, res);
+    if (!vectors) return;
     std::string body = "[";  // written directly: a JSON array of float arrays
-    for (std::size_t i = 0; i < futures.size(); ++i) {
-        std::vector<float> e;
-        try {
-            e = futures[i].get();
-        } catch (const ftune::error& err) {
-            settle(futures);
-            if (err.id() == ftune::errc::timeout) {
-                res.set_header("Retry-After", "1");
-                return json_error(res, 503, "Overloaded", err.what());
-            }
-            return json_error(res, 424, "Backend", err.what());
-        }
-        if (request.normalize) ftune::heads::l2_normalize(e, e.size());
+    for (std::size_t i = 0; i < vectors->size(); ++i) {
+        auto& e = (*vectors)[i];
+        if (request->normalize) ftune::heads::l2_normalize(e, e.size());
         body += i ? ",[" : "[";
         for (std::size_t j = 0; j < e.size(); ++j) {
             if (j) body += ',';
@@ -336,6 +410,69 @@ inline void handle_embed(serve_state& state, const serve_options& opt, const htt
     body += ']';
     res.set_header("X-Model-Version", v->version);
     res.set_content(body, "application/json");
+}
+
+// What `ftune serve` answers to POST /token-classification: per text, the entities
+// (aggregation_strategy "first", as Transformers' pipeline: entity_group, score, word, start,
+// end) or every word not tagged O ("none": entity, score, word, start, end).
+inline void handle_tokens(serve_state& state, const serve_options& opt, const httplib::Request& req,
+                          httplib::Response& res) {
+    const auto v = state.current();  // this version answers the whole request
+    if (!v->tagger) return wrong_endpoint(res, *v);
+    auto request = parsed(ftune::serve::parse_token_request, opt, req, res);
+    if (!request) return;
+    const std::vector<std::string> texts = request->inputs;  // kept for the entities' words
+    const auto tagged = answers_of(*v->tags, request->inputs, res);
+    if (!tagged) return;
+    nlohmann::json out = nlohmann::json::array();
+    for (std::size_t i = 0; i < tagged->size(); ++i) {
+        nlohmann::json list = nlohmann::json::array();
+        if (request->aggregate) {
+            for (const auto& e : ftune::serve::group_entities((*tagged)[i], texts[i]))
+                list.push_back({{"entity_group", e.entity_group},
+                                {"score", e.score},
+                                {"word", e.word},
+                                {"start", e.start},
+                                {"end", e.end}});
+        } else {
+            for (const auto& w : (*tagged)[i])
+                if (w.label != "O")
+                    list.push_back({{"entity", w.label},
+                                    {"score", w.score},
+                                    {"word", w.word},
+                                    {"start", w.start},
+                                    {"end", w.end}});
+        }
+        out.push_back(std::move(list));
+    }
+    res.set_header("X-Model-Version", v->version);
+    res.set_content((request->batched ? out : out[0]).dump(), "application/json");
+}
+
+// What `ftune serve` answers to POST /question-answering: per question the best answer
+// {"score", "start", "end", "answer"} (a list of the top_k best when top_k > 1), as Transformers'
+// question-answering pipeline; null when the context has no answer span.
+inline void handle_qa(serve_state& state, const serve_options& opt, const httplib::Request& req,
+                      httplib::Response& res) {
+    const auto v = state.current();  // this version answers the whole request
+    if (!v->answerer) return wrong_endpoint(res, *v);
+    auto request = parsed(ftune::serve::parse_qa_request, opt, req, res);
+    if (!request) return;
+    const std::size_t top_k = request->inputs.front().top_k;
+    const auto found = answers_of(*v->answers, request->inputs, res);
+    if (!found) return;
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& answers : *found) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& a : answers)
+            list.push_back({{"score", a.score},
+                            {"start", a.char_begin},
+                            {"end", a.char_end},
+                            {"answer", a.text}});
+        out.push_back(top_k > 1 ? list : list.empty() ? nlohmann::json(nullptr) : list[0]);
+    }
+    res.set_header("X-Model-Version", v->version);
+    res.set_content((request->batched ? out : out[0]).dump(), "application/json");
 }
 
 // Runs `ftune serve` with argv[2..]; returns the exit status.
@@ -407,29 +544,27 @@ inline int run_serve(int argc, char** argv) {
     svr.set_read_timeout(std::chrono::seconds(30));
     svr.set_write_timeout(std::chrono::seconds(30));
     using clock = std::chrono::steady_clock;
-    // every answer is counted by path and status; /predict's and /embed's latency goes to the
-    // histogram
+    // every answer is counted by path and status
     svr.set_logger([&](const httplib::Request& req, const httplib::Response& res) {
         state.count(req.path, res.status);
     });
-    svr.Post("/predict", [&](const httplib::Request& req, httplib::Response& res) {
-        const auto t0 = clock::now();
-        try {
-            handle_predict(state, opt, req, res);
-        } catch (const std::exception& e) {
-            json_error(res, 500, "Backend", e.what());
-        }
-        state.latency.observe(std::chrono::duration<double>(clock::now() - t0).count());
-    });
-    svr.Post("/embed", [&](const httplib::Request& req, httplib::Response& res) {
-        const auto t0 = clock::now();
-        try {
-            handle_embed(state, opt, req, res);
-        } catch (const std::exception& e) {
-            json_error(res, 500, "Backend", e.what());
-        }
-        state.latency.observe(std::chrono::duration<double>(clock::now() - t0).count());
-    });
+    // the model's endpoints: each answer's latency goes to the histogram
+    auto endpoint = [&](void (*handle)(serve_state&, const serve_options&, const httplib::Request&,
+                                       httplib::Response&)) {
+        return [&state, &opt, handle](const httplib::Request& req, httplib::Response& res) {
+            const auto t0 = clock::now();
+            try {
+                handle(state, opt, req, res);
+            } catch (const std::exception& e) {
+                json_error(res, 500, "Backend", e.what());
+            }
+            state.latency.observe(std::chrono::duration<double>(clock::now() - t0).count());
+        };
+    };
+    svr.Post("/predict", endpoint(handle_predict));
+    svr.Post("/embed", endpoint(handle_embed));
+    svr.Post("/token-classification", endpoint(handle_tokens));
+    svr.Post("/question-answering", endpoint(handle_qa));
     svr.Get("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
         res.set_content(serve_openapi, "application/json");
     });
@@ -441,6 +576,10 @@ inline int run_serve(int argc, char** argv) {
         nlohmann::json model_type;  // TEI's: {"classifier": {...}} or {"embedding": {...}}
         if (v->model) {
             model_type["classifier"] = {{"id2label", v->id2label}, {"label2id", v->label2id}};
+        } else if (v->tagger) {  // ftune's extensions
+            model_type["token_classifier"] = {{"id2label", v->id2label}, {"label2id", v->label2id}};
+        } else if (v->answerer) {
+            model_type["question_answering"] = nlohmann::json::object();
         } else {
             std::string pooling;
             for (const auto p : v->embedder->config().pooling)
@@ -471,7 +610,7 @@ inline int run_serve(int argc, char** argv) {
         const auto st = v->stats();
         std::string s = state.requests_text();
         s += state.latency.text("ftune_request_duration_seconds",
-                                "time to answer POST /predict and /embed, in seconds");
+                                "time to answer the model's POST endpoint, in seconds");
         s += "# HELP ftune_batch_size inputs per forward of the version in service\n"
              "# TYPE ftune_batch_size histogram\n";
         std::size_t cum = 0;

@@ -10,7 +10,7 @@ inline constexpr const char* serve_openapi = R"json({
   "openapi": "3.0.3",
   "info": {
     "title": "ftune serve",
-    "description": "A fine-tuned sequence classifier (POST /predict) or a sentence-embedding encoder (POST /embed) over HTTP, with Text Embeddings Inference's endpoints and JSON. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
+    "description": "A fine-tuned sequence classifier (POST /predict), a sentence-embedding encoder (POST /embed), a token classifier (POST /token-classification) or a question-answering model (POST /question-answering) over HTTP, with Text Embeddings Inference's endpoints and JSON and, for the last two, the JSON of Transformers' pipelines. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
     "license": {"name": "see the ftune repository"},
     "version": "0.1.0"
   },
@@ -57,6 +57,54 @@ inline constexpr const char* serve_openapi = R"json({
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "503": {"description": "overloaded: the queue is full or the input waited past --timeout-ms (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+      }
+    },
+    "/token-classification": {
+      "post": {
+        "summary": "ftune's extension: the entities of one text or a batch (a token classifier), as Transformers' token-classification pipeline",
+        "requestBody": {
+          "required": true,
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}}
+        },
+        "responses": {
+          "200": {
+            "description": "The entities of the text (a list of those lists for a batch)",
+            "headers": {"X-Model-Version": {"schema": {"type": "string"}, "description": "the repository version that answered"}},
+            "content": {"application/json": {"schema": {"oneOf": [
+              {"$ref": "#/components/schemas/Entities"},
+              {"type": "array", "items": {"$ref": "#/components/schemas/Entities"}}
+            ]}}}
+          },
+          "400": {"description": "the model in service is not a token classifier", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "503": {"description": "overloaded (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+      }
+    },
+    "/question-answering": {
+      "post": {
+        "summary": "ftune's extension: answers taken from a context (a question-answering model), as Transformers' question-answering pipeline",
+        "requestBody": {
+          "required": true,
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QARequest"}}}
+        },
+        "responses": {
+          "200": {
+            "description": "Per question the best answer (null: none), or the top_k best when top_k > 1; a list of those for a batch",
+            "headers": {"X-Model-Version": {"schema": {"type": "string"}, "description": "the repository version that answered"}},
+            "content": {"application/json": {"schema": {"oneOf": [
+              {"$ref": "#/components/schemas/Answer"},
+              {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Answer"}, {"type": "array", "items": {"$ref": "#/components/schemas/Answer"}}]}}
+            ]}}}
+          },
+          "400": {"description": "the model in service is not a question-answering model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "503": {"description": "overloaded (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         }
       }
     },
@@ -118,6 +166,52 @@ inline constexpr const char* serve_openapi = R"json({
           "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
         }
       },
+      "TokenRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+          "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+          "aggregation_strategy": {"type": "string", "enum": ["first", "none"], "default": "first", "description": "first: entities of whole words (each word labelled by its first piece), neighbouring words of one type joined; none: every word not tagged O"}
+        }
+      },
+      "Entities": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "properties": {
+            "entity_group": {"type": "string", "description": "the type (first)"},
+            "entity": {"type": "string", "description": "the word's label (none)"},
+            "score": {"type": "number"},
+            "word": {"type": "string", "description": "the text's own span"},
+            "start": {"type": "integer", "description": "first character (code point)"},
+            "end": {"type": "integer", "description": "one past the last character"}
+          }
+        }
+      },
+      "QARequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+          "inputs": {"oneOf": [{"$ref": "#/components/schemas/Question"}, {"type": "array", "items": {"$ref": "#/components/schemas/Question"}}]},
+          "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
+          "max_answer_length": {"type": "integer", "minimum": 1, "maximum": 512, "default": 15, "description": "in tokens"}
+        }
+      },
+      "Question": {
+        "type": "object",
+        "required": ["question", "context"],
+        "properties": {"question": {"type": "string"}, "context": {"type": "string"}}
+      },
+      "Answer": {
+        "type": "object",
+        "nullable": true,
+        "properties": {
+          "score": {"type": "number"},
+          "start": {"type": "integer", "description": "first character of the answer in the context (code point)"},
+          "end": {"type": "integer"},
+          "answer": {"type": "string"}
+        }
+      },
       "Scores": {
         "type": "array",
         "items": {
@@ -146,6 +240,11 @@ inline constexpr const char* serve_openapi = R"json({
               "id2label": {"type": "object", "additionalProperties": {"type": "string"}},
               "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
             }},
+            "token_classifier": {"type": "object", "description": "ftune's extension", "properties": {
+              "id2label": {"type": "object", "additionalProperties": {"type": "string"}},
+              "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
+            }},
+            "question_answering": {"type": "object", "description": "ftune's extension"},
             "embedding": {"type": "object", "properties": {
               "pooling": {"type": "string", "description": "sentence-transformers' mode names, joined by + when concatenated"},
               "dimension": {"type": "integer"},

@@ -15,6 +15,7 @@
 #   tests/cli/faults.sh FTUNE_BINARY FIXTURE_DIR SCRATCH_DIR
 set -euo pipefail
 ftune=$1 fixture=$2 work=$3
+export OMP_NUM_THREADS=1  # a tiny model: one thread is fastest, and other tests run beside
 rm -rf "$work"
 mkdir -p "$work/repo/versions"
 cp -r "$fixture" "$work/repo/versions/v1"

@@ -1,7 +1,7 @@
-// libFuzzer target: any bytes given to `ftune serve`'s POST /predict and POST /embed parsers
-// (serve::parse_predict_request, serve::parse_embed_request) give a request or an ftune::error,
-// never a crash (built with AddressSanitizer and UndefinedBehaviorSanitizer); a parsed request is
-// consistent.
+// libFuzzer target: any bytes given to `ftune serve`'s request parsers (POST /predict, /embed,
+// /token-classification, /question-answering: serve::parse_*_request) give a request or an
+// ftune::error, never a crash (built with AddressSanitizer and UndefinedBehaviorSanitizer); a
+// parsed request is consistent.
 #include <ftune/serve/tei.hpp>
 
 #include <cstddef>
@@ -17,6 +17,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     try {
         (void)ftune::serve::parse_embed_request(body);
+    } catch (const ftune::error&) {
+    }
+    try {
+        const auto r = ftune::serve::parse_token_request(body);
+        if (!r.batched && r.inputs.size() != 1) __builtin_trap();
+    } catch (const ftune::error&) {
+    }
+    try {
+        const auto r = ftune::serve::parse_qa_request(body);
+        if (!r.batched && r.inputs.size() != 1) __builtin_trap();
+        for (const auto& q : r.inputs)
+            if (q.top_k == 0 || q.max_answer_length == 0) __builtin_trap();
     } catch (const ftune::error&) {
     }
     return 0;

@@ -2,10 +2,12 @@
 // `ftune serve` reads it. TEI's forms: {"inputs": "text"}; {"inputs": ["text", "pair"]} (two
 // strings: one pair); {"inputs": [input, ...]} (a batch), each input a text, [text] or
 // [text, pair]. serve::parse_embed_request: the body of POST /embed, {"inputs": "text"} or
-// {"inputs": ["text", ...]} with "normalize" (default true). Anything else is an ftune::error
-// saying which form is expected.
+// {"inputs": ["text", ...]} with "normalize" (default true). ftune's extensions in TEI's style:
+// POST /token-classification (parse_token_request) and POST /question-answering
+// (parse_qa_request). Anything else is an ftune::error saying which form is expected.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -111,6 +113,108 @@ inline embed_request parse_embed_request(std::string_view body) {
                         "each input of /embed is a text (token ids are not taken)");
         r.inputs.push_back(v.get<std::string>());
     }
+    return r;
+}
+
+/// A parsed POST /token-classification body: {"inputs": "text" | ["text", ...],
+/// "aggregation_strategy": "first" | "none"} (ftune's extension in TEI's style; the names of
+/// Transformers' token-classification pipeline).
+struct token_request {
+    std::vector<std::string> inputs;  ///< the texts, in order
+    bool batched = false;             ///< a list of texts (answer: a list of answers)
+    bool aggregate = true;            ///< "first": entities; "none": every word not tagged O
+};
+
+/// A question about a context.
+struct qa_input {
+    std::string question;                ///< the question
+    std::string context;                 ///< the text the answer is taken from
+    std::size_t top_k = 1;               ///< answers wanted
+    std::size_t max_answer_length = 15;  ///< longest answer, in tokens
+};
+
+/// A parsed POST /question-answering body: {"inputs": {"question", "context"} | [...],
+/// "top_k": 1, "max_answer_length": 15} (the Hugging Face Inference API's form).
+struct qa_request {
+    std::vector<qa_input> inputs;  ///< in order
+    bool batched = false;          ///< a list of questions (answer: a list of answers)
+};
+
+namespace detail {
+// The JSON body of a request; throws errc::parse naming what is wrong.
+inline nlohmann::json request_json(std::string_view body) {
+    try {
+        auto j = nlohmann::json::parse(body);
+        if (!j.is_object() || !j.contains("inputs"))
+            throw error(errc::invalid_argument, "inputs",
+                        "the body is a JSON object with \"inputs\"");
+        return j;
+    } catch (const nlohmann::json::exception& e) {
+        throw error(errc::parse, "request body", std::string("not JSON: ") + e.what());
+    }
+}
+// A positive integer field of j (or `fallback` when absent), at most `most`.
+inline std::size_t count_field(const nlohmann::json& j, const char* name, std::size_t fallback,
+                               std::size_t most) {
+    const auto it = j.find(name);
+    if (it == j.end()) return fallback;
+    if (!it->is_number_unsigned() || it->get<std::size_t>() == 0 || it->get<std::size_t>() > most)
+        throw error(errc::invalid_argument, name,
+                    ftune::detail::cat("is a whole number from 1 to ", most));
+    return it->get<std::size_t>();
+}
+}  // namespace detail
+
+/// Parses a POST /token-classification body (see token_request). Throws errc::parse for a body
+/// that is not JSON and errc::invalid_argument for JSON of another shape.
+inline token_request parse_token_request(std::string_view body) {
+    const auto j = detail::request_json(body);
+    token_request r;
+    if (const auto it = j.find("aggregation_strategy"); it != j.end()) {
+        if (*it != "first" && *it != "none")
+            throw error(errc::invalid_argument, "aggregation_strategy",
+                        "is \"first\" (entities of whole words) or \"none\" (every word)");
+        r.aggregate = *it == "first";
+    }
+    const auto& in = j["inputs"];
+    if (in.is_string()) {
+        r.inputs.push_back(in.get<std::string>());
+        return r;
+    }
+    if (!in.is_array())
+        throw error(errc::invalid_argument, "inputs", "expected a text or a list of texts");
+    r.batched = true;
+    for (const auto& v : in) {
+        if (!v.is_string()) throw error(errc::invalid_argument, "inputs", "each input is a text");
+        r.inputs.push_back(v.get<std::string>());
+    }
+    return r;
+}
+
+/// Parses a POST /question-answering body (see qa_request). Throws errc::parse for a body that
+/// is not JSON and errc::invalid_argument for JSON of another shape.
+inline qa_request parse_qa_request(std::string_view body) {
+    const auto j = detail::request_json(body);
+    const std::size_t top_k = detail::count_field(j, "top_k", 1, 100);
+    const std::size_t longest = detail::count_field(j, "max_answer_length", 15, 512);
+    auto one = [&](const nlohmann::json& v) -> qa_input {
+        if (!v.is_object() || !v.contains("question") || !v["question"].is_string() ||
+            !v.contains("context") || !v["context"].is_string())
+            throw error(errc::invalid_argument, "inputs",
+                        "each input is {\"question\": text, \"context\": text}");
+        return {v["question"].get<std::string>(), v["context"].get<std::string>(), top_k, longest};
+    };
+    qa_request r;
+    const auto& in = j["inputs"];
+    if (in.is_object()) {
+        r.inputs.push_back(one(in));
+        return r;
+    }
+    if (!in.is_array())
+        throw error(errc::invalid_argument, "inputs",
+                    "expected {\"question\", \"context\"} or a list of them");
+    r.batched = true;
+    for (const auto& v : in) r.inputs.push_back(one(v));
     return r;
 }
 
