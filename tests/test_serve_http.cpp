@@ -6,6 +6,7 @@
 #include <ftune/bert/tasks.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/serve.hpp>
+#include <ftune/serve/chat.hpp>
 
 #include <httplib.h>
 #include <signal.h>
@@ -20,6 +21,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -163,8 +165,9 @@ TEST_CASE(
     REQUIRE(g);
     CHECK(g->status == 200);
     const auto api = json::parse(g->body);
-    for (const char* path : {"/predict", "/embed", "/token-classification", "/question-answering",
-                             "/info", "/health", "/metrics", "/openapi.json"})
+    for (const char* path :
+         {"/predict", "/embed", "/token-classification", "/question-answering",
+          "/v1/chat/completions", "/info", "/health", "/metrics", "/openapi.json"})
         CHECK(api["paths"].contains(path));
     auto e = c.Post("/embed", R"({"inputs": "a text"})", "application/json");  // not this model's
     REQUIRE(e);
@@ -440,4 +443,101 @@ TEST_CASE("ftune serve: /token-classification and /question-answering equal the 
         }
         CHECK(s.stop() == 0);
     }
+}
+
+TEST_CASE("ftune serve: OpenAI's /v1/chat/completions, whole and streamed, equals the library's",
+          "[serve]") {
+    // the tiny Llama with a letters-only chat template (as cli_train_chat assembles it)
+    const fs::path ref = FTUNE_REFERENCE_DIR, dir = fs::path(FTUNE_TEST_TMP) / "chat_model";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const auto& f : {ref / "hf_llama" / "untied" / "config.json",
+                          ref / "hf_llama" / "untied" / "model.safetensors",
+                          ref / "hf_llama" / "cli" / "tokenizer.json",
+                          ref / "lm" / "tiny_chat" / "tokenizer_config.json"})
+        fs::copy_file(f, dir / f.filename());
+    auto m = ftune::io::load_hf<ftune::llama::causal_lm<>>(dir);
+    ftune::serve::chat_generator<ftune::llama::causal_lm<>> lib(
+        std::move(m.model), *m.tokenizer, m.config.model.max_position_embeddings);
+    const std::vector<ftune::text::chat_message> messages{{"user", "GHI"}};
+    ftune::generation::options greedy;
+    greedy.temperature = 0, greedy.max_new_tokens = 6;
+    const auto want = lib.complete(messages, greedy);
+    REQUIRE(!want.result.text.empty());
+
+    server s({"--model", dir.string()});
+    httplib::Client c("127.0.0.1", s.port());
+    const json request{{"model", "tiny"},
+                       {"messages", {{{"role", "user"}, {"content", "GHI"}}}},
+                       {"temperature", 0},
+                       {"max_tokens", 6}};
+    auto r = c.Post("/v1/chat/completions", request.dump(), "application/json");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    auto body = json::parse(r->body);
+    CHECK(body["object"] == "chat.completion");
+    CHECK(body["model"] == "tiny");
+    CHECK(body["choices"][0]["message"]["role"] == "assistant");
+    CHECK(body["choices"][0]["message"]["content"] == want.result.text);
+    CHECK(body["choices"][0]["finish_reason"] == "length");  // 6 tokens, no eos
+    CHECK(body["usage"]["prompt_tokens"] == want.prompt_tokens);
+    CHECK(body["usage"]["completion_tokens"] == 6);
+    // streamed: server-sent events whose deltas add up to the same reply, then [DONE]
+    auto streamed = request;
+    streamed["stream"] = true;
+    r = c.Post("/v1/chat/completions", streamed.dump(), "application/json");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    CHECK(r->get_header_value("Content-Type").find("text/event-stream") != std::string::npos);
+    std::string text, finish;
+    std::size_t events = 0;
+    bool done = false;
+    std::istringstream lines(r->body);
+    for (std::string line; std::getline(lines, line);) {
+        if (line.empty()) continue;
+        REQUIRE(line.starts_with("data: "));
+        REQUIRE(!done);  // nothing after [DONE]
+        const std::string data = line.substr(6);
+        if (data == "[DONE]") {
+            done = true;
+            continue;
+        }
+        const auto chunk = json::parse(data);
+        CHECK(chunk["object"] == "chat.completion.chunk");
+        const auto& choice = chunk["choices"][0];
+        if (choice["delta"].contains("content")) text += choice["delta"]["content"];
+        if (!choice["finish_reason"].is_null()) finish = choice["finish_reason"];
+        ++events;
+    }
+    CHECK(done);
+    CHECK(events >= 3);  // the role, at least one piece, the finish
+    CHECK(text == want.result.text);
+    CHECK(finish == "length");
+    // a stop string ends the reply before it (as OpenAI's stop)
+    const std::string stop = want.result.text.substr(2, 1);
+    auto stopped = request;
+    stopped["stop"] = stop;
+    r = c.Post("/v1/chat/completions", stopped.dump(), "application/json");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    body = json::parse(r->body);
+    CHECK(body["choices"][0]["finish_reason"] == "stop");
+    CHECK(body["choices"][0]["message"]["content"] ==
+          want.result.text.substr(0, want.result.text.find(stop)));
+    // OpenAI's error shape for what ftune does not do, or a bad body; /info says what is served
+    for (const char* bad :
+         {R"({"messages": []})", R"({"messages": [{"role": "user"}]})",
+          R"({"messages": [{"role": "user", "content": "x"}], "n": 2})",
+          R"({"messages": [{"role": "user", "content": "x"}], "top_p": 0})", "not json"}) {
+        r = c.Post("/v1/chat/completions", bad, "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 400);
+        CHECK(json::parse(r->body)["error"]["type"] == "invalid_request_error");
+    }
+    CHECK(json::parse(c.Get("/info")->body)["model_type"]["generation"]["max_positions"] ==
+          m.config.model.max_position_embeddings);
+    r = c.Post("/predict", R"({"inputs": "x"})", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 400);
+    CHECK(s.stop() == 0);
 }

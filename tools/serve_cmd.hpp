@@ -2,8 +2,10 @@
 // classifier or a question-answering model over HTTP/JSON, with the endpoints and JSON of
 // Hugging Face's Text Embeddings Inference (POST /predict, POST /embed, GET /info, /health,
 // /metrics), so TEI's clients work unchanged, and in its style POST /token-classification and
-// POST /question-answering (the JSON of Transformers' pipelines). Concurrent
-// requests are batched dynamically (serve::batcher: up to --max-batch inputs, waiting at most
+// POST /question-answering (the JSON of Transformers' pipelines); a decoder language model
+// answers OpenAI's POST /v1/chat/completions (streamed with server-sent events on request).
+// Concurrent requests are batched dynamically (serve::batcher: up to --max-batch inputs, waiting at
+// most
 // --max-wait-us for a batch to fill), the queue is bounded (503 when full), and a model
 // repository's promoted version (serve::repository) is reloaded when it changes: new requests go to
 // the new version, requests in flight finish on the old one, none fails. cpp-httplib (Debian's
@@ -20,6 +22,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <future>
+#include <random>
+#include <functional>
+#include <ctime>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -33,8 +38,10 @@
 
 #include <ftune/serve.hpp>
 #include <ftune/serve/batcher.hpp>
+#include <ftune/serve/chat.hpp>
 #include <ftune/serve/repository.hpp>
 
+#include "generate_cmd.hpp"
 #include "predict_cmd.hpp"
 #include "serve_openapi.hpp"
 
@@ -57,6 +64,7 @@ struct serve_options {
     std::size_t timeout_ms = 30000;     // longest wait in the queue (then 503)
     std::size_t reload_ms = 1000;       // how often the promoted version is checked
     ftune::precision precision = ftune::precision::fp32;  // of the products
+    std::size_t max_tokens = 256;  // new tokens of a chat completion that names no max_tokens
 };
 
 // A Prometheus histogram of values in seconds (or counts), thread-safe.
@@ -115,32 +123,43 @@ struct served_version {
     std::unique_ptr<tagger_batcher> tags;
     std::unique_ptr<ftune::serve::question_answerer<>> answerer;
     std::unique_ptr<answerer_batcher> answers;
-    nlohmann::json id2label, label2id;  // for /info
+    // or a decoder language model answering conversations, one at a time
+    std::function<ftune::serve::completion(const std::vector<ftune::text::chat_message>&,
+                                           const ftune::generation::options&,
+                                           const ftune::generation::stream_fn&)>
+        chat;
+    std::size_t chat_positions = 0;            // its context, in tokens
+    std::atomic<std::size_t> chat_waiting{0};  // conversations running or waiting for it
+    nlohmann::json id2label, label2id;         // for /info
 
     // The endpoint this model answers.
     std::string endpoint() const {
         return model      ? "POST /predict"
                : embedder ? "POST /embed"
                : tagger   ? "POST /token-classification"
-                          : "POST /question-answering";
+               : answerer ? "POST /question-answering"
+                          : "POST /v1/chat/completions";
     }
     ftune::serve::batch_stats stats() const {
-        return batch    ? batch->stats()
-               : embeds ? embeds->stats()
-               : tags   ? tags->stats()
-                        : answers->stats();
+        return batch     ? batch->stats()
+               : embeds  ? embeds->stats()
+               : tags    ? tags->stats()
+               : answers ? answers->stats()
+                         : ftune::serve::batch_stats{};
     }
     std::size_t queued() const {
-        return batch    ? batch->queued()
-               : embeds ? embeds->queued()
-               : tags   ? tags->queued()
-                        : answers->queued();
+        return batch     ? batch->queued()
+               : embeds  ? embeds->queued()
+               : tags    ? tags->queued()
+               : answers ? answers->queued()
+                         : chat_waiting.load();
     }
     std::size_t max_length() const {
         return model      ? model->max_length()
                : embedder ? embedder->max_length()
                : tagger   ? tagger->max_length()
-                          : answerer->max_length();
+               : answerer ? answerer->max_length()
+                          : chat_positions;
     }
 };
 
@@ -170,10 +189,27 @@ inline void set_labels(served_version& v, const std::vector<std::string>& labels
 // BertModel (a sentence-transformers model) for embeddings.
 inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::string version,
                                                     const serve_options& opt) {
-    const std::string arch = architecture_of(dir);
     auto v = std::make_shared<served_version>();
     v->version = std::move(version);
     v->dir = dir;
+    const bool gguf = fs::is_regular_file(dir);  // a decoder's GGUF file
+    const std::string arch = gguf ? "" : architecture_of(dir);
+    if (gguf || arch.ends_with("ForCausalLM") || arch.ends_with("LMHeadModel")) {
+        with_language_model(
+            dir, [&](auto& lm, const ftune::text::bpe_tokenizer& tok, std::size_t positions) {
+                using Model = std::decay_t<decltype(lm)>;
+                auto g = std::make_shared<ftune::serve::chat_generator<Model>>(
+                    std::move(lm), tok, positions, opt.precision);
+                v->chat = [g](const std::vector<ftune::text::chat_message>& m,
+                              const ftune::generation::options& o,
+                              const ftune::generation::stream_fn& stream) {
+                    return g->complete(m, o, stream);
+                };
+                v->chat_positions = positions;
+                return 0;
+            });
+        return v;
+    }
     const int threads = int(opt.threads);
     // the batch function of a model: its call on this worker thread's thread count
     auto on_worker = [threads](auto f) {
@@ -237,7 +273,8 @@ inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::st
             ftune::errc::unsupported, (dir / "config.json").string(),
             "architecture " + (arch.empty() ? std::string("(none)") : arch) +
                 ": ftune serve runs BERT-family sequence classifiers, token classifiers, "
-                "question-answering models and BertModel encoders (embeddings) so far");
+                "question-answering models, BertModel encoders (embeddings) and Llama or GPT-2 "
+                "language models (chat)");
     }
     return v;
 }
@@ -475,6 +512,124 @@ inline void handle_qa(serve_state& state, const serve_options& opt, const httpli
     res.set_content((request->batched ? out : out[0]).dump(), "application/json");
 }
 
+// An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+inline void openai_error(httplib::Response& res, int status, const std::string& type,
+                         const std::string& message) {
+    res.status = status;
+    res.set_content(
+        nlohmann::json{
+            {"error",
+             {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}}
+            .dump(),
+        "application/json");
+}
+
+// OpenAI's finish_reason of a generation.
+inline const char* finish_reason(ftune::generation::finish f) {
+    return f == ftune::generation::finish::length ? "length" : "stop";
+}
+
+// What `ftune serve` answers to POST /v1/chat/completions (OpenAI's API): the assistant's reply
+// to the conversation, in one chat.completion object or, with "stream": true, as server-sent
+// events (chat.completion.chunk deltas, then "data: [DONE]"). One conversation runs at a time;
+// more than --max-queue running or waiting are refused with 503.
+inline void handle_chat(serve_state& state, const serve_options& opt, const httplib::Request& req,
+                        httplib::Response& res) {
+    const auto v = state.current();  // this version answers the whole request
+    if (!v->chat)
+        return openai_error(res, 400, "invalid_request_error",
+                            "the model in service answers " + v->endpoint());
+    ftune::serve::chat_request r;
+    try {
+        r = ftune::serve::parse_chat_request(req.body);
+    } catch (const ftune::error& e) {
+        return openai_error(res, 400, "invalid_request_error", e.what());
+    }
+    ftune::generation::options o;
+    o.max_new_tokens = r.max_tokens.value_or(opt.max_tokens);
+    o.temperature = r.temperature;
+    o.top_p = r.top_p;
+    o.top_k = 0;  // OpenAI's sampling has no top-k
+    o.stop_strings = r.stop;
+    o.seed = r.seed ? *r.seed : std::random_device{}();
+    static std::atomic<std::uint64_t> next_id{0};
+    const std::string id = "chatcmpl-ftune-" + std::to_string(++next_id);
+    const auto created = std::int64_t(std::time(nullptr));
+    const std::string model = r.model.empty() ? v->dir.filename().string() : r.model;
+    // the conversations running or waiting, counted down when the request is done with
+    struct waiting {
+        std::shared_ptr<served_version> v;
+        ~waiting() { --v->chat_waiting; }
+    };
+    if (++v->chat_waiting > opt.max_queue) {
+        --v->chat_waiting;
+        res.set_header("Retry-After", "1");
+        return openai_error(res, 503, "server_error",
+                            ftune::detail::cat("overloaded: ", opt.max_queue,
+                                               " conversations running or waiting (--max-queue)"));
+    }
+    const std::shared_ptr<waiting> hold(new waiting{v});  // (no temporary to count down twice)
+    res.set_header("X-Model-Version", v->version);
+    const auto dump = [](const nlohmann::json& j) {  // invalid UTF-8 replaced, never thrown
+        return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    };
+    if (!r.stream) {
+        ftune::serve::completion c;
+        try {
+            c = v->chat(r.messages, o, {});
+        } catch (const ftune::error& e) {
+            return openai_error(res, 400, "invalid_request_error", e.what());
+        }
+        const std::size_t n = c.result.tokens.size();
+        res.set_content(
+            dump(
+                {{"id", id},
+                 {"object", "chat.completion"},
+                 {"created", created},
+                 {"model", model},
+                 {"choices", nlohmann::json::array(
+                                 {{{"index", 0},
+                                   {"message", {{"role", "assistant"}, {"content", c.result.text}}},
+                                   {"finish_reason", finish_reason(c.result.reason)}}})},
+                 {"usage",
+                  {{"prompt_tokens", c.prompt_tokens},
+                   {"completion_tokens", n},
+                   {"total_tokens", c.prompt_tokens + n}}}}),
+            "application/json");
+        return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [v, r, o, id, created, model, hold, dump](std::size_t, httplib::DataSink& sink) {
+            auto event = [&](const std::string& data) {
+                const std::string line = "data: " + data + "\n\n";
+                return sink.write(line.data(), line.size());
+            };
+            auto chunk = [&](nlohmann::json delta, nlohmann::json finish) {
+                return dump({{"id", id},
+                             {"object", "chat.completion.chunk"},
+                             {"created", created},
+                             {"model", model},
+                             {"choices", nlohmann::json::array({{{"index", 0},
+                                                                 {"delta", std::move(delta)},
+                                                                 {"finish_reason", finish}}})}});
+            };
+            event(chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
+            try {
+                const auto c = v->chat(r.messages, o, [&](std::size_t, std::string_view piece) {
+                    event(chunk({{"content", std::string(piece)}}, nullptr));
+                });
+                event(chunk(nlohmann::json::object(), finish_reason(c.result.reason)));
+            } catch (const std::exception& e) {  // the status is sent: the error is an event
+                event(dump({{"error", {{"message", e.what()}, {"type", "server_error"}}}}));
+            }
+            event("[DONE]");
+            sink.done();
+            return true;
+        });
+}
+
 // Runs `ftune serve` with argv[2..]; returns the exit status.
 inline int run_serve(int argc, char** argv) {
     serve_options opt;
@@ -518,6 +673,8 @@ inline int run_serve(int argc, char** argv) {
             opt.reload_ms = count(false);
         else if (a == "--precision")
             opt.precision = parse_precision(std::string(a), v);
+        else if (a == "--max-tokens")
+            opt.max_tokens = count(false);
         else
             throw ftune::error(ftune::errc::invalid_argument, std::string(a),
                                "unknown option of ftune serve");
@@ -565,6 +722,7 @@ inline int run_serve(int argc, char** argv) {
     svr.Post("/embed", endpoint(handle_embed));
     svr.Post("/token-classification", endpoint(handle_tokens));
     svr.Post("/question-answering", endpoint(handle_qa));
+    svr.Post("/v1/chat/completions", endpoint(handle_chat));
     svr.Get("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
         res.set_content(serve_openapi, "application/json");
     });
@@ -580,6 +738,8 @@ inline int run_serve(int argc, char** argv) {
             model_type["token_classifier"] = {{"id2label", v->id2label}, {"label2id", v->label2id}};
         } else if (v->answerer) {
             model_type["question_answering"] = nlohmann::json::object();
+        } else if (v->chat) {
+            model_type["generation"] = {{"max_positions", v->chat_positions}};
         } else {
             std::string pooling;
             for (const auto p : v->embedder->config().pooling)

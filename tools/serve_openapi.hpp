@@ -10,7 +10,7 @@ inline constexpr const char* serve_openapi = R"json({
   "openapi": "3.0.3",
   "info": {
     "title": "ftune serve",
-    "description": "A fine-tuned sequence classifier (POST /predict), a sentence-embedding encoder (POST /embed), a token classifier (POST /token-classification) or a question-answering model (POST /question-answering) over HTTP, with Text Embeddings Inference's endpoints and JSON and, for the last two, the JSON of Transformers' pipelines. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
+    "description": "A fine-tuned sequence classifier (POST /predict), a sentence-embedding encoder (POST /embed), a token classifier (POST /token-classification) a question-answering model (POST /question-answering) or a language model (POST /v1/chat/completions, OpenAI's API) over HTTP, with Text Embeddings Inference's endpoints and JSON and, for token classification and question answering, the JSON of Transformers' pipelines. Concurrent requests are batched dynamically; every answer names the model version that computed it (X-Model-Version).",
     "license": {"name": "see the ftune repository"},
     "version": "0.1.0"
   },
@@ -105,6 +105,27 @@ inline constexpr const char* serve_openapi = R"json({
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "503": {"description": "overloaded (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+      }
+    },
+    "/v1/chat/completions": {
+      "post": {
+        "summary": "OpenAI's chat completions (a Llama or GPT-2 language model with a chat template): the assistant's reply, whole or streamed as server-sent events",
+        "requestBody": {
+          "required": true,
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}}
+        },
+        "responses": {
+          "200": {
+            "description": "A chat.completion object; with stream: text/event-stream of chat.completion.chunk objects ('data: {...}' lines), then 'data: [DONE]'",
+            "headers": {"X-Model-Version": {"schema": {"type": "string"}, "description": "the repository version that answered"}},
+            "content": {
+              "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
+              "text/event-stream": {"schema": {"type": "string"}}
+            }
+          },
+          "400": {"description": "a body that is not a valid request, an option ftune does not implement, a conversation longer than the model's context, or another model in service (OpenAI's error shape)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}},
+          "503": {"description": "more than --max-queue conversations running or waiting (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
         }
       }
     },
@@ -212,6 +233,40 @@ inline constexpr const char* serve_openapi = R"json({
           "answer": {"type": "string"}
         }
       },
+      "ChatRequest": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+          "model": {"type": "string", "description": "echoed in the answer"},
+          "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"], "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}},
+          "max_tokens": {"type": "integer", "minimum": 1, "description": "new tokens at most (also max_completion_tokens; default --max-tokens, 256)"},
+          "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 1, "description": "0: greedy"},
+          "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
+          "stop": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 4, "items": {"type": "string"}}]},
+          "seed": {"type": "integer"},
+          "stream": {"type": "boolean", "default": false},
+          "n": {"type": "integer", "enum": [1]}
+        }
+      },
+      "ChatCompletion": {
+        "type": "object",
+        "properties": {
+          "id": {"type": "string"},
+          "object": {"type": "string", "enum": ["chat.completion"]},
+          "created": {"type": "integer"},
+          "model": {"type": "string"},
+          "choices": {"type": "array", "items": {"type": "object", "properties": {
+            "index": {"type": "integer"},
+            "message": {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}},
+            "finish_reason": {"type": "string", "enum": ["stop", "length"]}
+          }}},
+          "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}
+        }
+      },
+      "OpenAIError": {
+        "type": "object",
+        "properties": {"error": {"type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": {"nullable": true}, "code": {"nullable": true}}}}
+      },
       "Scores": {
         "type": "array",
         "items": {
@@ -245,6 +300,7 @@ inline constexpr const char* serve_openapi = R"json({
               "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
             }},
             "question_answering": {"type": "object", "description": "ftune's extension"},
+            "generation": {"type": "object", "description": "ftune's extension", "properties": {"max_positions": {"type": "integer"}}},
             "embedding": {"type": "object", "properties": {
               "pooling": {"type": "string", "description": "sentence-transformers' mode names, joined by + when concatenated"},
               "dimension": {"type": "integer"},

@@ -1,7 +1,8 @@
 // libFuzzer target: any bytes given to `ftune serve`'s request parsers (POST /predict, /embed,
-// /token-classification, /question-answering: serve::parse_*_request) give a request or an
-// ftune::error, never a crash (built with AddressSanitizer and UndefinedBehaviorSanitizer); a
-// parsed request is consistent.
+// /token-classification, /question-answering, /v1/chat/completions: serve::parse_*_request) give a
+// request or an ftune::error, never a crash (built with AddressSanitizer and
+// UndefinedBehaviorSanitizer); a parsed request is consistent.
+#include <ftune/serve/chat.hpp>
 #include <ftune/serve/tei.hpp>
 
 #include <cstddef>
@@ -29,6 +30,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (!r.batched && r.inputs.size() != 1) __builtin_trap();
         for (const auto& q : r.inputs)
             if (q.top_k == 0 || q.max_answer_length == 0) __builtin_trap();
+    } catch (const ftune::error&) {
+    }
+    try {
+        const auto r = ftune::serve::parse_chat_request(body);
+        if (r.messages.empty() || r.stop.size() > 4 || !(r.top_p > 0 && r.top_p <= 1))
+            __builtin_trap();
     } catch (const ftune::error&) {
     }
     return 0;

@@ -44,14 +44,16 @@ class repository {
         return std::filesystem::is_symlink(dir_ / "current", ec);
     }
 
-    /// The version in service: `current`'s target name, or "" for a plain model directory.
-    /// Throws errc::io when the directory is neither.
+    /// The version in service: `current`'s target name, or "" for a plain model directory (or a
+    /// model file: a decoder's GGUF). Throws errc::io when the path is none of these.
     std::string promoted() const {
         if (versioned()) {
             const auto target = std::filesystem::read_symlink(dir_ / "current");
             return target.filename().string();
         }
-        if (std::filesystem::exists(dir_ / "config.json")) return "";
+        if (std::filesystem::exists(dir_ / "config.json") ||
+            (std::filesystem::is_regular_file(dir_) && dir_.extension() == ".gguf"))
+            return "";
         throw error(errc::io, dir_.string(),
                     "neither a model directory (config.json) nor a model repository (a "
                     "`current` link to versions/<name>); give the directory a fine-tuning "
