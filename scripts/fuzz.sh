@@ -3,7 +3,7 @@
 # seed corpora made of the committed fixtures; stops at the first crash, sanitizer report or
 # broken invariant, printing the input's path. scripts/test.sh runs every target for a few
 # seconds; docs/fuzzing.md records the longer runs.
-#   scripts/fuzz.sh --build DIR [--seconds S | --runs N] [--jobs J] [TARGET...]
+#   scripts/fuzz.sh --build DIR [--seconds S | --runs N] [TARGET...]
 # --seconds: time per target (default 10); --runs: executions per target instead; TARGET: the
 # targets to run (default all), e.g. fuzz_conll.
 set -euo pipefail

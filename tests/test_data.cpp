@@ -1,6 +1,7 @@
 // Data readers: TSV / CSV with a header (RFC 4180 quoting, embedded newlines, CRLF), CoNLL column
 // files; malformed input names file:line; the real data sets read with their published sizes.
 #include <ftune/data/readers.hpp>
+#include <ftune/data/squad.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -134,4 +135,28 @@ TEST_CASE("readers: the real data sets with their published sizes", "[data]") {
     CHECK(fpb.rows.size() == 2264);
     CHECK(sentiment == std::map<std::string, std::size_t>{
                            {"negative", 303}, {"neutral", 1391}, {"positive", 570}});
+}
+
+TEST_CASE("parse_squad: answers inside their context; bad entries name their JSON path",
+          "[unit][data]") {
+    using ftune::data::parse_squad;
+    const auto doc = [](const std::string& answers) {
+        return R"({"data": [{"paragraphs": [{"context": "Café in Berlin.", "qas": [{"id": "q1",
+            "question": "Where?", "answers": )" +
+               answers + "}]}]}]}";
+    };
+    const auto ok = parse_squad(doc(R"([{"text": "Berlin", "answer_start": 8}])"), "s.json");
+    REQUIRE(ok.size() == 1);
+    CHECK(ok[0].answers[0].char_start == 8);  // code points: é is one
+    CHECK_THROWS_WITH(parse_squad(doc(R"([{"text": "Berlin.", "answer_start": 9}])"), "s.json"),
+                      Catch::Contains("s.json: data[0].paragraphs[0].qas[0]") &&
+                          Catch::Contains("past the context"));
+    // a start so large that start + length wraps around (found reviewing the fuzz target)
+    CHECK_THROWS_WITH(
+        parse_squad(doc(R"([{"text": "B", "answer_start": 18446744073709551615}])"), "s.json"),
+        Catch::Contains("past the context"));
+    CHECK_THROWS_WITH(
+        parse_squad(R"({"data": [{"paragraphs": [{"context": "c", "qas": [{}]}]}]})", "s.json"),
+        Catch::Contains("no \"question\""));
+    CHECK_THROWS_WITH(parse_squad("[", "s.json"), Catch::Contains("s.json: not valid JSON"));
 }

@@ -337,11 +337,19 @@ TEST_CASE("parse_adapter_config: a bad adapter_config.json names the file and th
                                                "target_modules": "q"})",
                                            "a.json"),
                       Catch::Contains("a.json: r: 0: the rank must be at least 1"));
+    for (const char* r : {"-1", "1e30", "2.5", "\"8\""})  // not a rank (no wrap, no cast)
+        CHECK_THROWS_WITH(parse_adapter_config(R"({"peft_type": "LORA", "lora_alpha": 8,
+                                                   "target_modules": "q", "r": )" +
+                                                   std::string(r) + "}",
+                                               "a.json"),
+                          Catch::Contains("a.json: r"));
     CHECK_THROWS_WITH(parse_adapter_config(with(R"("lora_dropout": 1.5)"), "a.json"),
                       Catch::Contains("a.json: lora_dropout"));
     CHECK_THROWS_WITH(parse_adapter_config(with(R"("use_dora": true)"), "a.json"),
                       Catch::Contains("a.json: use_dora"));
     CHECK_THROWS_WITH(parse_adapter_config(with(R"("rank_pattern": {"q": "x"})"), "a.json"),
+                      Catch::Contains("a.json: rank_pattern: \"x\": a rank is a whole number"));
+    CHECK_THROWS_WITH(parse_adapter_config(with(R"("alpha_pattern": {"q": "x"})"), "a.json"),
                       Catch::Contains("a.json: a LoRA field is missing or has the wrong type"));
 }
 

@@ -5,11 +5,14 @@
 // clean stop on SIGTERM. The server is the built `ftune` binary; the client is cpp-httplib's.
 #include <ftune/bert/tasks.hpp>
 #include <ftune/io/hf.hpp>
+#include <ftune/peft/adapter_io.hpp>
 #include <ftune/serve.hpp>
+#include <ftune/serve/adapters.hpp>
 #include <ftune/serve/chat.hpp>
 
 #include <httplib.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,6 +53,7 @@ class server {
         pid_ = fork();
         REQUIRE(pid_ >= 0);
         if (pid_ == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test that crashes leaves no server behind
             dup2(out[1], 1);
             close(out[0]);
             std::vector<std::string> all{FTUNE_CLI, "serve", "--port", "0"};
@@ -388,8 +392,19 @@ TEST_CASE("ftune serve: /token-classification and /question-answering equal the 
         REQUIRE(r->status == 200);
         body = json::parse(r->body);
         REQUIRE(body.is_array());
-        CHECK(!body.empty());
-        for (const auto& w : body) CHECK(w["entity"].get<std::string>() != "O");
+        const std::vector<std::string_view> one{texts[0]};
+        std::vector<ftune::serve::word_tag> tagged;  // the library's words, O left out
+        const auto words = lib.tag_batch(one);       // kept: a range over words[0] must not dangle
+        for (const auto& w : words[0])
+            if (w.label != "O") tagged.push_back(w);
+        REQUIRE(body.size() == tagged.size());
+        CHECK(!tagged.empty());
+        for (std::size_t k = 0; k < tagged.size(); ++k) {
+            CHECK(body[k]["entity"] == tagged[k].label);
+            CHECK(body[k]["word"] == tagged[k].word);
+            CHECK(body[k]["start"] == tagged[k].start);
+            CHECK(std::abs(body[k]["score"].get<double>() - tagged[k].score) < 1e-6);
+        }
         const auto info = json::parse(c.Get("/info")->body);
         CHECK(info["model_type"]["token_classifier"]["id2label"]["1"] == "B-PER");
         r = c.Post("/token-classification", R"({"inputs": "x", "aggregation_strategy": "max"})",
@@ -539,5 +554,61 @@ TEST_CASE("ftune serve: OpenAI's /v1/chat/completions, whole and streamed, equal
     r = c.Post("/predict", R"({"inputs": "x"})", "application/json");
     REQUIRE(r);
     CHECK(r->status == 400);
+    CHECK(s.stop() == 0);
+}
+
+TEST_CASE("ftune serve --adapter: LoRA tasks over one base, each request naming its adapter",
+          "[serve]") {
+    using Model = ftune::bert::sequence_classifier<>;
+    const fs::path root = fs::path(FTUNE_TEST_TMP) / "serve_adapters";
+    // two tasks (3 and 2 labels), B and the heads random so that their answers differ
+    std::uint64_t seed = 7;
+    for (const auto& [name, labels] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+             {"three", {"a", "b", "c"}}, {"two", {"no", "yes"}}}) {
+        auto m = ftune::io::load_hf<Model>(fixture, {.labels = labels, .seed = seed});
+        const ftune::peft::lora_config cfg{.r = 2,
+                                           .alpha = 4,
+                                           .target_modules = {"query", "value"},
+                                           .modules_to_save = {"classifier"},
+                                           .seed = seed};
+        ftune::peft::apply_lora(m.model, cfg);
+        const ftune::random_stream rng(++seed, 0);
+        std::uint64_t k = 0;
+        m.model.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+            if (p.name.ends_with("lora_B.weight") || p.name.starts_with("classifier."))
+                for (auto& x : p.value) x = 0.5f * rng.normal(k++);
+        });
+        fs::remove_all(root / name);
+        ftune::peft::save_adapter(m.model, cfg, root / name);
+    }
+    ftune::serve::adapter_classifier<Model> lib(ftune::io::load_hf<Model>(fixture));
+    lib.add_adapter("three", root / "three");
+    lib.add_adapter("two", root / "two");
+    server s({"--model", fixture.string(), "--adapter", "three=" + (root / "three").string(),
+              "--adapter", "two=" + (root / "two").string()});
+    httplib::Client c("127.0.0.1", s.port());
+    for (const char* task : {"three", "two"})
+        for (const std::string text : {"John lives in Paris.", "Hello worlds!"}) {
+            INFO(task << ": " << text);
+            auto r = c.Post("/predict", json{{"inputs", text}, {"adapter", task}}.dump(),
+                            "application/json");
+            REQUIRE(r);
+            REQUIRE(r->status == 200);
+            const auto got = scores(json::parse(r->body));
+            const auto want = lib.predict(task, text);
+            REQUIRE(got.size() == want.probabilities.size());
+            for (std::size_t i = 0; i < want.probabilities.size(); ++i)
+                CHECK(std::abs(got.at(lib.labels(task)[i]) - want.probabilities[i]) < 1e-9);
+        }
+    // a request without an adapter, or with an unknown one, names the loaded ones
+    for (const char* body : {R"({"inputs": "x"})", R"({"inputs": "x", "adapter": "four"})"}) {
+        auto r = c.Post("/predict", body, "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 422);
+        CHECK(json::parse(r->body)["error"].get<std::string>().find("adapters are three, two") !=
+              std::string::npos);
+    }
+    const auto info = json::parse(c.Get("/info")->body);
+    CHECK(info["model_type"]["classifier"]["adapters"]["two"]["id2label"].size() == 2);
     CHECK(s.stop() == 0);
 }

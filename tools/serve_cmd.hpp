@@ -37,6 +37,7 @@
 #include <vector>
 
 #include <ftune/serve.hpp>
+#include <ftune/serve/adapters.hpp>
 #include <ftune/serve/batcher.hpp>
 #include <ftune/serve/chat.hpp>
 #include <ftune/serve/repository.hpp>
@@ -65,6 +66,7 @@ struct serve_options {
     std::size_t reload_ms = 1000;       // how often the promoted version is checked
     ftune::precision precision = ftune::precision::fp32;  // of the products
     std::size_t max_tokens = 256;  // new tokens of a chat completion that names no max_tokens
+    std::vector<std::pair<std::string, fs::path>> adapters;  // --adapter NAME=DIR: tasks
 };
 
 // A Prometheus histogram of values in seconds (or counts), thread-safe.
@@ -123,6 +125,9 @@ struct served_version {
     std::unique_ptr<tagger_batcher> tags;
     std::unique_ptr<ftune::serve::question_answerer<>> answerer;
     std::unique_ptr<answerer_batcher> answers;
+    // or LoRA adapters over one base (--adapter), each task with its batcher
+    std::unique_ptr<ftune::serve::adapter_classifier<>> tasks;
+    std::map<std::string, std::unique_ptr<classifier_batcher>> task_batches;
     // or a decoder language model answering conversations, one at a time
     std::function<ftune::serve::completion(const std::vector<ftune::text::chat_message>&,
                                            const ftune::generation::options&,
@@ -135,12 +140,24 @@ struct served_version {
     // The endpoint this model answers.
     std::string endpoint() const {
         return model      ? "POST /predict"
+               : tasks    ? "POST /predict with \"adapter\""
                : embedder ? "POST /embed"
                : tagger   ? "POST /token-classification"
                : answerer ? "POST /question-answering"
                           : "POST /v1/chat/completions";
     }
     ftune::serve::batch_stats stats() const {
+        if (tasks) {  // every task's batcher together
+            ftune::serve::batch_stats all;
+            for (const auto& [name, b] : task_batches) {
+                const auto s = b->stats();
+                all.batches += s.batches, all.items += s.items, all.rejected += s.rejected;
+                all.timed_out += s.timed_out, all.failed += s.failed;
+                all.sizes.resize(std::max(all.sizes.size(), s.sizes.size()));
+                for (std::size_t k = 0; k < s.sizes.size(); ++k) all.sizes[k] += s.sizes[k];
+            }
+            return all;
+        }
         return batch     ? batch->stats()
                : embeds  ? embeds->stats()
                : tags    ? tags->stats()
@@ -148,7 +165,10 @@ struct served_version {
                          : ftune::serve::batch_stats{};
     }
     std::size_t queued() const {
-        return batch     ? batch->queued()
+        std::size_t n = 0;
+        for (const auto& [name, b] : task_batches) n += b->queued();
+        return tasks     ? n
+               : batch   ? batch->queued()
                : embeds  ? embeds->queued()
                : tags    ? tags->queued()
                : answers ? answers->queued()
@@ -156,6 +176,7 @@ struct served_version {
     }
     std::size_t max_length() const {
         return model      ? model->max_length()
+               : tasks    ? tasks->max_length()
                : embedder ? embedder->max_length()
                : tagger   ? tagger->max_length()
                : answerer ? answerer->max_length()
@@ -194,6 +215,33 @@ inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::st
     v->dir = dir;
     const bool gguf = fs::is_regular_file(dir);  // a decoder's GGUF file
     const std::string arch = gguf ? "" : architecture_of(dir);
+    const int threads = int(opt.threads);
+    if (!opt.adapters.empty()) {  // tasks over one base: each adapter with its head and labels
+        auto base = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir);  // head unused
+        v->tasks =
+            std::make_unique<ftune::serve::adapter_classifier<>>(std::move(base), opt.max_length);
+        for (const auto& [name, adapter] : opt.adapters) {
+            if (const auto task = adapter_task(adapter); !task.empty() && task != "classify")
+                throw ftune::error(ftune::errc::unsupported, adapter.string(),
+                                   "a " + task +
+                                       " adapter: ftune serve --adapter runs sequence "
+                                       "classification adapters");
+            v->tasks->add_adapter(name, adapter, adapter_labels(adapter));
+            v->task_batches[name] = std::make_unique<served_version::classifier_batcher>(
+                [model = v->tasks.get(), name,
+                 threads](std::span<const ftune::serve::text_input> in) {
+                    if (threads > 0) ftune::set_num_threads(threads);  // (this worker's)
+                    std::vector<ftune::serve::prediction> out;         // one forward per input
+                    for (const auto& x : in)
+                        out.push_back(model->predict(
+                            name, x.text,
+                            x.pair ? std::optional<std::string_view>(*x.pair) : std::nullopt));
+                    return out;
+                },
+                batching(opt));
+        }
+        return v;
+    }
     if (gguf || arch.ends_with("ForCausalLM") || arch.ends_with("LMHeadModel")) {
         with_language_model(
             dir, [&](auto& lm, const ftune::text::bpe_tokenizer& tok, std::size_t positions) {
@@ -210,7 +258,6 @@ inline std::shared_ptr<served_version> load_version(const fs::path& dir, std::st
             });
         return v;
     }
-    const int threads = int(opt.threads);
     // the batch function of a model: its call on this worker thread's thread count
     auto on_worker = [threads](auto f) {
         return [threads, f](auto in) {
@@ -398,13 +445,35 @@ inline void wrong_endpoint(httplib::Response& res, const served_version& v) {
 inline void handle_predict(serve_state& state, const serve_options& opt,
                            const httplib::Request& req, httplib::Response& res) {
     const auto v = state.current();  // this version answers the whole request
-    if (!v->model) return wrong_endpoint(res, *v);
+    if (!v->model && !v->tasks) return wrong_endpoint(res, *v);
     auto request = parsed(ftune::serve::parse_predict_request, opt, req, res);
     if (!request) return;
     if (request->raw_scores)
         return json_error(res, 422, "Validation",
                           "raw_scores: ftune serve answers probabilities only (raw_scores: false)");
-    const auto predictions = answers_of(*v->batch, request->inputs, res);
+    auto* batcher = v->batch.get();
+    std::vector<std::string> labels;
+    if (v->tasks) {  // the request names its task
+        const auto it = v->task_batches.find(request->adapter);
+        if (it == v->task_batches.end()) {
+            std::string names;
+            for (const auto& [name, b] : v->task_batches)
+                names += (names.empty() ? "" : ", ") + name;
+            return json_error(
+                res, 422, "Validation",
+                (request->adapter.empty() ? std::string("no \"adapter\" named")
+                                          : "no adapter \"" + request->adapter + "\"") +
+                    ": this server's adapters are " + names);
+        }
+        batcher = it->second.get();
+        labels = v->tasks->labels(request->adapter);
+    } else {
+        if (!request->adapter.empty())
+            return json_error(res, 422, "Validation",
+                              "\"adapter\": this server has no adapters (ftune serve --adapter)");
+        labels = v->model->labels();
+    }
+    const auto predictions = answers_of(*batcher, request->inputs, res);
     if (!predictions) return;
     nlohmann::json out = nlohmann::json::array();
     for (const auto& p : *predictions) {
@@ -415,7 +484,7 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
         });
         nlohmann::json scores = nlohmann::json::array();
         for (const std::size_t i : order)
-            scores.push_back({{"score", p.probabilities[i]}, {"label", v->model->labels()[i]}});
+            scores.push_back({{"score", p.probabilities[i]}, {"label", labels[i]}});
         out.push_back(std::move(scores));
     }
     res.set_header("X-Model-Version", v->version);
@@ -561,12 +630,17 @@ inline void handle_chat(serve_state& state, const serve_options& opt, const http
         std::shared_ptr<served_version> v;
         ~waiting() { --v->chat_waiting; }
     };
-    if (++v->chat_waiting > opt.max_queue) {
+    // a waiting conversation holds an HTTP thread: 4 are kept for the others (/health...)
+    const std::size_t limit =
+        std::min(opt.max_queue, opt.http_threads > 4 ? opt.http_threads - 4 : std::size_t(1));
+    if (++v->chat_waiting > limit) {
         --v->chat_waiting;
         res.set_header("Retry-After", "1");
-        return openai_error(res, 503, "server_error",
-                            ftune::detail::cat("overloaded: ", opt.max_queue,
-                                               " conversations running or waiting (--max-queue)"));
+        return openai_error(
+            res, 503, "server_error",
+            ftune::detail::cat("overloaded: ", limit,
+                               " conversations running or waiting (--max-queue, and all but 4 "
+                               "of --http-threads)"));
     }
     const std::shared_ptr<waiting> hold(new waiting{v});  // (no temporary to count down twice)
     res.set_header("X-Model-Version", v->version);
@@ -615,12 +689,15 @@ inline void handle_chat(serve_state& state, const serve_options& opt, const http
                                                                  {"delta", std::move(delta)},
                                                                  {"finish_reason", finish}}})}});
             };
+            struct gone {};  // the client left: the generation stops at its next piece
             event(chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
             try {
                 const auto c = v->chat(r.messages, o, [&](std::size_t, std::string_view piece) {
-                    event(chunk({{"content", std::string(piece)}}, nullptr));
+                    if (!event(chunk({{"content", std::string(piece)}}, nullptr))) throw gone{};
                 });
                 event(chunk(nlohmann::json::object(), finish_reason(c.result.reason)));
+            } catch (const gone&) {
+                return false;                    // the connection is closed
             } catch (const std::exception& e) {  // the status is sent: the error is an event
                 event(dump({{"error", {{"message", e.what()}, {"type", "server_error"}}}}));
             }
@@ -675,7 +752,13 @@ inline int run_serve(int argc, char** argv) {
             opt.precision = parse_precision(std::string(a), v);
         else if (a == "--max-tokens")
             opt.max_tokens = count(false);
-        else
+        else if (a == "--adapter") {
+            const auto eq = v.find('=');
+            if (eq == 0 || eq == std::string::npos || eq + 1 == v.size())
+                throw ftune::error(ftune::errc::invalid_argument, "--adapter " + v,
+                                   "expects NAME=DIR (a PEFT LoRA adapter of --model)");
+            opt.adapters.emplace_back(v.substr(0, eq), v.substr(eq + 1));
+        } else
             throw ftune::error(ftune::errc::invalid_argument, std::string(a),
                                "unknown option of ftune serve");
     }
@@ -734,6 +817,16 @@ inline int run_serve(int argc, char** argv) {
         nlohmann::json model_type;  // TEI's: {"classifier": {...}} or {"embedding": {...}}
         if (v->model) {
             model_type["classifier"] = {{"id2label", v->id2label}, {"label2id", v->label2id}};
+        } else if (v->tasks) {  // ftune's extension: a classifier per adapter
+            nlohmann::json tasks = nlohmann::json::object();
+            for (const auto& name : v->tasks->tasks()) {
+                const auto labels = v->tasks->labels(name);
+                nlohmann::json id2label = nlohmann::json::object();
+                for (std::size_t i = 0; i < labels.size(); ++i)
+                    id2label[std::to_string(i)] = labels[i];
+                tasks[name] = {{"id2label", id2label}};
+            }
+            model_type["classifier"] = {{"adapters", tasks}};
         } else if (v->tagger) {  // ftune's extensions
             model_type["token_classifier"] = {{"id2label", v->id2label}, {"label2id", v->label2id}};
         } else if (v->answerer) {
@@ -770,7 +863,8 @@ inline int run_serve(int argc, char** argv) {
         const auto st = v->stats();
         std::string s = state.requests_text();
         s += state.latency.text("ftune_request_duration_seconds",
-                                "time to answer the model's POST endpoint, in seconds");
+                                "time to answer the model's POST endpoint (a streamed chat: "
+                                "until its headers), in seconds");
         s += "# HELP ftune_batch_size inputs per forward of the version in service\n"
              "# TYPE ftune_batch_size histogram\n";
         std::size_t cum = 0;

@@ -175,6 +175,7 @@ inline constexpr const char* serve_openapi = R"json({
             ]
           },
           "raw_scores": {"type": "boolean", "default": false, "description": "true is refused: probabilities only"},
+          "adapter": {"type": "string", "description": "ftune's extension: the task (a LoRA adapter given with --adapter NAME=DIR) that answers; required on a server with adapters"},
           "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
         }
       },
@@ -293,7 +294,8 @@ inline constexpr const char* serve_openapi = R"json({
           "model_type": {"type": "object", "properties": {
             "classifier": {"type": "object", "properties": {
               "id2label": {"type": "object", "additionalProperties": {"type": "string"}},
-              "label2id": {"type": "object", "additionalProperties": {"type": "integer"}}
+              "label2id": {"type": "object", "additionalProperties": {"type": "integer"}},
+              "adapters": {"type": "object", "description": "ftune's extension, with --adapter: each task's id2label", "additionalProperties": {"type": "object"}}
             }},
             "token_classifier": {"type": "object", "description": "ftune's extension", "properties": {
               "id2label": {"type": "object", "additionalProperties": {"type": "string"}},

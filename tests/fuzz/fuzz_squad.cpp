@@ -12,8 +12,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try {
         for (const auto& q : ftune::data::parse_squad(text, "fuzz/train.json"))
             for (const auto& a : q.answers)
-                if (a.char_start + ftune::data::code_points(a.text) >
-                    ftune::data::code_points(q.context))
+                if (a.char_start > ftune::data::code_points(q.context) ||
+                    ftune::data::code_points(a.text) >
+                        ftune::data::code_points(q.context) - a.char_start)
                     __builtin_trap();
     } catch (const ftune::error&) {
     }

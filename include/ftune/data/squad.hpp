@@ -92,7 +92,8 @@ inline std::vector<qa_example> parse_squad(std::string_view contents, const std:
                                       "an answer needs \"text\" and a non-negative "
                                       "\"answer_start\"");
                         qa_answer ans{an["text"], an["answer_start"]};
-                        if (ans.char_start + code_points(ans.text) > length)
+                        if (ans.char_start > length ||
+                            code_points(ans.text) > length - ans.char_start)
                             throw bad(at_q, ftune::detail::cat("answer_start ", ans.char_start,
                                                                " + the answer's length is past "
                                                                "the context's ",

@@ -6,7 +6,7 @@
 // 1e-12, as torch.nn.functional.normalize).
 //
 //   heads::sentence_pool(h, lengths, {heads::pooling::mean}, out);  // h (B, T, C) -> out (B, C)
-//   heads::l2_normalize(out);
+//   heads::l2_normalize(out, C);
 #pragma once
 
 #include <algorithm>

@@ -1145,15 +1145,30 @@ void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config
         auto listed = [](const std::vector<std::string>& v, const std::string& name) {
             return std::find(v.begin(), v.end(), name) != v.end();
         };
-        // the user's other files come along (hard links, or copies where the file system has
-        // none), then the new directory takes the old one's place in one step: a crash leaves
-        // the previous model or the new one, whole
-        std::vector<std::string> subdirectories;
+        // the user's other files and folders (a checkpoint, 1_Pooling/...) come along as hard
+        // links (copies where the file system has none), then the new directory takes the old
+        // one's place in one step: a crash leaves the previous directory or the new one, whole
+        auto link_tree = [&](auto& self, const fs::path& from, const fs::path& to) -> void {
+            for (const auto& e : fs::directory_iterator(from)) {
+                const fs::path target = to / e.path().filename();
+                if (e.is_symlink()) {
+                    fs::copy_symlink(e.path(), target);
+                } else if (e.is_directory()) {
+                    fs::create_directory(target);
+                    self(self, e.path(), target);
+                } else {
+                    std::error_code link_ec;
+                    fs::create_hard_link(e.path(), target, link_ec);
+                    if (link_ec) fs::copy_file(e.path(), target);
+                }
+            }
+        };
         for (const auto& e : fs::directory_iterator(dir)) {
             const std::string name = e.path().filename().string();
             if (listed(files, name) || listed(stale, name)) continue;
             if (e.is_directory() && !e.is_symlink()) {
-                subdirectories.push_back(name);  // moved after the swap (checkpoint/...)
+                fs::create_directory(tmp / name);
+                link_tree(link_tree, e.path(), tmp / name);
             } else if (e.is_symlink()) {
                 fs::copy_symlink(e.path(), tmp / name);
             } else {
@@ -1162,10 +1177,9 @@ void save_hf(Model& model, const basic_hf_config<family_config_t<Model>>& config
             }
         }
         detail::sync_file(tmp);
-        if (detail::exchange(tmp, dir)) {  // tmp now holds the previous model
+        if (detail::exchange(tmp, dir)) {  // tmp now holds the previous directory
             detail::crash_point("save_hf-swapped");
-            for (const auto& name : subdirectories) fs::rename(tmp / name, dir / name);
-            fs::remove_all(tmp);
+            fs::remove_all(tmp, ec);  // (a leftover is only the previous model's links)
             return;
         }
         // no one-step swap on this system: each finished file is renamed into place

@@ -85,7 +85,12 @@ inline lora_config parse_adapter_config(std::string_view contents, const std::st
                                               "give an adapter without it"));
     lora_config c;
     try {
-        c.r = j.at("r").get<std::size_t>();
+        const auto rank = [&](const nlohmann::ordered_json& v, const char* field) {
+            if (!v.is_number_unsigned() || v.get<std::uint64_t>() > (1u << 16))
+                unsupported(field, v.dump() + ": a rank is a whole number from 1 to 65536");
+            return v.get<std::size_t>();
+        };
+        c.r = rank(j.at("r"), "r");
         c.alpha = j.at("lora_alpha").get<double>();
         c.dropout = j.value("lora_dropout", 0.0);
         if (c.r == 0) unsupported("r", "0: the rank must be at least 1");
@@ -108,7 +113,7 @@ inline lora_config parse_adapter_config(std::string_view contents, const std::st
             unsupported("bias", "\"" + bias + "\" is not none, all or lora_only");
         if (j.contains("rank_pattern") && !j["rank_pattern"].is_null())
             for (const auto& [key, value] : j["rank_pattern"].items())
-                c.rank_pattern.emplace_back(key, value.get<std::size_t>());
+                c.rank_pattern.emplace_back(key, rank(value, "rank_pattern"));
         if (j.contains("alpha_pattern") && !j["alpha_pattern"].is_null())
             for (const auto& [key, value] : j["alpha_pattern"].items())
                 c.alpha_pattern.emplace_back(key, value.get<double>());

@@ -172,6 +172,8 @@ class adapter_classifier {
     }
     /// The tokenizer.
     const tokenizer_type& tokenizer() const noexcept { return *tok_; }
+    /// Most tokens of an input (longer ones are cut).
+    std::size_t max_length() const noexcept { return max_length_; }
 
   private:
     struct replica {

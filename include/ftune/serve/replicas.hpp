@@ -94,10 +94,10 @@ class replica_pool {
         auto r = acquire();
         try {
             auto out = f(r->model, r->ctx);
-            release(std::move(r));
+            release(std::move(r));  // (r is empty from here on, even if release throws)
             return out;
         } catch (...) {
-            release(std::move(r));
+            if (r) release(std::move(r));
             throw;
         }
     }

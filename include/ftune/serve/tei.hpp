@@ -32,6 +32,7 @@ struct predict_request {
     std::vector<text_input> inputs;  ///< in order
     bool batched = false;            ///< a list of inputs (answer: a list of answers)
     bool raw_scores = false;         ///< TEI's raw_scores (logits instead of probabilities)
+    std::string adapter;             ///< ftune's "adapter": the task of a server with adapters
 };
 
 /// Parses a POST /predict body (see the file comment). Throws errc::parse for a body that is not
@@ -61,6 +62,11 @@ inline predict_request parse_predict_request(std::string_view body) {
         if (!it->is_boolean())
             throw error(errc::invalid_argument, "raw_scores", "is true or false");
         r.raw_scores = it->get<bool>();
+    }
+    if (const auto it = j.find("adapter"); it != j.end()) {
+        if (!it->is_string() || it->get<std::string>().empty())
+            throw error(errc::invalid_argument, "adapter", "is the name of a loaded adapter");
+        r.adapter = it->get<std::string>();
     }
     const auto& in = j["inputs"];
     if (in.is_string() || (in.is_array() && in.size() == 2 && in[0].is_string() &&
@@ -141,7 +147,8 @@ struct qa_request {
 };
 
 namespace detail {
-// The JSON body of a request; throws errc::parse naming what is wrong.
+// The JSON body of a request: throws errc::parse when it is not JSON, errc::invalid_argument
+// when it is not an object with "inputs".
 inline nlohmann::json request_json(std::string_view body) {
     try {
         auto j = nlohmann::json::parse(body);

@@ -87,7 +87,12 @@ inline bert_tokenizer tokenizer_from_json(const nlohmann::json& j, const std::st
         for (auto& t : tokens) v.add(std::move(t));
         bert_options opt;
         opt.unk = m.value("unk_token", std::string("[UNK]"));
-        opt.max_input_chars_per_word = m.value("max_input_chars_per_word", std::size_t(100));
+        if (m.contains("max_input_chars_per_word")) {
+            const auto& x = m["max_input_chars_per_word"];
+            if (!x.is_number_unsigned())
+                throw bad("model.max_input_chars_per_word", "not a whole number");
+            opt.max_input_chars_per_word = x.get<std::size_t>();
+        }
         if (j.contains("normalizer") && j["normalizer"].is_object()) {
             const auto& n = j["normalizer"];
             if (n.value("type", "") != "BertNormalizer")
