@@ -104,8 +104,9 @@ void usage(std::ostream& os) {
           "  retrain     fine-tune the version in service again on new data plus replayed old\n"
           "              data; promote the result only if it beats it on held-out data:\n"
           "              --model DIR --new FILE --holdout FILE [--replay FILE]\n"
-          "              [--replay-ratio F] [--metric accuracy|f1] [--margin F]\n"
-          "              [--version NAME] [options of train: --epochs N --lr F ...]\n"
+          "              [--replay-ratio F] [--metric auto|accuracy|f1|loss] [--margin F]\n"
+          "              [--task T] [--version NAME] [options of train: --epochs N --lr F ...]\n"
+          "              (classify, multilabel, regression on TSV/CSV; ner on CoNLL)\n"
           "  rollback    the version in service before the current one back in service:\n"
           "              --model DIR [--to NAME]\n"
           "  help        print this text\n";

@@ -2,10 +2,11 @@
 # `ftune retrain`, `ftune promote` and `ftune rollback` on a model repository made from the
 # fixture BertForSequenceClassification: a challenger promoted (margin -1), one kept out
 # (margin 1), the report's challenger section equal to `ftune eval` of the same version on the
-# same held-out file, history.tsv, rollbacks two promotions back, and the errors.
-#   tests/cli/retrain.sh FTUNE_BINARY FIXTURE_DIR SCRATCH_DIR
+# same held-out file, history.tsv, rollbacks two promotions back, and the errors; then a
+# BertForTokenClassification (NER on CoNLL sentences, gated on seqeval's entity F1).
+#   tests/cli/retrain.sh FTUNE_BINARY FIXTURE_DIR TOKEN_FIXTURE_DIR SCRATCH_DIR
 set -euo pipefail
-ftune=$1 fixture=$2 work=$3
+ftune=$1 fixture=$2 token_fixture=$3 work=$4
 rm -rf "$work"
 mkdir -p "$work/repo/versions"
 cp -r "$fixture" "$work/repo/versions/v1"
@@ -70,4 +71,40 @@ if "$ftune" retrain --model "$work/repo" "${common[@]}" --out x 2>"$work/err.txt
 grep -q "ftune retrain chooses it" "$work/err.txt" || fail "--out error"
 if "$ftune" retrain --model "$fixture" "${common[@]}" 2>"$work/err.txt"; then fail "plain dir"; fi
 grep -q "is not a model repository" "$work/err.txt" || fail "plain directory error"
+
+# a token classifier: CoNLL sentences, replayed by sentence, gated on entity F1
+mkdir -p "$work/ner/versions"
+cp -r "$token_fixture" "$work/ner/versions/t1"
+"$ftune" promote --model "$work/ner" --version t1 >/dev/null
+make_sentences() {  # make_sentences N OFFSET: N sentences cycling through three patterns
+    local i
+    for ((i = 0; i < $1; i++)); do
+        case $(( (i + $2) % 3 )) in
+            0) printf 'john B-PER\nlives O\nin O\nparis B-LOC\n. O\n\n' ;;
+            1) printf 'where O\nis O\nberlin B-LOC\n? O\n\n' ;;
+            2) printf 'hello O\njohn B-PER\n! O\n\n' ;;
+        esac
+    done
+}
+make_sentences 10 0 >"$work/new.conll"
+make_sentences 20 1 >"$work/old.conll"
+make_sentences 6 2 >"$work/holdout.conll"
+"$ftune" retrain --model "$work/ner" --new "$work/new.conll" --replay "$work/old.conll" --replay-ratio 0.3 \
+    --holdout "$work/holdout.conll" --epochs 1 --batch-size 4 --lr 1e-3 --version t2 --margin -1 \
+    >"$work/ner_out.txt" 2>"$work/ner_err.txt" || { cat "$work/ner_err.txt"; fail "retrain t2"; }
+grep -q "champion t1 (ner)" "$work/ner_err.txt" || fail "the task is not read from the champion"
+grep -q "trained on .*new.conll + 3 replayed sentences" "$work/ner_err.txt" || fail "replay count (10 x 0.3 = 3)"
+grep -q "^| entity F1 (seqeval) |" "$work/ner_out.txt" || fail "no entity F1 row"
+grep -q "decision: promoted (entity F1 " "$work/ner_out.txt" || fail "t2 not promoted on entity F1"
+[[ $(readlink "$work/ner/current") == versions/t2 ]] || fail "current is not t2"
+grep -q '"BertForTokenClassification"' "$work/ner/versions/t2/config.json" || fail "t2 is not a token classifier"
+"$ftune" eval --model "$work/ner/versions/t2" --data "$work/holdout.conll" >"$work/eval_t2.txt"
+sed -n '/^## challenger/,$p' "$work/ner/reports/t2.md" | sed '1,3d;$d' >"$work/report_t2.txt"
+diff "$work/eval_t2.txt" "$work/report_t2.txt" || fail "the NER report's challenger section differs from ftune eval"
+"$ftune" retrain --model "$work/ner" --new "$work/new.conll" --holdout "$work/holdout.conll" \
+    --epochs 1 --version t3 --metric loss --margin 1000 >"$work/ner_out3.txt" 2>/dev/null || fail "retrain t3"
+grep -q "decision: kept out of service (loss " "$work/ner_out3.txt" || fail "t3 not kept out on loss"
+if "$ftune" retrain --model "$work/ner" --new "$work/new.conll" --holdout "$work/holdout.conll" \
+    --version t4 --task mlm 2>"$work/err.txt"; then fail "an mlm retrain"; fi
+grep -q "ftune retrain gates classifiers" "$work/err.txt" || fail "unsupported task error"
 echo "retrain, promote and rollback: all checks passed"
