@@ -3,10 +3,11 @@
 # fixture BertForSequenceClassification: a challenger promoted (margin -1), one kept out
 # (margin 1), the report's challenger section equal to `ftune eval` of the same version on the
 # same held-out file, history.tsv, rollbacks two promotions back, and the errors; then a
-# BertForTokenClassification (NER on CoNLL sentences, gated on seqeval's entity F1).
-#   tests/cli/retrain.sh FTUNE_BINARY FIXTURE_DIR TOKEN_FIXTURE_DIR SCRATCH_DIR
+# BertForTokenClassification (NER on CoNLL sentences, gated on seqeval's entity F1) and a
+# LlamaForSequenceClassification made from the tiny Llama fixture.
+#   tests/cli/retrain.sh FTUNE_BINARY FIXTURE_DIR TOKEN_FIXTURE_DIR LLAMA_FIXTURE_DIR SCRATCH_DIR
 set -euo pipefail
-ftune=$1 fixture=$2 token_fixture=$3 work=$4
+ftune=$1 fixture=$2 token_fixture=$3 llama_fixture=$4 work=$5
 rm -rf "$work"
 mkdir -p "$work/repo/versions"
 cp -r "$fixture" "$work/repo/versions/v1"
@@ -107,4 +108,19 @@ grep -q "decision: kept out of service (loss " "$work/ner_out3.txt" || fail "t3 
 if "$ftune" retrain --model "$work/ner" --new "$work/new.conll" --holdout "$work/holdout.conll" \
     --version t4 --task mlm 2>"$work/err.txt"; then fail "an mlm retrain"; fi
 grep -q "ftune retrain gates classifiers" "$work/err.txt" || fail "unsupported task error"
+
+# a decoder's sequence classifier (the last token), its vocabulary letters without spaces
+mkdir -p "$work/llama" "$work/dec/versions"
+cp "$llama_fixture"/tied/* "$llama_fixture"/cli/tokenizer*.json "$work/llama/"
+printf 'sentence\tlabel\nabc\tpositive\nmnop\tnegative\nabd\tpositive\nmnq\tnegative\n' >"$work/dec.tsv"
+"$ftune" train --task classify --model "$work/llama" --train "$work/dec.tsv" --out "$work/dec/versions/d1" \
+    --epochs 1 --batch-size 2 2>/dev/null || fail "train the decoder classifier"
+"$ftune" promote --model "$work/dec" --version d1 >/dev/null
+"$ftune" retrain --model "$work/dec" --new "$work/dec.tsv" --holdout "$work/dec.tsv" --epochs 1 \
+    --batch-size 2 --version d2 --margin -1 >"$work/dec_out.txt" 2>/dev/null || fail "retrain d2"
+grep -q "decision: promoted (accuracy " "$work/dec_out.txt" || fail "d2 not promoted"
+grep -q '"LlamaForSequenceClassification"' "$work/dec/versions/d2/config.json" || fail "d2 is not a Llama classifier"
+"$ftune" eval --model "$work/dec/versions/d2" --data "$work/dec.tsv" >"$work/eval_d2.txt"
+sed -n '/^## challenger/,$p' "$work/dec/reports/d2.md" | sed '1,3d;$d' >"$work/report_d2.txt"
+diff "$work/eval_d2.txt" "$work/report_d2.txt" || fail "the decoder report's challenger section differs from ftune eval"
 echo "retrain, promote and rollback: all checks passed"
