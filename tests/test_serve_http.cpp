@@ -140,6 +140,40 @@ TEST_CASE(
     CHECK(same(batch[0], clf.predict("a fine film"), clf));
     CHECK(same(batch[1], clf.predict("is it good?", "it is fine"), clf));
     CHECK(same(batch[2], clf.predict("dull"), clf));
+    // TEI's raw_scores: the logits, highest first
+    r = post(R"({"inputs": "the plot is thin", "raw_scores": true})");
+    REQUIRE(r->status == 200);
+    {
+        const auto want = clf.predict("the plot is thin");
+        const auto body = json::parse(r->body);
+        const auto got = scores(body);
+        REQUIRE(got.size() == want.logits.size());
+        for (std::size_t i = 0; i < want.logits.size(); ++i) {
+            CHECK(std::abs(got.at(clf.labels()[i]) - want.logits[i]) < 1e-12);
+            CHECK(std::abs(want.logits[i] - want.probabilities[i]) > 1e-6);  // not probabilities
+        }
+        for (std::size_t i = 1; i < body.size(); ++i)
+            CHECK(body[i - 1]["score"].get<double>() >= body[i]["score"].get<double>());
+    }
+    // TEI's truncate: an input over max_input_length (32 tokens) is cut with true and by
+    // default (--auto-truncate true), refused with 413 with false
+    std::string long_text;
+    for (int i = 0; i < 20; ++i) long_text += "the plot is thin ";
+    r = post(json{{"inputs", long_text}, {"truncate", true}}.dump());
+    CHECK(r->status == 200);
+    CHECK(same(json::parse(r->body), clf.predict(long_text), clf));
+    r = post(json{{"inputs", long_text}}.dump());
+    CHECK(r->status == 200);
+    CHECK(same(json::parse(r->body), clf.predict(long_text), clf));
+    r = post(json{{"inputs", {"short", long_text}}, {"truncate", false}}.dump());  // a pair
+    CHECK(r->status == 413);
+    const auto given = clf.tokenizer().encode("short", long_text).ids.size();  // uncut
+    CHECK(given > 32);
+    CHECK(json::parse(r->body)["error"].get<std::string>().find(
+              "`inputs` must have less than 32 tokens. Given: " + std::to_string(given) +
+              " (input 0") != std::string::npos);
+    r = post(R"({"inputs": "x", "truncation_direction": "left"})");  // cut on the right only
+    CHECK(r->status == 422);
     // errors: TEI's codes and JSON
     r = post(R"({"inputs": []})");
     CHECK(r->status == 422);
@@ -183,15 +217,15 @@ TEST_CASE(
     CHECK(g->status == 200);
     g = c.Get("/metrics");
     REQUIRE(g);
-    CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"200\"} 3") !=
+    CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"200\"} 6") !=
           std::string::npos);
-    CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"413\"} 2") !=
+    CHECK(g->body.find("ftune_requests_total{path=\"/predict\",status=\"413\"} 3") !=
           std::string::npos);
-    // /predict's handler ran 8 times (the body over --max-bytes never reached it), /embed's once
+    // /predict's handler ran 13 times (the body over --max-bytes never reached it), /embed's once
     CHECK(g->body.find("ftune_requests_total{path=\"/embed\",status=\"400\"} 1") !=
           std::string::npos);
-    CHECK(g->body.find("ftune_request_duration_seconds_count 9") != std::string::npos);
-    CHECK(g->body.find("ftune_batch_size_sum 5") != std::string::npos);  // 1 + 1 + 3 inputs
+    CHECK(g->body.find("ftune_request_duration_seconds_count 14") != std::string::npos);
+    CHECK(g->body.find("ftune_batch_size_sum 8") != std::string::npos);  // 1 + 1 + 3 + 1 + 1 + 1
     CHECK(srv.stop() == 0);
 }
 
@@ -301,7 +335,7 @@ TEST_CASE("ftune serve: TEI's /embed on a sentence-transformers model equals tex
     const fs::path model = fs::path(FTUNE_REFERENCE_DIR) / "sentence" / "model";
     const ftune::serve::text_embedder<> lib(ftune::io::load_hf<ftune::bert::model<>>(model),
                                             ftune::io::read_sentence_config(model));
-    server s({"--model", model.string()});
+    server s({"--model", model.string(), "--auto-truncate", "false"});
     httplib::Client c("127.0.0.1", s.port());
     const std::vector<std::string> texts{"John lives in Paris.", "Hello worlds!", "is"};
     auto close = [](const json& got, const std::vector<float>& want) {
@@ -354,6 +388,18 @@ TEST_CASE("ftune serve: TEI's /embed on a sentence-transformers model equals tex
     REQUIRE(r);
     CHECK(r->status == 422);
     CHECK(json::parse(r->body)["error_type"] == "Empty");
+    // over max_input_length (12): refused (--auto-truncate false) unless "truncate": true
+    const std::string long_text = "john lives in paris near the river with john in paris";
+    r = c.Post("/embed", json{{"inputs", {"is", long_text}}}.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 413);
+    CHECK(json::parse(r->body)["error"].get<std::string>().find("less than 12 tokens") !=
+          std::string::npos);
+    r = c.Post("/embed", json{{"inputs", long_text}, {"truncate", true}}.dump(),
+               "application/json");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    CHECK(close(json::parse(r->body)[0], lib.embed(long_text, true)));
     CHECK(s.stop() == 0);
 }
 

@@ -62,6 +62,7 @@ struct serve_options {
     std::size_t max_client_batch = 32;  // most inputs in one request (then 413)
     std::size_t max_bytes = 1 << 20;    // largest request body (then 413)
     std::size_t max_length = 0;         // tokens per input (0: the model's)
+    bool auto_truncate = true;          // cut over-long inputs when a request names no truncate
     std::size_t timeout_ms = 30000;     // longest wait in the queue (then 503)
     std::size_t reload_ms = 1000;       // how often the promoted version is checked
     ftune::precision precision = ftune::precision::fp32;  // of the products
@@ -436,6 +437,25 @@ auto parsed(Parse parse, const serve_options& opt, const httplib::Request& req,
     }
 }
 
+// TEI's "truncate": whether the request's over-long inputs are cut (else refused with 413).
+inline bool truncates(const std::optional<bool>& asked, const serve_options& opt) {
+    return asked.value_or(opt.auto_truncate);
+}
+
+// Without truncation, the first of n inputs with more than `most` tokens (tokens(i): input i's
+// count, special tokens included) is answered 413 as TEI does; false when one was.
+template <class Count>
+bool within_length(std::size_t n, std::size_t most, Count tokens, httplib::Response& res) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (const std::size_t t = tokens(i); t > most) {
+            json_error(res, 413, "Validation",
+                       ftune::detail::cat("`inputs` must have less than ", most, " tokens. Given: ",
+                                          t, " (input ", i, "; \"truncate\": true cuts it)"));
+            return false;
+        }
+    return true;
+}
+
 // Answers 400 naming the endpoint of the model in service.
 inline void wrong_endpoint(httplib::Response& res, const served_version& v) {
     json_error(res, 400, "Validation", "the model in service answers " + v.endpoint());
@@ -448,9 +468,22 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
     if (!v->model && !v->tasks) return wrong_endpoint(res, *v);
     auto request = parsed(ftune::serve::parse_predict_request, opt, req, res);
     if (!request) return;
-    if (request->raw_scores)
-        return json_error(res, 422, "Validation",
-                          "raw_scores: ftune serve answers probabilities only (raw_scores: false)");
+    if (!truncates(request->truncate, opt)) {  // refused rather than cut
+        const auto& tok = v->tasks ? v->tasks->tokenizer() : v->model->tokenizer();
+        const std::size_t most = v->tasks ? v->tasks->max_length() : v->model->max_length();
+        const auto& in = request->inputs;
+        if (!within_length(
+                in.size(), most,
+                [&](std::size_t i) {
+                    return tok
+                        .encode(in[i].text, in[i].pair
+                                                ? std::optional<std::string_view>(*in[i].pair)
+                                                : std::nullopt)
+                        .ids.size();
+                },
+                res))
+            return;
+    }
     auto* batcher = v->batch.get();
     std::vector<std::string> labels;
     if (v->tasks) {  // the request names its task
@@ -477,14 +510,15 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
     if (!predictions) return;
     nlohmann::json out = nlohmann::json::array();
     for (const auto& p : *predictions) {
-        std::vector<std::size_t> order(p.probabilities.size());
+        // TEI's raw_scores: the logits; else the probabilities; highest first either way
+        const auto& score = request->raw_scores ? p.logits : p.probabilities;
+        std::vector<std::size_t> order(score.size());
         for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-            return p.probabilities[a] > p.probabilities[b];
-        });
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return score[a] > score[b]; });
         nlohmann::json scores = nlohmann::json::array();
         for (const std::size_t i : order)
-            scores.push_back({{"score", p.probabilities[i]}, {"label", labels[i]}});
+            scores.push_back({{"score", score[i]}, {"label", labels[i]}});
         out.push_back(std::move(scores));
     }
     res.set_header("X-Model-Version", v->version);
@@ -499,6 +533,14 @@ inline void handle_embed(serve_state& state, const serve_options& opt, const htt
     if (!v->embedder) return wrong_endpoint(res, *v);
     auto request = parsed(ftune::serve::parse_embed_request, opt, req, res);
     if (!request) return;
+    if (!truncates(request->truncate, opt) &&
+        !within_length(
+            request->inputs.size(), v->embedder->max_length(),
+            [&](std::size_t i) {
+                return v->embedder->tokenizer().encode(request->inputs[i]).ids.size();
+            },
+            res))
+        return;
     auto vectors = answers_of(*v->embeds, request->inputs, res);
     if (!vectors) return;
     std::string body = "[";  // written directly: a JSON array of float arrays
@@ -752,7 +794,13 @@ inline int run_serve(int argc, char** argv) {
             opt.precision = parse_precision(std::string(a), v);
         else if (a == "--max-tokens")
             opt.max_tokens = count(false);
-        else if (a == "--adapter") {
+        else if (a == "--auto-truncate") {
+            if (v != "true" && v != "false")
+                throw ftune::error(ftune::errc::invalid_argument, "--auto-truncate " + v,
+                                   "expects true (cut over-long inputs; the default) or false "
+                                   "(answer 413, as TEI's default)");
+            opt.auto_truncate = v == "true";
+        } else if (a == "--adapter") {
             const auto eq = v.find('=');
             if (eq == 0 || eq == std::string::npos || eq + 1 == v.size())
                 throw ftune::error(ftune::errc::invalid_argument, "--adapter " + v,

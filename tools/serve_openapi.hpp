@@ -31,7 +31,7 @@ inline constexpr const char* serve_openapi = R"json({
               {"type": "array", "items": {"$ref": "#/components/schemas/Scores"}}
             ]}}}
           },
-          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "more inputs than --max-client-batch, a body over --max-bytes, or (/predict, /embed) an input over the maximum length with truncation off", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "400": {"description": "the model in service is an embedding model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -53,7 +53,7 @@ inline constexpr const char* serve_openapi = R"json({
             "content": {"application/json": {"schema": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}
           },
           "400": {"description": "the model in service is a classifier", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "more inputs than --max-client-batch, a body over --max-bytes, or (/predict, /embed) an input over the maximum length with truncation off", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "503": {"description": "overloaded: the queue is full or the input waited past --timeout-ms (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -77,7 +77,7 @@ inline constexpr const char* serve_openapi = R"json({
             ]}}}
           },
           "400": {"description": "the model in service is not a token classifier", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "more inputs than --max-client-batch, a body over --max-bytes, or (/predict, /embed) an input over the maximum length with truncation off", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "503": {"description": "overloaded (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -101,7 +101,7 @@ inline constexpr const char* serve_openapi = R"json({
             ]}}}
           },
           "400": {"description": "the model in service is not a question-answering model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-          "413": {"description": "more inputs than --max-client-batch, or a body over --max-bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "more inputs than --max-client-batch, a body over --max-bytes, or (/predict, /embed) an input over the maximum length with truncation off", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "422": {"description": "a body that is not a valid request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "424": {"description": "the forward failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "503": {"description": "overloaded (Retry-After: 1)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -174,9 +174,10 @@ inline constexpr const char* serve_openapi = R"json({
               {"type": "array", "items": {"$ref": "#/components/schemas/Input"}}
             ]
           },
-          "raw_scores": {"type": "boolean", "default": false, "description": "true is refused: probabilities only"},
+          "raw_scores": {"type": "boolean", "default": false, "description": "true: the logits instead of the probabilities"},
           "adapter": {"type": "string", "description": "ftune's extension: the task (a LoRA adapter given with --adapter NAME=DIR) that answers; required on a server with adapters"},
-          "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
+          "truncate": {"type": "boolean", "description": "true: over-long inputs are cut; false: refused with 413; absent: the server's --auto-truncate (default true)"},
+          "truncation_direction": {"type": "string", "enum": ["right", "Right"], "description": "inputs are cut at their end; left is refused (422)"}
         }
       },
       "EmbedRequest": {
@@ -185,7 +186,8 @@ inline constexpr const char* serve_openapi = R"json({
         "properties": {
           "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
           "normalize": {"type": "boolean", "default": true, "description": "unit vectors (L2); false: the pooled hidden states as they are"},
-          "truncate": {"type": "boolean", "description": "ignored: inputs over the maximum length are always cut"}
+          "truncate": {"type": "boolean", "description": "true: over-long inputs are cut; false: refused with 413; absent: the server's --auto-truncate (default true)"},
+          "truncation_direction": {"type": "string", "enum": ["right", "Right"], "description": "inputs are cut at their end; left is refused (422)"}
         }
       },
       "TokenRequest": {

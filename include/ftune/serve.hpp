@@ -49,7 +49,14 @@ struct prediction {
     std::string name;                   ///< its name (id2label)
     std::vector<double> probabilities;  ///< softmax of the logits (sigmoid for multi-label;
                                         ///< the values for regression): the head's decode()
+    std::vector<double> logits;         ///< the head's outputs before softmax (TEI's raw scores)
 };
+
+/// The L logits of one row as doubles (prediction::logits).
+template <class T>
+std::vector<double> logit_row(const T* row, std::size_t L) {
+    return std::vector<double>(row, row + L);
+}
 
 /// Thread-safe, const inference of a sequence classifier (see the file comment).
 template <class Model = bert::sequence_classifier<>>
@@ -76,9 +83,10 @@ class text_classifier {
             const auto logits =
                 model.forward(ctx, {e.ids.data(), 1, T}, {e.attention_mask.data(), 1, T},
                               {e.type_ids.data(), 1, T});  // (1, L)
-            return model.head.decode(logits.data());
+            return std::pair(model.head.decode(logits.data()),
+                             logit_row(logits.data(), logits.extent(1)));
         });
-        prediction p{d.label, {}, d.scores};
+        prediction p{d.first.label, {}, d.first.scores, d.second};
         p.name = labels_[p.label];
         return p;
     }
@@ -129,7 +137,8 @@ class text_classifier {
             out.reserve(B);
             for (std::size_t b = 0; b < B; ++b) {
                 const auto d = model.head.decode(logits.data() + b * L);
-                out.push_back({d.label, labels_[d.label], d.scores});
+                out.push_back(
+                    {d.label, labels_[d.label], d.scores, logit_row(logits.data() + b * L, L)});
             }
             return out;
         });

@@ -148,8 +148,8 @@ class adapter_classifier {
             r->model.forward(r->ctx, {e.ids.data(), 1, Tn}, {e.attention_mask.data(), 1, Tn},
                              {e.type_ids.data(), 1, Tn});  // (1, L)
         const auto d = r->model.head.decode(logits.data());
+        prediction p{d.label, {}, d.scores, logit_row(logits.data(), logits.extent(1))};
         t.release(std::move(r));
-        prediction p{d.label, {}, d.scores};
         p.name = t.labels[p.label];
         return p;
     }

@@ -32,8 +32,24 @@ struct predict_request {
     std::vector<text_input> inputs;  ///< in order
     bool batched = false;            ///< a list of inputs (answer: a list of answers)
     bool raw_scores = false;         ///< TEI's raw_scores (logits instead of probabilities)
+    std::optional<bool> truncate;    ///< TEI's truncate: cut over-long inputs (none: the server's)
     std::string adapter;             ///< ftune's "adapter": the task of a server with adapters
 };
+
+namespace detail {
+/// TEI's "truncate" of a request body j, when given (true or false); inputs are cut on the
+/// right only: TEI's "truncation_direction" "left" is refused.
+inline std::optional<bool> truncate_of(const nlohmann::json& j) {
+    if (const auto d = j.find("truncation_direction"); d != j.end() && !d->is_null())
+        if (!d->is_string() || (*d != "right" && *d != "Right"))
+            throw error(errc::invalid_argument, "truncation_direction",
+                        "only \"right\" is taken (inputs are cut at their end)");
+    const auto it = j.find("truncate");
+    if (it == j.end() || it->is_null()) return std::nullopt;
+    if (!it->is_boolean()) throw error(errc::invalid_argument, "truncate", "is true or false");
+    return it->get<bool>();
+}
+}  // namespace detail
 
 /// Parses a POST /predict body (see the file comment). Throws errc::parse for a body that is not
 /// JSON and errc::invalid_argument for JSON of another shape.
@@ -63,6 +79,7 @@ inline predict_request parse_predict_request(std::string_view body) {
             throw error(errc::invalid_argument, "raw_scores", "is true or false");
         r.raw_scores = it->get<bool>();
     }
+    r.truncate = detail::truncate_of(j);
     if (const auto it = j.find("adapter"); it != j.end()) {
         if (!it->is_string() || it->get<std::string>().empty())
             throw error(errc::invalid_argument, "adapter", "is the name of a loaded adapter");
@@ -86,6 +103,7 @@ inline predict_request parse_predict_request(std::string_view body) {
 struct embed_request {
     std::vector<std::string> inputs;  ///< the texts, in order
     bool normalize = true;            ///< TEI's normalize: unit vectors (L2)
+    std::optional<bool> truncate;     ///< TEI's truncate: cut over-long inputs (none: the server's)
 };
 
 /// Parses a POST /embed body (see the file comment): a text or a list of texts (the answer is
@@ -106,6 +124,7 @@ inline embed_request parse_embed_request(std::string_view body) {
         if (!it->is_boolean()) throw error(errc::invalid_argument, "normalize", "is true or false");
         r.normalize = it->get<bool>();
     }
+    r.truncate = detail::truncate_of(j);
     const auto& in = j["inputs"];
     if (in.is_string()) {
         r.inputs.push_back(in.get<std::string>());
