@@ -1,0 +1,299 @@
+// dist::mpi_group: dist::group on MPI (Open MPI or MPICH; FTUNE_WITH_MPI, linking MPI::MPI_CXX).
+// Every collective is non-blocking underneath and waited for with a deadline, so a rank that
+// died or hangs gives errc::timeout naming it instead of a job that hangs forever.
+//
+// The ordered sum (start_sum) is a reduce-scatter then an all-gather, as a ring all-reduce
+// moves (2 (N - 1) / N of the vector in and out of each rank), but with the order fixed: rank j
+// owns chunk j of the vector, receives that chunk from every rank, adds the parts in rank order
+// (((x_0 + x_1) + x_2) + ...) and sends the result to every rank. MPI_Allreduce's own order is
+// unspecified (and may change with the message size), which would make runs differ in the last
+// bits from one process and from each other.
+//
+//   ftune::dist::mpi_session mpi(argc, argv);   // MPI_Init_thread ... MPI_Finalize
+//   ftune::dist::mpi_group g;                   // MPI_COMM_WORLD, duplicated
+//   g.sum(gradients);
+#pragma once
+
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1  // the C API only (Open MPI's deprecated C++ bindings warn)
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ftune/config.hpp"
+#include "ftune/core/error.hpp"
+#include "ftune/dist/group.hpp"
+
+FTUNE_NAMESPACE_BEGIN
+namespace dist {
+
+/// MPI for the lifetime of the object: MPI_Init_thread (funneled: only the main thread calls
+/// MPI; OpenMP's threads never do) unless MPI is initialized already, MPI_Finalize at the end
+/// if this object initialized it.
+class mpi_session {
+  public:
+    /// Initializes MPI with the program's arguments (MPI may read its own from them).
+    mpi_session(int& argc, char**& argv) {
+        int ready = 0;
+        MPI_Initialized(&ready);
+        if (ready) return;
+        int provided = 0;
+        if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+            throw error(errc::io, "MPI_Init_thread", "MPI could not start");
+        owner_ = true;
+    }
+    mpi_session(const mpi_session&) = delete;
+    mpi_session& operator=(const mpi_session&) = delete;
+    ~mpi_session() {
+        int done = 0;
+        MPI_Finalized(&done);
+        if (owner_ && !done) MPI_Finalize();
+    }
+
+  private:
+    bool owner_ = false;
+};
+
+/// dist::group on an MPI communicator (see the file comment).
+class mpi_group final : public group {
+  public:
+    /// The processes of `comm` (duplicated: ftune's messages never meet the caller's).
+    explicit mpi_group(MPI_Comm comm = MPI_COMM_WORLD) {
+        MPI_Comm_dup(comm, &comm_);
+        MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+        int r = 0, n = 0;
+        MPI_Comm_rank(comm_, &r);
+        MPI_Comm_size(comm_, &n);
+        rank_ = std::size_t(r);
+        size_ = std::size_t(n);
+    }
+    mpi_group(const mpi_group&) = delete;
+    mpi_group& operator=(const mpi_group&) = delete;
+    ~mpi_group() override {
+        int done = 0;
+        MPI_Finalized(&done);
+        if (!done) MPI_Comm_free(&comm_);
+    }
+
+    std::size_t rank() const noexcept override { return rank_; }
+    std::size_t size() const noexcept override { return size_; }
+
+    std::unique_ptr<pending> start_sum(std::span<float> x) override {
+        if (size_ == 1) return nullptr;
+        auto p = std::make_unique<ordered_sum_op>(*this, x, next_tag());
+        p->start();
+        return p;
+    }
+
+    void finish(std::unique_ptr<pending>& p) override {
+        if (!p) return;
+        auto& op = static_cast<ordered_sum_op&>(*p);
+        wait_until([&] { return op.test(); }, [&] { return op.missing(); }, "a gradient sum");
+        p.reset();
+    }
+
+    std::vector<double> all_gather(std::span<const double> x) override {
+        std::vector<double> out(x.size() * size_);
+        MPI_Request req = MPI_REQUEST_NULL;
+        check(MPI_Iallgather(x.data(), int(x.size()), MPI_DOUBLE, out.data(), int(x.size()),
+                             MPI_DOUBLE, comm_, &req),
+              "MPI_Iallgather");
+        wait_one(req, "an all-gather");
+        return out;
+    }
+
+    void broadcast(std::vector<char>& b, std::size_t root = 0) override {
+        std::uint64_t n = b.size();
+        MPI_Request req = MPI_REQUEST_NULL;
+        check(MPI_Ibcast(&n, 1, MPI_UINT64_T, int(root), comm_, &req), "MPI_Ibcast");
+        wait_one(req, "a broadcast");
+        b.resize(n);
+        for (std::uint64_t at = 0; at < n;) {  // in pieces an int counts
+            const int part = int(std::min<std::uint64_t>(n - at, 1u << 30));
+            check(MPI_Ibcast(b.data() + at, part, MPI_CHAR, int(root), comm_, &req), "MPI_Ibcast");
+            wait_one(req, "a broadcast");
+            at += std::uint64_t(part);
+        }
+    }
+
+    void barrier() override {
+        MPI_Request req = MPI_REQUEST_NULL;
+        check(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
+        wait_one(req, "a barrier");
+    }
+
+    [[noreturn]] void abort(int code) override {
+        MPI_Abort(MPI_COMM_WORLD, code);
+        std::exit(code);  // MPI_Abort does not return; if it did, this process stops anyway
+    }
+
+  private:
+    // One ordered sum in flight: phase 1 sends chunk j to rank j and receives this rank's chunk
+    // from every rank; the parts are added in rank order; phase 2 sends the sum of this rank's
+    // chunk to every rank and receives the others' sums into place.
+    class ordered_sum_op final : public pending {
+      public:
+        ordered_sum_op(mpi_group& g, std::span<float> x, int tag) : g_(g), x_(x), tag_(tag) {}
+
+        void start() {
+            const std::size_t N = g_.size_, me = g_.rank_;
+            parts_.resize(N);
+            for (std::size_t j = 0; j < N; ++j) {
+                if (j == me) continue;
+                const auto [b, e] = chunk(me);  // rank j's part of my chunk comes in
+                parts_[j].resize(e - b);
+                post_recv(parts_[j].data(), e - b, j);
+                const auto [cb, ce] = chunk(j);  // my part of rank j's chunk goes out
+                post_send(x_.data() + cb, ce - cb, j);
+            }
+        }
+
+        bool test() override {
+            if (phase_ == 3) return true;
+            if (!progress()) return false;
+            if (phase_ == 1) {  // every part of my chunk is here: add in rank order
+                const auto [b, e] = chunk(g_.rank_);
+                for (std::size_t i = b; i < e; ++i) {
+                    float s = g_.rank_ == 0 ? x_[i] : parts_[0][i - b];
+                    for (std::size_t r = 1; r < g_.size_; ++r)
+                        s += r == g_.rank_ ? x_[i] : parts_[r][i - b];
+                    x_[i] = s;
+                }
+                phase_ = 2;
+                for (std::size_t j = 0; j < g_.size_; ++j) {
+                    if (j == g_.rank_) continue;
+                    post_send(x_.data() + b, e - b, j);
+                    const auto [jb, je] = chunk(j);
+                    post_recv(x_.data() + jb, je - jb, j);
+                }
+                return false;
+            }
+            phase_ = 3;
+            return true;
+        }
+
+        // The ranks whose messages have not arrived or left yet.
+        std::vector<std::size_t> missing() const {
+            std::vector<std::size_t> out;
+            for (std::size_t k = 0; k < reqs_.size(); ++k)
+                if (reqs_[k] != MPI_REQUEST_NULL &&
+                    std::find(out.begin(), out.end(), peers_[k]) == out.end())
+                    out.push_back(peers_[k]);
+            return out;
+        }
+
+        // Requests still pending (only after a timeout, when the job is about to abort) are
+        // left to MPI, and their buffers leaked rather than freed under a late message.
+        ~ordered_sum_op() override {
+            if (std::any_of(reqs_.begin(), reqs_.end(),
+                            [](MPI_Request r) { return r != MPI_REQUEST_NULL; }))
+                new std::vector<std::vector<float>>(std::move(parts_));  // leaked on purpose
+        }
+
+      private:
+        // Elements [n j / N, n (j + 1) / N) of the vector: rank j's chunk.
+        std::pair<std::size_t, std::size_t> chunk(std::size_t j) const {
+            const std::size_t n = x_.size(), N = g_.size_;
+            return {n * j / N, n * (j + 1) / N};
+        }
+        void post_send(const float* p, std::size_t n, std::size_t to) {
+            reqs_.push_back(MPI_REQUEST_NULL);
+            peers_.push_back(to);
+            g_.check(MPI_Isend(p, int(n), MPI_FLOAT, int(to), tag_, g_.comm_, &reqs_.back()),
+                     "MPI_Isend");
+        }
+        void post_recv(float* p, std::size_t n, std::size_t from) {
+            reqs_.push_back(MPI_REQUEST_NULL);
+            peers_.push_back(from);
+            g_.check(MPI_Irecv(p, int(n), MPI_FLOAT, int(from), tag_, g_.comm_, &reqs_.back()),
+                     "MPI_Irecv");
+        }
+        // Tests every request of the phase; true when all are complete (their slots cleared).
+        bool progress() {
+            bool all = true;
+            for (auto& r : reqs_) {
+                if (r == MPI_REQUEST_NULL) continue;
+                int done = 0;
+                g_.check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+                all = all && done;
+            }
+            if (all) {
+                reqs_.clear();
+                peers_.clear();
+            }
+            return all;
+        }
+
+        mpi_group& g_;
+        std::span<float> x_;
+        int tag_;
+        int phase_ = 1;                          // 1: parts coming in; 2: sums going out; 3: done
+        std::vector<std::vector<float>> parts_;  // parts_[r]: rank r's part of my chunk
+        std::vector<MPI_Request> reqs_;          // the phase's requests
+        std::vector<std::size_t> peers_;         // the rank of each request
+    };
+
+    // A tag per sum: messages of two sums in flight never mix (MPI keeps each pair's order).
+    int next_tag() {
+        tag_ = (tag_ + 1) % 32768;  // MPI guarantees tags up to 32767
+        return tag_;
+    }
+
+    void check(int rc, const char* call) const {
+        if (rc == MPI_SUCCESS) return;
+        char text[MPI_MAX_ERROR_STRING];
+        int len = 0;
+        MPI_Error_string(rc, text, &len);
+        throw error(errc::io, call,
+                    "rank " + std::to_string(rank_) + ": " + std::string(text, len));
+    }
+
+    // Polls done() until it is true, or throws errc::timeout after timeout() naming what waited
+    // and the ranks missing() lists.
+    template <class Done, class Missing>
+    void wait_until(Done done, Missing missing, const char* what) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout();
+        for (std::size_t spins = 0; !done(); ++spins) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                std::string who;
+                for (const std::size_t r : missing())
+                    who += (who.empty() ? "" : ", ") + std::to_string(r);
+                throw error(errc::timeout, "rank " + std::to_string(rank_),
+                            std::string(what) + " waited more than " +
+                                std::to_string(timeout().count()) + " ms" +
+                                (who.empty() ? std::string(" for the other ranks")
+                                             : " for rank(s) " + who) +
+                                ": a rank stopped or hangs");
+            }
+            if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+    }
+
+    void wait_one(MPI_Request& req, const char* what) {
+        wait_until(
+            [&] {
+                int done = 0;
+                check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+                return done != 0;
+            },
+            [] { return std::vector<std::size_t>{}; }, what);
+    }
+
+    MPI_Comm comm_ = MPI_COMM_NULL;
+    std::size_t rank_ = 0, size_ = 1;
+    int tag_ = 0;
+};
+
+}  // namespace dist
+FTUNE_NAMESPACE_END
