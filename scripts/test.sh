@@ -8,7 +8,7 @@ FTUNE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$FTUNE_ROOT/scripts/lib.sh"
 cd "$FTUNE_ROOT"
 
-ftune_require_packages "${FTUNE_DEBIAN_PACKAGES[@]}" openmpi-bin libopenmpi-dev  # MPI: test_dist_mpi
+ftune_require_packages "${FTUNE_DEBIAN_PACKAGES[@]}" openmpi-bin libopenmpi-dev iproute2  # MPI: test_dist_*
 scripts/amalgamate.sh --check
 build=${BUILD_DIR:-build}
 ftune_build "$build" -DFTUNE_BUILD_TESTS=ON
