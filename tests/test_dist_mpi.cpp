@@ -1,8 +1,9 @@
 // dist::mpi_group under `mpirun -np N` (ctest runs N = 2 and N = 3): the ordered sum equals
 // dist::ordered_sum of every rank's part computed in one process, bit for bit, for lengths
 // shorter than N up to a million, several sums in flight at once, -0 kept; all_gather and
-// broadcast; a rank that does not take part gives errc::timeout naming it, and the sum completes
-// once it joins. Exits 0 and prints "dist: all checks passed" on rank 0 when every rank passed.
+// broadcast; gradient_reducer's buckets; a rank that does not take part gives errc::timeout naming
+// it, and the sum completes once it joins. Exits 0 and prints "dist: all checks passed" on rank 0
+// when every rank passed.
 #include <ftune/dist/mpi.hpp>
 
 #include <bit>
@@ -112,6 +113,58 @@ int main(int argc, char** argv) {
         if (me == 0) b.assign({'f', 't', 'u', 'n', 'e'});
         g.broadcast(b, 0);
         expect(std::string(b.begin(), b.end()) == "ftune", "broadcast", me);
+    }
+    {  // gradient_reducer: 23 tensors in 64 KiB buckets, twice (the second time marked ready
+       // in reverse order), each tensor the ordered sum of every rank's
+        std::vector<std::size_t> sizes;
+        for (std::size_t k = 0; k < 23; ++k) sizes.push_back((k * 7919) % 40000 + (k % 5 == 0));
+        for (std::uint32_t step = 0; step < 2; ++step) {
+            std::vector<std::vector<float>> grads;
+            for (std::size_t k = 0; k < sizes.size(); ++k)
+                grads.push_back(part(me, sizes[k], 1000 + 50 * step + std::uint32_t(k)));
+            ftune::dist::gradient_reducer reducer(
+                g, std::vector<std::span<float>>(grads.begin(), grads.end()), 64 << 10);
+            expect(reducer.buckets() > 3, "several buckets", me);
+            for (std::size_t k = 0; k < sizes.size(); ++k)
+                reducer.ready(step == 0 ? k : sizes.size() - 1 - k);
+            reducer.finish();
+            for (std::size_t k = 0; k < sizes.size(); ++k)
+                expect(
+                    same_bits(grads[k], expected(N, sizes[k], 1000 + 50 * step + std::uint32_t(k))),
+                    "reducer step " + std::to_string(step) + " tensor " + std::to_string(k), me);
+        }
+    }
+    {  // one reducer over two steps of the same storage
+        std::vector<float> a = part(me, 3000, 7), b = part(me, 5, 8);
+        ftune::dist::gradient_reducer r(g, {a, b}, 4);
+        for (int step = 0; step < 2; ++step) {
+            const auto a0 = a, b0 = b;  // this step's parts
+            r.ready(0);
+            r.ready(1);
+            r.finish();
+            // every rank held the same a0 after step 0 (a sum), so step 1 gives N x that sum
+            if (step == 0) {
+                expect(same_bits(a, expected(N, 3000, 7)) && same_bits(b, expected(N, 5, 8)),
+                       "reused reducer, step 0", me);
+            } else {
+                bool ok = true;
+                for (std::size_t i = 0; i < a.size(); ++i) {
+                    float s = a0[i];
+                    for (std::size_t k = 1; k < N; ++k) s += a0[i];
+                    ok = ok && std::memcmp(&s, &a[i], sizeof s) == 0;
+                }
+                expect(ok, "reused reducer, step 1", me);
+            }
+        }
+    }
+    {  // the one-process group leaves the tensors as they are
+        ftune::dist::local_group one;
+        std::vector<float> a = part(0, 100, 3);
+        const auto before = a;
+        ftune::dist::gradient_reducer r(one, {a});
+        r.ready(0);
+        r.finish();
+        expect(same_bits(a, before), "local group reducer", me);
     }
     // a rank that does not come: the others time out naming it, then finish once it joins
     g.barrier();

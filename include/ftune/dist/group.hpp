@@ -11,6 +11,7 @@
 //   g.finish(h);                                  // grads now holds the ordered sum
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdlib>
@@ -104,6 +105,99 @@ inline void ordered_sum(std::span<const std::span<const float>> parts, std::span
         out[i] = s;
     }
 }
+
+/// Sums many gradient tensors over a group in buckets, each bucket's sum started as soon as its
+/// last tensor is final, so the communication runs while backward computes the rest (as PyTorch
+/// DDP's reducer does). The tensors are given in the order backward finishes them; consecutive
+/// ones are packed into buckets of about bucket_bytes (a bigger tensor is a bucket of its own),
+/// copied into the bucket's buffer when it starts and back when it is finished.
+///
+///   dist::gradient_reducer r(g, grads_in_backward_order);
+///   // during backward, after tensor i's gradient is complete:
+///   r.ready(i);
+///   // after backward:
+///   r.finish();  // every tensor now holds the ordered sum over the ranks
+class gradient_reducer {
+  public:
+    /// Buckets over `tensors` (spans that stay valid for the reducer's life).
+    gradient_reducer(group& g, std::vector<std::span<float>> tensors,
+                     std::size_t bucket_bytes = std::size_t(25) << 20)
+        : g_(g), tensors_(std::move(tensors)), bucket_of_(tensors_.size()) {
+        std::size_t floats = 0;
+        for (std::size_t i = 0; i < tensors_.size(); ++i) {
+            if (buckets_.empty() || floats * sizeof(float) >= bucket_bytes) {
+                buckets_.push_back({});
+                floats = 0;
+            }
+            buckets_.back().last = i;
+            buckets_.back().size += tensors_[i].size();
+            floats += tensors_[i].size();
+            bucket_of_[i] = buckets_.size() - 1;
+        }
+        for (std::size_t b = 0, first = 0; b < buckets_.size(); ++b) {
+            buckets_[b].first = first;
+            first = buckets_[b].last + 1;
+        }
+    }
+
+    /// Number of buckets.
+    std::size_t buckets() const noexcept { return buckets_.size(); }
+
+    /// Says tensor i's gradient is final; starts its bucket's sum when i completes the bucket,
+    /// and advances the sums in flight.
+    void ready(std::size_t i) {
+        auto& b = buckets_[bucket_of_[i]];
+        if (++b.ready == b.last - b.first + 1) start(b);
+        for (auto& o : buckets_)
+            if (o.sum) o.sum->test();
+    }
+
+    /// Starts every bucket not started yet, waits for all, and writes the sums back; the
+    /// reducer is then ready for the next step.
+    void finish() {
+        for (auto& b : buckets_)
+            if (!b.started) start(b);
+        for (auto& b : buckets_) {
+            g_.finish(b.sum);
+            std::size_t at = 0;
+            for (std::size_t i = b.first; i <= b.last; ++i) {
+                std::copy(b.buffer.begin() + std::ptrdiff_t(at),
+                          b.buffer.begin() + std::ptrdiff_t(at + tensors_[i].size()),
+                          tensors_[i].begin());
+                at += tensors_[i].size();
+            }
+            b.ready = 0;
+            b.started = false;
+        }
+    }
+
+  private:
+    struct bucket {
+        std::size_t first = 0, last = 0;  // its tensors
+        std::size_t size = 0;             // floats
+        std::size_t ready = 0;            // tensors final so far
+        bool started = false;             // its sum is in flight
+        std::vector<float> buffer;        // the packed tensors
+        std::unique_ptr<pending> sum;     // the sum in flight
+    };
+
+    void start(bucket& b) {
+        b.buffer.resize(b.size);
+        std::size_t at = 0;
+        for (std::size_t i = b.first; i <= b.last; ++i) {
+            std::copy(tensors_[i].begin(), tensors_[i].end(),
+                      b.buffer.begin() + std::ptrdiff_t(at));
+            at += tensors_[i].size();
+        }
+        b.sum = g_.start_sum(b.buffer);
+        b.started = true;
+    }
+
+    group& g_;
+    std::vector<std::span<float>> tensors_;
+    std::vector<std::size_t> bucket_of_;  // tensor -> bucket
+    std::vector<bucket> buckets_;
+};
 
 }  // namespace dist
 FTUNE_NAMESPACE_END
