@@ -85,12 +85,12 @@ int main(int argc, char** argv) {
         ftune::dist::ordered_sum(spans, reversed);
         expect(!same_bits(want, reversed), "the data shows the order of the sum", me);
     }
-    {  // three sums in flight, finished in another order than started
+    {  // three sums in flight, finished in another order than started (and than other ranks)
         std::vector<std::vector<float>> xs;
         for (std::uint32_t k = 0; k < 3; ++k) xs.push_back(part(me, 5000 + k, 100 + k));
         std::vector<std::unique_ptr<ftune::dist::pending>> ps;
         for (auto& x : xs) ps.push_back(g.start_sum(x));
-        for (int k = 2; k >= 0; --k) g.finish(ps[std::size_t(k)]);
+        for (int k = 0; k < 3; ++k) g.finish(ps[std::size_t(me % 2 ? k : 2 - k)]);
         for (std::uint32_t k = 0; k < 3; ++k)
             expect(same_bits(xs[k], expected(N, 5000 + k, 100 + k)),
                    "sum " + std::to_string(k) + " of three in flight", me);
@@ -163,6 +163,13 @@ int main(int argc, char** argv) {
         const auto before = a;
         ftune::dist::gradient_reducer r(one, {a});
         r.ready(0);
+        bool twice = false;  // a tensor marked ready twice in a step is an error
+        try {
+            r.ready(0);
+        } catch (const ftune::error& e) {
+            twice = e.id() == ftune::errc::invalid_argument;
+        }
+        expect(twice, "ready() twice refused", me);
         r.finish();
         expect(same_bits(a, before), "local group reducer", me);
     }

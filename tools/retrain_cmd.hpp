@@ -225,9 +225,19 @@ inline int run_retrain(int argc, char** argv) {
         else if (a == "--version")
             r.version = v;
         else if (a == "--seed") {
-            r.seed = std::uint64_t(number());
+            const double x = number();
+            if (x < 0 || x != std::floor(x) || x > 9.0e15)
+                throw ftune::error(ftune::errc::invalid_argument, a + " " + v,
+                                   "a seed is a whole number from 0");
+            r.seed = std::uint64_t(x);
             r.train.insert(r.train.end(), {a, v});
-        } else if (a == "--out" || a == "--train" || a == "--valid")
+        } else if (a == "--peft" || a.starts_with("--lora-") || a == "--stop-after")
+            throw ftune::error(ftune::errc::invalid_argument, a,
+                               "not for ftune retrain: a challenger is a whole model that "
+                               "replaces the one in service (an adapter or a run stopped "
+                               "early is not); train adapters with ftune train --peft and "
+                               "serve them with ftune serve --adapter");
+        else if (a == "--out" || a == "--train" || a == "--valid")
             throw ftune::error(ftune::errc::invalid_argument, a,
                                "ftune retrain chooses it: the challenger goes to "
                                "versions/<version>, trained on --new and --replay");

@@ -70,6 +70,10 @@ if "$ftune" retrain --model "$work/repo" "${common[@]}" --version v2 2>"$work/er
 grep -q "exists already" "$work/err.txt" || fail "existing version error"
 if "$ftune" retrain --model "$work/repo" "${common[@]}" --out x 2>"$work/err.txt"; then fail "--out"; fi
 grep -q "ftune retrain chooses it" "$work/err.txt" || fail "--out error"
+if "$ftune" retrain --model "$work/repo" "${common[@]}" --peft lora 2>"$work/err.txt"; then fail "--peft"; fi
+grep -q "a challenger is a whole model" "$work/err.txt" || fail "--peft error"
+if "$ftune" retrain --model "$work/repo" "${common[@]}" --seed -1 2>"$work/err.txt"; then fail "--seed -1"; fi
+grep -q "a seed is a whole number" "$work/err.txt" || fail "--seed error"
 if "$ftune" retrain --model "$fixture" "${common[@]}" 2>"$work/err.txt"; then fail "plain dir"; fi
 grep -q "is not a model repository" "$work/err.txt" || fail "plain directory error"
 

@@ -44,11 +44,16 @@ exec ip netns exec \$ns sh -c "\$*"
 AGENT
 chmod +x "$agent"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-# each rank says where it runs, then the program
+# each rank says where it runs (two different addresses, or this is not two hosts), then the
+# program (ob1 with the TCP transport only: nothing goes through shared memory)
+net=(--mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include 10.99.0.0/24
+     --mca oob_tcp_if_include 10.99.0.0/24)
+where=$(ip netns exec "$ns0" "$mpirun" --host 10.99.0.1,10.99.0.2 -np 2 \
+    --mca plm_rsh_agent "$agent" "${net[@]}" \
+    sh -c 'echo "rank $OMPI_COMM_WORLD_RANK at $(ip -brief -4 addr show | grep -o "10\.99\.0\.[0-9]")"')
+echo "$where"
+[[ $(grep -o "10\.99\.0\.[0-9]" <<<"$where" | sort -u | wc -l) == 2 ]] \
+    || { echo "FAILED: the two ranks did not run in the two namespaces"; exit 1; }
 ip netns exec "$ns0" "$mpirun" --host 10.99.0.1,10.99.0.2 -np 2 --mca plm_rsh_agent "$agent" \
-    --mca btl tcp,self --mca btl_tcp_if_include 10.99.0.0/24 --mca oob_tcp_if_include 10.99.0.0/24 \
-    sh -c 'echo "rank $OMPI_COMM_WORLD_RANK in the namespace of $(ip -brief -4 addr show | grep -o "10\.99\.0\.[0-9]")"'
-ip netns exec "$ns0" "$mpirun" --host 10.99.0.1,10.99.0.2 -np 2 --mca plm_rsh_agent "$agent" \
-    --mca btl tcp,self --mca btl_tcp_if_include 10.99.0.0/24 --mca oob_tcp_if_include 10.99.0.0/24 \
-    -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM -x OMP_NUM_THREADS "$@"
+    "${net[@]}" -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM -x OMP_NUM_THREADS "$@"
 # (not exec: the trap removes the namespaces when the job ends)

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "ftune/config.hpp"
+#include "ftune/core/error.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace dist {
@@ -109,8 +110,10 @@ inline void ordered_sum(std::span<const std::span<const float>> parts, std::span
 /// Sums many gradient tensors over a group in buckets, each bucket's sum started as soon as its
 /// last tensor is final, so the communication runs while backward computes the rest (as PyTorch
 /// DDP's reducer does). The tensors are given in the order backward finishes them; consecutive
-/// ones are packed into buckets of about bucket_bytes (a bigger tensor is a bucket of its own),
-/// copied into the bucket's buffer when it starts and back when it is finished.
+/// ones are packed into buckets: a bucket takes tensors until it holds at least bucket_bytes,
+/// so it may pass that by one tensor. A bucket is copied into its buffer when its sum starts
+/// and back by finish(). Sums start in bucket order on every rank (a bucket complete before
+/// an earlier one waits for it), so the ranks' sums always pair up the same buckets.
 ///
 ///   dist::gradient_reducer r(g, grads_in_backward_order);
 ///   // during backward, after tensor i's gradient is complete:
@@ -122,7 +125,10 @@ class gradient_reducer {
     /// Buckets over `tensors` (spans that stay valid for the reducer's life).
     gradient_reducer(group& g, std::vector<std::span<float>> tensors,
                      std::size_t bucket_bytes = std::size_t(25) << 20)
-        : g_(g), tensors_(std::move(tensors)), bucket_of_(tensors_.size()) {
+        : g_(g),
+          tensors_(std::move(tensors)),
+          bucket_of_(tensors_.size()),
+          marked_(tensors_.size(), false) {
         std::size_t floats = 0;
         for (std::size_t i = 0; i < tensors_.size(); ++i) {
             if (buckets_.empty() || floats * sizeof(float) >= bucket_bytes) {
@@ -146,8 +152,15 @@ class gradient_reducer {
     /// Says tensor i's gradient is final; starts its bucket's sum when i completes the bucket,
     /// and advances the sums in flight.
     void ready(std::size_t i) {
-        auto& b = buckets_[bucket_of_[i]];
-        if (++b.ready == b.last - b.first + 1) start(b);
+        if (i >= tensors_.size() || marked_[i])
+            throw error(errc::invalid_argument, "dist::gradient_reducer::ready",
+                        "tensor " + std::to_string(i) +
+                            (i >= tensors_.size() ? " does not exist" : " was marked ready twice"));
+        marked_[i] = true;
+        ++buckets_[bucket_of_[i]].ready;
+        while (next_ < buckets_.size() &&
+               buckets_[next_].ready == buckets_[next_].last - buckets_[next_].first + 1)
+            start(buckets_[next_++]);
         for (auto& o : buckets_)
             if (o.sum) o.sum->test();
     }
@@ -155,9 +168,9 @@ class gradient_reducer {
     /// Starts every bucket not started yet, waits for all, and writes the sums back; the
     /// reducer is then ready for the next step.
     void finish() {
-        for (auto& b : buckets_)
-            if (!b.started) start(b);
+        while (next_ < buckets_.size()) start(buckets_[next_++]);
         for (auto& b : buckets_) {
+            if (!b.started) continue;  // summed and copied back by a finish() that then threw
             g_.finish(b.sum);
             std::size_t at = 0;
             for (std::size_t i = b.first; i <= b.last; ++i) {
@@ -169,6 +182,8 @@ class gradient_reducer {
             b.ready = 0;
             b.started = false;
         }
+        next_ = 0;
+        std::fill(marked_.begin(), marked_.end(), false);
     }
 
   private:
@@ -196,7 +211,9 @@ class gradient_reducer {
     group& g_;
     std::vector<std::span<float>> tensors_;
     std::vector<std::size_t> bucket_of_;  // tensor -> bucket
+    std::vector<bool> marked_;            // tensors marked ready this step
     std::vector<bucket> buckets_;
+    std::size_t next_ = 0;  // the first bucket whose sum has not started
 };
 
 }  // namespace dist

@@ -23,8 +23,11 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <span>
 #include <string>
@@ -38,9 +41,16 @@
 FTUNE_NAMESPACE_BEGIN
 namespace dist {
 
+namespace detail {
+/// Collectives that timed out and have not completed since: MPI_Finalize would wait for their
+/// ranks forever, so mpi_session aborts the job instead.
+inline std::atomic<int> stranded_collectives{0};
+}  // namespace detail
+
 /// MPI for the lifetime of the object: MPI_Init_thread (funneled: only the main thread calls
 /// MPI; OpenMP's threads never do) unless MPI is initialized already, MPI_Finalize at the end
-/// if this object initialized it.
+/// if this object initialized it, or MPI_Abort (the whole job stops, nothing hangs) when it
+/// ends through an exception or with a collective that timed out still pending.
 class mpi_session {
   public:
     /// Initializes MPI with the program's arguments (MPI may read its own from them).
@@ -52,17 +62,22 @@ class mpi_session {
         if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
             throw error(errc::io, "MPI_Init_thread", "MPI could not start");
         owner_ = true;
+        exceptions_ = std::uncaught_exceptions();
     }
     mpi_session(const mpi_session&) = delete;
     mpi_session& operator=(const mpi_session&) = delete;
     ~mpi_session() {
         int done = 0;
         MPI_Finalized(&done);
-        if (owner_ && !done) MPI_Finalize();
+        if (!owner_ || done) return;
+        if (std::uncaught_exceptions() > exceptions_ || detail::stranded_collectives > 0)
+            MPI_Abort(MPI_COMM_WORLD, 1);  // the other ranks may wait for this one forever
+        MPI_Finalize();
     }
 
   private:
     bool owner_ = false;
+    int exceptions_ = 0;  // uncaught exceptions when it started
 };
 
 /// dist::group on an MPI communicator (see the file comment).
@@ -91,6 +106,9 @@ class mpi_group final : public group {
 
     std::unique_ptr<pending> start_sum(std::span<float> x) override {
         if (size_ == 1) return nullptr;
+        if (x.size() / size_ + 1 > std::size_t(INT_MAX))
+            throw error(errc::unsupported, "dist::mpi_group::start_sum",
+                        "a chunk of more than 2^31 floats: sum the vector in parts");
         auto p = std::make_unique<ordered_sum_op>(*this, x, next_tag());
         p->start();
         return p;
@@ -99,11 +117,28 @@ class mpi_group final : public group {
     void finish(std::unique_ptr<pending>& p) override {
         if (!p) return;
         auto& op = static_cast<ordered_sum_op&>(*p);
-        wait_until([&] { return op.test(); }, [&] { return op.missing(); }, "a gradient sum");
+        try {  // every sum in flight advances while this one is awaited: another rank may wait
+               // for one of them first, and a sum changes phase only when it is tested
+            wait_until(
+                [&] {
+                    for (auto* o : live_)
+                        if (o != &op) o->test();
+                    return op.test();
+                },
+                [&] { return op.missing(); }, "a gradient sum");
+        } catch (const error& e) {
+            if (e.id() == errc::timeout && !op.stranded) {
+                op.stranded = true;  // until it completes, ending MPI aborts the job
+                ++detail::stranded_collectives;
+            }
+            throw;
+        }
         p.reset();
     }
 
     std::vector<double> all_gather(std::span<const double> x) override {
+        if (x.size() > std::size_t(INT_MAX))
+            throw error(errc::unsupported, "dist::mpi_group::all_gather", "over 2^31 values");
         std::vector<double> out(x.size() * size_);
         MPI_Request req = MPI_REQUEST_NULL;
         check(MPI_Iallgather(x.data(), int(x.size()), MPI_DOUBLE, out.data(), int(x.size()),
@@ -144,7 +179,9 @@ class mpi_group final : public group {
     // chunk to every rank and receives the others' sums into place.
     class ordered_sum_op final : public pending {
       public:
-        ordered_sum_op(mpi_group& g, std::span<float> x, int tag) : g_(g), x_(x), tag_(tag) {}
+        ordered_sum_op(mpi_group& g, std::span<float> x, int tag) : g_(g), x_(x), tag_(tag) {
+            g_.live_.push_back(this);
+        }
 
         void start() {
             const std::size_t N = g_.size_, me = g_.rank_;
@@ -158,6 +195,8 @@ class mpi_group final : public group {
                 post_send(x_.data() + cb, ce - cb, j);
             }
         }
+
+        bool stranded = false;  // it timed out once (counted in detail::stranded_collectives)
 
         bool test() override {
             if (phase_ == 3) return true;
@@ -180,6 +219,10 @@ class mpi_group final : public group {
                 return false;
             }
             phase_ = 3;
+            if (stranded) {
+                stranded = false;
+                --detail::stranded_collectives;
+            }
             return true;
         }
 
@@ -196,6 +239,7 @@ class mpi_group final : public group {
         // Requests still pending (only after a timeout, when the job is about to abort) are
         // left to MPI, and their buffers leaked rather than freed under a late message.
         ~ordered_sum_op() override {
+            std::erase(g_.live_, this);
             if (std::any_of(reqs_.begin(), reqs_.end(),
                             [](MPI_Request r) { return r != MPI_REQUEST_NULL; }))
                 new std::vector<std::vector<float>>(std::move(parts_));  // leaked on purpose
@@ -210,27 +254,44 @@ class mpi_group final : public group {
         void post_send(const float* p, std::size_t n, std::size_t to) {
             reqs_.push_back(MPI_REQUEST_NULL);
             peers_.push_back(to);
+            expected_.resize(reqs_.size(), -1);  // a send: nothing to check
             g_.check(MPI_Isend(p, int(n), MPI_FLOAT, int(to), tag_, g_.comm_, &reqs_.back()),
                      "MPI_Isend");
         }
         void post_recv(float* p, std::size_t n, std::size_t from) {
             reqs_.push_back(MPI_REQUEST_NULL);
             peers_.push_back(from);
+            expected_.resize(reqs_.size(), -1);
+            expected_.back() = int(n);
             g_.check(MPI_Irecv(p, int(n), MPI_FLOAT, int(from), tag_, g_.comm_, &reqs_.back()),
                      "MPI_Irecv");
         }
         // Tests every request of the phase; true when all are complete (their slots cleared).
+        // A receive whose count is not the chunk's means the ranks passed vectors of different
+        // lengths: an error, not a sum with zeros in it.
         bool progress() {
             bool all = true;
-            for (auto& r : reqs_) {
-                if (r == MPI_REQUEST_NULL) continue;
+            for (std::size_t k = 0; k < reqs_.size(); ++k) {
+                if (reqs_[k] == MPI_REQUEST_NULL) continue;
                 int done = 0;
-                g_.check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+                MPI_Status st;
+                g_.check(MPI_Test(&reqs_[k], &done, &st), "MPI_Test");
                 all = all && done;
+                if (done && expected_[k] >= 0) {
+                    int got = 0;
+                    MPI_Get_count(&st, MPI_FLOAT, &got);
+                    if (got != expected_[k])
+                        throw error(errc::shape_mismatch, "rank " + std::to_string(g_.rank_),
+                                    "rank " + std::to_string(peers_[k]) + " sent " +
+                                        std::to_string(got) + " floats of a chunk of " +
+                                        std::to_string(expected_[k]) +
+                                        ": every rank must sum a vector of the same length");
+                }
             }
             if (all) {
                 reqs_.clear();
                 peers_.clear();
+                expected_.clear();
             }
             return all;
         }
@@ -242,6 +303,7 @@ class mpi_group final : public group {
         std::vector<std::vector<float>> parts_;  // parts_[r]: rank r's part of my chunk
         std::vector<MPI_Request> reqs_;          // the phase's requests
         std::vector<std::size_t> peers_;         // the rank of each request
+        std::vector<int> expected_;              // a receive's count (-1: a send)
     };
 
     // A tag per sum: messages of two sums in flight never mix (MPI keeps each pair's order).
@@ -281,6 +343,12 @@ class mpi_group final : public group {
     }
 
     void wait_one(MPI_Request& req, const char* what) {
+        struct strand_on_throw {  // a collective abandoned by a timeout: abort at the end
+            int n = std::uncaught_exceptions();
+            ~strand_on_throw() {
+                if (std::uncaught_exceptions() > n) ++detail::stranded_collectives;
+            }
+        } guard;
         wait_until(
             [&] {
                 int done = 0;
@@ -290,6 +358,7 @@ class mpi_group final : public group {
             [] { return std::vector<std::size_t>{}; }, what);
     }
 
+    std::vector<ordered_sum_op*> live_;  // the sums in flight
     MPI_Comm comm_ = MPI_COMM_NULL;
     std::size_t rank_ = 0, size_ = 1;
     int tag_ = 0;
