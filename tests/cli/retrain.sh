@@ -109,6 +109,19 @@ diff "$work/eval_t2.txt" "$work/report_t2.txt" || fail "the NER report's challen
 "$ftune" retrain --model "$work/ner" --new "$work/new.conll" --holdout "$work/holdout.conll" \
     --epochs 1 --version t3 --metric loss --margin 1000 >"$work/ner_out3.txt" 2>/dev/null || fail "retrain t3"
 grep -q "decision: kept out of service (loss " "$work/ner_out3.txt" || fail "t3 not kept out on loss"
+# the gate's direction: t2 retrained again from t1 (training is deterministic) gains exactly
+# what t2 gained in loss; a margin just under the gain promotes it, just over keeps it out
+"$ftune" rollback --model "$work/ner" --to t1 >/dev/null
+gain=$(awk -F'|' '$2 ~ /^ loss / { printf "%.6f", $3 - $4 }' "$work/ner_out.txt")
+[[ -n $gain ]] || fail "no loss row in t2's report"
+under=$(awk -v g="$gain" 'BEGIN { printf "%.6f", g - 0.01 }')
+over=$(awk -v g="$gain" 'BEGIN { printf "%.6f", g + 0.01 }')
+again=(--new "$work/new.conll" --replay "$work/old.conll" --replay-ratio 0.3 --holdout "$work/holdout.conll"
+       --epochs 1 --batch-size 4 --lr 1e-3 --metric loss)
+"$ftune" retrain --model "$work/ner" "${again[@]}" --version t5 --margin "$over" >"$work/t5.txt" 2>/dev/null
+grep -q "decision: kept out of service" "$work/t5.txt" || fail "t5 (margin over the gain $gain) was promoted"
+"$ftune" retrain --model "$work/ner" "${again[@]}" --version t6 --margin "$under" >"$work/t6.txt" 2>/dev/null
+grep -q "decision: promoted" "$work/t6.txt" || fail "t6 (margin under the gain $gain) was kept out"
 if "$ftune" retrain --model "$work/ner" --new "$work/new.conll" --holdout "$work/holdout.conll" \
     --version t4 --task mlm 2>"$work/err.txt"; then fail "an mlm retrain"; fi
 grep -q "ftune retrain gates classifiers" "$work/err.txt" || fail "unsupported task error"

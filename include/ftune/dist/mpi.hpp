@@ -95,10 +95,13 @@ class mpi_group final : public group {
     }
     mpi_group(const mpi_group&) = delete;
     mpi_group& operator=(const mpi_group&) = delete;
+    // MPI_Comm_free is collective: skipped when a rank may be gone (an exception on its way,
+    // a timed-out collective pending), so that mpi_session gets to abort the job.
     ~mpi_group() override {
         int done = 0;
         MPI_Finalized(&done);
-        if (!done) MPI_Comm_free(&comm_);
+        if (!done && std::uncaught_exceptions() == 0 && detail::stranded_collectives == 0)
+            MPI_Comm_free(&comm_);
     }
 
     std::size_t rank() const noexcept override { return rank_; }
