@@ -110,26 +110,14 @@ inline std::size_t write_retrain_data(const retrain_args& r, cli::task task,
 }
 
 // The evaluation of the model at `dir` for `task` on the held-out file, and its report (what
-// `ftune eval` prints): a token classifier (ner), or a sequence classifier on an encoder or a
-// decoder (its last token).
+// `ftune eval` prints).
 inline std::pair<ftune::train::evaluation, std::string> evaluate_version(
     const std::filesystem::path& dir, cli::task task, const std::filesystem::path& holdout) {
     train_args a;
     a.model = dir;
     a.data = holdout;
     a.opt.progress = nullptr;
-    using E = ftune::bert::encoder<float>;
-    if (task == task::ner) return evaluate_with<ftune::bert::token_classifier<E>>(a, task);
-    if (holds_decoder(a)) {
-        std::pair<ftune::train::evaluation, std::string> out;
-        with_decoder(a, task, [&](auto d) {
-            using D = typename decltype(d)::type;
-            out = evaluate_with<on_decoder<ftune::heads::last_token_classification, D>>(a, task);
-            return 0;
-        });
-        return out;
-    }
-    return evaluate_with<ftune::bert::sequence_classifier<E>>(a, task);
+    return evaluate_classifier(a, task);
 }
 
 // The gate's metric of an evaluation, on a higher-is-better scale (loss: its negative), and

@@ -468,22 +468,6 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
     if (!v->model && !v->tasks) return wrong_endpoint(res, *v);
     auto request = parsed(ftune::serve::parse_predict_request, opt, req, res);
     if (!request) return;
-    if (!truncates(request->truncate, opt)) {  // refused rather than cut
-        const auto& tok = v->tasks ? v->tasks->tokenizer() : v->model->tokenizer();
-        const std::size_t most = v->tasks ? v->tasks->max_length() : v->model->max_length();
-        const auto& in = request->inputs;
-        if (!within_length(
-                in.size(), most,
-                [&](std::size_t i) {
-                    return tok
-                        .encode(in[i].text, in[i].pair
-                                                ? std::optional<std::string_view>(*in[i].pair)
-                                                : std::nullopt)
-                        .ids.size();
-                },
-                res))
-            return;
-    }
     auto* batcher = v->batch.get();
     std::vector<std::string> labels;
     if (v->tasks) {  // the request names its task
@@ -505,6 +489,22 @@ inline void handle_predict(serve_state& state, const serve_options& opt,
             return json_error(res, 422, "Validation",
                               "\"adapter\": this server has no adapters (ftune serve --adapter)");
         labels = v->model->labels();
+    }
+    if (!truncates(request->truncate, opt)) {  // refused rather than cut
+        const auto& tok = v->tasks ? v->tasks->tokenizer() : v->model->tokenizer();
+        const std::size_t most = v->tasks ? v->tasks->max_length() : v->model->max_length();
+        const auto& in = request->inputs;
+        if (!within_length(
+                in.size(), most,
+                [&](std::size_t i) {
+                    return tok
+                        .encode(in[i].text, in[i].pair
+                                                ? std::optional<std::string_view>(*in[i].pair)
+                                                : std::nullopt)
+                        .ids.size();
+                },
+                res))
+            return;
     }
     const auto predictions = answers_of(*batcher, request->inputs, res);
     if (!predictions) return;

@@ -691,22 +691,35 @@ inline cli::task task_of_adapter_or_model(const train_args& a) {
     return task_of(a.model);
 }
 
+// The evaluation and report of a classifier on --data: a token classifier (ner), or a sequence
+// classifier (classify, multilabel, regression) on an encoder or a decoder's last token; what
+// `ftune eval` prints for these tasks and what `ftune retrain` gates on.
+inline std::pair<ftune::train::evaluation, std::string> evaluate_classifier(train_args& a,
+                                                                            cli::task t) {
+    using E = ftune::bert::encoder<float>;
+    if (t == task::ner) return evaluate_with<ftune::bert::token_classifier<E>>(a, t);
+    if (holds_decoder(a)) {
+        std::pair<ftune::train::evaluation, std::string> out;
+        with_decoder(a, t, [&](auto d) {
+            using D = typename decltype(d)::type;
+            out = evaluate_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t);
+            return 0;
+        });
+        return out;
+    }
+    return evaluate_with<ftune::bert::sequence_classifier<E>>(a, t);
+}
+
 // Runs `ftune eval`.
 inline int run_eval(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, true);
     const auto t = a.task ? *a.task : task_of_adapter_or_model(a);
     using E = ftune::bert::encoder<float>;
-    if (t == task::ner) return eval_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
     if (t == task::causal_lm || t == task::chat)
         return with_decoder(a, t, [&](auto d) {
             return eval_lm_with<on_decoder<ftune::heads::causal_lm, typename decltype(d)::type>>(a,
                                                                                                  t);
-        });
-    if (holds_decoder(a) && t != task::ner && t != task::mlm && t != task::qa)
-        return with_decoder(a, t, [&](auto d) {
-            using D = typename decltype(d)::type;
-            return eval_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t);
         });
     if (t == task::qa) {  // SQuAD exact match and F1
         auto m = load_model<ftune::bert::question_answering<E>>(a.model, {}, a.adapter);
@@ -722,7 +735,8 @@ inline int run_eval(int argc, char** argv) {
                   << "\n";
         return 0;
     }
-    return eval_with<ftune::bert::sequence_classifier<E>>(a, t);
+    std::cout << evaluate_classifier(a, t).second;  // ner, classify, multilabel, regression
+    return 0;
 }
 
 // Merges a model of type Model with the adapter (W += s B A, adapters dropped) and saves the
