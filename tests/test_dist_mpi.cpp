@@ -1,11 +1,12 @@
 // dist::mpi_group under `mpirun -np N` (ctest runs N = 2 and N = 3): the ordered sum equals
 // dist::ordered_sum of every rank's part computed in one process, bit for bit, for lengths
 // shorter than N up to a million, several sums in flight at once, -0 kept; all_gather and
-// broadcast; gradient_reducer's buckets; a rank that does not take part gives errc::timeout naming
-// it, and the sum completes once it joins. Exits 0 and prints "dist: all checks passed" on rank 0
-// when every rank passed.
+// broadcast; gradient_reducer's buckets (only_rows too); a rank that does not take part gives
+// errc::timeout naming it, and the sum completes once it joins. Exits 0 and prints "dist: all
+// checks passed" on rank 0 when every rank passed.
 #include <ftune/dist/mpi.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -156,6 +157,42 @@ int main(int argc, char** argv) {
                 expect(ok, "reused reducer, step 1", me);
             }
         }
+    }
+    {  // only_rows: a (40 x 6) table zero outside rows {1, 7, 39} on every rank, with a dense
+       // tensor in the same bucket: the sum of those rows alone equals the dense sum; the
+       // next step sums whole tensors again
+        const std::vector<std::size_t> rows{1, 7, 39};
+        auto sparse = [&](std::uint32_t salt) {
+            auto t = part(me, 240, salt);
+            std::vector<float> z(240, 0.0f);
+            for (const auto r : rows) std::copy_n(t.begin() + r * 6, 6, z.begin() + r * 6);
+            return z;
+        };
+        std::vector<float> dense = part(me, 50, 21), table = sparse(22);
+        ftune::dist::gradient_reducer r(g, {dense, table});
+        r.only_rows(1, rows, 6);
+        r.ready(0);
+        r.ready(1);
+        r.finish();
+        auto want = expected(N, 240, 22);
+        for (std::size_t i = 0; i < 240; ++i)
+            if (std::find(rows.begin(), rows.end(), i / 6) == rows.end()) want[i] = 0;
+        expect(same_bits(dense, expected(N, 50, 21)) && same_bits(table, want),
+               "only_rows: the selected rows summed, the others zero", me);
+        const auto t2 = part(me, 240, 23), d2 = part(me, 50, 24);  // into the same storage
+        std::copy(t2.begin(), t2.end(), table.begin()),
+            std::copy(d2.begin(), d2.end(), dense.begin());
+        r.ready(0);
+        r.ready(1);
+        r.finish();
+        expect(same_bits(table, expected(N, 240, 23)), "only_rows lasts one step", me);
+        bool refused = false;
+        try {
+            r.only_rows(1, {40}, 6);
+        } catch (const ftune::error&) {
+            refused = true;
+        }
+        expect(refused, "only_rows: a row outside the table is an error", me);
     }
     {  // the one-process group leaves the tensors as they are
         ftune::dist::local_group one;

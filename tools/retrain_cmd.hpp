@@ -172,6 +172,9 @@ inline std::string report_rows(cli::task task, const ftune::train::evaluation& a
 
 // Runs `ftune retrain` with argv[2..]; returns the exit status (0 whether or not promoted).
 inline int run_retrain(int argc, char** argv) {
+    if (ftune::dist::launched_by_mpi())
+        throw ftune::error(ftune::errc::unsupported, "ftune retrain",
+                           "runs in one process (it promotes a version): not under mpirun");
     retrain_args r;
     for (int i = 2; i < argc; ++i) {
         const std::string a = argv[i];

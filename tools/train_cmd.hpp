@@ -6,6 +6,7 @@
 #include <iostream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,9 @@
 #include <ftune/train/lm_batching.hpp>
 #include <ftune/train/qa.hpp>
 #include <ftune/train/trainer.hpp>
+#if FTUNE_WITH_MPI
+#include <ftune/dist/mpi.hpp>
+#endif
 
 #include "peft_cmd.hpp"
 
@@ -44,6 +48,8 @@ struct train_args {
     std::size_t max_new_tokens = 0;   // --max-new-tokens (0: longest reference + 8)
     cli::peft_args peft;              // --peft and the --lora-* options (train)
     std::filesystem::path adapter;    // --adapter DIR: a LoRA adapter on --model (eval)
+    double dist_timeout = 600;        // --dist-timeout S: longest wait for another rank
+    int threads = 0;                  // --threads N (0: OMP_NUM_THREADS; under mpirun, 1)
 };
 
 // The optimizer and the learning-rate schedule objects the options name, for a run over
@@ -199,6 +205,15 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.stop_after = count();
         else if (!eval && k == "--max-train-examples")
             a.max_train = count();
+        else if (!eval && k == "--virtual-ranks")
+            a.opt.virtual_ranks = count();
+        else if (!eval && k == "--dist-timeout") {
+            a.dist_timeout = number();
+            if (!(a.dist_timeout > 0))
+                throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
+                                   "expects a positive number of seconds");
+        } else if (k == "--threads")
+            a.threads = int(count());
         else
             throw ftune::error(
                 ftune::errc::invalid_argument, k,
@@ -285,6 +300,7 @@ bool save_trained(const train_args& a, Trainer& t, const Result& r, HfModel& m) 
                   << a.opt.checkpoint_dir.string() << "\n";
         return false;
     }
+    if (a.opt.group && a.opt.group->rank() != 0) return true;  // rank 0 writes the files
     if (a.peft.method == "lora") {
         const std::string task = task_name(a.task.value_or(task::classify));
         ftune::peft::save_adapter(
@@ -407,6 +423,9 @@ int train_with(train_args& a, cli::task task) {
     const auto r = t.fit(train_x, valid_x);
     if (!save_trained(a, t, r, m)) return 0;  // stopped by --stop-after
     std::cerr << "ftune: " << r.steps << " steps in " << r.seconds << " s";
+    if (a.opt.group)
+        std::cerr << " on " << a.opt.group->size() << " ranks (" << r.sum_wait_seconds
+                  << " s waiting for gradient sums)";
     if (!std::isnan(r.best_metric))
         std::cerr << "; best validation " << t.metric_name() << " " << r.best_metric << " at step "
                   << r.best_step << (r.stopped_early ? " (stopped early)" : "");
@@ -661,9 +680,8 @@ inline bool holds_decoder(const train_args& a) {
     return type == "llama" || type == "gpt2";
 }
 
-// Runs `ftune train`.
-inline int run_train(int argc, char** argv) {
-    auto a = parse_train_args(argc, argv, false);
+// Runs `ftune train` with parsed arguments.
+inline int train(train_args& a) {
     const auto t = a.task.value_or(task::classify);
     a.task = t;
     using E = ftune::bert::encoder<float>;
@@ -681,6 +699,42 @@ inline int run_train(int argc, char** argv) {
             return train_with<on_decoder<ftune::heads::last_token_classification, D>>(a, t);
         });
     return train_with<ftune::bert::sequence_classifier<E>>(a, t);
+}
+
+// Runs `ftune train`; started by an MPI launcher (`mpirun -np N ftune train ...`), one rank of
+// a data-parallel run: one thread per rank unless --threads or OMP_NUM_THREADS says otherwise,
+// rank 0 alone printing, an error on any rank printed with its rank and stopping the whole job.
+inline int run_train(int argc, char** argv) {
+    auto a = parse_train_args(argc, argv, false);
+    if (a.threads) ftune::set_num_threads(a.threads);
+    if (!ftune::dist::launched_by_mpi()) return train(a);
+#if FTUNE_WITH_MPI
+    if (a.opt.virtual_ranks > 1)
+        throw ftune::error(ftune::errc::invalid_argument, "--virtual-ranks",
+                           "computes an N-rank run in one process: not under mpirun");
+    ftune::dist::mpi_session session(argc, argv);
+    ftune::dist::mpi_group group;
+    group.set_timeout(std::chrono::milliseconds(std::int64_t(a.dist_timeout * 1000)));
+    a.opt.group = &group;
+    if (!a.threads && !std::getenv("OMP_NUM_THREADS")) ftune::set_num_threads(1);
+    std::ostringstream quiet;  // the other ranks' output (rank 0 prints)
+    auto *out = std::cout.rdbuf(), *err = std::cerr.rdbuf();
+    if (group.rank() != 0) std::cout.rdbuf(quiet.rdbuf()), std::cerr.rdbuf(quiet.rdbuf());
+    try {
+        const int status = train(a);
+        std::cout.rdbuf(out), std::cerr.rdbuf(err);
+        return status;
+    } catch (const std::exception& e) {  // the others may wait for this rank: stop them all
+        std::cout.rdbuf(out), std::cerr.rdbuf(err);
+        std::cerr << (dynamic_cast<const ftune::error*>(&e) ? "" : "ftune train: ") << e.what()
+                  << " (rank " << group.rank() << " of " << group.size() << ")\n";
+        group.abort(1);
+    }
+#else
+    throw ftune::error(ftune::errc::unsupported, "ftune train",
+                       "started by an MPI launcher, but this ftune was built without MPI: "
+                       "install libopenmpi-dev and openmpi-bin, then rebuild (FTUNE_WITH_MPI)");
+#endif
 }
 
 // The task of --adapter (ftune_task.json, or PEFT's task_type) when it says one, else

@@ -88,6 +88,9 @@ class mean_pooled_classification {
         ce_.backward({d, b.B, y.extent(1)}, scale);
         return l;
     }
+    /// The denominator of the loss's mean over b (its rows): what a data-parallel rank's slice
+    /// of b is weighed by (train::options::group).
+    double loss_weight(const ftune::train::batch& b) const { return double(b.B); }
     /// Adds a batch's predictions (argmax) and loss to the evaluation.
     void score(output_view y, const ftune::train::batch& b, ftune::train::evaluation& e,
                const std::vector<std::string>&) {

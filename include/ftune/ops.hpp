@@ -713,6 +713,28 @@ void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const rando
                                             s);
 }
 
+/// dropout with the tensor cut into `examples` equal blocks (one per example, rows first),
+/// block r drawn from s.derive(first + r); examples = 0: the whole tensor from s.
+template <tensor_like Y, tensor_like Mask, tensor_like X>
+void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const random_stream& s,
+             std::size_t examples, std::size_t first) {
+    if (examples == 0) return dropout(y, mask, x, p, s);
+    detail::same_device<Y, Mask, X>();
+    static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
+                  "ftune::ops::dropout: the mask holds std::uint8_t (0 dropped, 1 kept)");
+    check_same_shape(y.shape(), x.shape(), "dropout (y vs x)");
+    check_same_shape(mask.shape(), x.shape(), "dropout (mask vs x)");
+    const std::size_t n = x.shape().size(), per = n / examples;
+    if (per * examples != n)
+        throw error(errc::shape_mismatch, "dropout",
+                    ftune::detail::cat(n, " values are not ", examples,
+                                       " equal blocks, one per example (context::"
+                                       "dropout_examples must be the batch's rows)"));
+    for (std::size_t r = 0; r < examples; ++r)
+        detail::backend_for<Y>::dropout_forward(y.data() + r * per, mask.data() + r * per,
+                                                x.data() + r * per, p, per, s.derive(first + r));
+}
+
 /// dx += dy * mask / (1 - p), with the mask dropout saved; all the same shape.
 template <tensor_like DX, tensor_like Mask, tensor_like DY>
 void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p) {

@@ -1161,6 +1161,16 @@ class random_stream {
     constexpr std::uint32_t below(std::uint64_t i, std::uint32_t n) const noexcept {
         return static_cast<std::uint32_t>((std::uint64_t{bits(i)} * n) >> 32);
     }
+    /// Stream k of this stream: another stream of the same seed whose id is a hash (one Philox
+    /// block under a changed key) of this one's id and k; what gives each example of a batch its
+    /// own dropout mask (context::dropout_examples).
+    constexpr random_stream derive(std::uint64_t k) const noexcept {
+        const auto w = philox4x32::generate(
+            {static_cast<std::uint32_t>(k), static_cast<std::uint32_t>(k >> 32), id_[0], id_[1]},
+            {key_[0] ^ 0x9E3779B9u, key_[1] ^ 0xBB67AE85u});
+        return {std::uint64_t{key_[0]} | std::uint64_t{key_[1]} << 32,
+                std::uint64_t{w[0]} | std::uint64_t{w[1]} << 32};
+    }
 
   private:
     std::array<std::uint32_t, 2> key_;
@@ -1202,6 +1212,7 @@ FTUNE_NAMESPACE_END
 // The run context passed to every forward/backward call: mode, random numbers, and the scratch
 // memory of backward passes.
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -1327,9 +1338,40 @@ struct context {
     /// (mixed-precision training: weights, gradients and optimizer state stay fp32; each weight
     /// is rounded to bf16 once per forward, packed for both of its products).
     ftune::precision precision = ftune::precision::fp32;
+    /// Dropout masks per example. 0: a dropout layer draws its whole tensor from one stream,
+    /// ctx.rng.next(). n > 0: the tensor is n equal blocks, one per example (batch rows first),
+    /// and block r draws from ctx.rng.next().derive(first_example + r), so an example gets the
+    /// same mask wherever it sits: in a whole batch, in a slice of it, or on another process of
+    /// a data-parallel run (the trainer sets both).
+    std::size_t dropout_examples = 0;
+    /// The key of the first example of the batch (dropout_examples).
+    std::size_t first_example = 0;
+    /// Called during backward with each trainable parameter's gradient (its first value) as
+    /// soon as it is final for the batch, so that a data-parallel trainer sums it over the
+    /// ranks while backward computes the rest; empty: nothing is called.
+    std::function<void(const void* gradient)> gradient_ready{};
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };
+
+namespace detail {
+/// The visitor of gradients_final (a keeps_values one: packed weights stay).
+struct tell_gradient_ready : keeps_values {
+    const std::function<void(const void*)>* ready;  ///< ctx.gradient_ready
+    /// Tells it p's gradient when p trains.
+    template <class P>
+    void operator()(const P& p) const {
+        if (p.trainable && !p.grad.empty()) (*ready)(p.grad.data());
+    }
+};
+}  // namespace detail
+
+/// Calls ctx.gradient_ready with the gradient of each trainable parameter `visit` reaches
+/// (visit(f) calls f(parameter_ref) for each): after the backward that completed them.
+template <class Visit>
+void gradients_final(context& ctx, Visit&& visit) {
+    if (ctx.gradient_ready) visit(detail::tell_gradient_ready{{}, &ctx.gradient_ready});
+}
 
 /// The error of a backward after a forward on the prepared inference path (prepare_inference()),
 /// which keeps nothing for backward; `where` names the layer or model.
@@ -6053,6 +6095,28 @@ void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const rando
                                             s);
 }
 
+/// dropout with the tensor cut into `examples` equal blocks (one per example, rows first),
+/// block r drawn from s.derive(first + r); examples = 0: the whole tensor from s.
+template <tensor_like Y, tensor_like Mask, tensor_like X>
+void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const random_stream& s,
+             std::size_t examples, std::size_t first) {
+    if (examples == 0) return dropout(y, mask, x, p, s);
+    detail::same_device<Y, Mask, X>();
+    static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
+                  "ftune::ops::dropout: the mask holds std::uint8_t (0 dropped, 1 kept)");
+    check_same_shape(y.shape(), x.shape(), "dropout (y vs x)");
+    check_same_shape(mask.shape(), x.shape(), "dropout (mask vs x)");
+    const std::size_t n = x.shape().size(), per = n / examples;
+    if (per * examples != n)
+        throw error(errc::shape_mismatch, "dropout",
+                    ftune::detail::cat(n, " values are not ", examples,
+                                       " equal blocks, one per example (context::"
+                                       "dropout_examples must be the batch's rows)"));
+    for (std::size_t r = 0; r < examples; ++r)
+        detail::backend_for<Y>::dropout_forward(y.data() + r * per, mask.data() + r * per,
+                                                x.data() + r * per, p, per, s.derive(first + r));
+}
+
 /// dx += dy * mask / (1 - p), with the mask dropout saved; all the same shape.
 template <tensor_like DX, tensor_like Mask, tensor_like DY>
 void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p) {
@@ -6606,11 +6670,13 @@ class attention_dropout {
         if (in_bf16()) {
             if constexpr (std::is_same_v<T, float>) {
                 dropped_bf16_.resize(probs.shape());
-                ops::dropout(dropped_bf16_, keep_, probs, p, ctx.rng.next());
+                ops::dropout(dropped_bf16_, keep_, probs, p, ctx.rng.next(), ctx.dropout_examples,
+                             ctx.first_example);
             }
         } else {
             dropped_.resize(probs.shape());
-            ops::dropout(dropped_, keep_, probs, p, ctx.rng.next());
+            ops::dropout(dropped_, keep_, probs, p, ctx.rng.next(), ctx.dropout_examples,
+                         ctx.first_example);
         }
     }
 
@@ -7395,7 +7461,7 @@ class dropout {
         if (!active_) return x;
         y_.resize(x.shape());
         mask_.resize(x.shape());
-        ops::dropout(y_, mask_, x, p, ctx.rng.next());
+        ops::dropout(y_, mask_, x, p, ctx.rng.next(), ctx.dropout_examples, ctx.first_example);
         return y_.view();
     }
 
@@ -9374,6 +9440,7 @@ class stack {
             d_final_.resize(dout.shape());
             d_final_.fill(T(0));
             final_norm.backward(ctx, {dout.data(), N, Cn}, {d_final_.data(), N, Cn});
+            gradients_final(ctx, [&](auto f) { final_norm.visit_parameters("", f); });
             d = d_final_.view();
         }
         const bool emb = embeddings.trainable();
@@ -9389,14 +9456,19 @@ class stack {
         for (std::size_t i = layer.size(); i-- > lowest;) {
             if (i == lowest && !emb) {  // no one below needs d input
                 layer[i].backward(ctx, d, {});
+                gradients_final(ctx, [&](auto f) { layer[i].visit_parameters("", f); });
                 return;
             }
             auto& next = d_[i % 2];
             next.fill(T(0));
             layer[i].backward(ctx, d, next.view());
+            gradients_final(ctx, [&](auto f) { layer[i].visit_parameters("", f); });
             d = next.view();
         }
-        if (emb) embeddings.backward(ctx, d);
+        if (emb) {
+            embeddings.backward(ctx, d);
+            gradients_final(ctx, [&](auto f) { embeddings.visit_parameters("", f); });
+        }
     }
 
     /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode
@@ -9771,6 +9843,7 @@ FTUNE_NAMESPACE_END
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
 #include <vector>
 
 // ---- begin ftune/loss.hpp ----
@@ -10081,6 +10154,19 @@ double per_position_loss(loss::cross_entropy<T>& ce, const T* y, std::size_t L,
     return l;
 }
 
+/// Σ over the labels ce counts (not its ignore index) of their class weight (1 without
+/// weights): the denominator of ce's mean over them, a batch's loss weight (the trainer's share
+/// of a slice in the mean over its whole batch: train/trainer.hpp).
+template <class T>
+double label_weight(const loss::cross_entropy<T>& ce, std::span<const token_id> labels) {
+    const auto& w = ce.options.class_weights;
+    double sum = 0;
+    for (const token_id y : labels)
+        if (y != ce.options.ignore_index)  // (a label outside the weights: the loss throws)
+            sum += w.empty() ? 1.0 : y >= 0 && std::size_t(y) < w.size() ? w[std::size_t(y)] : 0;
+    return sum;
+}
+
 /// The report of a head whose metric is the loss: loss and accuracy per counted item from the
 /// running sums, metric −loss.
 inline void finish_by_loss(train::evaluation& e) {
@@ -10200,6 +10286,11 @@ class masked_lm {
     /// Options of the training loss (label smoothing, class weights).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
 
+    /// The denominator of the batch's mean loss: Σ class weight of its labelled positions.
+    double loss_weight(const train::batch& b) const {
+        return detail::label_weight(ce_, std::span<const token_id>(b.labels));
+    }
+
     /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
     /// count for nothing); d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
@@ -10318,6 +10409,15 @@ class question_answering {
 
     /// Options of the training loss (label smoothing, class weights over positions).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The denominator of the batch's mean loss: the windows whose start counts (start and end
+    /// are both positions of the window, so both means have it).
+    double loss_weight(const train::batch& b) const {
+        double n = 0;
+        for (std::size_t r = 0; 2 * r < b.labels.size() && r < b.B; ++r)
+            n += b.labels[2 * r] != ce_.options.ignore_index;
+        return n;
+    }
 
     /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
     /// 2) += scale * its gradient.
@@ -10871,6 +10971,14 @@ class sequence_task {
     /// Options of the single-label training loss (label smoothing, class weights).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
 
+    /// The denominator of the batch's mean loss: Σ class weight of its labels (single label),
+    /// B L (multi-label, regression); the trainer weighs a slice of a batch by it.
+    double loss_weight(const train::batch& b) const {
+        if (problem == problem::single_label_classification)
+            return detail::label_weight(ce_, std::span<const token_id>(b.labels));
+        return double(b.B) * double(labels_);
+    }
+
     /// The training loss of a batch's logits y (B, L); d (B, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
         const std::size_t B = b.B, L = y.extent(1);
@@ -11175,6 +11283,11 @@ class token_classification {
     /// Options of the training loss (label smoothing, class weights).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
 
+    /// The denominator of the batch's mean loss: Σ class weight of its labelled positions.
+    double loss_weight(const train::batch& b) const {
+        return detail::label_weight(ce_, std::span<const token_id>(b.labels));
+    }
+
     /// The training loss of a batch's logits y (B, T, L) over the labelled positions (labels
     /// -100 count for nothing); d (B, T, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
@@ -11365,7 +11478,9 @@ class task_model {
     void backward(context& ctx, output_view d_out, Extra&&... extra) {
         if (backbone.kept_nothing_for_backward())
             throw no_backward_after_inference(std::string(architecture));
-        backbone.backward(ctx, head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...));
+        const auto d = head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...);
+        gradients_final(ctx, [&](auto f) { head.visit_parameters("", "", f); });
+        backbone.backward(ctx, d);
     }
 
     /// Training step of a head that takes its loss from the hidden states without computing
@@ -11383,6 +11498,7 @@ class task_model {
         if (backbone.kept_nothing_for_backward())
             throw no_backward_after_inference(std::string(architecture));
         const auto [loss, d_hidden] = head.loss_backward(ctx, backbone, h, b, scale);
+        gradients_final(ctx, [&](auto f) { head.visit_parameters("", "", f); });
         backbone.backward(ctx, d_hidden);
         return loss;
     }

@@ -175,6 +175,7 @@ class stack {
             d_final_.resize(dout.shape());
             d_final_.fill(T(0));
             final_norm.backward(ctx, {dout.data(), N, Cn}, {d_final_.data(), N, Cn});
+            gradients_final(ctx, [&](auto f) { final_norm.visit_parameters("", f); });
             d = d_final_.view();
         }
         const bool emb = embeddings.trainable();
@@ -190,14 +191,19 @@ class stack {
         for (std::size_t i = layer.size(); i-- > lowest;) {
             if (i == lowest && !emb) {  // no one below needs d input
                 layer[i].backward(ctx, d, {});
+                gradients_final(ctx, [&](auto f) { layer[i].visit_parameters("", f); });
                 return;
             }
             auto& next = d_[i % 2];
             next.fill(T(0));
             layer[i].backward(ctx, d, next.view());
+            gradients_final(ctx, [&](auto f) { layer[i].visit_parameters("", f); });
             d = next.view();
         }
-        if (emb) embeddings.backward(ctx, d);
+        if (emb) {
+            embeddings.backward(ctx, d);
+            gradients_final(ctx, [&](auto f) { embeddings.visit_parameters("", f); });
+        }
     }
 
     /// Packs every block's weights for low-latency inference (linear::prepare_inference): eval-mode

@@ -2,11 +2,13 @@
 // memory of backward passes.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "ftune/core/error.hpp"
+#include "ftune/core/parameter.hpp"
 #include "ftune/core/rng.hpp"
 #include "ftune/core/types.hpp"
 
@@ -68,9 +70,40 @@ struct context {
     /// (mixed-precision training: weights, gradients and optimizer state stay fp32; each weight
     /// is rounded to bf16 once per forward, packed for both of its products).
     ftune::precision precision = ftune::precision::fp32;
+    /// Dropout masks per example. 0: a dropout layer draws its whole tensor from one stream,
+    /// ctx.rng.next(). n > 0: the tensor is n equal blocks, one per example (batch rows first),
+    /// and block r draws from ctx.rng.next().derive(first_example + r), so an example gets the
+    /// same mask wherever it sits: in a whole batch, in a slice of it, or on another process of
+    /// a data-parallel run (the trainer sets both).
+    std::size_t dropout_examples = 0;
+    /// The key of the first example of the batch (dropout_examples).
+    std::size_t first_example = 0;
+    /// Called during backward with each trainable parameter's gradient (its first value) as
+    /// soon as it is final for the batch, so that a data-parallel trainer sums it over the
+    /// ranks while backward computes the rest; empty: nothing is called.
+    std::function<void(const void* gradient)> gradient_ready{};
     /// True in training mode.
     bool training() const noexcept { return mode == ftune::mode::train; }
 };
+
+namespace detail {
+/// The visitor of gradients_final (a keeps_values one: packed weights stay).
+struct tell_gradient_ready : keeps_values {
+    const std::function<void(const void*)>* ready;  ///< ctx.gradient_ready
+    /// Tells it p's gradient when p trains.
+    template <class P>
+    void operator()(const P& p) const {
+        if (p.trainable && !p.grad.empty()) (*ready)(p.grad.data());
+    }
+};
+}  // namespace detail
+
+/// Calls ctx.gradient_ready with the gradient of each trainable parameter `visit` reaches
+/// (visit(f) calls f(parameter_ref) for each): after the backward that completed them.
+template <class Visit>
+void gradients_final(context& ctx, Visit&& visit) {
+    if (ctx.gradient_ready) visit(detail::tell_gradient_ready{{}, &ctx.gradient_ready});
+}
 
 /// The error of a backward after a forward on the prepared inference path (prepare_inference()),
 /// which keeps nothing for backward; `where` names the layer or model.

@@ -217,6 +217,16 @@ class random_stream {
     constexpr std::uint32_t below(std::uint64_t i, std::uint32_t n) const noexcept {
         return static_cast<std::uint32_t>((std::uint64_t{bits(i)} * n) >> 32);
     }
+    /// Stream k of this stream: another stream of the same seed whose id is a hash (one Philox
+    /// block under a changed key) of this one's id and k; what gives each example of a batch its
+    /// own dropout mask (context::dropout_examples).
+    constexpr random_stream derive(std::uint64_t k) const noexcept {
+        const auto w = philox4x32::generate(
+            {static_cast<std::uint32_t>(k), static_cast<std::uint32_t>(k >> 32), id_[0], id_[1]},
+            {key_[0] ^ 0x9E3779B9u, key_[1] ^ 0xBB67AE85u});
+        return {std::uint64_t{key_[0]} | std::uint64_t{key_[1]} << 32,
+                std::uint64_t{w[0]} | std::uint64_t{w[1]} << 32};
+    }
 
   private:
     std::array<std::uint32_t, 2> key_;

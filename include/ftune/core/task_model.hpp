@@ -114,7 +114,9 @@ class task_model {
     void backward(context& ctx, output_view d_out, Extra&&... extra) {
         if (backbone.kept_nothing_for_backward())
             throw no_backward_after_inference(std::string(architecture));
-        backbone.backward(ctx, head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...));
+        const auto d = head.backward(ctx, backbone, d_out, std::forward<Extra>(extra)...);
+        gradients_final(ctx, [&](auto f) { head.visit_parameters("", "", f); });
+        backbone.backward(ctx, d);
     }
 
     /// Training step of a head that takes its loss from the hidden states without computing
@@ -132,6 +134,7 @@ class task_model {
         if (backbone.kept_nothing_for_backward())
             throw no_backward_after_inference(std::string(architecture));
         const auto [loss, d_hidden] = head.loss_backward(ctx, backbone, h, b, scale);
+        gradients_final(ctx, [&](auto f) { head.visit_parameters("", "", f); });
         backbone.backward(ctx, d_hidden);
         return loss;
     }

@@ -128,7 +128,8 @@ class gradient_reducer {
         : g_(g),
           tensors_(std::move(tensors)),
           bucket_of_(tensors_.size()),
-          marked_(tensors_.size(), false) {
+          marked_(tensors_.size(), false),
+          rows_(tensors_.size()) {
         std::size_t floats = 0;
         for (std::size_t i = 0; i < tensors_.size(); ++i) {
             if (buckets_.empty() || floats * sizeof(float) >= bucket_bytes) {
@@ -148,6 +149,20 @@ class gradient_reducer {
 
     /// Number of buckets.
     std::size_t buckets() const noexcept { return buckets_.size(); }
+
+    /// For this step only, sums just the rows `rows` (sorted, distinct) of tensor i, a matrix of
+    /// rows of `width` values: the caller knows every other row is zero on every rank (the rows
+    /// of an embedding table that no example of the step uses), whose sum is zero too. Call it
+    /// before the tensor's bucket starts; every rank must give the same rows.
+    void only_rows(std::size_t i, std::vector<std::size_t> rows, std::size_t width) {
+        if (i >= tensors_.size() || width == 0 || tensors_[i].size() % width != 0 ||
+            (!rows.empty() && rows.back() >= tensors_[i].size() / width))
+            throw error(errc::invalid_argument, "dist::gradient_reducer::only_rows",
+                        "tensor " + std::to_string(i) +
+                            ": rows outside it, or a width that "
+                            "does not divide it");
+        rows_[i] = {std::move(rows), width};
+    }
 
     /// Says tensor i's gradient is final; starts its bucket's sum when i completes the bucket,
     /// and advances the sums in flight.
@@ -173,12 +188,13 @@ class gradient_reducer {
             if (!b.started) continue;  // summed and copied back by a finish() that then threw
             g_.finish(b.sum);
             std::size_t at = 0;
-            for (std::size_t i = b.first; i <= b.last; ++i) {
-                std::copy(b.buffer.begin() + std::ptrdiff_t(at),
-                          b.buffer.begin() + std::ptrdiff_t(at + tensors_[i].size()),
-                          tensors_[i].begin());
-                at += tensors_[i].size();
-            }
+            for (std::size_t i = b.first; i <= b.last; ++i)
+                pieces(i, [&](std::size_t from, std::size_t n) {
+                    std::copy_n(b.buffer.begin() + std::ptrdiff_t(at), n,
+                                tensors_[i].begin() + std::ptrdiff_t(from));
+                    at += n;
+                });
+            for (std::size_t i = b.first; i <= b.last; ++i) rows_[i] = {};
             b.ready = 0;
             b.started = false;
         }
@@ -189,21 +205,34 @@ class gradient_reducer {
   private:
     struct bucket {
         std::size_t first = 0, last = 0;  // its tensors
-        std::size_t size = 0;             // floats
+        std::size_t size = 0;             // floats (all rows)
         std::size_t ready = 0;            // tensors final so far
         bool started = false;             // its sum is in flight
         std::vector<float> buffer;        // the packed tensors
         std::unique_ptr<pending> sum;     // the sum in flight
     };
 
+    // Calls f(first value, count) for each contiguous piece of tensor i that is summed: the
+    // whole tensor, or its selected rows (only_rows).
+    template <class F>
+    void pieces(std::size_t i, F&& f) const {
+        const auto& [rows, width] = rows_[i];
+        if (width == 0) return f(std::size_t(0), tensors_[i].size());
+        for (const std::size_t r : rows) f(r * width, width);
+    }
+
     void start(bucket& b) {
-        b.buffer.resize(b.size);
+        std::size_t n = 0;
+        for (std::size_t i = b.first; i <= b.last; ++i)
+            pieces(i, [&](std::size_t, std::size_t k) { n += k; });
+        b.buffer.resize(n);
         std::size_t at = 0;
-        for (std::size_t i = b.first; i <= b.last; ++i) {
-            std::copy(tensors_[i].begin(), tensors_[i].end(),
-                      b.buffer.begin() + std::ptrdiff_t(at));
-            at += tensors_[i].size();
-        }
+        for (std::size_t i = b.first; i <= b.last; ++i)
+            pieces(i, [&](std::size_t from, std::size_t k) {
+                std::copy_n(tensors_[i].begin() + std::ptrdiff_t(from), k,
+                            b.buffer.begin() + std::ptrdiff_t(at));
+                at += k;
+            });
         b.sum = g_.start_sum(b.buffer);
         b.started = true;
     }
@@ -212,6 +241,11 @@ class gradient_reducer {
     std::vector<std::span<float>> tensors_;
     std::vector<std::size_t> bucket_of_;  // tensor -> bucket
     std::vector<bool> marked_;            // tensors marked ready this step
+    struct row_selection {
+        std::vector<std::size_t> rows;  // summed rows (only_rows), this step
+        std::size_t width = 0;          // values per row (0: the whole tensor is summed)
+    };
+    std::vector<row_selection> rows_;  // per tensor
     std::vector<bucket> buckets_;
     std::size_t next_ = 0;  // the first bucket whose sum has not started
 };

@@ -37,6 +37,21 @@ class causal_lm {
 
     bool tied;                                        ///< W is the input embedding table
     layers::linear<T, C, dynamic, D, false> lm_head;  ///< "lm_head" (V, C) when not tied
+    /// The denominator of the batch's mean loss: Σ class weight of the labels shifted one
+    /// position left (position t predicts label t + 1 of its row).
+    double loss_weight(const train::batch& b) const {
+        double sum = 0;
+        const auto& w = ce_.options.class_weights;
+        if (b.labels.size() != b.B * b.T) return 0;  // (the loss throws, saying what is wrong)
+        for (std::size_t r = 0; r < b.B; ++r)
+            for (std::size_t t = 1; t < b.T; ++t)
+                if (const token_id y = b.labels[r * b.T + t]; y != -100)
+                    sum += w.empty()                             ? 1.0
+                           : y >= 0 && std::size_t(y) < w.size() ? w[std::size_t(y)]
+                                                                 : 0;
+        return sum;
+    }
+
     /// Rows of vocabulary logits the training loss (loss_backward) computes at a time; 0: as
     /// many as fill 2^24 elements (341 rows of SmolLM2's 49,152-token vocabulary, 64 MB).
     std::size_t loss_chunk_rows = 0;

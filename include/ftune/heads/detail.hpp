@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "ftune/loss.hpp"
@@ -23,6 +24,19 @@ double per_position_loss(loss::cross_entropy<T>& ce, const T* y, std::size_t L,
     const double l = double(ce.forward({y, n, L}, {b.labels.data(), n}));
     if (d) ce.backward({d, n, L}, scale);
     return l;
+}
+
+/// Σ over the labels ce counts (not its ignore index) of their class weight (1 without
+/// weights): the denominator of ce's mean over them, a batch's loss weight (the trainer's share
+/// of a slice in the mean over its whole batch: train/trainer.hpp).
+template <class T>
+double label_weight(const loss::cross_entropy<T>& ce, std::span<const token_id> labels) {
+    const auto& w = ce.options.class_weights;
+    double sum = 0;
+    for (const token_id y : labels)
+        if (y != ce.options.ignore_index)  // (a label outside the weights: the loss throws)
+            sum += w.empty() ? 1.0 : y >= 0 && std::size_t(y) < w.size() ? w[std::size_t(y)] : 0;
+    return sum;
 }
 
 /// The report of a head whose metric is the loss: loss and accuracy per counted item from the

@@ -114,6 +114,11 @@ class masked_lm {
     /// Options of the training loss (label smoothing, class weights).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
 
+    /// The denominator of the batch's mean loss: Σ class weight of its labelled positions.
+    double loss_weight(const train::batch& b) const {
+        return detail::label_weight(ce_, std::span<const token_id>(b.labels));
+    }
+
     /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
     /// count for nothing); d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {

@@ -70,6 +70,15 @@ class question_answering {
     /// Options of the training loss (label smoothing, class weights over positions).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
 
+    /// The denominator of the batch's mean loss: the windows whose start counts (start and end
+    /// are both positions of the window, so both means have it).
+    double loss_weight(const train::batch& b) const {
+        double n = 0;
+        for (std::size_t r = 0; 2 * r < b.labels.size() && r < b.B; ++r)
+            n += b.labels[2 * r] != ce_.options.ignore_index;
+        return n;
+    }
+
     /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
     /// 2) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {

@@ -45,6 +45,14 @@ class sequence_task {
     /// Options of the single-label training loss (label smoothing, class weights).
     void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
 
+    /// The denominator of the batch's mean loss: Σ class weight of its labels (single label),
+    /// B L (multi-label, regression); the trainer weighs a slice of a batch by it.
+    double loss_weight(const train::batch& b) const {
+        if (problem == problem::single_label_classification)
+            return detail::label_weight(ce_, std::span<const token_id>(b.labels));
+        return double(b.B) * double(labels_);
+    }
+
     /// The training loss of a batch's logits y (B, L); d (B, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
         const std::size_t B = b.B, L = y.extent(1);

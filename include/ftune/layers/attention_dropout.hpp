@@ -31,11 +31,13 @@ class attention_dropout {
         if (in_bf16()) {
             if constexpr (std::is_same_v<T, float>) {
                 dropped_bf16_.resize(probs.shape());
-                ops::dropout(dropped_bf16_, keep_, probs, p, ctx.rng.next());
+                ops::dropout(dropped_bf16_, keep_, probs, p, ctx.rng.next(), ctx.dropout_examples,
+                             ctx.first_example);
             }
         } else {
             dropped_.resize(probs.shape());
-            ops::dropout(dropped_, keep_, probs, p, ctx.rng.next());
+            ops::dropout(dropped_, keep_, probs, p, ctx.rng.next(), ctx.dropout_examples,
+                         ctx.first_example);
         }
     }
 

@@ -31,7 +31,7 @@ class dropout {
         if (!active_) return x;
         y_.resize(x.shape());
         mask_.resize(x.shape());
-        ops::dropout(y_, mask_, x, p, ctx.rng.next());
+        ops::dropout(y_, mask_, x, p, ctx.rng.next(), ctx.dropout_examples, ctx.first_example);
         return y_.view();
     }
 

@@ -284,6 +284,22 @@ inline std::vector<example> encode_texts(const text::bert_tokenizer& tok,
     return out;
 }
 
+/// Rows [r0, r1) of batch g into out, at g's length T (a rank's share of a global batch in
+/// data-parallel training: the padding, and so every row's computation, stay those of g);
+/// per-row labels and targets are cut the same way. Reuses out's storage.
+inline void slice_rows(batch& out, const batch& g, std::size_t r0, std::size_t r1) {
+    if (r0 > r1 || r1 > g.B)
+        throw error(errc::out_of_range, "slice_rows",
+                    ftune::detail::cat("rows [", r0, ", ", r1, ") of a batch of ", g.B));
+    auto cut = [&](auto& to, const auto& from) {
+        const std::size_t per = g.B ? from.size() / g.B : 0;
+        to.assign(from.begin() + std::ptrdiff_t(r0 * per), from.begin() + std::ptrdiff_t(r1 * per));
+    };
+    out.B = r1 - r0, out.T = g.T;
+    cut(out.ids, g.ids), cut(out.mask, g.mask), cut(out.types, g.types);
+    cut(out.labels, g.labels), cut(out.targets, g.targets);
+}
+
 /// collate_into a new batch.
 inline batch collate(const std::vector<example>& xs, std::span<const std::size_t> which,
                      token_id pad_id, bool per_token) {

@@ -10,16 +10,20 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "ftune/dist/group.hpp"
 #include "ftune/io/safetensors.hpp"
 #include "ftune/loss.hpp"
 #include "ftune/bert/tasks.hpp"
@@ -117,6 +121,15 @@ struct options {
     std::filesystem::path resume_from{};     ///< a checkpoint directory to continue from
     std::size_t stop_after = 0;  ///< end after this many steps, as an interruption would (0: no;
                                  ///< reaching the run's last step ends it normally)
+    /// The processes training this model together (data parallelism, dist/group.hpp; nullptr:
+    /// this one alone). Each computes its rows of every batch, the gradients are summed over
+    /// the ranks in rank order, every rank takes the same steps and evaluates its share of the
+    /// batches; rank 0 alone shows progress and writes the log and checkpoints.
+    dist::group* group = nullptr;
+    /// One process computing what an N-rank run computes (each rank's rows of every batch, the
+    /// rank's gradients summed in rank order): the same weights, bit for bit, as `group` with N
+    /// ranks. 0 or 1: off.
+    std::size_t virtual_ranks = 0;
 };
 
 /// Trains a task model (task_model<Backbone, Head>) on encoded examples. The head decides the
@@ -161,13 +174,15 @@ class trainer {
     /// The result of fit.
     struct result {
         double best_metric = std::numeric_limits<double>::quiet_NaN();  ///< best validation metric
-        std::size_t best_step = 0;   ///< the step that reached it
-        std::size_t steps = 0;       ///< optimizer steps taken
-        bool stopped_early = false;  ///< whether early stopping ended the run
-        bool interrupted = false;    ///< options.stop_after ended it before its last step: as a
-                                     ///< kill would (best weights not restored; resume from the
-                                     ///< last checkpoint)
-        double seconds = 0;          ///< wall time
+        std::size_t best_step = 0;    ///< the step that reached it
+        std::size_t steps = 0;        ///< optimizer steps taken
+        bool stopped_early = false;   ///< whether early stopping ended the run
+        bool interrupted = false;     ///< options.stop_after ended it before its last step: as a
+                                      ///< kill would (best weights not restored; resume from the
+                                      ///< last checkpoint)
+        double seconds = 0;           ///< wall time
+        double sum_wait_seconds = 0;  ///< with a group: time spent waiting for the gradient
+                                      ///< sums after backward (the part not overlapped)
     };
 
     /// Optimizer steps per epoch for `examples` training examples (batches, then accumulation).
@@ -206,7 +221,8 @@ class trainer {
                 : schedule::make(options.schedule, options.lr,
                                  schedule::warmup_steps(options.warmup_ratio, s.total_steps),
                                  s.total_steps);
-        auto cbs = built_in_callbacks();
+        const ranks_plan rk = plan_ranks();
+        auto cbs = built_in_callbacks(rk.rank == 0);
         for (auto& c : callbacks) cbs.push_back(c.get());
         context ctx{.mode = mode::train,
                     .rng = generator(options.seed),
@@ -214,8 +230,8 @@ class trainer {
                     .precision = options.precision};
         ops::require(options.precision, "trainer (precision bf16)");
         std::vector<T> best_values;
-        std::size_t batch_in_step = 0, since = 0, first_epoch = 0, first_batch = 0;
-        double loss_sum = 0;
+        std::size_t since = 0, first_epoch = 0, first_batch = 0;
+        double loss_sum = 0, sum_wait = 0;
         const mlm_masking masks = mlm_masks();
         model.zero_grad();
         const nlohmann::json setup = {{"examples", train_set.size()},
@@ -241,8 +257,25 @@ class trainer {
                     c->load_state(st["callbacks"][n]);
             s.resumed = s.step, s.resumed_from = options.resume_from;
         }
+        check_same_weights(params);  // every rank starts from the same weights
+        // the sums of the gradients over the ranks (trainable ones, in the order backward
+        // finishes them: the reverse of the visit)
+        std::optional<dist::gradient_reducer> reducer;
+        std::unordered_map<const void*, std::size_t> reduced;  // gradient -> its place there
+        if (rk.group) {
+            auto grads = gradient_spans(params);
+            for (std::size_t i = 0; i < grads.size(); ++i) reduced[grads[i].data()] = i;
+            reducer.emplace(*rk.group, std::move(grads));
+        }
+        std::vector<std::vector<T>> summed;  // virtual ranks: the sum so far
+        // the word-embedding table's gradient, when only the rows of the step's ids can be
+        // nonzero (no head reads the table): those rows alone are summed
+        auto& table = model.backbone.input_embeddings();  // (V, C)
+        const auto table_at = reduced.find(table.grad.data());
+        const bool rows_only = reducer && table_at != reduced.end() && table_read_by_ids_only();
+        std::vector<char> used;  // rows_only: whether the step's batches use each id
         auto checkpoint = [&](std::size_t epoch, std::size_t next_batch) {
-            if (options.checkpoint_dir.empty()) return;
+            if (options.checkpoint_dir.empty() || rk.rank != 0) return;
             nlohmann::json st = {{"step", s.step},
                                  {"epoch", epoch},
                                  {"next_batch", next_batch},
@@ -267,33 +300,87 @@ class trainer {
             }
             history.push_back({s.step, double(s.step) / double(s.steps_per_epoch), 0,
                                sched.lr_at(s.step ? s.step - 1 : 0), e.metric, e.loss});
+            // (a stop asked before, as --stop-after's, is an interruption, not early stopping)
+            const bool asked = std::exchange(c.should_stop, false);
             for (auto* cb : cbs) cb->on_evaluate(s, e, c);
             s.stopped_early |= c.should_stop;
+            c.should_stop |= asked;
         };
         for (auto* c : cbs) c->on_train_begin(s);
         for (std::size_t epoch = first_epoch; epoch < options.epochs && !s.stopped_early; ++epoch) {
             s.epoch = epoch;
             const auto order = batch_order(train_set, options.batch_size, true,
                                            options.bucket_by_length, options.seed, epoch);
-            for (std::size_t bi = epoch == first_epoch ? first_batch : 0; bi < order.size(); ++bi) {
-                collate_into(batch_, train_set, order[bi], pad_id(), Head::labels_per_token);
-                if constexpr (Head::masked_inputs)  // new masks each epoch
-                    masks.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
-                                                      epoch * batches_per_epoch + bi));
+            // one optimizer step: batches [b0, b1) (grad_accum of them, fewer at the end)
+            for (std::size_t b0 = epoch == first_epoch ? first_batch : 0, b1 = 0; b0 < order.size();
+                 b0 = b1) {
+                b1 = std::min(order.size(), b0 + options.grad_accum);
                 // where a divergence stops the run (checkpoints written before it are kept)
+                std::size_t bi = b1 - 1;
                 auto at = [&] {
                     return ftune::detail::cat("training step ", s.step + 1, " (epoch ", epoch + 1,
                                               ", batch ", bi + 1, ")");
                 };
-                const double l = train_batch(ctx, batch_);
-                if (!std::isfinite(l))
-                    throw error(errc::invalid_argument, at(),
-                                "the loss is not finite (diverged: lower the learning rate; "
-                                "checkpoints written before this step are kept)");
-                loss_sum += l;
-                s.examples_seen += batch_.B, ++since;
-                if (++batch_in_step < options.grad_accum && bi + 1 < order.size()) continue;
-                batch_in_step = 0;
+                // each batch's loss: this process's ranks' shares of its mean
+                std::vector<double> losses(b1 - b0, 0.0);
+                for (std::size_t r = rk.first; r < rk.first + rk.count; ++r) {
+                    if (r > rk.first) model.zero_grad();
+                    for (bi = b0; bi < b1; ++bi) {
+                        collate_into(batch_, train_set, order[bi], pad_id(),
+                                     Head::labels_per_token);
+                        if constexpr (Head::masked_inputs)  // new masks each epoch
+                            masks.apply(batch_, random_stream(options.seed ^ 0x6d6c6dULL,
+                                                              epoch * batches_per_epoch + bi));
+                        s.examples_seen += r == rk.first ? batch_.B : 0;
+                        if (rows_only) {
+                            mark_ids(used, batch_);
+                            if (bi + 1 == b1)  // before backward starts the table's bucket
+                                reducer->only_rows(table_at->second, take_rows(used),
+                                                   table.value.extent(1));
+                        }
+                        // rank r's rows, keyed by their place in the whole batch (dropout)
+                        const std::size_t n = rk.size, r0 = batch_.B * r / n,
+                                          r1 = batch_.B * (r + 1) / n;
+                        ctx.rng.set_position((epoch * batches_per_epoch + bi) << 16);
+                        ctx.dropout_examples = r1 - r0, ctx.first_example = r0;
+                        if (r0 == r1) continue;  // fewer rows than ranks: none here
+                        // the step's last batch: each gradient's sum starts when it is final
+                        if (reducer && bi + 1 == b1)
+                            ctx.gradient_ready = [&](const void* g) {
+                                if (const auto it = reduced.find(g); it != reduced.end())
+                                    reducer->ready(it->second);
+                            };
+                        const batch* part = &batch_;
+                        if (n > 1) slice_rows(slice_, batch_, r0, r1), part = &slice_;
+                        // the share of the slice in the batch's mean loss
+                        const double share = n == 1 ? 1.0 : loss_share(*part, batch_);
+                        losses[bi - b0] +=
+                            train_batch(ctx, *part, 1.0 / double(options.grad_accum) * share) *
+                            share;
+                    }
+                    if (rk.count > 1) add_gradients(summed, params, r == rk.first);
+                }
+                if (rk.count > 1) put_gradients(summed, params);
+                if (reducer) {  // the gradients and losses summed over the ranks in rank order
+                    ctx.gradient_ready = nullptr;
+                    const auto w0 = std::chrono::steady_clock::now();
+                    reducer->finish();  // (those not final during backward start now)
+                    sum_wait += seconds_since(w0);
+                    const auto all = rk.group->all_gather(losses);
+                    for (std::size_t k = 0; k < losses.size(); ++k) {
+                        losses[k] = all[k];
+                        for (std::size_t q = 1; q < rk.size; ++q)
+                            losses[k] += all[q * losses.size() + k];
+                    }
+                }
+                for (bi = b0; bi < b1; ++bi) {
+                    if (!std::isfinite(losses[bi - b0]))
+                        throw error(errc::invalid_argument, at(),
+                                    "the loss is not finite (diverged: lower the learning rate; "
+                                    "checkpoints written before this step are kept)");
+                    loss_sum += losses[bi - b0], ++since;
+                }
+                bi = b1 - 1;
                 // one optimizer step: clip, rate from the schedule, optimizer, clear
                 if (options.max_grad_norm > 0) try {
                         optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
@@ -335,22 +422,40 @@ class trainer {
         if (!s.interrupted && !best_values.empty()) restore(best_values);
         s.seconds = seconds_since(t0);
         for (auto* c : cbs) c->on_train_end(s);
-        return {s.best_metric, s.best_step, s.step, s.stopped_early, s.interrupted, s.seconds};
+        return {s.best_metric, s.best_step, s.step,  s.stopped_early,
+                s.interrupted, s.seconds,   sum_wait};
     }
 
     /// Loss and scores on examples (eval mode, batches by length), as the head reports them.
+    /// With a group of N ranks, a collective: rank r scores batches r, r + N, ..., and every
+    /// rank gets the whole report, equal to one process's.
     evaluation evaluate(const std::vector<example>& xs) {
         evaluation e;
         context ctx;  // eval mode
         ctx.precision = options.precision;
         const auto order = batch_order(xs, options.batch_size, false, true, 0, 0);
-        std::uint64_t eval_batch = 0;
         const mlm_masking masks = mlm_masks();
-        for (const auto& idx : order) {
-            batch b = collate(xs, idx, pad_id(), Head::labels_per_token);
+        dist::group* g = options.group && options.group->size() > 1 ? options.group : nullptr;
+        const std::size_t n = g ? g->size() : 1, rank = g ? g->rank() : 0;
+        std::vector<evaluation> mine;  // with a group: this rank's batches, one report each
+        for (std::size_t j = rank; j < order.size(); j += n) {
+            batch b = collate(xs, order[j], pad_id(), Head::labels_per_token);
             if constexpr (Head::masked_inputs)  // the same masks every time
-                masks.apply(b, random_stream(0x6576616cULL, ++eval_batch));
-            model.head.score(forward(ctx, b), b, e, label_names);
+                masks.apply(b, random_stream(0x6576616cULL, j + 1));
+            model.head.score(forward(ctx, b), b, g ? mine.emplace_back() : e, label_names);
+        }
+        if (g) {  // every rank's reports, merged in batch order (the sums in one process's order)
+            std::vector<std::vector<evaluation>> all(n);
+            for (std::size_t q = 0; q < n; ++q) {
+                std::vector<char> bytes;
+                if (q == rank) {
+                    const std::string j = to_json(mine).dump();
+                    bytes.assign(j.begin(), j.end());
+                }
+                g->broadcast(bytes, q);
+                all[q] = q == rank ? mine : from_json(bytes);
+            }
+            for (std::size_t j = 0; j < order.size(); ++j) merge_into(e, all[j % n].at(j / n));
         }
         model.head.finish(e);
         return e;
@@ -369,16 +474,17 @@ class trainer {
     static double seconds_since(std::chrono::steady_clock::time_point t0) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    // the callbacks options asks for, owned by this run: flow, early stopping, progress, log
-    std::vector<callback*> built_in_callbacks() {
+    // the callbacks options asks for, owned by this run: flow, early stopping, and on the
+    // first rank progress and log
+    std::vector<callback*> built_in_callbacks(bool first_rank) {
         own_.clear();
         own_.push_back(std::make_unique<flow>(options.log_every, options.eval_every,
                                               options.checkpoint_every, options.stop_after));
         if (options.patience)
             own_.push_back(std::make_unique<early_stopping>(options.patience, options.min_delta));
-        if (options.progress)
+        if (options.progress && first_rank)
             own_.push_back(std::make_unique<progress>(*options.progress, options.log_every));
-        if (!options.log_path.empty())
+        if (!options.log_path.empty() && first_rank)
             own_.push_back(std::make_unique<jsonl_log>(options.log_path));
         std::vector<callback*> v;
         for (auto& c : own_) v.push_back(c.get());
@@ -401,8 +507,8 @@ class trainer {
     // forward, loss and backward of one batch (gradients accumulate); returns the batch loss
     // (a head that takes its loss from the hidden states: without its outputs, Model's
     // loss_backward)
-    double train_batch(context& ctx, const batch& b) {
-        const T scale = T(1.0 / double(options.grad_accum));
+    double train_batch(context& ctx, const batch& b, double scale_) {
+        const T scale = T(scale_);
         double l = 0;
         if constexpr (requires { model.loss_backward(ctx, b, scale); }) {
             l = model.loss_backward(ctx, b, scale);
@@ -523,8 +629,173 @@ class trainer {
         });
     }
 
+    // Evaluation reports as JSON (what ranks send each other) and back; doubles travel as
+    // their bits (exact, and NaN survives).
+    static std::vector<std::uint64_t> bits_of(const std::vector<double>& v) {
+        std::vector<std::uint64_t> b(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i) std::memcpy(&b[i], &v[i], sizeof(double));
+        return b;
+    }
+    static std::vector<double> doubles_of(const nlohmann::json& j) {
+        const auto b = j.get<std::vector<std::uint64_t>>();
+        std::vector<double> v(b.size());
+        for (std::size_t i = 0; i < v.size(); ++i) std::memcpy(&v[i], &b[i], sizeof(double));
+        return v;
+    }
+    static nlohmann::json to_json(const std::vector<evaluation>& es) {
+        nlohmann::json a = nlohmann::json::array();
+        for (const auto& e : es) {
+            const auto& r = e.running;
+            a.push_back({{"gold", e.gold},
+                         {"predicted", e.predicted},
+                         {"gold_tags", e.gold_tags},
+                         {"predicted_tags", e.predicted_tags},
+                         {"gold_sets", e.gold_sets},
+                         {"predicted_sets", e.predicted_sets},
+                         {"targets", bits_of(e.targets)},
+                         {"outputs", bits_of(e.outputs)},
+                         {"sums", bits_of({r.loss, r.weight, r.correct, r.squared})}});
+        }
+        return a;
+    }
+    static std::vector<evaluation> from_json(const std::vector<char>& bytes) {
+        std::vector<evaluation> es;
+        for (const auto& j : nlohmann::json::parse(bytes.begin(), bytes.end())) {
+            auto& e = es.emplace_back();
+            j.at("gold").get_to(e.gold), j.at("predicted").get_to(e.predicted);
+            j.at("gold_tags").get_to(e.gold_tags), j.at("predicted_tags").get_to(e.predicted_tags);
+            j.at("gold_sets").get_to(e.gold_sets), j.at("predicted_sets").get_to(e.predicted_sets);
+            e.targets = doubles_of(j.at("targets")), e.outputs = doubles_of(j.at("outputs"));
+            const auto r = doubles_of(j.at("sums"));
+            e.running = {r.at(0), r.at(1), r.at(2), r.at(3)};
+        }
+        return es;
+    }
+    // Adds the report of one batch to e, as if its batch had been scored into e.
+    static void merge_into(evaluation& e, const evaluation& b) {
+        auto append = [](auto& to, const auto& from) {
+            to.insert(to.end(), from.begin(), from.end());
+        };
+        append(e.gold, b.gold), append(e.predicted, b.predicted);
+        append(e.gold_tags, b.gold_tags), append(e.predicted_tags, b.predicted_tags);
+        append(e.gold_sets, b.gold_sets), append(e.predicted_sets, b.predicted_sets);
+        append(e.targets, b.targets), append(e.outputs, b.outputs);
+        e.running.loss += b.running.loss, e.running.weight += b.running.weight;
+        e.running.correct += b.running.correct, e.running.squared += b.running.squared;
+    }
+
+    // Whether the input embedding table's gradient is nonzero only at the ids of the batch: no
+    // head reads the table (a masked-LM decoder and a tied causal-LM head do).
+    bool table_read_by_ids_only() const {
+        if constexpr (Head::masked_inputs)
+            return false;
+        else if constexpr (requires { model.head.tied; })
+            return !model.head.tied;
+        else
+            return true;
+    }
+    // Marks the ids of b in used (one flag per row of the table; ids outside it are left to
+    // the embedding's own error).
+    void mark_ids(std::vector<char>& used, const batch& b) {
+        used.resize(model.backbone.input_embeddings().value.extent(0), 0);
+        for (const token_id id : b.ids)
+            if (id >= 0 && std::size_t(id) < used.size()) used[std::size_t(id)] = 1;
+    }
+    // The marked rows in order, the marks cleared.
+    static std::vector<std::size_t> take_rows(std::vector<char>& used) {
+        std::vector<std::size_t> rows;
+        for (std::size_t v = 0; v < used.size(); ++v)
+            if (used[v]) rows.push_back(v), used[v] = 0;
+        return rows;
+    }
+
+    // The share of slice `part` in the mean loss over `whole` (the head's loss_weight).
+    double loss_share(const batch& part, const batch& whole) const {
+        if constexpr (requires { model.head.loss_weight(whole); }) {
+            const double w = model.head.loss_weight(whole);
+            return w == 0 ? 1.0 : model.head.loss_weight(part) / w;
+        } else {
+            throw error(errc::unsupported, "data-parallel training",
+                        "the head has no loss_weight(batch), the denominator of its mean loss, "
+                        "which weighs each rank's slice of a batch: add it (docs/extending.md)");
+        }
+    }
+
+    // Who computes which rows: `size` ranks in all, this process computing ranks [first,
+    // first + count) of them (a real rank: itself; virtual ranks: all), `group` summing over
+    // real ones (nullptr: one process).
+    struct ranks_plan {
+        std::size_t size = 1, rank = 0, first = 0, count = 1;
+        dist::group* group = nullptr;
+    };
+    ranks_plan plan_ranks() const {
+        dist::group* g = options.group && options.group->size() > 1 ? options.group : nullptr;
+        if (g && options.virtual_ranks > 1)
+            throw error(errc::invalid_argument, "train::options",
+                        "virtual_ranks computes an N-rank run in one process: not with a group of "
+                        "several processes");
+        if (g && !std::is_same_v<T, float>)
+            throw error(errc::unsupported, "train::options::group",
+                        "data-parallel training sums float gradients: use a float model");
+        if (g) return {g->size(), g->rank(), g->rank(), 1, g};
+        const std::size_t n = std::max<std::size_t>(1, options.virtual_ranks);
+        return {n, 0, 0, n, nullptr};
+    }
+    // The gradients of the trainable parameters, in the order backward completes them (the
+    // reverse of the visit), for the reducer.
+    std::vector<std::span<float>> gradient_spans(const std::vector<parameter_ref<T>>& params) {
+        std::vector<std::span<float>> v;
+        if constexpr (std::is_same_v<T, float>)
+            for (auto p = params.rbegin(); p != params.rend(); ++p)
+                if (p->trainable && !p->grad.empty()) v.push_back(p->grad);
+        return v;
+    }
+    // Virtual ranks: sum = the first rank's gradients (a copy: -0 stays -0), then += each next
+    // rank's, in rank order (dist::ordered_sum's order).
+    static void add_gradients(std::vector<std::vector<T>>& sum,
+                              const std::vector<parameter_ref<T>>& params, bool first) {
+        sum.resize(params.size());
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const auto g = params[i].grad;
+            if (!params[i].trainable || g.empty()) continue;
+            if (first)
+                sum[i].assign(g.begin(), g.end());
+            else
+                for (std::size_t k = 0; k < g.size(); ++k) sum[i][k] += g[k];
+        }
+    }
+    // Virtual ranks: the sums into the gradients.
+    static void put_gradients(const std::vector<std::vector<T>>& sum,
+                              const std::vector<parameter_ref<T>>& params) {
+        for (std::size_t i = 0; i < params.size(); ++i)
+            if (params[i].trainable && !params[i].grad.empty())
+                std::copy(sum[i].begin(), sum[i].end(), params[i].grad.begin());
+    }
+    // Throws, naming the ranks, unless every rank of the group holds the same weights (another
+    // model file, or kernels of another CPU, would make the ranks drift apart).
+    void check_same_weights(const std::vector<parameter_ref<T>>& params) {
+        if (!options.group || options.group->size() < 2) return;
+        std::uint64_t h = 1469598103934665603ULL;  // FNV-1a over the values' bytes
+        for (const auto& p : params)
+            for (const auto& v : p.value) {
+                std::uint64_t bits = 0;
+                std::memcpy(&bits, &v, sizeof v);
+                h = (h ^ bits) * 1099511628211ULL;
+            }
+        const double mine[2] = {double(h >> 32), double(h & 0xffffffffULL)};
+        const auto all = options.group->all_gather(mine);
+        for (std::size_t r = 1; r < options.group->size(); ++r)
+            if (all[2 * r] != all[0] || all[2 * r + 1] != all[1])
+                throw error(errc::invalid_argument, "data-parallel training",
+                            ftune::detail::cat("rank ", r,
+                                               " starts from other weights than rank "
+                                               "0: give every rank the same model and "
+                                               "checkpoint files"));
+    }
+
     std::vector<T> d_;                            // d outputs
     batch batch_;                                 // the training batch, its storage reused
+    batch slice_;                                 // this rank's rows of it
     std::vector<std::unique_ptr<callback>> own_;  // the built-in callbacks of the run
 };
 
