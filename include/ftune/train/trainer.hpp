@@ -303,6 +303,7 @@ class trainer {
             // (a stop asked before, as --stop-after's, is an interruption, not early stopping)
             const bool asked = std::exchange(c.should_stop, false);
             for (auto* cb : cbs) cb->on_evaluate(s, e, c);
+            agree(c);
             s.stopped_early |= c.should_stop;
             c.should_stop |= asked;
         };
@@ -397,6 +398,7 @@ class trainer {
                 s.loss = loss_sum / double(since);  // mean since the last record
                 control c;
                 for (auto* cb : cbs) cb->on_step_end(s, c);
+                agree(c);
                 if (c.should_log) {
                     history.push_back(
                         {s.step, double(s.step) / double(s.steps_per_epoch), s.loss, s.lr, {}, {}});
@@ -415,6 +417,7 @@ class trainer {
             control c;
             if (!s.stopped_early) {
                 for (auto* cb : cbs) cb->on_epoch_end(s, c);
+                agree(c);
                 if (c.should_evaluate) evaluate_now(c);
             }
             if (!s.stopped_early && c.should_save) checkpoint(epoch + 1, 0);
@@ -627,6 +630,19 @@ class trainer {
             std::copy_n(v.begin() + std::ptrdiff_t(at), p.value.size(), p.value.begin());
             at += p.value.size();
         });
+    }
+
+    // With a group and callbacks of the user's (the built-in ones decide the same on every
+    // rank): each flag of c set where any rank's callbacks set it, so the ranks take the same
+    // path (a rank that alone evaluates or stops would leave the others waiting).
+    void agree(control& c) {
+        if (!options.group || options.group->size() < 2 || callbacks.empty()) return;
+        const double mine[4] = {double(c.should_log), double(c.should_evaluate),
+                                double(c.should_save), double(c.should_stop)};
+        const auto all = options.group->all_gather(mine);
+        for (std::size_t r = 0; r < options.group->size(); ++r)
+            c.should_log |= all[4 * r] != 0, c.should_evaluate |= all[4 * r + 1] != 0,
+                c.should_save |= all[4 * r + 2] != 0, c.should_stop |= all[4 * r + 3] != 0;
     }
 
     // Evaluation reports as JSON (what ranks send each other) and back; doubles travel as
