@@ -110,6 +110,55 @@ void sentence_pool(view<const T, S> h, std::span<const std::size_t> lengths,
     }
 }
 
+/// The backward of sentence_pool: dh (B, T, C) += the gradient of the pooled vectors from
+/// d_out (B, modes.size() * C), for the same h and lengths (max: to the first position holding
+/// each feature's maximum, as torch.max's gradient).
+template <class T, class S, class SD>
+void sentence_pool_backward(view<const T, S> h, std::span<const std::size_t> lengths,
+                            std::span<const pooling> modes, std::span<const float> d_out,
+                            view<T, SD> dh) {
+    const std::size_t B = h.extent(0), L = h.extent(1), C = h.extent(2), M = modes.size();
+    if (lengths.size() != B || d_out.size() != B * M * C || dh.shape().size() != B * L * C)
+        throw error(errc::shape_mismatch, "sentence_pool_backward",
+                    ftune::detail::cat("lengths ", lengths.size(), ", d_out ", d_out.size(),
+                                       " and dh ", dh.shape().size(), " for ", B, " inputs of ", L,
+                                       " x ", C, " and ", M, " modes"));
+    for (std::size_t b = 0; b < B; ++b) {
+        const std::size_t n = lengths[b];
+        if (n == 0 || n > L)
+            throw error(errc::out_of_range, "sentence_pool_backward",
+                        ftune::detail::cat("input ", b, " has ", n, " tokens; expected 1 to ", L));
+        const T* x = h.data() + b * L * C;  // (T, C) of input b
+        T* dx = dh.data() + b * L * C;
+        for (std::size_t m = 0; m < M; ++m) {
+            const float* dy = d_out.data() + (b * M + m) * C;
+            const pooling p = modes[m];
+            if (p == pooling::cls || p == pooling::last_token) {
+                T* row = dx + (p == pooling::cls ? 0 : n - 1) * C;
+                for (std::size_t c = 0; c < C; ++c) row[c] += T(dy[c]);
+                continue;
+            }
+            if (p == pooling::max) {
+                for (std::size_t c = 0; c < C; ++c) {
+                    std::size_t at = 0;
+                    for (std::size_t t = 1; t < n; ++t)
+                        if (x[t * C + c] > x[at * C + c]) at = t;
+                    dx[at * C + c] += T(dy[c]);
+                }
+                continue;
+            }
+            double weights = 0;
+            for (std::size_t t = 0; t < n; ++t)
+                weights += p == pooling::weighted_mean ? double(t + 1) : 1.0;
+            const double d = p == pooling::mean_sqrt_len ? std::sqrt(weights) : weights;
+            for (std::size_t t = 0; t < n; ++t) {
+                const double w = (p == pooling::weighted_mean ? double(t + 1) : 1.0) / d;
+                for (std::size_t c = 0; c < C; ++c) dx[t * C + c] += T(w * double(dy[c]));
+            }
+        }
+    }
+}
+
 /// Divides each row of `rows` (rows.size() / dim of them) by its L2 norm, or by 1e-12 when the
 /// norm is smaller (torch.nn.functional.normalize).
 inline void l2_normalize(std::span<float> rows, std::size_t dim) {
