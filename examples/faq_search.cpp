@@ -7,11 +7,14 @@
 //
 //   faq_search --model all-MiniLM-L6-v2 --data ../shared/data [--max-train 10003]
 //              [--max-test 3080] [--epochs 1] [--batch-size 32] [--lr 2e-5] [--out DIR]
+//              [--pairs-out FILE]  (the training pairs, TSV: what bench/compare_embeddings.py
+//              gives sentence-transformers)
 //
 // --model is a sentence-transformers directory (modules.json, 1_Pooling/...; a plain BERT
 // directory is mean-pooled).
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <string>
@@ -24,7 +27,7 @@ namespace fs = std::filesystem;
 using Model = ftune::bert::model<>;  // the encoder's hidden states; pooling is the trainer's
 
 int main(int argc, char** argv) try {
-    fs::path model_dir, data = "../shared/data", out;
+    fs::path model_dir, data = "../shared/data", out, pairs_out;
     std::size_t max_train = 10003, max_test = 3080, epochs = 1, batch = 32;
     double lr = 2e-5;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -45,6 +48,8 @@ int main(int argc, char** argv) try {
             lr = std::stod(v);
         else if (k == "--out")
             out = v;
+        else if (k == "--pairs-out")
+            pairs_out = v;
         else
             throw ftune::error(ftune::errc::invalid_argument, k, "unknown option");
     }
@@ -88,6 +93,12 @@ int main(int argc, char** argv) try {
         std::size_t j = same[pick.below(i, std::uint32_t(same.size() - 1))];
         if (j == i) j = same.back();  // (draw among the others)
         pairs.push_back({corpus[i], corpus[j]});
+    }
+    if (!pairs_out.empty()) {
+        std::ofstream f(pairs_out);
+        f << "anchor\tpositive\n";
+        for (const auto& p : pairs) f << p.anchor << "\t" << p.positive << "\n";
+        if (!f) throw ftune::error(ftune::errc::io, pairs_out.string(), "cannot write the pairs");
     }
     const auto r = t.fit(pairs);
     std::cout << pairs.size() << " pairs, " << r.steps << " steps in " << r.seconds << " s\n";

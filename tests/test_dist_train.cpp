@@ -4,7 +4,6 @@
 // shifted causal-LM labels), with dropout active: each example draws its own mask
 // (context::dropout_examples), so a row gets the same mask in a slice as in the whole batch;
 // and the trainer's virtual ranks (what an N-rank run computes) follow the one-process run.
-#include <ftune/gpt2/tasks.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/llama/tasks.hpp>
 #include <ftune/train/trainer.hpp>
@@ -164,8 +163,6 @@ TEST_CASE("slices of a batch, weighed by their loss share, add up to the batch: 
         auto lm = load<ftune::llama::causal_lm<>>(fixtures / "hf_llama" / "untied");
         lm.model.head.loss_chunk_rows = 5;
         CHECK(whole_vs_slices(lm.model, random_batch(5, 9, 48, 48, labels::token, 6), 2) <= 1e-5);
-        auto gpt = load<ftune::gpt2::lm_head_model<>>(fixtures / "hf_gpt2" / "tied");
-        CHECK(whole_vs_slices(gpt.model, random_batch(4, 9, 48, 48, labels::token, 7), 3) <= 1e-5);
         auto cls = load<ftune::llama::sequence_classifier<>>(fixtures / "hf_llama" / "untied", 3);
         CHECK(whole_vs_slices(cls.model, random_batch(5, 9, 48, 3, labels::row, 8), 2) <= 1e-5);
     }

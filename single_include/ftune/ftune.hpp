@@ -9857,6 +9857,8 @@ FTUNE_NAMESPACE_END
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <span>
 #include <vector>
 
 
@@ -10063,6 +10065,162 @@ class mse {
   private:
     matrix_view<const T> pred_;  // (N, L)
     target_view targets_;        // (N, L)
+};
+
+namespace detail {
+/// Rows of x (n, d) divided by their L2 norm (at least 1e-12, as torch's normalize), in double;
+/// norms gets each row's norm before the clamp.
+template <scalar T>
+void unit_rows(matrix_view<const T> x, std::vector<double>& unit, std::vector<double>& norms) {
+    const std::size_t n = x.extent(0), d = x.extent(1);
+    unit.resize(n * d), norms.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        double s = 0;
+        for (std::size_t j = 0; j < d; ++j) s += double(x(i, j)) * double(x(i, j));
+        norms[i] = std::sqrt(s);
+        const double inv = 1.0 / std::max(norms[i], 1e-12);
+        for (std::size_t j = 0; j < d; ++j) unit[i * d + j] = double(x(i, j)) * inv;
+    }
+}
+/// dx += the gradient through x / |x| of d_unit (rows of d values): (du − u (u · du)) / |x|
+/// (du / 1e-12 where the norm was clamped).
+template <scalar T>
+void unit_rows_backward(const std::vector<double>& unit, const std::vector<double>& norms,
+                        const std::vector<double>& d_unit, matrix_view<T> dx) {
+    const std::size_t n = dx.extent(0), d = dx.extent(1);
+    for (std::size_t i = 0; i < n; ++i) {
+        const double* u = unit.data() + i * d;
+        const double* du = d_unit.data() + i * d;
+        const bool clamped = norms[i] < 1e-12;
+        double dot = 0;
+        for (std::size_t j = 0; j < d; ++j) dot += u[j] * du[j];
+        const double inv = 1.0 / std::max(norms[i], 1e-12);
+        for (std::size_t j = 0; j < d; ++j)
+            dx(i, j) += T((clamped ? du[j] : du[j] - u[j] * dot) * inv);
+    }
+}
+}  // namespace detail
+
+/// sentence-transformers' MultipleNegativesRankingLoss with its defaults (cosine similarity
+/// times `scale`, query to document, one softmax): anchors a (B, D) against candidates c (M, D),
+/// the B positives first (c_i is a_i's) then any sets of B hard negatives; every other
+/// candidate is a negative of a_i (in-batch negatives). loss = mean_i CE(scale cos(a_i, c), i).
+/// Computed in double (B x M x D is small beside the encoder that made the embeddings).
+template <scalar T>
+class multiple_negatives_ranking {
+  public:
+    using value_type = T;  ///< scalar type
+    double scale = 20.0;   ///< the similarities' factor (1 / temperature)
+
+    /// A loss with `scale` (sentence-transformers' default 20).
+    explicit multiple_negatives_ranking(double s = 20.0) : scale(s) {}
+
+    /// The mean loss of anchors (B, D) against candidates (M, D), M a multiple of B.
+    T forward(matrix_view<const T> anchors, matrix_view<const T> candidates) {
+        const std::size_t B = anchors.extent(0), M = candidates.extent(0), D = anchors.extent(1);
+        if (B == 0 || M % B != 0 || candidates.extent(1) != D)
+            throw error(errc::shape_mismatch, "multiple_negatives_ranking",
+                        ftune::detail::cat(B, " anchors of ", D, " values and ", M,
+                                           " candidates of ", candidates.extent(1),
+                                           ": give each anchor its positive (and the same "
+                                           "number of hard negatives), all of one width"));
+        detail::unit_rows(anchors, ua_, na_);
+        detail::unit_rows(candidates, uc_, nc_);
+        B_ = B, M_ = M, D_ = D;
+        p_.assign(B * M, 0.0);  // softmax of each anchor's row of scale cos
+        double total = 0;
+        for (std::size_t i = 0; i < B; ++i) {
+            double* row = p_.data() + i * M;
+            double top = -std::numeric_limits<double>::infinity();
+            for (std::size_t j = 0; j < M; ++j) {
+                double dot = 0;
+                for (std::size_t k = 0; k < D; ++k) dot += ua_[i * D + k] * uc_[j * D + k];
+                row[j] = scale * dot;
+                top = std::max(top, row[j]);
+            }
+            double sum = 0;
+            for (std::size_t j = 0; j < M; ++j) sum += std::exp(row[j] - top);
+            total += top + std::log(sum) - row[i];
+            for (std::size_t j = 0; j < M; ++j) row[j] = std::exp(row[j] - top) / sum;
+        }
+        return T(total / double(B));
+    }
+
+    /// d_anchors (B, D) and d_candidates (M, D) += g × the gradients of the last forward.
+    void backward(matrix_view<T> d_anchors, matrix_view<T> d_candidates, T g = T(1)) {
+        if (d_anchors.extent(0) != B_ || d_candidates.extent(0) != M_ ||
+            d_anchors.extent(1) != D_ || d_candidates.extent(1) != D_)
+            throw error(errc::shape_mismatch, "multiple_negatives_ranking::backward",
+                        "the gradients must have the shapes of the last forward's embeddings");
+        // d (scale cos)_ij = g (p_ij − [i == j]) / B, then through the products and the norms
+        std::vector<double> dua(B_ * D_, 0.0), duc(M_ * D_, 0.0);
+        for (std::size_t i = 0; i < B_; ++i)
+            for (std::size_t j = 0; j < M_; ++j) {
+                const double ds =
+                    double(g) * scale * (p_[i * M_ + j] - (i == j ? 1.0 : 0.0)) / double(B_);
+                for (std::size_t k = 0; k < D_; ++k) {
+                    dua[i * D_ + k] += ds * uc_[j * D_ + k];
+                    duc[j * D_ + k] += ds * ua_[i * D_ + k];
+                }
+            }
+        detail::unit_rows_backward(ua_, na_, dua, d_anchors);
+        detail::unit_rows_backward(uc_, nc_, duc, d_candidates);
+    }
+
+  private:
+    std::size_t B_ = 0, M_ = 0, D_ = 0;
+    std::vector<double> ua_, uc_, na_, nc_;  // unit rows and norms of the last forward
+    std::vector<double> p_;                  // (B, M) softmax of each anchor's scores
+};
+
+/// sentence-transformers' CosineSimilarityLoss: the mean squared difference between cos(u_i,
+/// v_i) and a score y_i (a similarity in [-1, 1] or [0, 1]) for pairs u, v (B, D).
+template <scalar T>
+class cosine_similarity_mse {
+  public:
+    using value_type = T;  ///< scalar type
+
+    /// The mean of (cos(u_i, v_i) − y_i)².
+    T forward(matrix_view<const T> u, matrix_view<const T> v, std::span<const float> scores) {
+        const std::size_t B = u.extent(0), D = u.extent(1);
+        if (v.extent(0) != B || v.extent(1) != D || scores.size() != B)
+            throw error(errc::shape_mismatch, "cosine_similarity_mse",
+                        ftune::detail::cat(B, " and ", v.extent(0), " embeddings, ", scores.size(),
+                                           " scores: give one score per pair"));
+        detail::unit_rows(u, uu_, nu_);
+        detail::unit_rows(v, uv_, nv_);
+        B_ = B, D_ = D;
+        diff_.assign(B, 0.0);
+        double total = 0;
+        for (std::size_t i = 0; i < B; ++i) {
+            double c = 0;
+            for (std::size_t k = 0; k < D; ++k) c += uu_[i * D + k] * uv_[i * D + k];
+            diff_[i] = c - double(scores[i]);
+            total += diff_[i] * diff_[i];
+        }
+        return B ? T(total / double(B)) : T(0);
+    }
+
+    /// d_u and d_v (B, D) += g × the gradients of the last forward.
+    void backward(matrix_view<T> d_u, matrix_view<T> d_v, T g = T(1)) {
+        if (d_u.extent(0) != B_ || d_v.extent(0) != B_ || d_u.extent(1) != D_ ||
+            d_v.extent(1) != D_)
+            throw error(errc::shape_mismatch, "cosine_similarity_mse::backward",
+                        "the gradients must have the shapes of the last forward's embeddings");
+        std::vector<double> du(B_ * D_), dv(B_ * D_);
+        for (std::size_t i = 0; i < B_; ++i) {
+            const double dc = double(g) * 2 * diff_[i] / double(B_);
+            for (std::size_t k = 0; k < D_; ++k)
+                du[i * D_ + k] = dc * uv_[i * D_ + k], dv[i * D_ + k] = dc * uu_[i * D_ + k];
+        }
+        detail::unit_rows_backward(uu_, nu_, du, d_u);
+        detail::unit_rows_backward(uv_, nv_, dv, d_v);
+    }
+
+  private:
+    std::size_t B_ = 0, D_ = 0;
+    std::vector<double> uu_, uv_, nu_, nv_;  // unit rows and norms of the last forward
+    std::vector<double> diff_;               // cos − score per pair
 };
 
 }  // namespace loss
