@@ -16,6 +16,7 @@ Needs: pip install torch sentence-transformers datasets accelerate
 """
 import argparse
 import csv
+import json
 import os
 import re
 import subprocess
@@ -65,8 +66,9 @@ def run_st(a, pairs_path):
     model.max_seq_length = 64
     before = evaluator(model)
     with open(pairs_path, encoding="utf-8") as f:
-        next(f)
-        anchors, positives = zip(*(line.rstrip("\n").split("\t") for line in f))
+        pairs = [json.loads(line) for line in f]
+    anchors = [p["anchor"] for p in pairs]
+    positives = [p["positive"] for p in pairs]
     train = Dataset.from_dict({"anchor": list(anchors), "positive": list(positives)})
     args = SentenceTransformerTrainingArguments(
         output_dir=tempfile.mkdtemp(), num_train_epochs=1, per_device_train_batch_size=32,
@@ -94,7 +96,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    pairs = os.path.join(tempfile.mkdtemp(), "pairs.tsv")
+    pairs = os.path.join(tempfile.mkdtemp(), "pairs.jsonl")
     results = {"ftune": run_ftune(a, pairs), "sentence-transformers": run_st(a, pairs)}
     for side, r in results.items():
         print(f"{side}: MRR@10 {r['mrr10'][0]:.4f} -> {r['mrr10'][1]:.4f}, accuracy@1 "

@@ -7,8 +7,8 @@
 //
 //   faq_search --model all-MiniLM-L6-v2 --data ../shared/data [--max-train 10003]
 //              [--max-test 3080] [--epochs 1] [--batch-size 32] [--lr 2e-5] [--out DIR]
-//              [--pairs-out FILE]  (the training pairs, TSV: what bench/compare_embeddings.py
-//              gives sentence-transformers)
+//              [--pairs-out FILE]  (the training pairs, JSON lines: what
+//              bench/compare_embeddings.py gives sentence-transformers)
 //
 // --model is a sentence-transformers directory (modules.json, 1_Pooling/...; a plain BERT
 // directory is mean-pooled).
@@ -19,6 +19,8 @@
 #include <map>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <ftune/io/hf.hpp>
 #include <ftune/train/embeddings.hpp>
@@ -95,9 +97,9 @@ int main(int argc, char** argv) try {
         pairs.push_back({corpus[i], corpus[j]});
     }
     if (!pairs_out.empty()) {
-        std::ofstream f(pairs_out);
-        f << "anchor\tpositive\n";
-        for (const auto& p : pairs) f << p.anchor << "\t" << p.positive << "\n";
+        std::ofstream f(pairs_out);  // JSON lines {"anchor", "positive"}
+        for (const auto& p : pairs)
+            f << nlohmann::json{{"anchor", p.anchor}, {"positive", p.positive}}.dump() << "\n";
         if (!f) throw ftune::error(ftune::errc::io, pairs_out.string(), "cannot write the pairs");
     }
     const auto r = t.fit(pairs);

@@ -83,7 +83,7 @@ void usage(std::ostream& os) {
           "              [--max-new-tokens N]\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"
           "              [--task ...] [--batch-size N] [--max-length N] [--adapter DIR]\n"
-          "              [--precision fp32|bf16]\n"
+          "              [--precision fp32|bf16] [--threads N]\n"
           "              [--eval-generate N] [--max-new-tokens N]\n"
           "  merge       a LoRA adapter merged into its base model, saved as a Hugging Face\n"
           "              model: --model DIR|FILE.gguf --adapter DIR --out DIR [--task ...]\n"

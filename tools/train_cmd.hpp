@@ -767,6 +767,7 @@ inline std::pair<ftune::train::evaluation, std::string> evaluate_classifier(trai
 // Runs `ftune eval`.
 inline int run_eval(int argc, char** argv) {
     auto a = parse_train_args(argc, argv, true);
+    if (a.threads) ftune::set_num_threads(a.threads);
     const auto t = a.task ? *a.task : task_of_adapter_or_model(a);
     using E = ftune::bert::encoder<float>;
     if (t == task::mlm) return eval_with<ftune::bert::masked_lm<E>>(a, t);
