@@ -32,12 +32,13 @@ declare -A seeds=(
     [fuzz_squad]="$f/squad_tiny.json"
     [fuzz_jsonl]="$f/lm/prompt_completion.jsonl $f/lm/chat.jsonl $f/lm/tiny_chat/train.jsonl"
     [fuzz_vocab]="$c/vocab"
-    [fuzz_tokenizer_json]="$f/hf_llama/cli/tokenizer.json $f/hf_heads/seq/tokenizer.json $f/banking_tiny/tokenizer.json"
+    [fuzz_tokenizer_json]="$f/hf_llama/cli/tokenizer.json $f/hf_heads/seq/tokenizer.json $f/banking_tiny/tokenizer.json $f/relations/tiny_marked_tokenizer/tokenizer.json"
     [fuzz_adapter_config]="$f/peft/bert_seq/adapter_config.json $f/peft/llama_lm/adapter_config.json $f/peft/gpt2_lm/adapter_config.json"
+    [fuzz_relations]="$c/relations"
 )
 [[ ${#targets[@]} -gt 0 ]] || targets=(fuzz_safetensors fuzz_hf_config fuzz_gguf fuzz_chat_template
     fuzz_predict_request fuzz_table fuzz_conll fuzz_squad fuzz_jsonl fuzz_vocab fuzz_tokenizer_json
-    fuzz_adapter_config)
+    fuzz_adapter_config fuzz_relations)
 limit=(-max_total_time="$seconds")
 [[ -n $runs ]] && limit=(-runs="$runs")
 for target in "${targets[@]}"; do

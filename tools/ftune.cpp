@@ -10,6 +10,7 @@
 #include <ftune/ftune.hpp>
 
 #include "bench_cmd.hpp"
+#include "embed_cmd.hpp"
 #include "generate_cmd.hpp"
 #include "predict_cmd.hpp"
 #include "repository_cmd.hpp"
@@ -54,12 +55,20 @@ void usage(std::ostream& os) {
           "              QA: [--top-k N] [--max-answer-length TOKENS] [--doc-stride TOKENS]\n"
           "              NER: one tag per word, a word being a whitespace-separated part of\n"
           "              the line (as in the CoNLL files it was trained on)\n"
+          "  embed       sentence embeddings of each line of stdin (sentence-transformers'\n"
+          "              pooling and normalization), one JSON array a line: --model DIR\n"
+          "              [--format json|tsv] [--normalize yes|no] [--batch-size N]\n"
+          "              [--max-length N] [--precision fp32|bf16]; or semantic search:\n"
+          "              --search FILE [--top-k N] (FILE's lines ranked for each line, cosine)\n"
           "  info        what a Hugging Face model directory or a GGUF file holds:\n"
           "              --model DIR|FILE.gguf; or --system: the CPU, its caches, peaks\n"
           "  train       fine-tune a Hugging Face model on a TSV/CSV file (ner: CoNLL; mlm and\n"
           "              causal-lm: plain text lines; qa: SQuAD JSON; chat: JSON lines):\n"
           "              --model DIR --train FILE [--valid FILE] --out DIR\n"
-          "              [--task classify|multilabel|regression|ner|mlm|qa|causal-lm|chat]\n"
+          "              [--task classify|multilabel|regression|ner|mlm|qa|causal-lm|chat|\n"
+          "              relation]  (relation: sentences marking <e1>..</e1> and <e2>..</e2>,\n"
+          "              a TSV/CSV with a relation or label column, or SemEval-2010 Task 8's\n"
+          "              .TXT files; the official macro-F1 is the selection metric)\n"
           "              [--epochs N]"
           " [--lr F] [--batch-size N] [--max-length N] [--seed N] [--warmup-ratio F]\n"
           "              [--weight-decay F] [--freeze none|embeddings|layers:N|encoder]\n"
@@ -256,6 +265,7 @@ int main(int argc, char** argv) {
         if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "tokenize") return cli::run_tokenize(argc, argv);
         if (cmd == "predict") return cli::run_predict(argc, argv);
+        if (cmd == "embed") return cli::run_embed(argc, argv);
         if (cmd == "info" && argc == 3 && std::string_view(argv[2]) == "--system")
             return cli::run_system_info();
         if (cmd == "info") return cli::run_info(argc, argv);

@@ -70,10 +70,12 @@ decltype(auto) with_task_model(const fs::path& dir, F&& f, std::string_view head
                 using tok = ftune::bert::with_head<h::token_classification, E>;
                 using qa = ftune::bert::with_head<h::question_answering, E>;
                 using mlm = ftune::bert::with_head<h::masked_lm, E>;
+                using rel = ftune::bert::with_head<h::entity_relation, E>;
                 if (is(seq::head_type::architecture_suffix)) return f(std::type_identity<seq>{});
                 if (is(tok::head_type::architecture_suffix)) return f(std::type_identity<tok>{});
                 if (is(qa::head_type::architecture_suffix)) return f(std::type_identity<qa>{});
                 if (is(mlm::head_type::architecture_suffix)) return f(std::type_identity<mlm>{});
+                if (is(rel::head_type::architecture_suffix)) return f(std::type_identity<rel>{});
             }
             return f(std::type_identity<ftune::bert::with_head<h::base_model, E>>{});
         });
@@ -125,7 +127,8 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
                    std::size_t first_line, const predict_options& opt, std::string& out) {
     using H = typename Model::head_type;
     constexpr bool sequences = ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
-                               ftune::heads::is_a<H, ftune::heads::last_token_classification>;
+                               ftune::heads::is_a<H, ftune::heads::last_token_classification> ||
+                               ftune::heads::is_a<H, ftune::heads::entity_relation>;
     const auto& tok = *m.tokenizer;
     const auto& names = m.config.id2label;
     auto label = [&](std::size_t i) { return ftune::heads::label_name(names, i); };
@@ -178,8 +181,17 @@ void predict_batch(ftune::io::hf_model<Model>& m, const std::vector<std::string>
         ids = std::move(batch.ids), mask = std::move(batch.mask), types = std::move(batch.types);
     }
     ftune::context eval;
-    const auto logits =
-        m.model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+    const auto logits = [&] {
+        try {  // a relation head names the row without a marker: say which lines these are
+            return m.model.forward(eval, {ids.data(), B, T}, {mask.data(), B, T},
+                                   {types.data(), B, T});
+        } catch (const ftune::error& e) {
+            throw ftune::error(
+                e.id(),
+                ftune::detail::cat("stdin lines ", first_line, "-", first_line + lines.size() - 1),
+                e.context() + ": " + e.message());
+        }
+    }();
 
     if constexpr (sequences) {
         const std::size_t L = logits.extent(1);
@@ -480,6 +492,7 @@ inline int run_predict(int argc, char** argv) {
             using H = typename Model::head_type;
             if constexpr (ftune::heads::is_a<H, ftune::heads::sequence_classification> ||
                           ftune::heads::is_a<H, ftune::heads::last_token_classification> ||
+                          ftune::heads::is_a<H, ftune::heads::entity_relation> ||
                           ftune::heads::is_a<H, ftune::heads::token_classification> ||
                           ftune::heads::is_a<H, ftune::heads::question_answering>) {
                 return predict_with<Model>(opt);

@@ -2,6 +2,8 @@
 // Hugging Face model directory) and `ftune eval` (the evaluation report of a model on a file).
 #pragma once
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include <ftune/data/readers.hpp>
+#include <ftune/train/relations.hpp>
 #include <ftune/data/conversations.hpp>
 #include <ftune/data/squad.hpp>
 #include <ftune/io/gguf_model.hpp>
@@ -29,7 +32,7 @@
 namespace cli {
 
 // What `--task` names: a head, and for sequence classifiers the problem type.
-enum class task { classify, multilabel, regression, ner, mlm, qa, causal_lm, chat };
+enum class task { classify, multilabel, regression, ner, mlm, qa, causal_lm, chat, relation };
 
 // Options of `ftune train` / `ftune eval`.
 struct train_args {
@@ -74,15 +77,16 @@ inline cli::task parse_task(const std::string& v) {
     if (v == "qa") return task::qa;
     if (v == "causal-lm") return task::causal_lm;
     if (v == "chat") return task::chat;
+    if (v == "relation") return task::relation;
     throw ftune::error(ftune::errc::invalid_argument, "--task " + v,
-                       "expected classify, multilabel, regression, ner, mlm, qa, causal-lm or "
-                       "chat");
+                       "expected classify, multilabel, regression, ner, mlm, qa, causal-lm, chat "
+                       "or relation");
 }
 
 // The name of a task on the command line (parse_task's inverse).
 inline std::string task_name(cli::task t) {
-    static const char* names[] = {"classify", "multilabel", "regression", "ner",
-                                  "mlm",      "qa",         "causal-lm",  "chat"};
+    static const char* names[] = {"classify", "multilabel", "regression", "ner",     "mlm",
+                                  "qa",       "causal-lm",  "chat",       "relation"};
     return names[static_cast<int>(t)];
 }
 
@@ -257,6 +261,30 @@ std::string report(ftune::train::trainer<Model>& t, const std::vector<ftune::tra
     return t.model.head.report(t.evaluate(xs), names);
 }
 
+// A labelled file of a sequence task: TSV/CSV; for relation, also SemEval-2010 Task 8's release
+// format (.TXT), and the rows' entity markers checked.
+inline ftune::data::text_dataset read_labelled(const std::filesystem::path& path, cli::task t) {
+    if (t != task::relation) return ftune::data::read_table(path);
+    auto ext = path.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(),
+                   [](unsigned char c) { return char(std::tolower(c)); });
+    auto d = ext == ".txt" ? ftune::data::read_semeval2010(path) : ftune::data::read_table(path);
+    ftune::data::check_entity_markers(d);
+    return d;
+}
+
+// The encoded examples of a sequence task's file: a relation's keep their entity markers
+// (train::encode_relations), the others are cut at max_length (train::encode).
+template <class Tokenizer>
+std::vector<ftune::train::example> encode_labelled(const Tokenizer& tok,
+                                                   const ftune::data::text_dataset& d, cli::task t,
+                                                   const std::vector<std::string>& names,
+                                                   std::size_t max_len) {
+    if constexpr (std::is_same_v<Tokenizer, ftune::text::bert_tokenizer>)
+        if (t == task::relation) return ftune::train::encode_relations(tok, d, names, max_len);
+    return ftune::train::encode(tok, d, problem_of(t), names, max_len);
+}
+
 // Labels seen in a file, for a task (multilabel labels split at commas).
 inline std::vector<std::string> labels_in(const ftune::data::text_dataset& d, cli::task t) {
     std::vector<std::string> seen;
@@ -369,9 +397,9 @@ int train_with(train_args& a, cli::task task) {
         for (const auto& c : conll)
             for (const auto& s : c) seen.insert(seen.end(), s.tags.begin(), s.tags.end());
     } else {
-        tr = ftune::data::read_table(a.train);
+        tr = read_labelled(a.train, task);
         if (a.max_train && tr->rows.size() > a.max_train) tr->rows.resize(a.max_train);
-        if (!a.valid.empty()) va = ftune::data::read_table(a.valid);
+        if (!a.valid.empty()) va = read_labelled(a.valid, task);
         seen = labels_in(*tr, task);
         if (va) {
             const auto v = labels_in(*va, task);
@@ -404,9 +432,8 @@ int train_with(train_args& a, cli::task task) {
         }
     }
     if (task != task::mlm && task != task::ner) {
-        const auto p = problem_of(task);
-        train_x = ftune::train::encode(*m.tokenizer, *tr, p, names, max_len);
-        if (va) valid_x = ftune::train::encode(*m.tokenizer, *va, p, names, max_len);
+        train_x = encode_labelled(*m.tokenizer, *tr, task, names, max_len);
+        if (va) valid_x = encode_labelled(*m.tokenizer, *va, task, names, max_len);
     }
     const std::size_t frozen = prepare_run(a, m.model);
     std::cerr << "ftune: " << train_x.size() << " training and " << valid_x.size()
@@ -502,8 +529,7 @@ std::pair<ftune::train::evaluation, std::string> evaluate_with(train_args& a, cl
                                       a.data.string());
     }
     if (task != task::mlm && task != task::ner)
-        xs = ftune::train::encode(*m.tokenizer, ftune::data::read_table(a.data), problem_of(task),
-                                  names, max_len);
+        xs = encode_labelled(*m.tokenizer, read_labelled(a.data, task), task, names, max_len);
     if constexpr (requires { m.model.head.problem; }) m.model.head.problem = problem_of(task);
     a.opt.progress = nullptr;
     if (!a.adapter.empty()) ftune::peft::merge_adapters(m.model);  // inference at W's cost
@@ -530,6 +556,7 @@ inline cli::task task_of(const std::filesystem::path& model) {
     if (arch == "BertForTokenClassification") return task::ner;
     if (arch == "BertForMaskedLM") return task::mlm;
     if (arch == "BertForQuestionAnswering") return task::qa;
+    if (arch == "BertForRelationClassification") return task::relation;
     if (arch.ends_with("ForCausalLM") || arch.ends_with("LMHeadModel")) return task::causal_lm;
     const std::string type = ftune::io::read_config_string(config, "model_type");
     const auto problem = [&](const auto& c) {
@@ -688,6 +715,13 @@ inline int train(train_args& a) {
     if (t == task::ner) return train_with<ftune::bert::token_classifier<E>>(a, t);
     if (t == task::mlm) return train_with<ftune::bert::masked_lm<E>>(a, t);
     if (t == task::qa) return train_qa(a);
+    if (t == task::relation) {
+        if (holds_decoder(a))
+            throw ftune::error(ftune::errc::unsupported, a.model.string(),
+                               "--task relation runs encoders (BERT): it reads [CLS] and the "
+                               "entity markers' hidden states");
+        return train_with<ftune::bert::relation_classifier<E>>(a, t);
+    }
     if (t == task::causal_lm || t == task::chat)
         return with_decoder(a, t, [&](auto d) {
             return train_lm_with<on_decoder<ftune::heads::causal_lm, typename decltype(d)::type>>(
@@ -752,6 +786,7 @@ inline std::pair<ftune::train::evaluation, std::string> evaluate_classifier(trai
                                                                             cli::task t) {
     using E = ftune::bert::encoder<float>;
     if (t == task::ner) return evaluate_with<ftune::bert::token_classifier<E>>(a, t);
+    if (t == task::relation) return evaluate_with<ftune::bert::relation_classifier<E>>(a, t);
     if (holds_decoder(a)) {
         std::pair<ftune::train::evaluation, std::string> out;
         with_decoder(a, t, [&](auto d) {

@@ -9680,6 +9680,7 @@ FTUNE_NAMESPACE_END
 //   token_classifier         BertForTokenClassification       dropout -> classifier per token
 //   question_answering       BertForQuestionAnswering         qa_outputs: start, end per token
 //   masked_lm                BertForMaskedLM                  transform -> tied decoder + bias
+//   relation_classifier      (ftune's) ...ForRelation...      [CLS], <e1>, <e2> -> classifier
 //
 // Each is parameterized by its encoder type (bert::encoder<T> or bert::Encoder<dims>), built from
 // a bert::config, and has forward(ctx, ids, attention_mask, token_types) -> outputs,
@@ -9755,15 +9756,37 @@ class base_model {
 }  // namespace heads
 FTUNE_NAMESPACE_END
 // ---- end ftune/heads/base_model.hpp ----
-// ---- begin ftune/heads/masked_lm.hpp ----
-// heads::masked_lm: vocabulary logits per token through a transform and a decoder tied to the
-// backbone's input embeddings, as Transformers' BertForMaskedLM; trained on masked inputs
-// (train::mlm_masking), evaluated by loss and accuracy on the masked tokens.
+// ---- begin ftune/heads/entity_relation.hpp ----
+// heads::entity_relation: the relation between two marked entities of a sentence, as relation
+// extraction models built on BERT do (R-BERT, Wu & He 2019; "matching the blanks", Baldini
+// Soares et al. 2019, its ENTITY START variant with [CLS] added): the text carries marker tokens
+// around the entities ("The <e1>author</e1> of a keygen uses a <e2>disassembler</e2> ..."), and
+// the classifier reads the final hidden states of [CLS] and of the two markers that open the
+// entities:
+//
+//   logits (B, L) = classifier(dropout([h[b, 0]; h[b, <e1>]; h[b, <e2>]]))   classifier (L, 3C)
+//
+// The markers are special tokens added to the tokenizer (their embeddings new rows of the token
+// table, trained with the rest): io::add_entity_markers does both and tells the head their ids.
+// The task is single-label classification (sequence_task's loss and decoding); evaluation adds
+// SemEval-2010 Task 8's official score (metrics::score_relations: macro-F1 over the relation
+// types, direction counted, "Other" left out), which is also the selection metric.
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <string_view>
+#include <vector>
+
+// ---- begin ftune/heads/sequence_task.hpp ----
+// heads::sequence_task: what a sequence classifier does with its logits (B, L), whatever computed
+// them: the loss, the evaluation report and the decoding of its problem type (single-label,
+// multi-label, regression), chosen at run time as Transformers' config.problem_type. The
+// encoder's [CLS] head and the decoders' last-token head derive from it.
 
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <string_view>
 #include <vector>
 
 // ---- begin ftune/heads/common.hpp ----
@@ -10347,330 +10370,6 @@ void softmax(const T* z, std::size_t n, std::vector<double>& p) {
 }  // namespace heads::detail
 FTUNE_NAMESPACE_END
 // ---- end ftune/heads/detail.hpp ----
-
-FTUNE_NAMESPACE_BEGIN
-namespace heads {
-
-/// Logits (B, T, V) = LN(act(dense(h))) Eᵀ + bias, where E (V, C) is the backbone's input
-/// embedding table (backbone.input_embeddings()): the decoder is tied to it, as in Transformers,
-/// and its gradient adds into E's. Parameters "cls.predictions.transform.{dense,LayerNorm}.*" and
-/// "cls.predictions.bias"; a checkpoint's decoder copies are not unexpected.
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class masked_lm {
-  public:
-    using value_type = T;                                                    ///< scalar type
-    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
-    using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, V)
-    static constexpr std::string_view architecture_suffix =
-        "ForMaskedLM";                                   ///< after the family's name in config.json
-    static constexpr bool first_token_only = false;      ///< reads every position
-    static constexpr bool labels_per_token = true;       ///< the original id at masked positions
-    static constexpr bool masked_inputs = true;          ///< trains on inputs masked per batch
-    static constexpr bool ties_input_embeddings = true;  ///< its decoder is the input table
-
-    layers::linear<T, C, C, D> transform_dense;        ///< "cls.predictions.transform.dense"
-    layers::hidden_activation<T, C, D> transform_act;  ///< hidden_act
-    layers::layer_norm<T, C, D> transform_norm;        ///< "cls.predictions.transform.LayerNorm"
-    parameter<T, shape<dynamic>, D> bias;              ///< "cls.predictions.bias" (V), no decay
-
-    /// A zero-initialized head for configuration c (hidden_size, hidden_act, layer_norm_eps,
-    /// vocab_size).
-    template <class Config>
-    explicit masked_lm(const Config& c)
-        : transform_dense(c.hidden_size, c.hidden_size),
-          transform_act(c.hidden_act),
-          transform_norm(c.hidden_size, T(c.layer_norm_eps)),
-          bias("bias", shape<dynamic>(c.vocab_size), false) {}
-
-    /// Vocabulary size V (the ids masking may draw as random replacements).
-    std::size_t vocab_size() const noexcept { return bias.value.size(); }
-
-    /// Vocabulary logits (B, T, V) from the hidden states h (B, T, C).
-    template <class Backbone>
-    output_view forward(context& ctx, Backbone& backbone, hidden_view h) {
-        B_ = h.extent(0), T_ = h.extent(1);
-        const view<const T, shape<dynamic, C>, D> rows(h.data(), B_ * T_, h.extent(2));
-        t_ = transform_norm.forward(ctx,
-                                    transform_act.forward(ctx, transform_dense.forward(ctx, rows)));
-        const auto& E = backbone.input_embeddings().value;              // (V, C)
-        logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
-        precision_ = ctx.precision;
-        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_, T(1), T(0), precision_);
-        ops::bias_add(logits_, bias.value);
-        return {logits_.data(), B_, T_, E.extent(0)};
-    }
-
-    /// Accumulates the head's gradients from d logits (B, T, V) (the decoder's into the tied
-    /// embedding table); returns d hidden (B, T, C).
-    template <class Backbone>
-    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
-        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
-        auto& E = backbone.input_embeddings();
-        const view<const T, shape<dynamic, dynamic>, D> dl(d_logits.data(), N,
-                                                           d_logits.extent(2));  // (N, V)
-        if (bias.trainable) ops::bias_backward(bias.gradient(), dl);
-        if (E.trainable)
-            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1), T(1),
-                                                       precision_);  // dE += dlᵀ t
-        zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
-        ops::matmul(dl, E.value, d_t_, T(1), T(1), precision_);  // dt = dl E
-        transform_norm.backward(ctx, d_t_.view(), d_a_.view());
-        transform_act.backward(ctx, d_a_.view(), d_d_.view());
-        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
-        d_hidden_.fill(T(0));
-        transform_dense.backward(ctx, d_d_.view(), {d_hidden_.data(), N, Cn});
-        return d_hidden_.view();
-    }
-
-    /// Packs the transform's weight for inference.
-    void prepare_inference(precision p = precision::fp32) { transform_dense.prepare_inference(p); }
-    /// Sets the head's gradients to zero.
-    void zero_grad() {
-        transform_dense.zero_grad(), transform_norm.zero_grad();
-        bias.zero_grad();
-    }
-    /// Visits "cls.predictions.transform.{dense,LayerNorm}.*" and "cls.predictions.bias" under
-    /// prefix; the tied decoder is the backbone's table, visited once there.
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
-        const std::string p = join_name(prefix, "cls.predictions");
-        transform_dense.visit_parameters(join_name(p, "transform.dense"), f);
-        transform_norm.visit_parameters(join_name(p, "transform.LayerNorm"), f);
-        f(bias.ref(p));
-    }
-
-    // --- the task: loss and evaluation --------------------------------------------------------
-
-    /// Options of the training loss (label smoothing, class weights).
-    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
-
-    /// The denominator of the batch's mean loss: Σ class weight of its labelled positions.
-    double loss_weight(const train::batch& b) const {
-        return detail::label_weight(ce_, std::span<const token_id>(b.labels));
-    }
-
-    /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
-    /// count for nothing); d (B, T, V) += scale * its gradient.
-    double loss(output_view y, const train::batch& b, T* d, T scale) {
-        return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
-    }
-
-    /// Adds a batch's loss and right predictions over its masked tokens to e.
-    void score(output_view y, const train::batch& b, train::evaluation& e,
-               const std::vector<std::string>&) {
-        const std::size_t n = b.B * b.T, L = y.extent(2);
-        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
-        const double l =
-            detail::per_position_loss(ce, y.data(), L, b, static_cast<T*>(nullptr), T(0));
-        std::size_t counted = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-            if (b.labels[i] == -100) continue;
-            const T* z = y.data() + i * L;
-            ++counted;
-            e.running.correct += double(int(std::max_element(z, z + L) - z) == b.labels[i]);
-        }
-        e.running.loss += l * double(counted), e.running.weight += double(counted);
-    }
-
-    /// Turns the running sums into the report: loss and accuracy per masked token; the metric
-    /// is −loss (perplexity: exp(loss)).
-    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
-
-    /// The name of the selection metric.
-    std::string metric_name() const { return "-loss"; }
-
-    /// The evaluation report: perplexity, loss and accuracy per masked token.
-    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
-        return ftune::detail::cat("perplexity ", std::exp(e.loss), " (loss ", e.loss,
-                                  " per masked token, accuracy ", e.accuracy, ")\n");
-    }
-
-  private:
-    precision precision_ = precision::fp32;  // the last forward's products
-    static void zeroed(buffer<T, shape<dynamic, C>, D>& b, std::size_t rows, std::size_t cols) {
-        b.resize(shape<dynamic, C>(rows, cols));
-        b.fill(T(0));
-    }
-    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
-    view<const T, shape<dynamic, C>, D> t_;              // (N, C) transformed states
-    buffer<T, shape<dynamic, dynamic>, D> logits_;       // (N, V)
-    buffer<T, shape<dynamic, C>, D> d_t_, d_a_, d_d_;    // (N, C) gradients in the head
-    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
-    loss::cross_entropy<T> ce_;                          // the training loss
-};
-
-}  // namespace heads
-FTUNE_NAMESPACE_END
-// ---- end ftune/heads/masked_lm.hpp ----
-// ---- begin ftune/heads/question_answering.hpp ----
-// heads::question_answering: a start and an end logit per token (qa_outputs), as Transformers'
-// BertForQuestionAnswering; trained with the mean of the start and end cross-entropies, decoded
-// to answer spans over overlapping windows (qa/spans.hpp: qa::best_answers).
-
-#include <string>
-#include <string_view>
-#include <vector>
-
-
-FTUNE_NAMESPACE_BEGIN
-namespace heads {
-
-/// Start and end logits (B, T, 2) of every token from hidden states (B, T, C): qa_outputs
-/// ("qa_outputs", (2, C)); [..., 0] is the start logit, [..., 1] the end logit. No pooler.
-template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
-class question_answering {
-  public:
-    using value_type = T;                                              ///< scalar type
-    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
-    using output_view = view<const T, shape<dynamic, dynamic, 2>, D>;  ///< logits (B, T, 2)
-    static constexpr std::string_view architecture_suffix =
-        "ForQuestionAnswering";                      ///< after the family's name in config.json
-    static constexpr bool first_token_only = false;  ///< reads every position
-    static constexpr bool labels_per_token = false;  ///< labels {start, end} per window
-    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
-
-    layers::linear<T, C, 2, D> qa_outputs;  ///< "qa_outputs" (2, C)
-
-    /// A zero-initialized head for configuration c (num_labels is ignored: always 2).
-    template <class Config>
-    explicit question_answering(const Config& c) : qa_outputs(c.hidden_size, 2) {}
-
-    /// Start and end logits (B, T, 2) from the hidden states h (B, T, C).
-    template <class Backbone>
-    output_view forward(context& ctx, Backbone&, hidden_view h) {
-        B_ = h.extent(0), T_ = h.extent(1);
-        const auto y = qa_outputs.forward(ctx, {h.data(), B_ * T_, h.extent(2)});  // (N, 2)
-        return {y.data(), B_, T_, 2};
-    }
-
-    /// Accumulates the head's gradients from d logits (B, T, 2); returns d hidden (B, T, C).
-    template <class Backbone>
-    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
-        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
-        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
-        d_hidden_.fill(T(0));
-        qa_outputs.backward(ctx, {d_logits.data(), N, 2}, {d_hidden_.data(), N, Cn});
-        return d_hidden_.view();
-    }
-
-    /// Packs qa_outputs' weight for inference.
-    void prepare_inference(precision p = precision::fp32) { qa_outputs.prepare_inference(p); }
-    /// Sets the head's gradients to zero.
-    void zero_grad() { qa_outputs.zero_grad(); }
-    /// Visits "qa_outputs.*" under prefix.
-    template <class Fn>
-    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
-        qa_outputs.visit_parameters(join_name(prefix, "qa_outputs"), f);
-    }
-
-    // --- the task: loss and evaluation (decoding: qa::best_answers) ---------------------------
-
-    /// Options of the training loss (label smoothing, class weights over positions).
-    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
-
-    /// The denominator of the batch's mean loss: the windows whose start counts (start and end
-    /// are both positions of the window, so both means have it).
-    double loss_weight(const train::batch& b) const {
-        double n = 0;
-        for (std::size_t r = 0; 2 * r < b.labels.size() && r < b.B; ++r)
-            n += b.labels[2 * r] != ce_.options.ignore_index;
-        return n;
-    }
-
-    /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
-    /// 2) += scale * its gradient.
-    double loss(output_view y, const train::batch& b, T* d, T scale) {
-        return span_loss(ce_, y, b, d, scale);
-    }
-
-    /// Adds a batch's loss per window and the windows with both ends right to e.
-    void score(output_view y, const train::batch& b, train::evaluation& e,
-               const std::vector<std::string>&) {
-        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
-        const double l = span_loss(ce, y, b, nullptr, T(0));
-        e.running.loss += l * double(b.B), e.running.weight += double(b.B);
-        for (std::size_t r = 0; r < b.B; ++r) {  // both ends right
-            std::size_t s = 0, en = 0;
-            for (std::size_t t = 1; t < b.T; ++t) {
-                if (y(r, t, 0) > y(r, s, 0)) s = t;
-                if (y(r, t, 1) > y(r, en, 1)) en = t;
-            }
-            e.running.correct +=
-                double(token_id(s) == b.labels[2 * r] && token_id(en) == b.labels[2 * r + 1]);
-        }
-    }
-
-    /// Turns the running sums into the report: loss per window, span accuracy; the metric is
-    /// −loss (SQuAD exact match and F1 come from train::evaluate_squad).
-    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
-
-    /// The name of the selection metric.
-    std::string metric_name() const { return "-loss"; }
-
-    /// The evaluation report of windows: the metric and the loss (SQuAD exact match and F1 over
-    /// questions: train::evaluate_squad).
-    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
-        return ftune::detail::cat(metric_name(), " ", e.metric, ", loss ", e.loss, "\n");
-    }
-
-  private:
-    // The mean of the start and end cross-entropies over every position (padding included, as
-    // BertForQuestionAnswering); with d, d (B, T, 2) += scale * its gradient.
-    double span_loss(loss::cross_entropy<T>& ce, output_view y, const train::batch& b, T* d,
-                     T scale) {
-        const std::size_t B = b.B, L = b.T;
-        z_.resize(2 * B * L), y_.resize(2 * B), dz_.assign(2 * B * L, T(0));
-        for (std::size_t r = 0; r < B; ++r) {
-            for (std::size_t t = 0; t < L; ++t)  // (2, B, T): start logits, then end logits
-                z_[r * L + t] = y(r, t, 0), z_[(B + r) * L + t] = y(r, t, 1);
-            y_[r] = b.labels[2 * r], y_[B + r] = b.labels[2 * r + 1];
-        }
-        double total = 0;
-        for (std::size_t k = 0; k < 2; ++k) {
-            total += double(ce.forward({z_.data() + k * B * L, B, L}, {y_.data() + k * B, B}));
-            if (d) ce.backward({dz_.data() + k * B * L, B, L}, T(0.5) * scale);
-        }
-        if (d)
-            for (std::size_t r = 0; r < B; ++r)
-                for (std::size_t t = 0; t < L; ++t)
-                    d[(r * L + t) * 2] += dz_[r * L + t],
-                        d[(r * L + t) * 2 + 1] += dz_[(B + r) * L + t];
-        return total / 2;
-    }
-
-    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
-    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
-    loss::cross_entropy<T> ce_;                          // the training loss
-    std::vector<T> z_, dz_;    // start and end logits (2, B, T) and their gradient
-    std::vector<token_id> y_;  // start and end labels (2, B)
-};
-
-}  // namespace heads
-FTUNE_NAMESPACE_END
-// ---- end ftune/heads/question_answering.hpp ----
-// ---- begin ftune/heads/sequence_classification.hpp ----
-// heads::sequence_classification: one output row per sequence from its first token ([CLS]):
-// pooler -> dropout -> classifier, as Transformers' BertForSequenceClassification. The problem
-// type (single-label, multi-label, regression) picks the loss, the decoding and the report at run
-// time, as Transformers' config.problem_type does.
-
-#include <algorithm>
-#include <cmath>
-#include <string>
-#include <string_view>
-#include <vector>
-
-// ---- begin ftune/heads/sequence_task.hpp ----
-// heads::sequence_task: what a sequence classifier does with its logits (B, L), whatever computed
-// them: the loss, the evaluation report and the decoding of its problem type (single-label,
-// multi-label, regression), chosen at run time as Transformers' config.problem_type. The
-// encoder's [CLS] head and the decoders' last-token head derive from it.
-
-#include <algorithm>
-#include <cmath>
-#include <string>
-#include <vector>
-
 // ---- begin ftune/metrics/scores.hpp ----
 // Evaluation metrics and reports: accuracy, macro F1, confusion matrix and scikit-learn's
 // classification_report (single- and multi-label); entity-level scores over BIO / IOB2 tag
@@ -11280,6 +10979,653 @@ class sequence_task {
 }  // namespace heads
 FTUNE_NAMESPACE_END
 // ---- end ftune/heads/sequence_task.hpp ----
+// ---- begin ftune/metrics/relations.hpp ----
+// The official score of SemEval-2010 Task 8 (relations between marked nominals), computed by the
+// rules of the task's scorer (semeval2010_task8_scorer-v1.2.pl), its "(9+1)-way evaluation with
+// directionality taken into account":
+//
+//   - a label "Cause-Effect(e1,e2)" belongs to the relation type "Cause-Effect"; the direction
+//     suffix "(e1,e2)" / "(e2,e1)" is stripped to find the type; "Other" is its own type;
+//   - a prediction is correct only when the whole label (type and direction) matches;
+//   - for each type R in the gold labels: precision = correct / (predictions of type R that were
+//     made for another gold type + correct + right type with the wrong direction); recall =
+//     correct / gold examples of type R; F1 from both;
+//   - macro-averaged P, R, F1 = the means over the types in the gold labels other than Other
+//     (F1 is the mean of the per-type F1s, not the F1 of the means); micro-averaged from the
+//     summed counts, Other again left out. The official score is the macro-averaged F1.
+//
+// Checked against a committed reference made by tests/reference/relation_scores.py, which
+// follows the scorer's own steps (confusion matrix, WRONG_DIR column); see
+// tests/test_relations.cpp.
+//
+//   auto s = ftune::metrics::score_relations(gold, predicted);   // label strings
+//   std::cout << ftune::metrics::relation_report(s);             // ... macro-averaged F1 = 86.14%
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace metrics {
+
+/// The counts and scores of one relation type (direction counted).
+struct relation_type_score {
+    std::string type;                 ///< "Cause-Effect" (the label without its direction)
+    std::size_t correct = 0;          ///< type and direction right
+    std::size_t proposed = 0;         ///< predicted as this type for another gold type, or right
+    std::size_t wrong_direction = 0;  ///< right type, wrong direction
+    std::size_t gold = 0;             ///< gold examples of this type
+    double precision = 0;  ///< correct / (proposed + wrong_direction) (0 when nothing proposed)
+    double recall = 0;     ///< correct / gold
+    double f1 = 0;         ///< 2PR / (P + R) (0 when both are 0)
+};
+
+/// SemEval-2010 Task 8's scores (see the file comment); fractions in [0, 1].
+struct relation_scores {
+    std::vector<relation_type_score> types;  ///< per gold type, sorted by name, Other included
+    std::string other;                       ///< the type left out of the averages ("" none)
+    double micro_precision = 0, micro_recall = 0, micro_f1 = 0;  ///< from the summed counts
+    double macro_precision = 0, macro_recall = 0;                ///< means over the types
+    double macro_f1 = 0;   ///< the official score: the mean of the types' F1
+    double accuracy = 0;   ///< whole labels right / examples (Other included)
+    std::size_t size = 0;  ///< examples
+};
+
+/// The relation type of a label: the label without a trailing "(e1,e2)" or "(e2,e1)".
+inline std::string_view relation_type(std::string_view label) {
+    for (std::string_view dir : {"(e1,e2)", "(e2,e1)"})
+        if (label.size() > dir.size() && label.ends_with(dir))
+            return label.substr(0, label.size() - dir.size());
+    return label;
+}
+
+/// Scores predicted relation labels against gold ones (the same length, one per example) by
+/// the official scorer's rules; `other` names the label left out of the averages ("Other" in
+/// SemEval-2010 Task 8; "" to keep every type).
+inline relation_scores score_relations(const std::vector<std::string>& gold,
+                                       const std::vector<std::string>& predicted,
+                                       std::string_view other = "Other") {
+    if (gold.size() != predicted.size())
+        throw error(
+            errc::shape_mismatch, "score_relations",
+            ftune::detail::cat(gold.size(), " gold labels but ", predicted.size(), " predictions"));
+    std::map<std::string, relation_type_score, std::less<>> by_type;  // gold types only
+    std::map<std::string, std::size_t, std::less<>> proposed;         // per predicted type
+    relation_scores s;
+    s.other = std::string(other);
+    s.size = gold.size();
+    std::size_t right = 0;
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        const auto g = relation_type(gold[i]), p = relation_type(predicted[i]);
+        auto& t = by_type[std::string(g)];
+        t.type = std::string(g);
+        ++t.gold;
+        if (gold[i] == predicted[i]) {
+            ++t.correct, ++right;
+            ++proposed[std::string(p)];
+        } else if (g == p) {
+            ++t.wrong_direction;  // the scorer's WRONG_DIR column, not a proposal of the type
+        } else {
+            ++proposed[std::string(p)];
+        }
+    }
+    s.accuracy = gold.empty() ? 0 : double(right) / double(gold.size());
+    std::size_t micro_correct = 0, micro_proposed = 0, micro_gold = 0, averaged = 0;
+    for (auto& [name, t] : by_type) {
+        const auto it = proposed.find(name);
+        t.proposed = it == proposed.end() ? 0 : it->second;
+        t.precision =
+            t.proposed == 0 ? 0 : double(t.correct) / double(t.proposed + t.wrong_direction);
+        t.recall = double(t.correct) / double(t.gold);
+        t.f1 =
+            t.precision + t.recall == 0 ? 0 : 2 * t.precision * t.recall / (t.precision + t.recall);
+        s.types.push_back(t);
+        if (name == other) continue;
+        ++averaged;
+        s.macro_precision += t.precision, s.macro_recall += t.recall, s.macro_f1 += t.f1;
+        micro_correct += t.correct;
+        micro_proposed += t.proposed + t.wrong_direction;
+        micro_gold += t.gold;
+    }
+    if (averaged) {
+        s.macro_precision /= double(averaged), s.macro_recall /= double(averaged);
+        s.macro_f1 /= double(averaged);
+    }
+    s.micro_precision = micro_proposed ? double(micro_correct) / double(micro_proposed) : 0;
+    s.micro_recall = micro_gold ? double(micro_correct) / double(micro_gold) : 0;
+    s.micro_f1 = s.micro_precision + s.micro_recall == 0 ? 0
+                                                         : 2 * s.micro_precision * s.micro_recall /
+                                                               (s.micro_precision + s.micro_recall);
+    return s;
+}
+
+/// The scores as the official scorer prints its per-relation lines and averages (percent, two
+/// decimals), ending with the official score's line.
+inline std::string relation_report(const relation_scores& s) {
+    std::string out;
+    char line[256];
+    std::size_t width = 8;
+    for (const auto& t : s.types) width = std::max(width, t.type.size());
+    for (const auto& t : s.types) {
+        std::snprintf(line, sizeof line,
+                      "%*s :  P = %4zu/(%4zu +%4zu) = %6.2f%%  R = %4zu/%4zu = %6.2f%%  F1 = "
+                      "%6.2f%%\n",
+                      int(width), t.type.c_str(), t.correct, t.proposed, t.wrong_direction,
+                      100 * t.precision, t.correct, t.gold, 100 * t.recall, 100 * t.f1);
+        out += line;
+    }
+    const std::string excl = s.other.empty() ? "" : " (excluding " + s.other + ")";
+    std::snprintf(line, sizeof line,
+                  "\nmicro-averaged%s: P = %6.2f%%  R = %6.2f%%  F1 = %6.2f%%\n"
+                  "macro-averaged%s: P = %6.2f%%  R = %6.2f%%  F1 = %6.2f%%\n",
+                  excl.c_str(), 100 * s.micro_precision, 100 * s.micro_recall, 100 * s.micro_f1,
+                  excl.c_str(), 100 * s.macro_precision, 100 * s.macro_recall, 100 * s.macro_f1);
+    out += line;
+    std::snprintf(line, sizeof line,
+                  "accuracy (every label, direction counted) = %zu examples, %6.2f%%\n"
+                  "official score (macro-averaged F1, direction counted%s) = %.2f%%\n",
+                  s.size, 100 * s.accuracy, excl.c_str(), 100 * s.macro_f1);
+    return out + line;
+}
+
+}  // namespace metrics
+FTUNE_NAMESPACE_END
+// ---- end ftune/metrics/relations.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Logits (B, L) over [CLS] and the two entity-start markers of each sequence (see the file
+/// comment); parameters "classifier.weight" (L, 3C) and "classifier.bias".
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class entity_relation : public sequence_task<T, D> {
+    static constexpr std::size_t C3 = C == dynamic ? dynamic : 3 * C;  // the features' width
+
+  public:
+    using value_type = T;                                               ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;   ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic>, D>;      ///< logits (B, L)
+    using ids_view = view<const token_id, shape<dynamic, dynamic>, D>;  ///< (B, T) token ids
+    static constexpr std::string_view architecture_suffix =
+        "ForRelationClassification";                 ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;  ///< reads the marker positions too
+    static constexpr bool labels_per_token = false;  ///< one relation per sequence
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
+
+    layers::dropout<T, C3, D> dropout;             ///< over the joined features
+    layers::linear<T, C3, dynamic, D> classifier;  ///< "classifier" (L, 3C)
+    /// Token ids of the markers that open entity 1 and entity 2 ("<e1>", "<e2>"); -1: not set
+    /// (io::add_entity_markers sets them).
+    std::array<token_id, 2> entity_starts{-1, -1};
+    /// The label names (id2label) the relation score reads types and directions from: set by
+    /// io::add_entity_markers from the checkpoint's labels, and by each score() call.
+    std::vector<std::string> label_names;
+
+    /// A zero-initialized head for configuration c (hidden_size, num_labels, the classifier
+    /// dropout).
+    template <class Config>
+    explicit entity_relation(const Config& c)
+        : sequence_task<T, D>(problem::single_label_classification, c.num_labels),
+          dropout(T(classifier_dropout(c))),
+          classifier(3 * c.hidden_size, c.num_labels) {}
+
+    /// Logits (B, L) from the hidden states h (B, T, C) of token ids (B, T). Throws ftune::error
+    /// naming the row when a sequence lacks a marker (cut off by truncation, or never written).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h, ids_view, ids_view ids) {
+        const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
+        if (entity_starts[0] < 0 || entity_starts[1] < 0)
+            throw error(errc::invalid_argument, "entity_relation",
+                        "the entity marker ids are not set; call io::add_entity_markers");
+        if (ids.extent(0) != B || ids.extent(1) != Tn)
+            throw error(errc::shape_mismatch, "entity_relation",
+                        ftune::detail::cat("token ids ", ids.shape().to_string(),
+                                           " for hidden states ", h.shape().to_string()));
+        T_ = Tn;
+        at_.resize(3 * B);
+        features_.resize(shape<dynamic, C3>(B, 3 * Cn));  // (B, 3C)
+        for (std::size_t b = 0; b < B; ++b) {
+            const token_id* row = ids.data() + b * Tn;
+            at_[3 * b] = 0;  // [CLS]
+            for (std::size_t k = 0; k < 2; ++k) {
+                const auto* p = std::find(row, row + Tn, entity_starts[k]);
+                if (p == row + Tn)
+                    throw error(errc::invalid_argument, "entity_relation",
+                                ftune::detail::cat("sequence ", b, " of the batch has no <e", k + 1,
+                                                   "> marker (token id ", entity_starts[k],
+                                                   "): mark both entities, and keep the markers "
+                                                   "within the maximum length"));
+                at_[3 * b + 1 + k] = std::size_t(p - row);
+            }
+            for (std::size_t k = 0; k < 3; ++k)
+                ops::copy(view<T, shape<dynamic>, D>(features_.data() + (3 * b + k) * Cn, Cn),
+                          view<const T, shape<dynamic>, D>(
+                              h.data() + (b * Tn + at_[3 * b + k]) * Cn, Cn));
+        }
+        const auto y = classifier.forward(ctx, dropout.forward(ctx, features_.view()));
+        return {y.data(), y.extent(0), y.extent(1)};
+    }
+
+    /// Accumulates the classifier's gradient from d logits (B, L); returns d hidden (B, T, C):
+    /// zero except at [CLS] and the two markers of each row.
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t B = d_logits.extent(0), Cn = backbone.hidden_size();
+        d_drop_.resize(shape<dynamic, C3>(B, 3 * Cn));
+        d_features_.resize(shape<dynamic, C3>(B, 3 * Cn));
+        d_drop_.fill(T(0)), d_features_.fill(T(0));
+        classifier.backward(ctx, {d_logits.data(), B, d_logits.extent(1)}, d_drop_.view());
+        dropout.backward(ctx, d_drop_.view(), d_features_.view());
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B, T_, Cn));
+        d_hidden_.fill(T(0));
+        for (std::size_t b = 0; b < B; ++b)
+            for (std::size_t k = 0; k < 3; ++k) {  // += : positions may coincide
+                T* dst = d_hidden_.data() + (b * T_ + at_[3 * b + k]) * Cn;
+                const T* src = d_features_.data() + (3 * b + k) * Cn;
+                for (std::size_t c = 0; c < Cn; ++c) dst[c] += src[c];
+            }
+        return d_hidden_.view();
+    }
+
+    /// Adds a batch's loss and predictions to e (sequence_task's), keeping the label names for
+    /// finish().
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>& names) {
+        if (!names.empty()) label_names = names;
+        sequence_task<T, D>::score(y, b, e, names);
+    }
+
+    /// The report's numbers: loss, accuracy, and as f1 and the selection metric the official
+    /// macro-F1 (metrics::score_relations over the label names; plain macro F1 without names).
+    void finish(train::evaluation& e) const {
+        sequence_task<T, D>::finish(e);
+        if (label_names.size() < this->num_labels()) return;
+        e.f1 = scores(e).macro_f1;
+        e.metric = e.f1;
+    }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "relation macro-F1"; }
+
+    /// The official scorer's table (per relation type, direction counted, micro and macro
+    /// averages), then scikit-learn's classification report over every directed label.
+    std::string report(const train::evaluation& e, const std::vector<std::string>& names) const {
+        return metrics::relation_report(metrics::score_relations(label_strings(e.gold, names),
+                                                                 label_strings(e.predicted, names),
+                                                                 other_label(names))) +
+               "\n" + metrics::classification_report(e.gold, e.predicted, names);
+    }
+
+    /// Packs the classifier's weight for inference.
+    void prepare_inference(precision p = precision::fp32) { classifier.prepare_inference(p); }
+    /// Sets the classifier's gradient to zero.
+    void zero_grad() { classifier.zero_grad(); }
+    /// Visits "classifier.*" under prefix.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        classifier.visit_parameters(join_name(prefix, "classifier"), f);
+    }
+
+    /// The label of "no relation" among names: "Other" (SemEval-2010 Task 8) or "no_relation"
+    /// (TACRED); "" when there is neither (every label is then a relation).
+    static std::string other_label(const std::vector<std::string>& names) {
+        for (const char* o : {"Other", "no_relation"})
+            if (std::find(names.begin(), names.end(), o) != names.end()) return o;
+        return {};
+    }
+
+  private:
+    static std::vector<std::string> label_strings(const std::vector<int>& ids,
+                                                  const std::vector<std::string>& names) {
+        std::vector<std::string> s;
+        s.reserve(ids.size());
+        for (int i : ids) s.push_back(label_name(names, std::size_t(i)));
+        return s;
+    }
+    metrics::relation_scores scores(const train::evaluation& e) const {
+        return metrics::score_relations(label_strings(e.gold, label_names),
+                                        label_strings(e.predicted, label_names),
+                                        other_label(label_names));
+    }
+
+    std::size_t T_ = 0;            // the last forward's length
+    std::vector<std::size_t> at_;  // (B, 3) [CLS], <e1>, <e2> positions
+    buffer<T, shape<dynamic, C3>, D> features_, d_drop_, d_features_;  // (B, 3C)
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;                // (B, T, C)
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/entity_relation.hpp ----
+// ---- begin ftune/heads/masked_lm.hpp ----
+// heads::masked_lm: vocabulary logits per token through a transform and a decoder tied to the
+// backbone's input embeddings, as Transformers' BertForMaskedLM; trained on masked inputs
+// (train::mlm_masking), evaluated by loss and accuracy on the masked tokens.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Logits (B, T, V) = LN(act(dense(h))) Eᵀ + bias, where E (V, C) is the backbone's input
+/// embedding table (backbone.input_embeddings()): the decoder is tied to it, as in Transformers,
+/// and its gradient adds into E's. Parameters "cls.predictions.transform.{dense,LayerNorm}.*" and
+/// "cls.predictions.bias"; a checkpoint's decoder copies are not unexpected.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class masked_lm {
+  public:
+    using value_type = T;                                                    ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, V)
+    static constexpr std::string_view architecture_suffix =
+        "ForMaskedLM";                                   ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;      ///< reads every position
+    static constexpr bool labels_per_token = true;       ///< the original id at masked positions
+    static constexpr bool masked_inputs = true;          ///< trains on inputs masked per batch
+    static constexpr bool ties_input_embeddings = true;  ///< its decoder is the input table
+
+    layers::linear<T, C, C, D> transform_dense;        ///< "cls.predictions.transform.dense"
+    layers::hidden_activation<T, C, D> transform_act;  ///< hidden_act
+    layers::layer_norm<T, C, D> transform_norm;        ///< "cls.predictions.transform.LayerNorm"
+    parameter<T, shape<dynamic>, D> bias;              ///< "cls.predictions.bias" (V), no decay
+
+    /// A zero-initialized head for configuration c (hidden_size, hidden_act, layer_norm_eps,
+    /// vocab_size).
+    template <class Config>
+    explicit masked_lm(const Config& c)
+        : transform_dense(c.hidden_size, c.hidden_size),
+          transform_act(c.hidden_act),
+          transform_norm(c.hidden_size, T(c.layer_norm_eps)),
+          bias("bias", shape<dynamic>(c.vocab_size), false) {}
+
+    /// Vocabulary size V (the ids masking may draw as random replacements).
+    std::size_t vocab_size() const noexcept { return bias.value.size(); }
+
+    /// Vocabulary logits (B, T, V) from the hidden states h (B, T, C).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone& backbone, hidden_view h) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const view<const T, shape<dynamic, C>, D> rows(h.data(), B_ * T_, h.extent(2));
+        t_ = transform_norm.forward(ctx,
+                                    transform_act.forward(ctx, transform_dense.forward(ctx, rows)));
+        const auto& E = backbone.input_embeddings().value;              // (V, C)
+        logits_.resize(shape<dynamic, dynamic>(B_ * T_, E.extent(0)));  // (N, V)
+        precision_ = ctx.precision;
+        ops::matmul<transpose::no, transpose::yes>(t_, E, logits_, T(1), T(0), precision_);
+        ops::bias_add(logits_, bias.value);
+        return {logits_.data(), B_, T_, E.extent(0)};
+    }
+
+    /// Accumulates the head's gradients from d logits (B, T, V) (the decoder's into the tied
+    /// embedding table); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
+        auto& E = backbone.input_embeddings();
+        const view<const T, shape<dynamic, dynamic>, D> dl(d_logits.data(), N,
+                                                           d_logits.extent(2));  // (N, V)
+        if (bias.trainable) ops::bias_backward(bias.gradient(), dl);
+        if (E.trainable)
+            ops::matmul<transpose::yes, transpose::no>(dl, t_, E.gradient(), T(1), T(1),
+                                                       precision_);  // dE += dlᵀ t
+        zeroed(d_t_, N, Cn), zeroed(d_a_, N, Cn), zeroed(d_d_, N, Cn);
+        ops::matmul(dl, E.value, d_t_, T(1), T(1), precision_);  // dt = dl E
+        transform_norm.backward(ctx, d_t_.view(), d_a_.view());
+        transform_act.backward(ctx, d_a_.view(), d_d_.view());
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(T(0));
+        transform_dense.backward(ctx, d_d_.view(), {d_hidden_.data(), N, Cn});
+        return d_hidden_.view();
+    }
+
+    /// Packs the transform's weight for inference.
+    void prepare_inference(precision p = precision::fp32) { transform_dense.prepare_inference(p); }
+    /// Sets the head's gradients to zero.
+    void zero_grad() {
+        transform_dense.zero_grad(), transform_norm.zero_grad();
+        bias.zero_grad();
+    }
+    /// Visits "cls.predictions.transform.{dense,LayerNorm}.*" and "cls.predictions.bias" under
+    /// prefix; the tied decoder is the backbone's table, visited once there.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        const std::string p = join_name(prefix, "cls.predictions");
+        transform_dense.visit_parameters(join_name(p, "transform.dense"), f);
+        transform_norm.visit_parameters(join_name(p, "transform.LayerNorm"), f);
+        f(bias.ref(p));
+    }
+
+    // --- the task: loss and evaluation --------------------------------------------------------
+
+    /// Options of the training loss (label smoothing, class weights).
+    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The denominator of the batch's mean loss: Σ class weight of its labelled positions.
+    double loss_weight(const train::batch& b) const {
+        return detail::label_weight(ce_, std::span<const token_id>(b.labels));
+    }
+
+    /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
+    /// count for nothing); d (B, T, V) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
+    }
+
+    /// Adds a batch's loss and right predictions over its masked tokens to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>&) {
+        const std::size_t n = b.B * b.T, L = y.extent(2);
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l =
+            detail::per_position_loss(ce, y.data(), L, b, static_cast<T*>(nullptr), T(0));
+        std::size_t counted = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (b.labels[i] == -100) continue;
+            const T* z = y.data() + i * L;
+            ++counted;
+            e.running.correct += double(int(std::max_element(z, z + L) - z) == b.labels[i]);
+        }
+        e.running.loss += l * double(counted), e.running.weight += double(counted);
+    }
+
+    /// Turns the running sums into the report: loss and accuracy per masked token; the metric
+    /// is −loss (perplexity: exp(loss)).
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "-loss"; }
+
+    /// The evaluation report: perplexity, loss and accuracy per masked token.
+    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
+        return ftune::detail::cat("perplexity ", std::exp(e.loss), " (loss ", e.loss,
+                                  " per masked token, accuracy ", e.accuracy, ")\n");
+    }
+
+  private:
+    precision precision_ = precision::fp32;  // the last forward's products
+    static void zeroed(buffer<T, shape<dynamic, C>, D>& b, std::size_t rows, std::size_t cols) {
+        b.resize(shape<dynamic, C>(rows, cols));
+        b.fill(T(0));
+    }
+    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
+    view<const T, shape<dynamic, C>, D> t_;              // (N, C) transformed states
+    buffer<T, shape<dynamic, dynamic>, D> logits_;       // (N, V)
+    buffer<T, shape<dynamic, C>, D> d_t_, d_a_, d_d_;    // (N, C) gradients in the head
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    loss::cross_entropy<T> ce_;                          // the training loss
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/masked_lm.hpp ----
+// ---- begin ftune/heads/question_answering.hpp ----
+// heads::question_answering: a start and an end logit per token (qa_outputs), as Transformers'
+// BertForQuestionAnswering; trained with the mean of the start and end cross-entropies, decoded
+// to answer spans over overlapping windows (qa/spans.hpp: qa::best_answers).
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace heads {
+
+/// Start and end logits (B, T, 2) of every token from hidden states (B, T, C): qa_outputs
+/// ("qa_outputs", (2, C)); [..., 0] is the start logit, [..., 1] the end logit. No pooler.
+template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
+class question_answering {
+  public:
+    using value_type = T;                                              ///< scalar type
+    using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
+    using output_view = view<const T, shape<dynamic, dynamic, 2>, D>;  ///< logits (B, T, 2)
+    static constexpr std::string_view architecture_suffix =
+        "ForQuestionAnswering";                      ///< after the family's name in config.json
+    static constexpr bool first_token_only = false;  ///< reads every position
+    static constexpr bool labels_per_token = false;  ///< labels {start, end} per window
+    static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
+
+    layers::linear<T, C, 2, D> qa_outputs;  ///< "qa_outputs" (2, C)
+
+    /// A zero-initialized head for configuration c (num_labels is ignored: always 2).
+    template <class Config>
+    explicit question_answering(const Config& c) : qa_outputs(c.hidden_size, 2) {}
+
+    /// Start and end logits (B, T, 2) from the hidden states h (B, T, C).
+    template <class Backbone>
+    output_view forward(context& ctx, Backbone&, hidden_view h) {
+        B_ = h.extent(0), T_ = h.extent(1);
+        const auto y = qa_outputs.forward(ctx, {h.data(), B_ * T_, h.extent(2)});  // (N, 2)
+        return {y.data(), B_, T_, 2};
+    }
+
+    /// Accumulates the head's gradients from d logits (B, T, 2); returns d hidden (B, T, C).
+    template <class Backbone>
+    hidden_view backward(context& ctx, Backbone& backbone, output_view d_logits) {
+        const std::size_t N = B_ * T_, Cn = backbone.hidden_size();
+        d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
+        d_hidden_.fill(T(0));
+        qa_outputs.backward(ctx, {d_logits.data(), N, 2}, {d_hidden_.data(), N, Cn});
+        return d_hidden_.view();
+    }
+
+    /// Packs qa_outputs' weight for inference.
+    void prepare_inference(precision p = precision::fp32) { qa_outputs.prepare_inference(p); }
+    /// Sets the head's gradients to zero.
+    void zero_grad() { qa_outputs.zero_grad(); }
+    /// Visits "qa_outputs.*" under prefix.
+    template <class Fn>
+    void visit_parameters(std::string_view prefix, std::string_view, Fn&& f) {
+        qa_outputs.visit_parameters(join_name(prefix, "qa_outputs"), f);
+    }
+
+    // --- the task: loss and evaluation (decoding: qa::best_answers) ---------------------------
+
+    /// Options of the training loss (label smoothing, class weights over positions).
+    void set_loss_options(const loss::cross_entropy_options& o) { ce_.options = o; }
+
+    /// The denominator of the batch's mean loss: the windows whose start counts (start and end
+    /// are both positions of the window, so both means have it).
+    double loss_weight(const train::batch& b) const {
+        double n = 0;
+        for (std::size_t r = 0; 2 * r < b.labels.size() && r < b.B; ++r)
+            n += b.labels[2 * r] != ce_.options.ignore_index;
+        return n;
+    }
+
+    /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
+    /// 2) += scale * its gradient.
+    double loss(output_view y, const train::batch& b, T* d, T scale) {
+        return span_loss(ce_, y, b, d, scale);
+    }
+
+    /// Adds a batch's loss per window and the windows with both ends right to e.
+    void score(output_view y, const train::batch& b, train::evaluation& e,
+               const std::vector<std::string>&) {
+        loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
+        const double l = span_loss(ce, y, b, nullptr, T(0));
+        e.running.loss += l * double(b.B), e.running.weight += double(b.B);
+        for (std::size_t r = 0; r < b.B; ++r) {  // both ends right
+            std::size_t s = 0, en = 0;
+            for (std::size_t t = 1; t < b.T; ++t) {
+                if (y(r, t, 0) > y(r, s, 0)) s = t;
+                if (y(r, t, 1) > y(r, en, 1)) en = t;
+            }
+            e.running.correct +=
+                double(token_id(s) == b.labels[2 * r] && token_id(en) == b.labels[2 * r + 1]);
+        }
+    }
+
+    /// Turns the running sums into the report: loss per window, span accuracy; the metric is
+    /// −loss (SQuAD exact match and F1 come from train::evaluate_squad).
+    void finish(train::evaluation& e) const { detail::finish_by_loss(e); }
+
+    /// The name of the selection metric.
+    std::string metric_name() const { return "-loss"; }
+
+    /// The evaluation report of windows: the metric and the loss (SQuAD exact match and F1 over
+    /// questions: train::evaluate_squad).
+    std::string report(const train::evaluation& e, const std::vector<std::string>&) const {
+        return ftune::detail::cat(metric_name(), " ", e.metric, ", loss ", e.loss, "\n");
+    }
+
+  private:
+    // The mean of the start and end cross-entropies over every position (padding included, as
+    // BertForQuestionAnswering); with d, d (B, T, 2) += scale * its gradient.
+    double span_loss(loss::cross_entropy<T>& ce, output_view y, const train::batch& b, T* d,
+                     T scale) {
+        const std::size_t B = b.B, L = b.T;
+        z_.resize(2 * B * L), y_.resize(2 * B), dz_.assign(2 * B * L, T(0));
+        for (std::size_t r = 0; r < B; ++r) {
+            for (std::size_t t = 0; t < L; ++t)  // (2, B, T): start logits, then end logits
+                z_[r * L + t] = y(r, t, 0), z_[(B + r) * L + t] = y(r, t, 1);
+            y_[r] = b.labels[2 * r], y_[B + r] = b.labels[2 * r + 1];
+        }
+        double total = 0;
+        for (std::size_t k = 0; k < 2; ++k) {
+            total += double(ce.forward({z_.data() + k * B * L, B, L}, {y_.data() + k * B, B}));
+            if (d) ce.backward({dz_.data() + k * B * L, B, L}, T(0.5) * scale);
+        }
+        if (d)
+            for (std::size_t r = 0; r < B; ++r)
+                for (std::size_t t = 0; t < L; ++t)
+                    d[(r * L + t) * 2] += dz_[r * L + t],
+                        d[(r * L + t) * 2 + 1] += dz_[(B + r) * L + t];
+        return total / 2;
+    }
+
+    std::size_t B_ = 0, T_ = 0;                          // the last forward's batch, length
+    buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
+    loss::cross_entropy<T> ce_;                          // the training loss
+    std::vector<T> z_, dz_;    // start and end logits (2, B, T) and their gradient
+    std::vector<token_id> y_;  // start and end labels (2, B)
+};
+
+}  // namespace heads
+FTUNE_NAMESPACE_END
+// ---- end ftune/heads/question_answering.hpp ----
+// ---- begin ftune/heads/sequence_classification.hpp ----
+// heads::sequence_classification: one output row per sequence from its first token ([CLS]):
+// pooler -> dropout -> classifier, as Transformers' BertForSequenceClassification. The problem
+// type (single-label, multi-label, regression) picks the loss, the decoding and the report at run
+// time, as Transformers' config.problem_type does.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <string_view>
+#include <vector>
+
 
 FTUNE_NAMESPACE_BEGIN
 namespace heads {
@@ -11598,7 +11944,9 @@ class task_model {
                     ctx, backbone,
                     backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));
         const auto h = backbone.forward(ctx, ids, attention_mask, token_types);
-        if constexpr (requires { head.forward(ctx, backbone, h, attention_mask); })
+        if constexpr (requires { head.forward(ctx, backbone, h, attention_mask, ids); })
+            return head.forward(ctx, backbone, h, attention_mask, ids);  // finds marker tokens
+        else if constexpr (requires { head.forward(ctx, backbone, h, attention_mask); })
             return head.forward(ctx, backbone, h, attention_mask);  // reads the last tokens
         else
             return head.forward(ctx, backbone, h);
@@ -11734,6 +12082,12 @@ using question_answering = with_head<heads::question_answering, Encoder>;
 /// embeddings.
 template <class Encoder = encoder<float>>
 using masked_lm = with_head<heads::masked_lm, Encoder>;
+
+/// Relation classification between two marked entities (R-BERT style, no Transformers class):
+/// logits (B, num_labels) = classifier(dropout([h_[CLS]; h_<e1>; h_<e2>])); load_hf adds the
+/// entity markers to the tokenizer and the token table (io::add_entity_markers).
+template <class Encoder = encoder<float>>
+using relation_classifier = with_head<heads::entity_relation, Encoder>;
 
 }  // namespace bert
 FTUNE_NAMESPACE_END

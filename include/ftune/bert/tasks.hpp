@@ -6,6 +6,7 @@
 //   token_classifier         BertForTokenClassification       dropout -> classifier per token
 //   question_answering       BertForQuestionAnswering         qa_outputs: start, end per token
 //   masked_lm                BertForMaskedLM                  transform -> tied decoder + bias
+//   relation_classifier      (ftune's) ...ForRelation...      [CLS], <e1>, <e2> -> classifier
 //
 // Each is parameterized by its encoder type (bert::encoder<T> or bert::Encoder<dims>), built from
 // a bert::config, and has forward(ctx, ids, attention_mask, token_types) -> outputs,
@@ -15,6 +16,7 @@
 #pragma once
 
 #include "ftune/heads/base_model.hpp"
+#include "ftune/heads/entity_relation.hpp"
 #include "ftune/heads/masked_lm.hpp"
 #include "ftune/heads/question_answering.hpp"
 #include "ftune/heads/sequence_classification.hpp"
@@ -54,6 +56,12 @@ using question_answering = with_head<heads::question_answering, Encoder>;
 /// embeddings.
 template <class Encoder = encoder<float>>
 using masked_lm = with_head<heads::masked_lm, Encoder>;
+
+/// Relation classification between two marked entities (R-BERT style, no Transformers class):
+/// logits (B, num_labels) = classifier(dropout([h_[CLS]; h_<e1>; h_<e2>])); load_hf adds the
+/// entity markers to the tokenizer and the token table (io::add_entity_markers).
+template <class Encoder = encoder<float>>
+using relation_classifier = with_head<heads::entity_relation, Encoder>;
 
 }  // namespace bert
 FTUNE_NAMESPACE_END

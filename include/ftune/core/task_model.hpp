@@ -76,7 +76,9 @@ class task_model {
                     ctx, backbone,
                     backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));
         const auto h = backbone.forward(ctx, ids, attention_mask, token_types);
-        if constexpr (requires { head.forward(ctx, backbone, h, attention_mask); })
+        if constexpr (requires { head.forward(ctx, backbone, h, attention_mask, ids); })
+            return head.forward(ctx, backbone, h, attention_mask, ids);  // finds marker tokens
+        else if constexpr (requires { head.forward(ctx, backbone, h, attention_mask); })
             return head.forward(ctx, backbone, h, attention_mask);  // reads the last tokens
         else
             return head.forward(ctx, backbone, h);

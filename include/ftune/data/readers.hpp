@@ -45,7 +45,7 @@ struct table_options {
     char delimiter = 0;         ///< 0: TAB for .tsv, ',' otherwise
     std::string text_column;    ///< "" : sentence, text or text_a
     std::string pair_column;    ///< "" : text_b or sentence2 when present
-    std::string label_column;   ///< "" : label, labels, category or intent
+    std::string label_column;   ///< "" : label, labels, category, intent or relation
     bool require_label = true;  ///< false: a file without a label column is accepted
 };
 
@@ -179,11 +179,12 @@ inline text_dataset parse_table(std::string_view contents, const std::string& wh
         throw error(errc::parse, where + ":1",
                     "no text column (sentence, text or text_a) in the header: " + columns);
     const auto pair = find(o.pair_column, {"text_b", "sentence2"});
-    const auto label = find(o.label_column, {"label", "labels", "category", "intent"});
+    const auto label = find(o.label_column, {"label", "labels", "category", "intent", "relation"});
     if (!label && o.require_label)
         throw error(
             errc::parse, where + ":1",
-            "no label column (label, labels, category or intent) in the header: " + columns);
+            "no label column (label, labels, category, intent or relation) in the header: " +
+                columns);
     text_dataset d;
     d.path = where;
     d.pairs = pair.has_value();

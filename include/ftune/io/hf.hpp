@@ -626,6 +626,19 @@ inline hf_tokenizer_config parse_hf_tokenizer_config(std::string_view text,
           std::pair{"sep_token", &c.options.sep}, std::pair{"pad_token", &c.options.pad},
           std::pair{"mask_token", &c.options.mask}})
         if (j.contains(key) && j[key].is_string()) *field = j[key].get<std::string>();
+    // added special tokens: extra_special_tokens (Transformers 5) or additional_special_tokens,
+    // as strings or {"content": ...}
+    for (const char* key : {"extra_special_tokens", "additional_special_tokens"})
+        if (j.contains(key) && j[key].is_array() && c.options.extra_special_tokens.empty())
+            for (const auto& t : j[key]) {
+                if (t.is_string())
+                    c.options.extra_special_tokens.push_back(t.get<std::string>());
+                else if (t.is_object() && t.contains("content") && t["content"].is_string())
+                    c.options.extra_special_tokens.push_back(t["content"].get<std::string>());
+                else
+                    throw error(errc::parse, where + ": " + key,
+                                "an entry that is neither a string nor {\"content\": ...}");
+            }
     // a decoder's special tokens (strings or {"content": ...}) and chat template (a string, or
     // named templates of which "default" is used)
     auto token = [&](const char* key) -> std::string {
@@ -923,6 +936,77 @@ void init_hf_parameter(parameter_ref<T>& p, double std, std::uint64_t seed, std:
     }
 }
 
+/// Grows the token table of model's backbone to `rows` rows (nothing when it has as many):
+/// each new row is the mean of the old rows, as Transformers' resize_token_embeddings
+/// (mean_resizing draws them from a normal around that mean with 1e-9 times the rows'
+/// covariance, a negligible spread). Returns the number of rows added. The model's config is
+/// not touched (add_entity_markers updates it); heads with vocabulary-sized outputs (masked or
+/// causal LM) are not resized and are refused.
+template <class Model>
+std::size_t resize_token_embeddings(Model& model, std::size_t rows) {
+    using T = typename Model::value_type;
+    if constexpr (
+        requires { Model::head_type::ties_input_embeddings; } ||
+        requires { model.head.vocab_size(); })
+        throw error(errc::unsupported, "resize_token_embeddings",
+                    "the head's outputs are vocabulary-sized; resize a classifier model");
+    auto& w = model.backbone.input_embeddings();  // (V, C)
+    const std::size_t V = w.value.extent(0), Cn = w.value.extent(1);
+    if (rows <= V) return 0;
+    if (V == 0)
+        throw error(errc::invalid_argument, "resize_token_embeddings",
+                    "the token table is empty: load the weights first");
+    std::vector<T> old(w.value.data(), w.value.data() + V * Cn);
+    std::vector<double> mean(Cn, 0.0);
+    for (std::size_t v = 0; v < V; ++v)
+        for (std::size_t c = 0; c < Cn; ++c) mean[c] += double(old[v * Cn + c]);
+    w.value.resize(shape<dynamic, Model::backbone_type::hidden_extent>(rows, Cn));
+    std::copy(old.begin(), old.end(), w.value.data());
+    for (std::size_t v = V; v < rows; ++v)
+        for (std::size_t c = 0; c < Cn; ++c) w.value.data()[v * Cn + c] = T(mean[c] / double(V));
+    if (w.grad.data()) {
+        w.grad.resize(w.value.shape());
+        w.grad.fill(T(0));
+    }
+    return rows - V;
+}
+
+/// The entity markers of relation classification: "<e1>", "</e1>", "<e2>", "</e2>" (the
+/// SemEval-2010 Task 8 release's tags).
+inline std::vector<std::string> default_entity_markers() {
+    return {"<e1>", "</e1>", "<e2>", "</e2>"};
+}
+
+/// Readies a model with an entity-relation head (bert::relation_classifier): the four markers
+/// (open and close entity 1, open and close entity 2) become special tokens of the tokenizer, the
+/// token table gets a row for each new one (resize_token_embeddings), config.json records
+/// vocab_size and "entity_markers", and the head learns the ids of the two opening markers
+/// and the label names.
+/// load_hf calls it for such models (with config.json's "entity_markers", or the defaults), so
+/// a saved relation model loads ready; calling it again changes nothing.
+template <class Model>
+void add_entity_markers(hf_model<Model>& m,
+                        const std::vector<std::string>& markers = default_entity_markers()) {
+    if (markers.size() != 4)
+        throw error(errc::invalid_argument, "entity_markers",
+                    ftune::detail::cat(markers.size(),
+                                       " markers; give 4: open and close entity 1, "
+                                       "open and close entity 2"));
+    if (!m.tokenizer)
+        throw error(errc::invalid_argument, "add_entity_markers",
+                    "the model has no tokenizer to add the entity markers to");
+    m.tokenizer->add_special_tokens(markers);
+    const std::size_t rows = m.tokenizer->vocab().size();
+    resize_token_embeddings(m.model, rows);
+    m.config.model.vocab_size = std::max(m.config.model.vocab_size, rows);
+    m.config.json["entity_markers"] = markers;
+    if constexpr (requires { m.model.head.entity_starts; }) {
+        m.model.head.entity_starts = {*m.tokenizer->vocab().find(markers[0]),
+                                      *m.tokenizer->vocab().find(markers[2])};
+        m.model.head.label_names = m.config.id2label;  // the same on every rank
+    }
+}
+
 /// Loads a Hugging Face model directory (config.json, model.safetensors, vocab.txt or
 /// tokenizer.json, tokenizer_config.json) into Model, e.g. bert::sequence_classifier<> or
 /// bert::token_classifier<bert::Encoder<dims{384, 12, 1536}>>. Every weight's shape is checked
@@ -1028,6 +1112,19 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
         init_hf_parameter(p, cfg.model.initializer_range, options.seed, stream);
         m.report.initialized.push_back(p.name);
     });
+    if constexpr (requires { m.model.head.entity_starts; })  // a relation head: its markers
+        if (m.tokenizer) {
+            auto markers = default_entity_markers();
+            if (const auto& j = m.config.json; j.contains("entity_markers")) {
+                const auto& e = j["entity_markers"];
+                if (!e.is_array() || e.size() != 4 ||
+                    !std::all_of(e.begin(), e.end(), [](const auto& x) { return x.is_string(); }))
+                    throw error(errc::parse, (dir / "config.json").string() + ": entity_markers",
+                                "expected 4 strings (open and close entity 1, then entity 2)");
+                markers = e.template get<std::vector<std::string>>();
+            }
+            add_entity_markers(m, markers);
+        }
     return m;
 }
 
@@ -1050,6 +1147,7 @@ inline std::vector<std::pair<std::string, std::string>> tokenizer_files(
                         {"clean_up_tokenization_spaces", true}};
     t["strip_accents"] = o.strip_accents ? nlohmann::json(*o.strip_accents) : nullptr;
     t["model_max_length"] = model_max_length;
+    if (!o.extra_special_tokens.empty()) t["additional_special_tokens"] = o.extra_special_tokens;
     return {{"vocab.txt", vocab}, {"tokenizer_config.json", t.dump(2) + "\n"}};
 }
 /// The tokenizer files of a decoder's directory: tokenizer.json (text::bpe_tokenizer_json) and

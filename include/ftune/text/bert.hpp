@@ -5,7 +5,8 @@
 //   auto tok = ftune::text::bert_tokenizer::from_vocab("vocab.txt", {.lowercase = true});
 //   auto enc = tok.encode("Hello, world!");  // enc.ids = [CLS] hello , world ! [SEP]
 //
-// The pipeline, per text: split out special-token literals ([CLS], [SEP], [PAD], [UNK], [MASK]);
+// The pipeline, per text: split out special-token literals ([CLS], [SEP], [PAD], [UNK], [MASK],
+// and added ones such as <e1>);
 // clean (drop NUL, U+FFFD and control characters, map whitespace to spaces); surround CJK
 // ideographs with spaces; NFC; split on whitespace; per word lower-case (Python's str.lower,
 // final sigma included) and strip accents (NFD, drop Mn) when lower-casing; split on punctuation
@@ -104,6 +105,10 @@ struct bert_options {
     std::size_t max_input_chars_per_word = 100;  ///< longer words become [UNK]
     std::string unk = "[UNK]", cls = "[CLS]", sep = "[SEP]", pad = "[PAD]",
                 mask = "[MASK]";  ///< special tokens
+    /// More special tokens, matched whole in the raw text wherever they occur (Transformers'
+    /// additional_special_tokens / extra_special_tokens: entity markers such as "<e1>"); one
+    /// missing from the vocabulary gets the next id.
+    std::vector<std::string> extra_special_tokens;
 };
 
 /// One token of an encoding, with where it came from.
@@ -382,17 +387,44 @@ class bert_tokenizer {
         continuation_.freeze();
         unk_ = need(opt_.unk), cls_ = need(opt_.cls), sep_ = need(opt_.sep);
         pad_ = need(opt_.pad), mask_ = need(opt_.mask);
-        specials_ = {{{opt_.cls, cls_},
-                      {opt_.sep, sep_},
-                      {opt_.pad, pad_},
-                      {opt_.unk, unk_},
-                      {opt_.mask, mask_}}};
+        for (auto [t, id] :
+             {std::pair{&opt_.cls, cls_}, std::pair{&opt_.sep, sep_}, std::pair{&opt_.pad, pad_},
+              std::pair{&opt_.unk, unk_}, std::pair{&opt_.mask, mask_}})
+            add_literal(*t, id);
+        auto extra = std::move(opt_.extra_special_tokens);
+        opt_.extra_special_tokens.clear();
+        add_special_tokens(extra);
         strip_accents_ = opt_.strip_accents.value_or(opt_.lowercase);
     }
 
     /// A tokenizer reading vocab.txt.
     static bert_tokenizer from_vocab(const std::filesystem::path& path, bert_options options = {}) {
         return bert_tokenizer(vocabulary::from_file(path), std::move(options));
+    }
+
+    /// Adds special tokens (Transformers'
+    /// tokenizer.add_special_tokens({"additional_special_tokens":
+    /// ...})): each is matched whole wherever it occurs in the raw text (case as written), and
+    /// one that is not in the vocabulary gets the next id. Returns how many ids were added (the
+    /// rows a model's token table needs more). Not thread-safe: call it before tokenizing.
+    std::size_t add_special_tokens(const std::vector<std::string>& tokens) {
+        const std::size_t before = vocab_.size();
+        for (const auto& t : tokens) {
+            if (t.empty() || !valid_utf8(t))
+                throw error(errc::invalid_argument, "bert_tokenizer::add_special_tokens",
+                            "\"" + t + "\": a special token is non-empty valid UTF-8");
+            if (std::find(opt_.extra_special_tokens.begin(), opt_.extra_special_tokens.end(), t) !=
+                opt_.extra_special_tokens.end())
+                continue;
+            auto id = vocab_.find(t);
+            if (!id) {
+                vocab_.add(t);
+                id = std::int32_t(vocab_.size() - 1);
+            }
+            opt_.extra_special_tokens.push_back(t);
+            add_literal(t, *id);
+        }
+        return vocab_.size() - before;
     }
 
     /// The vocabulary.
@@ -414,7 +446,7 @@ class bert_tokenizer {
     /// (numbered from first_word).
     void tokenize(std::string_view text, std::vector<token_info>& out,
                   std::int32_t first_word = 0) const {
-        if (plain_ascii(text)) {  // most English text: no decoding, no Unicode tables
+        if (!word_literals_ && plain_ascii(text)) {  // most English text: no Unicode tables
             tokenize_ascii(text, first_word, out);
             return;
         }
@@ -644,7 +676,7 @@ class bert_tokenizer {
                 continue;
             }
             if (cls & 4) {  // punctuation: a word of its own, or a special-token literal
-                if (c == '[') {
+                if (literal_first_[c]) {
                     std::int32_t id = -1;
                     if (const std::size_t len = special_at_ascii(t, i, id)) {
                         const auto b = std::uint32_t(i), e = std::uint32_t(i + len);
@@ -704,11 +736,12 @@ class bert_tokenizer {
     }
 
     // length of the special-token literal at t[i] (0: none); its id in `id`
+    // (the longest literal that matches, as Transformers' added-token matching)
     std::size_t special_at_ascii(std::string_view t, std::size_t i, std::int32_t& id) const {
-        for (const auto& [s, sid] : specials_)
-            if (t.substr(i, s.size()) == s) {
-                id = sid;
-                return s.size();
+        for (const auto& l : specials_)
+            if (t.substr(i, l.text.size()) == l.text) {
+                id = l.id;
+                return l.text.size();
             }
         return 0;
     }
@@ -716,18 +749,51 @@ class bert_tokenizer {
     // length of the special-token literal starting at cps[i] (0: none); its id in `id`
     std::size_t special_at(const std::vector<char32_t>& cps, std::size_t i,
                            std::int32_t& id) const {
-        if (cps[i] != '[') return 0;
-        for (const auto& [s, sid] : specials_) {
-            if (s.size() > cps.size() - i) continue;
-            bool match = true;
-            for (std::size_t k = 0; k < s.size() && match; ++k)
-                match = cps[i + k] == char32_t(static_cast<unsigned char>(s[k]));
-            if (match) {
-                id = sid;
-                return s.size();
+        if (cps[i] < 0x80 ? !literal_first_[cps[i]] : !non_ascii_literals_) return 0;
+        for (const auto& l : specials_) {
+            if (l.cps.size() > cps.size() - i) continue;
+            if (std::equal(l.cps.begin(), l.cps.end(), cps.begin() + std::ptrdiff_t(i))) {
+                id = l.id;
+                return l.cps.size();
             }
         }
         return 0;
+    }
+
+    // whether s is well-formed UTF-8
+    static bool valid_utf8(std::string_view s) {
+        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
+        for (std::size_t i = 0; i < s.size();) {
+            utf8proc_int32_t c = 0;
+            const auto n = utf8proc_iterate(p + i, utf8proc_ssize_t(s.size() - i), &c);
+            if (n <= 0) return false;
+            i += std::size_t(n);
+        }
+        return true;
+    }
+
+    // Makes `text` a literal kept whole with id `id`; literals stay sorted longest first.
+    void add_literal(const std::string& text, std::int32_t id) {
+        literal l{text, {}, id};
+        const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+        for (std::size_t i = 0; i < text.size();) {
+            utf8proc_int32_t c = 0;
+            const auto n = utf8proc_iterate(p + i, utf8proc_ssize_t(text.size() - i), &c);
+            l.cps.push_back(n > 0 ? char32_t(c) : char32_t(0xFFFD));
+            i += n > 0 ? std::size_t(n) : 1;
+        }
+        const auto first = static_cast<unsigned char>(text.empty() ? 0 : text[0]);
+        if (first < 0x80) {
+            literal_first_[first] = true;
+            // a literal starting inside a word (a letter, digit, space) needs the general path
+            if (!(detail::ascii.bits[first] & 4)) word_literals_ = true;
+        } else {
+            non_ascii_literals_ = true;
+        }
+        const auto at = std::find_if(specials_.begin(), specials_.end(), [&](const literal& o) {
+            return o.text.size() < l.text.size();
+        });
+        specials_.insert(at, std::move(l));
     }
 
     // Tokenizes cps[begin, end) (no special literals inside) into out.
@@ -978,7 +1044,15 @@ class bert_tokenizer {
     detail::piece_trie continuation_;  // "##x" pieces keyed by "x"
     bert_options opt_;
     bool strip_accents_ = true;
-    std::array<std::pair<std::string, std::int32_t>, 5> specials_;  // literals kept whole
+    struct literal {
+        std::string text;      // as written (UTF-8)
+        std::u32string cps;    // its code points
+        std::int32_t id = -1;  // its token id
+    };
+    std::vector<literal> specials_;          // literals kept whole, the longest first
+    std::array<bool, 128> literal_first_{};  // ASCII bytes that start a literal
+    bool word_literals_ = false;             // a literal starts with a non-punctuation ASCII byte
+    bool non_ascii_literals_ = false;        // a literal starts with a non-ASCII code point
     std::int32_t unk_ = 0, cls_ = 0, sep_ = 0, pad_ = 0, mask_ = 0;
 };
 

@@ -105,6 +105,37 @@ inline bert_tokenizer tokenizer_from_json(const nlohmann::json& j, const std::st
             if (n.contains("strip_accents") && n["strip_accents"].is_boolean())
                 opt.strip_accents = n["strip_accents"].get<bool>();
         }
+        // added tokens (the specials, and any added since: entity markers) are matched whole;
+        // one outside model.vocab must take the next id
+        if (j.contains("added_tokens") && j["added_tokens"].is_array())
+            for (const auto& t : j["added_tokens"]) {
+                if (!t.is_object() || !t.contains("content") || !t["content"].is_string() ||
+                    !t.contains("id") || !t["id"].is_number_integer())
+                    throw bad("added_tokens", "an entry without a string content and an id");
+                const auto content = t["content"].get<std::string>();
+                const auto id = t["id"].get<long long>();
+                if (const auto known = v.find(content)) {
+                    if (*known != id)
+                        throw bad(
+                            "added_tokens." + content,
+                            ftune::detail::cat("id ", id, " but the vocabulary has ", *known));
+                } else if (id != static_cast<long long>(v.size())) {
+                    throw bad("added_tokens." + content,
+                              ftune::detail::cat("id ", id, " is not the next id ", v.size()));
+                }
+                if (t.value("single_word", false) || t.value("lstrip", false) ||
+                    t.value("rstrip", false))
+                    throw bad("added_tokens." + content,
+                              "single_word, lstrip and rstrip are not supported");
+                if (!t.value("special", false) && t.value("normalized", true))
+                    throw bad("added_tokens." + content,
+                              "a normalized added token that is not special is not supported");
+                if (content != opt.unk && content != opt.cls && content != opt.sep &&
+                    content != opt.pad && content != opt.mask) {
+                    if (!v.find(content)) v.add(content);
+                    opt.extra_special_tokens.push_back(content);
+                }
+            }
         return bert_tokenizer(std::move(v), std::move(opt));
     });
 }
