@@ -92,7 +92,7 @@ hurt_a_rank() {
     rm -rf "$work/hang"
     mpi 2 "$ftune" "${many[@]}" >/dev/null 2>"$work/$what.err" &
     job=$!
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 1200); do  # up to 2 minutes: startup is slow on a loaded machine
         [[ -f $work/hang/checkpoint/trainer_state.json ]] && break
         sleep 0.1
     done
