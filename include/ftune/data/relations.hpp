@@ -18,6 +18,12 @@
 FTUNE_NAMESPACE_BEGIN
 namespace data {
 
+/// The entity markers of relation extraction, open and close entity 1 then entity 2: "<e1>",
+/// "</e1>", "<e2>", "</e2>" (the SemEval-2010 Task 8 release's tags).
+inline std::vector<std::string> default_entity_markers() {
+    return {"<e1>", "</e1>", "<e2>", "</e2>"};
+}
+
 /// Parses SemEval-2010 Task 8's release format: per example a line `<id><TAB>"<sentence>"`, a
 /// line with the relation, a line `Comment: ...`, then a blank line (CRLF or LF line ends; the
 /// last blank line may be missing). The text is the sentence without its enclosing quotes, the
@@ -74,8 +80,8 @@ inline text_dataset read_semeval2010(const std::filesystem::path& path) {
 /// Checks that each row's text marks its two entities with `markers` (open and close entity 1,
 /// open and close entity 2): each marker exactly once, each entity opened before it is closed and
 /// not empty. Throws ftune::error naming the row's file:line and what is wrong.
-inline void check_entity_markers(const text_dataset& d, const std::vector<std::string>& markers = {
-                                                            "<e1>", "</e1>", "<e2>", "</e2>"}) {
+inline void check_entity_markers(
+    const text_dataset& d, const std::vector<std::string>& markers = default_entity_markers()) {
     if (markers.size() != 4)
         throw error(errc::invalid_argument, "entity markers",
                     ftune::detail::cat(markers.size(), " markers; give 4"));

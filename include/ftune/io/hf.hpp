@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ftune/data/relations.hpp"
 #include "ftune/io/safetensors.hpp"
 #include "ftune/bert/tasks.hpp"
 #include "ftune/gpt2/tasks.hpp"
@@ -971,12 +972,6 @@ std::size_t resize_token_embeddings(Model& model, std::size_t rows) {
     return rows - V;
 }
 
-/// The entity markers of relation classification: "<e1>", "</e1>", "<e2>", "</e2>" (the
-/// SemEval-2010 Task 8 release's tags).
-inline std::vector<std::string> default_entity_markers() {
-    return {"<e1>", "</e1>", "<e2>", "</e2>"};
-}
-
 /// Readies a model with an entity-relation head (bert::relation_classifier): the four markers
 /// (open and close entity 1, open and close entity 2) become special tokens of the tokenizer, the
 /// token table gets a row for each new one (resize_token_embeddings), config.json records
@@ -986,7 +981,7 @@ inline std::vector<std::string> default_entity_markers() {
 /// a saved relation model loads ready; calling it again changes nothing.
 template <class Model>
 void add_entity_markers(hf_model<Model>& m,
-                        const std::vector<std::string>& markers = default_entity_markers()) {
+                        const std::vector<std::string>& markers = data::default_entity_markers()) {
     if (markers.size() != 4)
         throw error(errc::invalid_argument, "entity_markers",
                     ftune::detail::cat(markers.size(),
@@ -1114,7 +1109,7 @@ hf_model<Model> load_hf(const std::filesystem::path& dir, const load_options& op
     });
     if constexpr (requires { m.model.head.entity_starts; })  // a relation head: its markers
         if (m.tokenizer) {
-            auto markers = default_entity_markers();
+            auto markers = data::default_entity_markers();
             if (const auto& j = m.config.json; j.contains("entity_markers")) {
                 const auto& e = j["entity_markers"];
                 if (!e.is_array() || e.size() != 4 ||

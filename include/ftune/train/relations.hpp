@@ -24,7 +24,7 @@ namespace train {
 inline std::vector<example> encode_relations(
     const text::bert_tokenizer& tok, const data::text_dataset& d,
     const std::vector<std::string>& names, std::size_t max_length,
-    const std::vector<std::string>& markers = {"<e1>", "</e1>", "<e2>", "</e2>"}) {
+    const std::vector<std::string>& markers = data::default_entity_markers()) {
     data::check_entity_markers(d, markers);
     token_id marker[4];
     for (std::size_t k = 0; k < 4; ++k) {
