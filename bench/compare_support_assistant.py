@@ -24,7 +24,9 @@ import json
 import os
 import re
 import subprocess
-import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # smollm2_recipe
 
 
 def spread(path, n):
@@ -48,85 +50,21 @@ def run_ftune(a, seed):
 
 def run_transformers(a, seed):
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments,
-                              set_seed)
+    from smollm2_recipe import encode_chat, fit, greedy, plain_checkpoint, prompt_ids
     torch.set_num_threads(a.threads)
-    # the GGUF dequantized to float32, saved as a plain checkpoint (Trainer refuses to train a
-    # model it still marks as quantized)
-    plain = "/tmp/compare_support_assistant_model"
-    if not os.path.exists(os.path.join(plain, "model.safetensors")):
-        folder, name = os.path.split(os.path.abspath(a.gguf))
-        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(plain)
-        m = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        m.hf_quantizer = None  # dequantized on load: float32 tensors
-        m.save_pretrained(plain)
-        del m
-        with open(os.path.join(plain, "config.json")) as f:
-            config = json.load(f)
-        config.pop("quantization_config", None)  # the weights saved are plain float32
-        with open(os.path.join(plain, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-    tok = AutoTokenizer.from_pretrained(plain)
-    model = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.float32)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def encode(text, intent):
-        prompt = tok.apply_chat_template([{"role": "user", "content": text}],
-                                         add_generation_prompt=True, tokenize=False)
-        full = tok.apply_chat_template([{"role": "user", "content": text},
-                                        {"role": "assistant", "content": intent}], tokenize=False)
-        end = len(full.rstrip("\n "))
-        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
-        labels = [i if len(prompt) <= s < end else -100
-                  for i, (s, _) in zip(enc["input_ids"], enc["offset_mapping"])]
-        return {"input_ids": enc["input_ids"], "labels": labels}
-
-    train = [encode(t, c) for t, c in spread(os.path.join(a.data, "banking77", "train.csv"),
-                                             a.train)]
+    tok, model, pad = plain_checkpoint(a.gguf, "/tmp/compare_support_assistant_model")
+    train = [encode_chat(tok, t, c) for t, c in
+             spread(os.path.join(a.data, "banking77", "train.csv"), a.train)]
     test = spread(os.path.join(a.data, "banking77", "test.csv"), a.test)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}],
-                                       add_generation_prompt=True, tokenize=True) for t, _ in test]
-    prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p
-               for p in prompts]
+    prompts = [prompt_ids(tok, t) for t, _ in test]
     max_new = max(len(tok(c, add_special_tokens=False)["input_ids"]) for _, c in test) + 8
 
     def exact_match():
-        model.eval()
-        tok.padding_side = "left"
-        hits = 0
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        with torch.no_grad():
-            for k in range(0, len(order), 8):
-                idx = order[k:k + 8]
-                batch = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
-                out = model.generate(**batch, max_new_tokens=max_new, do_sample=False,
-                                     pad_token_id=pad)
-                for j, i in enumerate(idx):
-                    reply = tok.decode(out[j, batch["input_ids"].shape[1]:],
-                                       skip_special_tokens=True)
-                    hits += reply.strip() == test[i][1].strip()
-        return hits / len(test)
-
-    def collate(rows):
-        n = max(len(r["input_ids"]) for r in rows)
-        ids = [r["input_ids"] + [pad] * (n - len(r["input_ids"])) for r in rows]
-        labels = [r["labels"] + [-100] * (n - len(r["labels"])) for r in rows]
-        mask = [[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in rows]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask)}
+        replies = greedy(model, tok, pad, prompts, max_new)
+        return sum(r == c.strip() for r, (_, c) in zip(replies, test)) / len(test)
 
     before = float("nan") if a.skip_before else exact_match()
-    set_seed(seed)
-    args = TrainingArguments(
-        output_dir=f"/tmp/compare_support_assistant_{seed}", per_device_train_batch_size=a.batch_size,
-        learning_rate=a.lr, num_train_epochs=a.epochs, lr_scheduler_type="linear",
-        warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0, adam_epsilon=1e-8, seed=seed,
-        train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no", report_to=[],
-        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate)
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
+    seconds = fit(model, pad, train, a, seed, f"/tmp/compare_support_assistant_{seed}")
     return {"before": before, "after": exact_match(), "seconds": seconds}
 
 

@@ -334,6 +334,24 @@ TEST_CASE(
     CHECK(r.rouge_l == 1.0);
     CHECK(r.max_new_tokens == 3 + 8);  // the longest reference's tokens + 8
     CHECK(r.labels.empty());           // 4 distinct replies of 5: free text
+    CHECK(r.most_references == 1);
+    CHECK(r.mean_over_references.rouge_l == 1.0);
+    CHECK(r.best_of_references.rouge1 == 1.0);
+    // several references (DialogSum's test set): "uvt" against "uvt", "uvt x" (ROUGE-1 F 2/3)
+    // and "abc" (0): mean 5/9 for that case; the best is the first; exact if any is
+    auto more = full;
+    more[0].other_references = {"uvt x", "abc"};
+    more[1].other_references = {"x"};
+    more[1].reference = "nope";  // encodable by the letters-only tokenizer (no space)
+    const auto m3 = ftune::train::evaluate_generation(m.model, tok, more, {.batch_size = 2});
+    CHECK(m3.most_references == 3);
+    CHECK(m3.exact_match == Approx(4.0 / 5));  // "srq" is none of "nope", "x"
+    CHECK(m3.mean_over_references.rouge1 == Approx((5.0 / 9 + 0 + 3) / 5));
+    CHECK(m3.best_of_references.rouge1 == Approx(4.0 / 5));
+    CHECK(m3.rouge1 == Approx(4.0 / 5));  // against the first reference only
+    CHECK(m3.labels.empty());
+    CHECK_THAT(m3.text(), Catch::Contains("against up to 3 references a case: mean over them "
+                                          "ROUGE-1 0.711111"));
 }
 
 TEST_CASE("generated replies that are labels: scikit-learn's report, other replies as (other)",

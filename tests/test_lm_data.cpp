@@ -2,8 +2,10 @@
 // file:line errors, and encoded as ids and labels equal to Hugging Face's
 // (tests/reference/lm_data.py): the assistant's turns located by prefix rendering in SmolLM2's
 // template and by {% generation %} blocks (Transformers' assistant mask), prompt-completion as TRL
-// tokenizes it.
+// tokenizes it; summarization data (DialogSum, SAMSum) as chats with all their references.
+#include <ftune/data/summaries.hpp>
 #include <ftune/text/tokenizer_json.hpp>
+#include <ftune/train/generation_eval.hpp>
 #include <ftune/train/lm_batching.hpp>
 
 #include <filesystem>
@@ -132,5 +134,70 @@ TEST_CASE("decoder data: malformed JSON lines are errors naming file:line", "[da
         CHECK_THROWS_WITH(ftune::data::read_jsonl(p), Catch::Contains(message));
     }
     CHECK_THROWS_WITH(ftune::data::read_jsonl("lm_data_cases/missing.jsonl"),
+                      Catch::Contains("cannot open"));
+}
+
+TEST_CASE("summarization data: DialogSum's and SAMSum's JSON lines, as chats with every reference",
+          "[data]") {
+    // DialogSum's train layout (one summary, a topic), its test layout (three), SAMSum's (a
+    // numeric-looking string id, no topic)
+    const std::string text =
+        R"({"fname": "train_0", "dialogue": "#Person1#: Hi.\n#Person2#: Hello.", "summary": "They greet.", "topic": "greeting"})"
+        "\n\n"
+        R"({"fname": "test_0", "dialogue": "#Person1#: Bye.", "summary1": "A", "topic1": "t", "summary2": "B", "topic2": "t", "summary3": "C"})"
+        "\n"
+        R"({"id": 13818513, "dialogue": "Amanda: cookies?", "summary": "Amanda baked cookies."})"
+        "\n";
+    const auto d = ftune::data::parse_summaries(text, "dialogsum.jsonl");
+    REQUIRE(d.rows.size() == 3);
+    CHECK(d.rows[0].id == "train_0");
+    CHECK(d.rows[0].text == "#Person1#: Hi.\n#Person2#: Hello.");
+    CHECK(d.rows[0].summaries == std::vector<std::string>{"They greet."});
+    CHECK(d.rows[0].topic == "greeting");
+    CHECK(d.rows[1].summaries == std::vector<std::string>{"A", "B", "C"});
+    CHECK(d.rows[1].topic == "t");
+    CHECK(d.rows[1].line == 3);
+    CHECK(d.rows[2].id == "13818513");
+    CHECK(d.rows[2].topic.empty());
+    // as chats: the instruction and the dialogue, then the first reference; the others kept
+    const auto chats = ftune::data::summary_chats(d, 2, "Summarize:");
+    REQUIRE(chats.rows.size() == 2);
+    CHECK(chats.rows[1].line == 3);  // rows 0 and 1 * 3 / 2 = 1
+    CHECK(chats.rows[1].messages[0].content == "Summarize:\n\n#Person1#: Bye.");
+    CHECK(chats.rows[1].messages[1].role == "assistant");
+    CHECK(chats.rows[1].messages[1].content == "A");
+    CHECK(chats.rows[1].first_trained == 1);
+    CHECK(chats.rows[1].other_references == std::vector<std::string>{"B", "C"});
+    CHECK(chats.rows[0].other_references.empty());
+    CHECK(ftune::data::summary_chats(d).rows.size() == 3);
+    // the three references reach the generation cases
+    const auto tok = smollm_tokenizer();
+    const ftune::text::chat_template tmpl(expected()["smollm2_template"].get<std::string>());
+    const auto cases = ftune::train::generation_cases(tok, chats, &tmpl);
+    REQUIRE(cases.size() == 2);
+    CHECK(cases[1].reference == "A");
+    CHECK(cases[1].other_references == std::vector<std::string>{"B", "C"});
+}
+
+TEST_CASE("summarization data: malformed lines are errors naming file:line", "[data]") {
+    const std::string good = R"({"dialogue": "a", "summary": "b"})";
+    const std::pair<std::string, std::string> cases[] = {
+        {good + "\n{not json\n", "sum.jsonl:2"},
+        {"[1, 2]\n", "not a JSON object"},
+        {R"({"summary": "b"})", "needs the text to summarize"},
+        {R"({"dialogue": "", "summary": "b"})", "needs the text to summarize"},
+        {R"({"dialogue": 3, "summary": "b"})", "\"dialogue\" must be a string"},
+        {R"({"dialogue": "a"})", "needs a reference summary"},
+        {R"({"dialogue": "a", "summary2": "b"})", "needs a reference summary"},
+        {R"({"dialogue": "a", "summary1": "b", "summary2": " "})", "reference summary 2 is empty"},
+        {R"({"dialogue": "a", "summary": ["b"]})", "\"summary\" must be a string"},
+        {R"({"dialogue": "a", "summary": "b", "fname": {}})", "\"fname\" must be a string"},
+        {"\n  \n", "no examples"}};
+    for (const auto& [text, message] : cases) {
+        INFO(text);
+        CHECK_THROWS_WITH(ftune::data::parse_summaries(text, "sum.jsonl"),
+                          Catch::Contains(message) && Catch::Contains("sum.jsonl"));
+    }
+    CHECK_THROWS_WITH(ftune::data::read_summaries("lm_data_cases/missing.jsonl"),
                       Catch::Contains("cannot open"));
 }

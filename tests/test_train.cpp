@@ -389,6 +389,39 @@ TEST_CASE("metrics: ROUGE-1, ROUGE-2 and ROUGE-L equal the rouge-score package's
     CHECK_THROWS_WITH(ftune::metrics::rouge_n("a", "a", 0), Catch::Contains("at least 1"));
 }
 
+TEST_CASE(
+    "metrics: ROUGE against several references equals rouge-score's score_multi and the "
+    "mean over them",
+    "[parity]") {
+    // tests/reference/rouge_parity.py: three made-up references in DialogSum's style a case,
+    // against a prediction mixing pieces of them
+    std::ifstream in(fs::path(FTUNE_REFERENCE_DIR) / "rouge_multi.json");
+    const auto cases = nlohmann::json::parse(in);
+    REQUIRE(cases.size() == 24);
+    for (const auto& c : cases) {
+        const auto refs = c["references"].get<std::vector<std::string>>();
+        const std::string pred = c["prediction"];
+        INFO(pred);
+        const auto best = ftune::metrics::rouge_best(refs, pred);
+        const ftune::metrics::rouge_score got[] = {best.rouge1, best.rouge2, best.rouge_l};
+        const char* names[] = {"rouge1", "rouge2", "rougeL"};
+        double mean[3] = {0, 0, 0};
+        for (const auto& ref : refs) {
+            const auto s = ftune::metrics::rouge(ref, pred);
+            mean[0] += s.rouge1.fmeasure / 3, mean[1] += s.rouge2.fmeasure / 3;
+            mean[2] += s.rouge_l.fmeasure / 3;
+        }
+        for (int k = 0; k < 3; ++k) {
+            INFO(names[k]);
+            CHECK(got[k].precision == Approx(double(c["best"][names[k]][0])).margin(1e-12));
+            CHECK(got[k].recall == Approx(double(c["best"][names[k]][1])).margin(1e-12));
+            CHECK(got[k].fmeasure == Approx(double(c["best"][names[k]][2])).margin(1e-12));
+            CHECK(mean[k] == Approx(double(c["mean"][names[k]])).margin(1e-12));
+        }
+    }
+    CHECK_THROWS_WITH(ftune::metrics::rouge_best({}, "a"), Catch::Contains("at least one"));
+}
+
 TEST_CASE("BANKING77, 10 intents: test accuracy within 3 points of PyTorch on the same recipe",
           "[train][accuracy]") {
     // tests/reference/banking_tiny.py: the rows, the recipe, the random model, PyTorch's result

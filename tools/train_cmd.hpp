@@ -17,6 +17,7 @@
 #include <ftune/train/relations.hpp>
 #include <ftune/data/conversations.hpp>
 #include <ftune/data/squad.hpp>
+#include <ftune/data/summaries.hpp>
 #include <ftune/io/gguf_model.hpp>
 #include <ftune/io/hf.hpp>
 #include <ftune/train/generation_eval.hpp>
@@ -582,9 +583,9 @@ inline std::size_t lm_max_length(const train_args& a, std::size_t positions) {
     return std::min(a.max_length_given ? a.max_length : std::size_t(1024), positions);
 }
 
-// A decoder's data file read once: its examples (JSON lines for chat: conversations, or prompts
-// with completions; plain text lines for causal-lm, every token learned) and, for chat, reply
-// cases spread over it.
+// A decoder's data file read once: its examples (JSON lines for chat: conversations, prompts
+// with completions, or summarization data as DialogSum writes it; plain text lines for
+// causal-lm, every token learned) and, for chat, reply cases spread over it.
 struct lm_file {
     std::vector<ftune::train::example> examples;       // ids and labels
     std::vector<ftune::train::generation_case> cases;  // prompts to answer, with references
@@ -605,7 +606,7 @@ lm_file read_lm_file(const Loaded& m, const train_args& a, const std::filesystem
     std::optional<ftune::text::chat_template> tmpl;
     if (!m.tokenizer->settings().chat_template.empty())
         tmpl.emplace(m.tokenizer->settings().chat_template, a.model.string() + " (chat template)");
-    const auto data = ftune::data::read_jsonl(path);
+    const auto data = ftune::data::read_chat_data(path);  // summarization data too
     f.examples = ftune::train::encode(*m.tokenizer, data, tmpl ? &*tmpl : nullptr, o);
     if (cases)
         f.cases = ftune::train::spread_sample(

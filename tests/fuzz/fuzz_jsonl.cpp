@@ -1,8 +1,10 @@
-// libFuzzer target: any bytes given to the decoders' JSON-lines reader (data::parse_jsonl:
-// conversations, prompts with completions) give examples or an ftune::error, never a crash (built
-// with AddressSanitizer and UndefinedBehaviorSanitizer); every conversation has an assistant
-// message to learn from.
+// libFuzzer target: any bytes given to the decoders' JSON-lines readers (data::parse_jsonl:
+// conversations, prompts with completions; data::parse_summaries: DialogSum's and SAMSum's
+// summarization data, then as chats) give examples or an ftune::error, never a crash (built with
+// AddressSanitizer and UndefinedBehaviorSanitizer); every conversation has an assistant message
+// to learn from, every text a non-empty summary.
 #include <ftune/data/conversations.hpp>
+#include <ftune/data/summaries.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +22,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 trained = trained || e.messages[i].role == "assistant";
             if (!trained) __builtin_trap();
         }
+    } catch (const ftune::error&) {
+    }
+    try {
+        const auto d = ftune::data::parse_summaries(text, "fuzz/dialogsum.jsonl");
+        const auto chats = ftune::data::summary_chats(d, 3);
+        if (d.rows.empty() || chats.rows.empty()) __builtin_trap();
+        for (const auto& e : d.rows)
+            if (e.text.empty() || e.summaries.empty() || e.summaries.front().empty())
+                __builtin_trap();
+        for (const auto& c : chats.rows)
+            if (c.messages.size() != 2 || c.messages[1].role != "assistant") __builtin_trap();
     } catch (const ftune::error&) {
     }
     return 0;

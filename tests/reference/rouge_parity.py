@@ -5,7 +5,12 @@ from SST-2 and DialogSum when the data directory is given, for ftune's metrics t
 (tests/test_train.cpp).
 
 Writes tests/reference/fixtures/rouge.json: a list of {"reference", "prediction", "rouge1",
-"rouge2", "rougeL"}, each score [precision, recall, fmeasure].
+"rouge2", "rougeL"}, each score [precision, recall, fmeasure]. Also
+tests/reference/fixtures/rouge_multi.json: made-up summaries in DialogSum's style, three
+references a case against a prediction mixing pieces of them, each with
+RougeScorer.score_multi's scores ("best": per metric the reference with the highest F-measure)
+and the F-measures against each reference averaged over the three ("mean"), as ftune's
+generation report scores several references.
 
 Usage: /tmp/ref/bin/python tests/reference/rouge_parity.py   (needs rouge-score)
 """
@@ -16,6 +21,7 @@ import random
 from rouge_score import rouge_scorer
 
 OUT = pathlib.Path(__file__).resolve().parent / "fixtures" / "rouge.json"
+OUT_MULTI = OUT.parent / "rouge_multi.json"
 
 EDGE = [
     ("card_arrival", "card_arrival"),
@@ -53,6 +59,24 @@ def main():
                     **{k: [v.precision, v.recall, v.fmeasure] for k, v in s.items()}})
     OUT.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(len(out), "pairs")
+    # three made-up references a case, in DialogSum's style, from one pool of words (so that they
+    # overlap the prediction by different amounts), and a prediction mixing them
+    pool = ("#Person1# #Person2# asks tells books a room for two nights the station way to "
+            "shop opens on Sunday morning and is open hours about price rose 3.5% wants "
+            "help find walk blocks turn left, doctor's check-up. Mr. Smith smoke quit").split()
+    multi = []
+    for _ in range(24):
+        refs = [" ".join(rng.choice(pool) for _ in range(rng.randrange(4, 20))) for _ in range(3)]
+        words = rng.choice(refs).split() + [rng.choice(pool) for _ in range(rng.randrange(0, 8))]
+        pred = " ".join(w for w in words if rng.random() < 0.75)
+        best = scorer.score_multi(refs, pred)
+        each = [scorer.score(t, pred) for t in refs]
+        mean = {k: sum(e[k].fmeasure for e in each) / len(each) for k in best}
+        multi.append({"references": refs, "prediction": pred,
+                      "best": {k: [v.precision, v.recall, v.fmeasure] for k, v in best.items()},
+                      "mean": mean})
+    OUT_MULTI.write_text(json.dumps(multi, indent=1, ensure_ascii=False) + "\n")
+    print(len(multi), "predictions against three references")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ struct lm_example {
     std::string prompt;                        ///< the prompt (prompt_completion)
     std::string completion;                    ///< what the model learns to write after it
     std::size_t line = 0;                      ///< 1-based line in the file
+    /// Further acceptable last replies, for evaluation only (e.g. DialogSum's second and third
+    /// reference summaries); training learns the conversation's own reply.
+    std::vector<std::string> other_references;
 };
 
 /// A decoder's examples read from a JSON-lines file.

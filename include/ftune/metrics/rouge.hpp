@@ -1,7 +1,8 @@
 // ROUGE-N and ROUGE-L of a generated text against its reference, as Google's rouge-score package
 // computes them (rouge_scorer.RougeScorer without stemming): lowercase, every run of characters
 // other than a-z and 0-9 is a separator, n-gram overlap (ROUGE-N) or the longest common
-// subsequence of tokens (ROUGE-L) as precision, recall and F-measure.
+// subsequence of tokens (ROUGE-L) as precision, recall and F-measure; against several
+// references, rouge_best picks the best per metric as RougeScorer.score_multi does.
 #pragma once
 
 #include <algorithm>
@@ -99,6 +100,36 @@ inline rouge_score rouge_l(std::string_view reference, std::string_view predicti
     }
     const double lcs = double(row[pred.size()]);
     return detail::rouge_of(lcs / double(pred.size()), lcs / double(ref.size()));
+}
+
+/// The ROUGE-1, ROUGE-2 and ROUGE-L scores of one prediction.
+struct rouge_scores {
+    rouge_score rouge1;   ///< unigram overlap
+    rouge_score rouge2;   ///< bigram overlap
+    rouge_score rouge_l;  ///< longest common subsequence
+};
+
+/// ROUGE-1, ROUGE-2 and ROUGE-L of prediction against one reference.
+inline rouge_scores rouge(std::string_view reference, std::string_view prediction) {
+    return {rouge_n(reference, prediction, 1), rouge_n(reference, prediction, 2),
+            rouge_l(reference, prediction)};
+}
+
+/// ROUGE-1, ROUGE-2 and ROUGE-L of prediction against several references as rouge-score's
+/// RougeScorer.score_multi gives them: per metric, the score against the reference with the
+/// highest F-measure (the first of equals). At least one reference.
+inline rouge_scores rouge_best(const std::vector<std::string>& references,
+                               std::string_view prediction) {
+    if (references.empty())
+        throw error(errc::invalid_argument, "rouge_best", "needs at least one reference");
+    rouge_scores best = rouge(references.front(), prediction);
+    for (std::size_t i = 1; i < references.size(); ++i) {
+        const rouge_scores s = rouge(references[i], prediction);
+        if (s.rouge1.fmeasure > best.rouge1.fmeasure) best.rouge1 = s.rouge1;
+        if (s.rouge2.fmeasure > best.rouge2.fmeasure) best.rouge2 = s.rouge2;
+        if (s.rouge_l.fmeasure > best.rouge_l.fmeasure) best.rouge_l = s.rouge_l;
+    }
+    return best;
 }
 
 }  // namespace metrics

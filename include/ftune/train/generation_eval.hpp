@@ -1,8 +1,9 @@
 // Evaluating a decoder by what it writes: each evaluation conversation's prompt (the messages
 // before its last reply, rendered by the chat template with the generation prompt) is answered
 // greedily, and the replies are scored against the references: exact match, ROUGE-1/2/L as the
-// rouge-score package computes them, and, when the references are labels (intent names,
-// sentiments), scikit-learn's classification report over them.
+// rouge-score package computes them (with several references per case, as DialogSum's test set
+// has, also averaged over the references and the best one per metric), and, when the references
+// are labels (intent names, sentiments), scikit-learn's classification report over them.
 #pragma once
 
 #include <algorithm>
@@ -23,9 +24,10 @@ namespace train {
 
 /// A prompt a decoder answers and the reply it should give.
 struct generation_case {
-    std::vector<token_id> prompt;  ///< the prompt's ids, ending where the reply starts
-    std::string reference;         ///< the expected reply
-    std::size_t line = 0;          ///< 1-based line in the data file
+    std::vector<token_id> prompt;               ///< the prompt's ids, ending where the reply starts
+    std::string reference;                      ///< the expected reply
+    std::size_t line = 0;                       ///< 1-based line in the data file
+    std::vector<std::string> other_references;  ///< further acceptable replies (may be empty)
 };
 
 /// The generation cases of a decoder's data set: for a conversation, the messages before its
@@ -61,6 +63,7 @@ inline std::vector<generation_case> generation_cases(const text::bpe_tokenizer& 
                 c.prompt.push_back(id);
             c.reference = e.messages[last - 1].content;
         }
+        c.other_references = e.other_references;
         if (c.prompt.size() > o.max_length)
             c.prompt.erase(c.prompt.begin(), c.prompt.end() - std::ptrdiff_t(o.max_length));
         if (!c.prompt.empty()) cases.push_back(std::move(c));
@@ -87,11 +90,22 @@ struct generation_eval_options {
 
 /// Greedy replies scored against their references.
 struct generation_report {
-    std::vector<std::string> references;         ///< the expected replies, whitespace trimmed
-    std::vector<std::string> predictions;        ///< the replies, whitespace trimmed
-    std::size_t max_new_tokens = 0;              ///< the limit the replies had
-    double exact_match = 0;                      ///< share of replies equal to their reference
-    double rouge1 = 0, rouge2 = 0, rouge_l = 0;  ///< mean F-measures (rouge-score's, no stemming)
+    std::vector<std::string> references;   ///< the expected replies, whitespace trimmed
+    std::vector<std::string> predictions;  ///< the replies, whitespace trimmed
+    std::size_t max_new_tokens = 0;        ///< the limit the replies had
+    double exact_match = 0;                ///< share of replies equal to a reference
+    /// Mean F-measures of ROUGE-1/2/L against each case's `reference` (rouge-score's, no stemming).
+    double rouge1 = 0, rouge2 = 0, rouge_l = 0;
+    /// Mean F-measures of ROUGE-1, ROUGE-2 and ROUGE-L over cases.
+    struct rouge_means {
+        double rouge1 = 0, rouge2 = 0, rouge_l = 0;  ///< mean F-measures
+    };
+    std::size_t most_references = 1;  ///< the most references a case has (1: only `reference`)
+    /// Each case's ROUGE against each of its references, averaged over them, then over cases.
+    rouge_means mean_over_references;
+    /// Per case and metric the best of its references (rouge-score's score_multi), averaged over
+    /// cases.
+    rouge_means best_of_references;
     /// The distinct references, sorted, when they are labels (a single line each, and at most
     /// half as many distinct ones as cases); empty otherwise.
     std::vector<std::string> labels;
@@ -103,6 +117,13 @@ struct generation_report {
             "generation on ", predictions.size(), " cases (greedy, at most ", max_new_tokens,
             " new tokens): exact match ", exact_match, ", ROUGE-1 ", rouge1, ", ROUGE-2 ", rouge2,
             ", ROUGE-L ", rouge_l, "\n");
+        if (most_references > 1)
+            t += ftune::detail::cat(
+                "against up to ", most_references, " references a case: mean over them ROUGE-1 ",
+                mean_over_references.rouge1, ", ROUGE-2 ", mean_over_references.rouge2,
+                ", ROUGE-L ", mean_over_references.rouge_l, "; best of them ROUGE-1 ",
+                best_of_references.rouge1, ", ROUGE-2 ", best_of_references.rouge2, ", ROUGE-L ",
+                best_of_references.rouge_l, "\n");
         if (labels.empty()) return t;
         std::vector<std::string> names = labels;
         std::vector<int> gold, pred;
@@ -163,19 +184,37 @@ generation_report evaluate_generation(Model& model, const text::bpe_tokenizer& t
     }
     std::size_t same = 0;
     bool single_lines = true;
+    auto& mean = r.mean_over_references;
+    auto& best = r.best_of_references;
     for (std::size_t i = 0; i < cases.size(); ++i) {
         r.references.push_back(detail::trimmed(cases[i].reference));
         const auto& ref = r.references.back();
         const auto& pred = r.predictions[i];
-        same += ref == pred;
-        r.rouge1 += metrics::rouge_n(ref, pred, 1).fmeasure;
-        r.rouge2 += metrics::rouge_n(ref, pred, 2).fmeasure;
-        r.rouge_l += metrics::rouge_l(ref, pred).fmeasure;
-        single_lines &= ref.find('\n') == std::string::npos;
+        std::vector<std::string> all{ref};  // every reference of the case, trimmed
+        for (const auto& o : cases[i].other_references) all.push_back(detail::trimmed(o));
+        r.most_references = std::max(r.most_references, all.size());
+        same += std::find(all.begin(), all.end(), pred) != all.end();
+        const auto first = metrics::rouge(ref, pred);
+        r.rouge1 += first.rouge1.fmeasure;
+        r.rouge2 += first.rouge2.fmeasure;
+        r.rouge_l += first.rouge_l.fmeasure;
+        for (const auto& a : all) {
+            const auto s = &a == &all.front() ? first : metrics::rouge(a, pred);
+            mean.rouge1 += s.rouge1.fmeasure / double(all.size());
+            mean.rouge2 += s.rouge2.fmeasure / double(all.size());
+            mean.rouge_l += s.rouge_l.fmeasure / double(all.size());
+        }
+        const auto b = metrics::rouge_best(all, pred);
+        best.rouge1 += b.rouge1.fmeasure;
+        best.rouge2 += b.rouge2.fmeasure;
+        best.rouge_l += b.rouge_l.fmeasure;
+        single_lines &= ref.find('\n') == std::string::npos && all.size() == 1;
     }
     const double n = double(std::max<std::size_t>(cases.size(), 1));
     r.exact_match = double(same) / n;
     r.rouge1 /= n, r.rouge2 /= n, r.rouge_l /= n;
+    mean.rouge1 /= n, mean.rouge2 /= n, mean.rouge_l /= n;
+    best.rouge1 /= n, best.rouge2 /= n, best.rouge_l /= n;
     std::vector<std::string> distinct = r.references;
     std::sort(distinct.begin(), distinct.end());
     distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
