@@ -40,7 +40,9 @@ def spread(path, n):
     out = []
     for i in range(n):
         r = rows[i * len(rows) // n]
-        refs = [r["summary"]] if "summary" in r else [r[f"summary{k}"] for k in (1, 2, 3)]
+        refs = [r["summary"]] if "summary" in r else []
+        while f"summary{len(refs) + 1}" in r:  # summary1, summary2, ... (DialogSum test: 3)
+            refs.append(r[f"summary{len(refs) + 1}"])
         out.append((r["dialogue"], refs))
     return out
 

@@ -15,7 +15,8 @@
 // train and test dialogues are spread evenly over the files (row i * rows / n), the same rows
 // bench/compare_summarize_dialogues.py gives Transformers. A conversation longer than
 // --max-length tokens loses its end in training (as TRL truncates); a test prompt keeps its
-// last --max-length tokens. --max-new-tokens 0: the longest first reference's tokens + 8.
+// last --max-length tokens. --max-new-tokens 0: the longest first reference's tokens + 8, at
+// most 256.
 // --lora-r trains LoRA adapters of rank R on every projection instead of every weight. The
 // RESULT line ends with the process's peak memory.
 #include <chrono>

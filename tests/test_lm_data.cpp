@@ -186,6 +186,9 @@ TEST_CASE("summarization data: malformed lines are errors naming file:line", "[d
         {"[1, 2]\n", "not a JSON object"},
         {R"({"summary": "b"})", "needs the text to summarize"},
         {R"({"dialogue": "", "summary": "b"})", "needs the text to summarize"},
+        {R"({"dialogue": " \n ", "summary": "b"})", "needs the text to summarize"},
+        {R"({"dialogue": "a", "summary": "b", "id": 1.5})",
+         "\"id\" must be a string or an integer"},
         {R"({"dialogue": 3, "summary": "b"})", "\"dialogue\" must be a string"},
         {R"({"dialogue": "a"})", "needs a reference summary"},
         {R"({"dialogue": "a", "summary2": "b"})", "needs a reference summary"},
@@ -200,4 +203,12 @@ TEST_CASE("summarization data: malformed lines are errors naming file:line", "[d
     }
     CHECK_THROWS_WITH(ftune::data::read_summaries("lm_data_cases/missing.jsonl"),
                       Catch::Contains("cannot open"));
+    // which files the chat tools read as summarization data
+    CHECK(ftune::data::looks_like_summaries("\n" + good + "\n"));
+    CHECK(ftune::data::looks_like_summaries(R"({"document": "a", "summary1": "b"})"));
+    CHECK_FALSE(ftune::data::looks_like_summaries(
+        R"({"messages": [{"role": "user", "content": "a"}], "dialogue": "a", "summary": "b"})"));
+    CHECK_FALSE(ftune::data::looks_like_summaries(R"({"prompt": "a", "completion": "b"})"));
+    CHECK_FALSE(ftune::data::looks_like_summaries(R"({"dialogue": "a"})"));
+    CHECK_FALSE(ftune::data::looks_like_summaries("{not json"));
 }

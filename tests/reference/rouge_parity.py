@@ -75,6 +75,14 @@ def main():
         multi.append({"references": refs, "prediction": pred,
                       "best": {k: [v.precision, v.recall, v.fmeasure] for k, v in best.items()},
                       "mean": mean})
+    # a tie: both references give ROUGE-1 F 2/3 with different precision and recall (the first
+    # one's, P 1 R 0.5, is score_multi's, as numpy's argmax takes the first maximum)
+    for refs, pred in ((["a b c d", "a"], "a b"), (["a", "a b c d"], "a b")):
+        best = scorer.score_multi(refs, pred)
+        each = [scorer.score(t, pred) for t in refs]
+        multi.append({"references": refs, "prediction": pred,
+                      "best": {k: [v.precision, v.recall, v.fmeasure] for k, v in best.items()},
+                      "mean": {k: sum(e[k].fmeasure for e in each) / len(each) for k in best}})
     OUT_MULTI.write_text(json.dumps(multi, indent=1, ensure_ascii=False) + "\n")
     print(len(multi), "predictions against three references")
 

@@ -50,7 +50,9 @@ inline std::string string_field(const nlohmann::json& j, const char* key, const 
     if (it == j.end()) return "";
     if (it->is_string()) return it->get<std::string>();
     if (integer_ok && it->is_number_integer()) return it->dump();
-    throw error(errc::parse, where, ftune::detail::cat("\"", key, "\" must be a string"));
+    throw error(
+        errc::parse, where,
+        ftune::detail::cat("\"", key, "\" must be a string", integer_ok ? " or an integer" : ""));
 }
 }  // namespace detail
 
@@ -71,7 +73,7 @@ inline summary_dataset parse_summaries(std::string_view contents, const std::str
                 e.text = detail::string_field(j, key, at);
                 break;
             }
-        if (e.text.empty())
+        if (e.text.find_first_not_of(" \t\r\n") == std::string::npos)
             throw error(errc::parse, at,
                         "needs the text to summarize as a non-empty \"dialogue\", \"document\" "
                         "or \"text\"");

@@ -84,7 +84,7 @@ inline std::vector<generation_case> spread_sample(const std::vector<generation_c
 
 /// How replies are generated for scoring.
 struct generation_eval_options {
-    std::size_t max_new_tokens = 0;  ///< 0: the longest reference's tokens + 8, at most 256
+    std::size_t max_new_tokens = 0;  ///< 0: the longest first reference's tokens + 8, at most 256
     std::size_t batch_size = 8;      ///< prompts generated together
 };
 
