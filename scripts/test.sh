@@ -12,6 +12,10 @@ ftune_require_packages "${FTUNE_DEBIAN_PACKAGES[@]}" openmpi-bin libopenmpi-dev 
 scripts/amalgamate.sh --check
 build=${BUILD_DIR:-build}
 ftune_build "$build" -DFTUNE_BUILD_TESTS=ON
+# Idle OpenMP threads sleep instead of spinning: tests run side by side (-j) and each one's
+# spinning threads would take the cores from the others (here: test times summed 561 s -> 313 s,
+# ctest -j2 265 s -> 156 s).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
 
 # The libFuzzer targets of every reader (safetensors, config.json and tokenizer_config.json, GGUF,
