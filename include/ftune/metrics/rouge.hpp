@@ -115,21 +115,28 @@ inline rouge_scores rouge(std::string_view reference, std::string_view predictio
             rouge_l(reference, prediction)};
 }
 
-/// ROUGE-1, ROUGE-2 and ROUGE-L of prediction against several references as rouge-score's
-/// RougeScorer.score_multi gives them: per metric, the score against the reference with the
-/// highest F-measure (the first of equals). At least one reference.
-inline rouge_scores rouge_best(const std::vector<std::string>& references,
-                               std::string_view prediction) {
-    if (references.empty())
+/// Per metric, the score with the highest F-measure among one prediction's scores against
+/// several references (the first of equals): RougeScorer.score_multi's choice. At least one.
+inline rouge_scores best_of(const std::vector<rouge_scores>& scores) {
+    if (scores.empty())
         throw error(errc::invalid_argument, "rouge_best", "needs at least one reference");
-    rouge_scores best = rouge(references.front(), prediction);
-    for (std::size_t i = 1; i < references.size(); ++i) {
-        const rouge_scores s = rouge(references[i], prediction);
+    rouge_scores best = scores.front();
+    for (const auto& s : scores) {
         if (s.rouge1.fmeasure > best.rouge1.fmeasure) best.rouge1 = s.rouge1;
         if (s.rouge2.fmeasure > best.rouge2.fmeasure) best.rouge2 = s.rouge2;
         if (s.rouge_l.fmeasure > best.rouge_l.fmeasure) best.rouge_l = s.rouge_l;
     }
     return best;
+}
+
+/// ROUGE-1, ROUGE-2 and ROUGE-L of prediction against several references as rouge-score's
+/// RougeScorer.score_multi gives them: per metric, the score against the reference with the
+/// highest F-measure (the first of equals). At least one reference.
+inline rouge_scores rouge_best(const std::vector<std::string>& references,
+                               std::string_view prediction) {
+    std::vector<rouge_scores> scores;
+    for (const auto& r : references) scores.push_back(rouge(r, prediction));
+    return best_of(scores);
 }
 
 }  // namespace metrics

@@ -194,17 +194,17 @@ generation_report evaluate_generation(Model& model, const text::bpe_tokenizer& t
         for (const auto& o : cases[i].other_references) all.push_back(detail::trimmed(o));
         r.most_references = std::max(r.most_references, all.size());
         same += std::find(all.begin(), all.end(), pred) != all.end();
-        const auto first = metrics::rouge(ref, pred);
-        r.rouge1 += first.rouge1.fmeasure;
-        r.rouge2 += first.rouge2.fmeasure;
-        r.rouge_l += first.rouge_l.fmeasure;
+        std::vector<metrics::rouge_scores> each;  // against each reference, the first first
         for (const auto& a : all) {
-            const auto s = &a == &all.front() ? first : metrics::rouge(a, pred);
-            mean.rouge1 += s.rouge1.fmeasure / double(all.size());
-            mean.rouge2 += s.rouge2.fmeasure / double(all.size());
-            mean.rouge_l += s.rouge_l.fmeasure / double(all.size());
+            each.push_back(metrics::rouge(a, pred));
+            mean.rouge1 += each.back().rouge1.fmeasure / double(all.size());
+            mean.rouge2 += each.back().rouge2.fmeasure / double(all.size());
+            mean.rouge_l += each.back().rouge_l.fmeasure / double(all.size());
         }
-        const auto b = metrics::rouge_best(all, pred);
+        r.rouge1 += each.front().rouge1.fmeasure;
+        r.rouge2 += each.front().rouge2.fmeasure;
+        r.rouge_l += each.front().rouge_l.fmeasure;
+        const auto b = metrics::best_of(each);
         best.rouge1 += b.rouge1.fmeasure;
         best.rouge2 += b.rouge2.fmeasure;
         best.rouge_l += b.rouge_l.fmeasure;
