@@ -18,6 +18,8 @@ Usage: python3 bench/compare_summarize_dialogues.py --gguf SmolLM2-135M-Instruct
            [--data ../shared/data] [--ftune build/bin/summarize_dialogues] [--seeds 0]
            [--train 1000] [--test 100] [--epochs 1] [--lr 1e-4] [--batch-size 8]
            [--max-length 1024] [--threads 2] [--before both|ftune|none]   (--test 0: all 500)
+           [--ftune-result FILE]   (ftune's side from an earlier run's output, not run again)
+           [--same-batches]   (Transformers trains on ftune's batches in ftune's order)
 Needs: pip install torch transformers gguf accelerate rouge-score
 """
 import argparse
@@ -63,11 +65,16 @@ def rouge(predictions, references):
     return {"mean": mean, "best": best}
 
 
+def batches_file(seed):
+    return f"/tmp/compare_summarize_dialogues_batches_{seed}.txt"
+
+
 def run_ftune(a, seed):
     cmd = [a.ftune, "--gguf", a.gguf, "--data", a.data, "--train", str(a.train), "--test",
            str(a.test), "--epochs", str(a.epochs), "--lr", str(a.lr), "--batch-size",
            str(a.batch_size), "--seed", str(seed), "--max-length", str(a.max_length)] + \
-        (["--skip-before"] if a.before == "none" else [])
+        (["--skip-before"] if a.before == "none" else []) + \
+        (["--batches-out", batches_file(seed)] if a.same_batches else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     num = r"(\S+) (\S+) (\S+)"
@@ -93,7 +100,11 @@ def run_transformers(a, seed):
                       for _, refs in test) + 8, 256)
     score = lambda: rouge(greedy(model, tok, pad, prompts, max_new), [r for _, r in test])
     before = score() if a.before == "both" else {"mean": [float("nan")] * 3}
-    seconds = fit(model, pad, train, a, seed, f"/tmp/compare_summarize_dialogues_{seed}")
+    batches = None
+    if a.same_batches:  # the steps ftune took, row for row
+        with open(batches_file(seed)) as f:
+            batches = [[int(i) for i in line.split()] for line in f if line.strip()]
+    seconds = fit(model, pad, train, a, seed, f"/tmp/compare_summarize_dialogues_{seed}", batches)
     return {"before": before, "after": score(), "seconds": seconds}
 
 
@@ -115,10 +126,26 @@ def main():
                    help="which sides score the model before fine-tuning (the same weights on "
                         "both; the untrained model writes up to the token limit, slow in "
                         "Transformers' generate)")
+    p.add_argument("--ftune-result", metavar="FILE",
+                   help="instead of running ftune, read its side from the JSON lines "
+                        "{\"seed\": S, \"ftune\": {...}} an earlier run of this script printed "
+                        "with the same settings (the wall times then come from two runs)")
+    p.add_argument("--same-batches", action="store_true",
+                   help="Transformers trains on ftune's batches in ftune's order (the example's "
+                        "--batches-out) instead of its own length-grouped sampler")
     a = p.parse_args()
+    if a.same_batches and a.ftune_result:
+        p.error("--same-batches needs ftune run here (it writes the batches)")
+    earlier = {}
+    if a.ftune_result:
+        with open(a.ftune_result, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("{") and '"ftune"' in line:
+                    r = json.loads(line)
+                    earlier[r["seed"]] = r["ftune"]
     runs = []
     for seed in a.seeds:
-        f = run_ftune(a, seed)
+        f = earlier[seed] if a.ftune_result else run_ftune(a, seed)
         print(json.dumps({"seed": seed, "ftune": f}), flush=True)
         t = run_transformers(a, seed)
         print(json.dumps({"seed": seed, "transformers": t}), flush=True)

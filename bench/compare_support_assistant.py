@@ -5,8 +5,11 @@ float32 on both sides), the same BANKING77 rows (row i * rows / n of train.csv a
 a chat {user: message, assistant: intent} in the model's chat template with the loss on the reply
 and its end-of-turn token only (the template's text after the generation prompt, trailing newline
 left out, as ftune's train::encode learns it), AdamW (lr, no weight decay, eps 1e-8), linear decay
-after 10% warmup, gradient clipping at 1.0, batches of --batch-size grouped by length, float32,
---threads threads. Then greedy replies to the test messages (at most the longest reference's
+after 10% warmup, gradient clipping at 1.0, batches of --batch-size grouped by length (each
+library its own way: ftune shuffles the length-sorted batches, Transformers' sampler keeps them
+longest to shortest within each window of min(50, rows / (4 batch)) batches, four or more sweeps
+an epoch; --same-batches gives Transformers ftune's batches in ftune's order),
+float32, --threads threads. Then greedy replies to the test messages (at most the longest reference's
 tokens + 8 new ones), scored by exact match of the trimmed text.
 
 Prints one line per run and a summary: exact-match accuracy before and after, training wall time,
@@ -15,7 +18,7 @@ and the ratio of the wall times, for each seed.
 Usage: python3 bench/compare_support_assistant.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf
            [--data ../shared/data] [--ftune build/bin/support_assistant] [--seeds 0 1 2]
            [--train 1000] [--test 300] [--epochs 1] [--lr 1e-4] [--batch-size 8] [--threads 2]
-           [--skip-before]   (--test 0: the whole test set)
+           [--skip-before] [--same-batches]   (--test 0: the whole test set)
 Needs: pip install torch transformers gguf accelerate
 """
 import argparse
@@ -37,10 +40,15 @@ def spread(path, n):
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
+def batches_file(seed):
+    return f"/tmp/compare_support_assistant_batches_{seed}.txt"
+
+
 def run_ftune(a, seed):
     cmd = [a.ftune, "--gguf", a.gguf, "--data", a.data, "--train", str(a.train), "--test",
            str(a.test), "--epochs", str(a.epochs), "--lr", str(a.lr), "--batch-size",
-           str(a.batch_size), "--seed", str(seed)] + (["--skip-before"] if a.skip_before else [])
+           str(a.batch_size), "--seed", str(seed)] + (["--skip-before"] if a.skip_before else []) + \
+        (["--batches-out", batches_file(seed)] if a.same_batches else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     m = re.search(r"RESULT exact_match_before (\S+) exact_match_after (\S+) train_seconds (\S+)",
@@ -64,7 +72,11 @@ def run_transformers(a, seed):
         return sum(r == c.strip() for r, (_, c) in zip(replies, test)) / len(test)
 
     before = float("nan") if a.skip_before else exact_match()
-    seconds = fit(model, pad, train, a, seed, f"/tmp/compare_support_assistant_{seed}")
+    batches = None
+    if a.same_batches:  # the steps ftune took, row for row
+        with open(batches_file(seed)) as f:
+            batches = [[int(i) for i in line.split()] for line in f if line.strip()]
+    seconds = fit(model, pad, train, a, seed, f"/tmp/compare_support_assistant_{seed}", batches)
     return {"before": before, "after": exact_match(), "seconds": seconds}
 
 
@@ -84,6 +96,10 @@ def main():
     p.add_argument("--skip-before", action="store_true",
                    help="leave out the score before fine-tuning (0 here; the untrained model "
                         "writes up to the token limit: most of the time on the whole test set)")
+    p.add_argument("--same-batches", action="store_true",
+                   help="Transformers trains on ftune's batches in ftune's order (written by the "
+                        "example's --batches-out) instead of its own length-grouped sampler: "
+                        "the two sides then differ only in their arithmetic")
     a = p.parse_args()
     runs = []
     for seed in a.seeds:

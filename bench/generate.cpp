@@ -1,16 +1,18 @@
 // Generation speed of a decoder from a GGUF file (SmolLM2-135M-Instruct in bench/
-// compare_generate.py, which runs Transformers' generate and llama.cpp beside it): batch 1,
-// greedy, the prompt `--prompt-tokens` long. Prefill = the time to the first new token;
-// decode = new tokens per second after it (generations of 1 and of 1 + N new tokens, best of
-// --rounds each), and the memory traffic that implies: every float32 weight is read once per
-// token (the tied LM head's table included), against the bandwidth this machine's STREAM triad
-// reaches.
+// compare_generate.py, which runs Transformers' generate and llama.cpp beside it): greedy,
+// --batch prompts each `--prompt-tokens` long. Prefill = the time to the first new token;
+// decode = new tokens per second (of the batch) after it (generations of 1 and of 1 + N new
+// tokens, best of --rounds each), and the memory traffic that implies: every float32 weight is
+// read once per step (the tied LM head's table included), against the bandwidth this machine's
+// STREAM triad reaches. --prefill-tokens sets generation::options::prefill_tokens (positions of
+// the batch per prefill pass; 0: one pass); peak_rss_mb is the process's peak memory.
 //
 //   build/bin/ftune_bench_generate --gguf FILE [--prompt-tokens 128] [--new-tokens 64]
-//       [--rounds 3] [--threads N]          (prints one JSON line)
+//       [--batch 1] [--prefill-tokens 512] [--rounds 3] [--threads N]   (prints one JSON line)
 #include <ftune/generation.hpp>
 #include <ftune/io/gguf_llama.hpp>
 #include <ftune/llama/tasks.hpp>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -45,7 +47,7 @@ double triad_gbps() {
 
 int main(int argc, char** argv) {
     std::string gguf;
-    std::size_t prompt_tokens = 128, new_tokens = 64;
+    std::size_t prompt_tokens = 128, new_tokens = 64, batch = 1, prefill_tokens = 512;
     int rounds = 3, threads = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];
@@ -55,6 +57,10 @@ int main(int argc, char** argv) {
             prompt_tokens = std::stoul(v);
         else if (a == "--new-tokens")
             new_tokens = std::stoul(v);
+        else if (a == "--batch")
+            batch = std::stoul(v);
+        else if (a == "--prefill-tokens")
+            prefill_tokens = std::stoul(v);
         else if (a == "--rounds")
             rounds = std::stoi(v);
         else if (a == "--threads")
@@ -62,7 +68,7 @@ int main(int argc, char** argv) {
     }
     if (gguf.empty()) {
         std::cerr << "usage: ftune_bench_generate --gguf FILE [--prompt-tokens N] [--new-tokens N] "
-                     "[--rounds N] [--threads N]\n";
+                     "[--batch B] [--prefill-tokens N] [--rounds N] [--threads N]\n";
         return 2;
     }
     try {
@@ -74,13 +80,16 @@ int main(int argc, char** argv) {
         std::size_t weights = 0;
         model.visit_parameters("",
                                [&](ftune::parameter_ref<float> p) { weights += p.value.size(); });
-        // a prompt of ordinary tokens (ids 100 .. 40,000; the timing does not depend on them)
-        std::vector<ftune::token_id> prompt(prompt_tokens);
-        for (std::size_t i = 0; i < prompt_tokens; ++i)
-            prompt[i] = ftune::token_id(100 + (i * 7919) % 39900);
+        // prompts of ordinary tokens (ids 100 .. 40,000; the timing does not depend on them)
+        std::vector<std::vector<ftune::token_id>> prompt(
+            batch, std::vector<ftune::token_id>(prompt_tokens));
+        for (std::size_t b = 0; b < batch; ++b)
+            for (std::size_t i = 0; i < prompt_tokens; ++i)
+                prompt[b][i] = ftune::token_id(100 + (i * 7919 + b * 104729) % 39900);
         ftune::generation::generator gen(model);  // token ids only: no stop token
         ftune::generation::options o;
         o.temperature = 0;
+        o.prefill_tokens = prefill_tokens;
         double first = 1e30, whole = 1e30;
         for (int r = 0; r < rounds; ++r) {
             o.max_new_tokens = 1;
@@ -91,19 +100,25 @@ int main(int argc, char** argv) {
             t0 = std::chrono::steady_clock::now();
             const auto res = gen.generate(prompt, o);
             whole = std::min(whole, seconds_since(t0));
-            if (res.tokens.size() != 1 + new_tokens) throw std::runtime_error("stopped early");
+            for (const auto& r : res)
+                if (r.tokens.size() != 1 + new_tokens) throw std::runtime_error("stopped early");
         }
         const double decode_s = std::max(whole - first, 1e-9);
-        const double tps = double(new_tokens) / decode_s;
+        const double tps = double(batch * new_tokens) / decode_s;
+        const double steps_per_s = double(new_tokens) / decode_s;  // each reads every weight
         const double gb_per_token = double(weights) * sizeof(float) * 1e-9;
+        rusage ru{};
+        getrusage(RUSAGE_SELF, &ru);  // before the triad's arrays
         const double triad = triad_gbps();
         std::printf(
-            "{\"gguf\": \"%s\", \"threads\": %d, \"prompt_tokens\": %zu, \"new_tokens\": %zu, "
-            "\"prefill_ms\": %.1f, \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.2f, "
+            "{\"gguf\": \"%s\", \"threads\": %d, \"batch\": %zu, \"prompt_tokens\": %zu, "
+            "\"new_tokens\": %zu, \"prefill_tokens\": %zu, \"prefill_ms\": %.1f, "
+            "\"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.2f, "
             "\"weights_gb_per_token\": %.3f, \"decode_gb_per_s\": %.1f, \"triad_gb_per_s\": "
-            "%.1f}\n",
-            gguf.c_str(), ftune::num_threads(), prompt_tokens, new_tokens, first * 1e3,
-            double(prompt_tokens) / first, tps, gb_per_token, tps * gb_per_token, triad);
+            "%.1f, \"peak_rss_mb\": %.1f}\n",
+            gguf.c_str(), ftune::num_threads(), batch, prompt_tokens, new_tokens, prefill_tokens,
+            first * 1e3, double(batch * prompt_tokens) / first, tps, gb_per_token,
+            steps_per_s * gb_per_token, triad, double(ru.ru_maxrss) / 1024.0);
     } catch (const std::exception& e) {
         std::cerr << e.what() << "\n";
         return 1;

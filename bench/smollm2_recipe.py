@@ -8,7 +8,9 @@ train::encode, trainer and train::evaluate_generation, written once.
   and its end-of-turn token only (the template's text after the generation prompt, trailing
   newline left out), cut to its first max_length tokens (as TRL truncates).
 - fit: AdamW (lr, no weight decay, eps 1e-8), linear decay after 10% warmup, gradient clipping
-  at 1.0, batches grouped by length, float32, padding to the longest in the batch.
+  at 1.0, batches grouped by length, float32, padding to the longest in the batch; or, given
+  batches (each step's row indices, as ftune's examples write them with --batches-out), exactly
+  those batches in that order.
 - greedy: replies to prompts sorted by length in batches of 8 with left padding, at most max_new
   new tokens, whitespace trimmed.
 """
@@ -65,8 +67,25 @@ def encode_chat(tok, user, reply, max_length=None):
     return {"input_ids": ids, "labels": labels}
 
 
-def fit(model, pad, rows, a, seed, output_dir):
-    """Trains model on encoded rows with the recipe above; returns the wall time in seconds."""
+class _Steps:
+    """A batch sampler giving epoch e's batches on its e-th pass (batches: all epochs' steps)."""
+
+    def __init__(self, batches, epochs):
+        self.per_epoch = len(batches) // epochs
+        self.batches, self.epoch = batches, 0
+
+    def __len__(self):
+        return self.per_epoch
+
+    def __iter__(self):
+        first = self.epoch * self.per_epoch
+        self.epoch += 1
+        return iter(self.batches[first:first + self.per_epoch])
+
+
+def fit(model, pad, rows, a, seed, output_dir, batches=None):
+    """Trains model on encoded rows with the recipe above; returns the wall time in seconds.
+    batches: every step's row indices in order (all epochs), instead of Trainer's own order."""
     def collate(batch):
         n = max(len(r["input_ids"]) for r in batch)
         ids = [r["input_ids"] + [pad] * (n - len(r["input_ids"])) for r in batch]
@@ -82,7 +101,19 @@ def fit(model, pad, rows, a, seed, output_dir):
         weight_decay=0.0, max_grad_norm=1.0, adam_epsilon=1e-8, seed=seed,
         train_sampling_strategy="group_by_length", logging_steps=50, save_strategy="no",
         report_to=[], use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    if batches is None:
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    else:
+        from torch.utils.data import DataLoader
+        if len(batches) % a.epochs:
+            raise ValueError(f"{len(batches)} batches do not split into {a.epochs} epochs")
+        steps = _Steps(batches, a.epochs)
+
+        class SameBatches(Trainer):
+            def get_train_dataloader(self):
+                return DataLoader(rows, batch_sampler=steps, collate_fn=collate, num_workers=0)
+
+        trainer = SameBatches(model=model, args=args, train_dataset=rows, data_collator=collate)
     t0 = time.perf_counter()
     trainer.train()
     return time.perf_counter() - t0

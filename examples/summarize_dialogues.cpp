@@ -8,7 +8,7 @@
 //   summarize_dialogues --gguf SmolLM2-135M-Instruct.Q4_1.gguf --data ../shared/data
 //                       [--train 1000] [--test 100] [--epochs 1] [--lr 1e-4] [--batch-size 8]
 //                       [--seed 0] [--max-length 1024] [--max-new-tokens 0] [--skip-before]
-//                       [--out DIR] [--lora-r R [--lora-alpha A]]
+//                       [--out DIR] [--lora-r R [--lora-alpha A]] [--batches-out FILE]
 //
 // Each conversation is {user: an instruction, a blank line and the dialogue, assistant: the
 // summary}, rendered with the model's chat template; the loss is on the summary only. The
@@ -17,8 +17,10 @@
 // --max-length tokens loses its end in training (as TRL truncates); a test prompt keeps its
 // last --max-length tokens. --max-new-tokens 0: the longest first reference's tokens + 8, at
 // most 256.
-// --lora-r trains LoRA adapters of rank R on every projection instead of every weight. The
-// RESULT line ends with the process's peak memory.
+// --lora-r trains LoRA adapters of rank R on every projection instead of every weight.
+// --batches-out writes the trainer's batches (train::save_batch_order) for
+// bench/compare_summarize_dialogues.py --same-batches. The RESULT line ends with the process's
+// peak memory.
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -38,7 +40,7 @@ namespace fs = std::filesystem;
 using Model = ftune::llama::causal_lm<>;
 
 int main(int argc, char** argv) try {
-    fs::path gguf, data = "../shared/data", out;
+    fs::path gguf, data = "../shared/data", out, batches_out;
     std::size_t train_n = 1000, test_n = 100, max_length = 1024, max_new_tokens = 0;
     ftune::train::options o{
         .epochs = 1, .batch_size = 8, .lr = 1e-4, .warmup_ratio = 0.1, .log_every = 10};
@@ -75,6 +77,8 @@ int main(int argc, char** argv) try {
             max_new_tokens = std::stoul(v);
         else if (k == "--out")
             out = v;
+        else if (k == "--batches-out")
+            batches_out = v;
         else if (k == "--lora-r")
             lora_r = std::stoul(v);
         else if (k == "--lora-alpha")
@@ -102,6 +106,9 @@ int main(int argc, char** argv) try {
     const auto train_x = ftune::train::encode(*m.tokenizer, train_set, &tmpl, enc);
     const auto cases = ftune::train::generation_cases(*m.tokenizer, test_set, &tmpl, enc);
     std::cout << train_x.size() << " training dialogues, " << cases.size() << " test dialogues\n";
+    if (!batches_out.empty())  // the steps trainer::fit will take
+        ftune::train::save_batch_order(batches_out, train_x, o.batch_size, o.bucket_by_length,
+                                       o.seed, o.epochs);
     const ftune::train::generation_eval_options gen_o{.max_new_tokens = max_new_tokens};
 
     // 3. Before: the instruct model's own summaries.

@@ -6,7 +6,7 @@
 //   support_assistant --gguf SmolLM2-135M-Instruct.Q4_1.gguf --data ../shared/data
 //                     [--train 1000] [--test 300] [--epochs 1] [--lr 1e-4] [--batch-size 8]
 //                     [--seed 0] [--out DIR] [--interactive] [--skip-before]
-//                     [--lora-r R [--lora-alpha A]]
+//                     [--lora-r R [--lora-alpha A]] [--batches-out FILE]
 //
 // Each conversation is {user: the message, assistant: the intent}, rendered with the model's
 // chat template; the loss is on the assistant's reply only (TRL's prompt-completion recipe:
@@ -17,7 +17,10 @@
 // the token limit, the slowest part of a run on the whole test set). --lora-r trains LoRA
 // adapters of rank R (alpha A, default 2R) on every projection of every block (q, k, v, o,
 // gate, up, down: the "all-linear" recipe of QLoRA and TRL) instead of every weight, and --out
-// then saves the adapter as PEFT does. The RESULT line ends with the process's peak memory.
+// then saves the adapter as PEFT does. --batches-out writes the trainer's batches (each line a
+// step's training-row indices, epoch after epoch) so that bench/compare_support_assistant.py
+// --same-batches can give Transformers the very same ones. The RESULT line ends with the
+// process's peak memory.
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -54,7 +57,7 @@ ftune::data::lm_dataset banking_chats(const fs::path& csv, std::size_t n) {
 }
 
 int main(int argc, char** argv) try {
-    fs::path gguf, data = "../shared/data", out;
+    fs::path gguf, data = "../shared/data", out, batches_out;
     std::size_t train_n = 1000, test_n = 300;
     ftune::train::options o{
         .epochs = 1, .batch_size = 8, .lr = 1e-4, .warmup_ratio = 0.1, .log_every = 10};
@@ -87,6 +90,8 @@ int main(int argc, char** argv) try {
             o.seed = std::stoull(v);
         else if (k == "--out")
             out = v;
+        else if (k == "--batches-out")
+            batches_out = v;
         else if (k == "--lora-r")
             lora_r = std::stoul(v);
         else if (k == "--lora-alpha")
@@ -110,6 +115,9 @@ int main(int argc, char** argv) try {
     const auto train_x = ftune::train::encode(*m.tokenizer, train_set, &tmpl);
     const auto cases = ftune::train::generation_cases(*m.tokenizer, test_set, &tmpl);
     std::cout << train_x.size() << " training chats, " << cases.size() << " test messages\n";
+    if (!batches_out.empty())  // the steps trainer::fit will take
+        ftune::train::save_batch_order(batches_out, train_x, o.batch_size, o.bucket_by_length,
+                                       o.seed, o.epochs);
 
     // 3. Before: what the instruct model answers out of the box.
     ftune::train::generation_report before;

@@ -22,7 +22,8 @@ ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
 # chat templates, TSV/CSV and plain text, CoNLL, SQuAD JSON, JSON-lines chat data, vocab.txt,
 # tokenizer.json, PEFT adapter_config.json, `ftune serve`'s request bodies), when Clang is
 # installed: built with AddressSanitizer + UndefinedBehaviorSanitizer and run FTUNE_FUZZ_SECONDS
-# (default 5) each from seeds (committed fixtures). A crash or sanitizer report fails the run.
+# (default 5) each from seeds (committed fixtures), one per core at a time. A crash or sanitizer
+# report fails the run.
 # Skipped when ctest arguments select a subset, or with FTUNE_FUZZ_SECONDS=0. Longer runs:
 # docs/fuzzing.md.
 fuzz_seconds=${FTUNE_FUZZ_SECONDS:-5}

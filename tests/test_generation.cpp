@@ -115,16 +115,24 @@ TEST_CASE(
         o.stop_tokens = {2};
         const auto& w = want[name];
         const std::vector<std::vector<token_id>> prompts{prompt_a, prompt_b};
-        for (std::size_t i = 0; i < 2; ++i) {
-            const auto r = gen.generate(prompts[i], o);
-            CHECK(r.tokens == w["alone"][i].get<std::vector<token_id>>());
-            CHECK((r.reason == ftune::generation::finish::stop_token) ==
-                  (r.tokens.size() < o.max_new_tokens));
+        // the prefill in one pass (0), and in passes of 3 and of 1 columns (the batch of two
+        // with 6 and 2 positions a pass: the padding of prompt_b spans passes, a pass mixes
+        // padding and tokens)
+        for (const std::size_t per_pass : {0, 512, 6, 2}) {
+            INFO("prefill_tokens " << per_pass);
+            o.prefill_tokens = per_pass;
+            for (std::size_t i = 0; i < 2; ++i) {
+                const auto r = gen.generate(prompts[i], o);
+                CHECK(r.tokens == w["alone"][i].get<std::vector<token_id>>());
+                CHECK((r.reason == ftune::generation::finish::stop_token) ==
+                      (r.tokens.size() < o.max_new_tokens));
+            }
+            const auto batch = gen.generate(prompts, o);
+            REQUIRE(batch.size() == 2);
+            for (std::size_t i = 0; i < 2; ++i)
+                CHECK(batch[i].tokens == w["batch"][i].get<std::vector<token_id>>());
         }
-        const auto batch = gen.generate(prompts, o);
-        REQUIRE(batch.size() == 2);
-        for (std::size_t i = 0; i < 2; ++i)
-            CHECK(batch[i].tokens == w["batch"][i].get<std::vector<token_id>>());
+        o.prefill_tokens = 3;
         o.repetition_penalty = 1.5;
         CHECK(gen.generate(prompt_a, o).tokens == w["penalty"].get<std::vector<token_id>>());
     }

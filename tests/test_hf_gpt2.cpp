@@ -134,12 +134,17 @@ TEST_CASE(
         o.max_new_tokens = want["max_new_tokens"].get<std::size_t>();
         o.stop_tokens = {2};
         const auto& w = want[name];
-        for (std::size_t i = 0; i < 2; ++i)
-            CHECK(gen.generate(prompts[i], o).tokens ==
-                  w["alone"][i].get<std::vector<ftune::token_id>>());
-        const auto batch = gen.generate(prompts, o);
-        for (std::size_t i = 0; i < 2; ++i)
-            CHECK(batch[i].tokens == w["batch"][i].get<std::vector<ftune::token_id>>());
+        // the prefill in one pass and in passes of 3 and 1 columns (learned positions per pass)
+        for (const std::size_t per_pass : {0, 6, 2}) {
+            INFO("prefill_tokens " << per_pass);
+            o.prefill_tokens = per_pass;
+            for (std::size_t i = 0; i < 2; ++i)
+                CHECK(gen.generate(prompts[i], o).tokens ==
+                      w["alone"][i].get<std::vector<ftune::token_id>>());
+            const auto batch = gen.generate(prompts, o);
+            for (std::size_t i = 0; i < 2; ++i)
+                CHECK(batch[i].tokens == w["batch"][i].get<std::vector<ftune::token_id>>());
+        }
         o.repetition_penalty = 1.5;
         CHECK(gen.generate(prompts[0], o).tokens ==
               w["penalty"].get<std::vector<ftune::token_id>>());

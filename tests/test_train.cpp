@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -96,6 +97,20 @@ TEST_CASE("batches: one permutation per (seed, epoch), bucketed by length, padde
         plain += bt.B * bt.T;
     }
     CHECK(padded < plain);
+    // save_batch_order: the trainer's steps of two epochs, a line of indices each
+    const fs::path order = fs::temp_directory_path() / "ftune_test_batch_order.txt";
+    ftune::train::save_batch_order(order, xs, 8, true, 1, 2);
+    std::ifstream in(order);
+    std::vector<std::vector<std::size_t>> lines;
+    for (std::string line; std::getline(in, line);) {
+        std::istringstream words(line);
+        lines.emplace_back(std::istream_iterator<std::size_t>(words),
+                           std::istream_iterator<std::size_t>());
+    }
+    auto both = a;
+    both.insert(both.end(), c.begin(), c.end());
+    CHECK(lines == both);
+    fs::remove(order);
     const auto bt = ftune::train::collate(xs, a[0], 0, false);
     CHECK(bt.labels.size() == bt.B);
     for (std::size_t r = 0; r < bt.B; ++r) {

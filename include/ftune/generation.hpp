@@ -1,9 +1,10 @@
 // generation::generator: text generation with a causal language model (llama::causal_lm<>),
-// as Transformers' generate does it: the prompts left-padded into one batch, prefilled in one
-// pass into a key/value cache, then one token per step chosen from the last logits (greedy, or
-// sampled after repetition penalty, temperature, top-k and top-p, in Transformers' order), until
-// a stop token, a stop string or max_new_tokens. Text is streamed as whole UTF-8 characters;
-// after the prefill a step allocates nothing (every buffer is sized for the longest run first).
+// as Transformers' generate does it: the prompts left-padded into one batch, prefilled into a
+// key/value cache (in passes of options::prefill_tokens positions), then one token per step
+// chosen from the last logits (greedy, or sampled after repetition penalty, temperature, top-k
+// and top-p, in Transformers' order), until a stop token, a stop string or max_new_tokens. Text
+// is streamed as whole UTF-8 characters; after the prefill a step allocates nothing (every
+// buffer is sized for the longest run first).
 //
 //   auto m = ...;  // a causal LM and its byte-level BPE tokenizer
 //   ftune::generation::generator gen(m.model, *m.tokenizer);
@@ -40,6 +41,12 @@ struct options {
     std::vector<token_id> stop_tokens;      ///< stop at these (and the tokenizer's eos_token)
     std::vector<std::string> stop_strings;  ///< stop where the text holds one (left out of it)
     std::uint64_t seed = 0;                 ///< the draws' random stream
+    /// The prompts are prefilled in passes of at most this many positions of the whole batch
+    /// (the same columns of every row, prefill_tokens / B of them, at least 1; 0: all in one
+    /// pass). Bounds the memory of the prefill as llama.cpp's n_ubatch does: every layer keeps
+    /// its activations of a pass (docs/performance.md#generation). The logits equal one pass's
+    /// up to float rounding.
+    std::size_t prefill_tokens = 512;
 };
 
 /// Why a sequence stopped.
@@ -122,18 +129,25 @@ class generator {
         }
         order_.resize(vocab());
         probs_.resize(vocab());
-        // the prefill: the prompts left-padded, one pass
-        ids_.resize(shape<dynamic, dynamic>(B, L));
-        mask_.resize(ids_.shape());
-        for (std::size_t b = 0; b < B; ++b) {
-            const std::size_t padding = L - prompts[b].size();
-            for (std::size_t t = 0; t < L; ++t) {
-                ids_.data()[b * L + t] = t < padding ? pad : prompts[b][t - padding];
-                mask_.data()[b * L + t] = t < padding ? 0 : 1;
+        // the prefill: the prompts left-padded, columns t0 .. t0 + n - 1 of every row per pass
+        const std::size_t chunk =
+            o.prefill_tokens == 0 ? L : std::clamp<std::size_t>(o.prefill_tokens / B, 1, L);
+        context ctx;  // eval mode
+        const auto prefill = [&](std::size_t t0) {
+            const std::size_t n = std::min(chunk, L - t0);
+            ids_.resize(shape<dynamic, dynamic>(B, n));
+            mask_.resize(ids_.shape());
+            for (std::size_t b = 0; b < B; ++b) {
+                const std::size_t padding = L - prompts[b].size();
+                for (std::size_t t = t0; t < t0 + n; ++t) {
+                    ids_.data()[b * n + t - t0] = t < padding ? pad : prompts[b][t - padding];
+                    mask_.data()[b * n + t - t0] = t < padding ? 0 : 1;
+                }
             }
-        }
-        context ctx;                                                                  // eval mode
-        auto logits = model_.forward_cached(ctx, ids_.view(), cache_, mask_.view());  // (B, V)
+            return model_.forward_cached(ctx, ids_.view(), cache_, mask_.view());  // (B, V)
+        };
+        auto logits = prefill(0);  // the last pass's logits are the last prompt tokens'
+        for (std::size_t t0 = chunk; t0 < L; t0 += chunk) logits = prefill(t0);
         ids_.resize(shape<dynamic, dynamic>(B, 1));
         for (std::size_t step = 0; step < new_tokens; ++step) {
             std::size_t running = 0;
@@ -337,7 +351,7 @@ class generator {
     const text::bpe_tokenizer* tok_;  // null: token ids only
     std::size_t max_positions_;
     layers::kv_cache<T, D> cache_;
-    buffer<token_id, shape<dynamic, dynamic>, D> ids_, mask_;  // (B, L) then (B, 1)
+    buffer<token_id, shape<dynamic, dynamic>, D> ids_, mask_;  // (B, chunk) then (B, 1)
     std::vector<token_id> stops_;
     std::vector<row> rows_;
     std::vector<unsigned char> seen_;  // (B, V) tokens in each sequence (repetition penalty)

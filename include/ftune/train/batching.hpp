@@ -4,9 +4,11 @@
 #pragma once
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <numeric>
 #include <optional>
+#include <ostream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -15,6 +17,7 @@
 #include "ftune/core/rng.hpp"
 #include "ftune/data/readers.hpp"
 #include "ftune/heads/common.hpp"
+#include "ftune/io/atomic.hpp"
 #include "ftune/train/batch.hpp"
 #include "ftune/text/bert.hpp"
 #include "ftune/text/bpe.hpp"
@@ -199,6 +202,23 @@ inline std::vector<std::vector<std::size_t>> batch_order(const std::vector<examp
                              idx.begin() + std::ptrdiff_t(std::min(idx.size(), a + batch_size)));
     if (shuffle && bucket) ftune::shuffle(std::span<std::vector<std::size_t>>(batches), s2);
     return batches;
+}
+
+/// Writes the batches of `epochs` epochs that trainer::fit takes from xs (batch_order with
+/// shuffle; bucket, batch_size and seed as the trainer's options), one batch per line (a step's
+/// when grad_accum is 1): its examples' indices separated by spaces, epoch after epoch. Another
+/// framework can then train on the very same batches (bench/smollm2_recipe.py's fit(batches=...)).
+/// Written atomically.
+inline void save_batch_order(const std::filesystem::path& path, const std::vector<example>& xs,
+                             std::size_t batch_size, bool bucket, std::uint64_t seed,
+                             std::size_t epochs) {
+    io::write_file_atomic(path, [&](std::ostream& f) {
+        for (std::size_t e = 0; e < epochs; ++e)
+            for (const auto& b : batch_order(xs, batch_size, true, bucket, seed, e)) {
+                for (std::size_t j = 0; j < b.size(); ++j) f << (j ? " " : "") << b[j];
+                f << '\n';
+            }
+    });
 }
 
 /// Pads the examples `which` into b (to the longest; [PAD] = pad_id, mask 0, and for per-token
