@@ -87,7 +87,8 @@ def run_ftune(a, seed):
 
 def run_transformers(a, seed):
     import torch
-    from smollm2_recipe import encode_chat, fit, greedy, plain_checkpoint, prompt_ids
+    from smollm2_recipe import (encode_chat, fit, greedy, plain_checkpoint, prompt_ids,
+                                read_batches)
     torch.set_num_threads(a.threads)
     tok, model, pad = plain_checkpoint(a.gguf, "/tmp/compare_summarize_dialogues_model")
     user = lambda d: f"{INSTRUCTION}\n\n{d}"
@@ -100,10 +101,7 @@ def run_transformers(a, seed):
                       for _, refs in test) + 8, 256)
     score = lambda: rouge(greedy(model, tok, pad, prompts, max_new), [r for _, r in test])
     before = score() if a.before == "both" else {"mean": [float("nan")] * 3}
-    batches = None
-    if a.same_batches:  # the steps ftune took, row for row
-        with open(batches_file(seed)) as f:
-            batches = [[int(i) for i in line.split()] for line in f if line.strip()]
+    batches = read_batches(batches_file(seed)) if a.same_batches else None  # ftune's steps
     seconds = fit(model, pad, train, a, seed, f"/tmp/compare_summarize_dialogues_{seed}", batches)
     return {"before": before, "after": score(), "seconds": seconds}
 

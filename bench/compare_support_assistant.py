@@ -58,7 +58,8 @@ def run_ftune(a, seed):
 
 def run_transformers(a, seed):
     import torch
-    from smollm2_recipe import encode_chat, fit, greedy, plain_checkpoint, prompt_ids
+    from smollm2_recipe import (encode_chat, fit, greedy, plain_checkpoint, prompt_ids,
+                                read_batches)
     torch.set_num_threads(a.threads)
     tok, model, pad = plain_checkpoint(a.gguf, "/tmp/compare_support_assistant_model")
     train = [encode_chat(tok, t, c) for t, c in
@@ -72,10 +73,7 @@ def run_transformers(a, seed):
         return sum(r == c.strip() for r, (_, c) in zip(replies, test)) / len(test)
 
     before = float("nan") if a.skip_before else exact_match()
-    batches = None
-    if a.same_batches:  # the steps ftune took, row for row
-        with open(batches_file(seed)) as f:
-            batches = [[int(i) for i in line.split()] for line in f if line.strip()]
+    batches = read_batches(batches_file(seed)) if a.same_batches else None  # ftune's steps
     seconds = fit(model, pad, train, a, seed, f"/tmp/compare_support_assistant_{seed}", batches)
     return {"before": before, "after": exact_match(), "seconds": seconds}
 

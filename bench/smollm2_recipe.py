@@ -67,6 +67,12 @@ def encode_chat(tok, user, reply, max_length=None):
     return {"input_ids": ids, "labels": labels}
 
 
+def read_batches(path):
+    """The batches an ftune example wrote with --batches-out: a list of row-index lists."""
+    with open(path) as f:
+        return [[int(i) for i in line.split()] for line in f if line.strip()]
+
+
 class _Steps:
     """A batch sampler giving epoch e's batches on its e-th pass (batches: all epochs' steps)."""
 
