@@ -347,3 +347,77 @@ TEST_CASE("context workspace: one object of each type per run, kept; copies star
     ftune::context moved = std::move(ctx);  // a move takes it along
     CHECK(&moved.workspace.get<scratch_a>() == &a);
 }
+
+// The CUDA backend's caching allocator, on a counting host source: its bookkeeping is tested on
+// every machine (on a GPU, test_cuda checks the same with cudaMalloc).
+#include <ftune/cuda/allocator.hpp>
+
+namespace {
+struct counting_source {
+    static inline std::size_t live = 0;        // blocks from malloc not yet freed
+    static inline std::size_t fail_above = 0;  // 0: never fail; else throw for bigger requests
+    static void* allocate(std::size_t bytes) {
+        if (fail_above && bytes > fail_above) throw std::bad_alloc();
+        ++live;
+        return ::operator new(bytes);
+    }
+    static void release(void* p) noexcept {
+        --live;
+        ::operator delete(p);
+    }
+};
+}  // namespace
+
+TEST_CASE(
+    "cuda::caching_allocator: size classes, reuse per stream, no source calls in a steady "
+    "state, cache released",
+    "[core][cuda]") {
+    using ftune::cuda::size_class;
+    CHECK(size_class(0) == 512);
+    CHECK(size_class(1) == 512);
+    CHECK(size_class(513) == 1024);
+    CHECK(size_class((1u << 20) - 1) == (1u << 20));
+    CHECK(size_class((1u << 20) + 1) == (2u << 20));
+    CHECK(size_class(5u << 20) == (6u << 20));
+    {
+        ftune::cuda::caching_allocator<counting_source> a;
+        const int s1 = 0, s2 = 0;  // two "streams" (their addresses)
+        // a training step's pattern: the same sizes requested and freed every step
+        const std::vector<std::size_t> sizes{100, 4096, 3 << 20, 100, 70000};
+        for (int step = 0; step < 5; ++step) {
+            std::vector<void*> blocks;
+            for (auto n : sizes) blocks.push_back(a.allocate(n, &s1));
+            std::set<void*> distinct(blocks.begin(), blocks.end());
+            CHECK(distinct.size() == blocks.size());  // live blocks never shared
+            for (void* p : blocks) CHECK(a.deallocate(p));
+            CHECK(a.statistics().source_allocations == sizes.size());  // only the first step
+        }
+        const auto st = a.statistics();
+        CHECK(st.blocks_in_use == 0);
+        CHECK(st.bytes_in_use == 0);
+        CHECK(st.bytes_cached == 2 * 512 + 4096 + (4u << 20) + 70144);
+        CHECK(st.peak_bytes_in_use == st.bytes_cached);
+        // another stream does not take the first one's blocks
+        void* other = a.allocate(100, &s2);
+        CHECK(a.statistics().source_allocations == sizes.size() + 1);
+        CHECK_FALSE(a.deallocate(reinterpret_cast<void*>(std::uintptr_t{64})));  // not ours
+        CHECK(a.deallocate(other));
+        CHECK(a.deallocate(nullptr));
+        // a source that runs out gets the cache back first, then the request again
+        counting_source::fail_above = 0;
+        a.release_cached();
+        CHECK(a.statistics().bytes_cached == 0);
+        CHECK(counting_source::live == 0);
+        void* big = a.allocate(1 << 22, &s1);
+        CHECK(a.deallocate(big));
+        CHECK(counting_source::live == 1);  // cached
+        counting_source::fail_above = 1 << 22;
+        CHECK_THROWS_AS(a.allocate(1 << 23, &s1), std::bad_alloc);  // released, still too big
+        CHECK(counting_source::live == 0);
+        counting_source::fail_above = 0;
+        void* again = a.allocate(1 << 23, &s1);
+        CHECK(counting_source::live == 1);
+        CHECK(a.deallocate(again));
+    }
+    CHECK(counting_source::live == 0);  // the destructor returned the cache
+}

@@ -25,3 +25,6 @@
 #include "ftune/loss.hpp"
 #include "ftune/optim.hpp"
 #include "ftune/testing/check_gradients.hpp"
+#if FTUNE_WITH_CUDA
+#include "ftune/cuda/parameters.hpp"
+#endif

@@ -18,6 +18,10 @@
 #include "ftune/backends/cpu/primitives.hpp"
 #include "ftune/backends/reference/primitives.hpp"
 #include "ftune/core/tensor.hpp"
+#if FTUNE_WITH_CUDA
+#include "ftune/backends/cuda/primitives.hpp"
+#include "ftune/cuda/copy.hpp"
+#endif
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -103,8 +107,9 @@ void check_size(const char* what, const char* name, const X& x, std::size_t n,
 template <class D>
 struct backend_of {
     static_assert(!std::is_same_v<D, device::cuda>,
-                  "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
-                  "have yet (planned, optional); keep the tensors on device::cpu.");
+                  "ftune: primitives on device::cuda need the CUDA backend: build with "
+                  "FTUNE_WITH_CUDA (CMake -DFTUNE_WITH_CUDA=ON, docs/cuda.md), or keep the "
+                  "tensors on device::cpu.");
     static_assert(std::is_same_v<D, device::cuda>,
                   "ftune: no backend for this device: specialize ftune::ops::backend_of<D> "
                   "(docs/extending.md, \"Add a backend\")");
@@ -185,6 +190,19 @@ struct backend_of<device::reference> {
     FTUNE_OPS_FORWARD(backends::reference, gemm_bf16)
     FTUNE_OPS_FORWARD(backends::reference, gemm_strided_batched_bf16)
 };
+#if FTUNE_WITH_CUDA
+/// device::cuda: the CUDA backend (float; cuBLAS products, ftune's kernels; FTUNE_WITH_CUDA).
+template <>
+struct backend_of<device::cuda> {
+    FTUNE_OPS_TRAINING_PRIMITIVES(backends::cuda)
+    FTUNE_OPS_FORWARD(backends::cuda, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cuda, attention_inference_bf16)
+    FTUNE_OPS_FORWARD(backends::cuda, attention_decode)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_packed)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_bf16)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_strided_batched_bf16)
+};
+#endif
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
 
@@ -1023,7 +1041,8 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
 template <class T, class D>
 struct prepared_weight_of {
     static_assert(!std::is_same_v<D, device::cuda>,
-                  "ftune: prepared weights on device::cuda need a CUDA backend (planned)");
+                  "ftune: prepared weights on device::cuda need the CUDA backend: build with "
+                  "FTUNE_WITH_CUDA (docs/cuda.md)");
 };
 template <class T>
 struct prepared_weight_of<T, device::cpu> {
@@ -1033,6 +1052,12 @@ template <class T>
 struct prepared_weight_of<T, device::reference> {
     using type = backends::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
+#if FTUNE_WITH_CUDA
+template <class T>
+struct prepared_weight_of<T, device::cuda> {
+    using type = backends::cuda::prepared_b<T>;  ///< op(W) copied row-major in device memory
+};
+#endif
 
 /// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
 /// its GEMM's panel layout. Each backend has its own type.

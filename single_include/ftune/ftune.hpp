@@ -438,7 +438,8 @@ struct reference {
     static constexpr const char* name = "reference";  ///< the name in messages
     static constexpr bool host = true;                ///< whether the memory is the host's
 };
-/// NVIDIA GPU memory; reserved for a CUDA backend (planned, optional; none yet).
+/// NVIDIA GPU memory; primitives run on the CUDA backend (optional: FTUNE_WITH_CUDA builds,
+/// backends/cuda/, docs/cuda.md).
 struct cuda {
     static constexpr const char* name = "cuda";  ///< the name in messages
     static constexpr bool host = false;          ///< whether the memory is the host's
@@ -456,6 +457,17 @@ concept device_tag = requires {
 /// A device whose memory is the host's (ftune::buffer allocates it).
 template <class D>
 concept host_device = device_tag<D> && D::host;
+
+/// Fails the build where a function that reads or writes tensor memory in host loops (decoding
+/// predictions, finding marker tokens, a cache's bookkeeping) is instantiated for a device whose
+/// memory is not the host's, instead of letting it read device pointers at run time.
+template <class D>
+constexpr void require_host_memory() {
+    static_assert(D::host,
+                  "ftune: this function reads tensor memory in host loops; on device::cuda it is "
+                  "not available yet (docs/cuda.md lists what runs on the device): copy the "
+                  "tensor to the host (cuda::to_host) or run this part on device::cpu");
+}
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/device.hpp ----
@@ -527,13 +539,13 @@ class view {
     constexpr std::size_t size() const noexcept { return shape_.size(); }
     /// True when the view has no element.
     constexpr bool empty() const noexcept { return size() == 0; }
-    /// The elements as a span.
-    constexpr std::span<T> span() const noexcept { return {data_, size()}; }
+    /// The elements as a span (host memory only).
+    constexpr std::span<T> span() const noexcept requires(Device::host) { return {data_, size()}; }
 
-    /// Element access by row-major index (one index per axis; unchecked).
+    /// Element access by row-major index (one index per axis; unchecked; host memory only).
     template <class... I>
-    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...)) constexpr T& operator()(
-        I... idx) const noexcept {
+    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...) && Device::host) constexpr T&
+    operator()(I... idx) const noexcept {
         const std::size_t ix[] = {static_cast<std::size_t>(idx)...};
         std::size_t off = 0;
         for (std::size_t a = 0; a < rank; ++a) off = off * shape_.extent(a) + ix[a];
@@ -587,13 +599,50 @@ std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
 }
 }  // namespace detail
 
-/// An owning, 64-byte aligned, zero-initialized row-major tensor in host memory (device::cpu or
-/// device::reference). (Device memory for a CUDA backend would get its own buffer type.)
+/// How the memory of a device that is not the host's is allocated, freed, copied and filled:
+/// each such backend specializes it (device::cuda: backends/cuda/memory.hpp, with
+/// FTUNE_WITH_CUDA). Host devices never use it (buffers allocate them with operator new).
+template <class Device>
+struct device_memory {
+    static_assert(host_device<Device>,
+                  "ftune: a buffer on a device whose memory is not the host's needs that "
+                  "backend's device_memory<Device>; for device::cuda build with FTUNE_WITH_CUDA "
+                  "and include ftune/backends/cuda.hpp (docs/cuda.md)");
+};
+
+namespace detail {
+/// Deleter of a buffer's device memory (owns = false: a borrowed array, left alone).
+template <class Device>
+struct device_delete {
+    bool owns = true;  ///< whether the array is freed
+    void operator()(void* p) const noexcept {
+        if (owns && p) device_memory<Device>::deallocate(p);
+    }
+};
+/// The deleter of a buffer's storage on Device.
+template <class Device>
+using storage_delete = std::conditional_t<Device::host, aligned_delete, device_delete<Device>>;
+/// n zero-filled T's on Device (64-byte aligned on the host).
+template <class T, class Device>
+std::unique_ptr<T[], storage_delete<Device>> alloc_storage(std::size_t n) {
+    if constexpr (Device::host) {
+        return aligned_alloc_array<T>(n);
+    } else {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "ftune buffers hold trivially copyable elements");
+        if (n == 0) return {};
+        return std::unique_ptr<T[], storage_delete<Device>>(
+            static_cast<T*>(device_memory<Device>::allocate(n * sizeof(T))));
+    }
+}
+}  // namespace detail
+
+/// An owning, zero-initialized row-major tensor on Device: 64-byte aligned host memory for
+/// device::cpu and device::reference, the device's memory for others (device::cuda: from the
+/// CUDA backend's caching allocator; element access and span() exist only on the host).
 template <class T, class Shape, device_tag Device = device::cpu>
 class buffer {
-    static_assert(host_device<Device>,
-                  "ftune: buffer<..., device::cuda> is reserved for a CUDA backend, which ftune "
-                  "does not have yet (planned, optional); use device::cpu.");
+    using deleter = detail::storage_delete<Device>;
     static_assert(
         !std::is_const_v<T>,
         "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
@@ -647,16 +696,20 @@ class buffer {
     /// unspecified after a resize that changes the shape (zero after a reallocation).
     void resize(const Shape& s) {
         if (s.size() > capacity_) {
-            data_ = detail::aligned_alloc_array<T>(s.size());
+            data_ = detail::alloc_storage<T, Device>(s.size());
             capacity_ = s.size();
         }
         shape_ = s;
     }
     /// Sets every element to v (large buffers, such as the gradients zeroed at every step, by
     /// the OpenMP threads in 64 KiB chunks).
-    void fill(T v) noexcept {
+    void fill(T v) noexcept(Device::host) {
         T* p = data();
         const std::size_t n = size();
+        if constexpr (!Device::host) {
+            device_memory<Device>::fill(p, n, v);
+            return;
+        }
 #if defined(_OPENMP)
         constexpr std::size_t chunk = 65536 / sizeof(T);
         if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
@@ -675,8 +728,7 @@ class buffer {
     /// the buffer and its copies, which must then be only read (model replicas sharing one
     /// model's weights). A later resize() that grows it allocates its own storage again.
     void borrow(T* elements) noexcept {
-        data_ =
-            std::unique_ptr<T[], detail::aligned_delete>(elements, detail::aligned_delete{false});
+        data_ = std::unique_ptr<T[], deleter>(elements, deleter{false});
         capacity_ = size();
     }
     /// Frees the storage and keeps the shape: data() is null and the elements may not be used
@@ -713,12 +765,12 @@ class buffer {
     std::size_t capacity() const noexcept {
         return capacity_;
     }
-    /// The elements as a span.
-    std::span<T> span() noexcept {
+    /// The elements as a span (host memory only).
+    std::span<T> span() noexcept requires(Device::host) {
         return {data(), size()};
     }
-    /// The elements as a span.
-    std::span<const T> span() const noexcept {
+    /// The elements as a span (host memory only).
+    std::span<const T> span() const noexcept requires(Device::host) {
         return {data(), size()};
     }
     /// A mutable view of the whole buffer.
@@ -737,39 +789,41 @@ class buffer {
     operator ftune::view<const T, Shape, Device>() const noexcept {
         return view();
     }
-    /// Element access by row-major index.
+    /// Element access by row-major index (host memory only).
     template <class... I>
-    T& operator()(I... idx) noexcept {
+    T& operator()(I... idx) noexcept requires(Device::host) {
         return view()(idx...);
     }
-    /// Element access by row-major index.
+    /// Element access by row-major index (host memory only).
     template <class... I>
-    const T& operator()(I... idx) const noexcept {
+    const T& operator()(I... idx) const noexcept requires(Device::host) {
         return view()(idx...);
     }
 
   private:
     // No storage, owned (an alias is let go).
     void drop() noexcept {
-        data_ = std::unique_ptr<T[], detail::aligned_delete>();
+        data_ = std::unique_ptr<T[], deleter>();
         capacity_ = 0;
     }
     // The copy constructor's and assignment's storage (shape_ already set; data_ empty or owned).
     void copy_storage(const buffer& o) {
         if (!o.owns_storage()) {  // an alias: alias the same elements
-            data_ = std::unique_ptr<T[], detail::aligned_delete>(o.data_.get(),
-                                                                 detail::aligned_delete{false});
+            data_ = std::unique_ptr<T[], deleter>(o.data_.get(), deleter{false});
             capacity_ = o.capacity_;
         } else if (o.data_) {
             if (size() > capacity_) {
-                data_ = detail::aligned_alloc_array<T>(size());
+                data_ = detail::alloc_storage<T, Device>(size());
                 capacity_ = size();
             }
-            std::copy_n(o.data(), size(), data());
+            if constexpr (Device::host)
+                std::copy_n(o.data(), size(), data());
+            else
+                device_memory<Device>::copy(data(), o.data(), size() * sizeof(T));
         }
     }
 
-    std::unique_ptr<T[], detail::aligned_delete> data_;
+    std::unique_ptr<T[], deleter> data_;
     std::size_t capacity_ = 0;
     Shape shape_{};
 };
@@ -816,15 +870,38 @@ struct parameter_ref {
         inference_only_fn(owner, shared_value);
     }
     /// The shape as "[768, 3072]".
-    std::string shape_string() const {
-        std::string s = "[";
-        for (std::size_t i = 0; i < rank; ++i) {
-            if (i) s += ", ";
-            s += std::to_string(extents[i]);
-        }
-        return s + "]";
-    }
+    std::string shape_string() const { return detail::format_extents({extents.data(), rank}); }
 };
+
+/// A reference to one parameter whose memory is a device's, not the host's (device::cuda): its
+/// value and gradient are views on D, which only ops and device copies read. Visitors that
+/// take a parameter_ref<T> (host spans: optimizers, loaders, checkpoints) do not compile for
+/// such a model, instead of reading device memory on the host; generic visitors (`auto p`) see
+/// this type (cuda::upload_parameters copies a host model's values into a device twin).
+template <class T, class D>
+struct device_parameter_ref {
+    std::string name;                      ///< full hierarchical name, as parameter_ref's
+    view<T, shape<dynamic>, D> value;      ///< the values, in D's memory
+    view<T, shape<dynamic>, D> grad;       ///< the gradients (empty when frozen and freed)
+    bool trainable = true;                 ///< false when frozen
+    bool decay = true;                     ///< false when weight decay does not apply
+    std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries)
+    std::size_t rank = 0;                  ///< number of axes
+    bool* owner_trainable = nullptr;       ///< the owning parameter's flag (nullptr: none)
+
+    /// Freezes (false) or unfreezes (true) the parameter itself, as parameter_ref's.
+    void set_trainable(bool on) noexcept {
+        trainable = on;
+        if (owner_trainable) *owner_trainable = on;
+    }
+    /// The shape as "[768, 3072]".
+    std::string shape_string() const { return detail::format_extents({extents.data(), rank}); }
+};
+
+/// What a visit shows of a parameter on device D: parameter_ref<T> on the host,
+/// device_parameter_ref<T, D> elsewhere.
+template <class T, class D>
+using parameter_ref_on = std::conditional_t<D::host, parameter_ref<T>, device_parameter_ref<T, D>>;
 
 /// Base of a parameter visitor that leaves the values unchanged (it reads them, or only moves
 /// where they are stored): visits with it keep the packed weights of prepare_inference(), which
@@ -906,10 +983,29 @@ struct parameter {
         grad.release();
         trainable = false;
     }
-    /// This parameter as visitors see it, named "<prefix>.<name>".
-    parameter_ref<T> ref(std::string_view prefix) {
+    /// This parameter as visitors see it, named "<prefix>.<name>" (on a device whose memory is
+    /// not the host's: a device_parameter_ref).
+    parameter_ref_on<T, Device> ref(std::string_view prefix) {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
         if (trainable) gradient();  // a parameter that trains again gets its storage back
+        if constexpr (!Device::host) {
+            device_parameter_ref<T, Device> r{join_name(prefix, name),
+                                              {value.data(), value.size()},
+                                              {grad.data(), grad.data() ? grad.size() : 0},
+                                              trainable,
+                                              decay};
+            r.rank = Shape::rank;
+            r.owner_trainable = &trainable;
+            for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
+            return r;
+        } else {
+            return host_ref(prefix);
+        }
+    }
+
+  private:
+    // ref() on the host: spans over the value and gradient
+    parameter_ref<T> host_ref(std::string_view prefix) {
         // a frozen parameter whose gradient storage zero_grad() freed shows an empty gradient
         parameter_ref<T> r{join_name(prefix, name), value.span(),
                            grad.data() ? grad.span() : std::span<T>(), trainable, decay};
@@ -5400,6 +5496,691 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
+#if FTUNE_WITH_CUDA
+// ---- begin ftune/backends/cuda/primitives.hpp ----
+// The CUDA backend's primitives: the list of backends/reference/primitives.hpp, on device
+// pointers, for float (bf16 where the mixed-precision step stores it). Declarations only: host
+// code of any compiler calls them; their kernels are compiled once by nvcc from
+// backends/cuda/implementation.cu (CMake's ftune_cuda target, or a .cu file of your program that
+// includes it). They run asynchronously on cuda::current_stream(), except those that return a
+// value to the host or check ids, which wait for their result.
+//
+// Matrices are row-major, as everywhere in ftune; GEMMs go to cuBLAS (fp32: its exact-fp32
+// kernels, no TF32; bf16: operands rounded to nearest even, fp32 sums on tensor cores).
+// Reductions run in a fixed order: every primitive gives the same bits on every run.
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+// ---- begin ftune/backends/cuda/memory.hpp ----
+// Buffers in device memory: device_memory<device::cuda>, which ftune::buffer uses for
+// device::cuda (allocation from the caching allocator, zeroing, copies, fills on the current
+// stream). Copies between the host and the device: cuda/copy.hpp.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+// ---- begin ftune/cuda/runtime.hpp ----
+// The CUDA runtime as ftune uses it: errors as ftune::error, the devices present, the stream
+// this thread's primitives run on, and the caching allocator bound to cudaMalloc. Host code:
+// compiles with any C++20 compiler given the CUDA toolkit's headers (FTUNE_WITH_CUDA builds).
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <string>
+
+// ---- begin ftune/cuda/allocator.hpp ----
+// A caching allocator for device memory, as PyTorch's: a freed block goes back to a free list of
+// its size class and the next request of that class on the same stream takes it, so a training
+// loop whose shapes repeat asks the device for memory only in its first steps. The raw allocation
+// is a policy (cudaMalloc for the CUDA backend, plain malloc in the tests), so the bookkeeping is
+// tested on every machine, with or without a GPU.
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace cuda {
+
+/// What a caching allocator holds and has asked its source for.
+struct allocator_statistics {
+    std::size_t source_allocations = 0;  ///< raw allocations made (cudaMalloc calls)
+    std::size_t source_frees = 0;        ///< raw frees made (cudaFree calls)
+    std::size_t blocks_in_use = 0;       ///< blocks handed out and not yet returned
+    std::size_t bytes_in_use = 0;        ///< bytes of those blocks (rounded to their size class)
+    std::size_t bytes_cached = 0;        ///< bytes of free blocks kept for reuse
+    std::size_t peak_bytes_in_use = 0;   ///< the most bytes_in_use has been
+};
+
+/// The size class of a request of `bytes`: a multiple of 512 bytes below 1 MiB, of 2 MiB above
+/// (at most 1/512 or 2 MiB of padding, and few classes for the large tensors of a model).
+constexpr std::size_t size_class(std::size_t bytes) noexcept {
+    constexpr std::size_t small = 512, large = std::size_t{2} << 20, split = std::size_t{1} << 20;
+    if (bytes == 0) return small;
+    if (bytes < split) return (bytes + small - 1) / small * small;
+    return (bytes + large - 1) / large * large;
+}
+
+/// Device memory by size class and stream, reused without returning it to the device. Source
+/// provides `static void* allocate(std::size_t)` (throws on failure) and `static void
+/// release(void*) noexcept`. Thread-safe. A block freed on one stream is reused only by requests
+/// on that stream, whose work is ordered after the free (as PyTorch's allocator without
+/// record_stream).
+template <class Source>
+class caching_allocator {
+  public:
+    /// An empty cache.
+    caching_allocator() = default;
+    caching_allocator(const caching_allocator&) = delete;
+    caching_allocator& operator=(const caching_allocator&) = delete;
+    /// Returns every cached block to the source (blocks still in use are the owners' to free).
+    ~caching_allocator() { release_cached(); }
+
+    /// A block of at least `bytes` for work on `stream`: a cached one of the same size class and
+    /// stream when there is one, else a new one from the source (after releasing the cache and
+    /// trying again once, when the source runs out).
+    void* allocate(std::size_t bytes, const void* stream = nullptr) {
+        const std::size_t cls = size_class(bytes);
+        std::lock_guard lock(mutex_);
+        void* p = nullptr;
+        if (auto it = free_.find({cls, stream}); it != free_.end() && !it->second.empty()) {
+            p = it->second.back();
+            it->second.pop_back();
+            stats_.bytes_cached -= cls;
+        } else {
+            try {
+                p = Source::allocate(cls);
+            } catch (...) {
+                release_cached_locked();
+                p = Source::allocate(cls);  // throws again when even that is not enough
+            }
+            ++stats_.source_allocations;
+        }
+        live_.emplace(p, block{cls, stream});
+        ++stats_.blocks_in_use;
+        stats_.bytes_in_use += cls;
+        if (stats_.bytes_in_use > stats_.peak_bytes_in_use)
+            stats_.peak_bytes_in_use = stats_.bytes_in_use;
+        return p;
+    }
+    /// Returns a block from allocate() to the cache (null is ignored; a pointer this allocator
+    /// did not hand out is left alone: false).
+    bool deallocate(void* p) noexcept {
+        if (!p) return true;
+        std::lock_guard lock(mutex_);
+        const auto it = live_.find(p);
+        if (it == live_.end()) return false;
+        const block b = it->second;
+        live_.erase(it);
+        --stats_.blocks_in_use;
+        stats_.bytes_in_use -= b.bytes;
+        try {
+            free_[{b.bytes, b.stream}].push_back(p);
+            stats_.bytes_cached += b.bytes;
+        } catch (...) {  // no memory for the free list: give the block back instead
+            Source::release(p);
+            ++stats_.source_frees;
+        }
+        return true;
+    }
+    /// Gives every cached (free) block back to the source (as torch.cuda.empty_cache()).
+    void release_cached() noexcept {
+        std::lock_guard lock(mutex_);
+        release_cached_locked();
+    }
+    /// The counters.
+    allocator_statistics statistics() const {
+        std::lock_guard lock(mutex_);
+        return stats_;
+    }
+
+  private:
+    struct block {
+        std::size_t bytes;   // the size class
+        const void* stream;  // the stream it was allocated for
+    };
+    void release_cached_locked() noexcept {
+        for (auto& [key, list] : free_)
+            for (void* p : list) {
+                Source::release(p);
+                ++stats_.source_frees;
+                stats_.bytes_cached -= key.first;
+            }
+        free_.clear();
+    }
+
+    mutable std::mutex mutex_;
+    std::unordered_map<void*, block> live_;
+    std::map<std::pair<std::size_t, const void*>, std::vector<void*>> free_;
+    allocator_statistics stats_;
+};
+
+}  // namespace cuda
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/cuda/allocator.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace cuda {
+
+/// Throws an ftune::error about `what` (the CUDA call) unless status is cudaSuccess: unsupported
+/// when there is no usable device or driver or no memory left, internal otherwise.
+inline void check(cudaError_t status, const char* what) {
+    if (status == cudaSuccess) return;
+    const std::string message =
+        std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status);
+    switch (status) {
+        case cudaErrorNoDevice:
+        case cudaErrorInsufficientDriver:
+        case cudaErrorInvalidDevice:
+            throw error(errc::unsupported, what,
+                        message +
+                            " (no usable CUDA device: check nvidia-smi, or run on "
+                            "device::cpu)");
+        case cudaErrorMemoryAllocation:
+            throw error(errc::unsupported, what,
+                        message +
+                            " (the device is out of memory: lower the batch size or the "
+                            "sequence length, or call cuda::release_cached_memory())");
+        default:
+            throw error(errc::internal, what, message);
+    }
+}
+
+/// Number of CUDA devices this process can use (0 without a driver or a GPU; never throws).
+inline int device_count() noexcept {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();  // clear the sticky error of the failed query
+        return 0;
+    }
+    return n;
+}
+
+/// Whether a CUDA device is present for ftune's primitives.
+inline bool available() noexcept {
+    return device_count() > 0;
+}
+
+/// Why no CUDA device can be used, in CUDA's words (empty when one can).
+inline std::string unavailable_reason() {
+    int n = 0;
+    const cudaError_t status = cudaGetDeviceCount(&n);
+    if (status != cudaSuccess) {
+        (void)cudaGetLastError();
+        return std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status);
+    }
+    return n > 0 ? std::string() : std::string("cudaGetDeviceCount found no device");
+}
+
+/// What `ftune info` and the benchmarks report about a device.
+struct device_properties {
+    std::string name;         ///< e.g. "NVIDIA H200"
+    int major = 0;            ///< compute capability, major
+    int minor = 0;            ///< compute capability, minor
+    std::size_t memory = 0;   ///< global memory in bytes
+    int multiprocessors = 0;  ///< number of SMs
+};
+
+/// The properties of device `index`.
+inline device_properties properties(int index = 0) {
+    cudaDeviceProp p{};
+    check(cudaGetDeviceProperties(&p, index), "cudaGetDeviceProperties");
+    return {p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount};
+}
+
+/// Selects device `index` for this thread's later work (cudaSetDevice).
+inline void set_device(int index) {
+    check(cudaSetDevice(index), "cudaSetDevice");
+}
+
+/// The stream this thread's primitives run on: the default (legacy) stream unless a
+/// stream_scope chose another.
+inline cudaStream_t& current_stream() noexcept {
+    thread_local cudaStream_t stream = nullptr;
+    return stream;
+}
+
+/// Makes `s` this thread's current stream until the scope ends (then the previous one again).
+class stream_scope {
+  public:
+    /// Runs the primitives of this thread on s from now on.
+    explicit stream_scope(cudaStream_t s) noexcept : previous_(current_stream()) {
+        current_stream() = s;
+    }
+    stream_scope(const stream_scope&) = delete;
+    stream_scope& operator=(const stream_scope&) = delete;
+    /// Restores the previous stream.
+    ~stream_scope() { current_stream() = previous_; }
+
+  private:
+    cudaStream_t previous_;
+};
+
+/// Waits for the current stream's work; throws what a kernel reported (an asynchronous error).
+inline void synchronize() {
+    check(cudaStreamSynchronize(current_stream()), "cudaStreamSynchronize");
+}
+
+namespace detail {
+/// cudaMalloc / cudaFree as the caching allocator's source.
+struct runtime_source {
+    /// `bytes` of device memory; throws on failure.
+    static void* allocate(std::size_t bytes) {
+        void* p = nullptr;
+        check(cudaMalloc(&p, bytes), "cudaMalloc");
+        return p;
+    }
+    /// Frees p (errors at exit are ignored: the context may be gone).
+    static void release(void* p) noexcept { (void)cudaFree(p); }
+};
+}  // namespace detail
+
+/// The process's caching allocator of device memory (buffers on device::cuda and the backend's
+/// scratch come from it). Never destroyed: blocks may be returned during static destruction.
+inline caching_allocator<detail::runtime_source>& allocator() {
+    static auto* a = new caching_allocator<detail::runtime_source>();
+    return *a;
+}
+
+/// The device allocator's counters (source_allocations: cudaMalloc calls so far).
+inline allocator_statistics memory_statistics() {
+    return allocator().statistics();
+}
+
+/// Gives the cached free blocks back to the device (torch.cuda.empty_cache()).
+inline void release_cached_memory() noexcept {
+    allocator().release_cached();
+}
+
+}  // namespace cuda
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/cuda/runtime.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace backends::cuda {
+/// Sets n elements of elem_bytes (1, 2, 4 or 8) each at p to the low bytes of `pattern`, on the
+/// current stream (defined with the kernels, backends/cuda/implementation.cu).
+void fill_pattern(void* p, std::size_t n, std::size_t elem_bytes, std::uint64_t pattern);
+}  // namespace backends::cuda
+
+/// Device memory on device::cuda: the caching allocator, operations on the current stream.
+template <>
+struct device_memory<device::cuda> {
+    /// `bytes` of zeroed device memory.
+    static void* allocate(std::size_t bytes) {
+        void* p = cuda::allocator().allocate(bytes, cuda::current_stream());
+        try {
+            cuda::check(cudaMemsetAsync(p, 0, bytes, cuda::current_stream()), "cudaMemsetAsync");
+        } catch (...) {
+            cuda::allocator().deallocate(p);
+            throw;
+        }
+        return p;
+    }
+    /// Returns p to the caching allocator.
+    static void deallocate(void* p) noexcept { cuda::allocator().deallocate(p); }
+    /// Copies `bytes` from device memory src to device memory dst.
+    static void copy(void* dst, const void* src, std::size_t bytes) {
+        cuda::check(
+            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda::current_stream()),
+            "cudaMemcpyAsync (device to device)");
+    }
+    /// Sets the n elements at p to v.
+    template <class T>
+    static void fill(T* p, std::size_t n, T v) {
+        static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8,
+                      "ftune: device buffers fill elements of 1, 2, 4 or 8 bytes");
+        std::uint64_t pattern = 0;
+        std::memcpy(&pattern, &v, sizeof(T));
+        backends::cuda::fill_pattern(p, n, sizeof(T), pattern);
+    }
+};
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/backends/cuda/memory.hpp ----
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace backends::cuda {
+
+// Matrix products (cuBLAS)
+
+/// C(M,N) = alpha op(A)(M,K) op(B)(K,N) + beta C; lda/ldb/ldc are row strides (BLAS semantics:
+/// beta == 0 ignores C).
+void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
+          const float* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
+          std::size_t ldc);
+/// `batch` gemm's whose operands start stride_* elements apart.
+void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                          float alpha, const float* A, std::size_t lda, std::size_t stride_a,
+                          const float* B, std::size_t ldb, std::size_t stride_b, float beta,
+                          float* C, std::size_t ldc, std::size_t stride_c, std::size_t batch);
+/// gemm with A and B rounded to bf16 and fp32 sums (tensor cores).
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
+               const float* A, std::size_t lda, const float* B, std::size_t ldb, float beta,
+               float* C, std::size_t ldc);
+/// gemm_bf16 with A already in bf16.
+void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
+               const bf16* A, std::size_t lda, const float* B, std::size_t ldb, float beta,
+               float* C, std::size_t ldc);
+/// `batch` gemm_bf16's whose operands start stride_* elements apart.
+void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                               std::size_t K, float alpha, const float* A, std::size_t lda,
+                               std::size_t stride_a, const float* B, std::size_t ldb,
+                               std::size_t stride_b, float beta, float* C, std::size_t ldc,
+                               std::size_t stride_c, std::size_t batch);
+/// The same with A already in bf16.
+void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N,
+                               std::size_t K, float alpha, const bf16* A, std::size_t lda,
+                               std::size_t stride_a, const float* B, std::size_t ldb,
+                               std::size_t stride_b, float beta, float* C, std::size_t ldc,
+                               std::size_t stride_c, std::size_t batch);
+
+// Bias, residual, activations (element-wise)
+
+/// y(rows, cols) += bias(cols) on every row.
+void bias_add(float* y, const float* bias, std::size_t rows, std::size_t cols);
+/// dbias(cols) += Σ over rows of dy(rows, cols).
+void bias_backward(float* dbias, const float* dy, std::size_t rows, std::size_t cols);
+/// out = a + b (out may alias a or b).
+void residual_add(float* out, const float* a, const float* b, std::size_t n);
+/// y = x Φ(x) (erf GELU).
+void gelu_forward(float* y, const float* x, std::size_t n);
+/// dx += dy (Φ(x) + x φ(x)).
+void gelu_backward(float* dx, const float* x, const float* dy, std::size_t n);
+/// y = tanh-approximated GELU ("gelu_new").
+void gelu_tanh_forward(float* y, const float* x, std::size_t n);
+/// dx += dy gelu_tanh'(x).
+void gelu_tanh_backward(float* dx, const float* x, const float* dy, std::size_t n);
+/// y = tanh(x).
+void tanh_forward(float* y, const float* x, std::size_t n);
+/// dx += dy (1 - y²), from the forward output y.
+void tanh_backward(float* dx, const float* y, const float* dy, std::size_t n);
+/// y = max(x, 0).
+void relu_forward(float* y, const float* x, std::size_t n);
+/// dx += dy where x > 0.
+void relu_backward(float* dx, const float* x, const float* dy, std::size_t n);
+/// y = x sigmoid(x).
+void silu_forward(float* y, const float* x, std::size_t n);
+/// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
+void silu_backward(float* dx, const float* x, const float* dy, std::size_t n);
+/// out = a b element-wise.
+void multiply(float* out, const float* a, const float* b, std::size_t n);
+/// da += dout b, db += dout a (either may be null).
+void multiply_backward(float* da, float* db, const float* a, const float* b, const float* dout,
+                       std::size_t n);
+
+// Normalizations (one block per row)
+
+/// LayerNorm of each row of x (rows, C), saving mean and rstd (rows).
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
+                        const float* bias, std::size_t rows, std::size_t C, float eps);
+/// dx, dweight, dbias += LayerNorm's gradients (dweight and dbias summed over rows in a fixed
+/// order).
+void layer_norm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                         const float* weight, const float* mean, const float* rstd,
+                         std::size_t rows, std::size_t C);
+/// RMSNorm of each row, saving rstd.
+void rms_norm_forward(float* out, float* rstd, const float* x, const float* weight,
+                      std::size_t rows, std::size_t C, float eps);
+/// dx, dweight += RMSNorm's gradients.
+void rms_norm_backward(float* dx, float* dweight, const float* dout, const float* x,
+                       const float* weight, const float* rstd, std::size_t rows, std::size_t C);
+
+// Rotary embeddings and grouped-query heads
+
+/// cos, sin (rows, half) of positions[r] / theta^(2i / 2 half).
+void rope_table(float* cos, float* sin, const token_id* positions, std::size_t rows,
+                std::size_t half, double theta);
+/// Rotates x (rows, heads, 2 half), rows ld apart, in place (inverse: the opposite angles).
+void rope_apply(float* x, std::size_t ld, const float* cos, const float* sin, std::size_t rows,
+                std::size_t heads, std::size_t half, bool inverse);
+/// Each of the kv_heads heads of d values repeated `group` times, for `rows` rows.
+void repeat_heads(float* out, const float* in, std::size_t rows, std::size_t kv_heads,
+                  std::size_t group, std::size_t d);
+/// din += the sum over each head's `group` copies (repeat_heads' backward).
+void repeat_heads_backward(float* din, const float* dout, std::size_t rows, std::size_t kv_heads,
+                           std::size_t group, std::size_t d);
+
+// Attention softmax (one warp per row)
+
+/// probs(B,H,Tq,Tk) = softmax_k(scale scores + key_mask(B,Tk)) (causal: keys after the query
+/// dropped); all-dropped rows get zeros.
+void softmax_forward(float* probs, const float* scores, const float* key_mask, float scale,
+                     std::size_t B, std::size_t H, std::size_t Tq, std::size_t Tk,
+                     bool causal = false);
+/// dscores (+)= scale p (g - Σ p g), g = dprobs (times keep keep_scale with a dropout mask).
+void softmax_backward(float* dscores, const float* probs, const float* dprobs, float scale,
+                      std::size_t rows, std::size_t Tk, const std::uint8_t* keep = nullptr,
+                      float keep_scale = 1.0f, bool accumulate = true);
+/// softmax_backward storing dscores rounded to bf16 (accumulate must be false).
+void softmax_backward(bf16* dscores, const float* probs, const float* dprobs, float scale,
+                      std::size_t rows, std::size_t Tk, const std::uint8_t* keep = nullptr,
+                      float keep_scale = 1.0f, bool accumulate = false);
+
+// Dropout (the CPU's Philox stream: the same mask for the same seed)
+
+/// y = x keep / (1 - p), keep(i) = [s.bits(i) >= threshold(p)], written to mask.
+void dropout_forward(float* y, std::uint8_t* mask, const float* x, float p, std::size_t n,
+                     const random_stream& s);
+/// dropout_forward storing y rounded to bf16.
+void dropout_forward(bf16* y, std::uint8_t* mask, const float* x, float p, std::size_t n,
+                     const random_stream& s);
+/// dx += dy mask / (1 - p).
+void dropout_backward(float* dx, const std::uint8_t* mask, const float* dy, float p, std::size_t n);
+
+// Ids, masks and copies
+
+/// mask(i) = 0 for a token, the lowest float for padding (attention null: all tokens).
+void key_mask(float* mask, const token_id* attention, std::size_t n);
+/// ids(i) = start + i % t.
+void position_ids(token_id* ids, std::size_t n, std::size_t t, std::size_t start);
+/// out = in, or zeros when in is null.
+void copy_ids(token_id* out, const token_id* in, std::size_t n);
+/// out = in for n values.
+void copy(float* out, const float* in, std::size_t n);
+/// out(r, :) = x(r stride, :) for rows rows of C values.
+void gather_rows(float* out, const float* x, std::size_t rows, std::size_t C, std::size_t stride);
+
+// Embedding and cross-entropy (ids are checked: out_of_range names the first bad one)
+
+/// out(n, C) = table(ids, :).
+void embedding_forward(float* out, const token_id* ids, const float* table, std::size_t n,
+                       std::size_t C, std::size_t vocab);
+/// dtable(ids[i], :) += dout(i, :) except padding_idx (repeated ids summed in order).
+void embedding_backward(float* dtable, const token_id* ids, const float* dout, std::size_t n,
+                        std::size_t C, std::size_t vocab, token_id padding_idx = -1);
+/// losses(rows) = logsumexp - the target's logit (0 where ignored); returns the rows counted.
+std::size_t cross_entropy_forward(float* losses, const float* logits, const token_id* targets,
+                                  std::size_t rows, std::size_t V, token_id ignore_index = -100);
+/// dlogits += dlosses (softmax - onehot) on the rows not ignored.
+void cross_entropy_backward(float* dlogits, const float* logits, const token_id* targets,
+                            const float* dlosses, std::size_t rows, std::size_t V,
+                            token_id ignore_index = -100);
+
+// Reductions and optimizer updates
+
+/// Σ x² in double (a fixed-order tree: the same bits every run).
+double sum_squares(const float* x, std::size_t n);
+/// x *= alpha.
+void scale(float* x, float alpha, std::size_t n);
+/// One AdamW step, PyTorch's arithmetic (backends/reference/primitives.hpp).
+void adamw_update(float* param, const float* grad, float* m, float* v, std::size_t n,
+                  const adamw_params& h);
+/// One SGD step, PyTorch's arithmetic.
+void sgd_update(float* param, const float* grad, float* buf, std::size_t n, const sgd_params& h);
+
+// Inference: prepared weights and attention
+
+/// Stores op(B) (K rows, N columns; B with row stride ldb) row-major at out: a prepared weight.
+void prepare_b(float* out, const float* B, std::size_t ldb, transpose tb, std::size_t K,
+               std::size_t N);
+/// The same rounded to bf16.
+void prepare_b(bf16* out, const float* B, std::size_t ldb, transpose tb, std::size_t K,
+               std::size_t N);
+/// gemm_bf16 with B already in bf16 (op(B) = B, (K, N) with row stride ldb).
+void gemm_bf16_b(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                 const float* A, std::size_t lda, const bf16* B, std::size_t ldb, float beta,
+                 float* C, std::size_t ldc);
+/// C(M, N) (row stride ldc) += bias(N) on every row (bias may be null) and += R (M, N) with row
+/// stride ldr (r may be null): the epilogues of gemm_packed in one pass.
+void add_bias_residual(float* C, std::size_t ldc, const float* bias, const float* r,
+                       std::size_t ldr, std::size_t M, std::size_t N);
+
+/// A weight prepared for inference products on the device: op(B) (K, N) row-major in device
+/// memory, fp32 or rounded to bf16 (gemm_packed then rounds A too, on tensor cores).
+template <class T>
+class prepared_b {
+    static_assert(std::is_same_v<T, float>, "ftune: the CUDA backend prepares float weights");
+
+  public:
+    /// Copies op(B) (K rows, N columns) from device memory B with row stride ldb.
+    void pack(const T* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N,
+              ftune::precision p = ftune::precision::fp32) {
+        if (p == ftune::precision::bf16) {
+            b16_.resize(shape<dynamic>(K * N));
+            f32_.resize(shape<dynamic>(0));
+            prepare_b(b16_.data(), B, ldb, tb, K, N);
+        } else {
+            f32_.resize(shape<dynamic>(K * N));
+            b16_.resize(shape<dynamic>(0));
+            prepare_b(f32_.data(), B, ldb, tb, K, N);
+        }
+        K_ = K, N_ = N, precision_ = p;
+    }
+    /// The precision it was prepared in.
+    ftune::precision precision() const noexcept { return precision_; }
+    /// Rows of op(B).
+    std::size_t rows() const noexcept { return K_; }
+    /// Columns of op(B).
+    std::size_t cols() const noexcept { return N_; }
+    /// op(B), (K, N) row-major in fp32 (null when prepared in bf16).
+    const T* data() const noexcept { return f32_.size() ? f32_.data() : nullptr; }
+    /// op(B) rounded to bf16 (null when prepared in fp32).
+    const bf16* data_bf16() const noexcept { return b16_.size() ? b16_.data() : nullptr; }
+
+  private:
+    buffer<T, shape<dynamic>, device::cuda> f32_;
+    buffer<bf16, shape<dynamic>, device::cuda> b16_;
+    std::size_t K_ = 0, N_ = 0;
+    ftune::precision precision_ = ftune::precision::fp32;
+};
+
+/// C(M,N) = alpha op(A)(M,K) Bp + beta C, then + bias(N) on every row (when given), then the
+/// epilogue: none (nullptr) or backends::add_residual (C += R), the only one the device runs.
+template <class Epilogue = std::nullptr_t>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                 const float* A, std::size_t lda, const prepared_b<float>& Bp, float beta, float* C,
+                 std::size_t ldc, const float* bias = nullptr, Epilogue epilogue = {}) {
+    static_assert(std::is_same_v<Epilogue, std::nullptr_t> ||
+                      std::is_same_v<Epilogue, backends::add_residual<float>>,
+                  "ftune: the CUDA backend's gemm_packed runs the add_residual epilogue only");
+    if (Bp.rows() != K || Bp.cols() != N)
+        throw error(errc::shape_mismatch, "gemm_packed",
+                    ftune::detail::cat("B was prepared as ", Bp.rows(), " x ", Bp.cols(),
+                                       " but the product needs ", K, " x ", N));
+    if (Bp.precision() == ftune::precision::bf16)
+        gemm_bf16_b(ta, M, N, K, alpha, A, lda, Bp.data_bf16(), N, beta, C, ldc);
+    else
+        gemm(ta, transpose::no, M, N, K, alpha, A, lda, Bp.data(), N, beta, C, ldc);
+    const float* r = nullptr;
+    std::size_t ldr = 0;
+    if constexpr (!std::is_same_v<Epilogue, std::nullptr_t>) r = epilogue.r, ldr = epilogue.ldr;
+    if (bias || r) add_bias_residual(C, ldc, bias, r, ldr, M, N);
+}
+
+/// Multi-head attention for inference (backends/reference's attention_inference): one warp per
+/// (sequence, head, query), the keys in two passes (max and sum, then the weighted values).
+void attention_inference(float* out, std::size_t ldo, const float* q, std::size_t ldq,
+                         const float* k, const float* v, std::size_t ld, const float* key_mask,
+                         float scale, std::size_t Bn, std::size_t H, std::size_t Tq, std::size_t Tn,
+                         std::size_t d, bool causal = false);
+/// attention_inference with q, k, v and the normalized probabilities rounded to bf16.
+void attention_inference_bf16(float* out, std::size_t ldo, const float* q, std::size_t ldq,
+                              const float* k, const float* v, std::size_t ld, const float* key_mask,
+                              float scale, std::size_t Bn, std::size_t H, std::size_t Tq,
+                              std::size_t Tn, std::size_t d, bool causal = false);
+/// One new query per sequence against its key/value cache (reference attention_decode).
+void attention_decode(float* out, const float* q, const float* k, const float* v, std::size_t cap,
+                      const float* key_mask, float scale, std::size_t Bn, std::size_t H,
+                      std::size_t Hkv, std::size_t S, std::size_t d);
+
+}  // namespace backends::cuda
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/backends/cuda/primitives.hpp ----
+// ---- begin ftune/cuda/copy.hpp ----
+// Copies between host and device memory, on the current stream, returning when the data may be
+// used (cudaMemcpyAsync, then a wait for the stream).
+//
+//   auto x = ftune::cuda::to_device(host.view());   // buffer<float, S, device::cuda>
+//   auto back = ftune::cuda::to_host(x.view());     // buffer<float, S, device::cpu>
+
+#include <cstddef>
+#include <type_traits>
+
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace cuda {
+
+/// Copies n elements from host memory to device memory (returns when src may be reused).
+template <class T>
+void copy_to_device(T* dst, const T* src, std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    if (n == 0) return;
+    check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, current_stream()),
+          "cudaMemcpyAsync (host to device)");
+    check(cudaStreamSynchronize(current_stream()), "cudaMemcpyAsync (host to device)");
+}
+
+/// Copies n elements from device memory to host memory, after the work queued before it.
+template <class T>
+void copy_to_host(T* dst, const T* src, std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    if (n == 0) return;
+    check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, current_stream()),
+          "cudaMemcpyAsync (device to host)");
+    check(cudaStreamSynchronize(current_stream()), "cudaMemcpyAsync (device to host)");
+}
+
+/// A device buffer holding a copy of a host view.
+template <class T, class S, host_device D>
+buffer<std::remove_const_t<T>, S, device::cuda> to_device(const view<T, S, D>& host) {
+    buffer<std::remove_const_t<T>, S, device::cuda> out(host.shape());
+    copy_to_device(out.data(), host.data(), host.size());
+    return out;
+}
+
+/// A host buffer holding a copy of a device view.
+template <class T, class S>
+buffer<std::remove_const_t<T>, S, device::cpu> to_host(const view<T, S, device::cuda>& dev) {
+    buffer<std::remove_const_t<T>, S, device::cpu> out(dev.shape());
+    copy_to_host(out.data(), dev.data(), dev.size());
+    return out;
+}
+
+}  // namespace cuda
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/cuda/copy.hpp ----
+#endif
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -5485,8 +6266,9 @@ void check_size(const char* what, const char* name, const X& x, std::size_t n,
 template <class D>
 struct backend_of {
     static_assert(!std::is_same_v<D, device::cuda>,
-                  "ftune: primitives on device::cuda need a CUDA backend, which ftune does not "
-                  "have yet (planned, optional); keep the tensors on device::cpu.");
+                  "ftune: primitives on device::cuda need the CUDA backend: build with "
+                  "FTUNE_WITH_CUDA (CMake -DFTUNE_WITH_CUDA=ON, docs/cuda.md), or keep the "
+                  "tensors on device::cpu.");
     static_assert(std::is_same_v<D, device::cuda>,
                   "ftune: no backend for this device: specialize ftune::ops::backend_of<D> "
                   "(docs/extending.md, \"Add a backend\")");
@@ -5567,6 +6349,19 @@ struct backend_of<device::reference> {
     FTUNE_OPS_FORWARD(backends::reference, gemm_bf16)
     FTUNE_OPS_FORWARD(backends::reference, gemm_strided_batched_bf16)
 };
+#if FTUNE_WITH_CUDA
+/// device::cuda: the CUDA backend (float; cuBLAS products, ftune's kernels; FTUNE_WITH_CUDA).
+template <>
+struct backend_of<device::cuda> {
+    FTUNE_OPS_TRAINING_PRIMITIVES(backends::cuda)
+    FTUNE_OPS_FORWARD(backends::cuda, attention_inference)
+    FTUNE_OPS_FORWARD(backends::cuda, attention_inference_bf16)
+    FTUNE_OPS_FORWARD(backends::cuda, attention_decode)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_packed)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_bf16)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_strided_batched_bf16)
+};
+#endif
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
 
@@ -6405,7 +7200,8 @@ void attention_inference(Out&& out, const QKV& qkv, const M& key_mask, std::size
 template <class T, class D>
 struct prepared_weight_of {
     static_assert(!std::is_same_v<D, device::cuda>,
-                  "ftune: prepared weights on device::cuda need a CUDA backend (planned)");
+                  "ftune: prepared weights on device::cuda need the CUDA backend: build with "
+                  "FTUNE_WITH_CUDA (docs/cuda.md)");
 };
 template <class T>
 struct prepared_weight_of<T, device::cpu> {
@@ -6415,6 +7211,12 @@ template <class T>
 struct prepared_weight_of<T, device::reference> {
     using type = backends::reference::prepared_b<T>;  ///< op(W) copied row-major
 };
+#if FTUNE_WITH_CUDA
+template <class T>
+struct prepared_weight_of<T, device::cuda> {
+    using type = backends::cuda::prepared_b<T>;  ///< op(W) copied row-major in device memory
+};
+#endif
 
 /// A weight matrix prepared once for inference products on device D: the CPU backend packs it in
 /// its GEMM's panel layout. Each backend has its own type.
@@ -8388,6 +9190,7 @@ class kv_cache {
     /// and 0 for padding (null: all tokens), sets their positions and the key mask over the
     /// S = length() + steps positions. Throws when they do not fit in the capacity.
     void begin_step(const token_id* attention, std::size_t steps) {
+        require_host_memory<D>();  // reads tensor memory on the host
         if (length_ + steps > capacity_)
             throw error(errc::out_of_range, "kv_cache",
                         ftune::detail::cat(length_, " cached and ", steps,
@@ -9335,6 +10138,7 @@ class stack {
     /// Needs prepare_inference(); eval mode.
     output_view forward_first_tokens_packed(context& ctx, ids_view ids, ids_view token_types,
                                             std::span<const std::size_t> offsets) {
+        require_host_memory<device_type>();  // positions written on the host
         if (ctx.training() || !inference_prepared() || ids.extent(0) != 1)
             throw error(errc::invalid_argument, "forward_first_tokens_packed",
                         "runs on a backbone prepared for inference (prepare_inference()), in "
@@ -10858,6 +11662,7 @@ class sequence_task {
     /// Adds a batch's evaluation loss (no smoothing or weights) and predictions to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t B = b.B, L = y.extent(1);
         auto& s = e.running;
         if (problem == problem::single_label_classification) {
@@ -10944,6 +11749,7 @@ class sequence_task {
     /// The prediction for one row of L logits: softmax and argmax (single-label), sigmoids and
     /// the labels over 0.5 (multi-label), the values (regression). Computed in double.
     prediction_type decode(const T* logits) const {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t L = num_labels();
         class_prediction p;
         p.scores.resize(L);
@@ -11178,6 +11984,7 @@ class entity_relation : public sequence_task<T, D> {
     /// naming the row when a sequence lacks a marker (cut off by truncation, or never written).
     template <class Backbone>
     output_view forward(context& ctx, Backbone&, hidden_view h, ids_view, ids_view ids) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
         if (entity_starts[0] < 0 || entity_starts[1] < 0)
             throw error(errc::invalid_argument, "entity_relation",
@@ -11236,6 +12043,7 @@ class entity_relation : public sequence_task<T, D> {
     /// finish().
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>& names) {
+        require_host_memory<D>();  // reads tensor memory on the host
         if (!names.empty()) label_names = names;
         sequence_task<T, D>::score(y, b, e, names);
     }
@@ -11424,6 +12232,7 @@ class masked_lm {
     /// Adds a batch's loss and right predictions over its masked tokens to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t n = b.B * b.T, L = y.extent(2);
         loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
         const double l =
@@ -11552,6 +12361,7 @@ class question_answering {
     /// Adds a batch's loss per window and the windows with both ends right to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();   // reads tensor memory on the host
         loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
         const double l = span_loss(ce, y, b, nullptr, T(0));
         e.running.loss += l * double(b.B), e.running.weight += double(b.B);
@@ -11801,6 +12611,7 @@ class token_classification {
     /// Adds a batch's loss per labelled token and its tags (names: the label names) to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>& names) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t L = y.extent(2);
         loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
         const double l =
@@ -13052,4 +13863,111 @@ gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
 }  // namespace testing
 FTUNE_NAMESPACE_END
 // ---- end ftune/testing/check_gradients.hpp ----
+#if FTUNE_WITH_CUDA
+// ---- begin ftune/cuda/parameters.hpp ----
+// A model's parameters between the host and the device: load or initialize a model on the host
+// (Hugging Face loaders, GGUF, random init), then copy its values into the same architecture on
+// device::cuda; copy values or gradients back to compare or to save.
+//
+//   auto cpu = ftune::io::load_hf<ftune::bert::sequence_classifier<>>(dir);
+//   ftune::bert::sequence_classifier<GpuEncoder> gpu(cpu.config);
+//   ftune::cuda::upload_parameters(cpu.model, gpu);
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+
+FTUNE_NAMESPACE_BEGIN
+
+namespace cuda {
+
+namespace detail {
+/// Collects a host model's parameter references (a keeps_values visit: prepared weights stay).
+template <class T>
+struct collect_refs : keeps_values {
+    std::vector<parameter_ref<T>>* out;  ///< where they go
+    /// Keeps p.
+    void operator()(parameter_ref<T> p) const { out->push_back(std::move(p)); }
+};
+
+/// Throws unless the device parameter p (the i-th visited) matches the host one h.
+template <class T, class D>
+void check_twin(const device_parameter_ref<T, D>& p, const parameter_ref<T>& h, std::size_t i,
+                const char* what) {
+    if (p.name != h.name || p.value.size() != h.value.size())
+        throw error(errc::shape_mismatch, what,
+                    ftune::detail::cat("parameter ", i, " is \"", p.name, "\" ", p.shape_string(),
+                                       " on the device but \"", h.name, "\" ", h.shape_string(),
+                                       " on the host: the two models must have the same "
+                                       "architecture and configuration"));
+}
+}  // namespace detail
+
+/// Copies the value of every parameter of host model `host` into device model `device` (the same
+/// architecture; parameters matched in visit order by name and size, else shape_mismatch). The
+/// device model's prepared inference state is dropped (its weights changed); gradients untouched.
+template <class Host, class Device>
+void upload_parameters(Host& host, Device& device) {
+    using T = typename Device::value_type;
+    std::vector<parameter_ref<T>> refs;
+    host.visit_parameters("", detail::collect_refs<T>{{}, &refs});
+    std::size_t i = 0;
+    device.visit_parameters("", [&](auto p) {
+        if (i >= refs.size())
+            throw error(errc::shape_mismatch, "cuda::upload_parameters",
+                        ftune::detail::cat("the device model has more than the host model's ",
+                                           refs.size(), " parameters"));
+        detail::check_twin(p, refs[i], i, "cuda::upload_parameters");
+        copy_to_device(p.value.data(), refs[i].value.data(), p.value.size());
+        ++i;
+    });
+    if (i != refs.size())
+        throw error(errc::shape_mismatch, "cuda::upload_parameters",
+                    ftune::detail::cat("the device model has ", i, " parameters, the host model ",
+                                       refs.size()));
+}
+
+/// Copies the values (gradients = false) or the gradients (true) of device model `device` into
+/// host model `host` (matched as upload_parameters matches them). A gradient the device freed
+/// (a frozen parameter) leaves the host's alone.
+template <class Device, class Host>
+void download_parameters(Device& device, Host& host, bool gradients = false) {
+    using T = typename Device::value_type;
+    std::vector<parameter_ref<T>> refs;
+    if (gradients)
+        host.visit_parameters("", detail::collect_refs<T>{{}, &refs});
+    else  // the host's values change: a plain visit, which drops its prepared weights
+        host.visit_parameters("", [&](parameter_ref<T> p) { refs.push_back(std::move(p)); });
+    std::size_t i = 0;
+    struct reader : keeps_values {  // reads the device model: its prepared weights stay
+        std::vector<parameter_ref<T>>* refs;
+        std::size_t* i;
+        bool gradients;
+        void operator()(const device_parameter_ref<T, ftune::device::cuda>& p) const {
+            if (*i >= refs->size())
+                throw error(errc::shape_mismatch, "cuda::download_parameters",
+                            ftune::detail::cat("the device model has more than the host model's ",
+                                               refs->size(), " parameters"));
+            const auto& h = (*refs)[*i];
+            detail::check_twin(p, h, *i, "cuda::download_parameters");
+            if (!gradients)
+                copy_to_host(h.value.data(), p.value.data(), p.value.size());
+            else if (p.grad.size() && h.grad.size() == p.grad.size())
+                copy_to_host(h.grad.data(), p.grad.data(), p.grad.size());
+            ++*i;
+        }
+    };
+    device.visit_parameters("", reader{{}, &refs, &i, gradients});
+    if (i != refs.size())
+        throw error(errc::shape_mismatch, "cuda::download_parameters",
+                    ftune::detail::cat("the device model has ", i, " parameters, the host model ",
+                                       refs.size()));
+}
+
+}  // namespace cuda
+
+FTUNE_NAMESPACE_END
+// ---- end ftune/cuda/parameters.hpp ----
+#endif
 // ---- end ftune/ftune.hpp ----

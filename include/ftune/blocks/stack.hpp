@@ -70,6 +70,7 @@ class stack {
     /// Needs prepare_inference(); eval mode.
     output_view forward_first_tokens_packed(context& ctx, ids_view ids, ids_view token_types,
                                             std::span<const std::size_t> offsets) {
+        require_host_memory<device_type>();  // positions written on the host
         if (ctx.training() || !inference_prepared() || ids.extent(0) != 1)
             throw error(errc::invalid_argument, "forward_first_tokens_packed",
                         "runs on a backbone prepared for inference (prepare_inference()), in "

@@ -21,7 +21,8 @@ struct reference {
     static constexpr const char* name = "reference";  ///< the name in messages
     static constexpr bool host = true;                ///< whether the memory is the host's
 };
-/// NVIDIA GPU memory; reserved for a CUDA backend (planned, optional; none yet).
+/// NVIDIA GPU memory; primitives run on the CUDA backend (optional: FTUNE_WITH_CUDA builds,
+/// backends/cuda/, docs/cuda.md).
 struct cuda {
     static constexpr const char* name = "cuda";  ///< the name in messages
     static constexpr bool host = false;          ///< whether the memory is the host's
@@ -39,5 +40,16 @@ concept device_tag = requires {
 /// A device whose memory is the host's (ftune::buffer allocates it).
 template <class D>
 concept host_device = device_tag<D> && D::host;
+
+/// Fails the build where a function that reads or writes tensor memory in host loops (decoding
+/// predictions, finding marker tokens, a cache's bookkeeping) is instantiated for a device whose
+/// memory is not the host's, instead of letting it read device pointers at run time.
+template <class D>
+constexpr void require_host_memory() {
+    static_assert(D::host,
+                  "ftune: this function reads tensor memory in host loops; on device::cuda it is "
+                  "not available yet (docs/cuda.md lists what runs on the device): copy the "
+                  "tensor to the host (cuda::to_host) or run this part on device::cpu");
+}
 
 FTUNE_NAMESPACE_END

@@ -40,15 +40,38 @@ struct parameter_ref {
         inference_only_fn(owner, shared_value);
     }
     /// The shape as "[768, 3072]".
-    std::string shape_string() const {
-        std::string s = "[";
-        for (std::size_t i = 0; i < rank; ++i) {
-            if (i) s += ", ";
-            s += std::to_string(extents[i]);
-        }
-        return s + "]";
-    }
+    std::string shape_string() const { return detail::format_extents({extents.data(), rank}); }
 };
+
+/// A reference to one parameter whose memory is a device's, not the host's (device::cuda): its
+/// value and gradient are views on D, which only ops and device copies read. Visitors that
+/// take a parameter_ref<T> (host spans: optimizers, loaders, checkpoints) do not compile for
+/// such a model, instead of reading device memory on the host; generic visitors (`auto p`) see
+/// this type (cuda::upload_parameters copies a host model's values into a device twin).
+template <class T, class D>
+struct device_parameter_ref {
+    std::string name;                      ///< full hierarchical name, as parameter_ref's
+    view<T, shape<dynamic>, D> value;      ///< the values, in D's memory
+    view<T, shape<dynamic>, D> grad;       ///< the gradients (empty when frozen and freed)
+    bool trainable = true;                 ///< false when frozen
+    bool decay = true;                     ///< false when weight decay does not apply
+    std::array<std::size_t, 4> extents{};  ///< the shape (first `rank` entries)
+    std::size_t rank = 0;                  ///< number of axes
+    bool* owner_trainable = nullptr;       ///< the owning parameter's flag (nullptr: none)
+
+    /// Freezes (false) or unfreezes (true) the parameter itself, as parameter_ref's.
+    void set_trainable(bool on) noexcept {
+        trainable = on;
+        if (owner_trainable) *owner_trainable = on;
+    }
+    /// The shape as "[768, 3072]".
+    std::string shape_string() const { return detail::format_extents({extents.data(), rank}); }
+};
+
+/// What a visit shows of a parameter on device D: parameter_ref<T> on the host,
+/// device_parameter_ref<T, D> elsewhere.
+template <class T, class D>
+using parameter_ref_on = std::conditional_t<D::host, parameter_ref<T>, device_parameter_ref<T, D>>;
 
 /// Base of a parameter visitor that leaves the values unchanged (it reads them, or only moves
 /// where they are stored): visits with it keep the packed weights of prepare_inference(), which
@@ -130,10 +153,29 @@ struct parameter {
         grad.release();
         trainable = false;
     }
-    /// This parameter as visitors see it, named "<prefix>.<name>".
-    parameter_ref<T> ref(std::string_view prefix) {
+    /// This parameter as visitors see it, named "<prefix>.<name>" (on a device whose memory is
+    /// not the host's: a device_parameter_ref).
+    parameter_ref_on<T, Device> ref(std::string_view prefix) {
         static_assert(Shape::rank <= 4, "ftune: parameters have at most 4 axes");
         if (trainable) gradient();  // a parameter that trains again gets its storage back
+        if constexpr (!Device::host) {
+            device_parameter_ref<T, Device> r{join_name(prefix, name),
+                                              {value.data(), value.size()},
+                                              {grad.data(), grad.data() ? grad.size() : 0},
+                                              trainable,
+                                              decay};
+            r.rank = Shape::rank;
+            r.owner_trainable = &trainable;
+            for (std::size_t i = 0; i < Shape::rank; ++i) r.extents[i] = value.extent(i);
+            return r;
+        } else {
+            return host_ref(prefix);
+        }
+    }
+
+  private:
+    // ref() on the host: spans over the value and gradient
+    parameter_ref<T> host_ref(std::string_view prefix) {
         // a frozen parameter whose gradient storage zero_grad() freed shows an empty gradient
         parameter_ref<T> r{join_name(prefix, name), value.span(),
                            grad.data() ? grad.span() : std::span<T>(), trainable, decay};

@@ -68,13 +68,13 @@ class view {
     constexpr std::size_t size() const noexcept { return shape_.size(); }
     /// True when the view has no element.
     constexpr bool empty() const noexcept { return size() == 0; }
-    /// The elements as a span.
-    constexpr std::span<T> span() const noexcept { return {data_, size()}; }
+    /// The elements as a span (host memory only).
+    constexpr std::span<T> span() const noexcept requires(Device::host) { return {data_, size()}; }
 
-    /// Element access by row-major index (one index per axis; unchecked).
+    /// Element access by row-major index (one index per axis; unchecked; host memory only).
     template <class... I>
-    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...)) constexpr T& operator()(
-        I... idx) const noexcept {
+    requires(sizeof...(I) == rank && (std::is_integral_v<I> && ...) && Device::host) constexpr T&
+    operator()(I... idx) const noexcept {
         const std::size_t ix[] = {static_cast<std::size_t>(idx)...};
         std::size_t off = 0;
         for (std::size_t a = 0; a < rank; ++a) off = off * shape_.extent(a) + ix[a];
@@ -128,13 +128,50 @@ std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
 }
 }  // namespace detail
 
-/// An owning, 64-byte aligned, zero-initialized row-major tensor in host memory (device::cpu or
-/// device::reference). (Device memory for a CUDA backend would get its own buffer type.)
+/// How the memory of a device that is not the host's is allocated, freed, copied and filled:
+/// each such backend specializes it (device::cuda: backends/cuda/memory.hpp, with
+/// FTUNE_WITH_CUDA). Host devices never use it (buffers allocate them with operator new).
+template <class Device>
+struct device_memory {
+    static_assert(host_device<Device>,
+                  "ftune: a buffer on a device whose memory is not the host's needs that "
+                  "backend's device_memory<Device>; for device::cuda build with FTUNE_WITH_CUDA "
+                  "and include ftune/backends/cuda.hpp (docs/cuda.md)");
+};
+
+namespace detail {
+/// Deleter of a buffer's device memory (owns = false: a borrowed array, left alone).
+template <class Device>
+struct device_delete {
+    bool owns = true;  ///< whether the array is freed
+    void operator()(void* p) const noexcept {
+        if (owns && p) device_memory<Device>::deallocate(p);
+    }
+};
+/// The deleter of a buffer's storage on Device.
+template <class Device>
+using storage_delete = std::conditional_t<Device::host, aligned_delete, device_delete<Device>>;
+/// n zero-filled T's on Device (64-byte aligned on the host).
+template <class T, class Device>
+std::unique_ptr<T[], storage_delete<Device>> alloc_storage(std::size_t n) {
+    if constexpr (Device::host) {
+        return aligned_alloc_array<T>(n);
+    } else {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "ftune buffers hold trivially copyable elements");
+        if (n == 0) return {};
+        return std::unique_ptr<T[], storage_delete<Device>>(
+            static_cast<T*>(device_memory<Device>::allocate(n * sizeof(T))));
+    }
+}
+}  // namespace detail
+
+/// An owning, zero-initialized row-major tensor on Device: 64-byte aligned host memory for
+/// device::cpu and device::reference, the device's memory for others (device::cuda: from the
+/// CUDA backend's caching allocator; element access and span() exist only on the host).
 template <class T, class Shape, device_tag Device = device::cpu>
 class buffer {
-    static_assert(host_device<Device>,
-                  "ftune: buffer<..., device::cuda> is reserved for a CUDA backend, which ftune "
-                  "does not have yet (planned, optional); use device::cpu.");
+    using deleter = detail::storage_delete<Device>;
     static_assert(
         !std::is_const_v<T>,
         "ftune: a buffer owns mutable elements; use view<const T> to share them read-only.");
@@ -188,16 +225,20 @@ class buffer {
     /// unspecified after a resize that changes the shape (zero after a reallocation).
     void resize(const Shape& s) {
         if (s.size() > capacity_) {
-            data_ = detail::aligned_alloc_array<T>(s.size());
+            data_ = detail::alloc_storage<T, Device>(s.size());
             capacity_ = s.size();
         }
         shape_ = s;
     }
     /// Sets every element to v (large buffers, such as the gradients zeroed at every step, by
     /// the OpenMP threads in 64 KiB chunks).
-    void fill(T v) noexcept {
+    void fill(T v) noexcept(Device::host) {
         T* p = data();
         const std::size_t n = size();
+        if constexpr (!Device::host) {
+            device_memory<Device>::fill(p, n, v);
+            return;
+        }
 #if defined(_OPENMP)
         constexpr std::size_t chunk = 65536 / sizeof(T);
         if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
@@ -216,8 +257,7 @@ class buffer {
     /// the buffer and its copies, which must then be only read (model replicas sharing one
     /// model's weights). A later resize() that grows it allocates its own storage again.
     void borrow(T* elements) noexcept {
-        data_ =
-            std::unique_ptr<T[], detail::aligned_delete>(elements, detail::aligned_delete{false});
+        data_ = std::unique_ptr<T[], deleter>(elements, deleter{false});
         capacity_ = size();
     }
     /// Frees the storage and keeps the shape: data() is null and the elements may not be used
@@ -254,12 +294,12 @@ class buffer {
     std::size_t capacity() const noexcept {
         return capacity_;
     }
-    /// The elements as a span.
-    std::span<T> span() noexcept {
+    /// The elements as a span (host memory only).
+    std::span<T> span() noexcept requires(Device::host) {
         return {data(), size()};
     }
-    /// The elements as a span.
-    std::span<const T> span() const noexcept {
+    /// The elements as a span (host memory only).
+    std::span<const T> span() const noexcept requires(Device::host) {
         return {data(), size()};
     }
     /// A mutable view of the whole buffer.
@@ -278,39 +318,41 @@ class buffer {
     operator ftune::view<const T, Shape, Device>() const noexcept {
         return view();
     }
-    /// Element access by row-major index.
+    /// Element access by row-major index (host memory only).
     template <class... I>
-    T& operator()(I... idx) noexcept {
+    T& operator()(I... idx) noexcept requires(Device::host) {
         return view()(idx...);
     }
-    /// Element access by row-major index.
+    /// Element access by row-major index (host memory only).
     template <class... I>
-    const T& operator()(I... idx) const noexcept {
+    const T& operator()(I... idx) const noexcept requires(Device::host) {
         return view()(idx...);
     }
 
   private:
     // No storage, owned (an alias is let go).
     void drop() noexcept {
-        data_ = std::unique_ptr<T[], detail::aligned_delete>();
+        data_ = std::unique_ptr<T[], deleter>();
         capacity_ = 0;
     }
     // The copy constructor's and assignment's storage (shape_ already set; data_ empty or owned).
     void copy_storage(const buffer& o) {
         if (!o.owns_storage()) {  // an alias: alias the same elements
-            data_ = std::unique_ptr<T[], detail::aligned_delete>(o.data_.get(),
-                                                                 detail::aligned_delete{false});
+            data_ = std::unique_ptr<T[], deleter>(o.data_.get(), deleter{false});
             capacity_ = o.capacity_;
         } else if (o.data_) {
             if (size() > capacity_) {
-                data_ = detail::aligned_alloc_array<T>(size());
+                data_ = detail::alloc_storage<T, Device>(size());
                 capacity_ = size();
             }
-            std::copy_n(o.data(), size(), data());
+            if constexpr (Device::host)
+                std::copy_n(o.data(), size(), data());
+            else
+                device_memory<Device>::copy(data(), o.data(), size() * sizeof(T));
         }
     }
 
-    std::unique_ptr<T[], detail::aligned_delete> data_;
+    std::unique_ptr<T[], deleter> data_;
     std::size_t capacity_ = 0;
     Shape shape_{};
 };

@@ -248,6 +248,7 @@ class causal_lm {
     /// Adds a batch's loss and right next-token predictions over its counted tokens to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();   // reads tensor memory on the host
         loss::cross_entropy<T> ce;  // plain: no smoothing in evaluation
         const double l = next_token_loss(ce, y, b, static_cast<T*>(nullptr), T(0));
         const std::size_t V = y.extent(2);

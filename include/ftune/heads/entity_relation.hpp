@@ -66,6 +66,7 @@ class entity_relation : public sequence_task<T, D> {
     /// naming the row when a sequence lacks a marker (cut off by truncation, or never written).
     template <class Backbone>
     output_view forward(context& ctx, Backbone&, hidden_view h, ids_view, ids_view ids) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
         if (entity_starts[0] < 0 || entity_starts[1] < 0)
             throw error(errc::invalid_argument, "entity_relation",
@@ -124,6 +125,7 @@ class entity_relation : public sequence_task<T, D> {
     /// finish().
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>& names) {
+        require_host_memory<D>();  // reads tensor memory on the host
         if (!names.empty()) label_names = names;
         sequence_task<T, D>::score(y, b, e, names);
     }

@@ -47,6 +47,7 @@ class last_token_classification : public sequence_task<T, D> {
     /// Transformers).
     template <class Backbone>
     output_view forward(context& ctx, Backbone&, hidden_view h, mask_view attention_mask) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
         if (!attention_mask.empty() &&
             (attention_mask.extent(0) != B || attention_mask.extent(1) != Tn))

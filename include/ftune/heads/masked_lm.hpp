@@ -128,6 +128,7 @@ class masked_lm {
     /// Adds a batch's loss and right predictions over its masked tokens to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t n = b.B * b.T, L = y.extent(2);
         loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
         const double l =

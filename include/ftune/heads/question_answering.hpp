@@ -88,6 +88,7 @@ class question_answering {
     /// Adds a batch's loss per window and the windows with both ends right to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();   // reads tensor memory on the host
         loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
         const double l = span_loss(ce, y, b, nullptr, T(0));
         e.running.loss += l * double(b.B), e.running.weight += double(b.B);

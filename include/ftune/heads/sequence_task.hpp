@@ -75,6 +75,7 @@ class sequence_task {
     /// Adds a batch's evaluation loss (no smoothing or weights) and predictions to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>&) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t B = b.B, L = y.extent(1);
         auto& s = e.running;
         if (problem == problem::single_label_classification) {
@@ -161,6 +162,7 @@ class sequence_task {
     /// The prediction for one row of L logits: softmax and argmax (single-label), sigmoids and
     /// the labels over 0.5 (multi-label), the values (regression). Computed in double.
     prediction_type decode(const T* logits) const {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t L = num_labels();
         class_prediction p;
         p.scores.resize(L);

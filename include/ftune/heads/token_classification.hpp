@@ -105,6 +105,7 @@ class token_classification {
     /// Adds a batch's loss per labelled token and its tags (names: the label names) to e.
     void score(output_view y, const train::batch& b, train::evaluation& e,
                const std::vector<std::string>& names) {
+        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t L = y.extent(2);
         loss::cross_entropy<T> ce;  // plain: no smoothing or weights in evaluation
         const double l =

@@ -54,6 +54,7 @@ class kv_cache {
     /// and 0 for padding (null: all tokens), sets their positions and the key mask over the
     /// S = length() + steps positions. Throws when they do not fit in the capacity.
     void begin_step(const token_id* attention, std::size_t steps) {
+        require_host_memory<D>();  // reads tensor memory on the host
         if (length_ + steps > capacity_)
             throw error(errc::out_of_range, "kv_cache",
                         ftune::detail::cat(length_, " cached and ", steps,
