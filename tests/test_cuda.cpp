@@ -69,8 +69,11 @@ constexpr double fp32_tol = 2e-5;
 
 TEST_CASE("cuda gemm: every transpose, awkward sizes, row strides, alpha and beta, batched",
           "[cuda][gemm]") {
-    for (auto [M, N, K] :
-         {std::array<std::size_t, 3>{1, 1, 1}, {37, 53, 29}, {128, 384, 96}, {5, 1000, 3}}) {
+    for (auto [M, N, K] : {std::array<std::size_t, 3>{1, 1, 1},
+                           {37, 53, 29},
+                           {128, 384, 96},
+                           {5, 1000, 3},
+                           {4, 6, 0}}) {  // K = 0: C = beta C
         for (transpose ta : {transpose::no, transpose::yes})
             for (transpose tb : {transpose::no, transpose::yes}) {
                 const std::size_t ar = ta == transpose::no ? M : K,
@@ -85,7 +88,7 @@ TEST_CASE("cuda gemm: every transpose, awkward sizes, row strides, alpha and bet
                 auto dA = up(A), dB = up(B), dC = up(C0);
                 gpu::gemm(ta, tb, M, N, K, 0.75f, dA.data(), lda, dB.data(), ldb, 0.5f, dC.data(),
                           ldc);
-                close(down(dC), want, fp32_tol * double(K), "gemm");
+                close(down(dC), want, fp32_tol * double(K + 1), "gemm");
                 // beta = 0 ignores C, even NaN
                 std::vector<float> nan(M * ldc, std::nanf(""));
                 auto dN = up(nan);
@@ -100,7 +103,7 @@ TEST_CASE("cuda gemm: every transpose, awkward sizes, row strides, alpha and bet
                         got0[r * ldc + c] = 0;
                         want0[r * ldc + c] = 0;
                     }
-                close(got0, want0, fp32_tol * double(K), "gemm beta 0");
+                close(got0, want0, fp32_tol * double(K + 1), "gemm beta 0");
             }
     }
     // strided batched: attention's per-head products

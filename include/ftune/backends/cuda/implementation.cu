@@ -246,6 +246,21 @@ __nv_bfloat16* to_bf16_packed(__nv_bfloat16* out, const bf16* in, std::size_t ro
     return out;
 }
 
+// C = beta C for `batch` (M, N) matrices, rows ldc apart, stride_c apart (beta = 0 writes
+// zeros, as BLAS): the product of an empty K, which cuBLAS rejects (its leading dimensions must
+// be at least 1).
+void scale_products(float* C, std::size_t M, std::size_t N, std::size_t ldc, std::size_t stride_c,
+                    std::size_t batch, float beta, const char* what) {
+    const std::size_t per = M * N;
+    for_each(
+        batch * per,
+        [=] __device__(std::size_t i) {
+            float* c = C + (i / per) * stride_c + (i % per) / N * ldc + i % N;
+            *c = beta == 0.0f ? 0.0f : beta * *c;
+        },
+        what);
+}
+
 template <class TA, class TB>
 void gemm_bf16_impl(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
                     float alpha, const TA* A, std::size_t lda, std::size_t stride_a, const TB* B,
@@ -253,6 +268,7 @@ void gemm_bf16_impl(transpose ta, transpose tb, std::size_t M, std::size_t N, st
                     std::size_t stride_c, std::size_t batch) {
     const char* what = "backends::cuda::gemm_bf16";
     if (M == 0 || N == 0 || batch == 0) return;
+    if (K == 0) return scale_products(C, M, N, ldc, stride_c, batch, beta, what);
     const std::size_t a_rows = ta == transpose::no ? M : K, a_cols = ta == transpose::no ? K : M;
     const std::size_t b_rows = tb == transpose::no ? K : N, b_cols = tb == transpose::no ? N : K;
     scratch<__nv_bfloat16> a16(batch * a_rows * a_cols + 1), b16(batch * b_rows * b_cols + 1);
@@ -339,6 +355,7 @@ void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t 
           const float* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
           std::size_t ldc) {
     if (M == 0 || N == 0) return;
+    if (K == 0) return scale_products(C, M, N, ldc, 0, 1, beta, "backends::cuda::gemm");
     const auto s = shape_of(M, N, K, lda, ldb, ldc, "backends::cuda::gemm");
     check_cublas(cublasSgemm(blas(), op(tb), op(ta), s.m, s.n, s.k, &alpha, B, s.ldb, A, s.lda,
                              &beta, C, s.ldc),
@@ -351,6 +368,7 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
                           float* C, std::size_t ldc, std::size_t stride_c, std::size_t batch) {
     if (M == 0 || N == 0 || batch == 0) return;
     const char* what = "backends::cuda::gemm_strided_batched";
+    if (K == 0) return scale_products(C, M, N, ldc, stride_c, batch, beta, what);
     const auto s = shape_of(M, N, K, lda, ldb, ldc, what);
     check_cublas(cublasSgemmStridedBatched(blas(), op(tb), op(ta), s.m, s.n, s.k, &alpha, B, s.ldb,
                                            static_cast<long long>(stride_b), A, s.lda,
