@@ -708,6 +708,25 @@ void check_twins(const Config& cfg, const std::vector<token_id>& ids,
     ftune::cuda::download_parameters(gpu, back, true);
     close(flat(back, true), flat(cpu, true), tol, what + ": every parameter's gradient");
 
+    // clipping and one AdamW step, then one SGD step with momentum, on both
+    auto hp = ftune::optim::parameters_of(cpu);
+    auto dp = ftune::cuda::parameters_of(gpu);
+    const std::span<const ftune::parameter_ref<float>> hs(hp);
+    const std::span<const ftune::device_parameter_ref<float, ftune::device::cuda>> ds(dp);
+    const double norm = ftune::optim::clip_grad_norm(hs, 0.05);
+    CHECK(std::abs(ftune::optim::clip_grad_norm(ds, 0.05) - norm) <= 1e-5 * norm);
+    ftune::optim::adamw<float> ha({.lr = 1e-2, .weight_decay = 0.01});
+    ftune::optim::adamw<float, ftune::device::cuda> ga({.lr = 1e-2, .weight_decay = 0.01});
+    ha.step(hs);
+    ga.step(ds);
+    ftune::optim::sgd<float> hsgd({.lr = 0.1, .momentum = 0.9});
+    ftune::optim::sgd<float, ftune::device::cuda> gsgd({.lr = 0.1, .momentum = 0.9});
+    hsgd.step(hs);
+    gsgd.step(ds);
+    CHECK(ga.step_count() == 1);
+    ftune::cuda::download_parameters(gpu, back);
+    close(flat(back, false), flat(cpu, false), tol, what + ": clipping, AdamW and SGD steps");
+
     cpu.prepare_inference();
     gpu.prepare_inference();
     ftune::context e1{}, e2{};

@@ -47,8 +47,8 @@ std::vector<parameter_ref<typename Model::value_type>> parameters_of(Model& mode
 
 namespace detail {
 /// b = n zeros (storage grows only).
-template <class T>
-void zeroed(buffer<T, shape<dynamic>>& b, std::size_t n) {
+template <class T, class D>
+void zeroed(buffer<T, shape<dynamic>, D>& b, std::size_t n) {
     b.resize(shape<dynamic>(n));
     b.fill(T(0));
 }
@@ -61,9 +61,9 @@ inline const param_group* group_of(const std::vector<param_group>& groups,
     return nullptr;
 }
 /// Checks that step() sees the same parameters in the same order every time.
-template <scalar T>
+template <class Ref>
 void check_same_params(const std::vector<std::string>& names, std::size_t sizes_count,
-                       std::span<const parameter_ref<T>> params, const char* who) {
+                       std::span<const Ref> params, const char* who) {
     if (names.size() != params.size() || sizes_count != params.size())
         throw error(
             errc::invalid_argument, who,
@@ -75,6 +75,26 @@ void check_same_params(const std::vector<std::string>& names, std::size_t sizes_
                         "parameter " + std::to_string(i) + " was \"" + names[i] +
                             "\" and is now \"" + params[i].name +
                             "\"; pass the same parameters every step");
+}
+/// An optimizer state buffer as visit_state shows it: a span on the host, a view on a device.
+template <class T, class D>
+auto state_of(buffer<T, shape<dynamic>, D>& b) {
+    if constexpr (D::host)
+        return b.span();
+    else
+        return b.view();
+}
+
+/// p's values (or, gradient: its gradient) as a rank-1 view on D: parameter_ref's host spans,
+/// device_parameter_ref's views as they are.
+template <class T, class D, class Ref>
+view<T, shape<dynamic>, D> values_of(const Ref& p, bool gradient = false) {
+    if constexpr (D::host) {
+        const auto s = gradient ? p.grad : p.value;
+        return {s.data(), s.size()};
+    } else {
+        return gradient ? p.grad : p.value;
+    }
 }
 }  // namespace detail
 
@@ -89,11 +109,13 @@ struct adamw_options {
 };
 
 /// AdamW with decoupled weight decay, as torch.optim.AdamW: θ ← θ(1 − ηλ), then the Adam step
-/// with bias correction. Moments are allocated at the first step for trainable parameters only.
-template <scalar T>
+/// with bias correction. Moments are allocated at the first step for trainable parameters only,
+/// on the parameters' device D (device::cuda: a device model's parameters, device_parameter_ref).
+template <scalar T, device_tag D = device::cpu>
 class adamw {
   public:
-    using value_type = T;   ///< scalar type
+    using value_type = T;                       ///< scalar type
+    using param_type = parameter_ref_on<T, D>;  ///< what step() updates
     adamw_options options;  ///< hyper-parameters; options.lr is the rate of the next step
 
     /// An optimizer with the given options.
@@ -105,7 +127,7 @@ class adamw {
     std::size_t step_count() const noexcept { return steps_; }
 
     /// Updates every trainable parameter of params from its gradient (gradients unchanged).
-    void step(std::span<const parameter_ref<T>> params) {
+    void step(std::span<const param_type> params) {
         if (names_.empty() && steps_ == 0) init_state(params);
         detail::check_same_params(names_, m_.size(), params, "adamw::step");
         ++steps_;
@@ -123,16 +145,14 @@ class adamw {
                                                                            : options.weight_decay)
                                                    : 0.0,
                            .step = steps_};
-            const std::size_t n = p.value.size();
-            ops::adamw_update(vector_view<T>(p.value.data(), n),
-                              vector_view<const T>(p.grad.data(), n), m_[i].view(), v_[i].view(),
-                              h);
+            ops::adamw_update(detail::values_of<T, D>(p), detail::values_of<T, D>(p, true),
+                              m_[i].view(), v_[i].view(), h);
         }
     }
 
     /// Allocates the (zero) state of params as the first step would, so that visit_state can
     /// restore saved moments before any step.
-    void init_state(std::span<const parameter_ref<T>> params) {
+    void init_state(std::span<const param_type> params) {
         names_.clear(), m_.clear(), v_.clear();
         for (const auto& p : params) {
             names_.push_back(p.name);
@@ -142,12 +162,13 @@ class adamw {
     }
 
     /// Visits the state for saving or restoring: f(name, span) for every parameter's first and
-    /// second moments ("<param>.exp_avg", "<param>.exp_avg_sq"); the step count is step_count().
+    /// second moments ("<param>.exp_avg", "<param>.exp_avg_sq"; on a device: f(name, view));
+    /// the step count is step_count().
     template <class F>
     void visit_state(F&& f) {
         for (std::size_t i = 0; i < names_.size(); ++i) {
-            f(names_[i] + ".exp_avg", m_[i].span());
-            f(names_[i] + ".exp_avg_sq", v_[i].span());
+            f(names_[i] + ".exp_avg", detail::state_of(m_[i]));
+            f(names_[i] + ".exp_avg_sq", detail::state_of(v_[i]));
         }
     }
     /// Restores the step count (with visit_state for the moments).
@@ -155,8 +176,8 @@ class adamw {
 
   private:
     std::size_t steps_ = 0;
-    std::vector<std::string> names_;                // parameter names, in step() order
-    std::vector<buffer<T, shape<dynamic>>> m_, v_;  // first and second moments (empty: frozen)
+    std::vector<std::string> names_;                   // parameter names, in step() order
+    std::vector<buffer<T, shape<dynamic>, D>> m_, v_;  // first and second moments (empty: frozen)
 };
 
 /// Options of sgd (torch.optim.SGD's).
@@ -169,12 +190,14 @@ struct sgd_options {
     std::vector<param_group> groups{};  ///< per-prefix learning-rate scale and decay
 };
 
-/// SGD with momentum / Nesterov, as torch.optim.SGD.
-template <scalar T>
+/// SGD with momentum / Nesterov, as torch.optim.SGD (state on the parameters' device D, as
+/// adamw's).
+template <scalar T, device_tag D = device::cpu>
 class sgd {
   public:
-    using value_type = T;  ///< scalar type
-    sgd_options options;   ///< hyper-parameters; options.lr is the rate of the next step
+    using value_type = T;                       ///< scalar type
+    using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    sgd_options options;  ///< hyper-parameters; options.lr is the rate of the next step
 
     /// An optimizer with the given options (Nesterov without momentum is an error).
     explicit sgd(sgd_options o = {}) : options(std::move(o)) {
@@ -189,7 +212,7 @@ class sgd {
     std::size_t step_count() const noexcept { return steps_; }
 
     /// Updates every trainable parameter of params from its gradient (gradients unchanged).
-    void step(std::span<const parameter_ref<T>> params) {
+    void step(std::span<const param_type> params) {
         if (names_.empty() && steps_ == 0)
             for (const auto& p : params) {
                 names_.push_back(p.name);
@@ -211,17 +234,15 @@ class sgd {
                                                  : 0.0,
                          .nesterov = options.nesterov,
                          .first_step = first};
-            const std::size_t n = p.value.size();
             const bool momentum = options.momentum != 0;
-            ops::sgd_update(vector_view<T>(p.value.data(), n),
-                            vector_view<const T>(p.grad.data(), n),
-                            momentum ? buf_[i].view() : vector_view<T>(), h);
+            ops::sgd_update(detail::values_of<T, D>(p), detail::values_of<T, D>(p, true),
+                            momentum ? buf_[i].view() : view<T, shape<dynamic>, D>(), h);
         }
     }
 
     /// Allocates the state of params as the first step would (zero momentum buffers when
     /// momentum is on), so that visit_state can restore saved buffers before any step.
-    void init_state(std::span<const parameter_ref<T>> params) {
+    void init_state(std::span<const param_type> params) {
         names_.clear(), buf_.clear();
         for (const auto& p : params) {
             names_.push_back(p.name);
@@ -233,15 +254,16 @@ class sgd {
     template <class F>
     void visit_state(F&& f) {
         for (std::size_t i = 0; i < names_.size(); ++i)
-            f(names_[i] + ".momentum_buffer", buf_[i].span());
+            f(names_[i] + ".momentum_buffer", detail::state_of(buf_[i]));
     }
     /// Restores the step count.
     void set_step_count(std::size_t n) noexcept { steps_ = n; }
 
   private:
     std::size_t steps_ = 0;
-    std::vector<std::string> names_;              // parameter names, in step() order
-    std::vector<buffer<T, shape<dynamic>>> buf_;  // momentum buffers (empty: none yet, or frozen)
+    std::vector<std::string> names_;  // parameter names, in step() order
+    std::vector<buffer<T, shape<dynamic>, D>>
+        buf_;  // momentum buffers (empty: none yet, or frozen)
 };
 
 /// Any optimizer (adamw, sgd, or a type of one's own with the same members: step, set_lr,
@@ -310,14 +332,13 @@ any_optimizer<T> make_optimizer(const std::string& name, double lr, double weigh
     throw error(errc::invalid_argument, "optimizer " + name, "expected adamw or sgd");
 }
 
-/// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
-/// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns
-/// the norm before clipping. A non-finite norm is an error naming it (the step would be garbage).
-template <scalar T>
-double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm) {
+namespace detail {
+/// clip_grad_norm on device D.
+template <class T, class D, class Ref>
+double clip_grad_norm(std::span<const Ref> params, double max_norm) {
     double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no allocation)
     for (const auto& p : params)
-        if (p.trainable) sq += ops::sum_squares(vector_view<const T>(p.grad.data(), p.grad.size()));
+        if (p.trainable) sq += ops::sum_squares(values_of<T, D>(p, true));
     const double norm = std::sqrt(sq);
     if (!std::isfinite(norm))
         throw error(errc::invalid_argument, "clip_grad_norm",
@@ -326,8 +347,23 @@ double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm)
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1)
         for (const auto& p : params)
-            if (p.trainable) ops::scale(vector_view<T>(p.grad.data(), p.grad.size()), T(coef));
+            if (p.trainable) ops::scale(values_of<T, D>(p, true), T(coef));
     return norm;
+}
+}  // namespace detail
+
+/// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
+/// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns
+/// the norm before clipping. A non-finite norm is an error naming it (the step would be garbage).
+/// On a device model (device_parameter_ref) the sums run on the device.
+template <scalar T>
+double clip_grad_norm(std::span<const parameter_ref<T>> params, double max_norm) {
+    return detail::clip_grad_norm<T, device::cpu>(params, max_norm);
+}
+/// clip_grad_norm of a device model's parameters.
+template <scalar T, class D>
+double clip_grad_norm(std::span<const device_parameter_ref<T, D>> params, double max_norm) {
+    return detail::clip_grad_norm<T, D>(params, max_norm);
 }
 
 }  // namespace optim

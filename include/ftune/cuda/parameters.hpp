@@ -40,6 +40,16 @@ void check_twin(const device_parameter_ref<T, D>& p, const parameter_ref<T>& h, 
 }
 }  // namespace detail
 
+/// Every parameter of a device model (a visit with prefix ""), frozen ones included: what
+/// optim::adamw<T, device::cuda>, optim::sgd<T, device::cuda> and optim::clip_grad_norm take.
+template <class Model>
+std::vector<device_parameter_ref<typename Model::value_type, ftune::device::cuda>> parameters_of(
+    Model& model) {
+    std::vector<device_parameter_ref<typename Model::value_type, ftune::device::cuda>> v;
+    model.visit_parameters("", [&](auto p) { v.push_back(std::move(p)); });
+    return v;
+}
+
 /// Copies the value of every parameter of host model `host` into device model `device` (the same
 /// architecture; parameters matched in visit order by name and size, else shape_mismatch). The
 /// device model's prepared inference state is dropped (its weights changed); gradients untouched.
