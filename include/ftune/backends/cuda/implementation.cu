@@ -899,15 +899,21 @@ void gather_rows(float* out, const float* x, std::size_t rows, std::size_t C, st
 
 // Embedding, cross-entropy -----------------------------------------------------------------------
 
-void embedding_forward(float* out, const token_id* ids, const float* table, std::size_t n,
-                       std::size_t C, std::size_t vocab) {
+namespace {
+// Throws out_of_range naming the first id outside [0, vocab) (one wait for the result).
+void check_ids(const token_id* ids, std::size_t n, std::size_t vocab, const char* what) {
     check_positions(
         n, ids,
         [=] __device__(std::size_t i) {
             return ids[i] < 0 || static_cast<std::size_t>(ids[i]) >= vocab;
         },
-        "embedding_forward", "id", vocab,
-        "; check that the tokenizer's vocabulary matches the model");
+        what, "id", vocab, "; check that the tokenizer's vocabulary matches the model");
+}
+}  // namespace
+
+void embedding_forward(float* out, const token_id* ids, const float* table, std::size_t n,
+                       std::size_t C, std::size_t vocab) {
+    check_ids(ids, n, vocab, "embedding_forward");
     for_each(
         n * C,
         [=] __device__(std::size_t j) {
@@ -919,13 +925,7 @@ void embedding_forward(float* out, const token_id* ids, const float* table, std:
 
 void embedding_backward(float* dtable, const token_id* ids, const float* dout, std::size_t n,
                         std::size_t C, std::size_t vocab, token_id padding_idx) {
-    check_positions(
-        n, ids,
-        [=] __device__(std::size_t i) {
-            return ids[i] < 0 || static_cast<std::size_t>(ids[i]) >= vocab;
-        },
-        "embedding_backward", "id", vocab,
-        "; check that the tokenizer's vocabulary matches the model");
+    check_ids(ids, n, vocab, "embedding_backward");
     // one thread per column, the tokens in order: repeated ids add up in the reference's order
     for_each(
         C,
