@@ -135,8 +135,8 @@ template <class Device>
 struct device_memory {
     static_assert(host_device<Device>,
                   "ftune: a buffer on a device whose memory is not the host's needs that "
-                  "backend's device_memory<Device>; for device::cuda build with FTUNE_WITH_CUDA "
-                  "and include ftune/backends/cuda.hpp (docs/cuda.md)");
+                  "backend's device_memory<Device>; for device::cuda build with FTUNE_WITH_CUDA=1 "
+                  "(CMake: -DFTUNE_WITH_CUDA=ON) and include ftune/ftune.hpp (docs/cuda.md)");
 };
 
 namespace detail {
@@ -237,21 +237,21 @@ class buffer {
         const std::size_t n = size();
         if constexpr (!Device::host) {
             device_memory<Device>::fill(p, n, v);
-            return;
-        }
+        } else {
 #if defined(_OPENMP)
-        constexpr std::size_t chunk = 65536 / sizeof(T);
-        if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
-            const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
+            constexpr std::size_t chunk = 65536 / sizeof(T);
+            if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
+                const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
 #pragma omp parallel for schedule(static)
-            for (std::ptrdiff_t c = 0; c < chunks; ++c) {
-                const std::size_t i = std::size_t(c) * chunk;
-                std::fill_n(p + i, std::min(chunk, n - i), v);
+                for (std::ptrdiff_t c = 0; c < chunks; ++c) {
+                    const std::size_t i = std::size_t(c) * chunk;
+                    std::fill_n(p + i, std::min(chunk, n - i), v);
+                }
+                return;
             }
-            return;
-        }
 #endif
-        std::fill_n(p, n, v);
+            std::fill_n(p, n, v);
+        }
     }
     /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
     /// the buffer and its copies, which must then be only read (model replicas sharing one
