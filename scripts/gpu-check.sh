@@ -7,10 +7,10 @@
 # summary. On the GPU machine a skipped test is a failure: the script exits non-zero unless
 # test_cuda ran and passed. About a minute to build on 2 cores; well within 8 minutes on one GPU.
 #
-# It needs nvcc (CUDA 12 or 13, with cuBLAS), a C++20 host compiler, and the headers of xsimd and
-# Catch2. Where those headers are not installed (a GPU machine without Debian's packages),
+# It needs nvcc (CUDA 12 or 13, with cuBLAS), a C++20 host compiler, and the headers of xsimd,
+# Catch2 and nlohmann/json. Where those are not installed (a GPU machine without Debian's packages),
 # pack them here first and carry the folder there:
-#   scripts/gpu-check.sh --pack .gpu          # here: copies xsimd's and Catch2's headers
+#   scripts/gpu-check.sh --pack .gpu          # here: copies those headers
 #   scripts/gpu-check.sh --deps .gpu          # on the GPU machine
 # Options: --arch SM (nvcc -arch; default native where nvidia-smi sees a GPU, else sm_90),
 #          --build DIR (default build-gpu), --deps DIR, --pack DIR.
@@ -31,8 +31,8 @@ done
 
 if [[ -n $pack ]]; then
     mkdir -p "$pack/include"
-    for h in /usr/include/xsimd /usr/include/catch2; do
-        [[ -d $h ]] || { echo "gpu-check.sh: $h missing: apt-get install libxsimd-dev catch2" >&2; exit 1; }
+    for h in /usr/include/xsimd /usr/include/catch2 /usr/include/nlohmann; do
+        [[ -d $h ]] || { echo "gpu-check.sh: $h missing: apt-get install libxsimd-dev catch2 nlohmann-json3-dev" >&2; exit 1; }
         cp -r "$h" "$pack/include/"
     done
     echo "gpu-check.sh: packed the headers into $pack ($(du -sh "$pack" | cut -f1)); on the GPU" \

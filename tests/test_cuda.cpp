@@ -4,7 +4,10 @@
 // ftune::ops, and no cudaMalloc in a steady state. Built with FTUNE_WITH_CUDA; registered with
 // the label `cuda`; without a usable GPU it prints why and exits 77, which CTest reports as
 // skipped.
-#include <ftune/ftune.hpp>  // the training path, no tokenizer: no utf8proc, no JSON
+#include <ftune/ftune.hpp>  // the training path, no tokenizer: no utf8proc
+#include <ftune/train/trainer.hpp>
+
+#include <filesystem>
 
 #include <cstdio>
 #include <numeric>
@@ -17,6 +20,7 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #endif
+#include "device_training.hpp"
 #include "util.hpp"
 
 namespace ref = ftune::backends::reference;
@@ -770,6 +774,15 @@ TEST_CASE(
                                   .num_key_value_heads = 2,
                                   .max_position_embeddings = 16};
     check_twins<cpu_decoder, gpu_decoder>(lc, ids, mask, B, T, 1e-4, "Llama decoder");
+}
+
+TEST_CASE(
+    "cuda trainer: fine-tuning a BERT classifier with --device cuda follows the CPU's run "
+    "(losses, weights, evaluation); checkpoints move between the GPU and the CPU",
+    "[cuda][train]") {
+    test::check_training_on_device("cuda:0");
+    // a device that is not there: a clear error naming it
+    test::check_device_error("cuda:99", "cuda:99");
 }
 
 int main(int argc, char* argv[]) {

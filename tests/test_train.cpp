@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "device_training.hpp"
 
 #ifndef FTUNE_REFERENCE_DIR
 #error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
@@ -796,4 +797,28 @@ TEST_CASE("qa: fine-tuning answers questions on a small synthetic SQuAD set", "[
     CHECK(after.count == 6);
     CHECK(after.exact_match == 1.0);
     CHECK(before.exact_match < 0.5);
+}
+
+TEST_CASE(
+    "fit on another device (device::reference here): the same losses, weights and evaluation "
+    "as the CPU's run; checkpoints resume across devices; clear errors for unusable devices",
+    "[train]") {
+    test::check_training_on_device("reference");
+    CHECK(ftune::device_spec::parse("cuda:3").index == 3);
+    CHECK(ftune::device_spec::parse("cuda").str() == "cuda:0");
+    CHECK_THROWS_AS(ftune::device_spec::parse("gpu"), ftune::error);
+    CHECK_THROWS_AS(ftune::device_spec::parse("cuda:x"), ftune::error);
+#if !FTUNE_WITH_CUDA
+    test::check_device_error("cuda", "-DFTUNE_WITH_CUDA=ON");
+#endif
+    // a head without a device form: the model's architecture and the heads that have one
+    ftune::bert::masked_lm<> mlm(ftune::bert::config{.vocab_size = 40,
+                                                     .hidden_size = 16,
+                                                     .num_hidden_layers = 1,
+                                                     .num_attention_heads = 2,
+                                                     .intermediate_size = 32,
+                                                     .max_position_embeddings = 16});
+    ftune::train::trainer<ftune::bert::masked_lm<>> t(mlm, test::device_options("reference"));
+    std::vector<ftune::train::example> xs(4, {{1, 7, 8, 9, 2}, {0, 0, 0, 0, 0}, {}, {}});
+    CHECK_THROWS_WITH(t.fit(xs, {}), Catch::Contains("BertForMaskedLM has no form"));
 }

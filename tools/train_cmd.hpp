@@ -179,6 +179,8 @@ inline train_args parse_train_args(int argc, char** argv, bool eval) {
             a.opt.seed = std::uint64_t(number());
         else if (k == "--precision")
             a.opt.precision = parse_precision(k, v);
+        else if (k == "--device")
+            a.opt.device = ftune::device_spec::parse(v);
         else if (!eval && k == "--pack-frozen") {
             if (v != "on" && v != "off")
                 throw ftune::error(ftune::errc::invalid_argument, k + " " + v,
@@ -442,6 +444,7 @@ int train_with(train_args& a, cli::task task) {
               << (task == task::mlm ? "masked-LM" : std::to_string(names.size()) + " labels")
               << ", " << a.opt.epochs << " epochs of batch " << a.opt.batch_size;
     if (frozen) std::cerr << ", " << frozen << " weights frozen";
+    if (!a.opt.device.cpu()) std::cerr << ", on " << a.opt.device.str();
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt, names);
     if constexpr (!is_decoder<Model>) t.masking = ftune::train::mlm_masking_for(*m.tokenizer);

@@ -116,6 +116,9 @@ class adamw {
   public:
     using value_type = T;                       ///< scalar type
     using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    /// The same optimizer for parameters on device D2.
+    template <device_tag D2>
+    using on_device = adamw<T, D2>;
     adamw_options options;  ///< hyper-parameters; options.lr is the rate of the next step
 
     /// An optimizer with the given options.
@@ -197,6 +200,9 @@ class sgd {
   public:
     using value_type = T;                       ///< scalar type
     using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    /// The same optimizer for parameters on device D2.
+    template <device_tag D2>
+    using on_device = sgd<T, D2>;
     sgd_options options;  ///< hyper-parameters; options.lr is the rate of the next step
 
     /// An optimizer with the given options (Nesterov without momentum is an error).
@@ -268,17 +274,21 @@ class sgd {
 
 /// Any optimizer (adamw, sgd, or a type of one's own with the same members: step, set_lr,
 /// step_count, set_step_count, init_state, visit_state), held by value behind one interface: what
-/// the trainer runs, chosen at run time (the CLI's --optimizer).
-template <scalar T>
+/// the trainer runs, chosen at run time (the CLI's --optimizer). D is the parameters' device.
+template <scalar T, device_tag D = device::cpu>
 class any_optimizer {
   public:
+    using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    /// A state tensor as visit_state shows it: a span on the host, a view on a device.
+    using state_view = decltype(detail::state_of(std::declval<buffer<T, shape<dynamic>, D>&>()));
+
     /// Holds o (satisfying the optimizer concept), called `name` in checkpoints and messages.
     template <class O>
-    requires optimizer<O, T> any_optimizer(O o, std::string name)
+    requires optimizer<O, T, D> any_optimizer(O o, std::string name)
         : p_(std::make_unique<impl<O>>(std::move(o))), name_(std::move(name)) {}
 
     /// Updates every trainable parameter from its gradient.
-    void step(std::span<const parameter_ref<T>> params) { p_->step(params); }
+    void step(std::span<const param_type> params) { p_->step(params); }
     /// Sets the learning rate of the next steps.
     void set_lr(double lr) { p_->set_lr(lr); }
     /// Number of steps taken.
@@ -286,35 +296,76 @@ class any_optimizer {
     /// Restores the step count.
     void set_step_count(std::size_t n) { p_->set_step_count(n); }
     /// Allocates the state of params as the first step would.
-    void init_state(std::span<const parameter_ref<T>> params) { p_->init_state(params); }
-    /// Visits the state: f(name, span) per tensor.
-    void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) {
+    void init_state(std::span<const param_type> params) { p_->init_state(params); }
+    /// Visits the state: f(name, span) per tensor (on a device: f(name, view)).
+    void visit_state(const std::function<void(const std::string&, state_view)>& f) {
         p_->visit_state(f);
     }
     /// Its name ("adamw", "sgd").
     const std::string& name() const noexcept { return name_; }
+    /// The same optimizer (type, options and current rate; no state) for a model's twin on
+    /// device D2 (device::reference; device::cuda in a CUDA build): what the trainer runs there.
+    /// Throws for an optimizer type without a device form (a member alias on_device<D>, as
+    /// adamw's and sgd's).
+    template <device_tag D2>
+    any_optimizer<T, D2> on_device() const requires(std::is_same_v<D, device::cpu>) {
+        if constexpr (std::is_same_v<D2, device::reference>) return p_->on_reference(name_);
+#if FTUNE_WITH_CUDA
+        else if constexpr (std::is_same_v<D2, device::cuda>)
+            return p_->on_cuda(name_);
+#endif
+        else
+            static_assert(std::is_same_v<D2, device::reference>,
+                          "ftune: any_optimizer::on_device knows device::reference and, in CUDA "
+                          "builds, device::cuda");
+    }
 
   private:
     struct base {
         virtual ~base() = default;
-        virtual void step(std::span<const parameter_ref<T>>) = 0;
+        virtual void step(std::span<const param_type>) = 0;
         virtual void set_lr(double) = 0;
         virtual std::size_t step_count() const = 0;
         virtual void set_step_count(std::size_t) = 0;
-        virtual void init_state(std::span<const parameter_ref<T>>) = 0;
-        virtual void visit_state(const std::function<void(const std::string&, std::span<T>)>&) = 0;
+        virtual void init_state(std::span<const param_type>) = 0;
+        virtual void visit_state(const std::function<void(const std::string&, state_view)>&) = 0;
+        virtual any_optimizer<T, device::reference> on_reference(const std::string& name) const = 0;
+#if FTUNE_WITH_CUDA
+        virtual any_optimizer<T, device::cuda> on_cuda(const std::string& name) const = 0;
+#endif
     };
     template <class O>
     struct impl final : base {
         O o;
         explicit impl(O x) : o(std::move(x)) {}
-        void step(std::span<const parameter_ref<T>> p) override { o.step(p); }
+        void step(std::span<const param_type> p) override { o.step(p); }
         void set_lr(double lr) override { o.set_lr(lr); }
         std::size_t step_count() const override { return o.step_count(); }
         void set_step_count(std::size_t n) override { o.set_step_count(n); }
-        void init_state(std::span<const parameter_ref<T>> p) override { o.init_state(p); }
-        void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) override {
+        void init_state(std::span<const param_type> p) override { o.init_state(p); }
+        void visit_state(const std::function<void(const std::string&, state_view)>& f) override {
             o.visit_state(f);
+        }
+        any_optimizer<T, device::reference> on_reference(const std::string& name) const override {
+            return twin<device::reference>(name);
+        }
+#if FTUNE_WITH_CUDA
+        any_optimizer<T, device::cuda> on_cuda(const std::string& name) const override {
+            return twin<device::cuda>(name);
+        }
+#endif
+        // o's type on D2 with o's options (no state)
+        template <class D2>
+        any_optimizer<T, D2> twin(const std::string& name) const {
+            if constexpr (std::is_same_v<D, device::cpu> && has_device_form<O, D2>) {
+                return {on_device_t<O, D2>(o.options), name};
+            } else {
+                throw error(errc::unsupported, "optimizer " + name,
+                            ftune::detail::cat("this optimizer has no form on device::", D2::name,
+                                               " (a member alias on_device<D>, as optim::adamw's "
+                                               "and optim::sgd's); use adamw or sgd there, or "
+                                               "train on the CPU"));
+            }
         }
     };
     std::unique_ptr<base> p_;

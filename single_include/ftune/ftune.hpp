@@ -420,6 +420,7 @@ FTUNE_NAMESPACE_END
 // Device tags: where a tensor's memory lives and which backend runs the primitives on it.
 
 #include <concepts>
+#include <string>
 #include <type_traits>
 
 
@@ -468,6 +469,45 @@ constexpr void require_host_memory() {
                   "not available yet (docs/cuda.md lists what runs on the device): copy the "
                   "tensor to the host (cuda::to_host) or run this part on device::cpu");
 }
+
+/// Whether model (or layer) type M has a form with its tensors on device D: a member alias
+/// `template <device_tag D> using on_device = ...` naming the same architecture on D (a
+/// task_model has one when its backbone and its head have).
+template <class M, class D>
+concept has_device_form = requires {
+    typename M::template on_device<D>;
+};
+/// M's form on device D (the type a trainer builds to run M there).
+template <class M, class D>
+using on_device_t = typename M::template on_device<D>;
+
+/// Where a run computes, chosen at run time (the CLI's --device): the CPU, CUDA device `index`
+/// (device::cuda; needs a build with FTUNE_WITH_CUDA), or the reference backend
+/// (device::reference: plain loops, slow; what tests use to run the device path anywhere).
+struct device_spec {
+    enum class kind { cpu, cuda, reference } what = kind::cpu;  ///< the backend
+    int index = 0;                                              ///< kind::cuda: the GPU's number
+
+    /// "cpu", "cuda" (GPU 0), "cuda:N" or "reference".
+    static device_spec parse(const std::string& s) {
+        if (s == "cpu") return {};
+        if (s == "reference") return {kind::reference, 0};
+        if (s == "cuda") return {kind::cuda, 0};
+        if (s.starts_with("cuda:") && s.size() > 5 && s.size() < 9 &&
+            s.find_first_not_of("0123456789", 5) == std::string::npos)
+            return {kind::cuda, std::stoi(s.substr(5))};
+        throw error(errc::invalid_argument, "--device " + s,
+                    "expected cpu, cuda, cuda:N or reference");
+    }
+    /// "cpu", "cuda:N" or "reference".
+    std::string str() const {
+        return what == kind::cpu         ? "cpu"
+               : what == kind::reference ? "reference"
+                                         : "cuda:" + std::to_string(index);
+    }
+    /// Whether this is the CPU.
+    bool cpu() const noexcept { return what == kind::cpu; }
+};
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/device.hpp ----
@@ -1575,8 +1615,9 @@ concept lr_schedule = requires(const S& s, std::size_t step) {
 ///   decoupled (θ ← θ − η∇… − ηλθ).
 /// - It does not clear gradients (zero_grad is the caller's, after clipping and stepping).
 /// - Its state (moments, step count) can be saved and restored for exact resumption.
-template <class O, class T>
-concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>> params) {
+/// - D is the parameters' device (a device model's: device_parameter_ref<T, D>).
+template <class O, class T, class D = device::cpu>
+concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref_on<T, D>> params) {
     o.step(params);
     { o.step_count() } -> std::convertible_to<std::size_t>;
 };
@@ -9547,6 +9588,9 @@ template <scalar T, device_tag D = device::cpu>
 struct llama_parts {
     using value_type = T;   ///< scalar type
     using device_type = D;  ///< where the block's tensors live
+    /// The same parts on device D2.
+    template <device_tag D2>
+    using on_device = llama_parts<T, D2>;
     static constexpr std::string_view norm1_name = "input_layernorm";           ///< first norm
     static constexpr std::string_view attention_name = "self_attn";             ///< attention
     static constexpr std::string_view norm2_name = "post_attention_layernorm";  ///< second norm
@@ -9749,6 +9793,9 @@ template <scalar T, device_tag D = device::cpu,
 struct bert_parts {
     using value_type = T;   ///< scalar type
     using device_type = D;  ///< where the block's tensors live and which backend runs it
+    /// The same parts on device D2.
+    template <device_tag D2>
+    using on_device = bert_parts<T, D2, Act>;
     /// q, k, v, attention output and feed-forward projections: (N, In) -> (N, Out)
     template <std::size_t In, std::size_t Out>
     using projection = layers::lora_linear<T, In, Out, D>;
@@ -10408,7 +10455,10 @@ class encoder : public blocks::stack<layers::bert_embeddings<T, C, typename Part
                                blocks::bert_stack_names>;
 
   public:
-    using config_type = bert::config;                                ///< what it is built from
+    using config_type = bert::config;  ///< what it is built from
+    /// The same encoder on device D2 (its parts' form there).
+    template <device_tag D2>
+    using on_device = encoder<T, C, F, Norm, typename Parts::template on_device<D2>>;
     static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
     static constexpr std::string_view architecture_prefix = "Bert";  ///< "BertFor..."
     static constexpr std::string_view base_model_prefix = "bert";    ///< "bert.embeddings..."
@@ -11642,6 +11692,8 @@ class sequence_task {
 
     /// The training loss of a batch's logits y (B, L); d (B, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         const std::size_t B = b.B, L = y.extent(1);
         if (problem == problem::single_label_classification) {
             const double l = double(ce_.forward({y.data(), B, L}, {b.labels.data(), B}));
@@ -12226,6 +12278,8 @@ class masked_lm {
     /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
     /// count for nothing); d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 
@@ -12295,6 +12349,9 @@ namespace heads {
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class question_answering {
   public:
+    /// The same head on device D2 (train::trainer's twin of a model on a GPU).
+    template <device_tag D2>
+    using on_device = question_answering<T, C, D2>;
     using value_type = T;                                              ///< scalar type
     using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
     using output_view = view<const T, shape<dynamic, dynamic, 2>, D>;  ///< logits (B, T, 2)
@@ -12355,6 +12412,8 @@ class question_answering {
     /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
     /// 2) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return span_loss(ce_, y, b, d, scale);
     }
 
@@ -12446,6 +12505,9 @@ namespace heads {
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class sequence_classification : public sequence_task<T, D> {
   public:
+    /// The same head on device D2 (train::trainer's twin of a model on a GPU).
+    template <device_tag D2>
+    using on_device = sequence_classification<T, C, D2>;
     using value_type = T;                                              ///< scalar type
     using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
     using output_view = view<const T, shape<dynamic, dynamic>, D>;     ///< logits (B, L)
@@ -12540,6 +12602,9 @@ struct word_prediction {
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class token_classification {
   public:
+    /// The same head on device D2 (train::trainer's twin of a model on a GPU).
+    template <device_tag D2>
+    using on_device = token_classification<T, C, D2>;
     using value_type = T;                                                    ///< scalar type
     using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
     using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, L)
@@ -12605,6 +12670,8 @@ class token_classification {
     /// The training loss of a batch's logits y (B, T, L) over the labelled positions (labels
     /// -100 count for nothing); d (B, T, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 
@@ -12710,6 +12777,22 @@ struct joined_name {
 };
 }  // namespace detail
 
+template <class Backbone, class Head>
+class task_model;
+
+namespace detail {
+/// task_model<Backbone, Head> on device D: `type` when both parts have a form there, else
+/// nothing (so has_device_form says no instead of failing the build).
+template <class Backbone, class Head, class D>
+struct task_model_on {};
+/// Both parts have a form on D.
+template <class Backbone, class Head, class D>
+requires has_device_form<Backbone, D> && has_device_form<Head, D>
+struct task_model_on<Backbone, Head, D> {
+    using type = task_model<on_device_t<Backbone, D>, on_device_t<Head, D>>;  ///< the twin
+};
+}  // namespace detail
+
 /// A backbone with a head. The backbone supplies ids -> hidden states (B, T, C), its family's
 /// names (architecture_prefix "Bert", base_model_prefix "bert") and config type; the head
 /// supplies the outputs, its parameters' names and its task (heads::sequence_classification,
@@ -12737,11 +12820,22 @@ class task_model {
                                        Head::architecture_suffix>::value;
     }();
 
+    /// The same model with its tensors on device D (when the backbone and the head have a form
+    /// there): what train::trainer builds to train on a GPU (docs/cuda.md).
+    template <device_tag D>
+    using on_device = typename detail::task_model_on<Backbone, Head, D>::type;
+
     Backbone backbone;  ///< under "<base_model_prefix>." (unprefixed for a base model)
     Head head;          ///< the task's layers and semantics
 
     /// A zero-initialized model of configuration c.
-    explicit task_model(const config_type& c) : backbone(c), head(c) {}
+    explicit task_model(const config_type& c) : backbone(c), head(c), config_(c) {}
+
+    /// The configuration the model was built from (a resized token table updates its vocabulary
+    /// size: io::resize_token_embeddings): what builds its twin on another device.
+    const config_type& config() const noexcept { return config_; }
+    /// The configuration, for code that changes the model's shape after construction.
+    config_type& config() noexcept { return config_; }
 
     /// The head's outputs for ids; attention_mask (B, T) holds 1 for tokens and 0 for padding
     /// (empty: all tokens), token_types may be empty. A head that reads position 0 only, on a
@@ -12849,6 +12943,7 @@ class task_model {
     }
 
   private:
+    config_type config_;  // what the model was built from
     // whether the backbone's parameters are named under base_model_prefix (not for a base model)
     static constexpr bool prefixed() {
         if constexpr (requires { Head::prefixes_backbone; })
@@ -12977,7 +13072,10 @@ class decoder
                       stack_names>;
 
   public:
-    using config_type = llama::config;                                ///< what it is built from
+    using config_type = llama::config;  ///< what it is built from
+    /// The same decoder on device D2 (its parts' form there).
+    template <device_tag D2>
+    using on_device = decoder<T, C, F, typename Parts::template on_device<D2>>;
     static constexpr std::size_t hidden_extent = C;                   ///< C (or dynamic)
     static constexpr std::string_view architecture_prefix = "Llama";  ///< "LlamaFor..."
     static constexpr std::string_view base_model_prefix = "model";    ///< "model.layers..."
@@ -13461,6 +13559,9 @@ class adamw {
   public:
     using value_type = T;                       ///< scalar type
     using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    /// The same optimizer for parameters on device D2.
+    template <device_tag D2>
+    using on_device = adamw<T, D2>;
     adamw_options options;  ///< hyper-parameters; options.lr is the rate of the next step
 
     /// An optimizer with the given options.
@@ -13542,6 +13643,9 @@ class sgd {
   public:
     using value_type = T;                       ///< scalar type
     using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    /// The same optimizer for parameters on device D2.
+    template <device_tag D2>
+    using on_device = sgd<T, D2>;
     sgd_options options;  ///< hyper-parameters; options.lr is the rate of the next step
 
     /// An optimizer with the given options (Nesterov without momentum is an error).
@@ -13613,17 +13717,21 @@ class sgd {
 
 /// Any optimizer (adamw, sgd, or a type of one's own with the same members: step, set_lr,
 /// step_count, set_step_count, init_state, visit_state), held by value behind one interface: what
-/// the trainer runs, chosen at run time (the CLI's --optimizer).
-template <scalar T>
+/// the trainer runs, chosen at run time (the CLI's --optimizer). D is the parameters' device.
+template <scalar T, device_tag D = device::cpu>
 class any_optimizer {
   public:
+    using param_type = parameter_ref_on<T, D>;  ///< what step() updates
+    /// A state tensor as visit_state shows it: a span on the host, a view on a device.
+    using state_view = decltype(detail::state_of(std::declval<buffer<T, shape<dynamic>, D>&>()));
+
     /// Holds o (satisfying the optimizer concept), called `name` in checkpoints and messages.
     template <class O>
-    requires optimizer<O, T> any_optimizer(O o, std::string name)
+    requires optimizer<O, T, D> any_optimizer(O o, std::string name)
         : p_(std::make_unique<impl<O>>(std::move(o))), name_(std::move(name)) {}
 
     /// Updates every trainable parameter from its gradient.
-    void step(std::span<const parameter_ref<T>> params) { p_->step(params); }
+    void step(std::span<const param_type> params) { p_->step(params); }
     /// Sets the learning rate of the next steps.
     void set_lr(double lr) { p_->set_lr(lr); }
     /// Number of steps taken.
@@ -13631,35 +13739,76 @@ class any_optimizer {
     /// Restores the step count.
     void set_step_count(std::size_t n) { p_->set_step_count(n); }
     /// Allocates the state of params as the first step would.
-    void init_state(std::span<const parameter_ref<T>> params) { p_->init_state(params); }
-    /// Visits the state: f(name, span) per tensor.
-    void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) {
+    void init_state(std::span<const param_type> params) { p_->init_state(params); }
+    /// Visits the state: f(name, span) per tensor (on a device: f(name, view)).
+    void visit_state(const std::function<void(const std::string&, state_view)>& f) {
         p_->visit_state(f);
     }
     /// Its name ("adamw", "sgd").
     const std::string& name() const noexcept { return name_; }
+    /// The same optimizer (type, options and current rate; no state) for a model's twin on
+    /// device D2 (device::reference; device::cuda in a CUDA build): what the trainer runs there.
+    /// Throws for an optimizer type without a device form (a member alias on_device<D>, as
+    /// adamw's and sgd's).
+    template <device_tag D2>
+    any_optimizer<T, D2> on_device() const requires(std::is_same_v<D, device::cpu>) {
+        if constexpr (std::is_same_v<D2, device::reference>) return p_->on_reference(name_);
+#if FTUNE_WITH_CUDA
+        else if constexpr (std::is_same_v<D2, device::cuda>)
+            return p_->on_cuda(name_);
+#endif
+        else
+            static_assert(std::is_same_v<D2, device::reference>,
+                          "ftune: any_optimizer::on_device knows device::reference and, in CUDA "
+                          "builds, device::cuda");
+    }
 
   private:
     struct base {
         virtual ~base() = default;
-        virtual void step(std::span<const parameter_ref<T>>) = 0;
+        virtual void step(std::span<const param_type>) = 0;
         virtual void set_lr(double) = 0;
         virtual std::size_t step_count() const = 0;
         virtual void set_step_count(std::size_t) = 0;
-        virtual void init_state(std::span<const parameter_ref<T>>) = 0;
-        virtual void visit_state(const std::function<void(const std::string&, std::span<T>)>&) = 0;
+        virtual void init_state(std::span<const param_type>) = 0;
+        virtual void visit_state(const std::function<void(const std::string&, state_view)>&) = 0;
+        virtual any_optimizer<T, device::reference> on_reference(const std::string& name) const = 0;
+#if FTUNE_WITH_CUDA
+        virtual any_optimizer<T, device::cuda> on_cuda(const std::string& name) const = 0;
+#endif
     };
     template <class O>
     struct impl final : base {
         O o;
         explicit impl(O x) : o(std::move(x)) {}
-        void step(std::span<const parameter_ref<T>> p) override { o.step(p); }
+        void step(std::span<const param_type> p) override { o.step(p); }
         void set_lr(double lr) override { o.set_lr(lr); }
         std::size_t step_count() const override { return o.step_count(); }
         void set_step_count(std::size_t n) override { o.set_step_count(n); }
-        void init_state(std::span<const parameter_ref<T>> p) override { o.init_state(p); }
-        void visit_state(const std::function<void(const std::string&, std::span<T>)>& f) override {
+        void init_state(std::span<const param_type> p) override { o.init_state(p); }
+        void visit_state(const std::function<void(const std::string&, state_view)>& f) override {
             o.visit_state(f);
+        }
+        any_optimizer<T, device::reference> on_reference(const std::string& name) const override {
+            return twin<device::reference>(name);
+        }
+#if FTUNE_WITH_CUDA
+        any_optimizer<T, device::cuda> on_cuda(const std::string& name) const override {
+            return twin<device::cuda>(name);
+        }
+#endif
+        // o's type on D2 with o's options (no state)
+        template <class D2>
+        any_optimizer<T, D2> twin(const std::string& name) const {
+            if constexpr (std::is_same_v<D, device::cpu> && has_device_form<O, D2>) {
+                return {on_device_t<O, D2>(o.options), name};
+            } else {
+                throw error(errc::unsupported, "optimizer " + name,
+                            ftune::detail::cat("this optimizer has no form on device::", D2::name,
+                                               " (a member alias on_device<D>, as optim::adamw's "
+                                               "and optim::sgd's); use adamw or sgd there, or "
+                                               "train on the CPU"));
+            }
         }
     };
     std::unique_ptr<base> p_;
@@ -13925,6 +14074,16 @@ struct collect_refs : keeps_values {
     std::vector<parameter_ref<T>>* out;  ///< where they go
     /// Keeps p.
     void operator()(parameter_ref<T> p) const { out->push_back(std::move(p)); }
+};
+
+/// Collects a host model's trainable flags in visit order (a keeps_values visit).
+struct collect_flags : keeps_values {
+    std::vector<bool>* out;  ///< where they go
+    /// Keeps p's flag.
+    template <class Ref>
+    void operator()(const Ref& p) const {
+        out->push_back(p.trainable);
+    }
 };
 
 /// Throws unless the device parameter p (the i-th visited) matches the host one h.

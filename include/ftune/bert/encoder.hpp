@@ -77,7 +77,10 @@ class encoder : public blocks::stack<layers::bert_embeddings<T, C, typename Part
                                blocks::bert_stack_names>;
 
   public:
-    using config_type = bert::config;                                ///< what it is built from
+    using config_type = bert::config;  ///< what it is built from
+    /// The same encoder on device D2 (its parts' form there).
+    template <device_tag D2>
+    using on_device = encoder<T, C, F, Norm, typename Parts::template on_device<D2>>;
     static constexpr std::size_t hidden_extent = C;                  ///< C (or dynamic)
     static constexpr std::string_view architecture_prefix = "Bert";  ///< "BertFor..."
     static constexpr std::string_view base_model_prefix = "bert";    ///< "bert.embeddings..."

@@ -40,6 +40,9 @@ template <scalar T, device_tag D = device::cpu>
 struct llama_parts {
     using value_type = T;   ///< scalar type
     using device_type = D;  ///< where the block's tensors live
+    /// The same parts on device D2.
+    template <device_tag D2>
+    using on_device = llama_parts<T, D2>;
     static constexpr std::string_view norm1_name = "input_layernorm";           ///< first norm
     static constexpr std::string_view attention_name = "self_attn";             ///< attention
     static constexpr std::string_view norm2_name = "post_attention_layernorm";  ///< second norm

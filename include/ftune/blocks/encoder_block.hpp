@@ -38,6 +38,9 @@ template <scalar T, device_tag D = device::cpu,
 struct bert_parts {
     using value_type = T;   ///< scalar type
     using device_type = D;  ///< where the block's tensors live and which backend runs it
+    /// The same parts on device D2.
+    template <device_tag D2>
+    using on_device = bert_parts<T, D2, Act>;
     /// q, k, v, attention output and feed-forward projections: (N, In) -> (N, Out)
     template <std::size_t In, std::size_t Out>
     using projection = layers::lora_linear<T, In, Out, D>;

@@ -95,8 +95,9 @@ concept lr_schedule = requires(const S& s, std::size_t step) {
 ///   decoupled (θ ← θ − η∇… − ηλθ).
 /// - It does not clear gradients (zero_grad is the caller's, after clipping and stepping).
 /// - Its state (moments, step count) can be saved and restored for exact resumption.
-template <class O, class T>
-concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref<T>> params) {
+/// - D is the parameters' device (a device model's: device_parameter_ref<T, D>).
+template <class O, class T, class D = device::cpu>
+concept optimizer = scalar<T> && requires(O& o, std::span<const parameter_ref_on<T, D>> params) {
     o.step(params);
     { o.step_count() } -> std::convertible_to<std::size_t>;
 };

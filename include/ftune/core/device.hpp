@@ -2,9 +2,11 @@
 #pragma once
 
 #include <concepts>
+#include <string>
 #include <type_traits>
 
 #include "ftune/config.hpp"
+#include "ftune/core/error.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 
@@ -51,5 +53,44 @@ constexpr void require_host_memory() {
                   "not available yet (docs/cuda.md lists what runs on the device): copy the "
                   "tensor to the host (cuda::to_host) or run this part on device::cpu");
 }
+
+/// Whether model (or layer) type M has a form with its tensors on device D: a member alias
+/// `template <device_tag D> using on_device = ...` naming the same architecture on D (a
+/// task_model has one when its backbone and its head have).
+template <class M, class D>
+concept has_device_form = requires {
+    typename M::template on_device<D>;
+};
+/// M's form on device D (the type a trainer builds to run M there).
+template <class M, class D>
+using on_device_t = typename M::template on_device<D>;
+
+/// Where a run computes, chosen at run time (the CLI's --device): the CPU, CUDA device `index`
+/// (device::cuda; needs a build with FTUNE_WITH_CUDA), or the reference backend
+/// (device::reference: plain loops, slow; what tests use to run the device path anywhere).
+struct device_spec {
+    enum class kind { cpu, cuda, reference } what = kind::cpu;  ///< the backend
+    int index = 0;                                              ///< kind::cuda: the GPU's number
+
+    /// "cpu", "cuda" (GPU 0), "cuda:N" or "reference".
+    static device_spec parse(const std::string& s) {
+        if (s == "cpu") return {};
+        if (s == "reference") return {kind::reference, 0};
+        if (s == "cuda") return {kind::cuda, 0};
+        if (s.starts_with("cuda:") && s.size() > 5 && s.size() < 9 &&
+            s.find_first_not_of("0123456789", 5) == std::string::npos)
+            return {kind::cuda, std::stoi(s.substr(5))};
+        throw error(errc::invalid_argument, "--device " + s,
+                    "expected cpu, cuda, cuda:N or reference");
+    }
+    /// "cpu", "cuda:N" or "reference".
+    std::string str() const {
+        return what == kind::cpu         ? "cpu"
+               : what == kind::reference ? "reference"
+                                         : "cuda:" + std::to_string(index);
+    }
+    /// Whether this is the CPU.
+    bool cpu() const noexcept { return what == kind::cpu; }
+};
 
 FTUNE_NAMESPACE_END

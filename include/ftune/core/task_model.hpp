@@ -12,6 +12,7 @@
 
 #include "ftune/core/concepts.hpp"
 #include "ftune/core/context.hpp"
+#include "ftune/core/device.hpp"
 #include "ftune/core/error.hpp"
 #include "ftune/core/parameter.hpp"
 
@@ -28,6 +29,22 @@ struct joined_name {
         return s;
     }();
     static constexpr std::string_view value{chars.data(), chars.size()};  ///< A + B
+};
+}  // namespace detail
+
+template <class Backbone, class Head>
+class task_model;
+
+namespace detail {
+/// task_model<Backbone, Head> on device D: `type` when both parts have a form there, else
+/// nothing (so has_device_form says no instead of failing the build).
+template <class Backbone, class Head, class D>
+struct task_model_on {};
+/// Both parts have a form on D.
+template <class Backbone, class Head, class D>
+requires has_device_form<Backbone, D> && has_device_form<Head, D>
+struct task_model_on<Backbone, Head, D> {
+    using type = task_model<on_device_t<Backbone, D>, on_device_t<Head, D>>;  ///< the twin
 };
 }  // namespace detail
 
@@ -58,11 +75,22 @@ class task_model {
                                        Head::architecture_suffix>::value;
     }();
 
+    /// The same model with its tensors on device D (when the backbone and the head have a form
+    /// there): what train::trainer builds to train on a GPU (docs/cuda.md).
+    template <device_tag D>
+    using on_device = typename detail::task_model_on<Backbone, Head, D>::type;
+
     Backbone backbone;  ///< under "<base_model_prefix>." (unprefixed for a base model)
     Head head;          ///< the task's layers and semantics
 
     /// A zero-initialized model of configuration c.
-    explicit task_model(const config_type& c) : backbone(c), head(c) {}
+    explicit task_model(const config_type& c) : backbone(c), head(c), config_(c) {}
+
+    /// The configuration the model was built from (a resized token table updates its vocabulary
+    /// size: io::resize_token_embeddings): what builds its twin on another device.
+    const config_type& config() const noexcept { return config_; }
+    /// The configuration, for code that changes the model's shape after construction.
+    config_type& config() noexcept { return config_; }
 
     /// The head's outputs for ids; attention_mask (B, T) holds 1 for tokens and 0 for padding
     /// (empty: all tokens), token_types may be empty. A head that reads position 0 only, on a
@@ -170,6 +198,7 @@ class task_model {
     }
 
   private:
+    config_type config_;  // what the model was built from
     // whether the backbone's parameters are named under base_model_prefix (not for a base model)
     static constexpr bool prefixed() {
         if constexpr (requires { Head::prefixes_backbone; })

@@ -242,6 +242,8 @@ class causal_lm {
     /// loss is taken: the prompt, the padding), the cross-entropy averaged over the counted
     /// tokens; d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return next_token_loss(ce_, y, b, d, scale);
     }
 

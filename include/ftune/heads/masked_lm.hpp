@@ -122,6 +122,8 @@ class masked_lm {
     /// The training loss of a batch's logits y (B, T, V) over the masked positions (labels -100
     /// count for nothing); d (B, T, V) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 

@@ -22,6 +22,9 @@ namespace heads {
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class question_answering {
   public:
+    /// The same head on device D2 (train::trainer's twin of a model on a GPU).
+    template <device_tag D2>
+    using on_device = question_answering<T, C, D2>;
     using value_type = T;                                              ///< scalar type
     using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
     using output_view = view<const T, shape<dynamic, dynamic, 2>, D>;  ///< logits (B, T, 2)
@@ -82,6 +85,8 @@ class question_answering {
     /// The training loss of a batch's logits y (B, T, 2), labels {start, end} per row; d (B, T,
     /// 2) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return span_loss(ce_, y, b, d, scale);
     }
 

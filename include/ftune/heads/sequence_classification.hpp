@@ -24,6 +24,9 @@ namespace heads {
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class sequence_classification : public sequence_task<T, D> {
   public:
+    /// The same head on device D2 (train::trainer's twin of a model on a GPU).
+    template <device_tag D2>
+    using on_device = sequence_classification<T, C, D2>;
     using value_type = T;                                              ///< scalar type
     using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;  ///< (B, T, C)
     using output_view = view<const T, shape<dynamic, dynamic>, D>;     ///< logits (B, L)

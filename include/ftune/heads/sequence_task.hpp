@@ -55,6 +55,8 @@ class sequence_task {
 
     /// The training loss of a batch's logits y (B, L); d (B, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         const std::size_t B = b.B, L = y.extent(1);
         if (problem == problem::single_label_classification) {
             const double l = double(ce_.forward({y.data(), B, L}, {b.labels.data(), B}));

@@ -34,6 +34,9 @@ struct word_prediction {
 template <scalar T, std::size_t C = dynamic, device_tag D = device::cpu>
 class token_classification {
   public:
+    /// The same head on device D2 (train::trainer's twin of a model on a GPU).
+    template <device_tag D2>
+    using on_device = token_classification<T, C, D2>;
     using value_type = T;                                                    ///< scalar type
     using hidden_view = view<const T, shape<dynamic, dynamic, C>, D>;        ///< (B, T, C)
     using output_view = view<const T, shape<dynamic, dynamic, dynamic>, D>;  ///< logits (B, T, L)
@@ -99,6 +102,8 @@ class token_classification {
     /// The training loss of a batch's logits y (B, T, L) over the labelled positions (labels
     /// -100 count for nothing); d (B, T, L) += scale * its gradient.
     double loss(output_view y, const train::batch& b, T* d, T scale) {
+        require_host_memory<D>();  // reads tensor memory on the host (a device model's
+                                   // trainer runs its host twin's loss: train/device_run.hpp)
         return detail::per_position_loss(ce_, y.data(), y.extent(2), b, d, scale);
     }
 

@@ -940,9 +940,10 @@ void init_hf_parameter(parameter_ref<T>& p, double std, std::uint64_t seed, std:
 /// Grows the token table of model's backbone to `rows` rows (nothing when it has as many):
 /// each new row is the mean of the old rows, as Transformers' resize_token_embeddings
 /// (mean_resizing draws them from a normal around that mean with 1e-9 times the rows'
-/// covariance, a negligible spread). Returns the number of rows added. The model's config is
-/// not touched (add_entity_markers updates it); heads with vocabulary-sized outputs (masked or
-/// causal LM) are not resized and are refused.
+/// covariance, a negligible spread). Returns the number of rows added. The model's own
+/// config() records the new vocabulary size (a loaded hf_model's config is not touched:
+/// add_entity_markers updates it); heads with vocabulary-sized outputs (masked or causal LM) are
+/// not resized and are refused.
 template <class Model>
 std::size_t resize_token_embeddings(Model& model, std::size_t rows) {
     using T = typename Model::value_type;
@@ -969,6 +970,7 @@ std::size_t resize_token_embeddings(Model& model, std::size_t rows) {
         w.grad.resize(w.value.shape());
         w.grad.fill(T(0));
     }
+    if constexpr (requires { model.config().vocab_size = rows; }) model.config().vocab_size = rows;
     return rows - V;
 }
 

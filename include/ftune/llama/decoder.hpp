@@ -73,7 +73,10 @@ class decoder
                       stack_names>;
 
   public:
-    using config_type = llama::config;                                ///< what it is built from
+    using config_type = llama::config;  ///< what it is built from
+    /// The same decoder on device D2 (its parts' form there).
+    template <device_tag D2>
+    using on_device = decoder<T, C, F, typename Parts::template on_device<D2>>;
     static constexpr std::size_t hidden_extent = C;                   ///< C (or dynamic)
     static constexpr std::string_view architecture_prefix = "Llama";  ///< "LlamaFor..."
     static constexpr std::string_view base_model_prefix = "model";    ///< "model.layers..."

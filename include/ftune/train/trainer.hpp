@@ -32,6 +32,7 @@
 #include "ftune/train/callbacks.hpp"
 #include "ftune/train/evaluation.hpp"
 #include "ftune/metrics/scores.hpp"
+#include "ftune/train/device_run.hpp"
 
 FTUNE_NAMESPACE_BEGIN
 namespace train {
@@ -130,6 +131,12 @@ struct options {
     /// rank's gradients summed in rank order): the same weights, bit for bit, as `group` with N
     /// ranks. 0 or 1: off.
     std::size_t virtual_ranks = 0;
+    /// Where the steps and evaluations run: the CPU, a CUDA GPU (a build with FTUNE_WITH_CUDA),
+    /// or the reference backend (slow: tests), for the heads with a device form (sequence and
+    /// token classification, question answering). There the model's twin trains and the model
+    /// given to the trainer is the record: updated at checkpoints, best-weight snapshots and the
+    /// end of fit() (train/device_run.hpp; not with a group or virtual ranks).
+    device_spec device{};
 };
 
 /// Trains a task model (task_model<Backbone, Head>) on encoded examples. The head decides the
@@ -228,7 +235,7 @@ class trainer {
                     .rng = generator(options.seed),
                     .pack_frozen_weights = options.pack_frozen_weights,
                     .precision = options.precision};
-        ops::require(options.precision, "trainer (precision bf16)");
+        if (options.device.cpu()) ops::require(options.precision, "trainer (precision bf16)");
         std::vector<T> best_values;
         std::size_t since = 0, first_epoch = 0, first_batch = 0;
         double loss_sum = 0, sum_wait = 0;
@@ -257,7 +264,9 @@ class trainer {
                     c->load_state(st["callbacks"][n]);
             s.resumed = s.step, s.resumed_from = options.resume_from;
         }
-        check_same_weights(params);  // every rank starts from the same weights
+        check_same_weights(params);                    // every rank starts from the same weights
+        start_device(rk.group || rk.count > 1, &opt);  // a GPU: the model's twin there
+        const device_scope device_ends{this};          // (also when the run throws)
         // the sums of the gradients over the ranks (trainable ones, in the order backward
         // finishes them: the reverse of the visit)
         std::optional<dist::gradient_reducer> reducer;
@@ -287,6 +296,7 @@ class trainer {
                 std::isnan(s.best_metric) ? nlohmann::json(nullptr) : nlohmann::json(s.best_metric);
             for (const auto* c : cbs)
                 if (const auto n = c->name(); !n.empty()) st["callbacks"][n] = c->save_state();
+            device_to_host(&opt);  // (on a GPU: the weights and the optimizer's state)
             save_checkpoint(options.checkpoint_dir, st, opt, best_values);
         };
         // an evaluation on valid: the best metric and weights, a record, the callbacks (which
@@ -296,7 +306,7 @@ class trainer {
             const auto e = evaluate(valid);
             if (std::isnan(s.best_metric) || e.metric > s.best_metric + options.min_delta) {
                 s.best_metric = e.metric, s.best_step = s.step;
-                if (options.patience) best_values = snapshot();
+                if (options.patience) device_to_host(nullptr), best_values = snapshot();
             }
             history.push_back({s.step, double(s.step) / double(s.steps_per_epoch), 0,
                                sched.lr_at(s.step ? s.step - 1 : 0), e.metric, e.loss});
@@ -383,16 +393,24 @@ class trainer {
                 }
                 bi = b1 - 1;
                 // one optimizer step: clip, rate from the schedule, optimizer, clear
-                if (options.max_grad_norm > 0) try {
-                        optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
-                                              options.max_grad_norm);
+                s.lr = sched.lr_at(s.step);
+                if (on_device()) {
+                    try {
+                        device_->step(options.max_grad_norm, s.lr);
                     } catch (const error& e) {  // a non-finite gradient: say which step
                         throw error(e.id(), at() + " " + e.context(), e.message());
                     }
-                s.lr = sched.lr_at(s.step);
-                opt.set_lr(s.lr);
-                opt.step(std::span<const parameter_ref<T>>(params));
-                model.zero_grad();
+                } else {
+                    if (options.max_grad_norm > 0) try {
+                            optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
+                                                  options.max_grad_norm);
+                        } catch (const error& e) {  // a non-finite gradient: say which step
+                            throw error(e.id(), at() + " " + e.context(), e.message());
+                        }
+                    opt.set_lr(s.lr);
+                    opt.step(std::span<const parameter_ref<T>>(params));
+                    model.zero_grad();
+                }
                 ++s.step;
                 s.seconds = seconds_since(t0);
                 s.loss = loss_sum / double(since);  // mean since the last record
@@ -422,6 +440,7 @@ class trainer {
             }
             if (!s.stopped_early && c.should_save) checkpoint(epoch + 1, 0);
         }
+        device_to_host(nullptr), stop_device();  // the trained weights in the model given
         if (!s.interrupted && !best_values.empty()) restore(best_values);
         s.seconds = seconds_since(t0);
         for (auto* c : cbs) c->on_train_end(s);
@@ -433,6 +452,10 @@ class trainer {
     /// With a group of N ranks, a collective: rank r scores batches r, r + N, ..., and every
     /// rank gets the whole report, equal to one process's.
     evaluation evaluate(const std::vector<example>& xs) {
+        // outside fit() with options.device a GPU: the model's current weights go there for it
+        const bool own = !options.device.cpu() && !on_device();
+        if (own) start_device(options.group && options.group->size() > 1, nullptr);
+        const device_scope device_ends{own ? this : nullptr};
         evaluation e;
         context ctx;  // eval mode
         ctx.precision = options.precision;
@@ -502,10 +525,46 @@ class trainer {
     }
     token_id pad_id() const { return model.backbone.pad_token_id(); }
 
-    auto forward(context& ctx, const batch& b) {
+    // the outputs for batch b (on another device: computed there, copied to the host)
+    typename Model::output_view forward(context& ctx, const batch& b) {
+        if (device_) return device_->forward(ctx, b);
         return model.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
                              {b.types.data(), b.B, b.T});
     }
+
+    // Whether the steps run on another device now (inside fit, or evaluate, with
+    // options.device not the CPU).
+    bool on_device() const noexcept { return device_ != nullptr; }
+    // options.device not the CPU: builds the model's twin there with opt's form (nullptr: for
+    // an evaluation) and uploads the weights and opt's state; a clear error where that cannot be
+    // (parallel: a group or virtual ranks).
+    void start_device(bool parallel, optim::any_optimizer<T>* opt) {
+        if (options.device.cpu()) return;
+        if (parallel)
+            throw error(errc::unsupported, "train::options::device " + options.device.str(),
+                        "data-parallel training (a group or virtual ranks) runs on the CPU");
+        if (opt)
+            device_ = make_device_run(model, options.device, *opt);
+        else  // an evaluation: no optimizer steps
+            device_ = make_device_run(model, options.device,
+                                      optim::any_optimizer<T>(optim::adamw<T>(), "adamw"));
+        device_->upload(opt);
+    }
+    // On a device: copies the weights (and opt's state, when given) into the model (and opt).
+    void device_to_host(optim::any_optimizer<T>* opt) {
+        if (device_) device_->download(opt);
+    }
+    // Ends the device run (its memory goes back to the device's cache).
+    void stop_device() noexcept { device_.reset(); }
+    // Ends t's device run when it goes out of scope (nullptr: nothing).
+    struct device_scope {
+        trainer* t;  // whose run
+        ~device_scope() {
+            if (t) t->stop_device();
+        }
+    };
+    // the device run of fit() or evaluate() (nullptr: on the CPU)
+    std::unique_ptr<device_steps<Model>> device_;
 
     // forward, loss and backward of one batch (gradients accumulate); returns the batch loss
     // (a head that takes its loss from the hidden states: without its outputs, Model's
@@ -513,6 +572,7 @@ class trainer {
     double train_batch(context& ctx, const batch& b, double scale_) {
         const T scale = T(scale_);
         double l = 0;
+        if (device_) return device_->train_batch(ctx, b, scale);
         if constexpr (requires { model.loss_backward(ctx, b, scale); }) {
             l = model.loss_backward(ctx, b, scale);
         } else {
