@@ -27,16 +27,6 @@ struct collect_refs : keeps_values {
     void operator()(parameter_ref<T> p) const { out->push_back(std::move(p)); }
 };
 
-/// Collects a host model's trainable flags in visit order (a keeps_values visit).
-struct collect_flags : keeps_values {
-    std::vector<bool>* out;  ///< where they go
-    /// Keeps p's flag.
-    template <class Ref>
-    void operator()(const Ref& p) const {
-        out->push_back(p.trainable);
-    }
-};
-
 /// Throws unless the device parameter p (the i-th visited) matches the host one h.
 template <class T, class D>
 void check_twin(const device_parameter_ref<T, D>& p, const parameter_ref<T>& h, std::size_t i,
