@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#if __has_include(<catch2/catch_session.hpp>)
+#if !defined(FTUNE_CATCH2_V2) && __has_include(<catch2/catch_session.hpp>)  // tests/catch.hpp
 #include <catch2/catch_session.hpp>
 #else
 #define CATCH_CONFIG_RUNNER
@@ -157,6 +157,71 @@ TEST_CASE("cuda gemm_bf16: operands rounded to bf16 as the reference, fp32 sums"
     gpu::gemm_strided_batched_bf16(transpose::no, transpose::no, M, N, K, 1.0f, dA.data(), K, M * K,
                                    dB.data(), N, K * N, 0.0f, dC.data(), N, M * N, batch);
     close(down(dC), want, 1e-5 * double(K), "gemm_strided_batched_bf16");
+}
+
+TEST_CASE(
+    "cuda gemm_heads: every head of every sequence in one call, as the reference's strided batch "
+    "per sequence (head-matrix layouts, transposes, beta, fp32 and bf16, A in bf16)",
+    "[cuda][bf16]") {
+    // attention's layouts: S sequences of T rows of a (S*T, C) head matrix, H heads of d columns,
+    // and (S, H, T, T) score tensors; awkward sizes
+    const std::size_t S = 3, H = 5, T = 7, d = 6, C = H * d;
+    const auto q = rnd(S * T * C, 20), k = rnd(S * T * C, 21), p = rnd(S * H * T * T, 22);
+    auto dq = up(q), dk = up(k), dp = up(p);
+    for (auto prec : {ftune::precision::fp32, ftune::precision::bf16}) {
+        const double tol = prec == ftune::precision::bf16 ? 1e-5 * double(T) : fp32_tol * double(T);
+        auto reference = [&](transpose ta, transpose tb, std::size_t M, std::size_t N,
+                             std::size_t K, const float* A, std::size_t lda, std::size_t a_seq,
+                             std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                             std::size_t b_head, float beta, float* Cm, std::size_t ldc,
+                             std::size_t c_seq, std::size_t c_head) {
+            for (std::size_t s = 0; s < S; ++s)
+                if (prec == ftune::precision::bf16)
+                    ref::gemm_strided_batched_bf16(ta, tb, M, N, K, 1.0f, A + s * a_seq, lda,
+                                                   a_head, B + s * b_seq, ldb, b_head, beta,
+                                                   Cm + s * c_seq, ldc, c_head, H);
+                else
+                    ref::gemm_strided_batched(ta, tb, M, N, K, 1.0f, A + s * a_seq, lda, a_head,
+                                              B + s * b_seq, ldb, b_head, beta, Cm + s * c_seq, ldc,
+                                              c_head, H);
+        };
+        // scores (S, H, T, T) = Q Kᵀ per head (beta 0 over a non-zero C)
+        std::vector<float> want(S * H * T * T, 3.0f);
+        reference(transpose::no, transpose::yes, T, T, d, q.data(), C, T * C, d, k.data(), C, T * C,
+                  d, 0.0f, want.data(), T, H * T * T, T * T);
+        auto got = up(std::vector<float>(S * H * T * T, 3.0f));
+        gpu::gemm_heads(prec, transpose::no, transpose::yes, T, T, d, 1.0f, dq.data(), C, T * C, d,
+                        dk.data(), C, T * C, d, 0.0f, got.data(), T, H * T * T, T * T, S, H);
+        close(down(got), want, tol, "gemm_heads Q K^T");
+        // context (S*T, C) = Pᵀ K per head, into head columns, accumulating (beta 1)
+        std::vector<float> want2 = q;
+        reference(transpose::yes, transpose::no, T, d, T, p.data(), T, H * T * T, T * T, k.data(),
+                  C, T * C, d, 1.0f, want2.data(), C, T * C, d);
+        auto got2 = up(q);
+        gpu::gemm_heads(prec, transpose::yes, transpose::no, T, d, T, 1.0f, dp.data(), T, H * T * T,
+                        T * T, dk.data(), C, T * C, d, 1.0f, got2.data(), C, T * C, d, S, H);
+        close(down(got2), want2, tol, "gemm_heads P^T K");
+    }
+    // P kept in bf16: read as it is
+    std::vector<bf16> p16(p.size());
+    std::vector<float> p16f(p.size());
+    for (std::size_t i = 0; i < p.size(); ++i)
+        p16[i] = ref::to_bf16(p[i]), p16f[i] = p16[i].to_float();
+    std::vector<float> want(S * T * C);
+    for (std::size_t s = 0; s < S; ++s)
+        ref::gemm_strided_batched_bf16(transpose::no, transpose::no, T, d, T, 1.0f,
+                                       p16f.data() + s * H * T * T, T, T * T, k.data() + s * T * C,
+                                       C, d, 0.0f, want.data() + s * T * C, C, d, H);
+    auto dp16 = up(p16);
+    dvec<float> got(S * T * C);
+    gpu::gemm_heads(ftune::precision::bf16, transpose::no, transpose::no, T, d, T, 1.0f,
+                    dp16.data(), T, H * T * T, T * T, dk.data(), C, T * C, d, 0.0f, got.data(), C,
+                    T * C, d, S, H);
+    close(down(got), want, 1e-5 * double(T), "gemm_heads (P in bf16)");
+    CHECK_THROWS_AS(gpu::gemm_heads(ftune::precision::fp32, transpose::no, transpose::no, T, d, T,
+                                    1.0f, dp16.data(), T, H * T * T, T * T, dk.data(), C, T * C, d,
+                                    0.0f, got.data(), C, T * C, d, S, H),
+                    ftune::error);
 }
 
 TEST_CASE("cuda element-wise primitives: bias, residual, activations and their gradients",
@@ -496,7 +561,8 @@ TEST_CASE(
     }
 }
 
-TEST_CASE("cuda reductions and optimizer steps; the same bits on every run", "[cuda]") {
+TEST_CASE("cuda reductions (one tensor, a list) and optimizer steps; the same bits on every run",
+          "[cuda]") {
     for (std::size_t n :
          {std::size_t(0), std::size_t(1), std::size_t(1000), std::size_t(3'000'001)}) {
         const auto x = rnd(n, 80);
@@ -505,6 +571,20 @@ TEST_CASE("cuda reductions and optimizer steps; the same bits on every run", "[c
         const double got = gpu::sum_squares(gx.data(), n);
         CHECK(std::abs(got - want) <= 1e-12 * std::max(1.0, want));
         CHECK(gpu::sum_squares(gx.data(), n) == got);  // deterministic
+    }
+    {  // a list (the gradient norm): the host loop's value, bit for bit, empty tensors included
+        std::vector<dvec<float>> xs;
+        std::vector<const float*> ptrs;
+        std::vector<std::size_t> sizes;
+        double loop = 0;
+        for (std::size_t n : {std::size_t(1000), std::size_t(0), std::size_t(3'000'001),
+                              std::size_t(7), std::size_t(65'537)}) {
+            xs.push_back(up(rnd(n, 85 + n)));
+            ptrs.push_back(xs.back().data()), sizes.push_back(n);
+            loop += gpu::sum_squares(xs.back().data(), n);
+        }
+        CHECK(gpu::sum_squares_list(ptrs.data(), sizes.data(), ptrs.size()) == loop);
+        CHECK(gpu::sum_squares_list(ptrs.data(), sizes.data(), 0) == 0.0);
     }
     const std::size_t n = 10'001;
     const auto p0 = rnd(n, 81), g = rnd(n, 82), m0 = rnd(n, 83, 0.1);
@@ -777,10 +857,12 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "cuda trainer: fine-tuning a BERT classifier with --device cuda follows the CPU's run "
-    "(losses, weights, evaluation); checkpoints move between the GPU and the CPU",
+    "cuda trainer: fine-tuning with --device cuda follows the CPU's run (losses, weights, "
+    "evaluation) for the BERT classifier and masked LM and the Llama and GPT-2 causal LMs and "
+    "classifiers; checkpoints move between the GPU and the CPU; bf16 mixed precision there",
     "[cuda][train]") {
     test::check_training_on_device("cuda:0");
+    test::check_bf16_training_on_device("cuda:0");
     // a device that is not there: a clear error naming it
     test::check_device_error("cuda:99", "cuda:99");
 }

@@ -804,6 +804,7 @@ TEST_CASE(
     "as the CPU's run; checkpoints resume across devices; clear errors for unusable devices",
     "[train]") {
     test::check_training_on_device("reference");
+    test::check_bf16_training_on_device("reference");
     CHECK(ftune::device_spec::parse("cuda:3").index == 3);
     CHECK(ftune::device_spec::parse("cuda").str() == "cuda:0");
     CHECK_THROWS_AS(ftune::device_spec::parse("gpu"), ftune::error);
@@ -812,13 +813,15 @@ TEST_CASE(
     test::check_device_error("cuda", "-DFTUNE_WITH_CUDA=ON");
 #endif
     // a head without a device form: the model's architecture and the heads that have one
-    ftune::bert::masked_lm<> mlm(ftune::bert::config{.vocab_size = 40,
-                                                     .hidden_size = 16,
-                                                     .num_hidden_layers = 1,
-                                                     .num_attention_heads = 2,
-                                                     .intermediate_size = 32,
-                                                     .max_position_embeddings = 16});
-    ftune::train::trainer<ftune::bert::masked_lm<>> t(mlm, test::device_options("reference"));
-    std::vector<ftune::train::example> xs(4, {{1, 7, 8, 9, 2}, {0, 0, 0, 0, 0}, {}, {}});
-    CHECK_THROWS_WITH(t.fit(xs, {}), Catch::Contains("BertForMaskedLM has no form"));
+    using Model = ftune::bert::relation_classifier<>;
+    Model re(ftune::bert::config{.vocab_size = 40,
+                                 .hidden_size = 16,
+                                 .num_hidden_layers = 1,
+                                 .num_attention_heads = 2,
+                                 .intermediate_size = 32,
+                                 .max_position_embeddings = 16});
+    ftune::train::trainer<Model> t(re, test::device_options("reference"));
+    std::vector<ftune::train::example> xs(4, {{1, 7, 8, 9, 2}, {0, 0, 0, 0, 0}, {0}, {}});
+    CHECK_THROWS_WITH(t.fit(xs, {}),
+                      Catch::Contains(std::string(Model::architecture) + " has no form"));
 }

@@ -653,6 +653,7 @@ int train_lm_with(train_args& a, cli::task task) {
               << " validation examples (" << (task == task::chat ? "chat" : "causal-lm") << "), "
               << a.opt.epochs << " epochs of batch " << a.opt.batch_size;
     if (frozen) std::cerr << ", " << frozen << " weights frozen";
+    if (!a.opt.device.cpu()) std::cerr << ", on " << a.opt.device.str();
     std::cerr << "\n";
     ftune::train::trainer<Model> t(m.model, a.opt);
     choose_optimization(t, a, train_x.size());

@@ -201,6 +201,8 @@ struct backend_of<device::cuda> {
     FTUNE_OPS_FORWARD(backends::cuda, gemm_packed)
     FTUNE_OPS_FORWARD(backends::cuda, gemm_bf16)
     FTUNE_OPS_FORWARD(backends::cuda, gemm_strided_batched_bf16)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_heads)
+    FTUNE_OPS_FORWARD(backends::cuda, sum_squares_list)
 };
 #endif
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
@@ -269,6 +271,33 @@ void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std
                                       sc, batch);
     else
         throw bf16_needs_float("head products");
+}
+
+/// Attention's products for every head h of every sequence s: matrix (s, h) of operand X starts
+/// s x_seq + h x_head elements in. One call where backend Bk has gemm_heads (the CUDA backend:
+/// one launch instead of one per sequence, which left a GPU waiting on the host), else one
+/// strided batch per sequence.
+template <class Bk, class TA, class T>
+void head_products(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                   std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t a_seq,
+                   std::size_t a_head, const T* B, std::size_t ldb, std::size_t b_seq,
+                   std::size_t b_head, T beta, T* C, std::size_t ldc, std::size_t c_seq,
+                   std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    if constexpr (requires {
+                      Bk::gemm_heads(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb,
+                                     b_seq, b_head, beta, C, ldc, c_seq, c_head, sequences, heads);
+                  }) {
+        if (std::is_same_v<TA, bf16> && p != precision::bf16)
+            throw error(errc::invalid_argument, "head products",
+                        "an operand kept in bf16 is multiplied in precision::bf16 only");
+        Bk::gemm_heads(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb, b_seq, b_head,
+                       beta, C, ldc, c_seq, c_head, sequences, heads);
+    } else {
+        for (std::size_t i = 0; i < sequences; ++i)
+            strided_batched<Bk>(p, ta, tb, M, N, K, alpha, A + i * a_seq, lda, a_head,
+                                B + i * b_seq, ldb, b_head, beta, C + i * c_seq, ldc, c_head,
+                                heads);
+    }
 }
 }  // namespace detail
 
@@ -894,11 +923,10 @@ void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::f
         throw error(errc::shape_mismatch, "head_scores",
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
-    for (std::size_t i = 0; i < B; ++i)
-        detail::strided_batched<detail::backend_for<S>>(
-            p, transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
-            a.data() + i * Tq * Cn, Cn, d, b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
-            scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
+    detail::head_products<detail::backend_for<S>>(p, transpose::no, transpose::yes, Tq, Tk, d,
+                                                  detail::scalar_of<S>(1), a.data(), Cn, Tq * Cn, d,
+                                                  b.data(), Cn, Tk * Cn, d, detail::scalar_of<S>(0),
+                                                  scores.data(), Tk, H * Tq * Tk, Tq * Tk, B, H);
 }
 
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
@@ -925,11 +953,10 @@ void head_context(Out&& out, const P& p, const V& v, precision prec = precision:
         throw error(errc::shape_mismatch, "head_context",
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
-    for (std::size_t i = 0; i < B; ++i)
-        detail::strided_batched<detail::backend_for<Out>>(
-            prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
-            p.data() + i * H * Tn * Tn, Tn, Tn * Tn, v.data() + i * Tn * Cn, Cn, d,
-            detail::scalar_of<Out>(0), out.data() + i * Tn * Cn, Cn, d, H);
+    detail::head_products<detail::backend_for<Out>>(
+        prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data(), Tn, H * Tn * Tn,
+        Tn * Tn, v.data(), Cn, Tn * Cn, d, detail::scalar_of<Out>(0), out.data(), Cn, Tn * Cn, d, B,
+        H);
 }
 
 /// Grouped-query attention of Tq new positions per sequence to the S positions of a key/value

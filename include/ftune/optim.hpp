@@ -387,9 +387,24 @@ namespace detail {
 /// clip_grad_norm on device D.
 template <class T, class D, class Ref>
 double clip_grad_norm(std::span<const Ref> params, double max_norm) {
-    double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no allocation)
-    for (const auto& p : params)
-        if (p.trainable) sq += ops::sum_squares(values_of<T, D>(p, true));
+    double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no tensor allocation)
+    using Bk = ops::backend_of<D>;
+    if constexpr (requires(const T* const* xs, const std::size_t* ns) {
+                      Bk::sum_squares_list(xs, ns, std::size_t(0));
+                  }) {
+        // a GPU: the same sums, one wait for all tensors instead of one each
+        std::vector<const T*> xs;
+        std::vector<std::size_t> ns;
+        for (const auto& p : params)
+            if (p.trainable) {
+                const auto g = values_of<T, D>(p, true);
+                xs.push_back(g.data()), ns.push_back(g.shape().size());
+            }
+        sq = Bk::sum_squares_list(xs.data(), ns.data(), xs.size());
+    } else {
+        for (const auto& p : params)
+            if (p.trainable) sq += ops::sum_squares(values_of<T, D>(p, true));
+    }
     const double norm = std::sqrt(sq);
     if (!std::isfinite(norm))
         throw error(errc::invalid_argument, "clip_grad_norm",

@@ -650,6 +650,27 @@ struct device_memory {
                   "(CMake: -DFTUNE_WITH_CUDA=ON) and include ftune/ftune.hpp (docs/cuda.md)");
 };
 
+/// Copies n values from host memory to Device's memory (a plain copy on a host device; on
+/// device::cuda, returns when src may be reused).
+template <device_tag Device, class T>
+void host_to_device(T* dst, const T* src, std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "ftune copies trivially copyable values");
+    if constexpr (Device::host)
+        std::copy_n(src, n, dst);
+    else if (n)
+        device_memory<Device>::from_host(dst, src, n * sizeof(T));
+}
+/// Copies n values from Device's memory to host memory (on device::cuda, after the work queued
+/// before it).
+template <device_tag Device, class T>
+void device_to_host(T* dst, const T* src, std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "ftune copies trivially copyable values");
+    if constexpr (Device::host)
+        std::copy_n(src, n, dst);
+    else if (n)
+        device_memory<Device>::to_host(dst, src, n * sizeof(T));
+}
+
 namespace detail {
 /// Deleter of a buffer's device memory (owns = false: a borrowed array, left alone).
 template <class Device>
@@ -878,6 +899,8 @@ FTUNE_NAMESPACE_END
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 
 FTUNE_NAMESPACE_BEGIN
@@ -1057,6 +1080,86 @@ struct parameter {
         return r;
     }
 };
+
+/// What copy_parameters copies: the host model's values into its twin, or the twin's values or
+/// gradients back.
+enum class parameter_copy { values_to_twin, values_to_host, gradients_to_host };
+
+namespace detail {
+/// The device of a parameter reference: D for device_parameter_ref<T, D>, the CPU otherwise.
+template <class P>
+struct ref_device {
+    using type = device::cpu;  ///< host memory
+};
+/// A device parameter reference's device.
+template <class T, class D>
+struct ref_device<device_parameter_ref<T, D>> {
+    using type = D;  ///< D's memory
+};
+/// A visitor that passes each reference to f and leaves the values alone (keeps_values: the
+/// visited model's prepared weights stay).
+template <class F>
+struct reading_visit : keeps_values {
+    F* f;  ///< what each reference goes to
+    /// f(p).
+    template <class P>
+    void operator()(P&& p) const {
+        (*f)(std::forward<P>(p));
+    }
+};
+}  // namespace detail
+
+/// Copies between model `host` (host memory) and its twin (the same architecture on any device:
+/// Model::on_device<D>), each parameter matched in visit order by name and size (else
+/// shape_mismatch naming `what`): the host's values into the twin, or the twin's values or
+/// gradients into the host (a gradient the twin freed, a frozen parameter's, leaves the host's
+/// alone). The side whose values change drops its prepared inference weights; the other keeps
+/// them.
+template <class Host, class Twin>
+void copy_parameters(Host& host, Twin& twin, parameter_copy what_copies, const char* what) {
+    using T = typename Host::value_type;
+    const bool to_twin = what_copies == parameter_copy::values_to_twin;
+    std::vector<parameter_ref<T>> refs;
+    auto keep = [&](parameter_ref<T> p) { refs.push_back(std::move(p)); };
+    if (what_copies == parameter_copy::values_to_host)
+        host.visit_parameters("", keep);  // the host's values change
+    else
+        host.visit_parameters("", detail::reading_visit<decltype(keep)>{{}, &keep});
+    std::size_t i = 0;
+    auto each = [&](auto p) {
+        using D = typename detail::ref_device<decltype(p)>::type;
+        if (i >= refs.size())
+            throw error(errc::shape_mismatch, what,
+                        ftune::detail::cat("the twin has more than the host model's ", refs.size(),
+                                           " parameters: the two models must have the same "
+                                           "architecture and configuration"));
+        const parameter_ref<T>& h = refs[i];
+        if (p.name != h.name || p.value.size() != h.value.size())
+            throw error(
+                errc::shape_mismatch, what,
+                ftune::detail::cat("parameter ", i, " is \"", p.name, "\" ", p.shape_string(),
+                                   " on the twin but \"", h.name, "\" ", h.shape_string(),
+                                   " on the host: the two models must have the same "
+                                   "architecture and configuration"));
+        if (to_twin)
+            host_to_device<D>(p.value.data(), h.value.data(), h.value.size());
+        else if (what_copies == parameter_copy::values_to_host)
+            device_to_host<D>(h.value.data(), p.value.data(), h.value.size());
+        else if (p.grad.size() && h.grad.size() == p.grad.size())
+            device_to_host<D>(h.grad.data(), p.grad.data(), h.grad.size());
+        ++i;
+    };
+    if (to_twin)
+        twin.visit_parameters("", each);  // the twin's values change
+    else
+        twin.visit_parameters("", detail::reading_visit<decltype(each)>{{}, &each});
+    if (i != refs.size())
+        throw error(
+            errc::shape_mismatch, what,
+            ftune::detail::cat("the twin has ", i, " parameters, the host model ", refs.size(),
+                               ": the two models must have the same "
+                               "architecture and configuration"));
+}
 
 FTUNE_NAMESPACE_END
 // ---- end ftune/core/parameter.hpp ----
@@ -5882,6 +5985,22 @@ struct device_memory<device::cuda> {
             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda::current_stream()),
             "cudaMemcpyAsync (device to device)");
     }
+    /// Copies `bytes` from host memory src to device memory dst (returns when src may be reused).
+    static void from_host(void* dst, const void* src, std::size_t bytes) {
+        cuda::check(
+            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::current_stream()),
+            "cudaMemcpyAsync (host to device)");
+        cuda::check(cudaStreamSynchronize(cuda::current_stream()),
+                    "cudaMemcpyAsync (host to device)");
+    }
+    /// Copies `bytes` from device memory src to host memory dst, after the work queued before it.
+    static void to_host(void* dst, const void* src, std::size_t bytes) {
+        cuda::check(
+            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda::current_stream()),
+            "cudaMemcpyAsync (device to host)");
+        cuda::check(cudaStreamSynchronize(cuda::current_stream()),
+                    "cudaMemcpyAsync (device to host)");
+    }
     /// Sets the n elements at p to v.
     template <class T>
     static void fill(T* p, std::size_t n, T v) {
@@ -5932,6 +6051,21 @@ void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::s
                                std::size_t stride_a, const float* B, std::size_t ldb,
                                std::size_t stride_b, float beta, float* C, std::size_t ldc,
                                std::size_t stride_c, std::size_t batch);
+
+/// The products of `heads` matrices in each of `sequences` groups in one call (attention's heads
+/// of every sequence, which one stride cannot address): matrix (s, h) of operand X starts
+/// s x_seq + h x_head elements in. In precision p (bf16: operands rounded to bf16, fp32 sums).
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, float alpha, const float* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads);
+/// The same with A already in bf16 (p must be bf16).
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, float alpha, const bf16* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads);
 
 // Bias, residual, activations (element-wise)
 
@@ -6059,6 +6193,9 @@ void cross_entropy_backward(float* dlogits, const float* logits, const token_id*
 
 /// Σ x² in double (a fixed-order tree: the same bits every run).
 double sum_squares(const float* x, std::size_t n);
+/// Σ_i sum_squares(xs[i], ns[i]), the tensors' sums added in list order (the same value as a
+/// host loop over sum_squares) with one wait instead of one per tensor: the gradient norm.
+double sum_squares_list(const float* const* xs, const std::size_t* ns, std::size_t count);
 /// x *= alpha.
 void scale(float* x, float alpha, std::size_t n);
 /// One AdamW step, PyTorch's arithmetic (backends/reference/primitives.hpp).
@@ -6184,23 +6321,13 @@ namespace cuda {
 /// Copies n elements from host memory to device memory (returns when src may be reused).
 template <class T>
 void copy_to_device(T* dst, const T* src, std::size_t n) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    if (n == 0) return;
-    check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, current_stream()),
-          "cudaMemcpyAsync (host to device)");
-    check(cudaStreamSynchronize(current_stream()), "cudaMemcpyAsync (host to device)");
+    host_to_device<device::cuda>(dst, src, n);
 }
-
 /// Copies n elements from device memory to host memory, after the work queued before it.
 template <class T>
 void copy_to_host(T* dst, const T* src, std::size_t n) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    if (n == 0) return;
-    check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, current_stream()),
-          "cudaMemcpyAsync (device to host)");
-    check(cudaStreamSynchronize(current_stream()), "cudaMemcpyAsync (device to host)");
+    device_to_host<device::cuda>(dst, src, n);
 }
-
 /// A device buffer holding a copy of a host view.
 template <class T, class S, host_device D>
 buffer<std::remove_const_t<T>, S, device::cuda> to_device(const view<T, S, D>& host) {
@@ -6401,6 +6528,8 @@ struct backend_of<device::cuda> {
     FTUNE_OPS_FORWARD(backends::cuda, gemm_packed)
     FTUNE_OPS_FORWARD(backends::cuda, gemm_bf16)
     FTUNE_OPS_FORWARD(backends::cuda, gemm_strided_batched_bf16)
+    FTUNE_OPS_FORWARD(backends::cuda, gemm_heads)
+    FTUNE_OPS_FORWARD(backends::cuda, sum_squares_list)
 };
 #endif
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
@@ -6469,6 +6598,33 @@ void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std
                                       sc, batch);
     else
         throw bf16_needs_float("head products");
+}
+
+/// Attention's products for every head h of every sequence s: matrix (s, h) of operand X starts
+/// s x_seq + h x_head elements in. One call where backend Bk has gemm_heads (the CUDA backend:
+/// one launch instead of one per sequence, which left a GPU waiting on the host), else one
+/// strided batch per sequence.
+template <class Bk, class TA, class T>
+void head_products(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                   std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t a_seq,
+                   std::size_t a_head, const T* B, std::size_t ldb, std::size_t b_seq,
+                   std::size_t b_head, T beta, T* C, std::size_t ldc, std::size_t c_seq,
+                   std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    if constexpr (requires {
+                      Bk::gemm_heads(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb,
+                                     b_seq, b_head, beta, C, ldc, c_seq, c_head, sequences, heads);
+                  }) {
+        if (std::is_same_v<TA, bf16> && p != precision::bf16)
+            throw error(errc::invalid_argument, "head products",
+                        "an operand kept in bf16 is multiplied in precision::bf16 only");
+        Bk::gemm_heads(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb, b_seq, b_head,
+                       beta, C, ldc, c_seq, c_head, sequences, heads);
+    } else {
+        for (std::size_t i = 0; i < sequences; ++i)
+            strided_batched<Bk>(p, ta, tb, M, N, K, alpha, A + i * a_seq, lda, a_head,
+                                B + i * b_seq, ldb, b_head, beta, C + i * c_seq, ldc, c_head,
+                                heads);
+    }
 }
 }  // namespace detail
 
@@ -7094,11 +7250,10 @@ void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::f
         throw error(errc::shape_mismatch, "head_scores",
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
-    for (std::size_t i = 0; i < B; ++i)
-        detail::strided_batched<detail::backend_for<S>>(
-            p, transpose::no, transpose::yes, Tq, Tk, d, detail::scalar_of<S>(1),
-            a.data() + i * Tq * Cn, Cn, d, b.data() + i * Tk * Cn, Cn, d, detail::scalar_of<S>(0),
-            scores.data() + i * H * Tq * Tk, Tk, Tq * Tk, H);
+    detail::head_products<detail::backend_for<S>>(p, transpose::no, transpose::yes, Tq, Tk, d,
+                                                  detail::scalar_of<S>(1), a.data(), Cn, Tq * Cn, d,
+                                                  b.data(), Cn, Tk * Cn, d, detail::scalar_of<S>(0),
+                                                  scores.data(), Tk, H * Tq * Tk, Tq * Tk, B, H);
 }
 
 /// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
@@ -7125,11 +7280,10 @@ void head_context(Out&& out, const P& p, const V& v, precision prec = precision:
         throw error(errc::shape_mismatch, "head_context",
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
-    for (std::size_t i = 0; i < B; ++i)
-        detail::strided_batched<detail::backend_for<Out>>(
-            prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1),
-            p.data() + i * H * Tn * Tn, Tn, Tn * Tn, v.data() + i * Tn * Cn, Cn, d,
-            detail::scalar_of<Out>(0), out.data() + i * Tn * Cn, Cn, d, H);
+    detail::head_products<detail::backend_for<Out>>(
+        prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data(), Tn, H * Tn * Tn,
+        Tn * Tn, v.data(), Cn, Tn * Cn, d, detail::scalar_of<Out>(0), out.data(), Cn, Tn * Cn, d, B,
+        H);
 }
 
 /// Grouped-query attention of Tq new positions per sequence to the S positions of a key/value
@@ -12194,6 +12348,11 @@ class masked_lm {
     static constexpr bool masked_inputs = true;          ///< trains on inputs masked per batch
     static constexpr bool ties_input_embeddings = true;  ///< its decoder is the input table
 
+    /// The same head on device D2 (a trainer there copies the (B, T, V) logits to the host for
+    /// the loss each step: train/device_run.hpp).
+    template <device_tag D2>
+    using on_device = masked_lm<T, C, D2>;
+
     layers::linear<T, C, C, D> transform_dense;        ///< "cls.predictions.transform.dense"
     layers::hidden_activation<T, C, D> transform_act;  ///< hidden_act
     layers::layer_norm<T, C, D> transform_norm;        ///< "cls.predictions.transform.LayerNorm"
@@ -12904,8 +13063,20 @@ class task_model {
         h.loss_backward(c, bb, x, b, value_type(1));
     }
     double loss_backward(context& ctx, const Batch& b, value_type scale) {
-        const auto h = backbone.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
-                                        {b.types.data(), b.B, b.T});
+        require_host_memory<typename Backbone::device_type>();  // b's ids are host memory
+        return loss_backward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
+                             {b.types.data(), b.B, b.T}, b, scale);
+    }
+    /// The same with the batch's inputs already in the model's memory (ids, attention_mask and
+    /// token_types (B, T) on its device: a twin's on a GPU); b gives the labels.
+    template <class Batch>
+    requires requires(Head& h, context& c, Backbone& bb, typename Backbone::output_view x,
+                      const Batch& b) {
+        h.loss_backward(c, bb, x, b, value_type(1));
+    }
+    double loss_backward(context& ctx, ids_view ids, ids_view attention_mask, ids_view token_types,
+                         const Batch& b, value_type scale) {
+        const auto h = backbone.forward(ctx, ids, attention_mask, token_types);
         if (backbone.kept_nothing_for_backward())
             throw no_backward_after_inference(std::string(architecture));
         const auto [loss, d_hidden] = head.loss_backward(ctx, backbone, h, b, scale);
@@ -13233,8 +13404,11 @@ struct embedding_pieces {
 /// the MLP ("mlp": c_fc, gelu_new, c_proj).
 template <scalar T, device_tag D = device::cpu>
 struct parts {
-    using value_type = T;                                       ///< scalar type
-    using device_type = D;                                      ///< where the block's tensors live
+    using value_type = T;   ///< scalar type
+    using device_type = D;  ///< where the block's tensors live
+    /// The same parts on device D2.
+    template <device_tag D2>
+    using on_device = parts<T, D2>;
     static constexpr std::string_view norm1_name = "ln_1";      ///< first norm
     static constexpr std::string_view attention_name = "attn";  ///< attention
     static constexpr std::string_view norm2_name = "ln_2";      ///< second norm
@@ -13284,7 +13458,10 @@ class decoder
                       stack_names>;
 
   public:
-    using config_type = gpt2::config;                                     ///< what it is built from
+    using config_type = gpt2::config;  ///< what it is built from
+    /// The same decoder on device D2 (its parts' form there).
+    template <device_tag D2>
+    using on_device = decoder<T, C, F, typename Parts::template on_device<D2>>;
     static constexpr std::size_t hidden_extent = C;                       ///< C (or dynamic)
     static constexpr std::string_view architecture_prefix = "GPT2";       ///< "GPT2For..."
     static constexpr std::string_view base_model_prefix = "transformer";  ///< "transformer.h..."
@@ -13830,9 +14007,24 @@ namespace detail {
 /// clip_grad_norm on device D.
 template <class T, class D, class Ref>
 double clip_grad_norm(std::span<const Ref> params, double max_norm) {
-    double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no allocation)
-    for (const auto& p : params)
-        if (p.trainable) sq += ops::sum_squares(values_of<T, D>(p, true));
+    double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no tensor allocation)
+    using Bk = ops::backend_of<D>;
+    if constexpr (requires(const T* const* xs, const std::size_t* ns) {
+                      Bk::sum_squares_list(xs, ns, std::size_t(0));
+                  }) {
+        // a GPU: the same sums, one wait for all tensors instead of one each
+        std::vector<const T*> xs;
+        std::vector<std::size_t> ns;
+        for (const auto& p : params)
+            if (p.trainable) {
+                const auto g = values_of<T, D>(p, true);
+                xs.push_back(g.data()), ns.push_back(g.shape().size());
+            }
+        sq = Bk::sum_squares_list(xs.data(), ns.data(), xs.size());
+    } else {
+        for (const auto& p : params)
+            if (p.trainable) sq += ops::sum_squares(values_of<T, D>(p, true));
+    }
     const double norm = std::sqrt(sq);
     if (!std::isfinite(norm))
         throw error(errc::invalid_argument, "clip_grad_norm",
@@ -14067,28 +14259,6 @@ FTUNE_NAMESPACE_BEGIN
 
 namespace cuda {
 
-namespace detail {
-/// Collects a host model's parameter references (a keeps_values visit: prepared weights stay).
-template <class T>
-struct collect_refs : keeps_values {
-    std::vector<parameter_ref<T>>* out;  ///< where they go
-    /// Keeps p.
-    void operator()(parameter_ref<T> p) const { out->push_back(std::move(p)); }
-};
-
-/// Throws unless the device parameter p (the i-th visited) matches the host one h.
-template <class T, class D>
-void check_twin(const device_parameter_ref<T, D>& p, const parameter_ref<T>& h, std::size_t i,
-                const char* what) {
-    if (p.name != h.name || p.value.size() != h.value.size())
-        throw error(errc::shape_mismatch, what,
-                    ftune::detail::cat("parameter ", i, " is \"", p.name, "\" ", p.shape_string(),
-                                       " on the device but \"", h.name, "\" ", h.shape_string(),
-                                       " on the host: the two models must have the same "
-                                       "architecture and configuration"));
-}
-}  // namespace detail
-
 /// Every parameter of a device model (a visit with prefix ""), frozen ones included: what
 /// optim::adamw<T, device::cuda>, optim::sgd<T, device::cuda> and optim::clip_grad_norm take.
 template <class Model>
@@ -14104,23 +14274,7 @@ std::vector<device_parameter_ref<typename Model::value_type, ftune::device::cuda
 /// device model's prepared inference state is dropped (its weights changed); gradients untouched.
 template <class Host, class Device>
 void upload_parameters(Host& host, Device& device) {
-    using T = typename Device::value_type;
-    std::vector<parameter_ref<T>> refs;
-    host.visit_parameters("", detail::collect_refs<T>{{}, &refs});
-    std::size_t i = 0;
-    device.visit_parameters("", [&](auto p) {
-        if (i >= refs.size())
-            throw error(errc::shape_mismatch, "cuda::upload_parameters",
-                        ftune::detail::cat("the device model has more than the host model's ",
-                                           refs.size(), " parameters"));
-        detail::check_twin(p, refs[i], i, "cuda::upload_parameters");
-        copy_to_device(p.value.data(), refs[i].value.data(), p.value.size());
-        ++i;
-    });
-    if (i != refs.size())
-        throw error(errc::shape_mismatch, "cuda::upload_parameters",
-                    ftune::detail::cat("the device model has ", i, " parameters, the host model ",
-                                       refs.size()));
+    copy_parameters(host, device, parameter_copy::values_to_twin, "cuda::upload_parameters");
 }
 
 /// Copies the values (gradients = false) or the gradients (true) of device model `device` into
@@ -14128,36 +14282,9 @@ void upload_parameters(Host& host, Device& device) {
 /// (a frozen parameter) leaves the host's alone.
 template <class Device, class Host>
 void download_parameters(Device& device, Host& host, bool gradients = false) {
-    using T = typename Device::value_type;
-    std::vector<parameter_ref<T>> refs;
-    if (gradients)
-        host.visit_parameters("", detail::collect_refs<T>{{}, &refs});
-    else  // the host's values change: a plain visit, which drops its prepared weights
-        host.visit_parameters("", [&](parameter_ref<T> p) { refs.push_back(std::move(p)); });
-    std::size_t i = 0;
-    struct reader : keeps_values {  // reads the device model: its prepared weights stay
-        std::vector<parameter_ref<T>>* refs;
-        std::size_t* i;
-        bool gradients;
-        void operator()(const device_parameter_ref<T, ftune::device::cuda>& p) const {
-            if (*i >= refs->size())
-                throw error(errc::shape_mismatch, "cuda::download_parameters",
-                            ftune::detail::cat("the device model has more than the host model's ",
-                                               refs->size(), " parameters"));
-            const auto& h = (*refs)[*i];
-            detail::check_twin(p, h, *i, "cuda::download_parameters");
-            if (!gradients)
-                copy_to_host(h.value.data(), p.value.data(), p.value.size());
-            else if (p.grad.size() && h.grad.size() == p.grad.size())
-                copy_to_host(h.grad.data(), p.grad.data(), p.grad.size());
-            ++*i;
-        }
-    };
-    device.visit_parameters("", reader{{}, &refs, &i, gradients});
-    if (i != refs.size())
-        throw error(errc::shape_mismatch, "cuda::download_parameters",
-                    ftune::detail::cat("the device model has ", i, " parameters, the host model ",
-                                       refs.size()));
+    copy_parameters(host, device,
+                    gradients ? parameter_copy::gradients_to_host : parameter_copy::values_to_host,
+                    "cuda::download_parameters");
 }
 
 }  // namespace cuda

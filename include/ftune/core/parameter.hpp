@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "ftune/core/error.hpp"
 #include "ftune/core/tensor.hpp"
@@ -187,5 +189,85 @@ struct parameter {
         return r;
     }
 };
+
+/// What copy_parameters copies: the host model's values into its twin, or the twin's values or
+/// gradients back.
+enum class parameter_copy { values_to_twin, values_to_host, gradients_to_host };
+
+namespace detail {
+/// The device of a parameter reference: D for device_parameter_ref<T, D>, the CPU otherwise.
+template <class P>
+struct ref_device {
+    using type = device::cpu;  ///< host memory
+};
+/// A device parameter reference's device.
+template <class T, class D>
+struct ref_device<device_parameter_ref<T, D>> {
+    using type = D;  ///< D's memory
+};
+/// A visitor that passes each reference to f and leaves the values alone (keeps_values: the
+/// visited model's prepared weights stay).
+template <class F>
+struct reading_visit : keeps_values {
+    F* f;  ///< what each reference goes to
+    /// f(p).
+    template <class P>
+    void operator()(P&& p) const {
+        (*f)(std::forward<P>(p));
+    }
+};
+}  // namespace detail
+
+/// Copies between model `host` (host memory) and its twin (the same architecture on any device:
+/// Model::on_device<D>), each parameter matched in visit order by name and size (else
+/// shape_mismatch naming `what`): the host's values into the twin, or the twin's values or
+/// gradients into the host (a gradient the twin freed, a frozen parameter's, leaves the host's
+/// alone). The side whose values change drops its prepared inference weights; the other keeps
+/// them.
+template <class Host, class Twin>
+void copy_parameters(Host& host, Twin& twin, parameter_copy what_copies, const char* what) {
+    using T = typename Host::value_type;
+    const bool to_twin = what_copies == parameter_copy::values_to_twin;
+    std::vector<parameter_ref<T>> refs;
+    auto keep = [&](parameter_ref<T> p) { refs.push_back(std::move(p)); };
+    if (what_copies == parameter_copy::values_to_host)
+        host.visit_parameters("", keep);  // the host's values change
+    else
+        host.visit_parameters("", detail::reading_visit<decltype(keep)>{{}, &keep});
+    std::size_t i = 0;
+    auto each = [&](auto p) {
+        using D = typename detail::ref_device<decltype(p)>::type;
+        if (i >= refs.size())
+            throw error(errc::shape_mismatch, what,
+                        ftune::detail::cat("the twin has more than the host model's ", refs.size(),
+                                           " parameters: the two models must have the same "
+                                           "architecture and configuration"));
+        const parameter_ref<T>& h = refs[i];
+        if (p.name != h.name || p.value.size() != h.value.size())
+            throw error(
+                errc::shape_mismatch, what,
+                ftune::detail::cat("parameter ", i, " is \"", p.name, "\" ", p.shape_string(),
+                                   " on the twin but \"", h.name, "\" ", h.shape_string(),
+                                   " on the host: the two models must have the same "
+                                   "architecture and configuration"));
+        if (to_twin)
+            host_to_device<D>(p.value.data(), h.value.data(), h.value.size());
+        else if (what_copies == parameter_copy::values_to_host)
+            device_to_host<D>(h.value.data(), p.value.data(), h.value.size());
+        else if (p.grad.size() && h.grad.size() == p.grad.size())
+            device_to_host<D>(h.grad.data(), p.grad.data(), h.grad.size());
+        ++i;
+    };
+    if (to_twin)
+        twin.visit_parameters("", each);  // the twin's values change
+    else
+        twin.visit_parameters("", detail::reading_visit<decltype(each)>{{}, &each});
+    if (i != refs.size())
+        throw error(
+            errc::shape_mismatch, what,
+            ftune::detail::cat("the twin has ", i, " parameters, the host model ", refs.size(),
+                               ": the two models must have the same "
+                               "architecture and configuration"));
+}
 
 FTUNE_NAMESPACE_END

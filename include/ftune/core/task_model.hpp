@@ -159,8 +159,20 @@ class task_model {
         h.loss_backward(c, bb, x, b, value_type(1));
     }
     double loss_backward(context& ctx, const Batch& b, value_type scale) {
-        const auto h = backbone.forward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
-                                        {b.types.data(), b.B, b.T});
+        require_host_memory<typename Backbone::device_type>();  // b's ids are host memory
+        return loss_backward(ctx, {b.ids.data(), b.B, b.T}, {b.mask.data(), b.B, b.T},
+                             {b.types.data(), b.B, b.T}, b, scale);
+    }
+    /// The same with the batch's inputs already in the model's memory (ids, attention_mask and
+    /// token_types (B, T) on its device: a twin's on a GPU); b gives the labels.
+    template <class Batch>
+    requires requires(Head& h, context& c, Backbone& bb, typename Backbone::output_view x,
+                      const Batch& b) {
+        h.loss_backward(c, bb, x, b, value_type(1));
+    }
+    double loss_backward(context& ctx, ids_view ids, ids_view attention_mask, ids_view token_types,
+                         const Batch& b, value_type scale) {
+        const auto h = backbone.forward(ctx, ids, attention_mask, token_types);
         if (backbone.kept_nothing_for_backward())
             throw no_backward_after_inference(std::string(architecture));
         const auto [loss, d_hidden] = head.loss_backward(ctx, backbone, h, b, scale);

@@ -139,6 +139,27 @@ struct device_memory {
                   "(CMake: -DFTUNE_WITH_CUDA=ON) and include ftune/ftune.hpp (docs/cuda.md)");
 };
 
+/// Copies n values from host memory to Device's memory (a plain copy on a host device; on
+/// device::cuda, returns when src may be reused).
+template <device_tag Device, class T>
+void host_to_device(T* dst, const T* src, std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "ftune copies trivially copyable values");
+    if constexpr (Device::host)
+        std::copy_n(src, n, dst);
+    else if (n)
+        device_memory<Device>::from_host(dst, src, n * sizeof(T));
+}
+/// Copies n values from Device's memory to host memory (on device::cuda, after the work queued
+/// before it).
+template <device_tag Device, class T>
+void device_to_host(T* dst, const T* src, std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "ftune copies trivially copyable values");
+    if constexpr (Device::host)
+        std::copy_n(src, n, dst);
+    else if (n)
+        device_memory<Device>::to_host(dst, src, n * sizeof(T));
+}
+
 namespace detail {
 /// Deleter of a buffer's device memory (owns = false: a borrowed array, left alone).
 template <class Device>

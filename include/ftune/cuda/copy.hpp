@@ -19,23 +19,13 @@ namespace cuda {
 /// Copies n elements from host memory to device memory (returns when src may be reused).
 template <class T>
 void copy_to_device(T* dst, const T* src, std::size_t n) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    if (n == 0) return;
-    check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, current_stream()),
-          "cudaMemcpyAsync (host to device)");
-    check(cudaStreamSynchronize(current_stream()), "cudaMemcpyAsync (host to device)");
+    host_to_device<device::cuda>(dst, src, n);
 }
-
 /// Copies n elements from device memory to host memory, after the work queued before it.
 template <class T>
 void copy_to_host(T* dst, const T* src, std::size_t n) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    if (n == 0) return;
-    check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, current_stream()),
-          "cudaMemcpyAsync (device to host)");
-    check(cudaStreamSynchronize(current_stream()), "cudaMemcpyAsync (device to host)");
+    device_to_host<device::cuda>(dst, src, n);
 }
-
 /// A device buffer holding a copy of a host view.
 template <class T, class S, host_device D>
 buffer<std::remove_const_t<T>, S, device::cuda> to_device(const view<T, S, D>& host) {

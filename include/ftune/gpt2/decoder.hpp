@@ -60,8 +60,11 @@ struct embedding_pieces {
 /// the MLP ("mlp": c_fc, gelu_new, c_proj).
 template <scalar T, device_tag D = device::cpu>
 struct parts {
-    using value_type = T;                                       ///< scalar type
-    using device_type = D;                                      ///< where the block's tensors live
+    using value_type = T;   ///< scalar type
+    using device_type = D;  ///< where the block's tensors live
+    /// The same parts on device D2.
+    template <device_tag D2>
+    using on_device = parts<T, D2>;
     static constexpr std::string_view norm1_name = "ln_1";      ///< first norm
     static constexpr std::string_view attention_name = "attn";  ///< attention
     static constexpr std::string_view norm2_name = "ln_2";      ///< second norm
@@ -111,7 +114,10 @@ class decoder
                       stack_names>;
 
   public:
-    using config_type = gpt2::config;                                     ///< what it is built from
+    using config_type = gpt2::config;  ///< what it is built from
+    /// The same decoder on device D2 (its parts' form there).
+    template <device_tag D2>
+    using on_device = decoder<T, C, F, typename Parts::template on_device<D2>>;
     static constexpr std::size_t hidden_extent = C;                       ///< C (or dynamic)
     static constexpr std::string_view architecture_prefix = "GPT2";       ///< "GPT2For..."
     static constexpr std::string_view base_model_prefix = "transformer";  ///< "transformer.h..."

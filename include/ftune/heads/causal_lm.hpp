@@ -35,6 +35,10 @@ class causal_lm {
     static constexpr bool labels_per_token = true;   ///< a label (or -100) per position
     static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
 
+    /// The same head on device D2 (what a trainer builds to run on a GPU: train/device_run.hpp).
+    template <device_tag D2>
+    using on_device = causal_lm<T, C, D2>;
+
     bool tied;                                        ///< W is the input embedding table
     layers::linear<T, C, dynamic, D, false> lm_head;  ///< "lm_head" (V, C) when not tied
     /// The denominator of the batch's mean loss: Σ class weight of the labels shifted one
@@ -137,12 +141,19 @@ class causal_lm {
         auto& W = tied ? backbone.input_embeddings() : lm_head.weight;  // (V, C)
         const std::size_t V = W.value.extent(0);
         shift_labels(b, N, V);
-        // the counted positions, their targets and the mean's denominator Σ w_y (the count)
+        // the cross-entropy primitive (on any device) unless smoothing or weights ask for the
+        // loss class's host loops
         const auto& w = ce_.options.class_weights;
+        const bool plain = w.empty() && ce_.options.label_smoothing == 0;
+        if (!plain && !D::host)
+            throw error(errc::unsupported, ftune::detail::cat("causal_lm on ", D::name),
+                        "label smoothing and class weights in the causal-LM loss are computed "
+                        "on the CPU only: train without them on this device, or on the CPU");
         if (!w.empty() && w.size() != V)
             throw error(errc::shape_mismatch, "causal_lm::loss_backward: class_weights",
                         ftune::detail::cat(w.size(), " weights for a vocabulary of ", V,
                                            ": give one per token or none"));
+        // the counted positions, their targets and the mean's denominator Σ w_y (the count)
         rows_.clear(), targets_.clear();
         double denom = 0;
         for (std::size_t i = 0; i < N; ++i) {
@@ -153,19 +164,21 @@ class causal_lm {
                             ftune::detail::cat("label ", y, " of row ", i / T_, " position ",
                                                i % T_ + 1, " is outside the vocabulary [0, ", V,
                                                ") and is not -100 (no loss)"));
-            rows_.push_back(i), targets_.push_back(y);
+            rows_.push_back(token_id(i)), targets_.push_back(y);
             denom += w.empty() ? 1.0 : w[std::size_t(y)];
         }
         d_hidden_.resize(shape<dynamic, dynamic, C>(B_, T_, Cn));
         d_hidden_.fill(T(0));
         const std::size_t M = rows_.size();
         if (M == 0 || denom == 0) return {0.0, d_hidden_.view()};
-        // the counted rows of h, gathered: (M, C)
+        // the counted rows of h, gathered: (M, C); their targets, on the model's device
+        rows_d_.resize(shape<dynamic>(M)), targets_d_.resize(shape<dynamic>(M));
+        host_to_device<D>(rows_d_.data(), rows_.data(), M);
+        host_to_device<D>(targets_d_.data(), targets_.data(), M);
         hc_.resize(shape<dynamic, C>(M, Cn));
         dhc_.resize(shape<dynamic, C>(M, Cn));
-        for (std::size_t k = 0; k < M; ++k)
-            ops::copy(view<T, shape<dynamic>, D>(hc_.data() + k * Cn, Cn),
-                      view<const T, shape<dynamic>, D>(h.data() + rows_[k] * Cn, Cn));
+        dhc_.fill(T(0));
+        ops::embedding(hc_, rows_d_, view<const T, shape<dynamic, C>, D>(h.data(), N, Cn));
         const std::size_t R = std::min(
             M, loss_chunk_rows ? loss_chunk_rows : std::max<std::size_t>(1, (1u << 24) / V));
         // in bf16, W rounded and packed once for all chunks, in both products' layouts
@@ -176,6 +189,8 @@ class causal_lm {
         }
         z_.resize(shape<dynamic, dynamic>(R, V));   // (R, V) a chunk's logits
         dz_.resize(shape<dynamic, dynamic>(R, V));  // (R, V) and their gradient
+        losses_.resize(shape<dynamic>(R)), dlosses_.resize(shape<dynamic>(R));  // (R)
+        if (plain) dlosses_.fill(T(double(scale) / denom));
         double total = 0;
         for (std::size_t k0 = 0; k0 < M; k0 += R) {
             const std::size_t r = std::min(R, M - k0);
@@ -186,27 +201,34 @@ class causal_lm {
                 ops::matmul_prepared(hk, w_logits_, z, view<const T, shape<dynamic>, D>());
             else
                 ops::matmul<transpose::no, transpose::yes>(hk, W.value, z);
-            double part = double(r);  // the chunk's share of the denominator
-            if (!w.empty()) {
-                part = 0;
-                for (std::size_t k = k0; k < k0 + r; ++k) part += w[std::size_t(targets_[k])];
+            dz_.fill(T(0));
+            if (plain) {  // Σ of the rows' losses; d z += scale / denom (softmax - onehot)
+                const view<const token_id, shape<dynamic>, D> tk(targets_d_.data() + k0, r);
+                const view<T, shape<dynamic>, D> lk(losses_.data(), r);
+                ops::cross_entropy(lk, z, tk, -100);
+                loss_host_.resize(r);
+                device_to_host<D>(loss_host_.data(), lk.data(), r);
+                for (const T l : loss_host_) total += double(l);
+                ops::cross_entropy_backward(
+                    dz, z, tk, view<const T, shape<dynamic>, D>(dlosses_.data(), r), -100);
+            } else if constexpr (D::host) {  // the loss class: smoothing, class weights
+                double part = 0;             // the chunk's share of the denominator
+                for (std::size_t k = k0; k < k0 + r; ++k)
+                    part += w.empty() ? 1.0 : w[std::size_t(targets_[k])];
+                total += double(ce_.forward({z.data(), r, V}, {targets_.data() + k0, r})) * part;
+                ce_.backward({dz.data(), r, V}, T(double(scale) * part / denom));
             }
-            total += double(ce_.forward(z, {targets_.data() + k0, r})) * part;
-            std::fill_n(dz.data(), r * V, T(0));
-            ce_.backward(dz, T(double(scale) * part / denom));
             if (W.trainable)
                 ops::matmul<transpose::yes, transpose::no>(dz, hk, W.gradient(), T(1), T(1),
                                                            prec);  // dW
-            if (prec == precision::bf16) {                         // d h = d logits W
-                std::fill_n(dhk.data(), r * Cn, T(0));
+            if (prec == precision::bf16)                           // d h = d logits W
                 ops::matmul_prepared_add(dz, w_dh_, dhk);
-            } else {
+            else
                 ops::matmul(dz, W.value, dhk);
-            }
         }
-        for (std::size_t k = 0; k < M; ++k)  // scattered back to their positions
-            ops::copy(view<T, shape<dynamic>, D>(d_hidden_.data() + rows_[k] * Cn, Cn),
-                      view<const T, shape<dynamic>, D>(dhc_.data() + k * Cn, Cn));
+        // scattered back to their positions (each row once: the sum is the copy)
+        ops::embedding_backward(view<T, shape<dynamic, C>, D>(d_hidden_.data(), N, Cn), rows_d_,
+                                dhc_);
         return {total / denom, d_hidden_.view()};
     }
 
@@ -315,10 +337,14 @@ class causal_lm {
     ops::prepared_weight<T, D> w_logits_, w_dh_;         // W in bf16 for loss_backward's chunks
     precision precision_ = precision::fp32;              // the last forward's
     std::vector<token_id> shifted_;                      // (B T) the next token's label
-    std::vector<std::size_t> rows_;                      // (M) positions with a label (fused)
+    std::vector<token_id> rows_;                         // (M) positions with a label (fused)
     std::vector<token_id> targets_;                      // (M) their labels
+    buffer<token_id, shape<dynamic>, D> rows_d_;         // (M) rows_ on the model's device
+    buffer<token_id, shape<dynamic>, D> targets_d_;      // (M) targets_ there
     buffer<T, shape<dynamic, C>, D> hc_, dhc_;           // (M, C) their hidden states, d
     buffer<T, shape<dynamic, dynamic>, D> z_, dz_;       // (R, V) a chunk's logits, d logits
+    buffer<T, shape<dynamic>, D> losses_, dlosses_;      // (R) a chunk's row losses, d losses
+    std::vector<T> loss_host_;                           // (R) the row losses on the host
     loss::cross_entropy<T> ce_;                          // the training loss
     bool packed_current_ = false;                        // packed_ holds the current table
 };

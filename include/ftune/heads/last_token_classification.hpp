@@ -34,6 +34,10 @@ class last_token_classification : public sequence_task<T, D> {
     static constexpr bool labels_per_token = false;  ///< one label (or target row) per sequence
     static constexpr bool masked_inputs = false;     ///< trains on the inputs as given
 
+    /// The same head on device D2 (what a trainer builds to run on a GPU: train/device_run.hpp).
+    template <device_tag D2>
+    using on_device = last_token_classification<T, C, D2>;
+
     layers::linear<T, C, dynamic, D, false> classifier;  ///< "score" (L, C), no bias
 
     /// A zero-initialized head for configuration c (hidden_size, num_labels, problem_type).
@@ -47,7 +51,6 @@ class last_token_classification : public sequence_task<T, D> {
     /// Transformers).
     template <class Backbone>
     output_view forward(context& ctx, Backbone&, hidden_view h, mask_view attention_mask) {
-        require_host_memory<D>();  // reads tensor memory on the host
         const std::size_t B = h.extent(0), Tn = h.extent(1), Cn = h.extent(2);
         if (!attention_mask.empty() &&
             (attention_mask.extent(0) != B || attention_mask.extent(1) != Tn))
@@ -57,11 +60,18 @@ class last_token_classification : public sequence_task<T, D> {
         T_ = Tn;
         last_.resize(B);
         pooled_.resize(shape<dynamic, C>(B, Cn));  // (B, C)
+        // the mask on the host (a device model's: copied, B T values) for the last-token search
+        const token_id* mask = attention_mask.data();
+        if constexpr (!D::host) {
+            mask_host_.resize(attention_mask.size());
+            device_to_host<D>(mask_host_.data(), mask, mask_host_.size());
+            mask = mask_host_.data();
+        }
         for (std::size_t b = 0; b < B; ++b) {
             std::size_t t = attention_mask.empty() ? Tn - 1 : 0;
             if (!attention_mask.empty())
                 for (std::size_t s = Tn; s-- > 0;)
-                    if (attention_mask.data()[b * Tn + s] != 0) {
+                    if (mask[b * Tn + s] != 0) {
                         t = s;
                         break;
                     }
@@ -102,6 +112,7 @@ class last_token_classification : public sequence_task<T, D> {
   private:
     std::size_t T_ = 0;                                  // the last forward's length
     std::vector<std::size_t> last_;                      // (B) each row's last token
+    std::vector<token_id> mask_host_;                    // (B, T) a device mask, copied
     buffer<T, shape<dynamic, C>, D> pooled_, d_pooled_;  // (B, C)
     buffer<T, shape<dynamic, dynamic, C>, D> d_hidden_;  // (B, T, C)
 };

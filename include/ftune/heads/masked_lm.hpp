@@ -38,6 +38,11 @@ class masked_lm {
     static constexpr bool masked_inputs = true;          ///< trains on inputs masked per batch
     static constexpr bool ties_input_embeddings = true;  ///< its decoder is the input table
 
+    /// The same head on device D2 (a trainer there copies the (B, T, V) logits to the host for
+    /// the loss each step: train/device_run.hpp).
+    template <device_tag D2>
+    using on_device = masked_lm<T, C, D2>;
+
     layers::linear<T, C, C, D> transform_dense;        ///< "cls.predictions.transform.dense"
     layers::hidden_activation<T, C, D> transform_act;  ///< hidden_act
     layers::layer_norm<T, C, D> transform_norm;        ///< "cls.predictions.transform.LayerNorm"

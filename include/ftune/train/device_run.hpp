@@ -6,11 +6,13 @@
 // architecture built from model.config()) gets the weights once and runs forward, backward,
 // clipping and the optimizer (the host optimizer's form on D, its state in D's memory). Per
 // batch, the ids, mask and token types go to D; the head's outputs come back for the host head's
-// loss and evaluation, and d outputs go to D. That is cheap for the heads that have a device
-// form (sequence and token classification, question answering: (B, L), (B, T, L) and (B, T, 2)
-// values, no vocabulary-sized logits). Weights and the optimizer's state come back for
-// checkpoints, best-weight snapshots and at the end of the run, so checkpoints keep the CPU's
-// format: a GPU run resumes on the CPU and back.
+// loss and evaluation, and d outputs go to D. That is cheap for sequence and token
+// classification and question answering ((B, L), (B, T, L) and (B, T, 2) values). A causal-LM
+// head computes its loss on D from the hidden states (heads::causal_lm::loss_backward: the
+// labels go up, the loss comes back); a masked-LM head's (B, T, V) logits come to the host each
+// step (correct, not fast), as do a causal LM's in evaluation. Weights and the optimizer's state
+// come back for checkpoints, best-weight snapshots and at the end of the run, so checkpoints
+// keep the CPU's format: a GPU run resumes on the CPU and back.
 //
 //   train::device_run<Model, device::cuda> run(model, 0, opt.on_device<device::cuda>());
 //   run.upload(&opt);                          // weights and optimizer state
@@ -77,28 +79,6 @@ inline void use_cuda_device(int index) {
 #endif
 
 namespace detail {
-/// n values from host memory to D's (D::host: a plain copy).
-template <class D, class T>
-void copy_to(T* dst, const T* src, std::size_t n) {
-    if constexpr (D::host) {
-        std::copy_n(src, n, dst);
-    } else {
-#if FTUNE_WITH_CUDA
-        cuda::copy_to_device(dst, src, n);
-#endif
-    }
-}
-/// n values from D's memory to the host's.
-template <class D, class T>
-void copy_from(T* dst, const T* src, std::size_t n) {
-    if constexpr (D::host) {
-        std::copy_n(src, n, dst);
-    } else {
-#if FTUNE_WITH_CUDA
-        cuda::copy_to_host(dst, src, n);
-#endif
-    }
-}
 /// Makes device D's unit `index` current (CUDA: cudaSetDevice, checked); returns index.
 template <class D>
 int select_device(int index) {
@@ -147,16 +127,23 @@ class device_run final : public device_steps<Model> {
         up(ids_, b.ids, b), up(mask_, b.mask, b), up(types_, b.types, b);
         const device_output y = twin_.forward(ctx, ids_.view(), mask_.view(), types_.view());
         y_host_.resize(y.size());
-        detail::copy_from<D>(y_host_.data(), y.data(), y.size());
+        device_to_host<D>(y_host_.data(), y.data(), y.size());
         return host_output(y_host_.data(), y.shape());
     }
 
     double train_batch(context& ctx, const batch& b, T scale) override {
+        if constexpr (requires {
+                          twin_.loss_backward(ctx, ids_.view(), ids_.view(), ids_.view(), b, scale);
+                      }) {
+            // a head that takes its loss from the hidden states (causal LM): all on the device
+            up(ids_, b.ids, b), up(mask_, b.mask, b), up(types_, b.types, b);
+            return twin_.loss_backward(ctx, ids_.view(), mask_.view(), types_.view(), b, scale);
+        }
         const host_output y = forward(ctx, b);
         d_host_.assign(y.size(), T(0));
         const double l = host_.head.loss(y, b, d_host_.data(), scale);  // the host's options
         d_.resize(shape<dynamic>(y.size()));
-        detail::copy_to<D>(d_.data(), d_host_.data(), y.size());
+        host_to_device<D>(d_.data(), d_host_.data(), y.size());
         twin_.backward(ctx, device_output(d_.data(), y.shape()));
         return l;
     }
@@ -182,7 +169,7 @@ class device_run final : public device_steps<Model> {
             const auto it = dev.find(name);
             if (it == dev.end() || it->second.size() == 0) return;  // none yet: zero, as a start
             check_state(name, it->second.size(), v.size());
-            detail::copy_from<D>(v.data(), it->second.data(), v.size());
+            device_to_host<D>(v.data(), it->second.data(), v.size());
         });
     }
 
@@ -198,7 +185,7 @@ class device_run final : public device_steps<Model> {
             const auto it = dev.find(name);
             if (it == dev.end() || v.empty()) return;
             check_state(name, it->second.size(), v.size());
-            detail::copy_to<D>(it->second.data(), v.data(), v.size());
+            host_to_device<D>(it->second.data(), v.data(), v.size());
         });
     }
 
@@ -212,50 +199,15 @@ class device_run final : public device_steps<Model> {
     static void up(ids_buffer& dst, const std::vector<token_id>& src, const batch& b) {
         dst.resize(shape<dynamic, dynamic>(b.B, b.T));
         if (src.size() == b.B * b.T)
-            detail::copy_to<D>(dst.data(), src.data(), src.size());
+            host_to_device<D>(dst.data(), src.data(), src.size());
         else
             dst.fill(token_id(0));
     }
     // the host model's values to the twin (to_twin) or back, matched by name and size
     void copy_weights(bool to_twin) {
-#if FTUNE_WITH_CUDA
-        if constexpr (std::is_same_v<D, device::cuda>) {
-            if (to_twin)
-                cuda::upload_parameters(host_, twin_);
-            else
-                cuda::download_parameters(twin_, host_);
-            return;
-        }
-#endif
-        if constexpr (D::host) {
-            std::vector<parameter_ref<T>> hp;
-            if (to_twin)  // reads the host model: its prepared weights stay
-                host_.visit_parameters("", collect{{}, &hp});
-            else
-                host_.visit_parameters("", [&](parameter_ref<T> p) { hp.push_back(p); });
-            std::size_t i = 0;
-            twin_.visit_parameters("", [&](parameter_ref<T> p) {
-                if (i >= hp.size() || hp[i].name != p.name || hp[i].value.size() != p.value.size())
-                    throw error(errc::shape_mismatch, "the model's twin",
-                                ftune::detail::cat(
-                                    "parameter ", i, " is \"", p.name, "\" ", p.shape_string(),
-                                    " there but ",
-                                    i < hp.size() ? "\"" + hp[i].name + "\" " + hp[i].shape_string()
-                                                  : std::string("absent"),
-                                    " on the host: the two models must have the "
-                                    "same architecture and configuration"));
-                if (to_twin)
-                    std::copy(hp[i].value.begin(), hp[i].value.end(), p.value.begin());
-                else
-                    std::copy(p.value.begin(), p.value.end(), hp[i].value.begin());
-                ++i;
-            });
-            if (i != hp.size())
-                throw error(errc::shape_mismatch, "the model's twin",
-                            ftune::detail::cat(i, " parameters there, ", hp.size(),
-                                               " on the host: the two models must have the same "
-                                               "architecture and configuration"));
-        }
+        copy_parameters(host_, twin_,
+                        to_twin ? parameter_copy::values_to_twin : parameter_copy::values_to_host,
+                        "the model's twin");
     }
     // collects a host model's parameter references (a keeps_values visit)
     struct collect : keeps_values {
@@ -308,8 +260,9 @@ std::unique_ptr<device_steps<Model>> make_device_run(
             throw error(errc::unsupported, what,
                         std::string(Model::architecture) +
                             " has no form on another device yet (heads there: sequence and "
-                            "token classification, question answering on BERT); train it on "
-                            "the CPU");
+                            "token classification, question answering and masked LM on BERT; "
+                            "causal LM and sequence classification on Llama and GPT-2); train "
+                            "it on the CPU");
         }
     };
     switch (spec.what) {

@@ -394,22 +394,19 @@ class trainer {
                 bi = b1 - 1;
                 // one optimizer step: clip, rate from the schedule, optimizer, clear
                 s.lr = sched.lr_at(s.step);
-                if (on_device()) {
-                    try {
+                try {
+                    if (on_device()) {
                         device_->step(options.max_grad_norm, s.lr);
-                    } catch (const error& e) {  // a non-finite gradient: say which step
-                        throw error(e.id(), at() + " " + e.context(), e.message());
-                    }
-                } else {
-                    if (options.max_grad_norm > 0) try {
+                    } else {
+                        if (options.max_grad_norm > 0)
                             optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
                                                   options.max_grad_norm);
-                        } catch (const error& e) {  // a non-finite gradient: say which step
-                            throw error(e.id(), at() + " " + e.context(), e.message());
-                        }
-                    opt.set_lr(s.lr);
-                    opt.step(std::span<const parameter_ref<T>>(params));
-                    model.zero_grad();
+                        opt.set_lr(s.lr);
+                        opt.step(std::span<const parameter_ref<T>>(params));
+                        model.zero_grad();
+                    }
+                } catch (const error& e) {  // a non-finite gradient: say which step
+                    throw error(e.id(), at() + " " + e.context(), e.message());
                 }
                 ++s.step;
                 s.seconds = seconds_since(t0);

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <vector>
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -402,6 +403,109 @@ void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::s
                                std::size_t stride_c, std::size_t batch) {
     gemm_bf16_impl(ta, tb, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
                    stride_c, batch);
+}
+
+// Attention's head products: every head of every sequence in one cuBLAS call ----------------
+
+// Element (r, c) of matrix j of a two-level batch (matrix (j / heads, j % heads) starts
+// j / heads * s_seq + j % heads * s_head elements in), rows ld apart.
+__device__ inline std::size_t head_offset(std::size_t j, std::size_t heads, std::size_t s_seq,
+                                          std::size_t s_head) {
+    return j / heads * s_seq + j % heads * s_head;
+}
+__device__ inline __nv_bfloat16 as_bf16(float x) {
+    return __float2bfloat16_rn(x);
+}
+__device__ inline __nv_bfloat16 as_bf16(bf16 x) {
+    return __ushort_as_bfloat16(x.bits);
+}
+
+// The `count` (rows, cols) matrices of a two-level batch rounded to bf16, packed one after
+// another (row stride cols).
+template <class Src>
+void pack_heads_bf16(__nv_bfloat16* out, const Src* in, std::size_t rows, std::size_t cols,
+                     std::size_t ld, std::size_t s_seq, std::size_t s_head, std::size_t heads,
+                     std::size_t count, const char* what) {
+    const std::size_t per = rows * cols;
+    for_each(
+        count * per,
+        [=] __device__(std::size_t i) {
+            const std::size_t j = i / per, e = i % per;
+            out[i] = as_bf16(in[head_offset(j, heads, s_seq, s_head) + e / cols * ld + e % cols]);
+        },
+        what);
+}
+
+template <class TA>
+void gemm_heads_impl(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                     std::size_t K, float alpha, const TA* A, std::size_t lda, std::size_t a_seq,
+                     std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                     std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                     std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    const char* what = "backends::cuda::gemm_heads";
+    const std::size_t count = sequences * heads;
+    if (M == 0 || N == 0 || count == 0) return;
+    if (K == 0) {
+        for (std::size_t s = 0; s < sequences; ++s)
+            scale_products(C + s * c_seq, M, N, ldc, c_head, heads, beta, what);
+        return;
+    }
+    const bool bf = p == ftune::precision::bf16 || std::is_same_v<TA, bf16>;
+    const std::size_t a_rows = ta == transpose::no ? M : K, a_cols = ta == transpose::no ? K : M;
+    const std::size_t b_rows = tb == transpose::no ? K : N, b_cols = tb == transpose::no ? N : K;
+    // bf16: both operands rounded into packed copies (matrix j at j rows cols); fp32: in place
+    scratch<__nv_bfloat16> a16(bf ? count * a_rows * a_cols : 1),
+        b16(bf ? count * b_rows * b_cols : 1);
+    if (bf) {
+        pack_heads_bf16(a16.get(), A, a_rows, a_cols, lda, a_seq, a_head, heads, count, what);
+        pack_heads_bf16(b16.get(), B, b_rows, b_cols, ldb, b_seq, b_head, heads, count, what);
+    }
+    // the pointer arrays cuBLAS reads: A's, B's and C's matrices, made on the device
+    scratch<void*> ptrs(3 * count);
+    void** pa = ptrs.get();
+    const std::size_t ea = bf ? sizeof(__nv_bfloat16) : sizeof(float), eb = ea;
+    const std::size_t a_per = a_rows * a_cols, b_per = b_rows * b_cols;
+    char* const a0 =
+        bf ? reinterpret_cast<char*>(a16.get()) : reinterpret_cast<char*>(const_cast<TA*>(A));
+    char* const b0 =
+        bf ? reinterpret_cast<char*>(b16.get()) : reinterpret_cast<char*>(const_cast<float*>(B));
+    char* const c0 = reinterpret_cast<char*>(C);
+    for_each(
+        count,
+        [=] __device__(std::size_t j) {
+            pa[j] = a0 + ea * (bf ? j * a_per : head_offset(j, heads, a_seq, a_head));
+            pa[count + j] = b0 + eb * (bf ? j * b_per : head_offset(j, heads, b_seq, b_head));
+            pa[2 * count + j] = c0 + sizeof(float) * head_offset(j, heads, c_seq, c_head);
+        },
+        what);
+    const auto s = shape_of(M, N, K, bf ? a_cols : lda, bf ? b_cols : ldb, ldc, what);
+    const cudaDataType_t type = bf ? CUDA_R_16BF : CUDA_R_32F;
+    void* const* arrays = ptrs.get();
+    check_cublas(
+        cublasGemmBatchedEx(blas(), op(tb), op(ta), s.m, s.n, s.k, &alpha, arrays + count, type,
+                            s.ldb, arrays, type, s.lda, &beta, arrays + 2 * count, CUDA_R_32F,
+                            s.ldc, as_int(count, what), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmBatchedEx");
+}
+
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, float alpha, const float* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    gemm_heads_impl(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb, b_seq, b_head, beta,
+                    C, ldc, c_seq, c_head, sequences, heads);
+}
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, float alpha, const bf16* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    if (p != ftune::precision::bf16)
+        throw error(errc::invalid_argument, "backends::cuda::gemm_heads",
+                    "an operand kept in bf16 is multiplied in precision::bf16 only");
+    gemm_heads_impl(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb, b_seq, b_head, beta,
+                    C, ldc, c_seq, c_head, sequences, heads);
 }
 
 // Bias, residual, activations ----------------------------------------------------------------
@@ -1059,6 +1163,44 @@ double sum_squares(const float* x, std::size_t n) {
     check_launch("sum_squares");
     double s = 0.0;
     ftune::cuda::copy_to_host(&s, partial.get() + blocks, 1);
+    return s;
+}
+
+double sum_squares_list(const float* const* xs, const std::size_t* ns, std::size_t count) {
+    if (count == 0) return 0.0;
+    std::vector<unsigned> blocks(count);
+    std::size_t slots = count + 1;  // each tensor's sum, then the total
+    for (std::size_t i = 0; i < count; ++i)
+        slots += blocks[i] = ns[i] ? std::min<unsigned>(blocks_for(ns[i]), sum_blocks_max) : 0;
+    scratch<double> partial(slots);
+    double* const sums = partial.get();  // (count) per tensor, then the total, then partials
+    double* part = sums + count + 1;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (ns[i] == 0) {  // an empty tensor adds 0
+            sum_partials_kernel<<<1, threads_per_block, 0, current_stream()>>>(sums + i, part, 0);
+            check_launch("sum_squares_list");
+            continue;
+        }
+        // each tensor as sum_squares sums it: the same partials, the same order
+        sum_squares_partial_kernel<<<blocks[i], threads_per_block, 0, current_stream()>>>(
+            part, xs[i], ns[i]);
+        check_launch("sum_squares_list");
+        sum_partials_kernel<<<1, threads_per_block, 0, current_stream()>>>(sums + i, part,
+                                                                           blocks[i]);
+        check_launch("sum_squares_list");
+        part += blocks[i];
+    }
+    // the tensors' sums added in list order, as the host adds sum_squares' results
+    for_each(
+        1,
+        [=] __device__(std::size_t) {
+            double s = 0.0;
+            for (std::size_t i = 0; i < count; ++i) s += sums[i];
+            sums[count] = s;
+        },
+        "sum_squares_list");
+    double s = 0.0;
+    ftune::cuda::copy_to_host(&s, sums + count, 1);
     return s;
 }
 

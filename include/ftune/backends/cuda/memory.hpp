@@ -41,6 +41,22 @@ struct device_memory<device::cuda> {
             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda::current_stream()),
             "cudaMemcpyAsync (device to device)");
     }
+    /// Copies `bytes` from host memory src to device memory dst (returns when src may be reused).
+    static void from_host(void* dst, const void* src, std::size_t bytes) {
+        cuda::check(
+            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::current_stream()),
+            "cudaMemcpyAsync (host to device)");
+        cuda::check(cudaStreamSynchronize(cuda::current_stream()),
+                    "cudaMemcpyAsync (host to device)");
+    }
+    /// Copies `bytes` from device memory src to host memory dst, after the work queued before it.
+    static void to_host(void* dst, const void* src, std::size_t bytes) {
+        cuda::check(
+            cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda::current_stream()),
+            "cudaMemcpyAsync (device to host)");
+        cuda::check(cudaStreamSynchronize(cuda::current_stream()),
+                    "cudaMemcpyAsync (device to host)");
+    }
     /// Sets the n elements at p to v.
     template <class T>
     static void fill(T* p, std::size_t n, T v) {

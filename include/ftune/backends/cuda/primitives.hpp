@@ -57,6 +57,21 @@ void gemm_strided_batched_bf16(transpose ta, transpose tb, std::size_t M, std::s
                                std::size_t stride_b, float beta, float* C, std::size_t ldc,
                                std::size_t stride_c, std::size_t batch);
 
+/// The products of `heads` matrices in each of `sequences` groups in one call (attention's heads
+/// of every sequence, which one stride cannot address): matrix (s, h) of operand X starts
+/// s x_seq + h x_head elements in. In precision p (bf16: operands rounded to bf16, fp32 sums).
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, float alpha, const float* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads);
+/// The same with A already in bf16 (p must be bf16).
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, float alpha, const bf16* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const float* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, float beta, float* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads);
+
 // Bias, residual, activations (element-wise)
 
 /// y(rows, cols) += bias(cols) on every row.
@@ -183,6 +198,9 @@ void cross_entropy_backward(float* dlogits, const float* logits, const token_id*
 
 /// Σ x² in double (a fixed-order tree: the same bits every run).
 double sum_squares(const float* x, std::size_t n);
+/// Σ_i sum_squares(xs[i], ns[i]), the tensors' sums added in list order (the same value as a
+/// host loop over sum_squares) with one wait instead of one per tensor: the gradient norm.
+double sum_squares_list(const float* const* xs, const std::size_t* ns, std::size_t count);
 /// x *= alpha.
 void scale(float* x, float alpha, std::size_t n);
 /// One AdamW step, PyTorch's arithmetic (backends/reference/primitives.hpp).
