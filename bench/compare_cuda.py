@@ -10,6 +10,12 @@ Cases (random weights, random ids, every token real):
   latency  MiniLM-L12-H384 (384, 12, 12, 1536) batch 1 x 128 and 1 x 32, eval: ids up, logits
            down per request. ftune: bench_device --case latency (prepared weights, fp32 or bf16).
            PyTorch: eager, SDPA, inference_mode, fp32 and bf16 autocast.
+  decode   a Llama causal LM of SmolLM2-135M's shape (576, 30 layers, 9 heads over 3 key/value
+           heads, 1536, vocabulary 49,152, tied embeddings), greedy generation from a 32-token
+           prompt, batch 1: decode tokens/s from the time of 65 new tokens less that of 1.
+           ftune: bench_device --case decode (generation::generator on the twin, the key/value
+           cache on the GPU). PyTorch: LlamaForCausalLM.generate (eager, SDPA, its dynamic
+           cache), fp32.
 
 Each ftune case runs first, then PyTorch's, in this one process; every time is the median of
 --steps timed calls after 3 warm-up calls, each call ending when the GPU is done (ftune copies the
@@ -31,11 +37,13 @@ import time
 PEAKS = {"NVIDIA H200": (989.0, 67.0), "NVIDIA H100": (989.0, 67.0), "NVIDIA A100": (312.0, 19.5)}
 
 
-def ftune_case(exe, device, case, dims, vocab, batch, seq, precision, steps):
+def ftune_case(exe, device, case, dims, vocab, batch, seq, precision, steps, new=None):
     """One bench_device run's JSON."""
     cmd = [exe, "--device", device, "--case", case, "--dims", ",".join(map(str, dims)),
            "--vocab", str(vocab), "--batch", str(batch), "--seq", str(seq),
            "--precision", precision, "--steps", str(steps)]
+    if new:
+        cmd += ["--new", str(new)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -104,6 +112,29 @@ def torch_latency(torch, transformers, dims, vocab, batch, seq, precision, steps
     return m, ts, model.config._attn_implementation
 
 
+def torch_decode(torch, transformers, seq, new, steps, device):
+    """Prefill and decode times (ms, medians) of LlamaForCausalLM.generate, greedy, batch 1."""
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                   num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, max_position_embeddings=8192,
+                                   rope_theta=100000.0, rms_norm_eps=1e-5,
+                                   tie_word_embeddings=True)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).to(device).eval()
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, 49000, (1, seq), generator=g).to(device)
+
+    def run(n):
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                 min_new_tokens=n, do_sample=False, pad_token_id=0)
+        assert out.shape[1] == seq + n
+    one, _ = timed(torch, lambda: run(1), steps, device)
+    total, _ = timed(torch, lambda: run(1 + new), steps, device)
+    return one, total
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ftune", required=True, help="bench_device built with the CUDA backend")
@@ -131,6 +162,21 @@ def main():
         vocab = 500
     steps = 3 if dry else args.steps
     results = []
+    # decode first: a SmolLM2-135M-shaped decoder (the dry run keeps its shape, fewer tokens)
+    new, prompt = (4, 8) if dry else (64, 32)
+    f = ftune_case(args.ftune, fdevice, "decode", (0, 0, 0, 0), 0, 1, prompt, "fp32",
+                   min(steps, 5), new)
+    p_one, p_total = torch_decode(torch, transformers, prompt, new, min(steps, 5), device)
+    r = {"case": "decode", "model": "SmolLM2-135M shape, random weights", "prompt": prompt,
+         "new_tokens": new, "precision": "fp32", "gpu": gpu,
+         "ftune_prefill_ms": f["prefill_ms"], "ftune_total_ms": f["total_ms"],
+         "ftune_tokens_per_s": f["decode_tokens_per_s"], "pytorch_prefill_ms": p_one,
+         "pytorch_total_ms": p_total, "pytorch_tokens_per_s": new / ((p_total - p_one) * 1e-3),
+         "steps": min(steps, 5), "torch": torch.__version__,
+         "transformers": transformers.__version__}
+    r["speedup"] = r["ftune_tokens_per_s"] / r["pytorch_tokens_per_s"]
+    print(json.dumps(r), flush=True)
+    decode = r
     for case, dims, batch, seq, prec in cases:
         f = ftune_case(args.ftune, fdevice, case, dims, vocab, batch, seq, prec, steps)
         fn = torch_train if case == "train" else torch_latency
@@ -158,9 +204,12 @@ def main():
         name = f"{r['case']} {r['batch']}x{r['seq']} {r['precision']} d{r['dims'][0]}"
         print(f"{name:<34} {r['ftune_ms']:>10.3f} {r['pytorch_ms']:>11.3f} "
               f"{r['speedup']:>8.2f}x {r['ftune_tflops']:>11.1f}")
+    print(f"decode, SmolLM2-135M shape, {decode['prompt']}-token prompt: ftune "
+          f"{decode['ftune_tokens_per_s']:.1f} tokens/s, PyTorch "
+          f"{decode['pytorch_tokens_per_s']:.1f} ({decode['speedup']:.2f}x)")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+            json.dump(results + [decode], fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 # determinism, buffers and ops on device::cuda, no cudaMalloc in a steady state, whole models and
 # the trainer on the GPU against the CPU), then the device benchmarks beside PyTorch on the same
 # GPU (bench/compare_cuda.py running bench/bench_device.cpp: the BERT-base fine-tuning step and
-# MiniLM-L12 batch-1 latency, fp32 and bf16; skipped, and said so, where python3 has no torch
-# with CUDA), and prints a summary. On the GPU machine a skipped test is a failure: the script
+# MiniLM-L12 batch-1 latency, fp32 and bf16, and the decode speed of a SmolLM2-135M-shaped
+# decoder; skipped, and said so, where python3 has no torch with CUDA), and prints a summary. On the GPU machine a skipped test is a failure: the script
 # exits non-zero unless test_cuda ran and passed and the benchmarks, where python3 can run them,
 # ran. On one H200 (16 cores):
 # 106 s to build, 157 s in all (2026-12-04); about two minutes to build on 2 cores.

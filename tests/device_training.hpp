@@ -1,10 +1,12 @@
 // A fine-tuning run on another device (train::options::device) checked against the same run on
 // the CPU: the loss of every logged step, the trained weights, the evaluation, and checkpoints
-// resumed across the two devices. test_train runs it on device::reference (every machine),
-// test_cuda on a GPU. Include after Catch2.
+// resumed across the two devices; and generation there against the CPU's. test_train and
+// test_generation run them on device::reference (every machine), test_cuda on a GPU. Include
+// after Catch2.
 #pragma once
 
 #include <ftune/bert/tasks.hpp>
+#include <ftune/generation.hpp>
 #include <ftune/gpt2/tasks.hpp>
 #include <ftune/llama/tasks.hpp>
 #include <ftune/train/trainer.hpp>
@@ -307,6 +309,44 @@ inline void check_bf16_training_on_device(const std::string& device) {
     run(fresh_device_model, marker_examples(48, 1), marker_examples(16, 2), "BERT classifier");
     run([] { return fresh_llama<ftune::llama::causal_lm<>>(false); }, lm_examples(32, 3),
         lm_examples(12, 4), "Llama causal LM");
+}
+
+/// Generation on device D (generation::generator over the model's twin, its weights copied
+/// from the host model): a left-padded batch of three prompts, greedy and sampled, prefilled in
+/// one pass and in passes of 2 positions, gives the host model's tokens, for the Llama causal
+/// LM (untied and tied) and GPT-2's LM (learned positions).
+template <class D>
+void check_generation_on_device() {
+    auto run = [](auto make, const char* what) {
+        auto host = make();
+        using Model = typename decltype(host)::element_type;
+        using Twin = ftune::on_device_t<Model, D>;
+        INFO(what << " generating on " << D::name);
+        Twin twin(host->config());
+        ftune::copy_parameters(*host, twin, ftune::parameter_copy::values_to_twin, "test twin");
+        ftune::generation::generator<Model> on_host(*host);
+        ftune::generation::generator<Twin> on_device(twin);
+        const std::vector<std::vector<ftune::token_id>> prompts{
+            {5, 9, 13, 17, 21}, {30, 33}, {7, 11, 40, 3}};
+        for (const double temperature : {0.0, 0.9})
+            for (const std::size_t prefill : {std::size_t(0), std::size_t(6)}) {
+                INFO("temperature " << temperature << ", prefill passes of " << prefill);
+                const ftune::generation::options o{.max_new_tokens = 9,
+                                                   .temperature = temperature,
+                                                   .seed = 3,
+                                                   .prefill_tokens = prefill};
+                const auto want = on_host.generate(prompts, o),
+                           got = on_device.generate(prompts, o);
+                REQUIRE(got.size() == want.size());
+                for (std::size_t b = 0; b < want.size(); ++b) {
+                    CHECK(want[b].tokens.size() == 9);
+                    CHECK(got[b].tokens == want[b].tokens);
+                }
+            }
+    };
+    run([] { return fresh_llama<ftune::llama::causal_lm<>>(false); }, "Llama causal LM (untied)");
+    run([] { return fresh_llama<ftune::llama::causal_lm<>>(true); }, "Llama causal LM (tied)");
+    run([] { return fresh_gpt2<ftune::gpt2::lm_head_model<>>(); }, "GPT-2 LM");
 }
 
 /// A run on `device` fails before its first step with an ftune::error whose text holds `says`.

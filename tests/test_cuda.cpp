@@ -867,6 +867,13 @@ TEST_CASE(
     test::check_device_error("cuda:99", "cuda:99");
 }
 
+TEST_CASE(
+    "cuda generation: a decoder's twin on the GPU generates the CPU's tokens (greedy and sampled, "
+    "left-padded batches, prefill in passes; Llama untied and tied, GPT-2)",
+    "[cuda][generation]") {
+    test::check_generation_on_device<ftune::device::cuda>();
+}
+
 int main(int argc, char* argv[]) {
     if (!ftune::cuda::available()) {
         std::printf("test_cuda: skipped: no usable CUDA device (%s)\n",

@@ -3,7 +3,8 @@
 // forward's logits step by step and under left padding; greedy generation is Transformers'
 // generate token for token (tests/reference/llama_generate.py: alone, a left-padded batch, a
 // repetition penalty); sampling draws from softmax(logits / temperature) restricted by top-k and
-// top-p, reproducibly per seed; streaming and stop strings.
+// top-p, reproducibly per seed; streaming and stop strings; a model's twin on another device
+// (device::reference here, a GPU in test_cuda) generates the CPU's tokens.
 #include <ftune/generation.hpp>
 #include <ftune/io/hf.hpp>
 
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "device_training.hpp"
 
 #ifndef FTUNE_REFERENCE_DIR
 #error "FTUNE_REFERENCE_DIR must name tests/reference/fixtures"
@@ -264,4 +266,11 @@ TEST_CASE("streaming gives the text piece by piece, whole characters only; a sto
     joined.clear();
     for (const auto& piece : pieces) joined += piece;
     CHECK(joined == cut.text);
+}
+
+TEST_CASE(
+    "generation on another device (device::reference here): a decoder's twin generates the "
+    "CPU's tokens, greedy and sampled, left-padded, prefilled in passes",
+    "[generation]") {
+    test::check_generation_on_device<ftune::device::reference>();
 }

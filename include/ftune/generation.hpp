@@ -129,35 +129,45 @@ class generator {
         }
         order_.resize(vocab());
         probs_.resize(vocab());
+        ids_host_.reserve(B * std::max<std::size_t>(chunk_of(o, B, L), 1));
+        mask_host_.reserve(ids_host_.capacity());
+        if constexpr (!D::host) logits_host_.resize(B * vocab());
         // the prefill: the prompts left-padded, columns t0 .. t0 + n - 1 of every row per pass
-        const std::size_t chunk =
-            o.prefill_tokens == 0 ? L : std::clamp<std::size_t>(o.prefill_tokens / B, 1, L);
+        const std::size_t chunk = chunk_of(o, B, L);
         context ctx;  // eval mode
+        // the ids (and mask) are made on the host and copied to the model's device; the last
+        // logits (B, V) come back to the host for the choice of the next tokens
         const auto prefill = [&](std::size_t t0) {
             const std::size_t n = std::min(chunk, L - t0);
-            ids_.resize(shape<dynamic, dynamic>(B, n));
-            mask_.resize(ids_.shape());
+            ids_host_.resize(B * n);
+            mask_host_.resize(B * n);
             for (std::size_t b = 0; b < B; ++b) {
                 const std::size_t padding = L - prompts[b].size();
                 for (std::size_t t = t0; t < t0 + n; ++t) {
-                    ids_.data()[b * n + t - t0] = t < padding ? pad : prompts[b][t - padding];
-                    mask_.data()[b * n + t - t0] = t < padding ? 0 : 1;
+                    ids_host_[b * n + t - t0] = t < padding ? pad : prompts[b][t - padding];
+                    mask_host_[b * n + t - t0] = t < padding ? 0 : 1;
                 }
             }
-            return model_.forward_cached(ctx, ids_.view(), cache_, mask_.view());  // (B, V)
+            ids_.resize(shape<dynamic, dynamic>(B, n));
+            mask_.resize(ids_.shape());
+            host_to_device<D>(ids_.data(), ids_host_.data(), B * n);
+            host_to_device<D>(mask_.data(), mask_host_.data(), B * n);
+            return host_logits(
+                model_.forward_cached(ctx, ids_.view(), cache_, mask_.view()));  // (B, V)
         };
-        auto logits = prefill(0);  // the last pass's logits are the last prompt tokens'
+        const T* logits = prefill(0);  // the last pass's logits are the last prompt tokens'
         for (std::size_t t0 = chunk; t0 < L; t0 += chunk) logits = prefill(t0);
         ids_.resize(shape<dynamic, dynamic>(B, 1));
+        ids_host_.resize(B);
         for (std::size_t step = 0; step < new_tokens; ++step) {
             std::size_t running = 0;
             for (std::size_t b = 0; b < B; ++b) {
                 if (rows_[b].done) {
-                    ids_.data()[b] = pad;
+                    ids_host_[b] = pad;
                     continue;
                 }
-                const token_id id = choose(logits.data() + b * vocab(), b, step, o);
-                ids_.data()[b] = id;
+                const token_id id = choose(logits + b * vocab(), b, step, o);
+                ids_host_[b] = id;
                 if (std::find(stops_.begin(), stops_.end(), id) != stops_.end()) {
                     finish_row(out[b], b, finish::stop_token, stream);
                     continue;
@@ -168,7 +178,8 @@ class generator {
                 ++running;
             }
             if (running == 0 || step + 1 == new_tokens) break;
-            logits = model_.forward_cached(ctx, ids_.view(), cache_);
+            host_to_device<D>(ids_.data(), ids_host_.data(), B);
+            logits = host_logits(model_.forward_cached(ctx, ids_.view(), cache_));
         }
         for (std::size_t b = 0; b < B; ++b)
             if (!rows_[b].done) finish_row(out[b], b, finish::length, stream);
@@ -184,6 +195,22 @@ class generator {
 
     std::size_t vocab() const noexcept {
         return model_.backbone.input_embeddings().value.extent(0);
+    }
+
+    // positions per sequence in one prefill pass
+    static std::size_t chunk_of(const options& o, std::size_t B, std::size_t L) {
+        return o.prefill_tokens == 0 ? L : std::clamp<std::size_t>(o.prefill_tokens / B, 1, L);
+    }
+
+    // logits (B, V) in host memory: as they are on a host device, else copied down
+    template <class View>
+    const T* host_logits(const View& logits) {
+        if constexpr (D::host) {
+            return logits.data();
+        } else {
+            device_to_host<D>(logits_host_.data(), logits.data(), logits.size());
+            return logits_host_.data();
+        }
     }
 
     // the id that pads prompts on the left (never attended): pad, else eos, else 0
@@ -352,6 +379,8 @@ class generator {
     std::size_t max_positions_;
     layers::kv_cache<T, D> cache_;
     buffer<token_id, shape<dynamic, dynamic>, D> ids_, mask_;  // (B, chunk) then (B, 1)
+    std::vector<token_id> ids_host_, mask_host_;               // the same, made on the host
+    std::vector<T> logits_host_;  // (B, V) a device's last logits, copied down
     std::vector<token_id> stops_;
     std::vector<row> rows_;
     std::vector<unsigned char> seen_;  // (B, V) tokens in each sequence (repetition penalty)

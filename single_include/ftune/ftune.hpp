@@ -460,8 +460,8 @@ template <class D>
 concept host_device = device_tag<D> && D::host;
 
 /// Fails the build where a function that reads or writes tensor memory in host loops (decoding
-/// predictions, finding marker tokens, a cache's bookkeeping) is instantiated for a device whose
-/// memory is not the host's, instead of letting it read device pointers at run time.
+/// predictions, finding marker tokens, a packed batch's positions) is instantiated for a device
+/// whose memory is not the host's, instead of letting it read device pointers at run time.
 template <class D>
 constexpr void require_host_memory() {
     static_assert(D::host,
@@ -9373,6 +9373,10 @@ class kv_cache {
         batch_ = batch, capacity_ = capacity, length_ = 0, heads_ = heads;
         valid_.assign(batch * capacity, 0);
         seen_.assign(batch, 0);
+        // the host staging of a step at its largest (a step then allocates nothing)
+        attention_host_.reserve(batch * capacity);
+        positions_host_.reserve(batch * capacity);
+        flags_host_.reserve(batch * capacity);
         // the step buffers at their largest decode sizes (a prefill may grow them once)
         attention_.resize(shape<dynamic, dynamic>(batch, capacity));
         mask_.resize(attention_.shape());
@@ -9381,11 +9385,12 @@ class kv_cache {
         probs_.resize(scores_.shape());
     }
 
-    /// Starts a step of `steps` new positions per sequence: attention (B, steps), 1 for a token
-    /// and 0 for padding (null: all tokens), sets their positions and the key mask over the
-    /// S = length() + steps positions. Throws when they do not fit in the capacity.
+    /// Starts a step of `steps` new positions per sequence: attention (B, steps) on D, 1 for a
+    /// token and 0 for padding (null: all tokens), sets their positions and the key mask over
+    /// the S = length() + steps positions. Throws when they do not fit in the capacity. The
+    /// bookkeeping runs on the host; on a device the mask comes down and the positions and
+    /// the (B, S) token flags go up (B (steps + S) ids).
     void begin_step(const token_id* attention, std::size_t steps) {
-        require_host_memory<D>();  // reads tensor memory on the host
         if (length_ + steps > capacity_)
             throw error(errc::out_of_range, "kv_cache",
                         ftune::detail::cat(length_, " cached and ", steps,
@@ -9393,8 +9398,13 @@ class kv_cache {
                                            " (reset() it larger)"));
         steps_ = steps;
         const std::size_t S = length_ + steps;
-        positions_.resize(shape<dynamic>(batch_ * steps));
-        token_id* pos = positions_.data();
+        if (attention && !D::host) {  // the step's mask to the host
+            attention_host_.resize(batch_ * steps);
+            device_to_host<D>(attention_host_.data(), attention, batch_ * steps);
+            attention = attention_host_.data();
+        }
+        positions_host_.resize(batch_ * steps);
+        token_id* pos = positions_host_.data();
         for (std::size_t b = 0; b < batch_; ++b)
             for (std::size_t i = 0; i < steps; ++i) {
                 const bool token = !attention || attention[b * steps + i] != 0;
@@ -9402,9 +9412,13 @@ class kv_cache {
                 // padding gets position 1, as Transformers' masked_fill (it is never attended)
                 pos[b * steps + i] = token ? token_id(seen_[b]++) : 1;
             }
-        attention_.resize(shape<dynamic, dynamic>(batch_, S));
+        flags_host_.resize(batch_ * S);
         for (std::size_t b = 0; b < batch_; ++b)
-            std::copy_n(valid_.data() + b * capacity_, S, attention_.data() + b * S);
+            std::copy_n(valid_.data() + b * capacity_, S, flags_host_.data() + b * S);
+        positions_.resize(shape<dynamic>(batch_ * steps));
+        host_to_device<D>(positions_.data(), positions_host_.data(), batch_ * steps);
+        attention_.resize(shape<dynamic, dynamic>(batch_, S));
+        host_to_device<D>(attention_.data(), flags_host_.data(), batch_ * S);
         mask_.resize(attention_.shape());
         ops::key_mask(mask_, attention_.view());
         scores_.resize(dynamic_shape<4>(batch_, heads_, steps, S));
@@ -9437,8 +9451,11 @@ class kv_cache {
   private:
     std::vector<entry> entries_;  // one per layer
     std::size_t batch_ = 0, capacity_ = 0, length_ = 0, steps_ = 0, heads_ = 0;
-    std::vector<unsigned char> valid_;                        // (B, capacity) 1: token, 0: padding
-    std::vector<std::size_t> seen_;                           // tokens of each sequence so far
+    std::vector<unsigned char> valid_;      // (B, capacity) 1: token, 0: padding
+    std::vector<std::size_t> seen_;         // tokens of each sequence so far
+    std::vector<token_id> attention_host_;  // (B, steps) the step's mask (a device's, copied)
+    std::vector<token_id> positions_host_;  // (B * steps) positions, made on the host
+    std::vector<token_id> flags_host_;      // (B, S) 1 token, 0 padding, made on the host
     buffer<token_id, shape<dynamic, dynamic>, D> attention_;  // (B, S) 1 token, 0 padding
     buffer<T, shape<dynamic, dynamic>, D> mask_;              // (B, S) additive
     buffer<token_id, shape<dynamic>, D> positions_;           // (B * steps)

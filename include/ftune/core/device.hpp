@@ -44,8 +44,8 @@ template <class D>
 concept host_device = device_tag<D> && D::host;
 
 /// Fails the build where a function that reads or writes tensor memory in host loops (decoding
-/// predictions, finding marker tokens, a cache's bookkeeping) is instantiated for a device whose
-/// memory is not the host's, instead of letting it read device pointers at run time.
+/// predictions, finding marker tokens, a packed batch's positions) is instantiated for a device
+/// whose memory is not the host's, instead of letting it read device pointers at run time.
 template <class D>
 constexpr void require_host_memory() {
     static_assert(D::host,
