@@ -9,6 +9,7 @@
 #include <ftune/generation.hpp>
 #include <ftune/gpt2/tasks.hpp>
 #include <ftune/llama/tasks.hpp>
+#include <ftune/peft/lora.hpp>
 #include <ftune/train/trainer.hpp>
 
 #include <algorithm>
@@ -239,8 +240,9 @@ static_assert(requires(reference_lm & m, ftune::context& c, reference_lm::ids_vi
 
 /// check_run_on_device for every head with a device form: the BERT classifier (with resumes
 /// across devices), a Llama causal LM (untied, with resumes; then tied), a Llama and a GPT-2
-/// sequence classifier (last token), a GPT-2 causal LM (tied, dropout on everywhere) and a BERT
-/// masked LM (its masking drawn per batch on the host).
+/// sequence classifier (last token), a GPT-2 causal LM (tied, dropout on everywhere), a BERT
+/// masked LM (its masking drawn per batch on the host), and LoRA adapters on the BERT classifier
+/// (with dropout, resumed across devices) and on the Llama causal LM.
 inline void check_training_on_device(const std::string& device) {
     const auto none = [](auto&) {};
     check_run_on_device(device, "BERT sequence classifier", fresh_device_model,
@@ -270,6 +272,30 @@ inline void check_training_on_device(const std::string& device) {
     };
     check_run_on_device(device, "BERT masked LM", fresh_bert_mlm, lm_examples(32, 7, 0),
                         lm_examples(12, 8, 0), false, mlm_setup);
+    // LoRA: the adapters (with their dropout) and the modules to save train on the device, the
+    // base stays frozen there too; resumed across devices
+    check_run_on_device(
+        device, "BERT classifier with LoRA",
+        [] {
+            auto m = fresh_device_model();
+            ftune::peft::apply_lora(*m, {.r = 4,
+                                         .alpha = 8,
+                                         .dropout = 0.1,
+                                         .target_modules = {"query", "value"},
+                                         .modules_to_save = {"classifier"},
+                                         .seed = 5});
+            return m;
+        },
+        marker_examples(48, 1), marker_examples(16, 2), true, none);
+    check_run_on_device(
+        device, "Llama causal LM with LoRA",
+        [] {
+            auto m = fresh_llama<ftune::llama::causal_lm<>>(false);
+            ftune::peft::apply_lora(*m,
+                                    {.r = 4, .alpha = 8, .target_modules = {"q_proj", "v_proj"}});
+            return m;
+        },
+        lm_train, lm_valid, false, none);
 }
 
 /// Mixed precision on `device` (bf16 products, fp32 master weights and sums): the BERT classifier

@@ -89,7 +89,7 @@ void usage(std::ostream& os) {
           "              [--precision fp32|bf16]  (bf16: mixed precision, fp32 master weights;\n"
           "              needs AVX512-BF16)\n"
           "              [--device cpu|cuda|cuda:N]  (a GPU: CUDA builds; every task but\n"
-          "              relation, and not --peft lora; docs/cuda.md)\n"
+          "              relation, --peft lora too; docs/cuda.md)\n"
           "              chat: [--eval-generate N (replies scored, default 100)]\n"
           "              [--max-new-tokens N]\n"
           "  eval        the evaluation report of a model on a file: --model DIR --data FILE\n"

@@ -5,6 +5,8 @@
 // take adapters at run time (peft::apply_lora).
 #pragma once
 
+#include <vector>
+
 #include <cmath>
 #include <cstdint>
 #include <string_view>
@@ -66,9 +68,10 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         lora_B =
             parameter<T, shape<Out, dynamic>, D>("lora_B.weight", shape<Out, dynamic>(out, o.r));
         const double bound = 1.0 / std::sqrt(double(in));
-        T* a = lora_A.value.data();
-        for (std::size_t i = 0; i < lora_A.size(); ++i)
+        std::vector<T> a(lora_A.size());  // drawn on the host, then copied to D
+        for (std::size_t i = 0; i < a.size(); ++i)
             a[i] = T(bound * (2.0 * double(s.uniform(i)) - 1.0));
+        host_to_device<D>(lora_A.value.data(), a.data(), a.size());
         drop_.p = T(o.dropout);
         this->weight.trainable = false;
         if constexpr (Bias) this->bias.trainable = false;

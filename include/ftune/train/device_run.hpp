@@ -25,10 +25,13 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ftune/core/device.hpp"
 #include "ftune/core/error.hpp"
+#include "ftune/core/rng.hpp"
+#include "ftune/layers/lora_linear.hpp"
 #include "ftune/optim.hpp"
 #include "ftune/train/batch.hpp"
 #if FTUNE_WITH_CUDA
@@ -102,21 +105,23 @@ class device_run final : public device_steps<Model> {
     using param_type = parameter_ref_on<T, D>;                        ///< the twin's parameters
     using ids_buffer = buffer<token_id, shape<dynamic, dynamic>, D>;  ///< (B, T) on D
 
-    /// The twin of `host` on unit `index` of D (its weights copied there, the trainable flags
-    /// mirrored) with optimizer `opt` (a host optimizer's on_device<D>()). Throws when the host
-    /// model has parameters its configuration does not build (LoRA adapters: not carried yet).
+    /// The twin of `host` on unit `index` of D (the host's LoRA adapters attached to the same
+    /// layers, every weight copied there, the trainable flags mirrored) with optimizer `opt` (a
+    /// host optimizer's on_device<D>()). Throws when the host model has parameters the twin
+    /// cannot take (a merged adapter; other parameters added after loading).
     device_run(Model& host, int index, optim::any_optimizer<T, D> opt)
         : host_(host),
           twin_((detail::select_device<D>(index), host.config())),
           opt_(std::move(opt)) {
         try {
+            mirror_adapters();
             copy_weights(true);
         } catch (const error& e) {
             throw error(e.id(),
                         ftune::detail::cat("training on ", D::name, ":", index, ": ", e.context()),
                         e.message() +
-                            " (LoRA adapters and other parameters added after loading are not "
-                            "carried to the device yet: train them on the CPU)");
+                            " (parameters added after loading other than LoRA adapters are not "
+                            "carried to the device: train this model on the CPU)");
         }
         mirror_trainable();
         twin_.zero_grad();  // (frees a frozen parameter's gradient, as on the host)
@@ -214,6 +219,36 @@ class device_run final : public device_steps<Model> {
         std::vector<parameter_ref<T>>* out;  // where they go
         void operator()(parameter_ref<T> p) const { out->push_back(std::move(p)); }
     };
+    // shows fn(name, layer) every lora_linear of a model (peft::apply_lora's visit)
+    template <class Fn>
+    struct adapter_visitor {
+        Fn fn;  // fn(name, layer)
+        template <class L>
+        void visit_lora(std::string_view name, L& layer) {
+            fn(std::string(name), layer);
+        }
+        template <class P>
+        void operator()(const P&) const {}
+    };
+    // the host's LoRA adapters attached to the twin's layers of the same names (their values
+    // come with copy_weights; a merged adapter is refused: its product is in W)
+    void mirror_adapters() {
+        std::map<std::string, layers::lora_options> adapters;
+        auto on_host = [&](const std::string& name, auto& layer) {
+            if (!layer.has_adapter()) return;
+            if (layer.merged())
+                throw error(errc::unsupported, "LoRA adapter " + name,
+                            "is merged into its weight: unmerge_adapters() before training");
+            adapters.emplace(name, layer.adapter_options());
+        };
+        host_.visit_parameters("", adapter_visitor<decltype(on_host)>{on_host});
+        if (adapters.empty()) return;
+        auto on_twin = [&](const std::string& name, auto& layer) {
+            if (const auto it = adapters.find(name); it != adapters.end())
+                layer.add_adapter(it->second, random_stream(0, 0));  // values: the host's
+        };
+        twin_.visit_parameters("", adapter_visitor<decltype(on_twin)>{on_twin});
+    }
     // the host model's trainable flags on the twin's parameters (matched in visit order)
     void mirror_trainable() {
         std::vector<parameter_ref<T>> hp;
