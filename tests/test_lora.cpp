@@ -264,7 +264,7 @@ TEST_CASE(
     const auto s = ftune::peft::apply_lora(m.model, c);
     CHECK(s.targets.size() == 4);
     std::uint64_t seed = 40;
-    m.model.visit_parameters("", ftune::peft::detail::lora_visitor{[&](std::string_view, auto& l) {
+    m.model.visit_parameters("", ftune::layers::lora_visitor{[&](std::string_view, auto& l) {
                                  if (l.has_adapter()) randomize_b(l, seed++);
                              }});
     const auto want = logits_of(m.model, ids, mask, {}, 2);
@@ -276,10 +276,10 @@ TEST_CASE(
         const auto r = ftune::peft::load_adapter(again.model, dir);
         CHECK(r.targets.size() == 6);  // k_proj too: PEFT adapts c_attn whole
         CHECK(test::relative_error(logits_of(again.model, ids, mask, {}, 2), want) < 1e-6);
-        again.model.visit_parameters(
-            "", ftune::peft::detail::lora_visitor{[&](std::string_view, auto& l) {
-                if (l.has_adapter()) CHECK(l.rank() == 2);
-            }});
+        again.model.visit_parameters("",
+                                     ftune::layers::lora_visitor{[&](std::string_view, auto& l) {
+                                         if (l.has_adapter()) CHECK(l.rank() == 2);
+                                     }});
         if (round == 0) trainable = r.trainable;
         CHECK(r.trainable == trainable);
         CHECK(trainable == s.trainable + 2 * (2 * 32 + 32 * 2));  // k's adapter in 2 layers

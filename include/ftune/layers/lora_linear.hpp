@@ -5,11 +5,10 @@
 // take adapters at run time (peft::apply_lora).
 #pragma once
 
-#include <vector>
-
 #include <cmath>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "ftune/core/error.hpp"
 #include "ftune/core/rng.hpp"
@@ -225,6 +224,24 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     buffer<T, shape<dynamic, In>, D> dxa_;          // (N, In) d x' before the dropout
     buffer<T, shape<dynamic, Out>, D> delta_;       // (N, Out) the term (add_adapter_term_to)
 };
+
+/// A visitor for a model's visit_parameters that shows fn(name, layer) every lora_linear and
+/// skips the parameters: how peft::apply_lora, merging and a device run find a model's adapters.
+template <class Fn>
+struct lora_visitor {
+    Fn fn;  ///< fn(name, layer)
+    /// Shown each lora_linear (lora_linear::visit_parameters calls it).
+    template <class L>
+    void visit_lora(std::string_view name, L& layer) {
+        fn(name, layer);
+    }
+    /// Parameters: skipped.
+    template <class P>
+    void operator()(const P&) const {}
+};
+/// lora_visitor{fn} deduces Fn.
+template <class Fn>
+lora_visitor(Fn) -> lora_visitor<Fn>;
 
 /// lora_linear as a template of the two sizes, for layers that take their projection type as a
 /// template: lora_projection<T, D, Bias>::type<In, Out>.

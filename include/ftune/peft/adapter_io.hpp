@@ -267,7 +267,7 @@ trainable_summary load_adapter(Model& model, const std::filesystem::path& dir) {
     };
     std::map<std::string, columns> used;      // ftune's fused part -> its nonzero columns
     std::map<std::string, std::size_t> kept;  // Hugging Face module -> the rank a part keeps
-    model.visit_parameters("", detail::lora_visitor{[&](std::string_view name, auto& l) {
+    model.visit_parameters("", layers::lora_visitor{[&](std::string_view name, auto& l) {
                                const module_slot hf = hf_module<Model>(name);
                                if (!l.has_adapter() || hf.parts == 1) return;
                                const std::size_t R = l.rank(), out = l.out_features();
@@ -282,7 +282,7 @@ trainable_summary load_adapter(Model& model, const std::filesystem::path& dir) {
                            }});
     bool compacted = false;
     model.visit_parameters(
-        "", detail::lora_visitor{[&](std::string_view name, auto& l) {
+        "", layers::lora_visitor{[&](std::string_view name, auto& l) {
             const auto at = used.find(std::string(name));
             if (at == used.end()) return;
             const module_slot hf = hf_module<Model>(name);
@@ -344,7 +344,7 @@ void save_adapter(Model& model, const lora_config& c, const std::filesystem::pat
     std::vector<member> members;
     bool merged = false;
     model.visit_parameters(
-        "", detail::lora_visitor{[&](std::string_view name, auto& l) {
+        "", layers::lora_visitor{[&](std::string_view name, auto& l) {
             if (!l.has_adapter()) return;
             const T* a = l.lora_A.value.data();
             const T* b = l.lora_B.value.data();

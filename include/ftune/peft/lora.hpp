@@ -174,22 +174,6 @@ module_slot hf_module(std::string_view name) {
         return {std::string(name), 0, 1};
 }
 
-namespace detail {
-// the visitor that shows apply/merge/unmerge every lora_linear with its name
-template <class Fn>
-struct lora_visitor {
-    Fn fn;  // fn(name, layer)
-    template <class L>
-    void visit_lora(std::string_view name, L& layer) {
-        fn(name, layer);
-    }
-    template <class P>
-    void operator()(const P&) {}
-};
-template <class Fn>
-lora_visitor(Fn) -> lora_visitor<Fn>;
-}  // namespace detail
-
 /// Attaches an adapter of c's rank to every lora_linear of model whose name matches c (the
 /// target_modules rule or the regex, on ftune's name or Hugging Face's, hf_module: GPT-2's
 /// "c_attn" adapts q_proj, k_proj and v_proj, each with its own A and B; an adapter already
@@ -220,7 +204,7 @@ trainable_summary apply_lora(Model& model, const lora_config& c) {
     };
     trainable_summary s;
     std::vector<std::string> candidates;
-    model.visit_parameters("", detail::lora_visitor{[&](std::string_view name, auto& layer) {
+    model.visit_parameters("", layers::lora_visitor{[&](std::string_view name, auto& layer) {
                                const module_slot hf = hf_module<Model>(name);
                                if (candidates.empty() || candidates.back() != hf.name)
                                    candidates.push_back(hf.name);
@@ -252,19 +236,19 @@ trainable_summary apply_lora(Model& model, const lora_config& c) {
 /// adapters stay attached (unmerge_adapters takes them out again).
 template <class Model>
 void merge_adapters(Model& model) {
-    model.visit_parameters("", detail::lora_visitor{[](std::string_view, auto& l) { l.merge(); }});
+    model.visit_parameters("", layers::lora_visitor{[](std::string_view, auto& l) { l.merge(); }});
 }
 /// Takes every merged adapter out of its weight again (W −= s B A).
 template <class Model>
 void unmerge_adapters(Model& model) {
     model.visit_parameters("",
-                           detail::lora_visitor{[](std::string_view, auto& l) { l.unmerge(); }});
+                           layers::lora_visitor{[](std::string_view, auto& l) { l.unmerge(); }});
 }
 /// PEFT's merge_and_unload: merges every adapter and drops it, leaving a plain model (what
 /// io::save_hf writes as a Hugging Face model). Its weights stay frozen as LoRA left them.
 template <class Model>
 void merge_and_unload(Model& model) {
-    model.visit_parameters("", detail::lora_visitor{[](std::string_view, auto& l) {
+    model.visit_parameters("", layers::lora_visitor{[](std::string_view, auto& l) {
                                l.merge();
                                l.unload_adapter();
                            }});
@@ -274,7 +258,7 @@ template <class Model>
 std::size_t adapter_count(Model& model) {
     std::size_t n = 0;
     model.visit_parameters(
-        "", detail::lora_visitor{[&](std::string_view, auto& l) { n += l.has_adapter(); }});
+        "", layers::lora_visitor{[&](std::string_view, auto& l) { n += l.has_adapter(); }});
     return n;
 }
 

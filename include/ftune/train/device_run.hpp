@@ -219,35 +219,25 @@ class device_run final : public device_steps<Model> {
         std::vector<parameter_ref<T>>* out;  // where they go
         void operator()(parameter_ref<T> p) const { out->push_back(std::move(p)); }
     };
-    // shows fn(name, layer) every lora_linear of a model (peft::apply_lora's visit)
-    template <class Fn>
-    struct adapter_visitor {
-        Fn fn;  // fn(name, layer)
-        template <class L>
-        void visit_lora(std::string_view name, L& layer) {
-            fn(std::string(name), layer);
-        }
-        template <class P>
-        void operator()(const P&) const {}
-    };
     // the host's LoRA adapters attached to the twin's layers of the same names (their values
     // come with copy_weights; a merged adapter is refused: its product is in W)
     void mirror_adapters() {
         std::map<std::string, layers::lora_options> adapters;
-        auto on_host = [&](const std::string& name, auto& layer) {
-            if (!layer.has_adapter()) return;
-            if (layer.merged())
-                throw error(errc::unsupported, "LoRA adapter " + name,
-                            "is merged into its weight: unmerge_adapters() before training");
-            adapters.emplace(name, layer.adapter_options());
-        };
-        host_.visit_parameters("", adapter_visitor<decltype(on_host)>{on_host});
+        host_.visit_parameters("", layers::lora_visitor{[&](std::string_view name, auto& layer) {
+                                   if (!layer.has_adapter()) return;
+                                   if (layer.merged())
+                                       throw error(errc::unsupported,
+                                                   "LoRA adapter " + std::string(name),
+                                                   "is merged into its weight: "
+                                                   "unmerge_adapters() before training");
+                                   adapters.emplace(name, layer.adapter_options());
+                               }});
         if (adapters.empty()) return;
-        auto on_twin = [&](const std::string& name, auto& layer) {
-            if (const auto it = adapters.find(name); it != adapters.end())
-                layer.add_adapter(it->second, random_stream(0, 0));  // values: the host's
-        };
-        twin_.visit_parameters("", adapter_visitor<decltype(on_twin)>{on_twin});
+        twin_.visit_parameters("", layers::lora_visitor{[&](std::string_view name, auto& layer) {
+                                   if (const auto it = adapters.find(std::string(name));
+                                       it != adapters.end())
+                                       layer.add_adapter(it->second, random_stream(0, 0));
+                               }});  // (A's draw is overwritten: the values are the host's)
     }
     // the host model's trainable flags on the twin's parameters (matched in visit order)
     void mirror_trainable() {
