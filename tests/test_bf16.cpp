@@ -122,6 +122,67 @@ TEST_CASE("bf16 rounding equals PyTorch's (to nearest, ties to even, subnormals 
     CHECK(subnormals >= 5);
 }
 
+TEST_CASE("the operand packings round every value as PyTorch does (subnormals, NaN, infinities)",
+          "[bf16]") {
+    // PyTorch's roundings of the fixture's values, laid out as matrices whose rows hold odd and
+    // even counts of values, so that every value passes through the vector paths of each packing
+    // (vcvtne2ps2bf16, which flushes subnormals, with the software rounding where one occurs)
+    const ftune::io::safetensors_file f(std::string(FTUNE_REFERENCE_DIR) +
+                                        "/bf16/rounding.safetensors");
+    const auto& in = f.at("input");
+    const auto& out = f.at("rounded");
+    const std::size_t n = in.numel();
+    std::vector<float> x(n);
+    std::vector<std::uint16_t> want(n);
+    std::memcpy(x.data(), f.bytes(in).data(), n * 4);
+    std::memcpy(want.data(), f.bytes(out).data(), n * 2);
+    std::size_t checked = 0;
+    // whether the bf16 half h is PyTorch's rounding of x[i % n]
+    auto same = [&](std::uint32_t h, std::size_t i) {
+        ++checked;
+        const std::uint16_t w = want[i % n];
+        const bool nan_w = (w & 0x7f80u) == 0x7f80u && (w & 0x7fu) != 0;
+        const bool nan_h = (h & 0x7f80u) == 0x7f80u && (h & 0x7fu) != 0;
+        return nan_w ? nan_h : h == w;
+    };
+    namespace bd = cpu::bf16_detail;
+    for (const std::size_t K : {std::size_t(63), std::size_t(64), std::size_t(97)}) {
+        const std::size_t M = (n + K - 1) / K + 3, KP = bd::pairs(K);  // every value, and more
+        std::vector<float> A(M * K);
+        for (std::size_t i = 0; i < A.size(); ++i) A[i] = x[i % n];
+        // row-major: row i's pairs (i, 2p), (i, 2p + 1), each row rounded in place
+        std::vector<std::uint32_t> rows(M * KP);
+        bd::pack_a(rows.data(), A.data(), K, transpose::no, M, K);
+        std::size_t bad = 0;
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t k = 0; k < K; ++k)
+                bad += !same(rows[i * KP + k / 2] >> (k % 2 * 16) & 0xffffu, i * K + k);
+        // transposed (A read as op(A) = Aᵀ, K' = M rows of length K): MR-row tiles of pairs
+        const std::size_t Mt = K, Kt = M, KPt = bd::pairs(Kt);
+        std::vector<std::uint32_t> tiles((Mt + bd::MR - 1) / bd::MR * bd::MR * KPt);
+        bd::pack_a(tiles.data(), A.data(), K, transpose::yes, Mt, Kt);
+        for (std::size_t i = 0; i < Mt; ++i)  // op(A)(i, k) = A[k * K + i]
+            for (std::size_t k = 0; k < Kt; ++k)
+                bad += !same(
+                    tiles[i / bd::MR * KPt * bd::MR + k / 2 * bd::MR + i % bd::MR] >> (k % 2 * 16) &
+                        0xffffu,
+                    k * K + i);
+        // a B panel from rows ldb apart (op(B) = B, K' = M rows): rows 2p and 2p + 1 paired
+        for (std::size_t j0 = 0; j0 < K; j0 += bd::NR) {
+            const std::size_t nr = std::min(bd::NR, K - j0);
+            std::vector<std::uint32_t> panel(KPt * bd::NR);
+            bd::pack_b_panel(panel.data(), A.data(), K, transpose::no, 0, Kt, j0, nr);
+            for (std::size_t k = 0; k < Kt; ++k)
+                for (std::size_t j = 0; j < nr; ++j)
+                    bad +=
+                        !same(panel[k / 2 * bd::NR + j] >> (k % 2 * 16) & 0xffffu, k * K + j0 + j);
+        }
+        INFO("K " << K);
+        CHECK(bad == 0);
+    }
+    CHECK(checked > 6 * n);
+}
+
 TEST_CASE("gemm_bf16 equals the reference emulation up to fp32 sums, for every transpose",
           "[bf16]") {
     if (!kernels_here()) return;
