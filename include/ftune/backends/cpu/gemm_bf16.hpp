@@ -503,11 +503,13 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
     const std::size_t panels_all = (N + NR - 1) / NR;
     // units of work: about 8 per thread with one A block (columns split), and with several,
     // column runs short enough for 4 units per thread (a thread slowed down by the machine's
-    // other load then holds the others up for a short unit only)
+    // other load then holds the others up for a short unit only); one thread takes every panel
+    // in one unit, so that each panel's successor is prefetched while it is used (gemm_packed)
     const std::size_t run =
-        split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
-                      : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
-                                                panels_all);
+        nt == 1         ? panels_all
+        : split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
+                        : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
+                                                  panels_all);
     const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
     std::atomic<std::size_t> next{0};
     auto body = [&] {
