@@ -4348,7 +4348,7 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     // Work units: (row block, run of column panels), handed out dynamically so that a thread
     // slowed down by the machine's other load does not hold the others at the end. One thread
     // takes every panel in one unit, so that each panel's successor is prefetched while it is
-    // used (with runs of one panel, as for 384-wide outputs, none was: 3–5% of a batch-1
+    // used (with runs of one panel, as for 384-wide outputs, none was: 3–7% of a batch-1
     // forward on one thread, 2026-12-04).
     const std::size_t panels_all = (N + NR - 1) / NR;
     const std::size_t run = split_columns && nt > 1
