@@ -3562,35 +3562,50 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
     // units of work: about 8 per thread with one A block (columns split), and with several,
     // column runs short enough for 4 units per thread (a thread slowed down by the machine's
     // other load then holds the others up for a short unit only); one thread takes every panel
-    // in one unit, so that each panel's successor is prefetched while it is used (gemm_packed)
+    // in one unit. Each panel's successor in a thread's order (the unit's next panel, the first
+    // of its next depth block, or the first of the thread's next unit, claimed one ahead for
+    // this) is prefetched while the panel is used (gemm_packed).
     const std::size_t run =
         nt == 1         ? panels_all
         : split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
                         : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
                                                   panels_all);
     const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
+    // the packed panel q of depth block pc, and its length in words
+    auto panel = [&](std::size_t pc, std::size_t q) {
+        const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
+        const std::size_t kp = pairs(std::min(kc_max, K - pc));
+        return std::pair{Bl.block(jc, pc, (nc + NR - 1) / NR) + (q * NR - jc) / NR * kp * NR,
+                         kp * NR};
+    };
+    // a thread claims its next unit one ahead where that costs no balance: with one thread, and
+    // with the columns split (8 units per thread); the rows' split keeps its 4 per thread
+    const bool ahead = nt == 1 || split_columns;
     std::atomic<std::size_t> next{0};
     auto body = [&] {
-        for (std::size_t u = next.fetch_add(1); u < units; u = next.fetch_add(1)) {
+        for (std::size_t u = next.fetch_add(1), u_next; u < units;
+             u = ahead ? u_next : next.fetch_add(1)) {
+            u_next = ahead ? next.fetch_add(1) : units;
             const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
             const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
             for (std::size_t pc = 0; pc < K; pc += kc_max) {
                 const std::size_t kc = std::min(kc_max, K - pc), kp = pairs(kc);
                 const bool first = pc == 0, last = pc + kc == K;
                 for (std::size_t q = q0; q < q1; ++q) {
-                    const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
-                    const std::size_t p = (q * NR - jc) / NR;
-                    const std::uint32_t* b = Bl.block(jc, pc, (nc + NR - 1) / NR) + p * kp * NR;
-                    const std::size_t nr = std::min(NR, nc - p * NR);
-                    // the next panel of this block streams in from memory while this one is
-                    // used, spread over this panel's row tiles (gemm_packed's scheme)
-                    const bool has_next = q + 1 < q1 && p + 1 < (nc + NR - 1) / NR;
+                    const std::uint32_t* b = panel(pc, q).first;
+                    const std::size_t nr = std::min(NR, N - q * NR);
+                    // the successor panel streams in from memory while this one is used, spread
+                    // over this panel's row tiles (gemm_packed's scheme)
+                    const auto [nb, nb_len] = q + 1 < q1       ? panel(pc, q + 1)
+                                              : !last          ? panel(pc + kc, q0)
+                                              : u_next < units ? panel(0, u_next % runs * run)
+                                                               : std::pair{b, std::size_t(0)};
                     const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t lines = has_next ? (kp * NR * 4 + 63) / 64 : 0;
+                    const std::size_t lines = (nb_len * 4 + 63) / 64;
                     for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
                         const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
                         const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
-                        const char* pf = reinterpret_cast<const char*>(b + kp * NR) + l0 * 64;
+                        const char* pf = reinterpret_cast<const char*>(nb) + l0 * 64;
                         float* c = C + row * ldc + q * NR;
                         const std::uint32_t* a =
                             a_ld ? apack + row * a_ld + pc / 2
@@ -4347,41 +4362,55 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     const std::size_t ic_blocks = (M + mc - 1) / mc;
     // Work units: (row block, run of column panels), handed out dynamically so that a thread
     // slowed down by the machine's other load does not hold the others at the end. One thread
-    // takes every panel in one unit, so that each panel's successor is prefetched while it is
-    // used (with runs of one panel, as for 384-wide outputs, none was: 3–7% of a batch-1
-    // forward on one thread, 2026-12-04).
+    // takes every panel in one unit. Each panel's successor in a thread's order (the next panel
+    // of the unit, the first of its next depth block, or the first of the thread's next unit,
+    // claimed one ahead for this) streams in from memory while the panel is used: with runs of
+    // one panel, as for 384-wide outputs on two threads, none was otherwise.
     const std::size_t panels_all = (N + NR - 1) / NR;
     const std::size_t run = split_columns && nt > 1
                                 ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
                                 : panels_all;
     const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
+    // the packed panel q of depth block pc, and its length in values
+    auto panel = [&](std::size_t pc, std::size_t q) {
+        const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
+        const std::size_t kc = std::min(kc_max, K - pc);
+        return std::pair{Bp.block(jc, pc, (nc + NR - 1) / NR) + (q * NR - jc) / NR * kc * NR,
+                         kc * NR};
+    };
+    // a thread claims its next unit one ahead where that costs no balance: with one thread, and
+    // with the columns split (8 units per thread); the rows' split keeps its 4 per thread
+    const bool ahead = nt == 1 || split_columns;
     std::atomic<std::size_t> next{0};
     auto body = [&] {
         // op(A) = A (row-major) is read in place; a transposed A is packed
         T* apack = ta == transpose::no
                        ? nullptr
                        : gemm_detail::scratch<T, 1>((mc + MR - 1) / MR * MR * kc_max);
-        for (std::size_t u = next.fetch_add(1); u < units; u = next.fetch_add(1)) {
+        for (std::size_t u = next.fetch_add(1), u_next; u < units;
+             u = ahead ? u_next : next.fetch_add(1)) {
+            u_next = ahead ? next.fetch_add(1) : units;
             const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
             const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
             for (std::size_t pc = 0; pc < K; pc += kc_max) {
                 const std::size_t kc = std::min(kc_max, K - pc);
                 if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
                 for (std::size_t q = q0; q < q1; ++q) {
-                    const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
-                    const std::size_t p = (q * NR - jc) / NR;
-                    const T* b = Bp.block(jc, pc, (nc + NR - 1) / NR) + p * kc * NR;
-                    const std::size_t nr = std::min(NR, nc - p * NR);
-                    // the next panel of this block streams in from memory while this one is
-                    // used, spread over this panel's row tiles (B is larger than the caches)
-                    const bool has_next = q + 1 < q1 && p + 1 < (nc + NR - 1) / NR;
+                    const std::size_t nr = std::min(NR, N - q * NR);
+                    const T* b = panel(pc, q).first;
+                    // the successor panel streams in while this one is used, spread over this
+                    // panel's row tiles (B is larger than the caches)
+                    const auto [nb, nb_len] = q + 1 < q1       ? panel(pc, q + 1)
+                                              : pc + kc < K    ? panel(pc + kc, q0)
+                                              : u_next < units ? panel(0, u_next % runs * run)
+                                                               : std::pair{b, std::size_t(0)};
                     const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t lines = has_next ? (kc * NR * sizeof(T) + 63) / 64 : 0;
+                    const std::size_t lines = (nb_len * sizeof(T) + 63) / 64;
                     for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
                         const std::size_t mr = std::min(MR, mcur - ir);
                         T* c = C + (ic + ir) * ldc + q * NR;
                         const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
-                        const T* pf = b + kc * NR + l0 * 64 / sizeof(T);
+                        const T* pf = nb + l0 * 64 / sizeof(T);
                         const std::size_t pf_lines = l1 - l0;
                         const bool last = pc + kc == K;
                         const T* bias_q = bias && last ? bias + q * NR : nullptr;
