@@ -3447,11 +3447,11 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
     const std::uint32_t* rows[R];
     if constexpr (InPlace)
         for (std::size_t i = 0; i < R; ++i) rows[i] = a + std::min(i, m - 1) * ld;
-    // the C tile read after the sums (a gradient accumulated into, a later block of K) comes
-    // into the cache while they run: its rows are ldc apart, which no hardware prefetcher follows
-    if (!first || beta != 0.0f)
-        for (std::size_t i = 0; i < std::min(m, R); ++i)
-            for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
+    // the C tile comes into the cache while the sums run, whether it is read after them (a
+    // gradient accumulated into, a later block of K) or only written (each store would wait on
+    // its line otherwise): its rows are ldc apart, which no hardware prefetcher follows
+    for (std::size_t i = 0; i < std::min(m, R); ++i)
+        for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
     if (residual)
         for (std::size_t i = 0; i < std::min(m, R); ++i)
             for (std::size_t j = 0; j < n; j += W)
@@ -3929,6 +3929,13 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
+    // the C tile (and the residual) come into the cache while the sums run: their rows are ldc
+    // apart, which no hardware prefetcher follows, and each store would wait on its line
+    for (std::size_t i = 0; i < std::min(m, R); ++i)
+        for (std::size_t j = 0; j < n; j += 64 / sizeof(T)) {
+            __builtin_prefetch(C + i * ldc + j, 0, 3);
+            if (residual) __builtin_prefetch(residual + i * ldr + j, 0, 3);
+        }
     // software prefetch (gemm_packed): `per` lines every `gap` steps
     const char* pf = reinterpret_cast<const char*>(prefetch);
     const std::size_t gap = prefetch_lines ? std::max<std::size_t>(1, kc / prefetch_lines) : 0;

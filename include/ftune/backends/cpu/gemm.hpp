@@ -172,6 +172,13 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < NV; ++v) c[i][v] = B(T(0));
+    // the C tile (and the residual) come into the cache while the sums run: their rows are ldc
+    // apart, which no hardware prefetcher follows, and each store would wait on its line
+    for (std::size_t i = 0; i < std::min(m, R); ++i)
+        for (std::size_t j = 0; j < n; j += 64 / sizeof(T)) {
+            __builtin_prefetch(C + i * ldc + j, 0, 3);
+            if (residual) __builtin_prefetch(residual + i * ldr + j, 0, 3);
+        }
     // software prefetch (gemm_packed): `per` lines every `gap` steps
     const char* pf = reinterpret_cast<const char*>(prefetch);
     const std::size_t gap = prefetch_lines ? std::max<std::size_t>(1, kc / prefetch_lines) : 0;

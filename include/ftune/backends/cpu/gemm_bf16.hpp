@@ -389,11 +389,11 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
     const std::uint32_t* rows[R];
     if constexpr (InPlace)
         for (std::size_t i = 0; i < R; ++i) rows[i] = a + std::min(i, m - 1) * ld;
-    // the C tile read after the sums (a gradient accumulated into, a later block of K) comes
-    // into the cache while they run: its rows are ldc apart, which no hardware prefetcher follows
-    if (!first || beta != 0.0f)
-        for (std::size_t i = 0; i < std::min(m, R); ++i)
-            for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
+    // the C tile comes into the cache while the sums run, whether it is read after them (a
+    // gradient accumulated into, a later block of K) or only written (each store would wait on
+    // its line otherwise): its rows are ldc apart, which no hardware prefetcher follows
+    for (std::size_t i = 0; i < std::min(m, R); ++i)
+        for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
     if (residual)
         for (std::size_t i = 0; i < std::min(m, R); ++i)
             for (std::size_t j = 0; j < n; j += W)
