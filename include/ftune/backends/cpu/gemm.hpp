@@ -220,16 +220,25 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
                 combine(c[i][v], C + i * ldc + v * W, i, v).store_unaligned(C + i * ldc + v * W);
         return;
     }
-    // a partial tile: whole vectors where the columns allow, element by element past them
+    // A partial tile goes through memory: indexing c by the run-time m and n would keep every
+    // accumulator on the stack (GCC: zeroed there, stored after the loop, reloaded), in the full
+    // tiles too; with constant indices only they stay in registers.
+    alignas(64) T sums[R][NR];
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NV; ++v) c[i][v].store_aligned(&sums[i][v * W]);
+    // whole vectors where the columns allow, element by element past them
     for (std::size_t i = 0; i < m; ++i)
         for (std::size_t v = 0; v < NV && v * W < n; ++v) {
             T* cr = C + i * ldc + v * W;
+            const B acc = B::load_aligned(&sums[i][v * W]);
             if ((v + 1) * W <= n) {
-                combine(c[i][v], cr, i, v).store_unaligned(cr);
+                combine(acc, cr, i, v).store_unaligned(cr);
                 continue;
             }
             alignas(64) T tile[W];
-            (alpha == T(1) ? c[i][v] : detail::rounded<T>(c[i][v] * va)).store_aligned(tile);
+            (alpha == T(1) ? acc : detail::rounded<T>(acc * va)).store_aligned(tile);
             for (std::size_t j = 0; j < n - v * W; ++j) {
                 cr[j] = !first ? cr[j] + tile[j]
                                : (beta != T(0) ? std::fma(beta, cr[j], tile[j]) : tile[j]);
