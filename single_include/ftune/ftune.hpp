@@ -3085,7 +3085,6 @@ FTUNE_NAMESPACE_END
 // the fp32 kernels are faster there than an emulation would be).
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -3093,6 +3092,143 @@ FTUNE_NAMESPACE_END
 #include <memory>
 #include <type_traits>
 
+// ---- begin ftune/backends/cpu/gemm_schedule.hpp ----
+// The thread schedule of a product whose B is packed once (a weight): gemm_packed (gemm.hpp, fp32
+// and double) and the bf16 products (gemm_bf16.hpp) run their register kernels in this order.
+// C (M, N) is cut into units, (a row block of A) x (a run of B's NR-wide panels), which the
+// threads take dynamically (a thread slowed down by the machine's other load holds the others up
+// for one short unit only); no barrier, since B is read-only. Small M (one row block) splits the
+// panels among the threads, so each weight is read from memory once; larger M splits the rows.
+// Within a unit: each depth block of B, each panel, each MR-row tile. Each panel's successor in
+// the thread's order (the unit's next panel, the first of its next depth block, or the first of
+// the thread's next unit, claimed one ahead for this) streams in from memory while the panel is
+// used, spread over the panel's row tiles: no hardware prefetcher follows that order.
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <utility>
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace backends::cpu::schedule {
+
+/// Threads for a product of 2 M N K flops whose B holds N x K values of value_bytes each: all of
+/// them above 4 MFLOP, or (a product of few rows: generation's) when B is 256 KiB or more, so
+/// that streaming it from memory is the cost; one inside a parallel region.
+inline int threads_for(std::size_t M, std::size_t N, std::size_t K, std::size_t value_bytes) {
+#if defined(_OPENMP)
+    if (!omp_in_parallel() && (2.0 * double(M) * double(N) * double(K) >= 4e6 ||
+                               double(N) * double(K) * double(value_bytes) >= 262144.0))
+        return omp_get_max_threads();
+#endif
+    (void)M, (void)N, (void)K, (void)value_bytes;
+    return 1;
+}
+
+/// How a product C (M, N) = op(A) (M, K) B (K, N) is cut into units for nt threads.
+struct plan {
+    std::size_t M, N, K;  ///< the product's shape
+    std::size_t MR, NR;   ///< the register tile
+    std::size_t kc;       ///< depth of B's blocks (the last may be shorter)
+    std::size_t mc;       ///< rows of a row block (a multiple of MR, or M)
+    std::size_t panels;   ///< B's NR-wide panels
+    std::size_t run;      ///< panels per unit
+    std::size_t runs;     ///< units per row block
+    std::size_t units;    ///< units in all
+    bool split_columns;   ///< one row block: the threads share B's panels
+    bool ahead;           ///< a thread claims its next unit when it starts one
+};
+
+/// The plan for nt threads with row blocks of at most MC rows. With the columns split, about 8
+/// units per thread; with the rows split, row_units units per thread (0: every panel of a row
+/// block in one unit, for a caller that packs A per unit and depth block); one thread takes every
+/// panel of a row block in one unit. Claiming one ahead costs no balance with one thread or 8
+/// units per thread; the rows' split keeps its units to itself.
+inline plan make_plan(std::size_t M, std::size_t N, std::size_t K, std::size_t MR, std::size_t NR,
+                      std::size_t MC, std::size_t kc, int nt, std::size_t row_units) {
+    plan p{};
+    p.M = M, p.N = N, p.K = K, p.MR = MR, p.NR = NR, p.kc = kc;
+    const auto t = std::size_t(nt);
+    p.split_columns = M <= MC;
+    // rows per block: at most MC, and enough blocks that every thread gets the same number
+    const std::size_t blocks = p.split_columns ? 1 : (M + MC * t - 1) / (MC * t) * t;
+    p.mc = p.split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
+    const std::size_t row_blocks = (M + p.mc - 1) / p.mc;
+    p.panels = (N + NR - 1) / NR;
+    p.run = t == 1            ? p.panels
+            : p.split_columns ? std::max<std::size_t>(1, p.panels / (8 * t))
+            : row_units == 0
+                ? p.panels
+                : std::clamp<std::size_t>(p.panels * row_blocks / (row_units * t), 1, p.panels);
+    p.runs = (p.panels + p.run - 1) / p.run;
+    p.units = row_blocks * p.runs;
+    p.ahead = t == 1 || p.split_columns;
+    return p;
+}
+
+/// One register tile of work, as run() hands it to its tile callback.
+struct tile {
+    std::size_t ic;        ///< first row of the unit's row block
+    std::size_t ir;        ///< the tile's first row within that block (C's row ic + ir)
+    std::size_t mr;        ///< rows of the tile (<= MR)
+    std::size_t q;         ///< B's panel: C's columns q NR .. q NR + nr
+    std::size_t nr;        ///< columns of the tile (<= NR)
+    std::size_t pc, kc;    ///< the depth block: K's rows pc .. pc + kc
+    bool first, last;      ///< the first (C starts from beta C) / last (the epilogue) depth block
+    const char* b;         ///< the packed panel
+    const char* pf;        ///< the first 64-byte line to prefetch meanwhile
+    std::size_t pf_lines;  ///< how many lines
+};
+
+/// Runs plan p on nt threads (1: the calling thread). panel(pc, q) gives B's packed panel q of
+/// the depth block at pc as {its first byte, its length in bytes}; block(ic, rows, pc, kc) is
+/// called by the thread that runs a unit before each of its depth blocks (where A is packed
+/// per block); tile(const tile&) runs one register kernel.
+template <class Panel, class Block, class Tile>
+void run(const plan& p, int nt, const Panel& panel, const Block& block, const Tile& tile_fn) {
+    std::atomic<std::size_t> next{0};
+    auto body = [&] {
+        for (std::size_t u = next.fetch_add(1), u_next; u < p.units;
+             u = p.ahead ? u_next : next.fetch_add(1)) {
+            u_next = p.ahead ? next.fetch_add(1) : p.units;
+            const std::size_t ic = u / p.runs * p.mc, rows = std::min(p.mc, p.M - ic);
+            const std::size_t q0 = u % p.runs * p.run, q1 = std::min(p.panels, q0 + p.run);
+            for (std::size_t pc = 0; pc < p.K; pc += p.kc) {
+                const std::size_t kc = std::min(p.kc, p.K - pc);
+                block(ic, rows, pc, kc);
+                for (std::size_t q = q0; q < q1; ++q) {
+                    const char* b = panel(pc, q).first;
+                    const auto [nb, nb_bytes] = q + 1 < q1      ? panel(pc, q + 1)
+                                                : pc + kc < p.K ? panel(pc + kc, q0)
+                                                : u_next < p.units
+                                                    ? panel(0, u_next % p.runs * p.run)
+                                                    : std::pair<const char*, std::size_t>{b, 0};
+                    const std::size_t tiles = (rows + p.MR - 1) / p.MR;
+                    const std::size_t lines = (nb_bytes + 63) / 64;
+                    for (std::size_t ir = 0, t = 0; ir < rows; ir += p.MR, ++t) {
+                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
+                        tile_fn(tile{ic, ir, std::min(p.MR, rows - ir), q,
+                                     std::min(p.NR, p.N - q * p.NR), pc, kc, pc == 0,
+                                     pc + kc == p.K, b, nb + l0 * 64, l1 - l0});
+                    }
+                }
+            }
+        }
+    };
+#if defined(_OPENMP)
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        body();
+        return;
+    }
+#endif
+    body();
+}
+
+}  // namespace backends::cpu::schedule
+FTUNE_NAMESPACE_END
+// ---- end ftune/backends/cpu/gemm_schedule.hpp ----
 
 // FTUNE_NO_BF16_KERNELS leaves the kernels out (a compiler without AVX512-BF16 intrinsics:
 // GCC before 10, Clang before 9); bf16 requests then fail with errc::unsupported.
@@ -3555,97 +3691,42 @@ inline error unsupported(const char* where) {
 
 /// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A in pack_a's
 /// layout (a_ld > 0: rows a_ld words apart; 0: MR-row tiles) and B packed in layout Bl, on nt
-/// threads (1: the calling thread). The gemm_packed scheme: small M splits B's panels among the
-/// threads, larger M splits the rows; units of work are taken dynamically. The arithmetic of each
-/// element does not depend on the split.
+/// threads (1: the calling thread), in gemm_schedule.hpp's order (with the rows split, about 4
+/// units per thread: A is packed whole beforehand, so a unit may take part of a row block's
+/// panels). The arithmetic of each element does not depend on the split.
 template <class Epilogue>
 void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
          std::size_t a_ld, const b_layout& Bl, float beta, float* C, std::size_t ldc,
          const float* bias, const Epilogue& epilogue, int nt) {
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
-    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc;
-    const bool split_columns = M <= MC;
-    const std::size_t blocks =
-        split_columns ? 1
-                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
-    const std::size_t mc =
-        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
-    const std::size_t ic_blocks = (M + mc - 1) / mc;
-    const std::size_t panels_all = (N + NR - 1) / NR;
-    // units of work: about 8 per thread with one A block (columns split), and with several,
-    // column runs short enough for 4 units per thread (a thread slowed down by the machine's
-    // other load then holds the others up for a short unit only); one thread takes every panel
-    // in one unit. Each panel's successor in a thread's order (the unit's next panel, the first
-    // of its next depth block, or the first of the thread's next unit, claimed one ahead for
-    // this) is prefetched while the panel is used (gemm_packed).
-    const std::size_t run =
-        nt == 1         ? panels_all
-        : split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
-                        : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
-                                                  panels_all);
-    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
-    // the packed panel q of depth block pc, and its length in words
+    const std::size_t NC = Bl.nc;
+    const schedule::plan plan =
+        schedule::make_plan(M, N, K, MR, NR, runtime_blocking().mc, Bl.kc, nt, 4);
+    // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
-        const std::size_t kp = pairs(std::min(kc_max, K - pc));
-        return std::pair{Bl.block(jc, pc, (nc + NR - 1) / NR) + (q * NR - jc) / NR * kp * NR,
-                         kp * NR};
+        const std::size_t kp = pairs(std::min(Bl.kc, K - pc));
+        return std::pair{reinterpret_cast<const char*>(Bl.block(jc, pc, (nc + NR - 1) / NR) +
+                                                       (q * NR - jc) / NR * kp * NR),
+                         kp * NR * sizeof(std::uint32_t)};
     };
-    // a thread claims its next unit one ahead where that costs no balance: with one thread, and
-    // with the columns split (8 units per thread); the rows' split keeps its 4 per thread
-    const bool ahead = nt == 1 || split_columns;
-    std::atomic<std::size_t> next{0};
-    auto body = [&] {
-        for (std::size_t u = next.fetch_add(1), u_next; u < units;
-             u = ahead ? u_next : next.fetch_add(1)) {
-            u_next = ahead ? next.fetch_add(1) : units;
-            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
-            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
-            for (std::size_t pc = 0; pc < K; pc += kc_max) {
-                const std::size_t kc = std::min(kc_max, K - pc), kp = pairs(kc);
-                const bool first = pc == 0, last = pc + kc == K;
-                for (std::size_t q = q0; q < q1; ++q) {
-                    const std::uint32_t* b = panel(pc, q).first;
-                    const std::size_t nr = std::min(NR, N - q * NR);
-                    // the successor panel streams in from memory while this one is used, spread
-                    // over this panel's row tiles (gemm_packed's scheme)
-                    const auto [nb, nb_len] = q + 1 < q1       ? panel(pc, q + 1)
-                                              : !last          ? panel(pc + kc, q0)
-                                              : u_next < units ? panel(0, u_next % runs * run)
-                                                               : std::pair{b, std::size_t(0)};
-                    const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t lines = (nb_len * 4 + 63) / 64;
-                    for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
-                        const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
-                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
-                        const char* pf = reinterpret_cast<const char*>(nb) + l0 * 64;
-                        float* c = C + row * ldc + q * NR;
-                        const std::uint32_t* a =
-                            a_ld ? apack + row * a_ld + pc / 2
-                                 : apack + row / MR * pairs(K) * MR + pc / 2 * MR;
-                        const float* res = nullptr;
-                        std::size_t ldr = 0;
-                        if constexpr (fused_residual)
-                            if (last)
-                                res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
-                        kernel_rows(kp, a, a_ld, b, c, ldc, mr, nr, alpha, beta, first,
-                                    bias && last ? bias + q * NR : nullptr, res, ldr, pf, l1 - l0);
-                        if constexpr (!fused_residual)
-                            if (last) epilogue(c, ldc, row, mr, q * NR, nr);
-                    }
-                }
-            }
-        }
-    };
-#if defined(_OPENMP)
-    if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        body();
-        return;
-    }
-#endif
-    body();
+    auto block = [](std::size_t, std::size_t, std::size_t, std::size_t) {};  // A is packed
+    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+        const std::size_t row = t.ic + t.ir;
+        float* c = C + row * ldc + t.q * NR;
+        const std::uint32_t* a =
+            a_ld ? apack + row * a_ld + t.pc / 2 : apack + row / MR * pairs(K) * MR + t.pc / 2 * MR;
+        const float* res = nullptr;
+        std::size_t ldr = 0;
+        if constexpr (fused_residual)
+            if (t.last) res = epilogue.r + row * epilogue.ldr + t.q * NR, ldr = epilogue.ldr;
+        kernel_rows(pairs(t.kc), a, a_ld, reinterpret_cast<const std::uint32_t*>(t.b), c, ldc, t.mr,
+                    t.nr, alpha, beta, t.first, bias && t.last ? bias + t.q * NR : nullptr, res,
+                    ldr, t.pf, t.pf_lines);
+        if constexpr (!fused_residual)
+            if (t.last) epilogue(c, ldc, row, t.mr, t.q * NR, t.nr);
+    });
 #else
     (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)Bl, (void)beta, (void)C,
         (void)ldc, (void)bias, (void)epilogue, (void)nt;
@@ -3653,15 +3734,9 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
 #endif
 }
 
-/// Threads for a product of 2 M N K flops whose B has N x K values: gemm_packed's rule.
+/// Threads for a bf16 product of 2 M N K flops (B: N x K bf16 values): gemm_packed's rule.
 inline int threads_for(std::size_t M, std::size_t N, std::size_t K) {
-#if defined(_OPENMP)
-    if (!omp_in_parallel() &&
-        (2.0 * double(M) * double(N) * double(K) >= 4e6 || double(N) * double(K) * 2 >= 262144.0))
-        return omp_get_max_threads();
-#endif
-    (void)M, (void)N, (void)K;
-    return 1;
+    return schedule::threads_for(M, N, K, 2);
 }
 
 /// No element-wise work after a product (the default epilogue).
@@ -4346,8 +4421,8 @@ using backends::add_residual;
 /// element-wise work such as an activation or a residual, whose result equals running it over C
 /// afterwards (add_residual runs inside the micro-kernel). Small M (one A block) splits B's
 /// panels among the threads, so each weight is read once; larger M splits the rows. Units of
-/// work are taken dynamically; no barrier (B is read-only). The arithmetic of each element does
-/// not depend on the split.
+/// work are taken dynamically; no barrier (B is read-only): gemm_schedule.hpp. The arithmetic
+/// of each element does not depend on the split.
 template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
@@ -4373,108 +4448,51 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         epilogue(C, ldc, 0, M, 0, N);
         return;
     }
-    int nt = 1;
-#if defined(_OPENMP)
-    // threads pay off above 4 MFLOP, or (a product of few rows: generation's) when B is large
-    // enough that streaming it from memory is the cost: 256 KiB and more
-    if (!omp_in_parallel() && (2.0 * double(M) * double(N) * double(K) >= 4e6 ||
-                               double(N) * double(K) * sizeof(T) >= 262144.0))
-        nt = omp_get_max_threads();
-#endif
-    const std::size_t kc_max = Bp.kc();
+    const int nt = schedule::threads_for(M, N, K, sizeof(T));
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<T>>;
-    const bool split_columns = M <= MC;  // one A block: the threads share B's panels
-    const std::size_t blocks =
-        split_columns ? 1
-                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
-    const std::size_t mc =
-        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
-    const std::size_t ic_blocks = (M + mc - 1) / mc;
-    // Work units: (row block, run of column panels), handed out dynamically so that a thread
-    // slowed down by the machine's other load does not hold the others at the end. One thread
-    // takes every panel in one unit. Each panel's successor in a thread's order (the next panel
-    // of the unit, the first of its next depth block, or the first of the thread's next unit,
-    // claimed one ahead for this) streams in from memory while the panel is used: with runs of
-    // one panel, as for 384-wide outputs on two threads, none was otherwise.
-    const std::size_t panels_all = (N + NR - 1) / NR;
-    const std::size_t run = split_columns && nt > 1
-                                ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
-                                : panels_all;
-    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
-    // the packed panel q of depth block pc, and its length in values
+    // with the rows split, each unit is a whole row block: a transposed A is packed per unit
+    // and depth block, and shorter units would pack it again for each
+    const schedule::plan plan = schedule::make_plan(M, N, K, MR, NR, MC, Bp.kc(), nt, 0);
+    // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
-        const std::size_t kc = std::min(kc_max, K - pc);
-        return std::pair{Bp.block(jc, pc, (nc + NR - 1) / NR) + (q * NR - jc) / NR * kc * NR,
-                         kc * NR};
+        const std::size_t kc = std::min(Bp.kc(), K - pc);
+        return std::pair{reinterpret_cast<const char*>(Bp.block(jc, pc, (nc + NR - 1) / NR) +
+                                                       (q * NR - jc) / NR * kc * NR),
+                         kc * NR * sizeof(T)};
     };
-    // a thread claims its next unit one ahead where that costs no balance: with one thread, and
-    // with the columns split (8 units per thread); the rows' split keeps its 4 per thread
-    const bool ahead = nt == 1 || split_columns;
-    std::atomic<std::size_t> next{0};
-    auto body = [&] {
-        // op(A) = A (row-major) is read in place; a transposed A is packed
-        T* apack = ta == transpose::no
-                       ? nullptr
-                       : gemm_detail::scratch<T, 1>((mc + MR - 1) / MR * MR * kc_max);
-        for (std::size_t u = next.fetch_add(1), u_next; u < units;
-             u = ahead ? u_next : next.fetch_add(1)) {
-            u_next = ahead ? next.fetch_add(1) : units;
-            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
-            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
-            for (std::size_t pc = 0; pc < K; pc += kc_max) {
-                const std::size_t kc = std::min(kc_max, K - pc);
-                if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
-                for (std::size_t q = q0; q < q1; ++q) {
-                    const std::size_t nr = std::min(NR, N - q * NR);
-                    const T* b = panel(pc, q).first;
-                    // the successor panel streams in while this one is used, spread over this
-                    // panel's row tiles (B is larger than the caches)
-                    const auto [nb, nb_len] = q + 1 < q1       ? panel(pc, q + 1)
-                                              : pc + kc < K    ? panel(pc + kc, q0)
-                                              : u_next < units ? panel(0, u_next % runs * run)
-                                                               : std::pair{b, std::size_t(0)};
-                    const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t lines = (nb_len * sizeof(T) + 63) / 64;
-                    for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
-                        const std::size_t mr = std::min(MR, mcur - ir);
-                        T* c = C + (ic + ir) * ldc + q * NR;
-                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
-                        const T* pf = nb + l0 * 64 / sizeof(T);
-                        const std::size_t pf_lines = l1 - l0;
-                        const bool last = pc + kc == K;
-                        const T* bias_q = bias && last ? bias + q * NR : nullptr;
-                        const T* res = nullptr;
-                        std::size_t ldr = 0;
-                        if constexpr (fused_residual)
-                            if (last)
-                                res = epilogue.r + (ic + ir) * epilogue.ldr + q * NR,
-                                ldr = epilogue.ldr;
-                        if (apack) {
-                            gemm_detail::micro_kernel_rows(
-                                kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_lines, bias_q, res, ldr);
-                        } else {
-                            gemm_detail::strided_rows<T> a;
-                            for (std::size_t i = 0; i < MR; ++i)
-                                a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
-                            gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_lines, bias_q, res, ldr);
-                        }
-                        if (last && !fused_residual) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
-                    }
-                }
-            }
+    // op(A) = A (row-major) is read in place; a transposed A is packed, by the thread that runs
+    // the unit, in MR-row tiles of its row block and depth block
+    const std::size_t apack_size = (plan.mc + MR - 1) / MR * MR * Bp.kc();
+    auto block = [&](std::size_t ic, std::size_t rows, std::size_t pc, std::size_t kc) {
+        if (ta != transpose::no)
+            gemm_detail::pack_a(gemm_detail::scratch<T, 1>(apack_size), A, lda, ta, ic, rows, pc,
+                                kc);
+    };
+    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+        const std::size_t row = t.ic + t.ir;
+        T* c = C + row * ldc + t.q * NR;
+        const T* b = reinterpret_cast<const T*>(t.b);
+        const T* pf = reinterpret_cast<const T*>(t.pf);
+        const T* bias_q = bias && t.last ? bias + t.q * NR : nullptr;
+        const T* res = nullptr;
+        std::size_t ldr = 0;
+        if constexpr (fused_residual)
+            if (t.last) res = epilogue.r + row * epilogue.ldr + t.q * NR, ldr = epilogue.ldr;
+        if (ta != transpose::no) {
+            const T* apack = gemm_detail::scratch<T, 1>(apack_size);
+            gemm_detail::micro_kernel_rows(t.kc, gemm_detail::packed_rows<T>{apack + t.ir * t.kc},
+                                           b, c, ldc, t.mr, t.nr, alpha, beta, t.first, pf,
+                                           t.pf_lines, bias_q, res, ldr);
+        } else {
+            gemm_detail::strided_rows<T> a;
+            for (std::size_t i = 0; i < MR; ++i)
+                a.rows[i] = A + (row + std::min(i, t.mr - 1)) * lda + t.pc;
+            gemm_detail::micro_kernel_rows(t.kc, a, b, c, ldc, t.mr, t.nr, alpha, beta, t.first, pf,
+                                           t.pf_lines, bias_q, res, ldr);
         }
-    };
-#if defined(_OPENMP)
-    if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        body();
-        return;
-    }
-#endif
-    body();
+        if (t.last && !fused_residual) epilogue(c, ldc, row, t.mr, t.q * NR, t.nr);
+    });
 }
 
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head

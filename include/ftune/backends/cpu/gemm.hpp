@@ -31,6 +31,7 @@
 #include "ftune/backends/cpu/cpu_info.hpp"
 #include "ftune/backends/cpu/detail.hpp"
 #include "ftune/backends/cpu/gemm_bf16.hpp"
+#include "ftune/backends/cpu/gemm_schedule.hpp"
 #include "ftune/core/tensor.hpp"
 FTUNE_NAMESPACE_BEGIN
 namespace backends::cpu {
@@ -575,8 +576,8 @@ using backends::add_residual;
 /// element-wise work such as an activation or a residual, whose result equals running it over C
 /// afterwards (add_residual runs inside the micro-kernel). Small M (one A block) splits B's
 /// panels among the threads, so each weight is read once; larger M splits the rows. Units of
-/// work are taken dynamically; no barrier (B is read-only). The arithmetic of each element does
-/// not depend on the split.
+/// work are taken dynamically; no barrier (B is read-only): gemm_schedule.hpp. The arithmetic
+/// of each element does not depend on the split.
 template <scalar T, class Epilogue = no_epilogue>
 void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T alpha, const T* A,
                  std::size_t lda, const packed_b<T>& Bp, T beta, T* C, std::size_t ldc,
@@ -602,108 +603,51 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         epilogue(C, ldc, 0, M, 0, N);
         return;
     }
-    int nt = 1;
-#if defined(_OPENMP)
-    // threads pay off above 4 MFLOP, or (a product of few rows: generation's) when B is large
-    // enough that streaming it from memory is the cost: 256 KiB and more
-    if (!omp_in_parallel() && (2.0 * double(M) * double(N) * double(K) >= 4e6 ||
-                               double(N) * double(K) * sizeof(T) >= 262144.0))
-        nt = omp_get_max_threads();
-#endif
-    const std::size_t kc_max = Bp.kc();
+    const int nt = schedule::threads_for(M, N, K, sizeof(T));
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<T>>;
-    const bool split_columns = M <= MC;  // one A block: the threads share B's panels
-    const std::size_t blocks =
-        split_columns ? 1
-                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
-    const std::size_t mc =
-        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
-    const std::size_t ic_blocks = (M + mc - 1) / mc;
-    // Work units: (row block, run of column panels), handed out dynamically so that a thread
-    // slowed down by the machine's other load does not hold the others at the end. One thread
-    // takes every panel in one unit. Each panel's successor in a thread's order (the next panel
-    // of the unit, the first of its next depth block, or the first of the thread's next unit,
-    // claimed one ahead for this) streams in from memory while the panel is used: with runs of
-    // one panel, as for 384-wide outputs on two threads, none was otherwise.
-    const std::size_t panels_all = (N + NR - 1) / NR;
-    const std::size_t run = split_columns && nt > 1
-                                ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
-                                : panels_all;
-    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
-    // the packed panel q of depth block pc, and its length in values
+    // with the rows split, each unit is a whole row block: a transposed A is packed per unit
+    // and depth block, and shorter units would pack it again for each
+    const schedule::plan plan = schedule::make_plan(M, N, K, MR, NR, MC, Bp.kc(), nt, 0);
+    // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
-        const std::size_t kc = std::min(kc_max, K - pc);
-        return std::pair{Bp.block(jc, pc, (nc + NR - 1) / NR) + (q * NR - jc) / NR * kc * NR,
-                         kc * NR};
+        const std::size_t kc = std::min(Bp.kc(), K - pc);
+        return std::pair{reinterpret_cast<const char*>(Bp.block(jc, pc, (nc + NR - 1) / NR) +
+                                                       (q * NR - jc) / NR * kc * NR),
+                         kc * NR * sizeof(T)};
     };
-    // a thread claims its next unit one ahead where that costs no balance: with one thread, and
-    // with the columns split (8 units per thread); the rows' split keeps its 4 per thread
-    const bool ahead = nt == 1 || split_columns;
-    std::atomic<std::size_t> next{0};
-    auto body = [&] {
-        // op(A) = A (row-major) is read in place; a transposed A is packed
-        T* apack = ta == transpose::no
-                       ? nullptr
-                       : gemm_detail::scratch<T, 1>((mc + MR - 1) / MR * MR * kc_max);
-        for (std::size_t u = next.fetch_add(1), u_next; u < units;
-             u = ahead ? u_next : next.fetch_add(1)) {
-            u_next = ahead ? next.fetch_add(1) : units;
-            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
-            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
-            for (std::size_t pc = 0; pc < K; pc += kc_max) {
-                const std::size_t kc = std::min(kc_max, K - pc);
-                if (apack) gemm_detail::pack_a(apack, A, lda, ta, ic, mcur, pc, kc);
-                for (std::size_t q = q0; q < q1; ++q) {
-                    const std::size_t nr = std::min(NR, N - q * NR);
-                    const T* b = panel(pc, q).first;
-                    // the successor panel streams in while this one is used, spread over this
-                    // panel's row tiles (B is larger than the caches)
-                    const auto [nb, nb_len] = q + 1 < q1       ? panel(pc, q + 1)
-                                              : pc + kc < K    ? panel(pc + kc, q0)
-                                              : u_next < units ? panel(0, u_next % runs * run)
-                                                               : std::pair{b, std::size_t(0)};
-                    const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t lines = (nb_len * sizeof(T) + 63) / 64;
-                    for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
-                        const std::size_t mr = std::min(MR, mcur - ir);
-                        T* c = C + (ic + ir) * ldc + q * NR;
-                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
-                        const T* pf = nb + l0 * 64 / sizeof(T);
-                        const std::size_t pf_lines = l1 - l0;
-                        const bool last = pc + kc == K;
-                        const T* bias_q = bias && last ? bias + q * NR : nullptr;
-                        const T* res = nullptr;
-                        std::size_t ldr = 0;
-                        if constexpr (fused_residual)
-                            if (last)
-                                res = epilogue.r + (ic + ir) * epilogue.ldr + q * NR,
-                                ldr = epilogue.ldr;
-                        if (apack) {
-                            gemm_detail::micro_kernel_rows(
-                                kc, gemm_detail::packed_rows<T>{apack + ir * kc}, b, c, ldc, mr, nr,
-                                alpha, beta, pc == 0, pf, pf_lines, bias_q, res, ldr);
-                        } else {
-                            gemm_detail::strided_rows<T> a;
-                            for (std::size_t i = 0; i < MR; ++i)
-                                a.rows[i] = A + (ic + ir + std::min(i, mr - 1)) * lda + pc;
-                            gemm_detail::micro_kernel_rows(kc, a, b, c, ldc, mr, nr, alpha, beta,
-                                                           pc == 0, pf, pf_lines, bias_q, res, ldr);
-                        }
-                        if (last && !fused_residual) epilogue(c, ldc, ic + ir, mr, q * NR, nr);
-                    }
-                }
-            }
+    // op(A) = A (row-major) is read in place; a transposed A is packed, by the thread that runs
+    // the unit, in MR-row tiles of its row block and depth block
+    const std::size_t apack_size = (plan.mc + MR - 1) / MR * MR * Bp.kc();
+    auto block = [&](std::size_t ic, std::size_t rows, std::size_t pc, std::size_t kc) {
+        if (ta != transpose::no)
+            gemm_detail::pack_a(gemm_detail::scratch<T, 1>(apack_size), A, lda, ta, ic, rows, pc,
+                                kc);
+    };
+    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+        const std::size_t row = t.ic + t.ir;
+        T* c = C + row * ldc + t.q * NR;
+        const T* b = reinterpret_cast<const T*>(t.b);
+        const T* pf = reinterpret_cast<const T*>(t.pf);
+        const T* bias_q = bias && t.last ? bias + t.q * NR : nullptr;
+        const T* res = nullptr;
+        std::size_t ldr = 0;
+        if constexpr (fused_residual)
+            if (t.last) res = epilogue.r + row * epilogue.ldr + t.q * NR, ldr = epilogue.ldr;
+        if (ta != transpose::no) {
+            const T* apack = gemm_detail::scratch<T, 1>(apack_size);
+            gemm_detail::micro_kernel_rows(t.kc, gemm_detail::packed_rows<T>{apack + t.ir * t.kc},
+                                           b, c, ldc, t.mr, t.nr, alpha, beta, t.first, pf,
+                                           t.pf_lines, bias_q, res, ldr);
+        } else {
+            gemm_detail::strided_rows<T> a;
+            for (std::size_t i = 0; i < MR; ++i)
+                a.rows[i] = A + (row + std::min(i, t.mr - 1)) * lda + t.pc;
+            gemm_detail::micro_kernel_rows(t.kc, a, b, c, ldc, t.mr, t.nr, alpha, beta, t.first, pf,
+                                           t.pf_lines, bias_q, res, ldr);
         }
-    };
-#if defined(_OPENMP)
-    if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        body();
-        return;
-    }
-#endif
-    body();
+        if (t.last && !fused_residual) epilogue(c, ldc, row, t.mr, t.q * NR, t.nr);
+    });
 }
 
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head

@@ -23,7 +23,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -34,6 +33,7 @@
 #include "ftune/backends/common.hpp"
 #include "ftune/backends/cpu/cpu_info.hpp"
 #include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backends/cpu/gemm_schedule.hpp"
 #include "ftune/core/error.hpp"
 
 // FTUNE_NO_BF16_KERNELS leaves the kernels out (a compiler without AVX512-BF16 intrinsics:
@@ -497,97 +497,42 @@ inline error unsupported(const char* where) {
 
 /// C(M, N) = alpha * Apack * B + beta * C (+ bias, then the epilogue) over A in pack_a's
 /// layout (a_ld > 0: rows a_ld words apart; 0: MR-row tiles) and B packed in layout Bl, on nt
-/// threads (1: the calling thread). The gemm_packed scheme: small M splits B's panels among the
-/// threads, larger M splits the rows; units of work are taken dynamically. The arithmetic of each
-/// element does not depend on the split.
+/// threads (1: the calling thread), in gemm_schedule.hpp's order (with the rows split, about 4
+/// units per thread: A is packed whole beforehand, so a unit may take part of a row block's
+/// panels). The arithmetic of each element does not depend on the split.
 template <class Epilogue>
 void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
          std::size_t a_ld, const b_layout& Bl, float beta, float* C, std::size_t ldc,
          const float* bias, const Epilogue& epilogue, int nt) {
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
-    const std::size_t NC = Bl.nc, MC = runtime_blocking().mc, kc_max = Bl.kc;
-    const bool split_columns = M <= MC;
-    const std::size_t blocks =
-        split_columns ? 1
-                      : (M + MC * std::size_t(nt) - 1) / (MC * std::size_t(nt)) * std::size_t(nt);
-    const std::size_t mc =
-        split_columns ? M : std::max(MR, ((M + blocks - 1) / blocks + MR - 1) / MR * MR);
-    const std::size_t ic_blocks = (M + mc - 1) / mc;
-    const std::size_t panels_all = (N + NR - 1) / NR;
-    // units of work: about 8 per thread with one A block (columns split), and with several,
-    // column runs short enough for 4 units per thread (a thread slowed down by the machine's
-    // other load then holds the others up for a short unit only); one thread takes every panel
-    // in one unit. Each panel's successor in a thread's order (the unit's next panel, the first
-    // of its next depth block, or the first of the thread's next unit, claimed one ahead for
-    // this) is prefetched while the panel is used (gemm_packed).
-    const std::size_t run =
-        nt == 1         ? panels_all
-        : split_columns ? std::max<std::size_t>(1, panels_all / (8 * std::size_t(nt)))
-                        : std::clamp<std::size_t>(panels_all * ic_blocks / (4 * std::size_t(nt)), 1,
-                                                  panels_all);
-    const std::size_t runs = (panels_all + run - 1) / run, units = ic_blocks * runs;
-    // the packed panel q of depth block pc, and its length in words
+    const std::size_t NC = Bl.nc;
+    const schedule::plan plan =
+        schedule::make_plan(M, N, K, MR, NR, runtime_blocking().mc, Bl.kc, nt, 4);
+    // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
-        const std::size_t kp = pairs(std::min(kc_max, K - pc));
-        return std::pair{Bl.block(jc, pc, (nc + NR - 1) / NR) + (q * NR - jc) / NR * kp * NR,
-                         kp * NR};
+        const std::size_t kp = pairs(std::min(Bl.kc, K - pc));
+        return std::pair{reinterpret_cast<const char*>(Bl.block(jc, pc, (nc + NR - 1) / NR) +
+                                                       (q * NR - jc) / NR * kp * NR),
+                         kp * NR * sizeof(std::uint32_t)};
     };
-    // a thread claims its next unit one ahead where that costs no balance: with one thread, and
-    // with the columns split (8 units per thread); the rows' split keeps its 4 per thread
-    const bool ahead = nt == 1 || split_columns;
-    std::atomic<std::size_t> next{0};
-    auto body = [&] {
-        for (std::size_t u = next.fetch_add(1), u_next; u < units;
-             u = ahead ? u_next : next.fetch_add(1)) {
-            u_next = ahead ? next.fetch_add(1) : units;
-            const std::size_t ic = u / runs * mc, mcur = std::min(mc, M - ic);
-            const std::size_t q0 = u % runs * run, q1 = std::min(panels_all, q0 + run);
-            for (std::size_t pc = 0; pc < K; pc += kc_max) {
-                const std::size_t kc = std::min(kc_max, K - pc), kp = pairs(kc);
-                const bool first = pc == 0, last = pc + kc == K;
-                for (std::size_t q = q0; q < q1; ++q) {
-                    const std::uint32_t* b = panel(pc, q).first;
-                    const std::size_t nr = std::min(NR, N - q * NR);
-                    // the successor panel streams in from memory while this one is used, spread
-                    // over this panel's row tiles (gemm_packed's scheme)
-                    const auto [nb, nb_len] = q + 1 < q1       ? panel(pc, q + 1)
-                                              : !last          ? panel(pc + kc, q0)
-                                              : u_next < units ? panel(0, u_next % runs * run)
-                                                               : std::pair{b, std::size_t(0)};
-                    const std::size_t tiles = (mcur + MR - 1) / MR;
-                    const std::size_t lines = (nb_len * 4 + 63) / 64;
-                    for (std::size_t ir = 0, t = 0; ir < mcur; ir += MR, ++t) {
-                        const std::size_t mr = std::min(MR, mcur - ir), row = ic + ir;
-                        const std::size_t l0 = t * lines / tiles, l1 = (t + 1) * lines / tiles;
-                        const char* pf = reinterpret_cast<const char*>(nb) + l0 * 64;
-                        float* c = C + row * ldc + q * NR;
-                        const std::uint32_t* a =
-                            a_ld ? apack + row * a_ld + pc / 2
-                                 : apack + row / MR * pairs(K) * MR + pc / 2 * MR;
-                        const float* res = nullptr;
-                        std::size_t ldr = 0;
-                        if constexpr (fused_residual)
-                            if (last)
-                                res = epilogue.r + row * epilogue.ldr + q * NR, ldr = epilogue.ldr;
-                        kernel_rows(kp, a, a_ld, b, c, ldc, mr, nr, alpha, beta, first,
-                                    bias && last ? bias + q * NR : nullptr, res, ldr, pf, l1 - l0);
-                        if constexpr (!fused_residual)
-                            if (last) epilogue(c, ldc, row, mr, q * NR, nr);
-                    }
-                }
-            }
-        }
-    };
-#if defined(_OPENMP)
-    if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        body();
-        return;
-    }
-#endif
-    body();
+    auto block = [](std::size_t, std::size_t, std::size_t, std::size_t) {};  // A is packed
+    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+        const std::size_t row = t.ic + t.ir;
+        float* c = C + row * ldc + t.q * NR;
+        const std::uint32_t* a =
+            a_ld ? apack + row * a_ld + t.pc / 2 : apack + row / MR * pairs(K) * MR + t.pc / 2 * MR;
+        const float* res = nullptr;
+        std::size_t ldr = 0;
+        if constexpr (fused_residual)
+            if (t.last) res = epilogue.r + row * epilogue.ldr + t.q * NR, ldr = epilogue.ldr;
+        kernel_rows(pairs(t.kc), a, a_ld, reinterpret_cast<const std::uint32_t*>(t.b), c, ldc, t.mr,
+                    t.nr, alpha, beta, t.first, bias && t.last ? bias + t.q * NR : nullptr, res,
+                    ldr, t.pf, t.pf_lines);
+        if constexpr (!fused_residual)
+            if (t.last) epilogue(c, ldc, row, t.mr, t.q * NR, t.nr);
+    });
 #else
     (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)Bl, (void)beta, (void)C,
         (void)ldc, (void)bias, (void)epilogue, (void)nt;
@@ -595,15 +540,9 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
 #endif
 }
 
-/// Threads for a product of 2 M N K flops whose B has N x K values: gemm_packed's rule.
+/// Threads for a bf16 product of 2 M N K flops (B: N x K bf16 values): gemm_packed's rule.
 inline int threads_for(std::size_t M, std::size_t N, std::size_t K) {
-#if defined(_OPENMP)
-    if (!omp_in_parallel() &&
-        (2.0 * double(M) * double(N) * double(K) >= 4e6 || double(N) * double(K) * 2 >= 262144.0))
-        return omp_get_max_threads();
-#endif
-    (void)M, (void)N, (void)K;
-    return 1;
+    return schedule::threads_for(M, N, K, 2);
 }
 
 /// No element-wise work after a product (the default epilogue).
