@@ -3454,10 +3454,12 @@ inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpos
     }
 }
 
-/// Packs the NR-column panel of op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of NR
-/// words (columns past nr and the odd kc's last high half are zero).
-inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
-                         std::size_t k0, std::size_t kc, std::size_t j0, std::size_t nr) {
+/// Packs the P-column panel (P = NR, or the narrower panels of attention's outputs) of
+/// op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of P words (columns past nr and the odd
+/// kc's last high half are zero).
+template <std::size_t P = NR>
+void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t k0,
+                  std::size_t kc, std::size_t j0, std::size_t nr) {
     const std::size_t kp = pairs(kc);
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows contiguous along j
         // rows ldb apart, which the hardware prefetchers follow late: the rows of the pair
@@ -3470,20 +3472,27 @@ inline void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, tr
                     __builtin_prefetch(r0 + 2 * ahead * ldb + l, 0, 3);
                     __builtin_prefetch(r0 + (2 * ahead + 1) * ldb + l, 0, 3);
                 }
-            std::uint32_t* d = dst + p * NR;
+            std::uint32_t* d = dst + p * P;
             pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
-            std::fill(d + nr, d + NR, 0u);
+            std::fill(d + nr, d + P, 0u);
         }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
-        const std::size_t even = kc / 2;
-        for (std::size_t j = 0; j < NR; ++j) {
+        // each column's pairs rounded 32 values at a time (pair_adjacent), then stored P words
+        // apart: the rounding in scalar code took ~3 ns a pair, a training step's weights
+        // (packed in this layout every step) and attention's Kᵀ ~2% of their time
+        constexpr std::size_t chunk = 256;  // pairs per pass
+        std::uint32_t words[chunk];
+        for (std::size_t j = 0; j < P; ++j) {
             if (j >= nr) {
-                for (std::size_t p = 0; p < kp; ++p) dst[p * NR + j] = 0;
+                for (std::size_t p = 0; p < kp; ++p) dst[p * P + j] = 0;
                 continue;
             }
             const float* r = B + (j0 + j) * ldb + k0;
-            for (std::size_t p = 0; p < even; ++p) dst[p * NR + j] = pair(r[2 * p], r[2 * p + 1]);
-            if (kc % 2) dst[even * NR + j] = pair(r[kc - 1], 0.0f);
+            for (std::size_t p0 = 0; p0 < kp; p0 += chunk) {
+                const std::size_t n = std::min(chunk, kp - p0);
+                pair_adjacent(words, r + 2 * p0, std::min(2 * n, kc - 2 * p0));
+                for (std::size_t p = 0; p < n; ++p) dst[(p0 + p) * P + j] = words[p];
+            }
         }
     }
 }
@@ -3507,6 +3516,33 @@ inline std::size_t b_words(std::size_t K, std::size_t N) noexcept {
 inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t K,
                    std::size_t N, std::size_t kc, std::size_t nc) {
     const std::size_t panels_all = (N + NR - 1) / NR;
+    if (tb == transpose::no) {
+        // op(B) = B (a weight gradient's activations): each pair of rows is read once, whole
+        // and in order, and its words go to every panel; panel by panel, the rows were read in
+        // 192-byte pieces ldb apart, which the hardware prefetchers followed late
+        const std::size_t KP = pairs(K);
+        detail::parallel_for(
+            KP, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(N, 1)),
+            [&](std::size_t p0, std::size_t p1) {
+                for (std::size_t p = p0; p < p1; ++p) {
+                    const std::size_t pc = 2 * p / kc * kc, kp = pairs(std::min(kc, K - pc));
+                    const float* r0 = B + 2 * p * ldb;
+                    const float* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
+                    for (std::size_t jc = 0; jc < N; jc += nc) {
+                        const std::size_t ncur = std::min(nc, N - jc),
+                                          panels = (ncur + NR - 1) / NR;
+                        std::uint32_t* blk = dst + jc * KP + panels * NR * (pc / 2);
+                        for (std::size_t q = 0; q < panels; ++q) {
+                            const std::size_t j = jc + q * NR, nr = std::min(NR, N - j);
+                            std::uint32_t* d = blk + q * kp * NR + (p - pc / 2) * NR;
+                            pair_rows(d, r0 + j, r1 ? r1 + j : nullptr, nr);
+                            std::fill(d + nr, d + NR, 0u);
+                        }
+                    }
+                }
+            });
+        return;
+    }
     detail::parallel_for(panels_all, 4, [&](std::size_t q0, std::size_t q1) {
         for (std::size_t q = q0; q < q1; ++q) {
             const std::size_t j = q * NR, jc = j / nc * nc, ncur = std::min(nc, N - jc);
@@ -3559,7 +3595,9 @@ inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose
 }
 
 #if FTUNE_HAS_BF16_KERNELS
-/// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows, then C[0:m, 0:n]
+/// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows and a panel of
+/// NV vectors (NR columns; 2 for attention's outputs, whose 32 or 64 columns would leave a third
+/// of 3-vector panels zero; each element's arithmetic is the same either way), then C[0:m, 0:n]
 /// = alpha * acc + (first ? beta * C : C), + bias[0:n] when given, + the residual (rows ldr
 /// apart) when given: gemm.hpp's micro_kernel contract. With first && beta == 0, C is not read.
 /// A is a tile of pack_a's layout (ld 0: word (i, p) at a[p * MR + i]) or, ld > 0, rows ld
@@ -3568,12 +3606,13 @@ inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose
 /// kp steps (gemm.hpp's micro_kernel does the same for the fp32 products).
 /// InPlace is ld > 0 (a packed tile is read through one pointer, which leaves the registers
 /// that eight row pointers would take to the loop).
-template <std::size_t R, bool InPlace>
+template <std::size_t R, bool InPlace, std::size_t NV = bf16_detail::NV>
 FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_t ld,
                               const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
                               std::size_t n, float alpha, float beta, bool first, const float* bias,
                               const float* residual, std::size_t ldr, const char* pf,
                               std::size_t pf_lines) {
+    constexpr std::size_t P = NV * W;  // the panel's columns
     __m512 c[R][NV];
 #pragma GCC unroll 8
     for (std::size_t i = 0; i < R; ++i)
@@ -3601,7 +3640,7 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
         for (std::size_t l = 0; l < per && pf_left; ++l, --pf_left, pf += 64)
             _mm_prefetch(pf, _MM_HINT_T0);
         const std::size_t p1 = std::min(kp, p0 + gap);
-        for (std::size_t p = p0; p < p1; ++p, b += NR) {
+        for (std::size_t p = p0; p < p1; ++p, b += P) {
             __m512bh bv[NV];
 #pragma GCC unroll 3
             for (std::size_t v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * W);
@@ -3631,14 +3670,14 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
     // Every index into c is a constant once unrolled, so the accumulators stay in registers
     // (an index bounded by m or n at run time kept them on the stack: 24 stores to zero them,
     // 24 after the loop and 24 loads, ~5% of a 384-deep tile, more of attention's short ones).
-    if (m == R && n == NR) {
+    if (m == R && n == P) {
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 3
             for (std::size_t v = 0; v < NV; ++v) combine(c[i][v], i, v * W, __mmask16(0xffff));
         return;
     }
-    alignas(64) float sums[R][NR];  // a partial tile goes through memory
+    alignas(64) float sums[R][P];  // a partial tile goes through memory
 #pragma GCC unroll 8
     for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 3
@@ -3649,19 +3688,19 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
                     n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1));
 }
 
-/// kernel with the fewest rows (a multiple of two, or MR) that cover m.
-inline void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld,
-                        const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
-                        std::size_t n, float alpha, float beta, bool first, const float* bias,
-                        const float* residual, std::size_t ldr, const char* pf,
-                        std::size_t pf_lines) {
+/// kernel with the fewest rows (a multiple of two, or MR) that cover m, on panels of NV vectors.
+template <std::size_t NV = bf16_detail::NV>
+void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld, const std::uint32_t* b,
+                 float* C, std::size_t ldc, std::size_t m, std::size_t n, float alpha, float beta,
+                 bool first, const float* bias, const float* residual, std::size_t ldr,
+                 const char* pf, std::size_t pf_lines) {
     auto call = [&]<std::size_t R>() {
         if (ld)
-            kernel<R, true>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr, pf,
-                            pf_lines);
+            kernel<R, true, NV>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr,
+                                pf, pf_lines);
         else
-            kernel<R, false>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual, ldr,
-                             pf, pf_lines);
+            kernel<R, false, NV>(kp, a, ld, b, C, ldc, m, n, alpha, beta, first, bias, residual,
+                                 ldr, pf, pf_lines);
     };
     if (m <= 2)
         call.template operator()<2>();
@@ -3770,7 +3809,12 @@ class packed_b_bf16 {
     packed_b_bf16() = default;
 
     /// Packs op(B) (K rows, N columns) from B with row stride ldb; grows the storage only.
+    /// errc::unsupported on a CPU without AVX512-BF16 in a build with the kernels (the packing
+    /// rounds with its instructions; a build without them packs in scalar code, and its products
+    /// refuse to run).
     void pack(const float* B, std::size_t ldb, transpose tb, std::size_t K, std::size_t N) {
+        if (FTUNE_HAS_BF16_KERNELS && !bf16_supported())
+            throw bf16_detail::unsupported("packed_b_bf16::pack");
         const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
         const std::size_t n = bf16_detail::b_words(K, N);
         if (n > cap_ || data_.use_count() > 1) {
@@ -5630,13 +5674,15 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                     ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
 #if FTUNE_HAS_BF16_KERNELS
     using namespace bf16_detail;
+    // scores: the GEMM's panels (NR keys); outputs: panels of two vectors, as the fp32 version
+    constexpr std::size_t NV_O = 2, NR_O = NV_O * W;
     const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
-    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR - 1) / NR;
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);  // K_hᵀ
-        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR * kp_o);  // V_h
-        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);             // MR queries
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);    // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR_O * kp_o);  // V_h
+        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);  // MR queries
         std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
         float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
         for (std::size_t u = u0; u < u1; ++u) {
@@ -5649,8 +5695,8 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                 pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
                              std::min(NR, Tn - p * NR));
             for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
-                pack_b_panel(vp + p * kp_o * NR, vh, ld, transpose::no, 0, Tn, p * NR,
-                             std::min(NR, d - p * NR));
+                pack_b_panel<NR_O>(vp + p * kp_o * NR_O, vh, ld, transpose::no, 0, Tn, p * NR_O,
+                                   std::min(NR_O, d - p * NR_O));
             for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
                 const std::size_t mr = std::min(MR, Tq - i0);
                 for (std::size_t i = 0; i < mr; ++i)
@@ -5670,10 +5716,10 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                     pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
                 // out_h = P V_h for these queries: (mr, d)
                 for (std::size_t p = 0; p < panels_d; ++p)
-                    kernel_rows(kp_o, ap, kp_o, vp + p * kp_o * NR,
-                                out + (b * Tq + i0) * ldo + h * d + p * NR, ldo, mr,
-                                std::min(NR, d - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
-                                nullptr, 0);
+                    kernel_rows<NV_O>(kp_o, ap, kp_o, vp + p * kp_o * NR_O,
+                                      out + (b * Tq + i0) * ldo + h * d + p * NR_O, ldo, mr,
+                                      std::min(NR_O, d - p * NR_O), 1.0f, 0.0f, true, nullptr,
+                                      nullptr, 0, nullptr, 0);
             }
         }
     });
