@@ -3111,7 +3111,7 @@ FTUNE_NAMESPACE_END
 
 
 FTUNE_NAMESPACE_BEGIN
-namespace backends::cpu::schedule {
+namespace backends::cpu::schedule_detail {
 
 /// Threads for a product of 2 M N K flops whose B holds N x K values of value_bytes each: all of
 /// them above 4 MFLOP, or (a product of few rows: generation's) when B is 256 KiB or more, so
@@ -3226,7 +3226,7 @@ void run(const plan& p, int nt, const Panel& panel, const Block& block, const Ti
     body();
 }
 
-}  // namespace backends::cpu::schedule
+}  // namespace backends::cpu::schedule_detail
 FTUNE_NAMESPACE_END
 // ---- end ftune/backends/cpu/gemm_schedule.hpp ----
 
@@ -3595,6 +3595,20 @@ inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose
 }
 
 #if FTUNE_HAS_BF16_KERNELS
+/// c[0:16] = va * sum + (first ? vb * c (when beta != 0) : c) + bias + res under the mask k of
+/// valid lanes (bias and res may be null): how kernel stores one vector of its tile.
+FTUNE_BF16_TARGET inline void store_sum(__m512 sum, float* c, const float* bias, const float* res,
+                                        __mmask16 k, __m512 va, __m512 vb, float beta, bool first) {
+    __m512 r = _mm512_mul_ps(sum, va);
+    if (!first)
+        r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, c));
+    else if (beta != 0.0f)
+        r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, c)));
+    if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, bias));
+    if (res) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, res));
+    _mm512_mask_storeu_ps(c, k, r);
+}
+
 /// The register tile: acc = Σ_p a(:, p) · b[p] over kp pairs for R <= MR rows and a panel of
 /// NV vectors (NR columns; 2 for attention's outputs, whose 32 or 64 columns would leave a third
 /// of 3-vector panels zero; each element's arithmetic is the same either way), then C[0:m, 0:n]
@@ -3655,26 +3669,18 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
         }
     }
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    // the sums combined with C, the bias and the residual under the mask k of valid columns
-    auto combine = [&](__m512 sum, std::size_t i, std::size_t j, __mmask16 k) {
-        float* ci = C + i * ldc;
-        __m512 r = _mm512_mul_ps(sum, va);
-        if (!first)
-            r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, ci + j));
-        else if (beta != 0.0f)
-            r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k, ci + j)));
-        if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, bias + j));
-        if (residual) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, residual + i * ldr + j));
-        _mm512_mask_storeu_ps(ci + j, k, r);
-    };
     // Every index into c is a constant once unrolled, so the accumulators stay in registers
     // (an index bounded by m or n at run time kept them on the stack: 24 stores to zero them,
     // 24 after the loop and 24 loads, ~5% of a 384-deep tile, more of attention's short ones).
+    // (store_sum is a function of its own: a lambda would not inherit this function's ISA.)
     if (m == R && n == P) {
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < R; ++i)
 #pragma GCC unroll 3
-            for (std::size_t v = 0; v < NV; ++v) combine(c[i][v], i, v * W, __mmask16(0xffff));
+            for (std::size_t v = 0; v < NV; ++v)
+                store_sum(c[i][v], C + i * ldc + v * W, bias ? bias + v * W : nullptr,
+                          residual ? residual + i * ldr + v * W : nullptr, __mmask16(0xffff), va,
+                          vb, beta, first);
         return;
     }
     alignas(64) float sums[R][P];  // a partial tile goes through memory
@@ -3684,8 +3690,10 @@ FTUNE_BF16_TARGET void kernel(std::size_t kp, const std::uint32_t* a, std::size_
         for (std::size_t v = 0; v < NV; ++v) _mm512_store_ps(&sums[i][v * W], c[i][v]);
     for (std::size_t i = 0; i < std::min(m, R); ++i)
         for (std::size_t j = 0; j < n; j += W)
-            combine(_mm512_load_ps(&sums[i][j]), i, j,
-                    n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1));
+            store_sum(_mm512_load_ps(&sums[i][j]), C + i * ldc + j, bias ? bias + j : nullptr,
+                      residual ? residual + i * ldr + j : nullptr,
+                      n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1), va, vb, beta,
+                      first);
 }
 
 /// kernel with the fewest rows (a multiple of two, or MR) that cover m, on panels of NV vectors.
@@ -3740,8 +3748,8 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
     const std::size_t NC = Bl.nc;
-    const schedule::plan plan =
-        schedule::make_plan(M, N, K, MR, NR, runtime_blocking().mc, Bl.kc, nt, 4);
+    const schedule_detail::plan plan =
+        schedule_detail::make_plan(M, N, K, MR, NR, runtime_blocking().mc, Bl.kc, nt, 4);
     // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
@@ -3751,7 +3759,7 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                          kp * NR * sizeof(std::uint32_t)};
     };
     auto block = [](std::size_t, std::size_t, std::size_t, std::size_t) {};  // A is packed
-    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+    schedule_detail::run(plan, nt, panel, block, [&](const schedule_detail::tile& t) {
         const std::size_t row = t.ic + t.ir;
         float* c = C + row * ldc + t.q * NR;
         const std::uint32_t* a =
@@ -3775,7 +3783,7 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
 
 /// Threads for a bf16 product of 2 M N K flops (B: N x K bf16 values): gemm_packed's rule.
 inline int threads_for(std::size_t M, std::size_t N, std::size_t K) {
-    return schedule::threads_for(M, N, K, 2);
+    return schedule_detail::threads_for(M, N, K, 2);
 }
 
 /// No element-wise work after a product (the default epilogue).
@@ -4492,11 +4500,12 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         epilogue(C, ldc, 0, M, 0, N);
         return;
     }
-    const int nt = schedule::threads_for(M, N, K, sizeof(T));
+    const int nt = schedule_detail::threads_for(M, N, K, sizeof(T));
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<T>>;
     // with the rows split, each unit is a whole row block: a transposed A is packed per unit
     // and depth block, and shorter units would pack it again for each
-    const schedule::plan plan = schedule::make_plan(M, N, K, MR, NR, MC, Bp.kc(), nt, 0);
+    const schedule_detail::plan plan =
+        schedule_detail::make_plan(M, N, K, MR, NR, MC, Bp.kc(), nt, 0);
     // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
@@ -4513,7 +4522,7 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
             gemm_detail::pack_a(gemm_detail::scratch<T, 1>(apack_size), A, lda, ta, ic, rows, pc,
                                 kc);
     };
-    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+    schedule_detail::run(plan, nt, panel, block, [&](const schedule_detail::tile& t) {
         const std::size_t row = t.ic + t.ir;
         T* c = C + row * ldc + t.q * NR;
         const T* b = reinterpret_cast<const T*>(t.b);

@@ -603,11 +603,12 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
         epilogue(C, ldc, 0, M, 0, N);
         return;
     }
-    const int nt = schedule::threads_for(M, N, K, sizeof(T));
+    const int nt = schedule_detail::threads_for(M, N, K, sizeof(T));
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<T>>;
     // with the rows split, each unit is a whole row block: a transposed A is packed per unit
     // and depth block, and shorter units would pack it again for each
-    const schedule::plan plan = schedule::make_plan(M, N, K, MR, NR, MC, Bp.kc(), nt, 0);
+    const schedule_detail::plan plan =
+        schedule_detail::make_plan(M, N, K, MR, NR, MC, Bp.kc(), nt, 0);
     // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
@@ -624,7 +625,7 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
             gemm_detail::pack_a(gemm_detail::scratch<T, 1>(apack_size), A, lda, ta, ic, rows, pc,
                                 kc);
     };
-    schedule::run(plan, nt, panel, block, [&](const schedule::tile& t) {
+    schedule_detail::run(plan, nt, panel, block, [&](const schedule_detail::tile& t) {
         const std::size_t row = t.ic + t.ir;
         T* c = C + row * ldc + t.q * NR;
         const T* b = reinterpret_cast<const T*>(t.b);

@@ -19,7 +19,7 @@
 #include "ftune/core/tensor.hpp"  // <omp.h> where OpenMP is on
 
 FTUNE_NAMESPACE_BEGIN
-namespace backends::cpu::schedule {
+namespace backends::cpu::schedule_detail {
 
 /// Threads for a product of 2 M N K flops whose B holds N x K values of value_bytes each: all of
 /// them above 4 MFLOP, or (a product of few rows: generation's) when B is 256 KiB or more, so
@@ -134,5 +134,5 @@ void run(const plan& p, int nt, const Panel& panel, const Block& block, const Ti
     body();
 }
 
-}  // namespace backends::cpu::schedule
+}  // namespace backends::cpu::schedule_detail
 FTUNE_NAMESPACE_END
