@@ -9,7 +9,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <fstream>
 #include <limits>
+#include <sstream>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -375,6 +379,72 @@ TEST_CASE("packing counters: gemm() packs per call, packed_b::pack once", "[prim
     CHECK(c.per_call.load() - per_call == 1);
     CHECK(c.prepacked.load() - prepacked == 1);
     CHECK(C[0] == 12.0f);
+}
+
+namespace {
+// The VmFlags line of /proc/self/smaps for the mapping that holds p ("" where there is none):
+// "hg" in it is the kernel's record of madvise(MADV_HUGEPAGE).
+std::string vm_flags_of(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    bool inside = false;
+    for (std::string line; std::getline(smaps, line);) {
+        std::uintptr_t lo = 0, hi = 0;
+        char dash = 0;
+        if (std::istringstream head(line); line.find('-') < line.find(' ') &&
+                                           (head >> std::hex >> lo >> dash >> hi) && dash == '-')
+            inside = lo <= a && a < hi;
+        else if (inside && line.rfind("VmFlags:", 0) == 0)
+            return line;
+    }
+    return "";
+}
+bool has_flag(const std::string& flags, const char* flag) {
+    std::istringstream words(flags);
+    for (std::string w; words >> w;)
+        if (w == flag) return true;
+    return false;
+}
+}  // namespace
+
+TEST_CASE("packed weights: zero-filled, each its own count, small ones cut from huge-page chunks",
+          "[primitives][gemm]") {
+    const bool huge = ftune::detail::huge_pages_wanted();
+    auto a = cpu::detail::packed_storage<float>(1000), b = cpu::detail::packed_storage<float>(1000);
+    for (const auto* p : {a.get(), b.get()}) {
+        CHECK(reinterpret_cast<std::uintptr_t>(p) % 64 == 0);
+        CHECK(std::all_of(p, p + 1000, [](float v) { return v == 0.0f; }));
+    }
+    CHECK(a.use_count() == 1);  // packed_b's "shared with a copy" test reads it
+    const auto copy = a;
+    CHECK(a.use_count() == 2);
+    CHECK(b.use_count() == 1);
+    const auto chunk_start = [](const void* p) {
+        return reinterpret_cast<std::uintptr_t>(p) % ftune::detail::huge_page_bytes == 0;
+    };
+    if (huge) {
+        // one after the other in a chunk (1000 floats take 4,032 bytes), unless b opened the next
+        CHECK((b.get() == a.get() + 1008 || chunk_start(b.get())));
+        // 2 MiB and more: allocated alone, on a huge-page boundary
+        auto big = cpu::detail::packed_storage<float>(6 << 18);
+        CHECK(chunk_start(big.get()));
+        CHECK(big[(6 << 18) - 1] == 0.0f);
+        // the kernel recorded the advice for the chunk and the large array
+        const std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+        if (thp.good()) {
+            INFO(vm_flags_of(a.get()));
+            CHECK(has_flag(vm_flags_of(a.get()), "hg"));
+            CHECK(has_flag(vm_flags_of(big.get()), "hg"));
+        }
+    } else {
+        WARN("huge pages not wanted here (not Linux, or FTUNE_HUGE_PAGES=0): arrays alone");
+    }
+    // an aligned_alloc_array of 2 MiB and more starts on a huge-page boundary where they are
+    // wanted, and is freed with its own alignment (the sanitizer build checks the pairing)
+    auto large = ftune::detail::aligned_alloc_array<double>(3 << 17);  // 3 MiB
+    CHECK(large.get_deleter().alignment == (huge ? ftune::detail::huge_page_bytes : 64));
+    CHECK(reinterpret_cast<std::uintptr_t>(large.get()) % large.get_deleter().alignment == 0);
+    CHECK(ftune::detail::aligned_alloc_array<float>(100).get_deleter().alignment == 64);
 }
 
 TEST_CASE("cache blocking comes from the CPU found at run time", "[primitives][gemm]") {

@@ -519,16 +519,23 @@ FTUNE_NAMESPACE_END
 //   v(3, 7) = 1.0f;
 //
 // Buffers allocate 64-byte aligned, zero-filled memory and never reallocate when resized to a
-// size they already hold (the steady-state training step allocates nothing).
+// size they already hold (the steady-state training step allocates nothing). Arrays of 2 MiB and
+// more start on a 2 MiB boundary and ask Linux for transparent huge pages.
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <span>
+#include <string_view>
 #include <type_traits>
 #include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -619,23 +626,65 @@ template <class T, std::size_t R = dynamic, std::size_t C = dynamic,
 using matrix_view = view<T, shape<R, C>, Device>;
 
 namespace detail {
-/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array (owns = false: a
-/// borrowed array, left alone).
+/// Bytes of a transparent huge page (x86-64 and most arm64 Linux kernels).
+inline constexpr std::size_t huge_page_bytes = std::size_t(2) << 20;
+
+/// Whether large host arrays ask for transparent huge pages: on Linux unless the environment sets
+/// FTUNE_HUGE_PAGES=0 (read once). A 4 KiB page holds 1,024 floats, so a forward streaming its
+/// weights, or a training step its activations, misses the TLB every few hundred cycles, and
+/// under virtualization each miss walks two page tables (docs/performance.md, "Huge pages").
+inline bool huge_pages_wanted() noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    static const bool on = [] {
+        const char* v = std::getenv("FTUNE_HUGE_PAGES");
+        return !(v && std::string_view(v) == "0");
+    }();
+    return on;
+#else
+    return false;
+#endif
+}
+
+/// The alignment of a host array of `bytes`: huge_page_bytes from that size up where huge pages
+/// are wanted (so that its whole 2 MiB pages can be huge), else buffer_alignment.
+inline std::size_t array_alignment(std::size_t bytes) noexcept {
+    return bytes >= huge_page_bytes && huge_pages_wanted() ? huge_page_bytes : buffer_alignment;
+}
+
+/// Asks the kernel to back the whole 2 MiB pages of [p, p + bytes) (p 2 MiB-aligned) with huge
+/// pages, where it has them on (THP "madvise" or "always"); a partial last page keeps 4 KiB
+/// pages, so no memory is added. Best effort: a refusal leaves ordinary pages.
+inline void advise_huge_pages(void* p, std::size_t bytes) noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (const std::size_t whole = bytes / huge_page_bytes * huge_page_bytes; whole && p)
+        (void)::madvise(p, whole, MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/// Deleter of aligned arrays allocated by aligned_alloc_array (owns = false: a borrowed array,
+/// left alone).
 struct aligned_delete {
-    bool owns = true;  ///< whether the array is freed
+    bool owns = true;                          ///< whether the array is freed
+    std::size_t alignment = buffer_alignment;  ///< the alignment it was allocated with
     void operator()(void* p) const noexcept {
-        if (owns) ::operator delete[](p, std::align_val_t{buffer_alignment});
+        if (owns) ::operator delete[](p, std::align_val_t{alignment});
     }
 };
-/// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
+/// Allocates n zero-filled T's aligned to buffer_alignment, or to huge_page_bytes and backed by
+/// huge pages from 2 MiB up (array_alignment; counted by allocation tests).
 template <class T>
 std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
     static_assert(std::is_trivially_copyable_v<T>,
                   "ftune buffers hold trivially copyable elements");
     if (n == 0) return {};
-    void* p = ::operator new[](n * sizeof(T), std::align_val_t{buffer_alignment});
-    std::memset(p, 0, n * sizeof(T));
-    return std::unique_ptr<T[], aligned_delete>(static_cast<T*>(p));
+    const std::size_t bytes = n * sizeof(T), alignment = array_alignment(bytes);
+    void* p = ::operator new[](bytes, std::align_val_t{alignment});
+    if (alignment == huge_page_bytes) advise_huge_pages(p, bytes);  // before the first touch
+    std::memset(p, 0, bytes);
+    return std::unique_ptr<T[], aligned_delete>(static_cast<T*>(p),
+                                                aligned_delete{true, alignment});
 }
 }  // namespace detail
 
@@ -2668,7 +2717,10 @@ FTUNE_NAMESPACE_END
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -2807,6 +2859,49 @@ T* scratch(std::size_t n) {
         cap = n;
     }
     return buf.get();
+}
+
+/// Storage for n packed values of a weight (packed_b, packed_b_bf16): zero-filled, 64-byte
+/// aligned, with a count of its own (use_count() tells whether a copy shares it). A forward at
+/// batch 1 reads every weight from memory once, so where huge pages are wanted, arrays under
+/// 2 MiB (most weights: too small for a huge page of their own) are cut one after another from
+/// 8 MiB chunks aligned to and backed by huge pages; a chunk is freed with its last array (the
+/// arena keeps only a weak reference to the chunk it fills). Larger arrays, and all where huge
+/// pages are not wanted, are allocated alone (aligned_alloc_array: whole 2 MiB pages huge).
+template <class T>
+std::shared_ptr<T[]> packed_storage(std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "packed values are trivially copyable");
+    const std::size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    if (n == 0) return {};
+    if (bytes >= ftune::detail::huge_page_bytes || !ftune::detail::huge_pages_wanted())
+        return std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
+    constexpr std::size_t chunk_bytes = 4 * ftune::detail::huge_page_bytes;
+    struct arena {
+        std::mutex m;
+        std::weak_ptr<std::byte[]> chunk;  // the chunk being filled (freed with its last array)
+        std::size_t used = 0;              // its bytes handed out
+    };
+    static arena a;  // (one per T: packed floats, doubles and bf16 pairs fill their own chunks)
+    std::shared_ptr<std::byte[]> chunk;
+    std::byte* p = nullptr;
+    {
+        const std::lock_guard<std::mutex> lock(a.m);
+        chunk = a.chunk.lock();
+        if (!chunk || a.used + bytes > chunk_bytes) {
+            // not zero-filled: only the pages handed out are touched (and become resident)
+            chunk = std::shared_ptr<std::byte[]>(
+                static_cast<std::byte*>(::operator new[](
+                    chunk_bytes, std::align_val_t{ftune::detail::huge_page_bytes})),
+                ftune::detail::aligned_delete{true, ftune::detail::huge_page_bytes});
+            ftune::detail::advise_huge_pages(chunk.get(), chunk_bytes);
+            a.chunk = chunk, a.used = 0;
+        }
+        p = chunk.get() + a.used;
+        a.used += bytes;
+    }
+    std::memset(p, 0, n * sizeof(T));
+    // the array's own count; its deleter holds the chunk
+    return std::shared_ptr<T[]>(reinterpret_cast<T*>(p), [chunk = std::move(chunk)](T*) {});
 }
 
 /// Elements per parallel chunk for streaming element-wise kernels (64 KiB of floats).
@@ -3826,8 +3921,7 @@ class packed_b_bf16 {
         const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
         const std::size_t n = bf16_detail::b_words(K, N);
         if (n > cap_ || data_.use_count() > 1) {
-            data_ = std::shared_ptr<std::uint32_t[]>(
-                ftune::detail::aligned_alloc_array<std::uint32_t>(n));
+            data_ = detail::packed_storage<std::uint32_t>(n);
             cap_ = n;
         }
         K_ = K, N_ = N, nc_ = bl.nc;
@@ -4396,7 +4490,7 @@ class packed_b {
         packing_stats().prepacked.fetch_add(1, std::memory_order_relaxed);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
         if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
-            data_ = std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
+            data_ = detail::packed_storage<T>(n);
             cap_ = n;
         }
         K_ = K, N_ = N, nc_ = NC;  // after the allocation, which may throw

@@ -5,17 +5,24 @@
 //   v(3, 7) = 1.0f;
 //
 // Buffers allocate 64-byte aligned, zero-filled memory and never reallocate when resized to a
-// size they already hold (the steady-state training step allocates nothing).
+// size they already hold (the steady-state training step allocates nothing). Arrays of 2 MiB and
+// more start on a 2 MiB boundary and ask Linux for transparent huge pages.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <span>
+#include <string_view>
 #include <type_traits>
 #include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -108,23 +115,65 @@ template <class T, std::size_t R = dynamic, std::size_t C = dynamic,
 using matrix_view = view<T, shape<R, C>, Device>;
 
 namespace detail {
-/// Deleter of 64-byte aligned arrays allocated by aligned_alloc_array (owns = false: a
-/// borrowed array, left alone).
+/// Bytes of a transparent huge page (x86-64 and most arm64 Linux kernels).
+inline constexpr std::size_t huge_page_bytes = std::size_t(2) << 20;
+
+/// Whether large host arrays ask for transparent huge pages: on Linux unless the environment sets
+/// FTUNE_HUGE_PAGES=0 (read once). A 4 KiB page holds 1,024 floats, so a forward streaming its
+/// weights, or a training step its activations, misses the TLB every few hundred cycles, and
+/// under virtualization each miss walks two page tables (docs/performance.md, "Huge pages").
+inline bool huge_pages_wanted() noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    static const bool on = [] {
+        const char* v = std::getenv("FTUNE_HUGE_PAGES");
+        return !(v && std::string_view(v) == "0");
+    }();
+    return on;
+#else
+    return false;
+#endif
+}
+
+/// The alignment of a host array of `bytes`: huge_page_bytes from that size up where huge pages
+/// are wanted (so that its whole 2 MiB pages can be huge), else buffer_alignment.
+inline std::size_t array_alignment(std::size_t bytes) noexcept {
+    return bytes >= huge_page_bytes && huge_pages_wanted() ? huge_page_bytes : buffer_alignment;
+}
+
+/// Asks the kernel to back the whole 2 MiB pages of [p, p + bytes) (p 2 MiB-aligned) with huge
+/// pages, where it has them on (THP "madvise" or "always"); a partial last page keeps 4 KiB
+/// pages, so no memory is added. Best effort: a refusal leaves ordinary pages.
+inline void advise_huge_pages(void* p, std::size_t bytes) noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (const std::size_t whole = bytes / huge_page_bytes * huge_page_bytes; whole && p)
+        (void)::madvise(p, whole, MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/// Deleter of aligned arrays allocated by aligned_alloc_array (owns = false: a borrowed array,
+/// left alone).
 struct aligned_delete {
-    bool owns = true;  ///< whether the array is freed
+    bool owns = true;                          ///< whether the array is freed
+    std::size_t alignment = buffer_alignment;  ///< the alignment it was allocated with
     void operator()(void* p) const noexcept {
-        if (owns) ::operator delete[](p, std::align_val_t{buffer_alignment});
+        if (owns) ::operator delete[](p, std::align_val_t{alignment});
     }
 };
-/// Allocates n zero-filled T's aligned to buffer_alignment (counted by allocation tests).
+/// Allocates n zero-filled T's aligned to buffer_alignment, or to huge_page_bytes and backed by
+/// huge pages from 2 MiB up (array_alignment; counted by allocation tests).
 template <class T>
 std::unique_ptr<T[], aligned_delete> aligned_alloc_array(std::size_t n) {
     static_assert(std::is_trivially_copyable_v<T>,
                   "ftune buffers hold trivially copyable elements");
     if (n == 0) return {};
-    void* p = ::operator new[](n * sizeof(T), std::align_val_t{buffer_alignment});
-    std::memset(p, 0, n * sizeof(T));
-    return std::unique_ptr<T[], aligned_delete>(static_cast<T*>(p));
+    const std::size_t bytes = n * sizeof(T), alignment = array_alignment(bytes);
+    void* p = ::operator new[](bytes, std::align_val_t{alignment});
+    if (alignment == huge_page_bytes) advise_huge_pages(p, bytes);  // before the first touch
+    std::memset(p, 0, bytes);
+    return std::unique_ptr<T[], aligned_delete>(static_cast<T*>(p),
+                                                aligned_delete{true, alignment});
 }
 }  // namespace detail
 

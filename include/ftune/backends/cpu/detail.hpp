@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -145,6 +148,49 @@ T* scratch(std::size_t n) {
         cap = n;
     }
     return buf.get();
+}
+
+/// Storage for n packed values of a weight (packed_b, packed_b_bf16): zero-filled, 64-byte
+/// aligned, with a count of its own (use_count() tells whether a copy shares it). A forward at
+/// batch 1 reads every weight from memory once, so where huge pages are wanted, arrays under
+/// 2 MiB (most weights: too small for a huge page of their own) are cut one after another from
+/// 8 MiB chunks aligned to and backed by huge pages; a chunk is freed with its last array (the
+/// arena keeps only a weak reference to the chunk it fills). Larger arrays, and all where huge
+/// pages are not wanted, are allocated alone (aligned_alloc_array: whole 2 MiB pages huge).
+template <class T>
+std::shared_ptr<T[]> packed_storage(std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "packed values are trivially copyable");
+    const std::size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    if (n == 0) return {};
+    if (bytes >= ftune::detail::huge_page_bytes || !ftune::detail::huge_pages_wanted())
+        return std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
+    constexpr std::size_t chunk_bytes = 4 * ftune::detail::huge_page_bytes;
+    struct arena {
+        std::mutex m;
+        std::weak_ptr<std::byte[]> chunk;  // the chunk being filled (freed with its last array)
+        std::size_t used = 0;              // its bytes handed out
+    };
+    static arena a;  // (one per T: packed floats, doubles and bf16 pairs fill their own chunks)
+    std::shared_ptr<std::byte[]> chunk;
+    std::byte* p = nullptr;
+    {
+        const std::lock_guard<std::mutex> lock(a.m);
+        chunk = a.chunk.lock();
+        if (!chunk || a.used + bytes > chunk_bytes) {
+            // not zero-filled: only the pages handed out are touched (and become resident)
+            chunk = std::shared_ptr<std::byte[]>(
+                static_cast<std::byte*>(::operator new[](
+                    chunk_bytes, std::align_val_t{ftune::detail::huge_page_bytes})),
+                ftune::detail::aligned_delete{true, ftune::detail::huge_page_bytes});
+            ftune::detail::advise_huge_pages(chunk.get(), chunk_bytes);
+            a.chunk = chunk, a.used = 0;
+        }
+        p = chunk.get() + a.used;
+        a.used += bytes;
+    }
+    std::memset(p, 0, n * sizeof(T));
+    // the array's own count; its deleter holds the chunk
+    return std::shared_ptr<T[]>(reinterpret_cast<T*>(p), [chunk = std::move(chunk)](T*) {});
 }
 
 /// Elements per parallel chunk for streaming element-wise kernels (64 KiB of floats).

@@ -499,7 +499,7 @@ class packed_b {
         packing_stats().prepacked.fetch_add(1, std::memory_order_relaxed);
         const std::size_t n = (N + NR - 1) / NR * NR * K;
         if (n > cap_ || data_.use_count() > 1) {  // too small, or shared with a copy
-            data_ = std::shared_ptr<T[]>(ftune::detail::aligned_alloc_array<T>(n));
+            data_ = detail::packed_storage<T>(n);
             cap_ = n;
         }
         K_ = K, N_ = N, nc_ = NC;  // after the allocation, which may throw

@@ -632,8 +632,7 @@ class packed_b_bf16 {
         const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
         const std::size_t n = bf16_detail::b_words(K, N);
         if (n > cap_ || data_.use_count() > 1) {
-            data_ = std::shared_ptr<std::uint32_t[]>(
-                ftune::detail::aligned_alloc_array<std::uint32_t>(n));
+            data_ = detail::packed_storage<std::uint32_t>(n);
             cap_ = n;
         }
         K_ = K, N_ = N, nc_ = bl.nc;
