@@ -304,12 +304,19 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
 }
 
 /// Where the packed B of a product lives and how it is blocked (packed_b_bf16's layout).
+/// Words before the packed (jc, pc) block of op(B) (K rows) whose column block has `panels`
+/// panels: pack_b writes and b_layout::block reads the blocks there.
+inline std::size_t block_offset(std::size_t K, std::size_t jc, std::size_t pc,
+                                std::size_t panels) noexcept {
+    return jc * pairs(K) + panels * NR * (pc / 2);
+}
+
 struct b_layout {
     const std::uint32_t* data;  ///< the packed words
     std::size_t K, N, kc, nc;   ///< depth, columns, depth of the K blocks, columns of a block
     /// The packed (jc, pc) block of a column block with `panels` panels.
     const std::uint32_t* block(std::size_t jc, std::size_t pc, std::size_t panels) const noexcept {
-        return data + jc * pairs(K) + panels * NR * (pc / 2);
+        return data + block_offset(K, jc, pc, panels);
     }
 };
 
@@ -321,7 +328,6 @@ inline std::size_t b_words(std::size_t K, std::size_t N) noexcept {
 /// Packs op(B) (K x N) into dst in the b_layout of depth blocks kc (even) and column blocks nc.
 inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t K,
                    std::size_t N, std::size_t kc, std::size_t nc) {
-    const std::size_t panels_all = (N + NR - 1) / NR;
     if (tb == transpose::no) {
         // op(B) = B (a weight gradient's activations): each pair of rows is read once, whole
         // and in order, and its words go to every panel; panel by panel, the rows were read in
@@ -337,7 +343,7 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
                     for (std::size_t jc = 0; jc < N; jc += nc) {
                         const std::size_t ncur = std::min(nc, N - jc),
                                           panels = (ncur + NR - 1) / NR;
-                        std::uint32_t* blk = dst + jc * KP + panels * NR * (pc / 2);
+                        std::uint32_t* blk = dst + block_offset(K, jc, pc, panels);
                         for (std::size_t q = 0; q < panels; ++q) {
                             const std::size_t j = jc + q * NR, nr = std::min(NR, N - j);
                             std::uint32_t* d = blk + q * kp * NR + (p - pc / 2) * NR;
@@ -349,13 +355,13 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
             });
         return;
     }
-    detail::parallel_for(panels_all, 4, [&](std::size_t q0, std::size_t q1) {
+    detail::parallel_for((N + NR - 1) / NR, 4, [&](std::size_t q0, std::size_t q1) {
         for (std::size_t q = q0; q < q1; ++q) {
             const std::size_t j = q * NR, jc = j / nc * nc, ncur = std::min(nc, N - jc);
             const std::size_t panels = (ncur + NR - 1) / NR, p = (j - jc) / NR;
             for (std::size_t pc = 0; pc < K; pc += kc) {
                 const std::size_t kcur = std::min(kc, K - pc);
-                std::uint32_t* blk = dst + jc * pairs(K) + panels * NR * (pc / 2);
+                std::uint32_t* blk = dst + block_offset(K, jc, pc, panels);
                 pack_b_panel(blk + p * pairs(kcur) * NR, B, ldb, tb, pc, kcur, j,
                              std::min(NR, N - j));
             }
