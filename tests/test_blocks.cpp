@@ -16,16 +16,25 @@
 using ftune::dynamic;
 using ftune::shape;
 
+namespace {
+// An encoder block of width 8 (2 heads, FFN 12) with dropout p on the hidden states and the
+// probabilities.
+template <class Block>
+Block small_block(double p) {
+    return Block({.hidden = 8,
+                  .heads = 2,
+                  .ffn = 12,
+                  .hidden_dropout = p,
+                  .attention_dropout = p,
+                  .layer_norm_eps = 1e-5});
+}
+}  // namespace
+
 TEMPLATE_TEST_CASE("encoder block: gradients, both norm placements, padding mask, dropout",
                    "[gradcheck][blocks]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
     using Block = ftune::blocks::encoder_block<double, dynamic, dynamic, TestType>;
     const std::size_t B = 2, T = 4, C = 8;
-    Block block({.hidden = C,
-                 .heads = 2,
-                 .ffn = 12,
-                 .hidden_dropout = 0.1,
-                 .attention_dropout = 0.1,
-                 .layer_norm_eps = 1e-5});
+    auto block = small_block<Block>(0.1);
     test::randomize(block, 50);
     auto xs = test::randn<double>(B * T * C, 51);
     const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
@@ -77,6 +86,82 @@ struct bound_encoder {
     }
 };
 }  // namespace
+
+namespace {
+// Binds a key mask to a block's forward_first (B, T, C) -> (B, 1, C), for check_layer_gradients.
+template <class L>
+struct first_only : test::masked<L> {
+    typename L::output_view forward(ftune::context& ctx, typename L::input_view x) {
+        return this->layer.forward_first(ctx, x, this->mask);
+    }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "encoder block: forward_first in training, gradients of the first rows into every position",
+    "[gradcheck][blocks]", ftune::blocks::post_norm, ftune::blocks::pre_norm) {
+    using Block = ftune::blocks::encoder_block<double, dynamic, dynamic, TestType>;
+    const std::size_t B = 3, T = 4, C = 8;
+    auto block = small_block<Block>(0.1);
+    test::randomize(block, 52);
+    auto xs = test::randn<double>(B * T * C, 53);
+    const ftune::view<double, shape<dynamic, dynamic, dynamic>> x(xs.data(), B, T, C);
+    std::vector<double> mask(B * T, 0.0);
+    mask[1 * T + 3] = mask[2 * T + 2] = mask[2 * T + 3] = -10000.0;  // 4, 3 and 2 tokens
+    first_only<Block> m{{block, {mask.data(), B, T}}};
+    for (auto mode : {ftune::mode::eval, ftune::mode::train}) {
+        ftune::context ctx{.mode = mode, .rng = ftune::generator(10)};
+        const auto res = ftune::testing::check_layer_gradients(m, ctx, x);
+        INFO((mode == ftune::mode::train ? "train: " : "eval: ") << res.report);
+        REQUIRE(res.ok);
+        CHECK(res.checked > 100);
+    }
+    // without dropout: row 0 of forward(), and forward()'s gradients for a dy on row 0 alone
+    Block plain({.hidden = C,
+                 .heads = 2,
+                 .ffn = 12,
+                 .hidden_dropout = 0,
+                 .attention_dropout = 0,
+                 .layer_norm_eps = 1e-5});
+    test::randomize(plain, 52);
+    ftune::context train{.mode = ftune::mode::train};
+    const auto dy1 = test::randn<double>(B * C, 54);
+    std::vector<double> dy(B * T * C, 0.0);
+    for (std::size_t b = 0; b < B; ++b)
+        std::copy(dy1.begin() + b * C, dy1.begin() + (b + 1) * C, dy.begin() + b * T * C);
+    auto run = [&](bool first) {
+        std::vector<double> out, dx(B * T * C, 0.0);
+        plain.zero_grad();
+        if (first) {
+            const auto y = plain.forward_first(train, x, {mask.data(), B, T});
+            REQUIRE(y.extent(1) == 1);
+            out.assign(y.data(), y.data() + y.size());
+            plain.backward(train, {dy1.data(), B, 1, C}, {dx.data(), B, T, C});
+        } else {
+            const auto y = plain.forward(train, x, {mask.data(), B, T});
+            for (std::size_t b = 0; b < B; ++b)
+                out.insert(out.end(), y.data() + b * T * C, y.data() + b * T * C + C);
+            plain.backward(train, {dy.data(), B, T, C}, {dx.data(), B, T, C});
+        }
+        std::vector<double> all = out;
+        all.insert(all.end(), dx.begin(), dx.end());
+        plain.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+            all.insert(all.end(), p.grad.begin(), p.grad.end());
+        });
+        return all;
+    };
+    const auto want = run(false), got = run(true);
+    REQUIRE(got.size() == want.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+        worst = std::max(worst, std::abs(got[i] - want[i]) / (1.0 + std::abs(want[i])));
+    CHECK(worst < 1e-12);
+    // a dy that is not (B, 1, C) after forward_first is refused, naming the shapes
+    plain.forward_first(train, x, {mask.data(), B, T});
+    std::vector<double> dx(B * T * C, 0.0);
+    CHECK_THROWS_AS(plain.backward(train, {dy.data(), B, T, C}, {dx.data(), B, T, C}),
+                    ftune::error);
+}
 
 TEST_CASE("BERT encoder: gradients of every parameter with a padding mask, eval and dropout",
           "[gradcheck][blocks]") {
@@ -419,7 +504,10 @@ TEMPLATE_TEST_CASE(
         for (float g : p.grad) touched += g != 0.0f;
     });
     CHECK(touched == 0);
-    CHECK_THROWS_AS(plain.backbone.forward_first_tokens(eval, {ids.data(), B, T}), ftune::error);
+    // unprepared, the first-token path keeps what backward needs and gives the same rows
+    const auto kept =
+        plain.backbone.forward_first_tokens(eval, {ids.data(), B, T}, {mask.data(), B, T});
+    CHECK(std::vector<float>(kept.data(), kept.data() + kept.size()) == rows0);
 }
 
 TEST_CASE("prepared causal self-attention equals the unprepared one bit for bit", "[blocks]") {
@@ -497,6 +585,68 @@ double max_relative_gap(const std::vector<double>& a, const std::vector<double>&
     return worst;
 }
 }  // namespace
+
+TEST_CASE(
+    "training a [CLS] classifier: the last layer for [CLS] only, the same logits and "
+    "gradients as the full last layer, frozen lower layers too",
+    "[blocks]") {
+    using E = ftune::bert::encoder<double>;
+    const ftune::bert::config cfg{.vocab_size = 30,
+                                  .hidden_size = 24,
+                                  .num_hidden_layers = 3,
+                                  .num_attention_heads = 3,
+                                  .intermediate_size = 40,
+                                  .max_position_embeddings = 16,
+                                  .hidden_dropout_prob = 0,
+                                  .attention_probs_dropout_prob = 0,
+                                  .num_labels = 3};
+    ftune::bert::sequence_classifier<E> model(cfg);
+    test::randomize(model, 91);
+    const std::size_t B = 3, T = 9;
+    std::vector<ftune::token_id> ids(B * T), mask(B * T, 1);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = ftune::token_id((i * 5 + 2) % 30);
+    for (std::size_t j = 5; j < T; ++j) mask[T + j] = 0;
+    const decltype(model)::ids_view x(ids.data(), B, T), m(mask.data(), B, T);
+    const auto dlogits = test::randn<double>(B * 3, 92);
+    for (const bool frozen : {false, true}) {
+        // frozen: embeddings and every layer but the last (its backward gets no dx)
+        model.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+            p.set_trainable(!frozen || p.name.find("layer.2.") != std::string::npos ||
+                            p.name.find("layer.") == std::string::npos &&
+                                p.name.find("embeddings") == std::string::npos);
+        });
+        auto gradients = [&] {
+            std::vector<double> g;
+            model.visit_parameters("", [&](ftune::parameter_ref<double> p) {
+                if (p.trainable) g.insert(g.end(), p.grad.begin(), p.grad.end());
+            });
+            return g;
+        };
+        ftune::context train{.mode = ftune::mode::train};
+        // the full last layer, as before: the head over every position's hidden states
+        model.zero_grad();
+        const auto full =
+            model.head.forward(train, model.backbone, model.backbone.forward(train, x, m));
+        const auto want = values_of(full);
+        REQUIRE(full.extent(0) == B);
+        model.backbone.backward(train,
+                                model.head.backward(train, model.backbone, {dlogits.data(), B, 3}));
+        const auto want_grads = gradients();
+        // task_model::forward in training: the last layer for [CLS] alone
+        model.zero_grad();
+        const auto got = values_of(model.forward(train, x, m));
+        model.backward(train, {dlogits.data(), B, 3});
+        const auto got_grads = gradients();
+        INFO((frozen ? "lower layers frozen" : "all trainable"));
+        CHECK(max_relative_gap(got, want) < 1e-12);
+        REQUIRE(got_grads.size() == want_grads.size());
+        CHECK(max_relative_gap(got_grads, want_grads) < 1e-12);
+        // the last layer did run for [CLS] alone: it refuses a gradient of every position
+        const std::vector<double> dh(B * T * 24, 1.0);
+        CHECK_THROWS_AS(model.backbone.layer.back().backward(train, {dh.data(), B, T, 24}, {}),
+                        ftune::error);
+    }
+}
 
 TEMPLATE_TEST_CASE(
     "the whole encoder on the reference backend, selected by type, matches the CPU backend",

@@ -288,24 +288,23 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
     // weight packing during the timed steps: none on the prepared inference path
     const std::uint64_t per_call = packs.per_call.load() - per_call0,
                         prepacked = packs.prepacked.load() - prepacked0;
-    // matrix-product FLOPs executed by the forward pass (a prepared classifier runs its last
-    // layer for the [CLS] rows only, after the keys and values of every position); backward
-    // adds twice as many
+    // matrix-product FLOPs executed by the forward pass; backward adds twice as many. The
+    // classifier runs its last layer for the [CLS] rows only, after the keys and values of every
+    // position: prepared inference through the fused [Wq; Wk; Wv] over every row, otherwise
+    // with the queries of the [CLS] rows alone.
     const double N = double(B * T), Bd = double(B);
-    const double per_layer =
-        2 * N * H * (4.0 * H) + 2 * N * H * (2.0 * F) + 4.0 * double(B) * T * T * H;
-    const double last_first_only =
-        2 * N * H * (3.0 * H) + 4.0 * Bd * T * H + 2 * Bd * H * H + 2 * Bd * H * (2.0 * F);
-    const bool pruned = model.backbone.inference_prepared() && !backward && L > 0;
+    const bool fused = model.backbone.inference_prepared() && !backward;
+    const double proj = 2 * N * H * (4.0 * H) + 2 * N * H * (2.0 * F), att = 4.0 * N * T * H;
+    const double proj_last = 2 * N * H * (fused ? 3.0 * H : 2.0 * H) +
+                             (fused ? 0 : 2 * Bd * H * H) + 2 * Bd * H * H + 2 * Bd * H * (2.0 * F),
+                 att_last = 4.0 * Bd * T * H;
+    const double projections = L > 0 ? double(L - 1) * proj + proj_last : 0,
+                 attention = L > 0 ? double(L - 1) * att + att_last : 0,
+                 head = 2.0 * B * H * (H + 2);  // pooler and classifier
     // (LoRA: frozen projections' products twice, forward and d input; the adapters' products
     // are not counted)
-    const double projections = 2 * N * H * (4.0 * H) + 2 * N * H * (2.0 * F);
-    const double flops =
-        lora_r ? double(L) * (2 * projections + 3 * (per_layer - projections)) +
-                     3 * 2.0 * B * H * (H + 2)
-               : ((pruned ? double(L - 1) * per_layer + last_first_only : double(L) * per_layer) +
-                  2.0 * B * H * (H + 2)) *
-                     (backward ? 3 : 1);
+    const double flops = lora_r ? 2 * projections + 3 * (attention + head)
+                                : (projections + attention + head) * (backward ? 3 : 1);
     const double gflops = flops / (median * 1e-3) * 1e-9, peak = peak_for(precision, nt);
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);

@@ -440,6 +440,24 @@ void first_tokens(O&& out, const X& x) {
                                         x.shape().extent(2), x.shape().extent(1));
 }
 
+/// x (B, T, C) at position 0 of each sequence += rows (B, C): first_tokens' way back (the
+/// gradient of a [CLS]-only read into the whole sequence's).
+template <tensor_like X, tensor_like R>
+void add_first_tokens(X&& x, const R& rows) {
+    detail::same_device<X, R>();
+    static_assert(detail::shape_of<X>::rank == 3 && detail::shape_of<R>::rank == 2,
+                  "ftune::ops::add_first_tokens: x is (B, T, C) and rows is (B, C)");
+    detail::check_axis("add_first_tokens (B)", "rows", rows, 0, "x", x, 0);
+    detail::check_axis("add_first_tokens (C)", "rows", rows, 1, "x", x, 2);
+    using T = detail::scalar_of<R>;
+    using D = detail::device_of<X>;
+    const std::size_t B = x.shape().extent(0), Tn = x.shape().extent(1), Cn = x.shape().extent(2);
+    for (std::size_t b = 0; b < B; ++b) {  // one row per sequence: B short sums
+        const view<T, shape<dynamic>, D> row(x.data() + b * Tn * Cn, Cn);
+        residual_add(row, row, view<const T, shape<dynamic>, D>(rows.data() + b * Cn, Cn));
+    }
+}
+
 /// The activations ops::activation / activation_backward apply.
 enum class activation { gelu, gelu_tanh, tanh, relu, silu };
 
@@ -929,33 +947,36 @@ void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::f
                                                   scores.data(), Tk, H * Tq * Tk, Tq * Tk, B, H);
 }
 
-/// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
-/// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
-/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes). In precision
-/// prec (bf16: operands rounded to bf16, fp32 sums); p may be kept in bf16 (ftune::bf16), read
-/// as it is, with prec bf16.
+/// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of a
+/// head matrix, with p (B, H, Tq, Tk): attention's context P V (out (B*Tq, C), v (B*Tk, C)), and
+/// in its backward dQ = dS K (TP = no, the same shapes), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes:
+/// out (B*Tk, C), v (B*Tq, C)). Tq = Tk but for a query subset (the [CLS]-only last layer:
+/// Tq = 1). In precision prec (bf16: operands rounded to bf16, fp32 sums); p may be kept in
+/// bf16 (ftune::bf16), read as it is, with prec bf16.
 template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
 void head_context(Out&& out, const P& p, const V& v, precision prec = precision::fp32) {
     detail::same_device<Out, P, V>();
     static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<P>::rank == 4 &&
                       detail::shape_of<V>::rank == 2,
-                  "ftune::ops::head_context: out (B*T, C), p (B, H, T, T), v (B*T, C)");
+                  "ftune::ops::head_context: out (B*Tq, C), p (B, H, Tq, Tk), v (B*Tk, C); "
+                  "transposed out (B*Tk, C), v (B*Tq, C)");
     const auto& ps = p.shape();
-    const std::size_t B = ps.extent(0), H = ps.extent(1), Tn = ps.extent(2);
+    const std::size_t B = ps.extent(0), H = ps.extent(1), Tq = ps.extent(2), Tk = ps.extent(3);
     const std::size_t Cn = out.shape().extent(1);
-    if (ps.extent(3) != Tn)
-        throw error(errc::shape_mismatch, "head_context",
-                    "p must be (B, H, T, T): square per head, got " + ps.to_string());
-    detail::check_size("head_context", "out", out, B * Tn * Cn, "(B*T, C) of p's B and T");
+    constexpr bool tr = TP == transpose::yes;
+    const std::size_t To = tr ? Tk : Tq, Tv = tr ? Tq : Tk;  // rows of out and v per sequence
+    detail::check_size("head_context", "out", out, B * To * Cn,
+                       tr ? "(B*Tk, C) of p's (B, H, Tq, Tk)" : "(B*Tq, C) of p's (B, H, Tq, Tk)");
     detail::check_axis("head_context", "v", v, 1, "out", out, 1);
-    detail::check_size("head_context", "v", v, B * Tn * Cn, "(B*T, C) of p's B and T");
+    detail::check_size("head_context", "v", v, B * Tv * Cn,
+                       tr ? "(B*Tq, C) of p's (B, H, Tq, Tk)" : "(B*Tk, C) of p's (B, H, Tq, Tk)");
     if (H == 0 || Cn % H != 0)
         throw error(errc::shape_mismatch, "head_context",
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     detail::head_products<detail::backend_for<Out>>(
-        prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data(), Tn, H * Tn * Tn,
-        Tn * Tn, v.data(), Cn, Tn * Cn, d, detail::scalar_of<Out>(0), out.data(), Cn, Tn * Cn, d, B,
+        prec, TP, transpose::no, To, d, Tv, detail::scalar_of<Out>(1), p.data(), Tk, H * Tq * Tk,
+        Tq * Tk, v.data(), Cn, Tv * Cn, d, detail::scalar_of<Out>(0), out.data(), Cn, To * Cn, d, B,
         H);
 }
 

@@ -7028,6 +7028,24 @@ void first_tokens(O&& out, const X& x) {
                                         x.shape().extent(2), x.shape().extent(1));
 }
 
+/// x (B, T, C) at position 0 of each sequence += rows (B, C): first_tokens' way back (the
+/// gradient of a [CLS]-only read into the whole sequence's).
+template <tensor_like X, tensor_like R>
+void add_first_tokens(X&& x, const R& rows) {
+    detail::same_device<X, R>();
+    static_assert(detail::shape_of<X>::rank == 3 && detail::shape_of<R>::rank == 2,
+                  "ftune::ops::add_first_tokens: x is (B, T, C) and rows is (B, C)");
+    detail::check_axis("add_first_tokens (B)", "rows", rows, 0, "x", x, 0);
+    detail::check_axis("add_first_tokens (C)", "rows", rows, 1, "x", x, 2);
+    using T = detail::scalar_of<R>;
+    using D = detail::device_of<X>;
+    const std::size_t B = x.shape().extent(0), Tn = x.shape().extent(1), Cn = x.shape().extent(2);
+    for (std::size_t b = 0; b < B; ++b) {  // one row per sequence: B short sums
+        const view<T, shape<dynamic>, D> row(x.data() + b * Tn * Cn, Cn);
+        residual_add(row, row, view<const T, shape<dynamic>, D>(rows.data() + b * Cn, Cn));
+    }
+}
+
 /// The activations ops::activation / activation_backward apply.
 enum class activation { gelu, gelu_tanh, tanh, relu, silu };
 
@@ -7517,33 +7535,36 @@ void head_scores(S&& scores, const A& a, const Bm& b, precision p = precision::f
                                                   scores.data(), Tk, H * Tq * Tk, Tq * Tk, B, H);
 }
 
-/// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of the
-/// (B*T, C) head matrix out, with p (B, H, T, T) and v (B*T, C): attention's context P V, and
-/// in its backward dQ = dS K (TP = no), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes). In precision
-/// prec (bf16: operands rounded to bf16, fp32 sums); p may be kept in bf16 (ftune::bf16), read
-/// as it is, with prec bf16.
+/// out_bh = op(p_bh) v_bh for every batch b and head h, written into head h's columns of a
+/// head matrix, with p (B, H, Tq, Tk): attention's context P V (out (B*Tq, C), v (B*Tk, C)), and
+/// in its backward dQ = dS K (TP = no, the same shapes), dV = Pᵀ dctx and dK = dSᵀ Q (TP = yes:
+/// out (B*Tk, C), v (B*Tq, C)). Tq = Tk but for a query subset (the [CLS]-only last layer:
+/// Tq = 1). In precision prec (bf16: operands rounded to bf16, fp32 sums); p may be kept in
+/// bf16 (ftune::bf16), read as it is, with prec bf16.
 template <transpose TP = transpose::no, tensor_like Out, tensor_like P, tensor_like V>
 void head_context(Out&& out, const P& p, const V& v, precision prec = precision::fp32) {
     detail::same_device<Out, P, V>();
     static_assert(detail::shape_of<Out>::rank == 2 && detail::shape_of<P>::rank == 4 &&
                       detail::shape_of<V>::rank == 2,
-                  "ftune::ops::head_context: out (B*T, C), p (B, H, T, T), v (B*T, C)");
+                  "ftune::ops::head_context: out (B*Tq, C), p (B, H, Tq, Tk), v (B*Tk, C); "
+                  "transposed out (B*Tk, C), v (B*Tq, C)");
     const auto& ps = p.shape();
-    const std::size_t B = ps.extent(0), H = ps.extent(1), Tn = ps.extent(2);
+    const std::size_t B = ps.extent(0), H = ps.extent(1), Tq = ps.extent(2), Tk = ps.extent(3);
     const std::size_t Cn = out.shape().extent(1);
-    if (ps.extent(3) != Tn)
-        throw error(errc::shape_mismatch, "head_context",
-                    "p must be (B, H, T, T): square per head, got " + ps.to_string());
-    detail::check_size("head_context", "out", out, B * Tn * Cn, "(B*T, C) of p's B and T");
+    constexpr bool tr = TP == transpose::yes;
+    const std::size_t To = tr ? Tk : Tq, Tv = tr ? Tq : Tk;  // rows of out and v per sequence
+    detail::check_size("head_context", "out", out, B * To * Cn,
+                       tr ? "(B*Tk, C) of p's (B, H, Tq, Tk)" : "(B*Tq, C) of p's (B, H, Tq, Tk)");
     detail::check_axis("head_context", "v", v, 1, "out", out, 1);
-    detail::check_size("head_context", "v", v, B * Tn * Cn, "(B*T, C) of p's B and T");
+    detail::check_size("head_context", "v", v, B * Tv * Cn,
+                       tr ? "(B*Tq, C) of p's (B, H, Tq, Tk)" : "(B*Tk, C) of p's (B, H, Tq, Tk)");
     if (H == 0 || Cn % H != 0)
         throw error(errc::shape_mismatch, "head_context",
                     ftune::detail::cat(H, " heads do not divide ", Cn, " features"));
     const std::size_t d = Cn / H;
     detail::head_products<detail::backend_for<Out>>(
-        prec, TP, transpose::no, Tn, d, Tn, detail::scalar_of<Out>(1), p.data(), Tn, H * Tn * Tn,
-        Tn * Tn, v.data(), Cn, Tn * Cn, d, detail::scalar_of<Out>(0), out.data(), Cn, Tn * Cn, d, B,
+        prec, TP, transpose::no, To, d, Tv, detail::scalar_of<Out>(1), p.data(), Tk, H * Tq * Tk,
+        Tq * Tk, v.data(), Cn, Tv * Cn, d, detail::scalar_of<Out>(0), out.data(), Cn, To * Cn, d, B,
         H);
 }
 
@@ -8214,43 +8235,24 @@ class self_attention {
     /// to itself and earlier positions). key_mask (B, T) is added to the scaled scores (0 keeps a
     /// key, a large negative value or -inf drops it).
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
-        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
-                          d = Cn / H;
-        const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
-        B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) return fused_attention(ctx, x, key_mask, Tn);  // packed, fused, none kept
-        last_fused_ = false;
-        q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
-        k_ = key.forward(ctx, x2);
-        v_ = value.forward(ctx, x2);
-        scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
-        probs_.resize(scores_.shape());
-        precision_ = ctx.precision;
-        ops::head_scores(scores_, q_, k_, precision_);  // S_bh = Q_bh K_bhᵀ
-        const T scale = T(1) / std::sqrt(T(d));
-        if (key_mask.empty())
-            ops::masked_softmax(probs_, scores_, scale, causal);
-        else
-            ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
-        dropout_.forward(ctx, probs_.view(), dropout_p, precision_);  // in training
-        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));           // (B, T, C)
-        const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        dropout_.read(probs_.view(), [&](const auto& p) {  // P V
-            ops::head_context(out2, p, v_, precision_);
-        });
-        return out_.view();
+        if (prepared_) return fused_attention(ctx, x, key_mask, x.extent(1));  // none kept
+        return unfused_attention(ctx, x, key_mask, false);
     }
 
-    /// Inference for the first token of each sequence only (a classifier reading [CLS] needs
-    /// nothing else from the last layer): (B, 1, C) = the rows forward() would give for position
-    /// 0, equal bit for bit, at the cost of the key and value projections of every position.
-    /// Needs prepare_inference(); eval mode; keeps nothing for backward.
+    /// The first position of each sequence only, (B, 1, C): the rows forward() gives for
+    /// position 0 (a classifier reading [CLS] needs nothing else from the last layer), at the
+    /// cost of the key and value projections of every position. On a model prepared for
+    /// inference, in eval mode: equal bit for bit, nothing kept. Otherwise (training) it keeps
+    /// what backward needs; backward then takes d context (B, 1, C) and accumulates dx
+    /// (B, T, C) for every position. Not for a causal layer outside prepared inference.
     output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
-        if (ctx.training() || !prepared_)
+        if (ctx.training()) prepared_ = false;
+        if (prepared_) return fused_attention(ctx, x, key_mask, 1);
+        if (causal)
             throw error(errc::invalid_argument, "self_attention::forward_first",
-                        "runs on a model prepared for inference, in eval mode");
-        return fused_attention(ctx, x, key_mask, 1);
+                        "a causal layer's first position attends to itself alone; run forward()");
+        return unfused_attention(ctx, x, key_mask, true);
     }
 
     /// Inference over a ragged batch: x (1, N, C) holds S sequences one after another without
@@ -8293,24 +8295,26 @@ class self_attention {
                                            " packed rows, one more than the sequences"));
     }
 
-    /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
+    /// Accumulates the projections' parameter gradients and, unless dx is empty, dx (B, T, C)
+    /// from dout, the gradient of the last forward's output: (B, T, C), or (B, 1, C) after
+    /// forward_first.
     void backward(context& ctx, output_view dout, d_input_view dx) {
         if (last_fused_) throw no_backward_after_inference("self_attention");
-        const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
+        const std::size_t B = B_, Tn = T_, Tq = Tq_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
-        auto& dp = w.dp;                                  // (B, H, T, T)
-        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // (B*T, C)
+        auto& dp = w.dp;                                  // (B, H, Tq, T)
+        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // (B*Tq, C), (B*T, C), (B*T, C)
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
-        dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
-        dq.resize(shape<dynamic, C>(B * Tn, Cn));
-        dk.resize(dq.shape());
-        dv.resize(dq.shape());
-        const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
+        dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, Tq, T)
+        dq.resize(shape<dynamic, C>(B * Tq, Cn));
+        dk.resize(shape<dynamic, C>(B * Tn, Cn));
+        dv.resize(dk.shape());
+        const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tq, Cn);  // d context
         ops::head_scores(dp, g, v_, precision_);           // dP_bh = dctx_bh V_bhᵀ
         dropout_.read(probs_.view(), [&](const auto& p) {  // dV_bh = P_bhᵀ dctx_bh
             ops::head_context<transpose::yes>(dv, p, g, precision_);
         });
-        // dS (B, H, T, T) through the dropout and the softmax, then dQ_bh = dS_bh K_bh and
+        // dS (B, H, Tq, T) through the dropout and the softmax, then dQ_bh = dS_bh K_bh and
         // dK_bh = dS_bhᵀ Q_bh
         dropout_.scores_backward(w.ds, w.ds_bf16, probs_.view(), dp.view(), T(1) / std::sqrt(T(d)),
                                  [&](const auto& ds) {
@@ -8320,7 +8324,14 @@ class self_attention {
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
-        query.backward(ctx, dq.view(), dx2);
+        if (Tq == Tn || dx.empty()) {
+            query.backward(ctx, dq.view(), Tq == Tn ? dx2 : view<T, shape<dynamic, C>, D>());
+        } else {  // queries of position 0 only: their dx into position 0 of each sequence
+            w.dx_first.resize(shape<dynamic, C>(B, Cn));
+            w.dx_first.fill(T(0));
+            query.backward(ctx, dq.view(), w.dx_first.view());
+            ops::add_first_tokens(dx, w.dx_first);
+        }
         key.backward(ctx, dk.view(), dx2);
         value.backward(ctx, dv.view(), dx2);
     }
@@ -8383,6 +8394,41 @@ class self_attention {
     }
 
   private:
+    // forward() (first_only false) or forward_first() outside prepared inference: out_ (B, Tq,
+    // C) for Tq = T positions or the first alone, keeping the projections, the probabilities
+    // and the dropout for backward
+    output_view unfused_attention(context& ctx, input_view x, mask_view key_mask, bool first_only) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
+                          d = Cn / H, Tq = first_only ? 1 : Tn;
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
+        B_ = B, T_ = Tn, Tq_ = Tq, last_fused_ = false;
+        view<const T, shape<dynamic, C>, D> xq = x2;  // (B*Tq, C) the queries' rows
+        if (first_only) {
+            x_first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) position 0, kept for backward
+            ops::first_tokens(x_first_, x);
+            xq = x_first_.view();
+        }
+        q_ = query.forward(ctx, xq);  // (B*Tq, C); head h at columns h*d .. h*d+d
+        k_ = key.forward(ctx, x2);    // (B*T, C) each
+        v_ = value.forward(ctx, x2);
+        scores_.resize(dynamic_shape<4>(B, H, Tq, Tn));  // (B, H, Tq, T)
+        probs_.resize(scores_.shape());
+        precision_ = ctx.precision;
+        ops::head_scores(scores_, q_, k_, precision_);  // S_bh = Q_bh K_bhᵀ
+        const T scale = T(1) / std::sqrt(T(d));
+        if (key_mask.empty())
+            ops::masked_softmax(probs_, scores_, scale, causal);
+        else
+            ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
+        dropout_.forward(ctx, probs_.view(), dropout_p, precision_);  // in training
+        out_.resize(shape<dynamic, dynamic, C>(B, Tq, Cn));           // (B, Tq, C)
+        const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tq, Cn);
+        dropout_.read(probs_.view(), [&](const auto& p) {  // P V
+            ops::head_context(out2, p, v_, precision_);
+        });
+        return out_.view();
+    }
+
     // Prepared inference: out_ (B, queries, C) for the first `queries` positions of each
     // sequence (all T, or 1), through the packed [Wq; Wk; Wv] and attention_inference.
     output_view fused_attention(context& ctx, input_view x, mask_view key_mask,
@@ -8421,25 +8467,28 @@ class self_attention {
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;                // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                    // the last forward used packed_qkv_
-    precision precision_ = precision::fp32;      // the last forward's head products
-    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
-    typename Proj::output_view q_, k_,
-        v_;                                          // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    bool prepared_ = false;                          // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                    // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                        // the last forward used packed_qkv_
+    precision precision_ = precision::fp32;          // the last forward's head products
+    ops::prepared_weight<T, D> packed_qkv_;          // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;          // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;      // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
+    std::size_t Tq_ = 0;                             // its queries per sequence: T, or 1 (first)
+    buffer<T, shape<dynamic, C>, D> x_first_;        // (B, C) position 0 of x (forward_first)
+    typename Proj::output_view q_;                   // (B*Tq, C) queries (the linear's buffer)
+    typename Proj::output_view k_, v_;               // (B*T, C) keys and values
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, Tq, T)
     attention_dropout<T, D> dropout_;                // on the probabilities, in training
-    buffer<T, shape<dynamic, dynamic, C>, D> out_;   // (B, T, C) context
+    buffer<T, shape<dynamic, dynamic, C>, D> out_;   // (B, Tq, C) context
     // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
     // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T) gradients
-        buffer<bf16, dynamic_shape<4>, D> ds_bf16;   // (B, H, T, T) dS for bf16 products
-        buffer<T, shape<dynamic, C>, D> dq, dk, dv;  // (B*T, C) gradients of the projections
+        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, Tq, T) gradients
+        buffer<bf16, dynamic_shape<4>, D> ds_bf16;   // (B, H, Tq, T) dS for bf16 products
+        buffer<T, shape<dynamic, C>, D> dq, dk, dv;  // (B*Tq, C), (B*T, C): the projections'
+        buffer<T, shape<dynamic, C>, D> dx_first;    // (B, C) d x at position 0 (forward_first)
     };
 };
 
@@ -9482,8 +9531,7 @@ class pooler {
 
     /// pooled = tanh(hidden[:, 0] Wᵀ + b).
     output_view forward(context& ctx, input_view hidden) {
-        const std::size_t B = hidden.extent(0), Tn = hidden.extent(1), Cn = hidden.extent(2);
-        T_ = Tn;
+        const std::size_t B = hidden.extent(0), Cn = hidden.extent(2);
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) the first token of each sequence
         ops::first_tokens(first_, hidden);
         return activation.forward(ctx, dense.forward(ctx, first_.view()));
@@ -9498,11 +9546,7 @@ class pooler {
         d_first_.fill(T(0));
         activation.backward(ctx, dout, d_dense_.view());
         dense.backward(ctx, d_dense_.view(), d_first_.view());
-        if (dhidden.empty()) return;
-        for (std::size_t b = 0; b < B; ++b) {  // d hidden[b, 0] += d first[b]
-            const view<T, shape<C>, D> row(dhidden.data() + b * T_ * Cn, Cn);
-            ops::residual_add(row, row, view<const T, shape<C>, D>(d_first_.data() + b * Cn, Cn));
-        }
+        if (!dhidden.empty()) ops::add_first_tokens(dhidden, d_first_);  // d hidden[b, 0] += ...
     }
 
     /// Packs dense's weight for inference (lora_linear::prepare_inference).
@@ -9518,7 +9562,6 @@ class pooler {
     }
 
   private:
-    std::size_t T_ = 0;  // the last forward's sequence length
     buffer<T, shape<dynamic, C>, D> first_, d_dense_, d_first_;  // (B, C)
 };
 
@@ -10309,47 +10352,18 @@ class encoder_block {
 
     /// y = block(x) with keys masked by key_mask (B, T) (empty: no mask). Keeps a view of x.
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
-        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
-        x_ = flat(x);
-        B_ = B, T_ = Tn;
+        const std::size_t B = x.extent(0), Tn = x.extent(1);
         inference_only_ = !ctx.training() && inference_prepared();
-        if (inference_only_) {  // packed weights, fused epilogues, nothing kept for backward
-            if constexpr (std::is_same_v<Norm, post_norm>) {
-                out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
-            } else {
-                const auto n1 = norm1.forward(ctx, x_);
-                out_ = inference_tail(
-                    ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)), x_);
-            }
-            return unflat(out_, B, Tn);
-        }
-        h1_.resize(shape<dynamic, C>(N, Cn));  // (N, C) first residual sum
-        h2_.resize(shape<dynamic, C>(N, Cn));  // (N, C) second residual sum
+        if (!inference_only_) return unflat(kept_forward(ctx, x, key_mask, false), B, Tn);
+        // packed weights, fused epilogues, nothing kept for backward
+        x_ = flat(x);
+        B_ = B, T_ = Tn, Tx_ = Tn;
         if constexpr (std::is_same_v<Norm, post_norm>) {
-            // n1 = LN1(x + dropout(dense(attention(x)))); y = LN2(n1 +
-            // dropout(out(act(inter(n1)))))
-            const auto a = attention.forward(ctx, x, key_mask);
-            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, flat(a)));
-            ops::residual_add(h1_, x_, ad);
-            const auto n1 = norm1.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
-            ops::residual_add(h2_, n1, f);
-            out_ = norm2.forward(ctx, h2_.view());
+            out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
         } else {
-            // h1 = x + dropout(dense(attention(LN1(x)))); y = h1 +
-            // dropout(out(act(inter(LN2(h1)))))
             const auto n1 = norm1.forward(ctx, x_);
-            const auto a = attention.forward(ctx, unflat(n1, B, Tn), key_mask);
-            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, flat(a)));
-            ops::residual_add(h1_, x_, ad);
-            const auto n2 = norm2.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
-            ops::residual_add(h2_, h1_, f);
-            out_ = h2_.view();
+            out_ =
+                inference_tail(ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)), x_);
         }
         return unflat(out_, B, Tn);
     }
@@ -10381,19 +10395,21 @@ class encoder_block {
                 ctx, flat(attention.forward_packed(ctx, unflat(n1, 1, N), offsets, first_only)),
                 residual);
         }
-        B_ = 1, T_ = rows;
+        B_ = 1, T_ = rows, Tx_ = N;
         return unflat(out_, 1, rows);
     }
 
-    /// Inference for the first token of each sequence only: (B, 1, C) equal bit for bit to row
-    /// 0 of forward()'s output, computing every position's keys and values but nothing else
-    /// for the other positions (the last layer under a [CLS] classifier). Needs
-    /// prepare_inference(), eval mode; keeps nothing for backward.
+    /// The first token of each sequence only: (B, 1, C), row 0 of forward()'s output, computing
+    /// every position's keys and values but nothing else for the other positions (the last layer
+    /// under a [CLS] classifier). On a model prepared for inference, in eval mode: equal bit for
+    /// bit, nothing kept for backward. Otherwise (training) equal up to the order of float sums,
+    /// keeping what backward needs; backward then takes dy (B, 1, C) and gives dx (B, T, C).
     output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2);
-        inference_only_ = true;
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) x at position 0
         ops::first_tokens(first_, x);
+        inference_only_ = !ctx.training() && inference_prepared();
+        if (!inference_only_) return unflat(kept_forward(ctx, x, key_mask, true), B, 1);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             out_ =
                 inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)), first_.view());
@@ -10403,28 +10419,42 @@ class encoder_block {
                 inference_tail(ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
                                first_.view());
         }
-        B_ = B, T_ = 1;
+        B_ = B, T_ = 1, Tx_ = Tn;
         return unflat(out_, B, 1);
     }
 
-    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx (B, T, C) from dy, the
+    /// gradient of the last forward's output: (B, T, C), or (B, 1, C) after forward_first.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
         if (inference_only_) throw no_backward_after_inference("encoder_block");
         auto& s = ctx.workspace.get<backward_scratch>();
-        const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
+        // N rows continue through the block (all B T, or B first tokens); Nx rows came in
+        const std::size_t N = B_ * T_, Nx = B_ * Tx_, Cn = dy_in.extent(2),
+                          Fn = intermediate.out_features();
+        if (dy_in.extent(0) != B_ || dy_in.extent(1) != T_)
+            throw error(
+                errc::shape_mismatch, "encoder_block backward",
+                ftune::detail::cat("dy is ", dy_in.shape().to_string(),
+                                   " but the last forward gave (", B_, ", ", T_, ", ", Cn, ")"));
         const auto dy = flat(dy_in);
-        zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
+        const bool pre = std::is_same_v<Norm, pre_norm>;
+        zeroed(s.c1, N, Cn), zeroed(s.c2, pre ? Nx : N, Cn), zeroed(s.c3, N, Cn);
         zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
-        const view<T, shape<dynamic, C>, D> dx =
-            dx_in.empty() ? view<T, shape<dynamic, C>, D>()
-                          : view<T, shape<dynamic, C>, D>(dx_in.data(), N, Cn);
+        // dx += d (the residual rows): every position, or position 0 after forward_first
+        auto add_residual = [&](view<const T, shape<dynamic, C>, D> d) {
+            if (dx_in.empty()) return;
+            if (T_ == Tx_)
+                ops::residual_add(flat(dx_in), flat(dx_in), d);
+            else
+                ops::add_first_tokens(dx_in, d);
+        };
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
             norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
             ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
             norm1.backward(ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
-            if (!dx.empty()) ops::residual_add(dx, dx, s.c2);
+            add_residual(s.c2.view());
             attention_backward(ctx, s.c2.view(), dx_in, N, Cn);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
@@ -10432,9 +10462,11 @@ class encoder_block {
             ops::residual_add(s.c3, s.c3, dy);              // d_c3 = d h1 = dy + ...
             norm2.backward(ctx, s.c1.view(), s.c3.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
-            if (!dx.empty()) ops::residual_add(dx, dx, s.c3);
-            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, T_), N,
-                               Cn);                // d_c2 = d n1
+            add_residual(s.c3.view());
+            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, Tx_), N,
+                               Cn);  // d_c2 = d n1, every position
+            const view<T, shape<dynamic, C>, D> dx =
+                dx_in.empty() ? view<T, shape<dynamic, C>, D>() : flat(dx_in);
             norm1.backward(ctx, s.c2.view(), dx);  // dx += LN1ᵀ d n1
         }
     }
@@ -10475,6 +10507,49 @@ class encoder_block {
     }
 
   private:
+    // forward() (first_only false) or forward_first() outside prepared inference: the (rows, C)
+    // output, rows = B T, or B for position 0 alone (first_ holds x there), keeping what backward
+    // needs (x's view, the residual sums, each layer's own)
+    //   post-norm: n1 = LN1(x + dropout(dense(attention(x)))); y = LN2(n1 +
+    //   dropout(out(act(inter(n1))))) pre-norm:  h1 = x + dropout(dense(attention(LN1(x)))); y = h1
+    //   + dropout(out(act(inter(LN2(h1)))))
+    view<const T, shape<dynamic, C>, D> kept_forward(context& ctx, input_view x, mask_view key_mask,
+                                                     bool first_only) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2),
+                          rows = first_only ? B : B * Tn;
+        x_ = flat(x);
+        B_ = B, T_ = first_only ? 1 : Tn, Tx_ = Tn;
+        const auto residual = first_only ? first_.view() : x_;  // (rows, C) what continues
+        auto attend = [&](input_view in) {                      // (rows, C) the attention's output
+            return flat(first_only ? attention.forward_first(ctx, in, key_mask)
+                                   : attention.forward(ctx, in, key_mask));
+        };
+        h1_.resize(shape<dynamic, C>(rows, Cn));  // (rows, C) first residual sum
+        h2_.resize(shape<dynamic, C>(rows, Cn));  // (rows, C) second residual sum
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, attend(x)));
+            ops::residual_add(h1_, residual, ad);
+            const auto n1 = norm1.forward(ctx, h1_.view());
+            const auto f = output_dropout.forward(
+                ctx,
+                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
+            ops::residual_add(h2_, n1, f);
+            out_ = norm2.forward(ctx, h2_.view());
+        } else {
+            const auto n1 = norm1.forward(ctx, x_);  // every position: keys and values
+            const auto ad = attention_dropout.forward(
+                ctx, attention_dense.forward(ctx, attend(unflat(n1, B, Tn))));
+            ops::residual_add(h1_, residual, ad);
+            const auto n2 = norm2.forward(ctx, h1_.view());
+            const auto f = output_dropout.forward(
+                ctx,
+                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
+            ops::residual_add(h2_, h1_, f);
+            out_ = h2_.view();
+        }
+        return out_;
+    }
+
     // Prepared inference after the attention: a (rows, C) attention output and the residual
     // x (rows, C) it adds to. The residuals run in the output projections' epilogues (the same
     // values as residual_add after them, bit for bit); dropout is the identity.
@@ -10549,10 +10624,11 @@ class encoder_block {
                            dx);
     }
 
-    std::size_t B_ = 0, T_ = 0;                // the last forward's batch and sequence
-    bool inference_only_ = false;              // the last forward kept nothing for backward
+    std::size_t B_ = 0, T_ = 0;    // the last forward's batch and output rows per sequence
+    std::size_t Tx_ = 0;           // its input's sequence length (T_, or more after forward_first)
+    bool inference_only_ = false;  // the last forward kept nothing for backward
     view<const T, shape<dynamic, C>, D> x_;    // (N, C) the last forward's input
-    buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (N, C) residual sums
+    buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (rows, C) residual sums
     buffer<T, shape<dynamic, C>, D> first_;    // (B, C) position 0 of x (forward_first)
     view<const T, shape<dynamic, C>, D> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
     // Gradient buffers used only inside one backward call: one set per run (ctx.workspace) for
@@ -10625,6 +10701,7 @@ class stack {
                         ids_view token_types = {}) {
         set_key_mask(ids, attention_mask);
         output_view h = embeddings.forward(ctx, ids, token_types);
+        input_shape_ = h.shape();
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return normed(ctx, h);
     }
@@ -10660,18 +10737,20 @@ class stack {
         return normed(ctx, first);
     }
 
-    /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
-    /// forward() gives at position 0, bit for bit, with the last layer computed for those rows
-    /// only (its keys and values still cover every position). What a [CLS] classifier reads;
-    /// about 1/L of the work less. Needs prepare_inference(); keeps nothing for backward.
+    /// Hidden states of the first token of each sequence, (B, 1, C): the rows forward() gives
+    /// at position 0, with the last layer computed for those rows only (its keys and values still
+    /// cover every position). What a [CLS] classifier reads; about 1/L of the work less. On a
+    /// backbone prepared for inference, in eval mode: equal bit for bit, nothing kept for
+    /// backward. Otherwise (training) equal up to the order of float sums; backward then takes
+    /// d hidden (B, 1, C).
     output_view forward_first_tokens(context& ctx, ids_view ids, ids_view attention_mask = {},
                                      ids_view token_types = {}) {
-        if (ctx.training() || !inference_prepared())
+        if (layer.empty())
             throw error(errc::invalid_argument, "forward_first_tokens",
-                        "runs on a backbone prepared for inference (prepare_inference()), in "
-                        "eval mode");
+                        "the backbone has no layers; run forward()");
         set_key_mask(ids, attention_mask);
         output_view h = embeddings.forward(ctx, ids, token_types);
+        input_shape_ = h.shape();
         for (std::size_t i = 0; i + 1 < layer.size(); ++i)
             h = layer[i].forward(ctx, h, mask_.view());
         return normed(ctx, layer.back().forward_first(ctx, h, mask_.view()));
@@ -10732,11 +10811,12 @@ class stack {
         return embeddings.token.padding_idx < 0 ? 0 : embeddings.token.padding_idx;
     }
 
-    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
-    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
+    /// Accumulates every trainable parameter's gradient from d loss / d hidden states (B, T, C),
+    /// or (B, 1, C) after a kept forward_first_tokens. Below the lowest layer that trains (frozen
+    /// embeddings and lower layers) nothing is computed.
     void backward(context& ctx, output_view dout) {
-        d_[0].resize(dout.shape());
-        d_[1].resize(dout.shape());
+        d_[0].resize(input_shape_);  // (B, T, C) between the blocks
+        d_[1].resize(input_shape_);
         output_view d = dout;
         if constexpr (has_final_norm) {  // d h = norm backward (dout)
             const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
@@ -10821,8 +10901,9 @@ class stack {
 
     buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
     buffer<token_id, shape<dynamic>, D> positions_;  // (N) positions of a ragged batch
+    typename output_view::shape_type input_shape_;   // (B, T, C) the blocks' input, last forward
     buffer<T, typename output_view::shape_type, D> d_[2],
-        d_final_;  // (B, T, C) gradients between blocks; before the final norm
+        d_final_;  // (B, T, C) gradients between blocks; (B, T or 1, C) before the final norm
 };
 
 }  // namespace blocks
@@ -13295,13 +13376,16 @@ class task_model {
     config_type& config() noexcept { return config_; }
 
     /// The head's outputs for ids; attention_mask (B, T) holds 1 for tokens and 0 for padding
-    /// (empty: all tokens), token_types may be empty. A head that reads position 0 only, on a
-    /// model prepared for inference in eval mode, gets the last layer computed for that
-    /// position alone (the same outputs, bit for bit).
+    /// (empty: all tokens), token_types may be empty. A head that reads position 0 only gets
+    /// the last layer computed for that position alone: on a model prepared for inference, in
+    /// eval mode, the same outputs bit for bit; otherwise (training) up to the order of float
+    /// sums, with the gradients backward() gives unchanged (on a host device; a GPU model keeps
+    /// the full last layer outside prepared inference).
     output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
                         ids_view token_types = {}) {
         if constexpr (Head::first_token_only)
-            if (!ctx.training() && backbone.inference_prepared())
+            if (host_device<typename Backbone::device_type> ||
+                (!ctx.training() && backbone.inference_prepared()))
                 return head.forward(
                     ctx, backbone,
                     backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));

@@ -11,6 +11,9 @@ tests/reference/fixtures/bert_parity.safetensors with:
   input_ids, attention_mask, token_type_ids   int32 (3, 9)
   loss_weight_hidden (3, 9, 64), loss_weight_pooled (3, 64)
   last_hidden_state (3, 9, 64), pooler_output (3, 64)   float64 results stored float32
+  grad_pooled/<name>  d sum(pooler_output * Wp) / d parameter: the gradient of a loss that reads
+                    position 0 only, which ftune computes with the last layer for position 0
+                    alone (float64, stored float32)
 and the config plus library versions in __metadata__.
 
 Usage: python3 tests/reference/bert_parity.py   (needs torch, transformers, safetensors)
@@ -67,10 +70,18 @@ def main():
     loss = (out.last_hidden_state * wh).sum() + (out.pooler_output * wp).sum()
     loss.backward()
 
+    grads = {name: p.grad.float().contiguous() for name, p in model.named_parameters()}
+    # the pooled output alone: a loss of position 0 (a [CLS] classifier's)
+    model.zero_grad(set_to_none=True)
+    pooled = model(input_ids=ids, attention_mask=mask, token_type_ids=types).pooler_output
+    (pooled * wp).sum().backward()
+
     tensors = {}
     for name, p in model.named_parameters():
         tensors["param/" + name] = params[name].contiguous()
-        tensors["grad/" + name] = p.grad.float().contiguous()
+        tensors["grad/" + name] = grads[name]
+        tensors["grad_pooled/" + name] = (p.grad if p.grad is not None
+                                          else torch.zeros_like(p)).float().contiguous()
     tensors["input_ids"] = ids.int()
     tensors["attention_mask"] = mask.int()
     tensors["token_type_ids"] = types.int()

@@ -102,47 +102,18 @@ class encoder_block {
 
     /// y = block(x) with keys masked by key_mask (B, T) (empty: no mask). Keeps a view of x.
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
-        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), N = B * Tn;
-        x_ = flat(x);
-        B_ = B, T_ = Tn;
+        const std::size_t B = x.extent(0), Tn = x.extent(1);
         inference_only_ = !ctx.training() && inference_prepared();
-        if (inference_only_) {  // packed weights, fused epilogues, nothing kept for backward
-            if constexpr (std::is_same_v<Norm, post_norm>) {
-                out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
-            } else {
-                const auto n1 = norm1.forward(ctx, x_);
-                out_ = inference_tail(
-                    ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)), x_);
-            }
-            return unflat(out_, B, Tn);
-        }
-        h1_.resize(shape<dynamic, C>(N, Cn));  // (N, C) first residual sum
-        h2_.resize(shape<dynamic, C>(N, Cn));  // (N, C) second residual sum
+        if (!inference_only_) return unflat(kept_forward(ctx, x, key_mask, false), B, Tn);
+        // packed weights, fused epilogues, nothing kept for backward
+        x_ = flat(x);
+        B_ = B, T_ = Tn, Tx_ = Tn;
         if constexpr (std::is_same_v<Norm, post_norm>) {
-            // n1 = LN1(x + dropout(dense(attention(x)))); y = LN2(n1 +
-            // dropout(out(act(inter(n1)))))
-            const auto a = attention.forward(ctx, x, key_mask);
-            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, flat(a)));
-            ops::residual_add(h1_, x_, ad);
-            const auto n1 = norm1.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
-            ops::residual_add(h2_, n1, f);
-            out_ = norm2.forward(ctx, h2_.view());
+            out_ = inference_tail(ctx, flat(attention.forward(ctx, x, key_mask)), x_);
         } else {
-            // h1 = x + dropout(dense(attention(LN1(x)))); y = h1 +
-            // dropout(out(act(inter(LN2(h1)))))
             const auto n1 = norm1.forward(ctx, x_);
-            const auto a = attention.forward(ctx, unflat(n1, B, Tn), key_mask);
-            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, flat(a)));
-            ops::residual_add(h1_, x_, ad);
-            const auto n2 = norm2.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
-            ops::residual_add(h2_, h1_, f);
-            out_ = h2_.view();
+            out_ =
+                inference_tail(ctx, flat(attention.forward(ctx, unflat(n1, B, Tn), key_mask)), x_);
         }
         return unflat(out_, B, Tn);
     }
@@ -174,19 +145,21 @@ class encoder_block {
                 ctx, flat(attention.forward_packed(ctx, unflat(n1, 1, N), offsets, first_only)),
                 residual);
         }
-        B_ = 1, T_ = rows;
+        B_ = 1, T_ = rows, Tx_ = N;
         return unflat(out_, 1, rows);
     }
 
-    /// Inference for the first token of each sequence only: (B, 1, C) equal bit for bit to row
-    /// 0 of forward()'s output, computing every position's keys and values but nothing else
-    /// for the other positions (the last layer under a [CLS] classifier). Needs
-    /// prepare_inference(), eval mode; keeps nothing for backward.
+    /// The first token of each sequence only: (B, 1, C), row 0 of forward()'s output, computing
+    /// every position's keys and values but nothing else for the other positions (the last layer
+    /// under a [CLS] classifier). On a model prepared for inference, in eval mode: equal bit for
+    /// bit, nothing kept for backward. Otherwise (training) equal up to the order of float sums,
+    /// keeping what backward needs; backward then takes dy (B, 1, C) and gives dx (B, T, C).
     output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
         const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2);
-        inference_only_ = true;
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) x at position 0
         ops::first_tokens(first_, x);
+        inference_only_ = !ctx.training() && inference_prepared();
+        if (!inference_only_) return unflat(kept_forward(ctx, x, key_mask, true), B, 1);
         if constexpr (std::is_same_v<Norm, post_norm>) {
             out_ =
                 inference_tail(ctx, flat(attention.forward_first(ctx, x, key_mask)), first_.view());
@@ -196,28 +169,42 @@ class encoder_block {
                 inference_tail(ctx, flat(attention.forward_first(ctx, unflat(n1, B, Tn), key_mask)),
                                first_.view());
         }
-        B_ = B, T_ = 1;
+        B_ = B, T_ = 1, Tx_ = Tn;
         return unflat(out_, B, 1);
     }
 
-    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx (B, T, C) from dy, the
+    /// gradient of the last forward's output: (B, T, C), or (B, 1, C) after forward_first.
     void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
         if (inference_only_) throw no_backward_after_inference("encoder_block");
         auto& s = ctx.workspace.get<backward_scratch>();
-        const std::size_t N = B_ * T_, Cn = dy_in.extent(2), Fn = intermediate.out_features();
+        // N rows continue through the block (all B T, or B first tokens); Nx rows came in
+        const std::size_t N = B_ * T_, Nx = B_ * Tx_, Cn = dy_in.extent(2),
+                          Fn = intermediate.out_features();
+        if (dy_in.extent(0) != B_ || dy_in.extent(1) != T_)
+            throw error(
+                errc::shape_mismatch, "encoder_block backward",
+                ftune::detail::cat("dy is ", dy_in.shape().to_string(),
+                                   " but the last forward gave (", B_, ", ", T_, ", ", Cn, ")"));
         const auto dy = flat(dy_in);
-        zeroed(s.c1, N, Cn), zeroed(s.c2, N, Cn), zeroed(s.c3, N, Cn);
+        const bool pre = std::is_same_v<Norm, pre_norm>;
+        zeroed(s.c1, N, Cn), zeroed(s.c2, pre ? Nx : N, Cn), zeroed(s.c3, N, Cn);
         zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
-        const view<T, shape<dynamic, C>, D> dx =
-            dx_in.empty() ? view<T, shape<dynamic, C>, D>()
-                          : view<T, shape<dynamic, C>, D>(dx_in.data(), N, Cn);
+        // dx += d (the residual rows): every position, or position 0 after forward_first
+        auto add_residual = [&](view<const T, shape<dynamic, C>, D> d) {
+            if (dx_in.empty()) return;
+            if (T_ == Tx_)
+                ops::residual_add(flat(dx_in), flat(dx_in), d);
+            else
+                ops::add_first_tokens(dx_in, d);
+        };
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
             norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
             ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
             norm1.backward(ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
-            if (!dx.empty()) ops::residual_add(dx, dx, s.c2);
+            add_residual(s.c2.view());
             attention_backward(ctx, s.c2.view(), dx_in, N, Cn);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
@@ -225,9 +212,11 @@ class encoder_block {
             ops::residual_add(s.c3, s.c3, dy);              // d_c3 = d h1 = dy + ...
             norm2.backward(ctx, s.c1.view(), s.c3.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
-            if (!dx.empty()) ops::residual_add(dx, dx, s.c3);
-            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, T_), N,
-                               Cn);                // d_c2 = d n1
+            add_residual(s.c3.view());
+            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, Tx_), N,
+                               Cn);  // d_c2 = d n1, every position
+            const view<T, shape<dynamic, C>, D> dx =
+                dx_in.empty() ? view<T, shape<dynamic, C>, D>() : flat(dx_in);
             norm1.backward(ctx, s.c2.view(), dx);  // dx += LN1ᵀ d n1
         }
     }
@@ -268,6 +257,49 @@ class encoder_block {
     }
 
   private:
+    // forward() (first_only false) or forward_first() outside prepared inference: the (rows, C)
+    // output, rows = B T, or B for position 0 alone (first_ holds x there), keeping what backward
+    // needs (x's view, the residual sums, each layer's own)
+    //   post-norm: n1 = LN1(x + dropout(dense(attention(x)))); y = LN2(n1 +
+    //   dropout(out(act(inter(n1))))) pre-norm:  h1 = x + dropout(dense(attention(LN1(x)))); y = h1
+    //   + dropout(out(act(inter(LN2(h1)))))
+    view<const T, shape<dynamic, C>, D> kept_forward(context& ctx, input_view x, mask_view key_mask,
+                                                     bool first_only) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2),
+                          rows = first_only ? B : B * Tn;
+        x_ = flat(x);
+        B_ = B, T_ = first_only ? 1 : Tn, Tx_ = Tn;
+        const auto residual = first_only ? first_.view() : x_;  // (rows, C) what continues
+        auto attend = [&](input_view in) {                      // (rows, C) the attention's output
+            return flat(first_only ? attention.forward_first(ctx, in, key_mask)
+                                   : attention.forward(ctx, in, key_mask));
+        };
+        h1_.resize(shape<dynamic, C>(rows, Cn));  // (rows, C) first residual sum
+        h2_.resize(shape<dynamic, C>(rows, Cn));  // (rows, C) second residual sum
+        if constexpr (std::is_same_v<Norm, post_norm>) {
+            const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, attend(x)));
+            ops::residual_add(h1_, residual, ad);
+            const auto n1 = norm1.forward(ctx, h1_.view());
+            const auto f = output_dropout.forward(
+                ctx,
+                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
+            ops::residual_add(h2_, n1, f);
+            out_ = norm2.forward(ctx, h2_.view());
+        } else {
+            const auto n1 = norm1.forward(ctx, x_);  // every position: keys and values
+            const auto ad = attention_dropout.forward(
+                ctx, attention_dense.forward(ctx, attend(unflat(n1, B, Tn))));
+            ops::residual_add(h1_, residual, ad);
+            const auto n2 = norm2.forward(ctx, h1_.view());
+            const auto f = output_dropout.forward(
+                ctx,
+                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
+            ops::residual_add(h2_, h1_, f);
+            out_ = h2_.view();
+        }
+        return out_;
+    }
+
     // Prepared inference after the attention: a (rows, C) attention output and the residual
     // x (rows, C) it adds to. The residuals run in the output projections' epilogues (the same
     // values as residual_add after them, bit for bit); dropout is the identity.
@@ -342,10 +374,11 @@ class encoder_block {
                            dx);
     }
 
-    std::size_t B_ = 0, T_ = 0;                // the last forward's batch and sequence
-    bool inference_only_ = false;              // the last forward kept nothing for backward
+    std::size_t B_ = 0, T_ = 0;    // the last forward's batch and output rows per sequence
+    std::size_t Tx_ = 0;           // its input's sequence length (T_, or more after forward_first)
+    bool inference_only_ = false;  // the last forward kept nothing for backward
     view<const T, shape<dynamic, C>, D> x_;    // (N, C) the last forward's input
-    buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (N, C) residual sums
+    buffer<T, shape<dynamic, C>, D> h1_, h2_;  // (rows, C) residual sums
     buffer<T, shape<dynamic, C>, D> first_;    // (B, C) position 0 of x (forward_first)
     view<const T, shape<dynamic, C>, D> out_;  // (N, C) output: norm2's (post) or h2_ (pre)
     // Gradient buffers used only inside one backward call: one set per run (ctx.workspace) for

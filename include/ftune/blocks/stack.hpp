@@ -58,6 +58,7 @@ class stack {
                         ids_view token_types = {}) {
         set_key_mask(ids, attention_mask);
         output_view h = embeddings.forward(ctx, ids, token_types);
+        input_shape_ = h.shape();
         for (auto& block : layer) h = block.forward(ctx, h, mask_.view());
         return normed(ctx, h);
     }
@@ -93,18 +94,20 @@ class stack {
         return normed(ctx, first);
     }
 
-    /// Eval-mode hidden states of the first token of each sequence, (B, 1, C): the rows
-    /// forward() gives at position 0, bit for bit, with the last layer computed for those rows
-    /// only (its keys and values still cover every position). What a [CLS] classifier reads;
-    /// about 1/L of the work less. Needs prepare_inference(); keeps nothing for backward.
+    /// Hidden states of the first token of each sequence, (B, 1, C): the rows forward() gives
+    /// at position 0, with the last layer computed for those rows only (its keys and values still
+    /// cover every position). What a [CLS] classifier reads; about 1/L of the work less. On a
+    /// backbone prepared for inference, in eval mode: equal bit for bit, nothing kept for
+    /// backward. Otherwise (training) equal up to the order of float sums; backward then takes
+    /// d hidden (B, 1, C).
     output_view forward_first_tokens(context& ctx, ids_view ids, ids_view attention_mask = {},
                                      ids_view token_types = {}) {
-        if (ctx.training() || !inference_prepared())
+        if (layer.empty())
             throw error(errc::invalid_argument, "forward_first_tokens",
-                        "runs on a backbone prepared for inference (prepare_inference()), in "
-                        "eval mode");
+                        "the backbone has no layers; run forward()");
         set_key_mask(ids, attention_mask);
         output_view h = embeddings.forward(ctx, ids, token_types);
+        input_shape_ = h.shape();
         for (std::size_t i = 0; i + 1 < layer.size(); ++i)
             h = layer[i].forward(ctx, h, mask_.view());
         return normed(ctx, layer.back().forward_first(ctx, h, mask_.view()));
@@ -165,11 +168,12 @@ class stack {
         return embeddings.token.padding_idx < 0 ? 0 : embeddings.token.padding_idx;
     }
 
-    /// Accumulates every trainable parameter's gradient from d loss / d hidden states. Below the
-    /// lowest layer that trains (frozen embeddings and lower layers) nothing is computed.
+    /// Accumulates every trainable parameter's gradient from d loss / d hidden states (B, T, C),
+    /// or (B, 1, C) after a kept forward_first_tokens. Below the lowest layer that trains (frozen
+    /// embeddings and lower layers) nothing is computed.
     void backward(context& ctx, output_view dout) {
-        d_[0].resize(dout.shape());
-        d_[1].resize(dout.shape());
+        d_[0].resize(input_shape_);  // (B, T, C) between the blocks
+        d_[1].resize(input_shape_);
         output_view d = dout;
         if constexpr (has_final_norm) {  // d h = norm backward (dout)
             const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
@@ -254,8 +258,9 @@ class stack {
 
     buffer<T, shape<dynamic, dynamic>, D> mask_;     // (B, T) additive key mask
     buffer<token_id, shape<dynamic>, D> positions_;  // (N) positions of a ragged batch
+    typename output_view::shape_type input_shape_;   // (B, T, C) the blocks' input, last forward
     buffer<T, typename output_view::shape_type, D> d_[2],
-        d_final_;  // (B, T, C) gradients between blocks; before the final norm
+        d_final_;  // (B, T, C) gradients between blocks; (B, T or 1, C) before the final norm
 };
 
 }  // namespace blocks

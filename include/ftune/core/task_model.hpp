@@ -93,13 +93,16 @@ class task_model {
     config_type& config() noexcept { return config_; }
 
     /// The head's outputs for ids; attention_mask (B, T) holds 1 for tokens and 0 for padding
-    /// (empty: all tokens), token_types may be empty. A head that reads position 0 only, on a
-    /// model prepared for inference in eval mode, gets the last layer computed for that
-    /// position alone (the same outputs, bit for bit).
+    /// (empty: all tokens), token_types may be empty. A head that reads position 0 only gets
+    /// the last layer computed for that position alone: on a model prepared for inference, in
+    /// eval mode, the same outputs bit for bit; otherwise (training) up to the order of float
+    /// sums, with the gradients backward() gives unchanged (on a host device; a GPU model keeps
+    /// the full last layer outside prepared inference).
     output_view forward(context& ctx, ids_view ids, ids_view attention_mask = {},
                         ids_view token_types = {}) {
         if constexpr (Head::first_token_only)
-            if (!ctx.training() && backbone.inference_prepared())
+            if (host_device<typename Backbone::device_type> ||
+                (!ctx.training() && backbone.inference_prepared()))
                 return head.forward(
                     ctx, backbone,
                     backbone.forward_first_tokens(ctx, ids, attention_mask, token_types));

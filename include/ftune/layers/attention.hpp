@@ -57,43 +57,24 @@ class self_attention {
     /// to itself and earlier positions). key_mask (B, T) is added to the scaled scores (0 keeps a
     /// key, a large negative value or -inf drops it).
     output_view forward(context& ctx, input_view x, mask_view key_mask = {}) {
-        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
-                          d = Cn / H;
-        const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
-        B_ = B, T_ = Tn;
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        if (prepared_) return fused_attention(ctx, x, key_mask, Tn);  // packed, fused, none kept
-        last_fused_ = false;
-        q_ = query.forward(ctx, x2);  // (B*T, C) each; head h at columns h*d .. h*d+d
-        k_ = key.forward(ctx, x2);
-        v_ = value.forward(ctx, x2);
-        scores_.resize(dynamic_shape<4>(B, H, Tn, Tn));  // (B, H, T, T)
-        probs_.resize(scores_.shape());
-        precision_ = ctx.precision;
-        ops::head_scores(scores_, q_, k_, precision_);  // S_bh = Q_bh K_bhᵀ
-        const T scale = T(1) / std::sqrt(T(d));
-        if (key_mask.empty())
-            ops::masked_softmax(probs_, scores_, scale, causal);
-        else
-            ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
-        dropout_.forward(ctx, probs_.view(), dropout_p, precision_);  // in training
-        out_.resize(shape<dynamic, dynamic, C>(B, Tn, Cn));           // (B, T, C)
-        const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tn, Cn);
-        dropout_.read(probs_.view(), [&](const auto& p) {  // P V
-            ops::head_context(out2, p, v_, precision_);
-        });
-        return out_.view();
+        if (prepared_) return fused_attention(ctx, x, key_mask, x.extent(1));  // none kept
+        return unfused_attention(ctx, x, key_mask, false);
     }
 
-    /// Inference for the first token of each sequence only (a classifier reading [CLS] needs
-    /// nothing else from the last layer): (B, 1, C) = the rows forward() would give for position
-    /// 0, equal bit for bit, at the cost of the key and value projections of every position.
-    /// Needs prepare_inference(); eval mode; keeps nothing for backward.
+    /// The first position of each sequence only, (B, 1, C): the rows forward() gives for
+    /// position 0 (a classifier reading [CLS] needs nothing else from the last layer), at the
+    /// cost of the key and value projections of every position. On a model prepared for
+    /// inference, in eval mode: equal bit for bit, nothing kept. Otherwise (training) it keeps
+    /// what backward needs; backward then takes d context (B, 1, C) and accumulates dx
+    /// (B, T, C) for every position. Not for a causal layer outside prepared inference.
     output_view forward_first(context& ctx, input_view x, mask_view key_mask = {}) {
-        if (ctx.training() || !prepared_)
+        if (ctx.training()) prepared_ = false;
+        if (prepared_) return fused_attention(ctx, x, key_mask, 1);
+        if (causal)
             throw error(errc::invalid_argument, "self_attention::forward_first",
-                        "runs on a model prepared for inference, in eval mode");
-        return fused_attention(ctx, x, key_mask, 1);
+                        "a causal layer's first position attends to itself alone; run forward()");
+        return unfused_attention(ctx, x, key_mask, true);
     }
 
     /// Inference over a ragged batch: x (1, N, C) holds S sequences one after another without
@@ -136,24 +117,26 @@ class self_attention {
                                            " packed rows, one more than the sequences"));
     }
 
-    /// Accumulates the projections' parameter gradients and, unless dx is empty, dx.
+    /// Accumulates the projections' parameter gradients and, unless dx is empty, dx (B, T, C)
+    /// from dout, the gradient of the last forward's output: (B, T, C), or (B, 1, C) after
+    /// forward_first.
     void backward(context& ctx, output_view dout, d_input_view dx) {
         if (last_fused_) throw no_backward_after_inference("self_attention");
-        const std::size_t B = B_, Tn = T_, Cn = dout.extent(2), H = heads_, d = Cn / H;
+        const std::size_t B = B_, Tn = T_, Tq = Tq_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
-        auto& dp = w.dp;                                  // (B, H, T, T)
-        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // (B*T, C)
+        auto& dp = w.dp;                                  // (B, H, Tq, T)
+        auto &dq = w.dq, &dk = w.dk, &dv = w.dv;          // (B*Tq, C), (B*T, C), (B*T, C)
         check_same_shape(dout.shape(), out_.shape(), "self_attention backward (dout vs output)");
-        dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, T, T)
-        dq.resize(shape<dynamic, C>(B * Tn, Cn));
-        dk.resize(dq.shape());
-        dv.resize(dq.shape());
-        const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tn, Cn);  // d context
+        dp.resize(probs_.shape());  // d loss / d (dropped) probabilities, (B, H, Tq, T)
+        dq.resize(shape<dynamic, C>(B * Tq, Cn));
+        dk.resize(shape<dynamic, C>(B * Tn, Cn));
+        dv.resize(dk.shape());
+        const view<const T, shape<dynamic, C>, D> g(dout.data(), B * Tq, Cn);  // d context
         ops::head_scores(dp, g, v_, precision_);           // dP_bh = dctx_bh V_bhᵀ
         dropout_.read(probs_.view(), [&](const auto& p) {  // dV_bh = P_bhᵀ dctx_bh
             ops::head_context<transpose::yes>(dv, p, g, precision_);
         });
-        // dS (B, H, T, T) through the dropout and the softmax, then dQ_bh = dS_bh K_bh and
+        // dS (B, H, Tq, T) through the dropout and the softmax, then dQ_bh = dS_bh K_bh and
         // dK_bh = dS_bhᵀ Q_bh
         dropout_.scores_backward(w.ds, w.ds_bf16, probs_.view(), dp.view(), T(1) / std::sqrt(T(d)),
                                  [&](const auto& ds) {
@@ -163,7 +146,14 @@ class self_attention {
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
-        query.backward(ctx, dq.view(), dx2);
+        if (Tq == Tn || dx.empty()) {
+            query.backward(ctx, dq.view(), Tq == Tn ? dx2 : view<T, shape<dynamic, C>, D>());
+        } else {  // queries of position 0 only: their dx into position 0 of each sequence
+            w.dx_first.resize(shape<dynamic, C>(B, Cn));
+            w.dx_first.fill(T(0));
+            query.backward(ctx, dq.view(), w.dx_first.view());
+            ops::add_first_tokens(dx, w.dx_first);
+        }
         key.backward(ctx, dk.view(), dx2);
         value.backward(ctx, dv.view(), dx2);
     }
@@ -226,6 +216,41 @@ class self_attention {
     }
 
   private:
+    // forward() (first_only false) or forward_first() outside prepared inference: out_ (B, Tq,
+    // C) for Tq = T positions or the first alone, keeping the projections, the probabilities
+    // and the dropout for backward
+    output_view unfused_attention(context& ctx, input_view x, mask_view key_mask, bool first_only) {
+        const std::size_t B = x.extent(0), Tn = x.extent(1), Cn = x.extent(2), H = heads_,
+                          d = Cn / H, Tq = first_only ? 1 : Tn;
+        const view<const T, shape<dynamic, C>, D> x2(x.data(), B * Tn, Cn);  // (B*T, C)
+        B_ = B, T_ = Tn, Tq_ = Tq, last_fused_ = false;
+        view<const T, shape<dynamic, C>, D> xq = x2;  // (B*Tq, C) the queries' rows
+        if (first_only) {
+            x_first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) position 0, kept for backward
+            ops::first_tokens(x_first_, x);
+            xq = x_first_.view();
+        }
+        q_ = query.forward(ctx, xq);  // (B*Tq, C); head h at columns h*d .. h*d+d
+        k_ = key.forward(ctx, x2);    // (B*T, C) each
+        v_ = value.forward(ctx, x2);
+        scores_.resize(dynamic_shape<4>(B, H, Tq, Tn));  // (B, H, Tq, T)
+        probs_.resize(scores_.shape());
+        precision_ = ctx.precision;
+        ops::head_scores(scores_, q_, k_, precision_);  // S_bh = Q_bh K_bhᵀ
+        const T scale = T(1) / std::sqrt(T(d));
+        if (key_mask.empty())
+            ops::masked_softmax(probs_, scores_, scale, causal);
+        else
+            ops::masked_softmax(probs_, scores_, key_mask, scale, causal);
+        dropout_.forward(ctx, probs_.view(), dropout_p, precision_);  // in training
+        out_.resize(shape<dynamic, dynamic, C>(B, Tq, Cn));           // (B, Tq, C)
+        const view<T, shape<dynamic, C>, D> out2(out_.data(), B * Tq, Cn);
+        dropout_.read(probs_.view(), [&](const auto& p) {  // P V
+            ops::head_context(out2, p, v_, precision_);
+        });
+        return out_.view();
+    }
+
     // Prepared inference: out_ (B, queries, C) for the first `queries` positions of each
     // sequence (all T, or 1), through the packed [Wq; Wk; Wv] and attention_inference.
     output_view fused_attention(context& ctx, input_view x, mask_view key_mask,
@@ -264,25 +289,28 @@ class self_attention {
     }
 
     std::size_t heads_;
-    bool prepared_ = false;                      // eval-mode forwards use packed_qkv_
-    bool packed_current_ = false;                // packed_qkv_ holds the current weights
-    bool last_fused_ = false;                    // the last forward used packed_qkv_
-    precision precision_ = precision::fp32;      // the last forward's head products
-    ops::prepared_weight<T, D> packed_qkv_;      // [Wq; Wk; Wv] prepared (prepare_inference)
-    buffer<T, shape<dynamic>, D> qkv_bias_;      // (3C) concatenated biases
-    buffer<T, shape<dynamic, dynamic>, D> qkv_;  // (B*T, 3C) fused projections
-    std::size_t B_ = 0, T_ = 0;                  // the last forward's batch and sequence
-    typename Proj::output_view q_, k_,
-        v_;                                          // (B*T, C) projections (the linears' buffers)
-    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, T, T)
+    bool prepared_ = false;                          // eval-mode forwards use packed_qkv_
+    bool packed_current_ = false;                    // packed_qkv_ holds the current weights
+    bool last_fused_ = false;                        // the last forward used packed_qkv_
+    precision precision_ = precision::fp32;          // the last forward's head products
+    ops::prepared_weight<T, D> packed_qkv_;          // [Wq; Wk; Wv] prepared (prepare_inference)
+    buffer<T, shape<dynamic>, D> qkv_bias_;          // (3C) concatenated biases
+    buffer<T, shape<dynamic, dynamic>, D> qkv_;      // (B*T, 3C) fused projections
+    std::size_t B_ = 0, T_ = 0;                      // the last forward's batch and sequence
+    std::size_t Tq_ = 0;                             // its queries per sequence: T, or 1 (first)
+    buffer<T, shape<dynamic, C>, D> x_first_;        // (B, C) position 0 of x (forward_first)
+    typename Proj::output_view q_;                   // (B*Tq, C) queries (the linear's buffer)
+    typename Proj::output_view k_, v_;               // (B*T, C) keys and values
+    buffer<T, dynamic_shape<4>, D> scores_, probs_;  // (B, H, Tq, T)
     attention_dropout<T, D> dropout_;                // on the probabilities, in training
-    buffer<T, shape<dynamic, dynamic, C>, D> out_;   // (B, T, C) context
+    buffer<T, shape<dynamic, dynamic, C>, D> out_;   // (B, Tq, C) context
     // Buffers used only inside one backward call: one set per run (ctx.workspace) for every layer
     // of this type (an encoder's 12 layers share it), not one per layer.
     struct backward_scratch {
-        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, T, T) gradients
-        buffer<bf16, dynamic_shape<4>, D> ds_bf16;   // (B, H, T, T) dS for bf16 products
-        buffer<T, shape<dynamic, C>, D> dq, dk, dv;  // (B*T, C) gradients of the projections
+        buffer<T, dynamic_shape<4>, D> dp, ds;       // (B, H, Tq, T) gradients
+        buffer<bf16, dynamic_shape<4>, D> ds_bf16;   // (B, H, Tq, T) dS for bf16 products
+        buffer<T, shape<dynamic, C>, D> dq, dk, dv;  // (B*Tq, C), (B*T, C): the projections'
+        buffer<T, shape<dynamic, C>, D> dx_first;    // (B, C) d x at position 0 (forward_first)
     };
 };
 

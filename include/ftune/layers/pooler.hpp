@@ -27,8 +27,7 @@ class pooler {
 
     /// pooled = tanh(hidden[:, 0] Wᵀ + b).
     output_view forward(context& ctx, input_view hidden) {
-        const std::size_t B = hidden.extent(0), Tn = hidden.extent(1), Cn = hidden.extent(2);
-        T_ = Tn;
+        const std::size_t B = hidden.extent(0), Cn = hidden.extent(2);
         first_.resize(shape<dynamic, C>(B, Cn));  // (B, C) the first token of each sequence
         ops::first_tokens(first_, hidden);
         return activation.forward(ctx, dense.forward(ctx, first_.view()));
@@ -43,11 +42,7 @@ class pooler {
         d_first_.fill(T(0));
         activation.backward(ctx, dout, d_dense_.view());
         dense.backward(ctx, d_dense_.view(), d_first_.view());
-        if (dhidden.empty()) return;
-        for (std::size_t b = 0; b < B; ++b) {  // d hidden[b, 0] += d first[b]
-            const view<T, shape<C>, D> row(dhidden.data() + b * T_ * Cn, Cn);
-            ops::residual_add(row, row, view<const T, shape<C>, D>(d_first_.data() + b * Cn, Cn));
-        }
+        if (!dhidden.empty()) ops::add_first_tokens(dhidden, d_first_);  // d hidden[b, 0] += ...
     }
 
     /// Packs dense's weight for inference (lora_linear::prepare_inference).
@@ -63,7 +58,6 @@ class pooler {
     }
 
   private:
-    std::size_t T_ = 0;  // the last forward's sequence length
     buffer<T, shape<dynamic, C>, D> first_, d_dense_, d_first_;  // (B, C)
 };
 
