@@ -168,13 +168,40 @@ inline std::pair<batch<T>, batch<T>> normal_cdf_and_exp(batch<T> x) {
         return {xsimd::fma(half, xsimd::erf(z), half), xsimd::exp(-(z * z))};
     }
 }
+
+/// Φ(x) = 0.5 + x P(x²) / Q(x²) for float on [-5.6, 5.6], and exactly 0 or 1 beyond (where Φ is
+/// within 1.1e-8 of them); P and Q of degree 5 fitted by scripts/fit_normal_cdf.py (|error| <
+/// 1e-8 in exact arithmetic, < 2.5e-7 evaluated in float: 4 ulp of 1). Ten multiply-adds, a product
+/// and a division, without the exp of normal_cdf_and_exp: GELU's forward in about 0.6 the time.
+/// Other types: normal_cdf_and_exp's.
+template <class T>
+[[gnu::always_inline]] inline batch<T> normal_cdf(const batch<T>& x) noexcept {
+    if constexpr (std::is_same_v<T, float>) {
+        using B = batch<float>;
+        const B s = x * x;  // beyond +-5.6 (even inf / inf) the selects below replace it
+        B p = xsimd::fma(B(2.214441776e-08f), s, B(6.357108407e-06f));
+        p = xsimd::fma(p, s, B(1.738924548e-04f));
+        p = xsimd::fma(p, s, B(4.707528521e-03f));
+        p = xsimd::fma(p, s, B(3.437987180e-02f));
+        p = xsimd::fma(p, s, B(3.989422218e-01f));
+        B q = xsimd::fma(B(1.180227185e-06f), s, B(7.511663820e-05f));
+        q = xsimd::fma(q, s, B(1.913219431e-03f));
+        q = xsimd::fma(q, s, B(2.894233672e-02f));
+        q = xsimd::fma(q, s, B(2.528432727e-01f));
+        q = xsimd::fma(q, s, B(1.0f));
+        const B phi = xsimd::select(x > B(5.6f), B(1.0f), xsimd::fma(x, p / q, B(0.5f)));
+        return xsimd::select(x < B(-5.6f), B(0.0f), phi);  // exact: x Φ(x) = x or -0 there
+    } else {
+        return normal_cdf_and_exp<T>(x).first;
+    }
+}
 }  // namespace detail
 
 /// y = x Φ(x) = 0.5 x (1 + erf(x / √2)).
 template <scalar T>
 void gelu_forward(T* y, const T* x, std::size_t n) {
     using B = detail::batch<T>;
-    detail::map_unary(y, x, n, [](B v) { return v * detail::normal_cdf_and_exp(v).first; });
+    detail::map_unary(y, x, n, [](B v) { return v * detail::normal_cdf<T>(v); });
 }
 
 /// dx += dy * (Φ(x) + x φ(x)).
