@@ -28,6 +28,19 @@ Block small_block(double p) {
                   .attention_dropout = p,
                   .layer_norm_eps = 1e-5});
 }
+// The values of a view as a vector (host memory on either device).
+template <class V>
+std::vector<double> values_of(const V& v) {
+    return std::vector<double>(v.data(), v.data() + v.size());
+}
+// The largest |a - b| / (1 + |b|) over two equally long vectors.
+double max_relative_gap(const std::vector<double>& a, const std::vector<double>& b) {
+    REQUIRE(a.size() == b.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, std::abs(a[i] - b[i]) / (1.0 + std::abs(b[i])));
+    return worst;
+}
 }  // namespace
 
 TEMPLATE_TEST_CASE("encoder block: gradients, both norm placements, padding mask, dropout",
@@ -150,12 +163,7 @@ TEMPLATE_TEST_CASE(
         });
         return all;
     };
-    const auto want = run(false), got = run(true);
-    REQUIRE(got.size() == want.size());
-    double worst = 0;
-    for (std::size_t i = 0; i < got.size(); ++i)
-        worst = std::max(worst, std::abs(got[i] - want[i]) / (1.0 + std::abs(want[i])));
-    CHECK(worst < 1e-12);
+    CHECK(max_relative_gap(run(true), run(false)) < 1e-12);
     // a dy that is not (B, 1, C) after forward_first is refused, naming the shapes
     plain.forward_first(train, x, {mask.data(), B, T});
     std::vector<double> dx(B * T * C, 0.0);
@@ -569,22 +577,6 @@ TEST_CASE("BERT task models: gradients of every parameter through each head", "[
     // the tied decoder: the word-embedding table gets the decoder's gradient too
     check_task_model<ftune::bert::masked_lm<E>>(activation::gelu, 400);
 }
-
-namespace {
-// The values of a view as a vector (host memory on either device).
-template <class V>
-std::vector<double> values_of(const V& v) {
-    return std::vector<double>(v.data(), v.data() + v.size());
-}
-// The largest |a - b| / (1 + |b|) over two equally long vectors.
-double max_relative_gap(const std::vector<double>& a, const std::vector<double>& b) {
-    REQUIRE(a.size() == b.size());
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i)
-        worst = std::max(worst, std::abs(a[i] - b[i]) / (1.0 + std::abs(b[i])));
-    return worst;
-}
-}  // namespace
 
 TEST_CASE(
     "training a [CLS] classifier: the last layer for [CLS] only, the same logits and "

@@ -147,7 +147,7 @@ class self_attention {
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
         if (Tq == Tn || dx.empty()) {
-            query.backward(ctx, dq.view(), Tq == Tn ? dx2 : view<T, shape<dynamic, C>, D>());
+            query.backward(ctx, dq.view(), dx2);
         } else {  // queries of position 0 only: their dx into position 0 of each sequence
             w.dx_first.resize(shape<dynamic, C>(B, Cn));
             w.dx_first.fill(T(0));
