@@ -152,6 +152,24 @@ void bench_gemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t 
     report_flops(st, 2.0 * double(M) * double(N) * double(K));
 }
 
+// A weight gradient's dyᵀ (dy: rows x cols, fp32) rounded and packed as a bf16 product's A:
+// the packing of every dW = dyᵀ x of a bf16 training step (bytes: fp32 read, bf16 written).
+void bench_pack_bf16_transposed(benchmark::State& st, std::size_t cols) {
+    threads(st);
+    if (!cpu::bf16_supported()) {
+        st.SkipWithError("this CPU has no AVX512-BF16");
+        return;
+    }
+    namespace bd = cpu::bf16_detail;
+    auto dy = data(rows * cols, 1);
+    std::vector<std::uint32_t> packed((cols + bd::MR - 1) / bd::MR * bd::MR * bd::pairs(rows));
+    for (auto _ : st) {
+        bd::pack_a(packed.data(), dy.data(), cols, transpose::yes, cols, rows);
+        benchmark::DoNotOptimize(packed.data());
+    }
+    report_bytes(st, 6.0 * double(rows * cols));
+}
+
 // Attention scores Q Kᵀ per (batch, head): (T, d) x (d, T) over B*heads batches.
 void bench_attention_gemm(benchmark::State& st, const model_dims& m) {
     threads(st);
@@ -571,6 +589,10 @@ void register_all() {
                         bench_gemm(st, x.M, x.N, x.K, x.ta, x.tb, impl);
                     }));
             }
+        for (std::size_t cols : {H, F})
+            apply_threads(benchmark::RegisterBenchmark(
+                (std::string("pack_bf16_dyT/") + m.name + "_" + std::to_string(cols)).c_str(),
+                [cols](benchmark::State& st) { bench_pack_bf16_transposed(st, cols); }));
         apply_threads(benchmark::RegisterBenchmark(
             (std::string("gemm_attention_qk/") + m.name + "/cpu").c_str(),
             [m](benchmark::State& st) { bench_attention_gemm(st, m); }));

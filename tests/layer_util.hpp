@@ -22,6 +22,13 @@ void randomize(L& layer, std::uint64_t seed, double scale = 0.4) {
     });
 }
 
+/// A layer whose backward also takes grad_write::overwrite.
+template <class L>
+concept overwriting_backward = requires(L& l, ftune::context& c, typename L::output_view dy,
+                                        typename L::d_input_view dx) {
+    l.backward(c, dy, dx, ftune::grad_write::overwrite);
+};
+
 /// Binds a key mask to a layer whose forward takes one (attention, block), so that
 /// check_layer_gradients can call forward(ctx, x).
 template <class L>
@@ -35,6 +42,11 @@ struct masked {
     output_view forward(ftune::context& ctx, input_view x) { return layer.forward(ctx, x, mask); }
     void backward(ftune::context& ctx, output_view dy, d_input_view dx) {
         layer.backward(ctx, dy, dx);
+    }
+    /// The layer's grad_write::overwrite backward, where it has one.
+    void backward(ftune::context& ctx, output_view dy, d_input_view dx,
+                  ftune::grad_write w) requires overwriting_backward<L> {
+        layer.backward(ctx, dy, dx, w);
     }
     void zero_grad() { layer.zero_grad(); }
     template <class F>

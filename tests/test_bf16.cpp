@@ -264,6 +264,33 @@ TEST_CASE("a bf16-packed weight gives gemm_bf16's values, bias and residual, bit
         }
 }
 
+TEST_CASE("a weight gradient's product adds its bias's sums in the pass over dy, bit for bit",
+          "[bf16]") {
+    // dW += dyᵀ x with db += Σ dy on the way: gemm_bf16's a_sums must give bias_backward's bits
+    // (every column summed over the rows in order) and leave the product as it was, for odd K,
+    // short tiles and any thread count
+    if (!kernels_here()) return;
+    std::uint32_t seed = 300;
+    for (const auto& s : shapes)
+        for (const auto tb : {transpose::no, transpose::yes}) {
+            auto p = make(s[0], s[1], s[2], transpose::yes, tb, seed += 4);  // A: dy (K x M)
+            const auto start = randn(p.M, seed + 1);  // db holds earlier gradients
+            std::vector<float> got_db = start, want_db = start, got_dw = p.C, want_dw = p.C;
+            cpu::gemm_bf16(transpose::yes, tb, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), p.B.data(),
+                           p.ldb(), 1.0f, got_dw.data(), p.N, got_db.data());
+            cpu::gemm_bf16(transpose::yes, tb, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), p.B.data(),
+                           p.ldb(), 1.0f, want_dw.data(), p.N);
+            cpu::bias_backward(want_db.data(), p.A.data(), p.K, p.M);
+            INFO("M " << p.M << " N " << p.N << " K " << p.K << " tb " << int(tb));
+            CHECK(std::memcmp(got_dw.data(), want_dw.data(), got_dw.size() * 4) == 0);
+            CHECK(std::memcmp(got_db.data(), want_db.data(), got_db.size() * 4) == 0);
+        }
+    std::vector<float> a(6, 1.0f), b(6, 1.0f), c(4), sums(2);
+    CHECK_THROWS_AS(cpu::gemm_bf16(transpose::no, transpose::no, 2, 2, 3, 1.0f, a.data(), 3,
+                                   b.data(), 2, 0.0f, c.data(), 2, sums.data()),
+                    ftune::error);
+}
+
 TEST_CASE("strided batched bf16 products (attention's) equal the reference emulation", "[bf16]") {
     if (!kernels_here()) return;
     const std::size_t batch = 5, M = 19, N = 23, K = 9;

@@ -136,7 +136,10 @@ struct masked_attention {
     attention& a;
     attention::mask_view m;
     output_view forward(ftune::context& ctx, input_view x) { return a.forward(ctx, x, m); }
-    void backward(ftune::context& ctx, output_view dy, d_input_view dx) { a.backward(ctx, dy, dx); }
+    void backward(ftune::context& ctx, output_view dy, d_input_view dx,
+                  ftune::grad_write w = ftune::grad_write::accumulate) {
+        a.backward(ctx, dy, dx, w);
+    }
     void zero_grad() { a.zero_grad(); }
     template <class F>
     void visit_parameters(std::string_view p, F&& f) {

@@ -8,6 +8,7 @@
 #include "ftune/layers/dropout.hpp"
 #include "ftune/layers/embedding.hpp"
 #include "ftune/layers/gated_mlp.hpp"
+#include "ftune/layers/gradients.hpp"
 #include "ftune/layers/input_embeddings.hpp"
 #include "ftune/layers/layer_norm.hpp"
 #include "ftune/layers/linear.hpp"

@@ -208,6 +208,13 @@ struct backend_of<device::cuda> {
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
 
+/// Sets every element of x to zero (buffer::fill's way: large ones by the OpenMP threads).
+template <tensor_like X>
+void zero(X&& x) {
+    fill_on<detail::device_of<X>>(x.data(), x.shape().size(),
+                                  std::remove_const_t<detail::scalar_of<X>>(0));
+}
+
 namespace detail {
 /// The backend of tensor type X's device.
 template <class X>
@@ -220,6 +227,20 @@ constexpr void same_device() {
     static_assert((std::is_same_v<D, device_of<X>> && ...),
                   "ftune: tensors on different devices passed to one primitive; copy them to the "
                   "same device first.");
+}
+
+/// Prepares dx for a gradient primitive writing it as w says: nothing to do on the CPU, whose
+/// primitives take the overwrite flag (returned); elsewhere dx is zeroed and the primitive adds
+/// (false returned).
+template <class DX>
+bool overwrite_in_place(DX& dx, grad_write w) {
+    if (w == grad_write::accumulate) return false;
+    if constexpr (std::is_same_v<device_of<DX>, device::cpu>) {
+        return true;
+    } else {
+        ops::zero(dx);
+        return false;
+    }
 }
 
 /// matmul's checks of devices, ranks and extents; returns {M, N, K}.
@@ -383,6 +404,31 @@ void bias_backward(DBias&& dbias, const DY& dy) {
                                            dy.shape().extent(1));
 }
 
+/// A linear layer's parameter gradients from dy (N, Out) and its input x (N, In): dw (Out, In) +=
+/// dyᵀ x in precision p, and db (Out) += Σ_rows dy: matmul<yes, no> and bias_backward, the same
+/// values bit for bit. On the CPU in bf16 the bias's sums are taken in the pass that rounds and
+/// packs dyᵀ for the product (one read of dy instead of two).
+template <tensor_like DY, tensor_like X, tensor_like DW, tensor_like DB>
+void weight_and_bias_gradients(const DY& dy, const X& x, DW&& dw, DB&& db,
+                               precision p = precision::fp32) {
+    if constexpr (std::is_same_v<detail::device_of<DY>, device::cpu> &&
+                  std::is_same_v<detail::scalar_of<DW>, float>) {
+        if (p == precision::bf16) {
+            const auto [M, N, K] = detail::matmul_extents<transpose::yes, transpose::no>(dy, x, dw);
+            detail::same_device<DY, DB>();
+            static_assert(detail::shape_of<DB>::rank == 1,
+                          "ftune::ops::weight_and_bias_gradients: db is (Out)");
+            detail::check_axis("weight_and_bias_gradients", "dy", dy, 1, "db", db, 0);
+            return backends::cpu::gemm_bf16(transpose::yes, transpose::no, M, N, K, 1.0f, dy.data(),
+                                            dy.shape().extent(1), x.data(), x.shape().extent(1),
+                                            1.0f, dw.data(), N, db.data());
+        }
+    }
+    matmul<transpose::yes, transpose::no>(dy, x, dw, detail::scalar_of<DW>(1),
+                                          detail::scalar_of<DW>(1), p);
+    bias_backward(db, dy);
+}
+
 /// out = a + b (same shapes; out may alias a or b).
 template <tensor_like Out, tensor_like A, tensor_like B>
 void residual_add(Out&& out, const A& a, const B& b) {
@@ -493,31 +539,34 @@ void activate(activation f, Y&& y, const X& x) {
     detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
 }
 
-/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU, SiLU) or the forward output y
-/// (tanh).
+/// dx += f'(·) * dy (grad_write::overwrite: dx =, its old content not read), where · is the
+/// forward input x (GELUs, ReLU, SiLU) or the forward output y (tanh).
 template <tensor_like DX, tensor_like S, tensor_like DY>
-void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
+void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy,
+                       grad_write w = grad_write::accumulate) {
     detail::same_device<DX, S, DY>();
     check_same_shape(dx.shape(), dy.shape(), "activate_backward (dx vs dy)");
     check_same_shape(saved.shape(), dy.shape(), "activate_backward (saved vs dy)");
     const std::size_t n = dy.shape().size();
-    switch (f) {
-        case activation::gelu:
-            detail::backend_for<DX>::gelu_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::gelu_tanh:
-            detail::backend_for<DX>::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::tanh:
-            detail::backend_for<DX>::tanh_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::relu:
-            detail::backend_for<DX>::relu_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::silu:
-            detail::backend_for<DX>::silu_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-    }
+    using Bk = detail::backend_for<DX>;
+    auto run = [&](auto... overwrite) {  // the CPU's primitives take the flag, the others add
+        switch (f) {
+            case activation::gelu:
+                return Bk::gelu_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::gelu_tanh:
+                return Bk::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::tanh:
+                return Bk::tanh_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::relu:
+                return Bk::relu_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::silu:
+                return Bk::silu_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+        }
+    };
+    if constexpr (std::is_same_v<detail::device_of<DX>, device::cpu>)
+        run(detail::overwrite_in_place(dx, w));
+    else
+        detail::overwrite_in_place(dx, w), run();
 }
 
 /// out = a ⊙ b element-wise (same shapes; out may alias a or b).
@@ -563,11 +612,13 @@ void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight
                                                  weight.data(), bias.data(), rows, C, eps);
 }
 
-/// dx += ..., dweight += ..., dbias += ... for layer_norm (from its saved mean and rstd).
+/// dx += ... (grad_write::overwrite: dx =, its old content not read), dweight += ..., dbias +=
+/// ... for layer_norm (from its saved mean and rstd).
 template <tensor_like DX, tensor_like DW, tensor_like DBias, tensor_like DOut, tensor_like X,
           tensor_like W, tensor_like Mean, tensor_like Rstd>
 void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout, const X& x,
-                         const W& weight, const Mean& mean, const Rstd& rstd) {
+                         const W& weight, const Mean& mean, const Rstd& rstd,
+                         grad_write w = grad_write::accumulate) {
     using SX = detail::shape_of<X>;
     detail::same_device<DX, DW, DBias, DOut, X, W, Mean, Rstd>();
     static_assert(SX::rank == 2,
@@ -586,9 +637,15 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
     const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
     detail::check_size("layer_norm_backward", "mean", mean, rows, "one per row of x");
     detail::check_size("layer_norm_backward", "rstd", rstd, rows, "one per row of x");
-    detail::backend_for<DX>::layer_norm_backward(dx.data(), dweight.data(), dbias.data(),
-                                                 dout.data(), x.data(), weight.data(), mean.data(),
-                                                 rstd.data(), rows, C);
+    auto run = [&](auto... overwrite) {  // the CPU's primitive takes the flag, the others add
+        detail::backend_for<DX>::layer_norm_backward(
+            dx.data(), dweight.data(), dbias.data(), dout.data(), x.data(), weight.data(),
+            mean.data(), rstd.data(), rows, C, overwrite...);
+    };
+    if constexpr (std::is_same_v<detail::device_of<DX>, device::cpu>)
+        run(detail::overwrite_in_place(dx, w));
+    else
+        detail::overwrite_in_place(dx, w), run();
 }
 
 /// out (rows, C) = x / sqrt(mean(x²) + eps) ⊙ weight (C) per row (RMSNorm), rstd (rows) saved.
@@ -800,16 +857,24 @@ void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const rando
                                                 x.data() + r * per, p, per, s.derive(first + r));
 }
 
-/// dx += dy * mask / (1 - p), with the mask dropout saved; all the same shape.
+/// dx += dy * mask / (1 - p) (grad_write::overwrite: dx =, its old content not read), with the
+/// mask dropout saved; all the same shape.
 template <tensor_like DX, tensor_like Mask, tensor_like DY>
-void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p) {
+void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p,
+                      grad_write w = grad_write::accumulate) {
     detail::same_device<DX, Mask, DY>();
     static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
                   "ftune::ops::dropout_backward: the mask holds std::uint8_t, as dropout wrote it");
     check_same_shape(dx.shape(), dy.shape(), "dropout_backward (dx vs dy)");
     check_same_shape(mask.shape(), dy.shape(), "dropout_backward (mask vs dy)");
-    detail::backend_for<DX>::dropout_backward(dx.data(), mask.data(), dy.data(), p,
-                                              dy.shape().size());
+    auto run = [&](auto... overwrite) {  // the CPU's primitive takes the flag, the others add
+        detail::backend_for<DX>::dropout_backward(dx.data(), mask.data(), dy.data(), p,
+                                                  dy.shape().size(), overwrite...);
+    };
+    if constexpr (std::is_same_v<detail::device_of<DX>, device::cpu>)
+        run(detail::overwrite_in_place(dx, w));
+    else
+        detail::overwrite_in_place(dx, w), run();
 }
 
 /// out(n, C) = table(ids, :); ids outside the table throw out_of_range.
@@ -1138,9 +1203,10 @@ void prepare_weight_for_input_gradient(
 }
 
 /// y (M, N) += x (M, K) w with w (K, N) prepared by prepare_weight_for_input_gradient: the same
-/// values as matmul(x, w, y, 1, 1) in w's precision, bit for bit.
+/// values as matmul(x, w, y, 1, 1) in w's precision, bit for bit (grad_write::overwrite: y =,
+/// as matmul(x, w, y, 1, 0)).
 template <tensor_like X, class P, tensor_like Y>
-void matmul_prepared_add(const X& x, const P& w, Y&& y) {
+void matmul_prepared_add(const X& x, const P& w, Y&& y, grad_write gw = grad_write::accumulate) {
     detail::same_device<X, Y>();
     static_assert(std::is_same_v<P, prepared_weight<detail::scalar_of<Y>, detail::device_of<Y>>>,
                   "ftune::ops::matmul_prepared_add: w is the prepared_weight of y's type and "
@@ -1153,8 +1219,9 @@ void matmul_prepared_add(const X& x, const P& w, Y&& y) {
             errc::shape_mismatch, "matmul_prepared_add",
             ftune::detail::cat("x has ", K, " columns but the weight was prepared for ", w.rows()));
     detail::check_size("matmul_prepared_add", "y", y, M * N, "(M, N) of x's rows and w's columns");
-    detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(),
-                                        K, w, detail::scalar_of<Y>(1), y.data(), N);
+    using T = detail::scalar_of<Y>;
+    detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, T(1), x.data(), K, w,
+                                        gw == grad_write::overwrite ? T(0) : T(1), y.data(), N);
 }
 
 /// Element-wise work fused into matmul_prepared: none.

@@ -709,6 +709,28 @@ void host_to_device(T* dst, const T* src, std::size_t n) {
     else if (n)
         device_memory<Device>::from_host(dst, src, n * sizeof(T));
 }
+/// Sets the n values at p in Device's memory to v; on a host device, large arrays (the gradients
+/// zeroed at every step) by the OpenMP threads in 64 KiB chunks.
+template <device_tag Device, class T>
+void fill_on(T* p, std::size_t n, T v) noexcept(Device::host) {
+    if constexpr (!Device::host) {
+        device_memory<Device>::fill(p, n, v);
+    } else {
+#if defined(_OPENMP)
+        constexpr std::size_t chunk = 65536 / sizeof(T);
+        if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
+            const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+            for (std::ptrdiff_t c = 0; c < chunks; ++c) {
+                const std::size_t i = std::size_t(c) * chunk;
+                std::fill_n(p + i, std::min(chunk, n - i), v);
+            }
+            return;
+        }
+#endif
+        std::fill_n(p, n, v);
+    }
+}
 /// Copies n values from Device's memory to host memory (on device::cuda, after the work queued
 /// before it).
 template <device_tag Device, class T>
@@ -811,29 +833,9 @@ class buffer {
         }
         shape_ = s;
     }
-    /// Sets every element to v (large buffers, such as the gradients zeroed at every step, by
-    /// the OpenMP threads in 64 KiB chunks).
-    void fill(T v) noexcept(Device::host) {
-        T* p = data();
-        const std::size_t n = size();
-        if constexpr (!Device::host) {
-            device_memory<Device>::fill(p, n, v);
-        } else {
-#if defined(_OPENMP)
-            constexpr std::size_t chunk = 65536 / sizeof(T);
-            if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
-                const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static)
-                for (std::ptrdiff_t c = 0; c < chunks; ++c) {
-                    const std::size_t i = std::size_t(c) * chunk;
-                    std::fill_n(p + i, std::min(chunk, n - i), v);
-                }
-                return;
-            }
-#endif
-            std::fill_n(p, n, v);
-        }
-    }
+    /// Sets every element to v (fill_on: large buffers, such as the gradients zeroed at every
+    /// step, by the OpenMP threads).
+    void fill(T v) noexcept(Device::host) { fill_on<Device>(data(), size(), v); }
     /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
     /// the buffer and its copies, which must then be only read (model replicas sharing one
     /// model's weights). A later resize() that grows it allocates its own storage again.
@@ -843,62 +845,34 @@ class buffer {
     }
     /// Frees the storage and keeps the shape: data() is null and the elements may not be used
     /// until a resize() allocates again (gradients of a model that only runs inference).
-    void release() noexcept {
-        drop();
-    }
+    void release() noexcept { drop(); }
     /// Whether the buffer owns its storage (false after borrow()).
-    bool owns_storage() const noexcept {
-        return data_.get_deleter().owns;
-    }
+    bool owns_storage() const noexcept { return data_.get_deleter().owns; }
 
     /// Pointer to the first element.
-    T* data() noexcept {
-        return data_.get();
-    }
+    T* data() noexcept { return data_.get(); }
     /// Pointer to the first element.
-    const T* data() const noexcept {
-        return data_.get();
-    }
+    const T* data() const noexcept { return data_.get(); }
     /// The shape.
-    const Shape& shape() const noexcept {
-        return shape_;
-    }
+    const Shape& shape() const noexcept { return shape_; }
     /// Extent of axis i.
-    std::size_t extent(std::size_t i) const noexcept {
-        return shape_.extent(i);
-    }
+    std::size_t extent(std::size_t i) const noexcept { return shape_.extent(i); }
     /// Number of elements.
-    std::size_t size() const noexcept {
-        return shape_.size();
-    }
+    std::size_t size() const noexcept { return shape_.size(); }
     /// Number of elements the allocation holds.
-    std::size_t capacity() const noexcept {
-        return capacity_;
-    }
+    std::size_t capacity() const noexcept { return capacity_; }
     /// The elements as a span (host memory only).
-    std::span<T> span() noexcept requires(Device::host) {
-        return {data(), size()};
-    }
+    std::span<T> span() noexcept requires(Device::host) { return {data(), size()}; }
     /// The elements as a span (host memory only).
-    std::span<const T> span() const noexcept requires(Device::host) {
-        return {data(), size()};
-    }
+    std::span<const T> span() const noexcept requires(Device::host) { return {data(), size()}; }
     /// A mutable view of the whole buffer.
-    ftune::view<T, Shape, Device> view() noexcept {
-        return {data(), shape_};
-    }
+    ftune::view<T, Shape, Device> view() noexcept { return {data(), shape_}; }
     /// A read-only view of the whole buffer.
-    ftune::view<const T, Shape, Device> view() const noexcept {
-        return {data(), shape_};
-    }
+    ftune::view<const T, Shape, Device> view() const noexcept { return {data(), shape_}; }
     /// Implicit conversion to a mutable view.
-    operator ftune::view<T, Shape, Device>() noexcept {
-        return view();
-    }
+    operator ftune::view<T, Shape, Device>() noexcept { return view(); }
     /// Implicit conversion to a read-only view.
-    operator ftune::view<const T, Shape, Device>() const noexcept {
-        return view();
-    }
+    operator ftune::view<const T, Shape, Device>() const noexcept { return view(); }
     /// Element access by row-major index (host memory only).
     template <class... I>
     T& operator()(I... idx) noexcept requires(Device::host) {
@@ -1524,6 +1498,11 @@ enum class transpose : bool { no = false, yes = true };
 /// and losses stay fp32 in either.
 enum class precision { fp32, bf16 };
 
+/// How a backward pass writes an input gradient: added to what d_in holds (the layer contract,
+/// core/concepts.hpp), or written over it (d_in's old content dead: no zeroing pass before the
+/// first write).
+enum class grad_write { accumulate, overwrite };
+
 /// "fp32" or "bf16".
 constexpr const char* to_string(precision p) noexcept {
     return p == precision::bf16 ? "bf16" : "fp32";
@@ -1719,6 +1698,9 @@ struct any_parameter_visitor {
 /// - In eval mode forward is deterministic; in train mode it is a pure function of (inputs,
 ///   parameters, ctx.rng's seed and position), whatever the thread count.
 /// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
+/// - Optionally, `backward(ctx, d_out, d_in, grad_write::overwrite)` WRITES d_in instead (its
+///   old content is not read; the parameter gradients still accumulate): a container whose
+///   d_in buffer holds nothing yet calls it through layers::backward_into and skips zeroing it.
 template <class L, class T = typename L::value_type>
 concept layer = scalar<T> && requires(L& l, std::string_view prefix) {
     typename L::value_type;
@@ -3473,29 +3455,73 @@ FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, 
     if (k < K) dst[k / 2] = pair(r[k], 0.0f);
 }
 
+/// s[0:16] (the lanes of k) += r0, then += r1, ...: column sums taken one row after another.
+template <class... R>
+FTUNE_BF16_TARGET inline void add_rows(float* s, __mmask16 k, R... rows) {
+    __m512 v = _mm512_maskz_loadu_ps(k, s);
+    ((v = _mm512_add_ps(v, rows)), ...);
+    _mm512_mask_storeu_ps(s, k, v);
+}
+
 /// The whole tiles [t0, t1) of a transposed A (op(A)(i, k) = A[k * lda + i]) in pack_a's
-/// layout: for each pair, 16 rows (two tiles) at a time.
+/// layout: two pairs of 16 rows (two tiles) at a time, so that each store fills a 64-byte line
+/// of one tile (stores of one pair's 32 bytes took 1.3-1.9x the time: the lines of 8 and more
+/// tiles were each written in halves), then any last pair of an odd count of pairs alone. With
+/// sums, sums[i] += op(A)(i, k) for the tiles' rows i, k = 0, 1, ... in order (bias_backward's
+/// order: the same bits).
 FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda,
-                                                std::size_t K, std::size_t t0, std::size_t t1) {
+                                                std::size_t K, std::size_t t0, std::size_t t1,
+                                                float* sums = nullptr) {
     const std::size_t KP = pairs(K);
-    for (std::size_t p = 0; p < KP; ++p) {
+    std::size_t p0 = 0;
+    for (; 2 * p0 + 4 <= K; p0 += 2) {  // pairs p0, p0 + 1: rows 2 p0 .. 2 p0 + 3, all present
+        const float* r = A + 2 * p0 * lda;
+        std::size_t t = t0;
+        for (; t + 2 <= t1; t += 2) {
+            const __m512 a0 = _mm512_loadu_ps(r + t * MR), a1 = _mm512_loadu_ps(r + lda + t * MR),
+                         a2 = _mm512_loadu_ps(r + 2 * lda + t * MR),
+                         a3 = _mm512_loadu_ps(r + 3 * lda + t * MR);
+            const __m512i w01 = pairs16(a0, a1);  // pair p0 of tiles t, t + 1
+            const __m512i w23 = pairs16(a2, a3);  // pair p0 + 1
+            _mm512_storeu_si512(dst + t * KP * MR + p0 * MR, _mm512_shuffle_i64x2(w01, w23, 0x44));
+            _mm512_storeu_si512(dst + (t + 1) * KP * MR + p0 * MR,
+                                _mm512_shuffle_i64x2(w01, w23, 0xee));
+            if (sums) add_rows(sums + t * MR, 0xffff, a0, a1, a2, a3);
+        }
+        if (t < t1) {  // one tile left: 8 rows
+            const __mmask16 k = 0xff;
+            const __m512 a0 = _mm512_maskz_loadu_ps(k, r + t * MR),
+                         a1 = _mm512_maskz_loadu_ps(k, r + lda + t * MR),
+                         a2 = _mm512_maskz_loadu_ps(k, r + 2 * lda + t * MR),
+                         a3 = _mm512_maskz_loadu_ps(k, r + 3 * lda + t * MR);
+            const __m512i w01 = pairs16(a0, a1), w23 = pairs16(a2, a3);
+            _mm512_storeu_si512(dst + t * KP * MR + p0 * MR, _mm512_shuffle_i64x2(w01, w23, 0x44));
+            if (sums) add_rows(sums + t * MR, k, a0, a1, a2, a3);
+        }
+    }
+    for (std::size_t p = p0; p < KP; ++p) {
         const float* r0 = A + 2 * p * lda;
         const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
         std::size_t t = t0;
         for (; t + 2 <= t1; t += 2) {
-            const __m512i w = pairs16(_mm512_loadu_ps(r0 + t * MR),
-                                      r1 ? _mm512_loadu_ps(r1 + t * MR) : _mm512_setzero_ps());
+            const __m512 lo = _mm512_loadu_ps(r0 + t * MR);
+            const __m512 hi = r1 ? _mm512_loadu_ps(r1 + t * MR) : _mm512_setzero_ps();
+            const __m512i w = pairs16(lo, hi);
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
                                 _mm512_castsi512_si256(w));
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (t + 1) * KP * MR + p * MR),
                                 _mm512_extracti64x4_epi64(w, 1));
+            if (sums)
+                r1 ? add_rows(sums + t * MR, 0xffff, lo, hi) : add_rows(sums + t * MR, 0xffff, lo);
         }
         if (t < t1) {
             const __mmask16 k = 0xff;
+            const __m512 lo = _mm512_maskz_loadu_ps(k, r0 + t * MR);
             const __m512 hi = r1 ? _mm512_maskz_loadu_ps(k, r1 + t * MR) : _mm512_setzero_ps();
-            const __m512i w = pairs16(_mm512_maskz_loadu_ps(k, r0 + t * MR), hi);
+            const __m512i w = pairs16(lo, hi);
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
                                 _mm512_castsi512_si256(w));
+            if (sums) r1 ? add_rows(sums + t * MR, k, lo, hi) : add_rows(sums + t * MR, k, lo);
         }
     }
 }
@@ -3509,8 +3535,12 @@ inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
 }
 inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
-                              std::size_t t0, std::size_t t1) {
+                              std::size_t t0, std::size_t t1, float* sums = nullptr) {
     const std::size_t KP = pairs(K);
+    if (sums)
+        for (std::size_t t = t0; t < t1; ++t)
+            for (std::size_t k = 0; k < K; ++k)
+                for (std::size_t i = 0; i < MR; ++i) sums[t * MR + i] += A[k * lda + t * MR + i];
     for (std::size_t t = t0; t < t1; ++t)
         for (std::size_t p = 0; p < KP; ++p)
             pair_rows(dst + t * KP * MR + p * MR, A + 2 * p * lda + t * MR,
@@ -3523,11 +3553,14 @@ inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t ld
 /// pairs p, MR words (rows past M and the odd K's last high half are zero) and starts at dst +
 /// t * ⌈K/2⌉ * MR. A row-major A goes into rows of ⌈K/2⌉ words (row i at dst + i * ⌈K/2⌉),
 /// which the kernel reads in place, as gemm.hpp reads a row-major A. Runs on the team when
-/// called outside a parallel region.
+/// called outside a parallel region. A transposed A's pass also adds, with sums, each row of
+/// op(A) summed over k = 0, 1, ... in order to sums (M): a weight gradient's dyᵀ gives its bias's
+/// gradient on the way (bias_backward's values, bit for bit).
 inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpose ta, std::size_t M,
-                   std::size_t K) {
+                   std::size_t K, float* sums = nullptr) {
     const std::size_t KP = pairs(K), whole = M / MR;
     if (ta == transpose::no) {
+        if (sums) throw error(errc::invalid_argument, "bf16 pack_a", "row sums need op(A) = Aᵀ");
         detail::parallel_for(M, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(K, 1)),
                              [&](std::size_t i0, std::size_t i1) {
                                  for (std::size_t i = i0; i < i1; ++i)
@@ -3538,13 +3571,20 @@ inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpos
     // op(A)(i, k) = A[k * lda + i]: rows k and k + 1 give each tile's pairs
     detail::parallel_for(
         whole, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
-        [&](std::size_t t0, std::size_t t1) { pack_a_transposed(dst, A, lda, K, t0, t1); });
+        [&](std::size_t t0, std::size_t t1) { pack_a_transposed(dst, A, lda, K, t0, t1, sums); });
     if (const std::size_t mr = M - whole * MR; mr > 0) {  // the last, short tile: zero rows
         std::uint32_t* d = dst + whole * KP * MR;
         for (std::size_t p = 0; p < KP; ++p) {
             const float* r0 = A + 2 * p * lda + whole * MR;
-            pair_rows(d + p * MR, r0, 2 * p + 1 < K ? r0 + lda : nullptr, mr);
+            const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+            pair_rows(d + p * MR, r0, r1, mr);
             std::fill(d + p * MR + mr, d + (p + 1) * MR, 0u);
+            if (sums)
+                for (std::size_t i = 0; i < mr; ++i) {
+                    float& s = sums[whole * MR + i];
+                    s += r0[i];
+                    if (r1) s += r1[i];
+                }
         }
     }
 }
@@ -3980,16 +4020,27 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
 /// are converted per call (the products of activations: a weight's gradient, attention). A may
 /// be kept in bf16 already (TA = bf16: the attention activations of a bf16 training step), which
 /// gives the same result as its values as floats; a row-major one with K and lda even is read in
-/// place.
+/// place. With a_sums (op(A) = Aᵀ, A in float) the pass that packs A also adds each row of op(A)
+/// summed over k = 0, 1, ... in order to a_sums (M): a weight's gradient dyᵀ x and its bias's
+/// Σ dy from one read of dy (bias_backward's values, bit for bit).
 template <class TA>
 requires std::is_same_v<TA, float> || std::is_same_v<TA, bf16>
 void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
                const TA* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
-               std::size_t ldc) {
+               std::size_t ldc, float* a_sums = nullptr) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
-    if (M == 0 || N == 0) return;
-    if (K == 0 || alpha == 0.0f)
+    if (a_sums && (ta == transpose::no || !std::is_same_v<TA, float>))
+        throw error(errc::invalid_argument, "gemm_bf16",
+                    "row sums of op(A) are taken for op(A) = Aᵀ of a float A only");
+    if (M == 0) return;
+    if (N == 0 || K == 0 || alpha == 0.0f) {  // nothing multiplied; the row sums still add up
+        if constexpr (std::is_same_v<TA, float>)
+            if (a_sums)
+                for (std::size_t k = 0; k < K; ++k)
+                    for (std::size_t i = 0; i < M; ++i) a_sums[i] += A[k * lda + i];
+        if (N == 0) return;
         return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
+    }
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
@@ -4004,7 +4055,10 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
     if (!apack) {
         std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
             (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-        bf16_detail::pack_a(dst, A, lda, ta, M, K);
+        if constexpr (std::is_same_v<TA, float>)
+            bf16_detail::pack_a(dst, A, lda, ta, M, K, a_sums);
+        else
+            bf16_detail::pack_a(dst, A, lda, ta, M, K);
         apack = dst;
     }
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
@@ -4936,13 +4990,15 @@ inline void map_unary(T* y, const T* x, std::size_t n, F f) {
             i1 - i0, [&](std::size_t i, auto k) { store(y + i0 + i, f(load(x + i0 + i, k)), k); });
     });
 }
-/// Applies dx += f(x, dy) batch-wise over n elements, in parallel chunks.
+/// Applies dx += f(x, dy) (overwrite: dx = f(x, dy), dx not read) batch-wise over n elements,
+/// in parallel chunks.
 template <class T, class F>
-inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
+inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite, F f) {
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
-            store(dx + j, load(dx + j, k) + f(load(x + j, k), load(dy + j, k)), k);
+            const auto g = f(load(x + j, k), load(dy + j, k));
+            store(dx + j, overwrite ? g : load(dx + j, k) + g, k);
         });
     });
 }
@@ -5032,12 +5088,12 @@ void gelu_forward(T* y, const T* x, std::size_t n) {
     detail::map_unary(y, x, n, [](B v) { return v * detail::normal_cdf<T>(v); });
 }
 
-/// dx += dy * (Φ(x) + x φ(x)).
+/// dx += dy * (Φ(x) + x φ(x)) (overwrite: dx =, the same for every backward below).
 template <scalar T>
-void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
     const T inv_sqrt_2pi = T(0.5) * std::numbers::inv_sqrtpi_v<T> * std::numbers::sqrt2_v<T>;
-    detail::map_backward(dx, x, dy, n, [=](B v, B g) {
+    detail::map_backward(dx, x, dy, n, overwrite, [=](B v, B g) {
         const auto [cdf, e] = detail::normal_cdf_and_exp(v);
         return g * xsimd::fma(v * B(inv_sqrt_2pi), e, cdf);
     });
@@ -5057,10 +5113,10 @@ void gelu_tanh_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy * d/dx[gelu_tanh(x)] = dy * (s + 2 x s (1 - s) u'), s = σ(2u).
 template <scalar T>
-void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
     const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
-    detail::map_backward(dx, x, dy, n, [=](B v, B g) {
+    detail::map_backward(dx, x, dy, n, overwrite, [=](B v, B g) {
         const B v2 = v * v;
         const B s =
             B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
@@ -5077,9 +5133,9 @@ void tanh_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy * (1 - y²), from the forward output y.
 template <scalar T>
-void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
+void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
-    detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
+    detail::map_backward(dx, y, dy, n, overwrite, [](B v, B g) { return g * (B(T(1)) - v * v); });
 }
 
 /// y = x sigmoid(x) (SiLU).
@@ -5091,9 +5147,9 @@ void silu_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
 template <scalar T>
-void silu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void silu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
-    detail::map_backward(dx, x, dy, n, [](B v, B g) {
+    detail::map_backward(dx, x, dy, n, overwrite, [](B v, B g) {
         const B s = B(T(1)) / (B(T(1)) + xsimd::exp(-v));
         return g * s * (B(T(1)) + v * (B(T(1)) - s));
     });
@@ -5108,9 +5164,9 @@ void relu_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy where x > 0 (0 at x = 0, as PyTorch).
 template <scalar T>
-void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void relu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
-    detail::map_backward(dx, x, dy, n,
+    detail::map_backward(dx, x, dy, n, overwrite,
                          [](B v, B g) { return xsimd::select(v > B(T(0)), g, B(T(0))); });
 }
 
@@ -5145,13 +5201,15 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
     });
 }
 
-/// dx += ..., dweight += ..., dbias += ... for layer_norm_forward (using its saved mean, rstd).
+/// dx += ... (overwrite: dx = ..., dx not read), dweight += ..., dbias += ... for
+/// layer_norm_forward (using its saved mean, rstd).
 /// One pass over x and dout: blocks of 32 rows run in parallel, each computing dx and its own
 /// partial sums of dweight and dbias; the partials are then added in block order, so the result
 /// does not depend on the thread count.
 template <scalar T>
 void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
-                         const T* mean, const T* rstd, std::size_t rows, std::size_t C) {
+                         const T* mean, const T* rstd, std::size_t rows, std::size_t C,
+                         bool overwrite = false) {
     using namespace detail;
     using B = batch<T>;
     constexpr std::size_t block_rows = 32;
@@ -5176,7 +5234,8 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
                 const B g = load(gr + c, n);
                 const B wg = load(weight + c, n) * g;
                 T* d = dx + r * C + c;
-                store(d, xsimd::fma(wg - mean_g - norm * mean_gn, s, load(d, n)), n);
+                const B v = wg - mean_g - norm * mean_gn;
+                store(d, overwrite ? v * s : xsimd::fma(v, s, load(d, n)), n);
                 store(pb + c, load(pb + c, n) + g, n);
                 store(pw + c, xsimd::fma(norm, g, load(pw + c, n)), n);
             });
@@ -5466,16 +5525,20 @@ void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
     });
 }
 
-/// dx += dy * mask / (1 - p).
+/// dx += dy * mask / (1 - p) (overwrite: dx =, dx not read).
 template <scalar T>
-void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
+void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n,
+                      bool overwrite = false) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         T* dxl = dx;
         const T* dyl = dy;
         const std::uint8_t* __restrict ml = mask;
         const T inv = inv_keep;  // a local: a float captured by reference could alias dx
-        for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
+        if (overwrite)
+            for (std::size_t i = i0; i < i1; ++i) dxl[i] = dyl[i] * (ml[i] ? inv : T(0));
+        else
+            for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
     });
 }
 
@@ -6823,6 +6886,13 @@ struct backend_of<device::cuda> {
 #undef FTUNE_OPS_TRAINING_PRIMITIVES
 #undef FTUNE_OPS_FORWARD
 
+/// Sets every element of x to zero (buffer::fill's way: large ones by the OpenMP threads).
+template <tensor_like X>
+void zero(X&& x) {
+    fill_on<detail::device_of<X>>(x.data(), x.shape().size(),
+                                  std::remove_const_t<detail::scalar_of<X>>(0));
+}
+
 namespace detail {
 /// The backend of tensor type X's device.
 template <class X>
@@ -6835,6 +6905,20 @@ constexpr void same_device() {
     static_assert((std::is_same_v<D, device_of<X>> && ...),
                   "ftune: tensors on different devices passed to one primitive; copy them to the "
                   "same device first.");
+}
+
+/// Prepares dx for a gradient primitive writing it as w says: nothing to do on the CPU, whose
+/// primitives take the overwrite flag (returned); elsewhere dx is zeroed and the primitive adds
+/// (false returned).
+template <class DX>
+bool overwrite_in_place(DX& dx, grad_write w) {
+    if (w == grad_write::accumulate) return false;
+    if constexpr (std::is_same_v<device_of<DX>, device::cpu>) {
+        return true;
+    } else {
+        ops::zero(dx);
+        return false;
+    }
 }
 
 /// matmul's checks of devices, ranks and extents; returns {M, N, K}.
@@ -6998,6 +7082,31 @@ void bias_backward(DBias&& dbias, const DY& dy) {
                                            dy.shape().extent(1));
 }
 
+/// A linear layer's parameter gradients from dy (N, Out) and its input x (N, In): dw (Out, In) +=
+/// dyᵀ x in precision p, and db (Out) += Σ_rows dy: matmul<yes, no> and bias_backward, the same
+/// values bit for bit. On the CPU in bf16 the bias's sums are taken in the pass that rounds and
+/// packs dyᵀ for the product (one read of dy instead of two).
+template <tensor_like DY, tensor_like X, tensor_like DW, tensor_like DB>
+void weight_and_bias_gradients(const DY& dy, const X& x, DW&& dw, DB&& db,
+                               precision p = precision::fp32) {
+    if constexpr (std::is_same_v<detail::device_of<DY>, device::cpu> &&
+                  std::is_same_v<detail::scalar_of<DW>, float>) {
+        if (p == precision::bf16) {
+            const auto [M, N, K] = detail::matmul_extents<transpose::yes, transpose::no>(dy, x, dw);
+            detail::same_device<DY, DB>();
+            static_assert(detail::shape_of<DB>::rank == 1,
+                          "ftune::ops::weight_and_bias_gradients: db is (Out)");
+            detail::check_axis("weight_and_bias_gradients", "dy", dy, 1, "db", db, 0);
+            return backends::cpu::gemm_bf16(transpose::yes, transpose::no, M, N, K, 1.0f, dy.data(),
+                                            dy.shape().extent(1), x.data(), x.shape().extent(1),
+                                            1.0f, dw.data(), N, db.data());
+        }
+    }
+    matmul<transpose::yes, transpose::no>(dy, x, dw, detail::scalar_of<DW>(1),
+                                          detail::scalar_of<DW>(1), p);
+    bias_backward(db, dy);
+}
+
 /// out = a + b (same shapes; out may alias a or b).
 template <tensor_like Out, tensor_like A, tensor_like B>
 void residual_add(Out&& out, const A& a, const B& b) {
@@ -7108,31 +7217,34 @@ void activate(activation f, Y&& y, const X& x) {
     detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
 }
 
-/// dx += f'(·) * dy, where · is the forward input x (GELUs, ReLU, SiLU) or the forward output y
-/// (tanh).
+/// dx += f'(·) * dy (grad_write::overwrite: dx =, its old content not read), where · is the
+/// forward input x (GELUs, ReLU, SiLU) or the forward output y (tanh).
 template <tensor_like DX, tensor_like S, tensor_like DY>
-void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy) {
+void activate_backward(activation f, DX&& dx, const S& saved, const DY& dy,
+                       grad_write w = grad_write::accumulate) {
     detail::same_device<DX, S, DY>();
     check_same_shape(dx.shape(), dy.shape(), "activate_backward (dx vs dy)");
     check_same_shape(saved.shape(), dy.shape(), "activate_backward (saved vs dy)");
     const std::size_t n = dy.shape().size();
-    switch (f) {
-        case activation::gelu:
-            detail::backend_for<DX>::gelu_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::gelu_tanh:
-            detail::backend_for<DX>::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::tanh:
-            detail::backend_for<DX>::tanh_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::relu:
-            detail::backend_for<DX>::relu_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-        case activation::silu:
-            detail::backend_for<DX>::silu_backward(dx.data(), saved.data(), dy.data(), n);
-            break;
-    }
+    using Bk = detail::backend_for<DX>;
+    auto run = [&](auto... overwrite) {  // the CPU's primitives take the flag, the others add
+        switch (f) {
+            case activation::gelu:
+                return Bk::gelu_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::gelu_tanh:
+                return Bk::gelu_tanh_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::tanh:
+                return Bk::tanh_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::relu:
+                return Bk::relu_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+            case activation::silu:
+                return Bk::silu_backward(dx.data(), saved.data(), dy.data(), n, overwrite...);
+        }
+    };
+    if constexpr (std::is_same_v<detail::device_of<DX>, device::cpu>)
+        run(detail::overwrite_in_place(dx, w));
+    else
+        detail::overwrite_in_place(dx, w), run();
 }
 
 /// out = a ⊙ b element-wise (same shapes; out may alias a or b).
@@ -7178,11 +7290,13 @@ void layer_norm(Out&& out, Mean&& mean, Rstd&& rstd, const X& x, const W& weight
                                                  weight.data(), bias.data(), rows, C, eps);
 }
 
-/// dx += ..., dweight += ..., dbias += ... for layer_norm (from its saved mean and rstd).
+/// dx += ... (grad_write::overwrite: dx =, its old content not read), dweight += ..., dbias +=
+/// ... for layer_norm (from its saved mean and rstd).
 template <tensor_like DX, tensor_like DW, tensor_like DBias, tensor_like DOut, tensor_like X,
           tensor_like W, tensor_like Mean, tensor_like Rstd>
 void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout, const X& x,
-                         const W& weight, const Mean& mean, const Rstd& rstd) {
+                         const W& weight, const Mean& mean, const Rstd& rstd,
+                         grad_write w = grad_write::accumulate) {
     using SX = detail::shape_of<X>;
     detail::same_device<DX, DW, DBias, DOut, X, W, Mean, Rstd>();
     static_assert(SX::rank == 2,
@@ -7201,9 +7315,15 @@ void layer_norm_backward(DX&& dx, DW&& dweight, DBias&& dbias, const DOut& dout,
     const std::size_t rows = x.shape().extent(0), C = x.shape().extent(1);
     detail::check_size("layer_norm_backward", "mean", mean, rows, "one per row of x");
     detail::check_size("layer_norm_backward", "rstd", rstd, rows, "one per row of x");
-    detail::backend_for<DX>::layer_norm_backward(dx.data(), dweight.data(), dbias.data(),
-                                                 dout.data(), x.data(), weight.data(), mean.data(),
-                                                 rstd.data(), rows, C);
+    auto run = [&](auto... overwrite) {  // the CPU's primitive takes the flag, the others add
+        detail::backend_for<DX>::layer_norm_backward(
+            dx.data(), dweight.data(), dbias.data(), dout.data(), x.data(), weight.data(),
+            mean.data(), rstd.data(), rows, C, overwrite...);
+    };
+    if constexpr (std::is_same_v<detail::device_of<DX>, device::cpu>)
+        run(detail::overwrite_in_place(dx, w));
+    else
+        detail::overwrite_in_place(dx, w), run();
 }
 
 /// out (rows, C) = x / sqrt(mean(x²) + eps) ⊙ weight (C) per row (RMSNorm), rstd (rows) saved.
@@ -7415,16 +7535,24 @@ void dropout(Y&& y, Mask&& mask, const X& x, detail::scalar_of<X> p, const rando
                                                 x.data() + r * per, p, per, s.derive(first + r));
 }
 
-/// dx += dy * mask / (1 - p), with the mask dropout saved; all the same shape.
+/// dx += dy * mask / (1 - p) (grad_write::overwrite: dx =, its old content not read), with the
+/// mask dropout saved; all the same shape.
 template <tensor_like DX, tensor_like Mask, tensor_like DY>
-void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p) {
+void dropout_backward(DX&& dx, const Mask& mask, const DY& dy, detail::scalar_of<DY> p,
+                      grad_write w = grad_write::accumulate) {
     detail::same_device<DX, Mask, DY>();
     static_assert(std::is_same_v<detail::scalar_of<Mask>, std::uint8_t>,
                   "ftune::ops::dropout_backward: the mask holds std::uint8_t, as dropout wrote it");
     check_same_shape(dx.shape(), dy.shape(), "dropout_backward (dx vs dy)");
     check_same_shape(mask.shape(), dy.shape(), "dropout_backward (mask vs dy)");
-    detail::backend_for<DX>::dropout_backward(dx.data(), mask.data(), dy.data(), p,
-                                              dy.shape().size());
+    auto run = [&](auto... overwrite) {  // the CPU's primitive takes the flag, the others add
+        detail::backend_for<DX>::dropout_backward(dx.data(), mask.data(), dy.data(), p,
+                                                  dy.shape().size(), overwrite...);
+    };
+    if constexpr (std::is_same_v<detail::device_of<DX>, device::cpu>)
+        run(detail::overwrite_in_place(dx, w));
+    else
+        detail::overwrite_in_place(dx, w), run();
 }
 
 /// out(n, C) = table(ids, :); ids outside the table throw out_of_range.
@@ -7753,9 +7881,10 @@ void prepare_weight_for_input_gradient(
 }
 
 /// y (M, N) += x (M, K) w with w (K, N) prepared by prepare_weight_for_input_gradient: the same
-/// values as matmul(x, w, y, 1, 1) in w's precision, bit for bit.
+/// values as matmul(x, w, y, 1, 1) in w's precision, bit for bit (grad_write::overwrite: y =,
+/// as matmul(x, w, y, 1, 0)).
 template <tensor_like X, class P, tensor_like Y>
-void matmul_prepared_add(const X& x, const P& w, Y&& y) {
+void matmul_prepared_add(const X& x, const P& w, Y&& y, grad_write gw = grad_write::accumulate) {
     detail::same_device<X, Y>();
     static_assert(std::is_same_v<P, prepared_weight<detail::scalar_of<Y>, detail::device_of<Y>>>,
                   "ftune::ops::matmul_prepared_add: w is the prepared_weight of y's type and "
@@ -7768,8 +7897,9 @@ void matmul_prepared_add(const X& x, const P& w, Y&& y) {
             errc::shape_mismatch, "matmul_prepared_add",
             ftune::detail::cat("x has ", K, " columns but the weight was prepared for ", w.rows()));
     detail::check_size("matmul_prepared_add", "y", y, M * N, "(M, N) of x's rows and w's columns");
-    detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(),
-                                        K, w, detail::scalar_of<Y>(1), y.data(), N);
+    using T = detail::scalar_of<Y>;
+    detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, T(1), x.data(), K, w,
+                                        gw == grad_write::overwrite ? T(0) : T(1), y.data(), N);
 }
 
 /// Element-wise work fused into matmul_prepared: none.
@@ -7885,13 +8015,14 @@ class hidden_activation {
         return y_.view();
     }
 
-    /// dx += f'(x) dy (nothing when dx is empty).
-    void backward(context&, output_view dy, d_input_view dx) {
+    /// dx += f'(x) dy (grad_write::overwrite: dx =; nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
         if (dx.empty()) return;
         if (kind == ops::activation::tanh)
-            ops::activate_backward(kind, dx, y_, dy);
+            ops::activate_backward(kind, dx, y_, dy, w);
         else
-            ops::activate_backward(kind, dx, x_, dy);
+            ops::activate_backward(kind, dx, x_, dy, w);
     }
 
     /// No parameters: nothing to clear.
@@ -8034,6 +8165,32 @@ class attention_dropout {
 }  // namespace layers
 FTUNE_NAMESPACE_END
 // ---- end ftune/layers/attention_dropout.hpp ----
+// ---- begin ftune/layers/gradients.hpp ----
+// layers::backward_into: a layer's backward into an input-gradient buffer whose old content is
+// dead (the containers' scratch between layers), written over instead of zeroed and added to.
+
+
+FTUNE_NAMESPACE_BEGIN
+namespace layers {
+
+/// layer.backward(ctx, dy, dx) with dx written as w says: added to (accumulate, the layer
+/// contract), or written over (overwrite: through the layer's grad_write::overwrite backward
+/// where it has one, else dx zeroed first and added to; the same values either way).
+template <class L, class DY, class DX>
+void backward_into(L& layer, context& ctx, const DY& dy, DX dx,
+                   grad_write w = grad_write::overwrite) {
+    if (w == grad_write::accumulate) return layer.backward(ctx, dy, dx);
+    if constexpr (requires { layer.backward(ctx, dy, dx, grad_write::overwrite); }) {
+        layer.backward(ctx, dy, dx, grad_write::overwrite);
+    } else {
+        if (!dx.empty()) ops::zero(dx);
+        layer.backward(ctx, dy, dx);
+    }
+}
+
+}  // namespace layers
+FTUNE_NAMESPACE_END
+// ---- end ftune/layers/gradients.hpp ----
 // ---- begin ftune/layers/linear.hpp ----
 // layers::linear: y = x Wᵀ + b over the rows of x, as Hugging Face's nn.Linear (W stored [out,
 // in]).
@@ -8128,21 +8285,30 @@ class linear {
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
     /// (with W's packed copy when the forward found it frozen, or ran in bf16), in the
-    /// forward's precision.
-    void backward(context&, output_view dy, d_input_view dx) {
-        if (weight.trainable)
+    /// forward's precision; grad_write::overwrite: dx = dy W, its old content not read.
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
+        bool bias_done = false;  // summed in the weight gradient's pass over dy
+        if constexpr (Bias)
+            if (weight.trainable && bias.trainable) {
+                ops::weight_and_bias_gradients(dy, x_, weight.gradient(), bias.gradient(),
+                                               precision_);
+                bias_done = true;
+            }
+        if (weight.trainable && !bias_done)
             ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1),
                                                        precision_);
         if constexpr (Bias)
-            if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
+            if (bias.trainable && !bias_done) ops::bias_backward(bias.gradient(), dy);
         if (dx.empty()) return;
         if (!frozen_packed_ && precision_ == precision::fp32)
-            return ops::matmul(dy, weight.value, dx, T(1), T(1));
+            return ops::matmul(dy, weight.value, dx, T(1),
+                               w == grad_write::overwrite ? T(0) : T(1));
         if (!packed_d_current_ || packed_d_.precision() != precision_) {  // W as dx = dy W's B
             ops::prepare_weight_for_input_gradient(packed_d_, weight.value, precision_);
             packed_d_current_ = true;
         }
-        ops::matmul_prepared_add(dy, packed_d_, dx);
+        ops::matmul_prepared_add(dy, packed_d_, dx, w);
     }
 
     /// Sets the parameter gradients to zero.
@@ -8324,8 +8490,9 @@ class self_attention {
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx (B, T, C)
     /// from dout, the gradient of the last forward's output: (B, T, C), or (B, 1, C) after
-    /// forward_first.
-    void backward(context& ctx, output_view dout, d_input_view dx) {
+    /// forward_first (grad_write::overwrite: dx written, its old content not read).
+    void backward(context& ctx, output_view dout, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Tq = Tq_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
@@ -8351,15 +8518,16 @@ class self_attention {
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
+        // the first product into dx2 writes it as w says, the others add
         if (Tq == Tn || dx.empty()) {
-            query.backward(ctx, dq.view(), dx2);
+            backward_into(query, ctx, dq.view(), dx2, write);
+            key.backward(ctx, dk.view(), dx2);
         } else {  // queries of position 0 only: their dx into position 0 of each sequence
+            backward_into(key, ctx, dk.view(), dx2, write);
             w.dx_first.resize(shape<dynamic, C>(B, Cn));
-            w.dx_first.fill(T(0));
-            query.backward(ctx, dq.view(), w.dx_first.view());
+            backward_into(query, ctx, dq.view(), w.dx_first.view());
             ops::add_first_tokens(dx, w.dx_first);
         }
-        key.backward(ctx, dk.view(), dx2);
         value.backward(ctx, dv.view(), dx2);
     }
 
@@ -8729,11 +8897,11 @@ class chain {
             else
                 guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
         } else {
-            auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), zeroed
+            auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), written
             g.resize(std::get<I - 1>(outputs_).shape());
-            g.fill(value_type(0));
-            guarded<I>(
-                [&] { get<I>().backward(ctx, dy, typename layer_t<I>::d_input_view(g.view())); });
+            guarded<I>([&] {
+                backward_into(get<I>(), ctx, dy, typename layer_t<I>::d_input_view(g.view()));
+            });
             backward_from<I - 1>(ctx, typename layer_t<I - 1>::output_view(g.view()), dx);
         }
     }
@@ -8799,11 +8967,15 @@ class dropout {
         return y_.view();
     }
 
-    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (nothing when dx is empty).
-    void backward(context&, output_view dy, d_input_view dx) {
+    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (grad_write::overwrite: dx =;
+    /// nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
         if (dx.empty()) return;
         if (active_)
-            ops::dropout_backward(dx, mask_, dy, p);
+            ops::dropout_backward(dx, mask_, dy, p, w);
+        else if (w == grad_write::overwrite)
+            ops::copy(dx, dy);
         else
             ops::residual_add(dx, dx, dy);
     }
@@ -8929,21 +9101,21 @@ class gated_mlp {
         return down_proj.forward(ctx, h_.view());
     }
 
-    /// Accumulates the projections' gradients and, unless empty, dx.
-    void backward(context& ctx, output_view dy, d_input_view dx) {
+    /// Accumulates the projections' gradients and, unless empty, dx (grad_write::overwrite: dx
+    /// written, its old content not read).
+    void backward(context& ctx, output_view dy, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's MLPs
         w.dh.resize(h_.shape());
         w.da.resize(h_.shape());
         w.du.resize(h_.shape());
         w.dg.resize(h_.shape());
-        w.dh.fill(T(0));
-        w.da.fill(T(0));
+        w.da.fill(T(0));  // multiply_backward adds
         w.du.fill(T(0));
-        w.dg.fill(T(0));
-        down_proj.backward(ctx, dy, w.dh.view());                 // d (act ⊙ up)
+        backward_into(down_proj, ctx, dy, w.dh.view());           // d (act ⊙ up)
         ops::multiply_backward(w.da, w.du, a_, u_, w.dh.view());  // d act, d up
-        act.backward(ctx, w.da.view(), w.dg.view());              // d gate
-        gate_proj.backward(ctx, w.dg.view(), dx);
+        backward_into(act, ctx, w.da.view(), w.dg.view());        // d gate
+        backward_into(gate_proj, ctx, w.dg.view(), dx, write);
         up_proj.backward(ctx, w.du.view(), dx);
     }
 
@@ -9036,8 +9208,10 @@ class layer_norm {
         return y_.view();
     }
 
-    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
-    void backward(context&, output_view dy, d_input_view dx) {
+    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients
+    /// (grad_write::overwrite: dx is written, its old content not read).
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
         // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
         T* dw = weight.trainable ? weight.gradient().data() : nullptr;
         T* db = bias.trainable ? bias.gradient().data() : nullptr;
@@ -9049,17 +9223,17 @@ class layer_norm {
             if (!bias.trainable) db = scratch_.data() + cols;
         }
         T* dxp = dx.data();
-        if (dx.empty()) {
+        if (dx.empty()) {  // written over, never read
             dx_scratch_.resize(shape<dynamic, C>(rows, cols));
-            dx_scratch_.fill(T(0));
             dxp = dx_scratch_.data();
+            w = grad_write::overwrite;
         } else {
             check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
         }
         check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
         ops::layer_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
                                  view<T, shape<C>, D>(dw, cols), view<T, shape<C>, D>(db, cols), dy,
-                                 x_, weight.value, mean_, rstd_);
+                                 x_, weight.value, mean_, rstd_, w);
     }
 
     /// Whether any parameter trains (false: frozen).
@@ -9945,16 +10119,17 @@ class rotary_attention {
         o_proj.prepare_inference(p);
     }
 
-    /// Accumulates the projections' gradients and, unless dx is empty, dx.
-    void backward(context& ctx, output_view dout, d_input_view dx) {
+    /// Accumulates the projections' gradients and, unless dx is empty, dx (grad_write::overwrite:
+    /// dx written, its old content not read).
+    void backward(context& ctx, output_view dout, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         const std::size_t B = B_, Tn = T_, N = B * Tn, Cn = dout.extent(2);
         const std::size_t H = sizes_.heads, Hkv = sizes_.kv_heads, d = sizes_.head_dim,
                           group = H / Hkv;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
         const view<const T, shape<dynamic, C>, D> g(dout.data(), N, Cn);
         w.dctx.resize(shape<dynamic, dynamic>(N, H * d));
-        w.dctx.fill(T(0));
-        o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
+        backward_into(o_proj, ctx, g, w.dctx.view());  // d context (N, H d)
         const auto ke = group == 1 ? k_.view() : k_full_.view();
         const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
         w.dp.resize(probs_.shape());
@@ -9987,7 +10162,7 @@ class rotary_attention {
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
-        q_proj.backward(ctx, w.dq.view(), dx2);
+        backward_into(q_proj, ctx, w.dq.view(), dx2, write);  // the first writes as told
         k_proj.backward(ctx, w.dk.view(), dx2);
         v_proj.backward(ctx, w.dv.view(), dx2);
     }
@@ -10191,8 +10366,10 @@ class decoder_block {
         return {y_.data(), B, Tn, Cn};
     }
 
-    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
-    void backward(context& ctx, output_view dout, d_input_view dx) {
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx (grad_write::overwrite:
+    /// dx written, its old content not read).
+    void backward(context& ctx, output_view dout, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         const std::size_t B = dout.extent(0), Tn = dout.extent(1), Cn = dout.extent(2), N = B * Tn;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's blocks
         const auto dy = flat(dout);
@@ -10200,18 +10377,18 @@ class decoder_block {
         w.dh.resize(shape<dynamic, C>(N, Cn));
         ops::copy(w.dh, dy);
         w.dn.resize(w.dh.shape());
-        w.dn.fill(T(0));
-        mlp.backward(ctx, dropped(ctx, mlp_dropout, dy, w.dd), w.dn.view());
+        layers::backward_into(mlp, ctx, dropped(ctx, mlp_dropout, dy, w.dd), w.dn.view());
         post_attention_layernorm.backward(ctx, w.dn.view(), w.dh.view());
         // d x = d h + d (attention(norm1(x)))
         w.da.resize(w.dh.shape());
-        w.da.fill(T(0));
         const auto dha = dropped(ctx, attn_dropout, w.dh.view(), w.dd);  // (N, C)
-        self_attn.backward(ctx, {dha.data(), B, Tn, Cn}, {w.da.data(), B, Tn, Cn});
+        layers::backward_into(self_attn, ctx,
+                              typename attention_type::output_view{dha.data(), B, Tn, Cn},
+                              typename attention_type::d_input_view{w.da.data(), B, Tn, Cn});
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
-        input_layernorm.backward(ctx, w.da.view(), dx2);
+        layers::backward_into(input_layernorm, ctx, w.da.view(), dx2, write);
         if (!dx.empty()) ops::residual_add(dx2, dx2, w.dh.view());
     }
 
@@ -10267,8 +10444,7 @@ class decoder_block {
                                                        buffer<T, shape<dynamic, C>, D>& buf) {
         if (!drop.active()) return dy;
         buf.resize(dy.shape());
-        buf.fill(T(0));
-        drop.backward(ctx, dy, buf.view());
+        layers::backward_into(drop, ctx, dy, buf.view());
         return buf.view();
     }
 };
@@ -10451,8 +10627,10 @@ class encoder_block {
     }
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx (B, T, C) from dy, the
-    /// gradient of the last forward's output: (B, T, C), or (B, 1, C) after forward_first.
-    void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+    /// gradient of the last forward's output: (B, T, C), or (B, 1, C) after forward_first
+    /// (grad_write::overwrite: dx written, its old content not read).
+    void backward(context& ctx, output_view dy_in, d_input_view dx_in,
+                  grad_write write = grad_write::accumulate) {
         if (inference_only_) throw no_backward_after_inference("encoder_block");
         auto& s = ctx.workspace.get<backward_scratch>();
         // N rows continue through the block (all B T, or B first tokens); Nx rows came in
@@ -10465,33 +10643,44 @@ class encoder_block {
                                    " but the last forward gave (", B_, ", ", T_, ", ", Cn, ")"));
         const auto dy = flat(dy_in);
         const bool pre = std::is_same_v<Norm, pre_norm>;
-        zeroed(s.c1, N, Cn), zeroed(s.c2, pre ? Nx : N, Cn), zeroed(s.c3, N, Cn);
-        zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
-        // dx += d (the residual rows): every position, or position 0 after forward_first
+        // every gradient buffer is written before it is read: none is zeroed
+        s.c1.resize(shape<dynamic, C>(N, Cn));
+        s.c2.resize(shape<dynamic, C>(pre ? Nx : N, Cn));
+        s.c3.resize(shape<dynamic, C>(N, Cn));
+        s.f1.resize(shape<dynamic, F>(N, Fn));
+        s.f2.resize(shape<dynamic, F>(N, Fn));
+        // dx += d (the residual rows), or dx = d where write says so: every position, or
+        // position 0 after forward_first (the other rows then zero); the writes after it add
         auto add_residual = [&](view<const T, shape<dynamic, C>, D> d) {
             if (dx_in.empty()) return;
-            if (T_ == Tx_)
-                ops::residual_add(flat(dx_in), flat(dx_in), d);
-            else
+            if (T_ == Tx_) {
+                if (write == grad_write::overwrite)
+                    ops::copy(flat(dx_in), d);
+                else
+                    ops::residual_add(flat(dx_in), flat(dx_in), d);
+            } else {
+                if (write == grad_write::overwrite) ops::zero(dx_in);
                 ops::add_first_tokens(dx_in, d);
+            }
         };
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
-            norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
-            ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn);  // d_c1 += d n1 (through FFN)
+            layers::backward_into(norm2, ctx, dy, s.c1.view());  // d_c1 = d s2
+            ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn,
+                         grad_write::accumulate);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
-            norm1.backward(ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
+            layers::backward_into(norm1, ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
             add_residual(s.c2.view());
-            attention_backward(ctx, s.c2.view(), dx_in, N, Cn);
+            attention_backward(ctx, s.c2.view(), dx_in, N, Cn, grad_write::accumulate);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
-            ffn_backward(ctx, dy, s.c1.view(), N, Cn);      // d_c1 = d n2
-            ops::residual_add(s.c3, s.c3, dy);              // d_c3 = d h1 = dy + ...
+            ffn_backward(ctx, dy, s.c1.view(), N, Cn, grad_write::overwrite);  // d_c1 = d n2
+            ops::copy(s.c3, dy);                                               // d_c3 = d h1 = dy
             norm2.backward(ctx, s.c1.view(), s.c3.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
             add_residual(s.c3.view());
-            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, Tx_), N,
-                               Cn);  // d_c2 = d n1, every position
+            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, Tx_), N, Cn,
+                               grad_write::overwrite);  // d_c2 = d n1, every position
             const view<T, shape<dynamic, C>, D> dx =
                 dx_in.empty() ? view<T, shape<dynamic, C>, D>() : flat(dx_in);
             norm1.backward(ctx, s.c2.view(), dx);  // dx += LN1ᵀ d n1
@@ -10624,31 +10813,30 @@ class encoder_block {
                                                          std::size_t B, std::size_t Tn) {
         return {v.data(), B, Tn, v.extent(1)};
     }
-    template <std::size_t E>
-    static void zeroed(buffer<T, shape<dynamic, E>, D>& b, std::size_t rows, std::size_t cols) {
-        b.resize(shape<dynamic, E>(rows, cols));
-        b.fill(T(0));
-    }
-
-    // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
+    // d_in += (or, as w says, =) d loss / d (FFN input) for d_out = d loss / d (FFN output); both
+    // (N, C); d_in may be d_out (accumulate)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
-                      view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn) {
+                      view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn,
+                      grad_write w) {
         auto& s = ctx.workspace.get<backward_scratch>();
-        zeroed(s.c3s, N, Cn);
-        output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
-        output_dense.backward(ctx, s.c3s.view(), s.f1.view());  // d (activation output)
-        activation.backward(ctx, s.f1.view(), s.f2.view());     // d (intermediate output)
-        intermediate.backward(ctx, s.f2.view(), d_in);
+        s.c3s.resize(shape<dynamic, C>(N, Cn));
+        layers::backward_into(output_dropout, ctx, d_out, s.c3s.view());      // d (dense output)
+        layers::backward_into(output_dense, ctx, s.c3s.view(), s.f1.view());  // d (act output)
+        layers::backward_into(activation, ctx, s.f1.view(), s.f2.view());     // d (inter output)
+        layers::backward_into(intermediate, ctx, s.f2.view(), d_in, w);
     }
-    // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
+    // dx += (or, as w says, =) d loss / d (attention input) for d_out = d loss / d (attention
+    // sublayer output)
     void attention_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
-                            d_input_view dx, std::size_t N, std::size_t Cn) {
+                            d_input_view dx, std::size_t N, std::size_t Cn, grad_write w) {
         auto& s = ctx.workspace.get<backward_scratch>();
-        zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
-        attention_dropout.backward(ctx, d_out, s.a1.view());
-        attention_dense.backward(ctx, s.a1.view(), s.a2.view());
-        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>, D>(s.a2.view()), B_, T_),
-                           dx);
+        s.a1.resize(shape<dynamic, C>(N, Cn));
+        s.a2.resize(shape<dynamic, C>(N, Cn));
+        layers::backward_into(attention_dropout, ctx, d_out, s.a1.view());
+        layers::backward_into(attention_dense, ctx, s.a1.view(), s.a2.view());
+        layers::backward_into(attention, ctx,
+                              unflat(view<const T, shape<dynamic, C>, D>(s.a2.view()), B_, T_), dx,
+                              w);
     }
 
     std::size_t B_ = 0, T_ = 0;    // the last forward's batch and output rows per sequence
@@ -10848,8 +11036,9 @@ class stack {
         if constexpr (has_final_norm) {  // d h = norm backward (dout)
             const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
             d_final_.resize(dout.shape());
-            d_final_.fill(T(0));
-            final_norm.backward(ctx, {dout.data(), N, Cn}, {d_final_.data(), N, Cn});
+            layers::backward_into(final_norm, ctx,
+                                  typename FinalNorm::output_view{dout.data(), N, Cn},
+                                  typename FinalNorm::d_input_view{d_final_.data(), N, Cn});
             gradients_final(ctx, [&](auto f) { final_norm.visit_parameters("", f); });
             d = d_final_.view();
         }
@@ -10870,8 +11059,7 @@ class stack {
                 return;
             }
             auto& next = d_[i % 2];
-            next.fill(T(0));
-            layer[i].backward(ctx, d, next.view());
+            layers::backward_into(layer[i], ctx, d, next.view());  // written, not added to
             gradients_final(ctx, [&](auto f) { layer[i].visit_parameters("", f); });
             d = next.view();
         }
@@ -13723,17 +13911,17 @@ class mlp {
         return c_proj.forward(ctx, act.forward(ctx, c_fc.forward(ctx, x)));  // (N, C)
     }
 
-    /// Accumulates the projections' gradients and, unless empty, dx.
-    void backward(context& ctx, output_view dy, d_input_view dx) {
+    /// Accumulates the projections' gradients and, unless empty, dx (grad_write::overwrite: dx
+    /// written, its old content not read).
+    void backward(context& ctx, output_view dy, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's MLPs
         const std::size_t N = dy.extent(0), Fn = c_fc.out_features();
         w.dh.resize(shape<dynamic, F>(N, Fn));
         w.dg.resize(w.dh.shape());
-        w.dh.fill(T(0));
-        w.dg.fill(T(0));
-        c_proj.backward(ctx, dy, w.dh.view());        // d act
-        act.backward(ctx, w.dh.view(), w.dg.view());  // d c_fc's output
-        c_fc.backward(ctx, w.dg.view(), dx);
+        backward_into(c_proj, ctx, dy, w.dh.view());        // d act
+        backward_into(act, ctx, w.dh.view(), w.dg.view());  // d c_fc's output
+        backward_into(c_fc, ctx, w.dg.view(), dx, write);
     }
 
     /// Whether any projection trains (false: frozen).
@@ -14483,6 +14671,7 @@ FTUNE_NAMESPACE_END
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <sstream>
 #include <string>
@@ -14607,7 +14796,8 @@ gradient_check_result check_gradients(std::span<gradient_target> targets, Loss&&
 /// Checks a layer instantiated with T = double: every trainable parameter and, for real-valued
 /// inputs, the input x (a mutable view the checker perturbs), with loss = Σ R ⊙ forward(x) for a
 /// fixed random R. ctx.rng is rewound before every forward, so a training-mode layer with
-/// dropout is checked under one fixed mask (the same seed gives the same mask).
+/// dropout is checked under one fixed mask (the same seed gives the same mask). A layer whose
+/// backward also takes grad_write::overwrite must then write the same d input over a dx of NaN.
 template <class Layer, class X>
 gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
                                             const gradient_check_options& opt = {}) {
@@ -14643,7 +14833,36 @@ gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
         else
             layer.backward(ctx, dy);
     };
-    return check_gradients(std::span<gradient_target>(targets), loss, backward, opt);
+    gradient_check_result res =
+        check_gradients(std::span<gradient_target>(targets), loss, backward, opt);
+    if constexpr (real_input) {
+        // 4. a backward that takes grad_write::overwrite writes the d input that accumulating
+        // into zeros gives, whatever dx held before (NaN here)
+        typename Layer::d_input_view dxv(dx.data(), x.shape());
+        const out_view dy0(r.data(), out_shape);
+        if constexpr (requires { layer.backward(ctx, dy0, dxv, grad_write::overwrite); }) {
+            std::fill(dx.begin(), dx.end(), 0.0);
+            (void)loss();
+            backward();
+            const std::vector<double> want = dx;
+            std::fill(dx.begin(), dx.end(), std::numeric_limits<double>::quiet_NaN());
+            (void)loss();
+            layer.backward(ctx, out_view(r.data(), out_shape), dxv, grad_write::overwrite);
+            for (std::size_t i = 0; i < dx.size(); ++i)
+                if (!(std::abs(dx[i] - want[i]) <= opt.atol + opt.rtol * std::abs(want[i]))) {
+                    std::ostringstream os;
+                    os << "input[" << i << "]: backward with grad_write::overwrite gives " << dx[i]
+                       << ", accumulating into zeros " << want[i]
+                       << " (does it read what dx held?)\n";
+                    res.ok = false;
+                    res.report += os.str();
+                    break;
+                }
+            (void)
+                loss();  // the forward state of the unperturbed values, as check_gradients left it
+        }
+    }
+    return res;
 }
 
 }  // namespace testing

@@ -121,8 +121,10 @@ class decoder_block {
         return {y_.data(), B, Tn, Cn};
     }
 
-    /// Accumulates every parameter's gradient and, unless dx is empty, dx.
-    void backward(context& ctx, output_view dout, d_input_view dx) {
+    /// Accumulates every parameter's gradient and, unless dx is empty, dx (grad_write::overwrite:
+    /// dx written, its old content not read).
+    void backward(context& ctx, output_view dout, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         const std::size_t B = dout.extent(0), Tn = dout.extent(1), Cn = dout.extent(2), N = B * Tn;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's blocks
         const auto dy = flat(dout);
@@ -130,18 +132,18 @@ class decoder_block {
         w.dh.resize(shape<dynamic, C>(N, Cn));
         ops::copy(w.dh, dy);
         w.dn.resize(w.dh.shape());
-        w.dn.fill(T(0));
-        mlp.backward(ctx, dropped(ctx, mlp_dropout, dy, w.dd), w.dn.view());
+        layers::backward_into(mlp, ctx, dropped(ctx, mlp_dropout, dy, w.dd), w.dn.view());
         post_attention_layernorm.backward(ctx, w.dn.view(), w.dh.view());
         // d x = d h + d (attention(norm1(x)))
         w.da.resize(w.dh.shape());
-        w.da.fill(T(0));
         const auto dha = dropped(ctx, attn_dropout, w.dh.view(), w.dd);  // (N, C)
-        self_attn.backward(ctx, {dha.data(), B, Tn, Cn}, {w.da.data(), B, Tn, Cn});
+        layers::backward_into(self_attn, ctx,
+                              typename attention_type::output_view{dha.data(), B, Tn, Cn},
+                              typename attention_type::d_input_view{w.da.data(), B, Tn, Cn});
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
-        input_layernorm.backward(ctx, w.da.view(), dx2);
+        layers::backward_into(input_layernorm, ctx, w.da.view(), dx2, write);
         if (!dx.empty()) ops::residual_add(dx2, dx2, w.dh.view());
     }
 
@@ -197,8 +199,7 @@ class decoder_block {
                                                        buffer<T, shape<dynamic, C>, D>& buf) {
         if (!drop.active()) return dy;
         buf.resize(dy.shape());
-        buf.fill(T(0));
-        drop.backward(ctx, dy, buf.view());
+        layers::backward_into(drop, ctx, dy, buf.view());
         return buf.view();
     }
 };

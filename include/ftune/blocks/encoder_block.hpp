@@ -174,8 +174,10 @@ class encoder_block {
     }
 
     /// Accumulates every parameter's gradient and, unless dx is empty, dx (B, T, C) from dy, the
-    /// gradient of the last forward's output: (B, T, C), or (B, 1, C) after forward_first.
-    void backward(context& ctx, output_view dy_in, d_input_view dx_in) {
+    /// gradient of the last forward's output: (B, T, C), or (B, 1, C) after forward_first
+    /// (grad_write::overwrite: dx written, its old content not read).
+    void backward(context& ctx, output_view dy_in, d_input_view dx_in,
+                  grad_write write = grad_write::accumulate) {
         if (inference_only_) throw no_backward_after_inference("encoder_block");
         auto& s = ctx.workspace.get<backward_scratch>();
         // N rows continue through the block (all B T, or B first tokens); Nx rows came in
@@ -188,33 +190,44 @@ class encoder_block {
                                    " but the last forward gave (", B_, ", ", T_, ", ", Cn, ")"));
         const auto dy = flat(dy_in);
         const bool pre = std::is_same_v<Norm, pre_norm>;
-        zeroed(s.c1, N, Cn), zeroed(s.c2, pre ? Nx : N, Cn), zeroed(s.c3, N, Cn);
-        zeroed(s.f1, N, Fn), zeroed(s.f2, N, Fn);
-        // dx += d (the residual rows): every position, or position 0 after forward_first
+        // every gradient buffer is written before it is read: none is zeroed
+        s.c1.resize(shape<dynamic, C>(N, Cn));
+        s.c2.resize(shape<dynamic, C>(pre ? Nx : N, Cn));
+        s.c3.resize(shape<dynamic, C>(N, Cn));
+        s.f1.resize(shape<dynamic, F>(N, Fn));
+        s.f2.resize(shape<dynamic, F>(N, Fn));
+        // dx += d (the residual rows), or dx = d where write says so: every position, or
+        // position 0 after forward_first (the other rows then zero); the writes after it add
         auto add_residual = [&](view<const T, shape<dynamic, C>, D> d) {
             if (dx_in.empty()) return;
-            if (T_ == Tx_)
-                ops::residual_add(flat(dx_in), flat(dx_in), d);
-            else
+            if (T_ == Tx_) {
+                if (write == grad_write::overwrite)
+                    ops::copy(flat(dx_in), d);
+                else
+                    ops::residual_add(flat(dx_in), flat(dx_in), d);
+            } else {
+                if (write == grad_write::overwrite) ops::zero(dx_in);
                 ops::add_first_tokens(dx_in, d);
+            }
         };
         if constexpr (std::is_same_v<Norm, post_norm>) {
             // y = LN2(s2), s2 = n1 + f: d_s2 = LN2ᵀ dy; d_n1 += d_s2; d_f = d_s2 through the FFN
-            norm2.backward(ctx, dy, s.c1.view());                // d_c1 = d s2
-            ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn);  // d_c1 += d n1 (through FFN)
+            layers::backward_into(norm2, ctx, dy, s.c1.view());  // d_c1 = d s2
+            ffn_backward(ctx, s.c1.view(), s.c1.view(), N, Cn,
+                         grad_write::accumulate);  // d_c1 += d n1 (through FFN)
             // n1 = LN1(s1), s1 = x + a: d_s1 = LN1ᵀ d_n1; dx += d_s1; d_a = d_s1 through attention
-            norm1.backward(ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
+            layers::backward_into(norm1, ctx, s.c1.view(), s.c2.view());  // d_c2 = d s1
             add_residual(s.c2.view());
-            attention_backward(ctx, s.c2.view(), dx_in, N, Cn);
+            attention_backward(ctx, s.c2.view(), dx_in, N, Cn, grad_write::accumulate);
         } else {
             // y = h1 + f(LN2(h1)): d_h1 = dy + LN2ᵀ(FFNᵀ dy)
-            ffn_backward(ctx, dy, s.c1.view(), N, Cn);      // d_c1 = d n2
-            ops::residual_add(s.c3, s.c3, dy);              // d_c3 = d h1 = dy + ...
+            ffn_backward(ctx, dy, s.c1.view(), N, Cn, grad_write::overwrite);  // d_c1 = d n2
+            ops::copy(s.c3, dy);                                               // d_c3 = d h1 = dy
             norm2.backward(ctx, s.c1.view(), s.c3.view());  //        ... + LN2ᵀ d n2
             // h1 = x + a(LN1(x)): dx += d_h1 + LN1ᵀ(attentionᵀ d_h1)
             add_residual(s.c3.view());
-            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, Tx_), N,
-                               Cn);  // d_c2 = d n1, every position
+            attention_backward(ctx, s.c3.view(), unflat(s.c2.view(), B_, Tx_), N, Cn,
+                               grad_write::overwrite);  // d_c2 = d n1, every position
             const view<T, shape<dynamic, C>, D> dx =
                 dx_in.empty() ? view<T, shape<dynamic, C>, D>() : flat(dx_in);
             norm1.backward(ctx, s.c2.view(), dx);  // dx += LN1ᵀ d n1
@@ -347,31 +360,30 @@ class encoder_block {
                                                          std::size_t B, std::size_t Tn) {
         return {v.data(), B, Tn, v.extent(1)};
     }
-    template <std::size_t E>
-    static void zeroed(buffer<T, shape<dynamic, E>, D>& b, std::size_t rows, std::size_t cols) {
-        b.resize(shape<dynamic, E>(rows, cols));
-        b.fill(T(0));
-    }
-
-    // d_in += d loss / d (FFN input) for d_out = d loss / d (FFN output); both (N, C)
+    // d_in += (or, as w says, =) d loss / d (FFN input) for d_out = d loss / d (FFN output); both
+    // (N, C); d_in may be d_out (accumulate)
     void ffn_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
-                      view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn) {
+                      view<T, shape<dynamic, C>, D> d_in, std::size_t N, std::size_t Cn,
+                      grad_write w) {
         auto& s = ctx.workspace.get<backward_scratch>();
-        zeroed(s.c3s, N, Cn);
-        output_dropout.backward(ctx, d_out, s.c3s.view());      // d (dense output)
-        output_dense.backward(ctx, s.c3s.view(), s.f1.view());  // d (activation output)
-        activation.backward(ctx, s.f1.view(), s.f2.view());     // d (intermediate output)
-        intermediate.backward(ctx, s.f2.view(), d_in);
+        s.c3s.resize(shape<dynamic, C>(N, Cn));
+        layers::backward_into(output_dropout, ctx, d_out, s.c3s.view());      // d (dense output)
+        layers::backward_into(output_dense, ctx, s.c3s.view(), s.f1.view());  // d (act output)
+        layers::backward_into(activation, ctx, s.f1.view(), s.f2.view());     // d (inter output)
+        layers::backward_into(intermediate, ctx, s.f2.view(), d_in, w);
     }
-    // dx += d loss / d (attention input) for d_out = d loss / d (attention sublayer output)
+    // dx += (or, as w says, =) d loss / d (attention input) for d_out = d loss / d (attention
+    // sublayer output)
     void attention_backward(context& ctx, view<const T, shape<dynamic, C>, D> d_out,
-                            d_input_view dx, std::size_t N, std::size_t Cn) {
+                            d_input_view dx, std::size_t N, std::size_t Cn, grad_write w) {
         auto& s = ctx.workspace.get<backward_scratch>();
-        zeroed(s.a1, N, Cn), zeroed(s.a2, N, Cn);
-        attention_dropout.backward(ctx, d_out, s.a1.view());
-        attention_dense.backward(ctx, s.a1.view(), s.a2.view());
-        attention.backward(ctx, unflat(view<const T, shape<dynamic, C>, D>(s.a2.view()), B_, T_),
-                           dx);
+        s.a1.resize(shape<dynamic, C>(N, Cn));
+        s.a2.resize(shape<dynamic, C>(N, Cn));
+        layers::backward_into(attention_dropout, ctx, d_out, s.a1.view());
+        layers::backward_into(attention_dense, ctx, s.a1.view(), s.a2.view());
+        layers::backward_into(attention, ctx,
+                              unflat(view<const T, shape<dynamic, C>, D>(s.a2.view()), B_, T_), dx,
+                              w);
     }
 
     std::size_t B_ = 0, T_ = 0;    // the last forward's batch and output rows per sequence

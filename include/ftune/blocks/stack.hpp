@@ -178,8 +178,9 @@ class stack {
         if constexpr (has_final_norm) {  // d h = norm backward (dout)
             const std::size_t N = dout.extent(0) * dout.extent(1), Cn = dout.extent(2);
             d_final_.resize(dout.shape());
-            d_final_.fill(T(0));
-            final_norm.backward(ctx, {dout.data(), N, Cn}, {d_final_.data(), N, Cn});
+            layers::backward_into(final_norm, ctx,
+                                  typename FinalNorm::output_view{dout.data(), N, Cn},
+                                  typename FinalNorm::d_input_view{d_final_.data(), N, Cn});
             gradients_final(ctx, [&](auto f) { final_norm.visit_parameters("", f); });
             d = d_final_.view();
         }
@@ -200,8 +201,7 @@ class stack {
                 return;
             }
             auto& next = d_[i % 2];
-            next.fill(T(0));
-            layer[i].backward(ctx, d, next.view());
+            layers::backward_into(layer[i], ctx, d, next.view());  // written, not added to
             gradients_final(ctx, [&](auto f) { layer[i].visit_parameters("", f); });
             d = next.view();
         }

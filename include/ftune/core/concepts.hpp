@@ -47,6 +47,9 @@ struct any_parameter_visitor {
 /// - In eval mode forward is deterministic; in train mode it is a pure function of (inputs,
 ///   parameters, ctx.rng's seed and position), whatever the thread count.
 /// - The steady-state forward + backward at a (batch, sequence) already seen allocates nothing.
+/// - Optionally, `backward(ctx, d_out, d_in, grad_write::overwrite)` WRITES d_in instead (its
+///   old content is not read; the parameter gradients still accumulate): a container whose
+///   d_in buffer holds nothing yet calls it through layers::backward_into and skips zeroing it.
 template <class L, class T = typename L::value_type>
 concept layer = scalar<T> && requires(L& l, std::string_view prefix) {
     typename L::value_type;

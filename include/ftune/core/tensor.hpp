@@ -198,6 +198,28 @@ void host_to_device(T* dst, const T* src, std::size_t n) {
     else if (n)
         device_memory<Device>::from_host(dst, src, n * sizeof(T));
 }
+/// Sets the n values at p in Device's memory to v; on a host device, large arrays (the gradients
+/// zeroed at every step) by the OpenMP threads in 64 KiB chunks.
+template <device_tag Device, class T>
+void fill_on(T* p, std::size_t n, T v) noexcept(Device::host) {
+    if constexpr (!Device::host) {
+        device_memory<Device>::fill(p, n, v);
+    } else {
+#if defined(_OPENMP)
+        constexpr std::size_t chunk = 65536 / sizeof(T);
+        if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
+            const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+            for (std::ptrdiff_t c = 0; c < chunks; ++c) {
+                const std::size_t i = std::size_t(c) * chunk;
+                std::fill_n(p + i, std::min(chunk, n - i), v);
+            }
+            return;
+        }
+#endif
+        std::fill_n(p, n, v);
+    }
+}
 /// Copies n values from Device's memory to host memory (on device::cuda, after the work queued
 /// before it).
 template <device_tag Device, class T>
@@ -300,29 +322,9 @@ class buffer {
         }
         shape_ = s;
     }
-    /// Sets every element to v (large buffers, such as the gradients zeroed at every step, by
-    /// the OpenMP threads in 64 KiB chunks).
-    void fill(T v) noexcept(Device::host) {
-        T* p = data();
-        const std::size_t n = size();
-        if constexpr (!Device::host) {
-            device_memory<Device>::fill(p, n, v);
-        } else {
-#if defined(_OPENMP)
-            constexpr std::size_t chunk = 65536 / sizeof(T);
-            if (n >= 16 * chunk && !omp_in_parallel() && omp_get_max_threads() > 1) {
-                const auto chunks = static_cast<std::ptrdiff_t>((n + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static)
-                for (std::ptrdiff_t c = 0; c < chunks; ++c) {
-                    const std::size_t i = std::size_t(c) * chunk;
-                    std::fill_n(p + i, std::min(chunk, n - i), v);
-                }
-                return;
-            }
-#endif
-            std::fill_n(p, n, v);
-        }
-    }
+    /// Sets every element to v (fill_on: large buffers, such as the gradients zeroed at every
+    /// step, by the OpenMP threads).
+    void fill(T v) noexcept(Device::host) { fill_on<Device>(data(), size(), v); }
     /// Makes this buffer an alias of `elements` (size() of them, not owned): they must outlive
     /// the buffer and its copies, which must then be only read (model replicas sharing one
     /// model's weights). A later resize() that grows it allocates its own storage again.
@@ -332,62 +334,34 @@ class buffer {
     }
     /// Frees the storage and keeps the shape: data() is null and the elements may not be used
     /// until a resize() allocates again (gradients of a model that only runs inference).
-    void release() noexcept {
-        drop();
-    }
+    void release() noexcept { drop(); }
     /// Whether the buffer owns its storage (false after borrow()).
-    bool owns_storage() const noexcept {
-        return data_.get_deleter().owns;
-    }
+    bool owns_storage() const noexcept { return data_.get_deleter().owns; }
 
     /// Pointer to the first element.
-    T* data() noexcept {
-        return data_.get();
-    }
+    T* data() noexcept { return data_.get(); }
     /// Pointer to the first element.
-    const T* data() const noexcept {
-        return data_.get();
-    }
+    const T* data() const noexcept { return data_.get(); }
     /// The shape.
-    const Shape& shape() const noexcept {
-        return shape_;
-    }
+    const Shape& shape() const noexcept { return shape_; }
     /// Extent of axis i.
-    std::size_t extent(std::size_t i) const noexcept {
-        return shape_.extent(i);
-    }
+    std::size_t extent(std::size_t i) const noexcept { return shape_.extent(i); }
     /// Number of elements.
-    std::size_t size() const noexcept {
-        return shape_.size();
-    }
+    std::size_t size() const noexcept { return shape_.size(); }
     /// Number of elements the allocation holds.
-    std::size_t capacity() const noexcept {
-        return capacity_;
-    }
+    std::size_t capacity() const noexcept { return capacity_; }
     /// The elements as a span (host memory only).
-    std::span<T> span() noexcept requires(Device::host) {
-        return {data(), size()};
-    }
+    std::span<T> span() noexcept requires(Device::host) { return {data(), size()}; }
     /// The elements as a span (host memory only).
-    std::span<const T> span() const noexcept requires(Device::host) {
-        return {data(), size()};
-    }
+    std::span<const T> span() const noexcept requires(Device::host) { return {data(), size()}; }
     /// A mutable view of the whole buffer.
-    ftune::view<T, Shape, Device> view() noexcept {
-        return {data(), shape_};
-    }
+    ftune::view<T, Shape, Device> view() noexcept { return {data(), shape_}; }
     /// A read-only view of the whole buffer.
-    ftune::view<const T, Shape, Device> view() const noexcept {
-        return {data(), shape_};
-    }
+    ftune::view<const T, Shape, Device> view() const noexcept { return {data(), shape_}; }
     /// Implicit conversion to a mutable view.
-    operator ftune::view<T, Shape, Device>() noexcept {
-        return view();
-    }
+    operator ftune::view<T, Shape, Device>() noexcept { return view(); }
     /// Implicit conversion to a read-only view.
-    operator ftune::view<const T, Shape, Device>() const noexcept {
-        return view();
-    }
+    operator ftune::view<const T, Shape, Device>() const noexcept { return view(); }
     /// Element access by row-major index (host memory only).
     template <class... I>
     T& operator()(I... idx) noexcept requires(Device::host) {

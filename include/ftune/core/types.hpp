@@ -18,6 +18,11 @@ enum class transpose : bool { no = false, yes = true };
 /// and losses stay fp32 in either.
 enum class precision { fp32, bf16 };
 
+/// How a backward pass writes an input gradient: added to what d_in holds (the layer contract,
+/// core/concepts.hpp), or written over it (d_in's old content dead: no zeroing pass before the
+/// first write).
+enum class grad_write { accumulate, overwrite };
+
 /// "fp32" or "bf16".
 constexpr const char* to_string(precision p) noexcept {
     return p == precision::bf16 ? "bf16" : "fp32";

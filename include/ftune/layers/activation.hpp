@@ -34,13 +34,14 @@ class hidden_activation {
         return y_.view();
     }
 
-    /// dx += f'(x) dy (nothing when dx is empty).
-    void backward(context&, output_view dy, d_input_view dx) {
+    /// dx += f'(x) dy (grad_write::overwrite: dx =; nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
         if (dx.empty()) return;
         if (kind == ops::activation::tanh)
-            ops::activate_backward(kind, dx, y_, dy);
+            ops::activate_backward(kind, dx, y_, dy, w);
         else
-            ops::activate_backward(kind, dx, x_, dy);
+            ops::activate_backward(kind, dx, x_, dy, w);
     }
 
     /// No parameters: nothing to clear.

@@ -10,6 +10,7 @@
 
 #include "ftune/core/context.hpp"
 #include "ftune/layers/attention_dropout.hpp"
+#include "ftune/layers/gradients.hpp"
 #include "ftune/layers/linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -119,8 +120,9 @@ class self_attention {
 
     /// Accumulates the projections' parameter gradients and, unless dx is empty, dx (B, T, C)
     /// from dout, the gradient of the last forward's output: (B, T, C), or (B, 1, C) after
-    /// forward_first.
-    void backward(context& ctx, output_view dout, d_input_view dx) {
+    /// forward_first (grad_write::overwrite: dx written, its old content not read).
+    void backward(context& ctx, output_view dout, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         if (last_fused_) throw no_backward_after_inference("self_attention");
         const std::size_t B = B_, Tn = T_, Tq = Tq_, Cn = dout.extent(2), H = heads_, d = Cn / H;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
@@ -146,15 +148,16 @@ class self_attention {
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), B * Tn, Cn);
+        // the first product into dx2 writes it as w says, the others add
         if (Tq == Tn || dx.empty()) {
-            query.backward(ctx, dq.view(), dx2);
+            backward_into(query, ctx, dq.view(), dx2, write);
+            key.backward(ctx, dk.view(), dx2);
         } else {  // queries of position 0 only: their dx into position 0 of each sequence
+            backward_into(key, ctx, dk.view(), dx2, write);
             w.dx_first.resize(shape<dynamic, C>(B, Cn));
-            w.dx_first.fill(T(0));
-            query.backward(ctx, dq.view(), w.dx_first.view());
+            backward_into(query, ctx, dq.view(), w.dx_first.view());
             ops::add_first_tokens(dx, w.dx_first);
         }
-        key.backward(ctx, dk.view(), dx2);
         value.backward(ctx, dv.view(), dx2);
     }
 

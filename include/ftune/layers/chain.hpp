@@ -23,6 +23,7 @@
 #include "ftune/core/parameter.hpp"
 #include "ftune/core/tensor.hpp"
 #include "ftune/layers/activation.hpp"
+#include "ftune/layers/gradients.hpp"
 #include "ftune/layers/linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -211,11 +212,11 @@ class chain {
             else
                 guarded<0>([&] { get<0>().backward(ctx, dy, dx); });
         } else {
-            auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), zeroed
+            auto& g = std::get<I - 1>(grads_);  // d loss / d (layer I-1's output), written
             g.resize(std::get<I - 1>(outputs_).shape());
-            g.fill(value_type(0));
-            guarded<I>(
-                [&] { get<I>().backward(ctx, dy, typename layer_t<I>::d_input_view(g.view())); });
+            guarded<I>([&] {
+                backward_into(get<I>(), ctx, dy, typename layer_t<I>::d_input_view(g.view()));
+            });
             backward_from<I - 1>(ctx, typename layer_t<I - 1>::output_view(g.view()), dx);
         }
     }

@@ -35,11 +35,15 @@ class dropout {
         return y_.view();
     }
 
-    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (nothing when dx is empty).
-    void backward(context&, output_view dy, d_input_view dx) {
+    /// dx += dy * mask / (1 - p) in training, dx += dy in eval (grad_write::overwrite: dx =;
+    /// nothing when dx is empty).
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
         if (dx.empty()) return;
         if (active_)
-            ops::dropout_backward(dx, mask_, dy, p);
+            ops::dropout_backward(dx, mask_, dy, p, w);
+        else if (w == grad_write::overwrite)
+            ops::copy(dx, dy);
         else
             ops::residual_add(dx, dx, dy);
     }

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "ftune/layers/activation.hpp"
+#include "ftune/layers/gradients.hpp"
 #include "ftune/layers/linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -46,21 +47,21 @@ class gated_mlp {
         return down_proj.forward(ctx, h_.view());
     }
 
-    /// Accumulates the projections' gradients and, unless empty, dx.
-    void backward(context& ctx, output_view dy, d_input_view dx) {
+    /// Accumulates the projections' gradients and, unless empty, dx (grad_write::overwrite: dx
+    /// written, its old content not read).
+    void backward(context& ctx, output_view dy, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's MLPs
         w.dh.resize(h_.shape());
         w.da.resize(h_.shape());
         w.du.resize(h_.shape());
         w.dg.resize(h_.shape());
-        w.dh.fill(T(0));
-        w.da.fill(T(0));
+        w.da.fill(T(0));  // multiply_backward adds
         w.du.fill(T(0));
-        w.dg.fill(T(0));
-        down_proj.backward(ctx, dy, w.dh.view());                 // d (act ⊙ up)
+        backward_into(down_proj, ctx, dy, w.dh.view());           // d (act ⊙ up)
         ops::multiply_backward(w.da, w.du, a_, u_, w.dh.view());  // d act, d up
-        act.backward(ctx, w.da.view(), w.dg.view());              // d gate
-        gate_proj.backward(ctx, w.dg.view(), dx);
+        backward_into(act, ctx, w.da.view(), w.dg.view());        // d gate
+        backward_into(gate_proj, ctx, w.dg.view(), dx, write);
         up_proj.backward(ctx, w.du.view(), dx);
     }
 

@@ -43,8 +43,10 @@ class layer_norm {
         return y_.view();
     }
 
-    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients.
-    void backward(context&, output_view dy, d_input_view dx) {
+    /// dweight, dbias (when trainable) and dx (unless empty) accumulate their gradients
+    /// (grad_write::overwrite: dx is written, its old content not read).
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
         // the primitive computes all three; gradients of frozen or unwanted outputs go to scratch
         T* dw = weight.trainable ? weight.gradient().data() : nullptr;
         T* db = bias.trainable ? bias.gradient().data() : nullptr;
@@ -56,17 +58,17 @@ class layer_norm {
             if (!bias.trainable) db = scratch_.data() + cols;
         }
         T* dxp = dx.data();
-        if (dx.empty()) {
+        if (dx.empty()) {  // written over, never read
             dx_scratch_.resize(shape<dynamic, C>(rows, cols));
-            dx_scratch_.fill(T(0));
             dxp = dx_scratch_.data();
+            w = grad_write::overwrite;
         } else {
             check_same_shape(dx.shape(), dy.shape(), "layer_norm backward (dx vs dy)");
         }
         check_same_shape(dy.shape(), x_.shape(), "layer_norm backward (dy vs x)");
         ops::layer_norm_backward(view<T, shape<dynamic, C>, D>(dxp, rows, cols),
                                  view<T, shape<C>, D>(dw, cols), view<T, shape<C>, D>(db, cols), dy,
-                                 x_, weight.value, mean_, rstd_);
+                                 x_, weight.value, mean_, rstd_, w);
     }
 
     /// Whether any parameter trains (false: frozen).

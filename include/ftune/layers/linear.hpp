@@ -96,21 +96,30 @@ class linear {
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
     /// (with W's packed copy when the forward found it frozen, or ran in bf16), in the
-    /// forward's precision.
-    void backward(context&, output_view dy, d_input_view dx) {
-        if (weight.trainable)
+    /// forward's precision; grad_write::overwrite: dx = dy W, its old content not read.
+    void backward(context&, output_view dy, d_input_view dx,
+                  grad_write w = grad_write::accumulate) {
+        bool bias_done = false;  // summed in the weight gradient's pass over dy
+        if constexpr (Bias)
+            if (weight.trainable && bias.trainable) {
+                ops::weight_and_bias_gradients(dy, x_, weight.gradient(), bias.gradient(),
+                                               precision_);
+                bias_done = true;
+            }
+        if (weight.trainable && !bias_done)
             ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1),
                                                        precision_);
         if constexpr (Bias)
-            if (bias.trainable) ops::bias_backward(bias.gradient(), dy);
+            if (bias.trainable && !bias_done) ops::bias_backward(bias.gradient(), dy);
         if (dx.empty()) return;
         if (!frozen_packed_ && precision_ == precision::fp32)
-            return ops::matmul(dy, weight.value, dx, T(1), T(1));
+            return ops::matmul(dy, weight.value, dx, T(1),
+                               w == grad_write::overwrite ? T(0) : T(1));
         if (!packed_d_current_ || packed_d_.precision() != precision_) {  // W as dx = dy W's B
             ops::prepare_weight_for_input_gradient(packed_d_, weight.value, precision_);
             packed_d_current_ = true;
         }
-        ops::matmul_prepared_add(dy, packed_d_, dx);
+        ops::matmul_prepared_add(dy, packed_d_, dx, w);
     }
 
     /// Sets the parameter gradients to zero.

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "ftune/layers/activation.hpp"
+#include "ftune/layers/gradients.hpp"
 #include "ftune/layers/linear.hpp"
 
 FTUNE_NAMESPACE_BEGIN
@@ -35,17 +36,17 @@ class mlp {
         return c_proj.forward(ctx, act.forward(ctx, c_fc.forward(ctx, x)));  // (N, C)
     }
 
-    /// Accumulates the projections' gradients and, unless empty, dx.
-    void backward(context& ctx, output_view dy, d_input_view dx) {
+    /// Accumulates the projections' gradients and, unless empty, dx (grad_write::overwrite: dx
+    /// written, its old content not read).
+    void backward(context& ctx, output_view dy, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's MLPs
         const std::size_t N = dy.extent(0), Fn = c_fc.out_features();
         w.dh.resize(shape<dynamic, F>(N, Fn));
         w.dg.resize(w.dh.shape());
-        w.dh.fill(T(0));
-        w.dg.fill(T(0));
-        c_proj.backward(ctx, dy, w.dh.view());        // d act
-        act.backward(ctx, w.dh.view(), w.dg.view());  // d c_fc's output
-        c_fc.backward(ctx, w.dg.view(), dx);
+        backward_into(c_proj, ctx, dy, w.dh.view());        // d act
+        backward_into(act, ctx, w.dh.view(), w.dg.view());  // d c_fc's output
+        backward_into(c_fc, ctx, w.dg.view(), dx, write);
     }
 
     /// Whether any projection trains (false: frozen).

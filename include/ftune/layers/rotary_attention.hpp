@@ -10,6 +10,7 @@
 #include "ftune/core/context.hpp"
 #include "ftune/core/rng.hpp"
 #include "ftune/layers/attention_dropout.hpp"
+#include "ftune/layers/gradients.hpp"
 #include "ftune/layers/kv_cache.hpp"
 #include "ftune/layers/linear.hpp"
 
@@ -141,16 +142,17 @@ class rotary_attention {
         o_proj.prepare_inference(p);
     }
 
-    /// Accumulates the projections' gradients and, unless dx is empty, dx.
-    void backward(context& ctx, output_view dout, d_input_view dx) {
+    /// Accumulates the projections' gradients and, unless dx is empty, dx (grad_write::overwrite:
+    /// dx written, its old content not read).
+    void backward(context& ctx, output_view dout, d_input_view dx,
+                  grad_write write = grad_write::accumulate) {
         const std::size_t B = B_, Tn = T_, N = B * Tn, Cn = dout.extent(2);
         const std::size_t H = sizes_.heads, Hkv = sizes_.kv_heads, d = sizes_.head_dim,
                           group = H / Hkv;
         auto& w = ctx.workspace.get<backward_scratch>();  // shared by the run's layers
         const view<const T, shape<dynamic, C>, D> g(dout.data(), N, Cn);
         w.dctx.resize(shape<dynamic, dynamic>(N, H * d));
-        w.dctx.fill(T(0));
-        o_proj.backward(ctx, g, w.dctx.view());  // d context (N, H d)
+        backward_into(o_proj, ctx, g, w.dctx.view());  // d context (N, H d)
         const auto ke = group == 1 ? k_.view() : k_full_.view();
         const auto ve = group == 1 ? view<const T, shape<dynamic, dynamic>, D>(v_) : v_full_.view();
         w.dp.resize(probs_.shape());
@@ -183,7 +185,7 @@ class rotary_attention {
         const view<T, shape<dynamic, C>, D> dx2 =
             dx.empty() ? view<T, shape<dynamic, C>, D>()
                        : view<T, shape<dynamic, C>, D>(dx.data(), N, Cn);
-        q_proj.backward(ctx, w.dq.view(), dx2);
+        backward_into(q_proj, ctx, w.dq.view(), dx2, write);  // the first writes as told
         k_proj.backward(ctx, w.dk.view(), dx2);
         v_proj.backward(ctx, w.dv.view(), dx2);
     }

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <sstream>
 #include <string>
@@ -144,7 +145,8 @@ gradient_check_result check_gradients(std::span<gradient_target> targets, Loss&&
 /// Checks a layer instantiated with T = double: every trainable parameter and, for real-valued
 /// inputs, the input x (a mutable view the checker perturbs), with loss = Σ R ⊙ forward(x) for a
 /// fixed random R. ctx.rng is rewound before every forward, so a training-mode layer with
-/// dropout is checked under one fixed mask (the same seed gives the same mask).
+/// dropout is checked under one fixed mask (the same seed gives the same mask). A layer whose
+/// backward also takes grad_write::overwrite must then write the same d input over a dx of NaN.
 template <class Layer, class X>
 gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
                                             const gradient_check_options& opt = {}) {
@@ -180,7 +182,36 @@ gradient_check_result check_layer_gradients(Layer& layer, context& ctx, X x,
         else
             layer.backward(ctx, dy);
     };
-    return check_gradients(std::span<gradient_target>(targets), loss, backward, opt);
+    gradient_check_result res =
+        check_gradients(std::span<gradient_target>(targets), loss, backward, opt);
+    if constexpr (real_input) {
+        // 4. a backward that takes grad_write::overwrite writes the d input that accumulating
+        // into zeros gives, whatever dx held before (NaN here)
+        typename Layer::d_input_view dxv(dx.data(), x.shape());
+        const out_view dy0(r.data(), out_shape);
+        if constexpr (requires { layer.backward(ctx, dy0, dxv, grad_write::overwrite); }) {
+            std::fill(dx.begin(), dx.end(), 0.0);
+            (void)loss();
+            backward();
+            const std::vector<double> want = dx;
+            std::fill(dx.begin(), dx.end(), std::numeric_limits<double>::quiet_NaN());
+            (void)loss();
+            layer.backward(ctx, out_view(r.data(), out_shape), dxv, grad_write::overwrite);
+            for (std::size_t i = 0; i < dx.size(); ++i)
+                if (!(std::abs(dx[i] - want[i]) <= opt.atol + opt.rtol * std::abs(want[i]))) {
+                    std::ostringstream os;
+                    os << "input[" << i << "]: backward with grad_write::overwrite gives " << dx[i]
+                       << ", accumulating into zeros " << want[i]
+                       << " (does it read what dx held?)\n";
+                    res.ok = false;
+                    res.report += os.str();
+                    break;
+                }
+            (void)
+                loss();  // the forward state of the unperturbed values, as check_gradients left it
+        }
+    }
+    return res;
 }
 
 }  // namespace testing

@@ -184,29 +184,73 @@ FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, 
     if (k < K) dst[k / 2] = pair(r[k], 0.0f);
 }
 
+/// s[0:16] (the lanes of k) += r0, then += r1, ...: column sums taken one row after another.
+template <class... R>
+FTUNE_BF16_TARGET inline void add_rows(float* s, __mmask16 k, R... rows) {
+    __m512 v = _mm512_maskz_loadu_ps(k, s);
+    ((v = _mm512_add_ps(v, rows)), ...);
+    _mm512_mask_storeu_ps(s, k, v);
+}
+
 /// The whole tiles [t0, t1) of a transposed A (op(A)(i, k) = A[k * lda + i]) in pack_a's
-/// layout: for each pair, 16 rows (two tiles) at a time.
+/// layout: two pairs of 16 rows (two tiles) at a time, so that each store fills a 64-byte line
+/// of one tile (stores of one pair's 32 bytes took 1.3-1.9x the time: the lines of 8 and more
+/// tiles were each written in halves), then any last pair of an odd count of pairs alone. With
+/// sums, sums[i] += op(A)(i, k) for the tiles' rows i, k = 0, 1, ... in order (bias_backward's
+/// order: the same bits).
 FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda,
-                                                std::size_t K, std::size_t t0, std::size_t t1) {
+                                                std::size_t K, std::size_t t0, std::size_t t1,
+                                                float* sums = nullptr) {
     const std::size_t KP = pairs(K);
-    for (std::size_t p = 0; p < KP; ++p) {
+    std::size_t p0 = 0;
+    for (; 2 * p0 + 4 <= K; p0 += 2) {  // pairs p0, p0 + 1: rows 2 p0 .. 2 p0 + 3, all present
+        const float* r = A + 2 * p0 * lda;
+        std::size_t t = t0;
+        for (; t + 2 <= t1; t += 2) {
+            const __m512 a0 = _mm512_loadu_ps(r + t * MR), a1 = _mm512_loadu_ps(r + lda + t * MR),
+                         a2 = _mm512_loadu_ps(r + 2 * lda + t * MR),
+                         a3 = _mm512_loadu_ps(r + 3 * lda + t * MR);
+            const __m512i w01 = pairs16(a0, a1);  // pair p0 of tiles t, t + 1
+            const __m512i w23 = pairs16(a2, a3);  // pair p0 + 1
+            _mm512_storeu_si512(dst + t * KP * MR + p0 * MR, _mm512_shuffle_i64x2(w01, w23, 0x44));
+            _mm512_storeu_si512(dst + (t + 1) * KP * MR + p0 * MR,
+                                _mm512_shuffle_i64x2(w01, w23, 0xee));
+            if (sums) add_rows(sums + t * MR, 0xffff, a0, a1, a2, a3);
+        }
+        if (t < t1) {  // one tile left: 8 rows
+            const __mmask16 k = 0xff;
+            const __m512 a0 = _mm512_maskz_loadu_ps(k, r + t * MR),
+                         a1 = _mm512_maskz_loadu_ps(k, r + lda + t * MR),
+                         a2 = _mm512_maskz_loadu_ps(k, r + 2 * lda + t * MR),
+                         a3 = _mm512_maskz_loadu_ps(k, r + 3 * lda + t * MR);
+            const __m512i w01 = pairs16(a0, a1), w23 = pairs16(a2, a3);
+            _mm512_storeu_si512(dst + t * KP * MR + p0 * MR, _mm512_shuffle_i64x2(w01, w23, 0x44));
+            if (sums) add_rows(sums + t * MR, k, a0, a1, a2, a3);
+        }
+    }
+    for (std::size_t p = p0; p < KP; ++p) {
         const float* r0 = A + 2 * p * lda;
         const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
         std::size_t t = t0;
         for (; t + 2 <= t1; t += 2) {
-            const __m512i w = pairs16(_mm512_loadu_ps(r0 + t * MR),
-                                      r1 ? _mm512_loadu_ps(r1 + t * MR) : _mm512_setzero_ps());
+            const __m512 lo = _mm512_loadu_ps(r0 + t * MR);
+            const __m512 hi = r1 ? _mm512_loadu_ps(r1 + t * MR) : _mm512_setzero_ps();
+            const __m512i w = pairs16(lo, hi);
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
                                 _mm512_castsi512_si256(w));
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (t + 1) * KP * MR + p * MR),
                                 _mm512_extracti64x4_epi64(w, 1));
+            if (sums)
+                r1 ? add_rows(sums + t * MR, 0xffff, lo, hi) : add_rows(sums + t * MR, 0xffff, lo);
         }
         if (t < t1) {
             const __mmask16 k = 0xff;
+            const __m512 lo = _mm512_maskz_loadu_ps(k, r0 + t * MR);
             const __m512 hi = r1 ? _mm512_maskz_loadu_ps(k, r1 + t * MR) : _mm512_setzero_ps();
-            const __m512i w = pairs16(_mm512_maskz_loadu_ps(k, r0 + t * MR), hi);
+            const __m512i w = pairs16(lo, hi);
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t * KP * MR + p * MR),
                                 _mm512_castsi512_si256(w));
+            if (sums) r1 ? add_rows(sums + t * MR, k, lo, hi) : add_rows(sums + t * MR, k, lo);
         }
     }
 }
@@ -220,8 +264,12 @@ inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
 }
 inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
-                              std::size_t t0, std::size_t t1) {
+                              std::size_t t0, std::size_t t1, float* sums = nullptr) {
     const std::size_t KP = pairs(K);
+    if (sums)
+        for (std::size_t t = t0; t < t1; ++t)
+            for (std::size_t k = 0; k < K; ++k)
+                for (std::size_t i = 0; i < MR; ++i) sums[t * MR + i] += A[k * lda + t * MR + i];
     for (std::size_t t = t0; t < t1; ++t)
         for (std::size_t p = 0; p < KP; ++p)
             pair_rows(dst + t * KP * MR + p * MR, A + 2 * p * lda + t * MR,
@@ -234,11 +282,14 @@ inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t ld
 /// pairs p, MR words (rows past M and the odd K's last high half are zero) and starts at dst +
 /// t * ⌈K/2⌉ * MR. A row-major A goes into rows of ⌈K/2⌉ words (row i at dst + i * ⌈K/2⌉),
 /// which the kernel reads in place, as gemm.hpp reads a row-major A. Runs on the team when
-/// called outside a parallel region.
+/// called outside a parallel region. A transposed A's pass also adds, with sums, each row of
+/// op(A) summed over k = 0, 1, ... in order to sums (M): a weight gradient's dyᵀ gives its bias's
+/// gradient on the way (bias_backward's values, bit for bit).
 inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpose ta, std::size_t M,
-                   std::size_t K) {
+                   std::size_t K, float* sums = nullptr) {
     const std::size_t KP = pairs(K), whole = M / MR;
     if (ta == transpose::no) {
+        if (sums) throw error(errc::invalid_argument, "bf16 pack_a", "row sums need op(A) = Aᵀ");
         detail::parallel_for(M, std::max<std::size_t>(1, 8192 / std::max<std::size_t>(K, 1)),
                              [&](std::size_t i0, std::size_t i1) {
                                  for (std::size_t i = i0; i < i1; ++i)
@@ -249,13 +300,20 @@ inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpos
     // op(A)(i, k) = A[k * lda + i]: rows k and k + 1 give each tile's pairs
     detail::parallel_for(
         whole, std::max<std::size_t>(1, 4096 / std::max<std::size_t>(KP, 1)),
-        [&](std::size_t t0, std::size_t t1) { pack_a_transposed(dst, A, lda, K, t0, t1); });
+        [&](std::size_t t0, std::size_t t1) { pack_a_transposed(dst, A, lda, K, t0, t1, sums); });
     if (const std::size_t mr = M - whole * MR; mr > 0) {  // the last, short tile: zero rows
         std::uint32_t* d = dst + whole * KP * MR;
         for (std::size_t p = 0; p < KP; ++p) {
             const float* r0 = A + 2 * p * lda + whole * MR;
-            pair_rows(d + p * MR, r0, 2 * p + 1 < K ? r0 + lda : nullptr, mr);
+            const float* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
+            pair_rows(d + p * MR, r0, r1, mr);
             std::fill(d + p * MR + mr, d + (p + 1) * MR, 0u);
+            if (sums)
+                for (std::size_t i = 0; i < mr; ++i) {
+                    float& s = sums[whole * MR + i];
+                    s += r0[i];
+                    if (r1) s += r1[i];
+                }
         }
     }
 }
@@ -691,16 +749,27 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
 /// are converted per call (the products of activations: a weight's gradient, attention). A may
 /// be kept in bf16 already (TA = bf16: the attention activations of a bf16 training step), which
 /// gives the same result as its values as floats; a row-major one with K and lda even is read in
-/// place.
+/// place. With a_sums (op(A) = Aᵀ, A in float) the pass that packs A also adds each row of op(A)
+/// summed over k = 0, 1, ... in order to a_sums (M): a weight's gradient dyᵀ x and its bias's
+/// Σ dy from one read of dy (bias_backward's values, bit for bit).
 template <class TA>
 requires std::is_same_v<TA, float> || std::is_same_v<TA, bf16>
 void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
                const TA* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
-               std::size_t ldc) {
+               std::size_t ldc, float* a_sums = nullptr) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
-    if (M == 0 || N == 0) return;
-    if (K == 0 || alpha == 0.0f)
+    if (a_sums && (ta == transpose::no || !std::is_same_v<TA, float>))
+        throw error(errc::invalid_argument, "gemm_bf16",
+                    "row sums of op(A) are taken for op(A) = Aᵀ of a float A only");
+    if (M == 0) return;
+    if (N == 0 || K == 0 || alpha == 0.0f) {  // nothing multiplied; the row sums still add up
+        if constexpr (std::is_same_v<TA, float>)
+            if (a_sums)
+                for (std::size_t k = 0; k < K; ++k)
+                    for (std::size_t i = 0; i < M; ++i) a_sums[i] += A[k * lda + i];
+        if (N == 0) return;
         return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
+    }
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
@@ -715,7 +784,10 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
     if (!apack) {
         std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
             (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-        bf16_detail::pack_a(dst, A, lda, ta, M, K);
+        if constexpr (std::is_same_v<TA, float>)
+            bf16_detail::pack_a(dst, A, lda, ta, M, K, a_sums);
+        else
+            bf16_detail::pack_a(dst, A, lda, ta, M, K);
         apack = dst;
     }
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},

@@ -108,13 +108,15 @@ inline void map_unary(T* y, const T* x, std::size_t n, F f) {
             i1 - i0, [&](std::size_t i, auto k) { store(y + i0 + i, f(load(x + i0 + i, k)), k); });
     });
 }
-/// Applies dx += f(x, dy) batch-wise over n elements, in parallel chunks.
+/// Applies dx += f(x, dy) (overwrite: dx = f(x, dy), dx not read) batch-wise over n elements,
+/// in parallel chunks.
 template <class T, class F>
-inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, F f) {
+inline void map_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite, F f) {
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
-            store(dx + j, load(dx + j, k) + f(load(x + j, k), load(dy + j, k)), k);
+            const auto g = f(load(x + j, k), load(dy + j, k));
+            store(dx + j, overwrite ? g : load(dx + j, k) + g, k);
         });
     });
 }
@@ -204,12 +206,12 @@ void gelu_forward(T* y, const T* x, std::size_t n) {
     detail::map_unary(y, x, n, [](B v) { return v * detail::normal_cdf<T>(v); });
 }
 
-/// dx += dy * (Φ(x) + x φ(x)).
+/// dx += dy * (Φ(x) + x φ(x)) (overwrite: dx =, the same for every backward below).
 template <scalar T>
-void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void gelu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
     const T inv_sqrt_2pi = T(0.5) * std::numbers::inv_sqrtpi_v<T> * std::numbers::sqrt2_v<T>;
-    detail::map_backward(dx, x, dy, n, [=](B v, B g) {
+    detail::map_backward(dx, x, dy, n, overwrite, [=](B v, B g) {
         const auto [cdf, e] = detail::normal_cdf_and_exp(v);
         return g * xsimd::fma(v * B(inv_sqrt_2pi), e, cdf);
     });
@@ -229,10 +231,10 @@ void gelu_tanh_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy * d/dx[gelu_tanh(x)] = dy * (s + 2 x s (1 - s) u'), s = σ(2u).
 template <scalar T>
-void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void gelu_tanh_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
     const T k = std::sqrt(T(2) / std::numbers::pi_v<T>);
-    detail::map_backward(dx, x, dy, n, [=](B v, B g) {
+    detail::map_backward(dx, x, dy, n, overwrite, [=](B v, B g) {
         const B v2 = v * v;
         const B s =
             B(T(1)) / (B(T(1)) + xsimd::exp(B(-2 * k) * xsimd::fma(B(T(0.044715)) * v2, v, v)));
@@ -249,9 +251,9 @@ void tanh_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy * (1 - y²), from the forward output y.
 template <scalar T>
-void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n) {
+void tanh_backward(T* dx, const T* y, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
-    detail::map_backward(dx, y, dy, n, [](B v, B g) { return g * (B(T(1)) - v * v); });
+    detail::map_backward(dx, y, dy, n, overwrite, [](B v, B g) { return g * (B(T(1)) - v * v); });
 }
 
 /// y = x sigmoid(x) (SiLU).
@@ -263,9 +265,9 @@ void silu_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))).
 template <scalar T>
-void silu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void silu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
-    detail::map_backward(dx, x, dy, n, [](B v, B g) {
+    detail::map_backward(dx, x, dy, n, overwrite, [](B v, B g) {
         const B s = B(T(1)) / (B(T(1)) + xsimd::exp(-v));
         return g * s * (B(T(1)) + v * (B(T(1)) - s));
     });
@@ -280,9 +282,9 @@ void relu_forward(T* y, const T* x, std::size_t n) {
 
 /// dx += dy where x > 0 (0 at x = 0, as PyTorch).
 template <scalar T>
-void relu_backward(T* dx, const T* x, const T* dy, std::size_t n) {
+void relu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
     using B = detail::batch<T>;
-    detail::map_backward(dx, x, dy, n,
+    detail::map_backward(dx, x, dy, n, overwrite,
                          [](B v, B g) { return xsimd::select(v > B(T(0)), g, B(T(0))); });
 }
 
@@ -317,13 +319,15 @@ void layer_norm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, c
     });
 }
 
-/// dx += ..., dweight += ..., dbias += ... for layer_norm_forward (using its saved mean, rstd).
+/// dx += ... (overwrite: dx = ..., dx not read), dweight += ..., dbias += ... for
+/// layer_norm_forward (using its saved mean, rstd).
 /// One pass over x and dout: blocks of 32 rows run in parallel, each computing dx and its own
 /// partial sums of dweight and dbias; the partials are then added in block order, so the result
 /// does not depend on the thread count.
 template <scalar T>
 void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
-                         const T* mean, const T* rstd, std::size_t rows, std::size_t C) {
+                         const T* mean, const T* rstd, std::size_t rows, std::size_t C,
+                         bool overwrite = false) {
     using namespace detail;
     using B = batch<T>;
     constexpr std::size_t block_rows = 32;
@@ -348,7 +352,8 @@ void layer_norm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x,
                 const B g = load(gr + c, n);
                 const B wg = load(weight + c, n) * g;
                 T* d = dx + r * C + c;
-                store(d, xsimd::fma(wg - mean_g - norm * mean_gn, s, load(d, n)), n);
+                const B v = wg - mean_g - norm * mean_gn;
+                store(d, overwrite ? v * s : xsimd::fma(v, s, load(d, n)), n);
                 store(pb + c, load(pb + c, n) + g, n);
                 store(pw + c, xsimd::fma(norm, g, load(pw + c, n)), n);
             });
@@ -638,16 +643,20 @@ void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
     });
 }
 
-/// dx += dy * mask / (1 - p).
+/// dx += dy * mask / (1 - p) (overwrite: dx =, dx not read).
 template <scalar T>
-void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n) {
+void dropout_backward(T* dx, const std::uint8_t* mask, const T* dy, T p, std::size_t n,
+                      bool overwrite = false) {
     const T inv_keep = p < T(1) ? T(1) / (T(1) - p) : T(0);
     detail::parallel_for(n, detail::elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         T* dxl = dx;
         const T* dyl = dy;
         const std::uint8_t* __restrict ml = mask;
         const T inv = inv_keep;  // a local: a float captured by reference could alias dx
-        for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
+        if (overwrite)
+            for (std::size_t i = i0; i < i1; ++i) dxl[i] = dyl[i] * (ml[i] ? inv : T(0));
+        else
+            for (std::size_t i = i0; i < i1; ++i) dxl[i] += dyl[i] * (ml[i] ? inv : T(0));
     });
 }
 
