@@ -80,10 +80,11 @@ double rms_gap(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // Shapes with every kind of edge: odd K (a half pair), tiles and panels cut short, K longer than
-// one depth block, and the shapes of a BERT training step's products.
-const std::size_t shapes[][3] = {{1, 1, 1},     {3, 5, 7},      {8, 48, 2},    {9, 49, 3},
-                                 {17, 100, 33}, {130, 97, 385}, {33, 7, 1537}, {64, 384, 128},
-                                 {128, 64, 32}, {2, 300, 64}};
+// one depth block, the shapes of a BERT training step's products, and attention's (heads of 32
+// values, 128 keys), which gemm_bf16 takes in 32-wide panels on one thread (narrow_panels).
+const std::size_t shapes[][3] = {{1, 1, 1},     {3, 5, 7},      {8, 48, 2},     {9, 49, 3},
+                                 {17, 100, 33}, {130, 97, 385}, {33, 7, 1537},  {64, 384, 128},
+                                 {128, 64, 32}, {2, 300, 64},   {128, 32, 128}, {100, 128, 32}};
 
 }  // namespace
 
@@ -177,10 +178,41 @@ TEST_CASE("the operand packings round every value as PyTorch does (subnormals, N
                     bad +=
                         !same(panel[k / 2 * bd::NR + j] >> (k % 2 * 16) & 0xffffu, k * K + j0 + j);
         }
+        // B panels from rows of op(B)ᵀ (op(B)(k, j) = A[j * K + k], K values each: x Wᵀ and
+        // attention's Kᵀ), 48 and 32 columns wide, 16 columns x 16 pairs transposed at a time:
+        // the last panel short, K odd or not a multiple of 32
+        auto transposed_panels = [&]<std::size_t P>() {
+            for (std::size_t j0 = 0; j0 < M; j0 += P) {
+                const std::size_t nr = std::min(P, M - j0);
+                std::vector<std::uint32_t> panel(KP * P, 0xdeadbeefu);
+                bd::pack_b_panel<P>(panel.data(), A.data(), K, transpose::yes, 0, K, j0, nr);
+                for (std::size_t p = 0; p < KP; ++p)
+                    for (std::size_t j = 0; j < P; ++j) {
+                        const std::uint32_t w = panel[p * P + j];
+                        if (j >= nr || 2 * p + 1 == K) {  // zeros: past the columns, past K
+                            bad += j >= nr ? w != 0 : w >> 16 != 0;
+                            if (j >= nr) continue;
+                        }
+                        bad += !same(w & 0xffffu, (j0 + j) * K + 2 * p);
+                        if (2 * p + 1 < K) bad += !same(w >> 16, (j0 + j) * K + 2 * p + 1);
+                    }
+            }
+        };
+        transposed_panels.template operator()<bd::NR>();
+        transposed_panels.template operator()<bd::NR2>();
+        // a row of values kept in bf16 (dropout's, the softmax backward's): 32 at a time, then
+        // the rest under masks
+        for (const std::size_t len : {K, A.size() - 5}) {
+            std::vector<ftune::bf16> kept(len + 3);
+            for (auto& v : kept) v.bits = 0x1234;
+            bd::round_to(kept.data(), A.data(), len);
+            for (std::size_t i = 0; i < len; ++i) bad += !same(kept[i].bits, i);
+            for (std::size_t i = len; i < len + 3; ++i) bad += kept[i].bits != 0x1234;  // untouched
+        }
         INFO("K " << K);
         CHECK(bad == 0);
     }
-    CHECK(checked > 6 * n);
+    CHECK(checked > 12 * n);
 }
 
 TEST_CASE("gemm_bf16 equals the reference emulation up to fp32 sums, for every transpose",
@@ -239,6 +271,14 @@ TEST_CASE("bf16 products are within bf16 rounding of the fp32 product", "[bf16]"
 
 TEST_CASE("a bf16-packed weight gives gemm_bf16's values, bias and residual, bit for bit",
           "[bf16]") {
+    // gemm_packed runs the blocked schedule on 48-wide panels; gemm_bf16 runs a small product
+    // whose columns pad to fewer in 32-wide panels on one thread, without the schedule (32 and
+    // 64: a head's values; 128: its keys): the same arithmetic, so the same bits
+    namespace bd = cpu::bf16_detail;
+    CHECK((bd::narrow_panels(32) && bd::narrow_panels(64) && bd::narrow_panels(128) &&
+           bd::narrow_panels(5)));
+    CHECK_FALSE((bd::narrow_panels(48) || bd::narrow_panels(96) || bd::narrow_panels(384) ||
+                 bd::narrow_panels(1536)));
     if (!kernels_here()) return;
     std::uint32_t seed = 200;
     for (const auto& s : shapes)

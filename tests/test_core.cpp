@@ -190,7 +190,8 @@ TEST_CASE("philox generate8 (SIMD) equals eight scalar generate calls", "[core][
     for (std::uint64_t k = 0; k < 32; ++k) CHECK(w[k / 8][k % 8] == s.bits(96 + k));
     // values64 (512-bit registers where the CPU has AVX-512) serves bits(64 h + k) in order,
     // with block counters past 2^32 too (the high counter word)
-    for (const std::uint64_t h : {std::uint64_t{0}, std::uint64_t{5}, std::uint64_t{1} << 30}) {
+    for (const std::uint64_t h : {std::uint64_t{0}, std::uint64_t{5}, (std::uint64_t{1} << 28) - 1,
+                                  std::uint64_t{1} << 30}) {
         std::uint32_t w2[2][4][8];
         s.values64(h, w2);
         for (std::uint64_t k = 0; k < 64; ++k)

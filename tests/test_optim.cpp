@@ -177,8 +177,11 @@ struct toy_model {
     }
 };
 
+// With read_scaled, the clipping factor is applied as the optimizer reads each gradient
+// (clip_scale, then step(params, scale)) instead of by clip_grad_norm.
 template <class Opt, class Sched>
-void run_steps(const std::string& tag, Opt& opt, const Sched& sched, bool clip) {
+void run_steps(const std::string& tag, Opt& opt, const Sched& sched, bool clip,
+               bool read_scaled = false) {
     toy_model m;
     const auto refs = m.refs();
     const auto lr = get(tag + ".lr"), norm = get(tag + ".norm");
@@ -188,10 +191,17 @@ void run_steps(const std::string& tag, Opt& opt, const Sched& sched, bool clip) 
         m.set_grads(k);
         CHECK(std::abs(sched.lr_at(k) - lr[k]) <= 1e-12);
         opt.set_lr(sched.lr_at(k));
-        if (clip)
-            CHECK(std::abs(ftune::optim::clip_grad_norm(std::span(refs), 1.0) - norm[k]) <=
-                  1e-5 * norm[k]);
-        opt.step(std::span<const ftune::parameter_ref<float>>(refs));
+        const std::span<const ftune::parameter_ref<float>> ps(refs);
+        double scale = 1;
+        if (clip && read_scaled) {
+            const auto c = ftune::optim::clip_scale(ps, 1.0);
+            CHECK(std::abs(c.norm - norm[k]) <= 1e-5 * norm[k]);
+            CHECK(c.scale == (1.0 / (c.norm + 1e-6) < 1 ? 1.0 / (c.norm + 1e-6) : 1.0));
+            scale = c.scale;
+        } else if (clip) {
+            CHECK(std::abs(ftune::optim::clip_grad_norm(ps, 1.0) - norm[k]) <= 1e-5 * norm[k]);
+        }
+        opt.step(ps, scale);
         const double d = m.diff(tag, k);
         INFO("max |ftune - PyTorch| " << d);
         CHECK(d <= 1e-6);
@@ -206,6 +216,23 @@ void run_steps(const std::string& tag, Opt& opt, const Sched& sched, bool clip) 
 }
 }  // namespace
 
+namespace {
+// adamw's members without step(params, scale): an optimizer of one's own, as any_optimizer
+// holds it
+struct own_adamw {
+    ftune::optim::adamw<float> a;
+    void step(std::span<const ftune::parameter_ref<float>> p) { a.step(p); }
+    void set_lr(double lr) { a.set_lr(lr); }
+    std::size_t step_count() const { return a.step_count(); }
+    void set_step_count(std::size_t n) { a.set_step_count(n); }
+    void init_state(std::span<const ftune::parameter_ref<float>> p) { a.init_state(p); }
+    template <class F>
+    void visit_state(F&& f) {
+        a.visit_state(f);
+    }
+};
+}  // namespace
+
 TEST_CASE("AdamW and SGD: step for step equal to PyTorch with groups, clipping and schedules",
           "[parity][optim]") {
     SECTION("AdamW, weight decay 0.01 except biases and LayerNorm, classifier x10, linear warmup") {
@@ -214,6 +241,13 @@ TEST_CASE("AdamW and SGD: step for step equal to PyTorch with groups, clipping a
                                         .groups = {{.prefix = "classifier.", .lr_scale = 10}}});
         run_steps("adamw", opt, ftune::schedule::linear{.lr = 1e-2, .warmup = 2, .total = 6}, true);
     }
+    SECTION("AdamW as above, the clipping applied as each gradient is read (clip_scale)") {
+        ftune::optim::adamw<float> opt({.lr = 1e-2,
+                                        .weight_decay = 0.01,
+                                        .groups = {{.prefix = "classifier.", .lr_scale = 10}}});
+        run_steps("adamw", opt, ftune::schedule::linear{.lr = 1e-2, .warmup = 2, .total = 6}, true,
+                  true);
+    }
     SECTION("SGD, Nesterov momentum, coupled weight decay, cosine") {
         ftune::optim::sgd<float> opt({.lr = 1e-2,
                                       .momentum = 0.9,
@@ -221,6 +255,27 @@ TEST_CASE("AdamW and SGD: step for step equal to PyTorch with groups, clipping a
                                       .nesterov = true,
                                       .groups = {{.prefix = "classifier.", .lr_scale = 10}}});
         run_steps("sgd_nesterov", opt, ftune::schedule::cosine{.lr = 1e-2, .warmup = 1, .total = 6},
+                  true);
+    }
+    SECTION("SGD as above behind any_optimizer, the clipping applied as each gradient is read") {
+        ftune::optim::any_optimizer<float> opt(
+            ftune::optim::sgd<float>({.lr = 1e-2,
+                                      .momentum = 0.9,
+                                      .weight_decay = 0.01,
+                                      .nesterov = true,
+                                      .groups = {{.prefix = "classifier.", .lr_scale = 10}}}),
+            "sgd");
+        run_steps("sgd_nesterov", opt, ftune::schedule::cosine{.lr = 1e-2, .warmup = 1, .total = 6},
+                  true, true);
+    }
+    SECTION("an optimizer of one's own whose step takes no scale: any_optimizer scales first") {
+        ftune::optim::any_optimizer<float> opt(
+            own_adamw{ftune::optim::adamw<float>(
+                {.lr = 1e-2,
+                 .weight_decay = 0.01,
+                 .groups = {{.prefix = "classifier.", .lr_scale = 10}}})},
+            "own");
+        run_steps("adamw", opt, ftune::schedule::linear{.lr = 1e-2, .warmup = 2, .total = 6}, true,
                   true);
     }
     SECTION("SGD, dampened momentum, constant rate, no clipping") {

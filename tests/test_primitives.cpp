@@ -593,6 +593,45 @@ TEMPLATE_TEST_CASE("AdamW and SGD updates", "[primitives][optim]", float, double
     }
 }
 
+TEMPLATE_TEST_CASE(
+    "a gradient scale in AdamW and SGD equals scaling the gradient first, bit "
+    "for bit",
+    "[primitives][optim]", float, double) {
+    // grad_scale is clip_scale's factor applied as the update reads the gradient: the same
+    // values as scale() (what clip_grad_norm runs) and then the update, on both backends
+    using T = TestType;
+    for (std::size_t n : test::awkward_sizes()) {
+        INFO("n=" << n);
+        const auto g = test::randn<T>(n, 95);
+        for (const double s : {0.37, 1.0}) {
+            INFO("scale " << s);
+            auto scaled = g;
+            cpu::scale(scaled.data(), T(s), n);
+            auto p = test::randn<T>(n, 96), m = test::randn<T>(n, 97, 0.1),
+                 v = test::randu<T>(n, 98, 0.0, 0.01);
+            auto p2 = p, m2 = m, v2 = v, p3 = p, m3 = m, v3 = v, p4 = p, m4 = m, v4 = v;
+            ftune::adamw_params h{.lr = 1e-3, .weight_decay = 0.01, .step = 2};
+            cpu::adamw_update(p.data(), scaled.data(), m.data(), v.data(), n, h);
+            ref::adamw_update(p3.data(), scaled.data(), m3.data(), v3.data(), n, h);
+            h.grad_scale = s;
+            cpu::adamw_update(p2.data(), g.data(), m2.data(), v2.data(), n, h);
+            ref::adamw_update(p4.data(), g.data(), m4.data(), v4.data(), n, h);
+            CHECK((p2 == p && m2 == m && v2 == v));
+            CHECK((p4 == p3 && m4 == m3 && v4 == v3));
+            auto q = test::randn<T>(n, 99), b = test::randn<T>(n, 100, 0.1);
+            auto q2 = q, b2 = b, q3 = q, b3 = b, q4 = q, b4 = b;
+            ftune::sgd_params k{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4, .nesterov = true};
+            cpu::sgd_update(q.data(), scaled.data(), b.data(), n, k);
+            ref::sgd_update(q3.data(), scaled.data(), b3.data(), n, k);
+            k.grad_scale = s;
+            cpu::sgd_update(q2.data(), g.data(), b2.data(), n, k);
+            ref::sgd_update(q4.data(), g.data(), b4.data(), n, k);
+            CHECK((q2 == q && b2 == b));
+            CHECK((q4 == q3 && b4 == b3));
+        }
+    }
+}
+
 TEST_CASE("AdamW reference follows the decoupled-decay formula", "[primitives][optim]") {
     // one step from m = v = 0: m = (1-b1) g, v = (1-b2) g², mhat = g, vhat = g²
     // θ' = θ (1 - lr wd) - lr g / (|g| + eps)

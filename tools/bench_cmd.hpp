@@ -175,8 +175,8 @@ struct bench_model {
                                                      dlosses.data(), B, 2);
         model.backward(ctx, {dlogits.data(), B, 2});
         if (!train) return;
-        ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
-        adamw.step(std::span<const ftune::parameter_ref<float>>(params));
+        const std::span<const ftune::parameter_ref<float>> ps(params);
+        adamw.step(ps, ftune::optim::clip_scale(ps, 1.0).scale);  // as the trainer clips
     }
 };
 
@@ -368,8 +368,8 @@ inline int run_bench_lm(const std::string& gguf, std::size_t B, std::size_t T, b
         }
         model.zero_grad();
         model.loss_backward(ctx, b, 1.0f);  // as the trainer: the logits a chunk at a time
-        ftune::optim::clip_grad_norm(std::span<const ftune::parameter_ref<float>>(params), 1.0);
-        adamw.step(std::span<const ftune::parameter_ref<float>>(params));
+        const std::span<const ftune::parameter_ref<float>> ps(params);
+        adamw.step(ps, ftune::optim::clip_scale(ps, 1.0).scale);  // as the trainer clips
     };
     const double median = median_ms(step, steps);
     // matrix-product FLOPs of the forward pass: the projections, the attention's two products

@@ -178,6 +178,7 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_bf16)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_strided_batched_bf16)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_heads)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
@@ -296,8 +297,8 @@ void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std
 
 /// Attention's products for every head h of every sequence s: matrix (s, h) of operand X starts
 /// s x_seq + h x_head elements in. One call where backend Bk has gemm_heads (the CUDA backend:
-/// one launch instead of one per sequence, which left a GPU waiting on the host), else one
-/// strided batch per sequence.
+/// one launch instead of one per sequence, which left a GPU waiting on the host; the CPU: one
+/// parallel pass over all of them), else one strided batch per sequence.
 template <class Bk, class TA, class T>
 void head_products(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
                    std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t a_seq,
@@ -311,6 +312,8 @@ void head_products(precision p, transpose ta, transpose tb, std::size_t M, std::
         if (std::is_same_v<TA, bf16> && p != precision::bf16)
             throw error(errc::invalid_argument, "head products",
                         "an operand kept in bf16 is multiplied in precision::bf16 only");
+        if (!std::is_same_v<T, float> && p == precision::bf16)
+            throw bf16_needs_float("head products");
         Bk::gemm_heads(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb, b_seq, b_head,
                        beta, C, ldc, c_seq, c_head, sequences, heads);
     } else {

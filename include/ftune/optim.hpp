@@ -7,6 +7,8 @@
 //   optim::param_group          per-name-prefix learning-rate scale and weight decay
 //   (schedule.hpp, included: schedule::constant / linear / cosine / polynomial, warmup in steps)
 //   optim::clip_grad_norm       the global L2 norm of the gradients, scaled down to max_norm
+//   optim::clip_scale           that norm and the factor, for step(params, scale) to apply as it
+//                               reads each gradient (one pass over the gradients fewer)
 #pragma once
 
 #include <cmath>
@@ -16,6 +18,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ftune/core/concepts.hpp"
@@ -129,8 +132,10 @@ class adamw {
     /// Number of steps taken.
     std::size_t step_count() const noexcept { return steps_; }
 
-    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
-    void step(std::span<const param_type> params) {
+    /// Updates every trainable parameter of params from its gradient times grad_scale
+    /// (clip_scale's factor: the update clip_grad_norm and step(params) give; gradients
+    /// unchanged).
+    void step(std::span<const param_type> params, double grad_scale = 1) {
         if (names_.empty() && steps_ == 0) init_state(params);
         detail::check_same_params(names_, m_.size(), params, "adamw::step");
         ++steps_;
@@ -147,7 +152,8 @@ class adamw {
                            .weight_decay = p.decay ? (g && g->weight_decay ? *g->weight_decay
                                                                            : options.weight_decay)
                                                    : 0.0,
-                           .step = steps_};
+                           .step = steps_,
+                           .grad_scale = grad_scale};
             ops::adamw_update(detail::values_of<T, D>(p), detail::values_of<T, D>(p, true),
                               m_[i].view(), v_[i].view(), h);
         }
@@ -217,8 +223,9 @@ class sgd {
     /// Number of steps taken.
     std::size_t step_count() const noexcept { return steps_; }
 
-    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
-    void step(std::span<const param_type> params) {
+    /// Updates every trainable parameter of params from its gradient times grad_scale
+    /// (clip_scale's factor; gradients unchanged).
+    void step(std::span<const param_type> params, double grad_scale = 1) {
         if (names_.empty() && steps_ == 0)
             for (const auto& p : params) {
                 names_.push_back(p.name);
@@ -239,7 +246,8 @@ class sgd {
                                                                          : options.weight_decay)
                                                  : 0.0,
                          .nesterov = options.nesterov,
-                         .first_step = first};
+                         .first_step = first,
+                         .grad_scale = grad_scale};
             const bool momentum = options.momentum != 0;
             ops::sgd_update(detail::values_of<T, D>(p), detail::values_of<T, D>(p, true),
                             momentum ? buf_[i].view() : view<T, shape<dynamic>, D>(), h);
@@ -287,8 +295,12 @@ class any_optimizer {
     requires optimizer<O, T, D> any_optimizer(O o, std::string name)
         : p_(std::make_unique<impl<O>>(std::move(o))), name_(std::move(name)) {}
 
-    /// Updates every trainable parameter from its gradient.
-    void step(std::span<const param_type> params) { p_->step(params); }
+    /// Updates every trainable parameter from its gradient times grad_scale (clip_scale's
+    /// factor): applied as the optimizer reads each gradient where its step takes a scale (adamw,
+    /// sgd), else by scaling the gradients first.
+    void step(std::span<const param_type> params, double grad_scale = 1) {
+        p_->step(params, grad_scale);
+    }
     /// Sets the learning rate of the next steps.
     void set_lr(double lr) { p_->set_lr(lr); }
     /// Number of steps taken.
@@ -323,7 +335,7 @@ class any_optimizer {
   private:
     struct base {
         virtual ~base() = default;
-        virtual void step(std::span<const param_type>) = 0;
+        virtual void step(std::span<const param_type>, double) = 0;
         virtual void set_lr(double) = 0;
         virtual std::size_t step_count() const = 0;
         virtual void set_step_count(std::size_t) = 0;
@@ -338,7 +350,16 @@ class any_optimizer {
     struct impl final : base {
         O o;
         explicit impl(O x) : o(std::move(x)) {}
-        void step(std::span<const param_type> p) override { o.step(p); }
+        void step(std::span<const param_type> p, double scale) override {
+            if constexpr (requires { o.step(p, scale); }) {
+                o.step(p, scale);
+            } else {
+                if (scale != 1)
+                    for (const auto& q : p)
+                        if (q.trainable) ops::scale(detail::values_of<T, D>(q, true), T(scale));
+                o.step(p);
+            }
+        }
         void set_lr(double lr) override { o.set_lr(lr); }
         std::size_t step_count() const override { return o.step_count(); }
         void set_step_count(std::size_t n) override { o.set_step_count(n); }
@@ -384,9 +405,9 @@ any_optimizer<T> make_optimizer(const std::string& name, double lr, double weigh
 }
 
 namespace detail {
-/// clip_grad_norm on device D.
+/// clip_scale on device D.
 template <class T, class D, class Ref>
-double clip_grad_norm(std::span<const Ref> params, double max_norm) {
+std::pair<double, double> clip_scale(std::span<const Ref> params, double max_norm) {
     double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no tensor allocation)
     using Bk = ops::backend_of<D>;
     if constexpr (requires(const T* const* xs, const std::size_t* ns) {
@@ -411,12 +432,41 @@ double clip_grad_norm(std::span<const Ref> params, double max_norm) {
                     "the gradient norm is not finite (NaN or inf: a diverging loss? lower the "
                     "learning rate)");
     const double coef = max_norm / (norm + 1e-6);
+    return {norm, coef < 1 ? coef : 1.0};
+}
+
+/// clip_grad_norm on device D.
+template <class T, class D, class Ref>
+double clip_grad_norm(std::span<const Ref> params, double max_norm) {
+    const auto [norm, coef] = clip_scale<T, D>(params, max_norm);
     if (coef < 1)
         for (const auto& p : params)
             if (p.trainable) ops::scale(values_of<T, D>(p, true), T(coef));
     return norm;
 }
 }  // namespace detail
+
+/// The global L2 norm of the trainable gradients and the factor clip_grad_norm scales them by.
+struct grad_clip {
+    double norm;   ///< the norm (before clipping)
+    double scale;  ///< max_norm / (norm + 1e-6), or 1 where that is not below 1
+};
+
+/// clip_grad_norm's norm and factor without scaling the gradients: an optimizer's
+/// step(params, scale) multiplies each gradient by it as it reads it, the same update as
+/// clip_grad_norm then step(params), one pass over every gradient fewer. A non-finite norm is an
+/// error naming it.
+template <scalar T>
+grad_clip clip_scale(std::span<const parameter_ref<T>> params, double max_norm) {
+    const auto [norm, scale] = detail::clip_scale<T, device::cpu>(params, max_norm);
+    return {norm, scale};
+}
+/// clip_scale of a device model's parameters.
+template <scalar T, class D>
+grad_clip clip_scale(std::span<const device_parameter_ref<T, D>> params, double max_norm) {
+    const auto [norm, scale] = detail::clip_scale<T, D>(params, max_norm);
+    return {norm, scale};
+}
 
 /// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
 /// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns

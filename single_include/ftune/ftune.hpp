@@ -1320,6 +1320,17 @@ struct philox4x32 {
                 _mm512_castsi256_si512(
                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[0][j]))),
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[1][j])), 1);
+        rounds16(x, k);
+        for (int j = 0; j < 4; ++j) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[0][j]), _mm512_castsi512_si256(x[j]));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[1][j]),
+                                _mm512_extracti64x4_epi64(x[j], 1));
+        }
+    }
+
+    /// The 10 rounds on 16 counters held in registers: lane i of x[j] is word j of counter i,
+    /// before and after.
+    static void rounds16(__m512i (&x)[4], key_type k) noexcept {
         const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(m0)),
                       mul1 = _mm512_set1_epi32(static_cast<int>(m1));
         // (hi, lo) 32-bit halves of x * m per lane: _mm512_mul_epu32 multiplies even lanes
@@ -1341,11 +1352,6 @@ struct philox4x32 {
             x[3] = lo0;
             k[0] += w0;
             k[1] += w1;
-        }
-        for (int j = 0; j < 4; ++j) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[0][j]), _mm512_castsi512_si256(x[j]));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[1][j]),
-                                _mm512_extracti64x4_epi64(x[j], 1));
         }
     }
 #endif
@@ -1383,17 +1389,23 @@ class random_stream {
     /// what values32(2 h + s) gives. One pass on 512-bit registers where the CPU has AVX-512.
     void values64(std::uint64_t h, std::uint32_t (&w)[2][4][8]) const noexcept {
 #if defined(__AVX512F__)
-        for (std::uint64_t s = 0; s < 2; ++s) {
-            const std::uint64_t b0 = (2 * h + s) << 3;
-            for (int i = 0; i < 8; ++i) {
-                const std::uint64_t b = b0 + std::uint64_t(i);
-                w[s][0][i] = static_cast<std::uint32_t>(b);
-                w[s][1][i] = static_cast<std::uint32_t>(b >> 32);
-                w[s][2][i] = id_[0];
-                w[s][3][i] = id_[1];
-            }
-        }
-        philox4x32::generate16_avx512(w, key_);
+        // block 16 h + l in lane l (w[s][j][i] is word j of block 16 h + 8 s + i), built in
+        // registers, and the words stored 64 bytes at a time in w's order: counters written
+        // word by word and words stored in halves, each read back whole, stalled on store
+        // forwarding for a third of dropout's time (2026-12-05)
+        const std::uint64_t b0 = h << 4;  // low words 16 h + l: no carry into the high word
+        __m512i x[4] = {
+            _mm512_add_epi32(
+                _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(b0))),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+            _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(b0 >> 32))),
+            _mm512_set1_epi32(static_cast<int>(id_[0])),
+            _mm512_set1_epi32(static_cast<int>(id_[1]))};
+        philox4x32::rounds16(x, key_);
+        _mm512_storeu_si512(&w[0][0][0], _mm512_shuffle_i64x2(x[0], x[1], 0x44));
+        _mm512_storeu_si512(&w[0][2][0], _mm512_shuffle_i64x2(x[2], x[3], 0x44));
+        _mm512_storeu_si512(&w[1][0][0], _mm512_shuffle_i64x2(x[0], x[1], 0xee));
+        _mm512_storeu_si512(&w[1][2][0], _mm512_shuffle_i64x2(x[2], x[3], 0xee));
 #else
         values32(2 * h, w[0]);
         values32(2 * h + 1, w[1]);
@@ -1532,6 +1544,7 @@ struct adamw_params {
     double eps = 1e-8;           ///< denominator term
     double weight_decay = 0.01;  ///< decoupled decay λ: θ ← θ − ηλθ before the Adam step
     std::size_t step = 1;        ///< 1-based step number, for bias correction
+    double grad_scale = 1;       ///< the gradient is read times this (a clipping coefficient)
 };
 
 /// Hyper-parameters of one SGD update (PyTorch's names and semantics).
@@ -1542,6 +1555,7 @@ struct sgd_params {
     double weight_decay = 0;  ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
     bool nesterov = false;    ///< Nesterov momentum
     bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
+    double grad_scale = 1;    ///< the gradient is read times this (a clipping coefficient)
 };
 
 FTUNE_NAMESPACE_END
@@ -2482,9 +2496,10 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
     const T step_size = T(h.lr / (1.0 - std::pow(h.beta1, t)));
     const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(h.beta2, t)));
     for (std::size_t i = 0; i < n; ++i) {
+        const T g = grad[i] * T(h.grad_scale);  // the gradient as clip_grad_norm scales it
         param[i] *= decay;
-        m[i] += w1 * (grad[i] - m[i]);
-        v[i] = v[i] * b2 + w2 * grad[i] * grad[i];
+        m[i] += w1 * (g - m[i]);
+        v[i] = v[i] * b2 + w2 * g * g;
         const T denom = std::sqrt(v[i]) / bc2_sqrt + eps;
         param[i] += -step_size * (m[i] / denom);
     }
@@ -2497,7 +2512,8 @@ template <scalar T>
 void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params& h) {
     const T wd = T(h.weight_decay), mu = T(h.momentum), damp = T(1.0 - h.dampening), lr = T(h.lr);
     for (std::size_t i = 0; i < n; ++i) {
-        T g = h.weight_decay != 0 ? grad[i] + wd * param[i] : grad[i];
+        const T gi = grad[i] * T(h.grad_scale);
+        T g = h.weight_decay != 0 ? gi + wd * param[i] : gi;
         if (h.momentum != 0) {
             buf[i] = h.first_step ? g : buf[i] * mu + damp * g;
             g = h.nesterov ? g + mu * buf[i] : buf[i];
@@ -3455,6 +3471,23 @@ FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, 
     if (k < K) dst[k / 2] = pair(r[k], 0.0f);
 }
 
+/// dst[i] = src[i] rounded to bf16 for i < n (round_bits' values): 32 at a time, for the bf16
+/// activations a training step keeps (a value at a time, the rounding was most of dropout's and
+/// the softmax backward's time when they write bf16).
+FTUNE_BF16_TARGET inline void round_to(bf16* dst, const float* src, std::size_t n) {
+    std::size_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W)
+        _mm512_storeu_si512(dst + i,
+                            round32(_mm512_loadu_ps(src + i), _mm512_loadu_ps(src + i + W)));
+    if (const std::size_t r = n - i; r > 0) {  // the last r < 32 values, under masks
+        const __mmask16 k0 = r >= W ? __mmask16(0xffff) : __mmask16((1u << r) - 1);
+        const __mmask16 k1 = r > W ? __mmask16((1u << (r - W)) - 1) : __mmask16(0);
+        _mm512_mask_storeu_epi16(
+            dst + i, __mmask32((1u << r) - 1),
+            round32(_mm512_maskz_loadu_ps(k0, src + i), _mm512_maskz_loadu_ps(k1, src + i + W)));
+    }
+}
+
 /// s[0:16] (the lanes of k) += r0, then += r1, ...: column sums taken one row after another.
 template <class... R>
 FTUNE_BF16_TARGET inline void add_rows(float* s, __mmask16 k, R... rows) {
@@ -3534,6 +3567,9 @@ inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std:
 inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
 }
+inline void round_to(bf16* dst, const float* src, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) dst[i].bits = std::uint16_t(round_bits(src[i]) >> 16);
+}
 inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
                               std::size_t t0, std::size_t t1, float* sums = nullptr) {
     const std::size_t KP = pairs(K);
@@ -3589,6 +3625,64 @@ inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpos
     }
 }
 
+#if FTUNE_HAS_BF16_KERNELS
+/// Transposes the 16 x 16 words of r in registers: r[i] holds row i before, column i after.
+FTUNE_BF16_TARGET inline void transpose16(__m512i (&r)[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {  // within each 128-bit lane: rows 2i, 2i + 1 interleaved
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // lane l of r[4g + k]: rows 4g .. 4g + 3 of column 4l + k
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int k = 0; k < 4; ++k) {  // column 4l + k gathers lane l of r[k], r[4 + k], ...
+        const __m512i v0 = _mm512_shuffle_i32x4(r[k], r[4 + k], 0x44);
+        const __m512i v1 = _mm512_shuffle_i32x4(r[k], r[4 + k], 0xee);
+        const __m512i v2 = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0x44);
+        const __m512i v3 = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0xee);
+        t[k] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        t[4 + k] = _mm512_shuffle_i32x4(v0, v2, 0xdd);
+        t[8 + k] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        t[12 + k] = _mm512_shuffle_i32x4(v1, v3, 0xdd);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/// pack_b_panel for op(B)(k, j) = B[j * ldb + k] (P a multiple of 16): 16 columns x 16 pairs
+/// at a time, each column's 32 values rounded (round32) into one register of its pairs, the 16
+/// registers transposed, and each pair's 16 words stored at once (column by column, with the
+/// words stored one by one P apart, the packing of attention's Kᵀ took a third of the time of
+/// its 128 x 128 x 32 product, 2026-12-05).
+template <std::size_t P>
+FTUNE_BF16_TARGET void pack_columns(std::uint32_t* dst, const float* B, std::size_t ldb,
+                                    std::size_t k0, std::size_t kc, std::size_t j0,
+                                    std::size_t nr) {
+    const std::size_t kp = pairs(kc);
+    for (std::size_t g = 0; g < P; g += W)            // columns g .. g + 15 (zeros past nr)
+        for (std::size_t p0 = 0; p0 < kp; p0 += W) {  // their pairs p0 .. p0 + 15
+            const std::size_t n = std::min<std::size_t>(2 * W, kc - 2 * p0);  // values of each
+            const auto mask = [](std::size_t m) {
+                return m >= W ? __mmask16(0xffff) : __mmask16((1u << m) - 1);
+            };
+            const __mmask16 m0 = mask(n), m1 = n > W ? mask(n - W) : __mmask16(0);
+            __m512i r[W];
+            for (std::size_t i = 0; i < W; ++i) {
+                r[i] = _mm512_setzero_si512();
+                if (g + i >= nr) continue;
+                const float* col = B + (j0 + g + i) * ldb + k0 + 2 * p0;
+                r[i] = round32(_mm512_maskz_loadu_ps(m0, col), _mm512_maskz_loadu_ps(m1, col + W));
+            }
+            transpose16(r);
+            for (std::size_t p = 0; p < std::min(W, kp - p0); ++p)
+                _mm512_storeu_si512(dst + (p0 + p) * P + g, r[p]);
+        }
+}
+#endif
+
 /// Packs the P-column panel (P = NR, or the narrower panels of attention's outputs) of
 /// op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of P words (columns past nr and the odd
 /// kc's last high half are zero).
@@ -3612,6 +3706,9 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
             std::fill(d + nr, d + P, 0u);
         }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
+#if FTUNE_HAS_BF16_KERNELS
+        if constexpr (P % W == 0) return pack_columns<P>(dst, B, ldb, k0, kc, j0, nr);
+#endif
         // each column's pairs rounded 32 values at a time (pair_adjacent), then stored P words
         // apart: the rounding in scalar code took ~3 ns a pair, a training step's weights
         // (packed in this layout every step) and attention's Kᵀ ~2% of their time
@@ -3698,6 +3795,22 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
     });
 }
 
+#if FTUNE_HAS_BF16_KERNELS
+/// d[i] = (r0[i], r1[i]) for the MR = 8 values of two rows of bf16 values (r1 null: high halves
+/// zero): one tile's pair of a transposed A kept in bf16, from two 16-byte loads (word by word,
+/// the copy of attention's Pᵀ and dSᵀ took about a fifth of their products' time).
+FTUNE_BF16_TARGET inline void interleave_tile(std::uint32_t* d, const bf16* r0, const bf16* r1) {
+    static_assert(MR == 8 && sizeof(bf16) == 2);
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0));
+    const __m128i hi =
+        r1 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1)) : _mm_setzero_si128();
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi16(lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 4), _mm_unpackhi_epi16(lo, hi));
+}
+#else
+inline void interleave_tile(std::uint32_t*, const bf16*, const bf16*) {}  // never called
+#endif
+
 /// pack_a for an A already in bf16 (the attention activations a bf16 training step keeps): the
 /// same words, copied instead of rounded. Row-major with K and lda even needs no copy at all
 /// (gemm_bf16 reads it in place); this covers the other cases.
@@ -3727,6 +3840,10 @@ inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose
                                      const bf16* r0 = A + 2 * p * lda + t * MR;
                                      const bf16* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
                                      const std::size_t n = std::min(MR, M - t * MR);
+                                     if (n == MR && FTUNE_HAS_BF16_KERNELS) {
+                                         interleave_tile(d, r0, r1);
+                                         continue;
+                                     }
                                      for (std::size_t i = 0; i < n; ++i)
                                          d[i] = std::uint32_t{r0[i].bits} |
                                                 (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
@@ -3946,6 +4063,48 @@ void no_product(std::size_t M, std::size_t N, float beta, float* C, std::size_t 
     epilogue(C, ldc, 0, M, 0, N);
 }
 
+/// Columns of the narrow panels: two vectors, the width of attention's outputs.
+inline constexpr std::size_t NR2 = 2 * W;
+
+/// Whether N columns pad to fewer in panels of NR2 than of NR: 32 and 64 (a head's values), 128
+/// (the keys of a 128-token sequence: 144 in panels of 48), 5, ...; never a multiple of 48.
+inline constexpr bool narrow_panels(std::size_t N) noexcept {
+    return (N + NR2 - 1) / NR2 * NR2 < (N + NR - 1) / NR * NR;
+}
+
+/// op(B) (K x N) as ⌈N / NR2⌉ panels of NR2 columns, one depth block: panel q holds ⌈K/2⌉
+/// pairs of NR2 words from dst + q ⌈K/2⌉ NR2 (fewer words than b_words(K, N) when
+/// narrow_panels(N)).
+inline void pack_narrow(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
+                        std::size_t K, std::size_t N) {
+    for (std::size_t q = 0, j = 0; j < N; ++q, j += NR2)
+        pack_b_panel<NR2>(dst + q * pairs(K) * NR2, B, ldb, tb, 0, K, j, std::min(NR2, N - j));
+}
+
+/// C(M, N) = alpha * Apack * B + beta * C on the calling thread, B packed by pack_narrow: each
+/// MR-row tile against each panel with the two-vector kernel (each element's arithmetic is
+/// run()'s: one depth block, the same pairs in the same order). On attention's heads of 32
+/// values (2,048 x 32 x 128 products in 12 heads, two threads) it took half the time of 48-wide
+/// panels, a third of whose columns were zeros, and the blocked schedule (2026-12-05).
+inline void run_narrow(std::size_t M, std::size_t N, std::size_t K, float alpha,
+                       const std::uint32_t* apack, std::size_t a_ld, const std::uint32_t* bpack,
+                       float beta, float* C, std::size_t ldc) {
+#if FTUNE_HAS_BF16_KERNELS
+    const std::size_t kp = pairs(K);
+    for (std::size_t i = 0; i < M; i += MR) {
+        const std::uint32_t* a = a_ld ? apack + i * a_ld : apack + i / MR * kp * MR;
+        for (std::size_t q = 0, j = 0; j < N; ++q, j += NR2)
+            kernel_rows<2>(kp, a, a_ld, bpack + q * kp * NR2, C + i * ldc + j, ldc,
+                           std::min(MR, M - i), std::min(NR2, N - j), alpha, beta, true, nullptr,
+                           nullptr, 0, nullptr, 0);
+    }
+#else
+    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)bpack, (void)beta,
+        (void)C, (void)ldc;
+    throw unsupported("gemm_bf16");
+#endif
+}
+
 }  // namespace bf16_detail
 
 /// op(B) (K, N) rounded to bf16 and packed once in pairs (bf16_detail::b_layout), for products
@@ -4042,10 +4201,17 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
         return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
     }
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+    const int nt = bf16_detail::threads_for(M, N, K);
+    // one thread and one depth block, with fewer columns padded in 32-wide panels (attention's
+    // heads and keys): packed and multiplied without the blocked schedule
+    const bool narrow = nt == 1 && K <= bl.kc && bf16_detail::narrow_panels(N);
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
     std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
-    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    if (narrow)
+        bf16_detail::pack_narrow(bpack, B, ldb, tb, K, N);
+    else
+        bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
     // A's words: in place when A is bf16 with its pairs already adjacent, else packed (rounded)
     const std::uint32_t* apack = nullptr;
     std::size_t a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
@@ -4061,8 +4227,9 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
             bf16_detail::pack_a(dst, A, lda, ta, M, K);
         apack = dst;
     }
+    if (narrow) return bf16_detail::run_narrow(M, N, K, alpha, apack, a_ld, bpack, beta, C, ldc);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
-                     beta, C, ldc, nullptr, bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
+                     beta, C, ldc, nullptr, bf16_detail::none{}, nt);
 }
 
 /// `batch` independent gemm_bf16 products whose operands start stride_* elements apart
@@ -4713,6 +4880,43 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
         for (std::size_t b = b0; b < b1; ++b)
             gemm(ta, tb, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
                  C + b * stride_c, ldc);
+    });
+}
+
+/// Attention's products for every head h of every sequence s in precision p (matrix (s, h) of
+/// operand X starts s x_seq + h x_head elements in; A may be kept in bf16, with p bf16): all
+/// sequences' heads in one parallel pass, each product on one thread, as gemm_strided_batched
+/// (gemm_bf16) takes them; a strided batch per sequence opened one OpenMP region of H products
+/// per sequence, whose threads waited at its end for the slowest (2026-12-05).
+template <class TA, scalar T>
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const T* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, T beta, T* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    static_assert(std::is_same_v<TA, T> || (std::is_same_v<TA, bf16> && std::is_same_v<T, float>),
+                  "gemm_heads: A is T, or bf16 with float products");
+    const bool in_bf16 = p == ftune::precision::bf16;
+    if (in_bf16 && !std::is_same_v<T, float>)
+        throw error(errc::invalid_argument, "gemm_heads", "bf16 products are taken in float");
+    if (!in_bf16 && std::is_same_v<TA, bf16>)
+        throw error(errc::invalid_argument, "gemm_heads",
+                    "an operand kept in bf16 is multiplied in precision::bf16 only");
+    if (in_bf16 && !bf16_supported()) throw bf16_detail::unsupported("gemm_heads");
+    detail::parallel_for(sequences * heads, 1, [&](std::size_t u0, std::size_t u1) {
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t s = u / heads, h = u % heads;
+            const TA* a = A + s * a_seq + h * a_head;
+            const T* b = B + s * b_seq + h * b_head;
+            T* c = C + s * c_seq + h * c_head;
+            if constexpr (std::is_same_v<T, float>)
+                if (in_bf16) {
+                    gemm_bf16(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+                    continue;
+                }
+            if constexpr (std::is_same_v<TA, T>)
+                gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+        }
     });
 }
 
@@ -5454,9 +5658,7 @@ void softmax_backward(Out* dscores, const T* probs, const T* dprobs, T scale, st
                 for_each_batch<T>(Tk, [&](std::size_t k, auto n) {
                     store(f + k, B(scale) * load(p + k, n) * (load(dp + k, n) - d), n);
                 });
-                bf16* __restrict ds = dscores + r * Tk;
-                for (std::size_t k = 0; k < Tk; ++k)
-                    ds[k].bits = std::uint16_t(bf16_detail::round_bits(f[k]) >> 16);
+                bf16_detail::round_to(dscores + r * Tk, f, Tk);
             } else {
                 T* ds = dscores + r * Tk;
                 if (accumulate)
@@ -5508,6 +5710,34 @@ void dropout_forward(Out* y, std::uint8_t* mask, const T* x, T p, std::size_t n,
         const T* xl = x;
         // i0 is a multiple of 64 (the grain is): one values64() call serves 64 elements
         std::size_t i = i0;
+#if defined(__AVX512F__)
+        // 16 elements per step on 512-bit registers (the loop below stays scalar there, the
+        // bf16 rounding above all: 3 times the time): the same values, masks and bits
+        if constexpr (std::is_same_v<T, float>) {
+            const __m512i vthr = _mm512_set1_epi32(static_cast<int>(threshold));
+            const __m512 vinv = _mm512_set1_ps(inv);
+            for (; i + 64 <= i1; i += 64) {
+                alignas(64) std::uint32_t w[2][4][8];
+                alignas(64) float yv[64];  // bf16 output: rounded 64 at a time
+                st.values64(i >> 6, w);
+                for (std::size_t c = 0; c < 64; c += 16) {
+                    const __mmask16 keep = drop_all ? __mmask16(0)
+                                                    : _mm512_cmpge_epu32_mask(
+                                                          _mm512_load_si512(&w[0][0][0] + c), vthr);
+                    const __m512 v =
+                        _mm512_mul_ps(_mm512_loadu_ps(xl + i + c),
+                                      _mm512_maskz_mov_ps(keep, vinv));  // x * 0 dropped
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(ml + i + c),
+                                     _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(keep, 1)));
+                    if constexpr (std::is_same_v<Out, T>)
+                        _mm512_storeu_ps(yl + i + c, v);
+                    else
+                        _mm512_store_ps(yv + c, v);
+                }
+                if constexpr (!std::is_same_v<Out, T>) bf16_detail::round_to(yl + i, yv, 64);
+            }
+        }
+#endif
         for (; i + 64 <= i1; i += 64) {
             std::uint32_t w[2][4][8];
             st.values64(i >> 6, w);
@@ -5720,10 +5950,11 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
         w2(T(1.0 - h.beta2)), eps(T(h.eps));
     const B neg_step(-T(h.lr / (1.0 - std::pow(h.beta1, t))));
     const B bc2_sqrt(T(std::sqrt(1.0 - std::pow(h.beta2, t))));
+    const B gs(T(h.grad_scale));  // scale's product: the gradient as clip_grad_norm leaves it
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
-            const B g = load(grad + j, k);
+            const B g = load(grad + j, k) * gs;
             B mj = load(m + j, k), vj = load(v + j, k);
             mj += w1 * (g - mj);
             vj = vj * b2 + w2 * g * g;
@@ -5741,11 +5972,12 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
     using namespace detail;
     using B = batch<T>;
     const B wd(T(h.weight_decay)), mu(T(h.momentum)), damp(T(1.0 - h.dampening)), neg_lr(-T(h.lr));
+    const B gs(T(h.grad_scale));
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
             const B p = load(param + j, k);
-            B g = load(grad + j, k);
+            B g = load(grad + j, k) * gs;
             if (h.weight_decay != 0) g = g + wd * p;
             if (h.momentum != 0) {
                 const B b = h.first_step ? g : load(buf + j, k) * mu + damp * g;
@@ -6856,6 +7088,7 @@ struct backend_of<device::cpu> {
     FTUNE_OPS_FORWARD(backends::cpu, gemm_thin)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_bf16)
     FTUNE_OPS_FORWARD(backends::cpu, gemm_strided_batched_bf16)
+    FTUNE_OPS_FORWARD(backends::cpu, gemm_heads)
 };
 /// device::reference: the scalar reference backend, the same primitives as plain loops.
 template <>
@@ -6974,8 +7207,8 @@ void strided_batched(precision p, transpose ta, transpose tb, std::size_t M, std
 
 /// Attention's products for every head h of every sequence s: matrix (s, h) of operand X starts
 /// s x_seq + h x_head elements in. One call where backend Bk has gemm_heads (the CUDA backend:
-/// one launch instead of one per sequence, which left a GPU waiting on the host), else one
-/// strided batch per sequence.
+/// one launch instead of one per sequence, which left a GPU waiting on the host; the CPU: one
+/// parallel pass over all of them), else one strided batch per sequence.
 template <class Bk, class TA, class T>
 void head_products(precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
                    std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t a_seq,
@@ -6989,6 +7222,8 @@ void head_products(precision p, transpose ta, transpose tb, std::size_t M, std::
         if (std::is_same_v<TA, bf16> && p != precision::bf16)
             throw error(errc::invalid_argument, "head products",
                         "an operand kept in bf16 is multiplied in precision::bf16 only");
+        if (!std::is_same_v<T, float> && p == precision::bf16)
+            throw bf16_needs_float("head products");
         Bk::gemm_heads(p, ta, tb, M, N, K, alpha, A, lda, a_seq, a_head, B, ldb, b_seq, b_head,
                        beta, C, ldc, c_seq, c_head, sequences, heads);
     } else {
@@ -14106,6 +14341,8 @@ FTUNE_NAMESPACE_END
 //   optim::param_group          per-name-prefix learning-rate scale and weight decay
 //   (schedule.hpp, included: schedule::constant / linear / cosine / polynomial, warmup in steps)
 //   optim::clip_grad_norm       the global L2 norm of the gradients, scaled down to max_norm
+//   optim::clip_scale           that norm and the factor, for step(params, scale) to apply as it
+//                               reads each gradient (one pass over the gradients fewer)
 
 #include <cmath>
 #include <functional>
@@ -14114,6 +14351,7 @@ FTUNE_NAMESPACE_END
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 // ---- begin ftune/schedule.hpp ----
@@ -14346,8 +14584,10 @@ class adamw {
     /// Number of steps taken.
     std::size_t step_count() const noexcept { return steps_; }
 
-    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
-    void step(std::span<const param_type> params) {
+    /// Updates every trainable parameter of params from its gradient times grad_scale
+    /// (clip_scale's factor: the update clip_grad_norm and step(params) give; gradients
+    /// unchanged).
+    void step(std::span<const param_type> params, double grad_scale = 1) {
         if (names_.empty() && steps_ == 0) init_state(params);
         detail::check_same_params(names_, m_.size(), params, "adamw::step");
         ++steps_;
@@ -14364,7 +14604,8 @@ class adamw {
                            .weight_decay = p.decay ? (g && g->weight_decay ? *g->weight_decay
                                                                            : options.weight_decay)
                                                    : 0.0,
-                           .step = steps_};
+                           .step = steps_,
+                           .grad_scale = grad_scale};
             ops::adamw_update(detail::values_of<T, D>(p), detail::values_of<T, D>(p, true),
                               m_[i].view(), v_[i].view(), h);
         }
@@ -14434,8 +14675,9 @@ class sgd {
     /// Number of steps taken.
     std::size_t step_count() const noexcept { return steps_; }
 
-    /// Updates every trainable parameter of params from its gradient (gradients unchanged).
-    void step(std::span<const param_type> params) {
+    /// Updates every trainable parameter of params from its gradient times grad_scale
+    /// (clip_scale's factor; gradients unchanged).
+    void step(std::span<const param_type> params, double grad_scale = 1) {
         if (names_.empty() && steps_ == 0)
             for (const auto& p : params) {
                 names_.push_back(p.name);
@@ -14456,7 +14698,8 @@ class sgd {
                                                                          : options.weight_decay)
                                                  : 0.0,
                          .nesterov = options.nesterov,
-                         .first_step = first};
+                         .first_step = first,
+                         .grad_scale = grad_scale};
             const bool momentum = options.momentum != 0;
             ops::sgd_update(detail::values_of<T, D>(p), detail::values_of<T, D>(p, true),
                             momentum ? buf_[i].view() : view<T, shape<dynamic>, D>(), h);
@@ -14504,8 +14747,12 @@ class any_optimizer {
     requires optimizer<O, T, D> any_optimizer(O o, std::string name)
         : p_(std::make_unique<impl<O>>(std::move(o))), name_(std::move(name)) {}
 
-    /// Updates every trainable parameter from its gradient.
-    void step(std::span<const param_type> params) { p_->step(params); }
+    /// Updates every trainable parameter from its gradient times grad_scale (clip_scale's
+    /// factor): applied as the optimizer reads each gradient where its step takes a scale (adamw,
+    /// sgd), else by scaling the gradients first.
+    void step(std::span<const param_type> params, double grad_scale = 1) {
+        p_->step(params, grad_scale);
+    }
     /// Sets the learning rate of the next steps.
     void set_lr(double lr) { p_->set_lr(lr); }
     /// Number of steps taken.
@@ -14540,7 +14787,7 @@ class any_optimizer {
   private:
     struct base {
         virtual ~base() = default;
-        virtual void step(std::span<const param_type>) = 0;
+        virtual void step(std::span<const param_type>, double) = 0;
         virtual void set_lr(double) = 0;
         virtual std::size_t step_count() const = 0;
         virtual void set_step_count(std::size_t) = 0;
@@ -14555,7 +14802,16 @@ class any_optimizer {
     struct impl final : base {
         O o;
         explicit impl(O x) : o(std::move(x)) {}
-        void step(std::span<const param_type> p) override { o.step(p); }
+        void step(std::span<const param_type> p, double scale) override {
+            if constexpr (requires { o.step(p, scale); }) {
+                o.step(p, scale);
+            } else {
+                if (scale != 1)
+                    for (const auto& q : p)
+                        if (q.trainable) ops::scale(detail::values_of<T, D>(q, true), T(scale));
+                o.step(p);
+            }
+        }
         void set_lr(double lr) override { o.set_lr(lr); }
         std::size_t step_count() const override { return o.step_count(); }
         void set_step_count(std::size_t n) override { o.set_step_count(n); }
@@ -14601,9 +14857,9 @@ any_optimizer<T> make_optimizer(const std::string& name, double lr, double weigh
 }
 
 namespace detail {
-/// clip_grad_norm on device D.
+/// clip_scale on device D.
 template <class T, class D, class Ref>
-double clip_grad_norm(std::span<const Ref> params, double max_norm) {
+std::pair<double, double> clip_scale(std::span<const Ref> params, double max_norm) {
     double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no tensor allocation)
     using Bk = ops::backend_of<D>;
     if constexpr (requires(const T* const* xs, const std::size_t* ns) {
@@ -14628,12 +14884,41 @@ double clip_grad_norm(std::span<const Ref> params, double max_norm) {
                     "the gradient norm is not finite (NaN or inf: a diverging loss? lower the "
                     "learning rate)");
     const double coef = max_norm / (norm + 1e-6);
+    return {norm, coef < 1 ? coef : 1.0};
+}
+
+/// clip_grad_norm on device D.
+template <class T, class D, class Ref>
+double clip_grad_norm(std::span<const Ref> params, double max_norm) {
+    const auto [norm, coef] = clip_scale<T, D>(params, max_norm);
     if (coef < 1)
         for (const auto& p : params)
             if (p.trainable) ops::scale(values_of<T, D>(p, true), T(coef));
     return norm;
 }
 }  // namespace detail
+
+/// The global L2 norm of the trainable gradients and the factor clip_grad_norm scales them by.
+struct grad_clip {
+    double norm;   ///< the norm (before clipping)
+    double scale;  ///< max_norm / (norm + 1e-6), or 1 where that is not below 1
+};
+
+/// clip_grad_norm's norm and factor without scaling the gradients: an optimizer's
+/// step(params, scale) multiplies each gradient by it as it reads it, the same update as
+/// clip_grad_norm then step(params), one pass over every gradient fewer. A non-finite norm is an
+/// error naming it.
+template <scalar T>
+grad_clip clip_scale(std::span<const parameter_ref<T>> params, double max_norm) {
+    const auto [norm, scale] = detail::clip_scale<T, device::cpu>(params, max_norm);
+    return {norm, scale};
+}
+/// clip_scale of a device model's parameters.
+template <scalar T, class D>
+grad_clip clip_scale(std::span<const device_parameter_ref<T, D>> params, double max_norm) {
+    const auto [norm, scale] = detail::clip_scale<T, D>(params, max_norm);
+    return {norm, scale};
+}
 
 /// Scales every trainable gradient so that their global L2 norm is at most max_norm, as
 /// torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1). Returns

@@ -114,6 +114,17 @@ struct philox4x32 {
                 _mm512_castsi256_si512(
                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[0][j]))),
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[1][j])), 1);
+        rounds16(x, k);
+        for (int j = 0; j < 4; ++j) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[0][j]), _mm512_castsi512_si256(x[j]));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[1][j]),
+                                _mm512_extracti64x4_epi64(x[j], 1));
+        }
+    }
+
+    /// The 10 rounds on 16 counters held in registers: lane i of x[j] is word j of counter i,
+    /// before and after.
+    static void rounds16(__m512i (&x)[4], key_type k) noexcept {
         const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(m0)),
                       mul1 = _mm512_set1_epi32(static_cast<int>(m1));
         // (hi, lo) 32-bit halves of x * m per lane: _mm512_mul_epu32 multiplies even lanes
@@ -135,11 +146,6 @@ struct philox4x32 {
             x[3] = lo0;
             k[0] += w0;
             k[1] += w1;
-        }
-        for (int j = 0; j < 4; ++j) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[0][j]), _mm512_castsi512_si256(x[j]));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[1][j]),
-                                _mm512_extracti64x4_epi64(x[j], 1));
         }
     }
 #endif
@@ -177,17 +183,23 @@ class random_stream {
     /// what values32(2 h + s) gives. One pass on 512-bit registers where the CPU has AVX-512.
     void values64(std::uint64_t h, std::uint32_t (&w)[2][4][8]) const noexcept {
 #if defined(__AVX512F__)
-        for (std::uint64_t s = 0; s < 2; ++s) {
-            const std::uint64_t b0 = (2 * h + s) << 3;
-            for (int i = 0; i < 8; ++i) {
-                const std::uint64_t b = b0 + std::uint64_t(i);
-                w[s][0][i] = static_cast<std::uint32_t>(b);
-                w[s][1][i] = static_cast<std::uint32_t>(b >> 32);
-                w[s][2][i] = id_[0];
-                w[s][3][i] = id_[1];
-            }
-        }
-        philox4x32::generate16_avx512(w, key_);
+        // block 16 h + l in lane l (w[s][j][i] is word j of block 16 h + 8 s + i), built in
+        // registers, and the words stored 64 bytes at a time in w's order: counters written
+        // word by word and words stored in halves, each read back whole, stalled on store
+        // forwarding for a third of dropout's time (2026-12-05)
+        const std::uint64_t b0 = h << 4;  // low words 16 h + l: no carry into the high word
+        __m512i x[4] = {
+            _mm512_add_epi32(
+                _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(b0))),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+            _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(b0 >> 32))),
+            _mm512_set1_epi32(static_cast<int>(id_[0])),
+            _mm512_set1_epi32(static_cast<int>(id_[1]))};
+        philox4x32::rounds16(x, key_);
+        _mm512_storeu_si512(&w[0][0][0], _mm512_shuffle_i64x2(x[0], x[1], 0x44));
+        _mm512_storeu_si512(&w[0][2][0], _mm512_shuffle_i64x2(x[2], x[3], 0x44));
+        _mm512_storeu_si512(&w[1][0][0], _mm512_shuffle_i64x2(x[0], x[1], 0xee));
+        _mm512_storeu_si512(&w[1][2][0], _mm512_shuffle_i64x2(x[2], x[3], 0xee));
 #else
         values32(2 * h, w[0]);
         values32(2 * h + 1, w[1]);

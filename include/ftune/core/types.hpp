@@ -52,6 +52,7 @@ struct adamw_params {
     double eps = 1e-8;           ///< denominator term
     double weight_decay = 0.01;  ///< decoupled decay λ: θ ← θ − ηλθ before the Adam step
     std::size_t step = 1;        ///< 1-based step number, for bias correction
+    double grad_scale = 1;       ///< the gradient is read times this (a clipping coefficient)
 };
 
 /// Hyper-parameters of one SGD update (PyTorch's names and semantics).
@@ -62,6 +63,7 @@ struct sgd_params {
     double weight_decay = 0;  ///< L2 penalty added to the gradient (coupled, as PyTorch's SGD)
     bool nesterov = false;    ///< Nesterov momentum
     bool first_step = false;  ///< true on the first step: the buffer is initialised to the gradient
+    double grad_scale = 1;    ///< the gradient is read times this (a clipping coefficient)
 };
 
 FTUNE_NAMESPACE_END

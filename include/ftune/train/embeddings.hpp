@@ -116,11 +116,11 @@ class embedding_trainer {
                     throw error(errc::invalid_argument,
                                 ftune::detail::cat("embedding training step ", r.steps + 1),
                                 "the loss is not finite (diverged: lower the learning rate)");
-                if (options.max_grad_norm > 0)
-                    optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
-                                          options.max_grad_norm);
+                const std::span<const parameter_ref<T>> ps(params);
                 opt.set_lr(sched.lr_at(r.steps));
-                opt.step(std::span<const parameter_ref<T>>(params));
+                opt.step(ps, options.max_grad_norm > 0  // clipped as the gradients are read
+                                 ? optim::clip_scale(ps, options.max_grad_norm).scale
+                                 : 1.0);
                 model.zero_grad();
                 ++r.steps, sum += l;
                 if (options.progress && options.log_every &&

@@ -398,11 +398,14 @@ class trainer {
                     if (on_device()) {
                         device_->step(options.max_grad_norm, s.lr);
                     } else {
-                        if (options.max_grad_norm > 0)
-                            optim::clip_grad_norm(std::span<const parameter_ref<T>>(params),
-                                                  options.max_grad_norm);
+                        // the clipping factor applied as the optimizer reads each gradient
+                        const std::span<const parameter_ref<T>> ps(params);
+                        const double scale =
+                            options.max_grad_norm > 0
+                                ? optim::clip_scale(ps, options.max_grad_norm).scale
+                                : 1.0;
                         opt.set_lr(s.lr);
-                        opt.step(std::span<const parameter_ref<T>>(params));
+                        opt.step(ps, scale);
                         model.zero_grad();
                     }
                 } catch (const error& e) {  // a non-finite gradient: say which step

@@ -665,6 +665,43 @@ void gemm_strided_batched(transpose ta, transpose tb, std::size_t M, std::size_t
     });
 }
 
+/// Attention's products for every head h of every sequence s in precision p (matrix (s, h) of
+/// operand X starts s x_seq + h x_head elements in; A may be kept in bf16, with p bf16): all
+/// sequences' heads in one parallel pass, each product on one thread, as gemm_strided_batched
+/// (gemm_bf16) takes them; a strided batch per sequence opened one OpenMP region of H products
+/// per sequence, whose threads waited at its end for the slowest (2026-12-05).
+template <class TA, scalar T>
+void gemm_heads(ftune::precision p, transpose ta, transpose tb, std::size_t M, std::size_t N,
+                std::size_t K, T alpha, const TA* A, std::size_t lda, std::size_t a_seq,
+                std::size_t a_head, const T* B, std::size_t ldb, std::size_t b_seq,
+                std::size_t b_head, T beta, T* C, std::size_t ldc, std::size_t c_seq,
+                std::size_t c_head, std::size_t sequences, std::size_t heads) {
+    static_assert(std::is_same_v<TA, T> || (std::is_same_v<TA, bf16> && std::is_same_v<T, float>),
+                  "gemm_heads: A is T, or bf16 with float products");
+    const bool in_bf16 = p == ftune::precision::bf16;
+    if (in_bf16 && !std::is_same_v<T, float>)
+        throw error(errc::invalid_argument, "gemm_heads", "bf16 products are taken in float");
+    if (!in_bf16 && std::is_same_v<TA, bf16>)
+        throw error(errc::invalid_argument, "gemm_heads",
+                    "an operand kept in bf16 is multiplied in precision::bf16 only");
+    if (in_bf16 && !bf16_supported()) throw bf16_detail::unsupported("gemm_heads");
+    detail::parallel_for(sequences * heads, 1, [&](std::size_t u0, std::size_t u1) {
+        for (std::size_t u = u0; u < u1; ++u) {
+            const std::size_t s = u / heads, h = u % heads;
+            const TA* a = A + s * a_seq + h * a_head;
+            const T* b = B + s * b_seq + h * b_head;
+            T* c = C + s * c_seq + h * c_head;
+            if constexpr (std::is_same_v<T, float>)
+                if (in_bf16) {
+                    gemm_bf16(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+                    continue;
+                }
+            if constexpr (std::is_same_v<TA, T>)
+                gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+        }
+    });
+}
+
 namespace gemm_detail {
 
 /// The widest small dimension gemm_thin handles itself (wider products go to gemm).

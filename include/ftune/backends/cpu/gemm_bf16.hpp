@@ -184,6 +184,23 @@ FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, 
     if (k < K) dst[k / 2] = pair(r[k], 0.0f);
 }
 
+/// dst[i] = src[i] rounded to bf16 for i < n (round_bits' values): 32 at a time, for the bf16
+/// activations a training step keeps (a value at a time, the rounding was most of dropout's and
+/// the softmax backward's time when they write bf16).
+FTUNE_BF16_TARGET inline void round_to(bf16* dst, const float* src, std::size_t n) {
+    std::size_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W)
+        _mm512_storeu_si512(dst + i,
+                            round32(_mm512_loadu_ps(src + i), _mm512_loadu_ps(src + i + W)));
+    if (const std::size_t r = n - i; r > 0) {  // the last r < 32 values, under masks
+        const __mmask16 k0 = r >= W ? __mmask16(0xffff) : __mmask16((1u << r) - 1);
+        const __mmask16 k1 = r > W ? __mmask16((1u << (r - W)) - 1) : __mmask16(0);
+        _mm512_mask_storeu_epi16(
+            dst + i, __mmask32((1u << r) - 1),
+            round32(_mm512_maskz_loadu_ps(k0, src + i), _mm512_maskz_loadu_ps(k1, src + i + W)));
+    }
+}
+
 /// s[0:16] (the lanes of k) += r0, then += r1, ...: column sums taken one row after another.
 template <class... R>
 FTUNE_BF16_TARGET inline void add_rows(float* s, __mmask16 k, R... rows) {
@@ -263,6 +280,9 @@ inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std:
 inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
 }
+inline void round_to(bf16* dst, const float* src, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) dst[i].bits = std::uint16_t(round_bits(src[i]) >> 16);
+}
 inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
                               std::size_t t0, std::size_t t1, float* sums = nullptr) {
     const std::size_t KP = pairs(K);
@@ -318,6 +338,64 @@ inline void pack_a(std::uint32_t* dst, const float* A, std::size_t lda, transpos
     }
 }
 
+#if FTUNE_HAS_BF16_KERNELS
+/// Transposes the 16 x 16 words of r in registers: r[i] holds row i before, column i after.
+FTUNE_BF16_TARGET inline void transpose16(__m512i (&r)[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {  // within each 128-bit lane: rows 2i, 2i + 1 interleaved
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // lane l of r[4g + k]: rows 4g .. 4g + 3 of column 4l + k
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int k = 0; k < 4; ++k) {  // column 4l + k gathers lane l of r[k], r[4 + k], ...
+        const __m512i v0 = _mm512_shuffle_i32x4(r[k], r[4 + k], 0x44);
+        const __m512i v1 = _mm512_shuffle_i32x4(r[k], r[4 + k], 0xee);
+        const __m512i v2 = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0x44);
+        const __m512i v3 = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0xee);
+        t[k] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        t[4 + k] = _mm512_shuffle_i32x4(v0, v2, 0xdd);
+        t[8 + k] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        t[12 + k] = _mm512_shuffle_i32x4(v1, v3, 0xdd);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/// pack_b_panel for op(B)(k, j) = B[j * ldb + k] (P a multiple of 16): 16 columns x 16 pairs
+/// at a time, each column's 32 values rounded (round32) into one register of its pairs, the 16
+/// registers transposed, and each pair's 16 words stored at once (column by column, with the
+/// words stored one by one P apart, the packing of attention's Kᵀ took a third of the time of
+/// its 128 x 128 x 32 product, 2026-12-05).
+template <std::size_t P>
+FTUNE_BF16_TARGET void pack_columns(std::uint32_t* dst, const float* B, std::size_t ldb,
+                                    std::size_t k0, std::size_t kc, std::size_t j0,
+                                    std::size_t nr) {
+    const std::size_t kp = pairs(kc);
+    for (std::size_t g = 0; g < P; g += W)            // columns g .. g + 15 (zeros past nr)
+        for (std::size_t p0 = 0; p0 < kp; p0 += W) {  // their pairs p0 .. p0 + 15
+            const std::size_t n = std::min<std::size_t>(2 * W, kc - 2 * p0);  // values of each
+            const auto mask = [](std::size_t m) {
+                return m >= W ? __mmask16(0xffff) : __mmask16((1u << m) - 1);
+            };
+            const __mmask16 m0 = mask(n), m1 = n > W ? mask(n - W) : __mmask16(0);
+            __m512i r[W];
+            for (std::size_t i = 0; i < W; ++i) {
+                r[i] = _mm512_setzero_si512();
+                if (g + i >= nr) continue;
+                const float* col = B + (j0 + g + i) * ldb + k0 + 2 * p0;
+                r[i] = round32(_mm512_maskz_loadu_ps(m0, col), _mm512_maskz_loadu_ps(m1, col + W));
+            }
+            transpose16(r);
+            for (std::size_t p = 0; p < std::min(W, kp - p0); ++p)
+                _mm512_storeu_si512(dst + (p0 + p) * P + g, r[p]);
+        }
+}
+#endif
+
 /// Packs the P-column panel (P = NR, or the narrower panels of attention's outputs) of
 /// op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of P words (columns past nr and the odd
 /// kc's last high half are zero).
@@ -341,6 +419,9 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
             std::fill(d + nr, d + P, 0u);
         }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
+#if FTUNE_HAS_BF16_KERNELS
+        if constexpr (P % W == 0) return pack_columns<P>(dst, B, ldb, k0, kc, j0, nr);
+#endif
         // each column's pairs rounded 32 values at a time (pair_adjacent), then stored P words
         // apart: the rounding in scalar code took ~3 ns a pair, a training step's weights
         // (packed in this layout every step) and attention's Kᵀ ~2% of their time
@@ -427,6 +508,22 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
     });
 }
 
+#if FTUNE_HAS_BF16_KERNELS
+/// d[i] = (r0[i], r1[i]) for the MR = 8 values of two rows of bf16 values (r1 null: high halves
+/// zero): one tile's pair of a transposed A kept in bf16, from two 16-byte loads (word by word,
+/// the copy of attention's Pᵀ and dSᵀ took about a fifth of their products' time).
+FTUNE_BF16_TARGET inline void interleave_tile(std::uint32_t* d, const bf16* r0, const bf16* r1) {
+    static_assert(MR == 8 && sizeof(bf16) == 2);
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0));
+    const __m128i hi =
+        r1 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1)) : _mm_setzero_si128();
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi16(lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 4), _mm_unpackhi_epi16(lo, hi));
+}
+#else
+inline void interleave_tile(std::uint32_t*, const bf16*, const bf16*) {}  // never called
+#endif
+
 /// pack_a for an A already in bf16 (the attention activations a bf16 training step keeps): the
 /// same words, copied instead of rounded. Row-major with K and lda even needs no copy at all
 /// (gemm_bf16 reads it in place); this covers the other cases.
@@ -456,6 +553,10 @@ inline void pack_a(std::uint32_t* dst, const bf16* A, std::size_t lda, transpose
                                      const bf16* r0 = A + 2 * p * lda + t * MR;
                                      const bf16* r1 = 2 * p + 1 < K ? r0 + lda : nullptr;
                                      const std::size_t n = std::min(MR, M - t * MR);
+                                     if (n == MR && FTUNE_HAS_BF16_KERNELS) {
+                                         interleave_tile(d, r0, r1);
+                                         continue;
+                                     }
                                      for (std::size_t i = 0; i < n; ++i)
                                          d[i] = std::uint32_t{r0[i].bits} |
                                                 (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
@@ -675,6 +776,48 @@ void no_product(std::size_t M, std::size_t N, float beta, float* C, std::size_t 
     epilogue(C, ldc, 0, M, 0, N);
 }
 
+/// Columns of the narrow panels: two vectors, the width of attention's outputs.
+inline constexpr std::size_t NR2 = 2 * W;
+
+/// Whether N columns pad to fewer in panels of NR2 than of NR: 32 and 64 (a head's values), 128
+/// (the keys of a 128-token sequence: 144 in panels of 48), 5, ...; never a multiple of 48.
+inline constexpr bool narrow_panels(std::size_t N) noexcept {
+    return (N + NR2 - 1) / NR2 * NR2 < (N + NR - 1) / NR * NR;
+}
+
+/// op(B) (K x N) as ⌈N / NR2⌉ panels of NR2 columns, one depth block: panel q holds ⌈K/2⌉
+/// pairs of NR2 words from dst + q ⌈K/2⌉ NR2 (fewer words than b_words(K, N) when
+/// narrow_panels(N)).
+inline void pack_narrow(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
+                        std::size_t K, std::size_t N) {
+    for (std::size_t q = 0, j = 0; j < N; ++q, j += NR2)
+        pack_b_panel<NR2>(dst + q * pairs(K) * NR2, B, ldb, tb, 0, K, j, std::min(NR2, N - j));
+}
+
+/// C(M, N) = alpha * Apack * B + beta * C on the calling thread, B packed by pack_narrow: each
+/// MR-row tile against each panel with the two-vector kernel (each element's arithmetic is
+/// run()'s: one depth block, the same pairs in the same order). On attention's heads of 32
+/// values (2,048 x 32 x 128 products in 12 heads, two threads) it took half the time of 48-wide
+/// panels, a third of whose columns were zeros, and the blocked schedule (2026-12-05).
+inline void run_narrow(std::size_t M, std::size_t N, std::size_t K, float alpha,
+                       const std::uint32_t* apack, std::size_t a_ld, const std::uint32_t* bpack,
+                       float beta, float* C, std::size_t ldc) {
+#if FTUNE_HAS_BF16_KERNELS
+    const std::size_t kp = pairs(K);
+    for (std::size_t i = 0; i < M; i += MR) {
+        const std::uint32_t* a = a_ld ? apack + i * a_ld : apack + i / MR * kp * MR;
+        for (std::size_t q = 0, j = 0; j < N; ++q, j += NR2)
+            kernel_rows<2>(kp, a, a_ld, bpack + q * kp * NR2, C + i * ldc + j, ldc,
+                           std::min(MR, M - i), std::min(NR2, N - j), alpha, beta, true, nullptr,
+                           nullptr, 0, nullptr, 0);
+    }
+#else
+    (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)bpack, (void)beta,
+        (void)C, (void)ldc;
+    throw unsupported("gemm_bf16");
+#endif
+}
+
 }  // namespace bf16_detail
 
 /// op(B) (K, N) rounded to bf16 and packed once in pairs (bf16_detail::b_layout), for products
@@ -771,10 +914,17 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
         return bf16_detail::no_product(M, N, beta, C, ldc, nullptr, bf16_detail::none{});
     }
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
+    const int nt = bf16_detail::threads_for(M, N, K);
+    // one thread and one depth block, with fewer columns padded in 32-wide panels (attention's
+    // heads and keys): packed and multiplied without the blocked schedule
+    const bool narrow = nt == 1 && K <= bl.kc && bf16_detail::narrow_panels(N);
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
     std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
-    bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
+    if (narrow)
+        bf16_detail::pack_narrow(bpack, B, ldb, tb, K, N);
+    else
+        bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
     // A's words: in place when A is bf16 with its pairs already adjacent, else packed (rounded)
     const std::uint32_t* apack = nullptr;
     std::size_t a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
@@ -790,8 +940,9 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
             bf16_detail::pack_a(dst, A, lda, ta, M, K);
         apack = dst;
     }
+    if (narrow) return bf16_detail::run_narrow(M, N, K, alpha, apack, a_ld, bpack, beta, C, ldc);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
-                     beta, C, ldc, nullptr, bf16_detail::none{}, bf16_detail::threads_for(M, N, K));
+                     beta, C, ldc, nullptr, bf16_detail::none{}, nt);
 }
 
 /// `batch` independent gemm_bf16 products whose operands start stride_* elements apart

@@ -1218,11 +1218,12 @@ void adamw_update(float* param, const float* grad, float* m, float* v, std::size
                 eps = float(h.eps);
     const float step_size = float(h.lr / (1.0 - std::pow(h.beta1, t)));
     const float bc2_sqrt = float(std::sqrt(1.0 - std::pow(h.beta2, t)));
+    const float gs = float(h.grad_scale);  // the gradient as clip_grad_norm scales it
     for_each(
         n,
         [=] __device__(std::size_t i) {
             float p = param[i] * decay;
-            const float g = grad[i];
+            const float g = grad[i] * gs;
             const float mi = m[i] + w1 * (g - m[i]);
             const float vi = v[i] * b2 + w2 * g * g;
             m[i] = mi;
@@ -1235,13 +1236,14 @@ void adamw_update(float* param, const float* grad, float* m, float* v, std::size
 
 void sgd_update(float* param, const float* grad, float* buf, std::size_t n, const sgd_params& h) {
     const float wd = float(h.weight_decay), mu = float(h.momentum), damp = float(1.0 - h.dampening),
-                lr = float(h.lr);
+                lr = float(h.lr), gs = float(h.grad_scale);
     const bool decay = h.weight_decay != 0, momentum = h.momentum != 0, first = h.first_step,
                nesterov = h.nesterov;
     for_each(
         n,
         [=] __device__(std::size_t i) {
-            float g = decay ? grad[i] + wd * param[i] : grad[i];
+            const float gi = grad[i] * gs;
+            float g = decay ? gi + wd * param[i] : gi;
             if (momentum) {
                 buf[i] = first ? g : buf[i] * mu + damp * g;
                 g = nesterov ? g + mu * buf[i] : buf[i];

@@ -669,9 +669,10 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
     const T step_size = T(h.lr / (1.0 - std::pow(h.beta1, t)));
     const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(h.beta2, t)));
     for (std::size_t i = 0; i < n; ++i) {
+        const T g = grad[i] * T(h.grad_scale);  // the gradient as clip_grad_norm scales it
         param[i] *= decay;
-        m[i] += w1 * (grad[i] - m[i]);
-        v[i] = v[i] * b2 + w2 * grad[i] * grad[i];
+        m[i] += w1 * (g - m[i]);
+        v[i] = v[i] * b2 + w2 * g * g;
         const T denom = std::sqrt(v[i]) / bc2_sqrt + eps;
         param[i] += -step_size * (m[i] / denom);
     }
@@ -684,7 +685,8 @@ template <scalar T>
 void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params& h) {
     const T wd = T(h.weight_decay), mu = T(h.momentum), damp = T(1.0 - h.dampening), lr = T(h.lr);
     for (std::size_t i = 0; i < n; ++i) {
-        T g = h.weight_decay != 0 ? grad[i] + wd * param[i] : grad[i];
+        const T gi = grad[i] * T(h.grad_scale);
+        T g = h.weight_decay != 0 ? gi + wd * param[i] : gi;
         if (h.momentum != 0) {
             buf[i] = h.first_step ? g : buf[i] * mu + damp * g;
             g = h.nesterov ? g + mu * buf[i] : buf[i];
