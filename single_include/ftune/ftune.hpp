@@ -2487,6 +2487,20 @@ void scale(T* x, T alpha, std::size_t n) {
 
 /// One AdamW step (torch.optim.AdamW, single-tensor path):
 /// θ ← θ(1 − ηλ); m ← m + (1−β1)(g − m); v ← β2 v + (1−β2) g²;
+
+/// g * scale as scale() leaves it in the gradient: rounded to T, never fused into the update's
+/// later multiply-adds (GCC contracts a * b + c by default, and at -O3 did so in sgd_update,
+/// changing up to 1% of the values in a throwaway check); g itself when scale is 1, the
+/// expression the update had before.
+template <scalar T>
+inline T scaled_gradient(T g, double scale) noexcept {
+    if (scale == 1) return g;
+    T r = g * T(scale);
+#if defined(__GNUC__) && defined(__x86_64__)
+    __asm__("" : "+x"(r));  // the product leaves the compiler's view as it is
+#endif
+    return r;
+}
 /// θ ← θ − (η / (1−β1ᵗ)) m / (√v / √(1−β2ᵗ) + ε).
 template <scalar T>
 void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adamw_params& h) {
@@ -2496,7 +2510,7 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
     const T step_size = T(h.lr / (1.0 - std::pow(h.beta1, t)));
     const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(h.beta2, t)));
     for (std::size_t i = 0; i < n; ++i) {
-        const T g = grad[i] * T(h.grad_scale);  // the gradient as clip_grad_norm scales it
+        const T g = scaled_gradient(grad[i], h.grad_scale);
         param[i] *= decay;
         m[i] += w1 * (g - m[i]);
         v[i] = v[i] * b2 + w2 * g * g;
@@ -2512,7 +2526,7 @@ template <scalar T>
 void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params& h) {
     const T wd = T(h.weight_decay), mu = T(h.momentum), damp = T(1.0 - h.dampening), lr = T(h.lr);
     for (std::size_t i = 0; i < n; ++i) {
-        const T gi = grad[i] * T(h.grad_scale);
+        const T gi = scaled_gradient(grad[i], h.grad_scale);
         T g = h.weight_decay != 0 ? gi + wd * param[i] : gi;
         if (h.momentum != 0) {
             buf[i] = h.first_step ? g : buf[i] * mu + damp * g;
@@ -3471,10 +3485,8 @@ FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, 
     if (k < K) dst[k / 2] = pair(r[k], 0.0f);
 }
 
-/// dst[i] = src[i] rounded to bf16 for i < n (round_bits' values): 32 at a time, for the bf16
-/// activations a training step keeps (a value at a time, the rounding was most of dropout's and
-/// the softmax backward's time when they write bf16).
-FTUNE_BF16_TARGET inline void round_to(bf16* dst, const float* src, std::size_t n) {
+/// round_to with vcvtne2ps2bf16 (round32): 32 values at a time, then the rest under masks.
+FTUNE_BF16_TARGET inline void round_to_bf16_kernel(bf16* dst, const float* src, std::size_t n) {
     std::size_t i = 0;
     for (; i + 2 * W <= n; i += 2 * W)
         _mm512_storeu_si512(dst + i,
@@ -3567,9 +3579,19 @@ inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std:
 inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
 }
+#endif
+
+/// dst[i] = src[i] rounded to bf16 for i < n (round_bits' values), for the bf16 activations a
+/// training step keeps: 32 at a time where this CPU has AVX512-BF16 (a value at a time, the
+/// rounding was most of dropout's and the softmax backward's time when they write bf16), else
+/// one by one (ops that write bf16 run on any CPU).
 inline void round_to(bf16* dst, const float* src, std::size_t n) {
+#if FTUNE_HAS_BF16_KERNELS
+    if (bf16_supported()) return round_to_bf16_kernel(dst, src, n);
+#endif
     for (std::size_t i = 0; i < n; ++i) dst[i].bits = std::uint16_t(round_bits(src[i]) >> 16);
 }
+#if !FTUNE_HAS_BF16_KERNELS
 inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
                               std::size_t t0, std::size_t t1, float* sums = nullptr) {
     const std::size_t KP = pairs(K);
@@ -5950,11 +5972,11 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
         w2(T(1.0 - h.beta2)), eps(T(h.eps));
     const B neg_step(-T(h.lr / (1.0 - std::pow(h.beta1, t))));
     const B bc2_sqrt(T(std::sqrt(1.0 - std::pow(h.beta2, t))));
-    const B gs(T(h.grad_scale));  // scale's product: the gradient as clip_grad_norm leaves it
+    const B gs(T(h.grad_scale));  // scale's product (rounded: not fused into what uses it)
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
-            const B g = load(grad + j, k) * gs;
+            const B g = rounded(load(grad + j, k) * gs);
             B mj = load(m + j, k), vj = load(v + j, k);
             mj += w1 * (g - mj);
             vj = vj * b2 + w2 * g * g;
@@ -5977,7 +5999,7 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
             const B p = load(param + j, k);
-            B g = load(grad + j, k) * gs;
+            B g = rounded(load(grad + j, k) * gs);
             if (h.weight_decay != 0) g = g + wd * p;
             if (h.momentum != 0) {
                 const B b = h.first_step ? g : load(buf + j, k) * mu + damp * g;

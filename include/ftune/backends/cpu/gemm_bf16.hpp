@@ -184,10 +184,8 @@ FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, 
     if (k < K) dst[k / 2] = pair(r[k], 0.0f);
 }
 
-/// dst[i] = src[i] rounded to bf16 for i < n (round_bits' values): 32 at a time, for the bf16
-/// activations a training step keeps (a value at a time, the rounding was most of dropout's and
-/// the softmax backward's time when they write bf16).
-FTUNE_BF16_TARGET inline void round_to(bf16* dst, const float* src, std::size_t n) {
+/// round_to with vcvtne2ps2bf16 (round32): 32 values at a time, then the rest under masks.
+FTUNE_BF16_TARGET inline void round_to_bf16_kernel(bf16* dst, const float* src, std::size_t n) {
     std::size_t i = 0;
     for (; i + 2 * W <= n; i += 2 * W)
         _mm512_storeu_si512(dst + i,
@@ -280,9 +278,19 @@ inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std:
 inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
 }
+#endif
+
+/// dst[i] = src[i] rounded to bf16 for i < n (round_bits' values), for the bf16 activations a
+/// training step keeps: 32 at a time where this CPU has AVX512-BF16 (a value at a time, the
+/// rounding was most of dropout's and the softmax backward's time when they write bf16), else
+/// one by one (ops that write bf16 run on any CPU).
 inline void round_to(bf16* dst, const float* src, std::size_t n) {
+#if FTUNE_HAS_BF16_KERNELS
+    if (bf16_supported()) return round_to_bf16_kernel(dst, src, n);
+#endif
     for (std::size_t i = 0; i < n; ++i) dst[i].bits = std::uint16_t(round_bits(src[i]) >> 16);
 }
+#if !FTUNE_HAS_BF16_KERNELS
 inline void pack_a_transposed(std::uint32_t* dst, const float* A, std::size_t lda, std::size_t K,
                               std::size_t t0, std::size_t t1, float* sums = nullptr) {
     const std::size_t KP = pairs(K);

@@ -864,11 +864,11 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
         w2(T(1.0 - h.beta2)), eps(T(h.eps));
     const B neg_step(-T(h.lr / (1.0 - std::pow(h.beta1, t))));
     const B bc2_sqrt(T(std::sqrt(1.0 - std::pow(h.beta2, t))));
-    const B gs(T(h.grad_scale));  // scale's product: the gradient as clip_grad_norm leaves it
+    const B gs(T(h.grad_scale));  // scale's product (rounded: not fused into what uses it)
     parallel_for(n, elementwise_grain, [&](std::size_t i0, std::size_t i1) {
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
-            const B g = load(grad + j, k) * gs;
+            const B g = rounded(load(grad + j, k) * gs);
             B mj = load(m + j, k), vj = load(v + j, k);
             mj += w1 * (g - mj);
             vj = vj * b2 + w2 * g * g;
@@ -891,7 +891,7 @@ void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params
         for_each_batch<T>(i1 - i0, [&](std::size_t i, auto k) {
             const std::size_t j = i0 + i;
             const B p = load(param + j, k);
-            B g = load(grad + j, k) * gs;
+            B g = rounded(load(grad + j, k) * gs);
             if (h.weight_decay != 0) g = g + wd * p;
             if (h.momentum != 0) {
                 const B b = h.first_step ? g : load(buf + j, k) * mu + damp * g;

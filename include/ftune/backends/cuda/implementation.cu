@@ -1223,7 +1223,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, std::size
         n,
         [=] __device__(std::size_t i) {
             float p = param[i] * decay;
-            const float g = grad[i] * gs;
+            const float g = __fmul_rn(grad[i], gs);  // rounded: never fused into an FMA
             const float mi = m[i] + w1 * (g - m[i]);
             const float vi = v[i] * b2 + w2 * g * g;
             m[i] = mi;
@@ -1242,7 +1242,7 @@ void sgd_update(float* param, const float* grad, float* buf, std::size_t n, cons
     for_each(
         n,
         [=] __device__(std::size_t i) {
-            const float gi = grad[i] * gs;
+            const float gi = __fmul_rn(grad[i], gs);
             float g = decay ? gi + wd * param[i] : gi;
             if (momentum) {
                 buf[i] = first ? g : buf[i] * mu + damp * g;

@@ -660,6 +660,20 @@ void scale(T* x, T alpha, std::size_t n) {
 
 /// One AdamW step (torch.optim.AdamW, single-tensor path):
 /// θ ← θ(1 − ηλ); m ← m + (1−β1)(g − m); v ← β2 v + (1−β2) g²;
+
+/// g * scale as scale() leaves it in the gradient: rounded to T, never fused into the update's
+/// later multiply-adds (GCC contracts a * b + c by default, and at -O3 did so in sgd_update,
+/// changing up to 1% of the values in a throwaway check); g itself when scale is 1, the
+/// expression the update had before.
+template <scalar T>
+inline T scaled_gradient(T g, double scale) noexcept {
+    if (scale == 1) return g;
+    T r = g * T(scale);
+#if defined(__GNUC__) && defined(__x86_64__)
+    __asm__("" : "+x"(r));  // the product leaves the compiler's view as it is
+#endif
+    return r;
+}
 /// θ ← θ − (η / (1−β1ᵗ)) m / (√v / √(1−β2ᵗ) + ε).
 template <scalar T>
 void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adamw_params& h) {
@@ -669,7 +683,7 @@ void adamw_update(T* param, const T* grad, T* m, T* v, std::size_t n, const adam
     const T step_size = T(h.lr / (1.0 - std::pow(h.beta1, t)));
     const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(h.beta2, t)));
     for (std::size_t i = 0; i < n; ++i) {
-        const T g = grad[i] * T(h.grad_scale);  // the gradient as clip_grad_norm scales it
+        const T g = scaled_gradient(grad[i], h.grad_scale);
         param[i] *= decay;
         m[i] += w1 * (g - m[i]);
         v[i] = v[i] * b2 + w2 * g * g;
@@ -685,7 +699,7 @@ template <scalar T>
 void sgd_update(T* param, const T* grad, T* buf, std::size_t n, const sgd_params& h) {
     const T wd = T(h.weight_decay), mu = T(h.momentum), damp = T(1.0 - h.dampening), lr = T(h.lr);
     for (std::size_t i = 0; i < n; ++i) {
-        const T gi = grad[i] * T(h.grad_scale);
+        const T gi = scaled_gradient(grad[i], h.grad_scale);
         T g = h.weight_decay != 0 ? gi + wd * param[i] : gi;
         if (h.momentum != 0) {
             buf[i] = h.first_step ? g : buf[i] * mu + damp * g;
