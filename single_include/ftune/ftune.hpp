@@ -4106,8 +4106,9 @@ inline void pack_narrow(std::uint32_t* dst, const float* B, std::size_t ldb, tra
 /// C(M, N) = alpha * Apack * B + beta * C on the calling thread, B packed by pack_narrow: each
 /// MR-row tile against each panel with the two-vector kernel (each element's arithmetic is
 /// run()'s: one depth block, the same pairs in the same order). On attention's heads of 32
-/// values (2,048 x 32 x 128 products in 12 heads, two threads) it took half the time of 48-wide
-/// panels, a third of whose columns were zeros, and the blocked schedule (2026-12-05).
+/// values (the 128 x 32 x 128 products of 16 sequences x 12 heads, two threads) it took half the
+/// time of 48-wide panels, a third of whose columns were zeros, and the blocked schedule
+/// (2026-12-05).
 inline void run_narrow(std::size_t M, std::size_t N, std::size_t K, float alpha,
                        const std::uint32_t* apack, std::size_t a_ld, const std::uint32_t* bpack,
                        float beta, float* C, std::size_t ldc) {
