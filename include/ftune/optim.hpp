@@ -18,7 +18,6 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "ftune/core/concepts.hpp"
@@ -98,6 +97,14 @@ view<T, shape<dynamic>, D> values_of(const Ref& p, bool gradient = false) {
     } else {
         return gradient ? p.grad : p.value;
     }
+}
+
+/// Multiplies every trainable gradient of params by scale (nothing when it is 1).
+template <class T, class D, class Ref>
+void scale_gradients(std::span<const Ref> params, double scale) {
+    if (scale != 1)
+        for (const auto& p : params)
+            if (p.trainable) ops::scale(values_of<T, D>(p, true), T(scale));
 }
 }  // namespace detail
 
@@ -354,9 +361,7 @@ class any_optimizer {
             if constexpr (requires { o.step(p, scale); }) {
                 o.step(p, scale);
             } else {
-                if (scale != 1)
-                    for (const auto& q : p)
-                        if (q.trainable) ops::scale(detail::values_of<T, D>(q, true), T(scale));
+                detail::scale_gradients<T, D>(p, scale);
                 o.step(p);
             }
         }
@@ -404,10 +409,16 @@ any_optimizer<T> make_optimizer(const std::string& name, double lr, double weigh
     throw error(errc::invalid_argument, "optimizer " + name, "expected adamw or sgd");
 }
 
+/// The global L2 norm of the trainable gradients and the factor clip_grad_norm scales them by.
+struct grad_clip {
+    double norm;   ///< the norm (before clipping)
+    double scale;  ///< max_norm / (norm + 1e-6), or 1 where that is not below 1
+};
+
 namespace detail {
 /// clip_scale on device D.
 template <class T, class D, class Ref>
-std::pair<double, double> clip_scale(std::span<const Ref> params, double max_norm) {
+grad_clip clip_scale(std::span<const Ref> params, double max_norm) {
     double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no tensor allocation)
     using Bk = ops::backend_of<D>;
     if constexpr (requires(const T* const* xs, const std::size_t* ns) {
@@ -438,19 +449,11 @@ std::pair<double, double> clip_scale(std::span<const Ref> params, double max_nor
 /// clip_grad_norm on device D.
 template <class T, class D, class Ref>
 double clip_grad_norm(std::span<const Ref> params, double max_norm) {
-    const auto [norm, coef] = clip_scale<T, D>(params, max_norm);
-    if (coef < 1)
-        for (const auto& p : params)
-            if (p.trainable) ops::scale(values_of<T, D>(p, true), T(coef));
-    return norm;
+    const grad_clip c = clip_scale<T, D>(params, max_norm);
+    scale_gradients<T, D>(params, c.scale);
+    return c.norm;
 }
 }  // namespace detail
-
-/// The global L2 norm of the trainable gradients and the factor clip_grad_norm scales them by.
-struct grad_clip {
-    double norm;   ///< the norm (before clipping)
-    double scale;  ///< max_norm / (norm + 1e-6), or 1 where that is not below 1
-};
 
 /// clip_grad_norm's norm and factor without scaling the gradients: an optimizer's
 /// step(params, scale) multiplies each gradient by it as it reads it, the same update as
@@ -458,14 +461,12 @@ struct grad_clip {
 /// error naming it.
 template <scalar T>
 grad_clip clip_scale(std::span<const parameter_ref<T>> params, double max_norm) {
-    const auto [norm, scale] = detail::clip_scale<T, device::cpu>(params, max_norm);
-    return {norm, scale};
+    return detail::clip_scale<T, device::cpu>(params, max_norm);
 }
 /// clip_scale of a device model's parameters.
 template <scalar T, class D>
 grad_clip clip_scale(std::span<const device_parameter_ref<T, D>> params, double max_norm) {
-    const auto [norm, scale] = detail::clip_scale<T, D>(params, max_norm);
-    return {norm, scale};
+    return detail::clip_scale<T, D>(params, max_norm);
 }
 
 /// Scales every trainable gradient so that their global L2 norm is at most max_norm, as

@@ -6129,13 +6129,12 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
 #if FTUNE_HAS_BF16_KERNELS
     using namespace bf16_detail;
     // scores: the GEMM's panels (NR keys); outputs: panels of two vectors, as the fp32 version
-    constexpr std::size_t NV_O = 2, NR_O = NV_O * W;
     const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
-    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR2 - 1) / NR2;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);    // K_hᵀ
-        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR_O * kp_o);  // V_h
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);   // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR2 * kp_o);  // V_h
         std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);  // MR queries
         std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
         float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
@@ -6149,8 +6148,8 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                 pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
                              std::min(NR, Tn - p * NR));
             for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
-                pack_b_panel<NR_O>(vp + p * kp_o * NR_O, vh, ld, transpose::no, 0, Tn, p * NR_O,
-                                   std::min(NR_O, d - p * NR_O));
+                pack_b_panel<NR2>(vp + p * kp_o * NR2, vh, ld, transpose::no, 0, Tn, p * NR2,
+                                  std::min(NR2, d - p * NR2));
             for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
                 const std::size_t mr = std::min(MR, Tq - i0);
                 for (std::size_t i = 0; i < mr; ++i)
@@ -6170,10 +6169,10 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                     pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
                 // out_h = P V_h for these queries: (mr, d)
                 for (std::size_t p = 0; p < panels_d; ++p)
-                    kernel_rows<NV_O>(kp_o, ap, kp_o, vp + p * kp_o * NR_O,
-                                      out + (b * Tq + i0) * ldo + h * d + p * NR_O, ldo, mr,
-                                      std::min(NR_O, d - p * NR_O), 1.0f, 0.0f, true, nullptr,
-                                      nullptr, 0, nullptr, 0);
+                    kernel_rows<2>(kp_o, ap, kp_o, vp + p * kp_o * NR2,
+                                   out + (b * Tq + i0) * ldo + h * d + p * NR2, ldo, mr,
+                                   std::min(NR2, d - p * NR2), 1.0f, 0.0f, true, nullptr, nullptr,
+                                   0, nullptr, 0);
             }
         }
     });
@@ -14374,7 +14373,6 @@ FTUNE_NAMESPACE_END
 #include <optional>
 #include <span>
 #include <string>
-#include <utility>
 #include <vector>
 
 // ---- begin ftune/schedule.hpp ----
@@ -14573,6 +14571,14 @@ view<T, shape<dynamic>, D> values_of(const Ref& p, bool gradient = false) {
     } else {
         return gradient ? p.grad : p.value;
     }
+}
+
+/// Multiplies every trainable gradient of params by scale (nothing when it is 1).
+template <class T, class D, class Ref>
+void scale_gradients(std::span<const Ref> params, double scale) {
+    if (scale != 1)
+        for (const auto& p : params)
+            if (p.trainable) ops::scale(values_of<T, D>(p, true), T(scale));
 }
 }  // namespace detail
 
@@ -14829,9 +14835,7 @@ class any_optimizer {
             if constexpr (requires { o.step(p, scale); }) {
                 o.step(p, scale);
             } else {
-                if (scale != 1)
-                    for (const auto& q : p)
-                        if (q.trainable) ops::scale(detail::values_of<T, D>(q, true), T(scale));
+                detail::scale_gradients<T, D>(p, scale);
                 o.step(p);
             }
         }
@@ -14879,10 +14883,16 @@ any_optimizer<T> make_optimizer(const std::string& name, double lr, double weigh
     throw error(errc::invalid_argument, "optimizer " + name, "expected adamw or sgd");
 }
 
+/// The global L2 norm of the trainable gradients and the factor clip_grad_norm scales them by.
+struct grad_clip {
+    double norm;   ///< the norm (before clipping)
+    double scale;  ///< max_norm / (norm + 1e-6), or 1 where that is not below 1
+};
+
 namespace detail {
 /// clip_scale on device D.
 template <class T, class D, class Ref>
-std::pair<double, double> clip_scale(std::span<const Ref> params, double max_norm) {
+grad_clip clip_scale(std::span<const Ref> params, double max_norm) {
     double sq = 0;  // Σ ||g||² tensor by tensor, as global_l2_norm (no tensor allocation)
     using Bk = ops::backend_of<D>;
     if constexpr (requires(const T* const* xs, const std::size_t* ns) {
@@ -14913,19 +14923,11 @@ std::pair<double, double> clip_scale(std::span<const Ref> params, double max_nor
 /// clip_grad_norm on device D.
 template <class T, class D, class Ref>
 double clip_grad_norm(std::span<const Ref> params, double max_norm) {
-    const auto [norm, coef] = clip_scale<T, D>(params, max_norm);
-    if (coef < 1)
-        for (const auto& p : params)
-            if (p.trainable) ops::scale(values_of<T, D>(p, true), T(coef));
-    return norm;
+    const grad_clip c = clip_scale<T, D>(params, max_norm);
+    scale_gradients<T, D>(params, c.scale);
+    return c.norm;
 }
 }  // namespace detail
-
-/// The global L2 norm of the trainable gradients and the factor clip_grad_norm scales them by.
-struct grad_clip {
-    double norm;   ///< the norm (before clipping)
-    double scale;  ///< max_norm / (norm + 1e-6), or 1 where that is not below 1
-};
 
 /// clip_grad_norm's norm and factor without scaling the gradients: an optimizer's
 /// step(params, scale) multiplies each gradient by it as it reads it, the same update as
@@ -14933,14 +14935,12 @@ struct grad_clip {
 /// error naming it.
 template <scalar T>
 grad_clip clip_scale(std::span<const parameter_ref<T>> params, double max_norm) {
-    const auto [norm, scale] = detail::clip_scale<T, device::cpu>(params, max_norm);
-    return {norm, scale};
+    return detail::clip_scale<T, device::cpu>(params, max_norm);
 }
 /// clip_scale of a device model's parameters.
 template <scalar T, class D>
 grad_clip clip_scale(std::span<const device_parameter_ref<T, D>> params, double max_norm) {
-    const auto [norm, scale] = detail::clip_scale<T, D>(params, max_norm);
-    return {norm, scale};
+    return detail::clip_scale<T, D>(params, max_norm);
 }
 
 /// Scales every trainable gradient so that their global L2 norm is at most max_norm, as

@@ -1020,13 +1020,12 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
 #if FTUNE_HAS_BF16_KERNELS
     using namespace bf16_detail;
     // scores: the GEMM's panels (NR keys); outputs: panels of two vectors, as the fp32 version
-    constexpr std::size_t NV_O = 2, NR_O = NV_O * W;
     const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
-    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR_O - 1) / NR_O;
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR2 - 1) / NR2;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);    // K_hᵀ
-        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR_O * kp_o);  // V_h
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);   // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR2 * kp_o);  // V_h
         std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);  // MR queries
         std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
         float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
@@ -1040,8 +1039,8 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                 pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
                              std::min(NR, Tn - p * NR));
             for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
-                pack_b_panel<NR_O>(vp + p * kp_o * NR_O, vh, ld, transpose::no, 0, Tn, p * NR_O,
-                                   std::min(NR_O, d - p * NR_O));
+                pack_b_panel<NR2>(vp + p * kp_o * NR2, vh, ld, transpose::no, 0, Tn, p * NR2,
+                                  std::min(NR2, d - p * NR2));
             for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
                 const std::size_t mr = std::min(MR, Tq - i0);
                 for (std::size_t i = 0; i < mr; ++i)
@@ -1061,10 +1060,10 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                     pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
                 // out_h = P V_h for these queries: (mr, d)
                 for (std::size_t p = 0; p < panels_d; ++p)
-                    kernel_rows<NV_O>(kp_o, ap, kp_o, vp + p * kp_o * NR_O,
-                                      out + (b * Tq + i0) * ldo + h * d + p * NR_O, ldo, mr,
-                                      std::min(NR_O, d - p * NR_O), 1.0f, 0.0f, true, nullptr,
-                                      nullptr, 0, nullptr, 0);
+                    kernel_rows<2>(kp_o, ap, kp_o, vp + p * kp_o * NR2,
+                                   out + (b * Tq + i0) * ldo + h * d + p * NR2, ldo, mr,
+                                   std::min(NR2, d - p * NR2), 1.0f, 0.0f, true, nullptr, nullptr,
+                                   0, nullptr, 0);
             }
         }
     });
