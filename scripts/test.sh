@@ -8,7 +8,8 @@ FTUNE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$FTUNE_ROOT/scripts/lib.sh"
 cd "$FTUNE_ROOT"
 
-ftune_require_packages "${FTUNE_DEBIAN_PACKAGES[@]}" openmpi-bin libopenmpi-dev iproute2  # MPI: test_dist_*
+ftune_require_packages "${FTUNE_DEBIAN_PACKAGES[@]}" openmpi-bin libopenmpi-dev iproute2 \
+    qemu-user  # MPI: test_dist_*; an emulated CPU without AVX-512: isa_check_*
 scripts/amalgamate.sh --check
 build=${BUILD_DIR:-build}
 ftune_build "$build" -DFTUNE_BUILD_TESTS=ON

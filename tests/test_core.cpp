@@ -422,3 +422,48 @@ TEST_CASE(
     }
     CHECK(counting_source::live == 0);  // the destructor returned the cache
 }
+
+TEST_CASE("isa check: names the compiled-for extensions a CPU lacks, and this CPU lacks none",
+          "[core][isa]") {
+#if FTUNE_HAS_ISA_CHECK
+    namespace isa = ftune::isa_detail;
+    // a table as -mavx512f -mavx512bw would give: AVX-512's OS state after its extension
+    const isa::feature table[] = {{"avx2", isa::leaf7_ebx, 1u << 5},
+                                  {"avx512f", isa::leaf7_ebx, 1u << 16},
+                                  {"the OS's saving of AVX-512 registers", isa::os_state, 0xe6u},
+                                  {"avx512bw", isa::leaf7_ebx, 1u << 30},
+                                  {nullptr, 0, 0}};
+    std::uint32_t w[isa::words] = {};
+    char out[256];
+    SECTION("an AVX2 CPU: AVX-512 missing, its OS state not named twice") {
+        w[isa::leaf7_ebx] = 1u << 5, w[isa::os_state] = 0x6u;
+        CHECK(isa::missing(out, sizeof out, table, w) == 2);
+        CHECK(std::string(out) == "avx512f, avx512bw");
+    }
+    SECTION("AVX-512 in the CPU but not saved by the OS") {
+        w[isa::leaf7_ebx] = (1u << 5) | (1u << 16) | (1u << 30), w[isa::os_state] = 0x6u;
+        CHECK(isa::missing(out, sizeof out, table, w) == 1);
+        CHECK(std::string(out) == "the OS's saving of AVX-512 registers");
+    }
+    SECTION("everything there: nothing named") {
+        w[isa::leaf7_ebx] = (1u << 5) | (1u << 16) | (1u << 30), w[isa::os_state] = 0xe7u;
+        CHECK(isa::missing(out, sizeof out, table, w) == 0);
+        CHECK(std::string(out).empty());
+    }
+    SECTION("a short buffer: truncated, terminated, every missing one counted") {
+        CHECK(isa::missing(out, 10, table, w) == 3);
+        CHECK(std::string(out) == "avx2, avx");
+    }
+    // this test runs where it was built: every extension its flags allowed is here
+    CHECK(ftune::missing_isa().empty());
+#ifdef __AVX2__
+    CHECK(ftune::compiled_isa().find("avx2") != std::string::npos);
+#endif
+#ifdef __AVX512F__
+    CHECK(ftune::compiled_isa().find("avx512f") != std::string::npos);
+#endif
+#else
+    CHECK(ftune::compiled_isa().empty());
+    CHECK(ftune::missing_isa().empty());
+#endif
+}

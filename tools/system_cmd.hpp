@@ -1,6 +1,7 @@
-// `ftune info --system`: the CPU as ftune sees it at run time (name, vector extensions, logical
-// CPUs, caches, the GEMM's cache blocking) and its measured peaks: fp32 FMA and, where the CPU
-// has AVX512-BF16, bf16 dot products (vdpbf16ps), on one thread and on all of them.
+// `ftune info --system`: the CPU as ftune sees it at run time (name, vector extensions, those
+// this build was compiled for, logical CPUs, caches, the GEMM's cache blocking) and its measured
+// peaks: fp32 FMA and, where the CPU has AVX512-BF16, bf16 dot products (vdpbf16ps), on one
+// thread and on all of them.
 #pragma once
 
 #include <chrono>
@@ -27,6 +28,9 @@ inline int run_system_info() {
         "for %s (%zu float lanes)\n",
         yes(c.avx2), yes(c.avx512f), yes(c.avx512_bf16), yes(c.amx_bf16),
         FTUNE_STRINGIFY_VALUE(FTUNE_ABI_ARCH), cpu::detail::width<float>);
+    const std::string built = ftune::compiled_isa(), lacking = ftune::missing_isa();
+    std::printf("compiled for  %s (%s)\n", built.empty() ? "the baseline ISA" : built.c_str(),
+                lacking.empty() ? "all on this CPU" : ("this CPU lacks " + lacking).c_str());
     std::printf("cores         %u logical CPUs, %d OpenMP threads\n",
                 std::thread::hardware_concurrency(), nt);
     std::printf(

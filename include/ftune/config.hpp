@@ -102,3 +102,7 @@ inline void set_num_threads(int n) {
 }
 
 FTUNE_NAMESPACE_END
+
+// Every translation unit that includes ftune checks at start-up that the CPU has the extensions
+// its compiler flags allowed (a clear message instead of SIGILL on another machine).
+#include "ftune/core/isa_check.hpp"
