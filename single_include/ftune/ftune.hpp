@@ -243,7 +243,8 @@ struct feature {
 // (Internal linkage and no lambdas nor other inline C++ below: copies compiled with different
 // flags stay apart, and nothing here runs code compiled for the translation unit's ISA.)
 
-/// cpuid(leaf, sub) into r (eax, ebx, ecx, edx).
+/// cpuid(leaf, sub) into r (eax, ebx, ecx, edx). (Not cpu_info.hpp's: that one is compiled for
+/// the translation unit's ISA and lives above config.hpp's level.)
 FTUNE_ISA_BASELINE static inline void cpuid(std::uint32_t leaf, std::uint32_t sub,
                                             std::uint32_t (&r)[4]) {
     __asm__ volatile("cpuid"
