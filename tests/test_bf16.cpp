@@ -614,3 +614,198 @@ TEST_CASE(
                 }
             }
 }
+
+TEST_CASE("operands kept in bf16 give the products of their values as floats, bit for bit",
+          "[bf16]") {
+    // a linear layer's input kept in bf16 (the FFN's activation in a bf16 training step) is read
+    // in place as A (row-major, K even) or packed from its words (odd K, transposed), and as B of
+    // the weight gradient copied instead of rounded: the same words, so the same sums
+    if (!kernels_here()) return;
+    auto rounded = [](const std::vector<float>& v) {
+        std::vector<ftune::bf16> r(v.size());
+        cpu::bf16_detail::round_to(r.data(), v.data(), v.size());
+        return r;
+    };
+    std::uint32_t seed = 700;
+    for (const auto& s : shapes)
+        for (const auto ta : {transpose::no, transpose::yes})
+            for (const auto tb : {transpose::no, transpose::yes}) {
+                const auto p = make(s[0], s[1], s[2], ta, tb, seed += 4);
+                const auto ab = rounded(p.A), bb = rounded(p.B);
+                INFO("M " << p.M << " N " << p.N << " K " << p.K << " ta " << int(ta) << " tb "
+                          << int(tb));
+                std::vector<float> want = p.C;
+                cpu::gemm_bf16(ta, tb, p.M, p.N, p.K, 0.5f, p.A.data(), p.lda(), p.B.data(),
+                               p.ldb(), 1.0f, want.data(), p.N);
+                auto check = [&](const auto* A, const auto* B) {
+                    std::vector<float> got = p.C;
+                    cpu::gemm_bf16(ta, tb, p.M, p.N, p.K, 0.5f, A, p.lda(), B, p.ldb(), 1.0f,
+                                   got.data(), p.N);
+                    CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+                };
+                check(ab.data(), p.B.data());
+                check(p.A.data(), bb.data());
+                check(ab.data(), bb.data());
+                // A kept in bf16 against a weight packed in bf16 (a linear layer's forward)
+                cpu::packed_b<float> packed;
+                packed.pack(p.B.data(), p.ldb(), p.tb, p.K, p.N, ftune::precision::bf16);
+                std::vector<float> pf(p.M * p.N, std::nanf("")), pb = pf;
+                cpu::gemm_packed(ta, p.M, p.N, p.K, 1.0f, p.A.data(), p.lda(), packed, 0.0f,
+                                 pf.data(), p.N);
+                cpu::gemm_packed(ta, p.M, p.N, p.K, 1.0f, ab.data(), p.lda(), packed, 0.0f,
+                                 pb.data(), p.N);
+                CHECK(std::memcmp(pf.data(), pb.data(), pf.size() * sizeof(float)) == 0);
+            }
+    // the activation's rounding (round_to) gives the packings' words, NaN payloads included: the
+    // fixture's values (subnormals, ties, NaN, infinities) rounded both ways, bit for bit
+    {
+        const ftune::io::safetensors_file f(std::string(FTUNE_REFERENCE_DIR) +
+                                            "/bf16/rounding.safetensors");
+        const auto& in = f.at("input");
+        const std::size_t n = in.numel(), K = 64, M = (n + K - 1) / K;
+        std::vector<float> x(M * K, 0.0f);
+        std::memcpy(x.data(), f.bytes(in).data(), n * 4);
+        const auto r = rounded(x);
+        std::vector<std::uint32_t> rows(M * K / 2), paired(M * K / 2);
+        cpu::bf16_detail::pack_a(rows.data(), x.data(), K, transpose::no, M, K);  // row-major A
+        for (std::size_t i = 0; i + 1 < M; i += 2)  // B's rows paired (the weight gradient's x)
+            cpu::bf16_detail::pair_rows(paired.data() + i * K / 2, x.data() + i * K,
+                                        x.data() + (i + 1) * K, K);
+        std::size_t bad = 0;
+        for (std::size_t i = 0; i < M * K; ++i)
+            bad += (rows[i / 2] >> (i % 2 * 16) & 0xffffu) != r[i].bits;
+        for (std::size_t i = 0; i + 1 < M; i += 2)
+            for (std::size_t k = 0; k < K; ++k) {
+                const std::uint32_t w = paired[i * K / 2 + k];
+                bad += (w & 0xffffu) != r[i * K + k].bits;
+                bad += (w >> 16) != r[(i + 1) * K + k].bits;
+            }
+        CHECK(bad == 0);
+    }
+    // a row-major A kept in bf16 with K even but its rows an odd count of values apart is
+    // packed (not read in place): the same values
+    {
+        const std::size_t M = 5, N = 7, K = 6, lda = 7;
+        const auto A = randn(M * lda, 91), B = randn(K * N, 92);
+        const auto ab = rounded(A);
+        std::vector<float> want(M * N), got(M * N);
+        cpu::gemm_bf16(transpose::no, transpose::no, M, N, K, 1.0f, A.data(), lda, B.data(), N,
+                       0.0f, want.data(), N);
+        cpu::gemm_bf16(transpose::no, transpose::no, M, N, K, 1.0f, ab.data(), lda, B.data(), N,
+                       0.0f, got.data(), N);
+        CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+    }
+    // a weight packed in fp32 does not multiply a bf16 A
+    const std::vector<float> w(6, 1.0f);
+    const std::vector<ftune::bf16> a(6);
+    std::vector<float> c(4);
+    cpu::packed_b<float> packed32;
+    packed32.pack(w.data(), 3, transpose::yes, 3, 2);
+    CHECK_THROWS_AS(
+        cpu::gemm_packed(transpose::no, 2, 2, 3, 1.0f, a.data(), 3, packed32, 0.0f, c.data(), 2),
+        ftune::error);
+}
+
+TEST_CASE("an activation written in bf16 is the float activation rounded to nearest even",
+          "[bf16]") {
+    // ops::activate into a bf16 y: chunks computed in fp32 and rounded (short and long runs, a
+    // partial last chunk, NaN and infinities through the rounding as round_to takes them)
+    using ftune::dynamic;
+    using ftune::ops::activation;
+    for (const std::size_t n :
+         {std::size_t{1}, std::size_t{37}, std::size_t{4096}, std::size_t{10000}}) {
+        auto x = randn(n, std::uint32_t(n));
+        for (auto& v : x) v *= 3.0f;
+        if (n > 3) x[0] = INFINITY, x[1] = -INFINITY, x[2] = std::nanf("");
+        const ftune::view<const float, ftune::shape<dynamic>> xv(x.data(), n);
+        for (const auto f : {activation::gelu, activation::gelu_tanh, activation::relu,
+                             activation::silu, activation::tanh}) {
+            ftune::buffer<float, ftune::shape<dynamic>> y32{ftune::shape<dynamic>(n)};
+            ftune::buffer<ftune::bf16, ftune::shape<dynamic>> y16{ftune::shape<dynamic>(n)};
+            ftune::ops::activate(f, y32, xv);
+            ftune::ops::activate(f, y16, xv);
+            std::vector<ftune::bf16> want(n);
+            cpu::bf16_detail::round_to(want.data(), y32.data(), n);
+            INFO("n " << n << " function " << int(f));
+            CHECK(std::memcmp(y16.data(), want.data(), n * sizeof(ftune::bf16)) == 0);
+        }
+    }
+}
+
+namespace {
+// The FFN activation without forward_bf16: the encoder block then keeps it in fp32 (the path
+// before activations were kept in bf16), for the comparison below.
+template <class T, std::size_t F, class D>
+struct activation_kept_in_fp32 : ftune::layers::hidden_activation<T, F, D> {
+    using base = ftune::layers::hidden_activation<T, F, D>;
+    using base::base;
+    void forward_bf16(ftune::context&, typename base::input_view) = delete;
+};
+}  // namespace
+
+TEST_CASE(
+    "bf16 training and inference keep the FFN's activation in bf16 alone, with the same "
+    "values and gradients bit for bit",
+    "[bf16]") {
+    if (!kernels_here()) return;
+    using ftune::dynamic;
+    const ftune::bert::config cfg{.vocab_size = 23,
+                                  .hidden_size = 48,
+                                  .num_hidden_layers = 2,
+                                  .num_attention_heads = 4,
+                                  .intermediate_size = 98,  // odd pairs per row: 49
+                                  .max_position_embeddings = 16,
+                                  .type_vocab_size = 2,
+                                  .hidden_dropout_prob = 0.1,
+                                  .attention_probs_dropout_prob = 0.1,
+                                  .layer_norm_eps = 1e-5,
+                                  .pad_token_id = 0,
+                                  .hidden_act = ftune::ops::activation::gelu};
+    // m train, eval, or eval after prepare_inference(bf16) (prepared: the fused inference path)
+    auto run = [&]<class Norm, template <class, std::size_t, class> class Act>(ftune::mode m,
+                                                                               bool prepared) {
+        ftune::bert::encoder<float, dynamic, dynamic, Norm,
+                             ftune::blocks::bert_parts<float, ftune::device::cpu, Act>>
+            e(cfg);
+        test::randomize(e, 310);
+        if (prepared) e.prepare_inference(ftune::precision::bf16);
+        const std::size_t B = 2, T = 11, C = 48;
+        std::vector<ftune::token_id> ids(B * T), types(B * T, 0), mask(B * T, 1);
+        for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = ftune::token_id(1 + (i * 5) % 22);
+        for (std::size_t t = 8; t < T; ++t) mask[T + t] = 0, ids[T + t] = 0;  // padding
+        ftune::context ctx{.mode = m, .rng = ftune::generator(6)};
+        ctx.precision = ftune::precision::bf16;
+        const auto h =
+            e.forward(ctx, {ids.data(), B, T}, {mask.data(), B, T}, {types.data(), B, T});
+        std::vector<float> out(h.data(), h.data() + h.size());
+        if (!prepared) {
+            const auto dh = randn(B * T * C, 11);
+            e.zero_grad();
+            e.backward(ctx, {dh.data(), B, T, C});
+            e.visit_parameters("", [&](ftune::parameter_ref<float> p) {
+                out.insert(out.end(), p.grad.begin(), p.grad.end());
+            });
+        }
+        for (const auto& block : e.layer)  // which path ran
+            CHECK(block.activation.output_in_bf16() ==
+                  std::is_same_v<
+                      Act<float, dynamic, ftune::device::cpu>,
+                      ftune::layers::hidden_activation<float, dynamic, ftune::device::cpu>>);
+        return out;
+    };
+    using post = ftune::blocks::post_norm;
+    using pre = ftune::blocks::pre_norm;
+    using ftune::layers::hidden_activation;
+    for (const int k : {0, 1, 2}) {
+        const auto m = k == 0 ? ftune::mode::train : ftune::mode::eval;
+        const bool prepared = k == 2;
+        INFO((k == 0 ? "train" : k == 1 ? "eval" : "prepared inference"));
+        const auto got = run.template operator()<post, hidden_activation>(m, prepared);
+        const auto want = run.template operator()<post, activation_kept_in_fp32>(m, prepared);
+        REQUIRE(got.size() == want.size());
+        CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+        const auto got_pre = run.template operator()<pre, hidden_activation>(m, prepared);
+        const auto want_pre = run.template operator()<pre, activation_kept_in_fp32>(m, prepared);
+        CHECK(std::memcmp(got_pre.data(), want_pre.data(), got_pre.size() * sizeof(float)) == 0);
+    }
+}

@@ -340,13 +340,16 @@ void require(precision p, const char* where) {
 }
 
 /// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so, in precision p
-/// (bf16: both operands rounded to bf16, fp32 sums; float only).
+/// (bf16: both operands rounded to bf16, fp32 sums; float only). In bf16 on the CPU, either
+/// operand may be kept in bf16 already (the activations a bf16 training step keeps so).
 /// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
 template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
           tensor_like C>
 void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
             detail::scalar_of<C> beta = 0, precision p = precision::fp32) {
     const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
+    constexpr bool kept_bf16 =
+        std::is_same_v<detail::scalar_of<A>, bf16> || std::is_same_v<detail::scalar_of<B>, bf16>;
     if (p == precision::bf16) {
         if constexpr (std::is_same_v<detail::scalar_of<C>, float>)
             return detail::backend_for<A>::gemm_bf16(TA, TB, M, N, K, alpha, a.data(),
@@ -355,8 +358,12 @@ void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
         else
             throw detail::bf16_needs_float("matmul");
     }
-    detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
-                                 b.shape().extent(1), beta, c.data(), N);
+    if constexpr (kept_bf16)
+        throw error(errc::invalid_argument, "matmul",
+                    "an operand kept in bf16 is multiplied in precision::bf16 only");
+    else
+        detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1),
+                                     b.data(), b.shape().extent(1), beta, c.data(), N);
 }
 
 /// matmul for a thin product, where M or N is small (a low-rank adapter's rank): backends with a
@@ -410,7 +417,7 @@ void bias_backward(DBias&& dbias, const DY& dy) {
 /// A linear layer's parameter gradients from dy (N, Out) and its input x (N, In): dw (Out, In) +=
 /// dyᵀ x in precision p, and db (Out) += Σ_rows dy: matmul<yes, no> and bias_backward, the same
 /// values bit for bit. On the CPU in bf16 the bias's sums are taken in the pass that rounds and
-/// packs dyᵀ for the product (one read of dy instead of two).
+/// packs dyᵀ for the product (one read of dy instead of two), and x may be kept in bf16.
 template <tensor_like DY, tensor_like X, tensor_like DW, tensor_like DB>
 void weight_and_bias_gradients(const DY& dy, const X& x, DW&& dw, DB&& db,
                                precision p = precision::fp32) {
@@ -428,7 +435,7 @@ void weight_and_bias_gradients(const DY& dy, const X& x, DW&& dw, DB&& db,
         }
     }
     matmul<transpose::yes, transpose::no>(dy, x, dw, detail::scalar_of<DW>(1),
-                                          detail::scalar_of<DW>(1), p);
+                                          detail::scalar_of<DW>(1), p);  // (throws for bf16 x)
     bias_backward(db, dy);
 }
 
@@ -534,12 +541,25 @@ void activate_n(activation f, T* y, const T* x, std::size_t n) {
 }
 }  // namespace detail
 
-/// y = f(x) element-wise (same shapes; y may alias x).
+/// y = f(x) element-wise (same shapes; y may alias x). On the CPU, y may be bf16 for a float x:
+/// f(x) rounded to nearest even (an activation that only bf16 products read; y must not overlap
+/// x then).
 template <tensor_like Y, tensor_like X>
 void activate(activation f, Y&& y, const X& x) {
     detail::same_device<Y, X>();
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
-    detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
+    using Bk = detail::backend_for<Y>;
+    if constexpr (std::is_same_v<detail::scalar_of<Y>, bf16>) {
+        static_assert(std::is_same_v<detail::device_of<Y>, device::cpu> &&
+                          std::is_same_v<detail::scalar_of<X>, float>,
+                      "ftune::ops::activate: a bf16 y takes a float x, on the CPU");
+        backends::cpu::map_to_bf16(y.data(), x.data(), x.shape().size(),
+                                   [&](float* out, const float* in, std::size_t m) {
+                                       detail::activate_n<Bk>(f, out, in, m);
+                                   });
+    } else {
+        detail::activate_n<Bk>(f, y.data(), x.data(), x.shape().size());
+    }
 }
 
 /// dx += f'(·) * dy (grad_write::overwrite: dx =, its old content not read), where · is the
@@ -1242,7 +1262,7 @@ add_residual(R) -> add_residual<R>;
 
 /// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
 /// prepare_weight: the same values as matmul<no, yes> in w's precision, bias_add (and
-/// residual_add), bit for bit.
+/// residual_add), bit for bit. On the CPU, x may be kept in bf16 when w is prepared in bf16.
 template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
 void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
     detail::same_device<X, Y, Bias>();

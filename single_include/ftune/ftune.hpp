@@ -3585,6 +3585,7 @@ FTUNE_NAMESPACE_END
 #include <cstring>
 #include <memory>
 #include <type_traits>
+#include <utility>
 
 // ---- begin ftune/backends/cpu/gemm_schedule.hpp ----
 // The thread schedule of a product whose B is packed once (a weight): gemm_packed (gemm.hpp, fp32
@@ -3861,6 +3862,25 @@ FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const float* r0, con
     }
 }
 
+/// The 16 bf16 values at r, each in the low half of a word (a lambda would lose the target).
+FTUNE_BF16_TARGET inline __m512i widen16(const bf16* r) {
+    static_assert(sizeof(bf16) == 2);
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+}
+
+/// pair_rows for rows already in bf16 (a linear layer's input kept in bf16): the same words,
+/// copied instead of rounded, 16 per step.
+FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const bf16* r0, const bf16* r1,
+                                        std::size_t n) {
+    std::size_t i = 0;
+    for (; i + W <= n; i += W)
+        _mm512_storeu_si512(
+            dst + i, r1 ? _mm512_or_si512(widen16(r0 + i), _mm512_slli_epi32(widen16(r1 + i), 16))
+                        : widen16(r0 + i));
+    for (; i < n; ++i)
+        dst[i] = std::uint32_t{r0[i].bits} | (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
+}
+
 /// dst[p] = pair(r[2p], r[2p + 1]) for the ⌈K/2⌉ pairs of a row (the odd K's last high half 0):
 /// 32 values to 16 words per step (the row's bf16 values in order).
 FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
@@ -3962,6 +3982,10 @@ FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float*
 // packed words there, but packing a weight in bf16 still works).
 inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) dst[i] = pair(r0[i], r1 ? r1[i] : 0.0f);
+}
+inline void pair_rows(std::uint32_t* dst, const bf16* r0, const bf16* r1, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        dst[i] = std::uint32_t{r0[i].bits} | (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
 }
 inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
@@ -4094,9 +4118,9 @@ FTUNE_BF16_TARGET void pack_columns(std::uint32_t* dst, const float* B, std::siz
 
 /// Packs the P-column panel (P = NR, or the narrower panels of attention's outputs) of
 /// op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of P words (columns past nr and the odd
-/// kc's last high half are zero).
-template <std::size_t P = NR>
-void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t k0,
+/// kc's last high half are zero). B may be kept in bf16 already (TB = bf16: its words copied).
+template <std::size_t P = NR, class TB = float>
+void pack_b_panel(std::uint32_t* dst, const TB* B, std::size_t ldb, transpose tb, std::size_t k0,
                   std::size_t kc, std::size_t j0, std::size_t nr) {
     const std::size_t kp = pairs(kc);
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows contiguous along j
@@ -4104,9 +4128,9 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
         // `ahead` pairs on are asked for while this one is packed
         constexpr std::size_t ahead = 8;
         for (std::size_t p = 0; p < kp; ++p) {
-            const float* r0 = B + (k0 + 2 * p) * ldb + j0;
+            const TB* r0 = B + (k0 + 2 * p) * ldb + j0;
             if (2 * (p + ahead) + 1 < kc)
-                for (std::size_t l = 0; l < nr; l += 16) {
+                for (std::size_t l = 0; l < nr; l += 64 / sizeof(TB)) {  // a line at a time
                     __builtin_prefetch(r0 + 2 * ahead * ldb + l, 0, 3);
                     __builtin_prefetch(r0 + (2 * ahead + 1) * ldb + l, 0, 3);
                 }
@@ -4114,6 +4138,15 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
             pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
             std::fill(d + nr, d + P, 0u);
         }
+    } else if constexpr (std::is_same_v<TB, bf16>) {  // op(B)(k, j) = B[j * ldb + k], copied
+        for (std::size_t p = 0; p < kp; ++p)
+            for (std::size_t j = 0; j < P; ++j) {
+                const bf16* c = B + (j0 + j) * ldb + k0 + 2 * p;
+                dst[p * P + j] = j >= nr
+                                     ? 0u
+                                     : std::uint32_t{c[0].bits} |
+                                           (2 * p + 1 < kc ? std::uint32_t{c[1].bits} << 16 : 0u);
+            }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
 #if FTUNE_HAS_BF16_KERNELS
         if constexpr (P % W == 0) return pack_columns<P>(dst, B, ldb, k0, kc, j0, nr);
@@ -4161,8 +4194,10 @@ inline std::size_t b_words(std::size_t K, std::size_t N) noexcept {
 }
 
 /// Packs op(B) (K x N) into dst in the b_layout of depth blocks kc (even) and column blocks nc.
-inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t K,
-                   std::size_t N, std::size_t kc, std::size_t nc) {
+/// B may be kept in bf16 already (TB = bf16: the same words, copied instead of rounded).
+template <class TB>
+void pack_b(std::uint32_t* dst, const TB* B, std::size_t ldb, transpose tb, std::size_t K,
+            std::size_t N, std::size_t kc, std::size_t nc) {
     if (tb == transpose::no) {
         // op(B) = B (a weight gradient's activations): each pair of rows is read once, whole
         // and in order, and its words go to every panel; panel by panel, the rows were read in
@@ -4173,8 +4208,8 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
             [&](std::size_t p0, std::size_t p1) {
                 for (std::size_t p = p0; p < p1; ++p) {
                     const std::size_t pc = 2 * p / kc * kc, kp = pairs(std::min(kc, K - pc));
-                    const float* r0 = B + 2 * p * ldb;
-                    const float* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
+                    const TB* r0 = B + 2 * p * ldb;
+                    const TB* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
                     for (std::size_t jc = 0; jc < N; jc += nc) {
                         const std::size_t ncur = std::min(nc, N - jc),
                                           panels = (ncur + NR - 1) / NR;
@@ -4484,8 +4519,9 @@ inline constexpr bool narrow_panels(std::size_t N) noexcept {
 /// op(B) (K x N) as ⌈N / NR2⌉ panels of NR2 columns, one depth block: panel q holds ⌈K/2⌉
 /// pairs of NR2 words from dst + q ⌈K/2⌉ NR2 (fewer words than b_words(K, N) when
 /// narrow_panels(N)).
-inline void pack_narrow(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
-                        std::size_t K, std::size_t N) {
+template <class TB>  // float, or bf16 (B kept in bf16: its words copied)
+void pack_narrow(std::uint32_t* dst, const TB* B, std::size_t ldb, transpose tb, std::size_t K,
+                 std::size_t N) {
     for (std::size_t q = 0, j = 0; j < N; ++q, j += NR2)
         pack_b_panel<NR2>(dst + q * pairs(K) * NR2, B, ldb, tb, 0, K, j, std::min(NR2, N - j));
 }
@@ -4560,15 +4596,41 @@ class packed_b_bf16 {
     std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
 };
 
+namespace bf16_detail {
+/// An operand type of the bf16 products: float (rounded as packed), or bf16 (kept so already).
+template <class T>
+concept operand = std::is_same_v<T, float> || std::is_same_v<T, bf16>;
+
+/// op(A) (M x K) as run() reads it: {words, a_ld}. A row-major A kept in bf16 with K and lda even
+/// is read in place (a_ld = lda / 2); any other A is packed by pack_a into scratch 0 (a_ld ⌈K/2⌉
+/// for a row-major A, 0 for tiles), adding op(A)'s row sums to sums when given (float A only).
+template <class TA>
+std::pair<const std::uint32_t*, std::size_t> a_words(const TA* A, std::size_t lda, transpose ta,
+                                                     std::size_t M, std::size_t K,
+                                                     float* sums = nullptr) {
+    if constexpr (std::is_same_v<TA, bf16>)
+        if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
+            return {reinterpret_cast<const std::uint32_t*>(A), lda / 2};
+    std::uint32_t* dst =
+        detail::scratch<std::uint32_t, 0>((M + MR - 1) / MR * MR * pairs(K));  // whole tiles
+    if constexpr (std::is_same_v<TA, float>)
+        pack_a(dst, A, lda, ta, M, K, sums);
+    else
+        pack_a(dst, A, lda, ta, M, K);
+    return {dst, ta == transpose::no ? pairs(K) : 0};
+}
+}  // namespace bf16_detail
+
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row), then epilogue(c, ldc,
 /// row0, rows, col0, cols) on each finished tile (gemm_packed's contract), with op(A) rounded to
-/// bf16 and Bp packed by packed_b_bf16; fp32 sums. Throws errc::unsupported where
+/// bf16 and Bp packed by packed_b_bf16; fp32 sums. A may be kept in bf16 already (TA = bf16: a
+/// linear layer's input in a bf16 training step), which gives the same result as its values as
+/// floats; a row-major one with K and lda even is read in place. Throws errc::unsupported where
 /// bf16_supported() is false.
-template <class Epilogue = bf16_detail::none>
+template <class Epilogue = bf16_detail::none, bf16_detail::operand TA = float>
 void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
-                      const float* A, std::size_t lda, const packed_b_bf16& Bp, float beta,
-                      float* C, std::size_t ldc, const float* bias = nullptr,
-                      Epilogue epilogue = {}) {
+                      const TA* A, std::size_t lda, const packed_b_bf16& Bp, float beta, float* C,
+                      std::size_t ldc, const float* bias = nullptr, Epilogue epilogue = {}) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_packed_bf16");
     if (Bp.rows() != K || Bp.cols() != N)
         throw error(errc::shape_mismatch, "gemm_packed_bf16",
@@ -4577,25 +4639,22 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
-    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
-        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-    bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
-                     Bp.layout(), beta, C, ldc, bias, epilogue, bf16_detail::threads_for(M, N, K));
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K);
+    bf16_detail::run(M, N, K, alpha, apack, a_ld, Bp.layout(), beta, C, ldc, bias, epilogue,
+                     bf16_detail::threads_for(M, N, K));
 }
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
 /// fp32 sums (BLAS's contract otherwise: beta == 0 ignores C's previous content). Both operands
-/// are converted per call (the products of activations: a weight's gradient, attention). A may
-/// be kept in bf16 already (TA = bf16: the attention activations of a bf16 training step), which
-/// gives the same result as its values as floats; a row-major one with K and lda even is read in
-/// place. With a_sums (op(A) = Aᵀ, A in float) the pass that packs A also adds each row of op(A)
-/// summed over k = 0, 1, ... in order to a_sums (M): a weight's gradient dyᵀ x and its bias's
-/// Σ dy from one read of dy (bias_backward's values, bit for bit).
-template <class TA>
-requires std::is_same_v<TA, float> || std::is_same_v<TA, bf16>
+/// are converted per call (the products of activations: a weight's gradient, attention). Either
+/// may be kept in bf16 already (TA, TB = bf16: the activations a bf16 training step keeps in
+/// bf16), which gives the same result as its values as floats; a row-major A with K and lda
+/// even is read in place. With a_sums (op(A) = Aᵀ, A in float) the pass that packs A also adds
+/// each row of op(A) summed over k = 0, 1, ... in order to a_sums (M): a weight's gradient dyᵀ x
+/// and its bias's Σ dy from one read of dy (bias_backward's values, bit for bit).
+template <bf16_detail::operand TA, bf16_detail::operand TB = float>
 void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
-               const TA* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
+               const TA* A, std::size_t lda, const TB* B, std::size_t ldb, float beta, float* C,
                std::size_t ldc, float* a_sums = nullptr) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
     if (a_sums && (ta == transpose::no || !std::is_same_v<TA, float>))
@@ -4622,21 +4681,7 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
         bf16_detail::pack_narrow(bpack, B, ldb, tb, K, N);
     else
         bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    // A's words: in place when A is bf16 with its pairs already adjacent, else packed (rounded)
-    const std::uint32_t* apack = nullptr;
-    std::size_t a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
-    if constexpr (std::is_same_v<TA, bf16>)
-        if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
-            apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
-    if (!apack) {
-        std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
-            (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-        if constexpr (std::is_same_v<TA, float>)
-            bf16_detail::pack_a(dst, A, lda, ta, M, K, a_sums);
-        else
-            bf16_detail::pack_a(dst, A, lda, ta, M, K);
-        apack = dst;
-    }
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, a_sums);
     if (narrow) return bf16_detail::run_narrow(M, N, K, alpha, apack, a_ld, bpack, beta, C, ldc);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
                      beta, C, ldc, nullptr, bf16_detail::none{}, nt);
@@ -5279,6 +5324,19 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     });
 }
 
+/// gemm_packed for an A kept in bf16 (a linear layer's input in a bf16 training step): the same
+/// result as its values as floats, with Bp packed in precision::bf16 (gemm_packed_bf16).
+template <class Epilogue = no_epilogue>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                 const bf16* A, std::size_t lda, const packed_b<float>& Bp, float beta, float* C,
+                 std::size_t ldc, const float* bias = nullptr, Epilogue epilogue = {}) {
+    if (Bp.precision() != ftune::precision::bf16)
+        throw error(errc::invalid_argument, "gemm_packed",
+                    "an A kept in bf16 multiplies a weight prepared in precision::bf16 only; "
+                    "prepare the weight in bf16");
+    gemm_packed_bf16(ta, M, N, K, alpha, A, lda, Bp.bf16(), beta, C, ldc, bias, epilogue);
+}
+
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head
 /// products). Batches run in parallel, each GEMM on one thread.
 template <scalar T>
@@ -5774,6 +5832,20 @@ template <scalar T>
 void relu_forward(T* y, const T* x, std::size_t n) {
     using B = detail::batch<T>;
     detail::map_unary(y, x, n, [](B v) { return xsimd::select(v > B(T(0)), v, B(T(0))); });
+}
+
+/// y = f(x) rounded to bf16 (round_to: to nearest even) over n floats, f(out, in, m) writing m
+/// values of the activation in fp32: each chunk into a per-thread scratch (in L1), then rounded.
+/// For an activation whose only readers are bf16 products, which round it so anyway.
+template <class F>
+void map_to_bf16(bf16* y, const float* x, std::size_t n, F f) {
+    constexpr std::size_t chunk = 4096;  // under elementwise_grain: f runs on the calling thread
+    static_assert(chunk <= detail::elementwise_grain);
+    detail::parallel_for(n, chunk, [&](std::size_t i0, std::size_t i1) {
+        float* t = detail::scratch<float, 18>(chunk);
+        f(t, x + i0, i1 - i0);
+        bf16_detail::round_to(y + i0, t, i1 - i0);
+    });
 }
 
 /// dx += dy where x > 0 (0 at x = 0, as PyTorch).
@@ -7659,13 +7731,16 @@ void require(precision p, const char* where) {
 }
 
 /// c = alpha * op(a) * op(b) + beta * c, with op = transpose when TA/TB say so, in precision p
-/// (bf16: both operands rounded to bf16, fp32 sums; float only).
+/// (bf16: both operands rounded to bf16, fp32 sums; float only). In bf16 on the CPU, either
+/// operand may be kept in bf16 already (the activations a bf16 training step keeps so).
 /// Shapes: op(a) (M, K), op(b) (K, N), c (M, N).
 template <transpose TA = transpose::no, transpose TB = transpose::no, tensor_like A, tensor_like B,
           tensor_like C>
 void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
             detail::scalar_of<C> beta = 0, precision p = precision::fp32) {
     const auto [M, N, K] = detail::matmul_extents<TA, TB>(a, b, c);
+    constexpr bool kept_bf16 =
+        std::is_same_v<detail::scalar_of<A>, bf16> || std::is_same_v<detail::scalar_of<B>, bf16>;
     if (p == precision::bf16) {
         if constexpr (std::is_same_v<detail::scalar_of<C>, float>)
             return detail::backend_for<A>::gemm_bf16(TA, TB, M, N, K, alpha, a.data(),
@@ -7674,8 +7749,12 @@ void matmul(const A& a, const B& b, C&& c, detail::scalar_of<C> alpha = 1,
         else
             throw detail::bf16_needs_float("matmul");
     }
-    detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1), b.data(),
-                                 b.shape().extent(1), beta, c.data(), N);
+    if constexpr (kept_bf16)
+        throw error(errc::invalid_argument, "matmul",
+                    "an operand kept in bf16 is multiplied in precision::bf16 only");
+    else
+        detail::backend_for<A>::gemm(TA, TB, M, N, K, alpha, a.data(), a.shape().extent(1),
+                                     b.data(), b.shape().extent(1), beta, c.data(), N);
 }
 
 /// matmul for a thin product, where M or N is small (a low-rank adapter's rank): backends with a
@@ -7729,7 +7808,7 @@ void bias_backward(DBias&& dbias, const DY& dy) {
 /// A linear layer's parameter gradients from dy (N, Out) and its input x (N, In): dw (Out, In) +=
 /// dyᵀ x in precision p, and db (Out) += Σ_rows dy: matmul<yes, no> and bias_backward, the same
 /// values bit for bit. On the CPU in bf16 the bias's sums are taken in the pass that rounds and
-/// packs dyᵀ for the product (one read of dy instead of two).
+/// packs dyᵀ for the product (one read of dy instead of two), and x may be kept in bf16.
 template <tensor_like DY, tensor_like X, tensor_like DW, tensor_like DB>
 void weight_and_bias_gradients(const DY& dy, const X& x, DW&& dw, DB&& db,
                                precision p = precision::fp32) {
@@ -7747,7 +7826,7 @@ void weight_and_bias_gradients(const DY& dy, const X& x, DW&& dw, DB&& db,
         }
     }
     matmul<transpose::yes, transpose::no>(dy, x, dw, detail::scalar_of<DW>(1),
-                                          detail::scalar_of<DW>(1), p);
+                                          detail::scalar_of<DW>(1), p);  // (throws for bf16 x)
     bias_backward(db, dy);
 }
 
@@ -7853,12 +7932,25 @@ void activate_n(activation f, T* y, const T* x, std::size_t n) {
 }
 }  // namespace detail
 
-/// y = f(x) element-wise (same shapes; y may alias x).
+/// y = f(x) element-wise (same shapes; y may alias x). On the CPU, y may be bf16 for a float x:
+/// f(x) rounded to nearest even (an activation that only bf16 products read; y must not overlap
+/// x then).
 template <tensor_like Y, tensor_like X>
 void activate(activation f, Y&& y, const X& x) {
     detail::same_device<Y, X>();
     check_same_shape(y.shape(), x.shape(), "activate (y vs x)");
-    detail::activate_n<detail::backend_for<Y>>(f, y.data(), x.data(), x.shape().size());
+    using Bk = detail::backend_for<Y>;
+    if constexpr (std::is_same_v<detail::scalar_of<Y>, bf16>) {
+        static_assert(std::is_same_v<detail::device_of<Y>, device::cpu> &&
+                          std::is_same_v<detail::scalar_of<X>, float>,
+                      "ftune::ops::activate: a bf16 y takes a float x, on the CPU");
+        backends::cpu::map_to_bf16(y.data(), x.data(), x.shape().size(),
+                                   [&](float* out, const float* in, std::size_t m) {
+                                       detail::activate_n<Bk>(f, out, in, m);
+                                   });
+    } else {
+        detail::activate_n<Bk>(f, y.data(), x.data(), x.shape().size());
+    }
 }
 
 /// dx += f'(·) * dy (grad_write::overwrite: dx =, its old content not read), where · is the
@@ -8561,7 +8653,7 @@ add_residual(R) -> add_residual<R>;
 
 /// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
 /// prepare_weight: the same values as matmul<no, yes> in w's precision, bias_add (and
-/// residual_add), bit for bit.
+/// residual_add), bit for bit. On the CPU, x may be kept in bf16 when w is prepared in bf16.
 template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
 void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
     detail::same_device<X, Y, Bias>();
@@ -8656,8 +8748,31 @@ class hidden_activation {
         x_ = x;
         y_.resize(x.shape());
         ops::activate(kind, y_, x);
+        output_bf16_ = false;
         return y_.view();
     }
+
+    /// y = f(x) rounded to bf16 and kept only so (CPU; f other than tanh, whose backward reads
+    /// y): for an output that only bf16 products read, which round it so anyway (the FFN's
+    /// activation in a bf16 training step: half the bytes written and read). Saves x; backward
+    /// is forward()'s.
+    view<const bf16, shape<dynamic, C>, D> forward_bf16(context&, input_view x) requires
+        std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (!keeps_input_only())
+            throw error(errc::invalid_argument, "hidden_activation::forward_bf16",
+                        "tanh's backward reads its output: use forward()");
+        x_ = x;
+        yb_.resize(x.shape());
+        ops::activate(kind, yb_, x);
+        output_bf16_ = true;
+        return yb_.view();
+    }
+
+    /// Whether the last forward kept its output in bf16 alone (forward_bf16).
+    bool output_in_bf16() const noexcept { return output_bf16_; }
+
+    /// Whether backward reads the input alone (every function but tanh): forward_bf16 applies.
+    bool keeps_input_only() const noexcept { return kind != ops::activation::tanh; }
 
     /// dx += f'(x) dy (grad_write::overwrite: dx =; nothing when dx is empty).
     void backward(context&, output_view dy, d_input_view dx,
@@ -8676,8 +8791,10 @@ class hidden_activation {
     void visit_parameters(std::string_view, Fn&&) {}
 
   private:
-    input_view x_;                       // the last forward's input
-    buffer<T, shape<dynamic, C>, D> y_;  // (N, C) output
+    input_view x_;                           // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;      // (N, C) output
+    buffer<bf16, shape<dynamic, C>, D> yb_;  // (N, C) output in bf16 (forward_bf16)
+    bool output_bf16_ = false;               // the last forward wrote yb_ instead of y_
 };
 
 /// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu
@@ -8856,6 +8973,7 @@ class linear {
     using input_view = view<const T, shape<dynamic, In>, D>;    ///< x: (N, In)
     using output_view = view<const T, shape<dynamic, Out>, D>;  ///< y: (N, Out)
     using d_input_view = view<T, shape<dynamic, In>, D>;        ///< dx: (N, In), accumulated into
+    using bf16_input_view = view<const bf16, shape<dynamic, In>, D>;  ///< x kept in bf16: (N, In)
 
     static constexpr bool has_bias = Bias;   ///< false: y = x Wᵀ (Llama's projections)
     parameter<T, shape<Out, In>, D> weight;  ///< W (Out, In), Hugging Face's layout
@@ -8878,6 +8996,7 @@ class linear {
     /// bf16 too (dx with W packed once more, dW from dy and x rounded); the sums stay fp32.
     output_view forward(context& ctx, input_view x) {
         x_ = x;
+        input_bf16_ = false;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         precision_ = prepared_ ? packed_.precision() : ctx.precision;
@@ -8896,6 +9015,31 @@ class linear {
         return y_.view();
     }
 
+    /// y = x Wᵀ + b for an x kept in bf16 (an activation that only bf16 products read: the FFN's
+    /// in a bf16 training step), in precision bf16 (ctx.precision, or prepared in bf16) on the
+    /// CPU: forward()'s values for x as floats, bit for bit, with x's words read in place instead
+    /// of rounded, and kept for backward's dW (whose product rounds x so anyway).
+    output_view forward(context& ctx, bf16_input_view x) requires std::is_same_v<T, float> &&
+        std::is_same_v<D, device::cpu> {
+        const precision p = forward_precision(ctx);
+        if (ctx.training()) prepared_ = false;
+        if (p != precision::bf16)
+            throw error(errc::invalid_argument, "linear::forward",
+                        "an input kept in bf16 is multiplied in precision::bf16 only; pass it as "
+                        "floats, or run in bf16");
+        xb_ = x;
+        input_bf16_ = true;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = p;
+        frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
+        if (!prepared_ && !frozen_packed_) weight_changed();  // packed once per forward, as above
+        packed_product(x, ops::no_epilogue{});
+        return y_.view();
+    }
+
+    /// Whether forward takes an input kept in bf16 (always: lora_linear's may not).
+    bool takes_bf16_input() const noexcept { return true; }
+
     /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then the
     /// epilogue (ops::add_residual: + r, a residual connection) as each tile of y is stored.
     /// Needs prepare_inference() and eval mode; keeps nothing for backward.
@@ -8906,10 +9050,34 @@ class linear {
                         "runs on a layer prepared for inference (prepare_inference()), in eval "
                         "mode");
         x_ = x;
+        input_bf16_ = false;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         precision_ = packed_.precision();
         packed_product(x, epilogue);
         return y_.view();
+    }
+
+    /// forward_fused for an x kept in bf16 (on a layer prepared in bf16, on the CPU): the values
+    /// for x as floats, bit for bit, with x's words read in place instead of rounded.
+    template <class Epilogue>
+    output_view forward_fused(context& ctx, bf16_input_view x, Epilogue epilogue) requires
+        std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (ctx.training() || !prepared_ || packed_.precision() != precision::bf16)
+            throw error(errc::invalid_argument, "linear::forward_fused",
+                        "an input kept in bf16 runs on a layer prepared for inference in bf16 "
+                        "(prepare_inference(precision::bf16)), in eval mode");
+        xb_ = x;
+        input_bf16_ = true;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = precision::bf16;
+        packed_product(x, epilogue);
+        return y_.view();
+    }
+
+    /// The precision of a forward's product in ctx: prepare_inference()'s in eval mode after it,
+    /// else ctx.precision.
+    precision forward_precision(const context& ctx) const noexcept {
+        return !ctx.training() && prepared_ ? packed_.precision() : ctx.precision;
     }
 
     /// Packs W once for inference: from now on eval-mode forwards skip the per-call packing of
@@ -8929,21 +9097,17 @@ class linear {
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
     /// (with W's packed copy when the forward found it frozen, or ran in bf16), in the
-    /// forward's precision; grad_write::overwrite: dx = dy W, its old content not read.
+    /// forward's precision (x as the forward took it: floats, or kept in bf16);
+    /// grad_write::overwrite: dx = dy W, its old content not read.
     void backward(context&, output_view dy, d_input_view dx,
                   grad_write w = grad_write::accumulate) {
-        bool bias_done = false;  // summed in the weight gradient's pass over dy
-        if constexpr (Bias)
-            if (weight.trainable && bias.trainable) {
-                ops::weight_and_bias_gradients(dy, x_, weight.gradient(), bias.gradient(),
-                                               precision_);
-                bias_done = true;
-            }
-        if (weight.trainable && !bias_done)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1),
-                                                       precision_);
-        if constexpr (Bias)
-            if (bias.trainable && !bias_done) ops::bias_backward(bias.gradient(), dy);
+        if constexpr (std::is_same_v<D, device::cpu> && std::is_same_v<T, float>)
+            if (input_bf16_)
+                parameter_gradients(dy, xb_);
+            else
+                parameter_gradients(dy, x_);
+        else
+            parameter_gradients(dy, x_);
         if (dx.empty()) return;
         if (!frozen_packed_ && precision_ == precision::fp32)
             return ops::matmul(dy, weight.value, dx, T(1),
@@ -8983,12 +9147,29 @@ class linear {
     }
 
   protected:
+    // dW += dyᵀ x and db += Σ dy for the parameters that train, in precision_
+    template <class X>
+    void parameter_gradients(output_view dy, const X& x) {
+        bool bias_done = false;  // summed in the weight gradient's pass over dy
+        if constexpr (Bias)
+            if (weight.trainable && bias.trainable) {
+                ops::weight_and_bias_gradients(dy, x, weight.gradient(), bias.gradient(),
+                                               precision_);
+                bias_done = true;
+            }
+        if (weight.trainable && !bias_done)
+            ops::matmul<transpose::yes, transpose::no>(dy, x, weight.gradient(), T(1), T(1),
+                                                       precision_);
+        if constexpr (Bias)
+            if (bias.trainable && !bias_done) ops::bias_backward(bias.gradient(), dy);
+    }
+
     // Marks the packed copies of W stale: the next use packs W again.
     void weight_changed() noexcept { packed_current_ = packed_d_current_ = false; }
 
     // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
-    template <class Epilogue>
-    void packed_product(input_view x, Epilogue epilogue) {
+    template <class X, class Epilogue>  // X: input_view, or bf16_input_view
+    void packed_product(X x, Epilogue epilogue) {
         if (x.extent(1) != in_features())
             throw error(errc::shape_mismatch, "linear",
                         ftune::detail::cat("input has ", x.extent(1),
@@ -9010,7 +9191,9 @@ class linear {
     bool packed_d_current_ = false;          // packed_d_ holds the current W
     bool frozen_packed_ = false;             // the last forward: training with W frozen and packed
     precision precision_ = precision::fp32;  // the last forward's (and backward's)
-    input_view x_;                           // the last forward's input
+    input_view x_;                           // the last forward's input (as floats)
+    bf16_input_view xb_;                     // the last forward's input, when kept in bf16
+    bool input_bf16_ = false;                // the last forward took xb_ instead of x_
     buffer<T, shape<dynamic, Out>, D> y_;    // (N, Out) output workspace
 };
 
@@ -10219,6 +10402,17 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         return y;
     }
 
+    /// linear's forward for an x kept in bf16, without an active adapter (takes_bf16_input():
+    /// the adapter's products read x as floats).
+    output_view forward(context& ctx, typename base::bf16_input_view x) requires
+        std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (active())
+            throw error(errc::invalid_argument, "lora_linear::forward",
+                        "a layer with an active adapter takes its input as floats");
+        return base::forward(ctx, x);
+    }
+    /// Whether forward takes an input kept in bf16 (no active adapter).
+    bool takes_bf16_input() const noexcept { return !active(); }
     /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term. The
     /// epilogues that the blocks use add (a residual), so the order of the sum does not matter.
     template <class Epilogue>
@@ -10228,6 +10422,17 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         return y;
     }
 
+    /// linear's forward_fused for an x kept in bf16, without an active adapter
+    /// (takes_bf16_input()).
+    template <class Epilogue>
+    output_view forward_fused(
+        context& ctx, typename base::bf16_input_view x,
+        Epilogue epilogue) requires std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (active())
+            throw error(errc::invalid_argument, "lora_linear::forward_fused",
+                        "a layer with an active adapter takes its input as floats");
+        return base::forward_fused(ctx, x, epilogue);
+    }
     /// Adds the adapter's term s x Aᵀ Bᵀ to y (N, Out), whose rows are ld elements apart (a
     /// block of columns of a wider product: self_attention's packed q, k and v), in eval mode;
     /// nothing when no adapter is active (none, or merged).
@@ -11101,6 +11306,7 @@ FTUNE_NAMESPACE_END
 // norm placement as a policy: post_norm (BERT: LayerNorm after each residual sum) or pre_norm
 // (LayerNorm before each sublayer). Residuals are written out as plain code.
 
+#include <concepts>
 #include <span>
 #include <string_view>
 
@@ -11390,9 +11596,7 @@ class encoder_block {
             const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, attend(x)));
             ops::residual_add(h1_, residual, ad);
             const auto n1 = norm1.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
+            const auto f = output_dropout.forward(ctx, ffn_forward(ctx, n1));
             ops::residual_add(h2_, n1, f);
             out_ = norm2.forward(ctx, h2_.view());
         } else {
@@ -11401,13 +11605,45 @@ class encoder_block {
                 ctx, attention_dense.forward(ctx, attend(unflat(n1, B, Tn))));
             ops::residual_add(h1_, residual, ad);
             const auto n2 = norm2.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
+            const auto f = output_dropout.forward(ctx, ffn_forward(ctx, n2));
             ops::residual_add(h2_, h1_, f);
             out_ = h2_.view();
         }
         return out_;
+    }
+
+    using out_projection = typename Parts::template projection<F, C>;  // output_dense's type
+    // Whether the activation and the output projection can keep the FFN activation in bf16
+    // alone (hidden_activation::forward_bf16 and linear's bf16 input: float on the CPU)
+    static constexpr bool ffn_bf16_capable =
+        requires(context & c, Act& a, out_projection& o, view<const T, shape<dynamic, F>, D> h,
+                 view<const T, shape<dynamic, C>, D> r) {
+        o.forward(c, a.forward_bf16(c, h));
+        o.forward_fused(c, a.forward_bf16(c, h), ops::add_residual{r});
+        { o.forward_precision(c) == precision::bf16 } -> std::convertible_to<bool>;
+        { a.keeps_input_only() && o.takes_bf16_input() } -> std::convertible_to<bool>;
+    };
+
+    // Whether this forward keeps the FFN activation in bf16 alone: the output projection's
+    // product runs in bf16, the activation's backward reads its input only (not tanh), and the
+    // projection takes a bf16 input (no active LoRA adapter). The same values either way: the
+    // projection's product and its weight gradient's read the activation rounded to bf16.
+    bool ffn_in_bf16(const context& ctx) const {
+        if constexpr (ffn_bf16_capable)
+            return output_dense.forward_precision(ctx) == precision::bf16 &&
+                   activation.keeps_input_only() && output_dense.takes_bf16_input();
+        else
+            return false;
+    }
+
+    // out(act(inter(n))) (rows, C), keeping what backward needs; the activation in bf16 alone
+    // where ffn_in_bf16 says
+    view<const T, shape<dynamic, C>, D> ffn_forward(context& ctx,
+                                                    view<const T, shape<dynamic, C>, D> n) {
+        const auto h = intermediate.forward(ctx, n);  // (rows, F)
+        if constexpr (ffn_bf16_capable)
+            if (ffn_in_bf16(ctx)) return output_dense.forward(ctx, activation.forward_bf16(ctx, h));
+        return output_dense.forward(ctx, activation.forward(ctx, h));
     }
 
     // Prepared inference after the attention: a (rows, C) attention output and the residual
@@ -11423,13 +11659,19 @@ class encoder_block {
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
-        const auto g = activation.forward(ctx, intermediate.forward(ctx, n));
-        if constexpr (std::is_same_v<Norm, post_norm>) {
-            const auto h2 = output_dense.forward_fused(ctx, g, add_rows(n));  // n1 + out(...)
-            return norm2.forward(ctx, h2);
-        } else {
-            return output_dense.forward_fused(ctx, g, add_rows(h1));  // h1 + out(...)
-        }
+        const auto h = intermediate.forward(ctx, n);  // (rows, F)
+        // out(act(h)) + r, the activation in bf16 alone where ffn_in_bf16 says
+        auto down = [&](view<const T, shape<dynamic, C>, D> r) {
+            if constexpr (ffn_bf16_capable)
+                if (ffn_in_bf16(ctx))
+                    return output_dense.forward_fused(ctx, activation.forward_bf16(ctx, h),
+                                                      add_rows(r));
+            return output_dense.forward_fused(ctx, activation.forward(ctx, h), add_rows(r));
+        };
+        if constexpr (std::is_same_v<Norm, post_norm>)
+            return norm2.forward(ctx, down(n));  // LN2(n1 + out(...))
+        else
+            return down(h1);  // h1 + out(...)
     }
 
     // The FFN activation for act: built from it, or checked against the type's fixed function.

@@ -3,6 +3,7 @@
 // (LayerNorm before each sublayer). Residuals are written out as plain code.
 #pragma once
 
+#include <concepts>
 #include <span>
 #include <string_view>
 
@@ -293,9 +294,7 @@ class encoder_block {
             const auto ad = attention_dropout.forward(ctx, attention_dense.forward(ctx, attend(x)));
             ops::residual_add(h1_, residual, ad);
             const auto n1 = norm1.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n1))));
+            const auto f = output_dropout.forward(ctx, ffn_forward(ctx, n1));
             ops::residual_add(h2_, n1, f);
             out_ = norm2.forward(ctx, h2_.view());
         } else {
@@ -304,13 +303,45 @@ class encoder_block {
                 ctx, attention_dense.forward(ctx, attend(unflat(n1, B, Tn))));
             ops::residual_add(h1_, residual, ad);
             const auto n2 = norm2.forward(ctx, h1_.view());
-            const auto f = output_dropout.forward(
-                ctx,
-                output_dense.forward(ctx, activation.forward(ctx, intermediate.forward(ctx, n2))));
+            const auto f = output_dropout.forward(ctx, ffn_forward(ctx, n2));
             ops::residual_add(h2_, h1_, f);
             out_ = h2_.view();
         }
         return out_;
+    }
+
+    using out_projection = typename Parts::template projection<F, C>;  // output_dense's type
+    // Whether the activation and the output projection can keep the FFN activation in bf16
+    // alone (hidden_activation::forward_bf16 and linear's bf16 input: float on the CPU)
+    static constexpr bool ffn_bf16_capable =
+        requires(context & c, Act& a, out_projection& o, view<const T, shape<dynamic, F>, D> h,
+                 view<const T, shape<dynamic, C>, D> r) {
+        o.forward(c, a.forward_bf16(c, h));
+        o.forward_fused(c, a.forward_bf16(c, h), ops::add_residual{r});
+        { o.forward_precision(c) == precision::bf16 } -> std::convertible_to<bool>;
+        { a.keeps_input_only() && o.takes_bf16_input() } -> std::convertible_to<bool>;
+    };
+
+    // Whether this forward keeps the FFN activation in bf16 alone: the output projection's
+    // product runs in bf16, the activation's backward reads its input only (not tanh), and the
+    // projection takes a bf16 input (no active LoRA adapter). The same values either way: the
+    // projection's product and its weight gradient's read the activation rounded to bf16.
+    bool ffn_in_bf16(const context& ctx) const {
+        if constexpr (ffn_bf16_capable)
+            return output_dense.forward_precision(ctx) == precision::bf16 &&
+                   activation.keeps_input_only() && output_dense.takes_bf16_input();
+        else
+            return false;
+    }
+
+    // out(act(inter(n))) (rows, C), keeping what backward needs; the activation in bf16 alone
+    // where ffn_in_bf16 says
+    view<const T, shape<dynamic, C>, D> ffn_forward(context& ctx,
+                                                    view<const T, shape<dynamic, C>, D> n) {
+        const auto h = intermediate.forward(ctx, n);  // (rows, F)
+        if constexpr (ffn_bf16_capable)
+            if (ffn_in_bf16(ctx)) return output_dense.forward(ctx, activation.forward_bf16(ctx, h));
+        return output_dense.forward(ctx, activation.forward(ctx, h));
     }
 
     // Prepared inference after the attention: a (rows, C) attention output and the residual
@@ -326,13 +357,19 @@ class encoder_block {
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
-        const auto g = activation.forward(ctx, intermediate.forward(ctx, n));
-        if constexpr (std::is_same_v<Norm, post_norm>) {
-            const auto h2 = output_dense.forward_fused(ctx, g, add_rows(n));  // n1 + out(...)
-            return norm2.forward(ctx, h2);
-        } else {
-            return output_dense.forward_fused(ctx, g, add_rows(h1));  // h1 + out(...)
-        }
+        const auto h = intermediate.forward(ctx, n);  // (rows, F)
+        // out(act(h)) + r, the activation in bf16 alone where ffn_in_bf16 says
+        auto down = [&](view<const T, shape<dynamic, C>, D> r) {
+            if constexpr (ffn_bf16_capable)
+                if (ffn_in_bf16(ctx))
+                    return output_dense.forward_fused(ctx, activation.forward_bf16(ctx, h),
+                                                      add_rows(r));
+            return output_dense.forward_fused(ctx, activation.forward(ctx, h), add_rows(r));
+        };
+        if constexpr (std::is_same_v<Norm, post_norm>)
+            return norm2.forward(ctx, down(n));  // LN2(n1 + out(...))
+        else
+            return down(h1);  // h1 + out(...)
     }
 
     // The FFN activation for act: built from it, or checked against the type's fixed function.

@@ -31,8 +31,31 @@ class hidden_activation {
         x_ = x;
         y_.resize(x.shape());
         ops::activate(kind, y_, x);
+        output_bf16_ = false;
         return y_.view();
     }
+
+    /// y = f(x) rounded to bf16 and kept only so (CPU; f other than tanh, whose backward reads
+    /// y): for an output that only bf16 products read, which round it so anyway (the FFN's
+    /// activation in a bf16 training step: half the bytes written and read). Saves x; backward
+    /// is forward()'s.
+    view<const bf16, shape<dynamic, C>, D> forward_bf16(context&, input_view x) requires
+        std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (!keeps_input_only())
+            throw error(errc::invalid_argument, "hidden_activation::forward_bf16",
+                        "tanh's backward reads its output: use forward()");
+        x_ = x;
+        yb_.resize(x.shape());
+        ops::activate(kind, yb_, x);
+        output_bf16_ = true;
+        return yb_.view();
+    }
+
+    /// Whether the last forward kept its output in bf16 alone (forward_bf16).
+    bool output_in_bf16() const noexcept { return output_bf16_; }
+
+    /// Whether backward reads the input alone (every function but tanh): forward_bf16 applies.
+    bool keeps_input_only() const noexcept { return kind != ops::activation::tanh; }
 
     /// dx += f'(x) dy (grad_write::overwrite: dx =; nothing when dx is empty).
     void backward(context&, output_view dy, d_input_view dx,
@@ -51,8 +74,10 @@ class hidden_activation {
     void visit_parameters(std::string_view, Fn&&) {}
 
   private:
-    input_view x_;                       // the last forward's input
-    buffer<T, shape<dynamic, C>, D> y_;  // (N, C) output
+    input_view x_;                           // the last forward's input
+    buffer<T, shape<dynamic, C>, D> y_;      // (N, C) output
+    buffer<bf16, shape<dynamic, C>, D> yb_;  // (N, C) output in bf16 (forward_bf16)
+    bool output_bf16_ = false;               // the last forward wrote yb_ instead of y_
 };
 
 /// y = f(x) element-wise over (N, C) with f fixed by the type: F is ops::activation::gelu

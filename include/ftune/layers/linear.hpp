@@ -23,6 +23,7 @@ class linear {
     using input_view = view<const T, shape<dynamic, In>, D>;    ///< x: (N, In)
     using output_view = view<const T, shape<dynamic, Out>, D>;  ///< y: (N, Out)
     using d_input_view = view<T, shape<dynamic, In>, D>;        ///< dx: (N, In), accumulated into
+    using bf16_input_view = view<const bf16, shape<dynamic, In>, D>;  ///< x kept in bf16: (N, In)
 
     static constexpr bool has_bias = Bias;   ///< false: y = x Wᵀ (Llama's projections)
     parameter<T, shape<Out, In>, D> weight;  ///< W (Out, In), Hugging Face's layout
@@ -45,6 +46,7 @@ class linear {
     /// bf16 too (dx with W packed once more, dW from dy and x rounded); the sums stay fp32.
     output_view forward(context& ctx, input_view x) {
         x_ = x;
+        input_bf16_ = false;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
         precision_ = prepared_ ? packed_.precision() : ctx.precision;
@@ -63,6 +65,31 @@ class linear {
         return y_.view();
     }
 
+    /// y = x Wᵀ + b for an x kept in bf16 (an activation that only bf16 products read: the FFN's
+    /// in a bf16 training step), in precision bf16 (ctx.precision, or prepared in bf16) on the
+    /// CPU: forward()'s values for x as floats, bit for bit, with x's words read in place instead
+    /// of rounded, and kept for backward's dW (whose product rounds x so anyway).
+    output_view forward(context& ctx, bf16_input_view x) requires std::is_same_v<T, float> &&
+        std::is_same_v<D, device::cpu> {
+        const precision p = forward_precision(ctx);
+        if (ctx.training()) prepared_ = false;
+        if (p != precision::bf16)
+            throw error(errc::invalid_argument, "linear::forward",
+                        "an input kept in bf16 is multiplied in precision::bf16 only; pass it as "
+                        "floats, or run in bf16");
+        xb_ = x;
+        input_bf16_ = true;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = p;
+        frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
+        if (!prepared_ && !frozen_packed_) weight_changed();  // packed once per forward, as above
+        packed_product(x, ops::no_epilogue{});
+        return y_.view();
+    }
+
+    /// Whether forward takes an input kept in bf16 (always: lora_linear's may not).
+    bool takes_bf16_input() const noexcept { return true; }
+
     /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then the
     /// epilogue (ops::add_residual: + r, a residual connection) as each tile of y is stored.
     /// Needs prepare_inference() and eval mode; keeps nothing for backward.
@@ -73,10 +100,34 @@ class linear {
                         "runs on a layer prepared for inference (prepare_inference()), in eval "
                         "mode");
         x_ = x;
+        input_bf16_ = false;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
         precision_ = packed_.precision();
         packed_product(x, epilogue);
         return y_.view();
+    }
+
+    /// forward_fused for an x kept in bf16 (on a layer prepared in bf16, on the CPU): the values
+    /// for x as floats, bit for bit, with x's words read in place instead of rounded.
+    template <class Epilogue>
+    output_view forward_fused(context& ctx, bf16_input_view x, Epilogue epilogue) requires
+        std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (ctx.training() || !prepared_ || packed_.precision() != precision::bf16)
+            throw error(errc::invalid_argument, "linear::forward_fused",
+                        "an input kept in bf16 runs on a layer prepared for inference in bf16 "
+                        "(prepare_inference(precision::bf16)), in eval mode");
+        xb_ = x;
+        input_bf16_ = true;
+        y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = precision::bf16;
+        packed_product(x, epilogue);
+        return y_.view();
+    }
+
+    /// The precision of a forward's product in ctx: prepare_inference()'s in eval mode after it,
+    /// else ctx.precision.
+    precision forward_precision(const context& ctx) const noexcept {
+        return !ctx.training() && prepared_ ? packed_.precision() : ctx.precision;
     }
 
     /// Packs W once for inference: from now on eval-mode forwards skip the per-call packing of
@@ -96,21 +147,17 @@ class linear {
 
     /// dW += dyᵀ x, db += Σ dy (trainable parameters only), and dx += dy W unless dx is empty
     /// (with W's packed copy when the forward found it frozen, or ran in bf16), in the
-    /// forward's precision; grad_write::overwrite: dx = dy W, its old content not read.
+    /// forward's precision (x as the forward took it: floats, or kept in bf16);
+    /// grad_write::overwrite: dx = dy W, its old content not read.
     void backward(context&, output_view dy, d_input_view dx,
                   grad_write w = grad_write::accumulate) {
-        bool bias_done = false;  // summed in the weight gradient's pass over dy
-        if constexpr (Bias)
-            if (weight.trainable && bias.trainable) {
-                ops::weight_and_bias_gradients(dy, x_, weight.gradient(), bias.gradient(),
-                                               precision_);
-                bias_done = true;
-            }
-        if (weight.trainable && !bias_done)
-            ops::matmul<transpose::yes, transpose::no>(dy, x_, weight.gradient(), T(1), T(1),
-                                                       precision_);
-        if constexpr (Bias)
-            if (bias.trainable && !bias_done) ops::bias_backward(bias.gradient(), dy);
+        if constexpr (std::is_same_v<D, device::cpu> && std::is_same_v<T, float>)
+            if (input_bf16_)
+                parameter_gradients(dy, xb_);
+            else
+                parameter_gradients(dy, x_);
+        else
+            parameter_gradients(dy, x_);
         if (dx.empty()) return;
         if (!frozen_packed_ && precision_ == precision::fp32)
             return ops::matmul(dy, weight.value, dx, T(1),
@@ -150,12 +197,29 @@ class linear {
     }
 
   protected:
+    // dW += dyᵀ x and db += Σ dy for the parameters that train, in precision_
+    template <class X>
+    void parameter_gradients(output_view dy, const X& x) {
+        bool bias_done = false;  // summed in the weight gradient's pass over dy
+        if constexpr (Bias)
+            if (weight.trainable && bias.trainable) {
+                ops::weight_and_bias_gradients(dy, x, weight.gradient(), bias.gradient(),
+                                               precision_);
+                bias_done = true;
+            }
+        if (weight.trainable && !bias_done)
+            ops::matmul<transpose::yes, transpose::no>(dy, x, weight.gradient(), T(1), T(1),
+                                                       precision_);
+        if constexpr (Bias)
+            if (bias.trainable && !bias_done) ops::bias_backward(bias.gradient(), dy);
+    }
+
     // Marks the packed copies of W stale: the next use packs W again.
     void weight_changed() noexcept { packed_current_ = packed_d_current_ = false; }
 
     // y_ = epilogue(x Wᵀ + b) with the packed W (packed again first when a visit made it stale)
-    template <class Epilogue>
-    void packed_product(input_view x, Epilogue epilogue) {
+    template <class X, class Epilogue>  // X: input_view, or bf16_input_view
+    void packed_product(X x, Epilogue epilogue) {
         if (x.extent(1) != in_features())
             throw error(errc::shape_mismatch, "linear",
                         ftune::detail::cat("input has ", x.extent(1),
@@ -177,7 +241,9 @@ class linear {
     bool packed_d_current_ = false;          // packed_d_ holds the current W
     bool frozen_packed_ = false;             // the last forward: training with W frozen and packed
     precision precision_ = precision::fp32;  // the last forward's (and backward's)
-    input_view x_;                           // the last forward's input
+    input_view x_;                           // the last forward's input (as floats)
+    bf16_input_view xb_;                     // the last forward's input, when kept in bf16
+    bool input_bf16_ = false;                // the last forward took xb_ instead of x_
     buffer<T, shape<dynamic, Out>, D> y_;    // (N, Out) output workspace
 };
 

@@ -125,6 +125,17 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         return y;
     }
 
+    /// linear's forward for an x kept in bf16, without an active adapter (takes_bf16_input():
+    /// the adapter's products read x as floats).
+    output_view forward(context& ctx, typename base::bf16_input_view x) requires
+        std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (active())
+            throw error(errc::invalid_argument, "lora_linear::forward",
+                        "a layer with an active adapter takes its input as floats");
+        return base::forward(ctx, x);
+    }
+    /// Whether forward takes an input kept in bf16 (no active adapter).
+    bool takes_bf16_input() const noexcept { return !active(); }
     /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term. The
     /// epilogues that the blocks use add (a residual), so the order of the sum does not matter.
     template <class Epilogue>
@@ -134,6 +145,17 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
         return y;
     }
 
+    /// linear's forward_fused for an x kept in bf16, without an active adapter
+    /// (takes_bf16_input()).
+    template <class Epilogue>
+    output_view forward_fused(
+        context& ctx, typename base::bf16_input_view x,
+        Epilogue epilogue) requires std::is_same_v<T, float> && std::is_same_v<D, device::cpu> {
+        if (active())
+            throw error(errc::invalid_argument, "lora_linear::forward_fused",
+                        "a layer with an active adapter takes its input as floats");
+        return base::forward_fused(ctx, x, epilogue);
+    }
     /// Adds the adapter's term s x Aᵀ Bᵀ to y (N, Out), whose rows are ld elements apart (a
     /// block of columns of a wider product: self_attention's packed q, k and v), in eval mode;
     /// nothing when no adapter is active (none, or merged).

@@ -651,6 +651,19 @@ void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, T al
     });
 }
 
+/// gemm_packed for an A kept in bf16 (a linear layer's input in a bf16 training step): the same
+/// result as its values as floats, with Bp packed in precision::bf16 (gemm_packed_bf16).
+template <class Epilogue = no_epilogue>
+void gemm_packed(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                 const bf16* A, std::size_t lda, const packed_b<float>& Bp, float beta, float* C,
+                 std::size_t ldc, const float* bias = nullptr, Epilogue epilogue = {}) {
+    if (Bp.precision() != ftune::precision::bf16)
+        throw error(errc::invalid_argument, "gemm_packed",
+                    "an A kept in bf16 multiplies a weight prepared in precision::bf16 only; "
+                    "prepare the weight in bf16");
+    gemm_packed_bf16(ta, M, N, K, alpha, A, lda, Bp.bf16(), beta, C, ldc, bias, epilogue);
+}
+
 /// `batch` independent GEMMs whose operands start stride_* elements apart (attention's per-head
 /// products). Batches run in parallel, each GEMM on one thread.
 template <scalar T>

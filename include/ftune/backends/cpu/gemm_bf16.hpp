@@ -29,6 +29,7 @@
 #include <cstring>
 #include <memory>
 #include <type_traits>
+#include <utility>
 
 #include "ftune/backends/common.hpp"
 #include "ftune/backends/cpu/cpu_info.hpp"
@@ -173,6 +174,25 @@ FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const float* r0, con
     }
 }
 
+/// The 16 bf16 values at r, each in the low half of a word (a lambda would lose the target).
+FTUNE_BF16_TARGET inline __m512i widen16(const bf16* r) {
+    static_assert(sizeof(bf16) == 2);
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+}
+
+/// pair_rows for rows already in bf16 (a linear layer's input kept in bf16): the same words,
+/// copied instead of rounded, 16 per step.
+FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const bf16* r0, const bf16* r1,
+                                        std::size_t n) {
+    std::size_t i = 0;
+    for (; i + W <= n; i += W)
+        _mm512_storeu_si512(
+            dst + i, r1 ? _mm512_or_si512(widen16(r0 + i), _mm512_slli_epi32(widen16(r1 + i), 16))
+                        : widen16(r0 + i));
+    for (; i < n; ++i)
+        dst[i] = std::uint32_t{r0[i].bits} | (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
+}
+
 /// dst[p] = pair(r[2p], r[2p + 1]) for the ⌈K/2⌉ pairs of a row (the odd K's last high half 0):
 /// 32 values to 16 words per step (the row's bf16 values in order).
 FTUNE_BF16_TARGET inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
@@ -274,6 +294,10 @@ FTUNE_BF16_TARGET inline void pack_a_transposed(std::uint32_t* dst, const float*
 // packed words there, but packing a weight in bf16 still works).
 inline void pair_rows(std::uint32_t* dst, const float* r0, const float* r1, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) dst[i] = pair(r0[i], r1 ? r1[i] : 0.0f);
+}
+inline void pair_rows(std::uint32_t* dst, const bf16* r0, const bf16* r1, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+        dst[i] = std::uint32_t{r0[i].bits} | (r1 ? std::uint32_t{r1[i].bits} << 16 : 0u);
 }
 inline void pair_adjacent(std::uint32_t* dst, const float* r, std::size_t K) {
     for (std::size_t k = 0; k < K; k += 2) dst[k / 2] = pair(r[k], k + 1 < K ? r[k + 1] : 0.0f);
@@ -406,9 +430,9 @@ FTUNE_BF16_TARGET void pack_columns(std::uint32_t* dst, const float* B, std::siz
 
 /// Packs the P-column panel (P = NR, or the narrower panels of attention's outputs) of
 /// op(B)[k0:k0+kc, j0:j0+nr] (k0 even) as ⌈kc/2⌉ pairs of P words (columns past nr and the odd
-/// kc's last high half are zero).
-template <std::size_t P = NR>
-void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t k0,
+/// kc's last high half are zero). B may be kept in bf16 already (TB = bf16: its words copied).
+template <std::size_t P = NR, class TB = float>
+void pack_b_panel(std::uint32_t* dst, const TB* B, std::size_t ldb, transpose tb, std::size_t k0,
                   std::size_t kc, std::size_t j0, std::size_t nr) {
     const std::size_t kp = pairs(kc);
     if (tb == transpose::no) {  // op(B)(k, j) = B[k * ldb + j]: rows contiguous along j
@@ -416,9 +440,9 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
         // `ahead` pairs on are asked for while this one is packed
         constexpr std::size_t ahead = 8;
         for (std::size_t p = 0; p < kp; ++p) {
-            const float* r0 = B + (k0 + 2 * p) * ldb + j0;
+            const TB* r0 = B + (k0 + 2 * p) * ldb + j0;
             if (2 * (p + ahead) + 1 < kc)
-                for (std::size_t l = 0; l < nr; l += 16) {
+                for (std::size_t l = 0; l < nr; l += 64 / sizeof(TB)) {  // a line at a time
                     __builtin_prefetch(r0 + 2 * ahead * ldb + l, 0, 3);
                     __builtin_prefetch(r0 + (2 * ahead + 1) * ldb + l, 0, 3);
                 }
@@ -426,6 +450,15 @@ void pack_b_panel(std::uint32_t* dst, const float* B, std::size_t ldb, transpose
             pair_rows(d, r0, 2 * p + 1 < kc ? r0 + ldb : nullptr, nr);
             std::fill(d + nr, d + P, 0u);
         }
+    } else if constexpr (std::is_same_v<TB, bf16>) {  // op(B)(k, j) = B[j * ldb + k], copied
+        for (std::size_t p = 0; p < kp; ++p)
+            for (std::size_t j = 0; j < P; ++j) {
+                const bf16* c = B + (j0 + j) * ldb + k0 + 2 * p;
+                dst[p * P + j] = j >= nr
+                                     ? 0u
+                                     : std::uint32_t{c[0].bits} |
+                                           (2 * p + 1 < kc ? std::uint32_t{c[1].bits} << 16 : 0u);
+            }
     } else {  // op(B)(k, j) = B[j * ldb + k] (x Wᵀ, W stored [out, in]): a column's pairs adjacent
 #if FTUNE_HAS_BF16_KERNELS
         if constexpr (P % W == 0) return pack_columns<P>(dst, B, ldb, k0, kc, j0, nr);
@@ -473,8 +506,10 @@ inline std::size_t b_words(std::size_t K, std::size_t N) noexcept {
 }
 
 /// Packs op(B) (K x N) into dst in the b_layout of depth blocks kc (even) and column blocks nc.
-inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb, std::size_t K,
-                   std::size_t N, std::size_t kc, std::size_t nc) {
+/// B may be kept in bf16 already (TB = bf16: the same words, copied instead of rounded).
+template <class TB>
+void pack_b(std::uint32_t* dst, const TB* B, std::size_t ldb, transpose tb, std::size_t K,
+            std::size_t N, std::size_t kc, std::size_t nc) {
     if (tb == transpose::no) {
         // op(B) = B (a weight gradient's activations): each pair of rows is read once, whole
         // and in order, and its words go to every panel; panel by panel, the rows were read in
@@ -485,8 +520,8 @@ inline void pack_b(std::uint32_t* dst, const float* B, std::size_t ldb, transpos
             [&](std::size_t p0, std::size_t p1) {
                 for (std::size_t p = p0; p < p1; ++p) {
                     const std::size_t pc = 2 * p / kc * kc, kp = pairs(std::min(kc, K - pc));
-                    const float* r0 = B + 2 * p * ldb;
-                    const float* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
+                    const TB* r0 = B + 2 * p * ldb;
+                    const TB* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
                     for (std::size_t jc = 0; jc < N; jc += nc) {
                         const std::size_t ncur = std::min(nc, N - jc),
                                           panels = (ncur + NR - 1) / NR;
@@ -796,8 +831,9 @@ inline constexpr bool narrow_panels(std::size_t N) noexcept {
 /// op(B) (K x N) as ⌈N / NR2⌉ panels of NR2 columns, one depth block: panel q holds ⌈K/2⌉
 /// pairs of NR2 words from dst + q ⌈K/2⌉ NR2 (fewer words than b_words(K, N) when
 /// narrow_panels(N)).
-inline void pack_narrow(std::uint32_t* dst, const float* B, std::size_t ldb, transpose tb,
-                        std::size_t K, std::size_t N) {
+template <class TB>  // float, or bf16 (B kept in bf16: its words copied)
+void pack_narrow(std::uint32_t* dst, const TB* B, std::size_t ldb, transpose tb, std::size_t K,
+                 std::size_t N) {
     for (std::size_t q = 0, j = 0; j < N; ++q, j += NR2)
         pack_b_panel<NR2>(dst + q * pairs(K) * NR2, B, ldb, tb, 0, K, j, std::min(NR2, N - j));
 }
@@ -872,15 +908,41 @@ class packed_b_bf16 {
     std::size_t cap_ = 0, K_ = 0, N_ = 0, kc_ = 0, nc_ = 0;
 };
 
+namespace bf16_detail {
+/// An operand type of the bf16 products: float (rounded as packed), or bf16 (kept so already).
+template <class T>
+concept operand = std::is_same_v<T, float> || std::is_same_v<T, bf16>;
+
+/// op(A) (M x K) as run() reads it: {words, a_ld}. A row-major A kept in bf16 with K and lda even
+/// is read in place (a_ld = lda / 2); any other A is packed by pack_a into scratch 0 (a_ld ⌈K/2⌉
+/// for a row-major A, 0 for tiles), adding op(A)'s row sums to sums when given (float A only).
+template <class TA>
+std::pair<const std::uint32_t*, std::size_t> a_words(const TA* A, std::size_t lda, transpose ta,
+                                                     std::size_t M, std::size_t K,
+                                                     float* sums = nullptr) {
+    if constexpr (std::is_same_v<TA, bf16>)
+        if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
+            return {reinterpret_cast<const std::uint32_t*>(A), lda / 2};
+    std::uint32_t* dst =
+        detail::scratch<std::uint32_t, 0>((M + MR - 1) / MR * MR * pairs(K));  // whole tiles
+    if constexpr (std::is_same_v<TA, float>)
+        pack_a(dst, A, lda, ta, M, K, sums);
+    else
+        pack_a(dst, A, lda, ta, M, K);
+    return {dst, ta == transpose::no ? pairs(K) : 0};
+}
+}  // namespace bf16_detail
+
 /// C(M,N) = alpha * op(A)(M,K) * Bp + beta * C (+ bias(N) on every row), then epilogue(c, ldc,
 /// row0, rows, col0, cols) on each finished tile (gemm_packed's contract), with op(A) rounded to
-/// bf16 and Bp packed by packed_b_bf16; fp32 sums. Throws errc::unsupported where
+/// bf16 and Bp packed by packed_b_bf16; fp32 sums. A may be kept in bf16 already (TA = bf16: a
+/// linear layer's input in a bf16 training step), which gives the same result as its values as
+/// floats; a row-major one with K and lda even is read in place. Throws errc::unsupported where
 /// bf16_supported() is false.
-template <class Epilogue = bf16_detail::none>
+template <class Epilogue = bf16_detail::none, bf16_detail::operand TA = float>
 void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K, float alpha,
-                      const float* A, std::size_t lda, const packed_b_bf16& Bp, float beta,
-                      float* C, std::size_t ldc, const float* bias = nullptr,
-                      Epilogue epilogue = {}) {
+                      const TA* A, std::size_t lda, const packed_b_bf16& Bp, float beta, float* C,
+                      std::size_t ldc, const float* bias = nullptr, Epilogue epilogue = {}) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_packed_bf16");
     if (Bp.rows() != K || Bp.cols() != N)
         throw error(errc::shape_mismatch, "gemm_packed_bf16",
@@ -889,25 +951,22 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
-    std::uint32_t* apack = detail::scratch<std::uint32_t, 0>(
-        (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-    bf16_detail::pack_a(apack, A, lda, ta, M, K);
-    bf16_detail::run(M, N, K, alpha, apack, ta == transpose::no ? bf16_detail::pairs(K) : 0,
-                     Bp.layout(), beta, C, ldc, bias, epilogue, bf16_detail::threads_for(M, N, K));
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K);
+    bf16_detail::run(M, N, K, alpha, apack, a_ld, Bp.layout(), beta, C, ldc, bias, epilogue,
+                     bf16_detail::threads_for(M, N, K));
 }
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
 /// fp32 sums (BLAS's contract otherwise: beta == 0 ignores C's previous content). Both operands
-/// are converted per call (the products of activations: a weight's gradient, attention). A may
-/// be kept in bf16 already (TA = bf16: the attention activations of a bf16 training step), which
-/// gives the same result as its values as floats; a row-major one with K and lda even is read in
-/// place. With a_sums (op(A) = Aᵀ, A in float) the pass that packs A also adds each row of op(A)
-/// summed over k = 0, 1, ... in order to a_sums (M): a weight's gradient dyᵀ x and its bias's
-/// Σ dy from one read of dy (bias_backward's values, bit for bit).
-template <class TA>
-requires std::is_same_v<TA, float> || std::is_same_v<TA, bf16>
+/// are converted per call (the products of activations: a weight's gradient, attention). Either
+/// may be kept in bf16 already (TA, TB = bf16: the activations a bf16 training step keeps in
+/// bf16), which gives the same result as its values as floats; a row-major A with K and lda
+/// even is read in place. With a_sums (op(A) = Aᵀ, A in float) the pass that packs A also adds
+/// each row of op(A) summed over k = 0, 1, ... in order to a_sums (M): a weight's gradient dyᵀ x
+/// and its bias's Σ dy from one read of dy (bias_backward's values, bit for bit).
+template <bf16_detail::operand TA, bf16_detail::operand TB = float>
 void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
-               const TA* A, std::size_t lda, const float* B, std::size_t ldb, float beta, float* C,
+               const TA* A, std::size_t lda, const TB* B, std::size_t ldb, float beta, float* C,
                std::size_t ldc, float* a_sums = nullptr) {
     if (!bf16_supported()) throw bf16_detail::unsupported("gemm_bf16");
     if (a_sums && (ta == transpose::no || !std::is_same_v<TA, float>))
@@ -934,21 +993,7 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
         bf16_detail::pack_narrow(bpack, B, ldb, tb, K, N);
     else
         bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    // A's words: in place when A is bf16 with its pairs already adjacent, else packed (rounded)
-    const std::uint32_t* apack = nullptr;
-    std::size_t a_ld = ta == transpose::no ? bf16_detail::pairs(K) : 0;
-    if constexpr (std::is_same_v<TA, bf16>)
-        if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
-            apack = reinterpret_cast<const std::uint32_t*>(A), a_ld = lda / 2;
-    if (!apack) {
-        std::uint32_t* dst = detail::scratch<std::uint32_t, 0>(
-            (M + bf16_detail::MR - 1) / bf16_detail::MR * bf16_detail::MR * bf16_detail::pairs(K));
-        if constexpr (std::is_same_v<TA, float>)
-            bf16_detail::pack_a(dst, A, lda, ta, M, K, a_sums);
-        else
-            bf16_detail::pack_a(dst, A, lda, ta, M, K);
-        apack = dst;
-    }
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, a_sums);
     if (narrow) return bf16_detail::run_narrow(M, N, K, alpha, apack, a_ld, bpack, beta, C, ldc);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
                      beta, C, ldc, nullptr, bf16_detail::none{}, nt);

@@ -280,6 +280,20 @@ void relu_forward(T* y, const T* x, std::size_t n) {
     detail::map_unary(y, x, n, [](B v) { return xsimd::select(v > B(T(0)), v, B(T(0))); });
 }
 
+/// y = f(x) rounded to bf16 (round_to: to nearest even) over n floats, f(out, in, m) writing m
+/// values of the activation in fp32: each chunk into a per-thread scratch (in L1), then rounded.
+/// For an activation whose only readers are bf16 products, which round it so anyway.
+template <class F>
+void map_to_bf16(bf16* y, const float* x, std::size_t n, F f) {
+    constexpr std::size_t chunk = 4096;  // under elementwise_grain: f runs on the calling thread
+    static_assert(chunk <= detail::elementwise_grain);
+    detail::parallel_for(n, chunk, [&](std::size_t i0, std::size_t i1) {
+        float* t = detail::scratch<float, 18>(chunk);
+        f(t, x + i0, i1 - i0);
+        bf16_detail::round_to(y + i0, t, i1 - i0);
+    });
+}
+
 /// dx += dy where x > 0 (0 at x = 0, as PyTorch).
 template <scalar T>
 void relu_backward(T* dx, const T* x, const T* dy, std::size_t n, bool overwrite = false) {
