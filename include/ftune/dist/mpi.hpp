@@ -1,6 +1,6 @@
 // dist::mpi_group: dist::group on MPI (Open MPI or MPICH; FTUNE_WITH_MPI, linking MPI::MPI_CXX).
-// Every collective is non-blocking underneath and waited for with a deadline, so a rank that
-// died or hangs gives errc::timeout naming it instead of a job that hangs forever.
+// Every collective is point-to-point messages underneath, waited for with a deadline, so a rank
+// that died or hangs gives errc::timeout naming it instead of a job that hangs forever.
 //
 // The ordered sum (start_sum) is a reduce-scatter then an all-gather, as a ring all-reduce
 // moves (2 (N - 1) / N of the vector in and out of each rank), but with the order fixed: rank j
@@ -139,36 +139,55 @@ class mpi_group final : public group {
         p.reset();
     }
 
+    // all_gather, broadcast and barrier are point-to-point messages (every rank to every rank,
+    // or the root to every rank) rather than MPI's non-blocking collectives, whose requests do
+    // not say which rank is missing: a timeout then names the ranks whose messages have not
+    // arrived or left. The trainer gathers a few doubles a step, so the N (N - 1) messages of
+    // an all-gather cost nothing next to the gradients' sum.
+
     std::vector<double> all_gather(std::span<const double> x) override {
-        if (x.size() > std::size_t(INT_MAX))
+        const std::size_t n = x.size();
+        if (n > std::size_t(INT_MAX))
             throw error(errc::unsupported, "dist::mpi_group::all_gather", "over 2^31 values");
-        std::vector<double> out(x.size() * size_);
-        MPI_Request req = MPI_REQUEST_NULL;
-        check(MPI_Iallgather(x.data(), int(x.size()), MPI_DOUBLE, out.data(), int(x.size()),
-                             MPI_DOUBLE, comm_, &req),
-              "MPI_Iallgather");
-        wait_one(req, "an all-gather");
+        std::vector<double> out(n * size_);
+        std::copy(x.begin(), x.end(), out.begin() + std::ptrdiff_t(rank_ * n));
+        exchange e(*this, "an all-gather");
+        for (std::size_t j = 0; j < size_; ++j)
+            if (j != rank_) {
+                e.receive(out.data() + j * n, n, MPI_DOUBLE, j);
+                e.send(out.data() + rank_ * n, n, MPI_DOUBLE, j);
+            }
+        e.wait(out);
         return out;
     }
 
     void broadcast(std::vector<char>& b, std::size_t root = 0) override {
-        std::uint64_t n = b.size();
-        MPI_Request req = MPI_REQUEST_NULL;
-        check(MPI_Ibcast(&n, 1, MPI_UINT64_T, int(root), comm_, &req), "MPI_Ibcast");
-        wait_one(req, "a broadcast");
+        std::vector<std::uint64_t> size(1, b.size());  // the root's size first
+        {
+            exchange e(*this, "a broadcast");
+            e.from_root(size.data(), 1, MPI_UINT64_T, root);
+            e.wait(size);
+        }
+        const std::uint64_t n = size[0];
         b.resize(n);
         for (std::uint64_t at = 0; at < n;) {  // in pieces an int counts
-            const int part = int(std::min<std::uint64_t>(n - at, 1u << 30));
-            check(MPI_Ibcast(b.data() + at, part, MPI_CHAR, int(root), comm_, &req), "MPI_Ibcast");
-            wait_one(req, "a broadcast");
-            at += std::uint64_t(part);
+            const std::size_t part = std::size_t(std::min<std::uint64_t>(n - at, 1u << 30));
+            exchange e(*this, "a broadcast");
+            e.from_root(b.data() + at, part, MPI_CHAR, root);
+            e.wait(b);
+            at += part;
         }
     }
 
     void barrier() override {
-        MPI_Request req = MPI_REQUEST_NULL;
-        check(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
-        wait_one(req, "a barrier");
+        std::vector<char> flags(size_);  // one byte from every rank to every rank
+        exchange e(*this, "a barrier");
+        for (std::size_t j = 0; j < size_; ++j)
+            if (j != rank_) {
+                e.receive(flags.data() + j, 1, MPI_CHAR, j);
+                e.send(flags.data() + rank_, 1, MPI_CHAR, j);
+            }
+        e.wait(flags);
     }
 
     [[noreturn]] void abort(int code) override {
@@ -345,21 +364,73 @@ class mpi_group final : public group {
         }
     }
 
-    void wait_one(MPI_Request& req, const char* what) {
-        struct strand_on_throw {  // a collective abandoned by a timeout: abort at the end
-            int n = std::uncaught_exceptions();
-            ~strand_on_throw() {
-                if (std::uncaught_exceptions() > n) ++detail::stranded_collectives;
+    // The messages of one collective (all_gather, broadcast, barrier) under one tag, and the
+    // rank each request exchanges with.
+    class exchange {
+      public:
+        exchange(mpi_group& g, const char* what) : g_(g), what_(what), tag_(g.next_tag()) {}
+        // Receives n values of type t from rank `from` into p.
+        void receive(void* p, std::size_t n, MPI_Datatype t, std::size_t from) {
+            add(from);
+            g_.check(MPI_Irecv(p, int(n), t, int(from), tag_, g_.comm_, &reqs_.back()),
+                     "MPI_Irecv");
+        }
+        // Sends n values of type t at p to rank `to`.
+        void send(const void* p, std::size_t n, MPI_Datatype t, std::size_t to) {
+            add(to);
+            g_.check(MPI_Isend(p, int(n), t, int(to), tag_, g_.comm_, &reqs_.back()), "MPI_Isend");
+        }
+        // The root sends p to every rank; the others receive it from the root.
+        void from_root(void* p, std::size_t n, MPI_Datatype t, std::size_t root) {
+            if (g_.rank_ != root) return receive(p, n, t, root);
+            for (std::size_t j = 0; j < g_.size_; ++j)
+                if (j != root) send(p, n, t, j);
+        }
+        // Waits for every message with the deadline, naming the ranks still pending on a
+        // timeout. A collective abandoned so is never completed: the job aborts at the end
+        // (detail::stranded_collectives), and `buffer`, which pending messages may still write
+        // into, is leaked rather than freed under them.
+        template <class Buffer>
+        void wait(Buffer& buffer) {
+            try {
+                g_.wait_until(
+                    [&] {
+                        bool all = true;
+                        for (auto& r : reqs_) {
+                            if (r == MPI_REQUEST_NULL) continue;
+                            int done = 0;
+                            g_.check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+                            all = all && done;
+                        }
+                        return all;
+                    },
+                    [&] {
+                        std::vector<std::size_t> out;
+                        for (std::size_t k = 0; k < reqs_.size(); ++k)
+                            if (reqs_[k] != MPI_REQUEST_NULL &&
+                                std::find(out.begin(), out.end(), peers_[k]) == out.end())
+                                out.push_back(peers_[k]);
+                        return out;
+                    },
+                    what_);
+            } catch (...) {
+                ++detail::stranded_collectives;
+                new Buffer(std::move(buffer));  // leaked on purpose: the job aborts
+                throw;
             }
-        } guard;
-        wait_until(
-            [&] {
-                int done = 0;
-                check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
-                return done != 0;
-            },
-            [] { return std::vector<std::size_t>{}; }, what);
-    }
+        }
+
+      private:
+        void add(std::size_t peer) {
+            reqs_.push_back(MPI_REQUEST_NULL);
+            peers_.push_back(peer);
+        }
+        mpi_group& g_;
+        const char* what_;
+        int tag_;
+        std::vector<MPI_Request> reqs_;   // the messages' requests (null once complete)
+        std::vector<std::size_t> peers_;  // the rank of each request
+    };
 
     std::vector<ordered_sum_op*> live_;  // the sums in flight
     MPI_Comm comm_ = MPI_COMM_NULL;
