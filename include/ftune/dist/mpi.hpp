@@ -249,14 +249,7 @@ class mpi_group final : public group {
         }
 
         // The ranks whose messages have not arrived or left yet.
-        std::vector<std::size_t> missing() const {
-            std::vector<std::size_t> out;
-            for (std::size_t k = 0; k < reqs_.size(); ++k)
-                if (reqs_[k] != MPI_REQUEST_NULL &&
-                    std::find(out.begin(), out.end(), peers_[k]) == out.end())
-                    out.push_back(peers_[k]);
-            return out;
-        }
+        std::vector<std::size_t> missing() const { return pending_peers(reqs_, peers_); }
 
         // Requests still pending (only after a timeout, when the job is about to abort) are
         // left to MPI, and their buffers leaked rather than freed under a late message.
@@ -327,6 +320,17 @@ class mpi_group final : public group {
         std::vector<std::size_t> peers_;         // the rank of each request
         std::vector<int> expected_;              // a receive's count (-1: a send)
     };
+
+    // The ranks of the requests still pending (peers[k]: request k's), each once.
+    static std::vector<std::size_t> pending_peers(const std::vector<MPI_Request>& reqs,
+                                                  const std::vector<std::size_t>& peers) {
+        std::vector<std::size_t> out;
+        for (std::size_t k = 0; k < reqs.size(); ++k)
+            if (reqs[k] != MPI_REQUEST_NULL &&
+                std::find(out.begin(), out.end(), peers[k]) == out.end())
+                out.push_back(peers[k]);
+        return out;
+    }
 
     // A tag per sum: messages of two sums in flight never mix (MPI keeps each pair's order).
     int next_tag() {
@@ -404,15 +408,7 @@ class mpi_group final : public group {
                         }
                         return all;
                     },
-                    [&] {
-                        std::vector<std::size_t> out;
-                        for (std::size_t k = 0; k < reqs_.size(); ++k)
-                            if (reqs_[k] != MPI_REQUEST_NULL &&
-                                std::find(out.begin(), out.end(), peers_[k]) == out.end())
-                                out.push_back(peers_[k]);
-                        return out;
-                    },
-                    what_);
+                    [&] { return pending_peers(reqs_, peers_); }, what_);
             } catch (...) {
                 ++detail::stranded_collectives;
                 new Buffer(std::move(buffer));  // leaked on purpose: the job aborts
