@@ -23,7 +23,15 @@ int main(int argc, char** argv) {
         g.set_timeout(std::chrono::milliseconds(60000));
         MPI_Barrier(MPI_COMM_WORLD);  // MPI's own: the group's is one of the checks
         auto run = [&] {
-            if (op == 0) g.all_gather(std::vector<double>{double(me), 1.0});
+            if (op == 0) {
+                const auto all = g.all_gather(std::vector<double>{double(me), 1.0});
+                for (std::size_t r = 0; r < N; ++r)
+                    if (all.at(2 * r) != double(r) || all.at(2 * r + 1) != 1.0) {
+                        std::fprintf(stderr, "rank %zu: FAILED: the all-gather's values\n", me);
+                        ++failures;
+                        break;
+                    }
+            }
             if (op == 1) g.barrier();
             if (op == 2) {
                 std::vector<char> b(me == late ? 5 : 0, 'x');
@@ -40,7 +48,7 @@ int main(int argc, char** argv) {
             run();  // completes: the others' messages were sent before they gave up
             continue;
         }
-        g.set_timeout(std::chrono::milliseconds(300));
+        g.set_timeout(std::chrono::milliseconds(2000));  // the other ranks' messages come first
         std::string what;
         try {
             run();
@@ -49,8 +57,8 @@ int main(int argc, char** argv) {
             what = e.what();
             if (e.id() != ftune::errc::timeout) what += " (not errc::timeout)";
         }
-        const std::string want =
-            std::string(names[op]) + " waited more than 300 ms for rank(s) " + std::to_string(late);
+        const std::string want = std::string(names[op]) + " waited more than 2000 ms for rank(s) " +
+                                 std::to_string(late);
         if (what.find(want) == std::string::npos || what.find("not errc") != std::string::npos) {
             std::fprintf(stderr, "rank %zu: FAILED: %s: \"%s\", not \"%s\"\n", me, names[op],
                          what.c_str(), want.c_str());

@@ -87,6 +87,8 @@ class mpi_group final : public group {
     explicit mpi_group(MPI_Comm comm = MPI_COMM_WORLD) {
         MPI_Comm_dup(comm, &comm_);
         MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+        MPI_Comm_dup(comm_, &coll_comm_);  // all_gather, broadcast, barrier: apart from the sums
+        MPI_Comm_set_errhandler(coll_comm_, MPI_ERRORS_RETURN);
         int r = 0, n = 0;
         MPI_Comm_rank(comm_, &r);
         MPI_Comm_size(comm_, &n);
@@ -101,7 +103,7 @@ class mpi_group final : public group {
         int done = 0;
         MPI_Finalized(&done);
         if (!done && std::uncaught_exceptions() == 0 && detail::stranded_collectives == 0)
-            MPI_Comm_free(&comm_);
+            MPI_Comm_free(&coll_comm_), MPI_Comm_free(&comm_);
     }
 
     std::size_t rank() const noexcept override { return rank_; }
@@ -143,7 +145,8 @@ class mpi_group final : public group {
     // or the root to every rank) rather than MPI's non-blocking collectives, whose requests do
     // not say which rank is missing: a timeout then names the ranks whose messages have not
     // arrived or left. The trainer gathers a few doubles a step, so the N (N - 1) messages of
-    // an all-gather cost nothing next to the gradients' sum.
+    // an all-gather cost nothing next to the gradients' sum. They run on a communicator of their
+    // own, so that their messages never match a sum's, even where ranks call different things.
 
     std::vector<double> all_gather(std::span<const double> x) override {
         const std::size_t n = x.size();
@@ -151,43 +154,46 @@ class mpi_group final : public group {
             throw error(errc::unsupported, "dist::mpi_group::all_gather", "over 2^31 values");
         std::vector<double> out(n * size_);
         std::copy(x.begin(), x.end(), out.begin() + std::ptrdiff_t(rank_ * n));
-        exchange e(*this, "an all-gather");
+        exchange e(*this, "an all-gather", next_collective_tag(), out);
         for (std::size_t j = 0; j < size_; ++j)
             if (j != rank_) {
                 e.receive(out.data() + j * n, n, MPI_DOUBLE, j);
                 e.send(out.data() + rank_ * n, n, MPI_DOUBLE, j);
             }
-        e.wait(out);
+        e.wait();
         return out;
     }
 
+    // (After a timeout, b's storage is left to the pending messages and b is empty: the job
+    // aborts.)
     void broadcast(std::vector<char>& b, std::size_t root = 0) override {
+        const int tag = next_collective_tag();         // one for the size and every piece, in order
         std::vector<std::uint64_t> size(1, b.size());  // the root's size first
         {
-            exchange e(*this, "a broadcast");
+            exchange e(*this, "a broadcast", tag, size);
             e.from_root(size.data(), 1, MPI_UINT64_T, root);
-            e.wait(size);
+            e.wait();
         }
         const std::uint64_t n = size[0];
         b.resize(n);
         for (std::uint64_t at = 0; at < n;) {  // in pieces an int counts
             const std::size_t part = std::size_t(std::min<std::uint64_t>(n - at, 1u << 30));
-            exchange e(*this, "a broadcast");
+            exchange e(*this, "a broadcast", tag, b);
             e.from_root(b.data() + at, part, MPI_CHAR, root);
-            e.wait(b);
+            e.wait();
             at += part;
         }
     }
 
     void barrier() override {
         std::vector<char> flags(size_);  // one byte from every rank to every rank
-        exchange e(*this, "a barrier");
+        exchange e(*this, "a barrier", next_collective_tag(), flags);
         for (std::size_t j = 0; j < size_; ++j)
             if (j != rank_) {
                 e.receive(flags.data() + j, 1, MPI_CHAR, j);
                 e.send(flags.data() + rank_, 1, MPI_CHAR, j);
             }
-        e.wait(flags);
+        e.wait();
     }
 
     [[noreturn]] void abort(int code) override {
@@ -368,21 +374,37 @@ class mpi_group final : public group {
         }
     }
 
-    // The messages of one collective (all_gather, broadcast, barrier) under one tag, and the
-    // rank each request exchanges with.
+    // The messages of one collective (all_gather, broadcast, barrier) on coll_comm_ under one
+    // tag, the rank each request exchanges with, and the count each receive expects. Buffer
+    // holds the storage the messages read and write: if the exchange ends with messages still
+    // pending (a timeout, an MPI error), that storage is leaked rather than freed under them and
+    // the collective counted as stranded (detail::stranded_collectives: the job aborts at the
+    // end).
+    template <class Buffer>
     class exchange {
       public:
-        exchange(mpi_group& g, const char* what) : g_(g), what_(what), tag_(g.next_tag()) {}
+        exchange(mpi_group& g, const char* what, int tag, Buffer& buffer)
+            : g_(g), what_(what), tag_(tag), buffer_(buffer) {}
+        exchange(const exchange&) = delete;
+        exchange& operator=(const exchange&) = delete;
+        ~exchange() {
+            if (std::all_of(reqs_.begin(), reqs_.end(),
+                            [](MPI_Request r) { return r == MPI_REQUEST_NULL; }))
+                return;
+            ++detail::stranded_collectives;
+            new Buffer(std::move(buffer_));  // leaked on purpose: the job aborts
+        }
         // Receives n values of type t from rank `from` into p.
         void receive(void* p, std::size_t n, MPI_Datatype t, std::size_t from) {
-            add(from);
-            g_.check(MPI_Irecv(p, int(n), t, int(from), tag_, g_.comm_, &reqs_.back()),
+            add(from, int(n), t);
+            g_.check(MPI_Irecv(p, int(n), t, int(from), tag_, g_.coll_comm_, &reqs_.back()),
                      "MPI_Irecv");
         }
         // Sends n values of type t at p to rank `to`.
         void send(const void* p, std::size_t n, MPI_Datatype t, std::size_t to) {
-            add(to);
-            g_.check(MPI_Isend(p, int(n), t, int(to), tag_, g_.comm_, &reqs_.back()), "MPI_Isend");
+            add(to, -1, t);
+            g_.check(MPI_Isend(p, int(n), t, int(to), tag_, g_.coll_comm_, &reqs_.back()),
+                     "MPI_Isend");
         }
         // The root sends p to every rank; the others receive it from the root.
         void from_root(void* p, std::size_t n, MPI_Datatype t, std::size_t root) {
@@ -390,48 +412,61 @@ class mpi_group final : public group {
             for (std::size_t j = 0; j < g_.size_; ++j)
                 if (j != root) send(p, n, t, j);
         }
-        // Waits for every message with the deadline, naming the ranks still pending on a
-        // timeout. A collective abandoned so is never completed: the job aborts at the end
-        // (detail::stranded_collectives), and `buffer`, which pending messages may still write
-        // into, is leaked rather than freed under them.
-        template <class Buffer>
-        void wait(Buffer& buffer) {
-            try {
-                g_.wait_until(
-                    [&] {
-                        bool all = true;
-                        for (auto& r : reqs_) {
-                            if (r == MPI_REQUEST_NULL) continue;
-                            int done = 0;
-                            g_.check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
-                            all = all && done;
-                        }
-                        return all;
-                    },
-                    [&] { return pending_peers(reqs_, peers_); }, what_);
-            } catch (...) {
-                ++detail::stranded_collectives;
-                new Buffer(std::move(buffer));  // leaked on purpose: the job aborts
-                throw;
-            }
+        // Waits for every message with the deadline: errc::timeout naming the ranks still
+        // pending; a receive of another count than expected (ranks passing different lengths)
+        // is an error, not zeros in the result.
+        void wait() {
+            g_.wait_until(
+                [&] {
+                    bool all = true;
+                    for (std::size_t k = 0; k < reqs_.size(); ++k) {
+                        if (reqs_[k] == MPI_REQUEST_NULL) continue;
+                        int done = 0, got = 0;
+                        MPI_Status st;
+                        g_.check(MPI_Test(&reqs_[k], &done, &st), "MPI_Test");
+                        all = all && done;
+                        if (!done || expected_[k] < 0) continue;
+                        MPI_Get_count(&st, types_[k], &got);
+                        if (got != expected_[k])
+                            throw error(errc::shape_mismatch, "rank " + std::to_string(g_.rank_),
+                                        std::string(what_) + ": rank " + std::to_string(peers_[k]) +
+                                            " sent " + std::to_string(got) + " values, not " +
+                                            std::to_string(expected_[k]) +
+                                            ": every rank must pass the same count");
+                    }
+                    return all;
+                },
+                [&] { return pending_peers(reqs_, peers_); }, what_);
         }
 
       private:
-        void add(std::size_t peer) {
+        void add(std::size_t peer, int expected, MPI_Datatype t) {
             reqs_.push_back(MPI_REQUEST_NULL);
             peers_.push_back(peer);
+            expected_.push_back(expected);
+            types_.push_back(t);
         }
         mpi_group& g_;
         const char* what_;
         int tag_;
-        std::vector<MPI_Request> reqs_;   // the messages' requests (null once complete)
-        std::vector<std::size_t> peers_;  // the rank of each request
+        Buffer& buffer_;
+        std::vector<MPI_Request> reqs_;    // the messages' requests (null once complete)
+        std::vector<std::size_t> peers_;   // the rank of each request
+        std::vector<int> expected_;        // a receive's count (-1: a send)
+        std::vector<MPI_Datatype> types_;  // each request's type
     };
 
-    std::vector<ordered_sum_op*> live_;  // the sums in flight
-    MPI_Comm comm_ = MPI_COMM_NULL;
+    // A tag per collective on coll_comm_ (every rank calls them in the same order).
+    int next_collective_tag() {
+        collective_tag_ = (collective_tag_ + 1) % 32768;
+        return collective_tag_;
+    }
+
+    std::vector<ordered_sum_op*> live_;   // the sums in flight
+    MPI_Comm comm_ = MPI_COMM_NULL;       // the sums' messages
+    MPI_Comm coll_comm_ = MPI_COMM_NULL;  // the other collectives' messages
     std::size_t rank_ = 0, size_ = 1;
-    int tag_ = 0;
+    int tag_ = 0, collective_tag_ = 0;
 };
 
 }  // namespace dist
