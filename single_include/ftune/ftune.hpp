@@ -3557,7 +3557,9 @@ FTUNE_NAMESPACE_END
 // ---- begin ftune/backends/cpu/gemm_bf16.hpp ----
 // CPU GEMM in bfloat16 with fp32 accumulation (AVX512-BF16's vdpbf16ps), for mixed-precision
 // training and bf16 inference: fp32 operands in, fp32 C out, the operands rounded to bf16 (to
-// nearest, ties to even) as they are packed. The structure is gemm.hpp's (packed B panels, MR-row
+// nearest, ties to even) as they are packed (an operand a training step keeps in bf16 already,
+// an attention probability or the FFN activation, has its words copied instead, or a row-major
+// A read in place). The structure is gemm.hpp's (packed B panels, MR-row
 // tiles of A, an MR x NR register tile), with one change that the instruction dictates:
 // vdpbf16ps multiplies *pairs* of bf16 values along K and adds both products to one fp32 lane,
 // so both operands are packed as 32-bit words that hold the values of k = 2p (bits 0-15) and
