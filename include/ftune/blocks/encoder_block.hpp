@@ -334,14 +334,22 @@ class encoder_block {
             return false;
     }
 
-    // out(act(inter(n))) (rows, C), keeping what backward needs; the activation in bf16 alone
-    // where ffn_in_bf16 says
+    // project(act(h)) for h (rows, F), the output projection's call on the activation, which
+    // is kept in bf16 alone where ffn_in_bf16 says
+    template <class Project>
+    view<const T, shape<dynamic, C>, D> activate_into(context& ctx,
+                                                      view<const T, shape<dynamic, F>, D> h,
+                                                      Project project) {
+        if constexpr (ffn_bf16_capable)
+            if (ffn_in_bf16(ctx)) return project(activation.forward_bf16(ctx, h));
+        return project(activation.forward(ctx, h));
+    }
+
+    // out(act(inter(n))) (rows, C), keeping what backward needs
     view<const T, shape<dynamic, C>, D> ffn_forward(context& ctx,
                                                     view<const T, shape<dynamic, C>, D> n) {
-        const auto h = intermediate.forward(ctx, n);  // (rows, F)
-        if constexpr (ffn_bf16_capable)
-            if (ffn_in_bf16(ctx)) return output_dense.forward(ctx, activation.forward_bf16(ctx, h));
-        return output_dense.forward(ctx, activation.forward(ctx, h));
+        return activate_into(ctx, intermediate.forward(ctx, n),
+                             [&](auto g) { return output_dense.forward(ctx, g); });
     }
 
     // Prepared inference after the attention: a (rows, C) attention output and the residual
@@ -357,14 +365,10 @@ class encoder_block {
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
-        const auto h = intermediate.forward(ctx, n);  // (rows, F)
-        // out(act(h)) + r, the activation in bf16 alone where ffn_in_bf16 says
-        auto down = [&](view<const T, shape<dynamic, C>, D> r) {
-            if constexpr (ffn_bf16_capable)
-                if (ffn_in_bf16(ctx))
-                    return output_dense.forward_fused(ctx, activation.forward_bf16(ctx, h),
-                                                      add_rows(r));
-            return output_dense.forward_fused(ctx, activation.forward(ctx, h), add_rows(r));
+        const auto h = intermediate.forward(ctx, n);              // (rows, F)
+        auto down = [&](view<const T, shape<dynamic, C>, D> r) {  // out(act(h)) + r
+            return activate_into(
+                ctx, h, [&](auto g) { return output_dense.forward_fused(ctx, g, add_rows(r)); });
         };
         if constexpr (std::is_same_v<Norm, post_norm>)
             return norm2.forward(ctx, down(n));  // LN2(n1 + out(...))

@@ -48,8 +48,8 @@ class linear {
         x_ = x;
         input_bf16_ = false;
         y_.resize(shape<dynamic, Out>(x.extent(0), out_features()));  // (N, Out)
+        precision_ = forward_precision(ctx);
         if (ctx.training()) prepared_ = false;  // training changes the weights: back to per-call
-        precision_ = prepared_ ? packed_.precision() : ctx.precision;
         frozen_packed_ = ctx.training() && ctx.pack_frozen_weights && !weight.trainable;
         // W packed at each forward that packs it, unless packed once (prepare_inference, or
         // frozen in training): the optimizer, or a direct write, may have changed it (an fp32
