@@ -9,6 +9,7 @@
 #include <ftune/io/safetensors.hpp>
 #include <ftune/ops.hpp>
 
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -808,4 +809,80 @@ TEST_CASE(
         const auto want_pre = run.template operator()<pre, activation_kept_in_fp32>(m, prepared);
         CHECK(std::memcmp(got_pre.data(), want_pre.data(), got_pre.size() * sizeof(float)) == 0);
     }
+}
+
+TEST_CASE(
+    "AMX tiles: the reference emulation's values up to fp32 sums, the same bits on any "
+    "thread count, and the AVX512-BF16 kernel's values up to fp32 sums",
+    "[bf16][amx]") {
+    if (!kernels_here()) return;
+    if (!cpu::amx_available()) {
+        WARN("not checked: no AMX-BF16 tiles here (" << cpu::this_cpu().summary() << ")");
+        return;
+    }
+    struct restore {  // the kernel and thread count of the other cases, however this one ends
+        bool amx = cpu::use_amx(true);
+        int threads = ftune::num_threads();
+        ~restore() {
+            cpu::use_amx(amx);
+            ftune::set_num_threads(threads);
+        }
+    } restore_after;
+    std::uint32_t seed = 500;
+    // each operand kind: A float or kept in bf16 (a transposed one packed into rows of pairs)
+    auto check = [&]<class TA>(const product& p, float beta) {
+        std::vector<TA> A(p.A.size());
+        for (std::size_t i = 0; i < A.size(); ++i)
+            if constexpr (std::is_same_v<TA, float>)
+                A[i] = p.A[i];
+            else
+                A[i].bits = std::uint16_t(cpu::bf16_detail::round_bits(p.A[i]) >> 16);
+        auto product_on = [&](bool amx, int nt) {
+            cpu::use_amx(amx);
+            ftune::set_num_threads(nt);
+            auto c = p.C;
+            cpu::gemm_bf16(p.ta, p.tb, p.M, p.N, p.K, 0.5f, A.data(), p.lda(), p.B.data(), p.ldb(),
+                           beta, c.data(), p.N);
+            return c;
+        };
+        const auto one = product_on(true, 1), two = product_on(true, 2), avx = product_on(false, 2);
+        std::vector<double> Ad(A.size()), Bd(p.B.begin(), p.B.end()), want(p.C.begin(), p.C.end());
+        for (std::size_t i = 0; i < A.size(); ++i)
+            Ad[i] = double(ftune::backends::cpu::bf16_detail::round(p.A[i]));
+        ref::gemm_bf16<double>(p.ta, p.tb, p.M, p.N, p.K, 0.5, Ad.data(), p.lda(), Bd.data(),
+                               p.ldb(), beta, want.data(), p.N);
+        double worst = 0, worst_avx = 0;
+        for (std::size_t i = 0; i < p.M; ++i)
+            for (std::size_t j = 0; j < p.N; ++j) {
+                const std::size_t e = i * p.N + j;
+                const double scale = 0.5 * p.magnitude(i, j) + beta * std::abs(p.C[e]) + 1e-30;
+                worst = std::max(worst, std::abs(one[e] - want[e]) / scale);
+                worst_avx = std::max(worst_avx, std::abs(double(one[e]) - avx[e]) / scale);
+            }
+        INFO("M " << p.M << " N " << p.N << " K " << p.K << " ta " << int(p.ta) << " tb "
+                  << int(p.tb) << " beta " << beta
+                  << (std::is_same_v<TA, float> ? "" : " A in bf16"));
+        CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+        CHECK(worst < 1e-6);
+        CHECK(worst_avx < 2e-6);
+    };
+    for (const auto& s : shapes)
+        for (const auto ta : {transpose::no, transpose::yes})
+            for (const auto tb : {transpose::no, transpose::yes}) {
+                const auto p = make(s[0], s[1], s[2], ta, tb, seed += 3);
+                check.template operator()<float>(p, 0.0f);
+                check.template operator()<float>(p, 0.75f);
+                check.template operator()<ftune::bf16>(p, 0.0f);
+            }
+    // tiles cut short every way: rows (M % 16), pairs (K/2 % 16), column groups (N % 48); a
+    // sequence's projection (128 x 384 x 384); more rows than a row block, so that two threads
+    // split the rows rather than the columns
+    for (const auto& s : std::vector<std::array<std::size_t, 3>>{{16, 48, 32},
+                                                                 {15, 16, 30},
+                                                                 {31, 33, 62},
+                                                                 {47, 95, 1601},
+                                                                 {128, 384, 384},
+                                                                 {1100, 100, 64}})
+        check.template operator()<float>(
+            make(s[0], s[1], s[2], transpose::no, transpose::yes, seed += 3), 0.0f);
 }

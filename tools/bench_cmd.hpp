@@ -90,6 +90,49 @@ __attribute__((target("avx512f,avx512bf16"))) inline float bf16_chains(long iter
 }
 #endif
 
+#if FTUNE_HAS_AMX_KERNELS
+// `iters` rounds of 3 independent tdpbf16ps chains on one thread (16 x 16 x 32 products summed
+// into 16 x 16 floats: 16,384 flops each) on tiles loaded once; returns a sum of the results.
+FTUNE_AMX_TARGET inline float amx_chains(long iters) {
+    namespace amx = ftune::backends::cpu::amx_detail;
+    amx::configure();
+    alignas(64) std::uint16_t ab[2][16 * 32];
+    for (int i = 0; i < 16 * 32; ++i) ab[0][i] = 0x3f80, ab[1][i] = 0x3380;  // 1.0, 2^-24
+    alignas(64) float c[3][16 * 16];
+    amx::memory_barrier(ab);
+    _tile_zero(0);  // (asm statements: one per statement)
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_loadd(3, ab[0], 64);
+    _tile_loadd(4, ab[1], 64);
+    _tile_loadd(5, ab[1], 64);
+    _tile_loadd(6, ab[1], 64);
+    for (long i = 0; i < iters; ++i) {
+        _tile_dpbf16ps(0, 3, 4);
+        _tile_dpbf16ps(1, 3, 5);
+        _tile_dpbf16ps(2, 3, 6);
+    }
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    _tile_stored(2, c[2], 64);
+    amx::memory_barrier(c);
+    return c[0][0] + c[1][17] + c[2][255];
+}
+#endif
+
+// The peak of AMX-BF16 tiles on `threads` threads in GFLOP/s (best of 5), or 0 where the bf16
+// products do not use them (amx_enabled() false).
+inline double amx_peak_gflops(int threads) {
+#if FTUNE_HAS_AMX_KERNELS
+    if (!ftune::backends::cpu::amx_enabled()) return 0;
+    const long iters = 1 << 16;
+    return peak_gflops(threads, double(iters) * 3 * 16384, [&] { return amx_chains(iters); });
+#else
+    (void)threads;
+    return 0;
+#endif
+}
+
 // The bf16 dot-product peak of `threads` threads in GFLOP/s (best of 5), or 0 without
 // AVX512-BF16.
 inline double bf16_peak_gflops(int threads) {
@@ -180,9 +223,12 @@ struct bench_model {
     }
 };
 
-// The measured peak of `threads` threads for products in precision p.
+// The measured peak of `threads` threads for products in precision p (bf16: of AMX tiles where
+// the products use them, else of vdpbf16ps).
 inline double peak_for(ftune::precision p, int threads) {
-    return p == ftune::precision::bf16 ? bf16_peak_gflops(threads) : fma_peak_gflops(threads);
+    if (p != ftune::precision::bf16) return fma_peak_gflops(threads);
+    return ftune::backends::cpu::amx_enabled() ? amx_peak_gflops(threads)
+                                               : bf16_peak_gflops(threads);
 }
 
 // Runs `ftune bench` with its parsed options; returns the exit status. versus_full (with
@@ -252,7 +298,7 @@ inline int run_bench(std::size_t H, std::size_t L, std::size_t heads, std::size_
             H, L, heads, F, V, B, T, nt, steps, median_of(f), median_of(h), median_of(speedup),
             *std::min_element(speedup.begin(), speedup.end()),
             *std::max_element(speedup.begin(), speedup.end()), lora_r, fma_peak_gflops(nt),
-            bf16_peak_gflops(nt), double(ru.ru_maxrss) / 1024.0,
+            peak_for(ftune::precision::bf16, nt), double(ru.ru_maxrss) / 1024.0,
             ftune::backends::cpu::this_cpu().summary().c_str());
         return 0;
     }

@@ -1,7 +1,7 @@
 // `ftune info --system`: the CPU as ftune sees it at run time (name, vector extensions, those
 // this build was compiled for, logical CPUs, caches, the GEMM's cache blocking) and its measured
-// peaks: fp32 FMA and, where the CPU has AVX512-BF16, bf16 dot products (vdpbf16ps), on one
-// thread and on all of them.
+// peaks: fp32 FMA and, where the CPU has AVX512-BF16, bf16 dot products (vdpbf16ps), and AMX
+// tiles (tdpbf16ps) where the bf16 products use them, on one thread and on all of them.
 #pragma once
 
 #include <chrono>
@@ -46,6 +46,15 @@ inline int run_system_info() {
                     bf16_peak_gflops(1), bf16_peak_gflops(nt), nt);
     else
         std::printf("bf16 peak     none: the CPU has no AVX512-BF16\n");
+    if (c.amx_bf16 && cpu::amx_enabled())
+        std::printf(
+            "amx peak      %.1f GFLOP/s on 1 thread, %.1f on %d (tdpbf16ps, measured; "
+            "the bf16 products use the tiles)\n",
+            amx_peak_gflops(1), amx_peak_gflops(nt), nt);
+    else if (c.amx_bf16)
+        std::printf("amx peak      not measured: the bf16 products do not use the tiles (%s)\n",
+                    cpu::amx_available() ? "FTUNE_AMX=0"
+                                         : "the OS refused them, or this build has no AMX kernels");
     return 0;
 }
 

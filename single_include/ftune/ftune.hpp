@@ -3374,7 +3374,7 @@ struct cpu_info {
     bool avx2 = false;            ///< AVX2 and FMA
     bool avx512f = false;         ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
     bool avx512_bf16 = false;     ///< AVX512-BF16 (vdpbf16ps)
-    bool amx_bf16 = false;        ///< AMX-BF16 tiles
+    bool amx_bf16 = false;        ///< AMX-BF16 and AMX-TILE (the OS saves the tiles' state)
     std::size_t l1d = 32 * 1024;  ///< L1 data cache per core, bytes
     std::size_t l2 = 512 * 1024;  ///< L2 per core, bytes
     std::size_t l3 = 8 * 1024 * 1024;  ///< last-level cache, bytes (the whole cache)
@@ -3514,7 +3514,7 @@ inline cpu_info detect() {
         cpuid(7, 0, r);
         c.avx2 = ymm_state && fma && ((r[1] >> 5) & 1u);
         c.avx512f = zmm_state && ((r[1] >> 16) & 1u);
-        c.amx_bf16 = amx_state && ((r[3] >> 22) & 1u);
+        c.amx_bf16 = amx_state && ((r[3] >> 22) & 1u) && ((r[3] >> 24) & 1u);  // and AMX-TILE
         cpuid(7, 1, r);
         c.avx512_bf16 = c.avx512f && ((r[0] >> 5) & 1u);
     }
@@ -3578,7 +3578,9 @@ FTUNE_NAMESPACE_END
 // once per layout it is read in. The kernels are compiled for avx512f + avx512bf16 through a
 // function attribute and chosen at run time: bf16_supported() says whether this CPU runs them;
 // on other CPUs the entry points throw errc::unsupported (AVX-512 without BF16 is also refused:
-// the fp32 kernels are faster there than an emulation would be).
+// the fp32 kernels are faster there than an emulation would be). On a CPU with AMX-BF16 tiles
+// the same packed operands run on the tiles instead (gemm_amx.hpp; amx_enabled()): 16-row tiles
+// of op(A) in rows of pairs (a transposed A too), amx_rows in place of the register kernel.
 
 #include <algorithm>
 #include <bit>
@@ -3589,6 +3591,229 @@ FTUNE_NAMESPACE_END
 #include <type_traits>
 #include <utility>
 
+// ---- begin ftune/backends/cpu/gemm_amx.hpp ----
+// The bf16 products on AMX-BF16 tiles (Intel Sapphire Rapids and later): one 16-row block of
+// op(A) times one packed panel of B (48 columns; attention's outputs: 32), summed over a depth
+// block into fp32, which gemm_bf16.hpp's schedules (and prepared inference's fused attention)
+// call in place of their AVX512-BF16 register kernel where the CPU has the tiles. The operands are
+// gemm_bf16.hpp's pairs as they are: tdpbf16ps reads an A tile as 16 rows of 16 pairs (op(A)'s
+// rows of pairs, 64 bytes each) and a B tile as 16 pairs of 16 columns (one 64-byte part of each
+// pair's row of a packed panel), so no new layout is packed, only a transposed A goes into rows
+// of pairs instead of 8-row tiles (gemm_bf16.hpp, pack_a_transposed_rows through a_words).
+//
+//   tiles 0-2: C, 16 rows x 16 fp32 columns each (the panel's three column groups)
+//   tile 3:    A, 16 rows x 16 pairs        tiles 4-6: B, 16 pairs x 16 columns each
+//   per 16 pairs: 1 + 3 tile loads, 3 tdpbf16ps (16 x 16 x 32 multiply-adds each)
+//
+// Each element of C is its pairs' products summed in K's order within a depth block (the
+// instruction's own order: both products of a pair, then the next pair), from zero; the blocks
+// are then added as the AVX512 kernel adds them. The split among threads and the row tiles do not
+// change any element's arithmetic, so results are the same on any thread count; they differ from
+// the AVX512-BF16 kernel's in the last bits (the pair's two products are added in the other
+// order, and the hardware's rounding of a pair differs), so one machine uses one kernel:
+// amx_enabled() says which (FTUNE_AMX=0 in the environment, or use_amx(false), keeps the AVX512
+// kernel). Linux hands a process the tiles' 8 KiB of register state only when asked
+// (arch_prctl(ARCH_REQ_XCOMP_PERM)); amx_available() asks once.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+
+#if (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 ||                  \
+     defined(__clang__) && __clang_major__ >= 12) &&                                \
+    defined(__x86_64__) && defined(__linux__) && !defined(FTUNE_NO_BF16_KERNELS) && \
+    !defined(FTUNE_NO_AMX_KERNELS)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/// 1 when this build has the AMX-BF16 kernels (GCC 11 or Clang 12 and later, x86-64 Linux).
+#define FTUNE_HAS_AMX_KERNELS 1
+/// The function attribute that compiles a kernel for AMX-BF16 (and AVX512-BF16, for its
+/// epilogue) whatever -march says.
+#define FTUNE_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
+#else
+#define FTUNE_HAS_AMX_KERNELS 0
+#define FTUNE_AMX_TARGET
+#endif
+
+FTUNE_NAMESPACE_BEGIN
+namespace backends::cpu {
+
+/// Whether this build, this CPU and the OS let the bf16 products use AMX-BF16 tiles (the CPU
+/// reports amx_bf16 and AVX512-BF16, and Linux granted this process the tiles' state).
+inline bool amx_available() noexcept {
+#if FTUNE_HAS_AMX_KERNELS
+    static const bool ok = [] {
+        const cpu_info& c = this_cpu();
+        if (!c.amx_bf16 || !c.avx512_bf16) return false;
+        constexpr long req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;  // <asm/prctl.h>
+        return syscall(SYS_arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0;
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
+namespace amx_detail {
+/// Whether FTUNE_AMX=0 is in the environment (read once): the tiles are then not even asked for,
+/// so Linux's larger minimum for alternate signal stacks does not apply to the process.
+inline bool off_by_environment() noexcept {
+    static const bool off = [] {
+        const char* e = std::getenv("FTUNE_AMX");
+        return e && std::strcmp(e, "0") == 0;
+    }();
+    return off;
+}
+
+/// The setting amx_enabled() reads: on where available, unless FTUNE_AMX=0 in the environment.
+inline std::atomic<bool>& setting() noexcept {
+    static std::atomic<bool> on{!off_by_environment() && amx_available()};
+    return on;
+}
+}  // namespace amx_detail
+
+/// Whether the bf16 products run on AMX tiles now (else on the AVX512-BF16 kernel).
+inline bool amx_enabled() noexcept {
+    return amx_detail::setting().load(std::memory_order_relaxed);
+}
+
+/// Turns the AMX kernels on or off (on only where amx_available()); returns the previous setting.
+/// For comparisons and tests: the two kernels' results differ in the last bits, so change it
+/// only between runs, never while products run or while a model packed for one is trained.
+inline bool use_amx(bool on) noexcept {
+    return amx_detail::setting().exchange(on && amx_available());
+}
+
+namespace amx_detail {
+
+/// Rows of an A tile (and of C's tiles): the row tile of the AMX schedule.
+inline constexpr std::size_t TR = 16;
+/// Pairs of K per tile step (64 bytes of an A row).
+inline constexpr std::size_t TP = 16;
+/// Columns of a packed panel (bf16_detail::NR): three tiles of 16.
+inline constexpr std::size_t PANEL = 48;
+
+/// LDTILECFG's 64 bytes (palette 1): every tile used is 16 rows of 64 bytes.
+struct alignas(64) tile_config {
+    std::uint8_t palette = 1;        ///< palette 1: 8 tiles of up to 16 x 64 bytes
+    std::uint8_t start_row = 0;      ///< restart row of an interrupted load (0)
+    std::uint8_t reserved[14] = {};  ///< zero
+    std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64};  ///< bytes per row of tiles 0-6
+    std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16};    ///< rows of tiles 0-6
+};
+static_assert(sizeof(tile_config) == 64);
+
+/// A number for each product that runs on tiles: a thread checks its tile configuration once per
+/// product (run_id() != the last one it checked).
+inline std::uint64_t next_run_id() noexcept {
+    static std::atomic<std::uint64_t> n{0};
+    return n.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+#if FTUNE_HAS_AMX_KERNELS
+/// Makes the compiler finish every store before this point and read memory again after it, with
+/// p's memory counted as used: GCC's AMX intrinsics are asm statements that do not say which
+/// memory a tile load reads or a tile store writes (a zero-padded buffer's stores were dropped as
+/// dead, and the configuration STTILECFG writes is 8 bytes to GCC).
+inline void memory_barrier(const void* p) noexcept {
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+}
+
+/// Loads the kernels' tile configuration on this thread unless it is loaded already: STTILECFG
+/// and a compare (about 9 ns on a Xeon, against 93 for LDTILECFG), so other code on the thread
+/// that configured the tiles its own way is noticed.
+FTUNE_AMX_TARGET inline void configure() noexcept {
+    static const tile_config want{};
+    alignas(64) unsigned char now[64];
+    _tile_storeconfig(now);
+    memory_barrier(now);
+    if (std::memcmp(now, &want, sizeof want) != 0) _tile_loadconfig(&want);
+}
+
+/// configure() once per product on each thread: id is the product's next_run_id().
+inline void configure_for(std::uint64_t id) noexcept {
+    thread_local std::uint64_t checked = 0;
+    if (checked != id) configure(), checked = id;
+}
+
+/// One step of 16 pairs: tile 3 = A's 16 rows of 16 pairs at a (rows a_bytes apart), tiles 4..
+/// = B's NT groups of 16 columns at b (P words per pair), and C's tiles 0.. += their products.
+template <int NT, std::size_t P>
+FTUNE_AMX_TARGET inline void tile_step(const std::uint32_t* a, std::size_t a_bytes,
+                                       const std::uint32_t* b) {
+    _tile_loadd(3, a, a_bytes);
+    _tile_loadd(4, b, P * sizeof(std::uint32_t));
+    _tile_dpbf16ps(0, 3, 4);
+    if constexpr (NT > 1) {
+        _tile_loadd(5, b + TP, P * sizeof(std::uint32_t));
+        _tile_dpbf16ps(1, 3, 5);
+    }
+    if constexpr (NT > 2) {
+        _tile_loadd(6, b + 2 * TP, P * sizeof(std::uint32_t));
+        _tile_dpbf16ps(2, 3, 6);
+    }
+}
+
+/// acc (16 rows of P floats) = Σ_p A(i, p) · B(p, j) over kp pairs for the NT 16-column groups
+/// j < 16 NT (the others untouched): A's rows of pairs a_ld words apart (the first m <= 16 read;
+/// rows past m count as zero), B a packed panel of P words per pair (48, or attention's 32). Whole
+/// steps of 16 pairs read A and B where they are (A through a zero-padded copy when m < 16); the
+/// last kp % 16 pairs go through zero-padded copies of both, so no tile reads past the operands.
+/// The 64-byte lines from pf on (pf_lines of them: the schedule's next panel) are prefetched,
+/// spread over the steps.
+template <int NT, std::size_t P = PANEL>
+FTUNE_AMX_TARGET void tile_product(std::size_t kp, const std::uint32_t* a, std::size_t a_ld,
+                                   std::size_t m, const std::uint32_t* b, float* acc,
+                                   const char* pf, std::size_t pf_lines) {
+    static_assert(NT >= 1 && std::size_t(NT) * 16 <= P && P % 16 == 0);
+    alignas(64) std::uint32_t ab[TR * TP];  // a block of A whose rows or pairs are short
+    if (m < TR) std::memset(ab + m * TP, 0, (TR - m) * TP * sizeof(std::uint32_t));
+    memory_barrier(ab);  // the operands' stores (packing, the caller's) come first
+    _tile_zero(0);
+    if constexpr (NT > 1) _tile_zero(1);
+    if constexpr (NT > 2) _tile_zero(2);
+    const std::size_t whole = kp / TP * TP, steps = kp / TP;
+    const std::size_t per = steps && pf_lines ? (pf_lines + steps - 1) / steps : 0;
+    for (std::size_t p = 0; p < whole; p += TP, b += TP * P) {
+        for (std::size_t l = 0; l < per && pf_lines; ++l, --pf_lines, pf += 64)
+            _mm_prefetch(pf, _MM_HINT_T0);
+        if (m == TR) {
+            tile_step<NT, P>(a + p, a_ld * sizeof(std::uint32_t), b);
+            continue;
+        }
+        memory_barrier(ab);  // the last step's tile load of ab comes before these stores
+        for (std::size_t i = 0; i < m; ++i)
+            std::memcpy(ab + i * TP, a + i * a_ld + p, TP * sizeof(std::uint32_t));
+        memory_barrier(ab);
+        tile_step<NT, P>(ab, TP * sizeof(std::uint32_t), b);
+    }
+    for (; pf_lines; --pf_lines, pf += 64) _mm_prefetch(pf, _MM_HINT_T0);
+    if (const std::size_t r = kp - whole; r > 0) {  // the last r < 16 pairs, zero-padded
+        alignas(64) std::uint32_t bb[TP * P] = {};
+        std::memcpy(bb, b, r * P * sizeof(std::uint32_t));
+        memory_barrier(ab);  // the loop's tile loads of ab come before these stores
+        std::memset(ab, 0, sizeof ab);
+        for (std::size_t i = 0; i < m; ++i)
+            std::memcpy(ab + i * TP, a + i * a_ld + whole, r * sizeof(std::uint32_t));
+        memory_barrier(ab);
+        memory_barrier(bb);
+        tile_step<NT, P>(ab, TP * sizeof(std::uint32_t), bb);
+    }
+    _tile_stored(0, acc, P * sizeof(float));
+    if constexpr (NT > 1) _tile_stored(1, acc + TP, P * sizeof(float));
+    if constexpr (NT > 2) _tile_stored(2, acc + 2 * TP, P * sizeof(float));
+    memory_barrier(acc);  // acc is read after this
+}
+#endif
+
+}  // namespace amx_detail
+}  // namespace backends::cpu
+FTUNE_NAMESPACE_END
+// ---- end ftune/backends/cpu/gemm_amx.hpp ----
 // ---- begin ftune/backends/cpu/gemm_schedule.hpp ----
 // The thread schedule of a product whose B is packed once (a weight): gemm_packed (gemm.hpp, fp32
 // and double) and the bf16 products (gemm_bf16.hpp) run their register kernels in this order.
@@ -3870,6 +4095,11 @@ FTUNE_BF16_TARGET inline __m512i widen16(const bf16* r) {
     return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
 }
 
+/// widen16 of the first lanes of k only (the others zero; nothing past them is read).
+FTUNE_BF16_TARGET inline __m512i widen16(const bf16* r, __mmask16 k) {
+    return _mm512_cvtepu16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(__mmask32(k), r)));
+}
+
 /// pair_rows for rows already in bf16 (a linear layer's input kept in bf16): the same words,
 /// copied instead of rounded, 16 per step.
 FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const bf16* r0, const bf16* r1,
@@ -4115,6 +4345,55 @@ FTUNE_BF16_TARGET void pack_columns(std::uint32_t* dst, const float* B, std::siz
             for (std::size_t p = 0; p < std::min(W, kp - p0); ++p)
                 _mm512_storeu_si512(dst + (p0 + p) * P + g, r[p]);
         }
+}
+#endif
+
+#if FTUNE_HAS_AMX_KERNELS
+/// Rows [i0, i1) of a transposed A (op(A)(i, k) = A[k * lda + i], float or kept in bf16) as
+/// rows of pairs, row i at dst + i ⌈K/2⌉ (the layout of a row-major A, which AMX tiles read):
+/// 16 rows x 16 pairs at a time, each pair's 16 words made from two rows of A (pairs16 or the
+/// bf16 words), then transposed in registers (transpose16). With sums (float A), sums[i] +=
+/// op(A)(i, k) for k = 0, 1, ... in order: pack_a_transposed's values, bit for bit.
+template <class TA>
+FTUNE_BF16_TARGET void pack_a_transposed_rows(std::uint32_t* dst, const TA* A, std::size_t lda,
+                                              std::size_t K, std::size_t i0, std::size_t i1,
+                                              float* sums) {
+    const std::size_t KP = pairs(K);
+    for (std::size_t g = i0; g < i1; g += W) {  // rows g .. g + n of op(A): 16 columns of A
+        const std::size_t n = std::min(W, i1 - g);
+        const __mmask16 k = n == W ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+        __m512 s = sums ? _mm512_maskz_loadu_ps(k, sums + g) : _mm512_setzero_ps();
+        for (std::size_t p0 = 0; p0 < KP; p0 += W) {
+            const std::size_t np = std::min(W, KP - p0);
+            __m512i r[W];
+            for (std::size_t p = 0; p < W; ++p) {
+                r[p] = _mm512_setzero_si512();
+                if (p >= np) continue;
+                const std::size_t k0 = 2 * (p0 + p);  // rows k0 and k0 + 1 of A
+                const bool has_hi = k0 + 1 < K;
+                if constexpr (std::is_same_v<TA, float>) {
+                    const __m512 lo = _mm512_maskz_loadu_ps(k, A + k0 * lda + g);
+                    const __m512 hi = has_hi ? _mm512_maskz_loadu_ps(k, A + (k0 + 1) * lda + g)
+                                             : _mm512_setzero_ps();
+                    if (sums) {
+                        s = _mm512_add_ps(s, lo);
+                        if (has_hi) s = _mm512_add_ps(s, hi);
+                    }
+                    r[p] = pairs16(lo, hi);
+                } else {
+                    const __m512i lo = widen16(A + k0 * lda + g, k);
+                    r[p] = has_hi ? _mm512_or_si512(lo, _mm512_slli_epi32(
+                                                            widen16(A + (k0 + 1) * lda + g, k), 16))
+                                  : lo;
+                }
+            }
+            transpose16(r);  // r[i]: pairs p0 .. p0 + 15 of row g + i
+            const __mmask16 kp = np == W ? __mmask16(0xffff) : __mmask16((1u << np) - 1);
+            for (std::size_t i = 0; i < n; ++i)
+                _mm512_mask_storeu_epi32(dst + (g + i) * KP + p0, kp, r[i]);
+        }
+        if (sums) _mm512_mask_storeu_ps(sums + g, k, s);
+    }
 }
 #endif
 
@@ -4425,6 +4704,37 @@ void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld, const s
 }
 #endif
 
+#if FTUNE_HAS_AMX_KERNELS
+/// kernel_rows' contract on AMX tiles for m <= 16 rows of op(A) in rows of pairs (a_ld words
+/// apart, a_ld > 0) and n <= P columns of a packed panel of P = NR (or NR2) columns:
+/// amx_detail::tile_product's sums, through a buffer, stored by store_sum as the register kernel
+/// stores its own.
+template <std::size_t P = NR>
+FTUNE_AMX_TARGET void amx_rows(std::size_t kp, const std::uint32_t* a, std::size_t a_ld,
+                               const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
+                               std::size_t n, float alpha, float beta, bool first,
+                               const float* bias, const float* residual, std::size_t ldr,
+                               const char* pf, std::size_t pf_lines) {
+    static_assert(amx_detail::PANEL == NR && (P == NR || P == 2 * W));  // (m <= 16, n <= P)
+    for (std::size_t i = 0; i < m; ++i)  // C's rows are ldc apart: no prefetcher follows them
+        for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
+    alignas(64) float acc[amx_detail::TR * P];
+    if (n <= W)
+        amx_detail::tile_product<1, P>(kp, a, a_ld, m, b, acc, pf, pf_lines);
+    else if (P == 2 * W || n <= 2 * W)
+        amx_detail::tile_product<2, P>(kp, a, a_ld, m, b, acc, pf, pf_lines);
+    else if constexpr (P == NR)
+        amx_detail::tile_product<3, P>(kp, a, a_ld, m, b, acc, pf, pf_lines);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; j += W)
+            store_sum(_mm512_load_ps(acc + i * P + j), C + i * ldc + j, bias ? bias + j : nullptr,
+                      residual ? residual + i * ldr + j : nullptr,
+                      n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1), va, vb, beta,
+                      first);
+}
+#endif
+
 /// The error of a bf16 product on a CPU without AVX512-BF16, or in a build without the kernels.
 inline error unsupported(const char* where) {
     if (!FTUNE_HAS_BF16_KERNELS && this_cpu().avx512_bf16)
@@ -4444,16 +4754,23 @@ inline error unsupported(const char* where) {
 /// layout (a_ld > 0: rows a_ld words apart; 0: MR-row tiles) and B packed in layout Bl, on nt
 /// threads (1: the calling thread), in gemm_schedule.hpp's order (with the rows split, about 4
 /// units per thread: A is packed whole beforehand, so a unit may take part of a row block's
-/// panels). The arithmetic of each element does not depend on the split.
+/// panels). On AMX tiles (amx: A in rows, a_ld > 0), row tiles of 16 (amx_rows); else the
+/// register kernel's MR rows. The arithmetic of each element does not depend on the split.
 template <class Epilogue>
 void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
          std::size_t a_ld, const b_layout& Bl, float beta, float* C, std::size_t ldc,
-         const float* bias, const Epilogue& epilogue, int nt) {
+         const float* bias, const Epilogue& epilogue, int nt, bool amx = false) {
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
     const std::size_t NC = Bl.nc;
+    // (a build without the tile kernels never takes their row tiles, whatever it is told)
+    amx = amx && FTUNE_HAS_AMX_KERNELS;
+    if (amx && a_ld == 0)
+        throw error(errc::invalid_argument, "gemm_bf16", "AMX tiles read op(A) in rows of pairs");
+    const std::size_t rows = amx ? amx_detail::TR : MR;  // the row tile
+    const std::size_t mc = (runtime_blocking().mc + rows - 1) / rows * rows;
     const schedule_detail::plan plan =
-        schedule_detail::make_plan(M, N, K, MR, NR, runtime_blocking().mc, Bl.kc, nt, 4);
+        schedule_detail::make_plan(M, N, K, rows, NR, mc, Bl.kc, nt, 4);
     // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
@@ -4463,6 +4780,7 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                          kp * NR * sizeof(std::uint32_t)};
     };
     auto block = [](std::size_t, std::size_t, std::size_t, std::size_t) {};  // A is packed
+    [[maybe_unused]] const std::uint64_t run_id = amx ? amx_detail::next_run_id() : 0;
     schedule_detail::run(plan, nt, panel, block, [&](const schedule_detail::tile& t) {
         const std::size_t row = t.ic + t.ir;
         float* c = C + row * ldc + t.q * NR;
@@ -4472,15 +4790,23 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
         std::size_t ldr = 0;
         if constexpr (fused_residual)
             if (t.last) res = epilogue.r + row * epilogue.ldr + t.q * NR, ldr = epilogue.ldr;
-        kernel_rows(pairs(t.kc), a, a_ld, reinterpret_cast<const std::uint32_t*>(t.b), c, ldc, t.mr,
-                    t.nr, alpha, beta, t.first, bias && t.last ? bias + t.q * NR : nullptr, res,
-                    ldr, t.pf, t.pf_lines);
+        const auto* b = reinterpret_cast<const std::uint32_t*>(t.b);
+        const float* bias_q = bias && t.last ? bias + t.q * NR : nullptr;
+#if FTUNE_HAS_AMX_KERNELS
+        if (amx) {
+            amx_detail::configure_for(run_id);
+            amx_rows(pairs(t.kc), a, a_ld, b, c, ldc, t.mr, t.nr, alpha, beta, t.first, bias_q, res,
+                     ldr, t.pf, t.pf_lines);
+        } else
+#endif
+            kernel_rows(pairs(t.kc), a, a_ld, b, c, ldc, t.mr, t.nr, alpha, beta, t.first, bias_q,
+                        res, ldr, t.pf, t.pf_lines);
         if constexpr (!fused_residual)
             if (t.last) epilogue(c, ldc, row, t.mr, t.q * NR, t.nr);
     });
 #else
     (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)Bl, (void)beta, (void)C,
-        (void)ldc, (void)bias, (void)epilogue, (void)nt;
+        (void)ldc, (void)bias, (void)epilogue, (void)nt, (void)amx;
     throw unsupported("gemm_bf16");
 #endif
 }
@@ -4606,15 +4932,28 @@ concept operand = std::is_same_v<T, float> || std::is_same_v<T, bf16>;
 /// op(A) (M x K) as run() reads it: {words, a_ld}. A row-major A kept in bf16 with K and lda even
 /// is read in place (a_ld = lda / 2); any other A is packed by pack_a into scratch 0 (a_ld ⌈K/2⌉
 /// for a row-major A, 0 for tiles), adding op(A)'s row sums to sums when given (float A only).
+/// With rows (the AMX kernels), a transposed A goes into rows of pairs as well (a_ld ⌈K/2⌉).
 template <class TA>
 std::pair<const std::uint32_t*, std::size_t> a_words(const TA* A, std::size_t lda, transpose ta,
                                                      std::size_t M, std::size_t K,
-                                                     float* sums = nullptr) {
+                                                     float* sums = nullptr, bool rows = false) {
     if constexpr (std::is_same_v<TA, bf16>)
         if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
             return {reinterpret_cast<const std::uint32_t*>(A), lda / 2};
     std::uint32_t* dst =
         detail::scratch<std::uint32_t, 0>((M + MR - 1) / MR * MR * pairs(K));  // whole tiles
+#if FTUNE_HAS_AMX_KERNELS
+    if (rows && ta == transpose::yes) {  // rows of pairs for AMX tiles, 16 rows per task
+        const std::size_t KP = pairs(K);
+        detail::parallel_for(
+            (M + W - 1) / W, std::max<std::size_t>(1, 2048 / std::max<std::size_t>(KP, 1)),
+            [&](std::size_t g0, std::size_t g1) {
+                pack_a_transposed_rows(dst, A, lda, K, g0 * W, std::min(M, g1 * W), sums);
+            });
+        return {dst, KP};
+    }
+#endif
+    (void)rows;
     if constexpr (std::is_same_v<TA, float>)
         pack_a(dst, A, lda, ta, M, K, sums);
     else
@@ -4641,9 +4980,10 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
-    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K);
+    const bool amx = amx_enabled();
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, nullptr, amx);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, Bp.layout(), beta, C, ldc, bias, epilogue,
-                     bf16_detail::threads_for(M, N, K));
+                     bf16_detail::threads_for(M, N, K), amx);
 }
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
@@ -4673,9 +5013,11 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
     }
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
     const int nt = bf16_detail::threads_for(M, N, K);
+    const bool amx = amx_enabled();
     // one thread and one depth block, with fewer columns padded in 32-wide panels (attention's
-    // heads and keys): packed and multiplied without the blocked schedule
-    const bool narrow = nt == 1 && K <= bl.kc && bf16_detail::narrow_panels(N);
+    // heads and keys): packed and multiplied without the blocked schedule (AMX tiles skip the
+    // zero columns of a 48-wide panel)
+    const bool narrow = !amx && nt == 1 && K <= bl.kc && bf16_detail::narrow_panels(N);
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
     std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
@@ -4683,10 +5025,10 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
         bf16_detail::pack_narrow(bpack, B, ldb, tb, K, N);
     else
         bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, a_sums);
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, a_sums, amx);
     if (narrow) return bf16_detail::run_narrow(M, N, K, alpha, apack, a_ld, bpack, beta, C, ldc);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
-                     beta, C, ldc, nullptr, bf16_detail::none{}, nt);
+                     beta, C, ldc, nullptr, bf16_detail::none{}, nt, amx);
 }
 
 /// `batch` independent gemm_bf16 products whose operands start stride_* elements apart
@@ -6571,12 +6913,12 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
 
 /// attention_inference with bf16 products (prepared bf16 inference): Q_h, K_h, the
 /// probabilities and V_h rounded to bf16, the sums in fp32 by gemm_bf16's kernel, the softmax in
-/// fp32. Per (b, h) unit, K_hᵀ and V_h packed once; MR queries at a time: their rounded rows,
-/// scores, softmax, rounded probabilities and output, as in the fp32 version. Each product is
-/// one block of K (the kernel's sums over all of d, then all of T), which is what gemm_bf16 does
-/// for K up to its depth block (256 to 768 by the L2's size): the results then equal the unprepared
-/// bf16 path's (head_scores, masked_softmax, head_context) bit for bit. errc::unsupported without
-/// AVX512-BF16.
+/// fp32. Per (b, h) unit, K_hᵀ and V_h packed once; MR queries at a time (16 on AMX tiles):
+/// their rounded rows, scores, softmax, rounded probabilities and output, as in the fp32 version.
+/// Each product is one block of K (the kernel's sums over all of d, then all of T), which is what
+/// gemm_bf16 does for K up to its depth block (256 to 768 by the L2's size): the results then equal
+/// the unprepared bf16 path's (head_scores, masked_softmax, head_context) bit for bit.
+/// errc::unsupported without AVX512-BF16.
 inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q, std::size_t ldq,
                                      const float* k, const float* v, std::size_t ld,
                                      const float* key_mask, float scale, std::size_t Bn,
@@ -6589,16 +6931,24 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                     ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
 #if FTUNE_HAS_BF16_KERNELS
     using namespace bf16_detail;
+    // on AMX tiles (as gemm_bf16 then runs the unprepared path's products), 16 queries at a time
+    const bool amx = amx_enabled() && FTUNE_HAS_AMX_KERNELS;
+    const std::size_t QR = amx ? amx_detail::TR : MR;  // queries per block
+    constexpr std::size_t PV = NR2;                    // V_h's panels
     // scores: the GEMM's panels (NR keys); outputs: panels of two vectors, as the fp32 version
     const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
-    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR2 - 1) / NR2;
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + PV - 1) / PV;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
+    [[maybe_unused]] const std::uint64_t run_id = amx ? amx_detail::next_run_id() : 0;
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);   // K_hᵀ
-        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR2 * kp_o);  // V_h
-        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);  // MR queries
-        std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
-        float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);  // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * PV * kp_o);  // V_h
+        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(QR * kp_s);             // QR queries
+        std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(QR * kp_o);  // their probs
+        float* st = detail::scratch<float, 17>(QR * ld_s);  // (QR, T) scores, then probs
+#if FTUNE_HAS_AMX_KERNELS
+        if (amx) amx_detail::configure_for(run_id);
+#endif
         for (std::size_t u = u0; u < u1; ++u) {
             const std::size_t b = u / H, h = u % H;
             const float* qh = q + b * Tq * ldq + h * d;
@@ -6609,31 +6959,52 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                 pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
                              std::min(NR, Tn - p * NR));
             for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
-                pack_b_panel<NR2>(vp + p * kp_o * NR2, vh, ld, transpose::no, 0, Tn, p * NR2,
-                                  std::min(NR2, d - p * NR2));
-            for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
-                const std::size_t mr = std::min(MR, Tq - i0);
+                pack_b_panel<PV>(vp + p * kp_o * PV, vh, ld, transpose::no, 0, Tn, p * PV,
+                                 std::min(PV, d - p * PV));
+            for (std::size_t i0 = 0; i0 < Tq; i0 += QR) {
+                const std::size_t mr = std::min(QR, Tq - i0);
                 for (std::size_t i = 0; i < mr; ++i)
                     pair_adjacent(aq + i * kp_s, qh + (i0 + i) * ldq, d);
                 // S = Q_h Kᵀ for queries i0 .. i0+mr: (mr, T)
-                for (std::size_t p = 0; p < panels_t; ++p)
-                    kernel_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr,
-                                std::min(NR, Tn - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
-                                nullptr, 0);
-                if (!causal && mr == MR)
-                    detail::softmax_rows<MR>(st, ld_s, st, ld_s, mask, scale, Tn, Tn);
-                else
-                    for (std::size_t i = 0; i < mr; ++i)
-                        detail::softmax_rows<1>(st + i * ld_s, ld_s, st + i * ld_s, ld_s, mask,
-                                                scale, causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                for (std::size_t p = 0; p < panels_t; ++p) {
+                    const std::size_t n = std::min(NR, Tn - p * NR);
+#if FTUNE_HAS_AMX_KERNELS
+                    if (amx) {
+                        amx_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr, n, 1.0f,
+                                 0.0f, true, nullptr, nullptr, 0, nullptr, 0);
+                        continue;
+                    }
+#endif
+                    kernel_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr, n, 1.0f,
+                                0.0f, true, nullptr, nullptr, 0, nullptr, 0);
+                }
+                for (std::size_t r0 = 0; r0 < mr; r0 += MR) {  // MR rows of the softmax at a time
+                    float* sr = st + r0 * ld_s;
+                    const std::size_t rows = std::min(MR, mr - r0);
+                    if (!causal && rows == MR)
+                        detail::softmax_rows<MR>(sr, ld_s, sr, ld_s, mask, scale, Tn, Tn);
+                    else
+                        for (std::size_t i = 0; i < rows; ++i)
+                            detail::softmax_rows<1>(
+                                sr + i * ld_s, ld_s, sr + i * ld_s, ld_s, mask, scale,
+                                causal ? std::min(Tn, i0 + r0 + i + 1) : Tn, Tn);
+                }
                 for (std::size_t i = 0; i < mr; ++i)
                     pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
                 // out_h = P V_h for these queries: (mr, d)
-                for (std::size_t p = 0; p < panels_d; ++p)
-                    kernel_rows<2>(kp_o, ap, kp_o, vp + p * kp_o * NR2,
-                                   out + (b * Tq + i0) * ldo + h * d + p * NR2, ldo, mr,
-                                   std::min(NR2, d - p * NR2), 1.0f, 0.0f, true, nullptr, nullptr,
-                                   0, nullptr, 0);
+                for (std::size_t p = 0; p < panels_d; ++p) {
+                    float* o = out + (b * Tq + i0) * ldo + h * d + p * PV;
+                    const std::size_t n = std::min(PV, d - p * PV);
+#if FTUNE_HAS_AMX_KERNELS
+                    if (amx) {
+                        amx_rows<PV>(kp_o, ap, kp_o, vp + p * kp_o * PV, o, ldo, mr, n, 1.0f, 0.0f,
+                                     true, nullptr, nullptr, 0, nullptr, 0);
+                        continue;
+                    }
+#endif
+                    kernel_rows<2>(kp_o, ap, kp_o, vp + p * kp_o * PV, o, ldo, mr, n, 1.0f, 0.0f,
+                                   true, nullptr, nullptr, 0, nullptr, 0);
+                }
             }
         }
     });

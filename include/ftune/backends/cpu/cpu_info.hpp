@@ -29,7 +29,7 @@ struct cpu_info {
     bool avx2 = false;            ///< AVX2 and FMA
     bool avx512f = false;         ///< AVX-512 Foundation (usable: the OS saves the ZMM state)
     bool avx512_bf16 = false;     ///< AVX512-BF16 (vdpbf16ps)
-    bool amx_bf16 = false;        ///< AMX-BF16 tiles
+    bool amx_bf16 = false;        ///< AMX-BF16 and AMX-TILE (the OS saves the tiles' state)
     std::size_t l1d = 32 * 1024;  ///< L1 data cache per core, bytes
     std::size_t l2 = 512 * 1024;  ///< L2 per core, bytes
     std::size_t l3 = 8 * 1024 * 1024;  ///< last-level cache, bytes (the whole cache)
@@ -169,7 +169,7 @@ inline cpu_info detect() {
         cpuid(7, 0, r);
         c.avx2 = ymm_state && fma && ((r[1] >> 5) & 1u);
         c.avx512f = zmm_state && ((r[1] >> 16) & 1u);
-        c.amx_bf16 = amx_state && ((r[3] >> 22) & 1u);
+        c.amx_bf16 = amx_state && ((r[3] >> 22) & 1u) && ((r[3] >> 24) & 1u);  // and AMX-TILE
         cpuid(7, 1, r);
         c.avx512_bf16 = c.avx512f && ((r[0] >> 5) & 1u);
     }

@@ -21,7 +21,9 @@
 // once per layout it is read in. The kernels are compiled for avx512f + avx512bf16 through a
 // function attribute and chosen at run time: bf16_supported() says whether this CPU runs them;
 // on other CPUs the entry points throw errc::unsupported (AVX-512 without BF16 is also refused:
-// the fp32 kernels are faster there than an emulation would be).
+// the fp32 kernels are faster there than an emulation would be). On a CPU with AMX-BF16 tiles
+// the same packed operands run on the tiles instead (gemm_amx.hpp; amx_enabled()): 16-row tiles
+// of op(A) in rows of pairs (a transposed A too), amx_rows in place of the register kernel.
 #pragma once
 
 #include <algorithm>
@@ -36,6 +38,7 @@
 #include "ftune/backends/common.hpp"
 #include "ftune/backends/cpu/cpu_info.hpp"
 #include "ftune/backends/cpu/detail.hpp"
+#include "ftune/backends/cpu/gemm_amx.hpp"
 #include "ftune/backends/cpu/gemm_schedule.hpp"
 #include "ftune/core/error.hpp"
 
@@ -180,6 +183,11 @@ FTUNE_BF16_TARGET inline void pair_rows(std::uint32_t* dst, const float* r0, con
 FTUNE_BF16_TARGET inline __m512i widen16(const bf16* r) {
     static_assert(sizeof(bf16) == 2);
     return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+}
+
+/// widen16 of the first lanes of k only (the others zero; nothing past them is read).
+FTUNE_BF16_TARGET inline __m512i widen16(const bf16* r, __mmask16 k) {
+    return _mm512_cvtepu16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(__mmask32(k), r)));
 }
 
 /// pair_rows for rows already in bf16 (a linear layer's input kept in bf16): the same words,
@@ -427,6 +435,55 @@ FTUNE_BF16_TARGET void pack_columns(std::uint32_t* dst, const float* B, std::siz
             for (std::size_t p = 0; p < std::min(W, kp - p0); ++p)
                 _mm512_storeu_si512(dst + (p0 + p) * P + g, r[p]);
         }
+}
+#endif
+
+#if FTUNE_HAS_AMX_KERNELS
+/// Rows [i0, i1) of a transposed A (op(A)(i, k) = A[k * lda + i], float or kept in bf16) as
+/// rows of pairs, row i at dst + i ⌈K/2⌉ (the layout of a row-major A, which AMX tiles read):
+/// 16 rows x 16 pairs at a time, each pair's 16 words made from two rows of A (pairs16 or the
+/// bf16 words), then transposed in registers (transpose16). With sums (float A), sums[i] +=
+/// op(A)(i, k) for k = 0, 1, ... in order: pack_a_transposed's values, bit for bit.
+template <class TA>
+FTUNE_BF16_TARGET void pack_a_transposed_rows(std::uint32_t* dst, const TA* A, std::size_t lda,
+                                              std::size_t K, std::size_t i0, std::size_t i1,
+                                              float* sums) {
+    const std::size_t KP = pairs(K);
+    for (std::size_t g = i0; g < i1; g += W) {  // rows g .. g + n of op(A): 16 columns of A
+        const std::size_t n = std::min(W, i1 - g);
+        const __mmask16 k = n == W ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+        __m512 s = sums ? _mm512_maskz_loadu_ps(k, sums + g) : _mm512_setzero_ps();
+        for (std::size_t p0 = 0; p0 < KP; p0 += W) {
+            const std::size_t np = std::min(W, KP - p0);
+            __m512i r[W];
+            for (std::size_t p = 0; p < W; ++p) {
+                r[p] = _mm512_setzero_si512();
+                if (p >= np) continue;
+                const std::size_t k0 = 2 * (p0 + p);  // rows k0 and k0 + 1 of A
+                const bool has_hi = k0 + 1 < K;
+                if constexpr (std::is_same_v<TA, float>) {
+                    const __m512 lo = _mm512_maskz_loadu_ps(k, A + k0 * lda + g);
+                    const __m512 hi = has_hi ? _mm512_maskz_loadu_ps(k, A + (k0 + 1) * lda + g)
+                                             : _mm512_setzero_ps();
+                    if (sums) {
+                        s = _mm512_add_ps(s, lo);
+                        if (has_hi) s = _mm512_add_ps(s, hi);
+                    }
+                    r[p] = pairs16(lo, hi);
+                } else {
+                    const __m512i lo = widen16(A + k0 * lda + g, k);
+                    r[p] = has_hi ? _mm512_or_si512(lo, _mm512_slli_epi32(
+                                                            widen16(A + (k0 + 1) * lda + g, k), 16))
+                                  : lo;
+                }
+            }
+            transpose16(r);  // r[i]: pairs p0 .. p0 + 15 of row g + i
+            const __mmask16 kp = np == W ? __mmask16(0xffff) : __mmask16((1u << np) - 1);
+            for (std::size_t i = 0; i < n; ++i)
+                _mm512_mask_storeu_epi32(dst + (g + i) * KP + p0, kp, r[i]);
+        }
+        if (sums) _mm512_mask_storeu_ps(sums + g, k, s);
+    }
 }
 #endif
 
@@ -737,6 +794,37 @@ void kernel_rows(std::size_t kp, const std::uint32_t* a, std::size_t ld, const s
 }
 #endif
 
+#if FTUNE_HAS_AMX_KERNELS
+/// kernel_rows' contract on AMX tiles for m <= 16 rows of op(A) in rows of pairs (a_ld words
+/// apart, a_ld > 0) and n <= P columns of a packed panel of P = NR (or NR2) columns:
+/// amx_detail::tile_product's sums, through a buffer, stored by store_sum as the register kernel
+/// stores its own.
+template <std::size_t P = NR>
+FTUNE_AMX_TARGET void amx_rows(std::size_t kp, const std::uint32_t* a, std::size_t a_ld,
+                               const std::uint32_t* b, float* C, std::size_t ldc, std::size_t m,
+                               std::size_t n, float alpha, float beta, bool first,
+                               const float* bias, const float* residual, std::size_t ldr,
+                               const char* pf, std::size_t pf_lines) {
+    static_assert(amx_detail::PANEL == NR && (P == NR || P == 2 * W));  // (m <= 16, n <= P)
+    for (std::size_t i = 0; i < m; ++i)  // C's rows are ldc apart: no prefetcher follows them
+        for (std::size_t j = 0; j < n; j += W) _mm_prefetch(C + i * ldc + j, _MM_HINT_T0);
+    alignas(64) float acc[amx_detail::TR * P];
+    if (n <= W)
+        amx_detail::tile_product<1, P>(kp, a, a_ld, m, b, acc, pf, pf_lines);
+    else if (P == 2 * W || n <= 2 * W)
+        amx_detail::tile_product<2, P>(kp, a, a_ld, m, b, acc, pf, pf_lines);
+    else if constexpr (P == NR)
+        amx_detail::tile_product<3, P>(kp, a, a_ld, m, b, acc, pf, pf_lines);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; j += W)
+            store_sum(_mm512_load_ps(acc + i * P + j), C + i * ldc + j, bias ? bias + j : nullptr,
+                      residual ? residual + i * ldr + j : nullptr,
+                      n - j >= W ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1), va, vb, beta,
+                      first);
+}
+#endif
+
 /// The error of a bf16 product on a CPU without AVX512-BF16, or in a build without the kernels.
 inline error unsupported(const char* where) {
     if (!FTUNE_HAS_BF16_KERNELS && this_cpu().avx512_bf16)
@@ -756,16 +844,23 @@ inline error unsupported(const char* where) {
 /// layout (a_ld > 0: rows a_ld words apart; 0: MR-row tiles) and B packed in layout Bl, on nt
 /// threads (1: the calling thread), in gemm_schedule.hpp's order (with the rows split, about 4
 /// units per thread: A is packed whole beforehand, so a unit may take part of a row block's
-/// panels). The arithmetic of each element does not depend on the split.
+/// panels). On AMX tiles (amx: A in rows, a_ld > 0), row tiles of 16 (amx_rows); else the
+/// register kernel's MR rows. The arithmetic of each element does not depend on the split.
 template <class Epilogue>
 void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::uint32_t* apack,
          std::size_t a_ld, const b_layout& Bl, float beta, float* C, std::size_t ldc,
-         const float* bias, const Epilogue& epilogue, int nt) {
+         const float* bias, const Epilogue& epilogue, int nt, bool amx = false) {
 #if FTUNE_HAS_BF16_KERNELS
     constexpr bool fused_residual = std::is_same_v<Epilogue, add_residual<float>>;
     const std::size_t NC = Bl.nc;
+    // (a build without the tile kernels never takes their row tiles, whatever it is told)
+    amx = amx && FTUNE_HAS_AMX_KERNELS;
+    if (amx && a_ld == 0)
+        throw error(errc::invalid_argument, "gemm_bf16", "AMX tiles read op(A) in rows of pairs");
+    const std::size_t rows = amx ? amx_detail::TR : MR;  // the row tile
+    const std::size_t mc = (runtime_blocking().mc + rows - 1) / rows * rows;
     const schedule_detail::plan plan =
-        schedule_detail::make_plan(M, N, K, MR, NR, runtime_blocking().mc, Bl.kc, nt, 4);
+        schedule_detail::make_plan(M, N, K, rows, NR, mc, Bl.kc, nt, 4);
     // the packed panel q of depth block pc: its first byte and its length in bytes
     auto panel = [&](std::size_t pc, std::size_t q) {
         const std::size_t jc = q * NR / NC * NC, nc = std::min(NC, N - jc);
@@ -775,6 +870,7 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
                          kp * NR * sizeof(std::uint32_t)};
     };
     auto block = [](std::size_t, std::size_t, std::size_t, std::size_t) {};  // A is packed
+    [[maybe_unused]] const std::uint64_t run_id = amx ? amx_detail::next_run_id() : 0;
     schedule_detail::run(plan, nt, panel, block, [&](const schedule_detail::tile& t) {
         const std::size_t row = t.ic + t.ir;
         float* c = C + row * ldc + t.q * NR;
@@ -784,15 +880,23 @@ void run(std::size_t M, std::size_t N, std::size_t K, float alpha, const std::ui
         std::size_t ldr = 0;
         if constexpr (fused_residual)
             if (t.last) res = epilogue.r + row * epilogue.ldr + t.q * NR, ldr = epilogue.ldr;
-        kernel_rows(pairs(t.kc), a, a_ld, reinterpret_cast<const std::uint32_t*>(t.b), c, ldc, t.mr,
-                    t.nr, alpha, beta, t.first, bias && t.last ? bias + t.q * NR : nullptr, res,
-                    ldr, t.pf, t.pf_lines);
+        const auto* b = reinterpret_cast<const std::uint32_t*>(t.b);
+        const float* bias_q = bias && t.last ? bias + t.q * NR : nullptr;
+#if FTUNE_HAS_AMX_KERNELS
+        if (amx) {
+            amx_detail::configure_for(run_id);
+            amx_rows(pairs(t.kc), a, a_ld, b, c, ldc, t.mr, t.nr, alpha, beta, t.first, bias_q, res,
+                     ldr, t.pf, t.pf_lines);
+        } else
+#endif
+            kernel_rows(pairs(t.kc), a, a_ld, b, c, ldc, t.mr, t.nr, alpha, beta, t.first, bias_q,
+                        res, ldr, t.pf, t.pf_lines);
         if constexpr (!fused_residual)
             if (t.last) epilogue(c, ldc, row, t.mr, t.q * NR, t.nr);
     });
 #else
     (void)M, (void)N, (void)K, (void)alpha, (void)apack, (void)a_ld, (void)Bl, (void)beta, (void)C,
-        (void)ldc, (void)bias, (void)epilogue, (void)nt;
+        (void)ldc, (void)bias, (void)epilogue, (void)nt, (void)amx;
     throw unsupported("gemm_bf16");
 #endif
 }
@@ -918,15 +1022,28 @@ concept operand = std::is_same_v<T, float> || std::is_same_v<T, bf16>;
 /// op(A) (M x K) as run() reads it: {words, a_ld}. A row-major A kept in bf16 with K and lda even
 /// is read in place (a_ld = lda / 2); any other A is packed by pack_a into scratch 0 (a_ld ⌈K/2⌉
 /// for a row-major A, 0 for tiles), adding op(A)'s row sums to sums when given (float A only).
+/// With rows (the AMX kernels), a transposed A goes into rows of pairs as well (a_ld ⌈K/2⌉).
 template <class TA>
 std::pair<const std::uint32_t*, std::size_t> a_words(const TA* A, std::size_t lda, transpose ta,
                                                      std::size_t M, std::size_t K,
-                                                     float* sums = nullptr) {
+                                                     float* sums = nullptr, bool rows = false) {
     if constexpr (std::is_same_v<TA, bf16>)
         if (ta == transpose::no && K % 2 == 0 && lda % 2 == 0)
             return {reinterpret_cast<const std::uint32_t*>(A), lda / 2};
     std::uint32_t* dst =
         detail::scratch<std::uint32_t, 0>((M + MR - 1) / MR * MR * pairs(K));  // whole tiles
+#if FTUNE_HAS_AMX_KERNELS
+    if (rows && ta == transpose::yes) {  // rows of pairs for AMX tiles, 16 rows per task
+        const std::size_t KP = pairs(K);
+        detail::parallel_for(
+            (M + W - 1) / W, std::max<std::size_t>(1, 2048 / std::max<std::size_t>(KP, 1)),
+            [&](std::size_t g0, std::size_t g1) {
+                pack_a_transposed_rows(dst, A, lda, K, g0 * W, std::min(M, g1 * W), sums);
+            });
+        return {dst, KP};
+    }
+#endif
+    (void)rows;
     if constexpr (std::is_same_v<TA, float>)
         pack_a(dst, A, lda, ta, M, K, sums);
     else
@@ -953,9 +1070,10 @@ void gemm_packed_bf16(transpose ta, std::size_t M, std::size_t N, std::size_t K,
                                        "; pack it again after resizing"));
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) return bf16_detail::no_product(M, N, beta, C, ldc, bias, epilogue);
-    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K);
+    const bool amx = amx_enabled();
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, nullptr, amx);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, Bp.layout(), beta, C, ldc, bias, epilogue,
-                     bf16_detail::threads_for(M, N, K));
+                     bf16_detail::threads_for(M, N, K), amx);
 }
 
 /// C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C with both operands rounded to bf16 and
@@ -985,9 +1103,11 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
     }
     const bf16_detail::blocking& bl = bf16_detail::runtime_blocking();
     const int nt = bf16_detail::threads_for(M, N, K);
+    const bool amx = amx_enabled();
     // one thread and one depth block, with fewer columns padded in 32-wide panels (attention's
-    // heads and keys): packed and multiplied without the blocked schedule
-    const bool narrow = nt == 1 && K <= bl.kc && bf16_detail::narrow_panels(N);
+    // heads and keys): packed and multiplied without the blocked schedule (AMX tiles skip the
+    // zero columns of a 48-wide panel)
+    const bool narrow = !amx && nt == 1 && K <= bl.kc && bf16_detail::narrow_panels(N);
     const std::size_t blocks = (K + bl.kc - 1) / bl.kc;
     const std::size_t kc = ((K + blocks - 1) / blocks + 1) / 2 * 2;
     std::uint32_t* bpack = detail::scratch<std::uint32_t, 1>(bf16_detail::b_words(K, N));
@@ -995,10 +1115,10 @@ void gemm_bf16(transpose ta, transpose tb, std::size_t M, std::size_t N, std::si
         bf16_detail::pack_narrow(bpack, B, ldb, tb, K, N);
     else
         bf16_detail::pack_b(bpack, B, ldb, tb, K, N, kc, bl.nc);
-    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, a_sums);
+    const auto [apack, a_ld] = bf16_detail::a_words(A, lda, ta, M, K, a_sums, amx);
     if (narrow) return bf16_detail::run_narrow(M, N, K, alpha, apack, a_ld, bpack, beta, C, ldc);
     bf16_detail::run(M, N, K, alpha, apack, a_ld, bf16_detail::b_layout{bpack, K, N, kc, bl.nc},
-                     beta, C, ldc, nullptr, bf16_detail::none{}, nt);
+                     beta, C, ldc, nullptr, bf16_detail::none{}, nt, amx);
 }
 
 /// `batch` independent gemm_bf16 products whose operands start stride_* elements apart

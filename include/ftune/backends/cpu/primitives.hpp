@@ -1015,12 +1015,12 @@ void attention_inference(T* out, std::size_t ldo, const T* q, std::size_t ldq, c
 
 /// attention_inference with bf16 products (prepared bf16 inference): Q_h, K_h, the
 /// probabilities and V_h rounded to bf16, the sums in fp32 by gemm_bf16's kernel, the softmax in
-/// fp32. Per (b, h) unit, K_hᵀ and V_h packed once; MR queries at a time: their rounded rows,
-/// scores, softmax, rounded probabilities and output, as in the fp32 version. Each product is
-/// one block of K (the kernel's sums over all of d, then all of T), which is what gemm_bf16 does
-/// for K up to its depth block (256 to 768 by the L2's size): the results then equal the unprepared
-/// bf16 path's (head_scores, masked_softmax, head_context) bit for bit. errc::unsupported without
-/// AVX512-BF16.
+/// fp32. Per (b, h) unit, K_hᵀ and V_h packed once; MR queries at a time (16 on AMX tiles):
+/// their rounded rows, scores, softmax, rounded probabilities and output, as in the fp32 version.
+/// Each product is one block of K (the kernel's sums over all of d, then all of T), which is what
+/// gemm_bf16 does for K up to its depth block (256 to 768 by the L2's size): the results then equal
+/// the unprepared bf16 path's (head_scores, masked_softmax, head_context) bit for bit.
+/// errc::unsupported without AVX512-BF16.
 inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q, std::size_t ldq,
                                      const float* k, const float* v, std::size_t ld,
                                      const float* key_mask, float scale, std::size_t Bn,
@@ -1033,16 +1033,24 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                     ftune::detail::cat(Tq, " queries per sequence but only ", Tn, " keys"));
 #if FTUNE_HAS_BF16_KERNELS
     using namespace bf16_detail;
+    // on AMX tiles (as gemm_bf16 then runs the unprepared path's products), 16 queries at a time
+    const bool amx = amx_enabled() && FTUNE_HAS_AMX_KERNELS;
+    const std::size_t QR = amx ? amx_detail::TR : MR;  // queries per block
+    constexpr std::size_t PV = NR2;                    // V_h's panels
     // scores: the GEMM's panels (NR keys); outputs: panels of two vectors, as the fp32 version
     const std::size_t kp_s = pairs(d), kp_o = pairs(Tn);  // pairs along d, along the keys
-    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + NR2 - 1) / NR2;
+    const std::size_t panels_t = (Tn + NR - 1) / NR, panels_d = (d + PV - 1) / PV;
     const std::size_t ld_s = panels_t * NR;  // row stride of the score tile
+    [[maybe_unused]] const std::uint64_t run_id = amx ? amx_detail::next_run_id() : 0;
     detail::parallel_for(Bn * H, 1, [&](std::size_t u0, std::size_t u1) {
-        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);   // K_hᵀ
-        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * NR2 * kp_o);  // V_h
-        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(MR * kp_s);  // MR queries
-        std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(MR * kp_o);  // their probs
-        float* st = detail::scratch<float, 17>(MR * ld_s);  // (MR, T) scores, then probs
+        std::uint32_t* kt = detail::scratch<std::uint32_t, 13>(panels_t * NR * kp_s);  // K_hᵀ
+        std::uint32_t* vp = detail::scratch<std::uint32_t, 14>(panels_d * PV * kp_o);  // V_h
+        std::uint32_t* aq = detail::scratch<std::uint32_t, 15>(QR * kp_s);             // QR queries
+        std::uint32_t* ap = detail::scratch<std::uint32_t, 16>(QR * kp_o);  // their probs
+        float* st = detail::scratch<float, 17>(QR * ld_s);  // (QR, T) scores, then probs
+#if FTUNE_HAS_AMX_KERNELS
+        if (amx) amx_detail::configure_for(run_id);
+#endif
         for (std::size_t u = u0; u < u1; ++u) {
             const std::size_t b = u / H, h = u % H;
             const float* qh = q + b * Tq * ldq + h * d;
@@ -1053,31 +1061,52 @@ inline void attention_inference_bf16(float* out, std::size_t ldo, const float* q
                 pack_b_panel(kt + p * kp_s * NR, kh, ld, transpose::yes, 0, d, p * NR,
                              std::min(NR, Tn - p * NR));
             for (std::size_t p = 0; p < panels_d; ++p)  // op(B)(j, c) = V_h[j][c]
-                pack_b_panel<NR2>(vp + p * kp_o * NR2, vh, ld, transpose::no, 0, Tn, p * NR2,
-                                  std::min(NR2, d - p * NR2));
-            for (std::size_t i0 = 0; i0 < Tq; i0 += MR) {
-                const std::size_t mr = std::min(MR, Tq - i0);
+                pack_b_panel<PV>(vp + p * kp_o * PV, vh, ld, transpose::no, 0, Tn, p * PV,
+                                 std::min(PV, d - p * PV));
+            for (std::size_t i0 = 0; i0 < Tq; i0 += QR) {
+                const std::size_t mr = std::min(QR, Tq - i0);
                 for (std::size_t i = 0; i < mr; ++i)
                     pair_adjacent(aq + i * kp_s, qh + (i0 + i) * ldq, d);
                 // S = Q_h Kᵀ for queries i0 .. i0+mr: (mr, T)
-                for (std::size_t p = 0; p < panels_t; ++p)
-                    kernel_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr,
-                                std::min(NR, Tn - p * NR), 1.0f, 0.0f, true, nullptr, nullptr, 0,
-                                nullptr, 0);
-                if (!causal && mr == MR)
-                    detail::softmax_rows<MR>(st, ld_s, st, ld_s, mask, scale, Tn, Tn);
-                else
-                    for (std::size_t i = 0; i < mr; ++i)
-                        detail::softmax_rows<1>(st + i * ld_s, ld_s, st + i * ld_s, ld_s, mask,
-                                                scale, causal ? std::min(Tn, i0 + i + 1) : Tn, Tn);
+                for (std::size_t p = 0; p < panels_t; ++p) {
+                    const std::size_t n = std::min(NR, Tn - p * NR);
+#if FTUNE_HAS_AMX_KERNELS
+                    if (amx) {
+                        amx_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr, n, 1.0f,
+                                 0.0f, true, nullptr, nullptr, 0, nullptr, 0);
+                        continue;
+                    }
+#endif
+                    kernel_rows(kp_s, aq, kp_s, kt + p * kp_s * NR, st + p * NR, ld_s, mr, n, 1.0f,
+                                0.0f, true, nullptr, nullptr, 0, nullptr, 0);
+                }
+                for (std::size_t r0 = 0; r0 < mr; r0 += MR) {  // MR rows of the softmax at a time
+                    float* sr = st + r0 * ld_s;
+                    const std::size_t rows = std::min(MR, mr - r0);
+                    if (!causal && rows == MR)
+                        detail::softmax_rows<MR>(sr, ld_s, sr, ld_s, mask, scale, Tn, Tn);
+                    else
+                        for (std::size_t i = 0; i < rows; ++i)
+                            detail::softmax_rows<1>(
+                                sr + i * ld_s, ld_s, sr + i * ld_s, ld_s, mask, scale,
+                                causal ? std::min(Tn, i0 + r0 + i + 1) : Tn, Tn);
+                }
                 for (std::size_t i = 0; i < mr; ++i)
                     pair_adjacent(ap + i * kp_o, st + i * ld_s, Tn);
                 // out_h = P V_h for these queries: (mr, d)
-                for (std::size_t p = 0; p < panels_d; ++p)
-                    kernel_rows<2>(kp_o, ap, kp_o, vp + p * kp_o * NR2,
-                                   out + (b * Tq + i0) * ldo + h * d + p * NR2, ldo, mr,
-                                   std::min(NR2, d - p * NR2), 1.0f, 0.0f, true, nullptr, nullptr,
-                                   0, nullptr, 0);
+                for (std::size_t p = 0; p < panels_d; ++p) {
+                    float* o = out + (b * Tq + i0) * ldo + h * d + p * PV;
+                    const std::size_t n = std::min(PV, d - p * PV);
+#if FTUNE_HAS_AMX_KERNELS
+                    if (amx) {
+                        amx_rows<PV>(kp_o, ap, kp_o, vp + p * kp_o * PV, o, ldo, mr, n, 1.0f, 0.0f,
+                                     true, nullptr, nullptr, 0, nullptr, 0);
+                        continue;
+                    }
+#endif
+                    kernel_rows<2>(kp_o, ap, kp_o, vp + p * kp_o * PV, o, ldo, mr, n, 1.0f, 0.0f,
+                                   true, nullptr, nullptr, 0, nullptr, 0);
+                }
             }
         }
     });
