@@ -15,8 +15,8 @@
 // instruction's own order: both products of a pair, then the next pair), from zero; the blocks
 // are then added as the AVX512 kernel adds them. The split among threads and the row tiles do not
 // change any element's arithmetic, so results are the same on any thread count; they differ from
-// the AVX512-BF16 kernel's in the last bits (the pair's two products are added in the other
-// order, and the hardware's rounding of a pair differs), so one machine uses one kernel:
+// the AVX512-BF16 kernel's in the last bits (the two instructions do not sum a pair alike: Intel
+// documents its two products added in opposite orders), so one machine uses one kernel:
 // amx_enabled() says which (FTUNE_AMX=0 in the environment, or use_amx(false), keeps the AVX512
 // kernel). Linux hands a process the tiles' 8 KiB of register state only when asked
 // (arch_prctl(ARCH_REQ_XCOMP_PERM)); amx_available() asks once.
@@ -117,7 +117,7 @@ struct alignas(64) tile_config {
 static_assert(sizeof(tile_config) == 64);
 
 /// A number for each product that runs on tiles: a thread checks its tile configuration once per
-/// product (run_id() != the last one it checked).
+/// product (configure_for: the product's number differs from the last one it checked).
 inline std::uint64_t next_run_id() noexcept {
     static std::atomic<std::uint64_t> n{0};
     return n.fetch_add(1, std::memory_order_relaxed) + 1;
