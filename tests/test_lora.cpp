@@ -288,6 +288,29 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "BERT with adapters on the FFN's projections: prepared inference (the activation applied to "
+    "the intermediate product's tiles) adds the adapter's term before the activation",
+    "[lora]") {
+    const std::vector<ftune::token_id> ids{2, 5, 9, 14, 3, 2, 7, 11, 3, 0},  // two sequences
+        mask{1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+    using Model = ftune::bert::sequence_classifier<>;
+    auto m = ftune::io::load_hf<Model>(fixtures / "hf_heads" / "seq");
+    const auto base = logits_of(m.model, ids, mask, {}, 2);
+    ftune::peft::apply_lora(m.model,
+                            {.r = 2, .alpha = 4, .target_modules = {"intermediate.dense"}});
+    std::uint64_t seed = 60;
+    m.model.visit_parameters("", ftune::layers::lora_visitor{[&](std::string_view, auto& l) {
+                                 if (l.has_adapter()) randomize_b(l, seed++);
+                             }});
+    const auto want = logits_of(m.model, ids, mask, {}, 2);  // per-call products, then GELU
+    CHECK(test::relative_error(want, base) > 1e-3);          // the adapters change the logits
+    m.model.prepare_inference();
+    CHECK(test::relative_error(logits_of(m.model, ids, mask, {}, 2), want) < 1e-6);
+    ftune::peft::merge_adapters(m.model);  // W + s B A: the plain fused path
+    CHECK(test::relative_error(logits_of(m.model, ids, mask, {}, 2), want) < 1e-5);
+}
+
+TEST_CASE(
     "apply_lora: targets by name suffix or regex, everything else frozen but modules_to_save "
     "and the biases `bias` names; PEFT's summary line; no match is an error",
     "[lora]") {

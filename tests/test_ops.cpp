@@ -673,6 +673,65 @@ TEST_CASE("ops dispatch on the tensors' device: device::reference runs the refer
     CHECK(std::abs(ops::sum_squares(g) - sq) <= 1e-9 * sq);
 }
 
+TEST_CASE(
+    "ops::matmul_prepared with apply_activation: the activation on each tile as it is stored "
+    "equals matmul, bias_add and activate after it, bit for bit (CPU in fp32 and bf16, reference "
+    "device)",
+    "[ops]") {
+    using D2 = dynamic_shape<2>;
+    struct restore {  // the thread count of the other cases, however this one ends
+        int threads = ftune::num_threads();
+        ~restore() { ftune::set_num_threads(threads); }
+    } restore_threads;
+    const bool bf16_here = ftune::backends::cpu::bf16_supported();
+    if (!bf16_here) WARN("bf16 not checked: this CPU has no AVX512-BF16");
+    // partial register tiles (rows, columns), one and several depth blocks
+    for (auto [M, N, K] : {std::tuple<std::size_t, std::size_t, std::size_t>{1, 5, 3},
+                           {13, 50, 70},
+                           {128, 1536, 384},
+                           {37, 97, 1000}})
+        for (auto f : {ops::activation::gelu, ops::activation::gelu_tanh, ops::activation::tanh,
+                       ops::activation::relu, ops::activation::silu})
+            for (int t : {1, 2}) {
+                ftune::set_num_threads(t);
+                INFO("M=" << M << " N=" << N << " K=" << K << " f=" << int(f) << " threads=" << t);
+                const auto x = randn_buffer<D2>(M + N, 1.0, M, K);
+                const auto w = randn_buffer<D2>(M * N + 1, 0.1, N, K);
+                const auto b = randn_buffer<dynamic_shape<1>>(K, 1.0, N);
+                for (auto p : {ftune::precision::fp32, ftune::precision::bf16}) {
+                    if (p == ftune::precision::bf16 && !bf16_here) continue;
+                    INFO("bf16=" << (p == ftune::precision::bf16));
+                    ops::prepared_weight<float> pw;
+                    ops::prepare_weight(pw, w, p);
+                    buffer<float, D2> want(M, N), got(M, N);
+                    ops::matmul_prepared(x, pw, want, b);  // the product, then f over it
+                    ops::activate(f, want, want);
+                    ops::matmul_prepared(x, pw, got, b, ops::apply_activation{f});
+                    REQUIRE(vec(got) == vec(want));
+                    if (p == ftune::precision::fp32) {  // and the unprepared path's values
+                        buffer<float, D2> plain(M, N);
+                        ops::matmul<transpose::no, transpose::yes>(x, w, plain);
+                        ops::bias_add(plain, b);
+                        ops::activate(f, plain, plain);
+                        REQUIRE(vec(got) == vec(plain));
+                    }
+                }
+                if (t != 1 || M * N * K > 1'000'000) continue;  // the reference loops are slow
+                // the reference device: its product's epilogue over the whole C
+                using R = ftune::device::reference;
+                buffer<float, D2, R> xr(M, K), wr(N, K), yr(M, N), yw(M, N);
+                buffer<float, dynamic_shape<1>, R> br(N);
+                set(xr, vec(x)), set(wr, vec(w)), set(br, vec(b));
+                ops::matmul<transpose::no, transpose::yes>(xr, wr, yw);
+                ops::bias_add(yw, br);
+                ops::activate(f, yw, yw);
+                ops::prepared_weight<float, R> pr;
+                ops::prepare_weight(pr, wr);
+                ops::matmul_prepared(xr, pr, yr, br, ops::apply_activation{f});
+                REQUIRE(vec(yr) == vec(yw));
+            }
+}
+
 TEST_CASE("ops::head_scores and ops::head_context: per-head products of interleaved heads",
           "[ops]") {
     const std::size_t B = 2, H = 3, Tn = 5, d = 4, Cn = H * d;

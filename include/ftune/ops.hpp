@@ -1260,9 +1260,31 @@ struct add_residual {
 template <class R>
 add_residual(R) -> add_residual<R>;
 
+/// Element-wise work fused into matmul_prepared: y = f(y) (after the bias), applied to each tile
+/// of the product while it is in L1 instead of in a pass over y afterwards; the same values as
+/// activate() after the product, bit for bit.
+struct apply_activation {
+    activation f;  ///< the function
+};
+
+namespace detail {
+/// matmul_prepared's per-tile epilogue for apply_activation on backend Bk: f on the rows of a
+/// finished tile of C (c points at its first element, rows ldc apart).
+template <class Bk, scalar T>
+struct activate_tiles {
+    activation f;  ///< the function
+    /// f on the tile at c: rows x cols, rows ldc apart (its place in C unused).
+    void operator()(T* c, std::size_t ldc, std::size_t, std::size_t rows, std::size_t,
+                    std::size_t cols) const {
+        for (std::size_t i = 0; i < rows; ++i) activate_n<Bk>(f, c + i * ldc, c + i * ldc, cols);
+    }
+};
+}  // namespace detail
+
 /// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
 /// prepare_weight: the same values as matmul<no, yes> in w's precision, bias_add (and
-/// residual_add), bit for bit. On the CPU, x may be kept in bf16 when w is prepared in bf16.
+/// residual_add, or activate), bit for bit. On the CPU, x may be kept in bf16 when w is
+/// prepared in bf16.
 template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
 void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
     detail::same_device<X, Y, Bias>();
@@ -1279,20 +1301,30 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
     const bool biased = bias.shape().size() != 0;  // empty: a projection without a bias
     if (biased) detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
     const auto* b = biased ? bias.data() : nullptr;
+    using Bk = detail::backend_for<X>;
+    using S = detail::scalar_of<Y>;
+    // the product, with the backend's per-tile epilogue when given
+    auto product = [&](auto... tile_epilogue) {
+        Bk::gemm_packed(transpose::no, M, N, K, S(1), x.data(), K, w, S(0), y.data(), N, b,
+                        tile_epilogue...);
+    };
     if constexpr (std::is_same_v<E, no_epilogue>) {
-        detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1),
-                                            x.data(), K, w, detail::scalar_of<Y>(0), y.data(), N,
-                                            b);
+        product();
+    } else if constexpr (std::is_same_v<E, apply_activation>) {
+        using D = detail::device_of<Y>;
+        if constexpr (std::is_same_v<D, device::cpu> || std::is_same_v<D, device::reference>) {
+            product(detail::activate_tiles<Bk, S>{epilogue.f});
+        } else {  // other backends run add_residual alone: the product, then f over it
+            product();
+            activate(epilogue.f, y, y);
+        }
     } else {
         const auto& r = epilogue.r;
         detail::same_device<Y, decltype(r)>();
         static_assert(detail::shape_of<decltype(r)>::rank == 2,
                       "ftune::ops::add_residual: r is (M, N)");
         detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
-        detail::backend_for<Y>::gemm_packed(
-            transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
-            detail::scalar_of<Y>(0), y.data(), N, b,
-            backends::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+        product(backends::add_residual<S>{r.data(), r.shape().extent(1)});
     }
 }
 

@@ -5166,6 +5166,22 @@ struct strided_rows {
     T operator()(std::size_t i, std::size_t k) const noexcept { return rows[i][k]; }
 };
 
+/// One step of micro_kernel: c(R, NV vectors) += a(:, k) ⊗ b (the NR values of step k).
+template <class T, std::size_t R, std::size_t NV, class A>
+[[gnu::always_inline]] inline void kernel_step(detail::batch<T> (&c)[R][NV], const A& a,
+                                               std::size_t k, const T* b) noexcept {
+    using B = detail::batch<T>;
+    B bv[NV];
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < NV; ++v) bv[v] = B::load_aligned(b + v * blocking<T>::W);
+#pragma GCC unroll 16
+    for (std::size_t i = 0; i < R; ++i) {
+        const B ai(a(i, k));
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NV; ++v) c[i][v] = xsimd::fma(ai, bv[v], c[i][v]);
+    }
+}
+
 /// The register-tile kernel: acc = Σ_k a(:, k) ⊗ b[k] over kc steps for R <= MR rows and NV
 /// vectors of columns, then C[0:m, 0:n] = alpha * acc + (first ? beta * C : C), + bias[0:n] when
 /// bias is given (after the sum). With first && beta == 0, C is not read. The arithmetic of each
@@ -5173,8 +5189,8 @@ struct strided_rows {
 /// matrix runs with R = 6, 4 or 2 instead of computing rows it throws away). Then, when given,
 /// the residual tile (rows ldr apart) is added: C = (product + bias) + residual, the value
 /// residual_add gives after the product. Meanwhile the prefetch_lines 64-byte cache lines from
-/// `prefetch` on are prefetched, evenly spread over the kc steps (a burst would fill the core's
-/// miss buffers and stall the kernel's own loads).
+/// `prefetch` on are prefetched, spread over the kc steps a few at a time (a burst would fill
+/// the core's miss buffers and stall the kernel's own loads).
 template <class T, std::size_t R = blocking<T>::MR, class A = packed_rows<T>,
           std::size_t NV = blocking<T>::NV>
 inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::size_t ldc,
@@ -5197,27 +5213,23 @@ inline void micro_kernel(std::size_t kc, A a, const T* __restrict b, T* C, std::
             __builtin_prefetch(C + i * ldc + j, 0, 3);
             if (residual) __builtin_prefetch(residual + i * ldr + j, 0, 3);
         }
-    // software prefetch (gemm_packed): `per` lines every `gap` steps
+    // U steps per pass, the software prefetch's lines (gemm_packed) spread evenly over the
+    // passes: with one step per pass the loop's counter, compare and branch (and the prefetch's)
+    // took issue slots from the FMAs where integer ALUs share the FMA ports (an Intel Xeon: the
+    // batch-1 forward's products at 0.71 of the FMA peak, 0.77 with U = 4; 2026-12-05)
+    constexpr std::size_t U = 4;
     const char* pf = reinterpret_cast<const char*>(prefetch);
-    const std::size_t gap = prefetch_lines ? std::max<std::size_t>(1, kc / prefetch_lines) : 0;
-    const std::size_t per = kc ? (prefetch_lines + kc - 1) / kc : 0;
-    std::size_t pf_left = prefetch_lines, pf_wait = gap;
-    for (std::size_t k = 0; k < kc; ++k, b += NR) {
-        if (pf_left && --pf_wait == 0) {
-            for (std::size_t l = 0; l < per && pf_left; ++l, --pf_left, pf += 64)
-                __builtin_prefetch(pf, 0, 3);
-            pf_wait = gap;
-        }
-        B bv[NV];
+    const std::size_t passes = kc / U;
+    const std::size_t per_pass = passes ? (prefetch_lines + passes - 1) / passes : 0;
+    std::size_t pf_left = prefetch_lines, k = 0;
+    for (; k + U <= kc; k += U, b += U * NR) {
+        for (std::size_t l = 0; l < per_pass && pf_left; ++l, --pf_left, pf += 64)
+            __builtin_prefetch(pf, 0, 3);
 #pragma GCC unroll 4
-        for (std::size_t v = 0; v < NV; ++v) bv[v] = B::load_aligned(b + v * W);
-#pragma GCC unroll 16
-        for (std::size_t i = 0; i < R; ++i) {
-            const B ai(a(i, k));
-#pragma GCC unroll 4
-            for (std::size_t v = 0; v < NV; ++v) c[i][v] = xsimd::fma(ai, bv[v], c[i][v]);
-        }
+        for (std::size_t u = 0; u < U; ++u) kernel_step<T, R, NV>(c, a, k + u, b + u * NR);
     }
+    for (; pf_left; --pf_left, pf += 64) __builtin_prefetch(pf, 0, 3);  // kc < U: no pass
+    for (; k < kc; ++k, b += NR) kernel_step<T, R, NV>(c, a, k, b);
     const B va(alpha), vb(beta);
     // C = alpha * acc (+ C, or + beta * C) (+ bias) (+ residual) for vector v of row i
     auto combine = [&](const B& acc, const T* cr, std::size_t i, std::size_t v) {
@@ -9024,9 +9036,31 @@ struct add_residual {
 template <class R>
 add_residual(R) -> add_residual<R>;
 
+/// Element-wise work fused into matmul_prepared: y = f(y) (after the bias), applied to each tile
+/// of the product while it is in L1 instead of in a pass over y afterwards; the same values as
+/// activate() after the product, bit for bit.
+struct apply_activation {
+    activation f;  ///< the function
+};
+
+namespace detail {
+/// matmul_prepared's per-tile epilogue for apply_activation on backend Bk: f on the rows of a
+/// finished tile of C (c points at its first element, rows ldc apart).
+template <class Bk, scalar T>
+struct activate_tiles {
+    activation f;  ///< the function
+    /// f on the tile at c: rows x cols, rows ldc apart (its place in C unused).
+    void operator()(T* c, std::size_t ldc, std::size_t, std::size_t rows, std::size_t,
+                    std::size_t cols) const {
+        for (std::size_t i = 0; i < rows; ++i) activate_n<Bk>(f, c + i * ldc, c + i * ldc, cols);
+    }
+};
+}  // namespace detail
+
 /// y (M, N) = x (M, K) wᵀ + bias (N), then the epilogue, with w (N, K) prepared by
 /// prepare_weight: the same values as matmul<no, yes> in w's precision, bias_add (and
-/// residual_add), bit for bit. On the CPU, x may be kept in bf16 when w is prepared in bf16.
+/// residual_add, or activate), bit for bit. On the CPU, x may be kept in bf16 when w is
+/// prepared in bf16.
 template <tensor_like X, class P, tensor_like Y, tensor_like Bias, class E = no_epilogue>
 void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue = {}) {
     detail::same_device<X, Y, Bias>();
@@ -9043,20 +9077,30 @@ void matmul_prepared(const X& x, const P& w, Y&& y, const Bias& bias, E epilogue
     const bool biased = bias.shape().size() != 0;  // empty: a projection without a bias
     if (biased) detail::check_size("matmul_prepared", "bias", bias, N, "one per output");
     const auto* b = biased ? bias.data() : nullptr;
+    using Bk = detail::backend_for<X>;
+    using S = detail::scalar_of<Y>;
+    // the product, with the backend's per-tile epilogue when given
+    auto product = [&](auto... tile_epilogue) {
+        Bk::gemm_packed(transpose::no, M, N, K, S(1), x.data(), K, w, S(0), y.data(), N, b,
+                        tile_epilogue...);
+    };
     if constexpr (std::is_same_v<E, no_epilogue>) {
-        detail::backend_for<X>::gemm_packed(transpose::no, M, N, K, detail::scalar_of<Y>(1),
-                                            x.data(), K, w, detail::scalar_of<Y>(0), y.data(), N,
-                                            b);
+        product();
+    } else if constexpr (std::is_same_v<E, apply_activation>) {
+        using D = detail::device_of<Y>;
+        if constexpr (std::is_same_v<D, device::cpu> || std::is_same_v<D, device::reference>) {
+            product(detail::activate_tiles<Bk, S>{epilogue.f});
+        } else {  // other backends run add_residual alone: the product, then f over it
+            product();
+            activate(epilogue.f, y, y);
+        }
     } else {
         const auto& r = epilogue.r;
         detail::same_device<Y, decltype(r)>();
         static_assert(detail::shape_of<decltype(r)>::rank == 2,
                       "ftune::ops::add_residual: r is (M, N)");
         detail::check_size("matmul_prepared", "the residual", r, M * N, "y's shape (M, N)");
-        detail::backend_for<Y>::gemm_packed(
-            transpose::no, M, N, K, detail::scalar_of<Y>(1), x.data(), K, w,
-            detail::scalar_of<Y>(0), y.data(), N, b,
-            backends::add_residual<detail::scalar_of<Y>>{r.data(), r.shape().extent(1)});
+        product(backends::add_residual<S>{r.data(), r.shape().extent(1)});
     }
 }
 
@@ -9414,7 +9458,8 @@ class linear {
     bool takes_bf16_input() const noexcept { return true; }
 
     /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then the
-    /// epilogue (ops::add_residual: + r, a residual connection) as each tile of y is stored.
+    /// epilogue (ops::add_residual: + r, a residual connection; ops::apply_activation: f(y)) as
+    /// each tile of y is stored.
     /// Needs prepare_inference() and eval mode; keeps nothing for backward.
     template <class Epilogue>
     output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
@@ -10786,10 +10831,19 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     }
     /// Whether forward takes an input kept in bf16 (no active adapter).
     bool takes_bf16_input() const noexcept { return !active(); }
-    /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term. The
-    /// epilogues that the blocks use add (a residual), so the order of the sum does not matter.
+    /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term: after
+    /// a residual (ops::add_residual, a sum, in either order), before an activation
+    /// (ops::apply_activation: f(x Wᵀ + b + s x Aᵀ Bᵀ), f then run over y).
     template <class Epilogue>
     output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
+        if constexpr (std::is_same_v<Epilogue, ops::apply_activation>) {
+            if (active()) {
+                const auto y = base::forward_fused(ctx, x, ops::no_epilogue{});
+                add_adapter_term(ctx, x);
+                ops::activate(epilogue.f, this->y_, this->y_);
+                return y;
+            }
+        }
         const auto y = base::forward_fused(ctx, x, epilogue);
         if (active()) add_adapter_term(ctx, x);
         return y;
@@ -11997,6 +12051,21 @@ class encoder_block {
         { a.keeps_input_only() && o.takes_bf16_input() } -> std::convertible_to<bool>;
     };
 
+    using in_projection = typename Parts::template projection<C, F>;  // intermediate's type
+    // Whether prepared inference applies the FFN activation in the intermediate product's
+    // epilogue (ops::apply_activation, on each tile as it is stored): for ftune's own activation
+    // and projection layers only, whose computation that reproduces (a type of the user's, or
+    // derived from these, may compute something else: it keeps the separate activation)
+    static constexpr bool ffn_activation_fusable =
+        (std::is_same_v<Act, layers::hidden_activation<T, F, D>> ||
+         requires {
+             requires std::is_same_v<Act, layers::activation<T, Act::fixed_kind, F, D>>;
+         }) &&
+        (std::is_same_v<in_projection, layers::linear<T, C, F, D, true>> ||
+         std::is_same_v<in_projection, layers::linear<T, C, F, D, false>> ||
+         std::is_same_v<in_projection, layers::lora_linear<T, C, F, D, true>> ||
+         std::is_same_v<in_projection, layers::lora_linear<T, C, F, D, false>>);
+
     // Whether this forward keeps the FFN activation in bf16 alone: the output projection's
     // product runs in bf16, the activation's backward reads its input only (not tanh), and the
     // projection takes a bf16 input (no active LoRA adapter). The same values either way: the
@@ -12040,10 +12109,16 @@ class encoder_block {
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
-        const auto h = intermediate.forward(ctx, n);              // (rows, F)
-        auto down = [&](view<const T, shape<dynamic, C>, D> r) {  // out(act(h)) + r
-            return activate_into(
-                ctx, h, [&](auto g) { return output_dense.forward_fused(ctx, g, add_rows(r)); });
+        auto down = [&](view<const T, shape<dynamic, C>, D> r) {  // out(act(inter(n))) + r
+            if constexpr (ffn_activation_fusable)
+                if (!ffn_in_bf16(ctx))  // act on each tile of inter(n) while in L1 (rows, F)
+                    return output_dense.forward_fused(
+                        ctx,
+                        intermediate.forward_fused(ctx, n, ops::apply_activation{activation.kind}),
+                        add_rows(r));
+            return activate_into(ctx, intermediate.forward(ctx, n), [&](auto g) {
+                return output_dense.forward_fused(ctx, g, add_rows(r));
+            });
         };
         if constexpr (std::is_same_v<Norm, post_norm>)
             return norm2.forward(ctx, down(n));  // LN2(n1 + out(...))

@@ -322,6 +322,21 @@ class encoder_block {
         { a.keeps_input_only() && o.takes_bf16_input() } -> std::convertible_to<bool>;
     };
 
+    using in_projection = typename Parts::template projection<C, F>;  // intermediate's type
+    // Whether prepared inference applies the FFN activation in the intermediate product's
+    // epilogue (ops::apply_activation, on each tile as it is stored): for ftune's own activation
+    // and projection layers only, whose computation that reproduces (a type of the user's, or
+    // derived from these, may compute something else: it keeps the separate activation)
+    static constexpr bool ffn_activation_fusable =
+        (std::is_same_v<Act, layers::hidden_activation<T, F, D>> ||
+         requires {
+             requires std::is_same_v<Act, layers::activation<T, Act::fixed_kind, F, D>>;
+         }) &&
+        (std::is_same_v<in_projection, layers::linear<T, C, F, D, true>> ||
+         std::is_same_v<in_projection, layers::linear<T, C, F, D, false>> ||
+         std::is_same_v<in_projection, layers::lora_linear<T, C, F, D, true>> ||
+         std::is_same_v<in_projection, layers::lora_linear<T, C, F, D, false>>);
+
     // Whether this forward keeps the FFN activation in bf16 alone: the output projection's
     // product runs in bf16, the activation's backward reads its input only (not tanh), and the
     // projection takes a bf16 input (no active LoRA adapter). The same values either way: the
@@ -365,10 +380,16 @@ class encoder_block {
         const auto h1 = attention_dense.forward_fused(ctx, a, add_rows(x));  // x + dense(a)
         const auto n =
             std::is_same_v<Norm, post_norm> ? norm1.forward(ctx, h1) : norm2.forward(ctx, h1);
-        const auto h = intermediate.forward(ctx, n);              // (rows, F)
-        auto down = [&](view<const T, shape<dynamic, C>, D> r) {  // out(act(h)) + r
-            return activate_into(
-                ctx, h, [&](auto g) { return output_dense.forward_fused(ctx, g, add_rows(r)); });
+        auto down = [&](view<const T, shape<dynamic, C>, D> r) {  // out(act(inter(n))) + r
+            if constexpr (ffn_activation_fusable)
+                if (!ffn_in_bf16(ctx))  // act on each tile of inter(n) while in L1 (rows, F)
+                    return output_dense.forward_fused(
+                        ctx,
+                        intermediate.forward_fused(ctx, n, ops::apply_activation{activation.kind}),
+                        add_rows(r));
+            return activate_into(ctx, intermediate.forward(ctx, n), [&](auto g) {
+                return output_dense.forward_fused(ctx, g, add_rows(r));
+            });
         };
         if constexpr (std::is_same_v<Norm, post_norm>)
             return norm2.forward(ctx, down(n));  // LN2(n1 + out(...))

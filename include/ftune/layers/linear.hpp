@@ -91,7 +91,8 @@ class linear {
     bool takes_bf16_input() const noexcept { return true; }
 
     /// Prepared inference with element-wise work fused into the product: y = x Wᵀ + b, then the
-    /// epilogue (ops::add_residual: + r, a residual connection) as each tile of y is stored.
+    /// epilogue (ops::add_residual: + r, a residual connection; ops::apply_activation: f(y)) as
+    /// each tile of y is stored.
     /// Needs prepare_inference() and eval mode; keeps nothing for backward.
     template <class Epilogue>
     output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {

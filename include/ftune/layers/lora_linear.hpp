@@ -136,10 +136,19 @@ class lora_linear : public linear<T, In, Out, D, Bias> {
     }
     /// Whether forward takes an input kept in bf16 (no active adapter).
     bool takes_bf16_input() const noexcept { return !active(); }
-    /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term. The
-    /// epilogues that the blocks use add (a residual), so the order of the sum does not matter.
+    /// Prepared inference with an epilogue (linear::forward_fused), then the adapter's term: after
+    /// a residual (ops::add_residual, a sum, in either order), before an activation
+    /// (ops::apply_activation: f(x Wᵀ + b + s x Aᵀ Bᵀ), f then run over y).
     template <class Epilogue>
     output_view forward_fused(context& ctx, input_view x, Epilogue epilogue) {
+        if constexpr (std::is_same_v<Epilogue, ops::apply_activation>) {
+            if (active()) {
+                const auto y = base::forward_fused(ctx, x, ops::no_epilogue{});
+                add_adapter_term(ctx, x);
+                ops::activate(epilogue.f, this->y_, this->y_);
+                return y;
+            }
+        }
         const auto y = base::forward_fused(ctx, x, epilogue);
         if (active()) add_adapter_term(ctx, x);
         return y;
